@@ -1,0 +1,129 @@
+//! `chaperone init --dir DIR`: a new data directory with config, keys and database.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use russh::keys::{Algorithm, PrivateKey, ssh_key::LineEnding};
+
+use crate::config::{Config, annotated_template};
+use crate::secrets::SecretsKey;
+use crate::store::Store;
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The directory to create or fill (config, keys, database, recordings).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The vendors' SSH listener.
+    #[arg(long, default_value = "0.0.0.0:2222")]
+    pub ssh_listen: SocketAddr,
+    /// The approvers' web listener.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub web_listen: SocketAddr,
+}
+
+pub async fn run(args: InitArgs) -> anyhow::Result<()> {
+    let config_path = init_dir(&args.dir, args.ssh_listen, args.web_listen).await?;
+    println!("Initialised {}", args.dir.display());
+    println!("  config:    {}", config_path.display());
+    println!("Next:");
+    println!(
+        "  chaperone -c {} asset add mri-01 --address 10.0.0.5 --zone radiology --purpose \"MRI scanner\" --service ssh:22/ssh",
+        config_path.display()
+    );
+    println!(
+        "  chaperone -c {} vendor add alice --org \"Acme Imaging\" --key alice.pub",
+        config_path.display()
+    );
+    println!("  chaperone -c {} serve", config_path.display());
+    Ok(())
+}
+
+/// Creates the directory's contents; refuses to overwrite a config or a key. Returns the config path.
+pub async fn init_dir(
+    dir: &Path,
+    ssh_listen: SocketAddr,
+    web_listen: SocketAddr,
+) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
+    let config_path = dir.join("chaperone.toml");
+    let text = annotated_template(ssh_listen, web_listen);
+    let config = Config::parse(&config_path, &text)?;
+    for existing in [&config_path, &config.ssh.host_key, &config.secrets.key_file] {
+        if existing.exists() {
+            bail!(
+                "refusing to overwrite {} (init never replaces keys or config; use a new directory)",
+                existing.display()
+            );
+        }
+    }
+    write_host_key(&config.ssh.host_key)?;
+    SecretsKey::generate_file(&config.secrets.key_file)?;
+    create_private_dir(&config.recording.dir)?;
+    write_new(&config_path, text.as_bytes(), 0o600)?;
+    if let Some(db) = config.database.url.strip_prefix("sqlite://") {
+        // SQLite would create the file with the umask's mode; it holds sealed secrets and the audit log.
+        write_new(Path::new(db), b"", 0o600)?;
+    }
+    let store = Store::open(&config.database.url).await?;
+    store.close().await;
+    Ok(config_path)
+}
+
+fn write_host_key(path: &Path) -> anyhow::Result<()> {
+    let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
+        .context("generating the SSH host key")?;
+    let pem = key
+        .to_openssh(LineEnding::LF)
+        .context("encoding the SSH host key")?;
+    write_new(path, pem.as_bytes(), 0o600)?;
+    let public = key
+        .public_key()
+        .to_openssh()
+        .context("encoding the public host key")?;
+    write_new(
+        &path.with_extension("pub"),
+        format!("{public}\n").as_bytes(),
+        0o644,
+    )?;
+    Ok(())
+}
+
+/// Writes a new file with `mode`; never replaces an existing one.
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn create_private_dir(path: &Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(path)
+        .with_context(|| format!("creating {}", path.display()))
+}

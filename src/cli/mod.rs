@@ -1,0 +1,83 @@
+//! The `chaperone` command line: one module per command group.
+//!
+//! Entry point: [`Cli`] (parsed by `main`) and [`run`]. Exit codes: 0 ok, 1 refused or failed,
+//! 2 usage (clap's own). Tables are for people; `--json` is for scripts.
+
+mod asset;
+mod audit;
+mod demo;
+mod grant;
+mod init;
+mod output;
+mod serve;
+mod session;
+mod user;
+mod vendor;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::DEFAULT_CONFIG_PATH;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chaperone",
+    version,
+    about = "Privileged-access jump host for the vendors who maintain medical devices"
+)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(short, long, global = true, env = "CHAPERONE_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a data directory: config, host key, secrets key, database.
+    Init(init::InitArgs),
+    /// Serve the SSH and web listeners until SIGTERM or Ctrl-C.
+    Serve,
+    /// Try chaperone: a throwaway directory with a sample vendor, device and grant, served at once.
+    Demo(demo::DemoArgs),
+    /// Vendors: their organisation, SSH keys and TOTP.
+    #[command(subcommand)]
+    Vendor(vendor::VendorCommand),
+    /// Staff users: approvers, auditors, admins.
+    #[command(subcommand)]
+    User(user::UserCommand),
+    /// Assets (devices) and their services, credentials, host keys.
+    #[command(subcommand)]
+    Asset(asset::AssetCommand),
+    /// Grants: staff-issued access (planned maintenance) and revocation.
+    #[command(subcommand)]
+    Grant(grant::GrantCommand),
+    /// Sessions and their recordings.
+    #[command(subcommand)]
+    Session(session::SessionCommand),
+    /// The tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+}
+
+/// Runs a parsed command. Errors carry their own explanation; `main` prints them and exits 1.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init(args) => init::run(args).await,
+        Command::Serve => serve::run(&cli.config).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Vendor(cmd) => vendor::run(&cli.config, cmd).await,
+        Command::User(cmd) => user::run(&cli.config, cmd).await,
+        Command::Asset(cmd) => asset::run(&cli.config, cmd).await,
+        Command::Grant(cmd) => grant::run(&cli.config, cmd).await,
+        Command::Session(cmd) => session::run(&cli.config, cmd).await,
+        Command::Audit(cmd) => audit::run(&cli.config, cmd).await,
+    }
+}
+
+/// Turns a validation message into an error for `?`.
+fn refuse<T>(result: Result<T, String>) -> anyhow::Result<T> {
+    result.map_err(anyhow::Error::msg)
+}

@@ -1,0 +1,18 @@
+//! `chaperone serve`: run the listeners until SIGTERM or Ctrl-C.
+
+use std::path::Path;
+
+use crate::app::App;
+use crate::server;
+
+pub async fn run(config: &Path) -> anyhow::Result<()> {
+    let app = App::open(config).await?;
+    let listeners = server::bind(&app.config).await?;
+    tracing::info!(
+        config = %app.config.path.display(),
+        ssh = %listeners.ssh_addr()?,
+        web = %listeners.web_addr()?,
+        "chaperone serving"
+    );
+    server::run(app, listeners, server::shutdown_signal()).await
+}

@@ -1,0 +1,132 @@
+//! `chaperone user …`: staff who approve, audit and administer in the web page.
+
+use std::path::Path;
+
+use clap::Subcommand;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::output::{json, table};
+use super::refuse;
+use crate::app::App;
+use crate::audit::AuditEvent;
+use crate::clock::format_time;
+use crate::identity::os_actor;
+use crate::model::{Role, check_name};
+use crate::secrets::random_hex;
+
+/// How long an enrollment link stays valid.
+pub const ENROLL_VALID_SECS: i64 = 72 * 3600;
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a staff user; prints a one-time enrollment link (password + passkey or TOTP).
+    Add {
+        name: String,
+        #[arg(long)]
+        role: Role,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List staff users.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a staff user (also voids an unused enrollment link).
+    Disable { name: String },
+}
+
+impl clap::ValueEnum for Role {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Role::Approver, Role::Auditor, Role::Admin]
+    }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(match self {
+            Role::Approver => "approver",
+            Role::Auditor => "auditor",
+            Role::Admin => "admin",
+        }))
+    }
+}
+
+pub async fn run(config: &Path, cmd: UserCommand) -> anyhow::Result<()> {
+    let app = App::open(config).await?;
+    let actor = os_actor();
+    let now = app.clock.now();
+    match cmd {
+        UserCommand::Add {
+            name,
+            role,
+            json: as_json,
+        } => {
+            refuse(check_name("user", &name))?;
+            let token = random_hex(32);
+            let token_hash = hex::encode(Sha256::digest(token.as_bytes()));
+            let expires = now + ENROLL_VALID_SECS;
+            let mut tx = app.store.begin().await?;
+            tx.insert_staff_user(&name, role, &token_hash, expires, now)
+                .await?;
+            tx.audit(
+                AuditEvent::new(
+                    &actor,
+                    "user.add",
+                    format!("user:{name}"),
+                    json!({"role": role.to_string(), "enroll_expires_at": expires}),
+                ),
+                now,
+            )
+            .await?;
+            tx.commit("user.add").await?;
+            let link = format!("{}/enroll/{token}", app.config.web.public_url);
+            if as_json {
+                return json(
+                    &json!({"name": name, "role": role, "enroll_url": link, "expires_at": expires}),
+                );
+            }
+            println!("User {name} added as {role}.");
+            println!(
+                "One-time enrollment link (valid until {}; send it to {name} over a trusted channel):",
+                format_time(expires)
+            );
+            println!("{link}");
+        }
+        UserCommand::List { json: as_json } => {
+            let users = app.store.staff_users().await?;
+            if as_json {
+                return json(&users);
+            }
+            let rows = users
+                .iter()
+                .map(|u| {
+                    vec![
+                        u.name.clone(),
+                        u.role.to_string(),
+                        if !u.enabled {
+                            "disabled".into()
+                        } else if u.enrolled {
+                            "enrolled".into()
+                        } else {
+                            "awaiting enrollment".into()
+                        },
+                        format_time(u.created_at),
+                    ]
+                })
+                .collect::<Vec<_>>();
+            table(&["NAME", "ROLE", "STATUS", "CREATED"], &rows);
+        }
+        UserCommand::Disable { name } => {
+            let u = app.store.require_staff_user(&name).await?;
+            let mut tx = app.store.begin().await?;
+            tx.disable_staff_user(u.id).await?;
+            tx.audit(
+                AuditEvent::new(&actor, "user.disable", format!("user:{name}"), json!({})),
+                now,
+            )
+            .await?;
+            tx.commit("user.disable").await?;
+            println!("User {name} disabled.");
+        }
+    }
+    Ok(())
+}

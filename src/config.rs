@@ -1,0 +1,556 @@
+//! Typed configuration, parsed once at start from one TOML file.
+//!
+//! Entry point: [`Config::load`]. Every key is known in advance (`deny_unknown_fields`), so a misspelt key
+//! is an error naming the file, the line and the key. Relative paths in the file are resolved against the
+//! file's own directory, so a data directory can be moved as a whole.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The default path of the configuration file (`-c/--config`, env `CHAPERONE_CONFIG`).
+pub const DEFAULT_CONFIG_PATH: &str = "chaperone.toml";
+
+/// Why a configuration could not be loaded. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read (missing, unreadable).
+    #[error("cannot read config {path} (create one with `chaperone init --dir DIR`)")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key, or a value of the wrong type.
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// The file parsed, but a value is not acceptable.
+    #[error("{path}: invalid value for `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// The whole configuration, with paths already made absolute.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from (shown in errors and `serve`'s start line).
+    pub path: PathBuf,
+    pub ssh: SshConfig,
+    pub web: WebConfig,
+    pub database: DatabaseConfig,
+    pub secrets: SecretsConfig,
+    pub recording: RecordingConfig,
+    pub log: LogConfig,
+}
+
+/// The vendors' SSH listener.
+#[derive(Debug, Clone)]
+pub struct SshConfig {
+    pub listen: SocketAddr,
+    /// The ed25519 host key vendors pin (OpenSSH private key format).
+    pub host_key: PathBuf,
+    /// Failed logins within `failure_window` that lock a vendor.
+    pub max_failures: u32,
+    pub failure_window: Duration,
+    /// How long a locked vendor stays locked.
+    pub lockout: Duration,
+    /// Upper bound on concurrent vendor connections.
+    pub max_connections: usize,
+}
+
+/// The approvers' and auditors' web listener.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    pub listen: SocketAddr,
+    /// The address people type into a browser; used in enrollment links.
+    pub public_url: String,
+}
+
+/// Where state lives: SQLite (embedded default) or PostgreSQL (several nodes).
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` (PATH relative to the config file) or `postgres://…`.
+    pub url: String,
+}
+
+impl fmt::Debug for DatabaseConfig {
+    /// A PostgreSQL URL may carry a password: never print it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .finish()
+    }
+}
+
+/// Where the key that encrypts secrets at rest lives.
+#[derive(Debug, Clone)]
+pub struct SecretsConfig {
+    pub key_file: PathBuf,
+}
+
+/// Session recordings.
+#[derive(Debug, Clone)]
+pub struct RecordingConfig {
+    pub dir: PathBuf,
+    /// Record what the vendor types (`i` events). Off by default: typed passwords must not land in recordings.
+    pub record_input: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `chaperone=debug`. `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl DatabaseConfig {
+    pub fn is_postgres(&self) -> bool {
+        self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")
+    }
+}
+
+/// Replaces the password in `scheme://user:password@host/…` with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+// ---- the file's shape -------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    ssh: RawSsh,
+    #[serde(default)]
+    web: RawWeb,
+    #[serde(default)]
+    database: RawDatabase,
+    #[serde(default)]
+    secrets: RawSecrets,
+    #[serde(default)]
+    recording: RawRecording,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSsh {
+    listen: String,
+    host_key: String,
+    max_failures: u32,
+    failure_window: String,
+    lockout: String,
+    max_connections: usize,
+}
+
+impl Default for RawSsh {
+    fn default() -> Self {
+        RawSsh {
+            listen: "0.0.0.0:2222".into(),
+            host_key: "ssh_host_ed25519_key".into(),
+            max_failures: 5,
+            failure_window: "10m".into(),
+            lockout: "15m".into(),
+            max_connections: 1024,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawWeb {
+    listen: String,
+    public_url: Option<String>,
+}
+
+impl Default for RawWeb {
+    fn default() -> Self {
+        RawWeb {
+            listen: "0.0.0.0:8443".into(),
+            public_url: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDatabase {
+    url: String,
+}
+
+impl Default for RawDatabase {
+    fn default() -> Self {
+        RawDatabase {
+            url: "sqlite://chaperone.db".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSecrets {
+    key_file: String,
+}
+
+impl Default for RawSecrets {
+    fn default() -> Self {
+        RawSecrets {
+            key_file: "secrets.key".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRecording {
+    dir: String,
+    record_input: bool,
+}
+
+impl Default for RawRecording {
+    fn default() -> Self {
+        RawRecording {
+            dir: "recordings".into(),
+            record_input: false,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses `text` as if read from `path` (relative paths resolve against `path`'s directory).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|span| line_column(text, span.start))
+                .unwrap_or((1, 1));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let resolve = |p: &str| -> PathBuf {
+            let p = Path::new(p);
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        let duration = |key: &'static str, value: &str| {
+            parse_duration(value).map_err(|message| invalid(key, message))
+        };
+        let addr = |key: &'static str, value: &str| {
+            value
+                .parse::<SocketAddr>()
+                .map_err(|e| invalid(key, format!("{value:?} is not HOST:PORT ({e})")))
+        };
+
+        let ssh = SshConfig {
+            listen: addr("ssh.listen", &raw.ssh.listen)?,
+            host_key: resolve(&raw.ssh.host_key),
+            max_failures: match raw.ssh.max_failures {
+                0 => return Err(invalid("ssh.max_failures", "must be at least 1".into())),
+                n => n,
+            },
+            failure_window: duration("ssh.failure_window", &raw.ssh.failure_window)?,
+            lockout: duration("ssh.lockout", &raw.ssh.lockout)?,
+            max_connections: match raw.ssh.max_connections {
+                0 => return Err(invalid("ssh.max_connections", "must be at least 1".into())),
+                n => n,
+            },
+        };
+        let web_listen = addr("web.listen", &raw.web.listen)?;
+        let public_url = match raw.web.public_url {
+            Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
+                url.trim_end_matches('/').to_owned()
+            }
+            Some(url) => {
+                return Err(invalid(
+                    "web.public_url",
+                    format!("{url:?} must start with https://"),
+                ));
+            }
+            None => format!("https://{web_listen}"),
+        };
+        let database = if let Some(file) = raw.database.url.strip_prefix("sqlite://") {
+            if file.is_empty() {
+                return Err(invalid(
+                    "database.url",
+                    "sqlite:// needs a file name".into(),
+                ));
+            }
+            DatabaseConfig {
+                url: format!("sqlite://{}", resolve(file).display()),
+            }
+        } else if raw.database.url.starts_with("postgres://")
+            || raw.database.url.starts_with("postgresql://")
+        {
+            DatabaseConfig {
+                url: raw.database.url,
+            }
+        } else {
+            return Err(invalid(
+                "database.url",
+                format!(
+                    "{:?} must start with sqlite:// or postgres://",
+                    redact_url(&raw.database.url)
+                ),
+            ));
+        };
+        if raw.log.level.trim().is_empty() {
+            return Err(invalid("log.level", "must not be empty".into()));
+        }
+        Ok(Config {
+            path: path.to_owned(),
+            ssh,
+            web: WebConfig {
+                listen: web_listen,
+                public_url,
+            },
+            database,
+            secrets: SecretsConfig {
+                key_file: resolve(&raw.secrets.key_file),
+            },
+            recording: RecordingConfig {
+                dir: resolve(&raw.recording.dir),
+                record_input: raw.recording.record_input,
+            },
+            log: LogConfig {
+                level: raw.log.level,
+            },
+        })
+    }
+}
+
+/// 1-based line and column of byte offset `at` in `text`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..at.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Parses durations such as `90s`, `10m`, `2h`, `1d`, `1h30m`. A bare number is refused: units are required.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration (use e.g. 30m, 2h, 1d)".into());
+    }
+    let mut total: u64 = 0;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return Err(format!("{text:?}: unknown unit {c:?} (use s, m, h or d)")),
+        };
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("{text:?}: expected a number before {c:?}"))?;
+        number.clear();
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("{text:?}: too long"))?;
+    }
+    if !number.is_empty() {
+        return Err(format!("{text:?}: a unit is required (e.g. {number}m)"));
+    }
+    if total == 0 {
+        return Err(format!("{text:?}: must be longer than zero"));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// Formats a duration the way `parse_duration` reads it, e.g. `1h30m`.
+pub fn format_duration(d: Duration) -> String {
+    let mut s = d.as_secs();
+    if s == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (unit, len) in [("d", 86400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if s >= len {
+            out.push_str(&format!("{}{unit}", s / len));
+            s %= len;
+        }
+    }
+    out
+}
+
+/// The annotated file `chaperone init` writes. Paths are relative to the file.
+pub fn annotated_template(ssh_listen: SocketAddr, web_listen: SocketAddr) -> String {
+    format!(
+        r#"# chaperone configuration. Paths are relative to this file.
+# Every key is checked at start: a misspelt key is an error naming this file and the line.
+
+[ssh]
+# Where vendors connect with their OpenSSH client.
+listen = "{ssh_listen}"
+# The bastion's ed25519 host key (vendors pin its fingerprint).
+host_key = "ssh_host_ed25519_key"
+# Failed logins within failure_window lock the vendor for lockout.
+max_failures = 5
+failure_window = "10m"
+lockout = "15m"
+# Concurrent vendor connections at most.
+max_connections = 1024
+
+[web]
+# The approvers' and auditors' web page.
+listen = "{web_listen}"
+# The address people open in a browser (used in enrollment links).
+# public_url = "https://bastion.hospital.example:8443"
+
+[database]
+# SQLite file (embedded default) or postgres://user:password@host/db for several nodes.
+url = "sqlite://chaperone.db"
+
+[secrets]
+# 32-byte key that encrypts device credentials and TOTP seeds (mode 0600). See SECURITY.md to rotate it.
+key_file = "secrets.key"
+
+[recording]
+# Session recordings (asciicast v2, transfer logs). Must be writable: no recording, no session.
+dir = "recordings"
+# Record what vendors type. Off by default: typed passwords must not land in recordings.
+record_input = false
+
+[log]
+# A tracing filter; RUST_LOG overrides it.
+level = "info"
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/chaperone/chaperone.toml"), text)
+    }
+
+    #[test]
+    fn template_parses_and_resolves_paths() {
+        let text = annotated_template(
+            "127.0.0.1:2222".parse().unwrap(),
+            "127.0.0.1:8443".parse().unwrap(),
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.ssh.listen.port(), 2222);
+        assert_eq!(
+            c.ssh.host_key,
+            Path::new("/etc/chaperone/ssh_host_ed25519_key")
+        );
+        assert_eq!(c.database.url, "sqlite:///etc/chaperone/chaperone.db");
+        assert_eq!(c.ssh.failure_window, Duration::from_secs(600));
+        assert!(!c.recording.record_input);
+    }
+
+    #[test]
+    fn misspelt_key_names_line_and_key() {
+        let err = parse("[ssh]\nlisten = \"127.0.0.1:1\"\nlistn = \"x\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("/etc/chaperone/chaperone.toml:3:"), "{msg}");
+        assert!(msg.contains("listn"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let msg = parse("[ssh]\nlisten = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("ssh.listen"), "{msg}");
+        let msg = parse("[ssh]\nlockout = \"5\"\n").unwrap_err().to_string();
+        assert!(msg.contains("ssh.lockout"), "{msg}");
+        let msg = parse("[database]\nurl = \"mysql://u:pw@h/db\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("database.url") && !msg.contains("pw"), "{msg}");
+        let msg = parse("[ssh]\nmax_failures = \"five\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(":2:"), "{msg}");
+    }
+
+    #[test]
+    fn database_password_is_redacted_in_debug() {
+        let c = parse("[database]\nurl = \"postgres://bastion:hunter2@db/chaperone\"\n").unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(c.database.is_postgres());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("90").is_err());
+        assert!(parse_duration("0m").is_err());
+        assert!(parse_duration("2w").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+        assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
+    }
+}

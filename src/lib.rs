@@ -1,0 +1,17 @@
+//! chaperone: a privileged-access jump host for the vendors who maintain a hospital's medical devices.
+//!
+//! Entry points: `main.rs` parses the command line and calls into [`cli`]; `chaperone serve` runs
+//! [`server::run`]. ARCHITECTURE.md has the map.
+
+pub mod app;
+pub mod audit;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod hostkey;
+pub mod identity;
+pub mod model;
+pub mod secrets;
+pub mod server;
+pub mod ssh;
+pub mod store;

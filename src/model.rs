@@ -1,0 +1,437 @@
+//! The domain's plain data: vendors, staff, assets and their services, requests, grants, sessions,
+//! recordings. Parsing of names and service specs from hostile input lives here, next to the types.
+//!
+//! Nothing here touches the database or the network; `store` maps these to rows.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+/// Unix time in seconds.
+pub type UnixTime = i64;
+
+/// A name for a vendor, a staff user, an asset, a zone or a service: 1-64 characters of
+/// `[a-z0-9._-]`, starting with a letter or digit. Hostile or confusing names (spaces, `+`, `@`, control
+/// characters, upper case look-alikes) never reach the database, a log line or a terminal.
+pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
+    let ok_len = (1..=64).contains(&name.len());
+    let ok_first = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
+    if ok_len && ok_first && ok_chars {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid {kind} name {:?}: use 1-64 characters a-z 0-9 . _ - starting with a letter or digit",
+            truncate_for_display(name, 80)
+        ))
+    }
+}
+
+/// Free text (purpose, reason, organisation): printable, single line, bounded.
+pub fn check_text(what: &str, text: &str, max: usize) -> Result<(), String> {
+    if text.trim().is_empty() {
+        return Err(format!("{what} must not be empty"));
+    }
+    if text.chars().count() > max {
+        return Err(format!("{what} is longer than {max} characters"));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(format!(
+            "{what} must be one line without control characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Shortens hostile input before it is echoed back in an error message.
+pub fn truncate_for_display(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(max).collect();
+        t.push('…');
+        t
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Criticality {
+    Normal,
+    High,
+    Critical,
+}
+
+impl FromStr for Criticality {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "normal" => Ok(Criticality::Normal),
+            "high" => Ok(Criticality::High),
+            "critical" => Ok(Criticality::Critical),
+            other => Err(format!(
+                "invalid criticality {:?}: use normal, high or critical",
+                truncate_for_display(other, 40)
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Criticality {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Criticality::Normal => "normal",
+            Criticality::High => "high",
+            Criticality::Critical => "critical",
+        })
+    }
+}
+
+/// How chaperone carries a service: `ssh` is terminated and recorded as a terminal; `tcp` is tunnelled
+/// and recorded as a connection record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    Ssh,
+    Tcp,
+}
+
+impl FromStr for ServiceKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ssh" => Ok(ServiceKind::Ssh),
+            "tcp" => Ok(ServiceKind::Tcp),
+            other => Err(format!(
+                "invalid service kind {:?}: use ssh or tcp",
+                truncate_for_display(other, 40)
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServiceKind::Ssh => "ssh",
+            ServiceKind::Tcp => "tcp",
+        })
+    }
+}
+
+/// A named port of an asset, e.g. `dicom:104/tcp`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Service {
+    pub name: String,
+    pub port: u16,
+    pub kind: ServiceKind,
+}
+
+impl FromStr for Service {
+    type Err = String;
+    /// Parses `NAME:PORT/KIND`.
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "invalid service {:?}: expected NAME:PORT/KIND, e.g. ssh:22/ssh or dicom:104/tcp",
+                truncate_for_display(spec, 60)
+            )
+        };
+        let (name, rest) = spec.split_once(':').ok_or_else(bad)?;
+        let (port, kind) = rest.split_once('/').ok_or_else(bad)?;
+        check_name("service", name)?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("invalid port {port:?} in service {name}: use 1-65535"))?;
+        Ok(Service {
+            name: name.to_owned(),
+            port,
+            kind: kind.parse()?,
+        })
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.name, self.port, self.kind)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Vendor {
+    pub id: i64,
+    pub name: String,
+    pub org: String,
+    pub enabled: bool,
+    pub locked_until: Option<UnixTime>,
+    pub created_at: UnixTime,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VendorKey {
+    pub id: i64,
+    pub vendor_id: i64,
+    /// The OpenSSH public key line without comment, e.g. `ssh-ed25519 AAAA…`.
+    pub public_key: String,
+    /// `SHA256:…` as `ssh-keygen -l` prints it.
+    pub fingerprint: String,
+    pub comment: String,
+    pub added_at: UnixTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Approver,
+    Auditor,
+    Admin,
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "approver" => Ok(Role::Approver),
+            "auditor" => Ok(Role::Auditor),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "invalid role {:?}: use approver, auditor or admin",
+                truncate_for_display(other, 40)
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Approver => "approver",
+            Role::Auditor => "auditor",
+            Role::Admin => "admin",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StaffUser {
+    pub id: i64,
+    pub name: String,
+    pub role: Role,
+    pub enabled: bool,
+    /// Whether the user finished enrollment (password and second factor set).
+    pub enrolled: bool,
+    pub created_at: UnixTime,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Asset {
+    pub id: i64,
+    pub name: String,
+    pub address: String,
+    pub zone: String,
+    pub purpose: String,
+    pub criticality: Criticality,
+    pub vendor_org: Option<String>,
+    pub os: Option<String>,
+    pub patch_status: Option<String>,
+    /// The pinned SSH host key of the device's `ssh` service (`ssh-ed25519 AAAA…`).
+    pub host_key: Option<String>,
+    /// The account chaperone logs in as; the secret itself is never loaded into this type.
+    pub credential_user: Option<String>,
+    pub credential_kind: Option<CredentialKind>,
+    pub services: Vec<Service>,
+    pub created_at: UnixTime,
+}
+
+impl Asset {
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+/// What kind of secret is injected when chaperone logs in to a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialKind {
+    Key,
+    Password,
+}
+
+impl FromStr for CredentialKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "key" => Ok(CredentialKind::Key),
+            "password" => Ok(CredentialKind::Password),
+            other => Err(format!("unknown credential kind {other:?}")),
+        }
+    }
+}
+
+impl fmt::Display for CredentialKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CredentialKind::Key => "key",
+            CredentialKind::Password => "password",
+        })
+    }
+}
+
+/// A grant as stored. Whether it is active *now* is the policy's question, not this type's.
+#[derive(Debug, Clone, Serialize)]
+pub struct GrantRow {
+    pub id: i64,
+    pub vendor: String,
+    pub asset: String,
+    pub services: Vec<String>,
+    pub starts_at: UnixTime,
+    pub ends_at: UnixTime,
+    pub reason: String,
+    pub issued_by: String,
+    pub request_id: Option<i64>,
+    pub revoked_at: Option<UnixTime>,
+    pub revoked_by: Option<String>,
+    pub revoke_reason: Option<String>,
+    pub created_at: UnixTime,
+}
+
+impl GrantRow {
+    /// Active at `now`: started, not ended, not revoked.
+    pub fn is_active(&self, now: UnixTime) -> bool {
+        self.revoked_at.is_none() && self.starts_at <= now && now < self.ends_at
+    }
+
+    pub fn state(&self, now: UnixTime) -> &'static str {
+        if self.revoked_at.is_some() {
+            "revoked"
+        } else if now >= self.ends_at {
+            "expired"
+        } else if now < self.starts_at {
+            "scheduled"
+        } else {
+            "active"
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessRequest {
+    pub id: i64,
+    pub vendor: String,
+    pub asset: String,
+    pub services: Vec<String>,
+    pub duration_secs: i64,
+    pub reason: String,
+    pub status: String,
+    pub created_at: UnixTime,
+    pub decided_at: Option<UnixTime>,
+    pub decided_by: Option<String>,
+    pub decision_reason: Option<String>,
+}
+
+/// What one SSH connection did toward one asset.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionRow {
+    pub id: String,
+    pub vendor: String,
+    pub asset: String,
+    pub grant_id: i64,
+    /// `shell`, `exec`, `sftp`, `tunnel`, `jump`.
+    pub kind: String,
+    pub service: String,
+    pub client_addr: String,
+    /// The command for `exec`, the destination for a tunnel.
+    pub detail: String,
+    pub started_at: UnixTime,
+    pub ended_at: Option<UnixTime>,
+    pub end_reason: Option<String>,
+    /// Vendor → device.
+    pub bytes_up: i64,
+    /// Device → vendor.
+    pub bytes_down: i64,
+    pub recordings: Vec<RecordingRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordingRow {
+    pub id: i64,
+    pub session_id: String,
+    /// `asciicast-v2`, `transfer-log`.
+    pub format: String,
+    pub path: String,
+    pub sha256: Option<String>,
+    pub size: Option<i64>,
+    pub created_at: UnixTime,
+    pub closed_at: Option<UnixTime>,
+}
+
+/// Splits a comma list of names (services in a grant) and checks each.
+pub fn parse_name_list(kind: &str, list: &str) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for part in list.split(',') {
+        let part = part.trim();
+        check_name(kind, part)?;
+        if !out.iter().any(|p| p == part) {
+            out.push(part.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(check_name("asset", "mri-01").is_ok());
+        for bad in [
+            "",
+            "MRI",
+            "a b",
+            "alice+mri",
+            "-x",
+            "x\u{1b}[2J",
+            &"a".repeat(65),
+        ] {
+            assert!(check_name("asset", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn services() {
+        let s: Service = "dicom:104/tcp".parse().unwrap();
+        assert_eq!(
+            (s.name.as_str(), s.port, s.kind),
+            ("dicom", 104, ServiceKind::Tcp)
+        );
+        assert_eq!(s.to_string(), "dicom:104/tcp");
+        for bad in [
+            "dicom",
+            "dicom:104",
+            "dicom:0/tcp",
+            "dicom:70000/tcp",
+            "dicom:104/udp",
+            "Dicom:1/tcp",
+        ] {
+            assert!(bad.parse::<Service>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn name_lists() {
+        assert_eq!(
+            parse_name_list("service", "ssh, dicom,ssh").unwrap(),
+            ["ssh", "dicom"]
+        );
+        assert!(parse_name_list("service", "ssh,,dicom").is_err());
+    }
+}

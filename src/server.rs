@@ -1,0 +1,97 @@
+//! The listeners: vendors' SSH and the approvers' web page, sharing one shutdown signal.
+//!
+//! Entry points: [`bind`] (so tests can bind `127.0.0.1:0` and read the ports back), [`run`] (serves until
+//! the `shutdown` future completes) and [`shutdown_signal`] (SIGTERM or Ctrl-C).
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::app::App;
+use crate::config::Config;
+use crate::ssh;
+
+/// Bound sockets, before serving.
+#[derive(Debug)]
+pub struct Listeners {
+    pub ssh: TcpListener,
+    pub web: TcpListener,
+}
+
+impl Listeners {
+    pub fn ssh_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.ssh.local_addr()?)
+    }
+    pub fn web_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.web.local_addr()?)
+    }
+}
+
+pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+    let ssh = TcpListener::bind(config.ssh.listen)
+        .await
+        .with_context(|| format!("binding the SSH listener on {}", config.ssh.listen))?;
+    let web = TcpListener::bind(config.web.listen)
+        .await
+        .with_context(|| format!("binding the web listener on {}", config.web.listen))?;
+    Ok(Listeners { ssh, web })
+}
+
+/// Serves both listeners until `shutdown` completes, then stops accepting and closes live connections.
+pub async fn run(
+    app: App,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ssh_task = tokio::spawn(ssh::serve(app.clone(), listeners.ssh, stop_rx.clone()));
+    let mut web_stop = stop_rx.clone();
+    let web_task = tokio::spawn(async move {
+        axum::serve(listeners.web, chaperone_web_approval::router())
+            .with_graceful_shutdown(async move {
+                let _ = web_stop.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let ssh_result = ssh_task.await.context("SSH listener task")?;
+    let web_result = web_task.await.context("web listener task")?;
+    ssh_result?;
+    web_result.context("web listener")?;
+    app.store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C (SIGINT).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,261 @@
+//! Assets (devices), their services, pinned host keys and injected credentials.
+
+// Dynamic SQL below only ever interpolates the constant column lists of this module.
+use sqlx::AssertSqlSafe;
+use sqlx::any::AnyRow;
+
+use super::{Context, Result, Store, StoreError, Tx, get, get_parsed};
+use crate::model::{Asset, CredentialKind, Criticality, Service, ServiceKind, UnixTime};
+
+const ASSET_COLUMNS: &str = "id, name, address, zone, purpose, criticality, vendor_org, os, \
+     patch_status, host_key, cred_user, cred_kind, created_at";
+
+fn asset(row: &AnyRow, services: Vec<Service>) -> Result<Asset> {
+    let cred_kind: Option<String> = get(row, "cred_kind")?;
+    Ok(Asset {
+        id: get(row, "id")?,
+        name: get(row, "name")?,
+        address: get(row, "address")?,
+        zone: get(row, "zone")?,
+        purpose: get(row, "purpose")?,
+        criticality: get_parsed::<Criticality>(row, "criticality")?,
+        vendor_org: get(row, "vendor_org")?,
+        os: get(row, "os")?,
+        patch_status: get(row, "patch_status")?,
+        host_key: get(row, "host_key")?,
+        credential_user: get(row, "cred_user")?,
+        credential_kind: cred_kind
+            .map(|k| k.parse::<CredentialKind>().map_err(StoreError::Corrupt))
+            .transpose()?,
+        services,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+fn service(row: &AnyRow) -> Result<Service> {
+    let port: i64 = get(row, "port")?;
+    Ok(Service {
+        name: get(row, "name")?,
+        port: u16::try_from(port).map_err(|_| StoreError::Corrupt(format!("port {port}")))?,
+        kind: get_parsed::<ServiceKind>(row, "kind")?,
+    })
+}
+
+/// What `asset add` records.
+#[derive(Debug, Clone)]
+pub struct NewAsset<'a> {
+    pub name: &'a str,
+    pub address: &'a str,
+    pub zone: &'a str,
+    pub purpose: &'a str,
+    pub criticality: Criticality,
+    pub vendor_org: Option<&'a str>,
+    pub os: Option<&'a str>,
+    pub patch_status: Option<&'a str>,
+    pub services: &'a [Service],
+}
+
+impl Store {
+    async fn services_of(&self, asset_id: i64) -> Result<Vec<Service>> {
+        let rows = sqlx::query(
+            "SELECT name, port, kind FROM asset_services WHERE asset_id = $1 ORDER BY port, name",
+        )
+        .bind(asset_id)
+        .fetch_all(&self.pool)
+        .await
+        .context("listing asset services")?;
+        rows.iter().map(service).collect()
+    }
+
+    pub async fn assets(&self) -> Result<Vec<Asset>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ASSET_COLUMNS} FROM assets ORDER BY name"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .context("listing assets")?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let services = self.services_of(get(row, "id")?).await?;
+            out.push(asset(row, services)?);
+        }
+        Ok(out)
+    }
+
+    pub async fn asset(&self, name: &str) -> Result<Option<Asset>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ASSET_COLUMNS} FROM assets WHERE name = $1"
+        )))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .context("reading an asset")?;
+        match row {
+            Some(row) => {
+                let services = self.services_of(get(&row, "id")?).await?;
+                Ok(Some(asset(&row, services)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub async fn require_asset(&self, name: &str) -> Result<Asset> {
+        self.asset(name).await?.ok_or_else(|| StoreError::NotFound {
+            kind: "asset",
+            name: name.to_owned(),
+        })
+    }
+
+    /// Assets whose name or address is `name_or_address` (tunnels may name the device either way).
+    pub async fn assets_by_name_or_address(&self, name_or_address: &str) -> Result<Vec<Asset>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ASSET_COLUMNS} FROM assets WHERE name = $1 OR address = $1 ORDER BY name"
+        )))
+        .bind(name_or_address)
+        .fetch_all(&self.pool)
+        .await
+        .context("looking up an asset")?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let services = self.services_of(get(row, "id")?).await?;
+            out.push(asset(row, services)?);
+        }
+        Ok(out)
+    }
+
+    /// The sealed injected credential of an asset.
+    pub async fn asset_credential_secret(&self, asset_id: i64) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT cred_secret FROM assets WHERE id = $1")
+            .bind(asset_id)
+            .fetch_one(&self.pool)
+            .await
+            .context("reading an asset credential")?;
+        get(&row, "cred_secret")
+    }
+}
+
+impl Tx {
+    pub async fn insert_asset(&mut self, a: &NewAsset<'_>, now: UnixTime) -> Result<i64> {
+        let row = sqlx::query(
+            "INSERT INTO assets (name, address, zone, purpose, criticality, vendor_org, os, patch_status, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+        )
+        .bind(a.name)
+        .bind(a.address)
+        .bind(a.zone)
+        .bind(a.purpose)
+        .bind(a.criticality.to_string())
+        .bind(a.vendor_org)
+        .bind(a.os)
+        .bind(a.patch_status)
+        .bind(now)
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict(format!("asset {} already exists", a.name))
+            }
+            source => StoreError::Database {
+                context: "adding an asset",
+                source,
+            },
+        })?;
+        let id: i64 = get(&row, "id")?;
+        for s in a.services {
+            self.insert_service(id, s).await?;
+        }
+        Ok(id)
+    }
+
+    pub async fn insert_service(&mut self, asset_id: i64, s: &Service) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO asset_services (asset_id, name, port, kind) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(asset_id)
+        .bind(&s.name)
+        .bind(i64::from(s.port))
+        .bind(s.kind.to_string())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict(format!("the asset already has a service named {}", s.name))
+            }
+            source => StoreError::Database {
+                context: "adding a service",
+                source,
+            },
+        })?;
+        Ok(())
+    }
+
+    pub async fn delete_service(&mut self, asset_id: i64, name: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM asset_services WHERE asset_id = $1 AND name = $2")
+            .bind(asset_id)
+            .bind(name)
+            .execute(&mut *self.tx)
+            .await
+            .context("removing a service")?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Removes an asset. Refused while grants, requests or sessions refer to it (history must survive).
+    pub async fn delete_asset(&mut self, asset_id: i64, name: &str) -> Result<()> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM grants WHERE asset_id = $1) \
+                  + (SELECT COUNT(*) FROM access_requests WHERE asset_id = $1) \
+                  + (SELECT COUNT(*) FROM sessions WHERE asset_id = $1) AS n",
+        )
+        .bind(asset_id)
+        .fetch_one(&mut *self.tx)
+        .await
+        .context("checking an asset's history")?;
+        let n: i64 = get(&row, "n")?;
+        if n > 0 {
+            return Err(StoreError::Conflict(format!(
+                "asset {name} has grants, requests or sessions on record; its history is kept, so it cannot be removed"
+            )));
+        }
+        sqlx::query("DELETE FROM asset_services WHERE asset_id = $1")
+            .bind(asset_id)
+            .execute(&mut *self.tx)
+            .await
+            .context("removing an asset's services")?;
+        sqlx::query("DELETE FROM assets WHERE id = $1")
+            .bind(asset_id)
+            .execute(&mut *self.tx)
+            .await
+            .context("removing an asset")?;
+        Ok(())
+    }
+
+    pub async fn set_asset_host_key(&mut self, asset_id: i64, host_key: &str) -> Result<()> {
+        sqlx::query("UPDATE assets SET host_key = $1 WHERE id = $2")
+            .bind(host_key)
+            .bind(asset_id)
+            .execute(&mut *self.tx)
+            .await
+            .context("pinning a host key")?;
+        Ok(())
+    }
+
+    pub async fn set_asset_credential(
+        &mut self,
+        asset_id: i64,
+        user: &str,
+        kind: CredentialKind,
+        sealed: &[u8],
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE assets SET cred_user = $1, cred_kind = $2, cred_secret = $3 WHERE id = $4",
+        )
+        .bind(user)
+        .bind(kind.to_string())
+        .bind(sealed)
+        .bind(asset_id)
+        .execute(&mut *self.tx)
+        .await
+        .context("setting an asset credential")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,92 @@
+//! The audit table: append and read. There is deliberately no update or delete of `audit_events` here.
+
+use sqlx::any::AnyRow;
+use sqlx::{Any, Transaction};
+
+use super::{Context, Result, Store, get};
+use crate::audit::{AuditEvent, AuditRow, chain_hash};
+use crate::model::UnixTime;
+
+fn audit_row(row: &AnyRow) -> Result<AuditRow> {
+    Ok(AuditRow {
+        seq: get(row, "seq")?,
+        at: get(row, "at")?,
+        actor: get(row, "actor")?,
+        action: get(row, "action")?,
+        subject: get(row, "subject")?,
+        detail: get(row, "detail")?,
+        prev_hash: get(row, "prev_hash")?,
+        hash: get(row, "hash")?,
+    })
+}
+
+/// Appends `event` to the chain. Bumping the head first takes its row lock, so concurrent appenders
+/// (threads or nodes) queue and each links to the hash before it.
+pub(super) async fn append(
+    tx: &mut Transaction<'static, Any>,
+    event: AuditEvent,
+    now: UnixTime,
+) -> Result<i64> {
+    let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+        .fetch_one(&mut **tx)
+        .await
+        .context("locking the audit chain")?;
+    let seq: i64 = get(&head, "seq")?;
+    let prev_hash: String = get(&head, "hash")?;
+    let detail = event.detail.to_string();
+    let hash = chain_hash(
+        seq,
+        now,
+        &event.actor,
+        &event.action,
+        &event.subject,
+        &detail,
+        &prev_hash,
+    );
+    sqlx::query(
+        "INSERT INTO audit_events (seq, at, actor, action, subject, detail, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(seq)
+    .bind(now)
+    .bind(&event.actor)
+    .bind(&event.action)
+    .bind(&event.subject)
+    .bind(&detail)
+    .bind(&prev_hash)
+    .bind(&hash)
+    .execute(&mut **tx)
+    .await
+    .context("appending an audit event")?;
+    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+        .bind(&hash)
+        .execute(&mut **tx)
+        .await
+        .context("advancing the audit chain head")?;
+    Ok(seq)
+}
+
+impl Store {
+    /// Audit rows with `seq > after`, oldest first, at most `limit` (for streaming verify and export).
+    pub async fn audit_page(&self, after: i64, limit: i64) -> Result<Vec<AuditRow>> {
+        let rows = sqlx::query(
+            "SELECT seq, at, actor, action, subject, detail, prev_hash, hash FROM audit_events \
+             WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading the audit log")?;
+        rows.iter().map(audit_row).collect()
+    }
+
+    /// The chain head: last sequence number and hash.
+    pub async fn audit_head(&self) -> Result<(i64, String)> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .context("reading the audit chain head")?;
+        Ok((get(&row, "seq")?, get(&row, "hash")?))
+    }
+}

@@ -1,0 +1,196 @@
+//! The only place that knows SQL. One interface over SQLite (embedded default) and PostgreSQL (several
+//! nodes), through sqlx's `Any` driver with portable SQL (`$1` placeholders work on both).
+//!
+//! Entry points: [`Store::open`] (connects and applies migrations), reads on [`Store`], and every change
+//! through a [`Tx`] from [`Store::begin`]. A `Tx` only commits after it has appended an audit event, so no
+//! change reaches the database without its audit row in the same transaction.
+
+mod assets;
+mod audit;
+mod grants;
+mod sessions;
+mod staff;
+mod vendors;
+
+use std::str::FromStr;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Row, Transaction};
+
+use crate::audit::AuditEvent;
+use crate::config::redact_url;
+
+pub use assets::NewAsset;
+pub use grants::NewGrant;
+pub use sessions::NewSession;
+pub use vendors::LoginFailure;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed; `context` says what we were doing.
+    #[error("database error while {context}")]
+    Database {
+        context: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Applying migrations failed.
+    #[error("cannot apply database migrations")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The named thing does not exist.
+    #[error("no {kind} named {name:?}")]
+    NotFound { kind: &'static str, name: String },
+    /// A thing with that name or key already exists.
+    #[error("{0}")]
+    Conflict(String),
+    /// A row holds a value the code cannot accept (edited by hand or corrupted).
+    #[error("database row is invalid: {0}")]
+    Corrupt(String),
+    /// A transaction tried to commit a change without an audit event.
+    #[error("refusing to commit a change without an audit event ({0})")]
+    Unaudited(&'static str),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Attaches what we were doing to a sqlx error.
+trait Context<T> {
+    fn context(self, context: &'static str) -> Result<T>;
+}
+
+impl<T> Context<T> for std::result::Result<T, sqlx::Error> {
+    fn context(self, context: &'static str) -> Result<T> {
+        self.map_err(|source| {
+            if let sqlx::Error::Database(db) = &source
+                && db.is_unique_violation()
+            {
+                return StoreError::Conflict(format!("{context}: already exists"));
+            }
+            StoreError::Database { context, source }
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A handle on the database; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://PATH` or `postgres://…`), creating a SQLite file if needed, and applies
+    /// the migrations of that backend.
+    pub async fn open(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let (backend, connect_url, max) = if let Some(path) = url.strip_prefix("sqlite://") {
+            // WAL lets readers run beside the one writer; the busy timeout queues writers instead of failing.
+            (Backend::Sqlite, format!("sqlite://{path}?mode=rwc"), 8)
+        } else {
+            (Backend::Postgres, url.to_owned(), 16)
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        use sqlx::Executor;
+                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;")
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&connect_url)
+            .await
+            .map_err(|source| {
+                tracing::debug!(url = %redact_url(url), "connect failed");
+                StoreError::Database {
+                    context: "connecting to the database",
+                    source,
+                }
+            })?;
+        let migrator = match backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(&pool).await?;
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Starts a write transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so two
+    /// writers queue on the busy timeout instead of failing half-way.
+    pub async fn begin(&self) -> Result<Tx> {
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+        .context("starting a transaction")?;
+        Ok(Tx { tx, audited: false })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// A write transaction. Commit requires at least one audit event appended through [`Tx::audit`].
+#[derive(Debug)]
+pub struct Tx {
+    tx: Transaction<'static, Any>,
+    audited: bool,
+}
+
+impl Tx {
+    /// Appends `event` to the audit chain inside this transaction.
+    pub async fn audit(&mut self, event: AuditEvent, now: i64) -> Result<i64> {
+        let seq = audit::append(&mut self.tx, event, now).await?;
+        self.audited = true;
+        Ok(seq)
+    }
+
+    /// Commits; refuses when nothing was audited (`what` names the change for the error).
+    pub async fn commit(self, what: &'static str) -> Result<()> {
+        if !self.audited {
+            return Err(StoreError::Unaudited(what));
+        }
+        self.tx.commit().await.context("committing")
+    }
+}
+
+// ---- row helpers shared by the submodules ---------------------------------------------------------
+
+fn get<T>(row: &AnyRow, column: &str) -> Result<T>
+where
+    T: for<'r> sqlx::Decode<'r, Any> + sqlx::Type<Any>,
+{
+    row.try_get(column)
+        .map_err(|e| StoreError::Corrupt(format!("column {column}: {e}")))
+}
+
+fn get_parsed<T: FromStr<Err = String>>(row: &AnyRow, column: &str) -> Result<T> {
+    let text: String = get(row, column)?;
+    text.parse()
+        .map_err(|e| StoreError::Corrupt(format!("column {column}: {e}")))
+}
+
+fn split_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}

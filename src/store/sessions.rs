@@ -1,0 +1,189 @@
+//! Sessions (what one connection did toward one asset) and their recordings.
+
+// Dynamic SQL below only ever interpolates the constant column lists of this module.
+use sqlx::AssertSqlSafe;
+use sqlx::any::AnyRow;
+
+use super::{Context, Result, Store, StoreError, Tx, get};
+use crate::model::{RecordingRow, SessionRow, UnixTime};
+
+const SESSION_SELECT: &str = "SELECT s.id, v.name AS vendor, a.name AS asset, s.grant_id, s.kind, \
+     s.service, s.client_addr, s.detail, s.started_at, s.ended_at, s.end_reason, s.bytes_up, s.bytes_down \
+     FROM sessions s JOIN vendors v ON v.id = s.vendor_id JOIN assets a ON a.id = s.asset_id";
+
+fn session(row: &AnyRow) -> Result<SessionRow> {
+    Ok(SessionRow {
+        id: get(row, "id")?,
+        vendor: get(row, "vendor")?,
+        asset: get(row, "asset")?,
+        grant_id: get(row, "grant_id")?,
+        kind: get(row, "kind")?,
+        service: get(row, "service")?,
+        client_addr: get(row, "client_addr")?,
+        detail: get(row, "detail")?,
+        started_at: get(row, "started_at")?,
+        ended_at: get(row, "ended_at")?,
+        end_reason: get(row, "end_reason")?,
+        bytes_up: get(row, "bytes_up")?,
+        bytes_down: get(row, "bytes_down")?,
+        recordings: Vec::new(),
+    })
+}
+
+fn recording(row: &AnyRow) -> Result<RecordingRow> {
+    Ok(RecordingRow {
+        id: get(row, "id")?,
+        session_id: get(row, "session_id")?,
+        format: get(row, "format")?,
+        path: get(row, "path")?,
+        sha256: get(row, "sha256")?,
+        size: get(row, "size")?,
+        created_at: get(row, "created_at")?,
+        closed_at: get(row, "closed_at")?,
+    })
+}
+
+/// What opening a session records.
+#[derive(Debug, Clone)]
+pub struct NewSession<'a> {
+    pub id: &'a str,
+    pub vendor_id: i64,
+    pub asset_id: i64,
+    pub grant_id: i64,
+    pub kind: &'a str,
+    pub service: &'a str,
+    pub client_addr: &'a str,
+    pub detail: &'a str,
+}
+
+impl Store {
+    /// Sessions, newest first, with their recordings.
+    pub async fn sessions(&self, limit: i64) -> Result<Vec<SessionRow>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{SESSION_SELECT} ORDER BY s.started_at DESC, s.id LIMIT $1"
+        )))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .context("listing sessions")?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut s = session(row)?;
+            s.recordings = self.recordings_of(&s.id).await?;
+            out.push(s);
+        }
+        Ok(out)
+    }
+
+    pub async fn session(&self, id: &str) -> Result<SessionRow> {
+        let row = sqlx::query(AssertSqlSafe(format!("{SESSION_SELECT} WHERE s.id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading a session")?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "session",
+                name: id.to_owned(),
+            })?;
+        let mut s = session(&row)?;
+        s.recordings = self.recordings_of(&s.id).await?;
+        Ok(s)
+    }
+
+    async fn recordings_of(&self, session_id: &str) -> Result<Vec<RecordingRow>> {
+        let rows = sqlx::query(
+            "SELECT id, session_id, format, path, sha256, size, created_at, closed_at \
+             FROM recordings WHERE session_id = $1 ORDER BY id",
+        )
+        .bind(session_id)
+        .fetch_all(&self.pool)
+        .await
+        .context("listing recordings")?;
+        rows.iter().map(recording).collect()
+    }
+}
+
+impl Tx {
+    pub async fn insert_session(&mut self, s: &NewSession<'_>, now: UnixTime) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sessions (id, vendor_id, asset_id, grant_id, kind, service, client_addr, detail, started_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(s.id)
+        .bind(s.vendor_id)
+        .bind(s.asset_id)
+        .bind(s.grant_id)
+        .bind(s.kind)
+        .bind(s.service)
+        .bind(s.client_addr)
+        .bind(s.detail)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await
+        .context("opening a session")?;
+        Ok(())
+    }
+
+    pub async fn end_session(
+        &mut self,
+        id: &str,
+        reason: &str,
+        bytes_up: i64,
+        bytes_down: i64,
+        now: UnixTime,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE sessions SET ended_at = $1, end_reason = $2, bytes_up = $3, bytes_down = $4 \
+             WHERE id = $5 AND ended_at IS NULL",
+        )
+        .bind(now)
+        .bind(reason)
+        .bind(bytes_up)
+        .bind(bytes_down)
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await
+        .context("closing a session")?;
+        Ok(())
+    }
+
+    pub async fn insert_recording(
+        &mut self,
+        session_id: &str,
+        format: &str,
+        path: &str,
+        now: UnixTime,
+    ) -> Result<i64> {
+        let row = sqlx::query(
+            "INSERT INTO recordings (session_id, format, path, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(session_id)
+        .bind(format)
+        .bind(path)
+        .bind(now)
+        .fetch_one(&mut *self.tx)
+        .await
+        .context("registering a recording")?;
+        get(&row, "id")
+    }
+
+    pub async fn close_recording(
+        &mut self,
+        id: i64,
+        sha256: &str,
+        size: i64,
+        now: UnixTime,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE recordings SET sha256 = $1, size = $2, closed_at = $3 WHERE id = $4 AND closed_at IS NULL",
+        )
+        .bind(sha256)
+        .bind(size)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await
+        .context("closing a recording")?;
+        Ok(())
+    }
+}

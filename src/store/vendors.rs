@@ -1,0 +1,276 @@
+//! Vendors, their SSH keys, TOTP state and login failures.
+
+// Dynamic SQL below only ever interpolates the constant column lists of this module.
+use sqlx::AssertSqlSafe;
+use sqlx::any::AnyRow;
+
+use super::{Context, Result, Store, StoreError, Tx, get};
+use crate::model::{UnixTime, Vendor, VendorKey};
+
+const VENDOR_COLUMNS: &str = "id, name, org, enabled, locked_until, created_at";
+
+fn vendor(row: &AnyRow) -> Result<Vendor> {
+    Ok(Vendor {
+        id: get(row, "id")?,
+        name: get(row, "name")?,
+        org: get(row, "org")?,
+        enabled: get::<i64>(row, "enabled")? != 0,
+        locked_until: get(row, "locked_until")?,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+fn vendor_key(row: &AnyRow) -> Result<VendorKey> {
+    Ok(VendorKey {
+        id: get(row, "id")?,
+        vendor_id: get(row, "vendor_id")?,
+        public_key: get(row, "public_key")?,
+        fingerprint: get(row, "fingerprint")?,
+        comment: get(row, "comment")?,
+        added_at: get(row, "added_at")?,
+    })
+}
+
+/// The outcome of recording a failed login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginFailure {
+    /// Failures within the window, this one included.
+    pub recent: i64,
+    /// Set when this failure locked the vendor.
+    pub locked_until: Option<UnixTime>,
+}
+
+impl Store {
+    pub async fn vendors(&self) -> Result<Vec<Vendor>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {VENDOR_COLUMNS} FROM vendors ORDER BY name"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .context("listing vendors")?;
+        rows.iter().map(vendor).collect()
+    }
+
+    pub async fn vendor(&self, name: &str) -> Result<Option<Vendor>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {VENDOR_COLUMNS} FROM vendors WHERE name = $1"
+        )))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .context("reading a vendor")?;
+        row.as_ref().map(vendor).transpose()
+    }
+
+    pub async fn require_vendor(&self, name: &str) -> Result<Vendor> {
+        self.vendor(name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "vendor",
+                name: name.to_owned(),
+            })
+    }
+
+    pub async fn vendor_keys(&self, vendor_id: i64) -> Result<Vec<VendorKey>> {
+        let rows = sqlx::query(
+            "SELECT id, vendor_id, public_key, fingerprint, comment, added_at FROM vendor_keys \
+             WHERE vendor_id = $1 ORDER BY id",
+        )
+        .bind(vendor_id)
+        .fetch_all(&self.pool)
+        .await
+        .context("listing vendor keys")?;
+        rows.iter().map(vendor_key).collect()
+    }
+
+    /// The vendor a key (by `SHA256:` fingerprint) belongs to, if any.
+    pub async fn vendor_by_key(&self, fingerprint: &str) -> Result<Option<Vendor>> {
+        let row = sqlx::query(
+            "SELECT v.id, v.name, v.org, v.enabled, v.locked_until, v.created_at \
+             FROM vendors v JOIN vendor_keys k ON k.vendor_id = v.id WHERE k.fingerprint = $1",
+        )
+        .bind(fingerprint)
+        .fetch_optional(&self.pool)
+        .await
+        .context("looking up a vendor key")?;
+        row.as_ref().map(vendor).transpose()
+    }
+
+    /// The sealed TOTP seed and the last accepted time step.
+    pub async fn vendor_totp(&self, vendor_id: i64) -> Result<(Vec<u8>, Option<i64>)> {
+        let row = sqlx::query("SELECT totp_secret, totp_last_step FROM vendors WHERE id = $1")
+            .bind(vendor_id)
+            .fetch_one(&self.pool)
+            .await
+            .context("reading a vendor's TOTP state")?;
+        Ok((get(&row, "totp_secret")?, get(&row, "totp_last_step")?))
+    }
+
+    /// Failed logins of `vendor_id` since `since`.
+    pub async fn recent_login_failures(&self, vendor_id: i64, since: UnixTime) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM auth_failures WHERE vendor_id = $1 AND at >= $2",
+        )
+        .bind(vendor_id)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await
+        .context("counting login failures")?;
+        get(&row, "n")
+    }
+}
+
+impl Tx {
+    pub async fn insert_vendor(
+        &mut self,
+        name: &str,
+        org: &str,
+        sealed_totp: &[u8],
+        now: UnixTime,
+    ) -> Result<i64> {
+        let row = sqlx::query(
+            "INSERT INTO vendors (name, org, totp_secret, enabled, created_at) \
+             VALUES ($1, $2, $3, 1, $4) RETURNING id",
+        )
+        .bind(name)
+        .bind(org)
+        .bind(sealed_totp)
+        .bind(now)
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict(format!("vendor {name} already exists"))
+            }
+            source => StoreError::Database {
+                context: "adding a vendor",
+                source,
+            },
+        })?;
+        get(&row, "id")
+    }
+
+    pub async fn insert_vendor_key(
+        &mut self,
+        vendor_id: i64,
+        public_key: &str,
+        fingerprint: &str,
+        comment: &str,
+        now: UnixTime,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO vendor_keys (vendor_id, public_key, fingerprint, comment, added_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(vendor_id)
+        .bind(public_key)
+        .bind(fingerprint)
+        .bind(comment)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(format!(
+                "key {fingerprint} is already registered (a key belongs to one vendor)"
+            )),
+            source => StoreError::Database {
+                context: "adding a vendor key",
+                source,
+            },
+        })?;
+        Ok(())
+    }
+
+    /// Removes a key; false when the vendor had no such key.
+    pub async fn delete_vendor_key(&mut self, vendor_id: i64, fingerprint: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM vendor_keys WHERE vendor_id = $1 AND fingerprint = $2")
+            .bind(vendor_id)
+            .bind(fingerprint)
+            .execute(&mut *self.tx)
+            .await
+            .context("removing a vendor key")?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn set_vendor_enabled(&mut self, vendor_id: i64, enabled: bool) -> Result<()> {
+        sqlx::query("UPDATE vendors SET enabled = $1 WHERE id = $2")
+            .bind(i64::from(enabled))
+            .bind(vendor_id)
+            .execute(&mut *self.tx)
+            .await
+            .context("changing a vendor")?;
+        Ok(())
+    }
+
+    /// Records TOTP time step `step` as used. False when a step at or after it was already accepted:
+    /// that code is a replay. The check and the write are one statement, so two nodes cannot both accept it.
+    pub async fn accept_totp_step(&mut self, vendor_id: i64, step: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE vendors SET totp_last_step = $1 \
+             WHERE id = $2 AND (totp_last_step IS NULL OR totp_last_step < $1)",
+        )
+        .bind(step)
+        .bind(vendor_id)
+        .execute(&mut *self.tx)
+        .await
+        .context("recording a TOTP step")?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records a failed login; locks the vendor until `now + lockout` when `max` failures fell within
+    /// `window` seconds.
+    pub async fn record_login_failure(
+        &mut self,
+        vendor_id: i64,
+        now: UnixTime,
+        window: i64,
+        max: i64,
+        lockout: i64,
+    ) -> Result<LoginFailure> {
+        sqlx::query("INSERT INTO auth_failures (vendor_id, at) VALUES ($1, $2)")
+            .bind(vendor_id)
+            .bind(now)
+            .execute(&mut *self.tx)
+            .await
+            .context("recording a login failure")?;
+        let row =
+            sqlx::query("SELECT COUNT(*) AS n FROM auth_failures WHERE vendor_id = $1 AND at > $2")
+                .bind(vendor_id)
+                .bind(now - window)
+                .fetch_one(&mut *self.tx)
+                .await
+                .context("counting login failures")?;
+        let recent: i64 = get(&row, "n")?;
+        let mut locked_until = None;
+        if recent >= max {
+            let until = now + lockout;
+            sqlx::query("UPDATE vendors SET locked_until = $1 WHERE id = $2")
+                .bind(until)
+                .bind(vendor_id)
+                .execute(&mut *self.tx)
+                .await
+                .context("locking a vendor")?;
+            // Start a fresh count once the lock ends.
+            sqlx::query("DELETE FROM auth_failures WHERE vendor_id = $1")
+                .bind(vendor_id)
+                .execute(&mut *self.tx)
+                .await
+                .context("resetting login failures")?;
+            locked_until = Some(until);
+        }
+        Ok(LoginFailure {
+            recent,
+            locked_until,
+        })
+    }
+
+    /// Forgets failures after a successful login.
+    pub async fn clear_login_failures(&mut self, vendor_id: i64) -> Result<()> {
+        sqlx::query("DELETE FROM auth_failures WHERE vendor_id = $1")
+            .bind(vendor_id)
+            .execute(&mut *self.tx)
+            .await
+            .context("clearing login failures")?;
+        Ok(())
+    }
+}

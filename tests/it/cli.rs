@@ -1,0 +1,414 @@
+//! The admin command line, driven as an administrator would: the real binary, a real data directory.
+
+use std::process::Command;
+
+use crate::support::{DataDir, chaperone_bin, ssh_keygen};
+
+#[test]
+fn init_then_asset_add_and_list_json() {
+    let d = DataDir::init();
+    for f in [
+        "chaperone.toml",
+        "ssh_host_ed25519_key",
+        "secrets.key",
+        "chaperone.db",
+    ] {
+        assert!(d.path().join(f).exists(), "{f} missing");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["ssh_host_ed25519_key", "secrets.key", "chaperone.db"] {
+            let mode = std::fs::metadata(d.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode & 0o077, 0, "{f} is readable by others: {mode:o}");
+        }
+    }
+    d.run(&[
+        "asset",
+        "add",
+        "mri-01",
+        "--address",
+        "127.0.0.1",
+        "--zone",
+        "radiology",
+        "--purpose",
+        "MRI scanner",
+        "--service",
+        "ssh:22/ssh",
+        "--service",
+        "dicom:104/tcp",
+    ])
+    .ok();
+    let list = d.run(&["asset", "list", "--json"]);
+    let json = list.ok().json();
+    let asset = &json[0];
+    assert_eq!(asset["name"], "mri-01");
+    let services: Vec<(String, u64, String)> = asset["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().into(),
+                s["port"].as_u64().unwrap(),
+                s["kind"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        services.contains(&("ssh".into(), 22, "ssh".into())),
+        "{services:?}"
+    );
+    assert!(
+        services.contains(&("dicom".into(), 104, "tcp".into())),
+        "{services:?}"
+    );
+}
+
+#[test]
+fn init_refuses_to_overwrite_keys() {
+    let d = DataDir::init();
+    let out = Command::new(chaperone_bin())
+        .args(["init", "--dir"])
+        .arg(d.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to overwrite"));
+}
+
+#[test]
+fn misspelt_config_key_names_file_line_and_key() {
+    let d = DataDir::init();
+    let config = d.config();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replacen("max_failures = 5", "max_failures = 5\nmax_falures = 6", 1);
+    std::fs::write(&config, &text).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("max_falures"))
+        .unwrap()
+        + 1;
+    let run = d.run(&["serve"]);
+    run.fails(1);
+    let err = run.stderr();
+    assert!(
+        err.contains(&format!("{}:{line}:", config.display())),
+        "{err}"
+    );
+    assert!(err.contains("max_falures"), "{err}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let d = DataDir::init();
+    d.run(&["asset", "frobnicate"]).fails(2);
+    d.run(&["asset", "add", "x", "--zone", "z"]).fails(2);
+}
+
+#[test]
+fn vendor_add_prints_totp_uri_and_refuses_bad_input() {
+    let d = DataDir::init();
+    let key = ssh_keygen(d.path(), "alice");
+    let pubkey = key.with_extension("pub");
+    let run = d.run(&[
+        "vendor",
+        "add",
+        "alice",
+        "--org",
+        "Acme Imaging",
+        "--key",
+        pubkey.to_str().unwrap(),
+        "--json",
+    ]);
+    let json = run.ok().json();
+    assert_eq!(json["name"], "alice");
+    let uri = json["totp_uri"].as_str().unwrap();
+    assert!(
+        uri.starts_with("otpauth://totp/chaperone:alice?secret="),
+        "{uri}"
+    );
+    // the same key cannot belong to two vendors; a private key is refused; hostile names are refused
+    d.run(&[
+        "vendor",
+        "add",
+        "bob",
+        "--org",
+        "Acme",
+        "--key",
+        pubkey.to_str().unwrap(),
+    ])
+    .fails(1);
+    d.run(&[
+        "vendor",
+        "add",
+        "carol",
+        "--org",
+        "Acme",
+        "--key",
+        key.to_str().unwrap(),
+    ])
+    .fails(1);
+    let bob = ssh_keygen(d.path(), "bob").with_extension("pub");
+    d.run(&[
+        "vendor",
+        "add",
+        "Bob+x",
+        "--org",
+        "Acme",
+        "--key",
+        bob.to_str().unwrap(),
+    ])
+    .fails(1);
+    let shown = d.run(&["vendor", "show", "alice", "--json"]);
+    let json = shown.ok().json();
+    assert_eq!(json["keys"].as_array().unwrap().len(), 1);
+    // the TOTP seed is not stored in plain text
+    let db = std::fs::read(d.path().join("chaperone.db")).unwrap();
+    let secret = uri
+        .split("secret=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()));
+}
+
+#[test]
+fn credentials_never_come_from_argv_and_are_sealed() {
+    let d = DataDir::init();
+    d.run(&[
+        "asset",
+        "add",
+        "pump-7",
+        "--address",
+        "10.1.2.3",
+        "--zone",
+        "icu",
+        "--purpose",
+        "Infusion pump",
+        "--service",
+        "ssh:22/ssh",
+    ])
+    .ok();
+    d.run_with_stdin(
+        &[
+            "asset",
+            "credential",
+            "set",
+            "pump-7",
+            "--user",
+            "service",
+            "--password-stdin",
+        ],
+        Some("s3cr3t-Pa55\n"),
+    )
+    .ok();
+    let shown = d.run(&["asset", "show", "pump-7"]);
+    assert!(shown.ok().stdout().contains("service (password)"));
+    for f in ["chaperone.db", "chaperone.db-wal"] {
+        if let Ok(bytes) = std::fs::read(d.path().join(f)) {
+            assert!(
+                !bytes.windows(11).any(|w| w == b"s3cr3t-Pa55"),
+                "password in {f} in clear"
+            );
+        }
+    }
+    // there is no flag that takes a password on the command line
+    d.run(&[
+        "asset",
+        "credential",
+        "set",
+        "pump-7",
+        "--user",
+        "service",
+        "--password",
+        "x",
+    ])
+    .fails(2);
+}
+
+#[test]
+fn grants_are_checked_listed_and_revoked() {
+    let d = DataDir::init();
+    let key = ssh_keygen(d.path(), "alice").with_extension("pub");
+    d.run(&[
+        "vendor",
+        "add",
+        "alice",
+        "--org",
+        "Acme",
+        "--key",
+        key.to_str().unwrap(),
+    ])
+    .ok();
+    d.run(&[
+        "asset",
+        "add",
+        "mri-01",
+        "--address",
+        "127.0.0.1",
+        "--zone",
+        "radiology",
+        "--purpose",
+        "MRI",
+        "--service",
+        "ssh:22/ssh",
+        "--service",
+        "dicom:104/tcp",
+    ])
+    .ok();
+    let refused = d.run(&[
+        "grant",
+        "add",
+        "--vendor",
+        "alice",
+        "--asset",
+        "mri-01",
+        "--services",
+        "ssh,hl7",
+        "--for",
+        "2h",
+        "--reason",
+        "x",
+    ]);
+    assert!(refused.fails(1).stderr().contains("no service hl7"));
+    d.run(&[
+        "grant",
+        "add",
+        "--vendor",
+        "alice",
+        "--asset",
+        "mri-01",
+        "--services",
+        "ssh,dicom",
+        "--for",
+        "2h",
+        "--reason",
+        "INC-4711",
+    ])
+    .ok();
+    let list = d.run(&["grant", "list", "--json"]);
+    let json = list.ok().json();
+    assert_eq!(json[0]["state"], "active");
+    assert_eq!(json[0]["services"], serde_json::json!(["ssh", "dicom"]));
+    let id = json[0]["id"].as_i64().unwrap().to_string();
+    d.run(&["grant", "revoke", &id, "--reason", "done"]).ok();
+    d.run(&["grant", "revoke", &id, "--reason", "again"])
+        .fails(1);
+    let list = d.run(&["grant", "list", "--json"]);
+    assert_eq!(list.ok().json().as_array().unwrap().len(), 0);
+    let all = d.run(&["grant", "list", "--all", "--json"]);
+    assert_eq!(all.ok().json()[0]["state"], "revoked");
+}
+
+/// Changing any byte of an audit row in the SQLite file makes `audit verify` fail naming that event.
+#[test]
+fn audit_verify_detects_a_changed_byte_in_the_sqlite_file() {
+    let d = DataDir::init();
+    d.run(&[
+        "asset",
+        "add",
+        "mri-01",
+        "--address",
+        "127.0.0.1",
+        "--zone",
+        "radiology",
+        "--purpose",
+        "MRI scanner",
+        "--service",
+        "ssh:22/ssh",
+    ])
+    .ok();
+    d.run(&[
+        "asset",
+        "add",
+        "ct-02",
+        "--address",
+        "127.0.0.2",
+        "--zone",
+        "radiology",
+        "--purpose",
+        "CT scanner",
+        "--service",
+        "ssh:22/ssh",
+    ])
+    .ok();
+    d.run(&["user", "add", "erin", "--role", "approver"]).ok();
+    let ok = d.run(&["audit", "verify"]);
+    assert!(ok.ok().stdout().contains("3 events"), "{}", ok.stdout());
+
+    // Fold the WAL into the main file so the bytes are where an attacker would edit them.
+    let db = d.path().join("chaperone.db");
+    checkpoint(&db);
+    let mut bytes = std::fs::read(&db).unwrap();
+    // The audit row's JSON detail (the assets table holds the same text without the key). Every copy:
+    // SQLite may keep stale copies of a page in free space.
+    let needle = br#""purpose":"CT scanner""#;
+    let hits: Vec<usize> = bytes
+        .windows(needle.len())
+        .enumerate()
+        .filter_map(|(i, w)| (w == needle).then_some(i))
+        .collect();
+    assert!(!hits.is_empty(), "audit row text not found in the file");
+    for at in hits {
+        bytes[at + 11] = b'D';
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    let run = d.run(&["audit", "verify"]);
+    run.fails(1);
+    assert!(run.stderr().contains("audit event 2"), "{}", run.stderr());
+
+    let export = d.run(&["audit", "export", "--format", "jsonl"]);
+    assert_eq!(export.ok().stdout().lines().count(), 3);
+}
+
+/// Deleting the last audit row is noticed through the chain head.
+#[test]
+fn audit_verify_detects_a_deleted_last_event() {
+    let d = DataDir::init();
+    d.run(&[
+        "asset",
+        "add",
+        "mri-01",
+        "--address",
+        "127.0.0.1",
+        "--zone",
+        "radiology",
+        "--purpose",
+        "MRI",
+        "--service",
+        "ssh:22/ssh",
+    ])
+    .ok();
+    d.run(&["asset", "remove", "mri-01"]).ok();
+    sqlite(
+        &d.path().join("chaperone.db"),
+        "DELETE FROM audit_events WHERE seq = 2",
+    );
+    let run = d.run(&["audit", "verify"]);
+    run.fails(1);
+    assert!(run.stderr().contains("audit event 2"), "{}", run.stderr());
+}
+
+fn sqlite(db: &std::path::Path, sql: &str) {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 (apt: sqlite3)");
+    assert!(
+        out.status.success(),
+        "sqlite3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn checkpoint(db: &std::path::Path) {
+    sqlite(db, "PRAGMA wal_checkpoint(TRUNCATE);");
+}

@@ -1,0 +1,12 @@
+//! chaperone's one integration-test binary: real parts (the chaperone binary, OpenSSH, sshd, PostgreSQL)
+//! driven from topic modules. `support/` holds the harness.
+//!
+//! When `CHAPERONE_REQUIRE_ALL=1` (set by `.ci/run`), a test whose real part is missing fails instead of
+//! skipping.
+
+// Test helpers panic on purpose: a failed set-up step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cli;
+mod store;
+mod support;

@@ -1,0 +1,318 @@
+//! The store suite: the same tests against SQLite and against a real PostgreSQL server.
+
+use std::future::Future;
+
+use chaperone::audit::{AuditEvent, Verifier};
+use chaperone::model::{Criticality, Service};
+use chaperone::store::{NewAsset, NewGrant, NewSession, Store, StoreError};
+use serde_json::json;
+
+use crate::support::postgres;
+
+/// Runs `test` on a fresh SQLite database and on a fresh PostgreSQL database.
+async fn on_both<F, Fut>(test: F)
+where
+    F: Fn(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
+        .await
+        .expect("open sqlite");
+    test(sqlite).await;
+    if let Some(url) = postgres::fresh_database().await {
+        let pg = Store::open(&url).await.expect("open postgres");
+        test(pg).await;
+    }
+}
+
+fn ev(action: &str) -> AuditEvent {
+    AuditEvent::new("os:test", action, "test", json!({"k": "v"}))
+}
+
+async fn vendor(store: &Store, name: &str, fp: &str) -> i64 {
+    let mut tx = store.begin().await.unwrap();
+    let id = tx
+        .insert_vendor(name, "Acme", b"sealed", 100)
+        .await
+        .unwrap();
+    tx.insert_vendor_key(id, "ssh-ed25519 AAAA", fp, "c", 100)
+        .await
+        .unwrap();
+    tx.audit(ev("vendor.add"), 100).await.unwrap();
+    tx.commit("t").await.unwrap();
+    id
+}
+
+async fn asset(store: &Store, name: &str) -> i64 {
+    let services: Vec<Service> = vec![
+        "ssh:22/ssh".parse().unwrap(),
+        "dicom:104/tcp".parse().unwrap(),
+    ];
+    let mut tx = store.begin().await.unwrap();
+    let id = tx
+        .insert_asset(
+            &NewAsset {
+                name,
+                address: "127.0.0.1",
+                zone: "radiology",
+                purpose: "MRI",
+                criticality: Criticality::Critical,
+                vendor_org: Some("Acme"),
+                os: None,
+                patch_status: None,
+                services: &services,
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    tx.audit(ev("asset.add"), 100).await.unwrap();
+    tx.commit("t").await.unwrap();
+    id
+}
+
+async fn verify(store: &Store) -> Result<i64, chaperone::audit::ChainBreak> {
+    let mut v = Verifier::default();
+    for row in store.audit_page(0, 100_000).await.unwrap() {
+        v.push(&row)?;
+    }
+    let (seq, hash) = store.audit_head().await.unwrap();
+    v.finish(seq, &hash)
+}
+
+#[tokio::test]
+async fn vendors_keys_and_conflicts() {
+    on_both(|store| async move {
+        let id = vendor(&store, "alice", "SHA256:a").await;
+        let found = store.vendor_by_key("SHA256:a").await.unwrap().unwrap();
+        assert_eq!(
+            (found.id, found.name.as_str(), found.enabled),
+            (id, "alice", true)
+        );
+        assert!(store.vendor_by_key("SHA256:zzz").await.unwrap().is_none());
+        let mut tx = store.begin().await.unwrap();
+        let dup = tx.insert_vendor("alice", "Other", b"x", 1).await;
+        assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+        drop(tx);
+        let mut tx = store.begin().await.unwrap();
+        let bob = tx.insert_vendor("bob", "Other", b"x", 1).await.unwrap();
+        let dup_key = tx.insert_vendor_key(bob, "k", "SHA256:a", "", 1).await;
+        assert!(
+            matches!(dup_key, Err(StoreError::Conflict(_))),
+            "{dup_key:?}"
+        );
+        drop(tx); // rolled back: bob never existed
+        assert!(store.vendor("bob").await.unwrap().is_none());
+        assert_eq!(store.vendors().await.unwrap().len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn totp_steps_are_accepted_once_and_in_order() {
+    on_both(|store| async move {
+        let id = vendor(&store, "alice", "SHA256:a").await;
+        let mut tx = store.begin().await.unwrap();
+        assert!(tx.accept_totp_step(id, 1000).await.unwrap());
+        assert!(
+            !tx.accept_totp_step(id, 1000).await.unwrap(),
+            "replay accepted"
+        );
+        assert!(
+            !tx.accept_totp_step(id, 999).await.unwrap(),
+            "older step accepted"
+        );
+        assert!(tx.accept_totp_step(id, 1001).await.unwrap());
+        tx.audit(ev("auth.ok"), 1).await.unwrap();
+        tx.commit("t").await.unwrap();
+        assert_eq!(
+            store.vendor_totp(id).await.unwrap(),
+            (b"sealed".to_vec(), Some(1001))
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn login_failures_lock_after_the_limit_within_the_window() {
+    on_both(|store| async move {
+        let id = vendor(&store, "alice", "SHA256:a").await;
+        let mut tx = store.begin().await.unwrap();
+        // an old failure outside the 600 s window does not count
+        let old = tx
+            .record_login_failure(id, 1000, 600, 5, 900)
+            .await
+            .unwrap();
+        assert_eq!(old.recent, 1);
+        for i in 0..4 {
+            let f = tx
+                .record_login_failure(id, 2000 + i, 600, 5, 900)
+                .await
+                .unwrap();
+            assert_eq!(f.locked_until, None, "locked too early at {i}");
+        }
+        let f = tx
+            .record_login_failure(id, 2010, 600, 5, 900)
+            .await
+            .unwrap();
+        assert_eq!(f.locked_until, Some(2910));
+        tx.audit(ev("auth.lock"), 2010).await.unwrap();
+        tx.commit("t").await.unwrap();
+        assert_eq!(
+            store.vendor("alice").await.unwrap().unwrap().locked_until,
+            Some(2910)
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn assets_services_and_removal_keeps_history() {
+    on_both(|store| async move {
+        let v = vendor(&store, "alice", "SHA256:a").await;
+        let a = asset(&store, "mri-01").await;
+        let got = store.require_asset("mri-01").await.unwrap();
+        assert_eq!(got.criticality, Criticality::Critical);
+        assert_eq!(got.service("dicom").unwrap().port, 104);
+        assert_eq!(
+            store
+                .assets_by_name_or_address("127.0.0.1")
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        let services = vec!["ssh".to_owned()];
+        let mut tx = store.begin().await.unwrap();
+        tx.insert_grant(
+            &NewGrant {
+                vendor_id: v,
+                asset_id: a,
+                services: &services,
+                starts_at: 100,
+                ends_at: 200,
+                reason: "r",
+                issued_by: "os:t",
+                request_id: None,
+            },
+            100,
+        )
+        .await
+        .unwrap();
+        let refused = tx.delete_asset(a, "mri-01").await;
+        assert!(
+            matches!(refused, Err(StoreError::Conflict(_))),
+            "{refused:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn grants_sessions_and_recordings() {
+    on_both(|store| async move {
+        let v = vendor(&store, "alice", "SHA256:a").await;
+        let a = asset(&store, "mri-01").await;
+        let services = vec!["ssh".to_owned(), "dicom".to_owned()];
+        let mut tx = store.begin().await.unwrap();
+        let g = tx
+            .insert_grant(
+                &NewGrant {
+                    vendor_id: v,
+                    asset_id: a,
+                    services: &services,
+                    starts_at: 100,
+                    ends_at: 200,
+                    reason: "INC-1",
+                    issued_by: "os:t",
+                    request_id: None,
+                },
+                100,
+            )
+            .await
+            .unwrap();
+        tx.insert_session(
+            &NewSession {
+                id: "s1",
+                vendor_id: v,
+                asset_id: a,
+                grant_id: g,
+                kind: "exec",
+                service: "ssh",
+                client_addr: "127.0.0.1:5",
+                detail: "uptime",
+            },
+            150,
+        )
+        .await
+        .unwrap();
+        let r = tx
+            .insert_recording("s1", "asciicast-v2", "/r/s1.cast", 150)
+            .await
+            .unwrap();
+        tx.audit(ev("session.start"), 150).await.unwrap();
+        tx.commit("t").await.unwrap();
+
+        let open = store.open_grants_of(v, 150).await.unwrap();
+        assert_eq!(open.len(), 1);
+        assert!(open[0].is_active(150) && !open[0].is_active(200));
+        assert_eq!(open[0].services, services);
+        assert!(store.open_grants_of(v, 200).await.unwrap().is_empty());
+
+        let mut tx = store.begin().await.unwrap();
+        tx.end_session("s1", "exit", 10, 20, 160).await.unwrap();
+        tx.close_recording(r, "abcd", 42, 160).await.unwrap();
+        assert!(tx.revoke_grant(g, "os:t", "done", 160).await.unwrap());
+        assert!(!tx.revoke_grant(g, "os:t", "again", 161).await.unwrap());
+        tx.audit(ev("session.end"), 160).await.unwrap();
+        tx.commit("t").await.unwrap();
+        let s = store.session("s1").await.unwrap();
+        assert_eq!((s.ended_at, s.bytes_up, s.bytes_down), (Some(160), 10, 20));
+        assert_eq!(s.recordings[0].sha256.as_deref(), Some("abcd"));
+        assert_eq!(store.sessions(10).await.unwrap().len(), 1);
+        assert_eq!(store.require_grant(g).await.unwrap().state(150), "revoked");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_change_without_an_audit_event_is_not_committed() {
+    on_both(|store| async move {
+        let mut tx = store.begin().await.unwrap();
+        tx.insert_vendor("mallory", "X", b"s", 1).await.unwrap();
+        assert!(matches!(
+            tx.commit("sneaky").await,
+            Err(StoreError::Unaudited("sneaky"))
+        ));
+        assert!(store.vendor("mallory").await.unwrap().is_none());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_appends_keep_one_unbroken_chain() {
+    on_both(|store| async move {
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for j in 0..5 {
+                    let mut tx = store.begin().await.unwrap();
+                    tx.audit(
+                        AuditEvent::new("os:t", "t", format!("w{i}"), json!({"j": j})),
+                        1,
+                    )
+                    .await
+                    .unwrap();
+                    tx.commit("t").await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(verify(&store).await, Ok(40));
+    })
+    .await;
+}

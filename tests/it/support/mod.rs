@@ -1,0 +1,162 @@
+//! The harness: temp dirs, the chaperone binary, child processes that die with the test process, and
+//! real servers (PostgreSQL here; sshd with the SSH tests).
+
+pub mod postgres;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The chaperone binary cargo built for this test run.
+pub fn chaperone_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_chaperone")
+}
+
+/// Whether every real part is required (CI): a missing one is a failure, not a skip.
+pub fn require_all() -> bool {
+    std::env::var("CHAPERONE_REQUIRE_ALL").is_ok_and(|v| v == "1")
+}
+
+/// Skips (locally) or fails (CI) when `part` is missing.
+#[track_caller]
+pub fn missing(part: &str) {
+    assert!(
+        !require_all(),
+        "{part} is required (CHAPERONE_REQUIRE_ALL=1) but missing; .ci/run installs it"
+    );
+    eprintln!("SKIP: {part} is missing (set CHAPERONE_REQUIRE_ALL=1 to make this a failure)");
+}
+
+/// A free loopback port (bound then released; good enough for tests that start a server right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Wraps `program args…` in a shell watchdog that kills it when this test process exits, so no server
+/// outlives a test run (statics are never dropped).
+pub fn guarded(program: &str, args: &[&str]) -> Command {
+    let quoted: Vec<String> = std::iter::once(program)
+        .chain(args.iter().copied())
+        .map(shell_quote)
+        .collect();
+    let script = format!(
+        "{} & child=$!; while kill -0 {} 2>/dev/null && kill -0 $child 2>/dev/null; do sleep 0.5; done; kill $child 2>/dev/null; wait $child",
+        quoted.join(" "),
+        std::process::id()
+    );
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(script);
+    cmd
+}
+
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// A chaperone data directory made by `chaperone init`.
+pub struct DataDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl DataDir {
+    pub fn init() -> DataDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = Command::new(chaperone_bin())
+            .args(["init", "--dir"])
+            .arg(dir.path())
+            .args(["--ssh-listen", "127.0.0.1:0", "--web-listen", "127.0.0.1:0"])
+            .output()
+            .expect("run chaperone init");
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        DataDir { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("chaperone.toml")
+    }
+
+    /// Runs `chaperone -c CONFIG args…`.
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_with_stdin(args, None)
+    }
+
+    pub fn run_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Run {
+        use std::io::Write;
+        let mut cmd = Command::new(chaperone_bin());
+        cmd.arg("-c").arg(self.config()).args(args);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn chaperone");
+        if let (Some(mut pipe), Some(input)) = (child.stdin.take(), stdin) {
+            pipe.write_all(input.as_bytes()).expect("write stdin");
+        }
+        Run(child.wait_with_output().expect("wait for chaperone"))
+    }
+}
+
+/// A finished command with helpers for assertions.
+pub struct Run(pub Output);
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.0.status.code().unwrap_or(-1)
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+    #[track_caller]
+    pub fn ok(&self) -> &Self {
+        assert_eq!(
+            self.code(),
+            0,
+            "expected success\nstdout: {}\nstderr: {}",
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+    #[track_caller]
+    pub fn fails(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code(),
+            code,
+            "expected exit {code}\nstdout: {}\nstderr: {}",
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout()))
+    }
+}
+
+/// Writes a fresh ed25519 key pair with ssh-keygen; returns the private key path.
+pub fn ssh_keygen(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C"])
+        .arg(format!("{name}@test"))
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .expect("ssh-keygen (openssh-client) must be installed");
+    assert!(out.status.success(), "ssh-keygen failed");
+    path
+}
