@@ -67,6 +67,8 @@ pub struct SshConfig {
     pub lockout: Duration,
     /// Upper bound on concurrent vendor connections.
     pub max_connections: usize,
+    /// How vendors address the bastion (`HOST` in the commands chaperone prints), e.g. `bastion.hospital.org`.
+    pub public_host: String,
 }
 
 /// The approvers' and auditors' web listener.
@@ -161,6 +163,7 @@ struct RawSsh {
     failure_window: String,
     lockout: String,
     max_connections: usize,
+    public_host: Option<String>,
 }
 
 impl Default for RawSsh {
@@ -172,6 +175,7 @@ impl Default for RawSsh {
             failure_window: "10m".into(),
             lockout: "15m".into(),
             max_connections: 1024,
+            public_host: None,
         }
     }
 }
@@ -300,8 +304,29 @@ impl Config {
                 .map_err(|e| invalid(key, format!("{value:?} is not HOST:PORT ({e})")))
         };
 
+        let ssh_listen = addr("ssh.listen", &raw.ssh.listen)?;
+        let public_host = match raw.ssh.public_host {
+            Some(h)
+                if !h.is_empty()
+                    && h.len() <= 253
+                    && h.chars().all(|c| {
+                        c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']')
+                    }) =>
+            {
+                h
+            }
+            Some(h) => {
+                return Err(invalid(
+                    "ssh.public_host",
+                    format!("{h:?} is not a host name"),
+                ));
+            }
+            None if ssh_listen.ip().is_unspecified() => "bastion".to_owned(),
+            None => ssh_listen.ip().to_string(),
+        };
         let ssh = SshConfig {
-            listen: addr("ssh.listen", &raw.ssh.listen)?,
+            listen: ssh_listen,
+            public_host,
             host_key: resolve(&raw.ssh.host_key),
             max_failures: match raw.ssh.max_failures {
                 0 => return Err(invalid("ssh.max_failures", "must be at least 1".into())),
@@ -456,6 +481,8 @@ failure_window = "10m"
 lockout = "15m"
 # Concurrent vendor connections at most.
 max_connections = 1024
+# How vendors address the bastion, used in the commands chaperone prints to them.
+# public_host = "bastion.hospital.example"
 
 [web]
 # The approvers' and auditors' web page.

@@ -1,12 +1,15 @@
 //! `chaperone session …`: what vendors did, and the recordings that prove it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
 
 use clap::Subcommand;
 
 use super::output::{json, or_dash, table};
 use crate::app::App;
 use crate::clock::format_time;
+use crate::model::RecordingRow;
 
 #[derive(Debug, Subcommand)]
 pub enum SessionCommand {
@@ -24,6 +27,14 @@ pub enum SessionCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write a session's terminal recording (.cast, asciicast v2) to FILE, after checking its digest.
+    Export {
+        id: String,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Check that a session's recordings still match the digests the audit log vouches for.
+    Verify { id: String },
 }
 
 pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
@@ -96,6 +107,57 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
                 );
             }
         }
+        SessionCommand::Export { id, output } => {
+            let s = app.store.session(&id).await?;
+            let Some(r) = s.recordings.iter().find(|r| r.format == "asciicast-v2") else {
+                bail!(
+                    "session {id} has no terminal recording (kind {}); see `session show {id}`",
+                    s.kind
+                );
+            };
+            check_digest(r)?;
+            let bytes = std::fs::read(&r.path).with_context(|| format!("reading {}", r.path))?;
+            super::init::write_new(&output, &bytes, 0o600)?;
+            println!(
+                "Session {id} exported to {} (sha256 {}).",
+                output.display(),
+                r.sha256.as_deref().unwrap_or("-")
+            );
+        }
+        SessionCommand::Verify { id } => {
+            let s = app.store.session(&id).await?;
+            if s.recordings.is_empty() {
+                bail!("session {id} has no recordings");
+            }
+            for r in &s.recordings {
+                check_digest(r)?;
+                println!(
+                    "{} {}: intact (sha256 {})",
+                    r.format,
+                    r.path,
+                    r.sha256.as_deref().unwrap_or("-")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Recomputes a recording's SHA-256 and compares it with the stored one.
+fn check_digest(r: &RecordingRow) -> anyhow::Result<()> {
+    let Some(expected) = r.sha256.as_deref() else {
+        bail!(
+            "recording {} was never closed (session live, or the bastion stopped mid-session): no digest to check",
+            r.path
+        );
+    };
+    let actual =
+        chaperone_recorder::sha256_file(&r.path).with_context(|| format!("reading {}", r.path))?;
+    if actual != expected {
+        bail!(
+            "recording {} was ALTERED: sha256 {actual}, the audit log vouches for {expected}",
+            r.path
+        );
     }
     Ok(())
 }

@@ -412,3 +412,29 @@ fn sqlite(db: &std::path::Path, sql: &str) {
 fn checkpoint(db: &std::path::Path) {
     sqlite(db, "PRAGMA wal_checkpoint(TRUNCATE);");
 }
+
+/// `serve` answers on both listeners and stops cleanly on SIGTERM.
+#[test]
+fn serve_answers_health_checks_and_stops_on_sigterm() {
+    use std::io::{Read, Write};
+    let b = crate::support::bastion::Bastion::start(DataDir::init());
+    let mut web = std::net::TcpStream::connect(("127.0.0.1", b.web_port)).unwrap();
+    web.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    web.read_to_string(&mut reply).unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && reply.ends_with("ok\n"),
+        "{reply}"
+    );
+    let mut ssh = std::net::TcpStream::connect(("127.0.0.1", b.ssh_port)).unwrap();
+    let mut banner = [0u8; 8];
+    ssh.read_exact(&mut banner).unwrap();
+    assert_eq!(&banner, b"SSH-2.0-");
+    let log = b.log.clone();
+    let started = std::time::Instant::now();
+    b.terminate();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let log = log.lock().unwrap().clone();
+    assert!(log.contains("stopped"), "{log}");
+}

@@ -8,5 +8,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod ssh;
 mod store;
 mod support;

@@ -1,7 +1,9 @@
 //! The harness: temp dirs, the chaperone binary, child processes that die with the test process, and
 //! real servers (PostgreSQL here; sshd with the SSH tests).
 
+pub mod bastion;
 pub mod postgres;
+pub mod sshd;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -43,13 +45,23 @@ pub fn guarded(program: &str, args: &[&str]) -> Command {
         .map(shell_quote)
         .collect();
     let script = format!(
-        "{} & child=$!; while kill -0 {} 2>/dev/null && kill -0 $child 2>/dev/null; do sleep 0.5; done; kill $child 2>/dev/null; wait $child",
+        "{} & child=$!; trap 'kill $child 2>/dev/null; wait $child; exit 0' TERM; \
+         while kill -0 {} 2>/dev/null && kill -0 $child 2>/dev/null; do sleep 0.2; done; kill $child 2>/dev/null; wait $child",
         quoted.join(" "),
         std::process::id()
     );
     let mut cmd = Command::new("sh");
     cmd.arg("-c").arg(script);
     cmd
+}
+
+/// Stops a process started with [`guarded`] (its watchdog passes SIGTERM on) and reaps it.
+pub fn stop_guarded(child: &mut std::process::Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
 }
 
 pub fn shell_quote(s: &str) -> String {

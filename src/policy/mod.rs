@@ -1,0 +1,267 @@
+//! Access decisions: the only place a [`Grant`] is made.
+//!
+//! Entry points: [`authorize_service`] (a session to a named service, e.g. `alice+mri-01` → `ssh`) and
+//! [`authorize_port`] (a tunnel to an asset's port). Code that dials a device takes `&Grant`, so nothing
+//! reaches a device without passing here. A refusal is a [`Denial`] with one mapping to the vendor-facing
+//! line ([`Denial::vendor_message`]); the full reason goes to the audit log ([`Denial::audit_reason`]).
+
+pub mod expiry;
+
+use crate::model::{Asset, GrantRow, Service, UnixTime, Vendor};
+use crate::store::{Store, StoreError};
+
+/// Proof that an active grant covers this vendor, asset and service right now. Only this module makes one.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    id: i64,
+    vendor: Vendor,
+    asset: Asset,
+    service: Service,
+    ends_at: UnixTime,
+}
+
+impl Grant {
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+    pub fn vendor(&self) -> &Vendor {
+        &self.vendor
+    }
+    pub fn asset(&self) -> &Asset {
+        &self.asset
+    }
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+    pub fn ends_at(&self) -> UnixTime {
+        self.ends_at
+    }
+}
+
+/// Why access was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// No active grant names this vendor, asset and service (or the asset does not exist: same answer).
+    NoGrant {
+        asset: String,
+        service: String,
+        /// For the audit log only: whether the asset exists at all.
+        asset_exists: bool,
+    },
+    /// The asset has no service with that name or port (only said to vendors with a grant for the asset).
+    NoSuchService { asset: String, service: String },
+    /// The asset's ssh service cannot be used yet: no pinned host key or no injected credential.
+    NotReady {
+        asset: String,
+        missing: &'static str,
+    },
+    /// The vendor account is disabled.
+    VendorDisabled,
+}
+
+impl Denial {
+    /// The one line an authenticated vendor sees. `request_hint` is how to ask, e.g.
+    /// `ssh -p 2222 alice@bastion request`.
+    pub fn vendor_message(&self, request_hint: &str) -> String {
+        match self {
+            Denial::NoGrant { asset, service, .. } | Denial::NoSuchService { asset, service } => {
+                format!(
+                    "no active grant for {asset}:{service} — request it with: {request_hint} {asset} {service} --for 2h --reason \"…\""
+                )
+            }
+            Denial::NotReady { asset, .. } => format!(
+                "{asset} is not ready for SSH sessions yet (device setup incomplete); the bastion's staff can see why"
+            ),
+            Denial::VendorDisabled => {
+                "your account is disabled; contact the hospital's staff".into()
+            }
+        }
+    }
+
+    /// The full reason, for the audit log.
+    pub fn audit_reason(&self) -> String {
+        match self {
+            Denial::NoGrant {
+                asset,
+                service,
+                asset_exists,
+            } => format!(
+                "no active grant for {asset}:{service}{}",
+                if *asset_exists {
+                    ""
+                } else {
+                    " (no such asset)"
+                }
+            ),
+            Denial::NoSuchService { asset, service } => {
+                format!("asset {asset} has no service {service}")
+            }
+            Denial::NotReady { asset, missing } => format!("asset {asset} is missing {missing}"),
+            Denial::VendorDisabled => "vendor disabled".into(),
+        }
+    }
+}
+
+/// Either a refusal or a store failure (which refuses too, but is not the vendor's fault).
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("access denied: {}", .0.audit_reason())]
+    Denied(Denial),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<Denial> for PolicyError {
+    fn from(d: Denial) -> Self {
+        PolicyError::Denied(d)
+    }
+}
+
+/// The best active grant among `grants` covering `service` at `now`: the one that lasts longest.
+fn pick<'a>(
+    grants: &'a [GrantRow],
+    asset: &str,
+    service: &str,
+    now: UnixTime,
+) -> Option<&'a GrantRow> {
+    grants
+        .iter()
+        .filter(|g| g.asset == asset && g.is_active(now) && g.services.iter().any(|s| s == service))
+        .max_by_key(|g| g.ends_at)
+}
+
+/// May `vendor` use `asset_name`'s service `service_name` now?
+pub async fn authorize_service(
+    store: &Store,
+    now: UnixTime,
+    vendor: &Vendor,
+    asset_name: &str,
+    service_name: &str,
+) -> Result<Grant, PolicyError> {
+    if !vendor.enabled {
+        return Err(Denial::VendorDisabled.into());
+    }
+    let asset = store.asset(asset_name).await?;
+    let grants = store.open_grants_of(vendor.id, now).await?;
+    let Some(asset) = asset else {
+        return Err(Denial::NoGrant {
+            asset: asset_name.to_owned(),
+            service: service_name.to_owned(),
+            asset_exists: false,
+        }
+        .into());
+    };
+    let Some(row) = pick(&grants, &asset.name, service_name, now) else {
+        return Err(Denial::NoGrant {
+            asset: asset.name.clone(),
+            service: service_name.to_owned(),
+            asset_exists: true,
+        }
+        .into());
+    };
+    let Some(service) = asset.service(service_name).cloned() else {
+        // Granted once, but the service was removed since.
+        return Err(Denial::NoSuchService {
+            asset: asset.name.clone(),
+            service: service_name.to_owned(),
+        }
+        .into());
+    };
+    Ok(Grant {
+        id: row.id,
+        ends_at: row.ends_at,
+        vendor: vendor.clone(),
+        asset,
+        service,
+    })
+}
+
+/// May `vendor` open an SSH session on `asset_name`? Checks the grant for the asset's service of kind
+/// `ssh` (whatever it is named). An asset without one reads like a missing grant.
+pub async fn authorize_ssh(
+    store: &Store,
+    now: UnixTime,
+    vendor: &Vendor,
+    asset_name: &str,
+) -> Result<Grant, PolicyError> {
+    let service = store
+        .asset(asset_name)
+        .await?
+        .and_then(|a| {
+            a.services
+                .iter()
+                .find(|s| s.kind == crate::model::ServiceKind::Ssh)
+                .map(|s| s.name.clone())
+        })
+        .unwrap_or_else(|| "ssh".to_owned());
+    authorize_service(store, now, vendor, asset_name, &service).await
+}
+
+/// Re-reads a grant: is it still active at `now`? Used by the expiry watcher.
+pub fn still_active(row: Option<&GrantRow>, now: UnixTime) -> bool {
+    row.is_some_and(|g| g.is_active(now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, services: &[&str], ends_at: i64, revoked: bool) -> GrantRow {
+        GrantRow {
+            id,
+            vendor: "alice".into(),
+            asset: "mri-01".into(),
+            services: services.iter().map(|s| (*s).to_owned()).collect(),
+            starts_at: 100,
+            ends_at,
+            reason: "r".into(),
+            issued_by: "os:t".into(),
+            request_id: None,
+            revoked_at: revoked.then_some(150),
+            revoked_by: None,
+            revoke_reason: None,
+            created_at: 100,
+        }
+    }
+
+    #[test]
+    fn picks_the_longest_active_grant_for_the_service() {
+        let grants = [
+            row(1, &["ssh"], 300, false),
+            row(2, &["ssh", "dicom"], 500, false),
+            row(3, &["ssh"], 900, true),
+        ];
+        assert_eq!(pick(&grants, "mri-01", "ssh", 200).map(|g| g.id), Some(2));
+        assert_eq!(pick(&grants, "mri-01", "dicom", 200).map(|g| g.id), Some(2));
+        assert_eq!(pick(&grants, "mri-01", "hl7", 200).map(|g| g.id), None);
+        assert_eq!(pick(&grants, "ct-02", "ssh", 200).map(|g| g.id), None);
+        assert_eq!(
+            pick(&grants, "mri-01", "ssh", 500).map(|g| g.id),
+            None,
+            "expired"
+        );
+        assert_eq!(
+            pick(&grants, "mri-01", "ssh", 99).map(|g| g.id),
+            None,
+            "not started"
+        );
+    }
+
+    #[test]
+    fn unknown_asset_and_missing_grant_read_the_same_to_the_vendor() {
+        let hint = "ssh -p 2222 alice@bastion request";
+        let a = Denial::NoGrant {
+            asset: "mri-01".into(),
+            service: "ssh".into(),
+            asset_exists: true,
+        };
+        let b = Denial::NoGrant {
+            asset: "mri-01".into(),
+            service: "ssh".into(),
+            asset_exists: false,
+        };
+        assert_eq!(a.vendor_message(hint), b.vendor_message(hint));
+        assert_ne!(a.audit_reason(), b.audit_reason());
+        assert!(a.vendor_message(hint).starts_with("no active grant for mri-01:ssh — request it with: ssh -p 2222 alice@bastion request mri-01 ssh"));
+    }
+}

@@ -1,0 +1,141 @@
+//! A vendor's home (`ssh VENDOR@bastion`, no asset): who they are, their grants with time left, and the
+//! exact commands to connect or ask for access. No device is involved.
+//!
+//! Entry point: [`run`], spawned per session channel.
+
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use russh::server::{ChannelOpenHandle, Msg};
+use russh::{Channel, ChannelMsg};
+
+use super::session::Context;
+use crate::clock::format_time;
+use crate::config::format_duration;
+
+pub async fn run(ctx: Context, mut channel: Channel<Msg>, reply: ChannelOpenHandle) {
+    reply.accept().await;
+    // Wait for what the client wants: a shell (the home screen) or a command.
+    let command = loop {
+        let msg = tokio::select! {
+            () = ctx.stop.cancelled() => return,
+            m = channel.wait() => m,
+        };
+        match msg {
+            Some(ChannelMsg::RequestShell { .. }) => break None,
+            Some(ChannelMsg::Exec { command, .. }) => {
+                break Some(String::from_utf8_lossy(&command).into_owned());
+            }
+            Some(ChannelMsg::Close | ChannelMsg::Eof) | None => return,
+            Some(_) => {}
+        }
+    };
+    let (text, status) = match command.as_deref().map(str::trim) {
+        None | Some("" | "help" | "whoami" | "status") => match screen(&ctx).await {
+            Ok(text) => (text, 0),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the home screen");
+                ("chaperone: the bastion cannot list your access right now; try again in a minute\r\n".to_owned(), 1)
+            }
+        },
+        Some(other) => (
+            format!(
+                "chaperone: unknown command {:?}; run `{}` to see what you can do\r\n",
+                crate::model::truncate_for_display(other, 60),
+                ctx.shared.connect_command(&ctx.vendor.name, None, false)
+            ),
+            2,
+        ),
+    };
+    let data = Bytes::from(text);
+    let _ = if status == 0 {
+        channel.data_bytes(data).await
+    } else {
+        channel.extended_data_bytes(1, data).await
+    };
+    let _ = channel.exit_status(status).await;
+    let _ = channel.eof().await;
+    let _ = channel.close().await;
+}
+
+async fn screen(ctx: &Context) -> Result<String, crate::store::StoreError> {
+    let app = &ctx.shared.app;
+    let now = app.clock.now();
+    let vendor = &ctx.vendor;
+    let grants = app.store.open_grants_of(vendor.id, now).await?;
+    let mut out = String::new();
+    // `write!` into a String cannot fail.
+    let _ = writeln!(
+        out,
+        "chaperone: signed in as {} ({})\r",
+        vendor.name, vendor.org
+    );
+    let _ = writeln!(out, "\r");
+    if grants.is_empty() {
+        let _ = writeln!(out, "You have no active grants.\r");
+    } else {
+        let _ = writeln!(out, "Your grants:\r");
+        for g in &grants {
+            let state = if g.starts_at > now {
+                format!("starts {}", format_time(g.starts_at))
+            } else {
+                let left =
+                    std::time::Duration::from_secs(u64::try_from(g.ends_at - now).unwrap_or(0));
+                format!(
+                    "until {} ({} left)",
+                    format_time(g.ends_at),
+                    format_duration(left)
+                )
+            };
+            let _ = writeln!(
+                out,
+                "  #{:<4} {:<16} {:<20} {}\r",
+                g.id,
+                g.asset,
+                g.services.join(","),
+                state
+            );
+        }
+        let _ = writeln!(out, "\r");
+        let _ = writeln!(out, "Connect:\r");
+        for g in grants.iter().filter(|g| g.starts_at <= now) {
+            let asset = app.store.asset(&g.asset).await?;
+            for s in asset
+                .iter()
+                .flat_map(|a| a.services.iter())
+                .filter(|s| g.services.contains(&s.name))
+            {
+                match s.kind {
+                    crate::model::ServiceKind::Ssh => {
+                        let _ = writeln!(
+                            out,
+                            "  {}        # a shell on {}\r",
+                            ctx.shared
+                                .connect_command(&vendor.name, Some(&g.asset), true),
+                            g.asset
+                        );
+                    }
+                    crate::model::ServiceKind::Tcp => {
+                        let _ = writeln!(
+                            out,
+                            "  {} -N -L {}:{}:{} {}@{}   # {} tunnel\r",
+                            ctx.shared.ssh_command(),
+                            10000 + u32::from(s.port) % 50000,
+                            g.asset,
+                            s.port,
+                            vendor.name,
+                            ctx.shared.app.config.ssh.public_host,
+                            s.name
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let _ = writeln!(out, "\r");
+    let _ = writeln!(
+        out,
+        "Need access? Ask the hospital's staff for a grant naming the asset and its services.\r"
+    );
+    Ok(out)
+}

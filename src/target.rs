@@ -1,0 +1,212 @@
+//! The device side: a russh client that checks the pinned host key and logs in with the injected
+//! credential. Takes a [`Grant`]: nothing dials a device without one.
+//!
+//! Entry point: [`connect`]. Never called inside a russh server callback (it can take seconds); session
+//! tasks call it after accepting nothing yet.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::{Disconnect, client};
+
+use crate::identity::keys::parse_public_key;
+use crate::model::CredentialKind;
+use crate::policy::Grant;
+use crate::secrets::SecretsKey;
+use crate::store::Store;
+
+/// How long dialling plus the handshake may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a device could not be reached. The vendor sees [`TargetError::vendor_message`]; the audit log and
+/// the logs get the `Display` text.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// No TCP connection or no SSH handshake in time.
+    #[error("device unreachable: {0}")]
+    Unreachable(String),
+    /// The device presented a host key other than the pinned one.
+    #[error("host key mismatch: device presented {presented}, pinned {pinned}")]
+    HostKeyMismatch { presented: String, pinned: String },
+    /// The device refused the injected credential.
+    #[error("device refused the injected credential for {user}")]
+    AuthRefused { user: String },
+    /// The asset is not set up for sessions (no pinned host key, no credential).
+    #[error("asset is missing {0}")]
+    NotReady(&'static str),
+    /// The sealed credential did not open (wrong secrets key, altered row).
+    #[error("cannot open the injected credential: {0}")]
+    Credential(String),
+    /// Anything else on the SSH connection.
+    #[error("device connection failed: {0}")]
+    Ssh(String),
+}
+
+impl TargetError {
+    /// What the vendor is told: enough to act on, nothing about internals.
+    pub fn vendor_message(&self, asset: &str) -> String {
+        match self {
+            TargetError::Unreachable(_) => format!(
+                "{asset} is unreachable from the bastion right now; try again or tell the hospital's staff"
+            ),
+            TargetError::HostKeyMismatch { .. } => format!(
+                "{asset} presented an unexpected host key; the connection was refused and staff were alerted"
+            ),
+            TargetError::AuthRefused { .. } => format!(
+                "{asset} refused the bastion's login; the hospital's staff have to fix the device credential"
+            ),
+            TargetError::NotReady(_) => format!(
+                "{asset} is not ready for SSH sessions yet (device setup incomplete); the bastion's staff can see why"
+            ),
+            TargetError::Credential(_) | TargetError::Ssh(_) => {
+                format!("the connection to {asset} failed; the hospital's staff can see why")
+            }
+        }
+    }
+}
+
+/// Checks the device's host key against the pin.
+#[derive(Debug)]
+pub struct PinnedHostKey {
+    pinned: PublicKey,
+    /// What the device presented, for the mismatch report.
+    presented: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl client::Handler for PinnedHostKey {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        server_public_key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let ok = match server_public_key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => {
+                if let Ok(mut p) = self.presented.lock() {
+                    *p = Some(crate::identity::keys::fingerprint(key));
+                }
+                key.key_data() == self.pinned.key_data()
+            }
+            // Host certificates are not part of the pinning model.
+            PublicKeyOrCertificate::Certificate(_) => false,
+        };
+        Ok(ok)
+    }
+}
+
+/// A logged-in connection to a device.
+pub type Device = client::Handle<PinnedHostKey>;
+
+/// Client settings toward devices: large window (device → bastion is the bulk direction), AES-GCM first,
+/// no compression, keepalives.
+pub fn client_config() -> client::Config {
+    client::Config {
+        window_size: 8 * 1024 * 1024,
+        maximum_packet_size: 32768,
+        channel_buffer_size: 100,
+        nodelay: true,
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 3,
+        preferred: russh::Preferred {
+            cipher: Cow::Borrowed(&[
+                russh::cipher::AES_256_GCM,
+                russh::cipher::AES_128_GCM,
+                russh::cipher::CHACHA20_POLY1305,
+            ]),
+            compression: Cow::Borrowed(&[russh::compression::NONE]),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// Dials the device of `grant`'s asset on its ssh service, checks the pinned host key, and logs in with
+/// the injected credential.
+pub async fn connect(
+    grant: &Grant,
+    store: &Store,
+    secrets: &SecretsKey,
+    config: Arc<client::Config>,
+) -> Result<Device, TargetError> {
+    let asset = grant.asset();
+    let pinned = asset
+        .host_key
+        .as_deref()
+        .ok_or(TargetError::NotReady("a pinned host key"))?;
+    let pinned = parse_public_key(pinned)
+        .map_err(|e| TargetError::Credential(format!("pinned host key unreadable: {e}")))?;
+    let (Some(user), Some(kind)) = (asset.credential_user.clone(), asset.credential_kind) else {
+        return Err(TargetError::NotReady("an injected credential"));
+    };
+    let sealed = store
+        .asset_credential_secret(asset.id)
+        .await
+        .map_err(|e| TargetError::Credential(e.to_string()))?
+        .ok_or(TargetError::NotReady("an injected credential"))?;
+    let secret = secrets
+        .open(&format!("asset-credential:{}", asset.name), &sealed)
+        .map_err(|e| TargetError::Credential(e.to_string()))?;
+
+    let presented = Arc::new(std::sync::Mutex::new(None));
+    let handler = PinnedHostKey {
+        pinned: pinned.key.clone(),
+        presented: presented.clone(),
+    };
+    let addr = (asset.address.clone(), grant.service().port);
+    let mut handle =
+        match tokio::time::timeout(CONNECT_TIMEOUT, client::connect(config, addr, handler)).await {
+            Err(_) => {
+                return Err(TargetError::Unreachable(format!(
+                    "no answer within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+            Ok(Err(russh::Error::UnknownKey)) => {
+                return Err(TargetError::HostKeyMismatch {
+                    presented: presented
+                        .lock()
+                        .ok()
+                        .and_then(|p| p.clone())
+                        .unwrap_or_else(|| "a certificate".into()),
+                    pinned: pinned.fingerprint,
+                });
+            }
+            Ok(Err(russh::Error::IO(e))) => return Err(TargetError::Unreachable(e.to_string())),
+            Ok(Err(e)) => return Err(TargetError::Ssh(e.to_string())),
+            Ok(Ok(h)) => h,
+        };
+    let result = match kind {
+        CredentialKind::Key => {
+            let text = std::str::from_utf8(secret.expose())
+                .map_err(|_| TargetError::Credential("key is not text".into()))?;
+            let key = PrivateKey::from_openssh(text.trim())
+                .map_err(|e| TargetError::Credential(e.to_string()))?;
+            let hash = handle
+                .best_supported_rsa_hash()
+                .await
+                .map_err(|e| TargetError::Ssh(e.to_string()))?
+                .flatten();
+            handle
+                .authenticate_publickey(
+                    user.clone(),
+                    PrivateKeyWithHashAlg::new(Arc::new(key), hash),
+                )
+                .await
+        }
+        CredentialKind::Password => {
+            let password = std::str::from_utf8(secret.expose())
+                .map_err(|_| TargetError::Credential("password is not text".into()))?;
+            handle.authenticate_password(user.clone(), password).await
+        }
+    }
+    .map_err(|e| TargetError::Ssh(e.to_string()))?;
+    drop(secret);
+    if !result.success() {
+        let _ = handle.disconnect(Disconnect::ByApplication, "", "en").await;
+        return Err(TargetError::AuthRefused { user });
+    }
+    Ok(handle)
+}

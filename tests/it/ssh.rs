@@ -1,0 +1,539 @@
+//! The vendor's SSH front door, end to end: the real OpenSSH client (`ssh`, `scp`, `sftp`) against
+//! `chaperone serve` against a real `sshd` standing in for the device.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::bastion::{Bastion, Vendor, text};
+use crate::support::sshd::Sshd;
+use crate::support::{DataDir, missing};
+
+/// sshd + chaperone with one device `mri-01`; `None` when sshd is missing (and not required).
+fn setup() -> Option<(Sshd, Bastion)> {
+    let sshd = Sshd::start()?;
+    let bastion = Bastion::start(DataDir::init());
+    bastion.device("mri-01", &sshd, &["dicom:104/tcp"]);
+    Some((sshd, bastion))
+}
+
+fn session_json(b: &Bastion) -> serde_json::Value {
+    b.data.run(&["session", "list", "--json"]).ok().json()
+}
+
+fn audit_lines(b: &Bastion) -> String {
+    b.data
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout()
+}
+
+#[test]
+fn exec_and_shell_reach_the_device_with_exit_codes_and_are_recorded() {
+    let Some((_sshd, b)) = setup() else { return };
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+
+    let out = b
+        .ssh(&alice, "alice+mri-01")
+        .arg("echo hello-from-device; echo to-stderr >&2; exit 3")
+        .output()
+        .unwrap();
+    let (stdout, stderr, code) = text(&out);
+    assert_eq!(
+        code,
+        3,
+        "stdout: {stdout}\nstderr: {stderr}\nlog: {}",
+        b.log()
+    );
+    assert!(stdout.contains("hello-from-device"), "{stdout}");
+    assert!(stderr.contains("to-stderr"), "{stderr}");
+
+    let mut shell = b
+        .ssh_with(&alice, &["-tt"], "alice+mri-01")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    shell
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo shell-$((6*7))\nexit 5\n")
+        .unwrap();
+    let out = shell.wait_with_output().unwrap();
+    let (stdout, stderr, code) = text(&out);
+    assert_eq!(code, 5, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("shell-42"), "{stdout}");
+
+    // Both sessions are on record with a digest, and the recordings play in the stock player.
+    assert!(crate::support::bastion::wait_until(
+        Duration::from_secs(5),
+        || {
+            session_json(&b)
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| !s["ended_at"].is_null())
+        }
+    ));
+    let sessions = session_json(&b);
+    let sessions = sessions.as_array().unwrap();
+    assert_eq!(sessions.len(), 2);
+    for s in sessions {
+        let rec = &s["recordings"][0];
+        assert_eq!(rec["format"], "asciicast-v2");
+        let path = rec["path"].as_str().unwrap();
+        let digest = chaperone_recorder::sha256_file(path).unwrap();
+        assert_eq!(rec["sha256"].as_str(), Some(digest.as_str()));
+        let id = s["id"].as_str().unwrap();
+        b.data.run(&["session", "verify", id]).ok();
+    }
+    let exec = sessions.iter().find(|s| s["kind"] == "exec").unwrap();
+    assert_eq!(
+        exec["detail"],
+        "echo hello-from-device; echo to-stderr >&2; exit 3"
+    );
+    let exported = b.data.path().join("exec.cast");
+    b.data
+        .run(&[
+            "session",
+            "export",
+            exec["id"].as_str().unwrap(),
+            "-o",
+            exported.to_str().unwrap(),
+        ])
+        .ok();
+    let played = asciinema_cat(&exported);
+    if let Some(played) = played {
+        assert!(
+            played.contains("hello-from-device") && played.contains("to-stderr"),
+            "{played}"
+        );
+    }
+    let shell_rec =
+        sessions.iter().find(|s| s["kind"] == "shell").unwrap()["recordings"][0]["path"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let cast = chaperone_recorder::parse_cast(std::fs::File::open(&shell_rec).unwrap()).unwrap();
+    assert!(cast.text().contains("shell-42"), "{}", cast.text());
+    // Typed input is not recorded by default.
+    assert!(
+        !std::fs::read_to_string(&shell_rec)
+            .unwrap()
+            .contains("\"i\"")
+    );
+
+    // An altered recording is caught.
+    let mut bytes = std::fs::read(&shell_rec).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 1;
+    std::fs::write(&shell_rec, bytes).unwrap();
+    let id = sessions.iter().find(|s| s["kind"] == "shell").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let run = b.data.run(&["session", "verify", &id]);
+    assert!(
+        run.fails(1).stderr().contains("ALTERED"),
+        "{}",
+        run.stderr()
+    );
+
+    let audit = audit_lines(&b);
+    assert!(
+        audit.contains("\"session.start\"")
+            && audit.contains("\"session.end\"")
+            && audit.contains("recording_sha256")
+    );
+    b.data.run(&["audit", "verify"]).ok();
+}
+
+/// `asciinema cat FILE` (asciinema 2.4, from PyPI): what the stock player prints, or None when missing.
+fn asciinema_cat(path: &std::path::Path) -> Option<String> {
+    match Command::new("asciinema")
+        .arg("cat")
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) => {
+            assert!(
+                out.status.success(),
+                "asciinema cat failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Some(String::from_utf8_lossy(&out.stdout).into_owned())
+        }
+        Err(_) => {
+            missing("asciinema (pip install asciinema==2.4.0)");
+            None
+        }
+    }
+}
+
+#[test]
+fn scp_and_sftp_pass_through_the_grant_and_leave_a_transfer_log() {
+    let Some((_sshd, b)) = setup() else { return };
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("coil-log.tgz");
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&local, &payload).unwrap();
+    let remote = format!("/tmp/chaperone-scp-{}", chaperone::secrets::random_hex(4));
+
+    let scp = |args: &[&str]| {
+        let mut c = Command::new("scp");
+        c.args(b.client_options(&alice))
+            .arg("-P")
+            .arg(b.ssh_port.to_string())
+            .args(args);
+        for (k, v) in b.askpass_env(&alice) {
+            c.env(k, v);
+        }
+        c.env_remove("DISPLAY").stdin(Stdio::null());
+        c.output().unwrap()
+    };
+    let out = scp(&[
+        local.to_str().unwrap(),
+        &format!("alice+mri-01@127.0.0.1:{remote}"),
+    ]);
+    assert!(
+        out.status.success(),
+        "scp up: {:?}\n{}",
+        text(&out),
+        b.log()
+    );
+    let back = dir.path().join("back.tgz");
+    let out = scp(&[
+        "-o",
+        "User=alice+mri-01",
+        &format!("127.0.0.1:{remote}"),
+        back.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "scp down: {:?}", text(&out));
+    assert_eq!(std::fs::read(&back).unwrap(), payload);
+
+    let batch = dir.path().join("batch");
+    std::fs::write(&batch, format!("ls {remote}\nrm {remote}\n")).unwrap();
+    let mut sftp = Command::new("sftp");
+    sftp.args(b.client_options(&alice)).args([
+        "-o",
+        "BatchMode=no",
+        "-P",
+        &b.ssh_port.to_string(),
+        "-b",
+        batch.to_str().unwrap(),
+        "alice+mri-01@127.0.0.1",
+    ]);
+    for (k, v) in b.askpass_env(&alice) {
+        sftp.env(k, v);
+    }
+    let out = sftp
+        .env_remove("DISPLAY")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sftp: {:?}", text(&out));
+
+    assert!(crate::support::bastion::wait_until(
+        Duration::from_secs(5),
+        || {
+            session_json(&b)
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| !s["ended_at"].is_null())
+        }
+    ));
+    let sessions = session_json(&b);
+    let logs: Vec<String> = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "sftp")
+        .map(|s| std::fs::read_to_string(s["recordings"][0]["path"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(logs.len(), 3, "{sessions}");
+    let all = logs.join("\n");
+    assert!(all.contains(&remote), "{all}");
+    assert!(
+        all.contains("\"upload\"") && all.contains("\"download\""),
+        "{all}"
+    );
+    assert!(all.contains("300000"), "{all}");
+    assert!(all.contains("remove"), "{all}");
+}
+
+#[test]
+fn refusals_name_what_is_missing_the_same_whether_or_not_the_asset_exists() {
+    let Some((_sshd, b)) = setup() else { return };
+    let bob = b.vendor("bob", "Acme Imaging");
+    let out = b.ssh(&bob, "bob+mri-01").arg("true").output().unwrap();
+    let (_, known, code) = text(&out);
+    assert_eq!(code, 1, "{known}");
+    assert!(
+        known.contains("chaperone: no active grant for mri-01:ssh — request it with: ssh -p ")
+            && known.contains("bob@127.0.0.1 request mri-01 ssh --for 2h --reason"),
+        "{known}"
+    );
+    let out = b.ssh(&bob, "bob+ct-99").arg("true").output().unwrap();
+    let (_, unknown, code) = text(&out);
+    assert_eq!(code, 1);
+    assert_eq!(known.replace("mri-01", "X"), unknown.replace("ct-99", "X"));
+    let audit = audit_lines(&b);
+    assert!(
+        audit.contains("no active grant for mri-01:ssh")
+            && audit.contains("no active grant for ct-99:ssh (no such asset)"),
+        "{audit}"
+    );
+}
+
+#[test]
+fn expiry_and_revocation_close_live_sessions_within_two_seconds() {
+    let Some((_sshd, b)) = setup() else { return };
+    let carol = b.vendor("carol", "Acme Imaging");
+    b.grant("carol", "mri-01", "ssh", "5s");
+    let started = Instant::now();
+    let out = b
+        .ssh(&carol, "carol+mri-01")
+        .arg("echo up; sleep 30")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let (stdout, stderr, code) = text(&out);
+    assert!(stdout.contains("up"), "{stdout} {stderr}");
+    assert_ne!(code, 0);
+    assert!(stderr.contains("access to mri-01 ended"), "{stderr}");
+    assert!(took < Duration::from_secs(5 + 3), "closed after {took:?}");
+
+    // After expiry a new session is refused.
+    let out = b.ssh(&carol, "carol+mri-01").arg("true").output().unwrap();
+    assert!(
+        text(&out).1.contains("no active grant for mri-01:ssh"),
+        "{:?}",
+        text(&out)
+    );
+
+    // Revoked mid-session: closed within 2 s of the revocation.
+    let grant = b.grant("carol", "mri-01", "ssh", "1h");
+    let child = b
+        .ssh(&carol, "carol+mri-01")
+        .arg("echo up; sleep 30")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(crate::support::bastion::wait_until(
+        Duration::from_secs(15),
+        || {
+            session_json(&b)
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["ended_at"].is_null())
+        }
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    b.data
+        .run(&[
+            "grant",
+            "revoke",
+            &grant.to_string(),
+            "--reason",
+            "work finished",
+        ])
+        .ok();
+    let revoked_at = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let took = revoked_at.elapsed();
+    let (_, stderr, _) = text(&out);
+    assert!(
+        stderr.contains("access to mri-01 was revoked (work finished)"),
+        "{stderr}"
+    );
+    assert!(
+        took < Duration::from_secs(2) + Duration::from_millis(500),
+        "closed {took:?} after revocation"
+    );
+    assert!(crate::support::bastion::wait_until(
+        Duration::from_secs(5),
+        || {
+            session_json(&b)
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| !s["ended_at"].is_null())
+        }
+    ));
+    let sessions = session_json(&b);
+    assert!(
+        sessions
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["end_reason"].as_str().unwrap_or("").contains("revoked")),
+        "{sessions}"
+    );
+}
+
+#[test]
+fn wrong_and_replayed_totp_codes_are_refused_and_audited() {
+    let Some((_sshd, b)) = setup() else { return };
+    let dave = b.vendor("dave", "Acme Imaging");
+    b.grant("dave", "mri-01", "ssh", "1h");
+    // The newest step's code stays valid for a minute: long enough to try it twice.
+    let good = dave.newest_code();
+    let wrong = format!("{:06}", (good.parse::<u32>().unwrap() + 1) % 1_000_000);
+    let run = |answer: &str| {
+        let mut c = b.ssh_answering(
+            &dave,
+            &[],
+            "dave+mri-01",
+            &dave.askpass_printing(b.data.path(), answer),
+        );
+        c.arg("echo in");
+        text(&c.output().unwrap())
+    };
+    let (stdout, stderr, code) = run(&wrong);
+    assert_eq!(code, 255, "{stdout} {stderr}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    let (stdout, _, code) = run(&good);
+    assert_eq!((stdout.trim(), code), ("in", 0));
+    let (_, stderr, code) = run(&good);
+    assert_eq!(code, 255, "replayed code accepted");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    let audit = audit_lines(&b);
+    assert!(
+        audit.contains("wrong code")
+            && audit.contains("replayed code")
+            && audit.contains("\"auth.login\""),
+        "{audit}"
+    );
+}
+
+#[test]
+fn repeated_failures_lock_the_vendor() {
+    let Some((_sshd, b)) = setup() else { return };
+    let erin = b.vendor("erin", "Acme Imaging");
+    b.grant("erin", "mri-01", "ssh", "1h");
+    for _ in 0..5 {
+        let mut c = b.ssh_answering(
+            &erin,
+            &[],
+            "erin+mri-01",
+            &erin.askpass_printing(b.data.path(), "000000"),
+        );
+        c.arg("true");
+        assert_eq!(c.output().unwrap().status.code(), Some(255));
+    }
+    let out = b.ssh(&erin, "erin+mri-01").arg("true").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(255),
+        "a locked vendor got in: {:?}",
+        text(&out)
+    );
+    let show = b.data.run(&["vendor", "show", "erin"]);
+    assert!(
+        show.ok().stdout().contains("locked until"),
+        "{}",
+        show.stdout()
+    );
+    assert!(audit_lines(&b).contains("\"auth.lock\""));
+}
+
+#[test]
+fn a_device_presenting_another_host_key_is_refused_and_audited() {
+    let Some((_sshd, b)) = setup() else { return };
+    let frank = b.vendor("frank", "Acme Imaging");
+    b.grant("frank", "mri-01", "ssh", "1h");
+    let other = crate::support::ssh_keygen(b.data.path(), "impostor");
+    let line = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    b.data
+        .run(&["asset", "hostkey", "set", "mri-01", line.trim()])
+        .ok();
+    let out = b
+        .ssh(&frank, "frank+mri-01")
+        .arg("echo reached")
+        .output()
+        .unwrap();
+    let (stdout, stderr, code) = text(&out);
+    assert_eq!(code, 1);
+    assert!(!stdout.contains("reached"));
+    assert!(stderr.contains("unexpected host key"), "{stderr}");
+    assert!(audit_lines(&b).contains("\"target.hostkey.mismatch\""));
+}
+
+#[test]
+fn an_unwritable_recording_directory_refuses_the_session() {
+    let Some((_sshd, b)) = setup() else { return };
+    let gina = b.vendor("gina", "Acme Imaging");
+    b.grant("gina", "mri-01", "ssh", "1h");
+    let recordings = b.data.path().join("recordings");
+    std::fs::remove_dir_all(&recordings).unwrap();
+    // A file where the directory should be: unwritable even for root.
+    std::fs::write(&recordings, b"not a directory").unwrap();
+    let out = b
+        .ssh(&gina, "gina+mri-01")
+        .arg("echo reached")
+        .output()
+        .unwrap();
+    let (stdout, stderr, code) = text(&out);
+    assert_eq!(code, 1, "{stdout} {stderr}");
+    assert!(!stdout.contains("reached"));
+    assert!(stderr.contains("cannot be recorded"), "{stderr}");
+    assert!(audit_lines(&b).contains("cannot create recording"));
+}
+
+#[test]
+fn the_home_screen_shows_grants_and_how_to_connect() {
+    let Some((_sshd, b)) = setup() else { return };
+    let hank = b.vendor("hank", "Acme Imaging");
+    b.grant("hank", "mri-01", "ssh,dicom", "2h");
+    let out = b.ssh(&hank, "hank").output().unwrap();
+    let (stdout, stderr, code) = text(&out);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("signed in as hank (Acme Imaging)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("mri-01") && stdout.contains("ssh,dicom") && stdout.contains("left"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("ssh -p {} -t hank+mri-01@127.0.0.1", b.ssh_port)),
+        "{stdout}"
+    );
+    assert!(stdout.contains(":mri-01:104"), "{stdout}");
+}
+
+#[test]
+fn unknown_users_and_wrong_keys_get_the_same_refusal() {
+    let Some((_sshd, b)) = setup() else { return };
+    let ivan = b.vendor("ivan", "Acme Imaging");
+    let stranger = Vendor {
+        name: "ivan".into(),
+        key: crate::support::ssh_keygen(b.data.path(), "stranger"),
+        secret: ivan.secret.clone(),
+        last_step: std::sync::Mutex::new(0),
+    };
+    let wrong_key = text(
+        &b.ssh(&stranger, "ivan+mri-01")
+            .arg("true")
+            .output()
+            .unwrap(),
+    );
+    let unknown_user = text(&b.ssh(&ivan, "nobody+mri-01").arg("true").output().unwrap());
+    assert_eq!(wrong_key.2, 255);
+    // The client names the user it tried; beyond that the answers are identical.
+    assert_eq!(
+        wrong_key.1.replace("ivan", "X"),
+        unknown_user.1.replace("nobody", "X")
+    );
+    assert_eq!(wrong_key.2, unknown_user.2);
+}

@@ -1,0 +1,368 @@
+//! `chaperone serve` as a child process on loopback ports it picks itself, plus vendors that log in
+//! with the real OpenSSH client (key + TOTP through SSH_ASKPASS).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::sshd::Sshd;
+use super::{DataDir, chaperone_bin, guarded, ssh_keygen};
+
+pub struct Bastion {
+    pub data: DataDir,
+    pub ssh_port: u16,
+    pub web_port: u16,
+    known_hosts: PathBuf,
+    child: std::process::Child,
+    /// Everything the server logged, for assertions and failure messages.
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Bastion {
+    /// Starts `chaperone serve` on an initialised data dir.
+    pub fn start(data: DataDir) -> Bastion {
+        let config = data.config();
+        let mut child = guarded(chaperone_bin(), &["-c", &config.to_string_lossy(), "serve"])
+            .env("RUST_LOG", "info,chaperone=debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start chaperone serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("chaperone serving")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(line.clone());
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("chaperone serve did not start:\n{}", log.lock().unwrap()));
+        let port_of = |key: &str| -> u16 {
+            let at = line
+                .find(key)
+                .unwrap_or_else(|| panic!("no {key} in {line}"))
+                + key.len();
+            let addr: String = line[at..]
+                .chars()
+                .take_while(|c| !c.is_whitespace())
+                .collect();
+            addr.rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("bad address {addr}"))
+        };
+        let ssh_port = port_of("ssh=");
+        let web_port = port_of("web=");
+        let host_key =
+            std::fs::read_to_string(data.path().join("ssh_host_ed25519_key.pub")).unwrap();
+        let known_hosts = data.path().join("known_hosts");
+        std::fs::write(
+            &known_hosts,
+            format!("[127.0.0.1]:{ssh_port} {}", host_key.trim()),
+        )
+        .unwrap();
+        Bastion {
+            data,
+            ssh_port,
+            web_port,
+            known_hosts,
+            child,
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Adds a vendor with a fresh key; returns a handle that can log in.
+    pub fn vendor(&self, name: &str, org: &str) -> Vendor {
+        let key = ssh_keygen(self.data.path(), &format!("vendor_{name}"));
+        let run = self.data.run(&[
+            "vendor",
+            "add",
+            name,
+            "--org",
+            org,
+            "--key",
+            &key.with_extension("pub").to_string_lossy(),
+            "--json",
+        ]);
+        let uri = run.ok().json()["totp_uri"].as_str().unwrap().to_owned();
+        let secret = uri
+            .split("secret=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap()
+            .to_owned();
+        Vendor {
+            name: name.to_owned(),
+            key,
+            secret,
+            last_step: Mutex::new(0),
+        }
+    }
+
+    /// Adds an asset backed by `sshd`, with its host key pinned and credential set.
+    pub fn device(&self, name: &str, sshd: &Sshd, extra_services: &[&str]) {
+        let mut args = vec![
+            "asset".to_owned(),
+            "add".into(),
+            name.into(),
+            "--address".into(),
+            "127.0.0.1".into(),
+            "--zone".into(),
+            "radiology".into(),
+            "--purpose".into(),
+            "Test device".into(),
+            "--service".into(),
+            format!("ssh:{}/ssh", sshd.port),
+        ];
+        for s in extra_services {
+            args.push("--service".into());
+            args.push((*s).to_owned());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.data.run(&args).ok();
+        self.data
+            .run(&["asset", "hostkey", "set", name, &sshd.host_key_line()])
+            .ok();
+        self.data
+            .run(&[
+                "asset",
+                "credential",
+                "set",
+                name,
+                "--user",
+                &sshd.user,
+                "--key",
+                &sshd.client_key.to_string_lossy(),
+            ])
+            .ok();
+    }
+
+    pub fn grant(&self, vendor: &str, asset: &str, services: &str, duration: &str) -> i64 {
+        let run = self.data.run(&[
+            "grant",
+            "add",
+            "--vendor",
+            vendor,
+            "--asset",
+            asset,
+            "--services",
+            services,
+            "--for",
+            duration,
+            "--reason",
+            "test",
+        ]);
+        let out = run.ok().stdout();
+        out.split('#')
+            .nth(1)
+            .and_then(|s| s.split(':').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("grant id in {out}"))
+    }
+
+    /// An `ssh` command for `user` with the vendor's key and TOTP answered through SSH_ASKPASS.
+    pub fn ssh(&self, vendor: &Vendor, user: &str) -> Command {
+        self.ssh_with(vendor, &[], user)
+    }
+
+    /// Like [`Bastion::ssh`] with extra client options (before the destination), e.g. `-tt`.
+    pub fn ssh_with(&self, vendor: &Vendor, options: &[&str], user: &str) -> Command {
+        self.ssh_answering(vendor, options, user, &vendor.askpass(self.data.path()))
+    }
+
+    /// An `ssh` whose TOTP prompt is answered by the given askpass script (wrong codes, replays).
+    pub fn ssh_answering(
+        &self,
+        vendor: &Vendor,
+        options: &[&str],
+        user: &str,
+        askpass: &Path,
+    ) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.args(self.client_options(vendor))
+            .args(options)
+            .arg("-p")
+            .arg(self.ssh_port.to_string())
+            .arg(format!("{user}@127.0.0.1"))
+            .env("SSH_ASKPASS", askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env_remove("DISPLAY")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Options shared by ssh, scp and sftp: no user config, pinned bastion host key, key then TOTP.
+    pub fn client_options(&self, vendor: &Vendor) -> Vec<String> {
+        vec![
+            "-F".into(),
+            "/dev/null".into(),
+            "-i".into(),
+            vendor.key.to_string_lossy().into_owned(),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "-o".into(),
+            format!("UserKnownHostsFile={}", self.known_hosts.display()),
+            "-o".into(),
+            "PreferredAuthentications=publickey,keyboard-interactive".into(),
+            "-o".into(),
+            "NumberOfPasswordPrompts=1".into(),
+            "-o".into(),
+            "LogLevel=ERROR".into(),
+            "-o".into(),
+            "ConnectTimeout=10".into(),
+        ]
+    }
+
+    /// The askpass environment for scp/sftp commands built by the test.
+    pub fn askpass_env(&self, vendor: &Vendor) -> Vec<(String, String)> {
+        vec![
+            (
+                "SSH_ASKPASS".into(),
+                vendor
+                    .askpass(self.data.path())
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+            ("SSH_ASKPASS_REQUIRE".into(), "force".into()),
+        ]
+    }
+}
+
+impl Bastion {
+    /// Sends SIGTERM and waits; returns the exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        super::stop_guarded(&mut self.child);
+        self.child.try_wait().ok().flatten().and_then(|s| s.code())
+    }
+}
+
+impl Drop for Bastion {
+    fn drop(&mut self) {
+        super::stop_guarded(&mut self.child);
+    }
+}
+
+/// A vendor technician: key and TOTP seed.
+pub struct Vendor {
+    pub name: String,
+    pub key: PathBuf,
+    pub secret: String,
+    /// The last TOTP step handed out: each login needs a newer one (replay protection).
+    pub last_step: Mutex<i64>,
+}
+
+impl Vendor {
+    /// The next unused TOTP code: steps now-1, now, now+1 are valid; past those, wait for time to move.
+    pub fn next_code(&self) -> String {
+        let seed = decode_base32(&self.secret);
+        let mut last = self.last_step.lock().unwrap();
+        loop {
+            let now = now();
+            let step = (*last + 1).max(now / 30 - 1);
+            if step <= now / 30 + 1 {
+                *last = step;
+                return chaperone::identity::totp::code_at(
+                    &seed,
+                    u64::try_from(step * 30).unwrap(),
+                )
+                .unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// The code of the newest valid step (now + 1): it stays valid longest, for replay tests.
+    pub fn newest_code(&self) -> String {
+        let seed = decode_base32(&self.secret);
+        let step = now() / 30 + 1;
+        *self.last_step.lock().unwrap() = step;
+        chaperone::identity::totp::code_at(&seed, u64::try_from(step * 30).unwrap()).unwrap()
+    }
+
+    /// A fresh askpass script that prints the next code.
+    pub fn askpass(&self, dir: &Path) -> PathBuf {
+        self.askpass_printing(dir, &self.next_code())
+    }
+
+    /// An askpass script printing `answer` (wrong codes, replays).
+    pub fn askpass_printing(&self, dir: &Path, answer: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(format!(
+            "askpass-{}-{}.sh",
+            self.name,
+            chaperone::secrets::random_hex(4)
+        ));
+        std::fs::write(&path, format!("#!/bin/sh\necho {answer}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
+        path
+    }
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn decode_base32(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (mut buf, mut bits) = (0u64, 0);
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'2'..=b'7' => c - b'2' + 26,
+            _ => continue,
+        };
+        buf = (buf << 5) | u64::from(v);
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+        }
+    }
+    out
+}
+
+/// stdout, stderr and exit code of a finished client.
+pub fn text(out: &Output) -> (String, String, i32) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+/// Waits until `f` is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
