@@ -51,7 +51,42 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub secrets: SecretsConfig,
     pub recording: RecordingConfig,
+    pub tunnels: TunnelConfig,
     pub log: LogConfig,
+}
+
+/// Byte budgets for tunnels (the exfiltration guard), per service and hour, each direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelConfig {
+    /// Applies to every service without its own entry.
+    pub default: BudgetPolicy,
+    /// Overrides by service name (`[tunnels.services.dicom]`).
+    pub services: std::collections::BTreeMap<String, BudgetPolicy>,
+}
+
+impl TunnelConfig {
+    pub fn policy_for(&self, service: &str) -> &BudgetPolicy {
+        self.services.get(service).unwrap_or(&self.default)
+    }
+}
+
+/// How many bytes may cross a service's tunnels per hour, and what happens past that.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetPolicy {
+    /// Device → vendor bytes per hour; `None`: unlimited.
+    pub max_down_per_hour: Option<u64>,
+    /// Vendor → device bytes per hour; `None`: unlimited.
+    pub max_up_per_hour: Option<u64>,
+    pub action: BudgetAction,
+}
+
+/// What crossing a budget does. Both are audited (and sent to the webhook when one is configured).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetAction {
+    /// Audit and alert, keep the tunnel open.
+    Alert,
+    /// Audit, alert and close the tunnel.
+    Cut,
 }
 
 /// The vendors' SSH listener.
@@ -151,7 +186,38 @@ struct RawConfig {
     #[serde(default)]
     recording: RawRecording,
     #[serde(default)]
+    tunnels: RawTunnels,
+    #[serde(default)]
     log: RawLog,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    max_down_per_hour: Option<String>,
+    max_up_per_hour: Option<String>,
+    action: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTunnels {
+    max_down_per_hour: String,
+    max_up_per_hour: String,
+    action: String,
+    services: std::collections::BTreeMap<String, RawBudget>,
+}
+
+impl Default for RawTunnels {
+    fn default() -> Self {
+        // Seed 002: alert when a device sends more than 5 MB in an hour.
+        RawTunnels {
+            max_down_per_hour: "5MB".into(),
+            max_up_per_hour: "none".into(),
+            action: "alert".into(),
+            services: std::collections::BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -377,6 +443,40 @@ impl Config {
                 ),
             ));
         };
+        let size = |key: &'static str, value: &str| parse_size(value).map_err(|m| invalid(key, m));
+        let action = |key: &'static str, value: &str| match value {
+            "alert" => Ok(BudgetAction::Alert),
+            "cut" => Ok(BudgetAction::Cut),
+            other => Err(invalid(key, format!("{other:?}: use alert or cut"))),
+        };
+        let default = BudgetPolicy {
+            max_down_per_hour: size("tunnels.max_down_per_hour", &raw.tunnels.max_down_per_hour)?,
+            max_up_per_hour: size("tunnels.max_up_per_hour", &raw.tunnels.max_up_per_hour)?,
+            action: action("tunnels.action", &raw.tunnels.action)?,
+        };
+        let mut services = std::collections::BTreeMap::new();
+        for (name, b) in raw.tunnels.services {
+            crate::model::check_name("service", &name)
+                .map_err(|m| invalid("tunnels.services", m))?;
+            services.insert(
+                name,
+                BudgetPolicy {
+                    max_down_per_hour: match &b.max_down_per_hour {
+                        Some(v) => size("tunnels.services.*.max_down_per_hour", v)?,
+                        None => default.max_down_per_hour,
+                    },
+                    max_up_per_hour: match &b.max_up_per_hour {
+                        Some(v) => size("tunnels.services.*.max_up_per_hour", v)?,
+                        None => default.max_up_per_hour,
+                    },
+                    action: match &b.action {
+                        Some(v) => action("tunnels.services.*.action", v)?,
+                        None => default.action,
+                    },
+                },
+            );
+        }
+        let tunnels = TunnelConfig { default, services };
         if raw.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty".into()));
         }
@@ -395,6 +495,7 @@ impl Config {
                 dir: resolve(&raw.recording.dir),
                 record_input: raw.recording.record_input,
             },
+            tunnels,
             log: LogConfig {
                 level: raw.log.level,
             },
@@ -446,6 +547,35 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("{text:?}: must be longer than zero"));
     }
     Ok(Duration::from_secs(total))
+}
+
+/// Parses byte sizes such as `5MB`, `500KB`, `2GB`, `1024B`, or `none` (unlimited). Units are decimal
+/// (1 MB = 1,000,000 bytes), as people read them on a transfer.
+pub fn parse_size(text: &str) -> Result<Option<u64>, String> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a size such as 5MB, 500KB, 2GB or none"))?;
+    let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit (use B, KB, MB, GB, TB or none)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .map(Some)
+        .ok_or_else(|| format!("{text:?}: too large"))
 }
 
 /// Formats a duration the way `parse_duration` reads it, e.g. `1h30m`.
@@ -503,6 +633,18 @@ key_file = "secrets.key"
 dir = "recordings"
 # Record what vendors type. Off by default: typed passwords must not land in recordings.
 record_input = false
+
+[tunnels]
+# The exfiltration guard: bytes per service per hour through vendors' tunnels (ssh -L/-W), each
+# direction. Crossing a budget is audited; with action = "cut" the tunnel is also closed.
+# Sizes: 500KB, 5MB, 2GB, or "none". Default: alert when a device sends more than 5 MB in an hour.
+max_down_per_hour = "5MB"
+max_up_per_hour = "none"
+action = "alert"
+# Per service name, e.g. DICOM studies are large but should never leave in bulk unnoticed:
+# [tunnels.services.dicom]
+# max_down_per_hour = "500MB"
+# action = "cut"
 
 [log]
 # A tracing filter; RUST_LOG overrides it.
@@ -568,6 +710,25 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(c.database.is_postgres());
+    }
+
+    #[test]
+    fn tunnel_budgets() {
+        let c = parse("[tunnels]\nmax_down_per_hour = \"5MB\"\n[tunnels.services.dicom]\nmax_down_per_hour = \"2GB\"\naction = \"cut\"\n").unwrap();
+        assert_eq!(c.tunnels.default.max_down_per_hour, Some(5_000_000));
+        assert_eq!(c.tunnels.default.max_up_per_hour, None);
+        let dicom = c.tunnels.policy_for("dicom");
+        assert_eq!(
+            (dicom.max_down_per_hour, dicom.action),
+            (Some(2_000_000_000), BudgetAction::Cut)
+        );
+        assert_eq!(c.tunnels.policy_for("hl7"), &c.tunnels.default);
+        let msg = parse("[tunnels]\naction = \"block\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("tunnels.action"), "{msg}");
+        assert!(parse_size("5 parsecs").is_err());
+        assert_eq!(parse_size("none"), Ok(None));
     }
 
     #[test]

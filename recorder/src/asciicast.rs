@@ -155,7 +155,11 @@ impl CastWriter {
         let mut tail = [0; 3];
         tail[..keep].copy_from_slice(later);
         if !now.is_empty() {
-            let text = String::from_utf8_lossy(now);
+            // `from_utf8` checks ASCII a word at a time; the lossy scan is only for invalid bytes.
+            let text = match std::str::from_utf8(now) {
+                Ok(text) => Cow::Borrowed(text),
+                Err(_) => String::from_utf8_lossy(now),
+            };
             write_event(&mut self.sink, &mut self.line, at, code, &text)?;
         }
         // Only now, so that a refused event leaves the stream as it was.
@@ -179,9 +183,101 @@ fn write_event(
     data: &str,
 ) -> Result<()> {
     line.clear();
-    serde_json::to_writer(&mut *line, &(seconds(at), code, data)).map_err(io::Error::from)?;
-    line.push(b'\n');
+    line.push(b'[');
+    serde_json::to_writer(&mut *line, &seconds(at)).map_err(io::Error::from)?;
+    line.push(b',');
+    push_json_str(line, code);
+    line.push(b',');
+    push_json_str(line, data);
+    line.extend_from_slice(b"]\n");
     sink.write_record(line)
+}
+
+/// Appends `text` as a JSON string. The same escapes as `serde_json` (`\"`, `\\`, `\n`, `\r`, `\t`, `\b`,
+/// `\f`, other control characters as `\u00XX`), but bulk-friendly: runs of bytes that need no escape are
+/// copied at once, and a run of one repeated control character (`head -c N /dev/zero`, padding) is written
+/// by repeating its escape instead of one byte at a time.
+fn push_json_str(out: &mut Vec<u8>, text: &str) {
+    let bytes = text.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = bytes[i];
+        if !needs_escape(byte) {
+            i += 1;
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..i]);
+        let mut run = 1;
+        while i + run < bytes.len() && bytes[i + run] == byte {
+            run += 1;
+        }
+        let mut escape = [0u8; 6];
+        let escape = escaped(byte, &mut escape);
+        push_repeated(out, escape, run);
+        i += run;
+        start = i;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Whether JSON needs `byte` escaped inside a string: control characters, `"` and `\`. Every other byte of
+/// a `str`, multi-byte UTF-8 included, is copied as it is.
+fn needs_escape(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\'
+}
+
+/// The JSON escape of a byte for which [`needs_escape`] holds, written into `buf`.
+fn escaped(byte: u8, buf: &mut [u8; 6]) -> &[u8] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let short = match byte {
+        b'"' => Some(b'"'),
+        b'\\' => Some(b'\\'),
+        b'\n' => Some(b'n'),
+        b'\r' => Some(b'r'),
+        b'\t' => Some(b't'),
+        0x08 => Some(b'b'),
+        0x0c => Some(b'f'),
+        _ => None,
+    };
+    if let Some(c) = short {
+        buf[0] = b'\\';
+        buf[1] = c;
+        return &buf[..2];
+    }
+    *buf = [
+        b'\\',
+        b'u',
+        b'0',
+        b'0',
+        HEX[usize::from(byte >> 4)],
+        HEX[usize::from(byte & 0xf)],
+    ];
+    &buf[..]
+}
+
+/// Appends `piece` `count` times, in blocks rather than one piece at a time.
+fn push_repeated(out: &mut Vec<u8>, piece: &[u8], count: usize) {
+    const BLOCK: usize = 64;
+    out.reserve(piece.len() * count);
+    if count < BLOCK {
+        for _ in 0..count {
+            out.extend_from_slice(piece);
+        }
+        return;
+    }
+    let mut block = [0u8; 6 * BLOCK];
+    let block = &mut block[..piece.len() * BLOCK];
+    for chunk in block.chunks_exact_mut(piece.len()) {
+        chunk.copy_from_slice(piece);
+    }
+    for _ in 0..count / BLOCK {
+        out.extend_from_slice(block);
+    }
+    out.extend_from_slice(&block[..piece.len() * (count % BLOCK)]);
 }
 
 /// The incomplete UTF-8 sequence at the end of a stream's last chunk, waiting for the rest of its character.
@@ -563,6 +659,59 @@ mod tests {
         );
         assert_eq!(cast.events[3].kind, EventKind::Input("\u{0}\u{7f}".into()));
         assert_eq!(cast.events.last().unwrap().time, 0.005);
+    }
+
+    #[test]
+    fn strings_are_escaped_exactly_like_serde_json() {
+        let mut all_ascii: String = (0u8..0x80).map(char::from).collect();
+        all_ascii.push_str("é€😀\u{FFFD}");
+        let mut cases = vec![
+            String::new(),
+            all_ascii,
+            "plain text, no escapes".into(),
+            "\0".repeat(1000),
+            "\0".repeat(63),
+            "\0".repeat(64),
+            "\0".repeat(65),
+            "\"".repeat(130),
+            "\\".repeat(129),
+            "a\r\n\r\nb\x1b[31mred\x1b[0m\t\x08\x0c\x7f".into(),
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..200 {
+            let bytes: Vec<u8> = (0..300)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    // Mostly control characters, quotes and backslashes, in runs.
+                    [0, 0, 0, b'"', b'\\', b'\n', 0x1f, b'a', 0xc3, 0xa9][(state % 10) as usize]
+                })
+                .collect();
+            cases.push(String::from_utf8_lossy(&bytes).into_owned());
+        }
+        for text in cases {
+            let mut ours = Vec::new();
+            push_json_str(&mut ours, &text);
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                serde_json::to_string(&text).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn event_lines_are_what_serde_json_writes() {
+        let (_dir, path, mut w) = new_cast();
+        w.output(Duration::from_micros(1_500_123), b"\0\0\"x\"\r\n")
+            .unwrap();
+        w.finish().unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        let last = text.lines().last().unwrap();
+        assert_eq!(
+            last,
+            serde_json::to_string(&(1.500123, "o", "\0\0\"x\"\r\n")).unwrap()
+        );
     }
 
     #[test]

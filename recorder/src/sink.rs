@@ -8,8 +8,10 @@
 //! finished.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Write};
+use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -19,8 +21,13 @@ use crate::error::{Error, Result};
 /// Longest time written records may sit in the buffer while writes keep coming.
 pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Write buffer size: large enough that bulk terminal output costs few syscalls.
-const BUFFER_SIZE: usize = 64 * 1024;
+/// Write buffer size: large enough that bulk terminal output costs few syscalls. A full buffer goes to the
+/// file's writer thread, so encoding and hashing the next one overlaps with the copy into the page cache.
+const BUFFER_SIZE: usize = 256 * 1024;
+
+/// Full buffers that may wait for the writer thread; past that, writing records waits (backpressure from
+/// the disk). At most `QUEUED + 2` buffers exist per file.
+const QUEUED: usize = 2;
 
 /// A closed recording: where it is, its SHA-256 and its size, to be stored alongside the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,28 +43,100 @@ pub struct Finished {
 /// SHA-256 of a file, lowercase hex, read in a streaming fashion (to verify a recording against its
 /// [`Finished::sha256_hex`]).
 pub fn sha256_file(path: impl AsRef<Path>) -> Result<String> {
-    let mut file = BufReader::with_capacity(BUFFER_SIZE, File::open(path)?);
+    let mut file = BufReader::with_capacity(64 * 1024, File::open(path)?);
     let mut hasher = Sha256::new();
     io::copy(&mut file, &mut hasher)?;
     Ok(hex::encode(hasher.finalize()))
 }
 
 /// A new file written record by record, with a running digest of exactly the bytes handed to it.
+///
+/// Records are hashed and appended to a buffer on the caller's thread; full buffers are written by a
+/// thread of the file's own ([`WriterThread`]), in order. A write error there poisons the file: the next
+/// call (at the latest [`flush`](Self::flush) or [`finish`](Self::finish)) returns it.
 #[derive(Debug)]
 pub(crate) struct HashedFile {
     /// Reported back in [`Finished`].
     path: PathBuf,
-    out: BufWriter<File>,
-    /// Digest of every byte given to `out`, so finishing needs no second read of the file.
+    /// Records not yet handed to the writer thread.
+    buf: Vec<u8>,
+    /// `None` once finished or after the thread failed.
+    writer: Option<WriterThread>,
+    /// Digest of every byte given to `buf`, so finishing needs no second read of the file.
     hasher: Sha256,
     /// Bytes written so far, checked against `max_bytes`.
     bytes: u64,
     max_bytes: Option<u64>,
-    /// When `out` was last flushed to the operating system.
+    /// When the file was last flushed to the operating system.
     last_flush: Instant,
     /// Set while a write is under way and left set if it fails: after a failed write the file may hold part
     /// of a record the digest never saw, so every later call is refused.
     poisoned: bool,
+}
+
+/// What the writer thread is asked to do.
+enum Job {
+    /// Append these bytes, then hand the buffer back for reuse.
+    Write(Vec<u8>),
+    /// Everything sent before is in the file: say so.
+    Sync(SyncSender<()>),
+}
+
+/// The thread that appends full buffers to the file, so that the copy into the page cache runs beside
+/// the encoding and hashing of the next records.
+#[derive(Debug)]
+struct WriterThread {
+    jobs: SyncSender<Job>,
+    /// Written buffers, cleared, to be filled again.
+    spare: Receiver<Vec<u8>>,
+    /// The file when the thread ends normally; the write error otherwise.
+    handle: JoinHandle<io::Result<File>>,
+}
+
+impl WriterThread {
+    fn spawn(mut file: File) -> io::Result<Self> {
+        let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUED);
+        let (give_back, spare) = mpsc::channel::<Vec<u8>>();
+        let handle = std::thread::Builder::new()
+            .name("recording-writer".into())
+            .stack_size(128 * 1024)
+            .spawn(move || {
+                for job in queue {
+                    match job {
+                        Job::Write(mut buf) => {
+                            file.write_all(&buf)?;
+                            buf.clear();
+                            let _ = give_back.send(buf);
+                        }
+                        Job::Sync(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+                Ok(file)
+            })?;
+        Ok(Self {
+            jobs,
+            spare,
+            handle,
+        })
+    }
+
+    /// Stops the thread after it has written everything queued; returns the file or the first error.
+    fn join(self) -> io::Result<File> {
+        drop(self.jobs);
+        self.handle
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the recording writer thread panicked")))
+    }
+}
+
+/// Why the writer thread stopped taking jobs: its write error, or a panic.
+fn thread_error(writer: WriterThread) -> Error {
+    match writer.join() {
+        Err(e) => Error::Io(e),
+        Ok(_) => Error::Io(io::Error::other("the recording writer thread stopped")),
+    }
 }
 
 impl HashedFile {
@@ -73,7 +152,8 @@ impl HashedFile {
         })?;
         Ok(Self {
             path: path.to_owned(),
-            out: BufWriter::with_capacity(BUFFER_SIZE, file),
+            buf: Vec::with_capacity(BUFFER_SIZE),
+            writer: Some(WriterThread::spawn(file)?),
             hasher: Sha256::new(),
             bytes: 0,
             max_bytes: None,
@@ -102,24 +182,52 @@ impl HashedFile {
             return Err(Error::CapExceeded { max_bytes });
         }
         self.poisoned = true;
-        self.out.write_all(record)?;
+        self.buf.extend_from_slice(record);
         self.hasher.update(record);
         self.bytes += len;
         if self.last_flush.elapsed() >= FLUSH_INTERVAL {
-            self.out.flush()?;
-            self.last_flush = Instant::now();
+            self.poisoned = false;
+            return self.flush();
+        }
+        if self.buf.len() >= BUFFER_SIZE {
+            self.hand_over()?;
         }
         self.poisoned = false;
         Ok(())
     }
 
-    /// Hands everything buffered to the operating system.
+    /// Sends the buffer to the writer thread and takes a spare one (blocks while `QUEUED` are waiting).
+    fn hand_over(&mut self) -> Result<()> {
+        let Some(writer) = self.writer.as_ref() else {
+            return Err(Error::Poisoned);
+        };
+        let next = writer
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(BUFFER_SIZE));
+        let full = std::mem::replace(&mut self.buf, next);
+        if writer.jobs.send(Job::Write(full)).is_err() {
+            return Err(self.writer.take().map_or(Error::Poisoned, thread_error));
+        }
+        Ok(())
+    }
+
+    /// Hands everything buffered to the operating system, and waits until it has it.
     pub(crate) fn flush(&mut self) -> Result<()> {
         if self.poisoned {
             return Err(Error::Poisoned);
         }
         self.poisoned = true;
-        self.out.flush()?;
+        if !self.buf.is_empty() {
+            self.hand_over()?;
+        }
+        let Some(writer) = self.writer.as_ref() else {
+            return Err(Error::Poisoned);
+        };
+        let (done, synced) = mpsc::sync_channel(1);
+        if writer.jobs.send(Job::Sync(done)).is_err() || synced.recv().is_err() {
+            return Err(self.writer.take().map_or(Error::Poisoned, thread_error));
+        }
         self.last_flush = Instant::now();
         self.poisoned = false;
         Ok(())
@@ -128,12 +236,27 @@ impl HashedFile {
     /// Flushes, fsyncs and closes the file, returning its digest.
     pub(crate) fn finish(mut self) -> Result<Finished> {
         self.flush()?;
-        self.out.get_ref().sync_all()?;
+        let writer = self.writer.take().ok_or(Error::Poisoned)?;
+        let file = writer.join()?;
+        file.sync_all()?;
         Ok(Finished {
-            path: self.path,
-            sha256_hex: hex::encode(self.hasher.finalize()),
+            path: std::mem::take(&mut self.path),
+            sha256_hex: hex::encode(std::mem::take(&mut self.hasher).finalize()),
             bytes: self.bytes,
         })
+    }
+}
+
+impl Drop for HashedFile {
+    /// Like a `BufWriter` dropped without `finish`: what was recorded reaches the file (best effort, errors
+    /// ignored), and the writer thread is gone when this returns.
+    fn drop(&mut self) {
+        if let Some(writer) = self.writer.take() {
+            if !self.poisoned && !self.buf.is_empty() {
+                let _ = writer.jobs.send(Job::Write(std::mem::take(&mut self.buf)));
+            }
+            let _ = writer.join();
+        }
     }
 }
 
@@ -164,6 +287,40 @@ mod tests {
         assert_eq!(done.bytes, 12);
         assert_eq!(done.sha256_hex, hex::encode(Sha256::digest(&bytes)));
         assert_eq!(sha256_file(&path).unwrap(), done.sha256_hex);
+    }
+
+    #[test]
+    fn many_buffers_reach_the_file_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x");
+        let mut file = HashedFile::create(&path).unwrap();
+        let mut expected = Vec::new();
+        for i in 0..60_000u32 {
+            let record = format!("{i}:{}\n", "z".repeat((i % 97) as usize));
+            file.write_record(record.as_bytes()).unwrap();
+            expected.extend_from_slice(record.as_bytes());
+            if i == 7_000 {
+                file.flush().unwrap();
+                assert_eq!(
+                    std::fs::metadata(&path).unwrap().len(),
+                    expected.len() as u64
+                );
+            }
+        }
+        assert!(expected.len() > BUFFER_SIZE * (QUEUED + 3));
+        let done = file.finish().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+        assert_eq!(done.sha256_hex, hex::encode(Sha256::digest(&expected)));
+    }
+
+    #[test]
+    fn dropping_without_finish_keeps_what_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x");
+        let mut file = HashedFile::create(&path).unwrap();
+        file.write_record(b"kept\n").unwrap();
+        drop(file);
+        assert_eq!(std::fs::read(&path).unwrap(), b"kept\n");
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub enum Command {
     /// The tamper-evident audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// known_hosts lines for ProxyJump (`ssh -J`): the host key chaperone presents for each asset.
+    KnownHosts,
 }
 
 /// Runs a parsed command. Errors carry their own explanation; `main` prints them and exits 1.
@@ -74,10 +76,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Grant(cmd) => grant::run(&cli.config, cmd).await,
         Command::Session(cmd) => session::run(&cli.config, cmd).await,
         Command::Audit(cmd) => audit::run(&cli.config, cmd).await,
+        Command::KnownHosts => known_hosts(&cli.config).await,
     }
 }
 
 /// Turns a validation message into an error for `?`.
 fn refuse<T>(result: Result<T, String>) -> anyhow::Result<T> {
     result.map_err(anyhow::Error::msg)
+}
+
+/// Inner ProxyJump sessions are terminated by chaperone and present the bastion's host key under the
+/// asset's name: one known_hosts line naming every asset with an ssh service.
+async fn known_hosts(config: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let app = crate::app::App::open(config).await?;
+    let key = crate::ssh::load_host_key(&app)?;
+    let public = key
+        .public_key()
+        .to_openssh()
+        .context("encoding the host key")?;
+    let mut names = Vec::new();
+    for asset in app.store.assets().await? {
+        if let Some(s) = asset
+            .services
+            .iter()
+            .find(|s| s.kind == crate::model::ServiceKind::Ssh)
+        {
+            names.push(asset.name.clone());
+            if s.port != 22 {
+                names.push(format!("[{}]:{}", asset.name, s.port));
+            }
+        }
+    }
+    if names.is_empty() {
+        anyhow::bail!("no asset has an ssh service yet");
+    }
+    println!("{} {public}", names.join(","));
+    Ok(())
 }

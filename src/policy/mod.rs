@@ -66,7 +66,7 @@ impl Denial {
         match self {
             Denial::NoGrant { asset, service, .. } | Denial::NoSuchService { asset, service } => {
                 format!(
-                    "no active grant for {asset}:{service} — request it with: {request_hint} {asset} {service} --for 2h --reason \"…\""
+                    "no active grant for {asset}:{service} - request it with: {request_hint} {asset} {service} --for 2h --reason \"...\""
                 )
             }
             Denial::NotReady { asset, .. } => format!(
@@ -197,6 +197,51 @@ pub async fn authorize_ssh(
     authorize_service(store, now, vendor, asset_name, &service).await
 }
 
+/// May `vendor` open a tunnel to `host:port`? `host` is an asset's name or address. Port 22 on an asset's
+/// name also means its ssh service wherever it listens (so `ssh -J bastion service@mri-01` works). A
+/// refusal names the destination as the vendor gave it, the same whether or not it exists.
+pub async fn authorize_tunnel(
+    store: &Store,
+    now: UnixTime,
+    vendor: &Vendor,
+    host: &str,
+    port: u16,
+) -> Result<Grant, PolicyError> {
+    if !vendor.enabled {
+        return Err(Denial::VendorDisabled.into());
+    }
+    let assets = store.assets_by_name_or_address(host).await?;
+    let grants = store.open_grants_of(vendor.id, now).await?;
+    for asset in &assets {
+        let service = asset.services.iter().find(|s| s.port == port).or_else(|| {
+            (port == 22 && asset.name == host)
+                .then(|| {
+                    asset
+                        .services
+                        .iter()
+                        .find(|s| s.kind == crate::model::ServiceKind::Ssh)
+                })
+                .flatten()
+        });
+        let Some(service) = service else { continue };
+        if let Some(row) = pick(&grants, &asset.name, &service.name, now) {
+            return Ok(Grant {
+                id: row.id,
+                ends_at: row.ends_at,
+                vendor: vendor.clone(),
+                asset: asset.clone(),
+                service: service.clone(),
+            });
+        }
+    }
+    Err(Denial::NoGrant {
+        asset: crate::model::truncate_for_display(host, 64),
+        service: port.to_string(),
+        asset_exists: !assets.is_empty(),
+    }
+    .into())
+}
+
 /// Re-reads a grant: is it still active at `now`? Used by the expiry watcher.
 pub fn still_active(row: Option<&GrantRow>, now: UnixTime) -> bool {
     row.is_some_and(|g| g.is_active(now))
@@ -262,6 +307,6 @@ mod tests {
         };
         assert_eq!(a.vendor_message(hint), b.vendor_message(hint));
         assert_ne!(a.audit_reason(), b.audit_reason());
-        assert!(a.vendor_message(hint).starts_with("no active grant for mri-01:ssh — request it with: ssh -p 2222 alice@bastion request mri-01 ssh"));
+        assert!(a.vendor_message(hint).starts_with("no active grant for mri-01:ssh - request it with: ssh -p 2222 alice@bastion request mri-01 ssh"));
     }
 }

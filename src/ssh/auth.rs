@@ -58,6 +58,26 @@ impl Auth {
         self.key_ok.as_ref().map(|(_, v, _)| v)
     }
 
+    /// The fingerprint of the key the vendor logged in with.
+    pub fn key_fingerprint(&self) -> Option<&str> {
+        self.key_ok.as_ref().map(|(_, _, k)| k.as_str())
+    }
+
+    /// An inner (ProxyJump) login: only the outer login's key is accepted, as the same vendor.
+    pub fn inner_key(
+        &mut self,
+        user: &str,
+        key: &PublicKey,
+        vendor: &Vendor,
+        outer_key: &str,
+    ) -> bool {
+        let ok = fingerprint(key) == outer_key;
+        if ok {
+            self.key_ok = Some((user.to_owned(), vendor.clone(), outer_key.to_owned()));
+        }
+        ok
+    }
+
     async fn vendor_for(&self, app: &App, user: &str, key: &PublicKey) -> Option<Vendor> {
         let login = Login::parse(user)?;
         let vendor = match app.store.vendor_by_key(&fingerprint(key)).await {

@@ -16,7 +16,7 @@ use russh::server::{
     self, Auth as RusshAuth, ChannelOpenHandle, Msg, PublicKeyOffer, Response, Session,
     VerifiedPublicKey,
 };
-use russh::{Channel, ChannelId, MethodKind, MethodSet, Pty, Sig};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty, Sig};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +24,7 @@ use super::auth::{Auth, TotpOutcome};
 use super::login::Login;
 use super::{Shared, home, session};
 use crate::audit::AuditEvent;
+use crate::model::Vendor;
 
 /// Every refused key takes at least this long, whoever asked: unknown users and wrong keys look alike.
 const KEY_REFUSAL: Duration = Duration::from_millis(150);
@@ -35,10 +36,23 @@ async fn pad(since: Instant, at_least: Duration) {
     tokio::time::sleep_until((since + at_least).into()).await;
 }
 
+/// Whether this connection is the vendor's own or a ProxyJump session inside a tunnel.
+#[derive(Debug, Clone)]
+enum Mode {
+    Outer,
+    /// Only the outer login's key, as that vendor, toward this asset.
+    Inner {
+        vendor: Vendor,
+        key: String,
+        asset: String,
+    },
+}
+
 /// One vendor connection.
 #[derive(Debug)]
 pub struct Connection {
     shared: Arc<Shared>,
+    mode: Mode,
     /// Where the vendor connects from (audit, logs).
     peer: SocketAddr,
     auth: Auth,
@@ -52,11 +66,43 @@ impl Connection {
     pub fn new(shared: Arc<Shared>, peer: SocketAddr, stop: CancellationToken) -> Connection {
         Connection {
             shared,
+            mode: Mode::Outer,
             peer,
             auth: Auth::default(),
             login: None,
             stop,
         }
+    }
+
+    /// The handler for a ProxyJump session inside `vendor`'s tunnel to `asset`.
+    pub fn inner(
+        shared: Arc<Shared>,
+        peer: SocketAddr,
+        stop: CancellationToken,
+        vendor: Vendor,
+        key: String,
+        asset: String,
+    ) -> Connection {
+        Connection {
+            shared,
+            mode: Mode::Inner { vendor, key, asset },
+            peer,
+            auth: Auth::default(),
+            login: None,
+            stop,
+        }
+    }
+
+    fn context(&self, session: &mut Session) -> Option<session::Context> {
+        let vendor = self.auth.vendor()?.clone();
+        Some(session::Context {
+            shared: self.shared.clone(),
+            vendor,
+            peer: self.peer,
+            server: session.handle(),
+            stop: self.stop.child_token(),
+            key_fingerprint: self.auth.key_fingerprint().map(str::to_owned),
+        })
     }
 
     fn only(methods: &[MethodKind]) -> Option<MethodSet> {
@@ -121,6 +167,17 @@ impl server::Handler for Connection {
         offer: PublicKeyOffer<'_>,
     ) -> Result<RusshAuth, Self::Error> {
         let since = Instant::now();
+        if let Mode::Inner { key, .. } = &self.mode {
+            let ok = crate::identity::keys::fingerprint(offer.public_key) == *key;
+            if !ok {
+                pad(since, KEY_REFUSAL).await;
+            }
+            return Ok(if ok {
+                RusshAuth::Accept
+            } else {
+                RusshAuth::reject()
+            });
+        }
         if self
             .auth
             .key_offered(&self.shared.app, user, offer.public_key)
@@ -139,6 +196,22 @@ impl server::Handler for Connection {
         key: VerifiedPublicKey<'_>,
     ) -> Result<RusshAuth, Self::Error> {
         let since = Instant::now();
+        if let Mode::Inner {
+            vendor,
+            key: outer,
+            asset,
+        } = self.mode.clone()
+        {
+            if self.auth.inner_key(user, key.public_key, &vendor, &outer) {
+                self.login = Some(Login {
+                    vendor: vendor.name.clone(),
+                    asset: Some(asset),
+                });
+                return Ok(RusshAuth::Accept);
+            }
+            pad(since, KEY_REFUSAL).await;
+            return Ok(RusshAuth::reject());
+        }
         if !self
             .auth
             .key_verified(&self.shared.app, user, key.public_key)
@@ -160,7 +233,7 @@ impl server::Handler for Connection {
         _submethods: &str,
         response: Option<Response<'a>>,
     ) -> Result<RusshAuth, Self::Error> {
-        if !self.auth.key_done_for(user) {
+        if !self.auth.key_done_for(user) || matches!(self.mode, Mode::Inner { .. }) {
             return Ok(RusshAuth::Reject {
                 proceed_with_methods: Self::only(&[MethodKind::PublicKey]),
                 partial_success: false,
@@ -200,15 +273,8 @@ impl server::Handler for Connection {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let (Some(login), Some(vendor)) = (self.login.clone(), self.auth.vendor().cloned()) else {
+        let (Some(login), Some(ctx)) = (self.login.clone(), self.context(session)) else {
             return Ok(()); // dropping `reply` refuses the channel
-        };
-        let ctx = session::Context {
-            shared: self.shared.clone(),
-            vendor,
-            peer: self.peer,
-            server: session.handle(),
-            stop: self.stop.child_token(),
         };
         match login.asset {
             Some(asset) => {
@@ -218,6 +284,63 @@ impl server::Handler for Connection {
                 tokio::spawn(home::run(ctx, channel, reply));
             }
         }
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(ctx) = self.context(session) else {
+            return Ok(());
+        };
+        if let Mode::Inner { .. } = self.mode {
+            self.audit_refusal(
+                "tunnel.refused",
+                json!({"reason": "tunnel inside a ProxyJump session"}),
+            );
+            tokio::spawn(reply.reject(ChannelOpenFailure::Other {
+                code: 1,
+                reason: "tunnels inside a ProxyJump session are not allowed; open them on the bastion connection".into(),
+            }));
+            return Ok(());
+        }
+        let originator = format!(
+            "{}:{originator_port}",
+            crate::model::truncate_for_display(originator_address, 64)
+        );
+        tokio::spawn(crate::tunnel::open(
+            ctx,
+            channel,
+            crate::model::truncate_for_display(host_to_connect, 255),
+            port_to_connect,
+            originator,
+            reply,
+        ));
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.audit_refusal(
+            "forward.streamlocal.refused",
+            json!({"path": crate::model::truncate_for_display(socket_path, 80)}),
+        );
+        tokio::spawn(reply.reject(ChannelOpenFailure::Other {
+            code: 1,
+            reason: "Unix socket forwarding is not allowed by chaperone".into(),
+        }));
         Ok(())
     }
 

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod bridge;
 pub mod handler;
 pub mod home;
+pub mod jump;
 pub mod login;
 pub mod session;
 
@@ -37,6 +38,10 @@ pub struct Shared {
     pub live: LiveSessions,
     /// The port the listener is bound to (the configured one may be 0), for the commands shown to vendors.
     pub port: u16,
+    /// Tunnel byte counts per service and hour (the exfiltration guard).
+    pub budgets: crate::tunnel::budget::Budgets,
+    /// Server settings for ProxyJump sessions terminated inside a tunnel.
+    pub inner_config: Arc<russh::server::Config>,
 }
 
 impl Shared {
@@ -133,8 +138,11 @@ pub async fn serve(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let config = Arc::new(russh_config(load_host_key(&app)?));
+    let host_key = load_host_key(&app)?;
+    let config = Arc::new(russh_config(host_key.clone()));
     let shared = Arc::new(Shared {
+        budgets: crate::tunnel::budget::Budgets::default(),
+        inner_config: jump::inner_config(host_key),
         device_config: Arc::new(crate::target::client_config()),
         live: LiveSessions::default(),
         port: listener.local_addr()?.port(),

@@ -36,6 +36,8 @@ pub struct Context {
     pub server: server::Handle,
     /// Cancelled when the connection ends or the server shuts down.
     pub stop: CancellationToken,
+    /// The key the vendor logged in with (ProxyJump's inner login must use the same).
+    pub key_fingerprint: Option<String>,
 }
 
 impl Context {

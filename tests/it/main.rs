@@ -11,3 +11,4 @@ mod cli;
 mod ssh;
 mod store;
 mod support;
+mod tunnels;

@@ -276,7 +276,7 @@ fn refusals_name_what_is_missing_the_same_whether_or_not_the_asset_exists() {
     let (_, known, code) = text(&out);
     assert_eq!(code, 1, "{known}");
     assert!(
-        known.contains("chaperone: no active grant for mri-01:ssh — request it with: ssh -p ")
+        known.contains("chaperone: no active grant for mri-01:ssh - request it with: ssh -p ")
             && known.contains("bob@127.0.0.1 request mri-01 ssh --for 2h --reason"),
         "{known}"
     );

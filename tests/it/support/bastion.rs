@@ -229,7 +229,7 @@ impl Bastion {
             "-o".into(),
             "NumberOfPasswordPrompts=1".into(),
             "-o".into(),
-            "LogLevel=ERROR".into(),
+            "LogLevel=INFO".into(),
             "-o".into(),
             "ConnectTimeout=10".into(),
         ]
