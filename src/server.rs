@@ -48,6 +48,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let ssh_task = tokio::spawn(ssh::serve(app.clone(), listeners.ssh, stop_rx.clone()));
+    tokio::spawn(expire_requests(app.clone(), stop_rx.clone()));
     let mut web_stop = stop_rx.clone();
     let web_task = tokio::spawn(async move {
         axum::serve(listeners.web, chaperone_web_approval::router())
@@ -66,6 +67,23 @@ pub async fn run(
     app.store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Lapses undecided requests every few seconds (a waiting vendor's `ssh` also checks its own).
+async fn expire_requests(app: App, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = ssh::stopped(&mut stop) => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) =
+            crate::policy::requests::expire_due(&app.store, &app.events, app.clock.now()).await
+        {
+            tracing::warn!(error = %e, "cannot expire access requests");
+        }
+    }
 }
 
 /// Completes on SIGTERM or Ctrl-C (SIGINT).
