@@ -18,3 +18,4 @@ pub mod server;
 pub mod ssh;
 pub mod store;
 pub mod target;
+pub mod web;

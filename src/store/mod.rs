@@ -25,6 +25,7 @@ pub use assets::NewAsset;
 pub use grants::NewGrant;
 pub use requests::NewRequest;
 pub use sessions::NewSession;
+pub use staff::StaffAuth;
 pub use vendors::LoginFailure;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
