@@ -19,6 +19,8 @@ pub struct App {
     /// Seals and opens device credentials and TOTP seeds.
     pub secrets: std::sync::Arc<SecretsKey>,
     pub clock: Clock,
+    /// Change notices shared by the SSH listener and the web app (requests filed and decided, grants).
+    pub events: crate::policy::events::Events,
 }
 
 impl App {
@@ -38,6 +40,7 @@ impl App {
             store,
             secrets: std::sync::Arc::new(secrets),
             clock: Clock::system(),
+            events: Default::default(),
         })
     }
 }

@@ -53,6 +53,46 @@ pub struct Config {
     pub recording: RecordingConfig,
     pub tunnels: TunnelConfig,
     pub log: LogConfig,
+    pub policy: PolicyConfig,
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// Limits on what vendors may ask for.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// The longest a vendor may ask for, unless the asset's zone says otherwise.
+    pub max_request: Duration,
+    /// Per-zone maximum durations (`[policy.zones.radiology] max_request = "4h"`).
+    pub zone_max_request: std::collections::BTreeMap<String, Duration>,
+    /// How long a request waits for a decision before it lapses.
+    pub request_ttl: Duration,
+}
+
+impl PolicyConfig {
+    /// The longest duration a request for an asset in `zone` may ask for.
+    pub fn max_request_in(&self, zone: &str) -> Duration {
+        self.zone_max_request
+            .get(zone)
+            .copied()
+            .unwrap_or(self.max_request)
+    }
+}
+
+/// Where new requests and decisions are announced (JSON POST signed with HMAC-SHA256).
+#[derive(Clone)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// The HMAC key; the receiver checks `X-Chaperone-Signature: sha256=HEX` with it.
+    pub secret: String,
+}
+
+impl fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &redact_url(&self.url))
+            .field("secret", &"***")
+            .finish()
+    }
 }
 
 /// Byte budgets for tunnels (the exfiltration guard), per service and hour, each direction.
@@ -112,6 +152,12 @@ pub struct WebConfig {
     pub listen: SocketAddr,
     /// The address people type into a browser; used in enrollment links.
     pub public_url: String,
+    /// PEM certificate chain and private key the web page is served with (`chaperone init` makes a
+    /// self-signed pair).
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// Signed-in staff are signed out after this long without a request.
+    pub idle_timeout: Duration,
 }
 
 /// Where state lives: SQLite (embedded default) or PostgreSQL (several nodes).
@@ -189,6 +235,40 @@ struct RawConfig {
     tunnels: RawTunnels,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    policy: RawPolicy,
+    webhook: Option<RawWebhook>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPolicy {
+    max_request: String,
+    request_ttl: String,
+    zones: std::collections::BTreeMap<String, RawZone>,
+}
+
+impl Default for RawPolicy {
+    fn default() -> Self {
+        RawPolicy {
+            max_request: "8h".into(),
+            request_ttl: "1h".into(),
+            zones: Default::default(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawZone {
+    max_request: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: String,
+    secret: String,
 }
 
 #[derive(Deserialize)]
@@ -251,6 +331,9 @@ impl Default for RawSsh {
 struct RawWeb {
     listen: String,
     public_url: Option<String>,
+    tls_cert: String,
+    tls_key: String,
+    idle_timeout: String,
 }
 
 impl Default for RawWeb {
@@ -258,6 +341,9 @@ impl Default for RawWeb {
         RawWeb {
             listen: "0.0.0.0:8443".into(),
             public_url: None,
+            tls_cert: "web_cert.pem".into(),
+            tls_key: "web_key.pem".into(),
+            idle_timeout: "15m".into(),
         }
     }
 }
@@ -477,6 +563,43 @@ impl Config {
             );
         }
         let tunnels = TunnelConfig { default, services };
+        let mut zone_max_request = std::collections::BTreeMap::new();
+        for (zone, z) in &raw.policy.zones {
+            zone_max_request.insert(
+                zone.clone(),
+                duration("policy.zones.*.max_request", &z.max_request)?,
+            );
+        }
+        let policy = PolicyConfig {
+            max_request: duration("policy.max_request", &raw.policy.max_request)?,
+            zone_max_request,
+            request_ttl: duration("policy.request_ttl", &raw.policy.request_ttl)?,
+        };
+        let webhook = match raw.webhook {
+            None => None,
+            Some(w) if !(w.url.starts_with("https://") || w.url.starts_with("http://")) => {
+                return Err(invalid(
+                    "webhook.url",
+                    format!(
+                        "{:?} must start with https:// or http://",
+                        redact_url(&w.url)
+                    ),
+                ));
+            }
+            Some(w) if w.secret.len() < 16 => {
+                return Err(invalid(
+                    "webhook.secret",
+                    "must be at least 16 characters".into(),
+                ));
+            }
+            // Refuse rather than accept a setting that would silently do nothing: delivery is not built yet.
+            Some(_) => {
+                return Err(invalid(
+                    "webhook",
+                    "webhook delivery is not available in this version; remove [webhook] (requests and decisions are in the audit log and on the web page)".into(),
+                ));
+            }
+        };
         if raw.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty".into()));
         }
@@ -486,6 +609,9 @@ impl Config {
             web: WebConfig {
                 listen: web_listen,
                 public_url,
+                tls_cert: resolve(&raw.web.tls_cert),
+                tls_key: resolve(&raw.web.tls_key),
+                idle_timeout: duration("web.idle_timeout", &raw.web.idle_timeout)?,
             },
             database,
             secrets: SecretsConfig {
@@ -499,6 +625,8 @@ impl Config {
             log: LogConfig {
                 level: raw.log.level,
             },
+            policy,
+            webhook,
         })
     }
 }
@@ -619,6 +747,26 @@ max_connections = 1024
 listen = "{web_listen}"
 # The address people open in a browser (used in enrollment links).
 # public_url = "https://bastion.hospital.example:8443"
+# TLS certificate chain and key (PEM). `chaperone init` made a self-signed pair; replace them with the
+# hospital's certificate for production.
+tls_cert = "web_cert.pem"
+tls_key = "web_key.pem"
+# Signed-in staff are signed out after this long without activity.
+idle_timeout = "15m"
+
+[policy]
+# The longest a vendor may request access for, and how long a request waits for a decision.
+max_request = "8h"
+request_ttl = "1h"
+# Per-zone maximum, e.g.:
+# [policy.zones.icu]
+# max_request = "2h"
+
+# Announce new requests and decisions (JSON POST, header X-Chaperone-Signature: sha256=HMAC-SHA256 of
+# the body with `secret`; retried with backoff). See README.
+# [webhook]
+# url = "https://chat.hospital.example/hooks/chaperone"
+# secret = "at least 16 random characters"
 
 [database]
 # SQLite file (embedded default) or postgres://user:password@host/db for several nodes.

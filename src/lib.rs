@@ -19,3 +19,4 @@ pub mod ssh;
 pub mod store;
 pub mod target;
 pub mod tunnel;
+pub mod web;

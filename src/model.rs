@@ -322,19 +322,79 @@ impl GrantRow {
     }
 }
 
+/// An access request as stored, with what an approver needs to judge it (the asset's zone, purpose and
+/// criticality, the vendor's organisation) and the approvals it has had.
 #[derive(Debug, Clone, Serialize)]
 pub struct AccessRequest {
     pub id: i64,
     pub vendor: String,
+    pub org: String,
     pub asset: String,
+    pub zone: String,
+    pub purpose: String,
+    pub criticality: Criticality,
     pub services: Vec<String>,
     pub duration_secs: i64,
     pub reason: String,
-    pub status: String,
+    /// `pending`, `approved`, `denied`, `expired` (see [`RequestStatus`]).
+    pub status: RequestStatus,
     pub created_at: UnixTime,
+    /// When an undecided request lapses.
+    pub expires_at: Option<UnixTime>,
     pub decided_at: Option<UnixTime>,
     pub decided_by: Option<String>,
     pub decision_reason: Option<String>,
+    /// The grant an approval made.
+    pub grant_id: Option<i64>,
+    pub approvals: Vec<Approval>,
+}
+
+/// Where a request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestStatus {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+}
+
+impl FromStr for RequestStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pending" => Ok(RequestStatus::Pending),
+            "approved" => Ok(RequestStatus::Approved),
+            "denied" => Ok(RequestStatus::Denied),
+            "expired" => Ok(RequestStatus::Expired),
+            other => Err(format!(
+                "invalid request status {:?}",
+                truncate_for_display(other, 40)
+            )),
+        }
+    }
+}
+
+impl fmt::Display for RequestStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RequestStatus::Pending => "pending",
+            RequestStatus::Approved => "approved",
+            RequestStatus::Denied => "denied",
+            RequestStatus::Expired => "expired",
+        })
+    }
+}
+
+/// One approver's approval of a request (what they approved, and how they had signed in).
+#[derive(Debug, Clone, Serialize)]
+pub struct Approval {
+    pub approver: String,
+    /// `passkey` or `totp`.
+    pub method: String,
+    pub services: Vec<String>,
+    pub duration_secs: i64,
+    pub at: UnixTime,
 }
 
 /// What one SSH connection did toward one asset.

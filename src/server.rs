@@ -48,13 +48,27 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let ssh_task = tokio::spawn(ssh::serve(app.clone(), listeners.ssh, stop_rx.clone()));
+    tokio::spawn(expire_requests(app.clone(), stop_rx.clone()));
     let mut web_stop = stop_rx.clone();
+    let tls = web_tls(&app.config)?;
+    let web = chaperone_web_approval::tls::TlsListener::new(listeners.web, tls)
+        .context("starting the web listener")?;
+    let router = chaperone_web_approval::router(
+        std::sync::Arc::new(crate::web::WebCore::new(app.clone())),
+        chaperone_web_approval::WebOptions {
+            idle_timeout: app.config.web.idle_timeout,
+            ..Default::default()
+        },
+    );
     let web_task = tokio::spawn(async move {
-        axum::serve(listeners.web, chaperone_web_approval::router())
-            .with_graceful_shutdown(async move {
-                let _ = web_stop.wait_for(|stop| *stop).await;
-            })
-            .await
+        axum::serve(
+            web,
+            router.into_make_service_with_connect_info::<chaperone_web_approval::tls::PeerAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = web_stop.wait_for(|stop| *stop).await;
+        })
+        .await
     });
     shutdown.await;
     tracing::info!("shutting down");
@@ -66,6 +80,46 @@ pub async fn run(
     app.store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The web page's TLS settings from the configured certificate and key (PEM).
+fn web_tls(
+    config: &Config,
+) -> anyhow::Result<std::sync::Arc<chaperone_web_approval::tls::ServerConfig>> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| {
+            format!(
+                "reading {} (web.tls_cert / web.tls_key; `chaperone init` makes a self-signed pair)",
+                path.display()
+            )
+        })
+    };
+    let cert = read(&config.web.tls_cert)?;
+    let key = read(&config.web.tls_key)?;
+    chaperone_web_approval::tls::server_config(&cert, &key).with_context(|| {
+        format!(
+            "loading the web certificate {} and key {}",
+            config.web.tls_cert.display(),
+            config.web.tls_key.display()
+        )
+    })
+}
+
+/// Lapses undecided requests every few seconds (a waiting vendor's `ssh` also checks its own).
+async fn expire_requests(app: App, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = ssh::stopped(&mut stop) => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) =
+            crate::policy::requests::expire_due(&app.store, &app.events, app.clock.now()).await
+        {
+            tracing::warn!(error = %e, "cannot expire access requests");
+        }
+    }
 }
 
 /// Completes on SIGTERM or Ctrl-C (SIGINT).

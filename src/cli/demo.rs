@@ -140,7 +140,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("  chaperone -c {c} asset show mri-01");
     println!("  chaperone -c {c} grant list");
     println!("  chaperone -c {c} audit verify");
-    println!("  curl http://{web}/healthz");
+    println!("  curl -k https://{web}/healthz     # self-signed certificate from init");
     println!(
         "  ssh-keyscan -p {} {}        # the bastion's host key",
         ssh.port(),

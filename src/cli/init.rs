@@ -54,7 +54,13 @@ pub async fn init_dir(
     let config_path = dir.join("chaperone.toml");
     let text = annotated_template(ssh_listen, web_listen);
     let config = Config::parse(&config_path, &text)?;
-    for existing in [&config_path, &config.ssh.host_key, &config.secrets.key_file] {
+    for existing in [
+        &config_path,
+        &config.ssh.host_key,
+        &config.secrets.key_file,
+        &config.web.tls_cert,
+        &config.web.tls_key,
+    ] {
         if existing.exists() {
             bail!(
                 "refusing to overwrite {} (init never replaces keys or config; use a new directory)",
@@ -64,6 +70,7 @@ pub async fn init_dir(
     }
     write_host_key(&config.ssh.host_key)?;
     SecretsKey::generate_file(&config.secrets.key_file)?;
+    write_web_certificate(&config)?;
     create_private_dir(&config.recording.dir)?;
     write_new(&config_path, text.as_bytes(), 0o600)?;
     if let Some(db) = config.database.url.strip_prefix("sqlite://") {
@@ -91,6 +98,38 @@ fn write_host_key(path: &Path) -> anyhow::Result<()> {
         format!("{public}\n").as_bytes(),
         0o644,
     )?;
+    Ok(())
+}
+
+/// A self-signed certificate for the web page (named for `localhost`, the loopback address and the host
+/// of `web.public_url`), so `serve` speaks HTTPS from the first start. Replace it with the hospital's.
+fn write_web_certificate(config: &Config) -> anyhow::Result<()> {
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let host = config
+        .web
+        .public_url
+        .split_once("://")
+        .map_or("", |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    }
+    .trim_start_matches('[')
+    .trim_end_matches(']');
+    if !host.is_empty() && !names.iter().any(|n| n == host) {
+        names.push(host.to_owned());
+    }
+    let certified = rcgen::generate_simple_self_signed(names)
+        .context("generating the self-signed web certificate")?;
+    write_new(
+        &config.web.tls_key,
+        certified.signing_key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    write_new(&config.web.tls_cert, certified.cert.pem().as_bytes(), 0o644)?;
     Ok(())
 }
 

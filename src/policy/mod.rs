@@ -1,11 +1,15 @@
 //! Access decisions: the only place a [`Grant`] is made.
 //!
+//! Requests and their approval (four eyes) are in [`requests`]; change notices in [`events`].
+//!
 //! Entry points: [`authorize_service`] (a session to a named service, e.g. `alice+mri-01` → `ssh`) and
 //! [`authorize_port`] (a tunnel to an asset's port). Code that dials a device takes `&Grant`, so nothing
 //! reaches a device without passing here. A refusal is a [`Denial`] with one mapping to the vendor-facing
 //! line ([`Denial::vendor_message`]); the full reason goes to the audit log ([`Denial::audit_reason`]).
 
+pub mod events;
 pub mod expiry;
+pub mod requests;
 
 use crate::model::{Asset, GrantRow, Service, UnixTime, Vendor};
 use crate::store::{Store, StoreError};

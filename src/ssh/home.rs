@@ -1,5 +1,6 @@
-//! A vendor's home (`ssh VENDOR@bastion`, no asset): who they are, their grants with time left, and the
-//! exact commands to connect or ask for access. No device is involved.
+//! A vendor's home (`ssh VENDOR@bastion`, no asset): who they are, their grants with time left, their
+//! pending requests, and the exact commands to connect or ask for access. No device is involved.
+//! `ssh VENDOR@bastion request …` is handed to `request::run`.
 //!
 //! Entry point: [`run`], spawned per session channel.
 
@@ -30,6 +31,18 @@ pub async fn run(ctx: Context, mut channel: Channel<Msg>, reply: ChannelOpenHand
             Some(_) => {}
         }
     };
+    if let Some(rest) = command
+        .as_deref()
+        .map(str::trim_start)
+        .and_then(|c| c.strip_prefix("request"))
+        .filter(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace))
+    {
+        let status = super::request::run(&ctx, &mut channel, rest).await;
+        let _ = channel.exit_status(status).await;
+        let _ = channel.eof().await;
+        let _ = channel.close().await;
+        return;
+    }
     let (text, status) = match command.as_deref().map(str::trim) {
         None | Some("" | "help" | "whoami" | "status") => match screen(&ctx).await {
             Ok(text) => (text, 0),
@@ -118,13 +131,8 @@ async fn screen(ctx: &Context) -> Result<String, crate::store::StoreError> {
                     crate::model::ServiceKind::Tcp => {
                         let _ = writeln!(
                             out,
-                            "  {} -N -L {}:{}:{} {}@{}   # {} tunnel\r",
-                            ctx.shared.ssh_command(),
-                            10000 + u32::from(s.port) % 50000,
-                            g.asset,
-                            s.port,
-                            vendor.name,
-                            ctx.shared.app.config.ssh.public_host,
+                            "  {}   # {} tunnel\r",
+                            ctx.shared.tunnel_command(&vendor.name, &g.asset, s.port),
                             s.name
                         );
                     }
@@ -132,10 +140,40 @@ async fn screen(ctx: &Context) -> Result<String, crate::store::StoreError> {
             }
         }
     }
+    let pending = app
+        .store
+        .requests(
+            Some(crate::model::RequestStatus::Pending),
+            Some(&vendor.name),
+            20,
+        )
+        .await?;
+    if !pending.is_empty() {
+        let _ = writeln!(out, "\r");
+        let _ = writeln!(out, "Your pending requests:\r");
+        for r in &pending {
+            let _ = writeln!(
+                out,
+                "  #{:<4} {:<16} {:<20} {} asked, filed {}\r",
+                r.id,
+                r.asset,
+                r.services.join(","),
+                format_duration(std::time::Duration::from_secs(
+                    r.duration_secs.unsigned_abs()
+                )),
+                format_time(r.created_at)
+            );
+        }
+    }
     let _ = writeln!(out, "\r");
     let _ = writeln!(
         out,
-        "Need access? Ask the hospital's staff for a grant naming the asset and its services.\r"
+        "Need access? Request it (and wait for an approver) with:\r"
+    );
+    let _ = writeln!(
+        out,
+        "  {} ASSET SERVICE[,SERVICE] --for 2h --reason \"ticket and what you will do\"\r",
+        ctx.shared.request_hint(&vendor.name)
     );
     Ok(out)
 }

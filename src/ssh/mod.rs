@@ -3,7 +3,8 @@
 //! Entry point: [`serve`]: the accept loop (a connection semaphore, a task per connection, accept errors
 //! back off, a connection's error never takes the listener down) and the grant watcher that warns and
 //! closes sessions. Per connection: `handler::Connection` (auth, channel opens); per session channel:
-//! `session::run` (device sessions, bridged by `bridge::run`) or `home::run` (the vendor's home screen).
+//! `session::run` (device sessions, bridged by `bridge::run`) or `home::run` (the vendor's home screen,
+//! and `request::run` for `ssh VENDOR@bastion request …`).
 
 pub mod auth;
 pub mod bridge;
@@ -11,6 +12,7 @@ pub mod handler;
 pub mod home;
 pub mod jump;
 pub mod login;
+pub mod request;
 pub mod session;
 
 use std::borrow::Cow;
@@ -66,6 +68,17 @@ impl Shared {
             22 => "ssh".to_owned(),
             port => format!("ssh -p {port}"),
         }
+    }
+
+    /// `ssh -p PORT -N -L LOCAL:ASSET:PORT VENDOR@HOST`: a tunnel to `port` on `asset` (the local port is
+    /// a suggestion derived from the device port, so it stays the same between grants).
+    pub fn tunnel_command(&self, vendor: &str, asset: &str, port: u16) -> String {
+        format!(
+            "{} -N -L {}:{asset}:{port} {vendor}@{}",
+            self.ssh_command(),
+            10000 + u32::from(port) % 50000,
+            self.app.config.ssh.public_host
+        )
     }
 
     /// The start of the request command, completed by the denial (`… request mri-01 ssh --for 2h …`).

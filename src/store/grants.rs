@@ -1,4 +1,4 @@
-//! Grants (and, later, the access requests they come from). Whether a grant is active is decided by
+//! Grants (the access requests they come from live in `requests.rs`). Whether a grant is active is decided by
 //! `policy`; this module only stores and lists them.
 
 // Dynamic SQL below only ever interpolates the constant column lists of this module.

@@ -8,6 +8,7 @@
 mod assets;
 mod audit;
 mod grants;
+mod requests;
 mod sessions;
 mod staff;
 mod vendors;
@@ -22,7 +23,9 @@ use crate::config::redact_url;
 
 pub use assets::NewAsset;
 pub use grants::NewGrant;
+pub use requests::NewRequest;
 pub use sessions::NewSession;
+pub use staff::StaffAuth;
 pub use vendors::LoginFailure;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

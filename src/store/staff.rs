@@ -1,5 +1,7 @@
 //! Staff users (approvers, auditors, admins) and their one-time enrollment tokens.
 
+// Dynamic SQL below only ever interpolates the constant column lists of this module.
+use sqlx::AssertSqlSafe;
 use sqlx::any::AnyRow;
 
 use super::{Context, Result, Store, StoreError, Tx, get, get_parsed};
@@ -16,7 +18,76 @@ fn staff(row: &AnyRow) -> Result<StaffUser> {
     })
 }
 
+/// What sign-in needs about a staff user (never printed: `Debug` leaves the secrets out).
+#[derive(Clone)]
+pub struct StaffAuth {
+    pub id: i64,
+    pub name: String,
+    pub role: Role,
+    pub enabled: bool,
+    pub password_hash: Option<String>,
+    /// Sealed TOTP seed (`staff-totp:NAME`).
+    pub totp_secret: Option<Vec<u8>>,
+    pub failed_logins: i64,
+    pub locked_until: Option<UnixTime>,
+}
+
+impl std::fmt::Debug for StaffAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaffAuth")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+const AUTH_COLUMNS: &str =
+    "id, name, role, enabled, password_hash, totp_secret, failed_logins, locked_until";
+
+fn staff_auth(row: &AnyRow) -> Result<StaffAuth> {
+    Ok(StaffAuth {
+        id: get(row, "id")?,
+        name: get(row, "name")?,
+        role: get_parsed::<Role>(row, "role")?,
+        enabled: get::<i64>(row, "enabled")? != 0,
+        password_hash: get(row, "password_hash")?,
+        totp_secret: get(row, "totp_secret")?,
+        failed_logins: get(row, "failed_logins")?,
+        locked_until: get(row, "locked_until")?,
+    })
+}
+
 impl Store {
+    /// Sign-in data of the user `name`.
+    pub async fn staff_auth(&self, name: &str) -> Result<Option<StaffAuth>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {AUTH_COLUMNS} FROM staff_users WHERE name = $1"
+        )))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .context("reading a staff user's sign-in data")?;
+        row.as_ref().map(staff_auth).transpose()
+    }
+
+    /// The enabled user whose unexpired enrollment token hashes to `token_hash`.
+    pub async fn staff_by_enroll_token(
+        &self,
+        token_hash: &str,
+        now: UnixTime,
+    ) -> Result<Option<StaffAuth>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {AUTH_COLUMNS} FROM staff_users WHERE enroll_token_hash = $1 \
+             AND enroll_expires_at > $2 AND enabled = 1"
+        )))
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .context("reading an enrollment")?;
+        row.as_ref().map(staff_auth).transpose()
+    }
+
     pub async fn staff_users(&self) -> Result<Vec<StaffUser>> {
         let rows = sqlx::query(
             "SELECT id, name, role, enabled, password_hash, created_at FROM staff_users ORDER BY name",
@@ -76,6 +147,94 @@ impl Tx {
             },
         })?;
         get(&row, "id")
+    }
+
+    /// Stores the TOTP seed drawn for an enrollment still in progress (the token stays valid).
+    pub async fn set_staff_enroll_seed(&mut self, id: i64, sealed: &[u8]) -> Result<()> {
+        sqlx::query(
+            "UPDATE staff_users SET totp_secret = $1 WHERE id = $2 AND enroll_token_hash IS NOT NULL",
+        )
+        .bind(sealed)
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await
+        .context("storing an enrollment seed")?;
+        Ok(())
+    }
+
+    /// Finishes enrollment: the password hash and first TOTP step are set and the token is voided, if
+    /// the token is still the one given (false when it was used meanwhile).
+    pub async fn finish_staff_enrollment(
+        &mut self,
+        id: i64,
+        token_hash: &str,
+        password_hash: &str,
+        totp_step: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE staff_users SET password_hash = $1, totp_last_step = $2, enroll_token_hash = NULL, \
+             enroll_expires_at = NULL, failed_logins = 0, locked_until = NULL \
+             WHERE id = $3 AND enroll_token_hash = $4",
+        )
+        .bind(password_hash)
+        .bind(totp_step)
+        .bind(id)
+        .bind(token_hash)
+        .execute(&mut *self.tx)
+        .await
+        .context("finishing an enrollment")?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records an accepted TOTP step; false when it is not newer than the last one (a replay).
+    pub async fn accept_staff_totp_step(&mut self, id: i64, step: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE staff_users SET totp_last_step = $1 \
+             WHERE id = $2 AND (totp_last_step IS NULL OR totp_last_step < $1)",
+        )
+        .bind(step)
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await
+        .context("recording a staff TOTP step")?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Counts a failed sign-in; at `max` failures the user is locked until `lock_until` and the count
+    /// starts again. Returns whether this failure locked the account.
+    pub async fn staff_sign_in_failed(
+        &mut self,
+        id: i64,
+        max: i64,
+        lock_until: UnixTime,
+    ) -> Result<bool> {
+        let row = sqlx::query(
+            "UPDATE staff_users SET failed_logins = failed_logins + 1 WHERE id = $1 RETURNING failed_logins",
+        )
+        .bind(id)
+        .fetch_one(&mut *self.tx)
+        .await
+        .context("counting a failed sign-in")?;
+        let failures: i64 = get(&row, "failed_logins")?;
+        if failures < max {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE staff_users SET failed_logins = 0, locked_until = $1 WHERE id = $2")
+            .bind(lock_until)
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await
+            .context("locking a staff user")?;
+        Ok(true)
+    }
+
+    pub async fn staff_signed_in(&mut self, id: i64) -> Result<()> {
+        sqlx::query("UPDATE staff_users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await
+            .context("recording a sign-in")?;
+        Ok(())
     }
 
     /// Disables a user and voids any pending enrollment token.

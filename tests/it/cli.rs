@@ -416,16 +416,18 @@ fn checkpoint(db: &std::path::Path) {
 /// `serve` answers on both listeners and stops cleanly on SIGTERM.
 #[test]
 fn serve_answers_health_checks_and_stops_on_sigterm() {
-    use std::io::{Read, Write};
+    use std::io::Read;
     let b = crate::support::bastion::Bastion::start(DataDir::init());
-    let mut web = std::net::TcpStream::connect(("127.0.0.1", b.web_port)).unwrap();
-    web.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut reply = String::new();
-    web.read_to_string(&mut reply).unwrap();
+    // The web page speaks HTTPS only (self-signed certificate from `init`, hence -k).
+    let reply = crate::support::web::curl(
+        None,
+        &[&format!("https://127.0.0.1:{}/healthz", b.web_port)],
+    );
     assert!(
-        reply.starts_with("HTTP/1.1 200") && reply.ends_with("ok\n"),
-        "{reply}"
+        reply.status == 200 && reply.body == "ok\n",
+        "{} {}",
+        reply.status,
+        reply.body
     );
     let mut ssh = std::net::TcpStream::connect(("127.0.0.1", b.ssh_port)).unwrap();
     let mut banner = [0u8; 8];

@@ -7,6 +7,7 @@
 // Test helpers panic on purpose: a failed set-up step is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod approvals;
 mod cli;
 mod ssh;
 mod store;

@@ -1,25 +1,181 @@
-//! The approvers' and auditors' web page. It knows HTTP (and, with the approvals work, WebAuthn) but not
-//! SSH or SQL: it reaches the core only through a trait the root crate implements.
+//! The approvers' and auditors' web page and its JSON API. It knows HTTP, TLS and staff sign-in, but not
+//! SSH or SQL: it reaches the core only through the [`Core`] trait, which the root crate implements.
 //!
-//! Entry point: [`router`]. Today it answers the health check that load balancers and `chaperone demo`
-//! use; the approval pages arrive with the approvals issue.
+//! Entry points: [`router`] (the app factory), [`tls::server_config`] + [`tls::TlsListener`] (HTTPS).
+//! Route modules: `pages` (server-rendered HTML, forms), `api` (JSON under `/api`), `signin` (sign-in,
+//! enrollment, sign-out). Every response carries a strict Content-Security-Policy; every state change
+//! needs a signed-in session and its CSRF token; live updates arrive as server-sent events (`/events`).
+
+// Handlers return a ready `Response` as their error: it is built once per request and moved once, so
+// boxing it would only add an allocation.
+#![allow(clippy::result_large_err)]
+
+mod api;
+pub mod auth;
+pub mod core;
+mod html;
+mod pages;
+mod signin;
+pub mod tls;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 
-/// Builds the web application.
-pub fn router() -> Router {
-    Router::new().route("/healthz", get(healthz))
+pub use crate::core::{
+    Core, CoreError, Decision, Enrollment, GrantView, Method, RequestView, Role, SessionView,
+    Staff, StaffAccount,
+};
+use auth::{Limiter, Sessions};
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct WebState<C> {
+    /// The core: requests, grants, sessions, accounts.
+    pub core: Arc<C>,
+    /// Signed-in sessions of this node.
+    pub sessions: Sessions,
+    /// Sign-in attempts per address.
+    pub limiter: Limiter,
+}
+
+/// Settings of the web app.
+#[derive(Debug, Clone)]
+pub struct WebOptions {
+    /// Sign a session out after this long without a request.
+    pub idle_timeout: Duration,
+    /// Sign-in attempts allowed per client address per 5 minutes.
+    pub signin_attempts: usize,
+}
+
+impl Default for WebOptions {
+    fn default() -> Self {
+        WebOptions {
+            idle_timeout: Duration::from_secs(15 * 60),
+            signin_attempts: 20,
+        }
+    }
+}
+
+/// Builds the web application. Serve it with `into_make_service_with_connect_info::<tls::PeerAddr>()`.
+pub fn router<C: Core>(core: Arc<C>, options: WebOptions) -> Router {
+    let state = Arc::new(WebState {
+        core,
+        sessions: Sessions::new(options.idle_timeout),
+        limiter: Limiter::new(options.signin_attempts, Duration::from_secs(300)),
+    });
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/static/app.css", get(css))
+        .route("/static/app.js", get(js))
+        .route("/", get(pages::home::<C>))
+        .route("/requests", get(pages::requests::<C>))
+        .route("/requests/{id}/approve", post(pages::approve::<C>))
+        .route("/requests/{id}/deny", post(pages::deny::<C>))
+        .route("/grants", get(pages::grants::<C>))
+        .route("/grants/{id}/revoke", post(pages::revoke::<C>))
+        .route("/sessions", get(pages::sessions::<C>))
+        .route("/sessions/{id}/terminate", post(pages::terminate::<C>))
+        .route("/events", get(pages::events::<C>))
+        .route(
+            "/login",
+            get(signin::login_page::<C>).post(signin::login::<C>),
+        )
+        .route("/logout", post(signin::logout::<C>))
+        .route(
+            "/enroll/{token}",
+            get(signin::enroll_page::<C>).post(signin::enroll::<C>),
+        )
+        .route("/api/login", post(api::login::<C>))
+        .route("/api/requests", get(api::requests::<C>))
+        .route("/api/requests/{id}", get(api::request::<C>))
+        .route("/api/requests/{id}/decision", post(api::decide::<C>))
+        .route("/api/grants", get(api::grants::<C>))
+        .route("/api/grants/{id}/revoke", post(api::revoke::<C>))
+        .route("/api/sessions", get(api::sessions::<C>))
+        .route("/api/sessions/{id}/terminate", post(api::terminate::<C>))
+        .layer(middleware::from_fn(security_headers))
+        .with_state(state)
+}
+
+/// The peer address type handlers read (`ConnectInfo<SocketAddr>`).
+pub type Peer = axum::extract::ConnectInfo<tls::PeerAddr>;
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Headers on every response: no inline script runs, no framing, nothing cached, HTTPS only.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
 }
 
 async fn healthz() -> impl IntoResponse {
     (
-        [
-            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         "ok\n",
     )
+}
+
+async fn css() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("../static/app.css"),
+    )
+}
+
+async fn js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../static/app.js"),
+    )
+}
+
+/// One mapping from core errors to HTTP status: 404, 403, 400, 409, and a generic 500.
+pub(crate) fn status_of(e: &CoreError) -> StatusCode {
+    match e {
+        CoreError::NotFound => StatusCode::NOT_FOUND,
+        CoreError::Forbidden(_) => StatusCode::FORBIDDEN,
+        CoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+        CoreError::Conflict(_) => StatusCode::CONFLICT,
+        CoreError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Form fields as pairs (repeated keys kept: `service=ssh&service=dicom`).
+pub(crate) fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
+    form_urlencoded::parse(body).into_owned().collect()
+}
+
+pub(crate) fn field<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }

@@ -327,7 +327,7 @@ pub fn now() -> i64 {
         .as_secs() as i64
 }
 
-fn decode_base32(s: &str) -> Vec<u8> {
+pub fn decode_base32(s: &str) -> Vec<u8> {
     let mut out = Vec::new();
     let (mut buf, mut bits) = (0u64, 0);
     for c in s.bytes() {

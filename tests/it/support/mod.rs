@@ -4,6 +4,7 @@
 pub mod bastion;
 pub mod postgres;
 pub mod sshd;
+pub mod web;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

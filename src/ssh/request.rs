@@ -1,0 +1,429 @@
+//! `ssh VENDOR@bastion request ASSET SERVICES --for DURATION --reason TEXT`: files an access request and
+//! waits, live, for the decision.
+//!
+//! Entry point: [`run`], called by `home::run` for an exec that starts with `request`. While waiting it
+//! shows a status line with the elapsed time on stderr. It re-reads the request when [`Events`] says it
+//! changed (same process: well under a second) and every 500 ms anyway (a decision made by another
+//! process or node). Approved: the commands to connect, exit 0. Denied: the approver's reason, exit 1.
+//! Ctrl-C (a `-t` session sends it as a byte, or the client sends a signal) stops waiting and leaves the
+//! request pending; so does closing the connection.
+//!
+//! ssh joins a remote command's words with spaces and drops the client's quoting, so everything after
+//! `--reason` is the reason; shell-style quotes around it are removed when present ([`parse`]).
+//!
+//! [`Events`]: crate::policy::events::Events
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use russh::server::Msg;
+use russh::{Channel, ChannelMsg};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::session::Context;
+use crate::config::{format_duration, parse_duration};
+use crate::model::{RequestStatus, ServiceKind, parse_name_list};
+use crate::policy::events::Change;
+use crate::policy::requests::{self, FileRefusal};
+
+/// A parsed `request` command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestArgs {
+    pub asset: String,
+    pub services: Vec<String>,
+    pub duration: Duration,
+    pub reason: String,
+}
+
+pub const USAGE: &str = "request ASSET SERVICE[,SERVICE…] --for DURATION --reason TEXT";
+
+/// Parses what follows `request` (see the module doc for how the reason is read).
+pub fn parse(rest: &str) -> Result<RequestArgs, String> {
+    let mut positional = Vec::new();
+    let mut duration = None;
+    let mut reason = None;
+    let mut at = 0;
+    while let Some((word, end)) = next_word(rest, at)? {
+        at = end;
+        if word == "--reason" {
+            let text = rest[end..].trim();
+            // A vendor who quoted the reason for the remote side: one quoted word is unquoted.
+            let text = match next_word(text, 0) {
+                Ok(Some((w, e))) if text[e..].trim().is_empty() => w,
+                _ => text.to_owned(),
+            };
+            reason = Some(text);
+            break;
+        } else if let Some(value) = word.strip_prefix("--for=") {
+            duration = Some(value.to_owned());
+        } else if word == "--for" {
+            let (value, end) =
+                next_word(rest, at)?.ok_or("--for needs a duration, e.g. --for 2h")?;
+            at = end;
+            duration = Some(value);
+        } else if word.starts_with('-') {
+            return Err(format!(
+                "unknown option {}; usage: {USAGE}",
+                crate::model::truncate_for_display(&word, 30)
+            ));
+        } else {
+            positional.push(word);
+        }
+    }
+    let [asset, services] = <[String; 2]>::try_from(positional)
+        .map_err(|_| format!("name one asset and its services; usage: {USAGE}"))?;
+    crate::model::check_name("asset", &asset)?;
+    let services = parse_name_list("service", &services)?;
+    let duration = parse_duration(&duration.ok_or("--for DURATION is required, e.g. --for 2h")?)?;
+    let reason = reason.ok_or("--reason TEXT is required (a ticket and what you will do)")?;
+    Ok(RequestArgs {
+        asset,
+        services,
+        duration,
+        reason,
+    })
+}
+
+/// The next shell-style word of `s` from byte `at`: `'…'` literal, `"…"` with `\` escapes, `\x` outside
+/// quotes. Returns the word and the byte offset after it; `None` at the end.
+fn next_word(s: &str, at: usize) -> Result<Option<(String, usize)>, String> {
+    let mut chars = s[at..].char_indices().map(|(i, c)| (i + at, c)).peekable();
+    while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+    if chars.peek().is_none() {
+        return Ok(None);
+    }
+    let mut word = String::new();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            c if c.is_whitespace() => return Ok(Some((word, i))),
+            '\'' => loop {
+                match chars.next() {
+                    Some((_, '\'')) => break,
+                    Some((_, c)) => word.push(c),
+                    None => return Err("unterminated ' quote".into()),
+                }
+            },
+            '"' => loop {
+                match chars.next() {
+                    Some((_, '"')) => break,
+                    Some((_, '\\')) => match chars.next() {
+                        Some((_, c @ ('"' | '\\' | '$' | '`'))) => word.push(c),
+                        Some((_, c)) => {
+                            word.push('\\');
+                            word.push(c);
+                        }
+                        None => return Err("unterminated \" quote".into()),
+                    },
+                    Some((_, c)) => word.push(c),
+                    None => return Err("unterminated \" quote".into()),
+                }
+            },
+            '\\' => {
+                if let Some((_, c)) = chars.next() {
+                    word.push(c);
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    Ok(Some((word, s.len())))
+}
+
+/// Files the request in `rest` and waits for its decision; returns the exit status.
+pub async fn run(ctx: &Context, channel: &mut Channel<Msg>, rest: &str) -> u32 {
+    let args = match parse(rest) {
+        Ok(a) => a,
+        Err(e) => {
+            err(channel, &format!("chaperone: {e}\r\n")).await;
+            return 2;
+        }
+    };
+    let app = &ctx.shared.app;
+    let filed = requests::file(
+        &app.store,
+        &app.events,
+        &app.config.policy,
+        app.clock.now(),
+        &ctx.vendor,
+        &args.asset,
+        &args.services,
+        args.duration,
+        &args.reason,
+    )
+    .await;
+    let request = match filed {
+        Ok(r) => r,
+        Err(refusal) => {
+            if let FileRefusal::Store(e) = &refusal {
+                tracing::error!(error = %e, "cannot file a request");
+            } else {
+                ctx.audit(
+                    "request.refused",
+                    format!("asset:{}", args.asset),
+                    serde_json::json!({"reason": refusal.to_string(), "services": args.services}),
+                )
+                .await;
+            }
+            err(
+                channel,
+                &format!("chaperone: {}\r\n", refusal.vendor_message()),
+            )
+            .await;
+            return 1;
+        }
+    };
+    let id = request.id;
+    tracing::info!(request = id, asset = %request.asset, "access request filed");
+    err(
+        channel,
+        &format!(
+            "chaperone: request #{id} filed: {} {} for {}. Waiting for an approver (Ctrl-C stops waiting; the request stays pending).\r\n",
+            request.asset,
+            request.services.join(","),
+            format_duration(args.duration)
+        ),
+    )
+    .await;
+    wait(ctx, channel, id).await
+}
+
+/// What the wait ended with.
+enum Ended {
+    Decided(u32),
+    Interrupted,
+    Gone,
+}
+
+async fn wait(ctx: &Context, channel: &mut Channel<Msg>, id: i64) -> u32 {
+    let app = &ctx.shared.app;
+    let mut changes = app.events.subscribe();
+    let started = Instant::now();
+    let mut poll = tokio::time::interval(Duration::from_millis(500));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut status = tokio::time::interval(Duration::from_secs(1));
+    status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ended = loop {
+        let recheck = tokio::select! {
+            () = ctx.stop.cancelled() => break Ended::Gone,
+            msg = channel.wait() => match msg {
+                None | Some(ChannelMsg::Close) => break Ended::Gone,
+                Some(ChannelMsg::Signal { .. }) => break Ended::Interrupted,
+                Some(ChannelMsg::Data { data }) if data.contains(&3) => break Ended::Interrupted,
+                // The client's stdin closing (EOF) does not stop the wait: `ssh … </dev/null` is fine.
+                Some(_) => false,
+            },
+            change = changes.recv() => match change {
+                Ok(Change::Request(r)) => r == id,
+                Ok(_) => false,
+                Err(RecvError::Lagged(_)) => true,
+                // The sender lives in `App`; the poll below still works if it were gone.
+                Err(RecvError::Closed) => false,
+            },
+            _ = poll.tick() => true,
+            _ = status.tick() => {
+                let secs = started.elapsed().as_secs();
+                err(channel, &format!(
+                    "\r  waiting for approval of request #{id}: {}:{:02} elapsed ",
+                    secs / 60, secs % 60
+                )).await;
+                false
+            }
+        };
+        if recheck && let Some(code) = check(ctx, channel, id).await {
+            break Ended::Decided(code);
+        }
+    };
+    match ended {
+        Ended::Decided(code) => code,
+        Ended::Interrupted => {
+            err(
+                channel,
+                &format!(
+                    "\r\nchaperone: stopped waiting. Request #{id} stays pending; once approved, `{}` shows how to connect.\r\n",
+                    ctx.shared.connect_command(&ctx.vendor.name, None, false)
+                ),
+            )
+            .await;
+            130
+        }
+        Ended::Gone => {
+            tracing::info!(
+                request = id,
+                "vendor stopped waiting; request stays pending"
+            );
+            130
+        }
+    }
+}
+
+/// Re-reads the request; `Some(exit status)` once decided (and tells the vendor).
+async fn check(ctx: &Context, channel: &mut Channel<Msg>, id: i64) -> Option<u32> {
+    let app = &ctx.shared.app;
+    let now = app.clock.now();
+    let request = match app.store.request(id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(request = id, error = %e, "cannot re-read request");
+            return None;
+        }
+    };
+    match request.status {
+        RequestStatus::Pending if request.expires_at.is_some_and(|t| t <= now) => {
+            if let Err(e) = requests::expire_due(&app.store, &app.events, now).await {
+                tracing::warn!(error = %e, "cannot expire requests");
+            }
+            None
+        }
+        RequestStatus::Pending => None,
+        RequestStatus::Approved => {
+            let text = match approved_text(ctx, request.grant_id).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(request = id, error = %e, "cannot describe the grant");
+                    format!(
+                        "request #{id} was approved; run `{}` to see how to connect\r\n",
+                        ctx.shared.connect_command(&ctx.vendor.name, None, false)
+                    )
+                }
+            };
+            err(channel, "\r\n").await;
+            let _ = channel.data_bytes(Bytes::from(text)).await;
+            Some(0)
+        }
+        RequestStatus::Denied => {
+            err(
+                channel,
+                &format!(
+                    "\r\nchaperone: request #{id} was denied by {}: {}\r\n",
+                    request.decided_by.as_deref().unwrap_or("an approver"),
+                    request
+                        .decision_reason
+                        .as_deref()
+                        .unwrap_or("no reason given")
+                ),
+            )
+            .await;
+            Some(1)
+        }
+        RequestStatus::Expired => {
+            err(
+                channel,
+                &format!("\r\nchaperone: request #{id} expired: nobody decided in time. Ask again or call the hospital's staff.\r\n"),
+            )
+            .await;
+            Some(1)
+        }
+    }
+}
+
+/// "approved until …" and the exact commands to connect.
+async fn approved_text(
+    ctx: &Context,
+    grant_id: Option<i64>,
+) -> Result<String, crate::store::StoreError> {
+    use std::fmt::Write as _;
+    let store = &ctx.shared.app.store;
+    let grant_id = grant_id.ok_or_else(|| {
+        crate::store::StoreError::Corrupt("approved request without grant".into())
+    })?;
+    let grant = store.require_grant(grant_id).await?;
+    let asset = store.require_asset(&grant.asset).await?;
+    let mut out = String::new();
+    // `write!` into a String cannot fail.
+    let _ = writeln!(
+        out,
+        "Approved: {} {} until {} (grant #{}). Connect with:\r",
+        grant.asset,
+        grant.services.join(","),
+        crate::clock::format_time(grant.ends_at),
+        grant.id
+    );
+    for s in asset
+        .services
+        .iter()
+        .filter(|s| grant.services.contains(&s.name))
+    {
+        match s.kind {
+            ServiceKind::Ssh => {
+                let _ = writeln!(
+                    out,
+                    "  {}\r",
+                    ctx.shared
+                        .connect_command(&ctx.vendor.name, Some(&grant.asset), true)
+                );
+            }
+            ServiceKind::Tcp => {
+                let _ = writeln!(
+                    out,
+                    "  {}   # {}\r",
+                    ctx.shared
+                        .tunnel_command(&ctx.vendor.name, &grant.asset, s.port),
+                    s.name
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn err(channel: &mut Channel<Msg>, text: &str) {
+    let _ = channel
+        .extended_data_bytes(1, Bytes::from(text.to_owned()))
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_is_everything_after_the_flag_and_quotes_are_optional() {
+        let a = parse("mri-01 ssh,dicom --for 2h --reason INC-4711 coil calibration").unwrap();
+        assert_eq!(a.asset, "mri-01");
+        assert_eq!(a.services, vec!["ssh".to_owned(), "dicom".to_owned()]);
+        assert_eq!(a.duration, Duration::from_secs(7200));
+        assert_eq!(a.reason, "INC-4711 coil calibration");
+        let b = parse("mri-01 ssh --reason \"INC-4711 it's \\\"hot\\\"\"").err();
+        assert!(b.unwrap().contains("--for"));
+        let c = parse("mri-01 ssh --for=30m --reason 'INC-1 a  b'").unwrap();
+        assert_eq!(c.reason, "INC-1 a  b");
+        let d = parse("mri-01 ssh --for 30m --reason \"one\" and \"two\"").unwrap();
+        assert_eq!(d.reason, "\"one\" and \"two\"");
+    }
+
+    #[test]
+    fn bad_commands_say_what_is_missing() {
+        assert!(
+            parse("mri-01 --for 2h --reason x")
+                .unwrap_err()
+                .contains("usage")
+        );
+        assert!(
+            parse("mri-01 ssh --reason x")
+                .unwrap_err()
+                .contains("--for")
+        );
+        assert!(
+            parse("mri-01 ssh --for 2h")
+                .unwrap_err()
+                .contains("--reason")
+        );
+        assert!(
+            parse("mri-01 ssh --for 2 --reason x")
+                .unwrap_err()
+                .contains("unit")
+        );
+        assert!(
+            parse("mri-01 ssh --bogus --for 2h --reason x")
+                .unwrap_err()
+                .contains("unknown option")
+        );
+        assert!(
+            parse("'mri-01 ssh --for 2h --reason x")
+                .unwrap_err()
+                .contains("quote")
+        );
+        assert!(parse("MRI;rm ssh --for 2h --reason x").is_err());
+    }
+}

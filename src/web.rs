@@ -1,0 +1,516 @@
+//! The core side of the web page: [`WebCore`] implements `chaperone_web_approval::Core` over the store,
+//! the policy and the secrets key, so the web crate never sees SQL or SSH. Every change goes through
+//! `policy` (decisions, revocations) or a store `Tx` with its audit event (sign-in, enrollment).
+//!
+//! Entry point: [`WebCore::new`], handed to `chaperone_web_approval::router` by `server::run`.
+
+use std::time::Duration;
+
+use chaperone_web_approval::{
+    Core, CoreError, Decision, Enrollment, GrantView, Method, RequestView, Role as WebRole,
+    SessionView, Staff, StaffAccount,
+};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::app::App;
+use crate::audit::AuditEvent;
+use crate::clock::format_time;
+use crate::config::{format_duration, parse_duration};
+use crate::identity::totp;
+use crate::model::{AccessRequest, Criticality, RequestStatus, Role};
+use crate::policy::requests::{self, Approver, AuthMethod, DecideError, Outcome};
+use crate::store::StoreError;
+
+/// Failed sign-ins that lock a staff account, and for how long.
+const MAX_SIGNIN_FAILURES: i64 = 5;
+const SIGNIN_LOCKOUT_SECS: i64 = 15 * 60;
+
+#[derive(Debug, Clone)]
+pub struct WebCore {
+    app: App,
+}
+
+impl WebCore {
+    pub fn new(app: App) -> WebCore {
+        WebCore { app }
+    }
+}
+
+fn internal(e: StoreError) -> CoreError {
+    tracing::error!(error = %e, "web: store error");
+    CoreError::Internal
+}
+
+fn role(r: Role) -> WebRole {
+    match r {
+        Role::Approver => WebRole::Approver,
+        Role::Auditor => WebRole::Auditor,
+        Role::Admin => WebRole::Admin,
+    }
+}
+
+fn approver(s: &Staff) -> Approver {
+    Approver {
+        name: s.name.clone(),
+        role: match s.role {
+            WebRole::Approver => Role::Approver,
+            WebRole::Auditor => Role::Auditor,
+            WebRole::Admin => Role::Admin,
+        },
+        method: match s.method {
+            Method::Passkey => AuthMethod::Passkey,
+            Method::Totp => AuthMethod::Totp,
+        },
+    }
+}
+
+fn dur(secs: i64) -> String {
+    format_duration(Duration::from_secs(secs.unsigned_abs()))
+}
+
+fn view(r: AccessRequest) -> RequestView {
+    RequestView {
+        id: r.id,
+        approvals_needed: if r.criticality == Criticality::Critical {
+            2
+        } else {
+            1
+        },
+        approvals: r
+            .approvals
+            .iter()
+            .map(|a| format!("{} ({})", a.approver, a.method))
+            .collect(),
+        vendor: r.vendor,
+        org: r.org,
+        asset: r.asset,
+        zone: r.zone,
+        purpose: r.purpose,
+        criticality: r.criticality.to_string(),
+        services: r.services,
+        duration_secs: r.duration_secs,
+        duration: dur(r.duration_secs),
+        reason: r.reason,
+        status: r.status.to_string(),
+        created_at: r.created_at,
+        created: format_time(r.created_at),
+        expires_at: r.expires_at,
+        decided_by: r.decided_by,
+        decision_reason: r.decision_reason,
+        grant_id: r.grant_id,
+    }
+}
+
+fn decide_error(e: DecideError) -> CoreError {
+    match e {
+        DecideError::NotFound(_) => CoreError::NotFound,
+        DecideError::SelfApproval
+        | DecideError::AlreadyApproved
+        | DecideError::NotAnApprover(_) => CoreError::Forbidden(e.to_string()),
+        DecideError::NotPending { .. } => CoreError::Conflict(e.to_string()),
+        DecideError::Invalid(m) => CoreError::Invalid(m),
+        DecideError::Store(s) => internal(s),
+    }
+}
+
+impl WebCore {
+    async fn revoke(&self, by: &Staff, id: i64, reason: &str) -> Result<(), CoreError> {
+        let app = &self.app;
+        if app.store.grant(id).await.map_err(internal)?.is_none() {
+            return Err(CoreError::NotFound);
+        }
+        let done = requests::revoke_grant(
+            &app.store,
+            &app.events,
+            app.clock.now(),
+            &approver(by),
+            id,
+            reason,
+        )
+        .await
+        .map_err(decide_error)?;
+        if done {
+            Ok(())
+        } else {
+            Err(CoreError::Conflict(format!(
+                "grant #{id} was already revoked"
+            )))
+        }
+    }
+}
+
+impl Core for WebCore {
+    fn now(&self) -> i64 {
+        self.app.clock.now()
+    }
+
+    async fn pending_requests(&self) -> Result<Vec<RequestView>, CoreError> {
+        let list = self
+            .app
+            .store
+            .requests(Some(RequestStatus::Pending), None, 200)
+            .await
+            .map_err(internal)?;
+        let now = self.now();
+        // Oldest first: the one waiting longest is at the top. Lapsed ones are about to be expired.
+        Ok(list
+            .into_iter()
+            .rev()
+            .filter(|r| r.expires_at.is_none_or(|t| t > now))
+            .map(view)
+            .collect())
+    }
+
+    async fn request(&self, id: i64) -> Result<RequestView, CoreError> {
+        self.app
+            .store
+            .request(id)
+            .await
+            .map_err(internal)?
+            .map(view)
+            .ok_or(CoreError::NotFound)
+    }
+
+    async fn vendor_history(&self, vendor: &str) -> Result<Vec<RequestView>, CoreError> {
+        Ok(self
+            .app
+            .store
+            .requests(None, Some(vendor), 10)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .map(view)
+            .collect())
+    }
+
+    async fn decide(&self, by: &Staff, id: i64, decision: Decision) -> Result<String, CoreError> {
+        let decision = match decision {
+            Decision::Approve { services, duration } => requests::Decision::Approve {
+                services,
+                duration_secs: duration
+                    .map(|d| {
+                        parse_duration(&d)
+                            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+                            .map_err(CoreError::Invalid)
+                    })
+                    .transpose()?,
+            },
+            Decision::Deny { reason } => requests::Decision::Deny { reason },
+        };
+        let app = &self.app;
+        let outcome = requests::decide(
+            &app.store,
+            &app.events,
+            app.clock.now(),
+            &approver(by),
+            id,
+            decision,
+        )
+        .await
+        .map_err(decide_error)?;
+        Ok(match outcome {
+            Outcome::Granted { grant_id, ends_at } => {
+                format!("approved: grant #{grant_id} until {}", format_time(ends_at))
+            }
+            Outcome::AwaitingSecondApproval => {
+                "approval recorded; this asset is critical, so a second approver must approve too"
+                    .into()
+            }
+            Outcome::Denied => "denied".into(),
+        })
+    }
+
+    async fn active_grants(&self) -> Result<Vec<GrantView>, CoreError> {
+        let now = self.now();
+        Ok(self
+            .app
+            .store
+            .grants(Some(now))
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .filter(|g| g.is_active(now))
+            .map(|g| GrantView {
+                id: g.id,
+                vendor: g.vendor,
+                asset: g.asset,
+                services: g.services,
+                starts_at: g.starts_at,
+                ends_at: g.ends_at,
+                ends: format_time(g.ends_at),
+                issued_by: g.issued_by,
+                reason: g.reason,
+                request_id: g.request_id,
+            })
+            .collect())
+    }
+
+    async fn revoke_grant(&self, by: &Staff, id: i64, reason: &str) -> Result<(), CoreError> {
+        self.revoke(by, id, reason).await
+    }
+
+    async fn live_sessions(&self) -> Result<Vec<SessionView>, CoreError> {
+        Ok(self
+            .app
+            .store
+            .sessions(500)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .filter(|s| s.ended_at.is_none())
+            .map(|s| SessionView {
+                id: s.id,
+                vendor: s.vendor,
+                asset: s.asset,
+                kind: s.kind,
+                service: s.service,
+                grant_id: s.grant_id,
+                client_addr: s.client_addr,
+                started: format_time(s.started_at),
+            })
+            .collect())
+    }
+
+    async fn terminate_session(&self, by: &Staff, id: &str) -> Result<(), CoreError> {
+        let session = match self.app.store.session(id).await {
+            Ok(s) => s,
+            Err(StoreError::NotFound { .. }) => return Err(CoreError::NotFound),
+            Err(e) => return Err(internal(e)),
+        };
+        if session.ended_at.is_some() {
+            return Err(CoreError::Conflict(format!(
+                "session {id} has already ended"
+            )));
+        }
+        self.revoke(
+            by,
+            session.grant_id,
+            &format!("session {id} terminated by {}", by.name),
+        )
+        .await
+    }
+
+    async fn staff_account(&self, name: &str) -> Result<Option<StaffAccount>, CoreError> {
+        Ok(self
+            .app
+            .store
+            .staff_auth(name)
+            .await
+            .map_err(internal)?
+            .map(|a| StaffAccount {
+                name: a.name,
+                role: role(a.role),
+                enabled: a.enabled,
+                password_hash: a.password_hash,
+                locked_until: a.locked_until,
+            }))
+    }
+
+    async fn check_totp(&self, name: &str, code: &str) -> Result<bool, CoreError> {
+        let app = &self.app;
+        let Some(user) = app.store.staff_auth(name).await.map_err(internal)? else {
+            return Ok(false);
+        };
+        let Some(sealed) = user.totp_secret.as_deref() else {
+            return Ok(false);
+        };
+        let seed = app
+            .secrets
+            .open(&format!("staff-totp:{}", user.name), sealed)
+            .map_err(|e| {
+                tracing::error!(error = %e, user = %user.name, "cannot open a staff TOTP seed");
+                CoreError::Internal
+            })?;
+        let now = app.clock.now();
+        let Some(step) = totp::check(seed.expose(), code, now.max(0).unsigned_abs()) else {
+            return Ok(false);
+        };
+        let mut tx = app.store.begin().await.map_err(internal)?;
+        if !tx
+            .accept_staff_totp_step(user.id, step)
+            .await
+            .map_err(internal)?
+        {
+            return Ok(false); // a replayed code
+        }
+        tx.audit(
+            AuditEvent::new(
+                format!("staff:{}", user.name),
+                "staff.totp.accept",
+                format!("user:{}", user.name),
+                json!({"step": step}),
+            ),
+            now,
+        )
+        .await
+        .map_err(internal)?;
+        tx.commit("staff.totp.accept").await.map_err(internal)?;
+        Ok(true)
+    }
+
+    async fn sign_in_failed(&self, name: &str, why: &str) -> Result<(), CoreError> {
+        let app = &self.app;
+        let Some(user) = app.store.staff_auth(name).await.map_err(internal)? else {
+            return Ok(());
+        };
+        let now = app.clock.now();
+        let mut tx = app.store.begin().await.map_err(internal)?;
+        let locked = tx
+            .staff_sign_in_failed(user.id, MAX_SIGNIN_FAILURES, now + SIGNIN_LOCKOUT_SECS)
+            .await
+            .map_err(internal)?;
+        tx.audit(
+            AuditEvent::new(
+                format!("staff:{}", user.name),
+                "staff.signin.failed",
+                format!("user:{}", user.name),
+                json!({"why": why, "locked": locked}),
+            ),
+            now,
+        )
+        .await
+        .map_err(internal)?;
+        tx.commit("staff.signin.failed").await.map_err(internal)
+    }
+
+    async fn signed_in(&self, staff: &Staff) -> Result<(), CoreError> {
+        let app = &self.app;
+        let Some(user) = app.store.staff_auth(&staff.name).await.map_err(internal)? else {
+            return Err(CoreError::NotFound);
+        };
+        let now = app.clock.now();
+        let mut tx = app.store.begin().await.map_err(internal)?;
+        tx.staff_signed_in(user.id).await.map_err(internal)?;
+        tx.audit(
+            AuditEvent::new(
+                format!("staff:{}", user.name),
+                "staff.signin",
+                format!("user:{}", user.name),
+                json!({"method": staff.method}),
+            ),
+            now,
+        )
+        .await
+        .map_err(internal)?;
+        tx.commit("staff.signin").await.map_err(internal)
+    }
+
+    async fn enrollment(&self, token: &str) -> Result<Enrollment, CoreError> {
+        let app = &self.app;
+        let hash = hex::encode(Sha256::digest(token.as_bytes()));
+        let now = app.clock.now();
+        let Some(user) = app
+            .store
+            .staff_by_enroll_token(&hash, now)
+            .await
+            .map_err(internal)?
+        else {
+            return Err(CoreError::NotFound);
+        };
+        let seed = totp::new_seed();
+        let sealed = app
+            .secrets
+            .seal(&format!("staff-totp:{}", user.name), &seed);
+        let uri = totp::provisioning_uri(&seed, &user.name).map_err(|e| {
+            tracing::error!(error = %e, "cannot build a TOTP URI");
+            CoreError::Internal
+        })?;
+        let mut tx = app.store.begin().await.map_err(internal)?;
+        tx.set_staff_enroll_seed(user.id, &sealed)
+            .await
+            .map_err(internal)?;
+        tx.audit(
+            AuditEvent::new(
+                format!("staff:{}", user.name),
+                "user.enroll.seed",
+                format!("user:{}", user.name),
+                json!({}),
+            ),
+            now,
+        )
+        .await
+        .map_err(internal)?;
+        tx.commit("user.enroll.seed").await.map_err(internal)?;
+        Ok(Enrollment {
+            name: user.name,
+            role: role(user.role),
+            totp_uri: uri,
+            totp_secret: totp::seed_base32(&seed),
+        })
+    }
+
+    async fn finish_enrollment(
+        &self,
+        token: &str,
+        password_hash: &str,
+        code: &str,
+    ) -> Result<String, CoreError> {
+        let app = &self.app;
+        let hash = hex::encode(Sha256::digest(token.as_bytes()));
+        let now = app.clock.now();
+        let Some(user) = app
+            .store
+            .staff_by_enroll_token(&hash, now)
+            .await
+            .map_err(internal)?
+        else {
+            return Err(CoreError::NotFound);
+        };
+        let Some(sealed) = user.totp_secret.as_deref() else {
+            return Err(CoreError::Invalid(
+                "open the enrollment link again to get an authenticator secret".into(),
+            ));
+        };
+        let seed = app
+            .secrets
+            .open(&format!("staff-totp:{}", user.name), sealed)
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot open an enrollment seed");
+                CoreError::Internal
+            })?;
+        let Some(step) = totp::check(seed.expose(), code, now.max(0).unsigned_abs()) else {
+            return Err(CoreError::Invalid(
+                "that code does not match: add the new secret below to your app and type its current code".into(),
+            ));
+        };
+        let mut tx = app.store.begin().await.map_err(internal)?;
+        if !tx
+            .finish_staff_enrollment(user.id, &hash, password_hash, step)
+            .await
+            .map_err(internal)?
+        {
+            return Err(CoreError::NotFound);
+        }
+        tx.audit(
+            AuditEvent::new(
+                format!("staff:{}", user.name),
+                "user.enroll",
+                format!("user:{}", user.name),
+                json!({"second_factor": "totp"}),
+            ),
+            now,
+        )
+        .await
+        .map_err(internal)?;
+        tx.commit("user.enroll").await.map_err(internal)?;
+        Ok(user.name)
+    }
+
+    async fn changed(&self) {
+        // In-process notices arrive at once; changes made by another process or node move the audit
+        // chain's head (every change is audited), which is re-read every second.
+        let mut rx = self.app.events.subscribe();
+        let start = self.app.store.audit_head().await.map(|h| h.0).ok();
+        loop {
+            tokio::select! {
+                _ = rx.recv() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            let head = self.app.store.audit_head().await.map(|h| h.0).ok();
+            if head.is_some() && head != start {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! Issue 5, end to end: a vendor files a request with the real `ssh … request` and waits; approvers
+//! enrolled through the real web page (HTTPS) decide through the JSON API and the page's forms.
+
+use std::io::Write;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::DataDir;
+use crate::support::bastion::{Bastion, Vendor, text, wait_until};
+use crate::support::sshd::Sshd;
+use crate::support::web::Approver;
+
+fn setup() -> Option<(Sshd, Bastion, Vendor)> {
+    let sshd = Sshd::start()?;
+    let b = Bastion::start(DataDir::init());
+    b.device("mri-01", &sshd, &["dicom:104/tcp"]);
+    let alice = b.vendor("alice", "Acme Imaging");
+    Some((sshd, b, alice))
+}
+
+/// Starts `ssh alice@bastion request …` (piped output); `tty` adds `-tt` so Ctrl-C travels as a byte.
+fn request(b: &Bastion, v: &Vendor, words: &str, tty: bool) -> Child {
+    let options: &[&str] = if tty { &["-tt"] } else { &[] };
+    let mut cmd = b.ssh_with(v, options, &v.name);
+    cmd.arg(format!("request {words}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if tty {
+        cmd.stdin(Stdio::piped());
+    }
+    cmd.spawn().unwrap()
+}
+
+/// The id of the newest pending request, once it is there.
+fn pending_id(a: &Approver, b: &Bastion) -> i64 {
+    let mut id = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let list = a.get("/api/requests").json();
+            id = list
+                .as_array()
+                .and_then(|l| l.last())
+                .and_then(|r| r["id"].as_i64());
+            id.is_some()
+        }),
+        "no pending request\n{}",
+        b.log()
+    );
+    id.unwrap()
+}
+
+fn finish(child: Child) -> (String, String, i32) {
+    text(&child.wait_with_output().unwrap())
+}
+
+#[test]
+fn approved_request_releases_the_waiting_ssh_within_a_second_with_the_commands_to_connect() {
+    let Some((_sshd, b, alice)) = setup() else {
+        return;
+    };
+    let bob = Approver::enroll(&b, "bob", "approver");
+    let child = request(
+        &b,
+        &alice,
+        "mri-01 ssh,dicom --for 1h --reason INC-4711 coil calibration",
+        false,
+    );
+    let id = pending_id(&bob, &b);
+    let r = bob.get(&format!("/api/requests/{id}")).json();
+    assert_eq!(r["reason"], "INC-4711 coil calibration");
+    assert_eq!(r["services"], serde_json::json!(["ssh", "dicom"]));
+    assert_eq!(r["zone"], "radiology");
+
+    let decided = Instant::now();
+    let answer = bob.approve(id);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let (stdout, stderr, code) = finish(child);
+    let waited = decided.elapsed();
+    assert_eq!(
+        code,
+        0,
+        "stdout: {stdout}\nstderr: {stderr}\nlog: {}",
+        b.log()
+    );
+    assert!(waited < Duration::from_millis(1500), "took {waited:?}");
+    assert!(stderr.contains(&format!("request #{id} filed")), "{stderr}");
+    assert!(
+        stderr.contains("waiting for approval") || waited < Duration::from_secs(1),
+        "{stderr}"
+    );
+    let port = b.ssh_port;
+    assert!(
+        stdout.contains(&format!("ssh -p {port} -t alice+mri-01@127.0.0.1")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "ssh -p {port} -N -L 10104:mri-01:104 alice@127.0.0.1"
+        )),
+        "{stdout}"
+    );
+
+    // The grant works, and its clock started at the approval.
+    let out = b
+        .ssh(&alice, "alice+mri-01")
+        .arg("echo granted-$((2*21))")
+        .output()
+        .unwrap();
+    let (stdout, stderr, code) = text(&out);
+    assert_eq!(code, 0, "{stdout} {stderr}");
+    assert!(stdout.contains("granted-42"));
+    let grants = bob.get("/api/grants").json();
+    let g = &grants[0];
+    assert_eq!(g["request_id"], id);
+    let length = g["ends_at"].as_i64().unwrap() - g["starts_at"].as_i64().unwrap();
+    assert_eq!(length, 3600);
+
+    let audit = b
+        .data
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"request.approve\"") && l.contains(r#"\"method\":\"totp\""#)),
+        "{audit}"
+    );
+}
+
+#[test]
+fn denial_reason_reaches_the_vendor_and_ctrl_c_leaves_a_request_pending() {
+    let Some((_sshd, b, alice)) = setup() else {
+        return;
+    };
+    let bob = Approver::enroll(&b, "bob", "approver");
+
+    let child = request(
+        &b,
+        &alice,
+        "mri-01 ssh --for 2h --reason 'INC-1 \"quoted\" reason'",
+        false,
+    );
+    let id = pending_id(&bob, &b);
+    assert_eq!(
+        bob.get(&format!("/api/requests/{id}")).json()["reason"],
+        "INC-1 \"quoted\" reason"
+    );
+    let answer = bob.post(
+        &format!("/api/requests/{id}/decision"),
+        serde_json::json!({"decision": "deny", "reason": "no maintenance window today"}),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let (_, stderr, code) = finish(child);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("denied by bob: no maintenance window today"),
+        "{stderr}"
+    );
+
+    // Ctrl-C in a -t session stops waiting; the request stays pending for approvers.
+    let mut child = request(&b, &alice, "mri-01 ssh --for 1h --reason INC-2", true);
+    let id2 = {
+        let mut id2 = None;
+        assert!(wait_until(Duration::from_secs(20), || {
+            id2 = bob
+                .get("/api/requests")
+                .json()
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_i64().unwrap())
+                .find(|i| *i != id);
+            id2.is_some()
+        }));
+        id2.unwrap()
+    };
+    child.stdin.as_mut().unwrap().write_all(b"\x03").unwrap();
+    let (stdout, stderr, _) = finish(child);
+    let both = format!("{stdout}{stderr}");
+    assert!(
+        both.contains(&format!("Request #{id2} stays pending")),
+        "{both}"
+    );
+    assert_eq!(
+        bob.get(&format!("/api/requests/{id2}")).json()["status"],
+        "pending"
+    );
+
+    // Longer than allowed (default max 8h) and unknown assets are refused up front, the latter worded
+    // the same whether or not the asset exists.
+    let out = b
+        .ssh(&alice, "alice")
+        .arg("request mri-01 ssh --for 9h --reason x")
+        .output()
+        .unwrap();
+    let (_, stderr, code) = text(&out);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("at most 8h"), "{stderr}");
+    let out = b
+        .ssh(&alice, "alice")
+        .arg("request ct-99 ssh --for 1h --reason x")
+        .output()
+        .unwrap();
+    let (_, unknown_asset, _) = text(&out);
+    let out = b
+        .ssh(&alice, "alice")
+        .arg("request mri-01 hl7 --for 1h --reason x")
+        .output()
+        .unwrap();
+    let (_, unknown_service, _) = text(&out);
+    assert_eq!(
+        unknown_asset.replace("ct-99 with service ssh", "X"),
+        unknown_service.replace("mri-01 with service hl7", "X"),
+    );
+}
+
+#[test]
+fn four_eyes_no_self_approval_and_critical_assets_need_two_approvers() {
+    let Some((sshd, b, alice)) = setup() else {
+        return;
+    };
+    b.data
+        .run(&[
+            "asset",
+            "add",
+            "ct-02",
+            "--address",
+            "127.0.0.1",
+            "--zone",
+            "icu",
+            "--purpose",
+            "CT scanner",
+            "--criticality",
+            "critical",
+            "--service",
+            &format!("ssh:{}/ssh", sshd.port),
+        ])
+        .ok();
+    // A staff account named like the vendor is the same person until proven otherwise.
+    let same = Approver::enroll(&b, "alice", "approver");
+    let bob = Approver::enroll(&b, "bob", "approver");
+    let carol = Approver::enroll(&b, "carol", "approver");
+    let dave = Approver::enroll(&b, "dave", "auditor");
+
+    let child = request(
+        &b,
+        &alice,
+        "ct-02 ssh --for 2h --reason INC-9 tube warmup",
+        false,
+    );
+    let id = pending_id(&bob, &b);
+    let answer = same.approve(id);
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    assert!(answer.body.contains("your own request"), "{}", answer.body);
+    assert_eq!(dave.approve(id).status, 403, "auditors cannot approve");
+
+    // Bob narrows the time; the first approval is not enough on a critical asset.
+    let answer = bob.post(
+        &format!("/api/requests/{id}/decision"),
+        serde_json::json!({"decision": "approve", "duration": "1h"}),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(
+        answer.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("second approver")
+    );
+    assert_eq!(bob.approve(id).status, 403, "the same approver twice");
+    // Widening is never allowed.
+    let wider = carol.post(
+        &format!("/api/requests/{id}/decision"),
+        serde_json::json!({"decision": "approve", "duration": "3h"}),
+    );
+    assert_eq!(wider.status, 400, "{}", wider.body);
+    assert_eq!(
+        bob.get(&format!("/api/requests/{id}")).json()["status"],
+        "pending"
+    );
+
+    let answer = carol.approve(id);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let (stdout, stderr, code) = finish(child);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("alice+ct-02@127.0.0.1"), "{stdout}");
+    let grant = &bob.get("/api/grants").json()[0];
+    assert_eq!(
+        grant["ends_at"].as_i64().unwrap() - grant["starts_at"].as_i64().unwrap(),
+        3600,
+        "the shorter approval wins"
+    );
+    assert_eq!(grant["issued_by"], "staff:bob+carol");
+}
+
+#[test]
+fn state_changes_need_the_csrf_token_and_hostile_reasons_render_inert() {
+    let Some((_sshd, b, alice)) = setup() else {
+        return;
+    };
+    let bob = Approver::enroll(&b, "bob", "approver");
+    let child = request(
+        &b,
+        &alice,
+        "mri-01 ssh --for 1h --reason <script>alert(1)</script> & <b>bold</b>",
+        false,
+    );
+    let id = pending_id(&bob, &b);
+
+    let page = bob.get("/requests");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body
+            .contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;"),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("<script>alert(1)"), "{}", page.body);
+    let csp = crate::support::web::curl(
+        None,
+        &["-I", &format!("{}/login", crate::support::web::base(&b))],
+    )
+    .body;
+    assert!(
+        csp.to_ascii_lowercase()
+            .contains("content-security-policy: default-src 'none'; script-src 'self'"),
+        "{csp}"
+    );
+
+    // Without (or with a wrong) CSRF token nothing changes: JSON API and the page's form alike.
+    let api = bob.post_with(
+        &format!("/api/requests/{id}/decision"),
+        serde_json::json!({"decision": "approve"}),
+        None,
+    );
+    assert_eq!(api.status, 403, "{}", api.body);
+    let api = bob.post_with(
+        &format!("/api/requests/{id}/decision"),
+        serde_json::json!({"decision": "approve"}),
+        Some("0000"),
+    );
+    assert_eq!(api.status, 403, "{}", api.body);
+    let form = bob.form(&format!("/requests/{id}/deny"), &[("reason", "forged")]);
+    assert_eq!(form.status, 403, "{}", form.body);
+    assert_eq!(
+        bob.get(&format!("/api/requests/{id}")).json()["status"],
+        "pending"
+    );
+    // Not signed in at all: 401, and the page redirects to sign-in.
+    let anon = crate::support::web::curl(
+        None,
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            "{\"decision\":\"approve\"}",
+            &format!(
+                "{}/api/requests/{id}/decision",
+                crate::support::web::base(&b)
+            ),
+        ],
+    );
+    assert_eq!(anon.status, 401);
+
+    // The page's own form, with its token, works (deny with a reason).
+    let token = page
+        .body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let form = bob.form(
+        &format!("/requests/{id}/deny"),
+        &[("csrf", &token), ("reason", "use the <ticket> system")],
+    );
+    assert_eq!(form.status, 303, "{}", form.body);
+    let (_, stderr, code) = finish(child);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("use the <ticket> system"), "{stderr}");
+}
+
+#[test]
+fn revoking_a_grant_ends_the_vendors_live_session() {
+    let Some((_sshd, b, alice)) = setup() else {
+        return;
+    };
+    let bob = Approver::enroll(&b, "bob", "approver");
+    let child = request(&b, &alice, "mri-01 ssh --for 1h --reason INC-5", false);
+    let id = pending_id(&bob, &b);
+    assert_eq!(bob.approve(id).status, 200);
+    assert_eq!(finish(child).2, 0);
+
+    let session = b
+        .ssh(&alice, "alice+mri-01")
+        .arg("echo started; sleep 60")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut live = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            live = bob.get("/api/sessions").json();
+            live.as_array().is_some_and(|l| !l.is_empty())
+        }),
+        "no live session\n{}",
+        b.log()
+    );
+    let session_id = live[0]["id"].as_str().unwrap().to_owned();
+    let page = bob.get("/sessions");
+    assert!(page.body.contains(&session_id), "{}", page.body);
+
+    let t = Instant::now();
+    let answer = bob.post(
+        &format!("/api/sessions/{session_id}/terminate"),
+        serde_json::json!({}),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let (stdout, stderr, _) = finish(session);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(stdout.contains("started"), "{stdout}");
+    assert!(
+        format!("{stdout}{stderr}").contains("revoked"),
+        "{stdout}{stderr}"
+    );
+    assert_eq!(bob.get("/api/grants").json().as_array().unwrap().len(), 0);
+}

@@ -1,0 +1,170 @@
+//! The JSON API under `/api`, with the pages' authentication: `POST /api/login` with name, password and
+//! TOTP code returns the session cookie and a CSRF token; every state change sends the token back in
+//! `X-CSRF-Token`. Errors are `{"error": "…"}` with the same status codes as the pages.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::{Session, csrf_ok, set_cookie};
+use crate::signin::sign_in;
+use crate::{Core, CoreError, Decision, Peer, WebState, status_of};
+
+type St<C> = State<Arc<WebState<C>>>;
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"error": message}))).into_response()
+}
+
+fn core_error(e: &CoreError) -> Response {
+    match e {
+        CoreError::Internal => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+        other => error(status_of(other), &other.to_string()),
+    }
+}
+
+fn reader<C>(st: &WebState<C>, headers: &HeaderMap) -> Result<Session, Response> {
+    st.sessions
+        .get(headers)
+        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "sign in first: POST /api/login"))
+}
+
+fn writer<C>(st: &WebState<C>, headers: &HeaderMap) -> Result<Session, Response> {
+    let s = reader(st, headers)?;
+    let token = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
+    if !csrf_ok(&s, token) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "missing or wrong X-CSRF-Token (use the csrf value from POST /api/login)",
+        ));
+    }
+    Ok(s)
+}
+
+#[derive(Deserialize)]
+pub struct LoginBody {
+    name: String,
+    password: String,
+    code: String,
+}
+
+pub async fn login<C: Core>(
+    State(st): St<C>,
+    ConnectInfo(crate::tls::PeerAddr(peer)): Peer,
+    Json(body): Json<LoginBody>,
+) -> Response {
+    match sign_in(&st, peer, &body.name, &body.password, &body.code).await {
+        Ok((staff, token, csrf)) => (
+            [(header::SET_COOKIE, set_cookie(&token))],
+            Json(json!({"name": staff.name, "role": staff.role, "method": staff.method, "csrf": csrf})),
+        )
+            .into_response(),
+        Err(e) => error(e.status(), e.message()),
+    }
+}
+
+pub async fn requests<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
+    if let Err(r) = reader(&st, &headers) {
+        return r;
+    }
+    match st.core.pending_requests().await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => core_error(&e),
+    }
+}
+
+pub async fn request<C: Core>(
+    State(st): St<C>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = reader(&st, &headers) {
+        return r;
+    }
+    match st.core.request(id).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => core_error(&e),
+    }
+}
+
+pub async fn decide<C: Core>(
+    State(st): St<C>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    Json(decision): Json<Decision>,
+) -> Response {
+    let s = match writer(&st, &headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match st.core.decide(&s.staff, id, decision).await {
+        Ok(message) => match st.core.request(id).await {
+            Ok(r) => Json(json!({"message": message, "request": r})).into_response(),
+            Err(e) => core_error(&e),
+        },
+        Err(e) => core_error(&e),
+    }
+}
+
+pub async fn grants<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
+    if let Err(r) = reader(&st, &headers) {
+        return r;
+    }
+    match st.core.active_grants().await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => core_error(&e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct RevokeBody {
+    #[serde(default)]
+    reason: String,
+}
+
+pub async fn revoke<C: Core>(
+    State(st): St<C>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    body: Option<Json<RevokeBody>>,
+) -> Response {
+    let s = match writer(&st, &headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let reason = body.map(|Json(b)| b.reason).unwrap_or_default();
+    match st.core.revoke_grant(&s.staff, id, &reason).await {
+        Ok(()) => Json(json!({"revoked": id})).into_response(),
+        Err(e) => core_error(&e),
+    }
+}
+
+pub async fn sessions<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
+    if let Err(r) = reader(&st, &headers) {
+        return r;
+    }
+    match st.core.live_sessions().await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => core_error(&e),
+    }
+}
+
+pub async fn terminate<C: Core>(
+    State(st): St<C>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let s = match writer(&st, &headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match st.core.terminate_session(&s.staff, &id).await {
+        Ok(()) => Json(json!({"terminated": id})).into_response(),
+        Err(e) => core_error(&e),
+    }
+}

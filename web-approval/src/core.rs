@@ -1,0 +1,228 @@
+//! The boundary to the core: [`Core`] is what the web app needs from chaperone (requests, grants,
+//! sessions, staff accounts, change notices), in plain types. The root crate implements it over its
+//! store and policy; this crate never sees SQL or SSH.
+
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+
+/// A staff role, as the core reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Approver,
+    Auditor,
+    Admin,
+}
+
+impl Role {
+    /// Approvers and admins decide requests and revoke; auditors only look.
+    pub fn can_decide(self) -> bool {
+        matches!(self, Role::Approver | Role::Admin)
+    }
+}
+
+/// How a staff member proved who they are (the second factor of this sign-in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Passkey,
+    Totp,
+}
+
+/// A signed-in staff member, as handed to the core with every action.
+#[derive(Debug, Clone, Serialize)]
+pub struct Staff {
+    pub name: String,
+    pub role: Role,
+    pub method: Method,
+}
+
+/// What the sign-in page needs to know about an account.
+#[derive(Clone)]
+pub struct StaffAccount {
+    pub name: String,
+    pub role: Role,
+    pub enabled: bool,
+    /// PHC string (argon2id); `None` until enrolled.
+    pub password_hash: Option<String>,
+    /// Locked until this unix time after too many failures.
+    pub locked_until: Option<i64>,
+}
+
+impl std::fmt::Debug for StaffAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaffAccount")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A pending enrollment, with the TOTP seed the user must confirm.
+#[derive(Clone)]
+pub struct Enrollment {
+    pub name: String,
+    pub role: Role,
+    /// `otpauth://totp/…` for an authenticator app.
+    pub totp_uri: String,
+    /// The same secret in base32, for typing in.
+    pub totp_secret: String,
+}
+
+impl std::fmt::Debug for Enrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enrollment")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An access request as approvers see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestView {
+    pub id: i64,
+    pub vendor: String,
+    pub org: String,
+    pub asset: String,
+    pub zone: String,
+    pub purpose: String,
+    pub criticality: String,
+    pub services: Vec<String>,
+    pub duration_secs: i64,
+    /// `2h`, `1h30m`.
+    pub duration: String,
+    pub reason: String,
+    pub status: String,
+    pub created_at: i64,
+    pub created: String,
+    pub expires_at: Option<i64>,
+    pub decided_by: Option<String>,
+    pub decision_reason: Option<String>,
+    pub grant_id: Option<i64>,
+    /// Who approved so far, and how they signed in (`alice (passkey)`).
+    pub approvals: Vec<String>,
+    /// Approvals needed in all (2 for critical assets).
+    pub approvals_needed: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GrantView {
+    pub id: i64,
+    pub vendor: String,
+    pub asset: String,
+    pub services: Vec<String>,
+    pub starts_at: i64,
+    pub ends_at: i64,
+    pub ends: String,
+    pub issued_by: String,
+    pub reason: String,
+    pub request_id: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionView {
+    pub id: String,
+    pub vendor: String,
+    pub asset: String,
+    pub kind: String,
+    pub service: String,
+    pub grant_id: i64,
+    pub client_addr: String,
+    pub started: String,
+}
+
+/// An approver's decision on a request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "decision", rename_all = "lowercase")]
+pub enum Decision {
+    /// Approve; leave out `services`/`duration` to approve as asked, or narrow them.
+    Approve {
+        #[serde(default)]
+        services: Option<Vec<String>>,
+        /// e.g. `1h`; at most what was asked.
+        #[serde(default)]
+        duration: Option<String>,
+    },
+    Deny {
+        reason: String,
+    },
+}
+
+/// Why the core refused or failed. Mapped to HTTP in one place (`error.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("not found")]
+    NotFound,
+    /// Not allowed for this person (self-approval, auditor role).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The input is not acceptable (longer than asked, unknown service).
+    #[error("{0}")]
+    Invalid(String),
+    /// The state changed (already decided, already revoked).
+    #[error("{0}")]
+    Conflict(String),
+    /// Something failed inside; details are logged by the core, not shown.
+    #[error("internal error")]
+    Internal,
+}
+
+pub type CoreResult<T> = Result<T, CoreError>;
+
+/// What the web app needs from chaperone. Every method that changes state takes the acting [`Staff`];
+/// the core checks the rules again (the page only hides buttons) and audits.
+pub trait Core: Send + Sync + 'static {
+    fn now(&self) -> i64;
+    fn pending_requests(&self) -> impl Future<Output = CoreResult<Vec<RequestView>>> + Send;
+    fn request(&self, id: i64) -> impl Future<Output = CoreResult<RequestView>> + Send;
+    /// A vendor's recent requests, newest first.
+    fn vendor_history(
+        &self,
+        vendor: &str,
+    ) -> impl Future<Output = CoreResult<Vec<RequestView>>> + Send;
+    /// Approves or denies; returns a sentence for the page ("granted until …", "awaiting a second approver").
+    fn decide(
+        &self,
+        by: &Staff,
+        id: i64,
+        decision: Decision,
+    ) -> impl Future<Output = CoreResult<String>> + Send;
+    fn active_grants(&self) -> impl Future<Output = CoreResult<Vec<GrantView>>> + Send;
+    fn revoke_grant(
+        &self,
+        by: &Staff,
+        id: i64,
+        reason: &str,
+    ) -> impl Future<Output = CoreResult<()>> + Send;
+    fn live_sessions(&self) -> impl Future<Output = CoreResult<Vec<SessionView>>> + Send;
+    /// Ends a live session (by revoking the grant it runs under: every node closes it within seconds).
+    fn terminate_session(
+        &self,
+        by: &Staff,
+        id: &str,
+    ) -> impl Future<Output = CoreResult<()>> + Send;
+
+    fn staff_account(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = CoreResult<Option<StaffAccount>>> + Send;
+    /// Checks a TOTP code for `name`, refusing replays of an accepted time step.
+    fn check_totp(&self, name: &str, code: &str) -> impl Future<Output = CoreResult<bool>> + Send;
+    /// Records a failed sign-in (and locks the account after too many); audited.
+    fn sign_in_failed(&self, name: &str, why: &str) -> impl Future<Output = CoreResult<()>> + Send;
+    /// Records a successful sign-in; audited.
+    fn signed_in(&self, staff: &Staff) -> impl Future<Output = CoreResult<()>> + Send;
+    /// Looks up an enrollment link and (re)draws the TOTP seed the user will confirm.
+    fn enrollment(&self, token: &str) -> impl Future<Output = CoreResult<Enrollment>> + Send;
+    /// Finishes enrollment: checks `code` against the drawn seed, stores the password hash, voids the link.
+    fn finish_enrollment(
+        &self,
+        token: &str,
+        password_hash: &str,
+        code: &str,
+    ) -> impl Future<Output = CoreResult<String>> + Send;
+    /// Completes (with `true`) when something approvers see may have changed; used for live updates.
+    fn changed(&self) -> impl Future<Output = ()> + Send;
+}

@@ -1,0 +1,435 @@
+//! Server-rendered pages for approvers: pending requests (approve as asked, for less, or deny), active
+//! grants (revoke), live sessions (terminate), and the server-sent event stream that refreshes them.
+//! Forms post back with the session's CSRF token and redirect (post/redirect/get) with a one-time flash.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+
+use crate::auth::{Session, csrf_ok};
+use crate::html::{Viewer, esc, page};
+use crate::{Core, CoreError, Decision, WebState, field, form_pairs, status_of};
+
+type St<C> = State<Arc<WebState<C>>>;
+
+/// The signed-in session, or a redirect to the sign-in page.
+pub(crate) fn signed_in<C>(st: &WebState<C>, headers: &HeaderMap) -> Result<Session, Response> {
+    st.sessions
+        .get(headers)
+        .ok_or_else(|| Redirect::to("/login").into_response())
+}
+
+/// A state change: signed in, and the form's CSRF token matches the session's.
+fn change<C>(
+    st: &WebState<C>,
+    headers: &HeaderMap,
+    pairs: &[(String, String)],
+) -> Result<Session, Response> {
+    let Some(session) = st.sessions.get(headers) else {
+        return Err(error_page(StatusCode::UNAUTHORIZED, "Sign in first."));
+    };
+    if !csrf_ok(&session, field(pairs, "csrf")) {
+        return Err(error_page(
+            StatusCode::FORBIDDEN,
+            "This form is stale or did not come from this site (CSRF token missing or wrong). Reload the page and try again.",
+        ));
+    }
+    Ok(session)
+}
+
+pub(crate) fn error_page(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        Html(page(
+            "Error",
+            "",
+            None,
+            &format!(
+                "<h1>{}</h1><p role=\"alert\">{}</p><p><a href=\"/requests\">Back</a></p>",
+                status.as_u16(),
+                esc(message)
+            ),
+        )),
+    )
+        .into_response()
+}
+
+fn core_error(e: &CoreError) -> Response {
+    let message = match e {
+        CoreError::Internal => {
+            "Something failed on the server; it is logged. Try again.".to_owned()
+        }
+        other => other.to_string(),
+    };
+    error_page(status_of(e), &message)
+}
+
+fn viewer(s: &Session) -> Viewer<'_> {
+    Viewer {
+        name: &s.staff.name,
+        role: match s.staff.role {
+            crate::Role::Approver => "approver",
+            crate::Role::Auditor => "auditor",
+            crate::Role::Admin => "admin",
+        },
+        csrf: &s.csrf,
+    }
+}
+
+fn flash(s: &Session) -> String {
+    s.flash
+        .as_deref()
+        .map(|m| format!("<p class=\"flash\" role=\"status\">{}</p>", esc(m)))
+        .unwrap_or_default()
+}
+
+pub async fn home<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
+    match signed_in(&st, &headers) {
+        Ok(_) => Redirect::to("/requests").into_response(),
+        Err(r) => r,
+    }
+}
+
+pub async fn requests<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
+    let s = match signed_in(&st, &headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let pending = match st.core.pending_requests().await {
+        Ok(p) => p,
+        Err(e) => return core_error(&e),
+    };
+    let mut main = format!("<h1>Pending requests</h1>{}", flash(&s));
+    if pending.is_empty() {
+        main.push_str("<p>No request is waiting for a decision.</p>");
+    }
+    let can_decide = s.staff.role.can_decide();
+    for r in &pending {
+        let history = st.core.vendor_history(&r.vendor).await.unwrap_or_default();
+        let _ = write!(
+            main,
+            "<article class=\"request\" aria-labelledby=\"req-{id}\"><h2 id=\"req-{id}\">#{id} {vendor} → {asset}</h2>\
+             <dl><dt>Vendor</dt><dd>{vendor} ({org})</dd>\
+             <dt>Asset</dt><dd>{asset}, zone {zone}</dd>\
+             <dt>Clinical purpose</dt><dd>{purpose}</dd>\
+             <dt>Criticality</dt><dd class=\"crit-{crit}\">{crit}</dd>\
+             <dt>Services</dt><dd>{services}</dd>\
+             <dt>Duration</dt><dd>{duration}</dd>\
+             <dt>Reason</dt><dd class=\"reason\">{reason}</dd>\
+             <dt>Filed</dt><dd>{created}</dd>\
+             <dt>Approvals</dt><dd>{approvals} of {needed}</dd></dl>",
+            id = r.id,
+            vendor = esc(&r.vendor),
+            org = esc(&r.org),
+            asset = esc(&r.asset),
+            zone = esc(&r.zone),
+            purpose = esc(&r.purpose),
+            crit = esc(&r.criticality),
+            services = esc(&r.services.join(", ")),
+            duration = esc(&r.duration),
+            reason = esc(&r.reason),
+            created = esc(&r.created),
+            approvals = if r.approvals.is_empty() {
+                "none yet".to_owned()
+            } else {
+                esc(&r.approvals.join(", "))
+            },
+            needed = r.approvals_needed,
+        );
+        let past: Vec<_> = history.iter().filter(|h| h.id != r.id).take(5).collect();
+        let _ = write!(
+            main,
+            "<details><summary>{}'s recent requests ({})</summary><ul>",
+            esc(&r.vendor),
+            past.len()
+        );
+        for h in past {
+            let _ = write!(
+                main,
+                "<li>#{} {} {} for {}: {}{} — {}</li>",
+                h.id,
+                esc(&h.asset),
+                esc(&h.services.join(",")),
+                esc(&h.duration),
+                esc(&h.status),
+                h.decision_reason
+                    .as_deref()
+                    .map(|d| format!(" ({})", esc(d)))
+                    .unwrap_or_default(),
+                esc(&h.reason)
+            );
+        }
+        main.push_str("</ul></details>");
+        if can_decide {
+            let _ = write!(
+                main,
+                "<form method=\"post\" action=\"/requests/{id}/approve\" class=\"decide\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                 <fieldset><legend>Services to allow</legend>",
+                id = r.id,
+                csrf = esc(&s.csrf)
+            );
+            for svc in &r.services {
+                let _ = write!(
+                    main,
+                    "<label><input type=\"checkbox\" name=\"service\" value=\"{v}\" checked> {v}</label>",
+                    v = esc(svc)
+                );
+            }
+            let _ = write!(
+                main,
+                "</fieldset><label for=\"dur-{id}\">Allow for (at most {d})</label>\
+                 <input id=\"dur-{id}\" name=\"duration\" value=\"{d}\" inputmode=\"text\" size=\"6\" required>\
+                 <button type=\"submit\" class=\"approve\">Approve</button></form>\
+                 <form method=\"post\" action=\"/requests/{id}/deny\" class=\"decide\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                 <label for=\"why-{id}\">Reason for denying</label>\
+                 <input id=\"why-{id}\" name=\"reason\" required maxlength=\"500\">\
+                 <button type=\"submit\" class=\"deny\">Deny</button></form>",
+                id = r.id,
+                d = esc(&r.duration),
+                csrf = esc(&s.csrf)
+            );
+        }
+        main.push_str("</article>");
+    }
+    Html(page("Requests", "Requests", Some(&viewer(&s)), &main)).into_response()
+}
+
+async fn decide<C: Core>(
+    st: Arc<WebState<C>>,
+    headers: HeaderMap,
+    id: i64,
+    body: Bytes,
+    approve: bool,
+) -> Response {
+    let pairs = form_pairs(&body);
+    let s = match change(&st, &headers, &pairs) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let decision = if approve {
+        let services: Vec<String> = pairs
+            .iter()
+            .filter(|(k, _)| k == "service")
+            .map(|(_, v)| v.clone())
+            .collect();
+        Decision::Approve {
+            services: Some(services),
+            duration: field(&pairs, "duration").map(str::to_owned),
+        }
+    } else {
+        Decision::Deny {
+            reason: field(&pairs, "reason").unwrap_or_default().to_owned(),
+        }
+    };
+    match st.core.decide(&s.staff, id, decision).await {
+        Ok(message) => {
+            st.sessions
+                .flash(&headers, format!("Request #{id}: {message}"));
+            Redirect::to("/requests").into_response()
+        }
+        Err(e) => core_error(&e),
+    }
+}
+
+pub async fn approve<C: Core>(
+    State(st): St<C>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    decide(st, headers, id, body, true).await
+}
+
+pub async fn deny<C: Core>(
+    State(st): St<C>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    decide(st, headers, id, body, false).await
+}
+
+pub async fn grants<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
+    let s = match signed_in(&st, &headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let grants = match st.core.active_grants().await {
+        Ok(g) => g,
+        Err(e) => return core_error(&e),
+    };
+    let mut main = format!("<h1>Active grants</h1>{}", flash(&s));
+    if grants.is_empty() {
+        main.push_str("<p>No grant is active.</p>");
+    } else {
+        main.push_str(
+            "<table><caption>Grants in force now</caption><thead><tr><th scope=\"col\">Grant</th>\
+             <th scope=\"col\">Vendor</th><th scope=\"col\">Asset</th><th scope=\"col\">Services</th>\
+             <th scope=\"col\">Ends</th><th scope=\"col\">Issued by</th><th scope=\"col\">Action</th></tr></thead><tbody>",
+        );
+        for g in &grants {
+            let action = if s.staff.role.can_decide() {
+                format!(
+                    "<form method=\"post\" action=\"/grants/{id}/revoke\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                     <label class=\"sr-only\" for=\"rv-{id}\">Reason for revoking grant {id}</label>\
+                     <input id=\"rv-{id}\" name=\"reason\" placeholder=\"reason\" maxlength=\"500\">\
+                     <button type=\"submit\" class=\"deny\">Revoke</button></form>",
+                    id = g.id,
+                    csrf = esc(&s.csrf)
+                )
+            } else {
+                String::new()
+            };
+            let _ = write!(
+                main,
+                "<tr><td>#{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{action}</td></tr>",
+                g.id,
+                esc(&g.vendor),
+                esc(&g.asset),
+                esc(&g.services.join(", ")),
+                esc(&g.ends),
+                esc(&g.issued_by)
+            );
+        }
+        main.push_str("</tbody></table>");
+    }
+    Html(page(
+        "Active grants",
+        "Active grants",
+        Some(&viewer(&s)),
+        &main,
+    ))
+    .into_response()
+}
+
+pub async fn revoke<C: Core>(
+    State(st): St<C>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let pairs = form_pairs(&body);
+    let s = match change(&st, &headers, &pairs) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match st
+        .core
+        .revoke_grant(&s.staff, id, field(&pairs, "reason").unwrap_or_default())
+        .await
+    {
+        Ok(()) => {
+            st.sessions.flash(
+                &headers,
+                format!("Grant #{id} revoked; its sessions are being closed."),
+            );
+            Redirect::to("/grants").into_response()
+        }
+        Err(e) => core_error(&e),
+    }
+}
+
+pub async fn sessions<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
+    let s = match signed_in(&st, &headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let live = match st.core.live_sessions().await {
+        Ok(l) => l,
+        Err(e) => return core_error(&e),
+    };
+    let mut main = format!("<h1>Live sessions</h1>{}", flash(&s));
+    if live.is_empty() {
+        main.push_str("<p>No session is open.</p>");
+    } else {
+        main.push_str(
+            "<table><caption>Sessions open now</caption><thead><tr><th scope=\"col\">Session</th>\
+             <th scope=\"col\">Vendor</th><th scope=\"col\">Asset</th><th scope=\"col\">Kind</th>\
+             <th scope=\"col\">Since</th><th scope=\"col\">From</th><th scope=\"col\">Action</th></tr></thead><tbody>",
+        );
+        for l in &live {
+            let action = if s.staff.role.can_decide() {
+                format!(
+                    "<form method=\"post\" action=\"/sessions/{id}/terminate\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                     <button type=\"submit\" class=\"deny\" aria-label=\"Terminate session {id} (revokes grant {g})\">Terminate</button></form>",
+                    id = esc(&l.id),
+                    g = l.grant_id,
+                    csrf = esc(&s.csrf)
+                )
+            } else {
+                String::new()
+            };
+            let _ = write!(
+                main,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} {}</td><td>{}</td><td>{}</td><td>{action}</td></tr>",
+                esc(&l.id),
+                esc(&l.vendor),
+                esc(&l.asset),
+                esc(&l.kind),
+                esc(&l.service),
+                esc(&l.started),
+                esc(&l.client_addr)
+            );
+        }
+        main.push_str("</tbody></table><p class=\"note\">Terminating a session revokes the grant it runs under, so every session under that grant ends on every node.</p>");
+    }
+    Html(page(
+        "Live sessions",
+        "Live sessions",
+        Some(&viewer(&s)),
+        &main,
+    ))
+    .into_response()
+}
+
+pub async fn terminate<C: Core>(
+    State(st): St<C>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let pairs = form_pairs(&body);
+    let s = match change(&st, &headers, &pairs) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match st.core.terminate_session(&s.staff, &id).await {
+        Ok(()) => {
+            st.sessions.flash(
+                &headers,
+                format!("Session {id} is being closed (its grant was revoked)."),
+            );
+            Redirect::to("/sessions").into_response()
+        }
+        Err(e) => core_error(&e),
+    }
+}
+
+/// Server-sent events: one `change` event whenever something approvers see may have changed.
+pub async fn events<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
+    if st.sessions.get(&headers).is_none() {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let core = st.core.clone();
+    let stream = futures::stream::unfold(core, |core| async move {
+        core.changed().await;
+        Some((
+            Ok::<_, Infallible>(Event::default().event("change").data("1")),
+            core,
+        ))
+    });
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))),
+    )
+        .into_response()
+}

@@ -1,0 +1,294 @@
+//! Sign-in (name, password and a TOTP code), sign-out, and enrollment from the one-time link that
+//! `chaperone user add` prints (choose a password, confirm an authenticator app with a first code).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+
+use crate::auth::{self, clear_cookie, csrf_ok, set_cookie};
+use crate::core::{Method, Staff};
+use crate::html::{esc, page};
+use crate::pages::error_page;
+use crate::{Core, CoreError, Peer, WebState, field, form_pairs};
+
+type St<C> = State<Arc<WebState<C>>>;
+
+/// The shortest password accepted at enrollment.
+pub const MIN_PASSWORD: usize = 12;
+
+/// Why a sign-in failed (one message for all of them but lockout and rate limit).
+#[derive(Debug)]
+pub(crate) enum SignInError {
+    /// Wrong name, password or code, or no such account: the same answer.
+    Refused,
+    Locked,
+    RateLimited,
+    Internal,
+}
+
+impl SignInError {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            SignInError::Refused => StatusCode::UNAUTHORIZED,
+            SignInError::Locked => StatusCode::FORBIDDEN,
+            SignInError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            SignInError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+    pub(crate) fn message(&self) -> &'static str {
+        match self {
+            SignInError::Refused => "Wrong name, password or code.",
+            SignInError::Locked => {
+                "Too many failed sign-ins: this account is locked for a while. Ask an administrator if it is urgent."
+            }
+            SignInError::RateLimited => {
+                "Too many sign-in attempts from this address; wait a few minutes."
+            }
+            SignInError::Internal => "Sign-in is not possible right now; try again in a minute.",
+        }
+    }
+}
+
+/// Checks name, password and TOTP code; on success starts a session (cookie value, CSRF token).
+pub(crate) async fn sign_in<C: Core>(
+    st: &WebState<C>,
+    peer: std::net::SocketAddr,
+    name: &str,
+    password: &str,
+    code: &str,
+) -> Result<(Staff, String, String), SignInError> {
+    if !st.limiter.allow(peer.ip()) {
+        return Err(SignInError::RateLimited);
+    }
+    let account = st
+        .core
+        .staff_account(name)
+        .await
+        .map_err(|_| SignInError::Internal)?
+        .filter(|a| a.enabled);
+    if account
+        .as_ref()
+        .and_then(|a| a.locked_until)
+        .is_some_and(|t| t > st.core.now())
+    {
+        return Err(SignInError::Locked);
+    }
+    let hash = account.as_ref().and_then(|a| a.password_hash.clone());
+    let password_ok = auth::verify_password(password.to_owned(), hash).await;
+    let Some(account) = account else {
+        return Err(SignInError::Refused);
+    };
+    if !password_ok {
+        let _ = st
+            .core
+            .sign_in_failed(&account.name, "wrong password")
+            .await;
+        return Err(SignInError::Refused);
+    }
+    match st.core.check_totp(&account.name, code.trim()).await {
+        Ok(true) => {}
+        Ok(false) => {
+            let _ = st
+                .core
+                .sign_in_failed(&account.name, "wrong or reused TOTP code")
+                .await;
+            return Err(SignInError::Refused);
+        }
+        Err(_) => return Err(SignInError::Internal),
+    }
+    let staff = Staff {
+        name: account.name,
+        role: account.role,
+        method: Method::Totp,
+    };
+    st.core
+        .signed_in(&staff)
+        .await
+        .map_err(|_| SignInError::Internal)?;
+    let (token, csrf) = st.sessions.create(staff.clone());
+    Ok((staff, token, csrf))
+}
+
+fn login_form(message: Option<&str>) -> String {
+    format!(
+        "<h1>Sign in</h1>{}<form method=\"post\" action=\"/login\" class=\"signin\">\
+         <label for=\"name\">Name</label><input id=\"name\" name=\"name\" autocomplete=\"username\" required autofocus>\
+         <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
+         <label for=\"code\">Code from your authenticator app</label><input id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" pattern=\"[0-9]{{6}}\" required>\
+         <button type=\"submit\">Sign in</button></form>",
+        message
+            .map(|m| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(m)))
+            .unwrap_or_default()
+    )
+}
+
+pub async fn login_page<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
+    if st.sessions.get(&headers).is_some() {
+        return Redirect::to("/requests").into_response();
+    }
+    Html(page("Sign in", "", None, &login_form(None))).into_response()
+}
+
+pub async fn login<C: Core>(
+    State(st): St<C>,
+    ConnectInfo(crate::tls::PeerAddr(peer)): Peer,
+    body: Bytes,
+) -> Response {
+    let pairs = form_pairs(&body);
+    let get = |k| field(&pairs, k).unwrap_or_default();
+    match sign_in(&st, peer, get("name"), get("password"), get("code")).await {
+        Ok((_, token, _)) => (
+            StatusCode::SEE_OTHER,
+            [
+                (header::SET_COOKIE, set_cookie(&token)),
+                (header::LOCATION, "/requests".to_owned()),
+            ],
+        )
+            .into_response(),
+        Err(e) => (
+            e.status(),
+            Html(page("Sign in", "", None, &login_form(Some(e.message())))),
+        )
+            .into_response(),
+    }
+}
+
+pub async fn logout<C: Core>(State(st): St<C>, headers: HeaderMap, body: Bytes) -> Response {
+    let pairs = form_pairs(&body);
+    if let Some(s) = st.sessions.get(&headers) {
+        if !csrf_ok(&s, field(&pairs, "csrf")) {
+            return error_page(StatusCode::FORBIDDEN, "CSRF token missing or wrong.");
+        }
+        st.sessions.remove(&headers);
+    }
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::SET_COOKIE, clear_cookie()),
+            (header::LOCATION, "/login".to_owned()),
+        ],
+    )
+        .into_response()
+}
+
+fn enroll_form(token: &str, e: &crate::Enrollment, message: Option<&str>) -> String {
+    format!(
+        "<h1>Welcome, {name}</h1>{msg}<p>You are enrolling as <strong>{role}</strong>. Choose a password and add \
+         chaperone to your authenticator app (any TOTP app), then type the code it shows.</p>\
+         <form method=\"post\" action=\"/enroll/{token}\" class=\"signin\">\
+         <label for=\"password\">Password (at least {min} characters)</label>\
+         <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"new-password\" minlength=\"{min}\" required>\
+         <label for=\"password2\">Password again</label>\
+         <input id=\"password2\" name=\"password2\" type=\"password\" autocomplete=\"new-password\" minlength=\"{min}\" required>\
+         <p>Authenticator secret: <code id=\"totp-secret\">{secret}</code><br>\
+         <a href=\"{uri}\">Open in an authenticator app</a></p>\
+         <label for=\"code\">Code from your authenticator app</label>\
+         <input id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" pattern=\"[0-9]{{6}}\" required>\
+         <button type=\"submit\">Finish enrollment</button></form>\
+         <p class=\"note\">Reloading this page draws a new secret.</p>",
+        name = esc(&e.name),
+        role = esc(match e.role {
+            crate::Role::Approver => "approver",
+            crate::Role::Auditor => "auditor",
+            crate::Role::Admin => "admin",
+        }),
+        msg = message
+            .map(|m| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(m)))
+            .unwrap_or_default(),
+        token = esc(token),
+        min = MIN_PASSWORD,
+        secret = esc(&e.totp_secret),
+        uri = esc(&e.totp_uri),
+    )
+}
+
+fn enroll_error(e: &CoreError) -> Response {
+    match e {
+        CoreError::NotFound => error_page(
+            StatusCode::NOT_FOUND,
+            "This enrollment link is unknown, used or expired. Ask an administrator for a new one.",
+        ),
+        CoreError::Internal => error_page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Enrollment failed on the server; try again.",
+        ),
+        other => error_page(crate::status_of(other), &other.to_string()),
+    }
+}
+
+pub async fn enroll_page<C: Core>(State(st): St<C>, Path(token): Path<String>) -> Response {
+    match st.core.enrollment(&token).await {
+        Ok(e) => Html(page("Enroll", "", None, &enroll_form(&token, &e, None))).into_response(),
+        Err(e) => enroll_error(&e),
+    }
+}
+
+pub async fn enroll<C: Core>(
+    State(st): St<C>,
+    ConnectInfo(crate::tls::PeerAddr(peer)): Peer,
+    Path(token): Path<String>,
+    body: Bytes,
+) -> Response {
+    if !st.limiter.allow(peer.ip()) {
+        return error_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            SignInError::RateLimited.message(),
+        );
+    }
+    let pairs = form_pairs(&body);
+    let password = field(&pairs, "password").unwrap_or_default().to_owned();
+    let again = field(&pairs, "password2").unwrap_or_default();
+    let code = field(&pairs, "code").unwrap_or_default().trim().to_owned();
+    let problem = if password.chars().count() < MIN_PASSWORD {
+        Some(format!(
+            "The password needs at least {MIN_PASSWORD} characters."
+        ))
+    } else if password != again {
+        Some("The two passwords differ.".to_owned())
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        // A new secret is drawn: the form shows it again.
+        return match st.core.enrollment(&token).await {
+            Ok(e) => (
+                StatusCode::BAD_REQUEST,
+                Html(page(
+                    "Enroll",
+                    "",
+                    None,
+                    &enroll_form(&token, &e, Some(&problem)),
+                )),
+            )
+                .into_response(),
+            Err(e) => enroll_error(&e),
+        };
+    }
+    let Ok(hash) = auth::hash_password(password).await else {
+        return error_page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Enrollment failed on the server; try again.",
+        );
+    };
+    match st.core.finish_enrollment(&token, &hash, &code).await {
+        Ok(name) => Html(page(
+            "Enrolled",
+            "",
+            None,
+            &format!(
+                "<h1>You are enrolled, {}</h1><p>Sign in with your password and a code from your authenticator app.</p>\
+                 <p><a href=\"/login\">Sign in</a></p>",
+                esc(&name)
+            ),
+        ))
+        .into_response(),
+        Err(CoreError::Invalid(m)) => match st.core.enrollment(&token).await {
+            Ok(e) => (StatusCode::BAD_REQUEST, Html(page("Enroll", "", None, &enroll_form(&token, &e, Some(&m))))).into_response(),
+            Err(e) => enroll_error(&e),
+        },
+        Err(e) => enroll_error(&e),
+    }
+}
