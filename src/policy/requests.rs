@@ -106,6 +106,19 @@ pub async fn file(
     let Some(asset) = asset else {
         return Err(unknown(format!("no such asset {asset_name}")));
     };
+    // A port number names the service on that port (tunnel refusals print the port the vendor used).
+    let by_port: Vec<String> = services
+        .iter()
+        .map(|s| match s.parse::<u16>() {
+            Ok(port) => asset
+                .services
+                .iter()
+                .find(|x| x.port == port)
+                .map_or_else(|| s.clone(), |x| x.name.clone()),
+            Err(_) => s.clone(),
+        })
+        .collect();
+    let services = by_port.as_slice();
     if services.is_empty() {
         return Err(unknown("no service named".into()));
     }

@@ -432,3 +432,20 @@ fn revoking_a_grant_ends_the_vendors_live_session() {
     );
     assert_eq!(bob.get("/api/grants").json().as_array().unwrap().len(), 0);
 }
+
+/// Tunnel refusals hint `request ASSET PORT`: a port number names the asset's service on that port.
+#[test]
+fn a_request_may_name_a_service_by_its_port() {
+    let Some((_sshd, b, alice)) = setup() else {
+        return;
+    };
+    let bob = Approver::enroll(&b, "bob", "approver");
+    let mut child = request(&b, &alice, "mri-01 104 --for 1h --reason by-port", false);
+    let id = pending_id(&bob, &b);
+    assert_eq!(
+        bob.get(&format!("/api/requests/{id}")).json()["services"],
+        serde_json::json!(["dicom"])
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
