@@ -65,7 +65,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         0o600,
     )?;
 
-    let services: Vec<Service> = vec!["ssh:22/ssh".parse().map_err(anyhow::Error::msg)?];
+    // The device: a throwaway OpenSSH sshd when the machine has one, so the printed commands reach it.
+    let device = SimulatedDevice::start(&dir).await;
+    let device_port = device.as_ref().map_or(22, |d| d.port);
+    let services: Vec<Service> = vec![
+        format!("ssh:{device_port}/ssh")
+            .parse()
+            .map_err(anyhow::Error::msg)?,
+    ];
     let granted = vec!["ssh".to_owned()];
     let mut tx = app.store.begin().await?;
     let vendor_id = tx
@@ -110,6 +117,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             now,
         )
         .await?;
+    if let Some(d) = &device {
+        let sealed = app
+            .secrets
+            .seal("asset-credential:mri-01", d.client_key.as_bytes());
+        tx.set_asset_host_key(asset_id, &d.host_key).await?;
+        tx.set_asset_credential(
+            asset_id,
+            &d.user,
+            crate::model::CredentialKind::Key,
+            &sealed,
+        )
+        .await?;
+    }
     tx.audit(
         AuditEvent::new(
             actor,
@@ -146,7 +166,103 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ssh.port(),
         ssh.ip()
     );
+    match &device {
+        Some(d) => {
+            println!(
+                "  ssh -p {} -i {} -t alice+mri-01@{}   # a recorded shell on the simulated device (sshd on port {}); answer the TOTP prompt with: oathtool --totp -b {seed_b32}",
+                ssh.port(),
+                key_path.display(),
+                ssh.ip(),
+                d.port
+            );
+            println!(
+                "  ssh -p {} -i {} alice@{}            # alice's home: grants and how to connect",
+                ssh.port(),
+                key_path.display(),
+                ssh.ip()
+            );
+            println!(
+                "  chaperone -c {c} session list       # after a session: its recording and digest"
+            );
+        }
+        None => println!(
+            "  (no /usr/sbin/sshd here, so mri-01 has no device behind it: apt-get install openssh-server and rerun to try SSH sessions)"
+        ),
+    }
     println!();
     println!("Serving SSH on {ssh} and web on {web}; Ctrl-C stops.");
+    let _device = device;
     server::run(app, listeners, server::shutdown_signal()).await
+}
+
+/// A throwaway OpenSSH server standing in for the demo's MRI scanner; stopped when dropped.
+struct SimulatedDevice {
+    port: u16,
+    user: String,
+    /// The pinned host key line.
+    host_key: String,
+    /// The private key chaperone injects (OpenSSH format).
+    client_key: String,
+    _child: tokio::process::Child,
+}
+
+impl SimulatedDevice {
+    async fn start(dir: &std::path::Path) -> Option<SimulatedDevice> {
+        let sshd = std::path::Path::new("/usr/sbin/sshd");
+        if !sshd.exists() {
+            return None;
+        }
+        let made = async {
+            let d = dir.join("device");
+            std::fs::create_dir_all(&d)?;
+            let _ = std::fs::create_dir_all("/run/sshd");
+            let host = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)?;
+            let client = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)?;
+            write_new(&d.join("host_key"), host.to_openssh(LineEnding::LF)?.as_bytes(), 0o600)?;
+            write_new(&d.join("authorized_keys"), format!("{}\n", client.public_key().to_openssh()?).as_bytes(), 0o600)?;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let config = format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n",
+                d.join("host_key").display(),
+                d.join("authorized_keys").display(),
+                d.join("sshd.pid").display(),
+            );
+            write_new(&d.join("sshd_config"), config.as_bytes(), 0o600)?;
+            let child = tokio::process::Command::new(sshd)
+                .arg("-D")
+                .arg("-f")
+                .arg(d.join("sshd_config"))
+                .arg("-E")
+                .arg(d.join("sshd.log"))
+                .kill_on_drop(true)
+                .spawn()?;
+            for _ in 0..100 {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            // The account sshd lets in: whoever runs the demo (sshd without root serves only its own user).
+            let out = tokio::process::Command::new("id").arg("-un").output().await?;
+            let user = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            anyhow::ensure!(!user.is_empty(), "cannot tell the current user name");
+            Ok::<_, anyhow::Error>(SimulatedDevice {
+                port,
+                user,
+                host_key: host.public_key().to_openssh()?,
+                client_key: client.to_openssh(LineEnding::LF)?.to_string(),
+                _child: child,
+            })
+        }
+        .await;
+        match made {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!(
+                    "chaperone demo: cannot start a simulated device ({e:#}); SSH sessions will not reach mri-01"
+                );
+                None
+            }
+        }
+    }
 }

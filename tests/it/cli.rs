@@ -440,3 +440,52 @@ fn serve_answers_health_checks_and_stops_on_sigterm() {
     let log = log.lock().unwrap().clone();
     assert!(log.contains("stopped"), "{log}");
 }
+
+/// The README's run command: `chaperone demo` sets up, serves, and prints what to try (with a simulated
+/// device when sshd is installed).
+#[test]
+fn demo_serves_and_prints_what_to_try() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let mut child = crate::support::guarded(
+        chaperone_bin(),
+        &[
+            "demo",
+            "--dir",
+            data.to_str().unwrap(),
+            "--ssh-listen",
+            "127.0.0.1:0",
+            "--web-listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut printed = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.starts_with("Serving SSH on") {
+            break;
+        }
+    }
+    crate::support::stop_guarded(&mut child);
+    assert!(
+        printed.contains("vendor alice") && printed.contains("audit verify"),
+        "{printed}"
+    );
+    if std::path::Path::new(crate::support::sshd::SSHD).exists() {
+        assert!(
+            printed.contains("alice+mri-01@127.0.0.1") && printed.contains("simulated device"),
+            "{printed}"
+        );
+    } else {
+        crate::support::missing("sshd (openssh-server)");
+    }
+}
