@@ -276,21 +276,7 @@ pub struct Vendor {
 impl Vendor {
     /// The next unused TOTP code: steps now-1, now, now+1 are valid; past those, wait for time to move.
     pub fn next_code(&self) -> String {
-        let seed = decode_base32(&self.secret);
-        let mut last = self.last_step.lock().unwrap();
-        loop {
-            let now = now();
-            let step = (*last + 1).max(now / 30 - 1);
-            if step <= now / 30 + 1 {
-                *last = step;
-                return chaperone::identity::totp::code_at(
-                    &seed,
-                    u64::try_from(step * 30).unwrap(),
-                )
-                .unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        next_totp_code(&self.secret, &self.last_step)
     }
 
     /// The code of the newest valid step (now + 1): it stays valid longest, for replay tests.
@@ -365,4 +351,21 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     f()
+}
+
+/// The next TOTP code for `secret` after the step in `last` (the server accepts a step once, and steps
+/// now-1..=now+1); waits for time to move when all are spent. Shared by vendors and staff in tests.
+pub fn next_totp_code(secret: &str, last: &Mutex<i64>) -> String {
+    let seed = decode_base32(secret);
+    let mut last = last.lock().unwrap();
+    loop {
+        let now = now();
+        let step = (*last + 1).max(now / 30 - 1);
+        if step <= now / 30 + 1 {
+            *last = step;
+            return chaperone::identity::totp::code_at(&seed, u64::try_from(step * 30).unwrap())
+                .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 
-use super::bastion::{Bastion, decode_base32, now};
+use super::bastion::Bastion;
 
 /// A staff member signed in to the JSON API: curl with a cookie jar and the CSRF token.
 pub struct Approver {
@@ -117,21 +117,7 @@ impl Approver {
 
     /// A TOTP code for a step after the last one used (the server refuses replays).
     pub fn next_code(&self) -> String {
-        let seed = decode_base32(&self.secret);
-        let mut last = self.last_step.lock().unwrap();
-        loop {
-            let now = now();
-            let step = (*last + 1).max(now / 30 - 1);
-            if step <= now / 30 + 1 {
-                *last = step;
-                return chaperone::identity::totp::code_at(
-                    &seed,
-                    u64::try_from(step * 30).unwrap(),
-                )
-                .unwrap();
-            }
-            std::thread::sleep(std::time::Duration::from_millis(500));
-        }
+        super::bastion::next_totp_code(&self.secret, &self.last_step)
     }
 
     pub fn get(&self, path: &str) -> Answer {
