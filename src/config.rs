@@ -78,19 +78,43 @@ impl PolicyConfig {
     }
 }
 
-/// Where new requests and decisions are announced (JSON POST signed with HMAC-SHA256).
+/// Where new requests, decisions and alerts are announced (JSON POST signed with HMAC-SHA256; see
+/// `src/webhook.rs` and the README).
 #[derive(Clone)]
 pub struct WebhookConfig {
+    /// `https://…`, or `http://` to a loopback address only.
     pub url: String,
     /// The HMAC key; the receiver checks `X-Chaperone-Signature: sha256=HEX` with it.
     pub secret: String,
+    /// Audit actions that are sent (exact names, e.g. `request.file`).
+    pub events: Vec<String>,
+    /// PEM file of CA certificates trusted for the receiver; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Deliveries tried per event before it is given up (and `webhook.undelivered` audited).
+    pub max_attempts: u32,
 }
+
+/// The audit actions a webhook sends unless `webhook.events` says otherwise.
+pub const DEFAULT_WEBHOOK_EVENTS: &[&str] = &[
+    "request.file",
+    "request.approve",
+    "request.deny",
+    "request.expire",
+    "grant.revoke",
+    "session.terminate",
+    "tunnel.budget.exceeded",
+    "auth.lock",
+    "target.hostkey.mismatch",
+];
 
 impl fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebhookConfig")
             .field("url", &redact_url(&self.url))
             .field("secret", &"***")
+            .field("events", &self.events)
+            .field("ca_file", &self.ca_file)
+            .field("max_attempts", &self.max_attempts)
             .finish()
     }
 }
@@ -203,6 +227,43 @@ impl DatabaseConfig {
 }
 
 /// Replaces the password in `scheme://user:password@host/…` with `***`.
+/// A webhook URL must be `https://`, or `http://` to a loopback address (a receiver on the same host):
+/// the body names vendors, assets and reasons, and must not cross the network in clear.
+fn check_webhook_url(url: &str) -> Result<(), String> {
+    let shown = redact_url(url);
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{shown:?} is not a URL ({e})"))?;
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("{shown:?} has no host"))?;
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(format!(
+            "{shown:?}: put no credentials in the URL (the body is signed with `secret`)"
+        ));
+    }
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") => {
+            let loopback = host == "localhost"
+                || host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{shown:?}: http:// is allowed only to a loopback address; use https://"
+                ))
+            }
+        }
+        _ => Err(format!("{shown:?} must start with https://")),
+    }
+}
+
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
@@ -269,6 +330,9 @@ struct RawZone {
 struct RawWebhook {
     url: String,
     secret: String,
+    events: Option<Vec<String>>,
+    ca_file: Option<String>,
+    max_attempts: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -577,27 +641,60 @@ impl Config {
         };
         let webhook = match raw.webhook {
             None => None,
-            Some(w) if !(w.url.starts_with("https://") || w.url.starts_with("http://")) => {
-                return Err(invalid(
-                    "webhook.url",
-                    format!(
-                        "{:?} must start with https:// or http://",
-                        redact_url(&w.url)
-                    ),
-                ));
-            }
-            Some(w) if w.secret.len() < 16 => {
-                return Err(invalid(
-                    "webhook.secret",
-                    "must be at least 16 characters".into(),
-                ));
-            }
-            // Refuse rather than accept a setting that would silently do nothing: delivery is not built yet.
-            Some(_) => {
-                return Err(invalid(
-                    "webhook",
-                    "webhook delivery is not available in this version; remove [webhook] (requests and decisions are in the audit log and on the web page)".into(),
-                ));
+            Some(w) => {
+                if let Err(message) = check_webhook_url(&w.url) {
+                    return Err(invalid("webhook.url", message));
+                }
+                if w.secret.len() < 16 {
+                    return Err(invalid(
+                        "webhook.secret",
+                        "must be at least 16 characters".into(),
+                    ));
+                }
+                let events = match w.events {
+                    None => DEFAULT_WEBHOOK_EVENTS
+                        .iter()
+                        .map(|e| (*e).to_owned())
+                        .collect(),
+                    Some(events) => {
+                        if let Some(bad) = events.iter().find(|e| {
+                            e.is_empty()
+                                || !e
+                                    .chars()
+                                    .all(|c| c.is_ascii_lowercase() || matches!(c, '.' | '_'))
+                        }) {
+                            return Err(invalid(
+                                "webhook.events",
+                                format!(
+                                    "{bad:?} is not an audit action name (like \"request.file\")"
+                                ),
+                            ));
+                        }
+                        if events.iter().any(|e| e == "webhook.undelivered") {
+                            // Giving one up would make another to give up, forever, while the receiver is down.
+                            return Err(invalid(
+                                "webhook.events",
+                                "\"webhook.undelivered\" cannot be sent by the webhook it is about"
+                                    .into(),
+                            ));
+                        }
+                        events
+                    }
+                };
+                let max_attempts = w.max_attempts.unwrap_or(10);
+                if !(1..=100).contains(&max_attempts) {
+                    return Err(invalid(
+                        "webhook.max_attempts",
+                        "must be between 1 and 100".into(),
+                    ));
+                }
+                Some(WebhookConfig {
+                    url: w.url,
+                    secret: w.secret,
+                    events,
+                    ca_file: w.ca_file.as_deref().map(resolve),
+                    max_attempts,
+                })
             }
         };
         if raw.log.level.trim().is_empty() {
@@ -762,11 +859,15 @@ request_ttl = "1h"
 # [policy.zones.icu]
 # max_request = "2h"
 
-# Announce new requests and decisions (JSON POST, header X-Chaperone-Signature: sha256=HMAC-SHA256 of
-# the body with `secret`; retried with backoff). See README.
+# Announce new requests, decisions and alerts (JSON POST, header X-Chaperone-Signature: sha256=HMAC-SHA256
+# of the body with `secret`; retried with backoff, in order). See README, "Webhook".
 # [webhook]
-# url = "https://chat.hospital.example/hooks/chaperone"
+# url = "https://chat.hospital.example/hooks/chaperone"   # http:// only to a loopback address
 # secret = "at least 16 random characters"
+# events = ["request.file", "request.approve", "request.deny", "request.expire", "grant.revoke",
+#           "session.terminate", "tunnel.budget.exceeded", "auth.lock", "target.hostkey.mismatch"]
+# ca_file = "webhook_ca.pem"   # trust this CA for the receiver instead of the system's roots
+# max_attempts = 10            # then the event is given up and `webhook.undelivered` is audited
 
 [database]
 # SQLite file (embedded default) or postgres://user:password@host/db for several nodes.
@@ -807,6 +908,64 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/etc/chaperone/chaperone.toml"), text)
+    }
+
+    #[test]
+    fn webhook_urls_secrets_and_events_are_checked() {
+        let hook = |body: &str| parse(&format!("[webhook]\n{body}\n"));
+        let secret = "secret = \"0123456789abcdef\"";
+        let ok = hook(&format!(
+            "url = \"https://hooks.example/x?token=1\"\n{secret}"
+        ))
+        .unwrap();
+        let w = ok.webhook.unwrap();
+        assert_eq!(w.max_attempts, 10);
+        assert!(w.events.iter().any(|e| e == "request.file"));
+        assert!(w.ca_file.is_none());
+        assert!(format!("{w:?}").contains("***"));
+        for local in [
+            "http://127.0.0.1:9/h",
+            "http://[::1]:9/h",
+            "http://localhost/h",
+        ] {
+            assert!(
+                hook(&format!("url = \"{local}\"\n{secret}")).is_ok(),
+                "{local}"
+            );
+        }
+        for (url, says) in [
+            ("http://10.1.2.3/h", "loopback"),
+            ("ftp://x/h", "https://"),
+            ("https://user:pw@x/h", "no credentials"),
+            ("not a url", "not a URL"),
+        ] {
+            let msg = hook(&format!("url = \"{url}\"\n{secret}"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(says), "{url}: {msg}");
+            assert!(!msg.contains(":pw@"), "{msg}");
+        }
+        let short = hook("url = \"https://x/h\"\nsecret = \"short\"").unwrap_err();
+        assert!(short.to_string().contains("at least 16"));
+        let bad = hook(&format!(
+            "url = \"https://x/h\"\n{secret}\nevents = [\"Request File\"]"
+        ));
+        assert!(bad.unwrap_err().to_string().contains("audit action"));
+        let looping = hook(&format!(
+            "url = \"https://x/h\"\n{secret}\nevents = [\"webhook.undelivered\"]"
+        ));
+        assert!(looping.is_err());
+        let zero = hook(&format!(
+            "url = \"https://x/h\"\n{secret}\nmax_attempts = 0"
+        ));
+        assert!(zero.unwrap_err().to_string().contains("between 1 and 100"));
+        let ca = hook(&format!(
+            "url = \"https://x/h\"\n{secret}\nca_file = \"ca.pem\""
+        ));
+        assert_eq!(
+            ca.unwrap().webhook.unwrap().ca_file.unwrap(),
+            Path::new("/etc/chaperone/ca.pem")
+        );
     }
 
     #[test]

@@ -20,3 +20,4 @@ pub mod store;
 pub mod target;
 pub mod tunnel;
 pub mod web;
+pub mod webhook;

@@ -47,6 +47,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    let webhook_task = match app.config.webhook.clone() {
+        Some(config) => Some(crate::webhook::spawn(app.clone(), config, stop_rx.clone())?),
+        None => None,
+    };
     let ssh_task = tokio::spawn(ssh::serve(app.clone(), listeners.ssh, stop_rx.clone()));
     tokio::spawn(expire_requests(app.clone(), stop_rx.clone()));
     let mut web_stop = stop_rx.clone();
@@ -75,6 +79,10 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let ssh_result = ssh_task.await.context("SSH listener task")?;
     let web_result = web_task.await.context("web listener task")?;
+    if let Some(task) = webhook_task {
+        // It stops between deliveries (or mid-backoff) and gives its lease up.
+        let _ = task.await;
+    }
     ssh_result?;
     web_result.context("web listener")?;
     app.store.close().await;

@@ -12,6 +12,7 @@ mod requests;
 mod sessions;
 mod staff;
 mod vendors;
+mod webhook;
 
 use std::str::FromStr;
 

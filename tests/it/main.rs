@@ -13,3 +13,4 @@ mod ssh;
 mod store;
 mod support;
 mod tunnels;
+mod webhook;

@@ -316,3 +316,53 @@ async fn concurrent_appends_keep_one_unbroken_chain() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn one_node_at_a_time_holds_the_webhook_cursor() {
+    on_both(|store| async move {
+        // History before the first claim is not replayed to a new receiver.
+        let mut tx = store.begin().await.unwrap();
+        tx.audit(ev("before.webhook"), 1).await.unwrap();
+        tx.commit("t").await.unwrap();
+        let (head, _) = store.audit_head().await.unwrap();
+        assert_eq!(
+            store
+                .claim_webhook_cursor("a", "e1", 100, 160)
+                .await
+                .unwrap(),
+            Some(head)
+        );
+        // Another node waits while the lease is live, and takes over once it lapses.
+        assert_eq!(
+            store
+                .claim_webhook_cursor("b", "e1", 150, 210)
+                .await
+                .unwrap(),
+            None
+        );
+        assert!(!store.advance_webhook_cursor("b", head + 5).await.unwrap());
+        assert!(store.advance_webhook_cursor("a", head + 5).await.unwrap());
+        assert!(
+            !store.advance_webhook_cursor("a", head + 4).await.unwrap(),
+            "never backwards"
+        );
+        assert_eq!(
+            store
+                .claim_webhook_cursor("b", "e1", 161, 221)
+                .await
+                .unwrap(),
+            Some(head + 5)
+        );
+        assert!(!store.advance_webhook_cursor("a", head + 6).await.unwrap());
+        // Released at shutdown: the other node claims at once. A new endpoint starts at the head.
+        store.release_webhook_cursor("b").await.unwrap();
+        assert_eq!(
+            store
+                .claim_webhook_cursor("a", "e2", 162, 222)
+                .await
+                .unwrap(),
+            Some(head)
+        );
+    })
+    .await;
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::bastion::{Bastion, text, wait_until};
 use crate::support::sshd::Sshd;
-use crate::support::{DataDir, free_port, missing};
+use crate::support::{DataDir, free_port, missing, webhook};
 
 /// A TCP server on loopback answering every connection with `serve`; returns its port.
 fn tcp_server(serve: fn(TcpStream)) -> u16 {
@@ -240,8 +240,12 @@ fn l_tunnel_is_cut_at_expiry_with_its_bytes_recorded() {
 #[test]
 fn the_exfiltration_guard_alerts_and_cuts() {
     let port = tcp_server(blob);
-    let config = "[tunnels.services.bulk]\nmax_down_per_hour = \"100KB\"\naction = \"cut\"\n";
-    let Some((_sshd, b)) = setup(&[format!("bulk:{port}/tcp")], config) else {
+    let receiver = webhook::Receiver::start(&[]);
+    let config = format!(
+        "[tunnels.services.bulk]\nmax_down_per_hour = \"100KB\"\naction = \"cut\"\n{}",
+        webhook::config(&receiver.url(), "guard-secret-0123456789", "")
+    );
+    let Some((_sshd, b)) = setup(&[format!("bulk:{port}/tcp")], &config) else {
         return;
     };
     let alice = b.vendor("alice", "Acme Imaging");
@@ -266,6 +270,17 @@ fn the_exfiltration_guard_alerts_and_cuts() {
             .unwrap()
             .contains("exfiltration guard"),
         "{all}"
+    );
+    // The alert also reaches the webhook, signed.
+    let alert = receiver
+        .wait_for("tunnel.budget.exceeded", 10)
+        .unwrap_or_else(|| panic!("no webhook alert: {:?}\n{}", receiver.all(), b.log()));
+    assert!(alert.signed_with("guard-secret-0123456789"));
+    assert_eq!(
+        alert.json()["detail"]["service"],
+        "bulk",
+        "{}",
+        alert.json()
     );
 }
 

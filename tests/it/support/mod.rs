@@ -5,6 +5,7 @@ pub mod bastion;
 pub mod postgres;
 pub mod sshd;
 pub mod web;
+pub mod webhook;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,161 @@
+//! Webhook delivery end to end: `chaperone serve` POSTs signed JSON to a receiver on loopback for a
+//! request filed with the real `ssh … request` and its approval, retries a failing receiver in order,
+//! and gives an event up (audited) when the receiver never answers.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::support::DataDir;
+use crate::support::bastion::{Bastion, text, wait_until};
+use crate::support::free_port;
+use crate::support::sshd::Sshd;
+use crate::support::web::Approver;
+use crate::support::webhook::{self, Receiver};
+
+const SECRET: &str = "0123456789abcdef-webhook";
+
+fn bastion_with(section: &str) -> Bastion {
+    let data = DataDir::init();
+    let mut text = std::fs::read_to_string(data.config()).unwrap();
+    text.push_str(section);
+    std::fs::write(data.config(), text).unwrap();
+    Bastion::start(data)
+}
+
+fn audit(b: &Bastion) -> String {
+    b.data
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout()
+}
+
+#[test]
+fn requests_and_decisions_are_posted_signed_in_order_and_retried() {
+    let Some(sshd) = Sshd::start() else {
+        return;
+    };
+    // The receiver fails the first two POSTs: the first event must be retried, then the rest follow.
+    let receiver = Receiver::start(&[500, 503]);
+    let b = bastion_with(&webhook::config(&receiver.url(), SECRET, ""));
+    b.device("mri-01", &sshd, &[]);
+    let alice = b.vendor("alice", "Acme Imaging");
+    let bob = Approver::enroll(&b, "bob", "approver");
+
+    let child = b
+        .ssh(&alice, "alice")
+        .arg("request mri-01 ssh --for 30m --reason INC-9 <b>firmware</b>")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let filed = receiver.wait_for("request.file", 20).unwrap_or_else(|| {
+        panic!(
+            "no request.file delivered: {:?}\n{}",
+            receiver.all(),
+            b.log()
+        )
+    });
+    assert!(filed.signed_with(SECRET), "bad signature: {filed:?}");
+    assert!(!filed.signed_with("another secret of some length"));
+    assert_eq!(filed.header("x-chaperone-event"), Some("request.file"));
+    assert_eq!(filed.header("content-type"), Some("application/json"));
+    let body = filed.json();
+    assert_eq!(body["actor"], "vendor:alice");
+    assert_eq!(body["detail"]["asset"], "mri-01");
+    assert_eq!(body["detail"]["reason"], "INC-9 <b>firmware</b>");
+    assert_eq!(
+        filed.header("x-chaperone-delivery"),
+        Some(body["id"].to_string().as_str())
+    );
+    let id: i64 = body["subject"]
+        .as_str()
+        .and_then(|s| s.strip_prefix("request:"))
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(body["link"].as_str().unwrap().ends_with("/requests"));
+    let attempts = receiver.all();
+    assert_eq!(
+        attempts.iter().map(|d| d.status).collect::<Vec<_>>()[..3],
+        [500, 503, 200],
+        "the same event is retried until it is taken"
+    );
+    assert!(attempts[..3].iter().all(|d| d.body == filed.body));
+    assert!(b.log().contains("webhook delivery failed"), "{}", b.log());
+
+    let answer = bob.approve(id);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let (_, stderr, code) = text(&child.wait_with_output().unwrap());
+    assert_eq!(code, 0, "{stderr}");
+    let approved = receiver
+        .wait_for("request.approve", 10)
+        .expect("request.approve delivered");
+    assert!(approved.signed_with(SECRET));
+    assert_eq!(approved.json()["actor"], "staff:bob");
+    assert!(approved.json()["id"].as_i64() > body["id"].as_i64());
+    // Sign-ins and grants are in the audit log but not among the default events.
+    assert!(receiver.delivered("staff.signin").is_empty());
+}
+
+#[test]
+fn an_event_the_receiver_never_takes_is_given_up_and_audited() {
+    let dead = format!("http://127.0.0.1:{}/hook", free_port());
+    let b = bastion_with(&webhook::config(&dead, SECRET, "max_attempts = 2"));
+    b.data
+        .run(&[
+            "asset",
+            "add",
+            "pump-7",
+            "--address",
+            "127.0.0.1",
+            "--zone",
+            "icu",
+            "--purpose",
+            "Infusion pump",
+            "--service",
+            "ssh:22/ssh",
+        ])
+        .ok();
+    b.vendor("alice", "Acme Imaging");
+    let grant = b.grant("alice", "pump-7", "ssh", "1h");
+    b.data
+        .run(&["grant", "revoke", &grant.to_string(), "--reason", "done"])
+        .ok();
+    assert!(
+        wait_until(Duration::from_secs(20), || audit(&b)
+            .contains("\"webhook.undelivered\"")),
+        "{}",
+        b.log()
+    );
+    let line = audit(&b)
+        .lines()
+        .find(|l| l.contains("\"webhook.undelivered\""))
+        .unwrap()
+        .to_owned();
+    assert!(line.contains("grant.revoke"), "{line}");
+    assert!(
+        line.contains("\\\"attempts\\\":2") || line.contains("\"attempts\":2"),
+        "{line}"
+    );
+    // The server keeps running and still audits and serves.
+    b.data.run(&["audit", "verify"]).ok();
+}
+
+#[test]
+fn a_webhook_in_clear_over_the_network_is_refused_at_start() {
+    let data = DataDir::init();
+    let mut text = std::fs::read_to_string(data.config()).unwrap();
+    text.push_str(&webhook::config(
+        "http://chat.hospital.example/hook",
+        SECRET,
+        "",
+    ));
+    std::fs::write(data.config(), text).unwrap();
+    let run = data.run(&["serve"]);
+    run.fails(1);
+    assert!(
+        run.stderr()
+            .contains("http:// is allowed only to a loopback address"),
+        "{}",
+        run.stderr()
+    );
+}
