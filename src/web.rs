@@ -283,12 +283,36 @@ impl Core for WebCore {
                 "session {id} has already ended"
             )));
         }
-        self.revoke(
-            by,
-            session.grant_id,
-            &format!("session {id} terminated by {}", by.name),
+        let now = self.app.clock.now();
+        let reason = format!("session terminated by {}", by.name);
+        let mut tx = self.app.store.begin().await.map_err(internal)?;
+        if !tx
+            .request_session_termination(id, &reason, now)
+            .await
+            .map_err(internal)?
+        {
+            return Err(CoreError::Conflict(format!(
+                "session {id} has already ended"
+            )));
+        }
+        let by = approver(by);
+        tx.audit(
+            AuditEvent::new(
+                by.actor(),
+                "session.terminate",
+                format!("session:{id}"),
+                json!({"vendor": session.vendor, "asset": session.asset, "grant": session.grant_id,
+                       "method": by.method}),
+            ),
+            now,
         )
         .await
+        .map_err(internal)?;
+        tx.commit("session.terminate").await.map_err(internal)?;
+        self.app
+            .events
+            .send(crate::policy::events::Change::Session(id.to_owned()));
+        Ok(())
     }
 
     async fn staff_account(&self, name: &str) -> Result<Option<StaffAccount>, CoreError> {

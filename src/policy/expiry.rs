@@ -3,7 +3,8 @@
 //! Entry points: [`NoticeState::due`] (pure: which notice, if any, is due at `now`) and [`LiveSessions`]
 //! with [`watch`]: every live session registers its grant; once a second the watcher re-reads those grants
 //! from the store (so a revocation by another process or node is seen) and tells each session to warn its
-//! vendor ten minutes and one minute before the end, and to close at the end or on revocation.
+//! vendor ten minutes and one minute before the end, and to close at the end, on revocation, or when an
+//! approver terminated that session.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -175,6 +176,20 @@ impl LiveSessions {
     }
 }
 
+impl LiveSessions {
+    /// Closes the sessions of this node among `list` (`(session id, reason)`).
+    fn terminate(&self, list: &[(String, String)]) {
+        let Ok(map) = self.inner.lock() else {
+            return;
+        };
+        for (id, reason) in list {
+            if let Some(entry) = map.get(id) {
+                let _ = entry.tx.send(Control::Close(reason.clone()));
+            }
+        }
+    }
+}
+
 fn minutes(secs: i64) -> String {
     let m = (secs + 59) / 60;
     if m == 1 {
@@ -224,6 +239,11 @@ pub async fn watch(
                 }
             };
             sessions.apply(id, state, now);
+        }
+        // Sessions an approver terminated (on any node): only those, the grant stays.
+        match store.sessions_to_terminate().await {
+            Ok(list) => sessions.terminate(&list),
+            Err(e) => tracing::warn!(error = %e, "cannot read terminated sessions"),
         }
         // Grants whose end passed while the store was unreachable still close.
         if let Ok(map) = sessions.inner.lock() {

@@ -75,6 +75,25 @@ impl Store {
         Ok(out)
     }
 
+    /// Open sessions an approver asked to end: `(id, reason)`.
+    pub async fn sessions_to_terminate(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT id, terminate_reason FROM sessions \
+             WHERE terminate_requested_at IS NOT NULL AND ended_at IS NULL",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .context("reading sessions to terminate")?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    get(r, "id")?,
+                    get::<Option<String>>(r, "terminate_reason")?.unwrap_or_default(),
+                ))
+            })
+            .collect()
+    }
+
     pub async fn session(&self, id: &str) -> Result<SessionRow> {
         let row = sqlx::query(AssertSqlSafe(format!("{SESSION_SELECT} WHERE s.id = $1")))
             .bind(id)
@@ -122,6 +141,27 @@ impl Tx {
         .await
         .context("opening a session")?;
         Ok(())
+    }
+
+    /// Asks the node running session `id` to close it (the grant stays). `false` if it already ended.
+    pub async fn request_session_termination(
+        &mut self,
+        id: &str,
+        reason: &str,
+        now: UnixTime,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE sessions SET terminate_requested_at = $1, terminate_reason = $2 \
+             WHERE id = $3 AND ended_at IS NULL",
+        )
+        .bind(now)
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await
+        .context("asking a session to end")?
+        .rows_affected();
+        Ok(done == 1)
     }
 
     pub async fn end_session(

@@ -382,8 +382,33 @@ fn state_changes_need_the_csrf_token_and_hostile_reasons_render_inert() {
     assert!(stderr.contains("use the <ticket> system"), "{stderr}");
 }
 
+/// Starts `echo started; sleep 60` on mri-01 and returns it with its session id once it is live.
+fn live_session(b: &Bastion, alice: &Vendor, bob: &Approver, known: &[String]) -> (Child, String) {
+    let child = b
+        .ssh(alice, "alice+mri-01")
+        .arg("echo started; sleep 60")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut id = None;
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let live = bob.get("/api/sessions").json();
+            id = live.as_array().into_iter().flatten().find_map(|s| {
+                let id = s["id"].as_str()?;
+                (!known.iter().any(|k| k == id)).then(|| id.to_owned())
+            });
+            id.is_some()
+        }),
+        "no live session\n{}",
+        b.log()
+    );
+    (child, id.unwrap())
+}
+
 #[test]
-fn revoking_a_grant_ends_the_vendors_live_session() {
+fn terminate_ends_one_session_and_revoke_ends_the_grants_sessions() {
     let Some((_sshd, b, alice)) = setup() else {
         return;
     };
@@ -393,39 +418,55 @@ fn revoking_a_grant_ends_the_vendors_live_session() {
     assert_eq!(bob.approve(id).status, 200);
     assert_eq!(finish(child).2, 0);
 
-    let session = b
-        .ssh(&alice, "alice+mri-01")
-        .arg("echo started; sleep 60")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut live = serde_json::Value::Null;
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            live = bob.get("/api/sessions").json();
-            live.as_array().is_some_and(|l| !l.is_empty())
-        }),
-        "no live session\n{}",
-        b.log()
-    );
-    let session_id = live[0]["id"].as_str().unwrap().to_owned();
+    // Terminate: that session ends, the grant stays.
+    let (first, first_id) = live_session(&b, &alice, &bob, &[]);
     let page = bob.get("/sessions");
-    assert!(page.body.contains(&session_id), "{}", page.body);
-
+    assert!(page.body.contains(&first_id), "{}", page.body);
     let t = Instant::now();
     let answer = bob.post(
-        &format!("/api/sessions/{session_id}/terminate"),
+        &format!("/api/sessions/{first_id}/terminate"),
         serde_json::json!({}),
     );
     assert_eq!(answer.status, 200, "{}", answer.body);
-    let (stdout, stderr, _) = finish(session);
+    let (stdout, stderr, _) = finish(first);
     assert!(
         t.elapsed() < Duration::from_secs(5),
         "took {:?}",
         t.elapsed()
     );
     assert!(stdout.contains("started"), "{stdout}");
+    assert!(
+        format!("{stdout}{stderr}").contains("session terminated by bob"),
+        "{stdout}{stderr}"
+    );
+    assert_eq!(bob.get("/api/grants").json().as_array().unwrap().len(), 1);
+    let again = bob.post(
+        &format!("/api/sessions/{first_id}/terminate"),
+        serde_json::json!({}),
+    );
+    assert_eq!(again.status, 409, "{}", again.body);
+    let audit = b
+        .data
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout();
+    assert!(audit.contains("\"session.terminate\""), "{audit}");
+
+    // Revoke: every session under the grant ends.
+    let (second, _) = live_session(&b, &alice, &bob, &[first_id]);
+    let grant = bob.get("/api/grants").json()[0]["id"].as_i64().unwrap();
+    let t = Instant::now();
+    let answer = bob.post(
+        &format!("/api/grants/{grant}/revoke"),
+        serde_json::json!({"reason": "work finished"}),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let (stdout, stderr, _) = finish(second);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
     assert!(
         format!("{stdout}{stderr}").contains("revoked"),
         "{stdout}{stderr}"

@@ -360,7 +360,7 @@ pub async fn sessions<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response
             let action = if s.staff.role.can_decide() {
                 format!(
                     "<form method=\"post\" action=\"/sessions/{id}/terminate\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-                     <button type=\"submit\" class=\"deny\" aria-label=\"Terminate session {id} (revokes grant {g})\">Terminate</button></form>",
+                     <button type=\"submit\" class=\"deny\" aria-label=\"Terminate session {id} (grant {g} stays)\">Terminate</button></form>",
                     id = esc(&l.id),
                     g = l.grant_id,
                     csrf = esc(&s.csrf)
