@@ -61,6 +61,7 @@ pub async fn run(
         std::sync::Arc::new(crate::web::WebCore::new(app.clone())),
         chaperone_web_approval::WebOptions {
             idle_timeout: app.config.web.idle_timeout,
+            public_url: Some(app.config.web.public_url.clone()),
             ..Default::default()
         },
     );

@@ -521,6 +521,88 @@ impl Core for WebCore {
         Ok(user.name)
     }
 
+    async fn enrollment_name(&self, token: &str) -> Result<String, CoreError> {
+        let hash = hex::encode(Sha256::digest(token.as_bytes()));
+        match self
+            .app
+            .store
+            .staff_by_enroll_token(&hash, self.app.clock.now())
+            .await
+            .map_err(internal)?
+        {
+            Some(user) => Ok(user.name),
+            None => Err(CoreError::NotFound),
+        }
+    }
+
+    async fn finish_enrollment_passkey(
+        &self,
+        token: &str,
+        password_hash: &str,
+        passkeys_json: &str,
+    ) -> Result<String, CoreError> {
+        let app = &self.app;
+        let hash = hex::encode(Sha256::digest(token.as_bytes()));
+        let now = app.clock.now();
+        let Some(user) = app
+            .store
+            .staff_by_enroll_token(&hash, now)
+            .await
+            .map_err(internal)?
+        else {
+            return Err(CoreError::NotFound);
+        };
+        let mut tx = app.store.begin().await.map_err(internal)?;
+        if !tx
+            .finish_staff_enrollment_passkey(user.id, &hash, password_hash, passkeys_json)
+            .await
+            .map_err(internal)?
+        {
+            return Err(CoreError::NotFound);
+        }
+        tx.audit(
+            AuditEvent::new(
+                format!("staff:{}", user.name),
+                "user.enroll",
+                format!("user:{}", user.name),
+                json!({"second_factor": "passkey"}),
+            ),
+            now,
+        )
+        .await
+        .map_err(internal)?;
+        tx.commit("user.enroll").await.map_err(internal)?;
+        Ok(user.name)
+    }
+
+    async fn passkeys(&self, name: &str) -> Result<Option<String>, CoreError> {
+        self.app.store.staff_passkeys(name).await.map_err(internal)
+    }
+
+    async fn set_passkeys(&self, name: &str, passkeys_json: &str) -> Result<(), CoreError> {
+        let app = &self.app;
+        let Some(user) = app.store.staff_auth(name).await.map_err(internal)? else {
+            return Err(CoreError::NotFound);
+        };
+        let now = app.clock.now();
+        let mut tx = app.store.begin().await.map_err(internal)?;
+        tx.set_staff_passkeys(user.id, passkeys_json)
+            .await
+            .map_err(internal)?;
+        tx.audit(
+            AuditEvent::new(
+                format!("staff:{}", user.name),
+                "staff.passkey.update",
+                format!("user:{}", user.name),
+                json!({}),
+            ),
+            now,
+        )
+        .await
+        .map_err(internal)?;
+        tx.commit("staff.passkey.update").await.map_err(internal)
+    }
+
     async fn changed(&self) {
         // In-process notices arrive at once; changes made by another process or node move the audit
         // chain's head (every change is audited), which is re-read every second.

@@ -71,6 +71,19 @@ impl Store {
     }
 
     /// The enabled user whose unexpired enrollment token hashes to `token_hash`.
+    /// A user's passkeys as stored (a JSON array), if any.
+    pub async fn staff_passkeys(&self, name: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT passkeys FROM staff_users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading passkeys")?;
+        match row {
+            Some(r) => get(&r, "passkeys"),
+            None => Ok(None),
+        }
+    }
+
     pub async fn staff_by_enroll_token(
         &self,
         token_hash: &str,
@@ -184,6 +197,43 @@ impl Tx {
         .await
         .context("finishing an enrollment")?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Finishes enrollment with passkeys instead of a TOTP app: the password hash and passkeys are set,
+    /// any TOTP seed drawn while the form was open is dropped, and the token is voided (false when it was
+    /// used meanwhile).
+    pub async fn finish_staff_enrollment_passkey(
+        &mut self,
+        id: i64,
+        token_hash: &str,
+        password_hash: &str,
+        passkeys: &str,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE staff_users SET password_hash = $1, passkeys = $2, totp_secret = NULL, \
+             totp_last_step = NULL, enroll_token_hash = NULL, enroll_expires_at = NULL, \
+             failed_logins = 0, locked_until = NULL \
+             WHERE id = $3 AND enroll_token_hash = $4",
+        )
+        .bind(password_hash)
+        .bind(passkeys)
+        .bind(id)
+        .bind(token_hash)
+        .execute(&mut *self.tx)
+        .await
+        .context("finishing an enrollment with a passkey")?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Replaces a user's passkeys (webauthn-rs records as a JSON array).
+    pub async fn set_staff_passkeys(&mut self, id: i64, passkeys: &str) -> Result<()> {
+        sqlx::query("UPDATE staff_users SET passkeys = $1 WHERE id = $2")
+            .bind(passkeys)
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await
+            .context("storing passkeys")?;
+        Ok(())
     }
 
     /// Records an accepted TOTP step; false when it is not newer than the last one (a replay).

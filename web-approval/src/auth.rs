@@ -37,7 +37,7 @@ pub struct Sessions {
     idle: Duration,
 }
 
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     let mut bytes = [0u8; 32];
     // The OS random source failing leaves no safe way to sign anyone in.
     if getrandom::fill(&mut bytes).is_err() {

@@ -197,7 +197,7 @@ pub trait Core: Send + Sync + 'static {
         reason: &str,
     ) -> impl Future<Output = CoreResult<()>> + Send;
     fn live_sessions(&self) -> impl Future<Output = CoreResult<Vec<SessionView>>> + Send;
-    /// Ends a live session (by revoking the grant it runs under: every node closes it within seconds).
+    /// Ends one live session (the node running it closes it within seconds); its grant stays.
     fn terminate_session(
         &self,
         by: &Staff,
@@ -223,6 +223,24 @@ pub trait Core: Send + Sync + 'static {
         password_hash: &str,
         code: &str,
     ) -> impl Future<Output = CoreResult<String>> + Send;
+    /// The account an enrollment link is for (no TOTP seed is drawn).
+    fn enrollment_name(&self, token: &str) -> impl Future<Output = CoreResult<String>> + Send;
+    /// Finishes enrollment with a passkey instead of a TOTP app: stores the password hash and the
+    /// passkeys (webauthn-rs `Passkey` records, a JSON array), voids the link and any drawn TOTP seed.
+    fn finish_enrollment_passkey(
+        &self,
+        token: &str,
+        password_hash: &str,
+        passkeys_json: &str,
+    ) -> impl Future<Output = CoreResult<String>> + Send;
+    /// `name`'s passkeys as stored (a JSON array), if any.
+    fn passkeys(&self, name: &str) -> impl Future<Output = CoreResult<Option<String>>> + Send;
+    /// Replaces `name`'s passkeys (a sign-in moved a signature counter); audited.
+    fn set_passkeys(
+        &self,
+        name: &str,
+        passkeys_json: &str,
+    ) -> impl Future<Output = CoreResult<()>> + Send;
     /// Completes (with `true`) when something approvers see may have changed; used for live updates.
     fn changed(&self) -> impl Future<Output = ()> + Send;
 }

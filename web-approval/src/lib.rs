@@ -15,6 +15,7 @@ pub mod auth;
 pub mod core;
 mod html;
 mod pages;
+pub mod passkey;
 mod signin;
 pub mod tls;
 
@@ -43,6 +44,8 @@ pub struct WebState<C> {
     pub sessions: Sessions,
     /// Sign-in attempts per address.
     pub limiter: Limiter,
+    /// The WebAuthn relying party; `None` when `public_url` cannot be one (passkeys are then not offered).
+    pub passkeys: Option<passkey::Passkeys>,
 }
 
 /// Settings of the web app.
@@ -52,6 +55,8 @@ pub struct WebOptions {
     pub idle_timeout: Duration,
     /// Sign-in attempts allowed per client address per 5 minutes.
     pub signin_attempts: usize,
+    /// The page's address as browsers see it (`web.public_url`): the passkeys' relying party.
+    pub public_url: Option<String>,
 }
 
 impl Default for WebOptions {
@@ -59,6 +64,7 @@ impl Default for WebOptions {
         WebOptions {
             idle_timeout: Duration::from_secs(15 * 60),
             signin_attempts: 20,
+            public_url: None,
         }
     }
 }
@@ -69,6 +75,16 @@ pub fn router<C: Core>(core: Arc<C>, options: WebOptions) -> Router {
         core,
         sessions: Sessions::new(options.idle_timeout),
         limiter: Limiter::new(options.signin_attempts, Duration::from_secs(300)),
+        passkeys: options
+            .public_url
+            .as_deref()
+            .and_then(|url| match passkey::Passkeys::new(url) {
+                Ok(p) => Some(p),
+                Err(why) => {
+                    tracing::warn!("passkeys are off: {why}");
+                    None
+                }
+            }),
     });
     Router::new()
         .route("/healthz", get(healthz))
@@ -92,6 +108,16 @@ pub fn router<C: Core>(core: Arc<C>, options: WebOptions) -> Router {
             "/enroll/{token}",
             get(signin::enroll_page::<C>).post(signin::enroll::<C>),
         )
+        .route(
+            "/enroll/{token}/passkey/start",
+            post(passkey::enroll_start::<C>),
+        )
+        .route(
+            "/enroll/{token}/passkey/finish",
+            post(passkey::enroll_finish::<C>),
+        )
+        .route("/login/passkey/start", post(passkey::login_start::<C>))
+        .route("/login/passkey/finish", post(passkey::login_finish::<C>))
         .route("/api/login", post(api::login::<C>))
         .route("/api/requests", get(api::requests::<C>))
         .route("/api/requests/{id}", get(api::request::<C>))

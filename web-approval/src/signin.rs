@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 
 use crate::auth::{self, clear_cookie, csrf_ok, set_cookie};
-use crate::core::{Method, Staff};
+use crate::core::{Method, Staff, StaffAccount};
 use crate::html::{esc, page};
 use crate::pages::error_page;
 use crate::{Core, CoreError, Peer, WebState, field, form_pairs};
@@ -52,14 +52,14 @@ impl SignInError {
     }
 }
 
-/// Checks name, password and TOTP code; on success starts a session (cookie value, CSRF token).
-pub(crate) async fn sign_in<C: Core>(
+/// Rate limit, lockout and password: the first factor, shared by the TOTP and passkey sign-ins. A wrong
+/// password is counted against the account.
+pub(crate) async fn check_password<C: Core>(
     st: &WebState<C>,
     peer: std::net::SocketAddr,
     name: &str,
     password: &str,
-    code: &str,
-) -> Result<(Staff, String, String), SignInError> {
+) -> Result<StaffAccount, SignInError> {
     if !st.limiter.allow(peer.ip()) {
         return Err(SignInError::RateLimited);
     }
@@ -76,6 +76,7 @@ pub(crate) async fn sign_in<C: Core>(
     {
         return Err(SignInError::Locked);
     }
+    // Verified even for an unknown name (against a dummy hash), so timing tells nothing.
     let hash = account.as_ref().and_then(|a| a.password_hash.clone());
     let password_ok = auth::verify_password(password.to_owned(), hash).await;
     let Some(account) = account else {
@@ -88,6 +89,37 @@ pub(crate) async fn sign_in<C: Core>(
             .await;
         return Err(SignInError::Refused);
     }
+    Ok(account)
+}
+
+/// Records the sign-in and starts a session (cookie value, CSRF token).
+pub(crate) async fn start_session<C: Core>(
+    st: &WebState<C>,
+    account: StaffAccount,
+    method: Method,
+) -> Result<(Staff, String, String), SignInError> {
+    let staff = Staff {
+        name: account.name,
+        role: account.role,
+        method,
+    };
+    st.core
+        .signed_in(&staff)
+        .await
+        .map_err(|_| SignInError::Internal)?;
+    let (token, csrf) = st.sessions.create(staff.clone());
+    Ok((staff, token, csrf))
+}
+
+/// Checks name, password and TOTP code; on success starts a session (cookie value, CSRF token).
+pub(crate) async fn sign_in<C: Core>(
+    st: &WebState<C>,
+    peer: std::net::SocketAddr,
+    name: &str,
+    password: &str,
+    code: &str,
+) -> Result<(Staff, String, String), SignInError> {
+    let account = check_password(st, peer, name, password).await?;
     match st.core.check_totp(&account.name, code.trim()).await {
         Ok(true) => {}
         Ok(false) => {
@@ -99,29 +131,33 @@ pub(crate) async fn sign_in<C: Core>(
         }
         Err(_) => return Err(SignInError::Internal),
     }
-    let staff = Staff {
-        name: account.name,
-        role: account.role,
-        method: Method::Totp,
-    };
-    st.core
-        .signed_in(&staff)
-        .await
-        .map_err(|_| SignInError::Internal)?;
-    let (token, csrf) = st.sessions.create(staff.clone());
-    Ok((staff, token, csrf))
+    start_session(st, account, Method::Totp).await
 }
 
-fn login_form(message: Option<&str>) -> String {
+/// The passkey alternative under a form: a button the script wires up, and where it reports.
+fn passkey_button(action: &str, label: &str) -> String {
     format!(
-        "<h1>Sign in</h1>{}<form method=\"post\" action=\"/login\" class=\"signin\">\
+        "<div class=\"passkey\"><p>Or, with a passkey (a security key, phone or this computer):</p>\
+         <button type=\"button\" class=\"secondary\" data-passkey=\"{action}\">{label}</button>\
+         <p class=\"status\" role=\"status\" aria-live=\"polite\" id=\"passkey-status\"></p></div>"
+    )
+}
+
+fn login_form(message: Option<&str>, passkeys: bool) -> String {
+    format!(
+        "<h1>Sign in</h1>{}<form method=\"post\" action=\"/login\" class=\"signin\" id=\"signin\">\
          <label for=\"name\">Name</label><input id=\"name\" name=\"name\" autocomplete=\"username\" required autofocus>\
          <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
          <label for=\"code\">Code from your authenticator app</label><input id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" pattern=\"[0-9]{{6}}\" required>\
-         <button type=\"submit\">Sign in</button></form>",
+         <button type=\"submit\">Sign in</button>{}</form>",
         message
             .map(|m| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(m)))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        if passkeys {
+            passkey_button("signin", "Sign in with a passkey")
+        } else {
+            String::new()
+        }
     )
 }
 
@@ -129,7 +165,13 @@ pub async fn login_page<C: Core>(State(st): St<C>, headers: HeaderMap) -> Respon
     if st.sessions.get(&headers).is_some() {
         return Redirect::to("/requests").into_response();
     }
-    Html(page("Sign in", "", None, &login_form(None))).into_response()
+    Html(page(
+        "Sign in",
+        "",
+        None,
+        &login_form(None, st.passkeys.is_some()),
+    ))
+    .into_response()
 }
 
 pub async fn login<C: Core>(
@@ -150,7 +192,12 @@ pub async fn login<C: Core>(
             .into_response(),
         Err(e) => (
             e.status(),
-            Html(page("Sign in", "", None, &login_form(Some(e.message())))),
+            Html(page(
+                "Sign in",
+                "",
+                None,
+                &login_form(Some(e.message()), st.passkeys.is_some()),
+            )),
         )
             .into_response(),
     }
@@ -174,11 +221,16 @@ pub async fn logout<C: Core>(State(st): St<C>, headers: HeaderMap, body: Bytes) 
         .into_response()
 }
 
-fn enroll_form(token: &str, e: &crate::Enrollment, message: Option<&str>) -> String {
+fn enroll_form(
+    token: &str,
+    e: &crate::Enrollment,
+    message: Option<&str>,
+    passkeys: bool,
+) -> String {
     format!(
         "<h1>Welcome, {name}</h1>{msg}<p>You are enrolling as <strong>{role}</strong>. Choose a password and add \
          chaperone to your authenticator app (any TOTP app), then type the code it shows.</p>\
-         <form method=\"post\" action=\"/enroll/{token}\" class=\"signin\">\
+         <form method=\"post\" action=\"/enroll/{token}\" class=\"signin\" id=\"enroll\" data-token=\"{token}\">\
          <label for=\"password\">Password (at least {min} characters)</label>\
          <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"new-password\" minlength=\"{min}\" required>\
          <label for=\"password2\">Password again</label>\
@@ -187,7 +239,7 @@ fn enroll_form(token: &str, e: &crate::Enrollment, message: Option<&str>) -> Str
          <a href=\"{uri}\">Open in an authenticator app</a></p>\
          <label for=\"code\">Code from your authenticator app</label>\
          <input id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" pattern=\"[0-9]{{6}}\" required>\
-         <button type=\"submit\">Finish enrollment</button></form>\
+         <button type=\"submit\">Finish enrollment</button>{passkey}</form>\
          <p class=\"note\">Reloading this page draws a new secret.</p>",
         name = esc(&e.name),
         role = esc(match e.role {
@@ -202,6 +254,11 @@ fn enroll_form(token: &str, e: &crate::Enrollment, message: Option<&str>) -> Str
         min = MIN_PASSWORD,
         secret = esc(&e.totp_secret),
         uri = esc(&e.totp_uri),
+        passkey = if passkeys {
+            passkey_button("enroll", "Finish with a passkey instead")
+        } else {
+            String::new()
+        },
     )
 }
 
@@ -221,7 +278,13 @@ fn enroll_error(e: &CoreError) -> Response {
 
 pub async fn enroll_page<C: Core>(State(st): St<C>, Path(token): Path<String>) -> Response {
     match st.core.enrollment(&token).await {
-        Ok(e) => Html(page("Enroll", "", None, &enroll_form(&token, &e, None))).into_response(),
+        Ok(e) => Html(page(
+            "Enroll",
+            "",
+            None,
+            &enroll_form(&token, &e, None, st.passkeys.is_some()),
+        ))
+        .into_response(),
         Err(e) => enroll_error(&e),
     }
 }
@@ -260,7 +323,7 @@ pub async fn enroll<C: Core>(
                     "Enroll",
                     "",
                     None,
-                    &enroll_form(&token, &e, Some(&problem)),
+                    &enroll_form(&token, &e, Some(&problem), st.passkeys.is_some()),
                 )),
             )
                 .into_response(),
@@ -286,7 +349,7 @@ pub async fn enroll<C: Core>(
         ))
         .into_response(),
         Err(CoreError::Invalid(m)) => match st.core.enrollment(&token).await {
-            Ok(e) => (StatusCode::BAD_REQUEST, Html(page("Enroll", "", None, &enroll_form(&token, &e, Some(&m))))).into_response(),
+            Ok(e) => (StatusCode::BAD_REQUEST, Html(page("Enroll", "", None, &enroll_form(&token, &e, Some(&m), st.passkeys.is_some())))).into_response(),
             Err(e) => enroll_error(&e),
         },
         Err(e) => enroll_error(&e),

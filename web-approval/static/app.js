@@ -22,3 +22,114 @@
   var source = new EventSource("/events");
   source.addEventListener("change", refresh);
 })();
+
+// Passkeys: the buttons marked data-passkey="signin" or "enroll" run a WebAuthn ceremony with the server
+// (start: options + ceremony id; finish: the browser's answer). Base64url <-> bytes by hand, so this works
+// in browsers without PublicKeyCredential.parse*FromJSON.
+(function () {
+  var buttons = document.querySelectorAll("button[data-passkey]");
+  if (!buttons.length) return;
+  function b64uToBytes(s) {
+    s = s.replace(/-/g, "+").replace(/_/g, "/");
+    while (s.length % 4) s += "=";
+    var bin = atob(s), out = new Uint8Array(bin.length);
+    for (var i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+    return out.buffer;
+  }
+  function bytesToB64u(buf) {
+    var bytes = new Uint8Array(buf), bin = "";
+    for (var i = 0; i < bytes.length; i++) bin += String.fromCharCode(bytes[i]);
+    return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+  function creationOptions(o) {
+    var pk = Object.assign({}, o.publicKey);
+    pk.challenge = b64uToBytes(pk.challenge);
+    pk.user = Object.assign({}, pk.user, { id: b64uToBytes(pk.user.id) });
+    pk.excludeCredentials = (pk.excludeCredentials || []).map(function (c) {
+      return Object.assign({}, c, { id: b64uToBytes(c.id) });
+    });
+    return { publicKey: pk };
+  }
+  function requestOptions(o) {
+    var pk = Object.assign({}, o.publicKey);
+    pk.challenge = b64uToBytes(pk.challenge);
+    pk.allowCredentials = (pk.allowCredentials || []).map(function (c) {
+      return Object.assign({}, c, { id: b64uToBytes(c.id) });
+    });
+    return { publicKey: pk, mediation: o.mediation };
+  }
+  function registration(c) {
+    return {
+      id: c.id, rawId: bytesToB64u(c.rawId), type: c.type, extensions: c.getClientExtensionResults(),
+      response: {
+        attestationObject: bytesToB64u(c.response.attestationObject),
+        clientDataJSON: bytesToB64u(c.response.clientDataJSON),
+        transports: c.response.getTransports ? c.response.getTransports() : []
+      }
+    };
+  }
+  function assertion(c) {
+    return {
+      id: c.id, rawId: bytesToB64u(c.rawId), type: c.type, extensions: c.getClientExtensionResults(),
+      response: {
+        authenticatorData: bytesToB64u(c.response.authenticatorData),
+        clientDataJSON: bytesToB64u(c.response.clientDataJSON),
+        signature: bytesToB64u(c.response.signature),
+        userHandle: c.response.userHandle ? bytesToB64u(c.response.userHandle) : null
+      }
+    };
+  }
+  function post(url, body) {
+    return fetch(url, {
+      method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "Accept": "application/json" },
+      body: JSON.stringify(body)
+    }).then(function (r) {
+      return r.json().catch(function () { return {}; }).then(function (j) {
+        if (!r.ok) throw new Error(j.error || ("the server answered " + r.status));
+        return j;
+      });
+    });
+  }
+  function value(id) { var el = document.getElementById(id); return el ? el.value : ""; }
+  var status = document.getElementById("passkey-status");
+  function say(text) { if (status) status.textContent = text; }
+  function fail(e) {
+    var msg = e && e.name === "NotAllowedError" ? "The passkey step was cancelled or timed out." : (e && e.message) || String(e);
+    say(msg);
+    if (status) status.className = "status error";
+  }
+  buttons.forEach(function (button) {
+    button.addEventListener("click", function () {
+      if (!window.PublicKeyCredential) { fail(new Error("This browser does not support passkeys.")); return; }
+      button.disabled = true;
+      if (status) status.className = "status";
+      say("Waiting for your passkey…");
+      var done;
+      if (button.dataset.passkey === "signin") {
+        done = post("/login/passkey/start", { name: value("name"), password: value("password") })
+          .then(function (start) {
+            return navigator.credentials.get(requestOptions(start.options)).then(function (cred) {
+              return post("/login/passkey/finish", { ceremony: start.ceremony, credential: assertion(cred) });
+            });
+          });
+      } else {
+        var token = document.getElementById("enroll").dataset.token;
+        var base = "/enroll/" + encodeURIComponent(token) + "/passkey/";
+        done = post(base + "start", {})
+          .then(function (start) {
+            return navigator.credentials.create(creationOptions(start.options)).then(function (cred) {
+              return post(base + "finish", {
+                ceremony: start.ceremony, password: value("password"), password2: value("password2"),
+                credential: registration(cred)
+              });
+            });
+          });
+      }
+      done.then(function (answer) {
+        say("Done.");
+        location.assign(answer.next || "/");
+      }).catch(fail).finally(function () { button.disabled = false; });
+    });
+  });
+})();

@@ -1,0 +1,398 @@
+//! Passkeys (WebAuthn, through webauthn-rs) as the second factor: registered at enrollment instead of a
+//! TOTP app, then used at sign-in after the password.
+//!
+//! Each ceremony is two JSON requests. The first answers WebAuthn options and a ceremony id; the
+//! browser (`static/app.js`) calls `navigator.credentials.create/get` and sends the result with the id.
+//! Ceremony state lives in this node's memory for [`CEREMONY_TTL`] and is used once (web sessions are
+//! per node too: behind a load balancer, use sticky sessions).
+//!
+//! The relying party is `web.public_url`: its host must be a DNS name (WebAuthn refuses IP addresses),
+//! and browsers accept passkeys only on a page whose certificate they trust.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use webauthn_rs::prelude::{
+    Passkey, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential,
+    RegisterPublicKeyCredential, Url, Uuid, Webauthn, WebauthnBuilder,
+};
+
+use crate::auth::{self, set_cookie};
+use crate::core::Method;
+use crate::signin::{MIN_PASSWORD, SignInError, check_password, start_session};
+use crate::{Core, CoreError, Peer, WebState};
+
+type St<C> = State<Arc<WebState<C>>>;
+
+/// How long a started ceremony may wait for the browser's answer.
+pub const CEREMONY_TTL: Duration = Duration::from_secs(300);
+/// Ceremonies kept at most (oldest dropped first): bounds memory against a flood of starts.
+const MAX_CEREMONIES: usize = 1000;
+
+/// The relying party, built from `web.public_url`.
+pub struct Passkeys {
+    webauthn: Webauthn,
+    ceremonies: Mutex<HashMap<String, (Instant, Ceremony)>>,
+}
+
+impl std::fmt::Debug for Passkeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Passkeys").finish_non_exhaustive()
+    }
+}
+
+enum Ceremony {
+    /// Enrollment through the link whose token is kept here.
+    Register {
+        token: String,
+        state: PasskeyRegistration,
+    },
+    SignIn {
+        name: String,
+        state: PasskeyAuthentication,
+    },
+}
+
+impl Passkeys {
+    /// An error with the reason when `public_url` cannot be a WebAuthn relying party (an IP address).
+    pub fn new(public_url: &str) -> Result<Passkeys, String> {
+        let url = Url::parse(public_url).map_err(|e| format!("web.public_url: {e}"))?;
+        let Some(domain) = url.domain().map(str::to_owned) else {
+            return Err(format!(
+                "web.public_url {public_url} has no DNS name; passkeys need one (WebAuthn does not accept IP addresses)"
+            ));
+        };
+        let webauthn = WebauthnBuilder::new(&domain, &url)
+            .and_then(|b| b.rp_name("chaperone").build())
+            .map_err(|e| format!("passkeys for {public_url}: {e}"))?;
+        Ok(Passkeys {
+            webauthn,
+            ceremonies: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn keep(&self, ceremony: Ceremony) -> String {
+        let id = auth::random_token();
+        if let Ok(mut map) = self.ceremonies.lock() {
+            let now = Instant::now();
+            map.retain(|_, (at, _)| now.duration_since(*at) < CEREMONY_TTL);
+            if map.len() >= MAX_CEREMONIES
+                && let Some(oldest) = map
+                    .iter()
+                    .min_by_key(|(_, (at, _))| *at)
+                    .map(|(k, _)| k.clone())
+            {
+                map.remove(&oldest);
+            }
+            map.insert(id.clone(), (now, ceremony));
+        }
+        id
+    }
+
+    /// Takes a ceremony out (each is used once), if it has not lapsed.
+    fn take(&self, id: &str) -> Option<Ceremony> {
+        let (at, ceremony) = self.ceremonies.lock().ok()?.remove(id)?;
+        (at.elapsed() < CEREMONY_TTL).then_some(ceremony)
+    }
+}
+
+/// A stable WebAuthn user handle for an account name (no personal data in it).
+fn user_handle(name: &str) -> Uuid {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("chaperone-staff:{name}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    Uuid::from_bytes(bytes)
+}
+
+fn parse_passkeys(json: Option<&str>) -> Result<Vec<Passkey>, CoreError> {
+    match json {
+        None | Some("") => Ok(Vec::new()),
+        Some(text) => serde_json::from_str(text).map_err(|e| {
+            tracing::error!(error = %e, "stored passkeys do not parse");
+            CoreError::Internal
+        }),
+    }
+}
+
+fn to_json(passkeys: &[Passkey]) -> Result<String, CoreError> {
+    serde_json::to_string(passkeys).map_err(|_| CoreError::Internal)
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"error": message}))).into_response()
+}
+
+fn unavailable() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "passkeys are not available on this server (web.public_url needs a DNS name)",
+    )
+}
+
+fn core_error(e: &CoreError) -> Response {
+    match e {
+        CoreError::NotFound => error(
+            StatusCode::NOT_FOUND,
+            "This enrollment link is unknown, used or expired. Ask an administrator for a new one.",
+        ),
+        CoreError::Internal => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+        other => error(crate::status_of(other), &other.to_string()),
+    }
+}
+
+// ---- enrollment -------------------------------------------------------------------------------
+
+pub(crate) async fn enroll_start<C: Core>(
+    State(st): St<C>,
+    ConnectInfo(crate::tls::PeerAddr(peer)): Peer,
+    Path(token): Path<String>,
+) -> Response {
+    let Some(pk) = &st.passkeys else {
+        return unavailable();
+    };
+    if !st.limiter.allow(peer.ip()) {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            SignInError::RateLimited.message(),
+        );
+    }
+    let name = match st.core.enrollment_name(&token).await {
+        Ok(n) => n,
+        Err(e) => return core_error(&e),
+    };
+    match pk
+        .webauthn
+        .start_passkey_registration(user_handle(&name), &name, &name, None)
+    {
+        Ok((options, state)) => {
+            let ceremony = pk.keep(Ceremony::Register { token, state });
+            Json(json!({"ceremony": ceremony, "options": options})).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a passkey registration");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct EnrollFinish {
+    ceremony: String,
+    password: String,
+    password2: String,
+    credential: RegisterPublicKeyCredential,
+}
+
+pub(crate) async fn enroll_finish<C: Core>(
+    State(st): St<C>,
+    Path(token): Path<String>,
+    Json(body): Json<EnrollFinish>,
+) -> Response {
+    let Some(pk) = &st.passkeys else {
+        return unavailable();
+    };
+    if body.password.chars().count() < MIN_PASSWORD {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("The password needs at least {MIN_PASSWORD} characters."),
+        );
+    }
+    if body.password != body.password2 {
+        return error(StatusCode::BAD_REQUEST, "The two passwords differ.");
+    }
+    let Some(Ceremony::Register {
+        token: started_for,
+        state,
+    }) = pk.take(&body.ceremony)
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "The passkey step expired; try again.",
+        );
+    };
+    if started_for != token {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "The passkey step expired; try again.",
+        );
+    }
+    let passkey = match pk
+        .webauthn
+        .finish_passkey_registration(&body.credential, &state)
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "passkey registration refused");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "The passkey could not be registered; try again.",
+            );
+        }
+    };
+    let Ok(hash) = auth::hash_password(body.password).await else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+    };
+    let json = match to_json(&[passkey]) {
+        Ok(j) => j,
+        Err(e) => return core_error(&e),
+    };
+    match st
+        .core
+        .finish_enrollment_passkey(&token, &hash, &json)
+        .await
+    {
+        Ok(name) => Json(json!({"enrolled": name, "next": "/login"})).into_response(),
+        Err(e) => core_error(&e),
+    }
+}
+
+// ---- sign-in ----------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+pub(crate) struct SignInStart {
+    name: String,
+    password: String,
+}
+
+fn sign_in_error(e: &SignInError) -> Response {
+    error(e.status(), e.message())
+}
+
+pub(crate) async fn login_start<C: Core>(
+    State(st): St<C>,
+    ConnectInfo(crate::tls::PeerAddr(peer)): Peer,
+    Json(body): Json<SignInStart>,
+) -> Response {
+    let Some(pk) = &st.passkeys else {
+        return unavailable();
+    };
+    let account = match check_password(&st, peer, &body.name, &body.password).await {
+        Ok(a) => a,
+        Err(e) => return sign_in_error(&e),
+    };
+    let passkeys = match st.core.passkeys(&account.name).await {
+        Ok(json) => match parse_passkeys(json.as_deref()) {
+            Ok(p) => p,
+            Err(e) => return core_error(&e),
+        },
+        Err(e) => return core_error(&e),
+    };
+    if passkeys.is_empty() {
+        // Only someone who knows the password gets this far.
+        return error(
+            StatusCode::BAD_REQUEST,
+            "No passkey is registered for this account: sign in with a code from your authenticator app.",
+        );
+    }
+    match pk.webauthn.start_passkey_authentication(&passkeys) {
+        Ok((options, state)) => {
+            let ceremony = pk.keep(Ceremony::SignIn {
+                name: account.name,
+                state,
+            });
+            Json(json!({"ceremony": ceremony, "options": options})).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a passkey sign-in");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct SignInFinish {
+    ceremony: String,
+    credential: PublicKeyCredential,
+}
+
+pub(crate) async fn login_finish<C: Core>(
+    State(st): St<C>,
+    Json(body): Json<SignInFinish>,
+) -> Response {
+    let Some(pk) = &st.passkeys else {
+        return unavailable();
+    };
+    let Some(Ceremony::SignIn { name, state }) = pk.take(&body.ceremony) else {
+        return error(StatusCode::BAD_REQUEST, "The sign-in expired; start again.");
+    };
+    let result = match pk
+        .webauthn
+        .finish_passkey_authentication(&body.credential, &state)
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(user = %name, error = %e, "passkey sign-in refused");
+            let _ = st.core.sign_in_failed(&name, "passkey refused").await;
+            return sign_in_error(&SignInError::Refused);
+        }
+    };
+    // The account may have been disabled or locked during the ceremony.
+    let account = match st.core.staff_account(&name).await {
+        Ok(Some(a)) if a.enabled && a.locked_until.is_none_or(|t| t <= st.core.now()) => a,
+        Ok(_) => return sign_in_error(&SignInError::Refused),
+        Err(e) => return core_error(&e),
+    };
+    // Keep the signature counter and backup state current (a cloned authenticator shows up as a
+    // counter that goes backwards, which webauthn-rs refuses).
+    if let Ok(json) = st.core.passkeys(&name).await
+        && let Ok(mut passkeys) = parse_passkeys(json.as_deref())
+    {
+        let changed = passkeys
+            .iter_mut()
+            .any(|p| p.update_credential(&result) == Some(true));
+        if changed && let Ok(json) = to_json(&passkeys) {
+            let _ = st.core.set_passkeys(&name, &json).await;
+        }
+    }
+    match start_session(&st, account, Method::Passkey).await {
+        Ok((_, token, _)) => (
+            [(header::SET_COOKIE, set_cookie(&token))],
+            Json(json!({"next": "/requests"})),
+        )
+            .into_response(),
+        Err(e) => sign_in_error(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relying_party_needs_a_dns_name() {
+        assert!(Passkeys::new("https://bastion.hospital.example:8443").is_ok());
+        assert!(Passkeys::new("https://localhost:8443").is_ok());
+        let e = Passkeys::new("https://127.0.0.1:8443").unwrap_err();
+        assert!(e.contains("DNS name"), "{e}");
+    }
+
+    #[test]
+    fn user_handles_are_stable_and_distinct() {
+        assert_eq!(user_handle("bob"), user_handle("bob"));
+        assert_ne!(user_handle("bob"), user_handle("alice"));
+    }
+
+    #[test]
+    fn ceremonies_are_used_once() {
+        let pk = Passkeys::new("https://localhost:8443").unwrap();
+        let (_, state) = pk
+            .webauthn
+            .start_passkey_registration(user_handle("bob"), "bob", "bob", None)
+            .unwrap();
+        let id = pk.keep(Ceremony::Register {
+            token: "t".into(),
+            state,
+        });
+        assert!(pk.take(&id).is_some());
+        assert!(pk.take(&id).is_none());
+        assert!(pk.take("unknown").is_none());
+    }
+}
