@@ -566,6 +566,10 @@ impl Config {
                     format!("{url:?} must start with https://"),
                 ));
             }
+            // Browsers offer passkeys only for a DNS name, so a loopback listener is `localhost`.
+            None if web_listen.ip().is_loopback() => {
+                format!("https://localhost:{}", web_listen.port())
+            }
             None => format!("https://{web_listen}"),
         };
         let database = if let Some(file) = raw.database.url.strip_prefix("sqlite://") {
@@ -842,7 +846,9 @@ max_connections = 1024
 [web]
 # The approvers' and auditors' web page.
 listen = "{web_listen}"
-# The address people open in a browser (used in enrollment links).
+# The address people open in a browser (enrollment links; the passkeys' relying party, which must be a
+# DNS name the certificate names: passkeys are not offered on an IP address). Default: https://localhost:PORT
+# for a loopback listener, else https://LISTEN.
 # public_url = "https://bastion.hospital.example:8443"
 # TLS certificate chain and key (PEM). `chaperone init` made a self-signed pair; replace them with the
 # hospital's certificate for production.

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod approvals;
+mod browser;
 mod cli;
 mod ssh;
 mod store;
