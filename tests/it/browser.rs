@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use crate::support::bastion::{Bastion, text};
 use crate::support::sshd::Sshd;
-use crate::support::{DataDir, free_port, missing};
+use crate::support::{DataDir, missing};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -46,16 +46,7 @@ fn an_approver_enrolls_a_passkey_signs_in_and_releases_a_waiting_ssh_request() {
     };
     // A fixed web port: the passkey's relying party is https://localhost:PORT.
     let data = DataDir::init();
-    let web_port = free_port();
-    let config = std::fs::read_to_string(data.config()).unwrap();
-    let at = config.find("[web]").unwrap();
-    let (head, tail) = config.split_at(at);
-    let tail = tail.replacen(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{web_port}\""),
-        1,
-    );
-    std::fs::write(data.config(), format!("{head}{tail}")).unwrap();
+    let web_port = data.fix_web_port();
     let b = Bastion::start(data);
     b.device("mri-01", &sshd, &["dicom:104/tcp"]);
     let alice = b.vendor("alice", "Acme Imaging");

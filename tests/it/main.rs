@@ -10,6 +10,7 @@
 mod approvals;
 mod browser;
 mod cli;
+mod passkeys;
 mod ssh;
 mod store;
 mod support;

@@ -96,6 +96,22 @@ impl DataDir {
         self.dir.path()
     }
 
+    /// Moves the web listener to a free fixed port and returns it: a passkey's relying party is
+    /// `https://localhost:PORT`, so the port must be known before the server starts.
+    pub fn fix_web_port(&self) -> u16 {
+        let port = free_port();
+        let config = std::fs::read_to_string(self.config()).unwrap();
+        let at = config.find("[web]").expect("a [web] section");
+        let (head, tail) = config.split_at(at);
+        let tail = tail.replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+            1,
+        );
+        std::fs::write(self.config(), format!("{head}{tail}")).unwrap();
+        port
+    }
+
     pub fn config(&self) -> PathBuf {
         self.dir.path().join("chaperone.toml")
     }

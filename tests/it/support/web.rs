@@ -18,6 +18,7 @@ pub struct Approver {
 }
 
 /// An HTTP answer: status and body.
+#[derive(Debug)]
 pub struct Answer {
     pub status: u16,
     pub body: String,
