@@ -366,3 +366,144 @@ async fn one_node_at_a_time_holds_the_webhook_cursor() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn requests_are_filed_decided_by_four_eyes_and_lapse_on_both_backends() {
+    use chaperone::config::PolicyConfig;
+    use chaperone::model::{RequestStatus, Role};
+    use chaperone::policy::events::Events;
+    use chaperone::policy::requests::{self, Approver, AuthMethod, DecideError, Decision, Outcome};
+    use std::time::Duration;
+
+    on_both(|store| async move {
+        vendor(&store, "alice", "SHA256:rq").await;
+        asset(&store, "mri-01").await; // critical: two approvers
+        let alice = store.vendor("alice").await.unwrap().unwrap();
+        let events = Events::default();
+        let limits = PolicyConfig {
+            max_request: Duration::from_secs(8 * 3600),
+            zone_max_request: Default::default(),
+            request_ttl: Duration::from_secs(3600),
+        };
+        let services = vec!["ssh".to_owned(), "dicom".to_owned()];
+        let file = |now| {
+            let (store, events, limits, alice, services) =
+                (&store, &events, &limits, &alice, &services);
+            async move {
+                requests::file(
+                    store,
+                    events,
+                    limits,
+                    now,
+                    alice,
+                    "mri-01",
+                    services,
+                    Duration::from_secs(7200),
+                    "INC-1",
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let who = |name: &str, method| Approver {
+            name: name.into(),
+            role: Role::Approver,
+            method,
+        };
+        let r = file(1000).await;
+        assert_eq!(r.status, RequestStatus::Pending);
+        assert_eq!(r.expires_at, Some(4600));
+        let pending = store
+            .requests(Some(RequestStatus::Pending), Some("alice"), 10)
+            .await
+            .unwrap();
+        assert_eq!(pending.len(), 1);
+
+        // alice cannot approve her own request, even as staff of the same name.
+        let own = requests::decide(
+            &store,
+            &events,
+            1010,
+            &who("alice", AuthMethod::Totp),
+            r.id,
+            Decision::Approve {
+                services: None,
+                duration_secs: None,
+            },
+        )
+        .await;
+        assert!(matches!(own, Err(DecideError::SelfApproval)), "{own:?}");
+        // Critical: bob narrows to ssh for 1 h, then carol approves; the grant is the narrowest.
+        let first = requests::decide(
+            &store,
+            &events,
+            1020,
+            &who("bob", AuthMethod::Passkey),
+            r.id,
+            Decision::Approve {
+                services: Some(vec!["ssh".into()]),
+                duration_secs: Some(3600),
+            },
+        )
+        .await
+        .unwrap();
+        assert!(matches!(first, Outcome::AwaitingSecondApproval));
+        let twice = requests::decide(
+            &store,
+            &events,
+            1025,
+            &who("bob", AuthMethod::Passkey),
+            r.id,
+            Decision::Approve {
+                services: None,
+                duration_secs: None,
+            },
+        )
+        .await;
+        assert!(
+            matches!(twice, Err(DecideError::AlreadyApproved)),
+            "{twice:?}"
+        );
+        let Outcome::Granted { grant_id, ends_at } = requests::decide(
+            &store,
+            &events,
+            1030,
+            &who("carol", AuthMethod::Totp),
+            r.id,
+            Decision::Approve {
+                services: None,
+                duration_secs: None,
+            },
+        )
+        .await
+        .unwrap() else {
+            panic!("not granted");
+        };
+        assert_eq!(
+            ends_at,
+            1030 + 3600,
+            "the clock starts at the final approval"
+        );
+        let grant = store.grant(grant_id).await.unwrap().unwrap();
+        assert_eq!(grant.services, vec!["ssh".to_owned()]);
+        let done = store.request(r.id).await.unwrap().unwrap();
+        assert_eq!(done.status, RequestStatus::Approved);
+        assert_eq!(done.approvals.len(), 2);
+        assert_eq!(done.approvals[0].method, "passkey");
+
+        // An undecided request lapses after the TTL, audited.
+        let lapsing = file(2000).await;
+        assert_eq!(
+            requests::expire_due(&store, &events, 5599).await.unwrap(),
+            0
+        );
+        assert_eq!(
+            requests::expire_due(&store, &events, 5600).await.unwrap(),
+            1
+        );
+        let lapsed = store.request(lapsing.id).await.unwrap().unwrap();
+        assert_eq!(lapsed.status, RequestStatus::Expired);
+        assert!(verify(&store).await.is_ok());
+    })
+    .await;
+}
