@@ -291,7 +291,9 @@ pub async fn grants<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
             };
             let _ = write!(
                 main,
-                "<tr><td>#{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{action}</td></tr>",
+                "<tr><td data-label=\"Grant\">#{}</td><td data-label=\"Vendor\">{}</td><td data-label=\"Asset\">{}</td>\
+                 <td data-label=\"Services\">{}</td><td data-label=\"Ends\">{}</td><td data-label=\"Issued by\">{}</td>\
+                 <td data-label=\"Action\">{action}</td></tr>",
                 g.id,
                 esc(&g.vendor),
                 esc(&g.asset),
@@ -370,7 +372,9 @@ pub async fn sessions<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response
             };
             let _ = write!(
                 main,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} {}</td><td>{}</td><td>{}</td><td>{action}</td></tr>",
+                "<tr><td data-label=\"Session\">{}</td><td data-label=\"Vendor\">{}</td><td data-label=\"Asset\">{}</td>\
+                 <td data-label=\"Kind\">{} {}</td><td data-label=\"Since\">{}</td><td data-label=\"From\">{}</td>\
+                 <td data-label=\"Action\">{action}</td></tr>",
                 esc(&l.id),
                 esc(&l.vendor),
                 esc(&l.asset),
