@@ -182,7 +182,8 @@ chap_ssh() { # uses V from pick_vendor
         -o LogLevel=ERROR -o ConnectTimeout=10 -p "$CHAP_PORT" "$v+dev@127.0.0.1" "$@" </dev/null
 }
 
-# Waits (bounded) until no session is live, then deletes the recordings (500 MB of NULs is a 3 GB cast).
+# Waits (bounded) until no session is live, then deletes the big recordings (an exec without a pty is recorded
+# 1:1 as .exec; a pty session as .cast, where 500 MB of NULs would be 3 GB).
 # Prints the seconds it waited: how long the session's end (recording flush + fsync + DB) lagged the client.
 SESS_WAIT_MAX=120
 settle() {
@@ -194,10 +195,10 @@ settle() {
         sleep 0.1
     done
     t1=$EPOCHREALTIME
-    find "$C/recordings" -type f -name '*.cast' -size +1M -delete 2>/dev/null || true
+    find "$C/recordings" -type f \( -name '*.cast' -o -name '*.exec' \) -size +1M -delete 2>/dev/null || true
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }'
 }
-cast_bytes() { find "$C/recordings" -type f -name '*.cast' -printf '%s\n' | sort -n | tail -1; }
+cast_bytes() { find "$C/recordings" -type f \( -name '*.cast' -o -name '*.exec' \) -printf '%s\n' | sort -n | tail -1; }
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 TICK=$(getconf CLK_TCK)
@@ -282,7 +283,7 @@ run_tp() { # side payload-command result-prefix
         local cast; cast=$(cast_bytes)
         local lag; lag=$(settle)
         echo "$lag" >>"$W/tp_lag"
-        say "   chaperone: ${s}s  $mbs MB/s  (chaperone CPU ${cpu}% of one core, cast ${cast:-?} B, session ended ${lag}s after the client)"
+        say "   chaperone: ${s}s  $mbs MB/s  (chaperone CPU ${cpu}% of one core, recording ${cast:-?} B, session ended ${lag}s after the client)"
     fi
 }
 TMO=(timeout -k 5 "$BENCH_TP_TIMEOUT")

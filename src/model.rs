@@ -424,7 +424,7 @@ pub struct SessionRow {
 pub struct RecordingRow {
     pub id: i64,
     pub session_id: String,
-    /// `asciicast-v2`, `transfer-log`.
+    /// `asciicast-v2`, `exec-stream-v1`, `transfer-log` (`ssh::session::RecordingFormat`).
     pub format: String,
     pub path: String,
     pub sha256: Option<String>,

@@ -1,21 +1,32 @@
-//! A live recording: the recorder's synchronous writers driven from their own task, fed through a
+//! A live recording: the recorder's synchronous writers driven from a thread of their own, fed through a
 //! bounded queue so the relay never waits on the disk for long and never gets ahead of it by more than
 //! the queue.
 //!
-//! Entry points: [`Recording::cast`] (terminal and exec sessions, asciicast v2) and
-//! [`Recording::transfers`] (sftp/scp, a transfer log parsed from the SFTP packets). The relay calls
-//! [`Recording::send`] *before* it forwards the bytes; an error means the recording is gone and the
-//! session must end ("no recording, no session"). [`Recording::finish`] returns the file's SHA-256.
+//! Entry points: [`Recording::cast`] (shells, and exec with a pty: asciicast v2), [`Recording::exec`]
+//! (exec without a pty: the raw byte streams, framed) and [`Recording::transfers`] (sftp/scp, a transfer
+//! log parsed from the SFTP packets). The relay calls [`RecordSender::send`] *before* it forwards the
+//! bytes; an error means the recording is gone and the session must end ("no recording, no session").
+//! [`Recording::finish`] returns the file's SHA-256.
+//!
+//! Why a thread and not a task: encoding, SHA-256 and write(2) are synchronous and, for bulk output, take
+//! a core. On a tokio worker they would delay every other connection's handshakes and keepalives. The
+//! thread is a plain `std::thread`, not `spawn_blocking`: a recording lives as long as its session, and
+//! long-lived sessions must not use up the blocking pool. The queue is a std channel whose slots are
+//! semaphore permits, so the relay waits asynchronously when the disk is behind and the thread waits with
+//! a timeout, which is what flushes a quiet recording within a second.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chaperone_recorder::{CastHeader, CastWriter, Finished, SftpObserver, TransferLog};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use chaperone_recorder::{
+    CastHeader, CastWriter, ExecHeader, ExecWriter, Finished, SftpObserver, TransferLog,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-/// Events queued for the writer at most; past that the relay waits (backpressure from the disk).
+/// Records queued for the writer at most; past that the relay waits (backpressure from the disk).
 const QUEUE: usize = 16;
 /// Longest time written data may sit in a buffer: a crash loses at most this.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -23,8 +34,10 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Something to record.
 #[derive(Debug)]
 pub enum Record {
-    /// Device → vendor terminal output (stdout and stderr alike, as a terminal shows them).
+    /// Device → vendor: stdout (a cast shows it like stderr, as a terminal would).
     Output(Bytes),
+    /// Device → vendor: stderr (extended data).
+    Stderr(Bytes),
     /// Vendor → device keystrokes; recorded only when `recording.record_input` is on.
     Input(Bytes),
     Resize {
@@ -44,21 +57,48 @@ pub enum Record {
 #[error("recording failed: {0}")]
 pub struct RecordingFailed(pub String);
 
+impl From<chaperone_recorder::Error> for RecordingFailed {
+    /// The error with its causes ("recording file I/O failed: No space left on device"): this text is the
+    /// session's end reason and what the audit log keeps.
+    fn from(e: chaperone_recorder::Error) -> Self {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        RecordingFailed(text)
+    }
+}
+
 enum Writer {
     Cast {
         writer: CastWriter,
+        input: bool,
+    },
+    Exec {
+        writer: ExecWriter,
         input: bool,
     },
     Transfers {
         log: TransferLog,
         observer: Option<SftpObserver>,
     },
+    /// Fails its `fail_at`-th write: the driver's fail-closed path, tested without a broken disk.
+    #[cfg(test)]
+    Failing {
+        writes: usize,
+        fail_at: usize,
+    },
 }
 
 impl Writer {
     fn write(&mut self, at: Duration, record: Record) -> chaperone_recorder::Result<()> {
         match (self, record) {
-            (Writer::Cast { writer, .. }, Record::Output(data)) => writer.output(at, &data),
+            (Writer::Cast { writer, .. }, Record::Output(data) | Record::Stderr(data)) => {
+                writer.output(at, &data)
+            }
             (
                 Writer::Cast {
                     writer,
@@ -70,6 +110,19 @@ impl Writer {
                 writer.resize(at, cols, rows)
             }
             (Writer::Cast { writer, .. }, Record::Marker(label)) => writer.marker(at, &label),
+            (Writer::Exec { writer, .. }, Record::Output(data)) => writer.stdout(at, &data),
+            (Writer::Exec { writer, .. }, Record::Stderr(data)) => writer.stderr(at, &data),
+            (
+                Writer::Exec {
+                    writer,
+                    input: true,
+                },
+                Record::Input(data),
+            ) => writer.input(at, &data),
+            (Writer::Exec { writer, .. }, Record::Resize { cols, rows }) => {
+                writer.resize(at, cols, rows)
+            }
+            (Writer::Exec { writer, .. }, Record::Marker(label)) => writer.marker(at, &label),
             (Writer::Transfers { log, observer }, Record::Sftp { upload, data }) => {
                 let Some(obs) = observer.as_mut() else {
                     return Ok(());
@@ -84,6 +137,14 @@ impl Writer {
                 }
                 Ok(())
             }
+            #[cfg(test)]
+            (Writer::Failing { writes, fail_at }, _) => {
+                *writes += 1;
+                if *writes >= *fail_at {
+                    return Err(std::io::Error::other("disk full (test)").into());
+                }
+                Ok(())
+            }
             // Input when not recording input; terminal events on a transfer log; SFTP bytes on a cast.
             _ => Ok(()),
         }
@@ -92,13 +153,17 @@ impl Writer {
     fn flush(&mut self) -> chaperone_recorder::Result<()> {
         match self {
             Writer::Cast { writer, .. } => writer.flush(),
+            Writer::Exec { writer, .. } => writer.flush(),
             Writer::Transfers { log, .. } => log.flush(),
+            #[cfg(test)]
+            Writer::Failing { .. } => Ok(()),
         }
     }
 
     fn finish(self, at: Duration) -> chaperone_recorder::Result<Finished> {
         match self {
             Writer::Cast { writer, .. } => writer.finish(),
+            Writer::Exec { writer, .. } => writer.finish(),
             Writer::Transfers { mut log, observer } => {
                 if let Some(obs) = observer {
                     for e in obs.finish() {
@@ -107,15 +172,27 @@ impl Writer {
                 }
                 log.finish()
             }
+            #[cfg(test)]
+            Writer::Failing { .. } => Err(std::io::Error::other("never written (test)").into()),
         }
     }
+}
+
+/// One queued record; its permit is a queue slot, given back once the record is written.
+struct Queued {
+    at: Duration,
+    record: Record,
+    _slot: OwnedSemaphorePermit,
 }
 
 /// A recording being written.
 #[derive(Debug)]
 pub struct Recording {
-    tx: mpsc::Sender<(Duration, Record)>,
-    task: JoinHandle<Result<Finished, RecordingFailed>>,
+    tx: mpsc::Sender<Queued>,
+    /// The queue's free slots; closed when the thread stops, so a waiting relay learns of it.
+    slots: Arc<Semaphore>,
+    /// The thread's result: the digest, or why recording failed.
+    done: oneshot::Receiver<Result<Finished, RecordingFailed>>,
     started: Instant,
     path: PathBuf,
 }
@@ -127,54 +204,67 @@ impl Recording {
         header: CastHeader,
         record_input: bool,
     ) -> Result<Recording, RecordingFailed> {
-        let writer =
-            CastWriter::create(path, header).map_err(|e| RecordingFailed(e.to_string()))?;
-        Ok(Recording::spawn(
+        let writer = CastWriter::create(path, header).map_err(RecordingFailed::from)?;
+        Recording::spawn(
             path,
             Writer::Cast {
                 writer,
                 input: record_input,
             },
-        ))
+        )
+    }
+
+    /// Creates `path` (never overwriting) as an exec recording: stdout and stderr byte for byte.
+    pub fn exec(
+        path: &Path,
+        header: &ExecHeader,
+        record_input: bool,
+    ) -> Result<Recording, RecordingFailed> {
+        let writer = ExecWriter::create(path, header).map_err(RecordingFailed::from)?;
+        Recording::spawn(
+            path,
+            Writer::Exec {
+                writer,
+                input: record_input,
+            },
+        )
     }
 
     /// Creates a transfer log at `path` for an sftp session.
     pub fn transfers(path: &Path) -> Result<Recording, RecordingFailed> {
-        let log = TransferLog::create(path).map_err(|e| RecordingFailed(e.to_string()))?;
-        Ok(Recording::spawn(
+        let log = TransferLog::create(path).map_err(RecordingFailed::from)?;
+        Recording::spawn(
             path,
             Writer::Transfers {
                 log,
                 observer: Some(SftpObserver::new()),
             },
-        ))
+        )
     }
 
-    fn spawn(path: &Path, mut writer: Writer) -> Recording {
-        let (tx, mut rx) = mpsc::channel::<(Duration, Record)>(QUEUE);
+    fn spawn(path: &Path, writer: Writer) -> Result<Recording, RecordingFailed> {
+        let (tx, rx) = mpsc::channel::<Queued>();
+        let slots = Arc::new(Semaphore::new(QUEUE));
+        let (done_tx, done) = oneshot::channel();
         let started = Instant::now();
-        let task = tokio::spawn(async move {
-            let mut flush = tokio::time::interval(FLUSH_EVERY);
-            flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    next = rx.recv() => match next {
-                        Some((at, record)) => writer.write(at, record).map_err(|e| RecordingFailed(e.to_string()))?,
-                        None => break,
-                    },
-                    _ = flush.tick() => writer.flush().map_err(|e| RecordingFailed(e.to_string()))?,
-                }
-            }
-            writer
-                .finish(started.elapsed())
-                .map_err(|e| RecordingFailed(e.to_string()))
-        });
-        Recording {
+        let close = CloseOnDrop(slots.clone());
+        std::thread::Builder::new()
+            .name("recorder".into())
+            .stack_size(512 * 1024)
+            .spawn(move || {
+                // Dropped last, panic or not: senders waiting for a slot then fail instead of hanging.
+                let _close = close;
+                let result = drive(writer, rx, started);
+                let _ = done_tx.send(result);
+            })
+            .map_err(|e| RecordingFailed(format!("cannot start the recorder thread: {e}")))?;
+        Ok(Recording {
             tx,
-            task,
+            slots,
+            done,
             started,
             path: path.to_owned(),
-        }
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -185,35 +275,197 @@ impl Recording {
     pub fn sender(&self) -> RecordSender {
         RecordSender {
             tx: self.tx.clone(),
+            slots: self.slots.clone(),
             started: self.started,
         }
     }
 
-    /// Closes the recording and returns its digest; fails if any write failed.
+    /// Closes the recording and returns its digest; fails if any write failed. Every [`RecordSender`]
+    /// must be dropped first: the thread finishes the file when the queue has no sender left.
     pub async fn finish(self) -> Result<Finished, RecordingFailed> {
         drop(self.tx);
-        match self.task.await {
-            Ok(result) => result,
-            Err(e) => Err(RecordingFailed(format!(
-                "recorder task ended abnormally: {e}"
-            ))),
+        self.done.await.unwrap_or_else(|_| {
+            Err(RecordingFailed(
+                "the recorder thread ended abnormally".into(),
+            ))
+        })
+    }
+}
+
+/// Closes the queue's semaphore when the recorder thread ends.
+struct CloseOnDrop(Arc<Semaphore>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// The recorder thread: writes records as they come, several per wakeup when they queue up, and flushes
+/// a recording that has gone quiet within [`FLUSH_EVERY`] (the writers flush a busy one themselves).
+/// Returns when every sender is gone (then the file is finished) or at the first error.
+fn drive(
+    mut writer: Writer,
+    rx: mpsc::Receiver<Queued>,
+    started: Instant,
+) -> Result<Finished, RecordingFailed> {
+    let mut last_flush = Instant::now();
+    let mut unflushed = false;
+    loop {
+        match rx.recv_timeout(FLUSH_EVERY.saturating_sub(last_flush.elapsed())) {
+            Ok(first) => {
+                writer
+                    .write(first.at, first.record)
+                    .map_err(RecordingFailed::from)?;
+                // What queued up meanwhile, without sleeping in between; bounded, so a relay that keeps
+                // the queue full cannot keep this loop from its flush check.
+                for next in rx.try_iter().take(QUEUE) {
+                    writer
+                        .write(next.at, next.record)
+                        .map_err(RecordingFailed::from)?;
+                }
+                unflushed = true;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if last_flush.elapsed() >= FLUSH_EVERY {
+            if unflushed {
+                writer.flush().map_err(RecordingFailed::from)?;
+                unflushed = false;
+            }
+            last_flush = Instant::now();
         }
     }
+    writer
+        .finish(started.elapsed())
+        .map_err(RecordingFailed::from)
 }
 
 /// Feeds a [`Recording`]; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct RecordSender {
-    tx: mpsc::Sender<(Duration, Record)>,
+    tx: mpsc::Sender<Queued>,
+    slots: Arc<Semaphore>,
     started: Instant,
 }
 
 impl RecordSender {
-    /// Queues `record`; an error means the recording failed and the session must end.
+    /// Queues `record`, waiting for a free slot when the recorder is behind; an error means the
+    /// recording failed and the session must end.
     pub async fn send(&self, record: Record) -> Result<(), RecordingFailed> {
-        self.tx
-            .send((self.started.elapsed(), record))
+        let at = self.started.elapsed();
+        let stopped = || RecordingFailed("the recorder stopped".into());
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(|_| RecordingFailed("the recorder stopped".into()))
+            .map_err(|_| stopped())?;
+        self.tx
+            .send(Queued {
+                at,
+                record,
+                _slot: slot,
+            })
+            .map_err(|_| stopped())
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "in a test, a failed unwrap is a failed test"
+)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn exec_header() -> ExecHeader {
+        ExecHeader {
+            timestamp: 0,
+            title: None,
+            command: Some("cat".into()),
+            env: BTreeMap::new(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_reach_the_file_in_order_with_a_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.exec");
+        let recording = Recording::exec(&path, &exec_header(), true).unwrap();
+        let sender = recording.sender();
+        let mut expected = Vec::new();
+        for i in 0..2000u32 {
+            let chunk = Bytes::from(i.to_le_bytes().repeat(100));
+            expected.extend_from_slice(&chunk);
+            sender.send(Record::Output(chunk)).await.unwrap();
+        }
+        sender
+            .send(Record::Stderr(Bytes::from_static(b"e")))
+            .await
+            .unwrap();
+        drop(sender);
+        let done = recording.finish().await.unwrap();
+        assert_eq!(
+            done.sha256_hex,
+            chaperone_recorder::sha256_file(&path).unwrap()
+        );
+        let mut raw = Vec::new();
+        let file = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+        chaperone_recorder::exec_raw(file, chaperone_recorder::OutputStream::Stdout, &mut raw)
+            .unwrap();
+        assert_eq!(raw, expected);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_quiet_recording_is_flushed_within_about_a_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.exec");
+        let recording = Recording::exec(&path, &exec_header(), false).unwrap();
+        let header_len = std::fs::metadata(&path).unwrap().len();
+        let sender = recording.sender();
+        sender
+            .send(Record::Output(Bytes::from_static(b"hello")))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + FLUSH_EVERY * 3;
+        while std::fs::metadata(&path).unwrap().len() == header_len {
+            assert!(Instant::now() < deadline, "not flushed after 3 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), header_len + 13 + 5);
+        drop(sender);
+        recording.finish().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_error_fails_the_senders_and_the_finish() {
+        let recording = Recording::spawn(
+            Path::new("unused"),
+            Writer::Failing {
+                writes: 0,
+                fail_at: 3,
+            },
+        )
+        .unwrap();
+        let sender = recording.sender();
+        let mut failed_at = None;
+        // More sends than the queue holds: a relay waiting for a slot must be released, not hang.
+        for i in 0..(QUEUE * 4) {
+            if sender
+                .send(Record::Output(Bytes::from_static(b"x")))
+                .await
+                .is_err()
+            {
+                failed_at = Some(i);
+                break;
+            }
+        }
+        assert!(failed_at.is_some(), "no send failed");
+        drop(sender);
+        let err = recording.finish().await.unwrap_err();
+        assert!(err.0.contains("disk full (test)"), "{}", err.0);
     }
 }

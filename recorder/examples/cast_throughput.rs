@@ -1,9 +1,9 @@
-//! How fast [`CastWriter`] records bulk output: writes MB megabytes of one kind of terminal output in 32 KiB
-//! chunks (the size of an SSH data packet) and prints input MB/s and the size of the cast. `bench/ssh.sh`
-//! measures the whole path; this isolates the recorder:
+//! How fast [`CastWriter`] (or, with `exec`, [`ExecWriter`]) records bulk output: writes MB megabytes of one
+//! kind of output in 32 KiB chunks (the size of an SSH data packet) and prints input MB/s and the size of the
+//! recording. `bench/ssh.sh` measures the whole path; this isolates the recorder:
 //!
 //! ```text
-//! cargo run --release -p chaperone-recorder --example cast_throughput -- [zeros|text|binary|utf8] [MB] [DIR]
+//! cargo run --release -p chaperone-recorder --example cast_throughput -- [zeros|text|binary|utf8] [MB] [DIR] [cast|exec]
 //! ```
 //!
 //! `zeros` is what `head -c N /dev/zero` sends (every byte a NUL, `\u0000` in JSON); `text` is printable ASCII
@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use chaperone_recorder::{CastHeader, CastWriter};
+use chaperone_recorder::{CastHeader, CastWriter, ExecHeader, ExecWriter, Finished};
 
 const CHUNK: usize = 32 * 1024;
 
@@ -52,27 +52,50 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mb: usize = args.next().map_or(Ok(200), |s| s.parse())?;
     let dir = args.next().map_or_else(std::env::temp_dir, Into::into);
     let data = chunk(&kind)?;
-    let path = dir.join(format!("cast-throughput-{}.cast", std::process::id()));
-    let header = CastHeader {
-        width: 80,
-        height: 24,
-        timestamp: 0,
-        title: None,
-        command: Some(format!("head -c {mb}M {kind}")),
-        env: BTreeMap::new(),
-    };
-    let mut writer = CastWriter::create(&path, header)?;
+    let format = args.next().unwrap_or_else(|| "cast".into());
+    let path = dir.join(format!("cast-throughput-{}.{format}", std::process::id()));
+    let command = Some(format!("head -c {mb}M {kind}"));
     let chunks = mb * 1_000_000 / CHUNK;
-    let start = Instant::now();
-    for i in 0..chunks {
-        writer.output(Duration::from_micros(i as u64 * 100), &data)?;
-    }
-    let done = writer.finish()?;
+    let at = |i: usize| Duration::from_micros(i as u64 * 100);
+    let start;
+    let done: Finished = match format.as_str() {
+        "cast" => {
+            let header = CastHeader {
+                width: 80,
+                height: 24,
+                timestamp: 0,
+                title: None,
+                command,
+                env: BTreeMap::new(),
+            };
+            let mut writer = CastWriter::create(&path, header)?;
+            start = Instant::now();
+            for i in 0..chunks {
+                writer.output(at(i), &data)?;
+            }
+            writer.finish()?
+        }
+        "exec" => {
+            let header = ExecHeader {
+                timestamp: 0,
+                title: None,
+                command,
+                env: BTreeMap::new(),
+            };
+            let mut writer = ExecWriter::create(&path, &header)?;
+            start = Instant::now();
+            for i in 0..chunks {
+                writer.stdout(at(i), &data)?;
+            }
+            writer.finish()?
+        }
+        other => return Err(format!("unknown format {other} (cast, exec)").into()),
+    };
     let secs = start.elapsed().as_secs_f64();
     std::fs::remove_file(&path)?;
     let input = (chunks * CHUNK) as f64;
     println!(
-        "{kind}: {:.0} MB in {secs:.3} s = {:.0} MB/s of output recorded; cast {:.0} MB ({:.2} bytes per byte)",
+        "{kind} as {format}: {:.0} MB in {secs:.3} s = {:.0} MB/s of output recorded; file {:.0} MB ({:.2} bytes per byte)",
         input / 1e6,
         input / 1e6 / secs,
         done.bytes as f64 / 1e6,

@@ -194,9 +194,9 @@ fn write_event(
 }
 
 /// Appends `text` as a JSON string. The same escapes as `serde_json` (`\"`, `\\`, `\n`, `\r`, `\t`, `\b`,
-/// `\f`, other control characters as `\u00XX`), but bulk-friendly: runs of bytes that need no escape are
-/// copied at once, and a run of one repeated control character (`head -c N /dev/zero`, padding) is written
-/// by repeating its escape instead of one byte at a time.
+/// `\f`, other control characters as `\u00XX`), but bulk-friendly: text that needs no escape is checked
+/// 8 bytes at a time and copied in runs, and a run of one repeated control character (`head -c N
+/// /dev/zero`, padding) is written by repeating its escape instead of one byte at a time.
 fn push_json_str(out: &mut Vec<u8>, text: &str) {
     let bytes = text.as_bytes();
     out.reserve(bytes.len() + 2);
@@ -204,7 +204,13 @@ fn push_json_str(out: &mut Vec<u8>, text: &str) {
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
-        let byte = bytes[i];
+        while let Some(word) = bytes[i..].first_chunk::<8>() {
+            if word_needs_escape(u64::from_le_bytes(*word)) {
+                break;
+            }
+            i += 8;
+        }
+        let Some(&byte) = bytes.get(i) else { break };
         if !needs_escape(byte) {
             i += 1;
             continue;
@@ -228,6 +234,18 @@ fn push_json_str(out: &mut Vec<u8>, text: &str) {
 /// a `str`, multi-byte UTF-8 included, is copied as it is.
 fn needs_escape(byte: u8) -> bool {
     byte < 0x20 || byte == b'"' || byte == b'\\'
+}
+
+/// Whether any of the 8 bytes in `word` [`needs_escape`]: the exact "has a byte less than n" and "has a
+/// zero byte" tests from Bit Twiddling Hacks (exact as yes/no answers; bytes >= 0x80 never match).
+fn word_needs_escape(word: u64) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGH != 0;
+    below_space
+        || has_zero(word ^ (ONES * u64::from(b'"')))
+        || has_zero(word ^ (ONES * u64::from(b'\\')))
 }
 
 /// The JSON escape of a byte for which [`needs_escape`] holds, written into `buf`.
@@ -677,6 +695,15 @@ mod tests {
             "\\".repeat(129),
             "a\r\n\r\nb\x1b[31mred\x1b[0m\t\x08\x0c\x7f".into(),
         ];
+        // Every escaped character at every position of an 8-byte word, amid text and multi-byte UTF-8.
+        for special in (0u8..0x20).chain([b'"', b'\\']) {
+            for pos in 0..20 {
+                let mut text = "é".repeat(pos % 3) + &"a".repeat(pos);
+                text.push(char::from(special));
+                text.push_str("bcdefghijklmnop€ü ~\x7f");
+                cases.push(text);
+            }
+        }
         let mut state = 0x2545_f491_4f6c_dd1du64;
         for _ in 0..200 {
             let bytes: Vec<u8> = (0..300)

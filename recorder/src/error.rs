@@ -44,4 +44,12 @@ pub enum Error {
         /// What is wrong with that line.
         reason: String,
     },
+    /// The file is not a valid exec recording (`chaperone-exec v1`).
+    #[error("invalid exec recording at byte {offset}: {reason}")]
+    InvalidExec {
+        /// Where the bad part starts: the header line, or the frame.
+        offset: u64,
+        /// What is wrong there.
+        reason: String,
+    },
 }

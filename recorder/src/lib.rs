@@ -1,8 +1,10 @@
-//! Session recordings for chaperone: terminal sessions as asciicast v2, file transfers as a JSON-lines log,
-//! each with a SHA-256 digest computed while it is written.
+//! Session recordings for chaperone: terminal sessions as asciicast v2, exec sessions without a terminal as
+//! a framed byte stream, file transfers as a JSON-lines log, each with a SHA-256 digest computed while it
+//! is written.
 //!
-//! Entry points: [`CastWriter`] and [`parse_cast`] (module [`asciicast`]); [`SftpObserver`] and
-//! [`TransferLog`] (module [`transfer`]); [`sha256_file`] to check a finished file against its stored digest.
+//! Entry points: [`CastWriter`] and [`parse_cast`] (module [`asciicast`]); [`ExecWriter`], [`ExecReader`],
+//! [`exec_to_cast`] and [`exec_raw`] (module [`exec`]); [`SftpObserver`] and [`TransferLog`] (module
+//! [`transfer`]); [`sha256_file`] and [`Sha256Reader`] to check a file against its stored digest.
 //!
 //! Every writer is synchronous `std::io`, meant to run off the async runtime, and every write returns an
 //! error the caller acts on: chaperone ends a session it cannot record.
@@ -11,10 +13,14 @@
 
 pub mod asciicast;
 mod error;
+pub mod exec;
 mod sink;
 pub mod transfer;
 
 pub use asciicast::{Cast, CastHeader, CastReader, CastWriter, Event, EventKind, parse_cast};
 pub use error::{Error, Result};
-pub use sink::{Finished, sha256_file};
+pub use exec::{
+    ExecHeader, ExecReader, ExecWriter, Frame, FrameData, OutputStream, exec_raw, exec_to_cast,
+};
+pub use sink::{Finished, Sha256Reader, sha256_file};
 pub use transfer::{Direction, OpKind, Outcome, SftpObserver, TransferEvent, TransferLog};

@@ -1,20 +1,21 @@
 //! Append-only recording files that hash what they write: the storage under
 //! [`CastWriter`](crate::CastWriter) and [`TransferLog`](crate::TransferLog).
 //!
-//! Entry points: [`Finished`], returned when a recording is closed, and [`sha256_file`], which recomputes the
-//! digest of a file on disk to verify it. A file is created with `create_new` and mode 0600 (a recording is
+//! Entry points: [`Finished`], returned when a recording is closed, [`sha256_file`], which recomputes the
+//! digest of a file on disk to verify it, and [`Sha256Reader`], which hashes a file while it is read for
+//! export. SHA-256 is `ring`'s (SHA-NI/AVX2 where the CPU has them). A file is created with `create_new` and mode 0600 (a recording is
 //! never overwritten and only chaperone's user reads it), buffered, flushed by the first write that comes
 //! more than `FLUSH_INTERVAL` after the previous flush, so a crash loses about a second, and fsynced when
 //! finished.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
+use ring::digest::{Context, SHA256};
 
 use crate::error::{Error, Result};
 
@@ -43,10 +44,72 @@ pub struct Finished {
 /// SHA-256 of a file, lowercase hex, read in a streaming fashion (to verify a recording against its
 /// [`Finished::sha256_hex`]).
 pub fn sha256_file(path: impl AsRef<Path>) -> Result<String> {
-    let mut file = BufReader::with_capacity(64 * 1024, File::open(path)?);
-    let mut hasher = Sha256::new();
-    io::copy(&mut file, &mut hasher)?;
-    Ok(hex::encode(hasher.finalize()))
+    Ok(Sha256Reader::new(File::open(path)?).finish_hex()?)
+}
+
+/// A running SHA-256 (ring's `Context` has no `Debug`; this prints only its name).
+#[derive(Clone)]
+pub(crate) struct Hasher(Context);
+
+impl Hasher {
+    pub(crate) fn new() -> Self {
+        Self(Context::new(&SHA256))
+    }
+
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The digest so far, lowercase hex; the hasher starts again from nothing.
+    pub(crate) fn take_hex(&mut self) -> String {
+        hex::encode(std::mem::replace(self, Self::new()).0.finish())
+    }
+}
+
+impl std::fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hasher(SHA-256)")
+    }
+}
+
+/// A reader that computes the SHA-256 of every byte read through it: an export checks that what it
+/// converted is the file the digest vouches for, with no window between checking and reading.
+#[derive(Debug)]
+pub struct Sha256Reader<R> {
+    inner: R,
+    hasher: Hasher,
+}
+
+impl<R: Read> Sha256Reader<R> {
+    /// Wraps `inner`; nothing is read yet.
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            hasher: Hasher::new(),
+        }
+    }
+
+    /// Reads the rest of the input, so the digest covers all of it, and returns the digest as lowercase hex.
+    pub fn finish_hex(mut self) -> io::Result<String> {
+        let mut buf = vec![0; 256 * 1024];
+        loop {
+            match self.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.hasher.take_hex())
+    }
+}
+
+impl<R: Read> Read for Sha256Reader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// A new file written record by record, with a running digest of exactly the bytes handed to it.
@@ -63,7 +126,7 @@ pub(crate) struct HashedFile {
     /// `None` once finished or after the thread failed.
     writer: Option<WriterThread>,
     /// Digest of every byte given to `buf`, so finishing needs no second read of the file.
-    hasher: Sha256,
+    hasher: Hasher,
     /// Bytes written so far, checked against `max_bytes`.
     bytes: u64,
     max_bytes: Option<u64>,
@@ -154,7 +217,7 @@ impl HashedFile {
             path: path.to_owned(),
             buf: Vec::with_capacity(BUFFER_SIZE),
             writer: Some(WriterThread::spawn(file)?),
-            hasher: Sha256::new(),
+            hasher: Hasher::new(),
             bytes: 0,
             max_bytes: None,
             last_flush: Instant::now(),
@@ -172,18 +235,26 @@ impl HashedFile {
 
     /// Appends one whole record, or nothing if it would pass the size cap.
     pub(crate) fn write_record(&mut self, record: &[u8]) -> Result<()> {
+        self.write_parts(&[record])
+    }
+
+    /// Appends one whole record given in pieces (a frame header and its data, without copying them
+    /// together first), or nothing if it would pass the size cap.
+    pub(crate) fn write_parts(&mut self, parts: &[&[u8]]) -> Result<()> {
         if self.poisoned {
             return Err(Error::Poisoned);
         }
-        let len = record.len() as u64;
+        let len = parts.iter().map(|p| p.len() as u64).sum::<u64>();
         if let Some(max_bytes) = self.max_bytes
             && self.bytes.saturating_add(len) > max_bytes
         {
             return Err(Error::CapExceeded { max_bytes });
         }
         self.poisoned = true;
-        self.buf.extend_from_slice(record);
-        self.hasher.update(record);
+        for part in parts {
+            self.buf.extend_from_slice(part);
+            self.hasher.update(part);
+        }
         self.bytes += len;
         if self.last_flush.elapsed() >= FLUSH_INTERVAL {
             self.poisoned = false;
@@ -241,7 +312,7 @@ impl HashedFile {
         file.sync_all()?;
         Ok(Finished {
             path: std::mem::take(&mut self.path),
-            sha256_hex: hex::encode(std::mem::take(&mut self.hasher).finalize()),
+            sha256_hex: self.hasher.take_hex(),
             bytes: self.bytes,
         })
     }
@@ -273,6 +344,7 @@ pub(crate) fn seconds(at: Duration) -> f64 {
 )]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn digest_matches_the_file_and_an_independent_hash() {

@@ -1,15 +1,18 @@
 //! `chaperone session …`: what vendors did, and the recordings that prove it.
 
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-
-use clap::Subcommand;
+use chaperone_recorder::{OutputStream, Sha256Reader};
+use clap::{Subcommand, ValueEnum};
 
 use super::output::{json, or_dash, table};
 use crate::app::App;
 use crate::clock::format_time;
 use crate::model::RecordingRow;
+use crate::ssh::session::RecordingFormat;
 
 #[derive(Debug, Subcommand)]
 pub enum SessionCommand {
@@ -28,13 +31,28 @@ pub enum SessionCommand {
         json: bool,
     },
     /// Write a session's terminal recording (.cast, asciicast v2) to FILE, after checking its digest.
+    /// An exec without a pty is recorded byte for byte; its .cast is derived (bytes that are not UTF-8
+    /// shown as U+FFFD), and --raw writes the exact bytes instead.
     Export {
         id: String,
         #[arg(short, long)]
         output: PathBuf,
+        /// Write the exact bytes of one output stream of an exec recording, not a .cast.
+        #[arg(long)]
+        raw: bool,
+        /// With --raw: which stream.
+        #[arg(long, value_enum, default_value_t = Stream::Stdout, requires = "raw")]
+        stream: Stream,
     },
     /// Check that a session's recordings still match the digests the audit log vouches for.
     Verify { id: String },
+}
+
+/// An exec program's output stream, for `export --raw`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Stream {
+    Stdout,
+    Stderr,
 }
 
 pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
@@ -107,19 +125,36 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        SessionCommand::Export { id, output } => {
+        SessionCommand::Export {
+            id,
+            output,
+            raw,
+            stream,
+        } => {
             let s = app.store.session(&id).await?;
-            let Some(r) = s.recordings.iter().find(|r| r.format == "asciicast-v2") else {
+            let Some(r) = s.recordings.iter().find(|r| {
+                r.format == RecordingFormat::ASCIICAST || r.format == RecordingFormat::EXEC_STREAM
+            }) else {
                 bail!(
                     "session {id} has no terminal recording (kind {}); see `session show {id}`",
                     s.kind
                 );
             };
             check_digest(r)?;
-            let bytes = std::fs::read(&r.path).with_context(|| format!("reading {}", r.path))?;
-            super::init::write_new(&output, &bytes, 0o600)?;
+            match (r.format.as_str(), raw) {
+                (RecordingFormat::ASCIICAST, false) => {
+                    let bytes =
+                        std::fs::read(&r.path).with_context(|| format!("reading {}", r.path))?;
+                    super::init::write_new(&output, &bytes, 0o600)?;
+                }
+                (RecordingFormat::ASCIICAST, true) => bail!(
+                    "session {id} ran with a terminal and is recorded as asciicast, which keeps text, not \
+                     raw bytes; export it without --raw"
+                ),
+                _ => export_exec(r, &output, raw.then_some(stream))?,
+            }
             println!(
-                "Session {id} exported to {} (sha256 {}).",
+                "Session {id} exported to {} (recording sha256 {}).",
                 output.display(),
                 r.sha256.as_deref().unwrap_or("-")
             );
@@ -141,6 +176,61 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Writes an exec recording's .cast (`raw` None) or one stream's exact bytes to a new file (mode 0600,
+/// never replacing one). The digest is checked again over the very bytes converted, so a file altered
+/// after `check_digest` is caught too; on any error after creating it, the output is removed.
+fn export_exec(r: &RecordingRow, output: &Path, raw: Option<Stream>) -> anyhow::Result<()> {
+    use chaperone_recorder::Error as RecError;
+    let file = File::open(&r.path).with_context(|| format!("opening {}", r.path))?;
+    let mut input = BufReader::with_capacity(256 * 1024, Sha256Reader::new(file));
+    let converted = match raw {
+        None => match chaperone_recorder::exec_to_cast(&mut input, output) {
+            // Nothing was created, so nothing to remove (the file may be someone else's).
+            Err(e @ RecError::Create { .. }) => return Err(e.into()),
+            other => other.map(drop),
+        },
+        Some(stream) => {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let out = options
+                .open(output)
+                .with_context(|| format!("creating {}", output.display()))?;
+            let mut out = BufWriter::with_capacity(256 * 1024, out);
+            let stream = match stream {
+                Stream::Stdout => OutputStream::Stdout,
+                Stream::Stderr => OutputStream::Stderr,
+            };
+            chaperone_recorder::exec_raw(&mut input, stream, &mut out).and_then(|_| {
+                let file = out.into_inner().map_err(|e| e.into_error())?;
+                file.sync_all()?;
+                Ok(())
+            })
+        }
+    };
+    let result = converted
+        .with_context(|| format!("converting {}", r.path))
+        .and_then(|()| {
+            input
+                .into_inner()
+                .finish_hex()
+                .with_context(|| format!("reading {}", r.path))
+        })
+        .and_then(|actual| match r.sha256.as_deref() {
+            Some(expected) if expected == actual => Ok(()),
+            expected => bail!(
+                "recording {} was ALTERED while it was exported: sha256 {actual}, the audit log vouches for {}",
+                r.path,
+                expected.unwrap_or("-")
+            ),
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_file(output);
+    }
+    result
 }
 
 /// Recomputes a recording's SHA-256 and compares it with the stored one.

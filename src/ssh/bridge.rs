@@ -344,7 +344,7 @@ pub async fn run(vendor: Channel<server::Msg>, device: Channel<client::Msg>, ctx
                             .bytes_down
                             .fetch_add(data.len() as u64, Ordering::Relaxed);
                         if kind != SessionKind::Sftp
-                            && let Err(e) = recorder.send(Record::Output(data.clone())).await
+                            && let Err(e) = recorder.send(Record::Stderr(data.clone())).await
                         {
                             shared.finish(End::RecordingFailed(e.0));
                             break;

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chaperone_recorder::CastHeader;
+use chaperone_recorder::{CastHeader, ExecHeader};
 use russh::server::{self, ChannelOpenHandle, Msg};
 use russh::{Channel, Disconnect};
 use serde_json::json;
@@ -181,6 +181,39 @@ pub async fn refuse(channel: Channel<Msg>, reply: ChannelOpenHandle, message: &s
     let _ = channel.close().await;
 }
 
+/// How a session is recorded; `as_str` is the `recordings.format` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordingFormat {
+    /// Shells and exec with a pty: asciicast v2.
+    Asciicast,
+    /// Exec without a pty: stdout and stderr byte for byte (`chaperone_recorder::exec`).
+    ExecStream,
+    /// sftp and scp: the transfer log.
+    TransferLog,
+}
+
+impl RecordingFormat {
+    pub const ASCIICAST: &str = "asciicast-v2";
+    pub const EXEC_STREAM: &str = "exec-stream-v1";
+    pub const TRANSFER_LOG: &str = "transfer-log";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingFormat::Asciicast => Self::ASCIICAST,
+            RecordingFormat::ExecStream => Self::EXEC_STREAM,
+            RecordingFormat::TransferLog => Self::TRANSFER_LOG,
+        }
+    }
+
+    fn extension(self) -> &'static str {
+        match self {
+            RecordingFormat::Asciicast => "cast",
+            RecordingFormat::ExecStream => "exec",
+            RecordingFormat::TransferLog => "sftp.jsonl",
+        }
+    }
+}
+
 /// Starts the session record and its recording when the first request arrives.
 #[derive(Debug)]
 pub struct Starter {
@@ -216,38 +249,56 @@ impl Starter {
         let now = app.clock.now();
         let id = crate::secrets::random_hex(8);
         let detail: String = detail.chars().take(4096).collect();
-        let (format, path) = match kind {
-            SessionKind::Sftp => (
-                "transfer-log",
-                app.config.recording.dir.join(format!("{id}.sftp.jsonl")),
-            ),
-            _ => (
-                "asciicast-v2",
-                app.config.recording.dir.join(format!("{id}.cast")),
-            ),
+        // Shells and exec with a pty are what a terminal showed: asciicast, for players. An exec without
+        // a pty is a program's byte streams, often not text (`tar c`, `cat image.dcm`): recorded 1:1, with
+        // the cast derived on export (`session export`).
+        let format = match (kind, pty) {
+            (SessionKind::Sftp, _) => RecordingFormat::TransferLog,
+            (SessionKind::Exec, None) => RecordingFormat::ExecStream,
+            _ => RecordingFormat::Asciicast,
         };
-        let recording = match kind {
-            SessionKind::Sftp => Recording::transfers(&path),
-            _ => {
-                let mut env = BTreeMap::new();
-                if let Some(p) = pty {
-                    env.insert("TERM".to_owned(), p.term.chars().take(64).collect());
-                }
-                let header = CastHeader {
+        let path = app
+            .config
+            .recording
+            .dir
+            .join(format!("{id}.{}", format.extension()));
+        let title = format!(
+            "chaperone session {id}: {}@{}",
+            grant.vendor().name,
+            asset.name
+        );
+        let mut env = BTreeMap::new();
+        if let Some(p) = pty {
+            env.insert("TERM".to_owned(), p.term.chars().take(64).collect());
+        }
+        let command = (kind == SessionKind::Exec).then(|| detail.clone());
+        let record_input = app.config.recording.record_input;
+        let recording = match format {
+            RecordingFormat::TransferLog => Recording::transfers(&path),
+            RecordingFormat::ExecStream => Recording::exec(
+                &path,
+                &ExecHeader {
+                    timestamp: now,
+                    title: Some(title),
+                    command,
+                    env,
+                },
+                record_input,
+            ),
+            RecordingFormat::Asciicast => Recording::cast(
+                &path,
+                CastHeader {
                     width: pty.map_or(80, |p| p.cols.max(1)),
                     height: pty.map_or(24, |p| p.rows.max(1)),
                     timestamp: now,
-                    title: Some(format!(
-                        "chaperone session {id}: {}@{}",
-                        grant.vendor().name,
-                        asset.name
-                    )),
-                    command: (kind == SessionKind::Exec).then(|| detail.clone()),
+                    title: Some(title),
+                    command,
                     env,
-                };
-                Recording::cast(&path, header, app.config.recording.record_input)
-            }
+                },
+                record_input,
+            ),
         };
+        let format = format.as_str();
         let recording = match recording {
             Ok(r) => r,
             Err(e) => {

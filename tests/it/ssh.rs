@@ -83,7 +83,13 @@ fn exec_and_shell_reach_the_device_with_exit_codes_and_are_recorded() {
     assert_eq!(sessions.len(), 2);
     for s in sessions {
         let rec = &s["recordings"][0];
-        assert_eq!(rec["format"], "asciicast-v2");
+        // An exec without a pty is recorded byte for byte; a shell as asciicast.
+        let format = if s["kind"] == "exec" {
+            "exec-stream-v1"
+        } else {
+            "asciicast-v2"
+        };
+        assert_eq!(rec["format"], format, "{s}");
         let path = rec["path"].as_str().unwrap();
         let digest = chaperone_recorder::sha256_file(path).unwrap();
         assert_eq!(rec["sha256"].as_str(), Some(digest.as_str()));
@@ -105,6 +111,12 @@ fn exec_and_shell_reach_the_device_with_exit_codes_and_are_recorded() {
             exported.to_str().unwrap(),
         ])
         .ok();
+    let cast = chaperone_recorder::parse_cast(std::fs::File::open(&exported).unwrap()).unwrap();
+    assert_eq!(
+        cast.header.command.as_deref(),
+        Some("echo hello-from-device; echo to-stderr >&2; exit 3")
+    );
+    assert!(cast.text().contains("hello-from-device") && cast.text().contains("to-stderr"));
     let played = asciinema_cat(&exported);
     if let Some(played) = played {
         assert!(
@@ -112,6 +124,25 @@ fn exec_and_shell_reach_the_device_with_exit_codes_and_are_recorded() {
             "{played}"
         );
     }
+    // A shell is recorded as text only: there are no raw bytes to export.
+    let shell_id = sessions.iter().find(|s| s["kind"] == "shell").unwrap()["id"]
+        .as_str()
+        .unwrap();
+    let raw = b.data.path().join("shell.raw");
+    let run = b.data.run(&[
+        "session",
+        "export",
+        shell_id,
+        "-o",
+        raw.to_str().unwrap(),
+        "--raw",
+    ]);
+    assert!(
+        run.fails(1).stderr().contains("without --raw"),
+        "{}",
+        run.stderr()
+    );
+    assert!(!raw.exists());
     let shell_rec =
         sessions.iter().find(|s| s["kind"] == "shell").unwrap()["recordings"][0]["path"]
             .as_str()
@@ -149,6 +180,109 @@ fn exec_and_shell_reach_the_device_with_exit_codes_and_are_recorded() {
             && audit.contains("recording_sha256")
     );
     b.data.run(&["audit", "verify"]).ok();
+}
+
+/// Issue 3: an exec without a pty is recorded 1:1 (not as asciicast, which mangles bytes that are not UTF-8
+/// and makes a NUL 6 bytes), exports exactly, still exports as a playable .cast, and tampering is caught.
+#[test]
+fn exec_without_a_pty_is_recorded_byte_for_byte() {
+    let Some((_sshd, b)) = setup() else { return };
+    let kate = b.vendor("kate", "Acme Imaging");
+    b.grant("kate", "mri-01", "ssh", "1h");
+    let out = b
+        .ssh(&kate, "kate+mri-01")
+        .arg("head -c 100000 /dev/urandom; head -c 3000 /dev/zero; printf 'warn\\0\\377' >&2")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{:?}\n{}", text(&out), b.log());
+    assert_eq!(out.stdout.len(), 103_000);
+    assert_eq!(out.stderr, b"warn\0\xff");
+
+    assert!(crate::support::bastion::wait_until(
+        Duration::from_secs(5),
+        || session_json(&b)
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| !s["ended_at"].is_null())
+    ));
+    let sessions = session_json(&b);
+    let s = &sessions.as_array().unwrap()[0];
+    let id = s["id"].as_str().unwrap();
+    let rec = &s["recordings"][0];
+    assert_eq!(rec["format"], "exec-stream-v1");
+    let path = std::path::PathBuf::from(rec["path"].as_str().unwrap());
+    assert!(path.to_str().unwrap().ends_with(".exec"));
+    // 1:1 plus a header and 13 bytes per frame: nowhere near asciicast's 6 bytes per NUL.
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!((103_005..110_000).contains(&size), "{size}");
+    assert_eq!(rec["size"].as_i64(), Some(size as i64));
+    assert_eq!(
+        rec["sha256"].as_str(),
+        Some(chaperone_recorder::sha256_file(&path).unwrap().as_str())
+    );
+    b.data.run(&["session", "verify", id]).ok();
+
+    let dir = b.data.path();
+    let export = |file: &str, extra: &[&str]| {
+        let out = dir.join(file);
+        let mut args = vec!["session", "export", id, "-o", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        (b.data.run(&args), out)
+    };
+    let (run, stdout) = export("kate.stdout", &["--raw"]);
+    run.ok();
+    assert!(
+        std::fs::read(&stdout).unwrap() == out.stdout,
+        "stdout differs"
+    );
+    let (run, stderr) = export("kate.stderr", &["--raw", "--stream", "stderr"]);
+    run.ok();
+    assert_eq!(std::fs::read(&stderr).unwrap(), out.stderr);
+    // Never over an existing file.
+    let (run, _) = export("kate.stdout", &["--raw"]);
+    run.fails(1);
+    assert!(std::fs::read(&stdout).unwrap() == out.stdout);
+
+    let (run, cast_path) = export("kate.cast", &[]);
+    run.ok();
+    let cast = chaperone_recorder::parse_cast(std::fs::File::open(&cast_path).unwrap()).unwrap();
+    assert_eq!(
+        cast.header.command.as_deref(),
+        Some("head -c 100000 /dev/urandom; head -c 3000 /dev/zero; printf 'warn\\0\\377' >&2")
+    );
+    assert!(
+        cast.header.title.as_deref().unwrap().contains(id),
+        "{:?}",
+        cast.header
+    );
+    assert!(
+        cast.text()
+            .ends_with(&format!("{}warn\0\u{FFFD}", "\0".repeat(3000)))
+    );
+    if let Some(played) = asciinema_cat(&cast_path) {
+        assert!(played.contains("warn"), "{played}");
+    }
+
+    // One flipped bit in the recorded bytes is caught by verify, and export refuses.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    std::fs::write(&path, bytes).unwrap();
+    let run = b.data.run(&["session", "verify", id]);
+    assert!(
+        run.fails(1).stderr().contains("ALTERED"),
+        "{}",
+        run.stderr()
+    );
+    let (run, tampered) = export("tampered.raw", &["--raw"]);
+    assert!(
+        run.fails(1).stderr().contains("ALTERED"),
+        "{}",
+        run.stderr()
+    );
+    assert!(!tampered.exists());
 }
 
 /// `asciinema cat FILE` (asciinema 2.4, from PyPI): what the stock player prints, or None when missing.
