@@ -159,3 +159,67 @@ fn a_webhook_in_clear_over_the_network_is_refused_at_start() {
         run.stderr()
     );
 }
+
+/// HTTPS: the receiver's certificate must chain to `ca_file` (or the system's roots). chaperone's own
+/// web listener stands in for a receiver: it answers 404 to the POST, which proves TLS and HTTP worked.
+#[test]
+fn https_receivers_are_verified_against_ca_file_or_the_system_roots() {
+    let undelivered_error = |ca_file: Option<&str>| -> String {
+        let data = DataDir::init();
+        let port = data.fix_web_port();
+        let ca = ca_file
+            .map(|f| format!("ca_file = \"{f}\"\n"))
+            .unwrap_or_default();
+        let url = format!("https://localhost:{port}/hook");
+        let mut text = std::fs::read_to_string(data.config()).unwrap();
+        text.push_str(&webhook::config(
+            &url,
+            SECRET,
+            &format!("{ca}max_attempts = 1"),
+        ));
+        std::fs::write(data.config(), text).unwrap();
+        let b = Bastion::start(data);
+        b.vendor("alice", "Acme Imaging");
+        // A revocation is one of the default events.
+        b.data
+            .run(&[
+                "asset",
+                "add",
+                "pump-7",
+                "--address",
+                "127.0.0.1",
+                "--zone",
+                "icu",
+                "--purpose",
+                "Infusion pump",
+                "--service",
+                "ssh:22/ssh",
+            ])
+            .ok();
+        let grant = b.grant("alice", "pump-7", "ssh", "1h");
+        b.data
+            .run(&["grant", "revoke", &grant.to_string(), "--reason", "done"])
+            .ok();
+        let mut line = String::new();
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                line = audit(&b)
+                    .lines()
+                    .find(|l| l.contains("\"webhook.undelivered\""))
+                    .unwrap_or_default()
+                    .to_owned();
+                !line.is_empty()
+            }),
+            "{}",
+            b.log()
+        );
+        line
+    };
+    let trusted = undelivered_error(Some("web_cert.pem"));
+    assert!(trusted.contains("404"), "TLS should have worked: {trusted}");
+    let untrusted = undelivered_error(None);
+    assert!(
+        untrusted.contains("TLS handshake") && !untrusted.contains("404"),
+        "an unknown issuer must fail the handshake: {untrusted}"
+    );
+}
