@@ -579,7 +579,12 @@ impl Core for WebCore {
         self.app.store.staff_passkeys(name).await.map_err(internal)
     }
 
-    async fn set_passkeys(&self, name: &str, passkeys_json: &str) -> Result<(), CoreError> {
+    async fn set_passkeys(
+        &self,
+        name: &str,
+        passkeys_json: &str,
+        action: &'static str,
+    ) -> Result<(), CoreError> {
         let app = &self.app;
         let Some(user) = app.store.staff_auth(name).await.map_err(internal)? else {
             return Err(CoreError::NotFound);
@@ -592,15 +597,15 @@ impl Core for WebCore {
         tx.audit(
             AuditEvent::new(
                 format!("staff:{}", user.name),
-                "staff.passkey.update",
+                action,
                 format!("user:{}", user.name),
-                json!({}),
+                json!({"passkeys": serde_json::from_str::<Vec<serde_json::Value>>(passkeys_json).map_or(0, |p| p.len())}),
             ),
             now,
         )
         .await
         .map_err(internal)?;
-        tx.commit("staff.passkey.update").await.map_err(internal)
+        tx.commit("staff.passkey").await.map_err(internal)
     }
 
     async fn changed(&self) {

@@ -96,7 +96,7 @@ try {
   await page.waitForLoadState("load");
   await shot("approved");
 
-  for (const [path, label] of [["/grants", "grants"], ["/sessions", "sessions"]]) {
+  for (const [path, label] of [["/grants", "grants"], ["/sessions", "sessions"], ["/account", "account"]]) {
     await page.goto(`${base}${path}`);
     await shot(label);
   }

@@ -13,7 +13,7 @@ use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 
 use crate::support::DataDir;
 use crate::support::bastion::Bastion;
-use crate::support::web::{Answer, curl};
+use crate::support::web::{Answer, Approver, curl};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -86,9 +86,17 @@ fn sign_in_start(
     page: &Page,
     password: &str,
 ) -> Result<(String, RequestChallengeResponse), Answer> {
+    sign_in_start_as(page, "bob", password)
+}
+
+fn sign_in_start_as(
+    page: &Page,
+    name: &str,
+    password: &str,
+) -> Result<(String, RequestChallengeResponse), Answer> {
     let start = page.post(
         "/login/passkey/start",
-        &serde_json::json!({"name": "bob", "password": password}),
+        &serde_json::json!({"name": name, "password": password}),
     );
     if start.status != 200 {
         return Err(start);
@@ -192,4 +200,45 @@ fn a_software_passkey_enrolls_and_signs_in_and_nothing_else_does() {
         ],
     );
     assert_eq!(totp.status, 401, "{}", totp.body);
+}
+
+#[test]
+fn a_totp_user_adds_a_passkey_on_the_account_page_and_signs_in_with_it() {
+    let (page, _) = setup();
+    let dave = Approver::enroll(&page._b, "dave", "approver");
+    let account = dave.get("/account");
+    assert_eq!(account.status, 200, "{}", account.body);
+    assert!(account.body.contains("no passkey yet"), "{}", account.body);
+
+    // A state change: without the CSRF token, refused.
+    let forged = dave.post_with("/account/passkeys/start", serde_json::json!({}), None);
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    let start = dave.post("/account/passkeys/start", serde_json::json!({}));
+    assert_eq!(start.status, 200, "{}", start.body);
+    let start = start.json();
+    let options: CreationChallengeResponse =
+        serde_json::from_value(start["options"].clone()).unwrap();
+    let origin = Url::parse(&page.base).unwrap();
+    let mut key = SoftPasskey::new(true);
+    let credential = key.do_registration(origin.clone(), options).unwrap();
+    let added = dave.post(
+        "/account/passkeys/finish",
+        serde_json::json!({"ceremony": start["ceremony"], "credential": credential}),
+    );
+    assert_eq!(added.status, 200, "{}", added.body);
+    assert_eq!(added.json()["passkeys"], 1);
+    assert!(dave.get("/account").body.contains("You have 1 passkey."));
+
+    // Another signed-out browser: password + that passkey.
+    let (ceremony, options) = sign_in_start_as(&page, "dave", PASSWORD).unwrap();
+    let assertion = key.do_authentication(origin, options).unwrap();
+    let ok = sign_in_finish(&page, &ceremony, &assertion);
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let audit = page
+        ._b
+        .data
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout();
+    assert!(audit.contains("\"staff.passkey.add\""), "{audit}");
 }

@@ -235,11 +235,13 @@ pub trait Core: Send + Sync + 'static {
     ) -> impl Future<Output = CoreResult<String>> + Send;
     /// `name`'s passkeys as stored (a JSON array), if any.
     fn passkeys(&self, name: &str) -> impl Future<Output = CoreResult<Option<String>>> + Send;
-    /// Replaces `name`'s passkeys (a sign-in moved a signature counter); audited.
+    /// Replaces `name`'s passkeys (one was added, or a sign-in moved a signature counter); audited
+    /// as `action` (`staff.passkey.add`, `staff.passkey.update`).
     fn set_passkeys(
         &self,
         name: &str,
         passkeys_json: &str,
+        action: &'static str,
     ) -> impl Future<Output = CoreResult<()>> + Send;
     /// Completes (with `true`) when something approvers see may have changed; used for live updates.
     fn changed(&self) -> impl Future<Output = ()> + Send;

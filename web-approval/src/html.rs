@@ -46,7 +46,7 @@ pub fn page(title: &str, active: &str, viewer: Option<&Viewer<'_>>, main: &str) 
         }
         let _ = write!(
             nav,
-            "</ul><form method=\"post\" action=\"/logout\" class=\"who\"><span>{} ({})</span>\
+            "</ul><form method=\"post\" action=\"/logout\" class=\"who\"><a href=\"/account\">{} ({})</a>\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button type=\"submit\">Sign out</button></form></nav>",
             esc(v.name),

@@ -99,6 +99,9 @@ pub fn router<C: Core>(core: Arc<C>, options: WebOptions) -> Router {
         .route("/sessions", get(pages::sessions::<C>))
         .route("/sessions/{id}/terminate", post(pages::terminate::<C>))
         .route("/events", get(pages::events::<C>))
+        .route("/account", get(pages::account::<C>))
+        .route("/account/passkeys/start", post(passkey::add_start::<C>))
+        .route("/account/passkeys/finish", post(passkey::add_finish::<C>))
         .route(
             "/login",
             get(signin::login_page::<C>).post(signin::login::<C>),

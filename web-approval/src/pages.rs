@@ -384,7 +384,7 @@ pub async fn sessions<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response
                 esc(&l.client_addr)
             );
         }
-        main.push_str("</tbody></table><p class=\"note\">Terminating a session revokes the grant it runs under, so every session under that grant ends on every node.</p>");
+        main.push_str("</tbody></table><p class=\"note\">Terminate ends that one session (on whichever node runs it) and leaves its grant; to end every session under a grant, revoke the grant on the Active grants page.</p>");
     }
     Html(page(
         "Live sessions",
@@ -436,4 +436,45 @@ pub async fn events<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
         Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))),
     )
         .into_response()
+}
+
+/// The signed-in user's account: how they signed in, their passkeys, and adding one.
+pub async fn account<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
+    let s = match signed_in(&st, &headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let method = match s.staff.method {
+        crate::Method::Passkey => "password and a passkey",
+        crate::Method::Totp => "password and an authenticator app code",
+    };
+    let mut main = format!(
+        "<h1>Your account</h1>{}<p>Signed in as <strong>{}</strong> with {method}.</p>",
+        flash(&s),
+        esc(&s.staff.name)
+    );
+    match &st.passkeys {
+        None => main.push_str(
+            "<p class=\"note\">Passkeys are not available on this server: its address (web.public_url) is not a DNS name.</p>",
+        ),
+        Some(_) => {
+            let n = match crate::passkey::count(&st, &s.staff.name).await {
+                Ok(n) => n,
+                Err(e) => return core_error(&e),
+            };
+            let _ = write!(
+                main,
+                "<h2>Passkeys</h2><p>{}</p><div class=\"passkey\">\
+                 <button type=\"button\" data-passkey=\"add\" data-csrf=\"{}\">Add a passkey</button>\
+                 <p class=\"status\" role=\"status\" aria-live=\"polite\" id=\"passkey-status\"></p></div>",
+                match n {
+                    0 => "You have no passkey yet. With one, you sign in with your password and the passkey instead of a code.".to_owned(),
+                    1 => "You have 1 passkey.".to_owned(),
+                    n => format!("You have {n} passkeys."),
+                },
+                esc(&s.csrf)
+            );
+        }
+    }
+    Html(page("Account", "Account", Some(&viewer(&s)), &main)).into_response()
 }

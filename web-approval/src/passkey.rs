@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
@@ -57,6 +57,11 @@ enum Ceremony {
     SignIn {
         name: String,
         state: PasskeyAuthentication,
+    },
+    /// A signed-in user adding another passkey.
+    Add {
+        name: String,
+        state: PasskeyRegistration,
     },
 }
 
@@ -102,6 +107,9 @@ impl Passkeys {
         (at.elapsed() < CEREMONY_TTL).then_some(ceremony)
     }
 }
+
+/// Passkeys one account may hold.
+pub const MAX_PASSKEYS: usize = 10;
 
 /// A stable WebAuthn user handle for an account name (no personal data in it).
 fn user_handle(name: &str) -> Uuid {
@@ -349,7 +357,10 @@ pub(crate) async fn login_finish<C: Core>(
             .iter_mut()
             .any(|p| p.update_credential(&result) == Some(true));
         if changed && let Ok(json) = to_json(&passkeys) {
-            let _ = st.core.set_passkeys(&name, &json).await;
+            let _ = st
+                .core
+                .set_passkeys(&name, &json, "staff.passkey.update")
+                .await;
         }
     }
     match start_session(&st, account, Method::Passkey).await {
@@ -395,4 +406,137 @@ mod tests {
         assert!(pk.take(&id).is_none());
         assert!(pk.take("unknown").is_none());
     }
+}
+
+// ---- adding a passkey to a signed-in account --------------------------------------------------
+
+/// The signed-in session for a JSON state change: the cookie and the `X-CSRF-Token` header.
+fn json_change<C>(st: &WebState<C>, headers: &HeaderMap) -> Result<crate::auth::Session, Response> {
+    let Some(session) = st.sessions.get(headers) else {
+        return Err(error(StatusCode::UNAUTHORIZED, "Sign in first."));
+    };
+    let token = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
+    if !crate::auth::csrf_ok(&session, token) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "CSRF token missing or wrong; reload the page.",
+        ));
+    }
+    Ok(session)
+}
+
+async fn stored<C: Core>(st: &WebState<C>, name: &str) -> Result<Vec<Passkey>, Response> {
+    match st.core.passkeys(name).await {
+        Ok(json) => parse_passkeys(json.as_deref()).map_err(|e| core_error(&e)),
+        Err(e) => Err(core_error(&e)),
+    }
+}
+
+pub(crate) async fn add_start<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
+    let Some(pk) = &st.passkeys else {
+        return unavailable();
+    };
+    let session = match json_change(&st, &headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let name = session.staff.name;
+    let existing = match stored(&st, &name).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if existing.len() >= MAX_PASSKEYS {
+        return error(
+            StatusCode::CONFLICT,
+            &format!("This account already has {MAX_PASSKEYS} passkeys."),
+        );
+    }
+    let exclude = existing.iter().map(|p| p.cred_id().clone()).collect();
+    match pk
+        .webauthn
+        .start_passkey_registration(user_handle(&name), &name, &name, Some(exclude))
+    {
+        Ok((options, state)) => {
+            let ceremony = pk.keep(Ceremony::Add { name, state });
+            Json(json!({"ceremony": ceremony, "options": options})).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a passkey registration");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct AddFinish {
+    ceremony: String,
+    credential: RegisterPublicKeyCredential,
+}
+
+pub(crate) async fn add_finish<C: Core>(
+    State(st): St<C>,
+    headers: HeaderMap,
+    Json(body): Json<AddFinish>,
+) -> Response {
+    let Some(pk) = &st.passkeys else {
+        return unavailable();
+    };
+    let session = match json_change(&st, &headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let Some(Ceremony::Add { name, state }) = pk.take(&body.ceremony) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "The passkey step expired; try again.",
+        );
+    };
+    if name != session.staff.name {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "The passkey step expired; try again.",
+        );
+    }
+    let passkey = match pk
+        .webauthn
+        .finish_passkey_registration(&body.credential, &state)
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "passkey registration refused");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "The passkey could not be registered; try again.",
+            );
+        }
+    };
+    let mut all = match stored(&st, &name).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if all.len() >= MAX_PASSKEYS {
+        return error(
+            StatusCode::CONFLICT,
+            &format!("This account already has {MAX_PASSKEYS} passkeys."),
+        );
+    }
+    all.push(passkey);
+    let json = match to_json(&all) {
+        Ok(j) => j,
+        Err(e) => return core_error(&e),
+    };
+    match st
+        .core
+        .set_passkeys(&name, &json, "staff.passkey.add")
+        .await
+    {
+        Ok(()) => Json(json!({"passkeys": all.len(), "next": "/account"})).into_response(),
+        Err(e) => core_error(&e),
+    }
+}
+
+/// How many passkeys `name` has (for the account page).
+pub(crate) async fn count<C: Core>(st: &WebState<C>, name: &str) -> Result<usize, CoreError> {
+    let json = st.core.passkeys(name).await?;
+    Ok(parse_passkeys(json.as_deref())?.len())
 }

@@ -79,10 +79,11 @@
       }
     };
   }
-  function post(url, body) {
+  function post(url, body, csrf) {
+    var headers = { "Content-Type": "application/json", "Accept": "application/json" };
+    if (csrf) headers["X-CSRF-Token"] = csrf;
     return fetch(url, {
-      method: "POST", credentials: "same-origin",
-      headers: { "Content-Type": "application/json", "Accept": "application/json" },
+      method: "POST", credentials: "same-origin", headers: headers,
       body: JSON.stringify(body)
     }).then(function (r) {
       return r.json().catch(function () { return {}; }).then(function (j) {
@@ -111,6 +112,14 @@
           .then(function (start) {
             return navigator.credentials.get(requestOptions(start.options)).then(function (cred) {
               return post("/login/passkey/finish", { ceremony: start.ceremony, credential: assertion(cred) });
+            });
+          });
+      } else if (button.dataset.passkey === "add") {
+        var csrf = button.dataset.csrf;
+        done = post("/account/passkeys/start", {}, csrf)
+          .then(function (start) {
+            return navigator.credentials.create(creationOptions(start.options)).then(function (cred) {
+              return post("/account/passkeys/finish", { ceremony: start.ceremony, credential: registration(cred) }, csrf);
             });
           });
       } else {
