@@ -9,6 +9,7 @@ mod demo;
 mod grant;
 mod init;
 mod output;
+mod secrets;
 mod serve;
 mod session;
 mod user;
@@ -60,6 +61,9 @@ pub enum Command {
     /// The tamper-evident audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// The key that seals device credentials and TOTP seeds at rest.
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCommand),
     /// known_hosts lines for ProxyJump (`ssh -J`): the host key chaperone presents for each asset.
     KnownHosts,
 }
@@ -76,6 +80,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Grant(cmd) => grant::run(&cli.config, cmd).await,
         Command::Session(cmd) => session::run(&cli.config, cmd).await,
         Command::Audit(cmd) => audit::run(&cli.config, cmd).await,
+        Command::Secrets(cmd) => secrets::run(&cli.config, cmd).await,
         Command::KnownHosts => known_hosts(&cli.config).await,
     }
 }

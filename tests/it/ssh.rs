@@ -671,3 +671,80 @@ fn unknown_users_and_wrong_keys_get_the_same_refusal() {
     );
     assert_eq!(wrong_key.2, unknown_user.2);
 }
+
+/// `secrets rotate` re-seals the vendor's TOTP seed and the device credential under a new key: after a
+/// restart the same vendor logs in and reaches the device; the old key is kept aside, 0600.
+#[test]
+fn rotating_the_secrets_key_keeps_logins_and_device_credentials_working() {
+    let Some((_sshd, b)) = setup() else { return };
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let data = b.stop();
+    let old_key = std::fs::read_to_string(data.path().join("secrets.key")).unwrap();
+
+    let run = data.run(&["secrets", "rotate"]);
+    run.ok();
+    assert!(
+        run.stdout()
+            .contains("re-sealed 1 vendor TOTP seeds, 0 staff TOTP seeds and 1 device credentials"),
+        "{}",
+        run.stdout()
+    );
+    let new_key = std::fs::read_to_string(data.path().join("secrets.key")).unwrap();
+    assert_ne!(old_key, new_key);
+    let retired: Vec<_> = std::fs::read_dir(data.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("secrets.key.retired-")
+        })
+        .collect();
+    assert_eq!(retired.len(), 1);
+    assert_eq!(std::fs::read_to_string(retired[0].path()).unwrap(), old_key);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in [data.path().join("secrets.key"), retired[0].path()] {
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", f.display());
+        }
+    }
+    assert!(!data.path().join("secrets.key.new").exists());
+    data.run(&["audit", "verify"]).ok();
+
+    let b = Bastion::start(data);
+    let out = b
+        .ssh(&alice, "alice+mri-01")
+        .arg("echo after-rotation")
+        .output()
+        .unwrap();
+    let (stdout, stderr, code) = text(&out);
+    assert_eq!(code, 0, "{stdout}\n{stderr}\n{}", b.log());
+    assert!(stdout.contains("after-rotation"), "{stdout}");
+    assert!(audit_lines(&b).contains("\"secrets.rotate\""));
+
+    // A key that cannot open the stored values aborts the rotation and changes nothing.
+    let data = b.stop();
+    std::fs::remove_file(data.path().join("secrets.key")).unwrap();
+    let run = std::process::Command::new(crate::support::chaperone_bin())
+        .args(["init", "--dir"])
+        .arg(data.path().join("other"))
+        .output()
+        .unwrap();
+    assert!(run.status.success());
+    std::fs::copy(
+        data.path().join("other/secrets.key"),
+        data.path().join("secrets.key"),
+    )
+    .unwrap();
+    let refused = data.run(&["secrets", "rotate"]);
+    refused.fails(1);
+    assert!(
+        refused.stderr().contains("nothing was changed")
+            && refused.stderr().contains("sealed under another key"),
+        "{}",
+        refused.stderr()
+    );
+    assert!(!data.path().join("secrets.key.new").exists());
+}

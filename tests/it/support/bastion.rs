@@ -258,6 +258,19 @@ impl Bastion {
     }
 }
 
+impl Bastion {
+    /// Stops the server and keeps its data directory (to run offline commands, then start again).
+    pub fn stop(mut self) -> DataDir {
+        super::stop_guarded(&mut self.child);
+        std::mem::replace(
+            &mut self.data,
+            DataDir {
+                dir: tempfile::tempdir().expect("temp dir"),
+            },
+        )
+    }
+}
+
 impl Drop for Bastion {
     fn drop(&mut self) {
         super::stop_guarded(&mut self.child);
