@@ -66,7 +66,9 @@ fn an_approver_enrolls_a_passkey_signs_in_and_releases_a_waiting_ssh_request() {
         .unwrap();
 
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e-screenshots");
-    let out = Command::new("node")
+    // A hung browser must fail the test, not stall CI.
+    let out = Command::new("timeout")
+        .args(["180", "node"])
         .arg(e2e_dir().join("approve.mjs"))
         .env("BASE_URL", &base)
         .env("ENROLL_URL", &enroll_url)
