@@ -273,6 +273,12 @@ impl Core for WebCore {
     }
 
     async fn terminate_session(&self, by: &Staff, id: &str) -> Result<(), CoreError> {
+        // The page hides the button; the rule lives here. Auditors only read.
+        if !by.role.can_decide() {
+            return Err(CoreError::Forbidden(
+                "auditors cannot terminate sessions".into(),
+            ));
+        }
         let session = match self.app.store.session(id).await {
             Ok(s) => s,
             Err(StoreError::NotFound { .. }) => return Err(CoreError::NotFound),

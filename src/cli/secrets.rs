@@ -83,9 +83,12 @@ async fn rotate(config: &Path) -> anyhow::Result<()> {
     let resealed = match reseal(&app, &new).await {
         Ok(counts) => counts,
         Err(e) => {
-            // Nothing was committed; the new key sealed nothing that was kept.
-            let _ = std::fs::remove_file(&new_path);
-            return Err(e.context("rotation aborted: nothing was changed"));
+            // The new key stays: if the commit went through after all (a dropped connection), it is the
+            // only key that opens the database. The next run removes it only if it sealed nothing.
+            return Err(e.context(format!(
+                "rotation aborted: nothing was changed unless the commit itself failed; run `chaperone secrets rotate` again to finish or undo ({} is kept until then)",
+                new_path.display()
+            )));
         }
     };
     app.store.close().await;

@@ -490,3 +490,23 @@ fn a_request_may_name_a_service_by_its_port() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn an_auditor_cannot_terminate_a_session() {
+    let Some((_sshd, b, alice)) = setup() else {
+        return;
+    };
+    let bob = Approver::enroll(&b, "bob", "approver");
+    let audrey = Approver::enroll(&b, "audrey", "auditor");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let (child, id) = live_session(&b, &alice, &bob, &[]);
+    let answer = audrey.post(
+        &format!("/api/sessions/{id}/terminate"),
+        serde_json::json!({}),
+    );
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    assert!(bob.get("/api/sessions").body.contains(&id));
+    let mut child = child;
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -410,7 +410,7 @@ pub async fn terminate<C: Core>(
         Ok(()) => {
             st.sessions.flash(
                 &headers,
-                format!("Session {id} is being closed (its grant was revoked)."),
+                format!("Session {id} is being closed; its grant stays (revoke the grant to end all access)."),
             );
             Redirect::to("/sessions").into_response()
         }
