@@ -29,8 +29,10 @@ pub use client::{Poster, SIGNATURE_HEADER};
 
 /// How often the audit log is looked at for new events.
 const POLL: Duration = Duration::from_millis(500);
-/// How long a node's claim on delivery lasts without renewal.
-const LEASE_SECS: i64 = 60;
+/// How long a node's claim on delivery lasts without renewal: longer than the longest backoff plus one
+/// delivery deadline, so a node retrying an event keeps it (and counts its attempts) instead of another
+/// node starting over at attempt 1.
+const LEASE_SECS: i64 = 400;
 /// Audit rows read at a time.
 const PAGE: i64 = 200;
 
