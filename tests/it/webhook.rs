@@ -100,6 +100,7 @@ fn requests_and_decisions_are_posted_signed_in_order_and_retried() {
 fn an_event_the_receiver_never_takes_is_given_up_and_audited() {
     let dead = format!("http://127.0.0.1:{}/hook", free_port());
     let b = bastion_with(&webhook::config(&dead, SECRET, "max_attempts = 2"));
+    std::thread::sleep(Duration::from_millis(1500)); // let delivery claim its cursor first
     b.data
         .run(&[
             "asset",
@@ -179,6 +180,11 @@ fn https_receivers_are_verified_against_ca_file_or_the_system_roots() {
         ));
         std::fs::write(data.config(), text).unwrap();
         let b = Bastion::start(data);
+        // The cursor starts at the end of the log when delivery first claims it: let it claim first.
+        assert!(wait_until(Duration::from_secs(10), || b
+            .log()
+            .contains("webhook delivery started")));
+        std::thread::sleep(Duration::from_millis(1500));
         b.vendor("alice", "Acme Imaging");
         // A revocation is one of the default events.
         b.data
