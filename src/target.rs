@@ -123,6 +123,24 @@ pub fn client_config() -> client::Config {
     }
 }
 
+/// A read buffer in front of a socket for russh, which reads each packet's length and then its body with
+/// two reads: with the buffer, one `recvfrom` brings in several packets.
+pub fn buffered(stream: tokio::net::TcpStream) -> tokio::io::BufReader<tokio::net::TcpStream> {
+    tokio::io::BufReader::with_capacity(READ_BUFFER, stream)
+}
+
+const READ_BUFFER: usize = 128 * 1024;
+
+async fn dial(
+    config: Arc<client::Config>,
+    addr: (String, u16),
+    handler: PinnedHostKey,
+) -> Result<Device, russh::Error> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let _ = stream.set_nodelay(config.nodelay);
+    client::connect_stream(config, buffered(stream), handler).await
+}
+
 /// Dials the device of `grant`'s asset on its ssh service, checks the pinned host key, and logs in with
 /// the injected credential.
 pub async fn connect(
@@ -156,28 +174,28 @@ pub async fn connect(
         presented: presented.clone(),
     };
     let addr = (asset.address.clone(), grant.service().port);
-    let mut handle =
-        match tokio::time::timeout(CONNECT_TIMEOUT, client::connect(config, addr, handler)).await {
-            Err(_) => {
-                return Err(TargetError::Unreachable(format!(
-                    "no answer within {} s",
-                    CONNECT_TIMEOUT.as_secs()
-                )));
-            }
-            Ok(Err(russh::Error::UnknownKey)) => {
-                return Err(TargetError::HostKeyMismatch {
-                    presented: presented
-                        .lock()
-                        .ok()
-                        .and_then(|p| p.clone())
-                        .unwrap_or_else(|| "a certificate".into()),
-                    pinned: pinned.fingerprint,
-                });
-            }
-            Ok(Err(russh::Error::IO(e))) => return Err(TargetError::Unreachable(e.to_string())),
-            Ok(Err(e)) => return Err(TargetError::Ssh(e.to_string())),
-            Ok(Ok(h)) => h,
-        };
+    let mut handle = match tokio::time::timeout(CONNECT_TIMEOUT, dial(config, addr, handler)).await
+    {
+        Err(_) => {
+            return Err(TargetError::Unreachable(format!(
+                "no answer within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            )));
+        }
+        Ok(Err(russh::Error::UnknownKey)) => {
+            return Err(TargetError::HostKeyMismatch {
+                presented: presented
+                    .lock()
+                    .ok()
+                    .and_then(|p| p.clone())
+                    .unwrap_or_else(|| "a certificate".into()),
+                pinned: pinned.fingerprint,
+            });
+        }
+        Ok(Err(russh::Error::IO(e))) => return Err(TargetError::Unreachable(e.to_string())),
+        Ok(Err(e)) => return Err(TargetError::Ssh(e.to_string())),
+        Ok(Ok(h)) => h,
+    };
     let result = match kind {
         CredentialKind::Key => {
             let text = std::str::from_utf8(secret.expose())

@@ -198,7 +198,7 @@ pub async fn serve(
         tokio::spawn(
             async move {
                 let _permit = permit;
-                let session = match russh::server::run_stream(config, stream, handler).await {
+                let session = match russh::server::run_stream(config, crate::target::buffered(stream), handler).await {
                     Ok(s) => s,
                     Err(e) => {
                         tracing::debug!(error = %e, "handshake failed");
