@@ -58,6 +58,8 @@ pub enum SecretsError {
 pub struct SecretsKey {
     cipher: XChaCha20Poly1305,
     id: [u8; KEY_ID_LEN],
+    /// Where [`SecretsKey::subkey`] derives from (a hash of the key, never the key itself).
+    subkeys: Zeroizing<[u8; 32]>,
 }
 
 impl fmt::Debug for SecretsKey {
@@ -71,10 +73,25 @@ impl SecretsKey {
         let digest = Sha256::digest([b"chaperone-secrets-key-id:".as_slice(), bytes].concat());
         let mut id = [0u8; KEY_ID_LEN];
         id.copy_from_slice(&digest[..KEY_ID_LEN]);
+        let mut subkeys = Zeroizing::new([0u8; 32]);
+        subkeys.copy_from_slice(&Sha256::digest(
+            [b"chaperone-secrets-subkeys:".as_slice(), bytes].concat(),
+        ));
         SecretsKey {
             cipher: XChaCha20Poly1305::new(bytes.into()),
             id,
+            subkeys,
         }
+    }
+
+    /// A 32-byte key for `purpose`, the same on every node that holds this secrets key and unrelated
+    /// to it or to any other purpose's (SHA-256 over a hash of the key and the purpose).
+    pub fn subkey(&self, purpose: &str) -> Zeroizing<[u8; 32]> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        key.copy_from_slice(&Sha256::digest(
+            [self.subkeys.as_slice(), b":", purpose.as_bytes()].concat(),
+        ));
+        key
     }
 
     /// Reads a key file (64 hex characters). Refuses a file others can read.

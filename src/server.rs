@@ -62,6 +62,7 @@ pub async fn run(
         chaperone_web_approval::WebOptions {
             idle_timeout: app.config.web.idle_timeout,
             public_url: Some(app.config.web.public_url.clone()),
+            decoy_key: Some(*app.secrets.subkey("passkey-decoy-credentials")),
             ..Default::default()
         },
     );

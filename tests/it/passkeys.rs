@@ -81,38 +81,44 @@ fn enroll(page: &Page, token: &str, key: &mut SoftPasskey) -> (Answer, serde_jso
     (answer, serde_json::to_value(&credential).unwrap())
 }
 
-/// Starts a sign-in; returns the ceremony id and the options.
-fn sign_in_start(
-    page: &Page,
-    password: &str,
-) -> Result<(String, RequestChallengeResponse), Answer> {
-    sign_in_start_as(page, "bob", password)
-}
-
-fn sign_in_start_as(
-    page: &Page,
-    name: &str,
-    password: &str,
-) -> Result<(String, RequestChallengeResponse), Answer> {
-    let start = page.post(
-        "/login/passkey/start",
-        &serde_json::json!({"name": name, "password": password}),
-    );
-    if start.status != 200 {
-        return Err(start);
-    }
-    let j = start.json();
-    Ok((
+/// Starts a sign-in for bob; returns the ceremony id and the options.
+fn sign_in_start(page: &Page) -> (String, RequestChallengeResponse) {
+    let j = sign_in_start_json(page, "bob");
+    (
         j["ceremony"].as_str().unwrap().to_owned(),
         serde_json::from_value(j["options"].clone()).unwrap(),
-    ))
+    )
 }
 
-fn sign_in_finish(page: &Page, ceremony: &str, credential: &impl serde::Serialize) -> Answer {
+/// The start of a sign-in as `name` (only the name is sent: the password goes with the answer).
+fn sign_in_start_json(page: &Page, name: &str) -> serde_json::Value {
+    let start = page.post("/login/passkey/start", &serde_json::json!({"name": name}));
+    assert_eq!(start.status, 200, "{}", start.body);
+    start.json()
+}
+
+fn sign_in_finish(
+    page: &Page,
+    ceremony: &str,
+    password: &str,
+    credential: &impl serde::Serialize,
+) -> Answer {
     page.post(
         "/login/passkey/finish",
-        &serde_json::json!({"ceremony": ceremony, "credential": credential}),
+        &serde_json::json!({"ceremony": ceremony, "password": password, "credential": credential}),
     )
+}
+
+/// A JSON value with every string, number and array length blanked: what an observer could compare.
+fn shape(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
+        Value::Array(a) => Value::Array(a.iter().take(1).map(shape).collect()),
+        Value::String(_) => Value::String(String::new()),
+        Value::Number(_) => Value::from(0),
+        other => other.clone(),
+    }
 }
 
 #[test]
@@ -131,15 +137,15 @@ fn a_software_passkey_enrolls_and_signs_in_and_nothing_else_does() {
 
     let origin = Url::parse(&page.base).unwrap();
     // Password + passkey: a session that reaches the API.
-    let (ceremony, options) = sign_in_start(&page, PASSWORD).unwrap();
+    let (ceremony, options) = sign_in_start(&page);
     let credential = key.do_authentication(origin.clone(), options).unwrap();
-    let ok = sign_in_finish(&page, &ceremony, &credential);
+    let ok = sign_in_finish(&page, &ceremony, PASSWORD, &credential);
     assert_eq!(ok.status, 200, "{}", ok.body);
     let list = curl(Some(&page.jar), &[&format!("{}/api/requests", page.base)]);
     assert_eq!(list.status, 200, "{}", list.body);
 
     // The same answer again: the ceremony was used once.
-    let replay = sign_in_finish(&page, &ceremony, &credential);
+    let replay = sign_in_finish(&page, &ceremony, PASSWORD, &credential);
     assert_eq!(replay.status, 400, "{}", replay.body);
 
     // carol's passkey (registered, same site) cannot answer bob's challenge, even when a tampered
@@ -158,18 +164,18 @@ fn a_software_passkey_enrolls_and_signs_in_and_nothing_else_does() {
     let mut carol = SoftPasskey::new(true);
     let (carol_enrolled, carol_credential) = enroll(&page, &carol_token, &mut carol);
     assert_eq!(carol_enrolled.status, 200, "{}", carol_enrolled.body);
-    let (ceremony, options) = sign_in_start(&page, PASSWORD).unwrap();
+    let (ceremony, options) = sign_in_start(&page);
     let mut options = serde_json::to_value(&options).unwrap();
     options["publicKey"]["allowCredentials"] =
         serde_json::json!([{"type": "public-key", "id": carol_credential["id"]}]);
     let options: RequestChallengeResponse = serde_json::from_value(options).unwrap();
     let carols = carol.do_authentication(origin.clone(), options).unwrap();
-    let refused = sign_in_finish(&page, &ceremony, &carols);
+    let refused = sign_in_finish(&page, &ceremony, PASSWORD, &carols);
     assert_eq!(refused.status, 401, "{}", refused.body);
 
     // A genuine answer whose client data is rewritten to another origin (a relay that edits what it
     // forwards): refused.
-    let (ceremony, options) = sign_in_start(&page, PASSWORD).unwrap();
+    let (ceremony, options) = sign_in_start(&page);
     let genuine = key.do_authentication(origin.clone(), options).unwrap();
     let mut phished = serde_json::to_value(&genuine).unwrap();
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -179,12 +185,15 @@ fn a_software_passkey_enrolls_and_signs_in_and_nothing_else_does() {
     *field = b64
         .encode(client_data.replace(&page.base, "https://bastion.evil.example"))
         .into();
-    let refused = sign_in_finish(&page, &ceremony, &phished);
+    let refused = sign_in_finish(&page, &ceremony, PASSWORD, &phished);
     assert_eq!(refused.status, 401, "{}", refused.body);
 
-    // A wrong password never gets a challenge.
-    let wrong = sign_in_start(&page, "not the password at all").unwrap_err();
+    // The right passkey with a wrong password: refused with the same answer, and counted.
+    let (ceremony, options) = sign_in_start(&page);
+    let genuine = key.do_authentication(origin.clone(), options).unwrap();
+    let wrong = sign_in_finish(&page, &ceremony, "not the password at all", &genuine);
     assert_eq!(wrong.status, 401, "{}", wrong.body);
+    assert_eq!(wrong.body, refused.body);
 
     // Enrolled with a passkey, bob has no TOTP seed: no code signs him in.
     let totp = curl(
@@ -221,18 +230,40 @@ fn a_totp_user_adds_a_passkey_on_the_account_page_and_signs_in_with_it() {
     let origin = Url::parse(&page.base).unwrap();
     let mut key = SoftPasskey::new(true);
     let credential = key.do_registration(origin.clone(), options).unwrap();
+    // A session alone is not enough: the password again, or nothing is added (and the failure counts).
+    let borrowed = dave.post(
+        "/account/passkeys/finish",
+        serde_json::json!({"ceremony": start["ceremony"], "password": "a guess",
+                           "credential": credential}),
+    );
+    assert_eq!(borrowed.status, 401, "{}", borrowed.body);
+    assert!(dave.get("/account").body.contains("no passkey yet"));
+    let start = dave
+        .post("/account/passkeys/start", serde_json::json!({}))
+        .json();
+    let options: CreationChallengeResponse =
+        serde_json::from_value(start["options"].clone()).unwrap();
+    let credential = key.do_registration(origin.clone(), options).unwrap();
     let added = dave.post(
         "/account/passkeys/finish",
-        serde_json::json!({"ceremony": start["ceremony"], "credential": credential}),
+        serde_json::json!({"ceremony": start["ceremony"], "password": PASSWORD,
+                           "credential": credential}),
     );
     assert_eq!(added.status, 200, "{}", added.body);
     assert_eq!(added.json()["passkeys"], 1);
     assert!(dave.get("/account").body.contains("You have 1 passkey."));
 
     // Another signed-out browser: password + that passkey.
-    let (ceremony, options) = sign_in_start_as(&page, "dave", PASSWORD).unwrap();
+    let start = sign_in_start_json(&page, "dave");
+    let options: RequestChallengeResponse =
+        serde_json::from_value(start["options"].clone()).unwrap();
     let assertion = key.do_authentication(origin, options).unwrap();
-    let ok = sign_in_finish(&page, &ceremony, &assertion);
+    let ok = sign_in_finish(
+        &page,
+        start["ceremony"].as_str().unwrap(),
+        PASSWORD,
+        &assertion,
+    );
     assert_eq!(ok.status, 200, "{}", ok.body);
     let audit = page
         ._b
@@ -241,4 +272,74 @@ fn a_totp_user_adds_a_passkey_on_the_account_page_and_signs_in_with_it() {
         .ok()
         .stdout();
     assert!(audit.contains("\"staff.passkey.add\""), "{audit}");
+}
+
+/// The passkey sign-in is no oracle: its start answers every name alike (a decoy challenge for a name
+/// without passkeys or without an account), and the password is only judged together with the passkey,
+/// so the right password for a TOTP account gets the same refusal as a wrong one.
+#[test]
+fn the_passkey_sign_in_tells_nothing_about_names_or_passwords() {
+    let (page, token) = setup();
+    let mut key = SoftPasskey::new(true);
+    let (enrolled, _) = enroll(&page, &token, &mut key);
+    assert_eq!(enrolled.status, 200, "{}", enrolled.body);
+    let _erin = Approver::enroll(&page._b, "erin", "approver"); // TOTP only
+
+    let real = sign_in_start_json(&page, "bob");
+    let totp_only = sign_in_start_json(&page, "erin");
+    let nobody = sign_in_start_json(&page, "nobody-by-this-name");
+    for (who, answer) in [("erin", &totp_only), ("nobody", &nobody)] {
+        assert_eq!(
+            shape(answer),
+            shape(&real),
+            "{who}: {answer} vs bob: {real}"
+        );
+        assert!(
+            !answer["options"]["publicKey"]["allowCredentials"]
+                .as_array()
+                .unwrap()
+                .is_empty(),
+            "{who}: {answer}"
+        );
+        assert_eq!(
+            answer["options"]["publicKey"]["rpId"],
+            real["options"]["publicKey"]["rpId"]
+        );
+    }
+    // A name keeps its made-up credentials, as a real account keeps its passkeys; challenges are new.
+    let again = sign_in_start_json(&page, "nobody-by-this-name");
+    assert_eq!(
+        again["options"]["publicKey"]["allowCredentials"],
+        nobody["options"]["publicKey"]["allowCredentials"]
+    );
+    assert_ne!(
+        again["options"]["publicKey"]["challenge"],
+        nobody["options"]["publicKey"]["challenge"]
+    );
+
+    // Answering a decoy: whatever the password, the same refusal as a wrong password with bob's key.
+    let origin = Url::parse(&page.base).unwrap();
+    let (ceremony, options) = sign_in_start(&page);
+    let genuine = key.do_authentication(origin, options).unwrap();
+    let wrong = sign_in_finish(&page, &ceremony, "wrong password, right key", &genuine);
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+    for (who, start) in [("erin", &totp_only), ("nobody", &nobody)] {
+        let answer = sign_in_finish(
+            &page,
+            start["ceremony"].as_str().unwrap(),
+            PASSWORD,
+            &genuine,
+        );
+        assert_eq!(answer.status, 401, "{who}: {}", answer.body);
+        assert_eq!(answer.body, wrong.body, "{who}");
+    }
+    // The right password on a decoy counts as a failed sign-in, like a wrong one.
+    let audit = page
+        ._b
+        .data
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout();
+    assert!(audit.contains("no passkey registered"), "{audit}");
+    assert!(audit.contains("wrong password"), "{audit}");
 }

@@ -57,6 +57,10 @@ pub struct WebOptions {
     pub signin_attempts: usize,
     /// The page's address as browsers see it (`web.public_url`): the passkeys' relying party.
     pub public_url: Option<String>,
+    /// Keys the made-up passkey ids that a sign-in for a name without passkeys is answered with. Give
+    /// every node the same key (chaperone derives it from the secrets key): a name then always gets the
+    /// same ids, as a real account would. `None`: a random key for this process.
+    pub decoy_key: Option<[u8; 32]>,
 }
 
 impl Default for WebOptions {
@@ -65,6 +69,7 @@ impl Default for WebOptions {
             idle_timeout: Duration::from_secs(15 * 60),
             signin_attempts: 20,
             public_url: None,
+            decoy_key: None,
         }
     }
 }
@@ -75,16 +80,15 @@ pub fn router<C: Core>(core: Arc<C>, options: WebOptions) -> Router {
         core,
         sessions: Sessions::new(options.idle_timeout),
         limiter: Limiter::new(options.signin_attempts, Duration::from_secs(300)),
-        passkeys: options
-            .public_url
-            .as_deref()
-            .and_then(|url| match passkey::Passkeys::new(url) {
+        passkeys: options.public_url.as_deref().and_then(|url| {
+            match passkey::Passkeys::new(url, options.decoy_key) {
                 Ok(p) => Some(p),
                 Err(why) => {
                     tracing::warn!("passkeys are off: {why}");
                     None
                 }
-            }),
+            }
+        }),
     });
     Router::new()
         .route("/healthz", get(healthz))

@@ -465,6 +465,8 @@ pub async fn account<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response 
             let _ = write!(
                 main,
                 "<h2>Passkeys</h2><p>{}</p><div class=\"passkey\">\
+                 <label for=\"password\">Your password, to confirm it is you</label>\
+                 <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
                  <button type=\"button\" data-passkey=\"add\" data-csrf=\"{}\">Add a passkey</button>\
                  <p class=\"status\" role=\"status\" aria-live=\"polite\" id=\"passkey-status\"></p></div>",
                 match n {

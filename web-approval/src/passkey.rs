@@ -19,6 +19,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
+use webauthn_rs::fake::{FakePasskeyDistribution, WebauthnFakeCredentialGenerator};
 use webauthn_rs::prelude::{
     Passkey, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential,
     RegisterPublicKeyCredential, Url, Uuid, Webauthn, WebauthnBuilder,
@@ -40,6 +41,10 @@ const MAX_CEREMONIES: usize = 1000;
 pub struct Passkeys {
     webauthn: Webauthn,
     ceremonies: Mutex<HashMap<String, (Instant, Ceremony)>>,
+    /// The relying party id (the host of `web.public_url`), as webauthn-rs puts it in its options.
+    rp_id: String,
+    /// Made-up credential ids for names without passkeys, the same for a name every time.
+    decoys: WebauthnFakeCredentialGenerator<FakePasskeyDistribution>,
 }
 
 impl std::fmt::Debug for Passkeys {
@@ -58,6 +63,8 @@ enum Ceremony {
         name: String,
         state: PasskeyAuthentication,
     },
+    /// A sign-in for a name with no passkey (or no account): a challenge nothing can answer.
+    Decoy { name: String },
     /// A signed-in user adding another passkey.
     Add {
         name: String,
@@ -67,7 +74,7 @@ enum Ceremony {
 
 impl Passkeys {
     /// An error with the reason when `public_url` cannot be a WebAuthn relying party (an IP address).
-    pub fn new(public_url: &str) -> Result<Passkeys, String> {
+    pub fn new(public_url: &str, decoy_key: Option<[u8; 32]>) -> Result<Passkeys, String> {
         let url = Url::parse(public_url).map_err(|e| format!("web.public_url: {e}"))?;
         let Some(domain) = url.domain().map(str::to_owned) else {
             return Err(format!(
@@ -77,10 +84,65 @@ impl Passkeys {
         let webauthn = WebauthnBuilder::new(&domain, &url)
             .and_then(|b| b.rp_name("chaperone").build())
             .map_err(|e| format!("passkeys for {public_url}: {e}"))?;
+        let decoy_key = match decoy_key {
+            Some(k) => k,
+            None => {
+                let mut k = [0u8; 32];
+                getrandom::fill(&mut k).map_err(|e| format!("no randomness for passkeys: {e}"))?;
+                k
+            }
+        };
+        let decoys = WebauthnFakeCredentialGenerator::new(&decoy_key)
+            .map_err(|e| format!("passkey decoys: {e}"))?;
         Ok(Passkeys {
             webauthn,
             ceremonies: Mutex::new(HashMap::new()),
+            rp_id: domain,
+            decoys,
         })
+    }
+
+    /// Sign-in options for a name without passkeys, shaped like webauthn-rs's own (tests/it/passkeys.rs
+    /// compares them): a fresh challenge and made-up credential ids that no authenticator holds, the
+    /// same ids for a name every time (webauthn-rs's fake credential generator).
+    fn decoy_options(&self, name: &str) -> Result<serde_json::Value, String> {
+        use base64::Engine as _;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let mut challenge = [0u8; 32];
+        getrandom::fill(&mut challenge).map_err(|e| format!("no randomness: {e}"))?;
+        // The generator gives some names no credential at all (it models sites where not every account
+        // has a passkey); here a name that gets a challenge always has one, so draw again until it does,
+        // deterministically (1 in 7 names needs a second draw).
+        let mut ids = Vec::new();
+        for draw in 0u8..32 {
+            let mut input = name.as_bytes().to_vec();
+            if draw > 0 {
+                input.extend_from_slice(&[0, draw]);
+            }
+            ids = self
+                .decoys
+                .generate(&input)
+                .map_err(|e| format!("decoy credentials: {e}"))?;
+            if !ids.is_empty() {
+                break;
+            }
+        }
+        if ids.is_empty() {
+            return Err("no decoy credential after 32 draws".into());
+        }
+        let allow: Vec<_> = ids
+            .iter()
+            .map(|id| json!({"type": "public-key", "id": b64(id)}))
+            .collect();
+        Ok(json!({
+            "publicKey": {
+                "challenge": b64(&challenge),
+                "timeout": u64::try_from(webauthn_rs::DEFAULT_AUTHENTICATOR_TIMEOUT.as_millis()).unwrap_or(300_000),
+                "rpId": self.rp_id,
+                "allowCredentials": allow,
+                "userVerification": "required",
+            }
+        }))
     }
 
     fn keep(&self, ceremony: Ceremony) -> String {
@@ -263,15 +325,29 @@ pub(crate) async fn enroll_finish<C: Core>(
 }
 
 // ---- sign-in ----------------------------------------------------------------------------------
+//
+// The start tells nothing: every name gets a challenge (a decoy one when it has no passkey or does
+// not exist), and the password travels with the assertion to the finish, where both are checked
+// together and every failure gets the same answer. So the passkey sign-in is no oracle for a password
+// (a wrong one is counted against the account like at the TOTP form) nor for who has a passkey.
 
 #[derive(Deserialize)]
 pub(crate) struct SignInStart {
     name: String,
-    password: String,
 }
 
 fn sign_in_error(e: &SignInError) -> Response {
     error(e.status(), e.message())
+}
+
+/// The enabled account `name`'s passkeys; none for an unknown or disabled name.
+async fn passkeys_of<C: Core>(st: &WebState<C>, name: &str) -> Result<Vec<Passkey>, CoreError> {
+    match st.core.staff_account(name).await? {
+        Some(account) if account.enabled => {
+            parse_passkeys(st.core.passkeys(name).await?.as_deref())
+        }
+        _ => Ok(Vec::new()),
+    }
 }
 
 pub(crate) async fn login_start<C: Core>(
@@ -282,54 +358,69 @@ pub(crate) async fn login_start<C: Core>(
     let Some(pk) = &st.passkeys else {
         return unavailable();
     };
-    let account = match check_password(&st, peer, &body.name, &body.password).await {
-        Ok(a) => a,
-        Err(e) => return sign_in_error(&e),
-    };
-    let passkeys = match st.core.passkeys(&account.name).await {
-        Ok(json) => match parse_passkeys(json.as_deref()) {
-            Ok(p) => p,
-            Err(e) => return core_error(&e),
-        },
+    if !st.limiter.allow(peer.ip()) {
+        return sign_in_error(&SignInError::RateLimited);
+    }
+    let passkeys = match passkeys_of(&st, &body.name).await {
+        Ok(p) => p,
         Err(e) => return core_error(&e),
     };
-    if passkeys.is_empty() {
-        // Only someone who knows the password gets this far.
-        return error(
-            StatusCode::BAD_REQUEST,
-            "No passkey is registered for this account: sign in with a code from your authenticator app.",
-        );
-    }
-    match pk.webauthn.start_passkey_authentication(&passkeys) {
-        Ok((options, state)) => {
-            let ceremony = pk.keep(Ceremony::SignIn {
-                name: account.name,
-                state,
-            });
-            Json(json!({"ceremony": ceremony, "options": options})).into_response()
+    let (options, ceremony) = if passkeys.is_empty() {
+        match pk.decoy_options(&body.name) {
+            Ok(options) => (options, Ceremony::Decoy { name: body.name }),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a passkey sign-in");
+                return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+            }
         }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start a passkey sign-in");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    } else {
+        match pk.webauthn.start_passkey_authentication(&passkeys) {
+            Ok((options, state)) => (
+                serde_json::to_value(options).unwrap_or_default(),
+                Ceremony::SignIn {
+                    name: body.name,
+                    state,
+                },
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a passkey sign-in");
+                return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+            }
         }
-    }
+    };
+    let ceremony = pk.keep(ceremony);
+    Json(json!({"ceremony": ceremony, "options": options})).into_response()
 }
 
 #[derive(Deserialize)]
 pub(crate) struct SignInFinish {
     ceremony: String,
+    password: String,
     credential: PublicKeyCredential,
 }
 
 pub(crate) async fn login_finish<C: Core>(
     State(st): St<C>,
+    ConnectInfo(crate::tls::PeerAddr(peer)): Peer,
     Json(body): Json<SignInFinish>,
 ) -> Response {
     let Some(pk) = &st.passkeys else {
         return unavailable();
     };
-    let Some(Ceremony::SignIn { name, state }) = pk.take(&body.ceremony) else {
-        return error(StatusCode::BAD_REQUEST, "The sign-in expired; start again.");
+    let (name, state) = match pk.take(&body.ceremony) {
+        Some(Ceremony::SignIn { name, state }) => (name, Some(state)),
+        Some(Ceremony::Decoy { name }) => (name, None),
+        _ => return error(StatusCode::BAD_REQUEST, "The sign-in expired; start again."),
+    };
+    // The password first, whatever the passkey says: rate limit, lockout, and a wrong one counted.
+    let account = match check_password(&st, peer, &name, &body.password).await {
+        Ok(a) => a,
+        Err(e) => return sign_in_error(&e),
+    };
+    let Some(state) = state else {
+        // The right password for an account that had no passkey when the sign-in started.
+        let _ = st.core.sign_in_failed(&name, "no passkey registered").await;
+        return sign_in_error(&SignInError::Refused);
     };
     let result = match pk
         .webauthn
@@ -341,12 +432,6 @@ pub(crate) async fn login_finish<C: Core>(
             let _ = st.core.sign_in_failed(&name, "passkey refused").await;
             return sign_in_error(&SignInError::Refused);
         }
-    };
-    // The account may have been disabled or locked during the ceremony.
-    let account = match st.core.staff_account(&name).await {
-        Ok(Some(a)) if a.enabled && a.locked_until.is_none_or(|t| t <= st.core.now()) => a,
-        Ok(_) => return sign_in_error(&SignInError::Refused),
-        Err(e) => return core_error(&e),
     };
     // Keep the signature counter and backup state current (a cloned authenticator shows up as a
     // counter that goes backwards, which webauthn-rs refuses).
@@ -379,10 +464,30 @@ mod tests {
 
     #[test]
     fn relying_party_needs_a_dns_name() {
-        assert!(Passkeys::new("https://bastion.hospital.example:8443").is_ok());
-        assert!(Passkeys::new("https://localhost:8443").is_ok());
-        let e = Passkeys::new("https://127.0.0.1:8443").unwrap_err();
+        assert!(Passkeys::new("https://bastion.hospital.example:8443", None).is_ok());
+        assert!(Passkeys::new("https://localhost:8443", None).is_ok());
+        let e = Passkeys::new("https://127.0.0.1:8443", None).unwrap_err();
         assert!(e.contains("DNS name"), "{e}");
+    }
+
+    #[test]
+    fn every_name_gets_decoy_credentials_the_same_each_time() {
+        let pk = Passkeys::new("https://localhost:8443", Some([7; 32])).unwrap();
+        for i in 0..200 {
+            let name = format!("user{i}");
+            let a = pk.decoy_options(&name).unwrap();
+            let b = pk.decoy_options(&name).unwrap();
+            let creds = &a["publicKey"]["allowCredentials"];
+            assert!(!creds.as_array().unwrap().is_empty(), "{name}: {a}");
+            assert_eq!(creds, &b["publicKey"]["allowCredentials"]);
+            assert_ne!(a["publicKey"]["challenge"], b["publicKey"]["challenge"]);
+        }
+        // Another key (another installation): other ids for the same name.
+        let other = Passkeys::new("https://localhost:8443", Some([8; 32])).unwrap();
+        assert_ne!(
+            pk.decoy_options("bob").unwrap()["publicKey"]["allowCredentials"],
+            other.decoy_options("bob").unwrap()["publicKey"]["allowCredentials"]
+        );
     }
 
     #[test]
@@ -393,7 +498,7 @@ mod tests {
 
     #[test]
     fn ceremonies_are_used_once() {
-        let pk = Passkeys::new("https://localhost:8443").unwrap();
+        let pk = Passkeys::new("https://localhost:8443", None).unwrap();
         let (_, state) = pk
             .webauthn
             .start_passkey_registration(user_handle("bob"), "bob", "bob", None)
@@ -470,11 +575,15 @@ pub(crate) async fn add_start<C: Core>(State(st): St<C>, headers: HeaderMap) -> 
 #[derive(Deserialize)]
 pub(crate) struct AddFinish {
     ceremony: String,
+    /// The account's password again: a borrowed session (an unlocked screen, a stolen cookie) must not
+    /// be enough to plant a passkey that outlives it.
+    password: String,
     credential: RegisterPublicKeyCredential,
 }
 
 pub(crate) async fn add_finish<C: Core>(
     State(st): St<C>,
+    ConnectInfo(crate::tls::PeerAddr(peer)): Peer,
     headers: HeaderMap,
     Json(body): Json<AddFinish>,
 ) -> Response {
@@ -485,6 +594,15 @@ pub(crate) async fn add_finish<C: Core>(
         Ok(s) => s,
         Err(r) => return r,
     };
+    if let Err(e) = check_password(&st, peer, &session.staff.name, &body.password).await {
+        return match e {
+            SignInError::Refused => error(
+                StatusCode::UNAUTHORIZED,
+                "Wrong password: the passkey was not added.",
+            ),
+            other => sign_in_error(&other),
+        };
+    }
     let Some(Ceremony::Add { name, state }) = pk.take(&body.ceremony) else {
         return error(
             StatusCode::BAD_REQUEST,

@@ -108,10 +108,12 @@
       say("Waiting for your passkey…");
       var done;
       if (button.dataset.passkey === "signin") {
-        done = post("/login/passkey/start", { name: value("name"), password: value("password") })
+        done = post("/login/passkey/start", { name: value("name") })
           .then(function (start) {
             return navigator.credentials.get(requestOptions(start.options)).then(function (cred) {
-              return post("/login/passkey/finish", { ceremony: start.ceremony, credential: assertion(cred) });
+              return post("/login/passkey/finish", {
+                ceremony: start.ceremony, password: value("password"), credential: assertion(cred)
+              });
             });
           });
       } else if (button.dataset.passkey === "add") {
@@ -119,7 +121,9 @@
         done = post("/account/passkeys/start", {}, csrf)
           .then(function (start) {
             return navigator.credentials.create(creationOptions(start.options)).then(function (cred) {
-              return post("/account/passkeys/finish", { ceremony: start.ceremony, credential: registration(cred) }, csrf);
+              return post("/account/passkeys/finish", {
+                ceremony: start.ceremony, password: value("password"), credential: registration(cred)
+              }, csrf);
             });
           });
       } else {
