@@ -110,15 +110,15 @@ impl Writer {
                 writer.resize(at, cols, rows)
             }
             (Writer::Cast { writer, .. }, Record::Marker(label)) => writer.marker(at, &label),
-            (Writer::Exec { writer, .. }, Record::Output(data)) => writer.stdout(at, &data),
-            (Writer::Exec { writer, .. }, Record::Stderr(data)) => writer.stderr(at, &data),
+            (Writer::Exec { writer, .. }, Record::Output(data)) => writer.stdout_shared(at, data),
+            (Writer::Exec { writer, .. }, Record::Stderr(data)) => writer.stderr_shared(at, data),
             (
                 Writer::Exec {
                     writer,
                     input: true,
                 },
                 Record::Input(data),
-            ) => writer.input(at, &data),
+            ) => writer.input_shared(at, data),
             (Writer::Exec { writer, .. }, Record::Resize { cols, rows }) => {
                 writer.resize(at, cols, rows)
             }

@@ -26,6 +26,7 @@ use std::io::{self, BufRead, Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::asciicast::{CastHeader, CastWriter};
@@ -130,6 +131,22 @@ impl ExecWriter {
         self.data(Kind::Input, at, data)
     }
 
+    /// [`stdout`](Self::stdout) for data in a shared buffer: bulk output reaches the file without
+    /// being copied first.
+    pub fn stdout_shared(&mut self, at: Duration, data: Bytes) -> Result<()> {
+        self.shared(Kind::Stdout, at, data)
+    }
+
+    /// [`stderr`](Self::stderr) for data in a shared buffer.
+    pub fn stderr_shared(&mut self, at: Duration, data: Bytes) -> Result<()> {
+        self.shared(Kind::Stderr, at, data)
+    }
+
+    /// [`input`](Self::input) for data in a shared buffer.
+    pub fn input_shared(&mut self, at: Duration, data: Bytes) -> Result<()> {
+        self.shared(Kind::Input, at, data)
+    }
+
     /// Records a marker, such as an expiry notice. A label longer than a frame is cut at a character
     /// boundary.
     pub fn marker(&mut self, at: Duration, label: &str) -> Result<()> {
@@ -170,17 +187,32 @@ impl ExecWriter {
         Ok(())
     }
 
+    fn shared(&mut self, kind: Kind, at: Duration, mut data: Bytes) -> Result<()> {
+        while !data.is_empty() {
+            let chunk = data.split_to(data.len().min(MAX_FRAME));
+            let head = frame_head(kind, at, chunk.len());
+            self.sink.write_shared(&head, chunk)?;
+        }
+        Ok(())
+    }
+
     /// One frame; `data` is at most [`MAX_FRAME`] bytes (the callers split or cut).
     fn frame(&mut self, kind: Kind, at: Duration, data: &[u8]) -> Result<()> {
-        let micros = u64::try_from(at.as_micros()).unwrap_or(u64::MAX);
-        // At most MAX_FRAME (1 MiB), so it fits a u32.
-        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-        let mut head = [0u8; FRAME_HEAD];
-        head[0] = kind as u8;
-        head[1..9].copy_from_slice(&micros.to_le_bytes());
-        head[9..].copy_from_slice(&len.to_le_bytes());
+        let head = frame_head(kind, at, data.len());
         self.sink.write_parts(&[&head, data])
     }
+}
+
+/// A frame's head: kind, time in microseconds, length of the data (at most [`MAX_FRAME`]).
+fn frame_head(kind: Kind, at: Duration, len: usize) -> [u8; FRAME_HEAD] {
+    let micros = u64::try_from(at.as_micros()).unwrap_or(u64::MAX);
+    // At most MAX_FRAME (1 MiB), so it fits a u32.
+    let len = u32::try_from(len).unwrap_or(u32::MAX);
+    let mut head = [0u8; FRAME_HEAD];
+    head[0] = kind as u8;
+    head[1..9].copy_from_slice(&micros.to_le_bytes());
+    head[9..].copy_from_slice(&len.to_le_bytes());
+    head
 }
 
 /// One frame read back, borrowing the reader's buffer.
@@ -489,6 +521,56 @@ mod tests {
                 (state >> 32) as u8
             })
             .collect()
+    }
+
+    #[test]
+    fn shared_buffers_make_the_same_file_as_slices() {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = pseudo_random(3 * MAX_FRAME + 777);
+        // Small and large pieces, in and across the 256 KiB buffers, a flush in the middle.
+        let sizes = [
+            1,
+            13,
+            4095,
+            4096,
+            4097,
+            32_768,
+            100_000,
+            MAX_FRAME + 5,
+            0,
+            70_000,
+        ];
+        let write = |path: &Path, shared: bool| {
+            let mut w = ExecWriter::create(path, &header()).unwrap();
+            let mut at = 0;
+            for (i, size) in sizes.iter().cycle().take(40).enumerate() {
+                let data = &binary[at % 1000..at % 1000 + size];
+                at += size;
+                let t = ms(i as u64);
+                match (shared, i % 3) {
+                    (false, 0) => w.stdout(t, data).unwrap(),
+                    (false, 1) => w.stderr(t, data).unwrap(),
+                    (false, _) => w.input(t, data).unwrap(),
+                    (true, 0) => w.stdout_shared(t, Bytes::copy_from_slice(data)).unwrap(),
+                    (true, 1) => w.stderr_shared(t, Bytes::copy_from_slice(data)).unwrap(),
+                    (true, _) => w.input_shared(t, Bytes::copy_from_slice(data)).unwrap(),
+                }
+                if i == 17 {
+                    w.marker(t, "half way").unwrap();
+                    w.flush().unwrap();
+                }
+            }
+            w.finish().unwrap()
+        };
+        let (a, b) = (dir.path().join("a.exec"), dir.path().join("b.exec"));
+        let from_slices = write(&a, false);
+        let from_shared = write(&b, true);
+        let (bytes_a, bytes_b) = (fs::read(&a).unwrap(), fs::read(&b).unwrap());
+        assert!(bytes_a.len() > 10 * 256 * 1024, "{}", bytes_a.len());
+        assert!(bytes_a == bytes_b, "the files differ");
+        assert_eq!(from_slices.sha256_hex, from_shared.sha256_hex);
+        assert_eq!(from_shared.bytes, bytes_b.len() as u64);
+        assert_eq!(crate::sha256_file(&b).unwrap(), from_shared.sha256_hex);
     }
 
     #[test]

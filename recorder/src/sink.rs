@@ -9,12 +9,13 @@
 //! finished.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use ring::digest::{Context, SHA256};
 
 use crate::error::{Error, Result};
@@ -29,6 +30,9 @@ const BUFFER_SIZE: usize = 256 * 1024;
 /// Full buffers that may wait for the writer thread; past that, writing records waits (backpressure from
 /// the disk). At most `QUEUED + 2` buffers exist per file.
 const QUEUED: usize = 2;
+
+/// Shared data at least this long is queued as it is; shorter pieces are copied into the buffer.
+const SHARE_MIN: usize = 4096;
 
 /// A closed recording: where it is, its SHA-256 and its size, to be stored alongside the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,8 +125,12 @@ impl<R: Read> Read for Sha256Reader<R> {
 pub(crate) struct HashedFile {
     /// Reported back in [`Finished`].
     path: PathBuf,
-    /// Records not yet handed to the writer thread.
-    buf: Vec<u8>,
+    /// Records not yet handed to the writer thread, in order: frozen pieces of `small` and shared data.
+    pieces: Vec<Bytes>,
+    /// Small parts (frame heads, encoded lines, short data) copied together, not yet in `pieces`.
+    small: BytesMut,
+    /// Bytes in `pieces` and `small`.
+    pending: usize,
     /// `None` once finished or after the thread failed.
     writer: Option<WriterThread>,
     /// Digest of every byte given to `buf`, so finishing needs no second read of the file.
@@ -139,8 +147,8 @@ pub(crate) struct HashedFile {
 
 /// What the writer thread is asked to do.
 enum Job {
-    /// Append these bytes, then hand the buffer back for reuse.
-    Write(Vec<u8>),
+    /// Append these pieces in order, then hand the emptied list back for reuse.
+    Write(Vec<Bytes>),
     /// Everything sent before is in the file: say so.
     Sync(SyncSender<()>),
 }
@@ -150,8 +158,8 @@ enum Job {
 #[derive(Debug)]
 struct WriterThread {
     jobs: SyncSender<Job>,
-    /// Written buffers, cleared, to be filled again.
-    spare: Receiver<Vec<u8>>,
+    /// Written lists, emptied, to be filled again.
+    spare: Receiver<Vec<Bytes>>,
     /// The file when the thread ends normally; the write error otherwise.
     handle: JoinHandle<io::Result<File>>,
 }
@@ -159,17 +167,17 @@ struct WriterThread {
 impl WriterThread {
     fn spawn(mut file: File) -> io::Result<Self> {
         let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUED);
-        let (give_back, spare) = mpsc::channel::<Vec<u8>>();
+        let (give_back, spare) = mpsc::channel::<Vec<Bytes>>();
         let handle = std::thread::Builder::new()
             .name("recording-writer".into())
             .stack_size(128 * 1024)
             .spawn(move || {
                 for job in queue {
                     match job {
-                        Job::Write(mut buf) => {
-                            file.write_all(&buf)?;
-                            buf.clear();
-                            let _ = give_back.send(buf);
+                        Job::Write(mut pieces) => {
+                            write_all_vectored(&mut file, &pieces)?;
+                            pieces.clear();
+                            let _ = give_back.send(pieces);
                         }
                         Job::Sync(done) => {
                             let _ = done.send(());
@@ -194,6 +202,25 @@ impl WriterThread {
     }
 }
 
+/// Writes every piece in order with as few `writev` calls as the kernel allows.
+fn write_all_vectored(file: &mut File, pieces: &[Bytes]) -> io::Result<()> {
+    /// At most this many pieces per call (Linux's IOV_MAX is 1024).
+    const MAX_IOV: usize = 1024;
+    for group in pieces.chunks(MAX_IOV) {
+        let mut slices: Vec<IoSlice<'_>> = group.iter().map(|p| IoSlice::new(p)).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match file.write_vectored(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Why the writer thread stopped taking jobs: its write error, or a panic.
 fn thread_error(writer: WriterThread) -> Error {
     match writer.join() {
@@ -215,7 +242,9 @@ impl HashedFile {
         })?;
         Ok(Self {
             path: path.to_owned(),
-            buf: Vec::with_capacity(BUFFER_SIZE),
+            pieces: Vec::new(),
+            small: BytesMut::with_capacity(BUFFER_SIZE),
+            pending: 0,
             writer: Some(WriterThread::spawn(file)?),
             hasher: Hasher::new(),
             bytes: 0,
@@ -241,10 +270,21 @@ impl HashedFile {
     /// Appends one whole record given in pieces (a frame header and its data, without copying them
     /// together first), or nothing if it would pass the size cap.
     pub(crate) fn write_parts(&mut self, parts: &[&[u8]]) -> Result<()> {
+        self.write_record_of(parts, None)
+    }
+
+    /// Appends one whole record: `head`, then `data`, which is queued for the file as it is (no copy)
+    /// when it is long enough to be worth it; or nothing if it would pass the size cap.
+    pub(crate) fn write_shared(&mut self, head: &[u8], data: Bytes) -> Result<()> {
+        self.write_record_of(&[head], Some(data))
+    }
+
+    fn write_record_of(&mut self, parts: &[&[u8]], shared: Option<Bytes>) -> Result<()> {
         if self.poisoned {
             return Err(Error::Poisoned);
         }
-        let len = parts.iter().map(|p| p.len() as u64).sum::<u64>();
+        let len = parts.iter().map(|p| p.len() as u64).sum::<u64>()
+            + shared.as_ref().map_or(0, |d| d.len() as u64);
         if let Some(max_bytes) = self.max_bytes
             && self.bytes.saturating_add(len) > max_bytes
         {
@@ -252,31 +292,51 @@ impl HashedFile {
         }
         self.poisoned = true;
         for part in parts {
-            self.buf.extend_from_slice(part);
+            self.small.extend_from_slice(part);
             self.hasher.update(part);
         }
+        if let Some(data) = shared {
+            self.hasher.update(&data);
+            if data.len() >= SHARE_MIN {
+                self.seal_small();
+                self.pieces.push(data);
+            } else {
+                self.small.extend_from_slice(&data);
+            }
+        }
         self.bytes += len;
+        self.pending += usize::try_from(len).unwrap_or(usize::MAX);
         if self.last_flush.elapsed() >= FLUSH_INTERVAL {
             self.poisoned = false;
             return self.flush();
         }
-        if self.buf.len() >= BUFFER_SIZE {
+        if self.pending >= BUFFER_SIZE {
             self.hand_over()?;
         }
         self.poisoned = false;
         Ok(())
     }
 
-    /// Sends the buffer to the writer thread and takes a spare one (blocks while `QUEUED` are waiting).
+    /// Moves what `small` holds to the end of `pieces`.
+    fn seal_small(&mut self) {
+        if !self.small.is_empty() {
+            self.pieces.push(self.small.split().freeze());
+        }
+    }
+
+    /// Sends the pending pieces to the writer thread (blocks while `QUEUED` lists are waiting).
     fn hand_over(&mut self) -> Result<()> {
+        self.seal_small();
         let Some(writer) = self.writer.as_ref() else {
             return Err(Error::Poisoned);
         };
-        let next = writer
-            .spare
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(BUFFER_SIZE));
-        let full = std::mem::replace(&mut self.buf, next);
+        let next = writer.spare.try_recv().unwrap_or_default();
+        let full = std::mem::replace(&mut self.pieces, next);
+        self.pending = 0;
+        if self.small.capacity() < SHARE_MIN {
+            // Frozen pieces still use the old allocation until written: start a new one.
+            self.small = BytesMut::with_capacity(BUFFER_SIZE);
+        }
         if writer.jobs.send(Job::Write(full)).is_err() {
             return Err(self.writer.take().map_or(Error::Poisoned, thread_error));
         }
@@ -289,7 +349,7 @@ impl HashedFile {
             return Err(Error::Poisoned);
         }
         self.poisoned = true;
-        if !self.buf.is_empty() {
+        if self.pending > 0 {
             self.hand_over()?;
         }
         let Some(writer) = self.writer.as_ref() else {
@@ -323,8 +383,11 @@ impl Drop for HashedFile {
     /// ignored), and the writer thread is gone when this returns.
     fn drop(&mut self) {
         if let Some(writer) = self.writer.take() {
-            if !self.poisoned && !self.buf.is_empty() {
-                let _ = writer.jobs.send(Job::Write(std::mem::take(&mut self.buf)));
+            if !self.poisoned && self.pending > 0 {
+                self.seal_small();
+                let _ = writer
+                    .jobs
+                    .send(Job::Write(std::mem::take(&mut self.pieces)));
             }
             let _ = writer.join();
         }
@@ -383,6 +446,39 @@ mod tests {
         let done = file.finish().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), expected);
         assert_eq!(done.sha256_hex, hex::encode(Sha256::digest(&expected)));
+    }
+
+    #[test]
+    fn vectored_writes_keep_order_past_the_iovec_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x");
+        let pieces: Vec<Bytes> = (0..3000u32)
+            .map(|i| Bytes::from(format!("{i};").repeat((i % 7) as usize)))
+            .collect();
+        let mut file = File::create(&path).unwrap();
+        write_all_vectored(&mut file, &pieces).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), pieces.concat());
+    }
+
+    #[test]
+    fn shared_and_copied_parts_reach_the_file_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x");
+        let mut file = HashedFile::create(&path).unwrap();
+        let mut expected = Vec::new();
+        for i in 0..400u32 {
+            let head = i.to_le_bytes();
+            let data = Bytes::from(vec![(i % 251) as u8; (i as usize * 997) % 20_000]);
+            expected.extend_from_slice(&head);
+            expected.extend_from_slice(&data);
+            file.write_shared(&head, data).unwrap();
+            if i % 50 == 0 {
+                file.write_record(b"-").unwrap();
+                expected.push(b'-');
+            }
+        }
+        drop(file);
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
     }
 
     #[test]
