@@ -21,6 +21,9 @@ pub struct App {
     pub clock: Clock,
     /// Change notices shared by the SSH listener and the web app (requests filed and decided, grants).
     pub events: crate::policy::events::Events,
+    /// This process's name among the nodes sharing the database (`node-` and 16 hex digits, new at each
+    /// start): sessions record it, and the webhook lease names it.
+    pub node: std::sync::Arc<str>,
 }
 
 impl App {
@@ -41,6 +44,7 @@ impl App {
             secrets: std::sync::Arc::new(secrets),
             clock: Clock::system(),
             events: Default::default(),
+            node: format!("node-{}", crate::secrets::random_hex(8)).into(),
         })
     }
 }

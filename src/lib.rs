@@ -11,6 +11,7 @@ pub mod config;
 pub mod hostkey;
 pub mod identity;
 pub mod model;
+pub mod node;
 pub mod policy;
 pub mod recording;
 pub mod secrets;

@@ -51,6 +51,11 @@ pub async fn run(
         Some(config) => Some(crate::webhook::spawn(app.clone(), config, stop_rx.clone())?),
         None => None,
     };
+    app.store
+        .node_seen(&app.node, app.clock.now())
+        .await
+        .context("registering this node")?;
+    let node_task = tokio::spawn(crate::node::run(app.clone(), stop_rx.clone()));
     let ssh_task = tokio::spawn(ssh::serve(app.clone(), listeners.ssh, stop_rx.clone()));
     tokio::spawn(expire_requests(app.clone(), stop_rx.clone()));
     let mut web_stop = stop_rx.clone();
@@ -85,6 +90,9 @@ pub async fn run(
         // It stops between deliveries (or mid-backoff) and gives its lease up.
         let _ = task.await;
     }
+    let _ = node_task.await;
+    // Every session of this node has ended (the SSH task waited for them): it can go.
+    crate::node::leave(&app).await;
     ssh_result?;
     web_result.context("web listener")?;
     app.store.close().await;

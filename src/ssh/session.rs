@@ -325,6 +325,7 @@ impl Starter {
                     service: &grant.service().name,
                     client_addr: &ctx.peer.to_string(),
                     detail: &detail,
+                    node: &app.node,
                 },
                 now,
             )

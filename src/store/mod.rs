@@ -8,6 +8,7 @@
 mod assets;
 mod audit;
 mod grants;
+mod nodes;
 mod requests;
 mod sealed;
 mod sessions;
@@ -25,6 +26,7 @@ use crate::config::redact_url;
 
 pub use assets::NewAsset;
 pub use grants::NewGrant;
+pub use nodes::AbandonedSession;
 pub use requests::NewRequest;
 pub use sealed::{Sealed, SealedKind};
 pub use sessions::NewSession;

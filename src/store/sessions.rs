@@ -30,7 +30,7 @@ fn session(row: &AnyRow) -> Result<SessionRow> {
     })
 }
 
-fn recording(row: &AnyRow) -> Result<RecordingRow> {
+pub(super) fn recording(row: &AnyRow) -> Result<RecordingRow> {
     Ok(RecordingRow {
         id: get(row, "id")?,
         session_id: get(row, "session_id")?,
@@ -54,6 +54,8 @@ pub struct NewSession<'a> {
     pub service: &'a str,
     pub client_addr: &'a str,
     pub detail: &'a str,
+    /// The node (`App::node`) running the session.
+    pub node: &'a str,
 }
 
 impl Store {
@@ -125,8 +127,8 @@ impl Store {
 impl Tx {
     pub async fn insert_session(&mut self, s: &NewSession<'_>, now: UnixTime) -> Result<()> {
         sqlx::query(
-            "INSERT INTO sessions (id, vendor_id, asset_id, grant_id, kind, service, client_addr, detail, started_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO sessions (id, vendor_id, asset_id, grant_id, kind, service, client_addr, detail, started_at, node) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(s.id)
         .bind(s.vendor_id)
@@ -137,6 +139,7 @@ impl Tx {
         .bind(s.client_addr)
         .bind(s.detail)
         .bind(now)
+        .bind(s.node)
         .execute(&mut *self.tx)
         .await
         .context("opening a session")?;
@@ -207,14 +210,15 @@ impl Tx {
         get(&row, "id")
     }
 
+    /// Stores a recording's digest and size; `false` if it was already closed.
     pub async fn close_recording(
         &mut self,
         id: i64,
         sha256: &str,
         size: i64,
         now: UnixTime,
-    ) -> Result<()> {
-        sqlx::query(
+    ) -> Result<bool> {
+        let done = sqlx::query(
             "UPDATE recordings SET sha256 = $1, size = $2, closed_at = $3 WHERE id = $4 AND closed_at IS NULL",
         )
         .bind(sha256)
@@ -223,7 +227,8 @@ impl Tx {
         .bind(id)
         .execute(&mut *self.tx)
         .await
-        .context("closing a recording")?;
-        Ok(())
+        .context("closing a recording")?
+        .rows_affected();
+        Ok(done == 1)
     }
 }

@@ -211,6 +211,7 @@ async fn record_open(
             service: &grant.service().name,
             client_addr: &ctx.peer.to_string(),
             detail,
+            node: &app.node,
         },
         now,
     )

@@ -56,7 +56,7 @@ pub fn spawn(
 }
 
 async fn run(app: App, config: WebhookConfig, poster: Poster, mut stop: watch::Receiver<bool>) {
-    let holder = format!("node-{}", crate::secrets::random_hex(8));
+    let holder = app.node.to_string();
     // The cursor belongs to one receiver; the URL itself may hold a token, so only its hash is stored.
     let endpoint = hex::encode(&Sha256::digest(config.url.as_bytes())[..16]);
     let deliverer = Deliverer {

@@ -749,3 +749,91 @@ fn rotating_the_secrets_key_keeps_logins_and_device_credentials_working() {
     // The new key is kept for the next run to finish or undo (it may be all a failed commit left).
     assert!(data.path().join("secrets.key.new").exists());
 }
+
+/// A bastion killed mid-session (SIGKILL: no chance to end anything) leaves the session open and its
+/// recording without a digest. The next start ends the session, naming the node that died, and records
+/// the SHA-256 of what reached the disk, both audited; the recording then verifies.
+#[test]
+fn a_session_left_open_by_a_killed_bastion_is_ended_and_its_recording_digested() {
+    let Some((sshd, b)) = setup() else { return };
+    let dora = b.vendor("dora", "Acme Imaging");
+    b.grant("dora", "mri-01", "ssh", "1h");
+    let child = b
+        .ssh(&dora, "dora+mri-01")
+        .arg("echo up-before-the-crash; sleep 60")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(crate::support::bastion::wait_until(
+        Duration::from_secs(15),
+        || {
+            session_json(&b)
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["ended_at"].is_null())
+        }
+    ));
+    // The recorder flushes a quiet recording within about a second.
+    std::thread::sleep(Duration::from_millis(2500));
+    let data = b.crash();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        text(&out).0.contains("up-before-the-crash"),
+        "{:?}",
+        text(&out)
+    );
+    let open: serde_json::Value = data.run(&["session", "list", "--json"]).ok().json();
+    let session = open.as_array().unwrap()[0].clone();
+    assert!(session["ended_at"].is_null(), "{session}");
+    assert!(session["recordings"][0]["sha256"].is_null(), "{session}");
+    let id = session["id"].as_str().unwrap().to_owned();
+    let path = session["recordings"][0]["path"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        std::fs::read(&path)
+            .unwrap()
+            .windows(19)
+            .any(|w| w == b"up-before-the-crash"),
+        "the output did not reach the recording before the crash"
+    );
+
+    // The dead node is gone after 30 s without a heartbeat; the restarted bastion then ends its session.
+    let b = Bastion::start(data);
+    assert!(
+        crate::support::bastion::wait_until(Duration::from_secs(60), || {
+            session_json(&b).as_array().unwrap()[0]["recordings"][0]["sha256"].is_string()
+        }),
+        "not ended: {}\n{}",
+        session_json(&b),
+        b.log()
+    );
+    let session = session_json(&b).as_array().unwrap()[0].clone();
+    assert_eq!(session["id"], id.as_str());
+    assert!(
+        session["end_reason"]
+            .as_str()
+            .unwrap()
+            .contains("stopped without ending it"),
+        "{session}"
+    );
+    let verify = b.data.run(&["session", "verify", &id]);
+    verify.ok();
+    assert!(verify.stdout().contains("intact"), "{}", verify.stdout());
+    let audit = audit_lines(&b);
+    assert!(audit.contains("\"recording.recovered\""), "{audit}");
+    // The detail is JSON inside the exported JSON line.
+    assert!(audit.contains(r#"\"abandoned\":true"#), "{audit}");
+    b.data.run(&["audit", "verify"]).ok();
+    // The device is still usable through the new process.
+    let out = b
+        .ssh(&dora, "dora+mri-01")
+        .arg("echo again")
+        .output()
+        .unwrap();
+    assert!(text(&out).0.contains("again"), "{:?}", text(&out));
+    drop(sshd);
+}

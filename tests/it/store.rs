@@ -242,6 +242,7 @@ async fn grants_sessions_and_recordings() {
                 service: "ssh",
                 client_addr: "127.0.0.1:5",
                 detail: "uptime",
+                node: "node-a",
             },
             150,
         )
@@ -272,6 +273,120 @@ async fn grants_sessions_and_recordings() {
         assert_eq!(s.recordings[0].sha256.as_deref(), Some("abcd"));
         assert_eq!(store.sessions(10).await.unwrap().len(), 1);
         assert_eq!(store.require_grant(g).await.unwrap().state(150), "revoked");
+    })
+    .await;
+}
+
+/// Sessions of a node that stopped heartbeating are found, ended once (two nodes racing: one wins), and
+/// their unfinished recordings listed; live nodes' sessions are left alone.
+#[tokio::test]
+async fn sessions_of_a_gone_node_are_found_and_ended_once() {
+    on_both(|store| async move {
+        let v = vendor(&store, "alice", "SHA256:a").await;
+        let a = asset(&store, "mri-01").await;
+        let services = vec!["ssh".to_owned()];
+        let mut tx = store.begin().await.unwrap();
+        let g = tx
+            .insert_grant(
+                &NewGrant {
+                    vendor_id: v,
+                    asset_id: a,
+                    services: &services,
+                    starts_at: 100,
+                    ends_at: 10_000,
+                    reason: "INC-1",
+                    issued_by: "os:t",
+                    request_id: None,
+                },
+                100,
+            )
+            .await
+            .unwrap();
+        for (id, node) in [("s-dead", "node-dead"), ("s-live", "node-live")] {
+            tx.insert_session(
+                &NewSession {
+                    id,
+                    vendor_id: v,
+                    asset_id: a,
+                    grant_id: g,
+                    kind: "exec",
+                    service: "ssh",
+                    client_addr: "127.0.0.1:5",
+                    detail: "sleep",
+                    node,
+                },
+                150,
+            )
+            .await
+            .unwrap();
+            tx.insert_recording(id, "exec-stream-v1", &format!("/r/{id}.exec"), 150)
+                .await
+                .unwrap();
+        }
+        tx.audit(ev("session.start"), 150).await.unwrap();
+        tx.commit("t").await.unwrap();
+        store.node_seen("node-dead", 100).await.unwrap();
+        store.node_seen("node-live", 100).await.unwrap();
+        store.node_seen("node-live", 500).await.unwrap();
+
+        // Alive means seen after 400: node-dead is gone, node-live is not.
+        let gone = store.abandoned_sessions(400).await.unwrap();
+        assert_eq!(gone.len(), 1, "{gone:?}");
+        assert_eq!(
+            (gone[0].id.as_str(), gone[0].node.as_str()),
+            ("s-dead", "node-dead")
+        );
+        assert_eq!(gone[0].vendor, "alice");
+        assert!(store.unfinished_recordings().await.unwrap().is_empty());
+
+        let mut first = store.begin().await.unwrap();
+        assert!(
+            first
+                .end_abandoned_session("s-dead", "node gone", 510)
+                .await
+                .unwrap()
+        );
+        first.audit(ev("session.end"), 510).await.unwrap();
+        first.commit("t").await.unwrap();
+        let mut second = store.begin().await.unwrap();
+        assert!(
+            !second
+                .end_abandoned_session("s-dead", "node gone", 511)
+                .await
+                .unwrap()
+        );
+        drop(second);
+        assert!(store.abandoned_sessions(400).await.unwrap().is_empty());
+        let s = store.session("s-dead").await.unwrap();
+        assert_eq!(
+            (s.ended_at, s.end_reason.as_deref()),
+            (Some(510), Some("node gone"))
+        );
+
+        // Its recording has no digest yet: listed, then closed once.
+        let unfinished = store.unfinished_recordings().await.unwrap();
+        assert_eq!(unfinished.len(), 1);
+        assert_eq!(unfinished[0].path, "/r/s-dead.exec");
+        let mut tx = store.begin().await.unwrap();
+        assert!(
+            tx.close_recording(unfinished[0].id, "ab", 3, 520)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !tx.close_recording(unfinished[0].id, "cd", 4, 521)
+                .await
+                .unwrap()
+        );
+        tx.audit(ev("recording.recovered"), 520).await.unwrap();
+        tx.commit("t").await.unwrap();
+        assert!(store.unfinished_recordings().await.unwrap().is_empty());
+
+        // A node that never registered counts as gone; a clean stop removes the node.
+        store.node_gone("node-live", 0).await.unwrap();
+        let gone = store.abandoned_sessions(400).await.unwrap();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].id, "s-live");
     })
     .await;
 }

@@ -271,6 +271,23 @@ impl Bastion {
     }
 }
 
+impl Bastion {
+    /// Kills the server with SIGKILL (no chance to end its sessions) and keeps its data directory.
+    pub fn crash(mut self) -> DataDir {
+        // The child is the watchdog shell; chaperone is its child.
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-P", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        std::mem::replace(
+            &mut self.data,
+            DataDir {
+                dir: tempfile::tempdir().expect("temp dir"),
+            },
+        )
+    }
+}
+
 impl Drop for Bastion {
     fn drop(&mut self) {
         super::stop_guarded(&mut self.child);

@@ -1,0 +1,108 @@
+//! Nodes (running `chaperone serve` processes) and what they leave behind: open sessions of a node that
+//! is gone, and recordings nobody finished.
+//!
+//! Registration and heartbeats are bookkeeping, not decisions, so they do not go through an audited
+//! [`Tx`]; ending an abandoned session and finishing its recording are audited by the caller.
+
+use super::{Context, Result, Store, Tx, get};
+use crate::model::{RecordingRow, UnixTime};
+
+/// An open session whose node is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbandonedSession {
+    pub id: String,
+    pub vendor: String,
+    pub grant_id: i64,
+    pub kind: String,
+    /// `before-0005` for sessions open when nodes started to be recorded (migration 0005).
+    pub node: String,
+}
+
+impl Store {
+    /// Registers node `id` as alive (or says so again).
+    pub async fn node_seen(&self, id: &str, now: UnixTime) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO nodes (id, started_at, seen_at) VALUES ($1, $2, $2) \
+             ON CONFLICT (id) DO UPDATE SET seen_at = $2",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .context("registering this node")?;
+        Ok(())
+    }
+
+    /// Forgets node `id` (a clean stop, after its sessions ended) and nodes not seen since `stale_before`.
+    pub async fn node_gone(&self, id: &str, stale_before: UnixTime) -> Result<()> {
+        sqlx::query("DELETE FROM nodes WHERE id = $1 OR seen_at < $2")
+            .bind(id)
+            .bind(stale_before)
+            .execute(&self.pool)
+            .await
+            .context("removing a node")?;
+        Ok(())
+    }
+
+    /// Open sessions whose node has not been seen since `alive_after`, or is unknown. Sessions without a
+    /// node (written by a version before migration 0005 still running) are not included.
+    pub async fn abandoned_sessions(&self, alive_after: UnixTime) -> Result<Vec<AbandonedSession>> {
+        let rows = sqlx::query(
+            "SELECT s.id, v.name AS vendor, s.grant_id, s.kind, s.node FROM sessions s \
+             JOIN vendors v ON v.id = s.vendor_id LEFT JOIN nodes n ON n.id = s.node \
+             WHERE s.ended_at IS NULL AND s.node IS NOT NULL AND (n.id IS NULL OR n.seen_at < $1) \
+             ORDER BY s.started_at",
+        )
+        .bind(alive_after)
+        .fetch_all(&self.pool)
+        .await
+        .context("looking for abandoned sessions")?;
+        rows.iter()
+            .map(|r| {
+                Ok(AbandonedSession {
+                    id: get(r, "id")?,
+                    vendor: get(r, "vendor")?,
+                    grant_id: get(r, "grant_id")?,
+                    kind: get(r, "kind")?,
+                    node: get(r, "node")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Recordings without a digest whose session has ended: their writer stopped before finishing them.
+    pub async fn unfinished_recordings(&self) -> Result<Vec<RecordingRow>> {
+        let rows = sqlx::query(
+            "SELECT r.id, r.session_id, r.format, r.path, r.sha256, r.size, r.created_at, r.closed_at \
+             FROM recordings r JOIN sessions s ON s.id = r.session_id \
+             WHERE r.closed_at IS NULL AND s.ended_at IS NOT NULL ORDER BY r.id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .context("looking for unfinished recordings")?;
+        rows.iter().map(super::sessions::recording).collect()
+    }
+}
+
+impl Tx {
+    /// Ends an abandoned session unless it ended meanwhile (another node got there first): `true` if
+    /// this call ended it. Its byte counts stay as they were (the node that counted them is gone).
+    pub async fn end_abandoned_session(
+        &mut self,
+        id: &str,
+        reason: &str,
+        now: UnixTime,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE sessions SET ended_at = $1, end_reason = $2 WHERE id = $3 AND ended_at IS NULL",
+        )
+        .bind(now)
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await
+        .context("ending an abandoned session")?
+        .rows_affected();
+        Ok(done == 1)
+    }
+}
