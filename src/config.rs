@@ -110,7 +110,7 @@ pub const DEFAULT_WEBHOOK_EVENTS: &[&str] = &[
 impl fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebhookConfig")
-            .field("url", &redact_url(&self.url))
+            .field("url", &redact_webhook_url(&self.url))
             .field("secret", &"***")
             .field("events", &self.events)
             .field("ca_file", &self.ca_file)
@@ -230,7 +230,7 @@ impl DatabaseConfig {
 /// A webhook URL must be `https://`, or `http://` to a loopback address (a receiver on the same host):
 /// the body names vendors, assets and reasons, and must not cross the network in clear.
 fn check_webhook_url(url: &str) -> Result<(), String> {
-    let shown = redact_url(url);
+    let shown = redact_webhook_url(url);
     let uri: http::Uri = url
         .parse()
         .map_err(|e| format!("{shown:?} is not a URL ({e})"))?;
@@ -261,6 +261,24 @@ fn check_webhook_url(url: &str) -> Result<(), String> {
             }
         }
         _ => Err(format!("{shown:?} must start with https://")),
+    }
+}
+
+/// A webhook URL as shown in errors and logs: scheme and host only. Receivers often carry their token
+/// in the path or query (`/services/T0/B0/SECRET`, `?token=`), and the URL sits in logs people share.
+pub fn redact_webhook_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(not a URL)".to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    // Credentials in the authority are refused anyway; never show them either.
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let tail = &rest[end..];
+    if tail.is_empty() || tail == "/" {
+        format!("{scheme}://{host}{tail}")
+    } else {
+        format!("{scheme}://{host}/…")
     }
 }
 
@@ -914,6 +932,29 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/etc/chaperone/chaperone.toml"), text)
+    }
+
+    #[test]
+    fn webhook_urls_are_shown_without_path_query_or_credentials() {
+        for (url, shown) in [
+            (
+                "https://hooks.example/services/T0/B0/SECRET",
+                "https://hooks.example/…",
+            ),
+            (
+                "https://hooks.example:8443/h?token=SECRET",
+                "https://hooks.example:8443/…",
+            ),
+            ("https://u:pw@hooks.example/x", "https://hooks.example/…"),
+            ("https://hooks.example", "https://hooks.example"),
+            ("http://127.0.0.1:9/", "http://127.0.0.1:9/"),
+            ("hooks.example/SECRET", "(not a URL)"),
+        ] {
+            assert_eq!(redact_webhook_url(url), shown, "{url}");
+        }
+        let err = check_webhook_url("http://hooks.example/services/SECRET").unwrap_err();
+        assert!(!err.contains("SECRET"), "{err}");
+        assert!(err.contains("loopback"), "{err}");
     }
 
     #[test]

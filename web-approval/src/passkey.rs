@@ -537,7 +537,11 @@ async fn stored<C: Core>(st: &WebState<C>, name: &str) -> Result<Vec<Passkey>, R
     }
 }
 
-pub(crate) async fn add_start<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
+pub(crate) async fn add_start<C: Core>(
+    State(st): St<C>,
+    ConnectInfo(crate::tls::PeerAddr(peer)): Peer,
+    headers: HeaderMap,
+) -> Response {
     let Some(pk) = &st.passkeys else {
         return unavailable();
     };
@@ -545,6 +549,11 @@ pub(crate) async fn add_start<C: Core>(State(st): St<C>, headers: HeaderMap) -> 
         Ok(s) => s,
         Err(r) => return r,
     };
+    // Each start keeps a ceremony in memory: counted like sign-in attempts, so a signed-in session cannot
+    // crowd out other people's sign-ins.
+    if !st.limiter.allow(peer.ip()) {
+        return sign_in_error(&SignInError::RateLimited);
+    }
     let name = session.staff.name;
     let existing = match stored(&st, &name).await {
         Ok(p) => p,
