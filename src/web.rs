@@ -334,6 +334,7 @@ impl Core for WebCore {
                 enabled: a.enabled,
                 password_hash: a.password_hash,
                 locked_until: a.locked_until,
+                has_totp: a.totp_secret.is_some(),
             }))
     }
 

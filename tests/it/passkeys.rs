@@ -195,6 +195,27 @@ fn a_software_passkey_enrolls_and_signs_in_and_nothing_else_does() {
     assert_eq!(wrong.status, 401, "{}", wrong.body);
     assert_eq!(wrong.body, refused.body);
 
+    // bob enrolled with a passkey and has no TOTP: his only passkey cannot be removed.
+    let jar = curl(Some(&page.jar), &[&format!("{}/account", page.base)]);
+    let csrf = jar
+        .body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_else(|| panic!("no CSRF token on the account page: {}", jar.body))
+        .to_owned();
+    let last = curl(
+        Some(&page.jar),
+        &[
+            "--data-urlencode",
+            &format!("csrf={csrf}"),
+            "--data-urlencode",
+            &format!("password={PASSWORD}"),
+            &format!("{}/account/passkeys/1/remove", page.base),
+        ],
+    );
+    assert_eq!(last.status, 409, "{}", last.body);
+
     // Enrolled with a passkey, bob has no TOTP seed: no code signs him in.
     let totp = curl(
         None,
@@ -272,6 +293,50 @@ fn a_totp_user_adds_a_passkey_on_the_account_page_and_signs_in_with_it() {
         .ok()
         .stdout();
     assert!(audit.contains("\"staff.passkey.add\""), "{audit}");
+
+    // The account page lists it with a form to remove it: CSRF token and password needed.
+    let listed = dave.get("/account");
+    assert!(
+        listed
+            .body
+            .contains("action=\"/account/passkeys/1/remove\""),
+        "{}",
+        listed.body
+    );
+    let forged = dave.form("/account/passkeys/1/remove", &[("password", PASSWORD)]);
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    let csrf = dave.csrf.clone();
+    let guessed = dave.form(
+        "/account/passkeys/1/remove",
+        &[("csrf", &csrf), ("password", "a guess")],
+    );
+    assert_eq!(guessed.status, 401, "{}", guessed.body);
+    assert!(dave.get("/account").body.contains("You have 1 passkey."));
+    let missing = dave.form(
+        "/account/passkeys/2/remove",
+        &[("csrf", &csrf), ("password", PASSWORD)],
+    );
+    assert_eq!(missing.status, 404, "{}", missing.body);
+    // dave still has TOTP, so his only passkey may go.
+    let removed = dave.form(
+        "/account/passkeys/1/remove",
+        &[("csrf", &csrf), ("password", PASSWORD)],
+    );
+    assert_eq!(removed.status, 303, "{}", removed.body);
+    let account = dave.get("/account");
+    assert!(
+        account.body.contains("Passkey 1 removed."),
+        "{}",
+        account.body
+    );
+    assert!(account.body.contains("no passkey yet"), "{}", account.body);
+    let audit = page
+        ._b
+        .data
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout();
+    assert!(audit.contains("\"staff.passkey.remove\""), "{audit}");
 }
 
 /// The passkey sign-in is no oracle: its start answers every name alike (a decoy challenge for a name

@@ -48,6 +48,8 @@ pub struct StaffAccount {
     pub password_hash: Option<String>,
     /// Locked until this unix time after too many failures.
     pub locked_until: Option<i64>,
+    /// A TOTP seed is enrolled: the account can sign in without a passkey.
+    pub has_totp: bool,
 }
 
 impl std::fmt::Debug for StaffAccount {

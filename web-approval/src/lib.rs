@@ -106,6 +106,7 @@ pub fn router<C: Core>(core: Arc<C>, options: WebOptions) -> Router {
         .route("/account", get(pages::account::<C>))
         .route("/account/passkeys/start", post(passkey::add_start::<C>))
         .route("/account/passkeys/finish", post(passkey::add_finish::<C>))
+        .route("/account/passkeys/{n}/remove", post(passkey::remove::<C>))
         .route(
             "/login",
             get(signin::login_page::<C>).post(signin::login::<C>),

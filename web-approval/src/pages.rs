@@ -27,7 +27,7 @@ pub(crate) fn signed_in<C>(st: &WebState<C>, headers: &HeaderMap) -> Result<Sess
 }
 
 /// A state change: signed in, and the form's CSRF token matches the session's.
-fn change<C>(
+pub(crate) fn change<C>(
     st: &WebState<C>,
     headers: &HeaderMap,
     pairs: &[(String, String)],
@@ -458,13 +458,32 @@ pub async fn account<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response 
             "<p class=\"note\">Passkeys are not available on this server: its address (web.public_url) is not a DNS name.</p>",
         ),
         Some(_) => {
-            let n = match crate::passkey::count(&st, &s.staff.name).await {
-                Ok(n) => n,
+            let ids = match crate::passkey::list(&st, &s.staff.name).await {
+                Ok(ids) => ids,
                 Err(e) => return core_error(&e),
             };
+            let n = ids.len();
+            let mut listed = String::new();
+            if n > 0 {
+                listed.push_str("<ol class=\"passkeys\">");
+                for (i, id) in ids.iter().enumerate() {
+                    let k = i + 1;
+                    let _ = write!(
+                        listed,
+                        "<li><code>{id}…</code> <form method=\"post\" action=\"/account/passkeys/{k}/remove\" class=\"inline\">\
+                         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                         <label for=\"remove-password-{k}\">Password</label>\
+                         <input id=\"remove-password-{k}\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
+                         <button type=\"submit\" class=\"secondary\">Remove passkey {k}</button></form></li>",
+                        id = esc(id),
+                        csrf = esc(&s.csrf),
+                    );
+                }
+                listed.push_str("</ol>");
+            }
             let _ = write!(
                 main,
-                "<h2>Passkeys</h2><p>{}</p><div class=\"passkey\">\
+                "<h2>Passkeys</h2><p>{}</p>{listed}<div class=\"passkey\">\
                  <label for=\"password\">Your password, to confirm it is you</label>\
                  <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
                  <button type=\"button\" data-passkey=\"add\" data-csrf=\"{}\">Add a passkey</button>\

@@ -662,8 +662,76 @@ pub(crate) async fn add_finish<C: Core>(
     }
 }
 
-/// How many passkeys `name` has (for the account page).
-pub(crate) async fn count<C: Core>(st: &WebState<C>, name: &str) -> Result<usize, CoreError> {
+/// `name`'s passkeys as the account page lists them: the start of each credential id, in order.
+pub(crate) async fn list<C: Core>(st: &WebState<C>, name: &str) -> Result<Vec<String>, CoreError> {
+    use base64::Engine as _;
     let json = st.core.passkeys(name).await?;
-    Ok(parse_passkeys(json.as_deref())?.len())
+    Ok(parse_passkeys(json.as_deref())?
+        .iter()
+        .map(|p| {
+            let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(p.cred_id());
+            id.chars().take(12).collect()
+        })
+        .collect())
+}
+
+/// Removes the signed-in user's passkey number `n` (1-based, as listed), after the password again; never
+/// the last way to sign in (a last passkey stays unless the account also has TOTP).
+pub(crate) async fn remove<C: Core>(
+    State(st): St<C>,
+    ConnectInfo(crate::tls::PeerAddr(peer)): Peer,
+    Path(n): Path<usize>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    use crate::pages::error_page;
+    let pairs = crate::form_pairs(&body);
+    let session = match crate::pages::change(&st, &headers, &pairs) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let name = session.staff.name;
+    let password = crate::field(&pairs, "password").unwrap_or_default();
+    let account = match check_password(&st, peer, &name, password).await {
+        Ok(a) => a,
+        Err(SignInError::Refused) => {
+            return error_page(
+                StatusCode::UNAUTHORIZED,
+                "Wrong password: no passkey was removed.",
+            );
+        }
+        Err(e) => return error_page(e.status(), e.message()),
+    };
+    let mut all = match stored(&st, &name).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if n == 0 || n > all.len() {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "No such passkey (the list may have changed): reload the page.",
+        );
+    }
+    if all.len() == 1 && !account.has_totp {
+        return error_page(
+            StatusCode::CONFLICT,
+            "This passkey is your only second factor: add another one first (or ask an administrator).",
+        );
+    }
+    all.remove(n - 1);
+    let json = match to_json(&all) {
+        Ok(j) => j,
+        Err(e) => return core_error(&e),
+    };
+    match st
+        .core
+        .set_passkeys(&name, &json, "staff.passkey.remove")
+        .await
+    {
+        Ok(()) => {
+            st.sessions.flash(&headers, format!("Passkey {n} removed."));
+            axum::response::Redirect::to("/account").into_response()
+        }
+        Err(e) => core_error(&e),
+    }
 }
