@@ -32,6 +32,7 @@ pub use sealed::{Sealed, SealedKind};
 pub use sessions::NewSession;
 pub use staff::StaffAuth;
 pub use vendors::LoginFailure;
+pub use webhook::WebhookClaim;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");

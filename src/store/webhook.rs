@@ -6,18 +6,27 @@
 use super::{Context, Result, Store, get};
 use crate::model::UnixTime;
 
+/// A delivery lease taken or renewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebhookClaim {
+    /// How far delivery got: the last audit `seq` handled.
+    pub seq: i64,
+    /// The cursor belonged to another endpoint and was moved to the end of the audit log for this one
+    /// (events since the other endpoint's last delivery are not sent here).
+    pub moved: bool,
+}
+
 impl Store {
-    /// Takes or renews the delivery lease for `holder` until `lease_until`. Returns how far delivery got
-    /// (the last audit `seq` handled), or `None` while another node holds a live lease. The first claim,
-    /// and the first after `endpoint` changed, start at the current end of the audit log: history is
-    /// not replayed to a new receiver.
+    /// Takes or renews the delivery lease for `holder` until `lease_until`, or `None` while another node
+    /// holds a live lease. The first claim, and the first after `endpoint` changed, start at the current
+    /// end of the audit log: history is not replayed to a new receiver.
     pub async fn claim_webhook_cursor(
         &self,
         holder: &str,
         endpoint: &str,
         now: UnixTime,
         lease_until: UnixTime,
-    ) -> Result<Option<i64>> {
+    ) -> Result<Option<WebhookClaim>> {
         sqlx::query(
             "INSERT INTO webhook_cursor (id, endpoint, delivered_seq, holder, lease_until) \
              SELECT 1, $1, seq, NULL, 0 FROM audit_head WHERE id = 1 ON CONFLICT (id) DO NOTHING",
@@ -46,7 +55,7 @@ impl Store {
             .context("reading the webhook cursor")?;
         let (was, seq): (String, i64) = (get(&row, "endpoint")?, get(&row, "delivered_seq")?);
         if was == endpoint {
-            return Ok(Some(seq));
+            return Ok(Some(WebhookClaim { seq, moved: false }));
         }
         sqlx::query(
             "UPDATE webhook_cursor SET endpoint = $1, \
@@ -61,7 +70,10 @@ impl Store {
             .fetch_one(&self.pool)
             .await
             .context("reading the webhook cursor")?;
-        Ok(Some(get(&row, "delivered_seq")?))
+        Ok(Some(WebhookClaim {
+            seq: get(&row, "delivered_seq")?,
+            moved: true,
+        }))
     }
 
     /// Records that everything up to `seq` was handled. `false` when `holder` lost the lease meanwhile.

@@ -33,6 +33,8 @@ const POLL: Duration = Duration::from_millis(500);
 /// delivery deadline, so a node retrying an event keeps it (and counts its attempts) instead of another
 /// node starting over at attempt 1.
 const LEASE_SECS: i64 = 400;
+/// A round that keeps delivering renews its lease this often (a backlog can take longer than a lease).
+const RENEW_EVERY: Duration = Duration::from_secs(60);
 /// Audit rows read at a time.
 const PAGE: i64 = 200;
 
@@ -97,11 +99,12 @@ struct Deliverer<'a> {
 }
 
 impl Deliverer<'_> {
-    /// Claims the lease, then sends every new matching event in order.
+    /// Claims the lease, then sends every new matching event in order, renewing the lease as it goes.
     async fn round(&self, stop: &mut watch::Receiver<bool>) -> anyhow::Result<Round> {
         let Some(mut cursor) = self.claim().await? else {
             return Ok(Round::Idle);
         };
+        let mut renewed = tokio::time::Instant::now();
         loop {
             let rows = self.app.store.audit_page(cursor, PAGE).await?;
             let Some(last) = rows.last().map(|r| r.seq) else {
@@ -114,6 +117,12 @@ impl Deliverer<'_> {
                 // Everything before this row is handled; record that before a possibly long retry.
                 if row.seq - 1 > cursor && !self.advance(row.seq - 1).await? {
                     return Ok(Round::Idle);
+                }
+                if renewed.elapsed() >= RENEW_EVERY {
+                    if self.claim().await?.is_none() {
+                        return Ok(Round::Idle);
+                    }
+                    renewed = tokio::time::Instant::now();
                 }
                 match self.deliver(row, stop).await? {
                     Outcome::Sent => {}
@@ -132,13 +141,41 @@ impl Deliverer<'_> {
         }
     }
 
+    /// Takes or renews the lease; how far delivery got, or `None` while another node delivers. When the
+    /// cursor belonged to another `webhook.url` (changed, or different on another node), the move is
+    /// audited (`webhook.endpoint.changed`): nodes configured with different URLs would keep moving it,
+    /// and each receiver would miss events.
     async fn claim(&self) -> anyhow::Result<Option<i64>> {
         let now = self.app.clock.now();
-        Ok(self
+        let Some(claim) = self
             .app
             .store
             .claim_webhook_cursor(self.holder, self.endpoint, now, now + LEASE_SECS)
-            .await?)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if claim.moved {
+            tracing::warn!(
+                url = %crate::config::redact_webhook_url(&self.config.url),
+                "webhook: the delivery cursor belonged to another webhook.url; starting at the end of the \
+                 audit log for this one (every node must have the same [webhook] url)"
+            );
+            let mut tx = self.app.store.begin().await?;
+            tx.audit(
+                AuditEvent::new(
+                    format!("node:{}", self.holder),
+                    "webhook.endpoint.changed",
+                    "webhook",
+                    json!({"url": crate::config::redact_webhook_url(&self.config.url), "endpoint": self.endpoint,
+                           "from_seq": claim.seq}),
+                ),
+                now,
+            )
+            .await?;
+            tx.commit("webhook.endpoint.changed").await?;
+        }
+        Ok(Some(claim.seq))
     }
 
     async fn advance(&self, seq: i64) -> anyhow::Result<bool> {

@@ -4,7 +4,7 @@ use std::future::Future;
 
 use chaperone::audit::{AuditEvent, Verifier};
 use chaperone::model::{Criticality, Service};
-use chaperone::store::{NewAsset, NewGrant, NewSession, Store, StoreError};
+use chaperone::store::{NewAsset, NewGrant, NewSession, Store, StoreError, WebhookClaim};
 use serde_json::json;
 
 use crate::support::postgres;
@@ -445,7 +445,10 @@ async fn one_node_at_a_time_holds_the_webhook_cursor() {
                 .claim_webhook_cursor("a", "e1", 100, 160)
                 .await
                 .unwrap(),
-            Some(head)
+            Some(WebhookClaim {
+                seq: head,
+                moved: false
+            })
         );
         // Another node waits while the lease is live, and takes over once it lapses.
         assert_eq!(
@@ -466,7 +469,10 @@ async fn one_node_at_a_time_holds_the_webhook_cursor() {
                 .claim_webhook_cursor("b", "e1", 161, 221)
                 .await
                 .unwrap(),
-            Some(head + 5)
+            Some(WebhookClaim {
+                seq: head + 5,
+                moved: false
+            })
         );
         assert!(!store.advance_webhook_cursor("a", head + 6).await.unwrap());
         // Released at shutdown: the other node claims at once. A new endpoint starts at the head.
@@ -476,7 +482,10 @@ async fn one_node_at_a_time_holds_the_webhook_cursor() {
                 .claim_webhook_cursor("a", "e2", 162, 222)
                 .await
                 .unwrap(),
-            Some(head)
+            Some(WebhookClaim {
+                seq: head,
+                moved: true
+            })
         );
     })
     .await;
