@@ -115,6 +115,26 @@ fn decide_error(e: DecideError) -> CoreError {
 }
 
 impl WebCore {
+    /// The user an unexpired enrollment link belongs to, and the hash of its token (what the database
+    /// keeps); `NotFound` for an unknown, used or expired link.
+    async fn enrolling_user(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<(String, crate::store::StaffAuth), CoreError> {
+        let hash = hex::encode(Sha256::digest(token.as_bytes()));
+        match self
+            .app
+            .store
+            .staff_by_enroll_token(&hash, now)
+            .await
+            .map_err(internal)?
+        {
+            Some(user) => Ok((hash, user)),
+            None => Err(CoreError::NotFound),
+        }
+    }
+
     async fn revoke(&self, by: &Staff, id: i64, reason: &str) -> Result<(), CoreError> {
         let app = &self.app;
         if app.store.grant(id).await.map_err(internal)?.is_none() {
@@ -429,16 +449,8 @@ impl Core for WebCore {
 
     async fn enrollment(&self, token: &str) -> Result<Enrollment, CoreError> {
         let app = &self.app;
-        let hash = hex::encode(Sha256::digest(token.as_bytes()));
         let now = app.clock.now();
-        let Some(user) = app
-            .store
-            .staff_by_enroll_token(&hash, now)
-            .await
-            .map_err(internal)?
-        else {
-            return Err(CoreError::NotFound);
-        };
+        let (_, user) = self.enrolling_user(token, now).await?;
         let seed = totp::new_seed();
         let sealed = app
             .secrets
@@ -478,16 +490,8 @@ impl Core for WebCore {
         code: &str,
     ) -> Result<String, CoreError> {
         let app = &self.app;
-        let hash = hex::encode(Sha256::digest(token.as_bytes()));
         let now = app.clock.now();
-        let Some(user) = app
-            .store
-            .staff_by_enroll_token(&hash, now)
-            .await
-            .map_err(internal)?
-        else {
-            return Err(CoreError::NotFound);
-        };
+        let (hash, user) = self.enrolling_user(token, now).await?;
         let Some(sealed) = user.totp_secret.as_deref() else {
             return Err(CoreError::Invalid(
                 "open the enrollment link again to get an authenticator secret".into(),
@@ -529,17 +533,8 @@ impl Core for WebCore {
     }
 
     async fn enrollment_name(&self, token: &str) -> Result<String, CoreError> {
-        let hash = hex::encode(Sha256::digest(token.as_bytes()));
-        match self
-            .app
-            .store
-            .staff_by_enroll_token(&hash, self.app.clock.now())
-            .await
-            .map_err(internal)?
-        {
-            Some(user) => Ok(user.name),
-            None => Err(CoreError::NotFound),
-        }
+        let (_, user) = self.enrolling_user(token, self.app.clock.now()).await?;
+        Ok(user.name)
     }
 
     async fn finish_enrollment_passkey(
@@ -549,16 +544,8 @@ impl Core for WebCore {
         passkeys_json: &str,
     ) -> Result<String, CoreError> {
         let app = &self.app;
-        let hash = hex::encode(Sha256::digest(token.as_bytes()));
         let now = app.clock.now();
-        let Some(user) = app
-            .store
-            .staff_by_enroll_token(&hash, now)
-            .await
-            .map_err(internal)?
-        else {
-            return Err(CoreError::NotFound);
-        };
+        let (hash, user) = self.enrolling_user(token, now).await?;
         let mut tx = app.store.begin().await.map_err(internal)?;
         if !tx
             .finish_staff_enrollment_passkey(user.id, &hash, password_hash, passkeys_json)

@@ -40,6 +40,15 @@ impl Page {
     }
 }
 
+/// The audit log as JSON lines.
+fn audit_lines(page: &Page) -> String {
+    page._b
+        .data
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout()
+}
+
 /// A bastion on a fixed port and the enrollment token of a new approver `bob`.
 fn setup() -> (Page, String) {
     let data = DataDir::init();
@@ -286,12 +295,7 @@ fn a_totp_user_adds_a_passkey_on_the_account_page_and_signs_in_with_it() {
         &assertion,
     );
     assert_eq!(ok.status, 200, "{}", ok.body);
-    let audit = page
-        ._b
-        .data
-        .run(&["audit", "export", "--format", "jsonl"])
-        .ok()
-        .stdout();
+    let audit = audit_lines(&page);
     assert!(audit.contains("\"staff.passkey.add\""), "{audit}");
 
     // The account page lists it with a form to remove it: CSRF token and password needed.
@@ -330,12 +334,7 @@ fn a_totp_user_adds_a_passkey_on_the_account_page_and_signs_in_with_it() {
         account.body
     );
     assert!(account.body.contains("no passkey yet"), "{}", account.body);
-    let audit = page
-        ._b
-        .data
-        .run(&["audit", "export", "--format", "jsonl"])
-        .ok()
-        .stdout();
+    let audit = audit_lines(&page);
     assert!(audit.contains("\"staff.passkey.remove\""), "{audit}");
 }
 
@@ -399,12 +398,7 @@ fn the_passkey_sign_in_tells_nothing_about_names_or_passwords() {
         assert_eq!(answer.body, wrong.body, "{who}");
     }
     // The right password on a decoy counts as a failed sign-in, like a wrong one.
-    let audit = page
-        ._b
-        .data
-        .run(&["audit", "export", "--format", "jsonl"])
-        .ok()
-        .stdout();
+    let audit = audit_lines(&page);
     assert!(audit.contains("no passkey registered"), "{audit}");
     assert!(audit.contains("wrong password"), "{audit}");
 }

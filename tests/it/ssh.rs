@@ -21,6 +21,21 @@ fn session_json(b: &Bastion) -> serde_json::Value {
     b.data.run(&["session", "list", "--json"]).ok().json()
 }
 
+/// Waits (up to 15 s) until a session is open.
+fn wait_for_a_live_session(b: &Bastion) {
+    assert!(
+        crate::support::bastion::wait_until(Duration::from_secs(15), || {
+            session_json(b)
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["ended_at"].is_null())
+        }),
+        "no session opened: {}",
+        session_json(b)
+    );
+}
+
 fn audit_lines(b: &Bastion) -> String {
     b.data
         .run(&["audit", "export", "--format", "jsonl"])
@@ -461,16 +476,7 @@ fn expiry_and_revocation_close_live_sessions_within_two_seconds() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(crate::support::bastion::wait_until(
-        Duration::from_secs(15),
-        || {
-            session_json(&b)
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|s| s["ended_at"].is_null())
-        }
-    ));
+    wait_for_a_live_session(&b);
     std::thread::sleep(Duration::from_millis(500));
     b.data
         .run(&[
@@ -765,16 +771,7 @@ fn a_session_left_open_by_a_killed_bastion_is_ended_and_its_recording_digested()
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(crate::support::bastion::wait_until(
-        Duration::from_secs(15),
-        || {
-            session_json(&b)
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|s| s["ended_at"].is_null())
-        }
-    ));
+    wait_for_a_live_session(&b);
     // The recorder flushes a quiet recording within about a second.
     std::thread::sleep(Duration::from_millis(2500));
     let data = b.crash();

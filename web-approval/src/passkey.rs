@@ -238,19 +238,47 @@ pub(crate) async fn enroll_start<C: Core>(
         Ok(n) => n,
         Err(e) => return core_error(&e),
     };
+    start_registration(pk, &name, None, |state| Ceremony::Register { token, state })
+}
+
+/// Starts registering a passkey for `name` (not one of `exclude`): the options and the ceremony id, as
+/// JSON.
+fn start_registration(
+    pk: &Passkeys,
+    name: &str,
+    exclude: Option<Vec<webauthn_rs::prelude::CredentialID>>,
+    ceremony: impl FnOnce(PasskeyRegistration) -> Ceremony,
+) -> Response {
     match pk
         .webauthn
-        .start_passkey_registration(user_handle(&name), &name, &name, None)
+        .start_passkey_registration(user_handle(name), name, name, exclude)
     {
         Ok((options, state)) => {
-            let ceremony = pk.keep(Ceremony::Register { token, state });
-            Json(json!({"ceremony": ceremony, "options": options})).into_response()
+            let id = pk.keep(ceremony(state));
+            Json(json!({"ceremony": id, "options": options})).into_response()
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot start a passkey registration");
             error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
         }
     }
+}
+
+/// The new passkey from the browser's answer to a registration, or the answer that refuses it.
+fn finish_registration(
+    pk: &Passkeys,
+    credential: &RegisterPublicKeyCredential,
+    state: &PasskeyRegistration,
+) -> Result<Passkey, Response> {
+    pk.webauthn
+        .finish_passkey_registration(credential, state)
+        .map_err(|e| {
+            tracing::warn!(error = %e, "passkey registration refused");
+            error(
+                StatusCode::BAD_REQUEST,
+                "The passkey could not be registered; try again.",
+            )
+        })
 }
 
 #[derive(Deserialize)]
@@ -294,18 +322,9 @@ pub(crate) async fn enroll_finish<C: Core>(
             "The passkey step expired; try again.",
         );
     }
-    let passkey = match pk
-        .webauthn
-        .finish_passkey_registration(&body.credential, &state)
-    {
+    let passkey = match finish_registration(pk, &body.credential, &state) {
         Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(error = %e, "passkey registration refused");
-            return error(
-                StatusCode::BAD_REQUEST,
-                "The passkey could not be registered; try again.",
-            );
-        }
+        Err(r) => return r,
     };
     let Ok(hash) = auth::hash_password(body.password).await else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
@@ -566,19 +585,10 @@ pub(crate) async fn add_start<C: Core>(
         );
     }
     let exclude = existing.iter().map(|p| p.cred_id().clone()).collect();
-    match pk
-        .webauthn
-        .start_passkey_registration(user_handle(&name), &name, &name, Some(exclude))
-    {
-        Ok((options, state)) => {
-            let ceremony = pk.keep(Ceremony::Add { name, state });
-            Json(json!({"ceremony": ceremony, "options": options})).into_response()
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start a passkey registration");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-        }
-    }
+    start_registration(pk, &name.clone(), Some(exclude), |state| Ceremony::Add {
+        name,
+        state,
+    })
 }
 
 #[derive(Deserialize)]
@@ -624,18 +634,9 @@ pub(crate) async fn add_finish<C: Core>(
             "The passkey step expired; try again.",
         );
     }
-    let passkey = match pk
-        .webauthn
-        .finish_passkey_registration(&body.credential, &state)
-    {
+    let passkey = match finish_registration(pk, &body.credential, &state) {
         Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(error = %e, "passkey registration refused");
-            return error(
-                StatusCode::BAD_REQUEST,
-                "The passkey could not be registered; try again.",
-            );
-        }
+        Err(r) => return r,
     };
     let mut all = match stored(&st, &name).await {
         Ok(p) => p,
