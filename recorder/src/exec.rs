@@ -256,6 +256,21 @@ pub struct ExecReader<R> {
     /// Offset of the next frame in the file.
     offset: u64,
     done: bool,
+    /// Whether a file that ends inside its last frame ends the reading instead of being an error.
+    tolerate_cut_off: bool,
+    /// Where the file ended inside a frame (offset of that frame), when tolerated.
+    cut_off: Option<CutOff>,
+    /// Time of the last whole frame read.
+    last_at: Duration,
+}
+
+/// Where a recording ends inside a frame: what a bastion that stopped while writing leaves behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CutOff {
+    /// Offset of the incomplete frame in the file.
+    pub offset: u64,
+    /// Time of the last whole frame (zero when there is none).
+    pub last_at: Duration,
 }
 
 fn invalid(offset: u64, reason: impl Into<String>) -> Error {
@@ -314,7 +329,24 @@ impl<R: BufRead> ExecReader<R> {
             buf: Vec::new(),
             offset: header_at + line.len() as u64,
             done: false,
+            tolerate_cut_off: false,
+            cut_off: None,
+            last_at: Duration::ZERO,
         })
+    }
+
+    /// Reads a file that ends inside its last frame up to the last whole frame, then reports the end
+    /// ([`cut_off`](Self::cut_off)) instead of an error. For exports of recordings whose digest was
+    /// checked first: then a cut-off end is what the writer left when its process stopped, not damage.
+    pub fn tolerate_cut_off(mut self) -> Self {
+        self.tolerate_cut_off = true;
+        self
+    }
+
+    /// Where the file ended inside a frame, once reading has reached it (only with
+    /// [`tolerate_cut_off`](Self::tolerate_cut_off)).
+    pub fn cut_off(&self) -> Option<CutOff> {
+        self.cut_off
     }
 
     /// The header line.
@@ -343,6 +375,18 @@ impl<R: BufRead> ExecReader<R> {
         }
     }
 
+    /// The end of a file inside the frame at `at`: an error, or (when tolerated) the end of the reading.
+    fn ends_inside(&mut self, at: u64, reason: String) -> Result<Option<(Duration, Kind)>> {
+        if !self.tolerate_cut_off {
+            return Err(invalid(at, reason));
+        }
+        self.cut_off = Some(CutOff {
+            offset: at,
+            last_at: self.last_at,
+        });
+        Ok(None)
+    }
+
     /// Reads one frame into `buf`, checking everything [`data`](Self::data) relies on.
     fn read_frame(&mut self) -> Result<Option<(Duration, Kind)>> {
         let at = self.offset;
@@ -351,10 +395,10 @@ impl<R: BufRead> ExecReader<R> {
             0 => return Ok(None),
             FRAME_HEAD => {}
             n => {
-                return Err(invalid(
+                return self.ends_inside(
                     at,
                     format!("the file ends inside a frame header ({n} of {FRAME_HEAD} bytes)"),
-                ));
+                );
             }
         }
         let kind = Kind::from_byte(head[0])
@@ -373,10 +417,10 @@ impl<R: BufRead> ExecReader<R> {
         self.buf.resize(len, 0);
         let got = read_full(&mut self.reader, &mut self.buf)?;
         if got < len {
-            return Err(invalid(
+            return self.ends_inside(
                 at,
                 format!("the file ends inside a frame ({got} of {len} data bytes)"),
-            ));
+            );
         }
         match kind {
             Kind::Marker if std::str::from_utf8(&self.buf).is_err() => {
@@ -391,10 +435,8 @@ impl<R: BufRead> ExecReader<R> {
             _ => {}
         }
         self.offset += (FRAME_HEAD + len) as u64;
-        Ok(Some((
-            Duration::from_micros(u64::from_le_bytes(micros)),
-            kind,
-        )))
+        self.last_at = Duration::from_micros(u64::from_le_bytes(micros));
+        Ok(Some((self.last_at, kind)))
     }
 
     /// The frame in `buf`, already validated by [`read_frame`](Self::read_frame).
@@ -423,11 +465,26 @@ pub enum OutputStream {
     Stderr,
 }
 
-/// Writes the bytes of one output stream of an exec recording to `out`, exactly as the device sent them;
-/// returns how many. The whole recording is read and validated, so an invalid frame after the last byte
-/// of this stream is still an error.
-pub fn exec_raw(reader: impl BufRead, stream: OutputStream, out: &mut impl Write) -> Result<u64> {
-    let mut reader = ExecReader::new(reader)?;
+/// What an export wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exported {
+    /// Bytes of the stream written ([`exec_raw`]).
+    pub bytes: u64,
+    /// The recording ends inside a frame (its writer stopped mid-write): the export ends with the last
+    /// whole frame.
+    pub cut_off: Option<CutOff>,
+}
+
+/// Writes the bytes of one output stream of an exec recording to `out`, exactly as the device sent them.
+/// The whole recording is read and validated, so an invalid frame after the last byte of this stream is
+/// still an error; a recording that ends inside its last frame is exported up to the last whole frame
+/// (see [`Exported::cut_off`]; check the recording's digest first).
+pub fn exec_raw(
+    reader: impl BufRead,
+    stream: OutputStream,
+    out: &mut impl Write,
+) -> Result<Exported> {
+    let mut reader = ExecReader::new(reader)?.tolerate_cut_off();
     let mut written = 0u64;
     while let Some(frame) = reader.next_frame()? {
         let bytes = match (frame.data, stream) {
@@ -439,15 +496,23 @@ pub fn exec_raw(reader: impl BufRead, stream: OutputStream, out: &mut impl Write
         written += bytes.len() as u64;
     }
     out.flush()?;
-    Ok(written)
+    Ok(Exported {
+        bytes: written,
+        cut_off: reader.cut_off(),
+    })
 }
 
 /// Converts an exec recording into a new asciicast v2 file at `path` (never overwriting; mode 0600):
 /// stdout and stderr become `o` events, as a terminal would have shown them, input `i`, markers `m`,
 /// resizes `r`, each at its recorded time; the terminal is 80x24. Lossy: bytes that are not UTF-8 become
-/// U+FFFD. Returns the new file's digest. On an error the file may be left incomplete.
-pub fn exec_to_cast(reader: impl BufRead, path: impl AsRef<Path>) -> Result<Finished> {
-    let mut reader = ExecReader::new(reader)?;
+/// U+FFFD. A recording that ends inside its last frame (its writer stopped mid-write; check the digest
+/// first) converts up to the last whole frame and ends with a marker saying so. Returns the new file's
+/// digest and where the recording was cut off, if it was. On an error the file may be left incomplete.
+pub fn exec_to_cast(
+    reader: impl BufRead,
+    path: impl AsRef<Path>,
+) -> Result<(Finished, Option<CutOff>)> {
+    let mut reader = ExecReader::new(reader)?.tolerate_cut_off();
     let header = reader.header().clone();
     let mut cast = CastWriter::create(
         path,
@@ -468,7 +533,17 @@ pub fn exec_to_cast(reader: impl BufRead, path: impl AsRef<Path>) -> Result<Fini
             FrameData::Resize { cols, rows } => cast.resize(frame.at, cols, rows)?,
         }
     }
-    cast.finish()
+    let cut_off = reader.cut_off();
+    if let Some(cut) = cut_off {
+        cast.marker(
+            cut.last_at,
+            &format!(
+                "the recording ends here, cut off inside a frame at byte {}: the bastion stopped while writing it",
+                cut.offset
+            ),
+        )?;
+    }
+    Ok((cast.finish()?, cut_off))
 }
 
 #[cfg(test)]
@@ -639,7 +714,8 @@ mod tests {
         let mut raw = Vec::new();
         let n = exec_raw(&bytes[..], OutputStream::Stdout, &mut raw).unwrap();
         assert_eq!(raw, expected);
-        assert_eq!(n, expected.len() as u64);
+        assert_eq!(n.bytes, expected.len() as u64);
+        assert_eq!(n.cut_off, None);
         let mut err = Vec::new();
         exec_raw(&bytes[..], OutputStream::Stderr, &mut err).unwrap();
         assert_eq!(err, b"warn\xff\n");
@@ -682,8 +758,9 @@ mod tests {
         w.marker(ms(50), "closing").unwrap();
         w.finish().unwrap();
         let cast_path = dir.path().join("s.cast");
-        let done = exec_to_cast(&fs::read(&path).unwrap()[..], &cast_path).unwrap();
+        let (done, cut_off) = exec_to_cast(&fs::read(&path).unwrap()[..], &cast_path).unwrap();
         assert_eq!(done.path, cast_path);
+        assert_eq!(cut_off, None);
         let cast = crate::parse_cast(fs::File::open(&cast_path).unwrap()).unwrap();
         assert_eq!(cast.header.timestamp, 1_763_900_000);
         assert_eq!(
@@ -700,6 +777,52 @@ mod tests {
         );
         // The export never overwrites.
         assert!(exec_to_cast(&fs::read(&path).unwrap()[..], &cast_path).is_err());
+    }
+
+    /// A writer killed mid-frame leaves a file that ends inside a frame. The strict reader calls that an
+    /// error; the exports (after the digest check) keep every whole frame and say where it was cut.
+    #[test]
+    fn a_recording_cut_off_mid_frame_exports_up_to_the_last_whole_frame() {
+        let (dir, path, mut w) = new_exec();
+        w.stdout(ms(5), b"first line\n").unwrap();
+        w.stderr(ms(6), b"warning\n").unwrap();
+        w.stdout(ms(7), &[b'x'; 100]).unwrap();
+        w.finish().unwrap();
+        let whole = fs::read(&path).unwrap();
+        let last_frame = whole.len() - 100 - FRAME_HEAD;
+        for cut in [last_frame + 1, last_frame + FRAME_HEAD + 40] {
+            let bytes = &whole[..cut];
+            let mut strict = ExecReader::new(bytes).unwrap();
+            let mut error = None;
+            loop {
+                match strict.next_frame() {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        error = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            assert!(error.unwrap().contains("ends inside a frame"));
+
+            let mut raw = Vec::new();
+            let exported = exec_raw(bytes, OutputStream::Stdout, &mut raw).unwrap();
+            assert_eq!(raw, b"first line\n");
+            let cut_off = exported.cut_off.unwrap();
+            assert_eq!(cut_off.offset, last_frame as u64);
+            assert_eq!(cut_off.last_at, ms(6));
+
+            let cast_path = dir.path().join(format!("cut-{cut}.cast"));
+            let (_, cut_off) = exec_to_cast(bytes, &cast_path).unwrap();
+            assert!(cut_off.is_some());
+            let cast = crate::parse_cast(fs::File::open(&cast_path).unwrap()).unwrap();
+            assert_eq!(cast.text(), "first line\nwarning\n");
+            match &cast.events.last().unwrap().kind {
+                crate::EventKind::Marker(m) => assert!(m.contains("cut off"), "{m}"),
+                other => panic!("last event {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -20,7 +20,8 @@ pub mod transfer;
 pub use asciicast::{Cast, CastHeader, CastReader, CastWriter, Event, EventKind, parse_cast};
 pub use error::{Error, Result};
 pub use exec::{
-    ExecHeader, ExecReader, ExecWriter, Frame, FrameData, OutputStream, exec_raw, exec_to_cast,
+    CutOff, ExecHeader, ExecReader, ExecWriter, Exported, Frame, FrameData, OutputStream, exec_raw,
+    exec_to_cast,
 };
 pub use sink::{Finished, Sha256Reader, sha256_file};
 pub use transfer::{Direction, OpKind, Outcome, SftpObserver, TransferEvent, TransferLog};

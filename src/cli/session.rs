@@ -142,11 +142,7 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
             };
             check_digest(r)?;
             match (r.format.as_str(), raw) {
-                (RecordingFormat::ASCIICAST, false) => {
-                    let bytes =
-                        std::fs::read(&r.path).with_context(|| format!("reading {}", r.path))?;
-                    super::init::write_new(&output, &bytes, 0o600)?;
-                }
+                (RecordingFormat::ASCIICAST, false) => export_cast(r, &output)?,
                 (RecordingFormat::ASCIICAST, true) => bail!(
                     "session {id} ran with a terminal and is recorded as asciicast, which keeps text, not \
                      raw bytes; export it without --raw"
@@ -189,7 +185,7 @@ fn export_exec(r: &RecordingRow, output: &Path, raw: Option<Stream>) -> anyhow::
         None => match chaperone_recorder::exec_to_cast(&mut input, output) {
             // Nothing was created, so nothing to remove (the file may be someone else's).
             Err(e @ RecError::Create { .. }) => return Err(e.into()),
-            other => other.map(drop),
+            other => other.map(|(_, cut_off)| cut_off),
         },
         Some(stream) => {
             let mut options = std::fs::OpenOptions::new();
@@ -204,16 +200,18 @@ fn export_exec(r: &RecordingRow, output: &Path, raw: Option<Stream>) -> anyhow::
                 Stream::Stdout => OutputStream::Stdout,
                 Stream::Stderr => OutputStream::Stderr,
             };
-            chaperone_recorder::exec_raw(&mut input, stream, &mut out).and_then(|_| {
+            chaperone_recorder::exec_raw(&mut input, stream, &mut out).and_then(|exported| {
                 let file = out.into_inner().map_err(|e| e.into_error())?;
                 file.sync_all()?;
-                Ok(())
+                Ok(exported.cut_off)
             })
         }
     };
+    let mut cut_off = None;
     let result = converted
         .with_context(|| format!("converting {}", r.path))
-        .and_then(|()| {
+        .and_then(|cut| {
+            cut_off = cut;
             input
                 .into_inner()
                 .finish_hex()
@@ -229,8 +227,69 @@ fn export_exec(r: &RecordingRow, output: &Path, raw: Option<Stream>) -> anyhow::
         });
     if result.is_err() {
         let _ = std::fs::remove_file(output);
+    } else if let Some(cut) = cut_off {
+        eprintln!(
+            "note: recording {} ends inside a frame at byte {} (the bastion stopped while writing it): \
+             exported up to the last whole frame",
+            r.path, cut.offset
+        );
     }
     result
+}
+
+/// Writes an asciicast recording to a new file (mode 0600), checking the digest over the very bytes
+/// written. A recording cut off inside its last line (the bastion stopped while writing it) is exported
+/// up to the last whole event, with a marker saying so, so that players accept it.
+fn export_cast(r: &RecordingRow, output: &Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&r.path).with_context(|| format!("reading {}", r.path))?;
+    let actual = Sha256Reader::new(&bytes[..]).finish_hex()?;
+    if r.sha256.as_deref() != Some(actual.as_str()) {
+        bail!(
+            "recording {} was ALTERED while it was exported: sha256 {actual}, the audit log vouches for {}",
+            r.path,
+            r.sha256.as_deref().unwrap_or("-")
+        );
+    }
+    match whole_events(&bytes) {
+        None => super::init::write_new(output, &bytes, 0o600)?,
+        Some((keep, last_at)) => {
+            let mut out = bytes[..keep].to_vec();
+            let marker = serde_json::json!([
+                last_at,
+                "m",
+                format!(
+                    "the recording ends here, cut off inside an event at byte {keep}: the bastion stopped while writing it"
+                )
+            ]);
+            out.extend_from_slice(marker.to_string().as_bytes());
+            out.push(b'\n');
+            super::init::write_new(output, &out, 0o600)?;
+            eprintln!(
+                "note: recording {} ends inside an event at byte {keep} (the bastion stopped while writing it): \
+                 exported up to the last whole event",
+                r.path
+            );
+        }
+    }
+    Ok(())
+}
+
+/// For an asciicast file that does not end with a whole line: how many bytes are whole lines, and the
+/// time of the last whole event (0 when only the header is whole). `None` when the file is whole.
+fn whole_events(bytes: &[u8]) -> Option<(usize, f64)> {
+    if bytes.is_empty() || bytes.ends_with(b"\n") {
+        return None;
+    }
+    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let last_line = bytes[..keep.saturating_sub(1)]
+        .rsplit(|&b| b == b'\n')
+        .next()
+        .unwrap_or_default();
+    let last_at = serde_json::from_slice::<serde_json::Value>(last_line)
+        .ok()
+        .and_then(|v| v.get(0).and_then(serde_json::Value::as_f64))
+        .unwrap_or(0.0);
+    Some((keep, last_at))
 }
 
 /// Recomputes a recording's SHA-256 and compares it with the stored one.
@@ -250,4 +309,21 @@ fn check_digest(r: &RecordingRow) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_events;
+
+    #[test]
+    fn a_cast_cut_inside_its_last_line_keeps_the_whole_events() {
+        let header = b"{\"version\": 2, \"width\": 80, \"height\": 24}\n";
+        let whole = [&header[..], b"[0.5, \"o\", \"a\"]\n[1.25, \"o\", \"b\"]\n"].concat();
+        assert_eq!(whole_events(&whole), None);
+        let cut = [&whole[..], b"[2.0, \"o\", \"par"].concat();
+        assert_eq!(whole_events(&cut), Some((whole.len(), 1.25)));
+        let only_header = [&header[..], b"[0.1, \"o"].concat();
+        assert_eq!(whole_events(&only_header), Some((header.len(), 0.0)));
+        assert_eq!(whole_events(b"{\"version\""), Some((0, 0.0)));
+    }
 }

@@ -798,6 +798,15 @@ fn a_session_left_open_by_a_killed_bastion_is_ended_and_its_recording_digested()
         "the output did not reach the recording before the crash"
     );
 
+    // A crash can also cut the last frame short: five bytes of a frame header that was being written.
+    {
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(&[1, 0, 0, 0, 0]).unwrap();
+    }
+
     // The dead node is gone after 30 s without a heartbeat; the restarted bastion then ends its session.
     let b = Bastion::start(data);
     assert!(
@@ -820,6 +829,20 @@ fn a_session_left_open_by_a_killed_bastion_is_ended_and_its_recording_digested()
     let verify = b.data.run(&["session", "verify", &id]);
     verify.ok();
     assert!(verify.stdout().contains("intact"), "{}", verify.stdout());
+    // The export keeps every whole frame, says where the file was cut, and plays.
+    let cast = b.data.path().join("recovered.cast");
+    let export = b
+        .data
+        .run(&["session", "export", &id, "-o", &cast.to_string_lossy()]);
+    export.ok();
+    assert!(
+        export.stderr().contains("ends inside a frame"),
+        "{}",
+        export.stderr()
+    );
+    if let Some(shown) = asciinema_cat(&cast) {
+        assert!(shown.contains("up-before-the-crash"), "{shown}");
+    }
     let audit = audit_lines(&b);
     assert!(audit.contains("\"recording.recovered\""), "{audit}");
     // The detail is JSON inside the exported JSON line.
