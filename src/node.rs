@@ -30,9 +30,9 @@ pub struct Swept {
     pub recordings: usize,
 }
 
-/// Registers this node, then heartbeats and sweeps until `stop` turns true; forgets the node at the end.
+/// Heartbeats and sweeps until `stop` turns true (`serve` registered the node before accepting anyone).
 pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(HEARTBEAT);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -93,7 +93,8 @@ async fn end_abandoned(app: &App, s: &AbandonedSession) -> Result<bool, StoreErr
         app.node
     );
     let mut tx = app.store.begin().await?;
-    if !tx.end_abandoned_session(&s.id, &reason, now).await? {
+    // Its byte counts were never written (the node that counted them is gone): they stay zero.
+    if !tx.end_session(&s.id, &reason, 0, 0, now).await? {
         return Ok(false);
     }
     tx.audit(

@@ -133,7 +133,7 @@ pub(crate) struct HashedFile {
     pending: usize,
     /// `None` once finished or after the thread failed.
     writer: Option<WriterThread>,
-    /// Digest of every byte given to `buf`, so finishing needs no second read of the file.
+    /// Digest of every byte queued for the file, so finishing needs no second read of it.
     hasher: Hasher,
     /// Bytes written so far, checked against `max_bytes`.
     bytes: u64,

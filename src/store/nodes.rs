@@ -2,9 +2,9 @@
 //! is gone, and recordings nobody finished.
 //!
 //! Registration and heartbeats are bookkeeping, not decisions, so they do not go through an audited
-//! [`Tx`]; ending an abandoned session and finishing its recording are audited by the caller.
+//! `Tx`; ending an abandoned session (`Tx::end_session`) and finishing its recording are audited by the caller.
 
-use super::{Context, Result, Store, Tx, get};
+use super::{Context, Result, Store, get};
 use crate::model::{RecordingRow, UnixTime};
 
 /// An open session whose node is gone.
@@ -81,28 +81,5 @@ impl Store {
         .await
         .context("looking for unfinished recordings")?;
         rows.iter().map(super::sessions::recording).collect()
-    }
-}
-
-impl Tx {
-    /// Ends an abandoned session unless it ended meanwhile (another node got there first): `true` if
-    /// this call ended it. Its byte counts stay as they were (the node that counted them is gone).
-    pub async fn end_abandoned_session(
-        &mut self,
-        id: &str,
-        reason: &str,
-        now: UnixTime,
-    ) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE sessions SET ended_at = $1, end_reason = $2 WHERE id = $3 AND ended_at IS NULL",
-        )
-        .bind(now)
-        .bind(reason)
-        .bind(id)
-        .execute(&mut *self.tx)
-        .await
-        .context("ending an abandoned session")?
-        .rows_affected();
-        Ok(done == 1)
     }
 }

@@ -167,6 +167,8 @@ impl Tx {
         Ok(done == 1)
     }
 
+    /// Ends an open session with its byte counts; `false` if it had already ended (another node ended it
+    /// as abandoned, say).
     pub async fn end_session(
         &mut self,
         id: &str,
@@ -174,8 +176,8 @@ impl Tx {
         bytes_up: i64,
         bytes_down: i64,
         now: UnixTime,
-    ) -> Result<()> {
-        sqlx::query(
+    ) -> Result<bool> {
+        let done = sqlx::query(
             "UPDATE sessions SET ended_at = $1, end_reason = $2, bytes_up = $3, bytes_down = $4 \
              WHERE id = $5 AND ended_at IS NULL",
         )
@@ -186,8 +188,9 @@ impl Tx {
         .bind(id)
         .execute(&mut *self.tx)
         .await
-        .context("closing a session")?;
-        Ok(())
+        .context("closing a session")?
+        .rows_affected();
+        Ok(done == 1)
     }
 
     pub async fn insert_recording(

@@ -4,7 +4,7 @@ use std::future::Future;
 
 use chaperone::audit::{AuditEvent, Verifier};
 use chaperone::model::{Criticality, Service};
-use chaperone::store::{NewAsset, NewGrant, NewSession, Store, StoreError, WebhookClaim};
+use chaperone::store::{NewAsset, NewGrant, NewSession, Store, StoreError, Tx, WebhookClaim};
 use serde_json::json;
 
 use crate::support::postgres;
@@ -42,6 +42,25 @@ async fn vendor(store: &Store, name: &str, fp: &str) -> i64 {
     tx.audit(ev("vendor.add"), 100).await.unwrap();
     tx.commit("t").await.unwrap();
     id
+}
+
+/// A grant issued at 100 for `services` of asset `a` to vendor `v`, ending at `ends_at`.
+async fn grant(tx: &mut Tx, v: i64, a: i64, services: &[String], ends_at: i64) -> i64 {
+    tx.insert_grant(
+        &NewGrant {
+            vendor_id: v,
+            asset_id: a,
+            services,
+            starts_at: 100,
+            ends_at,
+            reason: "INC-1",
+            issued_by: "os:t",
+            request_id: None,
+        },
+        100,
+    )
+    .await
+    .unwrap()
 }
 
 async fn asset(store: &Store, name: &str) -> i64 {
@@ -216,22 +235,7 @@ async fn grants_sessions_and_recordings() {
         let a = asset(&store, "mri-01").await;
         let services = vec!["ssh".to_owned(), "dicom".to_owned()];
         let mut tx = store.begin().await.unwrap();
-        let g = tx
-            .insert_grant(
-                &NewGrant {
-                    vendor_id: v,
-                    asset_id: a,
-                    services: &services,
-                    starts_at: 100,
-                    ends_at: 200,
-                    reason: "INC-1",
-                    issued_by: "os:t",
-                    request_id: None,
-                },
-                100,
-            )
-            .await
-            .unwrap();
+        let g = grant(&mut tx, v, a, &services, 200).await;
         tx.insert_session(
             &NewSession {
                 id: "s1",
@@ -262,7 +266,7 @@ async fn grants_sessions_and_recordings() {
         assert!(store.open_grants_of(v, 200).await.unwrap().is_empty());
 
         let mut tx = store.begin().await.unwrap();
-        tx.end_session("s1", "exit", 10, 20, 160).await.unwrap();
+        assert!(tx.end_session("s1", "exit", 10, 20, 160).await.unwrap());
         tx.close_recording(r, "abcd", 42, 160).await.unwrap();
         assert!(tx.revoke_grant(g, "os:t", "done", 160).await.unwrap());
         assert!(!tx.revoke_grant(g, "os:t", "again", 161).await.unwrap());
@@ -284,24 +288,8 @@ async fn sessions_of_a_gone_node_are_found_and_ended_once() {
     on_both(|store| async move {
         let v = vendor(&store, "alice", "SHA256:a").await;
         let a = asset(&store, "mri-01").await;
-        let services = vec!["ssh".to_owned()];
         let mut tx = store.begin().await.unwrap();
-        let g = tx
-            .insert_grant(
-                &NewGrant {
-                    vendor_id: v,
-                    asset_id: a,
-                    services: &services,
-                    starts_at: 100,
-                    ends_at: 10_000,
-                    reason: "INC-1",
-                    issued_by: "os:t",
-                    request_id: None,
-                },
-                100,
-            )
-            .await
-            .unwrap();
+        let g = grant(&mut tx, v, a, &["ssh".to_owned()], 10_000).await;
         for (id, node) in [("s-dead", "node-dead"), ("s-live", "node-live")] {
             tx.insert_session(
                 &NewSession {
@@ -342,7 +330,7 @@ async fn sessions_of_a_gone_node_are_found_and_ended_once() {
         let mut first = store.begin().await.unwrap();
         assert!(
             first
-                .end_abandoned_session("s-dead", "node gone", 510)
+                .end_session("s-dead", "node gone", 0, 0, 510)
                 .await
                 .unwrap()
         );
@@ -351,7 +339,7 @@ async fn sessions_of_a_gone_node_are_found_and_ended_once() {
         let mut second = store.begin().await.unwrap();
         assert!(
             !second
-                .end_abandoned_session("s-dead", "node gone", 511)
+                .end_session("s-dead", "node gone", 0, 0, 511)
                 .await
                 .unwrap()
         );
