@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chaperone_web_approval::{
     Core, CoreError, Decision, Enrollment, GrantView, Method, RequestView, Role as WebRole,
-    SessionView, Staff, StaffAccount,
+    SessionView, Staff, StaffAccount, StateKind,
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -25,6 +25,15 @@ use crate::store::StoreError;
 /// Failed sign-ins that lock a staff account, and for how long.
 const MAX_SIGNIN_FAILURES: i64 = 5;
 const SIGNIN_LOCKOUT_SECS: i64 = 15 * 60;
+
+/// Sign-in state kept at most, per kind (sessions are made only by full sign-ins; ceremony starts need
+/// no account, so a flood of them drops the oldest instead of growing the table).
+fn max_state(kind: StateKind) -> u32 {
+    match kind {
+        StateKind::Session => 10_000,
+        StateKind::Ceremony => 1_000,
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct WebCore {
@@ -600,6 +609,56 @@ impl Core for WebCore {
         .await
         .map_err(internal)?;
         tx.commit("staff.passkey").await.map_err(internal)
+    }
+
+    async fn put_state(
+        &self,
+        kind: StateKind,
+        key: &str,
+        data: &str,
+        expires_at: i64,
+    ) -> Result<(), CoreError> {
+        self.app
+            .store
+            .web_state_put(
+                kind.as_str(),
+                key,
+                data,
+                expires_at,
+                self.app.clock.now(),
+                max_state(kind),
+            )
+            .await
+            .map_err(internal)
+    }
+
+    async fn state(
+        &self,
+        kind: StateKind,
+        key: &str,
+        extend_to: Option<i64>,
+    ) -> Result<Option<String>, CoreError> {
+        self.app
+            .store
+            .web_state_get(kind.as_str(), key, self.app.clock.now(), extend_to)
+            .await
+            .map_err(internal)
+    }
+
+    async fn take_state(&self, kind: StateKind, key: &str) -> Result<Option<String>, CoreError> {
+        self.app
+            .store
+            .web_state_take(kind.as_str(), key, self.app.clock.now())
+            .await
+            .map_err(internal)
+    }
+
+    async fn drop_state(&self, kind: StateKind, key: &str) -> Result<(), CoreError> {
+        self.app
+            .store
+            .web_state_delete(kind.as_str(), key)
+            .await
+            .map_err(internal)
     }
 
     async fn changed(&self) {

@@ -14,6 +14,7 @@ mod sealed;
 mod sessions;
 mod staff;
 mod vendors;
+mod web_state;
 mod webhook;
 
 use std::str::FromStr;

@@ -619,3 +619,104 @@ async fn requests_are_filed_decided_by_four_eyes_and_lapse_on_both_backends() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn web_sign_in_state_lapses_extends_is_taken_once_and_is_bounded() {
+    on_both(|store| async move {
+        let s = &store;
+        s.web_state_put("session", "k1", r#"{"a":1}"#, 200, 100, 10)
+            .await
+            .unwrap();
+        // Read (and not extended) before it lapses; gone at and after `expires_at`.
+        assert_eq!(
+            s.web_state_get("session", "k1", 150, None).await.unwrap(),
+            Some(r#"{"a":1}"#.to_owned())
+        );
+        assert_eq!(
+            s.web_state_get("session", "k1", 200, None).await.unwrap(),
+            None
+        );
+        // Reading with `extend_to` moves the expiry (a sliding idle time-out), on any node.
+        assert!(
+            s.web_state_get("session", "k1", 199, Some(400))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            s.web_state_get("session", "k1", 399, None)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        // Kinds do not see each other's rows.
+        assert_eq!(
+            s.web_state_get("ceremony", "k1", 150, None).await.unwrap(),
+            None
+        );
+        // Replacing keeps one row.
+        s.web_state_put("session", "k1", r#"{"a":2}"#, 500, 100, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.web_state_get("session", "k1", 450, None).await.unwrap(),
+            Some(r#"{"a":2}"#.to_owned())
+        );
+        // Taken once: the second take (another node answering the same ceremony) gets nothing.
+        s.web_state_put("ceremony", "c1", "{}", 300, 100, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.web_state_take("ceremony", "c1", 150).await.unwrap(),
+            Some("{}".to_owned())
+        );
+        assert_eq!(s.web_state_take("ceremony", "c1", 150).await.unwrap(), None);
+        // A lapsed ceremony is not handed out, and is gone.
+        s.web_state_put("ceremony", "c2", "{}", 300, 100, 10)
+            .await
+            .unwrap();
+        assert_eq!(s.web_state_take("ceremony", "c2", 300).await.unwrap(), None);
+        // Signing out deletes.
+        s.web_state_delete("session", "k1").await.unwrap();
+        assert_eq!(
+            s.web_state_get("session", "k1", 150, None).await.unwrap(),
+            None
+        );
+        // A flood of starts keeps at most `max` of a kind, dropping the ones closest to lapsing; other
+        // kinds are untouched.
+        s.web_state_put("session", "keep", "{}", 10_000, 100, 3)
+            .await
+            .unwrap();
+        for i in 0..10 {
+            s.web_state_put("ceremony", &format!("f{i}"), "{}", 1000 + i, 100, 3)
+                .await
+                .unwrap();
+        }
+        let mut left = Vec::new();
+        for i in 0..10 {
+            if s.web_state_get("ceremony", &format!("f{i}"), 150, None)
+                .await
+                .unwrap()
+                .is_some()
+            {
+                left.push(i);
+            }
+        }
+        assert_eq!(left, vec![7, 8, 9]);
+        assert!(
+            s.web_state_get("session", "keep", 150, None)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        // A put sweeps every lapsed row.
+        s.web_state_put("ceremony", "late", "{}", 20_000, 5000, 3)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.web_state_get("ceremony", "f9", 100, None).await.unwrap(),
+            None
+        );
+    })
+    .await;
+}

@@ -28,14 +28,14 @@ fn core_error(e: &CoreError) -> Response {
     }
 }
 
-fn reader<C>(st: &WebState<C>, headers: &HeaderMap) -> Result<Session, Response> {
-    st.sessions
-        .get(headers)
+async fn reader<C: Core>(st: &WebState<C>, headers: &HeaderMap) -> Result<Session, Response> {
+    st.session(headers)
+        .await
         .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "sign in first: POST /api/login"))
 }
 
-fn writer<C>(st: &WebState<C>, headers: &HeaderMap) -> Result<Session, Response> {
-    let s = reader(st, headers)?;
+async fn writer<C: Core>(st: &WebState<C>, headers: &HeaderMap) -> Result<Session, Response> {
+    let s = reader(st, headers).await?;
     let token = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
     if !csrf_ok(&s, token) {
         return Err(error(
@@ -69,7 +69,7 @@ pub async fn login<C: Core>(
 }
 
 pub async fn requests<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
-    if let Err(r) = reader(&st, &headers) {
+    if let Err(r) = reader(&st, &headers).await {
         return r;
     }
     match st.core.pending_requests().await {
@@ -83,7 +83,7 @@ pub async fn request<C: Core>(
     Path(id): Path<i64>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = reader(&st, &headers) {
+    if let Err(r) = reader(&st, &headers).await {
         return r;
     }
     match st.core.request(id).await {
@@ -98,7 +98,7 @@ pub async fn decide<C: Core>(
     headers: HeaderMap,
     Json(decision): Json<Decision>,
 ) -> Response {
-    let s = match writer(&st, &headers) {
+    let s = match writer(&st, &headers).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -112,7 +112,7 @@ pub async fn decide<C: Core>(
 }
 
 pub async fn grants<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
-    if let Err(r) = reader(&st, &headers) {
+    if let Err(r) = reader(&st, &headers).await {
         return r;
     }
     match st.core.active_grants().await {
@@ -133,7 +133,7 @@ pub async fn revoke<C: Core>(
     headers: HeaderMap,
     body: Option<Json<RevokeBody>>,
 ) -> Response {
-    let s = match writer(&st, &headers) {
+    let s = match writer(&st, &headers).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -145,7 +145,7 @@ pub async fn revoke<C: Core>(
 }
 
 pub async fn sessions<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
-    if let Err(r) = reader(&st, &headers) {
+    if let Err(r) = reader(&st, &headers).await {
         return r;
     }
     match st.core.live_sessions().await {
@@ -159,7 +159,7 @@ pub async fn terminate<C: Core>(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let s = match writer(&st, &headers) {
+    let s = match writer(&st, &headers).await {
         Ok(s) => s,
         Err(r) => return r,
     };

@@ -1,8 +1,9 @@
-//! Staff sign-in state: sessions held in this process (idle sign-out), CSRF tokens, a per-address
-//! sign-in rate limit, and password hashing (argon2id, off the async threads).
+//! Staff sign-in state: sessions (stored by the core, so every node sees them; idle sign-out), CSRF
+//! tokens, a per-address sign-in rate limit, and password hashing (argon2id, off the async threads).
 //!
-//! Entry points: [`Sessions`] and [`Limiter`] (in the router state), [`hash_password`] and
-//! [`verify_password`]. Accounts, second factors and lockout live in the core (database, audited).
+//! Entry points: the session methods on [`WebState`], [`Limiter`] (in the router state),
+//! [`hash_password`] and [`verify_password`]. Accounts, second factors and lockout live in the core
+//! (database, audited).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -12,29 +13,24 @@ use std::time::{Duration, Instant};
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::http::HeaderMap;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::core::Staff;
+use crate::WebState;
+use crate::core::{Core, CoreError, Staff, StateKind};
 
 /// The session cookie: `__Host-` pins it to this origin, path `/`, Secure.
 pub const COOKIE: &str = "__Host-chaperone";
 
 /// A signed-in browser or script.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Session {
     pub staff: Staff,
     /// Must come back with every state change (form field `csrf` or header `X-CSRF-Token`).
     pub csrf: String,
-    last_seen: Instant,
     /// A one-time message for the next page (result of the last action).
+    #[serde(default)]
     pub flash: Option<String>,
-}
-
-/// Sessions of this node, by SHA-256 of the cookie value (the value itself is never kept).
-#[derive(Debug)]
-pub struct Sessions {
-    map: Mutex<HashMap<String, Session>>,
-    idle: Duration,
 }
 
 pub(crate) fn random_token() -> String {
@@ -47,65 +43,87 @@ pub(crate) fn random_token() -> String {
     hex::encode(bytes)
 }
 
-fn key(token: &str) -> String {
+/// What the core stores for a token: its SHA-256, so the database never holds a usable cookie or
+/// ceremony id.
+pub(crate) fn key(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-impl Sessions {
-    pub fn new(idle: Duration) -> Sessions {
-        Sessions {
-            map: Mutex::new(HashMap::new()),
-            idle,
-        }
+/// Sessions live in the core (every node sees them, so no sticky load balancing is needed), keyed by the
+/// SHA-256 of the cookie value, and lapse after `idle_timeout` without a request.
+impl<C: Core> WebState<C> {
+    fn session_expiry(&self) -> i64 {
+        let idle = i64::try_from(self.idle_timeout.as_secs()).unwrap_or(i64::MAX / 2);
+        self.core.now().saturating_add(idle.max(1))
     }
 
     /// Starts a session; returns the cookie value and the CSRF token.
-    pub fn create(&self, staff: Staff) -> (String, String) {
+    pub async fn start_web_session(&self, staff: Staff) -> Result<(String, String), CoreError> {
         let token = random_token();
-        let csrf = random_token();
-        if let Ok(mut map) = self.map.lock() {
-            let idle = self.idle;
-            map.retain(|_, s| s.last_seen.elapsed() < idle);
-            map.insert(
-                key(&token),
-                Session {
-                    staff,
-                    csrf: csrf.clone(),
-                    last_seen: Instant::now(),
-                    flash: None,
-                },
-            );
-        }
-        (token, csrf)
+        let session = Session {
+            staff,
+            csrf: random_token(),
+            flash: None,
+        };
+        self.store_session(&key(&token), &session).await?;
+        Ok((token, session.csrf))
     }
 
-    /// The session named by the request's cookie, if it is not idle past the limit; touches it.
-    pub fn get(&self, headers: &HeaderMap) -> Option<Session> {
-        let token = cookie(headers, COOKIE)?;
-        let mut map = self.map.lock().ok()?;
-        let k = key(&token);
-        let session = map.get_mut(&k)?;
-        if session.last_seen.elapsed() >= self.idle {
-            map.remove(&k);
-            return None;
-        }
-        session.last_seen = Instant::now();
-        let out = session.clone();
-        session.flash = None;
-        Some(out)
+    async fn store_session(&self, key: &str, session: &Session) -> Result<(), CoreError> {
+        let data = serde_json::to_string(session).map_err(|_| CoreError::Internal)?;
+        self.core
+            .put_state(StateKind::Session, key, &data, self.session_expiry())
+            .await
     }
 
-    pub fn flash(&self, headers: &HeaderMap, message: String) {
-        if let (Some(token), Ok(mut map)) = (cookie(headers, COOKIE), self.map.lock())
-            && let Some(s) = map.get_mut(&key(&token))
-        {
-            s.flash = Some(message);
+    /// The session named by the request's cookie, unless it has been idle past the limit; touches it
+    /// and hands out its flash message once. A store failure counts as signed out (and is logged).
+    pub async fn session(&self, headers: &HeaderMap) -> Option<Session> {
+        let k = key(&cookie(headers, COOKIE)?);
+        let data = self
+            .core
+            .state(StateKind::Session, &k, Some(self.session_expiry()))
+            .await
+            .ok()??;
+        let session: Session = match serde_json::from_str(&data) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "web: a stored session does not parse; signing it out");
+                let _ = self.core.drop_state(StateKind::Session, &k).await;
+                return None;
+            }
+        };
+        if session.flash.is_some() {
+            let shown = Session {
+                flash: None,
+                ..session.clone()
+            };
+            if self.store_session(&k, &shown).await.is_err() {
+                // Shown again next time: better than not at all.
+                tracing::warn!("web: cannot clear a session's flash message");
+            }
+        }
+        Some(session)
+    }
+
+    /// Leaves `message` for the next page this session loads.
+    pub async fn flash(&self, headers: &HeaderMap, message: String) {
+        let Some(k) = cookie(headers, COOKIE).map(|t| key(&t)) else {
+            return;
+        };
+        let Ok(Some(data)) = self.core.state(StateKind::Session, &k, None).await else {
+            return;
+        };
+        if let Ok(mut session) = serde_json::from_str::<Session>(&data) {
+            session.flash = Some(message);
+            let _ = self.store_session(&k, &session).await;
         }
     }
 
-    pub fn remove(&self, headers: &HeaderMap) {
-        if let (Some(token), Ok(mut map)) = (cookie(headers, COOKIE), self.map.lock()) {
-            map.remove(&key(&token));
+    /// Signs the request's session out, on every node.
+    pub async fn sign_out(&self, headers: &HeaderMap) {
+        if let Some(token) = cookie(headers, COOKIE) {
+            let _ = self.core.drop_state(StateKind::Session, &key(&token)).await;
         }
     }
 }

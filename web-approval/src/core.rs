@@ -31,7 +31,7 @@ pub enum Method {
 }
 
 /// A signed-in staff member, as handed to the core with every action.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Staff {
     pub name: String,
     pub role: Role,
@@ -173,6 +173,25 @@ pub enum CoreError {
 
 pub type CoreResult<T> = Result<T, CoreError>;
 
+/// Short-lived sign-in state that every node must see, since a load balancer may send each request of a
+/// browser to another node. The core stores it (the web crate holds none in memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateKind {
+    /// A signed-in staff session.
+    Session,
+    /// A passkey ceremony, between its start and its finish.
+    Ceremony,
+}
+
+impl StateKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateKind::Session => "session",
+            StateKind::Ceremony => "ceremony",
+        }
+    }
+}
+
 /// What the web app needs from chaperone. Every method that changes state takes the acting [`Staff`];
 /// the core checks the rules again (the page only hides buttons) and audits.
 pub trait Core: Send + Sync + 'static {
@@ -245,6 +264,33 @@ pub trait Core: Send + Sync + 'static {
         passkeys_json: &str,
         action: &'static str,
     ) -> impl Future<Output = CoreResult<()>> + Send;
+    /// Stores sign-in state (`data`, JSON) under `key`, the SHA-256 (hex) of a token only the browser
+    /// holds, until the unix time `expires_at`; replaces what `key` held. The core bounds how many of a
+    /// kind it keeps (dropping the ones closest to lapsing) and deletes lapsed ones.
+    fn put_state(
+        &self,
+        kind: StateKind,
+        key: &str,
+        data: &str,
+        expires_at: i64,
+    ) -> impl Future<Output = CoreResult<()>> + Send;
+    /// The state under `key` unless it has lapsed; `extend_to` moves its expiry (a sliding time-out).
+    fn state(
+        &self,
+        kind: StateKind,
+        key: &str,
+        extend_to: Option<i64>,
+    ) -> impl Future<Output = CoreResult<Option<String>>> + Send;
+    /// Removes the state under `key` and returns it unless it had lapsed: only one caller, on any
+    /// node, gets it.
+    fn take_state(
+        &self,
+        kind: StateKind,
+        key: &str,
+    ) -> impl Future<Output = CoreResult<Option<String>>> + Send;
+    /// Removes the state under `key`, if any.
+    fn drop_state(&self, kind: StateKind, key: &str)
+    -> impl Future<Output = CoreResult<()>> + Send;
     /// Completes (with `true`) when something approvers see may have changed; used for live updates.
     fn changed(&self) -> impl Future<Output = ()> + Send;
 }

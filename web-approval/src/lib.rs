@@ -31,17 +31,17 @@ use axum::routing::{get, post};
 
 pub use crate::core::{
     Core, CoreError, Decision, Enrollment, GrantView, Method, RequestView, Role, SessionView,
-    Staff, StaffAccount,
+    Staff, StaffAccount, StateKind,
 };
-use auth::{Limiter, Sessions};
+use auth::Limiter;
 
 /// What every handler shares.
 #[derive(Debug)]
 pub struct WebState<C> {
     /// The core: requests, grants, sessions, accounts.
     pub core: Arc<C>,
-    /// Signed-in sessions of this node.
-    pub sessions: Sessions,
+    /// Signs a session out after this long without a request (sessions are stored by the core).
+    pub idle_timeout: Duration,
     /// Sign-in attempts per address.
     pub limiter: Limiter,
     /// The WebAuthn relying party; `None` when `public_url` cannot be one (passkeys are then not offered).
@@ -78,7 +78,7 @@ impl Default for WebOptions {
 pub fn router<C: Core>(core: Arc<C>, options: WebOptions) -> Router {
     let state = Arc::new(WebState {
         core,
-        sessions: Sessions::new(options.idle_timeout),
+        idle_timeout: options.idle_timeout,
         limiter: Limiter::new(options.signin_attempts, Duration::from_secs(300)),
         passkeys: options.public_url.as_deref().and_then(|url| {
             match passkey::Passkeys::new(url, options.decoy_key) {

@@ -20,19 +20,22 @@ use crate::{Core, CoreError, Decision, WebState, field, form_pairs, status_of};
 type St<C> = State<Arc<WebState<C>>>;
 
 /// The signed-in session, or a redirect to the sign-in page.
-pub(crate) fn signed_in<C>(st: &WebState<C>, headers: &HeaderMap) -> Result<Session, Response> {
-    st.sessions
-        .get(headers)
+pub(crate) async fn signed_in<C: Core>(
+    st: &WebState<C>,
+    headers: &HeaderMap,
+) -> Result<Session, Response> {
+    st.session(headers)
+        .await
         .ok_or_else(|| Redirect::to("/login").into_response())
 }
 
 /// A state change: signed in, and the form's CSRF token matches the session's.
-pub(crate) fn change<C>(
+pub(crate) async fn change<C: Core>(
     st: &WebState<C>,
     headers: &HeaderMap,
     pairs: &[(String, String)],
 ) -> Result<Session, Response> {
-    let Some(session) = st.sessions.get(headers) else {
+    let Some(session) = st.session(headers).await else {
         return Err(error_page(StatusCode::UNAUTHORIZED, "Sign in first."));
     };
     if !csrf_ok(&session, field(pairs, "csrf")) {
@@ -91,14 +94,14 @@ fn flash(s: &Session) -> String {
 }
 
 pub async fn home<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
-    match signed_in(&st, &headers) {
+    match signed_in(&st, &headers).await {
         Ok(_) => Redirect::to("/requests").into_response(),
         Err(r) => r,
     }
 }
 
 pub async fn requests<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
-    let s = match signed_in(&st, &headers) {
+    let s = match signed_in(&st, &headers).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -211,7 +214,7 @@ async fn decide<C: Core>(
     approve: bool,
 ) -> Response {
     let pairs = form_pairs(&body);
-    let s = match change(&st, &headers, &pairs) {
+    let s = match change(&st, &headers, &pairs).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -232,8 +235,8 @@ async fn decide<C: Core>(
     };
     match st.core.decide(&s.staff, id, decision).await {
         Ok(message) => {
-            st.sessions
-                .flash(&headers, format!("Request #{id}: {message}"));
+            st.flash(&headers, format!("Request #{id}: {message}"))
+                .await;
             Redirect::to("/requests").into_response()
         }
         Err(e) => core_error(&e),
@@ -259,7 +262,7 @@ pub async fn deny<C: Core>(
 }
 
 pub async fn grants<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
-    let s = match signed_in(&st, &headers) {
+    let s = match signed_in(&st, &headers).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -320,7 +323,7 @@ pub async fn revoke<C: Core>(
     body: Bytes,
 ) -> Response {
     let pairs = form_pairs(&body);
-    let s = match change(&st, &headers, &pairs) {
+    let s = match change(&st, &headers, &pairs).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -330,10 +333,11 @@ pub async fn revoke<C: Core>(
         .await
     {
         Ok(()) => {
-            st.sessions.flash(
+            st.flash(
                 &headers,
                 format!("Grant #{id} revoked; its sessions are being closed."),
-            );
+            )
+            .await;
             Redirect::to("/grants").into_response()
         }
         Err(e) => core_error(&e),
@@ -341,7 +345,7 @@ pub async fn revoke<C: Core>(
 }
 
 pub async fn sessions<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
-    let s = match signed_in(&st, &headers) {
+    let s = match signed_in(&st, &headers).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -402,16 +406,17 @@ pub async fn terminate<C: Core>(
     body: Bytes,
 ) -> Response {
     let pairs = form_pairs(&body);
-    let s = match change(&st, &headers, &pairs) {
+    let s = match change(&st, &headers, &pairs).await {
         Ok(s) => s,
         Err(r) => return r,
     };
     match st.core.terminate_session(&s.staff, &id).await {
         Ok(()) => {
-            st.sessions.flash(
+            st.flash(
                 &headers,
                 format!("Session {id} is being closed; its grant stays (revoke the grant to end all access)."),
-            );
+            )
+            .await;
             Redirect::to("/sessions").into_response()
         }
         Err(e) => core_error(&e),
@@ -420,7 +425,7 @@ pub async fn terminate<C: Core>(
 
 /// Server-sent events: one `change` event whenever something approvers see may have changed.
 pub async fn events<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
-    if st.sessions.get(&headers).is_none() {
+    if st.session(&headers).await.is_none() {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     let core = st.core.clone();
@@ -440,7 +445,7 @@ pub async fn events<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
 
 /// The signed-in user's account: how they signed in, their passkeys, and adding one.
 pub async fn account<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
-    let s = match signed_in(&st, &headers) {
+    let s = match signed_in(&st, &headers).await {
         Ok(s) => s,
         Err(r) => return r,
     };

@@ -3,21 +3,20 @@
 //!
 //! Each ceremony is two JSON requests. The first answers WebAuthn options and a ceremony id; the
 //! browser (`static/app.js`) calls `navigator.credentials.create/get` and sends the result with the id.
-//! Ceremony state lives in this node's memory for [`CEREMONY_TTL`] and is used once (web sessions are
-//! per node too: behind a load balancer, use sticky sessions).
+//! Ceremony state is stored by the core for [`CEREMONY_TTL`], under the SHA-256 of the id, so the finish
+//! may reach any node; it is taken out when used, so it is used once.
 //!
 //! The relying party is `web.public_url`: its host must be a DNS name (WebAuthn refuses IP addresses),
 //! and browsers accept passkeys only on a page whose certificate they trust.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use webauthn_rs::fake::{FakePasskeyDistribution, WebauthnFakeCredentialGenerator};
 use webauthn_rs::prelude::{
@@ -26,7 +25,7 @@ use webauthn_rs::prelude::{
 };
 
 use crate::auth::{self, set_cookie};
-use crate::core::Method;
+use crate::core::{Method, StateKind};
 use crate::signin::{MIN_PASSWORD, SignInError, check_password, start_session};
 use crate::{Core, CoreError, Peer, WebState};
 
@@ -34,13 +33,10 @@ type St<C> = State<Arc<WebState<C>>>;
 
 /// How long a started ceremony may wait for the browser's answer.
 pub const CEREMONY_TTL: Duration = Duration::from_secs(300);
-/// Ceremonies kept at most (oldest dropped first): bounds memory against a flood of starts.
-const MAX_CEREMONIES: usize = 1000;
 
 /// The relying party, built from `web.public_url`.
 pub struct Passkeys {
     webauthn: Webauthn,
-    ceremonies: Mutex<HashMap<String, (Instant, Ceremony)>>,
     /// The relying party id (the host of `web.public_url`), as webauthn-rs puts it in its options.
     rp_id: String,
     /// Made-up credential ids for names without passkeys, the same for a name every time.
@@ -53,6 +49,10 @@ impl std::fmt::Debug for Passkeys {
     }
 }
 
+/// A started ceremony, as stored between its two requests (webauthn-rs state serialises with its
+/// `danger-allow-state-serialisation` feature; the danger it names is handing it to the browser, which
+/// this never does: it stays in the database).
+#[derive(Serialize, Deserialize)]
 enum Ceremony {
     /// Enrollment through the link whose token is kept here.
     Register {
@@ -96,7 +96,6 @@ impl Passkeys {
             .map_err(|e| format!("passkey decoys: {e}"))?;
         Ok(Passkeys {
             webauthn,
-            ceremonies: Mutex::new(HashMap::new()),
             rp_id: domain,
             decoys,
         })
@@ -144,30 +143,35 @@ impl Passkeys {
             }
         }))
     }
+}
 
-    fn keep(&self, ceremony: Ceremony) -> String {
-        let id = auth::random_token();
-        if let Ok(mut map) = self.ceremonies.lock() {
-            let now = Instant::now();
-            map.retain(|_, (at, _)| now.duration_since(*at) < CEREMONY_TTL);
-            if map.len() >= MAX_CEREMONIES
-                && let Some(oldest) = map
-                    .iter()
-                    .min_by_key(|(_, (at, _))| *at)
-                    .map(|(k, _)| k.clone())
-            {
-                map.remove(&oldest);
-            }
-            map.insert(id.clone(), (now, ceremony));
-        }
-        id
-    }
+/// Stores a started ceremony; returns its id for the browser.
+async fn keep<C: Core>(core: &C, ceremony: &Ceremony) -> Result<String, CoreError> {
+    let id = auth::random_token();
+    let data = serde_json::to_string(ceremony).map_err(|e| {
+        tracing::error!(error = %e, "cannot serialise a passkey ceremony");
+        CoreError::Internal
+    })?;
+    let ttl = i64::try_from(CEREMONY_TTL.as_secs()).unwrap_or(300);
+    core.put_state(
+        StateKind::Ceremony,
+        &auth::key(&id),
+        &data,
+        core.now() + ttl,
+    )
+    .await?;
+    Ok(id)
+}
 
-    /// Takes a ceremony out (each is used once), if it has not lapsed.
-    fn take(&self, id: &str) -> Option<Ceremony> {
-        let (at, ceremony) = self.ceremonies.lock().ok()?.remove(id)?;
-        (at.elapsed() < CEREMONY_TTL).then_some(ceremony)
-    }
+/// Takes a ceremony out (each is used once, on whichever node gets the answer), if it has not lapsed.
+async fn take<C: Core>(core: &C, id: &str) -> Option<Ceremony> {
+    let data = core
+        .take_state(StateKind::Ceremony, &auth::key(id))
+        .await
+        .ok()??;
+    serde_json::from_str(&data)
+        .map_err(|e| tracing::warn!(error = %e, "a stored passkey ceremony does not parse"))
+        .ok()
 }
 
 /// Passkeys one account may hold.
@@ -238,12 +242,17 @@ pub(crate) async fn enroll_start<C: Core>(
         Ok(n) => n,
         Err(e) => return core_error(&e),
     };
-    start_registration(pk, &name, None, |state| Ceremony::Register { token, state })
+    start_registration(&st, pk, &name, None, |state| Ceremony::Register {
+        token,
+        state,
+    })
+    .await
 }
 
 /// Starts registering a passkey for `name` (not one of `exclude`): the options and the ceremony id, as
 /// JSON.
-fn start_registration(
+async fn start_registration<C: Core>(
+    st: &WebState<C>,
     pk: &Passkeys,
     name: &str,
     exclude: Option<Vec<webauthn_rs::prelude::CredentialID>>,
@@ -253,10 +262,10 @@ fn start_registration(
         .webauthn
         .start_passkey_registration(user_handle(name), name, name, exclude)
     {
-        Ok((options, state)) => {
-            let id = pk.keep(ceremony(state));
-            Json(json!({"ceremony": id, "options": options})).into_response()
-        }
+        Ok((options, state)) => match keep(&*st.core, &ceremony(state)).await {
+            Ok(id) => Json(json!({"ceremony": id, "options": options})).into_response(),
+            Err(e) => core_error(&e),
+        },
         Err(e) => {
             tracing::error!(error = %e, "cannot start a passkey registration");
             error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
@@ -309,7 +318,7 @@ pub(crate) async fn enroll_finish<C: Core>(
     let Some(Ceremony::Register {
         token: started_for,
         state,
-    }) = pk.take(&body.ceremony)
+    }) = take(&*st.core, &body.ceremony).await
     else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -407,8 +416,10 @@ pub(crate) async fn login_start<C: Core>(
             }
         }
     };
-    let ceremony = pk.keep(ceremony);
-    Json(json!({"ceremony": ceremony, "options": options})).into_response()
+    match keep(&*st.core, &ceremony).await {
+        Ok(id) => Json(json!({"ceremony": id, "options": options})).into_response(),
+        Err(e) => core_error(&e),
+    }
 }
 
 #[derive(Deserialize)]
@@ -426,7 +437,7 @@ pub(crate) async fn login_finish<C: Core>(
     let Some(pk) = &st.passkeys else {
         return unavailable();
     };
-    let (name, state) = match pk.take(&body.ceremony) {
+    let (name, state) = match take(&*st.core, &body.ceremony).await {
         Some(Ceremony::SignIn { name, state }) => (name, Some(state)),
         Some(Ceremony::Decoy { name }) => (name, None),
         _ => return error(StatusCode::BAD_REQUEST, "The sign-in expired; start again."),
@@ -514,29 +525,16 @@ mod tests {
         assert_eq!(user_handle("bob"), user_handle("bob"));
         assert_ne!(user_handle("bob"), user_handle("alice"));
     }
-
-    #[test]
-    fn ceremonies_are_used_once() {
-        let pk = Passkeys::new("https://localhost:8443", None).unwrap();
-        let (_, state) = pk
-            .webauthn
-            .start_passkey_registration(user_handle("bob"), "bob", "bob", None)
-            .unwrap();
-        let id = pk.keep(Ceremony::Register {
-            token: "t".into(),
-            state,
-        });
-        assert!(pk.take(&id).is_some());
-        assert!(pk.take(&id).is_none());
-        assert!(pk.take("unknown").is_none());
-    }
 }
 
 // ---- adding a passkey to a signed-in account --------------------------------------------------
 
 /// The signed-in session for a JSON state change: the cookie and the `X-CSRF-Token` header.
-fn json_change<C>(st: &WebState<C>, headers: &HeaderMap) -> Result<crate::auth::Session, Response> {
-    let Some(session) = st.sessions.get(headers) else {
+async fn json_change<C: Core>(
+    st: &WebState<C>,
+    headers: &HeaderMap,
+) -> Result<crate::auth::Session, Response> {
+    let Some(session) = st.session(headers).await else {
         return Err(error(StatusCode::UNAUTHORIZED, "Sign in first."));
     };
     let token = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
@@ -564,11 +562,11 @@ pub(crate) async fn add_start<C: Core>(
     let Some(pk) = &st.passkeys else {
         return unavailable();
     };
-    let session = match json_change(&st, &headers) {
+    let session = match json_change(&st, &headers).await {
         Ok(s) => s,
         Err(r) => return r,
     };
-    // Each start keeps a ceremony in memory: counted like sign-in attempts, so a signed-in session cannot
+    // Each start stores a ceremony: counted like sign-in attempts, so a signed-in session cannot
     // crowd out other people's sign-ins.
     if !st.limiter.allow(peer.ip()) {
         return sign_in_error(&SignInError::RateLimited);
@@ -585,10 +583,10 @@ pub(crate) async fn add_start<C: Core>(
         );
     }
     let exclude = existing.iter().map(|p| p.cred_id().clone()).collect();
-    start_registration(pk, &name.clone(), Some(exclude), |state| Ceremony::Add {
-        name,
-        state,
+    start_registration(&st, pk, &name.clone(), Some(exclude), |state| {
+        Ceremony::Add { name, state }
     })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -609,7 +607,7 @@ pub(crate) async fn add_finish<C: Core>(
     let Some(pk) = &st.passkeys else {
         return unavailable();
     };
-    let session = match json_change(&st, &headers) {
+    let session = match json_change(&st, &headers).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -622,7 +620,7 @@ pub(crate) async fn add_finish<C: Core>(
             other => sign_in_error(&other),
         };
     }
-    let Some(Ceremony::Add { name, state }) = pk.take(&body.ceremony) else {
+    let Some(Ceremony::Add { name, state }) = take(&*st.core, &body.ceremony).await else {
         return error(
             StatusCode::BAD_REQUEST,
             "The passkey step expired; try again.",
@@ -687,7 +685,7 @@ pub(crate) async fn remove<C: Core>(
 ) -> Response {
     use crate::pages::error_page;
     let pairs = crate::form_pairs(&body);
-    let session = match crate::pages::change(&st, &headers, &pairs) {
+    let session = match crate::pages::change(&st, &headers, &pairs).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -730,7 +728,7 @@ pub(crate) async fn remove<C: Core>(
         .await
     {
         Ok(()) => {
-            st.sessions.flash(&headers, format!("Passkey {n} removed."));
+            st.flash(&headers, format!("Passkey {n} removed.")).await;
             axum::response::Redirect::to("/account").into_response()
         }
         Err(e) => core_error(&e),

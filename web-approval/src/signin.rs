@@ -107,7 +107,10 @@ pub(crate) async fn start_session<C: Core>(
         .signed_in(&staff)
         .await
         .map_err(|_| SignInError::Internal)?;
-    let (token, csrf) = st.sessions.create(staff.clone());
+    let (token, csrf) = st
+        .start_web_session(staff.clone())
+        .await
+        .map_err(|_| SignInError::Internal)?;
     Ok((staff, token, csrf))
 }
 
@@ -162,7 +165,7 @@ fn login_form(message: Option<&str>, passkeys: bool) -> String {
 }
 
 pub async fn login_page<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
-    if st.sessions.get(&headers).is_some() {
+    if st.session(&headers).await.is_some() {
         return Redirect::to("/requests").into_response();
     }
     Html(page(
@@ -205,11 +208,11 @@ pub async fn login<C: Core>(
 
 pub async fn logout<C: Core>(State(st): St<C>, headers: HeaderMap, body: Bytes) -> Response {
     let pairs = form_pairs(&body);
-    if let Some(s) = st.sessions.get(&headers) {
+    if let Some(s) = st.session(&headers).await {
         if !csrf_ok(&s, field(&pairs, "csrf")) {
             return error_page(StatusCode::FORBIDDEN, "CSRF token missing or wrong.");
         }
-        st.sessions.remove(&headers);
+        st.sign_out(&headers).await;
     }
     (
         StatusCode::SEE_OTHER,

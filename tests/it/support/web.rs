@@ -116,6 +116,12 @@ impl Approver {
         self.csrf = answer.json()["csrf"].as_str().unwrap().to_owned();
     }
 
+    /// Sends the next requests to node `b`, with the same cookie jar: what a load balancer without
+    /// sticky sessions does.
+    pub fn via(&mut self, b: &Bastion) {
+        self.base = base(b);
+    }
+
     /// A TOTP code for a step after the last one used (the server refuses replays).
     pub fn next_code(&self) -> String {
         super::bastion::next_totp_code(&self.secret, &self.last_step)

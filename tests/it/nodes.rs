@@ -1,0 +1,208 @@
+//! Several `chaperone serve` nodes on one PostgreSQL database, with no sticky load balancing in front:
+//! a staff member's web session and a passkey ceremony started on one node are honoured on the other,
+//! and signing out or answering a ceremony on one node counts on both.
+
+use std::path::{Path, PathBuf};
+
+use webauthn_authenticator_rs::prelude::{
+    CreationChallengeResponse, RequestChallengeResponse, Url, WebauthnAuthenticator,
+};
+use webauthn_authenticator_rs::softpasskey::SoftPasskey;
+
+use crate::support::bastion::Bastion;
+use crate::support::web::{Answer, Approver, curl};
+use crate::support::{DataDir, free_port, postgres};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// Two nodes sharing a fresh PostgreSQL database, the secrets key and the public address (the second node
+/// is a copy of the first one's data dir with its own web port and its own recordings), or `None` when
+/// PostgreSQL is missing and not required.
+fn two_nodes() -> Option<(Bastion, Bastion, u16, String)> {
+    let url = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(postgres::fresh_database())?;
+    let a = DataDir::init();
+    let port_a = a.fix_web_port();
+    edit(
+        &a.config(),
+        "url = \"sqlite://chaperone.db\"",
+        &format!("url = \"{url}\""),
+    );
+    let b = DataDir {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    copy_dir(a.path(), b.path());
+    let port_b = free_port();
+    edit(
+        &b.config(),
+        &format!("listen = \"127.0.0.1:{port_a}\""),
+        &format!("listen = \"127.0.0.1:{port_b}\"\npublic_url = \"https://localhost:{port_a}\""),
+    );
+    Some((Bastion::start(a), Bastion::start(b), port_a, url))
+}
+
+fn edit(file: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(text.contains(from), "{from:?} not in {}", file.display());
+    std::fs::write(file, text.replacen(from, to, 1)).unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// A JSON POST with a cookie jar to `https://localhost:PORT` (the name the passkeys' relying party uses).
+fn post(jar: &PathBuf, port: u16, path: &str, body: &serde_json::Value) -> Answer {
+    curl(
+        Some(jar),
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &body.to_string(),
+            &format!("https://localhost:{port}{path}"),
+        ],
+    )
+}
+
+#[test]
+fn a_web_session_made_on_one_node_works_on_the_other_and_signing_out_ends_it_on_both() {
+    let Some((a, b, _, url)) = two_nodes() else {
+        return;
+    };
+    let mut carol = Approver::enroll(&a, "carol", "approver");
+    assert_eq!(carol.get("/api/requests").status, 200);
+    // The next request lands on the other node: still signed in, and the CSRF token is the same one.
+    carol.via(&b);
+    let listed = carol.get("/api/requests");
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let revoke = carol.post(
+        "/api/grants/999999/revoke",
+        serde_json::json!({"reason": "INC-1"}),
+    );
+    assert_eq!(
+        revoke.status, 404,
+        "signed in with a valid token: {}",
+        revoke.body
+    );
+    let forged = carol.post_with(
+        "/api/grants/999999/revoke",
+        serde_json::json!({"reason": "INC-1"}),
+        Some("0000"),
+    );
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    // Signing out on this node ends the session everywhere.
+    let csrf = carol.csrf.clone();
+    let out = carol.form("/logout", &[("csrf", &csrf)]);
+    assert_eq!(out.status, 303, "{}", out.body);
+    assert_eq!(carol.get("/api/requests").status, 401);
+    carol.via(&a);
+    assert_eq!(carol.get("/api/requests").status, 401);
+    // What the database holds is the SHA-256 of the cookie, never the cookie.
+    carol.login();
+    let jar = std::fs::read_to_string(a.data.path().join("jar-carol")).unwrap();
+    let cookie = jar
+        .lines()
+        .find(|l| l.contains("__Host-chaperone"))
+        .and_then(|l| l.split('\t').next_back())
+        .unwrap()
+        .to_owned();
+    assert_eq!(cookie.len(), 64, "{jar}");
+    let rows = session_rows(&url);
+    let hashed = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(cookie.as_bytes()));
+    assert!(rows.iter().any(|(key, _)| *key == hashed), "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|(key, data)| !key.contains(&cookie) && !data.contains(&cookie))
+    );
+}
+
+/// The stored web sessions: (token_sha256, data).
+fn session_rows(url: &str) -> Vec<(String, String)> {
+    use sqlx::{Connection, Row};
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+        sqlx::query("SELECT token_sha256, data FROM web_state WHERE kind = 'session'")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get("token_sha256"), r.get("data")))
+            .collect()
+    })
+}
+
+#[test]
+fn a_passkey_ceremony_started_on_one_node_finishes_on_the_other_once() {
+    let Some((a, b, port_a, _)) = two_nodes() else {
+        return;
+    };
+    let port_b = b.web_port;
+    let run = a
+        .data
+        .run(&["user", "add", "dave", "--role", "approver", "--json"]);
+    let url = run.ok().json()["enroll_url"].as_str().unwrap().to_owned();
+    let token = url.rsplit('/').next().unwrap().to_owned();
+    let jar = a.data.path().join("dave-jar");
+    // The browser only ever sees the public address (node A's); the load balancer picks the node.
+    let origin = Url::parse(&format!("https://localhost:{port_a}")).unwrap();
+    let mut key = SoftPasskey::new(true);
+
+    // Enrollment: started on A, answered on B.
+    let start = post(
+        &jar,
+        port_a,
+        &format!("/enroll/{token}/passkey/start"),
+        &serde_json::json!({}),
+    );
+    assert_eq!(start.status, 200, "{}", start.body);
+    let start = start.json();
+    let options: CreationChallengeResponse =
+        serde_json::from_value(start["options"].clone()).unwrap();
+    let credential = key.do_registration(origin.clone(), options).unwrap();
+    let body = serde_json::json!({"ceremony": start["ceremony"], "password": PASSWORD,
+                                  "password2": PASSWORD, "credential": credential});
+    let done = post(
+        &jar,
+        port_b,
+        &format!("/enroll/{token}/passkey/finish"),
+        &body,
+    );
+    assert_eq!(done.status, 200, "{}", done.body);
+
+    // Sign-in: started on B, answered on A; the session then works on B.
+    let start = post(
+        &jar,
+        port_b,
+        "/login/passkey/start",
+        &serde_json::json!({"name": "dave"}),
+    );
+    assert_eq!(start.status, 200, "{}", start.body);
+    let start = start.json();
+    let options: RequestChallengeResponse =
+        serde_json::from_value(start["options"].clone()).unwrap();
+    let assertion = key.do_authentication(origin, options).unwrap();
+    let body = serde_json::json!({"ceremony": start["ceremony"], "password": PASSWORD,
+                                  "credential": assertion});
+    let signed_in = post(&jar, port_a, "/login/passkey/finish", &body);
+    assert_eq!(signed_in.status, 200, "{}", signed_in.body);
+    let page = curl(
+        Some(&jar),
+        &[&format!("https://localhost:{port_b}/requests")],
+    );
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("dave"), "{}", page.body);
+
+    // The same answer again, on the other node: the ceremony was used up on A.
+    let replay = post(&jar, port_b, "/login/passkey/finish", &body);
+    assert_eq!(replay.status, 400, "{}", replay.body);
+}
