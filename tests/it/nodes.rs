@@ -116,7 +116,7 @@ fn a_web_session_made_on_one_node_works_on_the_other_and_signing_out_ends_it_on_
         .unwrap()
         .to_owned();
     assert_eq!(cookie.len(), 64, "{jar}");
-    let rows = session_rows(&url);
+    let rows = state_rows(&url, "session");
     let hashed = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(cookie.as_bytes()));
     assert!(rows.iter().any(|(key, _)| *key == hashed), "{rows:?}");
     assert!(
@@ -125,13 +125,14 @@ fn a_web_session_made_on_one_node_works_on_the_other_and_signing_out_ends_it_on_
     );
 }
 
-/// The stored web sessions: (token_sha256, data).
-fn session_rows(url: &str) -> Vec<(String, String)> {
+/// The stored web sign-in state of `kind`: (token_sha256, data).
+fn state_rows(url: &str, kind: &str) -> Vec<(String, String)> {
     use sqlx::{Connection, Row};
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         sqlx::any::install_default_drivers();
         let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
-        sqlx::query("SELECT token_sha256, data FROM web_state WHERE kind = 'session'")
+        sqlx::query("SELECT token_sha256, data FROM web_state WHERE kind = $1")
+            .bind(kind)
             .fetch_all(&mut conn)
             .await
             .unwrap()
@@ -143,7 +144,7 @@ fn session_rows(url: &str) -> Vec<(String, String)> {
 
 #[test]
 fn a_passkey_ceremony_started_on_one_node_finishes_on_the_other_once() {
-    let Some((a, b, port_a, _)) = two_nodes() else {
+    let Some((a, b, port_a, db)) = two_nodes() else {
         return;
     };
     let port_b = b.web_port;
@@ -168,6 +169,15 @@ fn a_passkey_ceremony_started_on_one_node_finishes_on_the_other_once() {
     let start = start.json();
     let options: CreationChallengeResponse =
         serde_json::from_value(start["options"].clone()).unwrap();
+    // What the database keeps of the ceremony holds neither its id nor the enrollment link's token.
+    let ceremony = start["ceremony"].as_str().unwrap();
+    let rows = state_rows(&db, "ceremony");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|(k, d)| !k.contains(ceremony) && !d.contains(ceremony) && !d.contains(&token)),
+        "{rows:?}"
+    );
     let credential = key.do_registration(origin.clone(), options).unwrap();
     let body = serde_json::json!({"ceremony": start["ceremony"], "password": PASSWORD,
                                   "password2": PASSWORD, "credential": credential});

@@ -54,9 +54,10 @@ impl std::fmt::Debug for Passkeys {
 /// this never does: it stays in the database).
 #[derive(Serialize, Deserialize)]
 enum Ceremony {
-    /// Enrollment through the link whose token is kept here.
+    /// Enrollment through the link whose token's SHA-256 is kept here (the token would be a usable link
+    /// to whoever reads the database).
     Register {
-        token: String,
+        token_sha256: String,
         state: PasskeyRegistration,
     },
     SignIn {
@@ -243,7 +244,7 @@ pub(crate) async fn enroll_start<C: Core>(
         Err(e) => return core_error(&e),
     };
     start_registration(&st, pk, &name, None, |state| Ceremony::Register {
-        token,
+        token_sha256: auth::key(&token),
         state,
     })
     .await
@@ -316,7 +317,7 @@ pub(crate) async fn enroll_finish<C: Core>(
         return error(StatusCode::BAD_REQUEST, "The two passwords differ.");
     }
     let Some(Ceremony::Register {
-        token: started_for,
+        token_sha256: started_for,
         state,
     }) = take(&*st.core, &body.ceremony).await
     else {
@@ -325,7 +326,7 @@ pub(crate) async fn enroll_finish<C: Core>(
             "The passkey step expired; try again.",
         );
     };
-    if started_for != token {
+    if started_for != auth::key(&token) {
         return error(
             StatusCode::BAD_REQUEST,
             "The passkey step expired; try again.",
