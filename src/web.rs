@@ -46,6 +46,14 @@ impl WebCore {
     }
 }
 
+/// Oversized sign-in state is the request's fault (400), anything else the store's.
+fn state_error(e: StoreError) -> CoreError {
+    match e {
+        StoreError::TooLarge(why) => CoreError::Invalid(why),
+        other => internal(other),
+    }
+}
+
 fn internal(e: StoreError) -> CoreError {
     tracing::error!(error = %e, "web: store error");
     CoreError::Internal
@@ -615,6 +623,7 @@ impl Core for WebCore {
         &self,
         kind: StateKind,
         key: &str,
+        subject: Option<&str>,
         data: &str,
         expires_at: i64,
     ) -> Result<(), CoreError> {
@@ -623,13 +632,27 @@ impl Core for WebCore {
             .web_state_put(
                 kind.as_str(),
                 key,
+                subject,
                 data,
                 expires_at,
                 self.app.clock.now(),
                 max_state(kind),
             )
             .await
-            .map_err(internal)
+            .map_err(state_error)
+    }
+
+    async fn replace_state(
+        &self,
+        kind: StateKind,
+        key: &str,
+        data: &str,
+    ) -> Result<bool, CoreError> {
+        self.app
+            .store
+            .web_state_replace(kind.as_str(), key, data, self.app.clock.now())
+            .await
+            .map_err(state_error)
     }
 
     async fn state(
@@ -638,9 +661,13 @@ impl Core for WebCore {
         key: &str,
         extend_to: Option<i64>,
     ) -> Result<Option<String>, CoreError> {
+        // Moved only when it has slid by a minute (or half the time-out, if that is shorter): not a
+        // database write on every request.
+        let now = self.app.clock.now();
+        let extend = extend_to.map(|to| (to, to - ((to - now) / 2).clamp(0, 60)));
         self.app
             .store
-            .web_state_get(kind.as_str(), key, self.app.clock.now(), extend_to)
+            .web_state_get(kind.as_str(), key, now, extend)
             .await
             .map_err(internal)
     }

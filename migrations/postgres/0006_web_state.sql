@@ -7,8 +7,11 @@
 CREATE TABLE web_state (
     kind         TEXT NOT NULL,
     token_sha256 TEXT NOT NULL,
+    -- The staff member a session belongs to (so disabling them ends it); NULL for a ceremony.
+    subject      TEXT,
     data         TEXT NOT NULL,
     expires_at   BIGINT NOT NULL,
     PRIMARY KEY (kind, token_sha256)
 );
 CREATE INDEX web_state_expiry ON web_state(expires_at);
+CREATE INDEX web_state_subject ON web_state(subject);

@@ -119,8 +119,15 @@ pub async fn run(config: &Path, cmd: UserCommand) -> anyhow::Result<()> {
             let u = app.store.require_staff_user(&name).await?;
             let mut tx = app.store.begin().await?;
             tx.disable_staff_user(u.id).await?;
+            // Signed in on the web page right now: signed out on every node, in the same transaction.
+            let ended = tx.end_web_sessions_of(&name).await?;
             tx.audit(
-                AuditEvent::new(&actor, "user.disable", format!("user:{name}"), json!({})),
+                AuditEvent::new(
+                    &actor,
+                    "user.disable",
+                    format!("user:{name}"),
+                    json!({"web_sessions_ended": ended}),
+                ),
                 now,
             )
             .await?;

@@ -33,6 +33,7 @@ pub use sealed::{Sealed, SealedKind};
 pub use sessions::NewSession;
 pub use staff::StaffAuth;
 pub use vendors::LoginFailure;
+pub use web_state::MAX_WEB_STATE;
 pub use webhook::WebhookClaim;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -57,6 +58,9 @@ pub enum StoreError {
     /// A thing with that name or key already exists.
     #[error("{0}")]
     Conflict(String),
+    /// A value larger than the store accepts for it.
+    #[error("{0}")]
+    TooLarge(String),
     /// A row holds a value the code cannot accept (edited by hand or corrupted).
     #[error("database row is invalid: {0}")]
     Corrupt(String),

@@ -4,23 +4,34 @@
 //! writes, and lapse at `expires_at`. Like node heartbeats this is bookkeeping, not a decision, so it does
 //! not go through an audited `Tx`: the sign-ins and changes it serves are audited where they happen.
 
-use super::{Context, Result, Store, get};
+use super::{Context, Result, Store, StoreError, Tx, get};
 use crate::model::UnixTime;
 
+/// Largest `data` accepted: a session is a few hundred bytes, a passkey ceremony a few KiB. Anything
+/// bigger came from somewhere it should not.
+pub const MAX_WEB_STATE: usize = 64 * 1024;
+
 impl Store {
-    /// Stores `data` under (`kind`, `token_sha256`) until `expires_at`, replacing what was there.
+    /// Stores `data` under a new (`kind`, `token_sha256`) until `expires_at`; `subject` names the staff
+    /// member a session belongs to. Refuses `data` over [`MAX_WEB_STATE`].
     ///
     /// First deletes every row that has lapsed by `now`; then, if `kind` still holds `max` rows or more,
     /// the ones closest to lapsing, so a flood of sign-in starts cannot grow the table without bound.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one row's columns plus the clock and the cap"
+    )]
     pub async fn web_state_put(
         &self,
         kind: &str,
         token_sha256: &str,
+        subject: Option<&str>,
         data: &str,
         expires_at: UnixTime,
         now: UnixTime,
         max: u32,
     ) -> Result<()> {
+        too_big(data)?;
         sqlx::query("DELETE FROM web_state WHERE expires_at <= $1")
             .bind(now)
             .execute(&self.pool)
@@ -46,11 +57,12 @@ impl Store {
             .context("making room in web state")?;
         }
         sqlx::query(
-            "INSERT INTO web_state (kind, token_sha256, data, expires_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (kind, token_sha256) DO UPDATE SET data = $3, expires_at = $4",
+            "INSERT INTO web_state (kind, token_sha256, subject, data, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(kind)
         .bind(token_sha256)
+        .bind(subject)
         .bind(data)
         .bind(expires_at)
         .execute(&self.pool)
@@ -59,38 +71,68 @@ impl Store {
         Ok(())
     }
 
-    /// The data under (`kind`, `token_sha256`) unless it has lapsed by `now`. With `extend_to`, its
-    /// expiry moves there in the same statement (a sliding idle time-out).
+    /// Replaces the data of an existing row that has not lapsed by `now`, keeping its expiry; never
+    /// creates one, so a row deleted meanwhile (a sign-out) stays deleted. Returns whether it did.
+    pub async fn web_state_replace(
+        &self,
+        kind: &str,
+        token_sha256: &str,
+        data: &str,
+        now: UnixTime,
+    ) -> Result<bool> {
+        too_big(data)?;
+        let done = sqlx::query(
+            "UPDATE web_state SET data = $3 WHERE kind = $1 AND token_sha256 = $2 AND expires_at > $4",
+        )
+        .bind(kind)
+        .bind(token_sha256)
+        .bind(data)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .context("replacing web state")?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The data under (`kind`, `token_sha256`) unless it has lapsed by `now`. With `extend`
+    /// (`(to, if_before)`), its expiry moves to `to` when it is before `if_before` (a sliding idle
+    /// time-out that writes at most about once a minute per session, not on every request).
     pub async fn web_state_get(
         &self,
         kind: &str,
         token_sha256: &str,
         now: UnixTime,
-        extend_to: Option<UnixTime>,
+        extend: Option<(UnixTime, UnixTime)>,
     ) -> Result<Option<String>> {
-        let row = match extend_to {
-            Some(until) => sqlx::query(
+        let row = sqlx::query(
+            "SELECT data, expires_at FROM web_state \
+             WHERE kind = $1 AND token_sha256 = $2 AND expires_at > $3",
+        )
+        .bind(kind)
+        .bind(token_sha256)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .context("reading web state")?;
+        let Some(row) = row else { return Ok(None) };
+        let expires_at: UnixTime = get(&row, "expires_at")?;
+        if let Some((to, if_before)) = extend
+            && expires_at < if_before
+        {
+            // Still only a row that exists and has not lapsed: a sign-out in between wins.
+            sqlx::query(
                 "UPDATE web_state SET expires_at = $4 \
-                 WHERE kind = $1 AND token_sha256 = $2 AND expires_at > $3 RETURNING data",
+                 WHERE kind = $1 AND token_sha256 = $2 AND expires_at > $3",
             )
             .bind(kind)
             .bind(token_sha256)
             .bind(now)
-            .bind(until)
-            .fetch_optional(&self.pool)
+            .bind(to)
+            .execute(&self.pool)
             .await
-            .context("reading and extending web state")?,
-            None => sqlx::query(
-                "SELECT data FROM web_state WHERE kind = $1 AND token_sha256 = $2 AND expires_at > $3",
-            )
-            .bind(kind)
-            .bind(token_sha256)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await
-            .context("reading web state")?,
-        };
-        row.map(|r| get(&r, "data")).transpose()
+            .context("extending web state")?;
+        }
+        get(&row, "data").map(Some)
     }
 
     /// Removes the row under (`kind`, `token_sha256`) and returns its data unless it had lapsed by `now`:
@@ -127,4 +169,26 @@ impl Store {
             .context("deleting web state")?;
         Ok(())
     }
+}
+
+impl Tx {
+    /// Ends every web session of staff member `subject` (they were disabled), on every node.
+    pub async fn end_web_sessions_of(&mut self, subject: &str) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM web_state WHERE kind = 'session' AND subject = $1")
+            .bind(subject)
+            .execute(&mut *self.tx)
+            .await
+            .context("ending a staff member's web sessions")?;
+        Ok(done.rows_affected())
+    }
+}
+
+fn too_big(data: &str) -> Result<()> {
+    if data.len() > MAX_WEB_STATE {
+        return Err(StoreError::TooLarge(format!(
+            "web sign-in state of {} bytes refused (at most {MAX_WEB_STATE})",
+            data.len()
+        )));
+    }
+    Ok(())
 }

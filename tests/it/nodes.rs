@@ -123,6 +123,13 @@ fn a_web_session_made_on_one_node_works_on_the_other_and_signing_out_ends_it_on_
         rows.iter()
             .all(|(key, data)| !key.contains(&cookie) && !data.contains(&cookie))
     );
+    // Disabling carol (from node B's command line) signs her out on every node at once.
+    assert_eq!(carol.get("/api/requests").status, 200);
+    b.data.run(&["user", "disable", "carol"]).ok();
+    assert_eq!(carol.get("/api/requests").status, 401);
+    carol.via(&b);
+    assert_eq!(carol.get("/api/requests").status, 401);
+    assert!(state_rows(&url, "session").is_empty());
 }
 
 /// The stored web sign-in state of `kind`: (token_sha256, data).
@@ -188,6 +195,16 @@ fn a_passkey_ceremony_started_on_one_node_finishes_on_the_other_once() {
         &body,
     );
     assert_eq!(done.status, 200, "{}", done.body);
+
+    // A name no account can have is refused before anything is stored.
+    let long = post(
+        &jar,
+        port_a,
+        "/login/passkey/start",
+        &serde_json::json!({"name": "x".repeat(65)}),
+    );
+    assert_eq!(long.status, 400, "{}", long.body);
+    assert!(state_rows(&db, "ceremony").is_empty());
 
     // Sign-in: started on B, answered on A; the session then works on B.
     let start = post(

@@ -624,7 +624,7 @@ async fn requests_are_filed_decided_by_four_eyes_and_lapse_on_both_backends() {
 async fn web_sign_in_state_lapses_extends_is_taken_once_and_is_bounded() {
     on_both(|store| async move {
         let s = &store;
-        s.web_state_put("session", "k1", r#"{"a":1}"#, 200, 100, 10)
+        s.web_state_put("session", "k1", Some("carol"), r#"{"a":1}"#, 200, 100, 10)
             .await
             .unwrap();
         // Read (and not extended) before it lapses; gone at and after `expires_at`.
@@ -636,9 +636,20 @@ async fn web_sign_in_state_lapses_extends_is_taken_once_and_is_bounded() {
             s.web_state_get("session", "k1", 200, None).await.unwrap(),
             None
         );
-        // Reading with `extend_to` moves the expiry (a sliding idle time-out), on any node.
+        // A sliding time-out: the expiry moves when it is before the threshold, not otherwise (no write
+        // on every request).
         assert!(
-            s.web_state_get("session", "k1", 199, Some(400))
+            s.web_state_get("session", "k1", 199, Some((260, 150)))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            s.web_state_get("session", "k1", 200, None).await.unwrap(),
+            None
+        );
+        assert!(
+            s.web_state_get("session", "k1", 199, Some((400, 340)))
                 .await
                 .unwrap()
                 .is_some()
@@ -654,16 +665,28 @@ async fn web_sign_in_state_lapses_extends_is_taken_once_and_is_bounded() {
             s.web_state_get("ceremony", "k1", 150, None).await.unwrap(),
             None
         );
-        // Replacing keeps one row.
-        s.web_state_put("session", "k1", r#"{"a":2}"#, 500, 100, 10)
-            .await
-            .unwrap();
+        // Replacing keeps the expiry and only touches a row that is there.
+        assert!(
+            s.web_state_replace("session", "k1", r#"{"a":2}"#, 150)
+                .await
+                .unwrap()
+        );
         assert_eq!(
-            s.web_state_get("session", "k1", 450, None).await.unwrap(),
+            s.web_state_get("session", "k1", 399, None).await.unwrap(),
             Some(r#"{"a":2}"#.to_owned())
         );
+        assert_eq!(
+            s.web_state_get("session", "k1", 400, None).await.unwrap(),
+            None
+        );
+        // A token is never stored twice.
+        assert!(
+            s.web_state_put("session", "k1", Some("eve"), "{}", 900, 100, 10)
+                .await
+                .is_err()
+        );
         // Taken once: the second take (another node answering the same ceremony) gets nothing.
-        s.web_state_put("ceremony", "c1", "{}", 300, 100, 10)
+        s.web_state_put("ceremony", "c1", None, "{}", 300, 100, 10)
             .await
             .unwrap();
         assert_eq!(
@@ -672,23 +695,56 @@ async fn web_sign_in_state_lapses_extends_is_taken_once_and_is_bounded() {
         );
         assert_eq!(s.web_state_take("ceremony", "c1", 150).await.unwrap(), None);
         // A lapsed ceremony is not handed out, and is gone.
-        s.web_state_put("ceremony", "c2", "{}", 300, 100, 10)
+        s.web_state_put("ceremony", "c2", None, "{}", 300, 100, 10)
             .await
             .unwrap();
         assert_eq!(s.web_state_take("ceremony", "c2", 300).await.unwrap(), None);
-        // Signing out deletes.
+        // Signing out deletes, and a late write (a flash message being saved) does not bring it back.
         s.web_state_delete("session", "k1").await.unwrap();
+        assert!(
+            !s.web_state_replace("session", "k1", "{}", 150)
+                .await
+                .unwrap()
+        );
         assert_eq!(
             s.web_state_get("session", "k1", 150, None).await.unwrap(),
             None
         );
+        // Disabling a staff member ends their sessions and nobody else's.
+        for (key, who) in [("d1", "dave"), ("d2", "dave"), ("e1", "erin")] {
+            s.web_state_put("session", key, Some(who), "{}", 10_000, 100, 10)
+                .await
+                .unwrap();
+        }
+        let mut tx = s.begin().await.unwrap();
+        assert_eq!(tx.end_web_sessions_of("dave").await.unwrap(), 2);
+        tx.audit(ev("user.disable"), 100).await.unwrap();
+        tx.commit("t").await.unwrap();
+        assert_eq!(
+            s.web_state_get("session", "d1", 150, None).await.unwrap(),
+            None
+        );
+        assert!(
+            s.web_state_get("session", "e1", 150, None)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        // Oversized data is refused.
+        let big = "x".repeat(chaperone::store::MAX_WEB_STATE + 1);
+        assert!(matches!(
+            s.web_state_put("ceremony", "big", None, &big, 300, 100, 10)
+                .await,
+            Err(StoreError::TooLarge(_))
+        ));
+        assert!(matches!(
+            s.web_state_replace("session", "e1", &big, 150).await,
+            Err(StoreError::TooLarge(_))
+        ));
         // A flood of starts keeps at most `max` of a kind, dropping the ones closest to lapsing; other
         // kinds are untouched.
-        s.web_state_put("session", "keep", "{}", 10_000, 100, 3)
-            .await
-            .unwrap();
         for i in 0..10 {
-            s.web_state_put("ceremony", &format!("f{i}"), "{}", 1000 + i, 100, 3)
+            s.web_state_put("ceremony", &format!("f{i}"), None, "{}", 1000 + i, 100, 3)
                 .await
                 .unwrap();
         }
@@ -704,13 +760,13 @@ async fn web_sign_in_state_lapses_extends_is_taken_once_and_is_bounded() {
         }
         assert_eq!(left, vec![7, 8, 9]);
         assert!(
-            s.web_state_get("session", "keep", 150, None)
+            s.web_state_get("session", "e1", 150, None)
                 .await
                 .unwrap()
                 .is_some()
         );
         // A put sweeps every lapsed row.
-        s.web_state_put("ceremony", "late", "{}", 20_000, 5000, 3)
+        s.web_state_put("ceremony", "late", None, "{}", 20_000, 5000, 3)
             .await
             .unwrap();
         assert_eq!(

@@ -21,6 +21,14 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({"error": message}))).into_response()
 }
 
+/// The store could not say whether the session is signed in: retry, rather than "sign in again".
+fn unavailable() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the database is not answering; try again shortly",
+    )
+}
+
 fn core_error(e: &CoreError) -> Response {
     match e {
         CoreError::Internal => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
@@ -29,9 +37,14 @@ fn core_error(e: &CoreError) -> Response {
 }
 
 async fn reader<C: Core>(st: &WebState<C>, headers: &HeaderMap) -> Result<Session, Response> {
-    st.session(headers)
-        .await
-        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "sign in first: POST /api/login"))
+    match st.session(headers).await {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "sign in first: POST /api/login",
+        )),
+        Err(_) => Err(unavailable()),
+    }
 }
 
 async fn writer<C: Core>(st: &WebState<C>, headers: &HeaderMap) -> Result<Session, Response> {

@@ -65,32 +65,39 @@ impl<C: Core> WebState<C> {
             csrf: random_token(),
             flash: None,
         };
-        self.store_session(&key(&token), &session).await?;
+        self.core
+            .put_state(
+                StateKind::Session,
+                &key(&token),
+                Some(&session.staff.name),
+                &to_json(&session)?,
+                self.session_expiry(),
+            )
+            .await?;
         Ok((token, session.csrf))
     }
 
-    async fn store_session(&self, key: &str, session: &Session) -> Result<(), CoreError> {
-        let data = serde_json::to_string(session).map_err(|_| CoreError::Internal)?;
-        self.core
-            .put_state(StateKind::Session, key, &data, self.session_expiry())
-            .await
-    }
-
     /// The session named by the request's cookie, unless it has been idle past the limit; touches it
-    /// and hands out its flash message once. A store failure counts as signed out (and is logged).
-    pub async fn session(&self, headers: &HeaderMap) -> Option<Session> {
-        let k = key(&cookie(headers, COOKIE)?);
-        let data = self
+    /// and hands out its flash message once. `Err` when the store cannot say (the caller answers 503:
+    /// a database hiccup is not a sign-out).
+    pub async fn session(&self, headers: &HeaderMap) -> Result<Option<Session>, CoreError> {
+        let Some(token) = cookie(headers, COOKIE) else {
+            return Ok(None);
+        };
+        let k = key(&token);
+        let Some(data) = self
             .core
             .state(StateKind::Session, &k, Some(self.session_expiry()))
-            .await
-            .ok()??;
+            .await?
+        else {
+            return Ok(None);
+        };
         let session: Session = match serde_json::from_str(&data) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "web: a stored session does not parse; signing it out");
                 let _ = self.core.drop_state(StateKind::Session, &k).await;
-                return None;
+                return Ok(None);
             }
         };
         if session.flash.is_some() {
@@ -98,15 +105,20 @@ impl<C: Core> WebState<C> {
                 flash: None,
                 ..session.clone()
             };
-            if self.store_session(&k, &shown).await.is_err() {
-                // Shown again next time: better than not at all.
-                tracing::warn!("web: cannot clear a session's flash message");
+            // Only if the session is still there: a sign-out meanwhile must not be undone.
+            if self
+                .core
+                .replace_state(StateKind::Session, &k, &to_json(&shown)?)
+                .await
+                .is_err()
+            {
+                tracing::warn!("web: cannot clear a session's flash message; it shows again");
             }
         }
-        Some(session)
+        Ok(Some(session))
     }
 
-    /// Leaves `message` for the next page this session loads.
+    /// Leaves `message` for the next page this session loads (nothing if the session is gone).
     pub async fn flash(&self, headers: &HeaderMap, message: String) {
         let Some(k) = cookie(headers, COOKIE).map(|t| key(&t)) else {
             return;
@@ -116,16 +128,23 @@ impl<C: Core> WebState<C> {
         };
         if let Ok(mut session) = serde_json::from_str::<Session>(&data) {
             session.flash = Some(message);
-            let _ = self.store_session(&k, &session).await;
+            if let Ok(json) = to_json(&session) {
+                let _ = self.core.replace_state(StateKind::Session, &k, &json).await;
+            }
         }
     }
 
-    /// Signs the request's session out, on every node.
-    pub async fn sign_out(&self, headers: &HeaderMap) {
-        if let Some(token) = cookie(headers, COOKIE) {
-            let _ = self.core.drop_state(StateKind::Session, &key(&token)).await;
+    /// Signs the request's session out, on every node. `Err` when the store did not confirm it.
+    pub async fn sign_out(&self, headers: &HeaderMap) -> Result<(), CoreError> {
+        match cookie(headers, COOKIE) {
+            Some(token) => self.core.drop_state(StateKind::Session, &key(&token)).await,
+            None => Ok(()),
         }
     }
+}
+
+fn to_json(session: &Session) -> Result<String, CoreError> {
+    serde_json::to_string(session).map_err(|_| CoreError::Internal)
 }
 
 /// The `Set-Cookie` value for a new session.

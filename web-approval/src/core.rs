@@ -264,17 +264,28 @@ pub trait Core: Send + Sync + 'static {
         passkeys_json: &str,
         action: &'static str,
     ) -> impl Future<Output = CoreResult<()>> + Send;
-    /// Stores sign-in state (`data`, JSON) under `key`, the SHA-256 (hex) of a token only the browser
-    /// holds, until the unix time `expires_at`; replaces what `key` held. The core bounds how many of a
-    /// kind it keeps (dropping the ones closest to lapsing) and deletes lapsed ones.
+    /// Stores new sign-in state (`data`, JSON) under `key`, the SHA-256 (hex) of a token only the
+    /// browser holds, until the unix time `expires_at`; `subject` is the staff member a session belongs
+    /// to (disabling them ends it). The core bounds how many of a kind it keeps (dropping the ones
+    /// closest to lapsing), deletes lapsed ones and refuses oversized data.
     fn put_state(
         &self,
         kind: StateKind,
         key: &str,
+        subject: Option<&str>,
         data: &str,
         expires_at: i64,
     ) -> impl Future<Output = CoreResult<()>> + Send;
-    /// The state under `key` unless it has lapsed; `extend_to` moves its expiry (a sliding time-out).
+    /// Replaces the data under `key`, keeping its expiry, only if it is still there (never brings back
+    /// state that was dropped meanwhile, such as a session signed out); returns whether it was.
+    fn replace_state(
+        &self,
+        kind: StateKind,
+        key: &str,
+        data: &str,
+    ) -> impl Future<Output = CoreResult<bool>> + Send;
+    /// The state under `key` unless it has lapsed; `extend_to` moves its expiry there (a sliding
+    /// time-out; the core may skip moving it by less than a minute).
     fn state(
         &self,
         kind: StateKind,

@@ -24,9 +24,11 @@ pub(crate) async fn signed_in<C: Core>(
     st: &WebState<C>,
     headers: &HeaderMap,
 ) -> Result<Session, Response> {
-    st.session(headers)
-        .await
-        .ok_or_else(|| Redirect::to("/login").into_response())
+    match st.session(headers).await {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err(Redirect::to("/login").into_response()),
+        Err(_) => Err(unavailable()),
+    }
 }
 
 /// A state change: signed in, and the form's CSRF token matches the session's.
@@ -35,8 +37,10 @@ pub(crate) async fn change<C: Core>(
     headers: &HeaderMap,
     pairs: &[(String, String)],
 ) -> Result<Session, Response> {
-    let Some(session) = st.session(headers).await else {
-        return Err(error_page(StatusCode::UNAUTHORIZED, "Sign in first."));
+    let session = match st.session(headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Err(error_page(StatusCode::UNAUTHORIZED, "Sign in first.")),
+        Err(_) => return Err(unavailable()),
     };
     if !csrf_ok(&session, field(pairs, "csrf")) {
         return Err(error_page(
@@ -45,6 +49,22 @@ pub(crate) async fn change<C: Core>(
         ));
     }
     Ok(session)
+}
+
+/// The store could not say whether the session is signed in (a database hiccup is not a sign-out).
+pub(crate) fn unavailable() -> Response {
+    error_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The database is not answering. Try again in a moment; you are still signed in.",
+    )
+}
+
+/// A sign-out the store did not confirm.
+pub(crate) fn unavailable_sign_out() -> Response {
+    error_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The database is not answering, so you are not signed out yet. Try again in a moment.",
+    )
 }
 
 pub(crate) fn error_page(status: StatusCode, message: &str) -> Response {
@@ -425,8 +445,11 @@ pub async fn terminate<C: Core>(
 
 /// Server-sent events: one `change` event whenever something approvers see may have changed.
 pub async fn events<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
-    if st.session(&headers).await.is_none() {
-        return StatusCode::UNAUTHORIZED.into_response();
+    match st.session(&headers).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return StatusCode::UNAUTHORIZED.into_response(),
+        // EventSource gives up on a 401 but retries on a 503.
+        Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }
     let core = st.core.clone();
     let stream = futures::stream::unfold(core, |core| async move {

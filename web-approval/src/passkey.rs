@@ -157,6 +157,7 @@ async fn keep<C: Core>(core: &C, ceremony: &Ceremony) -> Result<String, CoreErro
     core.put_state(
         StateKind::Ceremony,
         &auth::key(&id),
+        None,
         &data,
         core.now() + ttl,
     )
@@ -166,6 +167,7 @@ async fn keep<C: Core>(core: &C, ceremony: &Ceremony) -> Result<String, CoreErro
 
 /// Takes a ceremony out (each is used once, on whichever node gets the answer), if it has not lapsed.
 async fn take<C: Core>(core: &C, id: &str) -> Option<Ceremony> {
+    // A store error fails closed, like a lapsed ceremony (the core has logged it).
     let data = core
         .take_state(StateKind::Ceremony, &auth::key(id))
         .await
@@ -174,6 +176,9 @@ async fn take<C: Core>(core: &C, id: &str) -> Option<Ceremony> {
         .map_err(|e| tracing::warn!(error = %e, "a stored passkey ceremony does not parse"))
         .ok()
 }
+
+/// The longest staff user name (the core allows 1-64 characters).
+const MAX_NAME: usize = 64;
 
 /// Passkeys one account may hold.
 pub const MAX_PASSKEYS: usize = 10;
@@ -390,6 +395,11 @@ pub(crate) async fn login_start<C: Core>(
     if !st.limiter.allow(peer.ip()) {
         return sign_in_error(&SignInError::RateLimited);
     }
+    // No account name is longer (names are 1-64 characters), so refusing longer ones tells nothing; it
+    // keeps a caller from storing megabytes in the shared database with each start.
+    if body.name.is_empty() || body.name.len() > MAX_NAME {
+        return error(StatusCode::BAD_REQUEST, "Enter your user name.");
+    }
     let passkeys = match passkeys_of(&st, &body.name).await {
         Ok(p) => p,
         Err(e) => return core_error(&e),
@@ -535,8 +545,15 @@ async fn json_change<C: Core>(
     st: &WebState<C>,
     headers: &HeaderMap,
 ) -> Result<crate::auth::Session, Response> {
-    let Some(session) = st.session(headers).await else {
-        return Err(error(StatusCode::UNAUTHORIZED, "Sign in first."));
+    let session = match st.session(headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Err(error(StatusCode::UNAUTHORIZED, "Sign in first.")),
+        Err(_) => {
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The database is not answering; try again shortly.",
+            ));
+        }
     };
     let token = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
     if !crate::auth::csrf_ok(&session, token) {

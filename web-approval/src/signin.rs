@@ -165,7 +165,7 @@ fn login_form(message: Option<&str>, passkeys: bool) -> String {
 }
 
 pub async fn login_page<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
-    if st.session(&headers).await.is_some() {
+    if let Ok(Some(_)) = st.session(&headers).await {
         return Redirect::to("/requests").into_response();
     }
     Html(page(
@@ -208,11 +208,18 @@ pub async fn login<C: Core>(
 
 pub async fn logout<C: Core>(State(st): St<C>, headers: HeaderMap, body: Bytes) -> Response {
     let pairs = form_pairs(&body);
-    if let Some(s) = st.session(&headers).await {
-        if !csrf_ok(&s, field(&pairs, "csrf")) {
-            return error_page(StatusCode::FORBIDDEN, "CSRF token missing or wrong.");
+    match st.session(&headers).await {
+        Ok(Some(s)) => {
+            if !csrf_ok(&s, field(&pairs, "csrf")) {
+                return error_page(StatusCode::FORBIDDEN, "CSRF token missing or wrong.");
+            }
+            // Say so when the server did not end it: the cookie would still work for whoever has it.
+            if st.sign_out(&headers).await.is_err() {
+                return crate::pages::unavailable_sign_out();
+            }
         }
-        st.sign_out(&headers).await;
+        Ok(None) => {}
+        Err(_) => return crate::pages::unavailable_sign_out(),
     }
     (
         StatusCode::SEE_OTHER,
