@@ -46,6 +46,18 @@ pub enum SessionCommand {
     },
     /// Check that a session's recordings still match the digests the audit log vouches for.
     Verify { id: String },
+    /// Play a session's terminal recording here, at the pace it was recorded. The digest is checked
+    /// before and over the very bytes played. The device's output is written as it was, escape
+    /// sequences included: play recordings of untrusted devices in a terminal you can close.
+    Play {
+        id: String,
+        /// Faster (2) or slower (0.5).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Longest pause between two events in seconds (longer idle time is shortened); 0 plays at once.
+        #[arg(long, default_value_t = 2.0)]
+        max_wait: f64,
+    },
 }
 
 /// An exec program's output stream, for `export --raw`.
@@ -125,6 +137,25 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
                 );
             }
         }
+        SessionCommand::Play {
+            id,
+            speed,
+            max_wait,
+        } => {
+            if !(speed.is_finite() && speed > 0.0) {
+                bail!("--speed must be a number above 0, e.g. 2 or 0.5");
+            }
+            if !(max_wait.is_finite() && max_wait >= 0.0) {
+                bail!("--max-wait must be 0 or more seconds");
+            }
+            let s = app.store.session(&id).await?;
+            let r = terminal_recording(&id, &s.kind, &s.recordings)?.clone();
+            check_digest(&r)?;
+            let pace = Pace { speed, max_wait };
+            tokio::task::spawn_blocking(move || play(&r, pace))
+                .await
+                .context("the player stopped")??;
+        }
         SessionCommand::Export {
             id,
             output,
@@ -132,14 +163,7 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
             stream,
         } => {
             let s = app.store.session(&id).await?;
-            let Some(r) = s.recordings.iter().find(|r| {
-                r.format == RecordingFormat::ASCIICAST || r.format == RecordingFormat::EXEC_STREAM
-            }) else {
-                bail!(
-                    "session {id} has no terminal recording (kind {}); see `session show {id}`",
-                    s.kind
-                );
-            };
+            let r = terminal_recording(&id, &s.kind, &s.recordings)?;
             check_digest(r)?;
             match (r.format.as_str(), raw) {
                 (RecordingFormat::ASCIICAST, false) => export_cast(r, &output)?,
@@ -170,6 +194,111 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// A session's terminal recording (asciicast or exec stream), or an error naming what it has instead.
+fn terminal_recording<'a>(
+    id: &str,
+    kind: &str,
+    recordings: &'a [RecordingRow],
+) -> anyhow::Result<&'a RecordingRow> {
+    recordings
+        .iter()
+        .find(|r| {
+            r.format == RecordingFormat::ASCIICAST || r.format == RecordingFormat::EXEC_STREAM
+        })
+        .with_context(|| {
+            format!("session {id} has no terminal recording (kind {kind}); see `session show {id}`")
+        })
+}
+
+/// How `session play` paces events.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    speed: f64,
+    max_wait: f64,
+}
+
+impl Pace {
+    /// Sleeps until an event recorded at `at` seconds is due, given the last one was at `*last`.
+    fn wait(&self, last: &mut f64, at: f64) {
+        let gap = ((at - *last) / self.speed).clamp(0.0, self.max_wait);
+        *last = at.max(*last);
+        if gap > 0.0 {
+            std::thread::sleep(std::time::Duration::from_secs_f64(gap));
+        }
+    }
+}
+
+/// Plays a terminal recording to stdout (an exec's stderr to stderr; markers to stderr), then checks
+/// the digest over the bytes it read, so a file altered after the first check is still caught.
+fn play(r: &RecordingRow, pace: Pace) -> anyhow::Result<()> {
+    use std::io::Write as _;
+
+    use chaperone_recorder::{CastReader, EventKind, ExecReader, FrameData};
+
+    let file = File::open(&r.path).with_context(|| format!("opening {}", r.path))?;
+    let mut input = BufReader::with_capacity(256 * 1024, Sha256Reader::new(file));
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr().lock();
+    let mut last = 0.0;
+    let mut cut = false;
+    let marker =
+        |err: &mut std::io::StderrLock<'_>, label: &str| writeln!(err, "\r\n[marker: {label}]\r");
+    if r.format == RecordingFormat::ASCIICAST {
+        let mut reader =
+            CastReader::new(&mut input).with_context(|| format!("reading {}", r.path))?;
+        for event in reader.by_ref() {
+            let event = event.with_context(|| format!("reading {}", r.path))?;
+            pace.wait(&mut last, event.time);
+            match &event.kind {
+                EventKind::Output(text) => out.write_all(text.as_bytes())?,
+                EventKind::Marker(label) => marker(&mut err, label)?,
+                EventKind::Input(_) | EventKind::Resize { .. } => {}
+            }
+            out.flush()?;
+        }
+        cut = reader.truncated();
+    } else {
+        let mut reader = ExecReader::new(&mut input)
+            .with_context(|| format!("reading {}", r.path))?
+            .tolerate_cut_off();
+        while let Some(frame) = reader
+            .next_frame()
+            .with_context(|| format!("reading {}", r.path))?
+        {
+            pace.wait(&mut last, frame.at.as_secs_f64());
+            match frame.data {
+                FrameData::Stdout(bytes) => {
+                    out.write_all(bytes)?;
+                    out.flush()?;
+                }
+                FrameData::Stderr(bytes) => err.write_all(bytes)?,
+                FrameData::Marker(label) => marker(&mut err, label)?,
+                FrameData::Input(_) | FrameData::Resize { .. } => {}
+            }
+        }
+        cut = cut || reader.cut_off().is_some();
+    }
+    let actual = input
+        .into_inner()
+        .finish_hex()
+        .with_context(|| format!("reading {}", r.path))?;
+    if r.sha256.as_deref() != Some(actual.as_str()) {
+        bail!(
+            "recording {} was ALTERED while it was played: sha256 {actual}, the audit log vouches for {}",
+            r.path,
+            r.sha256.as_deref().unwrap_or("-")
+        );
+    }
+    if cut {
+        eprintln!(
+            "note: recording {} ends inside an event (the bastion stopped while writing it): played up to \
+             the last whole one",
+            r.path
+        );
     }
     Ok(())
 }

@@ -139,6 +139,17 @@ fn exec_and_shell_reach_the_device_with_exit_codes_and_are_recorded() {
             "{played}"
         );
     }
+    // `session play` shows the same in this terminal: stdout to stdout, stderr to stderr.
+    let played = b.data.run(&[
+        "session",
+        "play",
+        exec["id"].as_str().unwrap(),
+        "--max-wait",
+        "0",
+    ]);
+    assert!(played.ok().stdout().contains("hello-from-device"));
+    assert!(played.stderr().contains("to-stderr"), "{}", played.stderr());
+    assert!(!played.stdout().contains("to-stderr"));
     // A shell is recorded as text only: there are no raw bytes to export.
     let shell_id = sessions.iter().find(|s| s["kind"] == "shell").unwrap()["id"]
         .as_str()
@@ -165,6 +176,28 @@ fn exec_and_shell_reach_the_device_with_exit_codes_and_are_recorded() {
             .to_owned();
     let cast = chaperone_recorder::parse_cast(std::fs::File::open(&shell_rec).unwrap()).unwrap();
     assert!(cast.text().contains("shell-42"), "{}", cast.text());
+    let played = b.data.run(&[
+        "session",
+        "play",
+        shell_id,
+        "--max-wait",
+        "0",
+        "--speed",
+        "4",
+    ]);
+    assert!(
+        played.ok().stdout().contains("shell-42"),
+        "{}",
+        played.stdout()
+    );
+    for (bad, named) in [
+        ("--speed=0", "--speed"),
+        ("--speed=nan", "--speed"),
+        ("--max-wait=-1", "--max-wait"),
+    ] {
+        let run = b.data.run(&["session", "play", shell_id, bad]);
+        assert!(run.fails(1).stderr().contains(named), "{}", run.stderr());
+    }
     // Typed input is not recorded by default.
     assert!(
         !std::fs::read_to_string(&shell_rec)
@@ -186,6 +219,16 @@ fn exec_and_shell_reach_the_device_with_exit_codes_and_are_recorded() {
         run.fails(1).stderr().contains("ALTERED"),
         "{}",
         run.stderr()
+    );
+    let run = b.data.run(&["session", "play", &id, "--max-wait", "0"]);
+    assert!(
+        run.fails(1).stderr().contains("ALTERED"),
+        "{}",
+        run.stderr()
+    );
+    assert!(
+        !run.stdout().contains("shell-42"),
+        "nothing of it is played"
     );
 
     let audit = audit_lines(&b);
