@@ -65,6 +65,11 @@ pub fn format_time(t: UnixTime) -> String {
     )
 }
 
+/// Formats unix time as RFC 3339 in UTC, `2026-11-23T09:07:53Z` (syslog's TIMESTAMP).
+pub fn format_rfc3339(t: UnixTime) -> String {
+    format_time(t).replacen(' ', "T", 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

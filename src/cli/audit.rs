@@ -1,4 +1,5 @@
-//! `chaperone audit verify|export`: check the hash chain; export it for a SIEM.
+//! `chaperone audit verify|export`: check the hash chain; export it for a SIEM, as JSON lines or as
+//! RFC 5424 syslog lines, whole or from a sequence number on (for a collector that runs it repeatedly).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -7,7 +8,8 @@ use anyhow::Context as _;
 use clap::{Subcommand, ValueEnum};
 
 use crate::app::App;
-use crate::audit::Verifier;
+use crate::audit::{AuditRow, Verifier};
+use crate::clock::format_rfc3339;
 use crate::store::Store;
 
 const PAGE: i64 = 1000;
@@ -23,6 +25,9 @@ pub enum AuditCommand {
         /// Write to a file instead of standard output.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Only events after this sequence number (the `seq` of the last one a collector has).
+        #[arg(long, default_value_t = 0)]
+        after: i64,
     },
 }
 
@@ -30,6 +35,64 @@ pub enum AuditCommand {
 pub enum ExportFormat {
     /// One JSON object per line.
     Jsonl,
+    /// RFC 5424 syslog lines (facility authpriv; MSGID the action; the JSON object as the message),
+    /// for a SIEM's syslog or file collector.
+    Syslog,
+}
+
+/// Facility authpriv (10), as RFC 5424 counts it: security and authorisation messages.
+const AUTHPRIV: u8 = 10;
+const WARNING: u8 = 4;
+const NOTICE: u8 = 5;
+
+/// Warning for refusals, failures, lockouts, mismatches, budgets exceeded, lost deliveries and recovered
+/// recordings; notice for every other event (each one is security-relevant).
+fn severity(action: &str) -> u8 {
+    const WARN_SUFFIXES: [&str; 7] = [
+        ".refused",
+        ".failure",
+        ".failed",
+        ".lock",
+        ".mismatch",
+        ".exceeded",
+        ".undelivered",
+    ];
+    if WARN_SUFFIXES.iter().any(|s| action.ends_with(s)) || action == "recording.recovered" {
+        WARNING
+    } else {
+        NOTICE
+    }
+}
+
+/// RFC 5424 allows only printable US-ASCII without spaces in its header fields, up to `max` of them;
+/// anything else becomes `_` (names are already plain ASCII; this is for what is not).
+fn header_field(text: &str, max: usize) -> String {
+    let field: String = text
+        .chars()
+        .take(max)
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+        .collect();
+    if field.is_empty() { "-".into() } else { field }
+}
+
+/// One audit event as an RFC 5424 line: `<PRI>1 TIMESTAMP HOSTNAME chaperone - ACTION - JSON`.
+fn syslog_line(row: &AuditRow, hostname: &str) -> anyhow::Result<String> {
+    let pri = AUTHPRIV * 8 + severity(&row.action);
+    Ok(format!(
+        "<{pri}>1 {} {} chaperone - {} - {}",
+        format_rfc3339(row.at),
+        header_field(hostname, 255),
+        header_field(&row.action, 32),
+        serde_json::to_string(row)?
+    ))
+}
+
+/// This machine's name for syslog's HOSTNAME, or `-` when it cannot be read.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// Walks the whole chain; returns the number of events or the first break.
@@ -59,8 +122,12 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
                 .context("audit log verification FAILED")?;
             println!("audit log intact: {n} events, chain verified");
         }
-        AuditCommand::Export { format, output } => {
-            let ExportFormat::Jsonl = format;
+        AuditCommand::Export {
+            format,
+            output,
+            after,
+        } => {
+            let host = hostname();
             let mut out: Box<dyn Write> = match &output {
                 Some(path) => Box::new(std::io::BufWriter::new(
                     std::fs::File::create(path)
@@ -68,11 +135,16 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
                 )),
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
-            let mut after = 0;
+            let mut after = after.max(0);
             loop {
                 let page = app.store.audit_page(after, PAGE).await?;
                 for row in &page {
-                    serde_json::to_writer(&mut out, row)?;
+                    match format {
+                        ExportFormat::Jsonl => serde_json::to_writer(&mut out, row)?,
+                        ExportFormat::Syslog => {
+                            out.write_all(syslog_line(row, &host)?.as_bytes())?
+                        }
+                    }
                     out.write_all(b"\n")?;
                 }
                 match page.last() {
@@ -84,4 +156,50 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(action: &str) -> AuditRow {
+        AuditRow {
+            seq: 7,
+            at: 1_795_996_404,
+            actor: "os:root".into(),
+            action: action.into(),
+            subject: "vendor:alice".into(),
+            detail: r#"{"why":"line\nbreak"}"#.into(),
+            prev_hash: "aa".into(),
+            hash: "bb".into(),
+        }
+    }
+
+    #[test]
+    fn events_become_rfc5424_lines_with_a_severity_by_outcome() {
+        let line = syslog_line(&row("session.start"), "bastion-1").unwrap();
+        assert!(
+            line.starts_with("<85>1 2026-11-29T23:53:24Z bastion-1 chaperone - session.start - {"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "one line per event: {line}");
+        let json: serde_json::Value =
+            serde_json::from_str(line.split(" - ").nth(2).unwrap()).unwrap();
+        assert_eq!(json["seq"], 7);
+        for refused in [
+            "auth.refused",
+            "auth.lock",
+            "target.hostkey.mismatch",
+            "webhook.undelivered",
+        ] {
+            assert!(
+                syslog_line(&row(refused), "h")
+                    .unwrap()
+                    .starts_with("<84>1 ")
+            );
+        }
+        // Header fields hold printable ASCII without spaces only.
+        let odd = syslog_line(&row("a b\u{e9}"), "").unwrap();
+        assert!(odd.contains(" - chaperone - a_b_ - "), "{odd}");
+    }
 }

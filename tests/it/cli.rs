@@ -489,3 +489,77 @@ fn demo_serves_and_prints_what_to_try() {
         crate::support::missing("sshd (openssh-server)");
     }
 }
+
+/// `audit export --format syslog` writes one RFC 5424 line per event, the same events as JSON lines, and
+/// `--after SEQ` gives a collector only what it has not seen.
+#[test]
+fn audit_export_as_syslog_and_from_a_sequence_number() {
+    let d = DataDir::init();
+    for name in ["mri-01", "ct-02", "xr-03"] {
+        d.run(&[
+            "asset",
+            "add",
+            name,
+            "--address",
+            "127.0.0.1",
+            "--zone",
+            "radiology",
+            "--purpose",
+            "Scanner",
+            "--service",
+            "ssh:22/ssh",
+        ])
+        .ok();
+    }
+    let jsonl = d
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout();
+    let syslog = d
+        .run(&["audit", "export", "--format", "syslog"])
+        .ok()
+        .stdout();
+    assert_eq!(jsonl.lines().count(), syslog.lines().count());
+    assert!(jsonl.lines().count() >= 3, "{jsonl}");
+    for (line, json) in syslog.lines().zip(jsonl.lines()) {
+        // <PRI>VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID STRUCTURED-DATA MSG
+        let fields: Vec<&str> = line.splitn(8, ' ').collect();
+        assert_eq!(fields.len(), 8, "{line}");
+        assert!(matches!(fields[0], "<84>1" | "<85>1"), "{line}");
+        assert!(
+            fields[1].len() == 20 && fields[1].ends_with('Z') && fields[1].contains('T'),
+            "{line}"
+        );
+        assert!(fields[2].chars().all(|c| c.is_ascii_graphic()), "{line}");
+        assert_eq!(
+            (fields[3], fields[4], fields[6]),
+            ("chaperone", "-", "-"),
+            "{line}"
+        );
+        let event: serde_json::Value = serde_json::from_str(fields[7]).unwrap();
+        let same: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(event, same);
+        assert_eq!(fields[5], event["action"].as_str().unwrap());
+    }
+    let last_seen = serde_json::from_str::<serde_json::Value>(jsonl.lines().next().unwrap())
+        .unwrap()["seq"]
+        .as_i64()
+        .unwrap();
+    let newer = d
+        .run(&[
+            "audit",
+            "export",
+            "--format",
+            "syslog",
+            "--after",
+            &last_seen.to_string(),
+        ])
+        .ok()
+        .stdout();
+    assert_eq!(newer.lines().count(), jsonl.lines().count() - 1);
+    assert!(
+        newer.contains("asset:ct-02") && newer.contains("asset:xr-03"),
+        "{newer}"
+    );
+    assert!(!newer.contains("asset:mri-01"), "{newer}");
+}
