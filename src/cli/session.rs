@@ -244,10 +244,9 @@ fn play(r: &RecordingRow, pace: Pace) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
     let mut last = 0.0;
-    let mut cut = false;
     let marker =
         |err: &mut std::io::StderrLock<'_>, label: &str| writeln!(err, "\r\n[marker: {label}]\r");
-    if r.format == RecordingFormat::ASCIICAST {
+    let cut = if r.format == RecordingFormat::ASCIICAST {
         let mut reader =
             CastReader::new(&mut input).with_context(|| format!("reading {}", r.path))?;
         for event in reader.by_ref() {
@@ -260,7 +259,7 @@ fn play(r: &RecordingRow, pace: Pace) -> anyhow::Result<()> {
             }
             out.flush()?;
         }
-        cut = reader.truncated();
+        reader.truncated()
     } else {
         let mut reader = ExecReader::new(&mut input)
             .with_context(|| format!("reading {}", r.path))?
@@ -280,19 +279,13 @@ fn play(r: &RecordingRow, pace: Pace) -> anyhow::Result<()> {
                 FrameData::Input(_) | FrameData::Resize { .. } => {}
             }
         }
-        cut = cut || reader.cut_off().is_some();
-    }
+        reader.cut_off().is_some()
+    };
     let actual = input
         .into_inner()
         .finish_hex()
         .with_context(|| format!("reading {}", r.path))?;
-    if r.sha256.as_deref() != Some(actual.as_str()) {
-        bail!(
-            "recording {} was ALTERED while it was played: sha256 {actual}, the audit log vouches for {}",
-            r.path,
-            r.sha256.as_deref().unwrap_or("-")
-        );
-    }
+    vouched(r, &actual, "played")?;
     if cut {
         eprintln!(
             "note: recording {} ends inside an event (the bastion stopped while writing it): played up to \
@@ -346,14 +339,7 @@ fn export_exec(r: &RecordingRow, output: &Path, raw: Option<Stream>) -> anyhow::
                 .finish_hex()
                 .with_context(|| format!("reading {}", r.path))
         })
-        .and_then(|actual| match r.sha256.as_deref() {
-            Some(expected) if expected == actual => Ok(()),
-            expected => bail!(
-                "recording {} was ALTERED while it was exported: sha256 {actual}, the audit log vouches for {}",
-                r.path,
-                expected.unwrap_or("-")
-            ),
-        });
+        .and_then(|actual| vouched(r, &actual, "exported"));
     if result.is_err() {
         let _ = std::fs::remove_file(output);
     } else if let Some(cut) = cut_off {
@@ -371,14 +357,7 @@ fn export_exec(r: &RecordingRow, output: &Path, raw: Option<Stream>) -> anyhow::
 /// up to the last whole event, with a marker saying so, so that players accept it.
 fn export_cast(r: &RecordingRow, output: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(&r.path).with_context(|| format!("reading {}", r.path))?;
-    let actual = Sha256Reader::new(&bytes[..]).finish_hex()?;
-    if r.sha256.as_deref() != Some(actual.as_str()) {
-        bail!(
-            "recording {} was ALTERED while it was exported: sha256 {actual}, the audit log vouches for {}",
-            r.path,
-            r.sha256.as_deref().unwrap_or("-")
-        );
-    }
+    vouched(r, &Sha256Reader::new(&bytes[..]).finish_hex()?, "exported")?;
     match whole_events(&bytes) {
         None => super::init::write_new(output, &bytes, 0o600)?,
         Some((keep, last_at)) => {
@@ -419,6 +398,19 @@ fn whole_events(bytes: &[u8]) -> Option<(usize, f64)> {
         .and_then(|v| v.get(0).and_then(serde_json::Value::as_f64))
         .unwrap_or(0.0);
     Some((keep, last_at))
+}
+
+/// Compares the SHA-256 of the bytes just `done` (played, exported) with the one the audit log vouches
+/// for, so a file altered after [`check_digest`] is caught too.
+fn vouched(r: &RecordingRow, actual: &str, done: &str) -> anyhow::Result<()> {
+    if r.sha256.as_deref() != Some(actual) {
+        bail!(
+            "recording {} was ALTERED while it was {done}: sha256 {actual}, the audit log vouches for {}",
+            r.path,
+            r.sha256.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
 }
 
 /// Recomputes a recording's SHA-256 and compares it with the stored one.

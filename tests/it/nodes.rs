@@ -10,7 +10,7 @@ use webauthn_authenticator_rs::prelude::{
 use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 
 use crate::support::bastion::Bastion;
-use crate::support::web::{Answer, Approver, curl};
+use crate::support::web::{Answer, Approver, curl, enrollment_token, post_json};
 use crate::support::{DataDir, free_port, postgres};
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -59,18 +59,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// A JSON POST with a cookie jar to `https://localhost:PORT` (the name the passkeys' relying party uses).
 fn post(jar: &PathBuf, port: u16, path: &str, body: &serde_json::Value) -> Answer {
-    curl(
-        Some(jar),
-        &[
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            &body.to_string(),
-            &format!("https://localhost:{port}{path}"),
-        ],
-    )
+    post_json(jar, &format!("https://localhost:{port}{path}"), body)
 }
 
 #[test]
@@ -155,11 +144,7 @@ fn a_passkey_ceremony_started_on_one_node_finishes_on_the_other_once() {
         return;
     };
     let port_b = b.web_port;
-    let run = a
-        .data
-        .run(&["user", "add", "dave", "--role", "approver", "--json"]);
-    let url = run.ok().json()["enroll_url"].as_str().unwrap().to_owned();
-    let token = url.rsplit('/').next().unwrap().to_owned();
+    let token = enrollment_token(&a, "dave", "approver");
     let jar = a.data.path().join("dave-jar");
     // The browser only ever sees the public address (node A's); the load balancer picks the node.
     let origin = Url::parse(&format!("https://localhost:{port_a}")).unwrap();

@@ -13,7 +13,7 @@ use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 
 use crate::support::DataDir;
 use crate::support::bastion::Bastion;
-use crate::support::web::{Answer, Approver, curl};
+use crate::support::web::{Answer, Approver, curl, enrollment_token, post_json};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -25,18 +25,7 @@ struct Page {
 
 impl Page {
     fn post(&self, path: &str, body: &serde_json::Value) -> Answer {
-        curl(
-            Some(&self.jar),
-            &[
-                "-X",
-                "POST",
-                "-H",
-                "Content-Type: application/json",
-                "--data-binary",
-                &body.to_string(),
-                &format!("{}{path}", self.base),
-            ],
-        )
+        post_json(&self.jar, &format!("{}{path}", self.base), body)
     }
 }
 
@@ -54,11 +43,7 @@ fn setup() -> (Page, String) {
     let data = DataDir::init();
     let port = data.fix_web_port();
     let b = Bastion::start(data);
-    let run = b
-        .data
-        .run(&["user", "add", "bob", "--role", "approver", "--json"]);
-    let url = run.ok().json()["enroll_url"].as_str().unwrap().to_owned();
-    let token = url.rsplit('/').next().unwrap().to_owned();
+    let token = enrollment_token(&b, "bob", "approver");
     let jar = b.data.path().join("passkey-jar");
     (
         Page {
@@ -159,17 +144,7 @@ fn a_software_passkey_enrolls_and_signs_in_and_nothing_else_does() {
 
     // carol's passkey (registered, same site) cannot answer bob's challenge, even when a tampered
     // page asks for carol's credential instead of bob's.
-    let carol_link = page
-        ._b
-        .data
-        .run(&["user", "add", "carol", "--role", "approver", "--json"]);
-    let carol_token = carol_link.ok().json()["enroll_url"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let carol_token = enrollment_token(&page._b, "carol", "approver");
     let mut carol = SoftPasskey::new(true);
     let (carol_enrolled, carol_credential) = enroll(&page, &carol_token, &mut carol);
     assert_eq!(carol_enrolled.status, 200, "{}", carol_enrolled.body);

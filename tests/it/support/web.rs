@@ -31,6 +31,29 @@ impl Answer {
     }
 }
 
+/// `chaperone user add NAME --role ROLE`: the token of the one-time enrollment link it prints.
+pub fn enrollment_token(b: &Bastion, name: &str, role: &str) -> String {
+    let run = b.data.run(&["user", "add", name, "--role", role, "--json"]);
+    let url = run.ok().json()["enroll_url"].as_str().unwrap().to_owned();
+    url.rsplit('/').next().unwrap().to_owned()
+}
+
+/// A JSON POST to `url` with a cookie jar (the passkey ceremonies' requests).
+pub fn post_json(jar: &PathBuf, url: &str, body: &serde_json::Value) -> Answer {
+    curl(
+        Some(jar),
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &body.to_string(),
+            url,
+        ],
+    )
+}
+
 pub fn base(b: &Bastion) -> String {
     format!("https://127.0.0.1:{}", b.web_port)
 }
@@ -54,9 +77,7 @@ pub fn curl(jar: Option<&PathBuf>, args: &[&str]) -> Answer {
 impl Approver {
     /// `chaperone user add NAME --role ROLE`, enrollment through the page, then sign-in to the API.
     pub fn enroll(b: &Bastion, name: &str, role: &str) -> Approver {
-        let run = b.data.run(&["user", "add", name, "--role", role, "--json"]);
-        let url = run.ok().json()["enroll_url"].as_str().unwrap().to_owned();
-        let token = url.rsplit('/').next().unwrap().to_owned();
+        let token = enrollment_token(b, name, role);
         let base = base(b);
         let page = curl(None, &[&format!("{base}/enroll/{token}")]);
         assert_eq!(page.status, 200, "{}", page.body);
