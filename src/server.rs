@@ -60,8 +60,6 @@ pub async fn run(
     tokio::spawn(expire_requests(app.clone(), stop_rx.clone()));
     let mut web_stop = stop_rx.clone();
     let tls = web_tls(&app.config)?;
-    let web = chaperone_web_approval::tls::TlsListener::new(listeners.web, tls)
-        .context("starting the web listener")?;
     let router = chaperone_web_approval::router(
         std::sync::Arc::new(crate::web::WebCore::new(app.clone())),
         chaperone_web_approval::WebOptions {
@@ -71,21 +69,27 @@ pub async fn run(
             ..Default::default()
         },
     );
-    let web_task = tokio::spawn(async move {
-        axum::serve(
-            web,
-            router.into_make_service_with_connect_info::<chaperone_web_approval::tls::PeerAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+    let web = &app.config.web;
+    let limits = chaperone_web_approval::serve::Limits {
+        header_read_timeout: web.header_read_timeout,
+        keepalive_timeout: web.keepalive_timeout,
+        max_connections: web.max_connections,
+        max_connections_per_source: web.max_connections_per_address,
+    };
+    let web_task = tokio::spawn(chaperone_web_approval::serve::serve(
+        listeners.web,
+        tls,
+        router,
+        limits,
+        async move {
             let _ = web_stop.wait_for(|stop| *stop).await;
-        })
-        .await
-    });
+        },
+    ));
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let ssh_result = ssh_task.await.context("SSH listener task")?;
-    let web_result = web_task.await.context("web listener task")?;
+    web_task.await.context("web listener task")?;
     if let Some(task) = webhook_task {
         // It stops between deliveries (or mid-backoff) and gives its lease up.
         let _ = task.await;
@@ -94,7 +98,6 @@ pub async fn run(
     // Every session of this node has ended (the SSH task waited for them): it can go.
     crate::node::leave(&app).await;
     ssh_result?;
-    web_result.context("web listener")?;
     app.store.close().await;
     tracing::info!("stopped");
     Ok(())
