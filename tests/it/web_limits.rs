@@ -153,6 +153,30 @@ fn wrong_passwords_from_one_address_do_not_lock_the_account_from_another() {
     );
 }
 
+/// The lockout lives in the database: failures from 127.0.0.2 spread over two nodes (PostgreSQL) lock
+/// bob from 127.0.0.2 on both, and neither node refuses him from 127.0.0.1.
+#[test]
+fn the_lockout_holds_on_every_node() {
+    let Some((a, b, _, _)) = crate::nodes::two_nodes() else {
+        return;
+    };
+    let mut bob = Approver::enroll(&a, "bob", "approver");
+    bob.source(Some("127.0.0.2"));
+    for i in 0..5 {
+        bob.via(if i % 2 == 0 { &a } else { &b });
+        assert_eq!(bob.try_login("guess", "123456").status, 401);
+    }
+    for node in [&a, &b] {
+        bob.via(node);
+        let answer = bob.try_login(PASSWORD, &bob.next_code());
+        assert_eq!(answer.status, 401, "{}", answer.body);
+    }
+    bob.source(None);
+    bob.via(&b);
+    bob.login();
+    assert_eq!(bob.get("/api/requests").status, 200);
+}
+
 /// With a 5 s idle time-out, a session that only the page's live refresh uses (marked background
 /// requests, the change stream) is signed out, and its open change stream ends; a session a person
 /// uses stays signed in.
