@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod hostkey;
 pub mod identity;
+pub mod live;
 pub mod model;
 pub mod node;
 pub mod policy;

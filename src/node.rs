@@ -94,7 +94,7 @@ async fn end_abandoned(app: &App, s: &AbandonedSession) -> Result<bool, StoreErr
     );
     let mut tx = app.store.begin().await?;
     // Its byte counts were never written (the node that counted them is gone): they stay zero.
-    if !tx.end_session(&s.id, &reason, 0, 0, now).await? {
+    if !tx.end_session(&s.id, &reason, "lost", 0, 0, now).await? {
         return Ok(false);
     }
     tx.audit(

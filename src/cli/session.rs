@@ -12,7 +12,7 @@ use super::output::{json, or_dash, table};
 use crate::app::App;
 use crate::clock::format_time;
 use crate::model::RecordingRow;
-use crate::ssh::session::RecordingFormat;
+use crate::recording::RecordingFormat;
 
 #[derive(Debug, Subcommand)]
 pub enum SessionCommand {

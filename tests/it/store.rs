@@ -266,7 +266,11 @@ async fn grants_sessions_and_recordings() {
         assert!(store.open_grants_of(v, 200).await.unwrap().is_empty());
 
         let mut tx = store.begin().await.unwrap();
-        assert!(tx.end_session("s1", "exit", 10, 20, 160).await.unwrap());
+        assert!(
+            tx.end_session("s1", "exit", "closed", 10, 20, 160)
+                .await
+                .unwrap()
+        );
         tx.close_recording(r, "abcd", 42, 160).await.unwrap();
         assert!(tx.revoke_grant(g, "os:t", "done", 160).await.unwrap());
         assert!(!tx.revoke_grant(g, "os:t", "again", 161).await.unwrap());
@@ -330,7 +334,7 @@ async fn sessions_of_a_gone_node_are_found_and_ended_once() {
         let mut first = store.begin().await.unwrap();
         assert!(
             first
-                .end_session("s-dead", "node gone", 0, 0, 510)
+                .end_session("s-dead", "node gone", "lost", 0, 0, 510)
                 .await
                 .unwrap()
         );
@@ -339,7 +343,7 @@ async fn sessions_of_a_gone_node_are_found_and_ended_once() {
         let mut second = store.begin().await.unwrap();
         assert!(
             !second
-                .end_session("s-dead", "node gone", 0, 0, 511)
+                .end_session("s-dead", "node gone", "lost", 0, 0, 511)
                 .await
                 .unwrap()
         );
