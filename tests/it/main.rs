@@ -10,6 +10,7 @@
 mod approvals;
 mod browser;
 mod cli;
+mod evidence;
 mod nodes;
 mod passkeys;
 mod ssh;
