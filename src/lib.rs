@@ -8,6 +8,7 @@ pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod evidence;
 pub mod hostkey;
 pub mod identity;
 pub mod live;

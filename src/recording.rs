@@ -54,20 +54,6 @@ impl RecordingFormat {
     pub const EXEC_STREAM: &str = "exec-stream-v1";
     pub const TRANSFER_LOG: &str = "transfer-log";
 
-    /// The format a session of `kind` is recorded in; `None` for kinds whose record is the session row
-    /// (tunnels, jumps). Shells and exec with a pty are what a terminal showed: asciicast, for players. An
-    /// exec without a pty is a program's byte streams, often not text (`tar c`, `cat image.dcm`): recorded
-    /// 1:1, with the cast derived on export (`session export`).
-    pub fn of(kind: crate::live::SessionKind, pty: bool) -> Option<RecordingFormat> {
-        use crate::live::SessionKind;
-        match (kind, pty) {
-            (SessionKind::Sftp, _) => Some(RecordingFormat::TransferLog),
-            (SessionKind::Exec, false) => Some(RecordingFormat::ExecStream),
-            (SessionKind::Shell | SessionKind::Exec, _) => Some(RecordingFormat::Asciicast),
-            (SessionKind::Tunnel | SessionKind::Jump, _) => None,
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             RecordingFormat::Asciicast => Self::ASCIICAST,

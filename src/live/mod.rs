@@ -60,6 +60,19 @@ impl SessionKind {
         }
     }
 
+    /// The format a session of this kind is recorded in; `None` for kinds whose record is the session row
+    /// (tunnels, jumps). Shells and exec with a pty are what a terminal showed: asciicast, for players. An
+    /// exec without a pty is a program's byte streams, often not text (`tar c`, `cat image.dcm`):
+    /// recorded 1:1, with the cast derived on export (`session export`).
+    pub fn recording_format(self, pty: bool) -> Option<RecordingFormat> {
+        match (self, pty) {
+            (SessionKind::Sftp, _) => Some(RecordingFormat::TransferLog),
+            (SessionKind::Exec, false) => Some(RecordingFormat::ExecStream),
+            (SessionKind::Shell | SessionKind::Exec, _) => Some(RecordingFormat::Asciicast),
+            (SessionKind::Tunnel | SessionKind::Jump, _) => None,
+        }
+    }
+
     /// The audit actions of its start and end (tunnels and jumps keep the names webhooks already know).
     fn actions(self) -> (&'static str, &'static str) {
         match self {
@@ -259,7 +272,7 @@ impl PendingSession {
         let now = app.clock.now();
         let id = &self.id;
         let detail: String = detail.chars().take(4096).collect();
-        let recording = match RecordingFormat::of(self.kind, pty.is_some()) {
+        let recording = match self.kind.recording_format(pty.is_some()) {
             None => None,
             Some(format) => {
                 let path = app

@@ -123,6 +123,8 @@ struct Connection {
     login: Principal,
     /// Cancelling it ends the connection whatever the client does (see `ssh::killswitch`).
     kill: CancellationToken,
+    /// Set once the watcher decided to cut it (so a cut is counted, and audited, once).
+    evicted: bool,
 }
 
 #[derive(Debug, Default)]
@@ -223,6 +225,7 @@ impl LiveSessions {
                 Connection {
                     login: login.clone(),
                     kill,
+                    evicted: false,
                 },
             );
         }
@@ -329,7 +332,8 @@ impl LiveSessions {
     }
 
     /// Ends everything `login` has on this node: its sessions are told why and closed, and its connections
-    /// are cut `grace` later whatever the client does. Returns how many connections are cut.
+    /// are cut `grace` later whatever the client does. Returns how many connections this call cut (not
+    /// counting those an earlier call is cutting already).
     pub fn evict(&self, login: &Principal, why: &str, grace: std::time::Duration) -> usize {
         if let Ok(map) = self.inner.sessions.lock() {
             for entry in map.values().filter(|e| e.login == *login) {
@@ -340,10 +344,13 @@ impl LiveSessions {
             .inner
             .connections
             .lock()
-            .map(|m| {
-                m.values()
-                    .filter(|c| c.login == *login)
-                    .map(|c| c.kill.clone())
+            .map(|mut m| {
+                m.values_mut()
+                    .filter(|c| c.login == *login && !c.evicted)
+                    .map(|c| {
+                        c.evicted = true;
+                        c.kill.clone()
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -481,5 +488,10 @@ mod tests {
             .await
             .unwrap();
         assert!(!k2.is_cancelled() && !k3.is_cancelled());
+        assert_eq!(
+            live.evict(&login(7, "SHA256:one"), "again", std::time::Duration::ZERO),
+            0,
+            "a connection is cut once"
+        );
     }
 }

@@ -11,7 +11,6 @@
 //!
 //! A store error skips that tick's re-reads (a database hiccup does not end sessions); time still does.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -39,7 +38,6 @@ pub async fn watch(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen_head: Option<i64> = None;
     let mut last_full = Instant::now();
-    let mut evicted: HashSet<Principal> = HashSet::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -52,7 +50,7 @@ pub async fn watch(
         match app.store.audit_head().await {
             Ok((head, _)) => {
                 let due = seen_head != Some(head) || last_full.elapsed() >= FULL_CHECK_EVERY;
-                if due && recheck(&app, &live, &mut evicted).await {
+                if due && recheck(&app, &live).await {
                     seen_head = Some(head);
                     last_full = Instant::now();
                 }
@@ -66,7 +64,7 @@ pub async fn watch(
 }
 
 /// Re-reads grants, terminations and logins; returns whether every read succeeded.
-async fn recheck(app: &App, live: &LiveSessions, evicted: &mut HashSet<Principal>) -> bool {
+async fn recheck(app: &App, live: &LiveSessions) -> bool {
     let now = app.clock.now();
     let mut complete = true;
     for id in live.grant_ids() {
@@ -92,18 +90,13 @@ async fn recheck(app: &App, live: &LiveSessions, evicted: &mut HashSet<Principal
             complete = false;
         }
     }
-    let logins = live.logins();
-    evicted.retain(|p| logins.contains(p));
-    for who in logins {
+    for who in live.logins() {
         match policy::standing(&app.store, now, &who).await {
-            Ok(_) => {
-                // In good standing again (re-enabled, unlocked, key added back): a later change counts.
-                evicted.remove(&who);
-            }
+            Ok(_) => {}
             Err(PolicyError::Denied(denial)) => {
-                let first = evicted.insert(who.clone());
+                // Each connection is cut (and audited) once, by the first check that finds it bad.
                 let cut = live.evict(&who, &denial.vendor_message(""), EVICTION_GRACE);
-                if first {
+                if cut > 0 {
                     tracing::warn!(vendor = %who.vendor, reason = %denial.audit_reason(), connections = cut, "ending a vendor's connections");
                     audit_eviction(app, &who, &denial.audit_reason(), cut).await;
                 }

@@ -526,6 +526,7 @@ fn exec_output_past_its_byte_budget_or_recording_cap_ends_the_session() {
     assert!(wait_until(Duration::from_secs(5), || sessions(&b)
         .iter()
         .all(|s| !s["ended_at"].is_null())));
+    assert_eq!(sessions(&b).len(), 1);
     assert_eq!(sessions(&b)[0]["end_cause"], "budget");
 
     // The recording cap: a session whose recording reaches it ends, the file whole and vouched for.
@@ -554,8 +555,13 @@ fn exec_output_past_its_byte_budget_or_recording_cap_ends_the_session() {
     assert!(wait_until(Duration::from_secs(5), || sessions(&b)
         .iter()
         .all(|s| !s["ended_at"].is_null())));
-    let last = sessions(&b)[0].clone();
-    assert_eq!(last["end_cause"], "recording", "{last}");
+    // Newest first, but both sessions may have started in the same second: pick the capped one by cause.
+    let all = sessions(&b);
+    let last = all
+        .iter()
+        .find(|s| s["end_cause"] == "recording")
+        .unwrap_or_else(|| panic!("no session ended by its recording: {all:?}"))
+        .clone();
     assert!(
         last["end_reason"].as_str().unwrap().contains("size cap"),
         "{last}"

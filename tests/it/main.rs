@@ -10,6 +10,7 @@
 mod approvals;
 mod browser;
 mod cli;
+mod evidence;
 mod hostile;
 mod nodes;
 mod passkeys;

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::support::postgres;
 
 /// Runs `test` on a fresh SQLite database and on a fresh PostgreSQL database.
-async fn on_both<F, Fut>(test: F)
+pub(crate) async fn on_both<F, Fut>(test: F)
 where
     F: Fn(Store) -> Fut,
     Fut: Future<Output = ()>,
@@ -30,7 +30,7 @@ fn ev(action: &str) -> AuditEvent {
     AuditEvent::new("os:test", action, "test", json!({"k": "v"}))
 }
 
-async fn vendor(store: &Store, name: &str, fp: &str) -> i64 {
+pub(crate) async fn vendor(store: &Store, name: &str, fp: &str) -> i64 {
     let mut tx = store.begin().await.unwrap();
     let id = tx
         .insert_vendor(name, "Acme", b"sealed", 100)
@@ -45,7 +45,7 @@ async fn vendor(store: &Store, name: &str, fp: &str) -> i64 {
 }
 
 /// A grant issued at 100 for `services` of asset `a` to vendor `v`, ending at `ends_at`.
-async fn grant(tx: &mut Tx, v: i64, a: i64, services: &[String], ends_at: i64) -> i64 {
+pub(crate) async fn grant(tx: &mut Tx, v: i64, a: i64, services: &[String], ends_at: i64) -> i64 {
     tx.insert_grant(
         &NewGrant {
             vendor_id: v,
@@ -63,7 +63,7 @@ async fn grant(tx: &mut Tx, v: i64, a: i64, services: &[String], ends_at: i64) -
     .unwrap()
 }
 
-async fn asset(store: &Store, name: &str) -> i64 {
+pub(crate) async fn asset(store: &Store, name: &str) -> i64 {
     let services: Vec<Service> = vec![
         "ssh:22/ssh".parse().unwrap(),
         "dicom:104/tcp".parse().unwrap(),
