@@ -105,19 +105,6 @@ impl Store {
             .context("reading a vendor's TOTP state")?;
         Ok((get(&row, "totp_secret")?, get(&row, "totp_last_step")?))
     }
-
-    /// Failed logins of `vendor_id` since `since`.
-    pub async fn recent_login_failures(&self, vendor_id: i64, since: UnixTime) -> Result<i64> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM auth_failures WHERE vendor_id = $1 AND at >= $2",
-        )
-        .bind(vendor_id)
-        .bind(since)
-        .fetch_one(&self.pool)
-        .await
-        .context("counting login failures")?;
-        get(&row, "n")
-    }
 }
 
 impl Tx {
