@@ -59,6 +59,9 @@ pub enum Denial {
         asset: String,
         missing: &'static str,
     },
+    /// The asset lists two services on this port (stored before that was refused): which one is meant
+    /// is ambiguous, and a `tcp` one next to `ssh` would be an unrecorded tunnel to the device's sshd.
+    SharedPort { asset: String, port: u16 },
     /// The vendor account is disabled.
     VendorDisabled,
 }
@@ -75,6 +78,9 @@ impl Denial {
             }
             Denial::NotReady { asset, .. } => format!(
                 "{asset} is not ready for SSH sessions yet (device setup incomplete); the bastion's staff can see why"
+            ),
+            Denial::SharedPort { asset, port } => format!(
+                "{asset}:{port} cannot be reached: the asset lists two services on that port; the hospital's staff must correct it"
             ),
             Denial::VendorDisabled => {
                 "your account is disabled; contact the hospital's staff".into()
@@ -101,6 +107,9 @@ impl Denial {
                 format!("asset {asset} has no service {service}")
             }
             Denial::NotReady { asset, missing } => format!("asset {asset} is missing {missing}"),
+            Denial::SharedPort { asset, port } => format!(
+                "asset {asset} lists two services on port {port}; remove one (chaperone asset service remove)"
+            ),
             Denial::VendorDisabled => "vendor disabled".into(),
         }
     }
@@ -217,6 +226,22 @@ pub async fn authorize_tunnel(
     let assets = store.assets_by_name_or_address(host).await?;
     let grants = store.open_grants_of(vendor.id, now).await?;
     for asset in &assets {
+        let mut on_port = asset.services.iter().filter(|s| s.port == port);
+        if let (Some(_), Some(_)) = (on_port.next(), on_port.next()) {
+            // Refused to a vendor with a grant for any of them; to others it reads like no grant.
+            if asset
+                .services
+                .iter()
+                .any(|s| s.port == port && pick(&grants, &asset.name, &s.name, now).is_some())
+            {
+                return Err(Denial::SharedPort {
+                    asset: asset.name.clone(),
+                    port,
+                }
+                .into());
+            }
+            continue;
+        }
         let service = asset.services.iter().find(|s| s.port == port).or_else(|| {
             (port == 22 && asset.name == host)
                 .then(|| {

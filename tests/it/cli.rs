@@ -563,3 +563,98 @@ fn audit_export_as_syslog_and_from_a_sequence_number() {
     );
     assert!(!newer.contains("asset:mri-01"), "{newer}");
 }
+
+/// `vendor add alice` and `asset add mri-01` (ssh 22, dicom 104) in a fresh data directory.
+fn alice_and_mri(d: &DataDir) {
+    let key = ssh_keygen(d.path(), "alice").with_extension("pub");
+    d.run(&[
+        "vendor",
+        "add",
+        "alice",
+        "--org",
+        "Acme",
+        "--key",
+        key.to_str().unwrap(),
+    ])
+    .ok();
+    d.run(&[
+        "asset",
+        "add",
+        "mri-01",
+        "--address",
+        "127.0.0.1",
+        "--zone",
+        "radiology",
+        "--purpose",
+        "MRI",
+        "--service",
+        "ssh:22/ssh",
+        "--service",
+        "dicom:104/tcp",
+    ])
+    .ok();
+}
+
+#[test]
+fn two_services_on_one_port_are_refused_when_an_asset_is_added_or_changed() {
+    let d = DataDir::init();
+    let clash = d.run(&[
+        "asset",
+        "add",
+        "ct-02",
+        "--address",
+        "127.0.0.1",
+        "--zone",
+        "radiology",
+        "--purpose",
+        "CT",
+        "--service",
+        "ssh:22/ssh",
+        "--service",
+        "raw:22/tcp",
+    ]);
+    assert!(
+        clash
+            .fails(1)
+            .stderr()
+            .contains("services ssh and raw would share port 22"),
+        "{}",
+        clash.stderr()
+    );
+    assert_eq!(
+        d.run(&["asset", "list", "--json"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        0,
+        "nothing was added"
+    );
+    alice_and_mri(&d);
+    let added = d.run(&["asset", "service", "add", "mri-01", "raw:22/tcp"]);
+    assert!(
+        added
+            .fails(1)
+            .stderr()
+            .contains("services ssh and raw would share port 22"),
+        "{}",
+        added.stderr()
+    );
+    let again = d.run(&["asset", "service", "add", "mri-01", "pacs:104/tcp"]);
+    assert!(
+        again.fails(1).stderr().contains("share port 104"),
+        "{}",
+        again.stderr()
+    );
+    d.run(&["asset", "service", "add", "mri-01", "hl7:2575/tcp"])
+        .ok();
+    let shown = d.run(&["asset", "show", "mri-01", "--json"]).ok().json();
+    let ports: Vec<u64> = shown["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, vec![22, 104, 2575]);
+}

@@ -776,3 +776,124 @@ async fn web_sign_in_state_lapses_extends_is_taken_once_and_is_bounded() {
     })
     .await;
 }
+
+/// Like [`on_both`], with the database's URL too, for tests that must write what the store refuses (a
+/// database from before a rule).
+async fn on_both_with_url<F, Fut>(test: F)
+where
+    F: Fn(Store, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let sqlite = Store::open(&url).await.expect("open sqlite");
+    test(sqlite, url).await;
+    if let Some(url) = postgres::fresh_database().await {
+        let pg = Store::open(&url).await.expect("open postgres");
+        test(pg, url).await;
+    }
+}
+
+/// Writes `sql` behind the store's back (what an older version of chaperone may have stored).
+async fn raw(url: &str, sql: &str) {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn two_services_on_one_port_are_refused_and_an_old_asset_with_them_opens_no_tunnel() {
+    use chaperone::policy::{Denial, PolicyError, authorize_tunnel};
+
+    on_both_with_url(|store, url| async move {
+        let v = vendor(&store, "alice", "SHA256:port").await;
+        let a = asset(&store, "mri-01").await; // ssh 22, dicom 104
+        let clash: Vec<Service> = vec![
+            "ssh:22/ssh".parse().unwrap(),
+            "raw:22/tcp".parse().unwrap(),
+        ];
+        let mut tx = store.begin().await.unwrap();
+        let added = tx
+            .insert_asset(
+                &NewAsset {
+                    name: "ct-02",
+                    address: "127.0.0.1",
+                    zone: "radiology",
+                    purpose: "CT",
+                    criticality: Criticality::Normal,
+                    vendor_org: None,
+                    os: None,
+                    patch_status: None,
+                    services: &clash,
+                },
+                100,
+            )
+            .await;
+        assert!(
+            matches!(&added, Err(StoreError::Conflict(m)) if m.contains("share port 22")),
+            "{added:?}"
+        );
+        drop(tx);
+        let mut tx = store.begin().await.unwrap();
+        let raw_22: Service = "raw:22/tcp".parse().unwrap();
+        let changed = tx.insert_service(a, &raw_22).await;
+        assert!(
+            matches!(&changed, Err(StoreError::Conflict(m)) if m.contains("share port 22")),
+            "{changed:?}"
+        );
+        tx.insert_service(a, &"hl7:2575/tcp".parse().unwrap())
+            .await
+            .unwrap();
+        tx.audit(ev("asset.service.add"), 100).await.unwrap();
+        tx.commit("t").await.unwrap();
+        assert!(store.asset("ct-02").await.unwrap().is_none());
+        assert_eq!(store.require_asset("mri-01").await.unwrap().services.len(), 3);
+
+        // A database from before the rule: mri-01 also lists a tcp service on sshd's port.
+        raw(
+            &url,
+            &format!(
+                "INSERT INTO asset_services (asset_id, name, port, kind) VALUES ({a}, 'raw', 22, 'tcp')"
+            ),
+        )
+        .await;
+        let mut tx = store.begin().await.unwrap();
+        let raw_only = grant(&mut tx, v, a, &["raw".to_owned()], 10_000).await;
+        grant(&mut tx, v, a, &["dicom".to_owned()], 10_000).await;
+        tx.audit(ev("grant.issue"), 100).await.unwrap();
+        tx.commit("t").await.unwrap();
+        let alice = store.vendor("alice").await.unwrap().unwrap();
+        let tunnel = authorize_tunnel(&store, 200, &alice, "mri-01", 22).await;
+        assert!(
+            matches!(
+                &tunnel,
+                Err(PolicyError::Denied(Denial::SharedPort { port: 22, .. }))
+            ),
+            "grant {raw_only}: {tunnel:?}"
+        );
+        // By address too, and other ports are unaffected.
+        let tunnel = authorize_tunnel(&store, 200, &alice, "127.0.0.1", 22).await;
+        assert!(
+            matches!(&tunnel, Err(PolicyError::Denied(Denial::SharedPort { .. }))),
+            "{tunnel:?}"
+        );
+        let dicom = authorize_tunnel(&store, 200, &alice, "mri-01", 104)
+            .await
+            .unwrap();
+        assert_eq!(dicom.service().name, "dicom");
+        // A vendor without a grant on that port learns nothing about it.
+        vendor(&store, "eve", "SHA256:eve").await;
+        let eve = store.vendor("eve").await.unwrap().unwrap();
+        let tunnel = authorize_tunnel(&store, 200, &eve, "mri-01", 22).await;
+        assert!(
+            matches!(&tunnel, Err(PolicyError::Denied(Denial::NoGrant { .. }))),
+            "{tunnel:?}"
+        );
+    })
+    .await;
+}
