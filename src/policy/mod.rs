@@ -1,6 +1,7 @@
 //! Access decisions: the only place a [`Grant`] is made.
 //!
-//! Requests and their approval (four eyes) are in [`requests`]; change notices in [`events`].
+//! Requests and their approval (four eyes) are in [`requests`]; issuing and revoking grant rows in
+//! [`grants`]; change notices in [`events`].
 //!
 //! Entry points: [`authorize_service`] (a session to a named service, e.g. `alice+mri-01` → `ssh`) and
 //! [`authorize_port`] (a tunnel to an asset's port). Code that dials a device takes `&Grant`, so nothing
@@ -9,6 +10,7 @@
 
 pub mod events;
 pub mod expiry;
+pub mod grants;
 pub mod requests;
 
 use crate::model::{Asset, GrantRow, Service, UnixTime, Vendor};

@@ -7,9 +7,9 @@ use sqlx::any::AnyRow;
 use super::{Context, Result, Store, StoreError, Tx, get};
 use crate::model::{UnixTime, Vendor, VendorKey};
 
-const VENDOR_COLUMNS: &str = "id, name, org, enabled, locked_until, created_at";
+pub(super) const VENDOR_COLUMNS: &str = "id, name, org, enabled, locked_until, created_at";
 
-fn vendor(row: &AnyRow) -> Result<Vendor> {
+pub(super) fn vendor(row: &AnyRow) -> Result<Vendor> {
     Ok(Vendor {
         id: get(row, "id")?,
         name: get(row, "name")?,

@@ -596,6 +596,77 @@ fn alice_and_mri(d: &DataDir) {
 }
 
 #[test]
+fn grant_add_for_a_disabled_vendor_is_refused_and_audited_and_grants_last_at_most_30_days() {
+    let d = DataDir::init();
+    alice_and_mri(&d);
+    let add = |duration: &str| {
+        d.run(&[
+            "grant",
+            "add",
+            "--vendor",
+            "alice",
+            "--asset",
+            "mri-01",
+            "--services",
+            "ssh",
+            "--for",
+            duration,
+            "--reason",
+            "CHG-1 planned maintenance",
+        ])
+    };
+    let long = add("31d");
+    assert!(
+        long.fails(1)
+            .stderr()
+            .contains("longer than the longest grant, 30d"),
+        "{}",
+        long.stderr()
+    );
+    d.run(&["vendor", "disable", "alice"]).ok();
+    let refused = add("2h");
+    assert!(
+        refused
+            .fails(1)
+            .stderr()
+            .contains("vendor alice is disabled"),
+        "{}",
+        refused.stderr()
+    );
+    assert_eq!(
+        d.run(&["grant", "list", "--all", "--json"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    let audit = d
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout();
+    let events: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &serde_json::Value| e["action"] == "grant.refused")
+        .collect();
+    assert_eq!(events.len(), 1, "{audit}");
+    let detail: serde_json::Value =
+        serde_json::from_str(events[0]["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(detail["source"], "staff-issued");
+    assert_eq!(detail["vendor"], "alice");
+    assert!(
+        detail["refusal"].as_str().unwrap().contains("disabled"),
+        "{detail}"
+    );
+    d.run(&["audit", "verify"]).ok();
+    // Enabled again, the same grant is issued (30 days is the most, and allowed).
+    d.run(&["vendor", "enable", "alice"]).ok();
+    add("30d").ok();
+}
+
+#[test]
 fn two_services_on_one_port_are_refused_when_an_asset_is_added_or_changed() {
     let d = DataDir::init();
     let clash = d.run(&[

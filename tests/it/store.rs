@@ -496,6 +496,7 @@ async fn requests_are_filed_decided_by_four_eyes_and_lapse_on_both_backends() {
             max_request: Duration::from_secs(8 * 3600),
             zone_max_request: Default::default(),
             request_ttl: Duration::from_secs(3600),
+            max_pending_per_vendor: 5,
         };
         let services = vec!["ssh".to_owned(), "dicom".to_owned()];
         let file = |now| {
@@ -894,6 +895,126 @@ async fn two_services_on_one_port_are_refused_and_an_old_asset_with_them_opens_n
             matches!(&tunnel, Err(PolicyError::Denied(Denial::NoGrant { .. }))),
             "{tunnel:?}"
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn grants_go_only_to_enabled_vendors_and_pending_requests_are_capped_on_both_backends() {
+    use chaperone::config::PolicyConfig;
+    use chaperone::model::{RequestStatus, Role};
+    use chaperone::policy::events::Events;
+    use chaperone::policy::grants::{self, Actor, GrantError, Issue, Source};
+    use chaperone::policy::requests::{
+        self, Approver, AuthMethod, DecideError, Decision, FileRefusal,
+    };
+    use std::time::Duration;
+
+    on_both(|store| async move {
+        let v = vendor(&store, "alice", "SHA256:cap").await;
+        asset(&store, "mri-01").await;
+        let events = Events::default();
+        let limits = PolicyConfig {
+            max_request: Duration::from_secs(8 * 3600),
+            zone_max_request: Default::default(),
+            request_ttl: Duration::from_secs(3600),
+            max_pending_per_vendor: 2,
+        };
+        let ssh = vec!["ssh".to_owned()];
+        let alice = store.vendor("alice").await.unwrap().unwrap();
+        let file = |now| {
+            let (store, events, limits, alice, ssh) = (&store, &events, &limits, &alice, &ssh);
+            async move {
+                requests::file(
+                    store,
+                    events,
+                    limits,
+                    now,
+                    alice,
+                    "mri-01",
+                    ssh,
+                    Duration::from_secs(3600),
+                    "INC-1",
+                )
+                .await
+            }
+        };
+        let first = file(1000).await.unwrap();
+        file(1001).await.unwrap();
+        let third = file(1002).await;
+        assert!(
+            matches!(
+                third,
+                Err(FileRefusal::TooManyPending { pending: 2, max: 2 })
+            ),
+            "{third:?}"
+        );
+        // Lapsed requests do not count, even before the sweep marks them expired.
+        file(1000 + 3600).await.unwrap();
+
+        // Disabled after filing: the request cannot be approved, a staff grant cannot be issued,
+        // and both refusals are audited; nothing else changes.
+        let mut tx = store.begin().await.unwrap();
+        tx.set_vendor_enabled(v, false).await.unwrap();
+        tx.audit(ev("vendor.disable"), 1100).await.unwrap();
+        tx.commit("t").await.unwrap();
+        let bob = Approver {
+            name: "bob".into(),
+            role: Role::Approver,
+            method: AuthMethod::Passkey,
+        };
+        let approve = Decision::Approve {
+            services: None,
+            duration_secs: None,
+        };
+        let refused = requests::decide(&store, &events, 1200, &bob, first.id, approve).await;
+        assert!(
+            matches!(&refused, Err(DecideError::VendorDisabled(v)) if v == "alice"),
+            "{refused:?}"
+        );
+        let still = store.request(first.id).await.unwrap().unwrap();
+        assert_eq!(still.status, RequestStatus::Pending);
+        assert!(
+            still.approvals.is_empty(),
+            "the refused approval is not kept"
+        );
+        let staff = grants::issue(
+            &store,
+            &events,
+            1200,
+            &Actor::os("os:root"),
+            &Issue {
+                vendor: "alice",
+                asset: "mri-01",
+                services: &ssh,
+                duration: Duration::from_secs(3600),
+                reason: "CHG-1",
+                source: Source::StaffIssued,
+                approvers: &[],
+            },
+        )
+        .await;
+        assert!(
+            matches!(&staff, Err(GrantError::VendorDisabled(_))),
+            "{staff:?}"
+        );
+        assert!(store.grants(None).await.unwrap().is_empty());
+        let audit = store.audit_page(0, 1000).await.unwrap();
+        let refusals: Vec<_> = audit
+            .iter()
+            .filter(|r| r.action == "grant.refused")
+            .collect();
+        assert_eq!(refusals.len(), 2, "{refusals:?}");
+        assert!(
+            refusals[0]
+                .detail
+                .contains(&format!("\"source\":\"request:{}\"", first.id))
+        );
+        assert!(refusals[1].detail.contains("\"source\":\"staff-issued\""));
+        // A disabled vendor files nothing either, even with a login from before.
+        let late = file(1300).await;
+        assert!(matches!(late, Err(FileRefusal::VendorDisabled)), "{late:?}");
+        assert!(verify(&store).await.is_ok());
     })
     .await;
 }
