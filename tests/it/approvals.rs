@@ -382,15 +382,39 @@ fn state_changes_need_the_csrf_token_and_hostile_reasons_render_inert() {
     assert!(stderr.contains("use the <ticket> system"), "{stderr}");
 }
 
-/// Starts `echo started; sleep 60` on mri-01 and returns it with its session id once it is live.
+/// Starts `echo started; sleep 60` on mri-01 and returns it with its session id once it is live and
+/// `started` has reached the client (the session row exists before the device's first output: ending
+/// the session earlier would race that output).
 fn live_session(b: &Bastion, alice: &Vendor, bob: &Approver, known: &[String]) -> (Child, String) {
-    let child = b
+    use std::io::Read;
+    let mut child = b
         .ssh(alice, "alice+mri-01")
         .arg("echo started; sleep 60")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // A byte at a time, so nothing after the line is read ahead and lost.
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        while !seen.ends_with(b"started\n") && matches!(out.read(&mut byte), Ok(1)) {
+            seen.push(byte[0]);
+        }
+        let _ = tx.send((out, seen));
+    });
+    let (out, seen) = rx
+        .recv_timeout(Duration::from_secs(15))
+        .unwrap_or_else(|_| panic!("no output from the session\n{}", b.log()));
+    assert!(
+        seen.ends_with(b"started\n"),
+        "{}\n{}",
+        String::from_utf8_lossy(&seen),
+        b.log()
+    );
+    child.stdout = Some(out);
     let mut id = None;
     assert!(
         wait_until(Duration::from_secs(15), || {
@@ -434,7 +458,7 @@ fn terminate_ends_one_session_and_revoke_ends_the_grants_sessions() {
         "took {:?}",
         t.elapsed()
     );
-    assert!(stdout.contains("started"), "{stdout}");
+    // `live_session` saw `started` arrive before the terminate.
     assert!(
         format!("{stdout}{stderr}").contains("session terminated by bob"),
         "{stdout}{stderr}"
