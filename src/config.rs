@@ -66,6 +66,9 @@ pub struct PolicyConfig {
     pub zone_max_request: std::collections::BTreeMap<String, Duration>,
     /// How long a request waits for a decision before it lapses.
     pub request_ttl: Duration,
+    /// Requests one vendor may have waiting for a decision at once (`max_pending_per_vendor`); the next
+    /// is refused, so one vendor cannot flood the approvers' list.
+    pub max_pending_per_vendor: u32,
 }
 
 impl PolicyConfig {
@@ -411,6 +414,7 @@ struct RawConfig {
 struct RawPolicy {
     max_request: String,
     request_ttl: String,
+    max_pending_per_vendor: u32,
     zones: std::collections::BTreeMap<String, RawZone>,
 }
 
@@ -419,6 +423,7 @@ impl Default for RawPolicy {
         RawPolicy {
             max_request: "8h".into(),
             request_ttl: "1h".into(),
+            max_pending_per_vendor: 5,
             zones: Default::default(),
         }
     }
@@ -799,17 +804,40 @@ impl Config {
             let key = key.replacen("budgets", budgets_key, 1);
             invalid(budgets_key, format!("{key}: {m}"))
         })?;
+        // A request longer than any grant could never be approved as asked.
+        let max_request = |key: &'static str, value: &str| {
+            let d = duration(key, value)?;
+            if d > crate::policy::grants::MAX_GRANT {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{value:?} is longer than the longest grant ({})",
+                        format_duration(crate::policy::grants::MAX_GRANT)
+                    ),
+                ));
+            }
+            Ok(d)
+        };
         let mut zone_max_request = std::collections::BTreeMap::new();
         for (zone, z) in &raw.policy.zones {
             zone_max_request.insert(
                 zone.clone(),
-                duration("policy.zones.*.max_request", &z.max_request)?,
+                max_request("policy.zones.*.max_request", &z.max_request)?,
             );
         }
         let policy = PolicyConfig {
-            max_request: duration("policy.max_request", &raw.policy.max_request)?,
+            max_request: max_request("policy.max_request", &raw.policy.max_request)?,
             zone_max_request,
             request_ttl: duration("policy.request_ttl", &raw.policy.request_ttl)?,
+            max_pending_per_vendor: match raw.policy.max_pending_per_vendor {
+                0 => {
+                    return Err(invalid(
+                        "policy.max_pending_per_vendor",
+                        "must be at least 1".into(),
+                    ));
+                }
+                n => n,
+            },
         };
         let webhook = match raw.webhook {
             None => None,
@@ -1094,6 +1122,8 @@ max_connections_per_address = 64
 # The longest a vendor may request access for, and how long a request waits for a decision.
 max_request = "8h"
 request_ttl = "1h"
+# Requests one vendor may have waiting for a decision at once; the next one is refused.
+max_pending_per_vendor = 5
 # Per-zone maximum, e.g.:
 # [policy.zones.icu]
 # max_request = "2h"
@@ -1283,6 +1313,29 @@ mod tests {
             let msg = parse(&format!("[web]\n{body}\n")).unwrap_err().to_string();
             assert!(msg.contains(key), "{body}: {msg}");
         }
+    }
+
+    #[test]
+    fn policy_limits_have_safe_defaults_and_are_bounded() {
+        let c = parse("").unwrap();
+        assert_eq!(c.policy.max_pending_per_vendor, 5);
+        let c = parse("[policy]\nmax_pending_per_vendor = 2\n").unwrap();
+        assert_eq!(c.policy.max_pending_per_vendor, 2);
+        let msg = parse("[policy]\nmax_pending_per_vendor = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("policy.max_pending_per_vendor"), "{msg}");
+        // No request may ask for longer than a grant can last.
+        assert!(parse("[policy]\nmax_request = \"30d\"\n").is_ok());
+        let msg = parse("[policy]\nmax_request = \"31d\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("policy.max_request") && msg.contains("30d"),
+            "{msg}"
+        );
+        let zone = parse("[policy.zones.icu]\nmax_request = \"60d\"\n");
+        assert!(zone.is_err());
     }
 
     #[test]

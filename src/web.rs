@@ -19,6 +19,7 @@ use crate::clock::format_time;
 use crate::config::{format_duration, parse_duration};
 use crate::identity::totp;
 use crate::model::{AccessRequest, Criticality, RequestStatus, Role};
+use crate::policy::grants::{self, GrantError};
 use crate::policy::requests::{self, Approver, AuthMethod, DecideError, Outcome};
 use crate::store::{StaffAuth, StoreError, Tx};
 
@@ -155,9 +156,24 @@ fn decide_error(e: DecideError) -> CoreError {
         DecideError::SelfApproval
         | DecideError::AlreadyApproved
         | DecideError::NotAnApprover(_) => CoreError::Forbidden(e.to_string()),
-        DecideError::NotPending { .. } => CoreError::Conflict(e.to_string()),
+        DecideError::NotPending { .. } | DecideError::VendorDisabled(_) => {
+            CoreError::Conflict(e.to_string())
+        }
         DecideError::Invalid(m) => CoreError::Invalid(m),
+        DecideError::Grant(g) => grant_error(g),
         DecideError::Store(s) => internal(s),
+    }
+}
+
+fn grant_error(e: GrantError) -> CoreError {
+    match e {
+        GrantError::NotFound(_) => CoreError::NotFound,
+        GrantError::NotAllowed(_) => CoreError::Forbidden(e.to_string()),
+        GrantError::AlreadyRevoked(_) | GrantError::VendorDisabled(_) => {
+            CoreError::Conflict(e.to_string())
+        }
+        GrantError::Store(s) => internal(s),
+        other => CoreError::Invalid(other.to_string()),
     }
 }
 
@@ -244,26 +260,17 @@ impl WebCore {
 
     async fn revoke(&self, by: &Staff, id: i64, reason: &str) -> Result<(), CoreError> {
         let app = &self.app;
-        if app.store.grant(id).await.map_err(internal)?.is_none() {
-            return Err(CoreError::NotFound);
-        }
-        let done = requests::revoke_grant(
+        grants::revoke(
             &app.store,
             &app.events,
             app.clock.now(),
-            &approver(by),
+            &approver(by).as_actor(),
             id,
             reason,
         )
         .await
-        .map_err(decide_error)?;
-        if done {
-            Ok(())
-        } else {
-            Err(CoreError::Conflict(format!(
-                "grant #{id} was already revoked"
-            )))
-        }
+        .map_err(grant_error)?;
+        Ok(())
     }
 }
 

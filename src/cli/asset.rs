@@ -141,23 +141,6 @@ fn check_address(address: &str) -> Result<(), String> {
     }
 }
 
-fn check_services(services: &[Service]) -> Result<(), String> {
-    for (i, s) in services.iter().enumerate() {
-        if services[..i].iter().any(|o| o.name == s.name) {
-            return Err(format!("service {} is given twice", s.name));
-        }
-    }
-    if services
-        .iter()
-        .filter(|s| s.kind == ServiceKind::Ssh)
-        .count()
-        > 1
-    {
-        return Err("at most one service of kind ssh per asset".into());
-    }
-    Ok(())
-}
-
 pub async fn run(config: &Path, cmd: AssetCommand) -> anyhow::Result<()> {
     let app = App::open(config).await?;
     let actor = os_actor();
@@ -187,7 +170,8 @@ pub async fn run(config: &Path, cmd: AssetCommand) -> anyhow::Result<()> {
                     refuse(check_text(what, v, 120))?;
                 }
             }
-            refuse(check_services(&services))?;
+            // What services an asset may list (unique names and ports, one ssh) is the store's rule:
+            // `insert_asset` refuses them with the reason.
             let mut tx = app.store.begin().await?;
             tx.insert_asset(
                 &NewAsset {
@@ -284,10 +268,8 @@ pub async fn run(config: &Path, cmd: AssetCommand) -> anyhow::Result<()> {
         }
         AssetCommand::Service(ServiceCommand::Add { asset, service }) => {
             let a = app.store.require_asset(&asset).await?;
-            let mut all = a.services.clone();
-            all.push(service.clone());
-            refuse(check_services(&all))?;
             let mut tx = app.store.begin().await?;
+            // Refused with the reason when it clashes with the asset's services (a name or port in use).
             tx.insert_service(a.id, &service).await?;
             tx.audit(
                 AuditEvent::new(

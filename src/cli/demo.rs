@@ -16,7 +16,7 @@ use crate::identity::keys::parse_public_key;
 use crate::identity::totp;
 use crate::model::Service;
 use crate::server;
-use crate::store::{NewAsset, NewGrant};
+use crate::store::NewAsset;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -102,21 +102,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             now,
         )
         .await?;
-    let grant_id = tx
-        .insert_grant(
-            &NewGrant {
-                vendor_id,
-                asset_id,
-                services: &granted,
-                starts_at: now,
-                ends_at: now + 2 * 3600,
-                reason: "demo",
-                issued_by: actor,
-                request_id: None,
-            },
-            now,
-        )
-        .await?;
+    let grant_id = crate::policy::grants::issue_in(
+        &mut tx,
+        now,
+        &crate::policy::grants::Actor::os(actor),
+        &crate::policy::grants::Issue {
+            vendor: "alice",
+            asset: "mri-01",
+            services: &granted,
+            duration: std::time::Duration::from_secs(2 * 3600),
+            reason: "demo",
+            source: crate::policy::grants::Source::StaffIssued,
+            approvers: &[],
+        },
+    )
+    .await?
+    .id;
     if let Some(d) = &device {
         let sealed = app
             .secrets

@@ -1,6 +1,7 @@
 //! Access decisions: the only place a [`Grant`] is made.
 //!
-//! Requests and their approval (four eyes) are in [`requests`]; change notices in [`events`].
+//! Requests and their approval (four eyes) are in [`requests`]; issuing and revoking grant rows in
+//! [`grants`]; change notices in [`events`].
 //!
 //! Entry points: [`authorize_ssh`] / [`authorize_service`] (a session on an asset's service, e.g.
 //! `alice+mri-01` → `ssh`) and [`authorize_tunnel`] (a tunnel to an asset's port), each called at the
@@ -12,6 +13,7 @@
 //! ([`Denial::audit_reason`]).
 
 pub mod events;
+pub mod grants;
 pub mod requests;
 
 use crate::clock::format_time;
@@ -73,6 +75,9 @@ pub enum Denial {
         asset: String,
         missing: &'static str,
     },
+    /// The asset lists two services on this port (stored before that was refused): which one is meant
+    /// is ambiguous, and a `tcp` one next to `ssh` would be an unrecorded tunnel to the device's sshd.
+    SharedPort { asset: String, port: u16 },
     /// The vendor account is disabled.
     VendorDisabled,
     /// The vendor account is locked after repeated failed sign-ins.
@@ -93,6 +98,9 @@ impl Denial {
             }
             Denial::NotReady { asset, .. } => format!(
                 "{asset} is not ready for SSH sessions yet (device setup incomplete); the bastion's staff can see why"
+            ),
+            Denial::SharedPort { asset, port } => format!(
+                "{asset}:{port} cannot be reached: the asset lists two services on that port; the hospital's staff must correct it"
             ),
             Denial::VendorDisabled => {
                 "your account is disabled; contact the hospital's staff".into()
@@ -127,6 +135,9 @@ impl Denial {
                 format!("asset {asset} has no service {service}")
             }
             Denial::NotReady { asset, missing } => format!("asset {asset} is missing {missing}"),
+            Denial::SharedPort { asset, port } => format!(
+                "asset {asset} lists two services on port {port}; remove one (chaperone asset service remove)"
+            ),
             Denial::VendorDisabled => "vendor disabled".into(),
             Denial::VendorLocked { until } => format!("vendor locked until {until}"),
             Denial::KeyRemoved => "the key of this login was removed".into(),
@@ -288,6 +299,22 @@ pub async fn authorize_tunnel(
     let assets = store.assets_by_name_or_address(host).await?;
     let grants = store.open_grants_of(vendor.id, now).await?;
     for asset in &assets {
+        let mut on_port = asset.services.iter().filter(|s| s.port == port);
+        if let (Some(_), Some(_)) = (on_port.next(), on_port.next()) {
+            // Refused to a vendor with a grant for any of them; to others it reads like no grant.
+            if asset
+                .services
+                .iter()
+                .any(|s| s.port == port && pick(&grants, &asset.name, &s.name, now).is_some())
+            {
+                return Err(Denial::SharedPort {
+                    asset: asset.name.clone(),
+                    port,
+                }
+                .into());
+            }
+            continue;
+        }
         let service = asset.services.iter().find(|s| s.port == port).or_else(|| {
             (port == 22 && asset.name == host)
                 .then(|| {

@@ -1,12 +1,16 @@
 //! Access requests: filing ([`file`]), deciding ([`decide`]: approve as asked, for less, or deny) and
-//! lapsing ([`expire_due`]). Approval is where a request becomes a grant row, so the four-eyes rules live
-//! here and nowhere else:
+//! lapsing ([`expire_due`]). The final approval issues the grant through [`super::grants`] (which owns
+//! what a grant may be: an enabled vendor, at most 30 days), in the decision's transaction. Approval is
+//! where a request becomes a grant, so the four-eyes rules live here and nowhere else:
 //! - nobody approves a request they filed (an approver whose name is the vendor's is refused too);
 //! - an approver approves a request once; a `critical` asset needs two approvals by two approvers;
 //! - an approval may narrow the request (less time, fewer services), never widen it; with two approvals
 //!   the grant gets what both allowed (the shorter time, the common services);
 //! - the grant's clock starts at the final approval, not at the request;
-//! - a request nobody decided within `policy.request_ttl` expires.
+//! - a request nobody decided within `policy.request_ttl` expires;
+//! - a vendor has at most `policy.max_pending_per_vendor` requests waiting; the next is refused;
+//! - a disabled vendor's request cannot be approved (refused and audited as `grant.refused`; it can be
+//!   denied).
 //!
 //! Every change is audited with the approver and how they signed in, and announced on [`Events`].
 
@@ -16,15 +20,13 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::events::{Change, Events};
+use super::grants::{self, Actor, GrantError, Issue, MAX_REASON, Source};
 use crate::audit::AuditEvent;
 use crate::config::{PolicyConfig, format_duration};
 use crate::model::{
     AccessRequest, Approval, Criticality, RequestStatus, Role, UnixTime, Vendor, check_text,
 };
-use crate::store::{NewGrant, NewRequest, Store, StoreError};
-
-/// The longest reason accepted, in bytes.
-pub const MAX_REASON: usize = 500;
+use crate::store::{NewRequest, Store, StoreError};
 
 /// Why a vendor's request was not filed. [`FileRefusal::vendor_message`] is the one line they see.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,9 @@ pub enum FileRefusal {
     BadReason(String),
     #[error("vendor disabled")]
     VendorDisabled,
+    /// The vendor already has `max` requests waiting for a decision.
+    #[error("{pending} requests already pending, at most {max} per vendor")]
+    TooManyPending { pending: i64, max: u32 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -67,6 +72,9 @@ impl FileRefusal {
             FileRefusal::VendorDisabled => {
                 "your account is disabled; contact the hospital's staff".into()
             }
+            FileRefusal::TooManyPending { pending, .. } => format!(
+                "you already have {pending} requests waiting for a decision, the most allowed: wait until one is decided or lapses, or ask the hospital's staff to deny one you no longer need"
+            ),
             FileRefusal::Store(_) => {
                 "the bastion cannot file requests right now; try again in a minute".into()
             }
@@ -137,6 +145,22 @@ pub async fn file(
     let duration_secs = i64::try_from(duration.as_secs()).unwrap_or(i64::MAX);
     let ttl = i64::try_from(limits.request_ttl.as_secs()).unwrap_or(i64::MAX);
     let mut tx = store.begin().await?;
+    // Read again under the vendor's row lock: a vendor disabled since login files nothing, and two
+    // requests filed at once (PostgreSQL) cannot both slip under the cap.
+    if !tx
+        .lock_vendor(&vendor.name)
+        .await?
+        .is_some_and(|v| v.enabled && v.id == vendor.id)
+    {
+        return Err(FileRefusal::VendorDisabled);
+    }
+    let pending = tx.pending_requests_of(vendor.id, now).await?;
+    if pending >= i64::from(limits.max_pending_per_vendor) {
+        return Err(FileRefusal::TooManyPending {
+            pending,
+            max: limits.max_pending_per_vendor,
+        });
+    }
     let id = tx
         .insert_request(
             &NewRequest {
@@ -201,6 +225,15 @@ impl Approver {
     pub fn actor(&self) -> String {
         format!("staff:{}", self.name)
     }
+
+    /// As [`grants`] records who issued or revoked a grant.
+    pub fn as_actor(&self) -> Actor {
+        Actor {
+            id: self.actor(),
+            method: Some(self.method.to_string()),
+            role: Some(self.role),
+        }
+    }
 }
 
 /// What an approver decided.
@@ -245,8 +278,27 @@ pub enum DecideError {
     NotAnApprover(Role),
     #[error("{0}")]
     Invalid(String),
+    /// Refused and audited (`grant.refused`): a disabled vendor gets no grant.
+    #[error(
+        "vendor {0} is disabled, so this request cannot be approved: deny it, or ask an administrator to enable the vendor first"
+    )]
+    VendorDisabled(String),
+    /// The grant could not be issued (see [`GrantError`]).
+    #[error(transparent)]
+    Grant(GrantError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<GrantError> for DecideError {
+    fn from(e: GrantError) -> Self {
+        match e {
+            GrantError::VendorDisabled(vendor) => DecideError::VendorDisabled(vendor),
+            GrantError::NotAllowed(role) => DecideError::NotAnApprover(role),
+            GrantError::Store(s) => DecideError::Store(s),
+            other => DecideError::Grant(other),
+        }
+    }
 }
 
 /// Approves or denies request `id` as `approver` at `now`.
@@ -324,6 +376,29 @@ pub async fn decide(
             }
             let services = narrow_services(&request.services, services)?;
             let duration_secs = narrow_duration(request.duration_secs, duration_secs)?;
+            let actor = approver.as_actor();
+            let issue = |services, duration_secs: i64, approvers| Issue {
+                vendor: &request.vendor,
+                asset: &request.asset,
+                services,
+                duration: Duration::from_secs(duration_secs.unsigned_abs()),
+                reason: &request.reason,
+                source: Source::Request(id),
+                approvers,
+            };
+            // A disabled vendor gets no grant: every approval is refused, the first of two as well.
+            if let Err(e) = grants::grantee(&mut tx, &request.vendor).await {
+                drop(tx); // roll back before the refusal is audited in a transaction of its own
+                grants::refused(
+                    store,
+                    now,
+                    &actor,
+                    &issue(&services, duration_secs, &[]),
+                    &e,
+                )
+                .await;
+                return Err(e.into());
+            }
             let approval = Approval {
                 approver: approver.name.clone(),
                 method: approver.method.to_string(),
@@ -344,17 +419,17 @@ pub async fn decide(
                 "vendor": request.vendor, "asset": request.asset,
                 "approval": all.len(), "needed": needed,
             });
+            tx.audit(
+                AuditEvent::new(
+                    approver.actor(),
+                    "request.approve",
+                    format!("request:{id}"),
+                    detail,
+                ),
+                now,
+            )
+            .await?;
             if all.len() < needed {
-                tx.audit(
-                    AuditEvent::new(
-                        approver.actor(),
-                        "request.approve",
-                        format!("request:{id}"),
-                        detail,
-                    ),
-                    now,
-                )
-                .await?;
                 Outcome::AwaitingSecondApproval
             } else {
                 // What every approver allowed: the shortest time, the services all of them kept.
@@ -374,56 +449,29 @@ pub async fn decide(
                         "the approvals have no service in common; deny or approve the same services".into(),
                     ));
                 }
-                let vendor = store.require_vendor(&request.vendor).await?;
-                let asset = store.require_asset(&request.asset).await?;
-                let ends_at = now.saturating_add(duration);
-                let approvers: Vec<&str> = all.iter().map(|a| a.approver.as_str()).collect();
-                let grant_id = tx
-                    .insert_grant(
-                        &NewGrant {
-                            vendor_id: vendor.id,
-                            asset_id: asset.id,
-                            services: &granted,
-                            starts_at: now,
-                            ends_at,
-                            reason: &request.reason,
-                            issued_by: &format!("staff:{}", approvers.join("+")),
-                            request_id: Some(id),
-                        },
-                        now,
-                    )
-                    .await?;
+                let approvers: Vec<String> = all.iter().map(|a| a.approver.clone()).collect();
+                let issue = issue(&granted, duration, &approvers);
+                let issued = match grants::issue_in(&mut tx, now, &actor, &issue).await {
+                    Ok(issued) => issued,
+                    Err(e) => {
+                        drop(tx);
+                        grants::refused(store, now, &actor, &issue, &e).await;
+                        return Err(e.into());
+                    }
+                };
                 tx.decide_request(
                     id,
                     RequestStatus::Approved,
                     &approvers.join(","),
                     None,
-                    Some(grant_id),
+                    Some(issued.id),
                     now,
                 )
                 .await?;
-                tx.audit(
-                    AuditEvent::new(
-                        approver.actor(),
-                        "request.approve",
-                        format!("request:{id}"),
-                        detail,
-                    ),
-                    now,
-                )
-                .await?;
-                tx.audit(
-                    AuditEvent::new(
-                        approver.actor(),
-                        "grant.add",
-                        format!("grant:{grant_id}"),
-                        json!({"request": id, "vendor": request.vendor, "asset": request.asset,
-                               "services": granted, "starts_at": now, "ends_at": ends_at, "approvers": approvers}),
-                    ),
-                    now,
-                )
-                .await?;
-                Outcome::Granted { grant_id, ends_at }
+                Outcome::Granted {
+                    grant_id: issued.id,
+                    ends_at: issued.ends_at,
+                }
             }
         }
     };
@@ -505,44 +553,6 @@ pub async fn expire_due(
         events.send(Change::Request(*id));
     }
     Ok(ids.len())
-}
-
-/// Revokes a grant as `by` (a staff member); false if it was already revoked.
-pub async fn revoke_grant(
-    store: &Store,
-    events: &Events,
-    now: UnixTime,
-    by: &Approver,
-    grant_id: i64,
-    reason: &str,
-) -> Result<bool, DecideError> {
-    if by.role == Role::Auditor {
-        return Err(DecideError::NotAnApprover(by.role));
-    }
-    let reason = reason.trim();
-    let reason = if reason.is_empty() {
-        "revoked by staff"
-    } else {
-        reason
-    };
-    check_text("reason", reason, MAX_REASON).map_err(DecideError::Invalid)?;
-    let mut tx = store.begin().await?;
-    if !tx.revoke_grant(grant_id, &by.actor(), reason, now).await? {
-        return Ok(false);
-    }
-    tx.audit(
-        AuditEvent::new(
-            by.actor(),
-            "grant.revoke",
-            format!("grant:{grant_id}"),
-            json!({"reason": reason, "method": by.method}),
-        ),
-        now,
-    )
-    .await?;
-    tx.commit("grant.revoke").await?;
-    events.send(Change::Grant(grant_id));
-    Ok(true)
 }
 
 #[cfg(test)]

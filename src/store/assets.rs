@@ -1,8 +1,14 @@
 //! Assets (devices), their services, pinned host keys and injected credentials.
+//!
+//! What services an asset may list is checked here, on every write ([`check_services`]), so no writer
+//! (the command line, the demo, anything later) can store an asset that breaks it: names are unique, at
+//! most one service is of kind `ssh`, and no two services share a port (a `tcp` service on the `ssh`
+//! service's port would be an unrecorded tunnel to the device's sshd). Databases written before the port
+//! rule may still hold such an asset; `policy::authorize_tunnel` refuses a shared port.
 
 // Dynamic SQL below only ever interpolates the constant column lists of this module.
-use sqlx::AssertSqlSafe;
 use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AssertSqlSafe};
 
 use super::{Context, Result, Store, StoreError, Tx, get, get_parsed};
 use crate::model::{Asset, CredentialKind, Criticality, Service, ServiceKind, UnixTime};
@@ -41,6 +47,43 @@ fn service(row: &AnyRow) -> Result<Service> {
     })
 }
 
+const SERVICES_OF: &str =
+    "SELECT name, port, kind FROM asset_services WHERE asset_id = $1 ORDER BY port, name";
+
+async fn services_on(conn: &mut AnyConnection, asset_id: i64) -> Result<Vec<Service>> {
+    let rows = sqlx::query(SERVICES_OF)
+        .bind(asset_id)
+        .fetch_all(&mut *conn)
+        .await
+        .context("listing asset services")?;
+    rows.iter().map(service).collect()
+}
+
+/// The rules for an asset's set of services (see the module doc); the error says which services clash.
+fn check_services(services: &[Service]) -> Result<(), String> {
+    for (i, s) in services.iter().enumerate() {
+        if services[..i].iter().any(|o| o.name == s.name) {
+            return Err(format!("service {} is given twice", s.name));
+        }
+        if let Some(o) = services[..i].iter().find(|o| o.port == s.port) {
+            return Err(format!(
+                "services {} and {} would share port {}: one port, one service (a second service on a \
+                 port reaches whatever listens there unrecorded); remove one or give it its own port",
+                o.name, s.name, s.port
+            ));
+        }
+    }
+    if services
+        .iter()
+        .filter(|s| s.kind == ServiceKind::Ssh)
+        .count()
+        > 1
+    {
+        return Err("at most one service of kind ssh per asset".into());
+    }
+    Ok(())
+}
+
 /// What `asset add` records.
 #[derive(Debug, Clone)]
 pub struct NewAsset<'a> {
@@ -57,13 +100,11 @@ pub struct NewAsset<'a> {
 
 impl Store {
     async fn services_of(&self, asset_id: i64) -> Result<Vec<Service>> {
-        let rows = sqlx::query(
-            "SELECT name, port, kind FROM asset_services WHERE asset_id = $1 ORDER BY port, name",
-        )
-        .bind(asset_id)
-        .fetch_all(&self.pool)
-        .await
-        .context("listing asset services")?;
+        let rows = sqlx::query(SERVICES_OF)
+            .bind(asset_id)
+            .fetch_all(&self.pool)
+            .await
+            .context("listing asset services")?;
         rows.iter().map(service).collect()
     }
 
@@ -135,7 +176,29 @@ impl Store {
 }
 
 impl Tx {
+    /// One asset with its services, read inside this transaction.
+    pub async fn asset(&mut self, name: &str) -> Result<Option<Asset>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ASSET_COLUMNS} FROM assets WHERE name = $1"
+        )))
+        .bind(name)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .context("reading an asset")?;
+        match row {
+            Some(row) => {
+                let services = services_on(&mut self.tx, get(&row, "id")?).await?;
+                Ok(Some(asset(&row, services)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Adds an asset with its services; refused ([`StoreError::Conflict`]) when the services break
+    /// [`check_services`].
     pub async fn insert_asset(&mut self, a: &NewAsset<'_>, now: UnixTime) -> Result<i64> {
+        check_services(a.services)
+            .map_err(|why| StoreError::Conflict(format!("asset {}: {why}", a.name)))?;
         let row = sqlx::query(
             "INSERT INTO assets (name, address, zone, purpose, criticality, vendor_org, os, patch_status, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
@@ -162,12 +225,27 @@ impl Tx {
         })?;
         let id: i64 = get(&row, "id")?;
         for s in a.services {
-            self.insert_service(id, s).await?;
+            self.insert_service_row(id, s).await?;
         }
         Ok(id)
     }
 
+    /// Adds a service to an asset; refused ([`StoreError::Conflict`]) when the asset's services with it
+    /// would break [`check_services`]. The asset's row is held while they are read, so two additions at
+    /// once (PostgreSQL) cannot both pass.
     pub async fn insert_service(&mut self, asset_id: i64, s: &Service) -> Result<()> {
+        sqlx::query("UPDATE assets SET name = name WHERE id = $1")
+            .bind(asset_id)
+            .execute(&mut *self.tx)
+            .await
+            .context("locking an asset")?;
+        let mut all = services_on(&mut self.tx, asset_id).await?;
+        all.push(s.clone());
+        check_services(&all).map_err(StoreError::Conflict)?;
+        self.insert_service_row(asset_id, s).await
+    }
+
+    async fn insert_service_row(&mut self, asset_id: i64, s: &Service) -> Result<()> {
         sqlx::query(
             "INSERT INTO asset_services (asset_id, name, port, kind) VALUES ($1, $2, $3, $4)",
         )

@@ -1,12 +1,14 @@
-//! Grants (the access requests they come from live in `requests.rs`). Whether a grant is active is decided by
-//! `policy`; this module only stores and lists them.
+//! Grants (the access requests they come from live in `requests.rs`). Whether a grant is active, and who
+//! may have one, is decided by `policy` (`policy::grants` is the only caller of the writes below); this
+//! module only stores and lists them.
 
 // Dynamic SQL below only ever interpolates the constant column lists of this module.
 use sqlx::AssertSqlSafe;
 use sqlx::any::AnyRow;
 
+use super::vendors::{VENDOR_COLUMNS, vendor};
 use super::{Context, Result, Store, StoreError, Tx, get, split_list};
-use crate::model::{GrantRow, UnixTime};
+use crate::model::{GrantRow, UnixTime, Vendor};
 
 const GRANT_SELECT: &str = "SELECT g.id, v.name AS vendor, a.name AS asset, g.services, g.starts_at, \
      g.ends_at, g.reason, g.issued_by, g.request_id, g.revoked_at, g.revoked_by, g.revoke_reason, g.created_at \
@@ -30,7 +32,7 @@ fn grant(row: &AnyRow) -> Result<GrantRow> {
     })
 }
 
-/// What a staff-issued grant records.
+/// What a grant row records (written only by `policy::grants`).
 #[derive(Debug, Clone)]
 pub struct NewGrant<'a> {
     pub vendor_id: i64,
@@ -118,6 +120,36 @@ impl Store {
 }
 
 impl Tx {
+    /// Reads vendor `name` inside this transaction and holds its row until the end: on PostgreSQL the
+    /// no-op UPDATE takes the row lock, so a `vendor disable` running at the same time waits for this
+    /// transaction or is seen by it (SQLite's `BEGIN IMMEDIATE` already serialises writers). What is
+    /// decided for the vendor here (a grant, a request) is decided on its state at commit.
+    pub async fn lock_vendor(&mut self, name: &str) -> Result<Option<Vendor>> {
+        sqlx::query("UPDATE vendors SET enabled = enabled WHERE name = $1")
+            .bind(name)
+            .execute(&mut *self.tx)
+            .await
+            .context("locking a vendor")?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {VENDOR_COLUMNS} FROM vendors WHERE name = $1"
+        )))
+        .bind(name)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .context("reading a vendor")?;
+        row.as_ref().map(vendor).transpose()
+    }
+
+    /// One grant, read inside this transaction.
+    pub async fn grant(&mut self, id: i64) -> Result<Option<GrantRow>> {
+        let row = sqlx::query(AssertSqlSafe(format!("{GRANT_SELECT} WHERE g.id = $1")))
+            .bind(id)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .context("reading a grant")?;
+        row.as_ref().map(grant).transpose()
+    }
+
     pub async fn insert_grant(&mut self, g: &NewGrant<'_>, now: UnixTime) -> Result<i64> {
         let row = sqlx::query(
             "INSERT INTO grants (vendor_id, asset_id, services, starts_at, ends_at, reason, issued_by, request_id, created_at) \

@@ -146,6 +146,21 @@ impl Tx {
         get(&row, "id")
     }
 
+    /// How many of `vendor_id`'s requests wait for a decision at `now` (lapsed ones are not counted:
+    /// they are about to be expired).
+    pub async fn pending_requests_of(&mut self, vendor_id: i64, now: UnixTime) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM access_requests WHERE vendor_id = $1 AND status = 'pending' \
+             AND (expires_at IS NULL OR expires_at > $2)",
+        )
+        .bind(vendor_id)
+        .bind(now)
+        .fetch_one(&mut *self.tx)
+        .await
+        .context("counting pending requests")?;
+        get(&row, "n")
+    }
+
     /// Reads a request for a decision, holding its row: on PostgreSQL the no-op UPDATE takes the row lock,
     /// so two approvers deciding at once queue (SQLite's `BEGIN IMMEDIATE` already serialises writers).
     pub async fn lock_request(&mut self, id: i64) -> Result<Option<AccessRequest>> {

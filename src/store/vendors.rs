@@ -7,9 +7,9 @@ use sqlx::any::AnyRow;
 use super::{Context, Result, Store, StoreError, Tx, get};
 use crate::model::{UnixTime, Vendor, VendorKey};
 
-const VENDOR_COLUMNS: &str = "id, name, org, enabled, locked_until, created_at";
+pub(super) const VENDOR_COLUMNS: &str = "id, name, org, enabled, locked_until, created_at";
 
-fn vendor(row: &AnyRow) -> Result<Vendor> {
+pub(super) fn vendor(row: &AnyRow) -> Result<Vendor> {
     Ok(Vendor {
         id: get(row, "id")?,
         name: get(row, "name")?,
@@ -128,19 +128,6 @@ impl Store {
             .await
             .context("reading a vendor's TOTP state")?;
         Ok((get(&row, "totp_secret")?, get(&row, "totp_last_step")?))
-    }
-
-    /// Failed logins of `vendor_id` since `since`.
-    pub async fn recent_login_failures(&self, vendor_id: i64, since: UnixTime) -> Result<i64> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM auth_failures WHERE vendor_id = $1 AND at >= $2",
-        )
-        .bind(vendor_id)
-        .bind(since)
-        .fetch_one(&self.pool)
-        .await
-        .context("counting login failures")?;
-        get(&row, "n")
     }
 }
 

@@ -382,15 +382,39 @@ fn state_changes_need_the_csrf_token_and_hostile_reasons_render_inert() {
     assert!(stderr.contains("use the <ticket> system"), "{stderr}");
 }
 
-/// Starts `echo started; sleep 60` on mri-01 and returns it with its session id once it is live.
+/// Starts `echo started; sleep 60` on mri-01 and returns it with its session id once it is live and
+/// `started` has reached the client (the session row exists before the device's first output: ending
+/// the session earlier would race that output).
 fn live_session(b: &Bastion, alice: &Vendor, bob: &Approver, known: &[String]) -> (Child, String) {
-    let child = b
+    use std::io::Read;
+    let mut child = b
         .ssh(alice, "alice+mri-01")
         .arg("echo started; sleep 60")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // A byte at a time, so nothing after the line is read ahead and lost.
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        while !seen.ends_with(b"started\n") && matches!(out.read(&mut byte), Ok(1)) {
+            seen.push(byte[0]);
+        }
+        let _ = tx.send((out, seen));
+    });
+    let (out, seen) = rx
+        .recv_timeout(Duration::from_secs(15))
+        .unwrap_or_else(|_| panic!("no output from the session\n{}", b.log()));
+    assert!(
+        seen.ends_with(b"started\n"),
+        "{}\n{}",
+        String::from_utf8_lossy(&seen),
+        b.log()
+    );
+    child.stdout = Some(out);
     let mut id = None;
     assert!(
         wait_until(Duration::from_secs(15), || {
@@ -434,7 +458,7 @@ fn terminate_ends_one_session_and_revoke_ends_the_grants_sessions() {
         "took {:?}",
         t.elapsed()
     );
-    assert!(stdout.contains("started"), "{stdout}");
+    // `live_session` saw `started` arrive before the terminate.
     assert!(
         format!("{stdout}{stderr}").contains("session terminated by bob"),
         "{stdout}{stderr}"
@@ -509,4 +533,273 @@ fn an_auditor_cannot_terminate_a_session() {
     let mut child = child;
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The audit events with `action`, each as (actor, subject, detail parsed from its JSON text).
+fn audit_events(b: &Bastion, action: &str) -> Vec<(String, String, serde_json::Value)> {
+    let out = b
+        .data
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout();
+    out.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["action"] == action)
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap().to_owned(),
+                e["subject"].as_str().unwrap().to_owned(),
+                serde_json::from_str(e["detail"].as_str().unwrap()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn keys(detail: &serde_json::Value) -> Vec<String> {
+    let mut k: Vec<String> = detail.as_object().unwrap().keys().cloned().collect();
+    k.sort();
+    k
+}
+
+/// The page's CSRF token, from any signed-in page.
+fn csrf(a: &Approver) -> String {
+    let page = a.get("/requests");
+    page.body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no csrf token in {}", page.body))
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn a_disabled_vendors_request_cannot_be_approved_in_the_page_or_the_api_and_the_refusal_is_audited()
+{
+    let Some((_sshd, b, alice)) = setup() else {
+        return;
+    };
+    let bob = Approver::enroll(&b, "bob", "approver");
+    let mut child = request(&b, &alice, "mri-01 ssh --for 1h --reason INC-77", false);
+    let id = pending_id(&bob, &b);
+    b.data.run(&["vendor", "disable", "alice"]).ok();
+
+    let api = bob.approve(id);
+    assert_eq!(api.status, 409, "{}", api.body);
+    assert!(
+        api.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("vendor alice is disabled, so this request cannot be approved"),
+        "{}",
+        api.body
+    );
+    let page = bob.form(
+        &format!("/requests/{id}/approve"),
+        &[
+            ("csrf", &csrf(&bob)),
+            ("service", "ssh"),
+            ("duration", "1h"),
+        ],
+    );
+    assert_eq!(page.status, 409, "{}", page.body);
+    assert!(
+        page.body.contains("vendor alice is disabled"),
+        "{}",
+        page.body
+    );
+    assert_eq!(
+        bob.get(&format!("/api/requests/{id}")).json()["status"],
+        "pending",
+        "a refused approval changes nothing"
+    );
+    assert_eq!(bob.get("/api/grants").json().as_array().unwrap().len(), 0);
+    let refused = audit_events(&b, "grant.refused");
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    for (actor, subject, detail) in &refused {
+        assert_eq!(actor, "staff:bob");
+        assert_eq!(subject, "vendor:alice");
+        assert_eq!(detail["source"], format!("request:{id}"));
+        assert_eq!(detail["method"], "totp");
+        assert!(
+            detail["refusal"].as_str().unwrap().contains("disabled"),
+            "{detail}"
+        );
+    }
+    // What approvers can still do: deny it.
+    let deny = bob.post(
+        &format!("/api/requests/{id}/decision"),
+        serde_json::json!({"decision": "deny", "reason": "vendor account disabled"}),
+    );
+    assert_eq!(deny.status, 200, "{}", deny.body);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_vendor_with_the_most_pending_requests_is_told_to_wait_and_the_refusal_is_audited() {
+    let Some(sshd) = Sshd::start() else {
+        return;
+    };
+    let data = DataDir::init();
+    let config = std::fs::read_to_string(data.config()).unwrap();
+    assert!(config.contains("max_pending_per_vendor = 5"), "{config}");
+    std::fs::write(
+        data.config(),
+        config.replacen(
+            "max_pending_per_vendor = 5",
+            "max_pending_per_vendor = 2",
+            1,
+        ),
+    )
+    .unwrap();
+    let b = Bastion::start(data);
+    b.device("mri-01", &sshd, &["dicom:104/tcp"]);
+    let alice = b.vendor("alice", "Acme Imaging");
+    let bob = Approver::enroll(&b, "bob", "approver");
+
+    let mut waiting = Vec::new();
+    for n in 1..=2 {
+        waiting.push(request(
+            &b,
+            &alice,
+            &format!("mri-01 ssh --for 1h --reason INC-{n}"),
+            false,
+        ));
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                bob.get("/api/requests").json().as_array().map(Vec::len) == Some(n)
+            }),
+            "request {n} not pending\n{}",
+            b.log()
+        );
+    }
+    // Refused at once; without a cap it would be filed and wait for a decision, so wait a bounded time.
+    let mut third = request(&b, &alice, "mri-01 dicom --for 1h --reason INC-3", false);
+    let exited = wait_until(Duration::from_secs(20), || {
+        third.try_wait().unwrap().is_some()
+    });
+    if !exited {
+        let _ = third.kill();
+    }
+    let (_, stderr, code) = finish(third);
+    assert!(exited, "the third request was not refused: {stderr}");
+    assert_eq!(code, 1, "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("chaperone: "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(
+        line,
+        "chaperone: you already have 2 requests waiting for a decision, the most allowed: wait until \
+         one is decided or lapses, or ask the hospital's staff to deny one you no longer need"
+    );
+    assert_eq!(bob.get("/api/requests").json().as_array().unwrap().len(), 2);
+    let refused = audit_events(&b, "request.refused");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].0, "vendor:alice");
+    assert_eq!(
+        refused[0].2["reason"],
+        "2 requests already pending, at most 2 per vendor"
+    );
+
+    // Once one is decided there is room again.
+    let first = bob.get("/api/requests").json()[0]["id"].as_i64().unwrap();
+    let deny = bob.post(
+        &format!("/api/requests/{first}/decision"),
+        serde_json::json!({"decision": "deny", "reason": "one at a time"}),
+    );
+    assert_eq!(deny.status, 200, "{}", deny.body);
+    waiting.push(request(
+        &b,
+        &alice,
+        "mri-01 dicom --for 1h --reason INC-3",
+        false,
+    ));
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            bob.get("/api/requests").json().as_array().map(Vec::len) == Some(2)
+                && bob.get("/api/requests").body.contains("INC-3")
+        }),
+        "{}",
+        b.log()
+    );
+    for mut child in waiting {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+#[test]
+fn grants_issued_and_revoked_at_the_command_line_and_in_the_web_page_are_audited_alike() {
+    let Some((_sshd, b, alice)) = setup() else {
+        return;
+    };
+    let bob = Approver::enroll(&b, "bob", "approver");
+    let staff_issued = b.grant("alice", "mri-01", "dicom", "2h");
+    let child = request(&b, &alice, "mri-01 ssh --for 1h --reason INC-8", false);
+    let id = pending_id(&bob, &b);
+    assert_eq!(bob.approve(id).status, 200);
+    assert_eq!(finish(child).2, 0);
+    let approved = bob
+        .get("/api/grants")
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["request_id"] == id)
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    b.data
+        .run(&[
+            "grant",
+            "revoke",
+            &approved.to_string(),
+            "--reason",
+            "done at the console",
+        ])
+        .ok();
+    let web = bob.post(
+        &format!("/api/grants/{staff_issued}/revoke"),
+        serde_json::json!({"reason": "done in the page"}),
+    );
+    assert_eq!(web.status, 200, "{}", web.body);
+
+    let issued = audit_events(&b, "grant.issue");
+    assert_eq!(issued.len(), 2, "{issued:?}");
+    let by_cli = &issued[0];
+    let by_request = &issued[1];
+    assert_eq!(keys(&by_cli.2), keys(&by_request.2));
+    assert_eq!(by_cli.1, format!("grant:{staff_issued}"));
+    assert_eq!(by_cli.2["source"], "staff-issued");
+    assert!(by_cli.0.starts_with("os:"), "{by_cli:?}");
+    assert_eq!(by_cli.2["actor"], by_cli.0.as_str());
+    assert_eq!(by_cli.2["method"], serde_json::Value::Null);
+    assert_eq!(by_request.1, format!("grant:{approved}"));
+    assert_eq!(by_request.2["source"], format!("request:{id}"));
+    assert_eq!(by_request.0, "staff:bob");
+    assert_eq!(by_request.2["actor"], "staff:bob");
+    assert_eq!(by_request.2["method"], "totp");
+    assert_eq!(by_request.2["issued_by"], "staff:bob");
+    assert_eq!(by_request.2["services"], serde_json::json!(["ssh"]));
+    assert_eq!(
+        by_request.2["ends_at"].as_i64().unwrap() - by_request.2["starts_at"].as_i64().unwrap(),
+        3600
+    );
+
+    let revoked = audit_events(&b, "grant.revoke");
+    assert_eq!(revoked.len(), 2, "{revoked:?}");
+    assert_eq!(keys(&revoked[0].2), keys(&revoked[1].2));
+    assert_eq!(revoked[0].2["source"], format!("request:{id}"));
+    assert_eq!(revoked[0].2["revoke_reason"], "done at the console");
+    assert_eq!(revoked[1].2["source"], "staff-issued");
+    assert_eq!(revoked[1].2["revoke_reason"], "done in the page");
+    assert_eq!(revoked[1].0, "staff:bob");
+    // Issue and revoke describe the grant with the same fields.
+    let mut issue_keys = keys(&by_cli.2);
+    issue_keys.push("revoke_reason".into());
+    issue_keys.sort();
+    assert_eq!(keys(&revoked[0].2), issue_keys);
 }

@@ -656,3 +656,169 @@ fn issue_12_text_from_the_database_prints_escaped() {
     let json = d.run(&["grant", "list", "--json"]).ok().json();
     assert_eq!(json[0]["reason"], "INC\x1b]52;c;ZXZpbA==\x07");
 }
+
+/// `vendor add alice` and `asset add mri-01` (ssh 22, dicom 104) in a fresh data directory.
+fn alice_and_mri(d: &DataDir) {
+    let key = ssh_keygen(d.path(), "alice").with_extension("pub");
+    d.run(&[
+        "vendor",
+        "add",
+        "alice",
+        "--org",
+        "Acme",
+        "--key",
+        key.to_str().unwrap(),
+    ])
+    .ok();
+    d.run(&[
+        "asset",
+        "add",
+        "mri-01",
+        "--address",
+        "127.0.0.1",
+        "--zone",
+        "radiology",
+        "--purpose",
+        "MRI",
+        "--service",
+        "ssh:22/ssh",
+        "--service",
+        "dicom:104/tcp",
+    ])
+    .ok();
+}
+
+#[test]
+fn grant_add_for_a_disabled_vendor_is_refused_and_audited_and_grants_last_at_most_30_days() {
+    let d = DataDir::init();
+    alice_and_mri(&d);
+    let add = |duration: &str| {
+        d.run(&[
+            "grant",
+            "add",
+            "--vendor",
+            "alice",
+            "--asset",
+            "mri-01",
+            "--services",
+            "ssh",
+            "--for",
+            duration,
+            "--reason",
+            "CHG-1 planned maintenance",
+        ])
+    };
+    let long = add("31d");
+    assert!(
+        long.fails(1)
+            .stderr()
+            .contains("longer than the longest grant, 30d"),
+        "{}",
+        long.stderr()
+    );
+    d.run(&["vendor", "disable", "alice"]).ok();
+    let refused = add("2h");
+    assert!(
+        refused
+            .fails(1)
+            .stderr()
+            .contains("vendor alice is disabled"),
+        "{}",
+        refused.stderr()
+    );
+    assert_eq!(
+        d.run(&["grant", "list", "--all", "--json"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    let audit = d
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout();
+    let events: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &serde_json::Value| e["action"] == "grant.refused")
+        .collect();
+    assert_eq!(events.len(), 1, "{audit}");
+    let detail: serde_json::Value =
+        serde_json::from_str(events[0]["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(detail["source"], "staff-issued");
+    assert_eq!(detail["vendor"], "alice");
+    assert!(
+        detail["refusal"].as_str().unwrap().contains("disabled"),
+        "{detail}"
+    );
+    d.run(&["audit", "verify"]).ok();
+    // Enabled again, the same grant is issued (30 days is the most, and allowed).
+    d.run(&["vendor", "enable", "alice"]).ok();
+    add("30d").ok();
+}
+
+#[test]
+fn two_services_on_one_port_are_refused_when_an_asset_is_added_or_changed() {
+    let d = DataDir::init();
+    let clash = d.run(&[
+        "asset",
+        "add",
+        "ct-02",
+        "--address",
+        "127.0.0.1",
+        "--zone",
+        "radiology",
+        "--purpose",
+        "CT",
+        "--service",
+        "ssh:22/ssh",
+        "--service",
+        "raw:22/tcp",
+    ]);
+    assert!(
+        clash
+            .fails(1)
+            .stderr()
+            .contains("services ssh and raw would share port 22"),
+        "{}",
+        clash.stderr()
+    );
+    assert_eq!(
+        d.run(&["asset", "list", "--json"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        0,
+        "nothing was added"
+    );
+    alice_and_mri(&d);
+    let added = d.run(&["asset", "service", "add", "mri-01", "raw:22/tcp"]);
+    assert!(
+        added
+            .fails(1)
+            .stderr()
+            .contains("services ssh and raw would share port 22"),
+        "{}",
+        added.stderr()
+    );
+    let again = d.run(&["asset", "service", "add", "mri-01", "pacs:104/tcp"]);
+    assert!(
+        again.fails(1).stderr().contains("share port 104"),
+        "{}",
+        again.stderr()
+    );
+    d.run(&["asset", "service", "add", "mri-01", "hl7:2575/tcp"])
+        .ok();
+    let shown = d.run(&["asset", "show", "mri-01", "--json"]).ok().json();
+    let ports: Vec<u64> = shown["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, vec![22, 104, 2575]);
+}

@@ -500,6 +500,7 @@ async fn requests_are_filed_decided_by_four_eyes_and_lapse_on_both_backends() {
             max_request: Duration::from_secs(8 * 3600),
             zone_max_request: Default::default(),
             request_ttl: Duration::from_secs(3600),
+            max_pending_per_vendor: 5,
         };
         let services = vec!["ssh".to_owned(), "dicom".to_owned()];
         let file = |now| {
@@ -868,6 +869,251 @@ async fn staff_signin_failures_count_per_account_and_source_in_a_window() {
             3
         );
         drop(tx);
+    })
+    .await;
+}
+
+/// Like [`on_both`], with the database's URL too, for tests that must write what the store refuses (a
+/// database from before a rule).
+async fn on_both_with_url<F, Fut>(test: F)
+where
+    F: Fn(Store, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let sqlite = Store::open(&url).await.expect("open sqlite");
+    test(sqlite, url).await;
+    if let Some(url) = postgres::fresh_database().await {
+        let pg = Store::open(&url).await.expect("open postgres");
+        test(pg, url).await;
+    }
+}
+
+/// Writes `sql` behind the store's back (what an older version of chaperone may have stored).
+async fn raw(url: &str, sql: &str) {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn two_services_on_one_port_are_refused_and_an_old_asset_with_them_opens_no_tunnel() {
+    use chaperone::policy::{Denial, PolicyError, Principal, authorize_tunnel};
+    let login = |id: i64, name: &str, fp: &str| Principal {
+        vendor_id: id,
+        vendor: name.to_owned(),
+        key_fingerprint: fp.to_owned(),
+    };
+
+    on_both_with_url(|store, url| async move {
+        let v = vendor(&store, "alice", "SHA256:port").await;
+        let a = asset(&store, "mri-01").await; // ssh 22, dicom 104
+        let clash: Vec<Service> = vec![
+            "ssh:22/ssh".parse().unwrap(),
+            "raw:22/tcp".parse().unwrap(),
+        ];
+        let mut tx = store.begin().await.unwrap();
+        let added = tx
+            .insert_asset(
+                &NewAsset {
+                    name: "ct-02",
+                    address: "127.0.0.1",
+                    zone: "radiology",
+                    purpose: "CT",
+                    criticality: Criticality::Normal,
+                    vendor_org: None,
+                    os: None,
+                    patch_status: None,
+                    services: &clash,
+                },
+                100,
+            )
+            .await;
+        assert!(
+            matches!(&added, Err(StoreError::Conflict(m)) if m.contains("share port 22")),
+            "{added:?}"
+        );
+        drop(tx);
+        let mut tx = store.begin().await.unwrap();
+        let raw_22: Service = "raw:22/tcp".parse().unwrap();
+        let changed = tx.insert_service(a, &raw_22).await;
+        assert!(
+            matches!(&changed, Err(StoreError::Conflict(m)) if m.contains("share port 22")),
+            "{changed:?}"
+        );
+        tx.insert_service(a, &"hl7:2575/tcp".parse().unwrap())
+            .await
+            .unwrap();
+        tx.audit(ev("asset.service.add"), 100).await.unwrap();
+        tx.commit("t").await.unwrap();
+        assert!(store.asset("ct-02").await.unwrap().is_none());
+        assert_eq!(store.require_asset("mri-01").await.unwrap().services.len(), 3);
+
+        // A database from before the rule: mri-01 also lists a tcp service on sshd's port.
+        raw(
+            &url,
+            &format!(
+                "INSERT INTO asset_services (asset_id, name, port, kind) VALUES ({a}, 'raw', 22, 'tcp')"
+            ),
+        )
+        .await;
+        let mut tx = store.begin().await.unwrap();
+        let raw_only = grant(&mut tx, v, a, &["raw".to_owned()], 10_000).await;
+        grant(&mut tx, v, a, &["dicom".to_owned()], 10_000).await;
+        tx.audit(ev("grant.issue"), 100).await.unwrap();
+        tx.commit("t").await.unwrap();
+        let alice = login(v, "alice", "SHA256:port");
+        let tunnel = authorize_tunnel(&store, 200, &alice, "mri-01", 22).await;
+        assert!(
+            matches!(
+                &tunnel,
+                Err(PolicyError::Denied(Denial::SharedPort { port: 22, .. }))
+            ),
+            "grant {raw_only}: {tunnel:?}"
+        );
+        // By address too, and other ports are unaffected.
+        let tunnel = authorize_tunnel(&store, 200, &alice, "127.0.0.1", 22).await;
+        assert!(
+            matches!(&tunnel, Err(PolicyError::Denied(Denial::SharedPort { .. }))),
+            "{tunnel:?}"
+        );
+        let dicom = authorize_tunnel(&store, 200, &alice, "mri-01", 104)
+            .await
+            .unwrap();
+        assert_eq!(dicom.service().name, "dicom");
+        // A vendor without a grant on that port learns nothing about it.
+        let eve = login(vendor(&store, "eve", "SHA256:eve").await, "eve", "SHA256:eve");
+        let tunnel = authorize_tunnel(&store, 200, &eve, "mri-01", 22).await;
+        assert!(
+            matches!(&tunnel, Err(PolicyError::Denied(Denial::NoGrant { .. }))),
+            "{tunnel:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn grants_go_only_to_enabled_vendors_and_pending_requests_are_capped_on_both_backends() {
+    use chaperone::config::PolicyConfig;
+    use chaperone::model::{RequestStatus, Role};
+    use chaperone::policy::events::Events;
+    use chaperone::policy::grants::{self, Actor, GrantError, Issue, Source};
+    use chaperone::policy::requests::{
+        self, Approver, AuthMethod, DecideError, Decision, FileRefusal,
+    };
+    use std::time::Duration;
+
+    on_both(|store| async move {
+        let v = vendor(&store, "alice", "SHA256:cap").await;
+        asset(&store, "mri-01").await;
+        let events = Events::default();
+        let limits = PolicyConfig {
+            max_request: Duration::from_secs(8 * 3600),
+            zone_max_request: Default::default(),
+            request_ttl: Duration::from_secs(3600),
+            max_pending_per_vendor: 2,
+        };
+        let ssh = vec!["ssh".to_owned()];
+        let alice = store.vendor("alice").await.unwrap().unwrap();
+        let file = |now| {
+            let (store, events, limits, alice, ssh) = (&store, &events, &limits, &alice, &ssh);
+            async move {
+                requests::file(
+                    store,
+                    events,
+                    limits,
+                    now,
+                    alice,
+                    "mri-01",
+                    ssh,
+                    Duration::from_secs(3600),
+                    "INC-1",
+                )
+                .await
+            }
+        };
+        let first = file(1000).await.unwrap();
+        file(1001).await.unwrap();
+        let third = file(1002).await;
+        assert!(
+            matches!(
+                third,
+                Err(FileRefusal::TooManyPending { pending: 2, max: 2 })
+            ),
+            "{third:?}"
+        );
+        // Lapsed requests do not count, even before the sweep marks them expired.
+        file(1000 + 3600).await.unwrap();
+
+        // Disabled after filing: the request cannot be approved, a staff grant cannot be issued,
+        // and both refusals are audited; nothing else changes.
+        let mut tx = store.begin().await.unwrap();
+        tx.set_vendor_enabled(v, false).await.unwrap();
+        tx.audit(ev("vendor.disable"), 1100).await.unwrap();
+        tx.commit("t").await.unwrap();
+        let bob = Approver {
+            name: "bob".into(),
+            role: Role::Approver,
+            method: AuthMethod::Passkey,
+        };
+        let approve = Decision::Approve {
+            services: None,
+            duration_secs: None,
+        };
+        let refused = requests::decide(&store, &events, 1200, &bob, first.id, approve).await;
+        assert!(
+            matches!(&refused, Err(DecideError::VendorDisabled(v)) if v == "alice"),
+            "{refused:?}"
+        );
+        let still = store.request(first.id).await.unwrap().unwrap();
+        assert_eq!(still.status, RequestStatus::Pending);
+        assert!(
+            still.approvals.is_empty(),
+            "the refused approval is not kept"
+        );
+        let staff = grants::issue(
+            &store,
+            &events,
+            1200,
+            &Actor::os("os:root"),
+            &Issue {
+                vendor: "alice",
+                asset: "mri-01",
+                services: &ssh,
+                duration: Duration::from_secs(3600),
+                reason: "CHG-1",
+                source: Source::StaffIssued,
+                approvers: &[],
+            },
+        )
+        .await;
+        assert!(
+            matches!(&staff, Err(GrantError::VendorDisabled(_))),
+            "{staff:?}"
+        );
+        assert!(store.grants(None).await.unwrap().is_empty());
+        let audit = store.audit_page(0, 1000).await.unwrap();
+        let refusals: Vec<_> = audit
+            .iter()
+            .filter(|r| r.action == "grant.refused")
+            .collect();
+        assert_eq!(refusals.len(), 2, "{refusals:?}");
+        assert!(
+            refusals[0]
+                .detail
+                .contains(&format!("\"source\":\"request:{}\"", first.id))
+        );
+        assert!(refusals[1].detail.contains("\"source\":\"staff-issued\""));
+        // A disabled vendor files nothing either, even with a login from before.
+        let late = file(1300).await;
+        assert!(matches!(late, Err(FileRefusal::VendorDisabled)), "{late:?}");
+        assert!(verify(&store).await.is_ok());
     })
     .await;
 }
