@@ -252,8 +252,20 @@ pub struct WebConfig {
     /// self-signed pair).
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
-    /// Signed-in staff are signed out after this long without a request.
+    /// Signed-in staff are signed out after this long without a request they made (the page's live
+    /// refresh does not count).
     pub idle_timeout: Duration,
+    /// Failed sign-ins of one account from one source address within `failure_window` that refuse
+    /// that account from that address (other addresses are not affected) until the window slides.
+    pub max_failures: u32,
+    pub failure_window: Duration,
+    /// The TLS handshake and a request's head (and then its body) must arrive within this.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this long without a byte from the client.
+    pub keepalive_timeout: Duration,
+    /// Open web connections at most, in all and from one address (an IPv6 /64).
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
 }
 
 /// Where state lives: SQLite (embedded default) or PostgreSQL (several nodes).
@@ -499,6 +511,12 @@ struct RawWeb {
     tls_cert: String,
     tls_key: String,
     idle_timeout: String,
+    max_failures: u32,
+    failure_window: String,
+    header_read_timeout: String,
+    keepalive_timeout: String,
+    max_connections: usize,
+    max_connections_per_address: usize,
 }
 
 impl Default for RawWeb {
@@ -509,6 +527,12 @@ impl Default for RawWeb {
             tls_cert: "web_cert.pem".into(),
             tls_key: "web_key.pem".into(),
             idle_timeout: "15m".into(),
+            max_failures: 5,
+            failure_window: "15m".into(),
+            header_read_timeout: "10s".into(),
+            keepalive_timeout: "5s".into(),
+            max_connections: 512,
+            max_connections_per_address: 64,
         }
     }
 }
@@ -699,6 +723,41 @@ impl Config {
             }
             None => format!("https://{web_listen}"),
         };
+        let header_read_timeout =
+            duration("web.header_read_timeout", &raw.web.header_read_timeout)?;
+        let keepalive_timeout = duration("web.keepalive_timeout", &raw.web.keepalive_timeout)?;
+        if keepalive_timeout > header_read_timeout {
+            // hyper's head clock starts when a kept-alive connection waits for its next request.
+            return Err(invalid(
+                "web.keepalive_timeout",
+                "must not be longer than web.header_read_timeout, which also bounds a kept-alive \
+                 connection's wait for its next request"
+                    .into(),
+            ));
+        }
+        let at_least_one = |key: &'static str, n: usize| match n {
+            0 => Err(invalid(key, "must be at least 1".into())),
+            n => Ok(n),
+        };
+        let web = WebConfig {
+            listen: web_listen,
+            public_url,
+            tls_cert: resolve(&raw.web.tls_cert),
+            tls_key: resolve(&raw.web.tls_key),
+            idle_timeout: duration("web.idle_timeout", &raw.web.idle_timeout)?,
+            max_failures: match raw.web.max_failures {
+                0 => return Err(invalid("web.max_failures", "must be at least 1".into())),
+                n => n,
+            },
+            failure_window: duration("web.failure_window", &raw.web.failure_window)?,
+            header_read_timeout,
+            keepalive_timeout,
+            max_connections: at_least_one("web.max_connections", raw.web.max_connections)?,
+            max_connections_per_address: at_least_one(
+                "web.max_connections_per_address",
+                raw.web.max_connections_per_address,
+            )?,
+        };
         let database = if let Some(file) = raw.database.url.strip_prefix("sqlite://") {
             if file.is_empty() {
                 return Err(invalid(
@@ -827,13 +886,7 @@ impl Config {
         Ok(Config {
             path: path.to_owned(),
             ssh,
-            web: WebConfig {
-                listen: web_listen,
-                public_url,
-                tls_cert: resolve(&raw.web.tls_cert),
-                tls_key: resolve(&raw.web.tls_key),
-                idle_timeout: duration("web.idle_timeout", &raw.web.idle_timeout)?,
-            },
+            web,
             database,
             secrets: SecretsConfig {
                 key_file: resolve(&raw.secrets.key_file),
@@ -1021,8 +1074,21 @@ listen = "{web_listen}"
 # hospital's certificate for production.
 tls_cert = "web_cert.pem"
 tls_key = "web_key.pem"
-# Signed-in staff are signed out after this long without activity.
+# Signed-in staff are signed out after this long without activity (the page's live refresh is not
+# activity).
 idle_timeout = "15m"
+# Failed sign-ins of one account from one address (an IPv6 /64) within failure_window refuse that account
+# from that address only, until the window slides; sign-ins from elsewhere are not affected.
+max_failures = 5
+failure_window = "15m"
+# Slow clients: the TLS handshake and a request's head (then its body) must arrive within
+# header_read_timeout; a connection with no request in flight is closed after keepalive_timeout of
+# silence (at most header_read_timeout).
+header_read_timeout = "10s"
+keepalive_timeout = "5s"
+# Open connections at most, in all and from one address; more are closed at once.
+max_connections = 512
+max_connections_per_address = 64
 
 [policy]
 # The longest a vendor may request access for, and how long a request waits for a decision.
@@ -1183,6 +1249,40 @@ mod tests {
         assert_eq!(c.database.url, "sqlite:///etc/chaperone/chaperone.db");
         assert_eq!(c.ssh.failure_window, Duration::from_secs(600));
         assert!(!c.recording.record_input);
+    }
+
+    #[test]
+    fn web_limits_default_match_the_template_and_are_checked() {
+        let template = parse(&annotated_template(
+            "127.0.0.1:2222".parse().unwrap(),
+            "127.0.0.1:8443".parse().unwrap(),
+        ))
+        .unwrap()
+        .web;
+        let default = parse("").unwrap().web;
+        for w in [&template, &default] {
+            assert_eq!(w.max_failures, 5);
+            assert_eq!(w.failure_window, Duration::from_secs(900));
+            assert_eq!(w.header_read_timeout, Duration::from_secs(10));
+            assert_eq!(w.keepalive_timeout, Duration::from_secs(5));
+            assert_eq!(
+                (w.max_connections, w.max_connections_per_address),
+                (512, 64)
+            );
+        }
+        for (body, key) in [
+            ("keepalive_timeout = \"20s\"", "web.keepalive_timeout"),
+            ("max_connections = 0", "web.max_connections"),
+            (
+                "max_connections_per_address = 0",
+                "web.max_connections_per_address",
+            ),
+            ("max_failures = 0", "web.max_failures"),
+            ("header_read_timeout = \"0s\"", "web.header_read_timeout"),
+        ] {
+            let msg = parse(&format!("[web]\n{body}\n")).unwrap_err().to_string();
+            assert!(msg.contains(key), "{body}: {msg}");
+        }
     }
 
     #[test]

@@ -8,11 +8,15 @@
 //! bytes; an error means the recording is gone and the session must end ("no recording, no session").
 //! [`Recording::finish`] returns the file's SHA-256.
 //!
-//! A recording can fail (an I/O error: the file is not vouched for) or *stop*: the size cap is reached, or
-//! the SFTP observer meets a packet it cannot parse or more requests in flight than it tracks. A stop is
-//! not the file's fault: the recorder writes what it knows (the transfer log's `unparseable` line), finishes
-//! and digests the file, and refuses every later record with the reason, so the session ends with the
-//! recording intact up to that point ([`Done::stopped`]).
+//! The size cap (`recording.max_bytes`) is kept by the sender, before anything is forwarded: each record
+//! is charged the most bytes it can take in the file (its data, escaped as the format may escape it, plus
+//! framing), and a record that would take the file past the cap is refused, so a session ends at its cap
+//! with no byte relayed unrecorded. A recording can still *fail* (an I/O error, found by the thread after the
+//! record was queued: the file is not vouched for) or *stop* (the writer's own cap, a backstop): then later
+//! records are refused with the reason, [`RecordSender::halted`] completes, and for a stop the file is
+//! finished and digested whole up to that point ([`Done::stopped`]). SFTP is parsed by the relay itself
+//! (`live::SftpWatch`), so it can refuse a packet it cannot follow before forwarding it; the recorder writes
+//! the events it is given.
 //!
 //! Why a thread and not a task: encoding, SHA-256 and write(2) are synchronous and, for bulk output, take
 //! a core. On a tokio worker they would delay every other connection's handshakes and keepalives. The
@@ -27,11 +31,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use chaperone_recorder::{
-    CastHeader, CastWriter, ExecHeader, ExecWriter, Finished, SftpObserver, TransferEvent,
-    TransferLog,
+    CastHeader, CastWriter, ExecHeader, ExecWriter, Finished, TransferEvent, TransferLog,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio_util::sync::CancellationToken;
 
 /// Records queued for the writer at most; past that the relay waits (backpressure from the disk).
 const QUEUE: usize = 16;
@@ -85,11 +91,37 @@ pub enum Record {
         rows: u16,
     },
     Marker(String),
-    /// Raw SFTP bytes, vendor → device (`true`) or device → vendor.
-    Sftp {
-        upload: bool,
-        data: Bytes,
-    },
+    /// What the relay's SFTP observer saw (transfers, operations, where it stopped following).
+    Transfers(Vec<TransferEvent>),
+}
+
+impl Record {
+    /// The most bytes this record can take in a recording of `format`: its data as the format may escape
+    /// it, plus the framing. The size cap is kept against this, before the record is forwarded.
+    fn worst_case_bytes(&self, format: RecordingFormat) -> u64 {
+        /// An event line's or frame's own bytes beyond its data (time, kind, brackets, quotes).
+        const FRAMING: u64 = 48;
+        let data = |n: usize| -> u64 {
+            let n = n as u64;
+            match format {
+                // JSON escapes a control byte as \u00XX: six bytes for one.
+                RecordingFormat::Asciicast | RecordingFormat::TransferLog => 6 * n + FRAMING,
+                // A 13-byte frame head per MiB.
+                RecordingFormat::ExecStream => {
+                    n + 13 * (n / chaperone_recorder::exec::MAX_FRAME as u64 + 1)
+                }
+            }
+        };
+        match self {
+            Record::Output(b) | Record::Stderr(b) | Record::Input(b) => data(b.len()),
+            Record::Resize { .. } => FRAMING,
+            Record::Marker(label) => data(label.len()),
+            Record::Transfers(events) => events
+                .iter()
+                .map(|e| serde_json::to_vec(e).map_or(4096, |v| v.len() as u64) + FRAMING)
+                .sum(),
+        }
+    }
 }
 
 /// Why recording stopped.
@@ -139,7 +171,6 @@ enum Writer {
     },
     Transfers {
         log: TransferLog,
-        observer: Option<SftpObserver>,
     },
     /// Fails its `fail_at`-th write: the driver's fail-closed path, tested without a broken disk.
     #[cfg(test)]
@@ -193,30 +224,12 @@ impl Writer {
                 writer.resize(at, cols, rows)?;
             }
             (Writer::Exec { writer, .. }, Record::Marker(label)) => writer.marker(at, &label)?,
-            (Writer::Transfers { log, observer }, Record::Sftp { upload, data }) => {
-                let Some(obs) = observer.as_mut() else {
-                    return Ok(Step::Continue);
-                };
-                let events = if upload {
-                    obs.client_to_server(&data)
-                } else {
-                    obs.server_to_client(&data)
-                };
+            (Writer::Transfers { log }, Record::Transfers(events)) => {
                 for e in &events {
                     log.record(at, e)?;
                 }
-                // The observer knows nothing past this point: the recording stops here (fail closed)
-                // rather than let the session go on unlogged.
-                if let Some(TransferEvent::Unparseable { reason }) = events
-                    .iter()
-                    .find(|e| matches!(e, TransferEvent::Unparseable { .. }))
-                {
-                    return Ok(Step::Stop(format!(
-                        "the sftp stream cannot be followed: {reason}"
-                    )));
-                }
             }
-            (Writer::Transfers { log, .. }, Record::Stderr(data)) => {
+            (Writer::Transfers { log }, Record::Stderr(data)) => {
                 let text = String::from_utf8_lossy(&data).into_owned();
                 log.record(at, &TransferEvent::Stderr { text })?;
             }
@@ -243,23 +256,11 @@ impl Writer {
         }
     }
 
-    fn finish(self, at: Duration) -> chaperone_recorder::Result<Finished> {
+    fn finish(self) -> chaperone_recorder::Result<Finished> {
         match self {
             Writer::Cast { writer, .. } => writer.finish(),
             Writer::Exec { writer, .. } => writer.finish(),
-            Writer::Transfers { mut log, observer } => {
-                if let Some(obs) = observer {
-                    for e in obs.finish() {
-                        match log.record(at, &e) {
-                            // Past the cap the log is complete up to its last line; what was still
-                            // open is not listed, and the session's end says the cap was reached.
-                            Err(chaperone_recorder::Error::CapExceeded { .. }) => break,
-                            other => other?,
-                        }
-                    }
-                }
-                log.finish()
-            }
+            Writer::Transfers { log } => log.finish(),
             #[cfg(test)]
             Writer::Failing { .. } => Err(std::io::Error::other("never written (test)").into()),
         }
@@ -281,9 +282,21 @@ pub struct Recording {
     slots: Arc<Semaphore>,
     /// Why the thread stopped early, for the senders' error (set before `slots` is closed).
     stopped: Arc<OnceLock<String>>,
+    /// Cancelled when the thread stops before the end (failed or stopped): the relay listens for it.
+    halted: CancellationToken,
     /// The thread's result: the digest, or why recording failed.
     done: oneshot::Receiver<Result<Done, RecordingFailed>>,
     started: Instant,
+    format: RecordingFormat,
+    /// The cap and the bytes the senders have been charged against it.
+    budget: Arc<Budget>,
+}
+
+/// The size cap as the senders keep it.
+#[derive(Debug)]
+struct Budget {
+    max: Option<u64>,
+    charged: AtomicU64,
 }
 
 impl Recording {
@@ -295,13 +308,19 @@ impl Recording {
         max_bytes: Option<u64>,
     ) -> Result<Recording, RecordingFailed> {
         let mut writer = CastWriter::create(path, header).map_err(RecordingFailed::from)?;
+        let written = writer.bytes_written();
         if let Some(max) = max_bytes {
             writer = writer.with_max_bytes(max);
         }
-        Recording::spawn(Writer::Cast {
-            writer,
-            input: record_input,
-        })
+        Recording::spawn(
+            Writer::Cast {
+                writer,
+                input: record_input,
+            },
+            RecordingFormat::Asciicast,
+            max_bytes,
+            written,
+        )
     }
 
     /// Creates `path` (never overwriting) as an exec recording: stdout and stderr byte for byte.
@@ -312,13 +331,19 @@ impl Recording {
         max_bytes: Option<u64>,
     ) -> Result<Recording, RecordingFailed> {
         let mut writer = ExecWriter::create(path, header).map_err(RecordingFailed::from)?;
+        let written = writer.bytes_written();
         if let Some(max) = max_bytes {
             writer = writer.with_max_bytes(max);
         }
-        Recording::spawn(Writer::Exec {
-            writer,
-            input: record_input,
-        })
+        Recording::spawn(
+            Writer::Exec {
+                writer,
+                input: record_input,
+            },
+            RecordingFormat::ExecStream,
+            max_bytes,
+            written,
+        )
     }
 
     /// Creates a transfer log at `path` for an sftp session.
@@ -327,16 +352,26 @@ impl Recording {
         if let Some(max) = max_bytes {
             log = log.with_max_bytes(max);
         }
-        Recording::spawn(Writer::Transfers {
-            log,
-            observer: Some(SftpObserver::new()),
-        })
+        Recording::spawn(
+            Writer::Transfers { log },
+            RecordingFormat::TransferLog,
+            max_bytes,
+            0,
+        )
     }
 
-    fn spawn(writer: Writer) -> Result<Recording, RecordingFailed> {
+    /// Starts the recorder thread for `writer` (whose file already holds `written` bytes).
+    fn spawn(
+        writer: Writer,
+        format: RecordingFormat,
+        max_bytes: Option<u64>,
+        written: u64,
+    ) -> Result<Recording, RecordingFailed> {
         let (tx, rx) = mpsc::channel::<Queued>();
         let slots = Arc::new(Semaphore::new(QUEUE));
         let stopped = Arc::new(OnceLock::new());
+        let halted = CancellationToken::new();
+        let halt = halted.clone();
         let (done_tx, done) = oneshot::channel();
         let started = Instant::now();
         let close = CloseOnDrop(slots.clone());
@@ -352,10 +387,12 @@ impl Recording {
                 let stop = |why: &str| {
                     let _ = reason.set(why.to_owned());
                     queue.close();
+                    halt.cancel();
                 };
-                let result = drive(writer, rx, started, stop);
+                let result = drive(writer, rx, stop);
                 if let Err(e) = &result {
                     let _ = reason.set(e.0.clone());
+                    halt.cancel();
                 }
                 let _ = done_tx.send(result);
             })
@@ -364,8 +401,14 @@ impl Recording {
             tx,
             slots,
             stopped,
+            halted,
             done,
             started,
+            format,
+            budget: Arc::new(Budget {
+                max: max_bytes,
+                charged: AtomicU64::new(written),
+            }),
         })
     }
 
@@ -375,7 +418,10 @@ impl Recording {
             tx: self.tx.clone(),
             slots: self.slots.clone(),
             stopped: self.stopped.clone(),
+            halted: self.halted.clone(),
             started: self.started,
+            format: self.format,
+            budget: self.budget.clone(),
         }
     }
 
@@ -407,7 +453,6 @@ impl Drop for CloseOnDrop {
 fn drive(
     mut writer: Writer,
     rx: mpsc::Receiver<Queued>,
-    started: Instant,
     on_stop: impl FnOnce(&str),
 ) -> Result<Done, RecordingFailed> {
     let mut last_flush = Instant::now();
@@ -438,10 +483,22 @@ fn drive(
             last_flush = Instant::now();
         }
     }
-    let finished = writer
-        .finish(started.elapsed())
-        .map_err(RecordingFailed::from)?;
+    let finished = writer.finish().map_err(RecordingFailed::from)?;
     Ok(Done { finished, stopped })
+}
+
+impl RecordSender {
+    /// Completes when the recording failed or stopped before its end (a write error, the writer's cap):
+    /// the session must end even if nothing more is sent.
+    pub async fn halted(&self) -> RecordingFailed {
+        self.halted.cancelled().await;
+        RecordingFailed(
+            self.stopped
+                .get()
+                .cloned()
+                .unwrap_or_else(|| "the recorder stopped".into()),
+        )
+    }
 }
 
 /// Feeds a [`Recording`]; cheap to clone.
@@ -450,13 +507,29 @@ pub struct RecordSender {
     tx: mpsc::Sender<Queued>,
     slots: Arc<Semaphore>,
     stopped: Arc<OnceLock<String>>,
+    halted: CancellationToken,
     started: Instant,
+    format: RecordingFormat,
+    budget: Arc<Budget>,
 }
 
 impl RecordSender {
     /// Queues `record`, waiting for a free slot when the recorder is behind; an error means the
     /// recording failed and the session must end.
     pub async fn send(&self, record: Record) -> Result<(), RecordingFailed> {
+        if let Some(max) = self.budget.max {
+            let cost = record.worst_case_bytes(self.format);
+            let charged = self
+                .budget
+                .charged
+                .fetch_add(cost, Ordering::Relaxed)
+                .saturating_add(cost);
+            if charged > max {
+                return Err(RecordingFailed(format!(
+                    "the recording reached its size cap of {max} bytes"
+                )));
+            }
+        }
         let at = self.started.elapsed();
         let stopped = || {
             RecordingFailed(
@@ -554,10 +627,15 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_error_fails_the_senders_and_the_finish() {
-        let recording = Recording::spawn(Writer::Failing {
-            writes: 0,
-            fail_at: 3,
-        })
+        let recording = Recording::spawn(
+            Writer::Failing {
+                writes: 0,
+                fail_at: 3,
+            },
+            RecordingFormat::ExecStream,
+            None,
+            0,
+        )
         .unwrap();
         let sender = recording.sender();
         let mut failed_at = None;
@@ -573,6 +651,11 @@ mod tests {
             }
         }
         assert!(failed_at.is_some(), "no send failed");
+        // The relay is told even when it sends nothing more.
+        let halted = tokio::time::timeout(Duration::from_secs(5), sender.halted())
+            .await
+            .unwrap();
+        assert!(halted.0.contains("disk full (test)"), "{}", halted.0);
         drop(sender);
         let err = recording.finish().await.unwrap_err();
         assert!(err.0.contains("disk full (test)"), "{}", err.0);
@@ -589,7 +672,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_size_cap_stops_the_recording_whole_and_digested() {
+    async fn the_size_cap_refuses_a_record_before_it_is_forwarded_and_the_file_stays_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.exec");
         let recording = Recording::exec(&path, &exec_header(), false, Some(10_000)).unwrap();
@@ -600,8 +683,9 @@ mod tests {
         .await;
         assert!(why.contains("size cap"), "{why}");
         drop(sender);
+        // Refused by the sender: the recorder itself never stopped, and the file is within the cap.
         let done = recording.finish().await.unwrap();
-        assert!(done.stopped.as_deref().unwrap().contains("size cap"));
+        assert!(done.stopped.is_none());
         assert!(done.finished.bytes <= 10_000);
         assert_eq!(
             done.finished.sha256_hex,
@@ -610,7 +694,32 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_sftp_stream_the_observer_cannot_follow_stops_the_recording_and_keeps_the_log() {
+    async fn a_cast_is_charged_its_worst_case_so_it_never_passes_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.cast");
+        let header = CastHeader {
+            width: 80,
+            height: 24,
+            timestamp: 0,
+            title: None,
+            command: None,
+            env: std::collections::BTreeMap::new(),
+        };
+        let recording = Recording::cast(&path, header, false, Some(20_000)).unwrap();
+        let sender = recording.sender();
+        // Control bytes: each takes six in the file.
+        send_until_refused(&sender, || Record::Output(Bytes::from_static(&[1u8; 500]))).await;
+        drop(sender);
+        let done = recording.finish().await.unwrap();
+        assert!(
+            done.stopped.is_none(),
+            "the writer's own cap was reached first"
+        );
+        assert!(done.finished.bytes <= 20_000, "{}", done.finished.bytes);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transfer_log_keeps_events_and_stderr() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sftp.jsonl");
         let recording = Recording::transfers(&path, None).unwrap();
@@ -621,17 +730,14 @@ mod tests {
             )))
             .await
             .unwrap();
-        // A packet that declares 2 GiB: no SFTP implementation sends that.
-        let hostile = Bytes::from_static(&[0x80, 0, 0, 0, 3, 0, 0, 0, 1]);
-        let why = send_until_refused(&sender, || Record::Sftp {
-            upload: true,
-            data: hostile.clone(),
-        })
-        .await;
-        assert!(why.contains("sftp stream cannot be followed"), "{why}");
+        sender
+            .send(Record::Transfers(vec![TransferEvent::Unparseable {
+                reason: "test".into(),
+            }]))
+            .await
+            .unwrap();
         drop(sender);
         let done = recording.finish().await.unwrap();
-        assert!(done.stopped.is_some());
         let log = std::fs::read_to_string(&path).unwrap();
         assert!(log.contains("\"event\":\"stderr\""), "{log}");
         assert!(log.contains("\"event\":\"unparseable\""), "{log}");

@@ -60,8 +60,6 @@ pub async fn run(
     let ssh_listener =
         ssh::Listener::new(&app, listeners.ssh).context("starting the SSH listener")?;
     let tls = web_tls(&app.config)?;
-    let web = chaperone_web_approval::tls::TlsListener::new(listeners.web, tls)
-        .context("starting the web listener")?;
     let node_task = tokio::spawn(crate::node::run(app.clone(), stop_rx.clone()));
     let mut ssh_task = tokio::spawn(ssh_listener.serve(stop_rx.clone()));
     tokio::spawn(expire_requests(app.clone(), stop_rx.clone()));
@@ -81,20 +79,26 @@ pub async fn run(
         web = %web_addr,
         "chaperone serving"
     );
-    let mut web_task = tokio::spawn(async move {
-        axum::serve(
-            web,
-            router.into_make_service_with_connect_info::<chaperone_web_approval::tls::PeerAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+    let web = &app.config.web;
+    let limits = chaperone_web_approval::serve::Limits {
+        header_read_timeout: web.header_read_timeout,
+        keepalive_timeout: web.keepalive_timeout,
+        max_connections: web.max_connections,
+        max_connections_per_source: web.max_connections_per_address,
+    };
+    let mut web_task = tokio::spawn(chaperone_web_approval::serve::serve(
+        listeners.web,
+        tls,
+        router,
+        limits,
+        async move {
             let _ = web_stop.wait_for(|stop| *stop).await;
-        })
-        .await
-    });
+        },
+    ));
     // A listener that stops by itself (a panic, an I/O error it cannot serve past) stops the process:
     // half a bastion that logs "serving" is worse than none.
     let mut ssh_done = false;
-    let mut web_done: Option<Result<std::io::Result<()>, tokio::task::JoinError>> = None;
+    let mut web_done: Option<Result<(), tokio::task::JoinError>> = None;
     let failed = tokio::select! {
         () = shutdown => None,
         r = &mut ssh_task => {
@@ -106,8 +110,7 @@ pub async fn run(
         }
         r = &mut web_task => {
             let why = match &r {
-                Ok(Ok(())) => "it returned".to_owned(),
-                Ok(Err(e)) => e.to_string(),
+                Ok(()) => "it returned".to_owned(),
                 Err(e) => e.to_string(),
             };
             web_done = Some(r);
@@ -122,7 +125,7 @@ pub async fn run(
     if !ssh_done {
         let _ = ssh_task.await;
     }
-    let web_result = match web_done {
+    match web_done {
         Some(r) => r,
         None => web_task.await,
     }
@@ -138,7 +141,6 @@ pub async fn run(
     if let Some(why) = failed {
         anyhow::bail!(why);
     }
-    web_result.context("web listener")?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use chaperone_recorder::{CastHeader, ExecHeader};
+use chaperone_recorder::{CastHeader, ExecHeader, SftpObserver, TransferEvent};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -32,7 +32,7 @@ use crate::app::App;
 use crate::audit::AuditEvent;
 use crate::config::BudgetAction;
 use crate::policy::{Grant, Principal};
-use crate::recording::{RecordSender, Recording, RecordingFormat};
+use crate::recording::{Record, RecordSender, Recording, RecordingFormat};
 use crate::store::{NewSession, StoreError};
 use budget::{Budgets, Crossing, Direction, Key};
 pub use registry::{Cause, Close, Control, LiveSessions, Registration};
@@ -371,6 +371,7 @@ impl PendingSession {
             Some((r, ..)) => (Some(r.sender()), recording_id.map(|rid| (r, rid))),
             None => (None, None),
         };
+        let sftp = (self.kind == SessionKind::Sftp).then(SftpWatch::default);
         Ok(LiveSession {
             app: self.app,
             grant: self.grant,
@@ -378,9 +379,11 @@ impl PendingSession {
             id: self.id,
             _registration: self.registration,
             controls: Some(self.controls),
+            backlog: Vec::new(),
             recording,
             recorder,
             meter,
+            sftp,
         })
     }
 }
@@ -449,9 +452,13 @@ pub struct LiveSession {
     id: String,
     _registration: Registration,
     controls: Option<mpsc::UnboundedReceiver<Control>>,
+    /// Notices read while looking for a close ([`LiveSession::closed_now`]), handed on with the controls.
+    backlog: Vec<Control>,
     recording: Option<(Recording, i64)>,
     recorder: Option<RecordSender>,
     meter: Meter,
+    /// The SFTP observer of an sftp session (the relay feeds it; the end reports what was left open).
+    sftp: Option<SftpWatch>,
 }
 
 impl LiveSession {
@@ -478,11 +485,33 @@ impl LiveSession {
         self.meter.clone()
     }
 
-    /// The watcher's controls (taken once; a second call gets a receiver that never yields).
-    pub fn take_controls(&mut self) -> mpsc::UnboundedReceiver<Control> {
-        self.controls
-            .take()
-            .unwrap_or_else(|| mpsc::unbounded_channel().1)
+    /// The watcher's controls (taken once; a second call gets controls that never yield).
+    pub fn take_controls(&mut self) -> Controls {
+        Controls {
+            backlog: std::mem::take(&mut self.backlog).into(),
+            rx: self
+                .controls
+                .take()
+                .unwrap_or_else(|| mpsc::unbounded_channel().1),
+        }
+    }
+
+    /// A close the watcher already sent, if any (notices read meanwhile are kept for the controls): for
+    /// the last look before a start request is forwarded to the device.
+    pub fn closed_now(&mut self) -> Option<Close> {
+        let rx = self.controls.as_mut()?;
+        while let Ok(control) = rx.try_recv() {
+            match control {
+                Control::Close(c) => return Some(c),
+                notice => self.backlog.push(notice),
+            }
+        }
+        None
+    }
+
+    /// The SFTP observer, for an sftp session.
+    pub fn sftp(&self) -> Option<SftpWatch> {
+        self.sftp.clone()
     }
 
     /// Ends the session: closes the recording, stores its digest, the session's end (reason, cause, bytes
@@ -490,6 +519,13 @@ impl LiveSession {
     /// recording failure whatever the transport saw, and is audited as `recording.failed` too.
     pub async fn end(mut self, end: End) {
         let app = self.app.clone();
+        // Files still open and requests never answered are logged as unfinished.
+        if let (Some(sftp), Some(rec)) = (self.sftp.take(), &self.recorder) {
+            let left = sftp.finish();
+            if !left.is_empty() {
+                let _ = rec.send(Record::Transfers(left)).await;
+            }
+        }
         drop(self.recorder.take());
         drop(self.controls.take());
         let mut end = end;
@@ -578,6 +614,78 @@ impl LiveSession {
             Err(e) => {
                 tracing::error!(session = %self.id, error = %e, "cannot record the session end");
             }
+        }
+    }
+}
+
+/// The watcher's controls for a started session.
+#[derive(Debug)]
+pub struct Controls {
+    backlog: std::collections::VecDeque<Control>,
+    rx: mpsc::UnboundedReceiver<Control>,
+}
+
+impl Controls {
+    /// The next control; `None` once the registry dropped the session (it never does while it is live).
+    pub async fn recv(&mut self) -> Option<Control> {
+        match self.backlog.pop_front() {
+            Some(c) => Some(c),
+            None => self.rx.recv().await,
+        }
+    }
+}
+
+/// An sftp session's observer, run by the relay on every chunk *before* it is forwarded: a chunk it cannot
+/// follow (a malformed packet, more requests in flight than it tracks) is not forwarded, and the session
+/// ends with the log saying where it stopped. Cheap to clone (both directions share it).
+#[derive(Debug, Clone, Default)]
+pub struct SftpWatch {
+    observer: Arc<Mutex<SftpObserver>>,
+}
+
+/// The observer could not follow the stream: what it saw up to there, and why.
+#[derive(Debug)]
+pub struct Unfollowable {
+    pub events: Vec<TransferEvent>,
+    pub reason: String,
+}
+
+impl SftpWatch {
+    /// Feeds one chunk (vendor → device when `upload`); the events it completed, or why the stream can no
+    /// longer be followed (then the chunk must not be forwarded).
+    pub fn feed(&self, upload: bool, data: &[u8]) -> Result<Vec<TransferEvent>, Unfollowable> {
+        let Ok(mut observer) = self.observer.lock() else {
+            return Err(Unfollowable {
+                events: Vec::new(),
+                reason: "the sftp observer failed".into(),
+            });
+        };
+        let events = if upload {
+            observer.client_to_server(data)
+        } else {
+            observer.server_to_client(data)
+        };
+        let broken = events.iter().find_map(|e| match e {
+            TransferEvent::Unparseable { reason } => Some(reason.clone()),
+            _ => None,
+        });
+        match broken {
+            Some(reason) => Err(Unfollowable {
+                events,
+                reason: format!("the sftp stream cannot be followed: {reason}"),
+            }),
+            None => Ok(events),
+        }
+    }
+
+    /// The channel ended: what was still open or unanswered, as unfinished.
+    fn finish(self) -> Vec<TransferEvent> {
+        match Arc::try_unwrap(self.observer) {
+            Ok(m) => m.into_inner().map(SftpObserver::finish).unwrap_or_default(),
+            Err(shared) => shared
+                .lock()
+                .map(|mut o| std::mem::take(&mut *o).finish())
+                .unwrap_or_default(),
         }
     }
 }

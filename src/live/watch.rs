@@ -19,7 +19,7 @@ use tokio::sync::watch as stop_watch;
 use super::registry::{GrantState, LiveSessions};
 use crate::app::App;
 use crate::audit::AuditEvent;
-use crate::policy::{self, PolicyError, Principal};
+use crate::policy::{self, Principal};
 
 /// The longest the watcher trusts an unmoved audit head before re-reading everything anyway.
 pub const FULL_CHECK_EVERY: Duration = Duration::from_secs(15);
@@ -67,21 +67,27 @@ pub async fn watch(
 async fn recheck(app: &App, live: &LiveSessions) -> bool {
     let now = app.clock.now();
     let mut complete = true;
-    for id in live.grant_ids() {
-        let state = match app.store.grant(id).await {
-            Ok(Some(g)) if g.revoked_at.is_some() => GrantState::Revoked {
-                reason: g.revoke_reason.unwrap_or_else(|| "no reason given".into()),
-            },
-            Ok(Some(g)) => GrantState::Active { ends_at: g.ends_at },
-            Ok(None) => GrantState::Gone,
-            Err(e) => {
-                // Fail safe but not trigger-happy: a store hiccup does not end sessions, an end time does.
-                tracing::warn!(grant = id, error = %e, "cannot re-read grant");
-                complete = false;
-                continue;
+    let ids = live.grant_ids();
+    match app.store.grants_by_id(&ids).await {
+        Ok(rows) => {
+            let mut rows: std::collections::HashMap<i64, _> =
+                rows.into_iter().map(|g| (g.id, g)).collect();
+            for id in ids {
+                let state = match rows.remove(&id) {
+                    Some(g) if g.revoked_at.is_some() => GrantState::Revoked {
+                        reason: g.revoke_reason.unwrap_or_else(|| "no reason given".into()),
+                    },
+                    Some(g) => GrantState::Active { ends_at: g.ends_at },
+                    None => GrantState::Gone,
+                };
+                live.apply(id, &state, now);
             }
-        };
-        live.apply(id, &state, now);
+        }
+        Err(e) => {
+            // Fail safe but not trigger-happy: a store hiccup does not end sessions, an end time does.
+            tracing::warn!(error = %e, "cannot re-read grants");
+            complete = false;
+        }
     }
     match app.store.sessions_to_terminate().await {
         Ok(list) => live.terminate(&list),
@@ -90,10 +96,10 @@ async fn recheck(app: &App, live: &LiveSessions) -> bool {
             complete = false;
         }
     }
-    for who in live.logins() {
-        match policy::standing(&app.store, now, &who).await {
-            Ok(_) => {}
-            Err(PolicyError::Denied(denial)) => {
+    match policy::standing_all(&app.store, now, live.logins()).await {
+        Ok(judged) => {
+            for (who, judged) in judged {
+                let Err(denial) = judged else { continue };
                 // Each connection is cut (and audited) once, by the first check that finds it bad.
                 let cut = live.evict(&who, &denial.vendor_message(""), EVICTION_GRACE);
                 if cut > 0 {
@@ -101,10 +107,10 @@ async fn recheck(app: &App, live: &LiveSessions) -> bool {
                     audit_eviction(app, &who, &denial.audit_reason(), cut).await;
                 }
             }
-            Err(PolicyError::Store(e)) => {
-                tracing::warn!(vendor = %who.vendor, error = %e, "cannot re-read a vendor");
-                complete = false;
-            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot re-read the signed-in vendors");
+            complete = false;
         }
     }
     complete

@@ -169,17 +169,43 @@ pub async fn standing(
     now: UnixTime,
     who: &Principal,
 ) -> Result<Vendor, PolicyError> {
-    match store.vendor_by_key(&who.key_fingerprint).await? {
+    let found = store.vendor_by_key(&who.key_fingerprint).await?;
+    Ok(judge_standing(who, found, now)?)
+}
+
+/// [`standing`] for many logins in one query per 500 (the watcher's re-check): each login with the vendor
+/// as it is now, or why it may no longer do anything.
+pub async fn standing_all(
+    store: &Store,
+    now: UnixTime,
+    logins: Vec<Principal>,
+) -> Result<Vec<(Principal, Result<Vendor, Denial>)>, StoreError> {
+    let keys: Vec<String> = logins.iter().map(|p| p.key_fingerprint.clone()).collect();
+    let found: std::collections::HashMap<String, Vendor> =
+        store.vendors_by_keys(&keys).await?.into_iter().collect();
+    Ok(logins
+        .into_iter()
+        .map(|who| {
+            let judged = judge_standing(&who, found.get(&who.key_fingerprint).cloned(), now);
+            (who, judged)
+        })
+        .collect())
+}
+
+/// The one rule of standing: the key still belongs to the vendor who signed in with it, who is enabled
+/// and not locked at `now`. `found` is the vendor the key belongs to now, if any.
+fn judge_standing(who: &Principal, found: Option<Vendor>, now: UnixTime) -> Result<Vendor, Denial> {
+    match found {
         Some(v) if v.id == who.vendor_id => {
             if !v.enabled {
-                Err(Denial::VendorDisabled.into())
+                Err(Denial::VendorDisabled)
             } else if let Some(until) = v.locked_until.filter(|t| *t > now) {
-                Err(Denial::VendorLocked { until }.into())
+                Err(Denial::VendorLocked { until })
             } else {
                 Ok(v)
             }
         }
-        _ => Err(Denial::KeyRemoved.into()),
+        _ => Err(Denial::KeyRemoved),
     }
 }
 

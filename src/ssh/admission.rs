@@ -82,6 +82,7 @@ impl Admission {
             admission: self.clone(),
             source,
             signed_in: CancellationToken::new(),
+            deadline: tokio::time::Instant::now() + self.grace,
         }))
     }
 
@@ -109,10 +110,16 @@ impl Admission {
     }
 }
 
-/// IPv4-mapped IPv6 addresses count as the IPv4 address they carry.
+/// The source a connection counts against: an IPv4 address (IPv4-mapped IPv6 ones as the IPv4 address they
+/// carry), or an IPv6 /64 (one host typically holds a whole /64).
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
         v4 => v4,
     }
 }
@@ -124,6 +131,8 @@ pub struct Ticket {
     source: IpAddr,
     /// Cancelled once the connection signed in.
     signed_in: CancellationToken,
+    /// When the login grace time ends: one deadline from the accept, however often it is waited on.
+    deadline: tokio::time::Instant,
 }
 
 impl Ticket {
@@ -141,7 +150,7 @@ impl Ticket {
     /// Completes when the login grace time passed without a sign-in; never, once signed in.
     pub async fn grace_expired(&self) {
         tokio::select! {
-            () = tokio::time::sleep(self.admission.grace) => {
+            () = tokio::time::sleep_until(self.deadline) => {
                 if self.signed_in.is_cancelled() {
                     std::future::pending::<()>().await;
                 }
@@ -199,6 +208,15 @@ mod tests {
             Refusal::PerSource,
             "a mapped address is the same source"
         );
+        let v6: Vec<_> = (1..=3)
+            .map(|i| a.admit_with(ip(&format!("2001:db8:1:2::{i}")), 99).unwrap())
+            .collect();
+        assert_eq!(
+            a.admit_with(ip("2001:db8:1:2:ffff::9"), 99).unwrap_err(),
+            Refusal::PerSource,
+            "one /64 is one source"
+        );
+        drop(v6);
         let other = a.admit_with(ip("10.0.0.1"), 0).unwrap();
         assert_eq!(a.counts(), (4, 4));
         // Signing in frees the address's startup slot, not its place among all connections.

@@ -3,18 +3,27 @@
 //!
 //! Entry point: [`run`], given a [`LiveSession`] (so the recording and the session row exist before the
 //! first byte is relayed) and the two channels; it returns how the session ended, for `LiveSession::end`.
-//! A recording error, a budget cut, a `Control::Close` from the watcher, or either side closing ends both
-//! directions; the bastion's reason is told to the vendor on stderr, with exit status 255.
+//! Three futures run together: vendor → device, device → vendor, and the controls (the watcher's notices
+//! and closes, and the recording halting on its own). The first to end the session wins, and every wait
+//! on a peer (its window, the recorder's queue) is raced against that end: a client that stops reading,
+//! or a device that stops taking input, cannot keep a revoked session alive. The bastion's reason is told
+//! to the vendor on stderr, with exit status 255, within a short bound.
 
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
-use russh::{Channel, ChannelMsg, client, server};
+use russh::{Channel, ChannelMsg, ChannelWriteHalf, client, server};
 use tokio_util::sync::CancellationToken;
 
 use crate::live::budget::Direction;
-use crate::live::{Control, End, LiveSession, Meter, SessionKind};
+use crate::live::{Control, End, LiveSession, Meter, SessionKind, SftpWatch};
 use crate::recording::{Record, RecordSender};
+
+/// How long the goodbye to each side (the reason, exit status, EOF, close) may take once a session ended.
+const FAREWELL: Duration = Duration::from_secs(2);
 
 /// What the relay moves between.
 #[derive(Debug)]
@@ -29,7 +38,7 @@ pub struct BridgeIo {
     pub stop: CancellationToken,
 }
 
-/// How the first direction to stop ended the session (first reason wins).
+/// How the session ended (first reason wins), and the token every wait is raced against.
 struct Ending {
     done: CancellationToken,
     end: Mutex<Option<End>>,
@@ -48,84 +57,73 @@ impl Ending {
     fn get(&self) -> Option<End> {
         self.end.lock().ok().and_then(|e| e.clone())
     }
+
+    /// `f`, unless the session ends first (`None`).
+    async fn unless_done<F: Future>(&self, f: F) -> Option<F::Output> {
+        tokio::select! {
+            biased;
+            () = self.done.cancelled() => None,
+            out = f => Some(out),
+        }
+    }
 }
 
 fn u32_to_u16(v: u32) -> u16 {
     u16::try_from(v).unwrap_or(u16::MAX)
 }
 
-/// What passes vendor → device: records first, counts against the budget, then forwards.
-struct Up {
+/// What passes on a chunk before it is forwarded: the recording (for sftp the observer's events), then
+/// the budget.
+struct Gate {
     recorder: Option<RecordSender>,
     meter: Meter,
+    sftp: Option<SftpWatch>,
     kind: SessionKind,
     record_input: bool,
 }
 
-impl Up {
-    /// Handles one vendor message; `Err` ends the session. `eof_sent` records an EOF passed on (a peer
-    /// may treat a second one as a protocol error).
+impl Gate {
+    /// Records and meters one chunk of `dir`'s data (`stderr`: extended data); `Err` ends the session and
+    /// the chunk must not be forwarded.
     async fn pass(
         &self,
-        msg: ChannelMsg,
-        to: &russh::ChannelWriteHalf<client::Msg>,
-        eof_sent: &mut bool,
+        ending: &Ending,
+        dir: Direction,
+        data: &Bytes,
+        stderr: bool,
     ) -> Result<(), End> {
-        let lost = |e: russh::Error| End::Lost(format!("device: {e}"));
-        match msg {
-            ChannelMsg::Data { data } => {
-                let record = match self.kind {
-                    SessionKind::Sftp => Some(Record::Sftp {
-                        upload: true,
-                        data: data.clone(),
-                    }),
-                    _ if self.record_input => Some(Record::Input(data.clone())),
-                    _ => None,
-                };
-                if let (Some(rec), Some(record)) = (&self.recorder, record) {
-                    rec.send(record)
-                        .await
-                        .map_err(|e| End::RecordingFailed(e.0))?;
+        let record = match (&self.sftp, dir, stderr) {
+            (Some(sftp), _, false) => match sftp.feed(dir == Direction::Up, data) {
+                Ok(events) if events.is_empty() => None,
+                Ok(events) => Some(Record::Transfers(events)),
+                Err(broken) => {
+                    // What it saw is logged; the chunk is not forwarded.
+                    if let Some(rec) = &self.recorder {
+                        let _ = ending
+                            .unless_done(rec.send(Record::Transfers(broken.events)))
+                            .await;
+                    }
+                    return Err(End::RecordingFailed(broken.reason));
                 }
-                if !self.meter.pass(Direction::Up, data.len()) {
-                    return Err(self.meter.cut_end());
-                }
-                to.data_bytes(data).await.map_err(lost)
+            },
+            (_, Direction::Down, true) => Some(Record::Stderr(data.clone())),
+            (_, Direction::Down, false) => Some(Record::Output(data.clone())),
+            (_, Direction::Up, _) if self.record_input && self.kind != SessionKind::Sftp => {
+                Some(Record::Input(data.clone()))
             }
-            ChannelMsg::ExtendedData { data, ext } => {
-                if !self.meter.pass(Direction::Up, data.len()) {
-                    return Err(self.meter.cut_end());
-                }
-                to.extended_data_bytes(ext, data).await.map_err(lost)
+            (_, Direction::Up, _) => None,
+        };
+        if let (Some(rec), Some(record)) = (&self.recorder, record) {
+            match ending.unless_done(rec.send(record)).await {
+                None => return Err(End::Lost("ended".into())),
+                Some(Err(e)) => return Err(End::RecordingFailed(e.0)),
+                Some(Ok(())) => {}
             }
-            ChannelMsg::Eof if !*eof_sent => {
-                *eof_sent = true;
-                to.eof().await.map_err(lost)
-            }
-            ChannelMsg::Close => Err(End::VendorClosed),
-            ChannelMsg::WindowChange {
-                col_width,
-                row_height,
-                pix_width,
-                pix_height,
-            } => {
-                if let Some(rec) = &self.recorder {
-                    rec.send(Record::Resize {
-                        cols: u32_to_u16(col_width),
-                        rows: u32_to_u16(row_height),
-                    })
-                    .await
-                    .map_err(|e| End::RecordingFailed(e.0))?;
-                }
-                to.window_change(col_width, row_height, pix_width, pix_height)
-                    .await
-                    .map_err(lost)
-            }
-            ChannelMsg::Signal { signal } => to.signal(signal).await.map_err(lost),
-            // A second start request, pty or env after the start: refused by the handler, nothing to
-            // forward. x11 and agent requests were refused too.
-            _ => Ok(()),
         }
+        if !self.meter.pass(dir, data.len()) {
+            return Err(self.meter.cut_end());
+        }
+        Ok(())
     }
 }
 
@@ -142,198 +140,272 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
     let vendor_id = vendor.id();
     let (mut v_rx, v_tx) = vendor.split();
     let (mut d_rx, d_tx) = device.split();
-    let ending = Arc::new(Ending {
+    let ending = Ending {
         done: stop.child_token(),
         end: Mutex::new(None),
-    });
-    let kind = live.kind();
-    let meter = live.meter();
+    };
     let recorder = live.recorder();
     let mut controls = live.take_controls();
-    let up_side = Up {
+    let gate = Gate {
         recorder: recorder.clone(),
-        meter: meter.clone(),
-        kind,
+        meter: live.meter(),
+        sftp: live.sftp(),
+        kind: live.kind(),
         record_input,
+    };
+    // Whether an EOF went to each side (one per channel: a second is a protocol error to some clients).
+    let vendor_eof = AtomicBool::new(false);
+    let device_eof = AtomicBool::new(false);
+
+    // The watcher's controls, and the recording halting by itself.
+    let control = async {
+        loop {
+            let control = tokio::select! {
+                biased;
+                () = ending.done.cancelled() => break,
+                why = halted(recorder.as_ref()) => {
+                    ending.finish(End::RecordingFailed(why));
+                    break;
+                }
+                c = controls.recv() => c,
+            };
+            match control {
+                Some(Control::Notice(text)) => {
+                    if let Some(rec) = &recorder
+                        && let Some(Err(e)) = ending
+                            .unless_done(rec.send(Record::Marker(text.clone())))
+                            .await
+                    {
+                        ending.finish(End::RecordingFailed(e.0));
+                        break;
+                    }
+                    if !vendor_eof.load(Ordering::Acquire) {
+                        ending.unless_done(tell(&v_tx, &text)).await;
+                    }
+                }
+                Some(Control::Close(close)) => {
+                    if let Some(rec) = &recorder {
+                        let _ = tokio::time::timeout(
+                            FAREWELL,
+                            rec.send(Record::Marker(close.text.clone())),
+                        )
+                        .await;
+                    }
+                    ending.finish(End::Closed(close));
+                    break;
+                }
+                // The registry keeps the sender while the session is registered: nothing more to hear.
+                None => {
+                    ending.done.cancelled().await;
+                    break;
+                }
+            }
+        }
     };
 
     // vendor -> device
-    let up = {
-        let ending = ending.clone();
-        async move {
-            let mut eof_sent = false;
-            for msg in early {
-                if let Err(end) = up_side.pass(msg, &d_tx, &mut eof_sent).await {
-                    ending.finish(end);
-                    break;
+    let up = async {
+        let forward = async |msg: ChannelMsg| -> Result<(), End> {
+            let lost = |e: russh::Error| End::Lost(format!("device: {e}"));
+            let sent = match msg {
+                ChannelMsg::Data { data } => {
+                    gate.pass(&ending, Direction::Up, &data, false).await?;
+                    ending.unless_done(d_tx.data_bytes(data)).await
                 }
-            }
-            while !ending.done.is_cancelled() {
-                let msg = tokio::select! {
-                    () = ending.done.cancelled() => break,
-                    m = v_rx.wait() => m,
-                };
-                let Some(msg) = msg else {
-                    ending.finish(End::VendorClosed);
-                    break;
-                };
-                if let Err(end) = up_side.pass(msg, &d_tx, &mut eof_sent).await {
-                    ending.finish(end);
-                    break;
+                ChannelMsg::Eof => {
+                    if device_eof.swap(true, Ordering::AcqRel) {
+                        return Ok(());
+                    }
+                    ending.unless_done(d_tx.eof()).await
                 }
+                ChannelMsg::Close => return Err(End::VendorClosed),
+                ChannelMsg::WindowChange {
+                    col_width,
+                    row_height,
+                    pix_width,
+                    pix_height,
+                } => {
+                    if let Some(rec) = &recorder {
+                        let resize = Record::Resize {
+                            cols: u32_to_u16(col_width),
+                            rows: u32_to_u16(row_height),
+                        };
+                        if let Some(Err(e)) = ending.unless_done(rec.send(resize)).await {
+                            return Err(End::RecordingFailed(e.0));
+                        }
+                    }
+                    ending
+                        .unless_done(
+                            d_tx.window_change(col_width, row_height, pix_width, pix_height),
+                        )
+                        .await
+                }
+                ChannelMsg::Signal { signal } => ending.unless_done(d_tx.signal(signal)).await,
+                // Extended data from a client has no meaning on a session channel (OpenSSH never sends
+                // it); it is neither recorded nor forwarded. A second start request, pty or env after the
+                // start were refused by the handler; x11 and agent requests too.
+                _ => return Ok(()),
+            };
+            match sent {
+                None | Some(Ok(())) => Ok(()),
+                Some(Err(e)) => Err(lost(e)),
             }
-            // Whatever runs on the device is hung up when the bastion ends the session.
-            if matches!(
-                ending.get(),
-                Some(End::Closed(_) | End::RecordingFailed(_) | End::BudgetCut(_))
-            ) {
-                let _ = d_tx.signal(russh::Sig::HUP).await;
+        };
+        for msg in early {
+            if let Err(end) = forward(msg).await {
+                ending.finish(end);
+                return;
             }
-            if !eof_sent {
-                let _ = d_tx.eof().await;
+        }
+        loop {
+            let msg = tokio::select! {
+                biased;
+                () = ending.done.cancelled() => return,
+                m = v_rx.wait() => m,
+            };
+            let Some(msg) = msg else {
+                ending.finish(End::VendorClosed);
+                return;
+            };
+            if let Err(end) = forward(msg).await {
+                ending.finish(end);
+                return;
             }
-            let _ = d_tx.close().await;
         }
     };
 
     // device -> vendor
-    let down = {
-        let ending = ending.clone();
-        let meter = meter.clone();
-        async move {
-            let mut controls_open = true;
-            let mut eof_sent = false;
-            loop {
-                let msg = tokio::select! {
-                    () = ending.done.cancelled() => break,
-                    control = controls.recv(), if controls_open => {
-                        match control {
-                            Some(Control::Notice(text)) => {
-                                if let Some(rec) = &recorder
-                                    && let Err(e) = rec.send(Record::Marker(text.clone())).await
-                                {
-                                    ending.finish(End::RecordingFailed(e.0));
-                                    break;
-                                }
-                                tell(&v_tx, &text).await;
-                            }
-                            Some(Control::Close(close)) => {
-                                if let Some(rec) = &recorder {
-                                    let _ = rec.send(Record::Marker(close.text.clone())).await;
-                                }
-                                ending.finish(End::Closed(close));
-                                break;
-                            }
-                            None => controls_open = false,
-                        }
+    let down = async {
+        loop {
+            let msg = tokio::select! {
+                biased;
+                () = ending.done.cancelled() => return,
+                m = d_rx.wait() => m,
+            };
+            let Some(msg) = msg else {
+                ending.finish(End::DeviceClosed);
+                return;
+            };
+            let sent = match msg {
+                ChannelMsg::Data { data } => {
+                    if let Err(end) = gate.pass(&ending, Direction::Down, &data, false).await {
+                        ending.finish(end);
+                        return;
+                    }
+                    ending.unless_done(v_tx.data_bytes(data)).await
+                }
+                ChannelMsg::ExtendedData { data, ext } => {
+                    if let Err(end) = gate.pass(&ending, Direction::Down, &data, true).await {
+                        ending.finish(end);
+                        return;
+                    }
+                    ending
+                        .unless_done(v_tx.extended_data_bytes(ext, data))
+                        .await
+                }
+                ChannelMsg::Eof => {
+                    if vendor_eof.swap(true, Ordering::AcqRel) {
                         continue;
                     }
-                    m = d_rx.wait() => m,
-                };
-                let Some(msg) = msg else {
-                    ending.finish(End::DeviceClosed);
-                    break;
-                };
-                let result = match msg {
-                    ChannelMsg::Data { data } => {
-                        if let Some(rec) = &recorder
-                            && let Err(e) = rec.send(output_record(kind, &data)).await
-                        {
-                            ending.finish(End::RecordingFailed(e.0));
-                            break;
-                        }
-                        if !meter.pass(Direction::Down, data.len()) {
-                            ending.finish(meter.cut_end());
-                            break;
-                        }
-                        v_tx.data_bytes(data).await
-                    }
-                    ChannelMsg::ExtendedData { data, ext } => {
-                        if let Some(rec) = &recorder
-                            && let Err(e) = rec.send(Record::Stderr(data.clone())).await
-                        {
-                            ending.finish(End::RecordingFailed(e.0));
-                            break;
-                        }
-                        if !meter.pass(Direction::Down, data.len()) {
-                            ending.finish(meter.cut_end());
-                            break;
-                        }
-                        v_tx.extended_data_bytes(ext, data).await
-                    }
-                    ChannelMsg::Eof if !eof_sent => {
-                        eof_sent = true;
-                        v_tx.eof().await
-                    }
-                    ChannelMsg::ExitStatus { exit_status } => v_tx.exit_status(exit_status).await,
-                    ChannelMsg::ExitSignal {
-                        signal_name,
-                        core_dumped,
-                        error_message,
-                        lang_tag,
-                    } => server
-                        .exit_signal_request(
-                            vendor_id,
-                            signal_name,
-                            core_dumped,
-                            error_message,
-                            lang_tag,
-                        )
-                        .await
-                        .map_err(|()| russh::Error::SendError),
-                    ChannelMsg::Failure => {
-                        // The device refused shell/exec/subsystem (pty and env are sent without reply).
-                        tell(&v_tx, "the device refused the request").await;
-                        let _ = v_tx.exit_status(1).await;
-                        ending.finish(End::DeviceClosed);
-                        break;
-                    }
-                    ChannelMsg::Close => {
-                        ending.finish(End::DeviceClosed);
-                        break;
-                    }
-                    _ => Ok(()),
-                };
-                if result.is_err() {
-                    ending.finish(End::VendorClosed);
-                    break;
+                    ending.unless_done(v_tx.eof()).await
                 }
+                ChannelMsg::ExitStatus { exit_status } => {
+                    ending.unless_done(v_tx.exit_status(exit_status)).await
+                }
+                ChannelMsg::ExitSignal {
+                    signal_name,
+                    core_dumped,
+                    error_message,
+                    lang_tag,
+                } => {
+                    ending
+                        .unless_done(async {
+                            server
+                                .exit_signal_request(
+                                    vendor_id,
+                                    signal_name,
+                                    core_dumped,
+                                    error_message,
+                                    lang_tag,
+                                )
+                                .await
+                                .map_err(|()| russh::Error::SendError)
+                        })
+                        .await
+                }
+                ChannelMsg::Failure => {
+                    // The device refused shell/exec/subsystem (pty and env are sent without reply).
+                    let _ = ending
+                        .unless_done(async {
+                            tell(&v_tx, "the device refused the request").await;
+                            let _ = v_tx.exit_status(1).await;
+                        })
+                        .await;
+                    ending.finish(End::DeviceClosed);
+                    return;
+                }
+                ChannelMsg::Close => {
+                    ending.finish(End::DeviceClosed);
+                    return;
+                }
+                _ => Some(Ok(())),
+            };
+            if let Some(Err(_)) = sent {
+                ending.finish(End::VendorClosed);
+                return;
             }
-            if let Some(notice) = ending.get().and_then(|e| e.vendor_notice())
-                && !eof_sent
-            {
-                tell(&v_tx, &notice).await;
-                let _ = v_tx.exit_status(255).await;
-            }
-            // One EOF per channel: asyncssh (rightly) disconnects on a second one.
-            if !eof_sent {
-                let _ = v_tx.eof().await;
-            }
-            let _ = v_tx.close().await;
         }
     };
 
-    tokio::join!(up, down);
-    match ending.get() {
-        Some(end) => end,
-        // The connection went (its stop token) without either side closing the channel.
-        None => End::Lost("the vendor's connection ended".into()),
-    }
+    tokio::join!(control, up, down);
+    // Both readers are gone now (dropped with their futures), so a connection blocked on this channel's
+    // queue moves again. The goodbyes are bounded: a peer that stopped reading does not hold them.
+    drop((v_rx, d_rx));
+    let end = ending
+        .get()
+        .unwrap_or_else(|| End::Lost("the vendor's connection ended".into()));
+    let bastion_ended = matches!(
+        end,
+        End::Closed(_) | End::RecordingFailed(_) | End::BudgetCut(_)
+    );
+    let to_vendor = async {
+        if let Some(notice) = end.vendor_notice()
+            && !vendor_eof.load(Ordering::Acquire)
+        {
+            tell(&v_tx, &notice).await;
+            let _ = v_tx.exit_status(255).await;
+        }
+        // One EOF per channel: asyncssh (rightly) disconnects on a second one.
+        if !vendor_eof.swap(true, Ordering::AcqRel) {
+            let _ = v_tx.eof().await;
+        }
+        let _ = v_tx.close().await;
+    };
+    let to_device = async {
+        // Whatever runs on the device is hung up when the bastion ends the session.
+        if bastion_ended {
+            let _ = d_tx.signal(russh::Sig::HUP).await;
+        }
+        if !device_eof.swap(true, Ordering::AcqRel) {
+            let _ = d_tx.eof().await;
+        }
+        let _ = d_tx.close().await;
+    };
+    let _ = tokio::time::timeout(FAREWELL, async { tokio::join!(to_vendor, to_device) }).await;
+    end
 }
 
-fn output_record(kind: SessionKind, data: &Bytes) -> Record {
-    match kind {
-        SessionKind::Sftp => Record::Sftp {
-            upload: false,
-            data: data.clone(),
-        },
-        _ => Record::Output(data.clone()),
+/// Completes when the recording halted by itself; never without a recording.
+async fn halted(recorder: Option<&RecordSender>) -> String {
+    match recorder {
+        Some(r) => r.halted().await.0,
+        None => std::future::pending().await,
     }
 }
 
 /// One line to the vendor on stderr, so it never mixes into a program's stdout (scp, pipes).
 async fn tell<S: From<(russh::ChannelId, russh::ChannelMsg)> + Send + Sync + 'static>(
-    tx: &russh::ChannelWriteHalf<S>,
+    tx: &ChannelWriteHalf<S>,
     text: &str,
 ) {
     let _ = tx

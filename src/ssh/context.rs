@@ -1,12 +1,15 @@
 //! What a channel's task gets from its connection: who signed in (a [`Principal`], re-checked by policy
-//! whenever something starts), where from, the connection's handle and stop token, and its place among
-//! the connection's open channels.
+//! whenever something starts), where from, the connection's handle and stop token, its place among the
+//! connection's open channels, and the connection's shared budgets (input before a start, refusal audits).
 //!
 //! Entry point: [`Context`], made by `handler::Connection` for each channel it hands to a task.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use russh::ChannelId;
 
 use russh::server;
 use serde_json::json;
@@ -25,10 +28,38 @@ pub struct Context {
     pub principal: Principal,
     pub peer: SocketAddr,
     pub server: server::Handle,
-    /// Cancelled when the connection ends.
+    /// Cancelled when the connection ends or is cut.
     pub stop: CancellationToken,
-    /// Counts toward `ssh.max_channels` until the task ends.
-    pub(super) _slot: ChannelSlot,
+    /// This channel among the connection's open ones (`ssh.max_channels`).
+    pub channel: ChannelSlot,
+    /// What the connection shares between its channels.
+    pub limits: Arc<ConnectionLimits>,
+}
+
+/// Budgets one connection's channels share, so a client cannot multiply them by opening channels.
+#[derive(Debug, Default)]
+pub struct ConnectionLimits {
+    /// Bytes (and messages) held for channels whose session has not started yet.
+    pub early_input: AtomicUsize,
+    /// Refusals audited so far (past [`AUDITED_REFUSALS`] they are only counted in the log).
+    refusals: AtomicU32,
+}
+
+/// Refusals of one connection that are audited one by one; past this, one `ssh.refusals.suppressed`
+/// event says so and the rest go to the log only (a client could otherwise flood the audit log).
+pub const AUDITED_REFUSALS: u32 = 32;
+
+impl ConnectionLimits {
+    /// Whether the next refusal is audited: `Some(true)` as usual, `Some(false)` for the one that says
+    /// the rest are suppressed, `None` past it.
+    pub fn audit_refusal(&self) -> Option<bool> {
+        let n = self.refusals.fetch_add(1, Ordering::Relaxed);
+        match n {
+            n if n < AUDITED_REFUSALS => Some(true),
+            n if n == AUDITED_REFUSALS => Some(false),
+            _ => None,
+        }
+    }
 }
 
 impl Context {
@@ -48,6 +79,30 @@ impl Context {
     /// Audits an event by this vendor; a failure to audit is logged (the caller is already refusing).
     pub async fn audit(&self, action: &'static str, subject: String, detail: serde_json::Value) {
         audit_by(&self.shared, &self.principal, action, subject, detail).await;
+    }
+
+    /// Audits a refusal, within the connection's refusal budget (see [`AUDITED_REFUSALS`]).
+    pub async fn audit_refusal(
+        &self,
+        action: &'static str,
+        subject: String,
+        detail: serde_json::Value,
+    ) {
+        match self.limits.audit_refusal() {
+            Some(true) => self.audit(action, subject, detail).await,
+            Some(false) => {
+                self.audit(
+                    "ssh.refusals.suppressed",
+                    format!("vendor:{}", self.principal.vendor),
+                    json!({"peer": self.peer.to_string(), "after": AUDITED_REFUSALS}),
+                )
+                .await;
+            }
+            None => tracing::info!(
+                action,
+                "refusal not audited (this connection's budget is spent)"
+            ),
+        }
     }
 }
 
@@ -80,23 +135,45 @@ pub async fn audit_by(
     }
 }
 
-/// One open channel of a connection; gives its place back when dropped.
-#[derive(Debug)]
-pub struct ChannelSlot(Arc<AtomicUsize>);
+/// The channels a connection has open: counted from the open the handler hands to a task until that task
+/// ends (every task closes its channel when it ends, which is when russh forgets it too) or the client
+/// closes the channel (`handler::channel_close`), whichever comes first.
+#[derive(Debug, Default)]
+pub struct OpenChannels {
+    ids: Mutex<HashSet<ChannelId>>,
+}
 
-impl ChannelSlot {
-    /// Takes a place among `open` if fewer than `max` are taken.
-    pub fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<ChannelSlot> {
-        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < max).then_some(n + 1)
+impl OpenChannels {
+    /// Takes a place for channel `id` if fewer than `max` are open.
+    pub fn take(self: &Arc<Self>, id: ChannelId, max: usize) -> Option<ChannelSlot> {
+        let mut ids = self.ids.lock().ok()?;
+        if ids.len() >= max {
+            return None;
+        }
+        ids.insert(id);
+        Some(ChannelSlot {
+            id,
+            open: self.clone(),
         })
-        .ok()
-        .map(|_| ChannelSlot(open.clone()))
     }
+
+    /// The client closed channel `id`.
+    pub fn closed(&self, id: ChannelId) {
+        if let Ok(mut ids) = self.ids.lock() {
+            ids.remove(&id);
+        }
+    }
+}
+
+/// One channel's place among its connection's open channels, given back when dropped.
+#[derive(Debug)]
+pub struct ChannelSlot {
+    id: ChannelId,
+    open: Arc<OpenChannels>,
 }
 
 impl Drop for ChannelSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.open.closed(self.id);
     }
 }

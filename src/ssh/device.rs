@@ -20,15 +20,25 @@ use bytes::Bytes;
 use russh::server::{ChannelOpenHandle, Msg};
 use russh::{Channel, ChannelMsg, Disconnect, Pty};
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
 use super::bridge::{self, BridgeIo};
-use super::context::Context;
+use super::context::{ConnectionLimits, Context};
 use crate::live::{PendingSession, PtyInfo, SessionKind};
 use crate::policy::{self, PolicyError};
 use crate::target::{self, TargetError};
 
-/// Bytes a vendor may send before the session has started (while the device is dialled); past this the
-/// channel's task stops reading until the device is ready.
-const EARLY_INPUT: usize = 1024 * 1024;
+/// Input a channel may hold before its session started (kept for the device, replayed after the start);
+/// each message counts at least [`MESSAGE_COST`] bytes, so empty ones are not free.
+const EARLY_INPUT_PER_CHANNEL: usize = 64 * 1024;
+/// The same for all of a connection's channels together.
+const EARLY_INPUT_PER_CONNECTION: usize = 1024 * 1024;
+const MESSAGE_COST: usize = 64;
+/// Signals kept before the start, at most.
+const EARLY_SIGNALS: usize = 16;
+/// Dialling, logging in and opening the device's channel, all within this.
+const DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Environment variables passed to the device (TERM travels inside pty-req).
 pub fn env_allowed(name: &str) -> bool {
@@ -36,13 +46,25 @@ pub fn env_allowed(name: &str) -> bool {
 }
 
 /// What a vendor asked for on a channel before its session started.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Setup {
     pty: Option<PtyRequest>,
     env: Vec<(String, String)>,
     /// Data, eof and signals the vendor sent while the session was starting, in order.
     early: Vec<ChannelMsg>,
+    /// What `early` is charged, here and in the connection's shared budget (given back on drop).
     early_bytes: usize,
+    eof: bool,
+    signals: usize,
+    limits: Arc<ConnectionLimits>,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        self.limits
+            .early_input
+            .fetch_sub(self.early_bytes, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +105,32 @@ impl Start {
 }
 
 impl Setup {
+    fn new(limits: Arc<ConnectionLimits>) -> Setup {
+        Setup {
+            pty: None,
+            env: Vec::new(),
+            early: Vec::new(),
+            early_bytes: 0,
+            eof: false,
+            signals: 0,
+            limits,
+        }
+    }
+
+    /// Keeps `msg` for the device, charged `len` bytes (at least [`MESSAGE_COST`]).
+    fn keep(&mut self, msg: ChannelMsg, len: usize) {
+        let cost = len.max(MESSAGE_COST);
+        self.early_bytes += cost;
+        self.limits.early_input.fetch_add(cost, Ordering::Relaxed);
+        self.early.push(msg);
+    }
+
+    /// Whether this channel, or its connection, holds as much early input as it may.
+    fn full(&self) -> bool {
+        self.early_bytes > EARLY_INPUT_PER_CHANNEL
+            || self.limits.early_input.load(Ordering::Relaxed) > EARLY_INPUT_PER_CONNECTION
+    }
+
     /// Takes one message sent before the start; returns the start request if it is one.
     fn take(&mut self, msg: ChannelMsg) -> Option<Start> {
         match msg {
@@ -128,14 +176,19 @@ impl Setup {
                 return Some(Start::Sftp);
             }
             ChannelMsg::Data { ref data } => {
-                self.early_bytes += data.len();
-                self.early.push(msg);
+                let len = data.len();
+                self.keep(msg, len);
             }
-            ChannelMsg::ExtendedData { ref data, .. } => {
-                self.early_bytes += data.len();
-                self.early.push(msg);
+            ChannelMsg::Eof if !self.eof => {
+                self.eof = true;
+                self.keep(msg, 0);
             }
-            ChannelMsg::Eof | ChannelMsg::Signal { .. } => self.early.push(msg),
+            ChannelMsg::Signal { .. } if self.signals < EARLY_SIGNALS => {
+                self.signals += 1;
+                self.keep(msg, 0);
+            }
+            // Extended data from a client means nothing on a session channel; a second EOF or a flood of
+            // signals is dropped.
             // x11, agent, other subsystems: refused by the handler.
             _ => {}
         }
@@ -147,7 +200,6 @@ impl Setup {
     fn take_after_start(&mut self, msg: ChannelMsg) {
         match msg {
             ChannelMsg::Data { .. }
-            | ChannelMsg::ExtendedData { .. }
             | ChannelMsg::Eof
             | ChannelMsg::Signal { .. }
             | ChannelMsg::WindowChange { .. } => {
@@ -169,10 +221,18 @@ impl Setup {
 /// Serves one session channel toward `asset`; see the module doc.
 pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: ChannelOpenHandle) {
     reply.accept().await;
-    let mut setup = Setup::default();
+    let mut setup = Setup::new(ctx.limits.clone());
+    // A channel that never starts holds a task and its input: it gets as long as a sign-in does.
+    let grace = ctx.shared.app.config.ssh.login_grace_time;
+    let deadline = tokio::time::Instant::now() + grace;
     let start = loop {
         let msg = tokio::select! {
             () = ctx.stop.cancelled() => return,
+            () = tokio::time::sleep_until(deadline) => {
+                let why = format!("no shell, command or sftp was requested within {} s", grace.as_secs());
+                refuse(&channel, &why).await;
+                return;
+            }
             m = channel.wait() => m,
         };
         match msg {
@@ -181,7 +241,7 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
                 if let Some(start) = setup.take(msg) {
                     break start;
                 }
-                if setup.early_bytes > EARLY_INPUT {
+                if setup.full() {
                     refuse(
                         &channel,
                         "too much input before a shell, command or sftp was requested",
@@ -197,7 +257,7 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
     let grant = match policy::authorize_ssh(&app.store, now, &ctx.principal, &asset).await {
         Ok(g) => g,
         Err(PolicyError::Denied(denial)) => {
-            ctx.audit(
+            ctx.audit_refusal(
                 "session.refused",
                 format!("asset:{asset}"),
                 serde_json::json!({"peer": ctx.peer.to_string(), "kind": start.kind().as_str(), "reason": denial.audit_reason()}),
@@ -231,7 +291,7 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
     // Dial while listening: the watcher may close the session, the vendor may go, and the vendor's
     // messages must keep flowing (a full channel queue would stall the whole connection).
     let grant = pending.grant().clone();
-    let dial = async {
+    let dial = tokio::time::timeout(DEVICE_TIMEOUT, async {
         let device = target::connect(
             &grant,
             &app.store,
@@ -248,21 +308,26 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
                 )))
             }
         }
-    };
+    });
     tokio::pin!(dial);
     let dialled = loop {
         tokio::select! {
-            d = &mut dial => break Some(d),
+            // A close that is already there wins over a dial that is done too.
+            biased;
             close = pending.closed() => {
                 pending.refuse("session.refused", &format!("closed before it started: {}", close.text)).await;
                 refuse(&channel, &close.text).await;
                 return;
             }
-            m = channel.wait(), if setup.early_bytes <= EARLY_INPUT => match m {
+            () = ctx.stop.cancelled() => break None,
+            d = &mut dial => break Some(d.unwrap_or_else(|_| Err(TargetError::Unreachable(format!(
+                "no session within {} s", DEVICE_TIMEOUT.as_secs()
+            ))))),
+            // Past the input budget the channel is not read until the device is ready.
+            m = channel.wait(), if !setup.full() => match m {
                 None | Some(ChannelMsg::Close) => break None,
                 Some(msg) => setup.take_after_start(msg),
             },
-            () = ctx.stop.cancelled() => break None,
         }
     };
     let Some(dialled) = dialled else {
@@ -291,6 +356,14 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
             return;
         }
     };
+    // The last look before the device sees anything: a close that came while the session was being
+    // written ends it here, before its command could run.
+    if let Some(close) = live.closed_now() {
+        refuse(&channel, &close.text).await;
+        live.end(crate::live::End::Closed(close)).await;
+        let _ = device.disconnect(Disconnect::ByApplication, "", "en").await;
+        return;
+    }
     // The recording exists: now the device sees what the vendor asked for.
     let sent = async {
         if let Some(p) = &setup.pty {
@@ -321,7 +394,11 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
     let end = match sent {
         Err(e) => {
             tracing::debug!(error = %e, "the device connection failed at the start");
-            tell(&channel, "the connection to the device failed").await;
+            let _ = tokio::time::timeout(
+                super::home::WRITE_TIMEOUT,
+                tell(&channel, "the connection to the device failed"),
+            )
+            .await;
             crate::live::End::Lost(format!("device: {e}"))
         }
         Ok(()) => {
@@ -349,12 +426,16 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
     .await;
 }
 
-/// Tells the vendor why on stderr, with exit status 1, and closes the channel (already accepted).
+/// Tells the vendor why on stderr, with exit status 1, and closes the channel (already accepted), within
+/// a few seconds: a client that is not reading does not keep the task.
 async fn refuse(channel: &Channel<Msg>, message: &str) {
-    tell(channel, message).await;
-    let _ = channel.exit_status(1).await;
-    let _ = channel.eof().await;
-    let _ = channel.close().await;
+    let _ = tokio::time::timeout(super::home::WRITE_TIMEOUT, async {
+        tell(channel, message).await;
+        let _ = channel.exit_status(1).await;
+        let _ = channel.eof().await;
+        let _ = channel.close().await;
+    })
+    .await;
 }
 
 /// One line to the vendor on stderr, so it never mixes into a program's stdout (scp, pipes).

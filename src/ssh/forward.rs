@@ -46,7 +46,7 @@ pub async fn run(
     let grant = match policy::authorize_tunnel(&app.store, now, &ctx.principal, &host, port).await {
         Ok(g) => g,
         Err(PolicyError::Denied(denial)) => {
-            ctx.audit(
+            ctx.audit_refusal(
                 "tunnel.refused",
                 format!("vendor:{}", ctx.vendor()),
                 json!({"destination": format!("{}:{port}", crate::model::truncate_for_display(&host, 64)), "originator": originator, "peer": ctx.peer.to_string(), "reason": denial.audit_reason()}),

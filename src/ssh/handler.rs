@@ -16,7 +16,6 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use russh::server::{
@@ -30,7 +29,7 @@ use tracing::Instrument;
 
 use super::admission::Ticket;
 use super::auth::{Auth, TotpOutcome};
-use super::context::{ChannelSlot, Context, audit_by};
+use super::context::{ConnectionLimits, Context, OpenChannels, audit_by};
 use super::login::Login;
 use super::{Shared, device, forward, home};
 use crate::live::registry::ConnectionRegistration;
@@ -86,8 +85,10 @@ pub struct Connection {
     stop: CancellationToken,
     /// The connection's tracing span, for its channels' tasks.
     span: tracing::Span,
-    /// Channels open now (their tasks hold a `ChannelSlot`).
-    open_channels: Arc<AtomicUsize>,
+    /// Channels open now, until the client closes them.
+    open_channels: Arc<OpenChannels>,
+    /// Budgets the connection's channels share (early input, refusal audits).
+    limits: Arc<ConnectionLimits>,
     /// Channels on which a shell, exec or subsystem request was accepted: nothing else may start there.
     started: HashSet<ChannelId>,
     /// Whether a refusal for too many channels was audited already (once per connection is enough).
@@ -134,19 +135,24 @@ impl Connection {
             stop,
             span,
             open_channels: Arc::default(),
+            limits: Arc::default(),
             started: HashSet::new(),
             cap_audited: false,
         }
     }
 
     /// A channel task's context, if the vendor signed in and the connection has room for another channel.
-    fn context(&mut self, session: &mut Session) -> Result<Context, ChannelOpenFailure> {
+    fn context(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<Context, ChannelOpenFailure> {
         let Some((_, principal)) = &self.login else {
             return Err(ChannelOpenFailure::AdministrativelyProhibited);
         };
         let principal = principal.clone();
         let max = self.shared.app.config.ssh.max_channels;
-        let Some(slot) = ChannelSlot::take(&self.open_channels, max) else {
+        let Some(slot) = self.open_channels.take(channel, max) else {
             if !self.cap_audited {
                 self.cap_audited = true;
                 self.audit_refusal("ssh.channels.refused", json!({"max_channels": max}));
@@ -164,7 +170,8 @@ impl Connection {
             peer: self.peer,
             server: session.handle(),
             stop: self.stop.child_token(),
-            _slot: slot,
+            channel: slot,
+            limits: self.limits.clone(),
         })
     }
 
@@ -177,10 +184,22 @@ impl Connection {
         Some(MethodSet::from(methods))
     }
 
-    /// Audits a refused request (the vendor saw the refusal from their client).
+    /// Audits a refused request (the vendor saw the refusal from their client), within the connection's
+    /// refusal budget.
     fn audit_refusal(&self, action: &'static str, detail: serde_json::Value) {
         let Some((_, principal)) = self.login.clone() else {
             return;
+        };
+        let action = match self.limits.audit_refusal() {
+            Some(true) => action,
+            Some(false) => "ssh.refusals.suppressed",
+            None => {
+                tracing::info!(
+                    action,
+                    "refusal not audited (this connection's budget is spent)"
+                );
+                return;
+            }
         };
         let shared = self.shared.clone();
         let subject = format!("vendor:{}", principal.vendor);
@@ -359,7 +378,7 @@ impl server::Handler for Connection {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let ctx = match self.context(session) {
+        let ctx = match self.context(channel.id(), session) {
             Ok(ctx) => ctx,
             Err(why) => {
                 tokio::spawn(reply.reject(why));
@@ -401,7 +420,7 @@ impl server::Handler for Connection {
             }));
             return Ok(());
         }
-        let ctx = match self.context(session) {
+        let ctx = match self.context(channel.id(), session) {
             Ok(ctx) => ctx,
             Err(why) => {
                 tokio::spawn(reply.reject(why));
@@ -519,6 +538,7 @@ impl server::Handler for Connection {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.started.remove(&channel);
+        self.open_channels.closed(channel);
         Ok(())
     }
 

@@ -28,7 +28,12 @@ pub async fn run(ctx: Context, mut channel: Channel<Msg>, reply: ChannelOpenHand
             Some(ChannelMsg::Exec { command, .. }) => {
                 break Some(String::from_utf8_lossy(&command).into_owned());
             }
-            Some(ChannelMsg::Close | ChannelMsg::Eof) | None => return,
+            Some(ChannelMsg::Close) | None => return,
+            // Input ended before anything was asked: nothing to do, and the channel is closed.
+            Some(ChannelMsg::Eof) => {
+                finish(&channel, Bytes::new(), 0).await;
+                return;
+            }
             Some(_) => {}
         }
     };
@@ -44,12 +49,8 @@ pub async fn run(ctx: Context, mut channel: Channel<Msg>, reply: ChannelOpenHand
                     "the bastion cannot list your access right now; try again in a minute".into()
                 }
             };
-            let _ = channel
-                .extended_data_bytes(1, Bytes::from(format!("chaperone: {text}\r\n")))
-                .await;
-            let _ = channel.exit_status(1).await;
-            let _ = channel.eof().await;
-            let _ = channel.close().await;
+            let data = Bytes::from(format!("chaperone: {text}\r\n"));
+            finish(&channel, data, 1).await;
             return;
         }
     };
@@ -60,9 +61,7 @@ pub async fn run(ctx: Context, mut channel: Channel<Msg>, reply: ChannelOpenHand
         .filter(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace))
     {
         let status = super::request::run(&ctx, &vendor, &mut channel, rest).await;
-        let _ = channel.exit_status(status).await;
-        let _ = channel.eof().await;
-        let _ = channel.close().await;
+        finish(&channel, Bytes::new(), status).await;
         return;
     }
     let (text, status) = match command.as_deref().map(str::trim) {
@@ -82,15 +81,28 @@ pub async fn run(ctx: Context, mut channel: Channel<Msg>, reply: ChannelOpenHand
             2,
         ),
     };
-    let data = Bytes::from(text);
-    let _ = if status == 0 {
-        channel.data_bytes(data).await
-    } else {
-        channel.extended_data_bytes(1, data).await
-    };
-    let _ = channel.exit_status(status).await;
-    let _ = channel.eof().await;
-    let _ = channel.close().await;
+    finish(&channel, Bytes::from(text), status).await;
+}
+
+/// How long the last words to a vendor (and each status line) may wait for a client that is not reading.
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Writes `data` (stdout if the status is 0, else stderr), the exit status, EOF and close, within
+/// [`WRITE_TIMEOUT`]: a client that stops reading does not keep the task.
+async fn finish(channel: &Channel<Msg>, data: Bytes, status: u32) {
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+        if !data.is_empty() {
+            let _ = if status == 0 {
+                channel.data_bytes(data).await
+            } else {
+                channel.extended_data_bytes(1, data).await
+            };
+        }
+        let _ = channel.exit_status(status).await;
+        let _ = channel.eof().await;
+        let _ = channel.close().await;
+    })
+    .await;
 }
 
 async fn screen(ctx: &Context, vendor: &Vendor) -> Result<String, crate::store::StoreError> {

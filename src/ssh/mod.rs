@@ -224,7 +224,9 @@ impl Listener {
             admission,
         } = self;
         let app = shared.app.clone();
-        tokio::spawn(crate::live::watch::watch(
+        // The watcher is what enforces expiry, revocation and disable on this node: if it ever stops
+        // (a panic), so does the listener, and with it the process (`server::run`).
+        let mut watcher = tokio::spawn(crate::live::watch::watch(
             app.clone(),
             shared.live.clone(),
             Duration::from_secs(1),
@@ -237,6 +239,10 @@ impl Listener {
         loop {
             let (stream, peer) = tokio::select! {
                 () = stopped(&mut stop) => break,
+                ended = &mut watcher => {
+                    tracing::error!(outcome = ?ended, "the authority watcher stopped; stopping the SSH listener");
+                    break;
+                }
                 accepted = listener.accept() => match accepted {
                     Ok(pair) => { backoff = Duration::from_millis(10); pair }
                     Err(e) => {
@@ -257,10 +263,13 @@ impl Listener {
                 }
             };
             let _ = stream.set_nodelay(true);
+            keep_alive(&stream);
             next_id += 1;
             let span = tracing::info_span!("ssh", conn = next_id, %peer);
             let kill = shutdown.child_token();
-            let conn_stop = CancellationToken::new();
+            // Cutting a connection also stops its channels' tasks, so none of them is left holding a
+            // channel whose queue the connection is blocked on.
+            let conn_stop = kill.child_token();
             let handler = handler::Connection::new(
                 shared.clone(),
                 handler::Outer {
@@ -285,6 +294,18 @@ impl Listener {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         shutdown.cancel();
+    }
+}
+
+/// TCP keepalives, so a vendor whose network vanished is noticed in about a minute (the SSH keepalive
+/// interval has to be longer than the login grace time; see [`russh_config`]).
+fn keep_alive(stream: &tokio::net::TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "cannot set TCP keepalive");
     }
 }
 

@@ -369,10 +369,14 @@ async fn approved_text(
     Ok(out)
 }
 
+/// One line on stderr; skipped after a few seconds if the client is not reading (a status line is not
+/// worth a task stuck on a full window).
 async fn err(channel: &mut Channel<Msg>, text: &str) {
-    let _ = channel
-        .extended_data_bytes(1, Bytes::from(text.to_owned()))
-        .await;
+    let _ = tokio::time::timeout(
+        super::home::WRITE_TIMEOUT,
+        channel.extended_data_bytes(1, Bytes::from(text.to_owned())),
+    )
+    .await;
 }
 
 #[cfg(test)]

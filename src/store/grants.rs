@@ -63,6 +63,29 @@ impl Store {
         rows.iter().map(grant).collect()
     }
 
+    /// The grants among `ids` that exist (in no particular order): one query per 500 ids, for the
+    /// watcher's re-check of every live session's grant.
+    pub async fn grants_by_id(&self, ids: &[i64]) -> Result<Vec<GrantRow>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let placeholders = super::placeholders(chunk.len());
+            let mut query = sqlx::query(AssertSqlSafe(format!(
+                "{GRANT_SELECT} WHERE g.id IN ({placeholders})"
+            )));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            let rows = query
+                .fetch_all(&self.pool)
+                .await
+                .context("re-reading grants")?;
+            for row in &rows {
+                out.push(grant(row)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// A vendor's grants that are not revoked and not ended at `now` (possibly not yet started).
     pub async fn open_grants_of(&self, vendor_id: i64, now: UnixTime) -> Result<Vec<GrantRow>> {
         let rows = sqlx::query(AssertSqlSafe(format!(

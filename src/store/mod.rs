@@ -208,3 +208,12 @@ fn split_list(list: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// `$1, $2, …, $n`: the placeholders of an `IN (…)` list of `n` values (the values are bound, never
+/// interpolated).
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -96,6 +96,30 @@ impl Store {
         row.as_ref().map(vendor).transpose()
     }
 
+    /// The vendors the keys among `fingerprints` belong to, as `(fingerprint, vendor)`; keys no vendor
+    /// has are missing. One query per 500 keys, for the watcher's re-check of every signed-in login.
+    pub async fn vendors_by_keys(&self, fingerprints: &[String]) -> Result<Vec<(String, Vendor)>> {
+        let mut out = Vec::with_capacity(fingerprints.len());
+        for chunk in fingerprints.chunks(500) {
+            let placeholders = super::placeholders(chunk.len());
+            let mut query = sqlx::query(AssertSqlSafe(format!(
+                "SELECT k.fingerprint, v.id, v.name, v.org, v.enabled, v.locked_until, v.created_at \
+                 FROM vendors v JOIN vendor_keys k ON k.vendor_id = v.id WHERE k.fingerprint IN ({placeholders})"
+            )));
+            for fp in chunk {
+                query = query.bind(fp.as_str());
+            }
+            let rows = query
+                .fetch_all(&self.pool)
+                .await
+                .context("re-reading vendor keys")?;
+            for row in &rows {
+                out.push((get(row, "fingerprint")?, vendor(row)?));
+            }
+        }
+        Ok(out)
+    }
+
     /// The sealed TOTP seed and the last accepted time step.
     pub async fn vendor_totp(&self, vendor_id: i64) -> Result<(Vec<u8>, Option<i64>)> {
         let row = sqlx::query("SELECT totp_secret, totp_last_step FROM vendors WHERE id = $1")

@@ -18,4 +18,5 @@ mod ssh;
 mod store;
 mod support;
 mod tunnels;
+mod web_limits;
 mod webhook;

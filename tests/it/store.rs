@@ -780,3 +780,94 @@ async fn web_sign_in_state_lapses_extends_is_taken_once_and_is_bounded() {
     })
     .await;
 }
+
+/// Issue 12: staff sign-in failures are counted per (account, source) within a window: another
+/// source's failures and old ones do not count, a sign-in clears only its own source, and recording a
+/// failure forgets every failure from before the window.
+#[tokio::test]
+async fn staff_signin_failures_count_per_account_and_source_in_a_window() {
+    on_both(|s| async move {
+        let mut tx = s.begin().await.unwrap();
+        let bob = tx
+            .insert_staff_user("bob", chaperone::model::Role::Approver, "t1", 9999, 100)
+            .await
+            .unwrap();
+        let eve = tx
+            .insert_staff_user("eve", chaperone::model::Role::Approver, "t2", 9999, 100)
+            .await
+            .unwrap();
+        tx.audit(ev("user.add"), 100).await.unwrap();
+        tx.commit("t").await.unwrap();
+
+        let mut tx = s.begin().await.unwrap();
+        tx.hold_staff_user(bob).await.unwrap();
+        for at in [1000, 1001, 1002] {
+            tx.add_staff_signin_failure(bob, "192.0.2.1", at, 0)
+                .await
+                .unwrap();
+        }
+        tx.add_staff_signin_failure(bob, "192.0.2.2", 1003, 0)
+            .await
+            .unwrap();
+        tx.add_staff_signin_failure(eve, "192.0.2.1", 1003, 0)
+            .await
+            .unwrap();
+        assert_eq!(
+            tx.staff_signin_failures(bob, "192.0.2.1", 0).await.unwrap(),
+            3
+        );
+        assert_eq!(
+            tx.staff_signin_failures(bob, "192.0.2.2", 0).await.unwrap(),
+            1
+        );
+        // The window: only failures at or after `since` count.
+        assert_eq!(
+            tx.staff_signin_failures(bob, "192.0.2.1", 1001)
+                .await
+                .unwrap(),
+            2
+        );
+        tx.audit(ev("staff.signin.failed"), 1003).await.unwrap();
+        tx.commit("t").await.unwrap();
+
+        // A sign-in from 192.0.2.2 clears that source only.
+        let mut tx = s.begin().await.unwrap();
+        tx.clear_staff_signin_failures(bob, "192.0.2.2")
+            .await
+            .unwrap();
+        assert_eq!(
+            tx.staff_signin_failures(bob, "192.0.2.2", 0).await.unwrap(),
+            0
+        );
+        assert_eq!(
+            tx.staff_signin_failures(bob, "192.0.2.1", 0).await.unwrap(),
+            3
+        );
+        tx.audit(ev("staff.signin"), 1004).await.unwrap();
+        tx.commit("t").await.unwrap();
+
+        // A failure recorded later forgets the rows from before its window, everyone's.
+        let mut tx = s.begin().await.unwrap();
+        tx.add_staff_signin_failure(bob, "192.0.2.1", 2000, 1002)
+            .await
+            .unwrap();
+        assert_eq!(
+            tx.staff_signin_failures(bob, "192.0.2.1", 0).await.unwrap(),
+            2,
+            "1002 and 2000 are left"
+        );
+        assert_eq!(
+            tx.staff_signin_failures(eve, "192.0.2.1", 0).await.unwrap(),
+            1
+        );
+        // Nothing audited: the transaction rolls back when dropped.
+        drop(tx);
+        let mut tx = s.begin().await.unwrap();
+        assert_eq!(
+            tx.staff_signin_failures(bob, "192.0.2.1", 0).await.unwrap(),
+            3
+        );
+        drop(tx);
+    })
+    .await;
+}
