@@ -5,12 +5,28 @@
 
 use std::path::Path;
 
-use anyhow::Context as _;
-
 use crate::clock::Clock;
-use crate::config::{Config, redact_url};
-use crate::secrets::SecretsKey;
-use crate::store::Store;
+use crate::config::{Config, ConfigError, redact_url};
+use crate::secrets::{SecretsError, SecretsKey};
+use crate::store::{Store, StoreError};
+
+/// Why the shared state of a command could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The config file is missing, unreadable or invalid (its own text names the file).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The secrets key is missing, malformed or readable by others (its own text names the file).
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    /// The database cannot be opened or migrated. `url` is redacted (no password).
+    #[error("opening database {url}")]
+    Database {
+        url: String,
+        #[source]
+        source: StoreError,
+    },
+}
 
 #[derive(Debug, Clone)]
 pub struct App {
@@ -28,16 +44,21 @@ pub struct App {
 
 impl App {
     /// Loads the config at `path`, the secrets key, and opens (and migrates) the database.
-    pub async fn open(path: &Path) -> anyhow::Result<App> {
+    pub async fn open(path: &Path) -> Result<App, AppError> {
         let config = Config::load(path)?;
         App::from_config(config).await
     }
 
-    pub async fn from_config(config: Config) -> anyhow::Result<App> {
+    /// [`App::open`] with a config already loaded.
+    pub async fn from_config(config: Config) -> Result<App, AppError> {
         let secrets = SecretsKey::load(&config.secrets.key_file)?;
-        let store = Store::open(&config.database.url)
-            .await
-            .with_context(|| format!("opening database {}", redact_url(&config.database.url)))?;
+        let store =
+            Store::open(&config.database.url)
+                .await
+                .map_err(|source| AppError::Database {
+                    url: redact_url(&config.database.url),
+                    source,
+                })?;
         Ok(App {
             config,
             store,

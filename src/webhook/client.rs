@@ -2,16 +2,18 @@
 //! loopback address (the config refuses anything else). No redirects are followed, and the whole
 //! exchange has one deadline.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use ring::hmac;
-use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
+use rustls::pki_types::{
+    CertificateDer, InvalidDnsNameError, ServerName, pem, pem::PemObject as _,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -25,6 +27,92 @@ const MAX_RESPONSE: usize = 64 * 1024;
 
 /// The header carrying `sha256=` and the hex HMAC-SHA256 of the body.
 pub const SIGNATURE_HEADER: &str = "x-chaperone-signature";
+
+/// Why the webhook cannot be set up (`serve` refuses to start rather than drop every event). Every
+/// variant names the webhook setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// `webhook.url` does not parse as a URI (the config checks it first, so this is a backstop).
+    #[error("webhook.url is not a URL")]
+    Url(#[source] http::uri::InvalidUri),
+    /// `webhook.url` names no host to connect to.
+    #[error("webhook.url has no host")]
+    NoHost,
+    /// rustls refused the protocol versions asked of it.
+    #[error("TLS settings for the webhook")]
+    Tls(#[source] rustls::Error),
+    /// The host of an `https://` URL cannot be checked against a certificate.
+    #[error("webhook host {host:?} is not a DNS name or address")]
+    ServerName {
+        host: String,
+        #[source]
+        source: InvalidDnsNameError,
+    },
+    /// `webhook.ca_file` cannot be opened.
+    #[error("reading webhook.ca_file {path}")]
+    CaFileRead {
+        path: PathBuf,
+        #[source]
+        source: pem::Error,
+    },
+    /// `webhook.ca_file` is not PEM.
+    #[error("parsing webhook.ca_file {path}")]
+    CaFileParse {
+        path: PathBuf,
+        #[source]
+        source: pem::Error,
+    },
+    /// `webhook.ca_file` is PEM but holds no certificate.
+    #[error("webhook.ca_file {path} holds no certificate")]
+    CaFileEmpty { path: PathBuf },
+    /// A certificate of `webhook.ca_file` cannot serve as a trust anchor.
+    #[error("webhook.ca_file {path}")]
+    CaFileCert {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    /// No `webhook.ca_file`, and the system has no CA certificate rustls accepts.
+    #[error(
+        "no system CA certificates found for the webhook (install ca-certificates, or set webhook.ca_file)"
+    )]
+    NoSystemRoots,
+}
+
+/// Why one POST did not deliver. Its text, with its causes, goes to the log and
+/// to the `webhook.undelivered` audit event, so each variant says how far the exchange got.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The whole exchange took longer than its deadline.
+    #[error("no answer within {} s", .0.as_secs())]
+    Timeout(Duration),
+    /// The TCP connection failed (refused, unreachable, name not resolved).
+    #[error("connecting to {host}:{port}")]
+    Connect {
+        host: String,
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The receiver's certificate was not trusted, or TLS failed otherwise.
+    #[error("TLS handshake with the webhook receiver")]
+    TlsHandshake(#[source] std::io::Error),
+    /// The HTTP/1.1 connection could not be set up over the stream.
+    #[error("HTTP handshake")]
+    HttpHandshake(#[source] hyper::Error),
+    /// The request could not be built (a header value it refused).
+    #[error("building the request")]
+    Request(#[source] http::Error),
+    /// Sending the request or reading the answer's head failed.
+    #[error("sending")]
+    Send(#[source] hyper::Error),
+    /// The receiver answered, but not with 2xx: the status and the start of its body.
+    #[error("answered {status}: {body}")]
+    Status {
+        status: http::StatusCode,
+        body: String,
+    },
+}
 
 /// The receiver's address and the means to sign and encrypt for it.
 pub struct Poster {
@@ -47,11 +135,11 @@ impl std::fmt::Debug for Poster {
 }
 
 impl Poster {
-    pub fn new(config: &WebhookConfig) -> anyhow::Result<Poster> {
-        let uri: http::Uri = config.url.parse().context("webhook.url")?;
+    pub fn new(config: &WebhookConfig) -> Result<Poster, SetupError> {
+        let uri: http::Uri = config.url.parse().map_err(SetupError::Url)?;
         let host = uri
             .host()
-            .ok_or_else(|| anyhow!("webhook.url has no host"))?
+            .ok_or(SetupError::NoHost)?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
@@ -62,11 +150,14 @@ impl Poster {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let tls = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
-                .context("TLS settings for the webhook")?
+                .map_err(SetupError::Tls)?
                 .with_root_certificates(roots)
                 .with_no_client_auth();
-            let name = ServerName::try_from(host.clone())
-                .with_context(|| format!("webhook host {host:?} is not a DNS name or address"))?;
+            let name =
+                ServerName::try_from(host.clone()).map_err(|source| SetupError::ServerName {
+                    host: host.clone(),
+                    source,
+                })?;
             Some((TlsConnector::from(Arc::new(tls)), name))
         } else {
             None
@@ -89,23 +180,37 @@ impl Poster {
     }
 
     /// POSTs `body`; `Ok` only for a 2xx answer.
-    pub async fn post(&self, event: &str, delivery: &str, body: Bytes) -> anyhow::Result<()> {
+    pub async fn post(
+        &self,
+        event: &str,
+        delivery: &str,
+        body: Bytes,
+    ) -> Result<(), DeliveryError> {
         tokio::time::timeout(DEADLINE, self.exchange(event, delivery, body))
             .await
-            .map_err(|_| anyhow!("no answer within {} s", DEADLINE.as_secs()))?
+            .map_err(|_| DeliveryError::Timeout(DEADLINE))?
     }
 
-    async fn exchange(&self, event: &str, delivery: &str, body: Bytes) -> anyhow::Result<()> {
+    async fn exchange(
+        &self,
+        event: &str,
+        delivery: &str,
+        body: Bytes,
+    ) -> Result<(), DeliveryError> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
-            .with_context(|| format!("connecting to {}:{}", self.host, self.port))?;
+            .map_err(|source| DeliveryError::Connect {
+                host: self.host.clone(),
+                port: self.port,
+                source,
+            })?;
         let _ = tcp.set_nodelay(true);
         match &self.tls {
             Some((connector, name)) => {
                 let stream = connector
                     .connect(name.clone(), tcp)
                     .await
-                    .context("TLS handshake with the webhook receiver")?;
+                    .map_err(DeliveryError::TlsHandshake)?;
                 self.send(stream, event, delivery, body).await
             }
             None => self.send(tcp, event, delivery, body).await,
@@ -118,13 +223,13 @@ impl Poster {
         event: &str,
         delivery: &str,
         body: Bytes,
-    ) -> anyhow::Result<()>
+    ) -> Result<(), DeliveryError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .context("HTTP handshake")?;
+            .map_err(DeliveryError::HttpHandshake)?;
         let driver = tokio::spawn(connection);
         let path = self
             .uri
@@ -147,8 +252,11 @@ impl Poster {
             .header("x-chaperone-delivery", delivery)
             .header(SIGNATURE_HEADER, self.signature(&body))
             .body(Full::new(body))
-            .context("building the request")?;
-        let response = sender.send_request(request).await.context("sending")?;
+            .map_err(DeliveryError::Request)?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(DeliveryError::Send)?;
         let status = response.status();
         // Read a little of the answer for the log, never all of an endless one.
         let mut body = response.into_body();
@@ -165,29 +273,39 @@ impl Poster {
         }
         driver.abort();
         if !status.is_success() {
-            let text = String::from_utf8_lossy(&seen[..seen.len().min(200)]).into_owned();
-            bail!("answered {status}: {}", text.trim());
+            let text = String::from_utf8_lossy(&seen[..seen.len().min(200)]);
+            return Err(DeliveryError::Status {
+                status,
+                body: text.trim().to_owned(),
+            });
         }
         Ok(())
     }
 }
 
 /// The CAs trusted for the receiver: `webhook.ca_file`, or the system's.
-fn roots(config: &WebhookConfig) -> anyhow::Result<rustls::RootCertStore> {
+fn roots(config: &WebhookConfig) -> Result<rustls::RootCertStore, SetupError> {
     let mut roots = rustls::RootCertStore::empty();
     match &config.ca_file {
         Some(path) => {
             let certs = CertificateDer::pem_file_iter(path)
-                .with_context(|| format!("reading webhook.ca_file {}", path.display()))?
+                .map_err(|source| SetupError::CaFileRead {
+                    path: path.clone(),
+                    source,
+                })?
                 .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("parsing webhook.ca_file {}", path.display()))?;
+                .map_err(|source| SetupError::CaFileParse {
+                    path: path.clone(),
+                    source,
+                })?;
             if certs.is_empty() {
-                bail!("webhook.ca_file {} holds no certificate", path.display());
+                return Err(SetupError::CaFileEmpty { path: path.clone() });
             }
             for cert in certs {
-                roots
-                    .add(cert)
-                    .with_context(|| format!("webhook.ca_file {}", path.display()))?;
+                roots.add(cert).map_err(|source| SetupError::CaFileCert {
+                    path: path.clone(),
+                    source,
+                })?;
             }
         }
         None => {
@@ -197,11 +315,104 @@ fn roots(config: &WebhookConfig) -> anyhow::Result<rustls::RootCertStore> {
                 let _ = roots.add(cert);
             }
             if roots.is_empty() {
-                bail!(
-                    "no system CA certificates found for the webhook (install ca-certificates, or set webhook.ca_file)"
-                );
+                return Err(SetupError::NoSystemRoots);
             }
         }
     }
     Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webhook::report;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    fn config(url: &str, ca_file: Option<PathBuf>) -> WebhookConfig {
+        WebhookConfig {
+            url: url.to_owned(),
+            secret: "0123456789abcdef-webhook".to_owned(),
+            events: vec!["request.file".to_owned()],
+            ca_file,
+            max_attempts: 1,
+        }
+    }
+
+    /// Asserts `text` holds `part` exactly once: a cause is reported, and never twice.
+    fn once(text: &str, part: &str) {
+        assert_eq!(text.matches(part).count(), 1, "{part:?} in {text:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_names_the_address_and_the_cause_once() {
+        // A port just freed: nothing listens there.
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let poster = Poster::new(&config(&format!("http://127.0.0.1:{port}/hook"), None)).unwrap();
+        let error = poster
+            .post("request.file", "1", Bytes::from_static(b"{}"))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, DeliveryError::Connect { .. }), "{error:?}");
+        let text = report(&error);
+        assert!(
+            text.starts_with(&format!("connecting to 127.0.0.1:{port}: ")),
+            "{text}"
+        );
+        once(&text.to_lowercase(), "refused");
+    }
+
+    #[tokio::test]
+    async fn a_refusing_receiver_is_reported_with_its_status_and_words() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let receiver = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The headers, then the two-byte body.
+            while !seen.windows(6).any(|w| w == b"\r\n\r\n{}") {
+                let n = socket.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the request ended early");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            socket
+                .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 12\r\n\r\n  no hook  \n")
+                .await
+                .unwrap();
+        });
+        let poster = Poster::new(&config(&format!("http://127.0.0.1:{port}/hook"), None)).unwrap();
+        let error = poster
+            .post("request.file", "1", Bytes::from_static(b"{}"))
+            .await
+            .unwrap_err();
+        receiver.await.unwrap();
+        assert_eq!(report(&error), "answered 404 Not Found: no hook");
+    }
+
+    #[test]
+    fn a_missing_or_empty_ca_file_stops_the_setup_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let error =
+            Poster::new(&config("https://hooks.example/x", Some(missing.clone()))).unwrap_err();
+        assert!(matches!(error, SetupError::CaFileRead { .. }), "{error:?}");
+        let text = report(&error);
+        assert!(
+            text.starts_with(&format!("reading webhook.ca_file {}: ", missing.display())),
+            "{text}"
+        );
+        once(&text, "No such file or directory");
+
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let error =
+            Poster::new(&config("https://hooks.example/x", Some(empty.clone()))).unwrap_err();
+        assert_eq!(
+            report(&error),
+            format!("webhook.ca_file {} holds no certificate", empty.display())
+        );
+    }
 }

@@ -11,12 +11,15 @@
 //! A failed delivery is retried with exponential backoff (1 s doubling to 5 min) up to
 //! `webhook.max_attempts`, holding back later events so the order stays; then it is given up, and
 //! `webhook.undelivered` is audited (the event itself is, as always, in the audit log).
+//!
+//! Errors: [`SetupError`] stops `serve` at start; a [`DeliveryError`] is retried, then audited and
+//! logged with its causes (`report`); the deliverer's own bookkeeping fails only with a
+//! [`StoreError`], logged and tried again at the next poll.
 
 mod client;
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use bytes::Bytes;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
@@ -25,7 +28,8 @@ use tokio::sync::watch;
 use crate::app::App;
 use crate::audit::{AuditEvent, AuditRow};
 use crate::config::WebhookConfig;
-pub use client::{Poster, SIGNATURE_HEADER};
+use crate::store::StoreError;
+pub use client::{DeliveryError, Poster, SIGNATURE_HEADER, SetupError};
 
 /// How often the audit log is looked at for new events.
 const POLL: Duration = Duration::from_millis(500);
@@ -52,9 +56,23 @@ pub fn spawn(
     app: App,
     config: WebhookConfig,
     stop: watch::Receiver<bool>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let poster = Poster::new(&config).context("setting up the webhook")?;
+) -> Result<tokio::task::JoinHandle<()>, SetupError> {
+    let poster = Poster::new(&config)?;
     Ok(tokio::spawn(run(app, config, poster, stop)))
+}
+
+/// An error and its causes on one line (`connecting to 127.0.0.1:9: Connection refused (os error
+/// 111)`): what the log and the `webhook.undelivered` event keep. The variants' own text never repeats
+/// their cause, so nothing is said twice.
+fn report(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 async fn run(app: App, config: WebhookConfig, poster: Poster, mut stop: watch::Receiver<bool>) {
@@ -73,7 +91,7 @@ async fn run(app: App, config: WebhookConfig, poster: Poster, mut stop: watch::R
         match deliverer.round(&mut stop).await {
             Ok(Round::Stopped) => break,
             Ok(Round::Idle) => {}
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "webhook delivery"),
+            Err(e) => tracing::warn!(error = %report(&e), "webhook delivery"),
         }
         tokio::select! {
             () = crate::ssh::stopped(&mut stop) => break,
@@ -100,7 +118,7 @@ struct Deliverer<'a> {
 
 impl Deliverer<'_> {
     /// Claims the lease, then sends every new matching event in order, renewing the lease as it goes.
-    async fn round(&self, stop: &mut watch::Receiver<bool>) -> anyhow::Result<Round> {
+    async fn round(&self, stop: &mut watch::Receiver<bool>) -> Result<Round, StoreError> {
         let Some(mut cursor) = self.claim().await? else {
             return Ok(Round::Idle);
         };
@@ -145,7 +163,7 @@ impl Deliverer<'_> {
     /// cursor belonged to another `webhook.url` (changed, or different on another node), the move is
     /// audited (`webhook.endpoint.changed`): nodes configured with different URLs would keep moving it,
     /// and each receiver would miss events.
-    async fn claim(&self) -> anyhow::Result<Option<i64>> {
+    async fn claim(&self) -> Result<Option<i64>, StoreError> {
         let now = self.app.clock.now();
         let Some(claim) = self
             .app
@@ -178,12 +196,11 @@ impl Deliverer<'_> {
         Ok(Some(claim.seq))
     }
 
-    async fn advance(&self, seq: i64) -> anyhow::Result<bool> {
-        Ok(self
-            .app
+    async fn advance(&self, seq: i64) -> Result<bool, StoreError> {
+        self.app
             .store
             .advance_webhook_cursor(self.holder, seq)
-            .await?)
+            .await
     }
 
     /// Sends one event, retrying with backoff; gives it up after `max_attempts`.
@@ -191,7 +208,7 @@ impl Deliverer<'_> {
         &self,
         row: &AuditRow,
         stop: &mut watch::Receiver<bool>,
-    ) -> anyhow::Result<Outcome> {
+    ) -> Result<Outcome, StoreError> {
         let body = Bytes::from(payload(row, &self.app.config.web.public_url).to_string());
         let delivery = row.seq.to_string();
         let mut attempt = 0;
@@ -202,7 +219,7 @@ impl Deliverer<'_> {
                     tracing::debug!(seq = row.seq, action = %row.action, "webhook delivered");
                     return Ok(Outcome::Sent);
                 }
-                Err(e) => format!("{e:#}"),
+                Err(e) => report(&e),
             };
             if attempt >= self.config.max_attempts {
                 tracing::error!(seq = row.seq, action = %row.action, attempts = attempt, error = %error,
@@ -224,7 +241,7 @@ impl Deliverer<'_> {
         }
     }
 
-    async fn give_up(&self, row: &AuditRow, attempts: u32, error: &str) -> anyhow::Result<()> {
+    async fn give_up(&self, row: &AuditRow, attempts: u32, error: &str) -> Result<(), StoreError> {
         let now = self.app.clock.now();
         let mut tx = self.app.store.begin().await?;
         tx.audit(
