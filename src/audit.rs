@@ -124,6 +124,15 @@ impl Default for Verifier {
 }
 
 impl Verifier {
+    /// A verifier that goes on after `row`, taken as it is stored: to check a stretch of the chain (the
+    /// events that vouch for a recording and their neighbours), not all of it.
+    pub fn after(row: &AuditRow) -> Verifier {
+        Verifier {
+            prev_seq: row.seq,
+            prev_hash: row.hash.clone(),
+        }
+    }
+
     pub fn push(&mut self, row: &AuditRow) -> Result<(), ChainBreak> {
         if row.seq != self.prev_seq + 1 {
             return Err(ChainBreak::Gap {

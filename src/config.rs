@@ -51,7 +51,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub secrets: SecretsConfig,
     pub recording: RecordingConfig,
-    pub tunnels: TunnelConfig,
+    pub budgets: BudgetConfig,
     pub log: LogConfig,
     pub policy: PolicyConfig,
     pub webhook: Option<WebhookConfig>,
@@ -102,7 +102,7 @@ pub const DEFAULT_WEBHOOK_EVENTS: &[&str] = &[
     "request.expire",
     "grant.revoke",
     "session.terminate",
-    "tunnel.budget.exceeded",
+    "budget.exceeded",
     "auth.lock",
     "target.hostkey.mismatch",
 ];
@@ -119,16 +119,17 @@ impl fmt::Debug for WebhookConfig {
     }
 }
 
-/// Byte budgets for tunnels (the exfiltration guard), per service and hour, each direction.
+/// Byte budgets (the exfiltration guard), per vendor, asset and service and hour, each direction: they count
+/// every session kind, shells, exec, sftp/scp and tunnels alike (`[budgets]`; `[tunnels]` is its old name).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TunnelConfig {
+pub struct BudgetConfig {
     /// Applies to every service without its own entry.
     pub default: BudgetPolicy,
-    /// Overrides by service name (`[tunnels.services.dicom]`).
+    /// Overrides by service name (`[budgets.services.dicom]`).
     pub services: std::collections::BTreeMap<String, BudgetPolicy>,
 }
 
-impl TunnelConfig {
+impl BudgetConfig {
     pub fn policy_for(&self, service: &str) -> &BudgetPolicy {
         self.services.get(service).unwrap_or(&self.default)
     }
@@ -164,10 +165,81 @@ pub struct SshConfig {
     pub failure_window: Duration,
     /// How long a locked vendor stays locked.
     pub lockout: Duration,
-    /// Upper bound on concurrent vendor connections.
+    /// Upper bound on concurrent vendor connections, signed in or not; past it a new one is closed at once.
     pub max_connections: usize,
+    /// A connection that has not signed in by then is closed (OpenSSH's `LoginGraceTime`).
+    pub login_grace_time: Duration,
+    /// Early drop of connections that have not signed in yet (OpenSSH's `MaxStartups`).
+    pub max_startups: MaxStartups,
+    /// Connections not signed in yet from one address at most (OpenSSH's `PerSourceMaxStartups`).
+    pub per_source_max_startups: usize,
+    /// Channels (sessions, tunnels) one connection may hold open at once.
+    pub max_channels: usize,
     /// How vendors address the bastion (`HOST` in the commands chaperone prints), e.g. `bastion.hospital.org`.
     pub public_host: String,
+}
+
+/// `start:rate:full` as OpenSSH reads `MaxStartups`: with `start` connections not yet signed in, a new one
+/// is dropped with probability `rate`%, rising linearly to 100% at `full`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxStartups {
+    pub start: usize,
+    pub rate: u8,
+    pub full: usize,
+}
+
+impl MaxStartups {
+    /// Parses `start:rate:full` (or a single number: `start = full`, drop everything past it).
+    pub fn parse(text: &str) -> Result<MaxStartups, String> {
+        let number = |part: &str| {
+            part.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("{text:?}: expected start:rate:full, e.g. 30:30:100"))
+        };
+        let parts: Vec<&str> = text.split(':').collect();
+        let m = match parts.as_slice() {
+            [n] => {
+                let n = number(n)?;
+                MaxStartups {
+                    start: n,
+                    rate: 100,
+                    full: n,
+                }
+            }
+            [start, rate, full] => MaxStartups {
+                start: number(start)?,
+                rate: u8::try_from(number(rate)?)
+                    .ok()
+                    .filter(|r| *r <= 100)
+                    .ok_or_else(|| format!("{text:?}: the rate is a percentage, 0 to 100"))?,
+                full: number(full)?,
+            },
+            _ => {
+                return Err(format!(
+                    "{text:?}: expected start:rate:full, e.g. 30:30:100"
+                ));
+            }
+        };
+        if m.start == 0 || m.full < m.start {
+            return Err(format!("{text:?}: need 1 <= start <= full"));
+        }
+        Ok(m)
+    }
+
+    /// The chance, in percent, that a new connection is dropped while `unauthenticated` others are open.
+    pub fn drop_percent(&self, unauthenticated: usize) -> u32 {
+        if unauthenticated < self.start {
+            return 0;
+        }
+        if unauthenticated >= self.full {
+            return 100;
+        }
+        let span = (self.full - self.start) as u64;
+        let into = (unauthenticated - self.start) as u64;
+        let rate = u64::from(self.rate);
+        // Linear from `rate` at `start` to 100 at `full`; `span` > 0 here since start <= u < full.
+        u32::try_from(rate + (100 - rate) * into / span).unwrap_or(100)
+    }
 }
 
 /// The approvers' and auditors' web listener.
@@ -180,8 +252,20 @@ pub struct WebConfig {
     /// self-signed pair).
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
-    /// Signed-in staff are signed out after this long without a request.
+    /// Signed-in staff are signed out after this long without a request they made (the page's live
+    /// refresh does not count).
     pub idle_timeout: Duration,
+    /// Failed sign-ins of one account from one source address within `failure_window` that refuse
+    /// that account from that address (other addresses are not affected) until the window slides.
+    pub max_failures: u32,
+    pub failure_window: Duration,
+    /// The TLS handshake and a request's head (and then its body) must arrive within this.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this long without a byte from the client.
+    pub keepalive_timeout: Duration,
+    /// Open web connections at most, in all and from one address (an IPv6 /64).
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
 }
 
 /// Where state lives: SQLite (embedded default) or PostgreSQL (several nodes).
@@ -212,6 +296,8 @@ pub struct RecordingConfig {
     pub dir: PathBuf,
     /// Record what the vendor types (`i` events). Off by default: typed passwords must not land in recordings.
     pub record_input: bool,
+    /// A recording reaching this many bytes ends its session (no recording, no session); `None`: no cap.
+    pub max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -340,8 +426,9 @@ struct RawConfig {
     secrets: RawSecrets,
     #[serde(default)]
     recording: RawRecording,
-    #[serde(default)]
-    tunnels: RawTunnels,
+    budgets: Option<RawBudgets>,
+    /// The old name of `[budgets]`, still read.
+    tunnels: Option<RawBudgets>,
     #[serde(default)]
     log: RawLog,
     #[serde(default)]
@@ -393,17 +480,17 @@ struct RawBudget {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct RawTunnels {
+struct RawBudgets {
     max_down_per_hour: String,
     max_up_per_hour: String,
     action: String,
     services: std::collections::BTreeMap<String, RawBudget>,
 }
 
-impl Default for RawTunnels {
+impl Default for RawBudgets {
     fn default() -> Self {
         // Seed 002: alert when a device sends more than 5 MB in an hour.
-        RawTunnels {
+        RawBudgets {
             max_down_per_hour: "5MB".into(),
             max_up_per_hour: "none".into(),
             action: "alert".into(),
@@ -421,6 +508,10 @@ struct RawSsh {
     failure_window: String,
     lockout: String,
     max_connections: usize,
+    login_grace_time: String,
+    max_startups: String,
+    per_source_max_startups: usize,
+    max_channels: usize,
     public_host: Option<String>,
 }
 
@@ -433,6 +524,10 @@ impl Default for RawSsh {
             failure_window: "10m".into(),
             lockout: "15m".into(),
             max_connections: 1024,
+            login_grace_time: "60s".into(),
+            max_startups: "30:30:100".into(),
+            per_source_max_startups: 10,
+            max_channels: 256,
             public_host: None,
         }
     }
@@ -446,6 +541,12 @@ struct RawWeb {
     tls_cert: String,
     tls_key: String,
     idle_timeout: String,
+    max_failures: u32,
+    failure_window: String,
+    header_read_timeout: String,
+    keepalive_timeout: String,
+    max_connections: usize,
+    max_connections_per_address: usize,
 }
 
 impl Default for RawWeb {
@@ -456,6 +557,12 @@ impl Default for RawWeb {
             tls_cert: "web_cert.pem".into(),
             tls_key: "web_key.pem".into(),
             idle_timeout: "15m".into(),
+            max_failures: 5,
+            failure_window: "15m".into(),
+            header_read_timeout: "10s".into(),
+            keepalive_timeout: "5s".into(),
+            max_connections: 512,
+            max_connections_per_address: 64,
         }
     }
 }
@@ -493,6 +600,7 @@ impl Default for RawSecrets {
 struct RawRecording {
     dir: String,
     record_input: bool,
+    max_bytes: String,
 }
 
 impl Default for RawRecording {
@@ -500,6 +608,7 @@ impl Default for RawRecording {
         RawRecording {
             dir: "recordings".into(),
             record_input: false,
+            max_bytes: "4GB".into(),
         }
     }
 }
@@ -602,6 +711,30 @@ impl Config {
                 0 => return Err(invalid("ssh.max_connections", "must be at least 1".into())),
                 n => n,
             },
+            login_grace_time: match duration("ssh.login_grace_time", &raw.ssh.login_grace_time)? {
+                d if d > Duration::from_secs(600) => {
+                    return Err(invalid(
+                        "ssh.login_grace_time",
+                        "must be at most 10m".into(),
+                    ));
+                }
+                d => d,
+            },
+            max_startups: MaxStartups::parse(&raw.ssh.max_startups)
+                .map_err(|m| invalid("ssh.max_startups", m))?,
+            per_source_max_startups: match raw.ssh.per_source_max_startups {
+                0 => {
+                    return Err(invalid(
+                        "ssh.per_source_max_startups",
+                        "must be at least 1".into(),
+                    ));
+                }
+                n => n,
+            },
+            max_channels: match raw.ssh.max_channels {
+                0 => return Err(invalid("ssh.max_channels", "must be at least 1".into())),
+                n => n,
+            },
         };
         let web_listen = addr("web.listen", &raw.web.listen)?;
         let public_url = match raw.web.public_url {
@@ -619,6 +752,41 @@ impl Config {
                 format!("https://localhost:{}", web_listen.port())
             }
             None => format!("https://{web_listen}"),
+        };
+        let header_read_timeout =
+            duration("web.header_read_timeout", &raw.web.header_read_timeout)?;
+        let keepalive_timeout = duration("web.keepalive_timeout", &raw.web.keepalive_timeout)?;
+        if keepalive_timeout > header_read_timeout {
+            // hyper's head clock starts when a kept-alive connection waits for its next request.
+            return Err(invalid(
+                "web.keepalive_timeout",
+                "must not be longer than web.header_read_timeout, which also bounds a kept-alive \
+                 connection's wait for its next request"
+                    .into(),
+            ));
+        }
+        let at_least_one = |key: &'static str, n: usize| match n {
+            0 => Err(invalid(key, "must be at least 1".into())),
+            n => Ok(n),
+        };
+        let web = WebConfig {
+            listen: web_listen,
+            public_url,
+            tls_cert: resolve(&raw.web.tls_cert),
+            tls_key: resolve(&raw.web.tls_key),
+            idle_timeout: duration("web.idle_timeout", &raw.web.idle_timeout)?,
+            max_failures: match raw.web.max_failures {
+                0 => return Err(invalid("web.max_failures", "must be at least 1".into())),
+                n => n,
+            },
+            failure_window: duration("web.failure_window", &raw.web.failure_window)?,
+            header_read_timeout,
+            keepalive_timeout,
+            max_connections: at_least_one("web.max_connections", raw.web.max_connections)?,
+            max_connections_per_address: at_least_one(
+                "web.max_connections_per_address",
+                raw.web.max_connections_per_address,
+            )?,
         };
         let database = if let Some(file) = raw.database.url.strip_prefix("sqlite://") {
             if file.is_empty() {
@@ -645,40 +813,22 @@ impl Config {
                 ),
             ));
         };
-        let size = |key: &'static str, value: &str| parse_size(value).map_err(|m| invalid(key, m));
-        let action = |key: &'static str, value: &str| match value {
-            "alert" => Ok(BudgetAction::Alert),
-            "cut" => Ok(BudgetAction::Cut),
-            other => Err(invalid(key, format!("{other:?}: use alert or cut"))),
+        let (budgets_key, raw_budgets) = match (raw.budgets, raw.tunnels) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "tunnels",
+                    "[tunnels] is the old name of [budgets]: keep only [budgets]".into(),
+                ));
+            }
+            (Some(b), None) => ("budgets", b),
+            (None, Some(t)) => ("tunnels", t),
+            (None, None) => ("budgets", RawBudgets::default()),
         };
-        let default = BudgetPolicy {
-            max_down_per_hour: size("tunnels.max_down_per_hour", &raw.tunnels.max_down_per_hour)?,
-            max_up_per_hour: size("tunnels.max_up_per_hour", &raw.tunnels.max_up_per_hour)?,
-            action: action("tunnels.action", &raw.tunnels.action)?,
-        };
-        let mut services = std::collections::BTreeMap::new();
-        for (name, b) in raw.tunnels.services {
-            crate::model::check_name("service", &name)
-                .map_err(|m| invalid("tunnels.services", m))?;
-            services.insert(
-                name,
-                BudgetPolicy {
-                    max_down_per_hour: match &b.max_down_per_hour {
-                        Some(v) => size("tunnels.services.*.max_down_per_hour", v)?,
-                        None => default.max_down_per_hour,
-                    },
-                    max_up_per_hour: match &b.max_up_per_hour {
-                        Some(v) => size("tunnels.services.*.max_up_per_hour", v)?,
-                        None => default.max_up_per_hour,
-                    },
-                    action: match &b.action {
-                        Some(v) => action("tunnels.services.*.action", v)?,
-                        None => default.action,
-                    },
-                },
-            );
-        }
-        let tunnels = TunnelConfig { default, services };
+        let budgets = budget_config(raw_budgets).map_err(|(key, m)| {
+            // Named as in the file: `tunnels.services.*.action` when it still says [tunnels].
+            let key = key.replacen("budgets", budgets_key, 1);
+            invalid(budgets_key, format!("{key}: {m}"))
+        })?;
         let mut zone_max_request = std::collections::BTreeMap::new();
         for (zone, z) in &raw.policy.zones {
             zone_max_request.insert(
@@ -730,7 +880,18 @@ impl Config {
                                     .into(),
                             ));
                         }
+                        // Budget crossings of every session kind share one action since [tunnels]
+                        // became [budgets]; a list naming the old one still gets them.
                         events
+                            .into_iter()
+                            .map(|e| {
+                                if e == "tunnel.budget.exceeded" {
+                                    "budget.exceeded".to_owned()
+                                } else {
+                                    e
+                                }
+                            })
+                            .collect()
                     }
                 };
                 let max_attempts = w.max_attempts.unwrap_or(10);
@@ -755,13 +916,7 @@ impl Config {
         Ok(Config {
             path: path.to_owned(),
             ssh,
-            web: WebConfig {
-                listen: web_listen,
-                public_url,
-                tls_cert: resolve(&raw.web.tls_cert),
-                tls_key: resolve(&raw.web.tls_key),
-                idle_timeout: duration("web.idle_timeout", &raw.web.idle_timeout)?,
-            },
+            web,
             database,
             secrets: SecretsConfig {
                 key_file: resolve(&raw.secrets.key_file),
@@ -769,8 +924,10 @@ impl Config {
             recording: RecordingConfig {
                 dir: resolve(&raw.recording.dir),
                 record_input: raw.recording.record_input,
+                max_bytes: parse_size(&raw.recording.max_bytes)
+                    .map_err(|m| invalid("recording.max_bytes", m))?,
             },
-            tunnels,
+            budgets,
             log: LogConfig {
                 level: raw.log.level,
             },
@@ -778,6 +935,42 @@ impl Config {
             webhook,
         })
     }
+}
+
+/// `[budgets]` (or its old name `[tunnels]`): the default policy and the per-service ones. An error names
+/// the key (`budgets.services.*.action`) and what is wrong with it.
+fn budget_config(raw: RawBudgets) -> Result<BudgetConfig, (&'static str, String)> {
+    let size = |key: &'static str, value: &str| parse_size(value).map_err(|m| (key, m));
+    let action = |key: &'static str, value: &str| match value {
+        "alert" => Ok(BudgetAction::Alert),
+        "cut" => Ok(BudgetAction::Cut),
+        other => Err((key, format!("{other:?}: use alert or cut"))),
+    };
+    let default = BudgetPolicy {
+        max_down_per_hour: size("budgets.max_down_per_hour", &raw.max_down_per_hour)?,
+        max_up_per_hour: size("budgets.max_up_per_hour", &raw.max_up_per_hour)?,
+        action: action("budgets.action", &raw.action)?,
+    };
+    let mut services = std::collections::BTreeMap::new();
+    for (name, b) in raw.services {
+        crate::model::check_name("service", &name).map_err(|m| ("budgets.services", m))?;
+        let policy = BudgetPolicy {
+            max_down_per_hour: match &b.max_down_per_hour {
+                Some(v) => size("budgets.services.*.max_down_per_hour", v)?,
+                None => default.max_down_per_hour,
+            },
+            max_up_per_hour: match &b.max_up_per_hour {
+                Some(v) => size("budgets.services.*.max_up_per_hour", v)?,
+                None => default.max_up_per_hour,
+            },
+            action: match &b.action {
+                Some(v) => action("budgets.services.*.action", v)?,
+                None => default.action,
+            },
+        };
+        services.insert(name, policy);
+    }
+    Ok(BudgetConfig { default, services })
 }
 
 /// 1-based line and column of byte offset `at` in `text`.
@@ -886,8 +1079,17 @@ host_key = "ssh_host_ed25519_key"
 max_failures = 5
 failure_window = "10m"
 lockout = "15m"
-# Concurrent vendor connections at most.
+# Concurrent vendor connections at most, signed in or not (past it a new one is closed at once).
 max_connections = 1024
+# Before sign-in (as OpenSSH's LoginGraceTime, MaxStartups and PerSourceMaxStartups): a connection that
+# has not signed in within login_grace_time is closed; with start:rate:full connections not yet signed in,
+# a new one is dropped with rate% chance, rising to 100% at full; and one address may hold at most
+# per_source_max_startups of them, so a flood from one address cannot lock the others out.
+login_grace_time = "60s"
+max_startups = "30:30:100"
+per_source_max_startups = 10
+# Sessions and tunnels one connection may hold open at once.
+max_channels = 256
 # How vendors address the bastion, used in the commands chaperone prints to them.
 # public_host = "bastion.hospital.example"
 
@@ -902,8 +1104,21 @@ listen = "{web_listen}"
 # hospital's certificate for production.
 tls_cert = "web_cert.pem"
 tls_key = "web_key.pem"
-# Signed-in staff are signed out after this long without activity.
+# Signed-in staff are signed out after this long without activity (the page's live refresh is not
+# activity).
 idle_timeout = "15m"
+# Failed sign-ins of one account from one address (an IPv6 /64) within failure_window refuse that account
+# from that address only, until the window slides; sign-ins from elsewhere are not affected.
+max_failures = 5
+failure_window = "15m"
+# Slow clients: the TLS handshake and a request's head (then its body) must arrive within
+# header_read_timeout; a connection with no request in flight is closed after keepalive_timeout of
+# silence (at most header_read_timeout).
+header_read_timeout = "10s"
+keepalive_timeout = "5s"
+# Open connections at most, in all and from one address; more are closed at once.
+max_connections = 512
+max_connections_per_address = 64
 
 [policy]
 # The longest a vendor may request access for, and how long a request waits for a decision.
@@ -919,7 +1134,7 @@ request_ttl = "1h"
 # url = "https://chat.hospital.example/hooks/chaperone"   # http:// only to a loopback address
 # secret = "at least 16 random characters"
 # events = ["request.file", "request.approve", "request.deny", "request.expire", "grant.revoke",
-#           "session.terminate", "tunnel.budget.exceeded", "auth.lock", "target.hostkey.mismatch"]
+#           "session.terminate", "budget.exceeded", "auth.lock", "target.hostkey.mismatch"]
 # ca_file = "webhook_ca.pem"   # trust this CA for the receiver instead of the system's roots
 # max_attempts = 10            # then the event is given up and `webhook.undelivered` is audited
 
@@ -936,16 +1151,20 @@ key_file = "secrets.key"
 dir = "recordings"
 # Record what vendors type. Off by default: typed passwords must not land in recordings.
 record_input = false
+# A recording that reaches this size ends its session (no recording, no session). "none": no cap.
+max_bytes = "4GB"
 
-[tunnels]
-# The exfiltration guard: bytes per service per hour through vendors' tunnels (ssh -L/-W), each
-# direction. Crossing a budget is audited; with action = "cut" the tunnel is also closed.
+[budgets]
+# The exfiltration guard: bytes per vendor, asset and service per hour, each direction, through every
+# kind of session: shells, commands and file transfers on the ssh service, and tunnels (ssh -L/-W).
+# Crossing a budget is audited (budget.exceeded); with action = "cut" the session is also closed.
 # Sizes: 500KB, 5MB, 2GB, or "none". Default: alert when a device sends more than 5 MB in an hour.
+# (This section was called [tunnels] before; that name is still read.)
 max_down_per_hour = "5MB"
 max_up_per_hour = "none"
 action = "alert"
 # Per service name, e.g. DICOM studies are large but should never leave in bulk unnoticed:
-# [tunnels.services.dicom]
+# [budgets.services.dicom]
 # max_down_per_hour = "500MB"
 # action = "cut"
 
@@ -1063,6 +1282,40 @@ mod tests {
     }
 
     #[test]
+    fn web_limits_default_match_the_template_and_are_checked() {
+        let template = parse(&annotated_template(
+            "127.0.0.1:2222".parse().unwrap(),
+            "127.0.0.1:8443".parse().unwrap(),
+        ))
+        .unwrap()
+        .web;
+        let default = parse("").unwrap().web;
+        for w in [&template, &default] {
+            assert_eq!(w.max_failures, 5);
+            assert_eq!(w.failure_window, Duration::from_secs(900));
+            assert_eq!(w.header_read_timeout, Duration::from_secs(10));
+            assert_eq!(w.keepalive_timeout, Duration::from_secs(5));
+            assert_eq!(
+                (w.max_connections, w.max_connections_per_address),
+                (512, 64)
+            );
+        }
+        for (body, key) in [
+            ("keepalive_timeout = \"20s\"", "web.keepalive_timeout"),
+            ("max_connections = 0", "web.max_connections"),
+            (
+                "max_connections_per_address = 0",
+                "web.max_connections_per_address",
+            ),
+            ("max_failures = 0", "web.max_failures"),
+            ("header_read_timeout = \"0s\"", "web.header_read_timeout"),
+        ] {
+            let msg = parse(&format!("[web]\n{body}\n")).unwrap_err().to_string();
+            assert!(msg.contains(key), "{body}: {msg}");
+        }
+    }
+
+    #[test]
     fn misspelt_key_names_line_and_key() {
         let err = parse("[ssh]\nlisten = \"127.0.0.1:1\"\nlistn = \"x\"\n").unwrap_err();
         let msg = err.to_string();
@@ -1127,20 +1380,58 @@ mod tests {
     }
 
     #[test]
-    fn tunnel_budgets() {
-        let c = parse("[tunnels]\nmax_down_per_hour = \"5MB\"\n[tunnels.services.dicom]\nmax_down_per_hour = \"2GB\"\naction = \"cut\"\n").unwrap();
-        assert_eq!(c.tunnels.default.max_down_per_hour, Some(5_000_000));
-        assert_eq!(c.tunnels.default.max_up_per_hour, None);
-        let dicom = c.tunnels.policy_for("dicom");
+    fn budgets_and_their_old_name() {
+        let old = parse("[tunnels]\nmax_down_per_hour = \"5MB\"\n[tunnels.services.dicom]\nmax_down_per_hour = \"2GB\"\naction = \"cut\"\n").unwrap();
+        let new = parse("[budgets]\nmax_down_per_hour = \"5MB\"\n[budgets.services.dicom]\nmax_down_per_hour = \"2GB\"\naction = \"cut\"\n").unwrap();
+        assert_eq!(old.budgets, new.budgets);
+        let both = parse("[budgets]\n[tunnels]\n").unwrap_err().to_string();
+        assert!(both.contains("old name"), "{both}");
+        let msg = parse("[budgets.services.x]\naction = \"block\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("budgets.services.*.action"), "{msg}");
+        let c = new;
+        assert_eq!(c.budgets.default.max_down_per_hour, Some(5_000_000));
+        assert_eq!(c.budgets.default.max_up_per_hour, None);
+        let dicom = c.budgets.policy_for("dicom");
         assert_eq!(
             (dicom.max_down_per_hour, dicom.action),
             (Some(2_000_000_000), BudgetAction::Cut)
         );
-        assert_eq!(c.tunnels.policy_for("hl7"), &c.tunnels.default);
+        assert_eq!(c.budgets.policy_for("hl7"), &c.budgets.default);
         let msg = parse("[tunnels]\naction = \"block\"\n")
             .unwrap_err()
             .to_string();
         assert!(msg.contains("tunnels.action"), "{msg}");
+    }
+
+    #[test]
+    fn max_startups_reads_like_openssh() {
+        let m = MaxStartups::parse("10:30:100").unwrap();
+        assert_eq!(m.drop_percent(9), 0);
+        assert_eq!(m.drop_percent(10), 30);
+        assert_eq!(m.drop_percent(55), 65);
+        assert_eq!(m.drop_percent(100), 100);
+        assert_eq!(m.drop_percent(5000), 100);
+        let one = MaxStartups::parse("20").unwrap();
+        assert_eq!((one.drop_percent(19), one.drop_percent(20)), (0, 100));
+        for bad in [
+            "",
+            "0",
+            "10:30",
+            "10:101:100",
+            "50:30:10",
+            "a:b:c",
+            "10:30:100:1",
+        ] {
+            assert!(MaxStartups::parse(bad).is_err(), "{bad:?}");
+        }
+        let c = parse("").unwrap();
+        assert_eq!(c.ssh.login_grace_time, Duration::from_secs(60));
+        assert_eq!(c.ssh.per_source_max_startups, 10);
+        assert_eq!(c.recording.max_bytes, Some(4_000_000_000));
+        assert!(parse("[ssh]\nlogin_grace_time = \"1h\"\n").is_err());
+        assert!(parse("[ssh]\nmax_channels = 0\n").is_err());
         assert!(parse_size("5 parsecs").is_err());
         assert_eq!(parse_size("none"), Ok(None));
     }

@@ -413,6 +413,9 @@ pub struct SessionRow {
     pub started_at: UnixTime,
     pub ended_at: Option<UnixTime>,
     pub end_reason: Option<String>,
+    /// How it ended, as a word (`closed`, `expired`, `revoked`, `terminated`, `disabled`, `budget`,
+    /// `recording`, `lost`, `shutdown`); `None` while live and for sessions ended before this was kept.
+    pub end_cause: Option<String>,
     /// Vendor → device.
     pub bytes_up: i64,
     /// Device → vendor.
@@ -424,7 +427,7 @@ pub struct SessionRow {
 pub struct RecordingRow {
     pub id: i64,
     pub session_id: String,
-    /// `asciicast-v2`, `exec-stream-v1`, `transfer-log` (`ssh::session::RecordingFormat`).
+    /// `asciicast-v2`, `exec-stream-v1`, `transfer-log` (`recording::RecordingFormat`).
     pub format: String,
     pub path: String,
     pub sha256: Option<String>,

@@ -94,7 +94,7 @@ async fn end_abandoned(app: &App, s: &AbandonedSession) -> Result<bool, StoreErr
     );
     let mut tx = app.store.begin().await?;
     // Its byte counts were never written (the node that counted them is gone): they stay zero.
-    if !tx.end_session(&s.id, &reason, 0, 0, now).await? {
+    if !tx.end_session(&s.id, &reason, "lost", 0, 0, now).await? {
         return Ok(false);
     }
     tx.audit(
@@ -116,30 +116,27 @@ async fn end_abandoned(app: &App, s: &AbandonedSession) -> Result<bool, StoreErr
 /// Hashes a recording whose writer stopped before finishing it, if its file is on this node; `false` when
 /// it is not here or another node finished it first.
 async fn finish_recording(app: &App, r: &RecordingRow) -> Result<bool, StoreError> {
-    let path = std::path::PathBuf::from(&r.path);
-    // The path comes from the database: only files in this node's recordings directory are read.
-    let inside = match (
-        std::fs::canonicalize(&path),
-        std::fs::canonicalize(&app.config.recording.dir),
-    ) {
-        (Ok(file), Ok(dir)) => file.starts_with(dir),
-        _ => false,
-    };
-    if !inside {
-        tracing::debug!(path = %r.path, "an unfinished recording that is not in this node's recordings directory");
-        return Ok(false);
-    }
+    // The path comes from the database: only a file in this node's recordings directory is read (the
+    // rule is `evidence::open_recording`'s, the same as the CLI's).
+    let dir = app.config.recording.dir.clone();
+    let path = r.path.clone();
     let hashed = tokio::task::spawn_blocking(move || {
-        let size = std::fs::metadata(&path)?.len();
-        let digest = chaperone_recorder::sha256_file(&path)?;
-        Ok::<_, chaperone_recorder::Error>((digest, size))
+        let opened = match crate::evidence::open_recording(&dir, &path) {
+            Ok(opened) => opened,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => {
+                tracing::debug!(path = %path, error = %e, "an unfinished recording that is not in this node's recordings directory");
+                return Ok(None);
+            }
+        };
+        let size = opened.file.metadata()?.len();
+        let digest = chaperone_recorder::Sha256Reader::new(opened.file).finish_hex()?;
+        Ok::<_, std::io::Error>(Some((digest, size)))
     })
     .await;
     let (digest, size) = match hashed {
-        Ok(Ok(d)) => d,
-        Ok(Err(chaperone_recorder::Error::Io(e))) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(false);
-        }
+        Ok(Ok(Some(d))) => d,
+        Ok(Ok(None)) => return Ok(false),
         Ok(Err(e)) => {
             tracing::warn!(path = %r.path, error = %e, "cannot read an unfinished recording");
             return Ok(false);

@@ -8,6 +8,12 @@
 //! bytes; an error means the recording is gone and the session must end ("no recording, no session").
 //! [`Recording::finish`] returns the file's SHA-256.
 //!
+//! A recording can fail (an I/O error: the file is not vouched for) or *stop*: the size cap is reached, or
+//! the SFTP observer meets a packet it cannot parse or more requests in flight than it tracks. A stop is
+//! not the file's fault: the recorder writes what it knows (the transfer log's `unparseable` line), finishes
+//! and digests the file, and refuses every later record with the reason, so the session ends with the
+//! recording intact up to that point ([`Done::stopped`]).
+//!
 //! Why a thread and not a task: encoding, SHA-256 and write(2) are synchronous and, for bulk output, take
 //! a core. On a tokio worker they would delay every other connection's handshakes and keepalives. The
 //! thread is a plain `std::thread`, not `spawn_blocking`: a recording lives as long as its session, and
@@ -15,14 +21,15 @@
 //! semaphore permits, so the relay waits asynchronously when the disk is behind and the thread waits with
 //! a timeout, which is what flushes a quiet recording within a second.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chaperone_recorder::{
-    CastHeader, CastWriter, ExecHeader, ExecWriter, Finished, SftpObserver, TransferLog,
+    CastHeader, CastWriter, ExecHeader, ExecWriter, Finished, SftpObserver, TransferEvent,
+    TransferLog,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
@@ -30,6 +37,39 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 const QUEUE: usize = 16;
 /// Longest time written data may sit in a buffer: a crash loses at most this.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// How a session is recorded; `as_str` is the `recordings.format` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordingFormat {
+    /// Shells and exec with a pty: asciicast v2.
+    Asciicast,
+    /// Exec without a pty: stdout and stderr byte for byte (`chaperone_recorder::exec`).
+    ExecStream,
+    /// sftp and scp: the transfer log.
+    TransferLog,
+}
+
+impl RecordingFormat {
+    pub const ASCIICAST: &str = "asciicast-v2";
+    pub const EXEC_STREAM: &str = "exec-stream-v1";
+    pub const TRANSFER_LOG: &str = "transfer-log";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingFormat::Asciicast => Self::ASCIICAST,
+            RecordingFormat::ExecStream => Self::EXEC_STREAM,
+            RecordingFormat::TransferLog => Self::TRANSFER_LOG,
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            RecordingFormat::Asciicast => "cast",
+            RecordingFormat::ExecStream => "exec",
+            RecordingFormat::TransferLog => "sftp.jsonl",
+        }
+    }
+}
 
 /// Something to record.
 #[derive(Debug)]
@@ -56,6 +96,22 @@ pub enum Record {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("recording failed: {0}")]
 pub struct RecordingFailed(pub String);
+
+/// A finished recording: its digest, and why it stopped early if it did.
+#[derive(Debug)]
+pub struct Done {
+    pub finished: Finished,
+    /// Set when the recording stopped before the session's end (size cap, an SFTP stream it cannot
+    /// parse): the file is whole and digested up to that point, and the session must end.
+    pub stopped: Option<String>,
+}
+
+/// What one write asks of the driver.
+enum Step {
+    Continue,
+    /// Finish the file now and refuse every later record with this reason.
+    Stop(String),
+}
 
 impl From<chaperone_recorder::Error> for RecordingFailed {
     /// The error with its causes ("recording file I/O failed: No space left on device"): this text is the
@@ -94,10 +150,20 @@ enum Writer {
 }
 
 impl Writer {
-    fn write(&mut self, at: Duration, record: Record) -> chaperone_recorder::Result<()> {
+    /// Writes one record. The size cap and an SFTP stream the observer gave up on stop the recording
+    /// (finished and digested); an I/O error fails it.
+    fn write(&mut self, at: Duration, record: Record) -> Result<Step, RecordingFailed> {
+        match self.write_inner(at, record) {
+            Ok(step) => Ok(step),
+            Err(e @ chaperone_recorder::Error::CapExceeded { .. }) => Ok(Step::Stop(e.to_string())),
+            Err(e) => Err(RecordingFailed::from(e)),
+        }
+    }
+
+    fn write_inner(&mut self, at: Duration, record: Record) -> chaperone_recorder::Result<Step> {
         match (self, record) {
             (Writer::Cast { writer, .. }, Record::Output(data) | Record::Stderr(data)) => {
-                writer.output(at, &data)
+                writer.output(at, &data)?;
             }
             (
                 Writer::Cast {
@@ -105,27 +171,31 @@ impl Writer {
                     input: true,
                 },
                 Record::Input(data),
-            ) => writer.input(at, &data),
+            ) => writer.input(at, &data)?,
             (Writer::Cast { writer, .. }, Record::Resize { cols, rows }) => {
-                writer.resize(at, cols, rows)
+                writer.resize(at, cols, rows)?;
             }
-            (Writer::Cast { writer, .. }, Record::Marker(label)) => writer.marker(at, &label),
-            (Writer::Exec { writer, .. }, Record::Output(data)) => writer.stdout_shared(at, data),
-            (Writer::Exec { writer, .. }, Record::Stderr(data)) => writer.stderr_shared(at, data),
+            (Writer::Cast { writer, .. }, Record::Marker(label)) => writer.marker(at, &label)?,
+            (Writer::Exec { writer, .. }, Record::Output(data)) => {
+                writer.stdout_shared(at, data)?
+            }
+            (Writer::Exec { writer, .. }, Record::Stderr(data)) => {
+                writer.stderr_shared(at, data)?
+            }
             (
                 Writer::Exec {
                     writer,
                     input: true,
                 },
                 Record::Input(data),
-            ) => writer.input_shared(at, data),
+            ) => writer.input_shared(at, data)?,
             (Writer::Exec { writer, .. }, Record::Resize { cols, rows }) => {
-                writer.resize(at, cols, rows)
+                writer.resize(at, cols, rows)?;
             }
-            (Writer::Exec { writer, .. }, Record::Marker(label)) => writer.marker(at, &label),
+            (Writer::Exec { writer, .. }, Record::Marker(label)) => writer.marker(at, &label)?,
             (Writer::Transfers { log, observer }, Record::Sftp { upload, data }) => {
                 let Some(obs) = observer.as_mut() else {
-                    return Ok(());
+                    return Ok(Step::Continue);
                 };
                 let events = if upload {
                     obs.client_to_server(&data)
@@ -135,7 +205,20 @@ impl Writer {
                 for e in &events {
                     log.record(at, e)?;
                 }
-                Ok(())
+                // The observer knows nothing past this point: the recording stops here (fail closed)
+                // rather than let the session go on unlogged.
+                if let Some(TransferEvent::Unparseable { reason }) = events
+                    .iter()
+                    .find(|e| matches!(e, TransferEvent::Unparseable { .. }))
+                {
+                    return Ok(Step::Stop(format!(
+                        "the sftp stream cannot be followed: {reason}"
+                    )));
+                }
+            }
+            (Writer::Transfers { log, .. }, Record::Stderr(data)) => {
+                let text = String::from_utf8_lossy(&data).into_owned();
+                log.record(at, &TransferEvent::Stderr { text })?;
             }
             #[cfg(test)]
             (Writer::Failing { writes, fail_at }, _) => {
@@ -143,11 +226,11 @@ impl Writer {
                 if *writes >= *fail_at {
                     return Err(std::io::Error::other("disk full (test)").into());
                 }
-                Ok(())
             }
             // Input when not recording input; terminal events on a transfer log; SFTP bytes on a cast.
-            _ => Ok(()),
+            _ => {}
         }
+        Ok(Step::Continue)
     }
 
     fn flush(&mut self) -> chaperone_recorder::Result<()> {
@@ -167,7 +250,12 @@ impl Writer {
             Writer::Transfers { mut log, observer } => {
                 if let Some(obs) = observer {
                     for e in obs.finish() {
-                        log.record(at, &e)?;
+                        match log.record(at, &e) {
+                            // Past the cap the log is complete up to its last line; what was still
+                            // open is not listed, and the session's end says the cap was reached.
+                            Err(chaperone_recorder::Error::CapExceeded { .. }) => break,
+                            other => other?,
+                        }
                     }
                 }
                 log.finish()
@@ -191,10 +279,11 @@ pub struct Recording {
     tx: mpsc::Sender<Queued>,
     /// The queue's free slots; closed when the thread stops, so a waiting relay learns of it.
     slots: Arc<Semaphore>,
+    /// Why the thread stopped early, for the senders' error (set before `slots` is closed).
+    stopped: Arc<OnceLock<String>>,
     /// The thread's result: the digest, or why recording failed.
-    done: oneshot::Receiver<Result<Finished, RecordingFailed>>,
+    done: oneshot::Receiver<Result<Done, RecordingFailed>>,
     started: Instant,
-    path: PathBuf,
 }
 
 impl Recording {
@@ -203,15 +292,16 @@ impl Recording {
         path: &Path,
         header: CastHeader,
         record_input: bool,
+        max_bytes: Option<u64>,
     ) -> Result<Recording, RecordingFailed> {
-        let writer = CastWriter::create(path, header).map_err(RecordingFailed::from)?;
-        Recording::spawn(
-            path,
-            Writer::Cast {
-                writer,
-                input: record_input,
-            },
-        )
+        let mut writer = CastWriter::create(path, header).map_err(RecordingFailed::from)?;
+        if let Some(max) = max_bytes {
+            writer = writer.with_max_bytes(max);
+        }
+        Recording::spawn(Writer::Cast {
+            writer,
+            input: record_input,
+        })
     }
 
     /// Creates `path` (never overwriting) as an exec recording: stdout and stderr byte for byte.
@@ -219,56 +309,64 @@ impl Recording {
         path: &Path,
         header: &ExecHeader,
         record_input: bool,
+        max_bytes: Option<u64>,
     ) -> Result<Recording, RecordingFailed> {
-        let writer = ExecWriter::create(path, header).map_err(RecordingFailed::from)?;
-        Recording::spawn(
-            path,
-            Writer::Exec {
-                writer,
-                input: record_input,
-            },
-        )
+        let mut writer = ExecWriter::create(path, header).map_err(RecordingFailed::from)?;
+        if let Some(max) = max_bytes {
+            writer = writer.with_max_bytes(max);
+        }
+        Recording::spawn(Writer::Exec {
+            writer,
+            input: record_input,
+        })
     }
 
     /// Creates a transfer log at `path` for an sftp session.
-    pub fn transfers(path: &Path) -> Result<Recording, RecordingFailed> {
-        let log = TransferLog::create(path).map_err(RecordingFailed::from)?;
-        Recording::spawn(
-            path,
-            Writer::Transfers {
-                log,
-                observer: Some(SftpObserver::new()),
-            },
-        )
+    pub fn transfers(path: &Path, max_bytes: Option<u64>) -> Result<Recording, RecordingFailed> {
+        let mut log = TransferLog::create(path).map_err(RecordingFailed::from)?;
+        if let Some(max) = max_bytes {
+            log = log.with_max_bytes(max);
+        }
+        Recording::spawn(Writer::Transfers {
+            log,
+            observer: Some(SftpObserver::new()),
+        })
     }
 
-    fn spawn(path: &Path, writer: Writer) -> Result<Recording, RecordingFailed> {
+    fn spawn(writer: Writer) -> Result<Recording, RecordingFailed> {
         let (tx, rx) = mpsc::channel::<Queued>();
         let slots = Arc::new(Semaphore::new(QUEUE));
+        let stopped = Arc::new(OnceLock::new());
         let (done_tx, done) = oneshot::channel();
         let started = Instant::now();
         let close = CloseOnDrop(slots.clone());
+        let reason = stopped.clone();
+        let queue = slots.clone();
         std::thread::Builder::new()
             .name("recorder".into())
             .stack_size(512 * 1024)
             .spawn(move || {
                 // Dropped last, panic or not: senders waiting for a slot then fail instead of hanging.
                 let _close = close;
-                let result = drive(writer, rx, started);
+                // A stop refuses later records at once, before the file is finished and synced.
+                let stop = |why: &str| {
+                    let _ = reason.set(why.to_owned());
+                    queue.close();
+                };
+                let result = drive(writer, rx, started, stop);
+                if let Err(e) = &result {
+                    let _ = reason.set(e.0.clone());
+                }
                 let _ = done_tx.send(result);
             })
             .map_err(|e| RecordingFailed(format!("cannot start the recorder thread: {e}")))?;
         Ok(Recording {
             tx,
             slots,
+            stopped,
             done,
             started,
-            path: path.to_owned(),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// A sender for the relay's tasks (one per direction).
@@ -276,13 +374,14 @@ impl Recording {
         RecordSender {
             tx: self.tx.clone(),
             slots: self.slots.clone(),
+            stopped: self.stopped.clone(),
             started: self.started,
         }
     }
 
     /// Closes the recording and returns its digest; fails if any write failed. Every [`RecordSender`]
     /// must be dropped first: the thread finishes the file when the queue has no sender left.
-    pub async fn finish(self) -> Result<Finished, RecordingFailed> {
+    pub async fn finish(self) -> Result<Done, RecordingFailed> {
         drop(self.tx);
         self.done.await.unwrap_or_else(|_| {
             Err(RecordingFailed(
@@ -303,26 +402,28 @@ impl Drop for CloseOnDrop {
 
 /// The recorder thread: writes records as they come, several per wakeup when they queue up, and flushes
 /// a recording that has gone quiet within [`FLUSH_EVERY`] (the writers flush a busy one themselves).
-/// Returns when every sender is gone (then the file is finished) or at the first error.
+/// Returns when every sender is gone (then the file is finished), when a write stops the recording (the
+/// file is finished too, with the reason), or at the first error.
 fn drive(
     mut writer: Writer,
     rx: mpsc::Receiver<Queued>,
     started: Instant,
-) -> Result<Finished, RecordingFailed> {
+    on_stop: impl FnOnce(&str),
+) -> Result<Done, RecordingFailed> {
     let mut last_flush = Instant::now();
     let mut unflushed = false;
-    loop {
+    let mut stopped = None;
+    'records: loop {
         match rx.recv_timeout(FLUSH_EVERY.saturating_sub(last_flush.elapsed())) {
             Ok(first) => {
-                writer
-                    .write(first.at, first.record)
-                    .map_err(RecordingFailed::from)?;
-                // What queued up meanwhile, without sleeping in between; bounded, so a relay that keeps
-                // the queue full cannot keep this loop from its flush check.
-                for next in rx.try_iter().take(QUEUE) {
-                    writer
-                        .write(next.at, next.record)
-                        .map_err(RecordingFailed::from)?;
+                // What queued up meanwhile too, without sleeping in between; bounded, so a relay that
+                // keeps the queue full cannot keep this loop from its flush check.
+                for next in std::iter::once(first).chain(rx.try_iter().take(QUEUE)) {
+                    if let Step::Stop(why) = writer.write(next.at, next.record)? {
+                        on_stop(&why);
+                        stopped = Some(why);
+                        break 'records;
+                    }
                 }
                 unflushed = true;
             }
@@ -337,9 +438,10 @@ fn drive(
             last_flush = Instant::now();
         }
     }
-    writer
+    let finished = writer
         .finish(started.elapsed())
-        .map_err(RecordingFailed::from)
+        .map_err(RecordingFailed::from)?;
+    Ok(Done { finished, stopped })
 }
 
 /// Feeds a [`Recording`]; cheap to clone.
@@ -347,6 +449,7 @@ fn drive(
 pub struct RecordSender {
     tx: mpsc::Sender<Queued>,
     slots: Arc<Semaphore>,
+    stopped: Arc<OnceLock<String>>,
     started: Instant,
 }
 
@@ -355,7 +458,14 @@ impl RecordSender {
     /// recording failed and the session must end.
     pub async fn send(&self, record: Record) -> Result<(), RecordingFailed> {
         let at = self.started.elapsed();
-        let stopped = || RecordingFailed("the recorder stopped".into());
+        let stopped = || {
+            RecordingFailed(
+                self.stopped
+                    .get()
+                    .cloned()
+                    .unwrap_or_else(|| "the recorder stopped".into()),
+            )
+        };
         let slot = self
             .slots
             .clone()
@@ -394,7 +504,7 @@ mod tests {
     async fn records_reach_the_file_in_order_with_a_digest() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.exec");
-        let recording = Recording::exec(&path, &exec_header(), true).unwrap();
+        let recording = Recording::exec(&path, &exec_header(), true, None).unwrap();
         let sender = recording.sender();
         let mut expected = Vec::new();
         for i in 0..2000u32 {
@@ -408,6 +518,8 @@ mod tests {
             .unwrap();
         drop(sender);
         let done = recording.finish().await.unwrap();
+        assert!(done.stopped.is_none());
+        let done = done.finished;
         assert_eq!(
             done.sha256_hex,
             chaperone_recorder::sha256_file(&path).unwrap()
@@ -423,7 +535,7 @@ mod tests {
     async fn a_quiet_recording_is_flushed_within_about_a_second() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.exec");
-        let recording = Recording::exec(&path, &exec_header(), false).unwrap();
+        let recording = Recording::exec(&path, &exec_header(), false, None).unwrap();
         let header_len = std::fs::metadata(&path).unwrap().len();
         let sender = recording.sender();
         sender
@@ -442,13 +554,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_error_fails_the_senders_and_the_finish() {
-        let recording = Recording::spawn(
-            Path::new("unused"),
-            Writer::Failing {
-                writes: 0,
-                fail_at: 3,
-            },
-        )
+        let recording = Recording::spawn(Writer::Failing {
+            writes: 0,
+            fail_at: 3,
+        })
         .unwrap();
         let sender = recording.sender();
         let mut failed_at = None;
@@ -467,5 +576,68 @@ mod tests {
         drop(sender);
         let err = recording.finish().await.unwrap_err();
         assert!(err.0.contains("disk full (test)"), "{}", err.0);
+    }
+
+    /// Sends until a send fails; returns the error.
+    async fn send_until_refused(sender: &RecordSender, record: impl Fn() -> Record) -> String {
+        for _ in 0..10_000 {
+            if let Err(e) = sender.send(record()).await {
+                return e.0;
+            }
+        }
+        panic!("no send was refused");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_size_cap_stops_the_recording_whole_and_digested() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.exec");
+        let recording = Recording::exec(&path, &exec_header(), false, Some(10_000)).unwrap();
+        let sender = recording.sender();
+        let why = send_until_refused(&sender, || {
+            Record::Output(Bytes::from_static(&[b'x'; 1000]))
+        })
+        .await;
+        assert!(why.contains("size cap"), "{why}");
+        drop(sender);
+        let done = recording.finish().await.unwrap();
+        assert!(done.stopped.as_deref().unwrap().contains("size cap"));
+        assert!(done.finished.bytes <= 10_000);
+        assert_eq!(
+            done.finished.sha256_hex,
+            chaperone_recorder::sha256_file(&path).unwrap()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_sftp_stream_the_observer_cannot_follow_stops_the_recording_and_keeps_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sftp.jsonl");
+        let recording = Recording::transfers(&path, None).unwrap();
+        let sender = recording.sender();
+        sender
+            .send(Record::Stderr(Bytes::from_static(
+                b"sftp-server: warning\n",
+            )))
+            .await
+            .unwrap();
+        // A packet that declares 2 GiB: no SFTP implementation sends that.
+        let hostile = Bytes::from_static(&[0x80, 0, 0, 0, 3, 0, 0, 0, 1]);
+        let why = send_until_refused(&sender, || Record::Sftp {
+            upload: true,
+            data: hostile.clone(),
+        })
+        .await;
+        assert!(why.contains("sftp stream cannot be followed"), "{why}");
+        drop(sender);
+        let done = recording.finish().await.unwrap();
+        assert!(done.stopped.is_some());
+        let log = std::fs::read_to_string(&path).unwrap();
+        assert!(log.contains("\"event\":\"stderr\""), "{log}");
+        assert!(log.contains("\"event\":\"unparseable\""), "{log}");
+        assert_eq!(
+            done.finished.sha256_hex,
+            chaperone_recorder::sha256_file(&path).unwrap()
+        );
     }
 }

@@ -55,13 +55,15 @@ pub async fn run(
         .node_seen(&app.node, app.clock.now())
         .await
         .context("registering this node")?;
+    // Everything that can fail at start fails here, before "serving" is logged.
+    let (ssh_addr, web_addr) = (listeners.ssh_addr()?, listeners.web_addr()?);
+    let ssh_listener =
+        ssh::Listener::new(&app, listeners.ssh).context("starting the SSH listener")?;
+    let tls = web_tls(&app.config)?;
     let node_task = tokio::spawn(crate::node::run(app.clone(), stop_rx.clone()));
-    let ssh_task = tokio::spawn(ssh::serve(app.clone(), listeners.ssh, stop_rx.clone()));
+    let mut ssh_task = tokio::spawn(ssh_listener.serve(stop_rx.clone()));
     tokio::spawn(expire_requests(app.clone(), stop_rx.clone()));
     let mut web_stop = stop_rx.clone();
-    let tls = web_tls(&app.config)?;
-    let web = chaperone_web_approval::tls::TlsListener::new(listeners.web, tls)
-        .context("starting the web listener")?;
     let router = chaperone_web_approval::router(
         std::sync::Arc::new(crate::web::WebCore::new(app.clone())),
         chaperone_web_approval::WebOptions {
@@ -71,21 +73,63 @@ pub async fn run(
             ..Default::default()
         },
     );
-    let web_task = tokio::spawn(async move {
-        axum::serve(
-            web,
-            router.into_make_service_with_connect_info::<chaperone_web_approval::tls::PeerAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+    tracing::info!(
+        config = %app.config.path.display(),
+        ssh = %ssh_addr,
+        web = %web_addr,
+        "chaperone serving"
+    );
+    let web = &app.config.web;
+    let limits = chaperone_web_approval::serve::Limits {
+        header_read_timeout: web.header_read_timeout,
+        keepalive_timeout: web.keepalive_timeout,
+        max_connections: web.max_connections,
+        max_connections_per_source: web.max_connections_per_address,
+    };
+    let mut web_task = tokio::spawn(chaperone_web_approval::serve::serve(
+        listeners.web,
+        tls,
+        router,
+        limits,
+        async move {
             let _ = web_stop.wait_for(|stop| *stop).await;
-        })
-        .await
-    });
-    shutdown.await;
-    tracing::info!("shutting down");
+        },
+    ));
+    // A listener that stops by itself (a panic, an I/O error it cannot serve past) stops the process:
+    // half a bastion that logs "serving" is worse than none.
+    let mut ssh_done = false;
+    let mut web_done: Option<Result<(), tokio::task::JoinError>> = None;
+    let failed = tokio::select! {
+        () = shutdown => None,
+        r = &mut ssh_task => {
+            ssh_done = true;
+            Some(format!("the SSH listener stopped: {}", match r {
+                Ok(()) => "it returned".to_owned(),
+                Err(e) => e.to_string(),
+            }))
+        }
+        r = &mut web_task => {
+            let why = match &r {
+                Ok(()) => "it returned".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            web_done = Some(r);
+            Some(format!("the web listener stopped: {why}"))
+        }
+    };
+    match &failed {
+        None => tracing::info!("shutting down"),
+        Some(why) => tracing::error!("{why}; shutting down"),
+    }
     let _ = stop_tx.send(true);
-    let ssh_result = ssh_task.await.context("SSH listener task")?;
-    let web_result = web_task.await.context("web listener task")?;
+    if !ssh_done {
+        let _ = ssh_task.await;
+    }
+    match web_done {
+        Some(r) => r,
+        None => web_task.await,
+    }
+    .context("web listener task")?;
     if let Some(task) = webhook_task {
         // It stops between deliveries (or mid-backoff) and gives its lease up.
         let _ = task.await;
@@ -93,9 +137,10 @@ pub async fn run(
     let _ = node_task.await;
     // Every session of this node has ended (the SSH task waited for them): it can go.
     crate::node::leave(&app).await;
-    ssh_result?;
-    web_result.context("web listener")?;
     app.store.close().await;
+    if let Some(why) = failed {
+        anyhow::bail!(why);
+    }
     tracing::info!("stopped");
     Ok(())
 }

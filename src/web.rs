@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chaperone_web_approval::{
     Core, CoreError, Decision, Enrollment, GrantView, Method, RequestView, Role as WebRole,
-    SessionView, Staff, StaffAccount, StateKind,
+    SecondFactor, SessionView, SignInAttempt, Staff, StaffAccount, StateKind, Verdict,
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -20,11 +20,35 @@ use crate::config::{format_duration, parse_duration};
 use crate::identity::totp;
 use crate::model::{AccessRequest, Criticality, RequestStatus, Role};
 use crate::policy::requests::{self, Approver, AuthMethod, DecideError, Outcome};
-use crate::store::StoreError;
+use crate::store::{StaffAuth, StoreError, Tx};
 
-/// Failed sign-ins that lock a staff account, and for how long.
-const MAX_SIGNIN_FAILURES: i64 = 5;
-const SIGNIN_LOCKOUT_SECS: i64 = 15 * 60;
+/// The staff sign-in lockout: the one place it is decided, for the sign-in form, `/api/login`, passkey
+/// sign-ins and the password asked again before a change (`Core::judge_sign_in`).
+///
+/// Failures are counted per (account, source address) in a sliding window of `window`: once `max`
+/// failures of an account from one source fall within it, that account is refused from that source
+/// (without its second factor being looked at) until the oldest of them slides out. Failures from one
+/// address never refuse the account from another, so nobody can lock an approver out from everywhere
+/// by knowing their name. Attempts refused while locked are audited but not counted, so a locked pair
+/// holds at most `max` rows. Judgements of one account queue (`Tx::hold_staff_user`), so concurrent
+/// attempts from several nodes cannot get more than `max` failures in before the lock holds.
+#[derive(Debug, Clone, Copy)]
+pub struct SignInRule {
+    pub max_failures: u32,
+    pub window: Duration,
+}
+
+impl SignInRule {
+    /// The first second of the window that ends at `now`.
+    fn since(self, now: i64) -> i64 {
+        let window = i64::try_from(self.window.as_secs()).unwrap_or(i64::MAX / 2);
+        now.saturating_sub(window) + 1
+    }
+
+    fn locked(self, failures: i64) -> bool {
+        failures >= i64::from(self.max_failures)
+    }
+}
 
 /// Sign-in state kept at most, per kind (sessions are made only by full sign-ins; ceremony starts need
 /// no account, so a flood of them drops the oldest instead of growing the table).
@@ -38,11 +62,17 @@ fn max_state(kind: StateKind) -> u32 {
 #[derive(Debug, Clone)]
 pub struct WebCore {
     app: App,
+    /// From `[web] max_failures` and `failure_window`.
+    rule: SignInRule,
 }
 
 impl WebCore {
     pub fn new(app: App) -> WebCore {
-        WebCore { app }
+        let rule = SignInRule {
+            max_failures: app.config.web.max_failures,
+            window: app.config.web.failure_window,
+        };
+        WebCore { app, rule }
     }
 }
 
@@ -131,14 +161,74 @@ fn decide_error(e: DecideError) -> CoreError {
     }
 }
 
+fn account(a: StaffAuth) -> StaffAccount {
+    StaffAccount {
+        name: a.name,
+        role: role(a.role),
+        enabled: a.enabled,
+        password_hash: a.password_hash,
+        has_totp: a.totp_secret.is_some(),
+    }
+}
+
 impl WebCore {
+    /// Why the second factor of a sign-in with the right password fails, if it does. A TOTP code is
+    /// checked here and its time step taken in `tx` (so a code is never accepted twice, on any node).
+    async fn second_factor_fails(
+        &self,
+        tx: &mut Tx,
+        user: &StaffAuth,
+        second: &SecondFactor<'_>,
+        now: i64,
+    ) -> Result<Option<&'static str>, CoreError> {
+        let code = match second {
+            SecondFactor::Totp(code) => *code,
+            SecondFactor::Passkey(Ok(())) | SecondFactor::Reauthentication => return Ok(None),
+            SecondFactor::Passkey(Err(why)) => return Ok(Some(*why)),
+        };
+        const WRONG: &str = "wrong or reused TOTP code";
+        let Some(sealed) = user.totp_secret.as_deref() else {
+            return Ok(Some(WRONG));
+        };
+        let seed = self
+            .app
+            .secrets
+            .open(&format!("staff-totp:{}", user.name), sealed)
+            .map_err(|e| {
+                tracing::error!(error = %e, user = %user.name, "cannot open a staff TOTP seed");
+                CoreError::Internal
+            })?;
+        let Some(step) = totp::check(seed.expose(), code, now.max(0).unsigned_abs()) else {
+            return Ok(Some(WRONG));
+        };
+        if !tx
+            .accept_staff_totp_step(user.id, step)
+            .await
+            .map_err(internal)?
+        {
+            return Ok(Some(WRONG)); // a replayed code
+        }
+        tx.audit(
+            AuditEvent::new(
+                format!("staff:{}", user.name),
+                "staff.totp.accept",
+                format!("user:{}", user.name),
+                json!({"step": step}),
+            ),
+            now,
+        )
+        .await
+        .map_err(internal)?;
+        Ok(None)
+    }
+
     /// The user an unexpired enrollment link belongs to, and the hash of its token (what the database
     /// keeps); `NotFound` for an unknown, used or expired link.
     async fn enrolling_user(
         &self,
         token: &str,
         now: i64,
-    ) -> Result<(String, crate::store::StaffAuth), CoreError> {
+    ) -> Result<(String, StaffAuth), CoreError> {
         let hash = hex::encode(Sha256::digest(token.as_bytes()));
         match self
             .app
@@ -365,103 +455,99 @@ impl Core for WebCore {
             .staff_auth(name)
             .await
             .map_err(internal)?
-            .map(|a| StaffAccount {
-                name: a.name,
-                role: role(a.role),
-                enabled: a.enabled,
-                password_hash: a.password_hash,
-                locked_until: a.locked_until,
-                has_totp: a.totp_secret.is_some(),
-            }))
+            .map(account))
     }
 
-    async fn check_totp(&self, name: &str, code: &str) -> Result<bool, CoreError> {
+    async fn judge_sign_in(&self, attempt: &SignInAttempt<'_>) -> Result<Verdict, CoreError> {
         let app = &self.app;
-        let Some(user) = app.store.staff_auth(name).await.map_err(internal)? else {
-            return Ok(false);
-        };
-        let Some(sealed) = user.totp_secret.as_deref() else {
-            return Ok(false);
-        };
-        let seed = app
-            .secrets
-            .open(&format!("staff-totp:{}", user.name), sealed)
-            .map_err(|e| {
-                tracing::error!(error = %e, user = %user.name, "cannot open a staff TOTP seed");
-                CoreError::Internal
-            })?;
-        let now = app.clock.now();
-        let Some(step) = totp::check(seed.expose(), code, now.max(0).unsigned_abs()) else {
-            return Ok(false);
-        };
-        let mut tx = app.store.begin().await.map_err(internal)?;
-        if !tx
-            .accept_staff_totp_step(user.id, step)
+        // No such name, disabled, or not enrolled yet: nothing to count or protect.
+        let Some(user) = app
+            .store
+            .staff_auth(attempt.name)
             .await
             .map_err(internal)?
-        {
-            return Ok(false); // a replayed code
-        }
-        tx.audit(
-            AuditEvent::new(
-                format!("staff:{}", user.name),
-                "staff.totp.accept",
-                format!("user:{}", user.name),
-                json!({"step": step}),
-            ),
-            now,
-        )
-        .await
-        .map_err(internal)?;
-        tx.commit("staff.totp.accept").await.map_err(internal)?;
-        Ok(true)
-    }
-
-    async fn sign_in_failed(&self, name: &str, why: &str) -> Result<(), CoreError> {
-        let app = &self.app;
-        let Some(user) = app.store.staff_auth(name).await.map_err(internal)? else {
-            return Ok(());
+            .filter(|u| u.enabled && u.password_hash.is_some())
+        else {
+            return Ok(Verdict::Refused);
         };
         let now = app.clock.now();
+        let source = attempt.source.to_string();
+        let rule = self.rule;
+        let actor = format!("staff:{}", user.name);
+        let subject = format!("user:{}", user.name);
         let mut tx = app.store.begin().await.map_err(internal)?;
-        let locked = tx
-            .staff_sign_in_failed(user.id, MAX_SIGNIN_FAILURES, now + SIGNIN_LOCKOUT_SECS)
+        tx.hold_staff_user(user.id).await.map_err(internal)?;
+        let failures = tx
+            .staff_signin_failures(user.id, &source, rule.since(now))
+            .await
+            .map_err(internal)?;
+        if rule.locked(failures) {
+            // The second factor is not looked at (a TOTP step is not used up), whatever the password.
+            tx.audit(
+                AuditEvent::new(
+                    actor,
+                    "staff.signin.failed",
+                    subject,
+                    json!({"why": "locked", "locked": true, "source": source,
+                           "password_ok": attempt.password_ok, "failures": failures}),
+                ),
+                now,
+            )
+            .await
+            .map_err(internal)?;
+            tx.commit("staff.signin.failed").await.map_err(internal)?;
+            return Ok(Verdict::Refused);
+        }
+        let failed = if attempt.password_ok {
+            self.second_factor_fails(&mut tx, &user, &attempt.second, now)
+                .await?
+        } else {
+            Some("wrong password")
+        };
+        if let Some(why) = failed {
+            tx.add_staff_signin_failure(user.id, &source, now, rule.since(now))
+                .await
+                .map_err(internal)?;
+            let locked = rule.locked(failures + 1);
+            tx.audit(
+                AuditEvent::new(
+                    actor,
+                    "staff.signin.failed",
+                    subject,
+                    json!({"why": why, "locked": locked, "source": source}),
+                ),
+                now,
+            )
+            .await
+            .map_err(internal)?;
+            tx.commit("staff.signin.failed").await.map_err(internal)?;
+            if locked {
+                tracing::warn!(user = %user.name, %source, "staff sign-ins locked from this address");
+            }
+            return Ok(Verdict::Refused);
+        }
+        let method = match attempt.second {
+            // Nothing changed: the transaction is dropped, which rolls it back.
+            SecondFactor::Reauthentication => return Ok(Verdict::Accepted(account(user))),
+            SecondFactor::Totp(_) => Method::Totp,
+            SecondFactor::Passkey(_) => Method::Passkey,
+        };
+        tx.clear_staff_signin_failures(user.id, &source)
             .await
             .map_err(internal)?;
         tx.audit(
             AuditEvent::new(
-                format!("staff:{}", user.name),
-                "staff.signin.failed",
-                format!("user:{}", user.name),
-                json!({"why": why, "locked": locked}),
-            ),
-            now,
-        )
-        .await
-        .map_err(internal)?;
-        tx.commit("staff.signin.failed").await.map_err(internal)
-    }
-
-    async fn signed_in(&self, staff: &Staff) -> Result<(), CoreError> {
-        let app = &self.app;
-        let Some(user) = app.store.staff_auth(&staff.name).await.map_err(internal)? else {
-            return Err(CoreError::NotFound);
-        };
-        let now = app.clock.now();
-        let mut tx = app.store.begin().await.map_err(internal)?;
-        tx.staff_signed_in(user.id).await.map_err(internal)?;
-        tx.audit(
-            AuditEvent::new(
-                format!("staff:{}", user.name),
+                actor,
                 "staff.signin",
-                format!("user:{}", user.name),
-                json!({"method": staff.method}),
+                subject,
+                json!({"method": method, "source": source}),
             ),
             now,
         )
         .await
         .map_err(internal)?;
-        tx.commit("staff.signin").await.map_err(internal)
+        tx.commit("staff.signin").await.map_err(internal)?;
+        Ok(Verdict::Accepted(account(user)))
     }
 
     async fn enrollment(&self, token: &str) -> Result<Enrollment, CoreError> {

@@ -165,6 +165,14 @@ impl ExecWriter {
         self.frame(Kind::Resize, at, &size)
     }
 
+    /// Refuses, with [`Error::CapExceeded`](crate::Error::CapExceeded), any frame that would make the file
+    /// larger than `max_bytes`; the file stays whole up to the frame before.
+    #[must_use]
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.sink.set_max_bytes(max_bytes);
+        self
+    }
+
     /// Hands every written frame to the operating system.
     pub fn flush(&mut self) -> Result<()> {
         self.sink.flush()

@@ -4,7 +4,9 @@
 //!
 //! Entry points: [`CastWriter`] and [`parse_cast`] (module [`asciicast`]); [`ExecWriter`], [`ExecReader`],
 //! [`exec_to_cast`] and [`exec_raw`] (module [`exec`]); [`SftpObserver`] and [`TransferLog`] (module
-//! [`transfer`]); [`sha256_file`] and [`Sha256Reader`] to check a file against its stored digest.
+//! [`transfer`]); [`sha256_file`] and [`Sha256Reader`] to check a file against its stored digest;
+//! [`TerminalFilter`] (module [`terminal_filter`]) to play a recording's output in a real terminal
+//! without what acts outside the screen (clipboard, titles, links, queries the terminal answers).
 //!
 //! Every writer is synchronous `std::io`, meant to run off the async runtime, and every write returns an
 //! error the caller acts on: chaperone ends a session it cannot record.
@@ -15,6 +17,7 @@ pub mod asciicast;
 mod error;
 pub mod exec;
 mod sink;
+pub mod terminal_filter;
 pub mod transfer;
 
 pub use asciicast::{Cast, CastHeader, CastReader, CastWriter, Event, EventKind, parse_cast};
@@ -24,4 +27,5 @@ pub use exec::{
     exec_to_cast,
 };
 pub use sink::{Finished, Sha256Reader, sha256_file};
+pub use terminal_filter::TerminalFilter;
 pub use transfer::{Direction, OpKind, Outcome, SftpObserver, TransferEvent, TransferLog};

@@ -93,6 +93,12 @@ pub enum TransferEvent {
         /// What was wrong, and in which direction.
         reason: String,
     },
+    /// What the device's sftp server wrote to stderr (extended data), as text (invalid UTF-8 shown as
+    /// U+FFFD). Not produced by the observer: the relay records it beside the transfers.
+    Stderr {
+        /// The bytes as they came, in one chunk.
+        text: String,
+    },
 }
 
 /// The direction of a file transfer, from the vendor's side.

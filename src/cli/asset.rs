@@ -7,6 +7,7 @@ use anyhow::{Context as _, bail};
 use clap::Subcommand;
 use serde_json::json;
 
+use super::display::esc;
 use super::output::{json, or_dash, table};
 use super::refuse;
 use crate::app::App;
@@ -369,7 +370,7 @@ pub async fn run(config: &Path, cmd: AssetCommand) -> anyhow::Result<()> {
             let openssh = key.to_openssh().context("encoding the host key")?;
             println!(
                 "{}:{} presents {} {}",
-                a.address,
+                esc(&a.address),
                 ssh.port,
                 key.algorithm(),
                 fp
@@ -385,13 +386,13 @@ pub async fn run(config: &Path, cmd: AssetCommand) -> anyhow::Result<()> {
 
 fn show(a: &Asset) {
     println!("asset:        {}", a.name);
-    println!("address:      {}", a.address);
-    println!("zone:         {}", a.zone);
-    println!("purpose:      {}", a.purpose);
+    println!("address:      {}", esc(&a.address));
+    println!("zone:         {}", esc(&a.zone));
+    println!("purpose:      {}", esc(&a.purpose));
     println!("criticality:  {}", a.criticality);
-    println!("vendor org:   {}", or_dash(a.vendor_org.as_deref()));
-    println!("os:           {}", or_dash(a.os.as_deref()));
-    println!("patch status: {}", or_dash(a.patch_status.as_deref()));
+    println!("vendor org:   {}", esc(&or_dash(a.vendor_org.as_deref())));
+    println!("os:           {}", esc(&or_dash(a.os.as_deref())));
+    println!("patch status: {}", esc(&or_dash(a.patch_status.as_deref())));
     println!(
         "host key:     {}",
         a.host_key
@@ -402,7 +403,7 @@ fn show(a: &Asset) {
     println!(
         "credential:   {}",
         match (&a.credential_user, a.credential_kind) {
-            (Some(u), Some(k)) => format!("{u} ({k})"),
+            (Some(u), Some(k)) => format!("{} ({k})", esc(u)),
             _ => "not set".into(),
         }
     );

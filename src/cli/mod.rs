@@ -6,6 +6,7 @@
 mod asset;
 mod audit;
 mod demo;
+mod display;
 mod grant;
 mod init;
 mod output;

@@ -2,8 +2,16 @@
 
 use serde::Serialize;
 
-/// Prints rows as left-aligned columns under a header.
+use super::display::esc;
+
+/// Prints rows as left-aligned columns under a header. Every cell is escaped ([`esc`]): a table shows
+/// names, reasons and addresses that came from outside, and a cell cannot break the layout either.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| esc(cell).into_owned()).collect())
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {

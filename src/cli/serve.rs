@@ -8,11 +8,5 @@ use crate::server;
 pub async fn run(config: &Path) -> anyhow::Result<()> {
     let app = App::open(config).await?;
     let listeners = server::bind(&app.config).await?;
-    tracing::info!(
-        config = %app.config.path.display(),
-        ssh = %listeners.ssh_addr()?,
-        web = %listeners.web_addr()?,
-        "chaperone serving"
-    );
     server::run(app, listeners, server::shutdown_signal()).await
 }

@@ -5,14 +5,16 @@ use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use chaperone_recorder::{OutputStream, Sha256Reader};
+use chaperone_recorder::{OutputStream, Sha256Reader, TerminalFilter};
 use clap::{Subcommand, ValueEnum};
 
+use super::display::esc;
 use super::output::{json, or_dash, table};
 use crate::app::App;
 use crate::clock::format_time;
-use crate::model::RecordingRow;
-use crate::ssh::session::RecordingFormat;
+use crate::evidence::{Broken, Evidence, Unvouched};
+use crate::model::{RecordingRow, SessionRow};
+use crate::recording::RecordingFormat;
 
 #[derive(Debug, Subcommand)]
 pub enum SessionCommand {
@@ -44,11 +46,14 @@ pub enum SessionCommand {
         #[arg(long, value_enum, default_value_t = Stream::Stdout, requires = "raw")]
         stream: Stream,
     },
-    /// Check that a session's recordings still match the digests the audit log vouches for.
+    /// Check that a session's recordings still match the digests the audit log vouches for (the
+    /// `session.end` or `recording.recovered` event, checked where it sits in the chain), not the
+    /// digests their database rows claim.
     Verify { id: String },
-    /// Play a session's terminal recording here, at the pace it was recorded. The digest is checked
-    /// before and over the very bytes played. The device's output is written as it was, escape
-    /// sequences included: play recordings of untrusted devices in a terminal you can close.
+    /// Play a session's terminal recording here, at the pace it was recorded. The digest the audit log
+    /// vouches for is checked before and over the very bytes played. Sequences that act outside the
+    /// screen (clipboard writes, window titles, hyperlinks, queries the terminal would answer, mouse and
+    /// keyboard modes) are removed unless --raw; colours and cursor motion are kept.
     Play {
         id: String,
         /// Faster (2) or slower (0.5).
@@ -57,6 +62,10 @@ pub enum SessionCommand {
         /// Longest pause between two events in seconds (longer idle time is shortened); 0 plays at once.
         #[arg(long, default_value_t = 2.0)]
         max_wait: f64,
+        /// Write the device's output exactly as recorded, every escape sequence included: only in a
+        /// terminal you can close, for a device you trust.
+        #[arg(long)]
+        raw: bool,
     },
 }
 
@@ -75,12 +84,17 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
             limit,
         } => {
             let sessions = app.store.sessions(limit.clamp(1, 100_000)).await?;
+            let mut evidence = Vec::with_capacity(sessions.len());
+            for s in &sessions {
+                evidence.push(crate::evidence::evidence(&app.store, s).await?);
+            }
             if as_json {
-                return json(&sessions);
+                return json(&with_evidence(&sessions, &evidence)?);
             }
             let rows = sessions
                 .iter()
-                .map(|s| {
+                .zip(&evidence)
+                .map(|(s, ev)| {
                     vec![
                         s.id.clone(),
                         s.vendor.clone(),
@@ -91,8 +105,8 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
                         format!("{}/{}", s.bytes_up, s.bytes_down),
                         s.recordings
                             .first()
-                            .and_then(|r| r.sha256.as_deref())
-                            .map_or_else(|| "-".to_owned(), |d| d[..16.min(d.len())].to_owned()),
+                            .zip(ev.first())
+                            .map_or_else(|| "-".to_owned(), |(r, e)| Status::of(r, e).short()),
                     ]
                 })
                 .collect::<Vec<_>>();
@@ -112,28 +126,31 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
         }
         SessionCommand::Show { id, json: as_json } => {
             let s = app.store.session(&id).await?;
+            let evidence = crate::evidence::evidence(&app.store, &s).await?;
             if as_json {
-                return json(&s);
+                let mut shown =
+                    with_evidence(std::slice::from_ref(&s), std::slice::from_ref(&evidence))?;
+                return json(&shown.pop().unwrap_or_default());
             }
-            println!("session:   {}", s.id);
-            println!("vendor:    {}", s.vendor);
-            println!("asset:     {} ({})", s.asset, s.service);
-            println!("kind:      {} {}", s.kind, s.detail);
+            println!("session:   {}", esc(&s.id));
+            println!("vendor:    {}", esc(&s.vendor));
+            println!("asset:     {} ({})", esc(&s.asset), esc(&s.service));
+            println!("kind:      {} {}", esc(&s.kind), esc(&s.detail));
             println!("grant:     #{}", s.grant_id);
-            println!("from:      {}", s.client_addr);
+            println!("from:      {}", esc(&s.client_addr));
             println!("started:   {}", format_time(s.started_at));
             println!(
                 "ended:     {}",
                 s.ended_at.map_or_else(|| "live".to_owned(), format_time)
             );
-            println!("end:       {}", or_dash(s.end_reason.as_deref()));
+            println!("end:       {}", esc(&or_dash(s.end_reason.as_deref())));
             println!("bytes:     {} up, {} down", s.bytes_up, s.bytes_down);
-            for r in &s.recordings {
+            for (r, ev) in s.recordings.iter().zip(&evidence) {
                 println!(
-                    "recording: {} {} sha256 {}",
-                    r.format,
-                    r.path,
-                    or_dash(r.sha256.as_deref())
+                    "recording: {} {} {}",
+                    esc(&r.format),
+                    esc(&r.path),
+                    Status::of(r, ev).long()
                 );
             }
         }
@@ -141,6 +158,7 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
             id,
             speed,
             max_wait,
+            raw,
         } => {
             if !(speed.is_finite() && speed > 0.0) {
                 bail!("--speed must be a number above 0, e.g. 2 or 0.5");
@@ -149,12 +167,17 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
                 bail!("--max-wait must be 0 or more seconds");
             }
             let s = app.store.session(&id).await?;
-            let r = terminal_recording(&id, &s.kind, &s.recordings)?.clone();
-            check_digest(&r)?;
+            let evidence = crate::evidence::evidence(&app.store, &s).await?;
+            let (r, ev) = terminal_recording(&id, &s.kind, &s.recordings, &evidence)?;
+            let (r, ev) = (r.clone(), ev.clone());
+            let dir = app.config.recording.dir.clone();
             let pace = Pace { speed, max_wait };
-            tokio::task::spawn_blocking(move || play(&r, pace))
-                .await
-                .context("the player stopped")??;
+            tokio::task::spawn_blocking(move || {
+                let proof = prove(&dir, &r, &ev)?;
+                play(&r, &proof, pace, raw)
+            })
+            .await
+            .context("the player stopped")??;
         }
         SessionCommand::Export {
             id,
@@ -163,20 +186,24 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
             stream,
         } => {
             let s = app.store.session(&id).await?;
-            let r = terminal_recording(&id, &s.kind, &s.recordings)?;
-            check_digest(r)?;
-            match (r.format.as_str(), raw) {
-                (RecordingFormat::ASCIICAST, false) => export_cast(r, &output)?,
-                (RecordingFormat::ASCIICAST, true) => bail!(
+            let evidence = crate::evidence::evidence(&app.store, &s).await?;
+            let (r, ev) = terminal_recording(&id, &s.kind, &s.recordings, &evidence)?;
+            if r.format == RecordingFormat::ASCIICAST && raw {
+                bail!(
                     "session {id} ran with a terminal and is recorded as asciicast, which keeps text, not \
                      raw bytes; export it without --raw"
-                ),
-                _ => export_exec(r, &output, raw.then_some(stream))?,
+                );
+            }
+            let proof = prove(&app.config.recording.dir, r, ev)?;
+            let digest = proof.sha256.clone();
+            if r.format == RecordingFormat::ASCIICAST {
+                export_cast(r, proof, &output)?;
+            } else {
+                export_exec(r, proof, &output, raw.then_some(stream))?;
             }
             println!(
-                "Session {id} exported to {} (recording sha256 {}).",
+                "Session {id} exported to {} (recording sha256 {digest}, as the audit log vouches).",
                 output.display(),
-                r.sha256.as_deref().unwrap_or("-")
             );
         }
         SessionCommand::Verify { id } => {
@@ -184,13 +211,33 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
             if s.recordings.is_empty() {
                 bail!("session {id} has no recordings");
             }
-            for r in &s.recordings {
-                check_digest(r)?;
-                println!(
-                    "{} {}: intact (sha256 {})",
-                    r.format,
-                    r.path,
-                    r.sha256.as_deref().unwrap_or("-")
+            let evidence = crate::evidence::evidence(&app.store, &s).await?;
+            let mut failed = 0;
+            for (r, ev) in s.recordings.iter().zip(&evidence) {
+                match prove(&app.config.recording.dir, r, ev) {
+                    Ok(proof) => {
+                        println!(
+                            "{} {}: intact (sha256 {}, vouched for by audit event {})",
+                            esc(&r.format),
+                            esc(&r.path),
+                            proof.sha256,
+                            proof.seq
+                        );
+                        if let Some(moved) = moved(r, ev) {
+                            println!("  note: {moved}");
+                        }
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("{} {}: {e:#}", esc(&r.format), esc(&r.path));
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!(
+                    "session {id}: {failed} of {} recording(s) not proved intact; `chaperone audit verify` \
+                     checks the whole audit chain",
+                    s.recordings.len()
                 );
             }
         }
@@ -198,19 +245,211 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A session's terminal recording (asciicast or exec stream), or an error naming what it has instead.
+/// A recording's integrity as the audit log tells it, for `session list` and `show` (which read no
+/// file: `session verify` does).
+#[derive(Debug)]
+enum Status<'a> {
+    /// An event vouches for the digest and the row agrees.
+    Vouched {
+        seq: i64,
+        sha256: &'a str,
+    },
+    /// An event vouches for one digest and the row says another (or none).
+    RowAltered {
+        seq: i64,
+        vouched: &'a str,
+        row: Option<&'a str>,
+    },
+    Unvouched(Unvouched, Option<&'a str>),
+    Broken(&'a Broken),
+}
+
+impl<'a> Status<'a> {
+    fn of(r: &'a RecordingRow, ev: &'a Evidence) -> Self {
+        match ev {
+            Evidence::Vouched(v) if r.sha256.as_deref() == Some(v.sha256.as_str()) => {
+                Status::Vouched {
+                    seq: v.seq,
+                    sha256: &v.sha256,
+                }
+            }
+            Evidence::Vouched(v) => Status::RowAltered {
+                seq: v.seq,
+                vouched: &v.sha256,
+                row: r.sha256.as_deref(),
+            },
+            Evidence::Unvouched(u) => Status::Unvouched(*u, r.sha256.as_deref()),
+            Evidence::Broken(b) => Status::Broken(b),
+        }
+    }
+
+    /// For a table cell.
+    fn short(&self) -> String {
+        match self {
+            Status::Vouched { sha256, .. } => sha256.chars().take(16).collect(),
+            Status::RowAltered { .. } => "ALTERED(row)".into(),
+            Status::Unvouched(Unvouched::Live, _) => "live".into(),
+            Status::Unvouched(Unvouched::NotDigested, _) => "not-digested".into(),
+            Status::Broken(_) => "ALTERED(audit)".into(),
+        }
+    }
+
+    /// For `session show`.
+    fn long(&self) -> String {
+        match self {
+            Status::Vouched { seq, sha256 } => {
+                format!(
+                    "sha256 {sha256} (vouched for by audit event {seq}; `session verify` checks the file)"
+                )
+            }
+            Status::RowAltered { seq, vouched, row } => format!(
+                "ALTERED: its row says sha256 {}, audit event {seq} vouches for {vouched}",
+                esc(row.unwrap_or("-"))
+            ),
+            Status::Unvouched(why, row) => format!(
+                "{}{}",
+                unvouched(*why),
+                row.map(|d| format!(
+                    " (its row claims sha256 {}, which nothing vouches for)",
+                    esc(d)
+                ))
+                .unwrap_or_default()
+            ),
+            Status::Broken(b) => format!("ALTERED audit log: {b}"),
+        }
+    }
+}
+
+/// Why there is nothing to check a recording against, in words.
+fn unvouched(why: Unvouched) -> &'static str {
+    match why {
+        Unvouched::Live => "live: the session is still running and its recording has no digest yet",
+        Unvouched::NotDigested => {
+            "not digested: no audit event vouches for a digest of it (its writer stopped before finishing \
+             it, and no node has digested the file yet); nothing proves it intact"
+        }
+    }
+}
+
+/// When the audit log recorded the file at another path than its row names.
+fn moved(r: &RecordingRow, ev: &Evidence) -> Option<String> {
+    let recorded = ev.voucher()?.path.as_deref()?;
+    (recorded != r.path).then(|| {
+        format!(
+            "its row names {}, the audit log recorded it at {} (the content is what was vouched for)",
+            esc(&r.path),
+            esc(recorded)
+        )
+    })
+}
+
+/// Sessions as JSON, each recording with what the audit log says about it under `evidence`:
+/// `{"status": "vouched"|"altered"|"live"|"not-digested", "audit_seq", "sha256", "reason"}`.
+fn with_evidence(
+    sessions: &[SessionRow],
+    evidence: &[Vec<Evidence>],
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    use serde_json::json;
+    sessions
+        .iter()
+        .zip(evidence)
+        .map(|(s, ev)| {
+            let mut v = serde_json::to_value(s)?;
+            if let Some(recs) = v.get_mut("recordings").and_then(|r| r.as_array_mut()) {
+                for ((rec, r), e) in recs.iter_mut().zip(&s.recordings).zip(ev) {
+                    rec["evidence"] = match Status::of(r, e) {
+                        Status::Vouched { seq, sha256 } => {
+                            json!({"status": "vouched", "audit_seq": seq, "sha256": sha256})
+                        }
+                        Status::RowAltered { seq, vouched, .. } => json!({
+                            "status": "altered", "audit_seq": seq, "sha256": vouched,
+                            "reason": "the recordings row disagrees with the digest the audit log vouches for"
+                        }),
+                        Status::Unvouched(Unvouched::Live, _) => json!({"status": "live"}),
+                        Status::Unvouched(Unvouched::NotDigested, _) => {
+                            json!({"status": "not-digested", "reason": unvouched(Unvouched::NotDigested)})
+                        }
+                        Status::Broken(b) => json!({"status": "altered", "reason": b.to_string()}),
+                    };
+                }
+            }
+            Ok(v)
+        })
+        .collect()
+}
+
+/// A recording whose file matched, when it was opened, the digest the audit log vouches for.
+#[derive(Debug)]
+struct Proof {
+    /// The vouched-for SHA-256 (hex), to check again over the bytes used.
+    sha256: String,
+    /// The audit event that vouches for it.
+    seq: i64,
+    /// The file, confined to the recordings directory, read from its start.
+    file: File,
+}
+
+/// Proves a recording before anything of it is used: an audit event vouches for its digest, its row
+/// agrees, its file is inside the recordings directory and hashes to that digest. Blocking (file I/O).
+fn prove(dir: &Path, r: &RecordingRow, ev: &Evidence) -> anyhow::Result<Proof> {
+    use std::io::{Seek as _, SeekFrom};
+    let path = esc(&r.path);
+    let v = match ev {
+        Evidence::Vouched(v) => v,
+        Evidence::Unvouched(why) => bail!("recording {path} is {}", unvouched(*why)),
+        Evidence::Broken(b) => bail!(
+            "recording {path}: the audit log's word on it was ALTERED ({b}); run `chaperone audit verify`"
+        ),
+    };
+    if r.sha256.as_deref() != Some(v.sha256.as_str()) {
+        bail!(
+            "recording {path} was ALTERED: its row says sha256 {}, audit event {} vouches for {}",
+            esc(r.sha256.as_deref().unwrap_or("-")),
+            v.seq,
+            v.sha256
+        );
+    }
+    let mut opened = crate::evidence::open_recording(dir, &r.path)?;
+    let actual = Sha256Reader::new(&mut opened.file)
+        .finish_hex()
+        .with_context(|| format!("reading {path}"))?;
+    if actual != v.sha256 {
+        bail!(
+            "recording {path} was ALTERED: sha256 {actual}, audit event {} vouches for {}",
+            v.seq,
+            v.sha256
+        );
+    }
+    opened
+        .file
+        .seek(SeekFrom::Start(0))
+        .with_context(|| format!("reading {path}"))?;
+    Ok(Proof {
+        sha256: v.sha256.clone(),
+        seq: v.seq,
+        file: opened.file,
+    })
+}
+
+/// A session's terminal recording (asciicast or exec stream) with its evidence, or an error naming what
+/// it has instead.
 fn terminal_recording<'a>(
     id: &str,
     kind: &str,
     recordings: &'a [RecordingRow],
-) -> anyhow::Result<&'a RecordingRow> {
+    evidence: &'a [Evidence],
+) -> anyhow::Result<(&'a RecordingRow, &'a Evidence)> {
     recordings
         .iter()
-        .find(|r| {
+        .zip(evidence)
+        .find(|(r, _)| {
             r.format == RecordingFormat::ASCIICAST || r.format == RecordingFormat::EXEC_STREAM
         })
         .with_context(|| {
-            format!("session {id} has no terminal recording (kind {kind}); see `session show {id}`")
+            format!(
+                "session {id} has no terminal recording (kind {}); see `session show {id}`",
+                esc(kind)
+            )
         })
 }
 
@@ -232,50 +471,124 @@ impl Pace {
     }
 }
 
-/// Plays a terminal recording to stdout (an exec's stderr to stderr; markers to stderr), then checks
-/// the digest over the bytes it read, so a file altered after the first check is still caught.
-fn play(r: &RecordingRow, pace: Pace) -> anyhow::Result<()> {
-    use std::io::Write as _;
+/// Where `session play` writes one stream of a recording: through a [`TerminalFilter`] unless `--raw`.
+struct Screen<W: std::io::Write> {
+    out: W,
+    filter: Option<TerminalFilter>,
+    buf: Vec<u8>,
+}
 
+impl<W: std::io::Write> Screen<W> {
+    fn new(out: W, raw: bool) -> Self {
+        Screen {
+            out,
+            filter: (!raw).then(TerminalFilter::new),
+            buf: Vec::new(),
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match &mut self.filter {
+            None => self.out.write_all(bytes)?,
+            Some(f) => {
+                self.buf.clear();
+                f.push(bytes, &mut self.buf);
+                self.out.write_all(&self.buf)?;
+            }
+        }
+        self.out.flush()
+    }
+
+    /// Text of our own (a marker line), already escaped: it must not disturb a sequence the filter holds
+    /// across events, so it goes straight out.
+    fn note(&mut self, line: &str) -> std::io::Result<()> {
+        self.out.write_all(line.as_bytes())?;
+        self.out.flush()
+    }
+
+    /// Ends the stream (turning back the modes the played output changed); how many controls were
+    /// removed.
+    fn finish(&mut self) -> std::io::Result<u64> {
+        let Some(f) = &mut self.filter else {
+            return Ok(0);
+        };
+        self.buf.clear();
+        f.finish(&mut self.buf);
+        self.out.write_all(&self.buf)?;
+        self.out.flush()?;
+        Ok(f.removed())
+    }
+}
+
+/// Plays a proved terminal recording to stdout (an exec's stderr to stderr; markers to stderr), filtered
+/// unless `raw`, then checks the digest over the bytes it read, so a file altered after [`prove`] is
+/// still caught.
+fn play(r: &RecordingRow, proof: &Proof, pace: Pace, raw: bool) -> anyhow::Result<()> {
+    let mut out = Screen::new(std::io::stdout().lock(), raw);
+    let mut err = Screen::new(std::io::stderr().lock(), raw);
+    let played = play_events(r, &proof.file, pace, &mut out, &mut err);
+    // The terminal is given back as it was found even when playing stopped half-way.
+    let removed = out.finish()? + err.finish()?;
+    let (actual, cut) = played?;
+    vouched(r, proof, &actual, "played")?;
+    if cut {
+        eprintln!(
+            "note: recording {} ends inside an event (the bastion stopped while writing it): played up to \
+             the last whole one",
+            esc(&r.path)
+        );
+    }
+    if removed > 0 {
+        eprintln!(
+            "note: {removed} terminal control sequence(s) that act outside the screen (clipboard, titles, \
+             links, queries the terminal would answer, keyboard and mouse modes) were not played; --raw \
+             plays everything"
+        );
+    }
+    Ok(())
+}
+
+/// The events of a recording, paced; returns the SHA-256 of the bytes read and whether the file was cut
+/// off inside its last event.
+fn play_events<O: std::io::Write, E: std::io::Write>(
+    r: &RecordingRow,
+    file: &File,
+    pace: Pace,
+    out: &mut Screen<O>,
+    err: &mut Screen<E>,
+) -> anyhow::Result<(String, bool)> {
     use chaperone_recorder::{CastReader, EventKind, ExecReader, FrameData};
 
-    let file = File::open(&r.path).with_context(|| format!("opening {}", r.path))?;
+    let path = esc(&r.path);
     let mut input = BufReader::with_capacity(256 * 1024, Sha256Reader::new(file));
-    let mut out = std::io::stdout().lock();
-    let mut err = std::io::stderr().lock();
     let mut last = 0.0;
     let marker =
-        |err: &mut std::io::StderrLock<'_>, label: &str| writeln!(err, "\r\n[marker: {label}]\r");
+        |err: &mut Screen<E>, label: &str| err.note(&format!("\r\n[marker: {}]\r\n", esc(label)));
     let cut = if r.format == RecordingFormat::ASCIICAST {
-        let mut reader =
-            CastReader::new(&mut input).with_context(|| format!("reading {}", r.path))?;
+        let mut reader = CastReader::new(&mut input).with_context(|| format!("reading {path}"))?;
         for event in reader.by_ref() {
-            let event = event.with_context(|| format!("reading {}", r.path))?;
+            let event = event.with_context(|| format!("reading {path}"))?;
             pace.wait(&mut last, event.time);
             match &event.kind {
-                EventKind::Output(text) => out.write_all(text.as_bytes())?,
-                EventKind::Marker(label) => marker(&mut err, label)?,
+                EventKind::Output(text) => out.write(text.as_bytes())?,
+                EventKind::Marker(label) => marker(err, label)?,
                 EventKind::Input(_) | EventKind::Resize { .. } => {}
             }
-            out.flush()?;
         }
         reader.truncated()
     } else {
         let mut reader = ExecReader::new(&mut input)
-            .with_context(|| format!("reading {}", r.path))?
+            .with_context(|| format!("reading {path}"))?
             .tolerate_cut_off();
         while let Some(frame) = reader
             .next_frame()
-            .with_context(|| format!("reading {}", r.path))?
+            .with_context(|| format!("reading {path}"))?
         {
             pace.wait(&mut last, frame.at.as_secs_f64());
             match frame.data {
-                FrameData::Stdout(bytes) => {
-                    out.write_all(bytes)?;
-                    out.flush()?;
-                }
-                FrameData::Stderr(bytes) => err.write_all(bytes)?,
-                FrameData::Marker(label) => marker(&mut err, label)?,
+                FrameData::Stdout(bytes) => out.write(bytes)?,
+                FrameData::Stderr(bytes) => err.write(bytes)?,
+                FrameData::Marker(label) => marker(err, label)?,
                 FrameData::Input(_) | FrameData::Resize { .. } => {}
             }
         }
@@ -284,25 +597,22 @@ fn play(r: &RecordingRow, pace: Pace) -> anyhow::Result<()> {
     let actual = input
         .into_inner()
         .finish_hex()
-        .with_context(|| format!("reading {}", r.path))?;
-    vouched(r, &actual, "played")?;
-    if cut {
-        eprintln!(
-            "note: recording {} ends inside an event (the bastion stopped while writing it): played up to \
-             the last whole one",
-            r.path
-        );
-    }
-    Ok(())
+        .with_context(|| format!("reading {path}"))?;
+    Ok((actual, cut))
 }
 
 /// Writes an exec recording's .cast (`raw` None) or one stream's exact bytes to a new file (mode 0600,
 /// never replacing one). The digest is checked again over the very bytes converted, so a file altered
-/// after `check_digest` is caught too; on any error after creating it, the output is removed.
-fn export_exec(r: &RecordingRow, output: &Path, raw: Option<Stream>) -> anyhow::Result<()> {
+/// after [`prove`] is caught too; on any error after creating it, the output is removed.
+fn export_exec(
+    r: &RecordingRow,
+    proof: Proof,
+    output: &Path,
+    raw: Option<Stream>,
+) -> anyhow::Result<()> {
     use chaperone_recorder::Error as RecError;
-    let file = File::open(&r.path).with_context(|| format!("opening {}", r.path))?;
-    let mut input = BufReader::with_capacity(256 * 1024, Sha256Reader::new(file));
+    let path = esc(&r.path);
+    let mut input = BufReader::with_capacity(256 * 1024, Sha256Reader::new(&proof.file));
     let converted = match raw {
         None => match chaperone_recorder::exec_to_cast(&mut input, output) {
             // Nothing was created, so nothing to remove (the file may be someone else's).
@@ -331,22 +641,22 @@ fn export_exec(r: &RecordingRow, output: &Path, raw: Option<Stream>) -> anyhow::
     };
     let mut cut_off = None;
     let result = converted
-        .with_context(|| format!("converting {}", r.path))
+        .with_context(|| format!("converting {path}"))
         .and_then(|cut| {
             cut_off = cut;
             input
                 .into_inner()
                 .finish_hex()
-                .with_context(|| format!("reading {}", r.path))
+                .with_context(|| format!("reading {path}"))
         })
-        .and_then(|actual| vouched(r, &actual, "exported"));
+        .and_then(|actual| vouched(r, &proof, &actual, "exported"));
     if result.is_err() {
         let _ = std::fs::remove_file(output);
     } else if let Some(cut) = cut_off {
         eprintln!(
-            "note: recording {} ends inside a frame at byte {} (the bastion stopped while writing it): \
+            "note: recording {path} ends inside a frame at byte {} (the bastion stopped while writing it): \
              exported up to the last whole frame",
-            r.path, cut.offset
+            cut.offset
         );
     }
     result
@@ -355,9 +665,19 @@ fn export_exec(r: &RecordingRow, output: &Path, raw: Option<Stream>) -> anyhow::
 /// Writes an asciicast recording to a new file (mode 0600), checking the digest over the very bytes
 /// written. A recording cut off inside its last line (the bastion stopped while writing it) is exported
 /// up to the last whole event, with a marker saying so, so that players accept it.
-fn export_cast(r: &RecordingRow, output: &Path) -> anyhow::Result<()> {
-    let bytes = std::fs::read(&r.path).with_context(|| format!("reading {}", r.path))?;
-    vouched(r, &Sha256Reader::new(&bytes[..]).finish_hex()?, "exported")?;
+fn export_cast(r: &RecordingRow, proof: Proof, output: &Path) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let path = esc(&r.path);
+    let mut bytes = Vec::new();
+    (&proof.file)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {path}"))?;
+    vouched(
+        r,
+        &proof,
+        &Sha256Reader::new(&bytes[..]).finish_hex()?,
+        "exported",
+    )?;
     match whole_events(&bytes) {
         None => super::init::write_new(output, &bytes, 0o600)?,
         Some((keep, last_at)) => {
@@ -373,9 +693,8 @@ fn export_cast(r: &RecordingRow, output: &Path) -> anyhow::Result<()> {
             out.push(b'\n');
             super::init::write_new(output, &out, 0o600)?;
             eprintln!(
-                "note: recording {} ends inside an event at byte {keep} (the bastion stopped while writing it): \
-                 exported up to the last whole event",
-                r.path
+                "note: recording {path} ends inside an event at byte {keep} (the bastion stopped while writing it): \
+                 exported up to the last whole event"
             );
         }
     }
@@ -401,32 +720,14 @@ fn whole_events(bytes: &[u8]) -> Option<(usize, f64)> {
 }
 
 /// Compares the SHA-256 of the bytes just `done` (played, exported) with the one the audit log vouches
-/// for, so a file altered after [`check_digest`] is caught too.
-fn vouched(r: &RecordingRow, actual: &str, done: &str) -> anyhow::Result<()> {
-    if r.sha256.as_deref() != Some(actual) {
+/// for, so a file altered after [`prove`] is caught too.
+fn vouched(r: &RecordingRow, proof: &Proof, actual: &str, done: &str) -> anyhow::Result<()> {
+    if proof.sha256 != actual {
         bail!(
-            "recording {} was ALTERED while it was {done}: sha256 {actual}, the audit log vouches for {}",
-            r.path,
-            r.sha256.as_deref().unwrap_or("-")
-        );
-    }
-    Ok(())
-}
-
-/// Recomputes a recording's SHA-256 and compares it with the stored one.
-fn check_digest(r: &RecordingRow) -> anyhow::Result<()> {
-    let Some(expected) = r.sha256.as_deref() else {
-        bail!(
-            "recording {} was never closed (session live, or the bastion stopped mid-session): no digest to check",
-            r.path
-        );
-    };
-    let actual =
-        chaperone_recorder::sha256_file(&r.path).with_context(|| format!("reading {}", r.path))?;
-    if actual != expected {
-        bail!(
-            "recording {} was ALTERED: sha256 {actual}, the audit log vouches for {expected}",
-            r.path
+            "recording {} was ALTERED while it was {done}: sha256 {actual}, audit event {} vouches for {}",
+            esc(&r.path),
+            proof.seq,
+            proof.sha256
         );
     }
     Ok(())

@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use serde_json::json;
 
+use super::display::esc;
 use super::output::{json, table};
 use super::refuse;
 use crate::app::App;
@@ -138,12 +139,12 @@ pub async fn run(config: &Path, cmd: VendorCommand) -> anyhow::Result<()> {
                 return json(&json!({"vendor": v, "keys": keys, "grants": grants}));
             }
             println!("vendor:        {}", v.name);
-            println!("organisation:  {}", v.org);
+            println!("organisation:  {}", esc(&v.org));
             println!("status:        {}", status(&v, now));
             println!("created:       {}", format_time(v.created_at));
             println!("keys:");
             for k in &keys {
-                println!("  {}  {}", k.fingerprint, k.comment);
+                println!("  {}  {}", k.fingerprint, esc(&k.comment));
             }
             println!("open grants:   {}", grants.len());
             for g in &grants {

@@ -2,17 +2,31 @@
 //!
 //! Requests and their approval (four eyes) are in [`requests`]; change notices in [`events`].
 //!
-//! Entry points: [`authorize_service`] (a session to a named service, e.g. `alice+mri-01` → `ssh`) and
-//! [`authorize_port`] (a tunnel to an asset's port). Code that dials a device takes `&Grant`, so nothing
-//! reaches a device without passing here. A refusal is a [`Denial`] with one mapping to the vendor-facing
-//! line ([`Denial::vendor_message`]); the full reason goes to the audit log ([`Denial::audit_reason`]).
+//! Entry points: [`authorize_ssh`] / [`authorize_service`] (a session on an asset's service, e.g.
+//! `alice+mri-01` → `ssh`) and [`authorize_tunnel`] (a tunnel to an asset's port), each called at the
+//! moment something starts; [`standing`] (is this signed-in vendor still allowed anything at all). Every
+//! decision starts from a [`Principal`] (the vendor and the key they signed in with) and re-reads the
+//! vendor, so a disable, a lock or a removed key counts from that moment. Code that dials a device takes
+//! `&Grant`, so nothing reaches a device without passing here. A refusal is a [`Denial`] with one mapping
+//! to the vendor-facing line ([`Denial::vendor_message`]); the full reason goes to the audit log
+//! ([`Denial::audit_reason`]).
 
 pub mod events;
-pub mod expiry;
 pub mod requests;
 
+use crate::clock::format_time;
 use crate::model::{Asset, GrantRow, Service, UnixTime, Vendor};
 use crate::store::{Store, StoreError};
+
+/// A vendor as signed in on one connection: who, and the fingerprint of the key they proved. Holding one
+/// proves nothing about now: every decision re-reads the vendor through it ([`standing`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Principal {
+    pub vendor_id: i64,
+    /// The vendor's name (audit subjects, messages).
+    pub vendor: String,
+    pub key_fingerprint: String,
+}
 
 /// Proof that an active grant covers this vendor, asset and service right now. Only this module makes one.
 #[derive(Debug, Clone)]
@@ -61,6 +75,10 @@ pub enum Denial {
     },
     /// The vendor account is disabled.
     VendorDisabled,
+    /// The vendor account is locked after repeated failed sign-ins.
+    VendorLocked { until: UnixTime },
+    /// The key the vendor signed in with is no longer theirs.
+    KeyRemoved,
 }
 
 impl Denial {
@@ -78,6 +96,14 @@ impl Denial {
             ),
             Denial::VendorDisabled => {
                 "your account is disabled; contact the hospital's staff".into()
+            }
+            Denial::VendorLocked { until } => format!(
+                "your account is locked after repeated failed sign-ins until {}; contact the hospital's staff",
+                format_time(*until)
+            ),
+            Denial::KeyRemoved => {
+                "the key you signed in with was removed from your account; contact the hospital's staff"
+                    .into()
             }
         }
     }
@@ -102,6 +128,8 @@ impl Denial {
             }
             Denial::NotReady { asset, missing } => format!("asset {asset} is missing {missing}"),
             Denial::VendorDisabled => "vendor disabled".into(),
+            Denial::VendorLocked { until } => format!("vendor locked until {until}"),
+            Denial::KeyRemoved => "the key of this login was removed".into(),
         }
     }
 }
@@ -134,17 +162,36 @@ fn pick<'a>(
         .max_by_key(|g| g.ends_at)
 }
 
-/// May `vendor` use `asset_name`'s service `service_name` now?
+/// Is `who` still allowed anything now: the vendor enabled, not locked, and the key of this login still
+/// theirs? Returns the vendor as the store has it now.
+pub async fn standing(
+    store: &Store,
+    now: UnixTime,
+    who: &Principal,
+) -> Result<Vendor, PolicyError> {
+    match store.vendor_by_key(&who.key_fingerprint).await? {
+        Some(v) if v.id == who.vendor_id => {
+            if !v.enabled {
+                Err(Denial::VendorDisabled.into())
+            } else if let Some(until) = v.locked_until.filter(|t| *t > now) {
+                Err(Denial::VendorLocked { until }.into())
+            } else {
+                Ok(v)
+            }
+        }
+        _ => Err(Denial::KeyRemoved.into()),
+    }
+}
+
+/// May `who` use `asset_name`'s service `service_name` now?
 pub async fn authorize_service(
     store: &Store,
     now: UnixTime,
-    vendor: &Vendor,
+    who: &Principal,
     asset_name: &str,
     service_name: &str,
 ) -> Result<Grant, PolicyError> {
-    if !vendor.enabled {
-        return Err(Denial::VendorDisabled.into());
-    }
+    let vendor = standing(store, now, who).await?;
     let asset = store.asset(asset_name).await?;
     let grants = store.open_grants_of(vendor.id, now).await?;
     let Some(asset) = asset else {
@@ -174,18 +221,18 @@ pub async fn authorize_service(
     Ok(Grant {
         id: row.id,
         ends_at: row.ends_at,
-        vendor: vendor.clone(),
+        vendor,
         asset,
         service,
     })
 }
 
-/// May `vendor` open an SSH session on `asset_name`? Checks the grant for the asset's service of kind
+/// May `who` open an SSH session on `asset_name`? Checks the grant for the asset's service of kind
 /// `ssh` (whatever it is named). An asset without one reads like a missing grant.
 pub async fn authorize_ssh(
     store: &Store,
     now: UnixTime,
-    vendor: &Vendor,
+    who: &Principal,
     asset_name: &str,
 ) -> Result<Grant, PolicyError> {
     let service = store
@@ -198,22 +245,20 @@ pub async fn authorize_ssh(
                 .map(|s| s.name.clone())
         })
         .unwrap_or_else(|| "ssh".to_owned());
-    authorize_service(store, now, vendor, asset_name, &service).await
+    authorize_service(store, now, who, asset_name, &service).await
 }
 
-/// May `vendor` open a tunnel to `host:port`? `host` is an asset's name or address. Port 22 on an asset's
+/// May `who` open a tunnel to `host:port`? `host` is an asset's name or address. Port 22 on an asset's
 /// name also means its ssh service wherever it listens (so `ssh -J bastion service@mri-01` works). A
 /// refusal names the destination as the vendor gave it, the same whether or not it exists.
 pub async fn authorize_tunnel(
     store: &Store,
     now: UnixTime,
-    vendor: &Vendor,
+    who: &Principal,
     host: &str,
     port: u16,
 ) -> Result<Grant, PolicyError> {
-    if !vendor.enabled {
-        return Err(Denial::VendorDisabled.into());
-    }
+    let vendor = standing(store, now, who).await?;
     let assets = store.assets_by_name_or_address(host).await?;
     let grants = store.open_grants_of(vendor.id, now).await?;
     for asset in &assets {
@@ -244,11 +289,6 @@ pub async fn authorize_tunnel(
         asset_exists: !assets.is_empty(),
     }
     .into())
-}
-
-/// Re-reads a grant: is it still active at `now`? Used by the expiry watcher.
-pub fn still_active(row: Option<&GrantRow>, now: UnixTime) -> bool {
-    row.is_some_and(|g| g.is_active(now))
 }
 
 #[cfg(test)]

@@ -16,12 +16,27 @@ use crate::app::App;
 use crate::audit::AuditEvent;
 use crate::identity::{keys::fingerprint, totp};
 use crate::model::Vendor;
+use crate::policy::Principal;
+use crate::secrets::SecretsError;
+use crate::store::StoreError;
 
 /// Outcome of the TOTP step.
 #[derive(Debug)]
 pub enum TotpOutcome {
-    Accepted,
+    /// Both factors passed: who signed in, with which key.
+    Accepted(Principal),
     Refused,
+}
+
+/// Why the TOTP step could not be judged (the login is refused).
+#[derive(Debug, thiserror::Error)]
+enum CheckError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    #[error("the clock reads before 1970")]
+    Clock,
 }
 
 /// The authentication state of one connection.
@@ -53,29 +68,9 @@ impl Auth {
         self.key_ok.as_ref().is_some_and(|(u, ..)| u == user)
     }
 
-    /// The vendor once both factors passed.
-    pub fn vendor(&self) -> Option<&Vendor> {
-        self.key_ok.as_ref().map(|(_, v, _)| v)
-    }
-
-    /// The fingerprint of the key the vendor logged in with.
-    pub fn key_fingerprint(&self) -> Option<&str> {
-        self.key_ok.as_ref().map(|(_, _, k)| k.as_str())
-    }
-
     /// An inner (ProxyJump) login: only the outer login's key is accepted, as the same vendor.
-    pub fn inner_key(
-        &mut self,
-        user: &str,
-        key: &PublicKey,
-        vendor: &Vendor,
-        outer_key: &str,
-    ) -> bool {
-        let ok = fingerprint(key) == outer_key;
-        if ok {
-            self.key_ok = Some((user.to_owned(), vendor.clone(), outer_key.to_owned()));
-        }
-        ok
+    pub fn inner_key(&mut self, user: &str, key: &PublicKey, outer: &Principal) -> bool {
+        fingerprint(key) == outer.key_fingerprint && Login::parse(user).is_some()
     }
 
     async fn vendor_for(&self, app: &App, user: &str, key: &PublicKey) -> Option<Vendor> {
@@ -101,7 +96,12 @@ impl Auth {
             return TotpOutcome::Refused;
         };
         match check_totp(app, peer, &user, &vendor, &key_fp, answer).await {
-            Ok(outcome) => outcome,
+            Ok(true) => TotpOutcome::Accepted(Principal {
+                vendor_id: vendor.id,
+                vendor: vendor.name.clone(),
+                key_fingerprint: key_fp,
+            }),
+            Ok(false) => TotpOutcome::Refused,
             Err(e) => {
                 tracing::error!(vendor = %vendor.name, error = %e, "TOTP check failed; refusing");
                 TotpOutcome::Refused
@@ -117,7 +117,7 @@ async fn check_totp(
     vendor: &Vendor,
     key_fp: &str,
     answer: &str,
-) -> anyhow::Result<TotpOutcome> {
+) -> Result<bool, CheckError> {
     let now = app.clock.now();
     let subject = format!("vendor:{}", vendor.name);
     let actor = format!("vendor:{}", vendor.name);
@@ -131,13 +131,17 @@ async fn check_totp(
         )
         .await?;
         tx.commit("auth.refused").await?;
-        return Ok(TotpOutcome::Refused);
+        return Ok(false);
     }
     let (sealed, _) = app.store.vendor_totp(vendor.id).await?;
     let seed = app
         .secrets
         .open(&format!("vendor-totp:{}", vendor.name), &sealed)?;
-    let step = totp::check(seed.expose(), answer, u64::try_from(now)?);
+    let step = totp::check(
+        seed.expose(),
+        answer,
+        u64::try_from(now).map_err(|_| CheckError::Clock)?,
+    );
     drop(seed);
     let mut tx = app.store.begin().await?;
     let accepted = match step {
@@ -153,7 +157,7 @@ async fn check_totp(
         .await?;
         tx.commit("auth.login").await?;
         tracing::info!(vendor = %vendor.name, %peer, "vendor signed in");
-        return Ok(TotpOutcome::Accepted);
+        return Ok(true);
     }
     let why = if step.is_some() {
         "replayed code"
@@ -165,9 +169,9 @@ async fn check_totp(
         .record_login_failure(
             vendor.id,
             now,
-            i64::try_from(cfg.failure_window.as_secs())?,
+            i64::try_from(cfg.failure_window.as_secs()).unwrap_or(i64::MAX),
             i64::from(cfg.max_failures),
-            i64::try_from(cfg.lockout.as_secs())?,
+            i64::try_from(cfg.lockout.as_secs()).unwrap_or(i64::MAX),
         )
         .await?;
     tx.audit(
@@ -195,5 +199,5 @@ async fn check_totp(
     }
     tx.commit("auth.totp.failure").await?;
     tracing::info!(vendor = %vendor.name, %peer, why, "TOTP refused");
-    Ok(TotpOutcome::Refused)
+    Ok(false)
 }

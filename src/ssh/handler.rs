@@ -2,14 +2,21 @@
 //! spawned tasks.
 //!
 //! Entry point: [`Connection`]. Callbacks run inside the connection's one task: they answer at once and
-//! never wait on a device; session channels are served by `session::run` / `home::run` in their own tasks.
-//! Channel requests (pty, env, shell, exec, subsystem) are answered here, in the callback, because russh
-//! keeps one want-reply flag per channel and OpenSSH pipelines its requests; the bridge forwards them
-//! to the device and ends the channel if the device refuses.
+//! never wait on a device; channels are served by `device::run`, `home::run` and `forward::run` in their
+//! own tasks (in the connection's tracing span), each holding a place among the connection's
+//! `ssh.max_channels`. Channel requests (pty, env, shell, exec, subsystem) are answered here, in the
+//! callback, because russh keeps one want-reply flag per channel and clients pipeline their requests: the
+//! first shell, exec or sftp request of a channel is answered with success (the channel's task then
+//! re-authorises before anything starts, and refuses on the channel if policy says no), every later one
+//! with failure, so one channel never starts two things. Once both factors passed, the connection is
+//! registered in `LiveSessions` with its kill switch: the watcher cuts it if the vendor is disabled,
+//! locked or loses the key.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use russh::server::{
@@ -19,31 +26,46 @@ use russh::server::{
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty, Sig};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
+use super::admission::Ticket;
 use super::auth::{Auth, TotpOutcome};
+use super::context::{ChannelSlot, Context, audit_by};
 use super::login::Login;
-use super::{Shared, home, session};
-use crate::audit::AuditEvent;
-use crate::model::Vendor;
+use super::{Shared, device, forward, home};
+use crate::live::registry::ConnectionRegistration;
+use crate::policy::Principal;
 
 /// Every refused key takes at least this long, whoever asked: unknown users and wrong keys look alike.
 const KEY_REFUSAL: Duration = Duration::from_millis(150);
 /// A wrong TOTP code takes this long to refuse (slows guessing; the lockout stops it).
 const TOTP_REFUSAL: Duration = Duration::from_secs(1);
+/// SSH_OPEN_RESOURCE_SHORTAGE.
+const RESOURCE_SHORTAGE: u32 = 4;
 
 /// Sleeps until `since + at_least`.
 async fn pad(since: Instant, at_least: Duration) {
     tokio::time::sleep_until((since + at_least).into()).await;
 }
 
+/// A vendor's own connection to the listener.
+#[derive(Debug)]
+pub struct Outer {
+    /// The listener's connection number (the registry key).
+    pub id: u64,
+    /// Its place in the admission counts; told when both factors passed.
+    pub ticket: Arc<Ticket>,
+    /// Cuts the connection (see `killswitch`).
+    pub kill: CancellationToken,
+}
+
 /// Whether this connection is the vendor's own or a ProxyJump session inside a tunnel.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum Mode {
-    Outer,
+    Outer(Outer),
     /// Only the outer login's key, as that vendor, toward this asset.
     Inner {
-        vendor: Vendor,
-        key: String,
+        principal: Principal,
         asset: String,
     },
 }
@@ -57,86 +79,142 @@ pub struct Connection {
     peer: SocketAddr,
     auth: Auth,
     /// Set when both factors passed.
-    login: Option<Login>,
-    /// Cancelled when the connection ends or the server shuts down: ends this connection's sessions.
+    login: Option<(Login, Principal)>,
+    /// Keeps the signed-in connection in the registry (so the watcher can cut it) while it lives.
+    _registration: Option<ConnectionRegistration>,
+    /// Cancelled when the connection ends: ends the tasks of channels that have started nothing.
     stop: CancellationToken,
+    /// The connection's tracing span, for its channels' tasks.
+    span: tracing::Span,
+    /// Channels open now (their tasks hold a `ChannelSlot`).
+    open_channels: Arc<AtomicUsize>,
+    /// Channels on which a shell, exec or subsystem request was accepted: nothing else may start there.
+    started: HashSet<ChannelId>,
+    /// Whether a refusal for too many channels was audited already (once per connection is enough).
+    cap_audited: bool,
 }
 
 impl Connection {
-    pub fn new(shared: Arc<Shared>, peer: SocketAddr, stop: CancellationToken) -> Connection {
-        Connection {
-            shared,
-            mode: Mode::Outer,
-            peer,
-            auth: Auth::default(),
-            login: None,
-            stop,
-        }
+    pub fn new(
+        shared: Arc<Shared>,
+        outer: Outer,
+        peer: SocketAddr,
+        stop: CancellationToken,
+        span: tracing::Span,
+    ) -> Connection {
+        Connection::with_mode(shared, Mode::Outer(outer), peer, stop, span)
     }
 
-    /// The handler for a ProxyJump session inside `vendor`'s tunnel to `asset`.
+    /// The handler for a ProxyJump session inside `principal`'s tunnel to `asset`.
     pub fn inner(
         shared: Arc<Shared>,
         peer: SocketAddr,
         stop: CancellationToken,
-        vendor: Vendor,
-        key: String,
+        principal: Principal,
         asset: String,
+    ) -> Connection {
+        let span = tracing::Span::current();
+        Connection::with_mode(shared, Mode::Inner { principal, asset }, peer, stop, span)
+    }
+
+    fn with_mode(
+        shared: Arc<Shared>,
+        mode: Mode,
+        peer: SocketAddr,
+        stop: CancellationToken,
+        span: tracing::Span,
     ) -> Connection {
         Connection {
             shared,
-            mode: Mode::Inner { vendor, key, asset },
+            mode,
             peer,
             auth: Auth::default(),
             login: None,
+            _registration: None,
             stop,
+            span,
+            open_channels: Arc::default(),
+            started: HashSet::new(),
+            cap_audited: false,
         }
     }
 
-    fn context(&self, session: &mut Session) -> Option<session::Context> {
-        let vendor = self.auth.vendor()?.clone();
-        Some(session::Context {
+    /// A channel task's context, if the vendor signed in and the connection has room for another channel.
+    fn context(&mut self, session: &mut Session) -> Result<Context, ChannelOpenFailure> {
+        let Some((_, principal)) = &self.login else {
+            return Err(ChannelOpenFailure::AdministrativelyProhibited);
+        };
+        let principal = principal.clone();
+        let max = self.shared.app.config.ssh.max_channels;
+        let Some(slot) = ChannelSlot::take(&self.open_channels, max) else {
+            if !self.cap_audited {
+                self.cap_audited = true;
+                self.audit_refusal("ssh.channels.refused", json!({"max_channels": max}));
+            }
+            return Err(ChannelOpenFailure::Other {
+                code: RESOURCE_SHORTAGE,
+                reason: format!(
+                    "too many open channels on this connection (at most {max}); close some or open another connection"
+                ),
+            });
+        };
+        Ok(Context {
             shared: self.shared.clone(),
-            vendor,
+            principal,
             peer: self.peer,
             server: session.handle(),
             stop: self.stop.child_token(),
-            key_fingerprint: self.auth.key_fingerprint().map(str::to_owned),
+            _slot: slot,
         })
+    }
+
+    /// A child span of the connection's for a channel's task.
+    fn channel_span(&self, channel: ChannelId, kind: &'static str) -> tracing::Span {
+        tracing::info_span!(parent: &self.span, "channel", id = %channel, kind)
     }
 
     fn only(methods: &[MethodKind]) -> Option<MethodSet> {
         Some(MethodSet::from(methods))
     }
 
-    /// Audits a refused forwarding request (the vendor saw the refusal from their client).
+    /// Audits a refused request (the vendor saw the refusal from their client).
     fn audit_refusal(&self, action: &'static str, detail: serde_json::Value) {
-        let Some(vendor) = self.auth.vendor().cloned() else {
+        let Some((_, principal)) = self.login.clone() else {
             return;
         };
-        let app = self.shared.app.clone();
-        let peer = self.peer.to_string();
+        let shared = self.shared.clone();
+        let subject = format!("vendor:{}", principal.vendor);
+        let mut detail = detail;
+        if let Some(map) = detail.as_object_mut() {
+            map.insert("peer".into(), json!(self.peer.to_string()));
+        }
         tokio::spawn(async move {
-            let now = app.clock.now();
-            let result = async {
-                let mut tx = app.store.begin().await?;
-                tx.audit(
-                    AuditEvent::new(
-                        format!("vendor:{}", vendor.name),
-                        action,
-                        format!("vendor:{}", vendor.name),
-                        json!({"peer": peer, "request": detail}),
-                    ),
-                    now,
-                )
-                .await?;
-                tx.commit(action).await
-            }
+            audit_by(
+                &shared,
+                &principal,
+                action,
+                subject,
+                json!({"request": detail}),
+            )
             .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, action, "cannot audit a refusal");
-            }
         });
+    }
+
+    /// Answers a shell, exec or subsystem request: success for the first one on a channel, failure after.
+    fn answer_start(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        if self.started.insert(channel) {
+            session.channel_success(channel)
+        } else {
+            self.audit_refusal(
+                "session.request.refused",
+                json!({"reason": "a second shell, exec or subsystem request on one channel"}),
+            );
+            session.channel_failure(channel)
+        }
     }
 }
 
@@ -167,8 +245,9 @@ impl server::Handler for Connection {
         offer: PublicKeyOffer<'_>,
     ) -> Result<RusshAuth, Self::Error> {
         let since = Instant::now();
-        if let Mode::Inner { key, .. } = &self.mode {
-            let ok = crate::identity::keys::fingerprint(offer.public_key) == *key;
+        if let Mode::Inner { principal, .. } = &self.mode {
+            let ok =
+                crate::identity::keys::fingerprint(offer.public_key) == principal.key_fingerprint;
             if !ok {
                 pad(since, KEY_REFUSAL).await;
             }
@@ -196,17 +275,13 @@ impl server::Handler for Connection {
         key: VerifiedPublicKey<'_>,
     ) -> Result<RusshAuth, Self::Error> {
         let since = Instant::now();
-        if let Mode::Inner {
-            vendor,
-            key: outer,
-            asset,
-        } = self.mode.clone()
-        {
-            if self.auth.inner_key(user, key.public_key, &vendor, &outer) {
-                self.login = Some(Login {
-                    vendor: vendor.name.clone(),
-                    asset: Some(asset),
-                });
+        if let Mode::Inner { principal, asset } = &self.mode {
+            if self.auth.inner_key(user, key.public_key, principal) {
+                let login = Login {
+                    vendor: principal.vendor.clone(),
+                    asset: Some(asset.clone()),
+                };
+                self.login = Some((login, principal.clone()));
                 return Ok(RusshAuth::Accept);
             }
             pad(since, KEY_REFUSAL).await;
@@ -253,8 +328,19 @@ impl server::Handler for Connection {
             .unwrap_or_default();
         let since = Instant::now();
         match self.auth.totp(&self.shared.app, self.peer, &answer).await {
-            TotpOutcome::Accepted => {
-                self.login = Login::parse(user);
+            TotpOutcome::Accepted(principal) => {
+                let Some(login) = Login::parse(user) else {
+                    return Ok(RusshAuth::reject());
+                };
+                if let Mode::Outer(outer) = &self.mode {
+                    outer.ticket.signed_in();
+                    self._registration = Some(self.shared.live.connect(
+                        outer.id,
+                        &principal,
+                        outer.kill.clone(),
+                    ));
+                }
+                self.login = Some((login, principal));
                 Ok(RusshAuth::Accept)
             }
             TotpOutcome::Refused => {
@@ -273,15 +359,22 @@ impl server::Handler for Connection {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let (Some(login), Some(ctx)) = (self.login.clone(), self.context(session)) else {
-            return Ok(()); // dropping `reply` refuses the channel
+        let ctx = match self.context(session) {
+            Ok(ctx) => ctx,
+            Err(why) => {
+                tokio::spawn(reply.reject(why));
+                return Ok(());
+            }
         };
-        match login.asset {
+        let asset = self.login.as_ref().and_then(|(l, _)| l.asset.clone());
+        match asset {
             Some(asset) => {
-                tokio::spawn(session::run(ctx, asset, channel, reply));
+                let span = self.channel_span(channel.id(), "session");
+                tokio::spawn(device::run(ctx, asset, channel, reply).instrument(span));
             }
             None => {
-                tokio::spawn(home::run(ctx, channel, reply));
+                let span = self.channel_span(channel.id(), "home");
+                tokio::spawn(home::run(ctx, channel, reply).instrument(span));
             }
         }
         Ok(())
@@ -297,9 +390,6 @@ impl server::Handler for Connection {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(ctx) = self.context(session) else {
-            return Ok(());
-        };
         if let Mode::Inner { .. } = self.mode {
             self.audit_refusal(
                 "tunnel.refused",
@@ -311,18 +401,29 @@ impl server::Handler for Connection {
             }));
             return Ok(());
         }
+        let ctx = match self.context(session) {
+            Ok(ctx) => ctx,
+            Err(why) => {
+                tokio::spawn(reply.reject(why));
+                return Ok(());
+            }
+        };
         let originator = format!(
             "{}:{originator_port}",
             crate::model::truncate_for_display(originator_address, 64)
         );
-        tokio::spawn(crate::tunnel::open(
-            ctx,
-            channel,
-            crate::model::truncate_for_display(host_to_connect, 255),
-            port_to_connect,
-            originator,
-            reply,
-        ));
+        let span = self.channel_span(channel.id(), "direct-tcpip");
+        tokio::spawn(
+            forward::run(
+                ctx,
+                channel,
+                crate::model::truncate_for_display(host_to_connect, 255),
+                port_to_connect,
+                originator,
+                reply,
+            )
+            .instrument(span),
+        );
         Ok(())
     }
 
@@ -355,7 +456,12 @@ impl server::Handler for Connection {
         _modes: &[(Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.channel_success(channel)
+        // A terminal is set up before the session starts (the channel's task keeps it for the device).
+        if self.started.contains(&channel) {
+            session.channel_failure(channel)
+        } else {
+            session.channel_success(channel)
+        }
     }
 
     async fn env_request(
@@ -365,7 +471,7 @@ impl server::Handler for Connection {
         _variable_value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if super::bridge::env_allowed(variable_name) {
+        if device::env_allowed(variable_name) && !self.started.contains(&channel) {
             session.channel_success(channel)
         } else {
             session.channel_failure(channel)
@@ -377,7 +483,7 @@ impl server::Handler for Connection {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.channel_success(channel)
+        self.answer_start(channel, session)
     }
 
     async fn exec_request(
@@ -386,7 +492,7 @@ impl server::Handler for Connection {
         _data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.channel_success(channel)
+        self.answer_start(channel, session)
     }
 
     async fn subsystem_request(
@@ -395,12 +501,25 @@ impl server::Handler for Connection {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if name == "sftp" && self.login.as_ref().is_some_and(|l| l.asset.is_some()) {
-            session.channel_success(channel)
+        let on_asset = self.login.as_ref().is_some_and(|(l, _)| l.asset.is_some());
+        if name == "sftp" && on_asset {
+            self.answer_start(channel, session)
         } else {
-            self.audit_refusal("session.subsystem.refused", json!({"subsystem": name}));
+            self.audit_refusal(
+                "session.subsystem.refused",
+                json!({"subsystem": crate::model::truncate_for_display(name, 64)}),
+            );
             session.channel_failure(channel)
         }
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.started.remove(&channel);
+        Ok(())
     }
 
     async fn x11_request(

@@ -10,9 +10,10 @@ use bytes::Bytes;
 use russh::server::{ChannelOpenHandle, Msg};
 use russh::{Channel, ChannelMsg};
 
-use super::session::Context;
+use super::context::Context;
 use crate::clock::format_time;
 use crate::config::format_duration;
+use crate::model::Vendor;
 
 pub async fn run(ctx: Context, mut channel: Channel<Msg>, reply: ChannelOpenHandle) {
     reply.accept().await;
@@ -31,20 +32,41 @@ pub async fn run(ctx: Context, mut channel: Channel<Msg>, reply: ChannelOpenHand
             Some(_) => {}
         }
     };
+    // The vendor as the store has them now: a disable, a lock or a removed key counts from this moment.
+    let app = &ctx.shared.app;
+    let vendor = match crate::policy::standing(&app.store, app.clock.now(), &ctx.principal).await {
+        Ok(v) => v,
+        Err(e) => {
+            let text = match e {
+                crate::policy::PolicyError::Denied(d) => d.vendor_message(""),
+                crate::policy::PolicyError::Store(e) => {
+                    tracing::error!(error = %e, "cannot re-read the vendor");
+                    "the bastion cannot list your access right now; try again in a minute".into()
+                }
+            };
+            let _ = channel
+                .extended_data_bytes(1, Bytes::from(format!("chaperone: {text}\r\n")))
+                .await;
+            let _ = channel.exit_status(1).await;
+            let _ = channel.eof().await;
+            let _ = channel.close().await;
+            return;
+        }
+    };
     if let Some(rest) = command
         .as_deref()
         .map(str::trim_start)
         .and_then(|c| c.strip_prefix("request"))
         .filter(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace))
     {
-        let status = super::request::run(&ctx, &mut channel, rest).await;
+        let status = super::request::run(&ctx, &vendor, &mut channel, rest).await;
         let _ = channel.exit_status(status).await;
         let _ = channel.eof().await;
         let _ = channel.close().await;
         return;
     }
     let (text, status) = match command.as_deref().map(str::trim) {
-        None | Some("" | "help" | "whoami" | "status") => match screen(&ctx).await {
+        None | Some("" | "help" | "whoami" | "status") => match screen(&ctx, &vendor).await {
             Ok(text) => (text, 0),
             Err(e) => {
                 tracing::error!(error = %e, "cannot build the home screen");
@@ -55,7 +77,7 @@ pub async fn run(ctx: Context, mut channel: Channel<Msg>, reply: ChannelOpenHand
             format!(
                 "chaperone: unknown command {:?}; run `{}` to see what you can do\r\n",
                 crate::model::truncate_for_display(other, 60),
-                ctx.shared.connect_command(&ctx.vendor.name, None, false)
+                ctx.shared.connect_command(ctx.vendor(), None, false)
             ),
             2,
         ),
@@ -71,10 +93,9 @@ pub async fn run(ctx: Context, mut channel: Channel<Msg>, reply: ChannelOpenHand
     let _ = channel.close().await;
 }
 
-async fn screen(ctx: &Context) -> Result<String, crate::store::StoreError> {
+async fn screen(ctx: &Context, vendor: &Vendor) -> Result<String, crate::store::StoreError> {
     let app = &ctx.shared.app;
     let now = app.clock.now();
-    let vendor = &ctx.vendor;
     let grants = app.store.open_grants_of(vendor.id, now).await?;
     let mut out = String::new();
     // `write!` into a String cannot fail.

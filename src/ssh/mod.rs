@@ -1,34 +1,55 @@
 //! The vendors' SSH listener.
 //!
-//! Entry point: [`serve`]: the accept loop (a connection semaphore, a task per connection, accept errors
-//! back off, a connection's error never takes the listener down) and the grant watcher that warns and
-//! closes sessions. Per connection: `handler::Connection` (auth, channel opens); per session channel:
-//! `session::run` (device sessions, bridged by `bridge::run`) or `home::run` (the vendor's home screen,
-//! and `request::run` for `ssh VENDOR@bastion request …`).
+//! Entry point: [`Listener`]: [`Listener::new`] loads what serving needs (a failure there stops `serve`
+//! before it says it is serving) and [`Listener::serve`] runs the accept loop: every connection is admitted
+//! or closed at once ([`admission`]: max connections, early drop, per-address cap, login grace time), runs in
+//! a task of its own with a kill switch on its stream ([`killswitch`]), and a connection's error never
+//! takes the listener down. Per connection: `handler::Connection` (auth, channel opens, requests); per
+//! channel a spawned task: `device::run` (`VENDOR+ASSET`: a session on the device through the session
+//! pipeline, `crate::live`, relayed by `bridge::run`), `home::run` (the vendor's home, and `request::run`
+//! for `ssh VENDOR@bastion request …`) or `forward::run` (direct-tcpip: a tunnel, or `jump::run`).
 
+pub mod admission;
 pub mod auth;
 pub mod bridge;
+pub mod context;
+pub mod device;
+pub mod forward;
 pub mod handler;
 pub mod home;
 pub mod jump;
+pub mod killswitch;
 pub mod login;
 pub mod request;
-pub mod session;
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use russh::keys::PrivateKey;
 use russh::{MethodKind, MethodSet};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::app::App;
-use crate::policy::expiry::{self, LiveSessions};
+use crate::live::LiveSessions;
+use crate::live::budget::Budgets;
+use admission::{Admission, Refusal};
+use killswitch::Killable;
+
+/// Why the SSH listener cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    #[error("reading the SSH host key {path}")]
+    HostKey {
+        path: std::path::PathBuf,
+        source: russh::keys::ssh_key::Error,
+    },
+    #[error("the SSH listener's address")]
+    Address(#[source] std::io::Error),
+}
 
 /// What every connection of the listener shares.
 #[derive(Debug)]
@@ -36,12 +57,12 @@ pub struct Shared {
     pub app: App,
     /// russh client settings toward devices.
     pub device_config: Arc<russh::client::Config>,
-    /// Live sessions on this node, watched for grant expiry and revocation.
+    /// Sessions and signed-in connections on this node, watched for expiry, revocation and disable.
     pub live: LiveSessions,
     /// The port the listener is bound to (the configured one may be 0), for the commands shown to vendors.
     pub port: u16,
-    /// Tunnel byte counts per service and hour (the exfiltration guard).
-    pub budgets: crate::tunnel::budget::Budgets,
+    /// Byte counts per vendor, asset, service and hour (the byte budgets).
+    pub budgets: Arc<Budgets>,
     /// Server settings for ProxyJump sessions terminated inside a tunnel.
     pub inner_config: Arc<russh::server::Config>,
 }
@@ -88,7 +109,13 @@ impl Shared {
 }
 
 /// russh server settings for the bastion: our host key, key + TOTP only, no compression, AES-GCM first.
-pub fn russh_config(host_key: PrivateKey) -> russh::server::Config {
+///
+/// Keepalives: OpenSSH clients treat any global request during authentication as a protocol error
+/// ("bad message during authentication: type 80"), and russh's timer runs from the first byte. Its
+/// interval is therefore longer than the login grace time: the timer restarts at every packet received,
+/// and a connection that has not signed in by `login_grace_time` is closed, so the first keepalive can
+/// only ever reach a signed-in client.
+pub fn russh_config(host_key: PrivateKey, login_grace_time: Duration) -> russh::server::Config {
     russh::server::Config {
         keys: vec![host_key],
         methods: MethodSet::from(&[MethodKind::PublicKey, MethodKind::KeyboardInteractive][..]),
@@ -98,7 +125,7 @@ pub fn russh_config(host_key: PrivateKey) -> russh::server::Config {
         auth_rejection_time_initial: Some(Duration::ZERO),
         max_auth_attempts: 6,
         inactivity_timeout: None,
-        keepalive_interval: Some(Duration::from_secs(20)),
+        keepalive_interval: Some(keepalive_interval(login_grace_time)),
         keepalive_max: 3,
         nodelay: true,
         event_buffer_size: 128,
@@ -110,6 +137,11 @@ pub fn russh_config(host_key: PrivateKey) -> russh::server::Config {
         },
         ..Default::default()
     }
+}
+
+/// Longer than the login grace time (see [`russh_config`]), and at least 30 s.
+pub fn keepalive_interval(login_grace_time: Duration) -> Duration {
+    (login_grace_time + Duration::from_secs(5)).max(Duration::from_secs(30))
 }
 
 /// The client's order picks the cipher (OpenSSH prefers chacha20-poly1305), so on CPUs with AES-NI the
@@ -134,10 +166,13 @@ fn vendor_ciphers() -> &'static [russh::cipher::Name] {
     ALL
 }
 
-pub fn load_host_key(app: &App) -> anyhow::Result<PrivateKey> {
+/// The bastion's SSH host key, from `ssh.host_key`.
+pub fn load_host_key(app: &App) -> Result<PrivateKey, ListenerError> {
     let path = &app.config.ssh.host_key;
-    PrivateKey::read_openssh_file(path)
-        .with_context(|| format!("reading the SSH host key {}", path.display()))
+    PrivateKey::read_openssh_file(path).map_err(|source| ListenerError::HostKey {
+        path: path.clone(),
+        source,
+    })
 }
 
 /// Completes when the stop flag turns true (or its sender is gone).
@@ -145,91 +180,186 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Accepts vendor connections until `stop` turns true.
-pub async fn serve(
-    app: App,
+/// The SSH listener, ready to serve.
+#[derive(Debug)]
+pub struct Listener {
     listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let host_key = load_host_key(&app)?;
-    let config = Arc::new(russh_config(host_key.clone()));
-    let shared = Arc::new(Shared {
-        budgets: crate::tunnel::budget::Budgets::default(),
-        inner_config: jump::inner_config(host_key),
-        device_config: Arc::new(crate::target::client_config()),
-        live: LiveSessions::default(),
-        port: listener.local_addr()?.port(),
-        app: app.clone(),
-    });
-    tokio::spawn(expiry::watch(
-        app.store.clone(),
-        app.clock.clone(),
-        shared.live.clone(),
-        Duration::from_secs(1),
-        stop.clone(),
-    ));
-    let permits = Arc::new(Semaphore::new(app.config.ssh.max_connections));
-    let shutdown = CancellationToken::new();
-    let mut backoff = Duration::from_millis(10);
-    let mut next_id: u64 = 0;
-    loop {
-        let permit = tokio::select! {
-            () = stopped(&mut stop) => break,
-            permit = permits.clone().acquire_owned() => permit?,
-        };
-        let (stream, peer) = tokio::select! {
-            () = stopped(&mut stop) => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => { backoff = Duration::from_millis(10); pair }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed; backing off");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+    config: Arc<russh::server::Config>,
+    shared: Arc<Shared>,
+    admission: Arc<Admission>,
+}
+
+impl Listener {
+    /// Loads the host key and builds the settings; a failure here is reported before serving starts.
+    pub fn new(app: &App, listener: TcpListener) -> Result<Listener, ListenerError> {
+        let host_key = load_host_key(app)?;
+        let grace = app.config.ssh.login_grace_time;
+        let config = Arc::new(russh_config(host_key.clone(), grace));
+        let shared = Arc::new(Shared {
+            budgets: Arc::default(),
+            inner_config: jump::inner_config(host_key, grace),
+            device_config: Arc::new(crate::target::client_config()),
+            live: LiveSessions::default(),
+            port: listener
+                .local_addr()
+                .map_err(ListenerError::Address)?
+                .port(),
+            app: app.clone(),
+        });
+        Ok(Listener {
+            admission: Admission::new(&app.config.ssh),
+            listener,
+            config,
+            shared,
+        })
+    }
+
+    /// Accepts vendor connections until `stop` turns true, then closes every session (each tells its
+    /// vendor and writes its end) and cuts the connections.
+    pub async fn serve(self, mut stop: watch::Receiver<bool>) {
+        let Listener {
+            listener,
+            config,
+            shared,
+            admission,
+        } = self;
+        let app = shared.app.clone();
+        tokio::spawn(crate::live::watch::watch(
+            app.clone(),
+            shared.live.clone(),
+            Duration::from_secs(1),
+            stop.clone(),
+        ));
+        let shutdown = CancellationToken::new();
+        let mut backoff = Duration::from_millis(10);
+        let mut next_id: u64 = 0;
+        let mut refused = RefusalLog::default();
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = stopped(&mut stop) => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => { backoff = Duration::from_millis(10); pair }
+                    Err(e) => {
+                        // Out of file descriptors, most likely: back off, then go on refusing or serving.
+                        tracing::warn!(error = %e, "accept failed; backing off");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                },
+            };
+            let ticket = match admission.admit(peer.ip()) {
+                Ok(t) => t,
+                Err(why) => {
+                    refused.note(why, peer);
+                    drop(stream);
                     continue;
                 }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        next_id += 1;
-        let span = tracing::info_span!("ssh", conn = next_id, %peer);
-        let config = config.clone();
-        let conn_stop = shutdown.child_token();
-        let handler = handler::Connection::new(shared.clone(), peer, conn_stop.clone());
-        tokio::spawn(
-            async move {
-                let _permit = permit;
-                let session = match russh::server::run_stream(config, crate::target::buffered(stream), handler).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "handshake failed");
-                        return;
-                    }
-                };
-                let handle = session.handle();
-                tokio::select! {
-                    result = session => match result {
-                        Ok(()) => tracing::debug!("connection closed"),
-                        Err(russh::Error::IO(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => tracing::debug!("connection closed"),
-                        Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
-                    },
-                    () = conn_stop.cancelled() => {
-                        // Give the sessions a moment to tell their vendors and flush their recordings.
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                        let _ = handle
-                            .disconnect(russh::Disconnect::ByApplication, "chaperone is shutting down".into(), "en".into())
-                            .await;
-                    }
-                }
-                conn_stop.cancel();
+            };
+            let _ = stream.set_nodelay(true);
+            next_id += 1;
+            let span = tracing::info_span!("ssh", conn = next_id, %peer);
+            let kill = shutdown.child_token();
+            let conn_stop = CancellationToken::new();
+            let handler = handler::Connection::new(
+                shared.clone(),
+                handler::Outer {
+                    id: next_id,
+                    ticket: ticket.clone(),
+                    kill: kill.clone(),
+                },
+                peer,
+                conn_stop.clone(),
+                span.clone(),
+            );
+            let stream = Killable::new(crate::target::buffered(stream), kill.clone());
+            tokio::spawn(
+                connection(config.clone(), stream, handler, ticket, kill, conn_stop)
+                    .instrument(span),
+            );
+        }
+        // Every session tells its vendor, marks its recording and writes its end; then connections go.
+        shared.live.close_all("the bastion is shutting down");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !shared.live.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        shutdown.cancel();
+    }
+}
+
+/// Runs one connection: the handshake and sign-in within the login grace time, then until either side
+/// ends it or its kill switch is pulled.
+async fn connection(
+    config: Arc<russh::server::Config>,
+    stream: Killable<tokio::io::BufReader<tokio::net::TcpStream>>,
+    handler: handler::Connection,
+    ticket: Arc<admission::Ticket>,
+    kill: CancellationToken,
+    conn_stop: CancellationToken,
+) {
+    let handshake = russh::server::run_stream(config, stream, handler);
+    let mut session = tokio::select! {
+        result = handshake => match result {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "handshake failed");
+                return;
             }
-            .instrument(span),
-        );
+        },
+        () = ticket.grace_expired() => {
+            tracing::info!("no sign-in within the login grace time; closed");
+            return;
+        }
+    };
+    let result = tokio::select! {
+        result = &mut session => result,
+        () = ticket.grace_expired() => {
+            tracing::info!("no sign-in within the login grace time; closed");
+            kill.cancel();
+            session.await
+        }
+    };
+    match result {
+        Ok(()) => tracing::debug!("connection closed"),
+        Err(russh::Error::IO(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionAborted
+            ) =>
+        {
+            tracing::debug!("connection closed");
+        }
+        Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
     }
-    shutdown.cancel();
-    // Let live sessions write their end and digest before the process exits.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !shared.live.is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    conn_stop.cancel();
+}
+
+/// Logs refused connections without letting a flood flood the log: the first of each kind, then a count
+/// every ten seconds.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    since: Option<tokio::time::Instant>,
+    counts: [u64; 3],
+}
+
+impl RefusalLog {
+    fn note(&mut self, why: Refusal, peer: std::net::SocketAddr) {
+        let i = why as usize;
+        self.counts[i] += 1;
+        if self.counts[i] == 1 {
+            tracing::warn!(%peer, reason = ?why, "connection refused before sign-in");
+        }
+        let now = tokio::time::Instant::now();
+        let since = *self.since.get_or_insert(now);
+        if now.duration_since(since) >= Duration::from_secs(10) {
+            tracing::warn!(
+                full = self.counts[Refusal::Full as usize],
+                early_drop = self.counts[Refusal::Startups as usize],
+                per_address = self.counts[Refusal::PerSource as usize],
+                "connections refused before sign-in in the last 10 s"
+            );
+            *self = RefusalLog::default();
+        }
     }
-    Ok(())
 }

@@ -20,9 +20,9 @@ use russh::server::Msg;
 use russh::{Channel, ChannelMsg};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::session::Context;
+use super::context::Context;
 use crate::config::{format_duration, parse_duration};
-use crate::model::{RequestStatus, ServiceKind, parse_name_list};
+use crate::model::{RequestStatus, ServiceKind, Vendor, parse_name_list};
 use crate::policy::events::Change;
 use crate::policy::requests::{self, FileRefusal};
 
@@ -129,8 +129,9 @@ fn next_word(s: &str, at: usize) -> Result<Option<(String, usize)>, String> {
     Ok(Some((word, s.len())))
 }
 
-/// Files the request in `rest` and waits for its decision; returns the exit status.
-pub async fn run(ctx: &Context, channel: &mut Channel<Msg>, rest: &str) -> u32 {
+/// Files the request in `rest` for `vendor` (as policy just re-read it) and waits for its decision;
+/// returns the exit status.
+pub async fn run(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>, rest: &str) -> u32 {
     let args = match parse(rest) {
         Ok(a) => a,
         Err(e) => {
@@ -144,7 +145,7 @@ pub async fn run(ctx: &Context, channel: &mut Channel<Msg>, rest: &str) -> u32 {
         &app.events,
         &app.config.policy,
         app.clock.now(),
-        &ctx.vendor,
+        vendor,
         &args.asset,
         &args.services,
         args.duration,
@@ -240,7 +241,7 @@ async fn wait(ctx: &Context, channel: &mut Channel<Msg>, id: i64) -> u32 {
                 channel,
                 &format!(
                     "\r\nchaperone: stopped waiting. Request #{id} stays pending; once approved, `{}` shows how to connect.\r\n",
-                    ctx.shared.connect_command(&ctx.vendor.name, None, false)
+                    ctx.shared.connect_command(&ctx.principal.vendor, None, false)
                 ),
             )
             .await;
@@ -283,7 +284,8 @@ async fn check(ctx: &Context, channel: &mut Channel<Msg>, id: i64) -> Option<u32
                     tracing::error!(request = id, error = %e, "cannot describe the grant");
                     format!(
                         "request #{id} was approved; run `{}` to see how to connect\r\n",
-                        ctx.shared.connect_command(&ctx.vendor.name, None, false)
+                        ctx.shared
+                            .connect_command(&ctx.principal.vendor, None, false)
                     )
                 }
             };
@@ -350,7 +352,7 @@ async fn approved_text(
                     out,
                     "  {}\r",
                     ctx.shared
-                        .connect_command(&ctx.vendor.name, Some(&grant.asset), true)
+                        .connect_command(&ctx.principal.vendor, Some(&grant.asset), true)
                 );
             }
             ServiceKind::Tcp => {
@@ -358,7 +360,7 @@ async fn approved_text(
                     out,
                     "  {}   # {}\r",
                     ctx.shared
-                        .tunnel_command(&ctx.vendor.name, &grant.asset, s.port),
+                        .tunnel_command(&ctx.principal.vendor, &grant.asset, s.port),
                     s.name
                 );
             }

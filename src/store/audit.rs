@@ -1,7 +1,7 @@
 //! The audit table: append and read. There is deliberately no update or delete of `audit_events` here.
 
 use sqlx::any::AnyRow;
-use sqlx::{Any, Transaction};
+use sqlx::{Any, AssertSqlSafe, Transaction};
 
 use super::{Context, Result, Store, get};
 use crate::audit::{AuditEvent, AuditRow, chain_hash};
@@ -78,6 +78,37 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .context("reading the audit log")?;
+        rows.iter().map(audit_row).collect()
+    }
+
+    /// The events about `subject` (`session:ID`…) whose action is one of `actions`, oldest first, at most
+    /// `limit` (indexed by subject: `0009_audit_subject`).
+    pub async fn audit_events_about(
+        &self,
+        subject: &str,
+        actions: &[&str],
+        limit: i64,
+    ) -> Result<Vec<AuditRow>> {
+        if actions.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Only placeholders are interpolated: `$3, $4, …`, one per action.
+        let placeholders = (0..actions.len())
+            .map(|i| format!("${}", i + 3))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT seq, at, actor, action, subject, detail, prev_hash, hash FROM audit_events \
+             WHERE subject = $1 AND action IN ({placeholders}) ORDER BY seq LIMIT $2"
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(subject).bind(limit);
+        for action in actions {
+            query = query.bind(*action);
+        }
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .context("reading the audit events about a subject")?;
         rows.iter().map(audit_row).collect()
     }
 

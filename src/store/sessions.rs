@@ -8,7 +8,7 @@ use super::{Context, Result, Store, StoreError, Tx, get};
 use crate::model::{RecordingRow, SessionRow, UnixTime};
 
 const SESSION_SELECT: &str = "SELECT s.id, v.name AS vendor, a.name AS asset, s.grant_id, s.kind, \
-     s.service, s.client_addr, s.detail, s.started_at, s.ended_at, s.end_reason, s.bytes_up, s.bytes_down \
+     s.service, s.client_addr, s.detail, s.started_at, s.ended_at, s.end_reason, s.end_cause, s.bytes_up, s.bytes_down \
      FROM sessions s JOIN vendors v ON v.id = s.vendor_id JOIN assets a ON a.id = s.asset_id";
 
 fn session(row: &AnyRow) -> Result<SessionRow> {
@@ -24,6 +24,7 @@ fn session(row: &AnyRow) -> Result<SessionRow> {
         started_at: get(row, "started_at")?,
         ended_at: get(row, "ended_at")?,
         end_reason: get(row, "end_reason")?,
+        end_cause: get(row, "end_cause")?,
         bytes_up: get(row, "bytes_up")?,
         bytes_down: get(row, "bytes_down")?,
         recordings: Vec::new(),
@@ -173,16 +174,18 @@ impl Tx {
         &mut self,
         id: &str,
         reason: &str,
+        cause: &str,
         bytes_up: i64,
         bytes_down: i64,
         now: UnixTime,
     ) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE sessions SET ended_at = $1, end_reason = $2, bytes_up = $3, bytes_down = $4 \
-             WHERE id = $5 AND ended_at IS NULL",
+            "UPDATE sessions SET ended_at = $1, end_reason = $2, end_cause = $3, bytes_up = $4, bytes_down = $5 \
+             WHERE id = $6 AND ended_at IS NULL",
         )
         .bind(now)
         .bind(reason)
+        .bind(cause)
         .bind(bytes_up)
         .bind(bytes_down)
         .bind(id)

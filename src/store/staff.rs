@@ -1,4 +1,5 @@
-//! Staff users (approvers, auditors, admins) and their one-time enrollment tokens.
+//! Staff users (approvers, auditors, admins), their one-time enrollment tokens, and their sign-in
+//! failures per (account, source address) (migration 0007; the rule that reads them is `web::SignInRule`).
 
 // Dynamic SQL below only ever interpolates the constant column lists of this module.
 use sqlx::AssertSqlSafe;
@@ -28,8 +29,6 @@ pub struct StaffAuth {
     pub password_hash: Option<String>,
     /// Sealed TOTP seed (`staff-totp:NAME`).
     pub totp_secret: Option<Vec<u8>>,
-    pub failed_logins: i64,
-    pub locked_until: Option<UnixTime>,
 }
 
 impl std::fmt::Debug for StaffAuth {
@@ -41,8 +40,7 @@ impl std::fmt::Debug for StaffAuth {
     }
 }
 
-const AUTH_COLUMNS: &str =
-    "id, name, role, enabled, password_hash, totp_secret, failed_logins, locked_until";
+const AUTH_COLUMNS: &str = "id, name, role, enabled, password_hash, totp_secret";
 
 fn staff_auth(row: &AnyRow) -> Result<StaffAuth> {
     Ok(StaffAuth {
@@ -52,8 +50,6 @@ fn staff_auth(row: &AnyRow) -> Result<StaffAuth> {
         enabled: get::<i64>(row, "enabled")? != 0,
         password_hash: get(row, "password_hash")?,
         totp_secret: get(row, "totp_secret")?,
-        failed_logins: get(row, "failed_logins")?,
-        locked_until: get(row, "locked_until")?,
     })
 }
 
@@ -186,8 +182,7 @@ impl Tx {
     ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE staff_users SET password_hash = $1, totp_last_step = $2, enroll_token_hash = NULL, \
-             enroll_expires_at = NULL, failed_logins = 0, locked_until = NULL \
-             WHERE id = $3 AND enroll_token_hash = $4",
+             enroll_expires_at = NULL WHERE id = $3 AND enroll_token_hash = $4",
         )
         .bind(password_hash)
         .bind(totp_step)
@@ -211,8 +206,7 @@ impl Tx {
     ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE staff_users SET password_hash = $1, passkeys = $2, totp_secret = NULL, \
-             totp_last_step = NULL, enroll_token_hash = NULL, enroll_expires_at = NULL, \
-             failed_logins = 0, locked_until = NULL \
+             totp_last_step = NULL, enroll_token_hash = NULL, enroll_expires_at = NULL \
              WHERE id = $3 AND enroll_token_hash = $4",
         )
         .bind(password_hash)
@@ -250,40 +244,70 @@ impl Tx {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Counts a failed sign-in; at `max` failures the user is locked until `lock_until` and the count
-    /// starts again. Returns whether this failure locked the account.
-    pub async fn staff_sign_in_failed(
-        &mut self,
-        id: i64,
-        max: i64,
-        lock_until: UnixTime,
-    ) -> Result<bool> {
-        let row = sqlx::query(
-            "UPDATE staff_users SET failed_logins = failed_logins + 1 WHERE id = $1 RETURNING failed_logins",
-        )
-        .bind(id)
-        .fetch_one(&mut *self.tx)
-        .await
-        .context("counting a failed sign-in")?;
-        let failures: i64 = get(&row, "failed_logins")?;
-        if failures < max {
-            return Ok(false);
-        }
-        sqlx::query("UPDATE staff_users SET failed_logins = 0, locked_until = $1 WHERE id = $2")
-            .bind(lock_until)
+    /// Makes concurrent sign-in judgements of one staff member queue behind this transaction: an
+    /// `UPDATE` of their row takes its row lock on PostgreSQL (SQLite's `BEGIN IMMEDIATE` already
+    /// serialises writers). Counting and recording failures after this is then exact across nodes.
+    pub async fn hold_staff_user(&mut self, id: i64) -> Result<()> {
+        sqlx::query("UPDATE staff_users SET enabled = enabled WHERE id = $1")
             .bind(id)
             .execute(&mut *self.tx)
             .await
-            .context("locking a staff user")?;
-        Ok(true)
+            .context("holding a staff user for a sign-in")?;
+        Ok(())
     }
 
-    pub async fn staff_signed_in(&mut self, id: i64) -> Result<()> {
-        sqlx::query("UPDATE staff_users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
-            .bind(id)
+    /// Failed sign-ins of user `id` from `source` at or after `since`.
+    pub async fn staff_signin_failures(
+        &mut self,
+        id: i64,
+        source: &str,
+        since: UnixTime,
+    ) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM staff_signin_failures \
+             WHERE user_id = $1 AND source = $2 AND at >= $3",
+        )
+        .bind(id)
+        .bind(source)
+        .bind(since)
+        .fetch_one(&mut *self.tx)
+        .await
+        .context("counting failed sign-ins")?;
+        get(&row, "n")
+    }
+
+    /// Records a failed sign-in of user `id` from `source` at `at`, and forgets every failure (of anyone)
+    /// from before `forget_before`: rows outside the window count for nothing.
+    pub async fn add_staff_signin_failure(
+        &mut self,
+        id: i64,
+        source: &str,
+        at: UnixTime,
+        forget_before: UnixTime,
+    ) -> Result<()> {
+        sqlx::query("DELETE FROM staff_signin_failures WHERE at < $1")
+            .bind(forget_before)
             .execute(&mut *self.tx)
             .await
-            .context("recording a sign-in")?;
+            .context("forgetting old failed sign-ins")?;
+        sqlx::query("INSERT INTO staff_signin_failures (user_id, source, at) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(source)
+            .bind(at)
+            .execute(&mut *self.tx)
+            .await
+            .context("recording a failed sign-in")?;
+        Ok(())
+    }
+
+    /// Forgets the failed sign-ins of user `id` from `source` (they signed in from there).
+    pub async fn clear_staff_signin_failures(&mut self, id: i64, source: &str) -> Result<()> {
+        sqlx::query("DELETE FROM staff_signin_failures WHERE user_id = $1 AND source = $2")
+            .bind(id)
+            .bind(source)
+            .execute(&mut *self.tx)
+            .await
+            .context("clearing failed sign-ins")?;
         Ok(())
     }
 

@@ -1,27 +1,18 @@
 //! Raw byte relay for tunnels: two copy loops with large buffers, half-close passed on both ways,
-//! every chunk counted (and checked by the caller) before it is written.
+//! every chunk passed to the [`Gate`] (which counts it and may refuse it) before it is written.
 //!
 //! Entry point: [`relay`]. It ends when both directions reached end-of-file, when `cancel` fires
 //! (expiry, revocation, budget cut, shutdown), or on an I/O error; bytes already counted stay counted.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::budget::Direction;
+use crate::live::budget::Direction;
 
 /// Buffer per direction: large enough for the SSH window's bursts, small enough for thousands of tunnels.
 const BUFFER: usize = 128 * 1024;
 
-/// Bytes moved so far, each way.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub up: AtomicU64,
-    pub down: AtomicU64,
-}
-
-/// Decides about each chunk before it is forwarded: `false` stops the relay (budget cut).
+/// Counts each chunk and decides about it before it is forwarded: `false` stops the relay (budget cut).
 pub trait Gate: Send + Sync {
     fn allow(&self, dir: Direction, n: usize) -> bool;
 }
@@ -39,13 +30,7 @@ pub enum RelayEnd {
     Failed(String),
 }
 
-async fn pump<R, W>(
-    mut from: R,
-    mut to: W,
-    dir: Direction,
-    counter: &AtomicU64,
-    gate: &dyn Gate,
-) -> Result<(), RelayEnd>
+async fn pump<R, W>(mut from: R, mut to: W, dir: Direction, gate: &dyn Gate) -> Result<(), RelayEnd>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -61,7 +46,6 @@ where
             let _ = to.shutdown().await;
             return Ok(());
         }
-        counter.fetch_add(n as u64, Ordering::Relaxed);
         if !gate.allow(dir, n) {
             return Err(RelayEnd::Refused);
         }
@@ -75,7 +59,6 @@ where
 pub async fn relay<V, D>(
     vendor: V,
     device: D,
-    counters: &Counters,
     gate: &dyn Gate,
     cancel: &CancellationToken,
 ) -> RelayEnd
@@ -85,8 +68,8 @@ where
 {
     let (v_read, v_write) = tokio::io::split(vendor);
     let (d_read, d_write) = tokio::io::split(device);
-    let up = pump(v_read, d_write, Direction::Up, &counters.up, gate);
-    let down = pump(d_read, v_write, Direction::Down, &counters.down, gate);
+    let up = pump(v_read, d_write, Direction::Up, gate);
+    let down = pump(d_read, v_write, Direction::Down, gate);
     // The first direction to fail ends both (a cut or a reset must not wait for the other side).
     let both = async { tokio::try_join!(up, down).map(|_| ()) };
     tokio::select! {
@@ -101,11 +84,28 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
-    struct Limit(usize);
+    /// Counts each way and refuses chunks larger than its limit.
+    #[derive(Default)]
+    struct Limit {
+        max: usize,
+        up: AtomicU64,
+        down: AtomicU64,
+    }
     impl Gate for Limit {
-        fn allow(&self, _dir: Direction, n: usize) -> bool {
-            n <= self.0
+        fn allow(&self, dir: Direction, n: usize) -> bool {
+            match dir {
+                Direction::Up => self.up.fetch_add(n as u64, Ordering::Relaxed),
+                Direction::Down => self.down.fetch_add(n as u64, Ordering::Relaxed),
+            };
+            n <= self.max
+        }
+    }
+    fn limit(max: usize) -> Limit {
+        Limit {
+            max,
+            ..Limit::default()
         }
     }
 
@@ -113,15 +113,9 @@ mod tests {
     async fn copies_both_ways_with_half_close_and_counts() {
         let (vendor_side, mut vendor_peer) = tokio::io::duplex(1 << 16);
         let (device_side, mut device_peer) = tokio::io::duplex(1 << 16);
-        let counters = Counters::default();
+        let gate = limit(usize::MAX);
         let cancel = CancellationToken::new();
-        let relay = relay(
-            vendor_side,
-            device_side,
-            &counters,
-            &Limit(usize::MAX),
-            &cancel,
-        );
+        let relay = relay(vendor_side, device_side, &gate, &cancel);
         let peers = async {
             vendor_peer.write_all(b"C-ECHO-RQ").await.unwrap();
             vendor_peer.shutdown().await.unwrap();
@@ -139,8 +133,8 @@ mod tests {
         assert_eq!(end, RelayEnd::Finished);
         assert_eq!(
             (
-                counters.up.load(Ordering::Relaxed),
-                counters.down.load(Ordering::Relaxed)
+                gate.up.load(Ordering::Relaxed),
+                gate.down.load(Ordering::Relaxed)
             ),
             (9, 11)
         );
@@ -150,11 +144,11 @@ mod tests {
     async fn a_refused_chunk_stops_the_relay_and_is_counted() {
         let (vendor_side, mut vendor_peer) = tokio::io::duplex(1 << 16);
         let (device_side, _device_peer) = tokio::io::duplex(1 << 16);
-        let counters = Counters::default();
+        let gate = limit(10);
         let cancel = CancellationToken::new();
         vendor_peer.write_all(&[0u8; 100]).await.unwrap();
-        let end = relay(vendor_side, device_side, &counters, &Limit(10), &cancel).await;
+        let end = relay(vendor_side, device_side, &gate, &cancel).await;
         assert_eq!(end, RelayEnd::Refused);
-        assert_eq!(counters.up.load(Ordering::Relaxed), 100);
+        assert_eq!(gate.up.load(Ordering::Relaxed), 100);
     }
 }

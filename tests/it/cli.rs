@@ -396,7 +396,8 @@ fn audit_verify_detects_a_deleted_last_event() {
     assert!(run.stderr().contains("audit event 2"), "{}", run.stderr());
 }
 
-fn sqlite(db: &std::path::Path, sql: &str) {
+/// Runs `sql` on a SQLite database file with the sqlite3 shell, as someone with write access to it would.
+pub fn sqlite(db: &std::path::Path, sql: &str) {
     let out = Command::new("sqlite3")
         .arg(db)
         .arg(sql)
@@ -407,6 +408,21 @@ fn sqlite(db: &std::path::Path, sql: &str) {
         "sqlite3: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `sql`'s first column, one row per line, from the sqlite3 shell.
+pub fn sqlite_query(db: &std::path::Path, sql: &str) -> String {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 (apt: sqlite3)");
+    assert!(
+        out.status.success(),
+        "sqlite3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 fn checkpoint(db: &std::path::Path) {
@@ -562,4 +578,81 @@ fn audit_export_as_syslog_and_from_a_sequence_number() {
         "{newer}"
     );
     assert!(!newer.contains("asset:mri-01"), "{newer}");
+}
+
+/// Issue 12: free text read back from the database (grant reasons, organisations, key comments, asset
+/// fields) prints escaped in every table and `show`: a control character in it is shown, never sent to
+/// the administrator's terminal. `--json` stays exact.
+#[test]
+fn issue_12_text_from_the_database_prints_escaped() {
+    let d = DataDir::init();
+    let key = ssh_keygen(d.path(), "alice").with_extension("pub");
+    d.run(&[
+        "vendor",
+        "add",
+        "alice",
+        "--org",
+        "Acme",
+        "--key",
+        key.to_str().unwrap(),
+    ])
+    .ok();
+    d.run(&[
+        "asset",
+        "add",
+        "mri-01",
+        "--address",
+        "127.0.0.1",
+        "--zone",
+        "radiology",
+        "--purpose",
+        "MRI",
+        "--service",
+        "ssh:22/ssh",
+    ])
+    .ok();
+    d.run(&[
+        "grant",
+        "add",
+        "--vendor",
+        "alice",
+        "--asset",
+        "mri-01",
+        "--services",
+        "ssh",
+        "--for",
+        "2h",
+        "--reason",
+        "INC-1",
+    ])
+    .ok();
+    sqlite(
+        &d.path().join("chaperone.db"),
+        "UPDATE grants SET reason = 'INC' || char(27) || ']52;c;ZXZpbA==' || char(7); \
+         UPDATE vendors SET org = 'Acme' || char(27) || '[2J' || char(10) || 'forged line'; \
+         UPDATE vendor_keys SET comment = 'laptop' || char(27) || ']0;title' || char(7); \
+         UPDATE assets SET purpose = 'MRI' || char(155) || '6n', vendor_org = 'Org' || char(8238) || 'txt';",
+    );
+    for (args, escaped) in [
+        (&["grant", "list"][..], "INC\\x1b]52;c;ZXZpbA==\\x07"),
+        (&["vendor", "list"][..], "Acme\\x1b[2J\\nforged line"),
+        (
+            &["vendor", "show", "alice"][..],
+            "Acme\\x1b[2J\\nforged line",
+        ),
+        (&["vendor", "show", "alice"][..], "laptop\\x1b]0;title\\x07"),
+        (&["asset", "list"][..], "MRI\\u{9b}6n"),
+        (&["asset", "show", "mri-01"][..], "MRI\\u{9b}6n"),
+        (&["asset", "show", "mri-01"][..], "Org\\u{202e}txt"),
+    ] {
+        let run = d.run(args);
+        let out = run.ok().stdout();
+        assert!(out.contains(escaped), "{args:?}: {out}");
+        assert!(
+            !out.contains(['\x1b', '\x07', '\u{9b}', '\u{202e}']),
+            "{args:?}: {out:?}"
+        );
+    }
+    let json = d.run(&["grant", "list", "--json"]).ok().json();
+    assert_eq!(json[0]["reason"], "INC\x1b]52;c;ZXZpbA==\x07");
 }

@@ -10,10 +10,13 @@
 mod approvals;
 mod browser;
 mod cli;
+mod evidence;
+mod hostile;
 mod nodes;
 mod passkeys;
 mod ssh;
 mod store;
 mod support;
 mod tunnels;
+mod web_limits;
 mod webhook;

@@ -18,7 +18,7 @@ const PASSWORD: &str = "correct horse battery staple";
 /// Two nodes sharing a fresh PostgreSQL database, the secrets key and the public address (the second node
 /// is a copy of the first one's data dir with its own web port and its own recordings), or `None` when
 /// PostgreSQL is missing and not required.
-fn two_nodes() -> Option<(Bastion, Bastion, u16, String)> {
+pub(crate) fn two_nodes() -> Option<(Bastion, Bastion, u16, String)> {
     let url = tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(postgres::fresh_database())?;

@@ -13,7 +13,7 @@ use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 
 use crate::support::DataDir;
 use crate::support::bastion::Bastion;
-use crate::support::web::{Answer, Approver, curl, enrollment_token, post_json};
+use crate::support::web::{Answer, Approver, curl, enrollment_token, post_json, post_json_from};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -26,6 +26,11 @@ struct Page {
 impl Page {
     fn post(&self, path: &str, body: &serde_json::Value) -> Answer {
         post_json(&self.jar, &format!("{}{path}", self.base), body)
+    }
+
+    /// [`Page::post`] from the loopback address `source`.
+    fn post_from(&self, source: Option<&str>, path: &str, body: &serde_json::Value) -> Answer {
+        post_json_from(source, &self.jar, &format!("{}{path}", self.base), body)
     }
 }
 
@@ -376,4 +381,68 @@ fn the_passkey_sign_in_tells_nothing_about_names_or_passwords() {
     let audit = audit_lines(&page);
     assert!(audit.contains("no passkey registered"), "{audit}");
     assert!(audit.contains("wrong password"), "{audit}");
+}
+
+/// Issue 12: passkey sign-ins go through the same lockout as the TOTP form and `/api/login`: failures
+/// from one address on either count together, and once bob is locked from 127.0.0.2 his right password
+/// with his own passkey is refused there exactly like a wrong password, while the same sign-in from
+/// 127.0.0.1 works.
+#[test]
+fn a_passkey_sign_in_is_locked_per_address_like_the_others() {
+    let (page, token) = setup();
+    let mut key = SoftPasskey::new(true);
+    let (enrolled, _) = enroll(&page, &token, &mut key);
+    assert_eq!(enrolled.status, 200, "{}", enrolled.body);
+    let origin = Url::parse(&page.base).unwrap();
+    let mut attempt = |source: Option<&str>, password: &str| -> Answer {
+        let start = page.post_from(
+            source,
+            "/login/passkey/start",
+            &serde_json::json!({"name": "bob"}),
+        );
+        assert_eq!(start.status, 200, "{}", start.body);
+        let start = start.json();
+        let options: RequestChallengeResponse =
+            serde_json::from_value(start["options"].clone()).unwrap();
+        let credential = key.do_authentication(origin.clone(), options).unwrap();
+        page.post_from(
+            source,
+            "/login/passkey/finish",
+            &serde_json::json!({"ceremony": start["ceremony"], "password": password,
+                                "credential": credential}),
+        )
+    };
+    let attacker = Some("127.0.0.2");
+    let mut wrong = None;
+    for _ in 0..3 {
+        let a = attempt(attacker, "not the password");
+        assert_eq!(a.status, 401, "{}", a.body);
+        wrong = Some(a);
+    }
+    let wrong = wrong.unwrap();
+    for _ in 0..2 {
+        let a = page.post_from(
+            attacker,
+            "/api/login",
+            &serde_json::json!({"name": "bob", "password": "guess", "code": "123456"}),
+        );
+        assert_eq!(a.status, 401, "{}", a.body);
+    }
+    let locked = attempt(attacker, PASSWORD);
+    assert_eq!(locked.status, wrong.status, "{}", locked.body);
+    assert_eq!(locked.body, wrong.body);
+
+    let ok = attempt(None, PASSWORD);
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let audit = audit_lines(&page);
+    let refused_right = audit.lines().any(|l| {
+        let row: serde_json::Value = serde_json::from_str(l).unwrap();
+        let detail: serde_json::Value =
+            serde_json::from_str(row["detail"].as_str().unwrap()).unwrap();
+        row["action"] == "staff.signin.failed"
+            && detail["why"] == "locked"
+            && detail["password_ok"] == true
+            && detail["source"] == "127.0.0.2"
+    });
+    assert!(refused_right, "{audit}");
 }

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::support::postgres;
 
 /// Runs `test` on a fresh SQLite database and on a fresh PostgreSQL database.
-async fn on_both<F, Fut>(test: F)
+pub(crate) async fn on_both<F, Fut>(test: F)
 where
     F: Fn(Store) -> Fut,
     Fut: Future<Output = ()>,
@@ -30,7 +30,7 @@ fn ev(action: &str) -> AuditEvent {
     AuditEvent::new("os:test", action, "test", json!({"k": "v"}))
 }
 
-async fn vendor(store: &Store, name: &str, fp: &str) -> i64 {
+pub(crate) async fn vendor(store: &Store, name: &str, fp: &str) -> i64 {
     let mut tx = store.begin().await.unwrap();
     let id = tx
         .insert_vendor(name, "Acme", b"sealed", 100)
@@ -45,7 +45,7 @@ async fn vendor(store: &Store, name: &str, fp: &str) -> i64 {
 }
 
 /// A grant issued at 100 for `services` of asset `a` to vendor `v`, ending at `ends_at`.
-async fn grant(tx: &mut Tx, v: i64, a: i64, services: &[String], ends_at: i64) -> i64 {
+pub(crate) async fn grant(tx: &mut Tx, v: i64, a: i64, services: &[String], ends_at: i64) -> i64 {
     tx.insert_grant(
         &NewGrant {
             vendor_id: v,
@@ -63,7 +63,7 @@ async fn grant(tx: &mut Tx, v: i64, a: i64, services: &[String], ends_at: i64) -
     .unwrap()
 }
 
-async fn asset(store: &Store, name: &str) -> i64 {
+pub(crate) async fn asset(store: &Store, name: &str) -> i64 {
     let services: Vec<Service> = vec![
         "ssh:22/ssh".parse().unwrap(),
         "dicom:104/tcp".parse().unwrap(),
@@ -266,7 +266,11 @@ async fn grants_sessions_and_recordings() {
         assert!(store.open_grants_of(v, 200).await.unwrap().is_empty());
 
         let mut tx = store.begin().await.unwrap();
-        assert!(tx.end_session("s1", "exit", 10, 20, 160).await.unwrap());
+        assert!(
+            tx.end_session("s1", "exit", "closed", 10, 20, 160)
+                .await
+                .unwrap()
+        );
         tx.close_recording(r, "abcd", 42, 160).await.unwrap();
         assert!(tx.revoke_grant(g, "os:t", "done", 160).await.unwrap());
         assert!(!tx.revoke_grant(g, "os:t", "again", 161).await.unwrap());
@@ -330,7 +334,7 @@ async fn sessions_of_a_gone_node_are_found_and_ended_once() {
         let mut first = store.begin().await.unwrap();
         assert!(
             first
-                .end_session("s-dead", "node gone", 0, 0, 510)
+                .end_session("s-dead", "node gone", "lost", 0, 0, 510)
                 .await
                 .unwrap()
         );
@@ -339,7 +343,7 @@ async fn sessions_of_a_gone_node_are_found_and_ended_once() {
         let mut second = store.begin().await.unwrap();
         assert!(
             !second
-                .end_session("s-dead", "node gone", 0, 0, 511)
+                .end_session("s-dead", "node gone", "lost", 0, 0, 511)
                 .await
                 .unwrap()
         );
@@ -773,6 +777,97 @@ async fn web_sign_in_state_lapses_extends_is_taken_once_and_is_bounded() {
             s.web_state_get("ceremony", "f9", 100, None).await.unwrap(),
             None
         );
+    })
+    .await;
+}
+
+/// Issue 12: staff sign-in failures are counted per (account, source) within a window: another
+/// source's failures and old ones do not count, a sign-in clears only its own source, and recording a
+/// failure forgets every failure from before the window.
+#[tokio::test]
+async fn staff_signin_failures_count_per_account_and_source_in_a_window() {
+    on_both(|s| async move {
+        let mut tx = s.begin().await.unwrap();
+        let bob = tx
+            .insert_staff_user("bob", chaperone::model::Role::Approver, "t1", 9999, 100)
+            .await
+            .unwrap();
+        let eve = tx
+            .insert_staff_user("eve", chaperone::model::Role::Approver, "t2", 9999, 100)
+            .await
+            .unwrap();
+        tx.audit(ev("user.add"), 100).await.unwrap();
+        tx.commit("t").await.unwrap();
+
+        let mut tx = s.begin().await.unwrap();
+        tx.hold_staff_user(bob).await.unwrap();
+        for at in [1000, 1001, 1002] {
+            tx.add_staff_signin_failure(bob, "192.0.2.1", at, 0)
+                .await
+                .unwrap();
+        }
+        tx.add_staff_signin_failure(bob, "192.0.2.2", 1003, 0)
+            .await
+            .unwrap();
+        tx.add_staff_signin_failure(eve, "192.0.2.1", 1003, 0)
+            .await
+            .unwrap();
+        assert_eq!(
+            tx.staff_signin_failures(bob, "192.0.2.1", 0).await.unwrap(),
+            3
+        );
+        assert_eq!(
+            tx.staff_signin_failures(bob, "192.0.2.2", 0).await.unwrap(),
+            1
+        );
+        // The window: only failures at or after `since` count.
+        assert_eq!(
+            tx.staff_signin_failures(bob, "192.0.2.1", 1001)
+                .await
+                .unwrap(),
+            2
+        );
+        tx.audit(ev("staff.signin.failed"), 1003).await.unwrap();
+        tx.commit("t").await.unwrap();
+
+        // A sign-in from 192.0.2.2 clears that source only.
+        let mut tx = s.begin().await.unwrap();
+        tx.clear_staff_signin_failures(bob, "192.0.2.2")
+            .await
+            .unwrap();
+        assert_eq!(
+            tx.staff_signin_failures(bob, "192.0.2.2", 0).await.unwrap(),
+            0
+        );
+        assert_eq!(
+            tx.staff_signin_failures(bob, "192.0.2.1", 0).await.unwrap(),
+            3
+        );
+        tx.audit(ev("staff.signin"), 1004).await.unwrap();
+        tx.commit("t").await.unwrap();
+
+        // A failure recorded later forgets the rows from before its window, everyone's.
+        let mut tx = s.begin().await.unwrap();
+        tx.add_staff_signin_failure(bob, "192.0.2.1", 2000, 1002)
+            .await
+            .unwrap();
+        assert_eq!(
+            tx.staff_signin_failures(bob, "192.0.2.1", 0).await.unwrap(),
+            2,
+            "1002 and 2000 are left"
+        );
+        assert_eq!(
+            tx.staff_signin_failures(eve, "192.0.2.1", 0).await.unwrap(),
+            1
+        );
+        // Nothing audited: the transaction rolls back when dropped.
+        drop(tx);
+        let mut tx = s.begin().await.unwrap();
+        assert_eq!(
+            tx.staff_signin_failures(bob, "192.0.2.1", 0).await.unwrap(),
+            3
+        );
+        drop(tx);
     })
     .await;
 }

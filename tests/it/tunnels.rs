@@ -159,7 +159,7 @@ fn l_tunnel_is_cut_at_expiry_with_its_bytes_recorded() {
     let port = tcp_server(trickle);
     let Some((_sshd, b)) = setup(
         &[format!("stream:{port}/tcp")],
-        "[tunnels.services.stream]\nmax_down_per_hour = \"none\"\n",
+        "[budgets.services.stream]\nmax_down_per_hour = \"none\"\n",
     ) else {
         return;
     };
@@ -238,11 +238,11 @@ fn l_tunnel_is_cut_at_expiry_with_its_bytes_recorded() {
 }
 
 #[test]
-fn the_exfiltration_guard_alerts_and_cuts() {
+fn the_byte_budget_alerts_and_cuts_a_tunnel() {
     let port = tcp_server(blob);
     let receiver = webhook::Receiver::start(&[]);
     let config = format!(
-        "[tunnels.services.bulk]\nmax_down_per_hour = \"100KB\"\naction = \"cut\"\n{}",
+        "[budgets.services.bulk]\nmax_down_per_hour = \"100KB\"\naction = \"cut\"\n{}",
         webhook::config(&receiver.url(), "guard-secret-0123456789", "")
     );
     let Some((_sshd, b)) = setup(&[format!("bulk:{port}/tcp")], &config) else {
@@ -257,7 +257,7 @@ fn the_exfiltration_guard_alerts_and_cuts() {
         .unwrap();
     assert!(out.stdout.len() < 2_000_000, "the whole 2 MB got through");
     assert!(wait_until(Duration::from_secs(5), || audit(&b)
-        .contains("\"tunnel.budget.exceeded\"")));
+        .contains("\"budget.exceeded\"")));
     assert!(wait_until(Duration::from_secs(5), || sessions(&b)
         .as_array()
         .unwrap()
@@ -268,12 +268,12 @@ fn the_exfiltration_guard_alerts_and_cuts() {
         all[0]["end_reason"]
             .as_str()
             .unwrap()
-            .contains("exfiltration guard"),
+            .contains("cut by the byte budget"),
         "{all}"
     );
     // The alert also reaches the webhook, signed.
     let alert = receiver
-        .wait_for("tunnel.budget.exceeded", 10)
+        .wait_for("budget.exceeded", 10)
         .unwrap_or_else(|| panic!("no webhook alert: {:?}\n{}", receiver.all(), b.log()));
     assert!(alert.signed_with("guard-secret-0123456789"));
     assert_eq!(

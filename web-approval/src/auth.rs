@@ -6,7 +6,6 @@
 //! (database, audited).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -17,10 +16,20 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::WebState;
-use crate::core::{Core, CoreError, Staff, StateKind};
+use crate::core::{Core, CoreError, Source, Staff, StateKind};
 
 /// The session cookie: `__Host-` pins it to this origin, path `/`, Secure.
 pub const COOKIE: &str = "__Host-chaperone";
+
+/// Marks a request the page makes by itself (the live refresh in `static/app.js`), not one a person
+/// made: it is answered like any other but does not count as activity, so it never postpones the idle
+/// sign-out. `/events` (the change stream) never counts either.
+pub const BACKGROUND: &str = "x-chaperone-background";
+
+/// Whether `headers` mark a background request ([`BACKGROUND`]).
+pub fn is_background(headers: &HeaderMap) -> bool {
+    headers.contains_key(BACKGROUND)
+}
 
 /// A signed-in browser or script.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,7 +59,8 @@ pub(crate) fn key(token: &str) -> String {
 }
 
 /// Sessions live in the core (every node sees them, so no sticky load balancing is needed), keyed by the
-/// SHA-256 of the cookie value, and lapse after `idle_timeout` without a request.
+/// SHA-256 of the cookie value, and lapse after `idle_timeout` without a request a person made (not
+/// the page's own background requests).
 impl<C: Core> WebState<C> {
     fn session_expiry(&self) -> i64 {
         let idle = i64::try_from(self.idle_timeout.as_secs()).unwrap_or(i64::MAX / 2);
@@ -78,18 +88,31 @@ impl<C: Core> WebState<C> {
     }
 
     /// The session named by the request's cookie, unless it has been idle past the limit; touches it
-    /// and hands out its flash message once. `Err` when the store cannot say (the caller answers 503:
-    /// a database hiccup is not a sign-out).
+    /// (unless the request is a [`BACKGROUND`] one) and hands out its flash message once. `Err` when the
+    /// store cannot say (the caller answers 503: a database hiccup is not a sign-out).
     pub async fn session(&self, headers: &HeaderMap) -> Result<Option<Session>, CoreError> {
+        self.load_session(headers, !is_background(headers), true)
+            .await
+    }
+
+    /// The session named by the request's cookie, neither touched nor its flash message taken: for
+    /// the change stream, which no person asks for and which shows no page.
+    pub async fn peek_session(&self, headers: &HeaderMap) -> Result<Option<Session>, CoreError> {
+        self.load_session(headers, false, false).await
+    }
+
+    async fn load_session(
+        &self,
+        headers: &HeaderMap,
+        activity: bool,
+        take_flash: bool,
+    ) -> Result<Option<Session>, CoreError> {
         let Some(token) = cookie(headers, COOKIE) else {
             return Ok(None);
         };
         let k = key(&token);
-        let Some(data) = self
-            .core
-            .state(StateKind::Session, &k, Some(self.session_expiry()))
-            .await?
-        else {
+        let extend_to = activity.then(|| self.session_expiry());
+        let Some(data) = self.core.state(StateKind::Session, &k, extend_to).await? else {
             return Ok(None);
         };
         let session: Session = match serde_json::from_str(&data) {
@@ -100,7 +123,7 @@ impl<C: Core> WebState<C> {
                 return Ok(None);
             }
         };
-        if session.flash.is_some() {
+        if take_flash && session.flash.is_some() {
             let shown = Session {
                 flash: None,
                 ..session.clone()
@@ -174,10 +197,10 @@ pub fn csrf_ok(session: &Session, presented: Option<&str>) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// At most `max` sign-in attempts per address in `window`.
+/// At most `max` sign-in attempts per source address in `window` (on this node).
 #[derive(Debug)]
 pub struct Limiter {
-    map: Mutex<HashMap<IpAddr, Vec<Instant>>>,
+    map: Mutex<HashMap<Source, Vec<Instant>>>,
     max: usize,
     window: Duration,
 }
@@ -191,8 +214,8 @@ impl Limiter {
         }
     }
 
-    /// Counts an attempt from `ip`; false when it is over the limit.
-    pub fn allow(&self, ip: IpAddr) -> bool {
+    /// Counts an attempt from `source`; false when it is over the limit.
+    pub fn allow(&self, source: Source) -> bool {
         let Ok(mut map) = self.map.lock() else {
             return false;
         };
@@ -201,7 +224,7 @@ impl Limiter {
             v.retain(|t| t.elapsed() < window);
             !v.is_empty()
         });
-        let attempts = map.entry(ip).or_default();
+        let attempts = map.entry(source).or_default();
         if attempts.len() >= self.max {
             return false;
         }
@@ -265,10 +288,23 @@ mod tests {
     #[test]
     fn limiter_counts_per_address() {
         let l = Limiter::new(2, Duration::from_secs(60));
-        let a: IpAddr = "127.0.0.1".parse().unwrap();
-        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let a = Source::of("127.0.0.1".parse().unwrap());
+        let b = Source::of("127.0.0.2".parse().unwrap());
         assert!(l.allow(a) && l.allow(a));
         assert!(!l.allow(a));
         assert!(l.allow(b));
+        // One IPv6 /64 is one source.
+        let l = Limiter::new(1, Duration::from_secs(60));
+        assert!(l.allow(Source::of("2001:db8:1:2::1".parse().unwrap())));
+        assert!(!l.allow(Source::of("2001:db8:1:2:ffff::9".parse().unwrap())));
+        assert!(l.allow(Source::of("2001:db8:1:3::1".parse().unwrap())));
+    }
+
+    #[test]
+    fn sources_are_addresses_and_ipv6_prefixes() {
+        let s = |ip: &str| Source::of(ip.parse().unwrap()).to_string();
+        assert_eq!(s("192.0.2.7"), "192.0.2.7");
+        assert_eq!(s("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(s("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64");
     }
 }

@@ -3,6 +3,7 @@
 //! store and policy; this crate never sees SQL or SSH.
 
 use std::future::Future;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -46,8 +47,6 @@ pub struct StaffAccount {
     pub enabled: bool,
     /// PHC string (argon2id); `None` until enrolled.
     pub password_hash: Option<String>,
-    /// Locked until this unix time after too many failures.
-    pub locked_until: Option<i64>,
     /// A TOTP seed is enrolled: the account can sign in without a passkey.
     pub has_totp: bool,
 }
@@ -60,6 +59,77 @@ impl std::fmt::Debug for StaffAccount {
             .field("enabled", &self.enabled)
             .finish_non_exhaustive()
     }
+}
+
+/// Where a request comes from, as sign-in lockout and the listener's limits count it: the client's IPv4
+/// address, or the /64 prefix of an IPv6 one (a single subscriber usually holds a whole /64, so counting
+/// its addresses one by one would count nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Source(IpAddr);
+
+impl Source {
+    pub fn of(ip: IpAddr) -> Source {
+        match ip {
+            IpAddr::V4(_) => Source(ip),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Source(IpAddr::V4(v4)),
+                None => {
+                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                    Source(IpAddr::V6(prefix.into()))
+                }
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V4(v4) => write!(f, "{v4}"),
+            IpAddr::V6(v6) => write!(f, "{v6}/64"),
+        }
+    }
+}
+
+/// One staff sign-in attempt, with what the web crate has already checked: the core judges it
+/// ([`Core::judge_sign_in`]), so the lockout rule has one owner.
+#[derive(Debug)]
+pub struct SignInAttempt<'a> {
+    /// The name as typed (it may name nobody).
+    pub name: &'a str,
+    pub source: Source,
+    /// The password matched the account's hash (argon2id, checked by the web crate; always false for an
+    /// unknown name).
+    pub password_ok: bool,
+    pub second: SecondFactor<'a>,
+}
+
+/// The second factor presented with a password.
+pub enum SecondFactor<'a> {
+    /// A TOTP code: the core checks it, and uses its time step up only for a sign-in it accepts.
+    Totp(&'a str),
+    /// A passkey assertion the web crate checked (webauthn-rs); `Err` says why it failed.
+    Passkey(Result<(), &'static str>),
+    /// None: a signed-in user confirms a change with the password again (no sign-in is recorded).
+    Reauthentication,
+}
+
+impl std::fmt::Debug for SecondFactor<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecondFactor::Totp(_) => f.write_str("Totp(..)"),
+            SecondFactor::Passkey(r) => f.debug_tuple("Passkey").field(r).finish(),
+            SecondFactor::Reauthentication => f.write_str("Reauthentication"),
+        }
+    }
+}
+
+/// What the core made of a [`SignInAttempt`]. One refusal for every reason (unknown name, disabled,
+/// wrong password, wrong code, locked): the reason goes to the audit log, never to the client.
+#[derive(Debug)]
+pub enum Verdict {
+    Accepted(StaffAccount),
+    Refused,
 }
 
 /// A pending enrollment, with the TOTP seed the user must confirm.
@@ -229,12 +299,14 @@ pub trait Core: Send + Sync + 'static {
         &self,
         name: &str,
     ) -> impl Future<Output = CoreResult<Option<StaffAccount>>> + Send;
-    /// Checks a TOTP code for `name`, refusing replays of an accepted time step.
-    fn check_totp(&self, name: &str, code: &str) -> impl Future<Output = CoreResult<bool>> + Send;
-    /// Records a failed sign-in (and locks the account after too many); audited.
-    fn sign_in_failed(&self, name: &str, why: &str) -> impl Future<Output = CoreResult<()>> + Send;
-    /// Records a successful sign-in; audited.
-    fn signed_in(&self, staff: &Staff) -> impl Future<Output = CoreResult<()>> + Send;
+    /// Judges a sign-in attempt: the lockout (failures per account and source, in a sliding window),
+    /// then the password and second factor as checked. Records and audits the outcome: a failure is
+    /// counted (a locked pair's attempts too are audited, right password or not), a sign-in clears
+    /// that source's failures and is audited as `staff.signin`.
+    fn judge_sign_in(
+        &self,
+        attempt: &SignInAttempt<'_>,
+    ) -> impl Future<Output = CoreResult<Verdict>> + Send;
     /// Looks up an enrollment link and (re)draws the TOTP seed the user will confirm.
     fn enrollment(&self, token: &str) -> impl Future<Output = CoreResult<Enrollment>> + Send;
     /// Finishes enrollment: checks `code` against the drawn seed, stores the password hash, voids the link.

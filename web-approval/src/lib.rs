@@ -1,7 +1,8 @@
 //! The approvers' and auditors' web page and its JSON API. It knows HTTP, TLS and staff sign-in, but not
 //! SSH or SQL: it reaches the core only through the [`Core`] trait, which the root crate implements.
 //!
-//! Entry points: [`router`] (the app factory), [`tls::server_config`] + [`tls::TlsListener`] (HTTPS).
+//! Entry points: [`router`] (the app factory), [`tls::server_config`] and [`serve::serve`] (the HTTPS
+//! listener with its time-outs and connection caps).
 //! Route modules: `pages` (server-rendered HTML, forms), `api` (JSON under `/api`), `signin` (sign-in,
 //! enrollment, sign-out). Every response carries a strict Content-Security-Policy; every state change
 //! needs a signed-in session and its CSRF token; live updates arrive as server-sent events (`/events`).
@@ -16,6 +17,7 @@ pub mod core;
 mod html;
 mod pages;
 pub mod passkey;
+pub mod serve;
 mod signin;
 pub mod tls;
 
@@ -30,8 +32,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 pub use crate::core::{
-    Core, CoreError, Decision, Enrollment, GrantView, Method, RequestView, Role, SessionView,
-    Staff, StaffAccount, StateKind,
+    Core, CoreError, Decision, Enrollment, GrantView, Method, RequestView, Role, SecondFactor,
+    SessionView, SignInAttempt, Source, Staff, StaffAccount, StateKind, Verdict,
 };
 use auth::Limiter;
 
@@ -74,7 +76,7 @@ impl Default for WebOptions {
     }
 }
 
-/// Builds the web application. Serve it with `into_make_service_with_connect_info::<tls::PeerAddr>()`.
+/// Builds the web application. Serve it with [`serve::serve`] (which gives handlers the client's address).
 pub fn router<C: Core>(core: Arc<C>, options: WebOptions) -> Router {
     let state = Arc::new(WebState {
         core,

@@ -19,13 +19,17 @@ use crate::{Core, CoreError, Decision, WebState, field, form_pairs, status_of};
 
 type St<C> = State<Arc<WebState<C>>>;
 
-/// The signed-in session, or a redirect to the sign-in page.
+/// The signed-in session, or a redirect to the sign-in page (a bare 401 for the page's own background
+/// refresh, which then sends the browser to the sign-in page itself).
 pub(crate) async fn signed_in<C: Core>(
     st: &WebState<C>,
     headers: &HeaderMap,
 ) -> Result<Session, Response> {
     match st.session(headers).await {
         Ok(Some(s)) => Ok(s),
+        Ok(None) if crate::auth::is_background(headers) => {
+            Err(StatusCode::UNAUTHORIZED.into_response())
+        }
         Ok(None) => Err(Redirect::to("/login").into_response()),
         Err(_) => Err(unavailable()),
     }
@@ -443,21 +447,36 @@ pub async fn terminate<C: Core>(
     }
 }
 
-/// Server-sent events: one `change` event whenever something approvers see may have changed.
+/// Server-sent events: one `change` event whenever something approvers see may have changed. The
+/// stream is no activity: it never postpones the idle sign-out, and it ends once the session is gone
+/// (signed out, idle, or the user disabled), checked on every change and every 15 s (or half the idle
+/// time-out, if that is shorter).
 pub async fn events<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
-    match st.session(&headers).await {
+    match st.peek_session(&headers).await {
         Ok(Some(_)) => {}
         Ok(None) => return StatusCode::UNAUTHORIZED.into_response(),
         // EventSource gives up on a 401 but retries on a 503.
         Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }
-    let core = st.core.clone();
-    let stream = futures::stream::unfold(core, |core| async move {
-        core.changed().await;
-        Some((
-            Ok::<_, Infallible>(Event::default().event("change").data("1")),
-            core,
-        ))
+    let check = (st.idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(15));
+    let stream = futures::stream::unfold((st, headers), move |(st, headers)| async move {
+        let core = st.core.clone();
+        let changed = async move { core.changed().await };
+        tokio::pin!(changed);
+        loop {
+            let change = tokio::select! {
+                () = &mut changed => true,
+                () = tokio::time::sleep(check) => false,
+            };
+            // A store error is not a sign-out: keep the stream.
+            if let Ok(None) = st.peek_session(&headers).await {
+                return None;
+            }
+            if change {
+                let event = Event::default().event("change").data("1");
+                return Some((Ok::<_, Infallible>(event), (st, headers)));
+            }
+        }
     });
     (
         [(header::CACHE_CONTROL, "no-store")],

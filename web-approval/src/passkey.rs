@@ -25,8 +25,8 @@ use webauthn_rs::prelude::{
 };
 
 use crate::auth::{self, set_cookie};
-use crate::core::{Method, StateKind};
-use crate::signin::{MIN_PASSWORD, SignInError, check_password, start_session};
+use crate::core::{Method, SecondFactor, Source, StateKind};
+use crate::signin::{MIN_PASSWORD, SignInError, authenticate, start_session};
 use crate::{Core, CoreError, Peer, WebState};
 
 type St<C> = State<Arc<WebState<C>>>;
@@ -238,7 +238,7 @@ pub(crate) async fn enroll_start<C: Core>(
     let Some(pk) = &st.passkeys else {
         return unavailable();
     };
-    if !st.limiter.allow(peer.ip()) {
+    if !st.limiter.allow(Source::of(peer.ip())) {
         return error(
             StatusCode::TOO_MANY_REQUESTS,
             SignInError::RateLimited.message(),
@@ -392,7 +392,7 @@ pub(crate) async fn login_start<C: Core>(
     let Some(pk) = &st.passkeys else {
         return unavailable();
     };
-    if !st.limiter.allow(peer.ip()) {
+    if !st.limiter.allow(Source::of(peer.ip())) {
         return sign_in_error(&SignInError::RateLimited);
     }
     // No account name is longer (names are 1-64 characters), so refusing longer ones tells nothing; it
@@ -453,26 +453,36 @@ pub(crate) async fn login_finish<C: Core>(
         Some(Ceremony::Decoy { name }) => (name, None),
         _ => return error(StatusCode::BAD_REQUEST, "The sign-in expired; start again."),
     };
-    // The password first, whatever the passkey says: rate limit, lockout, and a wrong one counted.
-    let account = match check_password(&st, peer, &name, &body.password).await {
+    // The assertion is checked here (webauthn-rs), then judged by the core together with the password,
+    // like a TOTP code: one refusal whatever failed, counted against the account from this address.
+    let (passkey, result) = match &state {
+        None => (Err("no passkey registered"), None),
+        Some(state) => match pk
+            .webauthn
+            .finish_passkey_authentication(&body.credential, state)
+        {
+            Ok(r) => (Ok(()), Some(r)),
+            Err(e) => {
+                tracing::warn!(user = %name, error = %e, "passkey sign-in refused");
+                (Err("passkey refused"), None)
+            }
+        },
+    };
+    let account = match authenticate(
+        &st,
+        peer,
+        &name,
+        &body.password,
+        SecondFactor::Passkey(passkey),
+    )
+    .await
+    {
         Ok(a) => a,
         Err(e) => return sign_in_error(&e),
     };
-    let Some(state) = state else {
-        // The right password for an account that had no passkey when the sign-in started.
-        let _ = st.core.sign_in_failed(&name, "no passkey registered").await;
-        return sign_in_error(&SignInError::Refused);
-    };
-    let result = match pk
-        .webauthn
-        .finish_passkey_authentication(&body.credential, &state)
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(user = %name, error = %e, "passkey sign-in refused");
-            let _ = st.core.sign_in_failed(&name, "passkey refused").await;
-            return sign_in_error(&SignInError::Refused);
-        }
+    let Some(result) = result else {
+        // The core accepts a passkey sign-in only with a passkey that passed.
+        return sign_in_error(&SignInError::Internal);
     };
     // Keep the signature counter and backup state current (a cloned authenticator shows up as a
     // counter that goes backwards, which webauthn-rs refuses).
@@ -586,7 +596,7 @@ pub(crate) async fn add_start<C: Core>(
     };
     // Each start stores a ceremony: counted like sign-in attempts, so a signed-in session cannot
     // crowd out other people's sign-ins.
-    if !st.limiter.allow(peer.ip()) {
+    if !st.limiter.allow(Source::of(peer.ip())) {
         return sign_in_error(&SignInError::RateLimited);
     }
     let name = session.staff.name;
@@ -629,7 +639,15 @@ pub(crate) async fn add_finish<C: Core>(
         Ok(s) => s,
         Err(r) => return r,
     };
-    if let Err(e) = check_password(&st, peer, &session.staff.name, &body.password).await {
+    if let Err(e) = authenticate(
+        &st,
+        peer,
+        &session.staff.name,
+        &body.password,
+        SecondFactor::Reauthentication,
+    )
+    .await
+    {
         return match e {
             SignInError::Refused => error(
                 StatusCode::UNAUTHORIZED,
@@ -709,16 +727,17 @@ pub(crate) async fn remove<C: Core>(
     };
     let name = session.staff.name;
     let password = crate::field(&pairs, "password").unwrap_or_default();
-    let account = match check_password(&st, peer, &name, password).await {
-        Ok(a) => a,
-        Err(SignInError::Refused) => {
-            return error_page(
-                StatusCode::UNAUTHORIZED,
-                "Wrong password: no passkey was removed.",
-            );
-        }
-        Err(e) => return error_page(e.status(), e.message()),
-    };
+    let account =
+        match authenticate(&st, peer, &name, password, SecondFactor::Reauthentication).await {
+            Ok(a) => a,
+            Err(SignInError::Refused) => {
+                return error_page(
+                    StatusCode::UNAUTHORIZED,
+                    "Wrong password: no passkey was removed.",
+                );
+            }
+            Err(e) => return error_page(e.status(), e.message()),
+        };
     let mut all = match stored(&st, &name).await {
         Ok(p) => p,
         Err(r) => return r,

@@ -1,7 +1,9 @@
 //! Sign-in (name, password and a TOTP code), sign-out, and enrollment from the one-time link that
 //! `chaperone user add` prints (choose a password, confirm an authenticator app with a first code).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
@@ -9,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 
 use crate::auth::{self, clear_cookie, csrf_ok, set_cookie};
-use crate::core::{Method, Staff, StaffAccount};
+use crate::core::{Method, SecondFactor, SignInAttempt, Source, Staff, StaffAccount, Verdict};
 use crate::html::{esc, page};
 use crate::pages::error_page;
 use crate::{Core, CoreError, Peer, WebState, field, form_pairs};
@@ -19,12 +21,13 @@ type St<C> = State<Arc<WebState<C>>>;
 /// The shortest password accepted at enrollment.
 pub const MIN_PASSWORD: usize = 12;
 
-/// Why a sign-in failed (one message for all of them but lockout and rate limit).
+/// Why a sign-in failed. Everything about the account (no such name, disabled, wrong password, wrong
+/// or reused code, refused passkey, locked) is one [`SignInError::Refused`]: same status, same words,
+/// and no sooner than [`REFUSAL_TIME`]; the reason goes to the audit log.
 #[derive(Debug)]
 pub(crate) enum SignInError {
-    /// Wrong name, password or code, or no such account: the same answer.
     Refused,
-    Locked,
+    /// Too many attempts from this address (any names): says nothing about an account.
     RateLimited,
     Internal,
 }
@@ -33,7 +36,6 @@ impl SignInError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             SignInError::Refused => StatusCode::UNAUTHORIZED,
-            SignInError::Locked => StatusCode::FORBIDDEN,
             SignInError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             SignInError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -41,9 +43,6 @@ impl SignInError {
     pub(crate) fn message(&self) -> &'static str {
         match self {
             SignInError::Refused => "Wrong name, password or code.",
-            SignInError::Locked => {
-                "Too many failed sign-ins: this account is locked for a while. Ask an administrator if it is urgent."
-            }
             SignInError::RateLimited => {
                 "Too many sign-in attempts from this address; wait a few minutes."
             }
@@ -52,47 +51,63 @@ impl SignInError {
     }
 }
 
-/// Rate limit, lockout and password: the first factor, shared by the TOTP and passkey sign-ins. A wrong
-/// password is counted against the account.
-pub(crate) async fn check_password<C: Core>(
+/// A refused sign-in is answered this long after it started, whatever was wrong: an unknown name (no
+/// database write), a locked pair (no second factor checked) and a wrong code (a TOTP check and a
+/// write) then take the same time, and guessing is slowed. A successful sign-in is not delayed.
+pub(crate) const REFUSAL_TIME: Duration = Duration::from_secs(1);
+
+/// Every staff sign-in, and every password asked again before a change, goes through here: the
+/// per-address rate limit, the password (argon2id, against a dummy hash for an unknown name), then the
+/// core's judgement ([`Core::judge_sign_in`]: lockout per account and source, the second factor,
+/// counting and audit). Returns the account when the core accepts.
+pub(crate) async fn authenticate<C: Core>(
     st: &WebState<C>,
-    peer: std::net::SocketAddr,
+    peer: SocketAddr,
     name: &str,
     password: &str,
+    second: SecondFactor<'_>,
 ) -> Result<StaffAccount, SignInError> {
-    if !st.limiter.allow(peer.ip()) {
+    let started = Instant::now();
+    let source = Source::of(peer.ip());
+    if !st.limiter.allow(source) {
         return Err(SignInError::RateLimited);
     }
-    let account = st
+    let result = judge(st, source, name, password, second).await;
+    if let Err(SignInError::Refused) = result {
+        tokio::time::sleep_until((started + REFUSAL_TIME).into()).await;
+    }
+    result
+}
+
+async fn judge<C: Core>(
+    st: &WebState<C>,
+    source: Source,
+    name: &str,
+    password: &str,
+    second: SecondFactor<'_>,
+) -> Result<StaffAccount, SignInError> {
+    let hash = st
         .core
         .staff_account(name)
         .await
         .map_err(|_| SignInError::Internal)?
-        .filter(|a| a.enabled);
-    if account
-        .as_ref()
-        .and_then(|a| a.locked_until)
-        .is_some_and(|t| t > st.core.now())
-    {
-        return Err(SignInError::Locked);
-    }
-    // Verified even for an unknown name (against a dummy hash), so timing tells nothing.
-    let hash = account.as_ref().and_then(|a| a.password_hash.clone());
+        .filter(|a| a.enabled)
+        .and_then(|a| a.password_hash);
     let password_ok = auth::verify_password(password.to_owned(), hash).await;
-    let Some(account) = account else {
-        return Err(SignInError::Refused);
+    let attempt = SignInAttempt {
+        name,
+        source,
+        password_ok,
+        second,
     };
-    if !password_ok {
-        let _ = st
-            .core
-            .sign_in_failed(&account.name, "wrong password")
-            .await;
-        return Err(SignInError::Refused);
+    match st.core.judge_sign_in(&attempt).await {
+        Ok(Verdict::Accepted(account)) => Ok(account),
+        Ok(Verdict::Refused) => Err(SignInError::Refused),
+        Err(_) => Err(SignInError::Internal),
     }
-    Ok(account)
 }
 
-/// Records the sign-in and starts a session (cookie value, CSRF token).
+/// Starts a session for an accepted sign-in (cookie value, CSRF token).
 pub(crate) async fn start_session<C: Core>(
     st: &WebState<C>,
     account: StaffAccount,
@@ -103,10 +118,6 @@ pub(crate) async fn start_session<C: Core>(
         role: account.role,
         method,
     };
-    st.core
-        .signed_in(&staff)
-        .await
-        .map_err(|_| SignInError::Internal)?;
     let (token, csrf) = st
         .start_web_session(staff.clone())
         .await
@@ -117,23 +128,12 @@ pub(crate) async fn start_session<C: Core>(
 /// Checks name, password and TOTP code; on success starts a session (cookie value, CSRF token).
 pub(crate) async fn sign_in<C: Core>(
     st: &WebState<C>,
-    peer: std::net::SocketAddr,
+    peer: SocketAddr,
     name: &str,
     password: &str,
     code: &str,
 ) -> Result<(Staff, String, String), SignInError> {
-    let account = check_password(st, peer, name, password).await?;
-    match st.core.check_totp(&account.name, code.trim()).await {
-        Ok(true) => {}
-        Ok(false) => {
-            let _ = st
-                .core
-                .sign_in_failed(&account.name, "wrong or reused TOTP code")
-                .await;
-            return Err(SignInError::Refused);
-        }
-        Err(_) => return Err(SignInError::Internal),
-    }
+    let account = authenticate(st, peer, name, password, SecondFactor::Totp(code.trim())).await?;
     start_session(st, account, Method::Totp).await
 }
 
@@ -305,7 +305,7 @@ pub async fn enroll<C: Core>(
     Path(token): Path<String>,
     body: Bytes,
 ) -> Response {
-    if !st.limiter.allow(peer.ip()) {
+    if !st.limiter.allow(Source::of(peer.ip())) {
         return error_page(
             StatusCode::TOO_MANY_REQUESTS,
             SignInError::RateLimited.message(),

@@ -1,18 +1,12 @@
-//! HTTPS: a rustls server config from PEM files and a listener that hands axum finished TLS streams.
+//! HTTPS: a rustls server config (ring provider) from PEM files. The listener is `serve.rs`.
 //!
-//! Entry points: [`server_config`] and [`TlsListener::new`]. Handshakes run in their own tasks with a
-//! time limit, so a slow or hostile client cannot hold up other connections.
+//! Entry point: [`server_config`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
 pub use rustls::ServerConfig;
 
@@ -54,85 +48,7 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Accepts TCP connections and completes their TLS handshakes in the background.
-#[derive(Debug)]
-pub struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    pub fn new(
-        listener: TcpListener,
-        config: Arc<rustls::ServerConfig>,
-    ) -> std::io::Result<TlsListener> {
-        let local = listener.local_addr()?;
-        let (tx, rx) = mpsc::channel(64);
-        let acceptor = TlsAcceptor::from(config);
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(10);
-            loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(pair) => {
-                        backoff = Duration::from_millis(10);
-                        pair
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "web accept failed; backing off");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
-                        continue;
-                    }
-                };
-                if tx.is_closed() {
-                    return;
-                }
-                let _ = stream.set_nodelay(true);
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(TlsListener { rx, local })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(pair) => pair,
-            // The accept task only ends when this listener is dropped; never hand out a bogus stream.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
-}
-
-/// The client's address, for handlers (`ConnectInfo<PeerAddr>`): serve the router with
-/// `into_make_service_with_connect_info::<PeerAddr>()`.
+/// The client's address, for handlers (`ConnectInfo<PeerAddr>`); [`crate::serve::serve`] puts it on
+/// every request.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
-    for PeerAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}

@@ -1,15 +1,24 @@
 // Live updates: the server sends an event when requests, grants or sessions change; the page re-reads
 // itself and swaps <main>, unless the approver is typing in a form (then it waits for the next event).
+// These requests are marked X-Chaperone-Background: they do not count as activity, so a forgotten tab
+// is still signed out after the idle time-out; it then goes to the sign-in page.
 "use strict";
 (function () {
   if (!document.body || document.body.dataset.live !== "1" || !window.EventSource) return;
   var busy = false;
+  function signedOut() { location.assign("/login"); }
   function refresh() {
     var active = document.activeElement;
     if (busy || (active && active.form && active.value)) return;
     busy = true;
-    fetch(location.pathname, { credentials: "same-origin", headers: { "Accept": "text/html" } })
-      .then(function (r) { return r.ok ? r.text() : null; })
+    fetch(location.pathname, {
+      credentials: "same-origin",
+      headers: { "Accept": "text/html", "X-Chaperone-Background": "1" }
+    })
+      .then(function (r) {
+        if (r.status === 401) { signedOut(); return null; }
+        return r.ok ? r.text() : null;
+      })
       .then(function (html) {
         if (!html) return;
         var doc = new DOMParser().parseFromString(html, "text/html");
@@ -21,6 +30,10 @@
   }
   var source = new EventSource("/events");
   source.addEventListener("change", refresh);
+  // The stream ends when the session does; the browser's reconnect then gets a 401 and gives up.
+  source.addEventListener("error", function () {
+    if (source.readyState === EventSource.CLOSED) signedOut();
+  });
 })();
 
 // Passkeys: the buttons marked data-passkey="signin" or "enroll" run a WebAuthn ceremony with the server

@@ -1,11 +1,17 @@
 //! The approvers' side in tests: staff users enrolled through the real web page (HTTPS, curl) and
-//! signed in to the JSON API with password + TOTP.
+//! signed in to the JSON API with password + TOTP; and raw TCP/TLS clients for the listener's limits,
+//! from any loopback source address (Linux answers all of 127.0.0.0/8).
 
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use super::DataDir;
 use super::bastion::Bastion;
+
+/// The password every test approver enrolls with.
+pub const PASSWORD: &str = "correct horse battery staple";
 
 /// A staff member signed in to the JSON API: curl with a cookie jar and the CSRF token.
 pub struct Approver {
@@ -15,6 +21,8 @@ pub struct Approver {
     jar: PathBuf,
     pub csrf: String,
     base: String,
+    /// The loopback address curl connects from (`--interface`); `None`: 127.0.0.1.
+    source: Option<String>,
 }
 
 /// An HTTP answer: status and body.
@@ -40,18 +48,149 @@ pub fn enrollment_token(b: &Bastion, name: &str, role: &str) -> String {
 
 /// A JSON POST to `url` with a cookie jar (the passkey ceremonies' requests).
 pub fn post_json(jar: &PathBuf, url: &str, body: &serde_json::Value) -> Answer {
-    curl(
-        Some(jar),
-        &[
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            &body.to_string(),
-            url,
-        ],
+    post_json_from(None, jar, url, body)
+}
+
+/// [`post_json`] from the loopback address `source`.
+pub fn post_json_from(
+    source: Option<&str>,
+    jar: &PathBuf,
+    url: &str,
+    body: &serde_json::Value,
+) -> Answer {
+    let body = body.to_string();
+    let mut args = from(source);
+    args.extend([
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        &body,
+        url,
+    ]);
+    curl(Some(jar), &args)
+}
+
+/// curl's arguments to connect from the loopback address `source` (IPv4, since it binds a v4 address).
+pub fn from(source: Option<&str>) -> Vec<&str> {
+    match source {
+        Some(s) => vec!["-4", "--interface", s],
+        None => Vec::new(),
+    }
+}
+
+/// Sets `[web]` keys in the config (`key = value`, value as TOML), before the server starts.
+pub fn configure_web(data: &DataDir, settings: &[(&str, &str)]) {
+    let config = std::fs::read_to_string(data.config()).unwrap();
+    let at = config.find("[web]").expect("a [web] section");
+    let end = config[at + 5..]
+        .find("\n[")
+        .map_or(config.len(), |i| at + 5 + i);
+    let mut section = config[at..end].to_owned();
+    for (key, value) in settings {
+        let line = format!("{key} = {value}");
+        match section
+            .lines()
+            .find(|l| l.split('=').next().is_some_and(|k| k.trim() == *key))
+        {
+            Some(old) => section = section.replacen(old, &line, 1),
+            None => section.push_str(&format!("\n{line}\n")),
+        }
+    }
+    std::fs::write(
+        data.config(),
+        format!("{}{section}{}", &config[..at], &config[end..]),
     )
+    .unwrap();
+}
+
+/// A TCP connection to the web port from the loopback address `source`.
+pub fn tcp_from(source: &str, port: u16) -> std::io::Result<TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(format!("{source}:0").parse().unwrap())?;
+        let stream = socket
+            .connect(format!("127.0.0.1:{port}").parse().unwrap())
+            .await?;
+        stream.into_std()
+    })?;
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+/// A TLS connection (handshake done) to the web port from `source`; the certificate is not checked.
+pub fn tls_from(
+    source: &str,
+    port: u16,
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut tcp = tcp_from(source, port)?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp)?;
+    }
+    Ok(rustls::StreamOwned::new(conn, tcp))
+}
+
+/// Accepts any server certificate (the tests' peer is the bastion they started), checking only that
+/// the handshake is signed by it.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 pub fn base(b: &Bastion) -> String {
@@ -95,6 +234,7 @@ impl Approver {
             jar: b.data.path().join(format!("jar-{name}")),
             csrf: String::new(),
             base,
+            source: None,
         };
         let code = a.next_code();
         let done = curl(
@@ -117,24 +257,27 @@ impl Approver {
 
     /// Signs in to the JSON API; keeps the cookie and CSRF token.
     pub fn login(&mut self) {
-        let body = serde_json::json!({
-            "name": self.name,
-            "password": "correct horse battery staple",
-            "code": self.next_code(),
-        })
-        .to_string();
-        let answer = curl(
-            Some(&self.jar),
-            &[
-                "-H",
-                "Content-Type: application/json",
-                "--data",
-                &body,
-                &format!("{}/api/login", self.base),
-            ],
-        );
+        let answer = self.try_login(PASSWORD, &self.next_code());
         assert_eq!(answer.status, 200, "{}", answer.body);
         self.csrf = answer.json()["csrf"].as_str().unwrap().to_owned();
+    }
+
+    /// `POST /api/login` with this password and code; the answer as it came (the cookie is kept).
+    pub fn try_login(&self, password: &str, code: &str) -> Answer {
+        let body = serde_json::json!({"name": self.name, "password": password, "code": code});
+        self.post_with("/api/login", body, None)
+    }
+
+    /// Sends the next requests from the loopback address `source` (`None`: 127.0.0.1).
+    pub fn source(&mut self, source: Option<&str>) {
+        self.source = source.map(str::to_owned);
+    }
+
+    /// curl with this approver's cookie jar and source address.
+    fn curl(&self, args: &[&str]) -> Answer {
+        let mut all = from(self.source.as_deref());
+        all.extend_from_slice(args);
+        curl(Some(&self.jar), &all)
     }
 
     /// Sends the next requests to node `b`, with the same cookie jar: what a load balancer without
@@ -149,7 +292,16 @@ impl Approver {
     }
 
     pub fn get(&self, path: &str) -> Answer {
-        curl(Some(&self.jar), &[&format!("{}{path}", self.base)])
+        self.curl(&[&format!("{}{path}", self.base)])
+    }
+
+    /// A GET the way the page's live refresh makes it (marked as background: no activity).
+    pub fn get_background(&self, path: &str) -> Answer {
+        self.curl(&[
+            "-H",
+            "X-Chaperone-Background: 1",
+            &format!("{}{path}", self.base),
+        ])
     }
 
     /// A JSON POST with the CSRF header.
@@ -170,7 +322,7 @@ impl Approver {
         }
         args.push(format!("{}{path}", self.base));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        curl(Some(&self.jar), &args)
+        self.curl(&args)
     }
 
     /// A form POST (the page's forms), fields as given.
@@ -182,7 +334,7 @@ impl Approver {
         }
         args.push(format!("{}{path}", self.base));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        curl(Some(&self.jar), &args)
+        self.curl(&args)
     }
 
     pub fn approve(&self, id: i64) -> Answer {

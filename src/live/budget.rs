@@ -1,7 +1,7 @@
 //! The exfiltration guard: bytes per (vendor, asset, service) per rolling hour, each direction, checked
-//! against the service's budget from the config (`[tunnels]`).
+//! against the service's budget from the config (`[budgets]`), for every session kind.
 //!
-//! Entry point: [`Budgets::add`]. Pure bookkeeping in memory on this node (no I/O): the tunnel relay
+//! Entry point: [`Budgets::add`]. Pure bookkeeping in memory on this node (no I/O): a session's `Meter`
 //! calls it per chunk and acts on the [`Crossing`]s it returns.
 
 use std::collections::{HashMap, VecDeque};
@@ -12,7 +12,7 @@ use crate::config::{BudgetAction, BudgetPolicy};
 const WINDOW_SECS: i64 = 3600;
 const BUCKET_SECS: i64 = 60;
 
-/// Which way bytes flow through a tunnel.
+/// Which way bytes flow through a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     /// Vendor → device.

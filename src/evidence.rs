@@ -1,0 +1,367 @@
+//! What proves a recording: the audit event that vouches for its digest, checked where it sits in the
+//! hash chain, and the one rule for where a recording's file may be read from.
+//!
+//! Entry points: [`evidence`] (for each recording of a session, the digest the audit log vouches for, or
+//! why there is none) and [`open_recording`] (a path from the database, opened only inside the recordings
+//! directory). `chaperone session` (cli/session.rs) and the node sweep (node.rs) use them.
+//!
+//! The `recordings` row (its `sha256` and `path` columns) is bookkeeping, not evidence: whoever can write
+//! the database can rewrite the file and the column together. The digest is proved by the audit event
+//! that carries it: `session.end` (`recording_sha256`, written when the recorder closed the file) or
+//! `recording.recovered` (`recording`, `sha256`: a recording a node's sweep digested after its writer
+//! died). The first such event for a recording is the one that counts; a later one vouching for another
+//! digest is a conflict, never a replacement, so appending an event cannot re-vouch a recording.
+//!
+//! Each event that says something about the recording (its session's `session.start`, `session.end`,
+//! `recording.recovered`) is checked where it sits: its hash recomputes from its content and the hash
+//! of the event before it, and the event after it (or the chain head, when it is the last) links to it.
+//! Rewriting the event's JSON is therefore caught here; getting past this check means rewriting every
+//! later event and the head, which only `audit verify` (the whole chain) or a copy kept outside (`audit
+//! export`, the webhook) can tell. ARCHITECTURE.md argues the choice.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::audit::{AuditRow, ChainBreak, Verifier};
+use crate::model::{RecordingRow, SessionRow};
+use crate::store::{Store, StoreError};
+
+/// The actions that say something about a session's recording.
+const START: &str = "session.start";
+const END: &str = "session.end";
+const RECOVERED: &str = "recording.recovered";
+
+/// The most events about one session read (a session has a handful: start, end, a recovery, a
+/// termination).
+const MAX_EVENTS: i64 = 1000;
+
+/// The audit event that vouches for a recording's digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voucher {
+    /// The event's sequence number.
+    pub seq: i64,
+    /// `session.end` or `recording.recovered`.
+    pub action: String,
+    /// The SHA-256 (hex) it vouches for.
+    pub sha256: String,
+    /// Where the audit log says the file was written (`session.start`'s or `recording.recovered`'s
+    /// path), when it says.
+    pub path: Option<String>,
+}
+
+/// What the audit log says about one recording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Evidence {
+    /// An event vouches for a digest, and every event about the recording holds in the chain.
+    Vouched(Voucher),
+    /// No event vouches for a digest (yet): nothing proves the file.
+    Unvouched(Unvouched),
+    /// The audit log cannot be believed about this recording.
+    Broken(Broken),
+}
+
+/// Why no event vouches for a recording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unvouched {
+    /// The session is live: its recording is being written and has no digest yet.
+    Live,
+    /// The session ended but nothing digested the recording: its writer failed or the node running it
+    /// stopped, and no node has found the file to digest it yet (`recording.recovered`).
+    NotDigested,
+}
+
+/// Why the audit log's word on a recording does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Broken {
+    /// An event about the recording does not hold where it sits in the chain (altered, or a neighbour
+    /// deleted).
+    #[error("{0}")]
+    Chain(ChainBreak),
+    /// Two events vouch for different digests of the recording.
+    #[error(
+        "audit events {first} and {second} vouch for different digests of this recording (altered)"
+    )]
+    Conflict { first: i64, second: i64 },
+}
+
+impl Evidence {
+    /// The vouching event, if there is one that holds.
+    pub fn voucher(&self) -> Option<&Voucher> {
+        match self {
+            Evidence::Vouched(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// What the audit log says about each of `session`'s recordings, in the order of `session.recordings`.
+pub async fn evidence(store: &Store, session: &SessionRow) -> Result<Vec<Evidence>, StoreError> {
+    // Tunnels have no recording: nothing to vouch for, nothing to read.
+    if session.recordings.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The head before the events: an event appended meanwhile is then found as a successor, never
+    // mistaken for a deletion.
+    let head = store.audit_head().await?;
+    let events = store
+        .audit_events_about(
+            &format!("session:{}", session.id),
+            &[START, END, RECOVERED],
+            MAX_EVENTS,
+        )
+        .await?;
+    for event in &events {
+        if let Err(b) = holds_in_chain(store, event, &head).await? {
+            let broken = Evidence::Broken(Broken::Chain(b));
+            return Ok(vec![broken; session.recordings.len()]);
+        }
+    }
+    let first_id = session.recordings.iter().map(|r| r.id).min();
+    Ok(session
+        .recordings
+        .iter()
+        .map(|r| judge(session, r, Some(r.id) == first_id, &events))
+        .collect())
+}
+
+/// The evidence for recording `r` among the (chain-checked) `events` about its session. `first` says
+/// whether `r` is the session's first recording, the one a `session.end` or `session.start` that names
+/// no recording id speaks of.
+fn judge(session: &SessionRow, r: &RecordingRow, first: bool, events: &[AuditRow]) -> Evidence {
+    let mut started_at_path = None;
+    let mut vouchers: Vec<Voucher> = Vec::new();
+    for event in events {
+        let Ok(detail) = serde_json::from_str::<Value>(&event.detail) else {
+            continue;
+        };
+        let names_r = match detail.get("recording") {
+            Some(Value::Number(id)) => id.as_i64() == Some(r.id),
+            _ => first,
+        };
+        let text = |key: &str| detail.get(key).and_then(Value::as_str).map(str::to_owned);
+        match event.action.as_str() {
+            START if first => started_at_path = text("recording"),
+            END if names_r => {
+                if let Some(sha256) = text("recording_sha256") {
+                    vouchers.push(Voucher {
+                        seq: event.seq,
+                        action: END.into(),
+                        sha256,
+                        path: None,
+                    });
+                }
+            }
+            RECOVERED if matches!(detail.get("recording"), Some(Value::Number(_))) && names_r => {
+                if let Some(sha256) = text("sha256") {
+                    vouchers.push(Voucher {
+                        seq: event.seq,
+                        action: RECOVERED.into(),
+                        sha256,
+                        path: text("path"),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut vouchers = vouchers.into_iter();
+    let Some(mut first_voucher) = vouchers.next() else {
+        return Evidence::Unvouched(if session.ended_at.is_none() {
+            Unvouched::Live
+        } else {
+            Unvouched::NotDigested
+        });
+    };
+    if let Some(other) = vouchers.find(|v| v.sha256 != first_voucher.sha256) {
+        return Evidence::Broken(Broken::Conflict {
+            first: first_voucher.seq,
+            second: other.seq,
+        });
+    }
+    if first_voucher.path.is_none() {
+        first_voucher.path = started_at_path;
+    }
+    Evidence::Vouched(first_voucher)
+}
+
+/// Checks `event` where it sits: the event before it links to it and its hash recomputes (the one
+/// definition, `audit::Verifier`), and the event after it links to it, or the head names it when it is
+/// the last. The outer `Result` is the database's; the inner one the chain's.
+async fn holds_in_chain(
+    store: &Store,
+    event: &AuditRow,
+    head: &(i64, String),
+) -> Result<Result<(), ChainBreak>, StoreError> {
+    let seq = event.seq;
+    // Events seq-1, seq and seq+1, as stored now.
+    let window = store.audit_page(seq.saturating_sub(2), 3).await?;
+    let at = |n: i64| window.iter().find(|r| r.seq == n);
+    let mut verifier = if seq == 1 {
+        Verifier::default()
+    } else {
+        match at(seq - 1) {
+            Some(before) => Verifier::after(before),
+            None => {
+                return Ok(Err(ChainBreak::Gap {
+                    missing: seq - 1,
+                    found: seq,
+                }));
+            }
+        }
+    };
+    let Some(this) = at(seq) else {
+        return Ok(Err(ChainBreak::Gap {
+            missing: seq,
+            found: seq + 1,
+        }));
+    };
+    if let Err(b) = verifier.push(this) {
+        return Ok(Err(b));
+    }
+    Ok(match at(seq + 1) {
+        Some(next) => verifier.push(next),
+        None => verifier.finish(head.0, &head.1).map(|_| ()),
+    })
+}
+
+/// Why a recording's file was not opened.
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    /// The path (as stored, or once `..` and symlinks are resolved) is not inside the recordings
+    /// directory.
+    #[error(
+        "recording path {path:?} is outside the recordings directory {}: refused (the database names a \
+         file chaperone never writes)",
+        dir.display()
+    )]
+    Outside { path: String, dir: PathBuf },
+    /// Not a regular file (a directory, a FIFO, a device), or it was replaced while being opened.
+    #[error("recording path {path:?} is not a regular file: refused")]
+    NotAFile { path: String },
+    /// The file (or the recordings directory) cannot be read.
+    #[error("recording {path:?}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl PathError {
+    /// Whether the file is simply not there (on this node).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, PathError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+/// A recording's file, opened inside the recordings directory.
+#[derive(Debug)]
+pub struct RecordingFile {
+    pub file: File,
+    /// Where it is, every symlink resolved.
+    pub path: PathBuf,
+}
+
+/// Opens the recording at `path` (from the database) only if it is a regular file inside `dir` (the
+/// configured recordings directory), judged on the canonical path (`..` and symlinks resolved) before
+/// anything is opened; refuses anything else with a [`PathError`]. The one rule for every reader of a
+/// recording path: the CLI's verify, play and export, and the node sweep.
+pub fn open_recording(dir: &Path, path: &str) -> Result<RecordingFile, PathError> {
+    let io_err = |what: &Path| {
+        let what = what.display().to_string();
+        move |source| PathError::Io { path: what, source }
+    };
+    let outside = || PathError::Outside {
+        path: path.to_owned(),
+        dir: dir.to_owned(),
+    };
+    let dir_real = std::fs::canonicalize(dir).map_err(io_err(dir))?;
+    // A relative path (a server started with a relative config path stores one) resolves against the
+    // current directory, as it always has; what counts is where it lands.
+    let given = Path::new(path);
+    let real = match std::fs::canonicalize(given) {
+        Ok(real) => real,
+        // Not there: say "outside" when it would be, so the answer does not depend on the file.
+        Err(_) if !given.starts_with(dir) && !given.starts_with(&dir_real) => {
+            return Err(outside());
+        }
+        Err(e) => return Err(io_err(given)(e)),
+    };
+    if !real.starts_with(&dir_real) || real == dir_real {
+        return Err(outside());
+    }
+    let not_a_file = || PathError::NotAFile {
+        path: path.to_owned(),
+    };
+    let before = std::fs::symlink_metadata(&real).map_err(io_err(&real))?;
+    if !before.file_type().is_file() {
+        return Err(not_a_file());
+    }
+    let file = File::open(&real).map_err(io_err(&real))?;
+    let opened = file.metadata().map_err(io_err(&real))?;
+    // Replaced (by a symlink, say) between the check and the open: what was opened is not what was
+    // checked.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        if (opened.dev(), opened.ino()) != (before.dev(), before.ino()) {
+            return Err(not_a_file());
+        }
+    }
+    if !opened.is_file() {
+        return Err(not_a_file());
+    }
+    Ok(RecordingFile { file, path: real })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_inside_the_directory_are_opened() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("recordings");
+        std::fs::create_dir(&dir).unwrap();
+        let inside = dir.join("a.cast");
+        std::fs::write(&inside, b"x").unwrap();
+        let outside = root.path().join("secret");
+        std::fs::write(&outside, b"s").unwrap();
+        let text = |p: &Path| p.to_str().unwrap().to_owned();
+
+        let opened = open_recording(&dir, &text(&inside)).unwrap();
+        assert_eq!(opened.path, std::fs::canonicalize(&inside).unwrap());
+
+        for refused in [
+            text(&outside),
+            "/etc/passwd".into(),
+            format!("{}/../secret", text(&dir)),
+            "recordings/a.cast".into(),
+            text(&dir),
+            text(&root.path().join("missing")),
+        ] {
+            let err = open_recording(&dir, &refused).unwrap_err();
+            assert!(matches!(err, PathError::Outside { .. }), "{refused}: {err}");
+            assert!(err.to_string().contains("outside the recordings directory"));
+        }
+        #[cfg(unix)]
+        {
+            let link = dir.join("link.cast");
+            std::os::unix::fs::symlink(&outside, &link).unwrap();
+            let err = open_recording(&dir, &text(&link)).unwrap_err();
+            assert!(matches!(err, PathError::Outside { .. }), "{err}");
+            // A symlink that stays inside is followed: the rule is about where the file is.
+            let inner = dir.join("inner.cast");
+            std::os::unix::fs::symlink(&inside, &inner).unwrap();
+            open_recording(&dir, &text(&inner)).unwrap();
+        }
+        std::fs::create_dir(dir.join("sub")).unwrap();
+        let err = open_recording(&dir, &text(&dir.join("sub"))).unwrap_err();
+        assert!(matches!(err, PathError::NotAFile { .. }), "{err}");
+        let err = open_recording(&dir, &text(&dir.join("gone.cast"))).unwrap_err();
+        assert!(err.is_not_found(), "{err}");
+    }
+}

@@ -1,0 +1,717 @@
+//! The session pipeline: every session, whatever it carries (a shell, a command, sftp/scp, a tunnel, a
+//! ProxyJump), goes through the same typed steps, and the invariants are properties of those types.
+//!
+//! 1. [`PendingSession::register`] takes a [`Grant`] that policy has just made (so the vendor's standing
+//!    and the grant were checked at the moment the session starts, not when its channel opened) and puts
+//!    the session in this node's [`LiveSessions`] at once: expiry, revocation, termination and the vendor's
+//!    disable reach it from then on, also while its device is being dialled ([`PendingSession::closed`]).
+//! 2. [`PendingSession::start`] creates the recording (if the kind has one), the session row and its
+//!    audit event, in that order: a session that cannot be recorded is refused, and nothing is forwarded
+//!    to a device before `start` returned. It yields a [`LiveSession`].
+//! 3. The transport (`ssh::bridge`, `tunnel::relay`, `ssh::jump`) moves bytes through
+//!    [`LiveSession::recorder`] (record first, forward second) and [`LiveSession::meter`] (the byte budgets),
+//!    and listens to [`LiveSession::take_controls`].
+//! 4. [`LiveSession::end`] is the one end for every kind: it closes the recording, stores its digest, the
+//!    session's end, cause and bytes, and audits it, in one transaction.
+//!
+//! Submodules: [`registry`] (what is live), [`watch`] (the authority watcher), [`budget`] (byte budgets).
+
+pub mod budget;
+pub mod registry;
+pub mod watch;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chaperone_recorder::{CastHeader, ExecHeader};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::app::App;
+use crate::audit::AuditEvent;
+use crate::config::BudgetAction;
+use crate::policy::{Grant, Principal};
+use crate::recording::{RecordSender, Recording, RecordingFormat};
+use crate::store::{NewSession, StoreError};
+use budget::{Budgets, Crossing, Direction, Key};
+pub use registry::{Cause, Close, Control, LiveSessions, Registration};
+
+/// What a session carries; `as_str` is the `sessions.kind` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionKind {
+    Shell,
+    Exec,
+    Sftp,
+    /// A raw TCP tunnel to a device port (`ssh -L`, `ssh -W`): a connection record, bytes each way.
+    Tunnel,
+    /// `ssh -J`: the tunnel that carries an inner SSH connection, whose own sessions are recorded.
+    Jump,
+}
+
+impl SessionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::Shell => "shell",
+            SessionKind::Exec => "exec",
+            SessionKind::Sftp => "sftp",
+            SessionKind::Tunnel => "tunnel",
+            SessionKind::Jump => "jump",
+        }
+    }
+
+    /// The format a session of this kind is recorded in; `None` for kinds whose record is the session row
+    /// (tunnels, jumps). Shells and exec with a pty are what a terminal showed: asciicast, for players. An
+    /// exec without a pty is a program's byte streams, often not text (`tar c`, `cat image.dcm`):
+    /// recorded 1:1, with the cast derived on export (`session export`).
+    pub fn recording_format(self, pty: bool) -> Option<RecordingFormat> {
+        match (self, pty) {
+            (SessionKind::Sftp, _) => Some(RecordingFormat::TransferLog),
+            (SessionKind::Exec, false) => Some(RecordingFormat::ExecStream),
+            (SessionKind::Shell | SessionKind::Exec, _) => Some(RecordingFormat::Asciicast),
+            (SessionKind::Tunnel | SessionKind::Jump, _) => None,
+        }
+    }
+
+    /// The audit actions of its start and end (tunnels and jumps keep the names webhooks already know).
+    fn actions(self) -> (&'static str, &'static str) {
+        match self {
+            SessionKind::Shell | SessionKind::Exec | SessionKind::Sftp => {
+                ("session.start", "session.end")
+            }
+            SessionKind::Tunnel => ("tunnel.open", "tunnel.close"),
+            SessionKind::Jump => ("jump.open", "jump.close"),
+        }
+    }
+}
+
+/// The terminal a vendor asked for (pty-req), as far as a recording needs it.
+#[derive(Debug, Clone)]
+pub struct PtyInfo {
+    pub term: String,
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// How a session ended: the `sessions.end_reason` text and `end_cause`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    VendorClosed,
+    DeviceClosed,
+    /// Both sides closed (a tunnel's usual end).
+    Completed,
+    /// Closed by the bastion (expiry, revocation, termination, disable, shutdown).
+    Closed(Close),
+    /// A byte budget with `action = "cut"` was crossed.
+    BudgetCut(String),
+    /// The recording could not go on (disk, size cap, a stream it cannot parse): no recording, no session.
+    RecordingFailed(String),
+    /// A side's connection failed.
+    Lost(String),
+}
+
+impl End {
+    pub fn describe(&self) -> String {
+        match self {
+            End::VendorClosed => "vendor closed the session".into(),
+            End::DeviceClosed => "device closed the session".into(),
+            End::Completed => "closed by both sides".into(),
+            End::Closed(c) => c.text.clone(),
+            End::BudgetCut(r) => r.clone(),
+            End::RecordingFailed(e) => format!("recording failed: {e}"),
+            End::Lost(e) => format!("connection lost: {e}"),
+        }
+    }
+
+    /// The `end_cause` column: what an auditor filters on.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            End::VendorClosed | End::DeviceClosed | End::Completed => "closed",
+            End::Closed(c) => c.cause.as_str(),
+            End::BudgetCut(_) => "budget",
+            End::RecordingFailed(_) => "recording",
+            End::Lost(_) => "lost",
+        }
+    }
+
+    /// The line the vendor is shown when the bastion ended the session (`None`: a side closed it).
+    pub fn vendor_notice(&self) -> Option<String> {
+        match self {
+            End::Closed(c) => Some(c.text.clone()),
+            End::BudgetCut(r) => Some(r.clone()),
+            End::RecordingFailed(_) => Some(
+                "the session recording could not go on, so the session was ended (no recording, no session)"
+                    .into(),
+            ),
+            End::VendorClosed | End::DeviceClosed | End::Completed | End::Lost(_) => None,
+        }
+    }
+}
+
+/// Why a session could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The recording could not be created: no recording, no session.
+    #[error("cannot create the recording: {0}")]
+    Recording(String),
+    /// The session row or its audit event could not be written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl StartError {
+    /// The line the vendor sees.
+    pub fn vendor_message(&self) -> &'static str {
+        match self {
+            StartError::Recording(_) => {
+                "the session cannot be recorded, so it was refused (no recording, no session); the bastion's staff can see why"
+            }
+            StartError::Store(_) => {
+                "the bastion cannot record this session right now, so it was refused"
+            }
+        }
+    }
+}
+
+/// Where a session comes from, for its row and audit events.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub principal: Principal,
+    /// The vendor's address (`client_addr`).
+    pub peer: String,
+}
+
+/// A session registered under a grant, not started yet: its device may be being dialled.
+#[derive(Debug)]
+pub struct PendingSession {
+    app: App,
+    live: LiveSessions,
+    budgets: Arc<Budgets>,
+    grant: Grant,
+    kind: SessionKind,
+    origin: Origin,
+    id: String,
+    registration: Registration,
+    controls: mpsc::UnboundedReceiver<Control>,
+}
+
+impl PendingSession {
+    /// Registers a new session of `kind` under `grant` (which policy has just made for `origin`): from now
+    /// on expiry, revocation, termination and disable reach it.
+    pub fn register(
+        app: &App,
+        live: &LiveSessions,
+        budgets: &Arc<Budgets>,
+        grant: Grant,
+        kind: SessionKind,
+        origin: Origin,
+    ) -> PendingSession {
+        let id = crate::secrets::random_hex(8);
+        let (registration, controls) = live.register(
+            &id,
+            grant.id(),
+            &origin.principal,
+            &grant.asset().name,
+            grant.ends_at(),
+        );
+        PendingSession {
+            app: app.clone(),
+            live: live.clone(),
+            budgets: budgets.clone(),
+            grant,
+            kind,
+            origin,
+            id,
+            registration,
+            controls,
+        }
+    }
+
+    pub fn grant(&self) -> &Grant {
+        &self.grant
+    }
+
+    /// Completes when the bastion closes this session before it started (the grant was revoked or
+    /// ended, the vendor disabled, the process stopping). Notices are not sent to pending sessions.
+    pub async fn closed(&mut self) -> Close {
+        loop {
+            match self.controls.recv().await {
+                Some(Control::Close(c)) => return c,
+                Some(Control::Notice(_)) => {}
+                // The registry never drops a live entry's sender while we hold the registration.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    /// Audits that this session was refused before it started (`action`: `session.refused`,
+    /// `tunnel.refused`, `target.hostkey.mismatch`…); nothing else is written.
+    pub async fn refuse(self, action: &'static str, reason: &str) {
+        let detail = json!({"peer": self.origin.peer, "grant": self.grant.id(), "kind": self.kind.as_str(), "service": self.grant.service().name, "reason": reason});
+        audit(
+            &self.app,
+            &self.origin.principal.vendor,
+            action,
+            format!("asset:{}", self.grant.asset().name),
+            detail,
+        )
+        .await;
+    }
+
+    /// Starts the session: the recording first (kinds that have one), then the session row and its audit
+    /// event. `detail` is what the vendor asked for (a command, `sftp`, a tunnel's destination); `pty` the
+    /// terminal, if any. On error nothing was started and the caller refuses the session.
+    pub async fn start(
+        self,
+        detail: &str,
+        pty: Option<&PtyInfo>,
+    ) -> Result<LiveSession, StartError> {
+        let app = &self.app;
+        let grant = &self.grant;
+        let asset = grant.asset();
+        let now = app.clock.now();
+        let id = &self.id;
+        let detail: String = detail.chars().take(4096).collect();
+        let recording = match self.kind.recording_format(pty.is_some()) {
+            None => None,
+            Some(format) => {
+                let path = app
+                    .config
+                    .recording
+                    .dir
+                    .join(format!("{id}.{}", format.extension()));
+                match create_recording(app, format, &path, grant, id, self.kind, &detail, pty) {
+                    Ok(r) => Some((r, format, path)),
+                    Err(e) => {
+                        tracing::error!(path = %path.display(), error = %e, "cannot create the recording; refusing the session");
+                        let reason = format!("cannot create recording: {e}");
+                        self.refuse("session.refused", &reason).await;
+                        return Err(StartError::Recording(e));
+                    }
+                }
+            }
+        };
+        let (start_action, _) = self.kind.actions();
+        let peer = self.origin.peer.clone();
+        let db = async {
+            let mut tx = app.store.begin().await?;
+            tx.insert_session(
+                &NewSession {
+                    id,
+                    vendor_id: grant.vendor().id,
+                    asset_id: asset.id,
+                    grant_id: grant.id(),
+                    kind: self.kind.as_str(),
+                    service: &grant.service().name,
+                    client_addr: &peer,
+                    detail: &detail,
+                    node: &app.node,
+                },
+                now,
+            )
+            .await?;
+            let mut event = json!({"asset": asset.name, "service": grant.service().name, "port": grant.service().port, "grant": grant.id(), "kind": self.kind.as_str(), "detail": detail, "peer": peer, "key": self.origin.principal.key_fingerprint});
+            let recording_id = match &recording {
+                Some((_, format, path)) => {
+                    let path_text = path.display().to_string();
+                    event["recording"] = json!(path_text);
+                    Some(
+                        tx.insert_recording(id, format.as_str(), &path_text, now)
+                            .await?,
+                    )
+                }
+                None => None,
+            };
+            tx.audit(
+                AuditEvent::new(
+                    format!("vendor:{}", grant.vendor().name),
+                    start_action,
+                    format!("session:{id}"),
+                    event,
+                ),
+                now,
+            )
+            .await?;
+            tx.commit(start_action).await?;
+            Ok::<_, StoreError>(recording_id)
+        }
+        .await;
+        let recording_id = match db {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record the session start; refusing");
+                if let Some((r, ..)) = recording {
+                    let _ = r.finish().await;
+                }
+                return Err(e.into());
+            }
+        };
+        self.live.mark_started(&self.registration);
+        tracing::info!(session = %id, vendor = %grant.vendor().name, asset = %asset.name, service = %grant.service().name, kind = self.kind.as_str(), "session started");
+        let policy = app.config.budgets.policy_for(&grant.service().name).clone();
+        let meter = Meter {
+            inner: Arc::new(MeterInner {
+                up: AtomicU64::new(0),
+                down: AtomicU64::new(0),
+                budgets: self.budgets.clone(),
+                key: Key {
+                    vendor_id: grant.vendor().id,
+                    asset_id: asset.id,
+                    service: grant.service().name.clone(),
+                },
+                policy,
+                cut: Mutex::new(None),
+                app: app.clone(),
+                session: id.clone(),
+                kind: self.kind,
+                grant: grant.clone(),
+            }),
+        };
+        let (recorder, recording) = match recording {
+            Some((r, ..)) => (Some(r.sender()), recording_id.map(|rid| (r, rid))),
+            None => (None, None),
+        };
+        Ok(LiveSession {
+            app: self.app,
+            grant: self.grant,
+            kind: self.kind,
+            id: self.id,
+            _registration: self.registration,
+            controls: Some(self.controls),
+            recording,
+            recorder,
+            meter,
+        })
+    }
+}
+
+/// Creates the recording file for a session of `kind` in `format` (never overwriting one).
+#[allow(clippy::too_many_arguments)]
+fn create_recording(
+    app: &App,
+    format: RecordingFormat,
+    path: &std::path::Path,
+    grant: &Grant,
+    id: &str,
+    kind: SessionKind,
+    detail: &str,
+    pty: Option<&PtyInfo>,
+) -> Result<Recording, String> {
+    let now = app.clock.now();
+    let title = format!(
+        "chaperone session {id}: {}@{}",
+        grant.vendor().name,
+        grant.asset().name
+    );
+    let mut env = BTreeMap::new();
+    if let Some(p) = pty {
+        env.insert("TERM".to_owned(), p.term.chars().take(64).collect());
+    }
+    let command = (kind == SessionKind::Exec).then(|| detail.to_owned());
+    let cfg = &app.config.recording;
+    let recording = match format {
+        RecordingFormat::TransferLog => Recording::transfers(path, cfg.max_bytes),
+        RecordingFormat::ExecStream => Recording::exec(
+            path,
+            &ExecHeader {
+                timestamp: now,
+                title: Some(title),
+                command,
+                env,
+            },
+            cfg.record_input,
+            cfg.max_bytes,
+        ),
+        RecordingFormat::Asciicast => Recording::cast(
+            path,
+            CastHeader {
+                width: pty.map_or(80, |p| p.cols.max(1)),
+                height: pty.map_or(24, |p| p.rows.max(1)),
+                timestamp: now,
+                title: Some(title),
+                command,
+                env,
+            },
+            cfg.record_input,
+            cfg.max_bytes,
+        ),
+    };
+    recording.map_err(|e| e.0)
+}
+
+/// A started session. Ends only through [`LiveSession::end`] (dropping it unended leaves the row open
+/// for the node sweep, which is for crashes, not for code paths).
+#[derive(Debug)]
+pub struct LiveSession {
+    app: App,
+    grant: Grant,
+    kind: SessionKind,
+    id: String,
+    _registration: Registration,
+    controls: Option<mpsc::UnboundedReceiver<Control>>,
+    recording: Option<(Recording, i64)>,
+    recorder: Option<RecordSender>,
+    meter: Meter,
+}
+
+impl LiveSession {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn grant(&self) -> &Grant {
+        &self.grant
+    }
+
+    pub fn kind(&self) -> SessionKind {
+        self.kind
+    }
+
+    /// Where every byte of a recorded kind goes before it is forwarded (`None` for tunnels and jumps,
+    /// whose record is the session row itself).
+    pub fn recorder(&self) -> Option<RecordSender> {
+        self.recorder.clone()
+    }
+
+    /// Counts bytes against the byte budgets; every chunk passes it before it is forwarded.
+    pub fn meter(&self) -> Meter {
+        self.meter.clone()
+    }
+
+    /// The watcher's controls (taken once; a second call gets a receiver that never yields).
+    pub fn take_controls(&mut self) -> mpsc::UnboundedReceiver<Control> {
+        self.controls
+            .take()
+            .unwrap_or_else(|| mpsc::unbounded_channel().1)
+    }
+
+    /// Ends the session: closes the recording, stores its digest, the session's end (reason, cause, bytes
+    /// each way) and audits both, in one transaction. A recording that failed or stopped makes the end a
+    /// recording failure whatever the transport saw, and is audited as `recording.failed` too.
+    pub async fn end(mut self, end: End) {
+        let app = self.app.clone();
+        drop(self.recorder.take());
+        drop(self.controls.take());
+        let mut end = end;
+        let finished = match self.recording.take() {
+            Some((recording, rid)) => {
+                let done = recording.finish().await;
+                match &done {
+                    Ok(f) => {
+                        if let Some(why) = &f.stopped {
+                            end = End::RecordingFailed(why.clone());
+                        }
+                    }
+                    Err(e) => end = End::RecordingFailed(e.0.clone()),
+                }
+                Some((done, rid))
+            }
+            None => None,
+        };
+        if let Some(cut) = self.meter.cut_reason()
+            && !matches!(end, End::RecordingFailed(_))
+        {
+            end = End::BudgetCut(cut);
+        }
+        let now = app.clock.now();
+        let reason = end.describe();
+        let (up, down) = self.meter.totals();
+        let (_, end_action) = self.kind.actions();
+        let result = async {
+            let mut tx = app.store.begin().await?;
+            tx.end_session(
+                &self.id,
+                &reason,
+                end.cause(),
+                i64::try_from(up).unwrap_or(i64::MAX),
+                i64::try_from(down).unwrap_or(i64::MAX),
+                now,
+            )
+            .await?;
+            let mut detail = json!({"grant": self.grant.id(), "reason": reason, "cause": end.cause(), "bytes_up": up, "bytes_down": down});
+            if let Some((done, rid)) = &finished {
+                let digest = match done {
+                    Ok(f) => {
+                        tx.close_recording(
+                            *rid,
+                            &f.finished.sha256_hex,
+                            i64::try_from(f.finished.bytes).unwrap_or(i64::MAX),
+                            now,
+                        )
+                        .await?;
+                        Some(f.finished.sha256_hex.clone())
+                    }
+                    Err(_) => None,
+                };
+                detail["recording_sha256"] = json!(digest);
+                detail["recording"] = json!(rid);
+            }
+            tx.audit(
+                AuditEvent::new(
+                    format!("vendor:{}", self.grant.vendor().name),
+                    end_action,
+                    format!("session:{}", self.id),
+                    detail,
+                ),
+                now,
+            )
+            .await?;
+            if let End::RecordingFailed(why) = &end {
+                tx.audit(
+                    AuditEvent::new(
+                        "system",
+                        "recording.failed",
+                        format!("session:{}", self.id),
+                        json!({"asset": self.grant.asset().name, "vendor": self.grant.vendor().name, "reason": why}),
+                    ),
+                    now,
+                )
+                .await?;
+            }
+            tx.commit(end_action).await
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                tracing::info!(session = %self.id, reason = %reason, cause = end.cause(), bytes_up = up, bytes_down = down, "session ended");
+            }
+            Err(e) => {
+                tracing::error!(session = %self.id, error = %e, "cannot record the session end");
+            }
+        }
+    }
+}
+
+/// Bytes each way of one session, held against the byte budgets (`[budgets]`). Cheap to clone; every
+/// transport calls [`Meter::pass`] for every chunk before forwarding it.
+#[derive(Debug, Clone)]
+pub struct Meter {
+    inner: Arc<MeterInner>,
+}
+
+#[derive(Debug)]
+struct MeterInner {
+    up: AtomicU64,
+    down: AtomicU64,
+    budgets: Arc<Budgets>,
+    key: Key,
+    policy: crate::config::BudgetPolicy,
+    /// Why the budget cut this session, once it did.
+    cut: Mutex<Option<String>>,
+    app: App,
+    session: String,
+    kind: SessionKind,
+    grant: Grant,
+}
+
+impl Meter {
+    /// Counts `n` bytes flowing `dir`; `false` when a budget with `action = "cut"` is crossed (the session
+    /// must end, the chunk is not forwarded). A crossing is audited once per direction and hour.
+    pub fn pass(&self, dir: Direction, n: usize) -> bool {
+        let m = &self.inner;
+        let counter = match dir {
+            Direction::Up => &m.up,
+            Direction::Down => &m.down,
+        };
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        let Some(crossing) = m
+            .budgets
+            .add(&m.key, m.app.clock.now(), dir, n as u64, &m.policy)
+        else {
+            return true;
+        };
+        if crossing.first {
+            self.report(&crossing);
+        }
+        if crossing.action == BudgetAction::Cut {
+            if let Ok(mut c) = m.cut.lock() {
+                c.get_or_insert_with(|| {
+                    format!(
+                        "cut by the byte budget: {} bytes {} in the last hour, budget {}",
+                        crossing.used,
+                        crossing.direction.as_str(),
+                        crossing.limit
+                    )
+                });
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Counts `n` bytes flowing `dir` without holding them against a budget: for a jump, whose inner
+    /// sessions are metered themselves.
+    pub fn count(&self, dir: Direction, n: usize) {
+        let m = &self.inner;
+        match dir {
+            Direction::Up => m.up.fetch_add(n as u64, Ordering::Relaxed),
+            Direction::Down => m.down.fetch_add(n as u64, Ordering::Relaxed),
+        };
+    }
+
+    /// Bytes so far: (vendor → device, device → vendor).
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.inner.up.load(Ordering::Relaxed),
+            self.inner.down.load(Ordering::Relaxed),
+        )
+    }
+
+    fn cut_reason(&self) -> Option<String> {
+        self.inner.cut.lock().ok().and_then(|c| c.clone())
+    }
+
+    /// The end of a session the budget cut (after [`Meter::pass`] said `false`).
+    pub fn cut_end(&self) -> End {
+        End::BudgetCut(
+            self.cut_reason()
+                .unwrap_or_else(|| "cut by the byte budget".into()),
+        )
+    }
+
+    /// Audits a crossing without holding up the data path.
+    fn report(&self, crossing: &Crossing) {
+        let m = &self.inner;
+        let detail = json!({
+            "session": m.session,
+            "kind": m.kind.as_str(),
+            "asset": m.grant.asset().name,
+            "service": m.grant.service().name,
+            "direction": crossing.direction.as_str(),
+            "bytes_last_hour": crossing.used,
+            "budget": crossing.limit,
+            "action": if crossing.action == BudgetAction::Cut { "cut" } else { "alert" },
+        });
+        tracing::warn!(session = %m.session, asset = %m.grant.asset().name, service = %m.grant.service().name, used = crossing.used, limit = crossing.limit, "byte budget crossed");
+        let app = m.app.clone();
+        let vendor = m.grant.vendor().name.clone();
+        let subject = format!("asset:{}", m.grant.asset().name);
+        tokio::spawn(async move {
+            audit(&app, &vendor, "budget.exceeded", subject, detail).await;
+        });
+    }
+}
+
+/// Audits one event by vendor `vendor`; a failure is logged (the callers are refusing or reporting).
+async fn audit(
+    app: &App,
+    vendor: &str,
+    action: &'static str,
+    subject: String,
+    detail: serde_json::Value,
+) {
+    let now = app.clock.now();
+    let result = async {
+        let mut tx = app.store.begin().await?;
+        tx.audit(
+            AuditEvent::new(format!("vendor:{vendor}"), action, subject, detail),
+            now,
+        )
+        .await?;
+        tx.commit(action).await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, action, "cannot write an audit event");
+    }
+}

@@ -1,0 +1,497 @@
+//! What is live on this node: every session from the moment it is registered (before its device is
+//! dialled) and every signed-in vendor connection, so the watcher can warn and close them.
+//!
+//! Entry point: [`LiveSessions`]. A [`Registration`] or [`ConnectionRegistration`] removes its entry when
+//! dropped, so nothing stays registered past the task that owns it. Pure bookkeeping: no I/O, no awaits
+//! under the lock.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::format_time;
+use crate::model::UnixTime;
+use crate::policy::Principal;
+
+/// Seconds before the end at which vendors are warned.
+pub const NOTICE_AT: [i64; 2] = [600, 60];
+
+/// Which notices a session has had.
+#[derive(Debug, Clone, Default)]
+pub struct NoticeState {
+    sent: [bool; 2],
+}
+
+impl NoticeState {
+    /// The notice due at `now` for a grant ending at `ends_at`, if any; marks it (and any earlier one) sent.
+    /// A session opened with five minutes left gets one notice at once, then the one-minute notice.
+    pub fn due(&mut self, ends_at: UnixTime, now: UnixTime) -> Option<i64> {
+        let left = ends_at - now;
+        if left <= 0 {
+            return None;
+        }
+        // Latest threshold first: at 30 s left only the one-minute notice is due.
+        for i in (0..NOTICE_AT.len()).rev() {
+            if left <= NOTICE_AT[i] {
+                if self.sent[i] {
+                    return None;
+                }
+                for s in &mut self.sent[..=i] {
+                    *s = true;
+                }
+                return Some(left);
+            }
+        }
+        None
+    }
+}
+
+/// Why the bastion closes a session (the `sessions.end_cause` column, with the session's other ends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The grant's end time passed (or the grant is gone).
+    Expired,
+    /// The grant was revoked.
+    Revoked,
+    /// An approver terminated this session.
+    Terminated,
+    /// The vendor was disabled or locked, or lost the key they signed in with.
+    Disabled,
+    /// This chaperone process is stopping.
+    Shutdown,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Expired => "expired",
+            Cause::Revoked => "revoked",
+            Cause::Terminated => "terminated",
+            Cause::Disabled => "disabled",
+            Cause::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// The bastion closing a session: why, and the line the vendor is shown (and the recording marks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Close {
+    pub cause: Cause,
+    pub text: String,
+}
+
+/// What the watcher tells a live session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Show this line to the vendor and mark it in the recording.
+    Notice(String),
+    /// Close now (shown to the vendor, recorded, audited).
+    Close(Close),
+}
+
+/// What the store says about a grant, as the watcher applies it.
+#[derive(Debug)]
+pub enum GrantState {
+    Active { ends_at: UnixTime },
+    Revoked { reason: String },
+    Gone,
+}
+
+#[derive(Debug)]
+struct Entry {
+    grant_id: i64,
+    /// Whose session: the vendor and the key they signed in with.
+    login: Principal,
+    asset: String,
+    ends_at: UnixTime,
+    /// Notices go only to started sessions (a pending one has nobody to tell yet).
+    started: bool,
+    notices: NoticeState,
+    tx: mpsc::UnboundedSender<Control>,
+}
+
+impl Entry {
+    fn close(&self, cause: Cause, text: String) {
+        let _ = self.tx.send(Control::Close(Close { cause, text }));
+    }
+}
+
+#[derive(Debug)]
+struct Connection {
+    login: Principal,
+    /// Cancelling it ends the connection whatever the client does (see `ssh::killswitch`).
+    kill: CancellationToken,
+    /// Set once the watcher decided to cut it (so a cut is counted, and audited, once).
+    evicted: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    sessions: Mutex<HashMap<String, Entry>>,
+    connections: Mutex<HashMap<u64, Connection>>,
+}
+
+/// The sessions and vendor connections alive on this node.
+#[derive(Debug, Clone, Default)]
+pub struct LiveSessions {
+    inner: Arc<Inner>,
+}
+
+/// Removes a session from the registry when dropped.
+#[derive(Debug)]
+pub struct Registration {
+    id: String,
+    live: LiveSessions,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.live.inner.sessions.lock() {
+            map.remove(&self.id);
+        }
+    }
+}
+
+/// Removes a vendor connection from the registry when dropped.
+#[derive(Debug)]
+pub struct ConnectionRegistration {
+    id: u64,
+    live: LiveSessions,
+}
+
+impl Drop for ConnectionRegistration {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.live.inner.connections.lock() {
+            map.remove(&self.id);
+        }
+    }
+}
+
+impl LiveSessions {
+    /// Registers session `session_id` of `login` under a grant; controls arrive on the returned receiver.
+    pub fn register(
+        &self,
+        session_id: &str,
+        grant_id: i64,
+        login: &Principal,
+        asset: &str,
+        ends_at: UnixTime,
+    ) -> (Registration, mpsc::UnboundedReceiver<Control>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Ok(mut map) = self.inner.sessions.lock() {
+            map.insert(
+                session_id.to_owned(),
+                Entry {
+                    grant_id,
+                    login: login.clone(),
+                    asset: asset.to_owned(),
+                    ends_at,
+                    started: false,
+                    notices: NoticeState::default(),
+                    tx,
+                },
+            );
+        }
+        (
+            Registration {
+                id: session_id.to_owned(),
+                live: self.clone(),
+            },
+            rx,
+        )
+    }
+
+    /// The session started: from now on it gets the end-of-grant notices.
+    pub fn mark_started(&self, registration: &Registration) {
+        if let Ok(mut map) = self.inner.sessions.lock()
+            && let Some(e) = map.get_mut(&registration.id)
+        {
+            e.started = true;
+        }
+    }
+
+    /// Registers a signed-in connection (`id` is the listener's connection number).
+    pub fn connect(
+        &self,
+        id: u64,
+        login: &Principal,
+        kill: CancellationToken,
+    ) -> ConnectionRegistration {
+        if let Ok(mut map) = self.inner.connections.lock() {
+            map.insert(
+                id,
+                Connection {
+                    login: login.clone(),
+                    kill,
+                    evicted: false,
+                },
+            );
+        }
+        ConnectionRegistration {
+            id,
+            live: self.clone(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.sessions.lock().map_or(0, |m| m.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The grants that live sessions run under, each once.
+    pub fn grant_ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .inner
+            .sessions
+            .lock()
+            .map(|m| m.values().map(|e| e.grant_id).collect())
+            .unwrap_or_default();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// The signed-in logins (vendor and key) of this node, each once.
+    pub fn logins(&self) -> Vec<Principal> {
+        let mut logins: Vec<Principal> = self
+            .inner
+            .connections
+            .lock()
+            .map(|m| m.values().map(|c| c.login.clone()).collect())
+            .unwrap_or_default();
+        logins.sort();
+        logins.dedup();
+        logins
+    }
+
+    /// Applies what the store says about `grant_id` at `now`: close on end or revocation, else warn.
+    pub fn apply(&self, grant_id: i64, state: &GrantState, now: UnixTime) {
+        let Ok(mut map) = self.inner.sessions.lock() else {
+            return;
+        };
+        for entry in map.values_mut().filter(|e| e.grant_id == grant_id) {
+            match state {
+                GrantState::Revoked { reason } => entry.close(
+                    Cause::Revoked,
+                    format!("access to {} was revoked ({reason})", entry.asset),
+                ),
+                GrantState::Gone => {
+                    entry.close(Cause::Expired, format!("access to {} ended", entry.asset));
+                }
+                GrantState::Active { ends_at } => entry.ends_at = *ends_at,
+            }
+        }
+        drop(map);
+        self.tick(now);
+    }
+
+    /// Time alone: closes sessions whose grant's end has passed and warns those near it. Needs no store,
+    /// so a grant still ends on time while the database is unreachable.
+    pub fn tick(&self, now: UnixTime) {
+        let Ok(mut map) = self.inner.sessions.lock() else {
+            return;
+        };
+        for entry in map.values_mut() {
+            if entry.ends_at <= now {
+                entry.close(
+                    Cause::Expired,
+                    format!(
+                        "access to {} ended at {}",
+                        entry.asset,
+                        format_time(entry.ends_at)
+                    ),
+                );
+            } else if entry.started
+                && let Some(left) = entry.notices.due(entry.ends_at, now)
+            {
+                let _ = entry.tx.send(Control::Notice(format!(
+                    "your access to {} ends in {} (at {})",
+                    entry.asset,
+                    minutes(left),
+                    format_time(entry.ends_at)
+                )));
+            }
+        }
+    }
+
+    /// Closes the sessions of this node among `list` (`(session id, reason)`): an approver ended them.
+    pub fn terminate(&self, list: &[(String, String)]) {
+        let Ok(map) = self.inner.sessions.lock() else {
+            return;
+        };
+        for (id, reason) in list {
+            if let Some(entry) = map.get(id) {
+                entry.close(Cause::Terminated, reason.clone());
+            }
+        }
+    }
+
+    /// Ends everything `login` has on this node: its sessions are told why and closed, and its connections
+    /// are cut `grace` later whatever the client does. Returns how many connections this call cut (not
+    /// counting those an earlier call is cutting already).
+    pub fn evict(&self, login: &Principal, why: &str, grace: std::time::Duration) -> usize {
+        if let Ok(map) = self.inner.sessions.lock() {
+            for entry in map.values().filter(|e| e.login == *login) {
+                entry.close(Cause::Disabled, why.to_owned());
+            }
+        }
+        let kills: Vec<CancellationToken> = self
+            .inner
+            .connections
+            .lock()
+            .map(|mut m| {
+                m.values_mut()
+                    .filter(|c| c.login == *login && !c.evicted)
+                    .map(|c| {
+                        c.evicted = true;
+                        c.kill.clone()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let n = kills.len();
+        if n > 0 {
+            // The sessions write their end and tell the vendor first; then the connection goes.
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                for k in kills {
+                    k.cancel();
+                }
+            });
+        }
+        n
+    }
+
+    /// Closes every session on this node (the process is stopping).
+    pub fn close_all(&self, text: &str) {
+        if let Ok(map) = self.inner.sessions.lock() {
+            for entry in map.values() {
+                entry.close(Cause::Shutdown, text.to_owned());
+            }
+        }
+    }
+}
+
+fn minutes(secs: i64) -> String {
+    let m = (secs + 59) / 60;
+    if m == 1 {
+        "1 minute".into()
+    } else {
+        format!("{m} minutes")
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "in a test, a failed unwrap is a failed test"
+)]
+mod tests {
+    use super::*;
+
+    fn login(vendor_id: i64, key: &str) -> Principal {
+        Principal {
+            vendor_id,
+            vendor: format!("v{vendor_id}"),
+            key_fingerprint: key.into(),
+        }
+    }
+
+    #[test]
+    fn notices_at_ten_and_one_minute_once_each() {
+        let mut s = NoticeState::default();
+        assert_eq!(s.due(10_000, 10_000 - 3600), None);
+        assert_eq!(s.due(10_000, 10_000 - 600), Some(600));
+        assert_eq!(s.due(10_000, 10_000 - 599), None);
+        assert_eq!(s.due(10_000, 10_000 - 60), Some(60));
+        assert_eq!(s.due(10_000, 10_000 - 30), None);
+        assert_eq!(s.due(10_000, 10_000), None);
+    }
+
+    #[test]
+    fn a_late_session_gets_one_notice_then_the_last_minute() {
+        let mut s = NoticeState::default();
+        assert_eq!(s.due(1000, 700), Some(300));
+        assert_eq!(s.due(1000, 800), None);
+        assert_eq!(s.due(1000, 950), Some(50));
+        let mut late = NoticeState::default();
+        assert_eq!(late.due(1000, 970), Some(30));
+        assert_eq!(late.due(1000, 980), None);
+    }
+
+    #[test]
+    fn watcher_decisions_reach_the_sessions_of_that_grant_only() {
+        let live = LiveSessions::default();
+        let who = login(7, "SHA256:one");
+        let (a, mut ra) = live.register("a", 1, &who, "mri-01", 1000);
+        let (_b, mut rb) = live.register("b", 2, &who, "ct-02", 5000);
+        live.apply(1, &GrantState::Active { ends_at: 1000 }, 500);
+        assert!(
+            ra.try_recv().is_err(),
+            "no notice before the session started"
+        );
+        live.mark_started(&a);
+        live.apply(1, &GrantState::Active { ends_at: 1000 }, 500);
+        assert!(matches!(ra.try_recv(), Ok(Control::Notice(m)) if m.contains("ends in 9 minutes")));
+        live.apply(
+            1,
+            &GrantState::Revoked {
+                reason: "done".into(),
+            },
+            501,
+        );
+        assert_eq!(
+            ra.try_recv(),
+            Ok(Control::Close(Close {
+                cause: Cause::Revoked,
+                text: "access to mri-01 was revoked (done)".into()
+            }))
+        );
+        assert!(rb.try_recv().is_err());
+        live.tick(5000);
+        assert!(
+            matches!(rb.try_recv(), Ok(Control::Close(c)) if c.cause == Cause::Expired && c.text.contains("ended"))
+        );
+        drop(a);
+        assert_eq!(live.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn evicting_a_login_closes_its_sessions_and_cuts_its_connections_only() {
+        let live = LiveSessions::default();
+        let (_a, mut ra) = live.register("a", 1, &login(7, "SHA256:one"), "mri-01", 9000);
+        let (_b, mut rb) = live.register("b", 2, &login(7, "SHA256:two"), "mri-01", 9000);
+        let (_c, mut rc) = live.register("c", 3, &login(8, "SHA256:one"), "mri-01", 9000);
+        let (k1, k2, k3) = (
+            CancellationToken::new(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
+        let _c1 = live.connect(1, &login(7, "SHA256:one"), k1.clone());
+        let _c2 = live.connect(2, &login(7, "SHA256:two"), k2.clone());
+        let _c3 = live.connect(3, &login(8, "SHA256:one"), k3.clone());
+        assert_eq!(live.logins().len(), 3);
+        let n = live.evict(
+            &login(7, "SHA256:one"),
+            "your account was disabled",
+            std::time::Duration::ZERO,
+        );
+        assert_eq!(n, 1);
+        assert!(matches!(ra.try_recv(), Ok(Control::Close(c)) if c.cause == Cause::Disabled));
+        assert!(rb.try_recv().is_err() && rc.try_recv().is_err());
+        tokio::time::timeout(std::time::Duration::from_secs(2), k1.cancelled())
+            .await
+            .unwrap();
+        assert!(!k2.is_cancelled() && !k3.is_cancelled());
+        assert_eq!(
+            live.evict(&login(7, "SHA256:one"), "again", std::time::Duration::ZERO),
+            0,
+            "a connection is cut once"
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! The authority watcher: once a second, everything live on this node is held against the store again.
+//!
+//! Entry point: [`watch`]. Each tick it
+//! - closes sessions whose grant ended and warns those near the end (from memory: [`LiveSessions::tick`],
+//!   so time alone still ends a grant while the database is unreachable);
+//! - when the audit chain's head moved (every change to grants, vendors and keys is audited in the same
+//!   transaction, so an unmoved head means nothing changed, on any node) or at least every
+//!   [`FULL_CHECK_EVERY`]: re-reads each live session's grant (revoked → closed), the sessions approvers
+//!   terminated, and each signed-in login's standing ([`policy::standing`]: disabled, locked or its key
+//!   removed → its sessions are closed and its connections cut, audited `vendor.connections.ended`).
+//!
+//! A store error skips that tick's re-reads (a database hiccup does not end sessions); time still does.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::watch as stop_watch;
+
+use super::registry::{GrantState, LiveSessions};
+use crate::app::App;
+use crate::audit::AuditEvent;
+use crate::policy::{self, PolicyError, Principal};
+
+/// The longest the watcher trusts an unmoved audit head before re-reading everything anyway.
+pub const FULL_CHECK_EVERY: Duration = Duration::from_secs(15);
+/// How long an evicted login's sessions have to tell the vendor and write their end before the
+/// connection is cut.
+const EVICTION_GRACE: Duration = Duration::from_millis(500);
+
+/// Re-checks what is live every `every` until `stop`; see the module doc.
+pub async fn watch(
+    app: App,
+    live: LiveSessions,
+    every: Duration,
+    mut stop: stop_watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen_head: Option<i64> = None;
+    let mut last_full = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let now = app.clock.now();
+        match app.store.audit_head().await {
+            Ok((head, _)) => {
+                let due = seen_head != Some(head) || last_full.elapsed() >= FULL_CHECK_EVERY;
+                if due && recheck(&app, &live).await {
+                    seen_head = Some(head);
+                    last_full = Instant::now();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the audit head; re-checking by time only")
+            }
+        }
+        live.tick(now);
+    }
+}
+
+/// Re-reads grants, terminations and logins; returns whether every read succeeded.
+async fn recheck(app: &App, live: &LiveSessions) -> bool {
+    let now = app.clock.now();
+    let mut complete = true;
+    for id in live.grant_ids() {
+        let state = match app.store.grant(id).await {
+            Ok(Some(g)) if g.revoked_at.is_some() => GrantState::Revoked {
+                reason: g.revoke_reason.unwrap_or_else(|| "no reason given".into()),
+            },
+            Ok(Some(g)) => GrantState::Active { ends_at: g.ends_at },
+            Ok(None) => GrantState::Gone,
+            Err(e) => {
+                // Fail safe but not trigger-happy: a store hiccup does not end sessions, an end time does.
+                tracing::warn!(grant = id, error = %e, "cannot re-read grant");
+                complete = false;
+                continue;
+            }
+        };
+        live.apply(id, &state, now);
+    }
+    match app.store.sessions_to_terminate().await {
+        Ok(list) => live.terminate(&list),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read terminated sessions");
+            complete = false;
+        }
+    }
+    for who in live.logins() {
+        match policy::standing(&app.store, now, &who).await {
+            Ok(_) => {}
+            Err(PolicyError::Denied(denial)) => {
+                // Each connection is cut (and audited) once, by the first check that finds it bad.
+                let cut = live.evict(&who, &denial.vendor_message(""), EVICTION_GRACE);
+                if cut > 0 {
+                    tracing::warn!(vendor = %who.vendor, reason = %denial.audit_reason(), connections = cut, "ending a vendor's connections");
+                    audit_eviction(app, &who, &denial.audit_reason(), cut).await;
+                }
+            }
+            Err(PolicyError::Store(e)) => {
+                tracing::warn!(vendor = %who.vendor, error = %e, "cannot re-read a vendor");
+                complete = false;
+            }
+        }
+    }
+    complete
+}
+
+async fn audit_eviction(app: &App, who: &Principal, reason: &str, connections: usize) {
+    let now = app.clock.now();
+    let result = async {
+        let mut tx = app.store.begin().await?;
+        tx.audit(
+            AuditEvent::new(
+                "system",
+                "vendor.connections.ended",
+                format!("vendor:{}", who.vendor),
+                json!({"key": who.key_fingerprint, "reason": reason, "connections": connections, "node": &*app.node}),
+            ),
+            now,
+        )
+        .await?;
+        tx.commit("vendor.connections.ended").await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "cannot audit the end of a vendor's connections");
+    }
+}

@@ -1,0 +1,254 @@
+//! Who may hold a connection to the SSH listener, and for how long before signing in: OpenSSH's
+//! `MaxStartups`, `PerSourceMaxStartups` and `LoginGraceTime`, plus a cap on all connections.
+//!
+//! Entry point: [`Admission::admit`], called by the accept loop for every new connection *before* anything
+//! is sent or awaited on it: a refused connection is closed at once, so the accept loop never waits for a
+//! slot (a flood of idle sockets cannot stop it from accepting, and so from refusing, the next one). An
+//! admitted connection holds a [`Ticket`] until it ends; [`Ticket::signed_in`] moves it out of the
+//! not-yet-signed-in counts, and [`Ticket::grace_expired`] completes when it failed to sign in in time.
+//!
+//! With an address's not-yet-signed-in connections capped, a flood from one address fills only its own
+//! share; the early drop ([`MaxStartups`]) and the grace time bound what a flood from many addresses holds.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{MaxStartups, SshConfig};
+
+/// Why a connection was not admitted (logged, never told to the peer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `ssh.max_connections` connections are open.
+    Full,
+    /// Dropped early: too many connections have not signed in yet (`ssh.max_startups`).
+    Startups,
+    /// This address holds `ssh.per_source_max_startups` connections that have not signed in yet.
+    PerSource,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    /// Every admitted connection still open.
+    total: usize,
+    /// Those not signed in yet.
+    unauthenticated: usize,
+    /// Those not signed in yet, by address.
+    by_source: HashMap<IpAddr, usize>,
+}
+
+/// The listener's connection counts and limits.
+#[derive(Debug)]
+pub struct Admission {
+    counts: Mutex<Counts>,
+    max_connections: usize,
+    max_startups: MaxStartups,
+    per_source: usize,
+    grace: Duration,
+}
+
+impl Admission {
+    pub fn new(config: &SshConfig) -> Arc<Admission> {
+        Arc::new(Admission {
+            counts: Mutex::default(),
+            max_connections: config.max_connections,
+            max_startups: config.max_startups,
+            per_source: config.per_source_max_startups,
+            grace: config.login_grace_time,
+        })
+    }
+
+    /// Admits a new connection from `peer`, or says why not. `roll` is a number in 0..100 for the early
+    /// drop (random in production).
+    pub fn admit_with(self: &Arc<Self>, peer: IpAddr, roll: u32) -> Result<Arc<Ticket>, Refusal> {
+        let source = canonical(peer);
+        let mut counts = self.counts.lock().map_err(|_| Refusal::Full)?;
+        if counts.total >= self.max_connections {
+            return Err(Refusal::Full);
+        }
+        if counts.by_source.get(&source).copied().unwrap_or(0) >= self.per_source {
+            return Err(Refusal::PerSource);
+        }
+        if roll < self.max_startups.drop_percent(counts.unauthenticated) {
+            return Err(Refusal::Startups);
+        }
+        counts.total += 1;
+        counts.unauthenticated += 1;
+        *counts.by_source.entry(source).or_insert(0) += 1;
+        Ok(Arc::new(Ticket {
+            admission: self.clone(),
+            source,
+            signed_in: CancellationToken::new(),
+        }))
+    }
+
+    /// [`Admission::admit_with`] with a random roll.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Arc<Ticket>, Refusal> {
+        self.admit_with(peer, rand::random_range(0..100))
+    }
+
+    /// (open connections, not signed in yet), for logs and tests.
+    pub fn counts(&self) -> (usize, usize) {
+        self.counts
+            .lock()
+            .map(|c| (c.total, c.unauthenticated))
+            .unwrap_or((0, 0))
+    }
+
+    fn release_startup(counts: &mut Counts, source: IpAddr) {
+        counts.unauthenticated = counts.unauthenticated.saturating_sub(1);
+        if let Some(n) = counts.by_source.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                counts.by_source.remove(&source);
+            }
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses count as the IPv4 address they carry.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// One admitted connection's place in the counts; given back when dropped.
+#[derive(Debug)]
+pub struct Ticket {
+    admission: Arc<Admission>,
+    source: IpAddr,
+    /// Cancelled once the connection signed in.
+    signed_in: CancellationToken,
+}
+
+impl Ticket {
+    /// Both factors passed: this connection no longer counts as a startup, and its grace time is over.
+    pub fn signed_in(&self) {
+        if self.signed_in.is_cancelled() {
+            return;
+        }
+        if let Ok(mut counts) = self.admission.counts.lock() {
+            Admission::release_startup(&mut counts, self.source);
+        }
+        self.signed_in.cancel();
+    }
+
+    /// Completes when the login grace time passed without a sign-in; never, once signed in.
+    pub async fn grace_expired(&self) {
+        tokio::select! {
+            () = tokio::time::sleep(self.admission.grace) => {
+                if self.signed_in.is_cancelled() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            () = self.signed_in.cancelled() => std::future::pending::<()>().await,
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.admission.counts.lock() {
+            counts.total = counts.total.saturating_sub(1);
+            if !self.signed_in.is_cancelled() {
+                Admission::release_startup(&mut counts, self.source);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "in a test, a failed unwrap is a failed test"
+)]
+mod tests {
+    use super::*;
+
+    fn admission(max: usize, startups: &str, per_source: usize) -> Arc<Admission> {
+        Arc::new(Admission {
+            counts: Mutex::default(),
+            max_connections: max,
+            max_startups: MaxStartups::parse(startups).unwrap(),
+            per_source,
+            grace: Duration::from_secs(60),
+        })
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn one_address_fills_only_its_own_share() {
+        let a = admission(100, "30:30:100", 3);
+        let flood: Vec<_> = (0..3)
+            .map(|_| a.admit_with(ip("10.0.0.2"), 99).unwrap())
+            .collect();
+        assert_eq!(
+            a.admit_with(ip("10.0.0.2"), 99).unwrap_err(),
+            Refusal::PerSource
+        );
+        assert_eq!(
+            a.admit_with(ip("::ffff:10.0.0.2"), 99).unwrap_err(),
+            Refusal::PerSource,
+            "a mapped address is the same source"
+        );
+        let other = a.admit_with(ip("10.0.0.1"), 0).unwrap();
+        assert_eq!(a.counts(), (4, 4));
+        // Signing in frees the address's startup slot, not its place among all connections.
+        flood[0].signed_in();
+        flood[0].signed_in();
+        assert_eq!(a.counts(), (4, 3));
+        let again = a.admit_with(ip("10.0.0.2"), 99).unwrap();
+        drop(flood);
+        drop((other, again));
+        assert_eq!(a.counts(), (0, 0));
+    }
+
+    #[test]
+    fn early_drop_rises_with_unauthenticated_connections_and_the_cap_holds() {
+        let a = admission(5, "2:50:4", 100);
+        let t1 = a.admit_with(ip("10.0.0.1"), 0).unwrap();
+        let _t2 = a.admit_with(ip("10.0.0.2"), 0).unwrap();
+        // Two startups: 50% drop; a roll of 49 is dropped, 50 is admitted.
+        assert_eq!(
+            a.admit_with(ip("10.0.0.3"), 49).unwrap_err(),
+            Refusal::Startups
+        );
+        let _t3 = a.admit_with(ip("10.0.0.3"), 50).unwrap();
+        let _t4 = a.admit_with(ip("10.0.0.4"), 99).unwrap();
+        // Four startups: full.
+        assert_eq!(
+            a.admit_with(ip("10.0.0.5"), 99).unwrap_err(),
+            Refusal::Startups
+        );
+        t1.signed_in();
+        let _t5 = a.admit_with(ip("10.0.0.5"), 99).unwrap();
+        assert_eq!(a.admit_with(ip("10.0.0.6"), 99).unwrap_err(), Refusal::Full);
+    }
+
+    #[tokio::test]
+    async fn grace_expires_only_without_a_sign_in() {
+        let a = Arc::new(Admission {
+            grace: Duration::from_millis(50),
+            ..Arc::into_inner(admission(10, "10:30:100", 10)).unwrap()
+        });
+        let slow = a.admit_with(ip("10.0.0.1"), 0).unwrap();
+        let quick = a.admit_with(ip("10.0.0.2"), 0).unwrap();
+        quick.signed_in();
+        tokio::time::timeout(Duration::from_secs(5), slow.grace_expired())
+            .await
+            .unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), quick.grace_expired())
+                .await
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,130 @@
+//! A direct-tcpip channel (`ssh -L`, `ssh -W`, `ssh -J`): the moment a tunnel starts.
+//!
+//! Entry point: [`run`], spawned per direct-tcpip channel by the handler. Policy decides at once (the
+//! vendor's standing, and a grant naming that asset and port); a request for an asset's ssh service is a
+//! ProxyJump (`jump::run`); anything else is a raw tunnel: registered in the session pipeline, the device
+//! port dialled, the connection record written, and only then is the vendor's channel accepted and
+//! relayed (`tunnel::run`).
+
+use russh::server::{ChannelOpenHandle, Msg};
+use russh::{Channel, ChannelOpenFailure};
+use serde_json::json;
+
+use super::context::Context;
+use super::jump;
+use crate::live::{PendingSession, SessionKind};
+use crate::model::ServiceKind;
+use crate::policy::{self, PolicyError};
+
+/// SSH_OPEN_ADMINISTRATIVELY_PROHIBITED and SSH_OPEN_CONNECT_FAILED with our own text: OpenSSH prints
+/// `channel N: open failed: administratively prohibited: <text>`.
+fn prohibited(reason: String) -> ChannelOpenFailure {
+    ChannelOpenFailure::Other { code: 1, reason }
+}
+
+fn connect_failed(reason: String) -> ChannelOpenFailure {
+    ChannelOpenFailure::Other { code: 2, reason }
+}
+
+/// Serves one direct-tcpip channel to `host:port` (as the vendor's client named it).
+pub async fn run(
+    ctx: Context,
+    channel: Channel<Msg>,
+    host: String,
+    port: u32,
+    originator: String,
+    reply: ChannelOpenHandle,
+) {
+    let app = ctx.shared.app.clone();
+    let now = app.clock.now();
+    let Ok(port) = u16::try_from(port) else {
+        reply
+            .reject(prohibited(format!("invalid port {port}")))
+            .await;
+        return;
+    };
+    let grant = match policy::authorize_tunnel(&app.store, now, &ctx.principal, &host, port).await {
+        Ok(g) => g,
+        Err(PolicyError::Denied(denial)) => {
+            ctx.audit(
+                "tunnel.refused",
+                format!("vendor:{}", ctx.vendor()),
+                json!({"destination": format!("{}:{port}", crate::model::truncate_for_display(&host, 64)), "originator": originator, "peer": ctx.peer.to_string(), "reason": denial.audit_reason()}),
+            )
+            .await;
+            reply
+                .reject(prohibited(
+                    denial.vendor_message(&ctx.shared.request_hint(ctx.vendor())),
+                ))
+                .await;
+            return;
+        }
+        Err(PolicyError::Store(e)) => {
+            tracing::error!(error = %e, "policy check failed");
+            reply
+                .reject(prohibited(
+                    "the bastion cannot check your access right now; try again in a minute".into(),
+                ))
+                .await;
+            return;
+        }
+    };
+    if grant.service().kind == ServiceKind::Ssh {
+        jump::run(ctx, grant, channel, originator, reply).await;
+        return;
+    }
+    let mut pending = PendingSession::register(
+        &app,
+        &ctx.shared.live,
+        &ctx.shared.budgets,
+        grant,
+        SessionKind::Tunnel,
+        ctx.origin(),
+    );
+    let grant = pending.grant().clone();
+    let (asset, service) = (grant.asset(), grant.service());
+    let device = tokio::select! {
+        d = crate::tunnel::dial(&grant) => d,
+        close = pending.closed() => {
+            pending.refuse("tunnel.refused", &format!("closed before it opened: {}", close.text)).await;
+            reply.reject(prohibited(close.text)).await;
+            return;
+        }
+        () = ctx.stop.cancelled() => return,
+    };
+    let device = match device {
+        Ok(s) => s,
+        Err(why) => {
+            tracing::warn!(asset = %asset.name, port = service.port, error = %why, "tunnel dial failed");
+            pending
+                .refuse("tunnel.refused", &format!("device unreachable: {why}"))
+                .await;
+            reply
+                .reject(connect_failed(format!(
+                    "{}:{} is unreachable from the bastion right now",
+                    asset.name, service.port
+                )))
+                .await;
+            return;
+        }
+    };
+    let detail = format!(
+        "{host}:{port} → {}:{} ({}) from {originator}",
+        asset.address, service.port, service.name
+    );
+    let mut live = match pending.start(&detail, None).await {
+        Ok(live) => live,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record the tunnel; refusing it");
+            reply
+                .reject(prohibited(
+                    "the bastion cannot record this tunnel right now, so it was refused".into(),
+                ))
+                .await;
+            return;
+        }
+    };
+    reply.accept().await;
+    let end = crate::tunnel::run(&mut live, channel.into_stream(), device, &ctx.stop).await;
+    live.end(end).await;
+}

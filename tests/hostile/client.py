@@ -1,0 +1,284 @@
+"""A vendor client that is not OpenSSH, for the tests in tests/it/hostile.rs.
+
+It signs in with asyncssh (key, then the TOTP code at the keyboard-interactive prompt) and then takes
+commands, one JSON object per line on stdin, answering one JSON object per line on stdout. It does what
+OpenSSH never does: opens session channels and sends their request much later, pipelines SFTP requests
+without waiting, sends malformed SFTP packets.
+
+    python client.py HOST PORT USER KEYFILE CODE
+
+Ops (each answer carries the op's "id" when it had one):
+    {"op": "open", "id": "a"}                 open a session channel, send nothing -> {"event": "opened"}
+    {"op": "exec", "id": "a", "command": "…"} send exec on channel a now, wait for its end
+                                              -> {"event": "exec", "stdout", "stderr", "exit"}
+    {"op": "run", "command": "…"}             a new channel with exec at once -> like exec
+    {"op": "tunnel", "host": "…", "port": N}  direct-tcpip, send a line, read a line -> {"event": "tunnel"}
+    {"op": "sftp-flood", "n": 5000, "upload": "/path"}
+                                              sftp subsystem: INIT, an upload to /path answered step
+                                              by step, then n REMOVEs without waiting for answers
+    {"op": "sftp-malformed"}                  sftp subsystem, INIT, then a packet declaring 2 GiB
+    {"op": "double-exec", "first": "…", "second": "…"}
+                                              a second exec request on a channel already started
+    {"op": "wait-closed", "timeout": S}       -> {"event": "closed", "after": seconds} or "still-open"
+    {"op": "quit"}
+Failures are answered as {"event": "error", "error": "…"}.
+"""
+
+import asyncio
+import json
+import logging
+import os
+import struct
+import sys
+import time
+
+import asyncssh
+from asyncssh.channel import SSHClientChannel
+from asyncssh.packet import String
+
+# Holding a session channel open between its CHANNEL_OPEN and its first request: a task that carries a
+# gate waits on it right after the open is confirmed, and its exec carries the command given later.
+_original_open = SSHClientChannel._open
+_original_make_request = SSHClientChannel._make_request
+
+
+async def _held_open(self, chantype, *args):
+    packet = await _original_open(self, chantype, *args)
+    gate = getattr(asyncio.current_task(), "chaperone_gate", None)
+    if chantype == b"session" and gate is not None:
+        self._chaperone_gate = gate
+        gate["opened"].set()
+        await gate["go"].wait()
+    return packet
+
+
+async def _late_make_request(self, request, *args):
+    gate = getattr(self, "_chaperone_gate", None)
+    if gate is not None and request == b"exec" and gate.get("command") is not None:
+        args = (String(gate["command"]),)
+    return await _original_make_request(self, request, *args)
+
+
+SSHClientChannel._open = _held_open
+SSHClientChannel._make_request = _late_make_request
+
+
+def say(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+class Collect(asyncssh.SSHClientSession):
+    def __init__(self):
+        self.out = []
+        self.err = []
+
+    def data_received(self, data, datatype):
+        (self.err if datatype == asyncssh.EXTENDED_DATA_STDERR else self.out).append(data)
+
+
+class Client(asyncssh.SSHClient):
+    def __init__(self, code):
+        self.code = code
+
+    def kbdint_auth_requested(self):
+        return ""
+
+    def kbdint_challenge_received(self, name, instructions, lang, prompts):
+        return [self.code for _ in prompts]
+
+
+async def session(conn, command, gate=None, subsystem=None):
+    """One session channel; its exec may wait for a gate. Returns its output and exit status."""
+    if gate is not None:
+        asyncio.current_task().chaperone_gate = gate
+    chan, sess = await conn.create_session(
+        Collect, command, subsystem=subsystem, encoding=None
+    )
+    try:
+        await asyncio.wait_for(chan.wait_closed(), 30)
+    except asyncio.TimeoutError:
+        chan.close()
+    return {
+        "stdout": b"".join(sess.out).decode(errors="replace"),
+        "stderr": b"".join(sess.err).decode(errors="replace"),
+        "exit": chan.get_exit_status(),
+    }
+
+
+def sftp_packet(kind, body):
+    return struct.pack(">IB", len(body) + 1, kind) + body
+
+
+def sftp_string(b):
+    return struct.pack(">I", len(b)) + b
+
+
+class RawSftp(asyncssh.SSHClientSession):
+    """An sftp subsystem channel spoken byte by byte: requests in, whole reply packets out."""
+
+    def __init__(self):
+        self.err = []
+        self.buf = b""
+        self.packets = asyncio.Queue()
+
+    def data_received(self, data, datatype):
+        if datatype == asyncssh.EXTENDED_DATA_STDERR:
+            self.err.append(data)
+            return
+        self.buf += data
+        while len(self.buf) >= 4:
+            (n,) = struct.unpack(">I", self.buf[:4])
+            if len(self.buf) < 4 + n:
+                break
+            self.packets.put_nowait(self.buf[4 : 4 + n])
+            self.buf = self.buf[4 + n :]
+
+    async def reply(self):
+        return await asyncio.wait_for(self.packets.get(), 10)
+
+
+async def sftp_raw(conn, upload, payload, wait=15):
+    """An sftp channel: INIT; an upload of `upload` (if given) answered step by step; then `payload`
+    without waiting. Reports how the channel ended."""
+    chan, sess = await conn.create_session(RawSftp, subsystem="sftp", encoding=None)
+    chan.write(sftp_packet(1, struct.pack(">I", 3)))
+    await sess.reply()  # VERSION
+    if upload:
+        # OPEN (WRITE|CREAT|TRUNC), WRITE, CLOSE, each answered before the next.
+        chan.write(sftp_packet(3, struct.pack(">I", 1) + sftp_string(upload.encode())
+                               + struct.pack(">II", 0x02 | 0x08 | 0x10, 0)))
+        handle_reply = await sess.reply()
+        if handle_reply[0] != 102:
+            raise RuntimeError(f"OPEN refused: {handle_reply!r}")
+        handle = handle_reply[5 + 4 :]
+        chan.write(sftp_packet(6, struct.pack(">I", 2) + sftp_string(handle)
+                               + struct.pack(">Q", 0) + sftp_string(b"x" * 1000)))
+        await sess.reply()
+        chan.write(sftp_packet(4, struct.pack(">I", 3) + sftp_string(handle)))
+        await sess.reply()
+    started = time.monotonic()
+    chan.write(payload)
+    closed = True
+    try:
+        await asyncio.wait_for(chan.wait_closed(), wait)
+    except asyncio.TimeoutError:
+        closed = False
+        chan.close()
+    return {
+        "closed_by_server": closed,
+        "after": round(time.monotonic() - started, 2),
+        "stderr": b"".join(sess.err).decode(errors="replace"),
+        "exit": chan.get_exit_status(),
+    }
+
+
+async def main():
+    host, port, user, keyfile, code = sys.argv[1:6]
+    if os.environ.get("CHAPERONE_CLIENT_DEBUG"):
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+        asyncssh.set_debug_level(2)
+    conn = await asyncssh.connect(
+        host,
+        int(port),
+        username=user,
+        client_keys=[keyfile],
+        known_hosts=None,
+        preferred_auth="publickey,keyboard-interactive",
+        client_factory=lambda: Client(code),
+        agent_path=None,
+        keepalive_interval=0,
+    )
+    say({"event": "connected"})
+    gates = {}
+    tasks = {}
+    reader = asyncio.StreamReader()
+    await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+    )
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        req = json.loads(line)
+        op, rid = req["op"], req.get("id")
+        try:
+            if op == "open":
+                gate = {"opened": asyncio.Event(), "go": asyncio.Event(), "command": None}
+                gates[rid] = gate
+                # The command is set when "exec" comes; create_session needs one to send exec.
+                tasks[rid] = asyncio.create_task(session(conn, "placeholder", gate))
+                done, _ = await asyncio.wait(
+                    [tasks[rid], asyncio.create_task(gate["opened"].wait())],
+                    timeout=10,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if gate["opened"].is_set():
+                    say({"event": "opened", "id": rid})
+                elif tasks[rid].done():
+                    say({"event": "error", "id": rid, "error": repr(tasks[rid].exception())})
+                else:
+                    say({"event": "error", "id": rid, "error": "open timed out"})
+            elif op == "exec":
+                gate = gates[rid]
+                gate["command"] = req["command"]
+                gate["go"].set()
+                result = await tasks[rid]
+                say({"event": "exec", "id": rid, **result})
+            elif op == "run":
+                result = await session(conn, req["command"])
+                say({"event": "exec", "id": rid, **result})
+            elif op == "tunnel":
+                reader_, writer = await conn.open_connection(req["host"], int(req["port"]))
+                writer.write(b"ping\n")
+                answer = await asyncio.wait_for(reader_.readline(), 10)
+                writer.close()
+                say({"event": "tunnel", "id": rid, "answer": answer.decode(errors="replace")})
+            elif op == "sftp-flood":
+                n = int(req["n"])
+                # REMOVEs are logged operations: a flood of them in flight is what would hide one
+                # that matters from a log that gave up tracking.
+                removes = b"".join(
+                    sftp_packet(13, struct.pack(">I", 100 + i)
+                                + sftp_string(f"/nonexistent-chaperone/{i}".encode()))
+                    for i in range(n)
+                )
+                result = await sftp_raw(conn, req.get("upload"), removes)
+                say({"event": "sftp", "id": rid, **result})
+            elif op == "sftp-malformed":
+                hostile = struct.pack(">IB", 0x80000000, 3) + b"\x00" * 16
+                say({"event": "sftp", "id": rid, **(await sftp_raw(conn, None, hostile))})
+            elif op == "double-exec":
+                # A second exec on a channel whose first one is running.
+                chan, sess = await conn.create_session(Collect, req["first"], encoding=None)
+                second = await chan._make_request(b"exec", String(req["second"]))
+                await asyncio.wait_for(chan.wait_closed(), 30)
+                say({
+                    "event": "double",
+                    "id": rid,
+                    "second_accepted": bool(second),
+                    "stdout": b"".join(sess.out).decode(errors="replace"),
+                    "exit": chan.get_exit_status(),
+                })
+            elif op == "wait-closed":
+                started = time.monotonic()
+                try:
+                    await asyncio.wait_for(conn.wait_closed(), float(req["timeout"]))
+                    say({"event": "closed", "id": rid, "after": round(time.monotonic() - started, 2)})
+                except asyncio.TimeoutError:
+                    say({"event": "still-open", "id": rid})
+            elif op == "quit":
+                break
+            else:
+                say({"event": "error", "id": rid, "error": f"unknown op {op}"})
+        except Exception as e:  # the test reads the failure, the driver goes on
+            say({"event": "error", "id": rid, "error": f"{type(e).__name__}: {e}"})
+    conn.close()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except Exception as e:
+        say({"event": "error", "error": f"{type(e).__name__}: {e}"})
+        sys.exit(1)

@@ -1,0 +1,595 @@
+//! The invariants against clients that are not polite: asyncssh driven by `tests/hostile/client.py`
+//! (channels opened long before their request, pipelined and malformed SFTP), raw sockets that never
+//! speak, and slow typists, against `chaperone serve` and a real `sshd` device.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::bastion::{Bastion, Vendor, text, wait_until};
+use crate::support::sshd::Sshd;
+use crate::support::{DataDir, missing};
+
+fn python() -> String {
+    std::env::var("CHAPERONE_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn has_asyncssh() -> bool {
+    Command::new(python())
+        .args(["-c", "import asyncssh"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// sshd + chaperone (with `config_extra` appended to its config) and a device `mri-01`.
+fn setup(config_extra: &str) -> Option<(Sshd, Bastion)> {
+    if !has_asyncssh() {
+        missing("asyncssh (pip install asyncssh)");
+        return None;
+    }
+    let sshd = Sshd::start()?;
+    let data = DataDir::init();
+    if !config_extra.is_empty() {
+        let mut config = std::fs::read_to_string(data.config()).unwrap();
+        config.push_str(config_extra);
+        std::fs::write(data.config(), config).unwrap();
+    }
+    let bastion = Bastion::start(data);
+    bastion.device("mri-01", &sshd, &[]);
+    Some((sshd, bastion))
+}
+
+fn audit(b: &Bastion) -> Vec<Value> {
+    b.data
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout()
+        .lines()
+        .map(|l| {
+            let mut event: Value = serde_json::from_str(l).unwrap();
+            // The export keeps `detail` as the exact JSON text the chain hashed.
+            if let Some(text) = event["detail"].as_str() {
+                event["detail"] = serde_json::from_str(text).unwrap();
+            }
+            event
+        })
+        .collect()
+}
+
+fn audited(b: &Bastion, action: &str) -> Vec<Value> {
+    audit(b)
+        .into_iter()
+        .filter(|e| e["action"] == action)
+        .collect()
+}
+
+fn sessions(b: &Bastion) -> Vec<Value> {
+    b.data
+        .run(&["session", "list", "--json"])
+        .ok()
+        .json()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// A signed-in asyncssh client taking ops on stdin (see tests/hostile/client.py).
+struct Hostile {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Hostile {
+    fn connect(b: &Bastion, vendor: &Vendor, user: &str) -> Hostile {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile/client.py");
+        let mut child = Command::new(python())
+            .arg(script)
+            .args(["127.0.0.1", &b.ssh_port.to_string(), user])
+            .arg(&vendor.key)
+            .arg(vendor.next_code())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the asyncssh client");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut h = Hostile {
+            child,
+            stdin,
+            stdout,
+        };
+        let hello = h.read();
+        assert_eq!(hello["event"], "connected", "{hello}\n{}", b.log());
+        h
+    }
+
+    fn read(&mut self) -> Value {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("not a JSON line: {line:?}"))
+    }
+
+    fn op(&mut self, op: Value) -> Value {
+        writeln!(self.stdin, "{op}").unwrap();
+        self.stdin.flush().unwrap();
+        self.read()
+    }
+}
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_channel_opened_early_starts_nothing_after_its_grant_is_revoked_or_expired() {
+    let Some((sshd, b)) = setup("") else { return };
+    let alice = b.vendor("alice", "Acme Imaging");
+    let grant = b.grant("alice", "mri-01", "ssh", "1h");
+    let marker = sshd.dir.path().join("ran-after-revoke");
+    let mut client = Hostile::connect(&b, &alice, "alice+mri-01");
+
+    // Opened while the grant is active; exec sent after the revocation.
+    assert_eq!(
+        client.op(json!({"op": "open", "id": "a"}))["event"],
+        "opened"
+    );
+    b.data
+        .run(&["grant", "revoke", &grant.to_string(), "--reason", "done"])
+        .ok();
+    let command = format!("touch {}; echo ran", marker.display());
+    let out = client.op(json!({"op": "exec", "id": "a", "command": command}));
+    assert_eq!(out["event"], "exec", "{out}");
+    assert!(
+        out["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("no active grant for mri-01:ssh"),
+        "{out}"
+    );
+    assert_eq!(out["exit"], 1, "{out}");
+    assert!(!out["stdout"].as_str().unwrap().contains("ran"), "{out}");
+    assert!(!marker.exists(), "the command reached the device");
+
+    // Opened while a short grant is active; exec sent after it expired.
+    b.grant("alice", "mri-01", "ssh", "3s");
+    let mut client = Hostile::connect(&b, &alice, "alice+mri-01");
+    assert_eq!(
+        client.op(json!({"op": "open", "id": "b"}))["event"],
+        "opened"
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let out = client.op(json!({"op": "exec", "id": "b", "command": command}));
+    assert!(
+        out["stderr"].as_str().unwrap().contains("no active grant"),
+        "{out}"
+    );
+    assert!(!marker.exists(), "the command reached the device");
+
+    // Both refusals are audited, and no session row was opened for either.
+    let refused = audited(&b, "session.refused");
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(sessions(&b).is_empty(), "{:?}", sessions(&b));
+
+    // A channel that is never used holds no device connection: sshd saw no login for the early channels.
+    let log = std::fs::read_to_string(sshd.dir.path().join("sshd.log")).unwrap_or_default();
+    assert!(!log.contains("Accepted publickey"), "{log}");
+}
+
+#[test]
+fn a_second_start_request_on_one_channel_is_refused() {
+    let Some((_sshd, b)) = setup("") else { return };
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let mut client = Hostile::connect(&b, &alice, "alice+mri-01");
+    let out = client
+        .op(json!({"op": "double-exec", "first": "sleep 1; echo first", "second": "echo second"}));
+    assert_eq!(out["event"], "double", "{out}");
+    assert_eq!(out["second_accepted"], false, "{out}");
+    assert_eq!(out["stdout"], "first\n", "{out}");
+    assert_eq!(out["exit"], 0, "{out}");
+    let sessions = sessions(&b);
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0]["detail"], "sleep 1; echo first");
+    assert_eq!(audited(&b, "session.request.refused").len(), 1);
+}
+
+/// Waits for the next message of `client` and checks that the server closed the connection in time.
+fn assert_cut_within(client: &mut Hostile, limit: Duration) {
+    let out = client.op(json!({"op": "wait-closed", "timeout": limit.as_secs_f64() + 3.0}));
+    assert_eq!(out["event"], "closed", "{out}");
+    let after = out["after"].as_f64().unwrap();
+    assert!(
+        after <= limit.as_secs_f64() + 0.5,
+        "closed {after} s after the change"
+    );
+}
+
+#[test]
+fn disabling_locking_or_removing_the_key_ends_a_vendors_live_connections() {
+    let Some((_sshd, b)) = setup("") else { return };
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+
+    // Disable: the connection goes within 2 s, and nothing new starts on it meanwhile.
+    let mut client = Hostile::connect(&b, &alice, "alice+mri-01");
+    assert_eq!(
+        client.op(json!({"op": "run", "command": "echo hi"}))["stdout"],
+        "hi\n"
+    );
+    b.data.run(&["vendor", "disable", "alice"]).ok();
+    let out = client.op(json!({"op": "run", "command": "echo after-disable"}));
+    assert!(
+        !out["stdout"]
+            .as_str()
+            .unwrap_or("")
+            .contains("after-disable"),
+        "a session started after the disable: {out}"
+    );
+    assert_cut_within(&mut client, Duration::from_secs(2));
+    let ended = audited(&b, "vendor.connections.ended");
+    assert_eq!(ended.len(), 1, "{ended:?}\n{}", b.log());
+    assert!(
+        ended[0]["detail"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("disabled")
+    );
+
+    // Key removal: the connection made with that key goes.
+    b.data.run(&["vendor", "enable", "alice"]).ok();
+    let mut client = Hostile::connect(&b, &alice, "alice+mri-01");
+    let public = alice.key.with_extension("pub");
+    // A second key first, so the vendor keeps an account to sign in to.
+    let other = crate::support::ssh_keygen(b.data.path(), "alice_second");
+    b.data
+        .run(&[
+            "vendor",
+            "key",
+            "add",
+            "alice",
+            &other.with_extension("pub").to_string_lossy(),
+        ])
+        .ok();
+    b.data
+        .run(&[
+            "vendor",
+            "key",
+            "remove",
+            "alice",
+            &public.to_string_lossy(),
+        ])
+        .ok();
+    assert_cut_within(&mut client, Duration::from_secs(2));
+    b.data
+        .run(&["vendor", "key", "add", "alice", &public.to_string_lossy()])
+        .ok();
+
+    // Lock: wrong codes from another connection lock the vendor; the live one goes.
+    let mut client = Hostile::connect(&b, &alice, "alice+mri-01");
+    let wrong = alice.askpass_printing(b.data.path(), "000000");
+    for _ in 0..5 {
+        let _ = b
+            .ssh_answering(&alice, &[], "alice", &wrong)
+            .output()
+            .unwrap();
+        if audited(&b, "auth.lock").len() == 1 {
+            break;
+        }
+    }
+    assert_eq!(audited(&b, "auth.lock").len(), 1, "not locked");
+    assert_cut_within(&mut client, Duration::from_secs(2));
+    assert_eq!(audited(&b, "vendor.connections.ended").len(), 3);
+}
+
+#[test]
+fn an_idle_flood_from_one_address_leaves_a_vendor_from_another_able_to_sign_in() {
+    let Some((_sshd, b)) = setup("") else { return };
+    let alice = b.vendor("alice", "Acme Imaging");
+    // 2,000 connections from 127.0.0.2 that never send a byte.
+    let flood = format!(
+        "import resource, socket, sys\n\
+         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n\
+         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))\n\
+         socks = []\n\
+         for _ in range(2000):\n\
+         \x20   s = socket.socket()\n\
+         \x20   s.bind(('127.0.0.2', 0))\n\
+         \x20   s.setblocking(False)\n\
+         \x20   try:\n\
+         \x20       s.connect(('127.0.0.1', {}))\n\
+         \x20   except BlockingIOError:\n\
+         \x20       pass\n\
+         \x20   socks.append(s)\n\
+         print('flooded', flush=True)\n\
+         sys.stdin.read()\n",
+        b.ssh_port
+    );
+    let mut flooder = Command::new(python())
+        .args(["-c", &flood])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(flooder.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "flooded");
+    std::thread::sleep(Duration::from_millis(500));
+
+    let started = Instant::now();
+    let out = b
+        .ssh_with(&alice, &["-o", "ConnectTimeout=5"], "alice")
+        .arg("whoami")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let (stdout, stderr, code) = text(&out);
+    assert_eq!(code, 0, "{stdout}\n{stderr}\n{}", b.log());
+    assert!(stdout.contains("alice"), "{stdout}");
+    assert!(took < Duration::from_secs(5), "signed in after {took:?}");
+    assert!(
+        b.log().contains("connection refused before sign-in"),
+        "{}",
+        b.log()
+    );
+    drop(flooder.stdin.take());
+    let _ = flooder.kill();
+    let _ = flooder.wait();
+}
+
+#[test]
+fn a_connection_that_does_not_sign_in_is_closed_after_the_login_grace_time() {
+    let Some((_sshd, b)) = setup("") else { return };
+    let config = std::fs::read_to_string(b.data.config()).unwrap();
+    assert!(config.contains("login_grace_time = \"60s\""));
+    let data = b.stop();
+    std::fs::write(
+        data.config(),
+        config.replace("login_grace_time = \"60s\"", "login_grace_time = \"2s\""),
+    )
+    .unwrap();
+    let b = Bastion::start(data);
+    let mut socket = std::net::TcpStream::connect(("127.0.0.1", b.ssh_port)).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    let _ = socket.read_to_end(&mut seen);
+    let took = started.elapsed();
+    assert!(seen.starts_with(b"SSH-2.0-"), "{seen:?}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+}
+
+/// An askpass script that waits `secs` before printing the current code (computed then, by oathtool).
+fn slow_askpass(dir: &Path, secret: &str, secs: u64) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if Command::new("oathtool").arg("--version").output().is_err() {
+        missing("oathtool");
+        return None;
+    }
+    let path = dir.join("slow-askpass.sh");
+    std::fs::write(
+        &path,
+        format!("#!/bin/sh\nsleep {secs}\nexec oathtool --totp -b {secret}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
+    Some(path)
+}
+
+#[test]
+fn a_totp_code_typed_after_45_seconds_is_accepted() {
+    let Some((_sshd, b)) = setup("") else { return };
+    let slow = b.vendor("slow", "Acme Imaging");
+    let Some(askpass) = slow_askpass(b.data.path(), &slow.secret, 45) else {
+        return;
+    };
+    let out = b
+        .ssh_answering(&slow, &[], "slow", &askpass)
+        .arg("whoami")
+        .output()
+        .unwrap();
+    let (stdout, stderr, code) = text(&out);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("slow"), "{stdout}");
+}
+
+/// A raw SFTP upload, then 5,000 logged requests without waiting: the observer cannot follow past its
+/// limit, so the session ends rather than go on unlogged.
+#[test]
+fn pipelined_or_malformed_sftp_ends_the_session_and_keeps_what_was_logged() {
+    let Some((sshd, b)) = setup("") else { return };
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let mut client = Hostile::connect(&b, &alice, "alice+mri-01");
+    let upload = sshd.dir.path().join("before-the-flood.bin");
+    let out = client.op(json!({"op": "sftp-flood", "n": 5000, "upload": upload.to_string_lossy()}));
+    assert_eq!(out["closed_by_server"], true, "{out}\n{}", b.log());
+    assert!(
+        out["stderr"].as_str().unwrap().contains("recording"),
+        "{out}"
+    );
+    assert!(
+        upload.exists(),
+        "the upload before the flood did not happen"
+    );
+    let out = client.op(json!({"op": "sftp-malformed"}));
+    assert_eq!(out["closed_by_server"], true, "{out}");
+
+    assert!(wait_until(Duration::from_secs(5), || sessions(&b)
+        .iter()
+        .all(|s| !s["ended_at"].is_null())));
+    let failed = audited(&b, "recording.failed");
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    let all = sessions(&b);
+    for s in &all {
+        assert_eq!(s["kind"], "sftp");
+        assert_eq!(s["end_cause"], "recording", "{s}");
+    }
+    // The log kept the upload and says where it stopped; its digest is vouched for.
+    let flood = all
+        .iter()
+        .find(|s| {
+            s["end_reason"].as_str().unwrap().contains("in flight")
+                || s["end_reason"].as_str().unwrap().contains("requests")
+        })
+        .unwrap_or(&all[0]);
+    let path = flood["recordings"][0]["path"].as_str().unwrap();
+    let log = std::fs::read_to_string(path).unwrap();
+    assert!(log.contains("before-the-flood.bin"), "{log}");
+    assert!(log.contains("\"unparseable\""), "{log}");
+    for s in &all {
+        b.data
+            .run(&["session", "verify", s["id"].as_str().unwrap()])
+            .ok();
+    }
+}
+
+#[test]
+fn a_connection_holds_at_most_max_channels() {
+    let Some((_sshd, b)) = setup("") else { return };
+    let config = std::fs::read_to_string(b.data.config()).unwrap();
+    let data = b.stop();
+    std::fs::write(
+        data.config(),
+        config.replace("max_channels = 256", "max_channels = 3"),
+    )
+    .unwrap();
+    let b = Bastion::start(data);
+    b.device("mri-02", &_sshd, &[]);
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let mut client = Hostile::connect(&b, &alice, "alice+mri-01");
+    for id in ["a", "b", "c"] {
+        assert_eq!(
+            client.op(json!({"op": "open", "id": id}))["event"],
+            "opened"
+        );
+    }
+    let out = client.op(json!({"op": "open", "id": "d"}));
+    assert_eq!(out["event"], "error", "{out}");
+    assert!(
+        out["error"]
+            .as_str()
+            .unwrap()
+            .contains("too many open channels"),
+        "{out}"
+    );
+    // Ending one frees its place (once its task has written the session's end).
+    let out = client.op(json!({"op": "exec", "id": "a", "command": "echo a"}));
+    assert_eq!(out["stdout"], "a\n", "{out}");
+    let mut reopened = Value::Null;
+    for i in 0..30 {
+        reopened = client.op(json!({"op": "open", "id": format!("e{i}")}));
+        if reopened["event"] == "opened" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(reopened["event"], "opened", "{reopened}");
+    assert_eq!(audited(&b, "ssh.channels.refused").len(), 1);
+}
+
+#[test]
+fn exec_output_past_its_byte_budget_or_recording_cap_ends_the_session() {
+    let extra = "\n[budgets.services.ssh]\nmax_down_per_hour = \"300KB\"\naction = \"cut\"\n";
+    let Some((_sshd, b)) = setup(extra) else {
+        return;
+    };
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let out = b
+        .ssh(&alice, "alice+mri-01")
+        .arg("head -c 5000000 /dev/zero")
+        .output()
+        .unwrap();
+    let (stdout, stderr, code) = text(&out);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("cut by the byte budget"), "{stderr}");
+    assert!(stdout.len() < 1_000_000, "{} bytes passed", stdout.len());
+    let crossed = audited(&b, "budget.exceeded");
+    assert_eq!(crossed.len(), 1, "{crossed:?}");
+    assert_eq!(crossed[0]["detail"]["kind"], "exec");
+    assert!(wait_until(Duration::from_secs(5), || sessions(&b)
+        .iter()
+        .all(|s| !s["ended_at"].is_null())));
+    assert_eq!(sessions(&b).len(), 1);
+    assert_eq!(sessions(&b)[0]["end_cause"], "budget");
+
+    // The recording cap: a session whose recording reaches it ends, the file whole and vouched for.
+    let config = std::fs::read_to_string(b.data.config()).unwrap();
+    let data = b.stop();
+    std::fs::write(
+        data.config(),
+        config
+            .replace("max_bytes = \"4GB\"", "max_bytes = \"200KB\"")
+            .replace(
+                "max_down_per_hour = \"300KB\"",
+                "max_down_per_hour = \"none\"",
+            ),
+    )
+    .unwrap();
+    let b = Bastion::start(data);
+    let out = b
+        .ssh(&alice, "alice+mri-01")
+        .arg("head -c 5000000 /dev/zero")
+        .output()
+        .unwrap();
+    let (stdout, stderr, code) = text(&out);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("recording could not go on"), "{stderr}");
+    assert!(stdout.len() < 2_000_000, "{} bytes passed", stdout.len());
+    assert!(wait_until(Duration::from_secs(5), || sessions(&b)
+        .iter()
+        .all(|s| !s["ended_at"].is_null())));
+    // Newest first, but both sessions may have started in the same second: pick the capped one by cause.
+    let all = sessions(&b);
+    let last = all
+        .iter()
+        .find(|s| s["end_cause"] == "recording")
+        .unwrap_or_else(|| panic!("no session ended by its recording: {all:?}"))
+        .clone();
+    assert!(
+        last["end_reason"].as_str().unwrap().contains("size cap"),
+        "{last}"
+    );
+    let size = std::fs::metadata(last["recordings"][0]["path"].as_str().unwrap())
+        .unwrap()
+        .len();
+    assert!(size <= 200_000, "{size}");
+    b.data
+        .run(&["session", "verify", last["id"].as_str().unwrap()])
+        .ok();
+    assert_eq!(audited(&b, "recording.failed").len(), 1);
+}
+
+#[test]
+fn serve_refuses_to_start_half_a_bastion() {
+    let data = DataDir::init();
+    std::fs::write(data.path().join("ssh_host_ed25519_key"), "not a key\n").unwrap();
+    let out = Command::new(crate::support::chaperone_bin())
+        .arg("-c")
+        .arg(data.config())
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("SSH host key"), "{stderr}");
+    assert!(!stderr.contains("serving"), "{stderr}");
+}

@@ -1,0 +1,448 @@
+//! Issue 12, the web page against impolite clients: staff lockout per account and source address (no
+//! locking an approver out from elsewhere, and no telling locked, unknown and wrong apart), background
+//! refresh that does not keep a session alive, and the listener's time-outs and connection caps, driven
+//! with curl and raw TCP/TLS clients from several loopback addresses.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::DataDir;
+use crate::support::bastion::{Bastion, wait_until};
+use crate::support::web::{
+    Answer, Approver, PASSWORD, base, configure_web, curl, from, tcp_from, tls_from,
+};
+
+/// The audit log as `{"action", "detail"}` objects (the detail parsed from the text that was hashed).
+fn audit(b: &Bastion) -> Vec<serde_json::Value> {
+    b.data
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout()
+        .lines()
+        .map(|l| {
+            let row: serde_json::Value = serde_json::from_str(l).unwrap();
+            let detail: serde_json::Value =
+                serde_json::from_str(row["detail"].as_str().unwrap()).unwrap();
+            serde_json::json!({"action": row["action"], "detail": detail})
+        })
+        .collect()
+}
+
+/// The form sign-in (`POST /login`) from `source`, timed.
+fn form_login(
+    b: &Bastion,
+    source: &str,
+    name: &str,
+    password: &str,
+    code: &str,
+) -> (Answer, Duration) {
+    let started = Instant::now();
+    let mut args = from(Some(source));
+    let (n, p, c) = (
+        format!("name={name}"),
+        format!("password={password}"),
+        format!("code={code}"),
+    );
+    args.extend([
+        "--data-urlencode",
+        &n,
+        "--data-urlencode",
+        &p,
+        "--data-urlencode",
+        &c,
+    ]);
+    let url = format!("{}/login", base(b));
+    args.push(&url);
+    let answer = curl(None, &args);
+    (answer, started.elapsed())
+}
+
+/// Five wrong passwords for bob from 127.0.0.2 refuse bob from there, even with the right password and
+/// code, but not from 127.0.0.1; and every refusal (unknown name, wrong password, wrong code, locked)
+/// looks the same to the client, on the form and on the API, in comparable time.
+#[test]
+fn wrong_passwords_from_one_address_do_not_lock_the_account_from_another() {
+    let b = Bastion::start(DataDir::init());
+    let mut bob = Approver::enroll(&b, "bob", "approver");
+    let attacker = Some("127.0.0.2");
+
+    // One refusal for every reason, each from a fresh address so nothing is locked yet.
+    let (unknown, t_unknown) = form_login(&b, "127.0.0.3", "nobody", PASSWORD, "123456");
+    let (wrong, t_wrong) = form_login(&b, "127.0.0.4", "bob", "not the password", "123456");
+    let (wrong_code, t_code) = form_login(&b, "127.0.0.5", "bob", PASSWORD, "000000");
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+    for (what, answer) in [("unknown name", &unknown), ("wrong code", &wrong_code)] {
+        assert_eq!(answer.status, wrong.status, "{what}: {}", answer.body);
+        assert_eq!(answer.body, wrong.body, "{what}");
+    }
+
+    // Four more wrong passwords from the attacker's address (two on the form, three on the API: one rule).
+    for _ in 0..2 {
+        let (a, _) = form_login(&b, "127.0.0.2", "bob", "guess", "123456");
+        assert_eq!(a.status, 401, "{}", a.body);
+    }
+    bob.source(attacker);
+    let mut api_wrong = None;
+    for _ in 0..3 {
+        let a = bob.try_login("guess", "123456");
+        assert_eq!(a.status, 401, "{}", a.body);
+        api_wrong = Some(a);
+    }
+    let api_wrong = api_wrong.unwrap();
+
+    // Now bob is locked from 127.0.0.2: the right password and code get the same answer as a wrong one.
+    let started = Instant::now();
+    let locked = bob.try_login(PASSWORD, &bob.next_code());
+    let t_locked_api = started.elapsed();
+    assert_eq!(locked.status, api_wrong.status, "{}", locked.body);
+    assert_eq!(locked.body, api_wrong.body);
+    let (locked_form, t_locked) = form_login(&b, "127.0.0.2", "bob", PASSWORD, &bob.next_code());
+    assert_eq!(locked_form.status, wrong.status, "{}", locked_form.body);
+    assert_eq!(locked_form.body, wrong.body);
+
+    // Refusals take comparable time, whatever was wrong (each is held to the same floor).
+    for (what, t) in [
+        ("unknown", t_unknown),
+        ("wrong password", t_wrong),
+        ("wrong code", t_code),
+        ("locked (form)", t_locked),
+        ("locked (api)", t_locked_api),
+    ] {
+        assert!(
+            t >= Duration::from_millis(900) && t < Duration::from_secs(5),
+            "{what} took {t:?}"
+        );
+    }
+
+    // From bob's own address the right password and code still sign him in.
+    bob.source(None);
+    bob.login();
+    assert_eq!(bob.get("/api/requests").status, 200);
+
+    // The audit log has the failures with their source, the lock, and the refused right password.
+    let events = audit(&b);
+    let failed: Vec<_> = events
+        .iter()
+        .filter(|e| e["action"] == "staff.signin.failed" && e["detail"]["source"] == "127.0.0.2")
+        .collect();
+    assert!(
+        failed
+            .iter()
+            .any(|e| e["detail"]["locked"] == true && e["detail"]["why"] == "wrong password"),
+        "{failed:#?}"
+    );
+    assert!(
+        failed
+            .iter()
+            .any(|e| e["detail"]["why"] == "locked" && e["detail"]["password_ok"] == true),
+        "the right password refused while locked is audited: {failed:#?}"
+    );
+    assert!(
+        events.iter().any(|e| e["action"] == "staff.signin.failed"
+            && e["detail"]["source"] == "127.0.0.5"
+            && e["detail"]["why"] == "wrong or reused TOTP code"),
+        "wrong code audited"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["action"] == "staff.signin" && e["detail"]["source"] == "127.0.0.1"),
+        "sign-in audited with its source"
+    );
+}
+
+/// The lockout lives in the database: failures from 127.0.0.2 spread over two nodes (PostgreSQL) lock
+/// bob from 127.0.0.2 on both, and neither node refuses him from 127.0.0.1.
+#[test]
+fn the_lockout_holds_on_every_node() {
+    let Some((a, b, _, _)) = crate::nodes::two_nodes() else {
+        return;
+    };
+    let mut bob = Approver::enroll(&a, "bob", "approver");
+    bob.source(Some("127.0.0.2"));
+    for i in 0..5 {
+        bob.via(if i % 2 == 0 { &a } else { &b });
+        assert_eq!(bob.try_login("guess", "123456").status, 401);
+    }
+    for node in [&a, &b] {
+        bob.via(node);
+        let answer = bob.try_login(PASSWORD, &bob.next_code());
+        assert_eq!(answer.status, 401, "{}", answer.body);
+    }
+    bob.source(None);
+    bob.via(&b);
+    bob.login();
+    assert_eq!(bob.get("/api/requests").status, 200);
+}
+
+/// With a 5 s idle time-out, a session that only the page's live refresh uses (marked background
+/// requests, the change stream) is signed out, and its open change stream ends; a session a person
+/// uses stays signed in.
+#[test]
+fn background_refresh_does_not_postpone_the_idle_sign_out() {
+    let data = DataDir::init();
+    configure_web(&data, &[("idle_timeout", "\"5s\"")]);
+    let b = Bastion::start(data);
+    let idle = Approver::enroll(&b, "bob", "approver");
+    let busy = Approver::enroll(&b, "carol", "approver");
+    assert_eq!(idle.get_background("/requests").status, 200);
+
+    // Change streams held open by both "tabs", as EventSource does.
+    let stream_of = |name: &str| {
+        Command::new("curl")
+            .args(["-sk", "-N", "--max-time", "40", "-b"])
+            .arg(b.data.path().join(format!("jar-{name}")))
+            .arg(format!("{}/events", base(&b)))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut stream = stream_of("bob");
+    let mut busy_stream = stream_of("carol");
+    let stream_started = Instant::now();
+
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(11) {
+        // Carol clicking around, and bob's tab refreshing itself.
+        let answer = busy.get("/api/requests");
+        assert_eq!(answer.status, 200, "carol was signed out");
+        idle.get_background("/requests");
+        idle.get_background("/api/requests");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Carol's stream outlives the header read and keep-alive time-outs (a response in flight).
+    assert!(
+        busy_stream.try_wait().unwrap().is_none(),
+        "carol's change stream was cut"
+    );
+    let _ = busy_stream.kill();
+    let _ = busy_stream.wait();
+    let gone = idle.get("/api/requests");
+    assert_eq!(
+        gone.status, 401,
+        "bob's idle session survived: {}",
+        gone.body
+    );
+    // The refresh is told plainly (the script then goes to the sign-in page), not redirected.
+    assert_eq!(idle.get_background("/requests").status, 401);
+    assert_eq!(busy.get("/api/requests").status, 200);
+
+    // The open change stream ends once the session is gone (checked every 2.5 s here).
+    assert!(
+        wait_until(Duration::from_secs(15), || stream
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "the change stream outlived the session"
+    );
+    assert!(stream_started.elapsed() < Duration::from_secs(38));
+}
+
+/// Whether the server has closed `s`: a read gives EOF or an error (not a time-out) within `within`.
+fn closed_within(s: &mut impl Read, tcp: &TcpStream, within: Duration) -> bool {
+    tcp.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let until = Instant::now() + within;
+    let mut buf = [0u8; 512];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            // A response (a 408, say) before the close counts as the end too.
+            Ok(_) => return true,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if Instant::now() >= until {
+                    return false;
+                }
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Trickles `lines` (one per 500 ms) until the server closes the connection; how long that took.
+fn trickle<S: Read + Write>(
+    s: &mut S,
+    tcp: &TcpStream,
+    line: &[u8],
+    give_up: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        if s.write_all(line).and_then(|()| s.flush()).is_err() {
+            return started.elapsed();
+        }
+        if closed_within(s, tcp, Duration::from_millis(500)) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < give_up,
+            "still served after trickling for {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// A client that trickles its request head (or body) is cut once the header read time-out has passed,
+/// on a fresh connection and on a kept-alive one; an idle kept-alive connection is closed after the
+/// keep-alive time-out.
+#[test]
+fn slow_clients_are_cut_at_the_time_outs() {
+    let data = DataDir::init();
+    configure_web(
+        &data,
+        &[
+            ("header_read_timeout", "\"6s\""),
+            ("keepalive_timeout", "\"2s\""),
+        ],
+    );
+    let b = Bastion::start(data);
+    let port = b.web_port;
+
+    // A head trickled from the start of a connection.
+    let mut s = tls_from("127.0.0.1", port).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+        .unwrap();
+    let tcp = s.sock.try_clone().unwrap();
+    let took = trickle(&mut s, &tcp, b"X-Slow: 1\r\n", Duration::from_secs(25));
+    assert!(took < Duration::from_secs(12), "cut after {took:?}");
+
+    // A kept-alive connection: one whole request, then the next head trickled.
+    let mut s = tls_from("127.0.0.1", port).unwrap();
+    let tcp = s.sock.try_clone().unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut response = [0u8; 1024];
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let n = s.read(&mut response).unwrap();
+    assert!(
+        response[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&response[..n])
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    s.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    let took = trickle(&mut s, &tcp, b"X-Slow: 1\r\n", Duration::from_secs(25));
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(12),
+        "the second head was cut after {took:?}"
+    );
+
+    // An idle kept-alive connection goes after the keep-alive time-out, well before the head one.
+    let mut s = tls_from("127.0.0.1", port).unwrap();
+    let tcp = s.sock.try_clone().unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let n = s.read(&mut response).unwrap();
+    assert!(response[..n].starts_with(b"HTTP/1.1 200"));
+    let idle = Instant::now();
+    assert!(closed_within(&mut s, &tcp, Duration::from_secs(10)));
+    let took = idle.elapsed();
+    assert!(
+        took < Duration::from_millis(5500),
+        "idle connection kept for {took:?}"
+    );
+
+    // A body trickled after its head: refused with 408 once the time-out has passed.
+    let mut s = tls_from("127.0.0.1", port).unwrap();
+    let tcp = s.sock.try_clone().unwrap();
+    s.write_all(
+        b"POST /api/login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    tcp.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    while started.elapsed() < Duration::from_secs(25) {
+        let _ = s.write_all(b" ");
+        let mut buf = [0u8; 512];
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                break;
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        got.starts_with(b"HTTP/1.1 408"),
+        "after {took:?}: {}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(took < Duration::from_secs(12), "body cut after {took:?}");
+
+    // The listener still serves.
+    assert_eq!(curl(None, &[&format!("{}/healthz", base(&b))]).status, 200);
+}
+
+/// Connections past the per-address cap are closed at once while other addresses are served; a flood
+/// that fills the listener from several addresses shuts out a newcomer only until the flood's idle
+/// connections time out, and then the newcomer signs in.
+#[test]
+fn connections_past_the_caps_are_closed_and_sign_in_works_after_a_flood() {
+    let data = DataDir::init();
+    configure_web(
+        &data,
+        &[
+            ("max_connections", "6"),
+            ("max_connections_per_address", "3"),
+            // Long enough for the flood to be in place before its first connections time out.
+            ("header_read_timeout", "\"12s\""),
+            ("keepalive_timeout", "\"12s\""),
+        ],
+    );
+    let b = Bastion::start(data);
+    let port = b.web_port;
+    let mut bob = Approver::enroll(&b, "bob", "approver");
+
+    let open = |source: &str| -> TcpStream { tcp_from(source, port).unwrap() };
+    let is_open = |s: &mut TcpStream| {
+        let tcp = s.try_clone().unwrap();
+        !closed_within(s, &tcp, Duration::from_millis(300))
+    };
+
+    // Three idle connections from 127.0.0.1 fill its share; a fourth is closed at once.
+    let mut mine: Vec<_> = (0..3).map(|_| open("127.0.0.1")).collect();
+    let mut fourth = open("127.0.0.1");
+    let tcp = fourth.try_clone().unwrap();
+    assert!(
+        closed_within(&mut fourth, &tcp, Duration::from_millis(1500)),
+        "a connection past the per-address cap was kept"
+    );
+    assert!(is_open(&mut mine[0]), "the first ones are still served");
+    // Another address is not affected (bob is still signed in from his enrollment; no new TOTP code,
+    // which could mean waiting for the next time step while the idle connections time out).
+    bob.source(Some("127.0.0.2"));
+    assert_eq!(bob.get("/api/requests").status, 200);
+
+    // Fill the listener: three more from 127.0.0.3 (retrying while bob's connection winds down).
+    let mut flood = Vec::new();
+    assert!(wait_until(Duration::from_secs(5), || {
+        let mut s = open("127.0.0.3");
+        if is_open(&mut s) {
+            flood.push(s);
+        }
+        flood.len() == 3
+    }));
+    mine.extend(flood);
+    // A newcomer is turned away while the flood holds every place…
+    bob.source(Some("127.0.0.4"));
+    assert_eq!(bob.get("/api/requests").status, 0, "served past the cap");
+    // …and gets in once the flood's idle connections have timed out.
+    let flood_started = Instant::now();
+    for s in &mut mine {
+        let tcp = s.try_clone().unwrap();
+        assert!(
+            closed_within(s, &tcp, Duration::from_secs(20)),
+            "an idle flood connection was kept"
+        );
+    }
+    assert!(flood_started.elapsed() < Duration::from_secs(20));
+    bob.login();
+    assert_eq!(bob.get("/api/requests").status, 200);
+}
