@@ -34,6 +34,7 @@ else
 fi
 
 triple="$(rustc -vV | sed -n 's/^host: //p')"
+target_dir="${CARGO_TARGET_DIR:-target}"
 export RUSTFLAGS="-Cpasses=sancov-module \
  -Cllvm-args=-sanitizer-coverage-level=4 \
  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
@@ -52,18 +53,18 @@ cargo build --locked --release --target "$triple" \
 
 failed=()
 for t in "${targets[@]}"; do
-    scratch="target/run-corpus/$t"
+    scratch="$target_dir/run-corpus/$t"
     rm -rf "$scratch"
     mkdir -p "$scratch" "artifacts/$t" "corpus/$t"
-    log="target/run-$t.log"
+    log="$target_dir/run-$t.log"
     echo "fuzz: $t for ${seconds}s"
-    if "target/$triple/release/$t" "$scratch" "corpus/$t" \
+    if "$target_dir/$triple/release/$t" "$scratch" "corpus/$t" \
         -max_total_time="$seconds" -max_len="$(max_len "$t")" -rss_limit_mb="$rss_limit_mb" \
         -timeout=10 -artifact_prefix="artifacts/$t/" -print_final_stats=1 >"$log" 2>&1; then
         grep -E '^(Done|stat::number_of_executed_units)' "$log" | sed "s/^/fuzz: $t: /" || true
     else
         tail -n 60 "$log"
-        echo "fuzz: $t FAILED; the input is in fuzz/artifacts/$t/ (reproduce: fuzz/target/$triple/release/$t FILE)"
+        echo "fuzz: $t FAILED; the input is in fuzz/artifacts/$t/ (reproduce: $target_dir/$triple/release/$t FILE, from fuzz/)"
         failed+=("$t")
     fi
 done

@@ -46,8 +46,113 @@ fn main() -> Result<()> {
     exec_seeds(&exec_dir, &cast_dir)?;
     cast_seeds(&cast_dir)?;
     sftp_seeds(&sftp_dir)?;
+    text_seeds(&dir)?;
     Ok(())
 }
+
+/// Login names, request command lines (as the vendor's `ssh alice@bastion request …` delivers them) and
+/// configuration files: the template `chaperone init` writes, and one with every optional section.
+fn text_seeds(dir: &Path) -> Result<()> {
+    let seeds: [(&str, &[(&str, String)]); 3] = [
+        (
+            "login_name",
+            &[
+                ("vendor", "alice".into()),
+                ("vendor-asset", "alice+mri-01".into()),
+                ("service-list", "ssh, dicom,ssh".into()),
+            ],
+        ),
+        (
+            "request_command",
+            &[
+                (
+                    "plain",
+                    "mri-01 ssh,dicom --for 2h --reason INC-4711 coil calibration".into(),
+                ),
+                (
+                    "quoted",
+                    "ct-02 dicom --for=1h30m --reason \"INC-9 it's \\\"hot\\\"\"".into(),
+                ),
+                (
+                    "single-quoted",
+                    "mri-01 ssh --reason 'INC-1 a  b' --for 30m".into(),
+                ),
+            ],
+        ),
+        (
+            "config",
+            &[
+                (
+                    "init-template.toml",
+                    chaperone_model::config::annotated_template(
+                        "127.0.0.1:2222".parse()?,
+                        "0.0.0.0:8443".parse()?,
+                    ),
+                ),
+                ("every-section.toml", EVERY_SECTION.into()),
+            ],
+        ),
+    ];
+    for (target, files) in seeds {
+        let d = dir.join(target);
+        fs::create_dir_all(&d)?;
+        for (name, text) in files {
+            fs::write(d.join(format!("seed-{name}")), text)?;
+        }
+    }
+    Ok(())
+}
+
+const EVERY_SECTION: &str = r#"[ssh]
+listen = "[::]:22"
+public_host = "bastion.hospital.example"
+host_key = "/var/lib/chaperone/ssh_host_ed25519_key"
+max_failures = 3
+failure_window = "1h30m"
+lockout = "1d"
+max_connections = 64
+
+[web]
+listen = "10.0.0.5:443"
+public_url = "https://bastion.hospital.example/"
+tls_cert = "cert.pem"
+tls_key = "key.pem"
+idle_timeout = "10m"
+
+[policy]
+max_request = "8h"
+request_ttl = "30m"
+[policy.zones.icu]
+max_request = "2h"
+
+[webhook]
+url = "https://chat.hospital.example/hooks/chaperone?token=x"
+secret = "0123456789abcdef0123"
+events = ["request.file", "request.approve", "auth.lock"]
+ca_file = "webhook_ca.pem"
+max_attempts = 20
+
+[database]
+url = "postgres://chaperone:s3cret@db.hospital.example:5432/chaperone"
+
+[secrets]
+key_file = "secrets.key"
+
+[recording]
+dir = "/var/lib/chaperone/recordings"
+record_input = true
+
+[tunnels]
+max_down_per_hour = "5MB"
+max_up_per_hour = "none"
+action = "alert"
+[tunnels.services.dicom]
+max_down_per_hour = "500MB"
+action = "cut"
+
+[log]
+level = "chaperone=debug,info"
+"#;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)

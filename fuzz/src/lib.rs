@@ -9,11 +9,19 @@
 //!   bytes; `ExecWriter` writes back the same frames byte for byte; `exec_to_cast` writes a cast that
 //!   `parse_cast` reads back with the same header, text, markers and resizes.
 //! - [`asciicast`]: what `parse_cast` accepts, `CastWriter` writes back and `parse_cast` reads back equal.
+//! - [`login_name`]: an accepted login is `VENDOR[+ASSET]` of safe characters, nothing more.
+//! - [`request_command`]: an accepted `request` line has valid names and a positive duration that prints
+//!   and parses back the same.
+//! - [`config`]: a database URL's password never shows in `Debug`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use chaperone_model::config::{Config, format_duration, parse_duration, redact_url};
+use chaperone_model::login::Login;
+use chaperone_model::model::{check_name, parse_name_list};
+use chaperone_model::request;
 use chaperone_recorder::exec::MAGIC;
 use chaperone_recorder::{
     CastHeader, CastWriter, Error, Event, EventKind, ExecHeader, ExecReader, ExecWriter, FrameData,
@@ -456,4 +464,103 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// SSH user names (`VENDOR` or `VENDOR+ASSET`) and comma lists of names: what is accepted is exactly the
+/// safe alphabet, and reads back as it was written.
+pub fn login_name(data: &[u8]) {
+    let user = String::from_utf8_lossy(data);
+    if let Some(login) = Login::parse(&user) {
+        let again = match &login.asset {
+            Some(asset) => format!("{}+{asset}", login.vendor),
+            None => login.vendor.clone(),
+        };
+        assert_eq!(again, user, "a login is its vendor and asset, nothing else");
+        assert!(check_name("vendor", &login.vendor).is_ok());
+        assert!(login.asset.iter().all(|a| check_name("asset", a).is_ok()));
+    }
+    if let Ok(names) = parse_name_list("service", &user) {
+        assert!(!names.is_empty());
+        for (i, name) in names.iter().enumerate() {
+            assert!(check_name("service", name).is_ok(), "{name:?}");
+            assert!(!names[..i].contains(name), "{name:?} twice");
+        }
+    }
+    if check_name("asset", &user).is_ok() {
+        assert!(
+            (1..=64).contains(&user.len())
+                && user
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)),
+            "check_name let {user:?} through"
+        );
+    }
+}
+
+/// The vendor's `request ASSET SERVICES --for DURATION --reason TEXT` command line: what parses names a
+/// valid asset and services and a positive duration that prints and parses back the same.
+pub fn request_command(data: &[u8]) {
+    let line = String::from_utf8_lossy(data);
+    let Ok(args) = request::parse(&line) else {
+        return;
+    };
+    assert!(check_name("asset", &args.asset).is_ok());
+    assert!(!args.services.is_empty());
+    assert!(
+        args.services
+            .iter()
+            .all(|s| check_name("service", s).is_ok())
+    );
+    assert!(args.duration > Duration::ZERO);
+    assert_eq!(
+        parse_duration(&format_duration(args.duration)),
+        Ok(args.duration),
+        "format_duration and parse_duration disagree"
+    );
+}
+
+/// The configuration file: any text ends in a `Config` or a `ConfigError` that can be shown; a
+/// database URL's password never shows in `Debug`.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match Config::parse(std::path::Path::new("/etc/chaperone/chaperone.toml"), text) {
+        Ok(config) => {
+            let shown = format!("{:?}", config.database);
+            if let Some(password) = url_password(&config.database.url).filter(|p| !p.is_empty()) {
+                assert_eq!(
+                    url_password(&redact_url(&config.database.url)),
+                    Some("***"),
+                    "the password {password:?} shows in {shown}"
+                );
+            }
+            for (key, value) in query_pairs(&redact_url(&config.database.url)) {
+                assert!(
+                    key != "password" || value == "***",
+                    "a password query parameter shows in {shown}"
+                );
+            }
+            let _ = format!("{config:?}");
+        }
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
+}
+
+/// The password of `scheme://user:password@host/…` as a URL parser reads it (WHATWG: the userinfo ends
+/// at the authority's last `@`).
+fn url_password(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    Some(userinfo.split_once(':')?.1)
+}
+
+/// The `key=value` pairs of a URL's query, as written.
+fn query_pairs(url: &str) -> impl Iterator<Item = (&str, &str)> {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let query = query.split_once('#').map_or(query, |(q, _)| q);
+    query.split('&').filter_map(|pair| pair.split_once('='))
 }
