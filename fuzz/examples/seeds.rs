@@ -111,6 +111,10 @@ max_failures = 3
 failure_window = "1h30m"
 lockout = "1d"
 max_connections = 64
+login_grace_time = "30s"
+max_startups = "10:30:60"
+per_source_max_startups = 5
+max_channels = 32
 
 [web]
 listen = "10.0.0.5:443"
@@ -118,6 +122,12 @@ public_url = "https://bastion.hospital.example/"
 tls_cert = "cert.pem"
 tls_key = "key.pem"
 idle_timeout = "10m"
+max_failures = 3
+failure_window = "30m"
+header_read_timeout = "5s"
+keepalive_timeout = "5s"
+max_connections = 128
+max_connections_per_address = 16
 
 [policy]
 max_request = "8h"
@@ -141,12 +151,13 @@ key_file = "secrets.key"
 [recording]
 dir = "/var/lib/chaperone/recordings"
 record_input = true
+max_bytes = "2GB"
 
-[tunnels]
+[budgets]
 max_down_per_hour = "5MB"
 max_up_per_hour = "none"
 action = "alert"
-[tunnels.services.dicom]
+[budgets.services.dicom]
 max_down_per_hour = "500MB"
 action = "cut"
 
