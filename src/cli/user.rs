@@ -23,7 +23,7 @@ pub enum UserCommand {
     /// Add a staff user; prints a one-time enrollment link (password + passkey or TOTP).
     Add {
         name: String,
-        #[arg(long)]
+        #[arg(long, value_parser = role_parser())]
         role: Role,
         #[arg(long)]
         json: bool,
@@ -37,17 +37,11 @@ pub enum UserCommand {
     Disable { name: String },
 }
 
-impl clap::ValueEnum for Role {
-    fn value_variants<'a>() -> &'a [Self] {
-        &[Role::Approver, Role::Auditor, Role::Admin]
-    }
-    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-        Some(clap::builder::PossibleValue::new(match self {
-            Role::Approver => "approver",
-            Role::Auditor => "auditor",
-            Role::Admin => "admin",
-        }))
-    }
+/// `--role`: the role names, listed in `--help` (`Role` lives in `chaperone-model`, which knows no clap).
+fn role_parser() -> impl clap::builder::TypedValueParser<Value = Role> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["approver", "auditor", "admin"])
+        .try_map(|name| name.parse::<Role>())
 }
 
 pub async fn run(config: &Path, cmd: UserCommand) -> anyhow::Result<()> {

@@ -28,8 +28,7 @@ use crate::config::format_duration;
 use crate::model::{GrantRow, Role, UnixTime, Vendor, check_text};
 use crate::store::{NewGrant, Store, StoreError, Tx};
 
-/// The longest a grant lasts, however it is issued.
-pub const MAX_GRANT: Duration = Duration::from_secs(30 * 86400);
+pub use crate::model::MAX_GRANT;
 
 /// The longest reason accepted, in bytes.
 pub const MAX_REASON: usize = 500;

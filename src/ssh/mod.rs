@@ -19,7 +19,7 @@ pub mod handler;
 pub mod home;
 pub mod jump;
 pub mod killswitch;
-pub mod login;
+pub use chaperone_model::login;
 pub mod request;
 
 use std::borrow::Cow;

@@ -11,6 +11,10 @@ use serde::Serialize;
 /// Unix time in seconds.
 pub type UnixTime = i64;
 
+/// The longest a grant lasts, however it is issued (`policy::grants` enforces it; the config refuses a
+/// request limit above it, since such a request could never be approved as asked).
+pub const MAX_GRANT: std::time::Duration = std::time::Duration::from_secs(30 * 86400);
+
 /// A name for a vendor, a staff user, an asset, a zone or a service: 1-64 characters of
 /// `[a-z0-9._-]`, starting with a letter or digit. Hostile or confusing names (spaces, `+`, `@`, control
 /// characters, upper case look-alikes) never reach the database, a log line or a terminal.

@@ -315,7 +315,6 @@ impl DatabaseConfig {
     }
 }
 
-/// Replaces the password in `scheme://user:password@host/…` with `***`.
 /// A webhook URL must be `https://`, or `http://` to a loopback address (a receiver on the same host):
 /// the body names vendors, assets and reasons, and must not cross the network in clear.
 fn check_webhook_url(url: &str) -> Result<(), String> {
@@ -371,17 +370,48 @@ pub fn redact_webhook_url(url: &str) -> String {
     }
 }
 
+/// A database URL as shown in errors, logs and `Debug`: `scheme://user:***@host/db?sslmode=require`.
+/// The URL is read the way sqlx reads it (the `url` crate, WHATWG): the userinfo ends at the authority's
+/// last `@`, so a password may itself hold `@`; a query parameter's value is shown only for the keys
+/// that are never secret, since `?password=` is a password too.
 pub fn redact_url(url: &str) -> String {
+    const SHOWN_PARAMETERS: [&str; 7] = [
+        "sslmode",
+        "host",
+        "hostaddr",
+        "port",
+        "dbname",
+        "user",
+        "application_name",
+    ];
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_owned();
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
     };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
+    let tail = match tail.split_once('?') {
+        None => tail.to_owned(),
+        Some((path, query)) => {
+            let (query, fragment) = query.split_once('#').unwrap_or((query, ""));
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if !SHOWN_PARAMETERS.contains(&key) => format!("{key}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            let fragment = if fragment.is_empty() { "" } else { "#…" };
+            format!("{path}?{}{fragment}", query.join("&"))
+        }
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 // ---- the file's shape -------------------------------------------------------------------------
@@ -807,12 +837,12 @@ impl Config {
         // A request longer than any grant could never be approved as asked.
         let max_request = |key: &'static str, value: &str| {
             let d = duration(key, value)?;
-            if d > crate::policy::grants::MAX_GRANT {
+            if d > crate::model::MAX_GRANT {
                 return Err(invalid(
                     key,
                     format!(
                         "{value:?} is longer than the longest grant ({})",
-                        format_duration(crate::policy::grants::MAX_GRANT)
+                        format_duration(crate::model::MAX_GRANT)
                     ),
                 ));
             }
@@ -1370,6 +1400,36 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(c.database.is_postgres());
+    }
+
+    /// Found by fuzzing (fuzz/corpus/config/regression-password-with-at): the userinfo ends at the last
+    /// `@`, as sqlx reads it, so `p@ss@db` was shown as `***@ss@db`; and `?password=` was shown as it is.
+    #[test]
+    fn database_passwords_with_at_or_in_the_query_are_redacted() {
+        for (url, shown) in [
+            (
+                "postgres://bastion:p@ss@db/chaperone",
+                "postgres://bastion:***@db/chaperone",
+            ),
+            (
+                "postgres://bastion@corp:hunter2@db:5432",
+                "postgres://bastion@corp:***@db:5432",
+            ),
+            (
+                "postgres://db/chaperone?sslmode=require&password=hunter2&user=bastion#x",
+                "postgres://db/chaperone?sslmode=require&password=***&user=bastion#…",
+            ),
+            (
+                "postgresql://db?passw%6Frd=hunter2",
+                "postgresql://db?passw%6Frd=***",
+            ),
+            ("postgres://db/chaperone", "postgres://db/chaperone"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        let c = parse("[database]\nurl = \"postgres://u:p@ss@db/chaperone\"\n").unwrap();
+        assert!(!format!("{c:?}").contains("ss@db"), "{c:?}");
     }
 
     #[test]
