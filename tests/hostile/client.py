@@ -13,12 +13,16 @@ Ops (each answer carries the op's "id" when it had one):
                                               -> {"event": "exec", "stdout", "stderr", "exit"}
     {"op": "run", "command": "…"}             a new channel with exec at once -> like exec
     {"op": "tunnel", "host": "…", "port": N}  direct-tcpip, send a line, read a line -> {"event": "tunnel"}
-    {"op": "sftp-flood", "n": 5000, "upload": "/path"}
+    {"op": "sftp-flood", "n": 5000, "upload": "/path", "last": "/victim"}
                                               sftp subsystem: INIT, an upload to /path answered step
-                                              by step, then n REMOVEs without waiting for answers
+                                              by step, then n REMOVEs of nothing without waiting for
+                                              answers, then a REMOVE of /victim
     {"op": "sftp-malformed"}                  sftp subsystem, INIT, then a packet declaring 2 GiB
     {"op": "double-exec", "first": "…", "second": "…"}
                                               a second exec request on a channel already started
+    {"op": "stall", "id": "s", "command": "…"} exec, then stop reading its output (no more window for it)
+                                              -> {"event": "stalled"}
+    {"op": "write", "id": "s", "data": "…"}     write to a stalled session's stdin -> {"event": "written"}
     {"op": "wait-closed", "timeout": S}       -> {"event": "closed", "after": seconds} or "still-open"
     {"op": "quit"}
 Failures are answered as {"event": "error", "error": "…"}.
@@ -243,6 +247,9 @@ async def main():
                                 + sftp_string(f"/nonexistent-chaperone/{i}".encode()))
                     for i in range(n)
                 )
+                if req.get("last"):
+                    # The one that matters, behind the flood.
+                    removes += sftp_packet(13, struct.pack(">I", 99) + sftp_string(req["last"].encode()))
                 result = await sftp_raw(conn, req.get("upload"), removes)
                 say({"event": "sftp", "id": rid, **result})
             elif op == "sftp-malformed":
@@ -260,6 +267,19 @@ async def main():
                     "stdout": b"".join(sess.out).decode(errors="replace"),
                     "exit": chan.get_exit_status(),
                 })
+            elif op == "stall":
+                chan, sess = await conn.create_session(Collect, req["command"], encoding=None)
+                # Nothing more is read, so no window is given back: the server's writes toward us block.
+                chan.pause_reading()
+                tasks[rid] = (chan, sess)
+                say({"event": "stalled", "id": rid})
+            elif op == "write":
+                chan, _ = tasks[rid]
+                try:
+                    chan.write(req["data"].encode())
+                    say({"event": "written", "id": rid})
+                except Exception as e:
+                    say({"event": "write-failed", "id": rid, "error": f"{type(e).__name__}: {e}"})
             elif op == "wait-closed":
                 started = time.monotonic()
                 try:

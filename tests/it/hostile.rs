@@ -159,13 +159,18 @@ fn a_channel_opened_early_starts_nothing_after_its_grant_is_revoked_or_expired()
     assert!(!marker.exists(), "the command reached the device");
 
     // Opened while a short grant is active; exec sent after it expired.
-    b.grant("alice", "mri-01", "ssh", "3s");
+    let granted = Instant::now();
+    b.grant("alice", "mri-01", "ssh", "8s");
     let mut client = Hostile::connect(&b, &alice, "alice+mri-01");
     assert_eq!(
         client.op(json!({"op": "open", "id": "b"}))["event"],
         "opened"
     );
-    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        granted.elapsed() < Duration::from_secs(7),
+        "too slow to open the channel while the grant was active"
+    );
+    std::thread::sleep(Duration::from_secs(9).saturating_sub(granted.elapsed()));
     let out = client.op(json!({"op": "exec", "id": "b", "command": command}));
     assert!(
         out["stderr"].as_str().unwrap().contains("no active grant"),
@@ -201,15 +206,19 @@ fn a_second_start_request_on_one_channel_is_refused() {
     assert_eq!(audited(&b, "session.request.refused").len(), 1);
 }
 
-/// Waits for the next message of `client` and checks that the server closed the connection in time.
-fn assert_cut_within(client: &mut Hostile, limit: Duration) {
-    let out = client.op(json!({"op": "wait-closed", "timeout": limit.as_secs_f64() + 3.0}));
+/// Checks that the server closed `client`'s connection within `limit` of `changed` (when the change that
+/// should end it was made).
+fn assert_cut_within(client: &mut Hostile, changed: Instant, limit: Duration) {
+    let out = client.op(json!({"op": "wait-closed", "timeout": limit.as_secs_f64() + 5.0}));
     assert_eq!(out["event"], "closed", "{out}");
-    let after = out["after"].as_f64().unwrap();
-    assert!(
-        after <= limit.as_secs_f64() + 0.5,
-        "closed {after} s after the change"
-    );
+    let after = changed.elapsed();
+    assert!(after <= limit, "closed {after:?} after the change");
+}
+
+/// Waits (up to 5 s) until `action` was audited `n` times.
+fn wait_audited(b: &Bastion, action: &str, n: usize) -> Vec<Value> {
+    wait_until(Duration::from_secs(5), || audited(b, action).len() >= n);
+    audited(b, action)
 }
 
 #[test]
@@ -225,6 +234,7 @@ fn disabling_locking_or_removing_the_key_ends_a_vendors_live_connections() {
         "hi\n"
     );
     b.data.run(&["vendor", "disable", "alice"]).ok();
+    let changed = Instant::now();
     let out = client.op(json!({"op": "run", "command": "echo after-disable"}));
     assert!(
         !out["stdout"]
@@ -233,8 +243,9 @@ fn disabling_locking_or_removing_the_key_ends_a_vendors_live_connections() {
             .contains("after-disable"),
         "a session started after the disable: {out}"
     );
-    assert_cut_within(&mut client, Duration::from_secs(2));
-    let ended = audited(&b, "vendor.connections.ended");
+    // 2 s, and a little for a loaded machine.
+    assert_cut_within(&mut client, changed, Duration::from_millis(2500));
+    let ended = wait_audited(&b, "vendor.connections.ended", 1);
     assert_eq!(ended.len(), 1, "{ended:?}\n{}", b.log());
     assert!(
         ended[0]["detail"]["reason"]
@@ -267,7 +278,8 @@ fn disabling_locking_or_removing_the_key_ends_a_vendors_live_connections() {
             &public.to_string_lossy(),
         ])
         .ok();
-    assert_cut_within(&mut client, Duration::from_secs(2));
+    let removed = Instant::now();
+    assert_cut_within(&mut client, removed, Duration::from_millis(2500));
     b.data
         .run(&["vendor", "key", "add", "alice", &public.to_string_lossy()])
         .ok();
@@ -285,8 +297,8 @@ fn disabling_locking_or_removing_the_key_ends_a_vendors_live_connections() {
         }
     }
     assert_eq!(audited(&b, "auth.lock").len(), 1, "not locked");
-    assert_cut_within(&mut client, Duration::from_secs(2));
-    assert_eq!(audited(&b, "vendor.connections.ended").len(), 3);
+    assert_cut_within(&mut client, Instant::now(), Duration::from_millis(2500));
+    assert_eq!(wait_audited(&b, "vendor.connections.ended", 3).len(), 3);
 }
 
 #[test]
@@ -371,6 +383,16 @@ fn a_connection_that_does_not_sign_in_is_closed_after_the_login_grace_time() {
         took >= Duration::from_secs(2) && took < Duration::from_secs(5),
         "closed after {took:?}"
     );
+    // One that says who it is and then stalls gets the same time, not a second grace period.
+    let mut socket = std::net::TcpStream::connect(("127.0.0.1", b.ssh_port)).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    socket.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").unwrap();
+    let _ = socket.read_to_end(&mut seen);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(4), "closed after {took:?}");
 }
 
 /// An askpass script that waits `secs` before printing the current code (computed then, by oathtool).
@@ -407,8 +429,9 @@ fn a_totp_code_typed_after_45_seconds_is_accepted() {
     assert!(stdout.contains("slow"), "{stdout}");
 }
 
-/// A raw SFTP upload, then 5,000 logged requests without waiting: the observer cannot follow past its
-/// limit, so the session ends rather than go on unlogged.
+/// A raw SFTP upload, then 20,000 logged requests without waiting and a REMOVE of a real file: the
+/// observer cannot follow past 4,096 in flight, so the chunk that goes past it is not forwarded and the
+/// session ends, rather than going on unlogged. The log keeps the upload, and the victim file survives.
 #[test]
 fn pipelined_or_malformed_sftp_ends_the_session_and_keeps_what_was_logged() {
     let Some((sshd, b)) = setup("") else { return };
@@ -416,7 +439,9 @@ fn pipelined_or_malformed_sftp_ends_the_session_and_keeps_what_was_logged() {
     b.grant("alice", "mri-01", "ssh", "1h");
     let mut client = Hostile::connect(&b, &alice, "alice+mri-01");
     let upload = sshd.dir.path().join("before-the-flood.bin");
-    let out = client.op(json!({"op": "sftp-flood", "n": 5000, "upload": upload.to_string_lossy()}));
+    let victim = sshd.dir.path().join("victim.txt");
+    std::fs::write(&victim, "keep me").unwrap();
+    let out = client.op(json!({"op": "sftp-flood", "n": 20000, "upload": upload.to_string_lossy(), "last": victim.to_string_lossy()}));
     assert_eq!(out["closed_by_server"], true, "{out}\n{}", b.log());
     assert!(
         out["stderr"].as_str().unwrap().contains("recording"),
@@ -426,36 +451,77 @@ fn pipelined_or_malformed_sftp_ends_the_session_and_keeps_what_was_logged() {
         upload.exists(),
         "the upload before the flood did not happen"
     );
+    assert!(
+        victim.exists(),
+        "a request past the observer's limit reached the device"
+    );
     let out = client.op(json!({"op": "sftp-malformed"}));
     assert_eq!(out["closed_by_server"], true, "{out}");
 
     assert!(wait_until(Duration::from_secs(5), || sessions(&b)
         .iter()
         .all(|s| !s["ended_at"].is_null())));
-    let failed = audited(&b, "recording.failed");
+    let failed = wait_audited(&b, "recording.failed", 2);
     assert_eq!(failed.len(), 2, "{failed:?}");
     let all = sessions(&b);
+    assert_eq!(all.len(), 2, "{all:?}");
     for s in &all {
         assert_eq!(s["kind"], "sftp");
         assert_eq!(s["end_cause"], "recording", "{s}");
-    }
-    // The log kept the upload and says where it stopped; its digest is vouched for.
-    let flood = all
-        .iter()
-        .find(|s| {
-            s["end_reason"].as_str().unwrap().contains("in flight")
-                || s["end_reason"].as_str().unwrap().contains("requests")
-        })
-        .unwrap_or(&all[0]);
-    let path = flood["recordings"][0]["path"].as_str().unwrap();
-    let log = std::fs::read_to_string(path).unwrap();
-    assert!(log.contains("before-the-flood.bin"), "{log}");
-    assert!(log.contains("\"unparseable\""), "{log}");
-    for s in &all {
         b.data
             .run(&["session", "verify", s["id"].as_str().unwrap()])
             .ok();
     }
+    // The flood's log kept the upload and says where it stopped.
+    let flood = all
+        .iter()
+        .find(|s| {
+            s["end_reason"]
+                .as_str()
+                .unwrap()
+                .contains("awaiting a reply")
+        })
+        .unwrap_or_else(|| panic!("no session ended by the flood: {all:?}"));
+    let path = flood["recordings"][0]["path"].as_str().unwrap();
+    let log = std::fs::read_to_string(path).unwrap();
+    assert!(log.contains("before-the-flood.bin"), "{log}");
+    assert!(log.contains("\"unparseable\""), "{log}");
+}
+
+/// A client that stops reading (no window for the server's output) cannot keep a revoked session: it
+/// ends within seconds, and what the client types after the revocation never reaches the device.
+#[test]
+fn a_client_that_stops_reading_cannot_keep_a_revoked_session() {
+    let Some((sshd, b)) = setup("") else { return };
+    let alice = b.vendor("alice", "Acme Imaging");
+    let grant = b.grant("alice", "mri-01", "ssh", "1h");
+    let marker = sshd.dir.path().join("typed-after-revoke");
+    let mut client = Hostile::connect(&b, &alice, "alice+mri-01");
+    let out = client.op(json!({"op": "stall", "id": "s", "command": "head -c 6000000 /dev/zero; while read l; do eval \"$l\"; done"}));
+    assert_eq!(out["event"], "stalled", "{out}");
+    // The device's output fills the client's window; the session is now waiting on the client.
+    assert!(wait_until(Duration::from_secs(10), || sessions(&b)
+        .first()
+        .is_some_and(|s| s["ended_at"].is_null())));
+    std::thread::sleep(Duration::from_secs(2));
+    b.data
+        .run(&["grant", "revoke", &grant.to_string(), "--reason", "done"])
+        .ok();
+    let revoked = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(8), || sessions(&b)
+            .first()
+            .is_some_and(|s| !s["ended_at"].is_null())),
+        "the stalled session did not end: {:?}\n{}",
+        sessions(&b),
+        b.log()
+    );
+    assert!(revoked.elapsed() < Duration::from_secs(8));
+    let _ = client
+        .op(json!({"op": "write", "id": "s", "data": format!("touch {}\n", marker.display())}));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!marker.exists(), "typed after the revocation, and it ran");
+    assert_eq!(sessions(&b)[0]["end_cause"], "revoked");
 }
 
 #[test]
