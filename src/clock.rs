@@ -1,44 +1,24 @@
-//! Time, injectable: production reads the system clock; tests pin or advance it.
+//! Time. Everything that decides on time (grant expiry, TOTP, lockout) asks the app's [`Clock`]; the
+//! decisions themselves are functions of an explicit `now` (`NoticeState::due`, `LiveSessions::tick`,
+//! `totp::check`…), which is how tests pin time.
 //!
-//! Entry point: [`Clock`]. Everything that decides on time (grant expiry, TOTP, lockout) asks a `Clock`.
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+//! Entry point: [`Clock`].
 
 use crate::model::UnixTime;
 
+/// The system clock, in unix seconds.
 #[derive(Debug, Clone, Default)]
-pub struct Clock {
-    /// `None`: the system clock. `Some`: a manual clock shared by clones (tests).
-    manual: Option<Arc<AtomicI64>>,
-}
+pub struct Clock;
 
 impl Clock {
     pub fn system() -> Clock {
-        Clock { manual: None }
-    }
-
-    /// A clock that stands at `at` until moved with [`Clock::advance`].
-    pub fn manual(at: UnixTime) -> Clock {
-        Clock {
-            manual: Some(Arc::new(AtomicI64::new(at))),
-        }
+        Clock
     }
 
     pub fn now(&self) -> UnixTime {
-        match &self.manual {
-            Some(t) => t.load(Ordering::SeqCst),
-            None => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
-        }
-    }
-
-    /// Moves a manual clock forward; no effect on the system clock.
-    pub fn advance(&self, secs: i64) {
-        if let Some(t) = &self.manual {
-            t.fetch_add(secs, Ordering::SeqCst);
-        }
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
     }
 }
 
@@ -79,13 +59,5 @@ mod tests {
         assert_eq!(format_time(0), "1970-01-01 00:00:00Z");
         assert_eq!(format_time(1_795_424_873), "2026-11-23 09:07:53Z");
         assert_eq!(format_time(951_782_400), "2000-02-29 00:00:00Z");
-    }
-
-    #[test]
-    fn manual_clock_advances_for_all_clones() {
-        let c = Clock::manual(100);
-        let d = c.clone();
-        c.advance(5);
-        assert_eq!(d.now(), 105);
     }
 }

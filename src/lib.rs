@@ -3,24 +3,24 @@
 //! Entry points: `main.rs` parses the command line and calls into [`cli`]; `chaperone serve` runs
 //! [`server::run`]. ARCHITECTURE.md has the map.
 
-pub mod app;
+pub(crate) mod app;
 pub mod audit;
 pub mod cli;
-pub mod clock;
+pub(crate) mod clock;
 pub use chaperone_model::config;
 pub mod evidence;
-pub mod hostkey;
+pub(crate) mod hostkey;
 pub mod identity;
-pub mod live;
+pub(crate) mod live;
 pub use chaperone_model::model;
-pub mod node;
+pub(crate) mod node;
 pub mod policy;
-pub mod recording;
+pub(crate) mod recording;
 pub mod secrets;
-pub mod server;
-pub mod ssh;
+pub(crate) mod server;
+pub(crate) mod ssh;
 pub mod store;
-pub mod target;
-pub mod tunnel;
-pub mod web;
-pub mod webhook;
+pub(crate) mod target;
+pub(crate) mod tunnel;
+pub(crate) mod web;
+pub(crate) mod webhook;

@@ -5,14 +5,61 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
-use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::app::App;
 use crate::config::Config;
 use crate::ssh;
+use crate::store::StoreError;
+
+/// Why serving could not start, or stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listener's address could not be bound (in use, not ours, no permission for the port).
+    #[error("binding the {what} listener on {addr}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A bound listener could not say its address.
+    #[error("reading the {what} listener's address")]
+    Address {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("registering this node")]
+    Node(#[source] StoreError),
+    #[error("setting up the webhook")]
+    Webhook(#[source] crate::webhook::SetupError),
+    #[error("starting the SSH listener")]
+    Ssh(#[source] ssh::ListenerError),
+    /// The web certificate or key file cannot be read.
+    #[error(
+        "reading {path} (web.tls_cert / web.tls_key; `chaperone init` makes a self-signed pair)"
+    )]
+    TlsFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The web certificate and key do not make a TLS configuration.
+    #[error("loading the web certificate {cert} and key {key}")]
+    Tls {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: chaperone_web_approval::tls::TlsError,
+    },
+    /// A listener stopped by itself (a panic, an I/O error it cannot serve past): the process stops too.
+    #[error("{0}")]
+    Stopped(String),
+}
 
 /// Bound sockets, before serving.
 #[derive(Debug)]
@@ -22,22 +69,34 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    pub fn ssh_addr(&self) -> anyhow::Result<SocketAddr> {
-        Ok(self.ssh.local_addr()?)
+    pub fn ssh_addr(&self) -> Result<SocketAddr, ServerError> {
+        self.ssh
+            .local_addr()
+            .map_err(|source| ServerError::Address {
+                what: "SSH",
+                source,
+            })
     }
-    pub fn web_addr(&self) -> anyhow::Result<SocketAddr> {
-        Ok(self.web.local_addr()?)
+    pub fn web_addr(&self) -> Result<SocketAddr, ServerError> {
+        self.web
+            .local_addr()
+            .map_err(|source| ServerError::Address {
+                what: "web",
+                source,
+            })
     }
 }
 
-pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
-    let ssh = TcpListener::bind(config.ssh.listen)
-        .await
-        .with_context(|| format!("binding the SSH listener on {}", config.ssh.listen))?;
-    let web = TcpListener::bind(config.web.listen)
-        .await
-        .with_context(|| format!("binding the web listener on {}", config.web.listen))?;
-    Ok(Listeners { ssh, web })
+pub async fn bind(config: &Config) -> Result<Listeners, ServerError> {
+    let bind = async |what: &'static str, addr: SocketAddr| {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { what, addr, source })
+    };
+    Ok(Listeners {
+        ssh: bind("SSH", config.ssh.listen).await?,
+        web: bind("web", config.web.listen).await?,
+    })
 }
 
 /// Serves both listeners until `shutdown` completes, then stops accepting and closes live connections.
@@ -45,20 +104,22 @@ pub async fn run(
     app: App,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> Result<(), ServerError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let webhook_task = match app.config.webhook.clone() {
-        Some(config) => Some(crate::webhook::spawn(app.clone(), config, stop_rx.clone())?),
+        Some(config) => Some(
+            crate::webhook::spawn(app.clone(), config, stop_rx.clone())
+                .map_err(ServerError::Webhook)?,
+        ),
         None => None,
     };
     app.store
         .node_seen(&app.node, app.clock.now())
         .await
-        .context("registering this node")?;
+        .map_err(ServerError::Node)?;
     // Everything that can fail at start fails here, before "serving" is logged.
     let (ssh_addr, web_addr) = (listeners.ssh_addr()?, listeners.web_addr()?);
-    let ssh_listener =
-        ssh::Listener::new(&app, listeners.ssh).context("starting the SSH listener")?;
+    let ssh_listener = ssh::Listener::new(&app, listeners.ssh).map_err(ServerError::Ssh)?;
     let tls = web_tls(&app.config)?;
     let node_task = tokio::spawn(crate::node::run(app.clone(), stop_rx.clone()));
     let mut ssh_task = tokio::spawn(ssh_listener.serve(stop_rx.clone()));
@@ -125,11 +186,10 @@ pub async fn run(
     if !ssh_done {
         let _ = ssh_task.await;
     }
-    match web_done {
+    let web_result = match web_done {
         Some(r) => r,
         None => web_task.await,
-    }
-    .context("web listener task")?;
+    };
     if let Some(task) = webhook_task {
         // It stops between deliveries (or mid-backoff) and gives its lease up.
         let _ = task.await;
@@ -139,7 +199,12 @@ pub async fn run(
     crate::node::leave(&app).await;
     app.store.close().await;
     if let Some(why) = failed {
-        anyhow::bail!(why);
+        return Err(ServerError::Stopped(why));
+    }
+    if let Err(e) = web_result {
+        return Err(ServerError::Stopped(format!(
+            "the web listener task failed: {e}"
+        )));
     }
     tracing::info!("stopped");
     Ok(())
@@ -148,23 +213,19 @@ pub async fn run(
 /// The web page's TLS settings from the configured certificate and key (PEM).
 fn web_tls(
     config: &Config,
-) -> anyhow::Result<std::sync::Arc<chaperone_web_approval::tls::ServerConfig>> {
+) -> Result<std::sync::Arc<chaperone_web_approval::tls::ServerConfig>, ServerError> {
     let read = |path: &std::path::Path| {
-        std::fs::read(path).with_context(|| {
-            format!(
-                "reading {} (web.tls_cert / web.tls_key; `chaperone init` makes a self-signed pair)",
-                path.display()
-            )
+        std::fs::read(path).map_err(|source| ServerError::TlsFile {
+            path: path.to_owned(),
+            source,
         })
     };
     let cert = read(&config.web.tls_cert)?;
     let key = read(&config.web.tls_key)?;
-    chaperone_web_approval::tls::server_config(&cert, &key).with_context(|| {
-        format!(
-            "loading the web certificate {} and key {}",
-            config.web.tls_cert.display(),
-            config.web.tls_key.display()
-        )
+    chaperone_web_approval::tls::server_config(&cert, &key).map_err(|source| ServerError::Tls {
+        cert: config.web.tls_cert.clone(),
+        key: config.web.tls_key.clone(),
+        source,
     })
 }
 

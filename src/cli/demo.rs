@@ -193,7 +193,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!();
     println!("Serving SSH on {ssh} and web on {web}; Ctrl-C stops.");
     let _device = device;
-    server::run(app, listeners, server::shutdown_signal()).await
+    Ok(server::run(app, listeners, server::shutdown_signal()).await?)
 }
 
 /// A throwaway OpenSSH server standing in for the demo's MRI scanner; stopped when dropped.

@@ -8,5 +8,5 @@ use crate::server;
 pub async fn run(config: &Path) -> anyhow::Result<()> {
     let app = App::open(config).await?;
     let listeners = server::bind(&app.config).await?;
-    server::run(app, listeners, server::shutdown_signal()).await
+    Ok(server::run(app, listeners, server::shutdown_signal()).await?)
 }

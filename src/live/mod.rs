@@ -35,7 +35,7 @@ use crate::policy::{Grant, Principal};
 use crate::recording::{Record, RecordSender, Recording, RecordingFormat};
 use crate::store::{NewSession, StoreError};
 use budget::{Budgets, Crossing, Direction, Key};
-pub use registry::{Cause, Close, Control, LiveSessions, Registration};
+pub use registry::{Close, Control, LiveSessions, Registration};
 
 /// What a session carries; `as_str` is the `sessions.kind` column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -462,14 +462,6 @@ pub struct LiveSession {
 }
 
 impl LiveSession {
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    pub fn grant(&self) -> &Grant {
-        &self.grant
-    }
-
     pub fn kind(&self) -> SessionKind {
         self.kind
     }

@@ -91,8 +91,9 @@ impl Admission {
         self.admit_with(peer, rand::random_range(0..100))
     }
 
-    /// (open connections, not signed in yet), for logs and tests.
-    pub fn counts(&self) -> (usize, usize) {
+    /// (open connections, not signed in yet).
+    #[cfg(test)]
+    fn counts(&self) -> (usize, usize) {
         self.counts
             .lock()
             .map(|c| (c.total, c.unauthenticated))

@@ -30,7 +30,9 @@ pub struct Context {
     pub server: server::Handle,
     /// Cancelled when the connection ends or is cut.
     pub stop: CancellationToken,
-    /// This channel among the connection's open ones (`ssh.max_channels`).
+    /// This channel's place among the connection's open ones (`ssh.max_channels`), given back when the
+    /// task ends.
+    #[allow(dead_code, reason = "held for its Drop")]
     pub channel: ChannelSlot,
     /// What the connection shares between its channels.
     pub limits: Arc<ConnectionLimits>,

