@@ -13,6 +13,9 @@
 //! - [`request_command`]: an accepted `request` line has valid names and a positive duration that prints
 //!   and parses back the same.
 //! - [`config`]: a database URL's password never shows in `Debug`.
+//! - [`terminal_filter`]: what `session play` writes to an administrator's terminal does not depend on
+//!   where the recording's events split the device's output, carries no string sequence (OSC, DCS, SOS,
+//!   PM, APC: clipboard, titles, links, queries), and passes through the filter again unchanged.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +28,7 @@ use chaperone_model::request;
 use chaperone_recorder::exec::MAGIC;
 use chaperone_recorder::{
     CastHeader, CastWriter, Error, Event, EventKind, ExecHeader, ExecReader, ExecWriter, FrameData,
-    OutputStream, SftpObserver, TransferEvent, exec_raw, exec_to_cast, parse_cast,
+    OutputStream, SftpObserver, TerminalFilter, TransferEvent, exec_raw, exec_to_cast, parse_cast,
 };
 
 /// SFTP observer: the input is a script of chunks, each a control byte and then its bytes. The control
@@ -563,4 +566,57 @@ fn query_pairs(url: &str) -> impl Iterator<Item = (&str, &str)> {
     let query = url.split_once('?').map_or("", |(_, q)| q);
     let query = query.split_once('#').map_or(query, |(q, _)| q);
     query.split('&').filter_map(|pair| pair.split_once('='))
+}
+
+/// The terminal filter: the first byte is a chunk size (1 to 256) the rest is cut into; the output must
+/// equal the output for the whole input at once, hold no string sequence's introducer (ESC ] P X ^ _, or
+/// their C1 forms as UTF-8), and come out of a second filter unchanged.
+pub fn terminal_filter(data: &[u8]) {
+    let Some((&size, input)) = data.split_first() else {
+        return;
+    };
+    let whole = {
+        let mut f = TerminalFilter::new();
+        let mut out = Vec::new();
+        f.push(input, &mut out);
+        f.finish(&mut out);
+        out
+    };
+    let chunked = {
+        let mut f = TerminalFilter::new();
+        let mut out = Vec::new();
+        for piece in input.chunks(usize::from(size) + 1) {
+            f.push(piece, &mut out);
+        }
+        f.finish(&mut out);
+        out
+    };
+    assert_eq!(
+        whole, chunked,
+        "the output depends on where the input was split"
+    );
+    for intro in [&b"\x1b]"[..], b"\x1bP", b"\x1bX", b"\x1b^", b"\x1b_"] {
+        assert!(
+            !whole.windows(2).any(|w| w == intro),
+            "a string sequence passed: {intro:?}"
+        );
+    }
+    for c1 in ['\u{90}', '\u{98}', '\u{9d}', '\u{9e}', '\u{9f}'] {
+        let mut buf = [0u8; 4];
+        let encoded = c1.encode_utf8(&mut buf).as_bytes();
+        assert!(
+            !whole.windows(2).any(|w| w == encoded),
+            "a C1 string introducer passed: {c1:?}"
+        );
+    }
+    // Filtered output is already what may reach a terminal: it passes again unchanged (a second
+    // `finish` may append its resets once more).
+    let mut again = Vec::new();
+    let mut f = TerminalFilter::new();
+    f.push(&whole, &mut again);
+    f.finish(&mut again);
+    assert!(
+        again.starts_with(&whole),
+        "filtering the output again changed it"
+    );
 }
