@@ -124,6 +124,11 @@ pub async fn run(
     let node_task = tokio::spawn(crate::node::run(app.clone(), stop_rx.clone()));
     let mut ssh_task = tokio::spawn(ssh_listener.serve(stop_rx.clone()));
     tokio::spawn(expire_requests(app.clone(), stop_rx.clone()));
+    // Directory staff re-checked and directory vendors synced ([ldap]; nothing without it).
+    tokio::spawn(crate::identity::directory::run(
+        app.clone(),
+        stop_rx.clone(),
+    ));
     let mut web_stop = stop_rx.clone();
     let router = chaperone_web_approval::router(
         std::sync::Arc::new(crate::web::WebCore::new(app.clone())),

@@ -55,6 +55,98 @@ pub struct Config {
     pub log: LogConfig,
     pub policy: PolicyConfig,
     pub webhook: Option<WebhookConfig>,
+    /// `[ldap]`: staff (and optionally vendors) from a directory; `None`: local accounts only.
+    pub ldap: Option<LdapConfig>,
+}
+
+/// `[ldap]`: staff from LDAP / Active Directory (search with a service account, then bind as the user),
+/// their roles from group membership, and optionally vendors from a directory subtree.
+#[derive(Clone)]
+pub struct LdapConfig {
+    /// `ldaps://HOST[:PORT]` or `ldap://HOST[:PORT]` (with `starttls`, or to a loopback address).
+    pub url: String,
+    /// The service account that searches for users and groups.
+    pub bind_dn: String,
+    /// A file holding the service account's password (read at start; never in the config itself).
+    pub bind_password_file: PathBuf,
+    /// Where users are searched for (subtree).
+    pub user_base: String,
+    /// The search filter; `{name}` is replaced by the typed name, escaped per RFC 4515.
+    pub user_filter: String,
+    /// Upgrade an `ldap://` connection with StartTLS before anything is sent.
+    pub starttls: bool,
+    /// PEM file of CA certificates trusted for the directory; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// How long connecting (TCP and TLS) may take.
+    pub connect_timeout: Duration,
+    /// How long one operation (bind, search) may take.
+    pub timeout: Duration,
+    /// How a group names its members.
+    pub group_membership: GroupMembership,
+    /// Active Directory: membership through nested groups (LDAP_MATCHING_RULE_IN_CHAIN).
+    pub nested_groups: bool,
+    /// Group DN per role (`[ldap.roles] approver = "cn=…"`).
+    pub roles: LdapRoles,
+    /// Zone-scoped approvers: zone → group DN (`[ldap.zones.icu] approver = "cn=…"`). A request for an
+    /// asset in such a zone is decided only by that group's members (or an admin).
+    pub zone_approvers: std::collections::BTreeMap<String, String>,
+    /// How often signed-in directory staff are checked against the directory again (removed from the
+    /// directory or their groups: their web sessions end).
+    pub recheck_interval: Duration,
+    /// Vendors from a directory subtree (`[ldap.vendors]`).
+    pub vendors: Option<LdapVendors>,
+}
+
+impl fmt::Debug for LdapConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LdapConfig")
+            .field("url", &self.url)
+            .field("bind_dn", &self.bind_dn)
+            .field("user_base", &self.user_base)
+            .field("starttls", &self.starttls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a group lists its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupMembership {
+    /// `member: DN` (groupOfNames, Active Directory).
+    Member,
+    /// `uniqueMember: DN` (groupOfUniqueNames).
+    UniqueMember,
+    /// `memberUid: NAME` (posixGroup).
+    MemberUid,
+}
+
+impl GroupMembership {
+    pub fn attribute(self) -> &'static str {
+        match self {
+            GroupMembership::Member => "member",
+            GroupMembership::UniqueMember => "uniqueMember",
+            GroupMembership::MemberUid => "memberUid",
+        }
+    }
+}
+
+/// `[ldap.roles]`: the group whose members get each role.
+#[derive(Debug, Clone, Default)]
+pub struct LdapRoles {
+    pub approver: Option<String>,
+    pub auditor: Option<String>,
+    pub admin: Option<String>,
+}
+
+/// `[ldap.vendors]`: one OU per vendor organisation under `base`, each technician an entry with
+/// `sshPublicKey` (openssh-lpk).
+#[derive(Debug, Clone)]
+pub struct LdapVendors {
+    pub base: String,
+    pub filter: String,
+    /// The attribute holding the vendor's login name.
+    pub name_attribute: String,
+    /// How often the subtree is read again (adds, key changes, disables).
+    pub sync_interval: Duration,
 }
 
 /// Limits on what vendors may ask for.
@@ -437,6 +529,85 @@ struct RawConfig {
     #[serde(default)]
     policy: RawPolicy,
     webhook: Option<RawWebhook>,
+    ldap: Option<RawLdap>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLdap {
+    url: String,
+    bind_dn: String,
+    bind_password_file: String,
+    user_base: String,
+    #[serde(default = "default_user_filter")]
+    user_filter: String,
+    #[serde(default)]
+    starttls: bool,
+    ca_file: Option<String>,
+    #[serde(default = "default_ldap_connect_timeout")]
+    connect_timeout: String,
+    #[serde(default = "default_ldap_timeout")]
+    timeout: String,
+    #[serde(default = "default_group_membership")]
+    group_membership: String,
+    #[serde(default)]
+    nested_groups: bool,
+    #[serde(default = "default_recheck_interval")]
+    recheck_interval: String,
+    #[serde(default)]
+    roles: RawLdapRoles,
+    #[serde(default)]
+    zones: std::collections::BTreeMap<String, RawLdapZone>,
+    vendors: Option<RawLdapVendors>,
+}
+
+fn default_user_filter() -> String {
+    "(uid={name})".into()
+}
+fn default_ldap_connect_timeout() -> String {
+    "5s".into()
+}
+fn default_ldap_timeout() -> String {
+    "10s".into()
+}
+fn default_group_membership() -> String {
+    "member".into()
+}
+fn default_recheck_interval() -> String {
+    "5m".into()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLdapRoles {
+    approver: Option<String>,
+    auditor: Option<String>,
+    admin: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLdapZone {
+    approver: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLdapVendors {
+    base: String,
+    #[serde(default = "default_vendor_filter")]
+    filter: String,
+    #[serde(default = "default_vendor_name_attribute")]
+    name_attribute: String,
+    #[serde(default = "default_recheck_interval")]
+    sync_interval: String,
+}
+
+fn default_vendor_filter() -> String {
+    "(objectClass=ldapPublicKey)".into()
+}
+fn default_vendor_name_attribute() -> String {
+    "uid".into()
 }
 
 #[derive(Deserialize)]
@@ -938,6 +1109,10 @@ impl Config {
                 })
             }
         };
+        let ldap = match raw.ldap {
+            None => None,
+            Some(l) => Some(ldap_config(l, &resolve).map_err(|(key, m)| invalid(key, m))?),
+        };
         if raw.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty".into()));
         }
@@ -961,8 +1136,164 @@ impl Config {
             },
             policy,
             webhook,
+            ldap,
         })
     }
+}
+
+/// `[ldap]`, checked: a URL that keeps passwords off the network in clear, a filter with `{name}`, at
+/// least one role mapped. An error names the key.
+fn ldap_config(
+    raw: RawLdap,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<LdapConfig, (&'static str, String)> {
+    let duration = |key: &'static str, value: &str| parse_duration(value).map_err(|m| (key, m));
+    let uri: http::Uri = raw
+        .url
+        .parse()
+        .map_err(|e| ("ldap.url", format!("{:?} is not a URL ({e})", raw.url)))?;
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or(("ldap.url", format!("{:?} has no host", raw.url)))?;
+    if uri.path() != "/" && !uri.path().is_empty() {
+        return Err((
+            "ldap.url",
+            format!(
+                "{:?}: put the search base in ldap.user_base, not the URL",
+                raw.url
+            ),
+        ));
+    }
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match uri.scheme_str() {
+        Some("ldaps") => {
+            if raw.starttls {
+                return Err((
+                    "ldap.starttls",
+                    "ldaps:// is TLS from the start: StartTLS is for ldap:// URLs".into(),
+                ));
+            }
+        }
+        Some("ldap") if raw.starttls || loopback => {}
+        Some("ldap") => {
+            return Err((
+                "ldap.url",
+                format!(
+                    "{:?}: passwords would cross the network in clear; use ldaps:// or set starttls = true (plain ldap:// only to a loopback address)",
+                    raw.url
+                ),
+            ));
+        }
+        _ => {
+            return Err((
+                "ldap.url",
+                format!("{:?} must start with ldaps:// or ldap://", raw.url),
+            ));
+        }
+    }
+    if !raw.user_filter.contains("{name}") {
+        return Err((
+            "ldap.user_filter",
+            format!("{:?} must contain {{name}}", raw.user_filter),
+        ));
+    }
+    let group_membership = match raw.group_membership.as_str() {
+        "member" => GroupMembership::Member,
+        "uniqueMember" => GroupMembership::UniqueMember,
+        "memberUid" => GroupMembership::MemberUid,
+        other => {
+            return Err((
+                "ldap.group_membership",
+                format!("{other:?}: use member, uniqueMember or memberUid"),
+            ));
+        }
+    };
+    if raw.nested_groups && group_membership != GroupMembership::Member {
+        return Err((
+            "ldap.nested_groups",
+            "nested groups (Active Directory's matching rule in chain) work with member only"
+                .into(),
+        ));
+    }
+    let nonempty = |key: &'static str, v: Option<String>| match v {
+        Some(v) if v.trim().is_empty() => Err((key, "must not be empty".to_owned())),
+        v => Ok(v),
+    };
+    let roles = LdapRoles {
+        approver: nonempty("ldap.roles.approver", raw.roles.approver)?,
+        auditor: nonempty("ldap.roles.auditor", raw.roles.auditor)?,
+        admin: nonempty("ldap.roles.admin", raw.roles.admin)?,
+    };
+    let mut zone_approvers = std::collections::BTreeMap::new();
+    for (zone, z) in raw.zones {
+        crate::model::check_name("zone", &zone).map_err(|m| ("ldap.zones", m))?;
+        if z.approver.trim().is_empty() {
+            return Err(("ldap.zones.*.approver", "must not be empty".into()));
+        }
+        zone_approvers.insert(zone, z.approver);
+    }
+    if roles.approver.is_none()
+        && roles.auditor.is_none()
+        && roles.admin.is_none()
+        && zone_approvers.is_empty()
+    {
+        return Err((
+            "ldap.roles",
+            "map at least one group to a role ([ldap.roles] approver = \"cn=…\")".into(),
+        ));
+    }
+    for (key, v) in [
+        ("ldap.bind_dn", &raw.bind_dn),
+        ("ldap.user_base", &raw.user_base),
+    ] {
+        if v.trim().is_empty() {
+            return Err((key, "must not be empty".into()));
+        }
+    }
+    let vendors = match raw.vendors {
+        None => None,
+        Some(v) => {
+            if v.base.trim().is_empty() {
+                return Err(("ldap.vendors.base", "must not be empty".into()));
+            }
+            Some(LdapVendors {
+                base: v.base,
+                filter: v.filter,
+                name_attribute: v.name_attribute,
+                sync_interval: duration("ldap.vendors.sync_interval", &v.sync_interval)?,
+            })
+        }
+    };
+    let positive = |key: &'static str, value: &str| {
+        let d = duration(key, value)?;
+        if d.is_zero() {
+            return Err((key, "must be longer than 0s".to_owned()));
+        }
+        Ok(d)
+    };
+    Ok(LdapConfig {
+        url: raw.url,
+        bind_dn: raw.bind_dn,
+        bind_password_file: resolve(&raw.bind_password_file),
+        user_base: raw.user_base,
+        user_filter: raw.user_filter,
+        starttls: raw.starttls,
+        ca_file: raw.ca_file.as_deref().map(resolve),
+        connect_timeout: positive("ldap.connect_timeout", &raw.connect_timeout)?,
+        timeout: positive("ldap.timeout", &raw.timeout)?,
+        group_membership,
+        nested_groups: raw.nested_groups,
+        roles,
+        zone_approvers,
+        recheck_interval: positive("ldap.recheck_interval", &raw.recheck_interval)?,
+        vendors,
+    })
 }
 
 /// `[budgets]` (or its old name `[tunnels]`): the default policy and the per-service ones. An error names
@@ -1168,6 +1499,30 @@ max_pending_per_vendor = 5
 # ca_file = "webhook_ca.pem"   # trust this CA for the receiver instead of the system's roots
 # max_attempts = 10            # then the event is given up and `webhook.undelivered` is audited
 
+# Staff (and optionally vendors) from LDAP / Active Directory (README: "LDAP / Active Directory").
+# [ldap]
+# url = "ldaps://dc1.hospital.example"          # or ldap://… with starttls = true (plain only to loopback)
+# starttls = false
+# ca_file = "directory_ca.pem"                  # else the system's roots
+# bind_dn = "cn=chaperone-svc,ou=service,dc=hospital,dc=example"
+# bind_password_file = "ldap_bind_password"     # mode 0600; never the password itself here
+# user_base = "ou=staff,dc=hospital,dc=example"
+# user_filter = "(uid={{name}})"                # AD: "(sAMAccountName={{name}})"; the name is escaped
+# group_membership = "member"                   # or uniqueMember, memberUid
+# nested_groups = false                         # AD: true (LDAP_MATCHING_RULE_IN_CHAIN)
+# connect_timeout = "5s"
+# timeout = "10s"
+# recheck_interval = "5m"                       # removed from the groups: web sessions end within this
+# [ldap.roles]
+# approver = "cn=pacs-approvers,ou=groups,dc=hospital,dc=example"
+# auditor = "cn=audit,ou=groups,dc=hospital,dc=example"
+# admin = "cn=chaperone-admins,ou=groups,dc=hospital,dc=example"
+# [ldap.zones.icu]
+# approver = "cn=icu-clinical-engineering,ou=groups,dc=hospital,dc=example"
+# [ldap.vendors]                                # one OU per vendor organisation, keys in sshPublicKey
+# base = "ou=vendors,dc=hospital,dc=example"
+# sync_interval = "5m"
+
 [database]
 # SQLite file (embedded default) or postgres://user:password@host/db for several nodes.
 url = "sqlite://chaperone.db"
@@ -1211,6 +1566,79 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/etc/chaperone/chaperone.toml"), text)
+    }
+
+    #[test]
+    fn ldap_section_keeps_passwords_off_the_network_in_clear() {
+        let ldap = |url: &str, extra: &str| {
+            parse(&format!(
+                "[ldap]\nurl = \"{url}\"\nbind_dn = \"cn=svc,dc=x\"\nbind_password_file = \"pw\"\n\
+                 user_base = \"ou=people,dc=x\"\n{extra}\n[ldap.roles]\napprover = \"cn=a,dc=x\"\n"
+            ))
+        };
+        let ok = ldap("ldaps://dc.hospital.example", "").unwrap();
+        let l = ok.ldap.unwrap();
+        assert_eq!(l.user_filter, "(uid={name})");
+        assert_eq!(l.group_membership, GroupMembership::Member);
+        assert_eq!(l.connect_timeout, Duration::from_secs(5));
+        assert!(l.bind_password_file.is_absolute());
+        assert!(ldap("ldap://dc.hospital.example:389", "starttls = true").is_ok());
+        assert!(ldap("ldap://127.0.0.1:3389", "").is_ok());
+        for (url, extra, key) in [
+            ("ldap://dc.hospital.example", "", "ldap.url"),
+            (
+                "ldaps://dc.hospital.example",
+                "starttls = true",
+                "ldap.starttls",
+            ),
+            ("http://dc.hospital.example", "", "ldap.url"),
+            ("ldaps://dc/dc=x", "", "ldap.url"),
+            (
+                "ldaps://dc",
+                "user_filter = \"(uid=x)\"",
+                "ldap.user_filter",
+            ),
+            (
+                "ldaps://dc",
+                "group_membership = \"members\"",
+                "ldap.group_membership",
+            ),
+            (
+                "ldaps://dc",
+                "group_membership = \"memberUid\"\nnested_groups = true",
+                "ldap.nested_groups",
+            ),
+            ("ldaps://dc", "timeout = \"0s\"", "ldap.timeout"),
+        ] {
+            match ldap(url, extra) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{url} {extra}"),
+                other => panic!("{url} {extra}: {other:?}"),
+            }
+        }
+        // no role mapped at all, and an unknown key
+        let none = parse(
+            "[ldap]\nurl = \"ldaps://dc\"\nbind_dn = \"x\"\nbind_password_file = \"pw\"\nuser_base = \"x\"\n",
+        );
+        assert!(matches!(
+            none,
+            Err(ConfigError::Invalid {
+                key: "ldap.roles",
+                ..
+            })
+        ));
+        assert!(matches!(
+            ldap("ldaps://dc", "bind_password = \"x\""),
+            Err(ConfigError::Parse { .. })
+        ));
+        let zoned = parse(
+            "[ldap]\nurl = \"ldaps://dc\"\nbind_dn = \"x\"\nbind_password_file = \"pw\"\nuser_base = \"x\"\n\
+             [ldap.zones.icu]\napprover = \"cn=icu,dc=x\"\n[ldap.vendors]\nbase = \"ou=vendors,dc=x\"\n",
+        )
+        .unwrap()
+        .ldap
+        .unwrap();
+        assert_eq!(zoned.zone_approvers["icu"], "cn=icu,dc=x");
+        assert_eq!(zoned.vendors.unwrap().filter, "(objectClass=ldapPublicKey)");
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod demo;
 mod display;
 mod grant;
 mod init;
+mod ldap;
 mod output;
 mod secrets;
 mod serve;
@@ -50,6 +51,9 @@ pub enum Command {
     /// Staff users: approvers, auditors, admins.
     #[command(subcommand)]
     User(user::UserCommand),
+    /// LDAP / Active Directory: check what the directory says of a name, sync once.
+    #[command(subcommand)]
+    Ldap(ldap::LdapCommand),
     /// Assets (devices) and their services, credentials, host keys.
     #[command(subcommand)]
     Asset(asset::AssetCommand),
@@ -77,6 +81,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args).await,
         Command::Vendor(cmd) => vendor::run(&cli.config, cmd).await,
         Command::User(cmd) => user::run(&cli.config, cmd).await,
+        Command::Ldap(cmd) => ldap::run(&cli.config, cmd).await,
         Command::Asset(cmd) => asset::run(&cli.config, cmd).await,
         Command::Grant(cmd) => grant::run(&cli.config, cmd).await,
         Command::Session(cmd) => session::run(&cli.config, cmd).await,

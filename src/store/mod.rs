@@ -31,8 +31,8 @@ pub use nodes::AbandonedSession;
 pub use requests::NewRequest;
 pub use sealed::{Sealed, SealedKind};
 pub use sessions::NewSession;
-pub use staff::StaffAuth;
-pub use vendors::LoginFailure;
+pub use staff::{SOURCE_DIRECTORY, SOURCE_LOCAL, StaffAuth};
+pub use vendors::{DirectoryVendor, LoginFailure, VendorTotp};
 pub use web_state::MAX_WEB_STATE;
 pub use webhook::WebhookClaim;
 

@@ -123,6 +123,7 @@ fn vendor_add_prints_totp_uri_and_refuses_bad_input() {
         "Acme Imaging",
         "--key",
         pubkey.to_str().unwrap(),
+        "--totp",
         "--json",
     ]);
     let json = run.ok().json();

@@ -12,6 +12,7 @@ mod browser;
 mod cli;
 mod evidence;
 mod hostile;
+mod ldap;
 mod nodes;
 mod passkeys;
 mod ssh;

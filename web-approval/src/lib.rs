@@ -32,8 +32,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 pub use crate::core::{
-    Core, CoreError, Decision, Enrollment, GrantView, Method, RequestView, Role, SecondFactor,
-    SessionView, SignInAttempt, Source, Staff, StaffAccount, StateKind, Verdict,
+    Accounts, Approvals, Core, CoreError, Decision, Enrollment, GrantView, Method, RequestView,
+    Role, SecondFactor, SessionView, SignInAttempt, SignInState, Source, Staff, StaffAccount,
+    StateKind, Verdict,
 };
 use auth::Limiter;
 

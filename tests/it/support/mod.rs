@@ -3,6 +3,7 @@
 
 pub mod bastion;
 pub mod postgres;
+pub mod slapd;
 pub mod sshd;
 pub mod web;
 pub mod webhook;
