@@ -288,40 +288,47 @@ impl WebCore {
                 .await?;
             return Ok(Verdict::Refused);
         };
-        let mut tx = app.store.begin().await.map_err(internal)?;
-        let (id, created) = match tx
-            .upsert_directory_staff(attempt.name, new_role, &found.dn, &found.zones, now)
-            .await
-        {
-            Ok(r) => r,
-            // A local account of that name exists (added meanwhile): the directory does not sign it in.
-            Err(StoreError::Conflict(_)) => return Ok(Verdict::Refused),
-            Err(e) => return Err(internal(e)),
-        };
         let changed = user.as_ref().is_none_or(|u| {
             u.role != new_role
                 || !u.enabled
                 || u.zones != found.zones
                 || u.dn.as_deref() != Some(&found.dn)
         });
-        if changed {
-            tx.audit(
-                AuditEvent::new(
-                    "system",
-                    if created {
-                        "user.directory.add"
-                    } else {
-                        "user.directory.update"
-                    },
-                    format!("user:{}", attempt.name),
-                    json!({"role": new_role.to_string(), "dn": found.dn, "zones": found.zones}),
-                ),
-                now,
-            )
-            .await
-            .map_err(internal)?;
-            tx.commit("user.directory").await.map_err(internal)?;
-        }
+        let id = match user.as_ref() {
+            Some(u) if !changed => u.id,
+            // Added, or what the directory says changed: stored, audited, committed before the
+            // judgement below opens its own transaction.
+            _ => {
+                let mut tx = app.store.begin().await.map_err(internal)?;
+                let (id, created) = match tx
+                    .upsert_directory_staff(attempt.name, new_role, &found.dn, &found.zones, now)
+                    .await
+                {
+                    Ok(r) => r,
+                    // A local account of that name exists (added meanwhile): the directory does not
+                    // sign it in.
+                    Err(StoreError::Conflict(_)) => return Ok(Verdict::Refused),
+                    Err(e) => return Err(internal(e)),
+                };
+                tx.audit(
+                    AuditEvent::new(
+                        "system",
+                        if created {
+                            "user.directory.add"
+                        } else {
+                            "user.directory.update"
+                        },
+                        format!("user:{}", attempt.name),
+                        json!({"role": new_role.to_string(), "dn": found.dn, "zones": found.zones}),
+                    ),
+                    now,
+                )
+                .await
+                .map_err(internal)?;
+                tx.commit("user.directory").await.map_err(internal)?;
+                id
+            }
+        };
         let Some(user) = app.store.staff_auth(attempt.name).await.map_err(internal)? else {
             return Ok(Verdict::Refused);
         };

@@ -33,9 +33,11 @@ pub enum TotpOutcome {
 /// What the keyboard-interactive prompt asks.
 #[derive(Debug)]
 pub struct Prompt {
-    /// Shown above the prompts (the enrollment QR code and secret), empty for a login.
+    /// One short ASCII line above the prompts, empty for a login. OpenSSH prints the instructions
+    /// through its log (cut at about 1 KB, anything but ASCII shown as octal escapes), so the QR code
+    /// goes into the first prompt, which it writes to the terminal as it is (in a UTF-8 locale).
     pub instructions: String,
-    pub prompts: Vec<&'static str>,
+    pub prompts: Vec<String>,
 }
 
 /// A seed drawn for this connection's enrollment, shown once and kept only in memory until two codes
@@ -111,7 +113,7 @@ impl Auth {
     pub async fn prompt(&mut self, app: &App) -> Prompt {
         let login = Prompt {
             instructions: String::new(),
-            prompts: vec![TOTP_PROMPT],
+            prompts: vec![TOTP_PROMPT.to_owned()],
         };
         let Some((_, vendor, _)) = &self.key_ok else {
             return login;
@@ -131,18 +133,22 @@ impl Auth {
                 return login;
             }
         };
-        let instructions = format!(
-            "Welcome, {name}. Set up your second factor: scan this QR code with an authenticator app\r\n\
+        let first = format!(
+            "\r\nWelcome, {name}. Set up your second factor: scan this QR code with an authenticator app\r\n\
              (any TOTP app), or type the secret in by hand.\r\n\r\n{qr}\r\n\r\n\
              Secret (base32): {secret}\r\n\r\n\
-             Then type the code the app shows, wait until it shows the next one, and type that too.\r\n",
+             Type the code the app shows now; then, once it shows the next one, type that too.\r\n\r\n\
+             {FIRST_CODE_PROMPT}",
             name = vendor.name,
             secret = totp::seed_base32(seed.expose()),
         );
         self.enrolling = Some(Enrolling { seed });
         Prompt {
-            instructions,
-            prompts: vec![FIRST_CODE_PROMPT, NEXT_CODE_PROMPT],
+            instructions: format!(
+                "Welcome, {}: set up your second factor (a QR code follows).",
+                vendor.name
+            ),
+            prompts: vec![first, NEXT_CODE_PROMPT.to_owned()],
         }
     }
 

@@ -342,7 +342,7 @@ impl server::Handler for Connection {
                     prompt
                         .prompts
                         .into_iter()
-                        .map(|p| (Cow::Borrowed(p), false))
+                        .map(|p| (Cow::Owned(p), false))
                         .collect(),
                 ),
             });

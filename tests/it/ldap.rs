@@ -263,24 +263,25 @@ fn directory_approver_enrols_at_first_sign_in_approves_and_is_signed_out_when_re
     assert_eq!(admin.get("/api/requests").status, 200);
 }
 
-/// An askpass script that enrols: it reads the base32 secret from ssh's stderr (`stderr_file`, where
-/// the prompt's instructions are printed), answers the first code of one moment and the next step's
-/// code, and keeps the secret in `secret_file` for the test.
-fn enrolling_askpass(dir: &Path, stderr_file: &Path, secret_file: &Path) -> PathBuf {
+/// An askpass script that enrols. OpenSSH hands it each keyboard-interactive prompt as `$1` (what a
+/// terminal would show): it keeps the first one (the QR code, the secret, "first code") in
+/// `prompt_file`, reads the base32 secret from it into `secret_file`, and answers the code of this
+/// moment, then the next step's code.
+fn enrolling_askpass(dir: &Path, prompt_file: &Path, secret_file: &Path) -> PathBuf {
     let path = dir.join("askpass-enrol.sh");
     let at = dir.join("askpass-enrol.time");
     std::fs::write(
         &path,
         format!(
             "#!/bin/sh\n\
-             secret=$(grep -ao 'Secret (base32): [A-Z2-7]*' {err} | tail -1 | sed 's/.*: //')\n\
-             printf %s \"$secret\" > {out}\n\
              case \"$1\" in\n\
-               *first*) t=$(date +%s); echo $t > {at} ;;\n\
+               *first*) printf %s \"$1\" > {prompt}\n\
+                 grep -ao 'Secret (base32): [A-Z2-7]*' {prompt} | sed 's/.*: //' | tr -d '\\n' > {out}\n\
+                 t=$(date +%s); echo $t > {at} ;;\n\
                *) t=$(( $(cat {at}) + 30 )) ;;\n\
              esac\n\
-             exec oathtool --totp -b -N @$t \"$secret\"\n",
-            err = stderr_file.display(),
+             exec oathtool --totp -b -N @$t \"$(cat {out})\"\n",
+            prompt = prompt_file.display(),
             out = secret_file.display(),
             at = at.display(),
         ),
@@ -288,6 +289,20 @@ fn enrolling_askpass(dir: &Path, stderr_file: &Path, secret_file: &Path) -> Path
     .unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
     path
+}
+
+/// Runs `ssh` for `vendor` answering with `askpass` in a UTF-8 locale (as a vendor's terminal is:
+/// OpenSSH escapes what the locale cannot show); the exit code and stderr.
+fn ssh_enrolling(b: &Bastion, vendor: &Vendor, askpass: &Path) -> (Option<i32>, String) {
+    let out = b
+        .ssh_answering(vendor, &[], &vendor.name, askpass)
+        .env("LC_ALL", "C.UTF-8")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -326,26 +341,18 @@ fn directory_vendor_self_enrols_over_openssh_and_is_cut_off_by_the_sync() {
         secret: String::new(),
         last_step: Mutex::new(0),
     };
-    let stderr_file = b.data.path().join("vic-enrol.stderr");
+    let prompt_file = b.data.path().join("vic-enrol.prompt");
     let secret_file = b.data.path().join("vic-secret");
-    let askpass = enrolling_askpass(b.data.path(), &stderr_file, &secret_file);
-    let out = b
-        .ssh_answering(&vic, &[], "vic", &askpass)
-        .stderr(std::fs::File::create(&stderr_file).unwrap())
-        .output()
-        .unwrap();
-    let stderr = std::fs::read_to_string(&stderr_file).unwrap_or_default();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{stderr}\n{}",
-        b.log()
-    );
-    assert!(stderr.contains("Set up your second factor"), "{stderr}");
+    let askpass = enrolling_askpass(b.data.path(), &prompt_file, &secret_file);
+    let (code, stderr) = ssh_enrolling(&b, &vic, &askpass);
+    let prompt = std::fs::read_to_string(&prompt_file).unwrap_or_default();
+    assert_eq!(code, Some(0), "{stderr}\n{prompt}\n{}", b.log());
+    assert!(stderr.contains("set up your second factor"), "{stderr}");
+    assert!(prompt.contains("Set up your second factor"), "{prompt}");
+    // The QR code in Unicode half blocks, as the terminal gets it (not escaped).
     assert!(
-        stderr.contains('\u{2580}') || stderr.contains('\u{2584}') || stderr.contains("\\342\\226"),
-        "no QR code drawn: {stderr}"
+        prompt.contains('\u{2580}') && prompt.contains('\u{2584}'),
+        "no QR code drawn: {prompt}"
     );
     let secret = std::fs::read_to_string(&secret_file).unwrap();
     assert_eq!(secret.len(), 32, "{secret:?}");
@@ -462,17 +469,12 @@ fn local_vendor_without_totp_enrols_at_first_login_and_reset_starts_over() {
         secret: String::new(),
         last_step: Mutex::new(0),
     };
-    // A TOTP code is no way in before enrollment: the prompt asks for the enrollment codes.
-    let stderr_file = b.data.path().join("val-enrol.stderr");
+    // The first login asks for the enrollment codes (there is no seed a TOTP code could come from).
+    let prompt_file = b.data.path().join("val-enrol.prompt");
     let secret_file = b.data.path().join("val-secret");
-    let askpass = enrolling_askpass(b.data.path(), &stderr_file, &secret_file);
-    let out = b
-        .ssh_answering(&val, &[], "val", &askpass)
-        .stderr(std::fs::File::create(&stderr_file).unwrap())
-        .output()
-        .unwrap();
-    let stderr = std::fs::read_to_string(&stderr_file).unwrap_or_default();
-    assert_eq!(out.status.code(), Some(0), "{stderr}\n{}", b.log());
+    let askpass = enrolling_askpass(b.data.path(), &prompt_file, &secret_file);
+    let (code, stderr) = ssh_enrolling(&b, &val, &askpass);
+    assert_eq!(code, Some(0), "{stderr}\n{}", b.log());
     let secret = std::fs::read_to_string(&secret_file).unwrap();
     let val = Vendor {
         secret,
@@ -486,13 +488,8 @@ fn local_vendor_without_totp_enrols_at_first_login_and_reset_starts_over() {
     b.data.run(&["vendor", "totp", "reset", "val"]).ok();
     let out = b.ssh(&val, "val").output().unwrap();
     assert_ne!(out.status.code(), Some(0));
-    let out = b
-        .ssh_answering(&val, &[], "val", &askpass)
-        .stderr(std::fs::File::create(&stderr_file).unwrap())
-        .output()
-        .unwrap();
-    let stderr = std::fs::read_to_string(&stderr_file).unwrap_or_default();
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (code, stderr) = ssh_enrolling(&b, &val, &askpass);
+    assert_eq!(code, Some(0), "{stderr}\n{}", b.log());
     let again = std::fs::read_to_string(&secret_file).unwrap();
     assert_ne!(again, val.secret, "a reset draws a new seed");
     let log = audit(&b);

@@ -8,8 +8,9 @@
 //!   stays usable for the test's own changes;
 //! - `slapd.conf` includes core, cosine, inetorgperson, nis and the openssh-lpk schema (`sshPublicKey`);
 //! - `slapadd` seeds `dc=example,dc=com`: people erin (approvers), audrey (auditors), mallory (no
-//!   group), ivan (ICU approvers only), each with password `dirpw-NAME`; `ou=vendors` with one OU per
-//!   vendor organisation;
+//!   group), ivan (ICU approvers only), each with password `dirpw-NAME`; each group also lists
+//!   `cn=nobody` (groupOfNames needs a member, so a test can remove its last real one); `ou=vendors`
+//!   with one OU per vendor organisation;
 //! - `slapd -d 0` runs in the foreground under [`guarded`], so it dies with the test process; it is
 //!   ready when `ldapwhoami` over StartTLS answers (well under a second);
 //! - changes during a test (`ldapmodify`) go over `ldapi://` as the root DN.
@@ -275,7 +276,8 @@ fn seed(vendors: &[(&str, &str, &str)]) -> String {
         ("icu-approvers", vec!["ivan"]),
     ] {
         ldif.push_str(&format!(
-            "dn: {}\nobjectClass: groupOfNames\ncn: {cn}\n",
+            "dn: {}\nobjectClass: groupOfNames\ncn: {cn}\n\
+             member: cn=nobody,{SUFFIX}\n",
             group(cn)
         ));
         for m in members {
