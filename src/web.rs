@@ -290,7 +290,7 @@ impl WebCore {
         };
         let changed = user.as_ref().is_none_or(|u| {
             u.role != new_role
-                || !u.enabled
+                || (!u.enabled && u.directory_disabled)
                 || u.zones != found.zones
                 || u.dn.as_deref() != Some(&found.dn)
         });
@@ -332,6 +332,11 @@ impl WebCore {
         let Some(user) = app.store.staff_auth(attempt.name).await.map_err(internal)? else {
             return Ok(Verdict::Refused);
         };
+        if !user.enabled {
+            // Disabled by an administrator: whatever the directory says, refused like a local
+            // account that is disabled (counted, one answer).
+            return self.judge_staff(user, attempt, false).await;
+        }
         if user.has_second_factor() {
             return self.judge_staff(user, attempt, true).await;
         }
@@ -447,7 +452,7 @@ impl WebCore {
         };
         if !ldap.zone_approvers.contains_key(&r.zone)
             || user.role == Role::Admin
-            || user.zones.iter().any(|z| *z == r.zone)
+            || user.zones.contains(&r.zone)
         {
             return Ok(());
         }

@@ -31,8 +31,9 @@ pub enum LdapError {
     #[error("directory unreachable ({url})")]
     Unreachable {
         url: String,
+        /// Boxed: ldap3's error is large, and this enum is returned on every path.
         #[source]
-        source: ldap3::LdapError,
+        source: Box<ldap3::LdapError>,
     },
     /// The whole exchange took longer than the configured time-outs allow.
     #[error("directory unreachable ({url}): no answer in time")]
@@ -193,7 +194,7 @@ impl Directory {
     fn unreachable(&self, source: ldap3::LdapError) -> LdapError {
         LdapError::Unreachable {
             url: self.config.url.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 

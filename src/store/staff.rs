@@ -44,6 +44,9 @@ pub struct StaffAuth {
     pub has_passkeys: bool,
     /// An enrollment link is open (the second factor is not set up yet).
     pub enrolling: bool,
+    /// Disabled by the directory (removed, or in no mapped group), not by an administrator: the
+    /// directory may enable it again.
+    pub directory_disabled: bool,
 }
 
 impl StaffAuth {
@@ -64,7 +67,7 @@ impl std::fmt::Debug for StaffAuth {
 
 const AUTH_COLUMNS: &str = "id, name, role, enabled, password_hash, totp_secret, source, dn, zones, \
      CASE WHEN passkeys IS NULL THEN 0 ELSE 1 END AS has_passkeys, \
-     CASE WHEN enroll_token_hash IS NULL THEN 0 ELSE 1 END AS enrolling";
+     CASE WHEN enroll_token_hash IS NULL THEN 0 ELSE 1 END AS enrolling, directory_disabled";
 
 /// Where a staff account's password is checked.
 pub const SOURCE_LOCAL: &str = "local";
@@ -87,6 +90,7 @@ fn staff_auth(row: &AnyRow) -> Result<StaffAuth> {
             .collect(),
         has_passkeys: get::<i64>(row, "has_passkeys")? != 0,
         enrolling: get::<i64>(row, "enrolling")? != 0,
+        directory_disabled: get::<i64>(row, "directory_disabled")? != 0,
     })
 }
 
@@ -383,8 +387,9 @@ impl Tx {
     }
 
     /// Adds or refreshes a staff member the directory vouched for (right password, a mapped group): their
-    /// role, entry and zones as the directory says now, enabled. Returns the id and whether the row is
-    /// new. A local account of the same name is never taken over (`Conflict`).
+    /// role, entry and zones as the directory says now, enabled unless an administrator disabled it.
+    /// Returns the id and whether the row is new. A local account of the same name is never taken over
+    /// (`Conflict`).
     pub async fn upsert_directory_staff(
         &mut self,
         name: &str,
@@ -406,8 +411,12 @@ impl Tx {
                     "{name} is a local account; the directory does not sign it in"
                 )));
             }
+            // Enabled again only when the directory was what disabled it: an administrator's
+            // `user disable` holds whatever the directory says.
             sqlx::query(
-                "UPDATE staff_users SET role = $1, dn = $2, zones = $3, enabled = 1 WHERE id = $4",
+                "UPDATE staff_users SET role = $1, dn = $2, zones = $3, \
+                 enabled = CASE WHEN directory_disabled = 1 THEN 1 ELSE enabled END, \
+                 directory_disabled = 0 WHERE id = $4",
             )
             .bind(role.to_string())
             .bind(dn)
@@ -457,7 +466,8 @@ impl Tx {
         Ok(done.rows_affected() == 1)
     }
 
-    /// What the directory says of a directory user now (the re-check): role and zones, or disabled.
+    /// What the directory says of a directory user now (the re-check): role and zones, or disabled (and
+    /// marked as disabled by the directory, which may enable it again at a sign-in).
     pub async fn set_directory_standing(
         &mut self,
         id: i64,
@@ -465,17 +475,22 @@ impl Tx {
     ) -> Result<()> {
         match standing {
             Some((role, zones)) => {
-                sqlx::query(
-                    "UPDATE staff_users SET role = $1, zones = $2, enabled = 1 WHERE id = $3",
-                )
-                .bind(role.to_string())
-                .bind(zones.join(","))
-                .bind(id)
-                .execute(&mut *self.tx)
-                .await
-                .context("updating a directory user")?;
+                sqlx::query("UPDATE staff_users SET role = $1, zones = $2 WHERE id = $3")
+                    .bind(role.to_string())
+                    .bind(zones.join(","))
+                    .bind(id)
+                    .execute(&mut *self.tx)
+                    .await
+                    .context("updating a directory user")?;
             }
-            None => self.disable_staff_user(id).await?,
+            None => {
+                self.disable_staff_user(id).await?;
+                sqlx::query("UPDATE staff_users SET directory_disabled = 1 WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *self.tx)
+                    .await
+                    .context("marking a directory user disabled by the directory")?;
+            }
         }
         Ok(())
     }

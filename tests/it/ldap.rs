@@ -245,7 +245,24 @@ fn directory_approver_enrols_at_first_sign_in_approves_and_is_signed_out_when_re
         log.lines()
             .any(|l| l.contains("\"user.directory.add\"") && l.contains("user:erin"))
     );
-    // And she cannot sign in again.
+    // And she cannot sign in again (refused before any code is looked at).
+    assert_eq!(erin.try_login("dirpw-erin", "000000").status, 401);
+    // Back in the group, the directory gives her access back at her next sign-in; an administrator's
+    // `user disable`, though, holds whatever the directory says.
+    dir.modify(&format!(
+        "dn: {}\nchangetype: modify\nadd: member\nmember: {}\n",
+        group("approvers"),
+        person("erin")
+    ));
+    erin.login();
+    b.data.run(&["user", "disable", "erin"]).ok();
+    assert!(
+        wait_until(Duration::from_secs(15), || erin.get("/api/requests").status
+            == 401),
+        "erin is still signed in after user disable\n{}",
+        b.log()
+    );
+    // (a good code: only the disable stands in her way)
     assert_eq!(erin.try_login("dirpw-erin", &erin.next_code()).status, 401);
 
     // The directory down: directory accounts are told so; the local admin still signs in.
