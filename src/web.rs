@@ -19,7 +19,7 @@ use crate::audit::AuditEvent;
 use crate::clock::format_time;
 use crate::config::{format_duration, parse_duration};
 use crate::identity::ldap::{Authn, Directory, LdapError};
-use crate::identity::signin::{self, Account, Attempt, Lockout, Second};
+use crate::identity::signin::{self, Account, Attempt, Second};
 use crate::identity::totp;
 use crate::model::{AccessRequest, Criticality, RequestStatus, Role, check_name};
 use crate::policy::grants::{self, GrantError};
@@ -182,6 +182,15 @@ fn account(a: StaffAuth) -> StaffAccount {
     }
 }
 
+/// The purpose a staff member's TOTP seed is sealed for (the one `identity::signin` opens it with).
+fn staff_seed_purpose(user: &StaffAuth) -> String {
+    Account::Staff {
+        id: user.id,
+        name: user.name.clone(),
+    }
+    .seed_purpose()
+}
+
 /// How long a directory user's enrollment link (opened by their first sign-in) stays valid.
 const DIRECTORY_ENROLL_SECS: i64 = 15 * 60;
 
@@ -247,17 +256,17 @@ impl WebCore {
         if let Some(u) = &user {
             // A locked pair is refused before the directory is asked: no bind on its behalf (the
             // directory's own lockout must not be driven from here). The judge audits it.
-            let Lockout::PerSource { max, window } = Lockout::staff(&app.config.web) else {
-                return Err(CoreError::Internal);
+            let account = Account::Staff {
+                id: u.id,
+                name: u.name.clone(),
             };
-            let since =
-                now.saturating_sub(i64::try_from(window.as_secs()).unwrap_or(i64::MAX / 2)) + 1;
-            let failures = app
-                .store
-                .staff_signin_failures_now(u.id, &source, since)
+            let locked = signin::locked(app, &account, &source, now)
                 .await
-                .map_err(internal)?;
-            if failures >= i64::from(max) {
+                .map_err(|e| {
+                    tracing::error!(error = %e, user = %u.name, "cannot read a staff lockout");
+                    CoreError::Internal
+                })?;
+            if locked {
                 return self.judge_staff(u.clone(), attempt, false).await;
             }
         }
@@ -708,9 +717,7 @@ impl Accounts for WebCore {
         let now = app.clock.now();
         let (_, user) = self.enrolling_user(token, now).await?;
         let seed = totp::new_seed();
-        let sealed = app
-            .secrets
-            .seal(&format!("staff-totp:{}", user.name), &seed);
+        let sealed = app.secrets.seal(&staff_seed_purpose(&user), &seed);
         let uri = totp::provisioning_uri(&seed, &user.name).map_err(|e| {
             tracing::error!(error = %e, "cannot build a TOTP URI");
             CoreError::Internal
@@ -757,12 +764,12 @@ impl Accounts for WebCore {
         };
         let seed = app
             .secrets
-            .open(&format!("staff-totp:{}", user.name), sealed)
+            .open(&staff_seed_purpose(&user), sealed)
             .map_err(|e| {
                 tracing::error!(error = %e, "cannot open an enrollment seed");
                 CoreError::Internal
             })?;
-        let Some(step) = totp::check(seed.expose(), code, now.max(0).unsigned_abs()) else {
+        let Some(step) = signin::enrollment_code(seed.expose(), code, now) else {
             return Err(CoreError::Invalid(
                 "that code does not match: add the new secret below to your app and type its current code".into(),
             ));

@@ -218,6 +218,39 @@ pub fn first_codes(seed: &[u8], first: &str, second: &str, now: i64) -> Option<i
     (first_step == second_step - 1).then_some(second_step)
 }
 
+/// The time step of `code` from a seed being enrolled on the web page (a staff member's first TOTP
+/// app: one current code, ±1 step at `now`). Nothing is stored: the caller stores the seed with this
+/// step as the last accepted one, so the code cannot be used again to sign in.
+pub fn enrollment_code(seed: &[u8], code: &str, now: i64) -> Option<i64> {
+    totp::check(seed, code, now.max(0).unsigned_abs())
+}
+
+/// Whether `account` is locked against attempts from `source` at `now`, by the same rule [`judge`]
+/// applies: a first look, outside any transaction, for a caller that must not do something on a locked
+/// account's behalf (a bind to the directory). [`judge`] still decides, and audits, under the row lock.
+pub async fn locked(
+    app: &App,
+    account: &Account,
+    source: &str,
+    now: i64,
+) -> Result<bool, SignInError> {
+    Ok(match (account.lockout(app), account) {
+        (Lockout::PerSource { max, window }, Account::Staff { id, .. }) => {
+            app.store
+                .staff_signin_failures_now(*id, source, Lockout::since(window, now))
+                .await?
+                >= i64::from(max)
+        }
+        (Lockout::Account { .. }, Account::Vendor { name, .. }) => app
+            .store
+            .vendor(name)
+            .await?
+            .is_some_and(|v| v.locked_until.is_some_and(|t| t > now)),
+        // Each kind has its rule (`Account::lockout`); no other pairing is made.
+        _ => false,
+    })
+}
+
 /// Judges `attempt` at `now`: see the module doc. Returns `Refused` for every kind of failure (locked,
 /// wrong first factor, wrong or replayed code, refused passkey); which one is audited.
 pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict, SignInError> {

@@ -219,6 +219,50 @@ fn directory_approver_enrols_at_first_sign_in_approves_and_is_signed_out_when_re
     let (stdout, stderr, code) = text(&child.wait_with_output().unwrap());
     assert_eq!(code, 0, "{stdout}\n{stderr}");
 
+    // An ICU device's requests are decided by ICU's approvers (or an admin), not by erin.
+    b.data
+        .run(&[
+            "asset",
+            "add",
+            "pump-01",
+            "--address",
+            "127.0.0.1",
+            "--zone",
+            "icu",
+            "--purpose",
+            "Infusion pump",
+            "--service",
+            "ssh:22/ssh",
+        ])
+        .ok();
+    let child = request(
+        &b,
+        &alice,
+        "pump-01 ssh --for 1h --reason INC-14 pump firmware",
+    );
+    let mut id = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            id = erin.get("/api/requests").json()[0]["id"].as_i64();
+            id.is_some()
+        }),
+        "no pending request\n{}",
+        b.log()
+    );
+    let refused = erin.approve(id.unwrap());
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(
+        refused.body.contains("decided by its own approvers"),
+        "{}",
+        refused.body
+    );
+    let mut admin = admin;
+    admin.login();
+    let answer = admin.approve(id.unwrap());
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let (stdout, stderr, code) = text(&child.wait_with_output().unwrap());
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+
     // Removed from the approvers group: the re-check (1 s here) ends her web session.
     assert_eq!(erin.get("/api/requests").status, 200);
     dir.modify(&format!(
@@ -275,7 +319,6 @@ fn directory_approver_enrols_at_first_sign_in_approves_and_is_signed_out_when_re
         "{}",
         down.body
     );
-    let mut admin = admin;
     admin.login();
     assert_eq!(admin.get("/api/requests").status, 200);
 }
@@ -337,6 +380,8 @@ fn directory_vendor_self_enrols_over_openssh_and_is_cut_off_by_the_sync() {
         )),
     );
     let b = Bastion::start(d);
+    // A vendor added with `vendor add`: the sync never touches it.
+    let alice = b.vendor("alice", "Acme Imaging");
     // The sync adds vic, with the organisation of the OU and the key of sshPublicKey.
     assert!(
         wait_until(Duration::from_secs(15), || b
@@ -451,6 +496,16 @@ fn directory_vendor_self_enrols_over_openssh_and_is_cut_off_by_the_sync() {
         .find(|v| v["name"] == "vic")
         .unwrap();
     assert_eq!(vic_row["enabled"], false);
+    // The local vendor, through all these syncs: untouched, and still signs in.
+    let alice_row = shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "alice")
+        .unwrap();
+    assert_eq!(alice_row["enabled"], true);
+    let out = b.ssh(&alice, "alice").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
     let log = audit(&b);
     assert!(log.lines().any(|l| l.contains("\"vendor.disable\"")
         && l.contains("vendor:vic")
@@ -461,9 +516,74 @@ fn directory_vendor_self_enrols_over_openssh_and_is_cut_off_by_the_sync() {
     );
 }
 
-/// A vendor added without `--totp`: the administrator never sees a seed; the first login enrols.
+/// The QR code drawn in a terminal (`identity::totp::terminal_qr`: Unicode half blocks, light modules
+/// drawn, two module rows per line) as the screen shows it, decoded by an independent QR reader (rqrr).
+fn read_terminal_qr(screen: &str) -> String {
+    let rows: Vec<&str> = screen
+        .lines()
+        .filter(|l| {
+            l.chars().count() >= 21
+                && l.chars().any(|c| c != ' ')
+                && l.chars()
+                    .all(|c| matches!(c, ' ' | '\u{2580}' | '\u{2584}' | '\u{2588}'))
+        })
+        .collect();
+    assert!(rows.len() >= 11, "no QR code on the screen:\n{screen}");
+    // One module row per half line; a drawn half is a light module.
+    let mut modules: Vec<Vec<bool>> = Vec::new(); // true: dark
+    for row in &rows {
+        let cells: Vec<char> = row.chars().collect();
+        modules.push(
+            cells
+                .iter()
+                .map(|c| !matches!(c, '\u{2580}' | '\u{2588}'))
+                .collect(),
+        );
+        modules.push(
+            cells
+                .iter()
+                .map(|c| !matches!(c, '\u{2584}' | '\u{2588}'))
+                .collect(),
+        );
+    }
+    let width = modules.iter().map(Vec::len).max().unwrap();
+    const SCALE: usize = 4;
+    // A light border of its own, in case the screen cut the quiet zone.
+    let border = 4 * SCALE;
+    let (w, h) = (
+        width * SCALE + 2 * border,
+        modules.len() * SCALE + 2 * border,
+    );
+    let mut image = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| {
+        let (Some(x), Some(y)) = (x.checked_sub(border), y.checked_sub(border)) else {
+            return 255;
+        };
+        let dark = modules
+            .get(y / SCALE)
+            .and_then(|r| r.get(x / SCALE))
+            .copied()
+            .unwrap_or(false);
+        if dark { 0 } else { 255 }
+    });
+    let grids = image.detect_grids();
+    assert_eq!(
+        grids.len(),
+        1,
+        "no readable QR code on the screen:\n{screen}"
+    );
+    let (_, text) = grids[0].decode().expect("decoding the QR code");
+    text
+}
+
+/// A vendor added without `--totp`: the administrator never sees a seed; the first login, in a real
+/// terminal (OpenSSH under tmux), shows a QR code and the secret and asks for two codes, typed as a
+/// person would.
 #[test]
 fn local_vendor_without_totp_enrols_at_first_login_and_reset_starts_over() {
+    if !crate::support::tmux::available() {
+        missing("tmux");
+        return;
+    }
     let d = DataDir::init();
     let key = ssh_keygen(d.path(), "vendor_val");
     let added = d.run(&[
@@ -486,16 +606,103 @@ fn local_vendor_without_totp_enrols_at_first_login_and_reset_starts_over() {
         secret: String::new(),
         last_step: Mutex::new(0),
     };
-    // The first login asks for the enrollment codes (there is no seed a TOTP code could come from).
-    let prompt_file = b.data.path().join("val-enrol.prompt");
-    let secret_file = b.data.path().join("val-secret");
-    let askpass = enrolling_askpass(b.data.path(), &prompt_file, &secret_file);
-    let (code, stderr) = ssh_enrolling(&b, &val, &askpass);
-    assert_eq!(code, Some(0), "{stderr}\n{}", b.log());
-    let secret = std::fs::read_to_string(&secret_file).unwrap();
+
+    // The first login, in a terminal: `ssh val@bastion`, nothing else.
+    let command: Vec<String> = std::iter::once("ssh".to_owned())
+        .chain(b.client_options(&val))
+        .chain(["-p".into(), b.ssh_port.to_string(), "val@127.0.0.1".into()])
+        .map(|a| crate::support::shell_quote(&a))
+        .collect();
+    let term = crate::support::tmux::Tmux::start(
+        b.data.path(),
+        &format!(
+            "env -u SSH_ASKPASS -u SSH_ASKPASS_REQUIRE -u DISPLAY LC_ALL=C.UTF-8 {}; \
+             echo \"ssh exited: $?\"; sleep 600",
+            command.join(" ")
+        ),
+        160,
+        100,
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || term
+            .screen()
+            .contains("Enrollment: first code:")),
+        "no enrollment prompt:\n{}\n{}",
+        term.screen(),
+        b.log()
+    );
+    let screen = term.screen();
+    assert!(screen.contains("Set up your second factor"), "{screen}");
+    let secret = screen
+        .split("Secret (base32): ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no secret on the screen:\n{screen}"))
+        .to_owned();
+    assert_eq!(secret.len(), 32, "{secret:?}");
+    // What an authenticator app scans: the QR code holds the same secret, for this vendor.
+    let uri = read_terminal_qr(&screen);
+    assert!(uri.starts_with("otpauth://totp/chaperone:val?"), "{uri}");
+    assert!(uri.contains(&format!("secret={secret}")), "{uri}");
+
+    // The app's code now, then (once it changes) the next one; oathtool is the reference TOTP.
+    let oathtool = |at: i64| {
+        let out = std::process::Command::new("oathtool")
+            .args(["--totp", "-b", "-N", &format!("@{at}"), &secret])
+            .output()
+            .expect("oathtool");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let step = crate::support::bastion::now() / 30;
+    term.type_line(&oathtool(step * 30));
+    assert!(
+        wait_until(Duration::from_secs(15), || term
+            .screen()
+            .contains("Enrollment: next code")),
+        "no second prompt:\n{}",
+        term.screen()
+    );
+    term.type_line(&oathtool((step + 1) * 30));
+    assert!(
+        wait_until(Duration::from_secs(30), || term
+            .screen()
+            .contains("ssh exited:")),
+        "ssh did not finish:\n{}\n{}",
+        term.screen(),
+        b.log()
+    );
+    let screen = term.screen();
+    assert!(screen.contains("ssh exited: 0"), "{screen}\n{}", b.log());
+    // Signed in: the vendor's home screen.
+    assert!(
+        screen.contains("chaperone: signed in as val (Acme)"),
+        "{screen}"
+    );
+    drop(term);
+
+    // Nobody but the vendor saw the seed: not the administrator's commands, the audit log or the
+    // server's log.
+    for shown in [
+        b.data
+            .run(&["vendor", "show", "val", "--json"])
+            .ok()
+            .stdout(),
+        b.data.run(&["vendor", "list", "--json"]).ok().stdout(),
+        audit(&b),
+        b.log(),
+    ] {
+        assert!(!shown.contains(&secret), "the seed leaked: {shown}");
+    }
+    assert!(
+        audit(&b)
+            .lines()
+            .any(|l| l.contains("\"vendor.totp.enroll\"") && l.contains("vendor:val"))
+    );
+
+    // From now on: key, then a code of the enrolled app, like any vendor.
     let val = Vendor {
         secret,
-        last_step: Mutex::new(crate::support::bastion::now() / 30 + 1),
+        last_step: Mutex::new(step + 1),
         ..val
     };
     let out = b.ssh(&val, "val").output().unwrap();
@@ -505,6 +712,9 @@ fn local_vendor_without_totp_enrols_at_first_login_and_reset_starts_over() {
     b.data.run(&["vendor", "totp", "reset", "val"]).ok();
     let out = b.ssh(&val, "val").output().unwrap();
     assert_ne!(out.status.code(), Some(0));
+    let prompt_file = b.data.path().join("val-enrol.prompt");
+    let secret_file = b.data.path().join("val-secret");
+    let askpass = enrolling_askpass(b.data.path(), &prompt_file, &secret_file);
     let (code, stderr) = ssh_enrolling(&b, &val, &askpass);
     assert_eq!(code, Some(0), "{stderr}\n{}", b.log());
     let again = std::fs::read_to_string(&secret_file).unwrap();

@@ -6,13 +6,19 @@
 //!   StartTLS on `ldap://127.0.0.1:PORT` with them, and `security simple_bind=71` refuses a password bind
 //!   without TLS on TCP (so a client that skipped StartTLS fails) while the `ldapi://` socket (SSF 71)
 //!   stays usable for the test's own changes;
-//! - `slapd.conf` includes core, cosine, inetorgperson, nis and the openssh-lpk schema (`sshPublicKey`);
-//! - `slapadd` seeds `dc=example,dc=com`: people erin (approvers), audrey (auditors), mallory (no
+//! - a `slapd.conf` (core, cosine, inetorgperson and nis schemas, an mdb database for `dc=example,dc=com`,
+//!   a `cn=config` database with a root password) gets the suffix entry by `slapadd` (slaptest opens the
+//!   database read-only, so it must exist) and is converted by `slaptest -F` into a `slapd.d`
+//!   directory, which slapd runs from (`-F`), so its configuration can change over the wire;
+//! - once slapd answers, the openssh-lpk schema (`sshPublicKey`, objectClass `ldapPublicKey`) is loaded
+//!   over `ldapi://` into `cn=schema,cn=config`, as on a production directory, then the entries are
+//!   added over `ldapi://` as the root DN: people erin (approvers), audrey (auditors), mallory (no
 //!   group), ivan (ICU approvers only), each with password `dirpw-NAME`; each group also lists
 //!   `cn=nobody` (groupOfNames needs a member, so a test can remove its last real one); `ou=vendors`
-//!   with one OU per vendor organisation;
+//!   with one OU per vendor organisation and the vendors' `sshPublicKey`s;
 //! - `slapd -d 0` runs in the foreground under [`guarded`], so it dies with the test process; it is
-//!   ready when `ldapwhoami` over StartTLS answers (well under a second);
+//!   ready when `ldapwhoami` over StartTLS answers (well under a second); stopped and resumed, it keeps
+//!   its `slapd.d` and database;
 //! - changes during a test (`ldapmodify`) go over `ldapi://` as the root DN.
 
 use std::path::{Path, PathBuf};
@@ -24,6 +30,19 @@ use super::{free_port, guarded, stop_guarded};
 pub const SUFFIX: &str = "dc=example,dc=com";
 pub const ROOT_DN: &str = "cn=admin,dc=example,dc=com";
 const ROOT_PW: &str = "adminpw";
+/// The configuration database's root (`database config` in `slapd.conf`; same password).
+const CONFIG_DN: &str = "cn=config";
+
+/// The openssh-lpk schema (`sshPublicKey`, as OpenSSH's `AuthorizedKeysCommand` helpers and
+/// directory-backed bastions read it), as a `cn=schema,cn=config` entry.
+const OPENSSH_LPK_SCHEMA: &str = "dn: cn=openssh-lpk,cn=schema,cn=config\n\
+    objectClass: olcSchemaConfig\n\
+    cn: openssh-lpk\n\
+    olcAttributeTypes: ( 1.3.6.1.4.1.24552.500.1.1.1.13 NAME 'sshPublicKey'\n  \
+     DESC 'MANDATORY: OpenSSH Public key' EQUALITY octetStringMatch\n  \
+     SYNTAX 1.3.6.1.4.1.1466.115.121.1.40 )\n\
+    olcObjectClasses: ( 1.3.6.1.4.1.24552.500.1.1.2.0 NAME 'ldapPublicKey' SUP top AUXILIARY\n  \
+     DESC 'MANDATORY: OpenSSH LPK objectclass' MAY ( sshPublicKey $ uid ) )\n";
 
 pub struct Slapd {
     pub port: u16,
@@ -62,16 +81,8 @@ impl Slapd {
     pub fn start(dir: &Path, vendors: &[(&str, &str, &str)]) -> Slapd {
         let dir = dir.join("slapd");
         std::fs::create_dir_all(dir.join("db")).unwrap();
+        std::fs::create_dir_all(dir.join("slapd.d")).unwrap();
         let (ca_file, cert, key) = certificates(&dir);
-        std::fs::write(
-            dir.join("openssh-lpk.schema"),
-            "attributetype ( 1.3.6.1.4.1.24552.500.1.1.1.13 NAME 'sshPublicKey'\n  \
-             DESC 'MANDATORY: OpenSSH Public key' EQUALITY octetStringMatch\n  \
-             SYNTAX 1.3.6.1.4.1.1466.115.121.1.40 )\n\
-             objectclass ( 1.3.6.1.4.1.24552.500.1.1.2.0 NAME 'ldapPublicKey' SUP top AUXILIARY\n  \
-             DESC 'MANDATORY: OpenSSH LPK objectclass' MAY ( sshPublicKey $ uid ) )\n",
-        )
-        .unwrap();
         let d = dir.display();
         std::fs::write(
             dir.join("slapd.conf"),
@@ -80,13 +91,14 @@ impl Slapd {
                  include /etc/ldap/schema/cosine.schema\n\
                  include /etc/ldap/schema/inetorgperson.schema\n\
                  include /etc/ldap/schema/nis.schema\n\
-                 include {d}/openssh-lpk.schema\n\
                  modulepath /usr/lib/ldap\n\
                  moduleload back_mdb\n\
                  pidfile {d}/slapd.pid\n\
                  TLSCertificateFile {cert}\n\
                  TLSCertificateKeyFile {key}\n\
                  security simple_bind=71\n\
+                 database config\n\
+                 rootpw {ROOT_PW}\n\
                  database mdb\n\
                  suffix \"{SUFFIX}\"\n\
                  rootdn \"{ROOT_DN}\"\n\
@@ -97,17 +109,31 @@ impl Slapd {
             ),
         )
         .unwrap();
-        std::fs::write(dir.join("seed.ldif"), seed(vendors)).unwrap();
+        // The suffix entry goes in offline (slaptest opens the database read-only, so it must exist);
+        // everything else over ldapi once the schema is there.
+        std::fs::write(dir.join("base.ldif"), base_entry()).unwrap();
         let out = Command::new("slapadd")
             .arg("-f")
             .arg(dir.join("slapd.conf"))
             .arg("-l")
-            .arg(dir.join("seed.ldif"))
+            .arg(dir.join("base.ldif"))
             .output()
             .expect("slapadd");
         assert!(
             out.status.success(),
             "slapadd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = Command::new("slaptest")
+            .arg("-f")
+            .arg(dir.join("slapd.conf"))
+            .arg("-F")
+            .arg(dir.join("slapd.d"))
+            .output()
+            .expect("slaptest");
+        assert!(
+            out.status.success(),
+            "slaptest: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         let bind_password_file = dir.join("bindpw");
@@ -120,6 +146,9 @@ impl Slapd {
             child: None,
         };
         s.resume();
+        // The openssh-lpk schema goes into the running server's cn=config, over ldapi.
+        s.change(CONFIG_DN, OPENSSH_LPK_SCHEMA);
+        s.change(ROOT_DN, &seed(vendors));
         s
     }
 
@@ -135,8 +164,8 @@ impl Slapd {
     /// Starts (again) on the same port and data.
     pub fn resume(&mut self) {
         let listen = format!("{}/ {}/", self.url(), self.ldapi());
-        let conf = self.dir.join("slapd.conf").display().to_string();
-        let child = guarded("/usr/sbin/slapd", &["-d", "0", "-f", &conf, "-h", &listen])
+        let conf = self.dir.join("slapd.d").display().to_string();
+        let child = guarded("/usr/sbin/slapd", &["-d", "0", "-F", &conf, "-h", &listen])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -146,16 +175,7 @@ impl Slapd {
         loop {
             let ok = Command::new("ldapwhoami")
                 .env("LDAPTLS_CACERT", &self.ca_file)
-                .args([
-                    "-ZZ",
-                    "-x",
-                    "-H",
-                    &self.url(),
-                    "-D",
-                    &person("erin"),
-                    "-w",
-                    "dirpw-erin",
-                ])
+                .args(["-ZZ", "-x", "-H", &self.url(), "-D", ROOT_DN, "-w", ROOT_PW])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
@@ -186,9 +206,24 @@ impl Slapd {
 
     /// Applies an LDIF change as the root DN over ldapi.
     pub fn modify(&self, ldif: &str) {
+        self.change(ROOT_DN, ldif);
+    }
+
+    /// Applies LDIF changes (records with `changetype`; plain records are adds) bound as `bind_dn` (the
+    /// database's root DN, or `cn=config` for the configuration) over ldapi.
+    fn change(&self, bind_dn: &str, ldif: &str) {
         use std::io::Write as _;
         let mut child = Command::new("ldapmodify")
-            .args(["-x", "-H", &self.ldapi(), "-D", ROOT_DN, "-w", ROOT_PW])
+            .args([
+                "-a",
+                "-x",
+                "-H",
+                &self.ldapi(),
+                "-D",
+                bind_dn,
+                "-w",
+                ROOT_PW,
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -203,7 +238,7 @@ impl Slapd {
         let out = child.wait_with_output().unwrap();
         assert!(
             out.status.success(),
-            "ldapmodify: {}",
+            "ldapmodify as {bind_dn}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -257,10 +292,17 @@ fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (paths.0, paths.1, paths.2)
 }
 
+/// The suffix's own entry.
+fn base_entry() -> String {
+    format!(
+        "dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\ndc: example\no: Example Hospital\n"
+    )
+}
+
+/// Everything under the suffix.
 fn seed(vendors: &[(&str, &str, &str)]) -> String {
     let mut ldif = format!(
-        "dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\ndc: example\no: Example Hospital\n\n\
-         dn: ou=people,{SUFFIX}\nobjectClass: organizationalUnit\nou: people\n\n\
+        "dn: ou=people,{SUFFIX}\nobjectClass: organizationalUnit\nou: people\n\n\
          dn: ou=groups,{SUFFIX}\nobjectClass: organizationalUnit\nou: groups\n\n\
          dn: ou=vendors,{SUFFIX}\nobjectClass: organizationalUnit\nou: vendors\n\n"
     );
