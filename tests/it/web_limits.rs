@@ -432,12 +432,12 @@ fn connections_past_the_caps_are_closed_and_sign_in_works_after_a_flood() {
     };
     let mut flood: Vec<TcpStream> = Vec::new();
     assert!(wait_until(Duration::from_secs(8), || {
-        flood.retain_mut(|s| still_open(s));
+        flood.retain_mut(still_open);
         while flood.len() < 3 {
             flood.push(open("127.0.0.3"));
         }
         std::thread::sleep(Duration::from_millis(1500));
-        flood.iter_mut().all(|s| still_open(s))
+        flood.iter_mut().all(still_open)
     }));
     mine.extend(flood);
     // A newcomer is turned away while the flood holds every place…
