@@ -32,8 +32,10 @@ TIMEOUT = 40
 
 
 class Codes:
-    """TOTP codes for one vendor, each step used once (the bastion refuses a replay): steps now-1,
-    now and now+1 are accepted, so past three logins in one step window this waits for time to move."""
+    """TOTP codes for one vendor, each step used once (the bastion refuses a replay). The bastion
+    accepts steps now-1, now and now+1; this hands out now and now+1 only, never now-1, which a login
+    slowed down on a loaded machine can see expire between the prompt and the check (CI saw psftp
+    refused that way). Past two logins in one step window it waits for time to move."""
 
     def __init__(self, secret):
         self.key = base64.b32decode(secret.upper() + "=" * (-len(secret) % 8))
@@ -42,7 +44,7 @@ class Codes:
     def next(self):
         while True:
             now = int(time.time()) // 30
-            step = max(self.last + 1, now - 1)
+            step = max(self.last + 1, now)
             if step <= now + 1:
                 self.last = step
                 return self.code(step)
