@@ -2,8 +2,11 @@
 //! hash chain, and the one rule for where a recording's file may be read from.
 //!
 //! Entry points: [`evidence`] (for each recording of a session, the digest the audit log vouches for, or
-//! why there is none) and [`open_recording`] (a path from the database, opened only inside the recordings
-//! directory). `chaperone session` (cli/session.rs) and the node sweep (node.rs) use them.
+//! why there is none), [`prove`] (a recording's file checked against that digest before any of it is
+//! used) and [`open_recording`] (a path from the database, opened only inside the recordings
+//! directory). `chaperone session` (cli/session.rs), the evidence bundle ([`bundle`]), retention
+//! ([`retention`]) and the node sweep (node.rs) use them. [`signer`] holds the key that signs bundles;
+//! [`audit_view`] records who looked at a recording.
 //!
 //! The `recordings` row (its `sha256` and `path` columns) is bookkeeping, not evidence: whoever can write
 //! the database can rewrite the file and the column together. The digest is proved by the audit event
@@ -19,14 +22,19 @@
 //! later event and the head, which only `audit verify` (the whole chain) or a copy kept outside (`audit
 //! export`, the webhook) can tell. ARCHITECTURE.md argues the choice.
 
+pub mod bundle;
+pub mod retention;
+pub mod signer;
+
+use std::fmt;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::audit::{AuditRow, ChainBreak, Verifier};
-use crate::model::{RecordingRow, SessionRow};
+use crate::audit::{AuditEvent, AuditRow, ChainBreak, Verifier};
+use crate::model::{RecordingRow, SessionRow, UnixTime};
 use crate::store::{Store, StoreError};
 
 /// The actions that say something about a session's recording.
@@ -71,6 +79,20 @@ pub enum Unvouched {
     /// The session ended but nothing digested the recording: its writer failed or the node running it
     /// stopped, and no node has found the file to digest it yet (`recording.recovered`).
     NotDigested,
+}
+
+impl fmt::Display for Unvouched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Unvouched::Live => {
+                "live: the session is still running and its recording has no digest yet"
+            }
+            Unvouched::NotDigested => {
+                "not digested: no audit event vouches for a digest of it (its writer stopped before \
+                 finishing it, and no node has digested the file yet); nothing proves it intact"
+            }
+        })
+    }
 }
 
 /// Why the audit log's word on a recording does not hold.
@@ -315,6 +337,195 @@ pub fn open_recording(dir: &Path, path: &str) -> Result<RecordingFile, PathError
         return Err(not_a_file());
     }
     Ok(RecordingFile { file, path: real })
+}
+
+/// Why a recording was not proved intact (and so is not played, exported or put in a bundle). Paths
+/// come from the database and are shown as Rust string literals (controls escaped).
+#[derive(Debug, thiserror::Error)]
+pub enum ProveError {
+    /// No audit event vouches for a digest of it.
+    #[error("recording {path:?} is {why}")]
+    Unvouched { path: String, why: Unvouched },
+    /// The audit events about it do not hold in the chain, or contradict each other.
+    #[error(
+        "recording {path:?}: the audit log's word on it was ALTERED ({broken}); run `chaperone audit verify`"
+    )]
+    Broken { path: String, broken: Broken },
+    /// Its row claims another digest than the one the audit log vouches for.
+    #[error(
+        "recording {path:?} was ALTERED: its row says sha256 {}, audit event {seq} vouches for {vouched}",
+        row.as_deref().unwrap_or("-")
+    )]
+    RowAltered {
+        path: String,
+        row: Option<String>,
+        seq: i64,
+        vouched: String,
+    },
+    /// Retention deleted its file (its digest and audit events stay).
+    #[error(
+        "recording {path:?} was deleted by retention on {}: its digest stays in the audit log, its content is gone",
+        crate::clock::format_time(*at)
+    )]
+    Deleted { path: String, at: UnixTime },
+    /// Its path is refused, or the file cannot be opened.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// Reading the file failed.
+    #[error("reading recording {path:?}")]
+    Read {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The file's SHA-256 is not the vouched one.
+    #[error(
+        "recording {path:?} was ALTERED{while_}: sha256 {actual}, audit event {seq} vouches for {vouched}"
+    )]
+    FileAltered {
+        path: String,
+        /// `""`, or ` while it was played` and the like (the file changed after it was proved).
+        while_: String,
+        actual: String,
+        seq: i64,
+        vouched: String,
+    },
+}
+
+/// A recording whose file matched, when it was opened, the digest the audit log vouches for.
+#[derive(Debug)]
+pub struct Proof {
+    /// The vouched-for SHA-256 (hex), to check again over the bytes used.
+    pub sha256: String,
+    /// The audit event that vouches for it.
+    pub seq: i64,
+    /// The file, confined to the recordings directory, read from its start.
+    pub file: File,
+    /// Its size when it was proved.
+    pub size: u64,
+}
+
+impl Proof {
+    /// Compares the SHA-256 of the bytes just used (`done`: "played", "exported") with the vouched one,
+    /// so a file altered after [`prove`] is caught too.
+    pub fn confirm(&self, r: &RecordingRow, actual: &str, done: &str) -> Result<(), ProveError> {
+        if self.sha256 != actual {
+            return Err(ProveError::FileAltered {
+                path: r.path.clone(),
+                while_: format!(" while it was {done}"),
+                actual: actual.to_owned(),
+                seq: self.seq,
+                vouched: self.sha256.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Proves a recording before anything of it is used: an audit event vouches for its digest, its row
+/// agrees, its file is inside the recordings directory `dir` and hashes to that digest. Blocking (file
+/// I/O): call it off the async runtime. The one check behind `session verify|play|export` and the
+/// evidence bundle.
+pub fn prove(dir: &Path, r: &RecordingRow, ev: &Evidence) -> Result<Proof, ProveError> {
+    use std::io::{Seek as _, SeekFrom};
+    let path = || r.path.clone();
+    if let Some(at) = r.deleted_at {
+        return Err(ProveError::Deleted { path: path(), at });
+    }
+    let v = match ev {
+        Evidence::Vouched(v) => v,
+        Evidence::Unvouched(why) => {
+            return Err(ProveError::Unvouched {
+                path: path(),
+                why: *why,
+            });
+        }
+        Evidence::Broken(b) => {
+            return Err(ProveError::Broken {
+                path: path(),
+                broken: b.clone(),
+            });
+        }
+    };
+    if r.sha256.as_deref() != Some(v.sha256.as_str()) {
+        return Err(ProveError::RowAltered {
+            path: path(),
+            row: r.sha256.clone(),
+            seq: v.seq,
+            vouched: v.sha256.clone(),
+        });
+    }
+    let mut opened = open_recording(dir, &r.path)?;
+    let read = |source| ProveError::Read {
+        path: path(),
+        source,
+    };
+    let mut counted = Counted {
+        inner: &mut opened.file,
+        bytes: 0,
+    };
+    let actual = chaperone_recorder::Sha256Reader::new(&mut counted)
+        .finish_hex()
+        .map_err(read)?;
+    let size = counted.bytes;
+    if actual != v.sha256 {
+        return Err(ProveError::FileAltered {
+            path: path(),
+            while_: String::new(),
+            actual,
+            seq: v.seq,
+            vouched: v.sha256.clone(),
+        });
+    }
+    opened.file.seek(SeekFrom::Start(0)).map_err(read)?;
+    Ok(Proof {
+        sha256: v.sha256.clone(),
+        seq: v.seq,
+        file: opened.file,
+        size,
+    })
+}
+
+/// A reader that counts what passed.
+struct Counted<R> {
+    inner: R,
+    bytes: u64,
+}
+
+impl<R: io::Read> io::Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// Records that `actor` looked at session `session_id`'s recordings (`recording.view`): `how` is
+/// `play`, `export` or the like, `via` the door (`cli`, `web`). Committed before a byte is shown, so
+/// that no one sees a recording without the audit log saying so.
+pub async fn audit_view(
+    store: &Store,
+    actor: &str,
+    session_id: &str,
+    recording: Option<i64>,
+    how: &str,
+    via: &str,
+    now: UnixTime,
+) -> Result<i64, StoreError> {
+    let mut tx = store.begin().await?;
+    let seq = tx
+        .audit(
+            AuditEvent::new(
+                actor,
+                "recording.view",
+                format!("session:{session_id}"),
+                json!({"recording": recording, "how": how, "via": via}),
+            ),
+            now,
+        )
+        .await?;
+    tx.commit("recording.view").await?;
+    Ok(seq)
 }
 
 #[cfg(test)]
