@@ -154,8 +154,10 @@ fn header(name: &str, kind: EntryKind, size: u64, mtime: u64) -> Result<[u8; BLO
         reason,
     };
     check_name(name).map_err(bad)?;
+    // A directory's trailing `/` (what stock tar writes) only where it fits in the name field: the
+    // typeflag says directory, and a name that needs the prefix field may have no byte to spare.
     let stored = match kind {
-        EntryKind::Dir if !name.ends_with('/') => format!("{name}/"),
+        EntryKind::Dir if !name.ends_with('/') && name.len() < 100 => format!("{name}/"),
         _ => name.to_owned(),
     };
     // ustar: up to 100 bytes of name, and a prefix of up to 155 before a `/`.
@@ -479,6 +481,24 @@ mod tests {
         for cut in (0..good.len()).step_by(97) {
             let _ = read_all(&good[..cut]);
         }
+    }
+
+    /// A directory whose name fills both ustar fields (155-byte prefix, 100-byte name) without a
+    /// trailing `/` is accepted by the reader, so the writer must be able to write it back (found by
+    /// reasoning about the `evidence_tar` fuzz target's round trip): the `/` is optional, typeflag `5`
+    /// says directory.
+    #[test]
+    fn a_directory_name_that_fills_both_fields_is_written_back() {
+        let name = format!("{}/{}", "p".repeat(154), "n".repeat(100));
+        let h = header(&name, EntryKind::Dir, 0, 0).unwrap();
+        let read = parse_header(&h).unwrap();
+        assert_eq!(
+            (read.name.as_str(), read.kind),
+            (name.as_str(), EntryKind::Dir)
+        );
+        // A short one keeps the trailing `/` stock tar writes.
+        let h = header("abc", EntryKind::Dir, 0, 0).unwrap();
+        assert_eq!(&h[..5], b"abc/\0");
     }
 
     #[test]
