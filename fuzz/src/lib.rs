@@ -645,6 +645,7 @@ pub fn evidence_tar(data: &[u8]) {
                 .expect("an accepted name is written back"),
         }
     }
-    let again = read_all(&w.finish().expect("writing to memory")).expect("what was written reads back");
+    let again =
+        read_all(&w.finish().expect("writing to memory")).expect("what was written reads back");
     assert_eq!(again, entries, "the entries changed when written again");
 }
