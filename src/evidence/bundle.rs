@@ -151,6 +151,72 @@ pub async fn export<W: Write + Send + 'static>(
     Ok((exported, out))
 }
 
+/// Chunks of a bundle as [`export_stream`] hands them out (about 64 KiB each).
+const CHUNK: usize = 64 * 1024;
+/// Chunks written ahead of the reader: a slow download holds the writer, not the memory.
+const CHUNKS_AHEAD: usize = 4;
+
+/// A bundle being written, chunk by chunk, for a download: the web page's "download evidence" calls
+/// [`export_stream`] and sends the chunks as the response body. An `Err` item means the bundle broke
+/// off (a recording changed while it was read, a write failed); the body must then be cut short, so
+/// that no one mistakes a partial tar for a bundle.
+pub type BundleChunks = tokio::sync::mpsc::Receiver<Result<bytes::Bytes, BundleError>>;
+
+/// [`export`] for a download: audits `evidence.export` as `actor` through `via` (`web`), proves every
+/// recording and starts writing, and returns once the first chunk is ready, so that a session that
+/// does not exist, a missing key or a recording that is not intact is an error before any byte is
+/// sent (the caller answers with an error page, not a broken tar). The rest is written on a blocking
+/// thread, [`CHUNKS_AHEAD`] chunks ahead of the reader; dropping the receiver stops it.
+pub async fn export_stream(
+    store: Store,
+    config: RecordingConfig,
+    session_id: String,
+    actor: String,
+    via: String,
+    now: UnixTime,
+) -> Result<(bytes::Bytes, BundleChunks), BundleError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
+    let errors = tx.clone();
+    tokio::spawn(async move {
+        let out = std::io::BufWriter::with_capacity(CHUNK, ChunkWriter(tx));
+        let result = export(&store, &config, &session_id, &actor, &via, now, out).await;
+        match result {
+            // Flushed by `TarWriter::finish`: dropping it writes nothing (a write here, on the
+            // runtime, would block it).
+            Ok((_, out)) => drop(out),
+            Err(e) => {
+                let _ = errors.send(Err(e)).await;
+            }
+        }
+    });
+    match rx.recv().await {
+        Some(Ok(first)) => Ok((first, rx)),
+        Some(Err(e)) => Err(e),
+        None => Err(BundleError::Tar(chaperone_recorder::TarError::Io(
+            std::io::Error::other("the bundle writer stopped before writing"),
+        ))),
+    }
+}
+
+/// Hands what the tar writer writes to [`export_stream`]'s receiver. Blocking: used only on the
+/// blocking thread that writes the tar.
+struct ChunkWriter(tokio::sync::mpsc::Sender<Result<bytes::Bytes, BundleError>>);
+
+impl Write for ChunkWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(bytes::Bytes::copy_from_slice(buf)))
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the download stopped")
+            })?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 async fn collect(store: &Store, session_id: &str) -> Result<Collected, BundleError> {
     let session = store.session(session_id).await?;
     let evidence = super::evidence(store, &session).await?;

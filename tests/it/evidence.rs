@@ -887,3 +887,123 @@ async fn issue_11_retention_deletes_expired_recordings_and_keeps_held_ones() {
     })
     .await;
 }
+
+/// Issue 11: the bundle a web download sends (`evidence::bundle::export_stream`), on SQLite and
+/// PostgreSQL: the chunks form a bundle that `evidence verify` accepts, the export is audited with
+/// the staff actor and `via: web`, and a recording altered on disk is an error before the first byte,
+/// so a download never starts with a bundle that is not intact.
+#[tokio::test]
+async fn issue_11_a_download_streams_the_bundle_and_refuses_an_altered_recording_first() {
+    use chaperone::audit::AuditEvent;
+    use chaperone::config::{RecordingConfig, Retain};
+    use chaperone::evidence::bundle::{export_stream, verify};
+    use chaperone::evidence::signer::{Signer, allowed_signers};
+    use chaperone::store::NewSession;
+    use serde_json::json;
+
+    use crate::store::{asset, grant, on_both, vendor};
+
+    on_both(|store| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let recordings = dir.path().join("recordings");
+        std::fs::create_dir(&recordings).unwrap();
+        let key = dir.path().join("evidence_ed25519_key");
+        let trusted = allowed_signers(&Signer::create(&key).unwrap(), &key).unwrap();
+        let config = RecordingConfig {
+            dir: recordings.clone(),
+            record_input: false,
+            max_bytes: None,
+            signing_key: key,
+            retain: Retain::Forever,
+            zone_retain: Default::default(),
+        };
+        let v = vendor(&store, "alice", "SHA256:a").await;
+        let a = asset(&store, "mri-01").await;
+        let cast =
+            b"{\"version\":2,\"width\":80,\"height\":24}\n[0.5,\"o\",\"download-proof\\r\\n\"]\n";
+        let path = recordings.join("s-web.cast");
+        std::fs::write(&path, cast).unwrap();
+        let sha = chaperone_recorder::sha256_file(&path).unwrap();
+        let mut tx = store.begin().await.unwrap();
+        let g = grant(&mut tx, v, a, &["ssh".to_owned()], 10_000).await;
+        tx.insert_session(
+            &NewSession {
+                id: "s-web",
+                vendor_id: v,
+                asset_id: a,
+                grant_id: g,
+                kind: "shell",
+                service: "ssh",
+                client_addr: "127.0.0.1:5",
+                detail: "",
+                node: "node-a",
+            },
+            1_000,
+        )
+        .await
+        .unwrap();
+        let rid = tx
+            .insert_recording("s-web", "asciicast-v2", path.to_str().unwrap(), 1_000)
+            .await
+            .unwrap();
+        tx.close_recording(rid, &sha, cast.len() as i64, 1_060)
+            .await
+            .unwrap();
+        tx.end_session("s-web", "exit", "closed", 1, 2, 1_060)
+            .await
+            .unwrap();
+        tx.audit(
+            AuditEvent::new(
+                "vendor:alice",
+                "session.end",
+                "session:s-web",
+                json!({"grant": g, "recording": rid, "recording_sha256": sha}),
+            ),
+            1_060,
+        )
+        .await
+        .unwrap();
+        tx.commit("t").await.unwrap();
+
+        let export = || {
+            export_stream(
+                store.clone(),
+                config.clone(),
+                "s-web".to_owned(),
+                "staff:ines".to_owned(),
+                "web".to_owned(),
+                2_000,
+            )
+        };
+        let (first, mut rest) = export().await.unwrap();
+        let mut tar = first.to_vec();
+        while let Some(chunk) = rest.recv().await {
+            tar.extend_from_slice(&chunk.unwrap());
+        }
+        let verified = verify(&tar[..], &trusted).unwrap();
+        assert_eq!(
+            (verified.recordings, verified.dir.as_str()),
+            (1, "session-s-web")
+        );
+        assert!(tar.windows(14).any(|w| w == b"download-proof"));
+        let exports = store
+            .audit_events_about("session:s-web", &["evidence.export"], 10)
+            .await
+            .unwrap();
+        assert_eq!(exports.len(), 1, "{exports:?}");
+        assert_eq!(exports[0].actor, "staff:ines");
+        assert!(
+            exports[0].detail.contains("\"via\":\"web\""),
+            "{}",
+            exports[0].detail
+        );
+
+        // One byte changed on disk: refused before a byte is sent.
+        let mut altered = cast.to_vec();
+        altered[60] ^= 1;
+        std::fs::write(&path, altered).unwrap();
+        let err = export().await.unwrap_err();
+        assert!(err.to_string().contains("ALTERED"), "{err}");
+    })
+    .await;
+}
