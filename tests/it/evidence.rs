@@ -521,20 +521,21 @@ fn issue_11_an_evidence_bundle_verifies_with_stock_tools_and_fails_when_altered(
         .output()
         .unwrap();
     assert!(text(&out).0.contains("second-line"), "{:?}", text(&out));
-    let (d, id, path) = stop_after_the_session(b);
-    assert!(
-        path.to_string_lossy().ends_with(".exec"),
-        "{}",
-        path.display()
-    );
-
+    let (d, _, _) = stop_after_the_session(b);
+    // Both sessions may have started in the same second: tell them apart by their recording.
     let sessions = d.run(&["session", "list", "--json"]).ok().json();
-    let tty = sessions
+    let recording = |s: &serde_json::Value| s["recordings"][0]["path"].as_str().unwrap().to_owned();
+    let (exec, tty): (Vec<_>, Vec<_>) = sessions
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["id"] != id.as_str())
-        .unwrap();
+        .partition(|s| recording(s).ends_with(".exec"));
+    assert_eq!((exec.len(), tty.len()), (1, 1), "{sessions}");
+    let (id, path, tty) = (
+        exec[0]["id"].as_str().unwrap().to_owned(),
+        PathBuf::from(recording(exec[0])),
+        tty[0],
+    );
     let cast = chaperone_recorder::parse_cast(
         std::fs::File::open(tty["recordings"][0]["path"].as_str().unwrap()).unwrap(),
     )
