@@ -47,8 +47,8 @@ fn db(d: &DataDir) -> PathBuf {
     d.path().join("chaperone.db")
 }
 
-/// `session verify`, `play` and both kinds of `export` all refuse, saying `why`; nothing is exported
-/// and nothing of `secret` is played.
+/// `session verify`, `play`, both kinds of `export` and `evidence export` all refuse, saying `why`;
+/// nothing is exported and nothing of `secret` is played.
 fn every_reader_refuses(d: &DataDir, id: &str, why: &str, secret: &str) {
     let verify = d.run(&["session", "verify", id]);
     assert!(
@@ -77,6 +77,15 @@ fn every_reader_refuses(d: &DataDir, id: &str, why: &str, secret: &str) {
         );
         assert!(!out.exists(), "{name} was written");
     }
+    // Issue 11: no bundle vouches for it either.
+    let out = d.path().join("refused-bundle.tar");
+    let bundle = d.run(&["evidence", "export", id, "-o", out.to_str().unwrap()]);
+    assert!(
+        bundle.fails(1).stderr().contains(why),
+        "evidence export: {}",
+        bundle.stderr()
+    );
+    assert!(!out.exists(), "a bundle was written");
 }
 
 /// An exec recording altered on disk, with its `recordings.sha256` column rewritten to match, reads
