@@ -14,6 +14,7 @@ pub mod auth;
 pub mod bridge;
 pub mod context;
 pub mod device;
+mod device_links;
 pub mod forward;
 pub mod handler;
 pub mod home;
@@ -57,6 +58,8 @@ pub struct Shared {
     pub app: App,
     /// russh client settings toward devices.
     pub device_config: Arc<russh::client::Config>,
+    /// Device connections shared by the sessions of one grant.
+    pub device_links: Arc<device_links::DeviceLinks>,
     /// Sessions and signed-in connections on this node, watched for expiry, revocation and disable.
     pub live: LiveSessions,
     /// The port the listener is bound to (the configured one may be 0), for the commands shown to vendors.
@@ -217,6 +220,7 @@ impl Listener {
             budgets: Arc::default(),
             inner_config: jump::inner_config(host_key, grace),
             device_config: Arc::new(crate::target::client_config()),
+            device_links: Arc::default(),
             live: LiveSessions::default(),
             port: listener
                 .local_addr()
