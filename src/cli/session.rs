@@ -13,7 +13,7 @@ use super::output::{json, or_dash, table};
 use crate::app::App;
 use crate::clock::format_time;
 use crate::evidence::retention::{Keeping, keeping};
-use crate::evidence::{Broken, Evidence, Proof, Unvouched, prove};
+use crate::evidence::{Broken, Evidence, Integrity, Proof, ProveError, Unvouched, prove};
 use crate::identity::os_actor;
 use crate::model::{RecordingRow, SessionRow};
 use crate::recording::RecordingFormat;
@@ -153,7 +153,18 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
                     std::slice::from_ref(&s),
                     std::slice::from_ref(&evidence),
                 )?;
-                return json(&shown.pop().unwrap_or_default());
+                let mut shown = shown.pop().unwrap_or_default();
+                shown["looked"] = serde_json::Value::Array(
+                    looks(&app, &s.id)
+                        .await?
+                        .iter()
+                        .map(|e| {
+                            serde_json::json!({"seq": e.seq, "at": e.at, "actor": e.actor,
+                                "action": e.action, "detail": serde_json::from_str::<serde_json::Value>(&e.detail).unwrap_or_default()})
+                        })
+                        .collect(),
+                );
+                return json(&shown);
             }
             println!("session:   {}", esc(&s.id));
             println!("vendor:    {}", esc(&s.vendor));
@@ -171,14 +182,32 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
             println!("kept:      {}", kept_long(&app, &s));
             for (r, ev) in s.recordings.iter().zip(&evidence) {
                 println!(
-                    "recording: {} {} {}{}",
+                    "recording: {} {} {}",
                     esc(&r.format),
                     esc(&r.path),
                     Status::of(r, ev).long(),
-                    r.deleted_at.map_or_else(String::new, |at| format!(
-                        "; DELETED by retention on {} (the digest and audit events remain)",
-                        format_time(at)
-                    ))
+                );
+            }
+            // Who looked: every play, export and bundle of it, from the audit log.
+            for e in looks(&app, &s.id).await? {
+                let detail: serde_json::Value = serde_json::from_str(&e.detail).unwrap_or_default();
+                let word = |k: &str| {
+                    detail[k]
+                        .as_str()
+                        .map_or_else(|| "-".to_owned(), |t| esc(t).to_string())
+                };
+                println!(
+                    "looked:    {} {} {} ({} via {}, audit event {})",
+                    format_time(e.at),
+                    esc(&e.actor),
+                    esc(&e.action),
+                    if e.action == crate::evidence::bundle::EXPORT {
+                        "bundle".to_owned()
+                    } else {
+                        word("how")
+                    },
+                    word("via"),
+                    e.seq
                 );
             }
         }
@@ -265,7 +294,9 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
             let evidence = crate::evidence::evidence(&app.store, &s).await?;
             let mut failed = 0;
             for (r, ev) in s.recordings.iter().zip(&evidence) {
-                match prove(&app.config.recording.dir, r, ev) {
+                let proved = prove(&app.config.recording.dir, r, ev);
+                let word = Integrity::of(&proved).word();
+                match proved {
                     Ok(proof) => {
                         println!(
                             "{} {}: intact (sha256 {}, vouched for by audit event {})",
@@ -278,9 +309,13 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
                             println!("  note: {moved}");
                         }
                     }
+                    // Gone by policy, as the audit log records: nothing to check, nothing wrong.
+                    Err(e @ ProveError::Deleted { .. }) => {
+                        println!("{} {}: deleted: {e}", esc(&r.format), esc(&r.path));
+                    }
                     Err(e) => {
                         failed += 1;
-                        eprintln!("{} {}: {e:#}", esc(&r.format), esc(&r.path));
+                        eprintln!("{} {}: {word}: {e:#}", esc(&r.format), esc(&r.path));
                     }
                 }
             }
@@ -313,10 +348,31 @@ enum Status<'a> {
     },
     Unvouched(Unvouched, Option<&'a str>),
     Broken(&'a Broken),
+    /// Retention deleted the file, as audit event `seq` records.
+    Deleted {
+        seq: i64,
+        at: i64,
+    },
+    /// The row says retention deleted the file, but no audit event records a deletion.
+    DeletionUnvouched {
+        at: i64,
+    },
 }
 
 impl<'a> Status<'a> {
     fn of(r: &'a RecordingRow, ev: &'a Evidence) -> Self {
+        if let Evidence::Vouched(v) = ev {
+            match (v.deleted, r.deleted_at) {
+                (Some(d), _) => {
+                    return Status::Deleted {
+                        seq: d.seq,
+                        at: d.at,
+                    };
+                }
+                (None, Some(at)) => return Status::DeletionUnvouched { at },
+                (None, None) => {}
+            }
+        }
         match ev {
             Evidence::Vouched(v) if r.sha256.as_deref() == Some(v.sha256.as_str()) => {
                 Status::Vouched {
@@ -342,6 +398,8 @@ impl<'a> Status<'a> {
             Status::Unvouched(Unvouched::Live, _) => "live".into(),
             Status::Unvouched(Unvouched::NotDigested, _) => "not-digested".into(),
             Status::Broken(_) => "ALTERED(audit)".into(),
+            Status::Deleted { .. } => "deleted".into(),
+            Status::DeletionUnvouched { .. } => "ALTERED(row)".into(),
         }
     }
 
@@ -367,6 +425,14 @@ impl<'a> Status<'a> {
                 .unwrap_or_default()
             ),
             Status::Broken(b) => format!("ALTERED audit log: {b}"),
+            Status::Deleted { seq, at } => format!(
+                "DELETED by retention on {} (audit event {seq}); its digest and audit events remain",
+                format_time(*at)
+            ),
+            Status::DeletionUnvouched { at } => format!(
+                "ALTERED: its row says retention deleted it on {}, but no audit event records a deletion",
+                format_time(*at)
+            ),
         }
     }
 }
@@ -436,6 +502,19 @@ async fn hold(app: &App, id: &str, reason: &str, on: bool) -> anyhow::Result<()>
     Ok(())
 }
 
+/// The audit events that say who looked at session `id`'s recordings (played, exported, downloaded a
+/// bundle of them), oldest first (the first 1000).
+async fn looks(app: &App, id: &str) -> anyhow::Result<Vec<crate::audit::AuditRow>> {
+    Ok(app
+        .store
+        .audit_events_about(
+            &format!("session:{id}"),
+            &[crate::evidence::VIEW, crate::evidence::bundle::EXPORT],
+            1000,
+        )
+        .await?)
+}
+
 /// How long a session's recordings are kept, for a table cell.
 fn kept_short(app: &App, s: &SessionRow) -> String {
     if !s.recordings.is_empty() && s.recordings.iter().all(|r| r.deleted_at.is_some()) {
@@ -486,7 +565,7 @@ fn moved(r: &RecordingRow, ev: &Evidence) -> Option<String> {
 }
 
 /// Sessions as JSON, each recording with what the audit log says about it under `evidence`:
-/// `{"status": "vouched"|"altered"|"live"|"not-digested", "audit_seq", "sha256", "reason"}`, and how
+/// `{"status": "vouched"|"altered"|"live"|"not-digested"|"deleted", "audit_seq", "sha256", "reason"}`, and how
 /// long its recordings are kept under `retention`: `{"kept_until": UNIX|null, "held": bool}`.
 fn with_evidence(
     app: &App,
@@ -520,6 +599,13 @@ fn with_evidence(
                             json!({"status": "not-digested", "reason": Unvouched::NotDigested.to_string()})
                         }
                         Status::Broken(b) => json!({"status": "altered", "reason": b.to_string()}),
+                        Status::Deleted { seq, at } => {
+                            json!({"status": "deleted", "audit_seq": seq, "deleted_at": at})
+                        }
+                        Status::DeletionUnvouched { .. } => json!({
+                            "status": "altered",
+                            "reason": "the recordings row says it was deleted, but no audit event records a deletion"
+                        }),
                     };
                 }
             }

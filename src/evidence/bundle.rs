@@ -34,6 +34,9 @@ use crate::model::{SessionRow, UnixTime};
 use crate::recording::RecordingFormat;
 use crate::store::{Store, StoreError};
 
+/// The audit action of an export (by the CLI or a download).
+pub const EXPORT: &str = "evidence.export";
+
 /// The most audit events about one subject a bundle carries.
 const MAX_EVENTS: i64 = 100_000;
 /// The largest file of a bundle [`verify`] keeps in memory (everything but the recordings).
@@ -130,7 +133,7 @@ pub async fn export<W: Write + Send + 'static>(
             .audit(
                 AuditEvent::new(
                     actor,
-                    "evidence.export",
+                    EXPORT,
                     format!("session:{session_id}"),
                     json!({"via": via, "signer": signer.0.fingerprint()}),
                 ),
@@ -655,6 +658,47 @@ pub fn verify(input: impl Read, trusted: &str) -> Result<Verified, VerifyError> 
         events.insert(seq, e);
     }
 
+    // The links that tie each event to the rest of the log (chain.json): the event after it names its
+    // hash as its prev_hash, or the head at export names it. Checked here so that a bundle whose
+    // chain.json contradicts its events never verifies, even though its signature holds.
+    let chain: Value = serde_json::from_slice(
+        texts
+            .get("chain.json")
+            .ok_or_else(|| shape("no chain.json"))?,
+    )
+    .map_err(|_| shape("chain.json is not JSON"))?;
+    let head = (
+        chain["head"]["seq"].as_i64().unwrap_or_default(),
+        chain["head"]["hash"].as_str().unwrap_or_default(),
+    );
+    let mut linked: BTreeMap<i64, ()> = BTreeMap::new();
+    for link in chain["links"].as_array().into_iter().flatten() {
+        let seq = link["seq"].as_i64().unwrap_or_default();
+        let Some(event) = events.get(&seq) else {
+            return Err(VerifyError::Altered(format!(
+                "chain.json links audit event {seq}, which audit.jsonl does not hold"
+            )));
+        };
+        let hash = event["hash"].as_str().unwrap_or_default();
+        let next = &link["next"];
+        let holds = if next.is_null() {
+            head == (seq, hash)
+        } else {
+            next["seq"].as_i64() == Some(seq + 1) && next["prev_hash"].as_str() == Some(hash)
+        };
+        if !holds {
+            return Err(VerifyError::Altered(format!(
+                "audit event {seq}: the event after it (or the chain head) does not link to it (ALTERED)"
+            )));
+        }
+        linked.insert(seq, ());
+    }
+    if let Some(seq) = events.keys().find(|seq| !linked.contains_key(seq)) {
+        return Err(VerifyError::Altered(format!(
+            "audit event {seq}: chain.json gives no link for it"
+        )));
+    }
+
     // Each exact recording is the one its event vouches for.
     let session: Value = serde_json::from_slice(
         texts
@@ -695,4 +739,129 @@ pub fn verify(input: impl Read, trusted: &str) -> Result<Verified, VerifyError> 
         events: events.len(),
         recordings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three chained events (seq 1..=3), the last one the head.
+    fn chained() -> Vec<AuditRow> {
+        let mut prev = "0".repeat(64);
+        (1..=3)
+            .map(|seq| {
+                let detail = format!("{{\"n\":{seq}}}");
+                let hash = chain_hash(
+                    seq,
+                    1_000 + seq,
+                    "os:root",
+                    "t",
+                    "session:s1",
+                    &detail,
+                    &prev,
+                );
+                let row = AuditRow {
+                    seq,
+                    at: 1_000 + seq,
+                    actor: "os:root".into(),
+                    action: "t".into(),
+                    subject: "session:s1".into(),
+                    detail,
+                    prev_hash: prev.clone(),
+                    hash: hash.clone(),
+                };
+                prev = hash;
+                row
+            })
+            .collect()
+    }
+
+    fn collected(events: Vec<AuditRow>) -> Collected {
+        let head = events.last().map(|e| (e.seq, e.hash.clone())).unwrap();
+        let links = (0..events.len())
+            .map(|i| events.get(i + 1).cloned())
+            .collect();
+        Collected {
+            session: SessionRow {
+                id: "s1".into(),
+                vendor: "vera".into(),
+                asset: "mri-01".into(),
+                grant_id: 1,
+                kind: "tunnel".into(),
+                service: "dicom".into(),
+                client_addr: "127.0.0.1:5".into(),
+                detail: "mri-01:104".into(),
+                started_at: 1_000,
+                ended_at: Some(1_010),
+                end_reason: None,
+                end_cause: None,
+                bytes_up: 0,
+                bytes_down: 0,
+                zone: "radiology".into(),
+                hold: None,
+                recordings: Vec::new(),
+            },
+            evidence: Vec::new(),
+            events,
+            links,
+            head,
+        }
+    }
+
+    /// A bundle whose chain.json contradicts its events does not verify, even though it is signed (a
+    /// bastion that wrote one would be wrong, and the inspector must not be told it holds).
+    #[test]
+    fn chain_links_that_do_not_hold_fail_verification_even_when_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        let signer = Signer::create(&key).unwrap();
+        let trusted = signer::allowed_signers(&signer, &key).unwrap();
+        let bundle = |c: &Collected| {
+            write(
+                c,
+                dir.path(),
+                &signer,
+                &trusted,
+                "os:root",
+                2_000,
+                Vec::new(),
+            )
+            .unwrap()
+            .1
+        };
+
+        let good = collected(chained());
+        let verified = verify(&bundle(&good)[..], &trusted).unwrap();
+        assert_eq!((verified.events, verified.recordings), (3, 0));
+
+        // Event 1's successor named with another prev_hash.
+        let mut bad = collected(chained());
+        bad.links[0].as_mut().unwrap().prev_hash = "f".repeat(64);
+        let err = verify(&bundle(&bad)[..], &trusted).unwrap_err();
+        assert!(err.to_string().contains("audit event 1"), "{err}");
+        // The head at export names another event.
+        let mut bad = collected(chained());
+        bad.head.1 = "e".repeat(64);
+        let err = verify(&bundle(&bad)[..], &trusted).unwrap_err();
+        assert!(err.to_string().contains("audit event 3"), "{err}");
+        // An event without a link.
+        let mut bad = collected(chained());
+        bad.events.push(bad.events[2].clone());
+        bad.events[3].seq = 9;
+        bad.events[3].hash = chain_hash(
+            9,
+            1_003,
+            "os:root",
+            "t",
+            "session:s1",
+            "{\"n\":3}",
+            &bad.events[1].hash,
+        );
+        let err = verify(&bundle(&bad)[..], &trusted).unwrap_err();
+        assert!(err.to_string().contains("audit event 9"), "{err}");
+        // Signed by a key the inspector was not given.
+        let other = dir.path().join("other");
+        let other = signer::allowed_signers(&Signer::create(&other).unwrap(), &other).unwrap();
+        assert!(verify(&bundle(&good)[..], &other).is_err());
+    }
 }

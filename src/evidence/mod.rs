@@ -41,6 +41,10 @@ use crate::store::{Store, StoreError};
 const START: &str = "session.start";
 const END: &str = "session.end";
 const RECOVERED: &str = "recording.recovered";
+/// Someone looked at a recording ([`audit_view`]).
+pub const VIEW: &str = "recording.view";
+/// Retention deleted the recording's file (`retention::sweep`, in the transaction that marks its row).
+const DELETED: &str = "recording.deleted";
 
 /// The most events about one session read (a session has a handful: start, end, a recovery, a
 /// termination).
@@ -58,6 +62,16 @@ pub struct Voucher {
     /// Where the audit log says the file was written (`session.start`'s or `recording.recovered`'s
     /// path), when it says.
     pub path: Option<String>,
+    /// The `recording.deleted` event, when retention deleted the file: the audit log's word, not the
+    /// row's `deleted_at`, says a file is gone by policy rather than missing.
+    pub deleted: Option<Deletion>,
+}
+
+/// The audit event that records retention deleting a recording's file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deletion {
+    pub seq: i64,
+    pub at: UnixTime,
 }
 
 /// What the audit log says about one recording.
@@ -131,7 +145,7 @@ pub async fn evidence(store: &Store, session: &SessionRow) -> Result<Vec<Evidenc
     let events = store
         .audit_events_about(
             &format!("session:{}", session.id),
-            &[START, END, RECOVERED],
+            &[START, END, RECOVERED, DELETED],
             MAX_EVENTS,
         )
         .await?;
@@ -154,6 +168,7 @@ pub async fn evidence(store: &Store, session: &SessionRow) -> Result<Vec<Evidenc
 /// no recording id speaks of.
 fn judge(session: &SessionRow, r: &RecordingRow, first: bool, events: &[AuditRow]) -> Evidence {
     let mut started_at_path = None;
+    let mut deleted = None;
     let mut vouchers: Vec<Voucher> = Vec::new();
     for event in events {
         let Ok(detail) = serde_json::from_str::<Value>(&event.detail) else {
@@ -173,6 +188,7 @@ fn judge(session: &SessionRow, r: &RecordingRow, first: bool, events: &[AuditRow
                         action: END.into(),
                         sha256,
                         path: None,
+                        deleted: None,
                     });
                 }
             }
@@ -183,8 +199,20 @@ fn judge(session: &SessionRow, r: &RecordingRow, first: bool, events: &[AuditRow
                         action: RECOVERED.into(),
                         sha256,
                         path: text("path"),
+                        deleted: None,
                     });
                 }
+            }
+            // Only an event that names the recording by id: retention always does.
+            DELETED
+                if deleted.is_none()
+                    && matches!(detail.get("recording"), Some(Value::Number(_)))
+                    && names_r =>
+            {
+                deleted = Some(Deletion {
+                    seq: event.seq,
+                    at: event.at,
+                });
             }
             _ => {}
         }
@@ -206,6 +234,7 @@ fn judge(session: &SessionRow, r: &RecordingRow, first: bool, events: &[AuditRow
     if first_voucher.path.is_none() {
         first_voucher.path = started_at_path;
     }
+    first_voucher.deleted = deleted;
     Evidence::Vouched(first_voucher)
 }
 
@@ -362,12 +391,26 @@ pub enum ProveError {
         seq: i64,
         vouched: String,
     },
-    /// Retention deleted its file (its digest and audit events stay).
+    /// Retention deleted its file (its digest and audit events stay), as a `recording.deleted` event
+    /// in the chain says.
     #[error(
-        "recording {path:?} was deleted by retention on {}: its digest stays in the audit log, its content is gone",
+        "recording {path:?} was deleted by retention on {} (audit event {seq}): its digest stays in the \
+         audit log, its content is gone",
         crate::clock::format_time(*at)
     )]
-    Deleted { path: String, at: UnixTime },
+    Deleted {
+        path: String,
+        at: UnixTime,
+        seq: i64,
+    },
+    /// Its row says retention deleted it, but no `recording.deleted` event in the chain says so:
+    /// retention marks the row and audits the deletion in one transaction, so the row was rewritten.
+    #[error(
+        "recording {path:?} was ALTERED: its row says retention deleted it on {}, but no audit event \
+         records a deletion",
+        crate::clock::format_time(*at)
+    )]
+    DeletionUnvouched { path: String, at: UnixTime },
     /// Its path is refused, or the file cannot be opened.
     #[error(transparent)]
     Path(#[from] PathError),
@@ -429,9 +472,6 @@ impl Proof {
 pub fn prove(dir: &Path, r: &RecordingRow, ev: &Evidence) -> Result<Proof, ProveError> {
     use std::io::{Seek as _, SeekFrom};
     let path = || r.path.clone();
-    if let Some(at) = r.deleted_at {
-        return Err(ProveError::Deleted { path: path(), at });
-    }
     let v = match ev {
         Evidence::Vouched(v) => v,
         Evidence::Unvouched(why) => {
@@ -447,6 +487,21 @@ pub fn prove(dir: &Path, r: &RecordingRow, ev: &Evidence) -> Result<Proof, Prove
             });
         }
     };
+    // Deleted by retention is the audit log's word; a row that says so alone was rewritten. Either way
+    // the file is not read (a file put back after its deletion is not evidence).
+    match (v.deleted, r.deleted_at) {
+        (Some(d), _) => {
+            return Err(ProveError::Deleted {
+                path: path(),
+                at: d.at,
+                seq: d.seq,
+            });
+        }
+        (None, Some(at)) => {
+            return Err(ProveError::DeletionUnvouched { path: path(), at });
+        }
+        (None, None) => {}
+    }
     if r.sha256.as_deref() != Some(v.sha256.as_str()) {
         return Err(ProveError::RowAltered {
             path: path(),
@@ -486,6 +541,83 @@ pub fn prove(dir: &Path, r: &RecordingRow, ev: &Evidence) -> Result<Proof, Prove
     })
 }
 
+/// A recording's integrity in the words every page shows ([`Integrity::word`]): `intact`, `ALTERED`
+/// or `missing`, or why there is nothing to check yet (`live`, `not-digested`) or any more (`deleted`
+/// by retention, as the audit log says). Always from [`prove`], so always against the digest the chain
+/// vouches for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Integrity {
+    /// The file hashes to the digest audit event `seq` vouches for.
+    Intact { seq: i64, sha256: String },
+    /// The file, its row or the audit events about it were changed (the reason says which), or its row
+    /// names a file outside the recordings directory.
+    Altered(String),
+    /// The file is not in this node's recordings directory, or cannot be read, and no audit event
+    /// records its deletion.
+    Missing(String),
+    /// Retention deleted the file, as audit event `seq` records; its digest and events remain.
+    Deleted { seq: i64, at: UnixTime },
+    /// The session is live: its recording has no digest yet.
+    Live,
+    /// The session ended, but no audit event vouches for a digest of its recording.
+    NotDigested,
+}
+
+impl Integrity {
+    /// The one word for a status column: `intact`, `ALTERED`, `missing`, `deleted`, `live`,
+    /// `not-digested`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Integrity::Intact { .. } => "intact",
+            Integrity::Altered(_) => "ALTERED",
+            Integrity::Missing(_) => "missing",
+            Integrity::Deleted { .. } => "deleted",
+            Integrity::Live => "live",
+            Integrity::NotDigested => "not-digested",
+        }
+    }
+
+    /// From what [`prove`] said.
+    pub fn of(proved: &Result<Proof, ProveError>) -> Integrity {
+        let e = match proved {
+            Ok(p) => {
+                return Integrity::Intact {
+                    seq: p.seq,
+                    sha256: p.sha256.clone(),
+                };
+            }
+            Err(e) => e,
+        };
+        match e {
+            ProveError::Unvouched {
+                why: Unvouched::Live,
+                ..
+            } => Integrity::Live,
+            ProveError::Unvouched {
+                why: Unvouched::NotDigested,
+                ..
+            } => Integrity::NotDigested,
+            ProveError::Deleted { at, seq, .. } => Integrity::Deleted { seq: *seq, at: *at },
+            ProveError::Path(PathError::Io { .. }) | ProveError::Read { .. } => {
+                Integrity::Missing(e.to_string())
+            }
+            ProveError::Broken { .. }
+            | ProveError::RowAltered { .. }
+            | ProveError::DeletionUnvouched { .. }
+            | ProveError::FileAltered { .. }
+            | ProveError::Path(PathError::Outside { .. } | PathError::NotAFile { .. }) => {
+                Integrity::Altered(e.to_string())
+            }
+        }
+    }
+}
+
+/// The integrity of recording `r` (a row of the session `ev` was read for): [`prove`] and its answer
+/// in words. Blocking (it hashes the whole file): call it off the async runtime.
+pub fn integrity(dir: &Path, r: &RecordingRow, ev: &Evidence) -> Integrity {
+    Integrity::of(&prove(dir, r, ev))
+}
+
 /// A reader that counts what passed.
 struct Counted<R> {
     inner: R,
@@ -517,7 +649,7 @@ pub async fn audit_view(
         .audit(
             AuditEvent::new(
                 actor,
-                "recording.view",
+                VIEW,
                 format!("session:{session_id}"),
                 json!({"recording": recording, "how": how, "via": via}),
             ),

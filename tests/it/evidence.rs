@@ -728,6 +728,19 @@ fn issue_11_an_evidence_bundle_verifies_with_stock_tools_and_fails_when_altered(
     let exports = events(&d, "evidence.export");
     assert_eq!(exports.lines().count(), 1, "{exports}");
     assert!(exports.starts_with("os:"), "{exports}");
+    // …and the session's history says who looked.
+    let show = d.run(&["session", "show", &id]).ok().stdout();
+    let looked: Vec<&str> = show.lines().filter(|l| l.starts_with("looked:")).collect();
+    assert_eq!(looked.len(), 3, "{show}");
+    assert!(
+        looked[0].contains("recording.view (export via cli")
+            && looked[1].contains("evidence.export (bundle via cli")
+            && looked[2].contains("recording.view (play via cli"),
+        "{show}"
+    );
+    let json = d.run(&["session", "show", &id, "--json"]).ok().json();
+    assert_eq!(json["looked"].as_array().unwrap().len(), 3, "{json}");
+    assert_eq!(json["recordings"][0]["evidence"]["status"], "vouched");
     d.run(&["audit", "verify"]).ok();
 }
 
@@ -743,6 +756,7 @@ async fn issue_11_retention_deletes_expired_recordings_and_keeps_held_ones() {
     use chaperone::audit::AuditEvent;
     use chaperone::config::{RecordingConfig, Retain};
     use chaperone::evidence::retention::{Swept, sweep};
+    use chaperone::evidence::{Integrity, integrity};
     use chaperone::store::NewSession;
     use serde_json::json;
 
@@ -782,22 +796,32 @@ async fn issue_11_retention_deletes_expired_recordings_and_keeps_held_ones() {
             .unwrap();
             let path = recordings.join(format!("{id}.exec"));
             std::fs::write(&path, id).unwrap();
+            let sha = chaperone_recorder::sha256_file(&path).unwrap();
             let rid = tx
                 .insert_recording(id, "exec-stream-v1", path.to_str().unwrap(), end - 60)
                 .await
                 .unwrap();
-            tx.close_recording(rid, &format!("digest-{id}"), 5, end)
-                .await
-                .unwrap();
+            tx.close_recording(rid, &sha, 5, end).await.unwrap();
             tx.end_session(id, "exit", "closed", 1, 2, end)
                 .await
                 .unwrap();
-            files.insert(id, path);
-        }
-        tx.audit(AuditEvent::new("t", "t", "t", json!({})), ended)
+            // The event that vouches for the digest, as a session's end writes it.
+            tx.audit(
+                AuditEvent::new(
+                    "vendor:alice",
+                    "session.end",
+                    format!("session:{id}"),
+                    json!({"grant": g, "recording": rid, "recording_sha256": sha}),
+                ),
+                end,
+            )
             .await
             .unwrap();
+            files.insert(id, (path, sha));
+        }
         tx.commit("t").await.unwrap();
+        let files: BTreeMap<&str, PathBuf> =
+            files.into_iter().map(|(id, (p, _))| (id, p)).collect();
         let mut tx = store.begin().await.unwrap();
         assert!(
             tx.hold_session("s-held", "os:auditor", "case 7", ended)
@@ -850,7 +874,7 @@ async fn issue_11_retention_deletes_expired_recordings_and_keeps_held_ones() {
         assert!(files["s-held"].exists() && files["s-new"].exists());
         let old = store.session("s-old").await.unwrap();
         assert_eq!(old.recordings[0].deleted_at, Some(now));
-        assert_eq!(old.recordings[0].sha256.as_deref(), Some("digest-s-old"));
+        let old_sha = old.recordings[0].sha256.clone().unwrap();
         let held = store.session("s-held").await.unwrap();
         assert_eq!(held.hold.as_ref().unwrap().reason, "case 7");
         assert_eq!(held.recordings[0].deleted_at, None);
@@ -865,7 +889,7 @@ async fn issue_11_retention_deletes_expired_recordings_and_keeps_held_ones() {
         assert_eq!(deleted.len(), 1, "{deleted:?}");
         assert_eq!(deleted[0].actor, "node:test");
         let detail: serde_json::Value = serde_json::from_str(&deleted[0].detail).unwrap();
-        assert_eq!(detail["sha256"], "digest-s-old");
+        assert_eq!(detail["sha256"], old_sha.as_str());
         assert_eq!(detail["kept_until"], ended + 30 * DAY);
         assert_eq!(
             store
@@ -875,10 +899,35 @@ async fn issue_11_retention_deletes_expired_recordings_and_keeps_held_ones() {
                 .len(),
             1
         );
-        // The deleted recording is never played or exported as if it were there.
+        // The deleted recording is never played or exported as if it were there; its status says
+        // deleted, from the chained recording.deleted event (not the row alone).
         let ev = chaperone::evidence::evidence(&store, &old).await.unwrap();
         let err = chaperone::evidence::prove(&recordings, &old.recordings[0], &ev[0]).unwrap_err();
         assert!(err.to_string().contains("deleted by retention"), "{err}");
+        assert_eq!(
+            integrity(&recordings, &old.recordings[0], &ev[0]),
+            Integrity::Deleted {
+                seq: deleted[0].seq,
+                at: now
+            }
+        );
+        // The newer one is intact; its file gone without a recorded deletion is missing; a row that
+        // claims a deletion no audit event records is ALTERED.
+        let new = store.session("s-new").await.unwrap();
+        let new_ev = chaperone::evidence::evidence(&store, &new).await.unwrap();
+        assert_eq!(
+            integrity(&recordings, &new.recordings[0], &new_ev[0]).word(),
+            "intact"
+        );
+        let moved_away = recordings.join("s-new.moved");
+        std::fs::rename(&files["s-new"], &moved_away).unwrap();
+        let missing = integrity(&recordings, &new.recordings[0], &new_ev[0]);
+        assert_eq!(missing.word(), "missing", "{missing:?}");
+        std::fs::rename(&moved_away, &files["s-new"]).unwrap();
+        let mut forged = new.recordings[0].clone();
+        forged.deleted_at = Some(now);
+        let altered = integrity(&recordings, &forged, &new_ev[0]);
+        assert_eq!(altered.word(), "ALTERED", "{altered:?}");
 
         // Released, the held one goes at the next pass; the newer one when its time comes.
         let mut tx = store.begin().await.unwrap();
