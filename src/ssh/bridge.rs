@@ -234,10 +234,11 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                     pix_height,
                 } => {
                     if let Some(rec) = &recorder {
-                        let resize = Record::Resize {
-                            cols: u32_to_u16(col_width),
-                            rows: u32_to_u16(row_height),
-                        };
+                        let (cols, rows) = crate::live::recorded_size(
+                            u32_to_u16(col_width),
+                            u32_to_u16(row_height),
+                        );
+                        let resize = Record::Resize { cols, rows };
                         if let Some(Err(e)) = ending.unless_done(rec.send(resize)).await {
                             return Err(End::RecordingFailed(e.0));
                         }

@@ -350,7 +350,7 @@ fn exec_without_a_pty_is_recorded_byte_for_byte() {
 }
 
 /// `asciinema cat FILE` (asciinema 2.4, from PyPI): what the stock player prints, or None when missing.
-fn asciinema_cat(path: &std::path::Path) -> Option<String> {
+pub(crate) fn asciinema_cat(path: &std::path::Path) -> Option<String> {
     match Command::new("asciinema")
         .arg("cat")
         .arg(path)
