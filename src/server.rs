@@ -122,6 +122,10 @@ pub async fn run(
     let ssh_listener = ssh::Listener::new(&app, listeners.ssh).map_err(ServerError::Ssh)?;
     let tls = web_tls(&app.config)?;
     let node_task = tokio::spawn(crate::node::run(app.clone(), stop_rx.clone()));
+    tokio::spawn(crate::evidence::retention::run(
+        app.clone(),
+        stop_rx.clone(),
+    ));
     let mut ssh_task = tokio::spawn(ssh_listener.serve(stop_rx.clone()));
     tokio::spawn(expire_requests(app.clone(), stop_rx.clone()));
     // Directory staff re-checked and directory vendors synced ([ldap]; nothing without it).

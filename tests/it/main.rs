@@ -12,6 +12,7 @@ mod browser;
 mod cli;
 mod evidence;
 mod hostile;
+mod interop;
 mod ldap;
 mod nodes;
 mod passkeys;
