@@ -55,6 +55,47 @@ pub struct Config {
     pub log: LogConfig,
     pub policy: PolicyConfig,
     pub webhook: Option<WebhookConfig>,
+    /// The operators' listener (`/metrics`, `/healthz`, `/readyz`); `None`: not served.
+    pub ops: Option<OpsConfig>,
+    /// IHE ATNA audit export to a syslog collector; `None`: not sent.
+    pub atna: Option<AtnaConfig>,
+}
+
+/// `[ops]`: Prometheus metrics and health checks on a listener of their own, apart from the vendors' and
+/// the approvers' (bind it to loopback or a management network: it needs no sign-in).
+#[derive(Debug, Clone)]
+pub struct OpsConfig {
+    /// e.g. `127.0.0.1:9478`.
+    pub listen: SocketAddr,
+}
+
+/// How ATNA audit messages travel to the audit record repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtnaTransport {
+    /// RFC 5425: syslog over TLS (octet-counted frames), port 6514 unless given.
+    Tls,
+    /// RFC 5426: syslog over UDP, one message per datagram, port 514 unless given. In clear, and a lost
+    /// datagram is lost: for a collector on the same host or network segment.
+    Udp,
+}
+
+/// `[atna]`: IHE ATNA (DICOM PS3.15 A.5) audit messages for the audit log's events, sent as syslog.
+#[derive(Debug, Clone)]
+pub struct AtnaConfig {
+    /// As written: `tls://HOST[:PORT]` or `udp://HOST[:PORT]`.
+    pub url: String,
+    pub transport: AtnaTransport,
+    pub host: String,
+    pub port: u16,
+    /// PEM CA certificates trusted for the collector; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain and key (ATNA's mutual node authentication), both or neither.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// `AuditSourceIdentification@AuditSourceID` and the syslog HOSTNAME; default `ssh.public_host`.
+    pub audit_source_id: String,
+    /// `AuditEnterpriseSiteID` (the hospital), when set.
+    pub enterprise_site_id: Option<String>,
 }
 
 /// Limits on what vendors may ask for.
@@ -437,6 +478,25 @@ struct RawConfig {
     #[serde(default)]
     policy: RawPolicy,
     webhook: Option<RawWebhook>,
+    ops: Option<RawOps>,
+    atna: Option<RawAtna>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOps {
+    listen: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAtna {
+    url: String,
+    ca_file: Option<String>,
+    client_cert: Option<String>,
+    client_key: Option<String>,
+    audit_source_id: Option<String>,
+    enterprise_site_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -887,12 +947,23 @@ impl Config {
                         .map(|e| (*e).to_owned())
                         .collect(),
                     Some(events) => {
-                        if let Some(bad) = events.iter().find(|e| {
-                            e.is_empty()
-                                || !e
-                                    .chars()
-                                    .all(|c| c.is_ascii_lowercase() || matches!(c, '.' | '_'))
-                        }) {
+                        // Budget crossings of every session kind share one action since [tunnels]
+                        // became [budgets]; a list naming the old one still gets them.
+                        let events: Vec<String> = events
+                            .into_iter()
+                            .map(|e| {
+                                if e == "tunnel.budget.exceeded" {
+                                    "budget.exceeded".to_owned()
+                                } else {
+                                    e
+                                }
+                            })
+                            .collect();
+                        // A misspelt name would silently never be sent: every name must be an action.
+                        if let Some(bad) = events
+                            .iter()
+                            .find(|e| crate::action::Action::parse(e).is_none())
+                        {
                             return Err(invalid(
                                 "webhook.events",
                                 format!(
@@ -908,18 +979,7 @@ impl Config {
                                     .into(),
                             ));
                         }
-                        // Budget crossings of every session kind share one action since [tunnels]
-                        // became [budgets]; a list naming the old one still gets them.
                         events
-                            .into_iter()
-                            .map(|e| {
-                                if e == "tunnel.budget.exceeded" {
-                                    "budget.exceeded".to_owned()
-                                } else {
-                                    e
-                                }
-                            })
-                            .collect()
                     }
                 };
                 let max_attempts = w.max_attempts.unwrap_or(10);
@@ -937,6 +997,18 @@ impl Config {
                     max_attempts,
                 })
             }
+        };
+        let ops = match raw.ops {
+            None => None,
+            Some(o) => Some(OpsConfig {
+                listen: addr("ops.listen", &o.listen)?,
+            }),
+        };
+        let atna = match raw.atna {
+            None => None,
+            Some(a) => Some(
+                atna_config(a, &ssh.public_host, &resolve).map_err(|(key, m)| invalid(key, m))?,
+            ),
         };
         if raw.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty".into()));
@@ -961,8 +1033,97 @@ impl Config {
             },
             policy,
             webhook,
+            ops,
+            atna,
         })
     }
+}
+
+/// `[atna]`: the collector's URL, its TLS trust and our client certificate, and how we name ourselves.
+fn atna_config(
+    raw: RawAtna,
+    public_host: &str,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<AtnaConfig, (&'static str, String)> {
+    let (transport, rest, default_port) = if let Some(rest) = raw.url.strip_prefix("tls://") {
+        (AtnaTransport::Tls, rest, 6514)
+    } else if let Some(rest) = raw.url.strip_prefix("udp://") {
+        (AtnaTransport::Udp, rest, 514)
+    } else {
+        return Err((
+            "atna.url",
+            format!(
+                "{:?} must be tls://HOST[:PORT] (RFC 5425) or udp://HOST[:PORT] (RFC 5426)",
+                raw.url
+            ),
+        ));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        // `[::1]:6514`, `host:6514`; a bare IPv6 address needs brackets.
+        Some((h, p)) if !h.is_empty() && (!h.contains(':') || h.ends_with(']')) => (
+            h,
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| ("atna.url", format!("{p:?} is not a port")))?,
+        ),
+        _ => (rest, default_port),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+    {
+        return Err(("atna.url", format!("{:?} has no valid host", raw.url)));
+    }
+    if transport == AtnaTransport::Udp
+        && (raw.ca_file.is_some() || raw.client_cert.is_some() || raw.client_key.is_some())
+    {
+        return Err((
+            "atna.url",
+            "ca_file, client_cert and client_key need tls:// (udp:// is in clear)".into(),
+        ));
+    }
+    if raw.client_cert.is_some() != raw.client_key.is_some() {
+        return Err((
+            "atna.client_cert",
+            "client_cert and client_key go together".into(),
+        ));
+    }
+    // The source id is also the syslog HOSTNAME (printable ASCII, no spaces).
+    let printable = |key: &'static str, v: String, space: bool| {
+        if v.is_empty()
+            || v.len() > 255
+            || !v
+                .chars()
+                .all(|c| c.is_ascii_graphic() || (space && c == ' '))
+        {
+            Err((key, format!("{v:?}: 1 to 255 printable ASCII characters")))
+        } else {
+            Ok(v)
+        }
+    };
+    Ok(AtnaConfig {
+        url: raw.url.clone(),
+        transport,
+        host: host.to_owned(),
+        port,
+        ca_file: raw.ca_file.as_deref().map(resolve),
+        client_cert: raw.client_cert.as_deref().map(resolve),
+        client_key: raw.client_key.as_deref().map(resolve),
+        audit_source_id: printable(
+            "atna.audit_source_id",
+            raw.audit_source_id
+                .unwrap_or_else(|| public_host.to_owned()),
+            false,
+        )?,
+        enterprise_site_id: raw
+            .enterprise_site_id
+            .map(|v| printable("atna.enterprise_site_id", v, true))
+            .transpose()?,
+    })
 }
 
 /// `[budgets]` (or its old name `[tunnels]`): the default policy and the per-service ones. An error names
@@ -1167,6 +1328,22 @@ max_pending_per_vendor = 5
 #           "session.terminate", "budget.exceeded", "auth.lock", "target.hostkey.mismatch"]
 # ca_file = "webhook_ca.pem"   # trust this CA for the receiver instead of the system's roots
 # max_attempts = 10            # then the event is given up and `webhook.undelivered` is audited
+
+# Prometheus metrics (/metrics) and health checks (/healthz, /readyz) for the operators, on a listener of
+# their own with no sign-in: keep it on loopback or a management network. Off unless set.
+# [ops]
+# listen = "127.0.0.1:9478"
+
+# IHE ATNA audit messages (DICOM PS3.15 A.5) to the hospital's audit record repository, as syslog over TLS
+# (RFC 5425, tls://HOST[:6514]) or UDP (RFC 5426, udp://HOST[:514], in clear). Sent from the audit log
+# in order, retried until delivered, never lost across restarts. See README, "IHE ATNA".
+# [atna]
+# url = "tls://arr.hospital.example:6514"
+# ca_file = "atna_ca.pem"           # trust this CA for the collector instead of the system's roots
+# client_cert = "atna_cert.pem"     # ATNA's mutual node authentication (both or neither)
+# client_key = "atna_key.pem"
+# audit_source_id = "bastion-1"     # default: ssh.public_host
+# enterprise_site_id = "St Example Hospital"
 
 [database]
 # SQLite file (embedded default) or postgres://user:password@host/db for several nodes.

@@ -14,8 +14,13 @@ use crate::store::Store;
 #[derive(Debug, Args)]
 pub struct InitArgs {
     /// The directory to create or fill (config, keys, database, recordings).
-    #[arg(long)]
-    pub dir: PathBuf,
+    #[arg(long, required_unless_present = "from_config")]
+    pub dir: Option<PathBuf>,
+    /// Keep the config given with `-c` (e.g. the packaged /etc/chaperone/chaperone.toml) and create what
+    /// it names: host key, secrets key, web certificate, recordings directory, database. Refused when
+    /// any key or the database already exists (a half-made node is not finished by guessing).
+    #[arg(long, conflicts_with = "dir")]
+    pub from_config: bool,
     /// The vendors' SSH listener.
     #[arg(long, default_value = "0.0.0.0:2222")]
     pub ssh_listen: SocketAddr,
@@ -24,9 +29,15 @@ pub struct InitArgs {
     pub web_listen: SocketAddr,
 }
 
-pub async fn run(args: InitArgs) -> anyhow::Result<()> {
-    let config_path = init_dir(&args.dir, args.ssh_listen, args.web_listen).await?;
-    println!("Initialised {}", args.dir.display());
+pub async fn run(config: &Path, args: InitArgs) -> anyhow::Result<()> {
+    let Some(dir) = args.dir else {
+        let config = Config::load(config)?;
+        init_from_config(&config).await?;
+        println!("Initialised the files {} names", config.path.display());
+        return Ok(());
+    };
+    let config_path = init_dir(&dir, args.ssh_listen, args.web_listen).await?;
+    println!("Initialised {}", dir.display());
     println!("  config:    {}", config_path.display());
     println!("Next:");
     println!(
@@ -68,18 +79,50 @@ pub async fn init_dir(
             );
         }
     }
+    write_new(&config_path, text.as_bytes(), 0o600)?;
+    make_state(&config).await?;
+    Ok(config_path)
+}
+
+/// `init --from-config`: the keys, certificate, recordings directory and database an existing config
+/// names, none of which may exist yet.
+async fn init_from_config(config: &Config) -> anyhow::Result<()> {
+    let mut existing = vec![
+        &config.ssh.host_key,
+        &config.secrets.key_file,
+        &config.web.tls_cert,
+        &config.web.tls_key,
+    ];
+    let db = config
+        .database
+        .url
+        .strip_prefix("sqlite://")
+        .map(PathBuf::from);
+    if let Some(db) = &db {
+        existing.push(db);
+    }
+    if let Some(found) = existing.into_iter().find(|p| p.exists()) {
+        bail!(
+            "refusing to initialise: {} already exists (init never replaces keys or data)",
+            found.display()
+        );
+    }
+    make_state(config).await
+}
+
+/// Creates the keys, the certificate, the recordings directory and the database `config` names.
+async fn make_state(config: &Config) -> anyhow::Result<()> {
     write_host_key(&config.ssh.host_key)?;
     SecretsKey::generate_file(&config.secrets.key_file)?;
-    write_web_certificate(&config)?;
+    write_web_certificate(config)?;
     create_private_dir(&config.recording.dir)?;
-    write_new(&config_path, text.as_bytes(), 0o600)?;
     if let Some(db) = config.database.url.strip_prefix("sqlite://") {
         // SQLite would create the file with the umask's mode; it holds sealed secrets and the audit log.
         write_new(Path::new(db), b"", 0o600)?;
     }
     let store = Store::open(&config.database.url).await?;
     store.close().await;
-    Ok(config_path)
+    Ok(())
 }
 
 fn write_host_key(path: &Path) -> anyhow::Result<()> {
@@ -154,7 +197,7 @@ pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn create_private_dir(path: &Path) -> anyhow::Result<()> {
+pub fn create_private_dir(path: &Path) -> anyhow::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]

@@ -5,7 +5,9 @@
 
 mod asset;
 mod audit;
+mod backup;
 mod demo;
+mod demo_device;
 mod display;
 mod grant;
 mod init;
@@ -65,6 +67,10 @@ pub enum Command {
     /// The key that seals device credentials and TOTP seeds at rest.
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
+    /// Back up this node: config, keys, the SQLite database (a consistent copy, online) and recordings.
+    Backup(backup::BackupArgs),
+    /// Restore a backup into a new data directory (then `audit verify` passes on it).
+    Restore(backup::RestoreArgs),
     /// known_hosts lines for ProxyJump (`ssh -J`): the host key chaperone presents for each asset.
     KnownHosts,
 }
@@ -72,9 +78,9 @@ pub enum Command {
 /// Runs a parsed command. Errors carry their own explanation; `main` prints them and exits 1.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Init(args) => init::run(args).await,
+        Command::Init(args) => init::run(&cli.config, args).await,
         Command::Serve => serve::run(&cli.config).await,
-        Command::Demo(args) => demo::run(args).await,
+        Command::Demo(args) => demo::run(&cli.config, args).await,
         Command::Vendor(cmd) => vendor::run(&cli.config, cmd).await,
         Command::User(cmd) => user::run(&cli.config, cmd).await,
         Command::Asset(cmd) => asset::run(&cli.config, cmd).await,
@@ -82,6 +88,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Session(cmd) => session::run(&cli.config, cmd).await,
         Command::Audit(cmd) => audit::run(&cli.config, cmd).await,
         Command::Secrets(cmd) => secrets::run(&cli.config, cmd).await,
+        Command::Backup(args) => backup::backup(&cli.config, args).await,
+        Command::Restore(args) => backup::restore(args).await,
         Command::KnownHosts => known_hosts(&cli.config).await,
     }
 }

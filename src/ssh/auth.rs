@@ -131,6 +131,7 @@ async fn check_totp(
         )
         .await?;
         tx.commit("auth.refused").await?;
+        crate::ops::metrics::login(crate::ops::metrics::Login::Refused);
         return Ok(false);
     }
     let (sealed, _) = app.store.vendor_totp(vendor.id).await?;
@@ -156,6 +157,7 @@ async fn check_totp(
         )
         .await?;
         tx.commit("auth.login").await?;
+        crate::ops::metrics::login(crate::ops::metrics::Login::Success);
         tracing::info!(vendor = %vendor.name, %peer, "vendor signed in");
         return Ok(true);
     }
@@ -195,9 +197,11 @@ async fn check_totp(
             now,
         )
         .await?;
+        crate::ops::metrics::lockout();
         tracing::warn!(vendor = %vendor.name, until, "vendor locked after repeated TOTP failures");
     }
     tx.commit("auth.totp.failure").await?;
+    crate::ops::metrics::login(crate::ops::metrics::Login::Failure);
     tracing::info!(vendor = %vendor.name, %peer, why, "TOTP refused");
     Ok(false)
 }

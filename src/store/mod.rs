@@ -7,7 +7,10 @@
 
 mod assets;
 mod audit;
+mod backup;
+mod cursors;
 mod grants;
+mod health;
 mod nodes;
 mod requests;
 mod sealed;
@@ -26,7 +29,9 @@ use crate::audit::AuditEvent;
 use crate::config::redact_url;
 
 pub use assets::NewAsset;
+pub use cursors::CursorClaim;
 pub use grants::NewGrant;
+pub use health::{MigrationStatus, OpsCounts};
 pub use nodes::AbandonedSession;
 pub use requests::NewRequest;
 pub use sealed::{Sealed, SealedKind};
@@ -149,11 +154,13 @@ impl Store {
     /// Starts a write transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so two
     /// writers queue on the busy timeout instead of failing half-way.
     pub async fn begin(&self) -> Result<Tx> {
+        let asked = std::time::Instant::now();
         let tx = match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Backend::Postgres => self.pool.begin().await,
         }
         .context("starting a transaction")?;
+        crate::ops::metrics::db_acquired(asked.elapsed());
         Ok(Tx { tx, audited: false })
     }
 

@@ -221,6 +221,7 @@ impl Deliverer<'_> {
                 }
                 Err(e) => report(&e),
             };
+            crate::ops::metrics::delivery_failed("webhook");
             if attempt >= self.config.max_attempts {
                 tracing::error!(seq = row.seq, action = %row.action, attempts = attempt, error = %error,
                     "webhook: giving the event up");
