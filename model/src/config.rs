@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::action::Action;
+
 /// The default path of the configuration file (`-c/--config`, env `CHAPERONE_CONFIG`).
 pub const DEFAULT_CONFIG_PATH: &str = "chaperone.toml";
 
@@ -130,8 +132,8 @@ pub struct WebhookConfig {
     pub url: String,
     /// The HMAC key; the receiver checks `X-Chaperone-Signature: sha256=HEX` with it.
     pub secret: String,
-    /// Audit actions that are sent (exact names, e.g. `request.file`).
-    pub events: Vec<String>,
+    /// Audit actions that are sent (named in the config as stored, e.g. `request.file`).
+    pub events: Vec<Action>,
     /// PEM file of CA certificates trusted for the receiver; `None`: the system's roots.
     pub ca_file: Option<PathBuf>,
     /// Deliveries tried per event before it is given up (and `webhook.undelivered` audited).
@@ -139,16 +141,16 @@ pub struct WebhookConfig {
 }
 
 /// The audit actions a webhook sends unless `webhook.events` says otherwise.
-pub const DEFAULT_WEBHOOK_EVENTS: &[&str] = &[
-    "request.file",
-    "request.approve",
-    "request.deny",
-    "request.expire",
-    "grant.revoke",
-    "session.terminate",
-    "budget.exceeded",
-    "auth.lock",
-    "target.hostkey.mismatch",
+pub const DEFAULT_WEBHOOK_EVENTS: &[Action] = &[
+    Action::RequestFile,
+    Action::RequestApprove,
+    Action::RequestDeny,
+    Action::RequestExpire,
+    Action::GrantRevoke,
+    Action::SessionTerminate,
+    Action::BudgetExceeded,
+    Action::AuthLock,
+    Action::TargetHostkeyMismatch,
 ];
 
 impl fmt::Debug for WebhookConfig {
@@ -942,42 +944,36 @@ impl Config {
                     ));
                 }
                 let events = match w.events {
-                    None => DEFAULT_WEBHOOK_EVENTS
-                        .iter()
-                        .map(|e| (*e).to_owned())
-                        .collect(),
-                    Some(events) => {
-                        // Budget crossings of every session kind share one action since [tunnels]
-                        // became [budgets]; a list naming the old one still gets them.
-                        let events: Vec<String> = events
-                            .into_iter()
-                            .map(|e| {
-                                if e == "tunnel.budget.exceeded" {
-                                    "budget.exceeded".to_owned()
-                                } else {
-                                    e
-                                }
-                            })
-                            .collect();
-                        // A misspelt name would silently never be sent: every name must be an action.
-                        if let Some(bad) = events
-                            .iter()
-                            .find(|e| crate::action::Action::parse(e).is_none())
-                        {
-                            return Err(invalid(
-                                "webhook.events",
-                                format!(
-                                    "{bad:?} is not an audit action name (like \"request.file\")"
-                                ),
-                            ));
-                        }
-                        if events.iter().any(|e| e == "webhook.undelivered") {
-                            // Giving one up would make another to give up, forever, while the receiver is down.
-                            return Err(invalid(
-                                "webhook.events",
-                                "\"webhook.undelivered\" cannot be sent by the webhook it is about"
-                                    .into(),
-                            ));
+                    None => DEFAULT_WEBHOOK_EVENTS.to_vec(),
+                    Some(names) => {
+                        let mut events = Vec::with_capacity(names.len());
+                        for name in names {
+                            // Budget crossings of every session kind share one action since
+                            // [tunnels] became [budgets]; a list naming the old one still gets them.
+                            let name = if name == "tunnel.budget.exceeded" {
+                                "budget.exceeded"
+                            } else {
+                                name.as_str()
+                            };
+                            // A misspelt name would silently never be sent: every name must be an action.
+                            let Some(action) = Action::parse(name) else {
+                                return Err(invalid(
+                                    "webhook.events",
+                                    format!(
+                                        "{name:?} is not an audit action name (like \"request.file\")"
+                                    ),
+                                ));
+                            };
+                            if action == Action::WebhookUndelivered {
+                                // Giving one up would make another to give up, forever, while the
+                                // receiver is down.
+                                return Err(invalid(
+                                    "webhook.events",
+                                    "\"webhook.undelivered\" cannot be sent by the webhook it is about"
+                                        .into(),
+                                ));
+                            }
+                            events.push(action);
                         }
                         events
                     }
@@ -1423,7 +1419,7 @@ mod tests {
         .unwrap();
         let w = ok.webhook.unwrap();
         assert_eq!(w.max_attempts, 10);
-        assert!(w.events.iter().any(|e| e == "request.file"));
+        assert!(w.events.contains(&Action::RequestFile));
         assert!(w.ca_file.is_none());
         assert!(format!("{w:?}").contains("***"));
         for local in [
@@ -1454,6 +1450,11 @@ mod tests {
             "url = \"https://x/h\"\n{secret}\nevents = [\"Request File\"]"
         ));
         assert!(bad.unwrap_err().to_string().contains("audit action"));
+        // Well-formed but no action: it used to pass, and nothing was ever delivered.
+        let typo = hook(&format!(
+            "url = \"https://x/h\"\n{secret}\nevents = [\"request.aprove\"]"
+        ));
+        assert!(typo.unwrap_err().to_string().contains("\"request.aprove\""));
         let looping = hook(&format!(
             "url = \"https://x/h\"\n{secret}\nevents = [\"webhook.undelivered\"]"
         ));

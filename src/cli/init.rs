@@ -148,20 +148,7 @@ fn write_host_key(path: &Path) -> anyhow::Result<()> {
 /// of `web.public_url`), so `serve` speaks HTTPS from the first start. Replace it with the hospital's.
 fn write_web_certificate(config: &Config) -> anyhow::Result<()> {
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    let host = config
-        .web
-        .public_url
-        .split_once("://")
-        .map_or("", |(_, rest)| rest)
-        .split('/')
-        .next()
-        .unwrap_or_default();
-    let host = match host.rsplit_once(':') {
-        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
-        _ => host,
-    }
-    .trim_start_matches('[')
-    .trim_end_matches(']');
+    let host = web_host(&config.web.public_url);
     if !host.is_empty() && !names.iter().any(|n| n == host) {
         names.push(host.to_owned());
     }
@@ -174,6 +161,23 @@ fn write_web_certificate(config: &Config) -> anyhow::Result<()> {
     )?;
     write_new(&config.web.tls_cert, certified.cert.pem().as_bytes(), 0o644)?;
     Ok(())
+}
+
+/// The host of `web.public_url` (no scheme, port or brackets): what the web certificate must name, and
+/// the passkeys' relying party (`doctor` checks both).
+pub fn web_host(public_url: &str) -> &str {
+    let host = public_url
+        .split_once("://")
+        .map_or("", |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    }
+    .trim_start_matches('[')
+    .trim_end_matches(']')
 }
 
 /// Writes a new file with `mode`; never replaces an existing one.

@@ -9,6 +9,7 @@ mod backup;
 mod demo;
 mod demo_device;
 mod display;
+mod doctor;
 mod grant;
 mod init;
 mod output;
@@ -67,6 +68,9 @@ pub enum Command {
     /// The key that seals device credentials and TOTP seeds at rest.
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
+    /// Check this node: config, file modes, web certificate, free space, database and migrations.
+    /// One line per finding; exit 1 when any check fails.
+    Doctor,
     /// Back up this node: config, keys, the SQLite database (a consistent copy, online) and recordings.
     Backup(backup::BackupArgs),
     /// Restore a backup into a new data directory (then `audit verify` passes on it).
@@ -88,6 +92,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Session(cmd) => session::run(&cli.config, cmd).await,
         Command::Audit(cmd) => audit::run(&cli.config, cmd).await,
         Command::Secrets(cmd) => secrets::run(&cli.config, cmd).await,
+        Command::Doctor => doctor::run(&cli.config).await,
         Command::Backup(args) => backup::backup(&cli.config, args).await,
         Command::Restore(args) => backup::restore(args).await,
         Command::KnownHosts => known_hosts(&cli.config).await,

@@ -1,7 +1,7 @@
 //! What the operators' endpoints read: whether the database answers, the pool's state, and the counts
 //! behind the gauges of `/metrics` (pending requests, grants in force, the audit consumers' backlogs).
 
-use super::{Backend, Context, Result, Store, get};
+use super::{Context, Result, Store, get};
 use crate::model::UnixTime;
 
 /// The database-backed gauges, read in one go at scrape time.
@@ -66,6 +66,8 @@ pub struct MigrationStatus {
     pub pending: Vec<i64>,
     /// Migrations the database has that this build does not know (a newer chaperone wrote it).
     pub unknown: Vec<i64>,
+    /// The database server's clock (unix seconds), for a skew hint; `None` on SQLite (same machine).
+    pub clock: Option<i64>,
 }
 
 impl Store {
@@ -73,12 +75,13 @@ impl Store {
     /// build's. A database never migrated counts every migration as pending.
     pub async fn migration_status(url: &str) -> Result<MigrationStatus> {
         sqlx::any::install_default_drivers();
-        let (connect_url, migrator) = match url.strip_prefix("sqlite://") {
+        let (connect_url, migrator, postgres) = match url.strip_prefix("sqlite://") {
             Some(path) => (
                 format!("sqlite://{path}?mode=ro"),
                 &super::SQLITE_MIGRATIONS,
+                false,
             ),
-            None => (url.to_owned(), &super::POSTGRES_MIGRATIONS),
+            None => (url.to_owned(), &super::POSTGRES_MIGRATIONS, true),
         };
         let pool = sqlx::any::AnyPoolOptions::new()
             .max_connections(1)
@@ -96,6 +99,15 @@ impl Store {
                     .collect::<Result<_>>()?,
                 Err(_) => Vec::new(),
             };
+        let clock = if postgres {
+            let row = sqlx::query("SELECT CAST(EXTRACT(EPOCH FROM now()) AS BIGINT) AS t")
+                .fetch_one(&pool)
+                .await
+                .context("reading the database's clock")?;
+            Some(get(&row, "t")?)
+        } else {
+            None
+        };
         pool.close().await;
         let known: Vec<i64> = migrator.iter().map(|m| m.version).collect();
         Ok(MigrationStatus {
@@ -110,18 +122,7 @@ impl Store {
                 .filter(|v| !known.contains(v))
                 .copied()
                 .collect(),
+            clock,
         })
-    }
-
-    /// The database server's clock (unix seconds), for a skew hint; `None` on SQLite (same machine).
-    pub async fn database_time(&self) -> Result<Option<i64>> {
-        if self.backend != Backend::Postgres {
-            return Ok(None);
-        }
-        let row = sqlx::query("SELECT CAST(EXTRACT(EPOCH FROM now()) AS BIGINT) AS t")
-            .fetch_one(&self.pool)
-            .await
-            .context("reading the database's clock")?;
-        Ok(Some(get(&row, "t")?))
     }
 }
