@@ -13,6 +13,7 @@ pub mod evidence;
 pub(crate) mod hostkey;
 pub mod identity;
 pub(crate) mod live;
+pub(crate) mod mail;
 pub use chaperone_model::model;
 pub(crate) mod node;
 pub(crate) mod ops;

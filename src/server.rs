@@ -39,6 +39,8 @@ pub enum ServerError {
     Webhook(#[source] crate::webhook::SetupError),
     #[error("setting up the IHE ATNA export ([atna])")]
     Atna(#[source] crate::atna::SetupError),
+    #[error("setting up e-mail to approvers ([mail])")]
+    Mail(#[source] crate::mail::SetupError),
     #[error("starting the SSH listener")]
     Ssh(#[source] ssh::ListenerError),
     /// The web certificate or key file cannot be read.
@@ -138,6 +140,12 @@ pub async fn run(
         ),
         None => None,
     };
+    let mail_task = match app.config.mail.clone() {
+        Some(config) => Some(
+            crate::mail::spawn(app.clone(), config, stop_rx.clone()).map_err(ServerError::Mail)?,
+        ),
+        None => None,
+    };
     app.store
         .node_seen(&app.node, app.clock.now())
         .await
@@ -234,6 +242,9 @@ pub async fn run(
         None => web_task.await,
     };
     if let Some(task) = atna_task {
+        let _ = task.await;
+    }
+    if let Some(task) = mail_task {
         let _ = task.await;
     }
     if let Some(task) = ops_task {

@@ -61,6 +61,8 @@ pub struct Config {
     pub ops: Option<OpsConfig>,
     /// IHE ATNA audit export to a syslog collector; `None`: not sent.
     pub atna: Option<AtnaConfig>,
+    /// E-mail to approvers when a request waits; `None`: not sent.
+    pub mail: Option<MailConfig>,
 }
 
 /// `[ops]`: Prometheus metrics and health checks on a listener of their own, apart from the vendors' and
@@ -98,6 +100,48 @@ pub struct AtnaConfig {
     pub audit_source_id: String,
     /// `AuditEnterpriseSiteID` (the hospital), when set.
     pub enterprise_site_id: Option<String>,
+}
+
+/// `[mail]`: a notice to the approvers of an asset's zone when a vendor's request waits for a decision,
+/// sent by SMTP submission with STARTTLS (always: a notice names a device, a vendor and a reason).
+#[derive(Clone)]
+pub struct MailConfig {
+    /// As written: `smtp://HOST[:PORT]` (port 587 unless given).
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    /// The envelope and `From:` address (`chaperone@hospital.example`).
+    pub from: String,
+    /// SMTP AUTH PLAIN after STARTTLS, when both are set.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// PEM CA certificates trusted for the mail server; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Who is told about a request for an asset in a zone without a list of its own.
+    pub to: Vec<String>,
+    /// Per-zone lists (`[mail.zones] radiology = ["rad-approvers@hospital.example"]`): they replace `to`.
+    pub zones: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl MailConfig {
+    /// The addresses told about a request for an asset in `zone` (empty: nobody, nothing is sent).
+    pub fn recipients(&self, zone: &str) -> &[String] {
+        self.zones.get(zone).unwrap_or(&self.to)
+    }
+}
+
+impl fmt::Debug for MailConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MailConfig")
+            .field("url", &self.url)
+            .field("from", &self.from)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("ca_file", &self.ca_file)
+            .field("to", &self.to)
+            .field("zones", &self.zones)
+            .finish()
+    }
 }
 
 /// Limits on what vendors may ask for.
@@ -482,6 +526,21 @@ struct RawConfig {
     webhook: Option<RawWebhook>,
     ops: Option<RawOps>,
     atna: Option<RawAtna>,
+    mail: Option<RawMail>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMail {
+    url: String,
+    from: String,
+    username: Option<String>,
+    password: Option<String>,
+    ca_file: Option<String>,
+    #[serde(default)]
+    to: Vec<String>,
+    #[serde(default)]
+    zones: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1006,6 +1065,10 @@ impl Config {
                 atna_config(a, &ssh.public_host, &resolve).map_err(|(key, m)| invalid(key, m))?,
             ),
         };
+        let mail = match raw.mail {
+            None => None,
+            Some(m) => Some(mail_config(m, &resolve).map_err(|(key, m)| invalid(key, m))?),
+        };
         if raw.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty".into()));
         }
@@ -1031,8 +1094,110 @@ impl Config {
             webhook,
             ops,
             atna,
+            mail,
         })
     }
+}
+
+/// A bare address (`local@domain`), checked strictly: it goes into SMTP commands and a header, so no
+/// space, no control character, no `<>`, `,`, `;` or quote may pass.
+fn mail_address(key: &'static str, value: &str) -> Result<String, (&'static str, String)> {
+    let ok = value.len() <= 254
+        && value.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && local
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c))
+                && domain
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+        });
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err((
+            key,
+            format!("{value:?} is not a plain e-mail address (local@domain, no name or brackets)"),
+        ))
+    }
+}
+
+/// `[mail]`: the submission server (STARTTLS only), the sender, and who is told for which zone.
+fn mail_config(
+    raw: RawMail,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<MailConfig, (&'static str, String)> {
+    let Some(rest) = raw.url.strip_prefix("smtp://") else {
+        return Err((
+            "mail.url",
+            format!(
+                "{:?} must be smtp://HOST[:PORT] (submission with STARTTLS, port 587 by default)",
+                raw.url
+            ),
+        ));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && (!h.contains(':') || h.ends_with(']')) => (
+            h,
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| ("mail.url", format!("{p:?} is not a port")))?,
+        ),
+        _ => (rest, 587),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+    {
+        return Err(("mail.url", format!("{:?} has no valid host", raw.url)));
+    }
+    if raw.username.is_some() != raw.password.is_some() {
+        return Err(("mail.username", "username and password go together".into()));
+    }
+    if let Some(name) = &raw.username
+        && (name.is_empty() || name.chars().any(char::is_control))
+    {
+        return Err(("mail.username", "must be printable and not empty".into()));
+    }
+    if raw.password.as_deref().is_some_and(|p| p.chars().any(|c| c == '\0')) {
+        return Err(("mail.password", "must not contain NUL".into()));
+    }
+    let to = raw
+        .to
+        .iter()
+        .map(|a| mail_address("mail.to", a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut zones = std::collections::BTreeMap::new();
+    for (zone, list) in raw.zones {
+        let list = list
+            .iter()
+            .map(|a| mail_address("mail.zones", a))
+            .collect::<Result<Vec<_>, _>>()?;
+        zones.insert(zone, list);
+    }
+    if to.is_empty() && zones.values().all(Vec::is_empty) {
+        return Err((
+            "mail.to",
+            "no recipient: set mail.to and/or [mail.zones] lists".into(),
+        ));
+    }
+    Ok(MailConfig {
+        url: raw.url.clone(),
+        host: host.to_owned(),
+        port,
+        from: mail_address("mail.from", &raw.from)?,
+        username: raw.username,
+        password: raw.password,
+        ca_file: raw.ca_file.as_deref().map(resolve),
+        to,
+        zones,
+    })
 }
 
 /// `[atna]`: the collector's URL, its TLS trust and our client certificate, and how we name ourselves.
@@ -1340,6 +1505,18 @@ max_pending_per_vendor = 5
 # client_key = "atna_key.pem"
 # audit_source_id = "bastion-1"     # default: ssh.public_host
 # enterprise_site_id = "St Example Hospital"
+
+# E-mail to approvers when a vendor's request waits for a decision, with a link to it (web.public_url).
+# SMTP submission with STARTTLS (always); retried from the audit log until the request is decided or lapses.
+# [mail]
+# url = "smtp://mail.hospital.example:587"
+# from = "chaperone@hospital.example"
+# username = "chaperone"            # AUTH PLAIN after STARTTLS (both or neither)
+# password = "..."
+# ca_file = "mail_ca.pem"           # trust this CA for the mail server instead of the system's roots
+# to = ["it-security@hospital.example"]           # any zone without a list of its own
+# [mail.zones]
+# radiology = ["radiology-approvers@hospital.example"]
 
 [database]
 # SQLite file (embedded default) or postgres://user:password@host/db for several nodes.
