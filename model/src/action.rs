@@ -49,6 +49,8 @@ actions! {
     AuthTotpFailure = "auth.totp.failure",
     /// Too many failures: the vendor is locked out.
     AuthLock = "auth.lock",
+    /// A signed-in vendor's connection ended (by either side).
+    AuthLogout = "auth.logout",
     /// A locked or disabled vendor tried to sign in.
     AuthRefused = "auth.refused",
     /// Refusals of one connection past a limit were no longer audited one by one.
@@ -96,6 +98,8 @@ actions! {
     // Staff on the web page.
     StaffSignin = "staff.signin",
     StaffSigninFailed = "staff.signin.failed",
+    /// A staff member signed out of the web page.
+    StaffSignout = "staff.signout",
     StaffTotpAccept = "staff.totp.accept",
     StaffPasskeyAdd = "staff.passkey.add",
     StaffPasskeyRemove = "staff.passkey.remove",

@@ -173,7 +173,8 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
                 )),
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
-            let mut after = after.max(0);
+            let after_given = after.max(0);
+            let mut after = after_given;
             loop {
                 let page = app.store.audit_page(after, PAGE).await?;
                 for row in &page {
@@ -195,6 +196,22 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
                 }
             }
             out.flush()?;
+            // The log written to a file is an export (ATNA 110106), audited after the last event it
+            // holds. Printing to a pipe (a SIEM pulling every minute) is not: each pull would add one.
+            if let Some(path) = &output {
+                let mut tx = app.store.begin().await?;
+                tx.audit(
+                    crate::audit::AuditEvent::new(
+                        crate::identity::os_actor(),
+                        crate::audit::Action::AuditExport.as_str(),
+                        "audit",
+                        serde_json::json!({"output": path.display().to_string(), "format": format!("{format:?}").to_lowercase(), "after": after_given}),
+                    ),
+                    app.clock.now(),
+                )
+                .await?;
+                tx.commit("audit.export").await?;
+            }
         }
     }
     Ok(())

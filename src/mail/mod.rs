@@ -23,7 +23,7 @@ use crate::audit::{Action, AuditRow};
 use crate::config::MailConfig;
 use crate::model::{AccessRequest, RequestStatus};
 use crate::store::StoreError;
-pub use smtp::{SendError, SetupError, Smtp};
+pub use smtp::{SetupError, Smtp};
 
 /// The cursor row's name in `audit_cursors`.
 const CURSOR: &str = "mail";

@@ -21,6 +21,7 @@ mod web_state;
 mod webhook;
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Row, Transaction};
@@ -105,6 +106,10 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite has one writer at a time: a write transaction waits here, in this process, before it
+    /// takes a pooled connection, so writers queued behind the lock never hold the connections that
+    /// readers (grant checks at session start) need. `None` on PostgreSQL.
+    writer: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl Store {
@@ -144,24 +149,39 @@ impl Store {
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
         migrator.run(&pool).await?;
-        Ok(Store { pool, backend })
+        let writer = (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
+        Ok(Store {
+            pool,
+            backend,
+            writer,
+        })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
     }
 
-    /// Starts a write transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so two
-    /// writers queue on the busy timeout instead of failing half-way.
+    /// Starts a write transaction. On SQLite it waits for this process's writer turn first, then takes
+    /// the write lock at once (`BEGIN IMMEDIATE`), so writers from other processes (the CLI) queue on the
+    /// busy timeout instead of failing half-way.
     pub async fn begin(&self) -> Result<Tx> {
+        // The metric's wait includes the writer turn: both are time a writer spends queued.
         let asked = std::time::Instant::now();
+        let writer = match &self.writer {
+            Some(w) => Some(w.clone().lock_owned().await),
+            None => None,
+        };
         let tx = match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Backend::Postgres => self.pool.begin().await,
         }
         .context("starting a transaction")?;
         crate::ops::metrics::db_acquired(asked.elapsed());
-        Ok(Tx { tx, audited: false })
+        Ok(Tx {
+            tx,
+            audited: false,
+            _writer: writer,
+        })
     }
 
     pub async fn close(&self) {
@@ -174,6 +194,8 @@ impl Store {
 pub struct Tx {
     tx: Transaction<'static, Any>,
     audited: bool,
+    /// The writer turn (SQLite), released after the transaction (fields drop in order).
+    _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl Tx {

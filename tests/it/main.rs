@@ -14,6 +14,7 @@ mod cli;
 mod demo;
 mod evidence;
 mod hostile;
+mod interop;
 mod mail;
 mod nodes;
 mod ops;
