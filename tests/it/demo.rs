@@ -121,8 +121,9 @@ fn the_printed_commands_reach_the_simulated_device_and_the_session_plays_back() 
     assert!(stdout.contains("AcmeScan MR 7.4.2"), "{stdout}");
 
     // The device's DICOM port answers a C-ECHO (pynetdicom's echoscu, when the venv has it).
-    let asset = line("DICOM C-ECHO on 127.0.0.1:");
-    let port: String = asset[asset.find("DICOM C-ECHO on 127.0.0.1:").unwrap() + 27..]
+    let marker = "DICOM C-ECHO on 127.0.0.1:";
+    let asset = line(marker);
+    let port: String = asset[asset.find(marker).unwrap() + marker.len()..]
         .chars()
         .take_while(char::is_ascii_digit)
         .collect();

@@ -120,7 +120,8 @@ fn metrics_move_with_a_session_and_a_backup_taken_meanwhile_restores_and_verifie
             .as_array()
             .unwrap()
             .iter()
-            .any(|s| s["ended_at"].is_null())),
+            // The exec session's end may still be on its way: wait for the shell itself.
+            .any(|s| s["kind"] == "shell" && s["ended_at"].is_null())),
         "no live session: {}",
         b.log()
     );
