@@ -62,7 +62,10 @@ pub fn format_rfc5322(t: UnixTime) -> String {
     let mut parts = date.splitn(3, '-');
     let (y, m, d) = (
         parts.next().unwrap_or("1970"),
-        parts.next().and_then(|m| m.parse::<usize>().ok()).unwrap_or(1),
+        parts
+            .next()
+            .and_then(|m| m.parse::<usize>().ok())
+            .unwrap_or(1),
         parts.next().unwrap_or("01"),
     );
     // 1970-01-01 was a Thursday.
@@ -82,7 +85,10 @@ mod tests {
     #[test]
     fn formats_mail_dates() {
         assert_eq!(format_rfc5322(0), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(format_rfc5322(1_795_424_873), "Mon, 23 Nov 2026 09:07:53 +0000");
+        assert_eq!(
+            format_rfc5322(1_795_424_873),
+            "Mon, 23 Nov 2026 09:07:53 +0000"
+        );
     }
 
     #[test]

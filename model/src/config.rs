@@ -1165,7 +1165,11 @@ fn mail_config(
     {
         return Err(("mail.username", "must be printable and not empty".into()));
     }
-    if raw.password.as_deref().is_some_and(|p| p.chars().any(|c| c == '\0')) {
+    if raw
+        .password
+        .as_deref()
+        .is_some_and(|p| p.chars().any(|c| c == '\0'))
+    {
         return Err(("mail.password", "must not contain NUL".into()));
     }
     let to = raw

@@ -97,7 +97,9 @@ pub fn mapping(action: Action) -> Option<Mapping> {
         }
         A::AuthLock => map(USER_AUTHENTICATION, &[LOGIN], Execute, SeriousFailure),
         // A signed-in connection ended; the watcher cut a disabled, locked or de-keyed vendor's ones.
-        A::AuthLogout | A::StaffSignout | A::VendorConnectionsEnded => map(USER_AUTHENTICATION, &[LOGOUT], Execute, Success),
+        A::AuthLogout | A::StaffSignout | A::VendorConnectionsEnded => {
+            map(USER_AUTHENTICATION, &[LOGOUT], Execute, Success)
+        }
         // Sessions: a vendor's remote service operation on a device.
         A::SessionStart | A::TunnelOpen | A::JumpOpen => map(
             SECURITY_ALERT,
@@ -597,8 +599,15 @@ mod tests {
         assert!(xml.contains("UserID=\"vendor:alice\" UserIsRequestor=\"true\" UserName=\"alice\" NetworkAccessPointID=\"10.1.2.3\" NetworkAccessPointTypeCode=\"2\""), "{xml}");
         assert!(xml.contains("<AuditSourceIdentification AuditSourceID=\"bastion-1\" AuditEnterpriseSiteID=\"St Example\"><AuditSourceTypeCode csd-code=\"6\"/>"), "{xml}");
         for logout in ["auth.logout", "staff.signout"] {
-            let m = audit_message(&row(logout, "vendor:alice", "vendor:alice", "{}"), &source()).unwrap();
-            assert_eq!((m.event_id, m.event_types), (USER_AUTHENTICATION, vec![LOGOUT]));
+            let m = audit_message(
+                &row(logout, "vendor:alice", "vendor:alice", "{}"),
+                &source(),
+            )
+            .unwrap();
+            assert_eq!(
+                (m.event_id, m.event_types),
+                (USER_AUTHENTICATION, vec![LOGOUT])
+            );
         }
     }
 

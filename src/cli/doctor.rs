@@ -278,6 +278,10 @@ fn free_space(r: &mut Report, dir: &Path) {
     let what = "recording space";
     match nix::sys::statvfs::statvfs(dir) {
         Ok(s) => {
+            #[allow(
+                clippy::useless_conversion,
+                reason = "fsblkcnt_t is u64 here but u32 on some targets"
+            )]
             let free = u64::from(s.blocks_available()).saturating_mul(s.fragment_size());
             let text = format!("{} MB free in {}", free / 1_000_000, dir.display());
             if free < SPACE_FAIL {

@@ -52,7 +52,13 @@ fn request_id(row: &AuditRow) -> Option<i64> {
 /// Text for a header: printable ASCII only (names and zones are, but a header must never break).
 fn header_text(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .take(200)
         .collect()
 }
@@ -296,7 +302,10 @@ impl Notifier<'_> {
                     r
                 }
                 _ => {
-                    tracing::debug!(request = id, "e-mail: the request no longer waits; no notice");
+                    tracing::debug!(
+                        request = id,
+                        "e-mail: the request no longer waits; no notice"
+                    );
                     return Ok(Delivery::Moot);
                 }
             };
@@ -380,14 +389,22 @@ mod tests {
         );
         let (head, body) = m.split_once("\r\n\r\n").unwrap();
         assert!(head.contains("To: a@hospital.example, b@hospital.example\r\n"));
-        assert!(head.contains("Subject: Access request #42 waits: alice for mri-01 (radiology)\r\n"));
+        assert!(
+            head.contains("Subject: Access request #42 waits: alice for mri-01 (radiology)\r\n")
+        );
         assert!(head.contains("Date: Mon, 23 Nov 2026 09:07:53 +0000\r\n"));
         // What the vendor typed cannot end a line or the message, nor carry an escape.
         assert!(!body.contains('\u{1b}'));
-        assert!(body.contains("INC-9 ?[31mfirmware??.??RCPT TO:<x@evil>"), "{body}");
+        assert!(
+            body.contains("INC-9 ?[31mfirmware??.??RCPT TO:<x@evil>"),
+            "{body}"
+        );
         assert!(!body.contains("\r\n.\r\n"));
         assert!(body.lines().all(|l| l.len() <= 76), "{body}");
-        assert!(body.contains("https://bastion.example/requests#req-42"), "{body}");
+        assert!(
+            body.contains("https://bastion.example/requests#req-42"),
+            "{body}"
+        );
         assert!(body.contains("For:      1h30m"));
     }
 

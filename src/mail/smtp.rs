@@ -17,8 +17,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
-use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::io::BufReader;
+use tokio::io::{
+    AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _,
+};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -79,7 +81,9 @@ pub enum SendError {
     },
     #[error("{addr} does not offer STARTTLS; nothing is sent in clear")]
     NoStartTls { addr: String },
-    #[error("{addr} sent data behind its STARTTLS answer (refused: it would be read as if encrypted)")]
+    #[error(
+        "{addr} sent data behind its STARTTLS answer (refused: it would be read as if encrypted)"
+    )]
     Pipelined { addr: String },
     #[error("{addr} does not offer AUTH PLAIN, and mail.username is set")]
     NoAuthPlain { addr: String },
@@ -106,10 +110,7 @@ impl Reply {
     fn text(&self) -> String {
         let text = format!("{} {}", self.code, self.lines.join(" / "));
         // A server's words end up in our log: printable only, and not a novel.
-        text.chars()
-            .filter(|c| !c.is_control())
-            .take(300)
-            .collect()
+        text.chars().filter(|c| !c.is_control()).take(300).collect()
     }
 }
 
@@ -122,7 +123,9 @@ pub struct Smtp {
 
 impl std::fmt::Debug for Smtp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Smtp").field("url", &self.config.url).finish()
+        f.debug_struct("Smtp")
+            .field("url", &self.config.url)
+            .finish()
     }
 }
 
@@ -202,13 +205,18 @@ impl Smtp {
                     addr: addr.to_owned(),
                 });
             }
-            let token = base64::engine::general_purpose::STANDARD
-                .encode(format!("\0{user}\0{password}"));
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
             // The token is never logged: an error names the stage and the server's reply only.
-            d.command(&format!("AUTH PLAIN {token}"), "AUTH", 235).await?;
+            d.command(&format!("AUTH PLAIN {token}"), "AUTH", 235)
+                .await?;
         }
-        d.command(&format!("MAIL FROM:<{}>", self.config.from), "MAIL FROM", 250)
-            .await?;
+        d.command(
+            &format!("MAIL FROM:<{}>", self.config.from),
+            "MAIL FROM",
+            250,
+        )
+        .await?;
         for rcpt in to {
             let reply = d.send_line(&format!("RCPT TO:<{rcpt}>")).await?;
             if reply.code != 250 && reply.code != 251 {
@@ -323,13 +331,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Dialogue<'_, S> {
         }
     }
 
-    async fn command(&mut self, line: &str, stage: &'static str, code: u16) -> Result<Reply, SendError> {
+    async fn command(
+        &mut self,
+        line: &str,
+        stage: &'static str,
+        code: u16,
+    ) -> Result<Reply, SendError> {
         self.write(&format!("{line}\r\n")).await?;
         self.expect(stage, code).await
     }
 
     async fn ehlo(&mut self, name: &str) -> Result<Vec<String>, SendError> {
-        Ok(self.command(&format!("EHLO {name}"), "EHLO", 250).await?.lines)
+        Ok(self
+            .command(&format!("EHLO {name}"), "EHLO", 250)
+            .await?
+            .lines)
     }
 }
 
@@ -424,9 +440,14 @@ mod tests {
 
     #[test]
     fn extensions_are_read_from_the_ehlo_lines_after_the_greeting() {
-        let ehlo: Vec<String> = ["mail.example greets you", "8BITMIME", "STARTTLS", "AUTH LOGIN plain"]
-            .map(String::from)
-            .to_vec();
+        let ehlo: Vec<String> = [
+            "mail.example greets you",
+            "8BITMIME",
+            "STARTTLS",
+            "AUTH LOGIN plain",
+        ]
+        .map(String::from)
+        .to_vec();
         assert!(has_extension(&ehlo, "starttls"));
         assert!(!has_extension(&ehlo, "mail.example"));
         assert_eq!(auth_mechanisms(&ehlo), ["LOGIN", "PLAIN"]);
@@ -444,14 +465,30 @@ mod tests {
             };
             d.read_reply().await
         }
-        let r = reply(b"250-first\r\n250-STARTTLS\r\n250 last\r\n").await.unwrap();
+        let r = reply(b"250-first\r\n250-STARTTLS\r\n250 last\r\n")
+            .await
+            .unwrap();
         assert_eq!((r.code, r.lines.len()), (250, 3));
-        assert!(matches!(reply(b"hello\r\n").await, Err(SendError::Garbled { .. })));
-        assert!(matches!(reply(b"250-never ends").await, Err(SendError::Garbled { .. })));
-        assert!(matches!(reply(b"250-cut\r\n").await, Err(SendError::Io { .. })));
-        let long: &'static [u8] = Box::leak(format!("250 {}\r\n", "x".repeat(5000)).into_bytes().into_boxed_slice());
+        assert!(matches!(
+            reply(b"hello\r\n").await,
+            Err(SendError::Garbled { .. })
+        ));
+        assert!(matches!(
+            reply(b"250-never ends").await,
+            Err(SendError::Garbled { .. })
+        ));
+        assert!(matches!(
+            reply(b"250-cut\r\n").await,
+            Err(SendError::Io { .. })
+        ));
+        let long: &'static [u8] = Box::leak(
+            format!("250 {}\r\n", "x".repeat(5000))
+                .into_bytes()
+                .into_boxed_slice(),
+        );
         assert!(matches!(reply(long).await, Err(SendError::Garbled { .. })));
-        let many: &'static [u8] = Box::leak("250-x\r\n".repeat(200).into_bytes().into_boxed_slice());
+        let many: &'static [u8] =
+            Box::leak("250-x\r\n".repeat(200).into_bytes().into_boxed_slice());
         assert!(matches!(reply(many).await, Err(SendError::Garbled { .. })));
     }
 }

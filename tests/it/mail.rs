@@ -108,7 +108,10 @@ fn a_waiting_request_is_mailed_over_starttls_to_its_zone_with_a_working_link() {
         "the radiology list, not the default one"
     );
     let subject = m["subject"].as_str().unwrap();
-    assert!(subject.contains("alice for mri-01 (radiology)"), "{subject}");
+    assert!(
+        subject.contains("alice for mri-01 (radiology)"),
+        "{subject}"
+    );
     let body = m["body"].as_str().unwrap();
     assert!(body.contains("Reason:   INC-9 firmware"), "{body}");
 

@@ -161,7 +161,10 @@ impl<C: Core> WebState<C> {
     pub async fn sign_out(&self, headers: &HeaderMap) -> Result<(), CoreError> {
         match cookie(headers, COOKIE) {
             Some(token) => {
-                let taken = self.core.take_state(StateKind::Session, &key(&token)).await?;
+                let taken = self
+                    .core
+                    .take_state(StateKind::Session, &key(&token))
+                    .await?;
                 match taken.and_then(|data| serde_json::from_str::<Session>(&data).ok()) {
                     Some(session) => self.core.signed_out(&session.staff.name).await,
                     // Lapsed already, or never there: nothing was signed out.
