@@ -1,4 +1,5 @@
-//! `chaperone demo` on a machine without OpenSSH's sshd (`--device simulated`, what `auto` picks there):
+//! `chaperone demo` on a machine without OpenSSH's sshd (no sshd on its PATH, so `--device auto` picks the
+//! simulated device):
 //! the ssh command it prints, run as printed, reaches the simulated "mri-01" and is recorded; the
 //! session plays back with the command it printed; the simulated device answers a DICOM C-ECHO
 //! (pynetdicom); the approver's enrolment link it prints opens.
@@ -22,8 +23,6 @@ fn the_printed_commands_reach_the_simulated_device_and_the_session_plays_back() 
         chaperone_bin(),
         &[
             "demo",
-            "--device",
-            "simulated",
             "--dir",
             &demo_dir.to_string_lossy(),
             "--ssh-listen",
@@ -33,6 +32,8 @@ fn the_printed_commands_reach_the_simulated_device_and_the_session_plays_back() 
         ],
     )
     .env("NO_COLOR", "1")
+    // As on a machine without openssh-server: no sshd to be found (the default, `--device auto`).
+    .env("PATH", "/usr/bin:/bin")
     .stdout(Stdio::piped())
     .stderr(Stdio::null())
     .spawn()
