@@ -368,7 +368,10 @@ fn audit_verify_detects_a_changed_byte_in_the_sqlite_file() {
     let export = d.run(&["audit", "export", "--format", "jsonl"]);
     let lines: Vec<String> = export.ok().stdout().lines().map(str::to_owned).collect();
     assert_eq!(lines.len(), 4, "{lines:?}");
-    assert!(lines[3].contains("\"action\":\"audit.tamper\""), "{lines:?}");
+    assert!(
+        lines[3].contains("\"action\":\"audit.tamper\""),
+        "{lines:?}"
+    );
 }
 
 /// Deleting the last audit row is noticed through the chain head.
