@@ -453,6 +453,87 @@ mod tests {
         assert_eq!(auth_mechanisms(&ehlo), ["LOGIN", "PLAIN"]);
     }
 
+    fn config(port: u16) -> MailConfig {
+        MailConfig {
+            url: format!("smtp://localhost:{port}"),
+            host: "localhost".into(),
+            port,
+            from: "chaperone@hospital.example".into(),
+            username: Some("chaperone".into()),
+            password: Some("secret".into()),
+            ca_file: None,
+            to: vec!["a@hospital.example".into()],
+            zones: Default::default(),
+        }
+    }
+
+    /// A scripted server: answers each line it reads with the next reply (the first one is the greeting)
+    /// and hands back everything the client sent.
+    async fn server(replies: &'static [&'static str]) -> (u16, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut stream = BufReader::new(stream);
+            let mut heard = String::new();
+            let mut replies = replies.iter();
+            if let Some(greeting) = replies.next() {
+                stream
+                    .get_mut()
+                    .write_all(greeting.as_bytes())
+                    .await
+                    .unwrap();
+            }
+            loop {
+                let mut line = String::new();
+                match stream.read_line(&mut line).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => heard.push_str(&line),
+                }
+                match replies.next() {
+                    Some(r) => stream.get_mut().write_all(r.as_bytes()).await.unwrap(),
+                    None => break,
+                }
+            }
+            heard
+        });
+        (port, task)
+    }
+
+    #[tokio::test]
+    async fn a_server_without_starttls_is_told_nothing() {
+        let (port, server) = server(&["220 mail\r\n", "250-mail\r\n250 8BITMIME\r\n"]).await;
+        let smtp = Smtp::new(&config(port)).unwrap();
+        let sent = smtp
+            .send(&["a@hospital.example".into()], "Subject: x\r\n\r\nbody\r\n")
+            .await;
+        assert!(
+            matches!(sent, Err(SendError::NoStartTls { .. })),
+            "{sent:?}"
+        );
+        let heard = server.await.unwrap();
+        assert_eq!(
+            heard, "EHLO hospital.example\r\n",
+            "only EHLO goes out in clear"
+        );
+    }
+
+    #[tokio::test]
+    async fn bytes_behind_the_starttls_answer_are_refused() {
+        let (port, server) = server(&[
+            "220 mail\r\n",
+            "250-mail\r\n250 STARTTLS\r\n",
+            // A man in the middle's injected answer, ahead of the TLS handshake.
+            "220 go ahead\r\n250 injected\r\n",
+        ])
+        .await;
+        let smtp = Smtp::new(&config(port)).unwrap();
+        let sent = smtp.send(&["a@hospital.example".into()], "x\r\n").await;
+        assert!(matches!(sent, Err(SendError::Pipelined { .. })), "{sent:?}");
+        let heard = server.await.unwrap();
+        assert_eq!(heard, "EHLO hospital.example\r\nSTARTTLS\r\n");
+    }
+
     #[tokio::test]
     async fn replies_are_bounded_and_checked() {
         async fn reply(bytes: &'static [u8]) -> Result<Reply, SendError> {
