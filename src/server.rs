@@ -168,6 +168,10 @@ pub async fn run(
             },
         ))
     });
+    tokio::spawn(crate::evidence::retention::run(
+        app.clone(),
+        stop_rx.clone(),
+    ));
     let mut ssh_task = tokio::spawn(ssh_listener.serve(stop_rx.clone()));
     tokio::spawn(expire_requests(app.clone(), stop_rx.clone()));
     let mut web_stop = stop_rx.clone();

@@ -69,6 +69,18 @@ actions! {
     SessionTerminate = "session.terminate",
     /// An evidence bundle or a recording was exported.
     SessionExport = "session.export",
+    /// An evidence bundle (recordings, their chain proof, signed) was exported.
+    EvidenceExport = "evidence.export",
+    /// Someone looked at a recording (played it, or through the web page).
+    RecordingView = "recording.view",
+    /// Retention deleted a recording's file (its digest stays in the chain).
+    RecordingDeleted = "recording.deleted",
+    /// A legal hold was placed on a session, or released.
+    SessionHold = "session.hold",
+    SessionRelease = "session.release",
+    /// The key that signs evidence bundles was made, or replaced.
+    EvidenceSignerCreate = "evidence.signer.create",
+    EvidenceSignerRotate = "evidence.signer.rotate",
     TunnelOpen = "tunnel.open",
     TunnelClose = "tunnel.close",
     TunnelRefused = "tunnel.refused",

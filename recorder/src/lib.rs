@@ -6,7 +6,8 @@
 //! [`exec_to_cast`] and [`exec_raw`] (module [`exec`]); [`SftpObserver`] and [`TransferLog`] (module
 //! [`transfer`]); [`sha256_file`] and [`Sha256Reader`] to check a file against its stored digest;
 //! [`TerminalFilter`] (module [`terminal_filter`]) to play a recording's output in a real terminal
-//! without what acts outside the screen (clipboard, titles, links, queries the terminal answers).
+//! without what acts outside the screen (clipboard, titles, links, queries the terminal answers);
+//! [`TarWriter`] and [`TarReader`] (module [`tar`]) for evidence bundles.
 //!
 //! Every writer is synchronous `std::io`, meant to run off the async runtime, and every write returns an
 //! error the caller acts on: chaperone ends a session it cannot record.
@@ -17,6 +18,7 @@ pub mod asciicast;
 mod error;
 pub mod exec;
 mod sink;
+pub mod tar;
 pub mod terminal_filter;
 pub mod transfer;
 
@@ -27,5 +29,6 @@ pub use exec::{
     exec_to_cast,
 };
 pub use sink::{Finished, Sha256Reader, sha256_file};
+pub use tar::{EntryHeader, EntryKind, TarError, TarReader, TarWriter};
 pub use terminal_filter::TerminalFilter;
 pub use transfer::{Direction, OpKind, Outcome, SftpObserver, TransferEvent, TransferLog};

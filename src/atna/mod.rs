@@ -149,7 +149,23 @@ pub fn mapping(action: Action) -> Option<Mapping> {
         ),
         A::AuditTamper => map(SECURITY_ALERT, &[], Execute, MajorFailure),
         // Exports of recordings and of the audit log.
-        A::SessionExport | A::AuditExport => map(EXPORT, &[], Read, Success),
+        A::SessionExport | A::AuditExport | A::EvidenceExport => map(EXPORT, &[], Read, Success),
+        // Evidence kept or let go: who looked, what retention deleted, legal holds, the signing key.
+        A::RecordingView => map(
+            SECURITY_ALERT,
+            &[USE_OF_RESTRICTED_FUNCTION],
+            Read,
+            Success,
+        ),
+        A::RecordingDeleted => map(
+            SECURITY_ALERT,
+            &[USE_OF_RESTRICTED_FUNCTION],
+            Delete,
+            Success,
+        ),
+        A::SessionHold | A::SessionRelease | A::EvidenceSignerCreate | A::EvidenceSignerRotate => {
+            map(SECURITY_ALERT, configuration, Update, Success)
+        }
         // Who may do what: vendors, staff and their credentials; devices and their secrets.
         A::VendorAdd
         | A::VendorEnable

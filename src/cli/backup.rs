@@ -2,7 +2,7 @@
 //!
 //! A backup is a tar archive (ustar; `tar tf` lists it) holding `chaperone-backup.json` (what is inside,
 //! with each file's SHA-256 and the audit chain's head at the time), the config as it was, the secrets
-//! key, the SSH host key, the web certificate and key, any CA or client certificate files the config
+//! key, the SSH host key, the evidence signing key, the web certificate and key, any CA or client certificate files the config
 //! names, a consistent copy of the SQLite database (`VACUUM INTO`, taken while the server runs), and
 //! every recording. With PostgreSQL the database is not in the archive: back it up with `pg_dump` (the
 //! archive says so); everything else still is. With a passphrase (`--passphrase-file`, or the
@@ -373,6 +373,15 @@ fn config_files(app: &App) -> Vec<(&'static str, PathBuf)> {
         ("web.tls_key", c.web.tls_key.clone()),
         ("secrets.key_file", c.secrets.key_file.clone()),
     ];
+    // The key that signs evidence bundles (a data directory made before it existed has none yet).
+    if c.recording.signing_key.exists() {
+        files.push(("recording.signing_key", c.recording.signing_key.clone()));
+    }
+    if let Some(m) = &c.mail
+        && let Some(ca) = &m.ca_file
+    {
+        files.push(("mail.ca_file", ca.clone()));
+    }
     if let Some(w) = &c.webhook
         && let Some(ca) = &w.ca_file
     {

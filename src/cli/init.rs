@@ -71,6 +71,7 @@ pub async fn init_dir(
         &config.secrets.key_file,
         &config.web.tls_cert,
         &config.web.tls_key,
+        &config.recording.signing_key,
     ] {
         if existing.exists() {
             bail!(
@@ -114,6 +115,9 @@ async fn init_from_config(config: &Config) -> anyhow::Result<()> {
 async fn make_state(config: &Config) -> anyhow::Result<()> {
     write_host_key(&config.ssh.host_key)?;
     SecretsKey::generate_file(&config.secrets.key_file)?;
+    // The key that signs evidence bundles, made now so that its line can be handed to inspectors
+    // before the first bundle (`chaperone evidence signer` prints it).
+    crate::evidence::signer::Signer::create(&config.recording.signing_key)?;
     write_web_certificate(config)?;
     create_private_dir(&config.recording.dir)?;
     if let Some(db) = config.database.url.strip_prefix("sqlite://") {

@@ -36,7 +36,7 @@ pub use health::{MigrationStatus, OpsCounts};
 pub use nodes::AbandonedSession;
 pub use requests::NewRequest;
 pub use sealed::{Sealed, SealedKind};
-pub use sessions::NewSession;
+pub use sessions::{NewSession, RetentionCandidate};
 pub use staff::StaffAuth;
 pub use vendors::LoginFailure;
 pub use web_state::MAX_WEB_STATE;
