@@ -151,12 +151,7 @@ pub fn mapping(action: Action) -> Option<Mapping> {
         // Exports of recordings and of the audit log.
         A::SessionExport | A::AuditExport | A::EvidenceExport => map(EXPORT, &[], Read, Success),
         // Evidence kept or let go: who looked, what retention deleted, legal holds, the signing key.
-        A::RecordingView => map(
-            SECURITY_ALERT,
-            &[USE_OF_RESTRICTED_FUNCTION],
-            Read,
-            Success,
-        ),
+        A::RecordingView => map(SECURITY_ALERT, &[USE_OF_RESTRICTED_FUNCTION], Read, Success),
         A::RecordingDeleted => map(
             SECURITY_ALERT,
             &[USE_OF_RESTRICTED_FUNCTION],
