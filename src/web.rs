@@ -935,6 +935,22 @@ impl SignInState for WebCore {
             .map_err(internal)
     }
 
+    async fn signed_out(&self, name: &str) -> Result<(), CoreError> {
+        let mut tx = self.app.store.begin().await.map_err(internal)?;
+        tx.audit(
+            AuditEvent::new(
+                format!("staff:{name}"),
+                crate::audit::Action::StaffSignout.as_str(),
+                format!("user:{name}"),
+                json!({}),
+            ),
+            self.app.clock.now(),
+        )
+        .await
+        .map_err(internal)?;
+        tx.commit("staff.signout").await.map_err(internal)
+    }
+
     async fn drop_state(&self, kind: StateKind, key: &str) -> Result<(), CoreError> {
         self.app
             .store

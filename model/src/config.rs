@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::action::Action;
+
 /// The default path of the configuration file (`-c/--config`, env `CHAPERONE_CONFIG`).
 pub const DEFAULT_CONFIG_PATH: &str = "chaperone.toml";
 
@@ -57,6 +59,12 @@ pub struct Config {
     pub webhook: Option<WebhookConfig>,
     /// `[ldap]`: staff (and optionally vendors) from a directory; `None`: local accounts only.
     pub ldap: Option<LdapConfig>,
+    /// The operators' listener (`/metrics`, `/healthz`, `/readyz`); `None`: not served.
+    pub ops: Option<OpsConfig>,
+    /// IHE ATNA audit export to a syslog collector; `None`: not sent.
+    pub atna: Option<AtnaConfig>,
+    /// E-mail to approvers when a request waits; `None`: not sent.
+    pub mail: Option<MailConfig>,
 }
 
 /// `[ldap]`: staff from LDAP / Active Directory (search with a service account, then bind as the user),
@@ -149,6 +157,85 @@ pub struct LdapVendors {
     pub sync_interval: Duration,
 }
 
+/// `[ops]`: Prometheus metrics and health checks on a listener of their own, apart from the vendors' and
+/// the approvers' (bind it to loopback or a management network: it needs no sign-in).
+#[derive(Debug, Clone)]
+pub struct OpsConfig {
+    /// e.g. `127.0.0.1:9478`.
+    pub listen: SocketAddr,
+}
+
+/// How ATNA audit messages travel to the audit record repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtnaTransport {
+    /// RFC 5425: syslog over TLS (octet-counted frames), port 6514 unless given.
+    Tls,
+    /// RFC 5426: syslog over UDP, one message per datagram, port 514 unless given. In clear, and a lost
+    /// datagram is lost: for a collector on the same host or network segment.
+    Udp,
+}
+
+/// `[atna]`: IHE ATNA (DICOM PS3.15 A.5) audit messages for the audit log's events, sent as syslog.
+#[derive(Debug, Clone)]
+pub struct AtnaConfig {
+    /// As written: `tls://HOST[:PORT]` or `udp://HOST[:PORT]`.
+    pub url: String,
+    pub transport: AtnaTransport,
+    pub host: String,
+    pub port: u16,
+    /// PEM CA certificates trusted for the collector; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain and key (ATNA's mutual node authentication), both or neither.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// `AuditSourceIdentification@AuditSourceID` and the syslog HOSTNAME; default `ssh.public_host`.
+    pub audit_source_id: String,
+    /// `AuditEnterpriseSiteID` (the hospital), when set.
+    pub enterprise_site_id: Option<String>,
+}
+
+/// `[mail]`: a notice to the approvers of an asset's zone when a vendor's request waits for a decision,
+/// sent by SMTP submission with STARTTLS (always: a notice names a device, a vendor and a reason).
+#[derive(Clone)]
+pub struct MailConfig {
+    /// As written: `smtp://HOST[:PORT]` (port 587 unless given).
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    /// The envelope and `From:` address (`chaperone@hospital.example`).
+    pub from: String,
+    /// SMTP AUTH PLAIN after STARTTLS, when both are set.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// PEM CA certificates trusted for the mail server; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Who is told about a request for an asset in a zone without a list of its own.
+    pub to: Vec<String>,
+    /// Per-zone lists (`[mail.zones] radiology = ["rad-approvers@hospital.example"]`): they replace `to`.
+    pub zones: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl MailConfig {
+    /// The addresses told about a request for an asset in `zone` (empty: nobody, nothing is sent).
+    pub fn recipients(&self, zone: &str) -> &[String] {
+        self.zones.get(zone).unwrap_or(&self.to)
+    }
+}
+
+impl fmt::Debug for MailConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MailConfig")
+            .field("url", &self.url)
+            .field("from", &self.from)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("ca_file", &self.ca_file)
+            .field("to", &self.to)
+            .field("zones", &self.zones)
+            .finish()
+    }
+}
+
 /// Limits on what vendors may ask for.
 #[derive(Debug, Clone)]
 pub struct PolicyConfig {
@@ -181,8 +268,8 @@ pub struct WebhookConfig {
     pub url: String,
     /// The HMAC key; the receiver checks `X-Chaperone-Signature: sha256=HEX` with it.
     pub secret: String,
-    /// Audit actions that are sent (exact names, e.g. `request.file`).
-    pub events: Vec<String>,
+    /// Audit actions that are sent (named in the config as stored, e.g. `request.file`).
+    pub events: Vec<Action>,
     /// PEM file of CA certificates trusted for the receiver; `None`: the system's roots.
     pub ca_file: Option<PathBuf>,
     /// Deliveries tried per event before it is given up (and `webhook.undelivered` audited).
@@ -190,16 +277,16 @@ pub struct WebhookConfig {
 }
 
 /// The audit actions a webhook sends unless `webhook.events` says otherwise.
-pub const DEFAULT_WEBHOOK_EVENTS: &[&str] = &[
-    "request.file",
-    "request.approve",
-    "request.deny",
-    "request.expire",
-    "grant.revoke",
-    "session.terminate",
-    "budget.exceeded",
-    "auth.lock",
-    "target.hostkey.mismatch",
+pub const DEFAULT_WEBHOOK_EVENTS: &[Action] = &[
+    Action::RequestFile,
+    Action::RequestApprove,
+    Action::RequestDeny,
+    Action::RequestExpire,
+    Action::GrantRevoke,
+    Action::SessionTerminate,
+    Action::BudgetExceeded,
+    Action::AuthLock,
+    Action::TargetHostkeyMismatch,
 ];
 
 impl fmt::Debug for WebhookConfig {
@@ -640,6 +727,9 @@ struct RawConfig {
     policy: RawPolicy,
     webhook: Option<RawWebhook>,
     ldap: Option<RawLdap>,
+    ops: Option<RawOps>,
+    atna: Option<RawAtna>,
+    mail: Option<RawMail>,
 }
 
 #[derive(Deserialize)]
@@ -697,8 +787,28 @@ struct RawLdapRoles {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawMail {
+    url: String,
+    from: String,
+    username: Option<String>,
+    password: Option<String>,
+    ca_file: Option<String>,
+    #[serde(default)]
+    to: Vec<String>,
+    #[serde(default)]
+    zones: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawLdapZone {
     approver: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOps {
+    listen: String,
 }
 
 #[derive(Deserialize)]
@@ -718,6 +828,17 @@ fn default_vendor_filter() -> String {
 }
 fn default_vendor_name_attribute() -> String {
     "uid".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAtna {
+    url: String,
+    ca_file: Option<String>,
+    client_cert: Option<String>,
+    client_key: Option<String>,
+    audit_source_id: Option<String>,
+    enterprise_site_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1175,44 +1296,38 @@ impl Config {
                     ));
                 }
                 let events = match w.events {
-                    None => DEFAULT_WEBHOOK_EVENTS
-                        .iter()
-                        .map(|e| (*e).to_owned())
-                        .collect(),
-                    Some(events) => {
-                        if let Some(bad) = events.iter().find(|e| {
-                            e.is_empty()
-                                || !e
-                                    .chars()
-                                    .all(|c| c.is_ascii_lowercase() || matches!(c, '.' | '_'))
-                        }) {
-                            return Err(invalid(
-                                "webhook.events",
-                                format!(
-                                    "{bad:?} is not an audit action name (like \"request.file\")"
-                                ),
-                            ));
+                    None => DEFAULT_WEBHOOK_EVENTS.to_vec(),
+                    Some(names) => {
+                        let mut events = Vec::with_capacity(names.len());
+                        for name in names {
+                            // Budget crossings of every session kind share one action since
+                            // [tunnels] became [budgets]; a list naming the old one still gets them.
+                            let name = if name == "tunnel.budget.exceeded" {
+                                "budget.exceeded"
+                            } else {
+                                name.as_str()
+                            };
+                            // A misspelt name would silently never be sent: every name must be an action.
+                            let Some(action) = Action::parse(name) else {
+                                return Err(invalid(
+                                    "webhook.events",
+                                    format!(
+                                        "{name:?} is not an audit action name (like \"request.file\")"
+                                    ),
+                                ));
+                            };
+                            if action == Action::WebhookUndelivered {
+                                // Giving one up would make another to give up, forever, while the
+                                // receiver is down.
+                                return Err(invalid(
+                                    "webhook.events",
+                                    "\"webhook.undelivered\" cannot be sent by the webhook it is about"
+                                        .into(),
+                                ));
+                            }
+                            events.push(action);
                         }
-                        if events.iter().any(|e| e == "webhook.undelivered") {
-                            // Giving one up would make another to give up, forever, while the receiver is down.
-                            return Err(invalid(
-                                "webhook.events",
-                                "\"webhook.undelivered\" cannot be sent by the webhook it is about"
-                                    .into(),
-                            ));
-                        }
-                        // Budget crossings of every session kind share one action since [tunnels]
-                        // became [budgets]; a list naming the old one still gets them.
                         events
-                            .into_iter()
-                            .map(|e| {
-                                if e == "tunnel.budget.exceeded" {
-                                    "budget.exceeded".to_owned()
-                                } else {
-                                    e
-                                }
-                            })
-                            .collect()
                     }
                 };
                 let max_attempts = w.max_attempts.unwrap_or(10);
@@ -1234,6 +1349,22 @@ impl Config {
         let ldap = match raw.ldap {
             None => None,
             Some(l) => Some(ldap_config(l, &resolve).map_err(|(key, m)| invalid(key, m))?),
+        };
+        let ops = match raw.ops {
+            None => None,
+            Some(o) => Some(OpsConfig {
+                listen: addr("ops.listen", &o.listen)?,
+            }),
+        };
+        let atna = match raw.atna {
+            None => None,
+            Some(a) => Some(
+                atna_config(a, &ssh.public_host, &resolve).map_err(|(key, m)| invalid(key, m))?,
+            ),
+        };
+        let mail = match raw.mail {
+            None => None,
+            Some(m) => Some(mail_config(m, &resolve).map_err(|(key, m)| invalid(key, m))?),
         };
         if raw.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty".into()));
@@ -1272,6 +1403,9 @@ impl Config {
             policy,
             webhook,
             ldap,
+            ops,
+            atna,
+            mail,
         })
     }
 }
@@ -1428,6 +1562,198 @@ fn ldap_config(
         zone_approvers,
         recheck_interval: positive("ldap.recheck_interval", &raw.recheck_interval)?,
         vendors,
+    })
+}
+
+/// A bare address (`local@domain`), checked strictly: it goes into SMTP commands and a header, so no
+/// space, no control character, no `<>`, `,`, `;` or quote may pass.
+fn mail_address(key: &'static str, value: &str) -> Result<String, (&'static str, String)> {
+    let ok = value.len() <= 254
+        && value.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && local
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c))
+                && domain
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+        });
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err((
+            key,
+            format!("{value:?} is not a plain e-mail address (local@domain, no name or brackets)"),
+        ))
+    }
+}
+
+/// `[mail]`: the submission server (STARTTLS only), the sender, and who is told for which zone.
+fn mail_config(
+    raw: RawMail,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<MailConfig, (&'static str, String)> {
+    let Some(rest) = raw.url.strip_prefix("smtp://") else {
+        return Err((
+            "mail.url",
+            format!(
+                "{:?} must be smtp://HOST[:PORT] (submission with STARTTLS, port 587 by default)",
+                raw.url
+            ),
+        ));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && (!h.contains(':') || h.ends_with(']')) => (
+            h,
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| ("mail.url", format!("{p:?} is not a port")))?,
+        ),
+        _ => (rest, 587),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+    {
+        return Err(("mail.url", format!("{:?} has no valid host", raw.url)));
+    }
+    if raw.username.is_some() != raw.password.is_some() {
+        return Err(("mail.username", "username and password go together".into()));
+    }
+    if let Some(name) = &raw.username
+        && (name.is_empty() || name.chars().any(char::is_control))
+    {
+        return Err(("mail.username", "must be printable and not empty".into()));
+    }
+    if raw
+        .password
+        .as_deref()
+        .is_some_and(|p| p.chars().any(|c| c == '\0'))
+    {
+        return Err(("mail.password", "must not contain NUL".into()));
+    }
+    let to = raw
+        .to
+        .iter()
+        .map(|a| mail_address("mail.to", a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut zones = std::collections::BTreeMap::new();
+    for (zone, list) in raw.zones {
+        let list = list
+            .iter()
+            .map(|a| mail_address("mail.zones", a))
+            .collect::<Result<Vec<_>, _>>()?;
+        zones.insert(zone, list);
+    }
+    if to.is_empty() && zones.values().all(Vec::is_empty) {
+        return Err((
+            "mail.to",
+            "no recipient: set mail.to and/or [mail.zones] lists".into(),
+        ));
+    }
+    Ok(MailConfig {
+        url: raw.url.clone(),
+        host: host.to_owned(),
+        port,
+        from: mail_address("mail.from", &raw.from)?,
+        username: raw.username,
+        password: raw.password,
+        ca_file: raw.ca_file.as_deref().map(resolve),
+        to,
+        zones,
+    })
+}
+
+/// `[atna]`: the collector's URL, its TLS trust and our client certificate, and how we name ourselves.
+fn atna_config(
+    raw: RawAtna,
+    public_host: &str,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<AtnaConfig, (&'static str, String)> {
+    let (transport, rest, default_port) = if let Some(rest) = raw.url.strip_prefix("tls://") {
+        (AtnaTransport::Tls, rest, 6514)
+    } else if let Some(rest) = raw.url.strip_prefix("udp://") {
+        (AtnaTransport::Udp, rest, 514)
+    } else {
+        return Err((
+            "atna.url",
+            format!(
+                "{:?} must be tls://HOST[:PORT] (RFC 5425) or udp://HOST[:PORT] (RFC 5426)",
+                raw.url
+            ),
+        ));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        // `[::1]:6514`, `host:6514`; a bare IPv6 address needs brackets.
+        Some((h, p)) if !h.is_empty() && (!h.contains(':') || h.ends_with(']')) => (
+            h,
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| ("atna.url", format!("{p:?} is not a port")))?,
+        ),
+        _ => (rest, default_port),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+    {
+        return Err(("atna.url", format!("{:?} has no valid host", raw.url)));
+    }
+    if transport == AtnaTransport::Udp
+        && (raw.ca_file.is_some() || raw.client_cert.is_some() || raw.client_key.is_some())
+    {
+        return Err((
+            "atna.url",
+            "ca_file, client_cert and client_key need tls:// (udp:// is in clear)".into(),
+        ));
+    }
+    if raw.client_cert.is_some() != raw.client_key.is_some() {
+        return Err((
+            "atna.client_cert",
+            "client_cert and client_key go together".into(),
+        ));
+    }
+    // The source id is also the syslog HOSTNAME (printable ASCII, no spaces).
+    let printable = |key: &'static str, v: String, space: bool| {
+        if v.is_empty()
+            || v.len() > 255
+            || !v
+                .chars()
+                .all(|c| c.is_ascii_graphic() || (space && c == ' '))
+        {
+            Err((key, format!("{v:?}: 1 to 255 printable ASCII characters")))
+        } else {
+            Ok(v)
+        }
+    };
+    Ok(AtnaConfig {
+        url: raw.url.clone(),
+        transport,
+        host: host.to_owned(),
+        port,
+        ca_file: raw.ca_file.as_deref().map(resolve),
+        client_cert: raw.client_cert.as_deref().map(resolve),
+        client_key: raw.client_key.as_deref().map(resolve),
+        audit_source_id: printable(
+            "atna.audit_source_id",
+            raw.audit_source_id
+                .unwrap_or_else(|| public_host.to_owned()),
+            false,
+        )?,
+        enterprise_site_id: raw
+            .enterprise_site_id
+            .map(|v| printable("atna.enterprise_site_id", v, true))
+            .transpose()?,
     })
 }
 
@@ -1657,6 +1983,33 @@ max_pending_per_vendor = 5
 # [ldap.vendors]                                # one OU per vendor organisation, keys in sshPublicKey
 # base = "ou=vendors,dc=hospital,dc=example"
 # sync_interval = "5m"
+# Prometheus metrics (/metrics) and health checks (/healthz, /readyz) for the operators, on a listener of
+# their own with no sign-in: keep it on loopback or a management network. Off unless set.
+# [ops]
+# listen = "127.0.0.1:9478"
+
+# IHE ATNA audit messages (DICOM PS3.15 A.5) to the hospital's audit record repository, as syslog over TLS
+# (RFC 5425, tls://HOST[:6514]) or UDP (RFC 5426, udp://HOST[:514], in clear). Sent from the audit log
+# in order, retried until delivered, never lost across restarts. See README, "IHE ATNA".
+# [atna]
+# url = "tls://arr.hospital.example:6514"
+# ca_file = "atna_ca.pem"           # trust this CA for the collector instead of the system's roots
+# client_cert = "atna_cert.pem"     # ATNA's mutual node authentication (both or neither)
+# client_key = "atna_key.pem"
+# audit_source_id = "bastion-1"     # default: ssh.public_host
+# enterprise_site_id = "St Example Hospital"
+
+# E-mail to approvers when a vendor's request waits for a decision, with a link to it (web.public_url).
+# SMTP submission with STARTTLS (always); retried from the audit log until the request is decided or lapses.
+# [mail]
+# url = "smtp://mail.hospital.example:587"
+# from = "chaperone@hospital.example"
+# username = "chaperone"            # AUTH PLAIN after STARTTLS (both or neither)
+# password = "..."
+# ca_file = "mail_ca.pem"           # trust this CA for the mail server instead of the system's roots
+# to = ["it-security@hospital.example"]           # any zone without a list of its own
+# [mail.zones]
+# radiology = ["radiology-approvers@hospital.example"]
 
 [database]
 # SQLite file (embedded default) or postgres://user:password@host/db for several nodes.
@@ -1819,7 +2172,7 @@ mod tests {
         .unwrap();
         let w = ok.webhook.unwrap();
         assert_eq!(w.max_attempts, 10);
-        assert!(w.events.iter().any(|e| e == "request.file"));
+        assert!(w.events.contains(&Action::RequestFile));
         assert!(w.ca_file.is_none());
         assert!(format!("{w:?}").contains("***"));
         for local in [
@@ -1850,6 +2203,11 @@ mod tests {
             "url = \"https://x/h\"\n{secret}\nevents = [\"Request File\"]"
         ));
         assert!(bad.unwrap_err().to_string().contains("audit action"));
+        // Well-formed but no action: it used to pass, and nothing was ever delivered.
+        let typo = hook(&format!(
+            "url = \"https://x/h\"\n{secret}\nevents = [\"request.aprove\"]"
+        ));
+        assert!(typo.unwrap_err().to_string().contains("\"request.aprove\""));
         let looping = hook(&format!(
             "url = \"https://x/h\"\n{secret}\nevents = [\"webhook.undelivered\"]"
         ));

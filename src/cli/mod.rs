@@ -5,8 +5,11 @@
 
 mod asset;
 mod audit;
+mod backup;
 mod demo;
+mod demo_device;
 mod display;
+mod doctor;
 mod evidence;
 mod grant;
 mod init;
@@ -73,6 +76,13 @@ pub enum Command {
     /// The key that seals device credentials and TOTP seeds at rest.
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
+    /// Check this node: config, file modes, web certificate, free space, database and migrations.
+    /// One line per finding; exit 1 when any check fails.
+    Doctor,
+    /// Back up this node: config, keys, the SQLite database (a consistent copy, online) and recordings.
+    Backup(backup::BackupArgs),
+    /// Restore a backup into a new data directory (then `audit verify` passes on it).
+    Restore(backup::RestoreArgs),
     /// known_hosts lines for ProxyJump (`ssh -J`): the host key chaperone presents for each asset.
     KnownHosts,
 }
@@ -80,9 +90,9 @@ pub enum Command {
 /// Runs a parsed command. Errors carry their own explanation; `main` prints them and exits 1.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Init(args) => init::run(args).await,
+        Command::Init(args) => init::run(&cli.config, args).await,
         Command::Serve => serve::run(&cli.config).await,
-        Command::Demo(args) => demo::run(args).await,
+        Command::Demo(args) => demo::run(&cli.config, args).await,
         Command::Vendor(cmd) => vendor::run(&cli.config, cmd).await,
         Command::User(cmd) => user::run(&cli.config, cmd).await,
         Command::Ldap(cmd) => ldap::run(&cli.config, cmd).await,
@@ -92,6 +102,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(cmd) => audit::run(&cli.config, cmd).await,
         Command::Evidence(cmd) => evidence::run(&cli.config, cmd).await,
         Command::Secrets(cmd) => secrets::run(&cli.config, cmd).await,
+        Command::Doctor => doctor::run(&cli.config).await,
+        Command::Backup(args) => backup::backup(&cli.config, args).await,
+        Command::Restore(args) => backup::restore(args).await,
         Command::KnownHosts => known_hosts(&cli.config).await,
     }
 }

@@ -17,6 +17,7 @@ use crate::app::App;
 use crate::audit::AuditEvent;
 use crate::config::{SshConfig, WebConfig};
 use crate::identity::totp;
+use crate::ops::metrics;
 use crate::secrets::SecretsError;
 use crate::store::{StoreError, Tx};
 
@@ -282,6 +283,7 @@ pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict,
                 )
                 .await?;
                 tx.commit("auth.refused").await?;
+                metrics::login(metrics::Login::Refused);
                 return Ok(Verdict::Refused);
             }
             0
@@ -390,6 +392,10 @@ pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict,
                     tracing::warn!(vendor = %name, until, "vendor locked after repeated TOTP failures");
                 }
                 tx.commit("auth.totp.failure").await?;
+                if failure.locked_until.is_some() {
+                    metrics::lockout();
+                }
+                metrics::login(metrics::Login::Failure);
                 tracing::info!(vendor = %name, peer = %source, why, "TOTP refused");
             }
             (Lockout::PerSource { max, window }, Account::Staff { id, name }) => {
@@ -478,6 +484,7 @@ pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict,
             tx.audit(AuditEvent::new(&actor, "auth.login", &subject, detail), now)
                 .await?;
             tx.commit("auth.login").await?;
+            metrics::login(metrics::Login::Success);
             tracing::info!(vendor = %name, peer = %source, "vendor signed in");
         }
         Account::Staff { id, .. } => {

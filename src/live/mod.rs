@@ -367,6 +367,7 @@ impl PendingSession {
             }
         };
         self.live.mark_started(&self.registration);
+        crate::ops::metrics::session_started(self.kind.as_str());
         tracing::info!(session = %id, vendor = %grant.vendor().name, asset = %asset.name, service = %grant.service().name, kind = self.kind.as_str(), "session started");
         let policy = app.config.budgets.policy_for(&grant.service().name).clone();
         let meter = Meter {
@@ -531,6 +532,7 @@ impl LiveSession {
     /// recording failure whatever the transport saw, and is audited as `recording.failed` too.
     pub async fn end(mut self, end: End) {
         let app = self.app.clone();
+        crate::ops::metrics::session_ended(self.kind.as_str());
         // Files still open and requests never answered are logged as unfinished.
         if let (Some(sftp), Some(rec)) = (self.sftp.take(), &self.recorder) {
             let left = sftp.finish();
@@ -546,6 +548,7 @@ impl LiveSession {
                 let done = recording.finish().await;
                 match &done {
                     Ok(f) => {
+                        crate::ops::metrics::recording_closed(f.finished.bytes);
                         if let Some(why) = &f.stopped {
                             end = End::RecordingFailed(why.clone());
                         }
@@ -560,6 +563,9 @@ impl LiveSession {
             && !matches!(end, End::RecordingFailed(_))
         {
             end = End::BudgetCut(cut);
+        }
+        if matches!(end, End::RecordingFailed(_)) {
+            crate::ops::metrics::recording_failed();
         }
         let now = app.clock.now();
         let reason = end.describe();
@@ -734,6 +740,7 @@ impl Meter {
             Direction::Down => &m.down,
         };
         counter.fetch_add(n as u64, Ordering::Relaxed);
+        crate::ops::metrics::relayed(dir == Direction::Up, n);
         let Some(crossing) = m
             .budgets
             .add(&m.key, m.app.clock.now(), dir, n as u64, &m.policy)

@@ -247,6 +247,7 @@ async fn refuse_disabled(app: &App, peer: SocketAddr, vendor: &Vendor, now: i64)
         tx.commit("auth.refused").await
     }
     .await;
+    crate::ops::metrics::login(crate::ops::metrics::Login::Refused);
     if let Err(e) = result {
         tracing::error!(vendor = %vendor.name, error = %e, "cannot audit a refused login");
     }

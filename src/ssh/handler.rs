@@ -364,7 +364,7 @@ impl server::Handler for Connection {
                     return Ok(RusshAuth::reject());
                 };
                 if let Mode::Outer(outer) = &self.mode {
-                    outer.ticket.signed_in();
+                    outer.ticket.signed_in(&principal.vendor);
                     self._registration = Some(self.shared.live.connect(
                         outer.id,
                         &principal,

@@ -7,7 +7,10 @@
 
 mod assets;
 mod audit;
+mod backup;
+mod cursors;
 mod grants;
+mod health;
 mod nodes;
 mod requests;
 mod sealed;
@@ -27,7 +30,9 @@ use crate::audit::AuditEvent;
 use crate::config::redact_url;
 
 pub use assets::NewAsset;
+pub use cursors::CursorClaim;
 pub use grants::NewGrant;
+pub use health::{MigrationStatus, OpsCounts};
 pub use nodes::AbandonedSession;
 pub use requests::NewRequest;
 pub use sealed::{Sealed, SealedKind};
@@ -160,6 +165,8 @@ impl Store {
     /// the write lock at once (`BEGIN IMMEDIATE`), so writers from other processes (the CLI) queue on the
     /// busy timeout instead of failing half-way.
     pub async fn begin(&self) -> Result<Tx> {
+        // The metric's wait includes the writer turn: both are time a writer spends queued.
+        let asked = std::time::Instant::now();
         let writer = match &self.writer {
             Some(w) => Some(w.clone().lock_owned().await),
             None => None,
@@ -169,6 +176,7 @@ impl Store {
             Backend::Postgres => self.pool.begin().await,
         }
         .context("starting a transaction")?;
+        crate::ops::metrics::db_acquired(asked.elapsed());
         Ok(Tx {
             tx,
             audited: false,

@@ -417,6 +417,8 @@ pub trait SignInState: Send + Sync + 'static {
         kind: StateKind,
         key: &str,
     ) -> impl Future<Output = CoreResult<Option<String>>> + Send;
+    /// `name` signed out (their session is already gone): recorded as the other half of the sign-in.
+    fn signed_out(&self, name: &str) -> impl Future<Output = CoreResult<()>> + Send;
     /// Removes the state under `key`, if any.
     fn drop_state(&self, kind: StateKind, key: &str)
     -> impl Future<Output = CoreResult<()>> + Send;
