@@ -7,8 +7,10 @@
 use std::time::Duration;
 
 use chaperone_web_approval::{
-    Core, CoreError, Decision, Enrollment, GrantView, Method, RequestView, Role as WebRole,
-    SecondFactor, SessionView, SignInAttempt, Staff, StaffAccount, StateKind, Verdict,
+    AuditView, Core, CoreError, Decision, Enrollment, GrantView, HistoryItem, HistoryPage,
+    HistoryQuery, LiveStream, Method, RecordingStatus, RequestView, Role as WebRole, SecondFactor,
+    SessionDetail, SessionView, SignInAttempt, Staff, StaffAccount, StateKind, TranscriptHit,
+    TransferView, Verdict,
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -21,7 +23,16 @@ use crate::identity::totp;
 use crate::model::{AccessRequest, Criticality, RequestStatus, Role};
 use crate::policy::grants::{self, GrantError};
 use crate::policy::requests::{self, Approver, AuthMethod, DecideError, Outcome};
-use crate::store::{StaffAuth, StoreError, Tx};
+use crate::store::{HistoryFilter, HistoryRow, StaffAuth, StoreError, Tx};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::evidence::{Evidence, Unvouched, open_recording};
+use crate::live::LiveSessions;
+use crate::model::{RecordingRow, SessionRow};
+use crate::recording::RecordingFormat;
+use crate::search_index::Indexer;
+use chaperone_recorder::playback::{self, Format, IdleMap, Index};
 
 /// The staff sign-in lockout: the one place it is decided, for the sign-in form, `/api/login`, passkey
 /// sign-ins and the password asked again before a change (`Core::judge_sign_in`).
@@ -65,15 +76,29 @@ pub struct WebCore {
     app: App,
     /// From `[web] max_failures` and `failure_window`.
     rule: SignInRule,
+    /// This node's live sessions: the live view's taps.
+    live: LiveSessions,
+    /// Indexes a recording at once when its page is opened before the background job got to it.
+    indexer: Indexer,
+    /// Recordings whose file was hashed and found as vouched, by recording id: the file's identity and
+    /// times then, and the digest. A file whose metadata is unchanged is not hashed again for a page.
+    proven: Arc<Mutex<HashMap<i64, (FileKey, String)>>>,
 }
 
 impl WebCore {
-    pub fn new(app: App) -> WebCore {
+    pub fn new(app: App, live: LiveSessions) -> WebCore {
         let rule = SignInRule {
             max_failures: app.config.web.max_failures,
             window: app.config.web.failure_window,
         };
-        WebCore { app, rule }
+        let indexer = Indexer::new(&app.store, &app.config.recording.dir, &app.secrets);
+        WebCore {
+            app,
+            rule,
+            live,
+            indexer,
+            proven: Arc::default(),
+        }
     }
 }
 
@@ -406,11 +431,17 @@ impl Core for WebCore {
             .collect())
     }
 
-    async fn terminate_session(&self, by: &Staff, id: &str) -> Result<(), CoreError> {
+    async fn terminate_session(&self, by: &Staff, id: &str, why: &str) -> Result<(), CoreError> {
         // The page hides the button; the rule lives here. Auditors only read.
         if !by.role.can_decide() {
             return Err(CoreError::Forbidden(
                 "auditors cannot terminate sessions".into(),
+            ));
+        }
+        let why: String = why.trim().chars().take(500).collect();
+        if why.is_empty() {
+            return Err(CoreError::Invalid(
+                "say why the session is ended (the vendor is shown it)".into(),
             ));
         }
         let session = match self.app.store.session(id).await {
@@ -424,7 +455,7 @@ impl Core for WebCore {
             )));
         }
         let now = self.app.clock.now();
-        let reason = format!("session terminated by {}", by.name);
+        let reason = format!("session terminated by {}: {why}", by.name);
         let mut tx = self.app.store.begin().await.map_err(internal)?;
         if !tx
             .request_session_termination(id, &reason, now)
@@ -442,7 +473,7 @@ impl Core for WebCore {
                 "session.terminate",
                 format!("session:{id}"),
                 json!({"vendor": session.vendor, "asset": session.asset, "grant": session.grant_id,
-                       "method": by.method}),
+                       "method": by.method, "reason": why}),
             ),
             now,
         )
@@ -781,6 +812,48 @@ impl Core for WebCore {
             .map_err(internal)
     }
 
+    async fn history(&self, by: &Staff, query: &HistoryQuery) -> Result<HistoryPage, CoreError> {
+        self.history_impl(by, query).await
+    }
+
+    async fn session_detail(&self, by: &Staff, id: &str) -> Result<SessionDetail, CoreError> {
+        self.detail_impl(by, id).await
+    }
+
+    async fn playback_index(
+        &self,
+        by: &Staff,
+        id: &str,
+        recording: i64,
+        idle: Option<f64>,
+    ) -> Result<String, CoreError> {
+        self.index_impl(by, id, recording, idle).await
+    }
+
+    async fn playback_segment(
+        &self,
+        id: &str,
+        recording: i64,
+        segment: usize,
+        idle: Option<f64>,
+    ) -> Result<String, CoreError> {
+        self.segment_impl(id, recording, segment, idle).await
+    }
+
+    async fn transcript_search(
+        &self,
+        by: &Staff,
+        id: &str,
+        text: &str,
+        idle: Option<f64>,
+    ) -> Result<Vec<TranscriptHit>, CoreError> {
+        self.search_impl(by, id, text, idle).await
+    }
+
+    async fn watch(&self, by: &Staff, id: &str) -> Result<LiveStream, CoreError> {
+        self.watch_impl(by, id).await
+    }
+
     async fn changed(&self) {
         // In-process notices arrive at once; changes made by another process or node move the audit
         // chain's head (every change is audited), which is re-read every second.
@@ -796,5 +869,833 @@ impl Core for WebCore {
                 return;
             }
         }
+    }
+}
+
+/// A file's identity and times: unchanged, the file was not rewritten since it was hashed.
+type FileKey = (u64, u64, u64, i64, i64);
+
+fn file_key(meta: &std::fs::Metadata) -> FileKey {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        (
+            meta.dev(),
+            meta.ino(),
+            meta.len(),
+            meta.mtime_nsec() + meta.mtime() * 1_000_000_000,
+            meta.ctime_nsec() + meta.ctime() * 1_000_000_000,
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        (0, 0, meta.len(), 0, 0)
+    }
+}
+
+/// Files larger than this are not hashed for a history list (the session's page hashes them).
+const LIST_HASH_LIMIT: u64 = 64 * 1024 * 1024;
+/// Sessions per history page.
+const PAGE: i64 = 50;
+/// The audit actions about a session that its page lists.
+const SESSION_ACTIONS: [&str; 14] = [
+    "session.start",
+    "session.end",
+    "session.terminate",
+    "session.watch",
+    "tunnel.open",
+    "tunnel.close",
+    "jump.open",
+    "jump.close",
+    "recording.view",
+    "recording.search",
+    "recording.recovered",
+    "recording.failed",
+    "evidence.export",
+    "budget.exceeded",
+];
+
+fn status(r: &RecordingRow, integrity: &str, detail: String) -> RecordingStatus {
+    RecordingStatus {
+        id: r.id,
+        format: r.format.clone(),
+        size: r.size,
+        integrity: integrity.to_owned(),
+        detail,
+    }
+}
+
+fn format_of(r: &RecordingRow) -> Option<Format> {
+    match r.format.as_str() {
+        RecordingFormat::ASCIICAST => Some(Format::Asciicast),
+        RecordingFormat::EXEC_STREAM => Some(Format::Exec),
+        _ => None,
+    }
+}
+
+fn idle_secs(idle: Option<f64>) -> String {
+    idle.map(|i| format!("{i}")).unwrap_or_default()
+}
+
+impl WebCore {
+    /// What the audit chain and the file say about recording `r` (the chain decides: `ev`). The file
+    /// is hashed unless it was found intact before and has not changed since, or it is larger than
+    /// `hash_limit` (then it is `unchecked`).
+    async fn integrity(
+        &self,
+        r: &RecordingRow,
+        ev: &Evidence,
+        hash_limit: Option<u64>,
+    ) -> RecordingStatus {
+        let v = match ev {
+            Evidence::Unvouched(Unvouched::Live) => {
+                return status(
+                    r,
+                    "live",
+                    "the session is running; its recording has no digest yet".into(),
+                );
+            }
+            Evidence::Unvouched(Unvouched::NotDigested) => {
+                return status(
+                    r,
+                    "not-digested",
+                    "no audit event vouches for a digest of it (its writer stopped before finishing it); nothing proves it intact".into(),
+                );
+            }
+            Evidence::Broken(b) => {
+                return status(
+                    r,
+                    "ALTERED",
+                    format!("the audit log's word on it was altered: {b}"),
+                );
+            }
+            Evidence::Vouched(v) => v,
+        };
+        if r.sha256.as_deref() != Some(v.sha256.as_str()) {
+            return status(
+                r,
+                "ALTERED",
+                format!(
+                    "its database row says sha256 {}, audit event {} vouches for {}",
+                    r.sha256.as_deref().unwrap_or("-"),
+                    v.seq,
+                    v.sha256
+                ),
+            );
+        }
+        let dir = self.app.config.recording.dir.clone();
+        let path = r.path.clone();
+        let known = self.proven.lock().ok().and_then(|m| m.get(&r.id).cloned());
+        let vouched = v.sha256.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let opened = open_recording(&dir, &path)?;
+            let key = opened
+                .file
+                .metadata()
+                .map(|m| file_key(&m))
+                .map_err(|source| crate::evidence::PathError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            if known
+                .as_ref()
+                .is_some_and(|(k, sha)| *k == key && *sha == vouched)
+            {
+                return Ok((key, Some(vouched)));
+            }
+            if hash_limit.is_some_and(|limit| key.2 > limit) {
+                return Ok((key, None));
+            }
+            let sha = chaperone_recorder::Sha256Reader::new(&opened.file)
+                .finish_hex()
+                .map_err(|source| crate::evidence::PathError::Io { path, source })?;
+            Ok::<_, crate::evidence::PathError>((key, Some(sha)))
+        })
+        .await;
+        match checked {
+            Ok(Ok((key, Some(sha)))) if sha == v.sha256 => {
+                if let Ok(mut m) = self.proven.lock() {
+                    m.insert(r.id, (key, sha.clone()));
+                }
+                status(
+                    r,
+                    "intact",
+                    format!("sha256 {sha}, as audit event {} vouches", v.seq),
+                )
+            }
+            Ok(Ok((_, Some(sha)))) => status(
+                r,
+                "ALTERED",
+                format!("the file's sha256 is {sha}, audit event {} vouches for {}", v.seq, v.sha256),
+            ),
+            Ok(Ok((_, None))) => status(
+                r,
+                "unchecked",
+                format!(
+                    "audit event {} vouches for sha256 {}; the file is large and was not re-read for this list (its page checks it)",
+                    v.seq, v.sha256
+                ),
+            ),
+            Ok(Err(e)) if e.is_not_found() => status(
+                r,
+                "missing",
+                "the file is not in this node's recordings directory (deleted, or kept on the node that recorded it)".into(),
+            ),
+            Ok(Err(e @ crate::evidence::PathError::Io { .. })) => {
+                status(r, "unchecked", format!("the file cannot be read: {e}"))
+            }
+            Ok(Err(e)) => status(r, "ALTERED", e.to_string()),
+            Err(_) => status(r, "unchecked", "the check failed".into()),
+        }
+    }
+
+    async fn item(&self, h: HistoryRow, hash_limit: Option<u64>) -> Result<HistoryItem, CoreError> {
+        let evidence = crate::evidence::evidence(&self.app.store, &h.session)
+            .await
+            .map_err(internal)?;
+        let mut recordings = Vec::with_capacity(h.session.recordings.len());
+        for (r, ev) in h.session.recordings.iter().zip(&evidence) {
+            recordings.push(self.integrity(r, ev, hash_limit).await);
+        }
+        let s = h.session;
+        let now = self.now();
+        Ok(HistoryItem {
+            duration: match s.ended_at {
+                Some(end) => crate::history::duration(end - s.started_at),
+                None => format!("live, {}", crate::history::duration(now - s.started_at)),
+            },
+            started: format_time(s.started_at),
+            id: s.id,
+            vendor: s.vendor,
+            org: h.org,
+            asset: s.asset,
+            zone: h.zone,
+            kind: s.kind,
+            service: s.service,
+            detail: s.detail,
+            client_addr: s.client_addr,
+            started_at: s.started_at,
+            ended_at: s.ended_at,
+            bytes_up: s.bytes_up,
+            bytes_down: s.bytes_down,
+            grant_id: s.grant_id,
+            grant_reason: h.grant_reason,
+            request_id: h.request_id,
+            request_reason: h.request_reason,
+            end_cause: s.end_cause,
+            end_reason: s.end_reason,
+            node: h.node,
+            recordings,
+        })
+    }
+
+    async fn audit_view(
+        &self,
+        by: &Staff,
+        action: &'static str,
+        subject: String,
+        detail: serde_json::Value,
+    ) -> Result<(), CoreError> {
+        let by = approver(by);
+        let mut detail = detail;
+        detail["method"] = json!(by.method);
+        let now = self.now();
+        let mut tx = self.app.store.begin().await.map_err(internal)?;
+        tx.audit(AuditEvent::new(by.actor(), action, subject, detail), now)
+            .await
+            .map_err(internal)?;
+        tx.commit(action).await.map_err(internal)
+    }
+
+    /// A session and its recording `rid`, with what the chain says about it.
+    async fn recording_of(
+        &self,
+        id: &str,
+        rid: i64,
+    ) -> Result<(SessionRow, RecordingRow, Evidence), CoreError> {
+        let session = match self.app.store.session(id).await {
+            Ok(s) => s,
+            Err(StoreError::NotFound { .. }) => return Err(CoreError::NotFound),
+            Err(e) => return Err(internal(e)),
+        };
+        let evidence = crate::evidence::evidence(&self.app.store, &session)
+            .await
+            .map_err(internal)?;
+        let (r, ev) = session
+            .recordings
+            .iter()
+            .zip(evidence)
+            .find(|(r, _)| r.id == rid)
+            .map(|(r, e)| (r.clone(), e))
+            .ok_or(CoreError::NotFound)?;
+        Ok((session, r, ev))
+    }
+
+    /// The playback index of a recording the chain vouches for, checked against its MAC; built now when
+    /// the indexer has not got to it yet.
+    async fn playback(
+        &self,
+        r: &RecordingRow,
+        ev: &Evidence,
+    ) -> Result<(Index, String), CoreError> {
+        let Some(v) = ev.voucher() else {
+            return Err(CoreError::Conflict(
+                "this recording has no digest the audit log vouches for, so it is not played"
+                    .into(),
+            ));
+        };
+        let mut row = self
+            .app
+            .store
+            .recording_index(r.id)
+            .await
+            .map_err(internal)?;
+        if row.as_ref().is_none_or(|i| i.status == "indexing") {
+            self.indexer
+                .index_recording(r, self.now())
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "indexing a recording for the player");
+                    CoreError::Internal
+                })?;
+            row = self
+                .app
+                .store
+                .recording_index(r.id)
+                .await
+                .map_err(internal)?;
+        }
+        let Some(row) = row else {
+            return Err(CoreError::Conflict(
+                "this recording is not on this node: open the page on the node that recorded it"
+                    .into(),
+            ));
+        };
+        match (row.status.as_str(), &row.playback, &row.mac) {
+            ("indexed", Some(json), Some(mac)) => self
+                .indexer
+                .open_playback(r.id, &v.sha256, json, mac)
+                .map(|i| (i, v.sha256.clone()))
+                .ok_or_else(|| {
+                    CoreError::Conflict(
+                        "the player's index of this recording does not match the digest the audit log vouches for (ALTERED in the database): it is not played".into(),
+                    )
+                }),
+            ("failed", ..) => Err(CoreError::Conflict(format!(
+                "this recording cannot be played: {}",
+                row.note.as_deref().unwrap_or("indexing failed")
+            ))),
+            _ => Err(CoreError::Conflict(
+                "this recording is being prepared for playing; try again in a moment".into(),
+            )),
+        }
+    }
+}
+
+fn not_found_or(e: StoreError) -> CoreError {
+    match e {
+        StoreError::NotFound { .. } => CoreError::NotFound,
+        e => internal(e),
+    }
+}
+
+impl WebCore {
+    pub(crate) async fn history_impl(
+        &self,
+        by: &Staff,
+        q: &HistoryQuery,
+    ) -> Result<HistoryPage, CoreError> {
+        let filter = crate::history::filter(q).map_err(CoreError::Invalid)?;
+        let page = crate::history::page(q).map_err(CoreError::Invalid)?;
+        let rows = self
+            .app
+            .store
+            .session_history(&filter, PAGE + 1, (i64::from(page) - 1) * PAGE)
+            .await
+            .map_err(internal)?;
+        let more = rows.len() as i64 > PAGE;
+        let mut sessions = Vec::with_capacity(rows.len());
+        for h in rows.into_iter().take(PAGE as usize) {
+            sessions.push(self.item(h, Some(LIST_HASH_LIMIT)).await?);
+        }
+        if let Some(text) = q.text.as_deref().filter(|t| !t.trim().is_empty()) {
+            let filters: serde_json::Map<String, serde_json::Value> = q
+                .pairs()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), json!(v)))
+                .collect();
+            self.audit_view(
+                by,
+                "recording.search",
+                "sessions".into(),
+                json!({"text": text, "filters": filters, "page": page, "found": sessions.len()}),
+            )
+            .await?;
+        }
+        Ok(HistoryPage {
+            sessions,
+            page,
+            more,
+        })
+    }
+}
+
+impl WebCore {
+    async fn detail_impl(&self, by: &Staff, id: &str) -> Result<SessionDetail, CoreError> {
+        let filter = HistoryFilter {
+            id: Some(id.to_owned()),
+            ..Default::default()
+        };
+        let row = self
+            .app
+            .store
+            .session_history(&filter, 1, 0)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .next()
+            .ok_or(CoreError::NotFound)?;
+        let session = row.session.clone();
+        let item = self.item(row, None).await?;
+        let mut playable = None;
+        let mut play_note = None;
+        let mut transfers = None;
+        let mut transfers_more = 0;
+        for (r, st) in session.recordings.iter().zip(&item.recordings) {
+            match (format_of(r), st.integrity.as_str()) {
+                (Some(_), "intact") if playable.is_none() => playable = Some(r.id),
+                (Some(_), other) if playable.is_none() => {
+                    play_note = Some(match other {
+                        "live" => "The session is running: its recording plays once it has ended; watch it live meanwhile.".to_owned(),
+                        _ => format!("The recording is not played: {} ({}).", st.integrity, st.detail),
+                    });
+                }
+                (None, "intact") => {
+                    let dir = self.app.config.recording.dir.clone();
+                    let path = r.path.clone();
+                    let read = tokio::task::spawn_blocking(move || {
+                        let opened = open_recording(&dir, &path).map_err(|e| e.to_string())?;
+                        playback::read_transfers(&opened.file).map_err(|e| e.to_string())
+                    })
+                    .await;
+                    match read {
+                        Ok(Ok((lines, more, _))) => {
+                            const SHOWN: usize = 2000;
+                            transfers_more = more + lines.len().saturating_sub(SHOWN);
+                            transfers =
+                                Some(lines.into_iter().take(SHOWN).map(transfer_view).collect());
+                        }
+                        Ok(Err(why)) => {
+                            play_note = Some(format!("The transfer log cannot be read: {why}"))
+                        }
+                        Err(_) => return Err(CoreError::Internal),
+                    }
+                }
+                (None, _) => {
+                    play_note = Some(format!(
+                        "The transfer log is not shown: {} ({}).",
+                        st.integrity, st.detail
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let mut inner = Vec::new();
+        if session.kind == "jump" {
+            let to = session.ended_at.unwrap_or_else(|| self.now());
+            for s in self
+                .app
+                .store
+                .sessions_within(&session.vendor, &session.asset, session.started_at, to, 100)
+                .await
+                .map_err(internal)?
+            {
+                let f = HistoryFilter {
+                    id: Some(s.id.clone()),
+                    ..Default::default()
+                };
+                if let Some(h) = self
+                    .app
+                    .store
+                    .session_history(&f, 1, 0)
+                    .await
+                    .map_err(internal)?
+                    .into_iter()
+                    .next()
+                {
+                    inner.push(self.item(h, Some(LIST_HASH_LIMIT)).await?);
+                }
+            }
+        }
+        if !session.recordings.is_empty() {
+            self.audit_view(
+                by,
+                "recording.view",
+                format!("session:{id}"),
+                json!({"what": "page", "recordings": session.recordings.iter().map(|r| r.id).collect::<Vec<_>>()}),
+            )
+            .await?;
+        }
+        let audit = self
+            .app
+            .store
+            .audit_events_about(&format!("session:{id}"), &SESSION_ACTIONS, 500)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .map(|a| AuditView {
+                seq: a.seq,
+                at: format_time(a.at),
+                actor: a.actor,
+                action: a.action,
+                detail: a.detail,
+            })
+            .collect();
+        Ok(SessionDetail {
+            live_here: session.ended_at.is_none() && self.live.tap(id).is_some(),
+            session: item,
+            playable,
+            play_note,
+            transfers,
+            transfers_more,
+            inner,
+            audit,
+        })
+    }
+
+    async fn index_impl(
+        &self,
+        by: &Staff,
+        id: &str,
+        rid: i64,
+        idle: Option<f64>,
+    ) -> Result<String, CoreError> {
+        let (_, r, ev) = self.recording_of(id, rid).await?;
+        let st = self.integrity(&r, &ev, None).await;
+        if st.integrity != "intact" {
+            return Err(CoreError::Conflict(format!(
+                "the recording is not played: {} ({})",
+                st.integrity, st.detail
+            )));
+        }
+        let (index, _) = self.playback(&r, &ev).await?;
+        let map = IdleMap::new(&index.gaps, idle);
+        let idle_q = idle_secs(idle);
+        let segments: Vec<serde_json::Value> = index
+            .segments
+            .iter()
+            .enumerate()
+            .map(|(n, s)| {
+                json!({"start": map.map(s.start),
+                       "url": format!("/sessions/{id}/recordings/{rid}/segments/{n}?idle={idle_q}")})
+            })
+            .collect();
+        let markers: Vec<serde_json::Value> = index
+            .markers
+            .iter()
+            .map(|(t, label)| json!([map.map(*t), label]))
+            .collect();
+        self.audit_view(
+            by,
+            "recording.view",
+            format!("session:{id}"),
+            json!({"what": "play", "recording": rid}),
+        )
+        .await?;
+        Ok(json!({
+            "version": 1,
+            "term": {"cols": index.cols, "rows": index.rows},
+            "duration": map.map(index.duration),
+            "markers": markers,
+            "segments": segments,
+        })
+        .to_string())
+    }
+
+    async fn segment_impl(
+        &self,
+        id: &str,
+        rid: i64,
+        n: usize,
+        idle: Option<f64>,
+    ) -> Result<String, CoreError> {
+        let (_, r, ev) = self.recording_of(id, rid).await?;
+        if ev
+            .voucher()
+            .is_none_or(|v| r.sha256.as_deref() != Some(v.sha256.as_str()))
+        {
+            return Err(CoreError::Conflict(
+                "the recording is not vouched for as it is".into(),
+            ));
+        }
+        let format = format_of(&r).ok_or(CoreError::NotFound)?;
+        let (index, _) = self.playback(&r, &ev).await?;
+        let seg = index.segments.get(n).cloned().ok_or(CoreError::NotFound)?;
+        let last = n + 1 == index.segments.len();
+        let dir = self.app.config.recording.dir.clone();
+        let path = r.path.clone();
+        let header_len = index.header_len;
+        let header_sha = index.header_sha256.clone();
+        let read = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, Vec<u8>), String> {
+            use std::io::{Read as _, Seek as _};
+            let mut f = open_recording(&dir, &path).map_err(|e| e.to_string())?.file;
+            let mut header = vec![0; usize::try_from(header_len).map_err(|e| e.to_string())?];
+            f.read_exact(&mut header).map_err(|e| e.to_string())?;
+            f.seek(std::io::SeekFrom::Start(seg.offset))
+                .map_err(|e| e.to_string())?;
+            let mut body = vec![0; usize::try_from(seg.len).map_err(|e| e.to_string())?];
+            f.read_exact(&mut body).map_err(|e| e.to_string())?;
+            Ok((header, body))
+        })
+        .await
+        .map_err(|_| CoreError::Internal)?;
+        let (header, body) = read
+            .map_err(|why| CoreError::Conflict(format!("the recording cannot be read: {why}")))?;
+        let sha = |b: &[u8]| {
+            chaperone_recorder::Sha256Reader::new(b)
+                .finish_hex()
+                .unwrap_or_default()
+        };
+        if sha(&header) != header_sha || sha(&body) != seg.sha256 {
+            return Err(CoreError::Conflict(
+                "the recording was ALTERED since it was checked: this part does not match its digest".into(),
+            ));
+        }
+        let events = playback::segment_events(format, &header, &body, seg.start)
+            .map_err(|e| CoreError::Conflict(format!("the recording cannot be read: {e}")))?;
+        let map = IdleMap::new(&index.gaps, idle);
+        let mut out: Vec<serde_json::Value> = events
+            .into_iter()
+            .map(|e| json!([map.map(e.time), e.code.to_string(), e.data]))
+            .collect();
+        if last {
+            out.push(json!([map.map(index.duration), "o", ""]));
+        }
+        Ok(json!({
+            "snapshot": {"cols": seg.cols, "rows": seg.rows, "init": seg.init},
+            "events": out,
+        })
+        .to_string())
+    }
+
+    async fn search_impl(
+        &self,
+        by: &Staff,
+        id: &str,
+        text: &str,
+        idle: Option<f64>,
+    ) -> Result<Vec<TranscriptHit>, CoreError> {
+        let words = chaperone_recorder::transcript::words(text);
+        if words.is_empty() {
+            return Err(CoreError::Invalid(
+                "type a word to find (letters or digits)".into(),
+            ));
+        }
+        let session = self.app.store.session(id).await.map_err(not_found_or)?;
+        let chunks = self
+            .app
+            .store
+            .session_text_matches(id, &words, 200)
+            .await
+            .map_err(internal)?;
+        let query: Vec<&str> = words.split(' ').collect();
+        let mut maps: HashMap<i64, IdleMap> = HashMap::new();
+        let mut hits = Vec::new();
+        for c in chunks {
+            if !maps.contains_key(&c.recording_id) {
+                let map = match session.recordings.iter().find(|r| r.id == c.recording_id) {
+                    Some(r) if format_of(r).is_some() => {
+                        let ev = crate::evidence::evidence(&self.app.store, &session)
+                            .await
+                            .map_err(internal)?;
+                        let ev = session
+                            .recordings
+                            .iter()
+                            .zip(ev)
+                            .find(|(x, _)| x.id == r.id)
+                            .map(|(_, e)| e);
+                        match ev {
+                            Some(ev) => self
+                                .playback(r, &ev)
+                                .await
+                                .map(|(i, _)| IdleMap::new(&i.gaps, idle))
+                                .unwrap_or_else(|_| IdleMap::new(&[], None)),
+                            None => IdleMap::new(&[], None),
+                        }
+                    }
+                    _ => IdleMap::new(&[], None),
+                };
+                maps.insert(c.recording_id, map);
+            }
+            let map = &maps[&c.recording_id];
+            let mut found = false;
+            for (line, ms) in c.lines.iter().zip(&c.times) {
+                if chaperone_recorder::transcript::line_matches(line, &query) {
+                    found = true;
+                    hits.push(TranscriptHit {
+                        recording: c.recording_id,
+                        time: map.map(*ms as f64 / 1000.0),
+                        line: line.clone(),
+                    });
+                }
+            }
+            // The phrase runs across two lines: the chunk's first line that has its first word.
+            if !found
+                && let Some((line, ms)) = c.lines.iter().zip(&c.times).find(|(l, _)| {
+                    chaperone_recorder::transcript::words(l)
+                        .split(' ')
+                        .any(|w| w == query[0])
+                })
+            {
+                hits.push(TranscriptHit {
+                    recording: c.recording_id,
+                    time: map.map(*ms as f64 / 1000.0),
+                    line: line.clone(),
+                });
+            }
+            if hits.len() >= 200 {
+                break;
+            }
+        }
+        self.audit_view(
+            by,
+            "recording.search",
+            format!("session:{id}"),
+            json!({"text": text, "found": hits.len()}),
+        )
+        .await?;
+        Ok(hits)
+    }
+
+    async fn watch_impl(&self, by: &Staff, id: &str) -> Result<LiveStream, CoreError> {
+        let Some(tap) = self.live.tap(id) else {
+            let node = self.app.store.session_node(id).await.map_err(internal)?;
+            let session = self.app.store.session(id).await.map_err(not_found_or)?;
+            if session.ended_at.is_some() {
+                return Err(CoreError::Conflict(format!("session {id} has ended")));
+            }
+            return Err(CoreError::Conflict(format!(
+                "session {id} runs on node {}: its live view is served by that node",
+                node.as_deref().unwrap_or("-")
+            )));
+        };
+        self.audit_view(by, "session.watch", format!("session:{id}"), json!({}))
+            .await?;
+        let weak = tap.downgrade();
+        drop(tap);
+        let reset = |start: crate::live::tap::Start| {
+            // Output kept for arrivals starts at a line, when it can, so a sequence is not cut in two.
+            let from = if start.recent.len() >= crate::live::tap::RECENT {
+                start
+                    .recent
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(0, |i| i + 1)
+            } else {
+                0
+            };
+            json!({"cols": start.cols, "rows": start.rows, "time": start.time,
+                   "init": String::from_utf8_lossy(&start.recent[from..])})
+            .to_string()
+        };
+        let (start, rx) = match weak.upgrade() {
+            Some(t) => t.watch(),
+            None => return Err(CoreError::Conflict(format!("session {id} has ended"))),
+        };
+        let first = reset(start);
+        let stream = futures::stream::unfold(
+            (Some(first), rx, weak),
+            move |(pending, mut rx, weak)| async move {
+                if let Some(first) = pending {
+                    return Some((first, (None, rx, weak)));
+                }
+                use crate::live::tap::TapEvent;
+                use tokio::sync::broadcast::error::RecvError;
+                match rx.recv().await {
+                    Ok(TapEvent::Output(t, data)) => {
+                        let e = json!([t, "o", String::from_utf8_lossy(&data)]).to_string();
+                        Some((e, (None, rx, weak)))
+                    }
+                    Ok(TapEvent::Resize(t, c, r)) => {
+                        let e = json!([t, "r", format!("{c}x{r}")]).to_string();
+                        Some((e, (None, rx, weak)))
+                    }
+                    // Too slow: skip ahead to the screen as it is now.
+                    Err(RecvError::Lagged(_)) => {
+                        let tap = weak.upgrade()?;
+                        let (start, rx) = tap.watch();
+                        drop(tap);
+                        let e = json!({"cols": start.cols, "rows": start.rows, "time": start.time,
+                                       "init": String::from_utf8_lossy(&start.recent)})
+                        .to_string();
+                        Some((e, (None, rx, weak)))
+                    }
+                    Err(RecvError::Closed) => None,
+                }
+            },
+        );
+        Ok(Box::pin(stream))
+    }
+}
+
+fn transfer_view(l: playback::TransferLine) -> TransferView {
+    use chaperone_recorder::TransferEvent as T;
+    let outcome = |o: &chaperone_recorder::Outcome| {
+        serde_json::to_value(o)
+            .ok()
+            .map(|v| match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            })
+            .unwrap_or_default()
+    };
+    let word = |v: serde_json::Result<serde_json::Value>| {
+        v.ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    match l.event {
+        T::File {
+            path,
+            direction,
+            bytes,
+            outcome: o,
+        } => TransferView {
+            t: l.t,
+            what: word(serde_json::to_value(direction)),
+            path,
+            target: None,
+            bytes: Some(bytes),
+            outcome: outcome(&o),
+        },
+        T::Op {
+            op,
+            path,
+            target,
+            outcome: o,
+        } => TransferView {
+            t: l.t,
+            what: word(serde_json::to_value(op)),
+            path,
+            target,
+            bytes: None,
+            outcome: outcome(&o),
+        },
+        T::Stderr { text } => TransferView {
+            t: l.t,
+            what: "stderr".into(),
+            path: text,
+            target: None,
+            bytes: None,
+            outcome: String::new(),
+        },
+        T::Unparseable { reason } => TransferView {
+            t: l.t,
+            what: "unparseable".into(),
+            path: reason,
+            target: None,
+            bytes: None,
+            outcome: String::new(),
+        },
     }
 }

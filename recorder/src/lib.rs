@@ -6,7 +6,9 @@
 //! [`exec_to_cast`] and [`exec_raw`] (module [`exec`]); [`SftpObserver`] and [`TransferLog`] (module
 //! [`transfer`]); [`sha256_file`] and [`Sha256Reader`] to check a file against its stored digest;
 //! [`TerminalFilter`] (module [`terminal_filter`]) to play a recording's output in a real terminal
-//! without what acts outside the screen (clipboard, titles, links, queries the terminal answers).
+//! without what acts outside the screen (clipboard, titles, links, queries the terminal answers);
+//! [`LineTracker`] (module [`transcript`]) for the lines of text a person saw, and module [`playback`] to
+//! play a recording in a browser segment by segment.
 //!
 //! Every writer is synchronous `std::io`, meant to run off the async runtime, and every write returns an
 //! error the caller acts on: chaperone ends a session it cannot record.
@@ -16,8 +18,10 @@
 pub mod asciicast;
 mod error;
 pub mod exec;
+pub mod playback;
 mod sink;
 pub mod terminal_filter;
+pub mod transcript;
 pub mod transfer;
 
 pub use asciicast::{Cast, CastHeader, CastReader, CastWriter, Event, EventKind, parse_cast};
@@ -28,4 +32,5 @@ pub use exec::{
 };
 pub use sink::{Finished, Sha256Reader, sha256_file};
 pub use terminal_filter::TerminalFilter;
+pub use transcript::LineTracker;
 pub use transfer::{Direction, OpKind, Outcome, SftpObserver, TransferEvent, TransferLog};

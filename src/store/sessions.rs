@@ -7,11 +7,11 @@ use sqlx::any::AnyRow;
 use super::{Context, Result, Store, StoreError, Tx, get};
 use crate::model::{RecordingRow, SessionRow, UnixTime};
 
-const SESSION_SELECT: &str = "SELECT s.id, v.name AS vendor, a.name AS asset, s.grant_id, s.kind, \
+pub(super) const SESSION_SELECT: &str = "SELECT s.id, v.name AS vendor, a.name AS asset, s.grant_id, s.kind, \
      s.service, s.client_addr, s.detail, s.started_at, s.ended_at, s.end_reason, s.end_cause, s.bytes_up, s.bytes_down \
      FROM sessions s JOIN vendors v ON v.id = s.vendor_id JOIN assets a ON a.id = s.asset_id";
 
-fn session(row: &AnyRow) -> Result<SessionRow> {
+pub(super) fn session(row: &AnyRow) -> Result<SessionRow> {
     Ok(SessionRow {
         id: get(row, "id")?,
         vendor: get(row, "vendor")?,
@@ -112,7 +112,7 @@ impl Store {
         Ok(s)
     }
 
-    async fn recordings_of(&self, session_id: &str) -> Result<Vec<RecordingRow>> {
+    pub(super) async fn recordings_of(&self, session_id: &str) -> Result<Vec<RecordingRow>> {
         let rows = sqlx::query(
             "SELECT id, session_id, format, path, sha256, size, created_at, closed_at \
              FROM recordings WHERE session_id = $1 ORDER BY id",

@@ -130,3 +130,168 @@ fn an_approver_enrolls_a_passkey_signs_in_and_releases_a_waiting_ssh_request() {
     assert_eq!(result["reasonShown"], true, "{result}");
     assert_eq!(result["dialogs"], serde_json::json!([]), "{result}");
 }
+
+/// A shell session with a pty, typed like a person types: a line, a pause, Enter.
+fn typed_shell(
+    b: &Bastion,
+    alice: &crate::support::bastion::Vendor,
+    lines: &[&str],
+) -> std::process::Child {
+    use std::io::Write as _;
+    let mut shell = b
+        .ssh_with(alice, &["-tt"], "alice+mri-01")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = shell.stdin.take().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    for line in lines {
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        stdin.write_all(b"\r").unwrap();
+        stdin.flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(600));
+    }
+    shell.stdin = Some(stdin);
+    shell
+}
+
+/// Issue 11: an auditor signs in, finds a session by a word its device printed, plays it (time
+/// advances), jumps to a command's marker and to the word found by the transcript search, and watches a
+/// running session live; every view and search is audited.
+#[test]
+fn an_auditor_finds_plays_searches_and_watches_sessions_in_the_browser() {
+    if browser_parts().is_none() {
+        return;
+    }
+    let Some(sshd) = Sshd::start() else {
+        return;
+    };
+    let data = DataDir::init();
+    let b = Bastion::start(data);
+    b.device("mri-01", &sshd, &[]);
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+
+    // A recorded session that printed the word, ended.
+    let mut done = typed_shell(&b, &alice, &["echo calibration-$((6*7))", "exit"]);
+    let status = done.wait().unwrap();
+    assert!(
+        status.success() || status.code() == Some(0),
+        "{status:?}\n{}",
+        b.log()
+    );
+    let list = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["session", "list", "--json"];
+        all.extend_from_slice(args);
+        b.data.run(&all).ok().json()
+    };
+    let mut recorded = String::new();
+    assert!(
+        crate::support::bastion::wait_until(std::time::Duration::from_secs(20), || {
+            let found = list(&["--text", "calibration-42"]);
+            match found.as_array().and_then(|a| a.first()) {
+                Some(s) => {
+                    recorded = s["id"].as_str().unwrap().to_owned();
+                    true
+                }
+                None => false,
+            }
+        }),
+        "the indexer never made the word searchable\n{}",
+        b.log()
+    );
+    // The same search in the CLI as the issue words it finds nothing else.
+    assert_eq!(
+        list(&[
+            "--vendor",
+            "alice",
+            "--asset",
+            "mri-01",
+            "--kind",
+            "shell",
+            "--text",
+            "calibration-42"
+        ])
+        .as_array()
+        .unwrap()
+        .len(),
+        1
+    );
+
+    // A running session that keeps printing.
+    let mut running = typed_shell(
+        &b,
+        &alice,
+        &["for i in $(seq 1 600); do echo tick-$i; sleep 0.2; done"],
+    );
+    let mut live = String::new();
+    assert!(crate::support::bastion::wait_until(
+        std::time::Duration::from_secs(10),
+        || {
+            let found = list(&["--ended", "live"]);
+            match found.as_array().and_then(|a| a.first()) {
+                Some(s) => {
+                    live = s["id"].as_str().unwrap().to_owned();
+                    true
+                }
+                None => false,
+            }
+        }
+    ));
+
+    let audrey = crate::support::web::Approver::enroll(&b, "audrey", "auditor");
+    let code = audrey.next_code();
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e-screenshots");
+    let out = Command::new("timeout")
+        .args(["180", "node"])
+        .arg(e2e_dir().join("audit.mjs"))
+        .env("BASE_URL", crate::support::web::base(&b))
+        .env("CERT", b.data.path().join("web_cert.pem"))
+        .env("SHOTS", &shots)
+        .env("NAME", "audrey")
+        .env("PASSWORD", "correct horse battery staple")
+        .env("CODE", &code)
+        .env("WORD", "calibration-42")
+        .env("COMMAND", "echo calibration")
+        .env("SESSION", &recorded)
+        .env("LIVE", &live)
+        .env("CHROMIUM", CHROMIUM)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = running.kill();
+    let _ = running.wait();
+    let (stdout, stderr, code) = text(&out);
+    assert_eq!(
+        code,
+        0,
+        "browser run failed\n{stdout}\n{stderr}\n{}",
+        b.log()
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(seen["integrity"], "intact", "{seen}");
+    for shot in ["history", "session-playing", "session-search", "live"] {
+        assert!(
+            shots.join(format!("{shot}.png")).is_file(),
+            "no screenshot {shot}"
+        );
+    }
+    // Who looked at what is on record.
+    let audit = b
+        .data
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout();
+    for action in ["recording.search", "recording.view", "session.watch"] {
+        assert!(
+            audit
+                .lines()
+                .any(|l| l.contains(&format!("\"{action}\"")) && l.contains("staff:audrey")),
+            "no {action} by audrey in\n{audit}"
+        );
+    }
+}

@@ -14,6 +14,7 @@ mod evidence;
 mod hostile;
 mod nodes;
 mod passkeys;
+mod search;
 mod ssh;
 mod store;
 mod support;
