@@ -174,7 +174,7 @@ enum Writer {
         writer: CastWriter,
         input: bool,
         /// The line under the cursor, for the marker at each command line.
-        line: LineTracker,
+        line: Box<LineTracker>,
         /// Enter was pressed: the next line the output completes is a command line.
         enter: bool,
     },
@@ -351,7 +351,7 @@ impl Recording {
             Writer::Cast {
                 writer,
                 input: record_input,
-                line: LineTracker::new(),
+                line: Box::new(LineTracker::new()),
                 enter: false,
             },
             RecordingFormat::Asciicast,

@@ -75,7 +75,7 @@ pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
             Ok(0) => {}
             // More may be waiting: go on at once.
             Ok(_) => continue,
-            Err(e) => tracing::warn!(error = %e, "indexing recordings failed; retrying"),
+            Err(e) => tracing::warn!(error = ?e, "indexing recordings failed; retrying"),
         }
         tokio::select! {
             _ = stop.changed() => return,
@@ -210,6 +210,25 @@ impl Indexer {
         if !self.store.claim_recording_index(r, now).await? {
             return Ok(Outcome::Skipped);
         }
+        let outcome = self.index_claimed(r, now, opened.file, vouched).await;
+        if outcome.is_err() {
+            // Let the next round try again at once rather than after the claim lapsed.
+            if let Err(e) = self.store.release_recording_index(r.id).await {
+                tracing::warn!(recording = r.id, error = ?e, "cannot release a recording's index claim");
+            }
+        }
+        outcome
+    }
+
+    /// The rest of [`Indexer::index_recording`], once the recording is claimed: read it, write its
+    /// text and playback index.
+    async fn index_claimed(
+        &self,
+        r: &RecordingRow,
+        now: UnixTime,
+        mut file: std::fs::File,
+        vouched: String,
+    ) -> Result<Outcome, IndexError> {
         let format = match r.format.as_str() {
             RecordingFormat::ASCIICAST => Some(Format::Asciicast),
             RecordingFormat::EXEC_STREAM => Some(Format::Exec),
@@ -218,7 +237,6 @@ impl Indexer {
         // The pass runs on a blocking thread; its chunks of text come back through a small queue and are
         // written here, a few per transaction.
         let (tx, mut rx) = mpsc::channel::<Vec<NewTextChunk>>(4);
-        let mut file = opened.file;
         let pass = tokio::task::spawn_blocking(move || -> Result<Pass, String> {
             let mut chunker = Chunker::new(tx);
             let (index, sha) = match format {

@@ -1502,7 +1502,7 @@ impl WebCore {
         let mut maps: HashMap<i64, IdleMap> = HashMap::new();
         let mut hits = Vec::new();
         for c in chunks {
-            if !maps.contains_key(&c.recording_id) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = maps.entry(c.recording_id) {
                 let map = match session.recordings.iter().find(|r| r.id == c.recording_id) {
                     Some(r) if format_of(r).is_some() => {
                         let ev = crate::evidence::evidence(&self.app.store, &session)
@@ -1525,7 +1525,7 @@ impl WebCore {
                     }
                     _ => IdleMap::new(&[], None),
                 };
-                maps.insert(c.recording_id, map);
+                slot.insert(map);
             }
             let map = &maps[&c.recording_id];
             let mut found = false;

@@ -252,10 +252,8 @@ impl Builder {
                     self.terminal.resize(usize::from(c), usize::from(r));
                 }
             }
-            'm' => {
-                if self.index.markers.len() < MAX_MARKERS {
-                    self.index.markers.push((time, event.data));
-                }
+            'm' if self.index.markers.len() < MAX_MARKERS => {
+                self.index.markers.push((time, event.data));
             }
             _ => {}
         }

@@ -300,16 +300,16 @@ impl LineTracker {
             'D' => self.col = self.col.saturating_sub(n),
             'G' | '`' => self.col = (n - 1).min(MAX_LINE - 1),
             'P' => {
-                if self.col < self.line.len() {
-                    let end = (self.col + n).min(self.line.len());
+                let end = (self.col + n).min(self.line.len());
+                if self.col < end {
                     self.line.drain(self.col..end);
                 }
             }
             '@' => {
+                let room = n.min(MAX_LINE - self.line.len());
                 if self.col < self.line.len() {
-                    let n = n.min(MAX_LINE - self.line.len());
                     self.line
-                        .splice(self.col..self.col, std::iter::repeat_n(' ', n));
+                        .splice(self.col..self.col, std::iter::repeat_n(' ', room));
                     self.line.truncate(MAX_LINE);
                 }
             }

@@ -94,6 +94,19 @@ pub struct PtyInfo {
     pub rows: u16,
 }
 
+impl PtyInfo {
+    /// The size a recording's header gives this terminal. `ssh -tt` from a script (no terminal to
+    /// measure) asks for 0x0, and some clients for 1x1, which players show as a single cell: a
+    /// dimension smaller than any real terminal's (under 20 columns or 5 rows) is recorded as 80 or 24
+    /// instead, and a later window change is recorded as it comes. The device is told what the client
+    /// asked for; only the recording's header changes.
+    fn recorded_size(&self) -> (u16, u16) {
+        let cols = if self.cols < 20 { 80 } else { self.cols };
+        let rows = if self.rows < 5 { 24 } else { self.rows };
+        (cols, rows)
+    }
+}
+
 /// How a session ended: the `sessions.end_reason` text and `end_cause`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
@@ -350,7 +363,9 @@ impl PendingSession {
         self.live.mark_started(&self.registration);
         // The live view watches terminal sessions (a shell, a command's output).
         let tap = matches!(self.kind, SessionKind::Shell | SessionKind::Exec).then(|| {
-            let tap = tap::Tap::new(pty.map_or(80, |p| p.cols), pty.map_or(24, |p| p.rows));
+            // The size the recording's header has: the live view draws what the recording will.
+            let (cols, rows) = pty.map_or((80, 24), PtyInfo::recorded_size);
+            let tap = tap::Tap::new(cols, rows);
             self.live.set_tap(&self.registration, tap.clone());
             tap
         });
@@ -436,8 +451,8 @@ fn create_recording(
         RecordingFormat::Asciicast => Recording::cast(
             path,
             CastHeader {
-                width: pty.map_or(80, |p| p.cols.max(1)),
-                height: pty.map_or(24, |p| p.rows.max(1)),
+                width: pty.map_or(80, |p| p.recorded_size().0),
+                height: pty.map_or(24, |p| p.recorded_size().1),
                 timestamp: now,
                 title: Some(title),
                 command,

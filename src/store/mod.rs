@@ -151,12 +151,22 @@ impl Store {
     /// Starts a write transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so two
     /// writers queue on the busy timeout instead of failing half-way.
     pub async fn begin(&self) -> Result<Tx> {
-        let tx = match self.backend {
+        let tx = self.write_tx("starting a transaction").await?;
+        Ok(Tx { tx, audited: false })
+    }
+
+    /// A write transaction without the audit rule, for bookkeeping tables derived from what the chain
+    /// vouches for (the search index); `BEGIN IMMEDIATE` on SQLite like [`Store::begin`] (a deferred
+    /// transaction that another process wrote under fails with "database is locked" instead of waiting).
+    pub(crate) async fn write_tx(
+        &self,
+        context: &'static str,
+    ) -> Result<Transaction<'static, Any>> {
+        match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Backend::Postgres => self.pool.begin().await,
         }
-        .context("starting a transaction")?;
-        Ok(Tx { tx, audited: false })
+        .context(context)
     }
 
     pub async fn close(&self) {

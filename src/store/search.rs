@@ -289,7 +289,7 @@ impl Store {
     /// Claims recording `r` for indexing (`false`: another indexer has it, or it is done), and clears
     /// whatever text an indexer that died left of it.
     pub async fn claim_recording_index(&self, r: &RecordingRow, now: UnixTime) -> Result<bool> {
-        let mut tx = self.pool.begin().await.context("claiming a recording")?;
+        let mut tx = self.write_tx("claiming a recording").await?;
         let inserted = sqlx::query(
             "INSERT INTO recording_index (recording_id, session_id, status, indexed_at) \
              VALUES ($1, $2, 'indexing', $3) ON CONFLICT (recording_id) DO NOTHING",
@@ -333,7 +333,7 @@ impl Store {
         session_id: &str,
         chunks: &[NewTextChunk],
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await.context("indexing text")?;
+        let mut tx = self.write_tx("indexing text").await?;
         for c in chunks {
             sqlx::query(
                 "INSERT INTO recording_text (recording_id, session_id, seq, times, body, words) \
@@ -350,6 +350,30 @@ impl Store {
             .context("indexing text")?;
         }
         tx.commit().await.context("indexing text")
+    }
+
+    /// Gives up an unfinished claim on recording `recording_id` (the indexer failed on the way): its
+    /// text so far and the claim go, so the next round takes it again.
+    pub async fn release_recording_index(&self, recording_id: i64) -> Result<()> {
+        let mut tx = self.write_tx("releasing a recording's index claim").await?;
+        let claimed = sqlx::query(
+            "DELETE FROM recording_index WHERE recording_id = $1 AND status = 'indexing'",
+        )
+        .bind(recording_id)
+        .execute(&mut *tx)
+        .await
+        .context("releasing a recording's index claim")?
+        .rows_affected();
+        if claimed == 1 {
+            sqlx::query("DELETE FROM recording_text WHERE recording_id = $1")
+                .bind(recording_id)
+                .execute(&mut *tx)
+                .await
+                .context("releasing a recording's index claim")?;
+        }
+        tx.commit()
+            .await
+            .context("releasing a recording's index claim")
     }
 
     /// Removes recording `recording_id`'s text (what was read turned out not to be what was vouched for).

@@ -38,8 +38,13 @@ try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const page = await context.newPage();
   // The strict CSP must hold with the player in the page: any violation is a failure.
-  page.on("console", (m) => { if (m.type() === "error") problems.push(`console: ${m.text()}`); });
+  // (chaperone serves no /favicon.ico: the browser's own request for it is not the page's problem.)
+  page.on("console", (m) => {
+    const at = m.location().url || "";
+    if (m.type() === "error" && !at.endsWith("/favicon.ico")) problems.push(`console: ${m.text()} at ${at}`);
+  });
   page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+  page.on("response", (r) => { if (r.status() >= 400) problems.push(`${r.status()} ${r.url()}`); });
   page.on("dialog", (d) => { problems.push(`dialog: ${d.message()}`); d.dismiss().catch(() => {}); });
   const shot = (label) => page.screenshot({ path: `${shots}/${label}.png`, fullPage: true });
 
@@ -110,7 +115,7 @@ try {
   const t0 = Date.now();
   let first = -1;
   while (first < 0 && Date.now() - t0 < 10000) { first = await ticks(); await page.waitForTimeout(100); }
-  if (first < 0) throw new Error("the live view showed nothing");
+  if (first < 0) throw new Error(`the live view showed nothing: ${await page.locator("main").textContent()}`);
   const t1 = Date.now();
   let later = first;
   while (later <= first && Date.now() - t1 < 2000) { later = await ticks(); await page.waitForTimeout(100); }

@@ -131,13 +131,17 @@ fn an_approver_enrolls_a_passkey_signs_in_and_releases_a_waiting_ssh_request() {
     assert_eq!(result["dialogs"], serde_json::json!([]), "{result}");
 }
 
-/// A shell session with a pty, typed like a person types: a line, a pause, Enter.
+/// A shell session with a pty, typed like a person types: each line after the device's prompt showed
+/// (a loaded machine starts the shell late, and input typed before it would come back all at once at
+/// the end), a pause, Enter.
 fn typed_shell(
     b: &Bastion,
     alice: &crate::support::bastion::Vendor,
     lines: &[&str],
 ) -> std::process::Child {
-    use std::io::Write as _;
+    use std::io::{Read as _, Write as _};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
     let mut shell = b
         .ssh_with(alice, &["-tt"], "alice+mri-01")
         .stdin(Stdio::piped())
@@ -145,15 +149,38 @@ fn typed_shell(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut stdout = shell.stdout.take().unwrap();
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    // A prompt ends in `~# ` or `~$ ` (the device's shell in its home directory).
+    let prompts = || {
+        let text = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+        text.matches("~# ").count() + text.matches("~$ ").count()
+    };
     let mut stdin = shell.stdin.take().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    for line in lines {
+    for (n, line) in lines.iter().enumerate() {
+        let t = Instant::now();
+        while prompts() <= n {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "no prompt from the device before typing {line:?}: {}\n{}",
+                String::from_utf8_lossy(&seen.lock().unwrap()),
+                b.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300));
         stdin.write_all(line.as_bytes()).unwrap();
         stdin.flush().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(400));
+        std::thread::sleep(Duration::from_millis(400));
         stdin.write_all(b"\r").unwrap();
         stdin.flush().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(600));
     }
     shell.stdin = Some(stdin);
     shell

@@ -402,16 +402,16 @@ pub async fn sessions<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response
             };
             let _ = write!(
                 main,
-                "<tr><td data-label=\"Session\">{}</td><td data-label=\"Vendor\">{}</td><td data-label=\"Asset\">{}</td>\
+                "<tr><td data-label=\"Session\"><a href=\"/sessions/{id}\">{id}</a></td><td data-label=\"Vendor\">{}</td><td data-label=\"Asset\">{}</td>\
                  <td data-label=\"Kind\">{} {}</td><td data-label=\"Since\">{}</td><td data-label=\"From\">{}</td>\
                  <td data-label=\"Action\">{action}</td></tr>",
-                format!("<a href=\"/sessions/{0}\">{0}</a>", esc(&l.id)),
                 esc(&l.vendor),
                 esc(&l.asset),
                 esc(&l.kind),
                 esc(&l.service),
                 esc(&l.started),
-                esc(&l.client_addr)
+                esc(&l.client_addr),
+                id = esc(&l.id),
             );
         }
         main.push_str("</tbody></table><p class=\"note\">Terminate ends that one session (on whichever node runs it) and leaves its grant; to end every session under a grant, revoke the grant on the Active grants page.</p>");

@@ -29,9 +29,13 @@
     function two(n) { return (n < 10 ? "0" : "") + n; }
     return (h ? h + ":" + two(m % 60) : m) + ":" + two(s % 60);
   }
+  // Seeks and plays from there; at the very end it only seeks (playing an ended recording restarts it).
   function jump(time) {
     if (!player) return;
-    player.seek(time).then(function () { return player.play(); });
+    player.seek(time).then(function () {
+      var end = player.getDuration();
+      if (end === undefined || time < end - 0.05) return player.play();
+    });
   }
 
   // The page fetches the index itself (to list the markers), then hands the same index to the player
