@@ -65,14 +65,19 @@ CHAP_PORT=$(sed -n 's/.*ssh=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$C/serve.log" | hea
 echo "[127.0.0.1]:$CHAP_PORT $(cat "$C/ssh_host_ed25519_key.pub")" >"$W/known_hosts"
 printf '#!/bin/sh\noathtool --totp -b %s\n' "$SECRET" >"$W/askpass"; chmod 700 "$W/askpass"
 
-# Two long-lived tunnels: plain OpenSSH -L through sshd, and chaperone -L.
-L1=$(free_port); L2=$(free_port)
+# Three long-lived tunnels: plain OpenSSH -L through sshd with the client's default cipher, the same forced
+# to the cipher chaperone's vendor leg uses (OpenSSH picks aes128-gcm from chaperone's AES-GCM-only offer on
+# AES-NI machines), and chaperone -L.
+: "${BENCH_MATCHED_CIPHER:=aes128-gcm@openssh.com}"
+L1=$(free_port); L2=$(free_port); L3=$(free_port)
 ssh -F /dev/null -i "$D/client_key" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \
     -N -L "$L1:127.0.0.1:$SRC_PORT" -p "$SSHD_PORT" "$USER_@127.0.0.1" & PIDS+=($!)
+ssh -F /dev/null -i "$D/client_key" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \
+    -c "$BENCH_MATCHED_CIPHER" -N -L "$L3:127.0.0.1:$SRC_PORT" -p "$SSHD_PORT" "$USER_@127.0.0.1" & PIDS+=($!)
 SSH_ASKPASS=$W/askpass SSH_ASKPASS_REQUIRE=force DISPLAY='' ssh -F /dev/null -i "$W/vendor" -o IdentitiesOnly=yes \
     -o "UserKnownHostsFile=$W/known_hosts" -o PreferredAuthentications=publickey,keyboard-interactive -o LogLevel=ERROR \
     -N -L "$L2:dev:$SRC_PORT" -p "$CHAP_PORT" "bench@127.0.0.1" </dev/null & PIDS+=($!)
-wait_port "$L1"; wait_port "$L2"
+wait_port "$L1"; wait_port "$L2"; wait_port "$L3"
 
 # One sample: MB/s reading everything from a local tunnel port.
 sample() { python3 - "$1" "$BENCH_BYTES" <<'PY'
@@ -89,16 +94,19 @@ print(f"{total / dt / 1e6:.1f}")
 PY
 }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-: >"$W/res_direct"; : >"$W/res_chap"
-for r in $(seq "$BENCH_RUNS"); do   # interleaved, so background load hits both sides
-    sample "$L1" >>"$W/res_direct"; sample "$L2" >>"$W/res_chap"
-    echo "run $r: direct $(tail -1 "$W/res_direct") MB/s, chaperone $(tail -1 "$W/res_chap") MB/s" >&2
+: >"$W/res_direct"; : >"$W/res_matched"; : >"$W/res_chap"
+for r in $(seq "$BENCH_RUNS"); do   # interleaved, so background load hits every side
+    sample "$L1" >>"$W/res_direct"; sample "$L3" >>"$W/res_matched"; sample "$L2" >>"$W/res_chap"
+    echo "run $r: direct $(tail -1 "$W/res_direct") MB/s, direct -c $BENCH_MATCHED_CIPHER $(tail -1 "$W/res_matched") MB/s, chaperone $(tail -1 "$W/res_chap") MB/s" >&2
 done
-TD=$(median <"$W/res_direct"); TC=$(median <"$W/res_chap")
+TD=$(median <"$W/res_direct"); TM=$(median <"$W/res_matched"); TC=$(median <"$W/res_chap")
 RATIO=$(awk -v c="$TC" -v d="$TD" 'BEGIN { printf "%.2f", c / d }')
+MRATIO=$(awk -v c="$TC" -v d="$TM" 'BEGIN { printf "%.2f", c / d }')
 echo
 echo "tunnel throughput, $((BENCH_BYTES / 1000000)) MB, median of $BENCH_RUNS, $(nproc) cores, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "  ssh -L via sshd:      $TD MB/s"
 echo "  ssh -L via chaperone: $TC MB/s"
+echo "  ssh -L via sshd, -c $BENCH_MATCHED_CIPHER: $TM MB/s"
 echo "  ratio chaperone/direct: $RATIO (goal >= 1.0)"
+echo "  ratio chaperone/direct with the same cipher: $MRATIO (goal >= 0.85)"
 echo "  connection records: $(chap session list --json | grep -c '"kind": "tunnel"')"

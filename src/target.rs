@@ -94,6 +94,22 @@ impl client::Handler for PinnedHostKey {
         };
         Ok(ok)
     }
+
+    /// Says which key exchange and cipher the device leg uses (post-quantum or not is an auditor's
+    /// question; `ssh -v` answers it for the vendor leg).
+    async fn kex_done(
+        &mut self,
+        _shared_secret: Option<&[u8]>,
+        names: &russh::Names,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        tracing::debug!(
+            kex = names.kex.as_ref(),
+            cipher = names.cipher.as_ref(),
+            "device key exchange done"
+        );
+        Ok(())
+    }
 }
 
 /// A logged-in connection to a device.

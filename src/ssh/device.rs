@@ -8,8 +8,9 @@
 //!    session's start (later ones were refused by the handler);
 //! 3. at that moment policy re-checks the vendor (enabled, not locked, key still theirs) and the grant,
 //!    and the session is registered for expiry, revocation and disable (`live::PendingSession`);
-//! 4. the device is dialled (host key pinned, credential injected) while a close from the watcher, or the
-//!    vendor's channel closing, still stops it;
+//! 4. a channel is opened on a device connection of this grant (`device_links`: shared by the grant's
+//!    sessions, dialled with the host key pinned and the credential injected when none has room) while a
+//!    close from the watcher, or the vendor's channel closing, still stops it;
 //! 5. the recording and the session row are created (`PendingSession::start`), and only then does the
 //!    device see the terminal, the environment and the start request;
 //! 6. `bridge::run` relays, recording first, until one end; `LiveSession::end` writes it.
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use russh::server::{ChannelOpenHandle, Msg};
-use russh::{Channel, ChannelMsg, Disconnect, Pty};
+use russh::{Channel, ChannelMsg, Pty};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -27,7 +28,7 @@ use super::bridge::{self, BridgeIo};
 use super::context::{ConnectionLimits, Context};
 use crate::live::{PendingSession, PtyInfo, SessionKind};
 use crate::policy::{self, PolicyError};
-use crate::target::{self, TargetError};
+use crate::target::TargetError;
 
 /// Input a channel may hold before its session started (kept for the device, replayed after the start);
 /// each message counts at least [`MESSAGE_COST`] bytes, so empty ones are not free.
@@ -291,24 +292,15 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
     // Dial while listening: the watcher may close the session, the vendor may go, and the vendor's
     // messages must keep flowing (a full channel queue would stall the whole connection).
     let grant = pending.grant().clone();
-    let dial = tokio::time::timeout(DEVICE_TIMEOUT, async {
-        let device = target::connect(
+    let dial = tokio::time::timeout(
+        DEVICE_TIMEOUT,
+        ctx.shared.device_links.open_session(
             &grant,
             &app.store,
             &app.secrets,
             ctx.shared.device_config.clone(),
-        )
-        .await?;
-        match device.channel_open_session().await {
-            Ok(c) => Ok((device, c)),
-            Err(e) => {
-                let _ = device.disconnect(Disconnect::ByApplication, "", "en").await;
-                Err(TargetError::Ssh(format!(
-                    "the device refused a session channel: {e}"
-                )))
-            }
-        }
-    });
+        ),
+    );
     tokio::pin!(dial);
     let dialled = loop {
         tokio::select! {
@@ -334,7 +326,8 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
         // The vendor went away while the device was being dialled: nothing started.
         return;
     };
-    let (device, device_channel) = match dialled {
+    // The lease on the device connection (shared with the grant's other sessions) is held until the end.
+    let (lease, device_channel) = match dialled {
         Ok(pair) => pair,
         Err(e) => {
             let action = match e {
@@ -352,7 +345,7 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
         Ok(live) => live,
         Err(e) => {
             refuse(&channel, e.vendor_message()).await;
-            let _ = device.disconnect(Disconnect::ByApplication, "", "en").await;
+            let _ = device_channel.close().await;
             return;
         }
     };
@@ -361,7 +354,7 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
     if let Some(close) = live.closed_now() {
         refuse(&channel, &close.text).await;
         live.end(crate::live::End::Closed(close)).await;
-        let _ = device.disconnect(Disconnect::ByApplication, "", "en").await;
+        let _ = device_channel.close().await;
         return;
     }
     // The recording exists: now the device sees what the vendor asked for.
@@ -418,12 +411,8 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
         }
     };
     live.end(end).await;
-    // Whatever runs on the device is left to its sshd: the channel is closed, the connection goes.
-    let _ = tokio::time::timeout(
-        Duration::from_secs(2),
-        device.disconnect(Disconnect::ByApplication, "", "en"),
-    )
-    .await;
+    // The channel was closed by the bridge; the device connection goes with its last session.
+    drop(lease);
 }
 
 /// Tells the vendor why on stderr, with exit status 1, and closes the channel (already accepted), within

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod bridge;
 pub mod context;
 pub mod device;
+mod device_links;
 pub mod forward;
 pub mod handler;
 pub mod home;
@@ -57,6 +58,8 @@ pub struct Shared {
     pub app: App,
     /// russh client settings toward devices.
     pub device_config: Arc<russh::client::Config>,
+    /// Device connections shared by the sessions of one grant.
+    pub device_links: Arc<device_links::DeviceLinks>,
     /// Sessions and signed-in connections on this node, watched for expiry, revocation and disable.
     pub live: LiveSessions,
     /// The port the listener is bound to (the configured one may be 0), for the commands shown to vendors.
@@ -130,11 +133,9 @@ pub fn russh_config(host_key: PrivateKey, login_grace_time: Duration) -> russh::
         nodelay: true,
         event_buffer_size: 128,
         window_size: 8 * 1024 * 1024,
-        preferred: russh::Preferred {
-            cipher: Cow::Borrowed(vendor_ciphers()),
-            compression: Cow::Borrowed(&[russh::compression::NONE]),
-            ..Default::default()
-        },
+        // Until the client has said who it is, the most compatible offer; then per client.
+        preferred: preferred_for(b""),
+        preferred_for_client: Some(|client_id| Some(preferred_for(client_id))),
         ..Default::default()
     }
 }
@@ -144,26 +145,46 @@ pub fn keepalive_interval(login_grace_time: Duration) -> Duration {
     (login_grace_time + Duration::from_secs(5)).max(Duration::from_secs(30))
 }
 
-/// The client's order picks the cipher (OpenSSH prefers chacha20-poly1305), so on CPUs with AES-NI the
-/// bastion offers only AES-GCM, which is faster there; elsewhere chacha20-poly1305 too.
-fn vendor_ciphers() -> &'static [russh::cipher::Name] {
+/// The ciphers offered to a vendor's client. The client's order picks (RFC 4253 7.1), and OpenSSH lists
+/// chacha20-poly1305 first, so on CPUs with AES-NI OpenSSH clients (every one since 6.2 has AES-GCM) are
+/// offered only AES-GCM, which costs the bastion less there; every other client (Dropbear has no
+/// AES-GCM, PuTTY before 0.76 neither) is offered chacha20-poly1305 too. The client's identification
+/// string, read before the bastion's KEXINIT goes out, tells which (russh patch 4, third_party/README.md).
+fn vendor_ciphers(client_id: &[u8]) -> &'static [russh::cipher::Name] {
     const GCM: &[russh::cipher::Name] = &[russh::cipher::AES_256_GCM, russh::cipher::AES_128_GCM];
     const ALL: &[russh::cipher::Name] = &[
         russh::cipher::AES_256_GCM,
         russh::cipher::AES_128_GCM,
         russh::cipher::CHACHA20_POLY1305,
     ];
+    if client_id.starts_with(b"SSH-2.0-OpenSSH_") && aes_in_hardware() {
+        GCM
+    } else {
+        ALL
+    }
+}
+
+fn aes_in_hardware() -> bool {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("aes")
         && std::arch::is_x86_feature_detected!("pclmulqdq")
     {
-        return GCM;
+        return true;
     }
     #[cfg(target_arch = "aarch64")]
     if std::arch::is_aarch64_feature_detected!("aes") {
-        return GCM;
+        return true;
     }
-    ALL
+    false
+}
+
+/// What the bastion offers a client, by its identification string (see [`vendor_ciphers`]).
+fn preferred_for(client_id: &[u8]) -> russh::Preferred {
+    russh::Preferred {
+        cipher: Cow::Borrowed(vendor_ciphers(client_id)),
+        compression: Cow::Borrowed(&[russh::compression::NONE]),
+        ..Default::default()
+    }
 }
 
 /// The bastion's SSH host key, from `ssh.host_key`.
@@ -204,6 +225,7 @@ impl Listener {
             budgets: Arc::default(),
             inner_config: jump::inner_config(host_key, grace),
             device_config: Arc::new(crate::target::client_config()),
+            device_links: Arc::default(),
             live: LiveSessions::default(),
             port: listener
                 .local_addr()

@@ -19,6 +19,7 @@ mod web_state;
 mod webhook;
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Row, Transaction};
@@ -102,6 +103,10 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite has one writer at a time: a write transaction waits here, in this process, before it
+    /// takes a pooled connection, so writers queued behind the lock never hold the connections that
+    /// readers (grant checks at session start) need. `None` on PostgreSQL.
+    writer: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl Store {
@@ -141,32 +146,45 @@ impl Store {
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
         migrator.run(&pool).await?;
-        Ok(Store { pool, backend })
+        let writer = (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
+        Ok(Store {
+            pool,
+            backend,
+            writer,
+        })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
     }
 
-    /// Starts a write transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so two
-    /// writers queue on the busy timeout instead of failing half-way.
+    /// Starts a write transaction. On SQLite it waits for this process's writer turn first, then takes
+    /// the write lock at once (`BEGIN IMMEDIATE`), so writers from other processes (the CLI) queue on the
+    /// busy timeout instead of failing half-way.
     pub async fn begin(&self) -> Result<Tx> {
-        let tx = self.write_tx("starting a transaction").await?;
-        Ok(Tx { tx, audited: false })
+        let w = self.write_tx("starting a transaction").await?;
+        Ok(Tx {
+            tx: w.tx,
+            audited: false,
+            _writer: w.writer,
+        })
     }
 
-    /// A write transaction without the audit rule, for bookkeeping tables derived from what the chain
-    /// vouches for (the search index); `BEGIN IMMEDIATE` on SQLite like [`Store::begin`] (a deferred
-    /// transaction that another process wrote under fails with "database is locked" instead of waiting).
-    pub(crate) async fn write_tx(
-        &self,
-        context: &'static str,
-    ) -> Result<Transaction<'static, Any>> {
-        match self.backend {
+    /// A write transaction in this process's writer turn, without the audit rule: for bookkeeping tables
+    /// derived from what the chain vouches for (the search index), and for [`Store::begin`]. `BEGIN
+    /// IMMEDIATE` on SQLite (a deferred transaction that another process wrote under fails with
+    /// "database is locked" instead of waiting).
+    pub(crate) async fn write_tx(&self, context: &'static str) -> Result<WriteTx> {
+        let writer = match &self.writer {
+            Some(w) => Some(w.clone().lock_owned().await),
+            None => None,
+        };
+        let tx = match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Backend::Postgres => self.pool.begin().await,
         }
-        .context(context)
+        .context(context)?;
+        Ok(WriteTx { tx, writer })
     }
 
     pub async fn close(&self) {
@@ -174,11 +192,20 @@ impl Store {
     }
 }
 
+/// A write transaction without the audit rule ([`Store::write_tx`]); the writer turn is released after
+/// it (fields drop in order).
+pub(crate) struct WriteTx {
+    pub(crate) tx: Transaction<'static, Any>,
+    writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
 /// A write transaction. Commit requires at least one audit event appended through [`Tx::audit`].
 #[derive(Debug)]
 pub struct Tx {
     tx: Transaction<'static, Any>,
     audited: bool,
+    /// The writer turn (SQLite), released after the transaction (fields drop in order).
+    _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl Tx {

@@ -289,7 +289,9 @@ impl Store {
     /// Claims recording `r` for indexing (`false`: another indexer has it, or it is done), and clears
     /// whatever text an indexer that died left of it.
     pub async fn claim_recording_index(&self, r: &RecordingRow, now: UnixTime) -> Result<bool> {
-        let mut tx = self.write_tx("claiming a recording").await?;
+        let w = self.write_tx("claiming a recording").await?;
+        // The writer turn (`w.writer`) is held until the end of this function, after the commit.
+        let mut tx = w.tx;
         let inserted = sqlx::query(
             "INSERT INTO recording_index (recording_id, session_id, status, indexed_at) \
              VALUES ($1, $2, 'indexing', $3) ON CONFLICT (recording_id) DO NOTHING",
@@ -333,7 +335,9 @@ impl Store {
         session_id: &str,
         chunks: &[NewTextChunk],
     ) -> Result<()> {
-        let mut tx = self.write_tx("indexing text").await?;
+        let w = self.write_tx("indexing text").await?;
+        // The writer turn (`w.writer`) is held until the end of this function, after the commit.
+        let mut tx = w.tx;
         for c in chunks {
             sqlx::query(
                 "INSERT INTO recording_text (recording_id, session_id, seq, times, body, words) \
@@ -355,7 +359,9 @@ impl Store {
     /// Gives up an unfinished claim on recording `recording_id` (the indexer failed on the way): its
     /// text so far and the claim go, so the next round takes it again.
     pub async fn release_recording_index(&self, recording_id: i64) -> Result<()> {
-        let mut tx = self.write_tx("releasing a recording's index claim").await?;
+        let w = self.write_tx("releasing a recording's index claim").await?;
+        // The writer turn (`w.writer`) is held until the end of this function, after the commit.
+        let mut tx = w.tx;
         let claimed = sqlx::query(
             "DELETE FROM recording_index WHERE recording_id = $1 AND status = 'indexing'",
         )

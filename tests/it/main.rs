@@ -12,6 +12,7 @@ mod browser;
 mod cli;
 mod evidence;
 mod hostile;
+mod interop;
 mod nodes;
 mod passkeys;
 mod search;

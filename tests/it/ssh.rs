@@ -906,3 +906,87 @@ fn a_session_left_open_by_a_killed_bastion_is_ended_and_its_recording_digested()
     assert!(text(&out).0.contains("again"), "{:?}", text(&out));
     drop(sshd);
 }
+
+/// The sessions of one grant share a device connection (a burst costs the device one login, not one per
+/// session, as OpenSSH's ControlMaster does for a user), another vendor's sessions never ride on it, and
+/// the device connection is hung up when its last session ends.
+#[test]
+fn sessions_of_one_grant_share_one_device_login_which_ends_with_the_last_session() {
+    let Some((sshd, b)) = setup() else { return };
+    let alice = b.vendor("alice", "Acme Imaging");
+    let bob = b.vendor("bob", "Other Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    b.grant("bob", "mri-01", "ssh", "1h");
+    let dir = tempfile::tempdir().unwrap();
+    let control = format!("ControlPath={}", dir.path().join("cm").display());
+    let out = b
+        .ssh_with(
+            &alice,
+            &[
+                "-o",
+                "ControlMaster=yes",
+                "-o",
+                &control,
+                "-o",
+                "ControlPersist=60",
+                "-fN",
+            ],
+            "alice+mri-01",
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    // Over the master no code is asked; the askpass is never run.
+    let unused = alice.askpass_printing(dir.path(), "000000");
+    let mut running: Vec<_> = (0..3)
+        .map(|i| {
+            b.ssh_answering(&alice, &["-o", &control], "alice+mri-01", &unused)
+                .arg(format!("sleep 2; echo alice-{i}"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    running.push(
+        b.ssh(&bob, "bob+mri-01")
+            .arg("sleep 2; echo bob-0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    for (i, child) in running.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        let (stdout, stderr, code) = text(&out);
+        let want = if i < 3 {
+            format!("alice-{i}")
+        } else {
+            "bob-0".into()
+        };
+        assert_eq!((stdout.trim(), code), (want.as_str(), 0), "{stderr}");
+    }
+    let _ = Command::new("ssh")
+        .args(["-F", "/dev/null", "-o", &control, "-O", "exit", "x"])
+        .output();
+
+    let log = || std::fs::read_to_string(sshd.dir.path().join("sshd.log")).unwrap();
+    // Four sessions, each its own recorded session, on two device logins: alice's three share one.
+    let sessions = session_json(&b);
+    assert_eq!(sessions.as_array().unwrap().len(), 4, "{sessions}");
+    assert_eq!(
+        log().matches("Accepted publickey").count(),
+        2,
+        "device logins:\n{}",
+        log()
+    );
+    // Both device connections are hung up once their sessions are over.
+    assert!(
+        crate::support::bastion::wait_until(Duration::from_secs(10), || log()
+            .matches("Disconnected from user")
+            .count()
+            == 2),
+        "device connections left open:\n{}",
+        log()
+    );
+}

@@ -14,7 +14,7 @@ pub struct Bastion {
     pub data: DataDir,
     pub ssh_port: u16,
     pub web_port: u16,
-    known_hosts: PathBuf,
+    pub known_hosts: PathBuf,
     child: std::process::Child,
     /// Everything the server logged, for assertions and failure messages.
     pub log: Arc<Mutex<String>>,

@@ -1,0 +1,217 @@
+"""The load of bench/scale.sh: many vendor connections and recorded sessions through chaperone, from one
+asyncssh process. Not a test: it prints what it measured (JSON on stdout, a summary on stderr).
+
+    python scale.py SPEC.json
+
+SPEC: {"host", "port", "known_hosts", "asset", "vendors": [{"name", "key", "secret"}],
+       "device": {"port", "user", "key", "known_hosts"}, "pid": chaperone's pid,
+       "connections", "sessions", "burst", "streamers", "echo_samples"}
+
+Phases:
+ 1. sign in `connections` vendor connections (each vendor key + a fresh TOTP step), a few at a time as
+    a fleet of technicians would (the bastion's pre-auth limits count unauthenticated connections);
+ 2. a burst of `burst` sessions on ONE connection at once (OpenSSH ControlMaster's pattern), then a burst
+    of `burst` spread over the connections, then the rest up to `sessions`, `burst` at a time: each
+    session is an exec that prints "started" and then waits (`cat`), so its start time is the time from
+    asking to the first byte from the device; `streamers` of them print ~8 KB/s each instead;
+ 3. with every session live: chaperone's RSS, and the echo round trip of one byte through chaperone
+    vs directly to the same sshd, alternating, `echo_samples` each;
+ 4. every session is closed; a session is lost if it failed to start, printed nothing, or died early.
+"""
+
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+
+import asyncssh
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "interop"))
+from matrix import Codes  # noqa: E402  (the TOTP steps, each used once)
+
+STREAM = "echo started; exec perl -e '$|=1; while (1) { print \"x\" x 79, \"\\n\"; select(undef, undef, undef, 0.01) }'"
+IDLE = "echo started; exec cat"
+
+
+def pct(xs, p):
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    return {k: int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM")}
+
+
+class Session(asyncssh.SSHClientSession):
+    def __init__(self):
+        self.started = asyncio.get_running_loop().create_future()
+        self.bytes = 0
+        self.closed = asyncio.get_running_loop().create_future()
+        self.echo = None
+
+    def data_received(self, data, datatype):
+        self.bytes += len(data)
+        if not self.started.done() and b"started" in data:
+            self.started.set_result(time.monotonic())
+        if self.echo is not None and not self.echo.done():
+            self.echo.set_result(time.monotonic())
+
+    def connection_lost(self, exc):
+        if not self.closed.done():
+            self.closed.set_result(exc)
+
+
+async def start(conn, command):
+    asked = time.monotonic()
+    chan, sess = await conn.create_session(Session, command, encoding=None)
+    at = await asyncio.wait_for(sess.started, 60)
+    return chan, sess, at - asked
+
+
+async def sign_in(spec, vendor, codes, sem, locks):
+    # One sign-in per vendor at a time: the bastion takes a vendor's TOTP steps in increasing order only.
+    async with sem, locks[vendor["name"]]:
+        code = codes.next()
+
+        class Client(asyncssh.SSHClient):
+            def kbdint_auth_requested(self):
+                return ""
+
+            def kbdint_challenge_received(self, name, instructions, lang, prompts):
+                return [code for _ in prompts]
+
+        return await asyncssh.connect(
+            spec["host"], spec["port"], username=f"{vendor['name']}+{spec['asset']}",
+            client_keys=[vendor["key"]], known_hosts=spec["known_hosts"],
+            preferred_auth="publickey,keyboard-interactive", client_factory=Client,
+            agent_path=None, keepalive_interval=0,
+        )
+
+
+async def burst(conns, n, commands, out):
+    """Starts n sessions at once over conns (round robin); appends (chan, sess) to out; start times."""
+    results = await asyncio.gather(
+        *(start(conns[i % len(conns)], commands(i)) for i in range(n)), return_exceptions=True
+    )
+    times, failed = [], []
+    for r in results:
+        if isinstance(r, BaseException):
+            failed.append(f"{type(r).__name__}: {r}")
+        else:
+            out.append(r[:2])
+            times.append(r[2])
+    return times, failed
+
+
+async def echo_rtt(conn, samples_out, n):
+    chan, sess = await conn.create_session(Session, "cat", encoding=None)
+    rtts = []
+    for _ in range(n):
+        sess.echo = asyncio.get_running_loop().create_future()
+        t0 = time.monotonic()
+        chan.write(b"k")
+        t1 = await asyncio.wait_for(sess.echo, 10)
+        rtts.append(t1 - t0)
+        await asyncio.sleep(0.02)
+    chan.close()
+    samples_out.extend(rtts)
+
+
+async def main():
+    with open(sys.argv[1]) as f:
+        spec = json.load(f)
+    report = {}
+    codes = {v["name"]: Codes(v["secret"]) for v in spec["vendors"]}
+    vendors = spec["vendors"]
+
+    t0 = time.monotonic()
+    sem = asyncio.Semaphore(6)
+    locks = {v["name"]: asyncio.Lock() for v in vendors}
+    conns = await asyncio.gather(
+        *(sign_in(spec, vendors[i % len(vendors)], codes[vendors[i % len(vendors)]["name"]], sem, locks)
+          for i in range(spec["connections"]))
+    )
+    report["connections"] = len(conns)
+    report["sign_in_seconds"] = round(time.monotonic() - t0, 1)
+    print(f"signed in {len(conns)} connections in {report['sign_in_seconds']} s", file=sys.stderr)
+
+    live, lost = [], []
+    streamers = spec["streamers"]
+    made = 0
+
+    def commands(i):
+        nonlocal made
+        made += 1
+        return STREAM if made <= streamers else IDLE
+
+    # A burst on one connection (the ControlMaster pattern), then one spread over all connections.
+    one, failed = await burst([conns[0]], spec["burst"], commands, live)
+    lost += failed
+    report["burst_one_connection"] = {"n": spec["burst"], "p50": pct(one, 50), "p99": pct(one, 99), "max": max(one, default=None), "failed": len(failed)}
+    print(f"burst of {spec['burst']} on one connection: p50 {pct(one, 50):.3f} s, p99 {pct(one, 99):.3f} s, failed {len(failed)}", file=sys.stderr)
+    spread, failed = await burst(conns[1:], spec["burst"], commands, live)
+    lost += failed
+    report["burst_spread"] = {"n": spec["burst"], "p50": pct(spread, 50), "p99": pct(spread, 99), "max": max(spread, default=None), "failed": len(failed)}
+    print(f"burst of {spec['burst']} over {len(conns) - 1} connections: p50 {pct(spread, 50):.3f} s, p99 {pct(spread, 99):.3f} s, failed {len(failed)}", file=sys.stderr)
+    rest = []
+    while len(live) + len(lost) < spec["sessions"]:
+        n = min(spec["burst"], spec["sessions"] - len(live) - len(lost))
+        times, failed = await burst(conns, n, commands, live)
+        rest += times
+        lost += failed
+    report["sessions_live"] = len(live)
+    report["start_all"] = {"p50": pct(one + spread + rest, 50), "p99": pct(one + spread + rest, 99)}
+    await asyncio.sleep(2)
+    report["rss_mib_at_peak"] = rss_mib(spec["pid"])
+    print(f"{len(live)} sessions live over {len(conns)} connections; chaperone RSS {report['rss_mib_at_peak']['VmRSS']:.0f} MiB", file=sys.stderr)
+
+    # Echo round trip under load, through chaperone and directly, alternating in blocks.
+    dev = spec["device"]
+    direct = await asyncssh.connect(
+        spec["host"], dev["port"], username=dev["user"], client_keys=[dev["key"]],
+        known_hosts=dev["known_hosts"], agent_path=None,
+    )
+    via, straight = [], []
+    for _ in range(5):
+        await echo_rtt(conns[-1], via, spec["echo_samples"] // 5)
+        await echo_rtt(direct, straight, spec["echo_samples"] // 5)
+    direct.close()
+    report["echo_ms"] = {
+        "chaperone": {"p50": pct(via, 50) * 1000, "p99": pct(via, 99) * 1000},
+        "direct": {"p50": pct(straight, 50) * 1000, "p99": pct(straight, 99) * 1000},
+    }
+    report["echo_ratio"] = {
+        "p50": pct(via, 50) / pct(straight, 50),
+        "p99": pct(via, 99) / pct(straight, 99),
+    }
+    e = report["echo_ms"]
+    print(
+        f"echo under load: chaperone p50 {e['chaperone']['p50']:.2f} ms p99 {e['chaperone']['p99']:.2f} ms; "
+        f"direct p50 {e['direct']['p50']:.2f} ms p99 {e['direct']['p99']:.2f} ms; "
+        f"ratio p50 {report['echo_ratio']['p50']:.2f} p99 {report['echo_ratio']['p99']:.2f}",
+        file=sys.stderr,
+    )
+
+    # Every session is still there (none died under load), then all are closed.
+    died = [s for _, s in live if s.closed.done()]
+    lost += [f"ended early: {s.closed.result()}" for s in died]
+    for chan, _ in live:
+        chan.close()
+    for conn in conns:
+        conn.close()
+    await asyncio.gather(*(c.wait_closed() for c in conns), return_exceptions=True)
+    report["rss_mib_end"] = rss_mib(spec["pid"])
+    report["lost"] = len(lost)
+    report["lost_examples"] = lost[:5]
+    print(f"sessions lost: {len(lost)} {lost[:3]}", file=sys.stderr)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Issue 16 benchmark: concurrency at scale. SCALE_SESSIONS recorded sessions over SCALE_CONNS vendor
+# connections (SCALE_VENDORS vendors, each with a grant), started SCALE_BURST at a time (the first burst all
+# on one connection, as OpenSSH's ControlMaster does), SCALE_STREAMERS of them streaming output; then, with
+# all of them live, chaperone's RSS and the echo round trip of a keystroke through chaperone vs directly to
+# the same sshd. Prints session-start p50/p99, RSS, echo p50/p99 and their ratios, and sessions lost.
+# The load comes from one asyncssh process (bench/scale.py). Not a test; no goal is asserted.
+#
+#   bench/scale.sh                     # builds `cargo build --release` first; ~3-6 min on 2 cores
+#   BENCH_BUILD=0 SCALE_SESSIONS=300 SCALE_CONNS=100 bench/scale.sh
+#
+# Needs: sshd, ssh-keygen, perl, and python3 with asyncssh (PYTHON=/path/to/venv/bin/python).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+: "${BENCH_BUILD:=1}" "${SCALE_VENDORS:=100}" "${SCALE_CONNS:=300}" "${SCALE_SESSIONS:=1000}"
+: "${SCALE_BURST:=200}" "${SCALE_STREAMERS:=200}" "${SCALE_ECHO:=200}" "${PYTHON:=python3}"
+: "${CARGO_TARGET_DIR:=$ROOT/target}"
+BIN="$CARGO_TARGET_DIR/release/chaperone"
+die() { echo "bench: $*" >&2; exit 2; }
+for t in /usr/sbin/sshd ssh-keygen perl "$PYTHON"; do command -v "$t" >/dev/null || die "missing $t"; done
+"$PYTHON" -c 'import asyncssh' 2>/dev/null || die "$PYTHON has no asyncssh (pip install asyncssh)"
+# Each session holds a vendor-side and a device-side socket, a recording, and sshd a process.
+ulimit -n "$(ulimit -Hn)"
+(( $(ulimit -n) >= 4 * SCALE_SESSIONS )) || die "ulimit -n is $(ulimit -n); need $((4 * SCALE_SESSIONS))"
+W=$(mktemp -d -t chaperone-scale-bench.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
+trap cleanup EXIT INT TERM
+[[ $BENCH_BUILD == 1 ]] && (cd "$ROOT" && cargo build --release -q)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do python3 -c "import socket; socket.create_connection(('127.0.0.1',$1),1)" 2>/dev/null && return; sleep 0.05; done; die "nothing listens on $1"; }
+
+# The device: an sshd that takes as many logins at once as chaperone will make.
+D=$W/dev; mkdir -p "$D" /run/sshd
+ssh-keygen -q -t ed25519 -N '' -f "$D/host_key"; ssh-keygen -q -t ed25519 -N '' -f "$D/client_key"
+cp "$D/client_key.pub" "$D/authorized_keys"
+SSHD_PORT=$(free_port); USER_=$(id -un)
+printf 'Port %s\nListenAddress 127.0.0.1\nHostKey %s\nAuthorizedKeysFile %s\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin yes\nMaxStartups %s\nMaxSessions 300\nLogLevel ERROR\n' \
+    "$SSHD_PORT" "$D/host_key" "$D/authorized_keys" "$((SCALE_SESSIONS + 100))" >"$D/sshd_config"
+/usr/sbin/sshd -D -f "$D/sshd_config" -E "$D/sshd.log" & PIDS+=($!)
+wait_port "$SSHD_PORT"
+echo "[127.0.0.1]:$SSHD_PORT $(cat "$D/host_key.pub")" >"$W/known_hosts_device"
+
+C=$W/chap; chap() { "$BIN" -c "$C/chaperone.toml" "$@"; }
+"$BIN" init --dir "$C" --ssh-listen 127.0.0.1:0 --web-listen 127.0.0.1:0 >/dev/null
+chap asset add dev --address 127.0.0.1 --zone bench --purpose Benchmark --service "ssh:$SSHD_PORT/ssh" >/dev/null
+chap asset hostkey set dev "$(cat "$D/host_key.pub")" >/dev/null
+chap asset credential set dev --user "$USER_" --key "$D/client_key" >/dev/null
+echo "adding $SCALE_VENDORS vendors with grants…" >&2
+VENDORS="["
+for i in $(seq "$SCALE_VENDORS"); do
+    v=$(printf 'scale%03d' "$i")
+    ssh-keygen -q -t ed25519 -N '' -C "$v" -f "$W/$v"
+    secret=$(chap vendor add "$v" --org "Scale Org" --key "$W/$v.pub" --json | sed -n 's/.*secret=\([A-Z2-7]*\).*/\1/p')
+    [[ -n $secret ]] || die "no TOTP secret for $v"
+    chap grant add --vendor "$v" --asset dev --services ssh --for 8h --reason benchmark >/dev/null
+    VENDORS+="{\"name\": \"$v\", \"key\": \"$W/$v\", \"secret\": \"$secret\"},"
+done
+VENDORS="${VENDORS%,}]"
+NO_COLOR=1 RUST_LOG=${RUST_LOG:-warn,chaperone=info} "$BIN" -c "$C/chaperone.toml" serve 2>"$C/serve.log" & CHAP_PID=$!; PIDS+=($CHAP_PID)
+for _ in $(seq 200); do grep -q "chaperone serving" "$C/serve.log" && break; sleep 0.05; done
+CHAP_PORT=$(sed -n 's/.*ssh=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$C/serve.log" | head -1)
+[[ -n $CHAP_PORT ]] || die "chaperone did not start: $(tail -5 "$C/serve.log")"
+echo "[127.0.0.1]:$CHAP_PORT $(cat "$C/ssh_host_ed25519_key.pub")" >"$W/known_hosts"
+
+cat >"$W/spec.json" <<JSON
+{"host": "127.0.0.1", "port": $CHAP_PORT, "known_hosts": "$W/known_hosts", "asset": "dev",
+ "vendors": $VENDORS, "pid": $CHAP_PID,
+ "device": {"port": $SSHD_PORT, "user": "$USER_", "key": "$D/client_key", "known_hosts": "$W/known_hosts_device"},
+ "connections": $SCALE_CONNS, "sessions": $SCALE_SESSIONS, "burst": $SCALE_BURST,
+ "streamers": $SCALE_STREAMERS, "echo_samples": $SCALE_ECHO}
+JSON
+echo "running the load ($SCALE_SESSIONS sessions over $SCALE_CONNS connections)…" >&2
+"$PYTHON" "$ROOT/bench/scale.py" "$W/spec.json" >"$W/report.json" || { tail -20 "$C/serve.log" >&2; die "the load failed"; }
+sleep 3
+ENDED=$(chap session list --json | "$PYTHON" -c '
+import json, sys
+rows = json.load(sys.stdin)
+causes = {}
+for r in rows:
+    causes[r.get("end_cause") or "live"] = causes.get(r.get("end_cause") or "live", 0) + 1
+print(len(rows), json.dumps(causes))')
+"$PYTHON" - "$W/report.json" "$ENDED" "$(nproc)" <<'PY'
+import json, sys, time
+r = json.load(open(sys.argv[1])); ended = sys.argv[2]; cores = sys.argv[3]
+b1, b2, e = r["burst_one_connection"], r["burst_spread"], r["echo_ms"]
+print(f"\nscale, {r['sessions_live']} live sessions over {r['connections']} connections, {cores} cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+print(f"  session start, {b1['n']} at once on one connection:  p50 {b1['p50']:.3f} s  p99 {b1['p99']:.3f} s  failed {b1['failed']}")
+print(f"  session start, {b2['n']} at once over the connections: p50 {b2['p50']:.3f} s  p99 {b2['p99']:.3f} s  failed {b2['failed']}")
+print(f"  session start, all:                                   p50 {r['start_all']['p50']:.3f} s  p99 {r['start_all']['p99']:.3f} s")
+print(f"  chaperone RSS with all live: {r['rss_mib_at_peak']['VmRSS']:.0f} MiB (peak {r['rss_mib_end']['VmHWM']:.0f} MiB)")
+print(f"  echo round trip under load: chaperone p50 {e['chaperone']['p50']:.2f} ms p99 {e['chaperone']['p99']:.2f} ms;"
+      f" direct p50 {e['direct']['p50']:.2f} ms p99 {e['direct']['p99']:.2f} ms;"
+      f" ratio p50 {r['echo_ratio']['p50']:.2f} p99 {r['echo_ratio']['p99']:.2f}")
+print(f"  sessions lost: {r['lost']} {r['lost_examples']}")
+print(f"  sessions the bastion recorded (by how they ended): {ended}")
+PY

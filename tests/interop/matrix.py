@@ -1,0 +1,357 @@
+"""The client interoperability matrix, driven by tests/it/interop.rs.
+
+Each common SSH client signs in to chaperone as its own vendor (key, then the TOTP code at the
+keyboard-interactive prompt), runs two commands on one connection seconds apart where the client can,
+and the file-transfer clients upload and download a file. Clients that only read a code from a terminal
+(PuTTY's plink and psftp, Dropbear's dbclient) are driven through a pseudo-terminal (pexpect).
+
+    python matrix.py SPEC.json
+
+SPEC: {"host", "port", "known_hosts", "fingerprint" (SHA256:...), "asset", "dir",
+       "clients": {NAME: {"vendor", "key", "secret"}}}
+Prints one JSON object per client on stdout:
+    {"client", "ok", "connections", "commands": [...outputs], "uploaded", "downloaded", "error"}
+and the table on stderr. The Rust test checks the bastion's own records against these.
+"""
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import shlex
+import struct
+import subprocess
+import sys
+import time
+import traceback
+
+PAUSE = 2.0  # seconds between the two commands on one connection
+TIMEOUT = 40
+
+
+class Codes:
+    """TOTP codes for one vendor, each step used once (the bastion refuses a replay): steps now-1,
+    now and now+1 are accepted, so past three logins in one step window this waits for time to move."""
+
+    def __init__(self, secret):
+        self.key = base64.b32decode(secret.upper() + "=" * (-len(secret) % 8))
+        self.last = 0
+
+    def next(self):
+        while True:
+            now = int(time.time()) // 30
+            step = max(self.last + 1, now - 1)
+            if step <= now + 1:
+                self.last = step
+                return self.code(step)
+            time.sleep(1)
+
+    def code(self, step):
+        mac = hmac.new(self.key, struct.pack(">Q", step), hashlib.sha1).digest()
+        off = mac[-1] & 0x0F
+        n = (struct.unpack(">I", mac[off : off + 4])[0] & 0x7FFFFFFF) % 1_000_000
+        return f"{n:06d}"
+
+
+def run(args, env=None, stdin=None):
+    p = subprocess.run(
+        args,
+        input=stdin,
+        capture_output=True,
+        timeout=TIMEOUT,
+        env={**os.environ, **(env or {})},
+    )
+    if p.returncode != 0:
+        raise RuntimeError(
+            f"{shlex.join(args)} exited {p.returncode}: {p.stderr.decode(errors='replace')[-800:]}"
+        )
+    return p.stdout.decode(errors="replace")
+
+
+def spawn(args, codes, env=None):
+    """Runs a terminal client, answering its TOTP prompt; returns its output after the prompt."""
+    import pexpect
+
+    child = pexpect.spawn(
+        args[0], args[1:], timeout=TIMEOUT, encoding="utf-8", codec_errors="replace", env={**os.environ, **(env or {})}
+    )
+    try:
+        child.expect("TOTP code: ")
+        child.sendline(codes.next())
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    out = child.before or ""
+    if child.exitstatus != 0:
+        raise RuntimeError(f"{args[0]} exited {child.exitstatus} ({child.signalstatus}): {out[-800:]}")
+    return out
+
+
+def files(spec, name):
+    """A payload to upload (100 kB, not text) and the paths for it."""
+    payload = bytes((i * 7 + len(name)) % 251 for i in range(100_000))
+    local = os.path.join(spec["dir"], f"{name}-up.bin")
+    with open(local, "wb") as f:
+        f.write(payload)
+    remote = f"/tmp/chaperone-interop-{name}-{os.getpid()}.bin"
+    back = os.path.join(spec["dir"], f"{name}-down.bin")
+    return payload, local, remote, back
+
+
+def check_two(outs, name):
+    want = [f"{name}-one", f"{name}-two"]
+    got = [o.strip().splitlines()[-1] if o.strip() else "" for o in outs]
+    if got != want:
+        raise RuntimeError(f"commands printed {got!r}, wanted {want!r}")
+
+
+def commands(name):
+    return [f"echo {name}-one", f"echo {name}-two"]
+
+
+# --- the clients -------------------------------------------------------------------------------------
+
+
+def openssh(spec, c, codes):
+    """ssh, scp and sftp sharing one connection (ControlMaster), as a vendor's ssh_config would."""
+    name = "openssh"
+    sock = os.path.join(spec["dir"], "cm.sock")
+    askpass = os.path.join(spec["dir"], "askpass.sh")
+    with open(askpass, "w") as f:
+        f.write(f"#!/bin/sh\necho {codes.next()}\n")
+    os.chmod(askpass, 0o700)
+    opts = [
+        "-F", "/dev/null", "-i", c["key"], "-o", "IdentitiesOnly=yes",
+        "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={spec['known_hosts']}",
+        "-o", "PreferredAuthentications=publickey,keyboard-interactive",
+        "-o", f"ControlPath={sock}", "-o", "LogLevel=ERROR",
+    ]
+    env = {"SSH_ASKPASS": askpass, "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ""}
+    user = f"{c['vendor']}+{spec['asset']}"
+    port = str(spec["port"])
+    run(["ssh", *opts, "-o", "ControlMaster=yes", "-o", "ControlPersist=60", "-fN", "-p", port, f"{user}@{spec['host']}"], env)
+    try:
+        outs = []
+        for i, cmd in enumerate(commands(name)):
+            if i:
+                time.sleep(PAUSE)
+            outs.append(run(["ssh", *opts, "-p", port, f"{user}@{spec['host']}", cmd], env))
+        check_two(outs, name)
+        payload, local, remote, back = files(spec, name)
+        run(["scp", *opts, "-P", port, local, f"{user}@{spec['host']}:{remote}"], env)
+        batch = os.path.join(spec["dir"], "sftp-batch")
+        with open(batch, "w") as f:
+            f.write(f"get {remote} {back}\nrm {remote}\n")
+        run(["sftp", *opts, "-P", port, "-b", batch, f"{user}@{spec['host']}"], env)
+        check_file(back, payload)
+    finally:
+        subprocess.run(["ssh", *opts, "-O", "exit", "-p", port, f"{user}@{spec['host']}"], capture_output=True, env={**os.environ, **env})
+    return {"connections": 1, "commands": outs, "uploaded": remote, "downloaded": remote}
+
+
+def putty_key(spec, c):
+    ppk = os.path.join(spec["dir"], f"{c['vendor']}.ppk")
+    if not os.path.exists(ppk):
+        run(["puttygen", c["key"], "-O", "private", "-o", ppk])
+    return ppk
+
+
+def plink(spec, c, codes):
+    """plink's connection sharing: an upstream plink holds the connection (-N), downstream plinks run
+    the two commands over it, seconds apart."""
+    name = "plink"
+    ppk = putty_key(spec, c)
+    user = f"{c['vendor']}+{spec['asset']}"
+    base = ["plink", "-ssh", "-P", str(spec["port"]), "-i", ppk, "-hostkey", spec["fingerprint"], "-share", "-no-antispoof"]
+    import pexpect
+
+    upstream = pexpect.spawn(base[0], base[1:] + ["-N", f"{user}@{spec['host']}"], timeout=TIMEOUT, encoding="utf-8", codec_errors="replace")
+    try:
+        upstream.expect("TOTP code: ")
+        upstream.sendline(codes.next())
+        # Downstream plinks find the upstream through its socket once it has signed in.
+        outs = []
+        deadline = time.time() + 15
+        for i, cmd in enumerate(commands(name)):
+            if i:
+                time.sleep(PAUSE)
+            while True:
+                p = subprocess.run(base + ["-batch", f"{user}@{spec['host']}", cmd], capture_output=True, timeout=TIMEOUT)
+                if p.returncode == 0:
+                    outs.append(p.stdout.decode(errors="replace"))
+                    break
+                if time.time() > deadline or i:
+                    raise RuntimeError(f"plink (shared) exited {p.returncode}: {p.stderr.decode(errors='replace')[-800:]}")
+                time.sleep(0.5)
+        check_two(outs, name)
+    finally:
+        upstream.terminate(force=True)
+    return {"connections": 1, "commands": outs}
+
+
+def psftp(spec, c, codes):
+    """psftp (the engine under WinSCP's SFTP): upload, list and download on one connection."""
+    name = "psftp"
+    ppk = putty_key(spec, c)
+    payload, local, remote, back = files(spec, name)
+    batch = os.path.join(spec["dir"], "psftp-batch")
+    with open(batch, "w") as f:
+        f.write(f"put {local} {remote}\nget {remote} {back}\ndel {remote}\n")
+    user = f"{c['vendor']}+{spec['asset']}"
+    spawn(["psftp", "-P", str(spec["port"]), "-i", ppk, "-hostkey", spec["fingerprint"], "-b", batch, f"{user}@{spec['host']}"], codes)
+    check_file(back, payload)
+    return {"connections": 1, "commands": [], "uploaded": remote, "downloaded": remote}
+
+
+def dbclient(spec, c, codes):
+    """Dropbear's client has no connection sharing: one command per connection."""
+    name = "dbclient"
+    key = os.path.join(spec["dir"], f"{c['vendor']}.dropbear")
+    if not os.path.exists(key):
+        run(["dropbearconvert", "openssh", "dropbear", c["key"], key])
+    home = os.path.join(spec["dir"], "dbhome")
+    os.makedirs(os.path.join(home, ".ssh"), exist_ok=True)
+    # Dropbear reads ~/.ssh/known_hosts with the host as given (no [host]:port form).
+    with open(spec["known_hosts"]) as src, open(os.path.join(home, ".ssh", "known_hosts"), "w") as dst:
+        for line in src:
+            parts = line.split(None, 1)
+            if len(parts) == 2:
+                dst.write(f"{spec['host']} {parts[1]}")
+    user = f"{c['vendor']}+{spec['asset']}"
+    outs = []
+    for i, cmd in enumerate(commands(name)):
+        if i:
+            time.sleep(PAUSE)
+        outs.append(spawn(["dbclient", "-i", key, "-p", str(spec["port"]), f"{user}@{spec['host']}", cmd], codes, env={"HOME": home}))
+    check_two(outs, name)
+    return {"connections": 2, "commands": outs}
+
+
+def paramiko_client(spec, c, codes):
+    """paramiko's Transport, as Ansible's paramiko connection and many service tools use it."""
+    import paramiko
+
+    name = "paramiko"
+    user = f"{c['vendor']}+{spec['asset']}"
+    known = paramiko.HostKeys(spec["known_hosts"])
+    t = paramiko.Transport((spec["host"], spec["port"]))
+    try:
+        t.start_client(timeout=TIMEOUT)
+        server_key = t.get_remote_server_key()
+        if not known.check(f"[{spec['host']}]:{spec['port']}", server_key):
+            raise RuntimeError("the bastion's host key is not the pinned one")
+        left = t.auth_publickey(user, paramiko.PKey.from_path(c["key"]))
+        if "keyboard-interactive" not in left:
+            raise RuntimeError(f"after the key, the bastion offered {left}")
+        code = codes.next()
+        t.auth_interactive(user, lambda title, instructions, prompts: [code for _ in prompts])
+        outs = []
+        for i, cmd in enumerate(commands(name)):
+            if i:
+                time.sleep(PAUSE)
+            ch = t.open_session(timeout=TIMEOUT)
+            ch.settimeout(TIMEOUT)
+            ch.exec_command(cmd)
+            out = ch.makefile("rb").read().decode(errors="replace")
+            if ch.recv_exit_status() != 0:
+                raise RuntimeError(f"{cmd!r} exited {ch.recv_exit_status()}")
+            outs.append(out)
+        check_two(outs, name)
+        payload, local, remote, back = files(spec, name)
+        sftp = paramiko.SFTPClient.from_transport(t)
+        sftp.put(local, remote)
+        sftp.get(remote, back)
+        sftp.remove(remote)
+        sftp.close()
+        check_file(back, payload)
+    finally:
+        t.close()
+    return {"connections": 1, "commands": outs, "uploaded": remote, "downloaded": remote}
+
+
+def asyncssh_client(spec, c, codes):
+    import asyncssh
+
+    name = "asyncssh"
+    user = f"{c['vendor']}+{spec['asset']}"
+    code = codes.next()
+
+    class Client(asyncssh.SSHClient):
+        def kbdint_auth_requested(self):
+            return ""
+
+        def kbdint_challenge_received(self, name, instructions, lang, prompts):
+            return [code for _ in prompts]
+
+    async def go():
+        async with asyncssh.connect(
+            spec["host"], spec["port"], username=user, client_keys=[c["key"]],
+            known_hosts=spec["known_hosts"], preferred_auth="publickey,keyboard-interactive",
+            client_factory=Client, agent_path=None,
+        ) as conn:
+            outs = []
+            for i, cmd in enumerate(commands(name)):
+                if i:
+                    await asyncio.sleep(PAUSE)
+                r = await asyncio.wait_for(conn.run(cmd, check=True), TIMEOUT)
+                outs.append(r.stdout)
+            check_two(outs, name)
+            payload, local, remote, back = files(spec, name)
+            async with conn.start_sftp_client() as sftp:
+                await sftp.put(local, remote)
+                await sftp.get(remote, back)
+                await sftp.remove(remote)
+            check_file(back, payload)
+            return {"connections": 1, "commands": outs, "uploaded": remote, "downloaded": remote}
+
+    return asyncio.run(go())
+
+
+def check_file(path, payload):
+    with open(path, "rb") as f:
+        got = f.read()
+    if got != payload:
+        raise RuntimeError(f"downloaded {len(got)} bytes, not the {len(payload)} uploaded")
+
+
+CLIENTS = {
+    "openssh": openssh,
+    "plink": plink,
+    "psftp": psftp,
+    "paramiko": paramiko_client,
+    "asyncssh": asyncssh_client,
+    "dbclient": dbclient,
+}
+
+
+def main():
+    with open(sys.argv[1]) as f:
+        spec = json.load(f)
+    rows = []
+    for name, c in spec["clients"].items():
+        started = time.time()
+        row = {"client": name, "ok": False}
+        try:
+            row.update(CLIENTS[name](spec, c, Codes(c["secret"])))
+            row["ok"] = True
+        except Exception as e:  # the row says what failed; the test fails on it
+            row["error"] = f"{type(e).__name__}: {e}"
+            traceback.print_exc(file=sys.stderr)
+        row["seconds"] = round(time.time() - started, 1)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(f"{'client':<10} {'result':<6} {'conns':>5} {'cmds':>4} {'files':<9} {'s':>5}", file=sys.stderr)
+    for r in rows:
+        files_done = "up+down" if r.get("downloaded") else "-"
+        print(
+            f"{r['client']:<10} {'ok' if r['ok'] else 'FAIL':<6} {r.get('connections', '-'):>5} "
+            f"{len(r.get('commands', [])):>4} {files_done:<9} {r['seconds']:>5}"
+            + ("" if r["ok"] else f"  {r['error']}"),
+            file=sys.stderr,
+        )
+
+
+if __name__ == "__main__":
+    main()

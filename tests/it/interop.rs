@@ -1,0 +1,233 @@
+//! Every common SSH client a vendor technician uses, against `chaperone serve` and a real `sshd` device:
+//! OpenSSH (ssh, scp, sftp over one ControlMaster connection), PuTTY's plink (connection sharing) and
+//! psftp, paramiko, asyncssh and Dropbear's dbclient, each signing in with its key and a TOTP code and
+//! running two commands on one connection seconds apart where the client can; the file-transfer clients
+//! upload and download, and the bastion's transfer log must show both. Driven by
+//! `tests/interop/matrix.py`, which prints the matrix as a table. And the key exchange: an OpenSSH 9.2
+//! client and device get the post-quantum `sntrup761x25519-sha512` through chaperone, as they would
+//! directly.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::bastion::{Bastion, text, wait_until};
+use crate::support::sshd::Sshd;
+use crate::support::{DataDir, missing};
+
+fn python() -> String {
+    std::env::var("CHAPERONE_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// What the matrix needs that may not be installed; each missing part is reported.
+fn parts_missing() -> bool {
+    let mut gone = false;
+    for (program, package) in [
+        ("plink", "putty-tools"),
+        ("psftp", "putty-tools"),
+        ("puttygen", "putty-tools"),
+        ("dbclient", "dropbear-bin"),
+        ("dropbearconvert", "dropbear-bin"),
+    ] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {program}")])
+            .output()
+            .map_or(true, |o| !o.status.success())
+        {
+            missing(&format!("{program} ({package})"));
+            gone = true;
+        }
+    }
+    let modules = Command::new(python())
+        .args(["-c", "import asyncssh, paramiko, pexpect"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !modules {
+        missing(
+            "python modules asyncssh, paramiko, pexpect (pip install asyncssh paramiko pexpect)",
+        );
+        gone = true;
+    }
+    gone
+}
+
+fn audit(b: &Bastion) -> Vec<Value> {
+    b.data
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn sessions(b: &Bastion) -> Vec<Value> {
+    b.data
+        .run(&["session", "list", "--json"])
+        .ok()
+        .json()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The bastion's host key as `SHA256:…`, for PuTTY's `-hostkey`.
+fn fingerprint(known_hosts: &Path) -> String {
+    let out = Command::new("ssh-keygen")
+        .args(["-l", "-E", "sha256", "-f"])
+        .arg(known_hosts)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    out.split_whitespace()
+        .find(|w| w.starts_with("SHA256:"))
+        .unwrap_or_else(|| panic!("no fingerprint in {out}"))
+        .to_owned()
+}
+
+#[test]
+fn every_common_client_signs_in_runs_two_commands_and_transfers_files() {
+    if parts_missing() {
+        return;
+    }
+    let Some(sshd) = Sshd::start() else { return };
+    let b = Bastion::start(DataDir::init());
+    b.device("mri-01", &sshd, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let clients = [
+        "openssh", "plink", "psftp", "paramiko", "asyncssh", "dbclient",
+    ];
+    let mut spec_clients = serde_json::Map::new();
+    for client in clients {
+        // One vendor each: a TOTP code is good once, and three steps are valid at a time.
+        let v = b.vendor(&format!("v-{client}"), "Interop Imaging");
+        b.grant(&v.name, "mri-01", "ssh", "1h");
+        spec_clients.insert(
+            client.into(),
+            json!({"vendor": v.name, "key": v.key, "secret": v.secret}),
+        );
+    }
+    let spec = json!({
+        "host": "127.0.0.1",
+        "port": b.ssh_port,
+        "known_hosts": b.known_hosts,
+        "fingerprint": fingerprint(&b.known_hosts),
+        "asset": "mri-01",
+        "dir": dir.path(),
+        "clients": spec_clients,
+    });
+    let spec_path = dir.path().join("spec.json");
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/matrix.py");
+    let out = Command::new(python())
+        .arg(script)
+        .arg(&spec_path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr, _) = text(&out);
+    // The matrix, for whoever reads the test's output.
+    eprintln!("{stderr}");
+    let rows: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    assert_eq!(rows.len(), clients.len(), "{stdout}\n{stderr}");
+    let failed: Vec<&Value> = rows.iter().filter(|r| r["ok"] != true).collect();
+    assert!(failed.is_empty(), "{failed:?}\n{stderr}\n{}", b.log());
+
+    // The bastion's own records agree with what the clients saw.
+    assert!(wait_until(Duration::from_secs(10), || {
+        sessions(&b).iter().all(|s| !s["ended_at"].is_null())
+    }));
+    let all_sessions = sessions(&b);
+    let events = audit(&b);
+    for row in &rows {
+        let client = row["client"].as_str().unwrap();
+        let vendor = format!("v-{client}");
+        let logins = events
+            .iter()
+            .filter(|e| e["action"] == "auth.login" && e["subject"] == format!("vendor:{vendor}"))
+            .count();
+        assert_eq!(
+            logins as u64,
+            row["connections"].as_u64().unwrap(),
+            "{client}: sign-ins in the audit log"
+        );
+        let mine: Vec<&Value> = all_sessions
+            .iter()
+            .filter(|s| s["vendor"] == vendor.as_str())
+            .collect();
+        for command in row["commands"].as_array().unwrap().iter().enumerate() {
+            let word = if command.0 == 0 { "one" } else { "two" };
+            let wanted = format!("echo {client}-{word}");
+            assert!(
+                mine.iter()
+                    .any(|s| s["kind"] == "exec" && s["detail"] == wanted.as_str()),
+                "{client}: no exec session for {wanted:?} in {mine:?}"
+            );
+        }
+        if let Some(remote) = row["uploaded"].as_str() {
+            let logs: String = mine
+                .iter()
+                .filter(|s| s["kind"] == "sftp")
+                .map(|s| {
+                    std::fs::read_to_string(s["recordings"][0]["path"].as_str().unwrap()).unwrap()
+                })
+                .collect();
+            assert!(
+                logs.contains(remote)
+                    && logs.contains("\"upload\"")
+                    && logs.contains("\"download\"")
+                    && logs.contains("100000"),
+                "{client}: the transfer log lacks the upload or download of {remote}: {logs}"
+            );
+        }
+    }
+}
+
+/// OpenSSH 9.0–9.8 (Debian 12's 9.2 here) prefers `sntrup761x25519-sha512@openssh.com`: through
+/// chaperone the vendor leg and the device leg both use it, as a direct connection would.
+#[test]
+fn openssh_9_2_negotiates_the_post_quantum_key_exchange_on_both_legs() {
+    let Some(sshd) = Sshd::start() else { return };
+    let b = Bastion::start(DataDir::init());
+    b.device("mri-01", &sshd, &[]);
+    let v = b.vendor("pq", "Interop Imaging");
+    b.grant("pq", "mri-01", "ssh", "1h");
+    let out = b
+        .ssh_with(&v, &["-v"], "pq+mri-01")
+        .arg("echo pq-ok")
+        .output()
+        .unwrap();
+    let (stdout, stderr, code) = text(&out);
+    assert_eq!((stdout.trim(), code), ("pq-ok", 0), "{stderr}");
+    let offered_pq = Command::new("ssh")
+        .args(["-Q", "kex"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("sntrup761x25519-sha512"))
+        .unwrap_or(false);
+    assert!(offered_pq, "this OpenSSH client has no sntrup761x25519");
+    assert!(
+        stderr.contains("kex: algorithm: sntrup761x25519-sha512"),
+        "vendor leg: {}",
+        stderr
+            .lines()
+            .filter(|l| l.contains("kex"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || b.log().lines().any(|l| l
+            .contains("device key exchange done")
+            && l.contains("sntrup761x25519-sha512"))),
+        "device leg: {}",
+        b.log()
+            .lines()
+            .filter(|l| l.contains("key exchange"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
