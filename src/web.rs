@@ -1603,22 +1603,24 @@ impl WebCore {
             None => return Err(CoreError::Conflict(format!("session {id} has ended"))),
         };
         let first = reset(start);
+        // A character the device's output split between two chunks is sent whole, with the second.
+        let utf8 = chaperone_recorder::Utf8Stream::default();
         let stream = futures::stream::unfold(
-            (Some(first), rx, weak),
-            move |(pending, mut rx, weak)| async move {
+            (Some(first), rx, weak, utf8),
+            move |(pending, mut rx, weak, mut utf8)| async move {
                 if let Some(first) = pending {
-                    return Some((first, (None, rx, weak)));
+                    return Some((first, (None, rx, weak, utf8)));
                 }
                 use crate::live::tap::TapEvent;
                 use tokio::sync::broadcast::error::RecvError;
                 match rx.recv().await {
                     Ok(TapEvent::Output(t, data)) => {
-                        let e = json!([t, "o", String::from_utf8_lossy(&data)]).to_string();
-                        Some((e, (None, rx, weak)))
+                        let e = json!([t, "o", utf8.decode(&data)]).to_string();
+                        Some((e, (None, rx, weak, utf8)))
                     }
                     Ok(TapEvent::Resize(t, c, r)) => {
                         let e = json!([t, "r", format!("{c}x{r}")]).to_string();
-                        Some((e, (None, rx, weak)))
+                        Some((e, (None, rx, weak, utf8)))
                     }
                     // Too slow: skip ahead to the screen as it is now.
                     Err(RecvError::Lagged(_)) => {
@@ -1628,7 +1630,10 @@ impl WebCore {
                         let e = json!({"cols": start.cols, "rows": start.rows, "time": start.time,
                                        "init": String::from_utf8_lossy(&start.recent)})
                         .to_string();
-                        Some((e, (None, rx, weak)))
+                        Some((
+                            e,
+                            (None, rx, weak, chaperone_recorder::Utf8Stream::default()),
+                        ))
                     }
                     Err(RecvError::Closed) => None,
                 }

@@ -24,7 +24,9 @@ pub mod terminal_filter;
 pub mod transcript;
 pub mod transfer;
 
-pub use asciicast::{Cast, CastHeader, CastReader, CastWriter, Event, EventKind, parse_cast};
+pub use asciicast::{
+    Cast, CastHeader, CastReader, CastWriter, Event, EventKind, Utf8Stream, parse_cast,
+};
 pub use error::{Error, Result};
 pub use exec::{
     CutOff, ExecHeader, ExecReader, ExecWriter, Exported, Frame, FrameData, OutputStream, exec_raw,

@@ -1,12 +1,13 @@
 // Drives Debian's Chromium through chaperone's compliance workspace like an auditor would: sign in with
 // password and TOTP code, filter the session history by a word a recorded session printed, open the
 // session, play it (its time must advance), jump to a command's marker, find the word with the
-// transcript search (and jump to it), then watch a running session live (new output within 2 s).
+// transcript search (and jump to it), then watch a running session live (new output within 2 s); then
+// an approver ends that session from its live view (a reason and a confirmation required).
 // Screenshots land in SHOTS. Run by tests/it/browser.rs, which records the sessions with real ssh first.
 //
 // Env: BASE_URL, CERT, SHOTS, NAME, PASSWORD, CODE (a fresh TOTP code), WORD (printed by the recorded
 // session), COMMAND (a command line typed in it), SESSION (its id), LIVE (a running session's id),
-// CHROMIUM. Prints one JSON line with what it saw, or exits 1 with the reason.
+// APPROVER, APPROVER_CODE (an approver who ends it), TERMINATE_REASON, CHROMIUM. Prints one JSON line with what it saw, or exits 1 with the reason.
 import { createHash, X509Certificate } from "node:crypto";
 import { readFileSync, mkdirSync } from "node:fs";
 import { chromium } from "playwright-core";
@@ -48,11 +49,14 @@ try {
   page.on("dialog", (d) => { problems.push(`dialog: ${d.message()}`); d.dismiss().catch(() => {}); });
   const shot = (label) => page.screenshot({ path: `${shots}/${label}.png`, fullPage: true });
 
-  await page.goto(`${base}/login`);
-  await page.fill("#name", env("NAME"));
-  await page.fill("#password", env("PASSWORD"));
-  await page.fill("#code", env("CODE"));
-  await Promise.all([page.waitForURL(`${base}/requests`), page.click("form button[type=submit]")]);
+  const signIn = async (name, code) => {
+    await page.goto(`${base}/login`);
+    await page.fill("#name", name);
+    await page.fill("#password", env("PASSWORD"));
+    await page.fill("#code", code);
+    await Promise.all([page.waitForURL(`${base}/requests`), page.click("form button[type=submit]")]);
+  };
+  await signIn(env("NAME"), env("CODE"));
 
   // The history, filtered by the word the session printed: the filter lives in the URL.
   await page.goto(`${base}/history`);
@@ -122,6 +126,32 @@ try {
   seen.live = { first, later, ms: Date.now() - t1 };
   if (later <= first) throw new Error(`no new output in the live view within 2 s (${first})`);
   await shot("live");
+
+  // An approver ends that session from its live view: the form wants a reason and a tick, and the
+  // browser sends nothing without both.
+  await context.clearCookies();
+  await signIn(env("APPROVER"), env("APPROVER_CODE"));
+  const livePage = `${base}/sessions/${env("LIVE")}`;
+  await page.goto(livePage);
+  const form = page.locator("form.terminate");
+  await form.waitFor({ timeout: 10000 });
+  await form.locator("button[type=submit]").click();
+  await page.waitForTimeout(300);
+  if (page.url() !== livePage) throw new Error(`terminate was sent without a reason: ${page.url()}`);
+  await page.fill("#term-reason", env("TERMINATE_REASON"));
+  await form.locator("button[type=submit]").click();
+  await page.waitForTimeout(300);
+  const unticked = await form.locator("input[name=confirm]").evaluate((el) => el.validity.valueMissing);
+  if (page.url() !== livePage || !unticked) throw new Error("terminate was sent without the confirmation");
+  await form.locator("input[name=confirm]").check();
+  await Promise.all([
+    page.waitForResponse((r) => r.url() === `${livePage}/terminate` && r.request().method() === "POST"),
+    form.locator("button[type=submit]").click(),
+  ]);
+  await page.waitForURL(livePage);
+  seen.terminated = (await page.locator("main").textContent()).match(/Session \S+ is being closed[^.]*/)?.[0];
+  if (!seen.terminated) throw new Error(`no word that the session is being closed: ${await page.locator("main").textContent()}`);
+  await shot("live-terminated");
   if (problems.length) throw new Error(problems.join("\n"));
   console.log(JSON.stringify(seen));
 } catch (e) {

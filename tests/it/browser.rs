@@ -138,9 +138,8 @@ fn typed_shell(
     b: &Bastion,
     alice: &crate::support::bastion::Vendor,
     lines: &[&str],
-) -> std::process::Child {
+) -> (std::process::Child, Shown) {
     use std::io::{Read as _, Write as _};
-    use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
     let mut shell = b
         .ssh_with(alice, &["-tt"], "alice+mri-01")
@@ -149,7 +148,7 @@ fn typed_shell(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen = Shown::default();
     let mut stdout = shell.stdout.take().unwrap();
     let sink = seen.clone();
     std::thread::spawn(move || {
@@ -183,12 +182,16 @@ fn typed_shell(
         stdin.flush().unwrap();
     }
     shell.stdin = Some(stdin);
-    shell
+    (shell, seen)
 }
+
+/// What an ssh client printed so far.
+type Shown = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
 
 /// Issue 11: an auditor signs in, finds a session by a word its device printed, plays it (time
 /// advances), jumps to a command's marker and to the word found by the transcript search, and watches a
-/// running session live; every view and search is audited.
+/// running session live; then an approver ends that session from its live view (reason and confirmation
+/// required) and the vendor's ssh ends, told why. Every view, search and termination is audited.
 #[test]
 fn an_auditor_finds_plays_searches_and_watches_sessions_in_the_browser() {
     if browser_parts().is_none() {
@@ -204,7 +207,7 @@ fn an_auditor_finds_plays_searches_and_watches_sessions_in_the_browser() {
     b.grant("alice", "mri-01", "ssh", "1h");
 
     // A recorded session that printed the word, ended.
-    let mut done = typed_shell(&b, &alice, &["echo calibration-$((6*7))", "exit"]);
+    let (mut done, _) = typed_shell(&b, &alice, &["echo calibration-$((6*7))", "exit"]);
     let status = done.wait().unwrap();
     assert!(
         status.success() || status.code() == Some(0),
@@ -250,7 +253,7 @@ fn an_auditor_finds_plays_searches_and_watches_sessions_in_the_browser() {
     );
 
     // A running session that keeps printing.
-    let mut running = typed_shell(
+    let (mut running, running_shown) = typed_shell(
         &b,
         &alice,
         &["for i in $(seq 1 600); do echo tick-$i; sleep 0.2; done"],
@@ -272,6 +275,9 @@ fn an_auditor_finds_plays_searches_and_watches_sessions_in_the_browser() {
 
     let audrey = crate::support::web::Approver::enroll(&b, "audrey", "auditor");
     let code = audrey.next_code();
+    // An approver ends the running session from its live view.
+    let bob = crate::support::web::Approver::enroll(&b, "bob", "approver");
+    let bob_code = bob.next_code();
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e-screenshots");
     let out = Command::new("timeout")
         .args(["180", "node"])
@@ -286,22 +292,50 @@ fn an_auditor_finds_plays_searches_and_watches_sessions_in_the_browser() {
         .env("COMMAND", "echo calibration")
         .env("SESSION", &recorded)
         .env("LIVE", &live)
+        .env("APPROVER", "bob")
+        .env("APPROVER_CODE", &bob_code)
+        .env("TERMINATE_REASON", "INC-9 wrong scanner")
         .env("CHROMIUM", CHROMIUM)
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let _ = running.kill();
-    let _ = running.wait();
     let (stdout, stderr, code) = text(&out);
+    // The terminated session's ssh ends on its own, told why.
+    let ended = crate::support::bastion::wait_until(std::time::Duration::from_secs(30), || {
+        running.try_wait().unwrap().is_some()
+    });
+    if !ended {
+        let _ = running.kill();
+    }
+    let _ = running.wait();
+    let shown = {
+        let mut all = String::from_utf8_lossy(&running_shown.lock().unwrap()).into_owned();
+        if let Some(mut err) = running.stderr.take() {
+            use std::io::Read as _;
+            let _ = err.read_to_string(&mut all);
+        }
+        all
+    };
     assert_eq!(
         code,
         0,
         "browser run failed\n{stdout}\n{stderr}\n{}",
         b.log()
     );
+    assert!(ended, "the terminated session's ssh kept running\n{shown}");
+    assert!(
+        shown.contains("session terminated by bob: INC-9 wrong scanner"),
+        "the vendor was not told why: {shown}"
+    );
     let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(seen["integrity"], "intact", "{seen}");
-    for shot in ["history", "session-playing", "session-search", "live"] {
+    for shot in [
+        "history",
+        "session-playing",
+        "session-search",
+        "live",
+        "live-terminated",
+    ] {
         assert!(
             shots.join(format!("{shot}.png")).is_file(),
             "no screenshot {shot}"
@@ -313,6 +347,13 @@ fn an_auditor_finds_plays_searches_and_watches_sessions_in_the_browser() {
         .run(&["audit", "export", "--format", "jsonl"])
         .ok()
         .stdout();
+    assert!(
+        audit.lines().any(|l| l.contains("\"session.terminate\"")
+            && l.contains("staff:bob")
+            && l.contains("INC-9 wrong scanner")
+            && l.contains(&live)),
+        "no session.terminate by bob with his reason in\n{audit}"
+    );
     for action in ["recording.search", "recording.view", "session.watch"] {
         assert!(
             audit

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::html::{esc, page};
-use crate::pages::{change, core_error, signed_in, viewer};
+use crate::pages::{change, core_error, flash, signed_in, viewer};
 use crate::{
     Core, CoreError, HistoryItem, HistoryQuery, RecordingStatus, WebState, field, form_pairs,
     status_of,
@@ -269,8 +269,9 @@ pub async fn session_page<C: Core>(
     };
     let i = &d.session;
     let mut main = format!(
-        "<h1>Session {id}</h1><p class=\"integrity-line\">Recording: {integrity}</p>",
+        "<h1>Session {id}</h1>{flash}<p class=\"integrity-line\">Recording: {integrity}</p>",
         id = esc(&i.id),
+        flash = flash(&s),
         integrity = integrity(&i.recordings)
     );
     let _ = write!(
@@ -579,7 +580,8 @@ pub async fn terminate<C: Core>(
         Some(b) if b == format!("/sessions/{id}") => b.to_owned(),
         _ => "/sessions".to_owned(),
     };
-    if field(&pairs, "confirm") != Some("yes") && back != "/sessions" {
+    // Ending a vendor's work is not undone: both forms ask for a tick as well as a reason.
+    if field(&pairs, "confirm") != Some("yes") {
         return core_error(&CoreError::Invalid(
             "tick the confirmation to end the session".into(),
         ));

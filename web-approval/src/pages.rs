@@ -110,7 +110,7 @@ pub(crate) fn viewer(s: &Session) -> Viewer<'_> {
     }
 }
 
-fn flash(s: &Session) -> String {
+pub(crate) fn flash(s: &Session) -> String {
     s.flash
         .as_deref()
         .map(|m| format!("<p class=\"flash\" role=\"status\">{}</p>", esc(m)))
@@ -392,6 +392,7 @@ pub async fn sessions<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response
                     "<form method=\"post\" action=\"/sessions/{id}/terminate\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
                      <label class=\"sr-only\" for=\"tr-{id}\">Reason for terminating session {id}</label>\
                      <input id=\"tr-{id}\" name=\"reason\" placeholder=\"reason\" required maxlength=\"500\">\
+                     <label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> end it now</label>\
                      <button type=\"submit\" class=\"deny\" aria-label=\"Terminate session {id} (grant {g} stays)\">Terminate</button></form>",
                     id = esc(&l.id),
                     g = l.grant_id,
