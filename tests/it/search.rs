@@ -399,4 +399,29 @@ fn bench_search_and_open() {
         "open a {big_mb} MB recording: index {index:?} ({segments} segments) + first segment {first:?} = {:?}",
         index + first
     );
+    // The same in a browser: from the click on the session's link until the player's time moves.
+    let e2e = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
+    if !e2e.join("node_modules/playwright-core").is_dir() {
+        println!("open in Chromium: skipped (no playwright-core in tests/e2e)");
+        return;
+    }
+    let out = std::process::Command::new("timeout")
+        .args(["600", "node"])
+        .arg(e2e.join("open.mjs"))
+        .env("BASE_URL", crate::support::web::base(&b))
+        .env("CERT", b.data.path().join("web_cert.pem"))
+        .env("NAME", "audrey")
+        .env("PASSWORD", "correct horse battery staple")
+        .env("CODE", audrey.next_code())
+        .env("SESSION", &big_id)
+        .env("RUNS", "3")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr, code) = crate::support::bastion::text(&out);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    println!(
+        "open a {big_mb} MB recording in Chromium until it plays: {}",
+        stdout.trim()
+    );
 }
