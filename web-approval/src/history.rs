@@ -133,12 +133,12 @@ fn filter_form(q: &HistoryQuery) -> String {
     ] {
         let _ = write!(
             f,
-            "<label for=\"f-{name}\">{label}</label><input id=\"f-{name}\" name=\"{name}\" value=\"{value}\" placeholder=\"{hint}\">"
+            "<div class=\"field\"><label for=\"f-{name}\">{label}</label><input id=\"f-{name}\" name=\"{name}\" value=\"{value}\" placeholder=\"{hint}\"></div>"
         );
     }
     let select = |name: &str, label: &str, current: &Option<String>, options: &[&str]| {
         let mut s = format!(
-            "<label for=\"f-{name}\">{label}</label><select id=\"f-{name}\" name=\"{name}\"><option value=\"\">any</option>"
+            "<div class=\"field\"><label for=\"f-{name}\">{label}</label><select id=\"f-{name}\" name=\"{name}\"><option value=\"\">any</option>"
         );
         for o in options {
             let sel = if current.as_deref() == Some(*o) {
@@ -148,7 +148,7 @@ fn filter_form(q: &HistoryQuery) -> String {
             };
             let _ = write!(s, "<option{sel}>{o}</option>");
         }
-        s.push_str("</select>");
+        s.push_str("</select></div>");
         s
     };
     f.push_str(&select(
