@@ -21,7 +21,7 @@ shift || true
 max_len() {
     case "$1" in
         sftp_observer | exec_recording | asciicast) echo 65536 ;;
-        config) echo 16384 ;;
+        config | evidence_tar) echo 16384 ;;
         *) echo 4096 ;;
     esac
 }

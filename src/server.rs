@@ -124,6 +124,10 @@ pub async fn run(
     let node_task = tokio::spawn(crate::node::run(app.clone(), stop_rx.clone()));
     tokio::spawn(crate::search_index::run(app.clone(), stop_rx.clone()));
     let live = ssh_listener.live();
+    tokio::spawn(crate::evidence::retention::run(
+        app.clone(),
+        stop_rx.clone(),
+    ));
     let mut ssh_task = tokio::spawn(ssh_listener.serve(stop_rx.clone()));
     tokio::spawn(expire_requests(app.clone(), stop_rx.clone()));
     let mut web_stop = stop_rx.clone();

@@ -47,6 +47,36 @@ fn main() -> Result<()> {
     cast_seeds(&cast_dir)?;
     sftp_seeds(&sftp_dir)?;
     text_seeds(&dir)?;
+    tar_seeds(&dir.join("evidence_tar"))?;
+    Ok(())
+}
+
+/// Evidence bundles in small: the shape `evidence export` writes (a directory, recordings, text files,
+/// SHA256SUMS), and one whose path needs ustar's name prefix.
+fn tar_seeds(dir: &Path) -> Result<()> {
+    use chaperone_recorder::TarWriter;
+    fs::create_dir_all(dir)?;
+    let mut w = TarWriter::new(Vec::new(), 1_790_000_000);
+    w.dir("session-s1")?;
+    w.file_bytes("session-s1/README.txt", b"Evidence bundle\n")?;
+    w.dir("session-s1/recordings")?;
+    w.file_bytes(
+        "session-s1/recordings/s1.cast",
+        b"{\"version\": 2, \"width\": 80, \"height\": 24}\n[0.5, \"o\", \"uptime\\r\\n\"]\n",
+    )?;
+    w.file_bytes(
+        "session-s1/SHA256SUMS",
+        b"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855  README.txt\n",
+    )?;
+    fs::write(dir.join("seed-bundle.tar"), w.finish()?)?;
+    let mut w = TarWriter::new(Vec::new(), 0);
+    let long = format!(
+        "session-{}/recordings/{}.exec",
+        "a".repeat(120),
+        "b".repeat(60)
+    );
+    w.file_bytes(&long, b"x")?;
+    fs::write(dir.join("seed-long-name.tar"), w.finish()?)?;
     Ok(())
 }
 

@@ -16,6 +16,8 @@
 //! - [`terminal_filter`]: what `session play` writes to an administrator's terminal does not depend on
 //!   where the recording's events split the device's output, carries no string sequence (OSC, DCS, SOS,
 //!   PM, APC: clipboard, titles, links, queries), and passes through the filter again unchanged.
+//! - [`evidence_tar`]: what `TarReader` accepts (`evidence verify` reads bundles handed in from anywhere)
+//!   has plain relative names, and `TarWriter` writes it back so that it reads back the same.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -660,4 +662,31 @@ pub fn transcript(data: &[u8]) {
         );
         assert!(w.chars().all(|c| c == ' ' || c.is_alphanumeric()), "{w:?}");
     }
+}
+
+/// The evidence bundle's tar reader: any input ends in entries or an error; accepted entries have plain
+/// relative names (no `..`, no leading `/`), and writing them again reads back the same entries.
+pub fn evidence_tar(data: &[u8]) {
+    use chaperone_recorder::tar::{EntryKind, TarWriter, read_all};
+    let Ok(entries) = read_all(data) else {
+        return;
+    };
+    let mut w = TarWriter::new(Vec::new(), 0);
+    for (h, content) in &entries {
+        assert!(
+            !h.name.starts_with('/') && !h.name.split('/').any(|c| c == ".." || c.is_empty()),
+            "an unsafe name was accepted: {:?}",
+            h.name
+        );
+        assert_eq!(content.len() as u64, h.size);
+        match h.kind {
+            EntryKind::Dir => w.dir(&h.name).expect("an accepted name is written back"),
+            EntryKind::File => w
+                .file_bytes(&h.name, content)
+                .expect("an accepted name is written back"),
+        }
+    }
+    let again =
+        read_all(&w.finish().expect("writing to memory")).expect("what was written reads back");
+    assert_eq!(again, entries, "the entries changed when written again");
 }

@@ -301,6 +301,116 @@ pub struct RecordingConfig {
     pub record_input: bool,
     /// A recording reaching this many bytes ends its session (no recording, no session); `None`: no cap.
     pub max_bytes: Option<u64>,
+    /// The ed25519 key (OpenSSH format, mode 0600) that signs evidence bundles (`SHA256SUMS.sig`).
+    pub signing_key: PathBuf,
+    /// How long a recording is kept after its session ended, unless the asset's zone says otherwise.
+    pub retain: Retain,
+    /// Per-zone retention (`[recording.zones.icu] retain = "10y"`).
+    pub zone_retain: std::collections::BTreeMap<String, Retain>,
+}
+
+impl RecordingConfig {
+    /// How long the recordings of a session on an asset in `zone` are kept.
+    pub fn retain_in(&self, zone: &str) -> Retain {
+        self.zone_retain.get(zone).copied().unwrap_or(self.retain)
+    }
+
+    /// The shortest retention of any zone (`None`: every recording is kept forever): no recording of a
+    /// session that ended later than this before now can be due.
+    pub fn shortest_retention(&self) -> Option<Duration> {
+        std::iter::once(self.retain)
+            .chain(self.zone_retain.values().copied())
+            .filter_map(|r| match r {
+                Retain::Forever => None,
+                Retain::For(d) => Some(d),
+            })
+            .min()
+    }
+}
+
+/// How long recordings are kept after their session ended (`[recording] retain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retain {
+    /// Never deleted (the default).
+    Forever,
+    /// Deleted once this long has passed since the session ended (and no legal hold is on it).
+    For(Duration),
+}
+
+impl Retain {
+    /// Until when a recording of a session that ended at `ended_at` is kept; `None`: forever.
+    pub fn kept_until(self, ended_at: i64) -> Option<i64> {
+        match self {
+            Retain::Forever => None,
+            Retain::For(d) => {
+                Some(ended_at.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Retain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Retain::Forever => f.write_str("forever"),
+            Retain::For(d) => {
+                let days = d.as_secs() / 86_400;
+                if days % YEAR_DAYS == 0 {
+                    write!(f, "{}y", days / YEAR_DAYS)
+                } else {
+                    write!(f, "{days}d")
+                }
+            }
+        }
+    }
+}
+
+/// The days a year counts in a retention period: 366, so that "6y" never falls short of six calendar
+/// years, whichever leap days they hold (it keeps at most six days longer).
+pub const YEAR_DAYS: u64 = 366;
+
+/// Parses a retention period: `forever`, or a number of days, weeks or years (`90d`, `12w`, `6y`,
+/// `1y180d`). Hours and minutes are refused, so `6m` cannot mean six minutes when six months were meant,
+/// and so is anything shorter than a day.
+pub fn parse_retain(text: &str) -> Result<Retain, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("forever") {
+        return Ok(Retain::Forever);
+    }
+    let hint = "use days, weeks or years (90d, 12w, 6y) or \"forever\"";
+    if text.is_empty() {
+        return Err(format!("empty retention: {hint}"));
+    }
+    let mut days: u64 = 0;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            'd' => 1,
+            'w' => 7,
+            'y' => YEAR_DAYS,
+            _ => return Err(format!("{text:?}: unknown unit {c:?}: {hint}")),
+        };
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("{text:?}: expected a number before {c:?}"))?;
+        number.clear();
+        days = n
+            .checked_mul(unit)
+            .and_then(|v| days.checked_add(v))
+            .filter(|&d| d <= 1000 * YEAR_DAYS)
+            .ok_or_else(|| format!("{text:?}: too long (use \"forever\")"))?;
+    }
+    if !number.is_empty() {
+        return Err(format!("{text:?}: a unit is required: {hint}"));
+    }
+    if days == 0 {
+        return Err(format!("{text:?}: must be at least a day"));
+    }
+    Ok(Retain::For(Duration::from_secs(days * 86_400)))
 }
 
 #[derive(Debug, Clone)]
@@ -606,6 +716,9 @@ struct RawRecording {
     dir: String,
     record_input: bool,
     max_bytes: String,
+    signing_key: String,
+    retain: String,
+    zones: std::collections::BTreeMap<String, RawRecordingZone>,
 }
 
 impl Default for RawRecording {
@@ -614,8 +727,17 @@ impl Default for RawRecording {
             dir: "recordings".into(),
             record_input: false,
             max_bytes: "4GB".into(),
+            signing_key: "evidence_ed25519_key".into(),
+            retain: "forever".into(),
+            zones: Default::default(),
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecordingZone {
+    retain: String,
 }
 
 #[derive(Deserialize)]
@@ -954,6 +1076,19 @@ impl Config {
                 record_input: raw.recording.record_input,
                 max_bytes: parse_size(&raw.recording.max_bytes)
                     .map_err(|m| invalid("recording.max_bytes", m))?,
+                signing_key: resolve(&raw.recording.signing_key),
+                retain: parse_retain(&raw.recording.retain)
+                    .map_err(|m| invalid("recording.retain", m))?,
+                zone_retain: raw
+                    .recording
+                    .zones
+                    .iter()
+                    .map(|(zone, z)| {
+                        parse_retain(&z.retain)
+                            .map(|r| (zone.clone(), r))
+                            .map_err(|m| invalid("recording.zones.*.retain", m))
+                    })
+                    .collect::<Result<_, _>>()?,
             },
             budgets,
             log: LogConfig {
@@ -1183,6 +1318,16 @@ dir = "recordings"
 record_input = false
 # A recording that reaches this size ends its session (no recording, no session). "none": no cap.
 max_bytes = "4GB"
+# The ed25519 key that signs evidence bundles (`chaperone evidence export`; mode 0600, never replaced
+# except by `chaperone evidence signer --rotate`). Hand `chaperone evidence signer`'s line to inspectors.
+signing_key = "evidence_ed25519_key"
+# How long recordings are kept after their session ended: "forever", or days, weeks, years (90d, 6y;
+# a year counts 366 days). Past it a daily job deletes the file; its digest and audit events stay.
+# A legal hold (`chaperone session hold ID --reason …`) keeps a session's recordings until released.
+retain = "forever"
+# Per zone of the asset, e.g.:
+# [recording.zones.icu]
+# retain = "10y"
 
 [budgets]
 # The exfiltration guard: bytes per vendor, asset and service per hour, each direction, through every
@@ -1309,6 +1454,60 @@ mod tests {
         assert_eq!(c.database.url, "sqlite:///etc/chaperone/chaperone.db");
         assert_eq!(c.ssh.failure_window, Duration::from_secs(600));
         assert!(!c.recording.record_input);
+        assert_eq!(
+            c.recording.signing_key,
+            Path::new("/etc/chaperone/evidence_ed25519_key")
+        );
+        assert_eq!(c.recording.retain, Retain::Forever);
+        assert_eq!(c.recording.shortest_retention(), None);
+    }
+
+    /// Issue 11: `[recording] retain`, per zone; units a retention is counted in (no minutes).
+    #[test]
+    fn issue_11_retention_parses_per_zone_and_refuses_minutes() {
+        let day = |n: u64| Retain::For(Duration::from_secs(n * 86_400));
+        assert_eq!(parse_retain("forever").unwrap(), Retain::Forever);
+        assert_eq!(parse_retain("6y").unwrap(), day(6 * 366));
+        assert_eq!(parse_retain("90d").unwrap(), day(90));
+        assert_eq!(parse_retain("1y2w3d").unwrap(), day(366 + 17));
+        for bad in [
+            "6m",
+            "12h",
+            "0d",
+            "",
+            "6",
+            "y",
+            "99999999999999999999y",
+            "2000y",
+        ] {
+            assert!(parse_retain(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(day(6 * 366).to_string(), "6y");
+        assert_eq!(day(90).to_string(), "90d");
+        let c = parse(
+            "[recording]\nretain = \"6y\"\n[recording.zones.icu]\nretain = \"10y\"\n\
+             [recording.zones.lab]\nretain = \"30d\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.recording.retain_in("radiology"), day(6 * 366));
+        assert_eq!(c.recording.retain_in("icu"), day(10 * 366));
+        assert_eq!(
+            c.recording.shortest_retention(),
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(day(30).kept_until(1000), Some(1000 + 30 * 86_400));
+        assert_eq!(Retain::Forever.kept_until(1000), None);
+        let e = parse("[recording]\nretain = \"6m\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("recording.retain") && e.contains("unknown unit"),
+            "{e}"
+        );
+        let e = parse("[recording.zones.icu]\nretain = \"1h\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("recording.zones.*.retain"), "{e}");
     }
 
     #[test]

@@ -424,10 +424,23 @@ pub struct SessionRow {
     pub bytes_up: i64,
     /// Device → vendor.
     pub bytes_down: i64,
+    /// The asset's zone (its recordings' retention may depend on it).
+    pub zone: String,
+    /// The legal hold on the session, if any: its recordings are kept whatever their retention.
+    pub hold: Option<Hold>,
     pub recordings: Vec<RecordingRow>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A legal hold on a session (`chaperone session hold`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Hold {
+    pub at: UnixTime,
+    /// Who placed it (an audit actor: `os:NAME`, `staff:NAME`).
+    pub by: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct RecordingRow {
     pub id: i64,
     pub session_id: String,
@@ -438,6 +451,8 @@ pub struct RecordingRow {
     pub size: Option<i64>,
     pub created_at: UnixTime,
     pub closed_at: Option<UnixTime>,
+    /// When retention deleted the file (its digest, path and audit events stay).
+    pub deleted_at: Option<UnixTime>,
 }
 
 /// Splits a comma list of names (services in a grant) and checks each.

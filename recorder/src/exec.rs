@@ -512,7 +512,10 @@ pub fn exec_raw(
 
 /// Converts an exec recording into a new asciicast v2 file at `path` (never overwriting; mode 0600):
 /// stdout and stderr become `o` events, as a terminal would have shown them, input `i`, markers `m`,
-/// resizes `r`, each at its recorded time; the terminal is 80x24. Lossy: bytes that are not UTF-8 become
+/// resizes `r`, each at its recorded time; the terminal is 80x24. A program without a pty writes bare
+/// line feeds, which a terminal's line discipline (`onlcr`) would have shown as CR LF: every LF not
+/// already preceded by a CR in its own stream is shown as CR LF, so each line starts at the left margin
+/// in a player (the recording itself keeps the bytes as sent). Lossy: bytes that are not UTF-8 become
 /// U+FFFD. A recording that ends inside its last frame (its writer stopped mid-write; check the digest
 /// first) converts up to the last whole frame and ends with a marker saying so. Returns the new file's
 /// digest and where the recording was cut off, if it was. On an error the file may be left incomplete.
@@ -533,9 +536,12 @@ pub fn exec_to_cast(
             env: header.env,
         },
     )?;
+    let (mut stdout, mut stderr) = (LineFeeds::default(), LineFeeds::default());
+    let mut shown = Vec::new();
     while let Some(frame) = reader.next_frame()? {
         match frame.data {
-            FrameData::Stdout(b) | FrameData::Stderr(b) => cast.output(frame.at, b)?,
+            FrameData::Stdout(b) => cast.output(frame.at, stdout.as_terminal(b, &mut shown))?,
+            FrameData::Stderr(b) => cast.output(frame.at, stderr.as_terminal(b, &mut shown))?,
             FrameData::Input(b) => cast.input(frame.at, b)?,
             FrameData::Marker(label) => cast.marker(frame.at, label)?,
             FrameData::Resize { cols, rows } => cast.resize(frame.at, cols, rows)?,
@@ -552,6 +558,43 @@ pub fn exec_to_cast(
         )?;
     }
     Ok((cast.finish()?, cut_off))
+}
+
+/// One output stream's line feeds as a terminal with `onlcr` shows them: a bare LF becomes CR LF. Keeps
+/// whether the stream's last byte was a CR, since a CR LF pair may be split across two frames.
+#[derive(Debug, Default)]
+struct LineFeeds {
+    after_cr: bool,
+}
+
+impl LineFeeds {
+    /// `bytes` with every LF that no CR precedes turned into CR LF, in `buf` (reused); `bytes` itself
+    /// when there is none. LF never occurs inside a UTF-8 sequence, so text stays whole.
+    fn as_terminal<'a>(&mut self, bytes: &'a [u8], buf: &'a mut Vec<u8>) -> &'a [u8] {
+        let mut prev_cr = self.after_cr;
+        let bare = bytes.iter().any(|&b| {
+            let bare = b == b'\n' && !prev_cr;
+            prev_cr = b == b'\r';
+            bare
+        });
+        let after_cr = bytes.last().map_or(self.after_cr, |&b| b == b'\r');
+        if !bare {
+            self.after_cr = after_cr;
+            return bytes;
+        }
+        buf.clear();
+        buf.reserve(bytes.len() + bytes.len() / 16);
+        let mut prev_cr = self.after_cr;
+        for &b in bytes {
+            if b == b'\n' && !prev_cr {
+                buf.push(b'\r');
+            }
+            buf.push(b);
+            prev_cr = b == b'\r';
+        }
+        self.after_cr = after_cr;
+        buf
+    }
 }
 
 #[cfg(test)]
@@ -777,7 +820,8 @@ mod tests {
         );
         assert_eq!(cast.header.title, header().title);
         assert_eq!(cast.header.env, header().env);
-        assert_eq!(cast.text(), "Grüße err\n€ \0\u{FFFD}\r\n");
+        // stderr's bare LF is shown as CR LF; stdout's CR LF stays as it was.
+        assert_eq!(cast.text(), "Grüße err\r\n€ \0\u{FFFD}\r\n");
         assert_eq!(cast.events.first().unwrap().time, 0.01);
         assert_eq!(
             cast.events.last().unwrap().kind,
@@ -785,6 +829,46 @@ mod tests {
         );
         // The export never overwrites.
         assert!(exec_to_cast(&fs::read(&path).unwrap()[..], &cast_path).is_err());
+    }
+
+    /// Issue 11: a program without a pty writes bare LF; the .cast shows every line from the left
+    /// margin, as a terminal would have, and an LF after a CR (in one frame or across two of one
+    /// stream) is left as it is. The recording keeps the bytes as sent.
+    #[test]
+    fn issue_11_exec_export_shows_bare_line_feeds_as_crlf() {
+        let (dir, path, mut w) = new_exec();
+        w.stdout(ms(1), b"one\ntwo\n\nthree\r").unwrap();
+        w.stdout(ms(2), b"\nfour\r\n").unwrap();
+        // stdout ended with CR LF; a CR on stderr does not pair with stdout's LF, nor the reverse.
+        w.stderr(ms(3), b"e1\r").unwrap();
+        w.stdout(ms(4), b"\n").unwrap();
+        w.stderr(ms(5), b"\ne2\n").unwrap();
+        w.finish().unwrap();
+        let recorded = fs::read(&path).unwrap();
+        let mut raw = Vec::new();
+        exec_raw(&recorded[..], OutputStream::Stdout, &mut raw).unwrap();
+        assert_eq!(raw, b"one\ntwo\n\nthree\r\nfour\r\n\n");
+        let cast_path = dir.path().join("s.cast");
+        exec_to_cast(&recorded[..], &cast_path).unwrap();
+        let cast = crate::parse_cast(fs::File::open(&cast_path).unwrap()).unwrap();
+        let outputs: Vec<String> = cast
+            .events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                crate::EventKind::Output(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            outputs,
+            [
+                "one\r\ntwo\r\n\r\nthree\r",
+                "\nfour\r\n",
+                "e1\r",
+                "\r\n",
+                "\ne2\r\n"
+            ]
+        );
     }
 
     /// A writer killed mid-frame leaves a file that ends inside a frame. The strict reader calls that an
@@ -825,7 +909,7 @@ mod tests {
             let (_, cut_off) = exec_to_cast(bytes, &cast_path).unwrap();
             assert!(cut_off.is_some());
             let cast = crate::parse_cast(fs::File::open(&cast_path).unwrap()).unwrap();
-            assert_eq!(cast.text(), "first line\nwarning\n");
+            assert_eq!(cast.text(), "first line\r\nwarning\r\n");
             match &cast.events.last().unwrap().kind {
                 crate::EventKind::Marker(m) => assert!(m.contains("cut off"), "{m}"),
                 other => panic!("last event {other:?}"),

@@ -8,7 +8,8 @@
 //! [`TerminalFilter`] (module [`terminal_filter`]) to play a recording's output in a real terminal
 //! without what acts outside the screen (clipboard, titles, links, queries the terminal answers);
 //! [`LineTracker`] (module [`transcript`]) for the lines of text a person saw, and module [`playback`] to
-//! play a recording in a browser segment by segment.
+//! play a recording in a browser segment by segment;
+//! [`TarWriter`] and [`TarReader`] (module [`tar`]) for evidence bundles.
 //!
 //! Every writer is synchronous `std::io`, meant to run off the async runtime, and every write returns an
 //! error the caller acts on: chaperone ends a session it cannot record.
@@ -20,6 +21,7 @@ mod error;
 pub mod exec;
 pub mod playback;
 mod sink;
+pub mod tar;
 pub mod terminal_filter;
 pub mod transcript;
 pub mod transfer;
@@ -33,6 +35,7 @@ pub use exec::{
     exec_to_cast,
 };
 pub use sink::{Finished, Sha256Reader, sha256_file};
+pub use tar::{EntryHeader, EntryKind, TarError, TarReader, TarWriter};
 pub use terminal_filter::TerminalFilter;
 pub use transcript::LineTracker;
 pub use transfer::{Direction, OpKind, Outcome, SftpObserver, TransferEvent, TransferLog};

@@ -60,6 +60,7 @@ pub async fn init_dir(
         &config.secrets.key_file,
         &config.web.tls_cert,
         &config.web.tls_key,
+        &config.recording.signing_key,
     ] {
         if existing.exists() {
             bail!(
@@ -70,6 +71,9 @@ pub async fn init_dir(
     }
     write_host_key(&config.ssh.host_key)?;
     SecretsKey::generate_file(&config.secrets.key_file)?;
+    // The key that signs evidence bundles, made now so that its line can be handed to inspectors
+    // before the first bundle (`chaperone evidence signer` prints it).
+    crate::evidence::signer::Signer::create(&config.recording.signing_key)?;
     write_web_certificate(&config)?;
     create_private_dir(&config.recording.dir)?;
     write_new(&config_path, text.as_bytes(), 0o600)?;

@@ -7,6 +7,7 @@ mod asset;
 mod audit;
 mod demo;
 mod display;
+mod evidence;
 mod grant;
 mod init;
 mod output;
@@ -62,6 +63,9 @@ pub enum Command {
     /// The tamper-evident audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Evidence bundles an inspector verifies with ssh-keygen and sha256sum, and the key that signs them.
+    #[command(subcommand)]
+    Evidence(evidence::EvidenceCommand),
     /// The key that seals device credentials and TOTP seeds at rest.
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
@@ -81,6 +85,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Grant(cmd) => grant::run(&cli.config, cmd).await,
         Command::Session(cmd) => session::run(&cli.config, cmd).await,
         Command::Audit(cmd) => audit::run(&cli.config, cmd).await,
+        Command::Evidence(cmd) => evidence::run(&cli.config, cmd).await,
         Command::Secrets(cmd) => secrets::run(&cli.config, cmd).await,
         Command::KnownHosts => known_hosts(&cli.config).await,
     }

@@ -12,7 +12,9 @@ use super::display::esc;
 use super::output::{json, or_dash, table};
 use crate::app::App;
 use crate::clock::format_time;
-use crate::evidence::{Broken, Evidence, Unvouched};
+use crate::evidence::retention::{Keeping, keeping};
+use crate::evidence::{Broken, Evidence, Integrity, Proof, ProveError, Unvouched, prove};
+use crate::identity::os_actor;
 use crate::model::{RecordingRow, SessionRow};
 use crate::recording::RecordingFormat;
 
@@ -78,6 +80,22 @@ pub enum SessionCommand {
     /// `session.end` or `recording.recovered` event, checked where it sits in the chain), not the
     /// digests their database rows claim.
     Verify { id: String },
+    /// Place a legal hold on a session: its recordings are kept, whatever their retention, until
+    /// released. Audited (session.hold).
+    Hold {
+        id: String,
+        /// Why (a case, a request from counsel); required, audited.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Release a session's legal hold: its recordings' retention applies again. Audited
+    /// (session.release).
+    Release {
+        id: String,
+        /// Why; required, audited.
+        #[arg(long)]
+        reason: String,
+    },
     /// Play a session's terminal recording here, at the pace it was recorded. The digest the audit log
     /// vouches for is checked before and over the very bytes played. Sequences that act outside the
     /// screen (clipboard writes, window titles, hyperlinks, queries the terminal would answer, mouse and
@@ -160,7 +178,7 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
                 evidence.push(crate::evidence::evidence(&app.store, s).await?);
             }
             if as_json {
-                return json(&with_evidence(&sessions, &evidence)?);
+                return json(&with_evidence(&app, &sessions, &evidence)?);
             }
             let rows = sessions
                 .iter()
@@ -178,6 +196,7 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
                             .first()
                             .zip(ev.first())
                             .map_or_else(|| "-".to_owned(), |(r, e)| Status::of(r, e).short()),
+                        kept_short(&app, s),
                     ]
                 })
                 .collect::<Vec<_>>();
@@ -191,6 +210,7 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
                     "END",
                     "BYTES UP/DOWN",
                     "DIGEST",
+                    "KEPT UNTIL",
                 ],
                 &rows,
             );
@@ -199,9 +219,23 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
             let s = app.store.session(&id).await?;
             let evidence = crate::evidence::evidence(&app.store, &s).await?;
             if as_json {
-                let mut shown =
-                    with_evidence(std::slice::from_ref(&s), std::slice::from_ref(&evidence))?;
-                return json(&shown.pop().unwrap_or_default());
+                let mut shown = with_evidence(
+                    &app,
+                    std::slice::from_ref(&s),
+                    std::slice::from_ref(&evidence),
+                )?;
+                let mut shown = shown.pop().unwrap_or_default();
+                shown["looked"] = serde_json::Value::Array(
+                    looks(&app, &s.id)
+                        .await?
+                        .iter()
+                        .map(|e| {
+                            serde_json::json!({"seq": e.seq, "at": e.at, "actor": e.actor,
+                                "action": e.action, "detail": serde_json::from_str::<serde_json::Value>(&e.detail).unwrap_or_default()})
+                        })
+                        .collect(),
+                );
+                return json(&shown);
             }
             println!("session:   {}", esc(&s.id));
             println!("vendor:    {}", esc(&s.vendor));
@@ -216,12 +250,35 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
             );
             println!("end:       {}", esc(&or_dash(s.end_reason.as_deref())));
             println!("bytes:     {} up, {} down", s.bytes_up, s.bytes_down);
+            println!("kept:      {}", kept_long(&app, &s));
             for (r, ev) in s.recordings.iter().zip(&evidence) {
                 println!(
                     "recording: {} {} {}",
                     esc(&r.format),
                     esc(&r.path),
-                    Status::of(r, ev).long()
+                    Status::of(r, ev).long(),
+                );
+            }
+            // Who looked: every play, export and bundle of it, from the audit log.
+            for e in looks(&app, &s.id).await? {
+                let detail: serde_json::Value = serde_json::from_str(&e.detail).unwrap_or_default();
+                let word = |k: &str| {
+                    detail[k]
+                        .as_str()
+                        .map_or_else(|| "-".to_owned(), |t| esc(t).to_string())
+                };
+                println!(
+                    "looked:    {} {} {} ({} via {}, audit event {})",
+                    format_time(e.at),
+                    esc(&e.actor),
+                    esc(&e.action),
+                    if e.action == crate::evidence::bundle::EXPORT {
+                        "bundle".to_owned()
+                    } else {
+                        word("how")
+                    },
+                    word("via"),
+                    e.seq
                 );
             }
         }
@@ -241,6 +298,17 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
             let evidence = crate::evidence::evidence(&app.store, &s).await?;
             let (r, ev) = terminal_recording(&id, &s.kind, &s.recordings, &evidence)?;
             let (r, ev) = (r.clone(), ev.clone());
+            // Who looked is on record before a byte is shown.
+            crate::evidence::audit_view(
+                &app.store,
+                &os_actor(),
+                &s.id,
+                Some(r.id),
+                if raw { "play --raw" } else { "play" },
+                "cli",
+                app.clock.now(),
+            )
+            .await?;
             let dir = app.config.recording.dir.clone();
             let pace = Pace { speed, max_wait };
             tokio::task::spawn_blocking(move || {
@@ -265,6 +333,16 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
                      raw bytes; export it without --raw"
                 );
             }
+            crate::evidence::audit_view(
+                &app.store,
+                &os_actor(),
+                &s.id,
+                Some(r.id),
+                if raw { "export --raw" } else { "export" },
+                "cli",
+                app.clock.now(),
+            )
+            .await?;
             let proof = prove(&app.config.recording.dir, r, ev)?;
             let digest = proof.sha256.clone();
             if r.format == RecordingFormat::ASCIICAST {
@@ -277,6 +355,8 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
                 output.display(),
             );
         }
+        SessionCommand::Hold { id, reason } => hold(&app, &id, &reason, true).await?,
+        SessionCommand::Release { id, reason } => hold(&app, &id, &reason, false).await?,
         SessionCommand::Verify { id } => {
             let s = app.store.session(&id).await?;
             if s.recordings.is_empty() {
@@ -285,7 +365,9 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
             let evidence = crate::evidence::evidence(&app.store, &s).await?;
             let mut failed = 0;
             for (r, ev) in s.recordings.iter().zip(&evidence) {
-                match prove(&app.config.recording.dir, r, ev) {
+                let proved = prove(&app.config.recording.dir, r, ev);
+                let word = Integrity::of(&proved).word();
+                match proved {
                     Ok(proof) => {
                         println!(
                             "{} {}: intact (sha256 {}, vouched for by audit event {})",
@@ -298,9 +380,13 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
                             println!("  note: {moved}");
                         }
                     }
+                    // Gone by policy, as the audit log records: nothing to check, nothing wrong.
+                    Err(e @ ProveError::Deleted { .. }) => {
+                        println!("{} {}: deleted: {e}", esc(&r.format), esc(&r.path));
+                    }
                     Err(e) => {
                         failed += 1;
-                        eprintln!("{} {}: {e:#}", esc(&r.format), esc(&r.path));
+                        eprintln!("{} {}: {word}: {e:#}", esc(&r.format), esc(&r.path));
                     }
                 }
             }
@@ -333,10 +419,31 @@ enum Status<'a> {
     },
     Unvouched(Unvouched, Option<&'a str>),
     Broken(&'a Broken),
+    /// Retention deleted the file, as audit event `seq` records.
+    Deleted {
+        seq: i64,
+        at: i64,
+    },
+    /// The row says retention deleted the file, but no audit event records a deletion.
+    DeletionUnvouched {
+        at: i64,
+    },
 }
 
 impl<'a> Status<'a> {
     fn of(r: &'a RecordingRow, ev: &'a Evidence) -> Self {
+        if let Evidence::Vouched(v) = ev {
+            match (v.deleted, r.deleted_at) {
+                (Some(d), _) => {
+                    return Status::Deleted {
+                        seq: d.seq,
+                        at: d.at,
+                    };
+                }
+                (None, Some(at)) => return Status::DeletionUnvouched { at },
+                (None, None) => {}
+            }
+        }
         match ev {
             Evidence::Vouched(v) if r.sha256.as_deref() == Some(v.sha256.as_str()) => {
                 Status::Vouched {
@@ -362,6 +469,8 @@ impl<'a> Status<'a> {
             Status::Unvouched(Unvouched::Live, _) => "live".into(),
             Status::Unvouched(Unvouched::NotDigested, _) => "not-digested".into(),
             Status::Broken(_) => "ALTERED(audit)".into(),
+            Status::Deleted { .. } => "deleted".into(),
+            Status::DeletionUnvouched { .. } => "ALTERED(row)".into(),
         }
     }
 
@@ -379,7 +488,7 @@ impl<'a> Status<'a> {
             ),
             Status::Unvouched(why, row) => format!(
                 "{}{}",
-                unvouched(*why),
+                why,
                 row.map(|d| format!(
                     " (its row claims sha256 {}, which nothing vouches for)",
                     esc(d)
@@ -387,18 +496,130 @@ impl<'a> Status<'a> {
                 .unwrap_or_default()
             ),
             Status::Broken(b) => format!("ALTERED audit log: {b}"),
+            Status::Deleted { seq, at } => format!(
+                "DELETED by retention on {} (audit event {seq}); its digest and audit events remain",
+                format_time(*at)
+            ),
+            Status::DeletionUnvouched { at } => format!(
+                "ALTERED: its row says retention deleted it on {}, but no audit event records a deletion",
+                format_time(*at)
+            ),
         }
     }
 }
 
-/// Why there is nothing to check a recording against, in words.
-fn unvouched(why: Unvouched) -> &'static str {
-    match why {
-        Unvouched::Live => "live: the session is still running and its recording has no digest yet",
-        Unvouched::NotDigested => {
-            "not digested: no audit event vouches for a digest of it (its writer stopped before finishing \
-             it, and no node has digested the file yet); nothing proves it intact"
+/// Places (`on`) or releases a legal hold, audited with the reason.
+async fn hold(app: &App, id: &str, reason: &str, on: bool) -> anyhow::Result<()> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.chars().count() > 1000 {
+        bail!(
+            "--reason is required (at most 1000 characters): why the session is held or released"
+        );
+    }
+    let s = app.store.session(id).await?;
+    let actor = os_actor();
+    let now = app.clock.now();
+    let mut tx = app.store.begin().await?;
+    let changed = if on {
+        tx.hold_session(&s.id, &actor, reason, now).await?
+    } else {
+        tx.release_session(&s.id).await?
+    };
+    if !changed {
+        match &s.hold {
+            Some(h) => bail!(
+                "session {id} is already on legal hold (since {}, by {}: {})",
+                format_time(h.at),
+                esc(&h.by),
+                esc(&h.reason)
+            ),
+            None => bail!("session {id} is not on legal hold"),
         }
+    }
+    let action = if on {
+        "session.hold"
+    } else {
+        "session.release"
+    };
+    tx.audit(
+        crate::audit::AuditEvent::new(
+            actor,
+            action,
+            format!("session:{}", s.id),
+            serde_json::json!({"reason": reason}),
+        ),
+        now,
+    )
+    .await?;
+    tx.commit(action).await?;
+    let s = app.store.session(id).await?;
+    if on {
+        println!("Session {id} is on legal hold: its recordings are kept until it is released.");
+        let deleted: Vec<_> = s
+            .recordings
+            .iter()
+            .filter_map(|r| r.deleted_at.map(|at| (r, at)))
+            .collect();
+        for (r, at) in deleted {
+            println!(
+                "note: recording {} was already deleted by retention on {} (its digest and audit events remain)",
+                esc(&r.path),
+                format_time(at)
+            );
+        }
+    } else {
+        println!("Session {id} is released: {}.", kept_long(app, &s));
+    }
+    Ok(())
+}
+
+/// The audit events that say who looked at session `id`'s recordings (played, exported, downloaded a
+/// bundle of them), oldest first (the first 1000).
+async fn looks(app: &App, id: &str) -> anyhow::Result<Vec<crate::audit::AuditRow>> {
+    Ok(app
+        .store
+        .audit_events_about(
+            &format!("session:{id}"),
+            &[crate::evidence::VIEW, crate::evidence::bundle::EXPORT],
+            1000,
+        )
+        .await?)
+}
+
+/// How long a session's recordings are kept, for a table cell.
+fn kept_short(app: &App, s: &SessionRow) -> String {
+    if !s.recordings.is_empty() && s.recordings.iter().all(|r| r.deleted_at.is_some()) {
+        return "deleted".into();
+    }
+    match keeping(&app.config.recording, s) {
+        Keeping::Live => "-".into(),
+        Keeping::Forever => "forever".into(),
+        Keeping::Until(t) => format_time(t),
+        Keeping::Held { .. } => "held".into(),
+    }
+}
+
+/// How long a session's recordings are kept, for `session show`.
+fn kept_long(app: &App, s: &SessionRow) -> String {
+    let retain = app.config.recording.retain_in(&s.zone);
+    let rule = format!("retain {retain} (zone {})", esc(&s.zone));
+    match keeping(&app.config.recording, s) {
+        Keeping::Live => format!("from its end, {rule}"),
+        Keeping::Forever => format!("forever ({rule})"),
+        Keeping::Until(t) if t <= app.clock.now() => {
+            format!(
+                "until {} ({rule}): past, deleted by the next retention pass",
+                format_time(t)
+            )
+        }
+        Keeping::Until(t) => format!("until {} ({rule})", format_time(t)),
+        Keeping::Held { hold, until } => format!(
+            "on legal hold since {} by {}: {}; until released ({}{rule})",
+            format_time(hold.at),
+            esc(&hold.by),
+            esc(&hold.reason),
+            until.map_or_else(String::new, |t| format!("else until {}, ", format_time(t))),
+        ),
     }
 }
 
@@ -415,8 +636,10 @@ fn moved(r: &RecordingRow, ev: &Evidence) -> Option<String> {
 }
 
 /// Sessions as JSON, each recording with what the audit log says about it under `evidence`:
-/// `{"status": "vouched"|"altered"|"live"|"not-digested", "audit_seq", "sha256", "reason"}`.
+/// `{"status": "vouched"|"altered"|"live"|"not-digested"|"deleted", "audit_seq", "sha256", "reason"}`, and how
+/// long its recordings are kept under `retention`: `{"kept_until": UNIX|null, "held": bool}`.
 fn with_evidence(
+    app: &App,
     sessions: &[SessionRow],
     evidence: &[Vec<Evidence>],
 ) -> anyhow::Result<Vec<serde_json::Value>> {
@@ -426,6 +649,12 @@ fn with_evidence(
         .zip(evidence)
         .map(|(s, ev)| {
             let mut v = serde_json::to_value(s)?;
+            v["retention"] = match keeping(&app.config.recording, s) {
+                Keeping::Live => json!({"kept_until": null, "held": false, "live": true}),
+                Keeping::Forever => json!({"kept_until": null, "held": false}),
+                Keeping::Until(t) => json!({"kept_until": t, "held": false}),
+                Keeping::Held { until, .. } => json!({"kept_until": until, "held": true}),
+            };
             if let Some(recs) = v.get_mut("recordings").and_then(|r| r.as_array_mut()) {
                 for ((rec, r), e) in recs.iter_mut().zip(&s.recordings).zip(ev) {
                     rec["evidence"] = match Status::of(r, e) {
@@ -438,68 +667,22 @@ fn with_evidence(
                         }),
                         Status::Unvouched(Unvouched::Live, _) => json!({"status": "live"}),
                         Status::Unvouched(Unvouched::NotDigested, _) => {
-                            json!({"status": "not-digested", "reason": unvouched(Unvouched::NotDigested)})
+                            json!({"status": "not-digested", "reason": Unvouched::NotDigested.to_string()})
                         }
                         Status::Broken(b) => json!({"status": "altered", "reason": b.to_string()}),
+                        Status::Deleted { seq, at } => {
+                            json!({"status": "deleted", "audit_seq": seq, "deleted_at": at})
+                        }
+                        Status::DeletionUnvouched { .. } => json!({
+                            "status": "altered",
+                            "reason": "the recordings row says it was deleted, but no audit event records a deletion"
+                        }),
                     };
                 }
             }
             Ok(v)
         })
         .collect()
-}
-
-/// A recording whose file matched, when it was opened, the digest the audit log vouches for.
-#[derive(Debug)]
-struct Proof {
-    /// The vouched-for SHA-256 (hex), to check again over the bytes used.
-    sha256: String,
-    /// The audit event that vouches for it.
-    seq: i64,
-    /// The file, confined to the recordings directory, read from its start.
-    file: File,
-}
-
-/// Proves a recording before anything of it is used: an audit event vouches for its digest, its row
-/// agrees, its file is inside the recordings directory and hashes to that digest. Blocking (file I/O).
-fn prove(dir: &Path, r: &RecordingRow, ev: &Evidence) -> anyhow::Result<Proof> {
-    use std::io::{Seek as _, SeekFrom};
-    let path = esc(&r.path);
-    let v = match ev {
-        Evidence::Vouched(v) => v,
-        Evidence::Unvouched(why) => bail!("recording {path} is {}", unvouched(*why)),
-        Evidence::Broken(b) => bail!(
-            "recording {path}: the audit log's word on it was ALTERED ({b}); run `chaperone audit verify`"
-        ),
-    };
-    if r.sha256.as_deref() != Some(v.sha256.as_str()) {
-        bail!(
-            "recording {path} was ALTERED: its row says sha256 {}, audit event {} vouches for {}",
-            esc(r.sha256.as_deref().unwrap_or("-")),
-            v.seq,
-            v.sha256
-        );
-    }
-    let mut opened = crate::evidence::open_recording(dir, &r.path)?;
-    let actual = Sha256Reader::new(&mut opened.file)
-        .finish_hex()
-        .with_context(|| format!("reading {path}"))?;
-    if actual != v.sha256 {
-        bail!(
-            "recording {path} was ALTERED: sha256 {actual}, audit event {} vouches for {}",
-            v.seq,
-            v.sha256
-        );
-    }
-    opened
-        .file
-        .seek(SeekFrom::Start(0))
-        .with_context(|| format!("reading {path}"))?;
-    Ok(Proof {
-        sha256: v.sha256.clone(),
-        seq: v.seq,
-        file: opened.file,
-    })
 }
 
 /// A session's terminal recording (asciicast or exec stream) with its evidence, or an error naming what
@@ -601,7 +784,7 @@ fn play(r: &RecordingRow, proof: &Proof, pace: Pace, raw: bool) -> anyhow::Resul
     // The terminal is given back as it was found even when playing stopped half-way.
     let removed = out.finish()? + err.finish()?;
     let (actual, cut) = played?;
-    vouched(r, proof, &actual, "played")?;
+    proof.confirm(r, &actual, "played")?;
     if cut {
         eprintln!(
             "note: recording {} ends inside an event (the bastion stopped while writing it): played up to \
@@ -720,7 +903,7 @@ fn export_exec(
                 .finish_hex()
                 .with_context(|| format!("reading {path}"))
         })
-        .and_then(|actual| vouched(r, &proof, &actual, "exported"));
+        .and_then(|actual| Ok(proof.confirm(r, &actual, "exported")?));
     if result.is_err() {
         let _ = std::fs::remove_file(output);
     } else if let Some(cut) = cut_off {
@@ -743,12 +926,7 @@ fn export_cast(r: &RecordingRow, proof: Proof, output: &Path) -> anyhow::Result<
     (&proof.file)
         .read_to_end(&mut bytes)
         .with_context(|| format!("reading {path}"))?;
-    vouched(
-        r,
-        &proof,
-        &Sha256Reader::new(&bytes[..]).finish_hex()?,
-        "exported",
-    )?;
+    proof.confirm(r, &Sha256Reader::new(&bytes[..]).finish_hex()?, "exported")?;
     match whole_events(&bytes) {
         None => super::init::write_new(output, &bytes, 0o600)?,
         Some((keep, last_at)) => {
@@ -788,20 +966,6 @@ fn whole_events(bytes: &[u8]) -> Option<(usize, f64)> {
         .and_then(|v| v.get(0).and_then(serde_json::Value::as_f64))
         .unwrap_or(0.0);
     Some((keep, last_at))
-}
-
-/// Compares the SHA-256 of the bytes just `done` (played, exported) with the one the audit log vouches
-/// for, so a file altered after [`prove`] is caught too.
-fn vouched(r: &RecordingRow, proof: &Proof, actual: &str, done: &str) -> anyhow::Result<()> {
-    if proof.sha256 != actual {
-        bail!(
-            "recording {} was ALTERED while it was {done}: sha256 {actual}, audit event {} vouches for {}",
-            esc(&r.path),
-            proof.seq,
-            proof.sha256
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

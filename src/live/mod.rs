@@ -98,13 +98,20 @@ impl PtyInfo {
     /// The size a recording's header gives this terminal. `ssh -tt` from a script (no terminal to
     /// measure) asks for 0x0, and some clients for 1x1, which players show as a single cell: a
     /// dimension smaller than any real terminal's (under 20 columns or 5 rows) is recorded as 80 or 24
-    /// instead, and a later window change is recorded as it comes. The device is told what the client
-    /// asked for; only the recording's header changes.
+    /// instead ([`recorded_size`], as for a later window change). The device is told what the client
+    /// asked for; only the recording changes.
     fn recorded_size(&self) -> (u16, u16) {
-        let cols = if self.cols < 20 { 80 } else { self.cols };
-        let rows = if self.rows < 5 { 24 } else { self.rows };
-        (cols, rows)
+        recorded_size(self.cols, self.rows)
     }
+}
+
+/// The size a recording gives a terminal of `cols` x `rows` (at the start or at a window change): a
+/// dimension smaller than any real terminal's (under 20 columns or 5 rows: `ssh -tt` from a script
+/// asks for 0x0) is recorded as 80 or 24. The device is told what the client asked for.
+pub(crate) fn recorded_size(cols: u16, rows: u16) -> (u16, u16) {
+    let cols = if cols < 20 { 80 } else { cols };
+    let rows = if rows < 5 { 24 } else { rows };
+    (cols, rows)
 }
 
 /// How a session ended: the `sessions.end_reason` text and `end_cause`.
@@ -843,5 +850,29 @@ async fn audit(
     .await;
     if let Err(e) = result {
         tracing::error!(error = %e, action, "cannot write an audit event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PtyInfo;
+
+    /// Issue 11: `ssh -tt` from a script asks for 0x0 (1x1 from some clients); the recording gets a
+    /// terminal a player can show.
+    #[test]
+    fn issue_11_a_pty_without_a_real_size_is_recorded_at_80x24() {
+        let size = |cols, rows| {
+            PtyInfo {
+                term: "xterm".into(),
+                cols,
+                rows,
+            }
+            .recorded_size()
+        };
+        assert_eq!(size(0, 0), (80, 24));
+        assert_eq!(size(1, 1), (80, 24));
+        assert_eq!(size(132, 0), (132, 24));
+        assert_eq!(size(120, 40), (120, 40));
+        assert_eq!(size(20, 5), (20, 5));
     }
 }

@@ -26,6 +26,14 @@ use crate::recording::{Record, RecordSender, RecordingFormat};
 /// How long the goodbye to each side (the reason, exit status, EOF, close) may take once a session ended.
 const FAREWELL: Duration = Duration::from_secs(2);
 
+/// How long the device's EOF is held back for its exit status. sshd sends EOF when a program's output
+/// ends and the exit status when it has reaped it, a moment later; a client that has its EOF and has
+/// sent its own closes the channel, and after that the status has nowhere to go. Directly the two
+/// arrive together; one hop further they need not, and an OpenSSH multiplexing client (scp, sftp over
+/// ControlMaster) then exits 1 for want of a status. Sending the status first, then the EOF, keeps the
+/// order a client can rely on; a device that sends no status gets its EOF through after this wait.
+const EXIT_STATUS_WAIT: Duration = Duration::from_secs(1);
+
 /// What the relay moves between.
 #[derive(Debug)]
 pub struct BridgeIo {
@@ -246,14 +254,14 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                     pix_width,
                     pix_height,
                 } => {
+                    // The live view and the recording show the same size.
+                    let (cols, rows) =
+                        crate::live::recorded_size(u32_to_u16(col_width), u32_to_u16(row_height));
                     if let Some(tap) = &tap {
-                        tap.resize(u32_to_u16(col_width), u32_to_u16(row_height));
+                        tap.resize(cols, rows);
                     }
                     if let Some(rec) = &recorder {
-                        let resize = Record::Resize {
-                            cols: u32_to_u16(col_width),
-                            rows: u32_to_u16(row_height),
-                        };
+                        let resize = Record::Resize { cols, rows };
                         if let Some(Err(e)) = ending.unless_done(rec.send(resize)).await {
                             return Err(End::RecordingFailed(e.0));
                         }
@@ -300,10 +308,20 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
 
     // device -> vendor
     let down = async {
+        // The device's EOF, held back until its exit status (see `EXIT_STATUS_WAIT`).
+        let mut held_eof: Option<tokio::time::Instant> = None;
         loop {
             let msg = tokio::select! {
                 biased;
                 () = ending.done.cancelled() => return,
+                () = until(held_eof) => {
+                    held_eof = None;
+                    if let Some(Err(_)) = ending.unless_done(eof_once(&v_tx, &vendor_eof)).await {
+                        ending.finish(End::VendorClosed);
+                        return;
+                    }
+                    continue;
+                }
                 m = d_rx.wait() => m,
             };
             let Some(msg) = msg else {
@@ -328,13 +346,19 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                         .await
                 }
                 ChannelMsg::Eof => {
-                    if vendor_eof.swap(true, Ordering::AcqRel) {
-                        continue;
-                    }
-                    ending.unless_done(v_tx.eof()).await
+                    held_eof.get_or_insert_with(|| tokio::time::Instant::now() + EXIT_STATUS_WAIT);
+                    continue;
                 }
                 ChannelMsg::ExitStatus { exit_status } => {
-                    ending.unless_done(v_tx.exit_status(exit_status)).await
+                    ending
+                        .unless_done(async {
+                            v_tx.exit_status(exit_status).await?;
+                            if held_eof.take().is_some() {
+                                eof_once(&v_tx, &vendor_eof).await?;
+                            }
+                            Ok(())
+                        })
+                        .await
                 }
                 ChannelMsg::ExitSignal {
                     signal_name,
@@ -353,7 +377,11 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                                     lang_tag,
                                 )
                                 .await
-                                .map_err(|()| russh::Error::SendError)
+                                .map_err(|()| russh::Error::SendError)?;
+                            if held_eof.take().is_some() {
+                                eof_once(&v_tx, &vendor_eof).await?;
+                            }
+                            Ok(())
                         })
                         .await
                 }
@@ -417,6 +445,26 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
     };
     let _ = tokio::time::timeout(FAREWELL, async { tokio::join!(to_vendor, to_device) }).await;
     end
+}
+
+/// Sends the vendor EOF unless it already went (one EOF per channel: asyncssh rightly disconnects on a
+/// second one).
+async fn eof_once<S: From<(russh::ChannelId, russh::ChannelMsg)> + Send + Sync + 'static>(
+    tx: &ChannelWriteHalf<S>,
+    sent: &AtomicBool,
+) -> Result<(), russh::Error> {
+    if sent.swap(true, Ordering::AcqRel) {
+        return Ok(());
+    }
+    tx.eof().await
+}
+
+/// Completes at `deadline`; never without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Completes when the recording halted by itself; never without a recording.

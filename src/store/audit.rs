@@ -112,6 +112,20 @@ impl Store {
         rows.iter().map(audit_row).collect()
     }
 
+    /// Every event about `subject`, oldest first, at most `limit` (indexed by subject).
+    pub async fn audit_events_of(&self, subject: &str, limit: i64) -> Result<Vec<AuditRow>> {
+        let rows = sqlx::query(
+            "SELECT seq, at, actor, action, subject, detail, prev_hash, hash FROM audit_events \
+             WHERE subject = $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(subject)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading the audit events about a subject")?;
+        rows.iter().map(audit_row).collect()
+    }
+
     /// The chain head: last sequence number and hash.
     pub async fn audit_head(&self) -> Result<(i64, String)> {
         let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")

@@ -33,7 +33,7 @@ pub use nodes::AbandonedSession;
 pub use requests::NewRequest;
 pub use sealed::{Sealed, SealedKind};
 pub use search::{CLAIM_SECS, HistoryFilter, HistoryRow, IndexRow, NewTextChunk, TextChunk};
-pub use sessions::NewSession;
+pub use sessions::{NewSession, RetentionCandidate};
 pub use staff::StaffAuth;
 pub use vendors::LoginFailure;
 pub use web_state::MAX_WEB_STATE;

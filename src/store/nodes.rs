@@ -72,11 +72,11 @@ impl Store {
 
     /// Recordings without a digest whose session has ended: their writer stopped before finishing them.
     pub async fn unfinished_recordings(&self) -> Result<Vec<RecordingRow>> {
-        let rows = sqlx::query(
-            "SELECT r.id, r.session_id, r.format, r.path, r.sha256, r.size, r.created_at, r.closed_at \
-             FROM recordings r JOIN sessions s ON s.id = r.session_id \
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM recordings r JOIN sessions s ON s.id = r.session_id \
              WHERE r.closed_at IS NULL AND s.ended_at IS NOT NULL ORDER BY r.id",
-        )
+            super::sessions::RECORDING_COLUMNS
+        )))
         .fetch_all(&self.pool)
         .await
         .context("looking for unfinished recordings")?;

@@ -11,7 +11,7 @@
 use sqlx::AssertSqlSafe;
 use sqlx::any::AnyRow;
 
-use super::sessions::{SESSION_SELECT, recording, session};
+use super::sessions::{RECORDING_COLUMNS, SESSION_SELECT, recording, session};
 use super::{Backend, Context, Result, Store, get};
 use crate::model::{RecordingRow, SessionRow, UnixTime};
 
@@ -91,7 +91,7 @@ pub struct IndexRow {
 const HISTORY_SELECT: &str = "SELECT s.id, v.name AS vendor, a.name AS asset, s.grant_id, s.kind, \
      s.service, s.client_addr, s.detail, s.started_at, s.ended_at, s.end_reason, s.end_cause, s.bytes_up, \
      s.bytes_down, v.org AS org, a.zone AS zone, g.reason AS grant_reason, g.request_id AS request_id, \
-     r.reason AS request_reason, s.node AS node \
+     r.reason AS request_reason, s.node AS node, s.held_at, s.held_by, s.hold_reason \
      FROM sessions s JOIN vendors v ON v.id = s.vendor_id JOIN assets a ON a.id = s.asset_id \
      JOIN grants g ON g.id = s.grant_id LEFT JOIN access_requests r ON r.id = g.request_id";
 
@@ -271,13 +271,14 @@ impl Store {
         now: UnixTime,
         limit: i64,
     ) -> Result<Vec<RecordingRow>> {
-        let rows = sqlx::query(
-            "SELECT r.id, r.session_id, r.format, r.path, r.sha256, r.size, r.created_at, r.closed_at \
+        // A recording retention deleted is not indexed again (its text went with its file).
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {RECORDING_COLUMNS} \
              FROM recordings r LEFT JOIN recording_index i ON i.recording_id = r.id \
-             WHERE r.closed_at IS NOT NULL \
+             WHERE r.closed_at IS NOT NULL AND r.deleted_at IS NULL \
              AND (i.recording_id IS NULL OR (i.status = 'indexing' AND i.indexed_at < $1)) \
-             ORDER BY r.id LIMIT $2",
-        )
+             ORDER BY r.id LIMIT $2"
+        )))
         .bind(now - CLAIM_SECS)
         .bind(limit)
         .fetch_all(&self.pool)

@@ -5,11 +5,15 @@ use sqlx::AssertSqlSafe;
 use sqlx::any::AnyRow;
 
 use super::{Context, Result, Store, StoreError, Tx, get};
-use crate::model::{RecordingRow, SessionRow, UnixTime};
+use crate::model::{Hold, RecordingRow, SessionRow, UnixTime};
 
 pub(super) const SESSION_SELECT: &str = "SELECT s.id, v.name AS vendor, a.name AS asset, s.grant_id, s.kind, \
-     s.service, s.client_addr, s.detail, s.started_at, s.ended_at, s.end_reason, s.end_cause, s.bytes_up, s.bytes_down \
+     s.service, s.client_addr, s.detail, s.started_at, s.ended_at, s.end_reason, s.end_cause, s.bytes_up, s.bytes_down, \
+     a.zone, s.held_at, s.held_by, s.hold_reason \
      FROM sessions s JOIN vendors v ON v.id = s.vendor_id JOIN assets a ON a.id = s.asset_id";
+
+/// The columns [`recording`] reads, for a `recordings r` in the query.
+pub(super) const RECORDING_COLUMNS: &str = "r.id, r.session_id, r.format, r.path, r.sha256, r.size, r.created_at, r.closed_at, r.deleted_at";
 
 pub(super) fn session(row: &AnyRow) -> Result<SessionRow> {
     Ok(SessionRow {
@@ -27,6 +31,15 @@ pub(super) fn session(row: &AnyRow) -> Result<SessionRow> {
         end_cause: get(row, "end_cause")?,
         bytes_up: get(row, "bytes_up")?,
         bytes_down: get(row, "bytes_down")?,
+        zone: get(row, "zone")?,
+        hold: match get::<Option<UnixTime>>(row, "held_at")? {
+            None => None,
+            Some(at) => Some(Hold {
+                at,
+                by: get::<Option<String>>(row, "held_by")?.unwrap_or_default(),
+                reason: get::<Option<String>>(row, "hold_reason")?.unwrap_or_default(),
+            }),
+        },
         recordings: Vec::new(),
     })
 }
@@ -41,7 +54,18 @@ pub(super) fn recording(row: &AnyRow) -> Result<RecordingRow> {
         size: get(row, "size")?,
         created_at: get(row, "created_at")?,
         closed_at: get(row, "closed_at")?,
+        deleted_at: get(row, "deleted_at")?,
     })
+}
+
+/// A recording retention may delete: its session ended and is not on hold, and its file is not deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionCandidate {
+    pub recording: RecordingRow,
+    /// Its asset's zone (the retention may be the zone's).
+    pub zone: String,
+    /// When its session ended.
+    pub ended_at: UnixTime,
 }
 
 /// What opening a session records.
@@ -113,14 +137,53 @@ impl Store {
     }
 
     pub(super) async fn recordings_of(&self, session_id: &str) -> Result<Vec<RecordingRow>> {
-        let rows = sqlx::query(
-            "SELECT id, session_id, format, path, sha256, size, created_at, closed_at \
-             FROM recordings WHERE session_id = $1 ORDER BY id",
-        )
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {RECORDING_COLUMNS} FROM recordings r WHERE r.session_id = $1 ORDER BY r.id"
+        )))
         .bind(session_id)
         .fetch_all(&self.pool)
         .await
         .context("listing recordings")?;
+        rows.iter().map(recording).collect()
+    }
+
+    /// Recordings whose file is not deleted, of sessions that ended at or before `ended_before` and are
+    /// not on legal hold, oldest end first: what retention may have to delete (it decides which are due).
+    pub async fn retention_candidates(
+        &self,
+        ended_before: UnixTime,
+    ) -> Result<Vec<RetentionCandidate>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {RECORDING_COLUMNS}, a.zone, s.ended_at AS session_ended_at \
+             FROM recordings r JOIN sessions s ON s.id = r.session_id JOIN assets a ON a.id = s.asset_id \
+             WHERE r.deleted_at IS NULL AND s.held_at IS NULL AND s.ended_at IS NOT NULL \
+             AND s.ended_at <= $1 ORDER BY s.ended_at, r.id"
+        )))
+        .bind(ended_before)
+        .fetch_all(&self.pool)
+        .await
+        .context("looking for recordings past their retention")?;
+        rows.iter()
+            .map(|row| {
+                Ok(RetentionCandidate {
+                    recording: recording(row)?,
+                    zone: get(row, "zone")?,
+                    ended_at: get(row, "session_ended_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Recordings marked deleted at or after `since`: a node that stopped between marking one and
+    /// deleting its file deletes it on its next pass.
+    pub async fn recordings_deleted_since(&self, since: UnixTime) -> Result<Vec<RecordingRow>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {RECORDING_COLUMNS} FROM recordings r WHERE r.deleted_at >= $1 ORDER BY r.id"
+        )))
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await
+        .context("listing deleted recordings")?;
         rows.iter().map(recording).collect()
     }
 }
@@ -193,6 +256,97 @@ impl Tx {
         .await
         .context("closing a session")?
         .rows_affected();
+        Ok(done == 1)
+    }
+
+    /// Places a legal hold on session `id`; `false` when it is already on hold.
+    pub async fn hold_session(
+        &mut self,
+        id: &str,
+        by: &str,
+        reason: &str,
+        now: UnixTime,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE sessions SET held_at = $1, held_by = $2, hold_reason = $3 \
+             WHERE id = $4 AND held_at IS NULL",
+        )
+        .bind(now)
+        .bind(by)
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await
+        .context("placing a legal hold")?
+        .rows_affected();
+        Ok(done == 1)
+    }
+
+    /// Releases the legal hold on session `id`; `false` when it was not on hold.
+    pub async fn release_session(&mut self, id: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE sessions SET held_at = NULL, held_by = NULL, hold_reason = NULL \
+             WHERE id = $1 AND held_at IS NOT NULL",
+        )
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await
+        .context("releasing a legal hold")?
+        .rows_affected();
+        Ok(done == 1)
+    }
+
+    /// Marks recording `id` of session `session_id` deleted, if its session is not on hold and no one
+    /// marked it before; `false` otherwise. The session's row is written first (an update that changes
+    /// nothing), which holds its row lock to the commit: a hold placed meanwhile waits for this
+    /// transaction and then sees the recording deleted, or commits first and this finds it held.
+    pub async fn mark_recording_deleted(
+        &mut self,
+        id: i64,
+        session_id: &str,
+        now: UnixTime,
+    ) -> Result<bool> {
+        let not_held =
+            sqlx::query("UPDATE sessions SET held_at = held_at WHERE id = $1 AND held_at IS NULL")
+                .bind(session_id)
+                .execute(&mut *self.tx)
+                .await
+                .context("checking a session's legal hold")?
+                .rows_affected();
+        if not_held != 1 {
+            return Ok(false);
+        }
+        let done = sqlx::query(
+            "UPDATE recordings SET deleted_at = $1 \
+             WHERE id = $2 AND session_id = $3 AND deleted_at IS NULL",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(session_id)
+        .execute(&mut *self.tx)
+        .await
+        .context("marking a recording deleted")?
+        .rows_affected();
+        if done == 1 {
+            // What the search index and the player's index hold of it is its content too: it goes
+            // with the file (the digest and the audit events stay).
+            for (sql, what) in [
+                (
+                    "DELETE FROM recording_text WHERE recording_id = $1",
+                    "deleting a recording's searchable text",
+                ),
+                (
+                    "DELETE FROM recording_index WHERE recording_id = $1",
+                    "deleting a recording's playback index",
+                ),
+            ] {
+                sqlx::query(sql)
+                    .bind(id)
+                    .execute(&mut *self.tx)
+                    .await
+                    .context(what)?;
+            }
+        }
         Ok(done == 1)
     }
 

@@ -32,8 +32,10 @@ TIMEOUT = 40
 
 
 class Codes:
-    """TOTP codes for one vendor, each step used once (the bastion refuses a replay): steps now-1,
-    now and now+1 are accepted, so past three logins in one step window this waits for time to move."""
+    """TOTP codes for one vendor, each step used once (the bastion refuses a replay). The bastion
+    accepts steps now-1, now and now+1; now-1 is handed out only in the first half of the current
+    step, as later a login slowed down on a loaded machine can see it expire between the prompt and
+    the check (CI saw psftp refused that way). When all are spent it waits for time to move."""
 
     def __init__(self, secret):
         self.key = base64.b32decode(secret.upper() + "=" * (-len(secret) % 8))
@@ -41,8 +43,10 @@ class Codes:
 
     def next(self):
         while True:
-            now = int(time.time()) // 30
-            step = max(self.last + 1, now - 1)
+            secs = int(time.time())
+            now = secs // 30
+            oldest = now - 1 if secs % 30 < 15 else now
+            step = max(self.last + 1, oldest)
             if step <= now + 1:
                 self.last = step
                 return self.code(step)

@@ -47,8 +47,8 @@ fn db(d: &DataDir) -> PathBuf {
     d.path().join("chaperone.db")
 }
 
-/// `session verify`, `play` and both kinds of `export` all refuse, saying `why`; nothing is exported
-/// and nothing of `secret` is played.
+/// `session verify`, `play`, both kinds of `export` and `evidence export` all refuse, saying `why`;
+/// nothing is exported and nothing of `secret` is played.
 fn every_reader_refuses(d: &DataDir, id: &str, why: &str, secret: &str) {
     let verify = d.run(&["session", "verify", id]);
     assert!(
@@ -77,6 +77,15 @@ fn every_reader_refuses(d: &DataDir, id: &str, why: &str, secret: &str) {
         );
         assert!(!out.exists(), "{name} was written");
     }
+    // Issue 11: no bundle vouches for it either.
+    let out = d.path().join("refused-bundle.tar");
+    let bundle = d.run(&["evidence", "export", id, "-o", out.to_str().unwrap()]);
+    assert!(
+        bundle.fails(1).stderr().contains(why),
+        "evidence export: {}",
+        bundle.stderr()
+    );
+    assert!(!out.exists(), "a bundle was written");
 }
 
 /// An exec recording altered on disk, with its `recordings.sha256` column rewritten to match, reads
@@ -455,6 +464,605 @@ async fn issue_12_the_digest_that_counts_is_the_first_one_the_chain_vouches_for(
             judge("s-live").await,
             vec![Evidence::Unvouched(Unvouched::NotDigested)]
         );
+    })
+    .await;
+}
+
+/// Runs `cmd` (a shell line) in `dir`; its exit status and what it printed.
+fn sh(dir: &Path, cmd: &str) -> (bool, String) {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Unpacks `tar` into a new directory under `into` with the stock `tar`; the bundle's directory.
+fn untar(tar: &Path, into: &Path, session: &str) -> PathBuf {
+    std::fs::create_dir_all(into).unwrap();
+    let (ok, out) = sh(into, &format!("tar -xf {}", tar.display()));
+    assert!(ok, "tar: {out}");
+    into.join(format!("session-{session}"))
+}
+
+/// The audit events of `action`, as `actor|subject|detail` lines.
+fn events(d: &DataDir, action: &str) -> String {
+    sqlite_query(
+        &db(d),
+        &format!(
+            "SELECT actor || '|' || subject || '|' || detail FROM audit_events WHERE action = '{action}' ORDER BY seq"
+        ),
+    )
+}
+
+/// Issue 11: a real recorded exec → `evidence export` → the stock `ssh-keygen -Y verify` and
+/// `sha256sum -c` pass in the unpacked bundle, and so does `evidence verify`. One byte of the recording
+/// changed in the tar: `sha256sum -c` and `evidence verify` fail; SHA256SUMS rewritten to match the
+/// change as well: `ssh-keygen -Y verify` and `evidence verify` fail. On the same bastion: the exec's
+/// `.cast` export plays line by line in asciinema 2.4, a `-tt` session from a non-terminal records a
+/// readable size, and play/export/evidence export are audited with the OS user as actor; a legal hold
+/// needs a reason and shows in `session show`.
+#[test]
+fn issue_11_an_evidence_bundle_verifies_with_stock_tools_and_fails_when_altered() {
+    let Some((_sshd, b, vera)) = setup() else {
+        return;
+    };
+    // `-tt` with no terminal on this side: the client asks for a 0x0 pty.
+    let out = b
+        .ssh_with(&vera, &["-tt"], "vera+mri-01")
+        .arg("echo sized-session")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(text(&out).0.contains("sized-session"), "{:?}", text(&out));
+    let out = b
+        .ssh(&vera, "vera+mri-01")
+        .arg("echo bundle-proof-0042; echo second-line; echo third-line")
+        .output()
+        .unwrap();
+    assert!(text(&out).0.contains("second-line"), "{:?}", text(&out));
+    let (d, _, _) = stop_after_the_session(b);
+    // Both sessions may have started in the same second: tell them apart by their recording.
+    let sessions = d.run(&["session", "list", "--json"]).ok().json();
+    let recording = |s: &serde_json::Value| s["recordings"][0]["path"].as_str().unwrap().to_owned();
+    let (exec, tty): (Vec<_>, Vec<_>) = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .partition(|s| recording(s).ends_with(".exec"));
+    assert_eq!((exec.len(), tty.len()), (1, 1), "{sessions}");
+    let (id, path, tty) = (
+        exec[0]["id"].as_str().unwrap().to_owned(),
+        PathBuf::from(recording(exec[0])),
+        tty[0],
+    );
+    let cast = chaperone_recorder::parse_cast(
+        std::fs::File::open(tty["recordings"][0]["path"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        cast.header.width >= 20 && cast.header.height >= 5,
+        "-tt from a non-terminal recorded {}x{}",
+        cast.header.width,
+        cast.header.height
+    );
+    assert!(cast.text().contains("sized-session"), "{}", cast.text());
+
+    // The exec's .cast plays line by line: every line starts at the left margin.
+    let exported = d.path().join("exec.cast");
+    d.run(&["session", "export", &id, "-o", exported.to_str().unwrap()])
+        .ok();
+    if let Some(played) = crate::ssh::asciinema_cat(&exported) {
+        assert!(
+            played.contains("bundle-proof-0042\r\nsecond-line\r\nthird-line\r\n"),
+            "{played:?}"
+        );
+    }
+
+    // A legal hold needs a reason, and shows.
+    d.run(&["session", "hold", &id]).fails(2);
+    d.run(&["session", "hold", &id, "--reason", " "]).fails(1);
+    d.run(&["session", "hold", &id, "--reason", "case 7 (counsel)"])
+        .ok();
+    d.run(&["session", "hold", &id, "--reason", "again"])
+        .fails(1);
+    let show = d.run(&["session", "show", &id]);
+    assert!(
+        show.ok().stdout().contains("on legal hold") && show.stdout().contains("case 7"),
+        "{}",
+        show.stdout()
+    );
+    let json = d.run(&["session", "show", &id, "--json"]).ok().json();
+    assert_eq!(json["hold"]["reason"], "case 7 (counsel)");
+    assert_eq!(json["retention"]["held"], true);
+    d.run(&["session", "release", &id, "--reason", "case closed"])
+        .ok();
+    assert!(
+        d.run(&["session", "list"])
+            .ok()
+            .stdout()
+            .contains("forever")
+    );
+
+    let bundle = d.path().join("bundle.tar");
+    let export = d.run(&["evidence", "export", &id, "-o", bundle.to_str().unwrap()]);
+    assert!(
+        export.ok().stdout().contains("ssh-keygen -Y verify"),
+        "{}",
+        export.stdout()
+    );
+    // Never overwritten.
+    d.run(&["evidence", "export", &id, "-o", bundle.to_str().unwrap()])
+        .fails(1);
+    let signer = d.run(&["evidence", "signer"]).ok().stdout();
+    assert!(
+        signer.starts_with("chaperone namespaces=\"chaperone-evidence\" ssh-ed25519 "),
+        "{signer}"
+    );
+
+    let unpacked = untar(&bundle, &d.path().join("good"), &id);
+    assert_eq!(
+        std::fs::read_to_string(unpacked.join("allowed_signers")).unwrap(),
+        signer
+    );
+    let readme = std::fs::read_to_string(unpacked.join("README.txt")).unwrap();
+    assert!(readme.contains(chaperone::evidence::bundle::VERIFY_SIGNATURE));
+    assert!(readme.contains(chaperone::evidence::bundle::VERIFY_SUMS));
+    let recorded = std::fs::read(&path).unwrap();
+    let file_name = path.file_name().unwrap().to_str().unwrap();
+    assert_eq!(
+        std::fs::read(unpacked.join("recordings").join(file_name)).unwrap(),
+        recorded,
+        "the recording is in the bundle byte for byte"
+    );
+    let audit = std::fs::read_to_string(unpacked.join("audit.jsonl")).unwrap();
+    for action in [
+        "session.start",
+        "session.end",
+        "session.hold",
+        "evidence.export",
+    ] {
+        assert!(
+            audit.contains(&format!("\"{action}\"")),
+            "{action}: {audit}"
+        );
+    }
+    let (ok, out) = sh(&unpacked, chaperone::evidence::bundle::VERIFY_SIGNATURE);
+    assert!(ok, "ssh-keygen -Y verify: {out}");
+    assert!(
+        out.contains("Good \"chaperone-evidence\" signature"),
+        "{out}"
+    );
+    let (ok, out) = sh(&unpacked, chaperone::evidence::bundle::VERIFY_SUMS);
+    assert!(ok, "sha256sum -c: {out}");
+    assert!(
+        out.contains(&format!("recordings/{file_name}: OK")),
+        "{out}"
+    );
+    let verify = d.run(&["evidence", "verify", bundle.to_str().unwrap()]);
+    assert!(
+        verify.ok().stdout().contains("intact"),
+        "{}",
+        verify.stdout()
+    );
+
+    // One byte of the recording changed inside the tar.
+    let tar = std::fs::read(&bundle).unwrap();
+    let at = tar
+        .windows(17)
+        .position(|w| w == b"bundle-proof-0042")
+        .unwrap();
+    let mut altered = tar.clone();
+    altered[at + 16] = b'7';
+    let altered_tar = d.path().join("altered.tar");
+    std::fs::write(&altered_tar, &altered).unwrap();
+    let unpacked = untar(&altered_tar, &d.path().join("altered"), &id);
+    let (ok, out) = sh(&unpacked, chaperone::evidence::bundle::VERIFY_SUMS);
+    assert!(
+        !ok && out.contains(&format!("recordings/{file_name}: FAILED")),
+        "{out}"
+    );
+    let verify = d.run(&["evidence", "verify", altered_tar.to_str().unwrap()]);
+    assert!(
+        verify.fails(1).stderr().contains("ALTERED"),
+        "{}",
+        verify.stderr()
+    );
+    // …and SHA256SUMS rewritten to match it: now the signature does not hold.
+    let forged =
+        chaperone_recorder::sha256_file(unpacked.join("recordings").join(file_name)).unwrap();
+    let vouched = chaperone_recorder::sha256_file(&path).unwrap();
+    let sums = std::fs::read_to_string(unpacked.join("SHA256SUMS")).unwrap();
+    assert!(sums.contains(&vouched));
+    std::fs::write(unpacked.join("SHA256SUMS"), sums.replace(&vouched, &forged)).unwrap();
+    let (ok, out) = sh(&unpacked, chaperone::evidence::bundle::VERIFY_SUMS);
+    assert!(ok, "{out}");
+    let (ok, out) = sh(&unpacked, chaperone::evidence::bundle::VERIFY_SIGNATURE);
+    assert!(
+        !ok,
+        "ssh-keygen -Y verify accepted a rewritten SHA256SUMS: {out}"
+    );
+    let (ok, out) = sh(
+        &d.path().join("altered"),
+        &format!("tar -cf ../forged.tar session-{id}"),
+    );
+    assert!(ok, "{out}");
+    let verify = d.run(&[
+        "evidence",
+        "verify",
+        d.path().join("forged.tar").to_str().unwrap(),
+    ]);
+    assert!(
+        verify
+            .fails(1)
+            .stderr()
+            .contains("does not match SHA256SUMS"),
+        "{}",
+        verify.stderr()
+    );
+
+    // Who looked: play, export and the bundle, each as the OS user.
+    d.run(&["session", "play", &id, "--max-wait", "0"]).ok();
+    let views = events(&d, "recording.view");
+    assert_eq!(views.lines().count(), 2, "{views}");
+    assert!(
+        views
+            .lines()
+            .all(|l| l.starts_with("os:") && l.contains(&format!("session:{id}"))),
+        "{views}"
+    );
+    assert!(
+        views.contains("\"how\":\"export\"") && views.contains("\"how\":\"play\""),
+        "{views}"
+    );
+    // The refused second export (its file exists) exported nothing and is not an export.
+    let exports = events(&d, "evidence.export");
+    assert_eq!(exports.lines().count(), 1, "{exports}");
+    assert!(exports.starts_with("os:"), "{exports}");
+    // …and the session's history says who looked.
+    let show = d.run(&["session", "show", &id]).ok().stdout();
+    let looked: Vec<&str> = show.lines().filter(|l| l.starts_with("looked:")).collect();
+    assert_eq!(looked.len(), 3, "{show}");
+    assert!(
+        looked[0].contains("recording.view (export via cli")
+            && looked[1].contains("evidence.export (bundle via cli")
+            && looked[2].contains("recording.view (play via cli"),
+        "{show}"
+    );
+    let json = d.run(&["session", "show", &id, "--json"]).ok().json();
+    assert_eq!(json["looked"].as_array().unwrap().len(), 3, "{json}");
+    assert_eq!(json["recordings"][0]["evidence"]["status"], "vouched");
+    d.run(&["audit", "verify"]).ok();
+}
+
+/// Issue 11: retention with an explicit `now` deletes the file of an expired recording (its row keeps
+/// the digest, marked deleted; `recording.deleted` audited), keeps a held session's recording until the
+/// hold is released, keeps what its zone keeps longer, and never deletes twice; on SQLite and
+/// PostgreSQL.
+#[tokio::test]
+async fn issue_11_retention_deletes_expired_recordings_and_keeps_held_ones() {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use chaperone::audit::AuditEvent;
+    use chaperone::config::{RecordingConfig, Retain};
+    use chaperone::evidence::retention::{Swept, sweep};
+    use chaperone::evidence::{Integrity, integrity};
+    use chaperone::store::NewSession;
+    use serde_json::json;
+
+    use crate::store::{asset, grant, on_both, vendor};
+
+    const DAY: i64 = 86_400;
+    on_both(|store| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let recordings = dir.path().join("recordings");
+        std::fs::create_dir(&recordings).unwrap();
+        let v = vendor(&store, "alice", "SHA256:a").await;
+        let a = asset(&store, "mri-01").await; // zone radiology
+        let mut tx = store.begin().await.unwrap();
+        let g = grant(&mut tx, v, a, &["ssh".to_owned()], 10_000).await;
+        let ended = 1_000_000;
+        let mut files = BTreeMap::new();
+        for (id, end) in [
+            ("s-old", ended),
+            ("s-held", ended),
+            ("s-new", ended + 20 * DAY),
+        ] {
+            tx.insert_session(
+                &NewSession {
+                    id,
+                    vendor_id: v,
+                    asset_id: a,
+                    grant_id: g,
+                    kind: "exec",
+                    service: "ssh",
+                    client_addr: "127.0.0.1:5",
+                    detail: "uptime",
+                    node: "node-a",
+                },
+                end - 60,
+            )
+            .await
+            .unwrap();
+            let path = recordings.join(format!("{id}.exec"));
+            std::fs::write(&path, id).unwrap();
+            let sha = chaperone_recorder::sha256_file(&path).unwrap();
+            let rid = tx
+                .insert_recording(id, "exec-stream-v1", path.to_str().unwrap(), end - 60)
+                .await
+                .unwrap();
+            tx.close_recording(rid, &sha, 5, end).await.unwrap();
+            tx.end_session(id, "exit", "closed", 1, 2, end)
+                .await
+                .unwrap();
+            // The event that vouches for the digest, as a session's end writes it.
+            tx.audit(
+                AuditEvent::new(
+                    "vendor:alice",
+                    "session.end",
+                    format!("session:{id}"),
+                    json!({"grant": g, "recording": rid, "recording_sha256": sha}),
+                ),
+                end,
+            )
+            .await
+            .unwrap();
+            files.insert(id, (path, sha));
+        }
+        tx.commit("t").await.unwrap();
+        let files: BTreeMap<&str, PathBuf> =
+            files.into_iter().map(|(id, (p, _))| (id, p)).collect();
+        let mut tx = store.begin().await.unwrap();
+        assert!(
+            tx.hold_session("s-held", "os:auditor", "case 7", ended)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !tx.hold_session("s-held", "os:auditor", "again", ended)
+                .await
+                .unwrap()
+        );
+        tx.audit(
+            AuditEvent::new(
+                "os:auditor",
+                "session.hold",
+                "session:s-held",
+                json!({"reason": "case 7"}),
+            ),
+            ended,
+        )
+        .await
+        .unwrap();
+        tx.commit("t").await.unwrap();
+
+        let days = |n: u64| Retain::For(Duration::from_secs(n * 86_400));
+        let mut config = RecordingConfig {
+            dir: recordings.clone(),
+            record_input: false,
+            max_bytes: None,
+            signing_key: dir.path().join("key"),
+            retain: days(30),
+            zone_retain: BTreeMap::from([("radiology".to_owned(), days(90))]),
+        };
+        // The zone keeps 90 days: nothing is due at day 31.
+        let pass = |config: RecordingConfig, now: i64| {
+            let store = store.clone();
+            async move { sweep(&store, &config, "node:test", now).await.unwrap() }
+        };
+        assert_eq!(
+            pass(config.clone(), ended + 31 * DAY).await,
+            Swept::default()
+        );
+        assert!(files.values().all(|f| f.exists()));
+        // Without the zone's rule, 30 days: the old one goes, the held one and the newer one stay.
+        config.zone_retain.clear();
+        let now = ended + 31 * DAY;
+        let swept = pass(config.clone(), now).await;
+        assert_eq!((swept.deleted, swept.not_here), (1, 0), "{swept:?}");
+        assert!(!files["s-old"].exists());
+        assert!(files["s-held"].exists() && files["s-new"].exists());
+        let old = store.session("s-old").await.unwrap();
+        assert_eq!(old.recordings[0].deleted_at, Some(now));
+        let old_sha = old.recordings[0].sha256.clone().unwrap();
+        let held = store.session("s-held").await.unwrap();
+        assert_eq!(held.hold.as_ref().unwrap().reason, "case 7");
+        assert_eq!(held.recordings[0].deleted_at, None);
+        // A second pass at the same time deletes nothing again.
+        assert_eq!(pass(config.clone(), now).await.deleted, 0);
+
+        // Both decisions are in the audit log.
+        let deleted = store
+            .audit_events_about("session:s-old", &["recording.deleted"], 10)
+            .await
+            .unwrap();
+        assert_eq!(deleted.len(), 1, "{deleted:?}");
+        assert_eq!(deleted[0].actor, "node:test");
+        let detail: serde_json::Value = serde_json::from_str(&deleted[0].detail).unwrap();
+        assert_eq!(detail["sha256"], old_sha.as_str());
+        assert_eq!(detail["kept_until"], ended + 30 * DAY);
+        assert_eq!(
+            store
+                .audit_events_about("session:s-held", &["session.hold"], 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        // The deleted recording is never played or exported as if it were there; its status says
+        // deleted, from the chained recording.deleted event (not the row alone).
+        let ev = chaperone::evidence::evidence(&store, &old).await.unwrap();
+        let err = chaperone::evidence::prove(&recordings, &old.recordings[0], &ev[0]).unwrap_err();
+        assert!(err.to_string().contains("deleted by retention"), "{err}");
+        assert_eq!(
+            integrity(&recordings, &old.recordings[0], &ev[0]),
+            Integrity::Deleted {
+                seq: deleted[0].seq,
+                at: now
+            }
+        );
+        // The newer one is intact; its file gone without a recorded deletion is missing; a row that
+        // claims a deletion no audit event records is ALTERED.
+        let new = store.session("s-new").await.unwrap();
+        let new_ev = chaperone::evidence::evidence(&store, &new).await.unwrap();
+        assert_eq!(
+            integrity(&recordings, &new.recordings[0], &new_ev[0]).word(),
+            "intact"
+        );
+        let moved_away = recordings.join("s-new.moved");
+        std::fs::rename(&files["s-new"], &moved_away).unwrap();
+        let missing = integrity(&recordings, &new.recordings[0], &new_ev[0]);
+        assert_eq!(missing.word(), "missing", "{missing:?}");
+        std::fs::rename(&moved_away, &files["s-new"]).unwrap();
+        let mut forged = new.recordings[0].clone();
+        forged.deleted_at = Some(now);
+        let altered = integrity(&recordings, &forged, &new_ev[0]);
+        assert_eq!(altered.word(), "ALTERED", "{altered:?}");
+
+        // Released, the held one goes at the next pass; the newer one when its time comes.
+        let mut tx = store.begin().await.unwrap();
+        assert!(tx.release_session("s-held").await.unwrap());
+        tx.audit(
+            AuditEvent::new("os:auditor", "session.release", "session:s-held", json!({})),
+            now,
+        )
+        .await
+        .unwrap();
+        tx.commit("t").await.unwrap();
+        assert_eq!(pass(config.clone(), now + 1).await.deleted, 1);
+        assert!(!files["s-held"].exists() && files["s-new"].exists());
+        assert_eq!(pass(config.clone(), ended + 50 * DAY).await.deleted, 1);
+        assert!(!files["s-new"].exists());
+    })
+    .await;
+}
+
+/// Issue 11: the bundle a web download sends (`evidence::bundle::export_stream`), on SQLite and
+/// PostgreSQL: the chunks form a bundle that `evidence verify` accepts, the export is audited with
+/// the staff actor and `via: web`, and a recording altered on disk is an error before the first byte,
+/// so a download never starts with a bundle that is not intact.
+#[tokio::test]
+async fn issue_11_a_download_streams_the_bundle_and_refuses_an_altered_recording_first() {
+    use chaperone::audit::AuditEvent;
+    use chaperone::config::{RecordingConfig, Retain};
+    use chaperone::evidence::bundle::{export_stream, verify};
+    use chaperone::evidence::signer::{Signer, allowed_signers};
+    use chaperone::store::NewSession;
+    use serde_json::json;
+
+    use crate::store::{asset, grant, on_both, vendor};
+
+    on_both(|store| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let recordings = dir.path().join("recordings");
+        std::fs::create_dir(&recordings).unwrap();
+        let key = dir.path().join("evidence_ed25519_key");
+        let trusted = allowed_signers(&Signer::create(&key).unwrap(), &key).unwrap();
+        let config = RecordingConfig {
+            dir: recordings.clone(),
+            record_input: false,
+            max_bytes: None,
+            signing_key: key,
+            retain: Retain::Forever,
+            zone_retain: Default::default(),
+        };
+        let v = vendor(&store, "alice", "SHA256:a").await;
+        let a = asset(&store, "mri-01").await;
+        let cast =
+            b"{\"version\":2,\"width\":80,\"height\":24}\n[0.5,\"o\",\"download-proof\\r\\n\"]\n";
+        let path = recordings.join("s-web.cast");
+        std::fs::write(&path, cast).unwrap();
+        let sha = chaperone_recorder::sha256_file(&path).unwrap();
+        let mut tx = store.begin().await.unwrap();
+        let g = grant(&mut tx, v, a, &["ssh".to_owned()], 10_000).await;
+        tx.insert_session(
+            &NewSession {
+                id: "s-web",
+                vendor_id: v,
+                asset_id: a,
+                grant_id: g,
+                kind: "shell",
+                service: "ssh",
+                client_addr: "127.0.0.1:5",
+                detail: "",
+                node: "node-a",
+            },
+            1_000,
+        )
+        .await
+        .unwrap();
+        let rid = tx
+            .insert_recording("s-web", "asciicast-v2", path.to_str().unwrap(), 1_000)
+            .await
+            .unwrap();
+        tx.close_recording(rid, &sha, cast.len() as i64, 1_060)
+            .await
+            .unwrap();
+        tx.end_session("s-web", "exit", "closed", 1, 2, 1_060)
+            .await
+            .unwrap();
+        tx.audit(
+            AuditEvent::new(
+                "vendor:alice",
+                "session.end",
+                "session:s-web",
+                json!({"grant": g, "recording": rid, "recording_sha256": sha}),
+            ),
+            1_060,
+        )
+        .await
+        .unwrap();
+        tx.commit("t").await.unwrap();
+
+        let export = || {
+            export_stream(
+                store.clone(),
+                config.clone(),
+                "s-web".to_owned(),
+                "staff:ines".to_owned(),
+                "web".to_owned(),
+                2_000,
+            )
+        };
+        let (first, mut rest) = export().await.unwrap();
+        let mut tar = first.to_vec();
+        while let Some(chunk) = rest.recv().await {
+            tar.extend_from_slice(&chunk.unwrap());
+        }
+        let verified = verify(&tar[..], &trusted).unwrap();
+        assert_eq!(
+            (verified.recordings, verified.dir.as_str()),
+            (1, "session-s-web")
+        );
+        assert!(tar.windows(14).any(|w| w == b"download-proof"));
+        let exports = store
+            .audit_events_about("session:s-web", &["evidence.export"], 10)
+            .await
+            .unwrap();
+        assert_eq!(exports.len(), 1, "{exports:?}");
+        assert_eq!(exports[0].actor, "staff:ines");
+        assert!(
+            exports[0].detail.contains("\"via\":\"web\""),
+            "{}",
+            exports[0].detail
+        );
+
+        // One byte changed on disk: refused before a byte is sent.
+        let mut altered = cast.to_vec();
+        altered[60] ^= 1;
+        std::fs::write(&path, altered).unwrap();
+        let err = export().await.unwrap_err();
+        assert!(err.to_string().contains("ALTERED"), "{err}");
     })
     .await;
 }

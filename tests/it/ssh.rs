@@ -350,7 +350,7 @@ fn exec_without_a_pty_is_recorded_byte_for_byte() {
 }
 
 /// `asciinema cat FILE` (asciinema 2.4, from PyPI): what the stock player prints, or None when missing.
-fn asciinema_cat(path: &std::path::Path) -> Option<String> {
+pub(crate) fn asciinema_cat(path: &std::path::Path) -> Option<String> {
     match Command::new("asciinema")
         .arg("cat")
         .arg(path)
@@ -989,4 +989,50 @@ fn sessions_of_one_grant_share_one_device_login_which_ends_with_the_last_session
         "device connections left open:\n{}",
         log()
     );
+}
+
+/// sshd sends EOF when a program's output ends and the exit status once it has reaped it. OpenSSH's
+/// multiplexing master closes a channel as soon as it has both EOFs, after which the status has nowhere
+/// to go, and its client (scp, sftp, ssh over ControlMaster) exits 255 (scp 1) with no message. The
+/// bastion hands the status on before the EOF.
+#[test]
+fn an_exit_status_that_follows_the_devices_eof_reaches_a_multiplexed_client() {
+    let Some((_sshd, b)) = setup() else { return };
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let dir = tempfile::tempdir().unwrap();
+    let control = format!("ControlPath={}", dir.path().join("cm").display());
+    let master = [
+        "-o",
+        "ControlMaster=yes",
+        "-o",
+        &control,
+        "-o",
+        "ControlPersist=60",
+        "-fN",
+    ];
+    let out = b
+        .ssh_with(&alice, &master, "alice+mri-01")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    let unused = alice.askpass_printing(dir.path(), "000000");
+    for _ in 0..3 {
+        let out = b
+            .ssh_answering(&alice, &["-o", &control], "alice+mri-01", &unused)
+            .arg("echo before-eof; exec >&- 2>&-; sleep 0.3; exit 7")
+            .output()
+            .unwrap();
+        let (stdout, stderr, code) = text(&out);
+        assert_eq!(
+            code,
+            7,
+            "stdout: {stdout}\nstderr: {stderr}\nlog: {}",
+            b.log()
+        );
+        assert!(stdout.contains("before-eof"), "{stdout}");
+    }
+    let _ = Command::new("ssh")
+        .args(["-F", "/dev/null", "-o", &control, "-O", "exit", "x"])
+        .output();
 }

@@ -2,8 +2,11 @@
 //! hash chain, and the one rule for where a recording's file may be read from.
 //!
 //! Entry points: [`evidence`] (for each recording of a session, the digest the audit log vouches for, or
-//! why there is none) and [`open_recording`] (a path from the database, opened only inside the recordings
-//! directory). `chaperone session` (cli/session.rs) and the node sweep (node.rs) use them.
+//! why there is none), [`prove`] (a recording's file checked against that digest before any of it is
+//! used) and [`open_recording`] (a path from the database, opened only inside the recordings
+//! directory). `chaperone session` (cli/session.rs), the evidence bundle ([`bundle`]), retention
+//! ([`retention`]) and the node sweep (node.rs) use them. [`signer`] holds the key that signs bundles;
+//! [`audit_view`] records who looked at a recording.
 //!
 //! The `recordings` row (its `sha256` and `path` columns) is bookkeeping, not evidence: whoever can write
 //! the database can rewrite the file and the column together. The digest is proved by the audit event
@@ -19,20 +22,29 @@
 //! later event and the head, which only `audit verify` (the whole chain) or a copy kept outside (`audit
 //! export`, the webhook) can tell. ARCHITECTURE.md argues the choice.
 
+pub mod bundle;
+pub mod retention;
+pub mod signer;
+
+use std::fmt;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::audit::{AuditRow, ChainBreak, Verifier};
-use crate::model::{RecordingRow, SessionRow};
+use crate::audit::{AuditEvent, AuditRow, ChainBreak, Verifier};
+use crate::model::{RecordingRow, SessionRow, UnixTime};
 use crate::store::{Store, StoreError};
 
 /// The actions that say something about a session's recording.
 const START: &str = "session.start";
 const END: &str = "session.end";
 const RECOVERED: &str = "recording.recovered";
+/// Someone looked at a recording ([`audit_view`]).
+pub const VIEW: &str = "recording.view";
+/// Retention deleted the recording's file (`retention::sweep`, in the transaction that marks its row).
+const DELETED: &str = "recording.deleted";
 
 /// The most events about one session read (a session has a handful: start, end, a recovery, a
 /// termination).
@@ -50,6 +62,16 @@ pub struct Voucher {
     /// Where the audit log says the file was written (`session.start`'s or `recording.recovered`'s
     /// path), when it says.
     pub path: Option<String>,
+    /// The `recording.deleted` event, when retention deleted the file: the audit log's word, not the
+    /// row's `deleted_at`, says a file is gone by policy rather than missing.
+    pub deleted: Option<Deletion>,
+}
+
+/// The audit event that records retention deleting a recording's file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deletion {
+    pub seq: i64,
+    pub at: UnixTime,
 }
 
 /// What the audit log says about one recording.
@@ -71,6 +93,20 @@ pub enum Unvouched {
     /// The session ended but nothing digested the recording: its writer failed or the node running it
     /// stopped, and no node has found the file to digest it yet (`recording.recovered`).
     NotDigested,
+}
+
+impl fmt::Display for Unvouched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Unvouched::Live => {
+                "live: the session is still running and its recording has no digest yet"
+            }
+            Unvouched::NotDigested => {
+                "not digested: no audit event vouches for a digest of it (its writer stopped before \
+                 finishing it, and no node has digested the file yet); nothing proves it intact"
+            }
+        })
+    }
 }
 
 /// Why the audit log's word on a recording does not hold.
@@ -109,7 +145,7 @@ pub async fn evidence(store: &Store, session: &SessionRow) -> Result<Vec<Evidenc
     let events = store
         .audit_events_about(
             &format!("session:{}", session.id),
-            &[START, END, RECOVERED],
+            &[START, END, RECOVERED, DELETED],
             MAX_EVENTS,
         )
         .await?;
@@ -132,6 +168,7 @@ pub async fn evidence(store: &Store, session: &SessionRow) -> Result<Vec<Evidenc
 /// no recording id speaks of.
 fn judge(session: &SessionRow, r: &RecordingRow, first: bool, events: &[AuditRow]) -> Evidence {
     let mut started_at_path = None;
+    let mut deleted = None;
     let mut vouchers: Vec<Voucher> = Vec::new();
     for event in events {
         let Ok(detail) = serde_json::from_str::<Value>(&event.detail) else {
@@ -151,6 +188,7 @@ fn judge(session: &SessionRow, r: &RecordingRow, first: bool, events: &[AuditRow
                         action: END.into(),
                         sha256,
                         path: None,
+                        deleted: None,
                     });
                 }
             }
@@ -161,8 +199,20 @@ fn judge(session: &SessionRow, r: &RecordingRow, first: bool, events: &[AuditRow
                         action: RECOVERED.into(),
                         sha256,
                         path: text("path"),
+                        deleted: None,
                     });
                 }
+            }
+            // Only an event that names the recording by id: retention always does.
+            DELETED
+                if deleted.is_none()
+                    && matches!(detail.get("recording"), Some(Value::Number(_)))
+                    && names_r =>
+            {
+                deleted = Some(Deletion {
+                    seq: event.seq,
+                    at: event.at,
+                });
             }
             _ => {}
         }
@@ -184,6 +234,7 @@ fn judge(session: &SessionRow, r: &RecordingRow, first: bool, events: &[AuditRow
     if first_voucher.path.is_none() {
         first_voucher.path = started_at_path;
     }
+    first_voucher.deleted = deleted;
     Evidence::Vouched(first_voucher)
 }
 
@@ -315,6 +366,298 @@ pub fn open_recording(dir: &Path, path: &str) -> Result<RecordingFile, PathError
         return Err(not_a_file());
     }
     Ok(RecordingFile { file, path: real })
+}
+
+/// Why a recording was not proved intact (and so is not played, exported or put in a bundle). Paths
+/// come from the database and are shown as Rust string literals (controls escaped).
+#[derive(Debug, thiserror::Error)]
+pub enum ProveError {
+    /// No audit event vouches for a digest of it.
+    #[error("recording {path:?} is {why}")]
+    Unvouched { path: String, why: Unvouched },
+    /// The audit events about it do not hold in the chain, or contradict each other.
+    #[error(
+        "recording {path:?}: the audit log's word on it was ALTERED ({broken}); run `chaperone audit verify`"
+    )]
+    Broken { path: String, broken: Broken },
+    /// Its row claims another digest than the one the audit log vouches for.
+    #[error(
+        "recording {path:?} was ALTERED: its row says sha256 {}, audit event {seq} vouches for {vouched}",
+        row.as_deref().unwrap_or("-")
+    )]
+    RowAltered {
+        path: String,
+        row: Option<String>,
+        seq: i64,
+        vouched: String,
+    },
+    /// Retention deleted its file (its digest and audit events stay), as a `recording.deleted` event
+    /// in the chain says.
+    #[error(
+        "recording {path:?} was deleted by retention on {} (audit event {seq}): its digest stays in the \
+         audit log, its content is gone",
+        crate::clock::format_time(*at)
+    )]
+    Deleted {
+        path: String,
+        at: UnixTime,
+        seq: i64,
+    },
+    /// Its row says retention deleted it, but no `recording.deleted` event in the chain says so:
+    /// retention marks the row and audits the deletion in one transaction, so the row was rewritten.
+    #[error(
+        "recording {path:?} was ALTERED: its row says retention deleted it on {}, but no audit event \
+         records a deletion",
+        crate::clock::format_time(*at)
+    )]
+    DeletionUnvouched { path: String, at: UnixTime },
+    /// Its path is refused, or the file cannot be opened.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// Reading the file failed.
+    #[error("reading recording {path:?}")]
+    Read {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The file's SHA-256 is not the vouched one.
+    #[error(
+        "recording {path:?} was ALTERED{while_}: sha256 {actual}, audit event {seq} vouches for {vouched}"
+    )]
+    FileAltered {
+        path: String,
+        /// `""`, or ` while it was played` and the like (the file changed after it was proved).
+        while_: String,
+        actual: String,
+        seq: i64,
+        vouched: String,
+    },
+}
+
+/// A recording whose file matched, when it was opened, the digest the audit log vouches for.
+#[derive(Debug)]
+pub struct Proof {
+    /// The vouched-for SHA-256 (hex), to check again over the bytes used.
+    pub sha256: String,
+    /// The audit event that vouches for it.
+    pub seq: i64,
+    /// The file, confined to the recordings directory, read from its start.
+    pub file: File,
+    /// Its size when it was proved.
+    pub size: u64,
+}
+
+impl Proof {
+    /// Compares the SHA-256 of the bytes just used (`done`: "played", "exported") with the vouched one,
+    /// so a file altered after [`prove`] is caught too.
+    pub fn confirm(&self, r: &RecordingRow, actual: &str, done: &str) -> Result<(), ProveError> {
+        if self.sha256 != actual {
+            return Err(ProveError::FileAltered {
+                path: r.path.clone(),
+                while_: format!(" while it was {done}"),
+                actual: actual.to_owned(),
+                seq: self.seq,
+                vouched: self.sha256.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Proves a recording before anything of it is used: an audit event vouches for its digest, its row
+/// agrees, its file is inside the recordings directory `dir` and hashes to that digest. Blocking (file
+/// I/O): call it off the async runtime. The one check behind `session verify|play|export` and the
+/// evidence bundle.
+pub fn prove(dir: &Path, r: &RecordingRow, ev: &Evidence) -> Result<Proof, ProveError> {
+    use std::io::{Seek as _, SeekFrom};
+    let path = || r.path.clone();
+    let v = match ev {
+        Evidence::Vouched(v) => v,
+        Evidence::Unvouched(why) => {
+            return Err(ProveError::Unvouched {
+                path: path(),
+                why: *why,
+            });
+        }
+        Evidence::Broken(b) => {
+            return Err(ProveError::Broken {
+                path: path(),
+                broken: b.clone(),
+            });
+        }
+    };
+    // Deleted by retention is the audit log's word; a row that says so alone was rewritten. Either way
+    // the file is not read (a file put back after its deletion is not evidence).
+    match (v.deleted, r.deleted_at) {
+        (Some(d), _) => {
+            return Err(ProveError::Deleted {
+                path: path(),
+                at: d.at,
+                seq: d.seq,
+            });
+        }
+        (None, Some(at)) => {
+            return Err(ProveError::DeletionUnvouched { path: path(), at });
+        }
+        (None, None) => {}
+    }
+    if r.sha256.as_deref() != Some(v.sha256.as_str()) {
+        return Err(ProveError::RowAltered {
+            path: path(),
+            row: r.sha256.clone(),
+            seq: v.seq,
+            vouched: v.sha256.clone(),
+        });
+    }
+    let mut opened = open_recording(dir, &r.path)?;
+    let read = |source| ProveError::Read {
+        path: path(),
+        source,
+    };
+    let mut counted = Counted {
+        inner: &mut opened.file,
+        bytes: 0,
+    };
+    let actual = chaperone_recorder::Sha256Reader::new(&mut counted)
+        .finish_hex()
+        .map_err(read)?;
+    let size = counted.bytes;
+    if actual != v.sha256 {
+        return Err(ProveError::FileAltered {
+            path: path(),
+            while_: String::new(),
+            actual,
+            seq: v.seq,
+            vouched: v.sha256.clone(),
+        });
+    }
+    opened.file.seek(SeekFrom::Start(0)).map_err(read)?;
+    Ok(Proof {
+        sha256: v.sha256.clone(),
+        seq: v.seq,
+        file: opened.file,
+        size,
+    })
+}
+
+/// A recording's integrity in the words every page shows ([`Integrity::word`]): `intact`, `ALTERED`
+/// or `missing`, or why there is nothing to check yet (`live`, `not-digested`) or any more (`deleted`
+/// by retention, as the audit log says). Always from [`prove`], so always against the digest the chain
+/// vouches for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Integrity {
+    /// The file hashes to the digest audit event `seq` vouches for.
+    Intact { seq: i64, sha256: String },
+    /// The file, its row or the audit events about it were changed (the reason says which), or its row
+    /// names a file outside the recordings directory.
+    Altered(String),
+    /// The file is not in this node's recordings directory, or cannot be read, and no audit event
+    /// records its deletion.
+    Missing(String),
+    /// Retention deleted the file, as audit event `seq` records; its digest and events remain.
+    Deleted { seq: i64, at: UnixTime },
+    /// The session is live: its recording has no digest yet.
+    Live,
+    /// The session ended, but no audit event vouches for a digest of its recording.
+    NotDigested,
+}
+
+impl Integrity {
+    /// The one word for a status column: `intact`, `ALTERED`, `missing`, `deleted`, `live`,
+    /// `not-digested`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Integrity::Intact { .. } => "intact",
+            Integrity::Altered(_) => "ALTERED",
+            Integrity::Missing(_) => "missing",
+            Integrity::Deleted { .. } => "deleted",
+            Integrity::Live => "live",
+            Integrity::NotDigested => "not-digested",
+        }
+    }
+
+    /// From what [`prove`] said.
+    pub fn of(proved: &Result<Proof, ProveError>) -> Integrity {
+        let e = match proved {
+            Ok(p) => {
+                return Integrity::Intact {
+                    seq: p.seq,
+                    sha256: p.sha256.clone(),
+                };
+            }
+            Err(e) => e,
+        };
+        match e {
+            ProveError::Unvouched {
+                why: Unvouched::Live,
+                ..
+            } => Integrity::Live,
+            ProveError::Unvouched {
+                why: Unvouched::NotDigested,
+                ..
+            } => Integrity::NotDigested,
+            ProveError::Deleted { at, seq, .. } => Integrity::Deleted { seq: *seq, at: *at },
+            ProveError::Path(PathError::Io { .. }) | ProveError::Read { .. } => {
+                Integrity::Missing(e.to_string())
+            }
+            ProveError::Broken { .. }
+            | ProveError::RowAltered { .. }
+            | ProveError::DeletionUnvouched { .. }
+            | ProveError::FileAltered { .. }
+            | ProveError::Path(PathError::Outside { .. } | PathError::NotAFile { .. }) => {
+                Integrity::Altered(e.to_string())
+            }
+        }
+    }
+}
+
+/// The integrity of recording `r` (a row of the session `ev` was read for): [`prove`] and its answer
+/// in words. Blocking (it hashes the whole file): call it off the async runtime.
+pub fn integrity(dir: &Path, r: &RecordingRow, ev: &Evidence) -> Integrity {
+    Integrity::of(&prove(dir, r, ev))
+}
+
+/// A reader that counts what passed.
+struct Counted<R> {
+    inner: R,
+    bytes: u64,
+}
+
+impl<R: io::Read> io::Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// Records that `actor` looked at session `session_id`'s recordings (`recording.view`): `how` is
+/// `play`, `export` or the like, `via` the door (`cli`, `web`). Committed before a byte is shown, so
+/// that no one sees a recording without the audit log saying so.
+pub async fn audit_view(
+    store: &Store,
+    actor: &str,
+    session_id: &str,
+    recording: Option<i64>,
+    how: &str,
+    via: &str,
+    now: UnixTime,
+) -> Result<i64, StoreError> {
+    let mut tx = store.begin().await?;
+    let seq = tx
+        .audit(
+            AuditEvent::new(
+                actor,
+                VIEW,
+                format!("session:{session_id}"),
+                json!({"recording": recording, "how": how, "via": via}),
+            ),
+            now,
+        )
+        .await?;
+    tx.commit("recording.view").await?;
+    Ok(seq)
 }
 
 #[cfg(test)]

@@ -1,0 +1,223 @@
+//! Retention and legal hold: how long a recording is kept, and the daily pass that deletes the files
+//! past it.
+//!
+//! Entry points: [`keeping`] (what `session list|show` say: kept until when, or held), [`sweep`] (one
+//! pass at an explicit `now`: what `serve` runs daily, and what tests run at a chosen time) and
+//! [`run`] (the daily job in `serve`).
+//!
+//! A recording is kept for `[recording] retain` (or its asset's zone's `retain`) after its session
+//! ended; a session on legal hold (`session hold`) keeps all of them until released. Deleting removes
+//! the file only: the `recordings` row keeps its path and digest, marked `deleted_at`, and every audit
+//! event stays, with a `recording.deleted` event of its own.
+//!
+//! Several nodes: every node runs the pass, because a node can only delete files in its own recordings
+//! directory (recordings may be on each node's own disk, as the node sweep assumes). A lease would let
+//! one node at a time pass over files that are on another's disk; instead each deletion is a
+//! conditional update ([`crate::store::Tx::mark_recording_deleted`]) that only one node wins, made by
+//! the node that found the file, audited in the same transaction, and the file is removed after the
+//! commit. A node that stops between the commit and the removal removes the file on its next pass (it
+//! looks again at recordings marked deleted in the last [`LEFTOVER_DAYS`] days). A file that no node
+//! finds is never marked: `session show` keeps saying it is past its retention.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::audit::AuditEvent;
+use crate::config::RecordingConfig;
+use crate::model::{Hold, SessionRow, UnixTime};
+use crate::store::{RetentionCandidate, Store, StoreError};
+
+/// How often `serve` runs a pass.
+pub const EVERY: Duration = Duration::from_secs(24 * 3600);
+/// How long after starting `serve` runs its first pass (a node restarted daily still runs them).
+pub const FIRST_AFTER: Duration = Duration::from_secs(60);
+/// How far back a pass looks for files of recordings already marked deleted.
+pub const LEFTOVER_DAYS: i64 = 30;
+
+/// How long a session's recordings are kept, as of now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Keeping {
+    /// The session is live: its retention starts when it ends.
+    Live,
+    /// No retention applies: kept forever.
+    Forever,
+    /// Kept until then (past it, the next pass deletes them).
+    Until(UnixTime),
+    /// On legal hold: kept until released, whatever the retention (`until`: what it would be).
+    Held { hold: Hold, until: Option<UnixTime> },
+}
+
+/// How long session `s`'s recordings are kept under `config`. Pure: the same session and config give
+/// the same answer.
+pub fn keeping(config: &RecordingConfig, s: &SessionRow) -> Keeping {
+    let until = s
+        .ended_at
+        .and_then(|ended| config.retain_in(&s.zone).kept_until(ended));
+    match (&s.hold, s.ended_at) {
+        (Some(hold), _) => Keeping::Held {
+            hold: hold.clone(),
+            until,
+        },
+        (None, None) => Keeping::Live,
+        (None, Some(_)) => until.map_or(Keeping::Forever, Keeping::Until),
+    }
+}
+
+/// Whether a recording of a session in `zone` that ended at `ended_at` is past its retention at `now`.
+/// Pure; the hold is the store's to check (the candidates exclude held sessions).
+pub fn due(config: &RecordingConfig, zone: &str, ended_at: UnixTime, now: UnixTime) -> bool {
+    config
+        .retain_in(zone)
+        .kept_until(ended_at)
+        .is_some_and(|until| until <= now)
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Swept {
+    /// Recordings whose file this node deleted (each audited `recording.deleted`).
+    pub deleted: usize,
+    /// Recordings past their retention whose file is not in this node's recordings directory.
+    pub not_here: usize,
+    /// Files of recordings marked deleted earlier that were still here, now removed.
+    pub leftovers: usize,
+}
+
+/// Where a recording's file is, as far as this node can tell.
+enum Found {
+    Here(std::path::PathBuf),
+    NotHere,
+}
+
+async fn locate(config: &RecordingConfig, path: &str) -> Found {
+    let dir = config.dir.clone();
+    let path = path.to_owned();
+    let found = tokio::task::spawn_blocking(move || {
+        match super::open_recording(&dir, &path) {
+            Ok(opened) => Found::Here(opened.path),
+            Err(e) => {
+                if !e.is_not_found() {
+                    tracing::debug!(path = %path, error = %e, "a recording past its retention that is not in this node's recordings directory");
+                }
+                Found::NotHere
+            }
+        }
+    })
+    .await;
+    found.unwrap_or(Found::NotHere)
+}
+
+async fn remove(path: std::path::PathBuf) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || std::fs::remove_file(path))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
+/// One retention pass at `now`, as `actor` (`node:ID`): deletes the files of recordings past their
+/// retention that are in this node's recordings directory, marks their rows and audits each deletion.
+/// Held sessions are never touched. Files that cannot be removed are logged and retried by later passes.
+pub async fn sweep(
+    store: &Store,
+    config: &RecordingConfig,
+    actor: &str,
+    now: UnixTime,
+) -> Result<Swept, StoreError> {
+    let mut swept = Swept::default();
+    if let Some(shortest) = config.shortest_retention() {
+        let shortest = i64::try_from(shortest.as_secs()).unwrap_or(i64::MAX);
+        for c in store
+            .retention_candidates(now.saturating_sub(shortest))
+            .await?
+        {
+            if !due(config, &c.zone, c.ended_at, now) {
+                continue;
+            }
+            match locate(config, &c.recording.path).await {
+                Found::NotHere => swept.not_here += 1,
+                Found::Here(file) => {
+                    if delete(store, config, actor, &c, now).await? {
+                        if let Err(e) = remove(file).await {
+                            tracing::warn!(path = %c.recording.path, error = %e, "cannot delete a recording past its retention; the next pass tries again");
+                        }
+                        swept.deleted += 1;
+                    }
+                }
+            }
+        }
+    }
+    for r in store
+        .recordings_deleted_since(now.saturating_sub(LEFTOVER_DAYS * 86_400))
+        .await?
+    {
+        if let Found::Here(file) = locate(config, &r.path).await {
+            match remove(file).await {
+                Ok(()) => swept.leftovers += 1,
+                Err(e) => {
+                    tracing::warn!(path = %r.path, error = %e, "cannot delete the file of a deleted recording")
+                }
+            }
+        }
+    }
+    Ok(swept)
+}
+
+/// Marks one recording deleted and audits it; `false` when its session is now held or another node
+/// marked it first.
+async fn delete(
+    store: &Store,
+    config: &RecordingConfig,
+    actor: &str,
+    c: &RetentionCandidate,
+    now: UnixTime,
+) -> Result<bool, StoreError> {
+    let r = &c.recording;
+    let retain = config.retain_in(&c.zone);
+    let mut tx = store.begin().await?;
+    if !tx.mark_recording_deleted(r.id, &r.session_id, now).await? {
+        return Ok(false);
+    }
+    tx.audit(
+        AuditEvent::new(
+            actor,
+            "recording.deleted",
+            format!("session:{}", r.session_id),
+            json!({"recording": r.id, "format": r.format, "path": r.path, "sha256": r.sha256,
+                   "size": r.size, "zone": c.zone, "retain": retain.to_string(),
+                   "ended_at": c.ended_at, "kept_until": retain.kept_until(c.ended_at)}),
+        ),
+        now,
+    )
+    .await?;
+    tx.commit("recording.deleted").await?;
+    tracing::info!(session = %r.session_id, path = %r.path, "deleted a recording past its retention");
+    Ok(true)
+}
+
+/// The daily job of `serve`: a pass [`FIRST_AFTER`] the start, then every [`EVERY`], until `stop`.
+/// Does nothing while every retention is `forever`.
+pub(crate) async fn run(app: crate::app::App, mut stop: watch::Receiver<bool>) {
+    if app.config.recording.shortest_retention().is_none() {
+        return;
+    }
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + FIRST_AFTER, EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let actor = format!("node:{}", app.node);
+    loop {
+        tokio::select! {
+            () = crate::ssh::stopped(&mut stop) => break,
+            _ = tick.tick() => {}
+        }
+        match sweep(&app.store, &app.config.recording, &actor, app.clock.now()).await {
+            Ok(s) if s != Swept::default() => tracing::info!(
+                deleted = s.deleted,
+                not_here = s.not_here,
+                leftovers = s.leftovers,
+                "retention pass"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "retention pass failed; the next one tries again"),
+        }
+    }
+}
