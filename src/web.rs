@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use chaperone_web_approval::{
-    AuditView, Core, CoreError, Decision, Enrollment, GrantView, HistoryItem, HistoryPage,
+    AuditView, Core, CoreError, Decision, Enrollment, EvidenceDownload, GrantView, HistoryItem,
+    HistoryPage,
     HistoryQuery, LiveStream, Method, RecordingStatus, RequestView, Role as WebRole, SecondFactor,
     SessionDetail, SessionView, SignInAttempt, Staff, StaffAccount, StateKind, TranscriptHit,
     TransferView, Verdict,
@@ -27,7 +28,7 @@ use crate::store::{HistoryFilter, HistoryRow, StaffAuth, StoreError, Tx};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::evidence::{Evidence, Unvouched, open_recording};
+use crate::evidence::{Evidence, open_recording};
 use crate::live::LiveSessions;
 use crate::model::{RecordingRow, SessionRow};
 use crate::recording::RecordingFormat;
@@ -854,6 +855,49 @@ impl Core for WebCore {
         self.watch_impl(by, id).await
     }
 
+    async fn evidence_bundle(&self, by: &Staff, id: &str) -> Result<EvidenceDownload, CoreError> {
+        use crate::evidence::bundle::BundleError;
+        use futures::StreamExt as _;
+        let session = self.app.store.session(id).await.map_err(not_found_or)?;
+        if session.ended_at.is_none() {
+            return Err(CoreError::Conflict(format!(
+                "session {id} is still running: its bundle can be made once it has ended"
+            )));
+        }
+        let started = crate::evidence::bundle::export_stream(
+            self.app.store.clone(),
+            self.app.config.recording.clone(),
+            id.to_owned(),
+            approver(by).actor(),
+            "web".to_owned(),
+            self.app.clock.now(),
+        )
+        .await;
+        let (first, mut rest) = match started {
+            Ok(s) => s,
+            Err(BundleError::Store(StoreError::NotFound { .. })) => return Err(CoreError::NotFound),
+            // What an auditor must be told: a recording or the chain's word on it does not hold.
+            Err(e @ (BundleError::Prove(_) | BundleError::Chain(_))) => {
+                return Err(CoreError::Conflict(e.to_string()));
+            }
+            Err(e) => {
+                tracing::error!(session = %id, error = ?e, "web: cannot make an evidence bundle");
+                return Err(CoreError::Internal);
+            }
+        };
+        let id = id.to_owned();
+        let rest = futures::stream::poll_fn(move |cx| rest.poll_recv(cx)).map(move |chunk| {
+            chunk.map_err(|e| {
+                tracing::error!(session = %id, error = ?e, "web: an evidence bundle broke off; the download is cut short");
+                std::io::Error::other("the evidence bundle broke off")
+            })
+        });
+        Ok(EvidenceDownload {
+            file_name: format!("session-{}.tar", session.id),
+            chunks: Box::pin(futures::stream::once(async move { Ok(first) }).chain(rest)),
+        })
+    }
+
     async fn changed(&self) {
         // In-process notices arrive at once; changes made by another process or node move the audit
         // chain's head (every change is audited), which is re-read every second.
@@ -938,115 +982,99 @@ fn idle_secs(idle: Option<f64>) -> String {
 }
 
 impl WebCore {
-    /// What the audit chain and the file say about recording `r` (the chain decides: `ev`). The file
-    /// is hashed unless it was found intact before and has not changed since, or it is larger than
-    /// `hash_limit` (then it is `unchecked`).
+    /// What the audit chain and the file say about recording `r` (the chain decides: `ev`), in the words
+    /// of `evidence::Integrity` (the CLI's and the bundle's check, `evidence::prove`). The file is hashed
+    /// unless it was proved intact before and has not changed since, or it is larger than `hash_limit`
+    /// (then it is `unchecked`).
     async fn integrity(
         &self,
         r: &RecordingRow,
         ev: &Evidence,
         hash_limit: Option<u64>,
     ) -> RecordingStatus {
-        let v = match ev {
-            Evidence::Unvouched(Unvouched::Live) => {
-                return status(
-                    r,
-                    "live",
-                    "the session is running; its recording has no digest yet".into(),
-                );
-            }
-            Evidence::Unvouched(Unvouched::NotDigested) => {
-                return status(
-                    r,
-                    "not-digested",
-                    "no audit event vouches for a digest of it (its writer stopped before finishing it); nothing proves it intact".into(),
-                );
-            }
-            Evidence::Broken(b) => {
-                return status(
-                    r,
-                    "ALTERED",
-                    format!("the audit log's word on it was altered: {b}"),
-                );
-            }
-            Evidence::Vouched(v) => v,
-        };
-        if r.sha256.as_deref() != Some(v.sha256.as_str()) {
-            return status(
-                r,
-                "ALTERED",
-                format!(
-                    "its database row says sha256 {}, audit event {} vouches for {}",
-                    r.sha256.as_deref().unwrap_or("-"),
-                    v.seq,
-                    v.sha256
-                ),
-            );
+        use crate::evidence::Integrity;
+        enum Checked {
+            Proved(Integrity, Option<FileKey>),
+            /// Vouched for, the row agrees, the file is there, and too large to hash for a list.
+            Unchecked { seq: i64, sha256: String },
         }
         let dir = self.app.config.recording.dir.clone();
-        let path = r.path.clone();
         let known = self.proven.lock().ok().and_then(|m| m.get(&r.id).cloned());
-        let vouched = v.sha256.clone();
+        let (row, evidence) = (r.clone(), ev.clone());
         let checked = tokio::task::spawn_blocking(move || {
-            let opened = open_recording(&dir, &path)?;
-            let key = opened
-                .file
-                .metadata()
-                .map(|m| file_key(&m))
-                .map_err(|source| crate::evidence::PathError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-            if known
+            let key_now = || {
+                open_recording(&dir, &row.path)
+                    .ok()
+                    .and_then(|o| o.file.metadata().ok())
+                    .map(|m| file_key(&m))
+            };
+            let mut before = None;
+            if let Evidence::Vouched(v) = &evidence {
+                if v.deleted.is_none()
+                    && row.deleted_at.is_none()
+                    && row.sha256.as_deref() == Some(v.sha256.as_str())
+                {
+                    before = key_now();
+                    if let Some(key) = before {
+                        if known
+                            .as_ref()
+                            .is_some_and(|(k, sha)| *k == key && *sha == v.sha256)
+                        {
+                            let intact = Integrity::Intact {
+                                seq: v.seq,
+                                sha256: v.sha256.clone(),
+                            };
+                            return Checked::Proved(intact, None);
+                        }
+                        if hash_limit.is_some_and(|limit| key.2 > limit) {
+                            return Checked::Unchecked {
+                                seq: v.seq,
+                                sha256: v.sha256.clone(),
+                            };
+                        }
+                    }
+                }
+            }
+            let proved = crate::evidence::prove(&dir, &row, &evidence);
+            // Remembered only when the file was the same before and after it was hashed.
+            let after = proved
                 .as_ref()
-                .is_some_and(|(k, sha)| *k == key && *sha == vouched)
-            {
-                return Ok((key, Some(vouched)));
-            }
-            if hash_limit.is_some_and(|limit| key.2 > limit) {
-                return Ok((key, None));
-            }
-            let sha = chaperone_recorder::Sha256Reader::new(&opened.file)
-                .finish_hex()
-                .map_err(|source| crate::evidence::PathError::Io { path, source })?;
-            Ok::<_, crate::evidence::PathError>((key, Some(sha)))
+                .ok()
+                .and_then(|p| p.file.metadata().ok())
+                .map(|m| file_key(&m));
+            let key = after.filter(|k| before.is_none_or(|b| b == *k));
+            Checked::Proved(Integrity::of(&proved), key)
         })
         .await;
-        match checked {
-            Ok(Ok((key, Some(sha)))) if sha == v.sha256 => {
-                if let Ok(mut m) = self.proven.lock() {
-                    m.insert(r.id, (key, sha.clone()));
-                }
-                status(
+        let (integrity, key) = match checked {
+            Ok(Checked::Proved(i, key)) => (i, key),
+            Ok(Checked::Unchecked { seq, sha256 }) => {
+                return status(
                     r,
-                    "intact",
-                    format!("sha256 {sha}, as audit event {} vouches", v.seq),
-                )
+                    "unchecked",
+                    format!(
+                        "audit event {seq} vouches for sha256 {sha256}; the file is large and was not re-read for this list (its page checks it)"
+                    ),
+                );
             }
-            Ok(Ok((_, Some(sha)))) => status(
-                r,
-                "ALTERED",
-                format!("the file's sha256 is {sha}, audit event {} vouches for {}", v.seq, v.sha256),
-            ),
-            Ok(Ok((_, None))) => status(
-                r,
-                "unchecked",
-                format!(
-                    "audit event {} vouches for sha256 {}; the file is large and was not re-read for this list (its page checks it)",
-                    v.seq, v.sha256
-                ),
-            ),
-            Ok(Err(e)) if e.is_not_found() => status(
-                r,
-                "missing",
-                "the file is not in this node's recordings directory (deleted, or kept on the node that recorded it)".into(),
-            ),
-            Ok(Err(e @ crate::evidence::PathError::Io { .. })) => {
-                status(r, "unchecked", format!("the file cannot be read: {e}"))
+            Err(_) => return status(r, "unchecked", "the check failed".into()),
+        };
+        let detail = match &integrity {
+            Integrity::Intact { seq, sha256 } => {
+                if let (Some(key), Ok(mut m)) = (key, self.proven.lock()) {
+                    m.insert(r.id, (key, sha256.clone()));
+                }
+                format!("sha256 {sha256}, as audit event {seq} vouches")
             }
-            Ok(Err(e)) => status(r, "ALTERED", e.to_string()),
-            Err(_) => status(r, "unchecked", "the check failed".into()),
-        }
+            Integrity::Altered(why) | Integrity::Missing(why) => why.clone(),
+            Integrity::Deleted { seq, at } => format!(
+                "deleted by retention on {} (audit event {seq}); its digest and audit events remain",
+                crate::clock::format_time(*at)
+            ),
+            Integrity::Live => "the session is running; its recording has no digest yet".into(),
+            Integrity::NotDigested => "no audit event vouches for a digest of it (its writer stopped before finishing it); nothing proves it intact".into(),
+        };
+        status(r, integrity.word(), detail)
     }
 
     async fn item(&self, h: HistoryRow, hash_limit: Option<u64>) -> Result<HistoryItem, CoreError> {

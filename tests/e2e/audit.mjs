@@ -1,13 +1,15 @@
 // Drives Debian's Chromium through chaperone's compliance workspace like an auditor would: sign in with
 // password and TOTP code, filter the session history by a word a recorded session printed, open the
 // session, play it (its time must advance), jump to a command's marker, find the word with the
-// transcript search (and jump to it), then watch a running session live (new output within 2 s); then
+// transcript search (and jump to it), download its evidence bundle, then watch a running session live
+// (new output within 2 s); then
 // an approver ends that session from its live view (a reason and a confirmation required).
 // Screenshots land in SHOTS. Run by tests/it/browser.rs, which records the sessions with real ssh first.
 //
 // Env: BASE_URL, CERT, SHOTS, NAME, PASSWORD, CODE (a fresh TOTP code), WORD (printed by the recorded
 // session), COMMAND (a command line typed in it), SESSION (its id), LIVE (a running session's id),
-// APPROVER, APPROVER_CODE (an approver who ends it), TERMINATE_REASON, CHROMIUM. Prints one JSON line with what it saw, or exits 1 with the reason.
+// APPROVER, APPROVER_CODE (an approver who ends it), TERMINATE_REASON, BUNDLE (where the evidence bundle
+// is saved), CHROMIUM. Prints one JSON line with what it saw, or exits 1 with the reason.
 import { createHash, X509Certificate } from "node:crypto";
 import { readFileSync, mkdirSync } from "node:fs";
 import { chromium } from "playwright-core";
@@ -108,6 +110,14 @@ try {
   if (Math.abs(seen.after_hit - hitTime) > 1.0) throw new Error(`the hit at ${hitTime} s jumped to ${seen.after_hit} s`);
   seen.audit = await page.locator("table.audit").textContent();
   await shot("session-search");
+
+  // The evidence bundle of the session downloads (audited evidence.export).
+  const [download] = await Promise.all([page.waitForEvent("download"), page.click("#evidence")]);
+  await download.saveAs(env("BUNDLE"));
+  seen.bundle = download.suggestedFilename();
+  const failed = await download.failure();
+  if (failed) throw new Error(`the evidence bundle did not download: ${failed}`);
+
 
   // The live view of a running session shows new output within 2 s.
   await page.goto(`${base}/sessions/${env("LIVE")}`);

@@ -190,8 +190,10 @@ type Shown = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
 
 /// Issue 11: an auditor signs in, finds a session by a word its device printed, plays it (time
 /// advances), jumps to a command's marker and to the word found by the transcript search, and watches a
-/// running session live; then an approver ends that session from its live view (reason and confirmation
-/// required) and the vendor's ssh ends, told why. Every view, search and termination is audited.
+/// running session live; downloads the session's evidence bundle, which the stock `ssh-keygen -Y verify`
+/// and `sha256sum -c` accept, and reject once a byte of the recording changed (and SHA256SUMS was made to
+/// match). Then an approver ends the running session from its live view (reason and confirmation
+/// required) and the vendor's ssh ends, told why. Every view, search, export and termination is audited.
 #[test]
 fn an_auditor_finds_plays_searches_and_watches_sessions_in_the_browser() {
     if browser_parts().is_none() {
@@ -279,6 +281,7 @@ fn an_auditor_finds_plays_searches_and_watches_sessions_in_the_browser() {
     let bob = crate::support::web::Approver::enroll(&b, "bob", "approver");
     let bob_code = bob.next_code();
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e-screenshots");
+    let bundle = b.data.path().join("downloaded.tar");
     let out = Command::new("timeout")
         .args(["180", "node"])
         .arg(e2e_dir().join("audit.mjs"))
@@ -295,6 +298,7 @@ fn an_auditor_finds_plays_searches_and_watches_sessions_in_the_browser() {
         .env("APPROVER", "bob")
         .env("APPROVER_CODE", &bob_code)
         .env("TERMINATE_REASON", "INC-9 wrong scanner")
+        .env("BUNDLE", &bundle)
         .env("CHROMIUM", CHROMIUM)
         .stdin(Stdio::null())
         .output()
@@ -329,6 +333,44 @@ fn an_auditor_finds_plays_searches_and_watches_sessions_in_the_browser() {
     );
     let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(seen["integrity"], "intact", "{seen}");
+    // The bundle the browser downloaded verifies with the stock tools, and stops verifying when one
+    // byte of the recording changes (sha256sum -c), or when SHA256SUMS is rewritten to match that
+    // change too (ssh-keygen -Y verify).
+    assert_eq!(seen["bundle"], format!("session-{recorded}.tar"), "{seen}");
+    let unpacked = crate::evidence::untar(&bundle, &b.data.path().join("good"), &recorded);
+    let signer = b.data.run(&["evidence", "signer"]).ok().stdout();
+    std::fs::write(unpacked.join("allowed_signers"), &signer).unwrap();
+    let verify_sig = chaperone::evidence::bundle::VERIFY_SIGNATURE;
+    let verify_sums = chaperone::evidence::bundle::VERIFY_SUMS;
+    let (ok, out) = crate::evidence::sh(&unpacked, verify_sig);
+    assert!(ok && out.contains("Good \"chaperone-evidence\" signature"), "ssh-keygen -Y verify: {out}");
+    let (ok, out) = crate::evidence::sh(&unpacked, verify_sums);
+    assert!(ok, "sha256sum -c: {out}");
+    let cast = std::fs::read_dir(unpacked.join("recordings"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "cast"))
+        .expect("a .cast in the bundle");
+    let mut bytes = std::fs::read(&cast).unwrap();
+    let at = bytes.windows(14).position(|w| w == b"calibration-42").unwrap();
+    bytes[at + 13] = b'7';
+    std::fs::write(&cast, &bytes).unwrap();
+    let (ok, out) = crate::evidence::sh(&unpacked, verify_sums);
+    assert!(!ok && out.contains("FAILED"), "sha256sum -c accepted an altered recording: {out}");
+    let forged = chaperone_recorder::sha256_file(&cast).unwrap();
+    let sums = std::fs::read_to_string(unpacked.join("SHA256SUMS")).unwrap();
+    let name = format!("recordings/{}", cast.file_name().unwrap().to_str().unwrap());
+    let rewritten: String = sums
+        .lines()
+        .map(|l| if l.ends_with(&name) { format!("{forged}  {name}\n") } else { format!("{l}\n") })
+        .collect();
+    assert_ne!(rewritten, sums);
+    std::fs::write(unpacked.join("SHA256SUMS"), rewritten).unwrap();
+    let (ok, out) = crate::evidence::sh(&unpacked, verify_sums);
+    assert!(ok, "{out}");
+    let (ok, out) = crate::evidence::sh(&unpacked, verify_sig);
+    assert!(!ok, "ssh-keygen -Y verify accepted a rewritten SHA256SUMS: {out}");
+
     for shot in [
         "history",
         "session-playing",
@@ -354,7 +396,12 @@ fn an_auditor_finds_plays_searches_and_watches_sessions_in_the_browser() {
             && l.contains(&live)),
         "no session.terminate by bob with his reason in\n{audit}"
     );
-    for action in ["recording.search", "recording.view", "session.watch"] {
+    for action in [
+        "recording.search",
+        "recording.view",
+        "session.watch",
+        "evidence.export",
+    ] {
         assert!(
             audit
                 .lines()

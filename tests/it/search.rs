@@ -260,6 +260,54 @@ async fn an_altered_recording_is_not_indexed() {
     .await;
 }
 
+/// Retention deletes what the index holds of a recording with its file: its words are no longer found,
+/// it has no playback index, and the indexer does not take it up again.
+#[tokio::test]
+async fn a_recording_deleted_by_retention_leaves_no_searchable_text() {
+    let secrets_dir = tempfile::tempdir().unwrap();
+    let secrets = SecretsKey::generate_file(&secrets_dir.path().join("k")).unwrap();
+    on_both(|store| {
+        let secrets = &secrets;
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let v = vendor(&store, "alice", "SHA256:a").await;
+            let a = asset(&store, "mri-01").await;
+            let mut tx = store.begin().await.unwrap();
+            let g = grant(&mut tx, v, a, &["ssh".to_owned()], 10_000).await;
+            tx.audit(AuditEvent::new("os:t", "t", "t", json!({})), 100)
+                .await
+                .unwrap();
+            tx.commit("t").await.unwrap();
+            let r = recorded(&store, dir.path(), (v, a, g), "s1", 1000, &["patient-list\r\n"]).await;
+            let indexer = Indexer::new(&store, dir.path(), secrets);
+            assert_eq!(indexer.index_pending(5000).await.unwrap(), 1);
+            let find = || async {
+                let f = HistoryFilter {
+                    words: Some("patient list".into()),
+                    ..Default::default()
+                };
+                store.session_history(&f, 10, 0).await.unwrap()
+            };
+            assert_eq!(ids(&find().await), ["s1"]);
+
+            let mut tx = store.begin().await.unwrap();
+            assert!(tx.mark_recording_deleted(r, "s1", 9000).await.unwrap());
+            tx.audit(
+                AuditEvent::new("node:t", "recording.deleted", "session:s1", json!({"recording": r})),
+                9000,
+            )
+            .await
+            .unwrap();
+            tx.commit("t").await.unwrap();
+            assert!(find().await.is_empty(), "the deleted recording's text is still found");
+            assert!(store.recording_index(r).await.unwrap().is_none());
+            assert!(store.session_text_matches("s1", "patient", 10).await.unwrap().is_empty());
+            assert_eq!(indexer.index_pending(9500).await.unwrap(), 0, "indexed again");
+        }
+    })
+    .await;
+}
+
 /// The benchmark of issue 11 (`bench/search.sh` runs it in release): a bastion's database with
 /// `BENCH_SESSIONS` (10,000) shell sessions holding `BENCH_MB` (1,024) MB of recordings, indexed, then
 /// text searches through the running server's JSON API, timed; and a `BENCH_BIG_MB` (200) MB recording

@@ -363,6 +363,26 @@ pub struct TranscriptHit {
 /// stream ends when the session does.
 pub type LiveStream = std::pin::Pin<Box<dyn futures::Stream<Item = String> + Send>>;
 
+/// An evidence bundle (a tar) being written for a download. Whatever makes the bundle fail before its
+/// first byte (no such session, a recording that is not intact, no signing key) is an error from
+/// [`Core::evidence_bundle`] instead; an `Err` item means it broke off later, and the response is then
+/// cut short so that nobody takes a partial tar for a bundle.
+pub struct EvidenceDownload {
+    /// The name the browser saves it under (`session-ID.tar`).
+    pub file_name: String,
+    pub chunks: std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send>,
+    >,
+}
+
+impl std::fmt::Debug for EvidenceDownload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EvidenceDownload")
+            .field("file_name", &self.file_name)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An approver's decision on a request.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "decision", rename_all = "lowercase")]
@@ -494,6 +514,13 @@ pub trait Core: Send + Sync + 'static {
     ) -> impl Future<Output = CoreResult<Vec<TranscriptHit>>> + Send;
     /// Watches a live terminal session of this node, read-only. Audited (`session.watch`).
     fn watch(&self, by: &Staff, id: &str) -> impl Future<Output = CoreResult<LiveStream>> + Send;
+    /// The evidence bundle of an ended session, streamed as it is written. Audited
+    /// (`evidence.export`) before any byte is read.
+    fn evidence_bundle(
+        &self,
+        by: &Staff,
+        id: &str,
+    ) -> impl Future<Output = CoreResult<EvidenceDownload>> + Send;
 
     fn staff_account(
         &self,

@@ -309,6 +309,16 @@ pub async fn session_page<C: Core>(
         },
         node = esc(i.node.as_deref().unwrap_or("-")),
     );
+    if i.ended_at.is_some() {
+        let _ = write!(
+            main,
+            "<p class=\"evidence\"><a id=\"evidence\" class=\"button\" href=\"/sessions/{id}/evidence.tar\" download>\
+             Download the evidence bundle</a> <span class=\"note\">(a tar: the recordings, the session's audit events \
+             with their chain links, <code>SHA256SUMS</code> and its SSH signature; its README says how to verify it \
+             with <code>ssh-keygen -Y verify</code> and <code>sha256sum -c</code>; the download is audited)</span></p>",
+            id = esc(&i.id)
+        );
+    }
     let mut csp = None;
     if d.live_here && i.ended_at.is_none() {
         csp = Some(PLAYER_CSP);
@@ -562,6 +572,41 @@ pub async fn live<C: Core>(
         Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))),
     )
         .into_response()
+}
+
+/// `GET /sessions/{id}/evidence.tar`: the session's evidence bundle, streamed as it is written
+/// (audited `evidence.export`). An error found before the first byte is an error page; one after it
+/// cuts the download short.
+pub async fn evidence<C: Core>(
+    State(st): St<C>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let s = match signed_in(&st, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match st.core.evidence_bundle(&s.staff, &id).await {
+        Ok(d) => {
+            // The name goes into a header: only characters that need no quoting there.
+            let name: String = d
+                .file_name
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+                .collect();
+            let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{name}\""))
+                .unwrap_or(HeaderValue::from_static("attachment; filename=\"evidence.tar\""));
+            (
+                [
+                    (header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar")),
+                    (header::CONTENT_DISPOSITION, disposition),
+                ],
+                axum::body::Body::from_stream(d.chunks),
+            )
+                .into_response()
+        }
+        Err(e) => core_error(&e),
+    }
 }
 
 /// `POST /sessions/{id}/terminate` from the session page: reason and confirmation required.

@@ -33,7 +33,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 pub use crate::core::{
-    AuditView, Core, CoreError, Decision, Enrollment, GrantView, HistoryItem, HistoryPage,
+    AuditView, Core, CoreError, Decision, Enrollment, EvidenceDownload, GrantView, HistoryItem,
+    HistoryPage,
     HistoryQuery, LiveStream, Method, RecordingStatus, RequestView, Role, SecondFactor,
     SessionDetail, SessionView, SignInAttempt, Source, Staff, StaffAccount, StateKind,
     TranscriptHit, TransferView, Verdict,
@@ -112,6 +113,7 @@ pub fn router<C: Core>(core: Arc<C>, options: WebOptions) -> Router {
         .route("/sessions/{id}", get(history::session_page::<C>))
         .route("/sessions/{id}/terminate", post(history::terminate::<C>))
         .route("/sessions/{id}/live", get(history::live::<C>))
+        .route("/sessions/{id}/evidence.tar", get(history::evidence::<C>))
         .route(
             "/sessions/{id}/search",
             get(history::transcript_search::<C>),
