@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use chaperone_web_approval::{
     AuditView, Core, CoreError, Decision, Enrollment, EvidenceDownload, GrantView, HistoryItem,
-    HistoryPage,
-    HistoryQuery, LiveStream, Method, RecordingStatus, RequestView, Role as WebRole, SecondFactor,
-    SessionDetail, SessionView, SignInAttempt, Staff, StaffAccount, StateKind, TranscriptHit,
-    TransferView, Verdict,
+    HistoryPage, HistoryQuery, LiveStream, Method, RecordingStatus, RequestView, Role as WebRole,
+    SecondFactor, SessionDetail, SessionView, SignInAttempt, Staff, StaffAccount, StateKind,
+    TranscriptHit, TransferView, Verdict,
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -875,7 +874,9 @@ impl Core for WebCore {
         .await;
         let (first, mut rest) = match started {
             Ok(s) => s,
-            Err(BundleError::Store(StoreError::NotFound { .. })) => return Err(CoreError::NotFound),
+            Err(BundleError::Store(StoreError::NotFound { .. })) => {
+                return Err(CoreError::NotFound);
+            }
             // What an auditor must be told: a recording or the chain's word on it does not hold.
             Err(e @ (BundleError::Prove(_) | BundleError::Chain(_))) => {
                 return Err(CoreError::Conflict(e.to_string()));
@@ -996,7 +997,10 @@ impl WebCore {
         enum Checked {
             Proved(Integrity, Option<FileKey>),
             /// Vouched for, the row agrees, the file is there, and too large to hash for a list.
-            Unchecked { seq: i64, sha256: String },
+            Unchecked {
+                seq: i64,
+                sha256: String,
+            },
         }
         let dir = self.app.config.recording.dir.clone();
         let known = self.proven.lock().ok().and_then(|m| m.get(&r.id).cloned());

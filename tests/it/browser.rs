@@ -343,7 +343,10 @@ fn an_auditor_finds_plays_searches_and_watches_sessions_in_the_browser() {
     let verify_sig = chaperone::evidence::bundle::VERIFY_SIGNATURE;
     let verify_sums = chaperone::evidence::bundle::VERIFY_SUMS;
     let (ok, out) = crate::evidence::sh(&unpacked, verify_sig);
-    assert!(ok && out.contains("Good \"chaperone-evidence\" signature"), "ssh-keygen -Y verify: {out}");
+    assert!(
+        ok && out.contains("Good \"chaperone-evidence\" signature"),
+        "ssh-keygen -Y verify: {out}"
+    );
     let (ok, out) = crate::evidence::sh(&unpacked, verify_sums);
     assert!(ok, "sha256sum -c: {out}");
     let cast = std::fs::read_dir(unpacked.join("recordings"))
@@ -352,24 +355,39 @@ fn an_auditor_finds_plays_searches_and_watches_sessions_in_the_browser() {
         .find(|p| p.extension().is_some_and(|x| x == "cast"))
         .expect("a .cast in the bundle");
     let mut bytes = std::fs::read(&cast).unwrap();
-    let at = bytes.windows(14).position(|w| w == b"calibration-42").unwrap();
+    let at = bytes
+        .windows(14)
+        .position(|w| w == b"calibration-42")
+        .unwrap();
     bytes[at + 13] = b'7';
     std::fs::write(&cast, &bytes).unwrap();
     let (ok, out) = crate::evidence::sh(&unpacked, verify_sums);
-    assert!(!ok && out.contains("FAILED"), "sha256sum -c accepted an altered recording: {out}");
+    assert!(
+        !ok && out.contains("FAILED"),
+        "sha256sum -c accepted an altered recording: {out}"
+    );
     let forged = chaperone_recorder::sha256_file(&cast).unwrap();
     let sums = std::fs::read_to_string(unpacked.join("SHA256SUMS")).unwrap();
     let name = format!("recordings/{}", cast.file_name().unwrap().to_str().unwrap());
     let rewritten: String = sums
         .lines()
-        .map(|l| if l.ends_with(&name) { format!("{forged}  {name}\n") } else { format!("{l}\n") })
+        .map(|l| {
+            if l.ends_with(&name) {
+                format!("{forged}  {name}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
         .collect();
     assert_ne!(rewritten, sums);
     std::fs::write(unpacked.join("SHA256SUMS"), rewritten).unwrap();
     let (ok, out) = crate::evidence::sh(&unpacked, verify_sums);
     assert!(ok, "{out}");
     let (ok, out) = crate::evidence::sh(&unpacked, verify_sig);
-    assert!(!ok, "ssh-keygen -Y verify accepted a rewritten SHA256SUMS: {out}");
+    assert!(
+        !ok,
+        "ssh-keygen -Y verify accepted a rewritten SHA256SUMS: {out}"
+    );
 
     for shot in [
         "history",

@@ -278,7 +278,15 @@ async fn a_recording_deleted_by_retention_leaves_no_searchable_text() {
                 .await
                 .unwrap();
             tx.commit("t").await.unwrap();
-            let r = recorded(&store, dir.path(), (v, a, g), "s1", 1000, &["patient-list\r\n"]).await;
+            let r = recorded(
+                &store,
+                dir.path(),
+                (v, a, g),
+                "s1",
+                1000,
+                &["patient-list\r\n"],
+            )
+            .await;
             let indexer = Indexer::new(&store, dir.path(), secrets);
             assert_eq!(indexer.index_pending(5000).await.unwrap(), 1);
             let find = || async {
@@ -293,16 +301,34 @@ async fn a_recording_deleted_by_retention_leaves_no_searchable_text() {
             let mut tx = store.begin().await.unwrap();
             assert!(tx.mark_recording_deleted(r, "s1", 9000).await.unwrap());
             tx.audit(
-                AuditEvent::new("node:t", "recording.deleted", "session:s1", json!({"recording": r})),
+                AuditEvent::new(
+                    "node:t",
+                    "recording.deleted",
+                    "session:s1",
+                    json!({"recording": r}),
+                ),
                 9000,
             )
             .await
             .unwrap();
             tx.commit("t").await.unwrap();
-            assert!(find().await.is_empty(), "the deleted recording's text is still found");
+            assert!(
+                find().await.is_empty(),
+                "the deleted recording's text is still found"
+            );
             assert!(store.recording_index(r).await.unwrap().is_none());
-            assert!(store.session_text_matches("s1", "patient", 10).await.unwrap().is_empty());
-            assert_eq!(indexer.index_pending(9500).await.unwrap(), 0, "indexed again");
+            assert!(
+                store
+                    .session_text_matches("s1", "patient", 10)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            assert_eq!(
+                indexer.index_pending(9500).await.unwrap(),
+                0,
+                "indexed again"
+            );
         }
     })
     .await;

@@ -595,10 +595,15 @@ pub async fn evidence<C: Core>(
                 .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
                 .collect();
             let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{name}\""))
-                .unwrap_or(HeaderValue::from_static("attachment; filename=\"evidence.tar\""));
+                .unwrap_or(HeaderValue::from_static(
+                    "attachment; filename=\"evidence.tar\"",
+                ));
             (
                 [
-                    (header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar")),
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/x-tar"),
+                    ),
                     (header::CONTENT_DISPOSITION, disposition),
                 ],
                 axum::body::Body::from_stream(d.chunks),

@@ -34,10 +34,9 @@ use axum::routing::{get, post};
 
 pub use crate::core::{
     AuditView, Core, CoreError, Decision, Enrollment, EvidenceDownload, GrantView, HistoryItem,
-    HistoryPage,
-    HistoryQuery, LiveStream, Method, RecordingStatus, RequestView, Role, SecondFactor,
-    SessionDetail, SessionView, SignInAttempt, Source, Staff, StaffAccount, StateKind,
-    TranscriptHit, TransferView, Verdict,
+    HistoryPage, HistoryQuery, LiveStream, Method, RecordingStatus, RequestView, Role,
+    SecondFactor, SessionDetail, SessionView, SignInAttempt, Source, Staff, StaffAccount,
+    StateKind, TranscriptHit, TransferView, Verdict,
 };
 use auth::Limiter;
 

@@ -392,7 +392,11 @@ pub fn next_totp_code(secret: &str, last: &Mutex<i64>) -> String {
     let mut last = last.lock().unwrap();
     loop {
         let now = now();
-        let oldest = if now % 30 < 15 { now / 30 - 1 } else { now / 30 };
+        let oldest = if now % 30 < 15 {
+            now / 30 - 1
+        } else {
+            now / 30
+        };
         let step = (*last + 1).max(oldest);
         if step <= now / 30 + 1 {
             *last = step;
