@@ -1013,29 +1013,28 @@ impl WebCore {
                     .map(|m| file_key(&m))
             };
             let mut before = None;
-            if let Evidence::Vouched(v) = &evidence {
-                if v.deleted.is_none()
-                    && row.deleted_at.is_none()
-                    && row.sha256.as_deref() == Some(v.sha256.as_str())
-                {
-                    before = key_now();
-                    if let Some(key) = before {
-                        if known
-                            .as_ref()
-                            .is_some_and(|(k, sha)| *k == key && *sha == v.sha256)
-                        {
-                            let intact = Integrity::Intact {
-                                seq: v.seq,
-                                sha256: v.sha256.clone(),
-                            };
-                            return Checked::Proved(intact, None);
-                        }
-                        if hash_limit.is_some_and(|limit| key.2 > limit) {
-                            return Checked::Unchecked {
-                                seq: v.seq,
-                                sha256: v.sha256.clone(),
-                            };
-                        }
+            if let Evidence::Vouched(v) = &evidence
+                && v.deleted.is_none()
+                && row.deleted_at.is_none()
+                && row.sha256.as_deref() == Some(v.sha256.as_str())
+            {
+                before = key_now();
+                if let Some(key) = before {
+                    if known
+                        .as_ref()
+                        .is_some_and(|(k, sha)| *k == key && *sha == v.sha256)
+                    {
+                        let intact = Integrity::Intact {
+                            seq: v.seq,
+                            sha256: v.sha256.clone(),
+                        };
+                        return Checked::Proved(intact, None);
+                    }
+                    if hash_limit.is_some_and(|limit| key.2 > limit) {
+                        return Checked::Unchecked {
+                            seq: v.seq,
+                            sha256: v.sha256.clone(),
+                        };
                     }
                 }
             }
