@@ -51,7 +51,7 @@ VENDORS="["
 for i in $(seq "$SCALE_VENDORS"); do
     v=$(printf 'scale%03d' "$i")
     ssh-keygen -q -t ed25519 -N '' -C "$v" -f "$W/$v"
-    secret=$(chap vendor add "$v" --org "Scale Org" --key "$W/$v.pub" --json | sed -n 's/.*secret=\([A-Z2-7]*\).*/\1/p')
+    secret=$(chap vendor add "$v" --org "Scale Org" --key "$W/$v.pub" --totp --json | sed -n 's/.*secret=\([A-Z2-7]*\).*/\1/p')
     [[ -n $secret ]] || die "no TOTP secret for $v"
     chap grant add --vendor "$v" --asset dev --services ssh --for 8h --reason benchmark >/dev/null
     VENDORS+="{\"name\": \"$v\", \"key\": \"$W/$v\", \"secret\": \"$secret\"},"

@@ -138,7 +138,7 @@ declare -a SECRET LAST
 for i in $(seq "$BENCH_VENDORS"); do
     v=$(printf 'bench%02d' "$i")
     ssh-keygen -q -t ed25519 -N '' -C "$v" -f "$W/$v"
-    uri=$(chap vendor add "$v" --org "Bench Org" --key "$W/$v.pub" --json)
+    uri=$(chap vendor add "$v" --org "Bench Org" --key "$W/$v.pub" --totp --json)
     SECRET[i]=$(printf '%s' "$uri" | sed -n 's/.*secret=\([A-Z2-7]*\).*/\1/p')
     [[ -n "${SECRET[i]}" ]] || die "no TOTP secret for $v: $uri"
     LAST[i]=0

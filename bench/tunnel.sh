@@ -56,7 +56,7 @@ C=$W/chap; chap() { "$BIN" -c "$C/chaperone.toml" "$@"; }
 printf '\n[tunnels.services.src]\nmax_down_per_hour = "none"\n' >>"$C/chaperone.toml"
 chap asset add dev --address 127.0.0.1 --zone bench --purpose Benchmark --service "ssh:$SSHD_PORT/ssh" --service "src:$SRC_PORT/tcp" >/dev/null
 ssh-keygen -q -t ed25519 -N '' -f "$W/vendor"
-SECRET=$(chap vendor add bench --org Bench --key "$W/vendor.pub" --json | sed -n 's/.*secret=\([A-Z2-7]*\).*/\1/p')
+SECRET=$(chap vendor add bench --org Bench --key "$W/vendor.pub" --totp --json | sed -n 's/.*secret=\([A-Z2-7]*\).*/\1/p')
 chap grant add --vendor bench --asset dev --services src --for 8h --reason benchmark >/dev/null
 NO_COLOR=1 "$BIN" -c "$C/chaperone.toml" serve 2>"$C/serve.log" & PIDS+=($!)
 for _ in $(seq 200); do grep -q "chaperone serving" "$C/serve.log" && break; sleep 0.05; done

@@ -19,6 +19,9 @@ pub enum AppError {
     /// The secrets key is missing, malformed or readable by others (its own text names the file).
     #[error(transparent)]
     Secrets(#[from] SecretsError),
+    /// `[ldap]` cannot be set up (its password or CA file).
+    #[error(transparent)]
+    Directory(#[from] crate::identity::ldap::LdapError),
     /// The database cannot be opened or migrated. `url` is redacted (no password).
     #[error("opening database {url}")]
     Database {
@@ -40,6 +43,8 @@ pub struct App {
     /// This process's name among the nodes sharing the database (`node-` and 16 hex digits, new at each
     /// start): sessions record it, and the webhook lease names it.
     pub node: std::sync::Arc<str>,
+    /// The directory of `[ldap]`, if configured (staff and vendors from LDAP / Active Directory).
+    pub directory: Option<std::sync::Arc<crate::identity::ldap::Directory>>,
 }
 
 impl App {
@@ -52,6 +57,8 @@ impl App {
     /// [`App::open`] with a config already loaded.
     pub async fn from_config(config: Config) -> Result<App, AppError> {
         let secrets = SecretsKey::load(&config.secrets.key_file)?;
+        let directory =
+            crate::identity::ldap::Directory::from_config(&config)?.map(std::sync::Arc::new);
         let store =
             Store::open(&config.database.url)
                 .await
@@ -66,6 +73,7 @@ impl App {
             clock: Clock::system(),
             events: Default::default(),
             node: format!("node-{}", crate::secrets::random_hex(8)).into(),
+            directory,
         })
     }
 }

@@ -13,6 +13,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::model::UnixTime;
+pub use chaperone_model::action::Action;
 
 /// The hash before the first event.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -187,6 +188,62 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Producers name their action as text where they build the event (`AuditEvent::new(actor,
+    /// "vendor.add", …)`, the grant helper's `event(actor, "grant.issue", …)`); the consumers (webhook,
+    /// ATNA, mail) match on [`Action`]. A misspelt name would be an event no consumer recognises, so
+    /// every such name in the source must parse.
+    #[test]
+    fn every_action_the_code_writes_is_a_typed_action() {
+        fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    files(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    out.push(path);
+                }
+            }
+        }
+        let dotted = |s: &str| {
+            s.contains('.')
+                && s.split('.')
+                    .all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        };
+        let mut all = Vec::new();
+        files(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut all,
+        );
+        let mut seen = 0;
+        for path in all {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            for (i, line) in lines.iter().enumerate() {
+                let call = ["AuditEvent::new(", "event(actor, ", ".commit(\""]
+                    .iter()
+                    .any(|c| line.contains(c));
+                if !call || line.trim_start().starts_with("//") {
+                    continue;
+                }
+                // The call and the next lines, where rustfmt puts the arguments.
+                let window = lines[i..(i + 4).min(lines.len())].join(" ");
+                for literal in window.split('"').skip(1).step_by(2).filter(|l| dotted(l)) {
+                    seen += 1;
+                    assert!(
+                        Action::parse(literal).is_some()
+                            // Three transactions are labelled for the log by what they do, not by the
+                            // (several, typed) actions they write.
+                            || (line.contains(".commit(") && ["request.decide", "staff.passkey", "user.directory"].contains(&literal)),
+                        "{}:{}: {literal:?} is not an audit action (model/src/action.rs)",
+                        path.display(),
+                        i + 1
+                    );
+                }
+            }
+        }
+        assert!(seen > 50, "the scan found only {seen} names");
+    }
 
     fn chain(n: i64) -> Vec<AuditRow> {
         let mut prev = GENESIS_HASH.to_owned();

@@ -50,9 +50,46 @@ pub fn format_rfc3339(t: UnixTime) -> String {
     format_time(t).replacen(' ', "T", 1)
 }
 
+/// Formats unix time for an e-mail `Date:` header (RFC 5322), `Mon, 23 Nov 2026 09:07:53 +0000`.
+pub fn format_rfc5322(t: UnixTime) -> String {
+    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let text = format_time(t);
+    // `YYYY-MM-DD HH:MM:SSZ`, as made above.
+    let (date, time) = text.split_once(' ').unwrap_or((&text, "00:00:00Z"));
+    let mut parts = date.splitn(3, '-');
+    let (y, m, d) = (
+        parts.next().unwrap_or("1970"),
+        parts
+            .next()
+            .and_then(|m| m.parse::<usize>().ok())
+            .unwrap_or(1),
+        parts.next().unwrap_or("01"),
+    );
+    // 1970-01-01 was a Thursday.
+    let weekday = usize::try_from((t.div_euclid(86400) + 4).rem_euclid(7)).unwrap_or(0);
+    format!(
+        "{}, {d} {} {y} {} +0000",
+        DAYS[weekday],
+        MONTHS[(m.clamp(1, 12)) - 1],
+        time.trim_end_matches('Z')
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_mail_dates() {
+        assert_eq!(format_rfc5322(0), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(
+            format_rfc5322(1_795_424_873),
+            "Mon, 23 Nov 2026 09:07:53 +0000"
+        );
+    }
 
     #[test]
     fn formats_utc() {

@@ -4,6 +4,7 @@
 //! [`server::run`]. ARCHITECTURE.md has the map.
 
 pub(crate) mod app;
+pub(crate) mod atna;
 pub mod audit;
 pub mod cli;
 pub(crate) mod clock;
@@ -13,8 +14,10 @@ pub(crate) mod history;
 pub(crate) mod hostkey;
 pub mod identity;
 pub(crate) mod live;
+pub(crate) mod mail;
 pub use chaperone_model::model;
 pub(crate) mod node;
+pub(crate) mod ops;
 pub mod policy;
 pub(crate) mod recording;
 pub mod search_index;

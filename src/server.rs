@@ -37,6 +37,10 @@ pub enum ServerError {
     Node(#[source] StoreError),
     #[error("setting up the webhook")]
     Webhook(#[source] crate::webhook::SetupError),
+    #[error("setting up the IHE ATNA export ([atna])")]
+    Atna(#[source] crate::atna::SetupError),
+    #[error("setting up e-mail to approvers ([mail])")]
+    Mail(#[source] crate::mail::SetupError),
     #[error("starting the SSH listener")]
     Ssh(#[source] ssh::ListenerError),
     /// The web certificate or key file cannot be read.
@@ -66,6 +70,8 @@ pub enum ServerError {
 pub struct Listeners {
     pub ssh: TcpListener,
     pub web: TcpListener,
+    /// `[ops] listen`, when set.
+    pub ops: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -76,6 +82,17 @@ impl Listeners {
                 what: "SSH",
                 source,
             })
+    }
+    pub fn ops_addr(&self) -> Result<Option<SocketAddr>, ServerError> {
+        self.ops
+            .as_ref()
+            .map(|l| {
+                l.local_addr().map_err(|source| ServerError::Address {
+                    what: "ops",
+                    source,
+                })
+            })
+            .transpose()
     }
     pub fn web_addr(&self) -> Result<SocketAddr, ServerError> {
         self.web
@@ -96,6 +113,10 @@ pub async fn bind(config: &Config) -> Result<Listeners, ServerError> {
     Ok(Listeners {
         ssh: bind("SSH", config.ssh.listen).await?,
         web: bind("web", config.web.listen).await?,
+        ops: match &config.ops {
+            Some(ops) => Some(bind("ops", ops.listen).await?),
+            None => None,
+        },
     })
 }
 
@@ -113,23 +134,53 @@ pub async fn run(
         ),
         None => None,
     };
+    let atna_task = match app.config.atna.clone() {
+        Some(config) => Some(
+            crate::atna::spawn(app.clone(), config, stop_rx.clone()).map_err(ServerError::Atna)?,
+        ),
+        None => None,
+    };
+    let mail_task = match app.config.mail.clone() {
+        Some(config) => Some(
+            crate::mail::spawn(app.clone(), config, stop_rx.clone()).map_err(ServerError::Mail)?,
+        ),
+        None => None,
+    };
     app.store
         .node_seen(&app.node, app.clock.now())
         .await
         .map_err(ServerError::Node)?;
     // Everything that can fail at start fails here, before "serving" is logged.
     let (ssh_addr, web_addr) = (listeners.ssh_addr()?, listeners.web_addr()?);
+    let ops_addr = listeners.ops_addr()?;
     let ssh_listener = ssh::Listener::new(&app, listeners.ssh).map_err(ServerError::Ssh)?;
     let tls = web_tls(&app.config)?;
     let node_task = tokio::spawn(crate::node::run(app.clone(), stop_rx.clone()));
     tokio::spawn(crate::search_index::run(app.clone(), stop_rx.clone()));
     let live = ssh_listener.live();
+    let ready = std::sync::Arc::new(crate::ops::Readiness::default());
+    let ops_task = listeners.ops.map(|listener| {
+        let mut ops_stop = stop_rx.clone();
+        tokio::spawn(crate::ops::serve(
+            listener,
+            app.clone(),
+            ready.clone(),
+            async move {
+                let _ = ops_stop.wait_for(|stop| *stop).await;
+            },
+        ))
+    });
     tokio::spawn(crate::evidence::retention::run(
         app.clone(),
         stop_rx.clone(),
     ));
     let mut ssh_task = tokio::spawn(ssh_listener.serve(stop_rx.clone()));
     tokio::spawn(expire_requests(app.clone(), stop_rx.clone()));
+    // Directory staff re-checked and directory vendors synced ([ldap]; nothing without it).
+    tokio::spawn(crate::identity::directory::run(
+        app.clone(),
+        stop_rx.clone(),
+    ));
     let mut web_stop = stop_rx.clone();
     let router = chaperone_web_approval::router(
         std::sync::Arc::new(crate::web::WebCore::new(app.clone(), live)),
@@ -144,6 +195,7 @@ pub async fn run(
         config = %app.config.path.display(),
         ssh = %ssh_addr,
         web = %web_addr,
+        ops = %ops_addr.map_or_else(|| "-".to_owned(), |a| a.to_string()),
         "chaperone serving"
     );
     let web = &app.config.web;
@@ -162,6 +214,8 @@ pub async fn run(
             let _ = web_stop.wait_for(|stop| *stop).await;
         },
     ));
+    ready.ssh.store(true, std::sync::atomic::Ordering::Relaxed);
+    ready.web.store(true, std::sync::atomic::Ordering::Relaxed);
     // A listener that stops by itself (a panic, an I/O error it cannot serve past) stops the process:
     // half a bastion that logs "serving" is worse than none.
     let mut ssh_done = false;
@@ -188,6 +242,8 @@ pub async fn run(
         None => tracing::info!("shutting down"),
         Some(why) => tracing::error!("{why}; shutting down"),
     }
+    ready.ssh.store(false, std::sync::atomic::Ordering::Relaxed);
+    ready.web.store(false, std::sync::atomic::Ordering::Relaxed);
     let _ = stop_tx.send(true);
     if !ssh_done {
         let _ = ssh_task.await;
@@ -196,6 +252,19 @@ pub async fn run(
         Some(r) => r,
         None => web_task.await,
     };
+    if let Some(task) = atna_task {
+        let _ = task.await;
+    }
+    if let Some(task) = mail_task {
+        let _ = task.await;
+    }
+    if let Some(task) = ops_task {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the ops listener failed"),
+            Err(e) => tracing::warn!(error = %e, "the ops listener task failed"),
+        }
+    }
     if let Some(task) = webhook_task {
         // It stops between deliveries (or mid-backoff) and gives its lease up.
         let _ = task.await;

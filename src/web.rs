@@ -7,10 +7,10 @@
 use std::time::Duration;
 
 use chaperone_web_approval::{
-    AuditView, Core, CoreError, Decision, Enrollment, EvidenceDownload, GrantView, HistoryItem,
-    HistoryPage, HistoryQuery, LiveStream, Method, RecordingStatus, RequestView, Role as WebRole,
-    SecondFactor, SessionDetail, SessionView, SignInAttempt, Staff, StaffAccount, StateKind,
-    TranscriptHit, TransferView, Verdict,
+    Accounts, Approvals, AuditView, CoreError, Decision, Enrollment, EvidenceDownload, GrantView,
+    HistoryItem, HistoryPage, HistoryQuery, LiveStream, Method, RecordingStatus, Records,
+    RequestView, Role as WebRole, SecondFactor, SessionDetail, SessionView, SignInAttempt,
+    SignInState, Staff, StaffAccount, StateKind, TranscriptHit, TransferView, Verdict,
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -19,11 +19,13 @@ use crate::app::App;
 use crate::audit::AuditEvent;
 use crate::clock::format_time;
 use crate::config::{format_duration, parse_duration};
+use crate::identity::ldap::{Authn, Directory, LdapError};
+use crate::identity::signin::{self, Account, Attempt, Second};
 use crate::identity::totp;
-use crate::model::{AccessRequest, Criticality, RequestStatus, Role};
+use crate::model::{AccessRequest, Criticality, RequestStatus, Role, check_name};
 use crate::policy::grants::{self, GrantError};
 use crate::policy::requests::{self, Approver, AuthMethod, DecideError, Outcome};
-use crate::store::{HistoryFilter, HistoryRow, StaffAuth, StoreError, Tx};
+use crate::store::{HistoryFilter, HistoryRow, StaffAuth, StoreError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -33,34 +35,6 @@ use crate::model::{RecordingRow, SessionRow};
 use crate::recording::RecordingFormat;
 use crate::search_index::Indexer;
 use chaperone_recorder::playback::{self, Format, IdleMap, Index};
-
-/// The staff sign-in lockout: the one place it is decided, for the sign-in form, `/api/login`, passkey
-/// sign-ins and the password asked again before a change (`Core::judge_sign_in`).
-///
-/// Failures are counted per (account, source address) in a sliding window of `window`: once `max`
-/// failures of an account from one source fall within it, that account is refused from that source
-/// (without its second factor being looked at) until the oldest of them slides out. Failures from one
-/// address never refuse the account from another, so nobody can lock an approver out from everywhere
-/// by knowing their name. Attempts refused while locked are audited but not counted, so a locked pair
-/// holds at most `max` rows. Judgements of one account queue (`Tx::hold_staff_user`), so concurrent
-/// attempts from several nodes cannot get more than `max` failures in before the lock holds.
-#[derive(Debug, Clone, Copy)]
-pub struct SignInRule {
-    pub max_failures: u32,
-    pub window: Duration,
-}
-
-impl SignInRule {
-    /// The first second of the window that ends at `now`.
-    fn since(self, now: i64) -> i64 {
-        let window = i64::try_from(self.window.as_secs()).unwrap_or(i64::MAX / 2);
-        now.saturating_sub(window) + 1
-    }
-
-    fn locked(self, failures: i64) -> bool {
-        failures >= i64::from(self.max_failures)
-    }
-}
 
 /// Sign-in state kept at most, per kind (sessions are made only by full sign-ins; ceremony starts need
 /// no account, so a flood of them drops the oldest instead of growing the table).
@@ -74,8 +48,6 @@ fn max_state(kind: StateKind) -> u32 {
 #[derive(Debug, Clone)]
 pub struct WebCore {
     app: App,
-    /// From `[web] max_failures` and `failure_window`.
-    rule: SignInRule,
     /// This node's live sessions: the live view's taps.
     live: LiveSessions,
     /// Indexes a recording at once when its page is opened before the background job got to it.
@@ -87,14 +59,9 @@ pub struct WebCore {
 
 impl WebCore {
     pub fn new(app: App, live: LiveSessions) -> WebCore {
-        let rule = SignInRule {
-            max_failures: app.config.web.max_failures,
-            window: app.config.web.failure_window,
-        };
         let indexer = Indexer::new(&app.store, &app.config.recording.dir, &app.secrets);
         WebCore {
             app,
-            rule,
             live,
             indexer,
             proven: Arc::default(),
@@ -107,6 +74,19 @@ fn state_error(e: StoreError) -> CoreError {
     match e {
         StoreError::TooLarge(why) => CoreError::Invalid(why),
         other => internal(other),
+    }
+}
+
+/// The password hash an enrollment stores: a local account must choose one; a directory account's is
+/// the directory's, so none is stored whatever was sent.
+fn enrollment_password<'a>(
+    user: &StaffAuth,
+    password_hash: Option<&'a str>,
+) -> Result<Option<&'a str>, CoreError> {
+    match (user.directory, password_hash) {
+        (true, _) => Ok(None),
+        (false, Some(h)) => Ok(Some(h)),
+        (false, None) => Err(CoreError::Invalid("Choose a password.".into())),
     }
 }
 
@@ -123,19 +103,31 @@ fn role(r: Role) -> WebRole {
     }
 }
 
-fn approver(s: &Staff) -> Approver {
-    Approver {
-        name: s.name.clone(),
-        role: match s.role {
-            WebRole::Approver => Role::Approver,
-            WebRole::Auditor => Role::Auditor,
-            WebRole::Admin => Role::Admin,
-        },
+/// The staff member behind a session as the store says now: the role is re-read on every decision,
+/// never trusted from the session's stored data (a directory re-check or `user disable` may have
+/// changed it since the sign-in). A disabled or vanished account may do nothing.
+async fn current(app: &App, s: &Staff) -> Result<(Approver, StaffAuth), CoreError> {
+    let Some(user) = app
+        .store
+        .staff_auth(&s.name)
+        .await
+        .map_err(internal)?
+        .filter(|u| u.enabled)
+    else {
+        return Err(CoreError::Forbidden(format!(
+            "{} may no longer do this: the account is disabled",
+            s.name
+        )));
+    };
+    let approver = Approver {
+        name: user.name.clone(),
+        role: user.role,
         method: match s.method {
             Method::Passkey => AuthMethod::Passkey,
             Method::Totp => AuthMethod::Totp,
         },
-    }
+    };
+    Ok((approver, user))
 }
 
 fn dur(secs: i64) -> String {
@@ -209,58 +201,255 @@ fn account(a: StaffAuth) -> StaffAccount {
         enabled: a.enabled,
         password_hash: a.password_hash,
         has_totp: a.totp_secret.is_some(),
+        directory: a.directory,
     }
 }
 
+/// The purpose a staff member's TOTP seed is sealed for (the one `identity::signin` opens it with).
+fn staff_seed_purpose(user: &StaffAuth) -> String {
+    Account::Staff {
+        id: user.id,
+        name: user.name.clone(),
+    }
+    .seed_purpose()
+}
+
+/// How long a directory user's enrollment link (opened by their first sign-in) stays valid.
+const DIRECTORY_ENROLL_SECS: i64 = 15 * 60;
+
 impl WebCore {
-    /// Why the second factor of a sign-in with the right password fails, if it does. A TOTP code is
-    /// checked here and its time step taken in `tx` (so a code is never accepted twice, on any node).
-    async fn second_factor_fails(
+    /// Judges a staff sign-in through the one owner of the rules (`identity::signin`): lockout per
+    /// account and source, the second factor, counting and audit.
+    async fn judge_staff(
         &self,
-        tx: &mut Tx,
-        user: &StaffAuth,
-        second: &SecondFactor<'_>,
-        now: i64,
-    ) -> Result<Option<&'static str>, CoreError> {
-        let code = match second {
-            SecondFactor::Totp(code) => *code,
-            SecondFactor::Passkey(Ok(())) | SecondFactor::Reauthentication => return Ok(None),
-            SecondFactor::Passkey(Err(why)) => return Ok(Some(*why)),
+        user: StaffAuth,
+        attempt: &SignInAttempt<'_>,
+        first_factor: bool,
+    ) -> Result<Verdict, CoreError> {
+        let second = match &attempt.second {
+            SecondFactor::Totp(code) => Second::Totp {
+                sealed: user.totp_secret.as_deref(),
+                code,
+            },
+            SecondFactor::Passkey(r) => Second::Passkey(*r),
+            SecondFactor::Reauthentication => Second::Reauthentication,
         };
-        const WRONG: &str = "wrong or reused TOTP code";
-        let Some(sealed) = user.totp_secret.as_deref() else {
-            return Ok(Some(WRONG));
+        let judged = signin::judge(
+            &self.app,
+            Attempt {
+                account: Account::Staff {
+                    id: user.id,
+                    name: user.name.clone(),
+                },
+                source: attempt.source.to_string(),
+                first_factor,
+                second,
+                detail: if user.directory {
+                    json!({"directory": true})
+                } else {
+                    json!({})
+                },
+            },
+            self.app.clock.now(),
+        )
+        .await;
+        match judged {
+            Ok(signin::Verdict::Accepted) => Ok(Verdict::Accepted(account(user))),
+            Ok(signin::Verdict::Refused) => Ok(Verdict::Refused),
+            Err(e) => {
+                tracing::error!(error = %e, user = %user.name, "cannot judge a staff sign-in");
+                Err(CoreError::Internal)
+            }
+        }
+    }
+
+    /// A sign-in of a name that is not a local account: the directory checks the password and says
+    /// what the groups give; the account row follows it (added, refreshed, or disabled with its web
+    /// sessions ended when the groups give nothing any more); a user without a second factor is sent
+    /// to enrol one; then the same rules as for everyone.
+    async fn judge_directory(
+        &self,
+        directory: &Directory,
+        user: Option<StaffAuth>,
+        attempt: &SignInAttempt<'_>,
+    ) -> Result<Verdict, CoreError> {
+        let app = &self.app;
+        let now = app.clock.now();
+        let source = attempt.source.to_string();
+        if let Some(u) = &user {
+            // A locked pair is refused before the directory is asked: no bind on its behalf (the
+            // directory's own lockout must not be driven from here). The judge audits it.
+            let account = Account::Staff {
+                id: u.id,
+                name: u.name.clone(),
+            };
+            let locked = signin::locked(app, &account, &source, now)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, user = %u.name, "cannot read a staff lockout");
+                    CoreError::Internal
+                })?;
+            if locked {
+                return self.judge_staff(u.clone(), attempt, false).await;
+            }
+        }
+        // Names the store could not hold are nobody, in the directory too.
+        if check_name("user", attempt.name).is_err() {
+            return Ok(Verdict::Refused);
+        }
+        let found = match directory
+            .authenticate(attempt.name, attempt.directory_password)
+            .await
+        {
+            Ok(found) => found,
+            Err(e) => return Ok(self.directory_failed(&e, attempt.name, &source, now).await),
         };
-        let seed = self
-            .app
-            .secrets
-            .open(&format!("staff-totp:{}", user.name), sealed)
-            .map_err(|e| {
-                tracing::error!(error = %e, user = %user.name, "cannot open a staff TOTP seed");
-                CoreError::Internal
-            })?;
-        let Some(step) = totp::check(seed.expose(), code, now.max(0).unsigned_abs()) else {
-            return Ok(Some(WRONG));
+        let found = match found {
+            Authn::Accepted(found) => found,
+            // Unknown to the directory, or the wrong password: one answer; a known account counts it.
+            Authn::Refused => {
+                return match user {
+                    Some(u) if u.enabled => self.judge_staff(u, attempt, false).await,
+                    _ => Ok(Verdict::Refused),
+                };
+            }
         };
+        let Some(new_role) = found.role() else {
+            // The right password, but no mapped group: no access, and a stored account loses it.
+            self.directory_removed(user.as_ref(), "in no mapped group", &source, now)
+                .await?;
+            return Ok(Verdict::Refused);
+        };
+        let changed = user.as_ref().is_none_or(|u| {
+            u.role != new_role
+                || (!u.enabled && u.directory_disabled)
+                || u.zones != found.zones
+                || u.dn.as_deref() != Some(&found.dn)
+        });
+        let id = match user.as_ref() {
+            Some(u) if !changed => u.id,
+            // Added, or what the directory says changed: stored, audited, committed before the
+            // judgement below opens its own transaction.
+            _ => {
+                let mut tx = app.store.begin().await.map_err(internal)?;
+                let (id, created) = match tx
+                    .upsert_directory_staff(attempt.name, new_role, &found.dn, &found.zones, now)
+                    .await
+                {
+                    Ok(r) => r,
+                    // A local account of that name exists (added meanwhile): the directory does not
+                    // sign it in.
+                    Err(StoreError::Conflict(_)) => return Ok(Verdict::Refused),
+                    Err(e) => return Err(internal(e)),
+                };
+                tx.audit(
+                    AuditEvent::new(
+                        "system",
+                        if created {
+                            "user.directory.add"
+                        } else {
+                            "user.directory.update"
+                        },
+                        format!("user:{}", attempt.name),
+                        json!({"role": new_role.to_string(), "dn": found.dn, "zones": found.zones}),
+                    ),
+                    now,
+                )
+                .await
+                .map_err(internal)?;
+                tx.commit("user.directory").await.map_err(internal)?;
+                id
+            }
+        };
+        let Some(user) = app.store.staff_auth(attempt.name).await.map_err(internal)? else {
+            return Ok(Verdict::Refused);
+        };
+        if !user.enabled {
+            // Disabled by an administrator: whatever the directory says, refused like a local
+            // account that is disabled (counted, one answer).
+            return self.judge_staff(user, attempt, false).await;
+        }
+        if user.has_second_factor() {
+            return self.judge_staff(user, attempt, true).await;
+        }
+        if matches!(attempt.second, SecondFactor::Reauthentication) {
+            return Ok(Verdict::Refused);
+        }
+        // The right password and no second factor yet: enrol one through a link of its own.
+        let token = crate::secrets::random_hex(32);
+        let hash = hex::encode(Sha256::digest(token.as_bytes()));
+        let mut tx = app.store.begin().await.map_err(internal)?;
         if !tx
-            .accept_staff_totp_step(user.id, step)
+            .open_directory_enrollment(id, &hash, now + DIRECTORY_ENROLL_SECS)
             .await
             .map_err(internal)?
         {
-            return Ok(Some(WRONG)); // a replayed code
+            return Ok(Verdict::Refused);
         }
         tx.audit(
             AuditEvent::new(
                 format!("staff:{}", user.name),
-                "staff.totp.accept",
+                "user.enroll.open",
                 format!("user:{}", user.name),
-                json!({"step": step}),
+                json!({"source": source, "directory": true}),
             ),
             now,
         )
         .await
         .map_err(internal)?;
-        Ok(None)
+        tx.commit("user.enroll.open").await.map_err(internal)?;
+        Ok(Verdict::Enroll { token })
+    }
+
+    /// The directory did not answer: audited once per attempt, said as such.
+    async fn directory_failed(&self, e: &LdapError, name: &str, source: &str, now: i64) -> Verdict {
+        tracing::warn!(error = %crate::identity::ldap::report(e), "directory sign-in failed");
+        let audited = async {
+            let mut tx = self.app.store.begin().await?;
+            tx.audit(
+                AuditEvent::new(
+                    "system",
+                    "staff.signin.unavailable",
+                    format!(
+                        "user:{}",
+                        name.chars()
+                            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                            .take(64)
+                            .collect::<String>()
+                    ),
+                    json!({"source": source, "why": e.to_string()}),
+                ),
+                now,
+            )
+            .await?;
+            tx.commit("staff.signin.unavailable").await
+        }
+        .await;
+        if let Err(err) = audited {
+            tracing::error!(error = %err, "cannot audit a directory failure");
+        }
+        // Unreachable, or a configuration problem (service account refused, search failed): either way
+        // the directory gave no answer, and the log says which.
+        Verdict::DirectoryUnreachable
+    }
+
+    /// A directory account the directory no longer gives a role: disabled, its web sessions ended,
+    /// audited (`user.directory.remove`). Nothing happens to an account that is already disabled.
+    async fn directory_removed(
+        &self,
+        user: Option<&StaffAuth>,
+        why: &str,
+        source: &str,
+        now: i64,
+    ) -> Result<(), CoreError> {
+        let Some(u) = user.filter(|u| u.enabled && u.directory) else {
+            return Ok(());
+        };
+        crate::identity::directory::remove_staff(&self.app, u, why, now)
+            .await
+            .map_err(internal)?;
+        tracing::info!(user = %u.name, why, %source, "directory account disabled");
+        Ok(())
     }
 
     /// The user an unexpired enrollment link belongs to, and the hash of its token (what the database
@@ -283,13 +472,36 @@ impl WebCore {
         }
     }
 
+    /// Zone-scoped approvers (`[ldap.zones.X] approver`): a request for an asset in such a zone is
+    /// decided only by a member of that zone's group (as the directory said at their last sign-in or
+    /// re-check) or an admin.
+    async fn zone_allows(&self, user: &StaffAuth, request: i64) -> Result<(), CoreError> {
+        let Some(ldap) = &self.app.config.ldap else {
+            return Ok(());
+        };
+        let Some(r) = self.app.store.request(request).await.map_err(internal)? else {
+            return Ok(()); // decide says "not found"
+        };
+        if !ldap.zone_approvers.contains_key(&r.zone)
+            || user.role == Role::Admin
+            || user.zones.contains(&r.zone)
+        {
+            return Ok(());
+        }
+        Err(CoreError::Forbidden(format!(
+            "requests for zone {} are decided by its own approvers",
+            r.zone
+        )))
+    }
+
     async fn revoke(&self, by: &Staff, id: i64, reason: &str) -> Result<(), CoreError> {
         let app = &self.app;
+        let (by, _) = current(app, by).await?;
         grants::revoke(
             &app.store,
             &app.events,
             app.clock.now(),
-            &approver(by).as_actor(),
+            &by.as_actor(),
             id,
             reason,
         )
@@ -299,11 +511,7 @@ impl WebCore {
     }
 }
 
-impl Core for WebCore {
-    fn now(&self) -> i64 {
-        self.app.clock.now()
-    }
-
+impl Approvals for WebCore {
     async fn pending_requests(&self) -> Result<Vec<RequestView>, CoreError> {
         let list = self
             .app
@@ -358,16 +566,11 @@ impl Core for WebCore {
             Decision::Deny { reason } => requests::Decision::Deny { reason },
         };
         let app = &self.app;
-        let outcome = requests::decide(
-            &app.store,
-            &app.events,
-            app.clock.now(),
-            &approver(by),
-            id,
-            decision,
-        )
-        .await
-        .map_err(decide_error)?;
+        let (by, user) = current(app, by).await?;
+        self.zone_allows(&user, id).await?;
+        let outcome = requests::decide(&app.store, &app.events, app.clock.now(), &by, id, decision)
+            .await
+            .map_err(decide_error)?;
         Ok(match outcome {
             Outcome::Granted { grant_id, ends_at } => {
                 format!("approved: grant #{grant_id} until {}", format_time(ends_at))
@@ -432,8 +635,9 @@ impl Core for WebCore {
     }
 
     async fn terminate_session(&self, by: &Staff, id: &str, why: &str) -> Result<(), CoreError> {
-        // The page hides the button; the rule lives here. Auditors only read.
-        if !by.role.can_decide() {
+        // The page hides the button; the rule lives here. Auditors only read (the role as stored now).
+        let (by, _) = current(&self.app, by).await?;
+        if !role(by.role).can_decide() {
             return Err(CoreError::Forbidden(
                 "auditors cannot terminate sessions".into(),
             ));
@@ -466,7 +670,6 @@ impl Core for WebCore {
                 "session {id} has already ended"
             )));
         }
-        let by = approver(by);
         tx.audit(
             AuditEvent::new(
                 by.actor(),
@@ -486,6 +689,25 @@ impl Core for WebCore {
         Ok(())
     }
 
+    async fn changed(&self) {
+        // In-process notices arrive at once; changes made by another process or node move the audit
+        // chain's head (every change is audited), which is re-read every second.
+        let mut rx = self.app.events.subscribe();
+        let start = self.app.store.audit_head().await.map(|h| h.0).ok();
+        loop {
+            tokio::select! {
+                _ = rx.recv() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            let head = self.app.store.audit_head().await.map(|h| h.0).ok();
+            if head.is_some() && head != start {
+                return;
+            }
+        }
+    }
+}
+
+impl Accounts for WebCore {
     async fn staff_account(&self, name: &str) -> Result<Option<StaffAccount>, CoreError> {
         Ok(self
             .app
@@ -497,95 +719,26 @@ impl Core for WebCore {
     }
 
     async fn judge_sign_in(&self, attempt: &SignInAttempt<'_>) -> Result<Verdict, CoreError> {
-        let app = &self.app;
-        // No such name, disabled, or not enrolled yet: nothing to count or protect.
-        let Some(user) = app
+        let user = self
+            .app
             .store
             .staff_auth(attempt.name)
             .await
-            .map_err(internal)?
-            .filter(|u| u.enabled && u.password_hash.is_some())
-        else {
-            return Ok(Verdict::Refused);
-        };
-        let now = app.clock.now();
-        let source = attempt.source.to_string();
-        let rule = self.rule;
-        let actor = format!("staff:{}", user.name);
-        let subject = format!("user:{}", user.name);
-        let mut tx = app.store.begin().await.map_err(internal)?;
-        tx.hold_staff_user(user.id).await.map_err(internal)?;
-        let failures = tx
-            .staff_signin_failures(user.id, &source, rule.since(now))
-            .await
             .map_err(internal)?;
-        if rule.locked(failures) {
-            // The second factor is not looked at (a TOTP step is not used up), whatever the password.
-            tx.audit(
-                AuditEvent::new(
-                    actor,
-                    "staff.signin.failed",
-                    subject,
-                    json!({"why": "locked", "locked": true, "source": source,
-                           "password_ok": attempt.password_ok, "failures": failures}),
-                ),
-                now,
-            )
-            .await
-            .map_err(internal)?;
-            tx.commit("staff.signin.failed").await.map_err(internal)?;
-            return Ok(Verdict::Refused);
-        }
-        let failed = if attempt.password_ok {
-            self.second_factor_fails(&mut tx, &user, &attempt.second, now)
-                .await?
-        } else {
-            Some("wrong password")
-        };
-        if let Some(why) = failed {
-            tx.add_staff_signin_failure(user.id, &source, now, rule.since(now))
-                .await
-                .map_err(internal)?;
-            let locked = rule.locked(failures + 1);
-            tx.audit(
-                AuditEvent::new(
-                    actor,
-                    "staff.signin.failed",
-                    subject,
-                    json!({"why": why, "locked": locked, "source": source}),
-                ),
-                now,
-            )
-            .await
-            .map_err(internal)?;
-            tx.commit("staff.signin.failed").await.map_err(internal)?;
-            if locked {
-                tracing::warn!(user = %user.name, %source, "staff sign-ins locked from this address");
+        match (user, self.app.directory.as_deref()) {
+            // A local account: its password was checked by the web crate; not enrolled yet or disabled:
+            // nothing to count or protect.
+            (Some(u), _) if !u.directory => {
+                if !u.enabled || u.password_hash.is_none() {
+                    return Ok(Verdict::Refused);
+                }
+                let password_ok = attempt.password_ok;
+                self.judge_staff(u, attempt, password_ok).await
             }
-            return Ok(Verdict::Refused);
+            (user, Some(directory)) => self.judge_directory(directory, user, attempt).await,
+            // A directory account while no directory is configured any more, or an unknown name.
+            _ => Ok(Verdict::Refused),
         }
-        let method = match attempt.second {
-            // Nothing changed: the transaction is dropped, which rolls it back.
-            SecondFactor::Reauthentication => return Ok(Verdict::Accepted(account(user))),
-            SecondFactor::Totp(_) => Method::Totp,
-            SecondFactor::Passkey(_) => Method::Passkey,
-        };
-        tx.clear_staff_signin_failures(user.id, &source)
-            .await
-            .map_err(internal)?;
-        tx.audit(
-            AuditEvent::new(
-                actor,
-                "staff.signin",
-                subject,
-                json!({"method": method, "source": source}),
-            ),
-            now,
-        )
-        .await
-        .map_err(internal)?;
-        tx.commit("staff.signin").await.map_err(internal)?;
-        Ok(Verdict::Accepted(account(user)))
     }
 
     async fn enrollment(&self, token: &str) -> Result<Enrollment, CoreError> {
@@ -593,9 +746,7 @@ impl Core for WebCore {
         let now = app.clock.now();
         let (_, user) = self.enrolling_user(token, now).await?;
         let seed = totp::new_seed();
-        let sealed = app
-            .secrets
-            .seal(&format!("staff-totp:{}", user.name), &seed);
+        let sealed = app.secrets.seal(&staff_seed_purpose(&user), &seed);
         let uri = totp::provisioning_uri(&seed, &user.name).map_err(|e| {
             tracing::error!(error = %e, "cannot build a TOTP URI");
             CoreError::Internal
@@ -617,6 +768,7 @@ impl Core for WebCore {
         .map_err(internal)?;
         tx.commit("user.enroll.seed").await.map_err(internal)?;
         Ok(Enrollment {
+            directory: user.directory,
             name: user.name,
             role: role(user.role),
             totp_uri: uri,
@@ -627,12 +779,13 @@ impl Core for WebCore {
     async fn finish_enrollment(
         &self,
         token: &str,
-        password_hash: &str,
+        password_hash: Option<&str>,
         code: &str,
     ) -> Result<String, CoreError> {
         let app = &self.app;
         let now = app.clock.now();
         let (hash, user) = self.enrolling_user(token, now).await?;
+        let password_hash = enrollment_password(&user, password_hash)?;
         let Some(sealed) = user.totp_secret.as_deref() else {
             return Err(CoreError::Invalid(
                 "open the enrollment link again to get an authenticator secret".into(),
@@ -640,12 +793,12 @@ impl Core for WebCore {
         };
         let seed = app
             .secrets
-            .open(&format!("staff-totp:{}", user.name), sealed)
+            .open(&staff_seed_purpose(&user), sealed)
             .map_err(|e| {
                 tracing::error!(error = %e, "cannot open an enrollment seed");
                 CoreError::Internal
             })?;
-        let Some(step) = totp::check(seed.expose(), code, now.max(0).unsigned_abs()) else {
+        let Some(step) = signin::enrollment_code(seed.expose(), code, now) else {
             return Err(CoreError::Invalid(
                 "that code does not match: add the new secret below to your app and type its current code".into(),
             ));
@@ -681,12 +834,13 @@ impl Core for WebCore {
     async fn finish_enrollment_passkey(
         &self,
         token: &str,
-        password_hash: &str,
+        password_hash: Option<&str>,
         passkeys_json: &str,
     ) -> Result<String, CoreError> {
         let app = &self.app;
         let now = app.clock.now();
         let (hash, user) = self.enrolling_user(token, now).await?;
+        let password_hash = enrollment_password(&user, password_hash)?;
         let mut tx = app.store.begin().await.map_err(internal)?;
         if !tx
             .finish_staff_enrollment_passkey(user.id, &hash, password_hash, passkeys_json)
@@ -741,6 +895,12 @@ impl Core for WebCore {
         .await
         .map_err(internal)?;
         tx.commit("staff.passkey").await.map_err(internal)
+    }
+}
+
+impl SignInState for WebCore {
+    fn now(&self) -> i64 {
+        self.app.clock.now()
     }
 
     async fn put_state(
@@ -804,6 +964,22 @@ impl Core for WebCore {
             .map_err(internal)
     }
 
+    async fn signed_out(&self, name: &str) -> Result<(), CoreError> {
+        let mut tx = self.app.store.begin().await.map_err(internal)?;
+        tx.audit(
+            AuditEvent::new(
+                format!("staff:{name}"),
+                crate::audit::Action::StaffSignout.as_str(),
+                format!("user:{name}"),
+                json!({}),
+            ),
+            self.app.clock.now(),
+        )
+        .await
+        .map_err(internal)?;
+        tx.commit("staff.signout").await.map_err(internal)
+    }
+
     async fn drop_state(&self, kind: StateKind, key: &str) -> Result<(), CoreError> {
         self.app
             .store
@@ -811,7 +987,9 @@ impl Core for WebCore {
             .await
             .map_err(internal)
     }
+}
 
+impl Records for WebCore {
     async fn history(&self, by: &Staff, query: &HistoryQuery) -> Result<HistoryPage, CoreError> {
         self.history_impl(by, query).await
     }
@@ -867,7 +1045,7 @@ impl Core for WebCore {
             self.app.store.clone(),
             self.app.config.recording.clone(),
             id.to_owned(),
-            approver(by).actor(),
+            current(&self.app, by).await?.0.actor(),
             "web".to_owned(),
             self.app.clock.now(),
         )
@@ -897,23 +1075,6 @@ impl Core for WebCore {
             file_name: format!("session-{}.tar", session.id),
             chunks: Box::pin(futures::stream::once(async move { Ok(first) }).chain(rest)),
         })
-    }
-
-    async fn changed(&self) {
-        // In-process notices arrive at once; changes made by another process or node move the audit
-        // chain's head (every change is audited), which is re-read every second.
-        let mut rx = self.app.events.subscribe();
-        let start = self.app.store.audit_head().await.map(|h| h.0).ok();
-        loop {
-            tokio::select! {
-                _ = rx.recv() => return,
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-            let head = self.app.store.audit_head().await.map(|h| h.0).ok();
-            if head.is_some() && head != start {
-                return;
-            }
-        }
     }
 }
 
@@ -1127,7 +1288,8 @@ impl WebCore {
         subject: String,
         detail: serde_json::Value,
     ) -> Result<(), CoreError> {
-        let by = approver(by);
+        // Who looks is read again from the store: a disabled account sees nothing more.
+        let (by, _) = current(&self.app, by).await?;
         let mut detail = detail;
         detail["method"] = json!(by.method);
         let now = self.now();

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::action::Action;
+
 /// The default path of the configuration file (`-c/--config`, env `CHAPERONE_CONFIG`).
 pub const DEFAULT_CONFIG_PATH: &str = "chaperone.toml";
 
@@ -55,6 +57,183 @@ pub struct Config {
     pub log: LogConfig,
     pub policy: PolicyConfig,
     pub webhook: Option<WebhookConfig>,
+    /// `[ldap]`: staff (and optionally vendors) from a directory; `None`: local accounts only.
+    pub ldap: Option<LdapConfig>,
+    /// The operators' listener (`/metrics`, `/healthz`, `/readyz`); `None`: not served.
+    pub ops: Option<OpsConfig>,
+    /// IHE ATNA audit export to a syslog collector; `None`: not sent.
+    pub atna: Option<AtnaConfig>,
+    /// E-mail to approvers when a request waits; `None`: not sent.
+    pub mail: Option<MailConfig>,
+}
+
+/// `[ldap]`: staff from LDAP / Active Directory (search with a service account, then bind as the user),
+/// their roles from group membership, and optionally vendors from a directory subtree.
+#[derive(Clone)]
+pub struct LdapConfig {
+    /// `ldaps://HOST[:PORT]` or `ldap://HOST[:PORT]` (with `starttls`, or to a loopback address).
+    pub url: String,
+    /// The service account that searches for users and groups.
+    pub bind_dn: String,
+    /// A file holding the service account's password (read at start; never in the config itself).
+    pub bind_password_file: PathBuf,
+    /// Where users are searched for (subtree).
+    pub user_base: String,
+    /// The search filter; `{name}` is replaced by the typed name, escaped per RFC 4515.
+    pub user_filter: String,
+    /// Upgrade an `ldap://` connection with StartTLS before anything is sent.
+    pub starttls: bool,
+    /// PEM file of CA certificates trusted for the directory; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// How long connecting (TCP and TLS) may take.
+    pub connect_timeout: Duration,
+    /// How long one operation (bind, search) may take.
+    pub timeout: Duration,
+    /// How a group names its members.
+    pub group_membership: GroupMembership,
+    /// Active Directory: membership through nested groups (LDAP_MATCHING_RULE_IN_CHAIN).
+    pub nested_groups: bool,
+    /// Group DN per role (`[ldap.roles] approver = "cn=…"`).
+    pub roles: LdapRoles,
+    /// Zone-scoped approvers: zone → group DN (`[ldap.zones.icu] approver = "cn=…"`). A request for an
+    /// asset in such a zone is decided only by that group's members (or an admin).
+    pub zone_approvers: std::collections::BTreeMap<String, String>,
+    /// How often signed-in directory staff are checked against the directory again (removed from the
+    /// directory or their groups: their web sessions end).
+    pub recheck_interval: Duration,
+    /// Vendors from a directory subtree (`[ldap.vendors]`).
+    pub vendors: Option<LdapVendors>,
+}
+
+impl fmt::Debug for LdapConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LdapConfig")
+            .field("url", &self.url)
+            .field("bind_dn", &self.bind_dn)
+            .field("user_base", &self.user_base)
+            .field("starttls", &self.starttls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a group lists its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupMembership {
+    /// `member: DN` (groupOfNames, Active Directory).
+    Member,
+    /// `uniqueMember: DN` (groupOfUniqueNames).
+    UniqueMember,
+    /// `memberUid: NAME` (posixGroup).
+    MemberUid,
+}
+
+impl GroupMembership {
+    pub fn attribute(self) -> &'static str {
+        match self {
+            GroupMembership::Member => "member",
+            GroupMembership::UniqueMember => "uniqueMember",
+            GroupMembership::MemberUid => "memberUid",
+        }
+    }
+}
+
+/// `[ldap.roles]`: the group whose members get each role.
+#[derive(Debug, Clone, Default)]
+pub struct LdapRoles {
+    pub approver: Option<String>,
+    pub auditor: Option<String>,
+    pub admin: Option<String>,
+}
+
+/// `[ldap.vendors]`: one OU per vendor organisation under `base`, each technician an entry with
+/// `sshPublicKey` (openssh-lpk).
+#[derive(Debug, Clone)]
+pub struct LdapVendors {
+    pub base: String,
+    pub filter: String,
+    /// The attribute holding the vendor's login name.
+    pub name_attribute: String,
+    /// How often the subtree is read again (adds, key changes, disables).
+    pub sync_interval: Duration,
+}
+
+/// `[ops]`: Prometheus metrics and health checks on a listener of their own, apart from the vendors' and
+/// the approvers' (bind it to loopback or a management network: it needs no sign-in).
+#[derive(Debug, Clone)]
+pub struct OpsConfig {
+    /// e.g. `127.0.0.1:9478`.
+    pub listen: SocketAddr,
+}
+
+/// How ATNA audit messages travel to the audit record repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtnaTransport {
+    /// RFC 5425: syslog over TLS (octet-counted frames), port 6514 unless given.
+    Tls,
+    /// RFC 5426: syslog over UDP, one message per datagram, port 514 unless given. In clear, and a lost
+    /// datagram is lost: for a collector on the same host or network segment.
+    Udp,
+}
+
+/// `[atna]`: IHE ATNA (DICOM PS3.15 A.5) audit messages for the audit log's events, sent as syslog.
+#[derive(Debug, Clone)]
+pub struct AtnaConfig {
+    /// As written: `tls://HOST[:PORT]` or `udp://HOST[:PORT]`.
+    pub url: String,
+    pub transport: AtnaTransport,
+    pub host: String,
+    pub port: u16,
+    /// PEM CA certificates trusted for the collector; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain and key (ATNA's mutual node authentication), both or neither.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// `AuditSourceIdentification@AuditSourceID` and the syslog HOSTNAME; default `ssh.public_host`.
+    pub audit_source_id: String,
+    /// `AuditEnterpriseSiteID` (the hospital), when set.
+    pub enterprise_site_id: Option<String>,
+}
+
+/// `[mail]`: a notice to the approvers of an asset's zone when a vendor's request waits for a decision,
+/// sent by SMTP submission with STARTTLS (always: a notice names a device, a vendor and a reason).
+#[derive(Clone)]
+pub struct MailConfig {
+    /// As written: `smtp://HOST[:PORT]` (port 587 unless given).
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    /// The envelope and `From:` address (`chaperone@hospital.example`).
+    pub from: String,
+    /// SMTP AUTH PLAIN after STARTTLS, when both are set.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// PEM CA certificates trusted for the mail server; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Who is told about a request for an asset in a zone without a list of its own.
+    pub to: Vec<String>,
+    /// Per-zone lists (`[mail.zones] radiology = ["rad-approvers@hospital.example"]`): they replace `to`.
+    pub zones: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl MailConfig {
+    /// The addresses told about a request for an asset in `zone` (empty: nobody, nothing is sent).
+    pub fn recipients(&self, zone: &str) -> &[String] {
+        self.zones.get(zone).unwrap_or(&self.to)
+    }
+}
+
+impl fmt::Debug for MailConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MailConfig")
+            .field("url", &self.url)
+            .field("from", &self.from)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("ca_file", &self.ca_file)
+            .field("to", &self.to)
+            .field("zones", &self.zones)
+            .finish()
+    }
 }
 
 /// Limits on what vendors may ask for.
@@ -89,8 +268,8 @@ pub struct WebhookConfig {
     pub url: String,
     /// The HMAC key; the receiver checks `X-Chaperone-Signature: sha256=HEX` with it.
     pub secret: String,
-    /// Audit actions that are sent (exact names, e.g. `request.file`).
-    pub events: Vec<String>,
+    /// Audit actions that are sent (named in the config as stored, e.g. `request.file`).
+    pub events: Vec<Action>,
     /// PEM file of CA certificates trusted for the receiver; `None`: the system's roots.
     pub ca_file: Option<PathBuf>,
     /// Deliveries tried per event before it is given up (and `webhook.undelivered` audited).
@@ -98,16 +277,16 @@ pub struct WebhookConfig {
 }
 
 /// The audit actions a webhook sends unless `webhook.events` says otherwise.
-pub const DEFAULT_WEBHOOK_EVENTS: &[&str] = &[
-    "request.file",
-    "request.approve",
-    "request.deny",
-    "request.expire",
-    "grant.revoke",
-    "session.terminate",
-    "budget.exceeded",
-    "auth.lock",
-    "target.hostkey.mismatch",
+pub const DEFAULT_WEBHOOK_EVENTS: &[Action] = &[
+    Action::RequestFile,
+    Action::RequestApprove,
+    Action::RequestDeny,
+    Action::RequestExpire,
+    Action::GrantRevoke,
+    Action::SessionTerminate,
+    Action::BudgetExceeded,
+    Action::AuthLock,
+    Action::TargetHostkeyMismatch,
 ];
 
 impl fmt::Debug for WebhookConfig {
@@ -547,6 +726,119 @@ struct RawConfig {
     #[serde(default)]
     policy: RawPolicy,
     webhook: Option<RawWebhook>,
+    ldap: Option<RawLdap>,
+    ops: Option<RawOps>,
+    atna: Option<RawAtna>,
+    mail: Option<RawMail>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLdap {
+    url: String,
+    bind_dn: String,
+    bind_password_file: String,
+    user_base: String,
+    #[serde(default = "default_user_filter")]
+    user_filter: String,
+    #[serde(default)]
+    starttls: bool,
+    ca_file: Option<String>,
+    #[serde(default = "default_ldap_connect_timeout")]
+    connect_timeout: String,
+    #[serde(default = "default_ldap_timeout")]
+    timeout: String,
+    #[serde(default = "default_group_membership")]
+    group_membership: String,
+    #[serde(default)]
+    nested_groups: bool,
+    #[serde(default = "default_recheck_interval")]
+    recheck_interval: String,
+    #[serde(default)]
+    roles: RawLdapRoles,
+    #[serde(default)]
+    zones: std::collections::BTreeMap<String, RawLdapZone>,
+    vendors: Option<RawLdapVendors>,
+}
+
+fn default_user_filter() -> String {
+    "(uid={name})".into()
+}
+fn default_ldap_connect_timeout() -> String {
+    "5s".into()
+}
+fn default_ldap_timeout() -> String {
+    "10s".into()
+}
+fn default_group_membership() -> String {
+    "member".into()
+}
+fn default_recheck_interval() -> String {
+    "5m".into()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLdapRoles {
+    approver: Option<String>,
+    auditor: Option<String>,
+    admin: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMail {
+    url: String,
+    from: String,
+    username: Option<String>,
+    password: Option<String>,
+    ca_file: Option<String>,
+    #[serde(default)]
+    to: Vec<String>,
+    #[serde(default)]
+    zones: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLdapZone {
+    approver: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOps {
+    listen: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLdapVendors {
+    base: String,
+    #[serde(default = "default_vendor_filter")]
+    filter: String,
+    #[serde(default = "default_vendor_name_attribute")]
+    name_attribute: String,
+    #[serde(default = "default_recheck_interval")]
+    sync_interval: String,
+}
+
+fn default_vendor_filter() -> String {
+    "(objectClass=ldapPublicKey)".into()
+}
+fn default_vendor_name_attribute() -> String {
+    "uid".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAtna {
+    url: String,
+    ca_file: Option<String>,
+    client_cert: Option<String>,
+    client_key: Option<String>,
+    audit_source_id: Option<String>,
+    enterprise_site_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1004,44 +1296,38 @@ impl Config {
                     ));
                 }
                 let events = match w.events {
-                    None => DEFAULT_WEBHOOK_EVENTS
-                        .iter()
-                        .map(|e| (*e).to_owned())
-                        .collect(),
-                    Some(events) => {
-                        if let Some(bad) = events.iter().find(|e| {
-                            e.is_empty()
-                                || !e
-                                    .chars()
-                                    .all(|c| c.is_ascii_lowercase() || matches!(c, '.' | '_'))
-                        }) {
-                            return Err(invalid(
-                                "webhook.events",
-                                format!(
-                                    "{bad:?} is not an audit action name (like \"request.file\")"
-                                ),
-                            ));
+                    None => DEFAULT_WEBHOOK_EVENTS.to_vec(),
+                    Some(names) => {
+                        let mut events = Vec::with_capacity(names.len());
+                        for name in names {
+                            // Budget crossings of every session kind share one action since
+                            // [tunnels] became [budgets]; a list naming the old one still gets them.
+                            let name = if name == "tunnel.budget.exceeded" {
+                                "budget.exceeded"
+                            } else {
+                                name.as_str()
+                            };
+                            // A misspelt name would silently never be sent: every name must be an action.
+                            let Some(action) = Action::parse(name) else {
+                                return Err(invalid(
+                                    "webhook.events",
+                                    format!(
+                                        "{name:?} is not an audit action name (like \"request.file\")"
+                                    ),
+                                ));
+                            };
+                            if action == Action::WebhookUndelivered {
+                                // Giving one up would make another to give up, forever, while the
+                                // receiver is down.
+                                return Err(invalid(
+                                    "webhook.events",
+                                    "\"webhook.undelivered\" cannot be sent by the webhook it is about"
+                                        .into(),
+                                ));
+                            }
+                            events.push(action);
                         }
-                        if events.iter().any(|e| e == "webhook.undelivered") {
-                            // Giving one up would make another to give up, forever, while the receiver is down.
-                            return Err(invalid(
-                                "webhook.events",
-                                "\"webhook.undelivered\" cannot be sent by the webhook it is about"
-                                    .into(),
-                            ));
-                        }
-                        // Budget crossings of every session kind share one action since [tunnels]
-                        // became [budgets]; a list naming the old one still gets them.
                         events
-                            .into_iter()
-                            .map(|e| {
-                                if e == "tunnel.budget.exceeded" {
-                                    "budget.exceeded".to_owned()
-                                } else {
-                                    e
-                                }
-                            })
-                            .collect()
                     }
                 };
                 let max_attempts = w.max_attempts.unwrap_or(10);
@@ -1059,6 +1345,26 @@ impl Config {
                     max_attempts,
                 })
             }
+        };
+        let ldap = match raw.ldap {
+            None => None,
+            Some(l) => Some(ldap_config(l, &resolve).map_err(|(key, m)| invalid(key, m))?),
+        };
+        let ops = match raw.ops {
+            None => None,
+            Some(o) => Some(OpsConfig {
+                listen: addr("ops.listen", &o.listen)?,
+            }),
+        };
+        let atna = match raw.atna {
+            None => None,
+            Some(a) => Some(
+                atna_config(a, &ssh.public_host, &resolve).map_err(|(key, m)| invalid(key, m))?,
+            ),
+        };
+        let mail = match raw.mail {
+            None => None,
+            Some(m) => Some(mail_config(m, &resolve).map_err(|(key, m)| invalid(key, m))?),
         };
         if raw.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty".into()));
@@ -1096,8 +1402,359 @@ impl Config {
             },
             policy,
             webhook,
+            ldap,
+            ops,
+            atna,
+            mail,
         })
     }
+}
+
+/// `[ldap]`, checked: a URL that keeps passwords off the network in clear, a filter with `{name}`, at
+/// least one role mapped. An error names the key.
+fn ldap_config(
+    raw: RawLdap,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<LdapConfig, (&'static str, String)> {
+    let duration = |key: &'static str, value: &str| parse_duration(value).map_err(|m| (key, m));
+    let uri: http::Uri = raw
+        .url
+        .parse()
+        .map_err(|e| ("ldap.url", format!("{:?} is not a URL ({e})", raw.url)))?;
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or(("ldap.url", format!("{:?} has no host", raw.url)))?;
+    if uri.path() != "/" && !uri.path().is_empty() {
+        return Err((
+            "ldap.url",
+            format!(
+                "{:?}: put the search base in ldap.user_base, not the URL",
+                raw.url
+            ),
+        ));
+    }
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match uri.scheme_str() {
+        Some("ldaps") => {
+            if raw.starttls {
+                return Err((
+                    "ldap.starttls",
+                    "ldaps:// is TLS from the start: StartTLS is for ldap:// URLs".into(),
+                ));
+            }
+        }
+        Some("ldap") if raw.starttls || loopback => {}
+        Some("ldap") => {
+            return Err((
+                "ldap.url",
+                format!(
+                    "{:?}: passwords would cross the network in clear; use ldaps:// or set starttls = true (plain ldap:// only to a loopback address)",
+                    raw.url
+                ),
+            ));
+        }
+        _ => {
+            return Err((
+                "ldap.url",
+                format!("{:?} must start with ldaps:// or ldap://", raw.url),
+            ));
+        }
+    }
+    if !raw.user_filter.contains("{name}") {
+        return Err((
+            "ldap.user_filter",
+            format!("{:?} must contain {{name}}", raw.user_filter),
+        ));
+    }
+    let group_membership = match raw.group_membership.as_str() {
+        "member" => GroupMembership::Member,
+        "uniqueMember" => GroupMembership::UniqueMember,
+        "memberUid" => GroupMembership::MemberUid,
+        other => {
+            return Err((
+                "ldap.group_membership",
+                format!("{other:?}: use member, uniqueMember or memberUid"),
+            ));
+        }
+    };
+    if raw.nested_groups && group_membership != GroupMembership::Member {
+        return Err((
+            "ldap.nested_groups",
+            "nested groups (Active Directory's matching rule in chain) work with member only"
+                .into(),
+        ));
+    }
+    let nonempty = |key: &'static str, v: Option<String>| match v {
+        Some(v) if v.trim().is_empty() => Err((key, "must not be empty".to_owned())),
+        v => Ok(v),
+    };
+    let roles = LdapRoles {
+        approver: nonempty("ldap.roles.approver", raw.roles.approver)?,
+        auditor: nonempty("ldap.roles.auditor", raw.roles.auditor)?,
+        admin: nonempty("ldap.roles.admin", raw.roles.admin)?,
+    };
+    let mut zone_approvers = std::collections::BTreeMap::new();
+    for (zone, z) in raw.zones {
+        crate::model::check_name("zone", &zone).map_err(|m| ("ldap.zones", m))?;
+        if z.approver.trim().is_empty() {
+            return Err(("ldap.zones.*.approver", "must not be empty".into()));
+        }
+        zone_approvers.insert(zone, z.approver);
+    }
+    if roles.approver.is_none()
+        && roles.auditor.is_none()
+        && roles.admin.is_none()
+        && zone_approvers.is_empty()
+    {
+        return Err((
+            "ldap.roles",
+            "map at least one group to a role ([ldap.roles] approver = \"cn=…\")".into(),
+        ));
+    }
+    for (key, v) in [
+        ("ldap.bind_dn", &raw.bind_dn),
+        ("ldap.user_base", &raw.user_base),
+    ] {
+        if v.trim().is_empty() {
+            return Err((key, "must not be empty".into()));
+        }
+    }
+    let vendors = match raw.vendors {
+        None => None,
+        Some(v) => {
+            if v.base.trim().is_empty() {
+                return Err(("ldap.vendors.base", "must not be empty".into()));
+            }
+            Some(LdapVendors {
+                base: v.base,
+                filter: v.filter,
+                name_attribute: v.name_attribute,
+                sync_interval: duration("ldap.vendors.sync_interval", &v.sync_interval)?,
+            })
+        }
+    };
+    let positive = |key: &'static str, value: &str| {
+        let d = duration(key, value)?;
+        if d.is_zero() {
+            return Err((key, "must be longer than 0s".to_owned()));
+        }
+        Ok(d)
+    };
+    Ok(LdapConfig {
+        url: raw.url,
+        bind_dn: raw.bind_dn,
+        bind_password_file: resolve(&raw.bind_password_file),
+        user_base: raw.user_base,
+        user_filter: raw.user_filter,
+        starttls: raw.starttls,
+        ca_file: raw.ca_file.as_deref().map(resolve),
+        connect_timeout: positive("ldap.connect_timeout", &raw.connect_timeout)?,
+        timeout: positive("ldap.timeout", &raw.timeout)?,
+        group_membership,
+        nested_groups: raw.nested_groups,
+        roles,
+        zone_approvers,
+        recheck_interval: positive("ldap.recheck_interval", &raw.recheck_interval)?,
+        vendors,
+    })
+}
+
+/// A bare address (`local@domain`), checked strictly: it goes into SMTP commands and a header, so no
+/// space, no control character, no `<>`, `,`, `;` or quote may pass.
+fn mail_address(key: &'static str, value: &str) -> Result<String, (&'static str, String)> {
+    let ok = value.len() <= 254
+        && value.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && local
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c))
+                && domain
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+        });
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err((
+            key,
+            format!("{value:?} is not a plain e-mail address (local@domain, no name or brackets)"),
+        ))
+    }
+}
+
+/// `[mail]`: the submission server (STARTTLS only), the sender, and who is told for which zone.
+fn mail_config(
+    raw: RawMail,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<MailConfig, (&'static str, String)> {
+    let Some(rest) = raw.url.strip_prefix("smtp://") else {
+        return Err((
+            "mail.url",
+            format!(
+                "{:?} must be smtp://HOST[:PORT] (submission with STARTTLS, port 587 by default)",
+                raw.url
+            ),
+        ));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && (!h.contains(':') || h.ends_with(']')) => (
+            h,
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| ("mail.url", format!("{p:?} is not a port")))?,
+        ),
+        _ => (rest, 587),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+    {
+        return Err(("mail.url", format!("{:?} has no valid host", raw.url)));
+    }
+    if raw.username.is_some() != raw.password.is_some() {
+        return Err(("mail.username", "username and password go together".into()));
+    }
+    if let Some(name) = &raw.username
+        && (name.is_empty() || name.chars().any(char::is_control))
+    {
+        return Err(("mail.username", "must be printable and not empty".into()));
+    }
+    if raw
+        .password
+        .as_deref()
+        .is_some_and(|p| p.chars().any(|c| c == '\0'))
+    {
+        return Err(("mail.password", "must not contain NUL".into()));
+    }
+    let to = raw
+        .to
+        .iter()
+        .map(|a| mail_address("mail.to", a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut zones = std::collections::BTreeMap::new();
+    for (zone, list) in raw.zones {
+        let list = list
+            .iter()
+            .map(|a| mail_address("mail.zones", a))
+            .collect::<Result<Vec<_>, _>>()?;
+        zones.insert(zone, list);
+    }
+    if to.is_empty() && zones.values().all(Vec::is_empty) {
+        return Err((
+            "mail.to",
+            "no recipient: set mail.to and/or [mail.zones] lists".into(),
+        ));
+    }
+    Ok(MailConfig {
+        url: raw.url.clone(),
+        host: host.to_owned(),
+        port,
+        from: mail_address("mail.from", &raw.from)?,
+        username: raw.username,
+        password: raw.password,
+        ca_file: raw.ca_file.as_deref().map(resolve),
+        to,
+        zones,
+    })
+}
+
+/// `[atna]`: the collector's URL, its TLS trust and our client certificate, and how we name ourselves.
+fn atna_config(
+    raw: RawAtna,
+    public_host: &str,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<AtnaConfig, (&'static str, String)> {
+    let (transport, rest, default_port) = if let Some(rest) = raw.url.strip_prefix("tls://") {
+        (AtnaTransport::Tls, rest, 6514)
+    } else if let Some(rest) = raw.url.strip_prefix("udp://") {
+        (AtnaTransport::Udp, rest, 514)
+    } else {
+        return Err((
+            "atna.url",
+            format!(
+                "{:?} must be tls://HOST[:PORT] (RFC 5425) or udp://HOST[:PORT] (RFC 5426)",
+                raw.url
+            ),
+        ));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        // `[::1]:6514`, `host:6514`; a bare IPv6 address needs brackets.
+        Some((h, p)) if !h.is_empty() && (!h.contains(':') || h.ends_with(']')) => (
+            h,
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| ("atna.url", format!("{p:?} is not a port")))?,
+        ),
+        _ => (rest, default_port),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+    {
+        return Err(("atna.url", format!("{:?} has no valid host", raw.url)));
+    }
+    if transport == AtnaTransport::Udp
+        && (raw.ca_file.is_some() || raw.client_cert.is_some() || raw.client_key.is_some())
+    {
+        return Err((
+            "atna.url",
+            "ca_file, client_cert and client_key need tls:// (udp:// is in clear)".into(),
+        ));
+    }
+    if raw.client_cert.is_some() != raw.client_key.is_some() {
+        return Err((
+            "atna.client_cert",
+            "client_cert and client_key go together".into(),
+        ));
+    }
+    // The source id is also the syslog HOSTNAME (printable ASCII, no spaces).
+    let printable = |key: &'static str, v: String, space: bool| {
+        if v.is_empty()
+            || v.len() > 255
+            || !v
+                .chars()
+                .all(|c| c.is_ascii_graphic() || (space && c == ' '))
+        {
+            Err((key, format!("{v:?}: 1 to 255 printable ASCII characters")))
+        } else {
+            Ok(v)
+        }
+    };
+    Ok(AtnaConfig {
+        url: raw.url.clone(),
+        transport,
+        host: host.to_owned(),
+        port,
+        ca_file: raw.ca_file.as_deref().map(resolve),
+        client_cert: raw.client_cert.as_deref().map(resolve),
+        client_key: raw.client_key.as_deref().map(resolve),
+        audit_source_id: printable(
+            "atna.audit_source_id",
+            raw.audit_source_id
+                .unwrap_or_else(|| public_host.to_owned()),
+            false,
+        )?,
+        enterprise_site_id: raw
+            .enterprise_site_id
+            .map(|v| printable("atna.enterprise_site_id", v, true))
+            .transpose()?,
+    })
 }
 
 /// `[budgets]` (or its old name `[tunnels]`): the default policy and the per-service ones. An error names
@@ -1303,6 +1960,57 @@ max_pending_per_vendor = 5
 # ca_file = "webhook_ca.pem"   # trust this CA for the receiver instead of the system's roots
 # max_attempts = 10            # then the event is given up and `webhook.undelivered` is audited
 
+# Staff (and optionally vendors) from LDAP / Active Directory (README: "LDAP / Active Directory").
+# [ldap]
+# url = "ldaps://dc1.hospital.example"          # or ldap://… with starttls = true (plain only to loopback)
+# starttls = false
+# ca_file = "directory_ca.pem"                  # else the system's roots
+# bind_dn = "cn=chaperone-svc,ou=service,dc=hospital,dc=example"
+# bind_password_file = "ldap_bind_password"     # mode 0600; never the password itself here
+# user_base = "ou=staff,dc=hospital,dc=example"
+# user_filter = "(uid={{name}})"                # AD: "(sAMAccountName={{name}})"; the name is escaped
+# group_membership = "member"                   # or uniqueMember, memberUid
+# nested_groups = false                         # AD: true (LDAP_MATCHING_RULE_IN_CHAIN)
+# connect_timeout = "5s"
+# timeout = "10s"
+# recheck_interval = "5m"                       # removed from the groups: web sessions end within this
+# [ldap.roles]
+# approver = "cn=pacs-approvers,ou=groups,dc=hospital,dc=example"
+# auditor = "cn=audit,ou=groups,dc=hospital,dc=example"
+# admin = "cn=chaperone-admins,ou=groups,dc=hospital,dc=example"
+# [ldap.zones.icu]
+# approver = "cn=icu-clinical-engineering,ou=groups,dc=hospital,dc=example"
+# [ldap.vendors]                                # one OU per vendor organisation, keys in sshPublicKey
+# base = "ou=vendors,dc=hospital,dc=example"
+# sync_interval = "5m"
+# Prometheus metrics (/metrics) and health checks (/healthz, /readyz) for the operators, on a listener of
+# their own with no sign-in: keep it on loopback or a management network. Off unless set.
+# [ops]
+# listen = "127.0.0.1:9478"
+
+# IHE ATNA audit messages (DICOM PS3.15 A.5) to the hospital's audit record repository, as syslog over TLS
+# (RFC 5425, tls://HOST[:6514]) or UDP (RFC 5426, udp://HOST[:514], in clear). Sent from the audit log
+# in order, retried until delivered, never lost across restarts. See README, "IHE ATNA".
+# [atna]
+# url = "tls://arr.hospital.example:6514"
+# ca_file = "atna_ca.pem"           # trust this CA for the collector instead of the system's roots
+# client_cert = "atna_cert.pem"     # ATNA's mutual node authentication (both or neither)
+# client_key = "atna_key.pem"
+# audit_source_id = "bastion-1"     # default: ssh.public_host
+# enterprise_site_id = "St Example Hospital"
+
+# E-mail to approvers when a vendor's request waits for a decision, with a link to it (web.public_url).
+# SMTP submission with STARTTLS (always); retried from the audit log until the request is decided or lapses.
+# [mail]
+# url = "smtp://mail.hospital.example:587"
+# from = "chaperone@hospital.example"
+# username = "chaperone"            # AUTH PLAIN after STARTTLS (both or neither)
+# password = "..."
+# ca_file = "mail_ca.pem"           # trust this CA for the mail server instead of the system's roots
+# to = ["it-security@hospital.example"]           # any zone without a list of its own
+# [mail.zones]
+# radiology = ["radiology-approvers@hospital.example"]
+
 [database]
 # SQLite file (embedded default) or postgres://user:password@host/db for several nodes.
 url = "sqlite://chaperone.db"
@@ -1359,6 +2067,79 @@ mod tests {
     }
 
     #[test]
+    fn ldap_section_keeps_passwords_off_the_network_in_clear() {
+        let ldap = |url: &str, extra: &str| {
+            parse(&format!(
+                "[ldap]\nurl = \"{url}\"\nbind_dn = \"cn=svc,dc=x\"\nbind_password_file = \"pw\"\n\
+                 user_base = \"ou=people,dc=x\"\n{extra}\n[ldap.roles]\napprover = \"cn=a,dc=x\"\n"
+            ))
+        };
+        let ok = ldap("ldaps://dc.hospital.example", "").unwrap();
+        let l = ok.ldap.unwrap();
+        assert_eq!(l.user_filter, "(uid={name})");
+        assert_eq!(l.group_membership, GroupMembership::Member);
+        assert_eq!(l.connect_timeout, Duration::from_secs(5));
+        assert!(l.bind_password_file.is_absolute());
+        assert!(ldap("ldap://dc.hospital.example:389", "starttls = true").is_ok());
+        assert!(ldap("ldap://127.0.0.1:3389", "").is_ok());
+        for (url, extra, key) in [
+            ("ldap://dc.hospital.example", "", "ldap.url"),
+            (
+                "ldaps://dc.hospital.example",
+                "starttls = true",
+                "ldap.starttls",
+            ),
+            ("http://dc.hospital.example", "", "ldap.url"),
+            ("ldaps://dc/dc=x", "", "ldap.url"),
+            (
+                "ldaps://dc",
+                "user_filter = \"(uid=x)\"",
+                "ldap.user_filter",
+            ),
+            (
+                "ldaps://dc",
+                "group_membership = \"members\"",
+                "ldap.group_membership",
+            ),
+            (
+                "ldaps://dc",
+                "group_membership = \"memberUid\"\nnested_groups = true",
+                "ldap.nested_groups",
+            ),
+            ("ldaps://dc", "timeout = \"0s\"", "ldap.timeout"),
+        ] {
+            match ldap(url, extra) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{url} {extra}"),
+                other => panic!("{url} {extra}: {other:?}"),
+            }
+        }
+        // no role mapped at all, and an unknown key
+        let none = parse(
+            "[ldap]\nurl = \"ldaps://dc\"\nbind_dn = \"x\"\nbind_password_file = \"pw\"\nuser_base = \"x\"\n",
+        );
+        assert!(matches!(
+            none,
+            Err(ConfigError::Invalid {
+                key: "ldap.roles",
+                ..
+            })
+        ));
+        assert!(matches!(
+            ldap("ldaps://dc", "bind_password = \"x\""),
+            Err(ConfigError::Parse { .. })
+        ));
+        let zoned = parse(
+            "[ldap]\nurl = \"ldaps://dc\"\nbind_dn = \"x\"\nbind_password_file = \"pw\"\nuser_base = \"x\"\n\
+             [ldap.zones.icu]\napprover = \"cn=icu,dc=x\"\n[ldap.vendors]\nbase = \"ou=vendors,dc=x\"\n",
+        )
+        .unwrap()
+        .ldap
+        .unwrap();
+        assert_eq!(zoned.zone_approvers["icu"], "cn=icu,dc=x");
+        assert_eq!(zoned.vendors.unwrap().filter, "(objectClass=ldapPublicKey)");
+    }
+
+    #[test]
     fn webhook_urls_are_shown_without_path_query_or_credentials() {
         for (url, shown) in [
             (
@@ -1391,7 +2172,7 @@ mod tests {
         .unwrap();
         let w = ok.webhook.unwrap();
         assert_eq!(w.max_attempts, 10);
-        assert!(w.events.iter().any(|e| e == "request.file"));
+        assert!(w.events.contains(&Action::RequestFile));
         assert!(w.ca_file.is_none());
         assert!(format!("{w:?}").contains("***"));
         for local in [
@@ -1422,6 +2203,11 @@ mod tests {
             "url = \"https://x/h\"\n{secret}\nevents = [\"Request File\"]"
         ));
         assert!(bad.unwrap_err().to_string().contains("audit action"));
+        // Well-formed but no action: it used to pass, and nothing was ever delivered.
+        let typo = hook(&format!(
+            "url = \"https://x/h\"\n{secret}\nevents = [\"request.aprove\"]"
+        ));
+        assert!(typo.unwrap_err().to_string().contains("\"request.aprove\""));
         let looping = hook(&format!(
             "url = \"https://x/h\"\n{secret}\nevents = [\"webhook.undelivered\"]"
         ));

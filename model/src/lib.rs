@@ -11,6 +11,7 @@
 //! reading its file. Light dependencies only (serde, toml, http's URI type, thiserror): every parser here
 //! reads hostile text, and the fuzz targets in `fuzz/` build this crate, not the server.
 
+pub mod action;
 pub mod config;
 pub mod login;
 pub mod model;

@@ -38,6 +38,9 @@ pub enum ExportFormat {
     /// RFC 5424 syslog lines (facility authpriv; MSGID the action; the JSON object as the message),
     /// for a SIEM's syslog or file collector.
     Syslog,
+    /// IHE ATNA: one DICOM PS3.15 A.5 `AuditMessage` (XML) per line, for the security events that
+    /// `[atna]` sends (the same mapping); other events are left out.
+    Atna,
 }
 
 /// Facility authpriv (10), as RFC 5424 counts it: security and authorisation messages.
@@ -117,9 +120,33 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
     let app = App::open(config).await?;
     match cmd {
         AuditCommand::Verify => {
-            let n = verify_chain(&app.store)
-                .await
-                .context("audit log verification FAILED")?;
+            let n = match verify_chain(&app.store).await {
+                Ok(n) => n,
+                Err(e) => {
+                    // The finding is itself an event (a security alert for the SIEM and the ATNA
+                    // repository): appended after the head, it does not hide the break.
+                    let now = app.clock.now();
+                    let noted = async {
+                        let mut tx = app.store.begin().await?;
+                        tx.audit(
+                            crate::audit::AuditEvent::new(
+                                crate::identity::os_actor(),
+                                crate::audit::Action::AuditTamper.as_str(),
+                                "audit",
+                                serde_json::json!({"why": format!("{e:#}")}),
+                            ),
+                            now,
+                        )
+                        .await?;
+                        tx.commit("audit.tamper").await
+                    }
+                    .await;
+                    if let Err(n) = noted {
+                        eprintln!("(could not record the finding in the audit log: {n})");
+                    }
+                    return Err(e.context("audit log verification FAILED"));
+                }
+            };
             println!("audit log intact: {n} events, chain verified");
         }
         AuditCommand::Export {
@@ -128,6 +155,17 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
             after,
         } => {
             let host = hostname();
+            let source = crate::atna::Source {
+                id: app.config.atna.as_ref().map_or_else(
+                    || app.config.ssh.public_host.clone(),
+                    |a| a.audit_source_id.clone(),
+                ),
+                enterprise_site_id: app
+                    .config
+                    .atna
+                    .as_ref()
+                    .and_then(|a| a.enterprise_site_id.clone()),
+            };
             let mut out: Box<dyn Write> = match &output {
                 Some(path) => Box::new(std::io::BufWriter::new(
                     std::fs::File::create(path)
@@ -135,7 +173,8 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
                 )),
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
-            let mut after = after.max(0);
+            let after_given = after.max(0);
+            let mut after = after_given;
             loop {
                 let page = app.store.audit_page(after, PAGE).await?;
                 for row in &page {
@@ -144,6 +183,10 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
                         ExportFormat::Syslog => {
                             out.write_all(syslog_line(row, &host)?.as_bytes())?
                         }
+                        ExportFormat::Atna => match crate::atna::audit_message(row, &source) {
+                            Some(m) => out.write_all(m.to_xml().as_bytes())?,
+                            None => continue,
+                        },
                     }
                     out.write_all(b"\n")?;
                 }
@@ -153,6 +196,22 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
                 }
             }
             out.flush()?;
+            // The log written to a file is an export (ATNA 110106), audited after the last event it
+            // holds. Printing to a pipe (a SIEM pulling every minute) is not: each pull would add one.
+            if let Some(path) = &output {
+                let mut tx = app.store.begin().await?;
+                tx.audit(
+                    crate::audit::AuditEvent::new(
+                        crate::identity::os_actor(),
+                        crate::audit::Action::AuditExport.as_str(),
+                        "audit",
+                        serde_json::json!({"output": path.display().to_string(), "format": format!("{format:?}").to_lowercase(), "after": after_given}),
+                    ),
+                    app.clock.now(),
+                )
+                .await?;
+                tx.commit("audit.export").await?;
+            }
         }
     }
     Ok(())

@@ -1,5 +1,7 @@
-//! `chaperone demo`: a throwaway data directory with a sample vendor, asset and grant, served at once,
-//! printing exactly what to type.
+//! `chaperone demo`: a throwaway data directory with a sample vendor, device, grant and approver,
+//! served at once, printing exactly what to type (with the full path of this binary, so the commands
+//! work after `cargo run`). The device is OpenSSH's sshd when the PATH has one, else a simulated one
+//! inside this process (`demo_device.rs`), so the demo needs nothing installed.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +10,7 @@ use anyhow::Context as _;
 use clap::Args;
 use russh::keys::{Algorithm, PrivateKey, ssh_key::LineEnding};
 use serde_json::json;
+use sha2::Digest as _;
 
 use super::init::{init_dir, write_new};
 use crate::app::App;
@@ -27,9 +30,91 @@ pub struct DemoArgs {
     pub ssh_listen: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub web_listen: SocketAddr,
+    /// What stands behind the demo's "mri-01": OpenSSH's sshd when one is on the PATH (a real shell of
+    /// the user running the demo), else a simulated device inside this process that needs nothing
+    /// installed; or either one explicitly.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Print the demo vendor's current TOTP code (for the demo at `-c DIR/chaperone.toml`) and exit.
+    #[arg(long)]
+    pub totp_code: bool,
 }
 
-pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    Auto,
+    Sshd,
+    Simulated,
+}
+
+/// What the demo's asset reaches.
+enum Device {
+    Sshd(Box<SshdDevice>),
+    Simulated(super::demo_device::Device),
+}
+
+impl Device {
+    fn ssh_port(&self) -> u16 {
+        match self {
+            Device::Sshd(d) => d.port,
+            Device::Simulated(d) => d.ssh_port,
+        }
+    }
+    fn user(&self) -> &str {
+        match self {
+            Device::Sshd(d) => &d.user,
+            Device::Simulated(_) => super::demo_device::USER,
+        }
+    }
+    fn host_key(&self) -> &str {
+        match self {
+            Device::Sshd(d) => &d.host_key,
+            Device::Simulated(d) => &d.host_key,
+        }
+    }
+    fn client_key(&self) -> &str {
+        match self {
+            Device::Sshd(d) => &d.client_key,
+            Device::Simulated(d) => &d.client_key,
+        }
+    }
+}
+
+/// `sshd` on the PATH, the way a shell would find it.
+fn sshd_on_path() -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join("sshd"))
+        .find(|p| p.is_file())
+}
+
+/// The command that runs this chaperone again, as the person who started the demo can type it: the
+/// full path of this very binary (after `cargo run` it is not on the PATH).
+fn self_command() -> String {
+    std::env::current_exe()
+        .ok()
+        .map(|p| p.display().to_string())
+        .filter(|p| !p.contains(char::is_whitespace))
+        .unwrap_or_else(|| "chaperone".to_owned())
+}
+
+/// `--totp-code`: the demo vendor's code now, read from the demo's own database.
+async fn print_totp_code(config: &std::path::Path) -> anyhow::Result<()> {
+    let app = App::open(config).await?;
+    let vendor = app.store.require_vendor("alice").await?;
+    let (sealed, _) = app.store.vendor_totp(vendor.id).await?;
+    let seed = app.secrets.open("vendor-totp:alice", &sealed)?;
+    let now = u64::try_from(app.clock.now())?;
+    println!(
+        "{}",
+        totp::code_at(seed.expose(), now).map_err(anyhow::Error::msg)?
+    );
+    Ok(())
+}
+
+pub async fn run(config: &std::path::Path, args: DemoArgs) -> anyhow::Result<()> {
+    if args.totp_code {
+        return print_totp_code(config).await;
+    }
     let dir = match args.dir {
         Some(d) => d,
         None => {
@@ -65,15 +150,36 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         0o600,
     )?;
 
-    // The device: a throwaway OpenSSH sshd when the machine has one, so the printed commands reach it.
-    let device = SimulatedDevice::start(&dir).await;
-    let device_port = device.as_ref().map_or(22, |d| d.port);
-    let services: Vec<Service> = vec![
-        format!("ssh:{device_port}/ssh")
+    // The device: OpenSSH's sshd when there is one (and it is wanted), else the simulated one.
+    let sshd = match args.device {
+        DeviceChoice::Simulated => None,
+        DeviceChoice::Auto | DeviceChoice::Sshd => sshd_on_path(),
+    };
+    let device = match (args.device, sshd) {
+        (DeviceChoice::Sshd, None) => anyhow::bail!("--device sshd: no sshd on the PATH"),
+        (_, Some(sshd)) => match SshdDevice::start(&dir, &sshd).await {
+            Some(d) => Device::Sshd(Box::new(d)),
+            None if args.device == DeviceChoice::Sshd => {
+                anyhow::bail!("cannot start {}", sshd.display())
+            }
+            None => Device::Simulated(super::demo_device::Device::start().await?),
+        },
+        (_, None) => Device::Simulated(super::demo_device::Device::start().await?),
+    };
+    let mut services: Vec<Service> = vec![
+        format!("ssh:{}/ssh", device.ssh_port())
             .parse()
             .map_err(anyhow::Error::msg)?,
     ];
-    let granted = vec!["ssh".to_owned()];
+    let mut granted = vec!["ssh".to_owned()];
+    if let Device::Simulated(d) = &device {
+        services.push(
+            format!("dicom:{}/tcp", d.dicom_port)
+                .parse()
+                .map_err(anyhow::Error::msg)?,
+        );
+        granted.push("dicom".to_owned());
+    }
     let mut tx = app.store.begin().await?;
     let vendor_id = tx
         .insert_vendor("alice", "Acme Imaging", &sealed, now)
@@ -118,25 +224,45 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     )
     .await?
     .id;
-    if let Some(d) = &device {
-        let sealed = app
-            .secrets
-            .seal("asset-credential:mri-01", d.client_key.as_bytes());
-        tx.set_asset_host_key(asset_id, &d.host_key).await?;
-        tx.set_asset_credential(
-            asset_id,
-            &d.user,
-            crate::model::CredentialKind::Key,
-            &sealed,
-        )
-        .await?;
-    }
+    let sealed_credential = app
+        .secrets
+        .seal("asset-credential:mri-01", device.client_key().as_bytes());
+    tx.set_asset_host_key(asset_id, device.host_key()).await?;
+    tx.set_asset_credential(
+        asset_id,
+        device.user(),
+        crate::model::CredentialKind::Key,
+        &sealed_credential,
+    )
+    .await?;
+    // An approver, to try the web page: enrolment link below (password, then a passkey or TOTP).
+    let enroll_token = crate::secrets::random_hex(32);
+    let enroll_expires = now + super::user::ENROLL_VALID_SECS;
+    tx.insert_staff_user(
+        "bob",
+        crate::model::Role::Approver,
+        &hex::encode(sha2::Sha256::digest(enroll_token.as_bytes())),
+        enroll_expires,
+        now,
+    )
+    .await?;
+    tx.audit(
+        AuditEvent::new(
+            actor,
+            "user.add",
+            "user:bob",
+            json!({"role": "approver", "enroll_expires_at": enroll_expires}),
+        ),
+        now,
+    )
+    .await?;
     tx.audit(
         AuditEvent::new(
             actor,
             "demo.setup",
             "demo",
-            json!({"vendor": "alice", "asset": "mri-01", "grant": grant_id}),
+            json!({"vendor": "alice", "asset": "mri-01", "grant": grant_id,
+                   "device": match &device { Device::Sshd(_) => "sshd", Device::Simulated(_) => "simulated" }}),
         ),
         now,
     )
@@ -146,58 +272,80 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let listeners = server::bind(&app.config).await?;
     let ssh = listeners.ssh_addr()?;
     let web = listeners.web_addr()?;
+    let me = self_command();
     let c = config_path.display();
+    let ssh_opts = format!(
+        "-p {} -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=accept-new",
+        ssh.port(),
+        key_path.display(),
+        dir.join("known_hosts").display()
+    );
     println!("chaperone demo: data in {}", dir.display());
     println!();
     println!("  vendor alice (Acme Imaging), key {}", key_path.display());
-    println!("  asset mri-01 (radiology), grant #{grant_id} for ssh, 2 hours");
-    println!(
-        "  TOTP seed (base32): {seed_b32}   current code: {}",
-        totp::code_at(&seed, u64::try_from(now)?).map_err(anyhow::Error::msg)?
-    );
-    println!();
-    println!("Try, in another terminal:");
-    println!("  chaperone -c {c} vendor list");
-    println!("  chaperone -c {c} asset show mri-01");
-    println!("  chaperone -c {c} grant list");
-    println!("  chaperone -c {c} audit verify");
-    println!("  curl -k https://{web}/healthz     # self-signed certificate from init");
-    println!(
-        "  ssh-keyscan -p {} {}        # the bastion's host key",
-        ssh.port(),
-        ssh.ip()
-    );
     match &device {
-        Some(d) => {
-            println!(
-                "  ssh -p {} -i {} -t alice+mri-01@{}   # a recorded shell on the simulated device (sshd on port {}); answer the TOTP prompt with: oathtool --totp -b {seed_b32}",
-                ssh.port(),
-                key_path.display(),
-                ssh.ip(),
-                d.port
-            );
-            println!(
-                "  ssh -p {} -i {} alice@{}            # alice's home: grants and how to connect",
-                ssh.port(),
-                key_path.display(),
-                ssh.ip()
-            );
-            println!(
-                "  chaperone -c {c} session list       # after a session: its recording and digest"
-            );
-        }
-        None => println!(
-            "  (no /usr/sbin/sshd here, so mri-01 has no device behind it: apt-get install openssh-server and rerun to try SSH sessions)"
+        Device::Sshd(d) => println!(
+            "  asset mri-01 (radiology): OpenSSH sshd on 127.0.0.1:{} (a shell of user {})",
+            d.port, d.user
+        ),
+        Device::Simulated(d) => println!(
+            "  asset mri-01 (radiology): a SIMULATED device in this process (ssh on 127.0.0.1:{}, DICOM C-ECHO on 127.0.0.1:{})",
+            d.ssh_port, d.dicom_port
         ),
     }
+    println!(
+        "  grant #{grant_id} for alice on mri-01 ({}), 2 hours",
+        granted.join(", ")
+    );
+    println!(
+        "  TOTP seed (base32) {seed_b32}; the code at any moment: {me} -c {c} demo --totp-code"
+    );
+    println!();
+    println!("Try, in another terminal (ssh asks for the TOTP code after the key):");
+    println!(
+        "  ssh {ssh_opts} alice@{}                 # alice's home: grants and how to connect",
+        ssh.ip()
+    );
+    println!(
+        "  ssh {ssh_opts} -t alice+mri-01@{}       # a recorded shell on mri-01",
+        ssh.ip()
+    );
+    println!(
+        "  ssh {ssh_opts} alice+mri-01@{} 'cat /opt/scanner/VERSION'   # one command",
+        ssh.ip()
+    );
+    if let Device::Simulated(d) = &device {
+        println!(
+            "  ssh {ssh_opts} -N -L 11104:mri-01:{} alice@{}   # a DICOM tunnel: C-ECHO to localhost:11104",
+            d.dicom_port,
+            ssh.ip()
+        );
+    }
+    println!("  {me} -c {c} session list            # every session, its recording and digest");
+    println!("  {me} -c {c} session play ID         # replay a shell session in this terminal");
+    println!("  {me} -c {c} audit verify            # the tamper-evident audit log");
+    println!();
+    println!("The approver's web page (self-signed certificate: accept it in the browser):");
+    println!(
+        "  {}/enroll/{enroll_token}   # approver bob: choose a password, then a passkey or TOTP",
+        app.config.web.public_url
+    );
+    println!(
+        "  then: ssh {ssh_opts} alice@{} request mri-01 ssh --for 1h --reason INC-4711 coil calibration",
+        ssh.ip()
+    );
+    println!(
+        "        and approve it as bob on {}/requests",
+        app.config.web.public_url
+    );
     println!();
     println!("Serving SSH on {ssh} and web on {web}; Ctrl-C stops.");
     let _device = device;
     Ok(server::run(app, listeners, server::shutdown_signal()).await?)
 }
 
-/// A throwaway OpenSSH server standing in for the demo's MRI scanner; stopped when dropped.
-struct SimulatedDevice {
+/// A throwaway OpenSSH sshd standing in for the demo's MRI scanner; stopped when dropped.
+struct SshdDevice {
     port: u16,
     user: String,
     /// The pinned host key line.
@@ -207,12 +355,8 @@ struct SimulatedDevice {
     _child: tokio::process::Child,
 }
 
-impl SimulatedDevice {
-    async fn start(dir: &std::path::Path) -> Option<SimulatedDevice> {
-        let sshd = std::path::Path::new("/usr/sbin/sshd");
-        if !sshd.exists() {
-            return None;
-        }
+impl SshdDevice {
+    async fn start(dir: &std::path::Path, sshd: &std::path::Path) -> Option<SshdDevice> {
         let made = async {
             let d = dir.join("device");
             std::fs::create_dir_all(&d)?;
@@ -247,7 +391,7 @@ impl SimulatedDevice {
             let out = tokio::process::Command::new("id").arg("-un").output().await?;
             let user = String::from_utf8_lossy(&out.stdout).trim().to_owned();
             anyhow::ensure!(!user.is_empty(), "cannot tell the current user name");
-            Ok::<_, anyhow::Error>(SimulatedDevice {
+            Ok::<_, anyhow::Error>(SshdDevice {
                 port,
                 user,
                 host_key: host.public_key().to_openssh()?,
@@ -260,7 +404,8 @@ impl SimulatedDevice {
             Ok(d) => Some(d),
             Err(e) => {
                 eprintln!(
-                    "chaperone demo: cannot start a simulated device ({e:#}); SSH sessions will not reach mri-01"
+                    "chaperone demo: cannot start {} ({e:#}); using the simulated device instead",
+                    sshd.display()
                 );
                 None
             }

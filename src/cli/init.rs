@@ -14,8 +14,13 @@ use crate::store::Store;
 #[derive(Debug, Args)]
 pub struct InitArgs {
     /// The directory to create or fill (config, keys, database, recordings).
-    #[arg(long)]
-    pub dir: PathBuf,
+    #[arg(long, required_unless_present = "from_config")]
+    pub dir: Option<PathBuf>,
+    /// Keep the config given with `-c` (e.g. the packaged /etc/chaperone/chaperone.toml) and create what
+    /// it names: host key, secrets key, web certificate, recordings directory, database. Refused when
+    /// any key or the database already exists (a half-made node is not finished by guessing).
+    #[arg(long, conflicts_with = "dir")]
+    pub from_config: bool,
     /// The vendors' SSH listener.
     #[arg(long, default_value = "0.0.0.0:2222")]
     pub ssh_listen: SocketAddr,
@@ -24,9 +29,15 @@ pub struct InitArgs {
     pub web_listen: SocketAddr,
 }
 
-pub async fn run(args: InitArgs) -> anyhow::Result<()> {
-    let config_path = init_dir(&args.dir, args.ssh_listen, args.web_listen).await?;
-    println!("Initialised {}", args.dir.display());
+pub async fn run(config: &Path, args: InitArgs) -> anyhow::Result<()> {
+    let Some(dir) = args.dir else {
+        let config = Config::load(config)?;
+        init_from_config(&config).await?;
+        println!("Initialised the files {} names", config.path.display());
+        return Ok(());
+    };
+    let config_path = init_dir(&dir, args.ssh_listen, args.web_listen).await?;
+    println!("Initialised {}", dir.display());
     println!("  config:    {}", config_path.display());
     println!("Next:");
     println!(
@@ -69,21 +80,53 @@ pub async fn init_dir(
             );
         }
     }
+    write_new(&config_path, text.as_bytes(), 0o600)?;
+    make_state(&config).await?;
+    Ok(config_path)
+}
+
+/// `init --from-config`: the keys, certificate, recordings directory and database an existing config
+/// names, none of which may exist yet.
+async fn init_from_config(config: &Config) -> anyhow::Result<()> {
+    let mut existing = vec![
+        &config.ssh.host_key,
+        &config.secrets.key_file,
+        &config.web.tls_cert,
+        &config.web.tls_key,
+    ];
+    let db = config
+        .database
+        .url
+        .strip_prefix("sqlite://")
+        .map(PathBuf::from);
+    if let Some(db) = &db {
+        existing.push(db);
+    }
+    if let Some(found) = existing.into_iter().find(|p| p.exists()) {
+        bail!(
+            "refusing to initialise: {} already exists (init never replaces keys or data)",
+            found.display()
+        );
+    }
+    make_state(config).await
+}
+
+/// Creates the keys, the certificate, the recordings directory and the database `config` names.
+async fn make_state(config: &Config) -> anyhow::Result<()> {
     write_host_key(&config.ssh.host_key)?;
     SecretsKey::generate_file(&config.secrets.key_file)?;
     // The key that signs evidence bundles, made now so that its line can be handed to inspectors
     // before the first bundle (`chaperone evidence signer` prints it).
     crate::evidence::signer::Signer::create(&config.recording.signing_key)?;
-    write_web_certificate(&config)?;
+    write_web_certificate(config)?;
     create_private_dir(&config.recording.dir)?;
-    write_new(&config_path, text.as_bytes(), 0o600)?;
     if let Some(db) = config.database.url.strip_prefix("sqlite://") {
         // SQLite would create the file with the umask's mode; it holds sealed secrets and the audit log.
         write_new(Path::new(db), b"", 0o600)?;
     }
     let store = Store::open(&config.database.url).await?;
     store.close().await;
-    Ok(config_path)
+    Ok(())
 }
 
 fn write_host_key(path: &Path) -> anyhow::Result<()> {
@@ -109,20 +152,7 @@ fn write_host_key(path: &Path) -> anyhow::Result<()> {
 /// of `web.public_url`), so `serve` speaks HTTPS from the first start. Replace it with the hospital's.
 fn write_web_certificate(config: &Config) -> anyhow::Result<()> {
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    let host = config
-        .web
-        .public_url
-        .split_once("://")
-        .map_or("", |(_, rest)| rest)
-        .split('/')
-        .next()
-        .unwrap_or_default();
-    let host = match host.rsplit_once(':') {
-        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
-        _ => host,
-    }
-    .trim_start_matches('[')
-    .trim_end_matches(']');
+    let host = web_host(&config.web.public_url);
     if !host.is_empty() && !names.iter().any(|n| n == host) {
         names.push(host.to_owned());
     }
@@ -135,6 +165,23 @@ fn write_web_certificate(config: &Config) -> anyhow::Result<()> {
     )?;
     write_new(&config.web.tls_cert, certified.cert.pem().as_bytes(), 0o644)?;
     Ok(())
+}
+
+/// The host of `web.public_url` (no scheme, port or brackets): what the web certificate must name, and
+/// the passkeys' relying party (`doctor` checks both).
+pub fn web_host(public_url: &str) -> &str {
+    let host = public_url
+        .split_once("://")
+        .map_or("", |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    }
+    .trim_start_matches('[')
+    .trim_end_matches(']')
 }
 
 /// Writes a new file with `mode`; never replaces an existing one.
@@ -158,7 +205,7 @@ pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn create_private_dir(path: &Path) -> anyhow::Result<()> {
+pub fn create_private_dir(path: &Path) -> anyhow::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]

@@ -5,11 +5,15 @@
 
 mod asset;
 mod audit;
+mod backup;
 mod demo;
+mod demo_device;
 mod display;
+mod doctor;
 mod evidence;
 mod grant;
 mod init;
+mod ldap;
 mod output;
 mod secrets;
 mod serve;
@@ -51,6 +55,9 @@ pub enum Command {
     /// Staff users: approvers, auditors, admins.
     #[command(subcommand)]
     User(user::UserCommand),
+    /// LDAP / Active Directory: check what the directory says of a name, sync once.
+    #[command(subcommand)]
+    Ldap(ldap::LdapCommand),
     /// Assets (devices) and their services, credentials, host keys.
     #[command(subcommand)]
     Asset(asset::AssetCommand),
@@ -69,6 +76,13 @@ pub enum Command {
     /// The key that seals device credentials and TOTP seeds at rest.
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
+    /// Check this node: config, file modes, web certificate, free space, database and migrations.
+    /// One line per finding; exit 1 when any check fails.
+    Doctor,
+    /// Back up this node: config, keys, the SQLite database (a consistent copy, online) and recordings.
+    Backup(backup::BackupArgs),
+    /// Restore a backup into a new data directory (then `audit verify` passes on it).
+    Restore(backup::RestoreArgs),
     /// known_hosts lines for ProxyJump (`ssh -J`): the host key chaperone presents for each asset.
     KnownHosts,
 }
@@ -76,17 +90,21 @@ pub enum Command {
 /// Runs a parsed command. Errors carry their own explanation; `main` prints them and exits 1.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Init(args) => init::run(args).await,
+        Command::Init(args) => init::run(&cli.config, args).await,
         Command::Serve => serve::run(&cli.config).await,
-        Command::Demo(args) => demo::run(args).await,
+        Command::Demo(args) => demo::run(&cli.config, args).await,
         Command::Vendor(cmd) => vendor::run(&cli.config, cmd).await,
         Command::User(cmd) => user::run(&cli.config, cmd).await,
+        Command::Ldap(cmd) => ldap::run(&cli.config, cmd).await,
         Command::Asset(cmd) => asset::run(&cli.config, cmd).await,
         Command::Grant(cmd) => grant::run(&cli.config, cmd).await,
         Command::Session(cmd) => session::run(&cli.config, cmd).await,
         Command::Audit(cmd) => audit::run(&cli.config, cmd).await,
         Command::Evidence(cmd) => evidence::run(&cli.config, cmd).await,
         Command::Secrets(cmd) => secrets::run(&cli.config, cmd).await,
+        Command::Doctor => doctor::run(&cli.config).await,
+        Command::Backup(args) => backup::backup(&cli.config, args).await,
+        Command::Restore(args) => backup::restore(args).await,
         Command::KnownHosts => known_hosts(&cli.config).await,
     }
 }

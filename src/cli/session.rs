@@ -350,6 +350,19 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
             } else {
                 export_exec(r, proof, &output, raw.then_some(stream))?;
             }
+            // A recording leaving the bastion is an export (ATNA 110106): on record before it is said.
+            let mut tx = app.store.begin().await?;
+            tx.audit(
+                crate::audit::AuditEvent::new(
+                    crate::identity::os_actor(),
+                    crate::audit::Action::SessionExport.as_str(),
+                    format!("session:{id}"),
+                    serde_json::json!({"output": output.display().to_string(), "recording_sha256": digest, "raw": raw}),
+                ),
+                app.clock.now(),
+            )
+            .await?;
+            tx.commit("session.export").await?;
             println!(
                 "Session {id} exported to {} (recording sha256 {digest}, as the audit log vouches).",
                 output.display(),

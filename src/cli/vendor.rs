@@ -18,7 +18,8 @@ use crate::model::{check_name, check_text};
 
 #[derive(Debug, Subcommand)]
 pub enum VendorCommand {
-    /// Enrol a vendor technician: prints their TOTP provisioning URI (otpauth://…).
+    /// Enrol a vendor technician. They set up their TOTP app themselves at their first key login (a QR
+    /// code in their terminal); nobody else sees the seed.
     Add {
         name: String,
         /// Their organisation (matches assets' --vendor-org).
@@ -27,9 +28,16 @@ pub enum VendorCommand {
         /// Their OpenSSH public key file (.pub).
         #[arg(long)]
         key: PathBuf,
+        /// For scripted setups: draw the TOTP seed now and print its provisioning URI (otpauth://…,
+        /// `totp_uri` with --json), instead of the vendor enrolling at their first login.
+        #[arg(long)]
+        totp: bool,
         #[arg(long)]
         json: bool,
     },
+    /// A vendor's TOTP: `reset` makes them enrol a new app at their next login.
+    #[command(subcommand)]
+    Totp(TotpCommand),
     /// List vendors.
     List {
         #[arg(long)]
@@ -48,6 +56,12 @@ pub enum VendorCommand {
     /// Add or remove a vendor's SSH keys.
     #[command(subcommand)]
     Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TotpCommand {
+    /// Voids the vendor's TOTP seed at once; at their next key login they enrol a new one (QR code).
+    Reset { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,16 +91,27 @@ pub async fn run(config: &Path, cmd: VendorCommand) -> anyhow::Result<()> {
             name,
             org,
             key,
+            totp: with_totp,
             json: as_json,
         } => {
             refuse(check_name("vendor", &name))?;
             refuse(check_text("organisation", &org, 120))?;
             let key = read_key(&key)?;
+            // Without --totp the seed stored now is a placeholder nobody sees: the vendor's first login
+            // draws and shows the real one.
             let seed = totp::new_seed();
-            let uri = refuse(totp::provisioning_uri(&seed, &name))?;
+            let uri = if with_totp {
+                Some(refuse(totp::provisioning_uri(&seed, &name))?)
+            } else {
+                None
+            };
             let sealed = app.secrets.seal(&format!("vendor-totp:{name}"), &seed);
+            drop(seed);
             let mut tx = app.store.begin().await?;
             let id = tx.insert_vendor(&name, &org, &sealed, now).await?;
+            if uri.is_none() {
+                tx.reset_vendor_totp(id, &sealed).await?;
+            }
             tx.insert_vendor_key(id, &key.openssh, &key.fingerprint, &key.comment, now)
                 .await?;
             tx.audit(
@@ -94,21 +119,56 @@ pub async fn run(config: &Path, cmd: VendorCommand) -> anyhow::Result<()> {
                     &actor,
                     "vendor.add",
                     format!("vendor:{name}"),
-                    json!({"org": org, "key": key.fingerprint}),
+                    json!({"org": org, "key": key.fingerprint,
+                           "totp": if uri.is_some() { "issued" } else { "self-enrollment" }}),
                 ),
                 now,
             )
             .await?;
             tx.commit("vendor.add").await?;
-            if as_json {
-                json(&json!({"name": name, "org": org, "key": key.fingerprint, "totp_uri": uri}))?;
-            } else {
-                println!("Vendor {name} ({org}) added with key {}.", key.fingerprint);
-                println!(
-                    "TOTP provisioning URI (give it to {name} over a trusted channel; it is not shown again):"
-                );
-                println!("{uri}");
+            match (as_json, uri) {
+                (true, Some(uri)) => json(
+                    &json!({"name": name, "org": org, "key": key.fingerprint, "totp_uri": uri}),
+                )?,
+                (true, None) => json(
+                    &json!({"name": name, "org": org, "key": key.fingerprint, "totp": "self-enrollment"}),
+                )?,
+                (false, Some(uri)) => {
+                    println!("Vendor {name} ({org}) added with key {}.", key.fingerprint);
+                    println!(
+                        "TOTP provisioning URI (give it to {name} over a trusted channel; it is not shown again):"
+                    );
+                    println!("{uri}");
+                }
+                (false, None) => {
+                    println!("Vendor {name} ({org}) added with key {}.", key.fingerprint);
+                    println!(
+                        "At their first login (ssh -p PORT {name}@bastion) they scan a QR code with an authenticator app."
+                    );
+                }
             }
+        }
+        VendorCommand::Totp(TotpCommand::Reset { name }) => {
+            let v = app.store.require_vendor(&name).await?;
+            let placeholder = app
+                .secrets
+                .seal(&format!("vendor-totp:{name}"), &totp::new_seed());
+            let mut tx = app.store.begin().await?;
+            tx.reset_vendor_totp(v.id, &placeholder).await?;
+            tx.audit(
+                AuditEvent::new(
+                    &actor,
+                    "vendor.totp.reset",
+                    format!("vendor:{name}"),
+                    json!({}),
+                ),
+                now,
+            )
+            .await?;
+            tx.commit("vendor.totp.reset").await?;
+            println!(
+                "Vendor {name}'s TOTP is reset: their old codes no longer work; at their next login they enrol a new app."
+            );
         }
         VendorCommand::List { json: as_json } => {
             let vendors = app.store.vendors().await?;

@@ -1,9 +1,15 @@
-//! Who people are: vendors' SSH keys and TOTP seeds, staff enrollment tokens, and who runs the CLI.
+//! Who people are: vendors' SSH keys and TOTP seeds, staff enrollment tokens, directory identities,
+//! and who runs the CLI.
 //!
-//! Entry points: [`totp`] for second factors, [`keys`] for parsing and fingerprinting public keys,
-//! [`os_actor`] for the audit actor of an admin command.
+//! Entry points: [`signin`] for the sign-in rules of everyone (TOTP, replay, lockout), [`totp`] for
+//! second factors, [`keys`] for parsing and fingerprinting public keys, [`ldap`] for LDAP / Active
+//! Directory (staff and their roles, vendors and their keys), [`os_actor`] for the audit actor of an
+//! admin command.
 
+pub mod directory;
 pub mod keys;
+pub mod ldap;
+pub mod signin;
 pub mod totp;
 
 /// The audit actor for a CLI command: the OS user who ran it (`os:root`).

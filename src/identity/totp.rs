@@ -50,6 +50,22 @@ pub fn code_at(seed: &[u8], now: u64) -> Result<String, String> {
     Ok(totp(seed, "code")?.generate(now).to_string())
 }
 
+/// A QR code of `text` (an `otpauth://` URI) for a terminal: two modules per character cell with
+/// Unicode half blocks, light modules drawn (as `qrencode -t UTF8` does: terminals are mostly light text on
+/// a dark background), with a quiet zone. Lines end in `\r\n` (SSH prompts are shown raw).
+pub fn terminal_qr(text: &str) -> Result<String, String> {
+    use qrcode::render::unicode::Dense1x2;
+    let code = qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::L)
+        .map_err(|e| format!("cannot draw a QR code: {e}"))?;
+    let drawn = code
+        .render::<Dense1x2>()
+        .dark_color(Dense1x2::Light)
+        .light_color(Dense1x2::Dark)
+        .quiet_zone(true)
+        .build();
+    Ok(drawn.lines().collect::<Vec<_>>().join("\r\n"))
+}
+
 /// Base32 of a seed (what oathtool and authenticator apps take).
 pub fn seed_base32(seed: &[u8]) -> String {
     const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
@@ -87,6 +103,18 @@ mod tests {
         assert_eq!(check(RFC_SEED, "287082", 59 + 60), None);
         assert_eq!(check(RFC_SEED, "28708x", 59), None);
         assert_eq!(check(RFC_SEED, "", 59), None);
+    }
+
+    #[test]
+    fn terminal_qr_is_half_blocks() {
+        let qr = terminal_qr("otpauth://totp/chaperone:alice?secret=JBSWY3DPEHPK3PXP").unwrap();
+        assert!(qr.contains('\u{2580}') || qr.contains('\u{2584}'), "{qr}");
+        assert!(
+            qr.chars()
+                .all(|c| matches!(c, ' ' | '\u{2580}' | '\u{2584}' | '\u{2588}' | '\r' | '\n'))
+        );
+        let rows = qr.split("\r\n").count();
+        assert!((15..40).contains(&rows), "{rows}");
     }
 
     #[test]

@@ -368,6 +368,7 @@ impl PendingSession {
             }
         };
         self.live.mark_started(&self.registration);
+        crate::ops::metrics::session_started(self.kind.as_str());
         // The live view watches terminal sessions (a shell, a command's output).
         let tap = matches!(self.kind, SessionKind::Shell | SessionKind::Exec).then(|| {
             // The size the recording's header has: the live view draws what the recording will.
@@ -548,6 +549,7 @@ impl LiveSession {
     /// recording failure whatever the transport saw, and is audited as `recording.failed` too.
     pub async fn end(mut self, end: End) {
         let app = self.app.clone();
+        crate::ops::metrics::session_ended(self.kind.as_str());
         // Files still open and requests never answered are logged as unfinished.
         if let (Some(sftp), Some(rec)) = (self.sftp.take(), &self.recorder) {
             let left = sftp.finish();
@@ -563,6 +565,7 @@ impl LiveSession {
                 let done = recording.finish().await;
                 match &done {
                     Ok(f) => {
+                        crate::ops::metrics::recording_closed(f.finished.bytes);
                         if let Some(why) = &f.stopped {
                             end = End::RecordingFailed(why.clone());
                         }
@@ -577,6 +580,9 @@ impl LiveSession {
             && !matches!(end, End::RecordingFailed(_))
         {
             end = End::BudgetCut(cut);
+        }
+        if matches!(end, End::RecordingFailed(_)) {
+            crate::ops::metrics::recording_failed();
         }
         let now = app.clock.now();
         let reason = end.describe();
@@ -751,6 +757,7 @@ impl Meter {
             Direction::Down => &m.down,
         };
         counter.fetch_add(n as u64, Ordering::Relaxed);
+        crate::ops::metrics::relayed(dir == Direction::Up, n);
         let Some(crossing) = m
             .budgets
             .add(&m.key, m.app.clock.now(), dir, n as u64, &m.policy)

@@ -82,6 +82,7 @@ impl Admission {
             admission: self.clone(),
             source,
             signed_in: CancellationToken::new(),
+            who: std::sync::OnceLock::new(),
             deadline: tokio::time::Instant::now() + self.grace,
         }))
     }
@@ -132,20 +133,28 @@ pub struct Ticket {
     source: IpAddr,
     /// Cancelled once the connection signed in.
     signed_in: CancellationToken,
+    /// Who signed in on it (the vendor's name), for the `auth.logout` written when it ends.
+    who: std::sync::OnceLock<String>,
     /// When the login grace time ends: one deadline from the accept, however often it is waited on.
     deadline: tokio::time::Instant,
 }
 
 impl Ticket {
     /// Both factors passed: this connection no longer counts as a startup, and its grace time is over.
-    pub fn signed_in(&self) {
+    pub fn signed_in(&self, vendor: &str) {
         if self.signed_in.is_cancelled() {
             return;
         }
+        let _ = self.who.set(vendor.to_owned());
         if let Ok(mut counts) = self.admission.counts.lock() {
             Admission::release_startup(&mut counts, self.source);
         }
         self.signed_in.cancel();
+    }
+
+    /// The vendor who signed in on this connection, if one did.
+    pub fn vendor(&self) -> Option<&str> {
+        self.who.get().map(String::as_str)
     }
 
     /// Completes when the login grace time passed without a sign-in; never, once signed in.
@@ -221,8 +230,8 @@ mod tests {
         let other = a.admit_with(ip("10.0.0.1"), 0).unwrap();
         assert_eq!(a.counts(), (4, 4));
         // Signing in frees the address's startup slot, not its place among all connections.
-        flood[0].signed_in();
-        flood[0].signed_in();
+        flood[0].signed_in("alice");
+        flood[0].signed_in("alice");
         assert_eq!(a.counts(), (4, 3));
         let again = a.admit_with(ip("10.0.0.2"), 99).unwrap();
         drop(flood);
@@ -247,7 +256,7 @@ mod tests {
             a.admit_with(ip("10.0.0.5"), 99).unwrap_err(),
             Refusal::Startups
         );
-        t1.signed_in();
+        t1.signed_in("alice");
         let _t5 = a.admit_with(ip("10.0.0.5"), 99).unwrap();
         assert_eq!(a.admit_with(ip("10.0.0.6"), 99).unwrap_err(), Refusal::Full);
     }
@@ -260,7 +269,7 @@ mod tests {
         });
         let slow = a.admit_with(ip("10.0.0.1"), 0).unwrap();
         let quick = a.admit_with(ip("10.0.0.2"), 0).unwrap();
-        quick.signed_in();
+        quick.signed_in("alice");
         tokio::time::timeout(Duration::from_secs(5), slow.grace_expired())
             .await
             .unwrap();

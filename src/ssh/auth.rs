@@ -1,10 +1,12 @@
 //! Vendor login: the SSH key, then a TOTP code at the keyboard-interactive prompt (partial success).
-//! Both factors, every time.
+//! Both factors, every time. A vendor who has no TOTP app yet (`vendor add` without `--totp`, a reset,
+//! a vendor from the directory) enrols one at that prompt: a QR code and the base32 secret are shown,
+//! two consecutive codes are asked, and only then is the seed stored and the login accepted.
 //!
-//! Entry points: [`Auth::key_offered`], [`Auth::key_verified`], [`Auth::totp`], called from the russh
-//! handler. Unknown users and wrong keys get the same rejection after the same delay (russh's constant
-//! `auth_rejection_time`); only TOTP failures count toward the lockout, since OpenSSH clients routinely
-//! offer several keys. Every success, failure and lock is audited.
+//! Entry points: [`Auth::key_offered`], [`Auth::key_verified`], [`Auth::prompt`], [`Auth::answer`],
+//! called from the russh handler. Unknown users and wrong keys get the same rejection after the same
+//! delay; only second-factor failures count toward the lockout, since OpenSSH clients routinely offer
+//! several keys. The rules themselves (TOTP, replay, lockout, audit) are `identity::signin`'s.
 
 use std::net::SocketAddr;
 
@@ -14,13 +16,13 @@ use serde_json::json;
 use super::login::Login;
 use crate::app::App;
 use crate::audit::AuditEvent;
+use crate::identity::signin::{self, Account, Attempt, Second, Verdict};
 use crate::identity::{keys::fingerprint, totp};
 use crate::model::Vendor;
 use crate::policy::Principal;
-use crate::secrets::SecretsError;
-use crate::store::StoreError;
+use crate::secrets::Secret;
 
-/// Outcome of the TOTP step.
+/// Outcome of the second-factor step.
 #[derive(Debug)]
 pub enum TotpOutcome {
     /// Both factors passed: who signed in, with which key.
@@ -28,15 +30,26 @@ pub enum TotpOutcome {
     Refused,
 }
 
-/// Why the TOTP step could not be judged (the login is refused).
-#[derive(Debug, thiserror::Error)]
-enum CheckError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Secrets(#[from] SecretsError),
-    #[error("the clock reads before 1970")]
-    Clock,
+/// What the keyboard-interactive prompt asks.
+#[derive(Debug)]
+pub struct Prompt {
+    /// One short ASCII line above the prompts, empty for a login. OpenSSH prints the instructions
+    /// through its log (cut at about 1 KB, anything but ASCII shown as octal escapes), so the QR code
+    /// goes into the first prompt, which it writes to the terminal as it is (in a UTF-8 locale).
+    pub instructions: String,
+    pub prompts: Vec<String>,
+}
+
+/// A seed drawn for this connection's enrollment, shown once and kept only in memory until two codes
+/// confirm it.
+struct Enrolling {
+    seed: Secret,
+}
+
+impl std::fmt::Debug for Enrolling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Enrolling(..)")
+    }
 }
 
 /// The authentication state of one connection.
@@ -44,7 +57,13 @@ enum CheckError {
 pub struct Auth {
     /// Set once a key of the named vendor was verified, for exactly this user name.
     key_ok: Option<(String, Vendor, String)>,
+    /// Set when the prompt asked for enrollment codes.
+    enrolling: Option<Enrolling>,
 }
+
+pub const TOTP_PROMPT: &str = "TOTP code: ";
+pub const FIRST_CODE_PROMPT: &str = "Enrollment: first code: ";
+pub const NEXT_CODE_PROMPT: &str = "Enrollment: next code (after it changes): ";
 
 impl Auth {
     /// Would this key be accepted for `user`? (The client asks before signing.)
@@ -89,19 +108,119 @@ impl Auth {
         usable.then_some(vendor)
     }
 
-    /// Checks a TOTP answer for the vendor whose key passed. Records the step (replay protection),
-    /// failures and locks, each in the audit chain.
-    pub async fn totp(&mut self, app: &App, peer: SocketAddr, answer: &str) -> TotpOutcome {
+    /// What to ask at the keyboard-interactive prompt: a TOTP code, or, for a vendor without a TOTP app
+    /// yet, the enrollment (a new seed drawn for this connection, shown as a QR code and in base32).
+    pub async fn prompt(&mut self, app: &App) -> Prompt {
+        let login = Prompt {
+            instructions: String::new(),
+            prompts: vec![TOTP_PROMPT.to_owned()],
+        };
+        let Some((_, vendor, _)) = &self.key_ok else {
+            return login;
+        };
+        match app.store.vendor_second_factor(vendor.id).await {
+            Ok(t) if !t.enrolled => {}
+            // Enrolled, or unreadable (the code is then refused like any other).
+            _ => return login,
+        }
+        let seed = Secret::new(totp::new_seed());
+        let drawn = totp::provisioning_uri(seed.expose(), &vendor.name)
+            .and_then(|uri| totp::terminal_qr(&uri));
+        let qr = match drawn {
+            Ok(qr) => qr,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot draw the enrollment QR code");
+                return login;
+            }
+        };
+        let first = format!(
+            "\r\nWelcome, {name}. Set up your second factor: scan this QR code with an authenticator app\r\n\
+             (any TOTP app), or type the secret in by hand.\r\n\r\n{qr}\r\n\r\n\
+             Secret (base32): {secret}\r\n\r\n\
+             Type the code the app shows now; then, once it shows the next one, type that too.\r\n\r\n\
+             {FIRST_CODE_PROMPT}",
+            name = vendor.name,
+            secret = totp::seed_base32(seed.expose()),
+        );
+        self.enrolling = Some(Enrolling { seed });
+        Prompt {
+            instructions: format!(
+                "Welcome, {}: set up your second factor (a QR code follows).",
+                vendor.name
+            ),
+            prompts: vec![first, NEXT_CODE_PROMPT.to_owned()],
+        }
+    }
+
+    /// Judges the answers to [`Auth::prompt`] for the vendor whose key passed (`identity::signin`:
+    /// lockout, the code's step taken, failures counted, everything audited).
+    pub async fn answer(&mut self, app: &App, peer: SocketAddr, answers: &[String]) -> TotpOutcome {
         let Some((user, vendor, key_fp)) = self.key_ok.clone() else {
             return TotpOutcome::Refused;
         };
-        match check_totp(app, peer, &user, &vendor, &key_fp, answer).await {
-            Ok(true) => TotpOutcome::Accepted(Principal {
+        let now = app.clock.now();
+        // Re-read: a disable since the key step counts (a lock is the judge's to see).
+        match app.store.require_vendor(&vendor.name).await {
+            Ok(current) if current.enabled => {}
+            Ok(_) => {
+                refuse_disabled(app, peer, &vendor, now).await;
+                return TotpOutcome::Refused;
+            }
+            Err(e) => {
+                tracing::error!(vendor = %vendor.name, error = %e, "TOTP check failed; refusing");
+                return TotpOutcome::Refused;
+            }
+        }
+        let account = Account::Vendor {
+            id: vendor.id,
+            name: vendor.name.clone(),
+        };
+        let first = answers.first().map(String::as_str).unwrap_or_default();
+        let judged = match self.enrolling.take() {
+            Some(Enrolling { seed }) => {
+                let second = answers.get(1).map(String::as_str).unwrap_or_default();
+                let sealed = app.secrets.seal(&account.seed_purpose(), seed.expose());
+                let checked = signin::first_codes(seed.expose(), first, second, now)
+                    .map(|step| (sealed.as_slice(), step))
+                    .ok_or("wrong enrollment codes");
+                let attempt = Attempt {
+                    account,
+                    source: peer.to_string(),
+                    first_factor: true,
+                    second: Second::Enrollment(checked),
+                    detail: json!({"user": user, "key": key_fp}),
+                };
+                signin::judge(app, attempt, now).await
+            }
+            None => {
+                let state = match app.store.vendor_second_factor(vendor.id).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(vendor = %vendor.name, error = %e, "TOTP check failed; refusing");
+                        return TotpOutcome::Refused;
+                    }
+                };
+                let attempt = Attempt {
+                    account,
+                    source: peer.to_string(),
+                    first_factor: true,
+                    // A vendor still to enrol has no seed anyone knows: no code matches.
+                    second: Second::Totp {
+                        sealed: state.enrolled.then_some(state.sealed.as_slice()),
+                        code: first,
+                    },
+                    detail: json!({"user": user, "key": key_fp}),
+                };
+                signin::judge(app, attempt, now).await
+            }
+        };
+        match judged {
+            Ok(Verdict::Accepted) => TotpOutcome::Accepted(Principal {
                 vendor_id: vendor.id,
                 vendor: vendor.name.clone(),
                 key_fingerprint: key_fp,
             }),
-            Ok(false) => TotpOutcome::Refused,
+            Ok(Verdict::Refused) => TotpOutcome::Refused,
             Err(e) => {
                 tracing::error!(vendor = %vendor.name, error = %e, "TOTP check failed; refusing");
                 TotpOutcome::Refused
@@ -110,94 +229,26 @@ impl Auth {
     }
 }
 
-async fn check_totp(
-    app: &App,
-    peer: SocketAddr,
-    user: &str,
-    vendor: &Vendor,
-    key_fp: &str,
-    answer: &str,
-) -> Result<bool, CheckError> {
-    let now = app.clock.now();
+/// A vendor disabled between the key step and the code: refused and audited as before.
+async fn refuse_disabled(app: &App, peer: SocketAddr, vendor: &Vendor, now: i64) {
     let subject = format!("vendor:{}", vendor.name);
-    let actor = format!("vendor:{}", vendor.name);
-    // Re-read: a lock set by another connection (or node) since the key step counts.
-    let current = app.store.require_vendor(&vendor.name).await?;
-    if !current.enabled || current.locked_until.is_some_and(|t| t > now) {
+    let result = async {
         let mut tx = app.store.begin().await?;
         tx.audit(
-            AuditEvent::new(&actor, "auth.refused", &subject, json!({"peer": peer.to_string(), "why": if current.enabled { "locked" } else { "disabled" }})),
-            now,
-        )
-        .await?;
-        tx.commit("auth.refused").await?;
-        return Ok(false);
-    }
-    let (sealed, _) = app.store.vendor_totp(vendor.id).await?;
-    let seed = app
-        .secrets
-        .open(&format!("vendor-totp:{}", vendor.name), &sealed)?;
-    let step = totp::check(
-        seed.expose(),
-        answer,
-        u64::try_from(now).map_err(|_| CheckError::Clock)?,
-    );
-    drop(seed);
-    let mut tx = app.store.begin().await?;
-    let accepted = match step {
-        Some(step) => tx.accept_totp_step(vendor.id, step).await?,
-        None => false,
-    };
-    if accepted {
-        tx.clear_login_failures(vendor.id).await?;
-        tx.audit(
-            AuditEvent::new(&actor, "auth.login", &subject, json!({"peer": peer.to_string(), "user": user, "key": key_fp, "second_factor": "totp"})),
-            now,
-        )
-        .await?;
-        tx.commit("auth.login").await?;
-        tracing::info!(vendor = %vendor.name, %peer, "vendor signed in");
-        return Ok(true);
-    }
-    let why = if step.is_some() {
-        "replayed code"
-    } else {
-        "wrong code"
-    };
-    let cfg = &app.config.ssh;
-    let failure = tx
-        .record_login_failure(
-            vendor.id,
-            now,
-            i64::try_from(cfg.failure_window.as_secs()).unwrap_or(i64::MAX),
-            i64::from(cfg.max_failures),
-            i64::try_from(cfg.lockout.as_secs()).unwrap_or(i64::MAX),
-        )
-        .await?;
-    tx.audit(
-        AuditEvent::new(
-            &actor,
-            "auth.totp.failure",
-            &subject,
-            json!({"peer": peer.to_string(), "why": why, "recent_failures": failure.recent}),
-        ),
-        now,
-    )
-    .await?;
-    if let Some(until) = failure.locked_until {
-        tx.audit(
             AuditEvent::new(
-                "system",
-                "auth.lock",
                 &subject,
-                json!({"until": until, "failures": failure.recent}),
+                "auth.refused",
+                &subject,
+                json!({"peer": peer.to_string(), "why": "disabled"}),
             ),
             now,
         )
         .await?;
-        tracing::warn!(vendor = %vendor.name, until, "vendor locked after repeated TOTP failures");
+        tx.commit("auth.refused").await
     }
-    tx.commit("auth.totp.failure").await?;
-    tracing::info!(vendor = %vendor.name, %peer, why, "TOTP refused");
-    Ok(false)
+    .await;
+    crate::ops::metrics::login(crate::ops::metrics::Login::Refused);
+    if let Err(e) = result {
+        tracing::error!(vendor = %vendor.name, error = %e, "cannot audit a refused login");
+    }
 }

@@ -333,26 +333,38 @@ impl server::Handler for Connection {
                 partial_success: false,
             });
         }
-        let Some(mut response) = response else {
+        let Some(response) = response else {
+            let prompt = self.auth.prompt(&self.shared.app).await;
             return Ok(RusshAuth::Partial {
                 name: Cow::Borrowed(""),
-                instructions: Cow::Borrowed(""),
-                prompts: Cow::Owned(vec![(Cow::Borrowed("TOTP code: "), false)]),
+                instructions: Cow::Owned(prompt.instructions),
+                prompts: Cow::Owned(
+                    prompt
+                        .prompts
+                        .into_iter()
+                        .map(|p| (Cow::Owned(p), false))
+                        .collect(),
+                ),
             });
         };
-        // At most 16 bytes are looked at: a huge paste is just a wrong code.
-        let answer = response
-            .next()
+        // At most 16 bytes of each of at most two answers are looked at: a huge paste is just a wrong
+        // code.
+        let answers: Vec<String> = response
+            .take(2)
             .map(|b| String::from_utf8_lossy(&b[..b.len().min(16)]).into_owned())
-            .unwrap_or_default();
+            .collect();
         let since = Instant::now();
-        match self.auth.totp(&self.shared.app, self.peer, &answer).await {
+        match self
+            .auth
+            .answer(&self.shared.app, self.peer, &answers)
+            .await
+        {
             TotpOutcome::Accepted(principal) => {
                 let Some(login) = Login::parse(user) else {
                     return Ok(RusshAuth::reject());
                 };
                 if let Mode::Outer(outer) = &self.mode {
-                    outer.ticket.signed_in();
+                    outer.ticket.signed_in(&principal.vendor);
                     self._registration = Some(self.shared.live.connect(
                         outer.id,
                         &principal,

@@ -310,8 +310,16 @@ impl Listener {
             );
             let stream = Killable::new(crate::target::buffered(stream), kill.clone());
             tokio::spawn(
-                connection(config.clone(), stream, handler, ticket, kill, conn_stop)
-                    .instrument(span),
+                connection(
+                    config.clone(),
+                    stream,
+                    handler,
+                    ticket,
+                    kill,
+                    conn_stop,
+                    (app.clone(), peer),
+                )
+                .instrument(span),
             );
         }
         // Every session tells its vendor, marks its recording and writes its end; then connections go.
@@ -345,6 +353,7 @@ async fn connection(
     ticket: Arc<admission::Ticket>,
     kill: CancellationToken,
     conn_stop: CancellationToken,
+    (app, peer): (App, std::net::SocketAddr),
 ) {
     let handshake = russh::server::run_stream(config, stream, handler);
     let mut session = tokio::select! {
@@ -381,6 +390,32 @@ async fn connection(
         Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
     }
     conn_stop.cancel();
+    if let Some(vendor) = ticket.vendor() {
+        logged_out(&app, vendor, peer).await;
+    }
+}
+
+/// `auth.logout`: a signed-in vendor's connection ended (the other half of `auth.login`, for the audit
+/// trail and the ATNA export's Logout).
+async fn logged_out(app: &App, vendor: &str, peer: std::net::SocketAddr) {
+    let who = format!("vendor:{vendor}");
+    let write = async {
+        let mut tx = app.store.begin().await?;
+        tx.audit(
+            crate::audit::AuditEvent::new(
+                &who,
+                crate::audit::Action::AuthLogout.as_str(),
+                &who,
+                serde_json::json!({"peer": peer.to_string()}),
+            ),
+            app.clock.now(),
+        )
+        .await?;
+        tx.commit("auth.logout").await
+    };
+    if let Err(e) = write.await {
+        tracing::warn!(error = %e, %vendor, "cannot audit the end of a vendor's connection");
+    }
 }
 
 /// Logs refused connections without letting a flood flood the log: the first of each kind, then a count

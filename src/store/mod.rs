@@ -7,7 +7,10 @@
 
 mod assets;
 mod audit;
+mod backup;
+mod cursors;
 mod grants;
+mod health;
 mod nodes;
 mod requests;
 mod sealed;
@@ -28,14 +31,16 @@ use crate::audit::AuditEvent;
 use crate::config::redact_url;
 
 pub use assets::NewAsset;
+pub use cursors::CursorClaim;
 pub use grants::NewGrant;
+pub use health::{MigrationStatus, OpsCounts};
 pub use nodes::AbandonedSession;
 pub use requests::NewRequest;
 pub use sealed::{Sealed, SealedKind};
 pub use search::{CLAIM_SECS, HistoryFilter, HistoryRow, IndexRow, NewTextChunk, TextChunk};
 pub use sessions::{NewSession, RetentionCandidate};
-pub use staff::StaffAuth;
-pub use vendors::LoginFailure;
+pub use staff::{SOURCE_DIRECTORY, SOURCE_LOCAL, StaffAuth};
+pub use vendors::{DirectoryVendor, LoginFailure, VendorTotp};
 pub use web_state::MAX_WEB_STATE;
 pub use webhook::WebhookClaim;
 
@@ -175,6 +180,8 @@ impl Store {
     /// IMMEDIATE` on SQLite (a deferred transaction that another process wrote under fails with
     /// "database is locked" instead of waiting).
     pub(crate) async fn write_tx(&self, context: &'static str) -> Result<WriteTx> {
+        // The metric's wait includes the writer turn: both are time a writer spends queued.
+        let asked = std::time::Instant::now();
         let writer = match &self.writer {
             Some(w) => Some(w.clone().lock_owned().await),
             None => None,
@@ -184,6 +191,7 @@ impl Store {
             Backend::Postgres => self.pool.begin().await,
         }
         .context(context)?;
+        crate::ops::metrics::db_acquired(asked.elapsed());
         Ok(WriteTx { tx, writer })
     }
 

@@ -1,5 +1,6 @@
 //! Staff users (approvers, auditors, admins), their one-time enrollment tokens, and their sign-in
-//! failures per (account, source address) (migration 0007; the rule that reads them is `web::SignInRule`).
+//! failures per (account, source address) (migration 0007; the rule that reads them is
+//! `identity::signin`), and staff from a directory (migration 0012: `source`, `dn`, `zones`).
 
 // Dynamic SQL below only ever interpolates the constant column lists of this module.
 use sqlx::AssertSqlSafe;
@@ -8,13 +9,17 @@ use sqlx::any::AnyRow;
 use super::{Context, Result, Store, StoreError, Tx, get, get_parsed};
 use crate::model::{Role, StaffUser, UnixTime};
 
+/// Enrolled: a local user has set a password; a directory user has a second factor and no open link.
+const ENROLLED: &str = "CASE WHEN password_hash IS NOT NULL OR (source = 'ldap' AND enroll_token_hash IS NULL \
+     AND (totp_secret IS NOT NULL OR passkeys IS NOT NULL)) THEN 1 ELSE 0 END";
+
 fn staff(row: &AnyRow) -> Result<StaffUser> {
     Ok(StaffUser {
         id: get(row, "id")?,
         name: get(row, "name")?,
         role: get_parsed::<Role>(row, "role")?,
         enabled: get::<i64>(row, "enabled")? != 0,
-        enrolled: get::<Option<String>>(row, "password_hash")?.is_some(),
+        enrolled: get::<i64>(row, "enrolled")? != 0,
         created_at: get(row, "created_at")?,
     })
 }
@@ -29,6 +34,26 @@ pub struct StaffAuth {
     pub password_hash: Option<String>,
     /// Sealed TOTP seed (`staff-totp:NAME`).
     pub totp_secret: Option<Vec<u8>>,
+    /// The account's password is checked by the directory (`[ldap]`), not here.
+    pub directory: bool,
+    /// The directory entry it was last found as.
+    pub dn: Option<String>,
+    /// Zones the directory lets them approve (`[ldap.zones.X] approver`).
+    pub zones: Vec<String>,
+    /// Passkeys are stored for the account.
+    pub has_passkeys: bool,
+    /// An enrollment link is open (the second factor is not set up yet).
+    pub enrolling: bool,
+    /// Disabled by the directory (removed, or in no mapped group), not by an administrator: the
+    /// directory may enable it again.
+    pub directory_disabled: bool,
+}
+
+impl StaffAuth {
+    /// A second factor is set up: a directory user signs in with it; one without is enrolled first.
+    pub fn has_second_factor(&self) -> bool {
+        !self.enrolling && (self.totp_secret.is_some() || self.has_passkeys)
+    }
 }
 
 impl std::fmt::Debug for StaffAuth {
@@ -40,7 +65,13 @@ impl std::fmt::Debug for StaffAuth {
     }
 }
 
-const AUTH_COLUMNS: &str = "id, name, role, enabled, password_hash, totp_secret";
+const AUTH_COLUMNS: &str = "id, name, role, enabled, password_hash, totp_secret, source, dn, zones, \
+     CASE WHEN passkeys IS NULL THEN 0 ELSE 1 END AS has_passkeys, \
+     CASE WHEN enroll_token_hash IS NULL THEN 0 ELSE 1 END AS enrolling, directory_disabled";
+
+/// Where a staff account's password is checked.
+pub const SOURCE_LOCAL: &str = "local";
+pub const SOURCE_DIRECTORY: &str = "ldap";
 
 fn staff_auth(row: &AnyRow) -> Result<StaffAuth> {
     Ok(StaffAuth {
@@ -50,6 +81,16 @@ fn staff_auth(row: &AnyRow) -> Result<StaffAuth> {
         enabled: get::<i64>(row, "enabled")? != 0,
         password_hash: get(row, "password_hash")?,
         totp_secret: get(row, "totp_secret")?,
+        directory: get::<String>(row, "source")? == SOURCE_DIRECTORY,
+        dn: get(row, "dn")?,
+        zones: get::<String>(row, "zones")?
+            .split(',')
+            .filter(|z| !z.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        has_passkeys: get::<i64>(row, "has_passkeys")? != 0,
+        enrolling: get::<i64>(row, "enrolling")? != 0,
+        directory_disabled: get::<i64>(row, "directory_disabled")? != 0,
     })
 }
 
@@ -66,7 +107,39 @@ impl Store {
         row.as_ref().map(staff_auth).transpose()
     }
 
-    /// The enabled user whose unexpired enrollment token hashes to `token_hash`.
+    /// Every enabled staff member from the directory (the re-check's list).
+    pub async fn directory_staff(&self) -> Result<Vec<StaffAuth>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {AUTH_COLUMNS} FROM staff_users WHERE source = $1 AND enabled = 1 ORDER BY id"
+        )))
+        .bind(SOURCE_DIRECTORY)
+        .fetch_all(&self.pool)
+        .await
+        .context("listing directory staff")?;
+        rows.iter().map(staff_auth).collect()
+    }
+
+    /// Failed sign-ins of user `id` from `source` at or after `since`, read outside any transaction (a
+    /// first look before asking the directory; the judgement counts again under the row's lock).
+    pub async fn staff_signin_failures_now(
+        &self,
+        id: i64,
+        source: &str,
+        since: UnixTime,
+    ) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM staff_signin_failures \
+             WHERE user_id = $1 AND source = $2 AND at >= $3",
+        )
+        .bind(id)
+        .bind(source)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await
+        .context("counting failed sign-ins")?;
+        get(&row, "n")
+    }
+
     /// A user's passkeys as stored (a JSON array), if any.
     pub async fn staff_passkeys(&self, name: &str) -> Result<Option<String>> {
         let row = sqlx::query("SELECT passkeys FROM staff_users WHERE name = $1")
@@ -80,6 +153,7 @@ impl Store {
         }
     }
 
+    /// The enabled user whose unexpired enrollment token hashes to `token_hash`.
     pub async fn staff_by_enroll_token(
         &self,
         token_hash: &str,
@@ -98,9 +172,9 @@ impl Store {
     }
 
     pub async fn staff_users(&self) -> Result<Vec<StaffUser>> {
-        let rows = sqlx::query(
-            "SELECT id, name, role, enabled, password_hash, created_at FROM staff_users ORDER BY name",
-        )
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT id, name, role, enabled, created_at, {ENROLLED} AS enrolled FROM staff_users ORDER BY name",
+        )))
         .fetch_all(&self.pool)
         .await
         .context("listing staff users")?;
@@ -108,9 +182,9 @@ impl Store {
     }
 
     pub async fn require_staff_user(&self, name: &str) -> Result<StaffUser> {
-        let row = sqlx::query(
-            "SELECT id, name, role, enabled, password_hash, created_at FROM staff_users WHERE name = $1",
-        )
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT id, name, role, enabled, created_at, {ENROLLED} AS enrolled FROM staff_users WHERE name = $1",
+        )))
         .bind(name)
         .fetch_optional(&self.pool)
         .await
@@ -171,13 +245,14 @@ impl Tx {
         Ok(())
     }
 
-    /// Finishes enrollment: the password hash and first TOTP step are set and the token is voided, if
-    /// the token is still the one given (false when it was used meanwhile).
+    /// Finishes enrollment: the password hash (none for a directory user, whose password the directory
+    /// checks) and first TOTP step are set and the token is voided, if the token is still the one given
+    /// (false when it was used meanwhile).
     pub async fn finish_staff_enrollment(
         &mut self,
         id: i64,
         token_hash: &str,
-        password_hash: &str,
+        password_hash: Option<&str>,
         totp_step: i64,
     ) -> Result<bool> {
         let done = sqlx::query(
@@ -201,7 +276,7 @@ impl Tx {
         &mut self,
         id: i64,
         token_hash: &str,
-        password_hash: &str,
+        password_hash: Option<&str>,
         passkeys: &str,
     ) -> Result<bool> {
         let done = sqlx::query(
@@ -308,6 +383,115 @@ impl Tx {
             .execute(&mut *self.tx)
             .await
             .context("clearing failed sign-ins")?;
+        Ok(())
+    }
+
+    /// Adds or refreshes a staff member the directory vouched for (right password, a mapped group): their
+    /// role, entry and zones as the directory says now, enabled unless an administrator disabled it.
+    /// Returns the id and whether the row is new. A local account of the same name is never taken over
+    /// (`Conflict`).
+    pub async fn upsert_directory_staff(
+        &mut self,
+        name: &str,
+        role: Role,
+        dn: &str,
+        zones: &[String],
+        now: UnixTime,
+    ) -> Result<(i64, bool)> {
+        let zones = zones.join(",");
+        let row = sqlx::query("SELECT id, source FROM staff_users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .context("reading a directory user")?;
+        if let Some(row) = row {
+            let id: i64 = get(&row, "id")?;
+            if get::<String>(&row, "source")? != SOURCE_DIRECTORY {
+                return Err(StoreError::Conflict(format!(
+                    "{name} is a local account; the directory does not sign it in"
+                )));
+            }
+            // Enabled again only when the directory was what disabled it: an administrator's
+            // `user disable` holds whatever the directory says.
+            sqlx::query(
+                "UPDATE staff_users SET role = $1, dn = $2, zones = $3, \
+                 enabled = CASE WHEN directory_disabled = 1 THEN 1 ELSE enabled END, \
+                 directory_disabled = 0 WHERE id = $4",
+            )
+            .bind(role.to_string())
+            .bind(dn)
+            .bind(&zones)
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await
+            .context("refreshing a directory user")?;
+            return Ok((id, false));
+        }
+        let row = sqlx::query(
+            "INSERT INTO staff_users (name, role, enabled, source, dn, zones, created_at) \
+             VALUES ($1, $2, 1, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(name)
+        .bind(role.to_string())
+        .bind(SOURCE_DIRECTORY)
+        .bind(dn)
+        .bind(&zones)
+        .bind(now)
+        .fetch_one(&mut *self.tx)
+        .await
+        .context("adding a directory user")?;
+        Ok((get(&row, "id")?, true))
+    }
+
+    /// Opens an enrollment (second factor only) for a directory user who has none: the link's token
+    /// hash and expiry. False when the user has a second factor or an open enrollment meanwhile.
+    pub async fn open_directory_enrollment(
+        &mut self,
+        id: i64,
+        token_hash: &str,
+        expires_at: UnixTime,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE staff_users SET enroll_token_hash = $1, enroll_expires_at = $2, totp_secret = NULL \
+             WHERE id = $3 AND source = $4 AND passkeys IS NULL \
+             AND (totp_secret IS NULL OR enroll_token_hash IS NOT NULL)",
+        )
+        .bind(token_hash)
+        .bind(expires_at)
+        .bind(id)
+        .bind(SOURCE_DIRECTORY)
+        .execute(&mut *self.tx)
+        .await
+        .context("opening a directory user's enrollment")?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// What the directory says of a directory user now (the re-check): role and zones, or disabled (and
+    /// marked as disabled by the directory, which may enable it again at a sign-in).
+    pub async fn set_directory_standing(
+        &mut self,
+        id: i64,
+        standing: Option<(Role, &[String])>,
+    ) -> Result<()> {
+        match standing {
+            Some((role, zones)) => {
+                sqlx::query("UPDATE staff_users SET role = $1, zones = $2 WHERE id = $3")
+                    .bind(role.to_string())
+                    .bind(zones.join(","))
+                    .bind(id)
+                    .execute(&mut *self.tx)
+                    .await
+                    .context("updating a directory user")?;
+            }
+            None => {
+                self.disable_staff_user(id).await?;
+                sqlx::query("UPDATE staff_users SET directory_disabled = 1 WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *self.tx)
+                    .await
+                    .context("marking a directory user disabled by the directory")?;
+            }
+        }
         Ok(())
     }
 

@@ -1,4 +1,5 @@
-//! Vendors, their SSH keys, TOTP state and login failures.
+//! Vendors, their SSH keys, TOTP state (enrolled or waiting for the vendor to enrol at their next login;
+//! migration 0012) and login failures, and vendors that a directory sync owns (`source = 'ldap'`).
 
 // Dynamic SQL below only ever interpolates the constant column lists of this module.
 use sqlx::AssertSqlSafe;
@@ -40,7 +41,76 @@ pub struct LoginFailure {
     pub locked_until: Option<UnixTime>,
 }
 
+/// A vendor's second factor as stored.
+#[derive(Clone)]
+pub struct VendorTotp {
+    /// Sealed seed (`vendor-totp:NAME`); a placeholder nobody has seen while not `enrolled`.
+    pub sealed: Vec<u8>,
+    pub last_step: Option<i64>,
+    /// False: the vendor enrols a TOTP app at their next key login.
+    pub enrolled: bool,
+}
+
+impl std::fmt::Debug for VendorTotp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VendorTotp")
+            .field("enrolled", &self.enrolled)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A vendor the directory sync owns, as stored.
+#[derive(Debug, Clone)]
+pub struct DirectoryVendor {
+    pub vendor: Vendor,
+    pub dn: String,
+    /// `SHA256:` fingerprints of its keys.
+    pub keys: Vec<String>,
+}
+
 impl Store {
+    /// Every vendor the directory sync owns, with its keys.
+    pub async fn directory_vendors(&self) -> Result<Vec<DirectoryVendor>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {VENDOR_COLUMNS}, dn FROM vendors WHERE source = 'ldap' ORDER BY id"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .context("listing directory vendors")?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let v = vendor(row)?;
+            let keys = self
+                .vendor_keys(v.id)
+                .await?
+                .into_iter()
+                .map(|k| k.fingerprint)
+                .collect();
+            out.push(DirectoryVendor {
+                dn: get::<Option<String>>(row, "dn")?.unwrap_or_default(),
+                vendor: v,
+                keys,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The vendor's second factor: seed, last accepted step, and whether it is enrolled.
+    pub async fn vendor_second_factor(&self, vendor_id: i64) -> Result<VendorTotp> {
+        let row = sqlx::query(
+            "SELECT totp_secret, totp_last_step, totp_enrolled FROM vendors WHERE id = $1",
+        )
+        .bind(vendor_id)
+        .fetch_one(&self.pool)
+        .await
+        .context("reading a vendor's TOTP state")?;
+        Ok(VendorTotp {
+            sealed: get(&row, "totp_secret")?,
+            last_step: get(&row, "totp_last_step")?,
+            enrolled: get::<i64>(&row, "totp_enrolled")? != 0,
+        })
+    }
+
     pub async fn vendors(&self) -> Result<Vec<Vendor>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {VENDOR_COLUMNS} FROM vendors ORDER BY name"
@@ -190,6 +260,73 @@ impl Tx {
             },
         })?;
         Ok(())
+    }
+
+    /// Makes the vendor enrol a TOTP app at their next key login: `placeholder` (a sealed seed nobody
+    /// saw) replaces the old seed, whose codes stop working at once.
+    pub async fn reset_vendor_totp(&mut self, vendor_id: i64, placeholder: &[u8]) -> Result<()> {
+        sqlx::query(
+            "UPDATE vendors SET totp_enrolled = 0, totp_secret = $1, totp_last_step = NULL WHERE id = $2",
+        )
+        .bind(placeholder)
+        .bind(vendor_id)
+        .execute(&mut *self.tx)
+        .await
+        .context("resetting a vendor's TOTP")?;
+        Ok(())
+    }
+
+    /// Finishes a vendor's own enrollment: the seed they confirmed and the step of their last code.
+    /// False when the vendor was enrolled meanwhile (another connection finished first).
+    pub async fn enroll_vendor_totp(
+        &mut self,
+        vendor_id: i64,
+        sealed: &[u8],
+        last_step: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE vendors SET totp_enrolled = 1, totp_secret = $1, totp_last_step = $2 \
+             WHERE id = $3 AND totp_enrolled = 0",
+        )
+        .bind(sealed)
+        .bind(last_step)
+        .bind(vendor_id)
+        .execute(&mut *self.tx)
+        .await
+        .context("enrolling a vendor's TOTP")?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Marks a vendor as owned by the directory sync (entry `dn`).
+    pub async fn set_vendor_directory(&mut self, vendor_id: i64, dn: &str) -> Result<()> {
+        sqlx::query("UPDATE vendors SET source = 'ldap', dn = $1 WHERE id = $2")
+            .bind(dn)
+            .bind(vendor_id)
+            .execute(&mut *self.tx)
+            .await
+            .context("marking a directory vendor")?;
+        Ok(())
+    }
+
+    /// Makes concurrent judgements of one vendor's login queue behind this transaction (see
+    /// `hold_staff_user`).
+    pub async fn hold_vendor(&mut self, vendor_id: i64) -> Result<()> {
+        sqlx::query("UPDATE vendors SET enabled = enabled WHERE id = $1")
+            .bind(vendor_id)
+            .execute(&mut *self.tx)
+            .await
+            .context("holding a vendor for a login")?;
+        Ok(())
+    }
+
+    /// The vendor's lock, read inside this transaction.
+    pub async fn vendor_locked_until(&mut self, vendor_id: i64) -> Result<Option<UnixTime>> {
+        let row = sqlx::query("SELECT locked_until FROM vendors WHERE id = $1")
+            .bind(vendor_id)
+            .fetch_one(&mut *self.tx)
+            .await
+            .context("reading a vendor's lock")?;
+        get(&row, "locked_until")
     }
 
     /// Removes a key; false when the vendor had no such key.

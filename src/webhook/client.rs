@@ -332,7 +332,7 @@ mod tests {
         WebhookConfig {
             url: url.to_owned(),
             secret: "0123456789abcdef-webhook".to_owned(),
-            events: vec!["request.file".to_owned()],
+            events: vec![crate::audit::Action::RequestFile],
             ca_file,
             max_attempts: 1,
         }

@@ -26,7 +26,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
 use crate::app::App;
-use crate::audit::{AuditEvent, AuditRow};
+use crate::audit::{Action, AuditEvent, AuditRow};
 use crate::config::WebhookConfig;
 use crate::store::StoreError;
 pub use client::{Poster, SetupError};
@@ -129,7 +129,7 @@ impl Deliverer<'_> {
                 return Ok(Round::Idle);
             };
             for row in &rows {
-                if !self.config.events.contains(&row.action) {
+                if !Action::parse(&row.action).is_some_and(|a| self.config.events.contains(&a)) {
                     continue;
                 }
                 // Everything before this row is handled; record that before a possibly long retry.
@@ -221,6 +221,7 @@ impl Deliverer<'_> {
                 }
                 Err(e) => report(&e),
             };
+            crate::ops::metrics::delivery_failed("webhook");
             if attempt >= self.config.max_attempts {
                 tracing::error!(seq = row.seq, action = %row.action, attempts = attempt, error = %error,
                     "webhook: giving the event up");

@@ -8,12 +8,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod approvals;
+mod atna;
 mod browser;
 mod cli;
+mod demo;
 mod evidence;
 mod hostile;
 mod interop;
+mod ldap;
+mod mail;
 mod nodes;
+mod ops;
+mod packaging;
 mod passkeys;
 mod search;
 mod ssh;

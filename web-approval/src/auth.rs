@@ -160,7 +160,17 @@ impl<C: Core> WebState<C> {
     /// Signs the request's session out, on every node. `Err` when the store did not confirm it.
     pub async fn sign_out(&self, headers: &HeaderMap) -> Result<(), CoreError> {
         match cookie(headers, COOKIE) {
-            Some(token) => self.core.drop_state(StateKind::Session, &key(&token)).await,
+            Some(token) => {
+                let taken = self
+                    .core
+                    .take_state(StateKind::Session, &key(&token))
+                    .await?;
+                match taken.and_then(|data| serde_json::from_str::<Session>(&data).ok()) {
+                    Some(session) => self.core.signed_out(&session.staff.name).await,
+                    // Lapsed already, or never there: nothing was signed out.
+                    None => Ok(()),
+                }
+            }
             None => Ok(()),
         }
     }

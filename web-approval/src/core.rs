@@ -49,6 +49,8 @@ pub struct StaffAccount {
     pub password_hash: Option<String>,
     /// A TOTP seed is enrolled: the account can sign in without a passkey.
     pub has_totp: bool,
+    /// The directory (`[ldap]`) checks this account's password, not `password_hash`.
+    pub directory: bool,
 }
 
 impl std::fmt::Debug for StaffAccount {
@@ -93,15 +95,28 @@ impl std::fmt::Display for Source {
 
 /// One staff sign-in attempt, with what the web crate has already checked: the core judges it
 /// ([`Core::judge_sign_in`]), so the lockout rule has one owner.
-#[derive(Debug)]
 pub struct SignInAttempt<'a> {
     /// The name as typed (it may name nobody).
     pub name: &'a str,
     pub source: Source,
     /// The password matched the account's hash (argon2id, checked by the web crate; always false for an
-    /// unknown name).
+    /// unknown name or a directory account).
     pub password_ok: bool,
+    /// The password as typed, for a directory account (or a name the core may find in the directory);
+    /// empty otherwise. The core asks the directory with it and keeps it nowhere.
+    pub directory_password: &'a str,
     pub second: SecondFactor<'a>,
+}
+
+impl std::fmt::Debug for SignInAttempt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignInAttempt")
+            .field("name", &self.name)
+            .field("source", &self.source)
+            .field("password_ok", &self.password_ok)
+            .field("second", &self.second)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The second factor presented with a password.
@@ -130,6 +145,14 @@ impl std::fmt::Debug for SecondFactor<'_> {
 pub enum Verdict {
     Accepted(StaffAccount),
     Refused,
+    /// The directory accepted the password of an account that has no second factor yet: it enrols
+    /// one first, through the enrollment link with this token (`/enroll/TOKEN`).
+    Enroll {
+        token: String,
+    },
+    /// The account is not a local one and the directory cannot be reached: said as such (a local
+    /// break-glass account still signs in).
+    DirectoryUnreachable,
 }
 
 /// A pending enrollment, with the TOTP seed the user must confirm.
@@ -137,6 +160,8 @@ pub enum Verdict {
 pub struct Enrollment {
     pub name: String,
     pub role: Role,
+    /// A directory account: the directory has its password, so none is chosen here.
+    pub directory: bool,
     /// `otpauth://totp/…` for an authenticator app.
     pub totp_uri: String,
     /// The same secret in base32, for typing in.
@@ -440,10 +465,18 @@ impl StateKind {
     }
 }
 
-/// What the web app needs from chaperone. Every method that changes state takes the acting [`Staff`];
-/// the core checks the rules again (the page only hides buttons) and audits.
-pub trait Core: Send + Sync + 'static {
-    fn now(&self) -> i64;
+/// What the web app needs from chaperone, by concern: [`Approvals`] (requests, grants, sessions),
+/// [`Records`] (the session history, playback, the live view, evidence bundles), [`Accounts`] (staff
+/// accounts, sign-in judgement, enrollment, passkeys) and [`SignInState`] (sessions and ceremonies every
+/// node must see). The root crate implements the four; `Core` is all of them.
+pub trait Core: Approvals + Records + Accounts + SignInState {}
+
+impl<T: Approvals + Records + Accounts + SignInState> Core for T {}
+
+/// Requests, grants and live sessions. Every method that changes state takes the acting [`Staff`] as
+/// the session knows them; the core reads that person again (enabled, role) before it acts, checks the
+/// rules again (the page only hides buttons) and audits: a role kept in a session is never trusted.
+pub trait Approvals: Send + Sync + 'static {
     fn pending_requests(&self) -> impl Future<Output = CoreResult<Vec<RequestView>>> + Send;
     fn request(&self, id: i64) -> impl Future<Output = CoreResult<RequestView>> + Send;
     /// A vendor's recent requests, newest first.
@@ -474,6 +507,13 @@ pub trait Core: Send + Sync + 'static {
         id: &str,
         reason: &str,
     ) -> impl Future<Output = CoreResult<()>> + Send;
+    /// Completes (with `true`) when something approvers see may have changed; used for live updates.
+    fn changed(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// The compliance workspace: what was recorded, found, played, watched live and exported. Every method
+/// that shows recorded content is audited by the core (who looked at what), and the role is read again.
+pub trait Records: Send + Sync + 'static {
     /// The session history, newest first; a text search is audited (`recording.search`).
     fn history(
         &self,
@@ -521,7 +561,11 @@ pub trait Core: Send + Sync + 'static {
         by: &Staff,
         id: &str,
     ) -> impl Future<Output = CoreResult<EvidenceDownload>> + Send;
+}
 
+/// Staff accounts: what the sign-in page needs, the judgement of a sign-in (the core owns the lockout
+/// and second-factor rules), enrollment and passkeys.
+pub trait Accounts: Send + Sync + 'static {
     fn staff_account(
         &self,
         name: &str,
@@ -536,11 +580,12 @@ pub trait Core: Send + Sync + 'static {
     ) -> impl Future<Output = CoreResult<Verdict>> + Send;
     /// Looks up an enrollment link and (re)draws the TOTP seed the user will confirm.
     fn enrollment(&self, token: &str) -> impl Future<Output = CoreResult<Enrollment>> + Send;
-    /// Finishes enrollment: checks `code` against the drawn seed, stores the password hash, voids the link.
+    /// Finishes enrollment: checks `code` against the drawn seed, stores the password hash (`None` for
+    /// a directory account), voids the link.
     fn finish_enrollment(
         &self,
         token: &str,
-        password_hash: &str,
+        password_hash: Option<&str>,
         code: &str,
     ) -> impl Future<Output = CoreResult<String>> + Send;
     /// The account an enrollment link is for (no TOTP seed is drawn).
@@ -550,7 +595,7 @@ pub trait Core: Send + Sync + 'static {
     fn finish_enrollment_passkey(
         &self,
         token: &str,
-        password_hash: &str,
+        password_hash: Option<&str>,
         passkeys_json: &str,
     ) -> impl Future<Output = CoreResult<String>> + Send;
     /// `name`'s passkeys as stored (a JSON array), if any.
@@ -563,6 +608,12 @@ pub trait Core: Send + Sync + 'static {
         passkeys_json: &str,
         action: &'static str,
     ) -> impl Future<Output = CoreResult<()>> + Send;
+}
+
+/// Short-lived sign-in state kept by the core, so any node answers any request.
+pub trait SignInState: Send + Sync + 'static {
+    /// The core's clock (unix seconds), for expiries.
+    fn now(&self) -> i64;
     /// Stores new sign-in state (`data`, JSON) under `key`, the SHA-256 (hex) of a token only the
     /// browser holds, until the unix time `expires_at`; `subject` is the staff member a session belongs
     /// to (disabling them ends it). The core bounds how many of a kind it keeps (dropping the ones
@@ -598,9 +649,9 @@ pub trait Core: Send + Sync + 'static {
         kind: StateKind,
         key: &str,
     ) -> impl Future<Output = CoreResult<Option<String>>> + Send;
+    /// `name` signed out (their session is already gone): recorded as the other half of the sign-in.
+    fn signed_out(&self, name: &str) -> impl Future<Output = CoreResult<()>> + Send;
     /// Removes the state under `key`, if any.
     fn drop_state(&self, kind: StateKind, key: &str)
     -> impl Future<Output = CoreResult<()>> + Send;
-    /// Completes (with `true`) when something approvers see may have changed; used for live updates.
-    fn changed(&self) -> impl Future<Output = ()> + Send;
 }

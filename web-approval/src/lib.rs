@@ -33,10 +33,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 pub use crate::core::{
-    AuditView, Core, CoreError, Decision, Enrollment, EvidenceDownload, GrantView, HistoryItem,
-    HistoryPage, HistoryQuery, LiveStream, Method, RecordingStatus, RequestView, Role,
-    SecondFactor, SessionDetail, SessionView, SignInAttempt, Source, Staff, StaffAccount,
-    StateKind, TranscriptHit, TransferView, Verdict,
+    Accounts, Approvals, AuditView, Core, CoreError, Decision, Enrollment, EvidenceDownload,
+    GrantView, HistoryItem, HistoryPage, HistoryQuery, LiveStream, Method, RecordingStatus,
+    Records, RequestView, Role, SecondFactor, SessionDetail, SessionView, SignInAttempt,
+    SignInState, Source, Staff, StaffAccount, StateKind, TranscriptHit, TransferView, Verdict,
 };
 use auth::Limiter;
 

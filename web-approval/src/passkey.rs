@@ -299,7 +299,11 @@ fn finish_registration(
 #[derive(Deserialize)]
 pub(crate) struct EnrollFinish {
     ceremony: String,
+    /// Empty for a directory account (the directory has its password; the core refuses an empty one
+    /// for a local account).
+    #[serde(default)]
     password: String,
+    #[serde(default)]
     password2: String,
     credential: RegisterPublicKeyCredential,
 }
@@ -312,7 +316,8 @@ pub(crate) async fn enroll_finish<C: Core>(
     let Some(pk) = &st.passkeys else {
         return unavailable();
     };
-    if body.password.chars().count() < MIN_PASSWORD {
+    let directory = body.password.is_empty() && body.password2.is_empty();
+    if !directory && body.password.chars().count() < MIN_PASSWORD {
         return error(
             StatusCode::BAD_REQUEST,
             &format!("The password needs at least {MIN_PASSWORD} characters."),
@@ -341,8 +346,13 @@ pub(crate) async fn enroll_finish<C: Core>(
         Ok(p) => p,
         Err(r) => return r,
     };
-    let Ok(hash) = auth::hash_password(body.password).await else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+    let hash = if directory {
+        None
+    } else {
+        let Ok(hash) = auth::hash_password(body.password).await else {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        };
+        Some(hash)
     };
     let json = match to_json(&[passkey]) {
         Ok(j) => j,
@@ -350,7 +360,7 @@ pub(crate) async fn enroll_finish<C: Core>(
     };
     match st
         .core
-        .finish_enrollment_passkey(&token, &hash, &json)
+        .finish_enrollment_passkey(&token, hash.as_deref(), &json)
         .await
     {
         Ok(name) => Json(json!({"enrolled": name, "next": "/login"})).into_response(),

@@ -29,6 +29,11 @@ pub(crate) enum SignInError {
     Refused,
     /// Too many attempts from this address (any names): says nothing about an account.
     RateLimited,
+    /// The directory accepted the password of an account without a second factor: it enrols one
+    /// through `/enroll/TOKEN` first.
+    Enroll(String),
+    /// The account is not a local one and the directory cannot be reached.
+    DirectoryUnreachable,
     Internal,
 }
 
@@ -37,6 +42,8 @@ impl SignInError {
         match self {
             SignInError::Refused => StatusCode::UNAUTHORIZED,
             SignInError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            SignInError::Enroll(_) => StatusCode::FORBIDDEN,
+            SignInError::DirectoryUnreachable => StatusCode::SERVICE_UNAVAILABLE,
             SignInError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -45,6 +52,12 @@ impl SignInError {
             SignInError::Refused => "Wrong name, password or code.",
             SignInError::RateLimited => {
                 "Too many sign-in attempts from this address; wait a few minutes."
+            }
+            SignInError::Enroll(_) => {
+                "Set up your second factor first: sign in on the sign-in page, which takes you there."
+            }
+            SignInError::DirectoryUnreachable => {
+                "The directory is unreachable, so directory accounts cannot sign in right now; try again in a minute (local accounts still can)."
             }
             SignInError::Internal => "Sign-in is not possible right now; try again in a minute.",
         }
@@ -86,23 +99,31 @@ async fn judge<C: Core>(
     password: &str,
     second: SecondFactor<'_>,
 ) -> Result<StaffAccount, SignInError> {
-    let hash = st
+    let account = st
         .core
         .staff_account(name)
         .await
-        .map_err(|_| SignInError::Internal)?
-        .filter(|a| a.enabled)
+        .map_err(|_| SignInError::Internal)?;
+    // A local account's password is checked here; any other name's by the core, which may find it in
+    // the directory. The argon2id check runs either way (against a dummy hash), so the time taken does
+    // not tell local names from others.
+    let local = account.as_ref().is_some_and(|a| !a.directory);
+    let hash = account
+        .filter(|a| a.enabled && !a.directory)
         .and_then(|a| a.password_hash);
     let password_ok = auth::verify_password(password.to_owned(), hash).await;
     let attempt = SignInAttempt {
         name,
         source,
         password_ok,
+        directory_password: if local { "" } else { password },
         second,
     };
     match st.core.judge_sign_in(&attempt).await {
         Ok(Verdict::Accepted(account)) => Ok(account),
         Ok(Verdict::Refused) => Err(SignInError::Refused),
+        Ok(Verdict::Enroll { token }) => Err(SignInError::Enroll(token)),
+        Ok(Verdict::DirectoryUnreachable) => Err(SignInError::DirectoryUnreachable),
         Err(_) => Err(SignInError::Internal),
     }
 }
@@ -151,7 +172,8 @@ fn login_form(message: Option<&str>, passkeys: bool) -> String {
         "<h1>Sign in</h1>{}<form method=\"post\" action=\"/login\" class=\"signin\" id=\"signin\">\
          <label for=\"name\">Name</label><input id=\"name\" name=\"name\" autocomplete=\"username\" required autofocus>\
          <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
-         <label for=\"code\">Code from your authenticator app</label><input id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" pattern=\"[0-9]{{6}}\" required>\
+         <label for=\"code\">Code from your authenticator app</label><input id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" pattern=\"[0-9]{{6}}\">\
+         <p class=\"note\">Signing in with a directory account for the first time? Leave the code empty: you set up your authenticator next.</p>\
          <button type=\"submit\">Sign in</button>{}</form>",
         message
             .map(|m| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(m)))
@@ -191,6 +213,12 @@ pub async fn login<C: Core>(
                 (header::SET_COOKIE, set_cookie(&token)),
                 (header::LOCATION, "/requests".to_owned()),
             ],
+        )
+            .into_response(),
+        // A directory account with the right password and no second factor yet: to its enrollment.
+        Err(SignInError::Enroll(token)) => (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, format!("/enroll/{token}"))],
         )
             .into_response(),
         Err(e) => (
@@ -237,14 +265,21 @@ fn enroll_form(
     message: Option<&str>,
     passkeys: bool,
 ) -> String {
+    let passwords = if e.directory {
+        String::new()
+    } else {
+        format!(
+            "<label for=\"password\">Password (at least {min} characters)</label>\
+             <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"new-password\" minlength=\"{min}\" required>\
+             <label for=\"password2\">Password again</label>\
+             <input id=\"password2\" name=\"password2\" type=\"password\" autocomplete=\"new-password\" minlength=\"{min}\" required>",
+            min = MIN_PASSWORD
+        )
+    };
     format!(
-        "<h1>Welcome, {name}</h1>{msg}<p>You are enrolling as <strong>{role}</strong>. Choose a password and add \
-         chaperone to your authenticator app (any TOTP app), then type the code it shows.</p>\
+        "<h1>Welcome, {name}</h1>{msg}<p>You are enrolling as <strong>{role}</strong>. {what}</p>\
          <form method=\"post\" action=\"/enroll/{token}\" class=\"signin\" id=\"enroll\" data-token=\"{token}\">\
-         <label for=\"password\">Password (at least {min} characters)</label>\
-         <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"new-password\" minlength=\"{min}\" required>\
-         <label for=\"password2\">Password again</label>\
-         <input id=\"password2\" name=\"password2\" type=\"password\" autocomplete=\"new-password\" minlength=\"{min}\" required>\
+         {passwords}\
          <p>Authenticator secret: <code id=\"totp-secret\">{secret}</code><br>\
          <a href=\"{uri}\">Open in an authenticator app</a></p>\
          <label for=\"code\">Code from your authenticator app</label>\
@@ -261,7 +296,11 @@ fn enroll_form(
             .map(|m| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(m)))
             .unwrap_or_default(),
         token = esc(token),
-        min = MIN_PASSWORD,
+        what = if e.directory {
+            "Your password stays the directory's; add chaperone to your authenticator app (any TOTP app), then type the code it shows."
+        } else {
+            "Choose a password and add chaperone to your authenticator app (any TOTP app), then type the code it shows."
+        },
         secret = esc(&e.totp_secret),
         uri = esc(&e.totp_uri),
         passkey = if passkeys {
@@ -315,7 +354,15 @@ pub async fn enroll<C: Core>(
     let password = field(&pairs, "password").unwrap_or_default().to_owned();
     let again = field(&pairs, "password2").unwrap_or_default();
     let code = field(&pairs, "code").unwrap_or_default().trim().to_owned();
-    let problem = if password.chars().count() < MIN_PASSWORD {
+    // A directory account chooses no password here (the directory has it): the form has no fields
+    // for one, and the core ignores one sent anyway.
+    let directory = match st.core.enrollment_name(&token).await {
+        Ok(_) => password.is_empty() && again.is_empty(),
+        Err(e) => return enroll_error(&e),
+    };
+    let problem = if directory {
+        None
+    } else if password.chars().count() < MIN_PASSWORD {
         Some(format!(
             "The password needs at least {MIN_PASSWORD} characters."
         ))
@@ -340,13 +387,18 @@ pub async fn enroll<C: Core>(
             Err(e) => enroll_error(&e),
         };
     }
-    let Ok(hash) = auth::hash_password(password).await else {
-        return error_page(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Enrollment failed on the server; try again.",
-        );
+    let hash = if directory {
+        None
+    } else {
+        let Ok(hash) = auth::hash_password(password).await else {
+            return error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Enrollment failed on the server; try again.",
+            );
+        };
+        Some(hash)
     };
-    match st.core.finish_enrollment(&token, &hash, &code).await {
+    match st.core.finish_enrollment(&token, hash.as_deref(), &code).await {
         Ok(name) => Html(page(
             "Enrolled",
             "",

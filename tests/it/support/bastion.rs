@@ -100,6 +100,7 @@ impl Bastion {
             org,
             "--key",
             &key.with_extension("pub").to_string_lossy(),
+            "--totp",
             "--json",
         ]);
         let uri = run.ok().json()["totp_uri"].as_str().unwrap().to_owned();

@@ -3,7 +3,9 @@
 
 pub mod bastion;
 pub mod postgres;
+pub mod slapd;
 pub mod sshd;
+pub mod tmux;
 pub mod web;
 pub mod webhook;
 

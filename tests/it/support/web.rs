@@ -16,6 +16,8 @@ pub const PASSWORD: &str = "correct horse battery staple";
 /// A staff member signed in to the JSON API: curl with a cookie jar and the CSRF token.
 pub struct Approver {
     pub name: String,
+    /// The password they sign in with ([`PASSWORD`], or a directory account's own).
+    password: String,
     secret: String,
     last_step: Mutex<i64>,
     jar: PathBuf,
@@ -229,6 +231,7 @@ impl Approver {
             .to_owned();
         let mut a = Approver {
             name: name.to_owned(),
+            password: PASSWORD.to_owned(),
             secret,
             last_step: Mutex::new(0),
             jar: b.data.path().join(format!("jar-{name}")),
@@ -255,9 +258,24 @@ impl Approver {
         a
     }
 
+    /// A staff member who signs in with `password` and the TOTP app of `secret` (a directory account that
+    /// enrolled its second factor through the page); not signed in yet.
+    pub fn with_secret(b: &Bastion, name: &str, password: &str, secret: &str) -> Approver {
+        Approver {
+            name: name.to_owned(),
+            password: password.to_owned(),
+            secret: secret.to_owned(),
+            last_step: Mutex::new(0),
+            jar: b.data.path().join(format!("jar-{name}")),
+            csrf: String::new(),
+            base: base(b),
+            source: None,
+        }
+    }
+
     /// Signs in to the JSON API; keeps the cookie and CSRF token.
     pub fn login(&mut self) {
-        let answer = self.try_login(PASSWORD, &self.next_code());
+        let answer = self.try_login(&self.password.clone(), &self.next_code());
         assert_eq!(answer.status, 200, "{}", answer.body);
         self.csrf = answer.json()["csrf"].as_str().unwrap().to_owned();
     }

@@ -1,0 +1,695 @@
+//! IHE ATNA audit export: the audit log's security events as DICOM PS3.15 A.5 `AuditMessage`s, sent to
+//! the hospital's audit record repository over syslog (TLS, RFC 5425; or UDP, RFC 5426).
+//!
+//! Entry points: [`spawn`] (from `server::run` when `[atna]` is configured), [`audit_message`] (one
+//! audit row as an `AuditMessage`, also used by `chaperone audit export --format atna`) and [`mapping`]:
+//! which audit actions become which DICOM event, in one exhaustive `match`
+//! over [`Action`], so a new action does not compile until it is given a mapping (or `None`).
+//!
+//! Like the webhook, the exporter is a consumer of the audit log, never a hook at the call sites: it
+//! tails the log from its own cursor (`audit_cursors` row `atna`), so a message exists only for an event
+//! that was committed, goes out in the order of the chain, and survives restarts and outages. With several
+//! nodes, one holds the cursor's lease and sends. Delivery is at least once and never given up: a
+//! failure is retried with backoff (1 s doubling to 5 min) holding later events back; the backlog shows
+//! in the metrics (`chaperone_audit_backlog_events{consumer="atna"}`).
+
+mod message;
+mod syslog;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
+
+use crate::app::App;
+use crate::audit::{Action, AuditEvent, AuditRow};
+use crate::config::AtnaConfig;
+use crate::store::StoreError;
+pub use message::{ActionCode, AuditMessage, Code, Outcome, dcm};
+pub use syslog::{Sender, SetupError};
+
+/// The cursor row's name in `audit_cursors`.
+const CURSOR: &str = "atna";
+const POLL: Duration = Duration::from_millis(500);
+/// Longer than the longest backoff plus a send deadline, so a node retrying keeps its lease.
+const LEASE_SECS: i64 = 400;
+const RENEW_EVERY: Duration = Duration::from_secs(60);
+const PAGE: i64 = 200;
+
+// DICOM PS3.16 codes (CID 400 Audit Event ID, CID 401 Audit Event Type Code).
+const USER_AUTHENTICATION: Code = dcm("110114", "User Authentication");
+const SECURITY_ALERT: Code = dcm("110113", "Security Alert");
+const EXPORT: Code = dcm("110106", "Export");
+const APPLICATION_ACTIVITY: Code = dcm("110100", "Application Activity");
+const LOGIN: Code = dcm("110122", "Login");
+const LOGOUT: Code = dcm("110123", "Logout");
+const NODE_AUTHENTICATION: Code = dcm("110126", "Node Authentication");
+const SECURITY_CONFIGURATION: Code = dcm("110129", "Security Configuration");
+const USE_OF_RESTRICTED_FUNCTION: Code = dcm("110132", "Use of Restricted Function");
+const AUDIT_RECORDING_STOPPED: Code = dcm("110133", "Audit Recording Stopped");
+const USER_SECURITY_ATTRIBUTES_CHANGED: Code = dcm("110137", "User Security Attributes Changed");
+const REMOTE_SERVICE_STARTED: Code = dcm("110139", "Remote Service Operation Started");
+const REMOTE_SERVICE_STOPPED: Code = dcm("110140", "Remote Service Operation Stopped");
+const AUTHORIZATION_DECISION: Code = dcm("110144", "Authorization Decision");
+const SESSION_START: Code = dcm("110145", "Session start");
+const SESSION_STOP: Code = dcm("110146", "Session stop");
+const ACCESS_CONTROL_DECISION: Code = dcm("110147", "Access Control Decision");
+
+/// What one audit action becomes: the DICOM event, its type codes, the action code and the outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    pub event_id: Code,
+    pub event_types: &'static [Code],
+    pub action: ActionCode,
+    pub outcome: Outcome,
+}
+
+const fn map(
+    event_id: Code,
+    event_types: &'static [Code],
+    action: ActionCode,
+    outcome: Outcome,
+) -> Option<Mapping> {
+    Some(Mapping {
+        event_id,
+        event_types,
+        action,
+        outcome,
+    })
+}
+
+/// The one table: which audit actions are sent, as what. `None`: bookkeeping that is not a security
+/// event for the repository (the chain itself still has it).
+pub fn mapping(action: Action) -> Option<Mapping> {
+    use Action as A;
+    use ActionCode::{Create, Delete, Execute, Read, Update};
+    use Outcome::{MajorFailure, MinorFailure, SeriousFailure, Success};
+    let configuration = &[SECURITY_CONFIGURATION];
+    let user_attributes = &[USER_SECURITY_ATTRIBUTES_CHANGED];
+    let authorization = &[AUTHORIZATION_DECISION];
+    let access_control = &[ACCESS_CONTROL_DECISION];
+    match action {
+        // Logins and logouts: User Authentication with Login / Logout; failures by outcome.
+        A::AuthLogin | A::StaffSignin => map(USER_AUTHENTICATION, &[LOGIN], Execute, Success),
+        A::AuthTotpFailure | A::AuthRefused | A::StaffSigninFailed | A::StaffSigninUnavailable => {
+            map(USER_AUTHENTICATION, &[LOGIN], Execute, MinorFailure)
+        }
+        A::AuthLock => map(USER_AUTHENTICATION, &[LOGIN], Execute, SeriousFailure),
+        // A signed-in connection ended; the watcher cut a disabled, locked or de-keyed vendor's ones.
+        A::AuthLogout | A::StaffSignout | A::VendorConnectionsEnded => {
+            map(USER_AUTHENTICATION, &[LOGOUT], Execute, Success)
+        }
+        // Sessions: a vendor's remote service operation on a device.
+        A::SessionStart | A::TunnelOpen | A::JumpOpen => map(
+            SECURITY_ALERT,
+            &[REMOTE_SERVICE_STARTED, SESSION_START],
+            Execute,
+            Success,
+        ),
+        A::SessionEnd | A::TunnelClose | A::JumpClose => map(
+            SECURITY_ALERT,
+            &[REMOTE_SERVICE_STOPPED, SESSION_STOP],
+            Execute,
+            Success,
+        ),
+        // Access decisions: refusals at the SSH listener, and the approvers' decisions on access.
+        A::SessionRefused
+        | A::SessionRequestRefused
+        | A::SessionSubsystemRefused
+        | A::TunnelRefused
+        | A::ForwardAgentRefused
+        | A::ForwardRemoteRefused
+        | A::ForwardStreamlocalRefused
+        | A::SshChannelsRefused
+        | A::SshRefusalsSuppressed => map(SECURITY_ALERT, access_control, Execute, MinorFailure),
+        A::RequestApprove | A::GrantIssue => map(SECURITY_ALERT, authorization, Create, Success),
+        A::RequestDeny | A::RequestExpire | A::RequestRefused | A::GrantRefused => {
+            map(SECURITY_ALERT, authorization, Execute, MinorFailure)
+        }
+        A::GrantRevoke | A::SessionTerminate => map(SECURITY_ALERT, authorization, Delete, Success),
+        // Security alerts.
+        A::TargetHostkeyMismatch => map(
+            SECURITY_ALERT,
+            &[NODE_AUTHENTICATION],
+            Execute,
+            SeriousFailure,
+        ),
+        A::BudgetExceeded => map(
+            SECURITY_ALERT,
+            &[USE_OF_RESTRICTED_FUNCTION],
+            Execute,
+            MinorFailure,
+        ),
+        A::RecordingFailed => map(
+            SECURITY_ALERT,
+            &[AUDIT_RECORDING_STOPPED],
+            Execute,
+            SeriousFailure,
+        ),
+        A::AuditTamper => map(SECURITY_ALERT, &[], Execute, MajorFailure),
+        // Exports of recordings and of the audit log.
+        A::SessionExport | A::AuditExport | A::EvidenceExport => map(EXPORT, &[], Read, Success),
+        // Evidence kept or let go: who looked, what retention deleted, legal holds, the signing key.
+        A::RecordingView | A::RecordingSearch | A::SessionWatch => {
+            map(SECURITY_ALERT, &[USE_OF_RESTRICTED_FUNCTION], Read, Success)
+        }
+        A::RecordingDeleted => map(
+            SECURITY_ALERT,
+            &[USE_OF_RESTRICTED_FUNCTION],
+            Delete,
+            Success,
+        ),
+        A::SessionHold | A::SessionRelease | A::EvidenceSignerCreate | A::EvidenceSignerRotate => {
+            map(SECURITY_ALERT, configuration, Update, Success)
+        }
+        // Who may do what: vendors, staff and their credentials; devices and their secrets.
+        A::VendorAdd
+        | A::VendorEnable
+        | A::VendorDisable
+        | A::VendorKeyAdd
+        | A::VendorKeyRemove
+        | A::UserAdd
+        | A::UserDisable
+        | A::UserEnroll
+        | A::UserEnrollOpen
+        | A::UserDirectoryAdd
+        | A::UserDirectoryUpdate
+        | A::UserDirectoryRemove
+        | A::VendorTotpEnroll
+        | A::VendorTotpReset
+        | A::StaffPasskeyAdd
+        | A::StaffPasskeyRemove
+        | A::StaffPasskeyUpdate => map(SECURITY_ALERT, user_attributes, Update, Success),
+        A::AssetAdd
+        | A::AssetRemove
+        | A::AssetServiceAdd
+        | A::AssetServiceRemove
+        | A::AssetCredentialSet
+        | A::AssetHostkeyPin
+        | A::SecretsRotate => map(SECURITY_ALERT, configuration, Update, Success),
+        A::BackupRestore => map(APPLICATION_ACTIVITY, configuration, Execute, Success),
+        // Bookkeeping: a request filed is not yet a decision; a TOTP step or seed is part of a sign-in
+        // or an enrolment already sent; recovery digests and the consumers' own trouble are not
+        // security events for the repository.
+        A::RequestFile
+        | A::StaffTotpAccept
+        | A::UserEnrollSeed
+        | A::RecordingRecovered
+        | A::DemoSetup
+        | A::WebhookUndelivered
+        | A::WebhookEndpointChanged
+        | A::AtnaUndelivered
+        | A::AtnaEndpointChanged => None,
+    }
+}
+
+/// How chaperone names itself in the messages.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// `AuditSourceID`, the syslog HOSTNAME, and the bastion's `NetworkAccessPointID`.
+    pub id: String,
+    pub enterprise_site_id: Option<String>,
+}
+
+impl Source {
+    pub fn from_config(config: &AtnaConfig) -> Source {
+        Source {
+            id: config.audit_source_id.clone(),
+            enterprise_site_id: config.enterprise_site_id.clone(),
+        }
+    }
+}
+
+/// Text from an audit detail, shortened for the repository.
+fn clip(text: &str) -> String {
+    const MAX: usize = 512;
+    if text.len() <= MAX {
+        return text.to_owned();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// The host part of `1.2.3.4:5678` / `[::1]:22`, or the text as it is.
+fn host_of(peer: &str) -> String {
+    if let Ok(addr) = peer.parse::<std::net::SocketAddr>() {
+        return addr.ip().to_string();
+    }
+    peer.to_owned()
+}
+
+fn access_point(text: &str) -> (String, message::AccessPoint) {
+    let host = host_of(text);
+    let kind = if host.parse::<std::net::IpAddr>().is_ok() {
+        message::AccessPoint::IpAddress
+    } else {
+        message::AccessPoint::MachineName
+    };
+    (host, kind)
+}
+
+/// An `actor`/`subject` (`vendor:alice`, `asset:mri-01`, `session:42`) as a participant object.
+fn object(reference: &str, details: Vec<(&'static str, String)>) -> message::ParticipantObject {
+    let (kind, name) = reference.split_once(':').unwrap_or(("other", reference));
+    let person = matches!(kind, "vendor" | "user" | "staff");
+    // chaperone's own identifier types (RFC 3881 allows any coded identifier type).
+    let id_type = match kind {
+        "vendor" => Code {
+            code: "vendor",
+            system: "chaperone",
+            meaning: "Vendor account",
+        },
+        "user" | "staff" => Code {
+            code: "user",
+            system: "chaperone",
+            meaning: "Staff account",
+        },
+        "asset" => Code {
+            code: "asset",
+            system: "chaperone",
+            meaning: "Medical device",
+        },
+        "session" => Code {
+            code: "session",
+            system: "chaperone",
+            meaning: "Recorded session",
+        },
+        "grant" => Code {
+            code: "grant",
+            system: "chaperone",
+            meaning: "Access grant",
+        },
+        "request" => Code {
+            code: "request",
+            system: "chaperone",
+            meaning: "Access request",
+        },
+        _ => Code {
+            code: "object",
+            system: "chaperone",
+            meaning: "chaperone object",
+        },
+    };
+    message::ParticipantObject {
+        id: reference.to_owned(),
+        // 1 person / 2 system object; role 11 Security User Entity / 13 Security Resource.
+        type_code: if person { 1 } else { 2 },
+        role: if person { 11 } else { 13 },
+        id_type,
+        name: if name.is_empty() {
+            reference.to_owned()
+        } else {
+            name.to_owned()
+        },
+        details,
+    }
+}
+
+/// One audit row as an ATNA `AuditMessage`, or `None` when its action is not sent (see [`mapping`]) or
+/// unknown to this build.
+pub fn audit_message(row: &AuditRow, source: &Source) -> Option<AuditMessage> {
+    let action = Action::parse(&row.action)?;
+    let m = mapping(action)?;
+    // The detail was written by chaperone as a JSON object; should it not parse, it has no fields.
+    let detail: Value = serde_json::from_str(&row.detail).unwrap_or(Value::Null);
+    let text = |key: &str| detail.get(key).and_then(Value::as_str).map(str::to_owned);
+    let mut outcome = m.outcome;
+    if action == Action::StaffSigninFailed && detail.get("locked") == Some(&Value::Bool(true)) {
+        outcome = Outcome::SeriousFailure;
+    }
+    let description = ["why", "reason", "error", "end_reason"]
+        .iter()
+        .find_map(|k| text(k))
+        .map(|d| clip(&d));
+    let mut requestor = message::ActiveParticipant {
+        user_id: row.actor.clone(),
+        alternative_user_id: None,
+        user_name: row.actor.split_once(':').map(|(_, name)| name.to_owned()),
+        is_requestor: true,
+        access_point: text("peer")
+            .or_else(|| text("source"))
+            .map(|p| access_point(&p)),
+        roles: Vec::new(),
+    };
+    if requestor.user_name.as_deref() == Some("") {
+        requestor.user_name = None;
+    }
+    let bastion = message::ActiveParticipant {
+        user_id: "chaperone".into(),
+        alternative_user_id: Some(std::process::id().to_string()),
+        user_name: None,
+        is_requestor: false,
+        access_point: Some(access_point(&source.id)),
+        roles: Vec::new(),
+    };
+    let mut details = vec![
+        ("chaperone-action", row.action.clone()),
+        ("audit-seq", row.seq.to_string()),
+        ("audit-hash", row.hash.clone()),
+    ];
+    for key in ["service", "kind", "key", "recording_sha256"] {
+        if let Some(v) = text(key) {
+            details.push(("chaperone-detail", format!("{key}={}", clip(&v))));
+        }
+    }
+    let mut objects = vec![object(&row.subject, details)];
+    if let Some(asset) = text("asset")
+        && row.subject != format!("asset:{asset}")
+    {
+        objects.push(object(&format!("asset:{asset}"), Vec::new()));
+    }
+    Some(AuditMessage {
+        event_id: m.event_id,
+        event_types: m.event_types.to_vec(),
+        action: m.action,
+        date_time: crate::clock::format_rfc3339(row.at),
+        outcome,
+        outcome_description: description,
+        participants: vec![requestor, bastion],
+        source_id: source.id.clone(),
+        enterprise_site_id: source.enterprise_site_id.clone(),
+        source_type: "6",
+        objects,
+    })
+}
+
+/// The syslog message for `row`: notice for a success, warning for any failure.
+pub fn syslog_message(row: &AuditRow, source: &Source) -> Option<String> {
+    let message = audit_message(row, source)?;
+    let severity = if message.outcome == Outcome::Success {
+        5
+    } else {
+        4
+    };
+    Some(syslog::message(
+        &message.date_time,
+        &source.id,
+        severity,
+        &message.to_xml(),
+    ))
+}
+
+/// Starts the exporter. Fails at once when the collector's TLS trust or our client certificate cannot
+/// be read, so a broken `[atna]` stops `serve` instead of losing the trail.
+pub fn spawn(
+    app: App,
+    config: AtnaConfig,
+    stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, SetupError> {
+    let sender = Sender::new(&config)?;
+    Ok(tokio::spawn(run(app, config, sender, stop)))
+}
+
+fn report(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+async fn run(app: App, config: AtnaConfig, sender: Sender, mut stop: watch::Receiver<bool>) {
+    let holder = app.node.to_string();
+    let endpoint = hex::encode(&Sha256::digest(config.url.as_bytes())[..16]);
+    let mut exporter = Exporter {
+        app: &app,
+        config: &config,
+        source: Source::from_config(&config),
+        sender,
+        holder: &holder,
+        endpoint: &endpoint,
+    };
+    tracing::info!(url = %config.url, "ATNA audit export started");
+    loop {
+        match exporter.round(&mut stop).await {
+            Ok(Round::Stopped) => break,
+            Ok(Round::Idle) => {}
+            Err(e) => tracing::warn!(error = %report(&e), "ATNA audit export"),
+        }
+        tokio::select! {
+            () = crate::ssh::stopped(&mut stop) => break,
+            () = tokio::time::sleep(POLL) => {}
+        }
+    }
+    exporter.sender.close().await;
+    if let Err(e) = app.store.release_cursor(CURSOR, &holder).await {
+        tracing::warn!(error = %e, "cannot release the ATNA export lease");
+    }
+}
+
+enum Round {
+    Idle,
+    Stopped,
+}
+
+struct Exporter<'a> {
+    app: &'a App,
+    config: &'a AtnaConfig,
+    source: Source,
+    sender: Sender,
+    holder: &'a str,
+    endpoint: &'a str,
+}
+
+impl Exporter<'_> {
+    /// Claims the lease, then sends every new event that has a mapping, in order.
+    async fn round(&mut self, stop: &mut watch::Receiver<bool>) -> Result<Round, StoreError> {
+        let Some(mut cursor) = self.claim().await? else {
+            return Ok(Round::Idle);
+        };
+        let mut renewed = tokio::time::Instant::now();
+        loop {
+            let rows = self.app.store.audit_page(cursor, PAGE).await?;
+            let Some(last) = rows.last().map(|r| r.seq) else {
+                return Ok(Round::Idle);
+            };
+            for row in &rows {
+                let Some(message) = syslog_message(row, &self.source) else {
+                    continue;
+                };
+                if row.seq - 1 > cursor && !self.advance(row.seq - 1).await? {
+                    return Ok(Round::Idle);
+                }
+                if renewed.elapsed() >= RENEW_EVERY {
+                    if self.claim().await?.is_none() {
+                        return Ok(Round::Idle);
+                    }
+                    renewed = tokio::time::Instant::now();
+                }
+                match self.deliver(row, &message, stop).await? {
+                    Delivery::Sent => {}
+                    Delivery::Stopped => return Ok(Round::Stopped),
+                    Delivery::LostLease => return Ok(Round::Idle),
+                }
+                if !self.advance(row.seq).await? {
+                    return Ok(Round::Idle);
+                }
+                cursor = row.seq;
+            }
+            if last > cursor && !self.advance(last).await? {
+                return Ok(Round::Idle);
+            }
+            cursor = last;
+        }
+    }
+
+    async fn claim(&self) -> Result<Option<i64>, StoreError> {
+        let now = self.app.clock.now();
+        let Some(claim) = self
+            .app
+            .store
+            .claim_cursor(CURSOR, self.holder, self.endpoint, now, now + LEASE_SECS)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if claim.moved {
+            tracing::warn!(url = %self.config.url,
+                "ATNA: the export cursor belonged to another atna.url; starting at the end of the audit \
+                 log for this one (every node must have the same [atna] url; export the gap with \
+                 `chaperone audit export --format atna --after SEQ`)");
+            let mut tx = self.app.store.begin().await?;
+            tx.audit(
+                AuditEvent::new(
+                    format!("node:{}", self.holder),
+                    Action::AtnaEndpointChanged.as_str(),
+                    "atna",
+                    json!({"url": self.config.url, "endpoint": self.endpoint}),
+                ),
+                now,
+            )
+            .await?;
+            tx.commit("atna.endpoint.changed").await?;
+        }
+        Ok(Some(claim.seq))
+    }
+
+    async fn advance(&self, seq: i64) -> Result<bool, StoreError> {
+        self.app
+            .store
+            .advance_cursor(CURSOR, self.holder, seq)
+            .await
+    }
+
+    /// Sends one message until it goes out (never given up: the repository must get the whole trail).
+    async fn deliver(
+        &mut self,
+        row: &AuditRow,
+        message: &str,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Delivery, StoreError> {
+        let mut attempt = 0u32;
+        loop {
+            attempt = attempt.saturating_add(1);
+            let error = match self.sender.send(message).await {
+                Ok(()) => {
+                    crate::ops::metrics::atna_sent();
+                    tracing::debug!(seq = row.seq, action = %row.action, "ATNA message sent");
+                    return Ok(Delivery::Sent);
+                }
+                Err(e) => report(&e),
+            };
+            crate::ops::metrics::delivery_failed("atna");
+            let wait = crate::webhook::backoff(attempt);
+            tracing::warn!(seq = row.seq, action = %row.action, attempt, error = %error,
+                retry_in_secs = wait.as_secs(), "ATNA message not delivered");
+            tokio::select! {
+                () = crate::ssh::stopped(stop) => return Ok(Delivery::Stopped),
+                () = tokio::time::sleep(wait) => {}
+            }
+            if self.claim().await?.is_none() {
+                return Ok(Delivery::LostLease);
+            }
+        }
+    }
+}
+
+enum Delivery {
+    Sent,
+    Stopped,
+    LostLease,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(action: &str, actor: &str, subject: &str, detail: &str) -> AuditRow {
+        AuditRow {
+            seq: 9,
+            at: 1_795_996_404,
+            actor: actor.into(),
+            action: action.into(),
+            subject: subject.into(),
+            detail: detail.into(),
+            prev_hash: "0".repeat(64),
+            hash: "ab".repeat(32),
+        }
+    }
+
+    fn source() -> Source {
+        Source {
+            id: "bastion-1".into(),
+            enterprise_site_id: Some("St Example".into()),
+        }
+    }
+
+    #[test]
+    fn a_login_is_user_authentication_with_login() {
+        let r = row(
+            "auth.login",
+            "vendor:alice",
+            "vendor:alice",
+            r#"{"peer":"10.1.2.3:5555","second_factor":"totp"}"#,
+        );
+        let m = audit_message(&r, &source()).unwrap();
+        assert_eq!(m.event_id.code, "110114");
+        assert_eq!(m.event_types, vec![LOGIN]);
+        assert_eq!(m.outcome, Outcome::Success);
+        let xml = m.to_xml();
+        assert!(xml.starts_with("<AuditMessage><EventIdentification EventActionCode=\"E\" EventDateTime=\"2026-11-29T23:53:24Z\" EventOutcomeIndicator=\"0\"><EventID csd-code=\"110114\" codeSystemName=\"DCM\" originalText=\"User Authentication\"/><EventTypeCode csd-code=\"110122\""), "{xml}");
+        assert!(xml.contains("UserID=\"vendor:alice\" UserIsRequestor=\"true\" UserName=\"alice\" NetworkAccessPointID=\"10.1.2.3\" NetworkAccessPointTypeCode=\"2\""), "{xml}");
+        assert!(xml.contains("<AuditSourceIdentification AuditSourceID=\"bastion-1\" AuditEnterpriseSiteID=\"St Example\"><AuditSourceTypeCode csd-code=\"6\"/>"), "{xml}");
+        for logout in ["auth.logout", "staff.signout"] {
+            let m = audit_message(
+                &row(logout, "vendor:alice", "vendor:alice", "{}"),
+                &source(),
+            )
+            .unwrap();
+            assert_eq!(
+                (m.event_id, m.event_types),
+                (USER_AUTHENTICATION, vec![LOGOUT])
+            );
+        }
+    }
+
+    #[test]
+    fn failures_carry_their_outcome_and_why() {
+        let lock = audit_message(
+            &row(
+                "auth.lock",
+                "vendor:bob",
+                "vendor:bob",
+                r#"{"why":"5 failures"}"#,
+            ),
+            &source(),
+        )
+        .unwrap();
+        assert_eq!(lock.outcome, Outcome::SeriousFailure);
+        assert!(
+            lock.to_xml()
+                .contains("<EventOutcomeDescription>5 failures</EventOutcomeDescription>")
+        );
+        let refused = audit_message(
+            &row(
+                "session.refused",
+                "vendor:bob",
+                "asset:mri-01",
+                r#"{"reason":"no grant <b>"}"#,
+            ),
+            &source(),
+        )
+        .unwrap();
+        assert_eq!(refused.event_types, vec![ACCESS_CONTROL_DECISION]);
+        assert!(refused.to_xml().contains("no grant &lt;b&gt;"));
+        let locked_staff = audit_message(
+            &row(
+                "staff.signin.failed",
+                "staff:x",
+                "user:x",
+                r#"{"locked":true}"#,
+            ),
+            &source(),
+        )
+        .unwrap();
+        assert_eq!(locked_staff.outcome, Outcome::SeriousFailure);
+    }
+
+    #[test]
+    fn bookkeeping_and_unknown_actions_are_not_sent() {
+        assert!(
+            audit_message(
+                &row("request.file", "vendor:a", "request:1", "{}"),
+                &source()
+            )
+            .is_none()
+        );
+        assert!(audit_message(&row("from.the.future", "x", "y", "{}"), &source()).is_none());
+        // Every action has a decision, and every sent one a DCM event id from CID 400.
+        for a in Action::ALL {
+            if let Some(m) = mapping(*a) {
+                assert!(
+                    ["110100", "110106", "110113", "110114"].contains(&m.event_id.code),
+                    "{a}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Keeping the store in step with the directory (`[ldap]`), in the background of `serve`.
+//!
+//! Entry point: [`run`]. Two loops:
+//! - every `ldap.recheck_interval`, each enabled directory staff account is looked up again: one the
+//!   directory no longer knows, or whose groups give no role any more, is disabled and its web sessions
+//!   end (on every node: they are rows in `web_state`), audited `user.directory.remove`; a changed role
+//!   or zone list is stored (`user.directory.update`), and since the web core re-reads the role on every
+//!   decision, it applies at once;
+//! - every `ldap.vendors.sync_interval` (with `[ldap.vendors]`), the vendor subtree is read: a new entry
+//!   becomes a vendor (who enrols TOTP at their first login), keys follow `sshPublicKey`, an entry that
+//!   is gone disables its vendor (re-enabling is `vendor enable`'s: the sync only takes access away),
+//!   each change audited in its own transaction. A removed key or a disable
+//!   then ends live connections through the one path there is for that: the store change is audited,
+//!   the authority watcher (`live::watch`) sees the head move and re-checks every login's standing.
+//!   Vendors added locally (`vendor add`) are never touched.
+//!
+//! A directory that does not answer changes nothing (it is tried again at the next interval).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::keys::parse_public_key;
+use super::ldap::{Directory, Lookup, report};
+use super::totp;
+use crate::app::App;
+use crate::audit::AuditEvent;
+use crate::model::check_name;
+use crate::store::{StaffAuth, StoreError};
+
+/// The audit actor of the directory's changes.
+const ACTOR: &str = "system:directory";
+
+/// Runs the re-check and the sync until `stop`.
+pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
+    let Some(directory) = app.directory.clone() else {
+        return;
+    };
+    let config = directory.config().clone();
+    let mut recheck = tokio::time::interval(config.recheck_interval);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sync_every = config
+        .vendors
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(3600), |v| v.sync_interval);
+    let mut sync = tokio::time::interval(sync_every);
+    sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = recheck.tick() => {
+                if let Err(e) = recheck_staff(&app, &directory).await {
+                    tracing::warn!(error = %e, "directory re-check of staff failed; trying again later");
+                }
+            }
+            _ = sync.tick(), if config.vendors.is_some() => {
+                if let Err(e) = sync_vendors(&app, &directory).await {
+                    tracing::warn!(error = %e, "directory sync of vendors failed; trying again later");
+                }
+            }
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
+/// Why a re-check or a sync stopped (nothing after the failure was changed).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("{}", report(.0))]
+    Directory(#[from] super::ldap::LdapError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Disables a directory staff account that lost its access and ends its web sessions, audited.
+pub async fn remove_staff(
+    app: &App,
+    user: &StaffAuth,
+    why: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut tx = app.store.begin().await?;
+    tx.set_directory_standing(user.id, None).await?;
+    let ended = tx.end_web_sessions_of(&user.name).await?;
+    tx.audit(
+        AuditEvent::new(
+            ACTOR,
+            "user.directory.remove",
+            format!("user:{}", user.name),
+            json!({"why": why, "web_sessions_ended": ended}),
+        ),
+        now,
+    )
+    .await?;
+    tx.commit("user.directory.remove").await
+}
+
+/// One re-check of every enabled directory staff account.
+pub async fn recheck_staff(app: &App, directory: &Directory) -> Result<(), SyncError> {
+    for user in app.store.directory_staff().await? {
+        let found = directory.lookup(&user.name).await?;
+        let now = app.clock.now();
+        let standing = match &found {
+            Lookup::NoSuchUser => None,
+            Lookup::Found(f) => f.role().map(|r| (r, f)),
+        };
+        match standing {
+            None => {
+                let why = if found == Lookup::NoSuchUser {
+                    "no longer in the directory"
+                } else {
+                    "in no mapped group"
+                };
+                remove_staff(app, &user, why, now).await?;
+                tracing::info!(user = %user.name, why, "directory account disabled; its web sessions ended");
+            }
+            Some((role, f)) if role != user.role || f.zones != user.zones => {
+                let mut tx = app.store.begin().await?;
+                tx.set_directory_standing(user.id, Some((role, &f.zones)))
+                    .await?;
+                tx.audit(
+                    AuditEvent::new(
+                        ACTOR,
+                        "user.directory.update",
+                        format!("user:{}", user.name),
+                        json!({"role": role.to_string(), "zones": f.zones}),
+                    ),
+                    now,
+                )
+                .await?;
+                tx.commit("user.directory.update").await?;
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// One sync of the vendor subtree; see the module doc.
+pub async fn sync_vendors(app: &App, directory: &Directory) -> Result<(), SyncError> {
+    let entries = directory.vendors().await?;
+    let mut wanted: BTreeMap<String, (String, String, BTreeMap<String, super::keys::ParsedKey>)> =
+        BTreeMap::new();
+    for e in entries {
+        if let Err(why) = check_name("vendor", &e.name) {
+            tracing::warn!(dn = %e.dn, %why, "a directory vendor's name is not usable; skipped");
+            continue;
+        }
+        let mut keys = BTreeMap::new();
+        for text in &e.keys {
+            match parse_public_key(text) {
+                Ok(k) => {
+                    keys.insert(k.fingerprint.clone(), k);
+                }
+                Err(why) => {
+                    tracing::warn!(vendor = %e.name, %why, "a directory sshPublicKey is refused")
+                }
+            }
+        }
+        let org = if e.org.is_empty() {
+            "directory".to_owned()
+        } else {
+            e.org
+        };
+        wanted.insert(e.name, (e.dn, org, keys));
+    }
+    let stored: BTreeMap<String, crate::store::DirectoryVendor> = app
+        .store
+        .directory_vendors()
+        .await?
+        .into_iter()
+        .map(|v| (v.vendor.name.clone(), v))
+        .collect();
+    for (name, (dn, org, keys)) in &wanted {
+        let now = app.clock.now();
+        match stored.get(name) {
+            Some(v) => update_vendor(app, v, keys, now).await?,
+            None => add_vendor(app, name, dn, org, keys, now).await?,
+        }
+    }
+    for (name, v) in &stored {
+        if !wanted.contains_key(name) && v.vendor.enabled {
+            let mut tx = app.store.begin().await?;
+            tx.set_vendor_enabled(v.vendor.id, false).await?;
+            tx.audit(
+                AuditEvent::new(
+                    ACTOR,
+                    "vendor.disable",
+                    format!("vendor:{name}"),
+                    json!({"why": "removed from the directory", "dn": v.dn}),
+                ),
+                app.clock.now(),
+            )
+            .await?;
+            tx.commit("vendor.disable").await?;
+            tracing::info!(vendor = %name, "directory vendor removed: disabled");
+        }
+    }
+    Ok(())
+}
+
+async fn add_vendor(
+    app: &App,
+    name: &str,
+    dn: &str,
+    org: &str,
+    keys: &BTreeMap<String, super::keys::ParsedKey>,
+    now: i64,
+) -> Result<(), SyncError> {
+    if app.store.vendor(name).await?.is_some() {
+        // A local vendor of that name: local vendors are the administrator's, never the sync's.
+        tracing::warn!(vendor = %name, %dn, "a local vendor has this directory vendor's name; skipped");
+        return Ok(());
+    }
+    let purpose = format!("vendor-totp:{name}");
+    // A seed nobody has seen: the vendor enrols their own at the first login.
+    let placeholder = app.secrets.seal(&purpose, &totp::new_seed());
+    let mut tx = app.store.begin().await?;
+    let id = tx.insert_vendor(name, org, &placeholder, now).await?;
+    tx.reset_vendor_totp(id, &placeholder).await?;
+    tx.set_vendor_directory(id, dn).await?;
+    let mut added = Vec::new();
+    for (fp, k) in keys {
+        if app.store.vendor_by_key(fp).await?.is_some() {
+            tracing::warn!(vendor = %name, key = %fp, "a directory key belongs to another vendor; skipped");
+            continue;
+        }
+        tx.insert_vendor_key(id, &k.openssh, fp, &k.comment, now)
+            .await?;
+        added.push(fp.clone());
+    }
+    tx.audit(
+        AuditEvent::new(
+            ACTOR,
+            "vendor.add",
+            format!("vendor:{name}"),
+            json!({"org": org, "keys": added, "dn": dn, "directory": true}),
+        ),
+        now,
+    )
+    .await?;
+    tx.commit("vendor.add").await?;
+    tracing::info!(vendor = %name, "directory vendor added");
+    Ok(())
+}
+
+async fn update_vendor(
+    app: &App,
+    v: &crate::store::DirectoryVendor,
+    keys: &BTreeMap<String, super::keys::ParsedKey>,
+    now: i64,
+) -> Result<(), SyncError> {
+    let name = &v.vendor.name;
+    let subject = format!("vendor:{name}");
+    let have: BTreeSet<&String> = v.keys.iter().collect();
+    // A disabled directory vendor stays disabled (by the sync or by an administrator) until `vendor
+    // enable`: the sync takes access away on its own, never gives it back.
+    for (fp, k) in keys {
+        if have.contains(fp) {
+            continue;
+        }
+        if app.store.vendor_by_key(fp).await?.is_some() {
+            tracing::warn!(vendor = %name, key = %fp, "a directory key belongs to another vendor; skipped");
+            continue;
+        }
+        let mut tx = app.store.begin().await?;
+        tx.insert_vendor_key(v.vendor.id, &k.openssh, fp, &k.comment, now)
+            .await?;
+        tx.audit(
+            AuditEvent::new(ACTOR, "vendor.key.add", &subject, json!({"key": fp})),
+            now,
+        )
+        .await?;
+        tx.commit("vendor.key.add").await?;
+    }
+    for fp in &v.keys {
+        if keys.contains_key(fp) {
+            continue;
+        }
+        let mut tx = app.store.begin().await?;
+        tx.delete_vendor_key(v.vendor.id, fp).await?;
+        tx.audit(
+            AuditEvent::new(
+                ACTOR,
+                "vendor.key.remove",
+                &subject,
+                json!({"key": fp, "why": "removed from the directory"}),
+            ),
+            now,
+        )
+        .await?;
+        tx.commit("vendor.key.remove").await?;
+        tracing::info!(vendor = %name, key = %fp, "directory key removed");
+    }
+    Ok(())
+}

@@ -1,0 +1,696 @@
+//! Identities from LDAP / Active Directory (`[ldap]`): staff whose password the directory checks and
+//! whose role comes from their groups, and (optionally) vendors with their `sshPublicKey`s.
+//!
+//! Entry point: [`Directory`] (`App::directory`, built once from the config): [`Directory::authenticate`]
+//! (search with the service account, then bind as the user: the directory checks the password),
+//! [`Directory::lookup`] (the same without the password: `chaperone ldap check` and the re-check of
+//! signed-in staff), [`Directory::vendors`] (the vendor subtree, for the sync in `identity::directory`).
+//!
+//! Every connection is TLS (`ldaps://` or StartTLS, rustls with ring) except to a loopback address
+//! (the config refuses anything else), has a connect time-out and an operation time-out, and is closed
+//! after use. A typed name enters a filter only escaped (RFC 4515), so `*)(uid=*` finds nobody. An
+//! empty password is refused before any bind (an LDAP bind with one is an anonymous bind and
+//! "succeeds").
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry, ldap_escape};
+use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+
+use crate::config::{Config, GroupMembership, LdapConfig};
+use crate::model::Role;
+
+/// Active Directory's LDAP_MATCHING_RULE_IN_CHAIN: membership through nested groups.
+pub const MATCHING_RULE_IN_CHAIN: &str = "1.2.840.113556.1.4.1941";
+
+/// Why the directory could not answer (as opposed to answering "no").
+#[derive(Debug, thiserror::Error)]
+pub enum LdapError {
+    /// Connecting, TLS or StartTLS failed, or an operation timed out: nothing was learnt.
+    #[error("directory unreachable ({url})")]
+    Unreachable {
+        url: String,
+        /// Boxed: ldap3's error is large, and this enum is returned on every path.
+        #[source]
+        source: Box<ldap3::LdapError>,
+    },
+    /// The whole exchange took longer than the configured time-outs allow.
+    #[error("directory unreachable ({url}): no answer in time")]
+    TimedOut { url: String },
+    /// `ldap.bind_password_file` cannot be read.
+    #[error("reading ldap.bind_password_file {path}")]
+    PasswordFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `ldap.ca_file` cannot be read, is not PEM or holds no usable certificate.
+    #[error("reading ldap.ca_file {path}: {why}")]
+    CaFile {
+        path: std::path::PathBuf,
+        why: String,
+    },
+    /// No `ldap.ca_file` and no system CA certificate.
+    #[error(
+        "no system CA certificates found for the directory (install ca-certificates, or set ldap.ca_file)"
+    )]
+    NoSystemRoots,
+    #[error("TLS settings for the directory")]
+    Tls(#[source] rustls::Error),
+    /// The service account's bind was refused (wrong `bind_dn` or password file).
+    #[error("the directory refused the service account {bind_dn}: {text}")]
+    ServiceBind { bind_dn: String, text: String },
+    /// A search failed for another reason than a missing entry.
+    #[error("directory search under {base} failed: {text}")]
+    Search { base: String, text: String },
+}
+
+impl LdapError {
+    /// The directory could not be reached at all (the sign-in page says "directory unreachable").
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            LdapError::Unreachable { .. } | LdapError::TimedOut { .. }
+        )
+    }
+}
+
+/// A person the directory knows, with what their groups give them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryUser {
+    pub name: String,
+    pub dn: String,
+    /// Every role a mapped group gives (`[ldap.roles]`).
+    pub roles: Vec<Role>,
+    /// Zones whose approver group they are in (`[ldap.zones.X] approver`).
+    pub zones: Vec<String>,
+}
+
+impl DirectoryUser {
+    /// The one role the account gets: the strongest of its groups' (admin, approver, auditor); a zone
+    /// approver group alone makes an approver (for those zones).
+    pub fn role(&self) -> Option<Role> {
+        [Role::Admin, Role::Approver, Role::Auditor]
+            .into_iter()
+            .find(|r| self.roles.contains(r))
+            .or_else(|| (!self.zones.is_empty()).then_some(Role::Approver))
+    }
+}
+
+/// What the directory says of a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Found(DirectoryUser),
+    /// No entry matches the filter (or more than one does: a name must be unambiguous).
+    NoSuchUser,
+}
+
+/// What the directory says of a name and password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authn {
+    Accepted(DirectoryUser),
+    /// No such user, or the wrong password: one answer, so neither is an oracle for the other.
+    Refused,
+}
+
+/// A vendor technician's entry under `[ldap.vendors] base`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryVendorEntry {
+    pub name: String,
+    pub dn: String,
+    /// The OU directly under the base the entry lives in (one per vendor organisation).
+    pub org: String,
+    /// `sshPublicKey` values as found (OpenSSH one-line format).
+    pub keys: Vec<String>,
+}
+
+/// The directory, as the config describes it.
+pub struct Directory {
+    config: LdapConfig,
+    /// The service account's password.
+    password: crate::secrets::Secret,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Directory")
+            .field("url", &self.config.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Directory {
+    /// The directory of `config`, if it has an `[ldap]` section: reads the password file and the CA
+    /// file now, so a mistake there stops the command that needs it before anything is served.
+    pub fn from_config(config: &Config) -> Result<Option<Directory>, LdapError> {
+        let Some(ldap) = &config.ldap else {
+            return Ok(None);
+        };
+        let password = std::fs::read_to_string(&ldap.bind_password_file).map_err(|source| {
+            LdapError::PasswordFile {
+                path: ldap.bind_password_file.clone(),
+                source,
+            }
+        })?;
+        // A trailing newline is the editor's, not the password's.
+        let password = password.trim_end_matches(['\r', '\n']).as_bytes().to_vec();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(LdapError::Tls)?
+            .with_root_certificates(roots(ldap)?)
+            .with_no_client_auth();
+        Ok(Some(Directory {
+            config: ldap.clone(),
+            password: crate::secrets::Secret::new(password),
+            tls: Arc::new(tls),
+        }))
+    }
+
+    pub fn config(&self) -> &LdapConfig {
+        &self.config
+    }
+
+    /// A connection, bound as nobody yet.
+    async fn connect(&self) -> Result<Ldap, LdapError> {
+        let settings = LdapConnSettings::new()
+            .set_conn_timeout(self.config.connect_timeout)
+            .set_starttls(self.config.starttls)
+            .set_config(self.tls.clone());
+        let (conn, ldap) = LdapConnAsync::with_settings(settings, &self.config.url)
+            .await
+            .map_err(|source| self.unreachable(source))?;
+        let url = self.config.url.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.drive().await {
+                tracing::debug!(%url, error = %e, "directory connection ended");
+            }
+        });
+        Ok(ldap)
+    }
+
+    fn unreachable(&self, source: ldap3::LdapError) -> LdapError {
+        LdapError::Unreachable {
+            url: self.config.url.clone(),
+            source: Box::new(source),
+        }
+    }
+
+    /// Everything one exchange may take: connecting, then a few operations.
+    fn deadline(&self) -> Duration {
+        self.config.connect_timeout + self.config.timeout * 4
+    }
+
+    /// Runs `f` within the overall deadline.
+    async fn bounded<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, LdapError>>,
+    ) -> Result<T, LdapError> {
+        tokio::time::timeout(self.deadline(), f)
+            .await
+            .unwrap_or_else(|_| {
+                Err(LdapError::TimedOut {
+                    url: self.config.url.clone(),
+                })
+            })
+    }
+
+    /// A connection bound as the service account.
+    async fn service(&self) -> Result<Ldap, LdapError> {
+        let mut ldap = self.connect().await?;
+        let password = String::from_utf8_lossy(self.password.expose()).into_owned();
+        let result = ldap
+            .with_timeout(self.config.timeout)
+            .simple_bind(&self.config.bind_dn, &password)
+            .await
+            .map_err(|source| self.unreachable(source))?;
+        if result.rc != 0 {
+            let _ = ldap.unbind().await;
+            return Err(LdapError::ServiceBind {
+                bind_dn: self.config.bind_dn.clone(),
+                text: format!("result code {} {}", result.rc, result.text),
+            });
+        }
+        Ok(ldap)
+    }
+
+    /// The entry `name` finds with the user filter and what its groups give, read with the service
+    /// account.
+    pub async fn lookup(&self, name: &str) -> Result<Lookup, LdapError> {
+        self.bounded(async {
+            let mut ldap = self.service().await?;
+            let found = self.find_user(&mut ldap, name).await;
+            let result = match found {
+                Ok(Some(dn)) => self
+                    .groups_of(&mut ldap, name, &dn)
+                    .await
+                    .map(|(roles, zones)| {
+                        Lookup::Found(DirectoryUser {
+                            name: name.to_owned(),
+                            dn,
+                            roles,
+                            zones,
+                        })
+                    }),
+                Ok(None) => Ok(Lookup::NoSuchUser),
+                Err(e) => Err(e),
+            };
+            let _ = ldap.unbind().await;
+            result
+        })
+        .await
+    }
+
+    /// Checks `name`'s `password` with the directory: the service account finds the entry, a bind as
+    /// that entry checks the password (on a connection of its own), the service account reads the
+    /// groups.
+    pub async fn authenticate(&self, name: &str, password: &str) -> Result<Authn, LdapError> {
+        if password.is_empty() {
+            // An empty password makes an unauthenticated bind, which directories accept.
+            return Ok(Authn::Refused);
+        }
+        let found = match self.lookup(name).await? {
+            Lookup::Found(user) => user,
+            Lookup::NoSuchUser => return Ok(Authn::Refused),
+        };
+        self.bounded(async {
+            let mut ldap = self.connect().await?;
+            let bound = ldap
+                .with_timeout(self.config.timeout)
+                .simple_bind(&found.dn, password)
+                .await
+                .map_err(|source| self.unreachable(source))?;
+            let _ = ldap.unbind().await;
+            // 49 invalidCredentials, 53 unwillingToPerform (a disabled AD account), anything else:
+            // not signed in.
+            Ok(if bound.rc == 0 {
+                Authn::Accepted(found)
+            } else {
+                Authn::Refused
+            })
+        })
+        .await
+    }
+
+    /// The DN of the one entry the user filter finds for `name`, if exactly one does.
+    async fn find_user(&self, ldap: &mut Ldap, name: &str) -> Result<Option<String>, LdapError> {
+        let filter = user_filter(&self.config.user_filter, name);
+        let entries = self
+            .search(
+                ldap,
+                &self.config.user_base,
+                Scope::Subtree,
+                &filter,
+                vec!["1.1"],
+            )
+            .await?;
+        match entries.as_slice() {
+            [one] => Ok(Some(one.dn.clone())),
+            [] => Ok(None),
+            more => {
+                tracing::warn!(
+                    count = more.len(),
+                    "ldap.user_filter matches several entries for one name; refusing it"
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// The roles and zones the mapped groups give the entry `dn` (`name` for `memberUid` groups).
+    async fn groups_of(
+        &self,
+        ldap: &mut Ldap,
+        name: &str,
+        dn: &str,
+    ) -> Result<(Vec<Role>, Vec<String>), LdapError> {
+        let filter = membership_filter(
+            self.config.group_membership,
+            self.config.nested_groups,
+            dn,
+            name,
+        );
+        let roles = &self.config.roles;
+        let mut out_roles = Vec::new();
+        for (role, group) in [
+            (Role::Admin, &roles.admin),
+            (Role::Approver, &roles.approver),
+            (Role::Auditor, &roles.auditor),
+        ] {
+            if let Some(group) = group
+                && self.is_member(ldap, group, &filter).await?
+            {
+                out_roles.push(role);
+            }
+        }
+        let mut zones = Vec::new();
+        for (zone, group) in &self.config.zone_approvers {
+            if self.is_member(ldap, group, &filter).await? {
+                zones.push(zone.clone());
+            }
+        }
+        Ok((out_roles, zones))
+    }
+
+    /// Whether the group entry `group` matches `filter` (a base search: the group itself).
+    async fn is_member(
+        &self,
+        ldap: &mut Ldap,
+        group: &str,
+        filter: &str,
+    ) -> Result<bool, LdapError> {
+        match self
+            .search(ldap, group, Scope::Base, filter, vec!["1.1"])
+            .await
+        {
+            Ok(entries) => Ok(!entries.is_empty()),
+            Err(LdapError::Search { text, .. }) if text.starts_with("rc=32") => {
+                tracing::warn!(%group, "a mapped group does not exist in the directory");
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn search(
+        &self,
+        ldap: &mut Ldap,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: Vec<&str>,
+    ) -> Result<Vec<SearchEntry>, LdapError> {
+        let result = ldap
+            .with_timeout(self.config.timeout)
+            .search(base, scope, filter, attrs)
+            .await
+            .map_err(|source| self.unreachable(source))?;
+        let (entries, res) = (result.0, result.1);
+        if res.rc == 32 && scope == Scope::Subtree {
+            // The base itself is missing: nothing under it.
+            return Ok(Vec::new());
+        }
+        if res.rc != 0 {
+            return Err(LdapError::Search {
+                base: base.to_owned(),
+                text: format!("rc={} {}", res.rc, res.text),
+            });
+        }
+        Ok(entries.into_iter().map(SearchEntry::construct).collect())
+    }
+
+    /// Every vendor entry under `[ldap.vendors] base` (none when the section is absent).
+    pub async fn vendors(&self) -> Result<Vec<DirectoryVendorEntry>, LdapError> {
+        let Some(v) = &self.config.vendors else {
+            return Ok(Vec::new());
+        };
+        self.bounded(async {
+            let mut ldap = self.service().await?;
+            let found = self
+                .search(
+                    &mut ldap,
+                    &v.base,
+                    Scope::Subtree,
+                    &v.filter,
+                    vec![v.name_attribute.as_str(), "sshPublicKey"],
+                )
+                .await;
+            let _ = ldap.unbind().await;
+            let mut out = Vec::new();
+            for entry in found? {
+                let Some(name) = attribute(&entry, &v.name_attribute).into_iter().next() else {
+                    continue;
+                };
+                out.push(DirectoryVendorEntry {
+                    org: organisation(&entry.dn, &v.base).unwrap_or_default(),
+                    keys: attribute(&entry, "sshPublicKey"),
+                    dn: entry.dn,
+                    name,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// An error with its causes, on one line (for the log and `ldap check`).
+pub fn report(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// An attribute's values, text or binary (octet-string syntax arrives as either), case-insensitively.
+fn attribute(entry: &SearchEntry, name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, values) in &entry.attrs {
+        if k.eq_ignore_ascii_case(name) {
+            out.extend(values.iter().cloned());
+        }
+    }
+    for (k, values) in &entry.bin_attrs {
+        if k.eq_ignore_ascii_case(name) {
+            out.extend(
+                values
+                    .iter()
+                    .filter_map(|v| String::from_utf8(v.clone()).ok()),
+            );
+        }
+    }
+    out
+}
+
+/// The user filter for `name`: `{name}` replaced by the name escaped per RFC 4515 (`*`, `(`, `)`,
+/// `\` and NUL as `\2a`…), so typed text can only ever be a value.
+pub fn user_filter(template: &str, name: &str) -> String {
+    template.replace("{name}", &ldap_escape(name))
+}
+
+/// The filter that matches a group entry (base search) when the user is a member.
+pub fn membership_filter(
+    style: GroupMembership,
+    nested: bool,
+    user_dn: &str,
+    name: &str,
+) -> String {
+    match (style, nested) {
+        (GroupMembership::Member, true) => {
+            format!(
+                "(member:{MATCHING_RULE_IN_CHAIN}:={})",
+                ldap_escape(user_dn)
+            )
+        }
+        (GroupMembership::MemberUid, _) => format!("(memberUid={})", ldap_escape(name)),
+        (style, _) => format!("({}={})", style.attribute(), ldap_escape(user_dn)),
+    }
+}
+
+/// The DN's components, split at commas that are not escaped.
+fn dn_components(dn: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut escaped = false;
+    for c in dn.chars() {
+        if escaped {
+            current.push(c);
+            escaped = false;
+        } else if c == '\\' {
+            current.push(c);
+            escaped = true;
+        } else if c == ',' {
+            out.push(current.trim().to_owned());
+            current.clear();
+        } else {
+            current.push(c);
+        }
+    }
+    out.push(current.trim().to_owned());
+    out
+}
+
+/// The organisation of a vendor entry: the value of the component directly under `base`
+/// (`uid=vic,ou=Acme Imaging,ou=vendors,dc=…` under `ou=vendors,dc=…` → `Acme Imaging`).
+pub fn organisation(dn: &str, base: &str) -> Option<String> {
+    let dn = dn_components(dn);
+    let base = dn_components(base);
+    if dn.len() < base.len() + 2 {
+        return None;
+    }
+    let (under, tail) = dn.split_at(dn.len() - base.len());
+    let same = tail
+        .iter()
+        .zip(&base)
+        .all(|(a, b)| a.replace(' ', "").eq_ignore_ascii_case(&b.replace(' ', "")));
+    if !same {
+        return None;
+    }
+    let org = under.last()?;
+    let (_, value) = org.split_once('=')?;
+    Some(dn_unescape(value))
+}
+
+/// An attribute value of a DN, unescaped (RFC 4514): `\,` and the like stand for the character, `\XX`
+/// for a byte in hex; bytes that do not make UTF-8 are replaced.
+fn dn_unescape(value: &str) -> String {
+    let mut out = Vec::with_capacity(value.len());
+    let bytes = value.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b != b'\\' {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (hex, bytes.get(i + 1)) {
+            (Some(byte), _) => {
+                out.push(byte);
+                i += 3;
+            }
+            (None, Some(&next)) => {
+                out.push(next);
+                i += 2;
+            }
+            (None, None) => i += 1,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The CAs trusted for the directory: `ldap.ca_file`, or the system's.
+fn roots(config: &LdapConfig) -> Result<rustls::RootCertStore, LdapError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &config.ca_file {
+        Some(path) => {
+            let bad = |why: String| LdapError::CaFile {
+                path: path.clone(),
+                why,
+            };
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| bad(e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(bad("no certificate in it".into()));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| bad(e.to_string()))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                // A system bundle can hold certificates rustls rejects; the rest still count.
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() && (config.starttls || config.url.starts_with("ldaps://")) {
+                return Err(LdapError::NoSystemRoots);
+            }
+        }
+    }
+    Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_typed_name_is_only_ever_a_value() {
+        assert_eq!(user_filter("(uid={name})", "erin"), "(uid=erin)");
+        assert_eq!(
+            user_filter("(uid={name})", "*)(uid=*"),
+            "(uid=\\2a\\29\\28uid=\\2a)"
+        );
+        assert_eq!(
+            user_filter("(&(objectClass=person)(sAMAccountName={name}))", "a\\b\0"),
+            "(&(objectClass=person)(sAMAccountName=a\\5cb\\00))"
+        );
+        // the escaped filter still parses as one equality match
+        assert!(ldap3::parse_filter(user_filter("(uid={name})", "*)(|(uid=*")).is_ok());
+    }
+
+    #[test]
+    fn membership_filters() {
+        let dn = "uid=erin,ou=people,dc=example,dc=com";
+        assert_eq!(
+            membership_filter(GroupMembership::Member, false, dn, "erin"),
+            "(member=uid=erin,ou=people,dc=example,dc=com)"
+        );
+        // Active Directory's nested groups: LDAP_MATCHING_RULE_IN_CHAIN
+        assert_eq!(
+            membership_filter(GroupMembership::Member, true, dn, "erin"),
+            "(member:1.2.840.113556.1.4.1941:=uid=erin,ou=people,dc=example,dc=com)"
+        );
+        assert_eq!(
+            membership_filter(GroupMembership::UniqueMember, false, dn, "erin"),
+            "(uniqueMember=uid=erin,ou=people,dc=example,dc=com)"
+        );
+        assert_eq!(
+            membership_filter(GroupMembership::MemberUid, false, dn, "erin"),
+            "(memberUid=erin)"
+        );
+        assert_eq!(
+            membership_filter(GroupMembership::Member, false, "cn=a (b)*,dc=x", "x"),
+            "(member=cn=a \\28b\\29\\2a,dc=x)"
+        );
+        for f in [
+            membership_filter(GroupMembership::Member, true, dn, "erin"),
+            membership_filter(GroupMembership::MemberUid, false, dn, "*)(x=*"),
+        ] {
+            assert!(ldap3::parse_filter(&f).is_ok(), "{f}");
+        }
+    }
+
+    #[test]
+    fn organisation_is_the_ou_under_the_base() {
+        let base = "ou=vendors,dc=example,dc=com";
+        assert_eq!(
+            organisation("uid=vic,ou=Acme Imaging,ou=vendors,dc=example,dc=com", base),
+            Some("Acme Imaging".into())
+        );
+        assert_eq!(
+            organisation(
+                "uid=vic,ou=Team,ou=Acme\\, Inc,OU=vendors, dc=example,dc=com",
+                base
+            ),
+            Some("Acme, Inc".into())
+        );
+        assert_eq!(
+            organisation("uid=vic,ou=vendors,dc=example,dc=com", base),
+            None
+        );
+        assert_eq!(organisation("uid=vic,ou=x,dc=other,dc=com", base), None);
+    }
+
+    #[test]
+    fn strongest_role_wins() {
+        let user = |roles: Vec<Role>, zones: Vec<&str>| DirectoryUser {
+            name: "erin".into(),
+            dn: "uid=erin".into(),
+            roles,
+            zones: zones.into_iter().map(str::to_owned).collect(),
+        };
+        assert_eq!(
+            user(vec![Role::Auditor, Role::Admin], vec![]).role(),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            user(vec![Role::Auditor], vec![]).role(),
+            Some(Role::Auditor)
+        );
+        assert_eq!(user(vec![], vec!["icu"]).role(), Some(Role::Approver));
+        assert_eq!(user(vec![], vec![]).role(), None);
+    }
+}

@@ -1,0 +1,539 @@
+//! The sign-in rules, one owner for every identity: TOTP verification with replay refusal, and the
+//! lockout, for vendors (SSH) and staff (web; local or directory accounts) alike, with limits from the
+//! config for both (`[ssh]` and `[web]` `max_failures`, `failure_window`; `[ssh] lockout`).
+//!
+//! Entry point: [`judge`]. A caller hands it an [`Attempt`] (who, from where, whether the first factor
+//! passed, the second factor presented) and gets a [`Verdict`]; the lockout is checked, the second
+//! factor verified and its time step taken, the failure counted or the failures cleared, and every
+//! outcome audited, all in one transaction that first holds the account's row (so judgements of one
+//! account queue, on every node). No caller counts a failure itself, so none can forget to.
+//! [`first_codes`] checks the two consecutive codes of a TOTP enrollment.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::app::App;
+use crate::audit::AuditEvent;
+use crate::config::{SshConfig, WebConfig};
+use crate::identity::totp;
+use crate::ops::metrics;
+use crate::secrets::SecretsError;
+use crate::store::{StoreError, Tx};
+
+/// Why an attempt could not be judged (the caller refuses the sign-in; nothing was decided).
+#[derive(Debug, thiserror::Error)]
+pub enum SignInError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A sealed TOTP seed could not be opened (wrong key, corrupt row).
+    #[error("cannot open a TOTP seed")]
+    Secrets(#[from] SecretsError),
+}
+
+/// How failures lock an account. Both kinds read their limits from the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lockout {
+    /// Vendors (`[ssh]`): `max` failures within `window` lock the account, from everywhere, for
+    /// `lockout`; the count starts afresh after a lock. Key offers are not failures (clients offer
+    /// several keys), so only second-factor failures count.
+    Account {
+        max: u32,
+        window: Duration,
+        lockout: Duration,
+    },
+    /// Staff (`[web]`): failures are counted per (account, source address); once `max` of one pair fall
+    /// within the sliding `window`, that account is refused from that source (its second factor not
+    /// looked at) until the oldest slides out. Failures from one address never refuse the account from
+    /// another, so nobody locks an approver out from everywhere by knowing their name. Attempts refused
+    /// while locked are audited but not counted.
+    PerSource { max: u32, window: Duration },
+}
+
+impl Lockout {
+    pub fn vendors(ssh: &SshConfig) -> Lockout {
+        Lockout::Account {
+            max: ssh.max_failures,
+            window: ssh.failure_window,
+            lockout: ssh.lockout,
+        }
+    }
+
+    pub fn staff(web: &WebConfig) -> Lockout {
+        Lockout::PerSource {
+            max: web.max_failures,
+            window: web.failure_window,
+        }
+    }
+
+    /// The first second of a `window` that ends at `now`.
+    fn since(window: Duration, now: i64) -> i64 {
+        let window = i64::try_from(window.as_secs()).unwrap_or(i64::MAX / 2);
+        now.saturating_sub(window) + 1
+    }
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2)
+}
+
+/// Whose sign-in is judged.
+#[derive(Debug, Clone)]
+pub enum Account {
+    Vendor { id: i64, name: String },
+    Staff { id: i64, name: String },
+}
+
+impl Account {
+    /// The purpose a TOTP seed of this account is sealed for.
+    pub fn seed_purpose(&self) -> String {
+        match self {
+            Account::Vendor { name, .. } => format!("vendor-totp:{name}"),
+            Account::Staff { name, .. } => format!("staff-totp:{name}"),
+        }
+    }
+
+    fn actor(&self) -> String {
+        match self {
+            Account::Vendor { name, .. } => format!("vendor:{name}"),
+            Account::Staff { name, .. } => format!("staff:{name}"),
+        }
+    }
+
+    fn subject(&self) -> String {
+        match self {
+            Account::Vendor { name, .. } => format!("vendor:{name}"),
+            Account::Staff { name, .. } => format!("user:{name}"),
+        }
+    }
+
+    /// The lockout that applies, from the config.
+    fn lockout(&self, app: &App) -> Lockout {
+        match self {
+            Account::Vendor { .. } => Lockout::vendors(&app.config.ssh),
+            Account::Staff { .. } => Lockout::staff(&app.config.web),
+        }
+    }
+}
+
+/// The second factor presented.
+pub enum Second<'a> {
+    /// A TOTP code, checked against the account's sealed seed (`None`: no seed, never matches).
+    Totp {
+        sealed: Option<&'a [u8]>,
+        code: &'a str,
+    },
+    /// A passkey assertion checked by webauthn-rs; `Err` says why it failed.
+    Passkey(Result<(), &'static str>),
+    /// A TOTP app enrolled in this very attempt (a vendor's first login): the caller checked two
+    /// consecutive codes of a new seed; `Ok((sealed seed, step of the second code))` is stored with the
+    /// sign-in, `Err` says why the codes were refused (a failure like a wrong code).
+    Enrollment(Result<(&'a [u8], i64), &'static str>),
+    /// None: a signed-in user confirms a change with the password again (nothing is recorded on
+    /// success).
+    Reauthentication,
+}
+
+impl std::fmt::Debug for Second<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Second::Totp { .. } => f.write_str("Totp(..)"),
+            Second::Passkey(r) => f.debug_tuple("Passkey").field(r).finish(),
+            Second::Enrollment(r) => f
+                .debug_tuple("Enrollment")
+                .field(&r.as_ref().map(|_| "..").map_err(|e| *e))
+                .finish(),
+            Second::Reauthentication => f.write_str("Reauthentication"),
+        }
+    }
+}
+
+/// One sign-in attempt.
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    pub account: Account,
+    /// Where it comes from: a vendor's peer address, a staff member's source (IPv4 or IPv6 /64).
+    pub source: String,
+    /// The first factor passed: the vendor's key (always, by the time TOTP is asked), the staff
+    /// member's password (argon2id here, or a bind to the directory).
+    pub first_factor: bool,
+    pub second: Second<'a>,
+    /// Fields added to the success event (`user` and `key` of a vendor login).
+    pub detail: Value,
+}
+
+/// What [`judge`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted,
+    /// Refused; the reason is in the audit log only.
+    Refused,
+}
+
+/// What a TOTP code is worth for an account, its step taken in the transaction when it is good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Code {
+    Accepted(i64),
+    Wrong,
+    Replayed,
+}
+
+/// Checks `code` against `seed` at `now` and, when it matches, takes its time step for `account` in
+/// `tx` (a single conditional UPDATE: two nodes cannot both accept one code; a code at or before the
+/// last accepted step is a replay). The one TOTP verification of every sign-in.
+async fn take_code(
+    tx: &mut Tx,
+    account: &Account,
+    seed: &[u8],
+    code: &str,
+    now: i64,
+) -> Result<Code, StoreError> {
+    let Some(step) = totp::check(seed, code, now.max(0).unsigned_abs()) else {
+        return Ok(Code::Wrong);
+    };
+    let fresh = match account {
+        Account::Vendor { id, .. } => tx.accept_totp_step(*id, step).await?,
+        Account::Staff { id, .. } => tx.accept_staff_totp_step(*id, step).await?,
+    };
+    Ok(if fresh {
+        Code::Accepted(step)
+    } else {
+        Code::Replayed
+    })
+}
+
+/// The time step of the second of two consecutive codes an enrolling user typed from a new seed, if
+/// they are consecutive and current (±1 step at `now`). Nothing is stored: the caller stores the seed
+/// with this step as the last accepted one, so neither code can be used again.
+pub fn first_codes(seed: &[u8], first: &str, second: &str, now: i64) -> Option<i64> {
+    let now = now.max(0).unsigned_abs();
+    // The first code may be from the step before the second one's: look for a pair (s, s + 1) with
+    // both within the skew of now.
+    let second_step = totp::check(seed, second, now)?;
+    let step_secs = totp::STEP_SECS;
+    let first_at = u64::try_from(second_step - 1)
+        .ok()?
+        .checked_mul(step_secs)?;
+    // `check` at the first step's own time with ±1 skew: require the exact step.
+    let first_step = totp::check(seed, first, first_at)?;
+    (first_step == second_step - 1).then_some(second_step)
+}
+
+/// The time step of `code` from a seed being enrolled on the web page (a staff member's first TOTP
+/// app: one current code, ±1 step at `now`). Nothing is stored: the caller stores the seed with this
+/// step as the last accepted one, so the code cannot be used again to sign in.
+pub fn enrollment_code(seed: &[u8], code: &str, now: i64) -> Option<i64> {
+    totp::check(seed, code, now.max(0).unsigned_abs())
+}
+
+/// Whether `account` is locked against attempts from `source` at `now`, by the same rule [`judge`]
+/// applies: a first look, outside any transaction, for a caller that must not do something on a locked
+/// account's behalf (a bind to the directory). [`judge`] still decides, and audits, under the row lock.
+pub async fn locked(
+    app: &App,
+    account: &Account,
+    source: &str,
+    now: i64,
+) -> Result<bool, SignInError> {
+    Ok(match (account.lockout(app), account) {
+        (Lockout::PerSource { max, window }, Account::Staff { id, .. }) => {
+            app.store
+                .staff_signin_failures_now(*id, source, Lockout::since(window, now))
+                .await?
+                >= i64::from(max)
+        }
+        (Lockout::Account { .. }, Account::Vendor { name, .. }) => app
+            .store
+            .vendor(name)
+            .await?
+            .is_some_and(|v| v.locked_until.is_some_and(|t| t > now)),
+        // Each kind has its rule (`Account::lockout`); no other pairing is made.
+        _ => false,
+    })
+}
+
+/// Judges `attempt` at `now`: see the module doc. Returns `Refused` for every kind of failure (locked,
+/// wrong first factor, wrong or replayed code, refused passkey); which one is audited.
+pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict, SignInError> {
+    let account = &attempt.account;
+    let rule = account.lockout(app);
+    let actor = account.actor();
+    let subject = account.subject();
+    let source = attempt.source.as_str();
+    let mut tx = app.store.begin().await?;
+    // Judgements of one account queue behind this transaction (a row lock on PostgreSQL; SQLite's
+    // BEGIN IMMEDIATE serialises writers anyway): counting and recording below are then exact.
+    match account {
+        Account::Vendor { id, .. } => tx.hold_vendor(*id).await?,
+        Account::Staff { id, .. } => tx.hold_staff_user(*id).await?,
+    }
+
+    // 1. The lockout. A locked account's second factor is not looked at (its step is not used up).
+    let failures = match (rule, account) {
+        (Lockout::Account { .. }, Account::Vendor { id, .. }) => {
+            if tx.vendor_locked_until(*id).await?.is_some_and(|t| t > now) {
+                tx.audit(
+                    AuditEvent::new(
+                        &actor,
+                        "auth.refused",
+                        &subject,
+                        json!({"peer": source, "why": "locked"}),
+                    ),
+                    now,
+                )
+                .await?;
+                tx.commit("auth.refused").await?;
+                metrics::login(metrics::Login::Refused);
+                return Ok(Verdict::Refused);
+            }
+            0
+        }
+        (Lockout::PerSource { max, window }, Account::Staff { id, .. }) => {
+            let failures = tx
+                .staff_signin_failures(*id, source, Lockout::since(window, now))
+                .await?;
+            if failures >= i64::from(max) {
+                tx.audit(
+                    AuditEvent::new(
+                        &actor,
+                        "staff.signin.failed",
+                        &subject,
+                        json!({"why": "locked", "locked": true, "source": source,
+                               "password_ok": attempt.first_factor, "failures": failures}),
+                    ),
+                    now,
+                )
+                .await?;
+                tx.commit("staff.signin.failed").await?;
+                return Ok(Verdict::Refused);
+            }
+            failures
+        }
+        // Each kind has its rule (`Account::lockout`); no other pairing is made.
+        _ => 0,
+    };
+
+    // 2. The factors.
+    let failed: Option<&'static str> = if !attempt.first_factor {
+        Some("wrong password")
+    } else {
+        match &attempt.second {
+            Second::Reauthentication => None,
+            Second::Passkey(Ok(())) => None,
+            Second::Passkey(Err(why)) | Second::Enrollment(Err(why)) => Some(*why),
+            Second::Enrollment(Ok(_)) => None,
+            Second::Totp { sealed, code } => {
+                let code = match sealed {
+                    None => Code::Wrong,
+                    Some(sealed) => {
+                        let seed = app.secrets.open(&account.seed_purpose(), sealed)?;
+                        take_code(&mut tx, account, seed.expose(), code, now).await?
+                    }
+                };
+                match (code, account) {
+                    (Code::Accepted(step), Account::Staff { .. }) => {
+                        tx.audit(
+                            AuditEvent::new(
+                                &actor,
+                                "staff.totp.accept",
+                                &subject,
+                                json!({"step": step}),
+                            ),
+                            now,
+                        )
+                        .await?;
+                        None
+                    }
+                    (Code::Accepted(_), Account::Vendor { .. }) => None,
+                    // Staff are told nothing of which; the audit says it the same way it always did.
+                    (_, Account::Staff { .. }) => Some("wrong or reused TOTP code"),
+                    (Code::Replayed, Account::Vendor { .. }) => Some("replayed code"),
+                    (Code::Wrong, Account::Vendor { .. }) => Some("wrong code"),
+                }
+            }
+        }
+    };
+
+    // 3. Count the failure, or clear the failures.
+    if let Some(why) = failed {
+        match (rule, account) {
+            (
+                Lockout::Account {
+                    max,
+                    window,
+                    lockout,
+                },
+                Account::Vendor { id, name },
+            ) => {
+                let failure = tx
+                    .record_login_failure(*id, now, secs(window), i64::from(max), secs(lockout))
+                    .await?;
+                tx.audit(
+                    AuditEvent::new(
+                        &actor,
+                        "auth.totp.failure",
+                        &subject,
+                        json!({"peer": source, "why": why, "recent_failures": failure.recent}),
+                    ),
+                    now,
+                )
+                .await?;
+                if let Some(until) = failure.locked_until {
+                    tx.audit(
+                        AuditEvent::new(
+                            "system",
+                            "auth.lock",
+                            &subject,
+                            json!({"until": until, "failures": failure.recent}),
+                        ),
+                        now,
+                    )
+                    .await?;
+                    tracing::warn!(vendor = %name, until, "vendor locked after repeated TOTP failures");
+                }
+                tx.commit("auth.totp.failure").await?;
+                if failure.locked_until.is_some() {
+                    metrics::lockout();
+                }
+                metrics::login(metrics::Login::Failure);
+                tracing::info!(vendor = %name, peer = %source, why, "TOTP refused");
+            }
+            (Lockout::PerSource { max, window }, Account::Staff { id, name }) => {
+                tx.add_staff_signin_failure(*id, source, now, Lockout::since(window, now))
+                    .await?;
+                let locked = failures + 1 >= i64::from(max);
+                tx.audit(
+                    AuditEvent::new(
+                        &actor,
+                        "staff.signin.failed",
+                        &subject,
+                        json!({"why": why, "locked": locked, "source": source}),
+                    ),
+                    now,
+                )
+                .await?;
+                tx.commit("staff.signin.failed").await?;
+                if locked {
+                    tracing::warn!(user = %name, %source, "staff sign-ins locked from this address");
+                }
+            }
+            _ => {
+                tx.audit(
+                    AuditEvent::new(
+                        &actor,
+                        "auth.refused",
+                        &subject,
+                        json!({"why": why, "source": source}),
+                    ),
+                    now,
+                )
+                .await?;
+                tx.commit("auth.refused").await?;
+            }
+        }
+        return Ok(Verdict::Refused);
+    }
+    let method = match attempt.second {
+        // Nothing changed: the transaction is dropped, which rolls it back.
+        Second::Reauthentication => return Ok(Verdict::Accepted),
+        Second::Totp { .. } => "totp",
+        Second::Passkey(_) => "passkey",
+        Second::Enrollment(Ok((sealed, step))) => {
+            let done = match account {
+                Account::Vendor { id, .. } => tx.enroll_vendor_totp(*id, sealed, step).await?,
+                // Staff enrol on the web page (their own flow); nothing calls this for them.
+                Account::Staff { .. } => false,
+            };
+            if !done {
+                // Enrolled meanwhile by another connection: this seed is not the one stored.
+                tx.audit(
+                    AuditEvent::new(
+                        &actor,
+                        "auth.refused",
+                        &subject,
+                        json!({"peer": source, "why": "enrolled meanwhile"}),
+                    ),
+                    now,
+                )
+                .await?;
+                tx.commit("auth.refused").await?;
+                return Ok(Verdict::Refused);
+            }
+            tx.audit(
+                AuditEvent::new(
+                    &actor,
+                    "vendor.totp.enroll",
+                    &subject,
+                    json!({"peer": source}),
+                ),
+                now,
+            )
+            .await?;
+            "totp"
+        }
+        Second::Enrollment(Err(_)) => return Ok(Verdict::Refused),
+    };
+    match account {
+        Account::Vendor { id, name } => {
+            tx.clear_login_failures(*id).await?;
+            let mut detail = json!({"peer": source});
+            if let (Some(d), Value::Object(extra)) = (detail.as_object_mut(), &attempt.detail) {
+                d.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+                d.insert("second_factor".into(), json!(method));
+            }
+            tx.audit(AuditEvent::new(&actor, "auth.login", &subject, detail), now)
+                .await?;
+            tx.commit("auth.login").await?;
+            metrics::login(metrics::Login::Success);
+            tracing::info!(vendor = %name, peer = %source, "vendor signed in");
+        }
+        Account::Staff { id, .. } => {
+            tx.clear_staff_signin_failures(*id, source).await?;
+            let mut detail = json!({"method": method, "source": source});
+            if let (Some(d), Value::Object(extra)) = (detail.as_object_mut(), &attempt.detail) {
+                d.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            tx.audit(
+                AuditEvent::new(&actor, "staff.signin", &subject, detail),
+                now,
+            )
+            .await?;
+            tx.commit("staff.signin").await?;
+        }
+    }
+    Ok(Verdict::Accepted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enrollment_needs_two_consecutive_current_codes() {
+        let seed = b"12345678901234567890";
+        let now = 1_000_000_020_i64; // inside step 33333334
+        let at = |t: i64| totp::code_at(seed, t.unsigned_abs()).unwrap();
+        // this step's code and the next one's (typed a little early, within the skew)
+        assert_eq!(
+            first_codes(seed, &at(now), &at(now + 30), now),
+            Some(now / 30 + 1)
+        );
+        // the step before and this one
+        assert_eq!(
+            first_codes(seed, &at(now - 30), &at(now), now),
+            Some(now / 30)
+        );
+        // the same code twice, reversed, or not adjacent
+        assert_eq!(first_codes(seed, &at(now), &at(now), now), None);
+        assert_eq!(first_codes(seed, &at(now + 30), &at(now), now), None);
+        assert_eq!(first_codes(seed, &at(now - 30), &at(now + 30), now), None);
+        // old codes
+        assert_eq!(first_codes(seed, &at(now - 120), &at(now - 90), now), None);
+        assert_eq!(first_codes(seed, "", "", now), None);
+    }
+
+    #[test]
+    fn lockout_windows() {
+        assert_eq!(Lockout::since(Duration::from_secs(60), 1000), 941);
+    }
+}

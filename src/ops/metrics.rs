@@ -1,0 +1,271 @@
+//! The process's Prometheus metrics: counters fed where things happen, gauges read at scrape time.
+//!
+//! Entry points: the one-line recorders ([`login`], [`lockout`], [`session_started`], [`session_ended`],
+//! [`relayed`], [`recording_closed`], [`recording_failed`], [`delivery_failed`], [`atna_sent`],
+//! [`db_acquired`]) called from the SSH path, the session pipeline, the store and the audit consumers,
+//! and [`render`] (the text format, with the database-backed gauges filled in first). The registry is a
+//! process-wide static: a counter costs one atomic add and needs no handle passed around.
+//!
+//! Names follow Prometheus' conventions (`_total` counters, `_bytes`, `_seconds`), checked by `promtool
+//! check metrics` in the tests.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::app::App;
+
+struct Metrics {
+    registry: Registry,
+    logins: IntCounterVec,
+    lockouts: IntCounter,
+    live_sessions: IntGaugeVec,
+    sessions: IntCounterVec,
+    relayed: IntCounterVec,
+    recording_bytes: IntCounter,
+    recording_failures: IntCounter,
+    deliveries_failed: IntCounterVec,
+    atna_sent: IntCounter,
+    db_acquire: Histogram,
+    // Read from the database at scrape time.
+    pending_requests: IntGauge,
+    active_grants: IntGauge,
+    backlog: IntGaugeVec,
+    db_connections: IntGaugeVec,
+    db_up: IntGauge,
+}
+
+/// The names and help texts are fixed, so registering cannot fail: the `expect`s below run once, at
+/// first use, on constant input (and a test renders every metric).
+#[allow(clippy::expect_used)]
+fn build() -> Metrics {
+    let registry = Registry::new();
+    fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+        r.register(Box::new(c.clone()))
+            .expect("metric names are constant and unique");
+        c
+    }
+    let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+        reg(
+            &registry,
+            IntCounterVec::new(Opts::new(name, help), labels).expect("constant metric"),
+        )
+    };
+    let counter = |name: &str, help: &str| {
+        reg(
+            &registry,
+            IntCounter::new(name, help).expect("constant metric"),
+        )
+    };
+    let gauge = |name: &str, help: &str| {
+        reg(
+            &registry,
+            IntGauge::new(name, help).expect("constant metric"),
+        )
+    };
+    let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+        reg(
+            &registry,
+            IntGaugeVec::new(Opts::new(name, help), labels).expect("constant metric"),
+        )
+    };
+    let build_info = gauge_vec(
+        "chaperone_build_info",
+        "Always 1; the labels say which chaperone this is.",
+        &["version"],
+    );
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    let m = Metrics {
+        logins: counter_vec(
+            "chaperone_ssh_logins_total",
+            "Vendor sign-ins on the SSH listener by outcome (success, failure, refused).",
+            &["outcome"],
+        ),
+        lockouts: counter(
+            "chaperone_ssh_lockouts_total",
+            "Vendors locked out after too many failures.",
+        ),
+        live_sessions: gauge_vec(
+            "chaperone_live_sessions",
+            "Sessions running on this node, by kind (shell, exec, sftp, tunnel, jump).",
+            &["kind"],
+        ),
+        sessions: counter_vec(
+            "chaperone_sessions_total",
+            "Sessions started on this node, by kind.",
+            &["kind"],
+        ),
+        relayed: counter_vec(
+            "chaperone_relayed_bytes_total",
+            "Bytes relayed between vendors and devices: up (vendor to device) and down.",
+            &["direction"],
+        ),
+        recording_bytes: counter(
+            "chaperone_recording_bytes_total",
+            "Bytes of recordings closed and digested.",
+        ),
+        recording_failures: counter(
+            "chaperone_recording_failures_total",
+            "Recordings that failed (their sessions ended: no recording, no session).",
+        ),
+        deliveries_failed: counter_vec(
+            "chaperone_delivery_failures_total",
+            "Failed deliveries of audit events, by consumer (webhook, atna); each is retried.",
+            &["consumer"],
+        ),
+        atna_sent: counter(
+            "chaperone_atna_messages_total",
+            "ATNA audit messages delivered.",
+        ),
+        db_acquire: reg(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "chaperone_db_pool_wait_seconds",
+                    "Time spent waiting for a database connection to begin a write transaction.",
+                )
+                .buckets(vec![0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10.0]),
+            )
+            .expect("constant metric"),
+        ),
+        pending_requests: gauge(
+            "chaperone_pending_requests",
+            "Access requests waiting for a decision.",
+        ),
+        active_grants: gauge("chaperone_active_grants", "Grants in force now."),
+        backlog: gauge_vec(
+            "chaperone_audit_backlog_events",
+            "Audit events a consumer (webhook, atna) has not handled yet.",
+            &["consumer"],
+        ),
+        db_connections: gauge_vec(
+            "chaperone_db_connections",
+            "Database pool connections on this node (state: open, idle).",
+            &["state"],
+        ),
+        db_up: gauge(
+            "chaperone_db_up",
+            "1 when the database answered the last scrape.",
+        ),
+        registry,
+    };
+    // Every label value known in advance shows from the first scrape, at 0.
+    for outcome in ["success", "failure", "refused"] {
+        m.logins.with_label_values(&[outcome]);
+    }
+    for kind in ["shell", "exec", "sftp", "tunnel", "jump"] {
+        m.live_sessions.with_label_values(&[kind]);
+        m.sessions.with_label_values(&[kind]);
+    }
+    for d in ["up", "down"] {
+        m.relayed.with_label_values(&[d]);
+    }
+    for c in ["webhook", "atna"] {
+        m.deliveries_failed.with_label_values(&[c]);
+    }
+    m
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(build);
+
+/// Login outcomes on the SSH listener.
+#[derive(Debug, Clone, Copy)]
+pub enum Login {
+    Success,
+    /// A wrong second factor.
+    Failure,
+    /// A locked or disabled vendor.
+    Refused,
+}
+
+pub fn login(outcome: Login) {
+    let label = match outcome {
+        Login::Success => "success",
+        Login::Failure => "failure",
+        Login::Refused => "refused",
+    };
+    METRICS.logins.with_label_values(&[label]).inc();
+}
+
+pub fn lockout() {
+    METRICS.lockouts.inc();
+}
+
+pub fn session_started(kind: &str) {
+    METRICS.sessions.with_label_values(&[kind]).inc();
+    METRICS.live_sessions.with_label_values(&[kind]).inc();
+}
+
+pub fn session_ended(kind: &str) {
+    METRICS.live_sessions.with_label_values(&[kind]).dec();
+}
+
+/// `up`: vendor to device.
+pub fn relayed(up: bool, n: usize) {
+    METRICS
+        .relayed
+        .with_label_values(&[if up { "up" } else { "down" }])
+        .inc_by(n as u64);
+}
+
+pub fn recording_closed(bytes: u64) {
+    METRICS.recording_bytes.inc_by(bytes);
+}
+
+pub fn recording_failed() {
+    METRICS.recording_failures.inc();
+}
+
+pub fn delivery_failed(consumer: &str) {
+    METRICS
+        .deliveries_failed
+        .with_label_values(&[consumer])
+        .inc();
+}
+
+pub fn atna_sent() {
+    METRICS.atna_sent.inc();
+}
+
+pub fn db_acquired(waited: std::time::Duration) {
+    METRICS.db_acquire.observe(waited.as_secs_f64());
+}
+
+/// The text format (Prometheus 0.0.4), after reading the gauges the database knows. A database that
+/// does not answer leaves those gauges as they were and `chaperone_db_up` at 0.
+pub async fn render(app: &App) -> String {
+    let m = &*METRICS;
+    let now = app.clock.now();
+    match app.store.ops_counts(now).await {
+        Ok(counts) => {
+            m.db_up.set(1);
+            m.pending_requests.set(counts.pending_requests);
+            m.active_grants.set(counts.active_grants);
+            for (consumer, behind) in counts.backlogs {
+                m.backlog.with_label_values(&[&consumer]).set(behind);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: the database did not answer");
+            m.db_up.set(0);
+        }
+    }
+    let (open, idle) = app.store.pool_status();
+    m.db_connections
+        .with_label_values(&["open"])
+        .set(i64::from(open));
+    m.db_connections
+        .with_label_values(&["idle"])
+        .set(i64::try_from(idle).unwrap_or(i64::MAX));
+    let mut out = Vec::new();
+    // Encoding into a Vec fails only on an I/O error, which a Vec has none of.
+    if let Err(e) = TextEncoder::new().encode(&m.registry.gather(), &mut out) {
+        tracing::error!(error = %e, "metrics: encoding failed");
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,730 @@
+//! Issue 13, against a real `slapd` over StartTLS with a test CA (`support/slapd.rs`): `ldap check`;
+//! a directory approver who enrols chaperone's second factor at first sign-in, approves a real
+//! `ssh … request`, and loses the web session when removed from the group; one answer for a wrong
+//! password and an unknown name; the directory down while a local break-glass admin signs in; a
+//! directory vendor who self-enrols TOTP over real OpenSSH and is cut off when the directory drops
+//! their key and then their entry.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::support::bastion::{Bastion, Vendor, text, wait_until};
+use crate::support::slapd::{self, Slapd, group, person};
+use crate::support::web::{Approver, base, curl};
+use crate::support::{DataDir, missing, ssh_keygen};
+
+/// `[ldap]` roles and zones used by every test here.
+const ROLES: &str = "recheck_interval = \"1s\"\n\
+    [ldap.roles]\napprover = \"cn=approvers,ou=groups,dc=example,dc=com\"\n\
+    auditor = \"cn=auditors,ou=groups,dc=example,dc=com\"\n\
+    [ldap.zones.icu]\napprover = \"cn=icu-approvers,ou=groups,dc=example,dc=com\"\n";
+
+fn slapd_or_skip(dir: &Path, vendors: &[(&str, &str, &str)]) -> Option<Slapd> {
+    if !slapd::available() {
+        missing("slapd and ldap-utils");
+        return None;
+    }
+    Some(Slapd::start(dir, vendors))
+}
+
+fn append_config(d: &DataDir, text: &str) {
+    let mut config = std::fs::read_to_string(d.config()).unwrap();
+    config.push_str(text);
+    std::fs::write(d.config(), config).unwrap();
+}
+
+#[test]
+fn ldap_check_names_the_dn_and_roles_or_says_why_not() {
+    let d = DataDir::init();
+    let Some(mut dir) = slapd_or_skip(d.path(), &[]) else {
+        return;
+    };
+    append_config(&d, &dir.config(ROLES));
+
+    let erin = d.run(&["ldap", "check", "erin"]);
+    erin.ok();
+    assert!(erin.stdout().contains(&person("erin")), "{}", erin.stdout());
+    assert!(
+        erin.stdout().contains("roles: approver"),
+        "{}",
+        erin.stdout()
+    );
+    let ivan = d.run(&["ldap", "check", "ivan", "--json"]);
+    let ivan = ivan.ok().json();
+    assert_eq!(ivan["zones"], serde_json::json!(["icu"]));
+    assert_eq!(ivan["role"], "approver");
+
+    let nobody = d.run(&["ldap", "check", "nobody"]);
+    nobody.fails(1);
+    assert!(
+        nobody.stderr().contains("no such user"),
+        "{}",
+        nobody.stderr()
+    );
+    // Injection: the name is escaped (RFC 4515), so it matches nobody rather than everybody.
+    let wild = d.run(&["ldap", "check", "*)(uid=*"]);
+    wild.fails(1);
+    assert!(wild.stderr().contains("no such user"), "{}", wild.stderr());
+    let star = d.run(&["ldap", "check", "*"]);
+    star.fails(1);
+    assert!(star.stderr().contains("no such user"), "{}", star.stderr());
+
+    let mallory = d.run(&["ldap", "check", "mallory"]);
+    mallory.fails(1);
+    assert!(
+        mallory.stderr().contains("in no mapped group"),
+        "{}",
+        mallory.stderr()
+    );
+
+    dir.stop();
+    let down = d.run(&["ldap", "check", "erin"]);
+    down.fails(1);
+    assert!(
+        down.stderr().contains("directory unreachable"),
+        "{}",
+        down.stderr()
+    );
+}
+
+/// The sign-in form's answer to `name`/`password` with no code (curl, no cookie jar).
+fn form_sign_in(b: &Bastion, name: &str, password: &str) -> (u16, String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "-o", "-", "-D", "-", "-w", "\n%{http_code}"])
+        .args(["--data-urlencode", &format!("name={name}")])
+        .args(["--data-urlencode", &format!("password={password}")])
+        .args(["--data-urlencode", "code="])
+        .arg(format!("{}/login", base(b)))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (rest, status) = text.rsplit_once('\n').unwrap();
+    let location = rest
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("location: ")
+                .or_else(|| l.strip_prefix("Location: "))
+        })
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let body = rest.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status.trim().parse().unwrap(), location, body)
+}
+
+/// Starts `ssh alice@bastion request …`, waiting for a decision.
+fn request(b: &Bastion, v: &Vendor, words: &str) -> Child {
+    let mut cmd = b.ssh(v, &v.name);
+    cmd.arg(format!("request {words}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.spawn().unwrap()
+}
+
+fn audit(b: &Bastion) -> String {
+    b.data
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout()
+}
+
+#[test]
+fn directory_approver_enrols_at_first_sign_in_approves_and_is_signed_out_when_removed() {
+    let d = DataDir::init();
+    let Some(mut dir) = slapd_or_skip(d.path(), &[]) else {
+        return;
+    };
+    append_config(&d, &dir.config(ROLES));
+    let b = Bastion::start(d);
+    b.data
+        .run(&[
+            "asset",
+            "add",
+            "mri-01",
+            "--address",
+            "127.0.0.1",
+            "--zone",
+            "radiology",
+            "--purpose",
+            "MRI",
+            "--service",
+            "ssh:22/ssh",
+        ])
+        .ok();
+    let alice = b.vendor("alice", "Acme Imaging");
+    // The local break-glass admin, enrolled the usual way.
+    let admin = Approver::enroll(&b, "root-admin", "admin");
+
+    // First sign-in: the directory checks the password; with no second factor yet, the form sends
+    // erin to enrol one (no password chosen: the directory has it).
+    let (status, location, body) = form_sign_in(&b, "erin", "dirpw-erin");
+    assert_eq!(status, 303, "{body}\n{}", b.log());
+    let token = location
+        .strip_prefix("/enroll/")
+        .unwrap_or_else(|| panic!("no enrollment link in {location:?}"))
+        .to_owned();
+    let page = curl(None, &[&format!("{}/enroll/{token}", base(&b))]);
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(!page.body.contains("id=\"password\""), "{}", page.body);
+    let secret = page
+        .body
+        .split("id=\"totp-secret\">")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .unwrap()
+        .to_owned();
+    let mut erin = Approver::with_secret(&b, "erin", "dirpw-erin", &secret);
+    let done = curl(
+        None,
+        &[
+            "--data-urlencode",
+            &format!("code={}", erin.next_code()),
+            &format!("{}/enroll/{token}", base(&b)),
+        ],
+    );
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(done.body.contains("You are enrolled"), "{}", done.body);
+    erin.login();
+
+    // A wrong password and an unknown name answer alike (status and words).
+    let wrong = erin.try_login("not-her-password", &erin.next_code());
+    let unknown = Approver::with_secret(&b, "nobody-here", "dirpw-erin", &secret)
+        .try_login("dirpw-erin", "123456");
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+    assert_eq!((wrong.status, &wrong.body), (unknown.status, &unknown.body));
+    // In the directory with the right password but in no mapped group: refused alike.
+    let (status, _, _) = form_sign_in(&b, "mallory", "dirpw-mallory");
+    assert_eq!(status, 401);
+
+    // erin approves a request filed by a real `ssh … request`.
+    let child = request(
+        &b,
+        &alice,
+        "mri-01 ssh --for 1h --reason INC-13 directory approver",
+    );
+    let mut id = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            id = erin.get("/api/requests").json()[0]["id"].as_i64();
+            id.is_some()
+        }),
+        "no pending request\n{}",
+        b.log()
+    );
+    let answer = erin.approve(id.unwrap());
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let (stdout, stderr, code) = text(&child.wait_with_output().unwrap());
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+
+    // An ICU device's requests are decided by ICU's approvers (or an admin), not by erin.
+    b.data
+        .run(&[
+            "asset",
+            "add",
+            "pump-01",
+            "--address",
+            "127.0.0.1",
+            "--zone",
+            "icu",
+            "--purpose",
+            "Infusion pump",
+            "--service",
+            "ssh:22/ssh",
+        ])
+        .ok();
+    let child = request(
+        &b,
+        &alice,
+        "pump-01 ssh --for 1h --reason INC-14 pump firmware",
+    );
+    let mut id = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            id = erin.get("/api/requests").json()[0]["id"].as_i64();
+            id.is_some()
+        }),
+        "no pending request\n{}",
+        b.log()
+    );
+    let refused = erin.approve(id.unwrap());
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(
+        refused.body.contains("decided by its own approvers"),
+        "{}",
+        refused.body
+    );
+    let mut admin = admin;
+    admin.login();
+    let answer = admin.approve(id.unwrap());
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let (stdout, stderr, code) = text(&child.wait_with_output().unwrap());
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+
+    // Removed from the approvers group: the re-check (1 s here) ends her web session.
+    assert_eq!(erin.get("/api/requests").status, 200);
+    dir.modify(&format!(
+        "dn: {}\nchangetype: modify\ndelete: member\nmember: {}\n",
+        group("approvers"),
+        person("erin")
+    ));
+    let removed = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(15), || erin.get("/api/requests").status
+            == 401),
+        "erin is still signed in\n{}",
+        b.log()
+    );
+    assert!(removed.elapsed() < Duration::from_secs(15));
+    let log = audit(&b);
+    assert!(
+        log.lines().any(|l| l.contains("\"user.directory.remove\"")
+            && l.contains("user:erin")
+            && l.contains("in no mapped group")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"user.directory.add\"") && l.contains("user:erin"))
+    );
+    // And she cannot sign in again (refused before any code is looked at).
+    assert_eq!(erin.try_login("dirpw-erin", "000000").status, 401);
+    // Back in the group, the directory gives her access back at her next sign-in; an administrator's
+    // `user disable`, though, holds whatever the directory says.
+    dir.modify(&format!(
+        "dn: {}\nchangetype: modify\nadd: member\nmember: {}\n",
+        group("approvers"),
+        person("erin")
+    ));
+    erin.login();
+    b.data.run(&["user", "disable", "erin"]).ok();
+    assert!(
+        wait_until(Duration::from_secs(15), || erin.get("/api/requests").status
+            == 401),
+        "erin is still signed in after user disable\n{}",
+        b.log()
+    );
+    // (a good code: only the disable stands in her way)
+    assert_eq!(erin.try_login("dirpw-erin", &erin.next_code()).status, 401);
+
+    // The directory down: directory accounts are told so; the local admin still signs in.
+    dir.stop();
+    let down = Approver::with_secret(&b, "audrey", "dirpw-audrey", &secret)
+        .try_login("dirpw-audrey", "123456");
+    assert_eq!(down.status, 503, "{}", down.body);
+    assert!(
+        down.body.contains("directory is unreachable"),
+        "{}",
+        down.body
+    );
+    admin.login();
+    assert_eq!(admin.get("/api/requests").status, 200);
+}
+
+/// An askpass script that enrols. OpenSSH hands it each keyboard-interactive prompt as `$1` (what a
+/// terminal would show): it keeps the first one (the QR code, the secret, "first code") in
+/// `prompt_file`, reads the base32 secret from it into `secret_file`, and answers the code of this
+/// moment, then the next step's code.
+fn enrolling_askpass(dir: &Path, prompt_file: &Path, secret_file: &Path) -> PathBuf {
+    let path = dir.join("askpass-enrol.sh");
+    let at = dir.join("askpass-enrol.time");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\n\
+             case \"$1\" in\n\
+               *first*) printf %s \"$1\" > {prompt}\n\
+                 grep -ao 'Secret (base32): [A-Z2-7]*' {prompt} | sed 's/.*: //' | tr -d '\\n' > {out}\n\
+                 t=$(date +%s); echo $t > {at} ;;\n\
+               *) t=$(( $(cat {at}) + 30 )) ;;\n\
+             esac\n\
+             exec oathtool --totp -b -N @$t \"$(cat {out})\"\n",
+            prompt = prompt_file.display(),
+            out = secret_file.display(),
+            at = at.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
+    path
+}
+
+/// Runs `ssh` for `vendor` answering with `askpass` in a UTF-8 locale (as a vendor's terminal is:
+/// OpenSSH escapes what the locale cannot show); the exit code and stderr.
+fn ssh_enrolling(b: &Bastion, vendor: &Vendor, askpass: &Path) -> (Option<i32>, String) {
+    let out = b
+        .ssh_answering(vendor, &[], &vendor.name, askpass)
+        .env("LC_ALL", "C.UTF-8")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn directory_vendor_self_enrols_over_openssh_and_is_cut_off_by_the_sync() {
+    let d = DataDir::init();
+    let key = ssh_keygen(d.path(), "vendor_vic");
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let Some(dir) = slapd_or_skip(d.path(), &[("vic", "Acme Imaging", public.trim())]) else {
+        return;
+    };
+    append_config(
+        &d,
+        &dir.config(&format!(
+            "{ROLES}[ldap.vendors]\nbase = \"ou=vendors,dc=example,dc=com\"\nsync_interval = \"1s\"\n"
+        )),
+    );
+    let b = Bastion::start(d);
+    // A vendor added with `vendor add`: the sync never touches it.
+    let alice = b.vendor("alice", "Acme Imaging");
+    // The sync adds vic, with the organisation of the OU and the key of sshPublicKey.
+    assert!(
+        wait_until(Duration::from_secs(15), || b
+            .data
+            .run(&["vendor", "show", "vic", "--json"])
+            .code()
+            == 0),
+        "vic was not synced\n{}",
+        b.log()
+    );
+    let shown = b.data.run(&["vendor", "show", "vic", "--json"]).ok().json();
+    assert_eq!(shown["vendor"]["org"], "Acme Imaging");
+    assert_eq!(shown["keys"].as_array().unwrap().len(), 1);
+
+    // First login: the QR code and the secret in the terminal, two consecutive codes, then in.
+    let vic = Vendor {
+        name: "vic".into(),
+        key: key.clone(),
+        secret: String::new(),
+        last_step: Mutex::new(0),
+    };
+    let prompt_file = b.data.path().join("vic-enrol.prompt");
+    let secret_file = b.data.path().join("vic-secret");
+    let askpass = enrolling_askpass(b.data.path(), &prompt_file, &secret_file);
+    let (code, stderr) = ssh_enrolling(&b, &vic, &askpass);
+    let prompt = std::fs::read_to_string(&prompt_file).unwrap_or_default();
+    assert_eq!(code, Some(0), "{stderr}\n{prompt}\n{}", b.log());
+    assert!(stderr.contains("set up your second factor"), "{stderr}");
+    assert!(prompt.contains("Set up your second factor"), "{prompt}");
+    // The QR code in Unicode half blocks, as the terminal gets it (not escaped).
+    assert!(
+        prompt.contains('\u{2580}') && prompt.contains('\u{2584}'),
+        "no QR code drawn: {prompt}"
+    );
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
+    assert_eq!(secret.len(), 32, "{secret:?}");
+    let log = audit(&b);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"vendor.totp.enroll\"") && l.contains("vendor:vic"))
+    );
+
+    // From now on: key, then a code of the enrolled app, like any vendor.
+    let vic = Vendor {
+        secret,
+        last_step: Mutex::new(crate::support::bastion::now() / 30 + 1),
+        ..vic
+    };
+    let out = b.ssh(&vic, "vic").output().unwrap();
+    let (stdout, stderr, code) = text(&out);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+
+    // A live connection; the directory drops the key: cut after one sync, and the next login refused.
+    let mut live = b.ssh_with(&vic, &["-N"], "vic").spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        live.try_wait().unwrap().is_none(),
+        "the connection did not stay up"
+    );
+    dir.modify(&format!(
+        "dn: uid=vic,ou=Acme Imaging,ou=vendors,{}\nchangetype: modify\ndelete: sshPublicKey\n",
+        slapd::SUFFIX
+    ));
+    let dropped = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || live
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "the live connection survived the key's removal\n{}",
+        b.log()
+    );
+    assert!(dropped.elapsed() < Duration::from_secs(10));
+    let out = b.ssh(&vic, "vic").output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+
+    // The key back, then the entry gone: the vendor is disabled and the live connection ends.
+    dir.modify(&format!(
+        "dn: uid=vic,ou=Acme Imaging,ou=vendors,{}\nchangetype: modify\nadd: sshPublicKey\nsshPublicKey: {}\n",
+        slapd::SUFFIX,
+        public.trim()
+    ));
+    assert!(wait_until(Duration::from_secs(10), || {
+        b.data.run(&["vendor", "show", "vic", "--json"]).json()["keys"]
+            .as_array()
+            .is_some_and(|k| k.len() == 1)
+    }));
+    let mut live = b.ssh_with(&vic, &["-N"], "vic").spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        live.try_wait().unwrap().is_none(),
+        "the connection did not stay up\n{}",
+        b.log()
+    );
+    dir.modify(&format!(
+        "dn: uid=vic,ou=Acme Imaging,ou=vendors,{}\nchangetype: delete\n",
+        slapd::SUFFIX
+    ));
+    assert!(
+        wait_until(Duration::from_secs(10), || live
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "the live connection survived the vendor's removal\n{}",
+        b.log()
+    );
+    let shown = b.data.run(&["vendor", "list", "--json"]).ok().json();
+    let vic_row = shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "vic")
+        .unwrap();
+    assert_eq!(vic_row["enabled"], false);
+    // The local vendor, through all these syncs: untouched, and still signs in.
+    let alice_row = shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "alice")
+        .unwrap();
+    assert_eq!(alice_row["enabled"], true);
+    let out = b.ssh(&alice, "alice").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    let log = audit(&b);
+    assert!(log.lines().any(|l| l.contains("\"vendor.disable\"")
+        && l.contains("vendor:vic")
+        && l.contains("removed from the directory")));
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"vendor.key.remove\"") && l.contains("vendor:vic"))
+    );
+}
+
+/// The QR code drawn in a terminal (`identity::totp::terminal_qr`: Unicode half blocks, light modules
+/// drawn, two module rows per line) as the screen shows it, decoded by an independent QR reader (rqrr).
+fn read_terminal_qr(screen: &str) -> String {
+    let rows: Vec<&str> = screen
+        .lines()
+        .filter(|l| {
+            l.chars().count() >= 21
+                && l.chars().any(|c| c != ' ')
+                && l.chars()
+                    .all(|c| matches!(c, ' ' | '\u{2580}' | '\u{2584}' | '\u{2588}'))
+        })
+        .collect();
+    assert!(rows.len() >= 11, "no QR code on the screen:\n{screen}");
+    // One module row per half line; a drawn half is a light module.
+    let mut modules: Vec<Vec<bool>> = Vec::new(); // true: dark
+    for row in &rows {
+        let cells: Vec<char> = row.chars().collect();
+        modules.push(
+            cells
+                .iter()
+                .map(|c| !matches!(c, '\u{2580}' | '\u{2588}'))
+                .collect(),
+        );
+        modules.push(
+            cells
+                .iter()
+                .map(|c| !matches!(c, '\u{2584}' | '\u{2588}'))
+                .collect(),
+        );
+    }
+    let width = modules.iter().map(Vec::len).max().unwrap();
+    const SCALE: usize = 4;
+    // A light border of its own, in case the screen cut the quiet zone.
+    let border = 4 * SCALE;
+    let (w, h) = (
+        width * SCALE + 2 * border,
+        modules.len() * SCALE + 2 * border,
+    );
+    let mut image = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| {
+        let (Some(x), Some(y)) = (x.checked_sub(border), y.checked_sub(border)) else {
+            return 255;
+        };
+        let dark = modules
+            .get(y / SCALE)
+            .and_then(|r| r.get(x / SCALE))
+            .copied()
+            .unwrap_or(false);
+        if dark { 0 } else { 255 }
+    });
+    let grids = image.detect_grids();
+    assert_eq!(
+        grids.len(),
+        1,
+        "no readable QR code on the screen:\n{screen}"
+    );
+    let (_, text) = grids[0].decode().expect("decoding the QR code");
+    text
+}
+
+/// A vendor added without `--totp`: the administrator never sees a seed; the first login, in a real
+/// terminal (OpenSSH under tmux), shows a QR code and the secret and asks for two codes, typed as a
+/// person would.
+#[test]
+fn local_vendor_without_totp_enrols_at_first_login_and_reset_starts_over() {
+    if !crate::support::tmux::available() {
+        missing("tmux");
+        return;
+    }
+    let d = DataDir::init();
+    let key = ssh_keygen(d.path(), "vendor_val");
+    let added = d.run(&[
+        "vendor",
+        "add",
+        "val",
+        "--org",
+        "Acme",
+        "--key",
+        &key.with_extension("pub").to_string_lossy(),
+        "--json",
+    ]);
+    let json = added.ok().json();
+    assert!(json.get("totp_uri").is_none(), "{json}");
+    assert!(!added.stdout().contains("otpauth"), "{}", added.stdout());
+    let b = Bastion::start(d);
+    let val = Vendor {
+        name: "val".into(),
+        key,
+        secret: String::new(),
+        last_step: Mutex::new(0),
+    };
+
+    // The first login, in a terminal: `ssh val@bastion`, nothing else.
+    let command: Vec<String> = std::iter::once("ssh".to_owned())
+        .chain(b.client_options(&val))
+        .chain(["-p".into(), b.ssh_port.to_string(), "val@127.0.0.1".into()])
+        .map(|a| crate::support::shell_quote(&a))
+        .collect();
+    let term = crate::support::tmux::Tmux::start(
+        b.data.path(),
+        &format!(
+            "env -u SSH_ASKPASS -u SSH_ASKPASS_REQUIRE -u DISPLAY LC_ALL=C.UTF-8 {}; \
+             echo \"ssh exited: $?\"; sleep 600",
+            command.join(" ")
+        ),
+        160,
+        100,
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || term
+            .screen()
+            .contains("Enrollment: first code:")),
+        "no enrollment prompt:\n{}\n{}",
+        term.screen(),
+        b.log()
+    );
+    let screen = term.screen();
+    assert!(screen.contains("Set up your second factor"), "{screen}");
+    let secret = screen
+        .split("Secret (base32): ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no secret on the screen:\n{screen}"))
+        .to_owned();
+    assert_eq!(secret.len(), 32, "{secret:?}");
+    // What an authenticator app scans: the QR code holds the same secret, for this vendor.
+    let uri = read_terminal_qr(&screen);
+    assert!(uri.starts_with("otpauth://totp/chaperone:val?"), "{uri}");
+    assert!(uri.contains(&format!("secret={secret}")), "{uri}");
+
+    // The app's code now, then (once it changes) the next one; oathtool is the reference TOTP.
+    let oathtool = |at: i64| {
+        let out = std::process::Command::new("oathtool")
+            .args(["--totp", "-b", "-N", &format!("@{at}"), &secret])
+            .output()
+            .expect("oathtool");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let step = crate::support::bastion::now() / 30;
+    term.type_line(&oathtool(step * 30));
+    assert!(
+        wait_until(Duration::from_secs(15), || term
+            .screen()
+            .contains("Enrollment: next code")),
+        "no second prompt:\n{}",
+        term.screen()
+    );
+    term.type_line(&oathtool((step + 1) * 30));
+    assert!(
+        wait_until(Duration::from_secs(30), || term
+            .screen()
+            .contains("ssh exited:")),
+        "ssh did not finish:\n{}\n{}",
+        term.screen(),
+        b.log()
+    );
+    let screen = term.screen();
+    assert!(screen.contains("ssh exited: 0"), "{screen}\n{}", b.log());
+    // Signed in: the vendor's home screen.
+    assert!(
+        screen.contains("chaperone: signed in as val (Acme)"),
+        "{screen}"
+    );
+    drop(term);
+
+    // Nobody but the vendor saw the seed: not the administrator's commands, the audit log or the
+    // server's log.
+    for shown in [
+        b.data
+            .run(&["vendor", "show", "val", "--json"])
+            .ok()
+            .stdout(),
+        b.data.run(&["vendor", "list", "--json"]).ok().stdout(),
+        audit(&b),
+        b.log(),
+    ] {
+        assert!(!shown.contains(&secret), "the seed leaked: {shown}");
+    }
+    assert!(
+        audit(&b)
+            .lines()
+            .any(|l| l.contains("\"vendor.totp.enroll\"") && l.contains("vendor:val"))
+    );
+
+    // From now on: key, then a code of the enrolled app, like any vendor.
+    let val = Vendor {
+        secret,
+        last_step: Mutex::new(step + 1),
+        ..val
+    };
+    let out = b.ssh(&val, "val").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+
+    // Reset: the old app's codes stop working at once; the next login enrols again.
+    b.data.run(&["vendor", "totp", "reset", "val"]).ok();
+    let out = b.ssh(&val, "val").output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let prompt_file = b.data.path().join("val-enrol.prompt");
+    let secret_file = b.data.path().join("val-secret");
+    let askpass = enrolling_askpass(b.data.path(), &prompt_file, &secret_file);
+    let (code, stderr) = ssh_enrolling(&b, &val, &askpass);
+    assert_eq!(code, Some(0), "{stderr}\n{}", b.log());
+    let again = std::fs::read_to_string(&secret_file).unwrap();
+    assert_ne!(again, val.secret, "a reset draws a new seed");
+    let log = audit(&b);
+    assert!(log.lines().any(|l| l.contains("\"vendor.totp.reset\"")));
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("\"vendor.totp.enroll\"") && l.contains("vendor:val"))
+            .count(),
+        2
+    );
+}
