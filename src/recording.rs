@@ -34,7 +34,8 @@ use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chaperone_recorder::{
-    CastHeader, CastWriter, ExecHeader, ExecWriter, Finished, TransferEvent, TransferLog,
+    CastHeader, CastWriter, ExecHeader, ExecWriter, Finished, LineTracker, TransferEvent,
+    TransferLog,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -91,9 +92,15 @@ pub enum Record {
         rows: u16,
     },
     Marker(String),
+    /// The vendor pressed Enter: a terminal recording marks the next line the screen completes (the
+    /// echoed command line), labelled with that line as shown; no keystroke is kept.
+    Enter,
     /// What the relay's SFTP observer saw (transfers, operations, where it stopped following).
     Transfers(Vec<TransferEvent>),
 }
+
+/// Characters of a command line kept in its marker's label.
+const ENTER_LABEL: usize = 200;
 
 impl Record {
     /// The most bytes this record can take in a recording of `format`: its data as the format may escape
@@ -116,6 +123,8 @@ impl Record {
             Record::Output(b) | Record::Stderr(b) | Record::Input(b) => data(b.len()),
             Record::Resize { .. } => FRAMING,
             Record::Marker(label) => data(label.len()),
+            // The marker it may become: a label of up to ENTER_LABEL characters (4 bytes each).
+            Record::Enter => data(4 * ENTER_LABEL),
             Record::Transfers(events) => events
                 .iter()
                 .map(|e| serde_json::to_vec(e).map_or(4096, |v| v.len() as u64) + FRAMING)
@@ -164,6 +173,10 @@ enum Writer {
     Cast {
         writer: CastWriter,
         input: bool,
+        /// The line under the cursor, for the marker at each command line.
+        line: Box<LineTracker>,
+        /// Enter was pressed: the next line the output completes is a command line.
+        enter: bool,
     },
     Exec {
         writer: ExecWriter,
@@ -193,13 +206,35 @@ impl Writer {
 
     fn write_inner(&mut self, at: Duration, record: Record) -> chaperone_recorder::Result<Step> {
         match (self, record) {
-            (Writer::Cast { writer, .. }, Record::Output(data) | Record::Stderr(data)) => {
+            (
+                Writer::Cast {
+                    writer,
+                    line,
+                    enter,
+                    ..
+                },
+                Record::Output(data) | Record::Stderr(data),
+            ) => {
+                let mut done = Vec::new();
+                line.push(&data, &mut done);
+                if *enter && let Some(command) = done.first() {
+                    *enter = false;
+                    let label: String = command.chars().take(ENTER_LABEL).collect();
+                    if !label.trim().is_empty() {
+                        // Before the output, so seeking to it shows the command line as typed.
+                        writer.marker(at, &label)?;
+                    }
+                }
                 writer.output(at, &data)?;
+            }
+            (Writer::Cast { line, enter, .. }, Record::Enter) => {
+                *enter = !line.in_alternate_screen();
             }
             (
                 Writer::Cast {
                     writer,
                     input: true,
+                    ..
                 },
                 Record::Input(data),
             ) => writer.input(at, &data)?,
@@ -316,6 +351,8 @@ impl Recording {
             Writer::Cast {
                 writer,
                 input: record_input,
+                line: Box::new(LineTracker::new()),
+                enter: false,
             },
             RecordingFormat::Asciicast,
             max_bytes,
@@ -514,6 +551,11 @@ pub struct RecordSender {
 }
 
 impl RecordSender {
+    /// The format of the recording it feeds.
+    pub fn format(&self) -> RecordingFormat {
+        self.format
+    }
+
     /// Queues `record`, waiting for a free slot when the recorder is behind; an error means the
     /// recording failed and the session must end.
     pub async fn send(&self, record: Record) -> Result<(), RecordingFailed> {

@@ -156,6 +156,8 @@ pub async fn run(
     let ssh_listener = ssh::Listener::new(&app, listeners.ssh).map_err(ServerError::Ssh)?;
     let tls = web_tls(&app.config)?;
     let node_task = tokio::spawn(crate::node::run(app.clone(), stop_rx.clone()));
+    tokio::spawn(crate::search_index::run(app.clone(), stop_rx.clone()));
+    let live = ssh_listener.live();
     let ready = std::sync::Arc::new(crate::ops::Readiness::default());
     let ops_task = listeners.ops.map(|listener| {
         let mut ops_stop = stop_rx.clone();
@@ -181,7 +183,7 @@ pub async fn run(
     ));
     let mut web_stop = stop_rx.clone();
     let router = chaperone_web_approval::router(
-        std::sync::Arc::new(crate::web::WebCore::new(app.clone())),
+        std::sync::Arc::new(crate::web::WebCore::new(app.clone(), live)),
         chaperone_web_approval::WebOptions {
             idle_timeout: app.config.web.idle_timeout,
             public_url: Some(app.config.web.public_url.clone()),

@@ -7,9 +7,10 @@
 use std::time::Duration;
 
 use chaperone_web_approval::{
-    Accounts, Approvals, CoreError, Decision, Enrollment, GrantView, Method, RequestView,
-    Role as WebRole, SecondFactor, SessionView, SignInAttempt, SignInState, Staff, StaffAccount,
-    StateKind, Verdict,
+    Accounts, Approvals, AuditView, CoreError, Decision, Enrollment, EvidenceDownload, GrantView,
+    HistoryItem, HistoryPage, HistoryQuery, LiveStream, Method, RecordingStatus, Records,
+    RequestView, Role as WebRole, SecondFactor, SessionDetail, SessionView, SignInAttempt,
+    SignInState, Staff, StaffAccount, StateKind, TranscriptHit, TransferView, Verdict,
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -24,7 +25,16 @@ use crate::identity::totp;
 use crate::model::{AccessRequest, Criticality, RequestStatus, Role, check_name};
 use crate::policy::grants::{self, GrantError};
 use crate::policy::requests::{self, Approver, AuthMethod, DecideError, Outcome};
-use crate::store::{StaffAuth, StoreError};
+use crate::store::{HistoryFilter, HistoryRow, StaffAuth, StoreError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::evidence::{Evidence, open_recording};
+use crate::live::LiveSessions;
+use crate::model::{RecordingRow, SessionRow};
+use crate::recording::RecordingFormat;
+use crate::search_index::Indexer;
+use chaperone_recorder::playback::{self, Format, IdleMap, Index};
 
 /// Sign-in state kept at most, per kind (sessions are made only by full sign-ins; ceremony starts need
 /// no account, so a flood of them drops the oldest instead of growing the table).
@@ -38,11 +48,24 @@ fn max_state(kind: StateKind) -> u32 {
 #[derive(Debug, Clone)]
 pub struct WebCore {
     app: App,
+    /// This node's live sessions: the live view's taps.
+    live: LiveSessions,
+    /// Indexes a recording at once when its page is opened before the background job got to it.
+    indexer: Indexer,
+    /// Recordings whose file was hashed and found as vouched, by recording id: the file's identity and
+    /// times then, and the digest. A file whose metadata is unchanged is not hashed again for a page.
+    proven: Arc<Mutex<HashMap<i64, (FileKey, String)>>>,
 }
 
 impl WebCore {
-    pub fn new(app: App) -> WebCore {
-        WebCore { app }
+    pub fn new(app: App, live: LiveSessions) -> WebCore {
+        let indexer = Indexer::new(&app.store, &app.config.recording.dir, &app.secrets);
+        WebCore {
+            app,
+            live,
+            indexer,
+            proven: Arc::default(),
+        }
     }
 }
 
@@ -611,12 +634,18 @@ impl Approvals for WebCore {
             .collect())
     }
 
-    async fn terminate_session(&self, by: &Staff, id: &str) -> Result<(), CoreError> {
+    async fn terminate_session(&self, by: &Staff, id: &str, why: &str) -> Result<(), CoreError> {
         // The page hides the button; the rule lives here. Auditors only read (the role as stored now).
         let (by, _) = current(&self.app, by).await?;
         if !role(by.role).can_decide() {
             return Err(CoreError::Forbidden(
                 "auditors cannot terminate sessions".into(),
+            ));
+        }
+        let why: String = why.trim().chars().take(500).collect();
+        if why.is_empty() {
+            return Err(CoreError::Invalid(
+                "say why the session is ended (the vendor is shown it)".into(),
             ));
         }
         let session = match self.app.store.session(id).await {
@@ -630,7 +659,7 @@ impl Approvals for WebCore {
             )));
         }
         let now = self.app.clock.now();
-        let reason = format!("session terminated by {}", by.name);
+        let reason = format!("session terminated by {}: {why}", by.name);
         let mut tx = self.app.store.begin().await.map_err(internal)?;
         if !tx
             .request_session_termination(id, &reason, now)
@@ -647,7 +676,7 @@ impl Approvals for WebCore {
                 "session.terminate",
                 format!("session:{id}"),
                 json!({"vendor": session.vendor, "asset": session.asset, "grant": session.grant_id,
-                       "method": by.method}),
+                       "method": by.method, "reason": why}),
             ),
             now,
         )
@@ -957,5 +986,914 @@ impl SignInState for WebCore {
             .web_state_delete(kind.as_str(), key)
             .await
             .map_err(internal)
+    }
+}
+
+impl Records for WebCore {
+    async fn history(&self, by: &Staff, query: &HistoryQuery) -> Result<HistoryPage, CoreError> {
+        self.history_impl(by, query).await
+    }
+
+    async fn session_detail(&self, by: &Staff, id: &str) -> Result<SessionDetail, CoreError> {
+        self.detail_impl(by, id).await
+    }
+
+    async fn playback_index(
+        &self,
+        by: &Staff,
+        id: &str,
+        recording: i64,
+        idle: Option<f64>,
+    ) -> Result<String, CoreError> {
+        self.index_impl(by, id, recording, idle).await
+    }
+
+    async fn playback_segment(
+        &self,
+        id: &str,
+        recording: i64,
+        segment: usize,
+        idle: Option<f64>,
+    ) -> Result<String, CoreError> {
+        self.segment_impl(id, recording, segment, idle).await
+    }
+
+    async fn transcript_search(
+        &self,
+        by: &Staff,
+        id: &str,
+        text: &str,
+        idle: Option<f64>,
+    ) -> Result<Vec<TranscriptHit>, CoreError> {
+        self.search_impl(by, id, text, idle).await
+    }
+
+    async fn watch(&self, by: &Staff, id: &str) -> Result<LiveStream, CoreError> {
+        self.watch_impl(by, id).await
+    }
+
+    async fn evidence_bundle(&self, by: &Staff, id: &str) -> Result<EvidenceDownload, CoreError> {
+        use crate::evidence::bundle::BundleError;
+        use futures::StreamExt as _;
+        let session = self.app.store.session(id).await.map_err(not_found_or)?;
+        if session.ended_at.is_none() {
+            return Err(CoreError::Conflict(format!(
+                "session {id} is still running: its bundle can be made once it has ended"
+            )));
+        }
+        let started = crate::evidence::bundle::export_stream(
+            self.app.store.clone(),
+            self.app.config.recording.clone(),
+            id.to_owned(),
+            current(&self.app, by).await?.0.actor(),
+            "web".to_owned(),
+            self.app.clock.now(),
+        )
+        .await;
+        let (first, mut rest) = match started {
+            Ok(s) => s,
+            Err(BundleError::Store(StoreError::NotFound { .. })) => {
+                return Err(CoreError::NotFound);
+            }
+            // What an auditor must be told: a recording or the chain's word on it does not hold.
+            Err(e @ (BundleError::Prove(_) | BundleError::Chain(_))) => {
+                return Err(CoreError::Conflict(e.to_string()));
+            }
+            Err(e) => {
+                tracing::error!(session = %id, error = ?e, "web: cannot make an evidence bundle");
+                return Err(CoreError::Internal);
+            }
+        };
+        let id = id.to_owned();
+        let rest = futures::stream::poll_fn(move |cx| rest.poll_recv(cx)).map(move |chunk| {
+            chunk.map_err(|e| {
+                tracing::error!(session = %id, error = ?e, "web: an evidence bundle broke off; the download is cut short");
+                std::io::Error::other("the evidence bundle broke off")
+            })
+        });
+        Ok(EvidenceDownload {
+            file_name: format!("session-{}.tar", session.id),
+            chunks: Box::pin(futures::stream::once(async move { Ok(first) }).chain(rest)),
+        })
+    }
+}
+
+/// A file's identity and times: unchanged, the file was not rewritten since it was hashed.
+type FileKey = (u64, u64, u64, i64, i64);
+
+fn file_key(meta: &std::fs::Metadata) -> FileKey {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        (
+            meta.dev(),
+            meta.ino(),
+            meta.len(),
+            meta.mtime_nsec() + meta.mtime() * 1_000_000_000,
+            meta.ctime_nsec() + meta.ctime() * 1_000_000_000,
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        (0, 0, meta.len(), 0, 0)
+    }
+}
+
+/// Files larger than this are not hashed for a history list (the session's page hashes them).
+const LIST_HASH_LIMIT: u64 = 64 * 1024 * 1024;
+/// Sessions per history page.
+const PAGE: i64 = 50;
+/// The audit actions about a session that its page lists.
+const SESSION_ACTIONS: [&str; 14] = [
+    "session.start",
+    "session.end",
+    "session.terminate",
+    "session.watch",
+    "tunnel.open",
+    "tunnel.close",
+    "jump.open",
+    "jump.close",
+    "recording.view",
+    "recording.search",
+    "recording.recovered",
+    "recording.failed",
+    "evidence.export",
+    "budget.exceeded",
+];
+
+fn status(r: &RecordingRow, integrity: &str, detail: String) -> RecordingStatus {
+    RecordingStatus {
+        id: r.id,
+        format: r.format.clone(),
+        size: r.size,
+        integrity: integrity.to_owned(),
+        detail,
+    }
+}
+
+fn format_of(r: &RecordingRow) -> Option<Format> {
+    match r.format.as_str() {
+        RecordingFormat::ASCIICAST => Some(Format::Asciicast),
+        RecordingFormat::EXEC_STREAM => Some(Format::Exec),
+        _ => None,
+    }
+}
+
+fn idle_secs(idle: Option<f64>) -> String {
+    idle.map(|i| format!("{i}")).unwrap_or_default()
+}
+
+impl WebCore {
+    /// What the audit chain and the file say about recording `r` (the chain decides: `ev`), in the words
+    /// of `evidence::Integrity` (the CLI's and the bundle's check, `evidence::prove`). The file is hashed
+    /// unless it was proved intact before and has not changed since, or it is larger than `hash_limit`
+    /// (then it is `unchecked`).
+    async fn integrity(
+        &self,
+        r: &RecordingRow,
+        ev: &Evidence,
+        hash_limit: Option<u64>,
+    ) -> RecordingStatus {
+        use crate::evidence::Integrity;
+        enum Checked {
+            Proved(Integrity, Option<FileKey>),
+            /// Vouched for, the row agrees, the file is there, and too large to hash for a list.
+            Unchecked {
+                seq: i64,
+                sha256: String,
+            },
+        }
+        let dir = self.app.config.recording.dir.clone();
+        let known = self.proven.lock().ok().and_then(|m| m.get(&r.id).cloned());
+        let (row, evidence) = (r.clone(), ev.clone());
+        let checked = tokio::task::spawn_blocking(move || {
+            let key_now = || {
+                open_recording(&dir, &row.path)
+                    .ok()
+                    .and_then(|o| o.file.metadata().ok())
+                    .map(|m| file_key(&m))
+            };
+            let mut before = None;
+            if let Evidence::Vouched(v) = &evidence
+                && v.deleted.is_none()
+                && row.deleted_at.is_none()
+                && row.sha256.as_deref() == Some(v.sha256.as_str())
+            {
+                before = key_now();
+                if let Some(key) = before {
+                    if known
+                        .as_ref()
+                        .is_some_and(|(k, sha)| *k == key && *sha == v.sha256)
+                    {
+                        let intact = Integrity::Intact {
+                            seq: v.seq,
+                            sha256: v.sha256.clone(),
+                        };
+                        return Checked::Proved(intact, None);
+                    }
+                    if hash_limit.is_some_and(|limit| key.2 > limit) {
+                        return Checked::Unchecked {
+                            seq: v.seq,
+                            sha256: v.sha256.clone(),
+                        };
+                    }
+                }
+            }
+            let proved = crate::evidence::prove(&dir, &row, &evidence);
+            // Remembered only when the file was the same before and after it was hashed.
+            let after = proved
+                .as_ref()
+                .ok()
+                .and_then(|p| p.file.metadata().ok())
+                .map(|m| file_key(&m));
+            let key = after.filter(|k| before.is_none_or(|b| b == *k));
+            Checked::Proved(Integrity::of(&proved), key)
+        })
+        .await;
+        let (integrity, key) = match checked {
+            Ok(Checked::Proved(i, key)) => (i, key),
+            Ok(Checked::Unchecked { seq, sha256 }) => {
+                return status(
+                    r,
+                    "unchecked",
+                    format!(
+                        "audit event {seq} vouches for sha256 {sha256}; the file is large and was not re-read for this list (its page checks it)"
+                    ),
+                );
+            }
+            Err(_) => return status(r, "unchecked", "the check failed".into()),
+        };
+        let detail = match &integrity {
+            Integrity::Intact { seq, sha256 } => {
+                if let (Some(key), Ok(mut m)) = (key, self.proven.lock()) {
+                    m.insert(r.id, (key, sha256.clone()));
+                }
+                format!("sha256 {sha256}, as audit event {seq} vouches")
+            }
+            Integrity::Altered(why) | Integrity::Missing(why) => why.clone(),
+            Integrity::Deleted { seq, at } => format!(
+                "deleted by retention on {} (audit event {seq}); its digest and audit events remain",
+                crate::clock::format_time(*at)
+            ),
+            Integrity::Live => "the session is running; its recording has no digest yet".into(),
+            Integrity::NotDigested => "no audit event vouches for a digest of it (its writer stopped before finishing it); nothing proves it intact".into(),
+        };
+        status(r, integrity.word(), detail)
+    }
+
+    async fn item(&self, h: HistoryRow, hash_limit: Option<u64>) -> Result<HistoryItem, CoreError> {
+        let evidence = crate::evidence::evidence(&self.app.store, &h.session)
+            .await
+            .map_err(internal)?;
+        let mut recordings = Vec::with_capacity(h.session.recordings.len());
+        for (r, ev) in h.session.recordings.iter().zip(&evidence) {
+            recordings.push(self.integrity(r, ev, hash_limit).await);
+        }
+        let s = h.session;
+        let now = self.now();
+        Ok(HistoryItem {
+            duration: match s.ended_at {
+                Some(end) => crate::history::duration(end - s.started_at),
+                None => format!("live, {}", crate::history::duration(now - s.started_at)),
+            },
+            started: format_time(s.started_at),
+            id: s.id,
+            vendor: s.vendor,
+            org: h.org,
+            asset: s.asset,
+            zone: h.zone,
+            kind: s.kind,
+            service: s.service,
+            detail: s.detail,
+            client_addr: s.client_addr,
+            started_at: s.started_at,
+            ended_at: s.ended_at,
+            bytes_up: s.bytes_up,
+            bytes_down: s.bytes_down,
+            grant_id: s.grant_id,
+            grant_reason: h.grant_reason,
+            request_id: h.request_id,
+            request_reason: h.request_reason,
+            end_cause: s.end_cause,
+            end_reason: s.end_reason,
+            node: h.node,
+            recordings,
+        })
+    }
+
+    async fn audit_view(
+        &self,
+        by: &Staff,
+        action: &'static str,
+        subject: String,
+        detail: serde_json::Value,
+    ) -> Result<(), CoreError> {
+        // Who looks is read again from the store: a disabled account sees nothing more.
+        let (by, _) = current(&self.app, by).await?;
+        let mut detail = detail;
+        detail["method"] = json!(by.method);
+        let now = self.now();
+        let mut tx = self.app.store.begin().await.map_err(internal)?;
+        tx.audit(AuditEvent::new(by.actor(), action, subject, detail), now)
+            .await
+            .map_err(internal)?;
+        tx.commit(action).await.map_err(internal)
+    }
+
+    /// A session and its recording `rid`, with what the chain says about it.
+    async fn recording_of(
+        &self,
+        id: &str,
+        rid: i64,
+    ) -> Result<(SessionRow, RecordingRow, Evidence), CoreError> {
+        let session = match self.app.store.session(id).await {
+            Ok(s) => s,
+            Err(StoreError::NotFound { .. }) => return Err(CoreError::NotFound),
+            Err(e) => return Err(internal(e)),
+        };
+        let evidence = crate::evidence::evidence(&self.app.store, &session)
+            .await
+            .map_err(internal)?;
+        let (r, ev) = session
+            .recordings
+            .iter()
+            .zip(evidence)
+            .find(|(r, _)| r.id == rid)
+            .map(|(r, e)| (r.clone(), e))
+            .ok_or(CoreError::NotFound)?;
+        Ok((session, r, ev))
+    }
+
+    /// The playback index of a recording the chain vouches for, checked against its MAC; built now when
+    /// the indexer has not got to it yet.
+    async fn playback(
+        &self,
+        r: &RecordingRow,
+        ev: &Evidence,
+    ) -> Result<(Index, String), CoreError> {
+        let Some(v) = ev.voucher() else {
+            return Err(CoreError::Conflict(
+                "this recording has no digest the audit log vouches for, so it is not played"
+                    .into(),
+            ));
+        };
+        let mut row = self
+            .app
+            .store
+            .recording_index(r.id)
+            .await
+            .map_err(internal)?;
+        if row.as_ref().is_none_or(|i| i.status == "indexing") {
+            self.indexer
+                .index_recording(r, self.now())
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "indexing a recording for the player");
+                    CoreError::Internal
+                })?;
+            row = self
+                .app
+                .store
+                .recording_index(r.id)
+                .await
+                .map_err(internal)?;
+        }
+        let Some(row) = row else {
+            return Err(CoreError::Conflict(
+                "this recording is not on this node: open the page on the node that recorded it"
+                    .into(),
+            ));
+        };
+        match (row.status.as_str(), &row.playback, &row.mac) {
+            ("indexed", Some(json), Some(mac)) => self
+                .indexer
+                .open_playback(r.id, &v.sha256, json, mac)
+                .map(|i| (i, v.sha256.clone()))
+                .ok_or_else(|| {
+                    CoreError::Conflict(
+                        "the player's index of this recording does not match the digest the audit log vouches for (ALTERED in the database): it is not played".into(),
+                    )
+                }),
+            ("failed", ..) => Err(CoreError::Conflict(format!(
+                "this recording cannot be played: {}",
+                row.note.as_deref().unwrap_or("indexing failed")
+            ))),
+            _ => Err(CoreError::Conflict(
+                "this recording is being prepared for playing; try again in a moment".into(),
+            )),
+        }
+    }
+}
+
+fn not_found_or(e: StoreError) -> CoreError {
+    match e {
+        StoreError::NotFound { .. } => CoreError::NotFound,
+        e => internal(e),
+    }
+}
+
+impl WebCore {
+    pub(crate) async fn history_impl(
+        &self,
+        by: &Staff,
+        q: &HistoryQuery,
+    ) -> Result<HistoryPage, CoreError> {
+        let filter = crate::history::filter(q).map_err(CoreError::Invalid)?;
+        let page = crate::history::page(q).map_err(CoreError::Invalid)?;
+        let rows = self
+            .app
+            .store
+            .session_history(&filter, PAGE + 1, (i64::from(page) - 1) * PAGE)
+            .await
+            .map_err(internal)?;
+        let more = rows.len() as i64 > PAGE;
+        let mut sessions = Vec::with_capacity(rows.len());
+        for h in rows.into_iter().take(PAGE as usize) {
+            sessions.push(self.item(h, Some(LIST_HASH_LIMIT)).await?);
+        }
+        if let Some(text) = q.text.as_deref().filter(|t| !t.trim().is_empty()) {
+            let filters: serde_json::Map<String, serde_json::Value> = q
+                .pairs()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), json!(v)))
+                .collect();
+            self.audit_view(
+                by,
+                "recording.search",
+                "sessions".into(),
+                json!({"text": text, "filters": filters, "page": page, "found": sessions.len()}),
+            )
+            .await?;
+        }
+        Ok(HistoryPage {
+            sessions,
+            page,
+            more,
+        })
+    }
+}
+
+impl WebCore {
+    async fn detail_impl(&self, by: &Staff, id: &str) -> Result<SessionDetail, CoreError> {
+        let filter = HistoryFilter {
+            id: Some(id.to_owned()),
+            ..Default::default()
+        };
+        let row = self
+            .app
+            .store
+            .session_history(&filter, 1, 0)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .next()
+            .ok_or(CoreError::NotFound)?;
+        let session = row.session.clone();
+        let item = self.item(row, None).await?;
+        let mut playable = None;
+        let mut play_note = None;
+        let mut transfers = None;
+        let mut transfers_more = 0;
+        for (r, st) in session.recordings.iter().zip(&item.recordings) {
+            match (format_of(r), st.integrity.as_str()) {
+                (Some(_), "intact") if playable.is_none() => playable = Some(r.id),
+                (Some(_), other) if playable.is_none() => {
+                    play_note = Some(match other {
+                        "live" => "The session is running: its recording plays once it has ended; watch it live meanwhile.".to_owned(),
+                        _ => format!("The recording is not played: {} ({}).", st.integrity, st.detail),
+                    });
+                }
+                (None, "intact") => {
+                    let dir = self.app.config.recording.dir.clone();
+                    let path = r.path.clone();
+                    let read = tokio::task::spawn_blocking(move || {
+                        let opened = open_recording(&dir, &path).map_err(|e| e.to_string())?;
+                        playback::read_transfers(&opened.file).map_err(|e| e.to_string())
+                    })
+                    .await;
+                    match read {
+                        Ok(Ok((lines, more, _))) => {
+                            const SHOWN: usize = 2000;
+                            transfers_more = more + lines.len().saturating_sub(SHOWN);
+                            transfers =
+                                Some(lines.into_iter().take(SHOWN).map(transfer_view).collect());
+                        }
+                        Ok(Err(why)) => {
+                            play_note = Some(format!("The transfer log cannot be read: {why}"))
+                        }
+                        Err(_) => return Err(CoreError::Internal),
+                    }
+                }
+                (None, _) => {
+                    play_note = Some(format!(
+                        "The transfer log is not shown: {} ({}).",
+                        st.integrity, st.detail
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let mut inner = Vec::new();
+        if session.kind == "jump" {
+            let to = session.ended_at.unwrap_or_else(|| self.now());
+            for s in self
+                .app
+                .store
+                .sessions_within(&session.vendor, &session.asset, session.started_at, to, 100)
+                .await
+                .map_err(internal)?
+            {
+                let f = HistoryFilter {
+                    id: Some(s.id.clone()),
+                    ..Default::default()
+                };
+                if let Some(h) = self
+                    .app
+                    .store
+                    .session_history(&f, 1, 0)
+                    .await
+                    .map_err(internal)?
+                    .into_iter()
+                    .next()
+                {
+                    inner.push(self.item(h, Some(LIST_HASH_LIMIT)).await?);
+                }
+            }
+        }
+        if !session.recordings.is_empty() {
+            self.audit_view(
+                by,
+                "recording.view",
+                format!("session:{id}"),
+                json!({"what": "page", "recordings": session.recordings.iter().map(|r| r.id).collect::<Vec<_>>()}),
+            )
+            .await?;
+        }
+        let audit = self
+            .app
+            .store
+            .audit_events_about(&format!("session:{id}"), &SESSION_ACTIONS, 500)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .map(|a| AuditView {
+                seq: a.seq,
+                at: format_time(a.at),
+                actor: a.actor,
+                action: a.action,
+                detail: a.detail,
+            })
+            .collect();
+        Ok(SessionDetail {
+            live_here: session.ended_at.is_none() && self.live.tap(id).is_some(),
+            session: item,
+            playable,
+            play_note,
+            transfers,
+            transfers_more,
+            inner,
+            audit,
+        })
+    }
+
+    async fn index_impl(
+        &self,
+        by: &Staff,
+        id: &str,
+        rid: i64,
+        idle: Option<f64>,
+    ) -> Result<String, CoreError> {
+        let (_, r, ev) = self.recording_of(id, rid).await?;
+        let st = self.integrity(&r, &ev, None).await;
+        if st.integrity != "intact" {
+            return Err(CoreError::Conflict(format!(
+                "the recording is not played: {} ({})",
+                st.integrity, st.detail
+            )));
+        }
+        let (index, _) = self.playback(&r, &ev).await?;
+        let map = IdleMap::new(&index.gaps, idle);
+        let idle_q = idle_secs(idle);
+        let segments: Vec<serde_json::Value> = index
+            .segments
+            .iter()
+            .enumerate()
+            .map(|(n, s)| {
+                json!({"start": map.map(s.start),
+                       "url": format!("/sessions/{id}/recordings/{rid}/segments/{n}?idle={idle_q}")})
+            })
+            .collect();
+        let markers: Vec<serde_json::Value> = index
+            .markers
+            .iter()
+            .map(|(t, label)| json!([map.map(*t), label]))
+            .collect();
+        self.audit_view(
+            by,
+            "recording.view",
+            format!("session:{id}"),
+            json!({"what": "play", "recording": rid}),
+        )
+        .await?;
+        Ok(json!({
+            "version": 1,
+            "term": {"cols": index.cols, "rows": index.rows},
+            "duration": map.map(index.duration),
+            "markers": markers,
+            "segments": segments,
+        })
+        .to_string())
+    }
+
+    async fn segment_impl(
+        &self,
+        id: &str,
+        rid: i64,
+        n: usize,
+        idle: Option<f64>,
+    ) -> Result<String, CoreError> {
+        let (_, r, ev) = self.recording_of(id, rid).await?;
+        if ev
+            .voucher()
+            .is_none_or(|v| r.sha256.as_deref() != Some(v.sha256.as_str()))
+        {
+            return Err(CoreError::Conflict(
+                "the recording is not vouched for as it is".into(),
+            ));
+        }
+        let format = format_of(&r).ok_or(CoreError::NotFound)?;
+        let (index, _) = self.playback(&r, &ev).await?;
+        let seg = index.segments.get(n).cloned().ok_or(CoreError::NotFound)?;
+        let last = n + 1 == index.segments.len();
+        let dir = self.app.config.recording.dir.clone();
+        let path = r.path.clone();
+        let header_len = index.header_len;
+        let header_sha = index.header_sha256.clone();
+        let read = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, Vec<u8>), String> {
+            use std::io::{Read as _, Seek as _};
+            let mut f = open_recording(&dir, &path).map_err(|e| e.to_string())?.file;
+            let mut header = vec![0; usize::try_from(header_len).map_err(|e| e.to_string())?];
+            f.read_exact(&mut header).map_err(|e| e.to_string())?;
+            f.seek(std::io::SeekFrom::Start(seg.offset))
+                .map_err(|e| e.to_string())?;
+            let mut body = vec![0; usize::try_from(seg.len).map_err(|e| e.to_string())?];
+            f.read_exact(&mut body).map_err(|e| e.to_string())?;
+            Ok((header, body))
+        })
+        .await
+        .map_err(|_| CoreError::Internal)?;
+        let (header, body) = read
+            .map_err(|why| CoreError::Conflict(format!("the recording cannot be read: {why}")))?;
+        let sha = |b: &[u8]| {
+            chaperone_recorder::Sha256Reader::new(b)
+                .finish_hex()
+                .unwrap_or_default()
+        };
+        if sha(&header) != header_sha || sha(&body) != seg.sha256 {
+            return Err(CoreError::Conflict(
+                "the recording was ALTERED since it was checked: this part does not match its digest".into(),
+            ));
+        }
+        let events = playback::segment_events(format, &header, &body, seg.start)
+            .map_err(|e| CoreError::Conflict(format!("the recording cannot be read: {e}")))?;
+        let map = IdleMap::new(&index.gaps, idle);
+        let mut out: Vec<serde_json::Value> = events
+            .into_iter()
+            .map(|e| json!([map.map(e.time), e.code.to_string(), e.data]))
+            .collect();
+        if last {
+            out.push(json!([map.map(index.duration), "o", ""]));
+        }
+        Ok(json!({
+            "snapshot": {"cols": seg.cols, "rows": seg.rows, "init": seg.init},
+            "events": out,
+        })
+        .to_string())
+    }
+
+    async fn search_impl(
+        &self,
+        by: &Staff,
+        id: &str,
+        text: &str,
+        idle: Option<f64>,
+    ) -> Result<Vec<TranscriptHit>, CoreError> {
+        let words = chaperone_recorder::transcript::words(text);
+        if words.is_empty() {
+            return Err(CoreError::Invalid(
+                "type a word to find (letters or digits)".into(),
+            ));
+        }
+        let session = self.app.store.session(id).await.map_err(not_found_or)?;
+        let chunks = self
+            .app
+            .store
+            .session_text_matches(id, &words, 200)
+            .await
+            .map_err(internal)?;
+        let query: Vec<&str> = words.split(' ').collect();
+        let mut maps: HashMap<i64, IdleMap> = HashMap::new();
+        let mut hits = Vec::new();
+        for c in chunks {
+            if let std::collections::hash_map::Entry::Vacant(slot) = maps.entry(c.recording_id) {
+                let map = match session.recordings.iter().find(|r| r.id == c.recording_id) {
+                    Some(r) if format_of(r).is_some() => {
+                        let ev = crate::evidence::evidence(&self.app.store, &session)
+                            .await
+                            .map_err(internal)?;
+                        let ev = session
+                            .recordings
+                            .iter()
+                            .zip(ev)
+                            .find(|(x, _)| x.id == r.id)
+                            .map(|(_, e)| e);
+                        match ev {
+                            Some(ev) => self
+                                .playback(r, &ev)
+                                .await
+                                .map(|(i, _)| IdleMap::new(&i.gaps, idle))
+                                .unwrap_or_else(|_| IdleMap::new(&[], None)),
+                            None => IdleMap::new(&[], None),
+                        }
+                    }
+                    _ => IdleMap::new(&[], None),
+                };
+                slot.insert(map);
+            }
+            let map = &maps[&c.recording_id];
+            let mut found = false;
+            for (line, ms) in c.lines.iter().zip(&c.times) {
+                if chaperone_recorder::transcript::line_matches(line, &query) {
+                    found = true;
+                    hits.push(TranscriptHit {
+                        recording: c.recording_id,
+                        time: map.map(*ms as f64 / 1000.0),
+                        line: line.clone(),
+                    });
+                }
+            }
+            // The phrase runs across two lines: the chunk's first line that has its first word.
+            if !found
+                && let Some((line, ms)) = c.lines.iter().zip(&c.times).find(|(l, _)| {
+                    chaperone_recorder::transcript::words(l)
+                        .split(' ')
+                        .any(|w| w == query[0])
+                })
+            {
+                hits.push(TranscriptHit {
+                    recording: c.recording_id,
+                    time: map.map(*ms as f64 / 1000.0),
+                    line: line.clone(),
+                });
+            }
+            if hits.len() >= 200 {
+                break;
+            }
+        }
+        self.audit_view(
+            by,
+            "recording.search",
+            format!("session:{id}"),
+            json!({"text": text, "found": hits.len()}),
+        )
+        .await?;
+        Ok(hits)
+    }
+
+    async fn watch_impl(&self, by: &Staff, id: &str) -> Result<LiveStream, CoreError> {
+        let Some(tap) = self.live.tap(id) else {
+            let node = self.app.store.session_node(id).await.map_err(internal)?;
+            let session = self.app.store.session(id).await.map_err(not_found_or)?;
+            if session.ended_at.is_some() {
+                return Err(CoreError::Conflict(format!("session {id} has ended")));
+            }
+            return Err(CoreError::Conflict(format!(
+                "session {id} runs on node {}: its live view is served by that node",
+                node.as_deref().unwrap_or("-")
+            )));
+        };
+        self.audit_view(by, "session.watch", format!("session:{id}"), json!({}))
+            .await?;
+        let weak = tap.downgrade();
+        drop(tap);
+        let reset = |start: crate::live::tap::Start| {
+            // Output kept for arrivals starts at a line, when it can, so a sequence is not cut in two.
+            let from = if start.recent.len() >= crate::live::tap::RECENT {
+                start
+                    .recent
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(0, |i| i + 1)
+            } else {
+                0
+            };
+            json!({"cols": start.cols, "rows": start.rows, "time": start.time,
+                   "init": String::from_utf8_lossy(&start.recent[from..])})
+            .to_string()
+        };
+        let (start, rx) = match weak.upgrade() {
+            Some(t) => t.watch(),
+            None => return Err(CoreError::Conflict(format!("session {id} has ended"))),
+        };
+        let first = reset(start);
+        // A character the device's output split between two chunks is sent whole, with the second.
+        let utf8 = chaperone_recorder::Utf8Stream::default();
+        let stream = futures::stream::unfold(
+            (Some(first), rx, weak, utf8),
+            move |(pending, mut rx, weak, mut utf8)| async move {
+                if let Some(first) = pending {
+                    return Some((first, (None, rx, weak, utf8)));
+                }
+                use crate::live::tap::TapEvent;
+                use tokio::sync::broadcast::error::RecvError;
+                match rx.recv().await {
+                    Ok(TapEvent::Output(t, data)) => {
+                        let e = json!([t, "o", utf8.decode(&data)]).to_string();
+                        Some((e, (None, rx, weak, utf8)))
+                    }
+                    Ok(TapEvent::Resize(t, c, r)) => {
+                        let e = json!([t, "r", format!("{c}x{r}")]).to_string();
+                        Some((e, (None, rx, weak, utf8)))
+                    }
+                    // Too slow: skip ahead to the screen as it is now.
+                    Err(RecvError::Lagged(_)) => {
+                        let tap = weak.upgrade()?;
+                        let (start, rx) = tap.watch();
+                        drop(tap);
+                        let e = json!({"cols": start.cols, "rows": start.rows, "time": start.time,
+                                       "init": String::from_utf8_lossy(&start.recent)})
+                        .to_string();
+                        Some((
+                            e,
+                            (None, rx, weak, chaperone_recorder::Utf8Stream::default()),
+                        ))
+                    }
+                    Err(RecvError::Closed) => None,
+                }
+            },
+        );
+        Ok(Box::pin(stream))
+    }
+}
+
+fn transfer_view(l: playback::TransferLine) -> TransferView {
+    use chaperone_recorder::TransferEvent as T;
+    let outcome = |o: &chaperone_recorder::Outcome| {
+        serde_json::to_value(o)
+            .ok()
+            .map(|v| match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            })
+            .unwrap_or_default()
+    };
+    let word = |v: serde_json::Result<serde_json::Value>| {
+        v.ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    match l.event {
+        T::File {
+            path,
+            direction,
+            bytes,
+            outcome: o,
+        } => TransferView {
+            t: l.t,
+            what: word(serde_json::to_value(direction)),
+            path,
+            target: None,
+            bytes: Some(bytes),
+            outcome: outcome(&o),
+        },
+        T::Op {
+            op,
+            path,
+            target,
+            outcome: o,
+        } => TransferView {
+            t: l.t,
+            what: word(serde_json::to_value(op)),
+            path,
+            target,
+            bytes: None,
+            outcome: outcome(&o),
+        },
+        T::Stderr { text } => TransferView {
+            t: l.t,
+            what: "stderr".into(),
+            path: text,
+            target: None,
+            bytes: None,
+            outcome: String::new(),
+        },
+        T::Unparseable { reason } => TransferView {
+            t: l.t,
+            what: "unparseable".into(),
+            path: reason,
+            target: None,
+            bytes: None,
+            outcome: String::new(),
+        },
     }
 }

@@ -623,6 +623,47 @@ pub fn terminal_filter(data: &[u8]) {
     );
 }
 
+/// The transcript extractor (what the search index holds and what labels a command line's marker):
+/// the first byte picks a chunk size. Checks that the lines do not depend on where the output was split,
+/// that no line holds a control character or more than `MAX_LINE` characters, that the line under the
+/// cursor is clean too, and that the words the index stores are letters and digits between single
+/// spaces.
+pub fn transcript(data: &[u8]) {
+    use chaperone_recorder::transcript::{LineTracker, MAX_LINE, words};
+    let Some((&size, input)) = data.split_first() else {
+        return;
+    };
+    let run = |chunk: usize| {
+        let mut t = LineTracker::new();
+        let mut out = Vec::new();
+        let mut current = Vec::new();
+        for piece in input.chunks(chunk) {
+            t.push(piece, &mut out);
+            current.push(t.current());
+        }
+        let last = t.current();
+        t.finish(&mut out);
+        (out, last, current)
+    };
+    let (whole, whole_last, _) = run(input.len().max(1));
+    let (chunked, chunked_last, currents) = run(usize::from(size) + 1);
+    assert_eq!(whole, chunked, "the lines depend on where the output was split");
+    assert_eq!(whole_last, chunked_last, "the current line depends on the split");
+    for line in whole.iter().chain(currents.iter().flatten()) {
+        assert!(line.chars().count() <= MAX_LINE, "a line longer than MAX_LINE");
+        assert!(
+            !line.chars().any(|c| c.is_control()),
+            "a control character in a line: {line:?}"
+        );
+        let w = words(line);
+        assert!(
+            !w.starts_with(' ') && !w.ends_with(' ') && !w.contains("  "),
+            "words not single-spaced: {w:?}"
+        );
+        assert!(w.chars().all(|c| c == ' ' || c.is_alphanumeric()), "{w:?}");
+    }
+}
+
 /// The evidence bundle's tar reader: any input ends in entries or an error; accepted entries have plain
 /// relative names (no `..`, no leading `/`), and writing them again reads back the same entries.
 pub fn evidence_tar(data: &[u8]) {

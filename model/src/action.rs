@@ -73,6 +73,10 @@ actions! {
     EvidenceExport = "evidence.export",
     /// Someone looked at a recording (played it, or through the web page).
     RecordingView = "recording.view",
+    /// Someone searched what recordings showed (the history's text filter, a transcript search).
+    RecordingSearch = "recording.search",
+    /// Someone watched a live session on the web page.
+    SessionWatch = "session.watch",
     /// Retention deleted a recording's file (its digest stays in the chain).
     RecordingDeleted = "recording.deleted",
     /// A legal hold was placed on a session, or released.

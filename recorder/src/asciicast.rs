@@ -333,6 +333,28 @@ impl Utf8Carry {
     }
 }
 
+/// Text from a byte stream that arrives in chunks, for a reader that shows it as it comes (the web page's
+/// live view): a character split between two chunks is held back until its other bytes arrive, instead of
+/// becoming two U+FFFD; invalid bytes become U+FFFD at once, as in a recording.
+#[derive(Debug, Default)]
+pub struct Utf8Stream {
+    carry: Utf8Carry,
+}
+
+impl Utf8Stream {
+    /// The text of `data` after whatever the previous chunk held back, less an incomplete last character.
+    pub fn decode(&mut self, data: &[u8]) -> String {
+        let joined = self.carry.join(data);
+        let keep = incomplete_tail_len(joined);
+        let (now, later) = joined.split_at(joined.len() - keep);
+        let mut tail = [0; 3];
+        tail[..keep].copy_from_slice(later);
+        let text = String::from_utf8_lossy(now).into_owned();
+        self.carry.hold(&tail[..keep], Duration::ZERO);
+        text
+    }
+}
+
 /// Length (0 to 3) of the incomplete UTF-8 sequence ending `bytes`: a valid start of a character whose other
 /// bytes may come with the next chunk. Invalid bytes are not held back; they become U+FFFD at once.
 fn incomplete_tail_len(bytes: &[u8]) -> usize {
@@ -563,6 +585,21 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_character_split_between_chunks_reaches_a_live_reader_whole() {
+        let mut s = Utf8Stream::default();
+        let text = "tick-1 Überprüfung ✓\r\n".as_bytes();
+        let mut shown = String::new();
+        for chunk in text.chunks(1) {
+            shown.push_str(&s.decode(chunk));
+        }
+        assert_eq!(shown, "tick-1 Überprüfung ✓\r\n");
+        // Invalid bytes are not held: they show at once, as U+FFFD.
+        assert_eq!(s.decode(b"a\xffb"), "a\u{fffd}b");
+        assert_eq!(s.decode(&[0xe2, 0x9c]), "");
+        assert_eq!(s.decode(&[0x93, b'!']), "✓!");
     }
 
     #[test]

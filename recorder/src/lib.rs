@@ -7,6 +7,8 @@
 //! [`transfer`]); [`sha256_file`] and [`Sha256Reader`] to check a file against its stored digest;
 //! [`TerminalFilter`] (module [`terminal_filter`]) to play a recording's output in a real terminal
 //! without what acts outside the screen (clipboard, titles, links, queries the terminal answers);
+//! [`LineTracker`] (module [`transcript`]) for the lines of text a person saw, and module [`playback`] to
+//! play a recording in a browser segment by segment;
 //! [`TarWriter`] and [`TarReader`] (module [`tar`]) for evidence bundles.
 //!
 //! Every writer is synchronous `std::io`, meant to run off the async runtime, and every write returns an
@@ -17,12 +19,16 @@
 pub mod asciicast;
 mod error;
 pub mod exec;
+pub mod playback;
 mod sink;
 pub mod tar;
 pub mod terminal_filter;
+pub mod transcript;
 pub mod transfer;
 
-pub use asciicast::{Cast, CastHeader, CastReader, CastWriter, Event, EventKind, parse_cast};
+pub use asciicast::{
+    Cast, CastHeader, CastReader, CastWriter, Event, EventKind, Utf8Stream, parse_cast,
+};
 pub use error::{Error, Result};
 pub use exec::{
     CutOff, ExecHeader, ExecReader, ExecWriter, Exported, Frame, FrameData, OutputStream, exec_raw,
@@ -31,4 +37,5 @@ pub use exec::{
 pub use sink::{Finished, Sha256Reader, sha256_file};
 pub use tar::{EntryHeader, EntryKind, TarError, TarReader, TarWriter};
 pub use terminal_filter::TerminalFilter;
+pub use transcript::LineTracker;
 pub use transfer::{Direction, OpKind, Outcome, SftpObserver, TransferEvent, TransferLog};

@@ -151,7 +151,9 @@ pub fn mapping(action: Action) -> Option<Mapping> {
         // Exports of recordings and of the audit log.
         A::SessionExport | A::AuditExport | A::EvidenceExport => map(EXPORT, &[], Read, Success),
         // Evidence kept or let go: who looked, what retention deleted, legal holds, the signing key.
-        A::RecordingView => map(SECURITY_ALERT, &[USE_OF_RESTRICTED_FUNCTION], Read, Success),
+        A::RecordingView | A::RecordingSearch | A::SessionWatch => {
+            map(SECURITY_ALERT, &[USE_OF_RESTRICTED_FUNCTION], Read, Success)
+        }
         A::RecordingDeleted => map(
             SECURITY_ALERT,
             &[USE_OF_RESTRICTED_FUNCTION],

@@ -20,13 +20,41 @@ use crate::recording::RecordingFormat;
 
 #[derive(Debug, Subcommand)]
 pub enum SessionCommand {
-    /// List sessions, newest first.
+    /// List sessions, newest first; the filters combine (as the web page's session history).
     List {
         #[arg(long)]
         json: bool,
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: i64,
+        /// Sessions of this vendor.
+        #[arg(long)]
+        vendor: Option<String>,
+        /// Sessions of vendors of this organisation.
+        #[arg(long)]
+        org: Option<String>,
+        /// Sessions on this asset.
+        #[arg(long)]
+        asset: Option<String>,
+        /// Sessions on assets of this zone.
+        #[arg(long)]
+        zone: Option<String>,
+        /// shell, exec, sftp (scp), tunnel or jump.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Started on or after: a day (2026-11-01), a UTC time (2026-11-01T08:30) or unix seconds.
+        #[arg(long)]
+        since: Option<String>,
+        /// Started before; a day counts whole (--until 2026-11-30 includes the 30th).
+        #[arg(long)]
+        until: Option<String>,
+        /// How it ended: closed, expired, revoked, terminated, budget, recording, disabled, lost,
+        /// shutdown, or live.
+        #[arg(long)]
+        ended: Option<String>,
+        /// Words typed or shown in its recordings, in this order ("rm -rf": the words rm, rf).
+        #[arg(long)]
+        text: Option<String>,
     },
     /// Show one session with its recordings.
     Show {
@@ -100,8 +128,51 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
         SessionCommand::List {
             json: as_json,
             limit,
+            vendor,
+            org,
+            asset,
+            zone,
+            kind,
+            since,
+            until,
+            ended,
+            text,
         } => {
-            let sessions = app.store.sessions(limit.clamp(1, 100_000)).await?;
+            let query = chaperone_web_approval::HistoryQuery {
+                vendor,
+                org,
+                asset,
+                zone,
+                kind,
+                since,
+                until,
+                ended,
+                text,
+                page: None,
+            };
+            let filter = crate::history::filter(&query).map_err(|why| anyhow::anyhow!(why))?;
+            let sessions: Vec<SessionRow> = app
+                .store
+                .session_history(&filter, limit.clamp(1, 100_000), 0)
+                .await?
+                .into_iter()
+                .map(|h| h.session)
+                .collect();
+            if let Some(text) = &query.text {
+                // Who searched recordings for what is audited, as on the web page.
+                let mut tx = app.store.begin().await?;
+                tx.audit(
+                    crate::audit::AuditEvent::new(
+                        crate::identity::os_actor(),
+                        "recording.search",
+                        "sessions",
+                        serde_json::json!({"text": text, "filters": query.pairs().into_iter().collect::<std::collections::BTreeMap<_, _>>(), "found": sessions.len()}),
+                    ),
+                    app.clock.now(),
+                )
+                .await?;
+                tx.commit("recording.search").await?;
+            }
             let mut evidence = Vec::with_capacity(sessions.len());
             for s in &sessions {
                 evidence.push(crate::evidence::evidence(&app.store, s).await?);

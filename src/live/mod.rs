@@ -18,6 +18,7 @@
 
 pub mod budget;
 pub mod registry;
+pub mod tap;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -368,6 +369,14 @@ impl PendingSession {
         };
         self.live.mark_started(&self.registration);
         crate::ops::metrics::session_started(self.kind.as_str());
+        // The live view watches terminal sessions (a shell, a command's output).
+        let tap = matches!(self.kind, SessionKind::Shell | SessionKind::Exec).then(|| {
+            // The size the recording's header has: the live view draws what the recording will.
+            let (cols, rows) = pty.map_or((80, 24), PtyInfo::recorded_size);
+            let tap = tap::Tap::new(cols, rows);
+            self.live.set_tap(&self.registration, tap.clone());
+            tap
+        });
         tracing::info!(session = %id, vendor = %grant.vendor().name, asset = %asset.name, service = %grant.service().name, kind = self.kind.as_str(), "session started");
         let policy = app.config.budgets.policy_for(&grant.service().name).clone();
         let meter = Meter {
@@ -405,6 +414,7 @@ impl PendingSession {
             recorder,
             meter,
             sftp,
+            tap,
         })
     }
 }
@@ -480,6 +490,8 @@ pub struct LiveSession {
     meter: Meter,
     /// The SFTP observer of an sftp session (the relay feeds it; the end reports what was left open).
     sftp: Option<SftpWatch>,
+    /// The live view's tap of a terminal session (the relay feeds it after the recorder).
+    tap: Option<tap::Tap>,
 }
 
 impl LiveSession {
@@ -525,6 +537,11 @@ impl LiveSession {
     /// The SFTP observer, for an sftp session.
     pub fn sftp(&self) -> Option<SftpWatch> {
         self.sftp.clone()
+    }
+
+    /// The live view's tap, for a terminal session.
+    pub fn tap(&self) -> Option<tap::Tap> {
+        self.tap.clone()
     }
 
     /// Ends the session: closes the recording, stores its digest, the session's end (reason, cause, bytes

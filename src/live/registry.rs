@@ -110,6 +110,8 @@ struct Entry {
     started: bool,
     notices: NoticeState,
     tx: mpsc::UnboundedSender<Control>,
+    /// The live view's tap, once a terminal session started.
+    tap: Option<super::tap::Tap>,
 }
 
 impl Entry {
@@ -191,6 +193,7 @@ impl LiveSessions {
                     started: false,
                     notices: NoticeState::default(),
                     tx,
+                    tap: None,
                 },
             );
         }
@@ -210,6 +213,24 @@ impl LiveSessions {
         {
             e.started = true;
         }
+    }
+
+    /// The started session's tap for the live view (terminal sessions).
+    pub fn set_tap(&self, registration: &Registration, tap: super::tap::Tap) {
+        if let Ok(mut map) = self.inner.sessions.lock()
+            && let Some(e) = map.get_mut(&registration.id)
+        {
+            e.tap = Some(tap);
+        }
+    }
+
+    /// The tap of session `id`, if it is live on this node and has one.
+    pub fn tap(&self, id: &str) -> Option<super::tap::Tap> {
+        self.inner
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|m| m.get(id).and_then(|e| e.tap.clone()))
     }
 
     /// Registers a signed-in connection (`id` is the listener's connection number).

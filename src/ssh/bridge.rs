@@ -19,8 +19,9 @@ use russh::{Channel, ChannelMsg, ChannelWriteHalf, client, server};
 use tokio_util::sync::CancellationToken;
 
 use crate::live::budget::Direction;
+use crate::live::tap::Tap;
 use crate::live::{Control, End, LiveSession, Meter, SessionKind, SftpWatch};
-use crate::recording::{Record, RecordSender};
+use crate::recording::{Record, RecordSender, RecordingFormat};
 
 /// How long the goodbye to each side (the reason, exit status, EOF, close) may take once a session ended.
 const FAREWELL: Duration = Duration::from_secs(2);
@@ -88,6 +89,8 @@ struct Gate {
     sftp: Option<SftpWatch>,
     kind: SessionKind,
     record_input: bool,
+    /// The live view's tap: fed what was recorded, never waited on.
+    tap: Option<Tap>,
 }
 
 impl Gate {
@@ -128,6 +131,22 @@ impl Gate {
                 Some(Ok(())) => {}
             }
         }
+        // The vendor pressed Enter: the recorder marks the line the screen showed (no keystroke is
+        // recorded unless `record_input`; the label is the echoed line, taken from the output).
+        if dir == Direction::Up
+            && let Some(rec) = &self.recorder
+            && rec.format() == RecordingFormat::Asciicast
+            && data.contains(&b'\r')
+        {
+            match ending.unless_done(rec.send(Record::Enter)).await {
+                None => return Err(End::Lost("ended".into())),
+                Some(Err(e)) => return Err(End::RecordingFailed(e.0)),
+                Some(Ok(())) => {}
+            }
+        }
+        if let (Some(tap), Direction::Down) = (&self.tap, dir) {
+            tap.output(data);
+        }
         if !self.meter.pass(dir, data.len()) {
             return Err(self.meter.cut_end());
         }
@@ -160,7 +179,9 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
         sftp: live.sftp(),
         kind: live.kind(),
         record_input,
+        tap: live.tap(),
     };
+    let tap = live.tap();
     // Whether an EOF went to each side (one per channel: a second is a protocol error to some clients).
     let vendor_eof = AtomicBool::new(false);
     let device_eof = AtomicBool::new(false);
@@ -233,11 +254,13 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                     pix_width,
                     pix_height,
                 } => {
+                    // The live view and the recording show the same size.
+                    let (cols, rows) =
+                        crate::live::recorded_size(u32_to_u16(col_width), u32_to_u16(row_height));
+                    if let Some(tap) = &tap {
+                        tap.resize(cols, rows);
+                    }
                     if let Some(rec) = &recorder {
-                        let (cols, rows) = crate::live::recorded_size(
-                            u32_to_u16(col_width),
-                            u32_to_u16(row_height),
-                        );
                         let resize = Record::Resize { cols, rows };
                         if let Some(Err(e)) = ending.unless_done(rec.send(resize)).await {
                             return Err(End::RecordingFailed(e.0));

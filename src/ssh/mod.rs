@@ -211,6 +211,11 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// This node's live sessions (the web page's live view finds their taps there).
+    pub fn live(&self) -> LiveSessions {
+        self.shared.live.clone()
+    }
+
     /// Loads the host key and builds the settings; a failure here is reported before serving starts.
     pub fn new(app: &App, listener: TcpListener) -> Result<Listener, ListenerError> {
         let host_key = load_host_key(app)?;

@@ -14,6 +14,7 @@ mod health;
 mod nodes;
 mod requests;
 mod sealed;
+mod search;
 mod sessions;
 mod staff;
 mod vendors;
@@ -36,6 +37,7 @@ pub use health::{MigrationStatus, OpsCounts};
 pub use nodes::AbandonedSession;
 pub use requests::NewRequest;
 pub use sealed::{Sealed, SealedKind};
+pub use search::{CLAIM_SECS, HistoryFilter, HistoryRow, IndexRow, NewTextChunk, TextChunk};
 pub use sessions::{NewSession, RetentionCandidate};
 pub use staff::{SOURCE_DIRECTORY, SOURCE_LOCAL, StaffAuth};
 pub use vendors::{DirectoryVendor, LoginFailure, VendorTotp};
@@ -165,6 +167,19 @@ impl Store {
     /// the write lock at once (`BEGIN IMMEDIATE`), so writers from other processes (the CLI) queue on the
     /// busy timeout instead of failing half-way.
     pub async fn begin(&self) -> Result<Tx> {
+        let w = self.write_tx("starting a transaction").await?;
+        Ok(Tx {
+            tx: w.tx,
+            audited: false,
+            _writer: w.writer,
+        })
+    }
+
+    /// A write transaction in this process's writer turn, without the audit rule: for bookkeeping tables
+    /// derived from what the chain vouches for (the search index), and for [`Store::begin`]. `BEGIN
+    /// IMMEDIATE` on SQLite (a deferred transaction that another process wrote under fails with
+    /// "database is locked" instead of waiting).
+    pub(crate) async fn write_tx(&self, context: &'static str) -> Result<WriteTx> {
         // The metric's wait includes the writer turn: both are time a writer spends queued.
         let asked = std::time::Instant::now();
         let writer = match &self.writer {
@@ -175,18 +190,21 @@ impl Store {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Backend::Postgres => self.pool.begin().await,
         }
-        .context("starting a transaction")?;
+        .context(context)?;
         crate::ops::metrics::db_acquired(asked.elapsed());
-        Ok(Tx {
-            tx,
-            audited: false,
-            _writer: writer,
-        })
+        Ok(WriteTx { tx, writer })
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// A write transaction without the audit rule ([`Store::write_tx`]); the writer turn is released after
+/// it (fields drop in order).
+pub(crate) struct WriteTx {
+    pub(crate) tx: Transaction<'static, Any>,
+    writer: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 /// A write transaction. Commit requires at least one audit event appended through [`Tx::audit`].

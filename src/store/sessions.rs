@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use super::{Context, Result, Store, StoreError, Tx, get};
 use crate::model::{Hold, RecordingRow, SessionRow, UnixTime};
 
-const SESSION_SELECT: &str = "SELECT s.id, v.name AS vendor, a.name AS asset, s.grant_id, s.kind, \
+pub(super) const SESSION_SELECT: &str = "SELECT s.id, v.name AS vendor, a.name AS asset, s.grant_id, s.kind, \
      s.service, s.client_addr, s.detail, s.started_at, s.ended_at, s.end_reason, s.end_cause, s.bytes_up, s.bytes_down, \
      a.zone, s.held_at, s.held_by, s.hold_reason \
      FROM sessions s JOIN vendors v ON v.id = s.vendor_id JOIN assets a ON a.id = s.asset_id";
@@ -15,7 +15,7 @@ const SESSION_SELECT: &str = "SELECT s.id, v.name AS vendor, a.name AS asset, s.
 /// The columns [`recording`] reads, for a `recordings r` in the query.
 pub(super) const RECORDING_COLUMNS: &str = "r.id, r.session_id, r.format, r.path, r.sha256, r.size, r.created_at, r.closed_at, r.deleted_at";
 
-fn session(row: &AnyRow) -> Result<SessionRow> {
+pub(super) fn session(row: &AnyRow) -> Result<SessionRow> {
     Ok(SessionRow {
         id: get(row, "id")?,
         vendor: get(row, "vendor")?,
@@ -136,7 +136,7 @@ impl Store {
         Ok(s)
     }
 
-    async fn recordings_of(&self, session_id: &str) -> Result<Vec<RecordingRow>> {
+    pub(super) async fn recordings_of(&self, session_id: &str) -> Result<Vec<RecordingRow>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {RECORDING_COLUMNS} FROM recordings r WHERE r.session_id = $1 ORDER BY r.id"
         )))
@@ -327,6 +327,26 @@ impl Tx {
         .await
         .context("marking a recording deleted")?
         .rows_affected();
+        if done == 1 {
+            // What the search index and the player's index hold of it is its content too: it goes
+            // with the file (the digest and the audit events stay).
+            for (sql, what) in [
+                (
+                    "DELETE FROM recording_text WHERE recording_id = $1",
+                    "deleting a recording's searchable text",
+                ),
+                (
+                    "DELETE FROM recording_index WHERE recording_id = $1",
+                    "deleting a recording's playback index",
+                ),
+            ] {
+                sqlx::query(sql)
+                    .bind(id)
+                    .execute(&mut *self.tx)
+                    .await
+                    .context(what)?;
+            }
+        }
         Ok(done == 1)
     }
 

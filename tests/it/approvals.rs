@@ -418,7 +418,7 @@ fn live_session(b: &Bastion, alice: &Vendor, bob: &Approver, known: &[String]) -
     let mut id = None;
     assert!(
         wait_until(Duration::from_secs(15), || {
-            let live = bob.get("/api/sessions").json();
+            let live = bob.get("/api/sessions?state=live").json();
             id = live.as_array().into_iter().flatten().find_map(|s| {
                 let id = s["id"].as_str()?;
                 (!known.iter().any(|k| k == id)).then(|| id.to_owned())
@@ -447,9 +447,15 @@ fn terminate_ends_one_session_and_revoke_ends_the_grants_sessions() {
     let page = bob.get("/sessions");
     assert!(page.body.contains(&first_id), "{}", page.body);
     let t = Instant::now();
+    // A reason is required: the vendor is told it.
     let answer = bob.post(
         &format!("/api/sessions/{first_id}/terminate"),
         serde_json::json!({}),
+    );
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    let answer = bob.post(
+        &format!("/api/sessions/{first_id}/terminate"),
+        serde_json::json!({"reason": "wrong device"}),
     );
     assert_eq!(answer.status, 200, "{}", answer.body);
     let (stdout, stderr, _) = finish(first);
@@ -460,13 +466,13 @@ fn terminate_ends_one_session_and_revoke_ends_the_grants_sessions() {
     );
     // `live_session` saw `started` arrive before the terminate.
     assert!(
-        format!("{stdout}{stderr}").contains("session terminated by bob"),
+        format!("{stdout}{stderr}").contains("session terminated by bob: wrong device"),
         "{stdout}{stderr}"
     );
     assert_eq!(bob.get("/api/grants").json().as_array().unwrap().len(), 1);
     let again = bob.post(
         &format!("/api/sessions/{first_id}/terminate"),
-        serde_json::json!({}),
+        serde_json::json!({"reason": "again"}),
     );
     assert_eq!(again.status, 409, "{}", again.body);
     let audit = b
@@ -526,7 +532,7 @@ fn an_auditor_cannot_terminate_a_session() {
     let (child, id) = live_session(&b, &alice, &bob, &[]);
     let answer = audrey.post(
         &format!("/api/sessions/{id}/terminate"),
-        serde_json::json!({}),
+        serde_json::json!({"reason": "curious"}),
     );
     assert_eq!(answer.status, 403, "{}", answer.body);
     assert!(bob.get("/api/sessions").body.contains(&id));

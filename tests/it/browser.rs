@@ -130,3 +130,301 @@ fn an_approver_enrolls_a_passkey_signs_in_and_releases_a_waiting_ssh_request() {
     assert_eq!(result["reasonShown"], true, "{result}");
     assert_eq!(result["dialogs"], serde_json::json!([]), "{result}");
 }
+
+/// A shell session with a pty, typed like a person types: each line after the device's prompt showed
+/// (a loaded machine starts the shell late, and input typed before it would come back all at once at
+/// the end), a pause, Enter.
+fn typed_shell(
+    b: &Bastion,
+    alice: &crate::support::bastion::Vendor,
+    lines: &[&str],
+) -> (std::process::Child, Shown) {
+    use std::io::{Read as _, Write as _};
+    use std::time::{Duration, Instant};
+    let mut shell = b
+        .ssh_with(alice, &["-tt"], "alice+mri-01")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = Shown::default();
+    let mut stdout = shell.stdout.take().unwrap();
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    // A prompt ends in `~# ` or `~$ ` (the device's shell in its home directory).
+    let prompts = || {
+        let text = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+        text.matches("~# ").count() + text.matches("~$ ").count()
+    };
+    let mut stdin = shell.stdin.take().unwrap();
+    for (n, line) in lines.iter().enumerate() {
+        let t = Instant::now();
+        while prompts() <= n {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "no prompt from the device before typing {line:?}: {}\n{}",
+                String::from_utf8_lossy(&seen.lock().unwrap()),
+                b.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        stdin.write_all(b"\r").unwrap();
+        stdin.flush().unwrap();
+    }
+    shell.stdin = Some(stdin);
+    (shell, seen)
+}
+
+/// What an ssh client printed so far.
+type Shown = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
+/// Issue 11: an auditor signs in, finds a session by a word its device printed, plays it (time
+/// advances), jumps to a command's marker and to the word found by the transcript search, and watches a
+/// running session live; downloads the session's evidence bundle, which the stock `ssh-keygen -Y verify`
+/// and `sha256sum -c` accept, and reject once a byte of the recording changed (and SHA256SUMS was made to
+/// match). Then an approver ends the running session from its live view (reason and confirmation
+/// required) and the vendor's ssh ends, told why. Every view, search, export and termination is audited.
+#[test]
+fn an_auditor_finds_plays_searches_and_watches_sessions_in_the_browser() {
+    if browser_parts().is_none() {
+        return;
+    }
+    let Some(sshd) = Sshd::start() else {
+        return;
+    };
+    let data = DataDir::init();
+    let b = Bastion::start(data);
+    b.device("mri-01", &sshd, &[]);
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+
+    // A recorded session that printed the word, ended.
+    let (mut done, _) = typed_shell(&b, &alice, &["echo calibration-$((6*7))", "exit"]);
+    let status = done.wait().unwrap();
+    assert!(
+        status.success() || status.code() == Some(0),
+        "{status:?}\n{}",
+        b.log()
+    );
+    let list = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["session", "list", "--json"];
+        all.extend_from_slice(args);
+        b.data.run(&all).ok().json()
+    };
+    let mut recorded = String::new();
+    assert!(
+        crate::support::bastion::wait_until(std::time::Duration::from_secs(20), || {
+            let found = list(&["--text", "calibration-42"]);
+            match found.as_array().and_then(|a| a.first()) {
+                Some(s) => {
+                    recorded = s["id"].as_str().unwrap().to_owned();
+                    true
+                }
+                None => false,
+            }
+        }),
+        "the indexer never made the word searchable\n{}",
+        b.log()
+    );
+    // The same search in the CLI as the issue words it finds nothing else.
+    assert_eq!(
+        list(&[
+            "--vendor",
+            "alice",
+            "--asset",
+            "mri-01",
+            "--kind",
+            "shell",
+            "--text",
+            "calibration-42"
+        ])
+        .as_array()
+        .unwrap()
+        .len(),
+        1
+    );
+
+    // A running session that keeps printing.
+    let (mut running, running_shown) = typed_shell(
+        &b,
+        &alice,
+        &["for i in $(seq 1 600); do echo tick-$i; sleep 0.2; done"],
+    );
+    let mut live = String::new();
+    assert!(crate::support::bastion::wait_until(
+        std::time::Duration::from_secs(10),
+        || {
+            let found = list(&["--ended", "live"]);
+            match found.as_array().and_then(|a| a.first()) {
+                Some(s) => {
+                    live = s["id"].as_str().unwrap().to_owned();
+                    true
+                }
+                None => false,
+            }
+        }
+    ));
+
+    let audrey = crate::support::web::Approver::enroll(&b, "audrey", "auditor");
+    let code = audrey.next_code();
+    // An approver ends the running session from its live view.
+    let bob = crate::support::web::Approver::enroll(&b, "bob", "approver");
+    let bob_code = bob.next_code();
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e-screenshots");
+    let bundle = b.data.path().join("downloaded.tar");
+    let out = Command::new("timeout")
+        .args(["180", "node"])
+        .arg(e2e_dir().join("audit.mjs"))
+        .env("BASE_URL", crate::support::web::base(&b))
+        .env("CERT", b.data.path().join("web_cert.pem"))
+        .env("SHOTS", &shots)
+        .env("NAME", "audrey")
+        .env("PASSWORD", "correct horse battery staple")
+        .env("CODE", &code)
+        .env("WORD", "calibration-42")
+        .env("COMMAND", "echo calibration")
+        .env("SESSION", &recorded)
+        .env("LIVE", &live)
+        .env("APPROVER", "bob")
+        .env("APPROVER_CODE", &bob_code)
+        .env("TERMINATE_REASON", "INC-9 wrong scanner")
+        .env("BUNDLE", &bundle)
+        .env("CHROMIUM", CHROMIUM)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr, code) = text(&out);
+    // The terminated session's ssh ends on its own, told why.
+    let ended = crate::support::bastion::wait_until(std::time::Duration::from_secs(30), || {
+        running.try_wait().unwrap().is_some()
+    });
+    if !ended {
+        let _ = running.kill();
+    }
+    let _ = running.wait();
+    let shown = {
+        let mut all = String::from_utf8_lossy(&running_shown.lock().unwrap()).into_owned();
+        if let Some(mut err) = running.stderr.take() {
+            use std::io::Read as _;
+            let _ = err.read_to_string(&mut all);
+        }
+        all
+    };
+    assert_eq!(
+        code,
+        0,
+        "browser run failed\n{stdout}\n{stderr}\n{}",
+        b.log()
+    );
+    assert!(ended, "the terminated session's ssh kept running\n{shown}");
+    assert!(
+        shown.contains("session terminated by bob: INC-9 wrong scanner"),
+        "the vendor was not told why: {shown}"
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(seen["integrity"], "intact", "{seen}");
+    // The bundle the browser downloaded verifies with the stock tools, and stops verifying when one
+    // byte of the recording changes (sha256sum -c), or when SHA256SUMS is rewritten to match that
+    // change too (ssh-keygen -Y verify).
+    assert_eq!(seen["bundle"], format!("session-{recorded}.tar"), "{seen}");
+    let unpacked = crate::evidence::untar(&bundle, &b.data.path().join("good"), &recorded);
+    let signer = b.data.run(&["evidence", "signer"]).ok().stdout();
+    std::fs::write(unpacked.join("allowed_signers"), &signer).unwrap();
+    let verify_sig = chaperone::evidence::bundle::VERIFY_SIGNATURE;
+    let verify_sums = chaperone::evidence::bundle::VERIFY_SUMS;
+    let (ok, out) = crate::evidence::sh(&unpacked, verify_sig);
+    assert!(
+        ok && out.contains("Good \"chaperone-evidence\" signature"),
+        "ssh-keygen -Y verify: {out}"
+    );
+    let (ok, out) = crate::evidence::sh(&unpacked, verify_sums);
+    assert!(ok, "sha256sum -c: {out}");
+    let cast = std::fs::read_dir(unpacked.join("recordings"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "cast"))
+        .expect("a .cast in the bundle");
+    let mut bytes = std::fs::read(&cast).unwrap();
+    let at = bytes
+        .windows(14)
+        .position(|w| w == b"calibration-42")
+        .unwrap();
+    bytes[at + 13] = b'7';
+    std::fs::write(&cast, &bytes).unwrap();
+    let (ok, out) = crate::evidence::sh(&unpacked, verify_sums);
+    assert!(
+        !ok && out.contains("FAILED"),
+        "sha256sum -c accepted an altered recording: {out}"
+    );
+    let forged = chaperone_recorder::sha256_file(&cast).unwrap();
+    let sums = std::fs::read_to_string(unpacked.join("SHA256SUMS")).unwrap();
+    let name = format!("recordings/{}", cast.file_name().unwrap().to_str().unwrap());
+    let rewritten: String = sums
+        .lines()
+        .map(|l| {
+            if l.ends_with(&name) {
+                format!("{forged}  {name}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    assert_ne!(rewritten, sums);
+    std::fs::write(unpacked.join("SHA256SUMS"), rewritten).unwrap();
+    let (ok, out) = crate::evidence::sh(&unpacked, verify_sums);
+    assert!(ok, "{out}");
+    let (ok, out) = crate::evidence::sh(&unpacked, verify_sig);
+    assert!(
+        !ok,
+        "ssh-keygen -Y verify accepted a rewritten SHA256SUMS: {out}"
+    );
+
+    for shot in [
+        "history",
+        "session-playing",
+        "session-search",
+        "live",
+        "live-terminated",
+    ] {
+        assert!(
+            shots.join(format!("{shot}.png")).is_file(),
+            "no screenshot {shot}"
+        );
+    }
+    // Who looked at what is on record.
+    let audit = b
+        .data
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout();
+    assert!(
+        audit.lines().any(|l| l.contains("\"session.terminate\"")
+            && l.contains("staff:bob")
+            && l.contains("INC-9 wrong scanner")
+            && l.contains(&live)),
+        "no session.terminate by bob with his reason in\n{audit}"
+    );
+    for action in [
+        "recording.search",
+        "recording.view",
+        "session.watch",
+        "evidence.export",
+    ] {
+        assert!(
+            audit
+                .lines()
+                .any(|l| l.contains(&format!("\"{action}\"")) && l.contains("staff:audrey")),
+            "no {action} by audrey in\n{audit}"
+        );
+    }
+}

@@ -469,7 +469,7 @@ async fn issue_12_the_digest_that_counts_is_the_first_one_the_chain_vouches_for(
 }
 
 /// Runs `cmd` (a shell line) in `dir`; its exit status and what it printed.
-fn sh(dir: &Path, cmd: &str) -> (bool, String) {
+pub(crate) fn sh(dir: &Path, cmd: &str) -> (bool, String) {
     let out = std::process::Command::new("sh")
         .arg("-c")
         .arg(cmd)
@@ -487,7 +487,7 @@ fn sh(dir: &Path, cmd: &str) -> (bool, String) {
 }
 
 /// Unpacks `tar` into a new directory under `into` with the stock `tar`; the bundle's directory.
-fn untar(tar: &Path, into: &Path, session: &str) -> PathBuf {
+pub(crate) fn untar(tar: &Path, into: &Path, session: &str) -> PathBuf {
     std::fs::create_dir_all(into).unwrap();
     let (ok, out) = sh(into, &format!("tar -xf {}", tar.display()));
     assert!(ok, "tar: {out}");

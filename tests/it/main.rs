@@ -21,6 +21,7 @@ mod nodes;
 mod ops;
 mod packaging;
 mod passkeys;
+mod search;
 mod ssh;
 mod store;
 mod support;

@@ -36,7 +36,10 @@ fn core_error(e: &CoreError) -> Response {
     }
 }
 
-async fn reader<C: Core>(st: &WebState<C>, headers: &HeaderMap) -> Result<Session, Response> {
+pub(crate) async fn reader<C: Core>(
+    st: &WebState<C>,
+    headers: &HeaderMap,
+) -> Result<Session, Response> {
     match st.session(headers).await {
         Ok(Some(s)) => Ok(s),
         Ok(None) => Err(error(
@@ -157,26 +160,18 @@ pub async fn revoke<C: Core>(
     }
 }
 
-pub async fn sessions<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
-    if let Err(r) = reader(&st, &headers).await {
-        return r;
-    }
-    match st.core.live_sessions().await {
-        Ok(list) => Json(list).into_response(),
-        Err(e) => core_error(&e),
-    }
-}
-
 pub async fn terminate<C: Core>(
     State(st): St<C>,
     Path(id): Path<String>,
     headers: HeaderMap,
+    body: Option<Json<RevokeBody>>,
 ) -> Response {
     let s = match writer(&st, &headers).await {
         Ok(s) => s,
         Err(r) => return r,
     };
-    match st.core.terminate_session(&s.staff, &id).await {
+    let reason = body.map(|Json(b)| b.reason).unwrap_or_default();
+    match st.core.terminate_session(&s.staff, &id, &reason).await {
         Ok(()) => Json(json!({"terminated": id})).into_response(),
         Err(e) => core_error(&e),
     }

@@ -230,6 +230,184 @@ pub struct SessionView {
     pub started: String,
 }
 
+/// The session history's filters as typed (the page's form, the API's query string); the core parses
+/// and checks them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct HistoryQuery {
+    pub vendor: Option<String>,
+    pub org: Option<String>,
+    pub asset: Option<String>,
+    pub zone: Option<String>,
+    /// `shell`, `exec`, `sftp` (or `scp`), `tunnel`, `jump`.
+    pub kind: Option<String>,
+    /// A day (`2026-11-01`, from its start) or a time (`2026-11-01T08:00`, `2026-11-01 08:00:00`),
+    /// UTC, or unix seconds.
+    pub since: Option<String>,
+    /// As `since`; a day counts whole (`--until 2026-11-30` includes that day).
+    pub until: Option<String>,
+    /// How it ended (`closed`, `expired`, `revoked`, `terminated`, `budget`, `recording`, `disabled`,
+    /// `lost`, `shutdown`), or `live`.
+    pub ended: Option<String>,
+    /// Words typed or shown, in this order (`rm -rf`).
+    pub text: Option<String>,
+    /// 1-based (text, as a query string carries it).
+    pub page: Option<String>,
+}
+
+impl HistoryQuery {
+    /// The filters that are set, as `(name, value)` pairs in a fixed order: the page's links keep them
+    /// in the URL.
+    pub fn pairs(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("vendor", &self.vendor),
+            ("org", &self.org),
+            ("asset", &self.asset),
+            ("zone", &self.zone),
+            ("kind", &self.kind),
+            ("since", &self.since),
+            ("until", &self.until),
+            ("ended", &self.ended),
+            ("text", &self.text),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_deref().filter(|v| !v.is_empty()).map(|v| (k, v)))
+        .collect()
+    }
+}
+
+/// What the audit chain and the file say about one recording (the core decides; pages show `label`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordingStatus {
+    pub id: i64,
+    /// `asciicast-v2`, `exec-stream-v1`, `transfer-log`.
+    pub format: String,
+    pub size: Option<i64>,
+    /// `intact`, `ALTERED`, `missing`, `live`, `not-digested`, `unchecked`.
+    pub integrity: String,
+    /// Why, in a sentence.
+    pub detail: String,
+}
+
+/// One session of the history.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryItem {
+    pub id: String,
+    pub vendor: String,
+    pub org: String,
+    pub asset: String,
+    pub zone: String,
+    pub kind: String,
+    pub service: String,
+    /// The command of an exec, a tunnel's destination.
+    pub detail: String,
+    pub client_addr: String,
+    pub started_at: i64,
+    pub started: String,
+    pub ended_at: Option<i64>,
+    /// `1h 2m 3s`, or `live`.
+    pub duration: String,
+    pub bytes_up: i64,
+    pub bytes_down: i64,
+    pub grant_id: i64,
+    pub grant_reason: String,
+    pub request_id: Option<i64>,
+    /// The reason (ticket) of the request the grant came from.
+    pub request_reason: Option<String>,
+    /// How it ended, as a word; `None` while live.
+    pub end_cause: Option<String>,
+    pub end_reason: Option<String>,
+    pub node: Option<String>,
+    pub recordings: Vec<RecordingStatus>,
+}
+
+/// A page of the history.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryPage {
+    pub sessions: Vec<HistoryItem>,
+    pub page: u32,
+    /// Another page follows.
+    pub more: bool,
+}
+
+/// One file transfer or file operation of an sftp/scp session.
+#[derive(Debug, Clone, Serialize)]
+pub struct TransferView {
+    /// Seconds since the session started.
+    pub t: f64,
+    /// `upload`, `download`, or the operation (`remove`, `rename`, …), or `stderr`, `unparseable`.
+    pub what: String,
+    pub path: String,
+    pub target: Option<String>,
+    pub bytes: Option<u64>,
+    /// `ok`, `failed (…)`, `unfinished`.
+    pub outcome: String,
+}
+
+/// One audit event about a session, for its history.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditView {
+    pub seq: i64,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub detail: String,
+}
+
+/// Everything the session page shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionDetail {
+    pub session: HistoryItem,
+    /// The terminal recording the player plays (asciicast or exec), if any.
+    pub playable: Option<i64>,
+    /// Why it cannot be played (yet), when it has a terminal recording.
+    pub play_note: Option<String>,
+    /// An sftp/scp session's transfers.
+    pub transfers: Option<Vec<TransferView>>,
+    /// Transfers left out of `transfers` (the page shows at most so many).
+    pub transfers_more: usize,
+    /// A jump's inner sessions (the vendor's sessions on that asset while the jump was open).
+    pub inner: Vec<HistoryItem>,
+    /// The audit events about the session, including who viewed and searched it.
+    pub audit: Vec<AuditView>,
+    /// The session is live and runs on this node: the live view can be shown here.
+    pub live_here: bool,
+}
+
+/// A line of a recording's text that matched a search.
+#[derive(Debug, Clone, Serialize)]
+pub struct TranscriptHit {
+    pub recording: i64,
+    /// Seconds on the player's clock (with the same idle-time limit as asked).
+    pub time: f64,
+    pub line: String,
+}
+
+/// A live view: the data of each server-sent event for asciinema-player's `eventsource` driver (a
+/// reset with the screen so far, then `[time, "o", text]` and `[time, "r", "COLSxROWS"]` events); the
+/// stream ends when the session does.
+pub type LiveStream = std::pin::Pin<Box<dyn futures::Stream<Item = String> + Send>>;
+
+/// An evidence bundle (a tar) being written for a download. Whatever makes the bundle fail before its
+/// first byte (no such session, a recording that is not intact, no signing key) is an error from
+/// [`Core::evidence_bundle`] instead; an `Err` item means it broke off later, and the response is then
+/// cut short so that nobody takes a partial tar for a bundle.
+pub struct EvidenceDownload {
+    /// The name the browser saves it under (`session-ID.tar`).
+    pub file_name: String,
+    pub chunks: std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send>,
+    >,
+}
+
+impl std::fmt::Debug for EvidenceDownload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EvidenceDownload")
+            .field("file_name", &self.file_name)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An approver's decision on a request.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "decision", rename_all = "lowercase")]
@@ -288,11 +466,12 @@ impl StateKind {
 }
 
 /// What the web app needs from chaperone, by concern: [`Approvals`] (requests, grants, sessions),
-/// [`Accounts`] (staff accounts, sign-in judgement, enrollment, passkeys) and [`SignInState`] (sessions
-/// and ceremonies every node must see). The root crate implements the three; `Core` is all of them.
-pub trait Core: Approvals + Accounts + SignInState {}
+/// [`Records`] (the session history, playback, the live view, evidence bundles), [`Accounts`] (staff
+/// accounts, sign-in judgement, enrollment, passkeys) and [`SignInState`] (sessions and ceremonies every
+/// node must see). The root crate implements the four; `Core` is all of them.
+pub trait Core: Approvals + Records + Accounts + SignInState {}
 
-impl<T: Approvals + Accounts + SignInState> Core for T {}
+impl<T: Approvals + Records + Accounts + SignInState> Core for T {}
 
 /// Requests, grants and live sessions. Every method that changes state takes the acting [`Staff`] as
 /// the session knows them; the core reads that person again (enabled, role) before it acts, checks the
@@ -320,15 +499,68 @@ pub trait Approvals: Send + Sync + 'static {
         reason: &str,
     ) -> impl Future<Output = CoreResult<()>> + Send;
     fn live_sessions(&self) -> impl Future<Output = CoreResult<Vec<SessionView>>> + Send;
-    /// Ends one live session (the node running it closes it within seconds); its grant stays.
+    /// Ends one live session (the node running it closes it within seconds); its grant stays. A reason
+    /// is required; it is audited and shown to the vendor.
     fn terminate_session(
         &self,
         by: &Staff,
         id: &str,
+        reason: &str,
     ) -> impl Future<Output = CoreResult<()>> + Send;
-
     /// Completes (with `true`) when something approvers see may have changed; used for live updates.
     fn changed(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// The compliance workspace: what was recorded, found, played, watched live and exported. Every method
+/// that shows recorded content is audited by the core (who looked at what), and the role is read again.
+pub trait Records: Send + Sync + 'static {
+    /// The session history, newest first; a text search is audited (`recording.search`).
+    fn history(
+        &self,
+        by: &Staff,
+        query: &HistoryQuery,
+    ) -> impl Future<Output = CoreResult<HistoryPage>> + Send;
+    /// One session for its page; opening a session with recordings is audited (`recording.view`).
+    fn session_detail(
+        &self,
+        by: &Staff,
+        id: &str,
+    ) -> impl Future<Output = CoreResult<SessionDetail>> + Send;
+    /// The player's index of a terminal recording (asciinema-player's segmented format, JSON), its
+    /// times under the idle-time limit `idle` (seconds). Audited (`recording.view`, `play`).
+    fn playback_index(
+        &self,
+        by: &Staff,
+        id: &str,
+        recording: i64,
+        idle: Option<f64>,
+    ) -> impl Future<Output = CoreResult<String>> + Send;
+    /// One segment of it (JSON), checked against its digest as it is read.
+    fn playback_segment(
+        &self,
+        id: &str,
+        recording: i64,
+        segment: usize,
+        idle: Option<f64>,
+    ) -> impl Future<Output = CoreResult<String>> + Send;
+    /// The lines of a session's recordings that hold `text`, with their times. Audited
+    /// (`recording.search`).
+    fn transcript_search(
+        &self,
+        by: &Staff,
+        id: &str,
+        text: &str,
+        idle: Option<f64>,
+    ) -> impl Future<Output = CoreResult<Vec<TranscriptHit>>> + Send;
+    /// Watches a live terminal session of this node, read-only. Audited (`session.watch`).
+    fn watch(&self, by: &Staff, id: &str) -> impl Future<Output = CoreResult<LiveStream>> + Send;
+    /// The evidence bundle of an ended session, streamed as it is written. Audited
+    /// (`evidence.export`) before any byte is read.
+    fn evidence_bundle(
+        &self,
+        by: &Staff,
+        id: &str,
+    ) -> impl Future<Output = CoreResult<EvidenceDownload>> + Send;
 }
 
 /// Staff accounts: what the sign-in page needs, the judgement of a sign-in (the core owns the lockout

@@ -36,6 +36,7 @@ pub fn page(title: &str, active: &str, viewer: Option<&Viewer<'_>>, main: &str) 
             ("/requests", "Requests"),
             ("/grants", "Active grants"),
             ("/sessions", "Live sessions"),
+            ("/history", "Session history"),
         ] {
             let current = if label == active {
                 " aria-current=\"page\""

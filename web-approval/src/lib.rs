@@ -14,6 +14,7 @@
 mod api;
 pub mod auth;
 pub mod core;
+mod history;
 mod html;
 mod pages;
 pub mod passkey;
@@ -32,9 +33,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 pub use crate::core::{
-    Accounts, Approvals, Core, CoreError, Decision, Enrollment, GrantView, Method, RequestView,
-    Role, SecondFactor, SessionView, SignInAttempt, SignInState, Source, Staff, StaffAccount,
-    StateKind, Verdict,
+    Accounts, Approvals, AuditView, Core, CoreError, Decision, Enrollment, EvidenceDownload,
+    GrantView, HistoryItem, HistoryPage, HistoryQuery, LiveStream, Method, RecordingStatus,
+    Records, RequestView, Role, SecondFactor, SessionDetail, SessionView, SignInAttempt,
+    SignInState, Source, Staff, StaffAccount, StateKind, TranscriptHit, TransferView, Verdict,
 };
 use auth::Limiter;
 
@@ -97,6 +99,9 @@ pub fn router<C: Core>(core: Arc<C>, options: WebOptions) -> Router {
         .route("/healthz", get(healthz))
         .route("/static/app.css", get(css))
         .route("/static/app.js", get(js))
+        .route("/static/session.js", get(session_js))
+        .route("/static/asciinema-player.min.js", get(player_js))
+        .route("/static/asciinema-player.css", get(player_css))
         .route("/", get(pages::home::<C>))
         .route("/requests", get(pages::requests::<C>))
         .route("/requests/{id}/approve", post(pages::approve::<C>))
@@ -104,7 +109,23 @@ pub fn router<C: Core>(core: Arc<C>, options: WebOptions) -> Router {
         .route("/grants", get(pages::grants::<C>))
         .route("/grants/{id}/revoke", post(pages::revoke::<C>))
         .route("/sessions", get(pages::sessions::<C>))
-        .route("/sessions/{id}/terminate", post(pages::terminate::<C>))
+        .route("/sessions/{id}", get(history::session_page::<C>))
+        .route("/sessions/{id}/terminate", post(history::terminate::<C>))
+        .route("/sessions/{id}/live", get(history::live::<C>))
+        .route("/sessions/{id}/evidence.tar", get(history::evidence::<C>))
+        .route(
+            "/sessions/{id}/search",
+            get(history::transcript_search::<C>),
+        )
+        .route(
+            "/sessions/{id}/recordings/{rid}/play.json",
+            get(history::play_index::<C>),
+        )
+        .route(
+            "/sessions/{id}/recordings/{rid}/segments/{n}",
+            get(history::play_segment::<C>),
+        )
+        .route("/history", get(history::history_page::<C>))
         .route("/events", get(pages::events::<C>))
         .route("/account", get(pages::account::<C>))
         .route("/account/passkeys/start", post(passkey::add_start::<C>))
@@ -135,7 +156,8 @@ pub fn router<C: Core>(core: Arc<C>, options: WebOptions) -> Router {
         .route("/api/requests/{id}/decision", post(api::decide::<C>))
         .route("/api/grants", get(api::grants::<C>))
         .route("/api/grants/{id}/revoke", post(api::revoke::<C>))
-        .route("/api/sessions", get(api::sessions::<C>))
+        .route("/api/sessions", get(history::api_sessions::<C>))
+        .route("/api/sessions/{id}", get(history::api_session::<C>))
         .route("/api/sessions/{id}/terminate", post(api::terminate::<C>))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
@@ -151,10 +173,9 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
+    // A page that hosts the player sets its own (the same plus WebAssembly: `history::PLAYER_CSP`).
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(CSP));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -191,6 +212,34 @@ async fn js() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
         include_str!("../static/app.js"),
+    )
+}
+
+async fn session_js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../static/session.js"),
+    )
+}
+
+/// asciinema-player (npm `asciinema-player`, its standalone bundle), served by chaperone itself: no CDN.
+async fn player_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        include_bytes!("../static/asciinema-player.min.js").as_slice(),
+    )
+}
+
+async fn player_css() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        include_bytes!("../static/asciinema-player.css").as_slice(),
     )
 }
 

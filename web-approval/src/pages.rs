@@ -88,7 +88,7 @@ pub(crate) fn error_page(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-fn core_error(e: &CoreError) -> Response {
+pub(crate) fn core_error(e: &CoreError) -> Response {
     let message = match e {
         CoreError::Internal => {
             "Something failed on the server; it is logged. Try again.".to_owned()
@@ -98,7 +98,7 @@ fn core_error(e: &CoreError) -> Response {
     error_page(status_of(e), &message)
 }
 
-fn viewer(s: &Session) -> Viewer<'_> {
+pub(crate) fn viewer(s: &Session) -> Viewer<'_> {
     Viewer {
         name: &s.staff.name,
         role: match s.staff.role {
@@ -110,7 +110,7 @@ fn viewer(s: &Session) -> Viewer<'_> {
     }
 }
 
-fn flash(s: &Session) -> String {
+pub(crate) fn flash(s: &Session) -> String {
     s.flash
         .as_deref()
         .map(|m| format!("<p class=\"flash\" role=\"status\">{}</p>", esc(m)))
@@ -390,6 +390,9 @@ pub async fn sessions<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response
             let action = if s.staff.role.can_decide() {
                 format!(
                     "<form method=\"post\" action=\"/sessions/{id}/terminate\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                     <label class=\"sr-only\" for=\"tr-{id}\">Reason for terminating session {id}</label>\
+                     <input id=\"tr-{id}\" name=\"reason\" placeholder=\"reason\" required maxlength=\"500\">\
+                     <label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> end it now</label>\
                      <button type=\"submit\" class=\"deny\" aria-label=\"Terminate session {id} (grant {g} stays)\">Terminate</button></form>",
                     id = esc(&l.id),
                     g = l.grant_id,
@@ -400,16 +403,16 @@ pub async fn sessions<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response
             };
             let _ = write!(
                 main,
-                "<tr><td data-label=\"Session\">{}</td><td data-label=\"Vendor\">{}</td><td data-label=\"Asset\">{}</td>\
+                "<tr><td data-label=\"Session\"><a href=\"/sessions/{id}\">{id}</a></td><td data-label=\"Vendor\">{}</td><td data-label=\"Asset\">{}</td>\
                  <td data-label=\"Kind\">{} {}</td><td data-label=\"Since\">{}</td><td data-label=\"From\">{}</td>\
                  <td data-label=\"Action\">{action}</td></tr>",
-                esc(&l.id),
                 esc(&l.vendor),
                 esc(&l.asset),
                 esc(&l.kind),
                 esc(&l.service),
                 esc(&l.started),
-                esc(&l.client_addr)
+                esc(&l.client_addr),
+                id = esc(&l.id),
             );
         }
         main.push_str("</tbody></table><p class=\"note\">Terminate ends that one session (on whichever node runs it) and leaves its grant; to end every session under a grant, revoke the grant on the Active grants page.</p>");
@@ -421,30 +424,6 @@ pub async fn sessions<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response
         &main,
     ))
     .into_response()
-}
-
-pub async fn terminate<C: Core>(
-    State(st): St<C>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let pairs = form_pairs(&body);
-    let s = match change(&st, &headers, &pairs).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    match st.core.terminate_session(&s.staff, &id).await {
-        Ok(()) => {
-            st.flash(
-                &headers,
-                format!("Session {id} is being closed; its grant stays (revoke the grant to end all access)."),
-            )
-            .await;
-            Redirect::to("/sessions").into_response()
-        }
-        Err(e) => core_error(&e),
-    }
 }
 
 /// Server-sent events: one `change` event whenever something approvers see may have changed. The

@@ -1,0 +1,678 @@
+//! Playing a recording in a browser without loading it whole: one pass over a terminal recording
+//! (asciicast or exec stream) cuts it into segments of about [`SEGMENT_BYTES`] and takes, at each cut, a
+//! snapshot of the screen (the `avt` virtual terminal's dump: what to feed a fresh terminal to show the
+//! same screen). The player (asciinema-player's segmented recordings) then loads the index and only the
+//! segments around the playing position; a segment is read back from its byte range of the file.
+//!
+//! Entry points: [`index_recording`] (the pass: the index, the whole file's SHA-256, and each line of text
+//! a person saw, for the search index), [`segment_events`] (a segment's events from its bytes), and
+//! [`IdleMap`] (the idle-time limit, applied to times on the server because segmented recordings are
+//! played with their times as given).
+//!
+//! Exec recordings (no terminal) are shown as a terminal would have shown them: stdout and stderr in
+//! order, a bare line feed shown as a new line (CR LF). Input is never shown.
+
+use std::cell::Cell;
+use std::io::{self, BufRead, Read};
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::asciicast::{CastReader, EventKind};
+use crate::exec::{ExecReader, FrameData};
+use crate::transcript::LineTracker;
+use crate::{Error, Result, Sha256Reader};
+
+/// Output bytes per segment, about (a segment is cut at the first event after this many).
+pub const SEGMENT_BYTES: usize = 512 * 1024;
+/// Pauses shorter than this are never shortened by an idle-time limit (so are not kept).
+pub const MIN_GAP: f64 = 0.5;
+/// Pauses kept at most (the longest ones of a recording with more are dropped, which only means the
+/// idle-time limit does not shorten them).
+pub const MAX_GAPS: usize = 200_000;
+/// Markers kept at most.
+pub const MAX_MARKERS: usize = 100_000;
+
+/// The two terminal recording formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Asciicast,
+    Exec,
+}
+
+/// Where a line of text came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    /// The terminal's output (stdout of an exec).
+    Output,
+    /// An exec's stderr.
+    Stderr,
+    /// What the vendor typed (only when input is recorded).
+    Input,
+    /// The command of an exec.
+    Command,
+}
+
+/// One segment: its byte range in the file and the screen it starts from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Segment {
+    /// Time of its first event (seconds).
+    pub start: f64,
+    /// Byte range of its events in the file.
+    pub offset: u64,
+    pub len: u64,
+    /// SHA-256 (hex) of those bytes, filled by the caller's second pass ([`hash_segments`]).
+    pub sha256: String,
+    /// The terminal's size and screen when the segment starts.
+    pub cols: u16,
+    pub rows: u16,
+    pub init: String,
+}
+
+/// What the player needs before it loads a segment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Index {
+    pub cols: u16,
+    pub rows: u16,
+    /// Time of the last event (seconds).
+    pub duration: f64,
+    /// Every marker in order: `(time, label)`.
+    pub markers: Vec<(f64, String)>,
+    /// Pauses of [`MIN_GAP`] or more: `(time of the event after it, length)`.
+    pub gaps: Vec<(f64, f64)>,
+    /// Bytes before the first event (the header), prepended when a segment is read back alone.
+    pub header_len: u64,
+    /// SHA-256 (hex) of those bytes, filled by [`hash_segments`].
+    #[serde(default)]
+    pub header_sha256: String,
+    pub segments: Vec<Segment>,
+}
+
+/// Counts the bytes consumed through it, so each event's position in the file is known while a reader
+/// holds it.
+struct Counting<R> {
+    inner: R,
+    pos: Rc<Cell<u64>>,
+}
+
+impl<R: BufRead> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos.set(self.pos.get() + n as u64);
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for Counting<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.pos.set(self.pos.get() + amount as u64);
+        self.inner.consume(amount);
+    }
+}
+
+/// An exec frame's bytes as a terminal would show them: UTF-8 (else U+FFFD), bare LF as CR LF. Per frame,
+/// so the index pass and a segment read back alone give the same text.
+fn exec_text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut prev = '\0';
+    for c in text.chars() {
+        if c == '\n' && prev != '\r' {
+            out.push('\r');
+        }
+        out.push(c);
+        prev = c;
+    }
+    out
+}
+
+/// One event for the player.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlayEvent {
+    pub time: f64,
+    /// `o`, `i`, `r` or `m`.
+    pub code: char,
+    pub data: String,
+}
+
+/// Builds the index as events come, in file order.
+struct Builder {
+    terminal: avt::Terminal,
+    cols: u16,
+    rows: u16,
+    index: Index,
+    /// Output bytes in the current segment.
+    seg_bytes: usize,
+    last_time: f64,
+    trackers: [LineTracker; 3],
+    lines: Vec<String>,
+}
+
+fn terminal(cols: u16, rows: u16) -> avt::Terminal {
+    // Sizes are at least 1 (checked by the callers); fall back to 80x24 rather than fail.
+    avt::Terminal::new(usize::from(cols.max(1)), usize::from(rows.max(1)))
+        .or_else(|_| avt::Terminal::new(80, 24))
+        .unwrap_or_else(|_| unreachable!("80x24 is a valid terminal size"))
+}
+
+impl Builder {
+    fn new(cols: u16, rows: u16, header_len: u64) -> Builder {
+        let (cols, rows) = (cols.max(1), rows.max(1));
+        Builder {
+            terminal: terminal(cols, rows),
+            cols,
+            rows,
+            index: Index {
+                cols,
+                rows,
+                duration: 0.0,
+                markers: Vec::new(),
+                gaps: Vec::new(),
+                header_len,
+                header_sha256: String::new(),
+                segments: Vec::new(),
+            },
+            seg_bytes: 0,
+            last_time: 0.0,
+            trackers: Default::default(),
+            lines: Vec::new(),
+        }
+    }
+
+    /// An event that starts at byte `offset`; `on_line` gets each line of text it completes.
+    fn event(
+        &mut self,
+        offset: u64,
+        event: PlayEvent,
+        stream: Stream,
+        raw: Option<&[u8]>,
+        on_line: &mut impl FnMut(f64, Stream, String),
+    ) {
+        let time = event.time.max(self.last_time);
+        let cut = match self.index.segments.last() {
+            None => true,
+            Some(s) => self.seg_bytes >= SEGMENT_BYTES && time > s.start,
+        };
+        if cut {
+            self.index.segments.push(Segment {
+                start: if self.index.segments.is_empty() {
+                    0.0
+                } else {
+                    time
+                },
+                offset,
+                len: 0,
+                sha256: String::new(),
+                cols: self.cols,
+                rows: self.rows,
+                init: if self.index.segments.is_empty() {
+                    String::new()
+                } else {
+                    self.terminal.dump()
+                },
+            });
+            self.seg_bytes = 0;
+        }
+        let gap = time - self.last_time;
+        if gap >= MIN_GAP && self.index.gaps.len() < MAX_GAPS {
+            self.index.gaps.push((time, gap));
+        }
+        self.last_time = time;
+        self.index.duration = time;
+        match event.code {
+            'o' => {
+                self.seg_bytes += event.data.len();
+                self.terminal.feed(event.data.as_str());
+                let which = if stream == Stream::Stderr { 1 } else { 0 };
+                let bytes = raw.unwrap_or(event.data.as_bytes());
+                self.trackers[which].push(bytes, &mut self.lines);
+                for line in self.lines.drain(..) {
+                    if !line.trim().is_empty() {
+                        on_line(time, stream, line);
+                    }
+                }
+            }
+            'i' => {
+                self.trackers[2].push(event.data.as_bytes(), &mut self.lines);
+                for line in self.lines.drain(..) {
+                    if !line.trim().is_empty() {
+                        on_line(time, Stream::Input, line);
+                    }
+                }
+            }
+            'r' => {
+                if let Some((c, r)) = parse_size(&event.data) {
+                    self.cols = c;
+                    self.rows = r;
+                    self.terminal.resize(usize::from(c), usize::from(r));
+                }
+            }
+            'm' if self.index.markers.len() < MAX_MARKERS => {
+                self.index.markers.push((time, event.data));
+            }
+            _ => {}
+        }
+    }
+
+    fn finish(mut self, end: u64, on_line: &mut impl FnMut(f64, Stream, String)) -> Index {
+        let time = self.last_time;
+        let [out, err, input] = std::mem::take(&mut self.trackers);
+        for (tracker, stream) in [
+            (out, Stream::Output),
+            (err, Stream::Stderr),
+            (input, Stream::Input),
+        ] {
+            let mut lines = Vec::new();
+            tracker.finish(&mut lines);
+            for line in lines.into_iter().filter(|l| !l.trim().is_empty()) {
+                on_line(time, stream, line);
+            }
+        }
+        if self.index.segments.is_empty() {
+            self.index.segments.push(Segment {
+                start: 0.0,
+                offset: self.index.header_len,
+                len: 0,
+                sha256: String::new(),
+                cols: self.cols,
+                rows: self.rows,
+                init: String::new(),
+            });
+        }
+        // A last segment that starts at the very end (only its final event) is no segment to a player,
+        // which wants every segment to start before the end: it joins the one before.
+        if self.index.segments.len() > 1
+            && self.index.segments.last().is_some_and(|s| s.start >= time)
+        {
+            self.index.segments.pop();
+        }
+        // Each segment runs to the next one's start; the last one to the end of the whole events.
+        let mut next = end;
+        for s in self.index.segments.iter_mut().rev() {
+            s.len = next.saturating_sub(s.offset);
+            next = s.offset;
+        }
+        self.index
+    }
+}
+
+fn parse_size(data: &str) -> Option<(u16, u16)> {
+    let (c, r) = data.split_once('x')?;
+    let (c, r): (u16, u16) = (c.parse().ok()?, r.parse().ok()?);
+    (c > 0 && r > 0).then_some((c, r))
+}
+
+/// One pass over a terminal recording: its playback [`Index`] (segments without their digests: see
+/// [`hash_segments`]) and the SHA-256 (hex) of every byte of the file; `on_line` gets each line of text
+/// with the time it was completed. A file cut off inside its last event (a writer that stopped) is read
+/// up to the last whole one; anything else invalid is an error.
+pub fn index_recording(
+    format: Format,
+    file: impl Read,
+    mut on_line: impl FnMut(f64, Stream, String),
+) -> Result<(Index, String)> {
+    let pos = Rc::new(Cell::new(0u64));
+    let mut counting = Counting {
+        inner: io::BufReader::with_capacity(256 * 1024, Sha256Reader::new(file)),
+        pos: pos.clone(),
+    };
+    let index = match format {
+        Format::Asciicast => {
+            let mut reader = CastReader::new(&mut counting)?;
+            let header = reader.header().clone();
+            let mut offset = pos.get();
+            let mut builder = Builder::new(header.width, header.height, offset);
+            if let Some(command) = &header.command {
+                on_line(0.0, Stream::Command, command.clone());
+            }
+            for event in reader.by_ref() {
+                let event = event?;
+                let (code, data) = match event.kind {
+                    EventKind::Output(d) => ('o', d),
+                    EventKind::Input(d) => ('i', d),
+                    EventKind::Marker(d) => ('m', d),
+                    EventKind::Resize { cols, rows } => ('r', format!("{cols}x{rows}")),
+                };
+                let event = PlayEvent {
+                    time: event.time,
+                    code,
+                    data,
+                };
+                builder.event(offset, event, Stream::Output, None, &mut on_line);
+                // Where this event ended is where the next one starts.
+                offset = pos.get();
+            }
+            drop(reader);
+            builder.finish(offset, &mut on_line)
+        }
+        Format::Exec => {
+            let mut reader = ExecReader::new(&mut counting)?.tolerate_cut_off();
+            let header = reader.header().clone();
+            let mut offset = pos.get();
+            let mut builder = Builder::new(80, 24, offset);
+            if let Some(command) = &header.command {
+                on_line(0.0, Stream::Command, command.clone());
+            }
+            while let Some(frame) = reader.next_frame()? {
+                let time = frame.at.as_secs_f64();
+                let (code, data, stream, raw) = match frame.data {
+                    FrameData::Stdout(b) => ('o', exec_text(b), Stream::Output, Some(b)),
+                    FrameData::Stderr(b) => ('o', exec_text(b), Stream::Stderr, Some(b)),
+                    FrameData::Marker(l) => ('m', l.to_owned(), Stream::Output, None),
+                    FrameData::Resize { cols, rows } => {
+                        ('r', format!("{cols}x{rows}"), Stream::Output, None)
+                    }
+                    FrameData::Input(_) => ('-', String::new(), Stream::Input, None),
+                };
+                if code != '-' {
+                    let event = PlayEvent { time, code, data };
+                    builder.event(offset, event, stream, raw, &mut on_line);
+                }
+                offset = pos.get();
+            }
+            drop(reader);
+            builder.finish(offset, &mut on_line)
+        }
+    };
+    // The rest of the file (a cut-off last event) counts toward the digest too.
+    let sha = counting.inner.into_inner().finish_hex()?;
+    Ok((index, sha))
+}
+
+/// Fills each segment's SHA-256 from the file (a second sequential read).
+pub fn hash_segments(index: &mut Index, mut file: impl Read) -> Result<()> {
+    let mut header = Sha256Reader::new((&mut file).take(index.header_len));
+    io::copy(&mut header, &mut io::sink())?;
+    index.header_sha256 = header.finish_hex()?;
+    let mut pos = index.header_len;
+    let skip = |file: &mut dyn Read, n: u64| -> io::Result<()> {
+        io::copy(&mut file.take(n), &mut io::sink()).map(|_| ())
+    };
+    for s in &mut index.segments {
+        if s.offset > pos {
+            skip(&mut file, s.offset - pos)?;
+            pos = s.offset;
+        }
+        let mut hashed = Sha256Reader::new((&mut file).take(s.len));
+        let mut sink = io::sink();
+        let n = io::copy(&mut hashed, &mut sink)?;
+        if n != s.len {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the recording is shorter than its index",
+            )));
+        }
+        s.sha256 = hashed.finish_hex()?;
+        pos += s.len;
+    }
+    Ok(())
+}
+
+/// The events of one segment, from the file's header bytes and the segment's own bytes (already checked
+/// against their digests by the caller); `start` is the segment's start, which no event precedes (the
+/// index pass keeps times from going back across the whole file).
+pub fn segment_events(
+    format: Format,
+    header: &[u8],
+    body: &[u8],
+    start: f64,
+) -> Result<Vec<PlayEvent>> {
+    let input = io::BufReader::new(header.chain(body));
+    let mut events = Vec::new();
+    match format {
+        Format::Asciicast => {
+            for event in CastReader::new(input)? {
+                let event = event?;
+                let (code, data) = match event.kind {
+                    EventKind::Output(d) => ('o', d),
+                    EventKind::Input(d) => ('i', d),
+                    EventKind::Marker(d) => ('m', d),
+                    EventKind::Resize { cols, rows } => ('r', format!("{cols}x{rows}")),
+                };
+                events.push(PlayEvent {
+                    time: event.time,
+                    code,
+                    data,
+                });
+            }
+        }
+        Format::Exec => {
+            let mut reader = ExecReader::new(input)?.tolerate_cut_off();
+            while let Some(frame) = reader.next_frame()? {
+                let time = frame.at.as_secs_f64();
+                let (code, data) = match frame.data {
+                    FrameData::Stdout(b) | FrameData::Stderr(b) => ('o', exec_text(b)),
+                    FrameData::Marker(l) => ('m', l.to_owned()),
+                    FrameData::Resize { cols, rows } => ('r', format!("{cols}x{rows}")),
+                    FrameData::Input(_) => continue,
+                };
+                events.push(PlayEvent { time, code, data });
+            }
+        }
+    }
+    // Times as the index saw them: never going back.
+    let mut last = start;
+    for e in &mut events {
+        e.time = e.time.max(last);
+        last = e.time;
+    }
+    Ok(events)
+}
+
+/// Transfer log lines read at most by [`read_transfers`].
+pub const MAX_TRANSFER_LINES: usize = 100_000;
+
+/// One line of a transfer log: when, and what.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct TransferLine {
+    /// Seconds since the session started.
+    pub t: f64,
+    #[serde(flatten)]
+    pub event: crate::TransferEvent,
+}
+
+/// Reads a transfer log (at most [`MAX_TRANSFER_LINES`] lines, the rest counted) and the SHA-256 (hex)
+/// of the whole file. A last line cut short (a writer that stopped) is left out; any other line that is
+/// not an event is an error.
+pub fn read_transfers(file: impl Read) -> Result<(Vec<TransferLine>, usize, String)> {
+    let mut reader = io::BufReader::new(Sha256Reader::new(file));
+    let mut lines = Vec::new();
+    let mut more = 0;
+    let mut buf = Vec::new();
+    let mut n = 0u64;
+    loop {
+        buf.clear();
+        if (&mut reader).take(1 << 20).read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+        n += 1;
+        if buf.trim_ascii().is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<TransferLine>(&buf) {
+            Ok(line) if lines.len() < MAX_TRANSFER_LINES => lines.push(line),
+            Ok(_) => more += 1,
+            Err(_) if !buf.ends_with(b"\n") => break,
+            Err(e) => {
+                return Err(Error::InvalidCast {
+                    line: n,
+                    reason: format!("transfer log: {e}"),
+                });
+            }
+        }
+    }
+    let sha = reader.into_inner().finish_hex()?;
+    Ok((lines, more, sha))
+}
+
+/// The idle-time limit: every pause longer than `limit` seconds is shortened to `limit`, on every time
+/// the player is given (segment starts, events, markers, the duration, search hits).
+#[derive(Debug, Clone)]
+pub struct IdleMap {
+    /// `(time of the event after the pause, seconds removed up to and including it)`.
+    cuts: Vec<(f64, f64)>,
+}
+
+impl IdleMap {
+    /// `limit` of `None` (or not above [`MIN_GAP`]'s half) keeps every pause.
+    pub fn new(gaps: &[(f64, f64)], limit: Option<f64>) -> IdleMap {
+        let mut cuts = Vec::new();
+        if let Some(limit) = limit.filter(|l| l.is_finite() && *l >= MIN_GAP) {
+            let mut removed = 0.0;
+            for &(at, gap) in gaps {
+                if gap > limit {
+                    removed += gap - limit;
+                    cuts.push((at, removed));
+                }
+            }
+        }
+        IdleMap { cuts }
+    }
+
+    /// `t` with the pauses before it shortened.
+    pub fn map(&self, t: f64) -> f64 {
+        let n = self.cuts.partition_point(|&(at, _)| at <= t);
+        match n {
+            0 => t,
+            n => t - self.cuts[n - 1].1,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "in a test, a failed unwrap is a failed test"
+)]
+mod tests {
+    use super::*;
+    use crate::{CastHeader, CastWriter, ExecHeader, ExecWriter};
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    fn cast(events: &[(f64, &str)]) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.cast");
+        let mut w = CastWriter::create(
+            &path,
+            CastHeader {
+                width: 40,
+                height: 10,
+                timestamp: 1,
+                title: None,
+                command: None,
+                env: BTreeMap::new(),
+            },
+        )
+        .unwrap();
+        for (t, o) in events {
+            let at = Duration::from_secs_f64(*t);
+            if let Some(label) = o.strip_prefix("m:") {
+                w.marker(at, label).unwrap();
+            } else {
+                w.output(at, o.as_bytes()).unwrap();
+            }
+        }
+        w.finish().unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn a_recording_is_cut_into_segments_that_read_back_alone() {
+        let big = "x".repeat(SEGMENT_BYTES);
+        let (_d, path) = cast(&[
+            (0.1, "$ ls\r\n"),
+            (0.2, "m:$ ls"),
+            (0.3, &big),
+            (5.0, "\x1b[31mred\r\n"),
+            (5.0, "same time\r\n"),
+            (9.5, "last"),
+        ]);
+        let bytes = std::fs::read(&path).unwrap();
+        let mut lines = Vec::new();
+        let (mut index, sha) = index_recording(Format::Asciicast, &bytes[..], |t, s, l| {
+            lines.push((t, s, l))
+        })
+        .unwrap();
+        assert_eq!(sha, crate::sha256_file(&path).unwrap());
+        assert_eq!(index.segments.len(), 2, "{index:?}");
+        assert_eq!(index.segments[1].start, 5.0);
+        assert_eq!(index.markers, [(0.2, "$ ls".to_owned())]);
+        assert_eq!(index.gaps, [(5.0, 4.7), (9.5, 4.5)]);
+        assert!(index.segments[1].init.contains('x'), "the screen so far");
+        assert_eq!(index.duration, 9.5);
+        let texts: Vec<&str> = lines.iter().map(|(_, _, l)| l.as_str()).collect();
+        assert_eq!(texts[0], "$ ls");
+        assert!(texts.contains(&"red") && texts.contains(&"last"));
+        hash_segments(&mut index, &bytes[..]).unwrap();
+        let header = &bytes[..index.header_len as usize];
+        let mut all = Vec::new();
+        for s in &index.segments {
+            let body = &bytes[s.offset as usize..(s.offset + s.len) as usize];
+            assert_eq!(
+                s.sha256,
+                crate::Sha256Reader::new(body).finish_hex().unwrap()
+            );
+            let events = segment_events(Format::Asciicast, header, body, s.start).unwrap();
+            assert_eq!(events[0].time, s.start.max(0.1));
+            all.extend(events);
+        }
+        assert_eq!(all.len(), 6);
+        assert_eq!(all.last().unwrap().data, "last");
+    }
+
+    #[test]
+    fn exec_output_reads_as_a_terminal_showed_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.exec");
+        let mut w = ExecWriter::create(
+            &path,
+            &ExecHeader {
+                timestamp: 1,
+                title: None,
+                command: Some("cat /etc/motd".into()),
+                env: BTreeMap::new(),
+            },
+        )
+        .unwrap();
+        w.stdout(Duration::from_millis(10), b"one\ntwo\n").unwrap();
+        w.stderr(Duration::from_millis(20), b"oops\n").unwrap();
+        w.finish().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let mut lines = Vec::new();
+        let (index, _) =
+            index_recording(Format::Exec, &bytes[..], |_, s, l| lines.push((s, l))).unwrap();
+        assert_eq!(
+            lines,
+            [
+                (Stream::Command, "cat /etc/motd".to_owned()),
+                (Stream::Output, "one".into()),
+                (Stream::Output, "two".into()),
+                (Stream::Stderr, "oops".into())
+            ]
+        );
+        let s = &index.segments[0];
+        let events = segment_events(
+            Format::Exec,
+            &bytes[..index.header_len as usize],
+            &bytes[s.offset as usize..(s.offset + s.len) as usize],
+            s.start,
+        )
+        .unwrap();
+        assert_eq!(events[0].data, "one\r\ntwo\r\n");
+    }
+
+    #[test]
+    fn the_idle_limit_shortens_long_pauses_only() {
+        let map = IdleMap::new(&[(5.0, 4.7), (9.5, 4.5), (10.0, 0.5)], Some(2.0));
+        assert_eq!(map.map(1.0), 1.0);
+        assert!((map.map(5.0) - 2.3).abs() < 1e-9);
+        assert!((map.map(9.5) - 4.3).abs() < 1e-9);
+        assert_eq!(IdleMap::new(&[(5.0, 4.7)], None).map(5.0), 5.0);
+    }
+}

@@ -1,0 +1,194 @@
+//! A read-only tap on a live terminal session, for the web page's live view: the relay hands it every
+//! chunk of the device's output (after the recorder took it) and every resize; watchers subscribe.
+//!
+//! Entry point: [`Tap`], made by `PendingSession::start` for shells and exec sessions, fed by
+//! `ssh::bridge`, found by session id through `LiveSessions::tap`. It never slows the relay: a chunk
+//! costs a lock held for a few instructions (the last [`RECENT`] bytes are kept as shared buffers, not
+//! copied) and a send on a bounded broadcast channel that never waits; a watcher that falls more than
+//! [`CAPACITY`] chunks behind loses them and starts again from the recent output.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::broadcast;
+
+/// Output kept for a watcher who arrives (to draw the screen so far), about.
+pub const RECENT: usize = 64 * 1024;
+/// Chunks a watcher may fall behind before it skips ahead.
+pub const CAPACITY: usize = 1024;
+
+/// What a watcher is sent.
+#[derive(Debug, Clone)]
+pub enum TapEvent {
+    /// Output at a time (seconds since the session started).
+    Output(f64, Bytes),
+    Resize(f64, u16, u16),
+}
+
+/// Where a watcher starts: the terminal's size and the recent output.
+#[derive(Debug, Clone)]
+pub struct Start {
+    pub cols: u16,
+    pub rows: u16,
+    /// Seconds since the session started.
+    pub time: f64,
+    pub recent: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct State {
+    recent: VecDeque<Bytes>,
+    recent_len: usize,
+    cols: u16,
+    rows: u16,
+}
+
+#[derive(Debug)]
+struct Inner {
+    started: Instant,
+    state: Mutex<State>,
+    tx: broadcast::Sender<TapEvent>,
+}
+
+/// A watcher's handle on a tap that does not keep it alive: once the session ended, its tap is gone and
+/// the watcher's stream ends.
+#[derive(Debug, Clone)]
+pub struct WeakTap(std::sync::Weak<Inner>);
+
+impl WeakTap {
+    pub fn upgrade(&self) -> Option<Tap> {
+        self.0.upgrade().map(|inner| Tap { inner })
+    }
+}
+
+/// The tap of one session; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Tap {
+    inner: Arc<Inner>,
+}
+
+impl Tap {
+    pub fn new(cols: u16, rows: u16) -> Tap {
+        let (tx, _) = broadcast::channel(CAPACITY);
+        Tap {
+            inner: Arc::new(Inner {
+                started: Instant::now(),
+                state: Mutex::new(State {
+                    recent: VecDeque::new(),
+                    recent_len: 0,
+                    cols: cols.max(1),
+                    rows: rows.max(1),
+                }),
+                tx,
+            }),
+        }
+    }
+
+    pub fn downgrade(&self) -> WeakTap {
+        WeakTap(Arc::downgrade(&self.inner))
+    }
+
+    fn now(&self) -> f64 {
+        self.inner.started.elapsed().as_secs_f64()
+    }
+
+    /// The device's output, as recorded.
+    pub fn output(&self, data: &Bytes) {
+        let Ok(mut s) = self.inner.state.lock() else {
+            return;
+        };
+        s.recent.push_back(data.clone());
+        s.recent_len += data.len();
+        while s.recent_len > RECENT && s.recent.len() > 1 {
+            if let Some(old) = s.recent.pop_front() {
+                s.recent_len -= old.len();
+            }
+        }
+        // Sent under the lock, so a watcher's start and its events neither overlap nor leave a gap.
+        if self.inner.tx.receiver_count() > 0 {
+            let _ = self
+                .inner
+                .tx
+                .send(TapEvent::Output(self.now(), data.clone()));
+        }
+    }
+
+    /// The vendor's terminal changed size.
+    pub fn resize(&self, cols: u16, rows: u16) {
+        let Ok(mut s) = self.inner.state.lock() else {
+            return;
+        };
+        s.cols = cols.max(1);
+        s.rows = rows.max(1);
+        if self.inner.tx.receiver_count() > 0 {
+            let _ = self
+                .inner
+                .tx
+                .send(TapEvent::Resize(self.now(), s.cols, s.rows));
+        }
+    }
+
+    /// Starts watching: the screen so far, then every event from that moment on.
+    pub fn watch(&self) -> (Start, broadcast::Receiver<TapEvent>) {
+        let time = self.now();
+        let Ok(s) = self.inner.state.lock() else {
+            return (
+                Start {
+                    cols: 80,
+                    rows: 24,
+                    time,
+                    recent: Vec::new(),
+                },
+                self.inner.tx.subscribe(),
+            );
+        };
+        let mut recent = Vec::with_capacity(s.recent_len);
+        for b in &s.recent {
+            recent.extend_from_slice(b);
+        }
+        let rx = self.inner.tx.subscribe();
+        (
+            Start {
+                cols: s.cols,
+                rows: s.rows,
+                time,
+                recent,
+            },
+            rx,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watcher_gets_the_recent_output_then_what_follows() {
+        let tap = Tap::new(80, 24);
+        tap.output(&Bytes::from_static(b"before"));
+        let (start, mut rx) = tap.watch();
+        assert_eq!(start.recent, b"before");
+        tap.output(&Bytes::from_static(b"after"));
+        tap.resize(100, 30);
+        assert!(matches!(rx.try_recv(), Ok(TapEvent::Output(_, b)) if &b[..] == b"after"));
+        assert!(matches!(rx.try_recv(), Ok(TapEvent::Resize(_, 100, 30))));
+    }
+
+    #[test]
+    fn a_slow_watcher_never_holds_the_relay() {
+        let tap = Tap::new(80, 24);
+        let (_, mut rx) = tap.watch();
+        let chunk = Bytes::from(vec![b'x'; 1024]);
+        for _ in 0..CAPACITY * 3 {
+            tap.output(&chunk);
+        }
+        assert!(matches!(
+            rx.try_recv(),
+            Err(broadcast::error::TryRecvError::Lagged(_))
+        ));
+        assert!(tap.watch().0.recent.len() <= RECENT + chunk.len());
+    }
+}

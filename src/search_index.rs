@@ -1,0 +1,470 @@
+//! The indexer: after a recording closed, what a person saw in it becomes searchable (the full-text
+//! index of migration 0010) and playable in the browser segment by segment (the playback index).
+//!
+//! Entry points: [`run`] (the background task of `serve`: every few seconds, and at once when nudged,
+//! it indexes the closed recordings nobody indexed yet) and [`Indexer::index_pending`] (the same, once, for tests
+//! and the benchmark). [`Indexer::seal_playback`]/[`Indexer::open_playback`] bind a playback index to the digest it was
+//! built from, under a key derived from the secrets key.
+//!
+//! Why a job and not `LiveSession::end`: reading a recording back takes as long as the recording is
+//! large (seconds for hundreds of megabytes), and an end must stay quick and hold nothing; a job also
+//! picks up what an end never reached (a crash, a recording a node sweep recovered, recordings made
+//! before this index existed), and runs on every node but only indexes files in its own recordings
+//! directory (the node that wrote a recording has it). It never touches the relay: it reads closed
+//! files on a blocking thread, one recording at a time, and writes the index in short transactions.
+//!
+//! Only what the audit chain vouches for is indexed: the file is hashed while it is read, and a digest
+//! other than the vouched one marks the recording `failed` (altered) instead of indexing it.
+
+use std::collections::HashSet;
+use std::io::{Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chaperone_recorder::playback::{self, Format, Index, Stream};
+use chaperone_recorder::transcript::words;
+use ring::hmac;
+use tokio::sync::{mpsc, watch};
+
+use crate::app::App;
+use crate::evidence::{Evidence, open_recording};
+use crate::model::{RecordingRow, UnixTime};
+use crate::recording::RecordingFormat;
+use crate::secrets::SecretsKey;
+use crate::store::{IndexRow, NewTextChunk, Store, StoreError};
+
+/// Lines per chunk of text, at most.
+const CHUNK_LINES: usize = 200;
+/// Characters per chunk of text, about.
+const CHUNK_CHARS: usize = 32 * 1024;
+/// Chunks per write transaction.
+const CHUNKS_PER_TX: usize = 8;
+/// How often the indexer looks for closed recordings when nothing nudges it.
+const POLL: Duration = Duration::from_secs(5);
+
+/// Why a recording was not indexed.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The blocking pass stopped abnormally.
+    #[error("the indexing thread failed")]
+    Thread,
+}
+
+/// What happened to one recording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Indexed {
+        lines: i64,
+    },
+    /// Marked failed, with why.
+    Failed(String),
+    /// Left for later or for another node (not vouched for yet, not in this node's directory, claimed).
+    Skipped,
+}
+
+/// The background task: indexes closed recordings until `stop` turns true. A change notice (a session
+/// ended on this node) wakes it; otherwise it looks every few seconds.
+pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
+    let indexer = Indexer::new(&app.store, &app.config.recording.dir, &app.secrets);
+    let mut elsewhere = HashSet::new();
+    let mut events = app.events.subscribe();
+    loop {
+        match indexer.index_some(app.clock.now(), &mut elsewhere).await {
+            Ok(0) => {}
+            // More may be waiting: go on at once.
+            Ok(_) => continue,
+            Err(e) => tracing::warn!(error = ?e, "indexing recordings failed; retrying"),
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = events.recv() => {}
+            () = tokio::time::sleep(POLL) => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
+/// Indexes recordings: the store, this node's recordings directory, and the key that seals playback
+/// indexes. Cheap to clone.
+#[derive(Clone)]
+pub struct Indexer {
+    store: Store,
+    dir: PathBuf,
+    key: hmac::Key,
+}
+
+impl std::fmt::Debug for Indexer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Indexer")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Indexer {
+    pub fn new(store: &Store, dir: &Path, secrets: &SecretsKey) -> Indexer {
+        Indexer {
+            store: store.clone(),
+            dir: dir.to_owned(),
+            key: hmac::Key::new(
+                hmac::HMAC_SHA256,
+                &*secrets.subkey("recording-playback-index"),
+            ),
+        }
+    }
+
+    /// Indexes every closed recording of this node's directory that is not indexed yet; how many it did.
+    pub async fn index_pending(&self, now: UnixTime) -> Result<usize, IndexError> {
+        let mut elsewhere = HashSet::new();
+        let mut total = 0;
+        loop {
+            let n = self.index_some(now, &mut elsewhere).await?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n;
+        }
+    }
+
+    /// One batch; how many recordings were indexed or marked failed (skipped ones are remembered in
+    /// `elsewhere` so they are not looked at again by this process).
+    async fn index_some(
+        &self,
+        now: UnixTime,
+        elsewhere: &mut HashSet<i64>,
+    ) -> Result<usize, IndexError> {
+        let todo = self
+            .store
+            .recordings_to_index(now, 64 + elsewhere.len() as i64)
+            .await?;
+        let mut done = 0;
+        let todo: Vec<RecordingRow> = todo
+            .into_iter()
+            .filter(|r| !elsewhere.contains(&r.id))
+            .collect();
+        for r in todo {
+            match self.index_recording(&r, now).await? {
+                Outcome::Skipped => {
+                    elsewhere.insert(r.id);
+                }
+                Outcome::Indexed { lines } => {
+                    tracing::debug!(recording = r.id, lines, "recording indexed");
+                    done += 1;
+                }
+                Outcome::Failed(why) => {
+                    tracing::warn!(recording = r.id, %why, "recording not indexed");
+                    done += 1;
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Indexes one closed recording (see the module documentation).
+    pub async fn index_recording(
+        &self,
+        r: &RecordingRow,
+        now: UnixTime,
+    ) -> Result<Outcome, IndexError> {
+        let session = self.store.session(&r.session_id).await?;
+        let evidence = crate::evidence::evidence(&self.store, &session).await?;
+        let Some(ev) = session
+            .recordings
+            .iter()
+            .zip(&evidence)
+            .find(|(x, _)| x.id == r.id)
+            .map(|(_, e)| e.clone())
+        else {
+            return Ok(Outcome::Skipped);
+        };
+        let vouched = match &ev {
+            Evidence::Vouched(v) if r.sha256.as_deref() == Some(v.sha256.as_str()) => {
+                v.sha256.clone()
+            }
+            Evidence::Unvouched(_) => return Ok(Outcome::Skipped),
+            Evidence::Vouched(_) => {
+                return self
+                    .fail(
+                        r,
+                        now,
+                        "ALTERED: its row disagrees with the digest the audit log vouches for"
+                            .into(),
+                    )
+                    .await;
+            }
+            Evidence::Broken(b) => {
+                return self.fail(r, now, format!("ALTERED audit log: {b}")).await;
+            }
+        };
+        let dir = self.dir.clone();
+        let opened = match open_recording(&dir, &r.path) {
+            Ok(f) => f,
+            // Another node's recording (or deleted): not this node's to judge.
+            Err(e) if e.is_not_found() => return Ok(Outcome::Skipped),
+            Err(e) => return self.fail(r, now, e.to_string()).await,
+        };
+        if !self.store.claim_recording_index(r, now).await? {
+            return Ok(Outcome::Skipped);
+        }
+        let outcome = self.index_claimed(r, now, opened.file, vouched).await;
+        if outcome.is_err() {
+            // Let the next round try again at once rather than after the claim lapsed.
+            if let Err(e) = self.store.release_recording_index(r.id).await {
+                tracing::warn!(recording = r.id, error = ?e, "cannot release a recording's index claim");
+            }
+        }
+        outcome
+    }
+
+    /// The rest of [`Indexer::index_recording`], once the recording is claimed: read it, write its
+    /// text and playback index.
+    async fn index_claimed(
+        &self,
+        r: &RecordingRow,
+        now: UnixTime,
+        mut file: std::fs::File,
+        vouched: String,
+    ) -> Result<Outcome, IndexError> {
+        let format = match r.format.as_str() {
+            RecordingFormat::ASCIICAST => Some(Format::Asciicast),
+            RecordingFormat::EXEC_STREAM => Some(Format::Exec),
+            _ => None,
+        };
+        // The pass runs on a blocking thread; its chunks of text come back through a small queue and are
+        // written here, a few per transaction.
+        let (tx, mut rx) = mpsc::channel::<Vec<NewTextChunk>>(4);
+        let pass = tokio::task::spawn_blocking(move || -> Result<Pass, String> {
+            let mut chunker = Chunker::new(tx);
+            let (index, sha) = match format {
+                Some(format) => {
+                    let (mut index, sha) =
+                        playback::index_recording(format, &mut file, |t, stream, line| {
+                            chunker.line(t, stream, &line)
+                        })
+                        .map_err(|e| e.to_string())?;
+                    file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+                    playback::hash_segments(&mut index, &mut file).map_err(|e| e.to_string())?;
+                    (Some(index), sha)
+                }
+                None => {
+                    let (lines, _, sha) =
+                        playback::read_transfers(&mut file).map_err(|e| e.to_string())?;
+                    for l in &lines {
+                        for text in transfer_texts(&l.event) {
+                            chunker.line(l.t, Stream::Output, &text);
+                        }
+                    }
+                    (None, sha)
+                }
+            };
+            let lines = chunker.finish();
+            Ok(Pass { index, sha, lines })
+        });
+        let mut batch = Vec::new();
+        while let Some(chunks) = rx.recv().await {
+            batch.extend(chunks);
+            if batch.len() >= CHUNKS_PER_TX {
+                self.store
+                    .add_recording_text(r.id, &r.session_id, &batch)
+                    .await?;
+                batch.clear();
+            }
+        }
+        let pass = match pass.await {
+            Ok(Ok(p)) => p,
+            Ok(Err(why)) => {
+                self.store.clear_recording_text(r.id).await?;
+                return self
+                    .fail(r, now, format!("cannot read the recording: {why}"))
+                    .await;
+            }
+            Err(_) => return Err(IndexError::Thread),
+        };
+        if pass.sha != vouched {
+            // What was read is not what the chain vouches for: nothing of it is searchable.
+            self.store.clear_recording_text(r.id).await?;
+            return self
+                .fail(
+                    r,
+                    now,
+                    format!(
+                        "ALTERED: sha256 {}, the audit log vouches for {vouched}",
+                        pass.sha
+                    ),
+                )
+                .await;
+        }
+        if !batch.is_empty() {
+            self.store
+                .add_recording_text(r.id, &r.session_id, &batch)
+                .await?;
+        }
+        let (playback, mac) = match &pass.index {
+            Some(index) => {
+                let json = serde_json::to_string(index).unwrap_or_default();
+                let mac = self.seal_playback(r.id, &vouched, &json);
+                (Some(json), Some(mac))
+            }
+            None => (None, None),
+        };
+        self.store
+            .finish_recording_index(&IndexRow {
+                recording_id: r.id,
+                session_id: r.session_id.clone(),
+                status: "indexed".into(),
+                sha256: Some(vouched),
+                playback,
+                mac,
+                note: None,
+                lines: pass.lines,
+                indexed_at: now,
+            })
+            .await?;
+        Ok(Outcome::Indexed { lines: pass.lines })
+    }
+}
+
+struct Pass {
+    index: Option<Index>,
+    sha: String,
+    lines: i64,
+}
+
+impl Indexer {
+    /// Marks recording `r` as not indexable, with why (the claim is taken if nobody holds it).
+    async fn fail(
+        &self,
+        r: &RecordingRow,
+        now: UnixTime,
+        why: String,
+    ) -> Result<Outcome, IndexError> {
+        let _ = self.store.claim_recording_index(r, now).await?;
+        self.store
+            .finish_recording_index(&IndexRow {
+                recording_id: r.id,
+                session_id: r.session_id.clone(),
+                status: "failed".into(),
+                sha256: None,
+                playback: None,
+                mac: None,
+                note: Some(why.clone()),
+                lines: 0,
+                indexed_at: now,
+            })
+            .await?;
+        Ok(Outcome::Failed(why))
+    }
+}
+
+/// The searchable text of a transfer log event: the paths a vendor touched, and the device's messages.
+fn transfer_texts(e: &chaperone_recorder::TransferEvent) -> Vec<String> {
+    use chaperone_recorder::TransferEvent as T;
+    match e {
+        T::File { path, .. } => vec![path.clone()],
+        T::Op { path, target, .. } => std::iter::once(path.clone())
+            .chain(target.clone())
+            .collect(),
+        T::Stderr { text } => text.lines().map(str::to_owned).collect(),
+        T::Unparseable { .. } => Vec::new(),
+    }
+}
+
+/// Groups lines into chunks and hands them to the writer.
+struct Chunker {
+    tx: mpsc::Sender<Vec<NewTextChunk>>,
+    seq: i64,
+    times: Vec<String>,
+    body: String,
+    count: usize,
+    lines: i64,
+}
+
+impl Chunker {
+    fn new(tx: mpsc::Sender<Vec<NewTextChunk>>) -> Chunker {
+        Chunker {
+            tx,
+            seq: 0,
+            times: Vec::new(),
+            body: String::new(),
+            count: 0,
+            lines: 0,
+        }
+    }
+
+    fn line(&mut self, t: f64, stream: Stream, text: &str) {
+        // Lines hold no newline (the tracker's and the log's lines never do; be sure).
+        let text = text.replace(['\n', '\r'], " ");
+        if !self.body.is_empty() {
+            self.body.push('\n');
+        }
+        if stream == Stream::Stderr {
+            self.body.push_str("[stderr] ");
+        }
+        self.body.push_str(&text);
+        self.times.push(((t * 1000.0) as i64).to_string());
+        self.count += 1;
+        self.lines += 1;
+        if self.count >= CHUNK_LINES || self.body.len() >= CHUNK_CHARS {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.count == 0 {
+            return;
+        }
+        let chunk = NewTextChunk {
+            seq: self.seq,
+            times: self.times.join(","),
+            words: words(&self.body),
+            body: std::mem::take(&mut self.body),
+        };
+        self.seq += 1;
+        self.times.clear();
+        self.count = 0;
+        // The writer is gone only when the indexing is abandoned.
+        let _ = self.tx.blocking_send(vec![chunk]);
+    }
+
+    fn finish(mut self) -> i64 {
+        self.flush();
+        self.lines
+    }
+}
+
+fn playback_message(recording_id: i64, sha256: &str, json: &str) -> Vec<u8> {
+    format!("chaperone-playback-v1\n{recording_id}\n{sha256}\n{json}").into_bytes()
+}
+
+impl Indexer {
+    /// The MAC (hex) that binds a playback index to its recording and the digest it was built from.
+    pub fn seal_playback(&self, recording_id: i64, sha256: &str, json: &str) -> String {
+        hex::encode(hmac::sign(
+            &self.key,
+            &playback_message(recording_id, sha256, json),
+        ))
+    }
+
+    /// The playback index stored for recording `recording_id`, if its MAC holds for `sha256` (the digest
+    /// the audit chain vouches for now).
+    pub fn open_playback(
+        &self,
+        recording_id: i64,
+        sha256: &str,
+        json: &str,
+        mac: &str,
+    ) -> Option<Index> {
+        let tag = hex::decode(mac).ok()?;
+        hmac::verify(
+            &self.key,
+            &playback_message(recording_id, sha256, json),
+            &tag,
+        )
+        .ok()?;
+        serde_json::from_str(json).ok()
+    }
+}

@@ -1,0 +1,504 @@
+//! The session history and the full-text index of recordings (migration 0010), on SQLite and on
+//! PostgreSQL: the same filters and the same text search find the same sessions on both; the indexer
+//! only indexes what the audit chain vouches for.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chaperone::audit::AuditEvent;
+use chaperone::search_index::{Indexer, Outcome};
+use chaperone::secrets::SecretsKey;
+use chaperone::store::{HistoryFilter, NewSession, Store};
+use chaperone_recorder::{CastHeader, CastWriter};
+use serde_json::json;
+
+use crate::store::{asset, grant, on_both, vendor};
+
+/// A closed shell session `id` whose recording printed `output`, started at `at`, vouched for by its
+/// `session.end` event as the pipeline writes it.
+async fn recorded(
+    store: &Store,
+    dir: &std::path::Path,
+    (v, a, g): (i64, i64, i64),
+    id: &str,
+    at: i64,
+    output: &[&str],
+) -> i64 {
+    let path = dir.join(format!("{id}.cast"));
+    let mut w = CastWriter::create(
+        &path,
+        CastHeader {
+            width: 80,
+            height: 24,
+            timestamp: at,
+            title: None,
+            command: None,
+            env: BTreeMap::new(),
+        },
+    )
+    .unwrap();
+    for (i, o) in output.iter().enumerate() {
+        w.output(Duration::from_millis(100 * i as u64 + 100), o.as_bytes())
+            .unwrap();
+    }
+    let done = w.finish().unwrap();
+    let path = path.display().to_string();
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_session(
+        &NewSession {
+            id,
+            vendor_id: v,
+            asset_id: a,
+            grant_id: g,
+            kind: "shell",
+            service: "ssh",
+            client_addr: "127.0.0.1:5",
+            detail: "",
+            node: "node-a",
+        },
+        at,
+    )
+    .await
+    .unwrap();
+    let r = tx
+        .insert_recording(id, "asciicast-v2", &path, at)
+        .await
+        .unwrap();
+    tx.audit(
+        AuditEvent::new(
+            "vendor:x",
+            "session.start",
+            format!("session:{id}"),
+            json!({"recording": path}),
+        ),
+        at,
+    )
+    .await
+    .unwrap();
+    tx.commit("t").await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.end_session(id, "vendor closed the session", "closed", 1, 2, at + 10)
+        .await
+        .unwrap();
+    tx.close_recording(r, &done.sha256_hex, done.bytes as i64, at + 10)
+        .await
+        .unwrap();
+    tx.audit(
+        AuditEvent::new(
+            "vendor:x",
+            "session.end",
+            format!("session:{id}"),
+            json!({"recording": r, "recording_sha256": done.sha256_hex}),
+        ),
+        at + 10,
+    )
+    .await
+    .unwrap();
+    tx.commit("t").await.unwrap();
+    r
+}
+
+fn ids(rows: &[chaperone::store::HistoryRow]) -> Vec<&str> {
+    rows.iter().map(|r| r.session.id.as_str()).collect()
+}
+
+#[tokio::test]
+async fn history_filters_and_text_search_agree_on_both_databases() {
+    let secrets_dir = tempfile::tempdir().unwrap();
+    let secrets = SecretsKey::generate_file(&secrets_dir.path().join("k")).unwrap();
+    on_both(|store| {
+        let secrets = &secrets;
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let v = vendor(&store, "alice", "SHA256:a").await;
+            let bob = vendor(&store, "bob", "SHA256:b").await;
+            let a = asset(&store, "mri-01").await;
+            let mut tx = store.begin().await.unwrap();
+            let g = grant(&mut tx, v, a, &["ssh".to_owned()], 10_000).await;
+            let gb = grant(&mut tx, bob, a, &["ssh".to_owned()], 10_000).await;
+            tx.audit(AuditEvent::new("os:t", "t", "t", json!({})), 100)
+                .await
+                .unwrap();
+            tx.commit("t").await.unwrap();
+            let dirp = dir.path();
+            recorded(
+                &store,
+                dirp,
+                (v, a, g),
+                "s-rm",
+                1000,
+                &[
+                    "\x1b[1;32mvendor@mri-01\x1b[0m:~$ sudo rm -rf /var/log/scanner\r\n",
+                    "done\r\n",
+                ],
+            )
+            .await;
+            recorded(&store, dirp, (v, a, g), "s-ls", 2000, &["$ ls -rf rm\r\n"]).await;
+            recorded(
+                &store,
+                dirp,
+                (bob, a, gb),
+                "s-bob",
+                3000,
+                &["$ journalctl -u Überprüfung\r\n"],
+            )
+            .await;
+
+            let indexer = Indexer::new(&store, dirp, secrets);
+            assert_eq!(indexer.index_pending(5000).await.unwrap(), 3);
+            assert_eq!(
+                indexer.index_pending(5000).await.unwrap(),
+                0,
+                "indexed once"
+            );
+
+            let find = |f: HistoryFilter| {
+                let store = store.clone();
+                async move { store.session_history(&f, 50, 0).await.unwrap() }
+            };
+            let all = find(HistoryFilter::default()).await;
+            assert_eq!(ids(&all), ["s-bob", "s-ls", "s-rm"], "newest first");
+            assert_eq!(all[0].org, "Acme");
+            assert_eq!(all[0].grant_reason, "INC-1");
+            let text = |w: &str| HistoryFilter {
+                words: Some(chaperone_recorder::transcript::words(w)),
+                ..Default::default()
+            };
+            // The phrase, not the words anywhere: `ls -rf rm` has both words, not in that order.
+            assert_eq!(ids(&find(text("rm -rf")).await), ["s-rm"]);
+            assert_eq!(ids(&find(text("SCANNER")).await), ["s-rm"]);
+            assert_eq!(ids(&find(text("überprüfung")).await), ["s-bob"]);
+            assert!(find(text("nothing-like-it")).await.is_empty());
+            // Escape sequences are not text: `1;32m` is not a word anybody saw.
+            assert!(find(text("32m")).await.is_empty());
+            let f = HistoryFilter {
+                vendor: Some("alice".into()),
+                since: Some(1500),
+                until: Some(2500),
+                ended: Some("closed".into()),
+                kind: Some("shell".into()),
+                ..Default::default()
+            };
+            assert_eq!(ids(&find(f).await), ["s-ls"]);
+            let f = HistoryFilter {
+                vendor: Some("bob".into()),
+                words: text("rm").words,
+                ..Default::default()
+            };
+            assert!(find(f).await.is_empty(), "filters combine");
+            assert_eq!(
+                ids(&store
+                    .session_history(&HistoryFilter::default(), 1, 1)
+                    .await
+                    .unwrap()),
+                ["s-ls"],
+                "pages"
+            );
+            let hits = store
+                .session_text_matches("s-rm", "rm rf", 10)
+                .await
+                .unwrap();
+            assert_eq!(hits.len(), 1);
+            let line = hits[0]
+                .lines
+                .iter()
+                .position(|l| l.contains("rm -rf"))
+                .unwrap();
+            assert_eq!(
+                hits[0].lines[line],
+                "vendor@mri-01:~$ sudo rm -rf /var/log/scanner"
+            );
+            assert_eq!(hits[0].times[line], 100);
+        }
+    })
+    .await;
+}
+
+/// A recording rewritten after the chain vouched for it is not indexed: its words are never found.
+#[tokio::test]
+async fn an_altered_recording_is_not_indexed() {
+    let secrets_dir = tempfile::tempdir().unwrap();
+    let secrets = SecretsKey::generate_file(&secrets_dir.path().join("k")).unwrap();
+    on_both(|store| {
+        let secrets = &secrets;
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let v = vendor(&store, "alice", "SHA256:a").await;
+            let a = asset(&store, "mri-01").await;
+            let mut tx = store.begin().await.unwrap();
+            let g = grant(&mut tx, v, a, &["ssh".to_owned()], 10_000).await;
+            tx.audit(AuditEvent::new("os:t", "t", "t", json!({})), 100)
+                .await
+                .unwrap();
+            tx.commit("t").await.unwrap();
+            let r = recorded(&store, dir.path(), (v, a, g), "s1", 1000, &["innocent\r\n"]).await;
+            let path = dir.path().join("s1.cast");
+            let text = std::fs::read_to_string(&path).unwrap();
+            std::fs::write(&path, text.replace("innocent", "tampered")).unwrap();
+            let indexer = Indexer::new(&store, dir.path(), secrets);
+            let row = store.session("s1").await.unwrap().recordings[0].clone();
+            assert!(matches!(
+                indexer.index_recording(&row, 5000).await.unwrap(),
+                Outcome::Failed(why) if why.contains("ALTERED")
+            ));
+            for w in ["tampered", "innocent"] {
+                let f = HistoryFilter {
+                    words: Some(w.into()),
+                    ..Default::default()
+                };
+                assert!(
+                    store.session_history(&f, 10, 0).await.unwrap().is_empty(),
+                    "{w}"
+                );
+            }
+            assert_eq!(
+                store.recording_index(r).await.unwrap().unwrap().status,
+                "failed"
+            );
+        }
+    })
+    .await;
+}
+
+/// Retention deletes what the index holds of a recording with its file: its words are no longer found,
+/// it has no playback index, and the indexer does not take it up again.
+#[tokio::test]
+async fn a_recording_deleted_by_retention_leaves_no_searchable_text() {
+    let secrets_dir = tempfile::tempdir().unwrap();
+    let secrets = SecretsKey::generate_file(&secrets_dir.path().join("k")).unwrap();
+    on_both(|store| {
+        let secrets = &secrets;
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let v = vendor(&store, "alice", "SHA256:a").await;
+            let a = asset(&store, "mri-01").await;
+            let mut tx = store.begin().await.unwrap();
+            let g = grant(&mut tx, v, a, &["ssh".to_owned()], 10_000).await;
+            tx.audit(AuditEvent::new("os:t", "t", "t", json!({})), 100)
+                .await
+                .unwrap();
+            tx.commit("t").await.unwrap();
+            let r = recorded(
+                &store,
+                dir.path(),
+                (v, a, g),
+                "s1",
+                1000,
+                &["patient-list\r\n"],
+            )
+            .await;
+            let indexer = Indexer::new(&store, dir.path(), secrets);
+            assert_eq!(indexer.index_pending(5000).await.unwrap(), 1);
+            let find = || async {
+                let f = HistoryFilter {
+                    words: Some("patient list".into()),
+                    ..Default::default()
+                };
+                store.session_history(&f, 10, 0).await.unwrap()
+            };
+            assert_eq!(ids(&find().await), ["s1"]);
+
+            let mut tx = store.begin().await.unwrap();
+            assert!(tx.mark_recording_deleted(r, "s1", 9000).await.unwrap());
+            tx.audit(
+                AuditEvent::new(
+                    "node:t",
+                    "recording.deleted",
+                    "session:s1",
+                    json!({"recording": r}),
+                ),
+                9000,
+            )
+            .await
+            .unwrap();
+            tx.commit("t").await.unwrap();
+            assert!(
+                find().await.is_empty(),
+                "the deleted recording's text is still found"
+            );
+            assert!(store.recording_index(r).await.unwrap().is_none());
+            assert!(
+                store
+                    .session_text_matches("s1", "patient", 10)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            assert_eq!(
+                indexer.index_pending(9500).await.unwrap(),
+                0,
+                "indexed again"
+            );
+        }
+    })
+    .await;
+}
+
+/// The benchmark of issue 11 (`bench/search.sh` runs it in release): a bastion's database with
+/// `BENCH_SESSIONS` (10,000) shell sessions holding `BENCH_MB` (1,024) MB of recordings, indexed, then
+/// text searches through the running server's JSON API, timed; and a `BENCH_BIG_MB` (200) MB recording
+/// opened in the player (its index and first segment, what the browser needs to start playing), timed.
+/// Prints the figures; asserts nothing about time.
+#[test]
+#[ignore = "a benchmark: bench/search.sh"]
+fn bench_search_and_open() {
+    use std::time::Instant;
+
+    use crate::support::DataDir;
+    use crate::support::bastion::Bastion;
+    use crate::support::web::Approver;
+
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let sessions = env("BENCH_SESSIONS", 10_000);
+    let total_mb = env("BENCH_MB", 1024);
+    let big_mb = env("BENCH_BIG_MB", 200);
+    let data = DataDir::init();
+    let config = chaperone::config::Config::load(&data.config()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = config.recording.dir.clone();
+    let per_session = total_mb * 1024 * 1024 / sessions.max(1);
+    let t = Instant::now();
+    let big_id = rt.block_on(async {
+        let store = Store::open(&config.database.url).await.unwrap();
+        let v = vendor(&store, "alice", "SHA256:a").await;
+        let a = asset(&store, "mri-01").await;
+        let mut tx = store.begin().await.unwrap();
+        let g = grant(&mut tx, v, a, &["ssh".to_owned()], i64::MAX / 4).await;
+        tx.audit(AuditEvent::new("os:t", "t", "t", json!({})), 100)
+            .await
+            .unwrap();
+        tx.commit("t").await.unwrap();
+        // Text like a device's: lines of words from a vocabulary of 5,000, and one rare word per session.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut word = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            format!("w{}", seed % 5000)
+        };
+        let mut event = |n: usize, extra: &str| {
+            let mut out = String::with_capacity(n + 64);
+            out.push_str(extra);
+            while out.len() < n {
+                for _ in 0..10 {
+                    out.push_str(&word());
+                    out.push(' ');
+                }
+                out.push_str("\r\n");
+            }
+            out
+        };
+        for i in 0..sessions {
+            let events: Vec<String> = (0..per_session / 4096 + 1)
+                .map(|k| {
+                    if k == 0 {
+                        event(4096, &format!("$ echo ticket-{i}\r\nticket-{i}\r\n"))
+                    } else {
+                        event(4096, "")
+                    }
+                })
+                .collect();
+            let refs: Vec<&str> = events.iter().map(String::as_str).collect();
+            recorded(
+                &store,
+                &dir,
+                (v, a, g),
+                &format!("s{i:05}"),
+                1_000_000 + i as i64,
+                &refs,
+            )
+            .await;
+        }
+        let big: Vec<String> = (0..big_mb * 256).map(|_| event(4096, "")).collect();
+        let refs: Vec<&str> = big.iter().map(String::as_str).collect();
+        let big_id = "s-big".to_owned();
+        recorded(&store, &dir, (v, a, g), &big_id, 2_000_000, &refs).await;
+        eprintln!(
+            "wrote {sessions} sessions and a {big_mb} MB one in {:?}",
+            t.elapsed()
+        );
+        let t = Instant::now();
+        let secrets = SecretsKey::load(&config.secrets.key_file).unwrap();
+        let n = Indexer::new(&store, &dir, &secrets)
+            .index_pending(3_000_000)
+            .await
+            .unwrap();
+        eprintln!("indexed {n} recordings in {:?}", t.elapsed());
+        store.close().await;
+        big_id
+    });
+    let b = Bastion::start(data);
+    let audrey = Approver::enroll(&b, "audrey", "auditor");
+    let timed = |path: &str| {
+        let t = Instant::now();
+        let answer = audrey.get(path);
+        assert_eq!(
+            answer.status,
+            200,
+            "{path}: {}",
+            &answer.body[..answer.body.len().min(300)]
+        );
+        (t.elapsed(), answer)
+    };
+    for (label, q) in [
+        ("a rare word (one session)", "text=ticket-4242"),
+        ("a common word (every session)", "text=w17"),
+        ("a phrase", "text=w17+w4"),
+        ("a missing word", "text=nothing-like-it"),
+        ("no text, newest 50", "vendor=alice"),
+    ] {
+        // Twice: the first list of a session also hashes its recordings for their integrity column
+        // (remembered while the file is unchanged), the second shows the search alone.
+        let (took, answer) = timed(&format!("/api/sessions?{q}"));
+        let (again, _) = timed(&format!("/api/sessions?{q}"));
+        let found = answer.json()["sessions"].as_array().map_or(0, Vec::len);
+        println!("search {label}: {took:?}, again {again:?} ({found} on the first page)");
+    }
+    let rid = {
+        let store = rt.block_on(Store::open(&config.database.url)).unwrap();
+        let id = rt.block_on(store.session(&big_id)).unwrap().recordings[0].id;
+        rt.block_on(store.close());
+        id
+    };
+    let (index, answer) = timed(&format!(
+        "/sessions/{big_id}/recordings/{rid}/play.json?idle=2"
+    ));
+    let segments = answer.json()["segments"].as_array().map_or(0, Vec::len);
+    let (first, _) = timed(&format!(
+        "/sessions/{big_id}/recordings/{rid}/segments/0?idle=2"
+    ));
+    println!(
+        "open a {big_mb} MB recording: index {index:?} ({segments} segments) + first segment {first:?} = {:?}",
+        index + first
+    );
+    // The same in a browser: from the click on the session's link until the player's time moves.
+    let e2e = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
+    if !e2e.join("node_modules/playwright-core").is_dir() {
+        println!("open in Chromium: skipped (no playwright-core in tests/e2e)");
+        return;
+    }
+    let out = std::process::Command::new("timeout")
+        .args(["600", "node"])
+        .arg(e2e.join("open.mjs"))
+        .env("BASE_URL", crate::support::web::base(&b))
+        .env("CERT", b.data.path().join("web_cert.pem"))
+        .env("NAME", "audrey")
+        .env("PASSWORD", "correct horse battery staple")
+        .env("CODE", audrey.next_code())
+        .env("SESSION", &big_id)
+        .env("RUNS", "3")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr, code) = crate::support::bastion::text(&out);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    println!(
+        "open a {big_mb} MB recording in Chromium until it plays: {}",
+        stdout.trim()
+    );
+}
