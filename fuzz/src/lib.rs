@@ -647,10 +647,19 @@ pub fn transcript(data: &[u8]) {
     };
     let (whole, whole_last, _) = run(input.len().max(1));
     let (chunked, chunked_last, currents) = run(usize::from(size) + 1);
-    assert_eq!(whole, chunked, "the lines depend on where the output was split");
-    assert_eq!(whole_last, chunked_last, "the current line depends on the split");
+    assert_eq!(
+        whole, chunked,
+        "the lines depend on where the output was split"
+    );
+    assert_eq!(
+        whole_last, chunked_last,
+        "the current line depends on the split"
+    );
     for line in whole.iter().chain(currents.iter().flatten()) {
-        assert!(line.chars().count() <= MAX_LINE, "a line longer than MAX_LINE");
+        assert!(
+            line.chars().count() <= MAX_LINE,
+            "a line longer than MAX_LINE"
+        );
         assert!(
             !line.chars().any(|c| c.is_control()),
             "a control character in a line: {line:?}"
