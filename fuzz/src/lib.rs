@@ -333,9 +333,22 @@ fn convert_to_cast(data: &[u8], header: &ExecHeader, read: &Reading) {
     let mut output = Vec::new();
     let mut input = Vec::new();
     let mut others = Vec::new();
+    // For display, a line feed not after a carriage return of the same stream is shown as CR LF
+    // (issue 11: an exec without a pty sends bare line feeds).
+    let mut after_cr = [false; 2];
+    let mut shown = |stream: usize, bytes: &[u8], out: &mut Vec<u8>| {
+        for &b in bytes {
+            if b == b'\n' && !after_cr[stream] {
+                out.push(b'\r');
+            }
+            after_cr[stream] = b == b'\r';
+            out.push(b);
+        }
+    };
     for (at, frame) in &read.frames {
         match frame {
-            Owned::Stdout(b) | Owned::Stderr(b) => output.extend_from_slice(b),
+            Owned::Stdout(b) => shown(0, b, &mut output),
+            Owned::Stderr(b) => shown(1, b, &mut output),
             Owned::Input(b) => input.extend_from_slice(b),
             Owned::Marker(label) => others.push(Event {
                 time: seconds(*at),
