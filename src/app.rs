@@ -45,6 +45,8 @@ pub struct App {
     pub node: std::sync::Arc<str>,
     /// The directory of `[ldap]`, if configured (staff and vendors from LDAP / Active Directory).
     pub directory: Option<std::sync::Arc<crate::identity::ldap::Directory>>,
+    /// Recordings this process saw hashed to their vouched digest (at session end, or by a page's check).
+    pub proven: crate::evidence::proven::Proven,
 }
 
 impl App {
@@ -74,6 +76,7 @@ impl App {
             events: Default::default(),
             node: format!("node-{}", crate::secrets::random_hex(8)).into(),
             directory,
+            proven: Default::default(),
         })
     }
 }

@@ -27,13 +27,13 @@ use crate::policy::grants::{self, GrantError};
 use crate::policy::requests::{self, Approver, AuthMethod, DecideError, Outcome};
 use crate::store::{HistoryFilter, HistoryRow, StaffAuth, StoreError};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use crate::evidence::{Evidence, open_recording};
 use crate::live::LiveSessions;
 use crate::model::{RecordingRow, SessionRow};
 use crate::recording::RecordingFormat;
 use crate::search_index::Indexer;
+use chaperone_recorder::FileStamp;
 use chaperone_recorder::playback::{self, Format, IdleMap, Index};
 
 /// Sign-in state kept at most, per kind (sessions are made only by full sign-ins; ceremony starts need
@@ -52,20 +52,12 @@ pub struct WebCore {
     live: LiveSessions,
     /// Indexes a recording at once when its page is opened before the background job got to it.
     indexer: Indexer,
-    /// Recordings whose file was hashed and found as vouched, by recording id: the file's identity and
-    /// times then, and the digest. A file whose metadata is unchanged is not hashed again for a page.
-    proven: Arc<Mutex<HashMap<i64, (FileKey, String)>>>,
 }
 
 impl WebCore {
     pub fn new(app: App, live: LiveSessions) -> WebCore {
         let indexer = Indexer::new(&app.store, &app.config.recording.dir, &app.secrets);
-        WebCore {
-            app,
-            live,
-            indexer,
-            proven: Arc::default(),
-        }
+        WebCore { app, live, indexer }
     }
 }
 
@@ -1078,27 +1070,6 @@ impl Records for WebCore {
     }
 }
 
-/// A file's identity and times: unchanged, the file was not rewritten since it was hashed.
-type FileKey = (u64, u64, u64, i64, i64);
-
-fn file_key(meta: &std::fs::Metadata) -> FileKey {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt as _;
-        (
-            meta.dev(),
-            meta.ino(),
-            meta.len(),
-            meta.mtime_nsec() + meta.mtime() * 1_000_000_000,
-            meta.ctime_nsec() + meta.ctime() * 1_000_000_000,
-        )
-    }
-    #[cfg(not(unix))]
-    {
-        (0, 0, meta.len(), 0, 0)
-    }
-}
-
 /// Files larger than this are not hashed for a history list (the session's page hashes them).
 const LIST_HASH_LIMIT: u64 = 64 * 1024 * 1024;
 /// Sessions per history page.
@@ -1156,7 +1127,7 @@ impl WebCore {
     ) -> RecordingStatus {
         use crate::evidence::Integrity;
         enum Checked {
-            Proved(Integrity, Option<FileKey>),
+            Proved(Integrity, Option<FileStamp>),
             /// Vouched for, the row agrees, the file is there, and too large to hash for a list.
             Unchecked {
                 seq: i64,
@@ -1164,14 +1135,15 @@ impl WebCore {
             },
         }
         let dir = self.app.config.recording.dir.clone();
-        let known = self.proven.lock().ok().and_then(|m| m.get(&r.id).cloned());
+        let proven = self.app.proven.clone();
         let (row, evidence) = (r.clone(), ev.clone());
         let checked = tokio::task::spawn_blocking(move || {
-            let key_now = || {
+            let stamp_now = || {
                 open_recording(&dir, &row.path)
                     .ok()
                     .and_then(|o| o.file.metadata().ok())
-                    .map(|m| file_key(&m))
+                    .as_ref()
+                    .and_then(FileStamp::of)
             };
             let mut before = None;
             if let Evidence::Vouched(v) = &evidence
@@ -1179,19 +1151,16 @@ impl WebCore {
                 && row.deleted_at.is_none()
                 && row.sha256.as_deref() == Some(v.sha256.as_str())
             {
-                before = key_now();
-                if let Some(key) = before {
-                    if known
-                        .as_ref()
-                        .is_some_and(|(k, sha)| *k == key && *sha == v.sha256)
-                    {
+                before = stamp_now();
+                if let Some(stamp) = before {
+                    if proven.vouches(row.id, stamp, &v.sha256) {
                         let intact = Integrity::Intact {
                             seq: v.seq,
                             sha256: v.sha256.clone(),
                         };
                         return Checked::Proved(intact, None);
                     }
-                    if hash_limit.is_some_and(|limit| key.2 > limit) {
+                    if hash_limit.is_some_and(|limit| stamp.size() > limit) {
                         return Checked::Unchecked {
                             seq: v.seq,
                             sha256: v.sha256.clone(),
@@ -1205,9 +1174,10 @@ impl WebCore {
                 .as_ref()
                 .ok()
                 .and_then(|p| p.file.metadata().ok())
-                .map(|m| file_key(&m));
-            let key = after.filter(|k| before.is_none_or(|b| b == *k));
-            Checked::Proved(Integrity::of(&proved), key)
+                .as_ref()
+                .and_then(FileStamp::of);
+            let stamp = after.filter(|s| before.is_none_or(|b| b == *s));
+            Checked::Proved(Integrity::of(&proved), stamp)
         })
         .await;
         let (integrity, key) = match checked {
@@ -1225,8 +1195,8 @@ impl WebCore {
         };
         let detail = match &integrity {
             Integrity::Intact { seq, sha256 } => {
-                if let (Some(key), Ok(mut m)) = (key, self.proven.lock()) {
-                    m.insert(r.id, (key, sha256.clone()));
+                if let Some(stamp) = key {
+                    self.app.proven.remember(r.id, stamp, sha256);
                 }
                 format!("sha256 {sha256}, as audit event {seq} vouches")
             }

@@ -34,7 +34,7 @@ pub use exec::{
     CutOff, ExecHeader, ExecReader, ExecWriter, Exported, Frame, FrameData, OutputStream, exec_raw,
     exec_to_cast,
 };
-pub use sink::{Finished, Sha256Reader, sha256_file};
+pub use sink::{FileStamp, Finished, Sha256Reader, sha256_file};
 pub use tar::{EntryHeader, EntryKind, TarError, TarReader, TarWriter};
 pub use terminal_filter::TerminalFilter;
 pub use transcript::LineTracker;

@@ -43,6 +43,52 @@ pub struct Finished {
     pub sha256_hex: String,
     /// Size of the file in bytes.
     pub bytes: u64,
+    /// The file's identity and times as its writer left it (read from the writer's own handle after the
+    /// last write and fsync): while the file on disk still has this stamp, nobody has written to it
+    /// since, and [`Finished::sha256_hex`] is still its digest.
+    pub stamp: Option<FileStamp>,
+}
+
+/// A file's device, inode, size and modification and change times, to the nanosecond. A write to the
+/// file, a rename of another file over it, or a `touch` changes at least one of them, and the change
+/// time cannot be set back by a user program; a recording whose stamp is unchanged since it was hashed
+/// need not be hashed again to show it intact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileStamp {
+    /// The file's size in bytes then.
+    pub fn size(&self) -> u64 {
+        self.len
+    }
+
+    /// The stamp of a file's metadata; `None` where the platform does not give inode and change time
+    /// (then nothing is remembered and every check hashes).
+    pub fn of(meta: &std::fs::Metadata) -> Option<FileStamp> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt as _;
+            let ns = |secs: i64, nsec: i64| i128::from(secs) * 1_000_000_000 + i128::from(nsec);
+            Some(FileStamp {
+                dev: meta.dev(),
+                ino: meta.ino(),
+                len: meta.len(),
+                mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+                ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = meta;
+            None
+        }
+    }
 }
 
 /// SHA-256 of a file, lowercase hex, read in a streaming fashion (to verify a recording against its
@@ -370,10 +416,12 @@ impl HashedFile {
         let writer = self.writer.take().ok_or(Error::Poisoned)?;
         let file = writer.join()?;
         file.sync_all()?;
+        let stamp = file.metadata().ok().as_ref().and_then(FileStamp::of);
         Ok(Finished {
             path: std::mem::take(&mut self.path),
             sha256_hex: self.hasher.take_hex(),
             bytes: self.bytes,
+            stamp,
         })
     }
 }

@@ -23,6 +23,7 @@
 //! export`, the webhook) can tell. ARCHITECTURE.md argues the choice.
 
 pub mod bundle;
+pub mod proven;
 pub mod retention;
 pub mod signer;
 

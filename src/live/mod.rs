@@ -644,6 +644,12 @@ impl LiveSession {
         .await;
         match result {
             Ok(()) => {
+                // The digest is vouched for now: pages need not hash the file while it stays as written.
+                if let Some((Ok(f), rid)) = &finished
+                    && let Some(stamp) = f.finished.stamp
+                {
+                    app.proven.remember(*rid, stamp, &f.finished.sha256_hex);
+                }
                 tracing::info!(session = %self.id, reason = %reason, cause = end.cause(), bytes_up = up, bytes_down = down, "session ended");
             }
             Err(e) => {
