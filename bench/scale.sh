@@ -8,6 +8,7 @@
 #
 #   bench/scale.sh                     # builds `cargo build --release` first; ~3-6 min on 2 cores
 #   BENCH_BUILD=0 SCALE_SESSIONS=300 SCALE_CONNS=100 bench/scale.sh
+#   SCALE_KEEP=1 RUST_LOG=info,chaperone=debug bench/scale.sh   # keeps the work dir and its logs
 #
 # Needs: sshd, ssh-keygen, perl, and python3 with asyncssh (PYTHON=/path/to/venv/bin/python).
 set -euo pipefail
@@ -24,7 +25,10 @@ ulimit -n "$(ulimit -Hn)"
 (( $(ulimit -n) >= 4 * SCALE_SESSIONS )) || die "ulimit -n is $(ulimit -n); need $((4 * SCALE_SESSIONS))"
 W=$(mktemp -d -t chaperone-scale-bench.XXXXXX)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+    if [[ ${SCALE_KEEP:-0} == 1 ]]; then echo "bench: kept $W (serve.log, sshd.log, report.json)" >&2; else rm -rf "$W"; fi
+}
 trap cleanup EXIT INT TERM
 [[ $BENCH_BUILD == 1 ]] && (cd "$ROOT" && cargo build --release -q)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
