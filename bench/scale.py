@@ -10,10 +10,11 @@ SPEC: {"host", "port", "known_hosts", "asset", "vendors": [{"name", "key", "secr
 Phases:
  1. sign in `connections` vendor connections (each vendor key + a fresh TOTP step), a few at a time as
     a fleet of technicians would (the bastion's pre-auth limits count unauthenticated connections);
- 2. a burst of `burst` sessions on ONE connection at once (OpenSSH ControlMaster's pattern), then a burst
-    of `burst` spread over the connections, then the rest up to `sessions`, `burst` at a time: each
+ 2. the baseline: a burst of `burst` sessions on one connection straight to the device's sshd (closed
+    again); then a burst of `burst` sessions on ONE bastion connection at once (OpenSSH ControlMaster's
+    pattern), then a burst of `burst` spread over the connections, then the rest up to `sessions`, `burst` at a time: each
     session is an exec that prints "started" and then waits (`cat`), so its start time is the time from
-    asking to the first byte from the device; `streamers` of them print ~8 KB/s each instead;
+    asking to the first byte from the device; `streamers` of them print 8 KiB a second each instead;
  3. with every session live: chaperone's RSS, and the echo round trip of one byte through chaperone
     vs directly to the same sshd, alternating, `echo_samples` each;
  4. every session is closed; a session is lost if it failed to start, printed nothing, or died early.
@@ -31,7 +32,10 @@ import asyncssh
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "interop"))
 from matrix import Codes  # noqa: E402  (the TOTP steps, each used once)
 
-STREAM = "echo started; exec perl -e '$|=1; while (1) { print \"x\" x 79, \"\\n\"; select(undef, undef, undef, 0.01) }'"
+# A streamer prints 8 KiB a second in one write: the bytes of a busy terminal without 100 wakeups a second
+# per session, which on 2 cores made 200 perl processes and their sshd children (not the bastion) the
+# bottleneck of the whole machine (load average 150, a direct connection would have collapsed the same).
+STREAM = "echo started; exec perl -e '$|=1; while (1) { print \"x\" x 8191, \"\\n\"; sleep 1 }'"
 IDLE = "echo started; exec cat"
 
 
@@ -150,6 +154,28 @@ async def main():
         made += 1
         return STREAM if made <= streamers else IDLE
 
+    # The baseline: the same burst on one connection straight to the device's sshd (no bastion), closed
+    # again before the bastion's bursts.
+    dev = spec["device"]
+    direct = await asyncssh.connect(
+        spec["host"], dev["port"], username=dev["user"], client_keys=[dev["key"]],
+        known_hosts=dev["known_hosts"], agent_path=None,
+    )
+    base = []
+    k = 0
+
+    def direct_commands(i):
+        nonlocal k
+        k += 1
+        return STREAM if k <= streamers else IDLE
+
+    times, failed = await burst([direct], spec["burst"], direct_commands, base)
+    report["burst_direct"] = {"n": spec["burst"], "p50": pct(times, 50), "p99": pct(times, 99), "max": max(times, default=None), "failed": len(failed)}
+    print(f"burst of {spec['burst']} on one connection straight to sshd: p50 {pct(times, 50):.3f} s, p99 {pct(times, 99):.3f} s, failed {len(failed)}", file=sys.stderr)
+    for chan, _ in base:
+        chan.close()
+    await asyncio.sleep(2)
+
     # A burst on one connection (the ControlMaster pattern), then one spread over all connections.
     one, failed = await burst([conns[0]], spec["burst"], commands, live)
     lost += failed
@@ -172,11 +198,6 @@ async def main():
     print(f"{len(live)} sessions live over {len(conns)} connections; chaperone RSS {report['rss_mib_at_peak']['VmRSS']:.0f} MiB", file=sys.stderr)
 
     # Echo round trip under load, through chaperone and directly, alternating in blocks.
-    dev = spec["device"]
-    direct = await asyncssh.connect(
-        spec["host"], dev["port"], username=dev["user"], client_keys=[dev["key"]],
-        known_hosts=dev["known_hosts"], agent_path=None,
-    )
     via, straight = [], []
     for _ in range(5):
         await echo_rtt(conns[-1], via, spec["echo_samples"] // 5)
