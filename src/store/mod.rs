@@ -9,6 +9,7 @@ mod assets;
 mod audit;
 mod backup;
 mod cursors;
+mod durable;
 mod grants;
 mod health;
 mod nodes;
@@ -21,6 +22,7 @@ mod vendors;
 mod web_state;
 mod webhook;
 
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -66,6 +68,9 @@ pub enum StoreError {
     /// A thing with that name or key already exists.
     #[error("{0}")]
     Conflict(String),
+    /// A transaction committed but could not be synced to disk (SQLite's write-ahead log).
+    #[error("cannot sync the committed transaction to disk ({0}); the disk may be failing")]
+    Durability(#[source] std::io::Error),
     /// A value larger than the store accepts for it.
     #[error("{0}")]
     TooLarge(String),
@@ -112,6 +117,9 @@ pub struct Store {
     /// takes a pooled connection, so writers queued behind the lock never hold the connections that
     /// readers (grant checks at session start) need. `None` on PostgreSQL.
     writer: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// SQLite: the group sync of the write-ahead log that makes a committed [`Tx`] durable (the
+    /// connections run with `synchronous = NORMAL`; see `durable.rs`). `None` on PostgreSQL.
+    durable: Option<Arc<durable::WalSync>>,
 }
 
 impl Store {
@@ -119,11 +127,19 @@ impl Store {
     /// the migrations of that backend.
     pub async fn open(url: &str) -> Result<Store> {
         sqlx::any::install_default_drivers();
-        let (backend, connect_url, max) = if let Some(path) = url.strip_prefix("sqlite://") {
+        let (backend, connect_url, max, durable) = if let Some(path) = url.strip_prefix("sqlite://")
+        {
             // WAL lets readers run beside the one writer; the busy timeout queues writers instead of failing.
-            (Backend::Sqlite, format!("sqlite://{path}?mode=rwc"), 8)
+            let file = Path::new(path.split('?').next().unwrap_or(path));
+            let durable = Arc::new(durable::WalSync::new(file));
+            (
+                Backend::Sqlite,
+                format!("sqlite://{path}?mode=rwc"),
+                8,
+                Some(durable),
+            )
         } else {
-            (Backend::Postgres, url.to_owned(), 16)
+            (Backend::Postgres, url.to_owned(), 16, None)
         };
         let pool = AnyPoolOptions::new()
             .max_connections(max)
@@ -131,7 +147,7 @@ impl Store {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
                         use sqlx::Executor;
-                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;")
+                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;")
                             .await?;
                     }
                     Ok(())
@@ -156,6 +172,7 @@ impl Store {
             pool,
             backend,
             writer,
+            durable,
         })
     }
 
@@ -171,7 +188,8 @@ impl Store {
         Ok(Tx {
             tx: w.tx,
             audited: false,
-            _writer: w.writer,
+            writer: w.writer,
+            durable: self.durable.clone(),
         })
     }
 
@@ -213,7 +231,8 @@ pub struct Tx {
     tx: Transaction<'static, Any>,
     audited: bool,
     /// The writer turn (SQLite), released after the transaction (fields drop in order).
-    _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+    writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+    durable: Option<Arc<durable::WalSync>>,
 }
 
 impl Tx {
@@ -224,12 +243,28 @@ impl Tx {
         Ok(seq)
     }
 
-    /// Commits; refuses when nothing was audited (`what` names the change for the error).
+    /// Commits; refuses when nothing was audited (`what` names the change for the error). Returns once the
+    /// transaction is on disk: on SQLite, the writer turn is released first and the write-ahead log is
+    /// synced once for every transaction that committed meanwhile (`durable.rs`).
     pub async fn commit(self, what: &'static str) -> Result<()> {
-        if !self.audited {
+        let Tx {
+            tx,
+            audited,
+            writer,
+            durable,
+        } = self;
+        if !audited {
             return Err(StoreError::Unaudited(what));
         }
-        self.tx.commit().await.context("committing")
+        tx.commit().await.context("committing")?;
+        drop(writer);
+        if let Some(durable) = durable {
+            durable.after_commit().await.map_err(|e| {
+                tracing::error!(error = %e, what, "a committed transaction could not be synced to disk");
+                StoreError::Durability(e)
+            })?;
+        }
+        Ok(())
     }
 }
 
