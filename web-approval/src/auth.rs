@@ -37,18 +37,22 @@ pub struct Session {
     pub staff: Staff,
     /// Must come back with every state change (form field `csrf` or header `X-CSRF-Token`).
     pub csrf: String,
-    /// The result of the last action ("Request #7: approved …"), shown by the page its redirect names
-    /// (see [`Notice`]). A session stored before notices were kept by address had a one-time `flash`
-    /// instead; serde skips that field.
+    /// The results of the last actions ("Request #7: approved …"), newest last, at most [`NOTICES`];
+    /// each is shown by the page its redirect names (see [`Notice`]). A session stored before notices
+    /// were kept by address had a one-time `flash` instead; serde skips that field.
     #[serde(default)]
-    pub notice: Option<Notice>,
+    pub notices: Vec<Notice>,
 }
 
+/// Notices a session keeps: one per tab an approver acts in, with room to spare.
+pub const NOTICES: usize = 8;
+
 /// The result of an action, for the page the action redirected to. The redirect carries the notice's
-/// id in the address (`/requests?notice=ID`), and a page shows the session's notice exactly when its
-/// address names it: reading it takes nothing away, so the page's live refresh (which reads the same
-/// address again) and a reload show it as well, and any other page does not. The next action's notice
-/// replaces it. This is the one rule for notices; nothing else shows or hides them.
+/// id in the address (`/requests?notice=ID`), and a page shows a notice exactly when its address names
+/// it: reading it takes nothing away, so the page's live refresh (which reads the same address again)
+/// and a reload show it as well, and any other page does not. Each action adds one (the oldest beyond
+/// [`NOTICES`] go), so two tabs acting in one session each keep theirs. This is the one rule for
+/// notices; nothing else shows or hides them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Notice {
     pub id: String,
@@ -61,10 +65,17 @@ impl Session {
         let wanted = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
             .find(|(k, _)| k == "notice")
             .map(|(_, v)| v.into_owned())?;
-        self.notice
-            .as_ref()
-            .filter(|n| n.id == wanted)
+        self.notices
+            .iter()
+            .find(|n| n.id == wanted)
             .map(|n| n.text.as_str())
+    }
+
+    /// Adds a notice, dropping the oldest beyond [`NOTICES`].
+    fn add_notice(&mut self, notice: Notice) {
+        self.notices.push(notice);
+        let extra = self.notices.len().saturating_sub(NOTICES);
+        self.notices.drain(..extra);
     }
 }
 
@@ -105,7 +116,7 @@ impl<C: Core> WebState<C> {
         let session = Session {
             staff,
             csrf: random_token(),
-            notice: None,
+            notices: Vec::new(),
         };
         self.core
             .put_state(
@@ -155,7 +166,7 @@ impl<C: Core> WebState<C> {
         }
     }
 
-    /// Leaves `message` as the session's notice and answers with a redirect (303) to `to`, with the
+    /// Adds `message` to the session's notices and answers with a redirect (303) to `to`, with the
     /// notice's id in the address (see [`Notice`]). If the notice cannot be stored, the redirect goes
     /// to `to` alone: the action happened either way.
     pub async fn redirect_with_notice(
@@ -170,7 +181,7 @@ impl<C: Core> WebState<C> {
             let k = key(&cookie(headers, COOKIE)?);
             let data = self.core.state(StateKind::Session, &k, None).await.ok()??;
             let mut session = serde_json::from_str::<Session>(&data).ok()?;
-            session.notice = Some(Notice {
+            session.add_notice(Notice {
                 id: id.clone(),
                 text: message,
             });
@@ -330,30 +341,40 @@ mod tests {
 
     #[test]
     fn a_notice_shows_on_the_page_its_address_names_however_often_it_is_read() {
-        let s = Session {
+        let mut s = Session {
             staff: Staff {
                 name: "bob".into(),
                 role: crate::Role::Approver,
                 method: crate::Method::Totp,
             },
             csrf: "x".into(),
-            notice: Some(Notice {
-                id: "abc".into(),
-                text: "Request #7: approved".into(),
-            }),
+            notices: Vec::new(),
         };
+        let notice = |id: &str, text: &str| Notice {
+            id: id.into(),
+            text: text.into(),
+        };
+        s.add_notice(notice("abc", "Request #7: approved"));
+        // Another tab's action does not take the first tab's notice away.
+        s.add_notice(notice("def", "Request #8: denied"));
         for _ in 0..3 {
             assert_eq!(
                 s.notice_for(Some("notice=abc")),
                 Some("Request #7: approved")
             );
         }
+        assert_eq!(s.notice_for(Some("notice=def")), Some("Request #8: denied"));
         assert_eq!(
             s.notice_for(Some("vendor=x&notice=abc")),
             Some("Request #7: approved")
         );
         assert_eq!(s.notice_for(Some("notice=abd")), None);
         assert_eq!(s.notice_for(None), None);
+        for i in 0..NOTICES {
+            s.add_notice(notice(&i.to_string(), "later"));
+        }
+        assert_eq!(s.notices.len(), NOTICES);
+        assert_eq!(s.notice_for(Some("notice=abc")), None, "the oldest go");
         assert_eq!(with_notice("/requests", "abc"), "/requests?notice=abc");
         assert_eq!(
             with_notice("/decisions?vendor=x", "abc"),
@@ -365,8 +386,8 @@ mod tests {
         assert!(
             serde_json::from_str::<Session>(old)
                 .unwrap()
-                .notice
-                .is_none()
+                .notices
+                .is_empty()
         );
     }
 

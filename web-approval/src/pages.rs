@@ -281,12 +281,22 @@ pub async fn requests<C: Core>(
     Html(page("Requests", "Requests", Some(&viewer(&s)), &main)).into_response()
 }
 
-/// `shell`, `exec uptime`, `tunnel dicom → 10.0.0.5:104`.
+/// `shell`, `exec uptime`, `tunnel dicom`, `sftp` (a tunnel's or jump's route is [`route`]).
 fn kind_label(v: &SessionView) -> String {
     match (v.kind.as_str(), v.detail.is_empty()) {
+        ("tunnel" | "jump", _) => format!("{} {}", v.kind, v.service),
         (_, true) => v.kind.clone(),
-        ("tunnel" | "jump", false) => format!("{} {} → {}", v.kind, v.service, v.detail),
         (_, false) => format!("{} {}", v.kind, v.detail),
+    }
+}
+
+/// A tunnel's or jump's route under its kind, as a note (escaped HTML); nothing for other kinds.
+fn route(v: &SessionView) -> String {
+    match v.kind.as_str() {
+        "tunnel" | "jump" if !v.detail.is_empty() => {
+            format!("<br><span class=\"note\">{}</span>", esc(&v.detail))
+        }
+        _ => String::new(),
     }
 }
 
@@ -705,11 +715,13 @@ pub async fn sessions<C: Core>(
                 let action = if can_act {
                     format!(
                         "<td data-label=\"Action\"><form method=\"post\" action=\"/sessions/{id}/terminate\" class=\"inline\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-                         <label class=\"sr-only\" for=\"tr-{id}\">Reason for terminating session {id}</label>\
+                         <label class=\"sr-only\" for=\"tr-{id}\">Reason for terminating {vendor}'s {kind} on {asset}</label>\
                          <input id=\"tr-{id}\" name=\"reason\" placeholder=\"reason\" maxlength=\"500\" size=\"12\">\
                          <button type=\"submit\" class=\"deny\" aria-label=\"Terminate this {kind} session (grant {g} stays)…\">Terminate…</button></form></td>",
                         id = esc(&l.id),
                         kind = esc(&l.kind),
+                        vendor = esc(&l.vendor),
+                        asset = esc(&l.asset),
                         g = l.grant_id,
                         csrf = esc(&s.csrf)
                     )
@@ -719,13 +731,14 @@ pub async fn sessions<C: Core>(
                 let _ = write!(
                     main,
                     "<tr><td data-label=\"Vendor → asset\"><a href=\"/sessions/{id}\">{vendor} → {asset}</a></td>\
-                     <td data-label=\"Kind\">{kind}</td><td data-label=\"Grant\">#{grant}</td>\
+                     <td data-label=\"Kind\">{kind}{route}</td><td data-label=\"Grant\">#{grant}</td>\
                      <td data-label=\"Started\">{started}</td><td data-label=\"Duration\">{duration}</td>\
                      <td data-label=\"Bytes up / down\">{up} / {down}</td>{action}</tr>",
                     id = esc(&l.id),
                     vendor = esc(&l.vendor),
                     asset = esc(&l.asset),
                     kind = esc(&kind_label(l)),
+                    route = route(l),
                     grant = l.grant_id,
                     started = esc(&l.started),
                     duration = span(now - l.started_at),

@@ -6,12 +6,15 @@
 "use strict";
 (function () {
   if (!document.body || document.body.dataset.live !== "1" || !window.EventSource) return;
-  var busy = false;
+  // A change that arrives while a refresh is on its way is read by one more refresh after it.
+  var busy = false, again = false;
   function signedOut() { location.assign("/login"); }
   function refresh() {
     var active = document.activeElement;
-    if (busy || (active && active.form && active.value)) return;
+    if (busy) { again = true; return; }
+    if (active && active.form && active.value) return;
     busy = true;
+    again = false;
     fetch(location.pathname + location.search, {
       credentials: "same-origin",
       headers: { "Accept": "text/html", "X-Chaperone-Background": "1" }
@@ -30,7 +33,10 @@
           document.dispatchEvent(new Event("chaperone:refreshed"));
         }
       })
-      .finally(function () { busy = false; });
+      .finally(function () {
+        busy = false;
+        if (again) refresh();
+      });
   }
   var source = new EventSource("/events");
   source.addEventListener("change", refresh);
