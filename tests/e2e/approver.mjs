@@ -151,6 +151,10 @@ try {
   });
   if (!beside) throw new Error("a service checkbox's label is not beside it");
   await shot("requests");
+  await page.setViewportSize(phone);
+  await shot("requests-pending-phone");
+  await noSideways("the pending requests");
+  await page.setViewportSize(desktop);
 
   // 4. Approve as asked, with JavaScript on: the notice shows, and stays when the page refreshes itself
   // because a decision in another tab changed the list.

@@ -717,6 +717,7 @@ fn issue_15_an_approver_decides_in_context_and_is_asked_before_revoking_or_termi
     for page in [
         "enroll",
         "login",
+        "requests-pending",
         "requests",
         "decisions",
         "grants",

@@ -195,11 +195,11 @@ pub async fn requests<C: Core>(
         let past: Vec<_> = history.iter().filter(|h| h.id != r.id).take(5).collect();
         let _ = write!(
             main,
-            "<details class=\"history\"><summary>{vendor}'s history: {n} recent requests, {m} recent sessions</summary>\
+            "<details class=\"history\"><summary>{vendor}'s history: {n}, {m}</summary>\
              <h3>Requests</h3><ul>",
             vendor = esc(&r.vendor),
-            n = past.len(),
-            m = sessions.len(),
+            n = count(past.len(), "recent request"),
+            m = count(sessions.len(), "recent session"),
         );
         if past.is_empty() {
             main.push_str("<li>none before this one</li>");
@@ -279,6 +279,15 @@ pub async fn requests<C: Core>(
         main.push_str("</article>");
     }
     Html(page("Requests", "Requests", Some(&viewer(&s)), &main)).into_response()
+}
+
+/// `1 recent request`, `3 recent requests`.
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 /// `shell`, `exec uptime`, `tunnel dicom`, `sftp` (a tunnel's or jump's route is [`route`]).
