@@ -7,10 +7,11 @@
 use std::time::Duration;
 
 use chaperone_web_approval::{
-    Accounts, Approvals, AuditView, CoreError, Decision, Enrollment, EvidenceDownload, GrantView,
-    HistoryItem, HistoryPage, HistoryQuery, LiveStream, Method, RecordingStatus, Records,
-    RequestView, Role as WebRole, SecondFactor, SessionDetail, SessionView, SignInAttempt,
-    SignInState, Staff, StaffAccount, StateKind, TranscriptHit, TransferView, Verdict,
+    Accounts, Approvals, AuditView, ConnectionView, CoreError, Decision, DecisionsPage,
+    DecisionsQuery, Enrollment, EvidenceDownload, GrantView, HistoryItem, HistoryPage,
+    HistoryQuery, LiveStream, Method, RecordingStatus, Records, RequestView, Role as WebRole,
+    SecondFactor, SessionDetail, SessionView, SignInAttempt, SignInState, Staff, StaffAccount,
+    StateKind, TranscriptHit, TransferView, Verdict,
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -25,12 +26,14 @@ use crate::identity::totp;
 use crate::model::{AccessRequest, Criticality, RequestStatus, Role, check_name};
 use crate::policy::grants::{self, GrantError};
 use crate::policy::requests::{self, Approver, AuthMethod, DecideError, Outcome};
-use crate::store::{HistoryFilter, HistoryRow, StaffAuth, StoreError};
+use crate::store::{
+    DecidedFilter, DecidedOutcome, HistoryFilter, HistoryRow, StaffAuth, StoreError,
+};
 use std::collections::HashMap;
 
 use crate::evidence::{Evidence, open_recording};
 use crate::live::LiveSessions;
-use crate::model::{RecordingRow, SessionRow};
+use crate::model::{GrantRow, RecordingRow, SessionRow};
 use crate::recording::RecordingFormat;
 use crate::search_index::Indexer;
 use chaperone_recorder::FileStamp;
@@ -126,7 +129,45 @@ fn dur(secs: i64) -> String {
     format_duration(Duration::from_secs(secs.unsigned_abs()))
 }
 
-fn view(r: AccessRequest) -> RequestView {
+/// People's names for a list: `bob`, `bob and carol`, `ann, bob and carol`.
+fn names<'a>(list: impl IntoIterator<Item = &'a str>) -> String {
+    let list: Vec<&str> = list.into_iter().filter(|n| !n.is_empty()).collect();
+    match list.as_slice() {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// Who an actor as stored is, for people: `staff:bob+carol` → `bob and carol`, `os:root` →
+/// `root (command line)`, `system` → `chaperone`.
+fn person(actor: &str) -> String {
+    match actor.split_once(':') {
+        Some(("staff", who)) => names(who.split('+')),
+        Some(("os", who)) => format!("{who} (command line)"),
+        Some(("vendor", who)) => format!("{who} (vendor)"),
+        _ if actor == "system" => "chaperone".to_owned(),
+        _ => actor.to_owned(),
+    }
+}
+
+/// What a request asked, as the grants page shows what a narrowed grant came from: `ssh, dicom for 2h`.
+fn asked(r: &AccessRequest) -> String {
+    format!("{} for {}", r.services.join(", "), dur(r.duration_secs))
+}
+
+/// Whether the grant `g` issued for `r` allows less than it asked (fewer services or less time).
+fn narrowed(r: &AccessRequest, g: &GrantRow) -> bool {
+    g.services != r.services || g.ends_at - g.starts_at < r.duration_secs
+}
+
+/// A request for the page, with the grant it led to (if any, for what was granted).
+fn view(r: AccessRequest, grant: Option<&GrantRow>) -> RequestView {
+    let grant = grant.filter(|g| Some(g.id) == r.grant_id);
+    let outcome = match (r.status, grant) {
+        (RequestStatus::Approved, Some(g)) if narrowed(&r, g) => "narrowed".to_owned(),
+        (status, _) => status.to_string(),
+    };
     RequestView {
         id: r.id,
         approvals_needed: if r.criticality == Criticality::Critical {
@@ -139,6 +180,26 @@ fn view(r: AccessRequest) -> RequestView {
             .iter()
             .map(|a| format!("{} ({})", a.approver, a.method))
             .collect(),
+        decided_by_name: r.decided_by.as_deref().map(|by| match r.status {
+            RequestStatus::Expired => "nobody (it lapsed)".to_owned(),
+            _ => names(by.split(',')),
+        }),
+        decided: r.decided_at.map(format_time),
+        decided_at: r.decided_at,
+        expires: r.expires_at.map(format_time),
+        outcome,
+        granted_services: grant.map(|g| g.services.clone()),
+        granted_duration: grant.map(|g| dur(g.ends_at - g.starts_at)),
+        grant_revoked: grant.and_then(|g| {
+            g.revoked_at.map(|at| {
+                format!(
+                    "revoked by {} at {}: {}",
+                    person(g.revoked_by.as_deref().unwrap_or("?")),
+                    format_time(at),
+                    g.revoke_reason.as_deref().unwrap_or("")
+                )
+            })
+        }),
         vendor: r.vendor,
         org: r.org,
         asset: r.asset,
@@ -157,6 +218,69 @@ fn view(r: AccessRequest) -> RequestView {
         decision_reason: r.decision_reason,
         grant_id: r.grant_id,
     }
+}
+
+/// A grant for the page; `from` is the request it was issued for, if any (what was asked).
+fn grant_view(g: GrantRow, from: Option<&AccessRequest>) -> GrantView {
+    GrantView {
+        narrowed_from: from.filter(|r| narrowed(r, &g)).map(asked),
+        id: g.id,
+        starts: format_time(g.starts_at),
+        ends: format_time(g.ends_at),
+        issued_by_name: person(&g.issued_by),
+        vendor: g.vendor,
+        asset: g.asset,
+        services: g.services,
+        starts_at: g.starts_at,
+        ends_at: g.ends_at,
+        issued_by: g.issued_by,
+        reason: g.reason,
+        request_id: g.request_id,
+    }
+}
+
+/// The Decisions page's filters, checked: names as names, a known outcome, a page number.
+fn decided_filter(q: &DecisionsQuery) -> Result<(DecidedFilter, u32), String> {
+    let name = |what: &str, v: &Option<String>| -> Result<Option<String>, String> {
+        match v.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(v) => check_name(what, v).map(|()| Some(v.to_owned())),
+        }
+    };
+    let outcome = match q.state.as_deref().map(str::trim).unwrap_or_default() {
+        "" | "decided" => DecidedOutcome::Any,
+        "approved" => DecidedOutcome::Approved,
+        "narrowed" => DecidedOutcome::Narrowed,
+        "denied" => DecidedOutcome::Denied,
+        "expired" => DecidedOutcome::Expired,
+        other => {
+            return Err(format!(
+                "state {:?} is not one of decided, approved, narrowed, denied, expired",
+                crate::model::truncate_for_display(other, 40)
+            ));
+        }
+    };
+    let page = match q.page.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
+        None => 1,
+        Some(p) => p
+            .parse::<u32>()
+            .ok()
+            .filter(|p| (1..=100_000).contains(p))
+            .ok_or_else(|| {
+                format!(
+                    "page {:?} is not a page number",
+                    crate::model::truncate_for_display(p, 20)
+                )
+            })?,
+    };
+    Ok((
+        DecidedFilter {
+            vendor: name("vendor", &q.vendor)?,
+            asset: name("asset", &q.asset)?,
+            outcome,
+        },
+        page,
+    ))
 }
 
 fn decide_error(e: DecideError) -> CoreError {
@@ -503,6 +627,52 @@ impl WebCore {
     }
 }
 
+impl WebCore {
+    /// Requests for the page, each with the grant it led to.
+    async fn views(&self, list: Vec<AccessRequest>) -> Result<Vec<RequestView>, CoreError> {
+        let ids: Vec<i64> = list.iter().filter_map(|r| r.grant_id).collect();
+        let grants = if ids.is_empty() {
+            Vec::new()
+        } else {
+            self.app.store.grants_by_id(&ids).await.map_err(internal)?
+        };
+        Ok(list
+            .into_iter()
+            .map(|r| {
+                let g = grants.iter().find(|g| Some(g.id) == r.grant_id);
+                view(r, g)
+            })
+            .collect())
+    }
+
+    /// A session for the page; live on this node, with its bytes counted so far.
+    fn session_view(&self, s: SessionRow) -> SessionView {
+        let (up, down) = match self.live.bytes(&s.id) {
+            Some((up, down)) if s.ended_at.is_none() => (
+                i64::try_from(up).unwrap_or(i64::MAX),
+                i64::try_from(down).unwrap_or(i64::MAX),
+            ),
+            _ => (s.bytes_up, s.bytes_down),
+        };
+        SessionView {
+            started: format_time(s.started_at),
+            started_at: s.started_at,
+            ended_at: s.ended_at,
+            end_cause: s.end_cause,
+            bytes_up: up,
+            bytes_down: down,
+            id: s.id,
+            vendor: s.vendor,
+            asset: s.asset,
+            kind: s.kind,
+            service: s.service,
+            detail: s.detail,
+            grant_id: s.grant_id,
+            client_addr: s.client_addr,
+        }
+    }
+}
+
 impl Approvals for WebCore {
     async fn pending_requests(&self) -> Result<Vec<RequestView>, CoreError> {
         let list = self
@@ -517,30 +687,67 @@ impl Approvals for WebCore {
             .into_iter()
             .rev()
             .filter(|r| r.expires_at.is_none_or(|t| t > now))
-            .map(view)
+            .map(|r| view(r, None))
             .collect())
     }
 
     async fn request(&self, id: i64) -> Result<RequestView, CoreError> {
-        self.app
+        let r = self
+            .app
             .store
             .request(id)
             .await
             .map_err(internal)?
-            .map(view)
-            .ok_or(CoreError::NotFound)
+            .ok_or(CoreError::NotFound)?;
+        Ok(self.views(vec![r]).await?.remove(0))
     }
 
     async fn vendor_history(&self, vendor: &str) -> Result<Vec<RequestView>, CoreError> {
-        Ok(self
+        let list = self
             .app
             .store
             .requests(None, Some(vendor), 10)
             .await
+            .map_err(internal)?;
+        self.views(list).await
+    }
+
+    async fn vendor_sessions(&self, vendor: &str) -> Result<Vec<SessionView>, CoreError> {
+        let filter = HistoryFilter {
+            vendor: Some(vendor.to_owned()),
+            ..Default::default()
+        };
+        Ok(self
+            .app
+            .store
+            .session_history(&filter, 5, 0)
+            .await
             .map_err(internal)?
             .into_iter()
-            .map(view)
+            .map(|h| self.session_view(h.session))
             .collect())
+    }
+
+    async fn decided_requests(&self, q: &DecisionsQuery) -> Result<DecisionsPage, CoreError> {
+        const DECISIONS_PAGE: i64 = 50;
+        let (filter, page) = decided_filter(q).map_err(CoreError::Invalid)?;
+        let mut list = self
+            .app
+            .store
+            .decided_requests(
+                &filter,
+                DECISIONS_PAGE + 1,
+                (i64::from(page) - 1) * DECISIONS_PAGE,
+            )
+            .await
+            .map_err(internal)?;
+        let more = list.len() as i64 > DECISIONS_PAGE;
+        list.truncate(DECISIONS_PAGE as usize);
+        Ok(DecisionsPage {
+            requests: self.views(list).await?,
+            page,
+            more,
+        })
     }
 
     async fn decide(&self, by: &Staff, id: i64, decision: Decision) -> Result<String, CoreError> {
@@ -577,7 +784,7 @@ impl Approvals for WebCore {
 
     async fn active_grants(&self) -> Result<Vec<GrantView>, CoreError> {
         let now = self.now();
-        Ok(self
+        let rows: Vec<GrantRow> = self
             .app
             .store
             .grants(Some(now))
@@ -585,19 +792,36 @@ impl Approvals for WebCore {
             .map_err(internal)?
             .into_iter()
             .filter(|g| g.is_active(now))
-            .map(|g| GrantView {
-                id: g.id,
-                vendor: g.vendor,
-                asset: g.asset,
-                services: g.services,
-                starts_at: g.starts_at,
-                ends_at: g.ends_at,
-                ends: format_time(g.ends_at),
-                issued_by: g.issued_by,
-                reason: g.reason,
-                request_id: g.request_id,
-            })
-            .collect())
+            .collect();
+        let mut out = Vec::with_capacity(rows.len());
+        for g in rows {
+            let from = match g.request_id {
+                Some(r) => self.app.store.request(r).await.map_err(internal)?,
+                None => None,
+            };
+            out.push(grant_view(g, from.as_ref()));
+        }
+        Ok(out)
+    }
+
+    async fn grant(&self, id: i64) -> Result<GrantView, CoreError> {
+        let g = self
+            .app
+            .store
+            .grant(id)
+            .await
+            .map_err(internal)?
+            .ok_or(CoreError::NotFound)?;
+        if g.revoked_at.is_some() {
+            return Err(CoreError::Conflict(format!(
+                "grant #{id} was already revoked"
+            )));
+        }
+        let from = match g.request_id {
+            Some(r) => self.app.store.request(r).await.map_err(internal)?,
+            None => None,
+        };
+        Ok(grant_view(g, from.as_ref()))
     }
 
     async fn revoke_grant(&self, by: &Staff, id: i64, reason: &str) -> Result<(), CoreError> {
@@ -613,17 +837,43 @@ impl Approvals for WebCore {
             .map_err(internal)?
             .into_iter()
             .filter(|s| s.ended_at.is_none())
-            .map(|s| SessionView {
-                id: s.id,
-                vendor: s.vendor,
-                asset: s.asset,
-                kind: s.kind,
-                service: s.service,
-                grant_id: s.grant_id,
-                client_addr: s.client_addr,
-                started: format_time(s.started_at),
-            })
+            .map(|s| self.session_view(s))
             .collect())
+    }
+
+    async fn live_connections(&self) -> Result<Vec<ConnectionView>, CoreError> {
+        let mut sessions = self.live_sessions().await?;
+        // Oldest first within a login.
+        sessions.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
+        // This node's logins, the sessions that run in them (a session names its login by the
+        // vendor and the client's address), then the sessions of logins on other nodes, grouped the
+        // same way.
+        let mut out: Vec<ConnectionView> = self
+            .live
+            .connections()
+            .into_iter()
+            .map(|(vendor, client_addr, since)| ConnectionView {
+                vendor,
+                client_addr,
+                since_at: Some(since),
+                sessions: Vec::new(),
+            })
+            .collect();
+        for s in sessions {
+            match out
+                .iter_mut()
+                .find(|c| c.vendor == s.vendor && c.client_addr == s.client_addr)
+            {
+                Some(c) => c.sessions.push(s),
+                None => out.push(ConnectionView {
+                    vendor: s.vendor.clone(),
+                    client_addr: s.client_addr.clone(),
+                    since_at: None,
+                    sessions: vec![s],
+                }),
+            }
+        }
+        Ok(out)
     }
 
     async fn terminate_session(&self, by: &Staff, id: &str, why: &str) -> Result<(), CoreError> {

@@ -397,6 +397,7 @@ impl PendingSession {
                 grant: grant.clone(),
             }),
         };
+        self.live.set_meter(&self.registration, meter.clone());
         let (recorder, recording) = match recording {
             Some((r, ..)) => (Some(r.sender()), recording_id.map(|rid| (r, rid))),
             None => (None, None),

@@ -112,6 +112,8 @@ struct Entry {
     tx: mpsc::UnboundedSender<Control>,
     /// The live view's tap, once a terminal session started.
     tap: Option<super::tap::Tap>,
+    /// Its byte counts, once started (the approvers' live list shows them as they grow).
+    meter: Option<super::Meter>,
 }
 
 impl Entry {
@@ -123,6 +125,10 @@ impl Entry {
 #[derive(Debug)]
 struct Connection {
     login: Principal,
+    /// The client's address, as its sessions' `client_addr` has it.
+    peer: String,
+    /// When it signed in.
+    since: UnixTime,
     /// Cancelling it ends the connection whatever the client does (see `ssh::killswitch`).
     kill: CancellationToken,
     /// Set once the watcher decided to cut it (so a cut is counted, and audited, once).
@@ -194,6 +200,7 @@ impl LiveSessions {
                     notices: NoticeState::default(),
                     tx,
                     tap: None,
+                    meter: None,
                 },
             );
         }
@@ -224,6 +231,41 @@ impl LiveSessions {
         }
     }
 
+    /// The started session's byte counts, for the approvers' live list.
+    pub fn set_meter(&self, registration: &Registration, meter: super::Meter) {
+        if let Ok(mut map) = self.inner.sessions.lock()
+            && let Some(e) = map.get_mut(&registration.id)
+        {
+            e.meter = Some(meter);
+        }
+    }
+
+    /// Bytes up and down so far of session `id`, if it runs on this node and has started.
+    pub fn bytes(&self, id: &str) -> Option<(u64, u64)> {
+        self.inner
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|m| m.get(id).and_then(|e| e.meter.as_ref().map(|m| m.totals())))
+    }
+
+    /// This node's signed-in vendor logins: vendor, client address, since when; the oldest first.
+    pub fn connections(&self) -> Vec<(String, String, UnixTime)> {
+        let mut list: Vec<(String, String, UnixTime)> = self
+            .inner
+            .connections
+            .lock()
+            .map(|m| {
+                m.values()
+                    .filter(|c| !c.evicted)
+                    .map(|c| (c.login.vendor.clone(), c.peer.clone(), c.since))
+                    .collect()
+            })
+            .unwrap_or_default();
+        list.sort_by(|a, b| a.2.cmp(&b.2).then_with(|| a.1.cmp(&b.1)));
+        list
+    }
+
     /// The tap of session `id`, if it is live on this node and has one.
     pub fn tap(&self, id: &str) -> Option<super::tap::Tap> {
         self.inner
@@ -233,11 +275,14 @@ impl LiveSessions {
             .and_then(|m| m.get(id).and_then(|e| e.tap.clone()))
     }
 
-    /// Registers a signed-in connection (`id` is the listener's connection number).
+    /// Registers a signed-in connection (`id` is the listener's connection number) from `peer`, signed
+    /// in at `since`.
     pub fn connect(
         &self,
         id: u64,
         login: &Principal,
+        peer: String,
+        since: UnixTime,
         kill: CancellationToken,
     ) -> ConnectionRegistration {
         if let Ok(mut map) = self.inner.connections.lock() {
@@ -245,6 +290,8 @@ impl LiveSessions {
                 id,
                 Connection {
                     login: login.clone(),
+                    peer,
+                    since,
                     kill,
                     evicted: false,
                 },
@@ -493,9 +540,27 @@ mod tests {
             CancellationToken::new(),
             CancellationToken::new(),
         );
-        let _c1 = live.connect(1, &login(7, "SHA256:one"), k1.clone());
-        let _c2 = live.connect(2, &login(7, "SHA256:two"), k2.clone());
-        let _c3 = live.connect(3, &login(8, "SHA256:one"), k3.clone());
+        let _c1 = live.connect(
+            1,
+            &login(7, "SHA256:one"),
+            format!("127.0.0.1:{}", 5000 + 1),
+            100,
+            k1.clone(),
+        );
+        let _c2 = live.connect(
+            2,
+            &login(7, "SHA256:two"),
+            format!("127.0.0.1:{}", 5000 + 2),
+            100,
+            k2.clone(),
+        );
+        let _c3 = live.connect(
+            3,
+            &login(8, "SHA256:one"),
+            format!("127.0.0.1:{}", 5000 + 3),
+            100,
+            k3.clone(),
+        );
         assert_eq!(live.logins().len(), 3);
         let n = live.evict(
             &login(7, "SHA256:one"),

@@ -9,7 +9,9 @@
 //!   (`grant.refused`) even though nothing else is written;
 //! - the asset exists and has every service named (at least one);
 //! - a grant lasts at least a second and at most [`MAX_GRANT`], starting when it is issued;
-//! - the reason is one line of text ([`check_text`]); a revocation without a reason says so;
+//! - the reason is one line of text ([`check_text`]); a revocation needs one too ([`revoke_reason`]:
+//!   the web page, its API and the command line all come here, so none of them can revoke without
+//!   saying why);
 //! - auditors neither issue nor revoke.
 //!
 //! Every issue, revocation and audited refusal carries one detail shape ([`Record`]): who (`actor` and,
@@ -348,6 +350,19 @@ pub async fn refused(store: &Store, now: UnixTime, actor: &Actor, g: &Issue<'_>,
     }
 }
 
+/// The reason a revocation gives, checked: required (blank is refused), one line, at most
+/// [`MAX_REASON`]. The vendor is shown it and the audit log keeps it.
+pub fn revoke_reason(reason: &str) -> Result<&str, GrantError> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(GrantError::BadReason(
+            "a revocation needs a reason: say why access ends (the vendor is told it, and the audit log keeps it)".into(),
+        ));
+    }
+    check_text("reason", reason, MAX_REASON).map_err(GrantError::BadReason)?;
+    Ok(reason)
+}
+
 /// Revokes grant `id` and announces it; live sessions under it close (the expiry watcher sees the
 /// revocation). Returns the grant as it was before.
 pub async fn revoke(
@@ -359,11 +374,7 @@ pub async fn revoke(
     reason: &str,
 ) -> Result<GrantRow, GrantError> {
     actor.check_role()?;
-    let reason = match reason.trim() {
-        "" => "revoked by staff",
-        r => r,
-    };
-    check_text("reason", reason, MAX_REASON).map_err(GrantError::BadReason)?;
+    let reason = revoke_reason(reason)?;
     let mut tx = store.begin().await?;
     let row = tx.grant(id).await?.ok_or(GrantError::NotFound(id))?;
     if !tx.revoke_grant(id, &actor.id, reason, now).await? {
@@ -399,6 +410,19 @@ pub async fn revoke(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_revocation_needs_a_reason() {
+        for blank in ["", "   ", "\t\n"] {
+            assert!(
+                matches!(revoke_reason(blank), Err(GrantError::BadReason(m)) if m.contains("needs a reason")),
+                "{blank:?}"
+            );
+        }
+        assert_eq!(revoke_reason("  INC-9 done ").unwrap(), "INC-9 done");
+        assert!(revoke_reason("two\nlines").is_err());
+        assert!(revoke_reason(&"x".repeat(MAX_REASON + 1)).is_err());
+    }
 
     #[test]
     fn sources_read_the_same_in_every_record() {

@@ -368,6 +368,8 @@ impl server::Handler for Connection {
                     self._registration = Some(self.shared.live.connect(
                         outer.id,
                         &principal,
+                        self.peer.to_string(),
+                        self.shared.app.clock.now(),
                         outer.kill.clone(),
                     ));
                 }

@@ -37,7 +37,7 @@ pub use cursors::CursorClaim;
 pub use grants::NewGrant;
 pub use health::{MigrationStatus, OpsCounts};
 pub use nodes::AbandonedSession;
-pub use requests::NewRequest;
+pub use requests::{DecidedFilter, DecidedOutcome, NewRequest};
 pub use sealed::{Sealed, SealedKind};
 pub use search::{CLAIM_SECS, HistoryFilter, HistoryRow, IndexRow, NewTextChunk, TextChunk};
 pub use sessions::{NewSession, RetentionCandidate};

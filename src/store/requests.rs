@@ -83,7 +83,72 @@ pub struct NewRequest<'a> {
     pub expires_at: UnixTime,
 }
 
+/// Which decided requests to list ([`Store::decided_requests`]).
+#[derive(Debug, Clone, Default)]
+pub struct DecidedFilter {
+    pub vendor: Option<String>,
+    pub asset: Option<String>,
+    pub outcome: DecidedOutcome,
+}
+
+/// A decided request's outcome, as the Decisions page filters by it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DecidedOutcome {
+    /// Every decided request.
+    #[default]
+    Any,
+    /// Approved, as asked or narrowed.
+    Approved,
+    /// Approved with less time or fewer services than asked: the grant differs from the request.
+    Narrowed,
+    Denied,
+    Expired,
+}
+
 impl Store {
+    /// Decided requests (not pending), the latest decision first, with their approvals; `limit` from
+    /// `offset`. "Narrowed" compares the grant the approval issued with the request (services in the
+    /// request's order, which an approval keeps; the grant's length).
+    pub async fn decided_requests(
+        &self,
+        f: &DecidedFilter,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<AccessRequest>> {
+        let narrowed = "(g.services <> r.services OR (g.ends_at - g.starts_at) < r.duration_secs)";
+        let outcome = match f.outcome {
+            DecidedOutcome::Any => "r.status <> 'pending'".to_owned(),
+            DecidedOutcome::Approved => "r.status = 'approved'".to_owned(),
+            DecidedOutcome::Narrowed => format!("r.status = 'approved' AND {narrowed}"),
+            DecidedOutcome::Denied => "r.status = 'denied'".to_owned(),
+            DecidedOutcome::Expired => "r.status = 'expired'".to_owned(),
+        };
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .context("connecting to list decided requests")?;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{REQUEST_SELECT} LEFT JOIN grants g ON g.id = r.grant_id \
+             WHERE {outcome} AND ($1 = '' OR v.name = $1) AND ($2 = '' OR a.name = $2) \
+             ORDER BY COALESCE(r.decided_at, r.created_at) DESC, r.id DESC LIMIT $3 OFFSET $4"
+        )))
+        .bind(f.vendor.clone().unwrap_or_default())
+        .bind(f.asset.clone().unwrap_or_default())
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&mut *conn)
+        .await
+        .context("listing decided requests")?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut r = request(row)?;
+            r.approvals = load_approvals(&mut conn, r.id).await?;
+            out.push(r);
+        }
+        Ok(out)
+    }
+
     /// One request with its approvals.
     pub async fn request(&self, id: i64) -> Result<Option<AccessRequest>> {
         let mut conn = self

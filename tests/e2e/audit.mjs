@@ -168,7 +168,8 @@ try {
     page.waitForResponse((r) => r.url() === `${livePage}/terminate` && r.request().method() === "POST"),
     form.locator("button[type=submit]").click(),
   ]);
-  await page.waitForURL(livePage);
+  // The redirect names the notice in the address (`?notice=…`): the same page, with its notice.
+  await page.waitForURL((u) => `${u.origin}${u.pathname}` === livePage);
   seen.terminated = (await page.locator("main").textContent()).match(/Session \S+ is being closed[^.]*/)?.[0];
   if (!seen.terminated) throw new Error(`no word that the session is being closed: ${await page.locator("main").textContent()}`);
   await shot("live-terminated");

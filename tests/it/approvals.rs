@@ -809,3 +809,271 @@ fn grants_issued_and_revoked_at_the_command_line_and_in_the_web_page_are_audited
     issue_keys.sort();
     assert_eq!(keys(&revoked[0].2), issue_keys);
 }
+
+/// Issue 15: revoking needs a reason in the API and in the page (the page asks first, on a page of its
+/// own); `GET /api/requests?state=decided` lists approved, narrowed and denied requests with who
+/// decided and why, filtered by vendor, asset and outcome; an auditor's pages have no Action column.
+#[test]
+fn issue_15_revoke_needs_a_reason_and_decided_requests_are_listed_and_filtered() {
+    let Some((_sshd, b, alice)) = setup() else {
+        return;
+    };
+    let bob = Approver::enroll(&b, "bob", "approver");
+
+    // Three requests, decided three ways: as asked, narrowed, denied.
+    let child = request(
+        &b,
+        &alice,
+        "mri-01 ssh,dicom --for 2h --reason INC-1 as asked",
+        false,
+    );
+    let asked = pending_id(&bob, &b);
+    assert_eq!(bob.approve(asked).status, 200);
+    assert_eq!(finish(child).2, 0);
+    let child = request(
+        &b,
+        &alice,
+        "mri-01 ssh,dicom --for 2h --reason INC-2 narrow me",
+        false,
+    );
+    let narrowed = pending_id(&bob, &b);
+    let answer = bob.post(
+        &format!("/api/requests/{narrowed}/decision"),
+        serde_json::json!({"decision": "approve", "services": ["dicom"], "duration": "30m"}),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(finish(child).2, 0);
+    let child = request(
+        &b,
+        &alice,
+        "mri-01 ssh --for 1h --reason INC-3 deny me",
+        false,
+    );
+    let denied = pending_id(&bob, &b);
+    let answer = bob.post(
+        &format!("/api/requests/{denied}/decision"),
+        serde_json::json!({"decision": "deny", "reason": "use the <maintenance> window"}),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(finish(child).2, 1);
+
+    let decided = |query: &str| -> serde_json::Value {
+        let answer = bob.get(&format!("/api/requests?{query}"));
+        assert_eq!(answer.status, 200, "{query}: {}", answer.body);
+        answer.json()
+    };
+    let ids = |v: &serde_json::Value| -> Vec<i64> {
+        v["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect()
+    };
+    let all = decided("state=decided");
+    assert_eq!(
+        ids(&all),
+        vec![denied, narrowed, asked],
+        "latest first: {all}"
+    );
+    assert_eq!(all["page"], 1);
+    assert_eq!(all["more"], false);
+    let by_id = |id: i64| {
+        all["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    let a = by_id(asked);
+    assert_eq!(a["outcome"], "approved", "{a}");
+    assert_eq!(a["decided_by_name"], "bob");
+    assert_eq!(a["granted_services"], serde_json::json!(["ssh", "dicom"]));
+    assert_eq!(a["granted_duration"], "2h");
+    assert!(
+        a["decided_at"].as_i64().unwrap() >= a["created_at"].as_i64().unwrap(),
+        "{a}"
+    );
+    assert!(a["decided"].as_str().unwrap().ends_with('Z'), "{a}");
+    let n = by_id(narrowed);
+    assert_eq!(n["outcome"], "narrowed", "{n}");
+    assert_eq!(n["services"], serde_json::json!(["ssh", "dicom"]));
+    assert_eq!(n["granted_services"], serde_json::json!(["dicom"]));
+    assert_eq!(n["granted_duration"], "30m");
+    let d = by_id(denied);
+    assert_eq!(d["outcome"], "denied", "{d}");
+    assert_eq!(d["decided_by_name"], "bob");
+    assert_eq!(d["decision_reason"], "use the <maintenance> window");
+    assert_eq!(d["reason"], "INC-3 deny me");
+
+    assert_eq!(ids(&decided("state=approved")), vec![narrowed, asked]);
+    assert_eq!(ids(&decided("state=narrowed")), vec![narrowed]);
+    assert_eq!(ids(&decided("state=denied")), vec![denied]);
+    assert_eq!(ids(&decided("state=expired")), Vec::<i64>::new());
+    assert_eq!(
+        ids(&decided("state=decided&vendor=alice&asset=mri-01")).len(),
+        3
+    );
+    assert_eq!(ids(&decided("state=decided&vendor=zed")), Vec::<i64>::new());
+    assert_eq!(ids(&decided("state=denied&asset=ct-02")), Vec::<i64>::new());
+    assert_eq!(ids(&decided("state=decided&page=2")), Vec::<i64>::new());
+    // Without a state the list is the pending one, as before.
+    assert_eq!(bob.get("/api/requests").json(), serde_json::json!([]));
+    for bad in [
+        "state=maybe",
+        "state=decided&page=0",
+        "state=decided&vendor=A%20B",
+    ] {
+        let answer = bob.get(&format!("/api/requests?{bad}"));
+        assert_eq!(answer.status, 400, "{bad}: {}", answer.body);
+        assert!(answer.json()["error"].is_string(), "{}", answer.body);
+    }
+    // The page: the same decisions, escaped, with who and why, and filters kept in the address.
+    let page = bob.get("/decisions?state=denied");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains("use the &lt;maintenance&gt; window"),
+        "{}",
+        page.body
+    );
+    assert!(
+        !page
+            .body
+            .contains(&format!("<td data-label=\"Request\">#{asked}<"))
+    );
+    let page = bob.get("/decisions");
+    for id in [asked, narrowed, denied] {
+        assert!(
+            page.body
+                .contains(&format!("<td data-label=\"Request\">#{id}<")),
+            "{}",
+            page.body
+        );
+    }
+    assert!(
+        page.body
+            .contains("asked ssh, dicom for 2h; granted dicom for 30m"),
+        "{}",
+        page.body
+    );
+
+    // Grants: what the narrowed one was asked, and who issued them by name.
+    let grants = bob.get("/api/grants").json();
+    let g = grants
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["request_id"] == narrowed)
+        .unwrap()
+        .clone();
+    assert_eq!(g["narrowed_from"], "ssh, dicom for 2h", "{g}");
+    assert_eq!(g["issued_by"], "staff:bob");
+    assert_eq!(g["issued_by_name"], "bob");
+    let grant = g["id"].as_i64().unwrap();
+
+    // Revoke without a reason: refused by the API (400, clear words), nothing revoked.
+    for body in [
+        serde_json::json!({}),
+        serde_json::json!({"reason": "  \t "}),
+    ] {
+        let answer = bob.post(&format!("/api/grants/{grant}/revoke"), body);
+        assert_eq!(answer.status, 400, "{}", answer.body);
+        assert!(
+            answer.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("needs a reason"),
+            "{}",
+            answer.body
+        );
+    }
+    // The page asks first: its form's POST shows the confirmation and revokes nothing.
+    let token = csrf(&bob);
+    let ask = bob.form(
+        &format!("/grants/{grant}/revoke"),
+        &[("csrf", &token), ("reason", "")],
+    );
+    assert_eq!(ask.status, 200, "{}", ask.body);
+    assert!(
+        ask.body.contains(&format!("Revoke grant #{grant}?")),
+        "{}",
+        ask.body
+    );
+    assert!(
+        ask.body.contains("name=\"confirm\" value=\"yes\""),
+        "{}",
+        ask.body
+    );
+    assert!(
+        !ask.body.contains("data-live"),
+        "a confirmation does not refresh itself"
+    );
+    // Confirmed with a blank reason: refused, asked again with why.
+    let blank = bob.form(
+        &format!("/grants/{grant}/revoke"),
+        &[("csrf", &token), ("reason", " "), ("confirm", "yes")],
+    );
+    assert_eq!(blank.status, 400, "{}", blank.body);
+    assert!(blank.body.contains("needs a reason"), "{}", blank.body);
+    assert!(
+        bob.get("/api/grants")
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["id"] == grant),
+        "nothing was revoked"
+    );
+    assert!(audit_events(&b, "grant.revoke").is_empty());
+    let done = bob.form(
+        &format!("/grants/{grant}/revoke"),
+        &[
+            ("csrf", &token),
+            ("reason", "INC-2 finished"),
+            ("confirm", "yes"),
+        ],
+    );
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert!(done.location.contains("/grants?notice="), "{done:?}");
+    let shown = &done.location[done.location.find("/grants").unwrap()..];
+    // The notice shows on the page it names, on every read (the live refresh reads it again).
+    for _ in 0..2 {
+        assert!(
+            bob.get_background(shown)
+                .body
+                .contains(&format!("Grant #{grant} revoked")),
+            "{shown}"
+        );
+    }
+    assert!(
+        !bob.get("/grants")
+            .body
+            .contains(&format!("Grant #{grant} revoked"))
+    );
+    let revoked = audit_events(&b, "grant.revoke");
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(revoked[0].2["revoke_reason"], "INC-2 finished");
+    let all = decided("state=narrowed");
+    assert!(
+        all["requests"][0]["grant_revoked"]
+            .as_str()
+            .unwrap()
+            .starts_with("revoked by bob"),
+        "{all}"
+    );
+
+    // An auditor sees no Action column (nothing to do there) and no decision forms.
+    let erin = Approver::enroll(&b, "erin", "auditor");
+    for path in ["/grants", "/sessions", "/requests"] {
+        let page = erin.get(path);
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(!page.body.contains(">Action<"), "{path}: {}", page.body);
+        assert!(
+            !page.body.contains("method=\"post\" action=\"/grants"),
+            "{path}"
+        );
+    }
+    assert!(erin.get("/grants").body.contains("INC-1 as asked"));
+}

@@ -428,3 +428,310 @@ fn an_auditor_finds_plays_searches_and_watches_sessions_in_the_browser() {
         );
     }
 }
+
+/// A TCP peer on loopback that holds every connection open, echoing what it gets (the device's DICOM
+/// port); returns its port.
+fn holding_peer() -> u16 {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = s.read(&mut buf) {
+                    if s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Issue 15, in Chromium with JavaScript on (`tests/e2e/approver.mjs`): an auditor enrolls by scanning
+/// the QR code (zbarimg decodes a screenshot of it to the page's otpauth URI); an approver sees how long
+/// requests have waited, when they lapse and the vendor's sessions; approves one as asked (its notice
+/// survives the live refresh another tab's decision causes), narrows one and denies one, and finds all
+/// three on the Decisions page with who and why; revoking and terminating ask first on a page of their
+/// own, and a revoke without a reason is refused; the live list shows the vendor's logins (one holding
+/// an exec and a tunnel, one idle `ssh -N -L`); an auditor's pages have no Action column. Screenshots of
+/// every page at 1280 and 390 px land in `target/e2e-screenshots/`.
+#[test]
+fn issue_15_an_approver_decides_in_context_and_is_asked_before_revoking_or_terminating() {
+    if browser_parts().is_none() {
+        return;
+    }
+    if !Command::new("zbarimg")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        missing("zbarimg (Debian zbar-tools)");
+        return;
+    }
+    let Some(sshd) = Sshd::start() else {
+        return;
+    };
+    use crate::support::bastion::wait_until;
+    use std::time::Duration;
+    let dicom = holding_peer();
+    let b = Bastion::start(DataDir::init());
+    b.device("mri-01", &sshd, &[&format!("dicom:{dicom}/tcp")]);
+    let alice = b.vendor("alice", "Acme Imaging");
+    let dan = b.vendor("dan", "Contoso Medical");
+    b.grant("alice", "mri-01", "ssh,dicom", "1h");
+
+    // alice's logins: one running a command and holding a forward with a connection open through it,
+    // one holding a forward and nothing else (`ssh -N -L`).
+    let (l1, l2) = (crate::support::free_port(), crate::support::free_port());
+    let mut working = b
+        .ssh_with(
+            &alice,
+            &["-L", &format!("{l1}:mri-01:{dicom}")],
+            "alice+mri-01",
+        )
+        .arg("echo started; sleep 150")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A vendor's logins one at a time: each takes a newer TOTP step, and one that arrives after a newer
+    // one was accepted is refused as a replay.
+    let signed_in = |vendor: &str, n: usize| {
+        assert!(
+            wait_until(Duration::from_secs(20), || b
+                .log()
+                .matches(&format!("vendor signed in vendor={vendor} "))
+                .count()
+                >= n),
+            "{vendor} did not sign in\n{}",
+            b.log()
+        );
+    };
+    signed_in("alice", 1);
+    let mut idle = b
+        .ssh_with(
+            &alice,
+            &["-N", "-L", &format!("{l2}:mri-01:{dicom}")],
+            "alice",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    signed_in("alice", 2);
+    let mut tunnel_conn = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            tunnel_conn = std::net::TcpStream::connect(("127.0.0.1", l1)).ok();
+            tunnel_conn.is_some()
+        }),
+        "the forward never listened\n{}",
+        b.log()
+    );
+    {
+        use std::io::{Read as _, Write as _};
+        let conn = tunnel_conn.as_mut().unwrap();
+        conn.write_all(b"C-ECHO\n").unwrap();
+        let mut back = [0u8; 7];
+        conn.read_exact(&mut back).unwrap();
+    }
+    let live = |kind: &str| -> Option<String> {
+        let list = b
+            .data
+            .run(&[
+                "session", "list", "--json", "--ended", "live", "--kind", kind,
+            ])
+            .ok()
+            .json();
+        list.as_array()
+            .and_then(|a| a.first())
+            .map(|s| s["id"].as_str().unwrap().to_owned())
+    };
+    let (mut exec_id, mut tunnel_id) = (None, None);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            exec_id = live("exec");
+            tunnel_id = live("tunnel");
+            exec_id.is_some() && tunnel_id.is_some()
+        }),
+        "no live exec and tunnel\n{}",
+        b.log()
+    );
+
+    // Requests waiting on real `ssh … request`s: alice's (approved as asked), dan's (narrowed, denied).
+    let ask = |v: &crate::support::bastion::Vendor, words: &str| {
+        b.ssh(v, &v.name)
+            .arg(format!("request {words}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let bob = crate::support::web::Approver::enroll(&b, "bob", "approver");
+    let pending = || -> Vec<(String, i64)> {
+        bob.get("/api/requests")
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["reason"].as_str().unwrap().to_owned(),
+                    r["id"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let asked = ask(
+        &alice,
+        "mri-01 ssh,dicom --for 2h --reason INC-1 detector check",
+    );
+    let narrow = ask(
+        &dan,
+        "mri-01 ssh,dicom --for 2h --reason INC-2 firmware update",
+    );
+    signed_in("dan", 1);
+    let deny = ask(&dan, "mri-01 ssh --for 1h --reason INC-3 log collection");
+    assert!(
+        wait_until(Duration::from_secs(30), || pending().len() == 3),
+        "{:?}\n{}",
+        pending(),
+        b.log()
+    );
+    let id_of = |prefix: &str| {
+        pending()
+            .into_iter()
+            .find(|(reason, _)| reason.starts_with(prefix))
+            .unwrap()
+            .1
+            .to_string()
+    };
+    let (asked_id, narrow_id, deny_id) = (id_of("INC-1"), id_of("INC-2"), id_of("INC-3"));
+
+    let erin = crate::support::web::enrollment_token(&b, "erin", "auditor");
+    let base = crate::support::web::base(&b);
+    let bob_code = bob.next_code();
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e-screenshots/issue15");
+    let out = Command::new("timeout")
+        .args(["240", "node"])
+        .arg(e2e_dir().join("approver.mjs"))
+        .env("BASE_URL", &base)
+        .env("CERT", b.data.path().join("web_cert.pem"))
+        .env("SHOTS", &shots)
+        .env("PASSWORD", crate::support::web::PASSWORD)
+        .env("APPROVER", "bob")
+        .env("APPROVER_CODE", &bob_code)
+        .env("AUDITOR", "erin")
+        .env("AUDITOR_ENROLL_URL", format!("{base}/enroll/{erin}"))
+        .env("ASKED", &asked_id)
+        .env("NARROW", &narrow_id)
+        .env("DENY", &deny_id)
+        .env("LIVE", exec_id.as_deref().unwrap())
+        .env("TUNNEL", tunnel_id.as_deref().unwrap())
+        .env("CHROMIUM", CHROMIUM)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr, code) = text(&out);
+    let _ = idle.kill();
+    let _ = idle.wait();
+    drop(tunnel_conn);
+    let terminated = wait_until(Duration::from_secs(20), || {
+        working.try_wait().unwrap().is_some()
+    });
+    if !terminated {
+        let _ = working.kill();
+    }
+    let working_err = {
+        use std::io::Read as _;
+        let mut all = String::new();
+        if let Some(mut out) = working.stdout.take() {
+            let _ = out.read_to_string(&mut all);
+        }
+        if let Some(mut err) = working.stderr.take() {
+            let _ = err.read_to_string(&mut all);
+        }
+        let _ = working.wait();
+        all
+    };
+    assert_eq!(
+        code,
+        0,
+        "browser run failed\n{stdout}\n{stderr}\n{}",
+        b.log()
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(
+        seen["notice_after_refresh"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("Request #{asked_id}: approved")),
+        "{seen}"
+    );
+    assert!(
+        seen["revoke_refused"]
+            .as_str()
+            .unwrap()
+            .contains("needs a reason"),
+        "{seen}"
+    );
+    assert!(seen["logins"].as_i64().unwrap() >= 2, "{seen}");
+    assert!(terminated, "the terminated session's ssh kept running");
+    assert!(
+        working_err.contains("session terminated by bob: wrong device"),
+        "{working_err}"
+    );
+    // The waiting ssh requests were released as decided.
+    assert_eq!(text(&asked.wait_with_output().unwrap()).2, 0);
+    assert_eq!(text(&narrow.wait_with_output().unwrap()).2, 0);
+    let (_, denied_err, denied_code) = text(&deny.wait_with_output().unwrap());
+    assert_eq!(denied_code, 1);
+    assert!(
+        denied_err.contains("use the Sunday <maintenance> window"),
+        "{denied_err}"
+    );
+    for page in [
+        "enroll",
+        "login",
+        "requests",
+        "approved",
+        "decisions",
+        "grants",
+        "revoke-confirm",
+        "revoke-refused",
+        "sessions",
+        "terminate-confirm",
+        "account",
+        "history",
+        "grants-auditor",
+        "sessions-auditor",
+    ] {
+        assert!(
+            shots.join(format!("{page}.png")).is_file(),
+            "no screenshot of {page}"
+        );
+    }
+    for page in [
+        "enroll",
+        "login",
+        "requests-pending",
+        "requests",
+        "decisions",
+        "grants",
+        "revoke-confirm",
+        "sessions",
+        "terminate-confirm",
+        "account",
+        "history",
+        "grants-auditor",
+        "sessions-auditor",
+    ] {
+        assert!(
+            shots.join(format!("{page}-phone.png")).is_file(),
+            "no phone screenshot of {page}"
+        );
+    }
+}

@@ -307,7 +307,15 @@ fn a_totp_user_adds_a_passkey_on_the_account_page_and_signs_in_with_it() {
         &[("csrf", &csrf), ("password", PASSWORD)],
     );
     assert_eq!(removed.status, 303, "{}", removed.body);
-    let account = dave.get("/account");
+    // The notice shows on the page the redirect names (and not on /account reached otherwise).
+    let shown = removed
+        .location
+        .split_once("/account")
+        .map(|(_, rest)| format!("/account{rest}"))
+        .unwrap_or_else(|| panic!("no redirect to /account: {removed:?}"));
+    assert!(shown.contains("?notice="), "{shown}");
+    assert!(!dave.get("/account").body.contains("Passkey 1 removed."));
+    let account = dave.get(&shown);
     assert!(
         account.body.contains("Passkey 1 removed."),
         "{}",

@@ -621,6 +621,70 @@ async fn requests_are_filed_decided_by_four_eyes_and_lapse_on_both_backends() {
         let lapsed = store.request(lapsing.id).await.unwrap().unwrap();
         assert_eq!(lapsed.status, RequestStatus::Expired);
         assert!(verify(&store).await.is_ok());
+
+        // Issue 15: decided requests, the latest decision first, by outcome ("narrowed": the grant
+        // allows less than was asked), vendor and asset, a page at a time.
+        use chaperone::store::{DecidedFilter, DecidedOutcome};
+        let decided = |outcome, vendor: Option<&str>, asset: Option<&str>, limit, offset| {
+            let store = &store;
+            let f = DecidedFilter {
+                vendor: vendor.map(str::to_owned),
+                asset: asset.map(str::to_owned),
+                outcome,
+            };
+            async move {
+                store
+                    .decided_requests(&f, limit, offset)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| r.id)
+                    .collect::<Vec<i64>>()
+            }
+        };
+        let _still_pending = file(6000).await;
+        assert_eq!(
+            decided(DecidedOutcome::Any, None, None, 10, 0).await,
+            vec![lapsing.id, r.id]
+        );
+        assert_eq!(
+            decided(DecidedOutcome::Narrowed, None, None, 10, 0).await,
+            vec![r.id]
+        );
+        assert_eq!(
+            decided(
+                DecidedOutcome::Approved,
+                Some("alice"),
+                Some("mri-01"),
+                10,
+                0
+            )
+            .await,
+            vec![r.id]
+        );
+        assert_eq!(
+            decided(DecidedOutcome::Expired, None, None, 10, 0).await,
+            vec![lapsing.id]
+        );
+        assert!(
+            decided(DecidedOutcome::Denied, None, None, 10, 0)
+                .await
+                .is_empty()
+        );
+        assert!(
+            decided(DecidedOutcome::Any, Some("bob"), None, 10, 0)
+                .await
+                .is_empty()
+        );
+        assert!(
+            decided(DecidedOutcome::Any, None, Some("ct-02"), 10, 0)
+                .await
+                .is_empty()
+        );
+        assert_eq!(
+            decided(DecidedOutcome::Any, None, None, 1, 1).await,
+            vec![r.id]
+        );
     })
     .await;
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::auth::{Session, csrf_ok, set_cookie};
 use crate::signin::sign_in;
-use crate::{Core, CoreError, Decision, Peer, WebState, status_of};
+use crate::{Core, CoreError, Decision, DecisionsQuery, Peer, WebState, status_of};
 
 type St<C> = State<Arc<WebState<C>>>;
 
@@ -84,13 +84,26 @@ pub async fn login<C: Core>(
     }
 }
 
-pub async fn requests<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
+/// `GET /api/requests`: the pending requests (a list, as before); with `?state=decided` (or
+/// `approved`, `narrowed`, `denied`, `expired`) and optional `vendor`, `asset`, `page`: a page of
+/// decided requests, `{"requests": [...], "page": N, "more": bool}`.
+pub async fn requests<C: Core>(
+    State(st): St<C>,
+    headers: HeaderMap,
+    Query(q): Query<DecisionsQuery>,
+) -> Response {
     if let Err(r) = reader(&st, &headers).await {
         return r;
     }
-    match st.core.pending_requests().await {
-        Ok(list) => Json(list).into_response(),
-        Err(e) => core_error(&e),
+    match q.state.as_deref() {
+        None | Some("" | "pending") => match st.core.pending_requests().await {
+            Ok(list) => Json(list).into_response(),
+            Err(e) => core_error(&e),
+        },
+        Some(_) => match st.core.decided_requests(&q).await {
+            Ok(page) => Json(page).into_response(),
+            Err(e) => core_error(&e),
+        },
     }
 }
 
@@ -143,6 +156,8 @@ pub struct RevokeBody {
     reason: String,
 }
 
+/// `POST /api/grants/{id}/revoke` with `{"reason": "…"}`: a blank or missing reason is refused (400) by
+/// the policy, like every other way to revoke.
 pub async fn revoke<C: Core>(
     State(st): St<C>,
     Path(id): Path<i64>,

@@ -37,9 +37,52 @@ pub struct Session {
     pub staff: Staff,
     /// Must come back with every state change (form field `csrf` or header `X-CSRF-Token`).
     pub csrf: String,
-    /// A one-time message for the next page (result of the last action).
+    /// The results of the last actions ("Request #7: approved …"), newest last, at most [`NOTICES`];
+    /// each is shown by the page its redirect names (see [`Notice`]). A session stored before notices
+    /// were kept by address had a one-time `flash` instead; serde skips that field.
     #[serde(default)]
-    pub flash: Option<String>,
+    pub notices: Vec<Notice>,
+}
+
+/// Notices a session keeps: one per tab an approver acts in, with room to spare.
+pub const NOTICES: usize = 8;
+
+/// The result of an action, for the page the action redirected to. The redirect carries the notice's
+/// id in the address (`/requests?notice=ID`), and a page shows a notice exactly when its address names
+/// it: reading it takes nothing away, so the page's live refresh (which reads the same address again)
+/// and a reload show it as well, and any other page does not. Each action adds one (the oldest beyond
+/// [`NOTICES`] go), so two tabs acting in one session each keep theirs. This is the one rule for
+/// notices; nothing else shows or hides them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Notice {
+    pub id: String,
+    pub text: String,
+}
+
+impl Session {
+    /// The notice the page at an address with this query string shows, if any.
+    pub fn notice_for(&self, query: Option<&str>) -> Option<&str> {
+        let wanted = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .find(|(k, _)| k == "notice")
+            .map(|(_, v)| v.into_owned())?;
+        self.notices
+            .iter()
+            .find(|n| n.id == wanted)
+            .map(|n| n.text.as_str())
+    }
+
+    /// Adds a notice, dropping the oldest beyond [`NOTICES`].
+    fn add_notice(&mut self, notice: Notice) {
+        self.notices.push(notice);
+        let extra = self.notices.len().saturating_sub(NOTICES);
+        self.notices.drain(..extra);
+    }
+}
+
+/// `to` with the notice's id added to its query string.
+fn with_notice(to: &str, id: &str) -> String {
+    let sep = if to.contains('?') { '&' } else { '?' };
+    format!("{to}{sep}notice={id}")
 }
 
 pub(crate) fn random_token() -> String {
@@ -73,7 +116,7 @@ impl<C: Core> WebState<C> {
         let session = Session {
             staff,
             csrf: random_token(),
-            flash: None,
+            notices: Vec::new(),
         };
         self.core
             .put_state(
@@ -88,24 +131,22 @@ impl<C: Core> WebState<C> {
     }
 
     /// The session named by the request's cookie, unless it has been idle past the limit; touches it
-    /// (unless the request is a [`BACKGROUND`] one) and hands out its flash message once. `Err` when the
-    /// store cannot say (the caller answers 503: a database hiccup is not a sign-out).
+    /// unless the request is a [`BACKGROUND`] one. `Err` when the store cannot say (the caller answers
+    /// 503: a database hiccup is not a sign-out).
     pub async fn session(&self, headers: &HeaderMap) -> Result<Option<Session>, CoreError> {
-        self.load_session(headers, !is_background(headers), true)
-            .await
+        self.load_session(headers, !is_background(headers)).await
     }
 
-    /// The session named by the request's cookie, neither touched nor its flash message taken: for
-    /// the change stream, which no person asks for and which shows no page.
+    /// The session named by the request's cookie, not touched: for the change stream, which no person
+    /// asks for.
     pub async fn peek_session(&self, headers: &HeaderMap) -> Result<Option<Session>, CoreError> {
-        self.load_session(headers, false, false).await
+        self.load_session(headers, false).await
     }
 
     async fn load_session(
         &self,
         headers: &HeaderMap,
         activity: bool,
-        take_flash: bool,
     ) -> Result<Option<Session>, CoreError> {
         let Some(token) = cookie(headers, COOKIE) else {
             return Ok(None);
@@ -115,46 +156,49 @@ impl<C: Core> WebState<C> {
         let Some(data) = self.core.state(StateKind::Session, &k, extend_to).await? else {
             return Ok(None);
         };
-        let session: Session = match serde_json::from_str(&data) {
-            Ok(s) => s,
+        match serde_json::from_str(&data) {
+            Ok(s) => Ok(Some(s)),
             Err(e) => {
                 tracing::warn!(error = %e, "web: a stored session does not parse; signing it out");
                 let _ = self.core.drop_state(StateKind::Session, &k).await;
-                return Ok(None);
-            }
-        };
-        if take_flash && session.flash.is_some() {
-            let shown = Session {
-                flash: None,
-                ..session.clone()
-            };
-            // Only if the session is still there: a sign-out meanwhile must not be undone.
-            if self
-                .core
-                .replace_state(StateKind::Session, &k, &to_json(&shown)?)
-                .await
-                .is_err()
-            {
-                tracing::warn!("web: cannot clear a session's flash message; it shows again");
+                Ok(None)
             }
         }
-        Ok(Some(session))
     }
 
-    /// Leaves `message` for the next page this session loads (nothing if the session is gone).
-    pub async fn flash(&self, headers: &HeaderMap, message: String) {
-        let Some(k) = cookie(headers, COOKIE).map(|t| key(&t)) else {
-            return;
-        };
-        let Ok(Some(data)) = self.core.state(StateKind::Session, &k, None).await else {
-            return;
-        };
-        if let Ok(mut session) = serde_json::from_str::<Session>(&data) {
-            session.flash = Some(message);
-            if let Ok(json) = to_json(&session) {
-                let _ = self.core.replace_state(StateKind::Session, &k, &json).await;
-            }
+    /// Adds `message` to the session's notices and answers with a redirect (303) to `to`, with the
+    /// notice's id in the address (see [`Notice`]). If the notice cannot be stored, the redirect goes
+    /// to `to` alone: the action happened either way.
+    pub async fn redirect_with_notice(
+        &self,
+        headers: &HeaderMap,
+        message: String,
+        to: &str,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse as _;
+        let id = random_token()[..16].to_owned();
+        let stored = async {
+            let k = key(&cookie(headers, COOKIE)?);
+            let data = self.core.state(StateKind::Session, &k, None).await.ok()??;
+            let mut session = serde_json::from_str::<Session>(&data).ok()?;
+            session.add_notice(Notice {
+                id: id.clone(),
+                text: message,
+            });
+            let json = to_json(&session).ok()?;
+            // Only if the session is still there: a sign-out meanwhile must not be undone.
+            self.core
+                .replace_state(StateKind::Session, &k, &json)
+                .await
+                .ok()
+                .filter(|replaced| *replaced)
         }
+        .await;
+        let location = match stored {
+            Some(_) => with_notice(to, &id),
+            None => to.to_owned(),
+        };
+        axum::response::Redirect::to(&location).into_response()
     }
 
     /// Signs the request's session out, on every node. `Err` when the store did not confirm it.
@@ -293,6 +337,58 @@ mod tests {
         assert!(verify_password("correct horse battery".into(), Some(h.clone())).await);
         assert!(!verify_password("wrong".into(), Some(h)).await);
         assert!(!verify_password("anything".into(), None).await);
+    }
+
+    #[test]
+    fn a_notice_shows_on_the_page_its_address_names_however_often_it_is_read() {
+        let mut s = Session {
+            staff: Staff {
+                name: "bob".into(),
+                role: crate::Role::Approver,
+                method: crate::Method::Totp,
+            },
+            csrf: "x".into(),
+            notices: Vec::new(),
+        };
+        let notice = |id: &str, text: &str| Notice {
+            id: id.into(),
+            text: text.into(),
+        };
+        s.add_notice(notice("abc", "Request #7: approved"));
+        // Another tab's action does not take the first tab's notice away.
+        s.add_notice(notice("def", "Request #8: denied"));
+        for _ in 0..3 {
+            assert_eq!(
+                s.notice_for(Some("notice=abc")),
+                Some("Request #7: approved")
+            );
+        }
+        assert_eq!(s.notice_for(Some("notice=def")), Some("Request #8: denied"));
+        assert_eq!(
+            s.notice_for(Some("vendor=x&notice=abc")),
+            Some("Request #7: approved")
+        );
+        assert_eq!(s.notice_for(Some("notice=abd")), None);
+        assert_eq!(s.notice_for(None), None);
+        for i in 0..NOTICES {
+            s.add_notice(notice(&i.to_string(), "later"));
+        }
+        assert_eq!(s.notices.len(), NOTICES);
+        assert_eq!(s.notice_for(Some("notice=abc")), None, "the oldest go");
+        assert_eq!(with_notice("/requests", "abc"), "/requests?notice=abc");
+        assert_eq!(
+            with_notice("/decisions?vendor=x", "abc"),
+            "/decisions?vendor=x&notice=abc"
+        );
+        // A session stored with the old one-time flash still reads.
+        let old =
+            r#"{"staff":{"name":"bob","role":"approver","method":"totp"},"csrf":"x","flash":"hi"}"#;
+        assert!(
+            serde_json::from_str::<Session>(old)
+                .unwrap()
+                .notices
+                .is_empty()
+        );
     }
 
     #[test]

@@ -162,7 +162,7 @@ pub struct Enrollment {
     pub role: Role,
     /// A directory account: the directory has its password, so none is chosen here.
     pub directory: bool,
-    /// `otpauth://totp/…` for an authenticator app.
+    /// `otpauth://totp/…` for an authenticator app (the page draws it as a QR code too).
     pub totp_uri: String,
     /// The same secret in base32, for typing in.
     pub totp_secret: String,
@@ -195,13 +195,66 @@ pub struct RequestView {
     pub created_at: i64,
     pub created: String,
     pub expires_at: Option<i64>,
+    /// `2026-11-01 08:00 UTC`, when it lapses if nobody decides.
+    pub expires: Option<String>,
+    /// The names of who decided, as stored (`bob,carol`; `system` when it lapsed).
     pub decided_by: Option<String>,
+    /// The same for people: `bob and carol`, `nobody (it lapsed)`.
+    pub decided_by_name: Option<String>,
+    pub decided_at: Option<i64>,
+    pub decided: Option<String>,
     pub decision_reason: Option<String>,
     pub grant_id: Option<i64>,
     /// Who approved so far, and how they signed in (`alice (passkey)`).
     pub approvals: Vec<String>,
     /// Approvals needed in all (2 for critical assets).
     pub approvals_needed: usize,
+    /// `pending`, `approved` (as asked), `narrowed` (approved with less time or fewer services),
+    /// `denied`, `expired`.
+    pub outcome: String,
+    /// What the grant allowed, when one was issued.
+    pub granted_services: Option<Vec<String>>,
+    /// `1h`, when a grant was issued.
+    pub granted_duration: Option<String>,
+    /// The grant was revoked later: by whom and why.
+    pub grant_revoked: Option<String>,
+}
+
+/// The decided requests' filters as typed (the Decisions page's form and links, the API's query
+/// string); the core checks them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct DecisionsQuery {
+    pub vendor: Option<String>,
+    pub asset: Option<String>,
+    /// `decided` (all, the default), `approved` (as asked or narrowed), `narrowed`, `denied`,
+    /// `expired`.
+    pub state: Option<String>,
+    /// 1-based (text, as a query string carries it).
+    pub page: Option<String>,
+}
+
+impl DecisionsQuery {
+    /// The filters that are set, in a fixed order (the page's links keep them in the URL).
+    pub fn pairs(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("vendor", &self.vendor),
+            ("asset", &self.asset),
+            ("state", &self.state),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_deref().filter(|v| !v.is_empty()).map(|v| (k, v)))
+        .collect()
+    }
+}
+
+/// A page of decided requests, the latest decision first.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionsPage {
+    pub requests: Vec<RequestView>,
+    pub page: u32,
+    /// Another page follows.
+    pub more: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -212,12 +265,20 @@ pub struct GrantView {
     pub services: Vec<String>,
     pub starts_at: i64,
     pub ends_at: i64,
+    pub starts: String,
     pub ends: String,
+    /// As stored: `staff:bob+carol`, `os:root`.
     pub issued_by: String,
+    /// The same for people: `bob and carol`, `root (command line)`.
+    pub issued_by_name: String,
+    /// Why it exists: the request's reason (ticket) or the one given at the command line.
     pub reason: String,
     pub request_id: Option<i64>,
+    /// What the request asked, when the approval narrowed it (`ssh, dicom for 2h`).
+    pub narrowed_from: Option<String>,
 }
 
+/// A session open now (or recently, in a vendor's history).
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionView {
     pub id: String,
@@ -225,9 +286,31 @@ pub struct SessionView {
     pub asset: String,
     pub kind: String,
     pub service: String,
+    /// The command of an exec, a tunnel's destination.
+    pub detail: String,
     pub grant_id: i64,
     pub client_addr: String,
+    pub started_at: i64,
     pub started: String,
+    pub ended_at: Option<i64>,
+    /// How it ended, as a word; `None` while live.
+    pub end_cause: Option<String>,
+    /// Vendor → device and back, so far (live on this node: counted now; elsewhere: as last stored).
+    pub bytes_up: i64,
+    pub bytes_down: i64,
+}
+
+/// A vendor's SSH login and what runs in it now: its sessions (a shell, commands, each TCP
+/// connection through a `-L` forward). A login that holds forwards but carries no connection yet
+/// (`ssh -N -L`) is listed too, with no sessions.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionView {
+    pub vendor: String,
+    /// Where the vendor connects from (`203.0.113.7:50122`).
+    pub client_addr: String,
+    /// When the login signed in, when this node knows it (it runs here).
+    pub since_at: Option<i64>,
+    pub sessions: Vec<SessionView>,
 }
 
 /// The session history's filters as typed (the page's form, the API's query string); the core parses
@@ -484,6 +567,17 @@ pub trait Approvals: Send + Sync + 'static {
         &self,
         vendor: &str,
     ) -> impl Future<Output = CoreResult<Vec<RequestView>>> + Send;
+    /// A vendor's recent sessions, newest first.
+    fn vendor_sessions(
+        &self,
+        vendor: &str,
+    ) -> impl Future<Output = CoreResult<Vec<SessionView>>> + Send;
+    /// Every decided request (approved, narrowed, denied, expired), the latest decision first, a page
+    /// at a time; `Invalid` for a filter that does not parse.
+    fn decided_requests(
+        &self,
+        query: &DecisionsQuery,
+    ) -> impl Future<Output = CoreResult<DecisionsPage>> + Send;
     /// Approves or denies; returns a sentence for the page ("granted until …", "awaiting a second approver").
     fn decide(
         &self,
@@ -499,6 +593,10 @@ pub trait Approvals: Send + Sync + 'static {
         reason: &str,
     ) -> impl Future<Output = CoreResult<()>> + Send;
     fn live_sessions(&self) -> impl Future<Output = CoreResult<Vec<SessionView>>> + Send;
+    /// The same, by the vendor's login they run in, with the logins that run nothing now.
+    fn live_connections(&self) -> impl Future<Output = CoreResult<Vec<ConnectionView>>> + Send;
+    /// One active grant, for the revoke confirmation.
+    fn grant(&self, id: i64) -> impl Future<Output = CoreResult<GrantView>> + Send;
     /// Ends one live session (the node running it closes it within seconds); its grant stays. A reason
     /// is required; it is audited and shown to the vendor.
     fn terminate_session(

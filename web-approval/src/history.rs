@@ -16,13 +16,13 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{Html, IntoResponse, Response};
 use futures::StreamExt as _;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::html::{esc, page};
-use crate::pages::{change, core_error, flash, signed_in, viewer};
+use crate::html::{esc, page, page_with};
+use crate::pages::{change, core_error, notice, signed_in, viewer};
 use crate::{
     Core, CoreError, HistoryItem, HistoryQuery, RecordingStatus, WebState, field, form_pairs,
     status_of,
@@ -257,6 +257,7 @@ fn history_table(items: &[HistoryItem]) -> String {
 pub async fn session_page<C: Core>(
     State(st): St<C>,
     Path(id): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
 ) -> Response {
     let s = match signed_in(&st, &headers).await {
@@ -271,7 +272,7 @@ pub async fn session_page<C: Core>(
     let mut main = format!(
         "<h1>Session {id}</h1>{flash}<p class=\"integrity-line\">Recording: {integrity}</p>",
         id = esc(&i.id),
-        flash = flash(&s),
+        flash = notice(&s, query.as_deref()),
         integrity = integrity(&i.recordings)
     );
     let _ = write!(
@@ -614,7 +615,79 @@ pub async fn evidence<C: Core>(
     }
 }
 
-/// `POST /sessions/{id}/terminate` from the session page: reason and confirmation required.
+/// The page that asks before a session is ended: what it is, and the reason (required, shown to the
+/// vendor).
+fn terminate_confirmation(
+    s: &crate::auth::Session,
+    v: &crate::SessionView,
+    back: &str,
+    reason: &str,
+    problem: Option<&str>,
+) -> String {
+    format!(
+        "<h1>Terminate this session?</h1>{problem}\
+         <p>{vendor}'s {kind} session on {asset} (grant #{grant}, from {addr}, started {started}) is closed within \
+         seconds and the vendor is shown your reason. The grant stays: they can connect again while it lasts \
+         (revoke the grant to end all access).</p>\
+         <form method=\"post\" action=\"/sessions/{id}/terminate\" class=\"confirm\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"confirm\" value=\"yes\">\
+         <input type=\"hidden\" name=\"back\" value=\"{back}\">\
+         <label for=\"reason\">Why it is ended (the vendor sees it)</label>\
+         <input id=\"reason\" name=\"reason\" value=\"{reason}\" required maxlength=\"500\" autofocus>\
+         <div class=\"actions\"><button type=\"submit\" class=\"deny\">Terminate the session now</button>\
+         <a class=\"button secondary\" href=\"{back}\">Cancel, let it run</a></div></form>",
+        problem = problem
+            .map(|p| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(p)))
+            .unwrap_or_default(),
+        id = esc(&v.id),
+        vendor = esc(&v.vendor),
+        kind = esc(&v.kind),
+        asset = esc(&v.asset),
+        grant = v.grant_id,
+        addr = esc(&v.client_addr),
+        started = esc(&v.started),
+        csrf = esc(&s.csrf),
+        back = esc(back),
+        reason = esc(reason),
+    )
+}
+
+/// The confirmation page for ending live session `id` (an error page once it has ended).
+async fn ask_terminate<C: Core>(
+    st: &WebState<C>,
+    s: &crate::auth::Session,
+    id: &str,
+    back: &str,
+    reason: &str,
+    status: StatusCode,
+    problem: Option<&str>,
+) -> Response {
+    let live = match st.core.live_sessions().await {
+        Ok(l) => l,
+        Err(e) => return core_error(&e),
+    };
+    let Some(v) = live.into_iter().find(|v| v.id == id) else {
+        return core_error(&CoreError::Conflict(format!(
+            "session {id} has already ended"
+        )));
+    };
+    (
+        status,
+        Html(page_with(
+            "Terminate a session",
+            "Live sessions",
+            Some(&viewer(s)),
+            &terminate_confirmation(s, &v, back, reason, problem),
+            false,
+        )),
+    )
+        .into_response()
+}
+
+/// `POST /sessions/{id}/terminate` from the live list or the session page. Ending a vendor's work is
+/// not undone, so it is asked twice: without `confirm=yes` (the list's form) the answer is the
+/// confirmation page; the session page's form carries its own tick box. The reason is required by
+/// the core; a refusal shows the confirmation again with why.
 pub async fn terminate<C: Core>(
     State(st): St<C>,
     Path(id): Path<String>,
@@ -630,21 +703,21 @@ pub async fn terminate<C: Core>(
         Some(b) if b == format!("/sessions/{id}") => b.to_owned(),
         _ => "/sessions".to_owned(),
     };
-    // Ending a vendor's work is not undone: both forms ask for a tick as well as a reason.
-    if field(&pairs, "confirm") != Some("yes") {
-        return core_error(&CoreError::Invalid(
-            "tick the confirmation to end the session".into(),
-        ));
-    }
     let reason = field(&pairs, "reason").unwrap_or_default();
+    if field(&pairs, "confirm") != Some("yes") {
+        return ask_terminate(&st, &s, &id, &back, reason, StatusCode::OK, None).await;
+    }
     match st.core.terminate_session(&s.staff, &id, reason).await {
         Ok(()) => {
-            st.flash(
+            st.redirect_with_notice(
                 &headers,
                 format!("Session {id} is being closed; its grant stays (revoke the grant to end all access)."),
+                &back,
             )
-            .await;
-            Redirect::to(&back).into_response()
+            .await
+        }
+        Err(CoreError::Invalid(why)) => {
+            ask_terminate(&st, &s, &id, &back, reason, StatusCode::BAD_REQUEST, Some(&why)).await
         }
         Err(e) => core_error(&e),
     }

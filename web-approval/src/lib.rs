@@ -3,7 +3,8 @@
 //!
 //! Entry points: [`router`] (the app factory), [`tls::server_config`] and [`serve::serve`] (the HTTPS
 //! listener with its time-outs and connection caps).
-//! Route modules: `pages` (server-rendered HTML, forms), `api` (JSON under `/api`), `signin` (sign-in,
+//! Route modules: `pages` (server-rendered HTML, forms; a revoke or terminate asks again on a page of
+//! its own), `api` (JSON under `/api`), `signin` (sign-in,
 //! enrollment, sign-out). Every response carries a strict Content-Security-Policy; every state change
 //! needs a signed-in session and its CSRF token; live updates arrive as server-sent events (`/events`).
 
@@ -33,10 +34,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 pub use crate::core::{
-    Accounts, Approvals, AuditView, Core, CoreError, Decision, Enrollment, EvidenceDownload,
-    GrantView, HistoryItem, HistoryPage, HistoryQuery, LiveStream, Method, RecordingStatus,
-    Records, RequestView, Role, SecondFactor, SessionDetail, SessionView, SignInAttempt,
-    SignInState, Source, Staff, StaffAccount, StateKind, TranscriptHit, TransferView, Verdict,
+    Accounts, Approvals, AuditView, ConnectionView, Core, CoreError, Decision, DecisionsPage,
+    DecisionsQuery, Enrollment, EvidenceDownload, GrantView, HistoryItem, HistoryPage,
+    HistoryQuery, LiveStream, Method, RecordingStatus, Records, RequestView, Role, SecondFactor,
+    SessionDetail, SessionView, SignInAttempt, SignInState, Source, Staff, StaffAccount, StateKind,
+    TranscriptHit, TransferView, Verdict,
 };
 use auth::Limiter;
 
@@ -106,6 +108,7 @@ pub fn router<C: Core>(core: Arc<C>, options: WebOptions) -> Router {
         .route("/requests", get(pages::requests::<C>))
         .route("/requests/{id}/approve", post(pages::approve::<C>))
         .route("/requests/{id}/deny", post(pages::deny::<C>))
+        .route("/decisions", get(pages::decisions::<C>))
         .route("/grants", get(pages::grants::<C>))
         .route("/grants/{id}/revoke", post(pages::revoke::<C>))
         .route("/sessions", get(pages::sessions::<C>))

@@ -1,6 +1,9 @@
-//! Server-rendered pages for approvers: pending requests (approve as asked, for less, or deny), active
-//! grants (revoke), live sessions (terminate), and the server-sent event stream that refreshes them.
-//! Forms post back with the session's CSRF token and redirect (post/redirect/get) with a one-time flash.
+//! Server-rendered pages for approvers: pending requests (approve as asked, for less, or deny), the
+//! decisions taken, active grants (revoke), live sessions by login (terminate), and the server-sent
+//! event stream that refreshes them. Forms post back with the session's CSRF token and redirect
+//! (post/redirect/get) to an address that names the action's notice (`auth::Notice`). Revoking a grant
+//! and terminating a session ask first: their form's POST answers with a confirmation page (reason
+//! required), whose own POST acts; no JavaScript is needed for any of it.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -8,14 +11,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 
 use crate::auth::{Session, csrf_ok};
-use crate::html::{Viewer, esc, page};
-use crate::{Core, CoreError, Decision, WebState, field, form_pairs, status_of};
+use crate::html::{Viewer, bytes, countdown, esc, page, page_with, span};
+use crate::{
+    Core, CoreError, Decision, DecisionsQuery, GrantView, RequestView, SessionView, WebState,
+    field, form_pairs, status_of,
+};
 
 type St<C> = State<Arc<WebState<C>>>;
 
@@ -110,9 +116,9 @@ pub(crate) fn viewer(s: &Session) -> Viewer<'_> {
     }
 }
 
-pub(crate) fn flash(s: &Session) -> String {
-    s.flash
-        .as_deref()
+/// The session's notice, on the page whose address names it (`auth::Notice`: the one rule).
+pub(crate) fn notice(s: &Session, query: Option<&str>) -> String {
+    s.notice_for(query)
         .map(|m| format!("<p class=\"flash\" role=\"status\">{}</p>", esc(m)))
         .unwrap_or_default()
 }
@@ -124,7 +130,11 @@ pub async fn home<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
     }
 }
 
-pub async fn requests<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
+pub async fn requests<C: Core>(
+    State(st): St<C>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let s = match signed_in(&st, &headers).await {
         Ok(s) => s,
         Err(r) => return r,
@@ -133,13 +143,15 @@ pub async fn requests<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response
         Ok(p) => p,
         Err(e) => return core_error(&e),
     };
-    let mut main = format!("<h1>Pending requests</h1>{}", flash(&s));
+    let now = st.core.now();
+    let mut main = format!("<h1>Pending requests</h1>{}", notice(&s, query.as_deref()));
     if pending.is_empty() {
-        main.push_str("<p>No request is waiting for a decision.</p>");
+        main.push_str("<p>No request is waiting for a decision. <a href=\"/decisions\">Decisions taken</a></p>");
     }
     let can_decide = s.staff.role.can_decide();
     for r in &pending {
         let history = st.core.vendor_history(&r.vendor).await.unwrap_or_default();
+        let sessions = st.core.vendor_sessions(&r.vendor).await.unwrap_or_default();
         let _ = write!(
             main,
             "<article class=\"request\" aria-labelledby=\"req-{id}\"><h2 id=\"req-{id}\">#{id} {vendor} → {asset}</h2>\
@@ -150,7 +162,8 @@ pub async fn requests<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response
              <dt>Services</dt><dd>{services}</dd>\
              <dt>Duration</dt><dd>{duration}</dd>\
              <dt>Reason</dt><dd class=\"reason\">{reason}</dd>\
-             <dt>Filed</dt><dd>{created}</dd>\
+             <dt>Waiting</dt><dd class=\"waiting\">{waiting} (filed {created})</dd>\
+             <dt>Expires</dt><dd class=\"expires\">{expires}</dd>\
              <dt>Approvals</dt><dd>{approvals} of {needed}</dd></dl>",
             id = r.id,
             vendor = esc(&r.vendor),
@@ -162,7 +175,16 @@ pub async fn requests<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response
             services = esc(&r.services.join(", ")),
             duration = esc(&r.duration),
             reason = esc(&r.reason),
+            waiting = span(now - r.created_at),
             created = esc(&r.created),
+            expires = match (r.expires_at, &r.expires) {
+                (Some(at), Some(text)) => format!(
+                    "in {} (at {}) unless decided",
+                    countdown(at - now),
+                    esc(text)
+                ),
+                _ => "never".to_owned(),
+            },
             approvals = if r.approvals.is_empty() {
                 "none yet".to_owned()
             } else {
@@ -173,10 +195,15 @@ pub async fn requests<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response
         let past: Vec<_> = history.iter().filter(|h| h.id != r.id).take(5).collect();
         let _ = write!(
             main,
-            "<details><summary>{}'s recent requests ({})</summary><ul>",
-            esc(&r.vendor),
-            past.len()
+            "<details class=\"history\"><summary>{vendor}'s history: {n}, {m}</summary>\
+             <h3>Requests</h3><ul>",
+            vendor = esc(&r.vendor),
+            n = count(past.len(), "recent request"),
+            m = count(sessions.len(), "recent session"),
         );
+        if past.is_empty() {
+            main.push_str("<li>none before this one</li>");
+        }
         for h in past {
             let _ = write!(
                 main,
@@ -185,12 +212,36 @@ pub async fn requests<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response
                 esc(&h.asset),
                 esc(&h.services.join(",")),
                 esc(&h.duration),
-                esc(&h.status),
+                esc(&h.outcome),
                 h.decision_reason
                     .as_deref()
                     .map(|d| format!(" ({})", esc(d)))
                     .unwrap_or_default(),
                 esc(&h.reason)
+            );
+        }
+        main.push_str("</ul><h3>Sessions</h3><ul>");
+        if sessions.is_empty() {
+            main.push_str("<li>none yet</li>");
+        }
+        for v in &sessions {
+            let _ = write!(
+                main,
+                "<li><a href=\"/sessions/{id}\">{asset} {kind}</a> {started}, {how} ({up} up, {down} down)</li>",
+                id = esc(&v.id),
+                asset = esc(&v.asset),
+                kind = esc(&kind_label(v)),
+                started = esc(&v.started),
+                how = match (&v.ended_at, &v.end_cause) {
+                    (Some(end), cause) => format!(
+                        "{}, {}",
+                        span(end - v.started_at),
+                        esc(cause.as_deref().unwrap_or("ended"))
+                    ),
+                    (None, _) => format!("live for {}", span(now - v.started_at)),
+                },
+                up = bytes(v.bytes_up),
+                down = bytes(v.bytes_down),
             );
         }
         main.push_str("</ul></details>");
@@ -206,7 +257,7 @@ pub async fn requests<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response
             for svc in &r.services {
                 let _ = write!(
                     main,
-                    "<label><input type=\"checkbox\" name=\"service\" value=\"{v}\" checked> {v}</label>",
+                    "<label class=\"check\"><input type=\"checkbox\" name=\"service\" value=\"{v}\" checked><span>{v}</span></label>",
                     v = esc(svc)
                 );
             }
@@ -228,6 +279,175 @@ pub async fn requests<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response
         main.push_str("</article>");
     }
     Html(page("Requests", "Requests", Some(&viewer(&s)), &main)).into_response()
+}
+
+/// `1 recent request`, `3 recent requests`.
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// `shell`, `exec uptime`, `tunnel dicom`, `sftp` (a tunnel's or jump's route is [`route`]).
+fn kind_label(v: &SessionView) -> String {
+    match (v.kind.as_str(), v.detail.is_empty()) {
+        ("tunnel" | "jump", _) => format!("{} {}", v.kind, v.service),
+        (_, true) => v.kind.clone(),
+        (_, false) => format!("{} {}", v.kind, v.detail),
+    }
+}
+
+/// A tunnel's or jump's route under its kind, as a note (escaped HTML); nothing for other kinds.
+fn route(v: &SessionView) -> String {
+    match v.kind.as_str() {
+        "tunnel" | "jump" if !v.detail.is_empty() => {
+            format!("<br><span class=\"note\">{}</span>", esc(&v.detail))
+        }
+        _ => String::new(),
+    }
+}
+
+/// What was asked and what the decision allowed: `ssh, dicom for 2h` or `asked ssh, dicom for 2h;
+/// granted ssh for 1h`.
+fn asked_and_granted(r: &RequestView) -> String {
+    let asked = format!("{} for {}", r.services.join(", "), r.duration);
+    match (&r.granted_services, &r.granted_duration) {
+        (Some(services), Some(duration)) if r.outcome == "narrowed" => format!(
+            "asked {}; granted {} for {}",
+            esc(&asked),
+            esc(&services.join(", ")),
+            esc(duration)
+        ),
+        _ => esc(&asked),
+    }
+}
+
+/// `GET /decisions`: every decided request, the latest first, filtered by vendor, asset and outcome
+/// (in the address, so a filtered list can be linked and refreshes as itself).
+pub async fn decisions<C: Core>(
+    State(st): St<C>,
+    RawQuery(raw): RawQuery,
+    Query(q): Query<DecisionsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let s = match signed_in(&st, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let mut main = format!("<h1>Decisions</h1>{}", notice(&s, raw.as_deref()));
+    let value = |v: &Option<String>| esc(v.as_deref().unwrap_or_default());
+    let state = q.state.as_deref().unwrap_or("decided");
+    let _ = write!(
+        main,
+        "<form method=\"get\" action=\"/decisions\" class=\"filters\" role=\"search\">\
+         <div class=\"field\"><label for=\"f-vendor\">Vendor</label><input id=\"f-vendor\" name=\"vendor\" value=\"{vendor}\"></div>\
+         <div class=\"field\"><label for=\"f-asset\">Asset</label><input id=\"f-asset\" name=\"asset\" value=\"{asset}\"></div>\
+         <div class=\"field\"><label for=\"f-state\">Outcome</label><select id=\"f-state\" name=\"state\">",
+        vendor = value(&q.vendor),
+        asset = value(&q.asset),
+    );
+    for (v, label) in [
+        ("decided", "any"),
+        ("approved", "approved (as asked or narrowed)"),
+        ("narrowed", "narrowed"),
+        ("denied", "denied"),
+        ("expired", "expired"),
+    ] {
+        let selected = if v == state { " selected" } else { "" };
+        let _ = write!(main, "<option value=\"{v}\"{selected}>{label}</option>");
+    }
+    main.push_str(
+        "</select></div><button type=\"submit\">Filter</button> <a href=\"/decisions\">Clear</a></form>",
+    );
+    let page_of = match st.core.decided_requests(&q).await {
+        Ok(p) => p,
+        Err(CoreError::Invalid(why)) => {
+            let _ = write!(main, "<p class=\"error\" role=\"alert\">{}</p>", esc(&why));
+            return (
+                StatusCode::BAD_REQUEST,
+                Html(page("Decisions", "Decisions", Some(&viewer(&s)), &main)),
+            )
+                .into_response();
+        }
+        Err(e) => return core_error(&e),
+    };
+    if page_of.requests.is_empty() {
+        main.push_str("<p>No decided request matches.</p>");
+    } else {
+        main.push_str(
+            "<table class=\"decisions\"><caption>Decided requests, the latest first</caption><thead><tr>\
+             <th scope=\"col\">Request</th><th scope=\"col\">Outcome</th><th scope=\"col\">Vendor → asset</th>\
+             <th scope=\"col\">Asked / granted</th><th scope=\"col\">Vendor's reason</th>\
+             <th scope=\"col\">Decided by</th><th scope=\"col\">When</th><th scope=\"col\">Why</th></tr></thead><tbody>",
+        );
+        for r in &page_of.requests {
+            let _ = write!(
+                main,
+                "<tr><td data-label=\"Request\">#{id}</td>\
+                 <td data-label=\"Outcome\"><span class=\"outcome {outcome}\">{outcome}</span>{revoked}</td>\
+                 <td data-label=\"Vendor → asset\">{vendor} ({org}) → {asset}</td>\
+                 <td data-label=\"Asked / granted\">{asked}</td>\
+                 <td data-label=\"Vendor's reason\" class=\"reason\">{reason}</td>\
+                 <td data-label=\"Decided by\">{by}</td>\
+                 <td data-label=\"When\">{when}</td>\
+                 <td data-label=\"Why\">{why}</td></tr>",
+                id = r.id,
+                outcome = esc(&r.outcome),
+                revoked = r
+                    .grant_revoked
+                    .as_deref()
+                    .map(|g| format!("<br><span class=\"note\">grant {}</span>", esc(g)))
+                    .unwrap_or_default(),
+                vendor = esc(&r.vendor),
+                org = esc(&r.org),
+                asset = esc(&r.asset),
+                asked = asked_and_granted(r),
+                reason = esc(&r.reason),
+                by = esc(r.decided_by_name.as_deref().unwrap_or("-")),
+                when = esc(r.decided.as_deref().unwrap_or("-")),
+                why = match (&r.decision_reason, r.grant_id) {
+                    (Some(d), _) => esc(d),
+                    (None, Some(g)) => format!("granted as grant #{g}"),
+                    (None, None) => "-".into(),
+                },
+            );
+        }
+        main.push_str("</tbody></table>");
+    }
+    let mut links = String::new();
+    let link = |page: u32| {
+        let mut pairs = q.pairs();
+        let p = page.to_string();
+        pairs.push(("page", &p));
+        let qs: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        format!("/decisions?{}", esc(&qs))
+    };
+    if page_of.page > 1 {
+        let _ = write!(
+            links,
+            "<a href=\"{}\" rel=\"prev\">Newer</a> ",
+            link(page_of.page - 1)
+        );
+    }
+    if page_of.more {
+        let _ = write!(
+            links,
+            "<a href=\"{}\" rel=\"next\">Older</a>",
+            link(page_of.page + 1)
+        );
+    }
+    if !links.is_empty() {
+        let _ = write!(
+            main,
+            "<nav class=\"pages\" aria-label=\"Pages\">Page {} {links}</nav>",
+            page_of.page
+        );
+    }
+    Html(page("Decisions", "Decisions", Some(&viewer(&s)), &main)).into_response()
 }
 
 async fn decide<C: Core>(
@@ -259,9 +479,8 @@ async fn decide<C: Core>(
     };
     match st.core.decide(&s.staff, id, decision).await {
         Ok(message) => {
-            st.flash(&headers, format!("Request #{id}: {message}"))
-                .await;
-            Redirect::to("/requests").into_response()
+            st.redirect_with_notice(&headers, format!("Request #{id}: {message}"), "/requests")
+                .await
         }
         Err(e) => core_error(&e),
     }
@@ -285,7 +504,11 @@ pub async fn deny<C: Core>(
     decide(st, headers, id, body, false).await
 }
 
-pub async fn grants<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
+pub async fn grants<C: Core>(
+    State(st): St<C>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let s = match signed_in(&st, &headers).await {
         Ok(s) => s,
         Err(r) => return r,
@@ -294,22 +517,31 @@ pub async fn grants<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
         Ok(g) => g,
         Err(e) => return core_error(&e),
     };
-    let mut main = format!("<h1>Active grants</h1>{}", flash(&s));
+    let now = st.core.now();
+    let can_act = s.staff.role.can_decide();
+    let mut main = format!("<h1>Active grants</h1>{}", notice(&s, query.as_deref()));
     if grants.is_empty() {
         main.push_str("<p>No grant is active.</p>");
     } else {
-        main.push_str(
-            "<table><caption>Grants in force now</caption><thead><tr><th scope=\"col\">Grant</th>\
-             <th scope=\"col\">Vendor</th><th scope=\"col\">Asset</th><th scope=\"col\">Services</th>\
-             <th scope=\"col\">Ends</th><th scope=\"col\">Issued by</th><th scope=\"col\">Action</th></tr></thead><tbody>",
+        let _ = write!(
+            main,
+            "<table class=\"grants\"><caption>Grants in force now</caption><thead><tr><th scope=\"col\">Grant</th>\
+             <th scope=\"col\">Vendor → asset</th><th scope=\"col\">Services</th>\
+             <th scope=\"col\">Reason / ticket</th><th scope=\"col\">Start</th><th scope=\"col\">End</th>\
+             <th scope=\"col\">Time left</th><th scope=\"col\">Issued by</th>{}</tr></thead><tbody>",
+            if can_act {
+                "<th scope=\"col\">Action</th>"
+            } else {
+                ""
+            }
         );
         for g in &grants {
-            let action = if s.staff.role.can_decide() {
+            let action = if can_act {
                 format!(
-                    "<form method=\"post\" action=\"/grants/{id}/revoke\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                    "<td data-label=\"Action\"><form method=\"post\" action=\"/grants/{id}/revoke\" class=\"inline\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
                      <label class=\"sr-only\" for=\"rv-{id}\">Reason for revoking grant {id}</label>\
-                     <input id=\"rv-{id}\" name=\"reason\" placeholder=\"reason\" maxlength=\"500\">\
-                     <button type=\"submit\" class=\"deny\">Revoke</button></form>",
+                     <input id=\"rv-{id}\" name=\"reason\" placeholder=\"reason\" maxlength=\"500\" size=\"12\">\
+                     <button type=\"submit\" class=\"deny\" aria-label=\"Revoke grant {id}…\">Revoke…</button></form></td>",
                     id = g.id,
                     csrf = esc(&s.csrf)
                 )
@@ -318,18 +550,37 @@ pub async fn grants<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
             };
             let _ = write!(
                 main,
-                "<tr><td data-label=\"Grant\">#{}</td><td data-label=\"Vendor\">{}</td><td data-label=\"Asset\">{}</td>\
-                 <td data-label=\"Services\">{}</td><td data-label=\"Ends\">{}</td><td data-label=\"Issued by\">{}</td>\
-                 <td data-label=\"Action\">{action}</td></tr>",
-                g.id,
-                esc(&g.vendor),
-                esc(&g.asset),
-                esc(&g.services.join(", ")),
-                esc(&g.ends),
-                esc(&g.issued_by)
+                "<tr><td data-label=\"Grant\">#{id}{from}</td><td data-label=\"Vendor → asset\">{vendor} → {asset}</td>\
+                 <td data-label=\"Services\">{services}{narrowed}</td><td data-label=\"Reason / ticket\" class=\"reason\">{reason}</td>\
+                 <td data-label=\"Start\">{starts}</td><td data-label=\"End\">{ends}</td>\
+                 <td data-label=\"Time left\">{left}</td><td data-label=\"Issued by\">{by}</td>{action}</tr>",
+                id = g.id,
+                from = g
+                    .request_id
+                    .map(|r| format!(" <span class=\"note\">(request #{r})</span>"))
+                    .unwrap_or_default(),
+                vendor = esc(&g.vendor),
+                asset = esc(&g.asset),
+                services = esc(&g.services.join(", ")),
+                narrowed = g
+                    .narrowed_from
+                    .as_deref()
+                    .map(|n| format!(
+                        "<br><span class=\"narrowed\">narrowed from {}</span>",
+                        esc(n)
+                    ))
+                    .unwrap_or_default(),
+                reason = esc(&g.reason),
+                starts = esc(&g.starts),
+                ends = esc(&g.ends),
+                left = countdown(g.ends_at - now),
+                by = esc(&g.issued_by_name),
             );
         }
         main.push_str("</tbody></table>");
+        if can_act {
+            main.push_str("<p class=\"note\">Revoke asks again before it acts, with the reason the vendor and the audit log are given.</p>");
+        }
     }
     Html(page(
         "Active grants",
@@ -340,6 +591,38 @@ pub async fn grants<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
     .into_response()
 }
 
+/// The page that asks before a grant is revoked: what the grant is, and the reason (required).
+fn revoke_confirmation(s: &Session, g: &GrantView, reason: &str, problem: Option<&str>) -> String {
+    format!(
+        "<h1>Revoke grant #{id}?</h1>{problem}\
+         <p>{vendor} loses access to {asset} ({services}) at once: every session under this grant is closed \
+         within seconds, on every node. It cannot be undone; a new grant needs a new request.</p>\
+         <dl><dt>Reason / ticket</dt><dd class=\"reason\">{why}</dd><dt>Ends</dt><dd>{ends}</dd>\
+         <dt>Issued by</dt><dd>{by}</dd></dl>\
+         <form method=\"post\" action=\"/grants/{id}/revoke\" class=\"confirm\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"confirm\" value=\"yes\">\
+         <label for=\"reason\">Why it is revoked (the vendor is told, and the audit log keeps it)</label>\
+         <input id=\"reason\" name=\"reason\" value=\"{reason}\" required maxlength=\"500\" autofocus>\
+         <div class=\"actions\"><button type=\"submit\" class=\"deny\">Revoke grant #{id} now</button>\
+         <a class=\"button secondary\" href=\"/grants\">Cancel, keep it</a></div></form>",
+        id = g.id,
+        problem = problem
+            .map(|p| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(p)))
+            .unwrap_or_default(),
+        vendor = esc(&g.vendor),
+        asset = esc(&g.asset),
+        services = esc(&g.services.join(", ")),
+        why = esc(&g.reason),
+        ends = esc(&g.ends),
+        by = esc(&g.issued_by_name),
+        csrf = esc(&s.csrf),
+        reason = esc(reason),
+    )
+}
+
+/// `POST /grants/{id}/revoke`: without `confirm=yes`, the confirmation page; with it, the revocation
+/// (the core refuses a blank reason: that rule is the policy's). A refusal shows the confirmation
+/// again with why.
 pub async fn revoke<C: Core>(
     State(st): St<C>,
     Path(id): Path<i64>,
@@ -351,71 +634,133 @@ pub async fn revoke<C: Core>(
         Ok(s) => s,
         Err(r) => return r,
     };
-    match st
-        .core
-        .revoke_grant(&s.staff, id, field(&pairs, "reason").unwrap_or_default())
-        .await
-    {
+    let reason = field(&pairs, "reason").unwrap_or_default();
+    let ask = |status: StatusCode, g: &GrantView, problem: Option<&str>| {
+        (
+            status,
+            Html(page_with(
+                "Revoke a grant",
+                "Active grants",
+                Some(&viewer(&s)),
+                &revoke_confirmation(&s, g, reason, problem),
+                false,
+            )),
+        )
+            .into_response()
+    };
+    if field(&pairs, "confirm") != Some("yes") {
+        return match st.core.grant(id).await {
+            Ok(g) => ask(StatusCode::OK, &g, None),
+            Err(e) => core_error(&e),
+        };
+    }
+    match st.core.revoke_grant(&s.staff, id, reason).await {
         Ok(()) => {
-            st.flash(
+            st.redirect_with_notice(
                 &headers,
                 format!("Grant #{id} revoked; its sessions are being closed."),
+                "/grants",
             )
-            .await;
-            Redirect::to("/grants").into_response()
+            .await
         }
+        Err(CoreError::Invalid(why)) => match st.core.grant(id).await {
+            Ok(g) => ask(StatusCode::BAD_REQUEST, &g, Some(&why)),
+            Err(_) => core_error(&CoreError::Invalid(why)),
+        },
         Err(e) => core_error(&e),
     }
 }
 
-pub async fn sessions<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
+pub async fn sessions<C: Core>(
+    State(st): St<C>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let s = match signed_in(&st, &headers).await {
         Ok(s) => s,
         Err(r) => return r,
     };
-    let live = match st.core.live_sessions().await {
+    let logins = match st.core.live_connections().await {
         Ok(l) => l,
         Err(e) => return core_error(&e),
     };
-    let mut main = format!("<h1>Live sessions</h1>{}", flash(&s));
-    if live.is_empty() {
-        main.push_str("<p>No session is open.</p>");
+    let now = st.core.now();
+    let can_act = s.staff.role.can_decide();
+    let mut main = format!("<h1>Live sessions</h1>{}", notice(&s, query.as_deref()));
+    if logins.is_empty() {
+        main.push_str("<p>No vendor is signed in and no session is open.</p>");
     } else {
-        main.push_str(
-            "<table><caption>Sessions open now</caption><thead><tr><th scope=\"col\">Session</th>\
-             <th scope=\"col\">Vendor</th><th scope=\"col\">Asset</th><th scope=\"col\">Kind</th>\
-             <th scope=\"col\">Since</th><th scope=\"col\">From</th><th scope=\"col\">Action</th></tr></thead><tbody>",
-        );
-        for l in &live {
-            let action = if s.staff.role.can_decide() {
-                format!(
-                    "<form method=\"post\" action=\"/sessions/{id}/terminate\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-                     <label class=\"sr-only\" for=\"tr-{id}\">Reason for terminating session {id}</label>\
-                     <input id=\"tr-{id}\" name=\"reason\" placeholder=\"reason\" required maxlength=\"500\">\
-                     <label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> end it now</label>\
-                     <button type=\"submit\" class=\"deny\" aria-label=\"Terminate session {id} (grant {g} stays)\">Terminate</button></form>",
-                    id = esc(&l.id),
-                    g = l.grant_id,
-                    csrf = esc(&s.csrf)
-                )
+        let _ = write!(
+            main,
+            "<table class=\"live\"><caption>Vendors' logins and what runs in them now</caption><thead><tr>\
+             <th scope=\"col\">Vendor → asset</th><th scope=\"col\">Kind</th><th scope=\"col\">Grant</th>\
+             <th scope=\"col\">Started</th><th scope=\"col\">Duration</th><th scope=\"col\">Bytes up / down</th>{}</tr></thead>",
+            if can_act {
+                "<th scope=\"col\">Action</th>"
             } else {
-                String::new()
-            };
+                ""
+            }
+        );
+        for c in &logins {
+            let cols = if can_act { 7 } else { 6 };
             let _ = write!(
                 main,
-                "<tr><td data-label=\"Session\"><a href=\"/sessions/{id}\">{id}</a></td><td data-label=\"Vendor\">{}</td><td data-label=\"Asset\">{}</td>\
-                 <td data-label=\"Kind\">{} {}</td><td data-label=\"Since\">{}</td><td data-label=\"From\">{}</td>\
-                 <td data-label=\"Action\">{action}</td></tr>",
-                esc(&l.vendor),
-                esc(&l.asset),
-                esc(&l.kind),
-                esc(&l.service),
-                esc(&l.started),
-                esc(&l.client_addr),
-                id = esc(&l.id),
+                "<tbody class=\"login\"><tr class=\"login\"><th scope=\"rowgroup\" colspan=\"{cols}\">\
+                 {vendor}'s login from {addr}{since} — {what}</th></tr>",
+                vendor = esc(&c.vendor),
+                addr = esc(&c.client_addr),
+                since = c
+                    .since_at
+                    .map(|t| format!(", signed in {} ago", span(now - t)))
+                    .unwrap_or_default(),
+                what = match c.sessions.len() {
+                    0 => "nothing open (an idle login, or forwards waiting for a connection)"
+                        .to_owned(),
+                    1 => "1 open".to_owned(),
+                    n => format!("{n} open"),
+                },
             );
+            for l in &c.sessions {
+                let action = if can_act {
+                    format!(
+                        "<td data-label=\"Action\"><form method=\"post\" action=\"/sessions/{id}/terminate\" class=\"inline\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                         <label class=\"sr-only\" for=\"tr-{id}\">Reason for terminating {vendor}'s {kind} on {asset}</label>\
+                         <input id=\"tr-{id}\" name=\"reason\" placeholder=\"reason\" maxlength=\"500\" size=\"12\">\
+                         <button type=\"submit\" class=\"deny\" aria-label=\"Terminate this {kind} session (grant {g} stays)…\">Terminate…</button></form></td>",
+                        id = esc(&l.id),
+                        kind = esc(&l.kind),
+                        vendor = esc(&l.vendor),
+                        asset = esc(&l.asset),
+                        g = l.grant_id,
+                        csrf = esc(&s.csrf)
+                    )
+                } else {
+                    String::new()
+                };
+                let _ = write!(
+                    main,
+                    "<tr><td data-label=\"Vendor → asset\"><a href=\"/sessions/{id}\">{vendor} → {asset}</a></td>\
+                     <td data-label=\"Kind\">{kind}{route}</td><td data-label=\"Grant\">#{grant}</td>\
+                     <td data-label=\"Started\">{started}</td><td data-label=\"Duration\">{duration}</td>\
+                     <td data-label=\"Bytes up / down\">{up} / {down}</td>{action}</tr>",
+                    id = esc(&l.id),
+                    vendor = esc(&l.vendor),
+                    asset = esc(&l.asset),
+                    kind = esc(&kind_label(l)),
+                    route = route(l),
+                    grant = l.grant_id,
+                    started = esc(&l.started),
+                    duration = span(now - l.started_at),
+                    up = bytes(l.bytes_up),
+                    down = bytes(l.bytes_down),
+                );
+            }
+            main.push_str("</tbody>");
         }
-        main.push_str("</tbody></table><p class=\"note\">Terminate ends that one session (on whichever node runs it) and leaves its grant; to end every session under a grant, revoke the grant on the Active grants page.</p>");
+        main.push_str("</table>");
+        if can_act {
+            main.push_str("<p class=\"note\">Terminate ends that one session (on whichever node runs it) and leaves its grant; it asks again first. To end every session under a grant, revoke the grant on the Active grants page.</p>");
+        }
     }
     Html(page(
         "Live sessions",
@@ -465,7 +810,11 @@ pub async fn events<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
 }
 
 /// The signed-in user's account: how they signed in, their passkeys, and adding one.
-pub async fn account<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
+pub async fn account<C: Core>(
+    State(st): St<C>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let s = match signed_in(&st, &headers).await {
         Ok(s) => s,
         Err(r) => return r,
@@ -476,7 +825,7 @@ pub async fn account<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response 
     };
     let mut main = format!(
         "<h1>Your account</h1>{}<p>Signed in as <strong>{}</strong> with {method}.</p>",
-        flash(&s),
+        notice(&s, query.as_deref()),
         esc(&s.staff.name)
     );
     match &st.passkeys {

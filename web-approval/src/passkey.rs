@@ -775,8 +775,8 @@ pub(crate) async fn remove<C: Core>(
         .await
     {
         Ok(()) => {
-            st.flash(&headers, format!("Passkey {n} removed.")).await;
-            axum::response::Redirect::to("/account").into_response()
+            st.redirect_with_notice(&headers, format!("Passkey {n} removed."), "/account")
+                .await
         }
         Err(e) => core_error(&e),
     }

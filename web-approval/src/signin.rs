@@ -1,5 +1,6 @@
 //! Sign-in (name, password and a TOTP code), sign-out, and enrollment from the one-time link that
-//! `chaperone user add` prints (choose a password, confirm an authenticator app with a first code).
+//! `chaperone user add` prints (choose a password, scan the authenticator secret's QR code, confirm
+//! with a first code).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -280,8 +281,8 @@ fn enroll_form(
         "<h1>Welcome, {name}</h1>{msg}<p>You are enrolling as <strong>{role}</strong>. {what}</p>\
          <form method=\"post\" action=\"/enroll/{token}\" class=\"signin\" id=\"enroll\" data-token=\"{token}\">\
          {passwords}\
-         <p>Authenticator secret: <code id=\"totp-secret\">{secret}</code><br>\
-         <a href=\"{uri}\">Open in an authenticator app</a></p>\
+         <figure class=\"qr\">{qr}<figcaption>Scan this with your authenticator app, or type the secret \
+         <code id=\"totp-secret\">{secret}</code> (<a href=\"{uri}\" id=\"totp-uri\">open in an app on this device</a>).</figcaption></figure>\
          <label for=\"code\">Code from your authenticator app</label>\
          <input id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" pattern=\"[0-9]{{6}}\" required>\
          <button type=\"submit\">Finish enrollment</button>{passkey}</form>\
@@ -303,11 +304,43 @@ fn enroll_form(
         },
         secret = esc(&e.totp_secret),
         uri = esc(&e.totp_uri),
+        qr = qr_svg(&e.totp_uri, "QR code of the authenticator secret"),
         passkey = if passkeys {
             passkey_button("enroll", "Finish with a passkey instead")
         } else {
             String::new()
         },
+    )
+}
+
+/// `text` as a QR code, an inline `<svg>` (the page's CSP allows it: no script, no style attribute;
+/// `fill` is a presentation attribute). Only numbers and fixed words go into it besides the escaped
+/// label, so nothing from `text` reaches the markup unencoded. Empty when `text` is too long for a
+/// QR code (an otpauth URI never is).
+pub(crate) fn qr_svg(text: &str, label: &str) -> String {
+    use qrcode::render::svg;
+    let Ok(code) = qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::M)
+    else {
+        return String::new();
+    };
+    let drawn = code
+        .render::<svg::Color<'_>>()
+        .min_dimensions(240, 240)
+        .quiet_zone(true)
+        .dark_color(svg::Color("#000"))
+        .light_color(svg::Color("#fff"))
+        .build();
+    // The renderer starts with an XML declaration, which does not belong inside HTML.
+    let Some(at) = drawn.find("<svg") else {
+        return String::new();
+    };
+    drawn[at..].replacen(
+        "<svg ",
+        &format!(
+            "<svg role=\"img\" aria-label=\"{}\" id=\"totp-qr\" ",
+            esc(label)
+        ),
+        1,
     )
 }
 
@@ -415,5 +448,26 @@ pub async fn enroll<C: Core>(
             Err(e) => enroll_error(&e),
         },
         Err(e) => enroll_error(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_qr_code_is_inline_svg_without_script_or_style() {
+        let svg = qr_svg(
+            "otpauth://totp/chaperone:bob?secret=JBSWY3DPEHPK3PXP&issuer=chaperone",
+            "QR \"code\"",
+        );
+        assert!(
+            svg.starts_with("<svg role=\"img\" aria-label=\"QR &quot;code&quot;\""),
+            "{svg}"
+        );
+        assert!(svg.ends_with("</svg>"));
+        for banned in ["<?xml", "<script", "style", "javascript:"] {
+            assert!(!svg.contains(banned), "{banned} in {svg}");
+        }
     }
 }

@@ -1,17 +1,21 @@
 // Live updates: the server sends an event when requests, grants or sessions change; the page re-reads
-// itself and swaps <main>, unless the approver is typing in a form (then it waits for the next event).
-// These requests are marked X-Chaperone-Background: they do not count as activity, so a forgotten tab
-// is still signed out after the idle time-out; it then goes to the sign-in page.
+// its own address (path and query: a filtered list stays filtered, and an action's notice, which the
+// address names, stays shown) and swaps <main>, unless the approver is typing in a form (then it waits
+// for the next event). These requests are marked X-Chaperone-Background: they do not count as activity,
+// so a forgotten tab is still signed out after the idle time-out; it then goes to the sign-in page.
 "use strict";
 (function () {
   if (!document.body || document.body.dataset.live !== "1" || !window.EventSource) return;
-  var busy = false;
+  // A change that arrives while a refresh is on its way is read by one more refresh after it.
+  var busy = false, again = false;
   function signedOut() { location.assign("/login"); }
   function refresh() {
     var active = document.activeElement;
-    if (busy || (active && active.form && active.value)) return;
+    if (busy) { again = true; return; }
+    if (active && active.form && active.value) return;
     busy = true;
-    fetch(location.pathname, {
+    again = false;
+    fetch(location.pathname + location.search, {
       credentials: "same-origin",
       headers: { "Accept": "text/html", "X-Chaperone-Background": "1" }
     })
@@ -24,9 +28,15 @@
         var doc = new DOMParser().parseFromString(html, "text/html");
         var fresh = doc.getElementById("main");
         var main = document.getElementById("main");
-        if (fresh && main) main.replaceWith(document.adoptNode(fresh));
+        if (fresh && main) {
+          main.replaceWith(document.adoptNode(fresh));
+          document.dispatchEvent(new Event("chaperone:refreshed"));
+        }
       })
-      .finally(function () { busy = false; });
+      .finally(function () {
+        busy = false;
+        if (again) refresh();
+      });
   }
   var source = new EventSource("/events");
   source.addEventListener("change", refresh);
@@ -34,6 +44,32 @@
   source.addEventListener("error", function () {
     if (source.readyState === EventSource.CLOSED) signedOut();
   });
+})();
+
+// Countdowns (time left on a grant, until a request lapses): the server writes the seconds left into
+// data-left when it makes the page; this keeps them going, counted from when the page (or its refresh)
+// arrived, so the browser's clock does not matter.
+(function () {
+  function span(s) {
+    s = Math.max(0, Math.floor(s));
+    var d = Math.floor(s / 86400), h = Math.floor(s % 86400 / 3600), m = Math.floor(s % 3600 / 60);
+    if (d) return h ? d + "d " + h + "h" : d + "d";
+    if (h) return m ? h + "h " + m + "m" : h + "h";
+    if (m) return m + "m";
+    return s + "s";
+  }
+  var since = Date.now();
+  document.addEventListener("chaperone:refreshed", function () { since = Date.now(); });
+  function tick() {
+    var gone = (Date.now() - since) / 1000;
+    document.querySelectorAll(".left[data-left]").forEach(function (el) {
+      var left = Number(el.dataset.left) - gone;
+      el.textContent = left > 0 ? span(left) : "ended";
+    });
+  }
+  if (document.querySelector(".left[data-left]") || (document.body && document.body.dataset.live === "1")) {
+    setInterval(tick, 1000);
+  }
 })();
 
 // Passkeys: the buttons marked data-passkey="signin" or "enroll" run a WebAuthn ceremony with the server

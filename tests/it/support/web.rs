@@ -27,11 +27,12 @@ pub struct Approver {
     source: Option<String>,
 }
 
-/// An HTTP answer: status and body.
+/// An HTTP answer: status and body, and where a redirect points (empty if none).
 #[derive(Debug)]
 pub struct Answer {
     pub status: u16,
     pub body: String,
+    pub location: String,
 }
 
 impl Answer {
@@ -202,16 +203,18 @@ pub fn base(b: &Bastion) -> String {
 /// `curl -k` (the bastion's certificate is self-signed) with a cookie jar; returns status and body.
 pub fn curl(jar: Option<&PathBuf>, args: &[&str]) -> Answer {
     let mut cmd = Command::new("curl");
-    cmd.args(["-sk", "-o", "-", "-w", "\n%{http_code}"]);
+    cmd.args(["-sk", "-o", "-", "-w", "\n%{redirect_url}\n%{http_code}"]);
     if let Some(jar) = jar {
         cmd.arg("-b").arg(jar).arg("-c").arg(jar);
     }
     let out = cmd.args(args).output().expect("curl must be installed");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let (rest, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let (body, location) = rest.rsplit_once('\n').unwrap_or(("", rest));
     Answer {
         status: status.trim().parse().unwrap_or(0),
         body: body.to_owned(),
+        location: location.trim().to_owned(),
     }
 }
 
