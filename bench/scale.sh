@@ -87,7 +87,7 @@ JSON
 echo "running the load ($SCALE_SESSIONS sessions over $SCALE_CONNS connections)…" >&2
 "$PYTHON" "$ROOT/bench/scale.py" "$W/spec.json" >"$W/report.json" || { tail -20 "$C/serve.log" >&2; die "the load failed"; }
 sleep 3
-ENDED=$(chap session list --json | "$PYTHON" -c '
+ENDED=$(chap session list --json --limit 100000 | "$PYTHON" -c '
 import json, sys
 rows = json.load(sys.stdin)
 causes = {}
