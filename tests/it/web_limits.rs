@@ -409,13 +409,16 @@ fn connections_past_the_caps_are_closed_and_sign_in_works_after_a_flood() {
         !closed_within(s, &tcp, Duration::from_millis(1000))
     };
 
-    // Three idle connections from 127.0.0.1 fill its share; a fourth is closed at once.
+    // Three idle connections from 127.0.0.5 fill its share; a fourth is closed at once. An address no
+    // earlier request used: bob's enrollment came from 127.0.0.1, and on a loaded machine the server may
+    // not have seen its last connection end yet, so one of three from there was refused and the fourth
+    // then kept (CI saw "a connection past the per-address cap was kept").
     let first_opened = Instant::now();
-    let mut mine: Vec<_> = (0..3).map(|_| open("127.0.0.1")).collect();
-    let mut fourth = open("127.0.0.1");
+    let mut mine: Vec<_> = (0..3).map(|_| open("127.0.0.5")).collect();
+    let mut fourth = open("127.0.0.5");
     let tcp = fourth.try_clone().unwrap();
     assert!(
-        closed_within(&mut fourth, &tcp, Duration::from_millis(1500)),
+        closed_within(&mut fourth, &tcp, Duration::from_millis(3000)),
         "a connection past the per-address cap was kept"
     );
     assert!(is_open(&mut mine[0]), "the first ones are still served");
