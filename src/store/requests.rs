@@ -140,13 +140,7 @@ impl Store {
         .fetch_all(&mut *conn)
         .await
         .context("listing decided requests")?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let mut r = request(row)?;
-            r.approvals = load_approvals(&mut conn, r.id).await?;
-            out.push(r);
-        }
-        Ok(out)
+        with_approvals(&mut conn, &rows).await
     }
 
     /// One request with its approvals.
@@ -182,14 +176,19 @@ impl Store {
         .fetch_all(&mut *conn)
         .await
         .context("listing access requests")?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let mut r = request(row)?;
-            r.approvals = load_approvals(&mut conn, r.id).await?;
-            out.push(r);
-        }
-        Ok(out)
+        with_approvals(&mut conn, &rows).await
     }
+}
+
+/// The requests of `rows`, each with its approvals.
+async fn with_approvals(conn: &mut AnyConnection, rows: &[AnyRow]) -> Result<Vec<AccessRequest>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let mut r = request(row)?;
+        r.approvals = load_approvals(conn, r.id).await?;
+        out.push(r);
+    }
+    Ok(out)
 }
 
 impl Tx {
