@@ -1,5 +1,6 @@
 //! The indexer: after a recording closed, what a person saw in it becomes searchable (the full-text
-//! index of migration 0010) and playable in the browser segment by segment (the playback index).
+//! indexes of migrations 0010 and 0014: chunks of lines for the transcript, long parts of words for
+//! the session search) and playable in the browser segment by segment (the playback index).
 //!
 //! Entry points: [`run`] (the background task of `serve`: every few seconds, and at once when nudged,
 //! it indexes the closed recordings nobody indexed yet) and [`Indexer::index_pending`] (the same, once, for tests
@@ -31,13 +32,15 @@ use crate::evidence::{Evidence, open_recording};
 use crate::model::{RecordingRow, UnixTime};
 use crate::recording::RecordingFormat;
 use crate::secrets::SecretsKey;
-use crate::store::{IndexRow, NewTextChunk, Store, StoreError};
+use crate::store::{
+    IndexRow, NewTextChunk, NewWordsPart, PART_CHARS, PART_WORDS, Store, StoreError,
+};
 
 /// Lines per chunk of text, at most.
 const CHUNK_LINES: usize = 200;
 /// Characters per chunk of text, about.
 const CHUNK_CHARS: usize = 32 * 1024;
-/// Chunks per write transaction.
+/// Chunks (and parts) per write transaction.
 const CHUNKS_PER_TX: usize = 8;
 /// How often the indexer looks for closed recordings when nothing nudges it.
 const POLL: Duration = Duration::from_secs(5);
@@ -234,9 +237,9 @@ impl Indexer {
             RecordingFormat::EXEC_STREAM => Some(Format::Exec),
             _ => None,
         };
-        // The pass runs on a blocking thread; its chunks of text come back through a small queue and are
-        // written here, a few per transaction.
-        let (tx, mut rx) = mpsc::channel::<Vec<NewTextChunk>>(4);
+        // The pass runs on a blocking thread; its chunks and parts of text come back through a small
+        // queue and are written here, a few per transaction.
+        let (tx, mut rx) = mpsc::channel::<Piece>(4);
         let pass = tokio::task::spawn_blocking(move || -> Result<Pass, String> {
             let mut chunker = Chunker::new(tx);
             let (index, sha) = match format {
@@ -264,14 +267,18 @@ impl Indexer {
             let lines = chunker.finish();
             Ok(Pass { index, sha, lines })
         });
-        let mut batch = Vec::new();
-        while let Some(chunks) = rx.recv().await {
-            batch.extend(chunks);
-            if batch.len() >= CHUNKS_PER_TX {
+        let (mut chunks, mut parts) = (Vec::new(), Vec::new());
+        while let Some(piece) = rx.recv().await {
+            match piece {
+                Piece::Chunk(c) => chunks.push(c),
+                Piece::Part(p) => parts.push(p),
+            }
+            if chunks.len() + parts.len() >= CHUNKS_PER_TX {
                 self.store
-                    .add_recording_text(r.id, &r.session_id, &batch)
+                    .add_recording_text(r.id, &r.session_id, &chunks, &parts)
                     .await?;
-                batch.clear();
+                chunks.clear();
+                parts.clear();
             }
         }
         let pass = match pass.await {
@@ -298,9 +305,9 @@ impl Indexer {
                 )
                 .await;
         }
-        if !batch.is_empty() {
+        if !chunks.is_empty() || !parts.is_empty() {
             self.store
-                .add_recording_text(r.id, &r.session_id, &batch)
+                .add_recording_text(r.id, &r.session_id, &chunks, &parts)
                 .await?;
         }
         let (playback, mac) = match &pass.index {
@@ -373,25 +380,47 @@ fn transfer_texts(e: &chaperone_recorder::TransferEvent) -> Vec<String> {
     }
 }
 
-/// Groups lines into chunks and hands them to the writer.
+/// What the reading pass hands the writer.
+enum Piece {
+    /// Lines with their times and words, for the transcript.
+    Chunk(NewTextChunk),
+    /// A long run of words, for the session search.
+    Part(NewWordsPart),
+}
+
+/// Groups lines into chunks of at most [`CHUNK_LINES`] lines, and their words into parts of at most
+/// [`PART_WORDS`] words, and hands both to the writer.
 struct Chunker {
-    tx: mpsc::Sender<Vec<NewTextChunk>>,
+    tx: mpsc::Sender<Piece>,
     seq: i64,
     times: Vec<String>,
     body: String,
+    /// The chunk's words (as `words(&body)`, built line by line).
+    words: String,
     count: usize,
     lines: i64,
+    part: Part,
+}
+
+/// The part being filled.
+#[derive(Default)]
+struct Part {
+    seq: i64,
+    words: String,
+    count: usize,
 }
 
 impl Chunker {
-    fn new(tx: mpsc::Sender<Vec<NewTextChunk>>) -> Chunker {
+    fn new(tx: mpsc::Sender<Piece>) -> Chunker {
         Chunker {
             tx,
             seq: 0,
             times: Vec::new(),
             body: String::new(),
+            words: String::new(),
             count: 0,
             lines: 0,
+            part: Part::default(),
         }
     }
 
@@ -401,16 +430,38 @@ impl Chunker {
         if !self.body.is_empty() {
             self.body.push('\n');
         }
+        let start = self.body.len();
         if stream == Stream::Stderr {
             self.body.push_str("[stderr] ");
         }
         self.body.push_str(&text);
+        // A newline separates words, so the chunk's words are its lines' words, joined.
+        let line_words = words(&self.body[start..]);
+        for w in line_words.split(' ').filter(|w| !w.is_empty()) {
+            if !self.words.is_empty() {
+                self.words.push(' ');
+            }
+            self.words.push_str(w);
+            self.part_word(w);
+        }
         self.times.push(((t * 1000.0) as i64).to_string());
         self.count += 1;
         self.lines += 1;
         if self.count >= CHUNK_LINES || self.body.len() >= CHUNK_CHARS {
             self.flush();
         }
+    }
+
+    /// Adds a word to the part, handing the part over first if it is full.
+    fn part_word(&mut self, w: &str) {
+        if self.part.count >= PART_WORDS || self.part.words.len() + 1 + w.len() > PART_CHARS {
+            self.flush_part();
+        }
+        if !self.part.words.is_empty() {
+            self.part.words.push(' ');
+        }
+        self.part.words.push_str(w);
+        self.part.count += 1;
     }
 
     fn flush(&mut self) {
@@ -420,18 +471,32 @@ impl Chunker {
         let chunk = NewTextChunk {
             seq: self.seq,
             times: self.times.join(","),
-            words: words(&self.body),
+            words: std::mem::take(&mut self.words),
             body: std::mem::take(&mut self.body),
         };
         self.seq += 1;
         self.times.clear();
         self.count = 0;
         // The writer is gone only when the indexing is abandoned.
-        let _ = self.tx.blocking_send(vec![chunk]);
+        let _ = self.tx.blocking_send(Piece::Chunk(chunk));
+    }
+
+    fn flush_part(&mut self) {
+        if self.part.count == 0 {
+            return;
+        }
+        let part = NewWordsPart {
+            seq: self.part.seq,
+            words: std::mem::take(&mut self.part.words),
+        };
+        self.part.seq += 1;
+        self.part.count = 0;
+        let _ = self.tx.blocking_send(Piece::Part(part));
     }
 
     fn finish(mut self) -> i64 {
         self.flush();
+        self.flush_part();
         self.lines
     }
 }

@@ -39,7 +39,10 @@ pub use health::{MigrationStatus, OpsCounts};
 pub use nodes::AbandonedSession;
 pub use requests::{DecidedFilter, DecidedOutcome, NewRequest};
 pub use sealed::{Sealed, SealedKind};
-pub use search::{CLAIM_SECS, HistoryFilter, HistoryRow, IndexRow, NewTextChunk, TextChunk};
+pub use search::{
+    CLAIM_SECS, HistoryFilter, HistoryRow, IndexRow, NewTextChunk, NewWordsPart, PART_CHARS,
+    PART_WORDS, TextChunk,
+};
 pub use sessions::{NewSession, RetentionCandidate};
 pub use staff::{SOURCE_DIRECTORY, SOURCE_LOCAL, StaffAuth};
 pub use vendors::{DirectoryVendor, LoginFailure, VendorTotp};

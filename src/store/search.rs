@@ -1,8 +1,14 @@
-//! Session history and the full-text index of what recordings showed (migration 0010): the one place
-//! that knows how each database searches text. SQLite matches with FTS5 (`recording_text_fts MATCH`),
-//! PostgreSQL with a GIN-indexed tsvector (`tsv @@ phraseto_tsquery('simple', …)`); both over the
-//! `words` column, which the indexer fills with `chaperone_recorder::transcript::words`, and both asked
-//! for the same phrase of normalised words, so the same query finds the same sessions on both.
+//! Session history and the full-text index of what recordings showed (migrations 0010 and 0014): the
+//! one place that knows how each database searches text. SQLite matches with FTS5 (`… MATCH`),
+//! PostgreSQL with a GIN-indexed tsvector (`tsv @@ phraseto_tsquery('simple', …)`); both over words
+//! the indexer normalised with `chaperone_recorder::transcript::words`, and both asked for the same
+//! phrase of normalised words, so the same query finds the same sessions on both.
+//!
+//! A recording's words are indexed twice, for two questions: in chunks of lines (`recording_text`,
+//! with the lines and their times: where in this recording, for the transcript) and in long parts
+//! (`recording_words`, up to [`PART_WORDS`] words: which sessions, for the history). A word found
+//! everywhere matches a few rows per recording in the second, not one per chunk, so the history takes
+//! its newest sessions without mapping hundreds of thousands of chunks to theirs.
 //!
 //! The index tables are bookkeeping (every row is derived from a recording the audit chain vouches
 //! for) and are written directly, without an audit event; searching and viewing are audited by their
@@ -72,6 +78,20 @@ pub struct NewTextChunk {
     pub words: String,
 }
 
+/// A part of a recording's words to store: consecutive lines' words (normalised), at most
+/// [`PART_WORDS`] of them and [`PART_CHARS`] characters.
+#[derive(Debug, Clone)]
+pub struct NewWordsPart {
+    pub seq: i64,
+    pub words: String,
+}
+
+/// Words in a part, at most: below PostgreSQL's last tsvector position (16,383; later words would all
+/// sit there and phrases would match wrongly).
+pub const PART_WORDS: usize = 16_000;
+/// Characters in a part, at most (a tsvector holds at most 1 MB).
+pub const PART_CHARS: usize = 256 * 1024;
+
 /// What the indexer made of a recording.
 #[derive(Debug, Clone)]
 pub struct IndexRow {
@@ -112,7 +132,40 @@ fn phrase(backend: Backend, words: &str) -> String {
     }
 }
 
-/// `id IN (sessions or rows whose text matches $n)` for this backend.
+/// The sessions whose recordings' words hold the phrase `$n`, as a subquery, for this backend.
+fn sessions_with_words(backend: Backend, n: usize) -> String {
+    match backend {
+        Backend::Sqlite => format!(
+            "SELECT w.session_id FROM recording_words w WHERE w.id IN \
+             (SELECT rowid FROM recording_words_fts WHERE recording_words_fts MATCH ${n})"
+        ),
+        Backend::Postgres => format!(
+            "SELECT w.session_id FROM recording_words w WHERE w.tsv @@ phraseto_tsquery('simple', ${n})"
+        ),
+    }
+}
+
+/// Removes what the index holds of recording `recording_id`'s text (chunks and parts): when its
+/// indexing starts again or is given up, when what was read was not what the chain vouches for, and
+/// when retention deletes the recording.
+pub(super) async fn delete_recording_text(
+    conn: &mut sqlx::AnyConnection,
+    recording_id: i64,
+) -> Result<()> {
+    for sql in [
+        "DELETE FROM recording_text WHERE recording_id = $1",
+        "DELETE FROM recording_words WHERE recording_id = $1",
+    ] {
+        sqlx::query(sql)
+            .bind(recording_id)
+            .execute(&mut *conn)
+            .await
+            .context("deleting a recording's searchable text")?;
+    }
+    Ok(())
+}
+
+/// `t.id IN (chunks whose text matches $n)` for this backend.
 fn text_match(backend: Backend, n: usize) -> String {
     match backend {
         Backend::Sqlite => format!(
@@ -185,8 +238,8 @@ impl Store {
         }
         if let Some(words) = text(&filter.words) {
             let clause = format!(
-                "s.id IN (SELECT t.session_id FROM recording_text t WHERE {})",
-                text_match(self.backend, 0).replace("$0", "?")
+                "s.id IN ({})",
+                sessions_with_words(self.backend, 0).replace("$0", "?")
             );
             add(&clause, Some(Bind::Text(phrase(self.backend, &words))));
         }
@@ -318,23 +371,20 @@ impl Store {
             .rows_affected()
                 == 1;
         if claimed {
-            sqlx::query("DELETE FROM recording_text WHERE recording_id = $1")
-                .bind(r.id)
-                .execute(&mut *tx)
-                .await
-                .context("clearing a recording's text")?;
+            delete_recording_text(&mut tx, r.id).await?;
         }
         tx.commit().await.context("claiming a recording")?;
         Ok(claimed)
     }
 
-    /// Adds chunks of recording `recording_id`'s text, in one short transaction (a writer on SQLite holds
-    /// the database's one write lock: the indexer writes in small pieces, never for long).
+    /// Adds chunks and parts of recording `recording_id`'s text, in one short transaction (a writer on
+    /// SQLite holds the database's one write lock: the indexer writes in small pieces, never for long).
     pub async fn add_recording_text(
         &self,
         recording_id: i64,
         session_id: &str,
         chunks: &[NewTextChunk],
+        parts: &[NewWordsPart],
     ) -> Result<()> {
         let w = self.write_tx("indexing text").await?;
         // The writer turn (`w.writer`) is held until the end of this function, after the commit.
@@ -354,6 +404,42 @@ impl Store {
             .await
             .context("indexing text")?;
         }
+        for p in parts {
+            match self.backend {
+                // Contentless FTS5: the row of words goes in under the part's id.
+                Backend::Sqlite => {
+                    let id: i64 = sqlx::query_scalar(
+                        "INSERT INTO recording_words (recording_id, session_id, seq) \
+                         VALUES ($1, $2, $3) RETURNING id",
+                    )
+                    .bind(recording_id)
+                    .bind(session_id)
+                    .bind(p.seq)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .context("indexing words")?;
+                    sqlx::query("INSERT INTO recording_words_fts (rowid, words) VALUES ($1, $2)")
+                        .bind(id)
+                        .bind(&p.words)
+                        .execute(&mut *tx)
+                        .await
+                        .context("indexing words")?;
+                }
+                Backend::Postgres => {
+                    sqlx::query(
+                        "INSERT INTO recording_words (recording_id, session_id, seq, tsv) \
+                         VALUES ($1, $2, $3, to_tsvector('simple', $4))",
+                    )
+                    .bind(recording_id)
+                    .bind(session_id)
+                    .bind(p.seq)
+                    .bind(&p.words)
+                    .execute(&mut *tx)
+                    .await
+                    .context("indexing words")?;
+                }
+            }
+        }
         tx.commit().await.context("indexing text")
     }
 
@@ -372,11 +458,7 @@ impl Store {
         .context("releasing a recording's index claim")?
         .rows_affected();
         if claimed == 1 {
-            sqlx::query("DELETE FROM recording_text WHERE recording_id = $1")
-                .bind(recording_id)
-                .execute(&mut *tx)
-                .await
-                .context("releasing a recording's index claim")?;
+            delete_recording_text(&mut tx, recording_id).await?;
         }
         tx.commit()
             .await
@@ -385,12 +467,11 @@ impl Store {
 
     /// Removes recording `recording_id`'s text (what was read turned out not to be what was vouched for).
     pub async fn clear_recording_text(&self, recording_id: i64) -> Result<()> {
-        sqlx::query("DELETE FROM recording_text WHERE recording_id = $1")
-            .bind(recording_id)
-            .execute(&self.pool)
-            .await
-            .context("clearing a recording's text")?;
-        Ok(())
+        let w = self.write_tx("clearing a recording's text").await?;
+        // The writer turn (`w.writer`) is held until the end of this function, after the commit.
+        let mut tx = w.tx;
+        delete_recording_text(&mut tx, recording_id).await?;
+        tx.commit().await.context("clearing a recording's text")
     }
 
     /// Records what the indexer made of a recording it claimed.

@@ -330,22 +330,12 @@ impl Tx {
         if done == 1 {
             // What the search index and the player's index hold of it is its content too: it goes
             // with the file (the digest and the audit events stay).
-            for (sql, what) in [
-                (
-                    "DELETE FROM recording_text WHERE recording_id = $1",
-                    "deleting a recording's searchable text",
-                ),
-                (
-                    "DELETE FROM recording_index WHERE recording_id = $1",
-                    "deleting a recording's playback index",
-                ),
-            ] {
-                sqlx::query(sql)
-                    .bind(id)
-                    .execute(&mut *self.tx)
-                    .await
-                    .context(what)?;
-            }
+            super::search::delete_recording_text(&mut self.tx, id).await?;
+            sqlx::query("DELETE FROM recording_index WHERE recording_id = $1")
+                .bind(id)
+                .execute(&mut *self.tx)
+                .await
+                .context("deleting a recording's playback index")?;
         }
         Ok(done == 1)
     }

@@ -334,6 +334,83 @@ async fn a_recording_deleted_by_retention_leaves_no_searchable_text() {
     .await;
 }
 
+/// A long recording: the session search finds a phrase that spans two chunks of the transcript (its
+/// words are indexed in long parts) and one 35,000 words in (past PostgreSQL's last tsvector position,
+/// 16,383: parts are shorter than that, so the phrase's order still counts).
+#[tokio::test]
+async fn a_long_recording_is_found_by_phrases_anywhere_in_it() {
+    let secrets_dir = tempfile::tempdir().unwrap();
+    let secrets = SecretsKey::generate_file(&secrets_dir.path().join("k")).unwrap();
+    on_both(|store| {
+        let secrets = &secrets;
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let v = vendor(&store, "alice", "SHA256:a").await;
+            let a = asset(&store, "mri-01").await;
+            let mut tx = store.begin().await.unwrap();
+            let g = grant(&mut tx, v, a, &["ssh".to_owned()], 10_000).await;
+            tx.audit(AuditEvent::new("os:t", "t", "t", json!({})), 100)
+                .await
+                .unwrap();
+            tx.commit("t").await.unwrap();
+            // 4,000 lines of 10 words: `b{i}` begins line i and `e{i}` ends it; line 3,500 holds
+            // `deep one` (words 35,001 and 35,002).
+            let line = |i: usize| {
+                let middle = if i == 3500 { "deep one" } else { "m m" };
+                format!("b{i} m m m {middle} m m m e{i}\r\n")
+            };
+            let events: Vec<String> = (0..40)
+                .map(|k| (k * 100..k * 100 + 100).map(line).collect())
+                .collect();
+            let refs: Vec<&str> = events.iter().map(String::as_str).collect();
+            recorded(&store, dir.path(), (v, a, g), "s-long", 1000, &refs).await;
+            recorded(
+                &store,
+                dir.path(),
+                (v, a, g),
+                "s-short",
+                2000,
+                &["e199\r\n"],
+            )
+            .await;
+            let indexer = Indexer::new(&store, dir.path(), secrets);
+            assert_eq!(indexer.index_pending(5000).await.unwrap(), 2);
+            let find = |w: &str| {
+                let store = store.clone();
+                let f = HistoryFilter {
+                    words: Some(w.to_owned()),
+                    ..Default::default()
+                };
+                async move { store.session_history(&f, 10, 0).await.unwrap() }
+            };
+            // The transcript's first chunk ends with line 199: its index cannot see the phrase...
+            assert!(
+                store
+                    .session_text_matches("s-long", "e199 b200", 10)
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "the test's phrase does not span two chunks"
+            );
+            // ...the session search does.
+            assert_eq!(ids(&find("e199 b200").await), ["s-long"]);
+            assert_eq!(ids(&find("e199").await), ["s-short", "s-long"]);
+            assert_eq!(ids(&find("deep one").await), ["s-long"]);
+            assert!(find("one deep").await.is_empty(), "order counts");
+            assert!(find("b3500 deep").await.is_empty(), "adjacency counts");
+            assert_eq!(ids(&find("e3999").await), ["s-long"], "the last word");
+            // The transcript finds the line 35,000 words in.
+            let hits = store
+                .session_text_matches("s-long", "deep one", 10)
+                .await
+                .unwrap();
+            assert_eq!(hits.len(), 1);
+            assert!(hits[0].lines.iter().any(|l| l.starts_with("b3500 ")));
+        }
+    })
+    .await;
+}
+
 /// The benchmark of issue 11 (`bench/search.sh` runs it in release): a bastion's database with
 /// `BENCH_SESSIONS` (10,000) shell sessions holding `BENCH_MB` (1,024) MB of recordings, indexed, then
 /// text searches through the running server's JSON API, timed; and a `BENCH_BIG_MB` (200) MB recording
