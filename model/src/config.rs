@@ -357,6 +357,10 @@ pub struct SshConfig {
     pub per_source_max_startups: usize,
     /// Channels (sessions, tunnels) one connection may hold open at once.
     pub max_channels: usize,
+    /// Sessions of one grant carried on one device connection at most: the devices' sshd `MaxSessions`
+    /// (OpenSSH's default is 10). A device that allows fewer refuses a channel; the bastion then holds
+    /// that grant's device connections to what the device took and gives the refused sessions new ones.
+    pub device_sessions_per_connection: usize,
     /// How vendors address the bastion (`HOST` in the commands chaperone prints), e.g. `bastion.hospital.org`.
     pub public_host: String,
 }
@@ -919,6 +923,7 @@ struct RawSsh {
     max_startups: String,
     per_source_max_startups: usize,
     max_channels: usize,
+    device_sessions_per_connection: usize,
     public_host: Option<String>,
 }
 
@@ -935,6 +940,7 @@ impl Default for RawSsh {
             max_startups: "30:30:100".into(),
             per_source_max_startups: 10,
             max_channels: 256,
+            device_sessions_per_connection: 10,
             public_host: None,
         }
     }
@@ -1153,6 +1159,15 @@ impl Config {
             max_channels: match raw.ssh.max_channels {
                 0 => return Err(invalid("ssh.max_channels", "must be at least 1".into())),
                 n => n,
+            },
+            device_sessions_per_connection: match raw.ssh.device_sessions_per_connection {
+                n @ 1..=1024 => n,
+                _ => {
+                    return Err(invalid(
+                        "ssh.device_sessions_per_connection",
+                        "must be between 1 and 1024".into(),
+                    ));
+                }
             },
         };
         let web_listen = addr("web.listen", &raw.web.listen)?;
@@ -1910,6 +1925,10 @@ max_startups = "30:30:100"
 per_source_max_startups = 10
 # Sessions and tunnels one connection may hold open at once.
 max_channels = 256
+# The sessions of one grant share device connections, this many each at most: your devices' sshd
+# MaxSessions (OpenSSH's default, 10). A device that allows fewer refuses the extra channels, and the
+# bastion learns its limit for that grant (the refused sessions get new connections).
+device_sessions_per_connection = 10
 # How vendors address the bastion, used in the commands chaperone prints to them.
 # public_host = "bastion.hospital.example"
 
@@ -2470,6 +2489,19 @@ mod tests {
         assert_eq!(c.recording.max_bytes, Some(4_000_000_000));
         assert!(parse("[ssh]\nlogin_grace_time = \"1h\"\n").is_err());
         assert!(parse("[ssh]\nmax_channels = 0\n").is_err());
+        for bad in ["0", "1025", "-1"] {
+            assert!(
+                parse(&format!("[ssh]\ndevice_sessions_per_connection = {bad}\n")).is_err(),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse("[ssh]\ndevice_sessions_per_connection = 200\n")
+                .unwrap()
+                .ssh
+                .device_sessions_per_connection,
+            200
+        );
         assert!(parse_size("5 parsecs").is_err());
         assert_eq!(parse_size("none"), Ok(None));
     }

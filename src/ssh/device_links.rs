@@ -1,7 +1,12 @@
 //! Device connections shared by the sessions of one grant, as OpenSSH's ControlMaster shares one
 //! connection among a user's sessions: a burst of sessions under one grant costs the device one login
-//! per [`SESSIONS_PER_LINK`] sessions instead of one each (a device login is what a session start
-//! spends most of its time on: fork, key exchange and authentication on the device).
+//! per `[ssh] device_sessions_per_connection` sessions (default 10, sshd's `MaxSessions` default)
+//! instead of one each (a device login is what a session start spends most of its time on: fork, key
+//! exchange and authentication on the device, and the post-quantum key pair on the bastion).
+//!
+//! A device that allows fewer sessions per connection than configured refuses a channel: the link is
+//! closed to newcomers, and the grant's limit drops to the channels the link had open, so the refused
+//! sessions (and later ones) go to new links that the device accepts.
 //!
 //! A link carries only sessions of the grant it was dialled for, so of one vendor, one asset and one
 //! service; nothing crosses between vendors or grants. Each session still has its own channel, its own
@@ -23,14 +28,24 @@ use crate::secrets::SecretsKey;
 use crate::store::Store;
 use crate::target::{self, Device, TargetError};
 
-/// Sessions on one device connection at most: OpenSSH sshd's `MaxSessions` default. A device that allows
-/// fewer refuses the channel, and the session gets a connection of its own.
-pub const SESSIONS_PER_LINK: usize = 10;
+/// Tries of a session to find a link the device takes a channel on: the first, one after the grant's
+/// limit was learned from a refusal, and one more in case another burst's refusal lowered it again.
+const TRIES: usize = 3;
 
 /// The shared device connections of one bastion, by grant.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DeviceLinks {
-    by_grant: Mutex<HashMap<i64, Vec<Arc<Link>>>>,
+    by_grant: Mutex<HashMap<i64, GrantLinks>>,
+    /// Sessions per link unless a device showed it takes fewer (`[ssh] device_sessions_per_connection`).
+    per_link: usize,
+}
+
+/// The links of one grant.
+#[derive(Debug)]
+struct GrantLinks {
+    links: Vec<Arc<Link>>,
+    /// Sessions per link: the configured number, or fewer once the device refused a channel.
+    per_link: usize,
 }
 
 struct Link {
@@ -40,6 +55,8 @@ struct Link {
     leases: std::sync::atomic::AtomicUsize,
     /// No more sessions: the device refused a channel on it, or it failed.
     full: std::sync::atomic::AtomicBool,
+    /// Sessions whose channel the device opened on it, still held.
+    opened: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Link {
@@ -48,6 +65,7 @@ impl std::fmt::Debug for Link {
             .field("dialled", &self.device.initialized())
             .field("leases", &self.leases)
             .field("full", &self.full)
+            .field("opened", &self.opened)
             .finish()
     }
 }
@@ -58,10 +76,20 @@ pub struct Lease {
     links: Arc<DeviceLinks>,
     grant: i64,
     link: Arc<Link>,
+    /// The device opened this session's channel on the link.
+    opened: bool,
 }
 
 impl DeviceLinks {
-    fn map(&self) -> MutexGuard<'_, HashMap<i64, Vec<Arc<Link>>>> {
+    /// No links yet; at most `per_link` sessions (at least 1) on each.
+    pub fn new(per_link: usize) -> DeviceLinks {
+        DeviceLinks {
+            by_grant: Mutex::default(),
+            per_link: per_link.max(1),
+        }
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<i64, GrantLinks>> {
         // A panic while holding this lock cannot leave the map inconsistent (each change is one step).
         self.by_grant.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -74,9 +102,9 @@ impl DeviceLinks {
         secrets: &SecretsKey,
         config: Arc<russh::client::Config>,
     ) -> Result<(Lease, Channel<Msg>), TargetError> {
-        // Two tries: a link that turns out full or dead is left for a fresh one.
-        for _ in 0..2 {
-            let lease = self.reserve(grant.id());
+        // A link that turns out full or dead is left for another.
+        for _ in 0..TRIES {
+            let mut lease = self.reserve(grant.id());
             let device = lease
                 .link
                 .device
@@ -90,11 +118,13 @@ impl DeviceLinks {
                 }
             };
             match device.channel_open_session().await {
-                Ok(channel) => return Ok((lease, channel)),
+                Ok(channel) => {
+                    lease.opened();
+                    return Ok((lease, channel));
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, grant = grant.id(), "the device refused a channel on a shared connection");
-                    lease.mark_full();
-                    if lease.alone() {
+                    if lease.refused() {
                         return Err(TargetError::Ssh(format!(
                             "the device refused a session channel: {e}"
                         )));
@@ -102,9 +132,8 @@ impl DeviceLinks {
                 }
             }
         }
-        // The second try was on a fresh link (the first was marked full), so this is the device's answer.
         Err(TargetError::Ssh(
-            "the device refused a session channel".into(),
+            "the device refused a session channel on every connection tried".into(),
         ))
     }
 
@@ -112,10 +141,14 @@ impl DeviceLinks {
     fn reserve(self: &Arc<Self>, grant: i64) -> Lease {
         use std::sync::atomic::Ordering;
         let mut map = self.map();
-        let links = map.entry(grant).or_default();
-        let link = match links.iter().find(|l| {
+        let g = map.entry(grant).or_insert_with(|| GrantLinks {
+            links: Vec::new(),
+            per_link: self.per_link,
+        });
+        let per_link = g.per_link;
+        let link = match g.links.iter().find(|l| {
             !l.full.load(Ordering::Relaxed)
-                && l.leases.load(Ordering::Relaxed) < SESSIONS_PER_LINK
+                && l.leases.load(Ordering::Relaxed) < per_link
                 && !l.device.get().is_some_and(|d| d.is_closed())
         }) {
             Some(l) => l.clone(),
@@ -124,8 +157,9 @@ impl DeviceLinks {
                     device: OnceCell::new(),
                     leases: 0.into(),
                     full: false.into(),
+                    opened: 0.into(),
                 });
-                links.push(l.clone());
+                g.links.push(l.clone());
                 l
             }
         };
@@ -134,6 +168,7 @@ impl DeviceLinks {
             links: self.clone(),
             grant,
             link,
+            opened: false,
         }
     }
 }
@@ -145,11 +180,36 @@ impl Lease {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Whether this lease is the link's only one (then a refused channel is the device's answer to a
-    /// connection with nothing else on it, not a sign that the link is full).
-    fn alone(&self) -> bool {
+    fn opened(&mut self) {
         let _map = self.links.map();
-        self.link.leases.load(std::sync::atomic::Ordering::Relaxed) == 1
+        self.opened = true;
+        self.link
+            .opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The device refused this session's channel: the link takes nobody else, and the grant's links
+    /// from now on take at most what this one had open (counted as their sessions saw the answers, so
+    /// perhaps fewer than the device took: then more logins than needed, never a refused session).
+    /// Whether the refusal is the device's answer to the session itself (nothing else held the link,
+    /// so another link would not do better).
+    fn refused(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let mut map = self.links.map();
+        self.mark_full();
+        let open = self.link.opened.load(Ordering::Relaxed);
+        if let Some(g) = map.get_mut(&self.grant)
+            && open > 0
+            && open < g.per_link
+        {
+            tracing::info!(
+                grant = self.grant,
+                sessions = open,
+                "the device takes fewer sessions per connection than configured; holding this grant's connections to that"
+            );
+            g.per_link = open;
+        }
+        self.link.leases.load(Ordering::Relaxed) == 1
     }
 }
 
@@ -157,13 +217,16 @@ impl Drop for Lease {
     fn drop(&mut self) {
         use std::sync::atomic::Ordering;
         let mut map = self.links.map();
+        if self.opened {
+            self.link.opened.fetch_sub(1, Ordering::Relaxed);
+        }
         if self.link.leases.fetch_sub(1, Ordering::Relaxed) != 1 {
             return;
         }
         // The last session on this link: forget it and hang up.
-        if let Some(links) = map.get_mut(&self.grant) {
-            links.retain(|l| !Arc::ptr_eq(l, &self.link));
-            if links.is_empty() {
+        if let Some(g) = map.get_mut(&self.grant) {
+            g.links.retain(|l| !Arc::ptr_eq(l, &self.link));
+            if g.links.is_empty() {
                 map.remove(&self.grant);
             }
         }

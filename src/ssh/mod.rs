@@ -225,7 +225,9 @@ impl Listener {
             budgets: Arc::default(),
             inner_config: jump::inner_config(host_key, grace),
             device_config: Arc::new(crate::target::client_config()),
-            device_links: Arc::default(),
+            device_links: Arc::new(device_links::DeviceLinks::new(
+                app.config.ssh.device_sessions_per_connection,
+            )),
             live: LiveSessions::default(),
             port: listener
                 .local_addr()

@@ -991,6 +991,76 @@ fn sessions_of_one_grant_share_one_device_login_which_ends_with_the_last_session
     );
 }
 
+/// A device that takes fewer sessions per connection (`MaxSessions 2`) than the bastion is told
+/// (`device_sessions_per_connection = 5`): five sessions at once over one vendor connection all run; the
+/// refused channels taught the bastion the device's limit, so the device saw no more than five logins.
+#[test]
+fn a_device_that_takes_fewer_sessions_per_connection_still_gets_every_session() {
+    let Some(sshd) = Sshd::start_with("MaxSessions 2\n") else {
+        return;
+    };
+    let data = DataDir::init();
+    let config = std::fs::read_to_string(data.config()).unwrap();
+    assert!(config.contains("device_sessions_per_connection = 10"));
+    std::fs::write(
+        data.config(),
+        config.replace(
+            "device_sessions_per_connection = 10",
+            "device_sessions_per_connection = 5",
+        ),
+    )
+    .unwrap();
+    let b = Bastion::start(data);
+    b.device("mri-01", &sshd, &[]);
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let dir = tempfile::tempdir().unwrap();
+    let control = format!("ControlPath={}", dir.path().join("cm").display());
+    let out = b
+        .ssh_with(
+            &alice,
+            &[
+                "-o",
+                "ControlMaster=yes",
+                "-o",
+                &control,
+                "-o",
+                "ControlPersist=60",
+                "-fN",
+            ],
+            "alice+mri-01",
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    let unused = alice.askpass_printing(dir.path(), "000000");
+    let running: Vec<_> = (0..5)
+        .map(|i| {
+            b.ssh_answering(&alice, &["-o", &control], "alice+mri-01", &unused)
+                .arg(format!("sleep 2; echo session-{i}"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, child) in running.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        let (stdout, stderr, code) = text(&out);
+        assert_eq!(
+            (stdout.trim(), code),
+            (format!("session-{i}").as_str(), 0),
+            "{stderr}"
+        );
+    }
+    let _ = Command::new("ssh")
+        .args(["-F", "/dev/null", "-o", &control, "-O", "exit", "x"])
+        .output();
+    let log = std::fs::read_to_string(sshd.dir.path().join("sshd.log")).unwrap();
+    let logins = log.matches("Accepted publickey").count();
+    assert!((3..=5).contains(&logins), "{logins} device logins:\n{log}");
+}
+
 /// sshd sends EOF when a program's output ends and the exit status once it has reaped it. OpenSSH's
 /// multiplexing master closes a channel as soon as it has both EOFs, after which the status has nowhere
 /// to go, and its client (scp, sftp, ssh over ControlMaster) exits 255 (scp 1) with no message. The

@@ -22,6 +22,11 @@ pub struct Sshd {
 impl Sshd {
     /// Starts sshd, or returns `None` (after `missing`) when it is not installed.
     pub fn start() -> Option<Sshd> {
+        Sshd::start_with("")
+    }
+
+    /// [`Sshd::start`] with more `sshd_config` lines.
+    pub fn start_with(extra: &str) -> Option<Sshd> {
         if !Path::new(SSHD).exists() {
             missing("sshd (openssh-server)");
             return None;
@@ -40,7 +45,7 @@ impl Sshd {
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
-             PermitRootLogin yes\nAllowTcpForwarding yes\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\n",
+             PermitRootLogin yes\nAllowTcpForwarding yes\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\n{extra}",
             host_key.display(),
             d.join("sshd.pid").display(),
             d.join("authorized_keys").display(),
