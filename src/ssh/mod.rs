@@ -448,28 +448,3 @@ impl RefusalLog {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    /// The device leg's sntrup761 key pairs (russh patch 5): after a burst of takes, as many pairs are
-    /// made ahead once it is quiet, and no pair is handed out twice. (That a pair from the stock works
-    /// is the interop test of sntrup761 on the device leg: its key exchange with a real sshd uses them.)
-    #[test]
-    fn sntrup761_pairs_are_made_ahead_after_a_burst_and_each_handed_out_once() {
-        use russh::kex::sntrup761_ahead as ahead;
-        let first: Vec<_> = (0..3).map(|_| ahead::take()).collect();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while ahead::stocked() < 3 {
-            assert!(std::time::Instant::now() < deadline, "no pair made ahead");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let pairs: Vec<_> = first
-            .iter()
-            .chain(&(0..3).map(|_| ahead::take()).collect::<Vec<_>>())
-            .map(|p| p.0.as_ref().to_vec())
-            .collect();
-        for (i, a) in pairs.iter().enumerate() {
-            assert!(!pairs[i + 1..].contains(a), "a pair was handed out twice");
-        }
-    }
-}

@@ -51,114 +51,6 @@ impl std::fmt::Debug for Sntrup761X25519Kex {
     }
 }
 
-/// chaperone patch 5 (third_party/README.md): sntrup761 key pairs made ahead of need. Making one costs
-/// ~21 ms of CPU (the crate's portable code; its AVX2 code needs `-C target-feature=+avx2` at build
-/// time), which a client pays at every key exchange: a burst of connections to servers (a bastion dialling
-/// devices for many sessions at once) spent most of its CPU here. A background thread keeps as many pairs
-/// as the largest burst of takes seen so far (takes less than [`ahead::IDLE`] apart; at most
-/// [`ahead::SIZE`]), made only once [`ahead::IDLE`] passed without a take, so it never competes with a
-/// burst and a client that dials rarely keeps next to nothing; a take from an empty stock makes a pair on
-/// the spot, as before. Each pair is used once (an ephemeral key made a little earlier); secret keys are
-/// zeroized on drop by the crate.
-pub mod ahead {
-    use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
-    use std::time::{Duration, Instant};
-
-    /// Pairs kept at most (~3 KB each).
-    pub const SIZE: usize = 128;
-    /// Takes closer than this belong to one burst; the stock is refilled after this long without one.
-    pub const IDLE: Duration = Duration::from_secs(2);
-
-    type Pair = (sntrup761::EncapsulationKey, sntrup761::DecapsulationKey);
-
-    struct State {
-        pairs: Vec<Pair>,
-        /// When the last take was.
-        last_take: Option<Instant>,
-        /// Takes in the current burst.
-        burst: usize,
-        /// Pairs to keep: the largest burst so far.
-        target: usize,
-    }
-
-    struct Stock {
-        state: Mutex<State>,
-        changed: Condvar,
-    }
-
-    static STOCK: OnceLock<Stock> = OnceLock::new();
-
-    fn stock() -> &'static Stock {
-        STOCK.get_or_init(|| {
-            // Without the thread (it could not start) every take makes its pair, as without a stock.
-            let _ = std::thread::Builder::new()
-                .name("sntrup761-ahead".into())
-                .spawn(fill);
-            Stock {
-                state: Mutex::new(State {
-                    pairs: Vec::new(),
-                    last_take: None,
-                    burst: 0,
-                    target: 0,
-                }),
-                changed: Condvar::new(),
-            }
-        })
-    }
-
-    fn lock(stock: &Stock) -> MutexGuard<'_, State> {
-        // Every change under this lock is one step: a panic cannot leave it half-made.
-        stock.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A pair from the stock, or a new one.
-    pub fn take() -> Pair {
-        let stock = stock();
-        let pair = {
-            let mut s = lock(stock);
-            let now = Instant::now();
-            s.burst = match s.last_take {
-                Some(t) if now.duration_since(t) < IDLE => s.burst + 1,
-                _ => 1,
-            };
-            s.last_take = Some(now);
-            s.target = s.target.max(s.burst).min(SIZE);
-            s.pairs.pop()
-        };
-        stock.changed.notify_one();
-        pair.unwrap_or_else(|| sntrup761::generate_key(&mut rand::rng()))
-    }
-
-    /// Pairs kept now.
-    pub fn stocked() -> usize {
-        lock(stock()).pairs.len()
-    }
-
-    fn fill() {
-        let stock = stock();
-        let mut s = lock(stock);
-        loop {
-            if s.pairs.len() >= s.target {
-                s = stock.changed.wait(s).unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
-            let quiet = s.last_take.map_or(IDLE, |t| t.elapsed());
-            if quiet < IDLE {
-                s = stock
-                    .changed
-                    .wait_timeout(s, IDLE - quiet)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-                continue;
-            }
-            drop(s);
-            let pair = sntrup761::generate_key(&mut rand::rng());
-            s = lock(stock);
-            s.pairs.push(pair);
-        }
-    }
-}
-
 /// K = SHA-512(ntru_shared || x25519_shared), refusing a low-order X25519 point.
 fn combine(ntru: &sntrup761::SharedSecret, x25519: &MontgomeryPoint) -> Result<[u8; 64], Error> {
     if x25519.0 == [0u8; 32] {
@@ -224,7 +116,7 @@ impl KexAlgorithmImplementor for Sntrup761X25519Kex {
         client_ephemeral: &mut Vec<u8>,
         writer: &mut impl Writer,
     ) -> Result<(), Error> {
-        let (ntru_pk, ntru_sk) = ahead::take();
+        let (ntru_pk, ntru_sk) = sntrup761::generate_key(&mut rand::rng());
         let x25519_secret = rand::random::<[u8; 32]>();
         let x25519_pk = MontgomeryPoint::mul_base_clamped(x25519_secret);
 

@@ -40,8 +40,6 @@ use ecdh_nistp::{EcdhNistP256KexType, EcdhNistP384KexType, EcdhNistP521KexType};
 use enum_dispatch::enum_dispatch;
 use hybrid_mlkem::MlKem768X25519KexType;
 use hybrid_sntrup::Sntrup761X25519KexType;
-// chaperone patch 5: the stock of sntrup761 key pairs made ahead for a client's key exchanges.
-pub use hybrid_sntrup::ahead as sntrup761_ahead;
 use p256::NistP256;
 use p384::NistP384;
 use p521::NistP521;
