@@ -9,12 +9,15 @@
 #   bench/scale.sh                     # builds `cargo build --release` first; ~3-6 min on 2 cores
 #   BENCH_BUILD=0 SCALE_SESSIONS=300 SCALE_CONNS=100 bench/scale.sh
 #   SCALE_KEEP=1 RUST_LOG=info,chaperone=debug bench/scale.sh   # keeps the work dir and its logs
+#   SCALE_DEVICE_SESSIONS=200 bench/scale.sh   # chaperone's [ssh] device_sessions_per_connection (default
+#                                              # 10, sshd's MaxSessions default; the device here takes 300)
 #
 # Needs: sshd, ssh-keygen, perl, and python3 with asyncssh (PYTHON=/path/to/venv/bin/python).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 : "${BENCH_BUILD:=1}" "${SCALE_VENDORS:=100}" "${SCALE_CONNS:=300}" "${SCALE_SESSIONS:=1000}"
 : "${SCALE_BURST:=200}" "${SCALE_STREAMERS:=200}" "${SCALE_ECHO:=200}" "${PYTHON:=python3}"
+: "${SCALE_DEVICE_SESSIONS:=10}"
 : "${CARGO_TARGET_DIR:=$ROOT/target}"
 BIN="$CARGO_TARGET_DIR/release/chaperone"
 die() { echo "bench: $*" >&2; exit 2; }
@@ -57,6 +60,8 @@ echo "[127.0.0.1]:$SSHD_PORT $(cat "$D/host_key.pub")" >"$W/known_hosts_device"
 
 C=$W/chap; chap() { "$BIN" -c "$C/chaperone.toml" "$@"; }
 "$BIN" init --dir "$C" --ssh-listen 127.0.0.1:0 --web-listen 127.0.0.1:0 >/dev/null
+sed -i "s/^device_sessions_per_connection = .*/device_sessions_per_connection = $SCALE_DEVICE_SESSIONS/" "$C/chaperone.toml"
+grep -q "^device_sessions_per_connection = $SCALE_DEVICE_SESSIONS\$" "$C/chaperone.toml" || die "cannot set device_sessions_per_connection"
 chap asset add dev --address 127.0.0.1 --zone bench --purpose Benchmark --service "ssh:$SSHD_PORT/ssh" >/dev/null
 chap asset hostkey set dev "$(cat "$D/host_key.pub")" >/dev/null
 chap asset credential set dev --user "$USER_" --key "$D/client_key" >/dev/null
@@ -94,11 +99,12 @@ causes = {}
 for r in rows:
     causes[r.get("end_cause") or "live"] = causes.get(r.get("end_cause") or "live", 0) + 1
 print(len(rows), json.dumps(causes))')
-"$PYTHON" - "$W/report.json" "$ENDED" "$(nproc)" <<'PY'
+"$PYTHON" - "$W/report.json" "$ENDED" "$(nproc)" "$SCALE_DEVICE_SESSIONS" <<'PY'
 import json, sys, time
-r = json.load(open(sys.argv[1])); ended = sys.argv[2]; cores = sys.argv[3]
+r = json.load(open(sys.argv[1])); ended = sys.argv[2]; cores = sys.argv[3]; per_link = sys.argv[4]
 b0, b1, b2, e = r["burst_direct"], r["burst_one_connection"], r["burst_spread"], r["echo_ms"]
 print(f"\nscale, {r['sessions_live']} live sessions over {r['connections']} connections, {cores} cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+print(f"  device_sessions_per_connection = {per_link} (the device's sshd takes 300)")
 print(f"  session start, {b0['n']} at once on one connection straight to sshd (baseline): p50 {b0['p50']:.3f} s  p99 {b0['p99']:.3f} s  failed {b0['failed']}")
 print(f"  session start, {b1['n']} at once on one connection:  p50 {b1['p50']:.3f} s  p99 {b1['p99']:.3f} s  failed {b1['failed']}")
 print(f"  session start, {b2['n']} at once over the connections: p50 {b2['p50']:.3f} s  p99 {b2['p99']:.3f} s  failed {b2['failed']}")
