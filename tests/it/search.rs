@@ -98,6 +98,19 @@ async fn recorded(
     r
 }
 
+/// Vendor alice, asset mri-01 and alice's ssh grant on it (ids), committed with the event a commit needs.
+async fn alice_on_mri(store: &Store) -> (i64, i64, i64) {
+    let v = vendor(store, "alice", "SHA256:a").await;
+    let a = asset(store, "mri-01").await;
+    let mut tx = store.begin().await.unwrap();
+    let g = grant(&mut tx, v, a, &["ssh".to_owned()], 10_000).await;
+    tx.audit(AuditEvent::new("os:t", "t", "t", json!({})), 100)
+        .await
+        .unwrap();
+    tx.commit("t").await.unwrap();
+    (v, a, g)
+}
+
 fn ids(rows: &[chaperone::store::HistoryRow]) -> Vec<&str> {
     rows.iter().map(|r| r.session.id.as_str()).collect()
 }
@@ -223,14 +236,7 @@ async fn an_altered_recording_is_not_indexed() {
         let secrets = &secrets;
         async move {
             let dir = tempfile::tempdir().unwrap();
-            let v = vendor(&store, "alice", "SHA256:a").await;
-            let a = asset(&store, "mri-01").await;
-            let mut tx = store.begin().await.unwrap();
-            let g = grant(&mut tx, v, a, &["ssh".to_owned()], 10_000).await;
-            tx.audit(AuditEvent::new("os:t", "t", "t", json!({})), 100)
-                .await
-                .unwrap();
-            tx.commit("t").await.unwrap();
+            let (v, a, g) = alice_on_mri(&store).await;
             let r = recorded(&store, dir.path(), (v, a, g), "s1", 1000, &["innocent\r\n"]).await;
             let path = dir.path().join("s1.cast");
             let text = std::fs::read_to_string(&path).unwrap();
@@ -270,14 +276,7 @@ async fn a_recording_deleted_by_retention_leaves_no_searchable_text() {
         let secrets = &secrets;
         async move {
             let dir = tempfile::tempdir().unwrap();
-            let v = vendor(&store, "alice", "SHA256:a").await;
-            let a = asset(&store, "mri-01").await;
-            let mut tx = store.begin().await.unwrap();
-            let g = grant(&mut tx, v, a, &["ssh".to_owned()], 10_000).await;
-            tx.audit(AuditEvent::new("os:t", "t", "t", json!({})), 100)
-                .await
-                .unwrap();
-            tx.commit("t").await.unwrap();
+            let (v, a, g) = alice_on_mri(&store).await;
             let r = recorded(
                 &store,
                 dir.path(),
@@ -345,14 +344,7 @@ async fn a_long_recording_is_found_by_phrases_anywhere_in_it() {
         let secrets = &secrets;
         async move {
             let dir = tempfile::tempdir().unwrap();
-            let v = vendor(&store, "alice", "SHA256:a").await;
-            let a = asset(&store, "mri-01").await;
-            let mut tx = store.begin().await.unwrap();
-            let g = grant(&mut tx, v, a, &["ssh".to_owned()], 10_000).await;
-            tx.audit(AuditEvent::new("os:t", "t", "t", json!({})), 100)
-                .await
-                .unwrap();
-            tx.commit("t").await.unwrap();
+            let (v, a, g) = alice_on_mri(&store).await;
             // 4,000 lines of 10 words: `b{i}` begins line i and `e{i}` ends it; line 3,500 holds
             // `deep one` (words 35,001 and 35,002).
             let line = |i: usize| {

@@ -17,6 +17,30 @@ fn setup() -> Option<(Sshd, Bastion)> {
     Some((sshd, bastion))
 }
 
+/// Starts an OpenSSH multiplexing master for `vendor` to `target` (signed in with key and code), in the
+/// background; returns the `-o` value that sends later sessions through it.
+fn control_master(b: &Bastion, vendor: &Vendor, dir: &std::path::Path, target: &str) -> String {
+    let control = format!("ControlPath={}", dir.join("cm").display());
+    let out = b
+        .ssh_with(
+            vendor,
+            &[
+                "-o",
+                "ControlMaster=yes",
+                "-o",
+                &control,
+                "-o",
+                "ControlPersist=60",
+                "-fN",
+            ],
+            target,
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    control
+}
+
 fn session_json(b: &Bastion) -> serde_json::Value {
     b.data.run(&["session", "list", "--json"]).ok().json()
 }
@@ -918,24 +942,7 @@ fn sessions_of_one_grant_share_one_device_login_which_ends_with_the_last_session
     b.grant("alice", "mri-01", "ssh", "1h");
     b.grant("bob", "mri-01", "ssh", "1h");
     let dir = tempfile::tempdir().unwrap();
-    let control = format!("ControlPath={}", dir.path().join("cm").display());
-    let out = b
-        .ssh_with(
-            &alice,
-            &[
-                "-o",
-                "ControlMaster=yes",
-                "-o",
-                &control,
-                "-o",
-                "ControlPersist=60",
-                "-fN",
-            ],
-            "alice+mri-01",
-        )
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{:?}", text(&out));
+    let control = control_master(&b, &alice, dir.path(), "alice+mri-01");
     // Over the master no code is asked; the askpass is never run.
     let unused = alice.askpass_printing(dir.path(), "000000");
     let mut running: Vec<_> = (0..3)
@@ -1015,24 +1022,7 @@ fn a_device_that_takes_fewer_sessions_per_connection_still_gets_every_session() 
     let alice = b.vendor("alice", "Acme Imaging");
     b.grant("alice", "mri-01", "ssh", "1h");
     let dir = tempfile::tempdir().unwrap();
-    let control = format!("ControlPath={}", dir.path().join("cm").display());
-    let out = b
-        .ssh_with(
-            &alice,
-            &[
-                "-o",
-                "ControlMaster=yes",
-                "-o",
-                &control,
-                "-o",
-                "ControlPersist=60",
-                "-fN",
-            ],
-            "alice+mri-01",
-        )
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{:?}", text(&out));
+    let control = control_master(&b, &alice, dir.path(), "alice+mri-01");
     let unused = alice.askpass_printing(dir.path(), "000000");
     let running: Vec<_> = (0..5)
         .map(|i| {
