@@ -1324,23 +1324,30 @@ impl Records for WebCore {
 const LIST_HASH_LIMIT: u64 = 64 * 1024 * 1024;
 /// Sessions per history page.
 const PAGE: i64 = 50;
-/// The audit actions about a session that its page lists.
-const SESSION_ACTIONS: [&str; 14] = [
-    "session.start",
-    "session.end",
-    "session.terminate",
-    "session.watch",
-    "tunnel.open",
-    "tunnel.close",
-    "jump.open",
-    "jump.close",
-    "recording.view",
-    "recording.search",
-    "recording.recovered",
-    "recording.failed",
-    "evidence.export",
-    "budget.exceeded",
-];
+/// The audit actions about a session that its page lists: its life, who looked, what was held or
+/// deleted.
+const SESSION_ACTIONS: [&str; 17] = {
+    use crate::audit::Action as A;
+    [
+        A::SessionStart.as_str(),
+        A::SessionEnd.as_str(),
+        A::SessionTerminate.as_str(),
+        A::SessionWatch.as_str(),
+        A::TunnelOpen.as_str(),
+        A::TunnelClose.as_str(),
+        A::JumpOpen.as_str(),
+        A::JumpClose.as_str(),
+        A::RecordingView.as_str(),
+        A::RecordingSearch.as_str(),
+        A::RecordingRecovered.as_str(),
+        A::RecordingFailed.as_str(),
+        A::RecordingDeleted.as_str(),
+        A::SessionHold.as_str(),
+        A::SessionRelease.as_str(),
+        A::EvidenceExport.as_str(),
+        A::BudgetExceeded.as_str(),
+    ]
+};
 
 fn status(r: &RecordingRow, integrity: &str, detail: String) -> RecordingStatus {
     RecordingStatus {
@@ -1504,7 +1511,7 @@ impl WebCore {
     async fn audit_view(
         &self,
         by: &Staff,
-        action: &'static str,
+        action: crate::audit::Action,
         subject: String,
         detail: serde_json::Value,
     ) -> Result<(), CoreError> {
@@ -1514,10 +1521,13 @@ impl WebCore {
         detail["method"] = json!(by.method);
         let now = self.now();
         let mut tx = self.app.store.begin().await.map_err(internal)?;
-        tx.audit(AuditEvent::new(by.actor(), action, subject, detail), now)
-            .await
-            .map_err(internal)?;
-        tx.commit(action).await.map_err(internal)
+        tx.audit(
+            AuditEvent::new(by.actor(), action.as_str(), subject, detail),
+            now,
+        )
+        .await
+        .map_err(internal)?;
+        tx.commit(action.as_str()).await.map_err(internal)
     }
 
     /// A session and its recording `rid`, with what the chain says about it.
@@ -1639,7 +1649,7 @@ impl WebCore {
                 .collect();
             self.audit_view(
                 by,
-                "recording.search",
+                crate::audit::Action::RecordingSearch,
                 "sessions".into(),
                 json!({"text": text, "filters": filters, "page": page, "found": sessions.len()}),
             )
@@ -1743,7 +1753,7 @@ impl WebCore {
         if !session.recordings.is_empty() {
             self.audit_view(
                 by,
-                "recording.view",
+                crate::audit::Action::RecordingView,
                 format!("session:{id}"),
                 json!({"what": "page", "recordings": session.recordings.iter().map(|r| r.id).collect::<Vec<_>>()}),
             )
@@ -1810,7 +1820,7 @@ impl WebCore {
             .collect();
         self.audit_view(
             by,
-            "recording.view",
+            crate::audit::Action::RecordingView,
             format!("session:{id}"),
             json!({"what": "play", "recording": rid}),
         )
@@ -1972,7 +1982,7 @@ impl WebCore {
         }
         self.audit_view(
             by,
-            "recording.search",
+            crate::audit::Action::RecordingSearch,
             format!("session:{id}"),
             json!({"text": text, "found": hits.len()}),
         )
@@ -1992,8 +2002,13 @@ impl WebCore {
                 node.as_deref().unwrap_or("-")
             )));
         };
-        self.audit_view(by, "session.watch", format!("session:{id}"), json!({}))
-            .await?;
+        self.audit_view(
+            by,
+            crate::audit::Action::SessionWatch,
+            format!("session:{id}"),
+            json!({}),
+        )
+        .await?;
         let weak = tap.downgrade();
         drop(tap);
         let reset = |start: crate::live::tap::Start| {
