@@ -83,7 +83,19 @@ fn tar_seeds(dir: &Path) -> Result<()> {
 /// Login names, request command lines (as the vendor's `ssh alice@bastion request …` delivers them) and
 /// configuration files: the template `chaperone init` writes, and one with every optional section.
 fn text_seeds(dir: &Path) -> Result<()> {
-    let seeds: [(&str, &[(&str, String)]); 3] = [
+    let seeds: [(&str, &[(&str, String)]); 4] = [
+        (
+            "smtp_reply",
+            &[
+                ("greeting", "220 mail.hospital.example ESMTP ready\r\n".into()),
+                (
+                    "ehlo",
+                    "250-mail.hospital.example\r\n250-PIPELINING\r\n250-STARTTLS\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n".into(),
+                ),
+                ("refusal", "554 5.7.1 relay denied\r\n".into()),
+                ("mixed-codes", "250-first\r\n550 second\r\n".into()),
+            ],
+        ),
         (
             "login_name",
             &[

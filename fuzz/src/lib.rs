@@ -515,6 +515,28 @@ pub fn login_name(data: &[u8]) {
     }
 }
 
+/// What a mail server answers (`chaperone_model::smtp_reply`), cut into lines as the mail client reads
+/// them: a reply is accepted only with one code in 200-599 on every line and at most `MAX_LINES` lines,
+/// and its text for the log is printable and short.
+pub fn smtp_reply(data: &[u8]) {
+    use chaperone_model::smtp_reply::{MAX_LINES, ReplyReader};
+    let mut reader = ReplyReader::default();
+    for line in data.split_inclusive(|b| *b == b'\n') {
+        match reader.line(line) {
+            Ok(None) => {}
+            Ok(Some(reply)) => {
+                assert!((200..600).contains(&reply.code), "{}", reply.code);
+                assert!((1..=MAX_LINES).contains(&reply.lines.len()));
+                let text = reply.text();
+                assert!(text.chars().count() <= 300);
+                assert!(!text.chars().any(char::is_control), "{text:?}");
+                reader = ReplyReader::default();
+            }
+            Err(_) => reader = ReplyReader::default(),
+        }
+    }
+}
+
 /// The vendor's `request ASSET SERVICES --for DURATION --reason TEXT` command line: what parses names a
 /// valid asset and services and a positive duration that prints and parses back the same.
 pub fn request_command(data: &[u8]) {

@@ -16,3 +16,4 @@ pub mod config;
 pub mod login;
 pub mod model;
 pub mod request;
+pub mod smtp_reply;

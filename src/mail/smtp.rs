@@ -24,14 +24,14 @@ use tokio::io::{
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use chaperone_model::smtp_reply::{Reply, ReplyReader};
+
 use crate::config::MailConfig;
 
 /// One whole transaction (connect, STARTTLS, AUTH, DATA) within this.
 const DEADLINE: Duration = Duration::from_secs(60);
 /// Longest reply line read from the server (RFC 5321 says 512; some servers say more).
 const MAX_LINE: u64 = 4096;
-/// Most lines in one multi-line reply (an EHLO lists a dozen extensions).
-const MAX_LINES: usize = 100;
 
 /// Why mail cannot be set up. Every variant names the `[mail]` setting at fault.
 #[derive(Debug, thiserror::Error)]
@@ -97,21 +97,6 @@ pub enum SendError {
     Garbled { addr: String },
     #[error("{addr} did not finish within {}s", DEADLINE.as_secs())]
     Timeout { addr: String },
-}
-
-/// A server reply: its code and its text lines (code and separator removed).
-#[derive(Debug)]
-struct Reply {
-    code: u16,
-    lines: Vec<String>,
-}
-
-impl Reply {
-    fn text(&self) -> String {
-        let text = format!("{} {}", self.code, self.lines.join(" / "));
-        // A server's words end up in our log: printable only, and not a novel.
-        text.chars().filter(|c| !c.is_control()).take(300).collect()
-    }
 }
 
 /// The mail server and how to reach it.
@@ -276,7 +261,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Dialogue<'_, S> {
     }
 
     async fn read_reply(&mut self) -> Result<Reply, SendError> {
-        let mut lines = Vec::new();
+        let mut reader = ReplyReader::default();
         loop {
             let mut raw = Vec::new();
             let n = (&mut self.stream)
@@ -295,24 +280,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Dialogue<'_, S> {
                     garbled()
                 });
             }
-            let line = String::from_utf8_lossy(&raw);
-            let line = line.trim_end_matches(['\r', '\n']);
-            let code = line
-                .get(..3)
-                .and_then(|c| c.parse::<u16>().ok())
-                .filter(|c| (200..600).contains(c))
-                .ok_or_else(garbled)?;
-            let more = match line.as_bytes().get(3) {
-                None | Some(b' ') => false,
-                Some(b'-') => true,
-                Some(_) => return Err(garbled()),
-            };
-            lines.push(line.get(4..).unwrap_or("").to_owned());
-            if lines.len() > MAX_LINES {
-                return Err(garbled());
-            }
-            if !more {
-                return Ok(Reply { code, lines });
+            if let Some(reply) = reader.line(&raw).map_err(|_| garbled())? {
+                return Ok(reply);
             }
         }
     }
