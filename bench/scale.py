@@ -10,8 +10,9 @@ SPEC: {"host", "port", "known_hosts", "asset", "vendors": [{"name", "key", "secr
 Phases:
  1. sign in `connections` vendor connections (each vendor key + a fresh TOTP step), a few at a time as
     a fleet of technicians would (the bastion's pre-auth limits count unauthenticated connections);
- 2. the baseline: a burst of `burst` sessions on one connection straight to the device's sshd (closed
-    again); then a burst of `burst` sessions on ONE bastion connection at once (OpenSSH ControlMaster's
+ 2. the baselines: a burst of `burst` sessions on one connection straight to the device's sshd, and one
+    over as many fresh logins to it as there are vendors (one grant each: the device connections the
+    bastion dials in its spread burst), timed from the burst's start (closed again); then a burst of `burst` sessions on ONE bastion connection at once (OpenSSH ControlMaster's
     pattern), then a burst of `burst` spread over the connections, then the rest up to `sessions`, `burst` at a time: each
     session is an exec that prints "started" and then waits (`cat`), so its start time is the time from
     asking to the first byte from the device; `streamers` of them print 8 KiB a second each instead;
@@ -113,6 +114,41 @@ async def burst(conns, n, commands, out):
     return times, failed
 
 
+async def burst_with_logins(spec, logins, n, commands, out):
+    """The spread burst's baseline: n sessions at once straight to the device over `logins` connections
+    that log in as part of the burst (as the bastion dials one device connection per grant); each start
+    time runs from the burst's start, so it includes its connection's login. Appends (chan, sess) to out
+    and the connections to out too (closed by the caller)."""
+    dev = spec["device"]
+    t0 = time.monotonic()
+
+    async def one(j):
+        conn = await asyncssh.connect(
+            spec["host"], dev["port"], username=dev["user"], client_keys=[dev["key"]],
+            known_hosts=dev["known_hosts"], agent_path=None,
+        )
+        out.append((conn, None))
+        count = n // logins + (1 if j < n % logins else 0)
+
+        async def session(i):
+            chan, sess = await conn.create_session(Session, commands(i), encoding=None)
+            at = await asyncio.wait_for(sess.started, 60)
+            out.append((chan, sess))
+            return at - t0
+
+        return await asyncio.gather(*(session(i) for i in range(count)), return_exceptions=True)
+
+    results = await asyncio.gather(*(one(j) for j in range(logins)), return_exceptions=True)
+    times, failed = [], []
+    for r in results:
+        for x in (r if isinstance(r, list) else [r]):
+            if isinstance(x, BaseException):
+                failed.append(f"{type(x).__name__}: {x}")
+            else:
+                times.append(x)
+    return times, failed
+
+
 async def echo_rtt(conn, samples_out, n):
     chan, sess = await conn.create_session(Session, "cat", encoding=None)
     rtts = []
@@ -174,6 +210,16 @@ async def main():
     print(f"burst of {spec['burst']} on one connection straight to sshd: p50 {pct(times, 50):.3f} s, p99 {pct(times, 99):.3f} s, failed {len(failed)}", file=sys.stderr)
     for chan, _ in base:
         chan.close()
+    await asyncio.sleep(2)
+    # The spread burst's baseline: as many fresh logins to sshd as the bastion will dial (one per grant).
+    logins = min(len(vendors), spec["burst"])
+    base = []
+    k = 0
+    times, failed = await burst_with_logins(spec, logins, spec["burst"], direct_commands, base)
+    report["burst_direct_logins"] = {"n": spec["burst"], "logins": logins, "p50": pct(times, 50), "p99": pct(times, 99), "max": max(times, default=None), "failed": len(failed)}
+    print(f"burst of {spec['burst']} over {logins} fresh logins straight to sshd: p50 {pct(times, 50):.3f} s, p99 {pct(times, 99):.3f} s, failed {len(failed)}", file=sys.stderr)
+    for c, _ in base:
+        c.close()
     await asyncio.sleep(2)
 
     # A burst on one connection (the ControlMaster pattern), then one spread over all connections.
