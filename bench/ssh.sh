@@ -182,21 +182,31 @@ chap_ssh() { # uses V from pick_vendor
         -o LogLevel=ERROR -o ConnectTimeout=10 -p "$CHAP_PORT" "$v+dev@127.0.0.1" "$@" </dev/null
 }
 
-# Waits (bounded) until no session is live, then deletes the big recordings (an exec without a pty is recorded
-# 1:1 as .exec; a pty session as .cast, where 500 MB of NULs would be 3 GB).
-# Prints the seconds it waited: how long the session's end (recording flush + fsync + DB) lagged the client.
-SESS_WAIT_MAX=120
+# Waits (bounded) until no session is live, then until the indexer has read the closed recording back
+# (search text and playback index, on a thread of its own at nice 19), then deletes the big recordings (an
+# exec without a pty is recorded 1:1 as .exec; a pty session as .cast, where 500 MB of NULs would be 3 GB).
+# Waiting for the indexer keeps each sample, on either side, from sharing the CPU with the last chaperone
+# sample's indexing: the relay is measured alone, and the indexing is timed and reported on its own line.
+# Prints two figures: how long the session's end (recording flush + fsync + DB) lagged the client, and how
+# long the indexer ran after it (0 if it never showed within INDEX_SHOW seconds).
+SESS_WAIT_MAX=120 INDEX_WAIT_MAX=600 INDEX_SHOW=1
 settle() {
-    local t0 t1 live
+    local t0 t1 t2 live seen=0 quiet=0
     t0=$EPOCHREALTIME
     for _ in $(seq $((SESS_WAIT_MAX * 10))); do
         live=$(chap session list --json | grep -c '"ended_at": *null' || true)
         [[ "$live" == 0 ]] && break
         sleep 0.1
     done
-    t1=$EPOCHREALTIME
+    t1=$EPOCHREALTIME t2=$t1
+    for _ in $(seq $((INDEX_WAIT_MAX * 10))); do
+        if grep -qsx indexer /proc/"$CHAP_PID"/task/*/comm; then seen=1 quiet=0 t2=$EPOCHREALTIME
+        else quiet=$((quiet + 1)); fi
+        ((quiet >= INDEX_SHOW * 10)) && break
+        sleep 0.1
+    done
     find "$C/recordings" -type f \( -name '*.cast' -o -name '*.exec' \) -size +1M -delete 2>/dev/null || true
-    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }'
+    awk -v a="$t0" -v b="$t1" -v c="$t2" -v s="$seen" 'BEGIN { printf "%.2f %.1f", b - a, s ? c - b : 0 }'
 }
 cast_bytes() { find "$C/recordings" -type f \( -name '*.cast' -o -name '*.exec' \) -printf '%s\n' | sort -n | tail -1; }
 
@@ -252,7 +262,7 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------------------------------------- (a) throughput
 say "== (a) throughput: head -c $BENCH_BYTES /dev/zero, $BENCH_RUNS runs per side, interleaved"
-: >"$W/tp_direct"; : >"$W/tp_matched"; : >"$W/tp_chap"; : >"$W/tp_chap_cpu"; : >"$W/tp_lag"
+: >"$W/tp_direct"; : >"$W/tp_matched"; : >"$W/tp_chap"; : >"$W/tp_chap_cpu"; : >"$W/tp_lag"; : >"$W/tp_index"
 TP_FAIL=0
 run_tp() { # side (direct | matched | chaperone) payload-command result-prefix
     local t0 t1 rc c0 c1 s
@@ -285,9 +295,9 @@ run_tp() { # side (direct | matched | chaperone) payload-command result-prefix
         local cpu; cpu=$(awk -v a="$c0" -v b="$c1" -v t="$TICK" -v s="$s" 'BEGIN { printf "%.0f", (b - a) / t / s * 100 }')
         echo "$cpu" >>"$W/${3}_chap_cpu"
         local cast; cast=$(cast_bytes)
-        local lag; lag=$(settle)
-        echo "$lag" >>"$W/tp_lag"
-        say "   chaperone: ${s}s  $mbs MB/s  (chaperone CPU ${cpu}% of one core, recording ${cast:-?} B, session ended ${lag}s after the client)"
+        local lag idx; read -r lag idx <<<"$(settle)"
+        echo "$lag" >>"$W/tp_lag"; echo "$idx" >>"$W/${3}_index"
+        say "   chaperone: ${s}s  $mbs MB/s  (chaperone CPU ${cpu}% of one core, recording ${cast:-?} B, session ended ${lag}s after the client, indexed in ${idx}s)"
     fi
 }
 TMO=(timeout -k 5 "$BENCH_TP_TIMEOUT")
@@ -299,7 +309,7 @@ done
 # The same amount of plain text (an `ls -l` line, repeated): what terminal output usually is. Every NUL above
 # becomes 6 bytes of JSON (`\u0000`) in the recording; text is recorded nearly 1:1.
 say "== (a2) throughput: $BENCH_BYTES bytes of text (yes LINE | head -c), $BENCH_RUNS runs per side, interleaved"
-: >"$W/tx_direct"; : >"$W/tx_matched"; : >"$W/tx_chap"; : >"$W/tx_chap_cpu"
+: >"$W/tx_direct"; : >"$W/tx_matched"; : >"$W/tx_chap"; : >"$W/tx_chap_cpu"; : >"$W/tx_index"
 TEXT="yes 'drwxr-xr-x 2 service service 4096 Nov 23 10:00 logs' | head -c $BENCH_BYTES"
 for r in $(seq "$BENCH_RUNS"); do
     if ((r % 2)); then run_tp direct "$TEXT" tx; run_tp matched "$TEXT" tx; run_tp chaperone "$TEXT" tx
@@ -356,7 +366,7 @@ for r in $(seq "$BENCH_HANG_RUNS"); do
         mbs=$(awk -v b="$BENCH_HANG_BYTES" -v s="$s" 'BEGIN { printf "%.1f", b / s / 1e6 }')
         echo "$mbs" >>"$W/hang_mbs"; verdict="ok ${mbs} MB/s"
     fi
-    lag=$(settle)
+    read -r lag _ <<<"$(settle)"
     say "   run $r/$BENCH_HANG_RUNS (vendor $V): ${s}s $verdict, session ended ${lag}s after the client"
 done
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -392,10 +402,12 @@ ciphers: direct $DIRECT_CIPHER | vendor->chaperone $VENDOR_CIPHER, chaperone->de
 |     range (MB/s)                          | $(printf '%-15s' "$(minmax <"$W/tp_direct")") | $(printf '%-16s' "$(minmax <"$W/tp_chap")") |       |         |        |
 |     direct with -c $(printf '%-22s' "$VENDOR_CIPHER") | $(printf '%-15s' "$TPM") | $(printf '%-16s' "$TPC") | $(printf '%-5s' "$TPMR") | >= 0.85x | $TPM_OK |
 |     chaperone CPU, % of one core (median) |                 | $(printf '%-16s' "$(median <"$W/tp_chap_cpu")") |       |         |        |
+|     then indexing it, s (median; nice 19) |                 | $(printf '%-16s' "$(median <"$W/tp_index")") |       |         |        |
 | (a2) same size of text, MB/s median       | $(printf '%-15s' "$TXD") | $(printf '%-16s' "$TXC") | $(printf '%-5s' "$TXR") | >= 1.0x | $TX_OK |
 |     range (MB/s)                          | $(printf '%-15s' "$(minmax <"$W/tx_direct")") | $(printf '%-16s' "$(minmax <"$W/tx_chap")") |       |         |        |
 |     direct with -c $(printf '%-22s' "$VENDOR_CIPHER") | $(printf '%-15s' "$TXM") | $(printf '%-16s' "$TXC") | $(printf '%-5s' "$TXMR") |         |        |
 |     chaperone CPU, % of one core (median) |                 | $(printf '%-16s' "$(median <"$W/tx_chap_cpu")") |       |         |        |
+|     then indexing it, s (median; nice 19) |                 | $(printf '%-16s' "$(median <"$W/tx_index")") |       |         |        |
 | (b) connect + true, ms median of $(printf '%-2s' "$(wc -l <"$W/lat_chap")")       | $(printf '%-15s' "$(ms "$LD")") | $(printf '%-16s' "$(ms "$LC")") | $(printf '%-5s' "$LR") | <= 1.5x | $LAT_OK |
 |     range (ms)                            | $(printf '%-15s' "$(msr "$(minmax <"$W/lat_direct")")") | $(printf '%-16s' "$(msr "$(minmax <"$W/lat_chap")")") |       |         |        |
 |     direct with KexAlgorithms=curve25519  | $(printf '%-15s' "$(ms "$LX")") | $(printf '%-16s' "$(ms "$LC")") | $(printf '%-5s' "$LXR") | <= 1.5x | $LX_OK |

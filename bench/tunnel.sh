@@ -53,7 +53,7 @@ wait_port "$SSHD_PORT"; wait_port "$SRC_PORT"
 # chaperone with the source as a tcp service (no byte budget: this is a benchmark, not exfiltration).
 C=$W/chap; chap() { "$BIN" -c "$C/chaperone.toml" "$@"; }
 "$BIN" init --dir "$C" --ssh-listen 127.0.0.1:0 --web-listen 127.0.0.1:0 >/dev/null
-printf '\n[tunnels.services.src]\nmax_down_per_hour = "none"\n' >>"$C/chaperone.toml"
+printf '\n[budgets.services.src]\nmax_down_per_hour = "none"\n' >>"$C/chaperone.toml"
 chap asset add dev --address 127.0.0.1 --zone bench --purpose Benchmark --service "ssh:$SSHD_PORT/ssh" --service "src:$SRC_PORT/tcp" >/dev/null
 ssh-keygen -q -t ed25519 -N '' -f "$W/vendor"
 SECRET=$(chap vendor add bench --org Bench --key "$W/vendor.pub" --totp --json | sed -n 's/.*secret=\([A-Z2-7]*\).*/\1/p')

@@ -47,6 +47,10 @@ pub struct App {
     pub directory: Option<std::sync::Arc<crate::identity::ldap::Directory>>,
     /// Recordings this process saw hashed to their vouched digest (at session end, or by a page's check).
     pub proven: crate::evidence::proven::Proven,
+    /// Told when this process closed a recording (`LiveSession::end`): the indexer
+    /// (`search_index::run`) starts on it at once instead of at its next poll. A notice given while the
+    /// indexer is busy is kept for its next wait.
+    pub recording_closed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl App {
@@ -77,6 +81,7 @@ impl App {
             node: format!("node-{}", crate::secrets::random_hex(8)).into(),
             directory,
             proven: Default::default(),
+            recording_closed: Default::default(),
         })
     }
 }

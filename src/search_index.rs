@@ -2,9 +2,10 @@
 //! indexes of migrations 0010 and 0014: chunks of lines for the transcript, long parts of words for
 //! the session search) and playable in the browser segment by segment (the playback index).
 //!
-//! Entry points: [`run`] (the background task of `serve`: every few seconds, and at once when nudged,
-//! it indexes the closed recordings nobody indexed yet) and [`Indexer::index_pending`] (the same, once, for tests
-//! and the benchmark). [`Indexer::seal_playback`]/[`Indexer::open_playback`] bind a playback index to the digest it was
+//! Entry points: [`run`] (the background task of `serve`: at once when this process closed a recording
+//! (`App::recording_closed`), and every few seconds for what other nodes or a crash left, it indexes the
+//! closed recordings nobody indexed yet) and [`Indexer::index_pending`] (the same, once, for tests and the
+//! benchmark). [`Indexer::seal_playback`]/[`Indexer::open_playback`] bind a playback index to the digest it was
 //! built from, under a key derived from the secrets key.
 //!
 //! Why a job and not `LiveSession::end`: reading a recording back takes as long as the recording is
@@ -12,7 +13,8 @@
 //! picks up what an end never reached (a crash, a recording a node sweep recovered, recordings made
 //! before this index existed), and runs on every node but only indexes files in its own recordings
 //! directory (the node that wrote a recording has it). It never touches the relay: it reads closed
-//! files on a blocking thread, one recording at a time, and writes the index in short transactions.
+//! files on a thread of its own at the lowest CPU priority (nice 19), one recording at a time, and writes
+//! the index in short transactions; on a busy bastion the sessions come first and the index catches up.
 //!
 //! Only what the audit chain vouches for is indexed: the file is hashed while it is read, and a digest
 //! other than the vouched one marks the recording `failed` (altered) instead of indexing it.
@@ -25,7 +27,7 @@ use std::time::Duration;
 use chaperone_recorder::playback::{self, Format, Index, Stream};
 use chaperone_recorder::transcript::words;
 use ring::hmac;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::app::App;
 use crate::evidence::{Evidence, open_recording};
@@ -72,7 +74,6 @@ pub enum Outcome {
 pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
     let indexer = Indexer::new(&app.store, &app.config.recording.dir, &app.secrets);
     let mut elsewhere = HashSet::new();
-    let mut events = app.events.subscribe();
     loop {
         match indexer.index_some(app.clock.now(), &mut elsewhere).await {
             Ok(0) => {}
@@ -82,7 +83,7 @@ pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
         }
         tokio::select! {
             _ = stop.changed() => return,
-            _ = events.recv() => {}
+            () = app.recording_closed.notified() => {}
             () = tokio::time::sleep(POLL) => {}
         }
         if *stop.borrow() {
@@ -237,10 +238,11 @@ impl Indexer {
             RecordingFormat::EXEC_STREAM => Some(Format::Exec),
             _ => None,
         };
-        // The pass runs on a blocking thread; its chunks and parts of text come back through a small
-        // queue and are written here, a few per transaction.
+        // The pass runs on a thread of its own at the lowest priority (see [`background_priority`]); its
+        // chunks and parts of text come back through a small queue and are written here, a few per
+        // transaction.
         let (tx, mut rx) = mpsc::channel::<Piece>(4);
-        let pass = tokio::task::spawn_blocking(move || -> Result<Pass, String> {
+        let pass = on_background_thread(move || -> Result<Pass, String> {
             let mut chunker = Chunker::new(tx);
             let (index, sha) = match format {
                 Some(format) => {
@@ -266,7 +268,7 @@ impl Indexer {
             };
             let lines = chunker.finish();
             Ok(Pass { index, sha, lines })
-        });
+        })?;
         let (mut chunks, mut parts) = (Vec::new(), Vec::new());
         while let Some(piece) = rx.recv().await {
             match piece {
@@ -340,6 +342,42 @@ struct Pass {
     sha: String,
     lines: i64,
 }
+
+/// Runs `f` on a new thread at background priority and hands its result back.
+///
+/// A dedicated thread, not `spawn_blocking`: the priority is the thread's, and a pooled thread would keep
+/// it for whatever blocking work it runs next.
+fn on_background_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<oneshot::Receiver<T>, IndexError> {
+    let (done, result) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("indexer".into())
+        .spawn(move || {
+            background_priority();
+            let _ = done.send(f());
+        })
+        .map_err(|e| {
+            tracing::warn!(error = %e, "cannot start the indexing thread");
+            IndexError::Thread
+        })?;
+    Ok(result)
+}
+
+/// Lowers the calling thread to the lowest CPU priority (nice 19), so reading back a closed recording
+/// (a terminal emulator over every byte, then SHA-256) takes only the CPU live sessions leave: on a busy
+/// bastion the relay and the recorders come first and the index catches up when they are quiet. On
+/// Linux the nice value belongs to the thread, so `setpriority` on this thread's id lowers it alone.
+/// If it cannot be lowered the index is still built, at normal priority, and that is logged.
+fn background_priority() {
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), BACKGROUND_NICE) {
+        tracing::warn!(error = %e, "the indexer runs at normal priority: cannot lower it");
+    }
+}
+
+/// The nice value of the indexing thread: the lowest priority.
+const BACKGROUND_NICE: i32 = 19;
 
 impl Indexer {
     /// Marks recording `r` as not indexable, with why (the claim is taken if nobody holds it).
@@ -531,5 +569,23 @@ impl Indexer {
         )
         .ok()?;
         serde_json::from_str(json).ok()
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "in a test, a failed unwrap is a failed test"
+)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_indexing_pass_runs_at_background_priority_and_leaves_the_caller_alone() {
+        let mine = || rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
+        let before = mine();
+        let theirs = on_background_thread(mine).unwrap().await.unwrap();
+        assert_eq!(theirs, BACKGROUND_NICE);
+        assert_eq!(mine(), before, "the caller's priority must not change");
     }
 }

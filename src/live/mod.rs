@@ -651,6 +651,9 @@ impl LiveSession {
                 {
                     app.proven.remember(*rid, stamp, &f.finished.sha256_hex);
                 }
+                if finished.is_some() {
+                    app.recording_closed.notify_one();
+                }
                 tracing::info!(session = %self.id, reason = %reason, cause = end.cause(), bytes_up = up, bytes_down = down, "session ended");
             }
             Err(e) => {
