@@ -85,6 +85,9 @@ def spawn(args, codes, env=None):
         child.expect("TOTP code: ")
         child.sendline(codes.next())
         child.expect(pexpect.EOF)
+        # EOF is the client closing its terminal, which Dropbear's dbclient does a moment before it exits:
+        # wait for the exit itself, or close() hangs it up (SIGHUP) and the status is lost.
+        child.wait()
     finally:
         child.close()
     out = child.before or ""
