@@ -484,7 +484,8 @@ impl Drop for CloseOnDrop {
 }
 
 /// The recorder thread: writes records as they come, several per wakeup when they queue up, and flushes
-/// a recording that has gone quiet within [`FLUSH_EVERY`] (the writers flush a busy one themselves).
+/// what it wrote within [`FLUSH_EVERY`] of the first unflushed record (the writers flush a busy one
+/// themselves); with nothing to flush it sleeps until the next record.
 /// Returns when every sender is gone (then the file is finished), when a write stops the recording (the
 /// file is finished too, with the reason), or at the first error.
 fn drive(
@@ -492,11 +493,16 @@ fn drive(
     rx: mpsc::Receiver<Queued>,
     on_stop: impl FnOnce(&str),
 ) -> Result<Done, RecordingFailed> {
-    let mut last_flush = Instant::now();
-    let mut unflushed = false;
+    // When the oldest record not yet flushed was written; none: nothing to flush, so the thread sleeps
+    // until the next record (an idle session's recorder costs no wakeups; a bastion holds hundreds).
+    let mut unflushed_since: Option<Instant> = None;
     let mut stopped = None;
     'records: loop {
-        match rx.recv_timeout(FLUSH_EVERY.saturating_sub(last_flush.elapsed())) {
+        let next = match unflushed_since {
+            Some(since) => rx.recv_timeout(FLUSH_EVERY.saturating_sub(since.elapsed())),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match next {
             Ok(first) => {
                 // What queued up meanwhile too, without sleeping in between; bounded, so a relay that
                 // keeps the queue full cannot keep this loop from its flush check.
@@ -507,17 +513,14 @@ fn drive(
                         break 'records;
                     }
                 }
-                unflushed = true;
+                unflushed_since.get_or_insert_with(Instant::now);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        if last_flush.elapsed() >= FLUSH_EVERY {
-            if unflushed {
-                writer.flush().map_err(RecordingFailed::from)?;
-                unflushed = false;
-            }
-            last_flush = Instant::now();
+        if unflushed_since.is_some_and(|since| since.elapsed() >= FLUSH_EVERY) {
+            writer.flush().map_err(RecordingFailed::from)?;
+            unflushed_since = None;
         }
     }
     let finished = writer.finish().map_err(RecordingFailed::from)?;
