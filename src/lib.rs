@@ -6,8 +6,10 @@
 pub(crate) mod app;
 pub(crate) mod atna;
 pub mod audit;
+pub(crate) mod audit_tail;
 pub mod cli;
 pub(crate) mod clock;
+pub(crate) mod error_text;
 pub use chaperone_model::config;
 pub mod evidence;
 pub(crate) mod history;

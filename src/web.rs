@@ -519,7 +519,7 @@ impl WebCore {
 
     /// The directory did not answer: audited once per attempt, said as such.
     async fn directory_failed(&self, e: &LdapError, name: &str, source: &str, now: i64) -> Verdict {
-        tracing::warn!(error = %crate::identity::ldap::report(e), "directory sign-in failed");
+        tracing::warn!(error = %crate::error_text::report(e), "directory sign-in failed");
         let audited = async {
             let mut tx = self.app.store.begin().await?;
             tx.audit(

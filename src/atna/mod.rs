@@ -16,26 +16,20 @@
 mod message;
 mod syslog;
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
-use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
 use crate::app::App;
-use crate::audit::{Action, AuditEvent, AuditRow};
+use crate::audit::{Action, AuditRow};
+use crate::audit_tail::{self, Consumer, CursorRow, Delivery, Lease, Moved};
 use crate::config::AtnaConfig;
+use crate::error_text::report;
 use crate::store::StoreError;
 pub use message::{ActionCode, AuditMessage, Code, Outcome, dcm};
 pub use syslog::{Sender, SetupError};
 
 /// The cursor row's name in `audit_cursors`.
 const CURSOR: &str = "atna";
-const POLL: Duration = Duration::from_millis(500);
-/// Longer than the longest backoff plus a send deadline, so a node retrying keeps its lease.
-const LEASE_SECS: i64 = 400;
-const RENEW_EVERY: Duration = Duration::from_secs(60);
-const PAGE: i64 = 200;
 
 // DICOM PS3.16 codes (CID 400 Audit Event ID, CID 401 Audit Event Type Code).
 const USER_AUTHENTICATION: Code = dcm("110114", "User Authentication");
@@ -401,158 +395,60 @@ pub fn spawn(
     stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, SetupError> {
     let sender = Sender::new(&config)?;
-    Ok(tokio::spawn(run(app, config, sender, stop)))
-}
-
-fn report(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-async fn run(app: App, config: AtnaConfig, sender: Sender, mut stop: watch::Receiver<bool>) {
-    let holder = app.node.to_string();
-    let endpoint = hex::encode(&Sha256::digest(config.url.as_bytes())[..16]);
-    let mut exporter = Exporter {
-        app: &app,
-        config: &config,
-        source: Source::from_config(&config),
-        sender,
-        holder: &holder,
-        endpoint: &endpoint,
+    // Nodes configured with different collectors would keep moving the cursor: the move is audited,
+    // and the gap can be exported by hand.
+    let moved = Moved {
+        log: "ATNA: the export cursor belonged to another atna.url; starting at the end of the audit log \
+              for this one (every node must have the same [atna] url; export the gap with \
+              `chaperone audit export --format atna --after SEQ`)",
+        shown_url: config.url.clone(),
+        audit: Some((
+            Action::AtnaEndpointChanged,
+            "atna",
+            json!({ "url": config.url }),
+        )),
     };
     tracing::info!(url = %config.url, "ATNA audit export started");
-    loop {
-        match exporter.round(&mut stop).await {
-            Ok(Round::Stopped) => break,
-            Ok(Round::Idle) => {}
-            Err(e) => tracing::warn!(error = %report(&e), "ATNA audit export"),
-        }
-        tokio::select! {
-            () = crate::ssh::stopped(&mut stop) => break,
-            () = tokio::time::sleep(POLL) => {}
-        }
-    }
-    exporter.sender.close().await;
-    if let Err(e) = app.store.release_cursor(CURSOR, &holder).await {
-        tracing::warn!(error = %e, "cannot release the ATNA export lease");
-    }
+    Ok(tokio::spawn(async move {
+        let url = config.url.clone();
+        let exporter = Exporter {
+            source: Source::from_config(&config),
+            sender,
+        };
+        audit_tail::run(app, CursorRow::Named(CURSOR), &url, moved, exporter, stop).await;
+    }))
 }
 
-enum Round {
-    Idle,
-    Stopped,
-}
-
-struct Exporter<'a> {
-    app: &'a App,
-    config: &'a AtnaConfig,
+struct Exporter {
     source: Source,
     sender: Sender,
-    holder: &'a str,
-    endpoint: &'a str,
 }
 
-impl Exporter<'_> {
-    /// Claims the lease, then sends every new event that has a mapping, in order.
-    async fn round(&mut self, stop: &mut watch::Receiver<bool>) -> Result<Round, StoreError> {
-        let Some(mut cursor) = self.claim().await? else {
-            return Ok(Round::Idle);
-        };
-        let mut renewed = tokio::time::Instant::now();
-        loop {
-            let rows = self.app.store.audit_page(cursor, PAGE).await?;
-            let Some(last) = rows.last().map(|r| r.seq) else {
-                return Ok(Round::Idle);
-            };
-            for row in &rows {
-                let Some(message) = syslog_message(row, &self.source) else {
-                    continue;
-                };
-                if row.seq - 1 > cursor && !self.advance(row.seq - 1).await? {
-                    return Ok(Round::Idle);
-                }
-                if renewed.elapsed() >= RENEW_EVERY {
-                    if self.claim().await?.is_none() {
-                        return Ok(Round::Idle);
-                    }
-                    renewed = tokio::time::Instant::now();
-                }
-                match self.deliver(row, &message, stop).await? {
-                    Delivery::Sent => {}
-                    Delivery::Stopped => return Ok(Round::Stopped),
-                    Delivery::LostLease => return Ok(Round::Idle),
-                }
-                if !self.advance(row.seq).await? {
-                    return Ok(Round::Idle);
-                }
-                cursor = row.seq;
-            }
-            if last > cursor && !self.advance(last).await? {
-                return Ok(Round::Idle);
-            }
-            cursor = last;
-        }
-    }
+impl Consumer for Exporter {
+    /// The syslog message.
+    type Item = String;
+    const NAME: &'static str = "ATNA audit export";
 
-    async fn claim(&self) -> Result<Option<i64>, StoreError> {
-        let now = self.app.clock.now();
-        let Some(claim) = self
-            .app
-            .store
-            .claim_cursor(CURSOR, self.holder, self.endpoint, now, now + LEASE_SECS)
-            .await?
-        else {
-            return Ok(None);
-        };
-        if claim.moved {
-            tracing::warn!(url = %self.config.url,
-                "ATNA: the export cursor belonged to another atna.url; starting at the end of the audit \
-                 log for this one (every node must have the same [atna] url; export the gap with \
-                 `chaperone audit export --format atna --after SEQ`)");
-            let mut tx = self.app.store.begin().await?;
-            tx.audit(
-                AuditEvent::new(
-                    format!("node:{}", self.holder),
-                    Action::AtnaEndpointChanged.as_str(),
-                    "atna",
-                    json!({"url": self.config.url, "endpoint": self.endpoint}),
-                ),
-                now,
-            )
-            .await?;
-            tx.commit("atna.endpoint.changed").await?;
-        }
-        Ok(Some(claim.seq))
-    }
-
-    async fn advance(&self, seq: i64) -> Result<bool, StoreError> {
-        self.app
-            .store
-            .advance_cursor(CURSOR, self.holder, seq)
-            .await
+    fn select(&self, row: &AuditRow) -> Option<String> {
+        syslog_message(row, &self.source)
     }
 
     /// Sends one message until it goes out (never given up: the repository must get the whole trail).
     async fn deliver(
         &mut self,
+        lease: &Lease<'_>,
         row: &AuditRow,
-        message: &str,
+        message: String,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Delivery, StoreError> {
         let mut attempt = 0u32;
         loop {
             attempt = attempt.saturating_add(1);
-            let error = match self.sender.send(message).await {
+            let error = match self.sender.send(&message).await {
                 Ok(()) => {
                     crate::ops::metrics::atna_sent();
                     tracing::debug!(seq = row.seq, action = %row.action, "ATNA message sent");
-                    return Ok(Delivery::Sent);
+                    return Ok(Delivery::Handled);
                 }
                 Err(e) => report(&e),
             };
@@ -564,17 +460,15 @@ impl Exporter<'_> {
                 () = crate::ssh::stopped(stop) => return Ok(Delivery::Stopped),
                 () = tokio::time::sleep(wait) => {}
             }
-            if self.claim().await?.is_none() {
+            if !lease.keep().await? {
                 return Ok(Delivery::LostLease);
             }
         }
     }
-}
 
-enum Delivery {
-    Sent,
-    Stopped,
-    LostLease,
+    async fn close(&mut self) {
+        self.sender.close().await;
+    }
 }
 
 #[cfg(test)]

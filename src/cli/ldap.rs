@@ -9,7 +9,8 @@ use serde_json::json;
 use super::display::esc;
 use super::output::json;
 use crate::config::Config;
-use crate::identity::ldap::{Directory, Lookup, report};
+use crate::error_text::report;
+use crate::identity::ldap::{Directory, Lookup};
 
 #[derive(Debug, Subcommand)]
 pub enum LdapCommand {

@@ -22,10 +22,11 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::keys::parse_public_key;
-use super::ldap::{Directory, Lookup, report};
+use super::ldap::{Directory, Lookup};
 use super::totp;
 use crate::app::App;
 use crate::audit::AuditEvent;
+use crate::error_text::report;
 use crate::model::check_name;
 use crate::store::{StaffAuth, StoreError};
 

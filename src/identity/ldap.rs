@@ -436,18 +436,6 @@ impl Directory {
     }
 }
 
-/// An error with its causes, on one line (for the log and `ldap check`).
-pub fn report(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
 /// An attribute's values, text or binary (octet-string syntax arrives as either), case-insensitively.
 fn attribute(entry: &SearchEntry, name: &str) -> Vec<String> {
     let mut out = Vec::new();

@@ -13,25 +13,19 @@
 
 mod smtp;
 
-use std::time::Duration;
-
-use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
 use crate::app::App;
 use crate::audit::{Action, AuditRow};
+use crate::audit_tail::{self, Consumer, CursorRow, Delivery, Lease, Moved};
 use crate::config::MailConfig;
+use crate::error_text::report;
 use crate::model::{AccessRequest, RequestStatus};
 use crate::store::StoreError;
 pub use smtp::{SetupError, Smtp};
 
 /// The cursor row's name in `audit_cursors`.
 const CURSOR: &str = "mail";
-const POLL: Duration = Duration::from_millis(500);
-/// Longer than the longest backoff plus a send deadline, so a node retrying keeps its lease.
-const LEASE_SECS: i64 = 400;
-const RENEW_EVERY: Duration = Duration::from_secs(60);
-const PAGE: i64 = 200;
 
 /// Starts the notifier. Fails at once when the mail server's TLS trust cannot be read, so a broken
 /// `[mail]` stops `serve` instead of leaving approvers uninformed.
@@ -41,7 +35,22 @@ pub fn spawn(
     stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, SetupError> {
     let smtp = Smtp::new(&config)?;
-    Ok(tokio::spawn(run(app, config, smtp, stop)))
+    // A new mail server: requests already waiting were announced through the old one; nothing to audit.
+    let moved = Moved {
+        log: "e-mail: mail.url changed; notices start with the next request",
+        shown_url: config.url.clone(),
+        audit: None,
+    };
+    tracing::info!(url = %config.url, "e-mail to approvers started");
+    Ok(tokio::spawn(async move {
+        let url = config.url.clone();
+        let notifier = Notifier {
+            app: app.clone(),
+            config,
+            smtp,
+        };
+        audit_tail::run(app, CursorRow::Named(CURSOR), &url, moved, notifier, stop).await;
+    }))
 }
 
 /// The request id a `request.file` row is about (`request:42`).
@@ -155,138 +164,28 @@ pub fn notice(
     )
 }
 
-fn report(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-async fn run(app: App, config: MailConfig, smtp: Smtp, mut stop: watch::Receiver<bool>) {
-    let holder = app.node.to_string();
-    let endpoint = hex::encode(&Sha256::digest(config.url.as_bytes())[..16]);
-    let notifier = Notifier {
-        app: &app,
-        config: &config,
-        smtp,
-        holder: &holder,
-        endpoint: &endpoint,
-    };
-    tracing::info!(url = %config.url, "e-mail to approvers started");
-    loop {
-        match notifier.round(&mut stop).await {
-            Ok(Round::Stopped) => break,
-            Ok(Round::Idle) => {}
-            Err(e) => tracing::warn!(error = %report(&e), "e-mail to approvers"),
-        }
-        tokio::select! {
-            () = crate::ssh::stopped(&mut stop) => break,
-            () = tokio::time::sleep(POLL) => {}
-        }
-    }
-    if let Err(e) = app.store.release_cursor(CURSOR, &holder).await {
-        tracing::warn!(error = %e, "cannot release the e-mail lease");
-    }
-}
-
-enum Round {
-    Idle,
-    Stopped,
-}
-
-enum Delivery {
-    Sent,
-    /// The request was decided or lapsed meanwhile: nobody needs the notice any more.
-    Moot,
-    Stopped,
-    LostLease,
-}
-
-struct Notifier<'a> {
-    app: &'a App,
-    config: &'a MailConfig,
+struct Notifier {
+    app: App,
+    config: MailConfig,
     smtp: Smtp,
-    holder: &'a str,
-    endpoint: &'a str,
 }
 
-impl Notifier<'_> {
-    /// Claims the lease, then sends a notice for every new `request.file`, in order.
-    async fn round(&self, stop: &mut watch::Receiver<bool>) -> Result<Round, StoreError> {
-        let Some(mut cursor) = self.claim().await? else {
-            return Ok(Round::Idle);
-        };
-        let mut renewed = tokio::time::Instant::now();
-        loop {
-            let rows = self.app.store.audit_page(cursor, PAGE).await?;
-            let Some(last) = rows.last().map(|r| r.seq) else {
-                return Ok(Round::Idle);
-            };
-            for row in &rows {
-                if Action::parse(&row.action) != Some(Action::RequestFile) {
-                    continue;
-                }
-                let Some(id) = request_id(row) else {
-                    continue;
-                };
-                if row.seq - 1 > cursor && !self.advance(row.seq - 1).await? {
-                    return Ok(Round::Idle);
-                }
-                if renewed.elapsed() >= RENEW_EVERY {
-                    if self.claim().await?.is_none() {
-                        return Ok(Round::Idle);
-                    }
-                    renewed = tokio::time::Instant::now();
-                }
-                match self.deliver(row, id, stop).await? {
-                    Delivery::Sent | Delivery::Moot => {}
-                    Delivery::Stopped => return Ok(Round::Stopped),
-                    Delivery::LostLease => return Ok(Round::Idle),
-                }
-                if !self.advance(row.seq).await? {
-                    return Ok(Round::Idle);
-                }
-                cursor = row.seq;
-            }
-            if last > cursor && !self.advance(last).await? {
-                return Ok(Round::Idle);
-            }
-            cursor = last;
-        }
-    }
+impl Consumer for Notifier {
+    /// The request the `request.file` row is about.
+    type Item = i64;
+    const NAME: &'static str = "e-mail to approvers";
 
-    async fn claim(&self) -> Result<Option<i64>, StoreError> {
-        let now = self.app.clock.now();
-        let Some(claim) = self
-            .app
-            .store
-            .claim_cursor(CURSOR, self.holder, self.endpoint, now, now + LEASE_SECS)
-            .await?
-        else {
-            return Ok(None);
-        };
-        if claim.moved {
-            // A new mail server: requests already waiting were announced through the old one.
-            tracing::info!(url = %self.config.url,
-                "e-mail: mail.url changed; notices start with the next request");
+    fn select(&self, row: &AuditRow) -> Option<i64> {
+        if Action::parse(&row.action) != Some(Action::RequestFile) {
+            return None;
         }
-        Ok(Some(claim.seq))
-    }
-
-    async fn advance(&self, seq: i64) -> Result<bool, StoreError> {
-        self.app
-            .store
-            .advance_cursor(CURSOR, self.holder, seq)
-            .await
+        request_id(row)
     }
 
     /// Sends the notice for request `id` until it goes out, or until the request no longer waits.
     async fn deliver(
-        &self,
+        &mut self,
+        lease: &Lease<'_>,
         row: &AuditRow,
         id: i64,
         stop: &mut watch::Receiver<bool>,
@@ -306,13 +205,13 @@ impl Notifier<'_> {
                         request = id,
                         "e-mail: the request no longer waits; no notice"
                     );
-                    return Ok(Delivery::Moot);
+                    return Ok(Delivery::Handled);
                 }
             };
             let to = self.config.recipients(&request.zone);
             if to.is_empty() {
                 tracing::debug!(request = id, zone = %request.zone, "e-mail: nobody to tell for this zone");
-                return Ok(Delivery::Moot);
+                return Ok(Delivery::Handled);
             }
             let link = format!(
                 "{}/requests#req-{id}",
@@ -330,7 +229,7 @@ impl Notifier<'_> {
                 Ok(()) => {
                     tracing::info!(request = id, zone = %request.zone, recipients = to.len(),
                         "e-mail to approvers sent");
-                    return Ok(Delivery::Sent);
+                    return Ok(Delivery::Handled);
                 }
                 Err(e) => report(&e),
             };
@@ -342,7 +241,7 @@ impl Notifier<'_> {
                 () = crate::ssh::stopped(stop) => return Ok(Delivery::Stopped),
                 () = tokio::time::sleep(wait) => {}
             }
-            if self.claim().await?.is_none() {
+            if !lease.keep().await? {
                 return Ok(Delivery::LostLease);
             }
         }

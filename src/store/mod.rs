@@ -47,7 +47,6 @@ pub use sessions::{NewSession, RetentionCandidate};
 pub use staff::{SOURCE_DIRECTORY, SOURCE_LOCAL, StaffAuth};
 pub use vendors::{DirectoryVendor, LoginFailure, VendorTotp};
 pub use web_state::MAX_WEB_STATE;
-pub use webhook::WebhookClaim;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");

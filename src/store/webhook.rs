@@ -3,18 +3,8 @@
 //! These writes are bookkeeping, not decisions, so they do not go through an audited [`Tx`]; giving an
 //! event up is audited by the caller (`webhook.undelivered`).
 
-use super::{Context, Result, Store, get};
+use super::{Context, CursorClaim, Result, Store, get};
 use crate::model::UnixTime;
-
-/// A delivery lease taken or renewed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WebhookClaim {
-    /// How far delivery got: the last audit `seq` handled.
-    pub seq: i64,
-    /// The cursor belonged to another endpoint and was moved to the end of the audit log for this one
-    /// (events since the other endpoint's last delivery are not sent here).
-    pub moved: bool,
-}
 
 impl Store {
     /// Takes or renews the delivery lease for `holder` until `lease_until`, or `None` while another node
@@ -26,7 +16,7 @@ impl Store {
         endpoint: &str,
         now: UnixTime,
         lease_until: UnixTime,
-    ) -> Result<Option<WebhookClaim>> {
+    ) -> Result<Option<CursorClaim>> {
         sqlx::query(
             "INSERT INTO webhook_cursor (id, endpoint, delivered_seq, holder, lease_until) \
              SELECT 1, $1, seq, NULL, 0 FROM audit_head WHERE id = 1 ON CONFLICT (id) DO NOTHING",
@@ -55,7 +45,7 @@ impl Store {
             .context("reading the webhook cursor")?;
         let (was, seq): (String, i64) = (get(&row, "endpoint")?, get(&row, "delivered_seq")?);
         if was == endpoint {
-            return Ok(Some(WebhookClaim { seq, moved: false }));
+            return Ok(Some(CursorClaim { seq, moved: false }));
         }
         sqlx::query(
             "UPDATE webhook_cursor SET endpoint = $1, \
@@ -70,7 +60,7 @@ impl Store {
             .fetch_one(&self.pool)
             .await
             .context("reading the webhook cursor")?;
-        Ok(Some(WebhookClaim {
+        Ok(Some(CursorClaim {
             seq: get(&row, "delivered_seq")?,
             moved: true,
         }))

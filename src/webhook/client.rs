@@ -325,7 +325,7 @@ fn roots(config: &WebhookConfig) -> Result<rustls::RootCertStore, SetupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhook::report;
+    use crate::error_text::report;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     fn config(url: &str, ca_file: Option<PathBuf>) -> WebhookConfig {

@@ -22,25 +22,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::json;
-use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
 use crate::app::App;
 use crate::audit::{Action, AuditEvent, AuditRow};
+use crate::audit_tail::{self, Consumer, CursorRow, Delivery, Lease, Moved};
 use crate::config::WebhookConfig;
+use crate::error_text::report;
 use crate::store::StoreError;
 pub use client::{Poster, SetupError};
-
-/// How often the audit log is looked at for new events.
-const POLL: Duration = Duration::from_millis(500);
-/// How long a node's claim on delivery lasts without renewal: longer than the longest backoff plus one
-/// delivery deadline, so a node retrying an event keeps it (and counts its attempts) instead of another
-/// node starting over at attempt 1.
-const LEASE_SECS: i64 = 400;
-/// A round that keeps delivering renews its lease this often (a backlog can take longer than a lease).
-const RENEW_EVERY: Duration = Duration::from_secs(60);
-/// Audit rows read at a time.
-const PAGE: i64 = 200;
 
 /// The wait before retry `attempt` (1-based: the wait after the first failure is `backoff(1)`).
 pub fn backoff(attempt: u32) -> Duration {
@@ -58,157 +48,55 @@ pub fn spawn(
     stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, SetupError> {
     let poster = Poster::new(&config)?;
-    Ok(tokio::spawn(run(app, config, poster, stop)))
-}
-
-/// An error and its causes on one line (`connecting to 127.0.0.1:9: Connection refused (os error
-/// 111)`): what the log and the `webhook.undelivered` event keep. The variants' own text never repeats
-/// their cause, so nothing is said twice.
-fn report(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-async fn run(app: App, config: WebhookConfig, poster: Poster, mut stop: watch::Receiver<bool>) {
-    let holder = app.node.to_string();
-    // The cursor belongs to one receiver; the URL itself may hold a token, so only its hash is stored.
-    let endpoint = hex::encode(&Sha256::digest(config.url.as_bytes())[..16]);
-    let deliverer = Deliverer {
-        app: &app,
-        config: &config,
-        poster: &poster,
-        holder: &holder,
-        endpoint: &endpoint,
+    let shown_url = crate::config::redact_webhook_url(&config.url);
+    // Nodes configured with different URLs would keep moving the cursor, and each receiver would miss
+    // events: the move is audited.
+    let moved = Moved {
+        log: "webhook: the delivery cursor belonged to another webhook.url; starting at the end of the \
+              audit log for this one (every node must have the same [webhook] url)",
+        audit: Some((
+            Action::WebhookEndpointChanged,
+            "webhook",
+            json!({ "url": shown_url }),
+        )),
+        shown_url,
     };
     tracing::info!(events = ?config.events, "webhook delivery started");
-    loop {
-        match deliverer.round(&mut stop).await {
-            Ok(Round::Stopped) => break,
-            Ok(Round::Idle) => {}
-            Err(e) => tracing::warn!(error = %report(&e), "webhook delivery"),
-        }
-        tokio::select! {
-            () = crate::ssh::stopped(&mut stop) => break,
-            () = tokio::time::sleep(POLL) => {}
-        }
-    }
-    if let Err(e) = app.store.release_webhook_cursor(&holder).await {
-        tracing::warn!(error = %e, "cannot release the webhook lease");
-    }
-}
-
-enum Round {
-    Idle,
-    Stopped,
-}
-
-struct Deliverer<'a> {
-    app: &'a App,
-    config: &'a WebhookConfig,
-    poster: &'a Poster,
-    holder: &'a str,
-    endpoint: &'a str,
-}
-
-impl Deliverer<'_> {
-    /// Claims the lease, then sends every new matching event in order, renewing the lease as it goes.
-    async fn round(&self, stop: &mut watch::Receiver<bool>) -> Result<Round, StoreError> {
-        let Some(mut cursor) = self.claim().await? else {
-            return Ok(Round::Idle);
+    Ok(tokio::spawn(async move {
+        let url = config.url.clone();
+        let deliverer = Deliverer {
+            app: app.clone(),
+            config,
+            poster,
         };
-        let mut renewed = tokio::time::Instant::now();
-        loop {
-            let rows = self.app.store.audit_page(cursor, PAGE).await?;
-            let Some(last) = rows.last().map(|r| r.seq) else {
-                return Ok(Round::Idle);
-            };
-            for row in &rows {
-                if !Action::parse(&row.action).is_some_and(|a| self.config.events.contains(&a)) {
-                    continue;
-                }
-                // Everything before this row is handled; record that before a possibly long retry.
-                if row.seq - 1 > cursor && !self.advance(row.seq - 1).await? {
-                    return Ok(Round::Idle);
-                }
-                if renewed.elapsed() >= RENEW_EVERY {
-                    if self.claim().await?.is_none() {
-                        return Ok(Round::Idle);
-                    }
-                    renewed = tokio::time::Instant::now();
-                }
-                match self.deliver(row, stop).await? {
-                    Outcome::Sent => {}
-                    Outcome::Stopped => return Ok(Round::Stopped),
-                    Outcome::LostLease => return Ok(Round::Idle),
-                }
-                if !self.advance(row.seq).await? {
-                    return Ok(Round::Idle);
-                }
-                cursor = row.seq;
-            }
-            if last > cursor && !self.advance(last).await? {
-                return Ok(Round::Idle);
-            }
-            cursor = last;
-        }
+        audit_tail::run(app, CursorRow::Webhook, &url, moved, deliverer, stop).await;
+    }))
+}
+
+struct Deliverer {
+    app: App,
+    config: WebhookConfig,
+    poster: Poster,
+}
+
+impl Consumer for Deliverer {
+    type Item = ();
+    const NAME: &'static str = "webhook delivery";
+
+    fn select(&self, row: &AuditRow) -> Option<()> {
+        Action::parse(&row.action)
+            .is_some_and(|a| self.config.events.contains(&a))
+            .then_some(())
     }
 
-    /// Takes or renews the lease; how far delivery got, or `None` while another node delivers. When the
-    /// cursor belonged to another `webhook.url` (changed, or different on another node), the move is
-    /// audited (`webhook.endpoint.changed`): nodes configured with different URLs would keep moving it,
-    /// and each receiver would miss events.
-    async fn claim(&self) -> Result<Option<i64>, StoreError> {
-        let now = self.app.clock.now();
-        let Some(claim) = self
-            .app
-            .store
-            .claim_webhook_cursor(self.holder, self.endpoint, now, now + LEASE_SECS)
-            .await?
-        else {
-            return Ok(None);
-        };
-        if claim.moved {
-            tracing::warn!(
-                url = %crate::config::redact_webhook_url(&self.config.url),
-                "webhook: the delivery cursor belonged to another webhook.url; starting at the end of the \
-                 audit log for this one (every node must have the same [webhook] url)"
-            );
-            let mut tx = self.app.store.begin().await?;
-            tx.audit(
-                AuditEvent::new(
-                    format!("node:{}", self.holder),
-                    "webhook.endpoint.changed",
-                    "webhook",
-                    json!({"url": crate::config::redact_webhook_url(&self.config.url), "endpoint": self.endpoint,
-                           "from_seq": claim.seq}),
-                ),
-                now,
-            )
-            .await?;
-            tx.commit("webhook.endpoint.changed").await?;
-        }
-        Ok(Some(claim.seq))
-    }
-
-    async fn advance(&self, seq: i64) -> Result<bool, StoreError> {
-        self.app
-            .store
-            .advance_webhook_cursor(self.holder, seq)
-            .await
-    }
-
-    /// Sends one event, retrying with backoff; gives it up after `max_attempts`.
+    /// Sends one event, retrying with backoff; gives it up after `max_attempts` (audited).
     async fn deliver(
-        &self,
+        &mut self,
+        lease: &Lease<'_>,
         row: &AuditRow,
+        (): (),
         stop: &mut watch::Receiver<bool>,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<Delivery, StoreError> {
         let body = Bytes::from(payload(row, &self.app.config.web.public_url).to_string());
         let delivery = row.seq.to_string();
         let mut attempt = 0;
@@ -217,7 +105,7 @@ impl Deliverer<'_> {
             let error = match self.poster.post(&row.action, &delivery, body.clone()).await {
                 Ok(()) => {
                     tracing::debug!(seq = row.seq, action = %row.action, "webhook delivered");
-                    return Ok(Outcome::Sent);
+                    return Ok(Delivery::Handled);
                 }
                 Err(e) => report(&e),
             };
@@ -226,22 +114,23 @@ impl Deliverer<'_> {
                 tracing::error!(seq = row.seq, action = %row.action, attempts = attempt, error = %error,
                     "webhook: giving the event up");
                 self.give_up(row, attempt, &error).await?;
-                return Ok(Outcome::Sent);
+                return Ok(Delivery::Handled);
             }
             let wait = backoff(attempt);
             tracing::warn!(seq = row.seq, action = %row.action, attempt, error = %error,
                 retry_in_secs = wait.as_secs(), "webhook delivery failed");
             tokio::select! {
-                () = crate::ssh::stopped(stop) => return Ok(Outcome::Stopped),
+                () = crate::ssh::stopped(stop) => return Ok(Delivery::Stopped),
                 () = tokio::time::sleep(wait) => {}
             }
-            // Keep (or find we lost) the lease before trying again.
-            if self.claim().await?.is_none() {
-                return Ok(Outcome::LostLease);
+            if !lease.keep().await? {
+                return Ok(Delivery::LostLease);
             }
         }
     }
+}
 
+impl Deliverer {
     async fn give_up(&self, row: &AuditRow, attempts: u32, error: &str) -> Result<(), StoreError> {
         let now = self.app.clock.now();
         let mut tx = self.app.store.begin().await?;
@@ -258,12 +147,6 @@ impl Deliverer<'_> {
         tx.commit("webhook.undelivered").await?;
         Ok(())
     }
-}
-
-enum Outcome {
-    Sent,
-    Stopped,
-    LostLease,
 }
 
 /// The JSON body for one audit event (documented in the README, "Webhook").

@@ -4,7 +4,7 @@ use std::future::Future;
 
 use chaperone::audit::{AuditEvent, Verifier};
 use chaperone::model::{Criticality, Service};
-use chaperone::store::{NewAsset, NewGrant, NewSession, Store, StoreError, Tx, WebhookClaim};
+use chaperone::store::{CursorClaim, NewAsset, NewGrant, NewSession, Store, StoreError, Tx};
 use serde_json::json;
 
 use crate::support::postgres;
@@ -437,7 +437,7 @@ async fn one_node_at_a_time_holds_the_webhook_cursor() {
                 .claim_webhook_cursor("a", "e1", 100, 160)
                 .await
                 .unwrap(),
-            Some(WebhookClaim {
+            Some(CursorClaim {
                 seq: head,
                 moved: false
             })
@@ -461,7 +461,7 @@ async fn one_node_at_a_time_holds_the_webhook_cursor() {
                 .claim_webhook_cursor("b", "e1", 161, 221)
                 .await
                 .unwrap(),
-            Some(WebhookClaim {
+            Some(CursorClaim {
                 seq: head + 5,
                 moved: false
             })
@@ -474,7 +474,7 @@ async fn one_node_at_a_time_holds_the_webhook_cursor() {
                 .claim_webhook_cursor("a", "e2", 162, 222)
                 .await
                 .unwrap(),
-            Some(WebhookClaim {
+            Some(CursorClaim {
                 seq: head,
                 moved: true
             })

@@ -22,6 +22,25 @@ fn bastion_with(section: &str) -> Bastion {
     Bastion::start(data)
 }
 
+/// An infusion pump whose grants the tests revoke (no device is reached).
+fn add_pump(b: &Bastion) {
+    b.data
+        .run(&[
+            "asset",
+            "add",
+            "pump-7",
+            "--address",
+            "127.0.0.1",
+            "--zone",
+            "icu",
+            "--purpose",
+            "Infusion pump",
+            "--service",
+            "ssh:22/ssh",
+        ])
+        .ok();
+}
+
 fn audit(b: &Bastion) -> String {
     b.data
         .run(&["audit", "export", "--format", "jsonl"])
@@ -101,21 +120,7 @@ fn an_event_the_receiver_never_takes_is_given_up_and_audited() {
     let dead = format!("http://127.0.0.1:{}/hook", free_port());
     let b = bastion_with(&webhook::config(&dead, SECRET, "max_attempts = 2"));
     std::thread::sleep(Duration::from_millis(1500)); // let delivery claim its cursor first
-    b.data
-        .run(&[
-            "asset",
-            "add",
-            "pump-7",
-            "--address",
-            "127.0.0.1",
-            "--zone",
-            "icu",
-            "--purpose",
-            "Infusion pump",
-            "--service",
-            "ssh:22/ssh",
-        ])
-        .ok();
+    add_pump(&b);
     b.vendor("alice", "Acme Imaging");
     let grant = b.grant("alice", "pump-7", "ssh", "1h");
     b.data
@@ -139,6 +144,82 @@ fn an_event_the_receiver_never_takes_is_given_up_and_audited() {
     );
     // The server keeps running and still audits and serves.
     b.data.run(&["audit", "verify"]).ok();
+}
+
+/// The cursor is bound to its receiver (`audit_tail`): pointed at another URL, the bastion starts at the
+/// end of the log for it (what happened before the change is not replayed to the new receiver), audits
+/// the move with where the old receiver got to, and sends what follows to the new one.
+#[test]
+fn a_new_webhook_url_starts_at_the_end_of_the_log_and_the_move_is_audited() {
+    let first = Receiver::start(&[]);
+    let b = bastion_with(&webhook::config(&first.url(), SECRET, ""));
+    std::thread::sleep(Duration::from_millis(1500)); // let delivery claim its cursor first
+    add_pump(&b);
+    b.vendor("alice", "Acme Imaging");
+    // Grants and revocations go through the data directory, so they work with the bastion stopped too.
+    let revoke = |data: &DataDir| {
+        let grant = data.grant("alice", "pump-7", "ssh", "1h");
+        data.run(&["grant", "revoke", &grant.to_string(), "--reason", "done"])
+            .ok();
+        grant
+    };
+    let one = revoke(&b.data);
+    let got = first
+        .wait_for("grant.revoke", 20)
+        .expect("the first receiver gets the revocation");
+    assert_eq!(got.json()["subject"], format!("grant:{one}"));
+
+    // A revocation while the bastion is down, then the receiver changes: the new receiver starts after
+    // it (the gap is the old receiver's; `audit export` has it).
+    let data = b.stop();
+    let two = revoke(&data);
+    let second = Receiver::start(&[]);
+    let config = std::fs::read_to_string(data.config()).unwrap();
+    std::fs::write(data.config(), config.replace(&first.url(), &second.url())).unwrap();
+    let b = Bastion::start(data);
+    assert!(
+        wait_until(Duration::from_secs(20), || audit(&b)
+            .contains("\"webhook.endpoint.changed\"")),
+        "{}",
+        b.log()
+    );
+    let moved = audit(&b)
+        .lines()
+        .find(|l| l.contains("\"webhook.endpoint.changed\""))
+        .unwrap()
+        .to_owned();
+    assert!(moved.contains("from_seq"), "{moved}");
+    assert!(!moved.contains(SECRET), "{moved}");
+    let three = revoke(&b.data);
+    assert!(
+        wait_until(Duration::from_secs(20), || second
+            .delivered("grant.revoke")
+            .iter()
+            .any(|d| d.json()["subject"] == format!("grant:{three}"))),
+        "{:?}\n{}",
+        second.all(),
+        b.log()
+    );
+    let subjects: Vec<String> = second
+        .delivered("grant.revoke")
+        .iter()
+        .map(|d| d.json()["subject"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    for old in [one, two] {
+        assert!(
+            !subjects.contains(&format!("grant:{old}")),
+            "replayed: {subjects:?}"
+        );
+    }
+    // The first receiver got nothing after the change.
+    assert!(
+        first
+            .delivered("grant.revoke")
+            .iter()
+            .all(|d| d.json()["subject"] == format!("grant:{one}")),
+        "{:?}",
+        first.all()
+    );
 }
 
 #[test]
@@ -187,21 +268,7 @@ fn https_receivers_are_verified_against_ca_file_or_the_system_roots() {
         std::thread::sleep(Duration::from_millis(1500));
         b.vendor("alice", "Acme Imaging");
         // A revocation is one of the default events.
-        b.data
-            .run(&[
-                "asset",
-                "add",
-                "pump-7",
-                "--address",
-                "127.0.0.1",
-                "--zone",
-                "icu",
-                "--purpose",
-                "Infusion pump",
-                "--service",
-                "ssh:22/ssh",
-            ])
-            .ok();
+        add_pump(&b);
         let grant = b.grant("alice", "pump-7", "ssh", "1h");
         b.data
             .run(&["grant", "revoke", &grant.to_string(), "--reason", "done"])

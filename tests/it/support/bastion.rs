@@ -159,26 +159,7 @@ impl Bastion {
     }
 
     pub fn grant(&self, vendor: &str, asset: &str, services: &str, duration: &str) -> i64 {
-        let run = self.data.run(&[
-            "grant",
-            "add",
-            "--vendor",
-            vendor,
-            "--asset",
-            asset,
-            "--services",
-            services,
-            "--for",
-            duration,
-            "--reason",
-            "test",
-        ]);
-        let out = run.ok().stdout();
-        out.split('#')
-            .nth(1)
-            .and_then(|s| s.split(':').next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("grant id in {out}"))
+        self.data.grant(vendor, asset, services, duration)
     }
 
     /// An `ssh` command for `user` with the vendor's key and TOTP answered through SSH_ASKPASS.

@@ -78,6 +78,32 @@ pub struct DataDir {
 }
 
 impl DataDir {
+    /// `grant add` for a vendor's services on an asset, with or without a server running; the grant's id.
+    pub fn grant(&self, vendor: &str, asset: &str, services: &str, duration: &str) -> i64 {
+        let out = self
+            .run(&[
+                "grant",
+                "add",
+                "--vendor",
+                vendor,
+                "--asset",
+                asset,
+                "--services",
+                services,
+                "--for",
+                duration,
+                "--reason",
+                "test",
+            ])
+            .ok()
+            .stdout();
+        out.split('#')
+            .nth(1)
+            .and_then(|s| s.split(':').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("grant id in {out}"))
+    }
+
     pub fn init() -> DataDir {
         let dir = tempfile::tempdir().expect("temp dir");
         let out = Command::new(chaperone_bin())
