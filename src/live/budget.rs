@@ -107,14 +107,19 @@ impl Budgets {
         n: u64,
         policy: &BudgetPolicy,
     ) -> Option<Crossing> {
+        // A direction without a budget is not counted: a session's policy is the configuration's, fixed
+        // for the life of the process, so nothing could ever be held against those bytes. Most sessions
+        // have none, and pass here without the node-wide lock.
         let limit = match dir {
             Direction::Up => policy.max_up_per_hour,
             Direction::Down => policy.max_down_per_hour,
-        };
+        }?;
         let mut windows = self.windows.lock().ok()?;
-        let window = windows.entry(key.clone()).or_default();
+        if !windows.contains_key(key) {
+            windows.insert(key.clone(), Window::default());
+        }
+        let window = windows.get_mut(key)?;
         let used = window.add(now, dir, n);
-        let limit = limit?;
         if used <= limit {
             return None;
         }
@@ -143,6 +148,32 @@ mod tests {
             asset_id: 2,
             service: "dicom".into(),
         }
+    }
+
+    #[test]
+    fn a_direction_without_a_budget_is_not_counted() {
+        let b = Budgets::default();
+        let none = BudgetPolicy {
+            max_down_per_hour: None,
+            max_up_per_hour: None,
+            action: BudgetAction::Cut,
+        };
+        assert_eq!(b.add(&key(), 1000, Direction::Down, 1 << 40, &none), None);
+        assert_eq!(b.add(&key(), 1000, Direction::Up, 1 << 40, &none), None);
+        assert!(b.windows.lock().unwrap().is_empty(), "no window kept");
+        let down_only = BudgetPolicy {
+            max_down_per_hour: Some(10),
+            ..none
+        };
+        assert_eq!(
+            b.add(&key(), 1000, Direction::Up, 1 << 40, &down_only),
+            None
+        );
+        assert!(b.windows.lock().unwrap().is_empty(), "up is not counted");
+        let c = b
+            .add(&key(), 1000, Direction::Down, 11, &down_only)
+            .unwrap();
+        assert_eq!((c.used, c.limit, c.action), (11, 10, BudgetAction::Cut));
     }
 
     #[test]
