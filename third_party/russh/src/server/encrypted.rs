@@ -28,7 +28,7 @@ use ssh_key::{PublicKey, Signature};
 use tokio::time::Instant;
 
 use super::*;
-use crate::helpers::{AlgorithmExt, NameList};
+use crate::helpers::{AlgorithmExt, NameList, decode_data};
 use crate::map_err;
 use crate::parsing::{ChannelOpenConfirmation, ChannelType, OpenChannelMessage, ensure_end};
 
@@ -1448,11 +1448,12 @@ async fn reply_userauth_info_response(
 }
 
 impl Session {
-    async fn server_read_authenticated<H: Handler + Send, R: Reader>(
+    // chaperone patch 5: the packet as a slice (it always was one), for `decode_data`.
+    async fn server_read_authenticated<H: Handler + Send>(
         &mut self,
         handler: &mut H,
         msg: u8,
-        r: &mut R,
+        r: &mut &[u8],
     ) -> Result<(), H::Error> {
         match msg {
             msg::CHANNEL_OPEN => self.server_handle_channel_open(handler, r).await,
@@ -1500,7 +1501,7 @@ impl Session {
                     Some(map_err!(u32::decode(r))?)
                 };
                 trace!("handler.data {ext:?} {channel_num:?}");
-                let data = map_err!(Bytes::decode(r))?;
+                let data = map_err!(decode_data(r))?; // chaperone patch 5
                 map_err!(ensure_end(r))?;
                 let target = self.target_window_size;
 
