@@ -4,7 +4,7 @@
 //! with several nodes exactly one delivers and a restart loses nothing; it sends events in the order they
 //! happened, only once their change is committed.
 //!
-//! Entry point: [`run`], with a [`Consumer`] (what to send for a row, and how). The protocol it keeps for
+//! Entry point: [`spawn`], with a [`Consumer`] (what to send for a row, and how). The protocol it keeps for
 //! every consumer:
 //! - a round claims the lease (or waits: another node holds it), then reads the log a page at a time;
 //! - before an event that may take long (retries with backoff), everything before it is recorded as
@@ -197,12 +197,23 @@ impl Lease<'_> {
     }
 }
 
-/// Follows the audit log for `consumer` until `stop`: its cursor is `cursor`, bound to the destination
-/// `url` (only a hash of it is stored: a URL may hold a token).
-pub async fn run<C: Consumer>(
+/// Follows the audit log for `consumer` on a task of its own until `stop`: its cursor is `cursor`, bound
+/// to the destination `url` (only a hash of it is stored: a URL may hold a token).
+pub fn spawn<C: Consumer + 'static>(
     app: App,
     cursor: CursorRow,
-    url: &str,
+    url: String,
+    moved: Moved,
+    consumer: C,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(app, cursor, url, moved, consumer, stop))
+}
+
+async fn run<C: Consumer>(
+    app: App,
+    cursor: CursorRow,
+    url: String,
     moved: Moved,
     mut consumer: C,
     mut stop: watch::Receiver<bool>,

@@ -409,14 +409,14 @@ pub fn spawn(
         )),
     };
     tracing::info!(url = %config.url, "ATNA audit export started");
-    Ok(tokio::spawn(async move {
-        let url = config.url.clone();
-        let exporter = Exporter {
-            source: Source::from_config(&config),
-            sender,
-        };
-        audit_tail::run(app, CursorRow::Named(CURSOR), &url, moved, exporter, stop).await;
-    }))
+    let exporter = Exporter {
+        source: Source::from_config(&config),
+        sender,
+    };
+    let cursor = CursorRow::Named(CURSOR);
+    Ok(audit_tail::spawn(
+        app, cursor, config.url, moved, exporter, stop,
+    ))
 }
 
 struct Exporter {

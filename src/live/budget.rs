@@ -115,6 +115,7 @@ impl Budgets {
             Direction::Down => policy.max_down_per_hour,
         }?;
         let mut windows = self.windows.lock().ok()?;
+        // Not `entry(key.clone())`: the key is cloned only for a session's first window, not per chunk.
         if !windows.contains_key(key) {
             windows.insert(key.clone(), Window::default());
         }

@@ -42,15 +42,14 @@ pub fn spawn(
         audit: None,
     };
     tracing::info!(url = %config.url, "e-mail to approvers started");
-    Ok(tokio::spawn(async move {
-        let url = config.url.clone();
-        let notifier = Notifier {
-            app: app.clone(),
-            config,
-            smtp,
-        };
-        audit_tail::run(app, CursorRow::Named(CURSOR), &url, moved, notifier, stop).await;
-    }))
+    let url = config.url.clone();
+    let notifier = Notifier {
+        app: app.clone(),
+        config,
+        smtp,
+    };
+    let cursor = CursorRow::Named(CURSOR);
+    Ok(audit_tail::spawn(app, cursor, url, moved, notifier, stop))
 }
 
 /// The request id a `request.file` row is about (`request:42`).

@@ -62,15 +62,20 @@ pub fn spawn(
         shown_url,
     };
     tracing::info!(events = ?config.events, "webhook delivery started");
-    Ok(tokio::spawn(async move {
-        let url = config.url.clone();
-        let deliverer = Deliverer {
-            app: app.clone(),
-            config,
-            poster,
-        };
-        audit_tail::run(app, CursorRow::Webhook, &url, moved, deliverer, stop).await;
-    }))
+    let url = config.url.clone();
+    let deliverer = Deliverer {
+        app: app.clone(),
+        config,
+        poster,
+    };
+    Ok(audit_tail::spawn(
+        app,
+        CursorRow::Webhook,
+        url,
+        moved,
+        deliverer,
+        stop,
+    ))
 }
 
 struct Deliverer {

@@ -183,20 +183,7 @@ fn vendor_add_prints_totp_uri_and_refuses_bad_input() {
 #[test]
 fn credentials_never_come_from_argv_and_are_sealed() {
     let d = DataDir::init();
-    d.run(&[
-        "asset",
-        "add",
-        "pump-7",
-        "--address",
-        "10.1.2.3",
-        "--zone",
-        "icu",
-        "--purpose",
-        "Infusion pump",
-        "--service",
-        "ssh:22/ssh",
-    ])
-    .ok();
+    d.add_icu_pump("pump-7", "10.1.2.3");
     d.run_with_stdin(
         &[
             "asset",

@@ -220,21 +220,7 @@ fn directory_approver_enrols_at_first_sign_in_approves_and_is_signed_out_when_re
     assert_eq!(code, 0, "{stdout}\n{stderr}");
 
     // An ICU device's requests are decided by ICU's approvers (or an admin), not by erin.
-    b.data
-        .run(&[
-            "asset",
-            "add",
-            "pump-01",
-            "--address",
-            "127.0.0.1",
-            "--zone",
-            "icu",
-            "--purpose",
-            "Infusion pump",
-            "--service",
-            "ssh:22/ssh",
-        ])
-        .ok();
+    b.data.add_icu_pump("pump-01", "127.0.0.1");
     let child = request(
         &b,
         &alice,

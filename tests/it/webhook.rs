@@ -24,21 +24,7 @@ fn bastion_with(section: &str) -> Bastion {
 
 /// An infusion pump whose grants the tests revoke (no device is reached).
 fn add_pump(b: &Bastion) {
-    b.data
-        .run(&[
-            "asset",
-            "add",
-            "pump-7",
-            "--address",
-            "127.0.0.1",
-            "--zone",
-            "icu",
-            "--purpose",
-            "Infusion pump",
-            "--service",
-            "ssh:22/ssh",
-        ])
-        .ok();
+    b.data.add_icu_pump("pump-7", "127.0.0.1");
 }
 
 fn audit(b: &Bastion) -> String {

@@ -78,6 +78,24 @@ pub struct DataDir {
 }
 
 impl DataDir {
+    /// `asset add` of an infusion pump in zone `icu` with an ssh service on port 22.
+    pub fn add_icu_pump(&self, name: &str, address: &str) {
+        self.run(&[
+            "asset",
+            "add",
+            name,
+            "--address",
+            address,
+            "--zone",
+            "icu",
+            "--purpose",
+            "Infusion pump",
+            "--service",
+            "ssh:22/ssh",
+        ])
+        .ok();
+    }
+
     /// `grant add` for a vendor's services on an asset, with or without a server running; the grant's id.
     pub fn grant(&self, vendor: &str, asset: &str, services: &str, duration: &str) -> i64 {
         let out = self
