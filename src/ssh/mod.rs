@@ -267,6 +267,8 @@ impl Listener {
         let mut refused = RefusalLog::default();
         loop {
             let (stream, peer) = tokio::select! {
+                // Stop first: the watcher also ends at shutdown, and that is not its failure.
+                biased;
                 () = stopped(&mut stop) => break,
                 ended = &mut watcher => {
                     tracing::error!(outcome = ?ended, "the authority watcher stopped; stopping the SSH listener");
