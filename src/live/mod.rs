@@ -34,7 +34,7 @@ use crate::audit::AuditEvent;
 use crate::config::BudgetAction;
 use crate::policy::{Grant, Principal};
 use crate::recording::{Record, RecordSender, Recording, RecordingFormat};
-use crate::store::{NewSession, StoreError};
+use crate::store::{SessionStart, StoreError};
 use budget::{Budgets, Crossing, Direction, Key};
 pub use registry::{Close, Control, LiveSessions, Registration};
 
@@ -314,49 +314,35 @@ impl PendingSession {
         };
         let (start_action, _) = self.kind.actions();
         let peer = self.origin.peer.clone();
-        let db = async {
-            let mut tx = app.store.begin().await?;
-            tx.insert_session(
-                &NewSession {
-                    id,
-                    vendor_id: grant.vendor().id,
-                    asset_id: asset.id,
-                    grant_id: grant.id(),
-                    kind: self.kind.as_str(),
-                    service: &grant.service().name,
-                    client_addr: &peer,
-                    detail: &detail,
-                    node: &app.node,
-                },
-                now,
-            )
-            .await?;
-            let mut event = json!({"asset": asset.name, "service": grant.service().name, "port": grant.service().port, "grant": grant.id(), "kind": self.kind.as_str(), "detail": detail, "peer": peer, "key": self.origin.principal.key_fingerprint});
-            let recording_id = match &recording {
-                Some((_, format, path)) => {
-                    let path_text = path.display().to_string();
-                    event["recording"] = json!(path_text);
-                    Some(
-                        tx.insert_recording(id, format.as_str(), &path_text, now)
-                            .await?,
-                    )
-                }
-                None => None,
-            };
-            tx.audit(
-                AuditEvent::new(
+        let mut event = json!({"asset": asset.name, "service": grant.service().name, "port": grant.service().port, "grant": grant.id(), "kind": self.kind.as_str(), "detail": detail, "peer": peer, "key": self.origin.principal.key_fingerprint});
+        let recorded = recording.as_ref().map(|(_, format, path)| {
+            let path_text = path.display().to_string();
+            event["recording"] = json!(path_text);
+            (format.as_str(), path_text)
+        });
+        // Written together with the other sessions starting at the same moment (`store::session_starts`).
+        let db = app
+            .store
+            .start_session(SessionStart {
+                id: id.clone(),
+                vendor_id: grant.vendor().id,
+                asset_id: asset.id,
+                grant_id: grant.id(),
+                kind: self.kind.as_str(),
+                service: grant.service().name.clone(),
+                client_addr: peer.clone(),
+                detail: detail.clone(),
+                node: app.node.to_string(),
+                started_at: now,
+                recording: recorded,
+                audit: AuditEvent::new(
                     format!("vendor:{}", grant.vendor().name),
                     start_action,
                     format!("session:{id}"),
                     event,
                 ),
-                now,
-            )
-            .await?;
-            tx.commit(start_action).await?;
-            Ok::<_, StoreError>(recording_id)
-        }
-        .await;
+            })
+            .await;
         let recording_id = match db {
             Ok(r) => r,
             Err(e) => {

@@ -3,7 +3,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, Transaction};
 
-use super::{Context, Result, Store, get};
+use super::{Context, Result, Store, StoreError, get};
 use crate::audit::{AuditEvent, AuditRow, chain_hash};
 use crate::model::UnixTime;
 
@@ -27,43 +27,77 @@ pub(super) async fn append(
     event: AuditEvent,
     now: UnixTime,
 ) -> Result<i64> {
-    let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+    let seqs = append_many(tx, vec![(event, now)]).await?;
+    seqs.last().copied().ok_or_else(|| {
+        StoreError::Corrupt("appending an audit event gave no sequence number".into())
+    })
+}
+
+/// Appends `events` (each with its time) to the chain in order, in three statements whatever their
+/// number: the head is bumped by all of them at once (taking its row lock, as [`append`]), each event
+/// is linked to the one before it, and the head moves to the last. Their sequence numbers, in order.
+pub(super) async fn append_many(
+    tx: &mut Transaction<'static, Any>,
+    events: Vec<(AuditEvent, UnixTime)>,
+) -> Result<Vec<i64>> {
+    let Ok(count) = i64::try_from(events.len()) else {
+        return Err(StoreError::TooLarge(
+            "too many audit events in one transaction".into(),
+        ));
+    };
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let head = sqlx::query("UPDATE audit_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash")
+        .bind(count)
         .fetch_one(&mut **tx)
         .await
         .context("locking the audit chain")?;
-    let seq: i64 = get(&head, "seq")?;
-    let prev_hash: String = get(&head, "hash")?;
-    let detail = event.detail.to_string();
-    let hash = chain_hash(
-        seq,
-        now,
-        &event.actor,
-        &event.action,
-        &event.subject,
-        &detail,
-        &prev_hash,
-    );
-    sqlx::query(
-        "INSERT INTO audit_events (seq, at, actor, action, subject, detail, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(seq)
-    .bind(now)
-    .bind(&event.actor)
-    .bind(&event.action)
-    .bind(&event.subject)
-    .bind(&detail)
-    .bind(&prev_hash)
-    .bind(&hash)
-    .execute(&mut **tx)
-    .await
-    .context("appending an audit event")?;
+    let last: i64 = get(&head, "seq")?;
+    let mut prev_hash: String = get(&head, "hash")?;
+    let mut rows = Vec::with_capacity(events.len());
+    for (seq, (event, at)) in (last - count + 1..).zip(events) {
+        let detail = event.detail.to_string();
+        let hash = chain_hash(
+            seq,
+            at,
+            &event.actor,
+            &event.action,
+            &event.subject,
+            &detail,
+            &prev_hash,
+        );
+        let prev = std::mem::replace(&mut prev_hash, hash.clone());
+        rows.push((seq, at, event, detail, prev, hash));
+    }
+    for chunk in rows.chunks(super::ROWS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO audit_events (seq, at, actor, action, subject, detail, prev_hash, hash) VALUES {}",
+            super::value_rows(chunk.len(), 8)
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (seq, at, event, detail, prev, hash) in chunk {
+            query = query
+                .bind(*seq)
+                .bind(*at)
+                .bind(&event.actor)
+                .bind(&event.action)
+                .bind(&event.subject)
+                .bind(detail)
+                .bind(prev)
+                .bind(hash);
+        }
+        query
+            .execute(&mut **tx)
+            .await
+            .context("appending an audit event")?;
+    }
     sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
-        .bind(&hash)
+        .bind(&prev_hash)
         .execute(&mut **tx)
         .await
         .context("advancing the audit chain head")?;
-    Ok(seq)
+    Ok(rows.iter().map(|r| r.0).collect())
 }
 
 impl Store {

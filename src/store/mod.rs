@@ -16,6 +16,7 @@ mod nodes;
 mod requests;
 mod sealed;
 mod search;
+mod session_starts;
 mod sessions;
 mod staff;
 mod vendors;
@@ -43,7 +44,8 @@ pub use search::{
     CLAIM_SECS, HistoryFilter, HistoryRow, IndexRow, NewTextChunk, NewWordsPart, PART_CHARS,
     PART_WORDS, TextChunk,
 };
-pub use sessions::{NewSession, RetentionCandidate};
+pub use session_starts::SessionStart;
+pub use sessions::{NewRecording, NewSession, RetentionCandidate};
 pub use staff::{SOURCE_DIRECTORY, SOURCE_LOCAL, StaffAuth};
 pub use vendors::{DirectoryVendor, LoginFailure, VendorTotp};
 pub use web_state::MAX_WEB_STATE;
@@ -79,6 +81,9 @@ pub enum StoreError {
     /// A row holds a value the code cannot accept (edited by hand or corrupted).
     #[error("database row is invalid: {0}")]
     Corrupt(String),
+    /// The write was abandoned before it was done (the process is stopping).
+    #[error("{0}")]
+    Interrupted(&'static str),
     /// A transaction tried to commit a change without an audit event.
     #[error("refusing to commit a change without an audit event ({0})")]
     Unaudited(&'static str),
@@ -122,6 +127,8 @@ pub struct Store {
     /// SQLite: the group sync of the write-ahead log that makes a committed [`Tx`] durable (the
     /// connections run with `synchronous = NORMAL`; see `durable.rs`). `None` on PostgreSQL.
     durable: Option<Arc<durable::WalSync>>,
+    /// Session starts waiting to be written together (`session_starts.rs`).
+    starts: Arc<session_starts::Queue>,
 }
 
 impl Store {
@@ -175,6 +182,7 @@ impl Store {
             backend,
             writer,
             durable,
+            starts: Arc::default(),
         })
     }
 
@@ -186,7 +194,20 @@ impl Store {
     /// the write lock at once (`BEGIN IMMEDIATE`), so writers from other processes (the CLI) queue on the
     /// busy timeout instead of failing half-way.
     pub async fn begin(&self) -> Result<Tx> {
-        let w = self.write_tx("starting a transaction").await?;
+        let asked = std::time::Instant::now();
+        let writer = self.writer_turn().await;
+        self.begin_in_turn(writer, asked).await
+    }
+
+    /// [`Store::begin`] for a caller that already holds the writer turn (asked for at `asked`).
+    async fn begin_in_turn(
+        &self,
+        writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+        asked: std::time::Instant,
+    ) -> Result<Tx> {
+        let w = self
+            .write_tx_in_turn(writer, asked, "starting a transaction")
+            .await?;
         Ok(Tx {
             tx: w.tx,
             audited: false,
@@ -200,12 +221,27 @@ impl Store {
     /// IMMEDIATE` on SQLite (a deferred transaction that another process wrote under fails with
     /// "database is locked" instead of waiting).
     pub(crate) async fn write_tx(&self, context: &'static str) -> Result<WriteTx> {
-        // The metric's wait includes the writer turn: both are time a writer spends queued.
         let asked = std::time::Instant::now();
-        let writer = match &self.writer {
+        let writer = self.writer_turn().await;
+        self.write_tx_in_turn(writer, asked, context).await
+    }
+
+    /// This process's writer turn (SQLite; `None` on PostgreSQL, which has no such turn).
+    async fn writer_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.writer {
             Some(w) => Some(w.clone().lock_owned().await),
             None => None,
-        };
+        }
+    }
+
+    /// [`Store::write_tx`] for a caller that already holds the writer turn (asked for at `asked`).
+    async fn write_tx_in_turn(
+        &self,
+        writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+        asked: std::time::Instant,
+        context: &'static str,
+    ) -> Result<WriteTx> {
+        // The metric's wait includes the writer turn: both are time a writer spends queued.
         let tx = match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Backend::Postgres => self.pool.begin().await,
@@ -243,6 +279,14 @@ impl Tx {
         let seq = audit::append(&mut self.tx, event, now).await?;
         self.audited = true;
         Ok(seq)
+    }
+
+    /// Appends `events` (each with its time) to the audit chain in order, in a fixed number of statements.
+    pub async fn audit_many(&mut self, events: Vec<(AuditEvent, i64)>) -> Result<Vec<i64>> {
+        let audited = !events.is_empty();
+        let seqs = audit::append_many(&mut self.tx, events).await?;
+        self.audited |= audited;
+        Ok(seqs)
     }
 
     /// Commits; refuses when nothing was audited (`what` names the change for the error). Returns once the
@@ -291,6 +335,25 @@ fn split_list(list: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+/// Rows per multi-row `INSERT`: far below SQLite's 32,766 bound parameters and PostgreSQL's 65,535 for
+/// the widest table written this way (10 columns).
+const ROWS_PER_INSERT: usize = 100;
+
+/// `($1, …, $c), ($c+1, …), …`: the placeholders of `rows` rows of `columns` values for a multi-row
+/// `INSERT` (the values are bound, never interpolated).
+fn value_rows(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let row = (1..=columns)
+                .map(|c| format!("${}", r * columns + c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("({row})")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `$1, $2, …, $n`: the placeholders of an `IN (…)` list of `n` values (the values are bound, never

@@ -68,6 +68,16 @@ pub struct RetentionCandidate {
     pub ended_at: UnixTime,
 }
 
+/// A recording to register ([`Tx::insert_recordings`]).
+#[derive(Debug, Clone)]
+pub struct NewRecording<'a> {
+    pub session_id: &'a str,
+    /// The `recordings.format` column (`RecordingFormat::as_str`).
+    pub format: &'a str,
+    pub path: &'a str,
+    pub created_at: UnixTime,
+}
+
 /// What opening a session records.
 #[derive(Debug, Clone)]
 pub struct NewSession<'a> {
@@ -190,23 +200,36 @@ impl Store {
 
 impl Tx {
     pub async fn insert_session(&mut self, s: &NewSession<'_>, now: UnixTime) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO sessions (id, vendor_id, asset_id, grant_id, kind, service, client_addr, detail, started_at, node) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(s.id)
-        .bind(s.vendor_id)
-        .bind(s.asset_id)
-        .bind(s.grant_id)
-        .bind(s.kind)
-        .bind(s.service)
-        .bind(s.client_addr)
-        .bind(s.detail)
-        .bind(now)
-        .bind(s.node)
-        .execute(&mut *self.tx)
-        .await
-        .context("opening a session")?;
+        self.insert_sessions(&[(s.clone(), now)]).await
+    }
+
+    /// Opens several sessions at once (each with its start time): one statement per
+    /// [`super::ROWS_PER_INSERT`] rows.
+    pub async fn insert_sessions(&mut self, sessions: &[(NewSession<'_>, UnixTime)]) -> Result<()> {
+        for chunk in sessions.chunks(super::ROWS_PER_INSERT) {
+            let sql = format!(
+                "INSERT INTO sessions (id, vendor_id, asset_id, grant_id, kind, service, client_addr, detail, started_at, node) VALUES {}",
+                super::value_rows(chunk.len(), 10)
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for (s, now) in chunk {
+                query = query
+                    .bind(s.id)
+                    .bind(s.vendor_id)
+                    .bind(s.asset_id)
+                    .bind(s.grant_id)
+                    .bind(s.kind)
+                    .bind(s.service)
+                    .bind(s.client_addr)
+                    .bind(s.detail)
+                    .bind(*now)
+                    .bind(s.node);
+            }
+            query
+                .execute(&mut *self.tx)
+                .await
+                .context("opening a session")?;
+        }
         Ok(())
     }
 
@@ -347,17 +370,59 @@ impl Tx {
         path: &str,
         now: UnixTime,
     ) -> Result<i64> {
-        let row = sqlx::query(
-            "INSERT INTO recordings (session_id, format, path, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
-        )
-        .bind(session_id)
-        .bind(format)
-        .bind(path)
-        .bind(now)
-        .fetch_one(&mut *self.tx)
-        .await
-        .context("registering a recording")?;
-        get(&row, "id")
+        let ids = self
+            .insert_recordings(&[NewRecording {
+                session_id,
+                format,
+                path,
+                created_at: now,
+            }])
+            .await?;
+        ids.into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Corrupt("registering a recording returned no id".into()))
+    }
+
+    /// Registers several recordings at once; their ids, in the order given.
+    pub async fn insert_recordings(&mut self, recordings: &[NewRecording<'_>]) -> Result<Vec<i64>> {
+        let mut ids = Vec::with_capacity(recordings.len());
+        for chunk in recordings.chunks(super::ROWS_PER_INSERT) {
+            let sql = format!(
+                "INSERT INTO recordings (session_id, format, path, created_at) VALUES {} RETURNING id, session_id, path",
+                super::value_rows(chunk.len(), 4)
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for r in chunk {
+                query = query
+                    .bind(r.session_id)
+                    .bind(r.format)
+                    .bind(r.path)
+                    .bind(r.created_at);
+            }
+            let rows = query
+                .fetch_all(&mut *self.tx)
+                .await
+                .context("registering a recording")?;
+            // RETURNING's order is not promised (SQLite says so): matched by session and file.
+            let mut by_file = std::collections::HashMap::with_capacity(rows.len());
+            for row in &rows {
+                let key = (
+                    get::<String>(row, "session_id")?,
+                    get::<String>(row, "path")?,
+                );
+                by_file.insert(key, get::<i64>(row, "id")?);
+            }
+            for r in chunk {
+                let key = (r.session_id.to_owned(), r.path.to_owned());
+                ids.push(by_file.remove(&key).ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "registering the recording of session {} returned no id",
+                        r.session_id
+                    ))
+                })?);
+            }
+        }
+        Ok(ids)
     }
 
     /// Stores a recording's digest and size; `false` if it was already closed.

@@ -4,7 +4,9 @@ use std::future::Future;
 
 use chaperone::audit::{AuditEvent, Verifier};
 use chaperone::model::{Criticality, Service};
-use chaperone::store::{CursorClaim, NewAsset, NewGrant, NewSession, Store, StoreError, Tx};
+use chaperone::store::{
+    CursorClaim, NewAsset, NewGrant, NewSession, SessionStart, Store, StoreError, Tx,
+};
 use serde_json::json;
 
 use crate::support::postgres;
@@ -1178,6 +1180,101 @@ async fn grants_go_only_to_enabled_vendors_and_pending_requests_are_capped_on_bo
         let late = file(1300).await;
         assert!(matches!(late, Err(FileRefusal::VendorDisabled)), "{late:?}");
         assert!(verify(&store).await.is_ok());
+    })
+    .await;
+}
+
+fn start(id: &str, v: i64, a: i64, g: i64, recorded: bool) -> SessionStart {
+    SessionStart {
+        id: id.to_owned(),
+        vendor_id: v,
+        asset_id: a,
+        grant_id: g,
+        kind: "exec",
+        service: "ssh".into(),
+        client_addr: "127.0.0.1:5".into(),
+        detail: "uptime".into(),
+        node: "node-a".into(),
+        started_at: 150,
+        recording: recorded.then(|| ("exec-stream-v1", format!("/r/{id}.exec"))),
+        audit: AuditEvent::new(
+            "vendor:alice",
+            "session.start",
+            format!("session:{id}"),
+            json!({}),
+        ),
+    }
+}
+
+/// Session starts that come at once are written together (a burst shares transactions), each with its
+/// own recording id and audit event in an intact chain; a start that fails (here a duplicate id) refuses
+/// only itself, not the others written with it.
+#[tokio::test]
+async fn session_starts_at_once_are_written_together_and_fail_alone() {
+    on_both(|store| async move {
+        let v = vendor(&store, "alice", "SHA256:a").await;
+        let a = asset(&store, "mri-01").await;
+        let mut tx = store.begin().await.unwrap();
+        let g = grant(&mut tx, v, a, &["ssh".to_owned()], 10_000).await;
+        tx.audit(ev("grant.add"), 100).await.unwrap();
+        tx.commit("t").await.unwrap();
+
+        // The first start to run takes the writer turn alone; the rest queue behind it and go together,
+        // s2 twice among them (both recorded).
+        let mut ids: Vec<String> = (0..150).map(|i| format!("s{i}")).collect();
+        ids.insert(3, "s2".into());
+        let recorded = |i: usize| i % 3 != 0 || i == 3;
+        let results = futures::future::join_all(
+            ids.iter()
+                .enumerate()
+                .map(|(i, id)| store.start_session(start(id, v, a, g, recorded(i)))),
+        )
+        .await;
+        let failed: Vec<usize> = (0..ids.len()).filter(|&i| results[i].is_err()).collect();
+        assert!(
+            failed == [2] || failed == [3],
+            "only a duplicate fails: {failed:?}"
+        );
+        let failed = failed[0];
+        assert!(
+            matches!(results[failed], Err(StoreError::Conflict(_))),
+            "{:?}",
+            results[failed]
+        );
+        let mut recordings = std::collections::HashSet::new();
+        for (i, (id, result)) in ids.iter().zip(&results).enumerate() {
+            if i == failed {
+                continue;
+            }
+            let recording = result.as_ref().unwrap();
+            let session = store.session(id).await.unwrap();
+            assert_eq!(session.started_at, 150);
+            match recording {
+                Some(r) => {
+                    assert!(recorded(i), "{id}");
+                    assert!(recordings.insert(*r), "recording id {r} given twice");
+                    assert_eq!(session.recordings.len(), 1, "{id}");
+                    assert_eq!(session.recordings[0].id, *r, "{id}");
+                    assert_eq!(session.recordings[0].path, format!("/r/{id}.exec"));
+                }
+                None => {
+                    assert!(!recorded(i), "{id}");
+                    assert!(session.recordings.is_empty(), "{id}");
+                }
+            }
+        }
+        assert_eq!(recordings.len(), 100);
+        let starts = store
+            .audit_page(0, 100_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.action == "session.start")
+            .count();
+        assert_eq!(starts, 150, "one audit event per written start");
+        verify(&store)
+            .await
+            .expect("the chain holds across grouped starts");
     })
     .await;
 }
