@@ -53,6 +53,16 @@ def rss_mib(pid):
     return {k: int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM")}
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of process `pid` so far, all threads: what the bastion spends, less noisy on a
+    shared VM than the wall-clock times around it."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # utime and stime: fields 14 and 15 of proc_pid_stat(5); after the command name they are at 11 and 12.
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 class Session(asyncssh.SSHClientSession):
     def __init__(self):
         self.started = asyncio.get_running_loop().create_future()
@@ -231,13 +241,19 @@ async def main():
     await asyncio.sleep(2)
 
     # A burst on one connection (the ControlMaster pattern), then one spread over all connections.
+    cpu = cpu_seconds(spec["pid"])
     one, failed = await burst([conns[0]], spec["burst"], commands, live)
+    cpu = cpu_seconds(spec["pid"]) - cpu
     lost += failed
-    report["burst_one_connection"] = {"n": spec["burst"], "p50": pct(one, 50), "p99": pct(one, 99), "max": max(one, default=None), "failed": len(failed)}
+    report["burst_one_connection"] = {"n": spec["burst"], "p50": pct(one, 50), "p99": pct(one, 99), "max": max(one, default=None), "failed": len(failed),
+                                      "cpu_ms_per_session": cpu * 1000 / spec["burst"]}
     print(f"burst of {spec['burst']} on one connection: p50 {pct(one, 50):.3f} s, p99 {pct(one, 99):.3f} s, failed {len(failed)}", file=sys.stderr)
+    cpu = cpu_seconds(spec["pid"])
     spread, failed = await burst(conns[1:], spec["burst"], commands, live)
+    cpu = cpu_seconds(spec["pid"]) - cpu
     lost += failed
-    report["burst_spread"] = {"n": spec["burst"], "p50": pct(spread, 50), "p99": pct(spread, 99), "max": max(spread, default=None), "failed": len(failed)}
+    report["burst_spread"] = {"n": spec["burst"], "p50": pct(spread, 50), "p99": pct(spread, 99), "max": max(spread, default=None), "failed": len(failed),
+                              "cpu_ms_per_session": cpu * 1000 / spec["burst"]}
     print(f"burst of {spec['burst']} over {len(conns) - 1} connections: p50 {pct(spread, 50):.3f} s, p99 {pct(spread, 99):.3f} s, failed {len(failed)}", file=sys.stderr)
     rest = []
     while len(live) + len(lost) < spec["sessions"]:
@@ -253,14 +269,20 @@ async def main():
 
     # Echo round trip under load, through chaperone and directly, alternating in blocks.
     via, straight = [], []
+    cpu = took = 0.0
     for _ in range(5):
+        # How busy the bastion is meanwhile (the streamers' output and the echo), in cores.
+        before, t0 = cpu_seconds(spec["pid"]), time.monotonic()
         await echo_rtt(conns[-1], via, spec["echo_samples"] // 5)
+        cpu += cpu_seconds(spec["pid"]) - before
+        took += time.monotonic() - t0
         await echo_rtt(direct, straight, spec["echo_samples"] // 5)
     direct.close()
     report["echo_ms"] = {
         "chaperone": {"p50": pct(via, 50) * 1000, "p99": pct(via, 99) * 1000},
         "direct": {"p50": pct(straight, 50) * 1000, "p99": pct(straight, 99) * 1000},
     }
+    report["echo_chaperone_cores"] = cpu / took if took else None
     report["echo_ratio"] = {
         "p50": pct(via, 50) / pct(straight, 50),
         "p99": pct(via, 99) / pct(straight, 99),

@@ -106,14 +106,15 @@ b0, bl, b1, b2, e = r["burst_direct"], r["burst_direct_logins"], r["burst_one_co
 print(f"\nscale, {r['sessions_live']} live sessions over {r['connections']} connections, {cores} cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
 print(f"  device_sessions_per_connection = {per_link} (the device's sshd takes 300)")
 print(f"  session start, {b0['n']} at once on one connection straight to sshd (baseline): p50 {b0['p50']:.3f} s  p99 {b0['p99']:.3f} s  failed {b0['failed']}")
-print(f"  session start, {b1['n']} at once on one connection:  p50 {b1['p50']:.3f} s  p99 {b1['p99']:.3f} s  failed {b1['failed']}")
+print(f"  session start, {b1['n']} at once on one connection:  p50 {b1['p50']:.3f} s  p99 {b1['p99']:.3f} s  failed {b1['failed']}  (chaperone CPU {b1['cpu_ms_per_session']:.1f} ms a session)")
 print(f"  session start, {bl['n']} at once over {bl['logins']} fresh logins straight to sshd (baseline): p50 {bl['p50']:.3f} s  p99 {bl['p99']:.3f} s  failed {bl['failed']}")
-print(f"  session start, {b2['n']} at once over the connections: p50 {b2['p50']:.3f} s  p99 {b2['p99']:.3f} s  failed {b2['failed']}")
+print(f"  session start, {b2['n']} at once over the connections: p50 {b2['p50']:.3f} s  p99 {b2['p99']:.3f} s  failed {b2['failed']}  (chaperone CPU {b2['cpu_ms_per_session']:.1f} ms a session)")
 print(f"  session start, all:                                   p50 {r['start_all']['p50']:.3f} s  p99 {r['start_all']['p99']:.3f} s")
 print(f"  chaperone RSS with all live: {r['rss_mib_at_peak']['VmRSS']:.0f} MiB (peak {r['rss_mib_end']['VmHWM']:.0f} MiB)")
 print(f"  echo round trip under load: chaperone p50 {e['chaperone']['p50']:.2f} ms p99 {e['chaperone']['p99']:.2f} ms;"
       f" direct p50 {e['direct']['p50']:.2f} ms p99 {e['direct']['p99']:.2f} ms;"
-      f" ratio p50 {r['echo_ratio']['p50']:.2f} p99 {r['echo_ratio']['p99']:.2f}")
+      f" ratio p50 {r['echo_ratio']['p50']:.2f} p99 {r['echo_ratio']['p99']:.2f};"
+      f" chaperone meanwhile {100 * r['echo_chaperone_cores']:.0f} % of a core")
 print(f"  sessions lost: {r['lost']} {r['lost_examples']}")
 print(f"  sessions the bastion recorded (by how they ended): {ended}")
 PY
