@@ -9,7 +9,8 @@
 //! "session starts written together"). A start whose caller has given up before its turn is not written.
 //!
 //! Each start is still all or nothing: if a group's transaction fails, its starts are written again one
-//! per transaction, so one bad start (or a failure it causes) refuses only its own session.
+//! per transaction, so one bad start (or a failure it causes) refuses only its own session. A group that
+//! committed but could not be synced to disk is not written again: each of its starts gets that error.
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -133,6 +134,13 @@ impl Store {
             Ok(ids) => {
                 for (w, id) in group.into_iter().zip(ids) {
                     let _ = w.reply.send(Ok(id));
+                }
+            }
+            // Committed, but the disk did not take the sync: writing them again would only duplicate.
+            Err(StoreError::Durability(e)) => {
+                for w in group {
+                    let copy = std::io::Error::new(e.kind(), e.to_string());
+                    let _ = w.reply.send(Err(StoreError::Durability(copy)));
                 }
             }
             Err(e) if group.len() == 1 => {
