@@ -301,7 +301,29 @@ impl PendingSession {
                     .recording
                     .dir
                     .join(format!("{id}.{}", format.extension()));
-                match create_recording(app, format, &path, grant, id, self.kind, &detail, pty) {
+                // Off the async workers: creating a file (and the recorder's thread) can wait on the file
+                // system for tens of milliseconds in a burst of starts, and a worker waiting there
+                // delays every other connection's relay.
+                let created = {
+                    let (app, path, grant, id) =
+                        (app.clone(), path.clone(), grant.clone(), id.clone());
+                    let (kind, detail, pty) = (self.kind, detail.clone(), pty.cloned());
+                    tokio::task::spawn_blocking(move || {
+                        create_recording(
+                            &app,
+                            format,
+                            &path,
+                            &grant,
+                            &id,
+                            kind,
+                            &detail,
+                            pty.as_ref(),
+                        )
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the recording's creation failed: {e}")))
+                };
+                match created {
                     Ok(r) => Some((r, format, path)),
                     Err(e) => {
                         tracing::error!(path = %path.display(), error = %e, "cannot create the recording; refusing the session");
