@@ -231,9 +231,25 @@ pub async fn authorize_service(
     authorize_on_asset(store, now, who, asset_name, |_| service_name.to_owned()).await
 }
 
+/// The reads of a decision, at once (a session start waits for the slowest, not for all in a row): the
+/// vendor's standing, `target` (the asset or assets asked for) and the vendor's open grants. The grants
+/// are read for the vendor the login is for and count only because the standing, checked first, holds.
+async fn standing_with<T>(
+    store: &Store,
+    now: UnixTime,
+    who: &Principal,
+    target: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<(Vendor, T, Vec<GrantRow>), PolicyError> {
+    let (vendor, target, grants) = tokio::join!(
+        standing(store, now, who),
+        target,
+        store.open_grants_of(who.vendor_id, now)
+    );
+    Ok((vendor?, target?, grants?))
+}
+
 /// The decision of [`authorize_service`] for the service `service_of` names on the asset as it is now
-/// (`None`: no such asset). The vendor's standing, the asset and the vendor's open grants are read at
-/// once: a session start waits for the slowest read, not for the three in a row.
+/// (`None`: no such asset).
 async fn authorize_on_asset(
     store: &Store,
     now: UnixTime,
@@ -241,14 +257,7 @@ async fn authorize_on_asset(
     asset_name: &str,
     service_of: impl FnOnce(Option<&Asset>) -> String,
 ) -> Result<Grant, PolicyError> {
-    // The grants are read for the vendor the login is for; they count only if the standing holds.
-    let (vendor, asset, grants) = tokio::join!(
-        standing(store, now, who),
-        store.asset(asset_name),
-        store.open_grants_of(who.vendor_id, now)
-    );
-    let vendor = vendor?;
-    let (asset, grants) = (asset?, grants?);
+    let (vendor, asset, grants) = standing_with(store, now, who, store.asset(asset_name)).await?;
     let service_name = &service_of(asset.as_ref());
     let Some(asset) = asset else {
         return Err(Denial::NoGrant {
@@ -314,14 +323,8 @@ pub async fn authorize_tunnel(
     host: &str,
     port: u16,
 ) -> Result<Grant, PolicyError> {
-    // Read at once, as in `authorize_on_asset`.
-    let (vendor, assets, grants) = tokio::join!(
-        standing(store, now, who),
-        store.assets_by_name_or_address(host),
-        store.open_grants_of(who.vendor_id, now)
-    );
-    let vendor = vendor?;
-    let (assets, grants) = (assets?, grants?);
+    let (vendor, assets, grants) =
+        standing_with(store, now, who, store.assets_by_name_or_address(host)).await?;
     for asset in &assets {
         let mut on_port = asset.services.iter().filter(|s| s.port == port);
         if let (Some(_), Some(_)) = (on_port.next(), on_port.next()) {
