@@ -5,6 +5,7 @@ asyncssh process. Not a test: it prints what it measured (JSON on stdout, a summ
 
 SPEC: {"host", "port", "known_hosts", "asset", "vendors": [{"name", "key", "secret"}],
        "device": {"port", "user", "key", "known_hosts"}, "pid": chaperone's pid,
+       "relay_port": a bare TCP relay to the device's sshd (bench/relay.rs),
        "connections", "sessions", "burst", "streamers", "echo_samples"}
 
 Phases:
@@ -16,8 +17,8 @@ Phases:
     pattern), then a burst of `burst` spread over the connections, then the rest up to `sessions`, `burst` at a time: each
     session is an exec that prints "started" and then waits (`cat`), so its start time is the time from
     asking to the first byte from the device; `streamers` of them print 8 KiB a second each instead;
- 3. with every session live: chaperone's RSS, and the echo round trip of one byte through chaperone
-    vs directly to the same sshd, alternating, `echo_samples` each;
+ 3. with every session live: chaperone's RSS, and the echo round trip of one byte through chaperone,
+    directly to the same sshd, and through the bare relay to it, alternating, `echo_samples` each;
  4. every session is closed; a session is lost if it failed to start, printed nothing, or died early.
 """
 
@@ -268,7 +269,13 @@ async def main():
     print(f"{len(live)} sessions live over {len(conns)} connections; chaperone RSS {report['rss_mib_at_peak']['VmRSS']:.0f} MiB", file=sys.stderr)
 
     # Echo round trip under load, through chaperone and directly, alternating in blocks.
-    via, straight = [], []
+    # The third side: the same sshd through a bare TCP relay (bench/relay.rs), what a second hop costs
+    # before any work is done on it.
+    relay = await asyncssh.connect(
+        spec["host"], spec["relay_port"], username=dev["user"], client_keys=[dev["key"]],
+        known_hosts=dev["known_hosts"], agent_path=None,
+    )
+    via, straight, relayed = [], [], []
     cpu = took = 0.0
     for _ in range(5):
         # How busy the bastion is meanwhile (the streamers' output and the echo), in cores.
@@ -277,15 +284,20 @@ async def main():
         cpu += cpu_seconds(spec["pid"]) - before
         took += time.monotonic() - t0
         await echo_rtt(direct, straight, spec["echo_samples"] // 5)
+        await echo_rtt(relay, relayed, spec["echo_samples"] // 5)
     direct.close()
+    relay.close()
     report["echo_ms"] = {
         "chaperone": {"p50": pct(via, 50) * 1000, "p99": pct(via, 99) * 1000},
         "direct": {"p50": pct(straight, 50) * 1000, "p99": pct(straight, 99) * 1000},
+        "relay": {"p50": pct(relayed, 50) * 1000, "p99": pct(relayed, 99) * 1000},
     }
     report["echo_chaperone_cores"] = cpu / took if took else None
     report["echo_ratio"] = {
         "p50": pct(via, 50) / pct(straight, 50),
         "p99": pct(via, 99) / pct(straight, 99),
+        "relay_p50": pct(relayed, 50) / pct(straight, 50),
+        "relay_p99": pct(relayed, 99) / pct(straight, 99),
     }
     e = report["echo_ms"]
     print(

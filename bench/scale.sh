@@ -3,7 +3,8 @@
 # connections (SCALE_VENDORS vendors, each with a grant), started SCALE_BURST at a time (the first burst all
 # on one connection, as OpenSSH's ControlMaster does), SCALE_STREAMERS of them streaming output; then, with
 # all of them live, chaperone's RSS and the echo round trip of a keystroke through chaperone vs directly to
-# the same sshd. Prints session-start p50/p99, RSS, echo p50/p99 and their ratios, and sessions lost.
+# the same sshd, and through a bare TCP relay (bench/relay.rs) in front of it: what a second hop alone costs.
+# Prints session-start p50/p99, RSS, echo p50/p99 and their ratios, and sessions lost.
 # The load comes from one asyncssh process (bench/scale.py). Not a test; no goal is asserted.
 #
 #   bench/scale.sh                     # builds `cargo build --release` first; ~3-6 min on 2 cores
@@ -12,7 +13,7 @@
 #   SCALE_DEVICE_SESSIONS=200 bench/scale.sh   # chaperone's [ssh] device_sessions_per_connection (default
 #                                              # 10, sshd's MaxSessions default; the device here takes 300)
 #
-# Needs: sshd, ssh-keygen, perl, and python3 with asyncssh (PYTHON=/path/to/venv/bin/python).
+# Needs: sshd, ssh-keygen, perl, rustc, and python3 with asyncssh (PYTHON=/path/to/venv/bin/python).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 : "${BENCH_BUILD:=1}" "${SCALE_VENDORS:=100}" "${SCALE_CONNS:=300}" "${SCALE_SESSIONS:=1000}"
@@ -21,7 +22,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 : "${CARGO_TARGET_DIR:=$ROOT/target}"
 BIN="$CARGO_TARGET_DIR/release/chaperone"
 die() { echo "bench: $*" >&2; exit 2; }
-for t in /usr/sbin/sshd ssh-keygen perl "$PYTHON"; do command -v "$t" >/dev/null || die "missing $t"; done
+for t in /usr/sbin/sshd ssh-keygen perl rustc "$PYTHON"; do command -v "$t" >/dev/null || die "missing $t"; done
 "$PYTHON" -c 'import asyncssh' 2>/dev/null || die "$PYTHON has no asyncssh (pip install asyncssh)"
 # Each session holds a vendor-side and a device-side socket, a recording, and sshd a process.
 ulimit -n "$(ulimit -Hn)"
@@ -57,6 +58,12 @@ printf 'Port %s\nListenAddress 127.0.0.1\nHostKey %s\nAuthorizedKeysFile %s\nPas
 /usr/sbin/sshd -D -f "$D/sshd_config" -E "$D/sshd.log" & PIDS+=($!)
 wait_port "$SSHD_PORT"
 echo "[127.0.0.1]:$SSHD_PORT $(cat "$D/host_key.pub")" >"$W/known_hosts_device"
+# The floor of any second hop: a bare TCP relay in front of the same sshd (bench/relay.rs, std only).
+rustc -O --edition 2021 -o "$W/relay" "$ROOT/bench/relay.rs" || die "cannot build bench/relay.rs"
+"$W/relay" "$SSHD_PORT" >"$W/relay.port" & PIDS+=($!)
+for _ in $(seq 100); do [[ -s $W/relay.port ]] && break; sleep 0.05; done
+RELAY_PORT=$(cat "$W/relay.port"); [[ -n $RELAY_PORT ]] || die "the bare relay did not start"
+echo "[127.0.0.1]:$RELAY_PORT $(cat "$D/host_key.pub")" >>"$W/known_hosts_device"
 
 C=$W/chap; chap() { "$BIN" -c "$C/chaperone.toml" "$@"; }
 "$BIN" init --dir "$C" --ssh-listen 127.0.0.1:0 --web-listen 127.0.0.1:0 >/dev/null
@@ -86,6 +93,7 @@ cat >"$W/spec.json" <<JSON
 {"host": "127.0.0.1", "port": $CHAP_PORT, "known_hosts": "$W/known_hosts", "asset": "dev",
  "vendors": $VENDORS, "pid": $CHAP_PID,
  "device": {"port": $SSHD_PORT, "user": "$USER_", "key": "$D/client_key", "known_hosts": "$W/known_hosts_device"},
+ "relay_port": $RELAY_PORT,
  "connections": $SCALE_CONNS, "sessions": $SCALE_SESSIONS, "burst": $SCALE_BURST,
  "streamers": $SCALE_STREAMERS, "echo_samples": $SCALE_ECHO}
 JSON
@@ -115,6 +123,9 @@ print(f"  echo round trip under load: chaperone p50 {e['chaperone']['p50']:.2f} 
       f" direct p50 {e['direct']['p50']:.2f} ms p99 {e['direct']['p99']:.2f} ms;"
       f" ratio p50 {r['echo_ratio']['p50']:.2f} p99 {r['echo_ratio']['p99']:.2f};"
       f" chaperone meanwhile {100 * r['echo_chaperone_cores']:.0f} % of a core")
+print(f"  echo through a bare TCP relay (no SSH, no recording: the floor of any second hop): p50 {e['relay']['p50']:.2f} ms"
+      f" p99 {e['relay']['p99']:.2f} ms; ratio to direct p50 {r['echo_ratio']['relay_p50']:.2f} p99 {r['echo_ratio']['relay_p99']:.2f};"
+      f" chaperone to the relay p50 {e['chaperone']['p50'] / e['relay']['p50']:.2f} p99 {e['chaperone']['p99'] / e['relay']['p99']:.2f}")
 print(f"  sessions lost: {r['lost']} {r['lost_examples']}")
 print(f"  sessions the bastion recorded (by how they ended): {ended}")
 PY
