@@ -21,12 +21,16 @@
 //! Why a thread and not a task: encoding, SHA-256 and write(2) are synchronous and, for bulk output, take
 //! a core. On a tokio worker they would delay every other connection's handshakes and keepalives. The
 //! thread is a plain `std::thread`, not `spawn_blocking`: a recording lives as long as its session, and
-//! long-lived sessions must not use up the blocking pool. The queue is a std channel whose slots are
+//! long-lived sessions must not use up the blocking pool. The queue ([`queue`]) has its slots as
 //! semaphore permits, so the relay waits asynchronously when the disk is behind and the thread waits with
-//! a timeout, which is what flushes a quiet recording within a second.
+//! a timeout, which is what flushes a quiet recording within a second. Waking the thread is the relay's
+//! to time: [`RecordSender::send`] queues the record before the chunk is forwarded, and the returned
+//! [`Wake`] wakes the thread once the chunk is on its way (a keystroke's echo does not wait for a thread
+//! wake-up on the other core).
+
+mod queue;
 
 use std::path::Path;
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -39,6 +43,9 @@ use chaperone_recorder::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
+
+use queue::RecvError;
+pub use queue::Wake;
 
 /// Records queued for the writer at most; past that the relay waits (backpressure from the disk).
 const QUEUE: usize = 16;
@@ -312,7 +319,7 @@ struct Queued {
 /// A recording being written.
 #[derive(Debug)]
 pub struct Recording {
-    tx: mpsc::Sender<Queued>,
+    tx: queue::Sender<Queued>,
     /// The queue's free slots; closed when the thread stops, so a waiting relay learns of it.
     slots: Arc<Semaphore>,
     /// Why the thread stopped early, for the senders' error (set before `slots` is closed).
@@ -404,7 +411,7 @@ impl Recording {
         max_bytes: Option<u64>,
         written: u64,
     ) -> Result<Recording, RecordingFailed> {
-        let (tx, rx) = mpsc::channel::<Queued>();
+        let (tx, rx) = queue::channel::<Queued>();
         let slots = Arc::new(Semaphore::new(QUEUE));
         let stopped = Arc::new(OnceLock::new());
         let halted = CancellationToken::new();
@@ -490,7 +497,7 @@ impl Drop for CloseOnDrop {
 /// file is finished too, with the reason), or at the first error.
 fn drive(
     mut writer: Writer,
-    rx: mpsc::Receiver<Queued>,
+    rx: queue::Receiver<Queued>,
     on_stop: impl FnOnce(&str),
 ) -> Result<Done, RecordingFailed> {
     // When the oldest record not yet flushed was written; none: nothing to flush, so the thread sleeps
@@ -498,15 +505,14 @@ fn drive(
     let mut unflushed_since: Option<Instant> = None;
     let mut stopped = None;
     'records: loop {
-        let next = match unflushed_since {
-            Some(since) => rx.recv_timeout(FLUSH_EVERY.saturating_sub(since.elapsed())),
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
+        let next =
+            rx.recv(unflushed_since.map(|since| FLUSH_EVERY.saturating_sub(since.elapsed())));
         match next {
             Ok(first) => {
                 // What queued up meanwhile too, without sleeping in between; bounded, so a relay that
                 // keeps the queue full cannot keep this loop from its flush check.
-                for next in std::iter::once(first).chain(rx.try_iter().take(QUEUE)) {
+                let more = std::iter::from_fn(|| rx.try_recv()).take(QUEUE);
+                for next in std::iter::once(first).chain(more) {
                     if let Step::Stop(why) = writer.write(next.at, next.record)? {
                         on_stop(&why);
                         stopped = Some(why);
@@ -515,8 +521,8 @@ fn drive(
                 }
                 unflushed_since.get_or_insert_with(Instant::now);
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvError::Timeout) => {}
+            Err(RecvError::Disconnected) => break,
         }
         if unflushed_since.is_some_and(|since| since.elapsed() >= FLUSH_EVERY) {
             writer.flush().map_err(RecordingFailed::from)?;
@@ -544,7 +550,7 @@ impl RecordSender {
 /// Feeds a [`Recording`]; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct RecordSender {
-    tx: mpsc::Sender<Queued>,
+    tx: queue::Sender<Queued>,
     slots: Arc<Semaphore>,
     stopped: Arc<OnceLock<String>>,
     halted: CancellationToken,
@@ -560,8 +566,9 @@ impl RecordSender {
     }
 
     /// Queues `record`, waiting for a free slot when the recorder is behind; an error means the
-    /// recording failed and the session must end.
-    pub async fn send(&self, record: Record) -> Result<(), RecordingFailed> {
+    /// recording failed and the session must end. The recorder thread, if it sleeps, is woken when the
+    /// returned [`Wake`] is dropped: the relay forwards the chunk first ([`Wake::after`]).
+    pub async fn send(&self, record: Record) -> Result<Wake, RecordingFailed> {
         if let Some(max) = self.budget.max {
             let cost = record.worst_case_bytes(self.format);
             let charged = self

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::live::budget::Direction;
 use crate::live::tap::Tap;
 use crate::live::{Control, End, LiveSession, Meter, SessionKind, SftpWatch};
-use crate::recording::{Record, RecordSender, RecordingFormat};
+use crate::recording::{Record, RecordSender, RecordingFormat, Wake};
 
 /// How long the goodbye to each side (the reason, exit status, EOF, close) may take once a session ended.
 const FAREWELL: Duration = Duration::from_secs(2);
@@ -95,14 +95,15 @@ struct Gate {
 
 impl Gate {
     /// Records and meters one chunk of `dir`'s data (`stderr`: extended data); `Err` ends the session and
-    /// the chunk must not be forwarded.
+    /// the chunk must not be forwarded. The recorder's wake-up is returned, to be given once the chunk is
+    /// on its way (`Wake::after`).
     async fn pass(
         &self,
         ending: &Ending,
         dir: Direction,
         data: &Bytes,
         stderr: bool,
-    ) -> Result<(), End> {
+    ) -> Result<Wake, End> {
         let record = match (&self.sftp, dir, stderr) {
             (Some(sftp), _, false) => match sftp.feed(dir == Direction::Up, data) {
                 Ok(events) if events.is_empty() => None,
@@ -124,11 +125,12 @@ impl Gate {
             }
             (_, Direction::Up, _) => None,
         };
+        let mut wake = Wake::default();
         if let (Some(rec), Some(record)) = (&self.recorder, record) {
             match ending.unless_done(rec.send(record)).await {
                 None => return Err(End::Lost("ended".into())),
                 Some(Err(e)) => return Err(End::RecordingFailed(e.0)),
-                Some(Ok(())) => {}
+                Some(Ok(w)) => wake = w,
             }
         }
         // The vendor pressed Enter: the recorder marks the line the screen showed (no keystroke is
@@ -141,7 +143,7 @@ impl Gate {
             match ending.unless_done(rec.send(Record::Enter)).await {
                 None => return Err(End::Lost("ended".into())),
                 Some(Err(e)) => return Err(End::RecordingFailed(e.0)),
-                Some(Ok(())) => {}
+                Some(Ok(w)) => wake = wake.and(w),
             }
         }
         if let (Some(tap), Direction::Down) = (&self.tap, dir) {
@@ -150,7 +152,7 @@ impl Gate {
         if !self.meter.pass(dir, data.len()) {
             return Err(self.meter.cut_end());
         }
-        Ok(())
+        Ok(wake)
     }
 }
 
@@ -238,8 +240,8 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
             let lost = |e: russh::Error| End::Lost(format!("device: {e}"));
             let sent = match msg {
                 ChannelMsg::Data { data } => {
-                    gate.pass(&ending, Direction::Up, &data, false).await?;
-                    ending.unless_done(d_tx.data_bytes(data)).await
+                    let wake = gate.pass(&ending, Direction::Up, &data, false).await?;
+                    ending.unless_done(wake.after(d_tx.data_bytes(data))).await
                 }
                 ChannelMsg::Eof => {
                     if device_eof.swap(true, Ordering::AcqRel) {
@@ -330,19 +332,25 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
             };
             let sent = match msg {
                 ChannelMsg::Data { data } => {
-                    if let Err(end) = gate.pass(&ending, Direction::Down, &data, false).await {
-                        ending.finish(end);
-                        return;
-                    }
-                    ending.unless_done(v_tx.data_bytes(data)).await
+                    let wake = match gate.pass(&ending, Direction::Down, &data, false).await {
+                        Ok(wake) => wake,
+                        Err(end) => {
+                            ending.finish(end);
+                            return;
+                        }
+                    };
+                    ending.unless_done(wake.after(v_tx.data_bytes(data))).await
                 }
                 ChannelMsg::ExtendedData { data, ext } => {
-                    if let Err(end) = gate.pass(&ending, Direction::Down, &data, true).await {
-                        ending.finish(end);
-                        return;
-                    }
+                    let wake = match gate.pass(&ending, Direction::Down, &data, true).await {
+                        Ok(wake) => wake,
+                        Err(end) => {
+                            ending.finish(end);
+                            return;
+                        }
+                    };
                     ending
-                        .unless_done(v_tx.extended_data_bytes(ext, data))
+                        .unless_done(wake.after(v_tx.extended_data_bytes(ext, data)))
                         .await
                 }
                 ChannelMsg::Eof => {
