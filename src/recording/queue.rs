@@ -317,12 +317,13 @@ mod tests {
         let wake = tx.send(2).unwrap();
         let forward = tokio::spawn(wake.after(async move { window.await.is_ok() }));
         // The window stays shut, yet the record reaches the thread.
-        assert_eq!(
-            tokio::task::spawn_blocking(move || reader.join().unwrap())
-                .await
-                .unwrap(),
-            Ok(2)
-        );
+        let taken = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::task::spawn_blocking(move || reader.join().unwrap()),
+        )
+        .await
+        .expect("the receiver was not woken while the forward waited");
+        assert_eq!(taken.unwrap(), Ok(2));
         open.send(()).unwrap();
         assert!(forward.await.unwrap());
     }
