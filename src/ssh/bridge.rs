@@ -12,10 +12,11 @@
 use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use russh::{Channel, ChannelMsg, ChannelWriteHalf, client, server};
+use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, client, server};
 use tokio_util::sync::CancellationToken;
 
 use crate::live::budget::Direction;
@@ -54,7 +55,13 @@ struct Ending {
 }
 
 impl Ending {
+    /// Ends the session for `end`, unless it already has a reason. A `Lost` found once the session
+    /// was already ending (a wait cut short by the vendor's hang-up) is a consequence, not the reason:
+    /// the reason is then worked out when everything stopped (a close the vendor sent first counts).
     fn finish(&self, end: End) {
+        if matches!(end, End::Lost(_)) && self.done.is_cancelled() {
+            return;
+        }
         if let Ok(mut e) = self.end.lock()
             && e.is_none()
         {
@@ -73,6 +80,19 @@ impl Ending {
             biased;
             () = self.done.cancelled() => None,
             out = f => Some(out),
+        }
+    }
+}
+
+/// Whether the messages already queued on `rx` include the channel's close (read without waiting; what
+/// comes before it is dropped, the session having ended).
+fn close_queued(rx: &mut ChannelReadHalf) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        match std::pin::pin!(rx.wait()).poll(&mut cx) {
+            Poll::Ready(Some(ChannelMsg::Close)) => return true,
+            Poll::Ready(Some(_)) => {}
+            Poll::Ready(None) | Poll::Pending => return false,
         }
     }
 }
@@ -418,12 +438,17 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
     };
 
     tokio::join!(control, up, down);
-    // Both readers are gone now (dropped with their futures), so a connection blocked on this channel's
-    // queue moves again. The goodbyes are bounded: a peer that stopped reading does not hold them.
+    // The vendor's connection ended and nothing else ended the session first: a client that closed
+    // the channel and then hung up (asyncssh's `close()` of each channel, then of the connection) has
+    // its close still queued here, unread because the hang-up won the race; that is how it ended.
+    let end = match ending.get() {
+        Some(end) => end,
+        None if close_queued(&mut v_rx) => End::VendorClosed,
+        None => End::Lost("the vendor's connection ended".into()),
+    };
+    // Both readers are gone now, so a connection blocked on this channel's queue moves again. The
+    // goodbyes are bounded: a peer that stopped reading does not hold them.
     drop((v_rx, d_rx));
-    let end = ending
-        .get()
-        .unwrap_or_else(|| End::Lost("the vendor's connection ended".into()));
     let bastion_ended = matches!(
         end,
         End::Closed(_) | End::RecordingFailed(_) | End::BudgetCut(_)

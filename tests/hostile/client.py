@@ -32,6 +32,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import struct
 import sys
 import time
@@ -287,6 +288,25 @@ async def main():
                     say({"event": "closed", "id": rid, "after": round(time.monotonic() - started, 2)})
                 except asyncio.TimeoutError:
                     say({"event": "still-open", "id": rid})
+            elif op == "close-all-and-reset":
+                # n sessions streaming output; once each has printed, every channel is closed, and as
+                # soon as the closes have left for the bastion the connection is reset (SO_LINGER 0),
+                # with output still coming: the bastion's next write fails with the closes unread.
+                opened = []
+                for _ in range(int(req["n"])):
+                    opened.append(await conn.create_session(Collect, req["command"], encoding=None))
+                while not all(sess.out for _, sess in opened):
+                    await asyncio.sleep(0.05)
+                transport = conn._transport
+                for chan, _ in opened:
+                    chan.close()
+                while transport.get_write_buffer_size():
+                    await asyncio.sleep(0)
+                sock = transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                transport.abort()
+                say({"event": "reset", "id": rid, "sessions": len(opened)})
+                return
             elif op == "quit":
                 break
             else:

@@ -660,3 +660,39 @@ fn serve_refuses_to_start_half_a_bastion() {
     assert!(stderr.contains("SSH host key"), "{stderr}");
     assert!(!stderr.contains("serving"), "{stderr}");
 }
+
+#[test]
+fn channels_closed_just_before_a_reset_end_closed_not_lost() {
+    // A client that closes its channels and then drops the connection while output is still coming
+    // (its kernel resets a connection closed with unread data): the bastion's next write fails with
+    // the closes unread in its socket. They were sent first, so the sessions were closed by the vendor,
+    // not lost: the bastion reads what was sent before the write failed (russh patch 6), and a close
+    // queued on a channel is its end even when the hang-up is seen first (`bridge::close_queued`).
+    let Some((_sshd, b)) = setup("") else { return };
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let n = 24;
+    let mut client = Hostile::connect(&b, &alice, "alice+mri-01");
+    let out = client.op(json!({"op": "close-all-and-reset", "id": "x", "n": n,
+        "command": "while :; do head -c 4000 /dev/zero | tr '\\0' x; echo; done"}));
+    assert_eq!(out["event"], "reset", "{out}");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let all = sessions(&b);
+            all.len() == n && all.iter().all(|s| !s["ended_at"].is_null())
+        }),
+        "{:?}\n{}",
+        sessions(&b),
+        b.log()
+    );
+    let lost: Vec<Value> = sessions(&b)
+        .into_iter()
+        .filter(|s| s["end_cause"] != "closed")
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {n} not closed: {lost:?}\n{}",
+        lost.len(),
+        b.log()
+    );
+}

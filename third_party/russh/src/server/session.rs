@@ -660,6 +660,9 @@ impl Session {
         let reading = start_reading(stream_read, buffer, opening_cipher);
         pin!(reading);
         let mut is_reading = None;
+        // chaperone patch 6: a write that failed ends the session only after the channel ends the peer
+        // sent before it went away have been read (after the loop).
+        let mut write_failed: Option<Error> = None;
 
         #[allow(clippy::panic)] // false positive in macro
         while !self.common.disconnected {
@@ -698,12 +701,16 @@ impl Session {
                 }
                 if drained > 0 {
                     self.flush()?;
-                    crate::flush_or_timeout(
+                    if let Err(e) = crate::flush_or_timeout(
                         &mut self.common.packet_writer,
                         &mut stream_write,
                         inactivity_timer.as_mut(),
                     )
-                    .await?;
+                    .await
+                    {
+                        write_failed = Some(e); // chaperone patch 6
+                        break;
+                    }
                 }
                 // A drained Disconnect sets this; don't block in `select!` after.
                 if self.common.disconnected {
@@ -808,12 +815,16 @@ impl Session {
             }
             self.flush()?;
 
-            crate::flush_or_timeout(
+            if let Err(e) = crate::flush_or_timeout(
                 &mut self.common.packet_writer,
                 &mut stream_write,
                 inactivity_timer.as_mut(),
             )
-            .await?;
+            .await
+            {
+                write_failed = Some(e); // chaperone patch 6
+                break;
+            }
 
             if self.common.received_data {
                 // Reset the number of failed keepalive attempts. We don't
@@ -839,6 +850,53 @@ impl Session {
             {
                 sleep.as_mut().reset(tokio::time::Instant::now() + d);
             }
+        }
+        if let Some(e) = write_failed {
+            // chaperone patch 6: the peer may have sent more before its connection broke (a client that
+            // closes its channels and then the connection at once, while output is still coming: its
+            // kernel answers that output with a reset). Those packets are in the socket, and its channel
+            // EOFs and closes are how its channels ended (closed, not lost): they are read and handled,
+            // for at most a second; nothing else is (no new channel, request or data is acted on once the
+            // connection broke) and nothing more is written. Then the write's error ends the session.
+            debug!("write failed ({e}); reading the channel ends the peer sent before");
+            let deadline = tokio::time::sleep(std::time::Duration::from_secs(1));
+            pin!(deadline);
+            loop {
+                if let Some((stream_read, buffer, opening_cipher)) = is_reading.take() {
+                    reading.set(start_reading(stream_read, buffer, opening_cipher));
+                }
+                let r = tokio::select! {
+                    r = &mut reading => r,
+                    () = &mut deadline => break,
+                };
+                let Ok((_, stream_read, buffer, mut opening_cipher)) = r else {
+                    break;
+                };
+                if buffer.buffer.len() < 5 {
+                    break;
+                }
+                let Ok(mut pkt) = self.maybe_decompress(&buffer) else {
+                    break;
+                };
+                match pkt.buffer.first() {
+                    Some(&crate::msg::DISCONNECT) => break,
+                    Some(&(crate::msg::CHANNEL_EOF | crate::msg::CHANNEL_CLOSE)) => {
+                        std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
+                        let handled = reply(&mut self, &mut handler, &mut pkt).await;
+                        std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
+                        if handled.is_err() {
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+                let mut buffer = buffer;
+                buffer.seqn = pkt.seqn;
+                // Nothing is written any more: what the replies queue stays in the session's buffer
+                // (a channel close's answer, a few bytes each) and is dropped with the session.
+                reading.set(start_reading(stream_read, buffer, opening_cipher));
+            }
+            return Err(e.into());
         }
         debug!("disconnected");
         // Shutdown
