@@ -29,12 +29,14 @@ Failures are answered as {"event": "error", "error": "…"}.
 """
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
 import socket
 import struct
 import sys
+import termios
 import time
 
 import asyncssh
@@ -290,7 +292,7 @@ async def main():
                     say({"event": "still-open", "id": rid})
             elif op == "close-all-and-reset":
                 # n sessions streaming output; once each has printed, every channel is closed, and as
-                # soon as the closes have left for the bastion the connection is reset (SO_LINGER 0),
+                # soon as the closes have reached the bastion the connection is reset (SO_LINGER 0),
                 # with output still coming: the bastion's next write fails with the closes unread.
                 opened = []
                 for _ in range(int(req["n"])):
@@ -303,6 +305,9 @@ async def main():
                 while transport.get_write_buffer_size():
                     await asyncio.sleep(0)
                 sock = transport.get_extra_info("socket")
+                # ...and left this kernel too: a reset discards what it has not yet sent.
+                while struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]:
+                    await asyncio.sleep(0.001)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 transport.abort()
                 say({"event": "reset", "id": rid, "sessions": len(opened)})
