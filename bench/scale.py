@@ -5,7 +5,7 @@ asyncssh process. Not a test: it prints what it measured (JSON on stdout, a summ
 
 SPEC: {"host", "port", "known_hosts", "asset", "vendors": [{"name", "key", "secret"}],
        "device": {"port", "user", "key", "known_hosts"}, "pid": chaperone's pid,
-       "relay_port": a bare TCP relay to the device's sshd (bench/relay.rs),
+       "relay_port", "relay_pid": a bare TCP relay to the device's sshd (bench/relay.rs),
        "connections", "sessions", "burst", "streamers", "echo_samples"}
 
 Phases:
@@ -19,7 +19,9 @@ Phases:
     asking to the first byte from the device; `streamers` of them print 8 KiB a second each instead;
  3. with every session live: chaperone's RSS, and the echo round trip of one byte through chaperone,
     directly to the same sshd, and through the bare relay to it, alternating, `echo_samples` each;
- 4. every session is closed; a session is lost if it failed to start, printed nothing, or died early.
+ 4. every session is closed; a session is lost if it failed to start, printed nothing, or died early;
+ 5. every connection but one is closed too, and once chaperone is quiet: the echo again on each side,
+    with the CPU and context switches chaperone and the bare relay spend per round trip.
 """
 
 import asyncio
@@ -62,6 +64,37 @@ def cpu_seconds(pid):
     # utime and stime: fields 14 and 15 of proc_pid_stat(5); after the command name they are at 11 and 12.
     ticks = int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def thread_costs(pid):
+    """CPU seconds (to the nanosecond, from schedstat; /proc/PID/stat counts 10 ms ticks) and context
+    switches (voluntary and involuntary: each a sleep and a wake-up, which on a VM can cost more than the
+    work between them) of the live threads of process `pid` so far."""
+    cpu_ns = switches = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                cpu_ns += int(f.read().split()[0])
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                switches += sum(int(line.split(":", 1)[1]) for line in f if "ctxt_switches:" in line)
+        except (OSError, ValueError):
+            pass  # the thread ended meanwhile
+    return cpu_ns / 1e9, switches
+
+
+class Costs:
+    """CPU seconds and context switches of one process over the blocks of a measurement."""
+
+    def __init__(self, pid):
+        self.pid, self.cpu, self.switches, self.secs = pid, 0.0, 0, 0.0
+
+    async def over(self, block):
+        (c, s), t = thread_costs(self.pid), time.monotonic()
+        await block
+        self.secs += time.monotonic() - t
+        c2, s2 = thread_costs(self.pid)
+        self.cpu += c2 - c
+        self.switches += s2 - s
 
 
 class Session(asyncssh.SSHClientSession):
@@ -285,8 +318,6 @@ async def main():
         took += time.monotonic() - t0
         await echo_rtt(direct, straight, spec["echo_samples"] // 5)
         await echo_rtt(relay, relayed, spec["echo_samples"] // 5)
-    direct.close()
-    relay.close()
     report["echo_ms"] = {
         "chaperone": {"p50": pct(via, 50) * 1000, "p99": pct(via, 99) * 1000},
         "direct": {"p50": pct(straight, 50) * 1000, "p99": pct(straight, 99) * 1000},
@@ -312,8 +343,37 @@ async def main():
     lost += [f"ended early: {s.closed.result()}" for s in died]
     for chan, _ in live:
         chan.close()
-    for conn in conns:
+
+    # The hop's own cost, with nothing else live (the streamers' output comes in bursts once a second, too
+    # uneven to take off blocks of a few ms): echo through chaperone, then through the bare relay, and the
+    # CPU and context switches each process spent per round trip (chaperone's idle background, measured
+    # over the direct blocks it is not on, taken off).
+    for conn in conns[:-1]:
         conn.close()
+    # Once the ends are written: until chaperone spends under 2 % of a core over half a second, or 60 s.
+    for _ in range(120):
+        (c, _), t = thread_costs(spec["pid"]), time.monotonic()
+        await asyncio.sleep(0.5)
+        if thread_costs(spec["pid"])[0] - c < 0.02 * (time.monotonic() - t):
+            break
+    idle_via, idle_straight, idle_relayed = [], [], []
+    chap_via, chap_idle, relay_own = Costs(spec["pid"]), Costs(spec["pid"]), Costs(spec["relay_pid"])
+    for _ in range(5):
+        await chap_via.over(echo_rtt(conns[-1], idle_via, 100))
+        await chap_idle.over(echo_rtt(direct, idle_straight, 100))
+        await relay_own.over(echo_rtt(relay, idle_relayed, 100))
+    direct.close()
+    relay.close()
+    conns[-1].close()
+    trips = 5 * 101  # each block also sends one untimed keystroke first (see echo_rtt)
+    background = chap_idle.cpu / chap_idle.secs, chap_idle.switches / chap_idle.secs
+    report["echo_idle"] = {
+        "p50_ms": {"chaperone": pct(idle_via, 50) * 1000, "direct": pct(idle_straight, 50) * 1000, "relay": pct(idle_relayed, 50) * 1000},
+        "chaperone_cpu_us": 1e6 * (chap_via.cpu - background[0] * chap_via.secs) / trips,
+        "chaperone_switches": (chap_via.switches - background[1] * chap_via.secs) / trips,
+        "relay_cpu_us": 1e6 * relay_own.cpu / trips,
+        "relay_switches": relay_own.switches / trips,
+    }
     await asyncio.gather(*(c.wait_closed() for c in conns), return_exceptions=True)
     report["rss_mib_end"] = rss_mib(spec["pid"])
     report["lost"] = len(lost)

@@ -4,7 +4,8 @@
 # on one connection, as OpenSSH's ControlMaster does), SCALE_STREAMERS of them streaming output; then, with
 # all of them live, chaperone's RSS and the echo round trip of a keystroke through chaperone vs directly to
 # the same sshd, and through a bare TCP relay (bench/relay.rs) in front of it: what a second hop alone costs.
-# Prints session-start p50/p99, RSS, echo p50/p99 and their ratios, and sessions lost.
+# Prints session-start p50/p99, RSS, echo p50/p99 and their ratios, and sessions lost; then, with the rest
+# closed, the CPU and context switches chaperone and the bare relay spend per echo round trip.
 # The load comes from one asyncssh process (bench/scale.py). Not a test; no goal is asserted.
 #
 #   bench/scale.sh                     # builds `cargo build --release` first; ~3-6 min on 2 cores
@@ -60,7 +61,7 @@ wait_port "$SSHD_PORT"
 echo "[127.0.0.1]:$SSHD_PORT $(cat "$D/host_key.pub")" >"$W/known_hosts_device"
 # The floor of any second hop: a bare TCP relay in front of the same sshd (bench/relay.rs, std only).
 rustc -O --edition 2021 -o "$W/relay" "$ROOT/bench/relay.rs" || die "cannot build bench/relay.rs"
-"$W/relay" "$SSHD_PORT" >"$W/relay.port" & PIDS+=($!)
+"$W/relay" "$SSHD_PORT" >"$W/relay.port" & RELAY_PID=$!; PIDS+=($RELAY_PID)
 for _ in $(seq 100); do [[ -s $W/relay.port ]] && break; sleep 0.05; done
 RELAY_PORT=$(cat "$W/relay.port"); [[ -n $RELAY_PORT ]] || die "the bare relay did not start"
 echo "[127.0.0.1]:$RELAY_PORT $(cat "$D/host_key.pub")" >>"$W/known_hosts_device"
@@ -93,7 +94,7 @@ cat >"$W/spec.json" <<JSON
 {"host": "127.0.0.1", "port": $CHAP_PORT, "known_hosts": "$W/known_hosts", "asset": "dev",
  "vendors": $VENDORS, "pid": $CHAP_PID,
  "device": {"port": $SSHD_PORT, "user": "$USER_", "key": "$D/client_key", "known_hosts": "$W/known_hosts_device"},
- "relay_port": $RELAY_PORT,
+ "relay_port": $RELAY_PORT, "relay_pid": $RELAY_PID,
  "connections": $SCALE_CONNS, "sessions": $SCALE_SESSIONS, "burst": $SCALE_BURST,
  "streamers": $SCALE_STREAMERS, "echo_samples": $SCALE_ECHO}
 JSON
@@ -126,6 +127,10 @@ print(f"  echo round trip under load: chaperone p50 {e['chaperone']['p50']:.2f} 
 print(f"  echo through a bare TCP relay (no SSH, no recording: the floor of any second hop): p50 {e['relay']['p50']:.2f} ms"
       f" p99 {e['relay']['p99']:.2f} ms; ratio to direct p50 {r['echo_ratio']['relay_p50']:.2f} p99 {r['echo_ratio']['relay_p99']:.2f};"
       f" chaperone to the relay p50 {e['chaperone']['p50'] / e['relay']['p50']:.2f} p99 {e['chaperone']['p99'] / e['relay']['p99']:.2f}")
+i = r["echo_idle"]
+print(f"  echo with nothing else live: p50 chaperone {i['p50_ms']['chaperone']:.2f} ms, bare relay {i['p50_ms']['relay']:.2f} ms, direct {i['p50_ms']['direct']:.2f} ms;"
+      f" per round trip chaperone spends {i['chaperone_cpu_us']:.0f} us of CPU and {i['chaperone_switches']:.1f} context switches,"
+      f" the bare relay {i['relay_cpu_us']:.0f} us and {i['relay_switches']:.1f}")
 print(f"  sessions lost: {r['lost']} {r['lost_examples']}")
 print(f"  sessions the bastion recorded (by how they ended): {ended}")
 PY
