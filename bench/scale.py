@@ -83,16 +83,21 @@ def thread_costs(pid):
 
 
 class Costs:
-    """CPU seconds and context switches of one process over the blocks of a measurement."""
+    """CPU seconds and context switches of one process over the timed loops of a measurement (taken
+    inside the loop, while the echo session is open: a thread that ends between two readings, such as the
+    recorder of a session just closed, would take its whole count off the sum)."""
 
     def __init__(self, pid):
         self.pid, self.cpu, self.switches, self.secs = pid, 0.0, 0, 0.0
+        self._at = None
 
-    async def over(self, block):
-        (c, s), t = thread_costs(self.pid), time.monotonic()
-        await block
-        self.secs += time.monotonic() - t
+    def start(self):
+        self._at = thread_costs(self.pid), time.monotonic()
+
+    def stop(self):
+        (c, s), t = self._at
         c2, s2 = thread_costs(self.pid)
+        self.secs += time.monotonic() - t
         self.cpu += c2 - c
         self.switches += s2 - s
 
@@ -193,7 +198,7 @@ async def burst_with_logins(spec, logins, n, commands, out):
     return times, failed
 
 
-async def echo_rtt(conn, samples_out, n):
+async def echo_rtt(conn, samples_out, n, costs=None):
     chan, sess = await conn.create_session(Session, "cat", encoding=None)
     # One keystroke first, untimed: chaperone answers the exec before the device has the session (the
     # input is kept and replayed once it has), so the first echo through chaperone also waits for the
@@ -204,6 +209,8 @@ async def echo_rtt(conn, samples_out, n):
     chan.write(b"w")
     await asyncio.wait_for(sess.echo, 10)
     rtts = []
+    if costs:
+        costs.start()
     for _ in range(n):
         sess.echo = asyncio.get_running_loop().create_future()
         t0 = time.monotonic()
@@ -211,6 +218,8 @@ async def echo_rtt(conn, samples_out, n):
         t1 = await asyncio.wait_for(sess.echo, 10)
         rtts.append(t1 - t0)
         await asyncio.sleep(0.02)
+    if costs:
+        costs.stop()
     chan.close()
     samples_out.extend(rtts)
 
@@ -350,22 +359,27 @@ async def main():
     # over the direct blocks it is not on, taken off).
     for conn in conns[:-1]:
         conn.close()
-    # Once the ends are written: until chaperone spends under 2 % of a core over half a second, or 60 s.
+    # Once the ends are written and the indexer (nice 19) has read the closed recordings: until chaperone
+    # spends under 2 % of a core and 50 context switches a second over a second, or 120 s. Its background
+    # is taken off below, so it must not be winding down meanwhile.
     for _ in range(120):
-        (c, _), t = thread_costs(spec["pid"]), time.monotonic()
-        await asyncio.sleep(0.5)
-        if thread_costs(spec["pid"])[0] - c < 0.02 * (time.monotonic() - t):
+        (c, s), t = thread_costs(spec["pid"]), time.monotonic()
+        await asyncio.sleep(1)
+        (c2, s2), dt = thread_costs(spec["pid"]), time.monotonic() - t
+        if c2 - c < 0.02 * dt and s2 - s < 50 * dt:
             break
     idle_via, idle_straight, idle_relayed = [], [], []
     chap_via, chap_idle, relay_own = Costs(spec["pid"]), Costs(spec["pid"]), Costs(spec["relay_pid"])
     for _ in range(5):
-        await chap_via.over(echo_rtt(conns[-1], idle_via, 100))
-        await chap_idle.over(echo_rtt(direct, idle_straight, 100))
-        await relay_own.over(echo_rtt(relay, idle_relayed, 100))
+        # Each block after the last one's session has ended (its end is written, its recorder gone).
+        for conn, out, costs in ((conns[-1], idle_via, chap_via), (direct, idle_straight, chap_idle),
+                                 (relay, idle_relayed, relay_own)):
+            await asyncio.sleep(0.3)
+            await echo_rtt(conn, out, 100, costs=costs)
     direct.close()
     relay.close()
     conns[-1].close()
-    trips = 5 * 101  # each block also sends one untimed keystroke first (see echo_rtt)
+    trips = 5 * 100  # counted over the timed keystrokes only
     background = chap_idle.cpu / chap_idle.secs, chap_idle.switches / chap_idle.secs
     report["echo_idle"] = {
         "p50_ms": {"chaperone": pct(idle_via, 50) * 1000, "direct": pct(idle_straight, 50) * 1000, "relay": pct(idle_relayed, 50) * 1000},
