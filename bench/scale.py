@@ -69,23 +69,35 @@ def cpu_seconds(pid):
 def thread_costs(pid):
     """CPU seconds (to the nanosecond, from schedstat; /proc/PID/stat counts 10 ms ticks) and context
     switches (voluntary and involuntary: each a sleep and a wake-up, which on a VM can cost more than the
-    work between them) of the live threads of process `pid` so far."""
-    cpu_ns = switches = 0
+    work between them) of each live thread of process `pid` so far, by thread id."""
+    out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                cpu_ns += int(f.read().split()[0])
+                cpu_ns = int(f.read().split()[0])
             with open(f"/proc/{pid}/task/{tid}/status") as f:
-                switches += sum(int(line.split(":", 1)[1]) for line in f if "ctxt_switches:" in line)
+                switches = sum(int(line.split(":", 1)[1]) for line in f if "ctxt_switches:" in line)
         except (OSError, ValueError):
-            pass  # the thread ended meanwhile
-    return cpu_ns / 1e9, switches
+            continue  # the thread ended meanwhile
+        out[tid] = (cpu_ns / 1e9, switches)
+    return out
+
+
+def costs_between(before, after):
+    """What the threads spent between two `thread_costs` readings: a thread that ended in between (an
+    idle tokio blocking thread exits after 10 s) counts for nothing rather than taking its whole past
+    off the sum; one that started counts whole."""
+    cpu = switches = 0
+    for tid, (c, s) in after.items():
+        c0, s0 = before.get(tid, (0.0, 0))
+        cpu += c - c0
+        switches += s - s0
+    return cpu, switches
 
 
 class Costs:
     """CPU seconds and context switches of one process over the timed loops of a measurement (taken
-    inside the loop, while the echo session is open: a thread that ends between two readings, such as the
-    recorder of a session just closed, would take its whole count off the sum)."""
+    inside the loop, while the echo session is open)."""
 
     def __init__(self, pid):
         self.pid, self.cpu, self.switches, self.secs = pid, 0.0, 0, 0.0
@@ -95,11 +107,11 @@ class Costs:
         self._at = thread_costs(self.pid), time.monotonic()
 
     def stop(self):
-        (c, s), t = self._at
-        c2, s2 = thread_costs(self.pid)
+        before, t = self._at
+        cpu, switches = costs_between(before, thread_costs(self.pid))
         self.secs += time.monotonic() - t
-        self.cpu += c2 - c
-        self.switches += s2 - s
+        self.cpu += cpu
+        self.switches += switches
 
 
 class Session(asyncssh.SSHClientSession):
@@ -210,6 +222,9 @@ async def echo_rtt(conn, samples_out, n, costs=None):
     await asyncio.wait_for(sess.echo, 10)
     rtts = []
     if costs:
+        # What the session's start set off (the watcher's re-read of the store once the audit head moved,
+        # the audit tail, the device connection's first keepalive) is not the hop's cost per keystroke.
+        await asyncio.sleep(1.5)
         costs.start()
     for _ in range(n):
         sess.echo = asyncio.get_running_loop().create_future()
@@ -362,12 +377,14 @@ async def main():
     # Once the ends are written and the indexer (nice 19) has read the closed recordings: until chaperone
     # spends under 2 % of a core and 50 context switches a second over a second, or 120 s. Its background
     # is taken off below, so it must not be winding down meanwhile.
+    waited = time.monotonic()
     for _ in range(120):
-        (c, s), t = thread_costs(spec["pid"]), time.monotonic()
+        before, t = thread_costs(spec["pid"]), time.monotonic()
         await asyncio.sleep(1)
-        (c2, s2), dt = thread_costs(spec["pid"]), time.monotonic() - t
-        if c2 - c < 0.02 * dt and s2 - s < 50 * dt:
+        (cpu, switches), dt = costs_between(before, thread_costs(spec["pid"])), time.monotonic() - t
+        if cpu < 0.02 * dt and switches < 50 * dt:
             break
+    waited = time.monotonic() - waited
     idle_via, idle_straight, idle_relayed = [], [], []
     chap_via, chap_idle, relay_own = Costs(spec["pid"]), Costs(spec["pid"]), Costs(spec["relay_pid"])
     for _ in range(5):
@@ -387,6 +404,10 @@ async def main():
         "chaperone_switches": (chap_via.switches - background[1] * chap_via.secs) / trips,
         "relay_cpu_us": 1e6 * relay_own.cpu / trips,
         "relay_switches": relay_own.switches / trips,
+        # chaperone's background over the direct blocks, and how long it took to get quiet: a figure
+        # with a background of the same order as the echo's own cost is noise, not a measurement.
+        "background_cpu_pct": 100 * background[0], "background_switches_per_s": background[1],
+        "quiet_after_s": waited,
     }
     await asyncio.gather(*(c.wait_closed() for c in conns), return_exceptions=True)
     report["rss_mib_end"] = rss_mib(spec["pid"])

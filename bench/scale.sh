@@ -130,7 +130,9 @@ print(f"  echo through a bare TCP relay (no SSH, no recording: the floor of any 
 i = r["echo_idle"]
 print(f"  echo with nothing else live: p50 chaperone {i['p50_ms']['chaperone']:.2f} ms, bare relay {i['p50_ms']['relay']:.2f} ms, direct {i['p50_ms']['direct']:.2f} ms;"
       f" per round trip chaperone spends {i['chaperone_cpu_us']:.0f} us of CPU and {i['chaperone_switches']:.1f} context switches,"
-      f" the bare relay {i['relay_cpu_us']:.0f} us and {i['relay_switches']:.1f}")
+      f" the bare relay {i['relay_cpu_us']:.0f} us and {i['relay_switches']:.1f}"
+      f" (chaperone's background taken off: {i['background_cpu_pct']:.1f} % of a core, {i['background_switches_per_s']:.0f} switches/s;"
+      f" quiet after {i['quiet_after_s']:.0f} s)")
 print(f"  sessions lost: {r['lost']} {r['lost_examples']}")
 print(f"  sessions the bastion recorded (by how they ended): {ended}")
 PY
