@@ -377,14 +377,14 @@ async def main():
     # Once the ends are written and the indexer (nice 19) has read the closed recordings: until chaperone
     # spends under 2 % of a core and 50 context switches a second over a second, or 120 s. Its background
     # is taken off below, so it must not be winding down meanwhile.
-    waited = time.monotonic()
+    quiet_from = time.monotonic()
     for _ in range(120):
         before, t = thread_costs(spec["pid"]), time.monotonic()
         await asyncio.sleep(1)
         (cpu, switches), dt = costs_between(before, thread_costs(spec["pid"])), time.monotonic() - t
         if cpu < 0.02 * dt and switches < 50 * dt:
             break
-    waited = time.monotonic() - waited
+    waited = time.monotonic() - quiet_from
     idle_via, idle_straight, idle_relayed = [], [], []
     chap_via, chap_idle, relay_own = Costs(spec["pid"]), Costs(spec["pid"]), Costs(spec["relay_pid"])
     for _ in range(5):
