@@ -25,9 +25,10 @@ use crate::identity::signin::{self, Account, Attempt, Second};
 use crate::identity::totp;
 use crate::model::{AccessRequest, Criticality, RequestStatus, Role, check_name};
 use crate::policy::grants::{self, GrantError};
-use crate::policy::requests::{self, Approver, AuthMethod, DecideError, Outcome};
+use crate::policy::requests::{self, Approver, AuthMethod, DecideError, Outcome, ZoneScope};
 use crate::store::{
-    DecidedFilter, DecidedOutcome, HistoryFilter, HistoryRow, StaffAuth, StoreError,
+    DecidedFilter, DecidedOutcome, DirectoryStanding, HistoryFilter, HistoryRow, StaffAuth,
+    StoreError,
 };
 use std::collections::HashMap;
 
@@ -120,6 +121,17 @@ async fn current(app: &App, s: &Staff) -> Result<(Approver, StaffAuth), CoreErro
         method: match s.method {
             Method::Passkey => AuthMethod::Passkey,
             Method::Totp => AuthMethod::Totp,
+        },
+        dn: user.dn.clone(),
+        zones: ZoneScope {
+            grouped: app
+                .config
+                .ldap
+                .as_ref()
+                .map(|l| l.zone_approvers.keys().cloned().collect())
+                .unwrap_or_default(),
+            member_of: user.zones.clone(),
+            only_member_of: user.zones_only,
         },
     };
     Ok((approver, user))
@@ -288,7 +300,8 @@ fn decide_error(e: DecideError) -> CoreError {
         DecideError::NotFound(_) => CoreError::NotFound,
         DecideError::SelfApproval
         | DecideError::AlreadyApproved
-        | DecideError::NotAnApprover(_) => CoreError::Forbidden(e.to_string()),
+        | DecideError::NotAnApprover(_)
+        | DecideError::OtherZone(_) => CoreError::Forbidden(e.to_string()),
         DecideError::NotPending { .. } | DecideError::VendorDisabled(_) => {
             CoreError::Conflict(e.to_string())
         }
@@ -430,16 +443,27 @@ impl WebCore {
                 };
             }
         };
-        let Some(new_role) = found.role() else {
+        let Some(standing) = found.standing() else {
             // The right password, but no mapped group: no access, and a stored account loses it.
             self.directory_removed(user.as_ref(), "in no mapped group", &source, now)
                 .await?;
             return Ok(Verdict::Refused);
         };
+        // One directory entry, one account: a second name for an entry (two `uid` values, a filter
+        // on two attributes) would be a second approver of four eyes. Its first account keeps it.
+        let owner = app
+            .store
+            .directory_account_of(&found.dn, user.as_ref().map(|u| u.id))
+            .await
+            .map_err(internal)?;
+        if let Some(owner) = owner {
+            tracing::warn!(name = %attempt.name, dn = %found.dn, account = %owner,
+                "directory sign-in refused: the entry signs in as another account");
+            return Ok(Verdict::Refused);
+        }
         let changed = user.as_ref().is_none_or(|u| {
-            u.role != new_role
+            DirectoryStanding::of(u) != standing
                 || (!u.enabled && u.directory_disabled)
-                || u.zones != found.zones
                 || u.dn.as_deref() != Some(&found.dn)
         });
         let id = match user.as_ref() {
@@ -449,7 +473,7 @@ impl WebCore {
             _ => {
                 let mut tx = app.store.begin().await.map_err(internal)?;
                 let (id, created) = match tx
-                    .upsert_directory_staff(attempt.name, new_role, &found.dn, &found.zones, now)
+                    .upsert_directory_staff(attempt.name, &standing, &found.dn, now)
                     .await
                 {
                     Ok(r) => r,
@@ -467,7 +491,8 @@ impl WebCore {
                             "user.directory.update"
                         },
                         format!("user:{}", attempt.name),
-                        json!({"role": new_role.to_string(), "dn": found.dn, "zones": found.zones}),
+                        json!({"role": standing.role.to_string(), "dn": found.dn,
+                               "zones": standing.zones, "zones_only": standing.zones_only}),
                     ),
                     now,
                 )
@@ -586,28 +611,6 @@ impl WebCore {
             Some(user) => Ok((hash, user)),
             None => Err(CoreError::NotFound),
         }
-    }
-
-    /// Zone-scoped approvers (`[ldap.zones.X] approver`): a request for an asset in such a zone is
-    /// decided only by a member of that zone's group (as the directory said at their last sign-in or
-    /// re-check) or an admin.
-    async fn zone_allows(&self, user: &StaffAuth, request: i64) -> Result<(), CoreError> {
-        let Some(ldap) = &self.app.config.ldap else {
-            return Ok(());
-        };
-        let Some(r) = self.app.store.request(request).await.map_err(internal)? else {
-            return Ok(()); // decide says "not found"
-        };
-        if !ldap.zone_approvers.contains_key(&r.zone)
-            || user.role == Role::Admin
-            || user.zones.contains(&r.zone)
-        {
-            return Ok(());
-        }
-        Err(CoreError::Forbidden(format!(
-            "requests for zone {} are decided by its own approvers",
-            r.zone
-        )))
     }
 
     async fn revoke(&self, by: &Staff, id: i64, reason: &str) -> Result<(), CoreError> {
@@ -765,8 +768,7 @@ impl Approvals for WebCore {
             Decision::Deny { reason } => requests::Decision::Deny { reason },
         };
         let app = &self.app;
-        let (by, user) = current(app, by).await?;
-        self.zone_allows(&user, id).await?;
+        let (by, _) = current(app, by).await?;
         let outcome = requests::decide(&app.store, &app.events, app.clock.now(), &by, id, decision)
             .await
             .map_err(decide_error)?;

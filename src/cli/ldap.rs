@@ -46,18 +46,25 @@ pub async fn run(config: &Path, cmd: LdapCommand) -> anyhow::Result<()> {
                 }
                 Lookup::Found(user) => user,
             };
-            if user.role().is_none() {
+            let Some(standing) = user.standing() else {
                 anyhow::bail!("{} ({}): in no mapped group", esc(&name), esc(&user.dn));
-            }
+            };
             let roles: Vec<String> = user.roles.iter().map(ToString::to_string).collect();
             if as_json {
                 return json(&json!({"name": user.name, "dn": user.dn, "roles": roles,
-                                    "zones": user.zones, "role": user.role()}));
+                                    "zones": user.zones, "role": standing.role,
+                                    "zones_only": standing.zones_only}));
             }
             println!("{}: {}", esc(&user.name), esc(&user.dn));
             let mut given = roles;
             given.extend(user.zones.iter().map(|z| format!("approver for zone {z}")));
             println!("roles: {}", given.join(", "));
+            if standing.zones_only {
+                println!(
+                    "decides requests for zone(s) {} only",
+                    esc(&user.zones.join(", "))
+                );
+            }
             Ok(())
         }
         LdapCommand::Sync => {

@@ -28,7 +28,7 @@ use crate::app::App;
 use crate::audit::AuditEvent;
 use crate::error_text::report;
 use crate::model::check_name;
-use crate::store::{StaffAuth, StoreError};
+use crate::store::{DirectoryStanding, StaffAuth, StoreError};
 
 /// The audit actor of the directory's changes.
 const ACTOR: &str = "system:directory";
@@ -106,7 +106,7 @@ pub async fn recheck_staff(app: &App, directory: &Directory) -> Result<(), SyncE
         let now = app.clock.now();
         let standing = match &found {
             Lookup::NoSuchUser => None,
-            Lookup::Found(f) => f.role().map(|r| (r, f)),
+            Lookup::Found(f) => f.standing(),
         };
         match standing {
             None => {
@@ -118,16 +118,16 @@ pub async fn recheck_staff(app: &App, directory: &Directory) -> Result<(), SyncE
                 remove_staff(app, &user, why, now).await?;
                 tracing::info!(user = %user.name, why, "directory account disabled; its web sessions ended");
             }
-            Some((role, f)) if role != user.role || f.zones != user.zones => {
+            Some(standing) if standing != DirectoryStanding::of(&user) => {
                 let mut tx = app.store.begin().await?;
-                tx.set_directory_standing(user.id, Some((role, &f.zones)))
-                    .await?;
+                tx.set_directory_standing(user.id, Some(&standing)).await?;
                 tx.audit(
                     AuditEvent::new(
                         ACTOR,
                         "user.directory.update",
                         format!("user:{}", user.name),
-                        json!({"role": role.to_string(), "zones": f.zones}),
+                        json!({"role": standing.role.to_string(), "zones": standing.zones,
+                               "zones_only": standing.zones_only}),
                     ),
                     now,
                 )

@@ -20,6 +20,7 @@ use rustls::pki_types::{CertificateDer, pem::PemObject as _};
 
 use crate::config::{Config, GroupMembership, LdapConfig};
 use crate::model::Role;
+use crate::store::DirectoryStanding;
 
 /// Active Directory's LDAP_MATCHING_RULE_IN_CHAIN: membership through nested groups.
 pub const MATCHING_RULE_IN_CHAIN: &str = "1.2.840.113556.1.4.1941";
@@ -89,12 +90,21 @@ pub struct DirectoryUser {
 
 impl DirectoryUser {
     /// The one role the account gets: the strongest of its groups' (admin, approver, auditor); a zone
-    /// approver group alone makes an approver (for those zones).
-    pub fn role(&self) -> Option<Role> {
-        [Role::Admin, Role::Approver, Role::Auditor]
+    /// approver group alone makes an approver for those zones only (`zones_only`).
+    pub fn standing(&self) -> Option<DirectoryStanding> {
+        let of_roles = [Role::Admin, Role::Approver, Role::Auditor]
             .into_iter()
-            .find(|r| self.roles.contains(r))
-            .or_else(|| (!self.zones.is_empty()).then_some(Role::Approver))
+            .find(|r| self.roles.contains(r));
+        let (role, zones_only) = match of_roles {
+            Some(role) => (role, false),
+            None if !self.zones.is_empty() => (Role::Approver, true),
+            None => return None,
+        };
+        Some(DirectoryStanding {
+            role,
+            zones: self.zones.clone(),
+            zones_only,
+        })
     }
 }
 
@@ -670,15 +680,24 @@ mod tests {
             roles,
             zones: zones.into_iter().map(str::to_owned).collect(),
         };
+        let role = |u: DirectoryUser| u.standing().map(|s| (s.role, s.zones_only));
         assert_eq!(
-            user(vec![Role::Auditor, Role::Admin], vec![]).role(),
-            Some(Role::Admin)
+            role(user(vec![Role::Auditor, Role::Admin], vec![])),
+            Some((Role::Admin, false))
         );
         assert_eq!(
-            user(vec![Role::Auditor], vec![]).role(),
-            Some(Role::Auditor)
+            role(user(vec![Role::Auditor], vec![])),
+            Some((Role::Auditor, false))
         );
-        assert_eq!(user(vec![], vec!["icu"]).role(), Some(Role::Approver));
-        assert_eq!(user(vec![], vec![]).role(), None);
+        // A zone's approver group alone: an approver for that zone only.
+        assert_eq!(
+            role(user(vec![], vec!["icu"])),
+            Some((Role::Approver, true))
+        );
+        assert_eq!(
+            role(user(vec![Role::Approver], vec!["icu"])),
+            Some((Role::Approver, false))
+        );
+        assert_eq!(role(user(vec![], vec![])), None);
     }
 }

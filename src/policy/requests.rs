@@ -14,6 +14,7 @@
 //!
 //! Every change is audited with the approver and how they signed in, and announced on [`Events`].
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -219,6 +220,34 @@ pub struct Approver {
     pub name: String,
     pub role: Role,
     pub method: AuthMethod,
+    /// The directory entry behind the account (directory staff): four eyes are two people, so two
+    /// accounts on one entry, or an account on the requesting vendor's entry, count as one.
+    pub dn: Option<String>,
+    /// Which zones' requests they may decide.
+    pub zones: ZoneScope,
+}
+
+/// Which zones' requests an approver decides. A zone with an approver group of its own
+/// (`[ldap.zones.X] approver`) has its requests decided by that group's members and admins only; a
+/// member of zone groups and of no `[ldap.roles]` group decides those zones' requests only. Without
+/// `[ldap]` (the default) every approver decides every zone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ZoneScope {
+    /// Zones with an approver group of their own (the config's; the same for every approver).
+    pub grouped: BTreeSet<String>,
+    /// Zones whose group the approver is in.
+    pub member_of: Vec<String>,
+    /// In zone groups only: the approver decides `member_of` and nothing else.
+    pub only_member_of: bool,
+}
+
+impl ZoneScope {
+    /// May someone with `role` decide a request for an asset in `zone`?
+    pub fn allows(&self, role: Role, zone: &str) -> bool {
+        role == Role::Admin
+            || self.member_of.iter().any(|z| z == zone)
+            || (!self.only_member_of && !self.grouped.contains(zone))
+    }
 }
 
 impl Approver {
@@ -276,6 +305,8 @@ pub enum DecideError {
     AlreadyApproved,
     #[error("your role ({0}) cannot decide requests")]
     NotAnApprover(Role),
+    #[error("requests for zone {0} are decided by other approvers")]
+    OtherZone(String),
     #[error("{0}")]
     Invalid(String),
     /// Refused and audited (`grant.refused`): a disabled vendor gets no grant.
@@ -330,9 +361,18 @@ pub async fn decide(
             status: RequestStatus::Expired,
         });
     }
+    // Who may decide is judged here, on the request as locked, and nowhere else: the zone, then four
+    // eyes.
+    if !approver.zones.allows(approver.role, &request.zone) {
+        return Err(DecideError::OtherZone(request.zone));
+    }
     // Four eyes: staff and vendor accounts are separate, but a shared name is the same person until
-    // proven otherwise.
-    if approver.name == request.vendor {
+    // proven otherwise, and so is a shared directory entry.
+    let same_entry = |dn: Option<String>| {
+        dn.zip(approver.dn.as_deref())
+            .is_some_and(|(a, b)| a.eq_ignore_ascii_case(b))
+    };
+    if approver.name == request.vendor || same_entry(tx.vendor_dn(&request.vendor).await?) {
         return Err(DecideError::SelfApproval);
     }
     let outcome = match decision {
@@ -367,12 +407,12 @@ pub async fn decide(
             services,
             duration_secs,
         } => {
-            if request
-                .approvals
-                .iter()
-                .any(|a| a.approver == approver.name)
-            {
-                return Err(DecideError::AlreadyApproved);
+            for earlier in &request.approvals {
+                if earlier.approver == approver.name
+                    || same_entry(tx.staff_dn(&earlier.approver).await?)
+                {
+                    return Err(DecideError::AlreadyApproved);
+                }
             }
             let services = narrow_services(&request.services, services)?;
             let duration_secs = narrow_duration(request.duration_secs, duration_secs)?;

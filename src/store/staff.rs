@@ -40,6 +40,8 @@ pub struct StaffAuth {
     pub dn: Option<String>,
     /// Zones the directory lets them approve (`[ldap.zones.X] approver`).
     pub zones: Vec<String>,
+    /// Their approver role comes from zone groups alone: they decide those zones' requests only.
+    pub zones_only: bool,
     /// Passkeys are stored for the account.
     pub has_passkeys: bool,
     /// An enrollment link is open (the second factor is not set up yet).
@@ -65,13 +67,34 @@ impl std::fmt::Debug for StaffAuth {
     }
 }
 
-const AUTH_COLUMNS: &str = "id, name, role, enabled, password_hash, totp_secret, source, dn, zones, \
+const AUTH_COLUMNS: &str = "id, name, role, enabled, password_hash, totp_secret, source, dn, zones, zones_only, \
      CASE WHEN passkeys IS NULL THEN 0 ELSE 1 END AS has_passkeys, \
      CASE WHEN enroll_token_hash IS NULL THEN 0 ELSE 1 END AS enrolling, directory_disabled";
 
 /// Where a staff account's password is checked.
 pub const SOURCE_LOCAL: &str = "local";
 pub const SOURCE_DIRECTORY: &str = "ldap";
+
+/// What the directory's groups give a staff account (`[ldap.roles]`, `[ldap.zones.X] approver`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryStanding {
+    pub role: Role,
+    /// Zones whose approver group they are in.
+    pub zones: Vec<String>,
+    /// No `[ldap.roles]` group: the role is an approver's for `zones` only.
+    pub zones_only: bool,
+}
+
+impl DirectoryStanding {
+    /// As stored for `user` now.
+    pub fn of(user: &StaffAuth) -> Self {
+        DirectoryStanding {
+            role: user.role,
+            zones: user.zones.clone(),
+            zones_only: user.zones_only,
+        }
+    }
+}
 
 fn staff_auth(row: &AnyRow) -> Result<StaffAuth> {
     Ok(StaffAuth {
@@ -88,9 +111,31 @@ fn staff_auth(row: &AnyRow) -> Result<StaffAuth> {
             .filter(|z| !z.is_empty())
             .map(str::to_owned)
             .collect(),
+        zones_only: get::<i64>(row, "zones_only")? != 0,
         has_passkeys: get::<i64>(row, "has_passkeys")? != 0,
         enrolling: get::<i64>(row, "enrolling")? != 0,
         directory_disabled: get::<i64>(row, "directory_disabled")? != 0,
+    })
+}
+
+async fn account_of_entry<'e>(
+    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    dn: &str,
+    except: Option<i64>,
+) -> Result<Option<String>> {
+    let row = sqlx::query(
+        "SELECT id, name FROM staff_users WHERE dn IS NOT NULL AND lower(dn) = lower($1) \
+         ORDER BY id LIMIT 1",
+    )
+    .bind(dn)
+    .fetch_optional(db)
+    .await
+    .context("reading the account of a directory entry")?;
+    let Some(row) = row else { return Ok(None) };
+    let (id, name): (i64, String) = (get(&row, "id")?, get(&row, "name")?);
+    Ok(match except {
+        Some(except) if id >= except => None,
+        _ => Some(name),
     })
 }
 
@@ -105,6 +150,17 @@ impl Store {
         .await
         .context("reading a staff user's sign-in data")?;
         row.as_ref().map(staff_auth).transpose()
+    }
+
+    /// The account that directory entry `dn` signs in as, other than account `except`: the oldest with
+    /// that entry (DNs compared without regard to ASCII case, as a directory does), if it is older than
+    /// `except` or `except` is new. Accounts made twice for one entry before this rule keep the first.
+    pub async fn directory_account_of(
+        &self,
+        dn: &str,
+        except: Option<i64>,
+    ) -> Result<Option<String>> {
+        account_of_entry(&self.pool, dn, except).await
     }
 
     /// Every enabled staff member from the directory (the re-check's list).
@@ -387,25 +443,34 @@ impl Tx {
     }
 
     /// Adds or refreshes a staff member the directory vouched for (right password, a mapped group): their
-    /// role, entry and zones as the directory says now, enabled unless an administrator disabled it.
-    /// Returns the id and whether the row is new. A local account of the same name is never taken over
-    /// (`Conflict`).
+    /// standing and entry as the directory says now, enabled unless an administrator disabled it.
+    /// Returns the id and whether the row is new. A local account of the same name is never taken over,
+    /// and a directory entry is one account: a second name for an entry another account already has (an
+    /// entry with two `uid` values, or a filter matching two attributes) is refused (`Conflict`), so one
+    /// person cannot give both approvals of four eyes.
     pub async fn upsert_directory_staff(
         &mut self,
         name: &str,
-        role: Role,
+        standing: &DirectoryStanding,
         dn: &str,
-        zones: &[String],
         now: UnixTime,
     ) -> Result<(i64, bool)> {
-        let zones = zones.join(",");
+        let zones = standing.zones.join(",");
         let row = sqlx::query("SELECT id, source FROM staff_users WHERE name = $1")
             .bind(name)
             .fetch_optional(&mut *self.tx)
             .await
             .context("reading a directory user")?;
-        if let Some(row) = row {
-            let id: i64 = get(&row, "id")?;
+        let id = match &row {
+            Some(row) => Some(get::<i64>(row, "id")?),
+            None => None,
+        };
+        if let Some(owner) = self.directory_account_of(dn, id).await? {
+            return Err(StoreError::Conflict(format!(
+                "the directory entry {dn} signs in as {owner}, not as {name}"
+            )));
+        }
+        if let (Some(row), Some(id)) = (row, id) {
             if get::<String>(&row, "source")? != SOURCE_DIRECTORY {
                 return Err(StoreError::Conflict(format!(
                     "{name} is a local account; the directory does not sign it in"
@@ -414,13 +479,14 @@ impl Tx {
             // Enabled again only when the directory was what disabled it: an administrator's
             // `user disable` holds whatever the directory says.
             sqlx::query(
-                "UPDATE staff_users SET role = $1, dn = $2, zones = $3, \
+                "UPDATE staff_users SET role = $1, dn = $2, zones = $3, zones_only = $4, \
                  enabled = CASE WHEN directory_disabled = 1 THEN 1 ELSE enabled END, \
-                 directory_disabled = 0 WHERE id = $4",
+                 directory_disabled = 0 WHERE id = $5",
             )
-            .bind(role.to_string())
+            .bind(standing.role.to_string())
             .bind(dn)
             .bind(&zones)
+            .bind(i64::from(standing.zones_only))
             .bind(id)
             .execute(&mut *self.tx)
             .await
@@ -428,19 +494,42 @@ impl Tx {
             return Ok((id, false));
         }
         let row = sqlx::query(
-            "INSERT INTO staff_users (name, role, enabled, source, dn, zones, created_at) \
-             VALUES ($1, $2, 1, $3, $4, $5, $6) RETURNING id",
+            "INSERT INTO staff_users (name, role, enabled, source, dn, zones, zones_only, created_at) \
+             VALUES ($1, $2, 1, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(name)
-        .bind(role.to_string())
+        .bind(standing.role.to_string())
         .bind(SOURCE_DIRECTORY)
         .bind(dn)
         .bind(&zones)
+        .bind(i64::from(standing.zones_only))
         .bind(now)
         .fetch_one(&mut *self.tx)
         .await
         .context("adding a directory user")?;
         Ok((get(&row, "id")?, true))
+    }
+
+    /// [`Store::directory_account_of`], inside this transaction.
+    pub async fn directory_account_of(
+        &mut self,
+        dn: &str,
+        except: Option<i64>,
+    ) -> Result<Option<String>> {
+        account_of_entry(&mut *self.tx, dn, except).await
+    }
+
+    /// The directory entry of staff account `name` (None: a local account, or no such account).
+    pub async fn staff_dn(&mut self, name: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT dn FROM staff_users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .context("reading a staff account's directory entry")?;
+        Ok(match row {
+            Some(row) => get(&row, "dn")?,
+            None => None,
+        })
     }
 
     /// Opens an enrollment (second factor only) for a directory user who has none: the link's token
@@ -471,17 +560,20 @@ impl Tx {
     pub async fn set_directory_standing(
         &mut self,
         id: i64,
-        standing: Option<(Role, &[String])>,
+        standing: Option<&DirectoryStanding>,
     ) -> Result<()> {
         match standing {
-            Some((role, zones)) => {
-                sqlx::query("UPDATE staff_users SET role = $1, zones = $2 WHERE id = $3")
-                    .bind(role.to_string())
-                    .bind(zones.join(","))
-                    .bind(id)
-                    .execute(&mut *self.tx)
-                    .await
-                    .context("updating a directory user")?;
+            Some(standing) => {
+                sqlx::query(
+                    "UPDATE staff_users SET role = $1, zones = $2, zones_only = $3 WHERE id = $4",
+                )
+                .bind(standing.role.to_string())
+                .bind(standing.zones.join(","))
+                .bind(i64::from(standing.zones_only))
+                .bind(id)
+                .execute(&mut *self.tx)
+                .await
+                .context("updating a directory user")?;
             }
             None => {
                 self.disable_staff_user(id).await?;

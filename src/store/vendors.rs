@@ -297,6 +297,19 @@ impl Tx {
         Ok(done.rows_affected() == 1)
     }
 
+    /// The directory entry of vendor `name` (None: a vendor added with `vendor add`, or no such vendor).
+    pub async fn vendor_dn(&mut self, name: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT dn FROM vendors WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .context("reading a vendor's directory entry")?;
+        Ok(match row {
+            Some(row) => get(&row, "dn")?,
+            None => None,
+        })
+    }
+
     /// Marks a vendor as owned by the directory sync (entry `dn`).
     pub async fn set_vendor_directory(&mut self, vendor_id: i64, dn: &str) -> Result<()> {
         sqlx::query("UPDATE vendors SET source = 'ldap', dn = $1 WHERE id = $2")

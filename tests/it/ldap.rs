@@ -56,6 +56,7 @@ fn ldap_check_names_the_dn_and_roles_or_says_why_not() {
     let ivan = ivan.ok().json();
     assert_eq!(ivan["zones"], serde_json::json!(["icu"]));
     assert_eq!(ivan["role"], "approver");
+    assert_eq!(ivan["zones_only"], true, "{ivan}");
 
     let nobody = d.run(&["ldap", "check", "nobody"]);
     nobody.fails(1);
@@ -88,6 +89,40 @@ fn ldap_check_names_the_dn_and_roles_or_says_why_not() {
         "{}",
         down.stderr()
     );
+}
+
+/// A directory staff member's first sign-in (password `dirpw-NAME`): the form sends them to enrol a
+/// second factor (no password chosen: the directory has it); they enrol the authenticator app.
+fn enrol_directory_staff(b: &Bastion, name: &str) -> Approver {
+    let password = format!("dirpw-{name}");
+    let (status, location, body) = form_sign_in(b, name, &password);
+    assert_eq!(status, 303, "{body}\n{}", b.log());
+    let token = location
+        .strip_prefix("/enroll/")
+        .unwrap_or_else(|| panic!("no enrollment link in {location:?}"))
+        .to_owned();
+    let page = curl(None, &[&format!("{}/enroll/{token}", base(b))]);
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(!page.body.contains("id=\"password\""), "{}", page.body);
+    let secret = page
+        .body
+        .split("id=\"totp-secret\">")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .unwrap()
+        .to_owned();
+    let user = Approver::with_secret(b, name, &password, &secret);
+    let done = curl(
+        None,
+        &[
+            "--data-urlencode",
+            &format!("code={}", user.next_code()),
+            &format!("{}/enroll/{token}", base(b)),
+        ],
+    );
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(done.body.contains("You are enrolled"), "{}", done.body);
+    user
 }
 
 /// The sign-in form's answer to `name`/`password` with no code (curl, no cookie jar).
@@ -160,34 +195,27 @@ fn directory_approver_enrols_at_first_sign_in_approves_and_is_signed_out_when_re
 
     // First sign-in: the directory checks the password; with no second factor yet, the form sends
     // erin to enrol one (no password chosen: the directory has it).
-    let (status, location, body) = form_sign_in(&b, "erin", "dirpw-erin");
-    assert_eq!(status, 303, "{body}\n{}", b.log());
-    let token = location
-        .strip_prefix("/enroll/")
-        .unwrap_or_else(|| panic!("no enrollment link in {location:?}"))
-        .to_owned();
-    let page = curl(None, &[&format!("{}/enroll/{token}", base(&b))]);
-    assert_eq!(page.status, 200, "{}", page.body);
-    assert!(!page.body.contains("id=\"password\""), "{}", page.body);
-    let secret = page
-        .body
-        .split("id=\"totp-secret\">")
-        .nth(1)
-        .and_then(|s| s.split('<').next())
-        .unwrap()
-        .to_owned();
-    let mut erin = Approver::with_secret(&b, "erin", "dirpw-erin", &secret);
-    let done = curl(
-        None,
-        &[
-            "--data-urlencode",
-            &format!("code={}", erin.next_code()),
-            &format!("{}/enroll/{token}", base(&b)),
-        ],
-    );
-    assert_eq!(done.status, 200, "{}", done.body);
-    assert!(done.body.contains("You are enrolled"), "{}", done.body);
+    let mut erin = enrol_directory_staff(&b, "erin");
     erin.login();
+    // Any code does for the refusals below: only erin's counts anywhere.
+    let secret = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP".to_owned();
+
+    // One directory entry, one account: erin's entry answering to a second name (a second `uid`)
+    // does not make a second approver for four eyes; the sign-in under it is refused.
+    dir.modify(&format!(
+        "dn: {}\nchangetype: modify\nadd: uid\nuid: erin.old\n",
+        person("erin")
+    ));
+    let (status, _, body) = form_sign_in(&b, "erin.old", "dirpw-erin");
+    assert_eq!(status, 401, "{body}\n{}", b.log());
+    assert!(
+        b.log().contains("the entry signs in as another account"),
+        "{}",
+        b.log()
+    );
+    // ivan is in ICU's approver group only: an approver for ICU's requests, no one else's.
+    let mut ivan = enrol_directory_staff(&b, "ivan");
+    ivan.login();
 
     // A wrong password and an unknown name answer alike (status and words).
     let wrong = erin.try_login("not-her-password", &erin.next_code());
@@ -214,6 +242,13 @@ fn directory_approver_enrols_at_first_sign_in_approves_and_is_signed_out_when_re
         "no pending request\n{}",
         b.log()
     );
+    let refused = ivan.approve(id.unwrap());
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(
+        refused.body.contains("decided by other approvers"),
+        "{}",
+        refused.body
+    );
     let answer = erin.approve(id.unwrap());
     assert_eq!(answer.status, 200, "{}", answer.body);
     let (stdout, stderr, code) = text(&child.wait_with_output().unwrap());
@@ -238,7 +273,7 @@ fn directory_approver_enrols_at_first_sign_in_approves_and_is_signed_out_when_re
     let refused = erin.approve(id.unwrap());
     assert_eq!(refused.status, 403, "{}", refused.body);
     assert!(
-        refused.body.contains("decided by its own approvers"),
+        refused.body.contains("decided by other approvers"),
         "{}",
         refused.body
     );

@@ -485,6 +485,185 @@ async fn one_node_at_a_time_holds_the_webhook_cursor() {
     .await;
 }
 
+/// Who may decide is judged in `requests::decide` on the locked request: a zone with an approver group
+/// of its own is decided by its members (and admins) only, a member of zone groups alone decides those
+/// zones only, and four eyes are two directory entries, not two names.
+#[tokio::test]
+async fn zone_approvers_and_four_eyes_by_directory_entry_on_both_backends() {
+    use chaperone::config::PolicyConfig;
+    use chaperone::model::Role;
+    use chaperone::policy::events::Events;
+    use chaperone::policy::requests::{
+        self, Approver, AuthMethod, DecideError, Decision, Outcome, ZoneScope,
+    };
+    use chaperone::store::DirectoryStanding;
+    use std::time::Duration;
+
+    on_both(|store| async move {
+        let v = vendor(&store, "alice", "SHA256:zone").await;
+        asset(&store, "mri-01").await; // zone radiology, critical: two approvers
+        let events = Events::default();
+        let limits = PolicyConfig {
+            max_request: Duration::from_secs(8 * 3600),
+            zone_max_request: Default::default(),
+            request_ttl: Duration::from_secs(3600),
+            max_pending_per_vendor: 5,
+        };
+        let alice = store.vendor("alice").await.unwrap().unwrap();
+        let request = requests::file(
+            &store,
+            &events,
+            &limits,
+            1000,
+            &alice,
+            "mri-01",
+            &["ssh".to_owned()],
+            Duration::from_secs(3600),
+            "INC-7",
+        )
+        .await
+        .unwrap();
+        let approve = || Decision::Approve {
+            services: None,
+            duration_secs: None,
+        };
+        let who = |name: &str, role, dn: Option<&str>, zones: ZoneScope| Approver {
+            name: name.into(),
+            role,
+            method: AuthMethod::Totp,
+            dn: dn.map(str::to_owned),
+            zones,
+        };
+        let scope = |grouped: &[&str], member_of: &[&str], only: bool| ZoneScope {
+            grouped: grouped.iter().map(|z| z.to_string()).collect(),
+            member_of: member_of.iter().map(|z| z.to_string()).collect(),
+            only_member_of: only,
+        };
+        let decide = |a: Approver, d: Decision| {
+            let (store, events) = (&store, &events);
+            async move { requests::decide(store, events, 1010, &a, request.id, d).await }
+        };
+
+        // An ICU-only approver decides neither radiology's approvals nor its denials.
+        for d in [
+            approve(),
+            Decision::Deny {
+                reason: "no".into(),
+            },
+        ] {
+            let icu_only = who(
+                "ivan",
+                Role::Approver,
+                None,
+                scope(&["icu"], &["icu"], true),
+            );
+            let got = decide(icu_only, d).await;
+            assert!(
+                matches!(got, Err(DecideError::OtherZone(ref z)) if z == "radiology"),
+                "{got:?}"
+            );
+        }
+        // Radiology with a group of its own: a general approver outside it cannot decide either.
+        let outsider = who(
+            "olga",
+            Role::Approver,
+            None,
+            scope(&["radiology"], &[], false),
+        );
+        assert!(matches!(
+            decide(outsider, approve()).await,
+            Err(DecideError::OtherZone(_))
+        ));
+
+        // The vendor's own directory entry under another name is the vendor.
+        let mut tx = store.begin().await.unwrap();
+        tx.set_vendor_directory(v, "uid=alice,ou=vendors,dc=example")
+            .await
+            .unwrap();
+        tx.audit(ev("vendor.directory"), 900).await.unwrap();
+        tx.commit("t").await.unwrap();
+        let alias = who(
+            "a.smith",
+            Role::Approver,
+            Some("UID=alice,ou=vendors,dc=example"),
+            scope(&[], &[], false),
+        );
+        assert!(matches!(
+            decide(alias, approve()).await,
+            Err(DecideError::SelfApproval)
+        ));
+
+        // One directory entry is one account: a second name for erin's entry is refused ...
+        let standing = DirectoryStanding {
+            role: Role::Approver,
+            zones: vec!["radiology".into()],
+            zones_only: false,
+        };
+        let mut tx = store.begin().await.unwrap();
+        tx.upsert_directory_staff("erin", &standing, "uid=erin,ou=staff,dc=example", 900)
+            .await
+            .unwrap();
+        let second = tx
+            .upsert_directory_staff("erin.old", &standing, "UID=Erin,ou=staff,dc=example", 900)
+            .await;
+        assert!(matches!(second, Err(StoreError::Conflict(_))), "{second:?}");
+        tx.audit(ev("user.directory.add"), 900).await.unwrap();
+        tx.commit("t").await.unwrap();
+        assert_eq!(
+            store
+                .directory_account_of("uid=ERIN,ou=staff,dc=example", None)
+                .await
+                .unwrap(),
+            Some("erin".to_owned())
+        );
+        let erin = store.staff_auth("erin").await.unwrap().unwrap();
+        assert_eq!(
+            store
+                .directory_account_of("uid=erin,ou=staff,dc=example", Some(erin.id))
+                .await
+                .unwrap(),
+            None,
+            "the entry's own account signs in"
+        );
+        // ... and an approval under any name on it counts once: the radiology member approves, the
+        // same entry under another name is refused, a second person completes the four eyes.
+        let first = decide(
+            who(
+                "erin",
+                Role::Approver,
+                erin.dn.as_deref(),
+                scope(&["radiology"], &["radiology"], false),
+            ),
+            approve(),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(first, Outcome::AwaitingSecondApproval));
+        let again = decide(
+            who(
+                "erin.old",
+                Role::Approver,
+                Some("uid=erin,OU=staff,dc=example"),
+                scope(&["radiology"], &["radiology"], false),
+            ),
+            approve(),
+        )
+        .await;
+        assert!(
+            matches!(again, Err(DecideError::AlreadyApproved)),
+            "{again:?}"
+        );
+        // An admin decides every zone.
+        let admin = who("root", Role::Admin, None, scope(&["radiology"], &[], false));
+        assert!(matches!(
+            decide(admin, approve()).await.unwrap(),
+            Outcome::Granted { .. }
+        ));
+        assert!(verify(&store).await.is_ok());
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn requests_are_filed_decided_by_four_eyes_and_lapse_on_both_backends() {
     use chaperone::config::PolicyConfig;
@@ -528,6 +707,8 @@ async fn requests_are_filed_decided_by_four_eyes_and_lapse_on_both_backends() {
             name: name.into(),
             role: Role::Approver,
             method,
+            dn: None,
+            zones: Default::default(),
         };
         let r = file(1000).await;
         assert_eq!(r.status, RequestStatus::Pending);
@@ -1127,6 +1308,8 @@ async fn grants_go_only_to_enabled_vendors_and_pending_requests_are_capped_on_bo
             name: "bob".into(),
             role: Role::Approver,
             method: AuthMethod::Passkey,
+            dn: None,
+            zones: Default::default(),
         };
         let approve = Decision::Approve {
             services: None,
