@@ -419,6 +419,18 @@ impl Cast {
     }
 }
 
+/// The largest terminal a recording keeps: 1000 columns by 500 rows, beyond any real screen. The SSH
+/// protocol lets a client claim 4 billion (and the recording's `u16` 65535 x 65535), and a player or the
+/// indexer that emulates the screen allocates a cell for each: 65535 x 65535 is ~68 GB.
+pub const MAX_COLS: u16 = 1000;
+pub const MAX_ROWS: u16 = 500;
+
+/// `cols` x `rows` within [`MAX_COLS`] x [`MAX_ROWS`] (and at least 1 x 1): what a writer records and
+/// what a player emulates, whatever a client asked for or an older recording holds.
+pub fn bounded_size(cols: u16, rows: u16) -> (u16, u16) {
+    (cols.clamp(1, MAX_COLS), rows.clamp(1, MAX_ROWS))
+}
+
 /// Reads and validates a whole asciicast v2 recording; see [`CastReader`] for what is accepted.
 pub fn parse_cast(reader: impl Read) -> Result<Cast> {
     let mut reader = CastReader::new(BufReader::new(reader))?;

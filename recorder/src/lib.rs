@@ -27,7 +27,8 @@ pub mod transcript;
 pub mod transfer;
 
 pub use asciicast::{
-    Cast, CastHeader, CastReader, CastWriter, Event, EventKind, Utf8Stream, parse_cast,
+    Cast, CastHeader, CastReader, CastWriter, Event, EventKind, MAX_COLS, MAX_ROWS, Utf8Stream,
+    bounded_size, parse_cast,
 };
 pub use error::{Error, Result};
 pub use exec::{

@@ -162,7 +162,8 @@ fn terminal(cols: u16, rows: u16) -> avt::Terminal {
 
 impl Builder {
     fn new(cols: u16, rows: u16, header_len: u64) -> Builder {
-        let (cols, rows) = (cols.max(1), rows.max(1));
+        // A recording made before sizes were bounded may claim any: emulate a bounded screen.
+        let (cols, rows) = crate::bounded_size(cols, rows);
         Builder {
             terminal: terminal(cols, rows),
             cols,
@@ -247,6 +248,7 @@ impl Builder {
             }
             'r' => {
                 if let Some((c, r)) = parse_size(&event.data) {
+                    let (c, r) = crate::bounded_size(c, r);
                     self.cols = c;
                     self.rows = r;
                     self.terminal.resize(usize::from(c), usize::from(r));
@@ -580,6 +582,29 @@ mod tests {
         }
         w.finish().unwrap();
         (dir, path)
+    }
+
+    /// A recording that claims a screen of 65535 x 65535 (made before sizes were bounded, or forged) is
+    /// played and indexed on a bounded one, not by allocating ~68 GB of cells.
+    #[test]
+    fn a_huge_claimed_terminal_is_emulated_at_the_bound() {
+        let file = concat!(
+            "{\"version\":2,\"width\":65535,\"height\":65535,\"timestamp\":1}\n",
+            "[0.1,\"o\",\"hello\\r\\n\"]\n",
+            "[0.2,\"r\",\"65535x65535\"]\n",
+            "[0.3,\"o\",\"world\\r\\n\"]\n",
+        );
+        let mut lines = Vec::new();
+        let (index, _) =
+            index_recording(Format::Asciicast, file.as_bytes(), |_, _, l| lines.push(l)).unwrap();
+        assert_eq!((index.cols, index.rows), (crate::MAX_COLS, crate::MAX_ROWS));
+        assert!(
+            index
+                .segments
+                .iter()
+                .all(|s| s.cols <= crate::MAX_COLS && s.rows <= crate::MAX_ROWS)
+        );
+        assert_eq!(lines, ["hello", "world"]);
     }
 
     #[test]

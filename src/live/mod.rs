@@ -107,11 +107,13 @@ impl PtyInfo {
 
 /// The size a recording gives a terminal of `cols` x `rows` (at the start or at a window change): a
 /// dimension smaller than any real terminal's (under 20 columns or 5 rows: `ssh -tt` from a script
-/// asks for 0x0) is recorded as 80 or 24. The device is told what the client asked for.
+/// asks for 0x0) is recorded as 80 or 24, one larger than any screen as the recorder's bound
+/// ([`chaperone_recorder::bounded_size`]: a client claiming 65535 x 65535 would otherwise make every
+/// player and the indexer allocate ~68 GB). The device is told what the client asked for.
 pub(crate) fn recorded_size(cols: u16, rows: u16) -> (u16, u16) {
     let cols = if cols < 20 { 80 } else { cols };
     let rows = if rows < 5 { 24 } else { rows };
-    (cols, rows)
+    chaperone_recorder::bounded_size(cols, rows)
 }
 
 /// How a session ended: the `sessions.end_reason` text and `end_cause`.
@@ -899,5 +901,9 @@ mod tests {
         assert_eq!(size(132, 0), (132, 24));
         assert_eq!(size(120, 40), (120, 40));
         assert_eq!(size(20, 5), (20, 5));
+        // A client's claim beyond any screen is recorded at the recorder's bound (every player and
+        // the indexer emulate that screen: 65535 x 65535 cells would be ~68 GB).
+        assert_eq!(size(u16::MAX, u16::MAX), (1000, 500));
+        assert_eq!(size(u16::MAX, 40), (1000, 40));
     }
 }
