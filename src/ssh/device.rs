@@ -41,10 +41,20 @@ const EARLY_SIGNALS: usize = 16;
 /// Dialling, logging in and opening the device's channel, all within this.
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Environment variables passed to the device (TERM travels inside pty-req).
-pub fn env_allowed(name: &str) -> bool {
-    name == "LANG" || name.starts_with("LC_")
+/// Environment variables passed to the device (TERM travels inside pty-req): `LANG` and `LC_*`, with a
+/// name and value of a locale's size. Anything longer is dropped, as sshd drops what `AcceptEnv` does not
+/// name: a value is not recorded, so it must not carry data to the device past the recording.
+pub fn env_allowed(name: &str, value: &str) -> bool {
+    (name == "LANG" || name.starts_with("LC_"))
+        && name.len() <= MAX_ENV_NAME
+        && value.len() <= MAX_ENV_VALUE
 }
+
+/// The longest environment variable name and value passed on (`LC_MEASUREMENT=en_US.UTF-8` is 14 and 11).
+const MAX_ENV_NAME: usize = 32;
+const MAX_ENV_VALUE: usize = 256;
+/// At most this many are passed on.
+const MAX_ENV: usize = 64;
 
 /// What a vendor asked for on a channel before its session started.
 #[derive(Debug)]
@@ -120,10 +130,27 @@ impl Setup {
 
     /// Keeps `msg` for the device, charged `len` bytes (at least [`MESSAGE_COST`]).
     fn keep(&mut self, msg: ChannelMsg, len: usize) {
+        self.charge(len);
+        self.early.push(msg);
+    }
+
+    /// What the vendor sent before the start, for the bridge to replay first; from now on it is no
+    /// longer held here, so neither this channel nor its connection is charged for it (a connection's
+    /// running sessions do not keep its later channels from buffering).
+    fn hand_over(&mut self) -> Vec<ChannelMsg> {
+        self.limits
+            .early_input
+            .fetch_sub(self.early_bytes, Ordering::Relaxed);
+        self.early_bytes = 0;
+        std::mem::take(&mut self.early)
+    }
+
+    /// Charges `len` bytes (at least [`MESSAGE_COST`]) of what is held until the start to this channel
+    /// and its connection: input, a pty request, environment variables. [`Setup::full`] refuses more.
+    fn charge(&mut self, len: usize) {
         let cost = len.max(MESSAGE_COST);
         self.early_bytes += cost;
         self.limits.early_input.fetch_add(cost, Ordering::Relaxed);
-        self.early.push(msg);
     }
 
     /// Whether this channel, or its connection, holds as much early input as it may.
@@ -144,6 +171,9 @@ impl Setup {
                 terminal_modes,
                 ..
             } => {
+                // Held until the start like input, so charged like it (a terminal name and modes are a
+                // client's to size, up to a packet each).
+                self.charge(term.len() + terminal_modes.len() * std::mem::size_of::<(Pty, u32)>());
                 self.pty = Some(PtyRequest {
                     term,
                     cols: col_width,
@@ -157,7 +187,8 @@ impl Setup {
                 variable_name,
                 variable_value,
                 ..
-            } if env_allowed(&variable_name) && self.env.len() < 64 => {
+            } if env_allowed(&variable_name, &variable_value) && self.env.len() < MAX_ENV => {
+                self.charge(variable_name.len() + variable_value.len());
                 self.env.push((variable_name, variable_value));
             }
             ChannelMsg::WindowChange {
@@ -402,7 +433,7 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
                     vendor: channel,
                     device: device_channel,
                     server: ctx.server.clone(),
-                    early: std::mem::take(&mut setup.early),
+                    early: setup.hand_over(),
                     record_input,
                     stop: ctx.stop.clone(),
                 },
@@ -432,4 +463,66 @@ async fn tell(channel: &Channel<Msg>, text: &str) {
     let _ = channel
         .extended_data_bytes(1, Bytes::from(format!("chaperone: {text}\r\n")))
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str, value: &str) -> ChannelMsg {
+        ChannelMsg::SetEnv {
+            want_reply: false,
+            variable_name: name.into(),
+            variable_value: value.into(),
+        }
+    }
+
+    /// What a channel holds before its start is charged, environment and pty included: a client
+    /// sending large `LC_*` values on many channels without a start request cannot grow the bastion's
+    /// memory past the early-input budgets, and a value no locale has never reaches the device
+    /// (environment variables are not recorded).
+    #[test]
+    fn environment_and_pty_held_before_the_start_are_bounded_and_charged() {
+        let limits = Arc::new(ConnectionLimits::default());
+        let mut setup = Setup::new(limits.clone());
+        setup.take(env("LANG", "en_US.UTF-8"));
+        setup.take(env("LC_BIG", &"x".repeat(MAX_ENV_VALUE + 1)));
+        setup.take(env("LC_LONG_NAME_LONGER_THAN_ANY_LOCALE_VAR", "C"));
+        setup.take(env("PATH", "/tmp"));
+        assert_eq!(setup.env, vec![("LANG".into(), "en_US.UTF-8".into())]);
+        assert_eq!(setup.early_bytes, MESSAGE_COST);
+        for i in 0..2 * MAX_ENV {
+            setup.take(env(&format!("LC_{i}"), &"v".repeat(MAX_ENV_VALUE)));
+        }
+        assert_eq!(setup.env.len(), MAX_ENV);
+        assert!(setup.early_bytes <= MAX_ENV * (MAX_ENV_NAME + MAX_ENV_VALUE));
+        assert_eq!(
+            limits.early_input.load(Ordering::Relaxed),
+            setup.early_bytes
+        );
+
+        // A terminal name of a packet's size counts toward the channel's budget.
+        setup.take(ChannelMsg::RequestPty {
+            want_reply: false,
+            term: "t".repeat(EARLY_INPUT_PER_CHANNEL),
+            col_width: 80,
+            row_height: 24,
+            pix_width: 0,
+            pix_height: 0,
+            terminal_modes: Vec::new(),
+        });
+        assert!(
+            setup.full(),
+            "a 64 KiB terminal name is as much as a channel may hold"
+        );
+
+        // Handed to the bridge at the start, nothing stays charged to the connection.
+        setup.take(ChannelMsg::Data {
+            data: bytes::Bytes::from_static(b"ls\r"),
+        });
+        assert_eq!(setup.hand_over().len(), 1);
+        assert_eq!(limits.early_input.load(Ordering::Relaxed), 0);
+        drop(setup);
+        assert_eq!(limits.early_input.load(Ordering::Relaxed), 0);
+    }
 }

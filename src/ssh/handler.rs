@@ -501,10 +501,10 @@ impl server::Handler for Connection {
         &mut self,
         channel: ChannelId,
         variable_name: &str,
-        _variable_value: &str,
+        variable_value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if device::env_allowed(variable_name) && !self.started.contains(&channel) {
+        if device::env_allowed(variable_name, variable_value) && !self.started.contains(&channel) {
             session.channel_success(channel)
         } else {
             session.channel_failure(channel)
