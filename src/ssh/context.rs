@@ -4,7 +4,7 @@
 //!
 //! Entry point: [`Context`], made by `handler::Connection` for each channel it hands to a task.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,8 +31,7 @@ pub struct Context {
     /// Cancelled when the connection ends or is cut.
     pub stop: CancellationToken,
     /// This channel's place among the connection's open ones (`ssh.max_channels`), given back when the
-    /// task ends.
-    #[allow(dead_code, reason = "held for its Drop")]
+    /// task ends; it says when the client closed the channel.
     pub channel: ChannelSlot,
     /// What the connection shares between its channels.
     pub limits: Arc<ConnectionLimits>,
@@ -138,44 +137,79 @@ pub async fn audit_by(
 }
 
 /// The channels a connection has open: counted from the open the handler hands to a task until that task
-/// ends (every task closes its channel when it ends, which is when russh forgets it too) or the client
-/// closes the channel (`handler::channel_close`), whichever comes first.
+/// ends (every task closes its channel when it ends, which is when russh forgets it too). A client that
+/// closes a channel does not free its place: it tells the channel's task (`ChannelSlot::client_closed`),
+/// which ends, and the place is free when it has; so closing channels cannot run more tasks (tunnels, their
+/// sockets and buffers) than `ssh.max_channels`. russh may give a closed channel's id to a new channel
+/// while the old task is still ending, so places are counted, not keyed by id.
 #[derive(Debug, Default)]
 pub struct OpenChannels {
-    ids: Mutex<HashSet<ChannelId>>,
+    state: Mutex<Places>,
+}
+
+#[derive(Debug, Default)]
+struct Places {
+    taken: usize,
+    /// The channels the client has not closed yet: their close token, and which place holds it.
+    open: HashMap<ChannelId, (u64, CancellationToken)>,
+    next: u64,
 }
 
 impl OpenChannels {
-    /// Takes a place for channel `id` if fewer than `max` are open.
+    /// Takes a place for channel `id` if fewer than `max` are taken.
     pub fn take(self: &Arc<Self>, id: ChannelId, max: usize) -> Option<ChannelSlot> {
-        let mut ids = self.ids.lock().ok()?;
-        if ids.len() >= max {
+        let mut places = self.state.lock().ok()?;
+        if places.taken >= max {
             return None;
         }
-        ids.insert(id);
+        places.taken += 1;
+        places.next += 1;
+        let (place, closed) = (places.next, CancellationToken::new());
+        places.open.insert(id, (place, closed.clone()));
         Some(ChannelSlot {
             id,
+            place,
+            closed,
             open: self.clone(),
         })
     }
 
-    /// The client closed channel `id`.
+    /// The client closed channel `id`: its task is told, and frees the place when it ends.
     pub fn closed(&self, id: ChannelId) {
-        if let Ok(mut ids) = self.ids.lock() {
-            ids.remove(&id);
+        if let Some((_, closed)) = self.state.lock().ok().and_then(|mut p| p.open.remove(&id)) {
+            closed.cancel();
         }
     }
 }
 
-/// One channel's place among its connection's open channels, given back when dropped.
+/// One channel's place among its connection's open channels, given back when dropped (its task ended).
 #[derive(Debug)]
 pub struct ChannelSlot {
     id: ChannelId,
+    place: u64,
+    closed: CancellationToken,
     open: Arc<OpenChannels>,
+}
+
+impl ChannelSlot {
+    /// Cancelled when the client closes the channel: nothing more can pass on it, so the task ends.
+    pub fn client_closed(&self) -> &CancellationToken {
+        &self.closed
+    }
 }
 
 impl Drop for ChannelSlot {
     fn drop(&mut self) {
-        self.open.closed(self.id);
+        if let Ok(mut places) = self.open.state.lock() {
+            places.taken -= 1;
+            // The id is this place's unless the client closed it and russh gave it to a newer channel.
+            if places
+                .open
+                .get(&self.id)
+                .is_some_and(|(p, _)| *p == self.place)
+            {
+                places.open.remove(&self.id);
+            }
+        }
     }
 }

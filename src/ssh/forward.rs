@@ -125,6 +125,13 @@ pub async fn run(
         }
     };
     reply.accept().await;
-    let end = crate::tunnel::run(&mut live, channel.into_stream(), device, &ctx.stop).await;
+    let end = crate::tunnel::run(
+        &mut live,
+        channel.into_stream(),
+        device,
+        ctx.channel.client_closed(),
+        &ctx.stop,
+    )
+    .await;
     live.end(end).await;
 }

@@ -42,11 +42,13 @@ impl Gate for Meter {
 }
 
 /// Relays `vendor` ↔ `device` for a started tunnel session until both sides closed, the watcher closes
-/// it, its budget cuts it, `stop` fires (the vendor's connection ended) or a side fails.
+/// it, its budget cuts it, the vendor closes the channel (`vendor_closed`: nothing more can pass on it,
+/// so the device's socket is closed too), `stop` fires (the vendor's connection ended) or a side fails.
 pub async fn run<V>(
     live: &mut LiveSession,
     vendor: V,
     device: TcpStream,
+    vendor_closed: &CancellationToken,
     stop: &CancellationToken,
 ) -> End
 where
@@ -71,7 +73,22 @@ where
             }
         })
     };
-    let end = relay::relay(vendor, device, &meter, &cancel).await;
+    let closing = {
+        let (cancel, closed_by) = (cancel.clone(), closed_by.clone());
+        let vendor_closed = vendor_closed.clone();
+        async move {
+            vendor_closed.cancelled().await;
+            if let Ok(mut c) = closed_by.lock() {
+                c.get_or_insert(End::VendorClosed);
+            }
+            cancel.cancel();
+        }
+    };
+    let end = tokio::select! {
+        end = relay::relay(vendor, device, &meter, &cancel) => end,
+        // Ends the relay through `cancel`, with the reason recorded first.
+        () = closing => relay::RelayEnd::Cancelled,
+    };
     watcher.abort();
     match end {
         RelayEnd::Finished => End::Completed,

@@ -570,6 +570,73 @@ fn a_connection_holds_at_most_max_channels() {
     assert_eq!(audited(&b, "ssh.channels.refused").len(), 1);
 }
 
+/// A tunnel whose channel the client closed ends, and closes the device's socket, even when the device
+/// never closes its side: its place among `max_channels` is held until then, so opening and closing
+/// channels cannot pile up tunnels (each a task, a socket to the device and two 128 KiB buffers).
+#[test]
+fn a_tunnel_closed_by_the_client_ends_even_if_the_device_holds_its_side_open() {
+    let Some((sshd, b)) = setup("") else { return };
+    // Answers each connection's first line and then holds it open, as a device may.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (held_by_server, open) = (
+        held.clone(),
+        std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+    );
+    let open_in_server = open.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let mut stream = stream;
+            let _ = stream.write_all(b"pong\n");
+            open_in_server.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let open = open_in_server.clone();
+            // Counts the connection as closed once the bastion closes it.
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while matches!(reader.get_mut().read(&mut buf), Ok(n) if n > 0) {}
+                open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            });
+            held_by_server.lock().unwrap().push(stream);
+        }
+    });
+    b.device("hold-01", &sshd, &[&format!("hold:{port}/tcp")]);
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "hold-01", "hold", "1h");
+    let mut client = Hostile::connect(&b, &alice, "alice+hold-01");
+    for _ in 0..5 {
+        let out = client.op(json!({"op": "tunnel", "host": "hold-01", "port": port}));
+        assert_eq!(out["answer"], "pong\n", "{out}\n{}", b.log());
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            sessions(&b)
+                .iter()
+                .filter(|s| s["kind"] == "tunnel")
+                .all(|s| !s["ended_at"].is_null())
+        }),
+        "tunnels closed by the client are still live: {:?}\n{}",
+        sessions(&b),
+        b.log()
+    );
+    let tunnels: Vec<Value> = sessions(&b)
+        .into_iter()
+        .filter(|s| s["kind"] == "tunnel")
+        .collect();
+    assert_eq!(tunnels.len(), 5, "{tunnels:?}");
+    assert!(
+        wait_until(Duration::from_secs(5), || open
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 0),
+        "the bastion still holds {} device sockets",
+        open.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    drop(held);
+}
+
 #[test]
 fn exec_output_past_its_byte_budget_or_recording_cap_ends_the_session() {
     let extra = "\n[budgets.services.ssh]\nmax_down_per_hour = \"300KB\"\naction = \"cut\"\n";
