@@ -1254,12 +1254,13 @@ impl Records for WebCore {
 
     async fn playback_segment(
         &self,
+        by: &Staff,
         id: &str,
         recording: i64,
         segment: usize,
         idle: Option<f64>,
     ) -> Result<String, CoreError> {
-        self.segment_impl(id, recording, segment, idle).await
+        self.segment_impl(by, id, recording, segment, idle).await
     }
 
     async fn transcript_search(
@@ -1839,11 +1840,37 @@ impl WebCore {
 
     async fn segment_impl(
         &self,
+        by: &Staff,
         id: &str,
         rid: i64,
         n: usize,
         idle: Option<f64>,
     ) -> Result<String, CoreError> {
+        // Who reads is read again (a disabled account sees nothing more), and reads only what their
+        // audited view of this recording opened.
+        let (viewer, _) = current(&self.app, by).await?;
+        let since = self.now() - chaperone_web_approval::VIEW_LEASE_SECS;
+        let viewed = self
+            .app
+            .store
+            .audit_events_by(
+                &format!("session:{id}"),
+                crate::audit::Action::RecordingView.as_str(),
+                &viewer.actor(),
+                since,
+            )
+            .await
+            .map_err(internal)?
+            .iter()
+            .any(|e| {
+                serde_json::from_str::<serde_json::Value>(&e.detail)
+                    .is_ok_and(|d| d["what"] == "play" && d["recording"].as_i64() == Some(rid))
+            });
+        if !viewed {
+            return Err(CoreError::Forbidden(
+                "open the recording in the player first: every viewing is audited".into(),
+            ));
+        }
         let (_, r, ev) = self.recording_of(id, rid).await?;
         if ev
             .voucher()

@@ -146,6 +146,29 @@ impl Store {
         rows.iter().map(audit_row).collect()
     }
 
+    /// The latest events about `subject` with `action` by `actor` at or after `since`, newest first, at
+    /// most 20 (indexed by subject).
+    pub async fn audit_events_by(
+        &self,
+        subject: &str,
+        action: &str,
+        actor: &str,
+        since: i64,
+    ) -> Result<Vec<AuditRow>> {
+        let rows = sqlx::query(
+            "SELECT seq, at, actor, action, subject, detail, prev_hash, hash FROM audit_events \
+             WHERE subject = $1 AND action = $2 AND actor = $3 AND at >= $4 ORDER BY seq DESC LIMIT 20",
+        )
+        .bind(subject)
+        .bind(action)
+        .bind(actor)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading a staff member's events about a subject")?;
+        rows.iter().map(audit_row).collect()
+    }
+
     /// Every event about `subject`, oldest first, at most `limit` (indexed by subject).
     pub async fn audit_events_of(&self, subject: &str, limit: i64) -> Result<Vec<AuditRow>> {
         let rows = sqlx::query(

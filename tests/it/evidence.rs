@@ -315,6 +315,65 @@ fn issue_12_vendor_text_is_escaped_and_play_filters_what_acts_outside_the_screen
     }
 }
 
+/// A recording's segments are served only to a viewer whose opening of its player was audited: a
+/// segment URL (predictable: session, recording, number) fetched without it is refused and shows
+/// nothing, so no recorded byte reaches a browser without `recording.view` on the record.
+#[test]
+fn a_recording_segment_is_served_only_after_the_viewers_audited_play() {
+    let Some((_sshd, b, vera)) = setup() else {
+        return;
+    };
+    let out = b
+        .ssh_with(&vera, &["-tt"], "vera+mri-01")
+        .arg("echo SEGMENT-SECRET-42")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr, code) = text(&out);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let sessions = || b.data.run(&["session", "list", "--json"]).ok().json();
+    assert!(
+        wait_until(Duration::from_secs(10), || sessions()[0]["ended_at"]
+            .as_i64()
+            .is_some()),
+        "{}",
+        sessions()
+    );
+    let id = sessions()[0]["id"].as_str().unwrap().to_owned();
+    let rid = sessions()[0]["recordings"][0]["id"].as_i64().unwrap();
+    let audrey = crate::support::web::Approver::enroll(&b, "audrey", "auditor");
+    let carl = crate::support::web::Approver::enroll(&b, "carl", "auditor");
+    let segment = format!("/sessions/{id}/recordings/{rid}/segments/0?idle=2");
+    let views = || {
+        b.data
+            .run(&["audit", "export", "--format", "jsonl"])
+            .ok()
+            .stdout()
+            .lines()
+            .filter(|l| l.contains("\"recording.view\""))
+            .count()
+    };
+
+    let before = audrey.get(&segment);
+    assert_eq!(before.status, 403, "{}", before.body);
+    assert!(
+        !before.body.contains("SEGMENT-SECRET-42"),
+        "{}",
+        before.body
+    );
+    assert_eq!(views(), 0);
+
+    let index = audrey.get(&format!("/sessions/{id}/recordings/{rid}/play.json?idle=2"));
+    assert_eq!(index.status, 200, "{}", index.body);
+    assert_eq!(views(), 1);
+    let after = audrey.get(&segment);
+    assert_eq!(after.status, 200, "{}", after.body);
+    assert!(after.body.contains("SEGMENT-SECRET-42"), "{}", after.body);
+    // Another viewer's audited play opens nothing for carl.
+    let other = carl.get(&segment);
+    assert_eq!(other.status, 403, "{}", other.body);
+}
+
 /// The audit events that vouch for recordings, read through the store on SQLite and PostgreSQL: a live
 /// session has none; `session.end` vouches for the session's recording; a `recording.recovered`
 /// vouches for the one it names; a later event vouching for another digest is a conflict, never a

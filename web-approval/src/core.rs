@@ -609,6 +609,9 @@ pub trait Approvals: Send + Sync + 'static {
     fn changed(&self) -> impl Future<Output = ()> + Send;
 }
 
+/// How long an audited opening of a recording's player lets its viewer fetch the recording's segments.
+pub const VIEW_LEASE_SECS: i64 = 12 * 3600;
+
 /// The compliance workspace: what was recorded, found, played, watched live and exported. Every method
 /// that shows recorded content is audited by the core (who looked at what), and the role is read again.
 pub trait Records: Send + Sync + 'static {
@@ -633,9 +636,12 @@ pub trait Records: Send + Sync + 'static {
         recording: i64,
         idle: Option<f64>,
     ) -> impl Future<Output = CoreResult<String>> + Send;
-    /// One segment of it (JSON), checked against its digest as it is read.
+    /// One segment of it (JSON), checked against its digest as it is read; only for a viewer whose
+    /// opening of this recording's player was audited (`recording.view`, `play`) in the last
+    /// [`VIEW_LEASE_SECS`]: no byte of a recording leaves without its view on the record.
     fn playback_segment(
         &self,
+        by: &Staff,
         id: &str,
         recording: i64,
         segment: usize,

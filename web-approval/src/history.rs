@@ -514,10 +514,15 @@ pub async fn play_segment<C: Core>(
     headers: HeaderMap,
     Query(p): Query<PlayParams>,
 ) -> Response {
-    if let Err(r) = crate::api::reader(&st, &headers).await {
-        return r;
-    }
-    match st.core.playback_segment(&id, rid, n, idle(&p)).await {
+    let s = match crate::api::reader(&st, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match st
+        .core
+        .playback_segment(&s.staff, &id, rid, n, idle(&p))
+        .await
+    {
         Ok(body) => json_text(body),
         Err(e) => json_error(&e),
     }

@@ -38,7 +38,7 @@ pub use crate::core::{
     DecisionsQuery, Enrollment, EvidenceDownload, GrantView, HistoryItem, HistoryPage,
     HistoryQuery, LiveStream, Method, RecordingStatus, Records, RequestView, Role, SecondFactor,
     SessionDetail, SessionView, SignInAttempt, SignInState, Source, Staff, StaffAccount, StateKind,
-    TranscriptHit, TransferView, Verdict,
+    TranscriptHit, TransferView, VIEW_LEASE_SECS, Verdict,
 };
 use auth::Limiter;
 
