@@ -468,6 +468,8 @@ pub fn segment_events(
 
 /// Transfer log lines read at most by [`read_transfers`].
 pub const MAX_TRANSFER_LINES: usize = 100_000;
+/// The longest line of a transfer log that is read (its writer keeps paths to 1 KiB of text).
+const MAX_TRANSFER_LINE: usize = 1 << 20;
 
 /// One line of a transfer log: when, and what.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -489,16 +491,29 @@ pub fn read_transfers(file: impl Read) -> Result<(Vec<TransferLine>, usize, Stri
     let mut n = 0u64;
     loop {
         buf.clear();
-        if (&mut reader).take(1 << 20).read_until(b'\n', &mut buf)? == 0 {
+        if (&mut reader)
+            .take(MAX_TRANSFER_LINE as u64)
+            .read_until(b'\n', &mut buf)?
+            == 0
+        {
             break;
         }
         n += 1;
         if buf.trim_ascii().is_empty() {
             continue;
         }
+        if !buf.ends_with(b"\n") && buf.len() >= MAX_TRANSFER_LINE {
+            // Not the writer cut off at the end: a line too long to read. Said, not skipped: a long line
+            // must not hide the transfers after it.
+            return Err(Error::InvalidCast {
+                line: n,
+                reason: format!("transfer log: a line longer than {MAX_TRANSFER_LINE} bytes"),
+            });
+        }
         match serde_json::from_slice::<TransferLine>(&buf) {
             Ok(line) if lines.len() < MAX_TRANSFER_LINES => lines.push(line),
             Ok(_) => more += 1,
+            // No newline and not too long: the end of the file, where a writer that stopped cut it.
             Err(_) if !buf.ends_with(b"\n") => break,
             Err(e) => {
                 return Err(Error::InvalidCast {
@@ -699,5 +714,27 @@ mod tests {
         assert!((map.map(5.0) - 2.3).abs() < 1e-9);
         assert!((map.map(9.5) - 4.3).abs() < 1e-9);
         assert_eq!(IdleMap::new(&[(5.0, 4.7)], None).map(5.0), 5.0);
+    }
+
+    /// A transfer log line cut at the end of the file (a writer that stopped) is left out; a line too long
+    /// to read is an error, never a silent end that would hide the transfers after it.
+    #[test]
+    fn a_transfer_log_line_too_long_is_an_error_not_the_end() {
+        let line = |t: f64, path: &str| {
+            format!(
+                "{{\"t\":{t},\"event\":\"op\",\"op\":\"remove\",\"path\":\"{path}\",\"outcome\":\"ok\"}}\n"
+            )
+        };
+        let cut = format!("{}{}", line(0.1, "/a"), &line(0.2, "/b")[..20]);
+        let (lines, more, _) = read_transfers(cut.as_bytes()).unwrap();
+        assert_eq!((lines.len(), more), (1, 0));
+        let long = format!(
+            "{}{}{}",
+            line(0.1, "/a"),
+            line(0.2, &"x".repeat(MAX_TRANSFER_LINE)),
+            line(0.3, "/firmware.bin")
+        );
+        let err = read_transfers(long.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("a line longer than"), "{err}");
     }
 }

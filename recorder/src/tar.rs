@@ -266,6 +266,10 @@ impl<R: Read> TarReader<R> {
             return Err(self.invalid(at, format!("more than {MAX_ENTRIES} entries")));
         }
         let header = parse_header(&h).map_err(|reason| self.invalid(at, reason))?;
+        // A base-256 size near u64::MAX: its padding would overflow the skip to the next header.
+        if header.size.checked_add(BLOCK as u64).is_none() {
+            return Err(self.invalid(at, format!("an entry size of {} bytes", header.size)));
+        }
         self.remaining = header.size;
         self.pad = padding(header.size) as u64;
         Ok(Some(header))

@@ -32,6 +32,8 @@ use crate::sink::{Finished, HashedFile, seconds};
 pub const MAX_PACKET: u32 = 1024 * 1024;
 /// Most open files, and separately most requests awaiting a reply, that the observer tracks at once.
 pub const MAX_TRACKED: usize = 4096;
+/// The most of a path the log keeps (see `lossy`).
+pub const MAX_PATH_TEXT: usize = 1024;
 /// Longest handle SFTP allows ("MUST NOT be longer than 256 bytes").
 const MAX_HANDLE: usize = 256;
 /// A packet buffer grown past this by an unusually large control packet is released afterwards.
@@ -617,8 +619,23 @@ impl Tracker {
     }
 }
 
+/// A path as the log keeps it: invalid UTF-8 as U+FFFD, and at most [`MAX_PATH_TEXT`] bytes of it,
+/// with what was left out said at the end. Real paths are far shorter (Linux refuses one over 4096
+/// bytes); a client sending megabyte paths and not reading the replies would otherwise keep up to
+/// [`MAX_TRACKED`] of them in memory (3 GiB a channel, measured) and write them to the log.
 fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    if bytes.len() <= MAX_PATH_TEXT {
+        return String::from_utf8_lossy(bytes).into_owned();
+    }
+    let mut text = String::from_utf8_lossy(&bytes[..MAX_PATH_TEXT]).into_owned();
+    // Invalid bytes grew into U+FFFD (3 bytes each): cut again, on a character boundary.
+    let mut cut = text.len().min(MAX_PATH_TEXT);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str(&format!("… [{} bytes in all]", bytes.len()));
+    text
 }
 
 /// The start of one packet, as much as the tracker reads of it.
@@ -1379,5 +1396,33 @@ mod tests {
             TransferLog::create(&path),
             Err(crate::Error::Create { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists
         ));
+    }
+
+    /// A path of 200 KiB of invalid UTF-8, pipelined without reading replies: what the observer keeps
+    /// and the log writes is bounded, and says how long the path was.
+    #[test]
+    fn a_huge_path_is_kept_bounded_and_says_its_length() {
+        let mut o = SftpObserver::new();
+        o.client_to_server(&init());
+        o.server_to_client(&version(3));
+        let huge = vec![0xffu8; 200 * 1024];
+        for id in 1..=64 {
+            o.client_to_server(&id_and(fxp::REMOVE, id, &[&string(&huge)]));
+        }
+        let left = o.finish();
+        assert_eq!(left.len(), 64);
+        for event in left {
+            let TransferEvent::Op { path, .. } = event else {
+                panic!("{event:?}")
+            };
+            assert!(path.len() <= MAX_PATH_TEXT + 32, "{}", path.len());
+            assert!(path.ends_with("… [204800 bytes in all]"), "{path}");
+        }
+        assert_eq!(lossy("/ok/ü".as_bytes()), "/ok/ü");
+        let long = "ü".repeat(MAX_PATH_TEXT);
+        let kept = lossy(long.as_bytes());
+        assert!(
+            kept.starts_with("üü") && kept.ends_with(&format!("… [{} bytes in all]", long.len()))
+        );
     }
 }
