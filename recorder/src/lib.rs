@@ -20,6 +20,7 @@ pub mod asciicast;
 mod error;
 pub mod exec;
 pub mod playback;
+pub mod scp;
 mod sink;
 pub mod tar;
 pub mod terminal_filter;
@@ -35,6 +36,7 @@ pub use exec::{
     CutOff, ExecHeader, ExecReader, ExecWriter, Exported, Frame, FrameData, OutputStream, exec_raw,
     exec_to_cast,
 };
+pub use scp::{ScpMode, ScpObserver, scp_mode};
 pub use sink::{FileStamp, Finished, Sha256Reader, sha256_file};
 pub use tar::{EntryHeader, EntryKind, TarError, TarReader, TarWriter};
 pub use terminal_filter::TerminalFilter;

@@ -623,7 +623,7 @@ impl Tracker {
 /// with what was left out said at the end. Real paths are far shorter (Linux refuses one over 4096
 /// bytes); a client sending megabyte paths and not reading the replies would otherwise keep up to
 /// [`MAX_TRACKED`] of them in memory (3 GiB a channel, measured) and write them to the log.
-fn lossy(bytes: &[u8]) -> String {
+pub(crate) fn lossy(bytes: &[u8]) -> String {
     if bytes.len() <= MAX_PATH_TEXT {
         return String::from_utf8_lossy(bytes).into_owned();
     }

@@ -25,7 +25,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use chaperone_recorder::{CastHeader, ExecHeader, SftpObserver, TransferEvent};
+use chaperone_recorder::{
+    CastHeader, ExecHeader, ScpMode, ScpObserver, SftpObserver, TransferEvent,
+};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -550,6 +552,14 @@ impl LiveSession {
         self.sftp.clone()
     }
 
+    /// This transfer session speaks legacy SCP (`scp -t`/`-f` run as an exec), not SFTP: its observer is
+    /// an SCP one. Set before the relay starts.
+    pub fn observe_scp(&mut self, mode: ScpMode) {
+        if self.kind == SessionKind::Sftp {
+            self.sftp = Some(SftpWatch::scp(mode));
+        }
+    }
+
     /// The live view's tap, for a terminal session.
     pub fn tap(&self) -> Option<tap::Tap> {
         self.tap.clone()
@@ -695,7 +705,39 @@ impl Controls {
 /// ends with the log saying where it stopped. Cheap to clone (both directions share it).
 #[derive(Debug, Clone, Default)]
 pub struct SftpWatch {
-    observer: Arc<Mutex<SftpObserver>>,
+    observer: Arc<Mutex<Observer>>,
+}
+
+/// What a transfer session's bytes are read as.
+#[derive(Debug)]
+enum Observer {
+    Sftp(SftpObserver),
+    /// Legacy SCP (`chaperone_recorder::scp`).
+    Scp(ScpObserver),
+}
+
+impl Default for Observer {
+    fn default() -> Self {
+        Observer::Sftp(SftpObserver::new())
+    }
+}
+
+impl Observer {
+    fn feed(&mut self, upload: bool, data: &[u8]) -> Vec<TransferEvent> {
+        match (self, upload) {
+            (Observer::Sftp(o), true) => o.client_to_server(data),
+            (Observer::Sftp(o), false) => o.server_to_client(data),
+            (Observer::Scp(o), true) => o.client_to_server(data),
+            (Observer::Scp(o), false) => o.server_to_client(data),
+        }
+    }
+
+    fn finish(self) -> Vec<TransferEvent> {
+        match self {
+            Observer::Sftp(o) => o.finish(),
+            Observer::Scp(o) => o.finish(),
+        }
+    }
 }
 
 /// The observer could not follow the stream: what it saw up to there, and why.
@@ -706,6 +748,13 @@ pub struct Unfollowable {
 }
 
 impl SftpWatch {
+    /// The watch of a legacy SCP transfer.
+    fn scp(mode: ScpMode) -> Self {
+        SftpWatch {
+            observer: Arc::new(Mutex::new(Observer::Scp(ScpObserver::new(mode)))),
+        }
+    }
+
     /// Feeds one chunk (vendor → device when `upload`); the events it completed, or why the stream can no
     /// longer be followed (then the chunk must not be forwarded).
     pub fn feed(&self, upload: bool, data: &[u8]) -> Result<Vec<TransferEvent>, Unfollowable> {
@@ -715,11 +764,7 @@ impl SftpWatch {
                 reason: "the sftp observer failed".into(),
             });
         };
-        let events = if upload {
-            observer.client_to_server(data)
-        } else {
-            observer.server_to_client(data)
-        };
+        let events = observer.feed(upload, data);
         let broken = events.iter().find_map(|e| match e {
             TransferEvent::Unparseable { reason } => Some(reason.clone()),
             _ => None,
@@ -727,7 +772,7 @@ impl SftpWatch {
         match broken {
             Some(reason) => Err(Unfollowable {
                 events,
-                reason: format!("the sftp stream cannot be followed: {reason}"),
+                reason: format!("the file transfer cannot be followed: {reason}"),
             }),
             None => Ok(events),
         }
@@ -736,7 +781,7 @@ impl SftpWatch {
     /// The channel ended: what was still open or unanswered, as unfinished.
     fn finish(self) -> Vec<TransferEvent> {
         match Arc::try_unwrap(self.observer) {
-            Ok(m) => m.into_inner().map(SftpObserver::finish).unwrap_or_default(),
+            Ok(m) => m.into_inner().map(Observer::finish).unwrap_or_default(),
             Err(shared) => shared
                 .lock()
                 .map(|mut o| std::mem::take(&mut *o).finish())

@@ -18,6 +18,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use chaperone_recorder::{ScpMode, scp_mode};
 use russh::server::{ChannelOpenHandle, Msg};
 use russh::{Channel, ChannelMsg, Pty};
 
@@ -94,6 +95,9 @@ enum Start {
     Shell,
     Exec(Bytes),
     Sftp,
+    /// The remote command of an scp client in its legacy mode (`scp -O`, WinSCP, pscp): run as an exec,
+    /// observed and logged as a transfer (`chaperone_recorder::scp`).
+    Scp(Bytes, ScpMode),
 }
 
 impl Start {
@@ -101,7 +105,8 @@ impl Start {
         match self {
             Start::Shell => SessionKind::Shell,
             Start::Exec(_) => SessionKind::Exec,
-            Start::Sftp => SessionKind::Sftp,
+            // A file transfer like sftp: a transfer log, not the files' bytes.
+            Start::Sftp | Start::Scp(..) => SessionKind::Sftp,
         }
     }
 
@@ -109,7 +114,9 @@ impl Start {
     fn detail(&self) -> String {
         match self {
             Start::Shell => String::new(),
-            Start::Exec(command) => String::from_utf8_lossy(command).into_owned(),
+            Start::Exec(command) | Start::Scp(command, _) => {
+                String::from_utf8_lossy(command).into_owned()
+            }
             Start::Sftp => "sftp".into(),
         }
     }
@@ -203,7 +210,13 @@ impl Setup {
                 }
             }
             ChannelMsg::RequestShell { .. } => return Some(Start::Shell),
-            ChannelMsg::Exec { command, .. } => return Some(Start::Exec(Bytes::from(command))),
+            ChannelMsg::Exec { command, .. } => {
+                let command = Bytes::from(command);
+                return Some(match scp_mode(&command) {
+                    Some(mode) => Start::Scp(command, mode),
+                    None => Start::Exec(command),
+                });
+            }
             ChannelMsg::RequestSubsystem { name, .. } if name == "sftp" => {
                 return Some(Start::Sftp);
             }
@@ -380,6 +393,9 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
             return;
         }
     };
+    if let Start::Scp(_, mode) = start {
+        live.observe_scp(mode);
+    }
     // The last look before the device sees anything: a close that came while the session was being
     // written ends it here, before its command could run.
     if let Some(close) = live.closed_now() {
@@ -410,7 +426,9 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
         }
         match &start {
             Start::Shell => device_channel.request_shell(true).await,
-            Start::Exec(command) => device_channel.exec(true, command.to_vec()).await,
+            Start::Exec(command) | Start::Scp(command, _) => {
+                device_channel.exec(true, command.to_vec()).await
+            }
             Start::Sftp => device_channel.request_subsystem(true, "sftp").await,
         }
     }

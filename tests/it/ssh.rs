@@ -438,9 +438,33 @@ fn scp_and_sftp_pass_through_the_grant_and_leave_a_transfer_log() {
     ]);
     assert!(out.status.success(), "scp down: {:?}", text(&out));
     assert_eq!(std::fs::read(&back).unwrap(), payload);
+    // Legacy SCP (`scp -O`; WinSCP and pscp in SCP mode speak it too) runs as an exec on the device and
+    // is logged as a transfer all the same: the file's name and size, up and down.
+    let legacy = format!("{remote}-legacy");
+    let out = scp(&[
+        "-O",
+        local.to_str().unwrap(),
+        &format!("alice+mri-01@127.0.0.1:{legacy}"),
+    ]);
+    assert!(
+        out.status.success(),
+        "scp -O up: {:?}\n{}",
+        text(&out),
+        b.log()
+    );
+    let back_legacy = dir.path().join("back-legacy.tgz");
+    let out = scp(&[
+        "-O",
+        "-o",
+        "User=alice+mri-01",
+        &format!("127.0.0.1:{legacy}"),
+        back_legacy.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "scp -O down: {:?}", text(&out));
+    assert_eq!(std::fs::read(&back_legacy).unwrap(), payload);
 
     let batch = dir.path().join("batch");
-    std::fs::write(&batch, format!("ls {remote}\nrm {remote}\n")).unwrap();
+    std::fs::write(&batch, format!("ls {remote}\nrm {remote}\nrm {legacy}\n")).unwrap();
     let mut sftp = Command::new("sftp");
     sftp.args(b.client_options(&alice)).args([
         "-o",
@@ -479,7 +503,27 @@ fn scp_and_sftp_pass_through_the_grant_and_leave_a_transfer_log() {
         .filter(|s| s["kind"] == "sftp")
         .map(|s| std::fs::read_to_string(s["recordings"][0]["path"].as_str().unwrap()).unwrap())
         .collect();
-    assert_eq!(logs.len(), 3, "{sessions}");
+    assert_eq!(logs.len(), 5, "{sessions}");
+    let legacy_logs: Vec<&String> = logs
+        .iter()
+        .filter(|l| l.contains("coil-log.tgz") || l.contains("-legacy"))
+        .collect();
+    let scp_sessions: Vec<&serde_json::Value> = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "sftp" && s["detail"].as_str().unwrap_or("").starts_with("scp -"))
+        .collect();
+    assert_eq!(scp_sessions.len(), 2, "{sessions}");
+    for s in &scp_sessions {
+        let log = std::fs::read_to_string(s["recordings"][0]["path"].as_str().unwrap()).unwrap();
+        assert!(
+            log.contains("\"bytes\":300000") && log.contains("\"outcome\":\"ok\""),
+            "{s}\n{log}"
+        );
+        assert!(!log.contains("unparseable"), "{log}");
+    }
+    assert!(!legacy_logs.is_empty(), "{logs:?}");
     let all = logs.join("\n");
     assert!(all.contains(&remote), "{all}");
     assert!(

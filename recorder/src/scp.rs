@@ -1,0 +1,523 @@
+//! Legacy SCP transfers (the rcp protocol spoken by `scp -O`, WinSCP and PuTTY's pscp in SCP mode, and
+//! paramiko's scp module), observed like SFTP: files with their sizes and outcome, as
+//! [`TransferEvent`]s for the same transfer log.
+//!
+//! Entry points: [`scp_mode`] tells whether an exec command is a plain `scp -t PATH` (the vendor uploads)
+//! or `scp -f PATH` (the vendor downloads); [`ScpObserver`] is fed every chunk of that channel in each
+//! direction, in the order the relay passes them.
+//!
+//! The protocol: the *source* sends control lines, `C<mode> <size> <name>` (then the file's bytes and one
+//! status byte), `D<mode> 0 <name>` (enter a directory), `E` (leave it), `T<times>`, or an error line
+//! (`\x01` or `\x02`, a message, a newline); the *sink* answers the start and every line, and every file's
+//! bytes, with `\0` (ok) or an error line. A source waits for each answer before it goes on, so the
+//! observer always knows what the next bytes are. Anything else (a line no source sends, bytes sent before
+//! the sink answered, an answer nobody asked for) stops the observer with one
+//! [`TransferEvent::Unparseable`]: the relay then ends the session, since what passes could no longer be
+//! told apart from data that is not a transfer.
+
+use std::collections::VecDeque;
+
+use crate::transfer::{Direction, Outcome, TransferEvent};
+
+/// The longest control or error line read (a name Linux accepts is at most 255 bytes in 4096).
+const MAX_LINE: usize = 8 * 1024;
+/// The status an SCP error is logged with: SSH_FX_FAILURE, as SFTP would say it.
+const FAILED: u32 = 4;
+
+/// Which way an `scp` exec moves files, from the vendor's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScpMode {
+    /// `scp -t`: the device's scp is the sink; the vendor sends.
+    Upload,
+    /// `scp -f`: the device's scp is the source; the vendor receives.
+    Download,
+}
+
+/// The mode of `command` if it is an scp client's own remote command: `scp`, flags (`-t` or `-f`, and any
+/// of `-d -p -r -v -q`), `--` optionally, then one path of plain characters. Anything else, a path with
+/// quotes or shell syntax included (`scp -t x; sh`), is not a transfer: it stays an exec session, whose
+/// bytes are all recorded.
+pub fn scp_mode(command: &[u8]) -> Option<ScpMode> {
+    let command = std::str::from_utf8(command).ok()?;
+    let mut words = command.split(' ').filter(|w| !w.is_empty());
+    if words.next()? != "scp" {
+        return None;
+    }
+    let (mut to, mut from, mut path) = (false, false, None);
+    for word in words {
+        if path.is_some() {
+            return None; // one path only
+        }
+        match word.strip_prefix('-') {
+            Some("-") => {}
+            Some(flags) if !flags.is_empty() => {
+                for flag in flags.chars() {
+                    match flag {
+                        't' => to = true,
+                        'f' => from = true,
+                        'd' | 'p' | 'r' | 'v' | 'q' => {}
+                        _ => return None,
+                    }
+                }
+            }
+            _ => {
+                let plain = word
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/._-+,:@%=~".contains(&b));
+                if !plain {
+                    return None;
+                }
+                path = Some(word);
+            }
+        }
+    }
+    path?;
+    match (to, from) {
+        (true, false) => Some(ScpMode::Upload),
+        (false, true) => Some(ScpMode::Download),
+        _ => None,
+    }
+}
+
+/// What the sink's next answer is for.
+#[derive(Debug)]
+enum Awaiting {
+    /// The sink's first `\0`: it is ready.
+    Ready,
+    /// A `T` line.
+    Times,
+    /// A `C` line: the file may be sent.
+    File(File),
+    /// A file's bytes: it was written.
+    Written(File),
+    /// A `D` line.
+    Dir(String),
+    /// An `E` line.
+    EndDir,
+}
+
+#[derive(Debug)]
+struct File {
+    path: String,
+    size: u64,
+    /// Bytes of it that passed so far.
+    sent: u64,
+}
+
+/// What the observer expects from the source next.
+#[derive(Debug)]
+enum Source {
+    /// A control line, or an error line.
+    Line(Vec<u8>),
+    /// The answer to the line just sent: nothing may come from the source before it.
+    Answer,
+    /// A file's bytes, then its status byte.
+    Data(File),
+    /// The status byte after a file's bytes (or an error line).
+    Status(File),
+    /// The message of an error status after a file's bytes.
+    StatusMessage(File, Vec<u8>),
+}
+
+/// Watches one legacy SCP channel; see the [module docs](self).
+#[derive(Debug)]
+pub struct ScpObserver {
+    mode: ScpMode,
+    source: Source,
+    /// The sink's answer being read: an error line's bytes so far.
+    answer: Option<Vec<u8>>,
+    awaiting: VecDeque<Awaiting>,
+    dirs: Vec<String>,
+    stopped: bool,
+}
+
+impl ScpObserver {
+    /// An observer for a new channel running `scp` in `mode`.
+    pub fn new(mode: ScpMode) -> Self {
+        ScpObserver {
+            mode,
+            source: Source::Line(Vec::new()),
+            answer: None,
+            awaiting: VecDeque::from([Awaiting::Ready]),
+            dirs: Vec::new(),
+            stopped: false,
+        }
+    }
+
+    /// Bytes the client (vendor) sent.
+    pub fn client_to_server(&mut self, data: &[u8]) -> Vec<TransferEvent> {
+        match self.mode {
+            ScpMode::Upload => self.feed_source(data),
+            ScpMode::Download => self.feed_sink(data),
+        }
+    }
+
+    /// Bytes the server (device) sent.
+    pub fn server_to_client(&mut self, data: &[u8]) -> Vec<TransferEvent> {
+        match self.mode {
+            ScpMode::Upload => self.feed_sink(data),
+            ScpMode::Download => self.feed_source(data),
+        }
+    }
+
+    /// The channel ended: a file whose bytes or answer did not all pass is reported unfinished.
+    pub fn finish(self) -> Vec<TransferEvent> {
+        let mut events = Vec::new();
+        let direction = self.direction();
+        let unfinished = |f: File| TransferEvent::File {
+            path: f.path,
+            direction,
+            bytes: f.sent,
+            outcome: Outcome::Unfinished,
+        };
+        for a in self.awaiting {
+            if let Awaiting::File(f) | Awaiting::Written(f) = a {
+                events.push(unfinished(f));
+            }
+        }
+        if let Source::Data(f) | Source::Status(f) | Source::StatusMessage(f, _) = self.source {
+            events.push(unfinished(f));
+        }
+        events
+    }
+
+    fn direction(&self) -> Direction {
+        match self.mode {
+            ScpMode::Upload => Direction::Upload,
+            ScpMode::Download => Direction::Download,
+        }
+    }
+
+    fn stop(&mut self, reason: &str, events: &mut Vec<TransferEvent>) {
+        self.stopped = true;
+        events.push(TransferEvent::Unparseable {
+            reason: format!("scp: {reason}"),
+        });
+    }
+
+    fn feed_source(&mut self, mut data: &[u8]) -> Vec<TransferEvent> {
+        let mut events = Vec::new();
+        while !data.is_empty() && !self.stopped {
+            match std::mem::replace(&mut self.source, Source::Answer) {
+                Source::Answer => {
+                    self.stop("the source sent before the sink answered", &mut events);
+                }
+                Source::Line(mut line) => match take_line(&mut data, &mut line) {
+                    Err(()) => self.stop("a line longer than the protocol's", &mut events),
+                    Ok(false) => self.source = Source::Line(line),
+                    Ok(true) => self.on_line(&line, &mut events),
+                },
+                Source::Data(mut f) => {
+                    let n = usize::try_from(f.size - f.sent)
+                        .unwrap_or(usize::MAX)
+                        .min(data.len());
+                    f.sent += n as u64;
+                    data = &data[n..];
+                    self.source = if f.sent == f.size {
+                        Source::Status(f)
+                    } else {
+                        Source::Data(f)
+                    };
+                }
+                Source::Status(f) => {
+                    let status = data[0];
+                    data = &data[1..];
+                    match status {
+                        0 => {
+                            self.awaiting.push_back(Awaiting::Written(f));
+                            self.source = Source::Answer;
+                        }
+                        1 | 2 => self.source = Source::StatusMessage(f, Vec::new()),
+                        _ => self.stop("no status byte after a file's bytes", &mut events),
+                    }
+                }
+                Source::StatusMessage(f, mut line) => match take_line(&mut data, &mut line) {
+                    Err(()) => self.stop("a line longer than the protocol's", &mut events),
+                    Ok(false) => self.source = Source::StatusMessage(f, line),
+                    Ok(true) => {
+                        // The source could not read all of it; the sink answers no more for it.
+                        events.push(self.file_event(f, Outcome::Failed { status: FAILED }));
+                        self.source = Source::Line(Vec::new());
+                    }
+                },
+            }
+        }
+        events
+    }
+
+    fn on_line(&mut self, line: &[u8], events: &mut Vec<TransferEvent>) {
+        let Some((&kind, rest)) = line.split_first() else {
+            return self.stop("an empty line", events);
+        };
+        let text = String::from_utf8_lossy(rest);
+        let awaiting = match kind {
+            b'T' => Awaiting::Times,
+            b'E' if rest.is_empty() => Awaiting::EndDir,
+            b'C' | b'D' => {
+                let mut fields = text.splitn(3, ' ');
+                let (mode, size, name) = (fields.next(), fields.next(), fields.next());
+                let (Some(mode), Some(size), Some(name)) = (mode, size, name) else {
+                    return self.stop("a file or directory line without its fields", events);
+                };
+                let Ok(size) = size.parse::<u64>() else {
+                    return self.stop("a size that is not a number", events);
+                };
+                if mode.len() != 4 || !mode.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+                    return self.stop("a mode that is not four octal digits", events);
+                }
+                if name.is_empty() || name.contains('/') || name == ".." {
+                    return self.stop("a name with a path in it", events);
+                }
+                if kind == b'C' {
+                    let path = self.path(name);
+                    Awaiting::File(File {
+                        path,
+                        size,
+                        sent: 0,
+                    })
+                } else {
+                    Awaiting::Dir(name.to_owned())
+                }
+            }
+            // An error the source reports (no such file, …): no answer comes for it.
+            1 | 2 => {
+                self.source = Source::Line(Vec::new());
+                return;
+            }
+            _ => return self.stop("a line no scp source sends", events),
+        };
+        self.awaiting.push_back(awaiting);
+        self.source = Source::Answer;
+    }
+
+    fn path(&self, name: &str) -> String {
+        let mut path = self.dirs.join("/");
+        if !path.is_empty() {
+            path.push('/');
+        }
+        path.push_str(name);
+        crate::transfer::lossy(path.as_bytes())
+    }
+
+    fn feed_sink(&mut self, mut data: &[u8]) -> Vec<TransferEvent> {
+        let mut events = Vec::new();
+        while !data.is_empty() && !self.stopped {
+            let ok = match self.answer.take() {
+                None => {
+                    let b = data[0];
+                    data = &data[1..];
+                    match b {
+                        0 => true,
+                        1 | 2 => {
+                            self.answer = Some(Vec::new());
+                            continue;
+                        }
+                        _ => {
+                            self.stop("an answer that is not one", &mut events);
+                            break;
+                        }
+                    }
+                }
+                Some(mut line) => match take_line(&mut data, &mut line) {
+                    Err(()) => {
+                        self.stop("a line longer than the protocol's", &mut events);
+                        break;
+                    }
+                    Ok(false) => {
+                        self.answer = Some(line);
+                        continue;
+                    }
+                    Ok(true) => false,
+                },
+            };
+            self.on_answer(ok, &mut events);
+        }
+        events
+    }
+
+    fn on_answer(&mut self, ok: bool, events: &mut Vec<TransferEvent>) {
+        let Some(awaiting) = self.awaiting.pop_front() else {
+            return self.stop("an answer nobody asked for", events);
+        };
+        // Every answer but the sink's first is one the source waits for.
+        let answered_line = !matches!(awaiting, Awaiting::Ready);
+        if answered_line && !matches!(self.source, Source::Answer) {
+            return self.stop("an answer before the line it answers", events);
+        }
+        let mut next = Source::Line(Vec::new());
+        match awaiting {
+            Awaiting::Ready | Awaiting::Times | Awaiting::EndDir if !ok => {}
+            Awaiting::Ready | Awaiting::Times => {}
+            Awaiting::EndDir => {
+                self.dirs.pop();
+            }
+            Awaiting::Dir(name) => {
+                if ok {
+                    self.dirs.push(name);
+                }
+            }
+            Awaiting::File(f) if ok => {
+                next = if f.size == 0 {
+                    Source::Status(f)
+                } else {
+                    Source::Data(f)
+                };
+            }
+            Awaiting::File(f) => {
+                events.push(self.file_event(f, Outcome::Failed { status: FAILED }))
+            }
+            Awaiting::Written(f) => {
+                let outcome = if ok {
+                    Outcome::Ok
+                } else {
+                    Outcome::Failed { status: FAILED }
+                };
+                events.push(self.file_event(f, outcome));
+            }
+        }
+        if answered_line {
+            self.source = next;
+        }
+    }
+
+    fn file_event(&self, f: File, outcome: Outcome) -> TransferEvent {
+        TransferEvent::File {
+            path: f.path,
+            direction: self.direction(),
+            bytes: f.sent,
+            outcome,
+        }
+    }
+}
+
+/// Moves bytes of `data` into `line` up to a newline (not kept); true once it was found, `Err` past
+/// [`MAX_LINE`].
+fn take_line(data: &mut &[u8], line: &mut Vec<u8>) -> Result<bool, ()> {
+    let (part, found) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (&data[..i], i + 1),
+        None => (*data, data.len()),
+    };
+    if line.len() + part.len() > MAX_LINE {
+        return Err(());
+    }
+    line.extend_from_slice(part);
+    let complete = found > part.len();
+    *data = &data[found..];
+    Ok(complete)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_scp_clients_own_command_is_a_transfer() {
+        assert_eq!(scp_mode(b"scp -t /tmp/x"), Some(ScpMode::Upload));
+        assert_eq!(scp_mode(b"scp -v -r -p -t -- /tmp/"), Some(ScpMode::Upload));
+        assert_eq!(scp_mode(b"scp -f /var/log/syslog"), Some(ScpMode::Download));
+        assert_eq!(scp_mode(b"scp -pf ~/a.log"), Some(ScpMode::Download));
+        for not in [
+            "scp -t /tmp/x; sh",
+            "scp -t /tmp/x && sh",
+            "scp -t '/tmp/a b'",
+            "scp -t /tmp/$(id)",
+            "scp -t a b",
+            "scp -t",
+            "scp -t -f /x",
+            "scp -tx /x",
+            "/usr/bin/scp -t /x",
+            "sh -c 'scp -t /x'",
+            "scp\t-t /x",
+        ] {
+            assert_eq!(scp_mode(not.as_bytes()), None, "{not}");
+        }
+    }
+
+    fn file(path: &str, bytes: u64, outcome: Outcome, direction: Direction) -> TransferEvent {
+        TransferEvent::File {
+            path: path.into(),
+            direction,
+            bytes,
+            outcome,
+        }
+    }
+
+    /// `scp -r dir host:/tmp/`: the sink's first answer, a directory, two files (one refused), the end of
+    /// the directory; fed in awkward chunks.
+    #[test]
+    fn an_upload_logs_each_file_with_its_size_and_outcome() {
+        let mut o = ScpObserver::new(ScpMode::Upload);
+        let mut events = Vec::new();
+        events.extend(o.server_to_client(b"\0"));
+        events.extend(o.client_to_server(b"D0755 0 fw\n"));
+        events.extend(o.server_to_client(b"\0"));
+        events.extend(o.client_to_server(b"T1 0 1 0\n"));
+        events.extend(o.server_to_client(b"\0"));
+        events.extend(o.client_to_server(b"C06"));
+        events.extend(o.client_to_server(b"44 5 update.bin\n"));
+        events.extend(o.server_to_client(b"\0"));
+        events.extend(o.client_to_server(b"hel"));
+        events.extend(o.client_to_server(b"lo\0"));
+        events.extend(o.server_to_client(b"\0"));
+        events.extend(o.client_to_server(b"C0600 3 locked\n"));
+        events.extend(o.server_to_client(b"\x01scp: locked: Permission denied\n"));
+        events.extend(o.client_to_server(b"E\n"));
+        events.extend(o.server_to_client(b"\0"));
+        assert_eq!(
+            events,
+            [
+                file("fw/update.bin", 5, Outcome::Ok, Direction::Upload),
+                file(
+                    "fw/locked",
+                    0,
+                    Outcome::Failed { status: FAILED },
+                    Direction::Upload
+                ),
+            ]
+        );
+        assert!(o.finish().is_empty());
+    }
+
+    #[test]
+    fn a_download_cut_off_is_unfinished_with_what_passed() {
+        let mut o = ScpObserver::new(ScpMode::Download);
+        assert!(o.client_to_server(b"\0").is_empty());
+        assert!(o.server_to_client(b"C0644 10 syslog\n").is_empty());
+        assert!(o.client_to_server(b"\0").is_empty());
+        assert!(o.server_to_client(b"1234").is_empty());
+        assert_eq!(
+            o.finish(),
+            [file("syslog", 4, Outcome::Unfinished, Direction::Download)]
+        );
+    }
+
+    #[test]
+    fn what_no_scp_sends_stops_the_observer() {
+        for (mode, sink_first, source) in [
+            (ScpMode::Upload, true, &b"ls -la\n"[..]),
+            (ScpMode::Upload, true, b"C0644 5 ../x\n"),
+            (ScpMode::Upload, true, b"C0644 5 x\nhello"), // did not wait for the answer
+            (ScpMode::Upload, false, b"C0644 5 x\n"),
+        ] {
+            let mut o = ScpObserver::new(mode);
+            if sink_first {
+                o.server_to_client(b"\0");
+            }
+            let mut events = o.client_to_server(source);
+            events.extend(o.server_to_client(b"\0\0\0"));
+            assert!(
+                events
+                    .iter()
+                    .any(|e| matches!(e, TransferEvent::Unparseable { .. })),
+                "{source:?}: {events:?}"
+            );
+        }
+        // A shell's output where the sink's answers should be.
+        let mut o = ScpObserver::new(ScpMode::Upload);
+        let events = o.server_to_client(b"root:x:0:0\n");
+        assert!(
+            matches!(events[..], [TransferEvent::Unparseable { .. }]),
+            "{events:?}"
+        );
+    }
+}
