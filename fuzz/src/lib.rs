@@ -5,6 +5,7 @@
 //! Properties checked, beyond "no panic, no unbounded allocation":
 //! - [`sftp_observer`]: the events do not depend on where the relay's chunks split the packets, and
 //!   nothing is reported after the one `Unparseable` event that stops the observer.
+//! - [`scp_observer`]: the same for legacy SCP, in either mode.
 //! - [`exec_recording`]: strict and cut-off-tolerant reading agree; `exec_raw` writes exactly the frames'
 //!   bytes; `ExecWriter` writes back the same frames byte for byte; `exec_to_cast` writes a cast that
 //!   `parse_cast` reads back with the same header, text, markers and resizes.
@@ -30,7 +31,8 @@ use chaperone_model::request;
 use chaperone_recorder::exec::MAGIC;
 use chaperone_recorder::{
     CastHeader, CastWriter, Error, Event, EventKind, ExecHeader, ExecReader, ExecWriter, FrameData,
-    OutputStream, SftpObserver, TerminalFilter, TransferEvent, exec_raw, exec_to_cast, parse_cast,
+    OutputStream, ScpMode, ScpObserver, SftpObserver, TerminalFilter, TransferEvent, exec_raw,
+    exec_to_cast, parse_cast,
 };
 
 /// SFTP observer: the input is a script of chunks, each a control byte and then its bytes. The control
@@ -39,14 +41,73 @@ use chaperone_recorder::{
 /// …, 13 bytes (13: the longest packet head the observer reads before it decides what to keep); the
 /// events must be the same, and nothing may be reported after the observer stopped.
 pub fn sftp_observer(data: &[u8]) {
-    let chunks = sftp_chunks(data);
-    let whole = observe(chunks.iter().copied());
+    same_events_however_cut(SftpObserver::new, data);
+}
+
+/// Legacy SCP observer: the first byte's low bit picks the mode (0: the vendor uploads, `scp -t`; 1:
+/// downloads, `scp -f`), the rest is a script of chunks as for [`sftp_observer`], with the same
+/// properties.
+pub fn scp_observer(data: &[u8]) {
+    let Some((&mode, script)) = data.split_first() else {
+        return;
+    };
+    let mode = if mode & 1 == 0 {
+        ScpMode::Upload
+    } else {
+        ScpMode::Download
+    };
+    same_events_however_cut(|| ScpObserver::new(mode), script);
+}
+
+fn same_events_however_cut<O: Observer>(new: impl Fn() -> O, script: &[u8]) {
+    let chunks = sftp_chunks(script);
+    let whole = observe(new(), chunks.iter().copied());
     let recut = observe(
+        new(),
         chunks
             .iter()
             .flat_map(|&(server, bytes)| small_pieces(bytes).map(move |piece| (server, piece))),
     );
     assert_eq!(whole, recut, "the events depend on the chunk boundaries");
+}
+
+/// A transfer observer as the relay drives it.
+trait Observer {
+    fn feed(&mut self, server: bool, bytes: &[u8]) -> Vec<TransferEvent>;
+    fn is_stopped(&self) -> bool;
+    fn finish(self) -> Vec<TransferEvent>;
+}
+
+impl Observer for SftpObserver {
+    fn feed(&mut self, server: bool, bytes: &[u8]) -> Vec<TransferEvent> {
+        if server {
+            self.server_to_client(bytes)
+        } else {
+            self.client_to_server(bytes)
+        }
+    }
+    fn is_stopped(&self) -> bool {
+        SftpObserver::is_stopped(self)
+    }
+    fn finish(self) -> Vec<TransferEvent> {
+        SftpObserver::finish(self)
+    }
+}
+
+impl Observer for ScpObserver {
+    fn feed(&mut self, server: bool, bytes: &[u8]) -> Vec<TransferEvent> {
+        if server {
+            self.server_to_client(bytes)
+        } else {
+            self.client_to_server(bytes)
+        }
+    }
+    fn is_stopped(&self) -> bool {
+        ScpObserver::is_stopped(self)
+    }
+    fn finish(self) -> Vec<TransferEvent> {
+        ScpObserver::finish(self)
+    }
 }
 
 /// `bytes` cut into pieces of 1, 2, …, 13, 1, 2, … bytes.
@@ -93,16 +154,14 @@ pub fn sftp_script<'a>(chunks: impl IntoIterator<Item = (bool, &'a [u8])>) -> Ve
 
 /// Every event one observer reports for `chunks`, the ones from `finish` last, checking that nothing is
 /// reported once it stopped.
-fn observe<'a>(chunks: impl Iterator<Item = (bool, &'a [u8])>) -> Vec<TransferEvent> {
-    let mut observer = SftpObserver::new();
+fn observe<'a, O: Observer>(
+    mut observer: O,
+    chunks: impl Iterator<Item = (bool, &'a [u8])>,
+) -> Vec<TransferEvent> {
     let mut events = Vec::new();
     for (server, bytes) in chunks {
         let was_stopped = observer.is_stopped();
-        let new = if server {
-            observer.server_to_client(bytes)
-        } else {
-            observer.client_to_server(bytes)
-        };
+        let new = observer.feed(server, bytes);
         if was_stopped {
             assert!(new.is_empty(), "events after the observer stopped: {new:?}");
         }

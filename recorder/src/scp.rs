@@ -144,6 +144,11 @@ impl ScpObserver {
         }
     }
 
+    /// Whether parsing has stopped for this channel.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
     /// Bytes the client (vendor) sent.
     pub fn client_to_server(&mut self, data: &[u8]) -> Vec<TransferEvent> {
         match self.mode {
