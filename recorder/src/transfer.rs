@@ -10,7 +10,8 @@
 //! WRITE requests and DATA replies) is counted from its length field and skipped as it streams past, never
 //! copied; only control packets are buffered, each at most [`MAX_PACKET`] bytes. Input that breaks the
 //! protocol (a declared length over the limit, a string running past its packet, more than
-//! [`MAX_TRACKED`] open files or unanswered requests) stops parsing for the rest of the channel with one
+//! [`MAX_TRACKED`] open files or unanswered requests, a request id reused while its first request awaits a
+//! reply, a reply of the wrong kind for its request) stops parsing for the rest of the channel with one
 //! [`TransferEvent::Unparseable`], so the log says where its knowledge ends.
 //!
 //! File events are emitted when the server answers the CLOSE, so that DATA replies still in flight when the
@@ -310,6 +311,8 @@ enum Pending {
     Read {
         handle: Box<[u8]>,
     },
+    /// A WRITE: its bytes counted when sent; tracked so its STATUS answers it and nothing else.
+    Write,
     Close {
         handle: Box<[u8]>,
     },
@@ -353,7 +356,7 @@ impl Pending {
                     outcome: Outcome::Unfinished,
                 },
             )),
-            Pending::Read { .. } | Pending::Close { .. } => None,
+            Pending::Read { .. } | Pending::Write | Pending::Close { .. } => None,
         }
     }
 }
@@ -376,16 +379,13 @@ impl Tracker {
         events: &mut Vec<TransferEvent>,
     ) -> Result<(), &'static str> {
         match side {
-            Side::Client => self.on_request(packet, events),
+            Side::Client => self.on_request(packet),
             Side::Server => self.on_reply(packet, events),
         }
     }
 
-    fn on_request(
-        &mut self,
-        packet: Packet<'_>,
-        events: &mut Vec<TransferEvent>,
-    ) -> Result<(), &'static str> {
+    /// A request: remembered until its reply (requests complete nothing by themselves).
+    fn on_request(&mut self, packet: Packet<'_>) -> Result<(), &'static str> {
         let mut f = packet.fields;
         match packet.kind {
             fxp::OPEN => {
@@ -405,7 +405,6 @@ impl Tracker {
                         path,
                         direction,
                     },
-                    events,
                 )?;
             }
             fxp::READ | fxp::CLOSE => {
@@ -418,11 +417,12 @@ impl Tracker {
                     } else {
                         Pending::Close { handle }
                     };
-                    self.expect(id, pending, events)?;
+                    self.expect(id, pending)?;
                 }
             }
             fxp::WRITE => {
-                f.u32()?; // request id: a WRITE counts when sent, its status is not awaited
+                // Counted when sent; its id is tracked so that its STATUS cannot answer another request.
+                let id = f.u32()?;
                 let handle = f.string()?;
                 f.u64()?; // offset
                 let len = f.u32()?;
@@ -433,12 +433,13 @@ impl Tracker {
                 if let Some(file) = self.files.get_mut(handle) {
                     file.bytes = file.bytes.saturating_add(len.into());
                 }
+                self.expect(id, Pending::Write)?;
             }
             fxp::FSETSTAT => {
                 let id = f.u32()?;
                 let handle = f.string()?;
                 if let Some(path) = self.files.get(handle).map(|file| file.path.clone()) {
-                    self.op(id, OpKind::SetStat, path, None, events)?;
+                    self.op(id, OpKind::SetStat, path, None)?;
                 }
             }
             fxp::SETSTAT | fxp::REMOVE | fxp::MKDIR | fxp::RMDIR => {
@@ -450,34 +451,34 @@ impl Tracker {
                     fxp::MKDIR => OpKind::Mkdir,
                     _ => OpKind::Rmdir,
                 };
-                self.op(id, op, path, None, events)?;
+                self.op(id, op, path, None)?;
             }
             fxp::RENAME => {
                 let id = f.u32()?;
                 let (old, new) = (lossy(f.string()?), lossy(f.string()?));
-                self.op(id, OpKind::Rename, old, Some(new), events)?;
+                self.op(id, OpKind::Rename, old, Some(new))?;
             }
             fxp::SYMLINK => {
                 // OpenSSH sends the link's target first and the new link second, the reverse of the draft;
                 // it is the peer we relay for, so read it its way.
                 let id = f.u32()?;
                 let (target, link) = (lossy(f.string()?), lossy(f.string()?));
-                self.op(id, OpKind::Symlink, link, Some(target), events)?;
+                self.op(id, OpKind::Symlink, link, Some(target))?;
             }
             fxp::EXTENDED => {
                 let id = f.u32()?;
                 match f.string()? {
                     b"posix-rename@openssh.com" => {
                         let (old, new) = (lossy(f.string()?), lossy(f.string()?));
-                        self.op(id, OpKind::Rename, old, Some(new), events)?;
+                        self.op(id, OpKind::Rename, old, Some(new))?;
                     }
                     b"hardlink@openssh.com" => {
                         let (target, link) = (lossy(f.string()?), lossy(f.string()?));
-                        self.op(id, OpKind::Hardlink, link, Some(target), events)?;
+                        self.op(id, OpKind::Hardlink, link, Some(target))?;
                     }
                     b"lsetstat@openssh.com" => {
                         let path = lossy(f.string()?);
-                        self.op(id, OpKind::SetStat, path, None, events)?;
+                        self.op(id, OpKind::SetStat, path, None)?;
                     }
                     _ => {}
                 }
@@ -525,7 +526,7 @@ impl Tracker {
                         target,
                         outcome,
                     }),
-                    Some(Pending::Read { .. }) | None => {}
+                    Some(Pending::Read { .. } | Pending::Write) | None => {}
                 }
             }
             fxp::HANDLE => {
@@ -553,7 +554,7 @@ impl Tracker {
                             events.push(old.into_event(Outcome::Unfinished));
                         }
                     }
-                    Some(other) => events.extend(other.abandon().map(|(_, event)| event)),
+                    Some(_) => return Err("a HANDLE reply to a request that opens nothing"),
                     None => {}
                 }
             }
@@ -569,7 +570,7 @@ impl Tracker {
                             file.bytes = file.bytes.saturating_add(len.into());
                         }
                     }
-                    Some(other) => events.extend(other.abandon().map(|(_, event)| event)),
+                    Some(_) => return Err("a DATA reply to a request that reads nothing"),
                     None => {}
                 }
             }
@@ -589,7 +590,6 @@ impl Tracker {
         op: OpKind,
         path: String,
         target: Option<String>,
-        events: &mut Vec<TransferEvent>,
     ) -> Result<(), &'static str> {
         let serial = self.serial();
         let pending = Pending::Op {
@@ -598,23 +598,20 @@ impl Tracker {
             path,
             target,
         };
-        self.expect(id, pending, events)
+        self.expect(id, pending)
     }
 
-    /// Remembers a request until its reply. A request that reuses the id of one still pending displaces it,
-    /// and the displaced one is reported as unfinished rather than silently lost.
-    fn expect(
-        &mut self,
-        id: u32,
-        pending: Pending,
-        events: &mut Vec<TransferEvent>,
-    ) -> Result<(), &'static str> {
-        if self.pending.len() >= MAX_TRACKED && !self.pending.contains_key(&id) {
+    /// Remembers a request until its reply. A request that reuses the id of one still awaiting its reply
+    /// cannot be followed: which of the two a reply answers is the client's to confuse (64 READs of one id
+    /// counted as one, a failed MKDIR's status logged for an earlier REMOVE), and no real client does it.
+    fn expect(&mut self, id: u32, pending: Pending) -> Result<(), &'static str> {
+        if self.pending.contains_key(&id) {
+            return Err("a request id reused while its first request awaits a reply");
+        }
+        if self.pending.len() >= MAX_TRACKED {
             return Err("more requests awaiting a reply than the observer tracks");
         }
-        if let Some(displaced) = self.pending.insert(id, pending) {
-            events.extend(displaced.abandon().map(|(_, event)| event));
-        }
+        self.pending.insert(id, pending);
         Ok(())
     }
 }
@@ -1343,19 +1340,39 @@ mod tests {
         assert_eq!(observer.finish().len(), MAX_TRACKED);
     }
 
+    /// A request id reused while the first request awaits its reply stops the observer (the relay ends
+    /// the session), and the first request is still reported: a decoy cannot take an operation's answer,
+    /// nor 64 READs of one id pass as one.
     #[test]
-    fn a_reused_request_id_does_not_hide_an_operation() {
+    fn a_reused_request_id_stops_the_observer_and_hides_nothing() {
         let mut observer = SftpObserver::new();
         observer.client_to_server(&path_op(fxp::REMOVE, 7, "/evidence"));
-        let events = observer.client_to_server(&path_op(fxp::MKDIR, 7, "/decoy"));
+        unparseable(&observer.client_to_server(&path_op(fxp::MKDIR, 7, "/decoy")));
         assert!(matches!(
-            &events[..],
+            &observer.finish()[..],
             [TransferEvent::Op {
                 op: OpKind::Remove,
                 outcome: Outcome::Unfinished,
                 ..
             }]
         ));
+
+        let mut observer = SftpObserver::new();
+        observer.client_to_server(&open(1, "/big.dcm", 0x01));
+        observer.server_to_client(&handle_reply(1, b"h"));
+        observer.client_to_server(&read(2, b"h", 0, 32768));
+        unparseable(&observer.client_to_server(&read(2, b"h", 32768, 32768)));
+
+        // A reply of the wrong kind for its request cannot be followed either.
+        let mut observer = SftpObserver::new();
+        observer.client_to_server(&path_op(fxp::REMOVE, 3, "/x"));
+        unparseable(&observer.server_to_client(&data(3, b"abc")));
+        // A WRITE's status answers the WRITE, not a READ that shares nothing with it.
+        let mut observer = SftpObserver::new();
+        observer.client_to_server(&open(1, "/up.bin", 0x02 | 0x08));
+        observer.server_to_client(&handle_reply(1, b"h"));
+        observer.client_to_server(&write(2, b"h", 0, b"hello"));
+        unparseable(&observer.client_to_server(&read(2, b"h", 0, 5)));
     }
 
     #[test]
