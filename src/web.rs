@@ -1708,8 +1708,13 @@ impl WebCore {
                         Ok(Ok((lines, more, _))) => {
                             const SHOWN: usize = 2000;
                             transfers_more = more + lines.len().saturating_sub(SHOWN);
-                            transfers =
-                                Some(lines.into_iter().take(SHOWN).map(transfer_view).collect());
+                            transfers = Some(
+                                transfers_shown(lines)
+                                    .into_iter()
+                                    .take(SHOWN)
+                                    .map(transfer_view)
+                                    .collect(),
+                            );
                         }
                         Ok(Err(why)) => {
                             play_note = Some(format!("The transfer log cannot be read: {why}"))
@@ -2100,6 +2105,46 @@ impl WebCore {
     }
 }
 
+/// The transfer log's lines as the page lists them: a file's `opened` line is left out once its `file`
+/// line (with the outcome and bytes) was logged after it.
+fn transfers_shown(lines: Vec<playback::TransferLine>) -> Vec<playback::TransferLine> {
+    use chaperone_recorder::TransferEvent as T;
+    let mut closed: HashMap<(String, bool), usize> = HashMap::new();
+    let mut shown: Vec<playback::TransferLine> = lines
+        .into_iter()
+        .rev()
+        .filter(|l| match &l.event {
+            T::File {
+                path, direction, ..
+            } => {
+                *closed
+                    .entry((
+                        path.clone(),
+                        *direction == chaperone_recorder::Direction::Upload,
+                    ))
+                    .or_default() += 1;
+                true
+            }
+            T::Opened { path, direction } => {
+                let key = (
+                    path.clone(),
+                    *direction == chaperone_recorder::Direction::Upload,
+                );
+                match closed.get_mut(&key) {
+                    Some(n) if *n > 0 => {
+                        *n -= 1;
+                        false
+                    }
+                    _ => true,
+                }
+            }
+            _ => true,
+        })
+        .collect();
+    shown.reverse();
+    shown
+}
+
 fn transfer_view(l: playback::TransferLine) -> TransferView {
     use chaperone_recorder::TransferEvent as T;
     let outcome = |o: &chaperone_recorder::Outcome| {
@@ -2142,6 +2187,15 @@ fn transfer_view(l: playback::TransferLine) -> TransferView {
             target,
             bytes: None,
             outcome: outcome(&o),
+        },
+        // Only one whose file was never logged as closed is shown (`transfers_shown`).
+        T::Opened { path, direction } => TransferView {
+            t: l.t,
+            what: word(serde_json::to_value(direction)),
+            path,
+            target: None,
+            bytes: None,
+            outcome: "opened, no end logged".into(),
         },
         T::Stderr { text } => TransferView {
             t: l.t,

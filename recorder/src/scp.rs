@@ -129,6 +129,8 @@ pub struct ScpObserver {
     awaiting: VecDeque<Awaiting>,
     dirs: Vec<String>,
     stopped: bool,
+    /// Files the sink accepted since the relay last took them ([`ScpObserver::take_opened`]).
+    opened: Vec<TransferEvent>,
 }
 
 impl ScpObserver {
@@ -141,7 +143,14 @@ impl ScpObserver {
             awaiting: VecDeque::from([Awaiting::Ready]),
             dirs: Vec::new(),
             stopped: false,
+            opened: Vec::new(),
         }
+    }
+
+    /// The [`TransferEvent::Opened`] of files the sink accepted since the last call, for the relay to log
+    /// before it forwards the answer that lets their bytes come.
+    pub fn take_opened(&mut self) -> Vec<TransferEvent> {
+        std::mem::take(&mut self.opened)
     }
 
     /// Whether parsing has stopped for this channel.
@@ -362,6 +371,10 @@ impl ScpObserver {
                 }
             }
             Awaiting::File(f) if ok => {
+                self.opened.push(TransferEvent::Opened {
+                    path: f.path.clone(),
+                    direction: self.direction(),
+                });
                 next = if f.size == 0 {
                     Source::Status(f)
                 } else {

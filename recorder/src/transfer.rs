@@ -15,7 +15,8 @@
 //! [`TransferEvent::Unparseable`], so the log says where its knowledge ends.
 //!
 //! File events are emitted when the server answers the CLOSE, so that DATA replies still in flight when the
-//! client closed are counted; operations are emitted with the server's answer, so refused attempts are
+//! client closed are counted; an [`TransferEvent::Opened`] is logged when the server's HANDLE opens the
+//! file, before any of its bytes pass, so a crash mid-transfer still leaves the file on the record; operations are emitted with the server's answer, so refused attempts are
 //! logged as such.
 
 use std::collections::HashMap;
@@ -78,6 +79,16 @@ pub enum TransferEvent {
         /// `ok`: opened and closed; `failed`: the open (bytes 0) or the close was refused; `unfinished`: the
         /// channel ended, or parsing stopped, while it was open.
         outcome: Outcome,
+    },
+    /// A file the server opened, logged as it opens, before any of its bytes pass, so that a transfer
+    /// cut short by a crash is on the record (its [`TransferEvent::File`] comes with the CLOSE's answer).
+    /// Not among the observer's own events: the relay takes them with
+    /// [`SftpObserver::take_opened`].
+    Opened {
+        /// The path as the client sent it.
+        path: String,
+        /// As for [`TransferEvent::File`].
+        direction: Direction,
     },
     /// A change to the file system other than file contents.
     Op {
@@ -173,6 +184,14 @@ pub struct SftpObserver {
     tracker: Tracker,
     /// Set after an [`TransferEvent::Unparseable`]: the rest of the channel is ignored.
     stopped: bool,
+}
+
+impl SftpObserver {
+    /// The [`TransferEvent::Opened`] of files opened since the last call, for the relay to log before it
+    /// forwards the answer that opened them.
+    pub fn take_opened(&mut self) -> Vec<TransferEvent> {
+        std::mem::take(&mut self.tracker.opened)
+    }
 }
 
 impl SftpObserver {
@@ -369,6 +388,8 @@ struct Tracker {
     /// Requests awaiting a reply, by request id; at most [`MAX_TRACKED`].
     pending: HashMap<u32, Pending>,
     next_serial: u64,
+    /// Files opened since the relay last took them ([`SftpObserver::take_opened`]).
+    opened: Vec<TransferEvent>,
 }
 
 impl Tracker {
@@ -544,6 +565,10 @@ impl Tracker {
                         if self.files.len() >= MAX_TRACKED && !self.files.contains_key(handle) {
                             return Err("more open files than the observer tracks");
                         }
+                        self.opened.push(TransferEvent::Opened {
+                            path: path.clone(),
+                            direction,
+                        });
                         let file = OpenFile {
                             serial,
                             path,

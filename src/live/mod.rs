@@ -572,15 +572,27 @@ impl LiveSession {
         let app = self.app.clone();
         crate::ops::metrics::session_ended(self.kind.as_str());
         // Files still open and requests never answered are logged as unfinished.
+        // Files still open and requests unanswered are logged as unfinished; if even that cannot be
+        // written, the log is not whole and the session says so.
+        let mut left_unlogged = None;
         if let (Some(sftp), Some(rec)) = (self.sftp.take(), &self.recorder) {
             let left = sftp.finish();
-            if !left.is_empty() {
-                let _ = rec.send(Record::Transfers(left)).await;
+            if !left.is_empty()
+                && let Err(e) = rec.send(Record::Transfers(left)).await
+            {
+                left_unlogged = Some(e.0);
             }
         }
         drop(self.recorder.take());
         drop(self.controls.take());
         let mut end = end;
+        if let Some(why) = left_unlogged
+            && !matches!(end, End::RecordingFailed(_))
+        {
+            end = End::RecordingFailed(format!(
+                "the transfers unfinished at the end could not be logged: {why}"
+            ));
+        }
         let finished = match self.recording.take() {
             Some((recording, rid)) => {
                 let done = recording.finish().await;
@@ -723,13 +735,17 @@ impl Default for Observer {
 }
 
 impl Observer {
+    /// The events of one chunk, the files it opened first (logged before the chunk that opened them is
+    /// forwarded, so before any of their bytes pass).
     fn feed(&mut self, upload: bool, data: &[u8]) -> Vec<TransferEvent> {
-        match (self, upload) {
-            (Observer::Sftp(o), true) => o.client_to_server(data),
-            (Observer::Sftp(o), false) => o.server_to_client(data),
-            (Observer::Scp(o), true) => o.client_to_server(data),
-            (Observer::Scp(o), false) => o.server_to_client(data),
-        }
+        let (events, mut opened) = match (self, upload) {
+            (Observer::Sftp(o), true) => (o.client_to_server(data), o.take_opened()),
+            (Observer::Sftp(o), false) => (o.server_to_client(data), o.take_opened()),
+            (Observer::Scp(o), true) => (o.client_to_server(data), o.take_opened()),
+            (Observer::Scp(o), false) => (o.server_to_client(data), o.take_opened()),
+        };
+        opened.extend(events);
+        opened
     }
 
     fn finish(self) -> Vec<TransferEvent> {

@@ -522,6 +522,10 @@ fn scp_and_sftp_pass_through_the_grant_and_leave_a_transfer_log() {
             "{s}\n{log}"
         );
         assert!(!log.contains("unparseable"), "{log}");
+        // Logged as it opened, before its bytes passed: a crash mid-transfer leaves it on the record.
+        let opened = log.find("\"event\":\"opened\"");
+        let closed = log.find("\"event\":\"file\"");
+        assert!(opened.is_some() && opened < closed, "{log}");
     }
     assert!(!legacy_logs.is_empty(), "{logs:?}");
     let all = logs.join("\n");
