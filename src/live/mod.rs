@@ -182,6 +182,9 @@ pub enum StartError {
     /// The session row or its audit event could not be written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The grant was revoked or ended, or the vendor disabled, between the decision and the start.
+    #[error("access ended before the session started: {0}")]
+    NoLonger(String),
 }
 
 impl StartError {
@@ -193,6 +196,9 @@ impl StartError {
             }
             StartError::Store(_) => {
                 "the bastion cannot record this session right now, so it was refused"
+            }
+            StartError::NoLonger(_) => {
+                "your access to this device ended (revoked, expired or your account changed) before the session started"
             }
         }
     }
@@ -297,6 +303,20 @@ impl PendingSession {
         let now = app.clock.now();
         let id = &self.id;
         let detail: String = detail.chars().take(4096).collect();
+        // The decision again, now that the watcher knows this session (`policy::still_holds`).
+        match crate::policy::still_holds(&app.store, now, &self.origin.principal, grant).await {
+            Ok(()) => {}
+            Err(crate::policy::PolicyError::Denied(denial)) => {
+                let reason = format!("ended before it started: {}", denial.audit_reason());
+                let action = match self.kind {
+                    SessionKind::Tunnel | SessionKind::Jump => "tunnel.refused",
+                    _ => "session.refused",
+                };
+                self.refuse(action, &reason).await;
+                return Err(StartError::NoLonger(reason));
+            }
+            Err(crate::policy::PolicyError::Store(e)) => return Err(StartError::Store(e)),
+        }
         let recording = match self.kind.recording_format(pty.is_some()) {
             None => None,
             Some(format) => {

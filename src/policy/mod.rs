@@ -292,6 +292,30 @@ async fn authorize_on_asset(
     })
 }
 
+/// Does `grant`, decided for `who` a moment ago, still hold: `who`'s standing, and the grant's row not
+/// revoked, not ended, still naming the service? A session asks once it is registered with the watcher
+/// (`live::PendingSession::start`): a revocation or disable committed between the decision and the
+/// registration is seen here, and one committed after it reaches the session through the watcher, so
+/// none can slip between the two.
+pub async fn still_holds(
+    store: &Store,
+    now: UnixTime,
+    who: &Principal,
+    grant: &Grant,
+) -> Result<(), PolicyError> {
+    let (standing, row) = tokio::join!(standing(store, now, who), store.grant(grant.id));
+    standing?;
+    match row? {
+        Some(g) if g.is_active(now) && g.services.contains(&grant.service.name) => Ok(()),
+        _ => Err(Denial::NoGrant {
+            asset: grant.asset.name.clone(),
+            service: grant.service.name.clone(),
+            asset_exists: true,
+        }
+        .into()),
+    }
+}
+
 /// May `who` open an SSH session on `asset_name`? Checks the grant for the asset's service of kind
 /// `ssh` (whatever it is named). An asset without one reads like a missing grant.
 pub async fn authorize_ssh(
