@@ -480,3 +480,38 @@ fn connections_past_the_caps_are_closed_and_sign_in_works_after_a_flood() {
     bob.login();
     assert_eq!(bob.get("/api/requests").status, 200);
 }
+
+/// Login CSRF: a form posted to `/login` from another site (the browser says `Sec-Fetch-Site:
+/// cross-site`) signs nobody in, even with the right password and code; the same post from the page
+/// itself does.
+#[test]
+fn a_sign_in_posted_from_another_site_is_refused() {
+    let b = Bastion::start(DataDir::init());
+    let erin = Approver::enroll(&b, "erin", "approver");
+    let post = |site: &str| {
+        curl(
+            None,
+            &[
+                "-H",
+                &format!("Sec-Fetch-Site: {site}"),
+                "--data-urlencode",
+                "name=erin",
+                "--data-urlencode",
+                &format!("password={PASSWORD}"),
+                "--data-urlencode",
+                &format!("code={}", erin.next_code()),
+                &format!("{}/login", base(&b)),
+            ],
+        )
+    };
+    let refused = post("cross-site");
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(
+        refused.body.contains("own page"),
+        "{}",
+        refused.body
+    );
+    let signed_in = post("same-origin");
+    assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+    assert_eq!(signed_in.location, format!("{}/requests", base(&b)));
+}

@@ -203,8 +203,26 @@ pub async fn login_page<C: Core>(State(st): St<C>, headers: HeaderMap) -> Respon
 pub async fn login<C: Core>(
     State(st): St<C>,
     ConnectInfo(crate::tls::PeerAddr(peer)): Peer,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // Login CSRF: another site's form must not sign a staff member's browser into the attacker's account
+    // (there is no session yet to hold a token). Browsers say where a form post comes from.
+    if cross_site(&headers) {
+        return (
+            StatusCode::FORBIDDEN,
+            Html(page(
+                "Sign in",
+                "",
+                None,
+                &login_form(
+                    Some("Sign in from this site's own page."),
+                    st.passkeys.is_some(),
+                ),
+            )),
+        )
+            .into_response();
+    }
     let pairs = form_pairs(&body);
     let get = |k| field(&pairs, k).unwrap_or_default();
     match sign_in(&st, peer, get("name"), get("password"), get("code")).await {
@@ -233,6 +251,14 @@ pub async fn login<C: Core>(
         )
             .into_response(),
     }
+}
+
+/// A request a browser made for another site's page (`Sec-Fetch-Site: cross-site` or `same-site`: a
+/// sibling host is not this one). Absent (not a browser, or an old one) or `same-origin`/`none`: not.
+fn cross_site(headers: &HeaderMap) -> bool {
+    headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"cross-site" || v.as_bytes() == b"same-site")
 }
 
 pub async fn logout<C: Core>(State(st): St<C>, headers: HeaderMap, body: Bytes) -> Response {
