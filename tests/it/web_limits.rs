@@ -506,11 +506,7 @@ fn a_sign_in_posted_from_another_site_is_refused() {
     };
     let refused = post("cross-site");
     assert_eq!(refused.status, 403, "{}", refused.body);
-    assert!(
-        refused.body.contains("own page"),
-        "{}",
-        refused.body
-    );
+    assert!(refused.body.contains("own page"), "{}", refused.body);
     let signed_in = post("same-origin");
     assert_eq!(signed_in.status, 303, "{}", signed_in.body);
     assert_eq!(signed_in.location, format!("{}/requests", base(&b)));
