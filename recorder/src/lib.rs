@@ -20,6 +20,7 @@ pub mod asciicast;
 mod error;
 pub mod exec;
 pub mod playback;
+mod rep_bound;
 pub mod scp;
 mod sink;
 pub mod tar;

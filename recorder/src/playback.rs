@@ -151,6 +151,8 @@ struct Builder {
     last_time: f64,
     trackers: [LineTracker; 3],
     lines: Vec<String>,
+    /// REP counts bounded before the emulator (`rep_bound`): 9 bytes must not cost 65,535 prints.
+    rep: crate::rep_bound::RepBound,
 }
 
 fn terminal(cols: u16, rows: u16) -> avt::Terminal {
@@ -182,6 +184,7 @@ impl Builder {
             last_time: 0.0,
             trackers: Default::default(),
             lines: Vec::new(),
+            rep: Default::default(),
         }
     }
 
@@ -228,7 +231,8 @@ impl Builder {
         match event.code {
             'o' => {
                 self.seg_bytes += event.data.len();
-                self.terminal.feed(event.data.as_str());
+                let text = self.rep.bound(event.data.as_str(), self.cols, self.rows);
+                self.terminal.feed(&text);
                 let which = if stream == Stream::Stderr { 1 } else { 0 };
                 let bytes = raw.unwrap_or(event.data.as_bytes());
                 self.trackers[which].push(bytes, &mut self.lines);
