@@ -154,7 +154,7 @@ mod tests {
             let mut whole = avt::Terminal::new(20, 5).unwrap();
             whole.feed(text);
             let mut cut = avt::Terminal::new(20, 5).unwrap();
-            cut.feed(&RepBound::default().bound(text, 20, 5));
+            cut.feed(RepBound::default().bound(text, 20, 5));
             assert_eq!(whole.dump(), cut.dump(), "{text:?}");
             assert_eq!(whole.cursor(), cut.cursor(), "{text:?}");
         }
