@@ -304,7 +304,7 @@ impl PendingSession {
         let id = &self.id;
         let detail: String = detail.chars().take(4096).collect();
         // The decision again, now that the watcher knows this session (`policy::still_holds`).
-        match crate::policy::still_holds(&app.store, now, &self.origin.principal, grant).await {
+        match crate::policy::still_holds(&app.store, now, grant).await {
             Ok(()) => {}
             Err(crate::policy::PolicyError::Denied(denial)) => {
                 let reason = format!("ended before it started: {}", denial.audit_reason());

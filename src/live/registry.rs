@@ -131,8 +131,9 @@ struct Connection {
     since: UnixTime,
     /// Cancelling it ends the connection whatever the client does (see `ssh::killswitch`).
     kill: CancellationToken,
-    /// Set once the watcher decided to cut it (so a cut is counted, and audited, once).
-    evicted: bool,
+    /// Set once the watcher decided to cut it (so a cut is counted, and audited, once): why, as the
+    /// vendor is told.
+    evicted: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -188,6 +189,19 @@ impl LiveSessions {
         ends_at: UnixTime,
     ) -> (Registration, mpsc::UnboundedReceiver<Control>) {
         let (tx, rx) = mpsc::unbounded_channel();
+        // A login the watcher already judged (disabled, locked, key removed) starts nothing in the moment
+        // before its connection is cut: the session is closed as it registers.
+        let evicted = self.inner.connections.lock().ok().and_then(|m| {
+            m.values()
+                .find(|c| c.login == *login && c.evicted.is_some())
+                .and_then(|c| c.evicted.clone())
+        });
+        if let Some(why) = evicted {
+            let _ = tx.send(Control::Close(Close {
+                cause: Cause::Disabled,
+                text: why,
+            }));
+        }
         if let Ok(mut map) = self.inner.sessions.lock() {
             map.insert(
                 session_id.to_owned(),
@@ -257,7 +271,7 @@ impl LiveSessions {
             .lock()
             .map(|m| {
                 m.values()
-                    .filter(|c| !c.evicted)
+                    .filter(|c| c.evicted.is_none())
                     .map(|c| (c.login.vendor.clone(), c.peer.clone(), c.since))
                     .collect()
             })
@@ -293,7 +307,7 @@ impl LiveSessions {
                     peer,
                     since,
                     kill,
-                    evicted: false,
+                    evicted: None,
                 },
             );
         }
@@ -414,9 +428,9 @@ impl LiveSessions {
             .lock()
             .map(|mut m| {
                 m.values_mut()
-                    .filter(|c| c.login == *login && !c.evicted)
+                    .filter(|c| c.login == *login && c.evicted.is_none())
                     .map(|c| {
-                        c.evicted = true;
+                        c.evicted = Some(why.to_owned());
                         c.kill.clone()
                     })
                     .collect()
@@ -579,5 +593,12 @@ mod tests {
             0,
             "a connection is cut once"
         );
+        // A session of the evicted login registered in the moment before its connection goes is
+        // closed as it registers; another login's is not.
+        let (_d, mut rd) = live.register("d", 1, &login(7, "SHA256:one"), "mri-01", 9000);
+        assert!(matches!(rd.try_recv(), Ok(Control::Close(c))
+            if c.cause == Cause::Disabled && c.text == "your account was disabled"));
+        let (_e, mut re) = live.register("e", 2, &login(7, "SHA256:two"), "mri-01", 9000);
+        assert!(re.try_recv().is_err());
     }
 }

@@ -292,20 +292,14 @@ async fn authorize_on_asset(
     })
 }
 
-/// Does `grant`, decided for `who` a moment ago, still hold: `who`'s standing, and the grant's row not
-/// revoked, not ended, still naming the service? A session asks once it is registered with the watcher
-/// (`live::PendingSession::start`): a revocation or disable committed between the decision and the
-/// registration is seen here, and one committed after it reaches the session through the watcher, so
-/// none can slip between the two.
-pub async fn still_holds(
-    store: &Store,
-    now: UnixTime,
-    who: &Principal,
-    grant: &Grant,
-) -> Result<(), PolicyError> {
-    let (standing, row) = tokio::join!(standing(store, now, who), store.grant(grant.id));
-    standing?;
-    match row? {
+/// Does `grant`, decided a moment ago, still hold: its row not revoked, not ended, still naming the
+/// service? A session asks once it is registered with the watcher (`live::PendingSession::start`): a
+/// revocation committed between the decision and the registration is seen here, and one committed after
+/// it reaches the session through the watcher, so none can slip between the two. The vendor's standing
+/// needs no second read: the connection was registered at sign-in, long before the decision, so the
+/// watcher's re-check of logins cuts it whenever the standing changed.
+pub async fn still_holds(store: &Store, now: UnixTime, grant: &Grant) -> Result<(), PolicyError> {
+    match store.grant(grant.id).await? {
         Some(g) if g.is_active(now) && g.services.contains(&grant.service.name) => Ok(()),
         _ => Err(Denial::NoGrant {
             asset: grant.asset.name.clone(),
