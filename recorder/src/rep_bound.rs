@@ -43,6 +43,14 @@ impl RepBound {
                 first: 0,
                 in_first: true,
             };
+            // C0 controls (but CAN, SUB and ESC) and DEL act inside an escape or a CSI without ending
+            // it, as in the emulator's parser: passed on at once, the sequence goes on around them.
+            if matches!(ch, '\x00'..='\x17' | '\x19' | '\x1c'..='\x1f' | '\x7f')
+                && !matches!(self.state, State::Ground)
+            {
+                out.push(ch);
+                continue;
+            }
             self.state = match std::mem::take(&mut self.state) {
                 State::Ground => match ch {
                     '\x1b' => State::Esc,
@@ -158,6 +166,10 @@ mod tests {
             assert_eq!(whole.dump(), cut.dump(), "{text:?}");
             assert_eq!(whole.cursor(), cut.cursor(), "{text:?}");
         }
+        // Controls inside the sequence do not end it (the emulator's parser executes them and goes on).
+        assert_eq!(b.bound("x\x1b\r[65535b", 80, 24), "x\r\x1b[80b");
+        assert_eq!(b.bound("x\x1b[65\r535b", 80, 24), "x\r\x1b[80b");
+        assert_eq!(b.bound("x\x1b[6\x7f5535b", 80, 24), "x\x7f\x1b[80b");
         // Split anywhere.
         let whole = "x\x1b[65535b\x1b[2Jy";
         for cut in 0..whole.len() {

@@ -102,6 +102,8 @@ struct File {
     size: u64,
     /// Bytes of it that passed so far.
     sent: u64,
+    /// The source said after its bytes that it could not read them all.
+    source_failed: bool,
 }
 
 /// What the observer expects from the source next.
@@ -211,6 +213,10 @@ impl ScpObserver {
 
     fn feed_source(&mut self, mut data: &[u8]) -> Vec<TransferEvent> {
         let mut events = Vec::new();
+        if !data.is_empty() && matches!(self.awaiting.front(), Some(Awaiting::Ready)) {
+            // A source waits for the sink's first answer (OpenSSH, pscp, WinSCP).
+            self.stop("the source sent before the sink was ready", &mut events);
+        }
         while !data.is_empty() && !self.stopped {
             match std::mem::replace(&mut self.source, Source::Answer) {
                 Source::Answer => {
@@ -245,13 +251,17 @@ impl ScpObserver {
                         _ => self.stop("no status byte after a file's bytes", &mut events),
                     }
                 }
-                Source::StatusMessage(f, mut line) => match take_line(&mut data, &mut line) {
+                Source::StatusMessage(mut f, mut line) => match take_line(&mut data, &mut line) {
                     Err(()) => self.stop("a line longer than the protocol's", &mut events),
                     Ok(false) => self.source = Source::StatusMessage(f, line),
                     Ok(true) => {
-                        // The source could not read all of it; the sink answers no more for it.
-                        events.push(self.file_event(f, Outcome::Failed { status: FAILED }));
-                        self.source = Source::Line(Vec::new());
+                        // The source could not read all of it; the sink still answers it.
+                        events.push(TransferEvent::Stderr {
+                            text: format!("scp: {}", String::from_utf8_lossy(&line)),
+                        });
+                        f.source_failed = true;
+                        self.awaiting.push_back(Awaiting::Written(f));
+                        self.source = Source::Answer;
                     }
                 },
             }
@@ -265,7 +275,14 @@ impl ScpObserver {
         };
         let text = String::from_utf8_lossy(rest);
         let awaiting = match kind {
-            b'T' => Awaiting::Times,
+            b'T' => {
+                let times = text.split(' ').collect::<Vec<_>>();
+                let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+                if times.len() != 4 || !times.iter().all(|t| digits(t)) {
+                    return self.stop("a times line that is not four numbers", events);
+                }
+                Awaiting::Times
+            }
             b'E' if rest.is_empty() => Awaiting::EndDir,
             b'C' | b'D' => {
                 let mut fields = text.splitn(3, ' ');
@@ -288,13 +305,18 @@ impl ScpObserver {
                         path,
                         size,
                         sent: 0,
+                        source_failed: false,
                     })
                 } else {
                     Awaiting::Dir(name.to_owned())
                 }
             }
-            // An error the source reports (no such file, …): no answer comes for it.
+            // An error the source reports (no such file, …): no answer comes for it. Its text is logged:
+            // nothing the source sends passes unrecorded.
             1 | 2 => {
+                events.push(TransferEvent::Stderr {
+                    text: format!("scp: {text}"),
+                });
                 self.source = Source::Line(Vec::new());
                 return;
             }
@@ -385,7 +407,7 @@ impl ScpObserver {
                 events.push(self.file_event(f, Outcome::Failed { status: FAILED }))
             }
             Awaiting::Written(f) => {
-                let outcome = if ok {
+                let outcome = if ok && !f.source_failed {
                     Outcome::Ok
                 } else {
                     Outcome::Failed { status: FAILED }
@@ -496,6 +518,39 @@ mod tests {
         assert!(o.finish().is_empty());
     }
 
+    /// A file the source could not read to the end (truncated while sent): its error status, then the
+    /// sink's answer to it, then the next file; the error's text is logged.
+    #[test]
+    fn a_source_error_after_a_files_bytes_is_answered_and_logged() {
+        let mut o = ScpObserver::new(ScpMode::Download);
+        let mut events = o.client_to_server(b"\0");
+        events.extend(o.server_to_client(b"C0644 3 log\n"));
+        events.extend(o.client_to_server(b"\0"));
+        events.extend(o.server_to_client(b"abc\x01scp: log: file changed size\n"));
+        events.extend(o.client_to_server(b"\0"));
+        events.extend(o.server_to_client(b"C0644 1 next\n"));
+        events.extend(o.client_to_server(b"\0"));
+        events.extend(o.server_to_client(b"z\0"));
+        events.extend(o.client_to_server(b"\0"));
+        assert_eq!(
+            events,
+            [
+                TransferEvent::Stderr {
+                    text: "scp: scp: log: file changed size".into()
+                },
+                file(
+                    "log",
+                    3,
+                    Outcome::Failed { status: FAILED },
+                    Direction::Download
+                ),
+                file("next", 1, Outcome::Ok, Direction::Download),
+            ]
+        );
+        assert_eq!(o.take_opened().len(), 2);
+        assert!(o.finish().is_empty());
+    }
+
     #[test]
     fn a_download_cut_off_is_unfinished_with_what_passed() {
         let mut o = ScpObserver::new(ScpMode::Download);
@@ -515,7 +570,9 @@ mod tests {
             (ScpMode::Upload, true, &b"ls -la\n"[..]),
             (ScpMode::Upload, true, b"C0644 5 ../x\n"),
             (ScpMode::Upload, true, b"C0644 5 x\nhello"), // did not wait for the answer
-            (ScpMode::Upload, false, b"C0644 5 x\n"),
+            (ScpMode::Upload, false, b"C0644 5 x\n"),     // before the sink was ready
+            (ScpMode::Upload, false, b"\x01anything at all\n"),
+            (ScpMode::Upload, true, b"T1 0 1 0 rm -rf /\n"),
         ] {
             let mut o = ScpObserver::new(mode);
             if sink_first {

@@ -147,7 +147,8 @@ impl Store {
     }
 
     /// The latest events about `subject` with `action` by `actor` at or after `since`, newest first, at
-    /// most 20 (indexed by subject).
+    /// most 1,000 (indexed by subject; a viewer's page loads are such events too, so a small limit could
+    /// hide the one the caller looks for).
     pub async fn audit_events_by(
         &self,
         subject: &str,
@@ -157,7 +158,7 @@ impl Store {
     ) -> Result<Vec<AuditRow>> {
         let rows = sqlx::query(
             "SELECT seq, at, actor, action, subject, detail, prev_hash, hash FROM audit_events \
-             WHERE subject = $1 AND action = $2 AND actor = $3 AND at >= $4 ORDER BY seq DESC LIMIT 20",
+             WHERE subject = $1 AND action = $2 AND actor = $3 AND at >= $4 ORDER BY seq DESC LIMIT 1000",
         )
         .bind(subject)
         .bind(action)

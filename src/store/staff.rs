@@ -123,16 +123,26 @@ async fn account_of_entry<'e>(
     dn: &str,
     except: Option<i64>,
 ) -> Result<Option<String>> {
-    let row = sqlx::query(
-        "SELECT id, name FROM staff_users WHERE dn IS NOT NULL AND lower(dn) = lower($1) \
-         ORDER BY id LIMIT 1",
+    // Compared here, ASCII case only, as `requests::decide` compares entries (PostgreSQL's lower() would
+    // also fold other letters, SQLite's not). An account the directory disabled (its name went, as in
+    // a rename) does not hold the entry; one an administrator disabled does (`user disable` holds).
+    let rows = sqlx::query(
+        "SELECT id, name, dn FROM staff_users WHERE dn IS NOT NULL AND directory_disabled = 0 \
+         ORDER BY id",
     )
-    .bind(dn)
-    .fetch_optional(db)
+    .fetch_all(db)
     .await
     .context("reading the account of a directory entry")?;
-    let Some(row) = row else { return Ok(None) };
-    let (id, name): (i64, String) = (get(&row, "id")?, get(&row, "name")?);
+    let mut owner = None;
+    for row in &rows {
+        if get::<String>(row, "dn")?.eq_ignore_ascii_case(dn) {
+            owner = Some((get::<i64>(row, "id")?, get::<String>(row, "name")?));
+            break;
+        }
+    }
+    let Some((id, name)) = owner else {
+        return Ok(None);
+    };
     Ok(match except {
         Some(except) if id >= except => None,
         _ => Some(name),

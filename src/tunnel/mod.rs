@@ -41,6 +41,10 @@ impl Gate for Meter {
     }
 }
 
+/// How long a tunnel whose channel the vendor closed keeps relaying what was already sent, before the
+/// device's socket is closed.
+const CLOSE_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Relays `vendor` ↔ `device` for a started tunnel session until both sides closed, the watcher closes
 /// it, its budget cuts it, the vendor closes the channel (`vendor_closed`: nothing more can pass on it,
 /// so the device's socket is closed too), `stop` fires (the vendor's connection ended) or a side fails.
@@ -78,6 +82,9 @@ where
         let vendor_closed = vendor_closed.clone();
         async move {
             vendor_closed.cancelled().await;
+            // The vendor's close ends its side like an EOF: what it sent before reaches the device
+            // (the relay drains it and half-closes), then the device's socket is closed.
+            tokio::time::sleep(CLOSE_DRAIN).await;
             if let Ok(mut c) = closed_by.lock() {
                 c.get_or_insert(End::VendorClosed);
             }

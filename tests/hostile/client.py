@@ -13,6 +13,8 @@ Ops (each answer carries the op's "id" when it had one):
                                               -> {"event": "exec", "stdout", "stderr", "exit"}
     {"op": "run", "command": "…"}             a new channel with exec at once -> like exec
     {"op": "tunnel", "host": "…", "port": N}  direct-tcpip, send a line, read a line -> {"event": "tunnel"}
+    {"op": "tunnel-send-close", "host": "…", "port": N, "data": "…"}
+                                              direct-tcpip, send data and close at once -> {"event": "sent"}
     {"op": "sftp-flood", "n": 5000, "upload": "/path", "last": "/victim"}
                                               sftp subsystem: INIT, an upload to /path answered step
                                               by step, then n REMOVEs of nothing without waiting for
@@ -241,6 +243,12 @@ async def main():
                 answer = await asyncio.wait_for(reader_.readline(), 10)
                 writer.close()
                 say({"event": "tunnel", "id": rid, "answer": answer.decode(errors="replace")})
+            elif op == "tunnel-send-close":
+                # DATA, EOF and CLOSE at once (paramiko's sendall then close, Go's Write then Close).
+                reader_, writer = await conn.open_connection(req["host"], int(req["port"]))
+                writer.write(req["data"].encode())
+                writer.close()
+                say({"event": "sent", "id": rid})
             elif op == "sftp-flood":
                 n = int(req["n"])
                 # REMOVEs are logged operations: a flood of them in flight is what would hide one

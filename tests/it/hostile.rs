@@ -580,6 +580,8 @@ fn a_tunnel_closed_by_the_client_ends_even_if_the_device_holds_its_side_open() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let lines_seen = lines.clone();
     let (held_by_server, open) = (
         held.clone(),
         std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
@@ -590,6 +592,7 @@ fn a_tunnel_closed_by_the_client_ends_even_if_the_device_holds_its_side_open() {
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut line = String::new();
             let _ = reader.read_line(&mut line);
+            lines_seen.lock().unwrap().push(line);
             let mut stream = stream;
             let _ = stream.write_all(b"pong\n");
             open_in_server.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -627,6 +630,18 @@ fn a_tunnel_closed_by_the_client_ends_even_if_the_device_holds_its_side_open() {
         .filter(|s| s["kind"] == "tunnel")
         .collect();
     assert_eq!(tunnels.len(), 5, "{tunnels:?}");
+    // Sent and closed at once (DATA, EOF, CLOSE): what was sent still reaches the device.
+    let out = client.op(json!({"op": "tunnel-send-close", "host": "hold-01", "port": port, "data": "fire-and-forget\n"}));
+    assert_eq!(out["event"], "sent", "{out}");
+    assert!(
+        wait_until(Duration::from_secs(5), || lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l == "fire-and-forget\n")),
+        "the device never got what was sent before the close: {:?}",
+        lines.lock().unwrap()
+    );
     assert!(
         wait_until(Duration::from_secs(5), || open
             .load(std::sync::atomic::Ordering::SeqCst)
