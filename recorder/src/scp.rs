@@ -213,7 +213,10 @@ impl ScpObserver {
 
     fn feed_source(&mut self, mut data: &[u8]) -> Vec<TransferEvent> {
         let mut events = Vec::new();
-        if !data.is_empty() && matches!(self.awaiting.front(), Some(Awaiting::Ready)) {
+        if !self.stopped
+            && !data.is_empty()
+            && matches!(self.awaiting.front(), Some(Awaiting::Ready))
+        {
             // A source waits for the sink's first answer (OpenSSH, pscp, WinSCP).
             self.stop("the source sent before the sink was ready", &mut events);
         }
