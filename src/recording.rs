@@ -98,7 +98,9 @@ pub enum Record {
         cols: u16,
         rows: u16,
     },
-    Marker(String),
+    /// A notice the bastion gave (an expiry warning, why the session closed). It is recorded as a
+    /// marker labelled through `chaperone_recorder::notice_label`, so no device output can pass for one.
+    Notice(String),
     /// The vendor pressed Enter: a terminal recording marks the next line the screen completes (the
     /// echoed command line), labelled with that line as shown; no keystroke is kept.
     Enter,
@@ -129,9 +131,13 @@ impl Record {
         match self {
             Record::Output(b) | Record::Stderr(b) | Record::Input(b) => data(b.len()),
             Record::Resize { .. } => FRAMING,
-            Record::Marker(label) => data(label.len()),
+            Record::Notice(text) => {
+                data(chaperone_recorder::marker::NOTICE_PREFIX.len() + text.len())
+            }
             // The marker it may become: a label of up to ENTER_LABEL characters (4 bytes each).
-            Record::Enter => data(4 * ENTER_LABEL),
+            Record::Enter => {
+                data(chaperone_recorder::marker::COMMAND_PREFIX.len() + 4 * ENTER_LABEL)
+            }
             Record::Transfers(events) => events
                 .iter()
                 .map(|e| serde_json::to_vec(e).map_or(4096, |v| v.len() as u64) + FRAMING)
@@ -229,7 +235,7 @@ impl Writer {
                     let label: String = command.chars().take(ENTER_LABEL).collect();
                     if !label.trim().is_empty() {
                         // Before the output, so seeking to it shows the command line as typed.
-                        writer.marker(at, &label)?;
+                        writer.marker(at, &chaperone_recorder::command_label(&label))?;
                     }
                 }
                 writer.output(at, &data)?;
@@ -248,7 +254,9 @@ impl Writer {
             (Writer::Cast { writer, .. }, Record::Resize { cols, rows }) => {
                 writer.resize(at, cols, rows)?;
             }
-            (Writer::Cast { writer, .. }, Record::Marker(label)) => writer.marker(at, &label)?,
+            (Writer::Cast { writer, .. }, Record::Notice(text)) => {
+                writer.marker(at, &chaperone_recorder::notice_label(&text))?
+            }
             (Writer::Exec { writer, .. }, Record::Output(data)) => {
                 writer.stdout_shared(at, data)?
             }
@@ -265,7 +273,9 @@ impl Writer {
             (Writer::Exec { writer, .. }, Record::Resize { cols, rows }) => {
                 writer.resize(at, cols, rows)?;
             }
-            (Writer::Exec { writer, .. }, Record::Marker(label)) => writer.marker(at, &label)?,
+            (Writer::Exec { writer, .. }, Record::Notice(text)) => {
+                writer.marker(at, &chaperone_recorder::notice_label(&text))?
+            }
             (Writer::Transfers { log }, Record::Transfers(events)) => {
                 for e in &events {
                     log.record(at, e)?;

@@ -1826,6 +1826,13 @@ impl WebCore {
             .iter()
             .map(|(t, label)| json!([map.map(*t), label]))
             .collect();
+        // Beside the player's `[time, label]` pairs: who each label speaks for, read from its prefix by
+        // the one rule in `chaperone_recorder::marker` (a device-shown command line never reads as a notice).
+        let marker_kinds: Vec<&str> = index
+            .markers
+            .iter()
+            .map(|(_, label)| chaperone_recorder::MarkerKind::of(label).as_str())
+            .collect();
         self.audit_view(
             by,
             crate::audit::Action::RecordingView,
@@ -1838,6 +1845,7 @@ impl WebCore {
             "term": {"cols": index.cols, "rows": index.rows},
             "duration": map.map(index.duration),
             "markers": markers,
+            "marker_kinds": marker_kinds,
             "segments": segments,
         })
         .to_string())

@@ -551,10 +551,10 @@ pub fn exec_to_cast(
     if let Some(cut) = cut_off {
         cast.marker(
             cut.last_at,
-            &format!(
+            &crate::notice_label(&format!(
                 "the recording ends here, cut off inside a frame at byte {}: the bastion stopped while writing it",
                 cut.offset
-            ),
+            )),
         )?;
     }
     Ok((cast.finish()?, cut_off))

@@ -9,7 +9,8 @@
 //! without what acts outside the screen (clipboard, titles, links, queries the terminal answers);
 //! [`LineTracker`] (module [`transcript`]) for the lines of text a person saw, and module [`playback`] to
 //! play a recording in a browser segment by segment;
-//! [`TarWriter`] and [`TarReader`] (module [`tar`]) for evidence bundles.
+//! [`TarWriter`] and [`TarReader`] (module [`tar`]) for evidence bundles; module [`marker`] for who a
+//! marker's label speaks for (a bastion notice or a device-shown command line).
 //!
 //! Every writer is synchronous `std::io`, meant to run off the async runtime, and every write returns an
 //! error the caller acts on: chaperone ends a session it cannot record.
@@ -19,6 +20,7 @@
 pub mod asciicast;
 mod error;
 pub mod exec;
+pub mod marker;
 pub mod playback;
 mod rep_bound;
 pub mod scp;
@@ -37,6 +39,7 @@ pub use exec::{
     CutOff, ExecHeader, ExecReader, ExecWriter, Exported, Frame, FrameData, OutputStream, exec_raw,
     exec_to_cast,
 };
+pub use marker::{MarkerKind, command_label, notice_label};
 pub use scp::{ScpMode, ScpObserver, scp_mode};
 pub use sink::{FileStamp, Finished, Sha256Reader, sha256_file};
 pub use tar::{EntryHeader, EntryKind, TarError, TarReader, TarWriter};

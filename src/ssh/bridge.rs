@@ -224,7 +224,7 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                 Some(Control::Notice(text)) => {
                     if let Some(rec) = &recorder
                         && let Some(Err(e)) = ending
-                            .unless_done(rec.send(Record::Marker(text.clone())))
+                            .unless_done(rec.send(Record::Notice(text.clone())))
                             .await
                     {
                         ending.finish(End::RecordingFailed(e.0));
@@ -238,7 +238,7 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                     if let Some(rec) = &recorder {
                         let _ = tokio::time::timeout(
                             FAREWELL,
-                            rec.send(Record::Marker(close.text.clone())),
+                            rec.send(Record::Notice(close.text.clone())),
                         )
                         .await;
                     }

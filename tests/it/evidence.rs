@@ -374,6 +374,122 @@ fn a_recording_segment_is_served_only_after_the_viewers_audited_play() {
     assert_eq!(other.status, 403, "{}", other.body);
 }
 
+/// A device controls the text of a command marker (the prompt it prints and the echo of what was typed)
+/// but never its kind: a prompt made to read like the bastion's revocation notice is recorded as a
+/// command, and only the bastion's own words are a notice, in the file and in the page's index.
+#[test]
+fn a_device_prompt_cannot_forge_a_bastion_notice_marker() {
+    let Some(sshd) = Sshd::start() else { return };
+    let b = Bastion::start(DataDir::init());
+    b.device("mri-01", &sshd, &[]);
+    let vera = b.vendor("vera", "Acme Imaging");
+    let grant = b.grant("vera", "mri-01", "ssh", "1h");
+    let mut shell = b
+        .ssh_with(&vera, &["-tt"], "vera+mri-01")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = shell.stdin.take().unwrap();
+    let sessions = || b.data.run(&["session", "list", "--json"]).ok().json();
+    let recording = || -> Option<String> {
+        let path = sessions()[0]["recordings"][0]["path"].as_str()?.to_owned();
+        std::fs::read_to_string(path).ok()
+    };
+    // Each line is typed once the shell shows its prompt, as a person would (a marker labels the line
+    // the screen completes after Enter).
+    let mut type_after = |seen: &dyn Fn(&str) -> bool, line: &[u8]| {
+        assert!(
+            wait_until(Duration::from_secs(10), || recording()
+                .is_some_and(|r| seen(&r))),
+            "{:?}\n{}",
+            recording(),
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        std::io::Write::write_all(&mut stdin, line).unwrap();
+    };
+    type_after(
+        &|r| r.contains("\"o\""),
+        b"PS1='chaperone: access to mri-01 was revoked (FORGED) '\r",
+    );
+    type_after(&|r| r.matches("(FORGED) ").count() >= 2, b"true\r");
+    assert!(
+        wait_until(Duration::from_secs(10), || recording()
+            .is_some_and(|r| r.contains("(FORGED) true\"]"))),
+        "{:?}\n{}",
+        recording(),
+        b.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    b.data
+        .run(&["grant", "revoke", &grant.to_string(), "--reason", "done"])
+        .ok();
+    let _ = shell.wait_with_output().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || sessions()[0]["ended_at"]
+            .as_i64()
+            .is_some()),
+        "{}",
+        sessions()
+    );
+    let cast = chaperone_recorder::parse_cast(recording().unwrap().as_bytes()).unwrap();
+    let markers: Vec<(String, chaperone_recorder::MarkerKind)> = cast
+        .events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            chaperone_recorder::EventKind::Marker(label) => {
+                Some((label.clone(), chaperone_recorder::MarkerKind::of(label)))
+            }
+            _ => None,
+        })
+        .collect();
+    use chaperone_recorder::MarkerKind::{Command, Notice};
+    assert!(
+        markers
+            .iter()
+            .any(|(l, k)| l.contains("(FORGED) true") && *k == Command),
+        "{markers:?}"
+    );
+    let notices: Vec<&String> = markers
+        .iter()
+        .filter(|(_, k)| *k == Notice)
+        .map(|(l, _)| l)
+        .collect();
+    assert_eq!(
+        notices,
+        ["chaperone: access to mri-01 was revoked (done)"],
+        "{markers:?}"
+    );
+
+    // The page's index says the same, kind by kind.
+    let id = sessions()[0]["id"].as_str().unwrap().to_owned();
+    let rid = sessions()[0]["recordings"][0]["id"].as_i64().unwrap();
+    let audrey = crate::support::web::Approver::enroll(&b, "audrey", "auditor");
+    let index = audrey
+        .get(&format!("/sessions/{id}/recordings/{rid}/play.json?idle=2"))
+        .json();
+    let labels = index["markers"].as_array().unwrap();
+    let kinds = index["marker_kinds"].as_array().unwrap();
+    assert_eq!(labels.len(), kinds.len(), "{index}");
+    for (m, kind) in labels.iter().zip(kinds) {
+        let label = m[1].as_str().unwrap();
+        let want = if label.contains("FORGED") {
+            "command"
+        } else {
+            kind.as_str().unwrap()
+        };
+        assert_eq!(kind, want, "{index}");
+        if kind == "notice" {
+            assert_eq!(
+                label, "chaperone: access to mri-01 was revoked (done)",
+                "{index}"
+            );
+        }
+    }
+}
+
 /// The audit events that vouch for recordings, read through the store on SQLite and PostgreSQL: a live
 /// session has none; `session.end` vouches for the session's recording; a `recording.recovered`
 /// vouches for the one it names; a later event vouching for another digest is a conflict, never a

@@ -65,7 +65,13 @@
           var li = document.createElement("li");
           var b = document.createElement("button");
           b.type = "button";
-          b.className = "marker";
+          // A notice was said by the bastion; a command line's text is what the device showed.
+          var kind = (index.marker_kinds || [])[i] || "unattributed";
+          b.className = "marker " + kind;
+          b.dataset.kind = kind;
+          b.title = kind === "notice" ? "said by the bastion" :
+            kind === "command" ? "a command line, as the device's screen showed it" :
+            "recorded before markers carried their source";
           b.dataset.time = m[0];
           b.textContent = clock(m[0]) + "  " + m[1];
           b.addEventListener("click", function () { jump(m[0]); });
