@@ -20,7 +20,7 @@ shift || true
 # a few frames and a bulk WRITE; config files, login names and command lines are short in real life.
 max_len() {
     case "$1" in
-        sftp_observer | scp_observer | exec_recording | asciicast) echo 65536 ;;
+        sftp_observer | scp_observer | exec_recording | asciicast | playback) echo 65536 ;;
         config | evidence_tar) echo 16384 ;;
         *) echo 4096 ;;
     esac

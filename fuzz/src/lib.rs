@@ -19,6 +19,8 @@
 //!   PM, APC: clipboard, titles, links, queries), and passes through the filter again unchanged.
 //! - [`evidence_tar`]: what `TarReader` accepts (`evidence verify` reads bundles handed in from anywhere)
 //!   has plain relative names, and `TarWriter` writes it back so that it reads back the same.
+//! - [`playback`]: the browser's reading of a recording file: digests of every byte, segments that tile
+//!   the events, each segment read back alone as the asciinema player requires it, the same markers.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -792,4 +794,104 @@ pub fn evidence_tar(data: &[u8]) {
     let again =
         read_all(&w.finish().expect("writing to memory")).expect("what was written reads back");
     assert_eq!(again, entries, "the entries changed when written again");
+}
+
+/// Playback in the browser (`chaperone_recorder::playback`), what the page reads from a recording file
+/// that someone with disk access may have altered. The first byte picks the reader (its low two bits: 0
+/// a terminal recording, 1 an exec stream, 2 a transfer log) and, for recordings, the segment size (the
+/// high six bits, 1 to 64 bytes of output, so that small inputs are cut into many segments). Properties:
+/// - the digest is the SHA-256 of every byte given, for all three readers;
+/// - the segments tile the events: each starts where the one before ended (the first after the header
+///   and any input frames before the first shown event), within the file;
+/// - each segment read back alone (header + its bytes, as the web serves it) gives events the asciinema
+///   player accepts: a later segment's first event is at its start, none before its start or at or
+///   after the next one's, the last one at the index's duration; and the markers across the segments
+///   are the index's markers.
+pub fn playback(data: &[u8]) {
+    use chaperone_recorder::Sha256Reader;
+    use chaperone_recorder::playback::{
+        Format, index_recording_in, read_transfers, segment_events,
+    };
+    let Some((&pick, file)) = data.split_first() else {
+        return;
+    };
+    let sha256 = |bytes: &[u8]| {
+        let mut r = Sha256Reader::new(bytes);
+        std::io::copy(&mut r, &mut std::io::sink()).expect("reading memory");
+        r.finish_hex().expect("reading memory")
+    };
+    let format = match pick & 3 {
+        0 => Format::Asciicast,
+        1 => Format::Exec,
+        2 => {
+            if let Ok((lines, more, digest)) = read_transfers(file) {
+                assert_eq!(digest, sha256(file), "the transfer log's digest");
+                assert!(lines.len() <= chaperone_recorder::playback::MAX_TRANSFER_LINES);
+                let _ = more;
+            }
+            return;
+        }
+        _ => return,
+    };
+    let segment_bytes = usize::from(pick >> 2) + 1;
+    let Ok((index, digest)) = index_recording_in(format, file, segment_bytes, |_, _, _| {}) else {
+        return;
+    };
+    assert_eq!(digest, sha256(file), "the recording's digest");
+    let header = &file[..usize::try_from(index.header_len).expect("a small input")];
+    let mut at = index.header_len;
+    let mut markers = Vec::new();
+    let n = index.segments.len();
+    assert!(n >= 1, "an index has a segment");
+    for (i, s) in index.segments.iter().enumerate() {
+        // An exec stream's input frames make no event (no keystroke is played): ones before the first
+        // shown event lie before segment 0.
+        if i == 0 {
+            assert!(s.offset >= at, "segment 0 starts inside the header");
+        } else {
+            assert_eq!(
+                s.offset, at,
+                "segment {i} does not start where the one before ended"
+            );
+        }
+        at = s.offset + s.len;
+        assert!(at <= file.len() as u64, "segment {i} runs past the file");
+        let body = &file[s.offset as usize..at as usize];
+        let events = segment_events(format, header, body, s.start).unwrap_or_else(|e| {
+            panic!("segment {i} of an accepted recording does not read back: {e}")
+        });
+        let next = index.segments.get(i + 1).map(|n| n.start);
+        if i > 0 {
+            assert!(!events.is_empty(), "segment {i} has no events");
+            assert_eq!(
+                events[0].time, s.start,
+                "segment {i}'s first event is not at its start"
+            );
+        }
+        for e in &events {
+            assert!(e.time >= s.start, "an event before segment {i}'s start");
+            match next {
+                Some(next) => assert!(
+                    e.time < next,
+                    "an event of segment {i} at or after the next one's start"
+                ),
+                None => assert!(e.time <= index.duration, "an event after the duration"),
+            }
+            if e.code == 'm' {
+                markers.push((e.time, e.data.clone()));
+            }
+        }
+        if next.is_none()
+            && let Some(last) = events.last()
+        {
+            assert_eq!(
+                last.time, index.duration,
+                "the last event is not at the duration"
+            );
+        }
+    }
+    assert_eq!(
+        markers, index.markers,
+        "the segments' markers are not the index's"
+    );
 }

@@ -148,6 +148,8 @@ struct Builder {
     index: Index,
     /// Output bytes in the current segment.
     seg_bytes: usize,
+    /// Output bytes after which the next event starts a new segment ([`SEGMENT_BYTES`]).
+    segment_bytes: usize,
     last_time: f64,
     trackers: [LineTracker; 3],
     lines: Vec<String>,
@@ -163,7 +165,7 @@ fn terminal(cols: u16, rows: u16) -> avt::Terminal {
 }
 
 impl Builder {
-    fn new(cols: u16, rows: u16, header_len: u64) -> Builder {
+    fn new(cols: u16, rows: u16, header_len: u64, segment_bytes: usize) -> Builder {
         // A recording made before sizes were bounded may claim any: emulate a bounded screen.
         let (cols, rows) = crate::bounded_size(cols, rows);
         Builder {
@@ -181,6 +183,7 @@ impl Builder {
                 segments: Vec::new(),
             },
             seg_bytes: 0,
+            segment_bytes,
             last_time: 0.0,
             trackers: Default::default(),
             lines: Vec::new(),
@@ -200,7 +203,9 @@ impl Builder {
         let time = event.time.max(self.last_time);
         let cut = match self.index.segments.last() {
             None => true,
-            Some(s) => self.seg_bytes >= SEGMENT_BYTES && time > s.start,
+            // Strictly after every event so far: the player wants each segment's events before the
+            // next one's start (an event at the same time as the cut belongs to the segment before).
+            Some(_) => self.seg_bytes >= self.segment_bytes && time > self.last_time,
         };
         if cut {
             self.index.segments.push(Segment {
@@ -320,6 +325,17 @@ fn parse_size(data: &str) -> Option<(u16, u16)> {
 pub fn index_recording(
     format: Format,
     file: impl Read,
+    on_line: impl FnMut(f64, Stream, String),
+) -> Result<(Index, String)> {
+    index_recording_in(format, file, SEGMENT_BYTES, on_line)
+}
+
+/// [`index_recording`] with segments of about `segment_bytes` of output: what the fuzz target uses to
+/// cut its small inputs into many segments.
+pub fn index_recording_in(
+    format: Format,
+    file: impl Read,
+    segment_bytes: usize,
     mut on_line: impl FnMut(f64, Stream, String),
 ) -> Result<(Index, String)> {
     let pos = Rc::new(Cell::new(0u64));
@@ -332,7 +348,7 @@ pub fn index_recording(
             let mut reader = CastReader::new(&mut counting)?;
             let header = reader.header().clone();
             let mut offset = pos.get();
-            let mut builder = Builder::new(header.width, header.height, offset);
+            let mut builder = Builder::new(header.width, header.height, offset, segment_bytes);
             if let Some(command) = &header.command {
                 on_line(0.0, Stream::Command, command.clone());
             }
@@ -360,7 +376,7 @@ pub fn index_recording(
             let mut reader = ExecReader::new(&mut counting)?.tolerate_cut_off();
             let header = reader.header().clone();
             let mut offset = pos.get();
-            let mut builder = Builder::new(80, 24, offset);
+            let mut builder = Builder::new(80, 24, offset, segment_bytes);
             if let Some(command) = &header.command {
                 on_line(0.0, Stream::Command, command.clone());
             }
@@ -668,6 +684,30 @@ mod tests {
         }
         assert_eq!(all.len(), 6);
         assert_eq!(all.last().unwrap().data, "last");
+    }
+
+    /// Found by the `playback` fuzz target: an event at the same time as the last one must not start a
+    /// segment, or the segment before holds an event at the next one's start, which the asciinema
+    /// player refuses ("event time is out of range"), and the recording does not play.
+    #[test]
+    fn no_segment_starts_at_the_time_of_an_event_before_it() {
+        let big = "x".repeat(SEGMENT_BYTES);
+        let (_d, path) = cast(&[
+            (0.1, "a"),
+            (1.3, &big),
+            (1.3, "same"),
+            (2.0, "b"),
+            (3.0, "c"),
+        ]);
+        let bytes = std::fs::read(&path).unwrap();
+        let (index, _) = index_recording(Format::Asciicast, &bytes[..], |_, _, _| {}).unwrap();
+        assert_eq!(index.segments.len(), 2, "{index:?}");
+        assert_eq!(index.segments[1].start, 2.0);
+        let header = &bytes[..index.header_len as usize];
+        let s = &index.segments[0];
+        let body = &bytes[s.offset as usize..(s.offset + s.len) as usize];
+        let events = segment_events(Format::Asciicast, header, body, s.start).unwrap();
+        assert!(events.iter().all(|e| e.time < index.segments[1].start));
     }
 
     #[test]
