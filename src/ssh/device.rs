@@ -275,7 +275,7 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
             () = ctx.stop.cancelled() => return,
             () = tokio::time::sleep_until(deadline) => {
                 let why = format!("no shell, command or sftp was requested within {} s", grace.as_secs());
-                refuse(&channel, &why).await;
+                refuse_audited(&ctx, &asset, &channel, &why).await;
                 return;
             }
             m = channel.wait() => m,
@@ -287,7 +287,9 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
                     break start;
                 }
                 if setup.full() {
-                    refuse(
+                    refuse_audited(
+                        &ctx,
+                        &asset,
                         &channel,
                         "too much input before a shell, command or sftp was requested",
                     )
@@ -462,6 +464,18 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
     live.end(end).await;
     // The channel was closed by the bridge; the device connection goes with its last session.
     drop(lease);
+}
+
+/// [`refuse`] a channel that broke a limit before it asked for anything, and audit it as a
+/// `session.refused` (within the connection's refusal budget): no channel ends unrecorded.
+async fn refuse_audited(ctx: &Context, asset: &str, channel: &Channel<Msg>, why: &str) {
+    ctx.audit_refusal(
+        "session.refused",
+        format!("asset:{asset}"),
+        serde_json::json!({"peer": ctx.peer.to_string(), "reason": why}),
+    )
+    .await;
+    refuse(channel, why).await;
 }
 
 /// Tells the vendor why on stderr, with exit status 1, and closes the channel (already accepted), within

@@ -38,6 +38,12 @@ pub async fn run(
     let app = ctx.shared.app.clone();
     let now = app.clock.now();
     let Ok(port) = u16::try_from(port) else {
+        ctx.audit_refusal(
+            "tunnel.refused",
+            format!("vendor:{}", ctx.vendor()),
+            json!({"destination": format!("{}:{port}", crate::model::truncate_for_display(&host, 64)), "originator": originator, "peer": ctx.peer.to_string(), "reason": format!("invalid port {port}")}),
+        )
+        .await;
         reply
             .reject(prohibited(format!("invalid port {port}")))
             .await;

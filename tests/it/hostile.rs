@@ -358,6 +358,56 @@ fn an_idle_flood_from_one_address_leaves_a_vendor_from_another_able_to_sign_in()
     let _ = flooder.wait();
 }
 
+/// Channels refused for breaking a limit before any policy decision are audited like the decisions:
+/// a session channel that asks for nothing within the grace time, and a tunnel to a port past 65535.
+#[test]
+fn channels_refused_for_a_limit_are_audited() {
+    let Some((sshd, b)) = setup("") else { return };
+    let config = std::fs::read_to_string(b.data.config()).unwrap();
+    let data = b.stop();
+    std::fs::write(
+        data.config(),
+        config.replace("login_grace_time = \"60s\"", "login_grace_time = \"3s\""),
+    )
+    .unwrap();
+    let b = Bastion::start(data);
+    b.device("mri-02", &sshd, &[]);
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-02", "ssh", "1h");
+    let mut client = Hostile::connect(&b, &alice, "alice+mri-02");
+    assert_eq!(
+        client.op(json!({"op": "open", "id": "idle"}))["event"],
+        "opened"
+    );
+    let out = client.op(json!({"op": "tunnel", "host": "mri-02", "port": 70000}));
+    assert_eq!(out["event"], "error", "{out}");
+    let refused = |why: &str| {
+        audit(&b).into_iter().any(|e| {
+            e["actor"] == "vendor:alice"
+                && e["detail"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains(why))
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || refused(
+            "no shell, command or sftp was requested within 3 s"
+        )),
+        "{:#?}",
+        audit(&b)
+    );
+    let tunnel = audited(&b, "tunnel.refused");
+    assert!(
+        tunnel
+            .iter()
+            .any(|e| e["detail"]["reason"] == "invalid port 70000"),
+        "{tunnel:#?}"
+    );
+    let idle = audited(&b, "session.refused");
+    assert_eq!(idle.len(), 1, "{idle:#?}");
+    assert_eq!(idle[0]["subject"], "asset:mri-02");
+}
+
 #[test]
 fn a_connection_that_does_not_sign_in_is_closed_after_the_login_grace_time() {
     let Some((_sshd, b)) = setup("") else { return };
