@@ -253,12 +253,27 @@ pub async fn login<C: Core>(
     }
 }
 
-/// A request a browser made for another site's page (`Sec-Fetch-Site: cross-site` or `same-site`: a
-/// sibling host is not this one). Absent (not a browser, or an old one) or `same-origin`/`none`: not.
+/// A request a browser made for another site's page. `Sec-Fetch-Site: cross-site` or `same-site` (a
+/// sibling host is not this one) says so; `same-origin`/`none` says not. A browser that does not send
+/// it (Safari before 16.4) still sends `Origin` with a form post: one that is not this host (the
+/// `Host` the browser addressed; the server speaks HTTP/1.1 only), or `null` (a sandboxed or
+/// privacy-hidden origin), is another site's. Neither header: not a browser's cross-site post.
 fn cross_site(headers: &HeaderMap) -> bool {
-    headers
-        .get("sec-fetch-site")
-        .is_some_and(|v| v.as_bytes() == b"cross-site" || v.as_bytes() == b"same-site")
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return site.as_bytes() == b"cross-site" || site.as_bytes() == b"same-site";
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return false;
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let authority = origin.to_str().ok().and_then(|o| {
+        o.strip_prefix("https://")
+            .or_else(|| o.strip_prefix("http://"))
+    });
+    match (authority, host) {
+        (Some(authority), Some(host)) => !authority.eq_ignore_ascii_case(host),
+        _ => true,
+    }
 }
 
 pub async fn logout<C: Core>(State(st): St<C>, headers: HeaderMap, body: Bytes) -> Response {
@@ -480,6 +495,56 @@ pub async fn enroll<C: Core>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_post_from_another_site_is_told_by_sec_fetch_site_or_else_by_origin() {
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, v.parse().unwrap());
+            }
+            h
+        };
+        let host = ("host", "bastion.example:8443");
+        for (pairs, cross) in [
+            (vec![host], false),
+            (vec![host, ("sec-fetch-site", "same-origin")], false),
+            (vec![host, ("sec-fetch-site", "none")], false),
+            (vec![host, ("sec-fetch-site", "cross-site")], true),
+            (vec![host, ("sec-fetch-site", "same-site")], true),
+            // Safari before 16.4: Origin only.
+            (
+                vec![host, ("origin", "https://bastion.example:8443")],
+                false,
+            ),
+            (
+                vec![host, ("origin", "https://BASTION.example:8443")],
+                false,
+            ),
+            (vec![host, ("origin", "https://evil.example")], true),
+            (vec![host, ("origin", "https://bastion.example")], true),
+            (
+                vec![
+                    host,
+                    ("origin", "https://bastion.example:8443.evil.example"),
+                ],
+                true,
+            ),
+            (vec![host, ("origin", "null")], true),
+            (vec![("origin", "https://bastion.example:8443")], true),
+            // Sec-Fetch-Site, where sent, is the browser's own judgement.
+            (
+                vec![
+                    host,
+                    ("origin", "https://evil.example"),
+                    ("sec-fetch-site", "same-origin"),
+                ],
+                false,
+            ),
+        ] {
+            assert_eq!(cross_site(&headers(&pairs)), cross, "{pairs:?}");
+        }
+    }
 
     #[test]
     fn the_qr_code_is_inline_svg_without_script_or_style() {
