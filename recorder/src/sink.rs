@@ -11,7 +11,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,11 @@ const BUFFER_SIZE: usize = 256 * 1024;
 /// Full buffers that may wait for the writer thread; past that, writing records waits (backpressure from
 /// the disk). At most `QUEUED + 2` buffers exist per file.
 const QUEUED: usize = 2;
+
+/// Longest time written bytes may sit in the page cache before the writer thread asks the disk to keep
+/// them (`fdatasync`), so a power loss takes at most about this much of a live recording (plus
+/// [`FLUSH_INTERVAL`] in the buffer) rather than the kernel's whole writeback window.
+pub(crate) const SYNC_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Shared data at least this long is queued as it is; shorter pieces are copied into the buffer.
 const SHARE_MIN: usize = 4096;
@@ -207,29 +214,37 @@ struct WriterThread {
     /// Written lists, emptied, to be filled again.
     spare: Receiver<Vec<Bytes>>,
     /// The file when the thread ends normally; the write error otherwise.
-    handle: JoinHandle<io::Result<File>>,
+    /// Shared with the syncer thread while a sync of it runs.
+    handle: JoinHandle<io::Result<Arc<File>>>,
 }
 
 impl WriterThread {
-    fn spawn(mut file: File) -> io::Result<Self> {
+    /// Starts the thread for `file`, created just now in directory `dir`.
+    fn spawn(file: File, dir: PathBuf) -> io::Result<Self> {
         let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUED);
         let (give_back, spare) = mpsc::channel::<Vec<Bytes>>();
+        let file = Arc::new(file);
         let handle = std::thread::Builder::new()
             .name("recording-writer".into())
             .stack_size(128 * 1024)
             .spawn(move || {
-                for job in queue {
-                    match job {
-                        Job::Write(mut pieces) => {
-                            write_all_vectored(&mut file, &pieces)?;
+                let mut durable = Durable::new(file.clone(), dir);
+                loop {
+                    match queue.recv_timeout(durable.wait()) {
+                        Ok(Job::Write(mut pieces)) => {
+                            write_all_vectored(&file, &pieces)?;
+                            durable.written()?;
                             pieces.clear();
                             let _ = give_back.send(pieces);
                         }
-                        Job::Sync(done) => {
+                        Ok(Job::Sync(done)) => {
                             let _ = done.send(());
                         }
+                        Err(RecvTimeoutError::Timeout) => durable.tick()?,
+                        Err(RecvTimeoutError::Disconnected) => break,
                     }
                 }
+                durable.finish()?;
                 Ok(file)
             })?;
         Ok(Self {
@@ -240,7 +255,7 @@ impl WriterThread {
     }
 
     /// Stops the thread after it has written everything queued; returns the file or the first error.
-    fn join(self) -> io::Result<File> {
+    fn join(self) -> io::Result<Arc<File>> {
         drop(self.jobs);
         self.handle
             .join()
@@ -248,8 +263,178 @@ impl WriterThread {
     }
 }
 
+/// Makes a file durable as it grows: bytes written are handed to the process's one syncer thread
+/// ([`syncer`]) for `fdatasync` once they are [`SYNC_INTERVAL`] old, whether more writes follow or not,
+/// with the new file's directory entry on the first sync, so the file itself survives a power loss too.
+/// The writer thread never waits for the disk: a sync runs beside its writes (a disk slower than the
+/// stream delays the syncs, never the relay), and a file gets a new sync only when its last one is done.
+/// A sync that fails fails the file at the writer thread's next step.
+struct Durable {
+    file: Arc<File>,
+    /// The directory to sync once, with the first sync; `None` after.
+    dir: Option<PathBuf>,
+    /// Since when written bytes have been waiting for a sync; `None` when all are handed over.
+    unsynced_since: Option<Instant>,
+    state: Arc<SyncState>,
+}
+
+/// A file's sync as the syncer thread and its writer thread share it.
+#[derive(Default)]
+struct SyncState {
+    in_flight: AtomicBool,
+    failed: Mutex<Option<io::Error>>,
+}
+
+/// A sync asked of the syncer thread.
+struct SyncJob {
+    file: Arc<File>,
+    dir: Option<PathBuf>,
+    state: Arc<SyncState>,
+}
+
+/// Syncs asked and not yet taken by the syncer thread; past that a file asks again at its next step.
+const SYNCS_QUEUED: usize = 4096;
+
+/// The process's syncer thread, started with the first recording; `None` if it could not start (each
+/// file then syncs on its own writer thread).
+fn syncer() -> Option<&'static SyncSender<SyncJob>> {
+    static SYNCER: OnceLock<Option<SyncSender<SyncJob>>> = OnceLock::new();
+    SYNCER
+        .get_or_init(|| {
+            let (tx, rx) = mpsc::sync_channel::<SyncJob>(SYNCS_QUEUED);
+            std::thread::Builder::new()
+                .name("recording-sync".into())
+                .stack_size(128 * 1024)
+                .spawn(move || {
+                    for job in rx {
+                        job.run();
+                    }
+                })
+                .ok()
+                .map(|_| tx)
+        })
+        .as_ref()
+}
+
+impl SyncJob {
+    fn run(self) {
+        let result = self
+            .file
+            .sync_data()
+            .and_then(|()| self.dir.as_deref().map_or(Ok(()), sync_dir));
+        if let Err(e) = result {
+            *self.state.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        }
+        self.state.in_flight.store(false, Ordering::Release);
+    }
+}
+
+impl Durable {
+    fn new(file: Arc<File>, dir: PathBuf) -> Self {
+        Self {
+            file,
+            dir: Some(dir),
+            unsynced_since: None,
+            state: Arc::default(),
+        }
+    }
+
+    /// How long the writer thread may wait for its next job before a sync is due.
+    fn wait(&self) -> Duration {
+        match self.unsynced_since {
+            Some(since) => SYNC_INTERVAL
+                .saturating_sub(since.elapsed())
+                // Due but the last sync is still running: look again shortly.
+                .max(Duration::from_millis(100)),
+            // Nothing to sync: only the next job wakes the thread.
+            None => Duration::from_secs(3600),
+        }
+    }
+
+    /// Bytes were written: hand over a sync if the oldest unsynced ones are due.
+    fn written(&mut self) -> io::Result<()> {
+        self.unsynced_since.get_or_insert_with(Instant::now);
+        self.tick()
+    }
+
+    /// A failed sync's error; else hands over a sync if the oldest unsynced bytes are due and the
+    /// file's last sync is done.
+    fn tick(&mut self) -> io::Result<()> {
+        if let Some(e) = self
+            .state
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            return Err(e);
+        }
+        match self.unsynced_since {
+            Some(since)
+                if since.elapsed() >= SYNC_INTERVAL
+                    && !self.state.in_flight.load(Ordering::Acquire) =>
+            {
+                self.hand_over();
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn hand_over(&mut self) {
+        let job = SyncJob {
+            file: self.file.clone(),
+            dir: self.dir.take(),
+            state: self.state.clone(),
+        };
+        self.state.in_flight.store(true, Ordering::Release);
+        match syncer() {
+            Some(tx) => match tx.try_send(job) {
+                Ok(()) => self.unsynced_since = None,
+                // The syncer is behind: keep the bytes marked and ask again at the next step.
+                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                    self.dir = job.dir;
+                    self.state.in_flight.store(false, Ordering::Release);
+                }
+            },
+            None => {
+                job.run();
+                self.unsynced_since = None;
+            }
+        }
+    }
+
+    /// The file is complete: its directory entry is made durable if no sync did it yet, and a failed
+    /// sync is reported (the caller syncs the data and metadata with `sync_all`).
+    fn finish(&mut self) -> io::Result<()> {
+        if let Some(e) = self
+            .state
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            return Err(e);
+        }
+        match self.dir.take() {
+            Some(dir) => sync_dir(&dir),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Asks the disk to keep `dir`'s entries (a file created in it). Unix only: elsewhere a directory
+/// cannot be opened for this, and the file's own sync is what there is.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
 /// Writes every piece in order with as few `writev` calls as the kernel allows.
-fn write_all_vectored(file: &mut File, pieces: &[Bytes]) -> io::Result<()> {
+fn write_all_vectored(mut file: &File, pieces: &[Bytes]) -> io::Result<()> {
     /// At most this many pieces per call (Linux's IOV_MAX is 1024).
     const MAX_IOV: usize = 1024;
     for group in pieces.chunks(MAX_IOV) {
@@ -291,7 +476,13 @@ impl HashedFile {
             pieces: Vec::new(),
             small: BytesMut::with_capacity(BUFFER_SIZE),
             pending: 0,
-            writer: Some(WriterThread::spawn(file)?),
+            writer: Some(WriterThread::spawn(
+                file,
+                match path.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+                    _ => PathBuf::from("."),
+                },
+            )?),
             hasher: Hasher::new(),
             bytes: 0,
             max_bytes: None,
@@ -457,6 +648,66 @@ mod tests {
     use super::*;
     use sha2::{Digest, Sha256};
 
+    /// Written bytes are handed to the syncer once they are SYNC_INTERVAL old and not before, the
+    /// directory with the first sync, never a second sync of a file while its first runs; the writer
+    /// thread's wait ends when the next sync is due.
+    #[test]
+    fn written_bytes_are_synced_once_due_with_the_directory_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(File::create(dir.path().join("x")).unwrap());
+        let mut durable = Durable::new(file, dir.path().to_owned());
+        assert!(
+            durable.wait() > SYNC_INTERVAL,
+            "nothing to sync: no wake-up"
+        );
+        durable.written().unwrap();
+        assert!(
+            durable.unsynced_since.is_some() && durable.dir.is_some(),
+            "not yet due"
+        );
+        assert!(durable.wait() <= SYNC_INTERVAL);
+        durable.unsynced_since = Some(Instant::now() - SYNC_INTERVAL);
+        assert_eq!(durable.wait(), Duration::from_millis(100));
+        durable.tick().unwrap();
+        assert!(
+            durable.unsynced_since.is_none() && durable.dir.is_none(),
+            "handed over"
+        );
+        // New bytes wait their turn, and for the sync before them to end.
+        durable.written().unwrap();
+        assert!(durable.unsynced_since.is_some());
+        let state = durable.state.clone();
+        assert!(
+            wait_for(|| !state.in_flight.load(Ordering::Acquire)),
+            "the sync ran"
+        );
+        state.in_flight.store(true, Ordering::Release);
+        durable.unsynced_since = Some(Instant::now() - SYNC_INTERVAL);
+        durable.tick().unwrap();
+        assert!(
+            durable.unsynced_since.is_some(),
+            "not handed over while one runs"
+        );
+        state.in_flight.store(false, Ordering::Release);
+        durable.tick().unwrap();
+        assert!(durable.unsynced_since.is_none());
+        // A failed sync fails the file at its next step.
+        assert!(wait_for(|| !state.in_flight.load(Ordering::Acquire)));
+        *state.failed.lock().unwrap() = Some(io::Error::other("EIO"));
+        assert_eq!(durable.tick().unwrap_err().to_string(), "EIO");
+    }
+
+    fn wait_for(done: impl Fn() -> bool) -> bool {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if done() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
     #[test]
     fn digest_matches_the_file_and_an_independent_hash() {
         let dir = tempfile::tempdir().unwrap();
@@ -503,8 +754,8 @@ mod tests {
         let pieces: Vec<Bytes> = (0..3000u32)
             .map(|i| Bytes::from(format!("{i};").repeat((i % 7) as usize)))
             .collect();
-        let mut file = File::create(&path).unwrap();
-        write_all_vectored(&mut file, &pieces).unwrap();
+        let file = File::create(&path).unwrap();
+        write_all_vectored(&file, &pieces).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), pieces.concat());
     }
 
