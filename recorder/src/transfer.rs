@@ -74,7 +74,9 @@ pub enum TransferEvent {
         path: String,
         /// Upload if it was opened for writing, creating, appending or truncating; download otherwise.
         direction: Direction,
-        /// Bytes written to it (WRITE requests) plus bytes read from it (DATA replies).
+        /// Bytes that went in `direction`: written to it (WRITE requests) for an upload, read from it
+        /// (DATA replies) for a download. A file opened for writing that was also read is logged
+        /// twice, once each way, with the same path and outcome.
         bytes: u64,
         /// `ok`: opened and closed; `failed`: the open (bytes 0) or the close was refused; `unfinished`: the
         /// channel ended, or parsing stopped, while it was open.
@@ -222,11 +224,11 @@ impl SftpObserver {
         let mut left: Vec<(u64, TransferEvent)> = pending
             .into_values()
             .filter_map(Pending::abandon)
-            .chain(
-                files
-                    .into_values()
-                    .map(|file| (file.serial, file.into_event(Outcome::Unfinished))),
-            )
+            .chain(files.into_values().flat_map(|file| {
+                let serial = file.serial;
+                file.into_events(Outcome::Unfinished)
+                    .map(move |event| (serial, event))
+            }))
             .collect();
         left.sort_by_key(|(serial, _)| *serial);
         left.into_iter().map(|(_, event)| event).collect()
@@ -304,18 +306,40 @@ struct OpenFile {
     /// Order of the OPEN request, to report leftovers in order.
     serial: u64,
     path: String,
+    /// As opened: upload if for writing, creating, appending or truncating.
     direction: Direction,
-    bytes: u64,
+    /// WRITE requests' bytes.
+    written: u64,
+    /// DATA replies' bytes.
+    read: u64,
 }
 
 impl OpenFile {
-    fn into_event(self, outcome: Outcome) -> TransferEvent {
-        TransferEvent::File {
+    /// Its events at the end: one in the direction it was opened for, with that direction's bytes,
+    /// and, when bytes also went the other way (a file opened to read and write, then read), one for
+    /// those: a download is never counted as an upload.
+    fn into_events(self, outcome: Outcome) -> impl Iterator<Item = TransferEvent> {
+        let bytes = |d: Direction| match d {
+            Direction::Upload => self.written,
+            Direction::Download => self.read,
+        };
+        let other = match self.direction {
+            Direction::Upload => Direction::Download,
+            Direction::Download => Direction::Upload,
+        };
+        let also = (bytes(other) > 0).then(|| TransferEvent::File {
+            path: self.path.clone(),
+            direction: other,
+            bytes: bytes(other),
+            outcome,
+        });
+        std::iter::once(TransferEvent::File {
+            bytes: bytes(self.direction),
             path: self.path,
             direction: self.direction,
-            bytes: self.bytes,
             outcome,
-        }
+        })
+        .chain(also)
     }
 }
 
@@ -452,7 +476,7 @@ impl Tracker {
                     return Err("data length disagrees with the packet length");
                 }
                 if let Some(file) = self.files.get_mut(handle) {
-                    file.bytes = file.bytes.saturating_add(len.into());
+                    file.written = file.written.saturating_add(len.into());
                 }
                 self.expect(id, Pending::Write)?;
             }
@@ -536,7 +560,7 @@ impl Tracker {
                     }),
                     Some(Pending::Close { handle }) => {
                         if let Some(file) = self.files.remove(&handle) {
-                            events.push(file.into_event(outcome));
+                            events.extend(file.into_events(outcome));
                         }
                     }
                     Some(Pending::Op {
@@ -573,10 +597,11 @@ impl Tracker {
                             serial,
                             path,
                             direction,
-                            bytes: 0,
+                            written: 0,
+                            read: 0,
                         };
                         if let Some(old) = self.files.insert(handle.into(), file) {
-                            events.push(old.into_event(Outcome::Unfinished));
+                            events.extend(old.into_events(Outcome::Unfinished));
                         }
                     }
                     Some(_) => return Err("a HANDLE reply to a request that opens nothing"),
@@ -592,7 +617,7 @@ impl Tracker {
                 match self.pending.remove(&id) {
                     Some(Pending::Read { handle }) => {
                         if let Some(file) = self.files.get_mut(&handle) {
-                            file.bytes = file.bytes.saturating_add(len.into());
+                            file.read = file.read.saturating_add(len.into());
                         }
                     }
                     Some(_) => return Err("a DATA reply to a request that reads nothing"),
@@ -1166,6 +1191,49 @@ mod tests {
         let (mut events, observer) = run(script, chunk);
         events.extend(observer.finish());
         events
+    }
+
+    /// A file opened to read and write (`READ|WRITE`, as `sftp`'s `reget`-style tools and paramiko's
+    /// `open(path, "r+")` do), written a little and read a lot: the bytes read are a download, never
+    /// counted into the upload, finished or not.
+    #[test]
+    fn a_file_opened_to_read_and_write_logs_its_reads_as_a_download() {
+        let h: &[u8] = b"\0\0\0\x09";
+        let file = |direction, bytes, outcome| TransferEvent::File {
+            path: "/data/patients.db".into(),
+            direction,
+            bytes,
+            outcome,
+        };
+        let mut script = vec![
+            (C, init()),
+            (S, version(3)),
+            (C, open(2, "/data/patients.db", 0x01 | 0x02)),
+            (S, handle_reply(2, h)),
+            (C, write(3, h, 0, &[1; 10])),
+            (S, status(3, 0)),
+            (C, read(4, h, 0, 4096)),
+            (S, data(4, &[2; 4096])),
+            (C, read(5, h, 4096, 4096)),
+            (S, data(5, &[3; 1000])),
+        ];
+        assert_eq!(
+            run_and_finish(&script, None),
+            [
+                file(Direction::Upload, 10, Outcome::Unfinished),
+                file(Direction::Download, 5096, Outcome::Unfinished),
+            ]
+        );
+        script.extend([(C, close(6, h)), (S, status(6, 0))]);
+        for chunk in [None, Some(1), Some(7)] {
+            assert_eq!(
+                run_and_finish(&script, chunk),
+                [
+                    file(Direction::Upload, 10, Outcome::Ok),
+                    file(Direction::Download, 5096, Outcome::Ok),
+                ]
+            );
+        }
     }
 
     #[test]
