@@ -25,6 +25,9 @@ Ops (each answer carries the op's "id" when it had one):
     {"op": "stall", "id": "s", "command": "…"} exec, then stop reading its output (no more window for it)
                                               -> {"event": "stalled"}
     {"op": "write", "id": "s", "data": "…"}     write to a stalled session's stdin -> {"event": "written"}
+    {"op": "exec-raw", "command": "…", "steps": ["…", …]}
+                                              exec; write each step once one more byte of output
+                                              came (an SCP sink's answers), then EOF -> like exec
     {"op": "wait-closed", "timeout": S}       -> {"event": "closed", "after": seconds} or "still-open"
     {"op": "quit"}
 Failures are answered as {"event": "error", "error": "…"}.
@@ -320,6 +323,28 @@ async def main():
                 transport.abort()
                 say({"event": "reset", "id": rid, "sessions": len(opened)})
                 return
+            elif op == "exec-raw":
+                # An exec whose stdin gets each of "steps" after one more byte of stdout came (the
+                # answer SCP's sink gives each step), then EOF; collects what comes back until the
+                # channel closes.
+                chan, sess = await conn.create_session(Collect, req["command"], encoding=None)
+                for n, step in enumerate(req["steps"], start=1):
+                    deadline = time.monotonic() + 10
+                    while len(b"".join(sess.out)) < n and time.monotonic() < deadline:
+                        await asyncio.sleep(0.01)
+                    chan.write(step.encode())
+                chan.write_eof()
+                try:
+                    await asyncio.wait_for(chan.wait_closed(), 30)
+                except asyncio.TimeoutError:
+                    chan.close()
+                say({
+                    "event": "exec",
+                    "id": rid,
+                    "stdout": b"".join(sess.out).decode(errors="replace"),
+                    "stderr": b"".join(sess.err).decode(errors="replace"),
+                    "exit": chan.get_exit_status(),
+                })
             elif op == "quit":
                 break
             else:

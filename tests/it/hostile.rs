@@ -408,6 +408,68 @@ fn channels_refused_for_a_limit_are_audited() {
     assert_eq!(idle[0]["subject"], "asset:mri-02");
 }
 
+/// A client that speaks legacy SCP (`scp -t`) and breaks the protocol: a file's bytes run past the
+/// size its header declared. The bastion cannot log what it cannot follow, so nothing of that chunk
+/// reaches the device (a client sending before the sink is ready is refused the same way) and the
+/// session ends, with the transfer log saying why; a well-formed upload on
+/// the same connection is logged by name.
+#[test]
+fn an_scp_upload_that_breaks_the_protocol_reaches_nothing() {
+    let Some((sshd, b)) = setup("") else { return };
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let dir = sshd.dir.path().join("scp-in");
+    std::fs::create_dir(&dir).unwrap();
+    let mut client = Hostile::connect(&b, &alice, "alice+mri-01");
+    let ok = client.op(
+        json!({"op": "exec-raw", "command": format!("scp -t {}", dir.display()),
+        "steps": ["C0644 5 good.txt\n", "hello\0"]}),
+    );
+    assert_eq!(ok["event"], "exec", "{ok}");
+    assert!(
+        wait_until(Duration::from_secs(10), || dir.join("good.txt").exists()),
+        "{ok}\n{}",
+        b.log()
+    );
+    assert_eq!(std::fs::read(dir.join("good.txt")).unwrap(), b"hello");
+    let bad = client.op(
+        json!({"op": "exec-raw", "command": format!("scp -t {}", dir.display()),
+        "steps": ["C0644 5 bad.txt\n", "helloSMUGGLED\0"]}),
+    );
+    assert_eq!(bad["event"], "exec", "{bad}");
+    assert!(
+        wait_until(Duration::from_secs(10), || sessions(&b).len() == 2
+            && sessions(&b).iter().all(|s| !s["ended_at"].is_null())),
+        "{:?}",
+        sessions(&b)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // The header was well-formed and went on (the device's scp creates the file on it); nothing of the
+    // chunk that broke the protocol did.
+    let landed = std::fs::read(dir.join("bad.txt")).unwrap_or_default();
+    assert!(
+        landed.is_empty(),
+        "the broken chunk reached the device: {landed:?}"
+    );
+    let all = sessions(&b);
+    let logs: Vec<String> = all
+        .iter()
+        .map(|s| std::fs::read_to_string(s["recordings"][0]["path"].as_str().unwrap()).unwrap())
+        .collect();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("good.txt") && l.contains("\"ok\"")),
+        "{logs:?}"
+    );
+    let broken = all
+        .iter()
+        .zip(&logs)
+        .find(|(_, l)| l.contains("\"unparseable\""))
+        .unwrap_or_else(|| panic!("no log says where it stopped: {logs:?}\n{all:?}"));
+    assert!(!broken.1.contains("SMUGGLED"), "{}", broken.1);
+    assert_eq!(broken.0["end_cause"], "recording", "{}", broken.0);
+}
+
 #[test]
 fn a_connection_that_does_not_sign_in_is_closed_after_the_login_grace_time() {
     let Some((_sshd, b)) = setup("") else { return };
