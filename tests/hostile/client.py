@@ -11,7 +11,8 @@ Ops (each answer carries the op's "id" when it had one):
     {"op": "open", "id": "a"}                 open a session channel, send nothing -> {"event": "opened"}
     {"op": "exec", "id": "a", "command": "…"} send exec on channel a now, wait for its end
                                               -> {"event": "exec", "stdout", "stderr", "exit"}
-    {"op": "run", "command": "…"}             a new channel with exec at once -> like exec
+    {"op": "run", "command": "…", "env": {…}} a new channel with exec at once, after an env request
+                                              for each variable given (optional) -> like exec
     {"op": "tunnel", "host": "…", "port": N}  direct-tcpip, send a line, read a line -> {"event": "tunnel"}
     {"op": "tunnel-send-close", "host": "…", "port": N, "data": "…"}
                                               direct-tcpip, send data and close at once -> {"event": "sent"}
@@ -100,12 +101,12 @@ class Client(asyncssh.SSHClient):
         return [self.code for _ in prompts]
 
 
-async def session(conn, command, gate=None, subsystem=None):
+async def session(conn, command, gate=None, subsystem=None, env=None):
     """One session channel; its exec may wait for a gate. Returns its output and exit status."""
     if gate is not None:
         asyncio.current_task().chaperone_gate = gate
     chan, sess = await conn.create_session(
-        Collect, command, subsystem=subsystem, encoding=None
+        Collect, command, subsystem=subsystem, encoding=None, env=env or ()
     )
     try:
         await asyncio.wait_for(chan.wait_closed(), 30)
@@ -204,7 +205,7 @@ async def main():
     say({"event": "connected"})
     gates = {}
     tasks = {}
-    reader = asyncio.StreamReader()
+    reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
     await asyncio.get_running_loop().connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
     )
@@ -238,7 +239,7 @@ async def main():
                 result = await tasks[rid]
                 say({"event": "exec", "id": rid, **result})
             elif op == "run":
-                result = await session(conn, req["command"])
+                result = await session(conn, req["command"], env=req.get("env"))
                 say({"event": "exec", "id": rid, **result})
             elif op == "tunnel":
                 reader_, writer = await conn.open_connection(req["host"], int(req["port"]))

@@ -470,6 +470,37 @@ fn an_scp_upload_that_breaks_the_protocol_reaches_nothing() {
     assert_eq!(broken.0["end_cause"], "recording", "{}", broken.0);
 }
 
+/// A client that floods env requests before its exec (thousands of variables, long values, names no
+/// locale has) against a device that accepts `LANG`/`LC_*`: the session runs, and only locale-sized
+/// `LC_*` variables, at most 64, reach the device; nothing else does.
+#[test]
+fn an_env_flood_passes_only_a_bounded_locale_to_the_device() {
+    if !has_asyncssh() {
+        missing("asyncssh (pip install asyncssh)");
+        return;
+    }
+    let Some(sshd) = Sshd::start_with("AcceptEnv LANG LC_*\n") else {
+        return;
+    };
+    let b = Bastion::start(DataDir::init());
+    b.device("mri-01", &sshd, &[]);
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let mut env = serde_json::Map::new();
+    for i in 0..2000 {
+        env.insert(format!("LC_FLOOD_{i}"), json!("C.UTF-8"));
+        env.insert(format!("EVIL_{i}"), json!("x".repeat(1000)));
+    }
+    env.insert("LC_BIG".into(), json!("y".repeat(300)));
+    env.insert("LD_PRELOAD".into(), json!("/tmp/evil.so"));
+    let mut client = Hostile::connect(&b, &alice, "alice+mri-01");
+    let out = client.op(json!({"op": "run", "env": env,
+        "command": "env | grep -c '^LC_FLOOD_'; env | grep -c -e '^EVIL_' -e '^LC_BIG=' -e '^LD_PRELOAD='; true"}));
+    assert_eq!(out["event"], "exec", "{out}");
+    let counts: Vec<&str> = out["stdout"].as_str().unwrap().lines().collect();
+    assert_eq!(counts, ["64", "0"], "{out}\n{}", b.log());
+}
+
 #[test]
 fn a_connection_that_does_not_sign_in_is_closed_after_the_login_grace_time() {
     let Some((_sshd, b)) = setup("") else { return };
