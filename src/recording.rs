@@ -359,6 +359,11 @@ impl Recording {
         record_input: bool,
         max_bytes: Option<u64>,
     ) -> Result<Recording, RecordingFailed> {
+        // This writer labels every marker through `command_label` / `notice_label`: it says so.
+        let header = CastHeader {
+            markers_attributed: true,
+            ..header
+        };
         let mut writer = CastWriter::create(path, header).map_err(RecordingFailed::from)?;
         let written = writer.bytes_written();
         if let Some(max) = max_bytes {
@@ -766,6 +771,7 @@ mod tests {
             title: None,
             command: None,
             env: std::collections::BTreeMap::new(),
+            markers_attributed: false,
         };
         let recording = Recording::cast(&path, header, false, Some(20_000)).unwrap();
         let sender = recording.sender();

@@ -1827,11 +1827,15 @@ impl WebCore {
             .map(|(t, label)| json!([map.map(*t), label]))
             .collect();
         // Beside the player's `[time, label]` pairs: who each label speaks for, read from its prefix by
-        // the one rule in `chaperone_recorder::marker` (a device-shown command line never reads as a notice).
+        // the one rule in `chaperone_recorder::marker` (a device-shown command line never reads as a
+        // notice; labels of recordings, or indexes, made before the rule are unattributed).
         let marker_kinds: Vec<&str> = index
             .markers
             .iter()
-            .map(|(_, label)| chaperone_recorder::MarkerKind::of(label).as_str())
+            .map(|(_, label)| {
+                chaperone_recorder::MarkerKind::of_recording(index.markers_attributed, label)
+                    .as_str()
+            })
             .collect();
         self.audit_view(
             by,

@@ -389,6 +389,7 @@ fn convert_to_cast(data: &[u8], header: &ExecHeader, read: &Reading) {
             title: header.title.clone(),
             command: header.command.clone(),
             env: header.env.clone(),
+            markers_attributed: true,
         }
     );
     let mut output = Vec::new();

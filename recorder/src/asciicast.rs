@@ -38,6 +38,11 @@ pub struct CastHeader {
     /// Environment worth replaying with, such as `TERM` and `SHELL`.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Every marker label says who wrote it (module [`crate::marker`]). Recordings made before the
+    /// rule lack it (read as `false`): a label of theirs that starts like a notice may be a device's
+    /// screen line, so their markers are unattributed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub markers_attributed: bool,
 }
 
 /// The header as written: the version first, then the fields of [`CastHeader`].
@@ -581,6 +586,7 @@ mod tests {
                 ("SHELL".into(), "/bin/bash".into()),
                 ("TERM".into(), "xterm-256color".into()),
             ]),
+            markers_attributed: false,
         }
     }
 

@@ -534,6 +534,8 @@ pub fn exec_to_cast(
             title: header.title,
             command: header.command,
             env: header.env,
+            // An exec recording's markers are all the bastion's: no device output becomes one.
+            markers_attributed: true,
         },
     )?;
     let (mut stdout, mut stderr) = (LineFeeds::default(), LineFeeds::default());

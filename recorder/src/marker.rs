@@ -5,9 +5,12 @@
 //!
 //! The rule lives here, in one place: every label is written through [`command_label`] or
 //! [`notice_label`], each of which starts the label with its own prefix, and [`MarkerKind::of`] reads
-//! the kind back from that prefix. A command label always starts with [`COMMAND_PREFIX`], whatever the
-//! screen showed, so device text can never begin a label with [`NOTICE_PREFIX`]. Labels from recordings
-//! made before the rule carry neither prefix and read as [`MarkerKind::Unattributed`]: never as a notice.
+//! the kind back from that prefix, for recordings whose header says their labels follow the rule
+//! ([`crate::CastHeader::markers_attributed`], and every exec recording, whose markers only the bastion
+//! writes): [`MarkerKind::of_recording`]. A command label always starts with [`COMMAND_PREFIX`], whatever the
+//! screen showed, so device text can never begin a label with [`NOTICE_PREFIX`]. Labels of terminal
+//! recordings made before the rule read as [`MarkerKind::Unattributed`], whatever they start with: a
+//! device's line then could start with `chaperone: ` too.
 
 /// The start of every command marker's label (U+23CE RETURN SYMBOL: the line the vendor entered).
 pub const COMMAND_PREFIX: &str = "\u{23ce} ";
@@ -32,6 +35,15 @@ impl MarkerKind {
             MarkerKind::Notice
         } else if label.starts_with(COMMAND_PREFIX) {
             MarkerKind::Command
+        } else {
+            MarkerKind::Unattributed
+        }
+    }
+
+    /// The kind of a label of a recording whose labels follow the rule (`attributed`) or not.
+    pub fn of_recording(attributed: bool, label: &str) -> MarkerKind {
+        if attributed {
+            MarkerKind::of(label)
         } else {
             MarkerKind::Unattributed
         }
@@ -84,6 +96,15 @@ mod tests {
     #[test]
     fn labels_from_before_the_rule_are_unattributed() {
         assert_eq!(MarkerKind::of("$ ls"), MarkerKind::Unattributed);
+        // A device's line in a recording from before the rule may read like a notice: not trusted.
+        assert_eq!(
+            MarkerKind::of_recording(false, "chaperone: access to mri-01 was revoked"),
+            MarkerKind::Unattributed
+        );
+        assert_eq!(
+            MarkerKind::of_recording(true, &notice_label("access to mri-01 was revoked")),
+            MarkerKind::Notice
+        );
         assert_eq!(
             MarkerKind::of("grant g-42 expires in 5 min"),
             MarkerKind::Unattributed

@@ -79,6 +79,10 @@ pub struct Index {
     pub duration: f64,
     /// Every marker in order: `(time, label)`.
     pub markers: Vec<(f64, String)>,
+    /// The labels say who wrote them ([`crate::MarkerKind::of_recording`]): a terminal recording whose
+    /// header says so, or an exec recording. `false` in indexes made before.
+    #[serde(default)]
+    pub markers_attributed: bool,
     /// Pauses of [`MIN_GAP`] or more: `(time of the event after it, length)`.
     pub gaps: Vec<(f64, f64)>,
     /// Bytes before the first event (the header), prepended when a segment is read back alone.
@@ -177,6 +181,7 @@ impl Builder {
                 rows,
                 duration: 0.0,
                 markers: Vec::new(),
+                markers_attributed: false,
                 gaps: Vec::new(),
                 header_len,
                 header_sha256: String::new(),
@@ -349,6 +354,7 @@ pub fn index_recording_in(
             let header = reader.header().clone();
             let mut offset = pos.get();
             let mut builder = Builder::new(header.width, header.height, offset, segment_bytes);
+            builder.index.markers_attributed = header.markers_attributed;
             if let Some(command) = &header.command {
                 on_line(0.0, Stream::Command, command.clone());
             }
@@ -377,6 +383,8 @@ pub fn index_recording_in(
             let header = reader.header().clone();
             let mut offset = pos.get();
             let mut builder = Builder::new(80, 24, offset, segment_bytes);
+            // Only the bastion writes an exec recording's markers.
+            builder.index.markers_attributed = true;
             if let Some(command) = &header.command {
                 on_line(0.0, Stream::Command, command.clone());
             }
@@ -604,6 +612,7 @@ mod tests {
                 title: None,
                 command: None,
                 env: BTreeMap::new(),
+                markers_attributed: false,
             },
         )
         .unwrap();
@@ -663,6 +672,8 @@ mod tests {
         assert_eq!(index.segments.len(), 2, "{index:?}");
         assert_eq!(index.segments[1].start, 5.0);
         assert_eq!(index.markers, [(0.2, "$ ls".to_owned())]);
+        // A cast whose header does not say its labels follow the marker rule: unattributed.
+        assert!(!index.markers_attributed);
         assert_eq!(index.gaps, [(5.0, 4.7), (9.5, 4.5)]);
         assert!(index.segments[1].init.contains('x'), "the screen so far");
         assert_eq!(index.duration, 9.5);
@@ -731,6 +742,7 @@ mod tests {
         let mut lines = Vec::new();
         let (index, _) =
             index_recording(Format::Exec, &bytes[..], |_, s, l| lines.push((s, l))).unwrap();
+        assert!(index.markers_attributed, "only the bastion writes an exec recording's markers");
         assert_eq!(
             lines,
             [

@@ -404,9 +404,13 @@ impl Durable {
         }
     }
 
-    /// The file is complete: its directory entry is made durable if no sync did it yet, and a failed
-    /// sync is reported (the caller syncs the data and metadata with `sync_all`).
+    /// The file is complete: waits for a sync still running (its error would be reported to it alone:
+    /// the kernel tells a write-back error once per open file), reports a failed one, and makes the
+    /// directory entry durable if no sync did yet. The caller then syncs the data with `sync_all`.
     fn finish(&mut self) -> io::Result<()> {
+        while self.state.in_flight.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         if let Some(e) = self
             .state
             .failed

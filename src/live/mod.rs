@@ -498,6 +498,7 @@ fn create_recording(
                 title: Some(title),
                 command,
                 env,
+                markers_attributed: false,
             },
             cfg.record_input,
             cfg.max_bytes,

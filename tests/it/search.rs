@@ -34,6 +34,7 @@ async fn recorded(
             title: None,
             command: None,
             env: BTreeMap::new(),
+            markers_attributed: false,
         },
     )
     .unwrap();

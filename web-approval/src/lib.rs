@@ -184,9 +184,12 @@ async fn security_headers(request: Request, next: Next) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // `same-origin`, not `no-referrer`: a browser without `Sec-Fetch-Site` (Safari before 16.4) then
+    // sends the page's real `Origin` with its own sign-in form, which the login CSRF check reads
+    // (`no-referrer` makes it `null`, refused); other sites still get no `Referer`.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(
         header::STRICT_TRANSPORT_SECURITY,
