@@ -742,7 +742,10 @@ mod tests {
         let mut lines = Vec::new();
         let (index, _) =
             index_recording(Format::Exec, &bytes[..], |_, s, l| lines.push((s, l))).unwrap();
-        assert!(index.markers_attributed, "only the bastion writes an exec recording's markers");
+        assert!(
+            index.markers_attributed,
+            "only the bastion writes an exec recording's markers"
+        );
         assert_eq!(
             lines,
             [
