@@ -276,6 +276,7 @@ fn cast_seeds(cast_dir: &Path) -> Result<()> {
             ("SHELL".into(), "/bin/bash".into()),
             ("TERM".into(), "xterm-256color".into()),
         ]),
+        markers_attributed: false,
     };
     let path = cast_dir.join("seed-shell.cast");
     let mut cast = CastWriter::create(fresh(&path)?, header)?;

@@ -67,6 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 title: None,
                 command,
                 env: BTreeMap::new(),
+                markers_attributed: true,
             };
             let mut writer = CastWriter::create(&path, header)?;
             start = Instant::now();

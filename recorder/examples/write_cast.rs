@@ -26,6 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("SHELL".into(), "/bin/bash".into()),
             ("TERM".into(), "xterm-256color".into()),
         ]),
+        markers_attributed: false,
     };
     let ms = Duration::from_millis;
     let mut cast = CastWriter::create(&path, header)?;
