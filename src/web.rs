@@ -30,7 +30,7 @@ use crate::store::{
     DecidedFilter, DecidedOutcome, DirectoryStanding, HistoryFilter, HistoryRow, StaffAuth,
     StoreError,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::evidence::{Evidence, open_recording};
 use crate::live::LiveSessions;
@@ -2117,19 +2117,31 @@ impl WebCore {
     }
 }
 
-/// The transfer log's lines as the page lists them: a file's `opened` line is left out once its `file`
-/// line (with the outcome and bytes) was logged after it.
+/// The transfer log's lines as the page lists them: a file's `opened` line is left out once the `file`
+/// line that ends it (with the outcome and bytes) was logged. The two carry the same `open` number; in
+/// logs written before lines were numbered, an `opened` line is paired with the next unnumbered `file`
+/// line of the same path and direction.
 fn transfers_shown(lines: Vec<playback::TransferLine>) -> Vec<playback::TransferLine> {
     use chaperone_recorder::TransferEvent as T;
-    let mut closed: HashMap<(String, bool), usize> = HashMap::new();
+    let ended: HashSet<u64> = lines
+        .iter()
+        .filter_map(|l| match l.event {
+            T::File { open, .. } => open,
+            _ => None,
+        })
+        .collect();
+    let mut unnumbered: HashMap<(String, bool), usize> = HashMap::new();
     let mut shown: Vec<playback::TransferLine> = lines
         .into_iter()
         .rev()
         .filter(|l| match &l.event {
             T::File {
-                path, direction, ..
+                path,
+                direction,
+                open: None,
+                ..
             } => {
-                *closed
+                *unnumbered
                     .entry((
                         path.clone(),
                         *direction == chaperone_recorder::Direction::Upload,
@@ -2137,12 +2149,17 @@ fn transfers_shown(lines: Vec<playback::TransferLine>) -> Vec<playback::Transfer
                     .or_default() += 1;
                 true
             }
-            T::Opened { path, direction } => {
+            T::Opened { open: Some(n), .. } => !ended.contains(n),
+            T::Opened {
+                path,
+                direction,
+                open: None,
+            } => {
                 let key = (
                     path.clone(),
                     *direction == chaperone_recorder::Direction::Upload,
                 );
-                match closed.get_mut(&key) {
+                match unnumbered.get_mut(&key) {
                     Some(n) if *n > 0 => {
                         *n -= 1;
                         false
@@ -2179,6 +2196,7 @@ fn transfer_view(l: playback::TransferLine) -> TransferView {
             direction,
             bytes,
             outcome: o,
+            ..
         } => TransferView {
             t: l.t,
             what: word(serde_json::to_value(direction)),
@@ -2201,7 +2219,9 @@ fn transfer_view(l: playback::TransferLine) -> TransferView {
             outcome: outcome(&o),
         },
         // Only one whose file was never logged as closed is shown (`transfers_shown`).
-        T::Opened { path, direction } => TransferView {
+        T::Opened {
+            path, direction, ..
+        } => TransferView {
             t: l.t,
             what: word(serde_json::to_value(direction)),
             path,
@@ -2225,5 +2245,78 @@ fn transfer_view(l: playback::TransferLine) -> TransferView {
             bytes: None,
             outcome: String::new(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chaperone_recorder::{Direction, Outcome, TransferEvent};
+
+    fn line(t: f64, event: TransferEvent) -> playback::TransferLine {
+        playback::TransferLine { t, event }
+    }
+
+    fn opened(path: &str, direction: Direction, open: Option<u64>) -> TransferEvent {
+        TransferEvent::Opened {
+            path: path.into(),
+            direction,
+            open,
+        }
+    }
+
+    fn file(
+        path: &str,
+        direction: Direction,
+        outcome: Outcome,
+        open: Option<u64>,
+    ) -> TransferEvent {
+        TransferEvent::File {
+            path: path.into(),
+            direction,
+            bytes: 0,
+            outcome,
+            open,
+        }
+    }
+
+    fn shown_opens(lines: Vec<playback::TransferLine>) -> Vec<f64> {
+        transfers_shown(lines)
+            .into_iter()
+            .filter(|l| matches!(l.event, TransferEvent::Opened { .. }))
+            .map(|l| l.t)
+            .collect()
+    }
+
+    /// An upload cut off by a crash (opened, never ended) stays on the page, whatever file lines of the
+    /// same path come after it: a refused open, or the second line of a file read and written.
+    #[test]
+    fn an_open_with_no_end_is_shown_whatever_follows_it() {
+        use Direction::{Download, Upload};
+        let lines = vec![
+            line(1.0, opened("/a", Upload, Some(1))),
+            line(2.0, file("/a", Upload, Outcome::Ok, Some(1))),
+            line(3.0, opened("/b", Upload, Some(2))),
+            line(4.0, file("/b", Upload, Outcome::Failed { status: 3 }, None)),
+            line(5.0, opened("/c", Upload, Some(4))),
+            line(6.0, opened("/c", Download, Some(5))),
+            line(7.0, file("/c", Download, Outcome::Ok, Some(5))),
+            line(7.0, file("/c", Upload, Outcome::Ok, None)),
+        ];
+        assert_eq!(shown_opens(lines.clone()), [3.0, 5.0]);
+        assert_eq!(transfers_shown(lines).len(), 6);
+    }
+
+    /// Logs written before lines were numbered: an `opened` line is paired with a later `file` line of
+    /// its path and direction.
+    #[test]
+    fn unnumbered_logs_pair_by_path_and_direction() {
+        use Direction::Upload;
+        let lines = vec![
+            line(1.0, opened("/a", Upload, None)),
+            line(2.0, file("/a", Upload, Outcome::Ok, None)),
+            line(3.0, opened("/a", Upload, None)),
+        ];
+        assert_eq!(shown_opens(lines), [3.0]);
     }
 }

@@ -104,6 +104,8 @@ struct File {
     sent: u64,
     /// The source said after its bytes that it could not read them all.
     source_failed: bool,
+    /// The number of its `opened` line, once the sink accepted it.
+    open: Option<u64>,
 }
 
 /// What the observer expects from the source next.
@@ -133,6 +135,8 @@ pub struct ScpObserver {
     stopped: bool,
     /// Files the sink accepted since the relay last took them ([`ScpObserver::take_opened`]).
     opened: Vec<TransferEvent>,
+    /// Files accepted so far on the channel: the next one's `open` number.
+    opens: u64,
 }
 
 impl ScpObserver {
@@ -146,6 +150,7 @@ impl ScpObserver {
             dirs: Vec::new(),
             stopped: false,
             opened: Vec::new(),
+            opens: 0,
         }
     }
 
@@ -185,6 +190,7 @@ impl ScpObserver {
             direction,
             bytes: f.sent,
             outcome: Outcome::Unfinished,
+            open: f.open,
         };
         for a in self.awaiting {
             if let Awaiting::File(f) | Awaiting::Written(f) = a {
@@ -309,6 +315,7 @@ impl ScpObserver {
                         size,
                         sent: 0,
                         source_failed: false,
+                        open: None,
                     })
                 } else {
                     Awaiting::Dir(name.to_owned())
@@ -395,11 +402,14 @@ impl ScpObserver {
                     self.dirs.push(name);
                 }
             }
-            Awaiting::File(f) if ok => {
+            Awaiting::File(mut f) if ok => {
+                f.open = Some(self.opens);
                 self.opened.push(TransferEvent::Opened {
                     path: f.path.clone(),
                     direction: self.direction(),
+                    open: f.open,
                 });
+                self.opens += 1;
                 next = if f.size == 0 {
                     Source::Status(f)
                 } else {
@@ -429,6 +439,7 @@ impl ScpObserver {
             direction: self.direction(),
             bytes: f.sent,
             outcome,
+            open: f.open,
         }
     }
 }
@@ -476,12 +487,19 @@ mod tests {
         }
     }
 
-    fn file(path: &str, bytes: u64, outcome: Outcome, direction: Direction) -> TransferEvent {
+    fn file(
+        path: &str,
+        bytes: u64,
+        outcome: Outcome,
+        direction: Direction,
+        open: Option<u64>,
+    ) -> TransferEvent {
         TransferEvent::File {
             path: path.into(),
             direction,
             bytes,
             outcome,
+            open,
         }
     }
 
@@ -509,12 +527,14 @@ mod tests {
         assert_eq!(
             events,
             [
-                file("fw/update.bin", 5, Outcome::Ok, Direction::Upload),
+                file("fw/update.bin", 5, Outcome::Ok, Direction::Upload, Some(0)),
+                // Refused by the sink: never opened.
                 file(
                     "fw/locked",
                     0,
                     Outcome::Failed { status: FAILED },
-                    Direction::Upload
+                    Direction::Upload,
+                    None
                 ),
             ]
         );
@@ -545,12 +565,18 @@ mod tests {
                     "log",
                     3,
                     Outcome::Failed { status: FAILED },
-                    Direction::Download
+                    Direction::Download,
+                    Some(0)
                 ),
-                file("next", 1, Outcome::Ok, Direction::Download),
+                file("next", 1, Outcome::Ok, Direction::Download, Some(1)),
             ]
         );
-        assert_eq!(o.take_opened().len(), 2);
+        let opened = |path: &str, open| TransferEvent::Opened {
+            path: path.into(),
+            direction: Direction::Download,
+            open: Some(open),
+        };
+        assert_eq!(o.take_opened(), [opened("log", 0), opened("next", 1)]);
         assert!(o.finish().is_empty());
     }
 
@@ -563,7 +589,13 @@ mod tests {
         assert!(o.server_to_client(b"1234").is_empty());
         assert_eq!(
             o.finish(),
-            [file("syslog", 4, Outcome::Unfinished, Direction::Download)]
+            [file(
+                "syslog",
+                4,
+                Outcome::Unfinished,
+                Direction::Download,
+                Some(0)
+            )]
         );
     }
 

@@ -81,6 +81,11 @@ pub enum TransferEvent {
         /// `ok`: opened and closed; `failed`: the open (bytes 0) or the close was refused; `unfinished`: the
         /// channel ended, or parsing stopped, while it was open.
         outcome: Outcome,
+        /// The `open` of the [`TransferEvent::Opened`] line this one ends. None when no such line was
+        /// logged (the open was refused or never answered; the second line of a file read and written),
+        /// and in logs written before lines were numbered.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        open: Option<u64>,
     },
     /// A file the server opened, logged as it opens, before any of its bytes pass, so that a transfer
     /// cut short by a crash is on the record (its [`TransferEvent::File`] comes with the CLOSE's answer).
@@ -91,6 +96,10 @@ pub enum TransferEvent {
         path: String,
         /// As for [`TransferEvent::File`].
         direction: Direction,
+        /// This open's number on the channel, unique in its log: the [`TransferEvent::File`] that ends
+        /// it carries the same. None only in logs written before lines were numbered.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        open: Option<u64>,
     },
     /// A change to the file system other than file contents.
     Op {
@@ -303,7 +312,7 @@ fn packet_name(kind: u8) -> &'static str {
 /// A file between its HANDLE reply and the answer to its CLOSE.
 #[derive(Debug)]
 struct OpenFile {
-    /// Order of the OPEN request, to report leftovers in order.
+    /// Order of the OPEN request, to report leftovers in order; also the number of its `opened` line.
     serial: u64,
     path: String,
     /// As opened: upload if for writing, creating, appending or truncating.
@@ -332,12 +341,14 @@ impl OpenFile {
             direction: other,
             bytes: bytes(other),
             outcome,
+            open: None,
         });
         std::iter::once(TransferEvent::File {
             bytes: bytes(self.direction),
             path: self.path,
             direction: self.direction,
             outcome,
+            open: Some(self.serial),
         })
         .chain(also)
     }
@@ -383,6 +394,7 @@ impl Pending {
                     direction,
                     bytes: 0,
                     outcome: Outcome::Unfinished,
+                    open: None,
                 },
             )),
             Pending::Op {
@@ -557,6 +569,7 @@ impl Tracker {
                         direction,
                         bytes: 0,
                         outcome,
+                        open: None,
                     }),
                     Some(Pending::Close { handle }) => {
                         if let Some(file) = self.files.remove(&handle) {
@@ -592,6 +605,7 @@ impl Tracker {
                         self.opened.push(TransferEvent::Opened {
                             path: path.clone(),
                             direction,
+                            open: Some(serial),
                         });
                         let file = OpenFile {
                             serial,
@@ -1117,18 +1131,21 @@ mod tests {
                 direction: Direction::Upload,
                 bytes: 1234,
                 outcome: Outcome::Ok,
+                open: Some(1),
             },
             File {
                 path: "/var/log/dev.log".into(),
                 direction: Direction::Download,
                 bytes: 32868,
                 outcome: Outcome::Ok,
+                open: Some(3),
             },
             File {
                 path: "/etc/shadow".into(),
                 direction: Direction::Download,
                 bytes: 0,
                 outcome: Outcome::Failed { status: 3 },
+                open: None,
             },
             op(OpKind::Remove, "/tmp/old.bin", None, Outcome::Ok),
             op(
@@ -1149,6 +1166,7 @@ mod tests {
                 direction: Direction::Upload,
                 bytes: 10,
                 outcome: Outcome::Unfinished,
+                open: Some(13),
             },
             op(
                 OpKind::Remove,
@@ -1199,11 +1217,12 @@ mod tests {
     #[test]
     fn a_file_opened_to_read_and_write_logs_its_reads_as_a_download() {
         let h: &[u8] = b"\0\0\0\x09";
-        let file = |direction, bytes, outcome| TransferEvent::File {
+        let file = |direction, bytes, outcome, open| TransferEvent::File {
             path: "/data/patients.db".into(),
             direction,
             bytes,
             outcome,
+            open,
         };
         let mut script = vec![
             (C, init()),
@@ -1220,8 +1239,8 @@ mod tests {
         assert_eq!(
             run_and_finish(&script, None),
             [
-                file(Direction::Upload, 10, Outcome::Unfinished),
-                file(Direction::Download, 5096, Outcome::Unfinished),
+                file(Direction::Upload, 10, Outcome::Unfinished, Some(1)),
+                file(Direction::Download, 5096, Outcome::Unfinished, None),
             ]
         );
         script.extend([(C, close(6, h)), (S, status(6, 0))]);
@@ -1229,8 +1248,8 @@ mod tests {
             assert_eq!(
                 run_and_finish(&script, chunk),
                 [
-                    file(Direction::Upload, 10, Outcome::Ok),
-                    file(Direction::Download, 5096, Outcome::Ok),
+                    file(Direction::Upload, 10, Outcome::Ok, Some(1)),
+                    file(Direction::Download, 5096, Outcome::Ok, None),
                 ]
             );
         }
@@ -1244,6 +1263,28 @@ mod tests {
         assert_eq!(run_and_finish(&script, Some(1)), expected);
         assert_eq!(run_and_finish(&script, Some(7)), expected);
         assert_eq!(run_and_finish(&script, Some(usize::MAX)), expected);
+        // Each file's `opened` line carries the number its `file` line ends; refused opens have none.
+        let (_, mut observer) = run(&script, None);
+        let opened: Vec<_> = observer
+            .take_opened()
+            .into_iter()
+            .map(|e| match e {
+                TransferEvent::Opened { path, open, .. } => (path, open),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let ended: Vec<_> = expected
+            .into_iter()
+            .filter_map(|e| match e {
+                TransferEvent::File {
+                    path,
+                    open: Some(n),
+                    ..
+                } => Some((path, Some(n))),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(opened, ended);
     }
 
     /// Deterministic xorshift, so a failure reproduces.
@@ -1311,6 +1352,7 @@ mod tests {
                 direction: Direction::Upload,
                 bytes: 200_001,
                 outcome: Outcome::Ok,
+                open: Some(1),
             }]
         );
         assert!(observer.finish().is_empty());
@@ -1366,6 +1408,7 @@ mod tests {
                 direction: Direction::Upload,
                 bytes: 0,
                 outcome: Outcome::Unfinished,
+                open: Some(1),
             }]
         );
     }
@@ -1489,7 +1532,19 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[1],
-            r#"{"t":0.25,"event":"file","path":"/tmp/fw.bin","direction":"upload","bytes":1234,"outcome":"ok"}"#
+            r#"{"t":0.25,"event":"file","path":"/tmp/fw.bin","direction":"upload","bytes":1234,"outcome":"ok","open":1}"#
+        );
+        // Lines written before opens were numbered still read, unnumbered.
+        assert_eq!(
+            serde_json::from_str::<TransferEvent>(
+                r#"{"event":"opened","path":"/a","direction":"download"}"#
+            )
+            .unwrap(),
+            TransferEvent::Opened {
+                path: "/a".into(),
+                direction: Direction::Download,
+                open: None
+            }
         );
         assert_eq!(
             lines[5],
