@@ -1558,7 +1558,8 @@ impl WebCore {
     }
 
     /// The playback index of a recording the chain vouches for, checked against its MAC; built now when
-    /// the indexer has not got to it yet.
+    /// the indexer has not got to it yet, or built again when an older build made it
+    /// ([`playback::INDEX_VERSION`]).
     async fn playback(
         &self,
         r: &RecordingRow,
@@ -1570,50 +1571,70 @@ impl WebCore {
                     .into(),
             ));
         };
-        let mut row = self
-            .app
-            .store
-            .recording_index(r.id)
-            .await
-            .map_err(internal)?;
-        if row.as_ref().is_none_or(|i| i.status == "indexing") {
-            self.indexer
-                .index_recording(r, self.now())
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "indexing a recording for the player");
-                    CoreError::Internal
-                })?;
-            row = self
+        let mut rebuilt = false;
+        loop {
+            let mut row = self
                 .app
                 .store
                 .recording_index(r.id)
                 .await
                 .map_err(internal)?;
-        }
-        let Some(row) = row else {
-            return Err(CoreError::Conflict(
-                "this recording is not on this node: open the page on the node that recorded it"
-                    .into(),
-            ));
-        };
-        match (row.status.as_str(), &row.playback, &row.mac) {
-            ("indexed", Some(json), Some(mac)) => self
-                .indexer
-                .open_playback(r.id, &v.sha256, json, mac)
-                .map(|i| (i, v.sha256.clone()))
-                .ok_or_else(|| {
-                    CoreError::Conflict(
-                        "the player's index of this recording does not match the digest the audit log vouches for (ALTERED in the database): it is not played".into(),
-                    )
-                }),
-            ("failed", ..) => Err(CoreError::Conflict(format!(
-                "this recording cannot be played: {}",
-                row.note.as_deref().unwrap_or("indexing failed")
-            ))),
-            _ => Err(CoreError::Conflict(
-                "this recording is being prepared for playing; try again in a moment".into(),
-            )),
+            if row.as_ref().is_none_or(|i| i.status == "indexing") {
+                self.indexer
+                    .index_recording(r, self.now())
+                    .await
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "indexing a recording for the player");
+                        CoreError::Internal
+                    })?;
+                row = self
+                    .app
+                    .store
+                    .recording_index(r.id)
+                    .await
+                    .map_err(internal)?;
+            }
+            let Some(row) = row else {
+                return Err(CoreError::Conflict(
+                    "this recording is not on this node: open the page on the node that recorded it"
+                        .into(),
+                ));
+            };
+            return match (row.status.as_str(), &row.playback, &row.mac) {
+                ("indexed", Some(json), Some(mac)) => {
+                    let index = self
+                        .indexer
+                        .open_playback(r.id, &v.sha256, json, mac)
+                        .ok_or_else(|| {
+                            CoreError::Conflict(
+                                "the player's index of this recording does not match the digest the audit log vouches for (ALTERED in the database): it is not played".into(),
+                            )
+                        })?;
+                    if index.version < playback::INDEX_VERSION && !rebuilt {
+                        // Sealed, so not altered, but cut by an older build's rules: built again, once.
+                        tracing::info!(
+                            recording = r.id,
+                            version = index.version,
+                            "building again a playback index an older build made"
+                        );
+                        self.app
+                            .store
+                            .reopen_recording_index(r.id, mac)
+                            .await
+                            .map_err(internal)?;
+                        rebuilt = true;
+                        continue;
+                    }
+                    Ok((index, v.sha256.clone()))
+                }
+                ("failed", ..) => Err(CoreError::Conflict(format!(
+                    "this recording cannot be played: {}",
+                    row.note.as_deref().unwrap_or("indexing failed")
+                ))),
+                _ => Err(CoreError::Conflict(
+                    "this recording is being prepared for playing; try again in a moment".into(),
+                )),
+            };
         }
     }
 }

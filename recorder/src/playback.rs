@@ -32,6 +32,12 @@ pub const MIN_GAP: f64 = 0.5;
 pub const MAX_GAPS: usize = 200_000;
 /// Markers kept at most.
 pub const MAX_MARKERS: usize = 100_000;
+/// What this build's indexes are: raised whenever what [`index_recording`] builds changes, so that an
+/// index stored by an older build (its segments cut by an older rule, its markers unattributed) is
+/// built again before it is played rather than trusted because its MAC holds. History: 0, indexes
+/// that do not say (older builds); 1, the first to say: a segment starts only after the time of the
+/// event before it, markers attributed, terminal sizes bounded, REP counts cut.
+pub const INDEX_VERSION: u32 = 1;
 
 /// The two terminal recording formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +79,9 @@ pub struct Segment {
 /// What the player needs before it loads a segment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Index {
+    /// [`INDEX_VERSION`] of the build that made it (0: made before indexes said).
+    #[serde(default)]
+    pub version: u32,
     pub cols: u16,
     pub rows: u16,
     /// Time of the last event (seconds).
@@ -177,6 +186,7 @@ impl Builder {
             cols,
             rows,
             index: Index {
+                version: INDEX_VERSION,
                 cols,
                 rows,
                 duration: 0.0,

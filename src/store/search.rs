@@ -465,6 +465,30 @@ impl Store {
             .context("releasing a recording's index claim")
     }
 
+    /// Reopens recording `recording_id`'s finished index for indexing again (it was built by an older
+    /// build: [`chaperone_recorder::playback::INDEX_VERSION`]): its row and text go, if the row is still
+    /// the one sealed with `mac` (`false`: another viewer reopened it first, or it changed).
+    pub async fn reopen_recording_index(&self, recording_id: i64, mac: &str) -> Result<bool> {
+        let w = self.write_tx("reopening a recording's index").await?;
+        // The writer turn (`w.writer`) is held until the end of this function, after the commit.
+        let mut tx = w.tx;
+        let reopened = sqlx::query(
+            "DELETE FROM recording_index WHERE recording_id = $1 AND status = 'indexed' AND mac = $2",
+        )
+        .bind(recording_id)
+        .bind(mac)
+        .execute(&mut *tx)
+        .await
+        .context("reopening a recording's index")?
+        .rows_affected()
+            == 1;
+        if reopened {
+            delete_recording_text(&mut tx, recording_id).await?;
+        }
+        tx.commit().await.context("reopening a recording's index")?;
+        Ok(reopened)
+    }
+
     /// Removes recording `recording_id`'s text (what was read turned out not to be what was vouched for).
     pub async fn clear_recording_text(&self, recording_id: i64) -> Result<()> {
         let w = self.write_tx("clearing a recording's text").await?;

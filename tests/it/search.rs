@@ -404,6 +404,92 @@ async fn a_long_recording_is_found_by_phrases_anywhere_in_it() {
     .await;
 }
 
+/// A playback index an older build made (sealed, so not altered, but without this build's
+/// `INDEX_VERSION`: its segments cut by older rules) is built again when the player opens it, not
+/// served because its MAC holds; and the recording's text stays searchable.
+#[test]
+fn a_playback_index_an_older_build_made_is_built_again_before_it_is_played() {
+    use crate::support::DataDir;
+    use crate::support::bastion::Bastion;
+    use crate::support::web::Approver;
+    use chaperone_recorder::playback::INDEX_VERSION;
+
+    let data = DataDir::init();
+    let config = chaperone::config::Config::load(&data.config()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = config.recording.dir.clone();
+    let rid = rt.block_on(async {
+        let store = Store::open(&config.database.url).await.unwrap();
+        let who = alice_on_mri(&store).await;
+        let rid = recorded(
+            &store,
+            &dir,
+            who,
+            "s-old",
+            1_000_000,
+            &["$ uptime\r\n", "up 3 days\r\n"],
+        )
+        .await;
+        let secrets = SecretsKey::load(&config.secrets.key_file).unwrap();
+        let indexer = Indexer::new(&store, &dir, &secrets);
+        assert_eq!(indexer.index_pending(1_000_100).await.unwrap(), 1);
+        // What an older build stored: no version, and (to tell it apart) a marker of its own; sealed
+        // with the node's key as that build would have.
+        let mut row = store.recording_index(rid).await.unwrap().unwrap();
+        let mut old: serde_json::Value =
+            serde_json::from_str(row.playback.as_deref().unwrap()).unwrap();
+        assert_eq!(old["version"], INDEX_VERSION);
+        old.as_object_mut().unwrap().remove("version");
+        old["markers"] = json!([[0.1, "OLD BUILD"]]);
+        let old = old.to_string();
+        row.mac = Some(indexer.seal_playback(rid, row.sha256.as_deref().unwrap(), &old));
+        row.playback = Some(old);
+        store.finish_recording_index(&row).await.unwrap();
+        store.close().await;
+        rid
+    });
+    let b = Bastion::start(data);
+    let audrey = Approver::enroll(&b, "audrey", "auditor");
+    let answer = audrey.get(&format!(
+        "/sessions/s-old/recordings/{rid}/play.json?idle=2"
+    ));
+    assert_eq!(answer.status, 200, "{}\n{}", answer.body, b.log());
+    let index = answer.json();
+    assert_eq!(index["markers"], json!([]), "{index}");
+    assert_eq!(
+        index["segments"].as_array().map(Vec::len),
+        Some(1),
+        "{index}"
+    );
+    let segment = audrey.get(&format!(
+        "/sessions/s-old/recordings/{rid}/segments/0?idle=2"
+    ));
+    assert_eq!(segment.status, 200, "{}", segment.body);
+    assert!(segment.body.contains("up 3 days"), "{}", segment.body);
+    rt.block_on(async {
+        let store = Store::open(&config.database.url).await.unwrap();
+        let row = store.recording_index(rid).await.unwrap().unwrap();
+        let stored: serde_json::Value =
+            serde_json::from_str(row.playback.as_deref().unwrap()).unwrap();
+        assert_eq!(stored["version"], INDEX_VERSION);
+        assert_eq!(
+            store
+                .session_text_matches("s-old", "days", 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        store.close().await;
+    });
+    assert!(
+        b.log()
+            .contains("building again a playback index an older build made"),
+        "{}",
+        b.log()
+    );
+}
+
 /// The benchmark of issue 11 (`bench/search.sh` runs it in release): a bastion's database with
 /// `BENCH_SESSIONS` (10,000) shell sessions holding `BENCH_MB` (1,024) MB of recordings, indexed, then
 /// text searches through the running server's JSON API, timed; and a `BENCH_BIG_MB` (200) MB recording
