@@ -163,12 +163,7 @@ impl Lease<'_> {
         }
         let mut tx = self.app.store.begin().await?;
         tx.audit(
-            AuditEvent::new(
-                format!("node:{}", self.holder),
-                action.as_str(),
-                *subject,
-                detail,
-            ),
+            AuditEvent::new(format!("node:{}", self.holder), *action, *subject, detail),
             now,
         )
         .await?;

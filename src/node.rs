@@ -14,6 +14,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::app::App;
+use crate::audit::Action;
 use crate::audit::AuditEvent;
 use crate::model::RecordingRow;
 use crate::store::{AbandonedSession, StoreError};
@@ -100,7 +101,7 @@ async fn end_abandoned(app: &App, s: &AbandonedSession) -> Result<bool, StoreErr
     tx.audit(
         AuditEvent::new(
             format!("node:{}", app.node),
-            "session.end",
+            Action::SessionEnd,
             format!("session:{}", s.id),
             json!({"grant": s.grant_id, "vendor": s.vendor, "kind": s.kind, "reason": reason,
                    "abandoned": true, "node": s.node}),
@@ -155,7 +156,7 @@ async fn finish_recording(app: &App, r: &RecordingRow) -> Result<bool, StoreErro
     tx.audit(
         AuditEvent::new(
             format!("node:{}", app.node),
-            "recording.recovered",
+            Action::RecordingRecovered,
             format!("session:{}", r.session_id),
             json!({"recording": r.id, "format": r.format, "path": r.path, "sha256": digest, "size": size,
                    "note": "its writer stopped before finishing it: the digest covers what had reached the disk when it was found"}),

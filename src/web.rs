@@ -9,14 +9,15 @@ use std::time::Duration;
 use chaperone_web_approval::{
     Accounts, Approvals, AuditView, ConnectionView, CoreError, Decision, DecisionsPage,
     DecisionsQuery, Enrollment, EvidenceDownload, GrantView, HistoryItem, HistoryPage,
-    HistoryQuery, LiveStream, Method, RecordingStatus, Records, RequestView, Role as WebRole,
-    SecondFactor, SessionDetail, SessionView, SignInAttempt, SignInState, Staff, StaffAccount,
-    StateKind, TranscriptHit, TransferView, Verdict,
+    HistoryQuery, LiveStream, Method, PasskeyChange, RecordingStatus, Records, RequestView,
+    Role as WebRole, SecondFactor, SessionDetail, SessionView, SignInAttempt, SignInState, Staff,
+    StaffAccount, StateKind, TranscriptHit, TransferView, Verdict,
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::app::App;
+use crate::audit::Action;
 use crate::audit::AuditEvent;
 use crate::clock::format_time;
 use crate::config::{format_duration, parse_duration};
@@ -486,9 +487,9 @@ impl WebCore {
                     AuditEvent::new(
                         "system",
                         if created {
-                            "user.directory.add"
+                            Action::UserDirectoryAdd
                         } else {
-                            "user.directory.update"
+                            Action::UserDirectoryUpdate
                         },
                         format!("user:{}", attempt.name),
                         json!({"role": standing.role.to_string(), "dn": found.dn,
@@ -530,7 +531,7 @@ impl WebCore {
         tx.audit(
             AuditEvent::new(
                 format!("staff:{}", user.name),
-                "user.enroll.open",
+                Action::UserEnrollOpen,
                 format!("user:{}", user.name),
                 json!({"source": source, "directory": true}),
             ),
@@ -550,7 +551,7 @@ impl WebCore {
             tx.audit(
                 AuditEvent::new(
                     "system",
-                    "staff.signin.unavailable",
+                    Action::StaffSigninUnavailable,
                     format!(
                         "user:{}",
                         name.chars()
@@ -917,7 +918,7 @@ impl Approvals for WebCore {
         tx.audit(
             AuditEvent::new(
                 by.actor(),
-                "session.terminate",
+                Action::SessionTerminate,
                 format!("session:{id}"),
                 json!({"vendor": session.vendor, "asset": session.asset, "grant": session.grant_id,
                        "method": by.method, "reason": why}),
@@ -1002,7 +1003,7 @@ impl Accounts for WebCore {
         tx.audit(
             AuditEvent::new(
                 format!("staff:{}", user.name),
-                "user.enroll.seed",
+                Action::UserEnrollSeed,
                 format!("user:{}", user.name),
                 json!({}),
             ),
@@ -1058,7 +1059,7 @@ impl Accounts for WebCore {
         tx.audit(
             AuditEvent::new(
                 format!("staff:{}", user.name),
-                "user.enroll",
+                Action::UserEnroll,
                 format!("user:{}", user.name),
                 json!({"second_factor": "totp"}),
             ),
@@ -1096,7 +1097,7 @@ impl Accounts for WebCore {
         tx.audit(
             AuditEvent::new(
                 format!("staff:{}", user.name),
-                "user.enroll",
+                Action::UserEnroll,
                 format!("user:{}", user.name),
                 json!({"second_factor": "passkey"}),
             ),
@@ -1116,7 +1117,7 @@ impl Accounts for WebCore {
         &self,
         name: &str,
         passkeys_json: &str,
-        action: &'static str,
+        change: PasskeyChange,
     ) -> Result<(), CoreError> {
         let app = &self.app;
         let Some(user) = app.store.staff_auth(name).await.map_err(internal)? else {
@@ -1127,6 +1128,11 @@ impl Accounts for WebCore {
         tx.set_staff_passkeys(user.id, passkeys_json)
             .await
             .map_err(internal)?;
+        let action = match change {
+            PasskeyChange::Added => Action::StaffPasskeyAdd,
+            PasskeyChange::Updated => Action::StaffPasskeyUpdate,
+            PasskeyChange::Removed => Action::StaffPasskeyRemove,
+        };
         tx.audit(
             AuditEvent::new(
                 format!("staff:{}", user.name),
@@ -1213,7 +1219,7 @@ impl SignInState for WebCore {
         tx.audit(
             AuditEvent::new(
                 format!("staff:{name}"),
-                crate::audit::Action::StaffSignout.as_str(),
+                crate::audit::Action::StaffSignout,
                 format!("user:{name}"),
                 json!({}),
             ),
@@ -1524,12 +1530,9 @@ impl WebCore {
         detail["method"] = json!(by.method);
         let now = self.now();
         let mut tx = self.app.store.begin().await.map_err(internal)?;
-        tx.audit(
-            AuditEvent::new(by.actor(), action.as_str(), subject, detail),
-            now,
-        )
-        .await
-        .map_err(internal)?;
+        tx.audit(AuditEvent::new(by.actor(), action, subject, detail), now)
+            .await
+            .map_err(internal)?;
         tx.commit(action.as_str()).await.map_err(internal)
     }
 

@@ -91,6 +91,11 @@ actions! {
     JumpOpen = "jump.open",
     JumpClose = "jump.close",
     ForwardAgentRefused = "forward.agent.refused",
+    /// X11 forwarding was asked for (`ssh -X`).
+    ForwardX11Refused = "forward.x11.refused",
+    /// The client opened a channel of a type chaperone does not serve (`x11`, `forwarded-tcpip`, an
+    /// agent's, a socket's, or one unknown).
+    ChannelRefused = "channel.refused",
     ForwardRemoteRefused = "forward.remote.refused",
     ForwardStreamlocalRefused = "forward.streamlocal.refused",
     /// A device's host key is not the pinned one.
@@ -194,9 +199,10 @@ mod tests {
             assert!(seen.insert(name), "{name} twice");
             assert!(
                 name.contains('.')
-                    && name
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_'),
+                    && name.chars().all(|c| c.is_ascii_lowercase()
+                        || c.is_ascii_digit()
+                        || c == '.'
+                        || c == '_'),
                 "{name}"
             );
             assert_eq!(Action::parse(name), Some(*a));

@@ -115,6 +115,8 @@ pub fn mapping(action: Action) -> Option<Mapping> {
         | A::ForwardAgentRefused
         | A::ForwardRemoteRefused
         | A::ForwardStreamlocalRefused
+        | A::ForwardX11Refused
+        | A::ChannelRefused
         | A::SshChannelsRefused
         | A::SshRefusalsSuppressed => map(SECURITY_ALERT, access_control, Execute, MinorFailure),
         A::RequestApprove | A::GrantIssue => map(SECURITY_ALERT, authorization, Create, Success),

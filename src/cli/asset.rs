@@ -11,6 +11,7 @@ use super::display::esc;
 use super::output::{json, or_dash, table};
 use super::refuse;
 use crate::app::App;
+use crate::audit::Action;
 use crate::audit::AuditEvent;
 use crate::hostkey;
 use crate::identity::keys::{fingerprint, parse_public_key};
@@ -191,7 +192,7 @@ pub async fn run(config: &Path, cmd: AssetCommand) -> anyhow::Result<()> {
             tx.audit(
                 AuditEvent::new(
                     &actor,
-                    "asset.add",
+                    Action::AssetAdd,
                     format!("asset:{name}"),
                     json!({
                         "address": address, "zone": zone, "purpose": purpose,
@@ -259,7 +260,12 @@ pub async fn run(config: &Path, cmd: AssetCommand) -> anyhow::Result<()> {
             let mut tx = app.store.begin().await?;
             tx.delete_asset(a.id, &name).await?;
             tx.audit(
-                AuditEvent::new(&actor, "asset.remove", format!("asset:{name}"), json!({})),
+                AuditEvent::new(
+                    &actor,
+                    Action::AssetRemove,
+                    format!("asset:{name}"),
+                    json!({}),
+                ),
                 now,
             )
             .await?;
@@ -274,7 +280,7 @@ pub async fn run(config: &Path, cmd: AssetCommand) -> anyhow::Result<()> {
             tx.audit(
                 AuditEvent::new(
                     &actor,
-                    "asset.service.add",
+                    Action::AssetServiceAdd,
                     format!("asset:{asset}"),
                     json!({"service": service.to_string()}),
                 ),
@@ -293,7 +299,7 @@ pub async fn run(config: &Path, cmd: AssetCommand) -> anyhow::Result<()> {
             tx.audit(
                 AuditEvent::new(
                     &actor,
-                    "asset.service.remove",
+                    Action::AssetServiceRemove,
                     format!("asset:{asset}"),
                     json!({"service": name}),
                 ),
@@ -325,7 +331,7 @@ pub async fn run(config: &Path, cmd: AssetCommand) -> anyhow::Result<()> {
             tx.audit(
                 AuditEvent::new(
                     &actor,
-                    "asset.credential.set",
+                    Action::AssetCredentialSet,
                     format!("asset:{name}"),
                     json!({"user": user, "kind": kind.to_string()}),
                 ),
@@ -414,7 +420,7 @@ async fn pin(
     tx.audit(
         AuditEvent::new(
             actor,
-            "asset.hostkey.pin",
+            Action::AssetHostkeyPin,
             format!("asset:{}", a.name),
             json!({"fingerprint": fp, "previous": previous, "how": how}),
         ),

@@ -131,7 +131,7 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
                         tx.audit(
                             crate::audit::AuditEvent::new(
                                 crate::identity::os_actor(),
-                                crate::audit::Action::AuditTamper.as_str(),
+                                crate::audit::Action::AuditTamper,
                                 "audit",
                                 serde_json::json!({"why": format!("{e:#}")}),
                             ),
@@ -203,7 +203,7 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
                 tx.audit(
                     crate::audit::AuditEvent::new(
                         crate::identity::os_actor(),
-                        crate::audit::Action::AuditExport.as_str(),
+                        crate::audit::Action::AuditExport,
                         "audit",
                         serde_json::json!({"output": path.display().to_string(), "format": format!("{format:?}").to_lowercase(), "after": after_given}),
                     ),

@@ -795,7 +795,7 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     tx.audit(
         AuditEvent::new(
             crate::identity::os_actor(),
-            Action::BackupRestore.as_str(),
+            Action::BackupRestore,
             "backup",
             serde_json::json!({"backup_created_at": manifest.created_at, "audit_head_seq": manifest.audit_head_seq,
                    "audit_head_hash": manifest.audit_head_hash, "recordings_moved": moved,

@@ -14,6 +14,7 @@ use sha2::Digest as _;
 
 use super::init::{init_dir, write_new};
 use crate::app::App;
+use crate::audit::Action;
 use crate::audit::AuditEvent;
 use crate::identity::keys::parse_public_key;
 use crate::identity::totp;
@@ -249,7 +250,7 @@ pub async fn run(config: &std::path::Path, args: DemoArgs) -> anyhow::Result<()>
     tx.audit(
         AuditEvent::new(
             actor,
-            "user.add",
+            Action::UserAdd,
             "user:bob",
             json!({"role": "approver", "enroll_expires_at": enroll_expires}),
         ),
@@ -259,7 +260,7 @@ pub async fn run(config: &std::path::Path, args: DemoArgs) -> anyhow::Result<()>
     tx.audit(
         AuditEvent::new(
             actor,
-            "demo.setup",
+            Action::DemoSetup,
             "demo",
             json!({"vendor": "alice", "asset": "mri-01", "grant": grant_id,
                    "device": match &device { Device::Sshd(_) => "sshd", Device::Simulated(_) => "simulated" }}),

@@ -11,7 +11,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use crate::app::App;
-use crate::audit::AuditEvent;
+use crate::audit::{Action, AuditEvent};
 use crate::config::Config;
 use crate::evidence::bundle::{self, VERIFY_SIGNATURE, VERIFY_SUMS};
 use crate::evidence::signer::{self, Signer, SignerError};
@@ -157,7 +157,7 @@ async fn signer(config: &Path, rotate: bool) -> anyhow::Result<()> {
             rotated.old_fingerprint,
             signer::retired_path(&path).display()
         );
-        (rotated.new, Some(("evidence.signer.rotate", event)))
+        (rotated.new, Some((Action::EvidenceSignerRotate, event)))
     } else {
         match Signer::load(&path) {
             Ok(s) => (s, None),
@@ -170,7 +170,7 @@ async fn signer(config: &Path, rotate: bool) -> anyhow::Result<()> {
                 );
                 let event =
                     json!({"fingerprint": s.fingerprint(), "path": path.display().to_string()});
-                (s, Some(("evidence.signer.create", event)))
+                (s, Some((Action::EvidenceSignerCreate, event)))
             }
             Err(e) => bail!(e),
         }
@@ -179,7 +179,7 @@ async fn signer(config: &Path, rotate: bool) -> anyhow::Result<()> {
         let mut tx = app.store.begin().await?;
         tx.audit(AuditEvent::new(os_actor(), action, "evidence", detail), now)
             .await?;
-        tx.commit(action).await?;
+        tx.commit(action.as_str()).await?;
     }
     print!("{}", signer::allowed_signers(&current, &path)?);
     Ok(())

@@ -17,6 +17,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use crate::app::App;
+use crate::audit::Action;
 use crate::audit::AuditEvent;
 use crate::identity::os_actor;
 use crate::secrets::SecretsKey;
@@ -133,7 +134,7 @@ async fn reseal(app: &App, new: &SecretsKey) -> anyhow::Result<[usize; 3]> {
     tx.audit(
         AuditEvent::new(
             os_actor(),
-            "secrets.rotate",
+            Action::SecretsRotate,
             "secrets:key",
             json!({"from": app.secrets.id(), "to": new.id(), "vendor_totp": counts[0],
                    "staff_totp": counts[1], "asset_credentials": counts[2]}),

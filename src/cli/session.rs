@@ -11,6 +11,7 @@ use clap::{Subcommand, ValueEnum};
 use super::display::esc;
 use super::output::{json, or_dash, table};
 use crate::app::App;
+use crate::audit::Action;
 use crate::clock::format_time;
 use crate::evidence::retention::{Keeping, keeping};
 use crate::evidence::{Broken, Evidence, Integrity, Proof, ProveError, Unvouched, prove};
@@ -164,7 +165,7 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
                 tx.audit(
                     crate::audit::AuditEvent::new(
                         crate::identity::os_actor(),
-                        "recording.search",
+                        Action::RecordingSearch,
                         "sessions",
                         serde_json::json!({"text": text, "filters": query.pairs().into_iter().collect::<std::collections::BTreeMap<_, _>>(), "found": sessions.len()}),
                     ),
@@ -272,7 +273,7 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
                     format_time(e.at),
                     esc(&e.actor),
                     esc(&e.action),
-                    if e.action == crate::evidence::bundle::EXPORT {
+                    if e.action == crate::evidence::bundle::EXPORT.as_str() {
                         "bundle".to_owned()
                     } else {
                         word("how")
@@ -355,7 +356,7 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
             tx.audit(
                 crate::audit::AuditEvent::new(
                     crate::identity::os_actor(),
-                    crate::audit::Action::SessionExport.as_str(),
+                    crate::audit::Action::SessionExport,
                     format!("session:{id}"),
                     serde_json::json!({"output": output.display().to_string(), "recording_sha256": digest, "raw": raw}),
                 ),
@@ -550,9 +551,9 @@ async fn hold(app: &App, id: &str, reason: &str, on: bool) -> anyhow::Result<()>
         }
     }
     let action = if on {
-        "session.hold"
+        crate::audit::Action::SessionHold
     } else {
-        "session.release"
+        crate::audit::Action::SessionRelease
     };
     tx.audit(
         crate::audit::AuditEvent::new(
@@ -564,7 +565,7 @@ async fn hold(app: &App, id: &str, reason: &str, on: bool) -> anyhow::Result<()>
         now,
     )
     .await?;
-    tx.commit(action).await?;
+    tx.commit(action.as_str()).await?;
     let s = app.store.session(id).await?;
     if on {
         println!("Session {id} is on legal hold: its recordings are kept until it is released.");
@@ -593,7 +594,10 @@ async fn looks(app: &App, id: &str) -> anyhow::Result<Vec<crate::audit::AuditRow
         .store
         .audit_events_about(
             &format!("session:{id}"),
-            &[crate::evidence::VIEW, crate::evidence::bundle::EXPORT],
+            &[
+                crate::evidence::VIEW.as_str(),
+                crate::evidence::bundle::EXPORT.as_str(),
+            ],
             1000,
         )
         .await?)

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use super::output::{json, table};
 use super::refuse;
 use crate::app::App;
+use crate::audit::Action;
 use crate::audit::AuditEvent;
 use crate::clock::format_time;
 use crate::identity::os_actor;
@@ -64,7 +65,7 @@ pub async fn run(config: &Path, cmd: UserCommand) -> anyhow::Result<()> {
             tx.audit(
                 AuditEvent::new(
                     &actor,
-                    "user.add",
+                    Action::UserAdd,
                     format!("user:{name}"),
                     json!({"role": role.to_string(), "enroll_expires_at": expires}),
                 ),
@@ -118,7 +119,7 @@ pub async fn run(config: &Path, cmd: UserCommand) -> anyhow::Result<()> {
             tx.audit(
                 AuditEvent::new(
                     &actor,
-                    "user.disable",
+                    Action::UserDisable,
                     format!("user:{name}"),
                     json!({"web_sessions_ended": ended}),
                 ),

@@ -10,6 +10,7 @@ use super::display::esc;
 use super::output::{json, table};
 use super::refuse;
 use crate::app::App;
+use crate::audit::Action;
 use crate::audit::AuditEvent;
 use crate::clock::format_time;
 use crate::identity::keys::parse_public_key;
@@ -117,7 +118,7 @@ pub async fn run(config: &Path, cmd: VendorCommand) -> anyhow::Result<()> {
             tx.audit(
                 AuditEvent::new(
                     &actor,
-                    "vendor.add",
+                    Action::VendorAdd,
                     format!("vendor:{name}"),
                     json!({"org": org, "key": key.fingerprint,
                            "totp": if uri.is_some() { "issued" } else { "self-enrollment" }}),
@@ -158,7 +159,7 @@ pub async fn run(config: &Path, cmd: VendorCommand) -> anyhow::Result<()> {
             tx.audit(
                 AuditEvent::new(
                     &actor,
-                    "vendor.totp.reset",
+                    Action::VendorTotpReset,
                     format!("vendor:{name}"),
                     json!({}),
                 ),
@@ -228,7 +229,7 @@ pub async fn run(config: &Path, cmd: VendorCommand) -> anyhow::Result<()> {
             tx.audit(
                 AuditEvent::new(
                     &actor,
-                    "vendor.key.add",
+                    Action::VendorKeyAdd,
                     format!("vendor:{name}"),
                     json!({"key": key.fingerprint}),
                 ),
@@ -248,7 +249,7 @@ pub async fn run(config: &Path, cmd: VendorCommand) -> anyhow::Result<()> {
             tx.audit(
                 AuditEvent::new(
                     &actor,
-                    "vendor.key.remove",
+                    Action::VendorKeyRemove,
                     format!("vendor:{name}"),
                     json!({"key": key.fingerprint}),
                 ),
@@ -279,9 +280,9 @@ async fn set_enabled(
 ) -> anyhow::Result<()> {
     let v = app.store.require_vendor(name).await?;
     let action = if enabled {
-        "vendor.enable"
+        Action::VendorEnable
     } else {
-        "vendor.disable"
+        Action::VendorDisable
     };
     let mut tx = app.store.begin().await?;
     tx.set_vendor_enabled(v.id, enabled).await?;
@@ -290,7 +291,7 @@ async fn set_enabled(
         now,
     )
     .await?;
-    tx.commit(action).await?;
+    tx.commit(action.as_str()).await?;
     println!(
         "Vendor {name} {}.",
         if enabled { "enabled" } else { "disabled" }

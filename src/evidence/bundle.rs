@@ -35,7 +35,7 @@ use crate::recording::RecordingFormat;
 use crate::store::{Store, StoreError};
 
 /// The audit action of an export (by the CLI or a download).
-pub const EXPORT: &str = "evidence.export";
+pub const EXPORT: crate::audit::Action = crate::audit::Action::EvidenceExport;
 
 /// The most audit events about one subject a bundle carries.
 const MAX_EVENTS: i64 = 100_000;

@@ -43,7 +43,7 @@ const START: &str = "session.start";
 const END: &str = "session.end";
 const RECOVERED: &str = "recording.recovered";
 /// Someone looked at a recording ([`audit_view`]).
-pub const VIEW: &str = "recording.view";
+pub const VIEW: crate::audit::Action = crate::audit::Action::RecordingView;
 /// Retention deleted the recording's file (`retention::sweep`, in the transaction that marks its row).
 const DELETED: &str = "recording.deleted";
 

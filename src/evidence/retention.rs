@@ -24,6 +24,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::audit::Action;
 use crate::audit::AuditEvent;
 use crate::config::RecordingConfig;
 use crate::model::{Hold, SessionRow, UnixTime};
@@ -181,7 +182,7 @@ async fn delete(
     tx.audit(
         AuditEvent::new(
             actor,
-            "recording.deleted",
+            Action::RecordingDeleted,
             format!("session:{}", r.session_id),
             json!({"recording": r.id, "format": r.format, "path": r.path, "sha256": r.sha256,
                    "size": r.size, "zone": c.zone, "retain": retain.to_string(),

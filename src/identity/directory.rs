@@ -25,6 +25,7 @@ use super::keys::parse_public_key;
 use super::ldap::{Directory, Lookup};
 use super::totp;
 use crate::app::App;
+use crate::audit::Action;
 use crate::audit::AuditEvent;
 use crate::error_text::report;
 use crate::model::check_name;
@@ -89,7 +90,7 @@ pub async fn remove_staff(
     tx.audit(
         AuditEvent::new(
             ACTOR,
-            "user.directory.remove",
+            Action::UserDirectoryRemove,
             format!("user:{}", user.name),
             json!({"why": why, "web_sessions_ended": ended}),
         ),
@@ -124,7 +125,7 @@ pub async fn recheck_staff(app: &App, directory: &Directory) -> Result<(), SyncE
                 tx.audit(
                     AuditEvent::new(
                         ACTOR,
-                        "user.directory.update",
+                        Action::UserDirectoryUpdate,
                         format!("user:{}", user.name),
                         json!({"role": standing.role.to_string(), "zones": standing.zones,
                                "zones_only": standing.zones_only}),
@@ -189,7 +190,7 @@ pub async fn sync_vendors(app: &App, directory: &Directory) -> Result<(), SyncEr
             tx.audit(
                 AuditEvent::new(
                     ACTOR,
-                    "vendor.disable",
+                    Action::VendorDisable,
                     format!("vendor:{name}"),
                     json!({"why": "removed from the directory", "dn": v.dn}),
                 ),
@@ -236,7 +237,7 @@ async fn add_vendor(
     tx.audit(
         AuditEvent::new(
             ACTOR,
-            "vendor.add",
+            Action::VendorAdd,
             format!("vendor:{name}"),
             json!({"org": org, "keys": added, "dn": dn, "directory": true}),
         ),
@@ -271,7 +272,7 @@ async fn update_vendor(
         tx.insert_vendor_key(v.vendor.id, &k.openssh, fp, &k.comment, now)
             .await?;
         tx.audit(
-            AuditEvent::new(ACTOR, "vendor.key.add", &subject, json!({"key": fp})),
+            AuditEvent::new(ACTOR, Action::VendorKeyAdd, &subject, json!({"key": fp})),
             now,
         )
         .await?;
@@ -286,7 +287,7 @@ async fn update_vendor(
         tx.audit(
             AuditEvent::new(
                 ACTOR,
-                "vendor.key.remove",
+                Action::VendorKeyRemove,
                 &subject,
                 json!({"key": fp, "why": "removed from the directory"}),
             ),

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::app::App;
+use crate::audit::Action;
 use crate::audit::AuditEvent;
 use crate::config::{SshConfig, WebConfig};
 use crate::identity::totp;
@@ -275,7 +276,7 @@ pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict,
                 tx.audit(
                     AuditEvent::new(
                         &actor,
-                        "auth.refused",
+                        Action::AuthRefused,
                         &subject,
                         json!({"peer": source, "why": "locked"}),
                     ),
@@ -296,7 +297,7 @@ pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict,
                 tx.audit(
                     AuditEvent::new(
                         &actor,
-                        "staff.signin.failed",
+                        Action::StaffSigninFailed,
                         &subject,
                         json!({"why": "locked", "locked": true, "source": source,
                                "password_ok": attempt.first_factor, "failures": failures}),
@@ -335,7 +336,7 @@ pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict,
                         tx.audit(
                             AuditEvent::new(
                                 &actor,
-                                "staff.totp.accept",
+                                Action::StaffTotpAccept,
                                 &subject,
                                 json!({"step": step}),
                             ),
@@ -371,7 +372,7 @@ pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict,
                 tx.audit(
                     AuditEvent::new(
                         &actor,
-                        "auth.totp.failure",
+                        Action::AuthTotpFailure,
                         &subject,
                         json!({"peer": source, "why": why, "recent_failures": failure.recent}),
                     ),
@@ -382,7 +383,7 @@ pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict,
                     tx.audit(
                         AuditEvent::new(
                             "system",
-                            "auth.lock",
+                            Action::AuthLock,
                             &subject,
                             json!({"until": until, "failures": failure.recent}),
                         ),
@@ -405,7 +406,7 @@ pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict,
                 tx.audit(
                     AuditEvent::new(
                         &actor,
-                        "staff.signin.failed",
+                        Action::StaffSigninFailed,
                         &subject,
                         json!({"why": why, "locked": locked, "source": source}),
                     ),
@@ -421,7 +422,7 @@ pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict,
                 tx.audit(
                     AuditEvent::new(
                         &actor,
-                        "auth.refused",
+                        Action::AuthRefused,
                         &subject,
                         json!({"why": why, "source": source}),
                     ),
@@ -449,7 +450,7 @@ pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict,
                 tx.audit(
                     AuditEvent::new(
                         &actor,
-                        "auth.refused",
+                        Action::AuthRefused,
                         &subject,
                         json!({"peer": source, "why": "enrolled meanwhile"}),
                     ),
@@ -462,7 +463,7 @@ pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict,
             tx.audit(
                 AuditEvent::new(
                     &actor,
-                    "vendor.totp.enroll",
+                    Action::VendorTotpEnroll,
                     &subject,
                     json!({"peer": source}),
                 ),
@@ -481,8 +482,11 @@ pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict,
                 d.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
                 d.insert("second_factor".into(), json!(method));
             }
-            tx.audit(AuditEvent::new(&actor, "auth.login", &subject, detail), now)
-                .await?;
+            tx.audit(
+                AuditEvent::new(&actor, Action::AuthLogin, &subject, detail),
+                now,
+            )
+            .await?;
             tx.commit("auth.login").await?;
             metrics::login(metrics::Login::Success);
             tracing::info!(vendor = %name, peer = %source, "vendor signed in");
@@ -494,7 +498,7 @@ pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict,
                 d.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
             tx.audit(
-                AuditEvent::new(&actor, "staff.signin", &subject, detail),
+                AuditEvent::new(&actor, Action::StaffSignin, &subject, detail),
                 now,
             )
             .await?;

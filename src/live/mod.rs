@@ -32,6 +32,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::app::App;
+use crate::audit::Action;
 use crate::audit::AuditEvent;
 use crate::config::BudgetAction;
 use crate::policy::{Grant, Principal};
@@ -77,13 +78,13 @@ impl SessionKind {
     }
 
     /// The audit actions of its start and end (tunnels and jumps keep the names webhooks already know).
-    fn actions(self) -> (&'static str, &'static str) {
+    fn actions(self) -> (Action, Action) {
         match self {
             SessionKind::Shell | SessionKind::Exec | SessionKind::Sftp => {
-                ("session.start", "session.end")
+                (Action::SessionStart, Action::SessionEnd)
             }
-            SessionKind::Tunnel => ("tunnel.open", "tunnel.close"),
-            SessionKind::Jump => ("jump.open", "jump.close"),
+            SessionKind::Tunnel => (Action::TunnelOpen, Action::TunnelClose),
+            SessionKind::Jump => (Action::JumpOpen, Action::JumpClose),
         }
     }
 }
@@ -277,7 +278,7 @@ impl PendingSession {
 
     /// Audits that this session was refused before it started (`action`: `session.refused`,
     /// `tunnel.refused`, `target.hostkey.mismatch`…); nothing else is written.
-    pub async fn refuse(self, action: &'static str, reason: &str) {
+    pub async fn refuse(self, action: Action, reason: &str) {
         let detail = json!({"peer": self.origin.peer, "grant": self.grant.id(), "kind": self.kind.as_str(), "service": self.grant.service().name, "reason": reason});
         audit(
             &self.app,
@@ -309,8 +310,8 @@ impl PendingSession {
             Err(crate::policy::PolicyError::Denied(denial)) => {
                 let reason = format!("ended before it started: {}", denial.audit_reason());
                 let action = match self.kind {
-                    SessionKind::Tunnel | SessionKind::Jump => "tunnel.refused",
-                    _ => "session.refused",
+                    SessionKind::Tunnel | SessionKind::Jump => Action::TunnelRefused,
+                    _ => Action::SessionRefused,
                 };
                 self.refuse(action, &reason).await;
                 return Err(StartError::NoLonger(reason));
@@ -352,7 +353,7 @@ impl PendingSession {
                     Err(e) => {
                         tracing::error!(path = %path.display(), error = %e, "cannot create the recording; refusing the session");
                         let reason = format!("cannot create recording: {e}");
-                        self.refuse("session.refused", &reason).await;
+                        self.refuse(Action::SessionRefused, &reason).await;
                         return Err(StartError::Recording(e));
                     }
                 }
@@ -685,7 +686,7 @@ impl LiveSession {
                 tx.audit(
                     AuditEvent::new(
                         "system",
-                        "recording.failed",
+                        Action::RecordingFailed,
                         format!("session:{}", self.id),
                         json!({"asset": self.grant.asset().name, "vendor": self.grant.vendor().name, "reason": why}),
                     ),
@@ -693,7 +694,7 @@ impl LiveSession {
                 )
                 .await?;
             }
-            tx.commit(end_action).await
+            tx.commit(end_action.as_str()).await
         }
         .await;
         match result {
@@ -933,7 +934,7 @@ impl Meter {
         let vendor = m.grant.vendor().name.clone();
         let subject = format!("asset:{}", m.grant.asset().name);
         tokio::spawn(async move {
-            audit(&app, &vendor, "budget.exceeded", subject, detail).await;
+            audit(&app, &vendor, Action::BudgetExceeded, subject, detail).await;
         });
     }
 }
@@ -942,7 +943,7 @@ impl Meter {
 async fn audit(
     app: &App,
     vendor: &str,
-    action: &'static str,
+    action: Action,
     subject: String,
     detail: serde_json::Value,
 ) {
@@ -954,11 +955,11 @@ async fn audit(
             now,
         )
         .await?;
-        tx.commit(action).await
+        tx.commit(action.as_str()).await
     }
     .await;
     if let Err(e) = result {
-        tracing::error!(error = %e, action, "cannot write an audit event");
+        tracing::error!(error = %e, action = action.as_str(), "cannot write an audit event");
     }
 }
 

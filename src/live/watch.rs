@@ -18,6 +18,7 @@ use tokio::sync::watch as stop_watch;
 
 use super::registry::{GrantState, LiveSessions};
 use crate::app::App;
+use crate::audit::Action;
 use crate::audit::AuditEvent;
 use crate::policy::{self, Principal};
 
@@ -123,7 +124,7 @@ async fn audit_eviction(app: &App, who: &Principal, reason: &str, connections: u
         tx.audit(
             AuditEvent::new(
                 "system",
-                "vendor.connections.ended",
+                Action::VendorConnectionsEnded,
                 format!("vendor:{}", who.vendor),
                 json!({"key": who.key_fingerprint, "reason": reason, "connections": connections, "node": &*app.node}),
             ),

@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::events::{Change, Events};
-use crate::audit::AuditEvent;
+use crate::audit::{Action, AuditEvent};
 use crate::config::format_duration;
 use crate::model::{GrantRow, Role, UnixTime, Vendor, check_text};
 use crate::store::{NewGrant, Store, StoreError, Tx};
@@ -172,7 +172,7 @@ pub struct Record<'a> {
     pub refusal: Option<String>,
 }
 
-fn event(actor: &Actor, action: &str, grant: &str, record: &Record<'_>) -> AuditEvent {
+fn event(actor: &Actor, action: Action, grant: &str, record: &Record<'_>) -> AuditEvent {
     AuditEvent::new(
         actor.id.clone(),
         action,
@@ -289,7 +289,7 @@ pub async fn issue_in(
         refusal: None,
     };
     tx.audit(
-        event(actor, "grant.issue", &format!("grant:{id}"), &record),
+        event(actor, Action::GrantIssue, &format!("grant:{id}"), &record),
         now,
     )
     .await?;
@@ -336,7 +336,7 @@ pub async fn refused(store: &Store, now: UnixTime, actor: &Actor, g: &Issue<'_>,
         tx.audit(
             event(
                 actor,
-                "grant.refused",
+                Action::GrantRefused,
                 &format!("vendor:{}", g.vendor),
                 &record,
             ),
@@ -398,7 +398,7 @@ pub async fn revoke(
         refusal: None,
     };
     tx.audit(
-        event(actor, "grant.revoke", &format!("grant:{id}"), &record),
+        event(actor, Action::GrantRevoke, &format!("grant:{id}"), &record),
         now,
     )
     .await?;

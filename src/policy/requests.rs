@@ -22,6 +22,7 @@ use serde_json::json;
 
 use super::events::{Change, Events};
 use super::grants::{self, Actor, GrantError, Issue, MAX_REASON, Source};
+use crate::audit::Action;
 use crate::audit::AuditEvent;
 use crate::config::{PolicyConfig, format_duration};
 use crate::model::{
@@ -178,7 +179,7 @@ pub async fn file(
     tx.audit(
         AuditEvent::new(
             format!("vendor:{}", vendor.name),
-            "request.file",
+            Action::RequestFile,
             format!("request:{id}"),
             json!({"asset": asset.name, "services": services, "duration_secs": duration_secs, "reason": reason}),
         ),
@@ -394,7 +395,7 @@ pub async fn decide(
             tx.audit(
                 AuditEvent::new(
                     approver.actor(),
-                    "request.deny",
+                    Action::RequestDeny,
                     format!("request:{id}"),
                     json!({"reason": reason, "method": approver.method, "vendor": request.vendor, "asset": request.asset}),
                 ),
@@ -462,7 +463,7 @@ pub async fn decide(
             tx.audit(
                 AuditEvent::new(
                     approver.actor(),
-                    "request.approve",
+                    Action::RequestApprove,
                     format!("request:{id}"),
                     detail,
                 ),
@@ -580,7 +581,7 @@ pub async fn expire_due(
         tx.audit(
             AuditEvent::new(
                 "system",
-                "request.expire",
+                Action::RequestExpire,
                 format!("request:{id}"),
                 json!({}),
             ),

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::login::Login;
 use crate::app::App;
+use crate::audit::Action;
 use crate::audit::AuditEvent;
 use crate::identity::signin::{self, Account, Attempt, Second, Verdict};
 use crate::identity::{keys::fingerprint, totp};
@@ -237,7 +238,7 @@ async fn refuse_disabled(app: &App, peer: SocketAddr, vendor: &Vendor, now: i64)
         tx.audit(
             AuditEvent::new(
                 &subject,
-                "auth.refused",
+                Action::AuthRefused,
                 &subject,
                 json!({"peer": peer.to_string(), "why": "disabled"}),
             ),

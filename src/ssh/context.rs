@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use crate::audit::AuditEvent;
+use crate::audit::{Action, AuditEvent};
 use crate::live::Origin;
 use crate::policy::Principal;
 
@@ -78,29 +78,24 @@ impl Context {
     }
 
     /// Audits an event by this vendor; a failure to audit is logged (the caller is already refusing).
-    pub async fn audit(&self, action: &'static str, subject: String, detail: serde_json::Value) {
+    pub async fn audit(&self, action: Action, subject: String, detail: serde_json::Value) {
         audit_by(&self.shared, &self.principal, action, subject, detail).await;
     }
 
     /// Audits a refusal, within the connection's refusal budget (see [`AUDITED_REFUSALS`]).
-    pub async fn audit_refusal(
-        &self,
-        action: &'static str,
-        subject: String,
-        detail: serde_json::Value,
-    ) {
+    pub async fn audit_refusal(&self, action: Action, subject: String, detail: serde_json::Value) {
         match self.limits.audit_refusal() {
             Some(true) => self.audit(action, subject, detail).await,
             Some(false) => {
                 self.audit(
-                    "ssh.refusals.suppressed",
+                    Action::SshRefusalsSuppressed,
                     format!("vendor:{}", self.principal.vendor),
                     json!({"peer": self.peer.to_string(), "after": AUDITED_REFUSALS}),
                 )
                 .await;
             }
             None => tracing::info!(
-                action,
+                %action,
                 "refusal not audited (this connection's budget is spent)"
             ),
         }
@@ -111,7 +106,7 @@ impl Context {
 pub async fn audit_by(
     shared: &Shared,
     who: &Principal,
-    action: &'static str,
+    action: Action,
     subject: String,
     mut detail: serde_json::Value,
 ) {
@@ -128,11 +123,11 @@ pub async fn audit_by(
             now,
         )
         .await?;
-        tx.commit(action).await
+        tx.commit(action.as_str()).await
     }
     .await;
     if let Err(e) = result {
-        tracing::error!(error = %e, action, "cannot write an audit event");
+        tracing::error!(error = %e, action = action.as_str(), "cannot write an audit event");
     }
 }
 

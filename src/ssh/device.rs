@@ -27,6 +27,7 @@ use std::sync::atomic::Ordering;
 
 use super::bridge::{self, BridgeIo};
 use super::context::{ConnectionLimits, Context};
+use crate::audit::Action;
 use crate::live::{PendingSession, PtyInfo, SessionKind};
 use crate::policy::{self, PolicyError};
 use crate::target::TargetError;
@@ -305,7 +306,7 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
         Ok(g) => g,
         Err(PolicyError::Denied(denial)) => {
             ctx.audit_refusal(
-                "session.refused",
+                Action::SessionRefused,
                 format!("asset:{asset}"),
                 serde_json::json!({"peer": ctx.peer.to_string(), "kind": start.kind().as_str(), "reason": denial.audit_reason()}),
             )
@@ -353,7 +354,7 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
             // A close that is already there wins over a dial that is done too.
             biased;
             close = pending.closed() => {
-                pending.refuse("session.refused", &format!("closed before it started: {}", close.text)).await;
+                pending.refuse(Action::SessionRefused, &format!("closed before it started: {}", close.text)).await;
                 refuse(&channel, &close.text).await;
                 return;
             }
@@ -377,8 +378,8 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
         Ok(pair) => pair,
         Err(e) => {
             let action = match e {
-                TargetError::HostKeyMismatch { .. } => "target.hostkey.mismatch",
-                _ => "session.refused",
+                TargetError::HostKeyMismatch { .. } => Action::TargetHostkeyMismatch,
+                _ => Action::SessionRefused,
             };
             tracing::warn!(asset = %asset, error = %e, "device connection refused");
             pending.refuse(action, &e.to_string()).await;
@@ -470,7 +471,7 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
 /// `session.refused` (within the connection's refusal budget): no channel ends unrecorded.
 async fn refuse_audited(ctx: &Context, asset: &str, channel: &Channel<Msg>, why: &str) {
     ctx.audit_refusal(
-        "session.refused",
+        Action::SessionRefused,
         format!("asset:{asset}"),
         serde_json::json!({"peer": ctx.peer.to_string(), "reason": why}),
     )

@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::context::Context;
 use super::jump;
+use crate::audit::Action;
 use crate::live::{PendingSession, SessionKind};
 use crate::model::ServiceKind;
 use crate::policy::{self, PolicyError};
@@ -39,7 +40,7 @@ pub async fn run(
     let now = app.clock.now();
     let Ok(port) = u16::try_from(port) else {
         ctx.audit_refusal(
-            "tunnel.refused",
+            Action::TunnelRefused,
             format!("vendor:{}", ctx.vendor()),
             json!({"destination": format!("{}:{port}", crate::model::truncate_for_display(&host, 64)), "originator": originator, "peer": ctx.peer.to_string(), "reason": format!("invalid port {port}")}),
         )
@@ -53,7 +54,7 @@ pub async fn run(
         Ok(g) => g,
         Err(PolicyError::Denied(denial)) => {
             ctx.audit_refusal(
-                "tunnel.refused",
+                Action::TunnelRefused,
                 format!("vendor:{}", ctx.vendor()),
                 json!({"destination": format!("{}:{port}", crate::model::truncate_for_display(&host, 64)), "originator": originator, "peer": ctx.peer.to_string(), "reason": denial.audit_reason()}),
             )
@@ -92,7 +93,7 @@ pub async fn run(
     let device = tokio::select! {
         d = crate::tunnel::dial(&grant) => d,
         close = pending.closed() => {
-            pending.refuse("tunnel.refused", &format!("closed before it opened: {}", close.text)).await;
+            pending.refuse(Action::TunnelRefused, &format!("closed before it opened: {}", close.text)).await;
             reply.reject(prohibited(close.text)).await;
             return;
         }
@@ -103,7 +104,7 @@ pub async fn run(
         Err(why) => {
             tracing::warn!(asset = %asset.name, port = service.port, error = %why, "tunnel dial failed");
             pending
-                .refuse("tunnel.refused", &format!("device unreachable: {why}"))
+                .refuse(Action::TunnelRefused, &format!("device unreachable: {why}"))
                 .await;
             reply
                 .reject(connect_failed(format!(

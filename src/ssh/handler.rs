@@ -32,6 +32,7 @@ use super::auth::{Auth, TotpOutcome};
 use super::context::{ConnectionLimits, Context, OpenChannels, audit_by};
 use super::login::Login;
 use super::{Shared, device, forward, home};
+use crate::audit::Action;
 use crate::live::registry::ConnectionRegistration;
 use crate::policy::Principal;
 
@@ -155,7 +156,7 @@ impl Connection {
         let Some(slot) = self.open_channels.take(channel, max) else {
             if !self.cap_audited {
                 self.cap_audited = true;
-                self.audit_refusal("ssh.channels.refused", json!({"max_channels": max}));
+                self.audit_refusal(Action::SshChannelsRefused, json!({"max_channels": max}));
             }
             return Err(ChannelOpenFailure::Other {
                 code: RESOURCE_SHORTAGE,
@@ -186,16 +187,16 @@ impl Connection {
 
     /// Audits a refused request (the vendor saw the refusal from their client), within the connection's
     /// refusal budget.
-    fn audit_refusal(&self, action: &'static str, detail: serde_json::Value) {
+    fn audit_refusal(&self, action: Action, detail: serde_json::Value) {
         let Some((_, principal)) = self.login.clone() else {
             return;
         };
         let action = match self.limits.audit_refusal() {
             Some(true) => action,
-            Some(false) => "ssh.refusals.suppressed",
+            Some(false) => Action::SshRefusalsSuppressed,
             None => {
                 tracing::info!(
-                    action,
+                    %action,
                     "refusal not audited (this connection's budget is spent)"
                 );
                 return;
@@ -219,6 +220,22 @@ impl Connection {
         });
     }
 
+    /// Refuses a channel of a type the client may not open toward a server (`x11`, `forwarded-tcpip`:
+    /// both only ever come from a server), and audits it.
+    fn refuse_channel_type(
+        &self,
+        channel_type: &'static str,
+        detail: serde_json::Value,
+        reply: ChannelOpenHandle,
+    ) {
+        let mut detail = detail;
+        if let Some(map) = detail.as_object_mut() {
+            map.insert("type".into(), json!(channel_type));
+        }
+        self.audit_refusal(Action::ChannelRefused, detail);
+        tokio::spawn(reply.reject(ChannelOpenFailure::AdministrativelyProhibited));
+    }
+
     /// Answers a shell, exec or subsystem request: success for the first one on a channel, failure after.
     fn answer_start(
         &mut self,
@@ -229,7 +246,7 @@ impl Connection {
             session.channel_success(channel)
         } else {
             self.audit_refusal(
-                "session.request.refused",
+                Action::SessionRequestRefused,
                 json!({"reason": "a second shell, exec or subsystem request on one channel"}),
             );
             session.channel_failure(channel)
@@ -425,7 +442,7 @@ impl server::Handler for Connection {
     ) -> Result<(), Self::Error> {
         if let Mode::Inner { .. } = self.mode {
             self.audit_refusal(
-                "tunnel.refused",
+                Action::TunnelRefused,
                 json!({"reason": "tunnel inside a ProxyJump session"}),
             );
             tokio::spawn(reply.reject(ChannelOpenFailure::Other {
@@ -468,13 +485,60 @@ impl server::Handler for Connection {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.audit_refusal(
-            "forward.streamlocal.refused",
+            Action::ForwardStreamlocalRefused,
             json!({"path": crate::model::truncate_for_display(socket_path, 80)}),
         );
         tokio::spawn(reply.reject(ChannelOpenFailure::Other {
             code: 1,
             reason: "Unix socket forwarding is not allowed by chaperone".into(),
         }));
+        Ok(())
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_channel_type(
+            "x11",
+            json!({"originator": format!("{}:{originator_port}", crate::model::truncate_for_display(originator_address, 64))}),
+            reply,
+        );
+        Ok(())
+    }
+
+    async fn channel_open_forwarded_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_channel_type(
+            "forwarded-tcpip",
+            json!({"to": format!("{}:{port_to_connect}", crate::model::truncate_for_display(host_to_connect, 255))}),
+            reply,
+        );
+        Ok(())
+    }
+
+    /// A channel type russh refuses by itself (third_party/README.md, russh patch 7): audited here.
+    async fn channel_open_refused(
+        &mut self,
+        channel_type: &str,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.audit_refusal(
+            Action::ChannelRefused,
+            json!({"type": crate::model::truncate_for_display(channel_type, 64)}),
+        );
         Ok(())
     }
 
@@ -539,7 +603,7 @@ impl server::Handler for Connection {
             self.answer_start(channel, session)
         } else {
             self.audit_refusal(
-                "session.subsystem.refused",
+                Action::SessionSubsystemRefused,
                 json!({"subsystem": crate::model::truncate_for_display(name, 64)}),
             );
             session.channel_failure(channel)
@@ -565,7 +629,7 @@ impl server::Handler for Connection {
         _x11_screen_number: u32,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.audit_refusal("forward.x11.refused", json!({}));
+        self.audit_refusal(Action::ForwardX11Refused, json!({}));
         session.channel_failure(channel)
     }
 
@@ -574,7 +638,7 @@ impl server::Handler for Connection {
         _channel: ChannelId,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.audit_refusal("forward.agent.refused", json!({}));
+        self.audit_refusal(Action::ForwardAgentRefused, json!({}));
         Ok(false)
     }
 
@@ -595,7 +659,7 @@ impl server::Handler for Connection {
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
         self.audit_refusal(
-            "forward.remote.refused",
+            Action::ForwardRemoteRefused,
             json!({"address": crate::model::truncate_for_display(address, 80), "port": *port}),
         );
         Ok(false)
@@ -607,7 +671,7 @@ impl server::Handler for Connection {
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
         self.audit_refusal(
-            "forward.streamlocal.refused",
+            Action::ForwardStreamlocalRefused,
             json!({"path": crate::model::truncate_for_display(socket_path, 80)}),
         );
         Ok(false)

@@ -408,7 +408,7 @@ async fn logged_out(app: &App, vendor: &str, peer: std::net::SocketAddr) {
         tx.audit(
             crate::audit::AuditEvent::new(
                 &who,
-                crate::audit::Action::AuthLogout.as_str(),
+                crate::audit::Action::AuthLogout,
                 &who,
                 serde_json::json!({"peer": peer.to_string()}),
             ),

@@ -21,6 +21,7 @@ use russh::{Channel, ChannelMsg};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::context::Context;
+use crate::audit::Action;
 use crate::config::format_duration;
 use crate::model::{RequestStatus, ServiceKind, Vendor};
 use crate::policy::events::Change;
@@ -57,7 +58,7 @@ pub async fn run(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>, res
                 tracing::error!(error = %e, "cannot file a request");
             } else {
                 ctx.audit(
-                    "request.refused",
+                    Action::RequestRefused,
                     format!("asset:{}", args.asset),
                     serde_json::json!({"reason": refusal.to_string(), "services": args.services}),
                 )

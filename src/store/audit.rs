@@ -62,7 +62,7 @@ pub(super) async fn append_many(
             seq,
             at,
             &event.actor,
-            &event.action,
+            event.action.as_str(),
             &event.subject,
             &detail,
             &prev_hash,
@@ -81,7 +81,7 @@ pub(super) async fn append_many(
                 .bind(*seq)
                 .bind(*at)
                 .bind(&event.actor)
-                .bind(&event.action)
+                .bind(event.action.as_str())
                 .bind(&event.subject)
                 .bind(detail)
                 .bind(prev)

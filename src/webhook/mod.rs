@@ -142,7 +142,7 @@ impl Deliverer {
         tx.audit(
             AuditEvent::new(
                 "system",
-                "webhook.undelivered",
+                Action::WebhookUndelivered,
                 format!("audit:{}", row.seq),
                 json!({"action": row.action, "subject": row.subject, "attempts": attempts, "error": error}),
             ),

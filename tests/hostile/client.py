@@ -29,6 +29,10 @@ Ops (each answer carries the op's "id" when it had one):
     {"op": "exec-raw", "command": "…", "steps": ["…", …]}
                                               exec; write each step once one more byte of output
                                               came (an SCP sink's answers), then EOF -> like exec
+    {"op": "open-type", "type": "x11", "args": ["127.0.0.1", 6010]}
+                                              a CHANNEL_OPEN of any type (strings and numbers after
+                                              the window and packet size, as given)
+                                              -> {"event": "refused", "code", "reason"} or "opened"
     {"op": "wait-closed", "timeout": S}       -> {"event": "closed", "after": seconds} or "still-open"
     {"op": "quit"}
 Failures are answered as {"event": "error", "error": "…"}.
@@ -47,7 +51,7 @@ import time
 
 import asyncssh
 from asyncssh.channel import SSHClientChannel
-from asyncssh.packet import String
+from asyncssh.packet import String, UInt32
 
 # Holding a session channel open between its CHANNEL_OPEN and its first request: a task that carries a
 # gate waits on it right after the open is confirmed, and its exec carries the command given later.
@@ -232,6 +236,16 @@ async def main():
                     say({"event": "error", "id": rid, "error": repr(tasks[rid].exception())})
                 else:
                     say({"event": "error", "id": rid, "error": "open timed out"})
+            elif op == "open-type":
+                chan = SSHClientChannel(
+                    conn, asyncio.get_running_loop(), "strict", None, "strict", 2**20, 32768
+                )
+                args = [String(a) if isinstance(a, str) else UInt32(a) for a in req.get("args", [])]
+                try:
+                    await asyncio.wait_for(chan._open(req["type"].encode(), *args), 10)
+                    say({"event": "opened", "id": rid})
+                except asyncssh.ChannelOpenError as e:
+                    say({"event": "refused", "id": rid, "code": e.code, "reason": e.reason})
             elif op == "exec":
                 gate = gates[rid]
                 gate["command"] = req["command"]

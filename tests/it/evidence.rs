@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use chaperone::audit::Action;
+
 use crate::cli::{sqlite, sqlite_query};
 use crate::support::DataDir;
 use crate::support::bastion::{Bastion, text, wait_until};
@@ -535,7 +537,7 @@ async fn issue_12_the_digest_that_counts_is_the_first_one_the_chain_vouches_for(
             tx.audit(
                 AuditEvent::new(
                     "vendor:alice",
-                    "session.start",
+                    Action::SessionStart,
                     format!("session:{id}"),
                     json!({"recording": path}),
                 ),
@@ -548,7 +550,7 @@ async fn issue_12_the_digest_that_counts_is_the_first_one_the_chain_vouches_for(
         let end = |id: &str, digest: Option<&str>| {
             AuditEvent::new(
                 "vendor:alice",
-                "session.end",
+                Action::SessionEnd,
                 format!("session:{id}"),
                 json!({"reason": "exit", "recording_sha256": digest}),
             )
@@ -556,7 +558,7 @@ async fn issue_12_the_digest_that_counts_is_the_first_one_the_chain_vouches_for(
         let recovered = |id: &str, recording: i64, digest: &str| {
             AuditEvent::new(
                 "node:b",
-                "recording.recovered",
+                Action::RecordingRecovered,
                 format!("session:{id}"),
                 json!({"recording": recording, "path": "/r/moved.exec", "sha256": digest}),
             )
@@ -984,7 +986,7 @@ async fn issue_11_retention_deletes_expired_recordings_and_keeps_held_ones() {
             tx.audit(
                 AuditEvent::new(
                     "vendor:alice",
-                    "session.end",
+                    Action::SessionEnd,
                     format!("session:{id}"),
                     json!({"grant": g, "recording": rid, "recording_sha256": sha}),
                 ),
@@ -1011,7 +1013,7 @@ async fn issue_11_retention_deletes_expired_recordings_and_keeps_held_ones() {
         tx.audit(
             AuditEvent::new(
                 "os:auditor",
-                "session.hold",
+                Action::SessionHold,
                 "session:s-held",
                 json!({"reason": "case 7"}),
             ),
@@ -1108,7 +1110,12 @@ async fn issue_11_retention_deletes_expired_recordings_and_keeps_held_ones() {
         let mut tx = store.begin().await.unwrap();
         assert!(tx.release_session("s-held").await.unwrap());
         tx.audit(
-            AuditEvent::new("os:auditor", "session.release", "session:s-held", json!({})),
+            AuditEvent::new(
+                "os:auditor",
+                Action::SessionRelease,
+                "session:s-held",
+                json!({}),
+            ),
             now,
         )
         .await
@@ -1189,7 +1196,7 @@ async fn issue_11_a_download_streams_the_bundle_and_refuses_an_altered_recording
         tx.audit(
             AuditEvent::new(
                 "vendor:alice",
-                "session.end",
+                Action::SessionEnd,
                 "session:s-web",
                 json!({"grant": g, "recording": rid, "recording_sha256": sha}),
             ),

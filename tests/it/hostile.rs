@@ -408,6 +408,56 @@ fn channels_refused_for_a_limit_are_audited() {
     assert_eq!(idle[0]["subject"], "asset:mri-02");
 }
 
+/// Channels a client may not open toward a server (`x11` and `forwarded-tcpip` only ever come from a
+/// server; an agent's, a Unix socket's, a type nobody defined) are refused, each audited as
+/// `channel.refused` with its type, and the connection goes on: a session opened after them runs.
+/// (Before russh patch 7, the last three were refused twice, and asyncssh closed the connection.)
+#[test]
+fn channel_types_the_bastion_does_not_serve_are_refused_and_audited() {
+    let Some((_sshd, b)) = setup("") else { return };
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let mut client = Hostile::connect(&b, &alice, "alice+mri-01");
+    for (kind, args) in [
+        ("x11", json!(["127.0.0.1", 6010])),
+        ("forwarded-tcpip", json!(["mri-01", 22, "127.0.0.1", 5000])),
+        ("auth-agent@openssh.com", json!([])),
+        ("made-up@example.com", json!(["anything"])),
+        (
+            "forwarded-streamlocal@openssh.com",
+            json!(["/run/x.sock", ""]),
+        ),
+    ] {
+        let out = client.op(json!({"op": "open-type", "type": kind, "args": args}));
+        assert_eq!(out["event"], "refused", "{kind}: {out}\n{}", b.log());
+    }
+    let ok = client.op(json!({"op": "run", "command": "echo still-here"}));
+    assert_eq!(ok["stdout"], "still-here\n", "{ok}");
+    let types = || -> Vec<String> {
+        audited(&b, "channel.refused")
+            .iter()
+            .filter(|e| e["actor"] == "vendor:alice")
+            .filter_map(|e| e["detail"]["request"]["type"].as_str().map(str::to_owned))
+            .collect()
+    };
+    // Each refusal is audited by a task of its own: in any order.
+    let want = [
+        "auth-agent@openssh.com",
+        "forwarded-streamlocal@openssh.com",
+        "forwarded-tcpip",
+        "made-up@example.com",
+        "x11",
+    ];
+    assert!(
+        wait_until(Duration::from_secs(10), || types().len() == want.len()),
+        "{:?}",
+        types()
+    );
+    let mut seen = types();
+    seen.sort();
+    assert_eq!(seen, want);
+}
+
 /// A client that speaks legacy SCP (`scp -t`) and breaks the protocol: a file's bytes run past the
 /// size its header declared. The bastion cannot log what it cannot follow, so nothing of that chunk
 /// reaches the device (a client sending before the sink is ready is refused the same way) and the

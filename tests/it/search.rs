@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chaperone::audit::AuditEvent;
+use chaperone::audit::{Action, AuditEvent};
 use chaperone::search_index::{Indexer, Outcome};
 use chaperone::secrets::SecretsKey;
 use chaperone::store::{HistoryFilter, NewSession, Store};
@@ -68,7 +68,7 @@ async fn recorded(
     tx.audit(
         AuditEvent::new(
             "vendor:x",
-            "session.start",
+            Action::SessionStart,
             format!("session:{id}"),
             json!({"recording": path}),
         ),
@@ -87,7 +87,7 @@ async fn recorded(
     tx.audit(
         AuditEvent::new(
             "vendor:x",
-            "session.end",
+            Action::SessionEnd,
             format!("session:{id}"),
             json!({"recording": r, "recording_sha256": done.sha256_hex}),
         ),
@@ -105,9 +105,12 @@ async fn alice_on_mri(store: &Store) -> (i64, i64, i64) {
     let a = asset(store, "mri-01").await;
     let mut tx = store.begin().await.unwrap();
     let g = grant(&mut tx, v, a, &["ssh".to_owned()], 10_000).await;
-    tx.audit(AuditEvent::new("os:t", "t", "t", json!({})), 100)
-        .await
-        .unwrap();
+    tx.audit(
+        AuditEvent::new("os:t", Action::VendorAdd, "t", json!({})),
+        100,
+    )
+    .await
+    .unwrap();
     tx.commit("t").await.unwrap();
     (v, a, g)
 }
@@ -130,9 +133,12 @@ async fn history_filters_and_text_search_agree_on_both_databases() {
             let mut tx = store.begin().await.unwrap();
             let g = grant(&mut tx, v, a, &["ssh".to_owned()], 10_000).await;
             let gb = grant(&mut tx, bob, a, &["ssh".to_owned()], 10_000).await;
-            tx.audit(AuditEvent::new("os:t", "t", "t", json!({})), 100)
-                .await
-                .unwrap();
+            tx.audit(
+                AuditEvent::new("os:t", Action::VendorAdd, "t", json!({})),
+                100,
+            )
+            .await
+            .unwrap();
             tx.commit("t").await.unwrap();
             let dirp = dir.path();
             recorded(
@@ -303,7 +309,7 @@ async fn a_recording_deleted_by_retention_leaves_no_searchable_text() {
             tx.audit(
                 AuditEvent::new(
                     "node:t",
-                    "recording.deleted",
+                    Action::RecordingDeleted,
                     "session:s1",
                     json!({"recording": r}),
                 ),
@@ -525,9 +531,12 @@ fn bench_search_and_open() {
         let a = asset(&store, "mri-01").await;
         let mut tx = store.begin().await.unwrap();
         let g = grant(&mut tx, v, a, &["ssh".to_owned()], i64::MAX / 4).await;
-        tx.audit(AuditEvent::new("os:t", "t", "t", json!({})), 100)
-            .await
-            .unwrap();
+        tx.audit(
+            AuditEvent::new("os:t", Action::VendorAdd, "t", json!({})),
+            100,
+        )
+        .await
+        .unwrap();
         tx.commit("t").await.unwrap();
         // Text like a device's: lines of words from a vocabulary of 5,000, and one rare word per session.
         let mut seed = 0x2545_f491_4f6c_dd1du64;

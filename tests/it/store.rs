@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use chaperone::audit::{AuditEvent, Verifier};
+use chaperone::audit::{Action, AuditEvent, Verifier};
 use chaperone::model::{Criticality, Service};
 use chaperone::store::{
     CursorClaim, NewAsset, NewGrant, NewSession, SessionStart, Store, StoreError, Tx,
@@ -28,7 +28,7 @@ where
     }
 }
 
-fn ev(action: &str) -> AuditEvent {
+fn ev(action: Action) -> AuditEvent {
     AuditEvent::new("os:test", action, "test", json!({"k": "v"}))
 }
 
@@ -41,7 +41,7 @@ pub(crate) async fn vendor(store: &Store, name: &str, fp: &str) -> i64 {
     tx.insert_vendor_key(id, "ssh-ed25519 AAAA", fp, "c", 100)
         .await
         .unwrap();
-    tx.audit(ev("vendor.add"), 100).await.unwrap();
+    tx.audit(ev(Action::VendorAdd), 100).await.unwrap();
     tx.commit("t").await.unwrap();
     id
 }
@@ -88,7 +88,7 @@ pub(crate) async fn asset(store: &Store, name: &str) -> i64 {
         )
         .await
         .unwrap();
-    tx.audit(ev("asset.add"), 100).await.unwrap();
+    tx.audit(ev(Action::AssetAdd), 100).await.unwrap();
     tx.commit("t").await.unwrap();
     id
 }
@@ -145,7 +145,7 @@ async fn totp_steps_are_accepted_once_and_in_order() {
             "older step accepted"
         );
         assert!(tx.accept_totp_step(id, 1001).await.unwrap());
-        tx.audit(ev("auth.ok"), 1).await.unwrap();
+        tx.audit(ev(Action::AuthLogin), 1).await.unwrap();
         tx.commit("t").await.unwrap();
         assert_eq!(
             store.vendor_totp(id).await.unwrap(),
@@ -178,7 +178,7 @@ async fn login_failures_lock_after_the_limit_within_the_window() {
             .await
             .unwrap();
         assert_eq!(f.locked_until, Some(2910));
-        tx.audit(ev("auth.lock"), 2010).await.unwrap();
+        tx.audit(ev(Action::AuthLock), 2010).await.unwrap();
         tx.commit("t").await.unwrap();
         assert_eq!(
             store.vendor("alice").await.unwrap().unwrap().locked_until,
@@ -258,7 +258,7 @@ async fn grants_sessions_and_recordings() {
             .insert_recording("s1", "asciicast-v2", "/r/s1.cast", 150)
             .await
             .unwrap();
-        tx.audit(ev("session.start"), 150).await.unwrap();
+        tx.audit(ev(Action::SessionStart), 150).await.unwrap();
         tx.commit("t").await.unwrap();
 
         let open = store.open_grants_of(v, 150).await.unwrap();
@@ -276,7 +276,7 @@ async fn grants_sessions_and_recordings() {
         tx.close_recording(r, "abcd", 42, 160).await.unwrap();
         assert!(tx.revoke_grant(g, "os:t", "done", 160).await.unwrap());
         assert!(!tx.revoke_grant(g, "os:t", "again", 161).await.unwrap());
-        tx.audit(ev("session.end"), 160).await.unwrap();
+        tx.audit(ev(Action::SessionEnd), 160).await.unwrap();
         tx.commit("t").await.unwrap();
         let s = store.session("s1").await.unwrap();
         assert_eq!((s.ended_at, s.bytes_up, s.bytes_down), (Some(160), 10, 20));
@@ -317,7 +317,7 @@ async fn sessions_of_a_gone_node_are_found_and_ended_once() {
                 .await
                 .unwrap();
         }
-        tx.audit(ev("session.start"), 150).await.unwrap();
+        tx.audit(ev(Action::SessionStart), 150).await.unwrap();
         tx.commit("t").await.unwrap();
         store.node_seen("node-dead", 100).await.unwrap();
         store.node_seen("node-live", 100).await.unwrap();
@@ -340,7 +340,7 @@ async fn sessions_of_a_gone_node_are_found_and_ended_once() {
                 .await
                 .unwrap()
         );
-        first.audit(ev("session.end"), 510).await.unwrap();
+        first.audit(ev(Action::SessionEnd), 510).await.unwrap();
         first.commit("t").await.unwrap();
         let mut second = store.begin().await.unwrap();
         assert!(
@@ -372,7 +372,7 @@ async fn sessions_of_a_gone_node_are_found_and_ended_once() {
                 .await
                 .unwrap()
         );
-        tx.audit(ev("recording.recovered"), 520).await.unwrap();
+        tx.audit(ev(Action::RecordingRecovered), 520).await.unwrap();
         tx.commit("t").await.unwrap();
         assert!(store.unfinished_recordings().await.unwrap().is_empty());
 
@@ -409,7 +409,12 @@ async fn concurrent_appends_keep_one_unbroken_chain() {
                 for j in 0..5 {
                     let mut tx = store.begin().await.unwrap();
                     tx.audit(
-                        AuditEvent::new("os:t", "t", format!("w{i}"), json!({"j": j})),
+                        AuditEvent::new(
+                            "os:t",
+                            Action::VendorAdd,
+                            format!("w{i}"),
+                            json!({"j": j}),
+                        ),
                         1,
                     )
                     .await
@@ -431,7 +436,7 @@ async fn one_node_at_a_time_holds_the_webhook_cursor() {
     on_both(|store| async move {
         // History before the first claim is not replayed to a new receiver.
         let mut tx = store.begin().await.unwrap();
-        tx.audit(ev("before.webhook"), 1).await.unwrap();
+        tx.audit(ev(Action::VendorAdd), 1).await.unwrap();
         tx.commit("t").await.unwrap();
         let (head, _) = store.audit_head().await.unwrap();
         assert_eq!(
@@ -580,7 +585,7 @@ async fn zone_approvers_and_four_eyes_by_directory_entry_on_both_backends() {
         tx.set_vendor_directory(v, "uid=alice,ou=vendors,dc=example")
             .await
             .unwrap();
-        tx.audit(ev("vendor.directory"), 900).await.unwrap();
+        tx.audit(ev(Action::VendorAdd), 900).await.unwrap();
         tx.commit("t").await.unwrap();
         let alias = who(
             "a.smith",
@@ -607,7 +612,7 @@ async fn zone_approvers_and_four_eyes_by_directory_entry_on_both_backends() {
             .upsert_directory_staff("erin.old", &standing, "UID=Erin,ou=staff,dc=example", 900)
             .await;
         assert!(matches!(second, Err(StoreError::Conflict(_))), "{second:?}");
-        tx.audit(ev("user.directory.add"), 900).await.unwrap();
+        tx.audit(ev(Action::UserDirectoryAdd), 900).await.unwrap();
         tx.commit("t").await.unwrap();
         assert_eq!(
             store
@@ -970,7 +975,7 @@ async fn web_sign_in_state_lapses_extends_is_taken_once_and_is_bounded() {
         }
         let mut tx = s.begin().await.unwrap();
         assert_eq!(tx.end_web_sessions_of("dave").await.unwrap(), 2);
-        tx.audit(ev("user.disable"), 100).await.unwrap();
+        tx.audit(ev(Action::UserDisable), 100).await.unwrap();
         tx.commit("t").await.unwrap();
         assert_eq!(
             s.web_state_get("session", "d1", 150, None).await.unwrap(),
@@ -1044,7 +1049,7 @@ async fn staff_signin_failures_count_per_account_and_source_in_a_window() {
             .insert_staff_user("eve", chaperone::model::Role::Approver, "t2", 9999, 100)
             .await
             .unwrap();
-        tx.audit(ev("user.add"), 100).await.unwrap();
+        tx.audit(ev(Action::UserAdd), 100).await.unwrap();
         tx.commit("t").await.unwrap();
 
         let mut tx = s.begin().await.unwrap();
@@ -1075,7 +1080,7 @@ async fn staff_signin_failures_count_per_account_and_source_in_a_window() {
                 .unwrap(),
             2
         );
-        tx.audit(ev("staff.signin.failed"), 1003).await.unwrap();
+        tx.audit(ev(Action::StaffSigninFailed), 1003).await.unwrap();
         tx.commit("t").await.unwrap();
 
         // A sign-in from 192.0.2.2 clears that source only.
@@ -1091,7 +1096,7 @@ async fn staff_signin_failures_count_per_account_and_source_in_a_window() {
             tx.staff_signin_failures(bob, "192.0.2.1", 0).await.unwrap(),
             3
         );
-        tx.audit(ev("staff.signin"), 1004).await.unwrap();
+        tx.audit(ev(Action::StaffSignin), 1004).await.unwrap();
         tx.commit("t").await.unwrap();
 
         // A failure recorded later forgets the rows from before its window, everyone's.
@@ -1197,7 +1202,7 @@ async fn two_services_on_one_port_are_refused_and_an_old_asset_with_them_opens_n
         tx.insert_service(a, &"hl7:2575/tcp".parse().unwrap())
             .await
             .unwrap();
-        tx.audit(ev("asset.service.add"), 100).await.unwrap();
+        tx.audit(ev(Action::AssetServiceAdd), 100).await.unwrap();
         tx.commit("t").await.unwrap();
         assert!(store.asset("ct-02").await.unwrap().is_none());
         assert_eq!(store.require_asset("mri-01").await.unwrap().services.len(), 3);
@@ -1213,7 +1218,7 @@ async fn two_services_on_one_port_are_refused_and_an_old_asset_with_them_opens_n
         let mut tx = store.begin().await.unwrap();
         let raw_only = grant(&mut tx, v, a, &["raw".to_owned()], 10_000).await;
         grant(&mut tx, v, a, &["dicom".to_owned()], 10_000).await;
-        tx.audit(ev("grant.issue"), 100).await.unwrap();
+        tx.audit(ev(Action::GrantIssue), 100).await.unwrap();
         tx.commit("t").await.unwrap();
         let alice = login(v, "alice", "SHA256:port");
         let tunnel = authorize_tunnel(&store, 200, &alice, "mri-01", 22).await;
@@ -1302,7 +1307,7 @@ async fn grants_go_only_to_enabled_vendors_and_pending_requests_are_capped_on_bo
         // and both refusals are audited; nothing else changes.
         let mut tx = store.begin().await.unwrap();
         tx.set_vendor_enabled(v, false).await.unwrap();
-        tx.audit(ev("vendor.disable"), 1100).await.unwrap();
+        tx.audit(ev(Action::VendorDisable), 1100).await.unwrap();
         tx.commit("t").await.unwrap();
         let bob = Approver {
             name: "bob".into(),
@@ -1382,7 +1387,7 @@ fn start(id: &str, v: i64, a: i64, g: i64, recorded: bool) -> SessionStart {
         recording: recorded.then(|| ("exec-stream-v1", format!("/r/{id}.exec"))),
         audit: AuditEvent::new(
             "vendor:alice",
-            "session.start",
+            Action::SessionStart,
             format!("session:{id}"),
             json!({}),
         ),
@@ -1399,7 +1404,7 @@ async fn session_starts_at_once_are_written_together_and_fail_alone() {
         let a = asset(&store, "mri-01").await;
         let mut tx = store.begin().await.unwrap();
         let g = grant(&mut tx, v, a, &["ssh".to_owned()], 10_000).await;
-        tx.audit(ev("grant.add"), 100).await.unwrap();
+        tx.audit(ev(Action::GrantIssue), 100).await.unwrap();
         tx.commit("t").await.unwrap();
 
         // The first start to run takes the writer turn alone; the rest queue behind it and go together,

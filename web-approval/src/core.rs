@@ -548,6 +548,17 @@ impl StateKind {
     }
 }
 
+/// What changed in a staff member's passkeys, for the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasskeyChange {
+    /// One was registered.
+    Added,
+    /// A sign-in moved one's signature counter.
+    Updated,
+    /// One was removed.
+    Removed,
+}
+
 /// What the web app needs from chaperone, by concern: [`Approvals`] (requests, grants, sessions),
 /// [`Records`] (the session history, playback, the live view, evidence bundles), [`Accounts`] (staff
 /// accounts, sign-in judgement, enrollment, passkeys) and [`SignInState`] (sessions and ceremonies every
@@ -705,12 +716,12 @@ pub trait Accounts: Send + Sync + 'static {
     /// `name`'s passkeys as stored (a JSON array), if any.
     fn passkeys(&self, name: &str) -> impl Future<Output = CoreResult<Option<String>>> + Send;
     /// Replaces `name`'s passkeys (one was added, or a sign-in moved a signature counter); audited
-    /// as `action` (`staff.passkey.add`, `staff.passkey.update`).
+    /// as what `change` says.
     fn set_passkeys(
         &self,
         name: &str,
         passkeys_json: &str,
-        action: &'static str,
+        change: PasskeyChange,
     ) -> impl Future<Output = CoreResult<()>> + Send;
 }
 

@@ -25,7 +25,7 @@ use webauthn_rs::prelude::{
 };
 
 use crate::auth::{self, set_cookie};
-use crate::core::{Method, SecondFactor, Source, StateKind};
+use crate::core::{Method, PasskeyChange, SecondFactor, Source, StateKind};
 use crate::signin::{MIN_PASSWORD, SignInError, authenticate, start_session};
 use crate::{Core, CoreError, Peer, WebState};
 
@@ -505,7 +505,7 @@ pub(crate) async fn login_finish<C: Core>(
         if changed && let Ok(json) = to_json(&passkeys) {
             let _ = st
                 .core
-                .set_passkeys(&name, &json, "staff.passkey.update")
+                .set_passkeys(&name, &json, PasskeyChange::Updated)
                 .await;
         }
     }
@@ -699,7 +699,7 @@ pub(crate) async fn add_finish<C: Core>(
     };
     match st
         .core
-        .set_passkeys(&name, &json, "staff.passkey.add")
+        .set_passkeys(&name, &json, PasskeyChange::Added)
         .await
     {
         Ok(()) => Json(json!({"passkeys": all.len(), "next": "/account"})).into_response(),
@@ -771,7 +771,7 @@ pub(crate) async fn remove<C: Core>(
     };
     match st
         .core
-        .set_passkeys(&name, &json, "staff.passkey.remove")
+        .set_passkeys(&name, &json, PasskeyChange::Removed)
         .await
     {
         Ok(()) => {

@@ -93,6 +93,8 @@ mod server {
     // https://tools.ietf.org/html/rfc4256#section-5
     pub const USERAUTH_INFO_REQUEST: u8 = 60;
     pub const USERAUTH_PK_OK: u8 = 60;
+    // chaperone patch 7: refusals go through `ChannelOpenFailure` now; kept as upstream has it.
+    #[allow(dead_code)]
     pub const SSH_OPEN_ADMINISTRATIVELY_PROHIBITED: u8 = 1;
 }
 

@@ -2132,32 +2132,33 @@ impl Session {
                     .channel_open_direct_streamlocal(channel, &d.socket_path, reply, self)
                     .await
             }
+            // chaperone patch 7: the handler hears of each type refused here, and each is refused once,
+            // through `reply`: refused with `msg.fail` while `reply` was dropped, the client got two
+            // CHANNEL_OPEN_FAILUREs for one channel (the dropped handle sends its own), and asyncssh
+            // closed the connection.
             ChannelType::ForwardedStreamLocal(_) => {
-                if let Some(ref mut enc) = self.common.encrypted {
-                    msg.fail(
-                        &mut enc.write,
-                        msg::SSH_OPEN_ADMINISTRATIVELY_PROHIBITED,
-                        b"Unsupported channel type",
-                    )?;
-                }
-                Ok(())
+                let told = handler
+                    .channel_open_refused("forwarded-streamlocal@openssh.com", self)
+                    .await;
+                reply
+                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                    .await;
+                told
             }
             ChannelType::AgentForward => {
-                if let Some(ref mut enc) = self.common.encrypted {
-                    msg.fail(
-                        &mut enc.write,
-                        msg::SSH_OPEN_ADMINISTRATIVELY_PROHIBITED,
-                        b"Unsupported channel type",
-                    )?;
-                }
-                Ok(())
+                let told = handler
+                    .channel_open_refused("auth-agent@openssh.com", self)
+                    .await;
+                reply
+                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                    .await;
+                told
             }
             ChannelType::Unknown { typ } => {
                 debug!("unknown channel type: {typ}");
-                if let Some(ref mut enc) = self.common.encrypted {
-                    msg.unknown_type(&mut enc.write)?;
-                }
-                Ok(())
+                let told = handler.channel_open_refused(typ, self).await;
+                reply.reject(ChannelOpenFailure::UnknownChannelType).await;
+                told
             }
         }
     }

@@ -515,6 +515,19 @@ pub trait Handler: Sized {
         async { Ok(()) }
     }
 
+    /// chaperone patch 7 (third_party/README.md): called when the client opens a channel of a type
+    /// this library refuses by itself (`forwarded-streamlocal@openssh.com`, `auth-agent@openssh.com`,
+    /// or a type it does not know; `channel_type` as the client sent it), before the refusal goes out,
+    /// so that a server can log what it was asked for. The refusal is sent whatever this returns.
+    #[allow(unused_variables)]
+    fn channel_open_refused(
+        &mut self,
+        channel_type: &str,
+        session: &mut Session,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        async { Ok(()) }
+    }
+
     /// Called when the client confirmed our request to open a
     /// channel. A channel can only be written to after receiving this
     /// message (this library panics otherwise).
