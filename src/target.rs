@@ -67,12 +67,36 @@ impl TargetError {
     }
 }
 
-/// Checks the device's host key against the pin.
+/// Checks the device's host key against the pin, and refuses every channel the device opens.
 #[derive(Debug)]
 pub struct PinnedHostKey {
     pinned: PublicKey,
     /// What the device presented, for the mismatch report.
     presented: Arc<std::sync::Mutex<Option<String>>>,
+    /// Whether a channel the device opened was logged (once a connection: a device that opens them in
+    /// a loop must not flood the log).
+    refused_logged: bool,
+}
+
+impl PinnedHostKey {
+    /// A device never has a reason to open a channel toward the bastion (chaperone asks for no
+    /// forwarding, no agent and no X11 on the device leg). russh's client accepts them by default, so a
+    /// compromised device could open confirmed channels without limit: each is refused here.
+    async fn refuse(&mut self, channel_type: &str, reply: client::ChannelOpenHandle) {
+        self.log_refusal(channel_type);
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+    }
+
+    fn log_refusal(&mut self, channel_type: &str) {
+        if !std::mem::replace(&mut self.refused_logged, true) {
+            tracing::warn!(
+                channel_type = crate::model::truncate_for_display(channel_type, 64),
+                "the device opened a channel toward the bastion: refused (later ones on this connection are refused without a log line)"
+            );
+        }
+    }
 }
 
 impl client::Handler for PinnedHostKey {
@@ -109,6 +133,88 @@ impl client::Handler for PinnedHostKey {
             "device key exchange done"
         );
         Ok(())
+    }
+
+    async fn server_channel_open_session(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("session", reply).await;
+        Ok(())
+    }
+
+    async fn server_channel_open_direct_tcpip(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        _host_to_connect: &str,
+        _port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("direct-tcpip", reply).await;
+        Ok(())
+    }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        _connected_address: &str,
+        _connected_port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("forwarded-tcpip", reply).await;
+        Ok(())
+    }
+
+    async fn server_channel_open_x11(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("x11", reply).await;
+        Ok(())
+    }
+
+    async fn server_channel_open_forwarded_streamlocal(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        _socket_path: &str,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("forwarded-streamlocal@openssh.com", reply)
+            .await;
+        Ok(())
+    }
+
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("auth-agent@openssh.com", reply).await;
+        Ok(())
+    }
+
+    async fn should_accept_unknown_server_channel(
+        &mut self,
+        _id: russh::ChannelId,
+        channel_type: &str,
+    ) -> bool {
+        // Refused by russh (patch 7: once, with UNKNOWN_CHANNEL_TYPE); logged here.
+        self.log_refusal(channel_type);
+        false
     }
 }
 
@@ -194,6 +300,7 @@ pub async fn connect(
     let handler = PinnedHostKey {
         pinned: pinned.key.clone(),
         presented: presented.clone(),
+        refused_logged: false,
     };
     let addr = (asset.address.clone(), grant.service().port);
     let mut handle = match tokio::time::timeout(CONNECT_TIMEOUT, dial(config, addr, handler)).await

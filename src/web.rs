@@ -1561,12 +1561,16 @@ impl WebCore {
     }
 
     /// The playback index of a recording the chain vouches for, checked against its MAC; built now when
-    /// the indexer has not got to it yet, or built again when an older build made it
-    /// ([`playback::INDEX_VERSION`]).
+    /// the indexer has not got to it yet. With `rebuild_stale`, one an older build made
+    /// ([`playback::INDEX_VERSION`]) is built again first: only the player's `play.json` asks, once it
+    /// found the file here and intact (a node without the file must not drop another node's index and
+    /// text, and a search must not re-index on its request path); segments and searches use the index
+    /// as it is.
     async fn playback(
         &self,
         r: &RecordingRow,
         ev: &Evidence,
+        rebuild_stale: bool,
     ) -> Result<(Index, String), CoreError> {
         let Some(v) = ev.voucher() else {
             return Err(CoreError::Conflict(
@@ -1613,7 +1617,7 @@ impl WebCore {
                                 "the player's index of this recording does not match the digest the audit log vouches for (ALTERED in the database): it is not played".into(),
                             )
                         })?;
-                    if index.version < playback::INDEX_VERSION && !rebuilt {
+                    if rebuild_stale && index.version < playback::INDEX_VERSION && !rebuilt {
                         // Sealed, so not altered, but cut by an older build's rules: built again, once.
                         tracing::info!(
                             recording = r.id,
@@ -1833,7 +1837,7 @@ impl WebCore {
                 st.integrity, st.detail
             )));
         }
-        let (index, _) = self.playback(&r, &ev).await?;
+        let (index, _) = self.playback(&r, &ev, true).await?;
         let map = IdleMap::new(&index.gaps, idle);
         let idle_q = idle_secs(idle);
         let segments: Vec<serde_json::Value> = index
@@ -1922,7 +1926,7 @@ impl WebCore {
             ));
         }
         let format = format_of(&r).ok_or(CoreError::NotFound)?;
-        let (index, _) = self.playback(&r, &ev).await?;
+        let (index, _) = self.playback(&r, &ev, false).await?;
         let seg = index.segments.get(n).cloned().ok_or(CoreError::NotFound)?;
         let last = n + 1 == index.segments.len();
         let dir = self.app.config.recording.dir.clone();
@@ -2009,7 +2013,7 @@ impl WebCore {
                             .map(|(_, e)| e);
                         match ev {
                             Some(ev) => self
-                                .playback(r, &ev)
+                                .playback(r, &ev, false)
                                 .await
                                 .map(|(i, _)| IdleMap::new(&i.gaps, idle))
                                 .unwrap_or_else(|_| IdleMap::new(&[], None)),

@@ -42,19 +42,26 @@ pub struct Context {
 pub struct ConnectionLimits {
     /// Bytes (and messages) held for channels whose session has not started yet.
     pub early_input: AtomicUsize,
-    /// Refusals audited so far (past [`AUDITED_REFUSALS`] they are only counted in the log).
+    /// Refusals so far, saturating (past [`AUDITED_REFUSALS`] they are only logged, at debug level).
     refusals: AtomicU32,
 }
 
 /// Refusals of one connection that are audited one by one; past this, one `ssh.refusals.suppressed`
-/// event says so and the rest go to the log only (a client could otherwise flood the audit log).
+/// event says so and the rest are logged at debug level only (a client could otherwise flood the audit
+/// log, or the log).
 pub const AUDITED_REFUSALS: u32 = 32;
 
 impl ConnectionLimits {
     /// Whether the next refusal is audited: `Some(true)` as usual, `Some(false)` for the one that says
     /// the rest are suppressed, `None` past it.
     pub fn audit_refusal(&self) -> Option<bool> {
-        let n = self.refusals.fetch_add(1, Ordering::Relaxed);
+        // Saturating: a counter that wrapped would start auditing again after 2^32 refusals.
+        let n = self
+            .refusals
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_add(1))
+            })
+            .unwrap_or(u32::MAX);
         match n {
             n if n < AUDITED_REFUSALS => Some(true),
             n if n == AUDITED_REFUSALS => Some(false),
@@ -94,7 +101,9 @@ impl Context {
                 )
                 .await;
             }
-            None => tracing::info!(
+            // Debug only: the `ssh.refusals.suppressed` event said so once, and a client must not be
+            // able to flood the log instead of the audit log.
+            None => tracing::debug!(
                 %action,
                 "refusal not audited (this connection's budget is spent)"
             ),

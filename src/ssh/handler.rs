@@ -195,7 +195,9 @@ impl Connection {
             Some(true) => action,
             Some(false) => Action::SshRefusalsSuppressed,
             None => {
-                tracing::info!(
+                // Debug only: the `ssh.refusals.suppressed` event said so once, and a client must
+                // not be able to flood the log instead of the audit log.
+                tracing::debug!(
                     %action,
                     "refusal not audited (this connection's budget is spent)"
                 );

@@ -458,6 +458,69 @@ fn channel_types_the_bastion_does_not_serve_are_refused_and_audited() {
     assert_eq!(seen, want);
 }
 
+/// A device is not trusted either: one that opens channels toward the bastion (a session, tunnels both
+/// ways, X11, an agent's, a socket's, a type nobody defined; russh's client accepted all but the last
+/// by default, and refused that one twice) has each refused, and the vendor's session on it goes on.
+#[test]
+fn channels_a_device_opens_toward_the_bastion_are_refused() {
+    let Some((_sshd, b)) = setup("") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile/device.py");
+    let mut device = Command::new(python())
+        .arg(script)
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start the asyncssh device");
+    let port_file = dir.path().join("port");
+    assert!(
+        wait_until(Duration::from_secs(15), || port_file.exists()),
+        "the device did not start"
+    );
+    let port: u16 = std::fs::read_to_string(&port_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let host_key = std::fs::read_to_string(dir.path().join("host_key.pub")).unwrap();
+    b.device_at(
+        "pump-07",
+        port,
+        host_key.trim(),
+        "service",
+        &dir.path().join("client_key"),
+        &[],
+    );
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "pump-07", "ssh", "1h");
+    let out = b
+        .ssh(&alice, "alice+pump-07")
+        .arg("status")
+        .output()
+        .unwrap();
+    let _ = device.kill();
+    let _ = device.wait();
+    let (stdout, stderr, code) = text(&out);
+    assert_eq!(code, 0, "{stdout}\n{stderr}\n{}", b.log());
+    let results: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("{stdout}"));
+    let expected = json!({
+        "auth-agent@openssh.com": "refused 1",
+        "direct-tcpip": "refused 1",
+        "forwarded-streamlocal@openssh.com": "refused 1",
+        "forwarded-tcpip": "refused 1",
+        "made-up@example.com": "refused 3",
+        "session": "refused 1",
+        "x11": "refused 1",
+    });
+    assert_eq!(results, expected, "{}", b.log());
+    assert!(
+        b.log()
+            .contains("the device opened a channel toward the bastion: refused"),
+        "{}",
+        b.log()
+    );
+}
+
 /// A client that speaks legacy SCP (`scp -t`) and breaks the protocol: a file's bytes run past the
 /// size its header declared. The bastion cannot log what it cannot follow, so nothing of that chunk
 /// reaches the device (a client sending before the sink is ready is refused the same way) and the

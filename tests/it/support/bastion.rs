@@ -122,6 +122,27 @@ impl Bastion {
 
     /// Adds an asset backed by `sshd`, with its host key pinned and credential set.
     pub fn device(&self, name: &str, sshd: &Sshd, extra_services: &[&str]) {
+        self.device_at(
+            name,
+            sshd.port,
+            &sshd.host_key_line(),
+            &sshd.user,
+            &sshd.client_key,
+            extra_services,
+        );
+    }
+
+    /// An asset at 127.0.0.1:`port` whose pinned host key is `host_key_line`, signed in to as `user`
+    /// with the private key at `key`.
+    pub fn device_at(
+        &self,
+        name: &str,
+        port: u16,
+        host_key_line: &str,
+        user: &str,
+        key: &std::path::Path,
+        extra_services: &[&str],
+    ) {
         let mut args = vec![
             "asset".to_owned(),
             "add".into(),
@@ -133,7 +154,7 @@ impl Bastion {
             "--purpose".into(),
             "Test device".into(),
             "--service".into(),
-            format!("ssh:{}/ssh", sshd.port),
+            format!("ssh:{port}/ssh"),
         ];
         for s in extra_services {
             args.push("--service".into());
@@ -142,7 +163,7 @@ impl Bastion {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.data.run(&args).ok();
         self.data
-            .run(&["asset", "hostkey", "set", name, &sshd.host_key_line()])
+            .run(&["asset", "hostkey", "set", name, host_key_line])
             .ok();
         self.data
             .run(&[
@@ -151,9 +172,9 @@ impl Bastion {
                 "set",
                 name,
                 "--user",
-                &sshd.user,
+                user,
                 "--key",
-                &sshd.client_key.to_string_lossy(),
+                &key.to_string_lossy(),
             ])
             .ok();
     }

@@ -84,6 +84,8 @@ pub const CHANNEL_FAILURE: u8 = 100;
 
 #[allow(dead_code)]
 pub const SSH_OPEN_CONNECT_FAILED: u8 = 2;
+// chaperone patch 7: refusals go through `ChannelOpenFailure` now; kept as upstream has it.
+#[allow(dead_code)]
 pub const SSH_OPEN_UNKNOWN_CHANNEL_TYPE: u8 = 3;
 #[allow(dead_code)]
 pub const SSH_OPEN_RESOURCE_SHORTAGE: u8 = 4;

@@ -101,6 +101,8 @@ impl OpenChannelMessage {
 
 
     /// Pushes a failure message to the vec.
+    // chaperone patch 7: unused once refusals go through the open's `ChannelOpenHandle`.
+    #[allow(dead_code)]
     pub fn fail(
         &self,
         buffer: &mut Vec<u8>,
@@ -118,6 +120,7 @@ impl OpenChannelMessage {
     }
 
     /// Pushes an unknown type error to the vec.
+    #[allow(dead_code)]
     pub fn unknown_type(&self, buffer: &mut Vec<u8>) -> Result<(), crate::Error> {
         self.fail(
             buffer,

@@ -957,9 +957,9 @@ impl Session {
                                 .await?;
                         } else {
                             debug!("unknown channel type: {typ}");
-                            if let Some(ref mut enc) = self.common.encrypted {
-                                msg.unknown_type(&mut enc.write)?;
-                            }
+                            // chaperone patch 7: refused once, through `reply` (written with
+                            // `msg.unknown_type` and then dropped, it sent a second failure).
+                            reply.reject(ChannelOpenFailure::UnknownChannelType).await;
                         }
                     }
                 };

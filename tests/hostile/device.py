@@ -1,0 +1,80 @@
+"""A device that is not a polite sshd, for tests/it/hostile.rs.
+
+It lets the bastion sign in (any key, any user), and when a command is run it first opens, toward the
+bastion, a channel of every type a server can open (and one nobody defined), then prints one JSON line
+saying what became of each, and exits 0: the bastion must refuse them all and keep the session.
+
+    python device.py DIR
+
+Writes DIR/host_key.pub (the key to pin), DIR/client_key (a key for the bastion to sign in with) and,
+once listening, DIR/port.
+"""
+
+import asyncio
+import json
+import os
+import sys
+
+import asyncssh
+from asyncssh.channel import SSHChannel
+from asyncssh.packet import String, UInt32
+
+TYPES = [
+    ("session", []),
+    ("direct-tcpip", [String("127.0.0.1"), UInt32(22), String("127.0.0.1"), UInt32(5000)]),
+    ("forwarded-tcpip", [String("127.0.0.1"), UInt32(8080), String("127.0.0.1"), UInt32(5000)]),
+    ("x11", [String("127.0.0.1"), UInt32(6010)]),
+    ("auth-agent@openssh.com", []),
+    ("forwarded-streamlocal@openssh.com", [String("/run/x.sock"), String("")]),
+    ("made-up@example.com", [String("anything")]),
+]
+
+
+class Device(asyncssh.SSHServer):
+    def begin_auth(self, username):
+        return True
+
+    def public_key_auth_supported(self):
+        return True
+
+    def validate_public_key(self, username, key):
+        return True
+
+
+async def run(process):
+    conn = process.channel.get_connection()
+    loop = asyncio.get_running_loop()
+    results = {}
+    for kind, args in TYPES:
+        chan = SSHChannel(conn, loop, None, "strict", 2**20, 32768)
+        try:
+            await asyncio.wait_for(chan._open(kind.encode(), *args), 10)
+            results[kind] = "opened"
+            chan.close()
+        except asyncssh.ChannelOpenError as e:
+            results[kind] = f"refused {e.code}"
+        except asyncio.TimeoutError:
+            results[kind] = "no answer"
+    process.stdout.write(json.dumps(results, sort_keys=True) + "\n")
+    process.exit(0)
+
+
+async def main(directory):
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    host_key.write_public_key(os.path.join(directory, "host_key.pub"))
+    asyncssh.generate_private_key("ssh-ed25519").write_private_key(
+        os.path.join(directory, "client_key")
+    )
+    server = await asyncssh.create_server(
+        Device, "127.0.0.1", 0, server_host_keys=[host_key], process_factory=run
+    )
+    port = server.sockets[0].getsockname()[1]
+    tmp = os.path.join(directory, "port.tmp")
+    with open(tmp, "w") as f:
+        f.write(str(port))
+    os.rename(tmp, os.path.join(directory, "port"))
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1]))
