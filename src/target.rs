@@ -67,6 +67,12 @@ impl TargetError {
     }
 }
 
+/// An SSH error toward a device, as it is logged and audited: bounded, since its text can be the
+/// device's (a failed negotiation lists every algorithm name the device sent, up to 16 KiB).
+fn ssh_error(e: impl std::fmt::Display) -> TargetError {
+    TargetError::Ssh(crate::model::truncate_for_display(&e.to_string(), 512))
+}
+
 /// Checks the device's host key against the pin, and refuses every channel the device opens.
 #[derive(Debug)]
 pub struct PinnedHostKey {
@@ -322,7 +328,7 @@ pub async fn connect(
             });
         }
         Ok(Err(russh::Error::IO(e))) => return Err(TargetError::Unreachable(e.to_string())),
-        Ok(Err(e)) => return Err(TargetError::Ssh(e.to_string())),
+        Ok(Err(e)) => return Err(ssh_error(e)),
         Ok(Ok(h)) => h,
     };
     let result = match kind {
@@ -334,7 +340,7 @@ pub async fn connect(
             let hash = handle
                 .best_supported_rsa_hash()
                 .await
-                .map_err(|e| TargetError::Ssh(e.to_string()))?
+                .map_err(ssh_error)?
                 .flatten();
             handle
                 .authenticate_publickey(
@@ -349,7 +355,7 @@ pub async fn connect(
             handle.authenticate_password(user.clone(), password).await
         }
     }
-    .map_err(|e| TargetError::Ssh(e.to_string()))?;
+    .map_err(ssh_error)?;
     drop(secret);
     if !result.success() {
         let _ = handle.disconnect(Disconnect::ByApplication, "", "en").await;

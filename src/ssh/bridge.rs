@@ -332,6 +332,9 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
     let down = async {
         // The device's EOF, held back until its exit status (see `EXIT_STATUS_WAIT`).
         let mut held_eof: Option<tokio::time::Instant> = None;
+        // Whether the device's exit status or signal was passed on: only its first is (a device that
+        // sent more would have a channel to the vendor that is neither recorded nor metered).
+        let mut exited = false;
         loop {
             let msg = tokio::select! {
                 biased;
@@ -361,6 +364,9 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                     };
                     ending.unless_done(wake.after(v_tx.data_bytes(data))).await
                 }
+                // Only stderr (code 1) is extended data a client shows: OpenSSH's drops any other code
+                // ("bad ext data"), so it is neither recorded as stderr nor passed on.
+                ChannelMsg::ExtendedData { ext, .. } if ext != 1 => continue,
                 ChannelMsg::ExtendedData { data, ext } => {
                     let wake = match gate.pass(&ending, Direction::Down, &data, true).await {
                         Ok(wake) => wake,
@@ -377,7 +383,9 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                     held_eof.get_or_insert_with(|| tokio::time::Instant::now() + EXIT_STATUS_WAIT);
                     continue;
                 }
+                ChannelMsg::ExitStatus { .. } | ChannelMsg::ExitSignal { .. } if exited => continue,
                 ChannelMsg::ExitStatus { exit_status } => {
+                    exited = true;
                     ending
                         .unless_done(async {
                             v_tx.exit_status(exit_status).await?;
@@ -394,6 +402,25 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                     error_message,
                     lang_tag,
                 } => {
+                    exited = true;
+                    let (signal_name, error_message, lang_tag) =
+                        bounded_exit_signal(signal_name, &error_message, &lang_tag);
+                    if let Some(rec) = &recorder {
+                        let text = format!(
+                            "the device ended the command by signal {signal_name:?}{}",
+                            if error_message.is_empty() {
+                                String::new()
+                            } else {
+                                format!(": {error_message}")
+                            }
+                        );
+                        if let Some(Err(e)) =
+                            ending.unless_done(rec.send(Record::Notice(text))).await
+                        {
+                            ending.finish(End::RecordingFailed(e.0));
+                            return;
+                        }
+                    }
                     ending
                         .unless_done(async {
                             server
@@ -516,4 +543,26 @@ async fn tell<S: From<(russh::ChannelId, russh::ChannelMsg)> + Send + Sync + 'st
     let _ = tx
         .extended_data_bytes(1, Bytes::from(format!("\r\nchaperone: {text}\r\n")))
         .await;
+}
+
+/// A device's exit signal as it is passed on and recorded: its text bounded (a device could otherwise
+/// send the vendor up to a packet of it, unrecorded) and without control characters.
+fn bounded_exit_signal(
+    signal: russh::Sig,
+    error_message: &str,
+    lang_tag: &str,
+) -> (russh::Sig, String, String) {
+    let clean = |s: &str, max: usize| -> String {
+        s.chars().filter(|c| !c.is_control()).take(max).collect()
+    };
+    let signal = match signal {
+        russh::Sig::Custom(name) => russh::Sig::Custom(
+            name.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+                .take(32)
+                .collect(),
+        ),
+        known => known,
+    };
+    (signal, clean(error_message, 256), clean(lang_tag, 16))
 }

@@ -2,7 +2,9 @@
 
 It lets the bastion sign in (any key, any user), and when a command is run it first opens, toward the
 bastion, a channel of every type a server can open (and one nobody defined), then prints one JSON line
-saying what became of each, and exits 0: the bastion must refuse them all and keep the session.
+saying what became of each: the bastion must refuse them all and keep the session. Then it sends what
+no client would show: extended data of code 2 ("HIDDEN-EXT"), an exit signal with a 1,000-character
+message and an escape sequence, an exit status 4, and exits 0.
 
     python device.py DIR
 
@@ -17,7 +19,8 @@ import sys
 
 import asyncssh
 from asyncssh.channel import SSHChannel
-from asyncssh.packet import String, UInt32
+from asyncssh.constants import MSG_CHANNEL_EXTENDED_DATA, MSG_CHANNEL_REQUEST
+from asyncssh.packet import Boolean, String, UInt32
 
 TYPES = [
     ("session", []),
@@ -56,6 +59,19 @@ async def run(process):
         except asyncio.TimeoutError:
             results[kind] = "no answer"
     process.stdout.write(json.dumps(results, sort_keys=True) + "\n")
+    channel = process.channel
+    channel.send_packet(MSG_CHANNEL_EXTENDED_DATA, UInt32(2), String(b"HIDDEN-EXT\n"))
+    channel.send_packet(
+        MSG_CHANNEL_REQUEST,
+        String("exit-signal"),
+        Boolean(False),
+        String("TERM"),
+        Boolean(False),
+        String("x" * 1000 + "\x1b[2J"),
+        String("en"),
+    )
+    channel.send_packet(MSG_CHANNEL_REQUEST, String("exit-status"), Boolean(False), UInt32(4))
+    await asyncio.sleep(0.2)
     process.exit(0)
 
 

@@ -461,6 +461,9 @@ fn channel_types_the_bastion_does_not_serve_are_refused_and_audited() {
 /// A device is not trusted either: one that opens channels toward the bastion (a session, tunnels both
 /// ways, X11, an agent's, a socket's, a type nobody defined; russh's client accepted all but the last
 /// by default, and refused that one twice) has each refused, and the vendor's session on it goes on.
+/// What it sends that a client would not show, or sends again, reaches neither the vendor nor the
+/// recording: extended data other than stderr, exit messages after the first; the exit signal's text
+/// is bounded and recorded.
 #[test]
 fn channels_a_device_opens_toward_the_bastion_are_refused() {
     let Some((_sshd, b)) = setup("") else { return };
@@ -501,7 +504,10 @@ fn channels_a_device_opens_toward_the_bastion_are_refused() {
     let _ = device.kill();
     let _ = device.wait();
     let (stdout, stderr, code) = text(&out);
-    assert_eq!(code, 0, "{stdout}\n{stderr}\n{}", b.log());
+    // The device's first exit message, a signal, is what the vendor gets (OpenSSH's client exits 255
+    // on a signal); its exit statuses after it are not passed on.
+    assert_eq!(code, 255, "{stdout}\n{stderr}\n{}", b.log());
+    assert!(!stderr.contains("HIDDEN-EXT"), "{stderr}");
     let results: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("{stdout}"));
     let expected = json!({
         "auth-agent@openssh.com": "refused 1",
@@ -513,6 +519,26 @@ fn channels_a_device_opens_toward_the_bastion_are_refused() {
         "x11": "refused 1",
     });
     assert_eq!(results, expected, "{}", b.log());
+    // The recording has the signal as a notice, its message bounded and without the escape sequence,
+    // and not the extended data no client shows.
+    let sessions = b.data.run(&["session", "list", "--json"]).ok().json();
+    let path = sessions[0]["recordings"][0]["path"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            String::from_utf8_lossy(&bytes).contains("by signal TERM")
+        }),
+        "{}",
+        b.log()
+    );
+    let recording = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+    assert!(!recording.contains("HIDDEN-EXT"));
+    assert!(recording.contains(&"x".repeat(256)));
+    assert!(!recording.contains(&"x".repeat(257)));
+    assert!(!recording.contains('\x1b'));
     assert!(
         b.log()
             .contains("the device opened a channel toward the bastion: refused"),
