@@ -224,8 +224,50 @@ impl client::Handler for PinnedHostKey {
     }
 }
 
-/// A logged-in connection to a device.
-pub type Device = client::Handle<PinnedHostKey>;
+/// A logged-in connection to a device; dropped, its socket is shut down.
+///
+/// russh runs the connection in a task of its own that ends only when the device disconnects, a read
+/// fails, or the handle is dropped while no key exchange is under way. A device that answers its version
+/// and then stalls (or stops reading, or keeps a key exchange going) would keep that task, its socket and
+/// buffers forever after chaperone gave up on it. So chaperone keeps a second handle on the socket
+/// (`Hangup`) and shuts the socket down when it lets go: the task's read or write fails, and it ends.
+pub struct Device {
+    handle: client::Handle<PinnedHostKey>,
+    _hangup: Hangup,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device").finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for Device {
+    type Target = client::Handle<PinnedHostKey>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.handle
+    }
+}
+
+/// The device socket's second handle: shuts the connection down (both ways) when dropped.
+#[derive(Debug)]
+struct Hangup(std::net::TcpStream);
+
+impl Hangup {
+    fn of(stream: &tokio::net::TcpStream) -> std::io::Result<Hangup> {
+        use std::os::fd::AsFd as _;
+        Ok(Hangup(std::net::TcpStream::from(
+            stream.as_fd().try_clone_to_owned()?,
+        )))
+    }
+}
+
+impl Drop for Hangup {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
+    }
+}
 
 /// Client settings toward devices: OpenSSH's own channel window, AES-GCM first, no compression,
 /// keepalives.
@@ -265,12 +307,11 @@ pub fn buffered(stream: tokio::net::TcpStream) -> tokio::io::BufReader<tokio::ne
 
 const READ_BUFFER: usize = 128 * 1024;
 
-async fn dial(
+async fn handshake(
     config: Arc<client::Config>,
-    addr: (String, u16),
+    stream: tokio::net::TcpStream,
     handler: PinnedHostKey,
-) -> Result<Device, russh::Error> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
+) -> Result<client::Handle<PinnedHostKey>, russh::Error> {
     let _ = stream.set_nodelay(config.nodelay);
     client::connect_stream(config, buffered(stream), handler).await
 }
@@ -309,7 +350,8 @@ pub async fn connect(
         refused_logged: false,
     };
     let addr = (asset.address.clone(), grant.service().port);
-    let mut handle = match tokio::time::timeout(CONNECT_TIMEOUT, dial(config, addr, handler)).await
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    let stream = match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(addr)).await
     {
         Err(_) => {
             return Err(TargetError::Unreachable(format!(
@@ -317,20 +359,33 @@ pub async fn connect(
                 CONNECT_TIMEOUT.as_secs()
             )));
         }
-        Ok(Err(russh::Error::UnknownKey)) => {
-            return Err(TargetError::HostKeyMismatch {
-                presented: presented
-                    .lock()
-                    .ok()
-                    .and_then(|p| p.clone())
-                    .unwrap_or_else(|| "a certificate".into()),
-                pinned: pinned.fingerprint,
-            });
-        }
-        Ok(Err(russh::Error::IO(e))) => return Err(TargetError::Unreachable(e.to_string())),
-        Ok(Err(e)) => return Err(ssh_error(e)),
-        Ok(Ok(h)) => h,
+        Ok(Err(e)) => return Err(TargetError::Unreachable(e.to_string())),
+        Ok(Ok(stream)) => stream,
     };
+    // From here, every way out of this function but success hangs up (`Hangup`'s drop).
+    let hangup = Hangup::of(&stream).map_err(|e| TargetError::Unreachable(e.to_string()))?;
+    let mut handle =
+        match tokio::time::timeout_at(deadline, handshake(config, stream, handler)).await {
+            Err(_) => {
+                return Err(TargetError::Unreachable(format!(
+                    "no answer within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+            Ok(Err(russh::Error::UnknownKey)) => {
+                return Err(TargetError::HostKeyMismatch {
+                    presented: presented
+                        .lock()
+                        .ok()
+                        .and_then(|p| p.clone())
+                        .unwrap_or_else(|| "a certificate".into()),
+                    pinned: pinned.fingerprint,
+                });
+            }
+            Ok(Err(russh::Error::IO(e))) => return Err(TargetError::Unreachable(e.to_string())),
+            Ok(Err(e)) => return Err(ssh_error(e)),
+            Ok(Ok(h)) => h,
+        };
     let result = match kind {
         CredentialKind::Key => {
             let text = std::str::from_utf8(secret.expose())
@@ -361,5 +416,8 @@ pub async fn connect(
         let _ = handle.disconnect(Disconnect::ByApplication, "", "en").await;
         return Err(TargetError::AuthRefused { user });
     }
-    Ok(handle)
+    Ok(Device {
+        handle,
+        _hangup: hangup,
+    })
 }

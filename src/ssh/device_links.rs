@@ -237,10 +237,15 @@ impl Drop for Lease {
             let link = self.link.clone();
             runtime.spawn(async move {
                 if let Some(device) = link.device.get() {
-                    let _ = tokio::time::timeout(
-                        std::time::Duration::from_secs(2),
-                        device.disconnect(Disconnect::ByApplication, "", "en"),
-                    )
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+                        let _ = device.disconnect(Disconnect::ByApplication, "", "en").await;
+                        // Until russh's task has sent it and ended (the device closed its side):
+                        // then the socket is shut down (`target::Device`'s drop), at the latest
+                        // after the time-out, whatever the device does.
+                        while !device.is_closed() {
+                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        }
+                    })
                     .await;
                 }
             });

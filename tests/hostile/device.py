@@ -6,10 +6,11 @@ saying what became of each: the bastion must refuse them all and keep the sessio
 no client would show: extended data of code 2 ("HIDDEN-EXT"), an exit signal with a 1,000-character
 message and an escape sequence, an exit status 4, and exits 0.
 
-    python device.py DIR
+    python device.py DIR [stall]
 
 Writes DIR/host_key.pub (the key to pin), DIR/client_key (a key for the bastion to sign in with) and,
-once listening, DIR/port.
+once listening, DIR/port. With `stall`, it is no SSH server at all: it sends its version line and then
+nothing, and writes DIR/closed (the seconds until the bastion closed the connection) when it does.
 """
 
 import asyncio
@@ -75,6 +76,30 @@ async def run(process):
     process.exit(0)
 
 
+async def stall(directory):
+    async def on_connect(reader, writer):
+        started = asyncio.get_running_loop().time()
+        writer.write(b"SSH-2.0-OpenSSH_9.2p1 stall\r\n")
+        await writer.drain()
+        while await reader.read(65536):
+            pass
+        elapsed = asyncio.get_running_loop().time() - started
+        with open(os.path.join(directory, "closed"), "w") as f:
+            f.write(f"{elapsed:.1f}")
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    await announce(directory, server.sockets[0].getsockname()[1])
+    await asyncio.Event().wait()
+
+
+async def announce(directory, port):
+    tmp = os.path.join(directory, "port.tmp")
+    with open(tmp, "w") as f:
+        f.write(str(port))
+    os.rename(tmp, os.path.join(directory, "port"))
+
+
 async def main(directory):
     host_key = asyncssh.generate_private_key("ssh-ed25519")
     host_key.write_public_key(os.path.join(directory, "host_key.pub"))
@@ -84,13 +109,12 @@ async def main(directory):
     server = await asyncssh.create_server(
         Device, "127.0.0.1", 0, server_host_keys=[host_key], process_factory=run
     )
-    port = server.sockets[0].getsockname()[1]
-    tmp = os.path.join(directory, "port.tmp")
-    with open(tmp, "w") as f:
-        f.write(str(port))
-    os.rename(tmp, os.path.join(directory, "port"))
+    await announce(directory, server.sockets[0].getsockname()[1])
     await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+    if sys.argv[2:] == ["stall"]:
+        asyncio.run(stall(sys.argv[1]))
+    else:
+        asyncio.run(main(sys.argv[1]))

@@ -458,6 +458,66 @@ fn channel_types_the_bastion_does_not_serve_are_refused_and_audited() {
     assert_eq!(seen, want);
 }
 
+/// Starts `tests/hostile/device.py` in `dir` (with `args`); the process and the port it listens on.
+fn hostile_device(dir: &Path, args: &[&str]) -> (Child, u16) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile/device.py");
+    let device = Command::new(python())
+        .arg(script)
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start the asyncssh device");
+    let port_file = dir.join("port");
+    assert!(
+        wait_until(Duration::from_secs(15), || port_file.exists()),
+        "the device did not start"
+    );
+    let port = std::fs::read_to_string(&port_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (device, port)
+}
+
+/// A device that answers its version line and then nothing: the vendor is told it did not answer
+/// within the connect time-out, and the bastion closes the socket then. Before, russh's connection
+/// task waited on it forever, one socket and its buffers per attempt.
+#[test]
+fn a_device_that_stalls_in_its_handshake_is_hung_up_on() {
+    let Some((sshd, b)) = setup("") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut device, port) = hostile_device(dir.path(), &["stall"]);
+    // Any pinned key and credential: the handshake never gets that far.
+    b.device_at(
+        "stuck-01",
+        port,
+        &sshd.host_key_line(),
+        "service",
+        &sshd.client_key,
+        &[],
+    );
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "stuck-01", "ssh", "1h");
+    let out = b
+        .ssh(&alice, "alice+stuck-01")
+        .arg("true")
+        .output()
+        .unwrap();
+    let (stdout, stderr, code) = text(&out);
+    assert_ne!(code, 0, "{stdout}\n{stderr}");
+    let closed = dir.path().join("closed");
+    let hung_up = wait_until(Duration::from_secs(10), || closed.exists());
+    let _ = device.kill();
+    let _ = device.wait();
+    assert!(
+        hung_up,
+        "the bastion still holds the stalled device's connection\n{}",
+        b.log()
+    );
+}
+
 /// A device is not trusted either: one that opens channels toward the bastion (a session, tunnels both
 /// ways, X11, an agent's, a socket's, a type nobody defined; russh's client accepted all but the last
 /// by default, and refused that one twice) has each refused, and the vendor's session on it goes on.
@@ -468,23 +528,7 @@ fn channel_types_the_bastion_does_not_serve_are_refused_and_audited() {
 fn channels_a_device_opens_toward_the_bastion_are_refused() {
     let Some((_sshd, b)) = setup("") else { return };
     let dir = tempfile::tempdir().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile/device.py");
-    let mut device = Command::new(python())
-        .arg(script)
-        .arg(dir.path())
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start the asyncssh device");
-    let port_file = dir.path().join("port");
-    assert!(
-        wait_until(Duration::from_secs(15), || port_file.exists()),
-        "the device did not start"
-    );
-    let port: u16 = std::fs::read_to_string(&port_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let (mut device, port) = hostile_device(dir.path(), &[]);
     let host_key = std::fs::read_to_string(dir.path().join("host_key.pub")).unwrap();
     b.device_at(
         "pump-07",
