@@ -6,11 +6,13 @@ saying what became of each: the bastion must refuse them all and keep the sessio
 no client would show: extended data of code 2 ("HIDDEN-EXT"), an exit signal with a 1,000-character
 message and an escape sequence, an exit status 4, and exits 0.
 
-    python device.py DIR [stall]
+    python device.py DIR [stall|rekey]
 
 Writes DIR/host_key.pub (the key to pin), DIR/client_key (a key for the bastion to sign in with) and,
 once listening, DIR/port. With `stall`, it is no SSH server at all: it sends its version line and then
 nothing, and writes DIR/closed (the seconds until the bastion closed the connection) when it does.
+With `rekey`, a command prints a line every 0.3 s for 3 s, then "survived", while the device starts
+a key exchange every 0.2 s.
 """
 
 import asyncio
@@ -100,14 +102,28 @@ async def announce(directory, port):
     os.rename(tmp, os.path.join(directory, "port"))
 
 
-async def main(directory):
+async def tick(process):
+    for i in range(10):
+        process.stdout.write(f"tick {i}\n")
+        await asyncio.sleep(0.3)
+    process.stdout.write("survived\n")
+    process.exit(0)
+
+
+async def main(directory, mode=None):
     host_key = asyncssh.generate_private_key("ssh-ed25519")
     host_key.write_public_key(os.path.join(directory, "host_key.pub"))
     asyncssh.generate_private_key("ssh-ed25519").write_private_key(
         os.path.join(directory, "client_key")
     )
+    options = {"rekey_seconds": 0.2} if mode == "rekey" else {}
     server = await asyncssh.create_server(
-        Device, "127.0.0.1", 0, server_host_keys=[host_key], process_factory=run
+        Device,
+        "127.0.0.1",
+        0,
+        server_host_keys=[host_key],
+        process_factory=tick if mode == "rekey" else run,
+        **options,
     )
     await announce(directory, server.sockets[0].getsockname()[1])
     await asyncio.Event().wait()
@@ -117,4 +133,4 @@ if __name__ == "__main__":
     if sys.argv[2:] == ["stall"]:
         asyncio.run(stall(sys.argv[1]))
     else:
-        asyncio.run(main(sys.argv[1]))
+        asyncio.run(main(sys.argv[1], *sys.argv[2:3]))

@@ -518,6 +518,41 @@ fn a_device_that_stalls_in_its_handshake_is_hung_up_on() {
     );
 }
 
+/// A device that re-keys in a loop (every 0.2 s: each key exchange costs the bastion CPU on the thread
+/// that runs the connection) is disconnected at its second re-key within 10 s: the vendor's command is
+/// cut short.
+#[test]
+fn a_device_that_rekeys_in_a_loop_is_disconnected() {
+    let Some((_sshd, b)) = setup("") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut device, port) = hostile_device(dir.path(), &["rekey"]);
+    let host_key = std::fs::read_to_string(dir.path().join("host_key.pub")).unwrap();
+    b.device_at(
+        "pump-08",
+        port,
+        host_key.trim(),
+        "service",
+        &dir.path().join("client_key"),
+        &[],
+    );
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "pump-08", "ssh", "1h");
+    let out = b
+        .ssh(&alice, "alice+pump-08")
+        .arg("ticks")
+        .output()
+        .unwrap();
+    let _ = device.kill();
+    let _ = device.wait();
+    let (stdout, stderr, _) = text(&out);
+    assert!(stdout.contains("tick 0"), "{stdout}\n{stderr}\n{}", b.log());
+    assert!(
+        !stdout.contains("survived"),
+        "{stdout}\n{stderr}\n{}",
+        b.log()
+    );
+}
+
 /// A device is not trusted either: one that opens channels toward the bastion (a session, tunnels both
 /// ways, X11, an agent's, a socket's, a type nobody defined; russh's client accepted all but the last
 /// by default, and refused that one twice) has each refused, and the vendor's session on it goes on.

@@ -155,6 +155,10 @@ pub enum Error {
     #[error("Disconnected")]
     Disconnect,
 
+    /// chaperone patch 8: the server started a key exchange again too soon after its last one.
+    #[error("The server re-keyed again within {0:?} of its last re-key")]
+    RekeyTooFrequent(std::time::Duration),
+
     /// No home directory found when trying to learn new host key.
     #[error("No home directory when saving host key")]
     NoHomeDir,
