@@ -6,6 +6,7 @@ OpenSSH never does: opens session channels and sends their request much later, p
 without waiting, sends malformed SFTP packets.
 
     python client.py HOST PORT USER KEYFILE CODE
+    (CHAPERONE_CLIENT_REKEY=S in the environment: re-key whenever S seconds passed)
 
 Ops (each answer carries the op's "id" when it had one):
     {"op": "open", "id": "a"}                 open a session channel, send nothing -> {"event": "opened"}
@@ -204,7 +205,16 @@ async def main():
         preferred_auth="publickey,keyboard-interactive",
         client_factory=lambda: Client(code),
         agent_path=None,
-        keepalive_interval=0,
+        # CHAPERONE_CLIENT_REKEY=S: start a key exchange whenever S seconds passed since the last (at
+        # the next packet sent: keepalives every S seconds make sure there is one).
+        **(
+            {
+                "rekey_seconds": float(os.environ["CHAPERONE_CLIENT_REKEY"]),
+                "keepalive_interval": float(os.environ["CHAPERONE_CLIENT_REKEY"]),
+            }
+            if os.environ.get("CHAPERONE_CLIENT_REKEY")
+            else {"keepalive_interval": 0}
+        ),
     )
     say({"event": "connected"})
     gates = {}

@@ -85,12 +85,18 @@ struct Hostile {
 
 impl Hostile {
     fn connect(b: &Bastion, vendor: &Vendor, user: &str) -> Hostile {
+        Self::connect_with(b, vendor, user, &[])
+    }
+
+    /// Like [`Hostile::connect`], with environment variables for the client (`CHAPERONE_CLIENT_REKEY`).
+    fn connect_with(b: &Bastion, vendor: &Vendor, user: &str, env: &[(&str, &str)]) -> Hostile {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile/client.py");
         let mut child = Command::new(python())
             .arg(script)
             .args(["127.0.0.1", &b.ssh_port.to_string(), user])
             .arg(&vendor.key)
             .arg(vendor.next_code())
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -549,6 +555,30 @@ fn a_device_that_rekeys_in_a_loop_is_disconnected() {
     assert!(
         !stdout.contains("survived"),
         "{stdout}\n{stderr}\n{}",
+        b.log()
+    );
+}
+
+/// A vendor's client that re-keys in a loop (each key exchange costs the bastion CPU on a worker thread)
+/// is disconnected at its second re-key within 2 s, and the vendor's command does not run to its end.
+#[test]
+fn a_client_that_rekeys_in_a_loop_is_disconnected() {
+    let Some((_sshd, b)) = setup("") else { return };
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let mut client = Hostile::connect_with(
+        &b,
+        &alice,
+        "alice+mri-01",
+        &[("CHAPERONE_CLIENT_REKEY", "0.2")],
+    );
+    let out = client.op(json!({"op": "run", "command": "for i in 1 2 3 4 5 6 7 8 9 10; do echo tick $i; sleep 0.3; done; echo survived"}));
+    assert!(
+        !out["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("survived"),
+        "{out}\n{}",
         b.log()
     );
 }

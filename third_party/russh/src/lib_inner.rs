@@ -155,8 +155,8 @@ pub enum Error {
     #[error("Disconnected")]
     Disconnect,
 
-    /// chaperone patch 8: the server started a key exchange again too soon after its last one.
-    #[error("The server re-keyed again within {0:?} of its last re-key")]
+    /// chaperone patch 8: the peer started a key exchange again too soon after its last one.
+    #[error("The peer re-keyed again within {0:?} of its last re-key")]
     RekeyTooFrequent(std::time::Duration),
 
     /// No home directory found when trying to learn new host key.

@@ -78,6 +78,30 @@ pub(crate) struct CommonSession<Config> {
     pub strict_kex: bool,
     pub alive_timeouts: usize,
     pub received_data: bool,
+    /// chaperone patch 8: when the peer last started a re-key (see [`MIN_PEER_REKEY_INTERVAL`]).
+    pub last_peer_rekey: Option<std::time::Instant>,
+}
+
+/// chaperone patch 8: the shortest time between two re-keys the peer starts. A key exchange costs this
+/// side modular exponentiations (or lattice work) on the thread running the session, and the peer
+/// chooses how often: one re-keying in a loop would hold that thread. Real peers re-key after a
+/// gigabyte at the soonest (PuTTY, Dropbear), which takes longer than this at the speeds a relay
+/// sees; one that starts again sooner is disconnected.
+pub const MIN_PEER_REKEY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl<C> CommonSession<C> {
+    /// chaperone patch 8: the peer sent a KEXINIT outside a key exchange: allowed once per
+    /// [`MIN_PEER_REKEY_INTERVAL`].
+    pub(crate) fn peer_rekey(&mut self) -> Result<(), crate::Error> {
+        let now = std::time::Instant::now();
+        if let Some(last) = self.last_peer_rekey
+            && now.duration_since(last) < MIN_PEER_REKEY_INTERVAL
+        {
+            return Err(crate::Error::RekeyTooFrequent(MIN_PEER_REKEY_INTERVAL));
+        }
+        self.last_peer_rekey = Some(now);
+        Ok(())
+    }
 }
 
 impl<C> Debug for CommonSession<C> {

@@ -103,15 +103,7 @@ pub struct Session {
     server_sig_algs: Option<Vec<Algorithm>>,
     /// Number of EXT_INFO messages received (RFC 8308 allows at most two).
     ext_info_count: u8,
-    /// chaperone patch 8: when the server last started a re-key (see [`MIN_SERVER_REKEY_INTERVAL`]).
-    last_server_rekey: Option<std::time::Instant>,
 }
-
-/// chaperone patch 8: the shortest time between two re-keys the server starts. A key exchange costs
-/// the client modular exponentiations (or lattice work) on the thread running the session, and the
-/// server chooses how often: a hostile server re-keying in a loop would hold that thread. Servers
-/// re-key after gigabytes or hours; one that starts again sooner than this is disconnected.
-pub const MIN_SERVER_REKEY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Drop for Session {
     fn drop(&mut self) {
@@ -1260,6 +1252,7 @@ where
             alive_timeouts: 0,
             received_data: false,
             remote_sshid: sshid.into(),
+            last_peer_rekey: None,
         },
         session_receiver,
         session_sender,
@@ -1343,7 +1336,6 @@ impl Session {
             open_global_requests: VecDeque::new(),
             server_sig_algs: None,
             ext_info_count: 0,
-            last_server_rekey: None,
         }
     }
 
@@ -1980,14 +1972,8 @@ async fn reply<H: Handler>(
     if pkt.buffer.first() == Some(&msg::KEXINIT) && session.kex == SessionKexState::Idle {
         // Not currently in a rekey but received KEXINIT
         debug!("server has initiated re-key");
-        // chaperone patch 8: at most one server-started re-key per MIN_SERVER_REKEY_INTERVAL.
-        let now = std::time::Instant::now();
-        if let Some(last) = session.last_server_rekey
-            && now.duration_since(last) < MIN_SERVER_REKEY_INTERVAL
-        {
-            return Err(crate::Error::RekeyTooFrequent(MIN_SERVER_REKEY_INTERVAL).into());
-        }
-        session.last_server_rekey = Some(now);
+        // chaperone patch 8: at most one server-started re-key per MIN_PEER_REKEY_INTERVAL.
+        session.common.peer_rekey()?;
         session.begin_rekey()?;
         // Kex will consume the packet right away
     }
@@ -2204,6 +2190,7 @@ mod tests {
                 alive_timeouts: 0,
                 received_data: false,
                 remote_sshid: b"SSH-2.0-test".to_vec(),
+                last_peer_rekey: None,
                 packet_writer: PacketWriter::clear(),
             },
             receiver,
@@ -2511,6 +2498,7 @@ mod tests {
                 alive_timeouts: 0,
                 received_data: false,
                 remote_sshid: b"SSH-2.0-test".to_vec(),
+                last_peer_rekey: None,
                 packet_writer: PacketWriter::clear(),
             },
             receiver,

@@ -867,6 +867,7 @@ mod tests {
                 alive_timeouts: 0,
                 received_data: false,
                 remote_sshid: Vec::new(),
+                last_peer_rekey: None,
             },
             priority_receiver,
             receiver,

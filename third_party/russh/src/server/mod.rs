@@ -1214,6 +1214,7 @@ async fn read_ssh_id<R: AsyncRead + Unpin>(
         alive_timeouts: 0,
         received_data: false,
         remote_sshid: sshid.into(),
+        last_peer_rekey: None,
     };
     Ok(session)
 }
@@ -1251,6 +1252,8 @@ async fn reply<H: Handler + Send>(
     if pkt.buffer.first() == Some(&msg::KEXINIT) && session.kex == SessionKexState::Idle {
         // Not currently in a rekey but received KEXINIT
         info!("Client has initiated re-key");
+        // chaperone patch 8: at most one client-started re-key per MIN_PEER_REKEY_INTERVAL.
+        session.common.peer_rekey()?;
         session.begin_rekey()?;
         // Kex will consume the packet right away
     }

@@ -1689,6 +1689,7 @@ mod tests {
             common: CommonSession {
                 auth_user: String::new(),
                 remote_sshid: b"SSH-2.0-test".to_vec(),
+                last_peer_rekey: None,
                 config: config.clone(),
                 encrypted: Some(Encrypted {
                     state: EncryptedState::Authenticated,
