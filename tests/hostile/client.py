@@ -34,6 +34,9 @@ Ops (each answer carries the op's "id" when it had one):
                                               a CHANNEL_OPEN of any type (strings and numbers after
                                               the window and packet size, as given)
                                               -> {"event": "refused", "code", "reason"} or "opened"
+    {"op": "oversized-data", "bytes": N}      a session channel running `cat`, then one CHANNEL_DATA of
+                                              N bytes, whatever the maximum packet size the bastion
+                                              gave -> {"event": "sent"}
     {"op": "wait-closed", "timeout": S}       -> {"event": "closed", "after": seconds} or "still-open"
     {"op": "quit"}
 Failures are answered as {"event": "error", "error": "…"}.
@@ -52,6 +55,7 @@ import time
 
 import asyncssh
 from asyncssh.channel import SSHClientChannel
+from asyncssh.constants import MSG_CHANNEL_DATA
 from asyncssh.packet import String, UInt32
 
 # Holding a session channel open between its CHANNEL_OPEN and its first request: a task that carries a
@@ -256,6 +260,10 @@ async def main():
                     say({"event": "opened", "id": rid})
                 except asyncssh.ChannelOpenError as e:
                     say({"event": "refused", "id": rid, "code": e.code, "reason": e.reason})
+            elif op == "oversized-data":
+                chan, _ = await conn.create_session(asyncssh.SSHClientSession, "cat")
+                chan.send_packet(MSG_CHANNEL_DATA, String(b"x" * int(req["bytes"])))
+                say({"event": "sent", "id": rid})
             elif op == "exec":
                 gate = gates[rid]
                 gate["command"] = req["command"]

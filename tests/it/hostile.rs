@@ -583,6 +583,30 @@ fn a_client_that_rekeys_in_a_loop_is_disconnected() {
     );
 }
 
+/// A client that sends more data in one packet than the bastion's maximum packet size (32 KiB; russh
+/// took up to a whole 256 KiB packet, so each channel's queue of 100 messages could hold 25 MiB instead
+/// of 3) is disconnected; one at the maximum is not.
+#[test]
+fn a_client_that_sends_packets_past_the_maximum_size_is_disconnected() {
+    let Some((_sshd, b)) = setup("") else { return };
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let mut polite = Hostile::connect(&b, &alice, "alice+mri-01");
+    assert_eq!(
+        polite.op(json!({"op": "oversized-data", "bytes": 32768}))["event"],
+        "sent"
+    );
+    let still = polite.op(json!({"op": "wait-closed", "timeout": 2}));
+    assert_eq!(still["event"], "still-open", "{still}\n{}", b.log());
+    let mut client = Hostile::connect(&b, &alice, "alice+mri-01");
+    assert_eq!(
+        client.op(json!({"op": "oversized-data", "bytes": 200_000}))["event"],
+        "sent"
+    );
+    let closed = client.op(json!({"op": "wait-closed", "timeout": 10}));
+    assert_eq!(closed["event"], "closed", "{closed}\n{}", b.log());
+}
+
 /// A device is not trusted either: one that opens channels toward the bastion (a session, tunnels both
 /// ways, X11, an agent's, a socket's, a type nobody defined; russh's client accepted all but the last
 /// by default, and refused that one twice) has each refused, and the vendor's session on it goes on.

@@ -592,6 +592,10 @@ impl Session {
                 let channel_num = map_err!(ChannelId::decode(&mut r))?;
                 let data = map_err!(decode_data(&mut r))?; // chaperone patch 5
                 map_err!(ensure_end(&r))?;
+                // chaperone patch 9: no more data in a packet than the maximum we advertised.
+                if data.len() > self.common.config.maximum_packet_size as usize {
+                    return Err(crate::Error::PacketSize(data.len()).into());
+                }
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }
@@ -619,6 +623,10 @@ impl Session {
                 let extended_code = map_err!(u32::decode(&mut r))?;
                 let data = map_err!(decode_data(&mut r))?; // chaperone patch 5
                 map_err!(ensure_end(&r))?;
+                // chaperone patch 9: no more data in a packet than the maximum we advertised.
+                if data.len() > self.common.config.maximum_packet_size as usize {
+                    return Err(crate::Error::PacketSize(data.len()).into());
+                }
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }

@@ -1504,6 +1504,10 @@ impl Session {
                 trace!("handler.data {ext:?} {channel_num:?}");
                 let data = map_err!(decode_data(r))?; // chaperone patch 5
                 map_err!(ensure_end(r))?;
+                // chaperone patch 9: no more data in a packet than the maximum we advertised.
+                if data.len() > self.common.config.maximum_packet_size as usize {
+                    return Err(crate::Error::PacketSize(data.len()).into());
+                }
                 let target = self.target_window_size;
 
                 #[allow(clippy::collapsible_if)]
