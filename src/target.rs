@@ -278,7 +278,8 @@ impl Drop for Hangup {
 /// `modpow`s of 294 ms, release), and re-key in a loop. So the list is the post-quantum hybrids and
 /// curve25519 first, then for old devices group exchange with primes of at most 3072 bits (about 33 ms
 /// an exchange) and group14 (2048 bits, about 10 ms); and russh (patch 8) disconnects a device that
-/// re-keys again within 2 s.
+/// re-keys again within 2 s. The vendor leg follows the same rule (`ssh::VENDOR_KEX`): the two lists
+/// differ only in group exchange, which russh's server side does not offer, and in their extension names.
 ///
 /// The window is what a direct OpenSSH client gives the device (2 MiB, `CHAN_SES_WINDOW_DEFAULT`), not
 /// more: a device's sshd queues up to a window of encrypted output when the reader is a moment behind, and

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -487,6 +487,32 @@ fn hostile_device(dir: &Path, args: &[&str]) -> (Child, u16) {
     (device, port)
 }
 
+/// Vendor alice, granted ssh on `asset`: `device.py` (with `args`) started and pinned as that asset,
+/// `command` run on it over OpenSSH, then the device stopped; what ssh printed.
+fn on_hostile_device(b: &Bastion, asset: &str, args: &[&str], command: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut device, port) = hostile_device(dir.path(), args);
+    let host_key = std::fs::read_to_string(dir.path().join("host_key.pub")).unwrap();
+    b.device_at(
+        asset,
+        port,
+        host_key.trim(),
+        "service",
+        &dir.path().join("client_key"),
+        &[],
+    );
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", asset, "ssh", "1h");
+    let out = b
+        .ssh(&alice, &format!("alice+{asset}"))
+        .arg(command)
+        .output()
+        .unwrap();
+    let _ = device.kill();
+    let _ = device.wait();
+    out
+}
+
 /// A device that answers its version line and then nothing: the vendor is told it did not answer
 /// within the connect time-out, and the bastion closes the socket then. Before, russh's connection
 /// task waited on it forever, one socket and its buffers per attempt.
@@ -530,26 +556,7 @@ fn a_device_that_stalls_in_its_handshake_is_hung_up_on() {
 #[test]
 fn a_device_that_rekeys_in_a_loop_is_disconnected() {
     let Some((_sshd, b)) = setup("") else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let (mut device, port) = hostile_device(dir.path(), &["rekey"]);
-    let host_key = std::fs::read_to_string(dir.path().join("host_key.pub")).unwrap();
-    b.device_at(
-        "pump-08",
-        port,
-        host_key.trim(),
-        "service",
-        &dir.path().join("client_key"),
-        &[],
-    );
-    let alice = b.vendor("alice", "Acme Imaging");
-    b.grant("alice", "pump-08", "ssh", "1h");
-    let out = b
-        .ssh(&alice, "alice+pump-08")
-        .arg("ticks")
-        .output()
-        .unwrap();
-    let _ = device.kill();
-    let _ = device.wait();
+    let out = on_hostile_device(&b, "pump-08", &["rekey"], "ticks");
     let (stdout, stderr, _) = text(&out);
     assert!(stdout.contains("tick 0"), "{stdout}\n{stderr}\n{}", b.log());
     assert!(
@@ -616,26 +623,7 @@ fn a_client_that_sends_packets_past_the_maximum_size_is_disconnected() {
 #[test]
 fn channels_a_device_opens_toward_the_bastion_are_refused() {
     let Some((_sshd, b)) = setup("") else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let (mut device, port) = hostile_device(dir.path(), &[]);
-    let host_key = std::fs::read_to_string(dir.path().join("host_key.pub")).unwrap();
-    b.device_at(
-        "pump-07",
-        port,
-        host_key.trim(),
-        "service",
-        &dir.path().join("client_key"),
-        &[],
-    );
-    let alice = b.vendor("alice", "Acme Imaging");
-    b.grant("alice", "pump-07", "ssh", "1h");
-    let out = b
-        .ssh(&alice, "alice+pump-07")
-        .arg("status")
-        .output()
-        .unwrap();
-    let _ = device.kill();
-    let _ = device.wait();
+    let out = on_hostile_device(&b, "pump-07", &[], "status");
     let (stdout, stderr, code) = text(&out);
     // The device's first exit message, a signal, is what the vendor gets (OpenSSH's client exits 255
     // on a signal); its exit statuses after it are not passed on.
