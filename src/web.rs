@@ -427,6 +427,17 @@ impl WebCore {
         if check_name("user", attempt.name).is_err() {
             return Ok(Verdict::Refused);
         }
+        // A name no account holds is counted by name: locked, the directory is not asked either.
+        if user.is_none()
+            && signin::directory_name_locked(app, attempt.name, &source, now)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "cannot read a directory name's lockout");
+                    CoreError::Internal
+                })?
+        {
+            return Ok(Verdict::Refused);
+        }
         let found = match directory
             .authenticate(attempt.name, attempt.directory_password)
             .await
@@ -439,8 +450,17 @@ impl WebCore {
             // Unknown to the directory, or the wrong password: one answer; a known account counts it.
             Authn::Refused => {
                 return match user {
-                    Some(u) if u.enabled => self.judge_staff(u, attempt, false).await,
-                    _ => Ok(Verdict::Refused),
+                    // Disabled too: counted, so its binds are bounded like anyone's.
+                    Some(u) => self.judge_staff(u, attempt, false).await,
+                    None => {
+                        signin::directory_name_refused(app, attempt.name, &source, now)
+                            .await
+                            .map_err(|e| {
+                                tracing::error!(error = %e, "cannot count a refused directory sign-in");
+                                CoreError::Internal
+                            })?;
+                        Ok(Verdict::Refused)
+                    }
                 };
             }
         };

@@ -253,6 +253,79 @@ pub async fn locked(
     })
 }
 
+/// Whether directory sign-ins of `name`, a name no staff account holds, are locked from `source` at
+/// `now`: the staff rule ([`Lockout::staff`]) over the refusals [`directory_name_refused`] counted. A
+/// locked attempt is audited here and must be refused before the directory is asked, so guessing a
+/// directory password through the sign-in form drives neither the directory's own lockout nor more
+/// than `max_failures` binds a window from one address. Like [`locked`], a first look outside any
+/// transaction: attempts from one address in parallel are bounded by the web's per-address rate limit.
+pub async fn directory_name_locked(
+    app: &App,
+    name: &str,
+    source: &str,
+    now: i64,
+) -> Result<bool, SignInError> {
+    let web = &app.config.web;
+    let failures = app
+        .store
+        .directory_signin_failures(name, source, Lockout::since(web.failure_window, now))
+        .await?;
+    if failures < i64::from(web.max_failures) {
+        return Ok(false);
+    }
+    let mut tx = app.store.begin().await?;
+    tx.audit(
+        AuditEvent::new(
+            "system",
+            Action::StaffSigninFailed,
+            format!("user:{name}"),
+            json!({"why": "locked", "locked": true, "source": source, "failures": failures,
+                   "account": false}),
+        ),
+        now,
+    )
+    .await?;
+    tx.commit("staff.signin.failed").await?;
+    Ok(true)
+}
+
+/// Counts and audits a refused directory sign-in of `name`, a name no staff account holds (the
+/// directory's answer does not say whether the entry exists or the password was wrong).
+pub async fn directory_name_refused(
+    app: &App,
+    name: &str,
+    source: &str,
+    now: i64,
+) -> Result<(), SignInError> {
+    let web = &app.config.web;
+    let since = Lockout::since(web.failure_window, now);
+    let failures = app
+        .store
+        .directory_signin_failures(name, source, since)
+        .await?;
+    let locked = failures + 1 >= i64::from(web.max_failures);
+    let mut tx = app.store.begin().await?;
+    tx.add_directory_signin_failure(name, source, now, since)
+        .await?;
+    tx.audit(
+        AuditEvent::new(
+            "system",
+            Action::StaffSigninFailed,
+            format!("user:{name}"),
+            json!({"why": "refused by the directory", "locked": locked, "source": source,
+                   "account": false}),
+        ),
+        now,
+    )
+    .await?;
+    tx.commit("staff.signin.failed").await?;
+    if locked {
+        tracing::warn!(user = %name, %source,
+            "directory sign-ins of a name with no account locked from this address");
+    }
+    Ok(())
+}
+
 /// Judges `attempt` at `now`: see the module doc. Returns `Refused` for every kind of failure (locked,
 /// wrong first factor, wrong or replayed code, refused passkey); which one is audited.
 pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict, SignInError> {

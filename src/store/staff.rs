@@ -206,6 +206,26 @@ impl Store {
         get(&row, "n")
     }
 
+    /// Refused directory sign-ins of `name`, a name no account holds, from `source` at or after `since`.
+    pub async fn directory_signin_failures(
+        &self,
+        name: &str,
+        source: &str,
+        since: UnixTime,
+    ) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM directory_signin_failures \
+             WHERE name = $1 AND source = $2 AND at >= $3",
+        )
+        .bind(name)
+        .bind(source)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await
+        .context("counting refused directory sign-ins")?;
+        get(&row, "n")
+    }
+
     /// A user's passkeys as stored (a JSON array), if any.
     pub async fn staff_passkeys(&self, name: &str) -> Result<Option<String>> {
         let row = sqlx::query("SELECT passkeys FROM staff_users WHERE name = $1")
@@ -438,6 +458,30 @@ impl Tx {
             .execute(&mut *self.tx)
             .await
             .context("recording a failed sign-in")?;
+        Ok(())
+    }
+
+    /// Records a refused directory sign-in of `name` (no account) from `source` at `at`, and forgets
+    /// every such refusal from before `forget_before`.
+    pub async fn add_directory_signin_failure(
+        &mut self,
+        name: &str,
+        source: &str,
+        at: UnixTime,
+        forget_before: UnixTime,
+    ) -> Result<()> {
+        sqlx::query("DELETE FROM directory_signin_failures WHERE at < $1")
+            .bind(forget_before)
+            .execute(&mut *self.tx)
+            .await
+            .context("forgetting old refused directory sign-ins")?;
+        sqlx::query("INSERT INTO directory_signin_failures (name, source, at) VALUES ($1, $2, $3)")
+            .bind(name)
+            .bind(source)
+            .bind(at)
+            .execute(&mut *self.tx)
+            .await
+            .context("recording a refused directory sign-in")?;
         Ok(())
     }
 

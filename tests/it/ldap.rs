@@ -127,8 +127,19 @@ fn enrol_directory_staff(b: &Bastion, name: &str) -> Approver {
 
 /// The sign-in form's answer to `name`/`password` with no code (curl, no cookie jar).
 fn form_sign_in(b: &Bastion, name: &str, password: &str) -> (u16, String, String) {
+    form_sign_in_from(b, None, name, password)
+}
+
+/// [`form_sign_in`] from the loopback address `source`.
+fn form_sign_in_from(
+    b: &Bastion,
+    source: Option<&str>,
+    name: &str,
+    password: &str,
+) -> (u16, String, String) {
     let out = std::process::Command::new("curl")
         .args(["-sk", "-o", "-", "-D", "-", "-w", "\n%{http_code}"])
+        .args(crate::support::web::from(source))
         .args(["--data-urlencode", &format!("name={name}")])
         .args(["--data-urlencode", &format!("password={password}")])
         .args(["--data-urlencode", "code="])
@@ -226,6 +237,33 @@ fn directory_approver_enrols_at_first_sign_in_approves_and_is_signed_out_when_re
     // In the directory with the right password but in no mapped group: refused alike.
     let (status, _, _) = form_sign_in(&b, "mallory", "dirpw-mallory");
     assert_eq!(status, 401);
+    // A name no account holds yet is counted too, per address: five refused guesses lock it from
+    // there before the directory is asked, so even the right password is refused (audited as
+    // locked); from another address it still opens the enrollment.
+    for _ in 0..5 {
+        let (status, _, _) = form_sign_in_from(&b, Some("127.0.0.7"), "audrey", "guess");
+        assert_eq!(status, 401);
+    }
+    let (status, location, _) = form_sign_in_from(&b, Some("127.0.0.7"), "audrey", "dirpw-audrey");
+    assert_eq!(status, 401, "{location}\n{}", b.log());
+    let failed: Vec<serde_json::Value> = audit(&b)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["action"] == "staff.signin.failed" && e["subject"] == "user:audrey")
+        .map(|e| serde_json::from_str(e["detail"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(failed.len(), 6, "{failed:?}");
+    assert!(
+        failed
+            .iter()
+            .all(|d| d["source"] == "127.0.0.7" && d["account"] == false),
+        "{failed:?}"
+    );
+    assert_eq!(failed[4]["locked"], true, "{failed:?}");
+    assert_eq!(failed[5]["why"], "locked", "{failed:?}");
+    let (status, location, _) = form_sign_in_from(&b, Some("127.0.0.8"), "audrey", "dirpw-audrey");
+    assert_eq!(status, 303, "{}", b.log());
+    assert!(location.starts_with("/enroll/"), "{location}");
 
     // erin approves a request filed by a real `ssh … request`.
     let child = request(
