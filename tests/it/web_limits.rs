@@ -516,3 +516,87 @@ fn a_sign_in_posted_from_another_site_is_refused() {
     assert_eq!(signed_in.status, 303, "{}", signed_in.body);
     assert_eq!(signed_in.location, format!("{}/requests", base(&b)));
 }
+
+/// A live view outlives its request, so the check at its start is not enough: with a 5 s idle
+/// time-out, an auditor who opened a running terminal's live view and then left it is signed out, and
+/// the view ends with the web session, while the vendor's session goes on.
+#[test]
+fn a_live_view_ends_with_its_viewers_web_session() {
+    let Some(sshd) = crate::support::sshd::Sshd::start() else {
+        return;
+    };
+    let data = DataDir::init();
+    configure_web(&data, &[("idle_timeout", "\"5s\"")]);
+    let b = Bastion::start(data);
+    b.device("mri-01", &sshd, &[]);
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let mut shell = b
+        .ssh_with(&alice, &["-tt"], "alice+mri-01")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = shell.stdin.take().unwrap();
+    stdin
+        .write_all(b"while true; do echo tick; sleep 0.2; done\n")
+        .unwrap();
+    let mut live = String::new();
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let found = b
+                .data
+                .run(&["session", "list", "--json", "--ended", "live"])
+                .ok()
+                .json();
+            match found.as_array().and_then(|a| a.first()) {
+                Some(s) => {
+                    live = s["id"].as_str().unwrap().to_owned();
+                    true
+                }
+                None => false,
+            }
+        }),
+        "{}",
+        b.log()
+    );
+
+    let audrey = Approver::enroll(&b, "audrey", "auditor");
+    let mut view = Command::new("curl")
+        .args(["-sk", "-N", "--max-time", "40", "-b"])
+        .arg(b.data.path().join("jar-audrey"))
+        .arg(format!("{}/sessions/{live}/live", base(&b)))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let opened = Instant::now();
+    let mut out = view.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("tick") {
+        match out.read(&mut buf) {
+            Ok(n @ 1..) => seen.extend_from_slice(&buf[..n]),
+            _ => panic!(
+                "the live view showed nothing: {}\n{}",
+                String::from_utf8_lossy(&seen),
+                b.log()
+            ),
+        }
+    }
+    // The view ends on its own once audrey's session idles out (5 s, checked every 2.5 s).
+    while let Ok(n @ 1..) = out.read(&mut buf) {
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let status = view.wait().unwrap();
+    assert!(status.success(), "curl: {status:?}");
+    assert!(
+        opened.elapsed() < Duration::from_secs(20),
+        "the live view outlived its viewer's web session by {:?}",
+        opened.elapsed()
+    );
+    assert_eq!(audrey.get("/api/sessions").status, 401);
+    assert!(shell.try_wait().unwrap().is_none(), "{}", b.log());
+    let _ = shell.kill();
+    let _ = shell.wait();
+}

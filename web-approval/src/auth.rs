@@ -31,6 +31,44 @@ pub fn is_background(headers: &HeaderMap) -> bool {
     headers.contains_key(BACKGROUND)
 }
 
+/// `stream` for as long as the web session named in `headers` lasts: it ends at the first check that
+/// finds the session gone (signed out, idle past the limit, the user disabled or removed from the
+/// directory, which ends their sessions), made every 15 s, or every half idle time-out if that is
+/// shorter. The one rule for every response that outlives its request (the change stream, a live
+/// view): the check at its start is not enough. A store error is not a sign-out: the stream goes on.
+pub fn while_signed_in<C, S>(
+    st: std::sync::Arc<WebState<C>>,
+    headers: HeaderMap,
+    stream: S,
+) -> impl futures::Stream<Item = S::Item> + Send + 'static
+where
+    C: Core,
+    S: futures::Stream + Send + 'static,
+    S::Item: Send,
+{
+    use futures::StreamExt as _;
+    let every = (st.idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(15));
+    let mut check = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    futures::stream::unfold(
+        (st, headers, Box::pin(stream), check),
+        |(st, headers, mut stream, mut check)| async move {
+            loop {
+                tokio::select! {
+                    item = stream.next() => {
+                        return item.map(|item| (item, (st, headers, stream, check)));
+                    }
+                    _ = check.tick() => {
+                        if let Ok(None) = st.peek_session(&headers).await {
+                            return None;
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
 /// A signed-in browser or script.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Session {

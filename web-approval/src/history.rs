@@ -552,7 +552,8 @@ pub async fn transcript_search<C: Core>(
 
 /// `GET /sessions/{id}/live`: the live view's server-sent events (asciinema-player's `eventsource`
 /// driver: `message` events, then `done`). A watcher that falls behind skips ahead; the session never
-/// waits for a watcher.
+/// waits for a watcher. The view ends, without `done`, once the watcher's web session is gone
+/// ([`crate::auth::while_signed_in`]).
 pub async fn live<C: Core>(
     State(st): St<C>,
     Path(id): Path<String>,
@@ -573,6 +574,7 @@ pub async fn live<C: Core>(
         .chain(futures::stream::once(async {
             Ok(Event::default().event("done").data("{}"))
         }));
+    let events = crate::auth::while_signed_in(st, headers, events);
     (
         [(header::CACHE_CONTROL, "no-store")],
         Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))),

@@ -773,8 +773,7 @@ pub async fn sessions<C: Core>(
 
 /// Server-sent events: one `change` event whenever something approvers see may have changed. The
 /// stream is no activity: it never postpones the idle sign-out, and it ends once the session is gone
-/// (signed out, idle, or the user disabled), checked on every change and every 15 s (or half the idle
-/// time-out, if that is shorter).
+/// (signed out, idle, or the user disabled; [`crate::auth::while_signed_in`]).
 pub async fn events<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
     match st.peek_session(&headers).await {
         Ok(Some(_)) => {}
@@ -782,26 +781,12 @@ pub async fn events<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
         // EventSource gives up on a 401 but retries on a 503.
         Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }
-    let check = (st.idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(15));
-    let stream = futures::stream::unfold((st, headers), move |(st, headers)| async move {
-        let core = st.core.clone();
-        let changed = async move { core.changed().await };
-        tokio::pin!(changed);
-        loop {
-            let change = tokio::select! {
-                () = &mut changed => true,
-                () = tokio::time::sleep(check) => false,
-            };
-            // A store error is not a sign-out: keep the stream.
-            if let Ok(None) = st.peek_session(&headers).await {
-                return None;
-            }
-            if change {
-                let event = Event::default().event("change").data("1");
-                return Some((Ok::<_, Infallible>(event), (st, headers)));
-            }
-        }
+    let changes = futures::stream::unfold(st.core.clone(), |core| async move {
+        core.changed().await;
+        let event = Event::default().event("change").data("1");
+        Some((Ok::<_, Infallible>(event), core))
     });
+    let stream = crate::auth::while_signed_in(st, headers, changes);
     (
         [(header::CACHE_CONTROL, "no-store")],
         Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))),
