@@ -855,11 +855,10 @@ impl Approvals for WebCore {
         Ok(self
             .app
             .store
-            .sessions(500)
+            .open_sessions()
             .await
             .map_err(internal)?
             .into_iter()
-            .filter(|s| s.ended_at.is_none())
             .map(|s| self.session_view(s))
             .collect())
     }

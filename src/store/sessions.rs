@@ -94,22 +94,17 @@ pub struct NewSession<'a> {
 }
 
 impl Store {
-    /// Sessions, newest first, with their recordings.
-    pub async fn sessions(&self, limit: i64) -> Result<Vec<SessionRow>> {
+    /// Every session not ended yet (on any node), newest first, without their recordings: what the
+    /// live sessions list shows. Not a window of the newest sessions: a vendor who starts many short
+    /// sessions must not push a running one out of sight.
+    pub async fn open_sessions(&self) -> Result<Vec<SessionRow>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "{SESSION_SELECT} ORDER BY s.started_at DESC, s.id LIMIT $1"
+            "{SESSION_SELECT} WHERE s.ended_at IS NULL ORDER BY s.started_at DESC, s.id"
         )))
-        .bind(limit)
         .fetch_all(&self.pool)
         .await
-        .context("listing sessions")?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let mut s = session(row)?;
-            s.recordings = self.recordings_of(&s.id).await?;
-            out.push(s);
-        }
-        Ok(out)
+        .context("listing open sessions")?;
+        rows.iter().map(session).collect()
     }
 
     /// Open sessions an approver asked to end: `(id, reason)`.
