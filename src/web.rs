@@ -315,7 +315,7 @@ fn decide_error(e: DecideError) -> CoreError {
 fn grant_error(e: GrantError) -> CoreError {
     match e {
         GrantError::NotFound(_) => CoreError::NotFound,
-        GrantError::NotAllowed(_) => CoreError::Forbidden(e.to_string()),
+        GrantError::NotAllowed(_) | GrantError::OtherZone(_) => CoreError::Forbidden(e.to_string()),
         GrantError::AlreadyRevoked(_) | GrantError::VendorDisabled(_) => {
             CoreError::Conflict(e.to_string())
         }
@@ -917,6 +917,14 @@ impl Approvals for WebCore {
             Err(StoreError::NotFound { .. }) => return Err(CoreError::NotFound),
             Err(e) => return Err(internal(e)),
         };
+        // The zone rule requests are decided by: an approver limited to some zones ends those
+        // zones' sessions only.
+        if !by.zones.allows(by.role, &session.zone) {
+            return Err(CoreError::Forbidden(format!(
+                "sessions in zone {} are ended by other approvers",
+                session.zone
+            )));
+        }
         if session.ended_at.is_some() {
             return Err(CoreError::Conflict(format!(
                 "session {id} has already ended"

@@ -25,6 +25,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::events::{Change, Events};
+use super::requests::ZoneScope;
 use crate::audit::{Action, AuditEvent};
 use crate::config::format_duration;
 use crate::model::{GrantRow, Role, UnixTime, Vendor, check_text};
@@ -45,6 +46,9 @@ pub struct Actor {
     pub method: Option<String>,
     /// A staff member's role; `None` at the command line (whoever can run it there administers).
     pub role: Option<Role>,
+    /// Which zones a staff member acts on (the rule requests are decided by, [`ZoneScope::allows`]);
+    /// `None` at the command line.
+    pub zones: Option<ZoneScope>,
 }
 
 impl Actor {
@@ -54,12 +58,24 @@ impl Actor {
             id: id.into(),
             method: None,
             role: None,
+            zones: None,
         }
     }
 
     fn check_role(&self) -> Result<(), GrantError> {
         match self.role {
             Some(role @ Role::Auditor) => Err(GrantError::NotAllowed(role)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether this actor may issue or revoke a grant on an asset in `zone`: an approver limited to
+    /// some zones acts on those zones' grants only, as they decide those zones' requests only.
+    fn check_zone(&self, zone: &str) -> Result<(), GrantError> {
+        match (&self.zones, self.role) {
+            (Some(zones), Some(role)) if !zones.allows(role, zone) => {
+                Err(GrantError::OtherZone(zone.to_owned()))
+            }
             _ => Ok(()),
         }
     }
@@ -141,6 +157,8 @@ pub enum GrantError {
     AlreadyRevoked(i64),
     #[error("your role ({0}) cannot issue or revoke grants")]
     NotAllowed(Role),
+    #[error("grants in zone {0} are issued and revoked by other approvers")]
+    OtherZone(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -242,6 +260,7 @@ pub async fn issue_in(
         .asset(g.asset)
         .await?
         .ok_or_else(|| GrantError::NoAsset(g.asset.to_owned()))?;
+    actor.check_zone(&asset.zone)?;
     if let Some(missing) = g.services.iter().find(|s| asset.service(s).is_none()) {
         return Err(GrantError::NoSuchService {
             asset: asset.name.clone(),
@@ -377,6 +396,14 @@ pub async fn revoke(
     let reason = revoke_reason(reason)?;
     let mut tx = store.begin().await?;
     let row = tx.grant(id).await?.ok_or(GrantError::NotFound(id))?;
+    if actor.zones.is_some() {
+        let zone = tx
+            .asset(&row.asset)
+            .await?
+            .map(|a| a.zone)
+            .ok_or_else(|| GrantError::NoAsset(row.asset.clone()))?;
+        actor.check_zone(&zone)?;
+    }
     if !tx.revoke_grant(id, &actor.id, reason, now).await? {
         return Err(GrantError::AlreadyRevoked(id));
     }

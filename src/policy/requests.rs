@@ -262,6 +262,7 @@ impl Approver {
             id: self.actor(),
             method: Some(self.method.to_string()),
             role: Some(self.role),
+            zones: Some(self.zones.clone()),
         }
     }
 }

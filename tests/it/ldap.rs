@@ -321,6 +321,78 @@ fn directory_approver_enrols_at_first_sign_in_approves_and_is_signed_out_when_re
     assert_eq!(answer.status, 200, "{}", answer.body);
     let (stdout, stderr, code) = text(&child.wait_with_output().unwrap());
     assert_eq!(code, 0, "{stdout}\n{stderr}");
+    // Revoking a grant and ending a session follow the same zone rule: ivan revokes ICU's grant,
+    // not radiology's, and ends no radiology session.
+    let grants = admin.get("/api/grants").json();
+    let grant_on = |asset: &str| {
+        grants
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["asset"] == asset)
+            .unwrap_or_else(|| panic!("{grants}"))["id"]
+            .as_i64()
+            .unwrap()
+    };
+    let refused = ivan.post(
+        &format!("/api/grants/{}/revoke", grant_on("mri-01")),
+        serde_json::json!({"reason": "not mine"}),
+    );
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(
+        refused.body.contains("by other approvers"),
+        "{}",
+        refused.body
+    );
+    let Some(sshd) = crate::support::sshd::Sshd::start() else {
+        return;
+    };
+    b.device("ct-02", &sshd, &[]);
+    b.grant("alice", "ct-02", "ssh", "1h");
+    let mut shell = b
+        .ssh_with(&alice, &["-tt"], "alice+ct-02")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut live = String::new();
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let found = b
+                .data
+                .run(&["session", "list", "--json", "--ended", "live"])
+                .ok()
+                .json();
+            match found.as_array().and_then(|a| a.first()) {
+                Some(s) => {
+                    live = s["id"].as_str().unwrap().to_owned();
+                    true
+                }
+                None => false,
+            }
+        }),
+        "{}",
+        b.log()
+    );
+    let refused = ivan.post(
+        &format!("/api/sessions/{live}/terminate"),
+        serde_json::json!({"reason": "not mine"}),
+    );
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(
+        refused.body.contains("by other approvers"),
+        "{}",
+        refused.body
+    );
+    assert!(shell.try_wait().unwrap().is_none());
+    let _ = shell.kill();
+    let _ = shell.wait();
+    let revoked = ivan.post(
+        &format!("/api/grants/{}/revoke", grant_on("pump-01")),
+        serde_json::json!({"reason": "ICU's own"}),
+    );
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
 
     // Removed from the approvers group: the re-check (1 s here) ends her web session.
     assert_eq!(erin.get("/api/requests").status, 200);
