@@ -26,8 +26,17 @@ pub const ENDS: [&str; 10] = [
     "shutdown",
 ];
 
+/// The longest value of one filter, the text to find included: a search is audited with what was
+/// typed, and the audit log is no place for a request's worth of text.
+pub const MAX_FILTER: usize = 500;
+
 /// The store's filter for `q`, or what is wrong with it (a sentence for the person who typed it).
 pub fn filter(q: &HistoryQuery) -> Result<HistoryFilter, String> {
+    if let Some((name, _)) = q.pairs().into_iter().find(|(_, v)| v.len() > MAX_FILTER) {
+        return Err(format!(
+            "the {name} filter is longer than {MAX_FILTER} characters"
+        ));
+    }
     let text = |v: &Option<String>| {
         v.as_deref()
             .map(str::trim)
@@ -176,6 +185,20 @@ mod tests {
         for bad in ["2026-13-01", "yesterday", "2026-11", "2026-11-01T25:00", ""] {
             assert!(parse_time(bad, false).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_filter_longer_than_the_limit_is_refused() {
+        let q = HistoryQuery {
+            text: Some("a".repeat(MAX_FILTER + 1)),
+            ..Default::default()
+        };
+        assert!(filter(&q).unwrap_err().contains("text filter is longer"));
+        let q = HistoryQuery {
+            vendor: Some("v".repeat(MAX_FILTER)),
+            ..Default::default()
+        };
+        assert!(filter(&q).is_ok());
     }
 
     #[test]

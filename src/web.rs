@@ -965,7 +965,7 @@ impl Approvals for WebCore {
         // In-process notices arrive at once; changes made by another process or node move the audit
         // chain's head (every change is audited), which is re-read every second.
         let mut rx = self.app.events.subscribe();
-        let start = self.app.store.audit_head().await.map(|h| h.0).ok();
+        let mut start = self.app.store.audit_head().await.map(|h| h.0).ok();
         loop {
             tokio::select! {
                 _ = rx.recv() => return,
@@ -973,6 +973,14 @@ impl Approvals for WebCore {
             }
             let head = self.app.store.audit_head().await.map(|h| h.0).ok();
             if head.is_some() && head != start {
+                // Views alone change nothing a page shows; and a page's refresh audits its own view
+                // again, so answering them would make an open page refresh itself once a second.
+                if let (Some(from), Some(to)) = (start, head)
+                    && self.only_views(from, to).await
+                {
+                    start = head;
+                    continue;
+                }
                 return;
             }
         }
@@ -1563,6 +1571,25 @@ impl WebCore {
         tx.commit(action.as_str()).await.map_err(internal)
     }
 
+    /// Whether the audit events after `from` up to `to` are all views ([`Action::is_view`]); not
+    /// when there are many of them or they cannot be read (then a page had better refresh).
+    async fn only_views(&self, from: i64, to: i64) -> bool {
+        const MOST: i64 = 64;
+        if to - from > MOST {
+            return false;
+        }
+        self.app
+            .store
+            .audit_actions_after(from, to - from)
+            .await
+            .is_ok_and(|actions| {
+                i64::try_from(actions.len()) == Ok(to - from)
+                    && actions
+                        .iter()
+                        .all(|a| crate::audit::Action::parse(a).is_some_and(|a| a.is_view()))
+            })
+    }
+
     /// A session and its recording `rid`, with what the chain says about it.
     async fn recording_of(
         &self,
@@ -2009,6 +2036,12 @@ impl WebCore {
         text: &str,
         idle: Option<f64>,
     ) -> Result<Vec<TranscriptHit>, CoreError> {
+        if text.len() > crate::history::MAX_FILTER {
+            return Err(CoreError::Invalid(format!(
+                "the text to find is longer than {} characters",
+                crate::history::MAX_FILTER
+            )));
+        }
         let words = chaperone_recorder::transcript::words(text);
         if words.is_empty() {
             return Err(CoreError::Invalid(

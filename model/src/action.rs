@@ -174,6 +174,17 @@ actions! {
     AtnaEndpointChanged = "atna.endpoint.changed",
 }
 
+impl Action {
+    /// A staff member's look at the evidence (a recording's page or player, a search, a live view):
+    /// audited, but it changes nothing anyone else's page shows.
+    pub const fn is_view(self) -> bool {
+        matches!(
+            self,
+            Action::RecordingView | Action::RecordingSearch | Action::SessionWatch
+        )
+    }
+}
+
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -170,6 +170,18 @@ impl Store {
         rows.iter().map(audit_row).collect()
     }
 
+    /// The actions of the events after `seq`, oldest first, at most `limit` (by the primary key).
+    pub async fn audit_actions_after(&self, seq: i64, limit: i64) -> Result<Vec<String>> {
+        let rows =
+            sqlx::query("SELECT action FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2")
+                .bind(seq)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .context("reading the newest audit events' actions")?;
+        rows.iter().map(|r| get(r, "action")).collect()
+    }
+
     /// Every event about `subject`, oldest first, at most `limit` (indexed by subject).
     pub async fn audit_events_of(&self, subject: &str, limit: i64) -> Result<Vec<AuditRow>> {
         let rows = sqlx::query(

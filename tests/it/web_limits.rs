@@ -600,3 +600,77 @@ fn a_live_view_ends_with_its_viewers_web_session() {
     let _ = shell.kill();
     let _ = shell.wait();
 }
+
+/// A page's view of a recording is audited when the page is read, and the page refreshes itself when
+/// the change stream says something changed: views alone must not count as a change, or an open
+/// session page would refresh, and audit its view again, once a second for as long as it is open.
+/// Anything else moving the audit log still reaches the stream.
+#[test]
+fn a_recordings_view_does_not_make_open_pages_refresh() {
+    let Some(sshd) = crate::support::sshd::Sshd::start() else {
+        return;
+    };
+    let b = Bastion::start(DataDir::init());
+    b.device("mri-01", &sshd, &[]);
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let out = b
+        .ssh(&alice, "alice+mri-01")
+        .arg("echo hi")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", b.log());
+    let sessions = b.data.run(&["session", "list", "--json"]).ok().json();
+    let id = sessions[0]["id"].as_str().unwrap().to_owned();
+
+    let audrey = Approver::enroll(&b, "audrey", "auditor");
+    let mut stream = Command::new("curl")
+        .args(["-sk", "-N", "--max-time", "30", "-b"])
+        .arg(b.data.path().join("jar-audrey"))
+        .arg(format!("{}/events", base(&b)))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut out = stream.stdout.take().unwrap();
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        while let Ok(n @ 1..) = out.read(&mut buf) {
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let views = || {
+        audit(&b)
+            .iter()
+            .filter(|e| e["action"] == "recording.view")
+            .count()
+    };
+    // The page's refresh, as the script makes it: audited, and no change follows.
+    assert_eq!(
+        audrey.get_background(&format!("/sessions/{id}")).status,
+        200
+    );
+    assert_eq!(views(), 1);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !seen.lock().unwrap().contains("change"),
+        "a view was sent as a change: {}",
+        seen.lock().unwrap()
+    );
+    // A real change is.
+    b.grant("alice", "mri-01", "ssh", "2h");
+    assert!(
+        wait_until(Duration::from_secs(10), || seen
+            .lock()
+            .unwrap()
+            .contains("event: change")),
+        "{}",
+        seen.lock().unwrap()
+    );
+    let _ = stream.kill();
+    let _ = stream.wait();
+}
