@@ -44,6 +44,9 @@ pub async fn run(config: &Path, cmd: LdapCommand) -> anyhow::Result<()> {
                 Lookup::NoSuchUser => {
                     anyhow::bail!("{}: no such user in the directory", esc(&name))
                 }
+                Lookup::Disabled { dn, why } => {
+                    anyhow::bail!("{} ({}): {why} in the directory", esc(&name), esc(&dn))
+                }
                 Lookup::Found(user) => user,
             };
             let Some(standing) = user.standing() else {

@@ -106,15 +106,15 @@ pub async fn recheck_staff(app: &App, directory: &Directory) -> Result<(), SyncE
         let found = directory.lookup(&user.name).await?;
         let now = app.clock.now();
         let standing = match &found {
-            Lookup::NoSuchUser => None,
+            Lookup::NoSuchUser | Lookup::Disabled { .. } => None,
             Lookup::Found(f) => f.standing(),
         };
         match standing {
             None => {
-                let why = if found == Lookup::NoSuchUser {
-                    "no longer in the directory"
-                } else {
-                    "in no mapped group"
+                let why = match &found {
+                    Lookup::NoSuchUser => "no longer in the directory",
+                    Lookup::Disabled { why, .. } => why,
+                    Lookup::Found(_) => "in no mapped group",
                 };
                 remove_staff(app, &user, why, now).await?;
                 tracing::info!(user = %user.name, why, "directory account disabled; its web sessions ended");

@@ -114,6 +114,11 @@ pub enum Lookup {
     Found(DirectoryUser),
     /// No entry matches the filter (or more than one does: a name must be unambiguous).
     NoSuchUser,
+    /// The one entry is disabled or locked in the directory ([`disabled`] says how): as good as gone.
+    Disabled {
+        dn: String,
+        why: &'static str,
+    },
 }
 
 /// What the directory says of a name and password.
@@ -253,7 +258,8 @@ impl Directory {
             let mut ldap = self.service().await?;
             let found = self.find_user(&mut ldap, name).await;
             let result = match found {
-                Ok(Some(dn)) => self
+                Ok(Some(FoundEntry::Disabled { dn, why })) => Ok(Lookup::Disabled { dn, why }),
+                Ok(Some(FoundEntry::Enabled(dn))) => self
                     .groups_of(&mut ldap, name, &dn)
                     .await
                     .map(|(roles, zones)| {
@@ -283,7 +289,8 @@ impl Directory {
         }
         let found = match self.lookup(name).await? {
             Lookup::Found(user) => user,
-            Lookup::NoSuchUser => return Ok(Authn::Refused),
+            // A disabled entry is not bound as at all: its password is not tried.
+            Lookup::NoSuchUser | Lookup::Disabled { .. } => return Ok(Authn::Refused),
         };
         self.bounded(async {
             let mut ldap = self.connect().await?;
@@ -304,8 +311,13 @@ impl Directory {
         .await
     }
 
-    /// The DN of the one entry the user filter finds for `name`, if exactly one does.
-    async fn find_user(&self, ldap: &mut Ldap, name: &str) -> Result<Option<String>, LdapError> {
+    /// The one entry the user filter finds for `name`, if exactly one does, and whether the directory
+    /// disabled it.
+    async fn find_user(
+        &self,
+        ldap: &mut Ldap,
+        name: &str,
+    ) -> Result<Option<FoundEntry>, LdapError> {
         let filter = user_filter(&self.config.user_filter, name);
         let entries = self
             .search(
@@ -313,11 +325,17 @@ impl Directory {
                 &self.config.user_base,
                 Scope::Subtree,
                 &filter,
-                vec!["1.1"],
+                ACCOUNT_STATE.to_vec(),
             )
             .await?;
         match entries.as_slice() {
-            [one] => Ok(Some(one.dn.clone())),
+            [one] => Ok(Some(match disabled(one) {
+                Some(why) => FoundEntry::Disabled {
+                    dn: one.dn.clone(),
+                    why,
+                },
+                None => FoundEntry::Enabled(one.dn.clone()),
+            })),
             [] => Ok(None),
             more => {
                 tracing::warn!(
@@ -424,7 +442,10 @@ impl Directory {
                     &v.base,
                     Scope::Subtree,
                     &v.filter,
-                    vec![v.name_attribute.as_str(), "sshPublicKey"],
+                    [v.name_attribute.as_str(), "sshPublicKey"]
+                        .into_iter()
+                        .chain(ACCOUNT_STATE)
+                        .collect(),
                 )
                 .await;
             let _ = ldap.unbind().await;
@@ -433,6 +454,12 @@ impl Directory {
                 let Some(name) = attribute(&entry, &v.name_attribute).into_iter().next() else {
                     continue;
                 };
+                // Offboarding in a directory usually disables the entry rather than deleting it:
+                // the sync treats it as gone.
+                if let Some(why) = disabled(&entry) {
+                    tracing::debug!(vendor = %name, dn = %entry.dn, why, "a vendor entry is disabled in the directory");
+                    continue;
+                }
                 out.push(DirectoryVendorEntry {
                     org: organisation(&entry.dn, &v.base).unwrap_or_default(),
                     keys: attribute(&entry, "sshPublicKey"),
@@ -444,6 +471,51 @@ impl Directory {
         })
         .await
     }
+}
+
+/// What [`Directory::find_user`] found.
+enum FoundEntry {
+    Enabled(String),
+    Disabled { dn: String, why: &'static str },
+}
+
+/// The attributes that say a directory disabled or locked an account, read with every user and vendor
+/// entry (a server ignores the names it does not know): Active Directory's `userAccountControl`
+/// (ACCOUNTDISABLE), OpenLDAP ppolicy's `pwdAccountLockedTime` (its administrative lock), 389 Directory
+/// Server's and FreeIPA's `nsAccountLock`.
+const ACCOUNT_STATE: [&str; 3] = [
+    "userAccountControl",
+    "pwdAccountLockedTime",
+    "nsAccountLock",
+];
+
+/// How the directory disabled `entry`, if it did ([`ACCOUNT_STATE`]). A value that does not parse
+/// counts as disabled: an account state the bastion cannot read does not let anyone in.
+pub fn disabled(entry: &SearchEntry) -> Option<&'static str> {
+    /// `userAccountControl`'s ACCOUNTDISABLE bit.
+    const ACCOUNTDISABLE: u32 = 0x2;
+    for v in attribute(entry, "userAccountControl") {
+        match v.trim().parse::<i64>() {
+            // A signed 32-bit integer in AD's schema: keep the low 32 bits as they are.
+            Ok(flags) if (flags as u32) & ACCOUNTDISABLE == 0 => {}
+            Ok(_) => return Some("disabled (userAccountControl ACCOUNTDISABLE)"),
+            Err(_) => return Some("userAccountControl does not parse"),
+        }
+    }
+    // ppolicy's administrative lock. Any other time is a lock after failed binds, which lapses after
+    // `pwdLockoutDuration` but stays written until the next good bind: the bind itself judges it.
+    if attribute(entry, "pwdAccountLockedTime")
+        .iter()
+        .any(|v| v.trim() == "000001010000Z")
+    {
+        return Some("locked by an administrator (pwdAccountLockedTime)");
+    }
+    for v in attribute(entry, "nsAccountLock") {
+        if !v.trim().eq_ignore_ascii_case("false") {
+            return Some("locked (nsAccountLock)");
+        }
+    }
+    None
 }
 
 /// An attribute's values, text or binary (octet-string syntax arrives as either), case-insensitively.
@@ -617,6 +689,29 @@ mod tests {
         );
         // the escaped filter still parses as one equality match
         assert!(ldap3::parse_filter(user_filter("(uid={name})", "*)(|(uid=*")).is_ok());
+    }
+
+    #[test]
+    fn account_states_the_directory_disabled() {
+        let entry = |k: &str, v: &str| SearchEntry {
+            dn: "uid=x,dc=example,dc=com".into(),
+            attrs: [(k.to_owned(), vec![v.to_owned()])].into_iter().collect(),
+            bin_attrs: Default::default(),
+        };
+        // AD: 512 is a normal account, 514 the same disabled; a negative value is the same 32 bits.
+        assert_eq!(disabled(&entry("userAccountControl", "512")), None);
+        assert!(disabled(&entry("userAccountControl", "514")).is_some());
+        assert!(disabled(&entry("useraccountcontrol", "-2147483646")).is_some());
+        assert!(disabled(&entry("userAccountControl", "lots")).is_some());
+        // ppolicy: the administrative lock only; a lock after failed binds is the bind's to judge.
+        assert!(disabled(&entry("pwdAccountLockedTime", "000001010000Z")).is_some());
+        assert_eq!(
+            disabled(&entry("pwdAccountLockedTime", "20261204120000Z")),
+            None
+        );
+        assert!(disabled(&entry("nsAccountLock", "TRUE")).is_some());
+        assert_eq!(disabled(&entry("nsAccountLock", "false")), None);
+        assert_eq!(disabled(&entry("cn", "x")), None);
     }
 
     #[test]

@@ -394,6 +394,30 @@ fn directory_approver_enrols_at_first_sign_in_approves_and_is_signed_out_when_re
     );
     assert_eq!(revoked.status, 200, "{}", revoked.body);
 
+    // Disabled in the directory, as Active Directory offboards (the entry and its groups stay,
+    // ACCOUNTDISABLE is set): the re-check ends her web session as a removal would. Enabled again,
+    // she signs in.
+    assert_eq!(erin.get("/api/requests").status, 200);
+    dir.modify(&slapd::account_control(&person("erin"), 514, true));
+    assert!(
+        wait_until(Duration::from_secs(15), || erin.get("/api/requests").status
+            == 401),
+        "erin is still signed in though disabled in the directory\n{}",
+        b.log()
+    );
+    assert!(
+        audit(&b)
+            .lines()
+            .any(|l| l.contains("\"user.directory.remove\"")
+                && l.contains("user:erin")
+                && l.contains("ACCOUNTDISABLE")),
+        "{}",
+        audit(&b)
+    );
+    assert_eq!(erin.try_login("dirpw-erin", &erin.next_code()).status, 401);
+    dir.modify(&slapd::account_control(&person("erin"), 512, false));
+    erin.login();
+
     // Removed from the approvers group: the re-check (1 s here) ends her web session.
     assert_eq!(erin.get("/api/requests").status, 200);
     dir.modify(&format!(
@@ -589,7 +613,8 @@ fn directory_vendor_self_enrols_over_openssh_and_is_cut_off_by_the_sync() {
     let out = b.ssh(&vic, "vic").output().unwrap();
     assert_ne!(out.status.code(), Some(0));
 
-    // The key back, then the entry gone: the vendor is disabled and the live connection ends.
+    // The key back, then the entry disabled as Active Directory offboards (it stays, with its key):
+    // the vendor is disabled and the live connection ends, as when an entry is deleted.
     dir.modify(&format!(
         "dn: uid=vic,ou=Acme Imaging,ou=vendors,{}\nchangetype: modify\nadd: sshPublicKey\nsshPublicKey: {}\n",
         slapd::SUFFIX,
@@ -607,16 +632,17 @@ fn directory_vendor_self_enrols_over_openssh_and_is_cut_off_by_the_sync() {
         "the connection did not stay up\n{}",
         b.log()
     );
-    dir.modify(&format!(
-        "dn: uid=vic,ou=Acme Imaging,ou=vendors,{}\nchangetype: delete\n",
-        slapd::SUFFIX
+    dir.modify(&slapd::account_control(
+        &format!("uid=vic,ou=Acme Imaging,ou=vendors,{}", slapd::SUFFIX),
+        514,
+        true,
     ));
     assert!(
         wait_until(Duration::from_secs(10), || live
             .try_wait()
             .unwrap()
             .is_some()),
-        "the live connection survived the vendor's removal\n{}",
+        "the live connection survived the vendor's entry being disabled\n{}",
         b.log()
     );
     let shown = b.data.run(&["vendor", "list", "--json"]).ok().json();

@@ -11,7 +11,8 @@
 //!   database read-only, so it must exist) and is converted by `slaptest -F` into a `slapd.d`
 //!   directory, which slapd runs from (`-F`), so its configuration can change over the wire;
 //! - once slapd answers, the openssh-lpk schema (`sshPublicKey`, objectClass `ldapPublicKey`) is loaded
-//!   over `ldapi://` into `cn=schema,cn=config`, as on a production directory, then the entries are
+//!   over `ldapi://` into `cn=schema,cn=config`, as on a production directory (and AD's
+//!   `userAccountControl`, so a test can disable an entry as AD does), then the entries are
 //!   added over `ldapi://` as the root DN: people erin (approvers), audrey (auditors), mallory (no
 //!   group), ivan (ICU approvers only), each with password `dirpw-NAME`; each group also lists
 //!   `cn=nobody` (groupOfNames needs a member, so a test can remove its last real one); `ou=vendors`
@@ -43,6 +44,32 @@ const OPENSSH_LPK_SCHEMA: &str = "dn: cn=openssh-lpk,cn=schema,cn=config\n\
      SYNTAX 1.3.6.1.4.1.1466.115.121.1.40 )\n\
     olcObjectClasses: ( 1.3.6.1.4.1.24552.500.1.1.2.0 NAME 'ldapPublicKey' SUP top AUXILIARY\n  \
      DESC 'MANDATORY: OpenSSH LPK objectclass' MAY ( sshPublicKey $ uid ) )\n";
+
+/// Active Directory's account flags (`userAccountControl`, AD's own OID) on an auxiliary class, so an
+/// entry here can be disabled the way AD offboards someone (the entry stays, ACCOUNTDISABLE is set).
+const AD_ACCOUNT_SCHEMA: &str = "dn: cn=ad-account,cn=schema,cn=config\n\
+    objectClass: olcSchemaConfig\n\
+    cn: ad-account\n\
+    olcAttributeTypes: ( 1.2.840.113556.1.4.8 NAME 'userAccountControl'\n  \
+     DESC 'Active Directory account flags, for tests' EQUALITY integerMatch\n  \
+     SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 SINGLE-VALUE )\n\
+    olcObjectClasses: ( 1.3.6.1.4.1.99999.2.1 NAME 'testAdAccount' SUP top AUXILIARY\n  \
+     DESC 'an entry that carries AD account flags' MAY userAccountControl )\n";
+
+/// The LDIF change that sets AD's account flags on the entry `dn` (512 enabled, 514 disabled); the
+/// first time with `first`, which adds the auxiliary class too.
+pub fn account_control(dn: &str, flags: u32, first: bool) -> String {
+    if first {
+        format!(
+            "dn: {dn}\nchangetype: modify\nadd: objectClass\nobjectClass: testAdAccount\n-\n\
+             add: userAccountControl\nuserAccountControl: {flags}\n"
+        )
+    } else {
+        format!(
+            "dn: {dn}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: {flags}\n"
+        )
+    }
+}
 
 pub struct Slapd {
     pub port: u16,
@@ -148,6 +175,7 @@ impl Slapd {
         s.resume();
         // The openssh-lpk schema goes into the running server's cn=config, over ldapi.
         s.change(CONFIG_DN, OPENSSH_LPK_SCHEMA);
+        s.change(CONFIG_DN, AD_ACCOUNT_SCHEMA);
         s.change(ROOT_DN, &seed(vendors));
         s
     }
