@@ -8,7 +8,9 @@
 //!   decision, it applies at once;
 //! - every `ldap.vendors.sync_interval` (with `[ldap.vendors]`), the vendor subtree is read: a new entry
 //!   becomes a vendor (who enrols TOTP at their first login), keys follow `sshPublicKey`, an entry that
-//!   is gone disables its vendor (re-enabling is `vendor enable`'s: the sync only takes access away),
+//!   is gone or disabled disables its vendor (re-enabling is `vendor enable`'s: the sync only takes
+//!   access away). A vendor is tied to the entry it was added from (its DN): another entry that holds
+//!   the same name never changes it, and a name several entries hold is not added;
 //!   each change audited in its own transaction. A removed key or a disable
 //!   then ends live connections through the one path there is for that: the store change is audited,
 //!   the authority watcher (`live::watch`) sees the head move and re-checks every login's standing.
@@ -144,8 +146,8 @@ pub async fn recheck_staff(app: &App, directory: &Directory) -> Result<(), SyncE
 /// One sync of the vendor subtree; see the module doc.
 pub async fn sync_vendors(app: &App, directory: &Directory) -> Result<(), SyncError> {
     let entries = directory.vendors().await?;
-    let mut wanted: BTreeMap<String, (String, String, BTreeMap<String, super::keys::ParsedKey>)> =
-        BTreeMap::new();
+    // Every entry that holds a name: a name is not an identity (two OUs may each have a `jsmith`).
+    let mut wanted: BTreeMap<String, Vec<Wanted>> = BTreeMap::new();
     for e in entries {
         if let Err(why) = check_name("vendor", &e.name) {
             tracing::warn!(dn = %e.dn, %why, "a directory vendor's name is not usable; skipped");
@@ -167,7 +169,11 @@ pub async fn sync_vendors(app: &App, directory: &Directory) -> Result<(), SyncEr
         } else {
             e.org
         };
-        wanted.insert(e.name, (e.dn, org, keys));
+        wanted.entry(e.name).or_default().push(Wanted {
+            dn: e.dn,
+            org,
+            keys,
+        });
     }
     let stored: BTreeMap<String, crate::store::DirectoryVendor> = app
         .store
@@ -176,15 +182,36 @@ pub async fn sync_vendors(app: &App, directory: &Directory) -> Result<(), SyncEr
         .into_iter()
         .map(|v| (v.vendor.name.clone(), v))
         .collect();
-    for (name, (dn, org, keys)) in &wanted {
+    // A stored vendor is tied to the entry it was added from: only that entry changes its keys, and
+    // another entry that takes its name is someone else.
+    let own_entry = |v: &crate::store::DirectoryVendor| -> Option<&Wanted> {
+        wanted
+            .get(&v.vendor.name)?
+            .iter()
+            .find(|e| e.dn.eq_ignore_ascii_case(&v.dn))
+    };
+    for (name, entries) in &wanted {
         let now = app.clock.now();
-        match stored.get(name) {
-            Some(v) => update_vendor(app, v, keys, now).await?,
-            None => add_vendor(app, name, dn, org, keys, now).await?,
+        match (stored.get(name), entries.as_slice()) {
+            (Some(v), _) => {
+                if let Some(e) = own_entry(v) {
+                    update_vendor(app, v, &e.keys, now).await?;
+                }
+            }
+            (None, [e]) => add_vendor(app, name, &e.dn, &e.org, &e.keys, now).await?,
+            (None, several) => {
+                tracing::warn!(vendor = %name, entries = several.len(),
+                    "several directory entries hold this vendor name; none is added");
+            }
         }
     }
     for (name, v) in &stored {
-        if !wanted.contains_key(name) && v.vendor.enabled {
+        if own_entry(v).is_none() && v.vendor.enabled {
+            let why = if wanted.contains_key(name) {
+                "its directory entry is gone (another entry holds the name now)"
+            } else {
+                "removed from the directory"
+            };
             let mut tx = app.store.begin().await?;
             tx.set_vendor_enabled(v.vendor.id, false).await?;
             tx.audit(
@@ -192,16 +219,23 @@ pub async fn sync_vendors(app: &App, directory: &Directory) -> Result<(), SyncEr
                     ACTOR,
                     Action::VendorDisable,
                     format!("vendor:{name}"),
-                    json!({"why": "removed from the directory", "dn": v.dn}),
+                    json!({"why": why, "dn": v.dn}),
                 ),
                 app.clock.now(),
             )
             .await?;
             tx.commit("vendor.disable").await?;
-            tracing::info!(vendor = %name, "directory vendor removed: disabled");
+            tracing::info!(vendor = %name, why, "directory vendor disabled");
         }
     }
     Ok(())
+}
+
+/// A vendor entry as the sync reads it.
+struct Wanted {
+    dn: String,
+    org: String,
+    keys: BTreeMap<String, super::keys::ParsedKey>,
 }
 
 async fn add_vendor(

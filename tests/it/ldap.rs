@@ -596,6 +596,43 @@ fn directory_vendor_self_enrols_over_openssh_and_is_cut_off_by_the_sync() {
         live.try_wait().unwrap().is_none(),
         "the connection did not stay up"
     );
+    // Someone who may add entries in their own organisation's OU adds another `vic` with their key:
+    // vic is tied to the entry it was added from, so the impostor's key is never vic's and vic's
+    // own key, access and connection stay.
+    let fingerprint = |shown: &serde_json::Value| shown["keys"].to_string();
+    let before = fingerprint(&b.data.run(&["vendor", "show", "vic", "--json"]).ok().json());
+    let other = ssh_keygen(b.data.path(), "impostor");
+    let other = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    dir.modify(&format!(
+        "dn: ou=Evil Corp,ou=vendors,{s}\nobjectClass: organizationalUnit\nou: Evil Corp\n\n\
+         dn: uid=vic,ou=Evil Corp,ou=vendors,{s}\nobjectClass: inetOrgPerson\n\
+         objectClass: ldapPublicKey\nuid: vic\ncn: vic\nsn: vic\nsshPublicKey: {k}\n",
+        s = slapd::SUFFIX,
+        k = other.trim()
+    ));
+    // And a new name two entries hold at once is nobody's: not added.
+    dir.modify(&format!(
+        "dn: uid=zed,ou=Evil Corp,ou=vendors,{s}\nobjectClass: inetOrgPerson\n\
+         objectClass: ldapPublicKey\nuid: zed\ncn: zed\nsn: zed\nsshPublicKey: {k}\n\n\
+         dn: uid=zed,ou=Acme Imaging,ou=vendors,{s}\nobjectClass: inetOrgPerson\n\
+         objectClass: ldapPublicKey\nuid: zed\ncn: zed\nsn: zed\n",
+        s = slapd::SUFFIX,
+        k = other.trim()
+    ));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_ne!(
+        b.data.run(&["vendor", "show", "zed", "--json"]).code(),
+        0,
+        "a name two entries hold was added"
+    );
+    let shown = b.data.run(&["vendor", "show", "vic", "--json"]).ok().json();
+    assert_eq!(fingerprint(&shown), before, "{}", b.log());
+    assert_eq!(shown["vendor"]["enabled"], true, "{shown}");
+    assert!(live.try_wait().unwrap().is_none(), "{}", b.log());
+    dir.modify(&format!(
+        "dn: uid=vic,ou=Evil Corp,ou=vendors,{}\nchangetype: delete\n",
+        slapd::SUFFIX
+    ));
     dir.modify(&format!(
         "dn: uid=vic,ou=Acme Imaging,ou=vendors,{}\nchangetype: modify\ndelete: sshPublicKey\n",
         slapd::SUFFIX
