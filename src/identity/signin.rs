@@ -46,8 +46,11 @@ pub enum Lockout {
     /// Staff (`[web]`): failures are counted per (account, source address); once `max` of one pair fall
     /// within the sliding `window`, that account is refused from that source (its second factor not
     /// looked at) until the oldest slides out. Failures from one address never refuse the account from
-    /// another, so nobody locks an approver out from everywhere by knowing their name. Attempts refused
-    /// while locked are audited but not counted.
+    /// another, so nobody locks an approver out from everywhere by knowing their name. Failures that
+    /// had the right password are also counted for the whole account: `max` of them within `window`,
+    /// from any addresses, refuse it from everywhere. Only someone who holds the password can cause
+    /// that, and many addresses then buy no more guesses at the second factor. Attempts refused while
+    /// locked are audited but not counted.
     PerSource { max: u32, window: Duration },
 }
 
@@ -238,10 +241,16 @@ pub async fn locked(
 ) -> Result<bool, SignInError> {
     Ok(match (account.lockout(app), account) {
         (Lockout::PerSource { max, window }, Account::Staff { id, .. }) => {
+            let since = Lockout::since(window, now);
             app.store
-                .staff_signin_failures_now(*id, source, Lockout::since(window, now))
+                .staff_signin_failures_now(*id, source, since)
                 .await?
                 >= i64::from(max)
+                || app
+                    .store
+                    .staff_second_factor_failures_now(*id, since)
+                    .await?
+                    >= i64::from(max)
         }
         (Lockout::Account { .. }, Account::Vendor { name, .. }) => app
             .store
@@ -363,17 +372,18 @@ pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict,
             0
         }
         (Lockout::PerSource { max, window }, Account::Staff { id, .. }) => {
-            let failures = tx
-                .staff_signin_failures(*id, source, Lockout::since(window, now))
-                .await?;
-            if failures >= i64::from(max) {
+            let since = Lockout::since(window, now);
+            let failures = tx.staff_signin_failures(*id, source, since).await?;
+            let everywhere = tx.staff_second_factor_failures(*id, since).await? >= i64::from(max);
+            if failures >= i64::from(max) || everywhere {
                 tx.audit(
                     AuditEvent::new(
                         &actor,
                         Action::StaffSigninFailed,
                         &subject,
                         json!({"why": "locked", "locked": true, "source": source,
-                               "password_ok": attempt.first_factor, "failures": failures}),
+                               "password_ok": attempt.first_factor, "failures": failures,
+                               "everywhere": everywhere}),
                     ),
                     now,
                 )
@@ -473,21 +483,28 @@ pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict,
                 tracing::info!(vendor = %name, peer = %source, why, "TOTP refused");
             }
             (Lockout::PerSource { max, window }, Account::Staff { id, name }) => {
-                tx.add_staff_signin_failure(*id, source, now, Lockout::since(window, now))
+                let since = Lockout::since(window, now);
+                tx.add_staff_signin_failure(*id, source, now, since, attempt.first_factor)
                     .await?;
-                let locked = failures + 1 >= i64::from(max);
+                let everywhere = attempt.first_factor
+                    && tx.staff_second_factor_failures(*id, since).await? >= i64::from(max);
+                let locked = failures + 1 >= i64::from(max) || everywhere;
                 tx.audit(
                     AuditEvent::new(
                         &actor,
                         Action::StaffSigninFailed,
                         &subject,
-                        json!({"why": why, "locked": locked, "source": source}),
+                        json!({"why": why, "locked": locked, "source": source,
+                               "everywhere": everywhere}),
                     ),
                     now,
                 )
                 .await?;
                 tx.commit("staff.signin.failed").await?;
-                if locked {
+                if everywhere {
+                    tracing::warn!(user = %name, %source,
+                        "staff sign-ins locked from every address: repeated second-factor failures with the right password");
+                } else if locked {
                     tracing::warn!(user = %name, %source, "staff sign-ins locked from this address");
                 }
             }

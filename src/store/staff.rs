@@ -206,6 +206,20 @@ impl Store {
         get(&row, "n")
     }
 
+    /// [`Tx::staff_second_factor_failures`] outside any transaction (the first look before a bind).
+    pub async fn staff_second_factor_failures_now(&self, id: i64, since: UnixTime) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM staff_signin_failures \
+             WHERE user_id = $1 AND password_ok = 1 AND at >= $2",
+        )
+        .bind(id)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await
+        .context("counting failed second factors")?;
+        get(&row, "n")
+    }
+
     /// Refused directory sign-ins of `name`, a name no account holds, from `source` at or after `since`.
     pub async fn directory_signin_failures(
         &self,
@@ -437,27 +451,47 @@ impl Tx {
         get(&row, "n")
     }
 
-    /// Records a failed sign-in of user `id` from `source` at `at`, and forgets every failure (of anyone)
-    /// from before `forget_before`: rows outside the window count for nothing.
+    /// Failed sign-ins of user `id` that had the right password, from any source, at or after `since`.
+    pub async fn staff_second_factor_failures(&mut self, id: i64, since: UnixTime) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM staff_signin_failures \
+             WHERE user_id = $1 AND password_ok = 1 AND at >= $2",
+        )
+        .bind(id)
+        .bind(since)
+        .fetch_one(&mut *self.tx)
+        .await
+        .context("counting failed second factors")?;
+        get(&row, "n")
+    }
+
+    /// Records a failed sign-in of user `id` from `source` at `at` (`password_ok`: it had the right
+    /// password), and forgets every failure (of anyone) from before `forget_before`: rows outside the
+    /// window count for nothing.
     pub async fn add_staff_signin_failure(
         &mut self,
         id: i64,
         source: &str,
         at: UnixTime,
         forget_before: UnixTime,
+        password_ok: bool,
     ) -> Result<()> {
         sqlx::query("DELETE FROM staff_signin_failures WHERE at < $1")
             .bind(forget_before)
             .execute(&mut *self.tx)
             .await
             .context("forgetting old failed sign-ins")?;
-        sqlx::query("INSERT INTO staff_signin_failures (user_id, source, at) VALUES ($1, $2, $3)")
-            .bind(id)
-            .bind(source)
-            .bind(at)
-            .execute(&mut *self.tx)
-            .await
-            .context("recording a failed sign-in")?;
+        sqlx::query(
+            "INSERT INTO staff_signin_failures (user_id, source, at, password_ok) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(source)
+        .bind(at)
+        .bind(i64::from(password_ok))
+        .execute(&mut *self.tx)
+        .await
+        .context("recording a failed sign-in")?;
         Ok(())
     }
 

@@ -1056,14 +1056,14 @@ async fn staff_signin_failures_count_per_account_and_source_in_a_window() {
         let mut tx = s.begin().await.unwrap();
         tx.hold_staff_user(bob).await.unwrap();
         for at in [1000, 1001, 1002] {
-            tx.add_staff_signin_failure(bob, "192.0.2.1", at, 0)
+            tx.add_staff_signin_failure(bob, "192.0.2.1", at, 0, at == 1002)
                 .await
                 .unwrap();
         }
-        tx.add_staff_signin_failure(bob, "192.0.2.2", 1003, 0)
+        tx.add_staff_signin_failure(bob, "192.0.2.2", 1003, 0, true)
             .await
             .unwrap();
-        tx.add_staff_signin_failure(eve, "192.0.2.1", 1003, 0)
+        tx.add_staff_signin_failure(eve, "192.0.2.1", 1003, 0, true)
             .await
             .unwrap();
         assert_eq!(
@@ -1074,6 +1074,9 @@ async fn staff_signin_failures_count_per_account_and_source_in_a_window() {
             tx.staff_signin_failures(bob, "192.0.2.2", 0).await.unwrap(),
             1
         );
+        // Those past the password count per account, from every source.
+        assert_eq!(tx.staff_second_factor_failures(bob, 0).await.unwrap(), 2);
+        assert_eq!(tx.staff_second_factor_failures(bob, 1003).await.unwrap(), 1);
         // The window: only failures at or after `since` count.
         assert_eq!(
             tx.staff_signin_failures(bob, "192.0.2.1", 1001)
@@ -1102,7 +1105,7 @@ async fn staff_signin_failures_count_per_account_and_source_in_a_window() {
 
         // A failure recorded later forgets the rows from before its window, everyone's.
         let mut tx = s.begin().await.unwrap();
-        tx.add_staff_signin_failure(bob, "192.0.2.1", 2000, 1002)
+        tx.add_staff_signin_failure(bob, "192.0.2.1", 2000, 1002, false)
             .await
             .unwrap();
         assert_eq!(

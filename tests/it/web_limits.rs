@@ -674,3 +674,28 @@ fn a_recordings_view_does_not_make_open_pages_refresh() {
     let _ = stream.kill();
     let _ = stream.wait();
 }
+
+/// Failures that get past the password count for the whole account too: five wrong codes with bob's
+/// right password, each from another address (as from an IPv6 /48's many /64s), lock bob from every
+/// address, his own included, so many addresses buy no more guesses at the second factor. (Wrong
+/// passwords from many addresses never do: see the test above, where bob signs in after them.)
+#[test]
+fn wrong_codes_with_the_right_password_lock_the_account_everywhere() {
+    let b = Bastion::start(DataDir::init());
+    let bob = Approver::enroll(&b, "bob", "approver");
+    for n in 21..26 {
+        let (a, _) = form_login(&b, &format!("127.0.0.{n}"), "bob", PASSWORD, "000000");
+        assert_eq!(a.status, 401, "{}", a.body);
+    }
+    let answer = bob.try_login(PASSWORD, &bob.next_code());
+    assert_eq!(answer.status, 401, "{}", answer.body);
+    let failed: Vec<_> = audit(&b)
+        .into_iter()
+        .filter(|e| e["action"] == "staff.signin.failed")
+        .collect();
+    assert_eq!(failed.len(), 6, "{failed:#?}");
+    assert_eq!(failed[4]["detail"]["everywhere"], true, "{failed:#?}");
+    assert_eq!(failed[4]["detail"]["locked"], true, "{failed:#?}");
+    assert_eq!(failed[5]["detail"]["why"], "locked", "{failed:#?}");
+    assert_eq!(failed[5]["detail"]["source"], "127.0.0.1", "{failed:#?}");
+}
