@@ -186,6 +186,7 @@ pub async fn run(
         std::sync::Arc::new(crate::web::WebCore::new(app.clone(), live)),
         chaperone_web_approval::WebOptions {
             idle_timeout: app.config.web.idle_timeout,
+            max_session_age: app.config.web.max_session_age,
             public_url: Some(app.config.web.public_url.clone()),
             decoy_key: Some(*app.secrets.subkey("passkey-decoy-credentials")),
             ..Default::default()

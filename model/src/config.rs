@@ -441,6 +441,9 @@ pub struct WebConfig {
     /// Signed-in staff are signed out after this long without a request they made (the page's live
     /// refresh does not count).
     pub idle_timeout: Duration,
+    /// Signed-in staff are signed out this long after they signed in, active or not: a stolen cookie or
+    /// a session left open on a ward PC does not last for ever.
+    pub max_session_age: Duration,
     /// Failed sign-ins of one account from one source address within `failure_window` that refuse
     /// that account from that address (other addresses are not affected) until the window slides.
     pub max_failures: u32,
@@ -954,6 +957,7 @@ struct RawWeb {
     tls_cert: String,
     tls_key: String,
     idle_timeout: String,
+    max_session_age: String,
     max_failures: u32,
     failure_window: String,
     header_read_timeout: String,
@@ -970,6 +974,7 @@ impl Default for RawWeb {
             tls_cert: "web_cert.pem".into(),
             tls_key: "web_key.pem".into(),
             idle_timeout: "15m".into(),
+            max_session_age: "12h".into(),
             max_failures: 5,
             failure_window: "15m".into(),
             header_read_timeout: "10s".into(),
@@ -1209,6 +1214,12 @@ impl Config {
             tls_cert: resolve(&raw.web.tls_cert),
             tls_key: resolve(&raw.web.tls_key),
             idle_timeout: duration("web.idle_timeout", &raw.web.idle_timeout)?,
+            max_session_age: match duration("web.max_session_age", &raw.web.max_session_age)? {
+                d if d < Duration::from_secs(1) => {
+                    return Err(invalid("web.max_session_age", "must be at least 1s".into()));
+                }
+                d => d,
+            },
             max_failures: match raw.web.max_failures {
                 0 => return Err(invalid("web.max_failures", "must be at least 1".into())),
                 n => n,
@@ -1946,6 +1957,8 @@ tls_key = "web_key.pem"
 # Signed-in staff are signed out after this long without activity (the page's live refresh is not
 # activity).
 idle_timeout = "15m"
+# ... and this long after they signed in, active or not.
+max_session_age = "12h"
 # Failed sign-ins of one account from one address (an IPv6 /64) within failure_window refuse that account
 # from that address only, until the window slides; sign-ins from elsewhere are not affected.
 max_failures = 5

@@ -699,3 +699,24 @@ fn wrong_codes_with_the_right_password_lock_the_account_everywhere() {
     assert_eq!(failed[5]["detail"]["why"], "locked", "{failed:#?}");
     assert_eq!(failed[5]["detail"]["source"], "127.0.0.1", "{failed:#?}");
 }
+
+/// A web session ends `max_session_age` after its sign-in however busy it is (6 s here), so a cookie
+/// taken from a browser, or a session left open on a shared PC and kept busy by someone, does not last.
+#[test]
+fn a_busy_web_session_ends_at_its_maximum_age() {
+    let data = DataDir::init();
+    configure_web(&data, &[("max_session_age", "\"6s\"")]);
+    let b = Bastion::start(data);
+    let bob = Approver::enroll(&b, "bob", "approver");
+    let signed_in = Instant::now();
+    while signed_in.elapsed() < Duration::from_secs(4) {
+        assert_eq!(bob.get("/api/requests").status, 200);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || bob.get("/api/requests").status
+            == 401),
+        "a busy session outlived its maximum age"
+    );
+    assert!(signed_in.elapsed() >= Duration::from_secs(5));
+}

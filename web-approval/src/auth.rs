@@ -80,6 +80,10 @@ pub struct Session {
     /// were kept by address had a one-time `flash` instead; serde skips that field.
     #[serde(default)]
     pub notices: Vec<Notice>,
+    /// When it was signed in (Unix seconds): it ends `max_session_age` later, whatever its activity.
+    /// A session stored before this was kept reads 0, so it ends at once.
+    #[serde(default)]
+    pub signed_in_at: i64,
 }
 
 /// Notices a session keeps: one per tab an approver acts in, with room to spare.
@@ -141,7 +145,7 @@ pub(crate) fn key(token: &str) -> String {
 
 /// Sessions live in the core (every node sees them, so no sticky load balancing is needed), keyed by the
 /// SHA-256 of the cookie value, and lapse after `idle_timeout` without a request a person made (not
-/// the page's own background requests).
+/// the page's own background requests), and `max_session_age` after the sign-in whatever happens.
 impl<C: Core> WebState<C> {
     fn session_expiry(&self) -> i64 {
         let idle = i64::try_from(self.idle_timeout.as_secs()).unwrap_or(i64::MAX / 2);
@@ -155,6 +159,7 @@ impl<C: Core> WebState<C> {
             staff,
             csrf: random_token(),
             notices: Vec::new(),
+            signed_in_at: self.core.now(),
         };
         self.core
             .put_state(
@@ -194,8 +199,16 @@ impl<C: Core> WebState<C> {
         let Some(data) = self.core.state(StateKind::Session, &k, extend_to).await? else {
             return Ok(None);
         };
-        match serde_json::from_str(&data) {
-            Ok(s) => Ok(Some(s)),
+        match serde_json::from_str::<Session>(&data) {
+            Ok(s) => {
+                let age = i64::try_from(self.max_session_age.as_secs()).unwrap_or(i64::MAX / 2);
+                if s.signed_in_at.saturating_add(age) <= self.core.now() {
+                    // Signed in too long ago, however active: signed out, everywhere at once.
+                    let _ = self.core.drop_state(StateKind::Session, &k).await;
+                    return Ok(None);
+                }
+                Ok(Some(s))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "web: a stored session does not parse; signing it out");
                 let _ = self.core.drop_state(StateKind::Session, &k).await;
@@ -387,6 +400,7 @@ mod tests {
             },
             csrf: "x".into(),
             notices: Vec::new(),
+            signed_in_at: 0,
         };
         let notice = |id: &str, text: &str| Notice {
             id: id.into(),

@@ -49,6 +49,8 @@ pub struct WebState<C> {
     pub core: Arc<C>,
     /// Signs a session out after this long without a request (sessions are stored by the core).
     pub idle_timeout: Duration,
+    /// Signs a session out this long after its sign-in, whatever its activity.
+    pub max_session_age: Duration,
     /// Sign-in attempts per address.
     pub limiter: Limiter,
     /// The WebAuthn relying party; `None` when `public_url` cannot be one (passkeys are then not offered).
@@ -60,6 +62,8 @@ pub struct WebState<C> {
 pub struct WebOptions {
     /// Sign a session out after this long without a request.
     pub idle_timeout: Duration,
+    /// Sign a session out this long after its sign-in, whatever its activity.
+    pub max_session_age: Duration,
     /// Sign-in attempts allowed per client address per 5 minutes.
     pub signin_attempts: usize,
     /// The page's address as browsers see it (`web.public_url`): the passkeys' relying party.
@@ -74,6 +78,7 @@ impl Default for WebOptions {
     fn default() -> Self {
         WebOptions {
             idle_timeout: Duration::from_secs(15 * 60),
+            max_session_age: Duration::from_secs(12 * 3600),
             signin_attempts: 20,
             public_url: None,
             decoy_key: None,
@@ -86,6 +91,7 @@ pub fn router<C: Core>(core: Arc<C>, options: WebOptions) -> Router {
     let state = Arc::new(WebState {
         core,
         idle_timeout: options.idle_timeout,
+        max_session_age: options.max_session_age,
         limiter: Limiter::new(options.signin_attempts, Duration::from_secs(300)),
         passkeys: options.public_url.as_deref().and_then(|url| {
             match passkey::Passkeys::new(url, options.decoy_key) {
