@@ -650,8 +650,18 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening {}", args.file.display()))?;
     let mut magic = vec![0u8; SEALED_MAGIC.len()];
     let sealed = file.read_exact(&mut magic).is_ok() && magic == SEALED_MAGIC;
+    let given = passphrase(args.passphrase_file.as_deref())?;
+    // Whoever gives a passphrase sealed their backups: an archive that is not sealed is not one of
+    // them (swapped where backups are kept, with its own keys and accounts), and nothing in it could
+    // say who made it.
+    ensure!(
+        sealed || given.is_none(),
+        "{} is not sealed, but a passphrase was given: it is not a backup sealed with it; \
+         refusing to restore it (restore an unsealed backup without a passphrase)",
+        args.file.display()
+    );
     let mut input: Box<dyn Read> = if sealed {
-        let passphrase = passphrase(args.passphrase_file.as_deref())?.context(
+        let passphrase = given.context(
             "the backup is sealed: give its passphrase (--passphrase-file, or CHAPERONE_BACKUP_PASSPHRASE)",
         )?;
         let mut salt = [0u8; 16];

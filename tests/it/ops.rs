@@ -163,6 +163,26 @@ fn metrics_move_with_a_session_and_a_backup_taken_meanwhile_restores_and_verifie
     // Restored elsewhere: the chain verifies, and so does the finished session's recording.
     let restored = tempfile::tempdir().unwrap();
     let target = restored.path().join("node");
+    // With a passphrase, an archive that is not sealed is refused: it is not one sealed with it (a
+    // backup swapped where it was kept would bring its own keys and accounts).
+    let passphrase = restored.path().join("passphrase");
+    std::fs::write(&passphrase, "a long enough passphrase\n").unwrap();
+    let out = Command::new(chaperone_bin())
+        .arg("restore")
+        .arg(&archive)
+        .arg("--dir")
+        .arg(&target)
+        .arg("--passphrase-file")
+        .arg(&passphrase)
+        .output()
+        .unwrap();
+    let (stdout, stderr, code) = text(&out);
+    assert_ne!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("is not sealed, but a passphrase was given"),
+        "{stderr}"
+    );
+    assert!(!target.exists());
     let out = Command::new(chaperone_bin())
         .arg("restore")
         .arg(&archive)
