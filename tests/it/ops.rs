@@ -126,6 +126,16 @@ fn metrics_move_with_a_session_and_a_backup_taken_meanwhile_restores_and_verifie
         b.log()
     );
 
+    // The session's row is written before its live gauge moves (the bridge registers it once the
+    // device answers): wait for the gauge, not just the row.
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let (_, m) = get(ops, "/metrics");
+            sample(&m, "chaperone_live_sessions{kind=\"shell\"}") == 1.0
+        }),
+        "the live shell never showed in the metrics\n{}",
+        b.log()
+    );
     let (_, during) = get(ops, "/metrics");
     promtool_accepts(&during);
     assert_eq!(
