@@ -151,6 +151,8 @@ actions! {
     VendorDisable = "vendor.disable",
     VendorKeyAdd = "vendor.key.add",
     VendorKeyRemove = "vendor.key.remove",
+    /// A directory vendor's entry moved or was renamed (same entry id, new DN), or its id was first read.
+    VendorDirectoryMove = "vendor.directory.move",
     AssetAdd = "asset.add",
     AssetRemove = "asset.remove",
     AssetServiceAdd = "asset.service.add",

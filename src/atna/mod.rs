@@ -165,6 +165,7 @@ pub fn mapping(action: Action) -> Option<Mapping> {
         | A::VendorDisable
         | A::VendorKeyAdd
         | A::VendorKeyRemove
+        | A::VendorDirectoryMove
         | A::UserAdd
         | A::UserDisable
         | A::UserEnroll

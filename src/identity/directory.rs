@@ -173,6 +173,8 @@ pub async fn sync_vendors(app: &App, directory: &Directory) -> Result<(), SyncEr
             dn: e.dn,
             org,
             keys,
+            entry_id: e.entry_id,
+            disabled: e.disabled,
         });
     }
     let stored: BTreeMap<String, crate::store::DirectoryVendor> = app
@@ -182,23 +184,38 @@ pub async fn sync_vendors(app: &App, directory: &Directory) -> Result<(), SyncEr
         .into_iter()
         .map(|v| (v.vendor.name.clone(), v))
         .collect();
-    // A stored vendor is tied to the entry it was added from: only that entry changes its keys, and
-    // another entry that takes its name is someone else.
+    // A stored vendor is tied to the entry it was added from, by the entry's id, which a move or a
+    // rename keeps and a new entry does not have: only that entry changes it, and another entry that
+    // takes its name is someone else. A vendor synced before ids were kept (or from a directory
+    // without them) is tied by its DN, or, failing that, by its name's only entry, as it was until
+    // then; the sync then keeps that entry's id.
     let own_entry = |v: &crate::store::DirectoryVendor| -> Option<&Wanted> {
-        wanted
-            .get(&v.vendor.name)?
-            .iter()
-            .find(|e| e.dn.eq_ignore_ascii_case(&v.dn))
+        let entries = wanted.get(&v.vendor.name)?;
+        match &v.entry_id {
+            Some(id) => entries.iter().find(|e| e.entry_id.as_ref() == Some(id)),
+            None => entries
+                .iter()
+                .find(|e| e.dn.eq_ignore_ascii_case(&v.dn))
+                .or(match entries.as_slice() {
+                    [one] => Some(one),
+                    _ => None,
+                }),
+        }
     };
     for (name, entries) in &wanted {
         let now = app.clock.now();
         match (stored.get(name), entries.as_slice()) {
             (Some(v), _) => {
-                if let Some(e) = own_entry(v) {
+                if let Some(e) = own_entry(v)
+                    && e.disabled.is_none()
+                {
+                    relink_vendor(app, v, e, now).await?;
                     update_vendor(app, v, &e.keys, now).await?;
                 }
             }
-            (None, [e]) => add_vendor(app, name, &e.dn, &e.org, &e.keys, now).await?,
+            (None, [e]) if e.disabled.is_none() => add_vendor(app, name, e, now).await?,
+            // Disabled in the directory: never added.
+            (None, [_]) => {}
             (None, several) => {
                 tracing::warn!(vendor = %name, entries = several.len(),
                     "several directory entries hold this vendor name; none is added");
@@ -206,12 +223,17 @@ pub async fn sync_vendors(app: &App, directory: &Directory) -> Result<(), SyncEr
         }
     }
     for (name, v) in &stored {
-        if own_entry(v).is_none() && v.vendor.enabled {
-            let why = if wanted.contains_key(name) {
+        let why = match own_entry(v) {
+            Some(e) => match e.disabled {
+                Some(why) => why,
+                None => continue,
+            },
+            None if wanted.contains_key(name) => {
                 "its directory entry is gone (another entry holds the name now)"
-            } else {
-                "removed from the directory"
-            };
+            }
+            None => "removed from the directory",
+        };
+        if v.vendor.enabled {
             let mut tx = app.store.begin().await?;
             tx.set_vendor_enabled(v.vendor.id, false).await?;
             tx.audit(
@@ -236,16 +258,40 @@ struct Wanted {
     dn: String,
     org: String,
     keys: BTreeMap<String, super::keys::ParsedKey>,
+    entry_id: Option<String>,
+    disabled: Option<&'static str>,
 }
 
-async fn add_vendor(
+/// Follows a vendor's own entry to its DN and id as they are now (moved, renamed, or its id read for
+/// the first time), audited.
+async fn relink_vendor(
     app: &App,
-    name: &str,
-    dn: &str,
-    org: &str,
-    keys: &BTreeMap<String, super::keys::ParsedKey>,
+    v: &crate::store::DirectoryVendor,
+    e: &Wanted,
     now: i64,
 ) -> Result<(), SyncError> {
+    if e.dn.eq_ignore_ascii_case(&v.dn) && e.entry_id == v.entry_id {
+        return Ok(());
+    }
+    let mut tx = app.store.begin().await?;
+    tx.set_vendor_directory(v.vendor.id, &e.dn, e.entry_id.as_deref())
+        .await?;
+    tx.audit(
+        AuditEvent::new(
+            ACTOR,
+            Action::VendorDirectoryMove,
+            format!("vendor:{}", v.vendor.name),
+            json!({"from": v.dn, "dn": e.dn, "entry_id": e.entry_id}),
+        ),
+        now,
+    )
+    .await?;
+    tx.commit("vendor.directory.move").await?;
+    Ok(())
+}
+
+async fn add_vendor(app: &App, name: &str, e: &Wanted, now: i64) -> Result<(), SyncError> {
+    let (dn, org, keys) = (&e.dn, &e.org, &e.keys);
     if app.store.vendor(name).await?.is_some() {
         // A local vendor of that name: local vendors are the administrator's, never the sync's.
         tracing::warn!(vendor = %name, %dn, "a local vendor has this directory vendor's name; skipped");
@@ -257,7 +303,8 @@ async fn add_vendor(
     let mut tx = app.store.begin().await?;
     let id = tx.insert_vendor(name, org, &placeholder, now).await?;
     tx.reset_vendor_totp(id, &placeholder).await?;
-    tx.set_vendor_directory(id, dn).await?;
+    tx.set_vendor_directory(id, dn, e.entry_id.as_deref())
+        .await?;
     let mut added = Vec::new();
     for (fp, k) in keys {
         if app.store.vendor_by_key(fp).await?.is_some() {

@@ -138,6 +138,10 @@ pub struct DirectoryVendorEntry {
     pub org: String,
     /// `sshPublicKey` values as found (OpenSSH one-line format).
     pub keys: Vec<String>,
+    /// The entry's stable id: `entryUUID`, or Active Directory's `objectGUID` as hex.
+    pub entry_id: Option<String>,
+    /// How the directory disabled the entry, if it did ([`disabled`]).
+    pub disabled: Option<&'static str>,
 }
 
 /// The directory, as the config describes it.
@@ -442,10 +446,15 @@ impl Directory {
                     &v.base,
                     Scope::Subtree,
                     &v.filter,
-                    [v.name_attribute.as_str(), "sshPublicKey"]
-                        .into_iter()
-                        .chain(ACCOUNT_STATE)
-                        .collect(),
+                    [
+                        v.name_attribute.as_str(),
+                        "sshPublicKey",
+                        "entryUUID",
+                        "objectGUID",
+                    ]
+                    .into_iter()
+                    .chain(ACCOUNT_STATE)
+                    .collect(),
                 )
                 .await;
             let _ = ldap.unbind().await;
@@ -454,15 +463,11 @@ impl Directory {
                 let Some(name) = attribute(&entry, &v.name_attribute).into_iter().next() else {
                     continue;
                 };
-                // Offboarding in a directory usually disables the entry rather than deleting it:
-                // the sync treats it as gone.
-                if let Some(why) = disabled(&entry) {
-                    tracing::debug!(vendor = %name, dn = %entry.dn, why, "a vendor entry is disabled in the directory");
-                    continue;
-                }
                 out.push(DirectoryVendorEntry {
                     org: organisation(&entry.dn, &v.base).unwrap_or_default(),
                     keys: attribute(&entry, "sshPublicKey"),
+                    entry_id: entry_id(&entry),
+                    disabled: disabled(&entry),
                     dn: entry.dn,
                     name,
                 });
@@ -516,6 +521,27 @@ pub fn disabled(entry: &SearchEntry) -> Option<&'static str> {
         }
     }
     None
+}
+
+/// The entry's stable id: `entryUUID` as given (lowercase), else `objectGUID`'s 16 bytes as hex.
+fn entry_id(entry: &SearchEntry) -> Option<String> {
+    if let Some(uuid) = attribute(entry, "entryUUID").into_iter().next() {
+        return Some(uuid.trim().to_ascii_lowercase());
+    }
+    let raw = |k: &String| k.eq_ignore_ascii_case("objectGUID");
+    entry
+        .bin_attrs
+        .iter()
+        .filter(|(k, _)| raw(k))
+        .flat_map(|(_, v)| v.iter().map(hex::encode))
+        .chain(
+            entry
+                .attrs
+                .iter()
+                .filter(|(k, _)| raw(k))
+                .flat_map(|(_, v)| v.iter().map(|s| hex::encode(s.as_bytes()))),
+        )
+        .next()
 }
 
 /// An attribute's values, text or binary (octet-string syntax arrives as either), case-insensitively.

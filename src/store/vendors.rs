@@ -64,6 +64,8 @@ impl std::fmt::Debug for VendorTotp {
 pub struct DirectoryVendor {
     pub vendor: Vendor,
     pub dn: String,
+    /// The entry's stable id (`entryUUID`, or `objectGUID` as hex), once the sync has read it.
+    pub entry_id: Option<String>,
     /// `SHA256:` fingerprints of its keys.
     pub keys: Vec<String>,
 }
@@ -72,7 +74,7 @@ impl Store {
     /// Every vendor the directory sync owns, with its keys.
     pub async fn directory_vendors(&self) -> Result<Vec<DirectoryVendor>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {VENDOR_COLUMNS}, dn FROM vendors WHERE source = 'ldap' ORDER BY id"
+            "SELECT {VENDOR_COLUMNS}, dn, entry_id FROM vendors WHERE source = 'ldap' ORDER BY id"
         )))
         .fetch_all(&self.pool)
         .await
@@ -88,6 +90,7 @@ impl Store {
                 .collect();
             out.push(DirectoryVendor {
                 dn: get::<Option<String>>(row, "dn")?.unwrap_or_default(),
+                entry_id: get(row, "entry_id")?,
                 vendor: v,
                 keys,
             });
@@ -311,9 +314,15 @@ impl Tx {
     }
 
     /// Marks a vendor as owned by the directory sync (entry `dn`).
-    pub async fn set_vendor_directory(&mut self, vendor_id: i64, dn: &str) -> Result<()> {
-        sqlx::query("UPDATE vendors SET source = 'ldap', dn = $1 WHERE id = $2")
+    pub async fn set_vendor_directory(
+        &mut self,
+        vendor_id: i64,
+        dn: &str,
+        entry_id: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE vendors SET source = 'ldap', dn = $1, entry_id = $2 WHERE id = $3")
             .bind(dn)
+            .bind(entry_id)
             .bind(vendor_id)
             .execute(&mut *self.tx)
             .await

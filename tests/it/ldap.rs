@@ -669,11 +669,27 @@ fn directory_vendor_self_enrols_over_openssh_and_is_cut_off_by_the_sync() {
         "the connection did not stay up\n{}",
         b.log()
     );
-    dir.modify(&slapd::account_control(
-        &format!("uid=vic,ou=Acme Imaging,ou=vendors,{}", slapd::SUFFIX),
-        514,
-        true,
+    // The organisation renamed: vic's entry moves to another OU. Same entry (its entryUUID), so vic
+    // follows it: still enabled, connection up, the move audited.
+    dir.modify(&format!(
+        "dn: ou=Acme Healthcare,ou=vendors,{s}\nobjectClass: organizationalUnit\nou: Acme Healthcare\n\n\
+         dn: uid=vic,ou=Acme Imaging,ou=vendors,{s}\nchangetype: modrdn\nnewrdn: uid=vic\n\
+         deleteoldrdn: 1\nnewsuperior: ou=Acme Healthcare,ou=vendors,{s}\n",
+        s = slapd::SUFFIX
     ));
+    let moved_to = format!("uid=vic,ou=Acme Healthcare,ou=vendors,{}", slapd::SUFFIX);
+    assert!(
+        wait_until(Duration::from_secs(10), || audit(&b).lines().any(|l| l
+            .contains("\"vendor.directory.move\"")
+            && l.contains("Acme Healthcare"))),
+        "{}",
+        b.log()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(live.try_wait().unwrap().is_none(), "{}", b.log());
+    let shown = b.data.run(&["vendor", "show", "vic", "--json"]).ok().json();
+    assert_eq!(shown["vendor"]["enabled"], true, "{shown}");
+    dir.modify(&slapd::account_control(&moved_to, 514, true));
     assert!(
         wait_until(Duration::from_secs(10), || live
             .try_wait()
@@ -690,6 +706,14 @@ fn directory_vendor_self_enrols_over_openssh_and_is_cut_off_by_the_sync() {
         .find(|v| v["name"] == "vic")
         .unwrap();
     assert_eq!(vic_row["enabled"], false);
+    // ... with the directory's reason.
+    assert!(
+        audit(&b).lines().any(|l| l.contains("\"vendor.disable\"")
+            && l.contains("vendor:vic")
+            && l.contains("ACCOUNTDISABLE")),
+        "{}",
+        audit(&b)
+    );
     // The local vendor, through all these syncs: untouched, and still signs in.
     let alice_row = shown
         .as_array()
@@ -701,9 +725,6 @@ fn directory_vendor_self_enrols_over_openssh_and_is_cut_off_by_the_sync() {
     let out = b.ssh(&alice, "alice").output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
     let log = audit(&b);
-    assert!(log.lines().any(|l| l.contains("\"vendor.disable\"")
-        && l.contains("vendor:vic")
-        && l.contains("removed from the directory")));
     assert!(
         log.lines()
             .any(|l| l.contains("\"vendor.key.remove\"") && l.contains("vendor:vic"))

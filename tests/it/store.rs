@@ -583,7 +583,7 @@ async fn zone_approvers_and_four_eyes_by_directory_entry_on_both_backends() {
 
         // The vendor's own directory entry under another name is the vendor.
         let mut tx = store.begin().await.unwrap();
-        tx.set_vendor_directory(v, "uid=alice,ou=vendors,dc=example")
+        tx.set_vendor_directory(v, "uid=alice,ou=vendors,dc=example", Some("4f1e"))
             .await
             .unwrap();
         tx.audit(ev(Action::VendorAdd), 900).await.unwrap();
