@@ -32,7 +32,11 @@ pub const MAX_FILTER: usize = 500;
 
 /// The store's filter for `q`, or what is wrong with it (a sentence for the person who typed it).
 pub fn filter(q: &HistoryQuery) -> Result<HistoryFilter, String> {
-    if let Some((name, _)) = q.pairs().into_iter().find(|(_, v)| v.len() > MAX_FILTER) {
+    if let Some((name, _)) = q
+        .pairs()
+        .into_iter()
+        .find(|(_, v)| v.chars().count() > MAX_FILTER)
+    {
         return Err(format!(
             "the {name} filter is longer than {MAX_FILTER} characters"
         ));

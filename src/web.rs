@@ -2036,7 +2036,7 @@ impl WebCore {
         text: &str,
         idle: Option<f64>,
     ) -> Result<Vec<TranscriptHit>, CoreError> {
-        if text.len() > crate::history::MAX_FILTER {
+        if text.chars().count() > crate::history::MAX_FILTER {
             return Err(CoreError::Invalid(format!(
                 "the text to find is longer than {} characters",
                 crate::history::MAX_FILTER

@@ -178,7 +178,8 @@ actions! {
 
 impl Action {
     /// A staff member's look at the evidence (a recording's page or player, a search, a live view):
-    /// audited, but it changes nothing anyone else's page shows.
+    /// audited, and listed on the session's page, but it changes nothing else any page shows, so open
+    /// pages are not refreshed for it (another auditor's view shows at the next real change).
     pub const fn is_view(self) -> bool {
         matches!(
             self,

@@ -265,8 +265,8 @@ pub async fn locked(
 /// Whether directory sign-ins of `name`, a name no staff account holds, are locked from `source` at
 /// `now`: the staff rule ([`Lockout::staff`]) over the refusals [`directory_name_refused`] counted. A
 /// locked attempt is audited here and must be refused before the directory is asked, so guessing a
-/// directory password through the sign-in form drives neither the directory's own lockout nor more
-/// than `max_failures` binds a window from one address. Like [`locked`], a first look outside any
+/// directory password through the sign-in form costs the directory at most `max_failures` binds a
+/// window from one address, as for an account. Like [`locked`], a first look outside any
 /// transaction: attempts from one address in parallel are bounded by the web's per-address rate limit.
 pub async fn directory_name_locked(
     app: &App,

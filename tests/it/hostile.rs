@@ -655,8 +655,10 @@ fn channels_a_device_opens_toward_the_bastion_are_refused() {
         "{}",
         b.log()
     );
-    // An exec recording is framed binary (a frame's time may hold any byte), so read it frame by frame.
+    // An exec recording is framed binary (a frame's time may hold any byte), so read it frame by frame;
+    // the hidden data must be in no frame of any kind.
     let bytes = std::fs::read(&path).unwrap();
+    assert!(!String::from_utf8_lossy(&bytes).contains("HIDDEN-EXT"));
     let mut reader = chaperone_recorder::ExecReader::new(&bytes[..]).unwrap();
     let (mut recorded, mut notices) = (Vec::new(), Vec::new());
     while let Some(frame) = reader.next_frame().unwrap() {

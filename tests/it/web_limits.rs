@@ -718,5 +718,6 @@ fn a_busy_web_session_ends_at_its_maximum_age() {
             == 401),
         "a busy session outlived its maximum age"
     );
-    assert!(signed_in.elapsed() >= Duration::from_secs(5));
+    // (The sign-in's time is kept in whole seconds, and taken before the answer came back.)
+    assert!(signed_in.elapsed() >= Duration::from_secs(4));
 }

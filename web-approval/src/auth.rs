@@ -34,7 +34,7 @@ pub fn is_background(headers: &HeaderMap) -> bool {
 /// `stream` for as long as the web session named in `headers` lasts: it ends at the first check that
 /// finds the session gone (signed out, idle past the limit, the user disabled or removed from the
 /// directory, which ends their sessions), made every 15 s, or every half idle time-out if that is
-/// shorter. The one rule for every response that outlives its request (the change stream, a live
+/// shorter. The one rule for every server-sent-event stream (the change stream, a live
 /// view): the check at its start is not enough. A store error is not a sign-out: the stream goes on.
 pub fn while_signed_in<C, S>(
     st: std::sync::Arc<WebState<C>>,
