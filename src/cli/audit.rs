@@ -167,10 +167,18 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
                     .and_then(|a| a.enterprise_site_id.clone()),
             };
             let mut out: Box<dyn Write> = match &output {
-                Some(path) => Box::new(std::io::BufWriter::new(
-                    std::fs::File::create(path)
-                        .with_context(|| format!("creating {}", path.display()))?,
-                )),
+                Some(path) => {
+                    // Vendors' names, addresses and reasons: a new file is private from its creation.
+                    let mut options = std::fs::OpenOptions::new();
+                    options.write(true).create(true).truncate(true);
+                    #[cfg(unix)]
+                    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                    Box::new(std::io::BufWriter::new(
+                        options
+                            .open(path)
+                            .with_context(|| format!("creating {}", path.display()))?,
+                    ))
+                }
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
             let after_given = after.max(0);

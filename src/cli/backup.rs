@@ -457,9 +457,12 @@ pub async fn backup(config: &Path, args: BackupArgs) -> anyhow::Result<()> {
     if !postgres {
         app.store.snapshot_sqlite(&db_copy).await?;
     }
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
+    // Private from its creation (a mode set afterwards leaves a moment to open it).
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options
         .open(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
     set_private(&args.output);

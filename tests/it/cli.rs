@@ -576,6 +576,26 @@ fn audit_export_as_syslog_and_from_a_sequence_number() {
         "{newer}"
     );
     assert!(!newer.contains("asset:mri-01"), "{newer}");
+    // Written to a file: the same lines, in a file only its owner reads (names, addresses, reasons).
+    let file = d.path().join("audit.jsonl");
+    d.run(&[
+        "audit",
+        "export",
+        "--format",
+        "jsonl",
+        "--output",
+        file.to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().lines().count(),
+        jsonl.lines().count()
+    );
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
 }
 
 /// Issue 12: free text read back from the database (grant reasons, organisations, key comments, asset
