@@ -2022,7 +2022,8 @@ max_pending_per_vendor = 5
 
 # IHE ATNA audit messages (DICOM PS3.15 A.5) to the hospital's audit record repository, as syslog over TLS
 # (RFC 5425, tls://HOST[:6514]) or UDP (RFC 5426, udp://HOST[:514], in clear). Sent from the audit log
-# in order, retried until delivered, never lost across restarts. See README, "IHE ATNA".
+# in order from a cursor kept across restarts, retried while the collector refuses or closes the
+# connection (over UDP nothing is acknowledged: prefer TLS). See README, "IHE ATNA".
 # [atna]
 # url = "tls://arr.hospital.example:6514"
 # ca_file = "atna_ca.pem"           # trust this CA for the collector instead of the system's roots
