@@ -221,7 +221,13 @@ impl Consumer for Notifier {
                 .from
                 .rsplit_once('@')
                 .map_or("chaperone", |(_, d)| d);
-            let message_id = format!("request-{id}.audit-{}@{domain}", row.seq);
+            // The event's hash too: after a restore from backup, a sequence number already mailed can
+            // come again with another event, and mail systems drop a Message-ID they have seen.
+            let message_id = format!(
+                "request-{id}.audit-{}.{}@{domain}",
+                row.seq,
+                row.hash.get(..16).unwrap_or(&row.hash)
+            );
             let message = notice(&request, &self.config.from, to, &link, now, &message_id);
             attempt = attempt.saturating_add(1);
             let error = match self.smtp.send(to, &message).await {

@@ -127,6 +127,27 @@ fn a_waiting_request_is_mailed_over_starttls_to_its_zone_with_a_working_link() {
         .parse()
         .unwrap();
     assert!(subject.contains(&format!("#{id} ")), "{subject}");
+    // The Message-ID names the request and the audit event by number and hash: after a restore from
+    // backup a number can come again with another event, and mail systems drop an id they have seen.
+    let message_id = m["message_id"].as_str().unwrap();
+    let filed = b
+        .data
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["action"] == "request.file")
+        .unwrap();
+    let expected = format!(
+        "<request-{id}.audit-{}.{}@",
+        filed["seq"],
+        &filed["hash"].as_str().unwrap()[..16]
+    );
+    assert!(
+        message_id.starts_with(&expected),
+        "{message_id} vs {expected}"
+    );
     let page = bob.get("/requests");
     assert_eq!(page.status, 200, "{}", page.body);
     assert!(

@@ -44,6 +44,7 @@ class Handler:
             "from": str(message["from"]),
             "to": str(message["to"]),
             "subject": str(message["subject"]),
+            "message_id": str(message["message-id"]),
             "body": message.get_body().get_content(),
         }
         with open(out, "a") as f:
