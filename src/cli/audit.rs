@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, ensure};
 use clap::{Subcommand, ValueEnum};
 
 use crate::app::App;
@@ -25,10 +25,40 @@ pub enum AuditCommand {
         /// Write to a file instead of standard output.
         #[arg(short, long)]
         output: Option<PathBuf>,
-        /// Only events after this sequence number (the `seq` of the last one a collector has).
-        #[arg(long, default_value_t = 0)]
-        after: i64,
+        /// Only events after this one: the `seq` of the last event a collector has, or `SEQ:HASH`
+        /// with its `hash`, which refuses to go on if the log's event SEQ is not that one (a log
+        /// restored from an older backup reuses sequence numbers for other events).
+        #[arg(long, default_value = "0", value_parser = parse_after)]
+        after: After,
     },
+}
+
+/// Where an export starts ([`AuditCommand::Export`]'s `--after`).
+#[derive(Debug, Clone)]
+pub struct After {
+    seq: i64,
+    hash: Option<String>,
+}
+
+fn parse_after(text: &str) -> Result<After, String> {
+    let (seq, hash) = match text.split_once(':') {
+        Some((seq, hash)) => (seq, Some(hash)),
+        None => (text, None),
+    };
+    let seq = seq
+        .parse::<i64>()
+        .ok()
+        .filter(|s| *s >= 0)
+        .ok_or_else(|| format!("{seq:?} is not a sequence number"))?;
+    if let Some(h) = hash
+        && !(h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(format!("{h:?} is not an event's hash (64 hex digits)"));
+    }
+    Ok(After {
+        seq,
+        hash: hash.map(str::to_ascii_lowercase),
+    })
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -181,7 +211,32 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
                 }
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
-            let after_given = after.max(0);
+            // The collector's last event must be this log's: not past its head, and, with a hash,
+            // the same event. A log restored from an older backup reuses the numbers after its head
+            // for other events, which a pull by number alone would skip without a word.
+            let (head, _) = app.store.audit_head().await?;
+            ensure!(
+                after.seq <= head,
+                "the audit log ends at event {head}, before {}: it was restored from an older backup \
+                 (or rewritten), so the collector's events after {head} are not this log's; \
+                 export from an event both still agree on",
+                after.seq
+            );
+            if let Some(hash) = &after.hash {
+                let row = app.store.audit_page(after.seq - 1, 1).await?;
+                let ours = row
+                    .first()
+                    .filter(|r| r.seq == after.seq)
+                    .map(|r| r.hash.as_str());
+                ensure!(
+                    ours == Some(hash.as_str()),
+                    "event {} of this audit log is not the collector's (its hash differs): the log \
+                     was restored from an older backup or rewritten; export from an event both still \
+                     agree on",
+                    after.seq
+                );
+            }
+            let after_given = after.seq;
             let mut after = after_given;
             loop {
                 let page = app.store.audit_page(after, PAGE).await?;

@@ -576,6 +576,32 @@ fn audit_export_as_syslog_and_from_a_sequence_number() {
         "{newer}"
     );
     assert!(!newer.contains("asset:mri-01"), "{newer}");
+    // With the collector's last event's hash too: the same, while that event is this log's; a hash
+    // this log's event does not have, or a number past its head (a log restored from an older backup
+    // reuses the numbers), is refused rather than skipping events without a word.
+    let first: serde_json::Value = serde_json::from_str(jsonl.lines().next().unwrap()).unwrap();
+    let pinned = format!("{last_seen}:{}", first["hash"].as_str().unwrap());
+    let same = d
+        .run(&["audit", "export", "--format", "syslog", "--after", &pinned])
+        .ok()
+        .stdout();
+    assert_eq!(same, newer);
+    let forked = format!("{last_seen}:{}", "0".repeat(64));
+    let refused = d.run(&["audit", "export", "--after", &forked]);
+    assert_ne!(refused.code(), 0);
+    assert!(
+        refused.stderr().contains("its hash differs"),
+        "{}",
+        refused.stderr()
+    );
+    let past = (last_seen + 1000).to_string();
+    let refused = d.run(&["audit", "export", "--after", &past]);
+    assert_ne!(refused.code(), 0);
+    assert!(
+        refused.stderr().contains("restored from an older backup"),
+        "{}",
+        refused.stderr()
+    );
     // Written to a file: the same lines, in a file only its owner reads (names, addresses, reasons).
     let file = d.path().join("audit.jsonl");
     d.run(&[
