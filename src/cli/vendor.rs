@@ -286,8 +286,21 @@ async fn set_enabled(
     };
     let mut tx = app.store.begin().await?;
     tx.set_vendor_enabled(v.id, enabled).await?;
+    // An administrator who enables a directory vendor vouches for it: the sync ties it again to the
+    // entry that holds its name now (one whose entry was deleted and made again would otherwise stay
+    // tied to the gone one, and be disabled again at the next sync).
+    let retied = enabled && tx.untie_vendor_entry(v.id).await?;
     tx.audit(
-        AuditEvent::new(actor, action, format!("vendor:{name}"), json!({})),
+        AuditEvent::new(
+            actor,
+            action,
+            format!("vendor:{name}"),
+            if retied {
+                json!({"retie": true})
+            } else {
+                json!({})
+            },
+        ),
         now,
     )
     .await?;
@@ -296,5 +309,10 @@ async fn set_enabled(
         "Vendor {name} {}.",
         if enabled { "enabled" } else { "disabled" }
     );
+    if retied {
+        println!(
+            "The directory sync ties it to the entry at its DN, or its name's only entry, from its next run."
+        );
+    }
     Ok(())
 }

@@ -9,8 +9,10 @@
 //! - every `ldap.vendors.sync_interval` (with `[ldap.vendors]`), the vendor subtree is read: a new entry
 //!   becomes a vendor (who enrols TOTP at their first login), keys follow `sshPublicKey`, an entry that
 //!   is gone or disabled disables its vendor (re-enabling is `vendor enable`'s: the sync only takes
-//!   access away). A vendor is tied to the entry it was added from (its DN): another entry that holds
-//!   the same name never changes it, and a name several entries hold is not added;
+//!   access away). A vendor is tied to the entry it was added from by the entry's id (`entryUUID`,
+//!   `objectGUID`), which moves keep: another entry that holds the same name never changes it, and a
+//!   name several entries hold is not added; `vendor enable` unties it, to be tied again by DN or as
+//!   its name's only entry;
 //!   each change audited in its own transaction. A removed key or a disable
 //!   then ends live connections through the one path there is for that: the store change is audited,
 //!   the authority watcher (`live::watch`) sees the head move and re-checks every login's standing.

@@ -362,6 +362,18 @@ impl Tx {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Forgets which directory entry a directory vendor is tied to (`vendors.entry_id`): the sync ties
+    /// it again to the entry at its DN, or its name's only entry. `false` for a local vendor.
+    pub async fn untie_vendor_entry(&mut self, vendor_id: i64) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE vendors SET entry_id = NULL WHERE id = $1 AND source = 'ldap'")
+                .bind(vendor_id)
+                .execute(&mut *self.tx)
+                .await
+                .context("untying a directory vendor from its entry")?;
+        Ok(done.rows_affected() == 1)
+    }
+
     pub async fn set_vendor_enabled(&mut self, vendor_id: i64, enabled: bool) -> Result<()> {
         sqlx::query("UPDATE vendors SET enabled = $1 WHERE id = $2")
             .bind(i64::from(enabled))

@@ -729,6 +729,40 @@ fn directory_vendor_self_enrols_over_openssh_and_is_cut_off_by_the_sync() {
         log.lines()
             .any(|l| l.contains("\"vendor.key.remove\"") && l.contains("vendor:vic"))
     );
+
+    // vic's entry deleted and made again: another entry (a new entryUUID), so vic stays disabled,
+    // until an administrator's `vendor enable` ties vic to the entry that holds the name now.
+    dir.modify(&format!(
+        "dn: {moved_to}\nchangetype: delete\n\n\
+         dn: {moved_to}\nchangetype: add\nobjectClass: inetOrgPerson\nobjectClass: ldapPublicKey\n\
+         uid: vic\ncn: vic\nsn: vic\nsshPublicKey: {}\n",
+        public.trim()
+    ));
+    std::thread::sleep(Duration::from_secs(3));
+    let enabled = || {
+        b.data.run(&["vendor", "show", "vic", "--json"]).ok().json()["vendor"]["enabled"] == true
+    };
+    assert!(
+        !enabled(),
+        "a new entry of the same name took vic over\n{}",
+        b.log()
+    );
+    let out = b.data.run(&["vendor", "enable", "vic"]).ok().stdout();
+    assert!(out.contains("ties it to the entry"), "{out}");
+    let moves = || {
+        audit(&b)
+            .lines()
+            .filter(|l| l.contains("\"vendor.directory.move\""))
+            .count()
+    };
+    let before = moves();
+    assert!(
+        wait_until(Duration::from_secs(10), || moves() > before),
+        "{}",
+        b.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(enabled(), "the sync disabled vic again\n{}", b.log());
 }
 
 /// The QR code drawn in a terminal (`identity::totp::terminal_qr`: Unicode half blocks, light modules
