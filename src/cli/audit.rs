@@ -50,10 +50,13 @@ fn parse_after(text: &str) -> Result<After, String> {
         .ok()
         .filter(|s| *s >= 0)
         .ok_or_else(|| format!("{seq:?} is not a sequence number"))?;
-    if let Some(h) = hash
-        && !(h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-    {
-        return Err(format!("{h:?} is not an event's hash (64 hex digits)"));
+    if let Some(h) = hash {
+        if !(h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())) {
+            return Err(format!("{h:?} is not an event's hash (64 hex digits)"));
+        }
+        if seq == 0 {
+            return Err("there is no event 0 to check a hash against: give --after 0 alone".into());
+        }
     }
     Ok(After {
         seq,
@@ -196,21 +199,6 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
                     .as_ref()
                     .and_then(|a| a.enterprise_site_id.clone()),
             };
-            let mut out: Box<dyn Write> = match &output {
-                Some(path) => {
-                    // Vendors' names, addresses and reasons: a new file is private from its creation.
-                    let mut options = std::fs::OpenOptions::new();
-                    options.write(true).create(true).truncate(true);
-                    #[cfg(unix)]
-                    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                    Box::new(std::io::BufWriter::new(
-                        options
-                            .open(path)
-                            .with_context(|| format!("creating {}", path.display()))?,
-                    ))
-                }
-                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-            };
             // The collector's last event must be this log's: not past its head, and, with a hash,
             // the same event. A log restored from an older backup reuses the numbers after its head
             // for other events, which a pull by number alone would skip without a word.
@@ -236,6 +224,24 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
                     after.seq
                 );
             }
+            let mut out: Box<dyn Write> = match &output {
+                Some(path) => {
+                    // Vendors' names, addresses and reasons: a new file is private from its creation.
+                    let mut options = std::fs::OpenOptions::new();
+                    options.write(true).create(true).truncate(true);
+                    #[cfg(unix)]
+                    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                    let file = options
+                        .open(path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    // An existing file keeps its mode through `open`: made private on the handle.
+                    #[cfg(unix)]
+                    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                        .with_context(|| format!("making {} private", path.display()))?;
+                    Box::new(std::io::BufWriter::new(file))
+                }
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
             let after_given = after.seq;
             let mut after = after_given;
             loop {

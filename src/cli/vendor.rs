@@ -289,16 +289,19 @@ async fn set_enabled(
     // An administrator who enables a directory vendor vouches for it: the sync ties it again to the
     // entry that holds its name now (one whose entry was deleted and made again would otherwise stay
     // tied to the gone one, and be disabled again at the next sync).
-    let retied = enabled && tx.untie_vendor_entry(v.id).await?;
+    let retied = if enabled {
+        tx.untie_vendor_entry(v.id).await?
+    } else {
+        None
+    };
     tx.audit(
         AuditEvent::new(
             actor,
             action,
             format!("vendor:{name}"),
-            if retied {
-                json!({"retie": true})
-            } else {
-                json!({})
+            match &retied {
+                Some(dn) => json!({"retie": dn}),
+                None => json!({}),
             },
         ),
         now,
@@ -309,9 +312,9 @@ async fn set_enabled(
         "Vendor {name} {}.",
         if enabled { "enabled" } else { "disabled" }
     );
-    if retied {
+    if let Some(dn) = retied {
         println!(
-            "The directory sync ties it to the entry at its DN, or its name's only entry, from its next run."
+            "The directory sync ties it to the entry at {dn:?} from its next run (another entry of the name is not it)."
         );
     }
     Ok(())

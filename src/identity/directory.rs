@@ -11,8 +11,8 @@
 //!   is gone or disabled disables its vendor (re-enabling is `vendor enable`'s: the sync only takes
 //!   access away). A vendor is tied to the entry it was added from by the entry's id (`entryUUID`,
 //!   `objectGUID`), which moves keep: another entry that holds the same name never changes it, and a
-//!   name several entries hold is not added; `vendor enable` unties it, to be tied again by DN or as
-//!   its name's only entry;
+//!   name several entries hold is not added; `vendor enable` unties it, to be tied again to the entry
+//!   at its DN;
 //!   each change audited in its own transaction. A removed key or a disable
 //!   then ends live connections through the one path there is for that: the store change is audited,
 //!   the authority watcher (`live::watch`) sees the head move and re-checks every login's standing.
@@ -193,8 +193,10 @@ pub async fn sync_vendors(app: &App, directory: &Directory) -> Result<(), SyncEr
     // then; the sync then keeps that entry's id.
     let own_entry = |v: &crate::store::DirectoryVendor| -> Option<&Wanted> {
         let entries = wanted.get(&v.vendor.name)?;
-        match &v.entry_id {
-            Some(id) => entries.iter().find(|e| e.entry_id.as_ref() == Some(id)),
+        match v.entry_id.as_deref() {
+            // Untied by `vendor enable`: the entry at its DN, and no other.
+            Some("") => entries.iter().find(|e| e.dn.eq_ignore_ascii_case(&v.dn)),
+            Some(id) => entries.iter().find(|e| e.entry_id.as_deref() == Some(id)),
             None => entries
                 .iter()
                 .find(|e| e.dn.eq_ignore_ascii_case(&v.dn))

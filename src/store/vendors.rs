@@ -362,16 +362,19 @@ impl Tx {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Forgets which directory entry a directory vendor is tied to (`vendors.entry_id`): the sync ties
-    /// it again to the entry at its DN, or its name's only entry. `false` for a local vendor.
-    pub async fn untie_vendor_entry(&mut self, vendor_id: i64) -> Result<bool> {
-        let done =
-            sqlx::query("UPDATE vendors SET entry_id = NULL WHERE id = $1 AND source = 'ldap'")
-                .bind(vendor_id)
-                .execute(&mut *self.tx)
-                .await
-                .context("untying a directory vendor from its entry")?;
-        Ok(done.rows_affected() == 1)
+    /// Forgets which directory entry a directory vendor is tied to: its `entry_id` becomes `''`, and the
+    /// sync ties it again to the entry at its DN, and only that one. Returns that DN; `None` for a
+    /// local vendor.
+    pub async fn untie_vendor_entry(&mut self, vendor_id: i64) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "UPDATE vendors SET entry_id = '' WHERE id = $1 AND source = 'ldap' RETURNING dn",
+        )
+        .bind(vendor_id)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .context("untying a directory vendor from its entry")?;
+        row.map(|r| get::<Option<String>>(&r, "dn").map(Option::unwrap_or_default))
+            .transpose()
     }
 
     pub async fn set_vendor_enabled(&mut self, vendor_id: i64, enabled: bool) -> Result<()> {

@@ -6,7 +6,8 @@
 //! cursor in the database, so an event is announced only once its change is committed, nothing is
 //! lost across restarts, and events go out in the order they happened. With several nodes, one holds a
 //! lease on the cursor and delivers; the others wait. Delivery is at least once: a receiver dedupes on
-//! `id` (also sent as `X-Chaperone-Delivery`).
+//! the signed body's `id` and `audit_hash` together (a restore from backup reuses sequence numbers;
+//! the `X-Chaperone-Delivery` header repeats `id` but is not signed).
 //!
 //! A failed delivery is retried with exponential backoff (1 s doubling to 5 min) up to
 //! `webhook.max_attempts`, holding back later events so the order stays; then it is given up, and

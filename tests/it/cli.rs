@@ -594,6 +594,18 @@ fn audit_export_as_syslog_and_from_a_sequence_number() {
         "{}",
         refused.stderr()
     );
+    let refused = d.run(&[
+        "audit",
+        "export",
+        "--after",
+        &format!("0:{}", "0".repeat(64)),
+    ]);
+    assert_ne!(refused.code(), 0);
+    assert!(
+        refused.stderr().contains("no event 0"),
+        "{}",
+        refused.stderr()
+    );
     let past = (last_seen + 1000).to_string();
     let refused = d.run(&["audit", "export", "--after", &past]);
     assert_ne!(refused.code(), 0);
@@ -619,6 +631,24 @@ fn audit_export_as_syslog_and_from_a_sequence_number() {
     );
     {
         use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        // A file an older build left world-readable is made private when written again, and an
+        // export refused (a collector past the head) leaves the file as it was.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let before = std::fs::read_to_string(&file).unwrap();
+        let refused = d.run(&[
+            "audit",
+            "export",
+            "--after",
+            &past,
+            "--output",
+            file.to_str().unwrap(),
+        ]);
+        assert_ne!(refused.code(), 0);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), before);
+        d.run(&["audit", "export", "--output", file.to_str().unwrap()])
+            .ok();
         let mode = std::fs::metadata(&file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     }
