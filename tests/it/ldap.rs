@@ -356,25 +356,7 @@ fn directory_approver_enrols_at_first_sign_in_approves_and_is_signed_out_when_re
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut live = String::new();
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            let found = b
-                .data
-                .run(&["session", "list", "--json", "--ended", "live"])
-                .ok()
-                .json();
-            match found.as_array().and_then(|a| a.first()) {
-                Some(s) => {
-                    live = s["id"].as_str().unwrap().to_owned();
-                    true
-                }
-                None => false,
-            }
-        }),
-        "{}",
-        b.log()
-    );
+    let live = b.live_session_id();
     let refused = ivan.post(
         &format!("/api/sessions/{live}/terminate"),
         serde_json::json!({"reason": "not mine"}),

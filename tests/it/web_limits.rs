@@ -542,25 +542,7 @@ fn a_live_view_ends_with_its_viewers_web_session() {
     stdin
         .write_all(b"while true; do echo tick; sleep 0.2; done\n")
         .unwrap();
-    let mut live = String::new();
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            let found = b
-                .data
-                .run(&["session", "list", "--json", "--ended", "live"])
-                .ok()
-                .json();
-            match found.as_array().and_then(|a| a.first()) {
-                Some(s) => {
-                    live = s["id"].as_str().unwrap().to_owned();
-                    true
-                }
-                None => false,
-            }
-        }),
-        "{}",
-        b.log()
-    );
+    let live = b.live_session_id();
 
     let audrey = Approver::enroll(&b, "audrey", "auditor");
     let mut view = Command::new("curl")

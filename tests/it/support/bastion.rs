@@ -179,6 +179,30 @@ impl Bastion {
             .ok();
     }
 
+    /// The id of the first session not ended yet, once `session list` shows one (within 15 s).
+    pub fn live_session_id(&self) -> String {
+        let mut live = String::new();
+        assert!(
+            wait_until(Duration::from_secs(15), || {
+                let found = self
+                    .data
+                    .run(&["session", "list", "--json", "--ended", "live"])
+                    .ok()
+                    .json();
+                match found.as_array().and_then(|a| a.first()) {
+                    Some(s) => {
+                        live = s["id"].as_str().unwrap().to_owned();
+                        true
+                    }
+                    None => false,
+                }
+            }),
+            "no live session\n{}",
+            self.log()
+        );
+        live
+    }
+
     pub fn grant(&self, vendor: &str, asset: &str, services: &str, duration: &str) -> i64 {
         self.data.grant(vendor, asset, services, duration)
     }
