@@ -43,13 +43,6 @@ use chaperone_recorder::playback::{self, Format, IdleMap, Index};
 
 /// Sign-in state kept at most, per kind (sessions are made only by full sign-ins; ceremony starts need
 /// no account, so a flood of them drops the oldest instead of growing the table).
-fn max_state(kind: StateKind) -> u32 {
-    match kind {
-        StateKind::Session => 10_000,
-        StateKind::Ceremony => 1_000,
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct WebCore {
     app: App,
@@ -1181,6 +1174,39 @@ impl Accounts for WebCore {
         .map_err(internal)?;
         tx.commit("staff.passkey").await.map_err(internal)
     }
+
+    async fn vendor_passkeys(&self, vendor: &str) -> Result<Option<String>, CoreError> {
+        let v = self.enabled_vendor(vendor).await?;
+        self.app.store.vendor_passkeys(v.id).await.map_err(internal)
+    }
+
+    async fn set_vendor_passkeys(
+        &self,
+        vendor: &str,
+        passkeys_json: &str,
+        change: PasskeyChange,
+    ) -> Result<(), CoreError> {
+        let v = self.enabled_vendor(vendor).await?;
+        let action = match change {
+            PasskeyChange::Added => Action::VendorPasskeyAdd,
+            PasskeyChange::Updated => Action::VendorPasskeyUpdate,
+            PasskeyChange::Removed => Action::VendorPasskeyRemove,
+        };
+        crate::identity::vendor_passkeys::store(&self.app, &v, Some(passkeys_json), action)
+            .await
+            .map_err(internal)
+    }
+}
+
+impl WebCore {
+    /// Vendor `name` if they exist and are enabled (a disabled vendor's passkeys are neither used nor
+    /// changed).
+    async fn enabled_vendor(&self, name: &str) -> Result<crate::model::Vendor, CoreError> {
+        match self.app.store.vendor(name).await.map_err(internal)? {
+            Some(v) if v.enabled => Ok(v),
+            _ => Err(CoreError::NotFound),
+        }
+    }
 }
 
 impl SignInState for WebCore {
@@ -1205,7 +1231,7 @@ impl SignInState for WebCore {
                 data,
                 expires_at,
                 self.app.clock.now(),
-                max_state(kind),
+                kind.max_held(),
             )
             .await
             .map_err(state_error)

@@ -143,6 +143,12 @@ actions! {
     VendorTotpEnroll = "vendor.totp.enroll",
     /// An administrator reset a vendor's TOTP: the vendor enrols again at the next login.
     VendorTotpReset = "vendor.totp.reset",
+    /// A vendor registered a passkey through the link `ssh VENDOR@bastion passkey add` printed.
+    VendorPasskeyAdd = "vendor.passkey.add",
+    /// A vendor's passkey was removed (by the vendor, or all of them by an administrator).
+    VendorPasskeyRemove = "vendor.passkey.remove",
+    /// A vendor's passkey sign-in moved its signature counter.
+    VendorPasskeyUpdate = "vendor.passkey.update",
     // Administration (the command line).
     UserAdd = "user.add",
     UserDisable = "user.disable",

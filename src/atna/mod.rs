@@ -175,6 +175,9 @@ pub fn mapping(action: Action) -> Option<Mapping> {
         | A::UserDirectoryRemove
         | A::VendorTotpEnroll
         | A::VendorTotpReset
+        | A::VendorPasskeyAdd
+        | A::VendorPasskeyRemove
+        | A::VendorPasskeyUpdate
         | A::StaffPasskeyAdd
         | A::StaffPasskeyRemove
         | A::StaffPasskeyUpdate => map(SECURITY_ALERT, user_attributes, Update, Success),

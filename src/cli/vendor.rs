@@ -14,7 +14,7 @@ use crate::audit::Action;
 use crate::audit::AuditEvent;
 use crate::clock::format_time;
 use crate::identity::keys::parse_public_key;
-use crate::identity::{os_actor, totp};
+use crate::identity::{os_actor, totp, vendor_passkeys};
 use crate::model::{check_name, check_text};
 
 #[derive(Debug, Subcommand)]
@@ -39,6 +39,9 @@ pub enum VendorCommand {
     /// A vendor's TOTP: `reset` makes them enrol a new app at their next login.
     #[command(subcommand)]
     Totp(TotpCommand),
+    /// A vendor's passkeys (they add their own with `ssh VENDOR@bastion passkey add`).
+    #[command(subcommand)]
+    Passkey(PasskeyCommand),
     /// List vendors.
     List {
         #[arg(long)]
@@ -63,6 +66,12 @@ pub enum VendorCommand {
 pub enum TotpCommand {
     /// Voids the vendor's TOTP seed at once; at their next key login they enrol a new one (QR code).
     Reset { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PasskeyCommand {
+    /// Removes all of the vendor's passkeys at once (a lost or stolen device); their TOTP app stays.
+    Clear { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,6 +180,14 @@ pub async fn run(config: &Path, cmd: VendorCommand) -> anyhow::Result<()> {
                 "Vendor {name}'s TOTP is reset: their old codes no longer work; at their next login they enrol a new app."
             );
         }
+        VendorCommand::Passkey(PasskeyCommand::Clear { name }) => {
+            let v = app.store.require_vendor(&name).await?;
+            let held = vendor_passkeys::count(&app, v.id).await?;
+            vendor_passkeys::store_by(&app, &v, None, Action::VendorPasskeyRemove, &actor).await?;
+            println!(
+                "Vendor {name}'s passkeys are removed ({held} in all); their TOTP app still works."
+            );
+        }
         VendorCommand::List { json: as_json } => {
             let vendors = app.store.vendors().await?;
             if as_json {
@@ -196,8 +213,11 @@ pub async fn run(config: &Path, cmd: VendorCommand) -> anyhow::Result<()> {
             let v = app.store.require_vendor(&name).await?;
             let keys = app.store.vendor_keys(v.id).await?;
             let grants = app.store.open_grants_of(v.id, now).await?;
+            let passkeys = vendor_passkeys::count(&app, v.id).await?;
             if as_json {
-                return json(&json!({"vendor": v, "keys": keys, "grants": grants}));
+                return json(
+                    &json!({"vendor": v, "keys": keys, "grants": grants, "passkeys": passkeys}),
+                );
             }
             println!("vendor:        {}", v.name);
             println!("organisation:  {}", esc(&v.org));
@@ -207,6 +227,7 @@ pub async fn run(config: &Path, cmd: VendorCommand) -> anyhow::Result<()> {
             for k in &keys {
                 println!("  {}  {}", k.fingerprint, esc(&k.comment));
             }
+            println!("passkeys:      {passkeys}");
             println!("open grants:   {}", grants.len());
             for g in &grants {
                 println!(

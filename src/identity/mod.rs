@@ -11,6 +11,7 @@ pub mod keys;
 pub mod ldap;
 pub mod signin;
 pub mod totp;
+pub mod vendor_passkeys;
 
 /// The audit actor for a CLI command: the OS user who ran it (`os:root`).
 pub fn os_actor() -> String {

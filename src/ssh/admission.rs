@@ -157,6 +157,11 @@ impl Ticket {
         self.who.get().map(String::as_str)
     }
 
+    /// When the login grace time ends (what a second factor may wait for is bounded by it).
+    pub fn deadline(&self) -> tokio::time::Instant {
+        self.deadline
+    }
+
     /// Completes when the login grace time passed without a sign-in; never, once signed in.
     pub async fn grace_expired(&self) {
         tokio::select! {

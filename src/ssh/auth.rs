@@ -3,6 +3,12 @@
 //! a vendor from the directory) enrols one at that prompt: a QR code and the base32 secret are shown,
 //! two consecutive codes are asked, and only then is the seed stored and the login accepted.
 //!
+//! A vendor who registered a passkey (`ssh VENDOR@bastion passkey add`) may answer the code prompt with
+//! nothing instead: the next prompt has no question, only a one-time link (`identity::vendor_passkeys`)
+//! that the client prints and answers at once; the bastion holds its reply until the browser's
+//! passkey ceremony behind the link ended, or the login grace time is nearly over. The outcome is judged
+//! like a code (`Second::Passkey`): counted, audited, and a link not used in time is a failure too.
+//!
 //! Entry points: [`Auth::key_offered`], [`Auth::key_verified`], [`Auth::prompt`], [`Auth::answer`],
 //! called from the russh handler. Unknown users and wrong keys get the same rejection after the same
 //! delay; only second-factor failures count toward the lockout, since OpenSSH clients routinely offer
@@ -18,10 +24,12 @@ use crate::app::App;
 use crate::audit::Action;
 use crate::audit::AuditEvent;
 use crate::identity::signin::{self, Account, Attempt, Second, Verdict};
+use crate::identity::vendor_passkeys::{self, Link};
 use crate::identity::{keys::fingerprint, totp};
 use crate::model::Vendor;
 use crate::policy::Principal;
 use crate::secrets::Secret;
+use chaperone_web_approval::vendor_link::{LinkOutcome, LinkPurpose};
 
 /// Outcome of the second-factor step.
 #[derive(Debug)]
@@ -29,6 +37,11 @@ pub enum TotpOutcome {
     /// Both factors passed: who signed in, with which key.
     Accepted(Principal),
     Refused,
+    /// The vendor asked for their passkey: ask again with no question and these instructions (the
+    /// link); the answer to that is judged once the link's ceremony ended.
+    PasskeyLink {
+        instructions: String,
+    },
 }
 
 /// What the keyboard-interactive prompt asks.
@@ -60,9 +73,13 @@ pub struct Auth {
     key_ok: Option<(String, Vendor, String)>,
     /// Set when the prompt asked for enrollment codes.
     enrolling: Option<Enrolling>,
+    /// Set when the vendor was shown a passkey link: the next answer waits for it.
+    passkey_link: Option<Link>,
 }
 
 pub const TOTP_PROMPT: &str = "TOTP code: ";
+/// The prompt of a vendor who registered a passkey.
+pub const TOTP_OR_PASSKEY_PROMPT: &str = "TOTP code (or Enter to use your passkey): ";
 pub const FIRST_CODE_PROMPT: &str = "Enrollment: first code: ";
 pub const NEXT_CODE_PROMPT: &str = "Enrollment: next code (after it changes): ";
 
@@ -121,6 +138,12 @@ impl Auth {
         };
         match app.store.vendor_second_factor(vendor.id).await {
             Ok(t) if !t.enrolled => {}
+            Ok(_) if passkey_offered(app, vendor.id).await => {
+                return Prompt {
+                    instructions: String::new(),
+                    prompts: vec![TOTP_OR_PASSKEY_PROMPT.to_owned()],
+                };
+            }
             // Enrolled, or unreadable (the code is then refused like any other).
             _ => return login,
         }
@@ -154,8 +177,15 @@ impl Auth {
     }
 
     /// Judges the answers to [`Auth::prompt`] for the vendor whose key passed (`identity::signin`:
-    /// lockout, the code's step taken, failures counted, everything audited).
-    pub async fn answer(&mut self, app: &App, peer: SocketAddr, answers: &[String]) -> TotpOutcome {
+    /// lockout, the code's step taken, failures counted, everything audited). A passkey link shown
+    /// before is waited for until `until` (the login grace time's end, less a margin to say no).
+    pub async fn answer(
+        &mut self,
+        app: &App,
+        peer: SocketAddr,
+        answers: &[String],
+        until: tokio::time::Instant,
+    ) -> TotpOutcome {
         let Some((user, vendor, key_fp)) = self.key_ok.clone() else {
             return TotpOutcome::Refused;
         };
@@ -177,6 +207,30 @@ impl Auth {
             name: vendor.name.clone(),
         };
         let first = answers.first().map(String::as_str).unwrap_or_default();
+        let detail = json!({"user": user, "key": key_fp});
+        if let Some(link) = self.passkey_link.take() {
+            let outcome = vendor_passkeys::wait(app, &link, until).await;
+            let passkey = match outcome {
+                Some(LinkOutcome::Passed) => Ok(()),
+                Some(LinkOutcome::Refused { .. }) => Err("passkey refused"),
+                None => Err("passkey not used in time"),
+            };
+            let attempt = Attempt {
+                account,
+                source: peer.to_string(),
+                first_factor: true,
+                second: Second::Passkey(passkey),
+                detail,
+            };
+            return self.verdict(signin::judge(app, attempt, now).await, &vendor, key_fp);
+        }
+        let enrolled = self.enrolling.is_none();
+        if enrolled && first.trim().is_empty() && passkey_offered(app, vendor.id).await {
+            return match self.open_link(app, peer, &vendor, &key_fp, until).await {
+                Some(instructions) => TotpOutcome::PasskeyLink { instructions },
+                None => TotpOutcome::Refused,
+            };
+        }
         let judged = match self.enrolling.take() {
             Some(Enrolling { seed }) => {
                 let second = answers.get(1).map(String::as_str).unwrap_or_default();
@@ -189,7 +243,7 @@ impl Auth {
                     source: peer.to_string(),
                     first_factor: true,
                     second: Second::Enrollment(checked),
-                    detail: json!({"user": user, "key": key_fp}),
+                    detail,
                 };
                 signin::judge(app, attempt, now).await
             }
@@ -210,11 +264,20 @@ impl Auth {
                         sealed: state.enrolled.then_some(state.sealed.as_slice()),
                         code: first,
                     },
-                    detail: json!({"user": user, "key": key_fp}),
+                    detail,
                 };
                 signin::judge(app, attempt, now).await
             }
         };
+        self.verdict(judged, &vendor, key_fp)
+    }
+
+    fn verdict(
+        &self,
+        judged: Result<Verdict, signin::SignInError>,
+        vendor: &Vendor,
+        key_fp: String,
+    ) -> TotpOutcome {
         match judged {
             Ok(Verdict::Accepted) => TotpOutcome::Accepted(Principal {
                 vendor_id: vendor.id,
@@ -228,6 +291,51 @@ impl Auth {
             }
         }
     }
+
+    /// Opens the passkey link for this login, valid until `until`; the instructions that show it.
+    async fn open_link(
+        &mut self,
+        app: &App,
+        peer: SocketAddr,
+        vendor: &Vendor,
+        key_fp: &str,
+        until: tokio::time::Instant,
+    ) -> Option<String> {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        if left < MIN_PASSKEY_WAIT {
+            tracing::info!(vendor = %vendor.name, "too little login grace time left for a passkey");
+            return None;
+        }
+        let purpose = LinkPurpose::SignIn {
+            peer: peer.to_string(),
+            key: key_fp.to_owned(),
+            since: app.clock.now(),
+        };
+        match vendor_passkeys::open(app, &vendor.name, purpose, left).await {
+            Ok(link) => {
+                let instructions = format!(
+                    "Use your passkey: open this link in a browser within {} seconds (it works once).\n\
+                     ssh waits here until you have used it.\n\n  {}\n",
+                    left.as_secs(),
+                    link.url
+                );
+                self.passkey_link = Some(link);
+                Some(instructions)
+            }
+            Err(e) => {
+                tracing::error!(vendor = %vendor.name, error = %e, "cannot open a passkey link");
+                None
+            }
+        }
+    }
+}
+
+/// A link is not worth opening with less login grace time left than this.
+const MIN_PASSKEY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether `vendor_id` may use a passkey: this installation offers them and the vendor holds one.
+async fn passkey_offered(app: &App, vendor_id: i64) -> bool {
+    vendor_passkeys::offered(app) && vendor_passkeys::count(app, vendor_id).await.unwrap_or(0) > 0
 }
 
 /// A vendor disabled between the key step and the code: refused and audited as before.

@@ -1,6 +1,6 @@
 //! A vendor's home (`ssh VENDOR@bastion`, no asset): who they are, their grants with time left, their
 //! pending requests, and the exact commands to connect or ask for access. No device is involved.
-//! `ssh VENDOR@bastion request …` is handed to `request::run`.
+//! `ssh VENDOR@bastion request …` is handed to `request::run`, `passkey …` to `passkeys::run`.
 //!
 //! Entry point: [`run`], spawned per session channel.
 
@@ -54,6 +54,16 @@ pub async fn run(ctx: Context, mut channel: Channel<Msg>, reply: ChannelOpenHand
             return;
         }
     };
+    if let Some(rest) = command
+        .as_deref()
+        .map(str::trim_start)
+        .and_then(|c| c.strip_prefix("passkey"))
+        .filter(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace))
+    {
+        let status = super::passkeys::run(&ctx, &vendor, &mut channel, rest).await;
+        finish(&channel, Bytes::new(), status).await;
+        return;
+    }
     if let Some(rest) = command
         .as_deref()
         .map(str::trim_start)
@@ -208,5 +218,17 @@ async fn screen(ctx: &Context, vendor: &Vendor) -> Result<String, crate::store::
         "  {} ASSET SERVICE[,SERVICE] --for 2h --reason \"ticket and what you will do\"\r",
         ctx.shared.request_hint(&vendor.name)
     );
+    if crate::identity::vendor_passkeys::offered(app) {
+        let _ = writeln!(out, "\r");
+        let _ = writeln!(
+            out,
+            "Sign in with a passkey instead of a code (press Enter at the code prompt) once you add one:\r"
+        );
+        let _ = writeln!(
+            out,
+            "  {} passkey add\r",
+            ctx.shared.connect_command(&vendor.name, None, false)
+        );
+    }
     Ok(out)
 }

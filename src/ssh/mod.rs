@@ -20,6 +20,7 @@ pub mod handler;
 pub mod home;
 pub mod jump;
 pub mod killswitch;
+pub mod passkeys;
 pub use chaperone_model::login;
 pub mod request;
 

@@ -114,6 +114,19 @@ impl Store {
         })
     }
 
+    /// Vendor `vendor_id`'s passkeys as stored (webauthn-rs records, a JSON array), if any.
+    pub async fn vendor_passkeys(&self, vendor_id: i64) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT passkeys FROM vendors WHERE id = $1")
+            .bind(vendor_id)
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading a vendor's passkeys")?;
+        match row {
+            Some(r) => get(&r, "passkeys"),
+            None => Ok(None),
+        }
+    }
+
     pub async fn vendors(&self) -> Result<Vec<Vendor>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {VENDOR_COLUMNS} FROM vendors ORDER BY name"
@@ -262,6 +275,21 @@ impl Tx {
                 source,
             },
         })?;
+        Ok(())
+    }
+
+    /// Replaces vendor `vendor_id`'s passkeys (`None`: none).
+    pub async fn set_vendor_passkeys(
+        &mut self,
+        vendor_id: i64,
+        passkeys: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE vendors SET passkeys = $1 WHERE id = $2")
+            .bind(passkeys)
+            .bind(vendor_id)
+            .execute(&mut *self.tx)
+            .await
+            .context("storing a vendor's passkeys")?;
         Ok(())
     }
 

@@ -12,7 +12,7 @@ use webauthn_authenticator_rs::prelude::{
 use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 
 use crate::support::DataDir;
-use crate::support::bastion::Bastion;
+use crate::support::bastion::{Bastion, text};
 use crate::support::web::{Answer, Approver, curl, enrollment_token, post_json, post_json_from};
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -453,4 +453,255 @@ fn a_passkey_sign_in_is_locked_per_address_like_the_others() {
             && detail["source"] == "127.0.0.2"
     });
     assert!(refused_right, "{audit}");
+}
+
+// ---- vendors: the passkey link ssh prints while it waits ---------------------------------------
+
+/// An ssh client still running, whose stderr is read as it comes (the link it prints while it waits).
+pub struct Waiting {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Waiting {
+    pub fn spawn(mut cmd: std::process::Command) -> Waiting {
+        use std::io::BufRead as _;
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Waiting {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The passkey link ssh printed (waits up to 30 s for it).
+    pub fn link(&mut self) -> String {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let url = line
+                        .split_whitespace()
+                        .find(|w| w.starts_with("https://") && w.contains("/v/"))
+                        .map(str::to_owned);
+                    self.seen.push(line);
+                    if let Some(url) = url {
+                        return url;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("ssh printed no passkey link:\n{}", self.seen.join("\n"));
+    }
+
+    /// Waits for ssh to end: (stdout, all of stderr, exit code).
+    pub fn finish(mut self) -> (String, String, i32) {
+        use std::io::Read as _;
+        let status = self.child.wait().unwrap();
+        let mut out = String::new();
+        if let Some(mut stdout) = self.child.stdout.take() {
+            let _ = stdout.read_to_string(&mut out);
+        }
+        self.seen.extend(self.lines.iter());
+        (out, self.seen.join("\n"), status.code().unwrap_or(-1))
+    }
+}
+
+/// The token at the end of a link.
+fn token_of(url: &str) -> String {
+    url.rsplit_once("/v/").unwrap().1.to_owned()
+}
+
+/// `ssh VENDOR@bastion passkey add`, the link answered by `key`: ssh's stderr, its exit code, and
+/// the new credential's id.
+fn vendor_add_passkey(
+    b: &Bastion,
+    page: &Page,
+    alice: &crate::support::bastion::Vendor,
+    key: &mut SoftPasskey,
+) -> (String, i32, serde_json::Value) {
+    let mut ssh = b.ssh(alice, &alice.name);
+    ssh.arg("passkey add");
+    let mut waiting = Waiting::spawn(ssh);
+    let token = token_of(&waiting.link());
+    let shown = curl(None, &[&format!("{}/v/{token}", page.base)]);
+    assert_eq!(shown.status, 200, "{}", shown.body);
+    assert!(shown.body.contains("Add a passkey"), "{}", shown.body);
+    let start = page.post(&format!("/v/{token}/start"), &serde_json::json!({}));
+    assert_eq!(start.status, 200, "{}", start.body);
+    let start = start.json();
+    assert_eq!(start["mode"], "register");
+    let options: CreationChallengeResponse =
+        serde_json::from_value(start["options"].clone()).unwrap();
+    let credential = key
+        .do_registration(Url::parse(&page.base).unwrap(), options)
+        .unwrap();
+    let done = page.post(
+        &format!("/v/{token}/finish"),
+        &serde_json::json!({"ceremony": start["ceremony"], "credential": credential}),
+    );
+    assert_eq!(done.status, 200, "{}", done.body);
+    let (_, err, code) = waiting.finish();
+    (
+        err,
+        code,
+        serde_json::to_value(&credential).unwrap()["id"].clone(),
+    )
+}
+
+/// A vendor's login that answers the code prompt with Enter: the link it prints, and the client.
+fn vendor_passkey_login(b: &Bastion, alice: &crate::support::bastion::Vendor) -> (Waiting, String) {
+    let askpass = alice.askpass_printing(b.data.path(), "");
+    let mut ssh = b.ssh_answering(alice, &[], "alice", &askpass);
+    ssh.arg("whoami");
+    let mut waiting = Waiting::spawn(ssh);
+    let token = token_of(&waiting.link());
+    (waiting, token)
+}
+
+/// Answers a sign-in link with `key`; the finish's answer.
+fn answer_link(page: &Page, token: &str, key: &mut SoftPasskey) -> Answer {
+    let start = page.post(&format!("/v/{token}/start"), &serde_json::json!({}));
+    assert_eq!(start.status, 200, "{}", start.body);
+    let start = start.json();
+    assert_eq!(start["mode"], "signin");
+    let options: RequestChallengeResponse =
+        serde_json::from_value(start["options"].clone()).unwrap();
+    let credential = key
+        .do_authentication(Url::parse(&page.base).unwrap(), options)
+        .unwrap();
+    page.post(
+        &format!("/v/{token}/finish"),
+        &serde_json::json!({"ceremony": start["ceremony"], "credential": credential}),
+    )
+}
+
+#[test]
+fn a_vendor_adds_a_passkey_over_ssh_and_signs_in_with_it_through_the_link() {
+    let data = DataDir::init();
+    let port = data.fix_web_port();
+    // A short login grace time: the link not used in time is refused within it.
+    let config = std::fs::read_to_string(data.config()).unwrap();
+    assert!(config.contains("login_grace_time = \"60s\""));
+    std::fs::write(
+        data.config(),
+        config.replace("login_grace_time = \"60s\"", "login_grace_time = \"15s\""),
+    )
+    .unwrap();
+    let b = Bastion::start(data);
+    let alice = b.vendor("alice", "Acme Imaging");
+    let mallory = b.vendor("mallory", "Other Corp");
+    let page = Page {
+        base: format!("https://localhost:{port}"),
+        jar: b.data.path().join("vendor-jar"),
+        _b: b,
+    };
+    let b = &page._b;
+
+    let mut key = SoftPasskey::new(true);
+    let (err, code, _) = vendor_add_passkey(b, &page, &alice, &mut key);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("passkey added"), "{err}");
+    let mut ssh = b.ssh(&alice, "alice");
+    let listed = text(&ssh.arg("passkey list").output().unwrap());
+    assert_eq!(listed.2, 0, "{listed:?}");
+    assert!(listed.0.contains("  1  "), "{listed:?}");
+
+    // Enter at the prompt, the passkey in the browser: signed in, audited as a passkey login.
+    let (waiting, token) = vendor_passkey_login(b, &alice);
+    let shown = curl(None, &[&format!("{}/v/{token}", page.base)]);
+    assert_eq!(shown.status, 200, "{}", shown.body);
+    assert!(
+        shown.body.contains("Confirm your login") && shown.body.contains("127.0.0.1"),
+        "{}",
+        shown.body
+    );
+    let done = answer_link(&page, &token, &mut key);
+    assert_eq!(done.status, 200, "{}", done.body);
+    let (out, err, code) = waiting.finish();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("signed in as alice"), "{out}\n{err}");
+    // The link was used once: its page and its ceremony are gone.
+    let again = curl(None, &[&format!("{}/v/{token}", page.base)]);
+    assert_eq!(again.status, 404, "{}", again.body);
+    let again = page.post(&format!("/v/{token}/start"), &serde_json::json!({}));
+    assert_eq!(again.status, 404, "{}", again.body);
+
+    // Another authenticator (mallory's own passkey, registered to mallory) cannot answer alice's
+    // link: refused, counted, and ssh is told no.
+    let mut other = SoftPasskey::new(true);
+    let (err, code, mallorys) = vendor_add_passkey(b, &page, &mallory, &mut other);
+    assert_eq!(code, 0, "{err}");
+    let (waiting, token) = vendor_passkey_login(b, &alice);
+    let start = page.post(&format!("/v/{token}/start"), &serde_json::json!({}));
+    assert_eq!(start.status, 200, "{}", start.body);
+    let start = start.json();
+    let mut options = start["options"].clone();
+    // A tampered page asking for mallory's credential instead.
+    options["publicKey"]["allowCredentials"] =
+        serde_json::json!([{"type": "public-key", "id": mallorys}]);
+    let options: RequestChallengeResponse = serde_json::from_value(options).unwrap();
+    let foreign = other
+        .do_authentication(Url::parse(&page.base).unwrap(), options)
+        .unwrap();
+    let refused = page.post(
+        &format!("/v/{token}/finish"),
+        &serde_json::json!({"ceremony": start["ceremony"], "credential": foreign}),
+    );
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    let (out, err, code) = waiting.finish();
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(!out.contains("signed in as"), "{out}");
+
+    // A link nobody uses: refused before the grace time closes the connection, and counted.
+    let (waiting, _token) = vendor_passkey_login(b, &alice);
+    let (out, err, code) = waiting.finish();
+    assert_ne!(code, 0, "{out}\n{err}");
+
+    let audit = b
+        .data
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout();
+    let logins: Vec<&str> = audit
+        .lines()
+        .filter(|l| l.contains("\"auth.login\"") && l.contains("vendor:alice"))
+        .collect();
+    assert!(
+        logins.iter().any(|l| l.contains("passkey")),
+        "no passkey login in {audit}"
+    );
+    for why in ["passkey refused", "passkey not used in time"] {
+        assert!(audit.contains(why), "no {why:?} in {audit}");
+    }
+    assert!(audit.contains("\"vendor.passkey.add\""), "{audit}");
+
+    // The administrator clears them: the prompt no longer offers a passkey.
+    let cleared = b.data.run(&["vendor", "passkey", "clear", "alice"]);
+    assert!(cleared.ok().stdout().contains("1 in all"));
+    let askpass = alice.askpass_printing(b.data.path(), "");
+    let out = b
+        .ssh_answering(&alice, &[], "alice", &askpass)
+        .arg("whoami")
+        .output()
+        .unwrap();
+    let (out, err, code) = text(&out);
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(!err.contains("/v/"), "{err}");
 }

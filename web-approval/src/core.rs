@@ -537,6 +537,8 @@ pub enum StateKind {
     Session,
     /// A passkey ceremony, between its start and its finish.
     Ceremony,
+    /// A vendor's one-time passkey link (`vendor_link::VendorLink`), opened by the SSH side.
+    VendorLink,
 }
 
 impl StateKind {
@@ -544,6 +546,15 @@ impl StateKind {
         match self {
             StateKind::Session => "session",
             StateKind::Ceremony => "ceremony",
+            StateKind::VendorLink => "vendor-link",
+        }
+    }
+
+    /// How many of this kind the core keeps at most (making room drops the ones closest to lapsing).
+    pub fn max_held(self) -> u32 {
+        match self {
+            StateKind::Session => 10_000,
+            StateKind::Ceremony | StateKind::VendorLink => 1_000,
         }
     }
 }
@@ -720,6 +731,20 @@ pub trait Accounts: Send + Sync + 'static {
     fn set_passkeys(
         &self,
         name: &str,
+        passkeys_json: &str,
+        change: PasskeyChange,
+    ) -> impl Future<Output = CoreResult<()>> + Send;
+    /// Vendor `vendor`'s passkeys as stored (a JSON array), if any; `NotFound` for a vendor who is
+    /// unknown or disabled.
+    fn vendor_passkeys(
+        &self,
+        vendor: &str,
+    ) -> impl Future<Output = CoreResult<Option<String>>> + Send;
+    /// Replaces vendor `vendor`'s passkeys (one was registered through their link, or a sign-in moved
+    /// a signature counter); audited as what `change` says. `NotFound` as above.
+    fn set_vendor_passkeys(
+        &self,
+        vendor: &str,
         passkeys_json: &str,
         change: PasskeyChange,
     ) -> impl Future<Output = CoreResult<()>> + Send;

@@ -22,6 +22,7 @@ pub mod passkey;
 pub mod serve;
 mod signin;
 pub mod tls;
+pub mod vendor_link;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,6 +158,9 @@ pub fn router<C: Core>(core: Arc<C>, options: WebOptions) -> Router {
             "/enroll/{token}/passkey/finish",
             post(passkey::enroll_finish::<C>),
         )
+        .route("/v/{token}", get(vendor_link::link_page::<C>))
+        .route("/v/{token}/start", post(vendor_link::start::<C>))
+        .route("/v/{token}/finish", post(vendor_link::finish::<C>))
         .route("/login/passkey/start", post(passkey::login_start::<C>))
         .route("/login/passkey/finish", post(passkey::login_finish::<C>))
         .route("/api/login", post(api::login::<C>))

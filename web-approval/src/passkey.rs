@@ -36,7 +36,7 @@ pub const CEREMONY_TTL: Duration = Duration::from_secs(300);
 
 /// The relying party, built from `web.public_url`.
 pub struct Passkeys {
-    webauthn: Webauthn,
+    pub(crate) webauthn: Webauthn,
     /// The relying party id (the host of `web.public_url`), as webauthn-rs puts it in its options.
     rp_id: String,
     /// Made-up credential ids for names without passkeys, the same for a name every time.
@@ -53,7 +53,7 @@ impl std::fmt::Debug for Passkeys {
 /// `danger-allow-state-serialisation` feature; the danger it names is handing it to the browser, which
 /// this never does: it stays in the database).
 #[derive(Serialize, Deserialize)]
-enum Ceremony {
+pub(crate) enum Ceremony {
     /// Enrollment through the link whose token's SHA-256 is kept here (the token would be a usable link
     /// to whoever reads the database).
     Register {
@@ -71,17 +71,34 @@ enum Ceremony {
         name: String,
         state: PasskeyRegistration,
     },
+    /// A vendor's sign-in through the link ssh printed (`vendor_link`), whose token's SHA-256 is kept.
+    VendorSignIn {
+        token_sha256: String,
+        state: PasskeyAuthentication,
+    },
+    /// A vendor registering a passkey through the link `passkey add` printed.
+    VendorRegister {
+        token_sha256: String,
+        state: PasskeyRegistration,
+    },
+}
+
+/// The relying party id of `public_url` (its host), or why it cannot be one: the one rule for whether
+/// this installation offers passkeys at all, staff's and vendors' alike.
+pub fn relying_party(public_url: &str) -> Result<(Url, String), String> {
+    let url = Url::parse(public_url).map_err(|e| format!("web.public_url: {e}"))?;
+    let Some(domain) = url.domain().map(str::to_owned) else {
+        return Err(format!(
+            "web.public_url {public_url} has no DNS name; passkeys need one (WebAuthn does not accept IP addresses)"
+        ));
+    };
+    Ok((url, domain))
 }
 
 impl Passkeys {
     /// An error with the reason when `public_url` cannot be a WebAuthn relying party (an IP address).
     pub fn new(public_url: &str, decoy_key: Option<[u8; 32]>) -> Result<Passkeys, String> {
-        let url = Url::parse(public_url).map_err(|e| format!("web.public_url: {e}"))?;
-        let Some(domain) = url.domain().map(str::to_owned) else {
-            return Err(format!(
-                "web.public_url {public_url} has no DNS name; passkeys need one (WebAuthn does not accept IP addresses)"
-            ));
-        };
+        let (url, domain) = relying_party(public_url)?;
         let webauthn = WebauthnBuilder::new(&domain, &url)
             .and_then(|b| b.rp_name("chaperone").build())
             .map_err(|e| format!("passkeys for {public_url}: {e}"))?;
@@ -147,7 +164,7 @@ impl Passkeys {
 }
 
 /// Stores a started ceremony; returns its id for the browser.
-async fn keep<C: Core>(core: &C, ceremony: &Ceremony) -> Result<String, CoreError> {
+pub(crate) async fn keep<C: Core>(core: &C, ceremony: &Ceremony) -> Result<String, CoreError> {
     let id = auth::random_token();
     let data = serde_json::to_string(ceremony).map_err(|e| {
         tracing::error!(error = %e, "cannot serialise a passkey ceremony");
@@ -166,7 +183,7 @@ async fn keep<C: Core>(core: &C, ceremony: &Ceremony) -> Result<String, CoreErro
 }
 
 /// Takes a ceremony out (each is used once, on whichever node gets the answer), if it has not lapsed.
-async fn take<C: Core>(core: &C, id: &str) -> Option<Ceremony> {
+pub(crate) async fn take<C: Core>(core: &C, id: &str) -> Option<Ceremony> {
     // A store error fails closed, like a lapsed ceremony (the core has logged it).
     let data = core
         .take_state(StateKind::Ceremony, &auth::key(id))
@@ -183,16 +200,25 @@ const MAX_NAME: usize = 64;
 /// Passkeys one account may hold.
 pub const MAX_PASSKEYS: usize = 10;
 
-/// A stable WebAuthn user handle for an account name (no personal data in it).
+/// A stable WebAuthn user handle for a staff account's name (no personal data in it).
 fn user_handle(name: &str) -> Uuid {
+    handle("chaperone-staff", name)
+}
+
+/// The same for a vendor's name: another handle than a staff account of that name.
+pub(crate) fn vendor_handle(name: &str) -> Uuid {
+    handle("chaperone-vendor", name)
+}
+
+fn handle(kind: &str, name: &str) -> Uuid {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(format!("chaperone-staff:{name}").as_bytes());
+    let digest = Sha256::digest(format!("{kind}:{name}").as_bytes());
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     Uuid::from_bytes(bytes)
 }
 
-fn parse_passkeys(json: Option<&str>) -> Result<Vec<Passkey>, CoreError> {
+pub(crate) fn parse_passkeys(json: Option<&str>) -> Result<Vec<Passkey>, CoreError> {
     match json {
         None | Some("") => Ok(Vec::new()),
         Some(text) => serde_json::from_str(text).map_err(|e| {
@@ -202,15 +228,15 @@ fn parse_passkeys(json: Option<&str>) -> Result<Vec<Passkey>, CoreError> {
     }
 }
 
-fn to_json(passkeys: &[Passkey]) -> Result<String, CoreError> {
+pub(crate) fn to_json(passkeys: &[Passkey]) -> Result<String, CoreError> {
     serde_json::to_string(passkeys).map_err(|_| CoreError::Internal)
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
+pub(crate) fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({"error": message}))).into_response()
 }
 
-fn unavailable() -> Response {
+pub(crate) fn unavailable() -> Response {
     error(
         StatusCode::NOT_FOUND,
         "passkeys are not available on this server (web.public_url needs a DNS name)",
@@ -280,7 +306,7 @@ async fn start_registration<C: Core>(
 }
 
 /// The new passkey from the browser's answer to a registration, or the answer that refuses it.
-fn finish_registration(
+pub(crate) fn finish_registration(
     pk: &Passkeys,
     credential: &RegisterPublicKeyCredential,
     state: &PasskeyRegistration,
@@ -555,6 +581,7 @@ mod tests {
     fn user_handles_are_stable_and_distinct() {
         assert_eq!(user_handle("bob"), user_handle("bob"));
         assert_ne!(user_handle("bob"), user_handle("alice"));
+        assert_ne!(user_handle("bob"), vendor_handle("bob"));
     }
 }
 

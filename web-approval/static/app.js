@@ -175,6 +175,18 @@
               }, csrf);
             });
           });
+      } else if (button.dataset.passkey === "vendor") {
+        // A vendor's link: one ceremony, whose kind the server says; the answer goes back to ssh.
+        var link = "/v/" + encodeURIComponent(button.dataset.token) + "/";
+        done = post(link + "start", {})
+          .then(function (start) {
+            var asked = start.mode === "register"
+              ? navigator.credentials.create(creationOptions(start.options)).then(registration)
+              : navigator.credentials.get(requestOptions(start.options)).then(assertion);
+            return asked.then(function (credential) {
+              return post(link + "finish", { ceremony: start.ceremony, credential: credential });
+            });
+          });
       } else {
         var token = document.getElementById("enroll").dataset.token;
         var base = "/enroll/" + encodeURIComponent(token) + "/passkey/";
@@ -189,6 +201,12 @@
           });
       }
       done.then(function (answer) {
+        if (answer.message) {
+          // Nothing more to do here: the terminal carries on.
+          say(answer.message);
+          button.hidden = true;
+          return;
+        }
         say("Done.");
         location.assign(answer.next || "/");
       }).catch(fail).finally(function () { button.disabled = false; });

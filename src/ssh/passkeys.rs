@@ -1,0 +1,199 @@
+//! `ssh VENDOR@bastion passkey [list | add | remove N]`: a vendor's passkeys, managed from a session that
+//! passed both factors. `add` prints a one-time link and waits until the browser registered the passkey
+//! behind it (`identity::vendor_passkeys`, `chaperone_web_approval::vendor_link`); from then on the
+//! vendor may press Enter at the code prompt and use it instead of a TOTP code.
+//!
+//! Entry point: [`run`], called by `home::run` for an exec that starts with `passkey`.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chaperone_web_approval::passkey::MAX_PASSKEYS;
+use chaperone_web_approval::vendor_link::{LinkOutcome, LinkPurpose};
+use russh::server::Msg;
+use russh::{Channel, ChannelMsg};
+
+use super::context::Context;
+use crate::identity::vendor_passkeys;
+use crate::model::Vendor;
+
+/// How long `passkey add` waits for the browser.
+pub const REGISTER_WAIT: Duration = Duration::from_secs(300);
+
+/// Runs the `passkey` command in `rest`; returns the exit status.
+pub async fn run(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>, rest: &str) -> u32 {
+    let app = &ctx.shared.app;
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let result = match words.as_slice() {
+        [] | ["list"] => list(ctx, vendor, channel).await,
+        ["add"] => add(ctx, vendor, channel).await,
+        ["remove", n] => match n.parse::<usize>() {
+            Ok(n) => match vendor_passkeys::remove(app, vendor, n).await {
+                Ok(true) => {
+                    say(channel, &format!("chaperone: passkey {n} removed.\r\n")).await;
+                    Ok(0)
+                }
+                Ok(false) => {
+                    say(
+                        channel,
+                        "chaperone: no such passkey; `passkey list` shows their numbers.\r\n",
+                    )
+                    .await;
+                    Ok(1)
+                }
+                Err(e) => Err(e),
+            },
+            Err(_) => Ok(usage(channel).await),
+        },
+        _ => Ok(usage(channel).await),
+    };
+    match result {
+        Ok(status) => status,
+        Err(e) => {
+            tracing::error!(error = %e, "passkey command failed");
+            say(
+                channel,
+                "chaperone: the bastion cannot change your passkeys right now; try again in a minute.\r\n",
+            )
+            .await;
+            1
+        }
+    }
+}
+
+async fn usage(channel: &mut Channel<Msg>) -> u32 {
+    say(
+        channel,
+        "chaperone: usage: passkey [list | add | remove N]\r\n",
+    )
+    .await;
+    2
+}
+
+async fn list(
+    ctx: &Context,
+    vendor: &Vendor,
+    channel: &mut Channel<Msg>,
+) -> Result<u32, crate::store::StoreError> {
+    let app = &ctx.shared.app;
+    let ids = vendor_passkeys::list(app, vendor.id).await?;
+    let mut out = String::new();
+    if ids.is_empty() {
+        let _ = writeln!(out, "You have no passkeys.\r");
+    } else {
+        let _ = writeln!(out, "Your passkeys:\r");
+        for (i, id) in ids.iter().enumerate() {
+            let _ = writeln!(out, "  {}  {id}…\r", i + 1);
+        }
+    }
+    if vendor_passkeys::offered(app) {
+        let _ = writeln!(
+            out,
+            "Add one with `passkey add`; remove one with `passkey remove N`. At the code prompt, \
+             press Enter to sign in with a passkey.\r"
+        );
+    }
+    // The list is the command's output: stdout.
+    let _ = tokio::time::timeout(
+        super::home::WRITE_TIMEOUT,
+        channel.data_bytes(Bytes::from(out)),
+    )
+    .await;
+    Ok(0)
+}
+
+async fn add(
+    ctx: &Context,
+    vendor: &Vendor,
+    channel: &mut Channel<Msg>,
+) -> Result<u32, crate::store::StoreError> {
+    let app = &ctx.shared.app;
+    if !vendor_passkeys::offered(app) {
+        say(
+            channel,
+            "chaperone: passkeys are not available on this bastion (its web address has no DNS name); \
+             keep using your authenticator app.\r\n",
+        )
+        .await;
+        return Ok(1);
+    }
+    if vendor_passkeys::count(app, vendor.id).await? >= MAX_PASSKEYS {
+        say(
+            channel,
+            &format!("chaperone: you already have {MAX_PASSKEYS} passkeys; remove one first.\r\n"),
+        )
+        .await;
+        return Ok(1);
+    }
+    let link =
+        vendor_passkeys::open(app, &vendor.name, LinkPurpose::Register, REGISTER_WAIT).await?;
+    say(
+        channel,
+        &format!(
+            "Open this link in a browser within {} minutes to add a passkey (it works once):\r\n\r\n  {}\r\n\r\n\
+             Waiting (Ctrl-C stops)…\r\n",
+            REGISTER_WAIT.as_secs() / 60,
+            link.url
+        ),
+    )
+    .await;
+    let until = tokio::time::Instant::now() + REGISTER_WAIT;
+    let outcome = tokio::select! {
+        o = vendor_passkeys::wait(app, &link, until) => o,
+        () = stopped(ctx, channel) => {
+            vendor_passkeys::close(app, &link).await;
+            return Ok(130);
+        }
+    };
+    Ok(match outcome {
+        Some(LinkOutcome::Passed) => {
+            say(
+                channel,
+                "chaperone: passkey added. At your next login, press Enter at the code prompt to use it.\r\n",
+            )
+            .await;
+            0
+        }
+        Some(LinkOutcome::Refused { .. }) => {
+            say(
+                channel,
+                "chaperone: the passkey was not registered; run `passkey add` again.\r\n",
+            )
+            .await;
+            1
+        }
+        None => {
+            say(
+                channel,
+                "chaperone: the link was not used in time; run `passkey add` again.\r\n",
+            )
+            .await;
+            1
+        }
+    })
+}
+
+/// Completes when the vendor stops waiting: Ctrl-C, a signal, the channel closing, or the session
+/// being ended.
+async fn stopped(ctx: &Context, channel: &mut Channel<Msg>) {
+    loop {
+        tokio::select! {
+            () = ctx.stop.cancelled() => return,
+            msg = channel.wait() => match msg {
+                None | Some(ChannelMsg::Close | ChannelMsg::Signal { .. }) => return,
+                Some(ChannelMsg::Data { data }) if data.contains(&3) => return,
+                Some(_) => {}
+            },
+        }
+    }
+}
+
+/// Text on stderr (the command's messages), skipped if the client is not reading.
+async fn say(channel: &mut Channel<Msg>, text: &str) {
+    let _ = tokio::time::timeout(
+        super::home::WRITE_TIMEOUT,
+        channel.extended_data_bytes(1, Bytes::from(text.to_owned())),
+    )
+    .await;
+}
