@@ -1180,20 +1180,33 @@ impl Accounts for WebCore {
         self.app.store.vendor_passkeys(v.id).await.map_err(internal)
     }
 
-    async fn set_vendor_passkeys(
+    async fn add_vendor_passkey(
         &self,
         vendor: &str,
-        passkeys_json: &str,
-        change: PasskeyChange,
+        passkey_json: &str,
+        max: usize,
     ) -> Result<(), CoreError> {
         let v = self.enabled_vendor(vendor).await?;
-        let action = match change {
-            PasskeyChange::Added => Action::VendorPasskeyAdd,
-            PasskeyChange::Updated => Action::VendorPasskeyUpdate,
-            PasskeyChange::Removed => Action::VendorPasskeyRemove,
-        };
-        crate::identity::vendor_passkeys::store(&self.app, &v, Some(passkeys_json), action)
+        let record = serde_json::from_str(passkey_json).map_err(|_| CoreError::Internal)?;
+        match crate::identity::vendor_passkeys::add(&self.app, &v, record, max).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(CoreError::Conflict(format!(
+                "vendor {vendor} already has {max} passkeys"
+            ))),
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    async fn update_vendor_passkey(
+        &self,
+        vendor: &str,
+        passkey_json: &str,
+    ) -> Result<(), CoreError> {
+        let v = self.enabled_vendor(vendor).await?;
+        let record = serde_json::from_str(passkey_json).map_err(|_| CoreError::Internal)?;
+        crate::identity::vendor_passkeys::update(&self.app, &v, record)
             .await
+            .map(|_| ())
             .map_err(internal)
     }
 }
@@ -1246,6 +1259,20 @@ impl SignInState for WebCore {
         self.app
             .store
             .web_state_replace(kind.as_str(), key, data, self.app.clock.now())
+            .await
+            .map_err(state_error)
+    }
+
+    async fn swap_state(
+        &self,
+        kind: StateKind,
+        key: &str,
+        expected: &str,
+        data: &str,
+    ) -> Result<bool, CoreError> {
+        self.app
+            .store
+            .web_state_replace_if(kind.as_str(), key, expected, data, self.app.clock.now())
             .await
             .map_err(state_error)
     }

@@ -351,6 +351,9 @@ pub struct SshConfig {
     pub max_connections: usize,
     /// A connection that has not signed in by then is closed (OpenSSH's `LoginGraceTime`).
     pub login_grace_time: Duration,
+    /// How long a vendor has to use their passkey in the browser once ssh shows its link: the login
+    /// grace time is extended to it (once per connection).
+    pub passkey_wait: Duration,
     /// Early drop of connections that have not signed in yet (OpenSSH's `MaxStartups`).
     pub max_startups: MaxStartups,
     /// Connections not signed in yet from one address at most (OpenSSH's `PerSourceMaxStartups`).
@@ -923,6 +926,7 @@ struct RawSsh {
     lockout: String,
     max_connections: usize,
     login_grace_time: String,
+    passkey_wait: String,
     max_startups: String,
     per_source_max_startups: usize,
     max_channels: usize,
@@ -940,6 +944,7 @@ impl Default for RawSsh {
             lockout: "15m".into(),
             max_connections: 1024,
             login_grace_time: "60s".into(),
+            passkey_wait: "2m".into(),
             max_startups: "30:30:100".into(),
             per_source_max_startups: 10,
             max_channels: 256,
@@ -1146,6 +1151,15 @@ impl Config {
                     return Err(invalid(
                         "ssh.login_grace_time",
                         "must be at most 10m".into(),
+                    ));
+                }
+                d => d,
+            },
+            passkey_wait: match duration("ssh.passkey_wait", &raw.ssh.passkey_wait)? {
+                d if d < Duration::from_secs(20) || d > Duration::from_secs(600) => {
+                    return Err(invalid(
+                        "ssh.passkey_wait",
+                        "must be between 20s and 10m".into(),
                     ));
                 }
                 d => d,
@@ -1932,6 +1946,9 @@ max_connections = 1024
 # a new one is dropped with rate% chance, rising to 100% at full; and one address may hold at most
 # per_source_max_startups of them, so a flood from one address cannot lock the others out.
 login_grace_time = "60s"
+# A vendor who answers the code prompt with Enter gets a link to use their passkey in a browser; the
+# login grace time is extended (once per connection) so they have this long for it.
+passkey_wait = "2m"
 max_startups = "30:30:100"
 per_source_max_startups = 10
 # Sessions and tunnels one connection may hold open at once.
@@ -2502,6 +2519,8 @@ mod tests {
         assert_eq!(c.ssh.per_source_max_startups, 10);
         assert_eq!(c.recording.max_bytes, Some(4_000_000_000));
         assert!(parse("[ssh]\nlogin_grace_time = \"1h\"\n").is_err());
+        assert_eq!(c.ssh.passkey_wait, Duration::from_secs(120));
+        assert!(parse("[ssh]\npasskey_wait = \"5s\"\n").is_err());
         assert!(parse("[ssh]\nmax_channels = 0\n").is_err());
         for bad in ["0", "1025", "-1"] {
             assert!(

@@ -182,8 +182,7 @@ pub async fn run(config: &Path, cmd: VendorCommand) -> anyhow::Result<()> {
         }
         VendorCommand::Passkey(PasskeyCommand::Clear { name }) => {
             let v = app.store.require_vendor(&name).await?;
-            let held = vendor_passkeys::count(&app, v.id).await?;
-            vendor_passkeys::store_by(&app, &v, None, Action::VendorPasskeyRemove, &actor).await?;
+            let held = vendor_passkeys::clear(&app, &v, &actor).await?;
             println!(
                 "Vendor {name}'s passkeys are removed ({held} in all); their TOTP app still works."
             );

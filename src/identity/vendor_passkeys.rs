@@ -1,15 +1,19 @@
 //! Vendors' passkeys, the SSH side: the one-time links ssh prints while it waits, and the passkeys a
 //! vendor holds. The page behind a link is `chaperone_web_approval::vendor_link`, which owns the link's
-//! format; this module opens links, waits for their outcome, and stores and removes passkeys (audited).
+//! format; this module opens links, waits for their outcome, and changes stored passkeys (each change
+//! in one transaction that holds the vendor's row, audited).
 //!
 //! A link is state every node sees (the database's `web_state`, kind `vendor-link`), so the browser
-//! may reach any node while the waiting ssh connection is held by another. The waiter polls it.
+//! may reach any node while the waiting ssh connection is held by another. The waiter polls it. One
+//! vendor holds at most [`LINKS_PER_VENDOR`] open links, so nobody can fill the shared cap and push
+//! other vendors' links out; a link whose waiter went away is voided ([`Link`]'s drop).
 
 use std::time::Duration;
 
-use chaperone_web_approval::vendor_link::{self, LinkOutcome, LinkPurpose, VendorLink};
-use chaperone_web_approval::{StateKind, passkey::relying_party};
-use serde_json::json;
+use chaperone_web_approval::StateKind;
+use chaperone_web_approval::passkey::{passkey_id, relying_party};
+use chaperone_web_approval::vendor_link::{self, LinkPurpose, VendorLink};
+use serde_json::{Value, json};
 
 use crate::app::App;
 use crate::audit::{Action, AuditEvent};
@@ -19,112 +23,180 @@ use crate::store::StoreError;
 /// How often a waiting ssh connection looks at its link.
 const POLL: Duration = Duration::from_millis(250);
 
+/// Open links one vendor may hold (opening another voids their oldest).
+pub const LINKS_PER_VENDOR: u32 = 3;
+
 /// Whether this installation offers vendors passkeys: the web page's address must be able to be a
 /// WebAuthn relying party (a DNS name), the same rule as staff passkeys.
 pub fn offered(app: &App) -> bool {
     relying_party(&app.config.web.public_url).is_ok()
 }
 
-/// How many passkeys `vendor_id` holds (0 for none or for a record that does not parse, which the
-/// page refuses to use anyway).
+fn records(json: Option<&str>) -> Vec<Value> {
+    json.and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_default()
+}
+
+/// How many passkeys `vendor_id` holds.
 pub async fn count(app: &App, vendor_id: i64) -> Result<usize, StoreError> {
-    let json = app.store.vendor_passkeys(vendor_id).await?;
-    Ok(json
-        .as_deref()
-        .and_then(|j| serde_json::from_str::<Vec<serde_json::Value>>(j).ok())
-        .map_or(0, |p| p.len()))
+    Ok(records(app.store.vendor_passkeys(vendor_id).await?.as_deref()).len())
 }
 
-/// Replaces `vendor`'s passkeys (`None`: removes them all) and audits `action`, in one transaction.
-/// The actor is the vendor themselves unless `actor` names another (an administrator).
-pub async fn store(
-    app: &App,
-    vendor: &Vendor,
-    passkeys: Option<&str>,
-    action: Action,
-) -> Result<(), StoreError> {
-    store_by(
-        app,
-        vendor,
-        passkeys,
-        action,
-        &format!("vendor:{}", vendor.name),
+/// The first characters of each passkey's credential id, in order: how `passkey list` names them.
+pub async fn list(app: &App, vendor_id: i64) -> Result<Vec<String>, StoreError> {
+    Ok(
+        records(app.store.vendor_passkeys(vendor_id).await?.as_deref())
+            .iter()
+            .map(|p| {
+                passkey_id(p)
+                    .unwrap_or_else(|| "?".into())
+                    .chars()
+                    .take(12)
+                    .collect()
+            })
+            .collect(),
     )
-    .await
 }
 
-/// [`store`] by `actor`.
-pub async fn store_by(
+/// Changes `vendor`'s passkeys with `change`, in one transaction holding the vendor's row (no two
+/// changes interleave, on any node), and audits `action` by `actor` when `change` says it changed
+/// something.
+async fn change(
     app: &App,
     vendor: &Vendor,
-    passkeys: Option<&str>,
     action: Action,
     actor: &str,
-) -> Result<(), StoreError> {
-    let held = passkeys
-        .and_then(|j| serde_json::from_str::<Vec<serde_json::Value>>(j).ok())
-        .map_or(0, |p| p.len());
+    change: impl FnOnce(&mut Vec<Value>) -> bool,
+) -> Result<bool, StoreError> {
     let mut tx = app.store.begin().await?;
-    tx.set_vendor_passkeys(vendor.id, passkeys).await?;
-    tx.audit(
-        AuditEvent::new(
-            actor,
-            action,
-            format!("vendor:{}", vendor.name),
-            json!({"passkeys": held}),
-        ),
-        app.clock.now(),
-    )
-    .await?;
-    tx.commit(action.as_str()).await
-}
-
-/// Removes `vendor`'s passkey number `n` (1-based, as `passkey list` shows them); false when there is
-/// no such passkey.
-pub async fn remove(app: &App, vendor: &Vendor, n: usize) -> Result<bool, StoreError> {
-    let json = app.store.vendor_passkeys(vendor.id).await?;
-    let mut all: Vec<serde_json::Value> = json
-        .as_deref()
-        .and_then(|j| serde_json::from_str(j).ok())
-        .unwrap_or_default();
-    if n == 0 || n > all.len() {
+    tx.hold_vendor(vendor.id).await?;
+    let mut all = records(tx.vendor_passkeys(vendor.id).await?.as_deref());
+    if !change(&mut all) {
+        // Nothing changed: the transaction is dropped, which rolls it back.
         return Ok(false);
     }
-    all.remove(n - 1);
     let text = if all.is_empty() {
         None
     } else {
         Some(serde_json::to_string(&all).map_err(|e| StoreError::Corrupt(e.to_string()))?)
     };
-    store(app, vendor, text.as_deref(), Action::VendorPasskeyRemove).await?;
+    tx.set_vendor_passkeys(vendor.id, text.as_deref()).await?;
+    tx.audit(
+        AuditEvent::new(
+            actor,
+            action,
+            format!("vendor:{}", vendor.name),
+            json!({"passkeys": all.len()}),
+        ),
+        app.clock.now(),
+    )
+    .await?;
+    tx.commit(action.as_str()).await?;
     Ok(true)
 }
 
-/// The first characters of each passkey's credential id, in order: how `passkey list` names them.
-pub async fn list(app: &App, vendor_id: i64) -> Result<Vec<String>, StoreError> {
-    let json = app.store.vendor_passkeys(vendor_id).await?;
-    let all: Vec<serde_json::Value> = json
-        .as_deref()
-        .and_then(|j| serde_json::from_str(j).ok())
-        .unwrap_or_default();
-    Ok(all
-        .iter()
-        .map(|p| {
-            p.pointer("/cred/cred_id")
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or("?")
-                .chars()
-                .take(12)
-                .collect()
-        })
-        .collect())
+fn by_vendor(vendor: &Vendor) -> String {
+    format!("vendor:{}", vendor.name)
 }
 
-/// An open link: the address to print, and the key it is stored under.
+/// Adds a registered passkey unless `vendor` holds `max` already (then false).
+pub async fn add(
+    app: &App,
+    vendor: &Vendor,
+    record: Value,
+    max: usize,
+) -> Result<bool, StoreError> {
+    change(
+        app,
+        vendor,
+        Action::VendorPasskeyAdd,
+        &by_vendor(vendor),
+        |all| {
+            if all.len() >= max {
+                return false;
+            }
+            all.push(record);
+            true
+        },
+    )
+    .await
+}
+
+/// Replaces the stored passkey with `record`'s credential id (its signature counter moved); false
+/// when it is no longer stored (removed meanwhile: it does not come back).
+pub async fn update(app: &App, vendor: &Vendor, record: Value) -> Result<bool, StoreError> {
+    let Some(id) = passkey_id(&record) else {
+        return Ok(false);
+    };
+    change(
+        app,
+        vendor,
+        Action::VendorPasskeyUpdate,
+        &by_vendor(vendor),
+        |all| match all
+            .iter_mut()
+            .find(|p| passkey_id(p).as_deref() == Some(id.as_str()))
+        {
+            Some(stored) => {
+                *stored = record;
+                true
+            }
+            None => false,
+        },
+    )
+    .await
+}
+
+/// Removes `vendor`'s passkey number `n` (1-based, as `passkey list` shows them); false when there is
+/// no such passkey.
+pub async fn remove(app: &App, vendor: &Vendor, n: usize) -> Result<bool, StoreError> {
+    change(
+        app,
+        vendor,
+        Action::VendorPasskeyRemove,
+        &by_vendor(vendor),
+        |all| {
+            if n == 0 || n > all.len() {
+                return false;
+            }
+            all.remove(n - 1);
+            true
+        },
+    )
+    .await
+}
+
+/// Removes all of `vendor`'s passkeys (an administrator, `actor`); how many there were.
+pub async fn clear(app: &App, vendor: &Vendor, actor: &str) -> Result<usize, StoreError> {
+    let mut held = 0;
+    change(app, vendor, Action::VendorPasskeyRemove, actor, |all| {
+        held = all.len();
+        all.clear();
+        true
+    })
+    .await?;
+    Ok(held)
+}
+
+/// An open link: the address to print. Dropped before its outcome was taken (the vendor's connection
+/// went away), it is voided.
 #[derive(Debug)]
 pub struct Link {
     pub url: String,
+    /// Who it is for (checked again when its outcome is judged).
+    pub vendor: String,
     key: String,
+    app: Option<App>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let Some(app) = self.app.take() else { return };
+        let key = std::mem::take(&mut self.key);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { void(&app, &key).await });
+        }
+    }
 }
 
 /// Opens a link for `vendor`, valid for `ttl`.
@@ -141,6 +213,9 @@ pub async fn open(
     let ttl = i64::try_from(ttl.as_secs()).unwrap_or(300).max(1);
     let kind = StateKind::VendorLink;
     app.store
+        .web_state_trim_subject(kind.as_str(), vendor, LINKS_PER_VENDOR - 1)
+        .await?;
+    app.store
         .web_state_put(
             kind.as_str(),
             &key,
@@ -153,34 +228,29 @@ pub async fn open(
         .await?;
     Ok(Link {
         url: vendor_link::link_url(&app.config.web.public_url, &token),
+        vendor: vendor.to_owned(),
         key,
+        app: Some(app.clone()),
     })
 }
 
-/// Waits until the link's ceremony ended, or `until`; the link is taken out either way (used once).
-/// `None`: no outcome in time (or the link lapsed or was pushed out).
-pub async fn wait(app: &App, link: &Link, until: tokio::time::Instant) -> Option<LinkOutcome> {
+/// Waits until the link's ceremony ended, or `until`, and takes the link out (it is used once).
+/// The link as it ended; its `outcome` is `None` when nobody used it in time (or it lapsed, or the
+/// vendor's newer links pushed it out).
+pub async fn wait(app: &App, mut link: Link, until: tokio::time::Instant) -> Option<VendorLink> {
     let kind = StateKind::VendorLink.as_str();
     loop {
-        let now = app.clock.now();
-        match app.store.web_state_get(kind, &link.key, now, None).await {
+        match app
+            .store
+            .web_state_get(kind, &link.key, app.clock.now(), None)
+            .await
+        {
             Ok(Some(data)) => match serde_json::from_str::<VendorLink>(&data) {
+                // An outcome is final (the page changes a link only while it has none), so taking
+                // the row now returns this same outcome.
                 Ok(VendorLink {
                     outcome: Some(_), ..
-                }) => {
-                    // Taken, not just read: only one waiter (and no later page) sees this outcome.
-                    let taken = app.store.web_state_take(kind, &link.key, now).await;
-                    return match taken {
-                        Ok(Some(data)) => serde_json::from_str::<VendorLink>(&data)
-                            .ok()
-                            .and_then(|l| l.outcome),
-                        Ok(None) => None,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot take a vendor passkey link");
-                            None
-                        }
-                    };
-                }
+                }) => break,
                 Ok(_) => {}
                 Err(e) => {
                     tracing::error!(error = %e, "a vendor passkey link does not parse");
@@ -196,18 +266,22 @@ pub async fn wait(app: &App, link: &Link, until: tokio::time::Instant) -> Option
         }
         tokio::time::sleep(POLL).await;
     }
-    close(app, link).await;
-    None
+    // Taken, not just read: an outcome written just now still counts, and no page sees it again. (If
+    // this future is dropped meanwhile, the link's drop voids it.)
+    link.app = None;
+    void(app, &link.key)
+        .await
+        .and_then(|data| serde_json::from_str(&data).ok())
 }
 
-/// Voids a link nobody waits for any more (the vendor stopped waiting).
-pub async fn close(app: &App, link: &Link) {
+/// Takes the link under `key` out; its data, if it was still there.
+async fn void(app: &App, key: &str) -> Option<String> {
     let kind = StateKind::VendorLink.as_str();
-    if let Err(e) = app
-        .store
-        .web_state_take(kind, &link.key, app.clock.now())
-        .await
-    {
-        tracing::warn!(error = %e, "cannot void a vendor passkey link; it lapses by itself");
+    match app.store.web_state_take(kind, key, app.clock.now()).await {
+        Ok(data) => data,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot void a vendor passkey link; it lapses by itself");
+            None
+        }
     }
 }

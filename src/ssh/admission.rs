@@ -83,7 +83,8 @@ impl Admission {
             source,
             signed_in: CancellationToken::new(),
             who: std::sync::OnceLock::new(),
-            deadline: tokio::time::Instant::now() + self.grace,
+            deadline: std::sync::Mutex::new(tokio::time::Instant::now() + self.grace),
+            extended: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -135,8 +136,10 @@ pub struct Ticket {
     signed_in: CancellationToken,
     /// Who signed in on it (the vendor's name), for the `auth.logout` written when it ends.
     who: std::sync::OnceLock<String>,
-    /// When the login grace time ends: one deadline from the accept, however often it is waited on.
-    deadline: tokio::time::Instant,
+    /// When the login grace time ends: one deadline from the accept, however often it is waited on
+    /// (moved once at most, by [`Ticket::extend_once`]).
+    deadline: std::sync::Mutex<tokio::time::Instant>,
+    extended: std::sync::atomic::AtomicBool,
 }
 
 impl Ticket {
@@ -159,18 +162,43 @@ impl Ticket {
 
     /// When the login grace time ends (what a second factor may wait for is bounded by it).
     pub fn deadline(&self) -> tokio::time::Instant {
-        self.deadline
+        // A poisoned lock still holds a deadline: use it.
+        *self
+            .deadline
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Gives the sign-in until at least `by` from now, once per connection (a vendor's passkey in the
+    /// browser takes longer than typing a code); later calls change nothing. Returns the deadline.
+    pub fn extend_once(&self, by: Duration) -> tokio::time::Instant {
+        use std::sync::atomic::Ordering;
+        let mut deadline = self
+            .deadline
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !self.extended.swap(true, Ordering::SeqCst) {
+            *deadline = (*deadline).max(tokio::time::Instant::now() + by);
+        }
+        *deadline
     }
 
     /// Completes when the login grace time passed without a sign-in; never, once signed in.
     pub async fn grace_expired(&self) {
-        tokio::select! {
-            () = tokio::time::sleep_until(self.deadline) => {
-                if self.signed_in.is_cancelled() {
-                    std::future::pending::<()>().await;
+        loop {
+            let deadline = self.deadline();
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {
+                    if self.signed_in.is_cancelled() {
+                        std::future::pending::<()>().await;
+                    }
+                    // Moved meanwhile (a passkey wait): sleep on to the new deadline.
+                    if self.deadline() <= tokio::time::Instant::now() {
+                        return;
+                    }
                 }
+                () = self.signed_in.cancelled() => std::future::pending::<()>().await,
             }
-            () = self.signed_in.cancelled() => std::future::pending::<()>().await,
         }
     }
 }
@@ -283,5 +311,28 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn the_grace_time_is_extended_once_and_the_wait_follows_it() {
+        let a = Arc::new(Admission {
+            grace: Duration::from_millis(50),
+            ..Arc::into_inner(admission(10, "10:30:100", 10)).unwrap()
+        });
+        let t = a.admit_with(ip("10.0.0.1"), 0).unwrap();
+        let waiting = {
+            let t = t.clone();
+            tokio::spawn(async move { t.grace_expired().await })
+        };
+        let first = t.extend_once(Duration::from_millis(400));
+        // A second extension changes nothing.
+        assert_eq!(t.extend_once(Duration::from_secs(3600)), first);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(!waiting.is_finished(), "expired at the old deadline");
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(tokio::time::Instant::now() >= first);
     }
 }

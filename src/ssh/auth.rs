@@ -15,6 +15,7 @@
 //! several keys. The rules themselves (TOTP, replay, lockout, audit) are `identity::signin`'s.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use russh::keys::PublicKey;
 use serde_json::json;
@@ -29,6 +30,7 @@ use crate::identity::{keys::fingerprint, totp};
 use crate::model::Vendor;
 use crate::policy::Principal;
 use crate::secrets::Secret;
+use crate::ssh::admission::Ticket;
 use chaperone_web_approval::vendor_link::{LinkOutcome, LinkPurpose};
 
 /// Outcome of the second-factor step.
@@ -37,10 +39,10 @@ pub enum TotpOutcome {
     /// Both factors passed: who signed in, with which key.
     Accepted(Principal),
     Refused,
-    /// The vendor asked for their passkey: ask again with no question and these instructions (the
-    /// link); the answer to that is judged once the link's ceremony ended.
+    /// The vendor asked for their passkey: ask again with this prompt (the link); the answer to that
+    /// is judged once the link's ceremony ended.
     PasskeyLink {
-        instructions: String,
+        prompt: String,
     },
 }
 
@@ -70,12 +72,43 @@ impl std::fmt::Debug for Enrolling {
 #[derive(Debug, Default)]
 pub struct Auth {
     /// Set once a key of the named vendor was verified, for exactly this user name.
-    key_ok: Option<(String, Vendor, String)>,
-    /// Set when the prompt asked for enrollment codes.
-    enrolling: Option<Enrolling>,
-    /// Set when the vendor was shown a passkey link: the next answer waits for it.
-    passkey_link: Option<Link>,
+    key_ok: Option<KeyStep>,
 }
+
+/// A key step that passed, and what its second-factor step asked so far. A new key step replaces all
+/// of it: what was asked belongs to the identity it was asked for, never to the next one (a client
+/// may switch user names, and keys, between rounds).
+#[derive(Debug)]
+struct KeyStep {
+    user: String,
+    vendor: Vendor,
+    key_fp: String,
+    asked: Asked,
+}
+
+/// What the last keyboard-interactive round asked.
+#[derive(Debug, Default)]
+enum Asked {
+    /// A TOTP code (or, for a vendor with a passkey, Enter for the passkey).
+    #[default]
+    Code,
+    /// Enrollment codes for this seed.
+    Enrolling(Enrolling),
+    /// To use this passkey link: the answer waits for it.
+    Passkey(Box<Link>),
+}
+
+/// What an answer is judged as, from what the round asked.
+enum Judging {
+    Passkey(Result<(), &'static str>),
+    Enrollment(Enrolling),
+    Code,
+}
+
+/// How long before the login grace time ends a passkey wait gives up, to refuse and audit in time.
+const PASSKEY_MARGIN: Duration = Duration::from_secs(5);
+/// A link is not worth opening with less time left than this.
+const MIN_PASSKEY_WAIT: Duration = Duration::from_secs(15);
 
 pub const TOTP_PROMPT: &str = "TOTP code: ";
 /// The prompt of a vendor who registered a passkey.
@@ -93,7 +126,12 @@ impl Auth {
     pub async fn key_verified(&mut self, app: &App, user: &str, key: &PublicKey) -> bool {
         match self.vendor_for(app, user, key).await {
             Some(vendor) => {
-                self.key_ok = Some((user.to_owned(), vendor, fingerprint(key)));
+                self.key_ok = Some(KeyStep {
+                    user: user.to_owned(),
+                    vendor,
+                    key_fp: fingerprint(key),
+                    asked: Asked::Code,
+                });
                 true
             }
             None => false,
@@ -102,7 +140,7 @@ impl Auth {
 
     /// Whether `user` already passed the key step (keyboard-interactive is refused before it).
     pub fn key_done_for(&self, user: &str) -> bool {
-        self.key_ok.as_ref().is_some_and(|(u, ..)| u == user)
+        self.key_ok.as_ref().is_some_and(|step| step.user == user)
     }
 
     /// An inner (ProxyJump) login: only the outer login's key is accepted, as the same vendor.
@@ -111,6 +149,11 @@ impl Auth {
     }
 
     async fn vendor_for(&self, app: &App, user: &str, key: &PublicKey) -> Option<Vendor> {
+        // Once a key passed for one user name, the connection stays with it (as sshd refuses a
+        // change of user name): no second factor is ever asked for one name and judged for another.
+        if self.key_ok.as_ref().is_some_and(|step| step.user != user) {
+            return None;
+        }
         let login = Login::parse(user)?;
         let vendor = match app.store.vendor_by_key(&fingerprint(key)).await {
             Ok(v) => v?,
@@ -133,9 +176,12 @@ impl Auth {
             instructions: String::new(),
             prompts: vec![TOTP_PROMPT.to_owned()],
         };
-        let Some((_, vendor, _)) = &self.key_ok else {
+        let Some(step) = &mut self.key_ok else {
             return login;
         };
+        // A new round: whatever the last one asked is void (a link it showed is voided with it).
+        step.asked = Asked::Code;
+        let vendor = &step.vendor;
         match app.store.vendor_second_factor(vendor.id).await {
             Ok(t) if !t.enrolled => {}
             Ok(_) if passkey_offered(app, vendor.id).await => {
@@ -166,31 +212,72 @@ impl Auth {
             name = vendor.name,
             secret = totp::seed_base32(seed.expose()),
         );
-        self.enrolling = Some(Enrolling { seed });
+        let instructions = format!(
+            "Welcome, {}: set up your second factor (a QR code follows).",
+            vendor.name
+        );
+        step.asked = Asked::Enrolling(Enrolling { seed });
         Prompt {
-            instructions: format!(
-                "Welcome, {}: set up your second factor (a QR code follows).",
-                vendor.name
-            ),
+            instructions,
             prompts: vec![first, NEXT_CODE_PROMPT.to_owned()],
         }
     }
 
     /// Judges the answers to [`Auth::prompt`] for the vendor whose key passed (`identity::signin`:
-    /// lockout, the code's step taken, failures counted, everything audited). A passkey link shown
-    /// before is waited for until `until` (the login grace time's end, less a margin to say no).
+    /// lockout, the code's step taken, failures counted, everything audited). An empty answer from a
+    /// vendor with a passkey shows a link instead ([`TotpOutcome::PasskeyLink`]); the answer to that
+    /// waits for the link's outcome, until shortly before the connection's login grace time ends
+    /// (`ticket`: extended once for the wait; without one, no passkey is offered).
     pub async fn answer(
         &mut self,
         app: &App,
         peer: SocketAddr,
         answers: &[String],
-        until: tokio::time::Instant,
+        ticket: Option<&Ticket>,
     ) -> TotpOutcome {
-        let Some((user, vendor, key_fp)) = self.key_ok.clone() else {
+        let Some(step) = self.key_ok.as_mut() else {
             return TotpOutcome::Refused;
         };
+        let asked = std::mem::take(&mut step.asked);
+        let (user, vendor, key_fp) = (step.user.clone(), step.vendor.clone(), step.key_fp.clone());
+        let first = answers.first().map(String::as_str).unwrap_or_default();
+        let judging = match asked {
+            Asked::Passkey(link) => {
+                let until = ticket
+                    .map(Ticket::deadline)
+                    .and_then(|d| d.checked_sub(PASSKEY_MARGIN))
+                    .unwrap_or_else(tokio::time::Instant::now);
+                Judging::Passkey(match vendor_passkeys::wait(app, *link, until).await {
+                    // A link is opened for the key step it belongs to; checked all the same.
+                    Some(link) if link.vendor != vendor.name => {
+                        Err("passkey link of another vendor")
+                    }
+                    Some(link) => match link.outcome {
+                        Some(LinkOutcome::Passed) => Ok(()),
+                        Some(LinkOutcome::Refused { why }) => Err(why.as_str()),
+                        None => Err("passkey not used in time"),
+                    },
+                    None => Err("passkey not used in time"),
+                })
+            }
+            Asked::Enrolling(enrolling) => Judging::Enrollment(enrolling),
+            Asked::Code => {
+                // An empty answer asks for the passkey, from a vendor who has one.
+                if first.trim().is_empty()
+                    && let Some(ticket) = ticket
+                    && passkey_offered(app, vendor.id).await
+                {
+                    return match self.open_link(app, peer, ticket).await {
+                        Some(prompt) => TotpOutcome::PasskeyLink { prompt },
+                        None => TotpOutcome::Refused,
+                    };
+                }
+                Judging::Code
+            }
+        };
+        // Read now, after any wait: a disable since the key step counts (a lock is the judge's to
+        // see), and the judgement is dated when it is made.
         let now = app.clock.now();
-        // Re-read: a disable since the key step counts (a lock is the judge's to see).
         match app.store.require_vendor(&vendor.name).await {
             Ok(current) if current.enabled => {}
             Ok(_) => {
@@ -206,69 +293,45 @@ impl Auth {
             id: vendor.id,
             name: vendor.name.clone(),
         };
-        let first = answers.first().map(String::as_str).unwrap_or_default();
-        let detail = json!({"user": user, "key": key_fp});
-        if let Some(link) = self.passkey_link.take() {
-            let outcome = vendor_passkeys::wait(app, &link, until).await;
-            let passkey = match outcome {
-                Some(LinkOutcome::Passed) => Ok(()),
-                Some(LinkOutcome::Refused { .. }) => Err("passkey refused"),
-                None => Err("passkey not used in time"),
-            };
-            let attempt = Attempt {
-                account,
-                source: peer.to_string(),
-                first_factor: true,
-                second: Second::Passkey(passkey),
-                detail,
-            };
-            return self.verdict(signin::judge(app, attempt, now).await, &vendor, key_fp);
-        }
-        let enrolled = self.enrolling.is_none();
-        if enrolled && first.trim().is_empty() && passkey_offered(app, vendor.id).await {
-            return match self.open_link(app, peer, &vendor, &key_fp, until).await {
-                Some(instructions) => TotpOutcome::PasskeyLink { instructions },
-                None => TotpOutcome::Refused,
-            };
-        }
-        let judged = match self.enrolling.take() {
-            Some(Enrolling { seed }) => {
-                let second = answers.get(1).map(String::as_str).unwrap_or_default();
-                let sealed = app.secrets.seal(&account.seed_purpose(), seed.expose());
-                let checked = signin::first_codes(seed.expose(), first, second, now)
-                    .map(|step| (sealed.as_slice(), step))
-                    .ok_or("wrong enrollment codes");
-                let attempt = Attempt {
-                    account,
-                    source: peer.to_string(),
-                    first_factor: true,
-                    second: Second::Enrollment(checked),
-                    detail,
-                };
-                signin::judge(app, attempt, now).await
-            }
-            None => {
-                let state = match app.store.vendor_second_factor(vendor.id).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::error!(vendor = %vendor.name, error = %e, "TOTP check failed; refusing");
-                        return TotpOutcome::Refused;
-                    }
-                };
-                let attempt = Attempt {
-                    account,
-                    source: peer.to_string(),
-                    first_factor: true,
-                    // A vendor still to enrol has no seed anyone knows: no code matches.
-                    second: Second::Totp {
-                        sealed: state.enrolled.then_some(state.sealed.as_slice()),
-                        code: first,
-                    },
-                    detail,
-                };
-                signin::judge(app, attempt, now).await
-            }
+        let state = match &judging {
+            Judging::Code => match app.store.vendor_second_factor(vendor.id).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(vendor = %vendor.name, error = %e, "TOTP check failed; refusing");
+                    return TotpOutcome::Refused;
+                }
+            },
+            _ => None,
         };
+        let sealed_new;
+        let second = match judging {
+            Judging::Passkey(outcome) => Second::Passkey(outcome),
+            Judging::Enrollment(Enrolling { seed }) => {
+                let again = answers.get(1).map(String::as_str).unwrap_or_default();
+                sealed_new = app.secrets.seal(&account.seed_purpose(), seed.expose());
+                Second::Enrollment(
+                    signin::first_codes(seed.expose(), first, again, now)
+                        .map(|step| (sealed_new.as_slice(), step))
+                        .ok_or("wrong enrollment codes"),
+                )
+            }
+            // A vendor still to enrol has no seed anyone knows: no code matches.
+            Judging::Code => Second::Totp {
+                sealed: state
+                    .as_ref()
+                    .filter(|s| s.enrolled)
+                    .map(|s| s.sealed.as_slice()),
+                code: first,
+            },
+        };
+        let attempt = Attempt {
+            account,
+            source: peer.to_string(),
+            first_factor: true,
+            second,
+            detail: json!({"user": user, "key": key_fp}),
+        };
+        let judged = signin::judge(app, attempt, now).await;
         self.verdict(judged, &vendor, key_fp)
     }
 
@@ -292,46 +355,43 @@ impl Auth {
         }
     }
 
-    /// Opens the passkey link for this login, valid until `until`; the instructions that show it.
-    async fn open_link(
-        &mut self,
-        app: &App,
-        peer: SocketAddr,
-        vendor: &Vendor,
-        key_fp: &str,
-        until: tokio::time::Instant,
-    ) -> Option<String> {
-        let left = until.saturating_duration_since(tokio::time::Instant::now());
+    /// Opens the passkey link for this key step, extending the login grace time once for it; the
+    /// prompt that shows it. `None` (refused) with too little time left or no link.
+    async fn open_link(&mut self, app: &App, peer: SocketAddr, ticket: &Ticket) -> Option<String> {
+        let step = self.key_ok.as_mut()?;
+        let deadline = ticket.extend_once(app.config.ssh.passkey_wait + PASSKEY_MARGIN);
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .saturating_sub(PASSKEY_MARGIN);
         if left < MIN_PASSKEY_WAIT {
-            tracing::info!(vendor = %vendor.name, "too little login grace time left for a passkey");
+            tracing::info!(vendor = %step.vendor.name, "too little login grace time left for a passkey");
             return None;
         }
         let purpose = LinkPurpose::SignIn {
             peer: peer.to_string(),
-            key: key_fp.to_owned(),
+            key: step.key_fp.clone(),
             since: app.clock.now(),
         };
-        match vendor_passkeys::open(app, &vendor.name, purpose, left).await {
+        match vendor_passkeys::open(app, &step.vendor.name, purpose, left).await {
             Ok(link) => {
-                let instructions = format!(
-                    "Use your passkey: open this link in a browser within {} seconds (it works once).\n\
-                     ssh waits here until you have used it.\n\n  {}\n",
+                // A prompt, not the instructions: every client shows a prompt (OpenSSH prints
+                // instructions through its log, which `-q` silences).
+                let prompt = format!(
+                    "\r\nUse your passkey: open this link in a browser within {} seconds (it works once):\r\n\r\n  {}\r\n\r\n\
+                     Then press Enter (ssh waits until you have used it): ",
                     left.as_secs(),
                     link.url
                 );
-                self.passkey_link = Some(link);
-                Some(instructions)
+                step.asked = Asked::Passkey(Box::new(link));
+                Some(prompt)
             }
             Err(e) => {
-                tracing::error!(vendor = %vendor.name, error = %e, "cannot open a passkey link");
+                tracing::error!(vendor = %step.vendor.name, error = %e, "cannot open a passkey link");
                 None
             }
         }
     }
 }
-
-/// A link is not worth opening with less login grace time left than this.
-const MIN_PASSKEY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Whether `vendor_id` may use a passkey: this installation offers them and the vendor holds one.
 async fn passkey_offered(app: &App, vendor_id: i64) -> bool {

@@ -40,8 +40,6 @@ use crate::policy::Principal;
 const KEY_REFUSAL: Duration = Duration::from_millis(150);
 /// A wrong TOTP code takes this long to refuse (slows guessing; the lockout stops it).
 const TOTP_REFUSAL: Duration = Duration::from_secs(1);
-/// How long before the login grace time ends a passkey wait gives up, to refuse and audit in time.
-const PASSKEY_MARGIN: Duration = Duration::from_secs(2);
 /// SSH_OPEN_RESOURCE_SHORTAGE.
 const RESOURCE_SHORTAGE: u32 = 4;
 
@@ -375,23 +373,19 @@ impl server::Handler for Connection {
             .map(|b| String::from_utf8_lossy(&b[..b.len().min(16)]).into_owned())
             .collect();
         let since = Instant::now();
-        // A passkey link is waited for until shortly before the login grace time closes the
-        // connection: time left to say no (and to audit it).
-        let until = match &self.mode {
-            Mode::Outer(outer) => outer.ticket.deadline(),
-            Mode::Inner { .. } => tokio::time::Instant::now(),
-        }
-        .checked_sub(PASSKEY_MARGIN)
-        .unwrap_or_else(tokio::time::Instant::now);
+        let ticket = match &self.mode {
+            Mode::Outer(outer) => Some(outer.ticket.clone()),
+            Mode::Inner { .. } => None,
+        };
         match self
             .auth
-            .answer(&self.shared.app, self.peer, &answers, until)
+            .answer(&self.shared.app, self.peer, &answers, ticket.as_deref())
             .await
         {
-            TotpOutcome::PasskeyLink { instructions } => Ok(RusshAuth::Partial {
+            TotpOutcome::PasskeyLink { prompt } => Ok(RusshAuth::Partial {
                 name: Cow::Borrowed(""),
-                instructions: Cow::Owned(instructions),
-                prompts: Cow::Owned(Vec::new()),
+                instructions: Cow::Borrowed(""),
+                prompts: Cow::Owned(vec![(Cow::Owned(prompt), false)]),
             }),
             TotpOutcome::Accepted(principal) => {
                 let Some(login) = Login::parse(user) else {

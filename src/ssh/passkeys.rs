@@ -139,14 +139,12 @@ async fn add(
     )
     .await;
     let until = tokio::time::Instant::now() + REGISTER_WAIT;
-    let outcome = tokio::select! {
-        o = vendor_passkeys::wait(app, &link, until) => o,
-        () = stopped(ctx, channel) => {
-            vendor_passkeys::close(app, &link).await;
-            return Ok(130);
-        }
+    // Stopping drops the wait, and with it the link, which voids it.
+    let ended = tokio::select! {
+        ended = vendor_passkeys::wait(app, link, until) => ended,
+        () = stopped(ctx, channel) => return Ok(130),
     };
-    Ok(match outcome {
+    Ok(match ended.and_then(|l| l.outcome) {
         Some(LinkOutcome::Passed) => {
             say(
                 channel,

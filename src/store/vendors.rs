@@ -278,6 +278,20 @@ impl Tx {
         Ok(())
     }
 
+    /// Vendor `vendor_id`'s passkeys as this transaction sees them (after [`Tx::hold_vendor`]: as no
+    /// one else will change them before it ends).
+    pub async fn vendor_passkeys(&mut self, vendor_id: i64) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT passkeys FROM vendors WHERE id = $1")
+            .bind(vendor_id)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .context("reading a vendor's passkeys")?;
+        match row {
+            Some(r) => get(&r, "passkeys"),
+            None => Ok(None),
+        }
+    }
+
     /// Replaces vendor `vendor_id`'s passkeys (`None`: none).
     pub async fn set_vendor_passkeys(
         &mut self,

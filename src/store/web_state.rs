@@ -1,4 +1,5 @@
-//! Web sign-in state that every node must see: staff web sessions and passkey ceremonies (migration 0006).
+//! Web sign-in state that every node must see: staff web sessions, passkey ceremonies (migration 0006)
+//! and vendors' passkey links.
 //!
 //! Rows are keyed by a kind and the SHA-256 of the token the browser holds, carry JSON the web crate
 //! writes, and lapse at `expires_at`. Like node heartbeats this is bookkeeping, not a decision, so it does
@@ -92,6 +93,60 @@ impl Store {
         .await
         .context("replacing web state")?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// [`Store::web_state_replace`] only while the row still holds `expected` (compare and swap): of
+    /// two writers that read the same row, one wins and the other learns it lost.
+    pub async fn web_state_replace_if(
+        &self,
+        kind: &str,
+        token_sha256: &str,
+        expected: &str,
+        data: &str,
+        now: UnixTime,
+    ) -> Result<bool> {
+        too_big(data)?;
+        let done = sqlx::query(
+            "UPDATE web_state SET data = $3 \
+             WHERE kind = $1 AND token_sha256 = $2 AND data = $4 AND expires_at > $5",
+        )
+        .bind(kind)
+        .bind(token_sha256)
+        .bind(data)
+        .bind(expected)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .context("replacing web state")?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Deletes `subject`'s rows of `kind` but the `keep` that lapse last: one subject cannot fill the
+    /// kind's shared cap and push everyone else's rows out.
+    pub async fn web_state_trim_subject(&self, kind: &str, subject: &str, keep: u32) -> Result<()> {
+        let held: i64 =
+            sqlx::query("SELECT COUNT(*) AS n FROM web_state WHERE kind = $1 AND subject = $2")
+                .bind(kind)
+                .bind(subject)
+                .fetch_one(&self.pool)
+                .await
+                .context("counting web state")
+                .and_then(|row| get(&row, "n"))?;
+        let excess = held - i64::from(keep);
+        if excess > 0 {
+            sqlx::query(
+                "DELETE FROM web_state WHERE kind = $1 AND subject = $2 AND token_sha256 IN \
+                 (SELECT token_sha256 FROM web_state WHERE kind = $1 AND subject = $2 \
+                 ORDER BY expires_at LIMIT $3)",
+            )
+            .bind(kind)
+            .bind(subject)
+            .bind(excess)
+            .execute(&self.pool)
+            .await
+            .context("trimming web state")?;
+        }
+        Ok(())
     }
 
     /// The data under (`kind`, `token_sha256`) unless it has lapsed by `now`. With `extend`

@@ -735,3 +735,68 @@ fn issue_15_an_approver_decides_in_context_and_is_asked_before_revoking_or_termi
         );
     }
 }
+
+/// A vendor adds a passkey from ssh and signs in with it, each time through the link their real `ssh`
+/// prints, opened in Chromium with a virtual authenticator (`tests/e2e/vendor-passkey.mjs`): the page's
+/// own script runs both ceremonies, and ssh carries on when they end.
+#[test]
+fn a_vendor_adds_a_passkey_and_signs_in_with_it_in_the_browser_while_ssh_waits() {
+    use std::io::{BufRead as _, Write as _};
+
+    use crate::passkeys::Waiting;
+
+    if browser_parts().is_none() {
+        return;
+    }
+    let data = DataDir::init();
+    data.fix_web_port();
+    let b = Bastion::start(data);
+    let alice = b.vendor("alice", "Acme Imaging");
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e-screenshots");
+    let mut node = Command::new("timeout")
+        .args(["180", "node"])
+        .arg(e2e_dir().join("vendor-passkey.mjs"))
+        .env("CERT", b.data.path().join("web_cert.pem"))
+        .env("SHOTS", &shots)
+        .env("CHROMIUM", CHROMIUM)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut links = node.stdin.take().unwrap();
+    let mut verdicts = std::io::BufReader::new(node.stdout.take().unwrap()).lines();
+    let mut open_in_browser = move |url: &str| -> serde_json::Value {
+        writeln!(links, "{url}").unwrap();
+        let line = verdicts
+            .next()
+            .unwrap_or_else(|| panic!("the browser ended before answering {url}"))
+            .unwrap();
+        serde_json::from_str(&line).unwrap()
+    };
+
+    let mut ssh = b.ssh(&alice, "alice");
+    ssh.arg("passkey add");
+    let mut adding = Waiting::spawn(ssh);
+    let verdict = open_in_browser(&adding.link());
+    assert_eq!(verdict["ok"], true, "{verdict}");
+    let (_, err, code) = adding.finish();
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("passkey added"), "{err}");
+
+    let mut login = Waiting::login(&b, &alice, "whoami");
+    let verdict = open_in_browser(&login.link());
+    assert_eq!(verdict["ok"], true, "{verdict}");
+    let (out, err, code) = login.finish();
+    assert_eq!(code, 0, "{out}\n{err}\n{}", b.log());
+    assert!(out.contains("signed in as alice"), "{out}\n{err}");
+
+    drop(open_in_browser);
+    let out = node.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "browser run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(shots.join("vendor-link-2-done.png").is_file());
+}

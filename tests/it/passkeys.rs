@@ -457,11 +457,21 @@ fn a_passkey_sign_in_is_locked_per_address_like_the_others() {
 
 // ---- vendors: the passkey link ssh prints while it waits ---------------------------------------
 
-/// An ssh client still running, whose stderr is read as it comes (the link it prints while it waits).
+/// An ssh client still running, whose stderr is read as it comes: the link it prints while it waits
+/// (`passkey add` prints it on stderr; a login shows it in a prompt, which the test's askpass records in
+/// `prompts`).
 pub struct Waiting {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
     seen: Vec<String>,
+    prompts: Option<PathBuf>,
+}
+
+/// The first passkey link in `text`.
+fn link_in(text: &str) -> Option<String> {
+    text.split_whitespace()
+        .find(|w| w.starts_with("https://") && w.contains("/v/"))
+        .map(str::to_owned)
 }
 
 impl Waiting {
@@ -486,28 +496,56 @@ impl Waiting {
             child,
             lines,
             seen: Vec::new(),
+            prompts: None,
         }
     }
 
-    /// The passkey link ssh printed (waits up to 30 s for it).
+    /// A vendor's login with `vendor`'s key that answers every prompt with Enter, recording the
+    /// prompts it was shown.
+    pub fn login(b: &Bastion, vendor: &crate::support::bastion::Vendor, command: &str) -> Waiting {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = b.data.path();
+        let n = chaperone::secrets::random_hex(4);
+        let prompts = dir.join(format!("prompts-{n}.txt"));
+        let askpass = dir.join(format!("askpass-enter-{n}.sh"));
+        std::fs::write(
+            &askpass,
+            format!(
+                "#!/bin/sh\nprintf '%s\\n' \"$1\" >> '{}'\necho\n",
+                prompts.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let mut ssh = b.ssh_answering(vendor, &[], &vendor.name, &askpass);
+        ssh.arg(command);
+        let mut waiting = Waiting::spawn(ssh);
+        waiting.prompts = Some(prompts);
+        waiting
+    }
+
+    /// The passkey link ssh showed (waits up to 30 s for it).
     pub fn link(&mut self) -> String {
         let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let url = line
-                        .split_whitespace()
-                        .find(|w| w.starts_with("https://") && w.contains("/v/"))
-                        .map(str::to_owned);
-                    self.seen.push(line);
-                    if let Some(url) = url {
-                        return url;
-                    }
+        while std::time::Instant::now() < until {
+            while let Ok(line) = self.lines.try_recv() {
+                let url = link_in(&line);
+                self.seen.push(line);
+                if let Some(url) = url {
+                    return url;
                 }
-                Err(_) => break,
             }
+            if let Some(url) = self
+                .prompts
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .and_then(|text| link_in(&text))
+            {
+                return url;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        panic!("ssh printed no passkey link:\n{}", self.seen.join("\n"));
+        panic!("ssh showed no passkey link:\n{}", self.seen.join("\n"));
     }
 
     /// Waits for ssh to end: (stdout, all of stderr, exit code).
@@ -565,12 +603,9 @@ fn vendor_add_passkey(
     )
 }
 
-/// A vendor's login that answers the code prompt with Enter: the link it prints, and the client.
+/// A vendor's login that answers the code prompt with Enter: the client, and the link it showed.
 fn vendor_passkey_login(b: &Bastion, alice: &crate::support::bastion::Vendor) -> (Waiting, String) {
-    let askpass = alice.askpass_printing(b.data.path(), "");
-    let mut ssh = b.ssh_answering(alice, &[], "alice", &askpass);
-    ssh.arg("whoami");
-    let mut waiting = Waiting::spawn(ssh);
+    let mut waiting = Waiting::login(b, alice, "whoami");
     let token = token_of(&waiting.link());
     (waiting, token)
 }
@@ -598,10 +633,14 @@ fn a_vendor_adds_a_passkey_over_ssh_and_signs_in_with_it_through_the_link() {
     let port = data.fix_web_port();
     // A short login grace time: the link not used in time is refused within it.
     let config = std::fs::read_to_string(data.config()).unwrap();
-    assert!(config.contains("login_grace_time = \"60s\""));
+    assert!(
+        config.contains("login_grace_time = \"60s\"") && config.contains("passkey_wait = \"2m\"")
+    );
     std::fs::write(
         data.config(),
-        config.replace("login_grace_time = \"60s\"", "login_grace_time = \"15s\""),
+        config
+            .replace("login_grace_time = \"60s\"", "login_grace_time = \"15s\"")
+            .replace("passkey_wait = \"2m\"", "passkey_wait = \"20s\""),
     )
     .unwrap();
     let b = Bastion::start(data);
@@ -642,6 +681,26 @@ fn a_vendor_adds_a_passkey_over_ssh_and_signs_in_with_it_through_the_link() {
     assert_eq!(again.status, 404, "{}", again.body);
     let again = page.post(&format!("/v/{token}/start"), &serde_json::json!({}));
     assert_eq!(again.status, 404, "{}", again.body);
+
+    // Disabled while the link waits: the right passkey no longer signs her in.
+    let (waiting, token) = vendor_passkey_login(b, &alice);
+    let start = page.post(&format!("/v/{token}/start"), &serde_json::json!({}));
+    assert_eq!(start.status, 200, "{}", start.body);
+    let start = start.json();
+    let options: RequestChallengeResponse =
+        serde_json::from_value(start["options"].clone()).unwrap();
+    let credential = key
+        .do_authentication(Url::parse(&page.base).unwrap(), options)
+        .unwrap();
+    b.data.run(&["vendor", "disable", "alice"]).ok();
+    let late = page.post(
+        &format!("/v/{token}/finish"),
+        &serde_json::json!({"ceremony": start["ceremony"], "credential": credential}),
+    );
+    assert_eq!(late.status, 400, "{}", late.body);
+    let (out, err, code) = waiting.finish();
+    assert_ne!(code, 0, "{out}\n{err}");
+    b.data.run(&["vendor", "enable", "alice"]).ok();
 
     // Another authenticator (mallory's own passkey, registered to mallory) cannot answer alice's
     // link: refused, counted, and ssh is told no.
@@ -692,16 +751,41 @@ fn a_vendor_adds_a_passkey_over_ssh_and_signs_in_with_it_through_the_link() {
     }
     assert!(audit.contains("\"vendor.passkey.add\""), "{audit}");
 
-    // The administrator clears them: the prompt no longer offers a passkey.
+    // Cleared by an administrator between the ceremony's start and its finish (a lost device): the
+    // assertion that webauthn-rs accepts no longer counts.
+    let (waiting, token) = vendor_passkey_login(b, &alice);
+    let start = page.post(&format!("/v/{token}/start"), &serde_json::json!({}));
+    assert_eq!(start.status, 200, "{}", start.body);
+    let start = start.json();
+    let options: RequestChallengeResponse =
+        serde_json::from_value(start["options"].clone()).unwrap();
+    let credential = key
+        .do_authentication(Url::parse(&page.base).unwrap(), options)
+        .unwrap();
     let cleared = b.data.run(&["vendor", "passkey", "clear", "alice"]);
     assert!(cleared.ok().stdout().contains("1 in all"));
-    let askpass = alice.askpass_printing(b.data.path(), "");
-    let out = b
-        .ssh_answering(&alice, &[], "alice", &askpass)
-        .arg("whoami")
-        .output()
-        .unwrap();
-    let (out, err, code) = text(&out);
+    let refused = page.post(
+        &format!("/v/{token}/finish"),
+        &serde_json::json!({"ceremony": start["ceremony"], "credential": credential}),
+    );
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    let (out, err, code) = waiting.finish();
     assert_ne!(code, 0, "{out}\n{err}");
-    assert!(!err.contains("/v/"), "{err}");
+    let audit = b
+        .data
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout();
+    assert!(audit.contains("passkey removed meanwhile"), "{audit}");
+
+    // With none left, the prompt no longer offers a passkey.
+    let login = Waiting::login(b, &alice, "whoami");
+    let prompts = login.prompts.clone().unwrap();
+    let (out, err, code) = login.finish();
+    assert_ne!(code, 0, "{out}\n{err}");
+    let shown = std::fs::read_to_string(prompts).unwrap_or_default();
+    assert!(
+        shown.contains("TOTP code: ") && !shown.contains("/v/"),
+        "{shown}"
+    );
 }

@@ -1031,6 +1031,50 @@ async fn web_sign_in_state_lapses_extends_is_taken_once_and_is_bounded() {
             s.web_state_get("ceremony", "f9", 100, None).await.unwrap(),
             None
         );
+        // A compare and swap: only the writer that read the current data changes it.
+        s.web_state_put("vendor-link", "l1", Some("alice"), "a", 9000, 5000, 10)
+            .await
+            .unwrap();
+        assert!(
+            s.web_state_replace_if("vendor-link", "l1", "a", "b", 5000)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.web_state_replace_if("vendor-link", "l1", "a", "c", 5000)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            s.web_state_get("vendor-link", "l1", 5000, None)
+                .await
+                .unwrap(),
+            Some("b".to_owned())
+        );
+        // One subject keeps its newest rows only; another subject's are untouched.
+        for (key, who, expires) in [
+            ("l2", "alice", 9001),
+            ("l3", "alice", 9002),
+            ("m1", "mallory", 8000),
+        ] {
+            s.web_state_put("vendor-link", key, Some(who), "x", expires, 5000, 10)
+                .await
+                .unwrap();
+        }
+        s.web_state_trim_subject("vendor-link", "alice", 2)
+            .await
+            .unwrap();
+        let mut left = Vec::new();
+        for key in ["l1", "l2", "l3", "m1"] {
+            if s.web_state_get("vendor-link", key, 5000, None)
+                .await
+                .unwrap()
+                .is_some()
+            {
+                left.push(key);
+            }
+        }
+        assert_eq!(left, vec!["l2", "l3", "m1"]);
     })
     .await;
 }

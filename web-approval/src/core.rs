@@ -740,13 +740,21 @@ pub trait Accounts: Send + Sync + 'static {
         &self,
         vendor: &str,
     ) -> impl Future<Output = CoreResult<Option<String>>> + Send;
-    /// Replaces vendor `vendor`'s passkeys (one was registered through their link, or a sign-in moved
-    /// a signature counter); audited as what `change` says. `NotFound` as above.
-    fn set_vendor_passkeys(
+    /// Adds `passkey_json` (one webauthn-rs `Passkey`) to vendor `vendor`'s passkeys, in one
+    /// transaction with the check that they hold fewer than `max`; audited. `Conflict` when they hold
+    /// `max` already, `NotFound` as above.
+    fn add_vendor_passkey(
         &self,
         vendor: &str,
-        passkeys_json: &str,
-        change: PasskeyChange,
+        passkey_json: &str,
+        max: usize,
+    ) -> impl Future<Output = CoreResult<()>> + Send;
+    /// Replaces vendor `vendor`'s stored passkey that has the same credential id (a sign-in moved its
+    /// signature counter); audited. Nothing when it was removed meanwhile (it never comes back).
+    fn update_vendor_passkey(
+        &self,
+        vendor: &str,
+        passkey_json: &str,
     ) -> impl Future<Output = CoreResult<()>> + Send;
 }
 
@@ -772,6 +780,15 @@ pub trait SignInState: Send + Sync + 'static {
         &self,
         kind: StateKind,
         key: &str,
+        data: &str,
+    ) -> impl Future<Output = CoreResult<bool>> + Send;
+    /// [`SignInState::replace_state`] only while the data is still `expected` (compare and swap):
+    /// of two writers that read the same state, one wins and the other learns it lost.
+    fn swap_state(
+        &self,
+        kind: StateKind,
+        key: &str,
+        expected: &str,
         data: &str,
     ) -> impl Future<Output = CoreResult<bool>> + Send;
     /// The state under `key` unless it has lapsed; `extend_to` moves its expiry there (a sliding

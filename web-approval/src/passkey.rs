@@ -228,6 +228,14 @@ pub(crate) fn parse_passkeys(json: Option<&str>) -> Result<Vec<Passkey>, CoreErr
     }
 }
 
+/// The credential id (base64url) of one stored passkey record (a webauthn-rs `Passkey` as JSON): how
+/// records are told apart; `None` when it is not one.
+pub fn passkey_id(record: &serde_json::Value) -> Option<String> {
+    use base64::Engine as _;
+    let passkey: Passkey = serde_json::from_value(record.clone()).ok()?;
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(passkey.cred_id()))
+}
+
 pub(crate) fn to_json(passkeys: &[Passkey]) -> Result<String, CoreError> {
     serde_json::to_string(passkeys).map_err(|_| CoreError::Internal)
 }

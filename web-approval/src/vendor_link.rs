@@ -25,11 +25,11 @@ use serde_json::json;
 use webauthn_rs::prelude::{PublicKeyCredential, RegisterPublicKeyCredential};
 
 use crate::auth;
-use crate::core::{PasskeyChange, Source, StateKind};
+use crate::core::{Source, StateKind};
 use crate::html::{esc, page, span};
 use crate::passkey::{
-    Ceremony, MAX_PASSKEYS, error, finish_registration, keep, parse_passkeys, take, to_json,
-    unavailable, vendor_handle,
+    Ceremony, MAX_PASSKEYS, error, finish_registration, keep, parse_passkeys, take, unavailable,
+    vendor_handle,
 };
 use crate::signin::SignInError;
 use crate::{Core, CoreError, Peer, WebState};
@@ -86,7 +86,36 @@ pub enum LinkOutcome {
     /// The vendor's passkey answered (a sign-in), or a new passkey is stored (a registration).
     Passed,
     /// The browser's answer was refused; `why` is for the audit log.
-    Refused { why: String },
+    Refused { why: Refusal },
+}
+
+/// Why a link's ceremony was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// webauthn-rs refused the assertion (another authenticator, a tampered answer).
+    Passkey,
+    /// The passkey that answered was removed meanwhile (after the ceremony started).
+    Removed,
+    /// The vendor was disabled meanwhile.
+    Disabled,
+    /// The registration did not verify.
+    NotRegistered,
+    /// The vendor holds the most passkeys already.
+    Full,
+}
+
+impl Refusal {
+    /// For the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Passkey => "passkey refused",
+            Refusal::Removed => "passkey removed meanwhile",
+            Refusal::Disabled => "vendor disabled meanwhile",
+            Refusal::NotRegistered => "passkey not registered",
+            Refusal::Full => "too many passkeys",
+        }
+    }
 }
 
 impl VendorLink {
@@ -100,8 +129,9 @@ impl VendorLink {
     }
 }
 
-/// The link under `token` if it is still open (not lapsed, no outcome yet).
-async fn open_link<C: Core>(core: &C, token: &str) -> Result<VendorLink, Response> {
+/// The link under `token` if it is still open (not lapsed, no outcome yet), with its stored text (what
+/// a change must find still there, see [`swap_link`]).
+async fn open_link<C: Core>(core: &C, token: &str) -> Result<(VendorLink, String), Response> {
     let gone = || {
         error(
             StatusCode::NOT_FOUND,
@@ -117,7 +147,7 @@ async fn open_link<C: Core>(core: &C, token: &str) -> Result<VendorLink, Respons
         Err(_) => return Err(error(StatusCode::SERVICE_UNAVAILABLE, "internal error")),
     };
     match serde_json::from_str::<VendorLink>(&data) {
-        Ok(link) if link.outcome.is_none() => Ok(link),
+        Ok(link) if link.outcome.is_none() => Ok((link, data)),
         Ok(_) => Err(gone()),
         Err(e) => {
             tracing::warn!(error = %e, "a stored vendor link does not parse");
@@ -126,17 +156,24 @@ async fn open_link<C: Core>(core: &C, token: &str) -> Result<VendorLink, Respons
     }
 }
 
-async fn store_link<C: Core>(core: &C, token: &str, link: &VendorLink) -> Result<(), Response> {
+/// Stores `link` in place of `read`, only if nobody changed it since: a start racing a finish cannot
+/// reopen an ended link, and a link gets one outcome.
+async fn swap_link<C: Core>(
+    core: &C,
+    token: &str,
+    read: &str,
+    link: &VendorLink,
+) -> Result<(), Response> {
     let data = serde_json::to_string(link)
         .map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))?;
     match core
-        .replace_state(StateKind::VendorLink, &auth::key(token), &data)
+        .swap_state(StateKind::VendorLink, &auth::key(token), read, &data)
         .await
     {
         Ok(true) => Ok(()),
         Ok(false) => Err(error(
-            StatusCode::GONE,
-            "ssh stopped waiting for this link: start again from ssh.",
+            StatusCode::CONFLICT,
+            "This link changed meanwhile (used in another window, or ssh stopped waiting): start again from ssh.",
         )),
         Err(_) => Err(error(StatusCode::SERVICE_UNAVAILABLE, "internal error")),
     }
@@ -171,7 +208,7 @@ pub(crate) async fn link_page<C: Core>(State(st): St<C>, Path(token): Path<Strin
             )
                 .into_response();
         }
-        Ok(link) => match &link.purpose {
+        Ok((link, _)) => match &link.purpose {
             LinkPurpose::SignIn { peer, key, since } => format!(
                 "<h1>Confirm your login</h1>\
                  <p>A login as vendor <strong>{vendor}</strong> is waiting for your passkey: from \
@@ -236,7 +273,7 @@ pub(crate) async fn start<C: Core>(
             SignInError::RateLimited.message(),
         );
     }
-    let mut link = match open_link(&*st.core, &token).await {
+    let (mut link, read) = match open_link(&*st.core, &token).await {
         Ok(l) => l,
         Err(r) => return r,
     };
@@ -305,7 +342,7 @@ pub(crate) async fn start<C: Core>(
         Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "internal error"),
     };
     link.ceremony = Some(auth::key(&id));
-    if let Err(r) = store_link(&*st.core, &token, &link).await {
+    if let Err(r) = swap_link(&*st.core, &token, &read, &link).await {
         return r;
     }
     Json(json!({"ceremony": id, "options": options, "mode": mode})).into_response()
@@ -336,7 +373,7 @@ pub(crate) async fn finish<C: Core>(
     let Some(ceremony) = take(&*st.core, &body.ceremony).await else {
         return expired();
     };
-    let mut link = match open_link(&*st.core, &token).await {
+    let (mut link, read) = match open_link(&*st.core, &token).await {
         Ok(l) => l,
         Err(r) => return r,
     };
@@ -357,14 +394,24 @@ pub(crate) async fn finish<C: Core>(
                         .map_err(|e| e.to_string())
                 });
             match verdict {
-                Ok(result) => {
-                    keep_counters(&*st.core, &link.vendor, &result).await;
-                    LinkOutcome::Passed
-                }
+                // The vendor again, as they are now: disabled meanwhile, or this passkey removed
+                // meanwhile (`vendor passkey clear` after a lost device), and it no longer counts.
+                Ok(result) => match passkeys_of(&*st.core, &link.vendor).await {
+                    Ok(now) if now.iter().any(|p| p.cred_id() == result.cred_id()) => {
+                        keep_counters(&*st.core, &link.vendor, &now, &result).await;
+                        LinkOutcome::Passed
+                    }
+                    Ok(_) => LinkOutcome::Refused {
+                        why: Refusal::Removed,
+                    },
+                    Err(_) => LinkOutcome::Refused {
+                        why: Refusal::Disabled,
+                    },
+                },
                 Err(e) => {
                     tracing::warn!(vendor = %link.vendor, error = %e, "vendor passkey refused");
                     LinkOutcome::Refused {
-                        why: "passkey refused".into(),
+                        why: Refusal::Passkey,
                     }
                 }
             }
@@ -380,32 +427,24 @@ pub(crate) async fn finish<C: Core>(
                 };
             match finish_registration(pk, &credential, &state) {
                 Ok(passkey) => {
-                    let mut all = match passkeys_of(&*st.core, &link.vendor).await {
-                        Ok(p) => p,
-                        Err(r) => return r,
+                    let Ok(json) = serde_json::to_string(&passkey) else {
+                        return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
                     };
-                    if all.len() >= MAX_PASSKEYS {
-                        return error(
-                            StatusCode::CONFLICT,
-                            &format!("This vendor already has {MAX_PASSKEYS} passkeys."),
-                        );
+                    match st
+                        .core
+                        .add_vendor_passkey(&link.vendor, &json, MAX_PASSKEYS)
+                        .await
+                    {
+                        Ok(()) => LinkOutcome::Passed,
+                        Err(CoreError::Conflict(_)) => LinkOutcome::Refused { why: Refusal::Full },
+                        Err(CoreError::NotFound) => LinkOutcome::Refused {
+                            why: Refusal::Disabled,
+                        },
+                        Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "internal error"),
                     }
-                    all.push(passkey);
-                    let stored = match to_json(&all) {
-                        Ok(json) => {
-                            st.core
-                                .set_vendor_passkeys(&link.vendor, &json, PasskeyChange::Added)
-                                .await
-                        }
-                        Err(e) => Err(e),
-                    };
-                    if stored.is_err() {
-                        return error(StatusCode::SERVICE_UNAVAILABLE, "internal error");
-                    }
-                    LinkOutcome::Passed
                 }
                 Err(_) => LinkOutcome::Refused {
-                    why: "passkey not registered".into(),
+                    why: Refusal::NotRegistered,
                 },
             }
         }
@@ -413,7 +452,7 @@ pub(crate) async fn finish<C: Core>(
     };
     let passed = outcome == LinkOutcome::Passed;
     link.outcome = Some(outcome);
-    if let Err(r) = store_link(&*st.core, &token, &link).await {
+    if let Err(r) = swap_link(&*st.core, &token, &read, &link).await {
         return r;
     }
     if passed {
@@ -431,18 +470,16 @@ pub(crate) async fn finish<C: Core>(
 async fn keep_counters<C: Core>(
     core: &C,
     vendor: &str,
+    passkeys: &[webauthn_rs::prelude::Passkey],
     result: &webauthn_rs::prelude::AuthenticationResult,
 ) {
-    let Ok(mut passkeys) = passkeys_of(core, vendor).await else {
-        return;
-    };
-    let changed = passkeys
-        .iter_mut()
-        .any(|p| p.update_credential(result) == Some(true));
-    if changed && let Ok(json) = to_json(&passkeys) {
-        let _ = core
-            .set_vendor_passkeys(vendor, &json, PasskeyChange::Updated)
-            .await;
+    for passkey in passkeys {
+        let mut passkey = passkey.clone();
+        if passkey.update_credential(result) == Some(true)
+            && let Ok(json) = serde_json::to_string(&passkey)
+        {
+            let _ = core.update_vendor_passkey(vendor, &json).await;
+        }
     }
 }
 

@@ -1,0 +1,67 @@
+// Opens each passkey link a vendor's ssh printed, in Debian's Chromium with one CDP virtual
+// authenticator kept for the whole run (so the passkey registered through the first link answers the
+// later ones), clicks the page's button and waits for its verdict. Run by tests/it/browser.rs, which
+// feeds the links one per line on stdin as its real `ssh` clients print them.
+//
+// Env: CERT (the page's PEM certificate, trusted by its SPKI hash), SHOTS (screenshot dir), CHROMIUM.
+// Prints one JSON line per link: {"link": N, "status": "<the page's status text>", "ok": true|false}.
+import { createHash, X509Certificate } from "node:crypto";
+import { readFileSync, mkdirSync } from "node:fs";
+import { createInterface } from "node:readline";
+import { chromium } from "playwright-core";
+
+const env = (k) => {
+  const v = process.env[k];
+  if (!v) throw new Error(`missing env ${k}`);
+  return v;
+};
+const shots = env("SHOTS");
+mkdirSync(shots, { recursive: true });
+const spki = createHash("sha256")
+  .update(new X509Certificate(readFileSync(env("CERT"))).publicKey.export({ type: "spki", format: "der" }))
+  .digest("base64");
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    `--ignore-certificate-errors-spki-list=${spki}`,
+  ],
+});
+try {
+  const context = await browser.newContext({ viewport: { width: 390, height: 844 } });
+  const page = await context.newPage();
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("WebAuthn.enable");
+  await cdp.send("WebAuthn.addVirtualAuthenticator", {
+    options: {
+      protocol: "ctap2", transport: "internal", hasResidentKey: true,
+      hasUserVerification: true, isUserVerified: true, automaticPresenceSimulation: true,
+    },
+  });
+  let n = 0;
+  for await (const line of createInterface({ input: process.stdin })) {
+    const url = line.trim();
+    if (!url) continue;
+    n += 1;
+    await page.goto(url);
+    await page.screenshot({ path: `${shots}/vendor-link-${n}.png`, fullPage: true });
+    await page.click("button[data-passkey=vendor]");
+    const status = page.locator("#passkey-status");
+    // The page's verdict: "Done…" or an error class on the status line.
+    await page.waitForFunction(() => {
+      const s = document.getElementById("passkey-status");
+      return s && (/Done/.test(s.textContent) || s.classList.contains("error"));
+    }, null, { timeout: 20000 });
+    const text = (await status.textContent()) || "";
+    await page.screenshot({ path: `${shots}/vendor-link-${n}-done.png`, fullPage: true });
+    console.log(JSON.stringify({ link: n, status: text, ok: /Done/.test(text) }));
+  }
+} catch (e) {
+  console.error(String(e && e.stack || e));
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}
