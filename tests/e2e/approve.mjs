@@ -6,9 +6,8 @@
 // Env: BASE_URL (https://localhost:PORT), ENROLL_URL, CERT (the page's PEM certificate, trusted by its
 // SPKI hash), SHOTS (screenshot dir), NAME, PASSWORD, CHROMIUM (default /usr/bin/chromium).
 // Prints one JSON line: {"approved": ID, "pages": [...]} or exits 1 with the reason.
-import { createHash, X509Certificate } from "node:crypto";
-import { readFileSync, mkdirSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
+import { launchTrusting } from "./launch.mjs";
 
 const env = (k) => {
   const v = process.env[k];
@@ -21,21 +20,8 @@ const name = env("NAME");
 const password = env("PASSWORD");
 mkdirSync(shots, { recursive: true });
 
-// Trust exactly the page's certificate (no --ignore-certificate-errors: WebAuthn refuses pages with
-// certificate errors, and so should a test of it).
-const spki = createHash("sha256")
-  .update(new X509Certificate(readFileSync(env("CERT"))).publicKey.export({ type: "spki", format: "der" }))
-  .digest("base64");
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    `--ignore-certificate-errors-spki-list=${spki}`,
-  ],
-});
+const browser = await launchTrusting(env("CERT"));
 const pages = [];
 try {
   const context = await browser.newContext({ viewport: { width: 1200, height: 800 } });

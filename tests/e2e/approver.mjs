@@ -10,10 +10,10 @@
 // Env: BASE_URL, CERT, SHOTS, PASSWORD, APPROVER, APPROVER_CODE, AUDITOR, AUDITOR_ENROLL_URL, ASKED,
 // NARROW, DENY (request ids), LIVE (a running exec session to terminate), TUNNEL (a tunnel session's
 // id), CHROMIUM. Prints one JSON line with what it saw, or exits 1 with the reason.
-import { createHash, createHmac, X509Certificate } from "node:crypto";
+import { createHmac } from "node:crypto";
 import { execFileSync } from "node:child_process";
-import { readFileSync, mkdirSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
+import { launchTrusting } from "./launch.mjs";
 
 const env = (k) => {
   const v = process.env[k];
@@ -25,9 +25,6 @@ const shots = env("SHOTS");
 const password = env("PASSWORD");
 const [asked, narrow, deny] = [env("ASKED"), env("NARROW"), env("DENY")];
 mkdirSync(shots, { recursive: true });
-const spki = createHash("sha256")
-  .update(new X509Certificate(readFileSync(env("CERT"))).publicKey.export({ type: "spki", format: "der" }))
-  .digest("base64");
 
 // RFC 6238 (SHA-1, 6 digits, 30 s), as an authenticator app computes it from the scanned URI.
 function base32(s) {
@@ -51,15 +48,7 @@ function totp(secret, step) {
 }
 const stepNow = () => Math.floor(Date.now() / 1000 / 30);
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    `--ignore-certificate-errors-spki-list=${spki}`,
-  ],
-});
+const browser = await launchTrusting(env("CERT"));
 const seen = { shots: [] };
 const problems = [];
 // The one error response the run asks for: the revoke confirmed without a reason (400).

@@ -10,9 +10,8 @@
 // session), COMMAND (a command line typed in it), SESSION (its id), LIVE (a running session's id),
 // APPROVER, APPROVER_CODE (an approver who ends it), TERMINATE_REASON, BUNDLE (where the evidence bundle
 // is saved), CHROMIUM. Prints one JSON line with what it saw, or exits 1 with the reason.
-import { createHash, X509Certificate } from "node:crypto";
-import { readFileSync, mkdirSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
+import { launchTrusting } from "./launch.mjs";
 
 const env = (k) => {
   const v = process.env[k];
@@ -23,18 +22,7 @@ const base = env("BASE_URL");
 const shots = env("SHOTS");
 const word = env("WORD");
 mkdirSync(shots, { recursive: true });
-const spki = createHash("sha256")
-  .update(new X509Certificate(readFileSync(env("CERT"))).publicKey.export({ type: "spki", format: "der" }))
-  .digest("base64");
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    `--ignore-certificate-errors-spki-list=${spki}`,
-  ],
-});
+const browser = await launchTrusting(env("CERT"));
 const seen = {};
 const problems = [];
 try {

@@ -5,9 +5,7 @@
 //
 // Env: BASE_URL, CERT, NAME, PASSWORD, CODE (a fresh TOTP code), SESSION (the session to open), RUNS,
 // CHROMIUM.
-import { createHash, X509Certificate } from "node:crypto";
-import { readFileSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { launchTrusting } from "./launch.mjs";
 
 const env = (k) => {
   const v = process.env[k];
@@ -17,18 +15,7 @@ const env = (k) => {
 const base = env("BASE_URL");
 const session = env("SESSION");
 const runs = parseInt(process.env.RUNS || "3", 10);
-const spki = createHash("sha256")
-  .update(new X509Certificate(readFileSync(env("CERT"))).publicKey.export({ type: "spki", format: "der" }))
-  .digest("base64");
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    `--ignore-certificate-errors-spki-list=${spki}`,
-  ],
-});
+const browser = await launchTrusting(env("CERT"));
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const page = await context.newPage();

@@ -5,10 +5,9 @@
 //
 // Env: CERT (the page's PEM certificate, trusted by its SPKI hash), SHOTS (screenshot dir), CHROMIUM.
 // Prints one JSON line per link: {"link": N, "status": "<the page's status text>", "ok": true|false}.
-import { createHash, X509Certificate } from "node:crypto";
-import { readFileSync, mkdirSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { createInterface } from "node:readline";
-import { chromium } from "playwright-core";
+import { launchTrusting } from "./launch.mjs";
 
 const env = (k) => {
   const v = process.env[k];
@@ -17,19 +16,8 @@ const env = (k) => {
 };
 const shots = env("SHOTS");
 mkdirSync(shots, { recursive: true });
-const spki = createHash("sha256")
-  .update(new X509Certificate(readFileSync(env("CERT"))).publicKey.export({ type: "spki", format: "der" }))
-  .digest("base64");
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    `--ignore-certificate-errors-spki-list=${spki}`,
-  ],
-});
+const browser = await launchTrusting(env("CERT"));
 try {
   const context = await browser.newContext({ viewport: { width: 390, height: 844 } });
   const page = await context.newPage();

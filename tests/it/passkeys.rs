@@ -610,8 +610,12 @@ fn vendor_passkey_login(b: &Bastion, alice: &crate::support::bastion::Vendor) ->
     (waiting, token)
 }
 
-/// Answers a sign-in link with `key`; the finish's answer.
-fn answer_link(page: &Page, token: &str, key: &mut SoftPasskey) -> Answer {
+/// Starts a sign-in link's ceremony and has `key` answer it: the ceremony id and the answer, not sent.
+fn sign_link(
+    page: &Page,
+    token: &str,
+    key: &mut SoftPasskey,
+) -> (serde_json::Value, serde_json::Value) {
     let start = page.post(&format!("/v/{token}/start"), &serde_json::json!({}));
     assert_eq!(start.status, 200, "{}", start.body);
     let start = start.json();
@@ -621,10 +625,28 @@ fn answer_link(page: &Page, token: &str, key: &mut SoftPasskey) -> Answer {
     let credential = key
         .do_authentication(Url::parse(&page.base).unwrap(), options)
         .unwrap();
+    (
+        start["ceremony"].clone(),
+        serde_json::to_value(credential).unwrap(),
+    )
+}
+
+/// Sends a link's ceremony answer; the page's answer.
+fn finish_link(
+    page: &Page,
+    token: &str,
+    (ceremony, credential): (serde_json::Value, serde_json::Value),
+) -> Answer {
     page.post(
         &format!("/v/{token}/finish"),
-        &serde_json::json!({"ceremony": start["ceremony"], "credential": credential}),
+        &serde_json::json!({"ceremony": ceremony, "credential": credential}),
     )
+}
+
+/// Answers a sign-in link with `key`; the finish's answer.
+fn answer_link(page: &Page, token: &str, key: &mut SoftPasskey) -> Answer {
+    let signed = sign_link(page, token, key);
+    finish_link(page, token, signed)
 }
 
 #[test]
@@ -684,19 +706,9 @@ fn a_vendor_adds_a_passkey_over_ssh_and_signs_in_with_it_through_the_link() {
 
     // Disabled while the link waits: the right passkey no longer signs her in.
     let (waiting, token) = vendor_passkey_login(b, &alice);
-    let start = page.post(&format!("/v/{token}/start"), &serde_json::json!({}));
-    assert_eq!(start.status, 200, "{}", start.body);
-    let start = start.json();
-    let options: RequestChallengeResponse =
-        serde_json::from_value(start["options"].clone()).unwrap();
-    let credential = key
-        .do_authentication(Url::parse(&page.base).unwrap(), options)
-        .unwrap();
+    let signed = sign_link(&page, &token, &mut key);
     b.data.run(&["vendor", "disable", "alice"]).ok();
-    let late = page.post(
-        &format!("/v/{token}/finish"),
-        &serde_json::json!({"ceremony": start["ceremony"], "credential": credential}),
-    );
+    let late = finish_link(&page, &token, signed);
     assert_eq!(late.status, 400, "{}", late.body);
     let (out, err, code) = waiting.finish();
     assert_ne!(code, 0, "{out}\n{err}");
@@ -719,9 +731,13 @@ fn a_vendor_adds_a_passkey_over_ssh_and_signs_in_with_it_through_the_link() {
     let foreign = other
         .do_authentication(Url::parse(&page.base).unwrap(), options)
         .unwrap();
-    let refused = page.post(
-        &format!("/v/{token}/finish"),
-        &serde_json::json!({"ceremony": start["ceremony"], "credential": foreign}),
+    let refused = finish_link(
+        &page,
+        &token,
+        (
+            start["ceremony"].clone(),
+            serde_json::to_value(foreign).unwrap(),
+        ),
     );
     assert_eq!(refused.status, 400, "{}", refused.body);
     let (out, err, code) = waiting.finish();
@@ -754,20 +770,10 @@ fn a_vendor_adds_a_passkey_over_ssh_and_signs_in_with_it_through_the_link() {
     // Cleared by an administrator between the ceremony's start and its finish (a lost device): the
     // assertion that webauthn-rs accepts no longer counts.
     let (waiting, token) = vendor_passkey_login(b, &alice);
-    let start = page.post(&format!("/v/{token}/start"), &serde_json::json!({}));
-    assert_eq!(start.status, 200, "{}", start.body);
-    let start = start.json();
-    let options: RequestChallengeResponse =
-        serde_json::from_value(start["options"].clone()).unwrap();
-    let credential = key
-        .do_authentication(Url::parse(&page.base).unwrap(), options)
-        .unwrap();
+    let signed = sign_link(&page, &token, &mut key);
     let cleared = b.data.run(&["vendor", "passkey", "clear", "alice"]);
     assert!(cleared.ok().stdout().contains("1 in all"));
-    let refused = page.post(
-        &format!("/v/{token}/finish"),
-        &serde_json::json!({"ceremony": start["ceremony"], "credential": credential}),
-    );
+    let refused = finish_link(&page, &token, signed);
     assert_eq!(refused.status, 400, "{}", refused.body);
     let (out, err, code) = waiting.finish();
     assert_ne!(code, 0, "{out}\n{err}");

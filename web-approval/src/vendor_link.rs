@@ -212,7 +212,7 @@ pub(crate) async fn link_page<C: Core>(State(st): St<C>, Path(token): Path<Strin
             LinkPurpose::SignIn { peer, key, since } => format!(
                 "<h1>Confirm your login</h1>\
                  <p>A login as vendor <strong>{vendor}</strong> is waiting for your passkey: from \
-                 <strong>{peer}</strong>, with the SSH key <code>{key}</code>, started {ago} ago.</p>\
+                 <strong>{peer}</strong>, with the SSH key <code class=\"wrap\">{key}</code>, started {ago} ago.</p>\
                  <p class=\"note\">If this is not your own ssh login, close this page and tell the \
                  hospital's IT security: someone has your SSH key.</p>\
                  {button}",
