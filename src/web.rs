@@ -1180,23 +1180,6 @@ impl Accounts for WebCore {
         self.app.store.vendor_passkeys(v.id).await.map_err(internal)
     }
 
-    async fn add_vendor_passkey(
-        &self,
-        vendor: &str,
-        passkey_json: &str,
-        max: usize,
-    ) -> Result<(), CoreError> {
-        let v = self.enabled_vendor(vendor).await?;
-        let record = serde_json::from_str(passkey_json).map_err(|_| CoreError::Internal)?;
-        match crate::identity::vendor_passkeys::add(&self.app, &v, record, max).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(CoreError::Conflict(format!(
-                "vendor {vendor} already has {max} passkeys"
-            ))),
-            Err(e) => Err(internal(e)),
-        }
-    }
-
     async fn update_vendor_passkey(
         &self,
         vendor: &str,

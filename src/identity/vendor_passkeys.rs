@@ -99,27 +99,51 @@ fn by_vendor(vendor: &Vendor) -> String {
     format!("vendor:{}", vendor.name)
 }
 
-/// Adds a registered passkey unless `vendor` holds `max` already (then false).
+/// What [`add`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    Added,
+    /// The vendor holds the most passkeys already.
+    Full,
+    /// That passkey (its credential id) is stored already, or the record is not a passkey.
+    Duplicate,
+}
+
+/// Adds a registered passkey (a webauthn-rs `Passkey` record) unless `vendor` holds `max` already or
+/// holds this one.
 pub async fn add(
     app: &App,
     vendor: &Vendor,
     record: Value,
     max: usize,
-) -> Result<bool, StoreError> {
+) -> Result<Added, StoreError> {
+    let Some(id) = passkey_id(&record) else {
+        return Ok(Added::Duplicate);
+    };
+    let mut result = Added::Added;
     change(
         app,
         vendor,
         Action::VendorPasskeyAdd,
         &by_vendor(vendor),
         |all| {
+            if all
+                .iter()
+                .any(|p| passkey_id(p).as_deref() == Some(id.as_str()))
+            {
+                result = Added::Duplicate;
+                return false;
+            }
             if all.len() >= max {
+                result = Added::Full;
                 return false;
             }
             all.push(record);
             true
         },
     )
-    .await
+    .await?;
+    Ok(result)
 }
 
 /// Replaces the stored passkey with `record`'s credential id (its signature counter moved); false
@@ -147,32 +171,58 @@ pub async fn update(app: &App, vendor: &Vendor, record: Value) -> Result<bool, S
     .await
 }
 
-/// Removes `vendor`'s passkey number `n` (1-based, as `passkey list` shows them); false when there is
-/// no such passkey.
-pub async fn remove(app: &App, vendor: &Vendor, n: usize) -> Result<bool, StoreError> {
+/// What [`remove`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    Removed,
+    /// No passkey's id starts with what was given.
+    NoSuch,
+    /// Several do: more characters are needed.
+    Ambiguous,
+}
+
+/// Removes `vendor`'s passkey whose credential id starts with `prefix` (as `passkey list` shows them;
+/// by id, not by position, so a list changed meanwhile never removes another one).
+pub async fn remove(app: &App, vendor: &Vendor, prefix: &str) -> Result<Removed, StoreError> {
+    let mut result = Removed::NoSuch;
     change(
         app,
         vendor,
         Action::VendorPasskeyRemove,
         &by_vendor(vendor),
         |all| {
-            if n == 0 || n > all.len() {
-                return false;
+            let matching: Vec<usize> = (0..all.len())
+                .filter(|&i| {
+                    passkey_id(&all[i])
+                        .is_some_and(|id| !prefix.is_empty() && id.starts_with(prefix))
+                })
+                .collect();
+            match matching.as_slice() {
+                [i] => {
+                    all.remove(*i);
+                    result = Removed::Removed;
+                    true
+                }
+                [] => false,
+                _ => {
+                    result = Removed::Ambiguous;
+                    false
+                }
             }
-            all.remove(n - 1);
-            true
         },
     )
-    .await
+    .await?;
+    Ok(result)
 }
 
-/// Removes all of `vendor`'s passkeys (an administrator, `actor`); how many there were.
+/// Removes all of `vendor`'s passkeys (an administrator, `actor`); how many there were (none: nothing
+/// is written or audited).
 pub async fn clear(app: &App, vendor: &Vendor, actor: &str) -> Result<usize, StoreError> {
     let mut held = 0;
     change(app, vendor, Action::VendorPasskeyRemove, actor, |all| {
         held = all.len();
         all.clear();
-        true
+        held > 0
     })
     .await?;
     Ok(held)
@@ -180,13 +230,21 @@ pub async fn clear(app: &App, vendor: &Vendor, actor: &str) -> Result<usize, Sto
 
 /// An open link: the address to print. Dropped before its outcome was taken (the vendor's connection
 /// went away), it is voided.
-#[derive(Debug)]
 pub struct Link {
     pub url: String,
     /// Who it is for (checked again when its outcome is judged).
     pub vendor: String,
     key: String,
     app: Option<App>,
+}
+
+impl std::fmt::Debug for Link {
+    // The address holds the token (a usable link): never in a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("vendor", &self.vendor)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for Link {
@@ -210,11 +268,9 @@ pub async fn open(
     let data = serde_json::to_string(&VendorLink::new(vendor, purpose))
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let now = app.clock.now();
-    let ttl = i64::try_from(ttl.as_secs()).unwrap_or(300).max(1);
+    // Rounded up: the link lapses no sooner than its waiter gives up.
+    let ttl = i64::try_from(ttl.as_secs()).unwrap_or(300) + 1;
     let kind = StateKind::VendorLink;
-    app.store
-        .web_state_trim_subject(kind.as_str(), vendor, LINKS_PER_VENDOR - 1)
-        .await?;
     app.store
         .web_state_put(
             kind.as_str(),
@@ -225,6 +281,10 @@ pub async fn open(
             now,
             kind.max_held(),
         )
+        .await?;
+    // After the insert: two opens at once still leave only the newest ones, this many at most.
+    app.store
+        .web_state_trim_subject(kind.as_str(), vendor, LINKS_PER_VENDOR)
         .await?;
     Ok(Link {
         url: vendor_link::link_url(&app.config.web.public_url, &token),
@@ -268,10 +328,9 @@ pub async fn wait(app: &App, mut link: Link, until: tokio::time::Instant) -> Opt
     }
     // Taken, not just read: an outcome written just now still counts, and no page sees it again. (If
     // this future is dropped meanwhile, the link's drop voids it.)
+    let taken = void(app, &link.key).await;
     link.app = None;
-    void(app, &link.key)
-        .await
-        .and_then(|data| serde_json::from_str(&data).ok())
+    taken.and_then(|data| serde_json::from_str(&data).ok())
 }
 
 /// Takes the link under `key` out; its data, if it was still there.

@@ -106,7 +106,7 @@ enum Judging {
 }
 
 /// How long before the login grace time ends a passkey wait gives up, to refuse and audit in time.
-const PASSKEY_MARGIN: Duration = Duration::from_secs(5);
+pub const PASSKEY_MARGIN: Duration = Duration::from_secs(5);
 /// A link is not worth opening with less time left than this.
 const MIN_PASSKEY_WAIT: Duration = Duration::from_secs(15);
 
@@ -255,6 +255,9 @@ impl Auth {
                     Some(link) => match link.outcome {
                         Some(LinkOutcome::Passed) => Ok(()),
                         Some(LinkOutcome::Refused { why }) => Err(why.as_str()),
+                        // A registration's outcome on a sign-in link: never written (the
+                        // ceremony's kind is checked), refused all the same.
+                        Some(LinkOutcome::Registered { .. }) => Err("passkey link of another kind"),
                         None => Err("passkey not used in time"),
                     },
                     None => Err("passkey not used in time"),
@@ -267,12 +270,14 @@ impl Auth {
                     && let Some(ticket) = ticket
                     && passkey_offered(app, vendor.id).await
                 {
-                    return match self.open_link(app, peer, ticket).await {
-                        Some(prompt) => TotpOutcome::PasskeyLink { prompt },
-                        None => TotpOutcome::Refused,
-                    };
+                    match self.open_link(app, peer, ticket).await {
+                        Ok(prompt) => return TotpOutcome::PasskeyLink { prompt },
+                        // Judged, counted and audited like the wrong code an empty answer was.
+                        Err(why) => Judging::Passkey(Err(why)),
+                    }
+                } else {
+                    Judging::Code
                 }
-                Judging::Code
             }
         };
         // Read now, after any wait: a disable since the key step counts (a lock is the judge's to
@@ -281,7 +286,19 @@ impl Auth {
         match app.store.require_vendor(&vendor.name).await {
             Ok(current) if current.enabled => {}
             Ok(_) => {
-                refuse_disabled(app, peer, &vendor, now).await;
+                refuse(app, peer, &vendor, now, "disabled").await;
+                return TotpOutcome::Refused;
+            }
+            Err(e) => {
+                tracing::error!(vendor = %vendor.name, error = %e, "TOTP check failed; refusing");
+                return TotpOutcome::Refused;
+            }
+        }
+        // And the key: removed meanwhile (a passkey wait lasts minutes), it signs nobody in.
+        match app.store.vendor_by_key(&key_fp).await {
+            Ok(Some(owner)) if owner.id == vendor.id => {}
+            Ok(_) => {
+                refuse(app, peer, &vendor, now, "key removed").await;
                 return TotpOutcome::Refused;
             }
             Err(e) => {
@@ -356,16 +373,22 @@ impl Auth {
     }
 
     /// Opens the passkey link for this key step, extending the login grace time once for it; the
-    /// prompt that shows it. `None` (refused) with too little time left or no link.
-    async fn open_link(&mut self, app: &App, peer: SocketAddr, ticket: &Ticket) -> Option<String> {
-        let step = self.key_ok.as_mut()?;
+    /// prompt that shows it, or why there is none (too little time left, no link).
+    async fn open_link(
+        &mut self,
+        app: &App,
+        peer: SocketAddr,
+        ticket: &Ticket,
+    ) -> Result<String, &'static str> {
+        let Some(step) = self.key_ok.as_mut() else {
+            return Err("no key step");
+        };
         let deadline = ticket.extend_once(app.config.ssh.passkey_wait + PASSKEY_MARGIN);
         let left = deadline
             .saturating_duration_since(tokio::time::Instant::now())
             .saturating_sub(PASSKEY_MARGIN);
         if left < MIN_PASSKEY_WAIT {
-            tracing::info!(vendor = %step.vendor.name, "too little login grace time left for a passkey");
-            return None;
+            return Err("too little login time left for a passkey");
         }
         let purpose = LinkPurpose::SignIn {
             peer: peer.to_string(),
@@ -383,11 +406,11 @@ impl Auth {
                     link.url
                 );
                 step.asked = Asked::Passkey(Box::new(link));
-                Some(prompt)
+                Ok(prompt)
             }
             Err(e) => {
                 tracing::error!(vendor = %step.vendor.name, error = %e, "cannot open a passkey link");
-                None
+                Err("no passkey link (the database did not answer)")
             }
         }
     }
@@ -398,8 +421,9 @@ async fn passkey_offered(app: &App, vendor_id: i64) -> bool {
     vendor_passkeys::offered(app) && vendor_passkeys::count(app, vendor_id).await.unwrap_or(0) > 0
 }
 
-/// A vendor disabled between the key step and the code: refused and audited as before.
-async fn refuse_disabled(app: &App, peer: SocketAddr, vendor: &Vendor, now: i64) {
+/// A vendor disabled (or their key removed) between the key step and the second factor: refused and
+/// audited with `why`.
+async fn refuse(app: &App, peer: SocketAddr, vendor: &Vendor, now: i64, why: &str) {
     let subject = format!("vendor:{}", vendor.name);
     let result = async {
         let mut tx = app.store.begin().await?;
@@ -408,7 +432,7 @@ async fn refuse_disabled(app: &App, peer: SocketAddr, vendor: &Vendor, now: i64)
                 &subject,
                 Action::AuthRefused,
                 &subject,
-                json!({"peer": peer.to_string(), "why": "disabled"}),
+                json!({"peer": peer.to_string(), "why": why}),
             ),
             now,
         )

@@ -126,9 +126,9 @@ pub async fn run(
 /// Server settings for inner sessions: publickey only (the outer login carried the second factor).
 pub fn inner_config(
     host_key: russh::keys::PrivateKey,
-    login_grace_time: Duration,
+    longest_sign_in: Duration,
 ) -> Arc<russh::server::Config> {
-    let mut config = super::russh_config(host_key, login_grace_time);
+    let mut config = super::russh_config(host_key, longest_sign_in);
     config.methods = russh::MethodSet::from(&[russh::MethodKind::PublicKey][..]);
     Arc::new(config)
 }

@@ -116,10 +116,11 @@ impl Shared {
 ///
 /// Keepalives: OpenSSH clients treat any global request during authentication as a protocol error
 /// ("bad message during authentication: type 80"), and russh's timer runs from the first byte. Its
-/// interval is therefore longer than the login grace time: the timer restarts at every packet received,
-/// and a connection that has not signed in by `login_grace_time` is closed, so the first keepalive can
-/// only ever reach a signed-in client.
-pub fn russh_config(host_key: PrivateKey, login_grace_time: Duration) -> russh::server::Config {
+/// interval is therefore longer than the longest a sign-in may take (`longest_sign_in`: the login grace
+/// time, extended once for a passkey in the browser, see [`longest_sign_in`]): the timer restarts at
+/// every packet received, and a connection that has not signed in by then is closed, so the first
+/// keepalive can only ever reach a signed-in client.
+pub fn russh_config(host_key: PrivateKey, longest_sign_in: Duration) -> russh::server::Config {
     russh::server::Config {
         keys: vec![host_key],
         methods: MethodSet::from(&[MethodKind::PublicKey, MethodKind::KeyboardInteractive][..]),
@@ -129,7 +130,7 @@ pub fn russh_config(host_key: PrivateKey, login_grace_time: Duration) -> russh::
         auth_rejection_time_initial: Some(Duration::ZERO),
         max_auth_attempts: 6,
         inactivity_timeout: None,
-        keepalive_interval: Some(keepalive_interval(login_grace_time)),
+        keepalive_interval: Some(keepalive_interval(longest_sign_in)),
         keepalive_max: 3,
         nodelay: true,
         event_buffer_size: 128,
@@ -141,9 +142,16 @@ pub fn russh_config(host_key: PrivateKey, login_grace_time: Duration) -> russh::
     }
 }
 
-/// Longer than the login grace time (see [`russh_config`]), and at least 30 s.
-pub fn keepalive_interval(login_grace_time: Duration) -> Duration {
-    (login_grace_time + Duration::from_secs(5)).max(Duration::from_secs(30))
+/// Longer than the longest sign-in (see [`russh_config`]), and at least 30 s.
+pub fn keepalive_interval(longest_sign_in: Duration) -> Duration {
+    (longest_sign_in + Duration::from_secs(5)).max(Duration::from_secs(30))
+}
+
+/// The longest a connection may take to sign in: the login grace time, or, once a vendor asked for
+/// their passkey, up to `passkey_wait` from then (`Ticket::extend_once`), which starts within the grace
+/// time.
+pub fn longest_sign_in(ssh: &crate::config::SshConfig) -> Duration {
+    ssh.login_grace_time + ssh.passkey_wait + auth::PASSKEY_MARGIN
 }
 
 /// The ciphers offered to a vendor's client. The client's order picks (RFC 4253 7.1), and OpenSSH lists
@@ -238,7 +246,7 @@ impl Listener {
     /// Loads the host key and builds the settings; a failure here is reported before serving starts.
     pub fn new(app: &App, listener: TcpListener) -> Result<Listener, ListenerError> {
         let host_key = load_host_key(app)?;
-        let grace = app.config.ssh.login_grace_time;
+        let grace = longest_sign_in(&app.config.ssh);
         let config = Arc::new(russh_config(host_key.clone(), grace));
         let shared = Arc::new(Shared {
             budgets: Arc::default(),

@@ -15,7 +15,7 @@ use russh::server::Msg;
 use russh::{Channel, ChannelMsg};
 
 use super::context::Context;
-use crate::identity::vendor_passkeys;
+use crate::identity::vendor_passkeys::{self, Added, Removed};
 use crate::model::Vendor;
 
 /// How long `passkey add` waits for the browser.
@@ -28,23 +28,28 @@ pub async fn run(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>, res
     let result = match words.as_slice() {
         [] | ["list"] => list(ctx, vendor, channel).await,
         ["add"] => add(ctx, vendor, channel).await,
-        ["remove", n] => match n.parse::<usize>() {
-            Ok(n) => match vendor_passkeys::remove(app, vendor, n).await {
-                Ok(true) => {
-                    say(channel, &format!("chaperone: passkey {n} removed.\r\n")).await;
-                    Ok(0)
-                }
-                Ok(false) => {
-                    say(
-                        channel,
-                        "chaperone: no such passkey; `passkey list` shows their numbers.\r\n",
-                    )
-                    .await;
-                    Ok(1)
-                }
-                Err(e) => Err(e),
-            },
-            Err(_) => Ok(usage(channel).await),
+        ["remove", id] => match vendor_passkeys::remove(app, vendor, id).await {
+            Ok(Removed::Removed) => {
+                say(channel, &format!("chaperone: passkey {id}… removed.\r\n")).await;
+                Ok(0)
+            }
+            Ok(Removed::NoSuch) => {
+                say(
+                    channel,
+                    "chaperone: no passkey's id starts with that; `passkey list` shows them.\r\n",
+                )
+                .await;
+                Ok(1)
+            }
+            Ok(Removed::Ambiguous) => {
+                say(
+                    channel,
+                    "chaperone: several passkeys' ids start with that; give more of it.\r\n",
+                )
+                .await;
+                Ok(1)
+            }
+            Err(e) => Err(e),
         },
         _ => Ok(usage(channel).await),
     };
@@ -65,7 +70,7 @@ pub async fn run(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>, res
 async fn usage(channel: &mut Channel<Msg>) -> u32 {
     say(
         channel,
-        "chaperone: usage: passkey [list | add | remove N]\r\n",
+        "chaperone: usage: passkey [list | add | remove ID]\r\n",
     )
     .await;
     2
@@ -84,13 +89,13 @@ async fn list(
     } else {
         let _ = writeln!(out, "Your passkeys:\r");
         for (i, id) in ids.iter().enumerate() {
-            let _ = writeln!(out, "  {}  {id}…\r", i + 1);
+            let _ = writeln!(out, "  {}  {id}\r", i + 1);
         }
     }
     if vendor_passkeys::offered(app) {
         let _ = writeln!(
             out,
-            "Add one with `passkey add`; remove one with `passkey remove N`. At the code prompt, \
+            "Add one with `passkey add`; remove one with `passkey remove ID` (its id as listed). At the code prompt, \
              press Enter to sign in with a passkey.\r"
         );
     }
@@ -144,32 +149,36 @@ async fn add(
         ended = vendor_passkeys::wait(app, link, until) => ended,
         () = stopped(ctx, channel) => return Ok(130),
     };
-    Ok(match ended.and_then(|l| l.outcome) {
-        Some(LinkOutcome::Passed) => {
-            say(
-                channel,
-                "chaperone: passkey added. At your next login, press Enter at the code prompt to use it.\r\n",
-            )
-            .await;
-            0
+    // The page verified the new passkey; it is stored here, by the one who took the link, so it is
+    // stored once, and only while the vendor still waited for it.
+    let (text, status) = match ended.and_then(|l| l.outcome) {
+        Some(LinkOutcome::Registered { passkey }) => {
+            match vendor_passkeys::add(app, vendor, passkey, MAX_PASSKEYS).await? {
+                Added::Added => (
+                    "chaperone: passkey added. At your next login, press Enter at the code prompt to use it.\r\n".to_owned(),
+                    0,
+                ),
+                Added::Full => (
+                    format!("chaperone: you already have {MAX_PASSKEYS} passkeys; remove one first.\r\n"),
+                    1,
+                ),
+                Added::Duplicate => (
+                    "chaperone: that passkey is registered already.\r\n".to_owned(),
+                    1,
+                ),
+            }
         }
-        Some(LinkOutcome::Refused { .. }) => {
-            say(
-                channel,
-                "chaperone: the passkey was not registered; run `passkey add` again.\r\n",
-            )
-            .await;
-            1
-        }
-        None => {
-            say(
-                channel,
-                "chaperone: the link was not used in time; run `passkey add` again.\r\n",
-            )
-            .await;
-            1
-        }
-    })
+        Some(LinkOutcome::Passed | LinkOutcome::Refused { .. }) => (
+            "chaperone: the passkey was not registered; run `passkey add` again.\r\n".to_owned(),
+            1,
+        ),
+        None => (
+            "chaperone: the link was not used in time; run `passkey add` again.\r\n".to_owned(),
+            1,
+        ),
+    };
+    say(channel, &text).await;
+    Ok(status)
 }
 
 /// Completes when the vendor stops waiting: Ctrl-C, a signal, the channel closing, or the session

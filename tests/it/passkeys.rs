@@ -503,6 +503,17 @@ impl Waiting {
     /// A vendor's login with `vendor`'s key that answers every prompt with Enter, recording the
     /// prompts it was shown.
     pub fn login(b: &Bastion, vendor: &crate::support::bastion::Vendor, command: &str) -> Waiting {
+        Waiting::login_slowly(b, vendor, command, 0)
+    }
+
+    /// [`Waiting::login`], pressing Enter at the link's prompt only after `secs` seconds (a vendor
+    /// who reads the link, walks to a browser and comes back).
+    pub fn login_slowly(
+        b: &Bastion,
+        vendor: &crate::support::bastion::Vendor,
+        command: &str,
+        secs: u32,
+    ) -> Waiting {
         use std::os::unix::fs::PermissionsExt;
         let dir = b.data.path();
         let n = chaperone::secrets::random_hex(4);
@@ -511,7 +522,8 @@ impl Waiting {
         std::fs::write(
             &askpass,
             format!(
-                "#!/bin/sh\nprintf '%s\\n' \"$1\" >> '{}'\necho\n",
+                "#!/bin/sh\nprintf '%s\\n' \"$1\" >> '{}'\n\
+                 case \"$1\" in *Then*) sleep {secs} ;; esac\necho\n",
                 prompts.display()
             ),
         )
@@ -743,6 +755,31 @@ fn a_vendor_adds_a_passkey_over_ssh_and_signs_in_with_it_through_the_link() {
     let (out, err, code) = waiting.finish();
     assert_ne!(code, 0, "{out}\n{err}");
     assert!(!out.contains("signed in as"), "{out}");
+    // mallory removes hers by its id, as listed (not by its place in a list that may change).
+    let listed = text(&b.ssh(&mallory, "mallory").arg("passkey").output().unwrap());
+    let id = listed
+        .0
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("1  "))
+        .unwrap_or_else(|| panic!("{listed:?}"))
+        .trim()
+        .to_owned();
+    let wrong = text(
+        &b.ssh(&mallory, "mallory")
+            .arg("passkey remove zzzz")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(wrong.2, 1, "{wrong:?}");
+    let removed = text(
+        &b.ssh(&mallory, "mallory")
+            .arg(format!("passkey remove {id}"))
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(removed.2, 0, "{removed:?}");
+    let listed = text(&b.ssh(&mallory, "mallory").arg("passkey").output().unwrap());
+    assert!(listed.0.contains("no passkeys"), "{listed:?}");
 
     // A link nobody uses: refused before the grace time closes the connection, and counted.
     let (waiting, _token) = vendor_passkey_login(b, &alice);
@@ -794,4 +831,40 @@ fn a_vendor_adds_a_passkey_over_ssh_and_signs_in_with_it_through_the_link() {
         shown.contains("TOTP code: ") && !shown.contains("/v/"),
         "{shown}"
     );
+}
+
+/// A vendor who takes longer than the login grace time (and the keepalive interval it used to set) to
+/// come back from the browser: the extended grace time holds, and no keepalive breaks the sign-in.
+#[test]
+fn a_slow_passkey_login_is_not_cut_by_the_grace_time_or_a_keepalive() {
+    let data = DataDir::init();
+    let port = data.fix_web_port();
+    let config = std::fs::read_to_string(data.config()).unwrap();
+    std::fs::write(
+        data.config(),
+        config
+            .replace("login_grace_time = \"60s\"", "login_grace_time = \"15s\"")
+            .replace("passkey_wait = \"2m\"", "passkey_wait = \"60s\""),
+    )
+    .unwrap();
+    let b = Bastion::start(data);
+    let alice = b.vendor("alice", "Acme Imaging");
+    let page = Page {
+        base: format!("https://localhost:{port}"),
+        jar: b.data.path().join("slow-jar"),
+        _b: b,
+    };
+    let b = &page._b;
+    let mut key = SoftPasskey::new(true);
+    let (err, code, _) = vendor_add_passkey(b, &page, &alice, &mut key);
+    assert_eq!(code, 0, "{err}");
+    // Enter 35 s after the link shows: past the 15 s grace time and past 30 s, the keepalive interval
+    // a 15 s grace time used to give.
+    let mut login = Waiting::login_slowly(b, &alice, "whoami", 35);
+    let token = token_of(&login.link());
+    let done = answer_link(&page, &token, &mut key);
+    assert_eq!(done.status, 200, "{}", done.body);
+    let (out, err, code) = login.finish();
+    assert_eq!(code, 0, "{out}\n{err}\n{}", b.log());
+    assert!(out.contains("signed in as alice"), "{out}\n{err}");
 }

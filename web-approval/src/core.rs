@@ -740,15 +740,6 @@ pub trait Accounts: Send + Sync + 'static {
         &self,
         vendor: &str,
     ) -> impl Future<Output = CoreResult<Option<String>>> + Send;
-    /// Adds `passkey_json` (one webauthn-rs `Passkey`) to vendor `vendor`'s passkeys, in one
-    /// transaction with the check that they hold fewer than `max`; audited. `Conflict` when they hold
-    /// `max` already, `NotFound` as above.
-    fn add_vendor_passkey(
-        &self,
-        vendor: &str,
-        passkey_json: &str,
-        max: usize,
-    ) -> impl Future<Output = CoreResult<()>> + Send;
     /// Replaces vendor `vendor`'s stored passkey that has the same credential id (a sign-in moved its
     /// signature counter); audited. Nothing when it was removed meanwhile (it never comes back).
     fn update_vendor_passkey(

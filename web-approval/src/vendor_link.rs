@@ -83,8 +83,12 @@ pub enum LinkPurpose {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum LinkOutcome {
-    /// The vendor's passkey answered (a sign-in), or a new passkey is stored (a registration).
+    /// The vendor's passkey answered (a sign-in).
     Passed,
+    /// A new passkey verified (a registration): the record (a webauthn-rs `Passkey`) for the SSH side
+    /// to store when it takes the link. Stored by whoever takes the link, it is stored once, and only
+    /// while the vendor still waits for it.
+    Registered { passkey: serde_json::Value },
     /// The browser's answer was refused; `why` is for the audit log.
     Refused { why: Refusal },
 }
@@ -101,8 +105,6 @@ pub enum Refusal {
     Disabled,
     /// The registration did not verify.
     NotRegistered,
-    /// The vendor holds the most passkeys already.
-    Full,
 }
 
 impl Refusal {
@@ -113,7 +115,6 @@ impl Refusal {
             Refusal::Removed => "passkey removed meanwhile",
             Refusal::Disabled => "vendor disabled meanwhile",
             Refusal::NotRegistered => "passkey not registered",
-            Refusal::Full => "too many passkeys",
         }
     }
 }
@@ -396,17 +397,24 @@ pub(crate) async fn finish<C: Core>(
             match verdict {
                 // The vendor again, as they are now: disabled meanwhile, or this passkey removed
                 // meanwhile (`vendor passkey clear` after a lost device), and it no longer counts.
-                Ok(result) => match passkeys_of(&*st.core, &link.vendor).await {
-                    Ok(now) if now.iter().any(|p| p.cred_id() == result.cred_id()) => {
-                        keep_counters(&*st.core, &link.vendor, &now, &result).await;
-                        LinkOutcome::Passed
-                    }
-                    Ok(_) => LinkOutcome::Refused {
-                        why: Refusal::Removed,
+                Ok(result) => match st.core.vendor_passkeys(&link.vendor).await {
+                    Ok(json) => match parse_passkeys(json.as_deref()) {
+                        Ok(now) if now.iter().any(|p| p.cred_id() == result.cred_id()) => {
+                            keep_counters(&*st.core, &link.vendor, &now, &result).await;
+                            LinkOutcome::Passed
+                        }
+                        Ok(_) => LinkOutcome::Refused {
+                            why: Refusal::Removed,
+                        },
+                        Err(_) => {
+                            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+                        }
                     },
-                    Err(_) => LinkOutcome::Refused {
+                    Err(CoreError::NotFound) => LinkOutcome::Refused {
                         why: Refusal::Disabled,
                     },
+                    // No verdict on a database error: the link stays open, and nothing is counted.
+                    Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "internal error"),
                 },
                 Err(e) => {
                     tracing::warn!(vendor = %link.vendor, error = %e, "vendor passkey refused");
@@ -425,32 +433,19 @@ pub(crate) async fn finish<C: Core>(
                     Ok(c) => c,
                     Err(_) => return error(StatusCode::BAD_REQUEST, "That is not a passkey."),
                 };
-            match finish_registration(pk, &credential, &state) {
-                Ok(passkey) => {
-                    let Ok(json) = serde_json::to_string(&passkey) else {
-                        return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
-                    };
-                    match st
-                        .core
-                        .add_vendor_passkey(&link.vendor, &json, MAX_PASSKEYS)
-                        .await
-                    {
-                        Ok(()) => LinkOutcome::Passed,
-                        Err(CoreError::Conflict(_)) => LinkOutcome::Refused { why: Refusal::Full },
-                        Err(CoreError::NotFound) => LinkOutcome::Refused {
-                            why: Refusal::Disabled,
-                        },
-                        Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "internal error"),
-                    }
-                }
-                Err(_) => LinkOutcome::Refused {
+            match finish_registration(pk, &credential, &state)
+                .ok()
+                .and_then(|p| serde_json::to_value(p).ok())
+            {
+                Some(passkey) => LinkOutcome::Registered { passkey },
+                None => LinkOutcome::Refused {
                     why: Refusal::NotRegistered,
                 },
             }
         }
         _ => return expired(),
     };
-    let passed = outcome == LinkOutcome::Passed;
+    let passed = !matches!(outcome, LinkOutcome::Refused { .. });
     link.outcome = Some(outcome);
     if let Err(r) = swap_link(&*st.core, &token, &read, &link).await {
         return r;
