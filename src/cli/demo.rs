@@ -322,6 +322,10 @@ pub async fn run(config: &std::path::Path, args: DemoArgs) -> anyhow::Result<()>
             ssh.ip()
         );
     }
+    println!(
+        "  ssh {ssh_opts} alice@{} passkey add     # a passkey instead of the code (Enter at the prompt)",
+        ssh.ip()
+    );
     println!("  {me} -c {c} session list            # every session, its recording and digest");
     println!("  {me} -c {c} session play ID         # replay a shell session in this terminal");
     println!("  {me} -c {c} audit verify            # the tamper-evident audit log");
