@@ -23,7 +23,7 @@ use crate::store::StoreError;
 /// How often a waiting ssh connection looks at its link.
 const POLL: Duration = Duration::from_millis(250);
 
-/// Open links one vendor may hold (opening another voids their oldest).
+/// Open links one vendor may hold (opening another voids, of the others, the one closest to lapsing).
 pub const LINKS_PER_VENDOR: u32 = 3;
 
 /// Whether this installation offers vendors passkeys: the web page's address must be able to be a
@@ -107,6 +107,8 @@ pub enum Added {
     Full,
     /// That passkey (its credential id) is stored already, or the record is not a passkey.
     Duplicate,
+    /// The vendor is disabled.
+    Disabled,
 }
 
 /// Adds a registered passkey (a webauthn-rs `Passkey` record) unless `vendor` holds `max` already or
@@ -120,6 +122,10 @@ pub async fn add(
     let Some(id) = passkey_id(&record) else {
         return Ok(Added::Duplicate);
     };
+    // Disabled while the browser registered it: nothing is added.
+    if !app.store.require_vendor(&vendor.name).await?.enabled {
+        return Ok(Added::Disabled);
+    }
     let mut result = Added::Added;
     change(
         app,
@@ -268,8 +274,9 @@ pub async fn open(
     let data = serde_json::to_string(&VendorLink::new(vendor, purpose))
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let now = app.clock.now();
-    // Rounded up: the link lapses no sooner than its waiter gives up.
-    let ttl = i64::try_from(ttl.as_secs()).unwrap_or(300) + 1;
+    // Rounded up, and a second more (the clock reads whole seconds): the link lapses no sooner than
+    // its waiter gives up.
+    let ttl = i64::try_from(ttl.as_secs()).unwrap_or(300) + 2;
     let kind = StateKind::VendorLink;
     app.store
         .web_state_put(
@@ -282,9 +289,9 @@ pub async fn open(
             kind.max_held(),
         )
         .await?;
-    // After the insert: two opens at once still leave only the newest ones, this many at most.
+    // After the insert, never the link just stored: two opens at once still leave this many at most.
     app.store
-        .web_state_trim_subject(kind.as_str(), vendor, LINKS_PER_VENDOR)
+        .web_state_trim_subject(kind.as_str(), vendor, &key, LINKS_PER_VENDOR)
         .await?;
     Ok(Link {
         url: vendor_link::link_url(&app.config.web.public_url, &token),

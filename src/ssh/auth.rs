@@ -34,7 +34,6 @@ use crate::ssh::admission::Ticket;
 use chaperone_web_approval::vendor_link::{LinkOutcome, LinkPurpose};
 
 /// Outcome of the second-factor step.
-#[derive(Debug)]
 pub enum TotpOutcome {
     /// Both factors passed: who signed in, with which key.
     Accepted(Principal),
@@ -44,6 +43,17 @@ pub enum TotpOutcome {
     PasskeyLink {
         prompt: String,
     },
+}
+
+impl std::fmt::Debug for TotpOutcome {
+    // A link's prompt holds its token (a usable link): never in a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TotpOutcome::Accepted(p) => f.debug_tuple("Accepted").field(p).finish(),
+            TotpOutcome::Refused => f.write_str("Refused"),
+            TotpOutcome::PasskeyLink { .. } => f.write_str("PasskeyLink(..)"),
+        }
+    }
 }
 
 /// What the keyboard-interactive prompt asks.
@@ -96,6 +106,14 @@ enum Asked {
     Enrolling(Enrolling),
     /// To use this passkey link: the answer waits for it.
     Passkey(Box<Link>),
+}
+
+/// Why no passkey link was shown.
+enum NoLink {
+    /// Too little login grace time left (the vendor's wait).
+    TooLate,
+    /// The link could not be stored (the bastion's trouble).
+    Store,
 }
 
 /// What an answer is judged as, from what the round asked.
@@ -272,8 +290,15 @@ impl Auth {
                 {
                     match self.open_link(app, peer, ticket).await {
                         Ok(prompt) => return TotpOutcome::PasskeyLink { prompt },
+                        // The bastion's fault, not the vendor's: refused and audited, not counted.
+                        Err(NoLink::Store) => {
+                            refuse(app, peer, &vendor, app.clock.now(), "no passkey link").await;
+                            return TotpOutcome::Refused;
+                        }
                         // Judged, counted and audited like the wrong code an empty answer was.
-                        Err(why) => Judging::Passkey(Err(why)),
+                        Err(NoLink::TooLate) => {
+                            Judging::Passkey(Err("too little login time left for a passkey"))
+                        }
                     }
                 } else {
                     Judging::Code
@@ -379,16 +404,16 @@ impl Auth {
         app: &App,
         peer: SocketAddr,
         ticket: &Ticket,
-    ) -> Result<String, &'static str> {
+    ) -> Result<String, NoLink> {
         let Some(step) = self.key_ok.as_mut() else {
-            return Err("no key step");
+            return Err(NoLink::Store);
         };
         let deadline = ticket.extend_once(app.config.ssh.passkey_wait + PASSKEY_MARGIN);
         let left = deadline
             .saturating_duration_since(tokio::time::Instant::now())
             .saturating_sub(PASSKEY_MARGIN);
         if left < MIN_PASSKEY_WAIT {
-            return Err("too little login time left for a passkey");
+            return Err(NoLink::TooLate);
         }
         let purpose = LinkPurpose::SignIn {
             peer: peer.to_string(),
@@ -410,7 +435,7 @@ impl Auth {
             }
             Err(e) => {
                 tracing::error!(vendor = %step.vendor.name, error = %e, "cannot open a passkey link");
-                Err("no passkey link (the database did not answer)")
+                Err(NoLink::Store)
             }
         }
     }

@@ -147,11 +147,16 @@ pub fn keepalive_interval(longest_sign_in: Duration) -> Duration {
     (longest_sign_in + Duration::from_secs(5)).max(Duration::from_secs(30))
 }
 
-/// The longest a connection may take to sign in: the login grace time, or, once a vendor asked for
-/// their passkey, up to `passkey_wait` from then (`Ticket::extend_once`), which starts within the grace
-/// time.
-pub fn longest_sign_in(ssh: &crate::config::SshConfig) -> Duration {
-    ssh.login_grace_time + ssh.passkey_wait + auth::PASSKEY_MARGIN
+/// The longest a connection may take to sign in: the login grace time, or, where vendors may use
+/// passkeys, up to `passkey_wait` (and a margin) from when one asked for theirs (`Ticket::extend_once`),
+/// which is within the grace time.
+pub fn longest_sign_in(app: &App) -> Duration {
+    let ssh = &app.config.ssh;
+    if crate::identity::vendor_passkeys::offered(app) {
+        ssh.login_grace_time + ssh.passkey_wait + auth::PASSKEY_MARGIN
+    } else {
+        ssh.login_grace_time
+    }
 }
 
 /// The ciphers offered to a vendor's client. The client's order picks (RFC 4253 7.1), and OpenSSH lists
@@ -246,7 +251,7 @@ impl Listener {
     /// Loads the host key and builds the settings; a failure here is reported before serving starts.
     pub fn new(app: &App, listener: TcpListener) -> Result<Listener, ListenerError> {
         let host_key = load_host_key(app)?;
-        let grace = longest_sign_in(&app.config.ssh);
+        let grace = longest_sign_in(app);
         let config = Arc::new(russh_config(host_key.clone(), grace));
         let shared = Arc::new(Shared {
             budgets: Arc::default(),

@@ -1,4 +1,4 @@
-//! `ssh VENDOR@bastion passkey [list | add | remove N]`: a vendor's passkeys, managed from a session that
+//! `ssh VENDOR@bastion passkey [list | add | remove ID]`: a vendor's passkeys, managed from a session that
 //! passed both factors. `add` prints a one-time link and waits until the browser registered the passkey
 //! behind it (`identity::vendor_passkeys`, `chaperone_web_approval::vendor_link`); from then on the
 //! vendor may press Enter at the code prompt and use it instead of a TOTP code.
@@ -131,6 +131,8 @@ async fn add(
         .await;
         return Ok(1);
     }
+    // Taken before the link is stored: the wait never outlives the link.
+    let until = tokio::time::Instant::now() + REGISTER_WAIT;
     let link =
         vendor_passkeys::open(app, &vendor.name, LinkPurpose::Register, REGISTER_WAIT).await?;
     say(
@@ -143,7 +145,6 @@ async fn add(
         ),
     )
     .await;
-    let until = tokio::time::Instant::now() + REGISTER_WAIT;
     // Stopping drops the wait, and with it the link, which voids it.
     let ended = tokio::select! {
         ended = vendor_passkeys::wait(app, link, until) => ended,
@@ -164,6 +165,10 @@ async fn add(
                 ),
                 Added::Duplicate => (
                     "chaperone: that passkey is registered already.\r\n".to_owned(),
+                    1,
+                ),
+                Added::Disabled => (
+                    "chaperone: your account is disabled; the passkey was not added.\r\n".to_owned(),
                     1,
                 ),
             }

@@ -121,9 +121,16 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Deletes `subject`'s rows of `kind` but the `keep` that lapse last: one subject cannot fill the
-    /// kind's shared cap and push everyone else's rows out.
-    pub async fn web_state_trim_subject(&self, kind: &str, subject: &str, keep: u32) -> Result<()> {
+    /// Deletes `subject`'s rows of `kind` but `keep`: the row `newest` (just stored) and those of the
+    /// others that lapse last. One subject cannot fill the kind's shared cap and push everyone else's
+    /// rows out.
+    pub async fn web_state_trim_subject(
+        &self,
+        kind: &str,
+        subject: &str,
+        newest: &str,
+        keep: u32,
+    ) -> Result<()> {
         let held: i64 =
             sqlx::query("SELECT COUNT(*) AS n FROM web_state WHERE kind = $1 AND subject = $2")
                 .bind(kind)
@@ -137,11 +144,12 @@ impl Store {
             sqlx::query(
                 "DELETE FROM web_state WHERE kind = $1 AND subject = $2 AND token_sha256 IN \
                  (SELECT token_sha256 FROM web_state WHERE kind = $1 AND subject = $2 \
-                 ORDER BY expires_at LIMIT $3)",
+                 AND token_sha256 <> $4 ORDER BY expires_at LIMIT $3)",
             )
             .bind(kind)
             .bind(subject)
             .bind(excess)
+            .bind(newest)
             .execute(&self.pool)
             .await
             .context("trimming web state")?;

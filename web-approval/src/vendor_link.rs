@@ -311,7 +311,7 @@ pub(crate) async fn start<C: Core>(
                 return error(
                     StatusCode::CONFLICT,
                     &format!(
-                        "This vendor already has {MAX_PASSKEYS} passkeys: remove one first (ssh … passkey remove N)."
+                        "This vendor already has {MAX_PASSKEYS} passkeys: remove one first (ssh … passkey remove ID)."
                     ),
                 );
             }
@@ -451,7 +451,8 @@ pub(crate) async fn finish<C: Core>(
         return r;
     }
     if passed {
-        Json(json!({"message": "Done: go back to your terminal."})).into_response()
+        Json(json!({"message": "Done: go back to your terminal, which says how it went."}))
+            .into_response()
     } else {
         error(
             StatusCode::BAD_REQUEST,
