@@ -7,7 +7,7 @@
 // SPKI hash), SHOTS (screenshot dir), NAME, PASSWORD, CHROMIUM (default /usr/bin/chromium).
 // Prints one JSON line: {"approved": ID, "pages": [...]} or exits 1 with the reason.
 import { mkdirSync } from "node:fs";
-import { launchTrusting } from "./launch.mjs";
+import { addPasskeyAuthenticator, launchTrusting } from "./launch.mjs";
 
 const env = (k) => {
   const v = process.env[k];
@@ -29,14 +29,7 @@ try {
   // A request reason with markup must render as text: no dialog may ever open.
   const dialogs = [];
   page.on("dialog", (d) => { dialogs.push(d.message()); d.dismiss().catch(() => {}); });
-  const cdp = await context.newCDPSession(page);
-  await cdp.send("WebAuthn.enable");
-  await cdp.send("WebAuthn.addVirtualAuthenticator", {
-    options: {
-      protocol: "ctap2", transport: "internal", hasResidentKey: true,
-      hasUserVerification: true, isUserVerified: true, automaticPresenceSimulation: true,
-    },
-  });
+  await addPasskeyAuthenticator(context, page);
   const shot = async (label) => {
     await page.screenshot({ path: `${shots}/${label}.png`, fullPage: true });
     pages.push(label);

@@ -19,3 +19,17 @@ export function launchTrusting(certPath) {
     ],
   });
 }
+
+// A CDP virtual authenticator on `page` (a platform passkey that verifies its user and answers at
+// once), kept for the page's life: what registers through it signs in through it later.
+export async function addPasskeyAuthenticator(context, page) {
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("WebAuthn.enable");
+  await cdp.send("WebAuthn.addVirtualAuthenticator", {
+    options: {
+      protocol: "ctap2", transport: "internal", hasResidentKey: true,
+      hasUserVerification: true, isUserVerified: true, automaticPresenceSimulation: true,
+    },
+  });
+  return cdp;
+}

@@ -7,7 +7,7 @@
 // Prints one JSON line per link: {"link": N, "status": "<the page's status text>", "ok": true|false}.
 import { mkdirSync } from "node:fs";
 import { createInterface } from "node:readline";
-import { launchTrusting } from "./launch.mjs";
+import { addPasskeyAuthenticator, launchTrusting } from "./launch.mjs";
 
 const env = (k) => {
   const v = process.env[k];
@@ -21,14 +21,7 @@ const browser = await launchTrusting(env("CERT"));
 try {
   const context = await browser.newContext({ viewport: { width: 390, height: 844 } });
   const page = await context.newPage();
-  const cdp = await context.newCDPSession(page);
-  await cdp.send("WebAuthn.enable");
-  await cdp.send("WebAuthn.addVirtualAuthenticator", {
-    options: {
-      protocol: "ctap2", transport: "internal", hasResidentKey: true,
-      hasUserVerification: true, isUserVerified: true, automaticPresenceSimulation: true,
-    },
-  });
+  await addPasskeyAuthenticator(context, page);
   let n = 0;
   for await (const line of createInterface({ input: process.stdin })) {
     const url = line.trim();

@@ -661,11 +661,10 @@ fn answer_link(page: &Page, token: &str, key: &mut SoftPasskey) -> Answer {
     finish_link(page, token, signed)
 }
 
-#[test]
-fn a_vendor_adds_a_passkey_over_ssh_and_signs_in_with_it_through_the_link() {
+/// A bastion on a fixed web port with a 15 s login grace time and `passkey_wait` as given.
+fn vendor_bastion(passkey_wait: &str) -> Page {
     let data = DataDir::init();
     let port = data.fix_web_port();
-    // A short login grace time: the link not used in time is refused within it.
     let config = std::fs::read_to_string(data.config()).unwrap();
     assert!(
         config.contains("login_grace_time = \"60s\"") && config.contains("passkey_wait = \"2m\"")
@@ -674,18 +673,27 @@ fn a_vendor_adds_a_passkey_over_ssh_and_signs_in_with_it_through_the_link() {
         data.config(),
         config
             .replace("login_grace_time = \"60s\"", "login_grace_time = \"15s\"")
-            .replace("passkey_wait = \"2m\"", "passkey_wait = \"20s\""),
+            .replace(
+                "passkey_wait = \"2m\"",
+                &format!("passkey_wait = \"{passkey_wait}\""),
+            ),
     )
     .unwrap();
     let b = Bastion::start(data);
-    let alice = b.vendor("alice", "Acme Imaging");
-    let mallory = b.vendor("mallory", "Other Corp");
-    let page = Page {
+    Page {
         base: format!("https://localhost:{port}"),
         jar: b.data.path().join("vendor-jar"),
         _b: b,
-    };
+    }
+}
+
+#[test]
+fn a_vendor_adds_a_passkey_over_ssh_and_signs_in_with_it_through_the_link() {
+    // A short login grace time: the link not used in time is refused within it.
+    let page = vendor_bastion("20s");
     let b = &page._b;
+    let alice = b.vendor("alice", "Acme Imaging");
+    let mallory = b.vendor("mallory", "Other Corp");
 
     let mut key = SoftPasskey::new(true);
     let (err, code, _) = vendor_add_passkey(b, &page, &alice, &mut key);
@@ -837,24 +845,9 @@ fn a_vendor_adds_a_passkey_over_ssh_and_signs_in_with_it_through_the_link() {
 /// come back from the browser: the extended grace time holds, and no keepalive breaks the sign-in.
 #[test]
 fn a_slow_passkey_login_is_not_cut_by_the_grace_time_or_a_keepalive() {
-    let data = DataDir::init();
-    let port = data.fix_web_port();
-    let config = std::fs::read_to_string(data.config()).unwrap();
-    std::fs::write(
-        data.config(),
-        config
-            .replace("login_grace_time = \"60s\"", "login_grace_time = \"15s\"")
-            .replace("passkey_wait = \"2m\"", "passkey_wait = \"60s\""),
-    )
-    .unwrap();
-    let b = Bastion::start(data);
-    let alice = b.vendor("alice", "Acme Imaging");
-    let page = Page {
-        base: format!("https://localhost:{port}"),
-        jar: b.data.path().join("slow-jar"),
-        _b: b,
-    };
+    let page = vendor_bastion("60s");
     let b = &page._b;
+    let alice = b.vendor("alice", "Acme Imaging");
     let mut key = SoftPasskey::new(true);
     let (err, code, _) = vendor_add_passkey(b, &page, &alice, &mut key);
     assert_eq!(code, 0, "{err}");

@@ -262,6 +262,24 @@ fn core_error(e: &CoreError) -> Response {
     }
 }
 
+/// The relying party for a request that starts a ceremony (each stores one), if passkeys are offered
+/// and the address is within its rate: the one gate of every ceremony start.
+pub(crate) fn starting<C: Core>(
+    st: &WebState<C>,
+    peer: std::net::SocketAddr,
+) -> Result<&Passkeys, Response> {
+    let Some(pk) = &st.passkeys else {
+        return Err(unavailable());
+    };
+    if !st.limiter.allow(Source::of(peer.ip())) {
+        return Err(error(
+            StatusCode::TOO_MANY_REQUESTS,
+            SignInError::RateLimited.message(),
+        ));
+    }
+    Ok(pk)
+}
+
 // ---- enrollment -------------------------------------------------------------------------------
 
 pub(crate) async fn enroll_start<C: Core>(
@@ -269,15 +287,10 @@ pub(crate) async fn enroll_start<C: Core>(
     ConnectInfo(crate::tls::PeerAddr(peer)): Peer,
     Path(token): Path<String>,
 ) -> Response {
-    let Some(pk) = &st.passkeys else {
-        return unavailable();
+    let pk = match starting(&st, peer) {
+        Ok(pk) => pk,
+        Err(r) => return r,
     };
-    if !st.limiter.allow(Source::of(peer.ip())) {
-        return error(
-            StatusCode::TOO_MANY_REQUESTS,
-            SignInError::RateLimited.message(),
-        );
-    }
     let name = match st.core.enrollment_name(&token).await {
         Ok(n) => n,
         Err(e) => return core_error(&e),
@@ -433,12 +446,10 @@ pub(crate) async fn login_start<C: Core>(
     ConnectInfo(crate::tls::PeerAddr(peer)): Peer,
     Json(body): Json<SignInStart>,
 ) -> Response {
-    let Some(pk) = &st.passkeys else {
-        return unavailable();
+    let pk = match starting(&st, peer) {
+        Ok(pk) => pk,
+        Err(r) => return r,
     };
-    if !st.limiter.allow(Source::of(peer.ip())) {
-        return sign_in_error(&SignInError::RateLimited);
-    }
     // No account name is longer (names are 1-64 characters), so refusing longer ones tells nothing; it
     // keeps a caller from storing megabytes in the shared database with each start.
     if body.name.is_empty() || body.name.len() > MAX_NAME {

@@ -25,13 +25,12 @@ use serde_json::json;
 use webauthn_rs::prelude::{PublicKeyCredential, RegisterPublicKeyCredential};
 
 use crate::auth;
-use crate::core::{Source, StateKind};
+use crate::core::StateKind;
 use crate::html::{esc, page, span};
 use crate::passkey::{
-    Ceremony, MAX_PASSKEYS, error, finish_registration, keep, parse_passkeys, take, unavailable,
-    vendor_handle,
+    Ceremony, MAX_PASSKEYS, error, finish_registration, keep, parse_passkeys, starting, take,
+    unavailable, vendor_handle,
 };
-use crate::signin::SignInError;
 use crate::{Core, CoreError, Peer, WebState};
 
 type St<C> = State<Arc<WebState<C>>>;
@@ -265,15 +264,10 @@ pub(crate) async fn start<C: Core>(
     ConnectInfo(crate::tls::PeerAddr(peer)): Peer,
     Path(token): Path<String>,
 ) -> Response {
-    let Some(pk) = &st.passkeys else {
-        return unavailable();
+    let pk = match starting(&st, peer) {
+        Ok(pk) => pk,
+        Err(r) => return r,
     };
-    if !st.limiter.allow(Source::of(peer.ip())) {
-        return error(
-            StatusCode::TOO_MANY_REQUESTS,
-            SignInError::RateLimited.message(),
-        );
-    }
     let (mut link, read) = match open_link(&*st.core, &token).await {
         Ok(l) => l,
         Err(r) => return r,
