@@ -4,12 +4,14 @@
 //!
 //! Checks: the config parses; file modes (the config has no world access, keys and the database are the
 //! owner's only); the web certificate (in its validity period, naming `web.public_url`'s host; passkeys
-//! need that host to be a DNS name); free space where recordings go; the database answers, and how its
+//! need that host to be a DNS name, and a vendor's passkey link under it to fit a terminal line); free space where recordings go; the database answers, and how its
 //! migrations stand against this build's; the database server's clock against ours (PostgreSQL).
 
 use std::path::Path;
 
 use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
+
+use chaperone_web_approval::vendor_link;
 
 use crate::config::Config;
 use crate::store::Store;
@@ -64,6 +66,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     };
     file_modes(&mut r, &config);
     certificate(&mut r, &config, crate::clock::Clock::system().now());
+    passkey_links(&mut r, &config);
     free_space(&mut r, &config.recording.dir);
     database(&mut r, &config).await;
     match r.fails {
@@ -270,6 +273,29 @@ fn certificate(r: &mut Report, config: &Config, now: i64) {
             Level::Warn,
             "web certificate issuer",
             "self-signed (from `init`): browsers warn until it is replaced by one the hospital's CA signed",
+        );
+    }
+}
+
+/// Whether a vendor's passkey link, which ssh prints in a prompt, fits a terminal line.
+fn passkey_links(r: &mut Report, config: &Config) {
+    let width = vendor_link::link_width(&config.web.public_url);
+    if width > vendor_link::LINK_COLUMNS {
+        r.line(
+            Level::Warn,
+            "passkey links",
+            format!(
+                "a vendor's passkey link is {width} columns (web.public_url is long): PuTTY breaks \
+                 prompt lines wider than {}, and a broken link cannot be copied whole; a shorter \
+                 web.public_url avoids it",
+                vendor_link::LINK_COLUMNS
+            ),
+        );
+    } else {
+        r.line(
+            Level::Ok,
+            "passkey links",
+            format!("{width} columns, one terminal line"),
         );
     }
 }

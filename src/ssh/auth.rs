@@ -423,9 +423,12 @@ impl Auth {
         match vendor_passkeys::open(app, &step.vendor.name, purpose, left).await {
             Ok(link) => {
                 // A prompt, not the instructions: every client shows a prompt (OpenSSH prints
-                // instructions through its log, which `-q` silences).
+                // instructions through its log, which `-q` silences). Lines of at most 78
+                // columns, the link alone on its own: PuTTY breaks a prompt's lines at the
+                // terminal's width, after its own 2-column mark, which would break the link.
                 let prompt = format!(
-                    "\r\nUse your passkey: open this link in a browser within {} seconds (it works once):\r\n\r\n  {}\r\n\r\n\
+                    "\r\nUse your passkey: open this link in a browser within {} seconds.\r\n\
+                     It works once.\r\n\r\n{}\r\n\r\n\
                      Then press Enter (ssh waits until you have used it): ",
                     left.as_secs(),
                     link.url

@@ -138,7 +138,7 @@ async fn add(
     say(
         channel,
         &format!(
-            "Open this link in a browser within {} minutes to add a passkey (it works once):\r\n\r\n  {}\r\n\r\n\
+            "Open this link in a browser within {} minutes to add a passkey. It works once.\r\n\r\n{}\r\n\r\n\
              Waiting (Ctrl-C stops)…\r\n",
             REGISTER_WAIT.as_secs() / 60,
             link.url

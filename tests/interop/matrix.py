@@ -1,17 +1,24 @@
 """The client interoperability matrix, driven by tests/it/interop.rs.
 
-Each common SSH client signs in to chaperone as its own vendor (key, then the TOTP code at the
+Each common SSH client signs in to chaperone as its own vendor (key, then a second factor at the
 keyboard-interactive prompt), runs two commands on one connection seconds apart where the client can,
 and the file-transfer clients upload and download a file. Clients that only read a code from a terminal
 (PuTTY's plink and psftp, Dropbear's dbclient) are driven through a pseudo-terminal (pexpect).
 
+The second factor is a run's "second": "totp" answers the code prompt with a fresh code; "passkey"
+answers it with Enter, which makes the bastion show a one-time link in the next prompt. The link is
+printed on stdout as {"link": URL, "run": N}; the test answers it with a software passkey and then
+creates the file DIR/answered-N, and only then does the client press Enter, as a vendor back from
+the browser would.
+
     python matrix.py SPEC.json
 
 SPEC: {"host", "port", "known_hosts", "fingerprint" (SHA256:...), "asset", "dir",
-       "clients": {NAME: {"vendor", "key", "secret"}}}
-Prints one JSON object per client on stdout:
-    {"client", "ok", "connections", "commands": [...outputs], "uploaded", "downloaded", "error"}
-and the table on stderr. The Rust test checks the bastion's own records against these.
+       "runs": [{"client", "second", "vendor", "key", "secret"}]}
+Prints one JSON object per run on stdout:
+    {"run", "client", "second", "ok", "connections", "commands": [...outputs], "uploaded", "downloaded", "error"}
+(and the link lines above), and the table on stderr. The Rust test checks the bastion's own records
+against these.
 """
 
 import asyncio
@@ -20,6 +27,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import shlex
 import struct
 import subprocess
@@ -37,7 +45,9 @@ class Codes:
     step, as later a login slowed down on a loaded machine can see it expire between the prompt and
     the check (CI saw psftp refused that way). When all are spent it waits for time to move."""
 
-    def __init__(self, secret):
+    def __init__(self, spec, run, secret):
+        self.dir = spec["dir"]
+        self.run = run
         self.key = base64.b32decode(secret.upper() + "=" * (-len(secret) % 8))
         self.last = 0
 
@@ -58,6 +68,95 @@ class Codes:
         n = (struct.unpack(">I", mac[off : off + 4])[0] & 0x7FFFFFFF) % 1_000_000
         return f"{n:06d}"
 
+    def answer(self, prompt):
+        """The answer to a keyboard-interactive prompt."""
+        return self.next()
+
+    def terminal(self, child):
+        """Answers the code prompt of a client running in a pseudo-terminal."""
+        child.expect_exact("TOTP code: ")
+        child.sendline(self.next())
+
+    def askpass(self):
+        """An SSH_ASKPASS program for OpenSSH that answers with a code."""
+        return write_askpass(self.dir, f"askpass-{self.run}.sh", f"echo {self.next()}\n")
+
+    def watch_askpass(self, ssh):
+        pass
+
+
+LINK = re.compile(r"https://\S+/v/\S+")
+
+
+class Passkey:
+    """The passkey's way through the prompts: Enter at the code prompt; at the link's prompt, the link
+    is handed to the test (which uses it with the vendor's passkey), and Enter once it has."""
+
+    def __init__(self, spec, run):
+        self.dir = spec["dir"]
+        self.run = run
+        self.links = 0
+
+    def answer(self, prompt):
+        link = LINK.search(prompt)
+        if link:
+            self.used(link.group(0))
+        return ""
+
+    def used(self, link):
+        self.links += 1
+        answered = os.path.join(self.dir, f"answered-{self.run}")
+        print(json.dumps({"link": link, "run": self.run}), flush=True)
+        deadline = time.time() + TIMEOUT
+        while not os.path.exists(answered):
+            if time.time() > deadline:
+                raise RuntimeError(f"the test did not answer the link {link}")
+            time.sleep(0.1)
+        os.remove(answered)
+
+    def askpass(self):
+        """An SSH_ASKPASS program for OpenSSH: Enter at the code prompt; the link's prompt is left in
+        a file (for watch_askpass) and answered with Enter once the test has used the link."""
+        link = os.path.join(self.dir, f"link-{self.run}")
+        answered = os.path.join(self.dir, f"answered-{self.run}")
+        return write_askpass(
+            self.dir,
+            f"askpass-{self.run}.sh",
+            f"case \"$1\" in */v/*) printf '%s' \"$1\" > '{link}.part'; mv '{link}.part' '{link}'\n"
+            f"  while [ ! -e '{answered}' ]; do sleep 0.1; done ;;\nesac\necho\n",
+        )
+
+    def watch_askpass(self, ssh):
+        """Hands the link the askpass program saw to the test, while `ssh` signs in."""
+        link = os.path.join(self.dir, f"link-{self.run}")
+        deadline = time.time() + TIMEOUT
+        while not os.path.exists(link):
+            if ssh.poll() is not None or time.time() > deadline:
+                return
+            time.sleep(0.1)
+        with open(link) as f:
+            prompt = f.read()
+        found = LINK.search(prompt)
+        if not found:
+            raise RuntimeError(f"no link in the prompt {prompt!r}")
+        self.links += 1
+        print(json.dumps({"link": found.group(0), "run": self.run}), flush=True)
+
+    def terminal(self, child):
+        child.expect_exact("TOTP code (or Enter to use your passkey): ")
+        child.sendline("")
+        child.expect(r"Then press Enter[^:]*: ")
+        self.answer(child.before)
+        child.sendline("")
+
+
+def write_askpass(directory, name, body):
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        f.write("#!/bin/sh\n" + body)
+    os.chmod(path, 0o700)
+    return path
+
 
 def run(args, env=None, stdin=None):
     p = subprocess.run(
@@ -74,16 +173,15 @@ def run(args, env=None, stdin=None):
     return p.stdout.decode(errors="replace")
 
 
-def spawn(args, codes, env=None):
-    """Runs a terminal client, answering its TOTP prompt; returns its output after the prompt."""
+def spawn(args, second, env=None):
+    """Runs a terminal client, answering its second-factor prompts; returns its output after them."""
     import pexpect
 
     child = pexpect.spawn(
         args[0], args[1:], timeout=TIMEOUT, encoding="utf-8", codec_errors="replace", env={**os.environ, **(env or {})}
     )
     try:
-        child.expect("TOTP code: ")
-        child.sendline(codes.next())
+        second.terminal(child)
         child.expect(pexpect.EOF)
         # EOF is the client closing its terminal, which Dropbear's dbclient does a moment before it exits:
         # wait for the exit itself, or close() hangs it up (SIGHUP) and the status is lost.
@@ -121,14 +219,11 @@ def commands(name):
 # --- the clients -------------------------------------------------------------------------------------
 
 
-def openssh(spec, c, codes):
+def openssh(spec, c, second):
     """ssh, scp and sftp sharing one connection (ControlMaster), as a vendor's ssh_config would."""
     name = "openssh"
     sock = os.path.join(spec["dir"], "cm.sock")
-    askpass = os.path.join(spec["dir"], "askpass.sh")
-    with open(askpass, "w") as f:
-        f.write(f"#!/bin/sh\necho {codes.next()}\n")
-    os.chmod(askpass, 0o700)
+    askpass = second.askpass()
     opts = [
         "-F", "/dev/null", "-i", c["key"], "-o", "IdentitiesOnly=yes",
         "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={spec['known_hosts']}",
@@ -138,7 +233,12 @@ def openssh(spec, c, codes):
     env = {"SSH_ASKPASS": askpass, "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ""}
     user = f"{c['vendor']}+{spec['asset']}"
     port = str(spec["port"])
-    run(["ssh", *opts, "-o", "ControlMaster=yes", "-o", "ControlPersist=60", "-fN", "-p", port, f"{user}@{spec['host']}"], env)
+    master = ["ssh", *opts, "-o", "ControlMaster=yes", "-o", "ControlPersist=60", "-fN", "-p", port, f"{user}@{spec['host']}"]
+    signing_in = subprocess.Popen(master, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env})
+    second.watch_askpass(signing_in)
+    _, err = signing_in.communicate(timeout=TIMEOUT)
+    if signing_in.returncode != 0:
+        raise RuntimeError(f"the ssh master exited {signing_in.returncode}: {err.decode(errors='replace')[-800:]}")
     try:
         outs = []
         for i, cmd in enumerate(commands(name)):
@@ -165,7 +265,7 @@ def putty_key(spec, c):
     return ppk
 
 
-def plink(spec, c, codes):
+def plink(spec, c, second):
     """plink's connection sharing: an upstream plink holds the connection (-N), downstream plinks run
     the two commands over it, seconds apart."""
     name = "plink"
@@ -176,8 +276,7 @@ def plink(spec, c, codes):
 
     upstream = pexpect.spawn(base[0], base[1:] + ["-N", f"{user}@{spec['host']}"], timeout=TIMEOUT, encoding="utf-8", codec_errors="replace")
     try:
-        upstream.expect("TOTP code: ")
-        upstream.sendline(codes.next())
+        second.terminal(upstream)
         # Downstream plinks find the upstream through its socket once it has signed in.
         outs = []
         deadline = time.time() + 15
@@ -198,7 +297,7 @@ def plink(spec, c, codes):
     return {"connections": 1, "commands": outs}
 
 
-def psftp(spec, c, codes):
+def psftp(spec, c, second):
     """psftp (the engine under WinSCP's SFTP): upload, list and download on one connection."""
     name = "psftp"
     ppk = putty_key(spec, c)
@@ -207,12 +306,12 @@ def psftp(spec, c, codes):
     with open(batch, "w") as f:
         f.write(f"put {local} {remote}\nget {remote} {back}\ndel {remote}\n")
     user = f"{c['vendor']}+{spec['asset']}"
-    spawn(["psftp", "-P", str(spec["port"]), "-i", ppk, "-hostkey", spec["fingerprint"], "-b", batch, f"{user}@{spec['host']}"], codes)
+    spawn(["psftp", "-P", str(spec["port"]), "-i", ppk, "-hostkey", spec["fingerprint"], "-b", batch, f"{user}@{spec['host']}"], second)
     check_file(back, payload)
     return {"connections": 1, "commands": [], "uploaded": remote, "downloaded": remote}
 
 
-def dbclient(spec, c, codes):
+def dbclient(spec, c, second):
     """Dropbear's client has no connection sharing: one command per connection."""
     name = "dbclient"
     key = os.path.join(spec["dir"], f"{c['vendor']}.dropbear")
@@ -231,12 +330,12 @@ def dbclient(spec, c, codes):
     for i, cmd in enumerate(commands(name)):
         if i:
             time.sleep(PAUSE)
-        outs.append(spawn(["dbclient", "-i", key, "-p", str(spec["port"]), f"{user}@{spec['host']}", cmd], codes, env={"HOME": home}))
+        outs.append(spawn(["dbclient", "-i", key, "-p", str(spec["port"]), f"{user}@{spec['host']}", cmd], second, env={"HOME": home}))
     check_two(outs, name)
     return {"connections": 2, "commands": outs}
 
 
-def paramiko_client(spec, c, codes):
+def paramiko_client(spec, c, second):
     """paramiko's Transport, as Ansible's paramiko connection and many service tools use it."""
     import paramiko
 
@@ -252,8 +351,7 @@ def paramiko_client(spec, c, codes):
         left = t.auth_publickey(user, paramiko.PKey.from_path(c["key"]))
         if "keyboard-interactive" not in left:
             raise RuntimeError(f"after the key, the bastion offered {left}")
-        code = codes.next()
-        t.auth_interactive(user, lambda title, instructions, prompts: [code for _ in prompts])
+        t.auth_interactive(user, lambda title, instructions, prompts: [second.answer(p) for p, _ in prompts])
         outs = []
         for i, cmd in enumerate(commands(name)):
             if i:
@@ -278,19 +376,18 @@ def paramiko_client(spec, c, codes):
     return {"connections": 1, "commands": outs, "uploaded": remote, "downloaded": remote}
 
 
-def asyncssh_client(spec, c, codes):
+def asyncssh_client(spec, c, second):
     import asyncssh
 
     name = "asyncssh"
     user = f"{c['vendor']}+{spec['asset']}"
-    code = codes.next()
 
     class Client(asyncssh.SSHClient):
         def kbdint_auth_requested(self):
             return ""
 
         def kbdint_challenge_received(self, name, instructions, lang, prompts):
-            return [code for _ in prompts]
+            return [second.answer(p) for p, _ in prompts]
 
     async def go():
         async with asyncssh.connect(
@@ -337,11 +434,14 @@ def main():
     with open(sys.argv[1]) as f:
         spec = json.load(f)
     rows = []
-    for name, c in spec["clients"].items():
+    for n, r in enumerate(spec["runs"]):
         started = time.time()
-        row = {"client": name, "ok": False}
+        row = {"run": n, "client": r["client"], "second": r["second"], "ok": False}
+        second = Passkey(spec, n) if r["second"] == "passkey" else Codes(spec, n, r["secret"])
         try:
-            row.update(CLIENTS[name](spec, c, Codes(c["secret"])))
+            row.update(CLIENTS[r["client"]](spec, r, second))
+            if r["second"] == "passkey" and second.links != row["connections"]:
+                raise RuntimeError(f"{second.links} passkey links for {row['connections']} connections")
             row["ok"] = True
         except Exception as e:  # the row says what failed; the test fails on it
             row["error"] = f"{type(e).__name__}: {e}"
@@ -349,11 +449,11 @@ def main():
         row["seconds"] = round(time.time() - started, 1)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"{'client':<10} {'result':<6} {'conns':>5} {'cmds':>4} {'files':<9} {'s':>5}", file=sys.stderr)
+    print(f"{'client':<10} {'second':<8} {'result':<6} {'conns':>5} {'cmds':>4} {'files':<9} {'s':>5}", file=sys.stderr)
     for r in rows:
         files_done = "up+down" if r.get("downloaded") else "-"
         print(
-            f"{r['client']:<10} {'ok' if r['ok'] else 'FAIL':<6} {r.get('connections', '-'):>5} "
+            f"{r['client']:<10} {r['second']:<8} {'ok' if r['ok'] else 'FAIL':<6} {r.get('connections', '-'):>5} "
             f"{len(r.get('commands', [])):>4} {files_done:<9} {r['seconds']:>5}"
             + ("" if r["ok"] else f"  {r['error']}"),
             file=sys.stderr,

@@ -1,18 +1,23 @@
 //! Every common SSH client a vendor technician uses, against `chaperone serve` and a real `sshd` device:
 //! OpenSSH (ssh, scp, sftp over one ControlMaster connection), PuTTY's plink (connection sharing) and
-//! psftp, paramiko, asyncssh and Dropbear's dbclient, each signing in with its key and a TOTP code and
+//! psftp, paramiko, asyncssh and Dropbear's dbclient, each signing in with its key and a second factor
+//! (once with a TOTP code, once with a passkey through the link the bastion shows in a prompt) and
 //! running two commands on one connection seconds apart where the client can; the file-transfer clients
 //! upload and download, and the bastion's transfer log must show both. Driven by
 //! `tests/interop/matrix.py`, which prints the matrix as a table. And the key exchange: an OpenSSH 9.2
 //! client and device get the post-quantum `sntrup761x25519-sha512` through chaperone, as they would
 //! directly.
 
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 
+use crate::passkeys::{answer_link, token_of, vendor_add_passkey, web_bastion};
 use crate::support::bastion::{Bastion, text, wait_until};
 use crate::support::sshd::Sshd;
 use crate::support::{DataDir, missing};
@@ -93,21 +98,32 @@ fn every_common_client_signs_in_runs_two_commands_and_transfers_files() {
         return;
     }
     let Some(sshd) = Sshd::start() else { return };
-    let b = Bastion::start(DataDir::init());
+    let page = web_bastion(DataDir::init());
+    let b = &page._b;
     b.device("mri-01", &sshd, &[]);
     let dir = tempfile::tempdir().unwrap();
     let clients = [
         "openssh", "plink", "psftp", "paramiko", "asyncssh", "dbclient",
     ];
-    let mut spec_clients = serde_json::Map::new();
-    for client in clients {
-        // One vendor each: a TOTP code is good once, and three steps are valid at a time.
-        let v = b.vendor(&format!("v-{client}"), "Interop Imaging");
-        b.grant(&v.name, "mri-01", "ssh", "1h");
-        spec_clients.insert(
-            client.into(),
-            json!({"vendor": v.name, "key": v.key, "secret": v.secret}),
-        );
+    // Every client twice: with a TOTP code, and with a passkey through the link the bastion shows in
+    // a prompt. One vendor per run: a TOTP code is good once, and three steps are valid at a time.
+    let mut runs = Vec::new();
+    let mut passkeys = HashMap::new();
+    for second in ["totp", "passkey"] {
+        for client in clients {
+            let v = b.vendor(&format!("{}-{client}", &second[..1]), "Interop Imaging");
+            b.grant(&v.name, "mri-01", "ssh", "1h");
+            if second == "passkey" {
+                let mut key = SoftPasskey::new(true);
+                let (err, code, _) = vendor_add_passkey(b, &page, &v, &mut key);
+                assert_eq!(code, 0, "{err}");
+                passkeys.insert(runs.len() as u64, key);
+            }
+            runs.push(json!({
+                "client": client, "second": second,
+                "vendor": v.name, "key": v.key, "secret": v.secret,
+            }));
+        }
     }
     let spec = json!({
         "host": "127.0.0.1",
@@ -116,49 +132,84 @@ fn every_common_client_signs_in_runs_two_commands_and_transfers_files() {
         "fingerprint": fingerprint(&b.known_hosts),
         "asset": "mri-01",
         "dir": dir.path(),
-        "clients": spec_clients,
+        "runs": runs,
     });
     let spec_path = dir.path().join("spec.json");
     std::fs::write(&spec_path, spec.to_string()).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/matrix.py");
-    let out = Command::new(python())
+    let mut matrix = Command::new(python())
         .arg(script)
         .arg(&spec_path)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    let (stdout, stderr, _) = text(&out);
+    let mut stderr = matrix.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    // The matrix prints each link a client showed; the vendor's passkey answers it, as in a browser,
+    // and the client is told to press Enter. A link the page refuses fails that client's sign-in.
+    let mut rows: Vec<Value> = Vec::new();
+    let mut refused = Vec::new();
+    for line in BufReader::new(matrix.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        let Some(link) = v["link"].as_str() else {
+            rows.push(v);
+            continue;
+        };
+        let run = v["run"].as_u64().unwrap();
+        let key = passkeys
+            .get_mut(&run)
+            .unwrap_or_else(|| panic!("a link for run {run}, which signs in with a code"));
+        let done = answer_link(&page, &token_of(link), key);
+        if done.status != 200 {
+            refused.push(format!("run {run}: {} {}", done.status, done.body));
+        }
+        std::fs::write(dir.path().join(format!("answered-{run}")), "").unwrap();
+    }
+    matrix.wait().unwrap();
+    let stderr = stderr.join().unwrap();
     // The matrix, for whoever reads the test's output.
     eprintln!("{stderr}");
-    let rows: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
-        .collect();
-    assert_eq!(rows.len(), clients.len(), "{stdout}\n{stderr}");
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(rows.len(), runs.len(), "{rows:?}\n{stderr}");
     let failed: Vec<&Value> = rows.iter().filter(|r| r["ok"] != true).collect();
     assert!(failed.is_empty(), "{failed:?}\n{stderr}\n{}", b.log());
 
     // The bastion's own records agree with what the clients saw.
     assert!(wait_until(Duration::from_secs(10), || {
-        sessions(&b).iter().all(|s| !s["ended_at"].is_null())
+        sessions(b).iter().all(|s| !s["ended_at"].is_null())
     }));
-    let all_sessions = sessions(&b);
-    let events = audit(&b);
+    let all_sessions = sessions(b);
+    let events = audit(b);
     for row in &rows {
         let client = row["client"].as_str().unwrap();
-        let vendor = format!("v-{client}");
+        let second = row["second"].as_str().unwrap();
+        let vendor = runs[row["run"].as_u64().unwrap() as usize]["vendor"]
+            .as_str()
+            .unwrap();
+        // A passkey vendor's one TOTP login is the one that added the passkey.
         let logins = events
             .iter()
             .filter(|e| e["action"] == "auth.login" && e["subject"] == format!("vendor:{vendor}"))
+            .filter(|e| {
+                let detail: Value = serde_json::from_str(e["detail"].as_str().unwrap()).unwrap();
+                detail["second_factor"] == second
+            })
             .count();
         assert_eq!(
             logins as u64,
             row["connections"].as_u64().unwrap(),
-            "{client}: sign-ins in the audit log"
+            "{client} ({second}): sign-ins in the audit log"
         );
         let mine: Vec<&Value> = all_sessions
             .iter()
-            .filter(|s| s["vendor"] == vendor.as_str())
+            .filter(|s| s["vendor"] == vendor)
             .collect();
         for command in row["commands"].as_array().unwrap().iter().enumerate() {
             let word = if command.0 == 0 { "one" } else { "two" };
@@ -166,7 +217,7 @@ fn every_common_client_signs_in_runs_two_commands_and_transfers_files() {
             assert!(
                 mine.iter()
                     .any(|s| s["kind"] == "exec" && s["detail"] == wanted.as_str()),
-                "{client}: no exec session for {wanted:?} in {mine:?}"
+                "{client} ({second}): no exec session for {wanted:?} in {mine:?}"
             );
         }
         if let Some(remote) = row["uploaded"].as_str() {
@@ -182,7 +233,7 @@ fn every_common_client_signs_in_runs_two_commands_and_transfers_files() {
                     && logs.contains("\"upload\"")
                     && logs.contains("\"download\"")
                     && logs.contains("100000"),
-                "{client}: the transfer log lacks the upload or download of {remote}: {logs}"
+                "{client} ({second}): the transfer log lacks the upload or download of {remote}: {logs}"
             );
         }
     }

@@ -152,6 +152,7 @@ fn the_packaged_config_is_initialised_once_and_doctor_reports_one_line_per_findi
         "ok   config:",
         "ok   secrets.key_file:",
         "ok   web certificate name:",
+        "ok   passkey links:",
         "ok   recording space:",
         "ok   database:",
         "ok   migrations: all",

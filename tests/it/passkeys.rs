@@ -17,10 +17,11 @@ use crate::support::web::{Answer, Approver, curl, enrollment_token, post_json, p
 
 const PASSWORD: &str = "correct horse battery staple";
 
-struct Page {
-    base: String,
+/// A bastion whose web page is on a known port, and a cookie jar for it.
+pub struct Page {
+    pub base: String,
     jar: PathBuf,
-    _b: Bastion,
+    pub _b: Bastion,
 }
 
 impl Page {
@@ -574,13 +575,13 @@ impl Waiting {
 }
 
 /// The token at the end of a link.
-fn token_of(url: &str) -> String {
+pub fn token_of(url: &str) -> String {
     url.rsplit_once("/v/").unwrap().1.to_owned()
 }
 
 /// `ssh VENDOR@bastion passkey add`, the link answered by `key`: ssh's stderr, its exit code, and
 /// the new credential's id.
-fn vendor_add_passkey(
+pub fn vendor_add_passkey(
     b: &Bastion,
     page: &Page,
     alice: &crate::support::bastion::Vendor,
@@ -622,14 +623,17 @@ fn vendor_passkey_login(b: &Bastion, alice: &crate::support::bastion::Vendor) ->
     (waiting, token)
 }
 
-/// Starts a sign-in link's ceremony and has `key` answer it: the ceremony id and the answer, not sent.
+/// Starts a sign-in link's ceremony and has `key` answer it: the ceremony id and the answer, not sent;
+/// or the page's answer when it refused to start.
 fn sign_link(
     page: &Page,
     token: &str,
     key: &mut SoftPasskey,
-) -> (serde_json::Value, serde_json::Value) {
+) -> Result<(serde_json::Value, serde_json::Value), Answer> {
     let start = page.post(&format!("/v/{token}/start"), &serde_json::json!({}));
-    assert_eq!(start.status, 200, "{}", start.body);
+    if start.status != 200 {
+        return Err(start);
+    }
     let start = start.json();
     assert_eq!(start["mode"], "signin");
     let options: RequestChallengeResponse =
@@ -637,10 +641,10 @@ fn sign_link(
     let credential = key
         .do_authentication(Url::parse(&page.base).unwrap(), options)
         .unwrap();
-    (
+    Ok((
         start["ceremony"].clone(),
         serde_json::to_value(credential).unwrap(),
-    )
+    ))
 }
 
 /// Sends a link's ceremony answer; the page's answer.
@@ -655,16 +659,29 @@ fn finish_link(
     )
 }
 
-/// Answers a sign-in link with `key`; the finish's answer.
-fn answer_link(page: &Page, token: &str, key: &mut SoftPasskey) -> Answer {
-    let signed = sign_link(page, token, key);
-    finish_link(page, token, signed)
+/// Answers a sign-in link with `key`; the finish's answer, or the start's when the page refused to
+/// start.
+pub fn answer_link(page: &Page, token: &str, key: &mut SoftPasskey) -> Answer {
+    match sign_link(page, token, key) {
+        Ok(signed) => finish_link(page, token, signed),
+        Err(refused) => refused,
+    }
+}
+
+/// A bastion started from `data` with its web page on a fixed port.
+pub fn web_bastion(data: DataDir) -> Page {
+    let port = data.fix_web_port();
+    let b = Bastion::start(data);
+    Page {
+        base: format!("https://localhost:{port}"),
+        jar: b.data.path().join("vendor-jar"),
+        _b: b,
+    }
 }
 
 /// A bastion on a fixed web port with a 15 s login grace time and `passkey_wait` as given.
 fn vendor_bastion(passkey_wait: &str) -> Page {
     let data = DataDir::init();
-    let port = data.fix_web_port();
     let config = std::fs::read_to_string(data.config()).unwrap();
     assert!(
         config.contains("login_grace_time = \"60s\"") && config.contains("passkey_wait = \"2m\"")
@@ -679,12 +696,7 @@ fn vendor_bastion(passkey_wait: &str) -> Page {
             ),
     )
     .unwrap();
-    let b = Bastion::start(data);
-    Page {
-        base: format!("https://localhost:{port}"),
-        jar: b.data.path().join("vendor-jar"),
-        _b: b,
-    }
+    web_bastion(data)
 }
 
 #[test]
@@ -726,7 +738,7 @@ fn a_vendor_adds_a_passkey_over_ssh_and_signs_in_with_it_through_the_link() {
 
     // Disabled while the link waits: the right passkey no longer signs her in.
     let (waiting, token) = vendor_passkey_login(b, &alice);
-    let signed = sign_link(&page, &token, &mut key);
+    let signed = sign_link(&page, &token, &mut key).unwrap();
     b.data.run(&["vendor", "disable", "alice"]).ok();
     let late = finish_link(&page, &token, signed);
     assert_eq!(late.status, 400, "{}", late.body);
@@ -815,7 +827,7 @@ fn a_vendor_adds_a_passkey_over_ssh_and_signs_in_with_it_through_the_link() {
     // Cleared by an administrator between the ceremony's start and its finish (a lost device): the
     // assertion that webauthn-rs accepts no longer counts.
     let (waiting, token) = vendor_passkey_login(b, &alice);
-    let signed = sign_link(&page, &token, &mut key);
+    let signed = sign_link(&page, &token, &mut key).unwrap();
     let cleared = b.data.run(&["vendor", "passkey", "clear", "alice"]);
     assert!(cleared.ok().stdout().contains("1 in all"));
     let refused = finish_link(&page, &token, signed);

@@ -127,14 +127,20 @@ fn with_notice(to: &str, id: &str) -> String {
     format!("{to}{sep}notice={id}")
 }
 
+/// 256 random bits as 64 hex digits: cookies, CSRF tokens, enrollment links.
 pub(crate) fn random_token() -> String {
-    let mut bytes = [0u8; 32];
+    hex::encode(random_bytes::<32>())
+}
+
+/// `N` bytes from the OS random source.
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
     // The OS random source failing leaves no safe way to sign anyone in.
     if getrandom::fill(&mut bytes).is_err() {
         tracing::error!("the OS random source failed");
         std::process::abort();
     }
-    hex::encode(bytes)
+    bytes
 }
 
 /// What the core stores for a token: its SHA-256, so the database never holds a usable cookie or

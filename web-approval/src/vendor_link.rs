@@ -43,10 +43,32 @@ pub fn link_url(public_url: &str, token: &str) -> String {
     format!("{}{LINK_PATH}{token}", public_url.trim_end_matches('/'))
 }
 
+/// The widest a link may be and still fit whole on one line of an 80-column terminal behind PuTTY's
+/// 2-column mark on a server's prompt lines (PuTTY breaks longer lines, and a broken link cannot be
+/// copied whole).
+pub const LINK_COLUMNS: usize = 78;
+
+/// How wide a link under `public_url` is.
+pub fn link_width(public_url: &str) -> usize {
+    link_url(public_url, &encode_token(&[0; TOKEN_BYTES]))
+        .chars()
+        .count()
+}
+
+/// A link's random bytes.
+const TOKEN_BYTES: usize = 16;
+
+fn encode_token(bytes: &[u8]) -> String {
+    base32::encode(base32::Alphabet::Rfc4648Lower { padding: false }, bytes)
+}
+
 /// A new link's token (for the address) and the key it is stored under (its SHA-256, so the database
-/// never holds a usable link).
+/// never holds a usable link). 128 random bits as 26 lower-case base32 letters and digits: unguessable
+/// for the minutes a link lives and is used once, one word to a terminal's double-click, and short
+/// enough for the link to fit on one line of an 80-column terminal, where PuTTY breaks a prompt's
+/// longer lines (and the link with them).
 pub fn new_token() -> (String, String) {
-    let token = auth::random_token();
+    let token = encode_token(&auth::random_bytes::<TOKEN_BYTES>());
     let key = auth::key(&token);
     (token, key)
 }
@@ -496,5 +518,26 @@ mod tests {
             link_url("https://bastion.example:8443/", "T"),
             "https://bastion.example:8443/v/T"
         );
+    }
+
+    #[test]
+    fn a_link_under_a_usual_name_fits_an_80_column_terminal() {
+        let (token, key) = new_token();
+        assert_eq!(token.len(), 26);
+        assert!(
+            token
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)),
+            "{token}"
+        );
+        assert_eq!(key, auth::key(&token));
+        let url = "https://bastion.radiology.hospital.example:8443";
+        assert_eq!(
+            link_width(url),
+            link_url(url, &token).len(),
+            "the width is the real link's"
+        );
+        assert!(link_width(url) <= LINK_COLUMNS, "{}", link_width(url));
+        assert!(link_width(&format!("{url}/chaperone/access")) > LINK_COLUMNS);
     }
 }
