@@ -221,11 +221,17 @@ impl Auth {
                 return login;
             }
         };
+        // Lines of at most 78 columns (PuTTY breaks longer prompt lines behind its 2-column mark).
+        // Dropbear's client drops every character outside printable ASCII from a prompt, the QR
+        // code's half blocks with them: the line below it tells that vendor what to do instead.
         let first = format!(
-            "\r\nWelcome, {name}. Set up your second factor: scan this QR code with an authenticator app\r\n\
+            "\r\nWelcome, {name}.\r\n\
+             Set up your second factor: scan this QR code with an authenticator app\r\n\
              (any TOTP app), or type the secret in by hand.\r\n\r\n{qr}\r\n\r\n\
+             (No QR code above? Your SSH client cannot draw it: type the secret in.)\r\n\
              Secret (base32): {secret}\r\n\r\n\
-             Type the code the app shows now; then, once it shows the next one, type that too.\r\n\r\n\
+             Type the code the app shows now; then, once it shows the next one, type\r\n\
+             that too.\r\n\r\n\
              {FIRST_CODE_PROMPT}",
             name = vendor.name,
             secret = totp::seed_base32(seed.expose()),

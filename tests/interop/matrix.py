@@ -9,7 +9,8 @@ The second factor is a run's "second": "totp" answers the code prompt with a fre
 answers it with Enter, which makes the bastion show a one-time link in the next prompt. The link is
 printed on stdout as {"link": URL, "run": N}; the test answers it with a software passkey and then
 creates the file DIR/answered-N, and only then does the client press Enter, as a vendor back from
-the browser would.
+the browser would. "enroll" is a new vendor's first login: the prompt draws the QR code (checked to
+arrive whole) and shows the secret, from which the two enrollment codes are computed.
 
     python matrix.py SPEC.json
 
@@ -84,6 +85,68 @@ class Codes:
     def watch_askpass(self, ssh):
         pass
 
+
+class Enroll(Codes):
+    """A new vendor's first login: the first prompt draws the QR code and shows the secret, and asks for
+    two consecutive codes (the step before now's, then now's), computed from the secret read there;
+    later logins answer codes from it like Codes."""
+
+    FIRST = "Enrollment: first code: "
+    NEXT = "Enrollment: next code (after it changes): "
+    SECRET = re.compile(r"Secret \(base32\): ([A-Z2-7]+)")
+
+    def __init__(self, spec, run, client):
+        self.dir = spec["dir"]
+        self.run = run
+        self.draws = client not in ASCII_PROMPTS
+        self.key = None
+        self.last = 0
+        self.then = None
+        self.qr_rows = 0
+
+    def answer(self, prompt):
+        if self.FIRST.strip() in prompt:
+            self.read(prompt)
+            now = int(time.time()) // 30
+            self.last = now
+            self.then = self.code(now)
+            return self.code(now - 1)
+        if self.NEXT.strip() in prompt:
+            return self.then
+        return self.next()
+
+    def read(self, prompt):
+        """Takes the secret from the prompt, and checks the QR code above it arrived whole: rows of
+        the same width, of the half blocks and spaces it is drawn with, fitting an 80-column line."""
+        found = self.SECRET.search(prompt)
+        if not found:
+            raise RuntimeError(f"no secret in the enrollment prompt {prompt!r}")
+        secret = found.group(1)
+        self.key = base64.b32decode(secret + "=" * (-len(secret) % 8))
+        # PuTTY marks each line of a server's prompt with "| ".
+        lines = [l.rstrip("\r").removeprefix("| ") for l in prompt.split("\n")]
+        qr = [l for l in lines if "\u2588" in l and set(l) <= set(" \u2588\u2580\u2584")]
+        widths = {len(l) for l in qr}
+        if not self.draws:
+            if qr or "No QR code above?" not in prompt:
+                raise RuntimeError(f"expected no QR code and the line saying what to do: {prompt!r}")
+            self.qr_rows = -1
+        elif len(qr) < 15 or len(widths) != 1 or max(widths) > 78:
+            raise RuntimeError(f"the QR code did not arrive whole: {len(qr)} rows of widths {widths}: {prompt!r}")
+        else:
+            self.qr_rows = len(qr)
+
+    def terminal(self, child):
+        if self.key is not None:
+            return Codes.terminal(self, child)
+        child.expect_exact(self.FIRST)
+        child.sendline(self.answer(child.before + self.FIRST))
+        child.expect_exact(self.NEXT)
+        child.sendline(self.answer(self.NEXT))
+
+
+# Dropbear's dbclient keeps only printable ASCII of a prompt (cleantext() in its dbutil.c): no QR code.
+ASCII_PROMPTS = {"dbclient"}
 
 LINK = re.compile(r"https://\S+/v/\S+")
 
@@ -173,13 +236,22 @@ def run(args, env=None, stdin=None):
     return p.stdout.decode(errors="replace")
 
 
+def terminal(args, env=None):
+    """A client started in a pseudo-terminal, as a vendor's: speaking UTF-8 (the enrollment's QR code
+    is drawn with Unicode half blocks)."""
+    import pexpect
+
+    return pexpect.spawn(
+        args[0], args[1:], timeout=TIMEOUT, encoding="utf-8", codec_errors="replace",
+        env={**os.environ, "LC_ALL": "C.UTF-8", **(env or {})},
+    )
+
+
 def spawn(args, second, env=None):
     """Runs a terminal client, answering its second-factor prompts; returns its output after them."""
     import pexpect
 
-    child = pexpect.spawn(
-        args[0], args[1:], timeout=TIMEOUT, encoding="utf-8", codec_errors="replace", env={**os.environ, **(env or {})}
-    )
+    child = terminal(args, env)
     try:
         second.terminal(child)
         child.expect(pexpect.EOF)
@@ -222,23 +294,36 @@ def commands(name):
 def openssh(spec, c, second):
     """ssh, scp and sftp sharing one connection (ControlMaster), as a vendor's ssh_config would."""
     name = "openssh"
-    sock = os.path.join(spec["dir"], "cm.sock")
-    askpass = second.askpass()
+    sock = os.path.join(spec["dir"], f"cm-{second.run}.sock")
     opts = [
         "-F", "/dev/null", "-i", c["key"], "-o", "IdentitiesOnly=yes",
         "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={spec['known_hosts']}",
         "-o", "PreferredAuthentications=publickey,keyboard-interactive",
         "-o", f"ControlPath={sock}", "-o", "LogLevel=ERROR",
     ]
-    env = {"SSH_ASKPASS": askpass, "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ""}
     user = f"{c['vendor']}+{spec['asset']}"
     port = str(spec["port"])
-    master = ["ssh", *opts, "-o", "ControlMaster=yes", "-o", "ControlPersist=60", "-fN", "-p", port, f"{user}@{spec['host']}"]
-    signing_in = subprocess.Popen(master, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env})
-    second.watch_askpass(signing_in)
-    _, err = signing_in.communicate(timeout=TIMEOUT)
-    if signing_in.returncode != 0:
-        raise RuntimeError(f"the ssh master exited {signing_in.returncode}: {err.decode(errors='replace')[-800:]}")
+    master = ["ssh", *opts, "-o", "ControlMaster=yes", "-p", port]
+    held = None
+    if isinstance(second, Enroll):
+        # The QR code and the secret are in the prompt, which ssh writes to its terminal. The master
+        # stays in the foreground there (with -f it would be the process the terminal waits for).
+        env = {"SSH_ASKPASS_REQUIRE": "never"}
+        held = terminal(master + ["-N", f"{user}@{spec['host']}"], env)
+        second.terminal(held)
+        deadline = time.time() + TIMEOUT
+        while not os.path.exists(sock):
+            if not held.isalive() or time.time() > deadline:
+                raise RuntimeError(f"the ssh master did not start: {held.before!r}")
+            time.sleep(0.1)
+    else:
+        env = {"SSH_ASKPASS": second.askpass(), "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ""}
+        master += ["-o", "ControlPersist=60", "-fN", f"{user}@{spec['host']}"]
+        signing_in = subprocess.Popen(master, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env})
+        second.watch_askpass(signing_in)
+        _, err = signing_in.communicate(timeout=TIMEOUT)
+        if signing_in.returncode != 0:
+            raise RuntimeError(f"the ssh master exited {signing_in.returncode}: {err.decode(errors='replace')[-800:]}")
     try:
         outs = []
         for i, cmd in enumerate(commands(name)):
@@ -255,6 +340,8 @@ def openssh(spec, c, second):
         check_file(back, payload)
     finally:
         subprocess.run(["ssh", *opts, "-O", "exit", "-p", port, f"{user}@{spec['host']}"], capture_output=True, env={**os.environ, **env})
+        if held is not None:
+            held.close(force=True)
     return {"connections": 1, "commands": outs, "uploaded": remote, "downloaded": remote}
 
 
@@ -274,7 +361,7 @@ def plink(spec, c, second):
     base = ["plink", "-ssh", "-P", str(spec["port"]), "-i", ppk, "-hostkey", spec["fingerprint"], "-share", "-no-antispoof"]
     import pexpect
 
-    upstream = pexpect.spawn(base[0], base[1:] + ["-N", f"{user}@{spec['host']}"], timeout=TIMEOUT, encoding="utf-8", codec_errors="replace")
+    upstream = terminal(base + ["-N", f"{user}@{spec['host']}"])
     try:
         second.terminal(upstream)
         # Downstream plinks find the upstream through its socket once it has signed in.
@@ -437,11 +524,19 @@ def main():
     for n, r in enumerate(spec["runs"]):
         started = time.time()
         row = {"run": n, "client": r["client"], "second": r["second"], "ok": False}
-        second = Passkey(spec, n) if r["second"] == "passkey" else Codes(spec, n, r["secret"])
+        second = {
+            "passkey": lambda: Passkey(spec, n),
+            "enroll": lambda: Enroll(spec, n, r["client"]),
+            "totp": lambda: Codes(spec, n, r["secret"]),
+        }[r["second"]]()
         try:
             row.update(CLIENTS[r["client"]](spec, r, second))
             if r["second"] == "passkey" and second.links != row["connections"]:
                 raise RuntimeError(f"{second.links} passkey links for {row['connections']} connections")
+            if r["second"] == "enroll":
+                if not second.qr_rows:
+                    raise RuntimeError("signed in without the enrollment")
+                row["qr"] = second.qr_rows > 0
             row["ok"] = True
         except Exception as e:  # the row says what failed; the test fails on it
             row["error"] = f"{type(e).__name__}: {e}"
@@ -449,12 +544,13 @@ def main():
         row["seconds"] = round(time.time() - started, 1)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"{'client':<10} {'second':<8} {'result':<6} {'conns':>5} {'cmds':>4} {'files':<9} {'s':>5}", file=sys.stderr)
+    print(f"{'client':<10} {'second':<8} {'result':<6} {'conns':>5} {'cmds':>4} {'files':<9} {'qr':<5} {'s':>5}", file=sys.stderr)
     for r in rows:
         files_done = "up+down" if r.get("downloaded") else "-"
+        qr = {True: "drawn", False: "ascii"}.get(r.get("qr"), "-")
         print(
             f"{r['client']:<10} {r['second']:<8} {'ok' if r['ok'] else 'FAIL':<6} {r.get('connections', '-'):>5} "
-            f"{len(r.get('commands', [])):>4} {files_done:<9} {r['seconds']:>5}"
+            f"{len(r.get('commands', [])):>4} {files_done:<9} {qr:<5} {r['seconds']:>5}"
             + ("" if r["ok"] else f"  {r['error']}"),
             file=sys.stderr,
         )

@@ -105,13 +105,19 @@ fn every_common_client_signs_in_runs_two_commands_and_transfers_files() {
     let clients = [
         "openssh", "plink", "psftp", "paramiko", "asyncssh", "dbclient",
     ];
-    // Every client twice: with a TOTP code, and with a passkey through the link the bastion shows in
+    // Every client three times: a new vendor's first login, which enrols a TOTP app from the QR code
+    // and the secret in the prompt; a TOTP code; and a passkey through the link the bastion shows in
     // a prompt. One vendor per run: a TOTP code is good once, and three steps are valid at a time.
     let mut runs = Vec::new();
     let mut passkeys = HashMap::new();
-    for second in ["totp", "passkey"] {
+    for second in ["enroll", "totp", "passkey"] {
         for client in clients {
-            let v = b.vendor(&format!("{}-{client}", &second[..1]), "Interop Imaging");
+            let name = format!("{}-{client}", &second[..1]);
+            let v = if second == "enroll" {
+                b.vendor_to_enrol(&name, "Interop Imaging")
+            } else {
+                b.vendor(&name, "Interop Imaging")
+            };
             b.grant(&v.name, "mri-01", "ssh", "1h");
             if second == "passkey" {
                 let mut key = SoftPasskey::new(true);
@@ -193,15 +199,33 @@ fn every_common_client_signs_in_runs_two_commands_and_transfers_files() {
         let vendor = runs[row["run"].as_u64().unwrap() as usize]["vendor"]
             .as_str()
             .unwrap();
-        // A passkey vendor's one TOTP login is the one that added the passkey.
+        // A passkey vendor's one TOTP login is the one that added the passkey; an enrolling vendor's
+        // logins are all by code, the first one enrolling.
+        let by = if second == "passkey" {
+            "passkey"
+        } else {
+            "totp"
+        };
+        let mine_only = |e: &&Value| e["subject"] == format!("vendor:{vendor}");
         let logins = events
             .iter()
-            .filter(|e| e["action"] == "auth.login" && e["subject"] == format!("vendor:{vendor}"))
+            .filter(mine_only)
+            .filter(|e| e["action"] == "auth.login")
             .filter(|e| {
                 let detail: Value = serde_json::from_str(e["detail"].as_str().unwrap()).unwrap();
-                detail["second_factor"] == second
+                detail["second_factor"] == by
             })
             .count();
+        let enrolled = events
+            .iter()
+            .filter(mine_only)
+            .filter(|e| e["action"] == "vendor.totp.enroll")
+            .count();
+        assert_eq!(
+            enrolled,
+            usize::from(second == "enroll"),
+            "{client} ({second}): enrollments in the audit log"
+        );
         assert_eq!(
             logins as u64,
             row["connections"].as_u64().unwrap(),

@@ -120,6 +120,29 @@ impl Bastion {
         }
     }
 
+    /// Adds a vendor with a fresh key and no TOTP app yet: their first login enrols one. The handle
+    /// has no secret (the login shows it).
+    pub fn vendor_to_enrol(&self, name: &str, org: &str) -> Vendor {
+        let key = ssh_keygen(self.data.path(), &format!("vendor_{name}"));
+        self.data
+            .run(&[
+                "vendor",
+                "add",
+                name,
+                "--org",
+                org,
+                "--key",
+                &key.with_extension("pub").to_string_lossy(),
+            ])
+            .ok();
+        Vendor {
+            name: name.to_owned(),
+            key,
+            secret: String::new(),
+            last_step: Mutex::new(0),
+        }
+    }
+
     /// Adds an asset backed by `sshd`, with its host key pinned and credential set.
     pub fn device(&self, name: &str, sshd: &Sshd, extra_services: &[&str]) {
         self.device_at(
