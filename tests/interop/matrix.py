@@ -9,8 +9,9 @@ The second factor is a run's "second": "totp" answers the code prompt with a fre
 answers it with Enter, which makes the bastion show a one-time link in the next prompt. The link is
 printed on stdout as {"link": URL, "run": N}; the test answers it with a software passkey and then
 creates the file DIR/answered-N, and only then does the client press Enter, as a vendor back from
-the browser would. "enroll" is a new vendor's first login: the prompt draws the QR code (checked to
-arrive whole) and shows the secret, from which the two enrollment codes are computed.
+the browser would. "enroll" is a new vendor's first login: the prompt draws the QR code and shows the secret,
+from which the two enrollment codes are computed; the row carries the QR code's rows as the client showed
+them ("qr_drawn"), which the test decodes.
 
     python matrix.py SPEC.json
 
@@ -103,6 +104,7 @@ class Enroll(Codes):
         self.last = 0
         self.then = None
         self.qr_rows = 0
+        self.qr = None
 
     def answer(self, prompt):
         if self.FIRST.strip() in prompt:
@@ -135,6 +137,7 @@ class Enroll(Codes):
             raise RuntimeError(f"the QR code did not arrive whole: {len(qr)} rows of widths {widths}: {prompt!r}")
         else:
             self.qr_rows = len(qr)
+            self.qr = {"secret": secret, "rows": qr}
 
     def terminal(self, child):
         if self.key is not None:
@@ -537,6 +540,7 @@ def main():
                 if not second.qr_rows:
                     raise RuntimeError("signed in without the enrollment")
                 row["qr"] = second.qr_rows > 0
+                row["qr_drawn"] = second.qr
             row["ok"] = True
         except Exception as e:  # the row says what failed; the test fails on it
             row["error"] = f"{type(e).__name__}: {e}"

@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 
+use crate::ldap::read_terminal_qr;
 use crate::passkeys::{answer_link, token_of, vendor_add_passkey, web_bastion};
 use crate::support::bastion::{Bastion, text, wait_until};
 use crate::support::sshd::Sshd;
@@ -216,6 +217,22 @@ fn every_common_client_signs_in_runs_two_commands_and_transfers_files() {
                 detail["second_factor"] == by
             })
             .count();
+        // What an authenticator app would scan in this client: the vendor's own secret.
+        if row["qr"] == true {
+            let drawn = &row["qr_drawn"];
+            let rows: Vec<&str> = drawn["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().unwrap())
+                .collect();
+            let uri = read_terminal_qr(&rows.join("\n"));
+            assert!(
+                uri.starts_with(&format!("otpauth://totp/chaperone:{vendor}?"))
+                    && uri.contains(&format!("secret={}", drawn["secret"].as_str().unwrap())),
+                "{client} ({second}): the QR code holds {uri}"
+            );
+        }
         let enrolled = events
             .iter()
             .filter(mine_only)

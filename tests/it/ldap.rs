@@ -749,7 +749,7 @@ fn directory_vendor_self_enrols_over_openssh_and_is_cut_off_by_the_sync() {
 
 /// The QR code drawn in a terminal (`identity::totp::terminal_qr`: Unicode half blocks, light modules
 /// drawn, two module rows per line) as the screen shows it, decoded by an independent QR reader (rqrr).
-fn read_terminal_qr(screen: &str) -> String {
+pub fn read_terminal_qr(screen: &str) -> String {
     let rows: Vec<&str> = screen
         .lines()
         .filter(|l| {
