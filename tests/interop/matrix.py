@@ -2,7 +2,8 @@
 
 Each common SSH client signs in to chaperone as its own vendor (key, then a second factor at the
 keyboard-interactive prompt), runs two commands on one connection seconds apart where the client can,
-and the file-transfer clients upload and download a file. Clients that only read a code from a terminal
+and the file-transfer clients upload and download a file; plink, paramiko and asyncssh also run a command
+through ProxyJump, each its own way. Clients that only read a code from a terminal
 (PuTTY's plink and psftp, Dropbear's dbclient) are driven through a pseudo-terminal (pexpect).
 
 The second factor is a run's "second": "totp" answers the code prompt with a fresh code; "passkey"
@@ -16,9 +17,11 @@ them ("qr_drawn"), which the test decodes.
     python matrix.py SPEC.json
 
 SPEC: {"host", "port", "known_hosts", "fingerprint" (SHA256:...), "asset", "dir",
+       "device_user", "inner_known_hosts" (what `chaperone known-hosts` pins for ProxyJump),
        "runs": [{"client", "second", "vendor", "key", "secret"}]}
 Prints one JSON object per run on stdout:
-    {"run", "client", "second", "ok", "connections", "commands": [...outputs], "uploaded", "downloaded", "error"}
+    {"run", "client", "second", "ok", "connections", "commands": [...outputs], "uploaded", "downloaded",
+     "jump" (a command's output through ProxyJump, for the libraries), "error"}
 (and the link lines above), and the table on stderr. The Rust test checks the bastion's own records
 against these.
 """
@@ -382,9 +385,29 @@ def plink(spec, c, second):
                     raise RuntimeError(f"plink (shared) exited {p.returncode}: {p.stderr.decode(errors='replace')[-800:]}")
                 time.sleep(0.5)
         check_two(outs, name)
+        # ProxyJump as PuTTY does it: a proxy command (here a plink sharing the signed-in connection)
+        # that opens a direct-tcpip channel to the asset's ssh port (-nc), and an inner plink over it.
+        proxy = shlex.join(base + ["-batch", "-nc", f"{spec['asset']}:22", f"{user}@{spec['host']}"])
+        jumped = run([
+            "plink", "-ssh", "-batch", "-i", ppk, "-hostkey", inner_fingerprint(spec), "-proxycmd", proxy,
+            f"{spec['device_user']}@{spec['asset']}", f"echo {name}-jump",
+        ])
+        if jumped.strip() != f"{name}-jump":
+            raise RuntimeError(f"the jump's command printed {jumped!r}")
     finally:
         upstream.terminate(force=True)
-    return {"connections": 1, "commands": outs}
+    return {"connections": 1, "commands": outs, "jump": jumped}
+
+
+def inner_fingerprint(spec):
+    """The SHA-256 fingerprint of the host key pinned for the asset's inner (ProxyJump) session."""
+    with open(spec["inner_known_hosts"]) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3 and spec["asset"] in parts[0].split(","):
+                digest = hashlib.sha256(base64.b64decode(parts[2])).digest()
+                return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+    raise RuntimeError(f"no pinned key for {spec['asset']}")
 
 
 def psftp(spec, c, second):
@@ -461,9 +484,36 @@ def paramiko_client(spec, c, second):
         sftp.remove(remote)
         sftp.close()
         check_file(back, payload)
+        jumped = paramiko_jump(spec, c, t, name)
     finally:
         t.close()
-    return {"connections": 1, "commands": outs, "uploaded": remote, "downloaded": remote}
+    return {"connections": 1, "commands": outs, "uploaded": remote, "downloaded": remote, "jump": jumped}
+
+
+def paramiko_jump(spec, c, t, name):
+    """ProxyJump as paramiko does it (a direct-tcpip channel to the asset's ssh port, an inner SSH
+    connection over it): the inner host key must be the pinned one, and the inner key is the outer's."""
+    import paramiko
+
+    ch = t.open_channel("direct-tcpip", (spec["asset"], 22), ("127.0.0.1", 0), timeout=TIMEOUT)
+    inner = paramiko.Transport(ch)
+    try:
+        inner.start_client(timeout=TIMEOUT)
+        known = paramiko.HostKeys(spec["inner_known_hosts"])
+        if not known.check(spec["asset"], inner.get_remote_server_key()):
+            raise RuntimeError("the inner host key is not the one `chaperone known-hosts` pins")
+        inner.auth_publickey(spec["device_user"], paramiko.PKey.from_path(c["key"]))
+        session = inner.open_session(timeout=TIMEOUT)
+        session.settimeout(TIMEOUT)
+        session.exec_command(f"echo {name}-jump")
+        out = session.makefile("rb").read().decode(errors="replace")
+        if session.recv_exit_status() != 0:
+            raise RuntimeError(f"the jump's command exited {session.recv_exit_status()}")
+    finally:
+        inner.close()
+    if out.strip() != f"{name}-jump":
+        raise RuntimeError(f"the jump's command printed {out!r}")
+    return out
 
 
 def asyncssh_client(spec, c, second):
@@ -498,7 +548,15 @@ def asyncssh_client(spec, c, second):
                 await sftp.get(remote, back)
                 await sftp.remove(remote)
             check_file(back, payload)
-            return {"connections": 1, "commands": outs, "uploaded": remote, "downloaded": remote}
+            # ProxyJump as asyncssh does it: an inner connection tunnelled through this one.
+            async with asyncssh.connect(
+                spec["asset"], 22, tunnel=conn, username=spec["device_user"], client_keys=[c["key"]],
+                known_hosts=spec["inner_known_hosts"], agent_path=None,
+            ) as inner:
+                r = await asyncio.wait_for(inner.run(f"echo {name}-jump", check=True), TIMEOUT)
+            if r.stdout.strip() != f"{name}-jump":
+                raise RuntimeError(f"the jump's command printed {r.stdout!r}")
+            return {"connections": 1, "commands": outs, "uploaded": remote, "downloaded": remote, "jump": r.stdout}
 
     return asyncio.run(go())
 
@@ -548,13 +606,13 @@ def main():
         row["seconds"] = round(time.time() - started, 1)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"{'client':<10} {'second':<8} {'result':<6} {'conns':>5} {'cmds':>4} {'files':<9} {'qr':<5} {'s':>5}", file=sys.stderr)
+    print(f"{'client':<10} {'second':<8} {'result':<6} {'conns':>5} {'cmds':>4} {'files':<14} {'qr':<5} {'s':>5}", file=sys.stderr)
     for r in rows:
-        files_done = "up+down" if r.get("downloaded") else "-"
+        files_done = ("up+down" if r.get("downloaded") else "-") + (" jump" if r.get("jump") else "")
         qr = {True: "drawn", False: "ascii"}.get(r.get("qr"), "-")
         print(
             f"{r['client']:<10} {r['second']:<8} {'ok' if r['ok'] else 'FAIL':<6} {r.get('connections', '-'):>5} "
-            f"{len(r.get('commands', [])):>4} {files_done:<9} {qr:<5} {r['seconds']:>5}"
+            f"{len(r.get('commands', [])):>4} {files_done:<14} {qr:<5} {r['seconds']:>5}"
             + ("" if r["ok"] else f"  {r['error']}"),
             file=sys.stderr,
         )

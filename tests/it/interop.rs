@@ -3,7 +3,8 @@
 //! psftp, paramiko, asyncssh and Dropbear's dbclient, each signing in with its key and a second factor
 //! (once with a TOTP code, once with a passkey through the link the bastion shows in a prompt) and
 //! running two commands on one connection seconds apart where the client can; the file-transfer clients
-//! upload and download, and the bastion's transfer log must show both. Driven by
+//! upload and download, and the bastion's transfer log must show both; plink, paramiko and asyncssh run a
+//! command through ProxyJump, against the host key `chaperone known-hosts` pins. Driven by
 //! `tests/interop/matrix.py`, which prints the matrix as a table. And the key exchange: an OpenSSH 9.2
 //! client and device get the post-quantum `sntrup761x25519-sha512` through chaperone, as they would
 //! directly.
@@ -132,8 +133,17 @@ fn every_common_client_signs_in_runs_two_commands_and_transfers_files() {
             }));
         }
     }
+    // What the inner session of a ProxyJump presents, pinned as a vendor would pin it.
+    let inner_known_hosts = dir.path().join("inner_known_hosts");
+    std::fs::write(
+        &inner_known_hosts,
+        b.data.run(&["known-hosts"]).ok().stdout(),
+    )
+    .unwrap();
     let spec = json!({
         "host": "127.0.0.1",
+        "device_user": sshd.user,
+        "inner_known_hosts": inner_known_hosts,
         "port": b.ssh_port,
         "known_hosts": b.known_hosts,
         "fingerprint": fingerprint(&b.known_hosts),
@@ -259,6 +269,18 @@ fn every_common_client_signs_in_runs_two_commands_and_transfers_files() {
                 mine.iter()
                     .any(|s| s["kind"] == "exec" && s["detail"] == wanted.as_str()),
                 "{client} ({second}): no exec session for {wanted:?} in {mine:?}"
+            );
+        }
+        if row["jump"].is_string() {
+            let wanted = format!("echo {client}-jump");
+            assert!(
+                mine.iter()
+                    .any(|s| s["kind"] == "exec" && s["detail"] == wanted.as_str()),
+                "{client} ({second}): no exec session for {wanted:?} in {mine:?}"
+            );
+            assert!(
+                mine.iter().any(|s| s["kind"] == "jump"),
+                "{client} ({second}): no jump session in {mine:?}"
             );
         }
         if let Some(remote) = row["uploaded"].as_str() {
