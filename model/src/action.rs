@@ -155,6 +155,8 @@ actions! {
     VendorAdd = "vendor.add",
     VendorEnable = "vendor.enable",
     VendorDisable = "vendor.disable",
+    /// An administrator ended a vendor's lockout (and forgot their failed logins).
+    VendorUnlock = "vendor.unlock",
     VendorKeyAdd = "vendor.key.add",
     VendorKeyRemove = "vendor.key.remove",
     /// A directory vendor's entry moved or was renamed (same entry id, new DN), or its id was first read.

@@ -162,6 +162,7 @@ pub fn mapping(action: Action) -> Option<Mapping> {
         // Who may do what: vendors, staff and their credentials; devices and their secrets.
         A::VendorAdd
         | A::VendorEnable
+        | A::VendorUnlock
         | A::VendorDisable
         | A::VendorKeyAdd
         | A::VendorKeyRemove

@@ -57,6 +57,8 @@ pub enum VendorCommand {
     Disable { name: String },
     /// Re-enable a disabled vendor.
     Enable { name: String },
+    /// End a vendor's lockout after repeated failed logins now, and forget their failures.
+    Unlock { name: String },
     /// Add or remove a vendor's SSH keys.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -240,6 +242,31 @@ pub async fn run(config: &Path, cmd: VendorCommand) -> anyhow::Result<()> {
         }
         VendorCommand::Disable { name } => set_enabled(&app, &actor, now, &name, false).await?,
         VendorCommand::Enable { name } => set_enabled(&app, &actor, now, &name, true).await?,
+        VendorCommand::Unlock { name } => {
+            let v = app.store.require_vendor(&name).await?;
+            let mut tx = app.store.begin().await?;
+            let was = tx.unlock_vendor(v.id, now).await?;
+            tx.audit(
+                AuditEvent::new(
+                    &actor,
+                    Action::VendorUnlock,
+                    format!("vendor:{name}"),
+                    json!({"was_locked_until": was}),
+                ),
+                now,
+            )
+            .await?;
+            tx.commit(Action::VendorUnlock.as_str()).await?;
+            match was {
+                Some(until) => println!(
+                    "Vendor {name} unlocked (was locked until {}).",
+                    format_time(until)
+                ),
+                None => {
+                    println!("Vendor {name} was not locked; their failed logins are forgotten.")
+                }
+            }
+        }
         VendorCommand::Key(KeyCommand::Add { name, pubkey_file }) => {
             let v = app.store.require_vendor(&name).await?;
             let key = read_key(&pubkey_file)?;

@@ -38,6 +38,8 @@ pub enum TotpOutcome {
     /// Both factors passed: who signed in, with which key.
     Accepted(Principal),
     Refused,
+    /// A vendor who may not sign in now (disabled, locked) was told why: nothing more to try.
+    Barred,
     /// The vendor asked for their passkey: ask again with this prompt (the link); the answer to that
     /// is judged once the link's ceremony ended.
     PasskeyLink {
@@ -51,6 +53,7 @@ impl std::fmt::Debug for TotpOutcome {
         match self {
             TotpOutcome::Accepted(p) => f.debug_tuple("Accepted").field(p).finish(),
             TotpOutcome::Refused => f.write_str("Refused"),
+            TotpOutcome::Barred => f.write_str("Barred"),
             TotpOutcome::PasskeyLink { .. } => f.write_str("PasskeyLink(..)"),
         }
     }
@@ -93,7 +96,57 @@ struct KeyStep {
     user: String,
     vendor: Vendor,
     key_fp: String,
+    /// Why this vendor may not sign in now, found at the key step: the second-factor round says so
+    /// and asks for nothing.
+    barred: Option<Barred>,
     asked: Asked,
+}
+
+/// Why a vendor whose key is right may not sign in now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Barred {
+    Disabled,
+    /// Locked after repeated failures, until then.
+    Locked(i64),
+}
+
+impl Barred {
+    /// `vendor`'s bar at `now`, if any.
+    fn of(vendor: &Vendor, now: i64) -> Option<Barred> {
+        if !vendor.enabled {
+            return Some(Barred::Disabled);
+        }
+        vendor
+            .locked_until
+            .filter(|&until| until > now)
+            .map(Barred::Locked)
+    }
+
+    /// What the audit log says.
+    fn why(self) -> &'static str {
+        match self {
+            Barred::Disabled => "disabled",
+            Barred::Locked(_) => "locked",
+        }
+    }
+
+    /// The prompt that tells the vendor, in lines of at most 78 columns (PuTTY breaks longer ones).
+    fn prompt(self) -> String {
+        let told = match self {
+            Barred::Disabled => {
+                "chaperone: your vendor account is disabled. Ask the hospital's bastion\r\n\
+                 administrator (or your contact there) to enable it again."
+                    .to_owned()
+            }
+            Barred::Locked(until) => format!(
+                "chaperone: your account is locked until {}\r\n\
+                 after repeated failed logins. Try again then, or ask the hospital's\r\n\
+                 bastion administrator to unlock it now (chaperone vendor unlock).",
+                crate::clock::format_time(until)
+            ),
+        };
+        format!("\r\n{told}\r\n\r\nPress Enter to close: ")
+    }
 }
 
 /// What the last keyboard-interactive round asked.
@@ -135,7 +188,8 @@ pub const FIRST_CODE_PROMPT: &str = "Enrollment: first code: ";
 pub const NEXT_CODE_PROMPT: &str = "Enrollment: next code (after it changes): ";
 
 impl Auth {
-    /// Would this key be accepted for `user`? (The client asks before signing.)
+    /// Would this key be accepted for `user`? (The client asks before signing.) A disabled or locked
+    /// vendor's key is, so that the next step can tell them why they cannot sign in.
     pub async fn key_offered(&self, app: &App, user: &str, key: &PublicKey) -> bool {
         self.vendor_for(app, user, key).await.is_some()
     }
@@ -146,6 +200,7 @@ impl Auth {
             Some(vendor) => {
                 self.key_ok = Some(KeyStep {
                     user: user.to_owned(),
+                    barred: Barred::of(&vendor, app.clock.now()),
                     vendor,
                     key_fp: fingerprint(key),
                     asked: Asked::Code,
@@ -180,11 +235,7 @@ impl Auth {
                 return None;
             }
         };
-        let now = app.clock.now();
-        let usable = vendor.name == login.vendor
-            && vendor.enabled
-            && vendor.locked_until.is_none_or(|t| t <= now);
-        usable.then_some(vendor)
+        (vendor.name == login.vendor).then_some(vendor)
     }
 
     /// What to ask at the keyboard-interactive prompt: a TOTP code, or, for a vendor without a TOTP app
@@ -199,6 +250,12 @@ impl Auth {
         };
         // A new round: whatever the last one asked is void (a link it showed is voided with it).
         step.asked = Asked::Code;
+        if let Some(barred) = step.barred {
+            return Prompt {
+                instructions: String::new(),
+                prompts: vec![barred.prompt()],
+            };
+        }
         let vendor = &step.vendor;
         match app.store.vendor_second_factor(vendor.id).await {
             Ok(t) if !t.enrolled => {}
@@ -262,6 +319,13 @@ impl Auth {
         let Some(step) = self.key_ok.as_mut() else {
             return TotpOutcome::Refused;
         };
+        if let Some(barred) = step.barred {
+            // Nothing was asked: the answer is not looked at, nor counted. The key step ends with it,
+            // so a client that asks again starts from its key.
+            refuse(app, peer, &step.vendor, app.clock.now(), barred.why()).await;
+            self.key_ok = None;
+            return TotpOutcome::Barred;
+        }
         let asked = std::mem::take(&mut step.asked);
         let (user, vendor, key_fp) = (step.user.clone(), step.vendor.clone(), step.key_fp.clone());
         let first = answers.first().map(String::as_str).unwrap_or_default();
@@ -477,5 +541,42 @@ async fn refuse(app: &App, peer: SocketAddr, vendor: &Vendor, now: i64, why: &st
     crate::ops::metrics::login(crate::ops::metrics::Login::Refused);
     if let Err(e) = result {
         tracing::error!(vendor = %vendor.name, error = %e, "cannot audit a refused login");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_barred_vendor_is_told_why_in_lines_that_fit_a_terminal() {
+        let vendor = Vendor {
+            id: 1,
+            name: "erin".into(),
+            org: "Acme".into(),
+            enabled: true,
+            locked_until: Some(2_000),
+            created_at: 0,
+        };
+        assert_eq!(Barred::of(&vendor, 1_999), Some(Barred::Locked(2_000)));
+        assert_eq!(Barred::of(&vendor, 2_000), None, "a lock ends at its time");
+        let disabled = Vendor {
+            enabled: false,
+            ..vendor.clone()
+        };
+        assert_eq!(Barred::of(&disabled, 1_999), Some(Barred::Disabled));
+        for barred in [Barred::Disabled, Barred::Locked(1_796_433_520)] {
+            let prompt = barred.prompt();
+            assert!(prompt.ends_with("Press Enter to close: "), "{prompt}");
+            assert!(
+                prompt.split("\r\n").all(|l| l.chars().count() <= 78),
+                "{prompt}"
+            );
+        }
+        assert!(
+            Barred::Locked(1_796_433_520)
+                .prompt()
+                .contains("locked until 2026-12-05 ")
+        );
     }
 }

@@ -404,6 +404,11 @@ impl server::Handler for Connection {
                 self.login = Some((login, principal));
                 Ok(RusshAuth::Accept)
             }
+            // Told why: no method is left to try.
+            TotpOutcome::Barred => Ok(RusshAuth::Reject {
+                proceed_with_methods: Self::only(&[]),
+                partial_success: false,
+            }),
             TotpOutcome::Refused => {
                 pad(since, TOTP_REFUSAL).await;
                 Ok(RusshAuth::Reject {

@@ -383,6 +383,25 @@ impl Tx {
         Ok(())
     }
 
+    /// Ends the vendor's lock and forgets their failed logins; the lock it ended, if one held at `now`.
+    pub async fn unlock_vendor(
+        &mut self,
+        vendor_id: i64,
+        now: UnixTime,
+    ) -> Result<Option<UnixTime>> {
+        let was = self
+            .vendor_locked_until(vendor_id)
+            .await?
+            .filter(|&until| until > now);
+        sqlx::query("UPDATE vendors SET locked_until = NULL WHERE id = $1")
+            .bind(vendor_id)
+            .execute(&mut *self.tx)
+            .await
+            .context("unlocking a vendor")?;
+        self.clear_login_failures(vendor_id).await?;
+        Ok(was)
+    }
+
     /// The vendor's lock, read inside this transaction.
     pub async fn vendor_locked_until(&mut self, vendor_id: i64) -> Result<Option<UnixTime>> {
         let row = sqlx::query("SELECT locked_until FROM vendors WHERE id = $1")

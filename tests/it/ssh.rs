@@ -705,6 +705,75 @@ fn repeated_failures_lock_the_vendor() {
         show.stdout()
     );
     assert!(audit_lines(&b).contains("\"auth.lock\""));
+
+    // She is told why, once, in the prompt every client shows, and nothing she answers is looked at.
+    let (code, prompts) = barred_login(&b, &erin);
+    assert_eq!(code, Some(255));
+    assert!(
+        prompts.contains("your account is locked until")
+            && prompts.contains("chaperone vendor unlock")
+            && prompts.matches("Press Enter to close").count() == 1,
+        "{prompts}"
+    );
+    assert!(
+        audit_lines(&b)
+            .lines()
+            .any(|l| l.contains("\"auth.refused\"") && l.contains(r#"\"why\":\"locked\""#)),
+        "{}",
+        audit_lines(&b)
+    );
+
+    // The administrator ends the lock at once; it is audited, and her code works again.
+    let unlocked = b.data.run(&["vendor", "unlock", "erin"]);
+    assert!(
+        unlocked
+            .ok()
+            .stdout()
+            .contains("unlocked (was locked until"),
+        "{}",
+        unlocked.stdout()
+    );
+    assert!(audit_lines(&b).contains("\"vendor.unlock\""));
+    let out = b.ssh(&erin, "erin+mri-01").arg("true").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+
+    // Disabled, she is told that instead.
+    b.data.run(&["vendor", "disable", "erin"]).ok();
+    let (code, prompts) = barred_login(&b, &erin);
+    assert_eq!(code, Some(255));
+    assert!(
+        prompts.contains("your vendor account is disabled"),
+        "{prompts}"
+    );
+}
+
+/// A login by `vendor` whose askpass records each prompt and answers a code: the exit code and the
+/// prompts shown.
+fn barred_login(b: &Bastion, vendor: &Vendor) -> (Option<i32>, String) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = b.data.path();
+    let n = chaperone::secrets::random_hex(4);
+    let prompts = dir.join(format!("prompts-{n}.txt"));
+    let askpass = dir.join(format!("askpass-record-{n}.sh"));
+    std::fs::write(
+        &askpass,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$1\" >> '{}'\necho {}\n",
+            prompts.display(),
+            vendor.next_code()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = b
+        .ssh_answering(vendor, &[], &format!("{}+mri-01", vendor.name), &askpass)
+        .arg("true")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        std::fs::read_to_string(&prompts).unwrap_or_default(),
+    )
 }
 
 #[test]
