@@ -279,6 +279,10 @@ fn certificate(r: &mut Report, config: &Config, now: i64) {
 
 /// Whether a vendor's passkey link, which ssh prints in a prompt, fits a terminal line.
 fn passkey_links(r: &mut Report, config: &Config) {
+    // No passkeys, no links (an IP address as the host has its own warning).
+    if chaperone_web_approval::passkey::relying_party(&config.web.public_url).is_err() {
+        return;
+    }
     let width = vendor_link::link_width(&config.web.public_url);
     if width > vendor_link::LINK_COLUMNS {
         r.line(

@@ -86,6 +86,45 @@ impl std::fmt::Debug for Enrolling {
 pub struct Auth {
     /// Set once a key of the named vendor was verified, for exactly this user name.
     key_ok: Option<KeyStep>,
+    /// This connection told a barred vendor why: a barred vendor's key is refused from then on, as
+    /// before any vendor was told, so one connection tells (and audits) once.
+    told_barred: bool,
+}
+
+/// Audits of barred vendors' refusals on this node: at most one per vendor and reason a minute, so
+/// whoever holds a disabled vendor's key cannot fill the audit log by reconnecting (each refusal is
+/// still logged).
+#[derive(Debug, Default)]
+pub struct BarredAudits(
+    std::sync::Mutex<std::collections::HashMap<(i64, &'static str), tokio::time::Instant>>,
+);
+
+impl BarredAudits {
+    const EVERY: Duration = Duration::from_secs(60);
+    /// Vendors remembered at once: more than any installation holds barred within a minute.
+    const MAX: usize = 10_000;
+
+    /// Whether a refusal of `vendor_id`, barred for `why`, is to be audited now (and, if so, noted as
+    /// audited).
+    fn due(&self, vendor_id: i64, why: &'static str) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut seen = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.len() >= Self::MAX {
+            seen.retain(|_, at| now.duration_since(*at) < Self::EVERY);
+        }
+        match seen.get(&(vendor_id, why)) {
+            Some(at) if now.duration_since(*at) < Self::EVERY => false,
+            _ => {
+                if seen.len() < Self::MAX {
+                    seen.insert((vendor_id, why), now);
+                }
+                true
+            }
+        }
+    }
 }
 
 /// A key step that passed, and what its second-factor step asked so far. A new key step replaces all
@@ -191,16 +230,22 @@ impl Auth {
     /// Would this key be accepted for `user`? (The client asks before signing.) A disabled or locked
     /// vendor's key is, so that the next step can tell them why they cannot sign in.
     pub async fn key_offered(&self, app: &App, user: &str, key: &PublicKey) -> bool {
-        self.vendor_for(app, user, key).await.is_some()
+        self.vendor_for(app, user, key)
+            .await
+            .is_some_and(|v| !self.told_barred || Barred::of(&v, app.clock.now()).is_none())
     }
 
     /// The key's signature was verified for `user`: first factor done if it belongs to that vendor.
     pub async fn key_verified(&mut self, app: &App, user: &str, key: &PublicKey) -> bool {
         match self.vendor_for(app, user, key).await {
             Some(vendor) => {
+                let barred = Barred::of(&vendor, app.clock.now());
+                if barred.is_some() && self.told_barred {
+                    return false;
+                }
                 self.key_ok = Some(KeyStep {
                     user: user.to_owned(),
-                    barred: Barred::of(&vendor, app.clock.now()),
+                    barred,
                     vendor,
                     key_fp: fingerprint(key),
                     asked: Asked::Code,
@@ -315,15 +360,23 @@ impl Auth {
         peer: SocketAddr,
         answers: &[String],
         ticket: Option<&Ticket>,
+        barred_audits: &BarredAudits,
     ) -> TotpOutcome {
         let Some(step) = self.key_ok.as_mut() else {
             return TotpOutcome::Refused;
         };
         if let Some(barred) = step.barred {
             // Nothing was asked: the answer is not looked at, nor counted. The key step ends with it,
-            // so a client that asks again starts from its key.
-            refuse(app, peer, &step.vendor, app.clock.now(), barred.why()).await;
+            // and this connection refuses a barred vendor's key from now on.
+            let vendor = step.vendor.clone();
             self.key_ok = None;
+            self.told_barred = true;
+            if barred_audits.due(vendor.id, barred.why()) {
+                refuse(app, peer, &vendor, app.clock.now(), barred.why()).await;
+            } else {
+                crate::ops::metrics::login(crate::ops::metrics::Login::Refused);
+                tracing::info!(vendor = %vendor.name, %peer, why = barred.why(), "barred vendor refused (audited within the last minute)");
+            }
             return TotpOutcome::Barred;
         }
         let asked = std::mem::take(&mut step.asked);
@@ -519,8 +572,8 @@ async fn passkey_offered(app: &App, vendor_id: i64) -> bool {
     vendor_passkeys::offered(app) && vendor_passkeys::count(app, vendor_id).await.unwrap_or(0) > 0
 }
 
-/// A vendor disabled (or their key removed) between the key step and the second factor: refused and
-/// audited with `why`.
+/// A vendor refused after the key step (barred at it, disabled or their key removed since, no passkey
+/// link): refused and audited with `why`.
 async fn refuse(app: &App, peer: SocketAddr, vendor: &Vendor, now: i64, why: &str) {
     let subject = format!("vendor:{}", vendor.name);
     let result = async {

@@ -379,7 +379,13 @@ impl server::Handler for Connection {
         };
         match self
             .auth
-            .answer(&self.shared.app, self.peer, &answers, ticket.as_deref())
+            .answer(
+                &self.shared.app,
+                self.peer,
+                &answers,
+                ticket.as_deref(),
+                &self.shared.barred_audits,
+            )
             .await
         {
             TotpOutcome::PasskeyLink { prompt } => Ok(RusshAuth::Partial {
@@ -405,10 +411,13 @@ impl server::Handler for Connection {
                 Ok(RusshAuth::Accept)
             }
             // Told why: no method is left to try.
-            TotpOutcome::Barred => Ok(RusshAuth::Reject {
-                proceed_with_methods: Self::only(&[]),
-                partial_success: false,
-            }),
+            TotpOutcome::Barred => {
+                pad(since, TOTP_REFUSAL).await;
+                Ok(RusshAuth::Reject {
+                    proceed_with_methods: Self::only(&[]),
+                    partial_success: false,
+                })
+            }
             TotpOutcome::Refused => {
                 pad(since, TOTP_REFUSAL).await;
                 Ok(RusshAuth::Reject {

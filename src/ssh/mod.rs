@@ -69,6 +69,8 @@ pub struct Shared {
     pub budgets: Arc<Budgets>,
     /// Server settings for ProxyJump sessions terminated inside a tunnel.
     pub inner_config: Arc<russh::server::Config>,
+    /// When a barred vendor's refusal was last audited.
+    pub barred_audits: auth::BarredAudits,
 }
 
 impl Shared {
@@ -255,6 +257,7 @@ impl Listener {
         let config = Arc::new(russh_config(host_key.clone(), grace));
         let shared = Arc::new(Shared {
             budgets: Arc::default(),
+            barred_audits: auth::BarredAudits::default(),
             inner_config: jump::inner_config(host_key, grace),
             device_config: Arc::new(crate::target::client_config()),
             device_links: Arc::new(device_links::DeviceLinks::new(

@@ -389,6 +389,8 @@ impl Tx {
         vendor_id: i64,
         now: UnixTime,
     ) -> Result<Option<UnixTime>> {
+        // A login judged meanwhile waits for this transaction, so the lock read is the one ended.
+        self.hold_vendor(vendor_id).await?;
         let was = self
             .vendor_locked_until(vendor_id)
             .await?

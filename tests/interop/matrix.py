@@ -4,7 +4,7 @@ Each common SSH client signs in to chaperone as its own vendor (key, then a seco
 keyboard-interactive prompt), runs two commands on one connection seconds apart where the client can,
 and the file-transfer clients upload and download a file; plink, paramiko and asyncssh also run a command
 through ProxyJump, each its own way. Clients that only read a code from a terminal
-(PuTTY's plink and psftp, Dropbear's dbclient) are driven through a pseudo-terminal (pexpect).
+(PuTTY's plink, psftp and pscp, Dropbear's dbclient) are driven through a pseudo-terminal (pexpect).
 
 The second factor is a run's "second": "totp" answers the code prompt with a fresh code; "passkey"
 answers it with Enter, which makes the bastion show a one-time link in the next prompt. The link is
@@ -424,6 +424,22 @@ def psftp(spec, c, second):
     return {"connections": 1, "commands": [], "uploaded": remote, "downloaded": remote}
 
 
+def pscp(spec, c, second):
+    """pscp in SCP mode (-scp: the legacy protocol, which WinSCP's SCP mode speaks too): an upload and a
+    download, one connection each."""
+    name = "pscp"
+    ppk = putty_key(spec, c)
+    payload, local, remote, back = files(spec, name)
+    user = f"{c['vendor']}+{spec['asset']}"
+    base = ["pscp", "-scp", "-P", str(spec["port"]), "-i", ppk, "-hostkey", spec["fingerprint"]]
+    spawn(base + [local, f"{user}@{spec['host']}:{remote}"], second)
+    spawn(base + [f"{user}@{spec['host']}:{remote}", back], second)
+    check_file(back, payload)
+    # SCP cannot delete; the device is this machine's sshd.
+    os.remove(remote)
+    return {"connections": 2, "commands": [], "uploaded": remote, "downloaded": remote}
+
+
 def dbclient(spec, c, second):
     """Dropbear's client has no connection sharing: one command per connection."""
     name = "dbclient"
@@ -572,6 +588,7 @@ CLIENTS = {
     "openssh": openssh,
     "plink": plink,
     "psftp": psftp,
+    "pscp": pscp,
     "paramiko": paramiko_client,
     "asyncssh": asyncssh_client,
     "dbclient": dbclient,

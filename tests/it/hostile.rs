@@ -307,6 +307,68 @@ fn disabling_locking_or_removing_the_key_ends_a_vendors_live_connections() {
     assert_eq!(wait_audited(&b, "vendor.connections.ended", 3).len(), 3);
 }
 
+/// A client that keeps trying with a disabled vendor's key on one connection (paramiko, key then
+/// keyboard-interactive, three times): told why once, then refused at the key as before; one audit event.
+#[test]
+fn a_barred_vendors_client_is_told_once_per_connection() {
+    let Some((_sshd, b)) = setup("") else { return };
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.data.run(&["vendor", "disable", "alice"]).ok();
+    let script = r#"
+import json, sys, paramiko
+host, port, user, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+t = paramiko.Transport((host, port))
+t.start_client(timeout=20)
+steps = []
+for _ in range(3):
+    try:
+        left = t.auth_publickey(user, paramiko.PKey.from_path(key))
+        steps.append(["key", sorted(left)])
+    except paramiko.AuthenticationException as e:
+        steps.append(["key refused", type(e).__name__])
+        continue
+    shown = []
+    def answer(title, instructions, prompts):
+        shown.extend(p for p, _ in prompts)
+        return ["123456" for _ in prompts]
+    try:
+        t.auth_interactive(user, answer)
+        steps.append(["signed in"])
+    except paramiko.AuthenticationException:
+        steps.append(["told", shown])
+t.close()
+print(json.dumps(steps))
+"#;
+    let out = Command::new(python())
+        .args(["-c", script, "127.0.0.1", &b.ssh_port.to_string(), "alice"])
+        .arg(&alice.key)
+        .output()
+        .unwrap();
+    let (stdout, stderr, code) = text(&out);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let steps: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let steps = steps.as_array().unwrap();
+    assert_eq!(steps[0][0], "key", "{steps:?}");
+    assert_eq!(steps[1][0], "told", "{steps:?}");
+    assert!(
+        steps[1][1][0]
+            .as_str()
+            .unwrap()
+            .contains("your vendor account is disabled"),
+        "{steps:?}"
+    );
+    assert!(
+        steps[2..].iter().all(|s| s[0] == "key refused"),
+        "a barred key was taken again on the same connection: {steps:?}"
+    );
+    let refused: Vec<Value> = audited(&b, "auth.refused")
+        .into_iter()
+        .filter(|e| e["detail"]["why"] == "disabled")
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(audited(&b, "auth.login").is_empty());
+}
+
 #[test]
 fn an_idle_flood_from_one_address_leaves_a_vendor_from_another_able_to_sign_in() {
     let Some((_sshd, b)) = setup("") else { return };

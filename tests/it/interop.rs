@@ -1,6 +1,6 @@
 //! Every common SSH client a vendor technician uses, against `chaperone serve` and a real `sshd` device:
-//! OpenSSH (ssh, scp, sftp over one ControlMaster connection), PuTTY's plink (connection sharing) and
-//! psftp, paramiko, asyncssh and Dropbear's dbclient, each signing in with its key and a second factor
+//! OpenSSH (ssh, scp, sftp over one ControlMaster connection), PuTTY's plink (connection sharing),
+//! psftp and pscp (legacy SCP, as WinSCP's SCP mode), paramiko, asyncssh and Dropbear's dbclient, each signing in with its key and a second factor
 //! (once with a TOTP code, once with a passkey through the link the bastion shows in a prompt) and
 //! running two commands on one connection seconds apart where the client can; the file-transfer clients
 //! upload and download, and the bastion's transfer log must show both; plink, paramiko and asyncssh run a
@@ -34,6 +34,7 @@ fn parts_missing() -> bool {
     for (program, package) in [
         ("plink", "putty-tools"),
         ("psftp", "putty-tools"),
+        ("pscp", "putty-tools"),
         ("puttygen", "putty-tools"),
         ("dbclient", "dropbear-bin"),
         ("dropbearconvert", "dropbear-bin"),
@@ -105,7 +106,7 @@ fn every_common_client_signs_in_runs_two_commands_and_transfers_files() {
     b.device("mri-01", &sshd, &[]);
     let dir = tempfile::tempdir().unwrap();
     let clients = [
-        "openssh", "plink", "psftp", "paramiko", "asyncssh", "dbclient",
+        "openssh", "plink", "psftp", "pscp", "paramiko", "asyncssh", "dbclient",
     ];
     // Every client three times: a new vendor's first login, which enrols a TOTP app from the QR code
     // and the secret in the prompt; a TOTP code; and a passkey through the link the bastion shows in
@@ -291,12 +292,18 @@ fn every_common_client_signs_in_runs_two_commands_and_transfers_files() {
                     std::fs::read_to_string(s["recordings"][0]["path"].as_str().unwrap()).unwrap()
                 })
                 .collect();
+            // SFTP names the device's path in each request; legacy SCP names it in the command
+            // (`scp -t PATH`, the session's detail), and each file as its control line does.
+            let named = logs.contains(remote)
+                || mine.iter().any(|s| {
+                    s["kind"] == "sftp" && s["detail"].as_str().unwrap().ends_with(remote)
+                });
             assert!(
-                logs.contains(remote)
+                named
                     && logs.contains("\"upload\"")
                     && logs.contains("\"download\"")
                     && logs.contains("100000"),
-                "{client} ({second}): the transfer log lacks the upload or download of {remote}: {logs}"
+                "{client} ({second}): the transfer log lacks the upload or download of {remote}: {logs}\nsessions: {mine:?}"
             );
         }
     }

@@ -737,14 +737,22 @@ fn repeated_failures_lock_the_vendor() {
     let out = b.ssh(&erin, "erin+mri-01").arg("true").output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
 
-    // Disabled, she is told that instead.
+    // Disabled, she is told that instead. Whoever tries again with her key is told again, but the
+    // audit log gets one refusal a minute, not one per try.
     b.data.run(&["vendor", "disable", "erin"]).ok();
-    let (code, prompts) = barred_login(&b, &erin);
-    assert_eq!(code, Some(255));
-    assert!(
-        prompts.contains("your vendor account is disabled"),
-        "{prompts}"
-    );
+    for _ in 0..2 {
+        let (code, prompts) = barred_login(&b, &erin);
+        assert_eq!(code, Some(255));
+        assert!(
+            prompts.contains("your vendor account is disabled"),
+            "{prompts}"
+        );
+    }
+    let refused = audit_lines(&b)
+        .lines()
+        .filter(|l| l.contains("\"auth.refused\"") && l.contains(r#"\"why\":\"disabled\""#))
+        .count();
+    assert_eq!(refused, 1, "{}", audit_lines(&b));
 }
 
 /// A login by `vendor` whose askpass records each prompt and answers a code: the exit code and the
