@@ -3,7 +3,8 @@
 Each common SSH client signs in to chaperone as its own vendor (key, then a second factor at the
 keyboard-interactive prompt), runs two commands on one connection seconds apart where the client can,
 and the file-transfer clients upload and download a file; plink, paramiko and asyncssh also run a command
-through ProxyJump, each its own way. Clients that only read a code from a terminal
+through ProxyJump, each its own way; the terminal clients and libraries type a line into an interactive
+shell with a pty. Clients that only read a code from a terminal
 (PuTTY's plink, psftp and pscp, Dropbear's dbclient) are driven through a pseudo-terminal (pexpect).
 
 The second factor is a run's "second": "totp" answers the code prompt with a fresh code; "passkey"
@@ -151,6 +152,13 @@ class Enroll(Codes):
         child.sendline(self.answer(self.NEXT))
 
 
+class NoPrompt:
+    """A client that asks nothing (it shares a connection already signed in)."""
+
+    def terminal(self, child):
+        pass
+
+
 # Dropbear's dbclient keeps only printable ASCII of a prompt (cleantext() in its dbutil.c): no QR code.
 ASCII_PROMPTS = {"dbclient"}
 
@@ -272,6 +280,30 @@ def spawn(args, second, env=None):
     return out
 
 
+SHELL_LINE = "echo shell-$((6*7)); exit\n"
+
+
+def check_shell(out, name):
+    """The interactive shell ran the typed line (the sum is only in its output, not in the echo)."""
+    if "shell-42" not in out:
+        raise RuntimeError(f"{name}'s shell printed {out[-400:]!r}")
+    return "shell-42"
+
+
+def terminal_shell(args, second, env=None):
+    """A terminal client signing in and then used as a shell: the typed line's output."""
+    import pexpect
+
+    child = terminal(args, env)
+    try:
+        second.terminal(child)
+        child.send(SHELL_LINE)
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    return child.before or ""
+
+
 def files(spec, name):
     """A payload to upload (100 kB, not text) and the paths for it."""
     payload = bytes((i * 7 + len(name)) % 251 for i in range(100_000))
@@ -344,11 +376,12 @@ def openssh(spec, c, second):
             f.write(f"get {remote} {back}\nrm {remote}\n")
         run(["sftp", *opts, "-P", port, "-b", batch, f"{user}@{spec['host']}"], env)
         check_file(back, payload)
+        shell = check_shell(run(["ssh", *opts, "-tt", "-p", port, f"{user}@{spec['host']}"], env, SHELL_LINE.encode()), name)
     finally:
         subprocess.run(["ssh", *opts, "-O", "exit", "-p", port, f"{user}@{spec['host']}"], capture_output=True, env={**os.environ, **env})
         if held is not None:
             held.close(force=True)
-    return {"connections": 1, "commands": outs, "uploaded": remote, "downloaded": remote}
+    return {"connections": 1, "commands": outs, "uploaded": remote, "downloaded": remote, "shell": shell}
 
 
 def putty_key(spec, c):
@@ -394,9 +427,11 @@ def plink(spec, c, second):
         ])
         if jumped.strip() != f"{name}-jump":
             raise RuntimeError(f"the jump's command printed {jumped!r}")
+        # An interactive shell with PuTTY's terminal modes, over the shared connection.
+        shell = check_shell(terminal_shell(base + ["-t", f"{user}@{spec['host']}"], NoPrompt()), name)
     finally:
         upstream.terminate(force=True)
-    return {"connections": 1, "commands": outs, "jump": jumped}
+    return {"connections": 1, "commands": outs, "jump": jumped, "shell": shell}
 
 
 def inner_fingerprint(spec):
@@ -461,7 +496,8 @@ def dbclient(spec, c, second):
             time.sleep(PAUSE)
         outs.append(spawn(["dbclient", "-i", key, "-p", str(spec["port"]), f"{user}@{spec['host']}", cmd], second, env={"HOME": home}))
     check_two(outs, name)
-    return {"connections": 2, "commands": outs}
+    shell = check_shell(terminal_shell(["dbclient", "-t", "-i", key, "-p", str(spec["port"]), f"{user}@{spec['host']}"], second, env={"HOME": home}), name)
+    return {"connections": 3, "commands": outs, "shell": shell}
 
 
 def paramiko_client(spec, c, second):
@@ -501,9 +537,15 @@ def paramiko_client(spec, c, second):
         sftp.close()
         check_file(back, payload)
         jumped = paramiko_jump(spec, c, t, name)
+        ch = t.open_session(timeout=TIMEOUT)
+        ch.settimeout(TIMEOUT)
+        ch.get_pty(term="xterm", width=80, height=24)
+        ch.invoke_shell()
+        ch.sendall(SHELL_LINE.encode())
+        shell = check_shell(ch.makefile("rb").read().decode(errors="replace"), name)
     finally:
         t.close()
-    return {"connections": 1, "commands": outs, "uploaded": remote, "downloaded": remote, "jump": jumped}
+    return {"connections": 1, "commands": outs, "uploaded": remote, "downloaded": remote, "jump": jumped, "shell": shell}
 
 
 def paramiko_jump(spec, c, t, name):
@@ -572,7 +614,11 @@ def asyncssh_client(spec, c, second):
                 r = await asyncio.wait_for(inner.run(f"echo {name}-jump", check=True), TIMEOUT)
             if r.stdout.strip() != f"{name}-jump":
                 raise RuntimeError(f"the jump's command printed {r.stdout!r}")
-            return {"connections": 1, "commands": outs, "uploaded": remote, "downloaded": remote, "jump": r.stdout}
+            async with conn.create_process(term_type="xterm", term_size=(80, 24)) as p:
+                p.stdin.write(SHELL_LINE)
+                out = await asyncio.wait_for(p.stdout.read(), TIMEOUT)
+            shell = check_shell(out, name)
+            return {"connections": 1, "commands": outs, "uploaded": remote, "downloaded": remote, "jump": r.stdout, "shell": shell}
 
     return asyncio.run(go())
 
@@ -623,13 +669,13 @@ def main():
         row["seconds"] = round(time.time() - started, 1)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"{'client':<10} {'second':<8} {'result':<6} {'conns':>5} {'cmds':>4} {'files':<14} {'qr':<5} {'s':>5}", file=sys.stderr)
+    print(f"{'client':<10} {'second':<8} {'result':<6} {'conns':>5} {'cmds':>4} {'files':<20} {'qr':<5} {'s':>5}", file=sys.stderr)
     for r in rows:
-        files_done = ("up+down" if r.get("downloaded") else "-") + (" jump" if r.get("jump") else "")
+        files_done = ("up+down" if r.get("downloaded") else "-") + (" jump" if r.get("jump") else "") + (" shell" if r.get("shell") else "")
         qr = {True: "drawn", False: "ascii"}.get(r.get("qr"), "-")
         print(
             f"{r['client']:<10} {r['second']:<8} {'ok' if r['ok'] else 'FAIL':<6} {r.get('connections', '-'):>5} "
-            f"{len(r.get('commands', [])):>4} {files_done:<14} {qr:<5} {r['seconds']:>5}"
+            f"{len(r.get('commands', [])):>4} {files_done:<20} {qr:<5} {r['seconds']:>5}"
             + ("" if r["ok"] else f"  {r['error']}"),
             file=sys.stderr,
         )

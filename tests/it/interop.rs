@@ -4,7 +4,9 @@
 //! (once with a TOTP code, once with a passkey through the link the bastion shows in a prompt) and
 //! running two commands on one connection seconds apart where the client can; the file-transfer clients
 //! upload and download, and the bastion's transfer log must show both; plink, paramiko and asyncssh run a
-//! command through ProxyJump, against the host key `chaperone known-hosts` pins. Driven by
+//! command through ProxyJump, against the host key `chaperone known-hosts` pins; and every client with a
+//! terminal types a line into an interactive shell (a pty with its own terminal modes), whose output
+//! the recording must show. Driven by
 //! `tests/interop/matrix.py`, which prints the matrix as a table. And the key exchange: an OpenSSH 9.2
 //! client and device get the post-quantum `sntrup761x25519-sha512` through chaperone, as they would
 //! directly.
@@ -270,6 +272,17 @@ fn every_common_client_signs_in_runs_two_commands_and_transfers_files() {
                 mine.iter()
                     .any(|s| s["kind"] == "exec" && s["detail"] == wanted.as_str()),
                 "{client} ({second}): no exec session for {wanted:?} in {mine:?}"
+            );
+        }
+        if row["shell"].is_string() {
+            let shells: Vec<&&Value> = mine.iter().filter(|s| s["kind"] == "shell").collect();
+            assert!(
+                shells.iter().any(|s| {
+                    std::fs::read_to_string(s["recordings"][0]["path"].as_str().unwrap())
+                        .unwrap()
+                        .contains("shell-42")
+                }),
+                "{client} ({second}): no recorded shell shows the typed line's output: {shells:?}"
             );
         }
         if row["jump"].is_string() {
