@@ -409,7 +409,9 @@ impl Indexer {
 fn transfer_texts(e: &chaperone_recorder::TransferEvent) -> Vec<String> {
     use chaperone_recorder::TransferEvent as T;
     match e {
-        T::File { path, .. } | T::Opened { path, .. } => vec![path.clone()],
+        T::File { path, target, .. } | T::Opened { path, target, .. } => {
+            std::iter::once(path).chain(target).cloned().collect()
+        }
         T::Op { path, target, .. } => std::iter::once(path.clone())
             .chain(target.clone())
             .collect(),

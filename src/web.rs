@@ -2278,6 +2278,7 @@ fn transfers_shown(lines: Vec<playback::TransferLine>) -> Vec<playback::Transfer
                 path,
                 direction,
                 open: None,
+                ..
             } => {
                 let key = (
                     path.clone(),
@@ -2320,12 +2321,13 @@ fn transfer_view(l: playback::TransferLine) -> TransferView {
             direction,
             bytes,
             outcome: o,
+            target,
             ..
         } => TransferView {
             t: l.t,
             what: word(serde_json::to_value(direction)),
             path,
-            target: None,
+            target,
             bytes: Some(bytes),
             outcome: outcome(&o),
         },
@@ -2344,12 +2346,15 @@ fn transfer_view(l: playback::TransferLine) -> TransferView {
         },
         // Only one whose file was never logged as closed is shown (`transfers_shown`).
         T::Opened {
-            path, direction, ..
+            path,
+            direction,
+            target,
+            ..
         } => TransferView {
             t: l.t,
             what: word(serde_json::to_value(direction)),
             path,
-            target: None,
+            target,
             bytes: None,
             outcome: "opened, no end logged".into(),
         },
@@ -2386,6 +2391,7 @@ mod tests {
             path: path.into(),
             direction,
             open,
+            target: None,
         }
     }
 
@@ -2401,6 +2407,7 @@ mod tests {
             bytes: 0,
             outcome,
             open,
+            target: None,
         }
     }
 

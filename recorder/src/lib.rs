@@ -40,7 +40,7 @@ pub use exec::{
     exec_to_cast,
 };
 pub use marker::{MarkerKind, command_label, notice_label};
-pub use scp::{ScpMode, ScpObserver, scp_mode};
+pub use scp::{ScpCommand, ScpMode, ScpObserver, scp_command, scp_mode};
 pub use sink::{FileStamp, Finished, Sha256Reader, sha256_file};
 pub use tar::{EntryHeader, EntryKind, TarError, TarReader, TarWriter};
 pub use terminal_filter::TerminalFilter;

@@ -33,17 +33,32 @@ pub enum ScpMode {
     Download,
 }
 
-/// The mode of `command` if it is an scp client's own remote command: `scp`, flags (`-t` or `-f`, and any
-/// of `-d -p -r -v -q`), `--` optionally, then one path of plain characters. Anything else, a path with
+/// An scp client's own remote command, parsed: [`scp_command`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScpCommand {
+    pub mode: ScpMode,
+    /// The path the command names on the device: the files sent (`-f`), or where files go (`-t`).
+    pub path: String,
+    /// `-d`: the path must be a directory (the client sends several files, or a tree).
+    pub into_dir: bool,
+}
+
+/// The mode of `command` if it is an scp client's own remote command ([`scp_command`]).
+pub fn scp_mode(command: &[u8]) -> Option<ScpMode> {
+    scp_command(command).map(|c| c.mode)
+}
+
+/// `command` if it is an scp client's own remote command: `scp`, flags (`-t` or `-f`, and any of
+/// `-d -p -r -v -q`), `--` optionally, then one path of plain characters. Anything else, a path with
 /// quotes or shell syntax included (`scp -t x; sh`), is not a transfer: it stays an exec session, whose
 /// bytes are all recorded.
-pub fn scp_mode(command: &[u8]) -> Option<ScpMode> {
+pub fn scp_command(command: &[u8]) -> Option<ScpCommand> {
     let command = std::str::from_utf8(command).ok()?;
     let mut words = command.split(' ').filter(|w| !w.is_empty());
     if words.next()? != "scp" {
         return None;
     }
-    let (mut to, mut from, mut path) = (false, false, None);
+    let (mut to, mut from, mut path, mut into_dir) = (false, false, None, false);
     for word in words {
         if path.is_some() {
             return None; // one path only
@@ -55,7 +70,8 @@ pub fn scp_mode(command: &[u8]) -> Option<ScpMode> {
                     match flag {
                         't' => to = true,
                         'f' => from = true,
-                        'd' | 'p' | 'r' | 'v' | 'q' => {}
+                        'd' => into_dir = true,
+                        'p' | 'r' | 'v' | 'q' => {}
                         _ => return None,
                     }
                 }
@@ -71,11 +87,52 @@ pub fn scp_mode(command: &[u8]) -> Option<ScpMode> {
             }
         }
     }
-    path?;
-    match (to, from) {
-        (true, false) => Some(ScpMode::Upload),
-        (false, true) => Some(ScpMode::Download),
-        _ => None,
+    let mode = match (to, from) {
+        (true, false) => ScpMode::Upload,
+        (false, true) => ScpMode::Download,
+        _ => return None,
+    };
+    Some(ScpCommand {
+        mode,
+        path: path?.to_owned(),
+        into_dir,
+    })
+}
+
+/// Where the files an scp command moves are on the device, as far as the command tells.
+#[derive(Debug, Default)]
+struct Place {
+    /// Put before each file's name (and the directories it is in): the directory its names are in.
+    prefix: String,
+    /// An upload to a path that may be a file or a directory (no `-d`): the command's path, logged as
+    /// each file's target (the file itself, or the directory it went into). The sink alone knows which.
+    target: Option<String>,
+}
+
+impl Place {
+    fn of(command: &ScpCommand) -> Place {
+        match (command.mode, command.into_dir) {
+            // A source names its files by their last component: they sit in the path's directory (a
+            // glob's too).
+            (ScpMode::Download, _) => {
+                let trimmed = command.path.trim_end_matches('/');
+                Place {
+                    prefix: trimmed
+                        .rfind('/')
+                        .map(|i| trimmed[..=i].to_owned())
+                        .unwrap_or_default(),
+                    target: None,
+                }
+            }
+            (ScpMode::Upload, true) => Place {
+                prefix: format!("{}/", command.path.trim_end_matches('/')),
+                target: None,
+            },
+            (ScpMode::Upload, false) => Place {
+                prefix: String::new(),
+                target: Some(command.path.clone()),
+            },
+        }
     }
 }
 
@@ -137,12 +194,24 @@ pub struct ScpObserver {
     opened: Vec<TransferEvent>,
     /// Files accepted so far on the channel: the next one's `open` number.
     opens: u64,
+    place: Place,
 }
 
 impl ScpObserver {
-    /// An observer for a new channel running `scp` in `mode`.
+    /// An observer for a new channel running `command`: files are logged with their paths on the
+    /// device as far as the command tells them.
+    pub fn for_command(command: &ScpCommand) -> Self {
+        ScpObserver {
+            place: Place::of(command),
+            ..ScpObserver::new(command.mode)
+        }
+    }
+
+    /// An observer for a new channel running `scp` in `mode`, logging files by the names the protocol
+    /// gives them.
     pub fn new(mode: ScpMode) -> Self {
         ScpObserver {
+            place: Place::default(),
             mode,
             source: Source::Line(Vec::new()),
             answer: None,
@@ -191,6 +260,7 @@ impl ScpObserver {
             bytes: f.sent,
             outcome: Outcome::Unfinished,
             open: f.open,
+            target: self.place.target.clone(),
         };
         for a in self.awaiting {
             if let Awaiting::File(f) | Awaiting::Written(f) = a {
@@ -337,8 +407,9 @@ impl ScpObserver {
     }
 
     fn path(&self, name: &str) -> String {
-        let mut path = self.dirs.join("/");
-        if !path.is_empty() {
+        let mut path = self.place.prefix.clone();
+        for dir in &self.dirs {
+            path.push_str(dir);
             path.push('/');
         }
         path.push_str(name);
@@ -408,6 +479,7 @@ impl ScpObserver {
                     path: f.path.clone(),
                     direction: self.direction(),
                     open: f.open,
+                    target: self.place.target.clone(),
                 });
                 self.opens += 1;
                 next = if f.size == 0 {
@@ -440,6 +512,7 @@ impl ScpObserver {
             bytes: f.sent,
             outcome,
             open: f.open,
+            target: self.place.target.clone(),
         }
     }
 }
@@ -500,7 +573,65 @@ mod tests {
             bytes,
             outcome,
             open,
+            target: None,
         }
+    }
+
+    /// One file through an observer of `command`: its log line.
+    fn one_file(command: &str) -> TransferEvent {
+        let command = scp_command(command.as_bytes()).unwrap();
+        let mut o = ScpObserver::for_command(&command);
+        let (source, sink): (&[&[u8]], &[&[u8]]) = (
+            &[b"D0755 0 fw\n", b"C0644 3 f.bin\n", b"abc\0", b"E\n"],
+            &[b"\0", b"\0", b"\0", b"\0", b"\0"],
+        );
+        let mut events = Vec::new();
+        let mut feed = |from_source: bool, data: &[u8]| {
+            let upload = command.mode == ScpMode::Upload;
+            events.extend(if from_source == upload {
+                o.client_to_server(data)
+            } else {
+                o.server_to_client(data)
+            });
+        };
+        feed(false, sink[0]);
+        for (line, answer) in source.iter().zip(&sink[1..]) {
+            feed(true, line);
+            feed(false, answer);
+        }
+        assert_eq!(events.len(), 1, "{events:?}");
+        events.remove(0)
+    }
+
+    /// Files are logged where the command puts them on the device, as far as it tells: a download's in
+    /// its path's directory; an upload's under a `-d` directory; an upload without `-d` names the
+    /// command's path as its target (the file itself, or the directory it went into).
+    #[test]
+    fn files_are_logged_with_their_place_on_the_device() {
+        let place = |command: &str| match one_file(command) {
+            TransferEvent::File { path, target, .. } => (path, target),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(place("scp -r -f /srv/fw"), ("/srv/fw/f.bin".into(), None));
+        assert_eq!(place("scp -r -f /srv/fw/"), ("/srv/fw/f.bin".into(), None));
+        assert_eq!(place("scp -r -f fw"), ("fw/f.bin".into(), None));
+        assert_eq!(
+            place("scp -r -d -t /tmp/in/"),
+            ("/tmp/in/fw/f.bin".into(), None)
+        );
+        assert_eq!(place("scp -r -d -t /"), ("/fw/f.bin".into(), None));
+        assert_eq!(
+            place("scp -r -t /tmp/new"),
+            ("fw/f.bin".into(), Some("/tmp/new".into()))
+        );
+        assert_eq!(
+            scp_command(b"scp -v -d -t -- /tmp/"),
+            Some(ScpCommand {
+                mode: ScpMode::Upload,
+                path: "/tmp/".into(),
+                into_dir: true
+            })
+        );
     }
 
     /// `scp -r dir host:/tmp/`: the sink's first answer, a directory, two files (one refused), the end of
@@ -575,6 +706,7 @@ mod tests {
             path: path.into(),
             direction: Direction::Download,
             open: Some(open),
+            target: None,
         };
         assert_eq!(o.take_opened(), [opened("log", 0), opened("next", 1)]);
         assert!(o.finish().is_empty());

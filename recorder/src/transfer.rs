@@ -86,6 +86,10 @@ pub enum TransferEvent {
         /// and in logs written before lines were numbered.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         open: Option<u64>,
+        /// A legacy SCP upload to a path that may be a file or a directory: that path, as the command
+        /// named it (the file was written as it, or into it); `path` is then the name the client gave.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
     },
     /// A file the server opened, logged as it opens, before any of its bytes pass, so that a transfer
     /// cut short by a crash is on the record (its [`TransferEvent::File`] comes with the CLOSE's answer).
@@ -100,6 +104,9 @@ pub enum TransferEvent {
         /// it carries the same. None only in logs written before lines were numbered.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         open: Option<u64>,
+        /// As for [`TransferEvent::File`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
     },
     /// A change to the file system other than file contents.
     Op {
@@ -342,6 +349,7 @@ impl OpenFile {
             bytes: bytes(other),
             outcome,
             open: None,
+            target: None,
         });
         std::iter::once(TransferEvent::File {
             bytes: bytes(self.direction),
@@ -349,6 +357,7 @@ impl OpenFile {
             direction: self.direction,
             outcome,
             open: Some(self.serial),
+            target: None,
         })
         .chain(also)
     }
@@ -395,6 +404,7 @@ impl Pending {
                     bytes: 0,
                     outcome: Outcome::Unfinished,
                     open: None,
+                    target: None,
                 },
             )),
             Pending::Op {
@@ -570,6 +580,7 @@ impl Tracker {
                         bytes: 0,
                         outcome,
                         open: None,
+                        target: None,
                     }),
                     Some(Pending::Close { handle }) => {
                         if let Some(file) = self.files.remove(&handle) {
@@ -606,6 +617,7 @@ impl Tracker {
                             path: path.clone(),
                             direction,
                             open: Some(serial),
+                            target: None,
                         });
                         let file = OpenFile {
                             serial,
@@ -1132,6 +1144,7 @@ mod tests {
                 bytes: 1234,
                 outcome: Outcome::Ok,
                 open: Some(1),
+                target: None,
             },
             File {
                 path: "/var/log/dev.log".into(),
@@ -1139,6 +1152,7 @@ mod tests {
                 bytes: 32868,
                 outcome: Outcome::Ok,
                 open: Some(3),
+                target: None,
             },
             File {
                 path: "/etc/shadow".into(),
@@ -1146,6 +1160,7 @@ mod tests {
                 bytes: 0,
                 outcome: Outcome::Failed { status: 3 },
                 open: None,
+                target: None,
             },
             op(OpKind::Remove, "/tmp/old.bin", None, Outcome::Ok),
             op(
@@ -1167,6 +1182,7 @@ mod tests {
                 bytes: 10,
                 outcome: Outcome::Unfinished,
                 open: Some(13),
+                target: None,
             },
             op(
                 OpKind::Remove,
@@ -1223,6 +1239,7 @@ mod tests {
             bytes,
             outcome,
             open,
+            target: None,
         };
         let mut script = vec![
             (C, init()),
@@ -1353,6 +1370,7 @@ mod tests {
                 bytes: 200_001,
                 outcome: Outcome::Ok,
                 open: Some(1),
+                target: None,
             }]
         );
         assert!(observer.finish().is_empty());
@@ -1409,6 +1427,7 @@ mod tests {
                 bytes: 0,
                 outcome: Outcome::Unfinished,
                 open: Some(1),
+                target: None,
             }]
         );
     }
@@ -1543,7 +1562,8 @@ mod tests {
             TransferEvent::Opened {
                 path: "/a".into(),
                 direction: Direction::Download,
-                open: None
+                open: None,
+                target: None,
             }
         );
         assert_eq!(

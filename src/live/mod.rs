@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chaperone_recorder::{
-    CastHeader, ExecHeader, ScpMode, ScpObserver, SftpObserver, TransferEvent,
+    CastHeader, ExecHeader, ScpCommand, ScpObserver, SftpObserver, TransferEvent,
 };
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -576,9 +576,9 @@ impl LiveSession {
 
     /// This transfer session speaks legacy SCP (`scp -t`/`-f` run as an exec), not SFTP: its observer is
     /// an SCP one. Set before the relay starts.
-    pub fn observe_scp(&mut self, mode: ScpMode) {
+    pub fn observe_scp(&mut self, command: &ScpCommand) {
         if self.kind == SessionKind::Sftp {
-            self.sftp = Some(SftpWatch::scp(mode));
+            self.sftp = Some(SftpWatch::scp(command));
         }
     }
 
@@ -787,9 +787,9 @@ pub struct Unfollowable {
 
 impl SftpWatch {
     /// The watch of a legacy SCP transfer.
-    fn scp(mode: ScpMode) -> Self {
+    fn scp(command: &ScpCommand) -> Self {
         SftpWatch {
-            observer: Arc::new(Mutex::new(Observer::Scp(ScpObserver::new(mode)))),
+            observer: Arc::new(Mutex::new(Observer::Scp(ScpObserver::for_command(command)))),
         }
     }
 

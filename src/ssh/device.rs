@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use chaperone_recorder::{ScpMode, scp_mode};
+use chaperone_recorder::{ScpCommand, scp_command};
 use russh::server::{ChannelOpenHandle, Msg};
 use russh::{Channel, ChannelMsg, Pty};
 
@@ -98,7 +98,7 @@ enum Start {
     Sftp,
     /// The remote command of an scp client in its legacy mode (`scp -O`, WinSCP, pscp): run as an exec,
     /// observed and logged as a transfer (`chaperone_recorder::scp`).
-    Scp(Bytes, ScpMode),
+    Scp(Bytes, ScpCommand),
 }
 
 impl Start {
@@ -213,8 +213,8 @@ impl Setup {
             ChannelMsg::RequestShell { .. } => return Some(Start::Shell),
             ChannelMsg::Exec { command, .. } => {
                 let command = Bytes::from(command);
-                return Some(match scp_mode(&command) {
-                    Some(mode) => Start::Scp(command, mode),
+                return Some(match scp_command(&command) {
+                    Some(scp) => Start::Scp(command, scp),
                     None => Start::Exec(command),
                 });
             }
@@ -396,8 +396,8 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
             return;
         }
     };
-    if let Start::Scp(_, mode) = start {
-        live.observe_scp(mode);
+    if let Start::Scp(_, scp) = &start {
+        live.observe_scp(scp);
     }
     // The last look before the device sees anything: a close that came while the session was being
     // written ends it here, before its command could run.

@@ -522,6 +522,11 @@ fn scp_and_sftp_pass_through_the_grant_and_leave_a_transfer_log() {
             "{s}\n{log}"
         );
         assert!(!log.contains("unparseable"), "{log}");
+        // Where the file is on the device: the download's own path, the upload's target.
+        assert!(
+            log.contains(&format!("\"{legacy}\"")),
+            "the device path {legacy} is not in {s}\n{log}"
+        );
         // Logged as it opened, before its bytes passed: a crash mid-transfer leaves it on the record.
         let opened = log.find("\"event\":\"opened\"");
         let closed = log.find("\"event\":\"file\"");
