@@ -2299,6 +2299,15 @@ fn transfers_shown(lines: Vec<playback::TransferLine>) -> Vec<playback::Transfer
     shown
 }
 
+/// A file's path as the page shows it: with the command's path of a legacy SCP upload that names no
+/// directory, since the file went to that path or under it (`→` is a rename's).
+fn scp_upload_path(path: String, target: Option<String>) -> String {
+    match target {
+        Some(target) => format!("{path} (scp -t {target})"),
+        None => path,
+    }
+}
+
 fn transfer_view(l: playback::TransferLine) -> TransferView {
     use chaperone_recorder::TransferEvent as T;
     let outcome = |o: &chaperone_recorder::Outcome| {
@@ -2326,8 +2335,8 @@ fn transfer_view(l: playback::TransferLine) -> TransferView {
         } => TransferView {
             t: l.t,
             what: word(serde_json::to_value(direction)),
-            path,
-            target,
+            path: scp_upload_path(path, target),
+            target: None,
             bytes: Some(bytes),
             outcome: outcome(&o),
         },
@@ -2353,8 +2362,8 @@ fn transfer_view(l: playback::TransferLine) -> TransferView {
         } => TransferView {
             t: l.t,
             what: word(serde_json::to_value(direction)),
-            path,
-            target,
+            path: scp_upload_path(path, target),
+            target: None,
             bytes: None,
             outcome: "opened, no end logged".into(),
         },

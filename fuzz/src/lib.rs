@@ -34,7 +34,7 @@ use chaperone_recorder::exec::MAGIC;
 use chaperone_recorder::{
     CastHeader, CastWriter, Error, Event, EventKind, ExecHeader, ExecReader, ExecWriter, FrameData,
     OutputStream, ScpMode, ScpObserver, SftpObserver, TerminalFilter, TransferEvent, exec_raw,
-    exec_to_cast, parse_cast,
+    exec_to_cast, parse_cast, scp_command,
 };
 
 /// SFTP observer: the input is a script of chunks, each a control byte and then its bytes. The control
@@ -46,19 +46,33 @@ pub fn sftp_observer(data: &[u8]) {
     same_events_however_cut(SftpObserver::new, data);
 }
 
-/// Legacy SCP observer: the first byte's low bit picks the mode (0: the vendor uploads, `scp -t`; 1:
-/// downloads, `scp -f`), the rest is a script of chunks as for [`sftp_observer`], with the same
-/// properties.
+/// Legacy SCP observer: the first byte picks the command, its low bit the mode (0: the vendor uploads,
+/// `scp -t`; 1: downloads, `scp -f`) and the next bits how the command places files (no command, a
+/// path, a `-d` directory or a home directory); the rest is a script of chunks as for
+/// [`sftp_observer`], with the same properties.
 pub fn scp_observer(data: &[u8]) {
-    let Some((&mode, script)) = data.split_first() else {
+    const UPLOADS: [&str; 3] = ["scp -t /tmp/x", "scp -r -d -t /tmp/in/", "scp -r -t new"];
+    const DOWNLOADS: [&str; 3] = ["scp -f /var/log/syslog", "scp -r -f ~", "scp -r -f fw/"];
+    let Some((&pick, script)) = data.split_first() else {
         return;
     };
-    let mode = if mode & 1 == 0 {
-        ScpMode::Upload
-    } else {
-        ScpMode::Download
-    };
-    same_events_however_cut(|| ScpObserver::new(mode), script);
+    let commands = if pick & 1 == 0 { UPLOADS } else { DOWNLOADS };
+    match usize::from(pick >> 1) % (commands.len() + 1) {
+        0 => {
+            let mode = if pick & 1 == 0 {
+                ScpMode::Upload
+            } else {
+                ScpMode::Download
+            };
+            same_events_however_cut(|| ScpObserver::new(mode), script);
+        }
+        n => {
+            let Some(command) = scp_command(commands[n - 1].as_bytes()) else {
+                unreachable!("{} is an scp command", commands[n - 1]);
+            };
+            same_events_however_cut(|| ScpObserver::for_command(&command), script);
+        }
+    }
 }
 
 fn same_events_however_cut<O: Observer>(new: impl Fn() -> O, script: &[u8]) {

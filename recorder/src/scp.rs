@@ -77,9 +77,12 @@ pub fn scp_command(command: &[u8]) -> Option<ScpCommand> {
                 }
             }
             _ => {
+                // A shell expands `~` at a word's start, and after `=` or `:` in some words: only a
+                // leading one is taken (it names a home directory).
                 let plain = word
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"/._-+,:@%=~".contains(&b));
+                    .all(|b| b.is_ascii_alphanumeric() || b"/._-+,:@%=~".contains(&b))
+                    && !word[1..].contains('~');
                 if !plain {
                     return None;
                 }
@@ -102,35 +105,40 @@ pub fn scp_command(command: &[u8]) -> Option<ScpCommand> {
 /// Where the files an scp command moves are on the device, as far as the command tells.
 #[derive(Debug, Default)]
 struct Place {
-    /// Put before each file's name (and the directories it is in): the directory its names are in.
+    /// Put before each top-level name: the directory the command's path is in (a download: a source
+    /// names what it sends by its last component), or the directory it names (an upload with `-d`).
     prefix: String,
-    /// An upload to a path that may be a file or a directory (no `-d`): the command's path, logged as
-    /// each file's target (the file itself, or the directory it went into). The sink alone knows which.
+    /// A download of a home directory (`~`, `~user`): the source names it by the path the shell
+    /// expanded, which only the device knows, so the first top-level entry is logged as the command
+    /// wrote it (taken when used).
+    home: Option<String>,
+    /// An upload without `-d`: the command's path, each file's `target` ([`TransferEvent::File`]).
     target: Option<String>,
 }
 
 impl Place {
     fn of(command: &ScpCommand) -> Place {
+        let trimmed = command.path.trim_end_matches('/');
         match (command.mode, command.into_dir) {
-            // A source names its files by their last component: they sit in the path's directory (a
-            // glob's too).
-            (ScpMode::Download, _) => {
-                let trimmed = command.path.trim_end_matches('/');
-                Place {
-                    prefix: trimmed
-                        .rfind('/')
-                        .map(|i| trimmed[..=i].to_owned())
-                        .unwrap_or_default(),
-                    target: None,
-                }
-            }
+            (ScpMode::Download, _) => match trimmed.rfind('/') {
+                Some(i) => Place {
+                    prefix: trimmed[..=i].to_owned(),
+                    ..Place::default()
+                },
+                None if trimmed.starts_with('~') => Place {
+                    home: Some(trimmed.to_owned()),
+                    ..Place::default()
+                },
+                // A relative path names its entry itself; `/` names nothing a source could send.
+                None => Place::default(),
+            },
             (ScpMode::Upload, true) => Place {
-                prefix: format!("{}/", command.path.trim_end_matches('/')),
-                target: None,
+                prefix: format!("{trimmed}/"),
+                ..Place::default()
             },
             (ScpMode::Upload, false) => Place {
-                prefix: String::new(),
-                target: Some(command.path.clone()),
+                target: Some(crate::transfer::lossy(command.path.as_bytes())),
+                ..Place::default()
             },
         }
     }
@@ -378,8 +386,15 @@ impl ScpObserver {
                 if name.is_empty() || name.contains('/') || name == ".." {
                     return self.stop("a name with a path in it", events);
                 }
+                let name = if self.dirs.is_empty()
+                    && let Some(home) = self.place.home.take()
+                {
+                    home
+                } else {
+                    name.to_owned()
+                };
                 if kind == b'C' {
-                    let path = self.path(name);
+                    let path = self.path(&name);
                     Awaiting::File(File {
                         path,
                         size,
@@ -388,7 +403,7 @@ impl ScpObserver {
                         open: None,
                     })
                 } else {
-                    Awaiting::Dir(name.to_owned())
+                    Awaiting::Dir(name)
                 }
             }
             // An error the source reports (no such file, …): no answer comes for it. Its text is logged:
@@ -620,10 +635,20 @@ mod tests {
             ("/tmp/in/fw/f.bin".into(), None)
         );
         assert_eq!(place("scp -r -d -t /"), ("/fw/f.bin".into(), None));
+        // Where this went, only the device knows: `/tmp/new/f.bin` if `/tmp/new` was new (the tree
+        // became it), `/tmp/new/fw/f.bin` if it was a directory. The log names both parts.
         assert_eq!(
             place("scp -r -t /tmp/new"),
             ("fw/f.bin".into(), Some("/tmp/new".into()))
         );
+        // A home directory is sent under the name the shell expanded it to (here `fw`).
+        assert_eq!(place("scp -r -f ~"), ("~/f.bin".into(), None));
+        assert_eq!(place("scp -r -f ~/"), ("~/f.bin".into(), None));
+        assert_eq!(place("scp -r -f ~/fw"), ("~/fw/f.bin".into(), None));
+        assert_eq!(place("scp -r -d -t ~"), ("~/fw/f.bin".into(), None));
+        for expanded in ["scp -f a=~/x", "scp -t x:~/y", "scp -f /tmp/~"] {
+            assert_eq!(scp_command(expanded.as_bytes()), None, "{expanded}");
+        }
         assert_eq!(
             scp_command(b"scp -v -d -t -- /tmp/"),
             Some(ScpCommand {

@@ -86,8 +86,10 @@ pub enum TransferEvent {
         /// and in logs written before lines were numbered.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         open: Option<u64>,
-        /// A legacy SCP upload to a path that may be a file or a directory: that path, as the command
-        /// named it (the file was written as it, or into it); `path` is then the name the client gave.
+        /// A legacy SCP upload without `-d`: the command's path (`scp -t PATH`). Where the file went
+        /// depends on what PATH was on the device, which only the device knows: written as PATH, or
+        /// under it if PATH was a directory (a tree: PATH became its top directory, or the tree went
+        /// under PATH). `path` is then the name the client gave the file, in its tree.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         target: Option<String>,
     },
