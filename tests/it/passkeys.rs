@@ -515,21 +515,10 @@ impl Waiting {
         command: &str,
         secs: u32,
     ) -> Waiting {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = b.data.path();
-        let n = chaperone::secrets::random_hex(4);
-        let prompts = dir.join(format!("prompts-{n}.txt"));
-        let askpass = dir.join(format!("askpass-enter-{n}.sh"));
-        std::fs::write(
-            &askpass,
-            format!(
-                "#!/bin/sh\nprintf '%s\\n' \"$1\" >> '{}'\n\
-                 case \"$1\" in *Then*) sleep {secs} ;; esac\necho\n",
-                prompts.display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let (askpass, prompts) = crate::support::bastion::recording_askpass(
+            b.data.path(),
+            &format!("case \"$1\" in *Then*) sleep {secs} ;; esac\necho"),
+        );
         let mut ssh = b.ssh_answering(vendor, &[], &vendor.name, &askpass);
         ssh.arg(command);
         let mut waiting = Waiting::spawn(ssh);

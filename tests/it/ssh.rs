@@ -763,21 +763,10 @@ fn repeated_failures_lock_the_vendor() {
 /// A login by `vendor` whose askpass records each prompt and answers a code: the exit code and the
 /// prompts shown.
 fn barred_login(b: &Bastion, vendor: &Vendor) -> (Option<i32>, String) {
-    use std::os::unix::fs::PermissionsExt as _;
-    let dir = b.data.path();
-    let n = chaperone::secrets::random_hex(4);
-    let prompts = dir.join(format!("prompts-{n}.txt"));
-    let askpass = dir.join(format!("askpass-record-{n}.sh"));
-    std::fs::write(
-        &askpass,
-        format!(
-            "#!/bin/sh\nprintf '%s\\n' \"$1\" >> '{}'\necho {}\n",
-            prompts.display(),
-            vendor.next_code()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (askpass, prompts) = crate::support::bastion::recording_askpass(
+        b.data.path(),
+        &format!("echo {}", vendor.next_code()),
+    );
     let out = b
         .ssh_answering(vendor, &[], &format!("{}+mri-01", vendor.name), &askpass)
         .arg("true")

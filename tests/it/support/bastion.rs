@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::sshd::Sshd;
-use super::{DataDir, chaperone_bin, guarded, ssh_keygen};
+use super::{DataDir, Run, chaperone_bin, guarded, ssh_keygen};
 
 pub struct Bastion {
     pub data: DataDir,
@@ -91,18 +91,7 @@ impl Bastion {
 
     /// Adds a vendor with a fresh key; returns a handle that can log in.
     pub fn vendor(&self, name: &str, org: &str) -> Vendor {
-        let key = ssh_keygen(self.data.path(), &format!("vendor_{name}"));
-        let run = self.data.run(&[
-            "vendor",
-            "add",
-            name,
-            "--org",
-            org,
-            "--key",
-            &key.with_extension("pub").to_string_lossy(),
-            "--totp",
-            "--json",
-        ]);
+        let (key, run) = self.add_vendor(name, org, &["--totp", "--json"]);
         let uri = run.ok().json()["totp_uri"].as_str().unwrap().to_owned();
         let secret = uri
             .split("secret=")
@@ -123,24 +112,24 @@ impl Bastion {
     /// Adds a vendor with a fresh key and no TOTP app yet: their first login enrols one. The handle
     /// has no secret (the login shows it).
     pub fn vendor_to_enrol(&self, name: &str, org: &str) -> Vendor {
-        let key = ssh_keygen(self.data.path(), &format!("vendor_{name}"));
-        self.data
-            .run(&[
-                "vendor",
-                "add",
-                name,
-                "--org",
-                org,
-                "--key",
-                &key.with_extension("pub").to_string_lossy(),
-            ])
-            .ok();
+        let (key, run) = self.add_vendor(name, org, &[]);
+        run.ok();
         Vendor {
             name: name.to_owned(),
             key,
             secret: String::new(),
             last_step: Mutex::new(0),
         }
+    }
+
+    /// `vendor add NAME --org ORG --key (a fresh key) EXTRA…`: the key and the run.
+    fn add_vendor(&self, name: &str, org: &str, extra: &[&str]) -> (PathBuf, Run) {
+        let key = ssh_keygen(self.data.path(), &format!("vendor_{name}"));
+        let public = key.with_extension("pub").to_string_lossy().into_owned();
+        let mut args = vec!["vendor", "add", name, "--org", org, "--key", &public];
+        args.extend_from_slice(extra);
+        let run = self.data.run(&args);
+        (key, run)
     }
 
     /// Adds an asset backed by `sshd`, with its host key pinned and credential set.
@@ -384,6 +373,25 @@ impl Vendor {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
         path
     }
+}
+
+/// An askpass script in `dir` that appends each prompt it is shown to a file, then runs `then` (shell
+/// lines that end by printing the answer; `$1` is the prompt): the script and the prompts file.
+pub fn recording_askpass(dir: &Path, then: &str) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let n = chaperone::secrets::random_hex(4);
+    let prompts = dir.join(format!("prompts-{n}.txt"));
+    let askpass = dir.join(format!("askpass-record-{n}.sh"));
+    std::fs::write(
+        &askpass,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$1\" >> '{}'\n{then}\n",
+            prompts.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700)).unwrap();
+    (askpass, prompts)
 }
 
 pub fn now() -> i64 {
