@@ -197,6 +197,9 @@ pub struct ScpObserver {
     answer: Option<Vec<u8>>,
     awaiting: VecDeque<Awaiting>,
     dirs: Vec<String>,
+    /// The sink's answer to a file's bytes, read before the source's status byte after them: PuTTY's
+    /// pscp answers as soon as it has all the bytes and reads the status after, so the two cross.
+    early: Option<bool>,
     stopped: bool,
     /// Files the sink accepted since the relay last took them ([`ScpObserver::take_opened`]).
     opened: Vec<TransferEvent>,
@@ -225,6 +228,7 @@ impl ScpObserver {
             answer: None,
             awaiting: VecDeque::from([Awaiting::Ready]),
             dirs: Vec::new(),
+            early: None,
             stopped: false,
             opened: Vec::new(),
             opens: 0,
@@ -330,10 +334,7 @@ impl ScpObserver {
                     let status = data[0];
                     data = &data[1..];
                     match status {
-                        0 => {
-                            self.awaiting.push_back(Awaiting::Written(f));
-                            self.source = Source::Answer;
-                        }
+                        0 => self.sent_all(f, &mut events),
                         1 | 2 => self.source = Source::StatusMessage(f, Vec::new()),
                         _ => self.stop("no status byte after a file's bytes", &mut events),
                     }
@@ -347,13 +348,27 @@ impl ScpObserver {
                             text: format!("scp: {}", String::from_utf8_lossy(&line)),
                         });
                         f.source_failed = true;
-                        self.awaiting.push_back(Awaiting::Written(f));
-                        self.source = Source::Answer;
+                        self.sent_all(f, &mut events);
                     }
                 },
             }
         }
         events
+    }
+
+    /// The source's status after a file's bytes was read: the file waits for the sink's answer, or is
+    /// logged with the one that came first.
+    fn sent_all(&mut self, f: File, events: &mut Vec<TransferEvent>) {
+        match self.early.take() {
+            Some(ok) => {
+                events.push(self.written(f, ok));
+                self.source = Source::Line(Vec::new());
+            }
+            None => {
+                self.awaiting.push_back(Awaiting::Written(f));
+                self.source = Source::Answer;
+            }
+        }
     }
 
     fn on_line(&mut self, line: &[u8], events: &mut Vec<TransferEvent>) {
@@ -468,6 +483,14 @@ impl ScpObserver {
     }
 
     fn on_answer(&mut self, ok: bool, events: &mut Vec<TransferEvent>) {
+        if self.awaiting.is_empty()
+            && self.early.is_none()
+            && matches!(self.source, Source::Status(_) | Source::StatusMessage(..))
+        {
+            // All of a file's bytes passed; its status byte has not yet (see `early`).
+            self.early = Some(ok);
+            return;
+        }
         let Some(awaiting) = self.awaiting.pop_front() else {
             return self.stop("an answer nobody asked for", events);
         };
@@ -506,18 +529,21 @@ impl ScpObserver {
             Awaiting::File(f) => {
                 events.push(self.file_event(f, Outcome::Failed { status: FAILED }))
             }
-            Awaiting::Written(f) => {
-                let outcome = if ok && !f.source_failed {
-                    Outcome::Ok
-                } else {
-                    Outcome::Failed { status: FAILED }
-                };
-                events.push(self.file_event(f, outcome));
-            }
+            Awaiting::Written(f) => events.push(self.written(f, ok)),
         }
         if answered_line {
             self.source = next;
         }
+    }
+
+    /// The log line of a file whose bytes all passed, as the sink answered them (`ok`).
+    fn written(&self, f: File, ok: bool) -> TransferEvent {
+        let outcome = if ok && !f.source_failed {
+            Outcome::Ok
+        } else {
+            Outcome::Failed { status: FAILED }
+        };
+        self.file_event(f, outcome)
     }
 
     fn file_event(&self, f: File, outcome: Outcome) -> TransferEvent {
@@ -735,6 +761,65 @@ mod tests {
         };
         assert_eq!(o.take_opened(), [opened("log", 0), opened("next", 1)]);
         assert!(o.finish().is_empty());
+    }
+
+    /// PuTTY's pscp, the sink of a download, answers a file's bytes before it reads the source's status
+    /// byte after them: the two cross on the wire, in either order, and the file is logged all the same
+    /// (ok, refused by the sink, or failed by the source).
+    #[test]
+    fn a_sinks_answer_may_come_before_the_sources_status() {
+        let run = |answer: &[u8], status: &[u8]| {
+            let mut o = ScpObserver::new(ScpMode::Download);
+            let mut events = o.client_to_server(b"\0");
+            events.extend(o.server_to_client(b"C0644 3 a\n"));
+            events.extend(o.client_to_server(b"\0"));
+            events.extend(o.server_to_client(b"abc"));
+            events.extend(o.client_to_server(answer));
+            events.extend(o.server_to_client(status));
+            events.extend(o.server_to_client(b"C0644 0 b\n"));
+            events.extend(o.client_to_server(b"\0"));
+            events.extend(o.client_to_server(b"\0"));
+            events.extend(o.server_to_client(b"\0"));
+            assert!(o.finish().is_empty());
+            events
+        };
+        let failed = Outcome::Failed { status: FAILED };
+        let b = file("b", 0, Outcome::Ok, Direction::Download, Some(1));
+        assert_eq!(
+            run(b"\0", b"\0"),
+            [
+                file("a", 3, Outcome::Ok, Direction::Download, Some(0)),
+                b.clone()
+            ]
+        );
+        assert_eq!(
+            run(b"\x01pscp: a: Write error\n", b"\0"),
+            [
+                file("a", 3, failed.clone(), Direction::Download, Some(0)),
+                b.clone()
+            ]
+        );
+        assert_eq!(
+            run(b"\0", b"\x01scp: a: read error\n"),
+            [
+                TransferEvent::Stderr {
+                    text: "scp: scp: a: read error".into()
+                },
+                file("a", 3, failed, Direction::Download, Some(0)),
+                b
+            ]
+        );
+        // One early answer, not two: a second before the status is still one nobody asked for.
+        let mut o = ScpObserver::new(ScpMode::Download);
+        o.client_to_server(b"\0");
+        o.server_to_client(b"C0644 3 a\n");
+        o.client_to_server(b"\0");
+        o.server_to_client(b"abc");
+        let events = o.client_to_server(b"\0\0");
+        assert!(
+            matches!(events[..], [TransferEvent::Unparseable { .. }]),
+            "{events:?}"
+        );
     }
 
     #[test]
