@@ -10,7 +10,8 @@
 //! status byte), `D<mode> 0 <name>` (enter a directory), `E` (leave it), `T<times>`, or an error line
 //! (`\x01` or `\x02`, a message, a newline); the *sink* answers the start and every line, and every file's
 //! bytes, with `\0` (ok) or an error line. A source waits for each answer before it goes on, so the
-//! observer always knows what the next bytes are. Anything else (a line no source sends, bytes sent before
+//! observer always knows what the next bytes are. (One answer may come early: PuTTY's pscp answers a
+//! file's bytes before it reads the status byte the source sends after them.) Anything else (a line no source sends, bytes sent before
 //! the sink answered, an answer nobody asked for) stops the observer with one
 //! [`TransferEvent::Unparseable`]: the relay then ends the session, since what passes could no longer be
 //! told apart from data that is not a transfer.
