@@ -796,7 +796,7 @@ mod tests {
         assert_eq!(
             run(b"\x01pscp: a: Write error\n", b"\0"),
             [
-                file("a", 3, failed.clone(), Direction::Download, Some(0)),
+                file("a", 3, failed, Direction::Download, Some(0)),
                 b.clone()
             ]
         );
