@@ -33,8 +33,8 @@ use chaperone_model::request;
 use chaperone_recorder::exec::MAGIC;
 use chaperone_recorder::{
     CastHeader, CastWriter, Error, Event, EventKind, ExecHeader, ExecReader, ExecWriter, FrameData,
-    OutputStream, ScpMode, ScpObserver, SftpObserver, TerminalFilter, TransferEvent, exec_raw,
-    exec_to_cast, parse_cast, scp_command,
+    OutputStream, ScpMode, ScpObserver, SftpObserver, TerminalFilter, TransferEvent,
+    exec_cast_into, exec_raw, exec_to_cast, parse_cast, scp_command,
 };
 
 /// SFTP observer: the input is a script of chunks, each a control byte and then its bytes. The control
@@ -386,11 +386,22 @@ fn rewrite_exec(data: &[u8], header: &ExecHeader, read: &Reading) {
     );
 }
 
-/// `exec_to_cast` writes a cast that reads back as the recording's header and frames.
+/// `exec_to_cast` writes a cast that reads back as the recording's header and frames, and
+/// `exec_cast_into` (an evidence bundle's) the same bytes.
 fn convert_to_cast(data: &[u8], header: &ExecHeader, read: &Reading) {
     let file = Scratch::new("cast");
-    let (_, cut_off) = exec_to_cast(data, &file.0).expect("exec_to_cast of a readable recording");
+    let (done, cut_off) =
+        exec_to_cast(data, &file.0).expect("exec_to_cast of a readable recording");
     assert_eq!(cut_off.map(|c| (c.offset, c.last_at)), read.cut_off);
+    let (streamed, bytes, streamed_cut_off) =
+        exec_cast_into(data, Vec::new()).expect("exec_cast_into of a readable recording");
+    assert_eq!(streamed_cut_off, cut_off);
+    assert_eq!(bytes, done.bytes);
+    assert_eq!(
+        streamed,
+        std::fs::read(&file.0).expect("read the cast"),
+        "exec_cast_into wrote another cast than exec_to_cast"
+    );
     let cast =
         parse_cast(std::fs::File::open(&file.0).expect("open the cast")).expect("parse_cast");
     assert!(!cast.truncated);

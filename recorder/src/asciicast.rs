@@ -11,7 +11,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -61,8 +61,98 @@ struct HeaderLine<'a> {
 /// the previous flush, or on [`flush`](Self::flush); call it on a timer when output may pause.
 #[derive(Debug)]
 pub struct CastWriter {
-    /// The file, its running digest and its size cap.
-    sink: HashedFile,
+    /// The lines, into the file with its running digest and its size cap.
+    encoder: Encoder<HashedFile>,
+}
+
+impl CastWriter {
+    /// Creates the recording file (never overwriting one; mode 0600 on unix) and writes and flushes the
+    /// header line at once.
+    pub fn create(path: impl AsRef<Path>, header: CastHeader) -> Result<Self> {
+        let mut encoder = Encoder::new(HashedFile::create(path.as_ref())?, &header)?;
+        encoder.sink.flush()?;
+        Ok(Self { encoder })
+    }
+
+    /// Refuses, with [`Error::CapExceeded`], any event that would make the file larger than `max_bytes`
+    /// (the header counts).
+    #[must_use]
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.encoder.sink.set_max_bytes(max_bytes);
+        self
+    }
+
+    /// Records bytes the session sent to the terminal (`o`).
+    pub fn output(&mut self, at: Duration, data: &[u8]) -> Result<()> {
+        self.encoder.output(at, data)
+    }
+
+    /// Records bytes typed by the user (`i`).
+    pub fn input(&mut self, at: Duration, data: &[u8]) -> Result<()> {
+        self.encoder.input(at, data)
+    }
+
+    /// Records a terminal resize (`r`, data `"COLSxROWS"`).
+    pub fn resize(&mut self, at: Duration, cols: u16, rows: u16) -> Result<()> {
+        self.encoder.resize(at, cols, rows)
+    }
+
+    /// Records a marker (`m`), a labelled point players can jump to.
+    pub fn marker(&mut self, at: Duration, label: &str) -> Result<()> {
+        self.encoder.marker(at, label)
+    }
+
+    /// Hands every written event to the operating system.
+    pub fn flush(&mut self) -> Result<()> {
+        self.encoder.sink.flush()
+    }
+
+    /// Size of the file so far, header included.
+    pub fn bytes_written(&self) -> u64 {
+        self.encoder.sink.bytes()
+    }
+
+    /// Writes any held-back incomplete UTF-8 as U+FFFD, then flushes, fsyncs and closes the file, returning
+    /// its digest.
+    pub fn finish(mut self) -> Result<Finished> {
+        self.encoder.end()?;
+        self.encoder.sink.finish()
+    }
+}
+
+/// Where an [`Encoder`]'s lines go: the recording file ([`HashedFile`]) or any writer ([`Streamed`]).
+pub(crate) trait CastSink {
+    /// Appends one whole line, or nothing ([`Error::CapExceeded`] when it would pass a size cap).
+    fn write_record(&mut self, record: &[u8]) -> Result<()>;
+}
+
+impl CastSink for HashedFile {
+    fn write_record(&mut self, record: &[u8]) -> Result<()> {
+        HashedFile::write_record(self, record)
+    }
+}
+
+/// A [`CastSink`] writing to `out`, counting the bytes: a cast made for an export and never stored
+/// ([`crate::exec_cast_into`]).
+#[derive(Debug)]
+pub(crate) struct Streamed<W> {
+    pub(crate) out: W,
+    pub(crate) bytes: u64,
+}
+
+impl<W: Write> CastSink for Streamed<W> {
+    fn write_record(&mut self, record: &[u8]) -> Result<()> {
+        self.out.write_all(record)?;
+        self.bytes += record.len() as u64;
+        Ok(())
+    }
+}
+
+/// Encodes a cast's lines into a [`CastSink`]: the one encoder of both the recording file and a cast
+/// streamed for an export, so the two cannot differ by a byte.
+#[derive(Debug)]
+pub(crate) struct Encoder<S> {
+    pub(crate) sink: S,
     /// Incomplete UTF-8 held back from the output stream.
     output: Utf8Carry,
     /// Incomplete UTF-8 held back from the input stream (a paste can split a character too).
@@ -71,19 +161,13 @@ pub struct CastWriter {
     line: Vec<u8>,
 }
 
-impl CastWriter {
-    /// Creates the recording file (never overwriting one; mode 0600 on unix) and writes and flushes the
-    /// header line at once.
-    pub fn create(path: impl AsRef<Path>, header: CastHeader) -> Result<Self> {
-        let mut sink = HashedFile::create(path.as_ref())?;
-        let mut line = serde_json::to_vec(&HeaderLine {
-            version: 2,
-            header: &header,
-        })
-        .map_err(io::Error::from)?;
+impl<S: CastSink> Encoder<S> {
+    /// An encoder that has written the header line into `sink`.
+    pub(crate) fn new(mut sink: S, header: &CastHeader) -> Result<Self> {
+        let mut line =
+            serde_json::to_vec(&HeaderLine { version: 2, header }).map_err(io::Error::from)?;
         line.push(b'\n');
         sink.write_record(&line)?;
-        sink.flush()?;
         line.clear();
         Ok(Self {
             sink,
@@ -93,48 +177,25 @@ impl CastWriter {
         })
     }
 
-    /// Refuses, with [`Error::CapExceeded`], any event that would make the file larger than `max_bytes`
-    /// (the header counts).
-    #[must_use]
-    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
-        self.sink.set_max_bytes(max_bytes);
-        self
-    }
-
-    /// Records bytes the session sent to the terminal (`o`).
-    pub fn output(&mut self, at: Duration, data: &[u8]) -> Result<()> {
+    pub(crate) fn output(&mut self, at: Duration, data: &[u8]) -> Result<()> {
         self.text_event(at, Stream::Output, data)
     }
 
-    /// Records bytes typed by the user (`i`).
-    pub fn input(&mut self, at: Duration, data: &[u8]) -> Result<()> {
+    pub(crate) fn input(&mut self, at: Duration, data: &[u8]) -> Result<()> {
         self.text_event(at, Stream::Input, data)
     }
 
-    /// Records a terminal resize (`r`, data `"COLSxROWS"`).
-    pub fn resize(&mut self, at: Duration, cols: u16, rows: u16) -> Result<()> {
+    pub(crate) fn resize(&mut self, at: Duration, cols: u16, rows: u16) -> Result<()> {
         let size = format!("{cols}x{rows}");
         write_event(&mut self.sink, &mut self.line, at, "r", &size)
     }
 
-    /// Records a marker (`m`), a labelled point players can jump to.
-    pub fn marker(&mut self, at: Duration, label: &str) -> Result<()> {
+    pub(crate) fn marker(&mut self, at: Duration, label: &str) -> Result<()> {
         write_event(&mut self.sink, &mut self.line, at, "m", label)
     }
 
-    /// Hands every written event to the operating system.
-    pub fn flush(&mut self) -> Result<()> {
-        self.sink.flush()
-    }
-
-    /// Size of the file so far, header included.
-    pub fn bytes_written(&self) -> u64 {
-        self.sink.bytes()
-    }
-
-    /// Writes any held-back incomplete UTF-8 as U+FFFD, then flushes, fsyncs and closes the file, returning
-    /// its digest.
-    pub fn finish(mut self) -> Result<Finished> {
+    /// Writes any held-back incomplete UTF-8 as U+FFFD: the last lines of the cast.
+    pub(crate) fn end(&mut self) -> Result<()> {
         for (carry, code) in [(&self.output, "o"), (&self.input, "i")] {
             if carry.held().is_empty() {
                 continue;
@@ -146,7 +207,7 @@ impl CastWriter {
                 Err(e) => return Err(e),
             }
         }
-        self.sink.finish()
+        Ok(())
     }
 
     fn text_event(&mut self, at: Duration, stream: Stream, data: &[u8]) -> Result<()> {
@@ -181,7 +242,7 @@ enum Stream {
 }
 
 fn write_event(
-    sink: &mut HashedFile,
+    sink: &mut impl CastSink,
     line: &mut Vec<u8>,
     at: Duration,
     code: &str,

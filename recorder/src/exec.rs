@@ -29,7 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::asciicast::{CastHeader, CastWriter};
+use crate::asciicast::{CastHeader, CastSink, Encoder, Streamed};
 use crate::error::{Error, Result};
 use crate::sink::{Finished, HashedFile};
 
@@ -523,21 +523,44 @@ pub fn exec_to_cast(
     reader: impl BufRead,
     path: impl AsRef<Path>,
 ) -> Result<(Finished, Option<CutOff>)> {
+    let (encoder, cut_off) = convert(reader, |header| {
+        let mut encoder = Encoder::new(HashedFile::create(path.as_ref())?, &header)?;
+        encoder.sink.flush()?;
+        Ok(encoder)
+    })?;
+    Ok((encoder.sink.finish()?, cut_off))
+}
+
+/// [`exec_to_cast`] into `out` instead of a file: no copy of the recording is stored (an export writes
+/// it straight into its archive). The same bytes `exec_to_cast` would write; returns `out`, how many
+/// bytes went to it and where the recording was cut off, if it was. On an error `out` may hold part
+/// of the cast.
+pub fn exec_cast_into<W: Write>(reader: impl BufRead, out: W) -> Result<(W, u64, Option<CutOff>)> {
+    let (encoder, cut_off) = convert(reader, |header| {
+        Encoder::new(Streamed { out, bytes: 0 }, &header)
+    })?;
+    let Streamed { out, bytes } = encoder.sink;
+    Ok((out, bytes, cut_off))
+}
+
+/// The cast of an exec recording, into the encoder `start` makes for its header; the encoder after its
+/// last line.
+fn convert<S: CastSink>(
+    reader: impl BufRead,
+    start: impl FnOnce(CastHeader) -> Result<Encoder<S>>,
+) -> Result<(Encoder<S>, Option<CutOff>)> {
     let mut reader = ExecReader::new(reader)?.tolerate_cut_off();
     let header = reader.header().clone();
-    let mut cast = CastWriter::create(
-        path,
-        CastHeader {
-            width: 80,
-            height: 24,
-            timestamp: header.timestamp,
-            title: header.title,
-            command: header.command,
-            env: header.env,
-            // An exec recording's markers are all the bastion's: no device output becomes one.
-            markers_attributed: true,
-        },
-    )?;
+    let mut cast = start(CastHeader {
+        width: 80,
+        height: 24,
+        timestamp: header.timestamp,
+        title: header.title,
+        command: header.command,
+        env: header.env,
+        // An exec recording's markers are all the bastion's: no device output becomes one.
+        markers_attributed: true,
+    })?;
     let (mut stdout, mut stderr) = (LineFeeds::default(), LineFeeds::default());
     let mut shown = Vec::new();
     while let Some(frame) = reader.next_frame()? {
@@ -559,7 +582,8 @@ pub fn exec_to_cast(
             )),
         )?;
     }
-    Ok((cast.finish()?, cut_off))
+    cast.end()?;
+    Ok((cast, cut_off))
 }
 
 /// One output stream's line feeds as a terminal with `onlcr` shows them: a bare LF becomes CR LF. Keeps
@@ -831,6 +855,11 @@ mod tests {
         );
         // The export never overwrites.
         assert!(exec_to_cast(&fs::read(&path).unwrap()[..], &cast_path).is_err());
+        // Streamed into an archive instead: the same bytes, and nothing stored.
+        let (streamed, bytes, cut_off) =
+            exec_cast_into(&fs::read(&path).unwrap()[..], Vec::new()).unwrap();
+        assert_eq!(streamed, fs::read(&cast_path).unwrap());
+        assert_eq!((bytes, cut_off), (streamed.len() as u64, None));
     }
 
     /// Issue 11: a program without a pty writes bare LF; the .cast shows every line from the left
@@ -910,6 +939,9 @@ mod tests {
             let cast_path = dir.path().join(format!("cut-{cut}.cast"));
             let (_, cut_off) = exec_to_cast(bytes, &cast_path).unwrap();
             assert!(cut_off.is_some());
+            let (streamed, _, streamed_cut_off) = exec_cast_into(bytes, Vec::new()).unwrap();
+            assert_eq!(streamed, fs::read(&cast_path).unwrap());
+            assert_eq!(streamed_cut_off, cut_off);
             let cast = crate::parse_cast(fs::File::open(&cast_path).unwrap()).unwrap();
             assert_eq!(cast.text(), "first line\r\nwarning\r\n");
             match &cast.events.last().unwrap().kind {

@@ -36,13 +36,13 @@ pub use asciicast::{
 };
 pub use error::{Error, Result};
 pub use exec::{
-    CutOff, ExecHeader, ExecReader, ExecWriter, Exported, Frame, FrameData, OutputStream, exec_raw,
-    exec_to_cast,
+    CutOff, ExecHeader, ExecReader, ExecWriter, Exported, Frame, FrameData, OutputStream,
+    exec_cast_into, exec_raw, exec_to_cast,
 };
 pub use marker::{MarkerKind, command_label, notice_label};
 pub use scp::{ScpCommand, ScpMode, ScpObserver, scp_command, scp_mode};
-pub use sink::{FileStamp, Finished, Sha256Reader, sha256_file};
-pub use tar::{EntryHeader, EntryKind, TarError, TarReader, TarWriter};
+pub use sink::{FileStamp, Finished, Sha256Reader, Sha256Writer, sha256_file};
+pub use tar::{EntryHeader, EntryKind, EntryWriter, TarError, TarReader, TarWriter};
 pub use terminal_filter::TerminalFilter;
 pub use transcript::LineTracker;
 pub use transfer::{Direction, OpKind, Outcome, SftpObserver, TransferEvent, TransferLog};

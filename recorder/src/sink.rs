@@ -169,6 +169,41 @@ impl<R: Read> Read for Sha256Reader<R> {
     }
 }
 
+/// A writer that computes the SHA-256 of every byte written through it (what an export put into its
+/// archive).
+#[derive(Debug)]
+pub struct Sha256Writer<W> {
+    inner: W,
+    hasher: Hasher,
+}
+
+impl<W: Write> Sha256Writer<W> {
+    /// Wraps `inner`; nothing is written yet.
+    pub fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: Hasher::new(),
+        }
+    }
+
+    /// The digest of what was written, lowercase hex, and `inner`.
+    pub fn finish_hex(mut self) -> (String, W) {
+        (self.hasher.take_hex(), self.inner)
+    }
+}
+
+impl<W: Write> Write for Sha256Writer<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// A new file written record by record, with a running digest of exactly the bytes handed to it.
 ///
 /// Records are hashed and appended to a buffer on the caller's thread; full buffers are written by a

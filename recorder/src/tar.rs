@@ -115,11 +115,69 @@ impl<W: Write> TarWriter<W> {
         Ok(())
     }
 
+    /// Adds a file of `size` bytes that `write` writes into the [`EntryWriter`] it is given, for content
+    /// made as it is written (nothing stored first): a byte past `size` is refused with an error, fewer
+    /// are [`TarError::Short`]; either way the archive is then unusable. What `write` returned.
+    pub fn file_from<T, E: From<TarError>>(
+        &mut self,
+        name: &str,
+        size: u64,
+        write: impl FnOnce(&mut EntryWriter<'_, W>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let header = header(name, EntryKind::File, size, self.mtime)?;
+        self.out.write_all(&header).map_err(TarError::Io)?;
+        let mut entry = EntryWriter {
+            out: &mut self.out,
+            left: size,
+        };
+        let value = write(&mut entry)?;
+        if entry.left > 0 {
+            return Err(TarError::Short {
+                name: name.to_owned(),
+                expected: size,
+                got: size - entry.left,
+            }
+            .into());
+        }
+        let pad = padding(size);
+        self.out
+            .write_all(&[0u8; BLOCK][..pad])
+            .map_err(TarError::Io)?;
+        Ok(value)
+    }
+
     /// Ends the archive (two zero blocks) and hands back the output, flushed.
     pub fn finish(mut self) -> Result<W, TarError> {
         self.out.write_all(&[0u8; 2 * BLOCK])?;
         self.out.flush()?;
         Ok(self.out)
+    }
+}
+
+/// The content of one entry as [`TarWriter::file_from`] writes it: at most the size its header
+/// announced.
+#[derive(Debug)]
+pub struct EntryWriter<'a, W> {
+    out: &'a mut W,
+    /// Bytes the header announced that are not written yet.
+    left: u64,
+}
+
+impl<W: Write> Write for EntryWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.len() as u64 > self.left {
+            return Err(io::Error::other(format!(
+                "{} bytes more than the tar entry's announced size",
+                buf.len() as u64 - self.left
+            )));
+        }
+        let n = self.out.write(buf)?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
     }
 }
 
@@ -426,6 +484,41 @@ mod tests {
         assert_eq!(entries[1].1, b"hello\n");
         assert_eq!(entries[2].1, b"");
         assert_eq!(entries[3].1, vec![7u8; 1024]);
+    }
+
+    /// Content written into the entry is the same archive as content read; a writer that writes more or
+    /// less than it announced is an error, not a shifted archive.
+    #[test]
+    fn an_entry_written_in_place_is_held_to_its_size() {
+        let mut by_read = TarWriter::new(Vec::new(), 1);
+        by_read.file_bytes("a/x", b"hello world").unwrap();
+        let mut by_write = TarWriter::new(Vec::new(), 1);
+        let value = by_write
+            .file_from("a/x", 11, |w| {
+                w.write_all(b"hello ")?;
+                w.write_all(b"world")?;
+                Ok::<_, TarError>(7)
+            })
+            .unwrap();
+        assert_eq!(value, 7);
+        assert_eq!(by_read.finish().unwrap(), by_write.finish().unwrap());
+
+        let mut w = TarWriter::new(Vec::new(), 1);
+        let more = w.file_from("x", 3, |w| Ok::<_, TarError>(w.write_all(b"four")?));
+        assert!(matches!(more, Err(TarError::Io(_))), "{more:?}");
+        let mut w = TarWriter::new(Vec::new(), 1);
+        let fewer = w.file_from("x", 3, |w| Ok::<_, TarError>(w.write_all(b"tw")?));
+        assert!(
+            matches!(
+                fewer,
+                Err(TarError::Short {
+                    expected: 3,
+                    got: 2,
+                    ..
+                })
+            ),
+            "{fewer:?}"
+        );
     }
 
     /// GNU tar lists and extracts what the writer wrote (when it is installed).

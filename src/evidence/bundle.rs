@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use chaperone_recorder::{EntryKind, Sha256Reader, TarReader, TarWriter};
+use chaperone_recorder::{EntryKind, Sha256Reader, Sha256Writer, TarReader, TarWriter};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
@@ -292,6 +292,24 @@ impl<W: Write> Bundle<W> {
         self.sums.push((name.to_owned(), digest.clone()));
         Ok(digest)
     }
+
+    /// Adds `size` bytes that `write` writes, hashing what went in; the digest.
+    fn file_from(
+        &mut self,
+        name: &str,
+        size: u64,
+        write: impl FnOnce(&mut dyn Write) -> Result<(), BundleError>,
+    ) -> Result<String, BundleError> {
+        let digest = self
+            .tar
+            .file_from(&format!("{}/{name}", self.dir), size, |entry| {
+                let mut hashed = Sha256Writer::new(entry);
+                write(&mut hashed)?;
+                Ok::<_, BundleError>(hashed.finish_hex().0)
+            })?;
+        self.sums.push((name.to_owned(), digest.clone()));
+        Ok(digest)
+    }
 }
 
 fn write<W: Write>(
@@ -392,15 +410,26 @@ fn pretty(v: &Value) -> Result<Vec<u8>, BundleError> {
     Ok(bytes)
 }
 
-/// Adds the .cast a player shows for a proved exec recording, checking the digest again over the bytes
-/// converted. The conversion writes a file (the recorder's writers do), kept in the temp directory
-/// (mode 0600) only while it is copied.
+/// Adds the .cast a player shows for a proved exec recording, derived twice and stored nowhere: once to
+/// learn its size (the tar header comes first), once into the archive. Each pass checks the digest again
+/// over the bytes it converted, so a recording changed between the two breaks the bundle off.
 fn derive_cast<W: Write>(
     b: &mut Bundle<W>,
     name: &str,
     r: &crate::model::RecordingRow,
     proof: &super::Proof,
 ) -> Result<String, BundleError> {
+    let size = cast_of(r, proof, std::io::sink())?;
+    b.file_from(name, size, |entry| cast_of(r, proof, entry).map(drop))
+}
+
+/// Writes the .cast of proved exec recording `r` to `out`, checking the digest of what was converted;
+/// the bytes written.
+fn cast_of(
+    r: &crate::model::RecordingRow,
+    proof: &super::Proof,
+    out: impl Write,
+) -> Result<u64, BundleError> {
     use std::io::{Seek as _, SeekFrom};
     let derive = |source| BundleError::Derive {
         path: r.path.clone(),
@@ -409,24 +438,14 @@ fn derive_cast<W: Write>(
     let mut file = &proof.file;
     file.seek(SeekFrom::Start(0))
         .map_err(|e| derive(chaperone_recorder::Error::Io(e)))?;
-    let temp = std::env::temp_dir().join(format!(
-        "chaperone-bundle-{}.cast",
-        crate::secrets::random_hex(8)
-    ));
     let mut input = std::io::BufReader::with_capacity(256 * 1024, Sha256Reader::new(file));
-    let result = (|| {
-        chaperone_recorder::exec_to_cast(&mut input, &temp).map_err(derive)?;
-        let actual = input
-            .into_inner()
-            .finish_hex()
-            .map_err(|e| derive(chaperone_recorder::Error::Io(e)))?;
-        proof.confirm(r, &actual, "converted")?;
-        let cast = std::fs::File::open(&temp).map_err(|e| derive(e.into()))?;
-        let size = cast.metadata().map_err(|e| derive(e.into()))?.len();
-        b.file(name, size, cast)
-    })();
-    let _ = std::fs::remove_file(&temp);
-    result
+    let (_, bytes, _) = chaperone_recorder::exec_cast_into(&mut input, out).map_err(derive)?;
+    let actual = input
+        .into_inner()
+        .finish_hex()
+        .map_err(|e| derive(chaperone_recorder::Error::Io(e)))?;
+    proof.confirm(r, &actual, "converted")?;
+    Ok(bytes)
 }
 
 fn readme(c: &Collected, signer: &Signer, actor: &str, now: UnixTime) -> String {

@@ -801,6 +801,12 @@ fn issue_11_an_evidence_bundle_verifies_with_stock_tools_and_fails_when_altered(
         recorded,
         "the recording is in the bundle byte for byte"
     );
+    let derived = format!("{}.cast", file_name.trim_end_matches(".exec"));
+    assert_eq!(
+        std::fs::read(unpacked.join("recordings").join(derived)).unwrap(),
+        std::fs::read(&exported).unwrap(),
+        "the bundle's derived .cast is the one `session export` writes"
+    );
     let audit = std::fs::read_to_string(unpacked.join("audit.jsonl")).unwrap();
     for action in [
         "session.start",
