@@ -11,8 +11,9 @@
 //! (`\x01` or `\x02`, a message, a newline); the *sink* answers the start and every line, and every file's
 //! bytes, with `\0` (ok) or an error line. A source waits for each answer before it goes on, so the
 //! observer always knows what the next bytes are. (One answer may come early: PuTTY's pscp answers a
-//! file's bytes before it reads the status byte the source sends after them.) Anything else (a line no source sends, bytes sent before
-//! the sink answered, an answer nobody asked for) stops the observer with one
+//! file's bytes before it reads the status byte the source sends after them.) Anything else (a line no
+//! source sends, bytes sent before the sink answered, an answer nobody asked for) stops the observer
+//! with one
 //! [`TransferEvent::Unparseable`]: the relay then ends the session, since what passes could no longer be
 //! told apart from data that is not a transfer.
 
@@ -200,6 +201,8 @@ pub struct ScpObserver {
     dirs: Vec<String>,
     /// The sink's answer to a file's bytes, read before the source's status byte after them: PuTTY's
     /// pscp answers as soon as it has all the bytes and reads the status after, so the two cross.
+    /// Taken from either side's sink (a device's scp may do the same): when all of a file's bytes have
+    /// passed and nothing else is owed an answer, an answer cannot be mistaken for another.
     early: Option<bool>,
     stopped: bool,
     /// Files the sink accepted since the relay last took them ([`ScpObserver::take_opened`]).
@@ -267,21 +270,28 @@ impl ScpObserver {
     pub fn finish(self) -> Vec<TransferEvent> {
         let mut events = Vec::new();
         let direction = self.direction();
-        let unfinished = |f: File| TransferEvent::File {
+        let logged = |f: File, outcome| TransferEvent::File {
             path: f.path,
             direction,
             bytes: f.sent,
-            outcome: Outcome::Unfinished,
+            outcome,
             open: f.open,
             target: self.place.target.clone(),
         };
         for a in self.awaiting {
             if let Awaiting::File(f) | Awaiting::Written(f) = a {
-                events.push(unfinished(f));
+                events.push(logged(f, Outcome::Unfinished));
             }
         }
-        if let Source::Data(f) | Source::Status(f) | Source::StatusMessage(f, _) = self.source {
-            events.push(unfinished(f));
+        match (self.source, self.early) {
+            // The sink refused what it got; the source never said it sent all of it.
+            (Source::Status(f) | Source::StatusMessage(f, _), Some(false)) => {
+                events.push(logged(f, Outcome::Failed { status: FAILED }));
+            }
+            (Source::Data(f) | Source::Status(f) | Source::StatusMessage(f, _), _) => {
+                events.push(logged(f, Outcome::Unfinished));
+            }
+            _ => {}
         }
         events
     }
@@ -810,6 +820,19 @@ mod tests {
                 b
             ]
         );
+        // The channel closed after an early answer: unfinished if it was ok, failed if the sink refused.
+        for (answer, outcome) in [(&b"\0"[..], Outcome::Unfinished), (b"\x02no\n", failed)] {
+            let mut o = ScpObserver::new(ScpMode::Download);
+            o.client_to_server(b"\0");
+            o.server_to_client(b"C0644 3 a\n");
+            o.client_to_server(b"\0");
+            o.server_to_client(b"abc");
+            assert!(o.client_to_server(answer).is_empty());
+            assert_eq!(
+                o.finish(),
+                [file("a", 3, outcome, Direction::Download, Some(0))]
+            );
+        }
         // One early answer, not two: a second before the status is still one nobody asked for.
         let mut o = ScpObserver::new(ScpMode::Download);
         o.client_to_server(b"\0");

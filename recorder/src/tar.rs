@@ -50,6 +50,9 @@ pub enum TarError {
         /// Bytes actually read.
         got: u64,
     },
+    /// An earlier entry failed part-way: nothing more is written to an archive that is already wrong.
+    #[error("the archive broke off at an earlier entry")]
+    BrokenOff,
 }
 
 /// What an entry is.
@@ -77,18 +80,37 @@ pub struct EntryHeader {
 pub struct TarWriter<W: Write> {
     out: W,
     mtime: u64,
+    /// An entry was started and did not end: every later call is [`TarError::BrokenOff`], so an archive
+    /// with a wrong entry is never finished as if it were whole.
+    broken: bool,
 }
 
 impl<W: Write> TarWriter<W> {
     /// A writer whose entries carry modification time `mtime` (unix seconds).
     pub fn new(out: W, mtime: u64) -> Self {
-        TarWriter { out, mtime }
+        TarWriter {
+            out,
+            mtime,
+            broken: false,
+        }
+    }
+
+    /// The header of a new entry, once the archive is known whole: from here until the entry's end
+    /// the archive counts as broken off.
+    fn start(&mut self, name: &str, kind: EntryKind, size: u64) -> Result<[u8; BLOCK], TarError> {
+        if self.broken {
+            return Err(TarError::BrokenOff);
+        }
+        let header = header(name, kind, size, self.mtime)?;
+        self.broken = true;
+        Ok(header)
     }
 
     /// Adds a directory entry.
     pub fn dir(&mut self, name: &str) -> Result<(), TarError> {
-        let header = header(name, EntryKind::Dir, 0, self.mtime)?;
+        let header = self.start(name, EntryKind::Dir, 0)?;
         self.out.write_all(&header)?;
+        self.broken = false;
         Ok(())
     }
 
@@ -100,7 +122,7 @@ impl<W: Write> TarWriter<W> {
     /// Adds a file of `size` bytes read from `content`, which must give exactly that many (more are not
     /// read; fewer are an error, [`TarError::Short`], and the archive is then unusable).
     pub fn file(&mut self, name: &str, size: u64, content: impl Read) -> Result<(), TarError> {
-        let header = header(name, EntryKind::File, size, self.mtime)?;
+        let header = self.start(name, EntryKind::File, size)?;
         self.out.write_all(&header)?;
         let copied = io::copy(&mut content.take(size), &mut self.out)?;
         if copied != size {
@@ -112,6 +134,7 @@ impl<W: Write> TarWriter<W> {
         }
         let pad = padding(size);
         self.out.write_all(&[0u8; BLOCK][..pad])?;
+        self.broken = false;
         Ok(())
     }
 
@@ -124,7 +147,7 @@ impl<W: Write> TarWriter<W> {
         size: u64,
         write: impl FnOnce(&mut EntryWriter<'_, W>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let header = header(name, EntryKind::File, size, self.mtime)?;
+        let header = self.start(name, EntryKind::File, size)?;
         self.out.write_all(&header).map_err(TarError::Io)?;
         let mut entry = EntryWriter {
             out: &mut self.out,
@@ -143,11 +166,15 @@ impl<W: Write> TarWriter<W> {
         self.out
             .write_all(&[0u8; BLOCK][..pad])
             .map_err(TarError::Io)?;
+        self.broken = false;
         Ok(value)
     }
 
     /// Ends the archive (two zero blocks) and hands back the output, flushed.
     pub fn finish(mut self) -> Result<W, TarError> {
+        if self.broken {
+            return Err(TarError::BrokenOff);
+        }
         self.out.write_all(&[0u8; 2 * BLOCK])?;
         self.out.flush()?;
         Ok(self.out)
@@ -172,7 +199,10 @@ impl<W: Write> Write for EntryWriter<'_, W> {
             )));
         }
         let n = self.out.write(buf)?;
-        self.left -= n as u64;
+        self.left = self
+            .left
+            .checked_sub(n as u64)
+            .ok_or_else(|| io::Error::other("the output took more bytes than it was given"))?;
         Ok(n)
     }
 
@@ -506,6 +536,10 @@ mod tests {
         let mut w = TarWriter::new(Vec::new(), 1);
         let more = w.file_from("x", 3, |w| Ok::<_, TarError>(w.write_all(b"four")?));
         assert!(matches!(more, Err(TarError::Io(_))), "{more:?}");
+        // Nothing more goes into an archive with a wrong entry, and it is never ended as if whole.
+        assert!(matches!(w.file_bytes("y", b"y"), Err(TarError::BrokenOff)));
+        assert!(matches!(w.dir("z"), Err(TarError::BrokenOff)));
+        assert!(matches!(w.finish(), Err(TarError::BrokenOff)));
         let mut w = TarWriter::new(Vec::new(), 1);
         let fewer = w.file_from("x", 3, |w| Ok::<_, TarError>(w.write_all(b"tw")?));
         assert!(
