@@ -123,7 +123,9 @@ impl Store {
 
     /// Deletes `subject`'s rows of `kind` but `keep`: the row `newest` (just stored) and those of the
     /// others that lapse last. One subject cannot fill the kind's shared cap and push everyone else's
-    /// rows out.
+    /// rows out. One statement, with no count read before it: two rows stored for one subject at once
+    /// each keep the other (both lapse last), where a count taken before the other's trim would have
+    /// made each delete one row too many.
     pub async fn web_state_trim_subject(
         &self,
         kind: &str,
@@ -131,29 +133,19 @@ impl Store {
         newest: &str,
         keep: u32,
     ) -> Result<()> {
-        let held: i64 =
-            sqlx::query("SELECT COUNT(*) AS n FROM web_state WHERE kind = $1 AND subject = $2")
-                .bind(kind)
-                .bind(subject)
-                .fetch_one(&self.pool)
-                .await
-                .context("counting web state")
-                .and_then(|row| get(&row, "n"))?;
-        let excess = held - i64::from(keep);
-        if excess > 0 {
-            sqlx::query(
-                "DELETE FROM web_state WHERE kind = $1 AND subject = $2 AND token_sha256 IN \
-                 (SELECT token_sha256 FROM web_state WHERE kind = $1 AND subject = $2 \
-                 AND token_sha256 <> $4 ORDER BY expires_at LIMIT $3)",
-            )
-            .bind(kind)
-            .bind(subject)
-            .bind(excess)
-            .bind(newest)
-            .execute(&self.pool)
-            .await
-            .context("trimming web state")?;
-        }
+        sqlx::query(
+            "DELETE FROM web_state WHERE kind = $1 AND subject = $2 AND token_sha256 <> $3 \
+             AND token_sha256 NOT IN \
+             (SELECT token_sha256 FROM web_state WHERE kind = $1 AND subject = $2 \
+             AND token_sha256 <> $3 ORDER BY expires_at DESC, token_sha256 LIMIT $4)",
+        )
+        .bind(kind)
+        .bind(subject)
+        .bind(newest)
+        .bind(i64::from(keep.saturating_sub(1)))
+        .execute(&self.pool)
+        .await
+        .context("trimming web state")?;
         Ok(())
     }
 

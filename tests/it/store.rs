@@ -1076,6 +1076,28 @@ async fn web_sign_in_state_lapses_extends_is_taken_once_and_is_bounded() {
             }
         }
         assert_eq!(left, vec!["l1", "l3", "m1"]);
+        // Two rows stored at once for one subject, then each trimmed: both stay (they lapse last).
+        for key in ["n1", "n2"] {
+            s.web_state_put("vendor-link", key, Some("alice"), "x", 9010, 5000, 10)
+                .await
+                .unwrap();
+        }
+        for key in ["n1", "n2"] {
+            s.web_state_trim_subject("vendor-link", "alice", key, 2)
+                .await
+                .unwrap();
+        }
+        let mut left = Vec::new();
+        for key in ["l1", "l3", "n1", "n2", "m1"] {
+            if s.web_state_get("vendor-link", key, 5000, None)
+                .await
+                .unwrap()
+                .is_some()
+            {
+                left.push(key);
+            }
+        }
+        assert_eq!(left, vec!["n1", "n2", "m1"]);
     })
     .await;
 }
