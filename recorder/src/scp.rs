@@ -13,9 +13,8 @@
 //! observer always knows what the next bytes are. (One answer may come early: PuTTY's pscp answers a
 //! file's bytes before it reads the status byte the source sends after them.) Anything else (a line no
 //! source sends, bytes sent before the sink answered, an answer nobody asked for) stops the observer
-//! with one
-//! [`TransferEvent::Unparseable`]: the relay then ends the session, since what passes could no longer be
-//! told apart from data that is not a transfer.
+//! with one [`TransferEvent::Unparseable`]: the relay then ends the session, since what passes could no
+//! longer be told apart from data that is not a transfer.
 
 use std::collections::VecDeque;
 

@@ -1065,17 +1065,10 @@ async fn web_sign_in_state_lapses_extends_is_taken_once_and_is_bounded() {
         s.web_state_trim_subject("vendor-link", "alice", "l1", 2)
             .await
             .unwrap();
-        let mut left = Vec::new();
-        for key in ["l1", "l2", "l3", "m1"] {
-            if s.web_state_get("vendor-link", key, 5000, None)
-                .await
-                .unwrap()
-                .is_some()
-            {
-                left.push(key);
-            }
-        }
-        assert_eq!(left, vec!["l1", "l3", "m1"]);
+        assert_eq!(
+            held_links(s, &["l1", "l2", "l3", "m1"]).await,
+            ["l1", "l3", "m1"]
+        );
         // Two rows stored at once for one subject, then each trimmed: both stay (they lapse last).
         for key in ["n1", "n2"] {
             s.web_state_put("vendor-link", key, Some("alice"), "x", 9010, 5000, 10)
@@ -1087,19 +1080,27 @@ async fn web_sign_in_state_lapses_extends_is_taken_once_and_is_bounded() {
                 .await
                 .unwrap();
         }
-        let mut left = Vec::new();
-        for key in ["l1", "l3", "n1", "n2", "m1"] {
-            if s.web_state_get("vendor-link", key, 5000, None)
-                .await
-                .unwrap()
-                .is_some()
-            {
-                left.push(key);
-            }
-        }
-        assert_eq!(left, vec!["n1", "n2", "m1"]);
+        assert_eq!(
+            held_links(s, &["l1", "l3", "n1", "n2", "m1"]).await,
+            ["n1", "n2", "m1"]
+        );
     })
     .await;
+}
+
+/// Which of `keys` are still held as vendor links (at time 5000).
+async fn held_links(s: &Store, keys: &[&'static str]) -> Vec<&'static str> {
+    let mut held = Vec::new();
+    for &key in keys {
+        if s.web_state_get("vendor-link", key, 5000, None)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            held.push(key);
+        }
+    }
+    held
 }
 
 /// Issue 12: staff sign-in failures are counted per (account, source) within a window: another
