@@ -69,9 +69,9 @@ impl CastWriter {
     /// Creates the recording file (never overwriting one; mode 0600 on unix) and writes and flushes the
     /// header line at once.
     pub fn create(path: impl AsRef<Path>, header: CastHeader) -> Result<Self> {
-        let mut encoder = Encoder::new(HashedFile::create(path.as_ref())?, &header)?;
-        encoder.sink.flush()?;
-        Ok(Self { encoder })
+        Ok(Self {
+            encoder: Encoder::create(path.as_ref(), &header)?,
+        })
     }
 
     /// Refuses, with [`Error::CapExceeded`], any event that would make the file larger than `max_bytes`
@@ -159,6 +159,15 @@ pub(crate) struct Encoder<S> {
     input: Utf8Carry,
     /// Reused buffer for one encoded event line, so recording does not allocate per event.
     line: Vec<u8>,
+}
+
+impl Encoder<HashedFile> {
+    /// A new recording file (never overwriting one) with its header line written and flushed.
+    pub(crate) fn create(path: &Path, header: &CastHeader) -> Result<Self> {
+        let mut encoder = Encoder::new(HashedFile::create(path)?, header)?;
+        encoder.sink.flush()?;
+        Ok(encoder)
+    }
 }
 
 impl<S: CastSink> Encoder<S> {

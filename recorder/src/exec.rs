@@ -523,11 +523,7 @@ pub fn exec_to_cast(
     reader: impl BufRead,
     path: impl AsRef<Path>,
 ) -> Result<(Finished, Option<CutOff>)> {
-    let (encoder, cut_off) = convert(reader, |header| {
-        let mut encoder = Encoder::new(HashedFile::create(path.as_ref())?, &header)?;
-        encoder.sink.flush()?;
-        Ok(encoder)
-    })?;
+    let (encoder, cut_off) = convert(reader, |header| Encoder::create(path.as_ref(), &header))?;
     Ok((encoder.sink.finish()?, cut_off))
 }
 
