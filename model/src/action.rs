@@ -53,6 +53,8 @@ actions! {
     AuthLogout = "auth.logout",
     /// A locked or disabled vendor tried to sign in.
     AuthRefused = "auth.refused",
+    /// A vendor's key passed and the connection ended before a second factor was judged.
+    AuthAbandoned = "auth.abandoned",
     /// Refusals of one connection past a limit were no longer audited one by one.
     SshRefusalsSuppressed = "ssh.refusals.suppressed",
     /// A connection asked for more channels than `ssh.max_channels`.

@@ -86,9 +86,11 @@ pub fn mapping(action: Action) -> Option<Mapping> {
     match action {
         // Logins and logouts: User Authentication with Login / Logout; failures by outcome.
         A::AuthLogin | A::StaffSignin => map(USER_AUTHENTICATION, &[LOGIN], Execute, Success),
-        A::AuthTotpFailure | A::AuthRefused | A::StaffSigninFailed | A::StaffSigninUnavailable => {
-            map(USER_AUTHENTICATION, &[LOGIN], Execute, MinorFailure)
-        }
+        A::AuthTotpFailure
+        | A::AuthRefused
+        | A::AuthAbandoned
+        | A::StaffSigninFailed
+        | A::StaffSigninUnavailable => map(USER_AUTHENTICATION, &[LOGIN], Execute, MinorFailure),
         A::AuthLock => map(USER_AUTHENTICATION, &[LOGIN], Execute, SeriousFailure),
         // A signed-in connection ended; the watcher cut a disabled, locked or de-keyed vendor's ones.
         A::AuthLogout | A::StaffSignout | A::VendorConnectionsEnded => {

@@ -91,20 +91,20 @@ pub struct Auth {
     told_barred: bool,
 }
 
-/// Audits of barred vendors' refusals on this node: at most one per vendor and reason a minute, so
-/// whoever holds a disabled vendor's key cannot fill the audit log by reconnecting (each refusal is
-/// still logged).
+/// Audits of sign-ins that end without a verdict of their own on this node (a barred vendor's
+/// refusal, an abandoned second factor): at most one per vendor and reason a minute, so whoever holds
+/// a vendor's key cannot fill the audit log by reconnecting (each one is still logged).
 #[derive(Debug, Default)]
-pub struct BarredAudits(
+pub struct KeyHolderAudits(
     std::sync::Mutex<std::collections::HashMap<(i64, &'static str), tokio::time::Instant>>,
 );
 
-impl BarredAudits {
+impl KeyHolderAudits {
     const EVERY: Duration = Duration::from_secs(60);
     /// Vendors remembered at once: more than any installation holds barred within a minute.
     const MAX: usize = 10_000;
 
-    /// Whether a refusal of `vendor_id`, barred for `why`, is to be audited now (and, if so, noted as
+    /// Whether an event of `vendor_id` for `why` is to be audited now (and, if so, noted as
     /// audited).
     fn due(&self, vendor_id: i64, why: &'static str) -> bool {
         let now = tokio::time::Instant::now();
@@ -139,6 +139,33 @@ struct KeyStep {
     /// and asks for nothing.
     barred: Option<Barred>,
     asked: Asked,
+    round: Round,
+}
+
+/// Where a key step's sign-in stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Round {
+    /// No prompt shown yet.
+    KeyOnly,
+    /// A prompt was shown (`asked` says which) and no answer to it judged yet.
+    Open,
+    /// The last answer was judged (accepted, or refused and audited as such).
+    Judged,
+}
+
+/// A sign-in the connection leaves without a verdict: the key step passed, and the connection ended
+/// before an answer was judged. Audited when the connection ends ([`audit_unfinished`]).
+#[derive(Debug)]
+pub enum Unfinished {
+    /// A barred vendor left without answering the prompt that told them why.
+    Barred { vendor: Vendor, why: &'static str },
+    /// The vendor left at the second factor.
+    Abandoned {
+        vendor: Vendor,
+        key_fp: String,
+        /// What was asked last: `nothing` (no prompt yet), `code`, `enrollment` or `passkey`.
+        asked: &'static str,
+    },
 }
 
 /// Why a vendor whose key is right may not sign in now.
@@ -249,6 +276,7 @@ impl Auth {
                     vendor,
                     key_fp: fingerprint(key),
                     asked: Asked::Code,
+                    round: Round::KeyOnly,
                 });
                 true
             }
@@ -295,6 +323,7 @@ impl Auth {
         };
         // A new round: whatever the last one asked is void (a link it showed is voided with it).
         step.asked = Asked::Code;
+        step.round = Round::Open;
         if let Some(barred) = step.barred {
             return Prompt {
                 instructions: String::new(),
@@ -360,7 +389,7 @@ impl Auth {
         peer: SocketAddr,
         answers: &[String],
         ticket: Option<&Ticket>,
-        barred_audits: &BarredAudits,
+        audits: &KeyHolderAudits,
     ) -> TotpOutcome {
         let Some(step) = self.key_ok.as_mut() else {
             return TotpOutcome::Refused;
@@ -371,7 +400,7 @@ impl Auth {
             let vendor = step.vendor.clone();
             self.key_ok = None;
             self.told_barred = true;
-            if barred_audits.due(vendor.id, barred.why()) {
+            if audits.due(vendor.id, barred.why()) {
                 refuse(app, peer, &vendor, app.clock.now(), barred.why()).await;
             } else {
                 crate::ops::metrics::login(crate::ops::metrics::Login::Refused);
@@ -380,6 +409,8 @@ impl Auth {
             return TotpOutcome::Barred;
         }
         let asked = std::mem::take(&mut step.asked);
+        // Judged below, whichever way (a new link reopens the round).
+        step.round = Round::Judged;
         let (user, vendor, key_fp) = (step.user.clone(), step.vendor.clone(), step.key_fp.clone());
         let first = answers.first().map(String::as_str).unwrap_or_default();
         let judging = match asked {
@@ -520,6 +551,29 @@ impl Auth {
         }
     }
 
+    /// The sign-in this connection leaves without a verdict, if it ends now (see [`Unfinished`]).
+    pub fn unfinished(&self) -> Option<Unfinished> {
+        let step = self.key_ok.as_ref()?;
+        if let Some(barred) = step.barred {
+            return Some(Unfinished::Barred {
+                vendor: step.vendor.clone(),
+                why: barred.why(),
+            });
+        }
+        let asked = match (step.round, &step.asked) {
+            (Round::Judged, _) => return None,
+            (Round::KeyOnly, _) => "nothing",
+            (Round::Open, Asked::Code) => "code",
+            (Round::Open, Asked::Enrolling(_)) => "enrollment",
+            (Round::Open, Asked::Passkey(_)) => "passkey",
+        };
+        Some(Unfinished::Abandoned {
+            vendor: step.vendor.clone(),
+            key_fp: step.key_fp.clone(),
+            asked,
+        })
+    }
+
     /// Opens the passkey link for this key step, extending the login grace time once for it; the
     /// prompt that shows it, or why there is none (too little time left, no link).
     async fn open_link(
@@ -557,6 +611,7 @@ impl Auth {
                     link.url
                 );
                 step.asked = Asked::Passkey(Box::new(link));
+                step.round = Round::Open;
                 Ok(prompt)
             }
             Err(e) => {
@@ -570,6 +625,59 @@ impl Auth {
 /// Whether `vendor_id` may use a passkey: this installation offers them and the vendor holds one.
 async fn passkey_offered(app: &App, vendor_id: i64) -> bool {
     vendor_passkeys::offered(app) && vendor_passkeys::count(app, vendor_id).await.unwrap_or(0) > 0
+}
+
+/// Audits a sign-in left without a verdict when its connection ended (`closed`: how it ended), at
+/// most once a minute per vendor and kind on this node (each one is logged): a barred vendor's as the
+/// refusal it is (`auth.refused`), an abandoned second factor as `auth.abandoned`. Whoever left
+/// holds the vendor's private key: a vendor who changed their mind, or a thief without the code.
+pub async fn audit_unfinished(
+    app: &App,
+    peer: SocketAddr,
+    audits: &KeyHolderAudits,
+    unfinished: Unfinished,
+    closed: &'static str,
+) {
+    let now = app.clock.now();
+    match unfinished {
+        Unfinished::Barred { vendor, why } => {
+            if audits.due(vendor.id, why) {
+                refuse(app, peer, &vendor, now, why).await;
+            } else {
+                crate::ops::metrics::login(crate::ops::metrics::Login::Refused);
+                tracing::info!(vendor = %vendor.name, %peer, why, closed, "barred vendor left (audited within the last minute)");
+            }
+        }
+        Unfinished::Abandoned {
+            vendor,
+            key_fp,
+            asked,
+        } => {
+            tracing::info!(vendor = %vendor.name, %peer, asked, closed, "sign-in abandoned at the second factor");
+            if !audits.due(vendor.id, "abandoned") {
+                return;
+            }
+            let subject = format!("vendor:{}", vendor.name);
+            let result = async {
+                let mut tx = app.store.begin().await?;
+                tx.audit(
+                    AuditEvent::new(
+                        &subject,
+                        Action::AuthAbandoned,
+                        &subject,
+                        json!({"peer": peer.to_string(), "key": key_fp, "asked": asked, "closed": closed}),
+                    ),
+                    now,
+                )
+                .await?;
+                tx.commit("auth.abandoned").await
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::error!(vendor = %vendor.name, error = %e, "cannot audit an abandoned sign-in");
+            }
+        }
+    }
 }
 
 /// A vendor refused after the key step (barred at it, disabled or their key removed since, no passkey

@@ -96,6 +96,36 @@ pub struct Connection {
     cap_audited: bool,
 }
 
+/// A connection that ends with its vendor's key step passed and no verdict on the second factor
+/// leaves a trace: audited as it ends (`auth::audit_unfinished`), whichever way it ends.
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let Some(unfinished) = self.auth.unfinished() else {
+            return;
+        };
+        let closed = self.how_closed();
+        let (shared, peer) = (self.shared.clone(), self.peer);
+        let audit = async move {
+            super::auth::audit_unfinished(
+                &shared.app,
+                peer,
+                &shared.key_holder_audits,
+                unfinished,
+                closed,
+            )
+            .await;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(audit.instrument(self.span.clone()));
+            }
+            Err(_) => {
+                tracing::warn!(%self.peer, "a sign-in left unfinished could not be audited: no runtime")
+            }
+        }
+    }
+}
+
 impl Connection {
     pub fn new(
         shared: Arc<Shared>,
@@ -139,6 +169,17 @@ impl Connection {
             limits: Arc::default(),
             started: HashSet::new(),
             cap_audited: false,
+        }
+    }
+
+    /// How the connection ended, as far as its handler can tell: for the audit of a sign-in it left
+    /// unfinished.
+    fn how_closed(&self) -> &'static str {
+        match &self.mode {
+            Mode::Outer(outer) if tokio::time::Instant::now() >= outer.ticket.deadline() => {
+                "login grace time ended"
+            }
+            _ => "connection closed",
         }
     }
 
@@ -384,7 +425,7 @@ impl server::Handler for Connection {
                 self.peer,
                 &answers,
                 ticket.as_deref(),
-                &self.shared.barred_audits,
+                &self.shared.key_holder_audits,
             )
             .await
         {

@@ -69,8 +69,8 @@ pub struct Shared {
     pub budgets: Arc<Budgets>,
     /// Server settings for ProxyJump sessions terminated inside a tunnel.
     pub inner_config: Arc<russh::server::Config>,
-    /// When a barred vendor's refusal was last audited.
-    pub barred_audits: auth::BarredAudits,
+    /// When a barred vendor's refusal, or a vendor's abandoned second factor, was last audited.
+    pub key_holder_audits: auth::KeyHolderAudits,
 }
 
 impl Shared {
@@ -257,7 +257,7 @@ impl Listener {
         let config = Arc::new(russh_config(host_key.clone(), grace));
         let shared = Arc::new(Shared {
             budgets: Arc::default(),
-            barred_audits: auth::BarredAudits::default(),
+            key_holder_audits: auth::KeyHolderAudits::default(),
             inner_config: jump::inner_config(host_key, grace),
             device_config: Arc::new(crate::target::client_config()),
             device_links: Arc::new(device_links::DeviceLinks::new(

@@ -5,9 +5,10 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::bastion::{Bastion, Vendor, text};
+use crate::support::bastion::{Bastion, Vendor, text, wait_until};
 use crate::support::sshd::Sshd;
 use crate::support::{DataDir, missing};
+use serde_json::Value;
 
 /// sshd + chaperone with one device `mri-01`; `None` when sshd is missing (and not required).
 fn setup() -> Option<(Sshd, Bastion)> {
@@ -758,6 +759,84 @@ fn repeated_failures_lock_the_vendor() {
         .filter(|l| l.contains("\"auth.refused\"") && l.contains(r#"\"why\":\"disabled\""#))
         .count();
     assert_eq!(refused, 1, "{}", audit_lines(&b));
+}
+
+#[test]
+fn a_sign_in_left_at_the_second_factor_is_audited_once_a_minute() {
+    let Some((_sshd, b)) = setup() else { return };
+    let abandoned = |vendor: &str| -> Vec<Value> {
+        audit_lines(&b)
+            .lines()
+            .filter(|l| l.contains("\"auth.abandoned\""))
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|e| e["actor"] == format!("vendor:{vendor}"))
+            .collect()
+    };
+    // Wrong codes until the client gives up: judged and audited as failures, nothing left unfinished.
+    let ivan = b.vendor("ivan", "Acme Imaging");
+    let out = b
+        .ssh_answering(
+            &ivan,
+            &[],
+            "ivan+mri-01",
+            &ivan.askpass_printing(b.data.path(), "000000"),
+        )
+        .arg("true")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    // Whoever holds gina's key signs the key step and leaves before any prompt (a client with no
+    // keyboard-interactive, as `BatchMode` makes OpenSSH): audited, what was asked with it.
+    let gina = b.vendor("gina", "Acme Imaging");
+    let batch = || {
+        b.ssh(&gina, "gina+mri-01")
+            .args(["-o", "BatchMode=yes", "true"])
+            .output()
+            .unwrap()
+    };
+    assert_eq!(batch().status.code(), Some(255));
+    assert!(
+        wait_until(Duration::from_secs(10), || abandoned("gina").len() == 1),
+        "{}",
+        audit_lines(&b)
+    );
+    let event = &abandoned("gina")[0];
+    let detail: Value = serde_json::from_str(event["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(detail["asked"], "nothing", "{event}");
+    assert_eq!(detail["closed"], "connection closed", "{event}");
+    assert!(
+        detail["key"].as_str().unwrap().starts_with("SHA256:"),
+        "{event}"
+    );
+    // A client killed at the code prompt: hank left at `code`.
+    let hank = b.vendor("hank", "Acme Imaging");
+    let (killer, prompts) =
+        crate::support::bastion::recording_askpass(b.data.path(), "kill -9 $PPID; sleep 5");
+    let out = b
+        .ssh_answering(&hank, &[], "hank+mri-01", &killer)
+        .arg("true")
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        std::fs::read_to_string(&prompts)
+            .unwrap()
+            .contains("TOTP code")
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || abandoned("hank").len() == 1),
+        "{}",
+        audit_lines(&b)
+    );
+    let event = &abandoned("hank")[0];
+    let detail: Value = serde_json::from_str(event["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(detail["asked"], "code", "{event}");
+    // Again within the minute: logged, not audited again, so reconnecting cannot fill the log.
+    assert_eq!(batch().status.code(), Some(255));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(abandoned("gina").len(), 1, "{}", audit_lines(&b));
+    assert!(abandoned("ivan").is_empty(), "{}", audit_lines(&b));
+    assert!(audit_lines(&b).contains("\"auth.totp.failure\""));
 }
 
 /// A login by `vendor` whose askpass records each prompt and answers a code: the exit code and the
