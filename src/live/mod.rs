@@ -92,18 +92,23 @@ impl SessionKind {
 /// The terminal a vendor asked for (pty-req), as far as a recording needs it.
 #[derive(Debug, Clone)]
 pub struct PtyInfo {
+    /// The terminal's name, a valid one (`ssh::device` refuses others), recorded whole.
     pub term: String,
     pub cols: u16,
     pub rows: u16,
 }
 
+/// The longest command a session records. It is recorded whole, in the recording's header, the session
+/// row and the `session.start` event. A longer one is refused, never cut: the device would run what no
+/// record shows.
+pub const MAX_DETAIL: usize = 16 * 1024;
+
 impl PtyInfo {
-    /// The size a recording's header gives this terminal. `ssh -tt` from a script (no terminal to
+    /// The size a recording's header gives this terminal, and the device is told. `ssh -tt` from a script (no terminal to
     /// measure) asks for 0x0, and some clients for 1x1, which players show as a single cell: a
     /// dimension smaller than any real terminal's (under 20 columns or 5 rows) is recorded as 80 or 24
-    /// instead ([`recorded_size`], as for a later window change). The device is told what the client
-    /// asked for; only the recording changes.
-    fn recorded_size(&self) -> (u16, u16) {
+    /// instead ([`recorded_size`], as for a later window change).
+    pub fn recorded_size(&self) -> (u16, u16) {
         recorded_size(self.cols, self.rows)
     }
 }
@@ -112,7 +117,8 @@ impl PtyInfo {
 /// dimension smaller than any real terminal's (under 20 columns or 5 rows: `ssh -tt` from a script
 /// asks for 0x0) is recorded as 80 or 24, one larger than any screen as the recorder's bound
 /// ([`chaperone_recorder::bounded_size`]: a client claiming 65535 x 65535 would otherwise make every
-/// player and the indexer allocate ~68 GB). The device is told what the client asked for.
+/// player and the indexer allocate ~68 GB). The device is told this size too (and no pixel size): a
+/// terminal's size is a number the vendor chooses, so the device sees no other than the recording's.
 pub(crate) fn recorded_size(cols: u16, rows: u16) -> (u16, u16) {
     let cols = if cols < 20 { 80 } else { cols };
     let rows = if rows < 5 { 24 } else { rows };
@@ -186,6 +192,9 @@ pub enum StartError {
     /// The grant was revoked or ended, or the vendor disabled, between the decision and the start.
     #[error("access ended before the session started: {0}")]
     NoLonger(String),
+    /// The command is longer than a session records ([`MAX_DETAIL`]).
+    #[error("the command is longer than a session records")]
+    TooLong,
 }
 
 impl StartError {
@@ -200,6 +209,9 @@ impl StartError {
             }
             StartError::NoLonger(_) => {
                 "your access to this device ended (revoked, expired or your account changed) before the session started"
+            }
+            StartError::TooLong => {
+                "the command is longer than a session records (16 KiB), so it was refused; put it in a script on the device, or send it as the session's input"
             }
         }
     }
@@ -292,18 +304,29 @@ impl PendingSession {
 
     /// Starts the session: the recording first (kinds that have one), then the session row and its audit
     /// event. `detail` is what the vendor asked for (a command, `sftp`, a tunnel's destination); `pty` the
-    /// terminal, if any. On error nothing was started and the caller refuses the session.
+    /// terminal, if any; `env` the environment variables the device will be sent. All three are recorded
+    /// whole: the device is sent nothing before the session's data that its recording does not show.
+    /// On error nothing was started and the caller refuses the session.
     pub async fn start(
         self,
         detail: &str,
         pty: Option<&PtyInfo>,
+        env: &[(String, String)],
     ) -> Result<LiveSession, StartError> {
         let app = &self.app;
         let grant = &self.grant;
         let asset = grant.asset();
         let now = app.clock.now();
         let id = &self.id;
-        let detail: String = detail.chars().take(4096).collect();
+        if detail.len() > MAX_DETAIL {
+            let reason = format!(
+                "the command is {} bytes long, more than the {MAX_DETAIL} a session records",
+                detail.len()
+            );
+            self.refuse(Action::SessionRefused, &reason).await;
+            return Err(StartError::TooLong);
+        }
+        let detail = detail.to_owned();
         // The decision again, now that the watcher knows this session (`policy::still_holds`).
         match crate::policy::still_holds(&app.store, now, grant).await {
             Ok(()) => {}
@@ -333,6 +356,7 @@ impl PendingSession {
                     let (app, path, grant, id) =
                         (app.clone(), path.clone(), grant.clone(), id.clone());
                     let (kind, detail, pty) = (self.kind, detail.clone(), pty.cloned());
+                    let env = env.to_vec();
                     tokio::task::spawn_blocking(move || {
                         create_recording(
                             &app,
@@ -343,6 +367,7 @@ impl PendingSession {
                             kind,
                             &detail,
                             pty.as_ref(),
+                            &env,
                         )
                     })
                     .await
@@ -464,6 +489,7 @@ fn create_recording(
     kind: SessionKind,
     detail: &str,
     pty: Option<&PtyInfo>,
+    env: &[(String, String)],
 ) -> Result<Recording, String> {
     let now = app.clock.now();
     let title = format!(
@@ -471,9 +497,9 @@ fn create_recording(
         grant.vendor().name,
         grant.asset().name
     );
-    let mut env = BTreeMap::new();
+    let mut env: BTreeMap<String, String> = env.iter().cloned().collect();
     if let Some(p) = pty {
-        env.insert("TERM".to_owned(), p.term.chars().take(64).collect());
+        env.insert("TERM".to_owned(), p.term.clone());
     }
     let command = (kind == SessionKind::Exec).then(|| detail.to_owned());
     let cfg = &app.config.recording;

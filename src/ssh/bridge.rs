@@ -273,10 +273,10 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                 ChannelMsg::WindowChange {
                     col_width,
                     row_height,
-                    pix_width,
-                    pix_height,
+                    ..
                 } => {
-                    // The live view and the recording show the same size.
+                    // The live view, the recording and the device see the same size (and no pixel
+                    // size: numbers the vendor chooses reach the device only as the recording shows).
                     let (cols, rows) =
                         crate::live::recorded_size(u32_to_u16(col_width), u32_to_u16(row_height));
                     if let Some(tap) = &tap {
@@ -289,11 +289,13 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                         }
                     }
                     ending
-                        .unless_done(
-                            d_tx.window_change(col_width, row_height, pix_width, pix_height),
-                        )
+                        .unless_done(d_tx.window_change(cols.into(), rows.into(), 0, 0))
                         .await
                 }
+                // A signal by a name of the client's own is no signal: not passed on.
+                ChannelMsg::Signal {
+                    signal: russh::Sig::Custom(_),
+                } => return Ok(()),
                 ChannelMsg::Signal { signal } => ending.unless_done(d_tx.signal(signal)).await,
                 // Extended data from a client has no meaning on a session channel (OpenSSH never sends
                 // it); it is neither recorded nor forwarded. A second start request, pty or env after the

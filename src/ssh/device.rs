@@ -43,18 +43,73 @@ const EARLY_SIGNALS: usize = 16;
 /// Dialling, logging in and opening the device's channel, all within this.
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Environment variables passed to the device (TERM travels inside pty-req): `LANG` and `LC_*`, with a
-/// name and value of a locale's size. Anything longer is dropped, as sshd drops what `AcceptEnv` does not
-/// name: a value is not recorded, so it must not carry data to the device past the recording.
+/// Environment variables passed to the device (TERM travels inside pty-req): `LANG` and `LC_*`, whose
+/// value is a locale's name (`en_US.UTF-8`, `C`, `de_DE@euro`). Anything else is dropped, as sshd drops
+/// what `AcceptEnv` does not name. What is passed is recorded in the recording's header; a locale's
+/// name carries no script (`eval "$LC_X"` on the device finds nothing to run).
 pub fn env_allowed(name: &str, value: &str) -> bool {
-    (name == "LANG" || name.starts_with("LC_"))
+    let locale_char = |b: u8| b.is_ascii_alphanumeric() || b"_.@-".contains(&b);
+    (name == "LANG"
+        || name.strip_prefix("LC_").is_some_and(|rest| {
+            !rest.is_empty()
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        }))
         && name.len() <= MAX_ENV_NAME
         && value.len() <= MAX_ENV_VALUE
+        && value.bytes().all(locale_char)
+}
+
+/// Whether `term` is a terminal's name as terminfo spells them (`xterm-256color`, `screen.xterm`,
+/// `vt100`; empty when the client has none): the device is sent it and the recording shows it, so it
+/// holds no shell syntax and no more than a name's length.
+pub fn valid_term(term: &str) -> bool {
+    term.len() <= MAX_TERM
+        && term
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
 }
 
 /// The longest environment variable name and value passed on (`LC_MEASUREMENT=en_US.UTF-8` is 14 and 11).
 const MAX_ENV_NAME: usize = 32;
-const MAX_ENV_VALUE: usize = 256;
+const MAX_ENV_VALUE: usize = 64;
+/// The longest terminal name (terminfo's longest names are under 40).
+const MAX_TERM: usize = 64;
+
+/// The terminal modes a vendor's pty request carries, as the device is sent them: each value within its
+/// mode's range (a control character is a byte, a flag is 0 or 1, a speed one of the usual ones), so the
+/// modes carry no other data; and never echo off. Whether the terminal echoes is the device's to decide
+/// (a password prompt turns it off there): a client asking for no echo from the start would type
+/// commands that the recording, which shows the terminal, never shows.
+fn device_modes(modes: &[(Pty, u32)]) -> Vec<(Pty, u32)> {
+    const SPEEDS: &[u32] = &[
+        0, 50, 75, 110, 134, 150, 200, 300, 600, 1200, 1800, 2400, 4800, 9600, 19200, 38400, 57600,
+        115_200, 230_400, 460_800, 500_000, 576_000, 921_600, 1_000_000, 1_152_000, 1_500_000,
+        2_000_000, 2_500_000, 3_000_000, 3_500_000, 4_000_000,
+    ];
+    modes
+        .iter()
+        .filter_map(|&(mode, value)| {
+            let code = mode as u8;
+            let value = match code {
+                // Echo is left as the device's pty starts it (on).
+                _ if mode == Pty::ECHO => return None,
+                1..=29 => value.min(255),
+                128 | 129 => {
+                    if SPEEDS.contains(&value) {
+                        value
+                    } else {
+                        38_400
+                    }
+                }
+                0 => return None,
+                _ => value.min(1),
+            };
+            Some((mode, value))
+        })
+        .collect()
+}
 /// At most this many are passed on.
 const MAX_ENV: usize = 64;
 
@@ -70,6 +125,8 @@ pub struct Setup {
     eof: bool,
     signals: usize,
     limits: Arc<ConnectionLimits>,
+    /// Why the session may not start, found in what was asked before it (a terminal name that is none).
+    invalid: Option<String>,
 }
 
 impl Drop for Setup {
@@ -85,8 +142,6 @@ struct PtyRequest {
     term: String,
     cols: u32,
     rows: u32,
-    pix_width: u32,
-    pix_height: u32,
     modes: Vec<(Pty, u32)>,
 }
 
@@ -133,6 +188,7 @@ impl Setup {
             eof: false,
             signals: 0,
             limits,
+            invalid: None,
         }
     }
 
@@ -174,21 +230,23 @@ impl Setup {
                 term,
                 col_width,
                 row_height,
-                pix_width,
-                pix_height,
                 terminal_modes,
                 ..
             } => {
                 // Held until the start like input, so charged like it (a terminal name and modes are a
                 // client's to size, up to a packet each).
                 self.charge(term.len() + terminal_modes.len() * std::mem::size_of::<(Pty, u32)>());
+                if !valid_term(&term) {
+                    self.invalid = Some(format!(
+                        "the terminal type {:?} is not a terminal's name",
+                        crate::model::truncate_for_display(&term, 40)
+                    ));
+                }
                 self.pty = Some(PtyRequest {
                     term,
                     cols: col_width,
                     rows: row_height,
-                    pix_width,
-                    pix_height,
-                    modes: terminal_modes,
+                    modes: device_modes(&terminal_modes),
                 });
             }
             ChannelMsg::SetEnv {
@@ -202,12 +260,10 @@ impl Setup {
             ChannelMsg::WindowChange {
                 col_width,
                 row_height,
-                pix_width,
-                pix_height,
+                ..
             } => {
                 if let Some(p) = &mut self.pty {
-                    (p.cols, p.rows, p.pix_width, p.pix_height) =
-                        (col_width, row_height, pix_width, pix_height);
+                    (p.cols, p.rows) = (col_width, row_height);
                 }
             }
             ChannelMsg::RequestShell { .. } => return Some(Start::Shell),
@@ -229,6 +285,10 @@ impl Setup {
                 self.eof = true;
                 self.keep(msg, 0);
             }
+            // A signal by a name of the client's own is no signal: not passed on.
+            ChannelMsg::Signal {
+                signal: russh::Sig::Custom(_),
+            } => {}
             ChannelMsg::Signal { .. } if self.signals < EARLY_SIGNALS => {
                 self.signals += 1;
                 self.keep(msg, 0);
@@ -300,6 +360,10 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
             }
         }
     };
+    if let Some(why) = setup.invalid.take() {
+        refuse_audited(&ctx, &asset, &channel, &why).await;
+        return;
+    }
     let app = &ctx.shared.app;
     let now = app.clock.now();
     let grant = match policy::authorize_ssh(&app.store, now, &ctx.principal, &asset).await {
@@ -388,7 +452,11 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
         }
     };
     let pty = setup.pty_info();
-    let mut live = match pending.start(&start.detail(), pty.as_ref()).await {
+    // What the recording shows is what the device is sent: the command as recorded (a command that is
+    // not UTF-8 is sent as its recorded, lossy, text), the terminal's recorded name and size, the
+    // environment variables passed.
+    let detail = start.detail();
+    let mut live = match pending.start(&detail, pty.as_ref(), &setup.env).await {
         Ok(live) => live,
         Err(e) => {
             refuse(&channel, e.vendor_message()).await;
@@ -409,17 +477,10 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
     }
     // The recording exists: now the device sees what the vendor asked for.
     let sent = async {
-        if let Some(p) = &setup.pty {
+        if let (Some(p), Some(info)) = (&setup.pty, &pty) {
+            let (cols, rows) = info.recorded_size();
             device_channel
-                .request_pty(
-                    false,
-                    &p.term,
-                    p.cols,
-                    p.rows,
-                    p.pix_width,
-                    p.pix_height,
-                    &p.modes,
-                )
+                .request_pty(false, &info.term, cols.into(), rows.into(), 0, 0, &p.modes)
                 .await?;
         }
         for (name, value) in &setup.env {
@@ -429,9 +490,7 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
         }
         match &start {
             Start::Shell => device_channel.request_shell(true).await,
-            Start::Exec(command) | Start::Scp(command, _) => {
-                device_channel.exec(true, command.to_vec()).await
-            }
+            Start::Exec(_) | Start::Scp(..) => device_channel.exec(true, detail.as_bytes()).await,
             Start::Sftp => device_channel.request_subsystem(true, "sftp").await,
         }
     }
@@ -508,6 +567,84 @@ mod tests {
             variable_name: name.into(),
             variable_value: value.into(),
         }
+    }
+
+    /// The device is sent a locale's name, a terminal's name and its modes, nothing that carries a
+    /// script or a hidden echo: what the recording's header shows is all it got.
+    #[test]
+    fn what_the_device_is_sent_before_the_start_is_only_names_and_modes() {
+        for (name, value) in [
+            ("LANG", "en_US.UTF-8"),
+            ("LC_ALL", "C"),
+            ("LC_MESSAGES", "de_DE@euro"),
+            ("LC_ALL", ""),
+        ] {
+            assert!(env_allowed(name, value), "{name}={value}");
+        }
+        for (name, value) in [
+            ("LC_X", "id; touch /tmp/x"),
+            ("LC_X", "$(id)"),
+            ("LC_X", "a b"),
+            ("LC_x", "C"),
+            ("LC_", "C"),
+            ("LANGUAGE", "en"),
+            ("LC_ALL", &"C".repeat(MAX_ENV_VALUE + 1)),
+        ] {
+            assert!(!env_allowed(name, value), "{name}={value}");
+        }
+        for term in [
+            "xterm-256color",
+            "screen.xterm",
+            "vt100",
+            "rxvt-unicode+x",
+            "",
+        ] {
+            assert!(valid_term(term), "{term}");
+        }
+        for term in [
+            "xterm;id",
+            "xterm 256",
+            "x\u{1b}]",
+            &"x".repeat(MAX_TERM + 1),
+        ] {
+            assert!(!valid_term(term), "{term}");
+        }
+        let modes = device_modes(&[
+            (Pty::ECHO, 0),
+            (Pty::VINTR, 3),
+            (Pty::VQUIT, 0x0041_4141),
+            (Pty::ICANON, 1),
+            (Pty::ISIG, 0x4141_4141),
+            (Pty::TTY_OP_ISPEED, 38_400),
+            (Pty::TTY_OP_OSPEED, 0x4141_4141),
+        ]);
+        assert_eq!(
+            modes,
+            vec![
+                (Pty::VINTR, 3),
+                (Pty::VQUIT, 255),
+                (Pty::ICANON, 1),
+                (Pty::ISIG, 1),
+                (Pty::TTY_OP_ISPEED, 38_400),
+                (Pty::TTY_OP_OSPEED, 38_400),
+            ]
+        );
+        assert!(
+            device_modes(&[(Pty::ECHO, 1)]).is_empty(),
+            "echo is the device's"
+        );
+        // A pty request with a terminal name that is none stops the session before it starts.
+        let mut setup = Setup::new(Arc::new(ConnectionLimits::default()));
+        setup.take(ChannelMsg::RequestPty {
+            want_reply: false,
+            term: "xterm;eval".into(),
+            col_width: 80,
+            row_height: 24,
+            pix_width: 0,
+            pix_height: 0,
+            terminal_modes: Vec::new(),
+        });
+        assert!(setup.invalid.is_some());
     }
 
     /// What a channel holds before its start is charged, environment and pty included: a client

@@ -119,7 +119,7 @@ pub async fn run(
         "{host}:{port} → {}:{} ({}) from {originator}",
         asset.address, service.port, service.name
     );
-    let mut live = match pending.start(&detail, None).await {
+    let mut live = match pending.start(&detail, None, &[]).await {
         Ok(live) => live,
         Err(e) => {
             tracing::error!(error = %e, "cannot record the tunnel; refusing it");

@@ -53,7 +53,7 @@ pub async fn run(
         pending.grant().service().name
     );
     let asset = pending.grant().asset().name.clone();
-    let mut live = match pending.start(&detail, None).await {
+    let mut live = match pending.start(&detail, None, &[]).await {
         Ok(live) => live,
         Err(e) => {
             tracing::error!(error = %e, "cannot record the jump; refusing it");

@@ -13,6 +13,7 @@ Ops (each answer carries the op's "id" when it had one):
     {"op": "exec", "id": "a", "command": "…"} send exec on channel a now, wait for its end
                                               -> {"event": "exec", "stdout", "stderr", "exit"}
     {"op": "run", "command": "…", "env": {…}} a new channel with exec at once, after an env request
+                                              ("term": "…" and "modes": {"53": 0}: a pty request first)
                                               for each variable given (optional) -> like exec
     {"op": "tunnel", "host": "…", "port": N}  direct-tcpip, send a line, read a line -> {"event": "tunnel"}
     {"op": "tunnel-send-close", "host": "…", "port": N, "data": "…"}
@@ -110,12 +111,15 @@ class Client(asyncssh.SSHClient):
         return [self.code for _ in prompts]
 
 
-async def session(conn, command, gate=None, subsystem=None, env=None):
+async def session(conn, command, gate=None, subsystem=None, env=None, term=None, modes=None):
     """One session channel; its exec may wait for a gate. Returns its output and exit status."""
     if gate is not None:
         asyncio.current_task().chaperone_gate = gate
+    pty = {}
+    if term is not None:
+        pty = {"term_type": term, "term_modes": {int(k): v for k, v in (modes or {}).items()}}
     chan, sess = await conn.create_session(
-        Collect, command, subsystem=subsystem, encoding=None, env=env or ()
+        Collect, command, subsystem=subsystem, encoding=None, env=env or (), **pty
     )
     try:
         await asyncio.wait_for(chan.wait_closed(), 30)
@@ -271,7 +275,13 @@ async def main():
                 result = await tasks[rid]
                 say({"event": "exec", "id": rid, **result})
             elif op == "run":
-                result = await session(conn, req["command"], env=req.get("env"))
+                result = await session(
+                    conn,
+                    req["command"],
+                    env=req.get("env"),
+                    term=req.get("term"),
+                    modes=req.get("modes"),
+                )
                 say({"event": "exec", "id": rid, **result})
             elif op == "tunnel":
                 reader_, writer = await conn.open_connection(req["host"], int(req["port"]))

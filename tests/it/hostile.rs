@@ -841,6 +841,95 @@ fn an_env_flood_passes_only_a_bounded_locale_to_the_device() {
     assert_eq!(counts, ["64", "0"], "{out}\n{}", b.log());
 }
 
+/// Nothing reaches the device before a session's data that its recording does not show: a command
+/// too long to record is refused, never cut; an environment value that is no locale, a terminal
+/// type that is no name, a pty asking for no echo carry nothing to the device.
+#[test]
+fn what_the_device_is_sent_before_a_session_is_what_its_recording_shows() {
+    if !has_asyncssh() {
+        missing("asyncssh (pip install asyncssh)");
+        return;
+    }
+    let Some(sshd) = Sshd::start_with("AcceptEnv LANG LC_*\n") else {
+        return;
+    };
+    let b = Bastion::start(DataDir::init());
+    b.device("mri-01", &sshd, &[]);
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let mut client = Hostile::connect(&b, &alice, "alice+mri-01");
+    let marker = b.data.path().join("hidden-ran");
+    let hidden = format!("touch {}", marker.display());
+
+    // 16 KiB of padding hides the end of the command from nobody: the session is refused.
+    let long = format!("echo ok{}; {hidden}", " ".repeat(17_000));
+    let out = client.op(json!({"op": "run", "command": long}));
+    assert_eq!(out["exit"], 1, "{out}");
+    assert!(
+        out["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("longer than a session records"),
+        "{out}"
+    );
+    let refused = audited(&b, "session.refused");
+    assert!(
+        refused.iter().any(|e| e["detail"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("more than the 16384 a session records")),
+        "{refused:?}"
+    );
+    // Under the limit it runs, and the session row has it whole.
+    let padded = format!("echo ok{}; echo end", " ".repeat(10_000));
+    let out = client.op(json!({"op": "run", "command": padded}));
+    assert_eq!(out["stdout"], "ok\nend\n", "{out}");
+    assert!(
+        sessions(&b).iter().any(|s| s["detail"] == padded.as_str()),
+        "the session row cut the command"
+    );
+
+    // An environment value that is no locale's name is not passed; one that is, is recorded.
+    let out = client.op(json!({"op": "run", "term": "xterm-256color",
+        "env": {"LC_X": hidden, "LANG": "en_US.UTF-8"},
+        "command": "eval \"$LC_X\"; echo \"[$LANG]\""}));
+    assert!(
+        out["stdout"].as_str().unwrap().contains("[en_US.UTF-8]"),
+        "{out}"
+    );
+    let cast = sessions(&b)
+        .iter()
+        .filter_map(|s| s["recordings"][0]["path"].as_str())
+        .find(|p| p.ends_with(".cast"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .expect("the pty session's recording");
+    let header: Value = serde_json::from_str(cast.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        header["env"],
+        json!({"LANG": "en_US.UTF-8", "TERM": "xterm-256color"}),
+        "{header}"
+    );
+
+    // A terminal type with a command in it: refused before the device sees anything.
+    let out = client.op(json!({"op": "run", "term": format!("xterm;{hidden}"), "command": "true"}));
+    assert_eq!(out["exit"], 1, "{out}");
+    assert!(
+        out["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("is not a terminal's name"),
+        "{out}"
+    );
+
+    // A pty asking for no echo gets the device's echo all the same: what is typed shows on the
+    // terminal the recording shows.
+    let out = client.op(json!({"op": "run", "term": "xterm", "modes": {"53": 0},
+        "command": "stty -a | tr ' ' '\\n' | grep -x -e echo -e -echo"}));
+    assert_eq!(out["stdout"].as_str().unwrap().trim(), "echo", "{out}");
+
+    assert!(!marker.exists(), "the device ran what no record shows");
+}
+
 #[test]
 fn a_connection_that_does_not_sign_in_is_closed_after_the_login_grace_time() {
     let Some((_sshd, b)) = setup("") else { return };
