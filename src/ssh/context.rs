@@ -37,11 +37,16 @@ pub struct Context {
     pub limits: Arc<ConnectionLimits>,
 }
 
-/// Budgets one connection's channels share, so a client cannot multiply them by opening channels.
+/// Budgets one connection's channels share, so a client cannot multiply them by opening channels. The
+/// ProxyJump connections inside a vendor connection's tunnels share its budgets too (`jump::run`): a
+/// jump is a channel of the vendor's connection, and what runs inside it counts as its channels do.
 #[derive(Debug, Default)]
 pub struct ConnectionLimits {
     /// Bytes (and messages) held for channels whose session has not started yet.
     pub early_input: AtomicUsize,
+    /// Channels open (their tasks running), on the connection and inside its jumps: at most
+    /// `ssh.max_channels` ([`OpenChannels::take`]).
+    channels: AtomicUsize,
     /// Refusals so far, saturating (past [`AUDITED_REFUSALS`] they are only logged, at debug level).
     refusals: AtomicU32,
 }
@@ -145,7 +150,9 @@ pub async fn audit_by(
 /// closes a channel does not free its place: it tells the channel's task (`ChannelSlot::client_closed`),
 /// which ends, and the place is free when it has; so closing channels cannot run more tasks (tunnels, their
 /// sockets and buffers) than `ssh.max_channels`. russh may give a closed channel's id to a new channel
-/// while the old task is still ending, so places are counted, not keyed by id.
+/// while the old task is still ending, so places are counted, not keyed by id; they are counted in the
+/// connection's [`ConnectionLimits`], which its jumps' inner connections share (each has its own
+/// `OpenChannels`: channel ids are per connection).
 #[derive(Debug, Default)]
 pub struct OpenChannels {
     state: Mutex<Places>,
@@ -153,20 +160,26 @@ pub struct OpenChannels {
 
 #[derive(Debug, Default)]
 struct Places {
-    taken: usize,
     /// The channels the client has not closed yet: their close token, and which place holds it.
     open: HashMap<ChannelId, (u64, CancellationToken)>,
     next: u64,
 }
 
 impl OpenChannels {
-    /// Takes a place for channel `id` if fewer than `max` are taken.
-    pub fn take(self: &Arc<Self>, id: ChannelId, max: usize) -> Option<ChannelSlot> {
+    /// Takes a place for channel `id` if fewer than `max` are taken in `limits`.
+    pub fn take(
+        self: &Arc<Self>,
+        id: ChannelId,
+        max: usize,
+        limits: &Arc<ConnectionLimits>,
+    ) -> Option<ChannelSlot> {
         let mut places = self.state.lock().ok()?;
-        if places.taken >= max {
-            return None;
-        }
-        places.taken += 1;
+        limits
+            .channels
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
         places.next += 1;
         let (place, closed) = (places.next, CancellationToken::new());
         places.open.insert(id, (place, closed.clone()));
@@ -175,6 +188,7 @@ impl OpenChannels {
             place,
             closed,
             open: self.clone(),
+            limits: limits.clone(),
         })
     }
 
@@ -193,6 +207,7 @@ pub struct ChannelSlot {
     place: u64,
     closed: CancellationToken,
     open: Arc<OpenChannels>,
+    limits: Arc<ConnectionLimits>,
 }
 
 impl ChannelSlot {
@@ -204,8 +219,8 @@ impl ChannelSlot {
 
 impl Drop for ChannelSlot {
     fn drop(&mut self) {
+        self.limits.channels.fetch_sub(1, Ordering::AcqRel);
         if let Ok(mut places) = self.open.state.lock() {
-            places.taken -= 1;
             // The id is this place's unless the client closed it and russh gave it to a newer channel.
             if places
                 .open

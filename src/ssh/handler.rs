@@ -137,16 +137,20 @@ impl Connection {
         Connection::with_mode(shared, Mode::Outer(outer), peer, stop, span)
     }
 
-    /// The handler for a ProxyJump session inside `principal`'s tunnel to `asset`.
+    /// The handler for a ProxyJump session inside `principal`'s tunnel to `asset`; its channels count
+    /// against the vendor connection's `limits`, with that connection's own.
     pub fn inner(
         shared: Arc<Shared>,
         peer: SocketAddr,
         stop: CancellationToken,
-        principal: Principal,
-        asset: String,
+        (principal, asset): (Principal, String),
+        limits: Arc<ConnectionLimits>,
     ) -> Connection {
         let span = tracing::Span::current();
-        Connection::with_mode(shared, Mode::Inner { principal, asset }, peer, stop, span)
+        let mut inner =
+            Connection::with_mode(shared, Mode::Inner { principal, asset }, peer, stop, span);
+        inner.limits = limits;
+        inner
     }
 
     fn with_mode(
@@ -194,7 +198,7 @@ impl Connection {
         };
         let principal = principal.clone();
         let max = self.shared.app.config.ssh.max_channels;
-        let Some(slot) = self.open_channels.take(channel, max) else {
+        let Some(slot) = self.open_channels.take(channel, max, &self.limits) else {
             if !self.cap_audited {
                 self.cap_audited = true;
                 self.audit_refusal(Action::SshChannelsRefused, json!({"max_channels": max}));

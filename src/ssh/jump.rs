@@ -82,8 +82,8 @@ pub async fn run(
         ctx.shared.clone(),
         ctx.peer,
         inner_stop.clone(),
-        ctx.principal.clone(),
-        asset,
+        (ctx.principal.clone(), asset),
+        ctx.limits.clone(),
     );
     let config = ctx.shared.inner_config.clone();
     let grace = tokio::time::sleep(app.config.ssh.login_grace_time);

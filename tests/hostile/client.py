@@ -39,6 +39,9 @@ Ops (each answer carries the op's "id" when it had one):
                                               N bytes, whatever the maximum packet size the bastion
                                               gave -> {"event": "sent"}
     {"op": "wait-closed", "timeout": S}       -> {"event": "closed", "after": seconds} or "still-open"
+    {"op": "jump", "host": "…", "user": "…", "sessions": N}   ProxyJump's inner connection to host:22,
+                                              N sessions running `sleep 30` opened inside it
+                                              -> {"event": "jumped", "opened": K, "errors": [...]}
     {"op": "quit"}
 Failures are answered as {"event": "error", "error": "…"}.
 """
@@ -227,6 +230,7 @@ async def main():
     say({"event": "connected"})
     gates = {}
     tasks = {}
+    held = []
     reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
     await asyncio.get_running_loop().connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
@@ -388,6 +392,23 @@ async def main():
                     "stderr": b"".join(sess.err).decode(errors="replace"),
                     "exit": chan.get_exit_status(),
                 })
+            elif op == "jump":
+                inner = await asyncssh.connect(
+                    req["host"], 22, tunnel=conn, username=req["user"], client_keys=[keyfile],
+                    known_hosts=None, agent_path=None,
+                )
+                held.append(inner)
+                opened, errors = 0, []
+                for _ in range(int(req["sessions"])):
+                    try:
+                        chan, _sess = await asyncio.wait_for(
+                            inner.create_session(Collect, "sleep 30"), 10
+                        )
+                        held.append(chan)
+                        opened += 1
+                    except (asyncssh.Error, asyncio.TimeoutError) as e:
+                        errors.append(str(e))
+                say({"event": "jumped", "opened": opened, "errors": errors})
             elif op == "quit":
                 break
             else:

@@ -1140,6 +1140,21 @@ fn a_connection_holds_at_most_max_channels() {
     }
     assert_eq!(reopened["event"], "opened", "{reopened}");
     assert_eq!(audited(&b, "ssh.channels.refused").len(), 1);
+
+    // A ProxyJump is one of the connection's channels, and the sessions inside it count as its
+    // channels do: with the jump, two fit inside it, not three.
+    let mut client = Hostile::connect(&b, &alice, "alice+mri-01");
+    let jumped =
+        client.op(json!({"op": "jump", "host": "mri-01", "user": _sshd.user, "sessions": 3}));
+    assert_eq!(jumped["event"], "jumped", "{jumped}");
+    assert_eq!(jumped["opened"], 2, "{jumped}");
+    assert!(
+        jumped["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("too many open channels"),
+        "{jumped}"
+    );
 }
 
 /// A tunnel whose channel the client closed ends, and closes the device's socket, even when the device
