@@ -92,7 +92,8 @@ pub enum Record {
     Output(Bytes),
     /// Device → vendor: stderr (extended data).
     Stderr(Bytes),
-    /// Vendor → device keystrokes; recorded only when `recording.record_input` is on.
+    /// Vendor → device: a terminal's keystrokes (recorded only when `recording.record_input` is on), a
+    /// command's stdin (always recorded; see [`Recording::exec`]).
     Input(Bytes),
     Resize {
         cols: u16,
@@ -340,6 +341,8 @@ pub struct Recording {
     done: oneshot::Receiver<Result<Done, RecordingFailed>>,
     started: Instant,
     format: RecordingFormat,
+    /// Whether what the vendor sends is recorded ([`RecordSender::records_input`]).
+    input: bool,
     /// The cap and the bytes the senders have been charged against it.
     budget: Arc<Budget>,
 }
@@ -382,11 +385,13 @@ impl Recording {
         )
     }
 
-    /// Creates `path` (never overwriting) as an exec recording: stdout and stderr byte for byte.
+    /// Creates `path` (never overwriting) as an exec recording: stdout, stderr and stdin byte for byte.
+    /// Its input is recorded whatever `recording.record_input` says: a command without a terminal reads
+    /// a program's input (a script for `sh`, a file for `cat >`), not keystrokes at a password prompt,
+    /// and what it runs must show in the record.
     pub fn exec(
         path: &Path,
         header: &ExecHeader,
-        record_input: bool,
         max_bytes: Option<u64>,
     ) -> Result<Recording, RecordingFailed> {
         let mut writer = ExecWriter::create(path, header).map_err(RecordingFailed::from)?;
@@ -397,7 +402,7 @@ impl Recording {
         Recording::spawn(
             Writer::Exec {
                 writer,
-                input: record_input,
+                input: true,
             },
             RecordingFormat::ExecStream,
             max_bytes,
@@ -426,6 +431,12 @@ impl Recording {
         max_bytes: Option<u64>,
         written: u64,
     ) -> Result<Recording, RecordingFailed> {
+        let input = match &writer {
+            Writer::Cast { input, .. } | Writer::Exec { input, .. } => *input,
+            Writer::Transfers { .. } => false,
+            #[cfg(test)]
+            Writer::Failing { .. } => true,
+        };
         let (tx, rx) = queue::channel::<Queued>();
         let slots = Arc::new(Semaphore::new(QUEUE));
         let stopped = Arc::new(OnceLock::new());
@@ -464,6 +475,7 @@ impl Recording {
             done,
             started,
             format,
+            input,
             budget: Arc::new(Budget {
                 max: max_bytes,
                 charged: AtomicU64::new(written),
@@ -480,6 +492,7 @@ impl Recording {
             halted: self.halted.clone(),
             started: self.started,
             format: self.format,
+            input: self.input,
             budget: self.budget.clone(),
         }
     }
@@ -571,10 +584,18 @@ pub struct RecordSender {
     halted: CancellationToken,
     started: Instant,
     format: RecordingFormat,
+    input: bool,
     budget: Arc<Budget>,
 }
 
 impl RecordSender {
+    /// Whether the recording keeps what the vendor sends ([`Record::Input`]): a terminal's keystrokes
+    /// when `recording.record_input` is on, a command's stdin always. The relay asks this, so the rule
+    /// is the recording's own.
+    pub fn records_input(&self) -> bool {
+        self.input
+    }
+
     /// The format of the recording it feeds.
     pub fn format(&self) -> RecordingFormat {
         self.format
@@ -644,7 +665,7 @@ mod tests {
     async fn records_reach_the_file_in_order_with_a_digest() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.exec");
-        let recording = Recording::exec(&path, &exec_header(), true, None).unwrap();
+        let recording = Recording::exec(&path, &exec_header(), None).unwrap();
         let sender = recording.sender();
         let mut expected = Vec::new();
         for i in 0..2000u32 {
@@ -675,7 +696,7 @@ mod tests {
     async fn a_quiet_recording_is_flushed_within_about_a_second() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.exec");
-        let recording = Recording::exec(&path, &exec_header(), false, None).unwrap();
+        let recording = Recording::exec(&path, &exec_header(), None).unwrap();
         let header_len = std::fs::metadata(&path).unwrap().len();
         let sender = recording.sender();
         sender
@@ -742,7 +763,7 @@ mod tests {
     async fn the_size_cap_refuses_a_record_before_it_is_forwarded_and_the_file_stays_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.exec");
-        let recording = Recording::exec(&path, &exec_header(), false, Some(10_000)).unwrap();
+        let recording = Recording::exec(&path, &exec_header(), Some(10_000)).unwrap();
         let sender = recording.sender();
         let why = send_until_refused(&sender, || {
             Record::Output(Bytes::from_static(&[b'x'; 1000]))

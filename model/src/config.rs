@@ -486,7 +486,9 @@ pub struct SecretsConfig {
 #[derive(Debug, Clone)]
 pub struct RecordingConfig {
     pub dir: PathBuf,
-    /// Record what the vendor types (`i` events). Off by default: typed passwords must not land in recordings.
+    /// Record what the vendor types at a terminal (`i` events). Off by default: typed passwords must not
+    /// land in recordings. A command without a terminal has its stdin recorded always (it is a program's
+    /// input, a script for `sh`, not keystrokes).
     pub record_input: bool,
     /// A recording reaching this many bytes ends its session (no recording, no session); `None`: no cap.
     pub max_bytes: Option<u64>,
@@ -2072,7 +2074,8 @@ key_file = "secrets.key"
 [recording]
 # Session recordings (asciicast v2, transfer logs). Must be writable: no recording, no session.
 dir = "recordings"
-# Record what vendors type. Off by default: typed passwords must not land in recordings.
+# Record what vendors type at a terminal. Off by default: typed passwords must not land in recordings.
+# (A command without a terminal, `ssh host sh < script`, has its stdin recorded always.)
 record_input = false
 # A recording that reaches this size ends its session (no recording, no session). "none": no cap.
 max_bytes = "4GB"

@@ -464,13 +464,15 @@ impl<R: BufRead> ExecReader<R> {
     }
 }
 
-/// Which output stream [`exec_raw`] writes.
+/// Which stream [`exec_raw`] writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputStream {
     /// The program's stdout.
     Stdout,
     /// The program's stderr.
     Stderr,
+    /// What the program was sent on its stdin.
+    Stdin,
 }
 
 /// What an export wrote.
@@ -483,7 +485,8 @@ pub struct Exported {
     pub cut_off: Option<CutOff>,
 }
 
-/// Writes the bytes of one output stream of an exec recording to `out`, exactly as the device sent them.
+/// Writes the bytes of one stream of an exec recording to `out`, exactly as the device sent them (stdout,
+/// stderr) or was sent them (stdin).
 /// The whole recording is read and validated, so an invalid frame after the last byte of this stream is
 /// still an error; a recording that ends inside its last frame is exported up to the last whole frame
 /// (see [`Exported::cut_off`]; check the recording's digest first).
@@ -497,7 +500,8 @@ pub fn exec_raw(
     while let Some(frame) = reader.next_frame()? {
         let bytes = match (frame.data, stream) {
             (FrameData::Stdout(b), OutputStream::Stdout)
-            | (FrameData::Stderr(b), OutputStream::Stderr) => b,
+            | (FrameData::Stderr(b), OutputStream::Stderr)
+            | (FrameData::Input(b), OutputStream::Stdin) => b,
             _ => continue,
         };
         out.write_all(bytes)?;

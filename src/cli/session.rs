@@ -70,7 +70,7 @@ pub enum SessionCommand {
         id: String,
         #[arg(short, long)]
         output: PathBuf,
-        /// Write the exact bytes of one output stream of an exec recording, not a .cast.
+        /// Write the exact bytes of one stream of an exec recording, not a .cast.
         #[arg(long)]
         raw: bool,
         /// With --raw: which stream.
@@ -116,11 +116,13 @@ pub enum SessionCommand {
     },
 }
 
-/// An exec program's output stream, for `export --raw`.
+/// An exec program's stream, for `export --raw`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Stream {
     Stdout,
     Stderr,
+    /// What the vendor sent the program.
+    Stdin,
 }
 
 pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
@@ -902,6 +904,7 @@ fn export_exec(
             let stream = match stream {
                 Stream::Stdout => OutputStream::Stdout,
                 Stream::Stderr => OutputStream::Stderr,
+                Stream::Stdin => OutputStream::Stdin,
             };
             chaperone_recorder::exec_raw(&mut input, stream, &mut out).and_then(|exported| {
                 let file = out.into_inner().map_err(|e| e.into_error())?;

@@ -513,7 +513,6 @@ fn create_recording(
                 command,
                 env,
             },
-            cfg.record_input,
             cfg.max_bytes,
         ),
         RecordingFormat::Asciicast => Recording::cast(
@@ -556,10 +555,6 @@ pub struct LiveSession {
 }
 
 impl LiveSession {
-    pub fn kind(&self) -> SessionKind {
-        self.kind
-    }
-
     /// Where every byte of a recorded kind goes before it is forwarded (`None` for tunnels and jumps,
     /// whose record is the session row itself).
     pub fn recorder(&self) -> Option<RecordSender> {

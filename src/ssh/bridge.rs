@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::live::budget::Direction;
 use crate::live::tap::Tap;
-use crate::live::{Control, End, LiveSession, Meter, SessionKind, SftpWatch};
+use crate::live::{Control, End, LiveSession, Meter, SftpWatch};
 use crate::recording::{Record, RecordSender, RecordingFormat, Wake};
 
 /// How long the goodbye to each side (the reason, exit status, EOF, close) may take once a session ended.
@@ -43,7 +43,6 @@ pub struct BridgeIo {
     pub server: server::Handle,
     /// Data, eof and signals the vendor sent while the session was starting, in order.
     pub early: Vec<ChannelMsg>,
-    pub record_input: bool,
     /// Cancelled when the vendor's connection ends.
     pub stop: CancellationToken,
 }
@@ -107,8 +106,6 @@ struct Gate {
     recorder: Option<RecordSender>,
     meter: Meter,
     sftp: Option<SftpWatch>,
-    kind: SessionKind,
-    record_input: bool,
     /// The live view's tap: fed what was recorded, never waited on.
     tap: Option<Tap>,
 }
@@ -140,7 +137,14 @@ impl Gate {
             },
             (_, Direction::Down, true) => Some(Record::Stderr(data.clone())),
             (_, Direction::Down, false) => Some(Record::Output(data.clone())),
-            (_, Direction::Up, _) if self.record_input && self.kind != SessionKind::Sftp => {
+            // What the vendor sends is recorded when the recording says so (`records_input`: a
+            // command's stdin always, a terminal's keystrokes if `recording.record_input`).
+            (_, Direction::Up, _)
+                if self
+                    .recorder
+                    .as_ref()
+                    .is_some_and(RecordSender::records_input) =>
+            {
                 Some(Record::Input(data.clone()))
             }
             (_, Direction::Up, _) => None,
@@ -183,7 +187,6 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
         device,
         server,
         early,
-        record_input,
         stop,
     } = io;
     let vendor_id = vendor.id();
@@ -199,8 +202,6 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
         recorder: recorder.clone(),
         meter: live.meter(),
         sftp: live.sftp(),
-        kind: live.kind(),
-        record_input,
         tap: live.tap(),
     };
     let tap = live.tap();

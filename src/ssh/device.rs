@@ -506,7 +506,6 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
             crate::live::End::Lost(format!("device: {e}"))
         }
         Ok(()) => {
-            let record_input = app.config.recording.record_input;
             bridge::run(
                 &mut live,
                 BridgeIo {
@@ -514,7 +513,6 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
                     device: device_channel,
                     server: ctx.server.clone(),
                     early: setup.hand_over(),
-                    record_input,
                     stop: ctx.stop.clone(),
                 },
             )

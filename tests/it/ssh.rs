@@ -267,6 +267,50 @@ fn exec_and_shell_reach_the_device_with_exit_codes_and_are_recorded() {
 
 /// Issue 3: an exec without a pty is recorded 1:1 (not as asciicast, which mangles bytes that are not UTF-8
 /// and makes a NUL 6 bytes), exports exactly, still exports as a playable .cast, and tampering is caught.
+/// A command's stdin is a program's input (a script for `sh`), not keystrokes: recorded whatever
+/// `recording.record_input` says (off here), and exported byte for byte.
+#[test]
+fn a_commands_stdin_is_recorded_even_without_record_input() {
+    let Some((_sshd, b)) = setup() else { return };
+    let kate = b.vendor("kate", "Acme Imaging");
+    b.grant("kate", "mri-01", "ssh", "1h");
+    let script = b"echo from-script-$((6*7))\nprintf '\\377\\0'\n";
+    let mut sh = b
+        .ssh(&kate, "kate+mri-01")
+        .arg("sh")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sh.stdin.take().unwrap().write_all(script).unwrap();
+    let out = sh.wait_with_output().unwrap();
+    assert_eq!(out.stdout, b"from-script-42\n\xff\0", "{:?}", text(&out));
+    assert!(crate::support::bastion::wait_until(
+        Duration::from_secs(5),
+        || session_json(&b)
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| !s["ended_at"].is_null())
+    ));
+    let id = session_json(&b)[0]["id"].as_str().unwrap().to_owned();
+    let stdin = b.data.path().join("kate.stdin");
+    b.data
+        .run(&[
+            "session",
+            "export",
+            &id,
+            "-o",
+            stdin.to_str().unwrap(),
+            "--raw",
+            "--stream",
+            "stdin",
+        ])
+        .ok();
+    assert_eq!(std::fs::read(&stdin).unwrap(), script);
+}
+
 #[test]
 fn exec_without_a_pty_is_recorded_byte_for_byte() {
     let Some((_sshd, b)) = setup() else { return };
