@@ -1144,6 +1144,7 @@ impl Accounts for WebCore {
     async fn set_passkeys(
         &self,
         name: &str,
+        before: Option<&str>,
         passkeys_json: &str,
         change: PasskeyChange,
     ) -> Result<(), CoreError> {
@@ -1153,9 +1154,16 @@ impl Accounts for WebCore {
         };
         let now = app.clock.now();
         let mut tx = app.store.begin().await.map_err(internal)?;
-        tx.set_staff_passkeys(user.id, passkeys_json)
+        if !tx
+            .set_staff_passkeys(user.id, before, passkeys_json)
             .await
-            .map_err(internal)?;
+            .map_err(internal)?
+        {
+            return Err(CoreError::Conflict(
+                "The passkeys of this account changed meanwhile: reload the page and try again."
+                    .into(),
+            ));
+        }
         let action = match change {
             PasskeyChange::Added => Action::StaffPasskeyAdd,
             PasskeyChange::Updated => Action::StaffPasskeyUpdate,

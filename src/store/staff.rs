@@ -394,15 +394,26 @@ impl Tx {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Replaces a user's passkeys (webauthn-rs records as a JSON array).
-    pub async fn set_staff_passkeys(&mut self, id: i64, passkeys: &str) -> Result<()> {
-        sqlx::query("UPDATE staff_users SET passkeys = $1 WHERE id = $2")
-            .bind(passkeys)
-            .bind(id)
-            .execute(&mut *self.tx)
-            .await
-            .context("storing passkeys")?;
-        Ok(())
+    /// Replaces a user's passkeys (webauthn-rs records as a JSON array) if they are still `before` (as
+    /// read when the change was made); false when they changed meanwhile, and nothing was written: a
+    /// change made from a stale copy would undo the other (a removed passkey would come back).
+    pub async fn set_staff_passkeys(
+        &mut self,
+        id: i64,
+        before: Option<&str>,
+        passkeys: &str,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE staff_users SET passkeys = $1 \
+             WHERE id = $2 AND COALESCE(passkeys, '') = COALESCE($3, '')",
+        )
+        .bind(passkeys)
+        .bind(id)
+        .bind(before)
+        .execute(&mut *self.tx)
+        .await
+        .context("storing passkeys")?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Records an accepted TOTP step; false when it is not newer than the last one (a replay).

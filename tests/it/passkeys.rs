@@ -268,7 +268,7 @@ fn a_totp_user_adds_a_passkey_on_the_account_page_and_signs_in_with_it() {
     let start = sign_in_start_json(&page, "dave");
     let options: RequestChallengeResponse =
         serde_json::from_value(start["options"].clone()).unwrap();
-    let assertion = key.do_authentication(origin, options).unwrap();
+    let assertion = key.do_authentication(origin.clone(), options).unwrap();
     let ok = sign_in_finish(
         &page,
         start["ceremony"].as_str().unwrap(),
@@ -278,6 +278,8 @@ fn a_totp_user_adds_a_passkey_on_the_account_page_and_signs_in_with_it() {
     assert_eq!(ok.status, 200, "{}", ok.body);
     let audit = audit_lines(&page);
     assert!(audit.contains("\"staff.passkey.add\""), "{audit}");
+    // A sign-in started now, to be finished after the passkey is removed (below).
+    let pending = sign_in_start_json(&page, "dave");
 
     // The account page lists it with a form to remove it: CSRF token and password needed.
     let listed = dave.get("/account");
@@ -325,6 +327,17 @@ fn a_totp_user_adds_a_passkey_on_the_account_page_and_signs_in_with_it() {
     assert!(account.body.contains("no passkey yet"), "{}", account.body);
     let audit = audit_lines(&page);
     assert!(audit.contains("\"staff.passkey.remove\""), "{audit}");
+    // The ceremony started before the removal offered that passkey: it no longer signs anyone in.
+    let options: RequestChallengeResponse =
+        serde_json::from_value(pending["options"].clone()).unwrap();
+    let assertion = key.do_authentication(origin, options).unwrap();
+    let late = sign_in_finish(
+        &page,
+        pending["ceremony"].as_str().unwrap(),
+        PASSWORD,
+        &assertion,
+    );
+    assert_eq!(late.status, 401, "{}", late.body);
 }
 
 /// The passkey sign-in is no oracle: its start answers every name alike (a decoy challenge for a name

@@ -623,6 +623,27 @@ async fn zone_approvers_and_four_eyes_by_directory_entry_on_both_backends() {
             Some("erin".to_owned())
         );
         let erin = store.staff_auth("erin").await.unwrap().unwrap();
+        // Passkeys change only over the copy they were read as: a stale copy writes nothing (it would
+        // bring back a passkey removed meanwhile).
+        let mut tx = store.begin().await.unwrap();
+        assert!(tx.set_staff_passkeys(erin.id, None, "[1]").await.unwrap());
+        assert!(!tx.set_staff_passkeys(erin.id, None, "[2]").await.unwrap());
+        assert!(
+            !tx.set_staff_passkeys(erin.id, Some("[3]"), "[2]")
+                .await
+                .unwrap()
+        );
+        assert!(
+            tx.set_staff_passkeys(erin.id, Some("[1]"), "[]")
+                .await
+                .unwrap()
+        );
+        tx.audit(ev(Action::StaffPasskeyUpdate), 900).await.unwrap();
+        tx.commit("t").await.unwrap();
+        assert_eq!(
+            store.staff_passkeys("erin").await.unwrap().as_deref(),
+            Some("[]")
+        );
         assert_eq!(
             store
                 .directory_account_of("uid=erin,ou=staff,dc=example", Some(erin.id))

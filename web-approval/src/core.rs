@@ -726,11 +726,14 @@ pub trait Accounts: Send + Sync + 'static {
     ) -> impl Future<Output = CoreResult<String>> + Send;
     /// `name`'s passkeys as stored (a JSON array), if any.
     fn passkeys(&self, name: &str) -> impl Future<Output = CoreResult<Option<String>>> + Send;
-    /// Replaces `name`'s passkeys (one was added, or a sign-in moved a signature counter); audited
-    /// as what `change` says.
+    /// Replaces `name`'s passkeys (one was added or removed, or a sign-in moved a signature counter)
+    /// if they are still `before`, as the caller read them; audited as what `change` says.
+    /// `Conflict` when they changed meanwhile (nothing written: a change made from a stale copy would
+    /// undo the other, and bring a removed passkey back).
     fn set_passkeys(
         &self,
         name: &str,
+        before: Option<&str>,
         passkeys_json: &str,
         change: PasskeyChange,
     ) -> impl Future<Output = CoreResult<()>> + Send;

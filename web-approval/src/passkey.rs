@@ -523,6 +523,19 @@ pub(crate) async fn login_finish<C: Core>(
             }
         },
     };
+    // The ceremony offered the passkeys the account held when it started, minutes ago: one removed
+    // since (a lost key, removed on the account page) signs nobody in.
+    let (passkey, result) = match result {
+        Some(r) => match passkeys_of(&st, &name).await {
+            Ok(now) if now.iter().any(|p| p.cred_id() == r.cred_id()) => (passkey, Some(r)),
+            Ok(_) => {
+                tracing::warn!(user = %name, "passkey sign-in with a passkey removed since it started");
+                (Err("passkey removed since the sign-in started"), None)
+            }
+            Err(e) => return core_error(&e),
+        },
+        None => (passkey, None),
+    };
     let account = match authenticate(
         &st,
         peer,
@@ -540,18 +553,22 @@ pub(crate) async fn login_finish<C: Core>(
         return sign_in_error(&SignInError::Internal);
     };
     // Keep the signature counter and backup state current (a cloned authenticator shows up as a
-    // counter that goes backwards, which webauthn-rs refuses).
-    if let Ok(json) = st.core.passkeys(&name).await
-        && let Ok(mut passkeys) = parse_passkeys(json.as_deref())
+    // counter that goes backwards, which webauthn-rs refuses); only over the passkeys as read here,
+    // so a removal made meanwhile stands (the update is then skipped: the next sign-in makes it).
+    if let Ok(before) = st.core.passkeys(&name).await
+        && let Ok(mut passkeys) = parse_passkeys(before.as_deref())
     {
         let changed = passkeys
             .iter_mut()
             .any(|p| p.update_credential(&result) == Some(true));
-        if changed && let Ok(json) = to_json(&passkeys) {
-            let _ = st
+        if changed
+            && let Ok(json) = to_json(&passkeys)
+            && let Err(e) = st
                 .core
-                .set_passkeys(&name, &json, PasskeyChange::Updated)
-                .await;
+                .set_passkeys(&name, before.as_deref(), &json, PasskeyChange::Updated)
+                .await
+        {
+            tracing::info!(user = %name, error = %e, "passkey counter not updated");
         }
     }
     match start_session(&st, account, Method::Passkey).await {
@@ -631,9 +648,16 @@ async fn json_change<C: Core>(
     Ok(session)
 }
 
-async fn stored<C: Core>(st: &WebState<C>, name: &str) -> Result<Vec<Passkey>, Response> {
+/// `name`'s passkeys: as stored (for [`Accounts::set_passkeys`]'s `before`) and parsed.
+async fn stored<C: Core>(
+    st: &WebState<C>,
+    name: &str,
+) -> Result<(Option<String>, Vec<Passkey>), Response> {
     match st.core.passkeys(name).await {
-        Ok(json) => parse_passkeys(json.as_deref()).map_err(|e| core_error(&e)),
+        Ok(json) => match parse_passkeys(json.as_deref()) {
+            Ok(all) => Ok((json, all)),
+            Err(e) => Err(core_error(&e)),
+        },
         Err(e) => Err(core_error(&e)),
     }
 }
@@ -657,7 +681,7 @@ pub(crate) async fn add_start<C: Core>(
     }
     let name = session.staff.name;
     let existing = match stored(&st, &name).await {
-        Ok(p) => p,
+        Ok((_, p)) => p,
         Err(r) => return r,
     };
     if existing.len() >= MAX_PASSKEYS {
@@ -728,7 +752,7 @@ pub(crate) async fn add_finish<C: Core>(
         Ok(p) => p,
         Err(r) => return r,
     };
-    let mut all = match stored(&st, &name).await {
+    let (before, mut all) = match stored(&st, &name).await {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -745,7 +769,7 @@ pub(crate) async fn add_finish<C: Core>(
     };
     match st
         .core
-        .set_passkeys(&name, &json, PasskeyChange::Added)
+        .set_passkeys(&name, before.as_deref(), &json, PasskeyChange::Added)
         .await
     {
         Ok(()) => Json(json!({"passkeys": all.len(), "next": "/account"})).into_response(),
@@ -794,7 +818,7 @@ pub(crate) async fn remove<C: Core>(
             }
             Err(e) => return error_page(e.status(), e.message()),
         };
-    let mut all = match stored(&st, &name).await {
+    let (before, mut all) = match stored(&st, &name).await {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -817,7 +841,7 @@ pub(crate) async fn remove<C: Core>(
     };
     match st
         .core
-        .set_passkeys(&name, &json, PasskeyChange::Removed)
+        .set_passkeys(&name, before.as_deref(), &json, PasskeyChange::Removed)
         .await
     {
         Ok(()) => {
