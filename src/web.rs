@@ -1228,15 +1228,7 @@ impl SignInState for WebCore {
     ) -> Result<(), CoreError> {
         self.app
             .store
-            .web_state_put(
-                kind.as_str(),
-                key,
-                subject,
-                data,
-                expires_at,
-                self.app.clock.now(),
-                kind.max_held(),
-            )
+            .web_state_put_kind(kind, key, subject, data, expires_at, self.app.clock.now())
             .await
             .map_err(state_error)
     }

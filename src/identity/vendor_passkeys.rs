@@ -4,8 +4,8 @@
 //! in one transaction that holds the vendor's row, audited).
 //!
 //! A link is state every node sees (the database's `web_state`, kind `vendor-link`), so the browser
-//! may reach any node while the waiting ssh connection is held by another. The waiter polls it. One
-//! vendor holds at most [`LINKS_PER_VENDOR`] open links, so nobody can fill the shared cap and push
+//! may reach any node while the waiter polls it. One vendor holds at most
+//! `StateKind::VendorLink.per_subject()` (3) open links, so nobody can fill the shared cap and push
 //! other vendors' links out; a link whose waiter went away is voided ([`Link`]'s drop).
 
 use std::time::Duration;
@@ -22,9 +22,6 @@ use crate::store::StoreError;
 
 /// How often a waiting ssh connection looks at its link.
 const POLL: Duration = Duration::from_millis(250);
-
-/// Open links one vendor may hold (opening another voids, of the others, the one closest to lapsing).
-pub const LINKS_PER_VENDOR: u32 = 3;
 
 /// Whether this installation offers vendors passkeys: the web page's address must be able to be a
 /// WebAuthn relying party (a DNS name), the same rule as staff passkeys.
@@ -277,21 +274,16 @@ pub async fn open(
     // Rounded up, and a second more (the clock reads whole seconds): the link lapses no sooner than
     // its waiter gives up.
     let ttl = i64::try_from(ttl.as_secs()).unwrap_or(300) + 2;
-    let kind = StateKind::VendorLink;
+    // At most `StateKind::per_subject` (3) open links per vendor.
     app.store
-        .web_state_put(
-            kind.as_str(),
+        .web_state_put_kind(
+            StateKind::VendorLink,
             &key,
             Some(vendor),
             &data,
             now + ttl,
             now,
-            kind.max_held(),
         )
-        .await?;
-    // After the insert, never the link just stored: two opens at once still leave this many at most.
-    app.store
-        .web_state_trim_subject(kind.as_str(), vendor, &key, LINKS_PER_VENDOR)
         .await?;
     Ok(Link {
         url: vendor_link::link_url(&app.config.web.public_url, &token),

@@ -7,12 +7,43 @@
 
 use super::{Context, Result, Store, StoreError, Tx, get};
 use crate::model::UnixTime;
+use chaperone_web_approval::StateKind;
 
 /// Largest `data` accepted: a session is a few hundred bytes, a passkey ceremony a few KiB. Anything
 /// bigger came from somewhere it should not.
 pub const MAX_WEB_STATE: usize = 64 * 1024;
 
 impl Store {
+    /// Stores `data` as a new row of `kind` (see [`Store::web_state_put`]) with the kind's rules: at
+    /// most [`StateKind::max_held`] rows, and of `subject`'s at most [`StateKind::per_subject`] (the
+    /// newest; trimmed after the insert, never the row just stored, so two stored at once still leave
+    /// that many). The one place the pools' limits are applied.
+    pub async fn web_state_put_kind(
+        &self,
+        kind: StateKind,
+        token_sha256: &str,
+        subject: Option<&str>,
+        data: &str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<()> {
+        self.web_state_put(
+            kind.as_str(),
+            token_sha256,
+            subject,
+            data,
+            expires_at,
+            now,
+            kind.max_held(),
+        )
+        .await?;
+        if let (Some(subject), Some(keep)) = (subject, kind.per_subject()) {
+            self.web_state_trim_subject(kind.as_str(), subject, token_sha256, keep)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Stores `data` under a new (`kind`, `token_sha256`) until `expires_at`; `subject` names the staff
     /// member a session belongs to. Refuses `data` over [`MAX_WEB_STATE`].
     ///

@@ -1109,6 +1109,71 @@ async fn web_sign_in_state_lapses_extends_is_taken_once_and_is_bounded() {
     .await;
 }
 
+/// Passkey ceremonies are kept in pools by who can start them: a flood of sign-in starts for made-up
+/// names pushes out only decoys, and one for one staff name only that name's oldest, never another
+/// person's ceremony in flight, nor a link's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_passkey_sign_in_starts_pushes_out_only_its_own_kind() {
+    use chaperone_web_approval::StateKind;
+    on_both(|s| async move {
+        let s = &s;
+        // Each started a second after the one before: it lapses a second later.
+        let at = std::sync::atomic::AtomicI64::new(9000);
+        let at = &at;
+        let put = |kind: StateKind, key: String, subject: Option<&'static str>| async move {
+            let expires = at.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            s.web_state_put_kind(kind, &key, subject, "{}", expires, 5000)
+                .await
+                .unwrap();
+        };
+        let held = |kind: StateKind, key: &'static str| async move {
+            s.web_state_get(kind.as_str(), key, 5000, None)
+                .await
+                .unwrap()
+                .is_some()
+        };
+        put(StateKind::Ceremony, "alice-1".into(), Some("alice")).await;
+        put(
+            StateKind::LinkCeremony,
+            "link-1".into(),
+            Some("sha-of-link"),
+        )
+        .await;
+        // Made-up names: more decoys than the pool holds.
+        for i in 0..=StateKind::DecoyCeremony.max_held() {
+            put(StateKind::DecoyCeremony, format!("decoy-{i}"), None).await;
+        }
+        // bob's name, more starts than one name keeps.
+        for i in 0..=StateKind::Ceremony.per_subject().unwrap() {
+            put(StateKind::Ceremony, format!("bob-{i}"), Some("bob")).await;
+        }
+        assert!(
+            held(StateKind::Ceremony, "alice-1").await,
+            "alice's sign-in was pushed out"
+        );
+        assert!(
+            held(StateKind::LinkCeremony, "link-1").await,
+            "a link's ceremony was pushed out"
+        );
+        assert!(
+            !held(StateKind::Ceremony, "bob-0").await,
+            "bob's oldest was kept"
+        );
+        assert!(held(StateKind::Ceremony, "bob-1").await);
+        assert!(!held(StateKind::DecoyCeremony, "decoy-0").await);
+        // A link keeps its latest ceremony only.
+        put(
+            StateKind::LinkCeremony,
+            "link-2".into(),
+            Some("sha-of-link"),
+        )
+        .await;
+        assert!(!held(StateKind::LinkCeremony, "link-1").await);
+        assert!(held(StateKind::LinkCeremony, "link-2").await);
+    })
+    .await;
+}
+
 /// Which of `keys` are still held as vendor links (at time 5000).
 async fn held_links(s: &Store, keys: &[&'static str]) -> Vec<&'static str> {
     let mut held = Vec::new();

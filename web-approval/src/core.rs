@@ -531,13 +531,28 @@ pub type CoreResult<T> = Result<T, CoreError>;
 
 /// Short-lived sign-in state that every node must see, since a load balancer may send each request of a
 /// browser to another node. The core stores it (the web crate holds none in memory).
+///
+/// Passkey ceremonies, between their start and their finish, are kept in pools by who can start them, so
+/// that a flood of starts anyone can make pushes out only its own kind: a staff sign-in for a name that
+/// holds passkeys ([`StateKind::Ceremony`], at most [`StateKind::per_subject`] per name), one for any
+/// other name ([`StateKind::DecoyCeremony`]: a flood of made-up names pushes out only decoys), one
+/// reached through a link's secret token ([`StateKind::LinkCeremony`], one per link) and one of a
+/// signed-in person ([`StateKind::AccountCeremony`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateKind {
     /// A signed-in staff session.
     Session,
-    /// A passkey ceremony, between its start and its finish.
+    /// A staff passkey sign-in for an account that holds passkeys (subject: the name).
     Ceremony,
-    /// A vendor's one-time passkey link (`vendor_link::VendorLink`), opened by the SSH side.
+    /// A staff passkey sign-in for a name without passkeys or account: a challenge nothing answers.
+    DecoyCeremony,
+    /// A ceremony started through a link's token (an enrollment link, a vendor's link; subject: the
+    /// token's SHA-256).
+    LinkCeremony,
+    /// A signed-in staff member adding a passkey (subject: the name).
+    AccountCeremony,
+    /// A vendor's one-time passkey link (`vendor_link::VendorLink`), opened by the SSH side (subject:
+    /// the vendor).
     VendorLink,
 }
 
@@ -546,6 +561,9 @@ impl StateKind {
         match self {
             StateKind::Session => "session",
             StateKind::Ceremony => "ceremony",
+            StateKind::DecoyCeremony => "ceremony-decoy",
+            StateKind::LinkCeremony => "ceremony-link",
+            StateKind::AccountCeremony => "ceremony-account",
             StateKind::VendorLink => "vendor-link",
         }
     }
@@ -554,7 +572,26 @@ impl StateKind {
     pub fn max_held(self) -> u32 {
         match self {
             StateKind::Session => 10_000,
-            StateKind::Ceremony | StateKind::VendorLink => 1_000,
+            StateKind::Ceremony => 5_000,
+            StateKind::DecoyCeremony
+            | StateKind::LinkCeremony
+            | StateKind::AccountCeremony
+            | StateKind::VendorLink => 1_000,
+        }
+    }
+
+    /// How many rows of this kind one subject keeps at most (its newest), when the core is given one:
+    /// one subject cannot fill the kind's shared cap. A staff name's sign-ins: 20, more than one
+    /// address may start while a person touches their key (the per-address limit is 20 in 5 minutes),
+    /// so pushing a real sign-in out takes a flood aimed at that very name; a link's ceremony: its
+    /// latest; a vendor's open links: 3.
+    pub fn per_subject(self) -> Option<u32> {
+        match self {
+            StateKind::Session | StateKind::DecoyCeremony => None,
+            StateKind::Ceremony => Some(20),
+            StateKind::LinkCeremony => Some(1),
+            StateKind::AccountCeremony => Some(2),
+            StateKind::VendorLink => Some(3),
         }
     }
 }

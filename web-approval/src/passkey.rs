@@ -83,6 +83,22 @@ pub(crate) enum Ceremony {
     },
 }
 
+impl Ceremony {
+    /// The pool it is kept in (see [`StateKind`]), and its subject there.
+    fn pool(&self) -> (StateKind, Option<&str>) {
+        match self {
+            Ceremony::SignIn { name, .. } => (StateKind::Ceremony, Some(name)),
+            Ceremony::Decoy { .. } => (StateKind::DecoyCeremony, None),
+            Ceremony::Register { token_sha256, .. }
+            | Ceremony::VendorSignIn { token_sha256, .. }
+            | Ceremony::VendorRegister { token_sha256, .. } => {
+                (StateKind::LinkCeremony, Some(token_sha256))
+            }
+            Ceremony::Add { name, .. } => (StateKind::AccountCeremony, Some(name)),
+        }
+    }
+}
+
 /// The relying party id of `public_url` (its host), or why it cannot be one: the one rule for whether
 /// this installation offers passkeys at all, staff's and vendors' alike.
 pub fn relying_party(public_url: &str) -> Result<(Url, String), String> {
@@ -171,27 +187,26 @@ pub(crate) async fn keep<C: Core>(core: &C, ceremony: &Ceremony) -> Result<Strin
         CoreError::Internal
     })?;
     let ttl = i64::try_from(CEREMONY_TTL.as_secs()).unwrap_or(300);
-    core.put_state(
-        StateKind::Ceremony,
-        &auth::key(&id),
-        None,
-        &data,
-        core.now() + ttl,
-    )
-    .await?;
+    let (kind, subject) = ceremony.pool();
+    core.put_state(kind, &auth::key(&id), subject, &data, core.now() + ttl)
+        .await?;
     Ok(id)
 }
 
-/// Takes a ceremony out (each is used once, on whichever node gets the answer), if it has not lapsed.
-pub(crate) async fn take<C: Core>(core: &C, id: &str) -> Option<Ceremony> {
-    // A store error fails closed, like a lapsed ceremony (the core has logged it).
-    let data = core
-        .take_state(StateKind::Ceremony, &auth::key(id))
-        .await
-        .ok()??;
-    serde_json::from_str(&data)
-        .map_err(|e| tracing::warn!(error = %e, "a stored passkey ceremony does not parse"))
-        .ok()
+/// Takes a ceremony out of the first of `pools` that holds it (each is used once, on whichever node
+/// gets the answer), if it has not lapsed and is of a kind that pool keeps.
+pub(crate) async fn take<C: Core>(core: &C, id: &str, pools: &[StateKind]) -> Option<Ceremony> {
+    for &kind in pools {
+        // A store error fails closed, like a lapsed ceremony (the core has logged it).
+        let Some(data) = core.take_state(kind, &auth::key(id)).await.ok()? else {
+            continue;
+        };
+        return serde_json::from_str::<Ceremony>(&data)
+            .map_err(|e| tracing::warn!(error = %e, "a stored passkey ceremony does not parse"))
+            .ok()
+            .filter(|c| c.pool().0 == kind);
+    }
+    None
 }
 
 /// The longest staff user name (the core allows 1-64 characters).
@@ -376,7 +391,7 @@ pub(crate) async fn enroll_finish<C: Core>(
     let Some(Ceremony::Register {
         token_sha256: started_for,
         state,
-    }) = take(&*st.core, &body.ceremony).await
+    }) = take(&*st.core, &body.ceremony, &[StateKind::LinkCeremony]).await
     else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -503,7 +518,9 @@ pub(crate) async fn login_finish<C: Core>(
     let Some(pk) = &st.passkeys else {
         return unavailable();
     };
-    let (name, state) = match take(&*st.core, &body.ceremony).await {
+    // A real sign-in or a decoy: the finish looks in both pools, and answers alike.
+    let pools = [StateKind::Ceremony, StateKind::DecoyCeremony];
+    let (name, state) = match take(&*st.core, &body.ceremony, &pools).await {
         Some(Ceremony::SignIn { name, state }) => (name, Some(state)),
         Some(Ceremony::Decoy { name }) => (name, None),
         _ => return error(StatusCode::BAD_REQUEST, "The sign-in expired; start again."),
@@ -736,7 +753,9 @@ pub(crate) async fn add_finish<C: Core>(
             other => sign_in_error(&other),
         };
     }
-    let Some(Ceremony::Add { name, state }) = take(&*st.core, &body.ceremony).await else {
+    let Some(Ceremony::Add { name, state }) =
+        take(&*st.core, &body.ceremony, &[StateKind::AccountCeremony]).await
+    else {
         return error(
             StatusCode::BAD_REQUEST,
             "The passkey step expired; try again.",

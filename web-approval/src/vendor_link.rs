@@ -387,7 +387,7 @@ pub(crate) async fn finish<C: Core>(
             "The passkey step expired: start again from ssh.",
         )
     };
-    let Some(ceremony) = take(&*st.core, &body.ceremony).await else {
+    let Some(ceremony) = take(&*st.core, &body.ceremony, &[StateKind::LinkCeremony]).await else {
         return expired();
     };
     let (mut link, read) = match open_link(&*st.core, &token).await {
