@@ -420,6 +420,25 @@ impl WebCore {
         if check_name("user", attempt.name).is_err() {
             return Ok(Verdict::Refused);
         }
+        // Wrong passwords of this name from every address together: past `[ldap] max_failed_binds`,
+        // the directory is not asked (so this form cannot drive the directory's own lockout of a
+        // hospital account). Refused like a lock, audited, not counted.
+        if let Some(cap) = app.config.ldap.as_ref().and_then(|l| l.max_failed_binds) {
+            let since = signin::Lockout::since(app.config.web.failure_window, now);
+            let wrong = app
+                .store
+                .wrong_passwords_of(user.as_ref().map(|u| u.id), attempt.name, since)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "cannot count a name's wrong passwords");
+                    CoreError::Internal
+                })?;
+            if wrong >= i64::from(cap) {
+                self.binds_capped(attempt.name, user.is_some(), &source, wrong, now)
+                    .await?;
+                return Ok(Verdict::Refused);
+            }
+        }
         // A name no account holds is counted by name: locked, the directory is not asked either.
         if user.is_none()
             && signin::directory_name_locked(app, attempt.name, &source, now)
@@ -557,6 +576,37 @@ impl WebCore {
     }
 
     /// The directory did not answer: audited once per attempt, said as such.
+    /// Audits a sign-in refused because `name` had `wrong` wrong passwords from every address within
+    /// the window (`[ldap] max_failed_binds`): the directory was not asked.
+    async fn binds_capped(
+        &self,
+        name: &str,
+        account: bool,
+        source: &str,
+        wrong: i64,
+        now: i64,
+    ) -> Result<(), CoreError> {
+        let audited = async {
+            let mut tx = self.app.store.begin().await?;
+            tx.audit(
+                AuditEvent::new(
+                    "system",
+                    Action::StaffSigninFailed,
+                    format!("user:{name}"),
+                    json!({"why": "directory binds capped", "locked": true, "source": source,
+                           "failures": wrong, "account": account}),
+                ),
+                now,
+            )
+            .await?;
+            tx.commit("staff.signin.failed").await
+        };
+        audited.await.map_err(|e| {
+            tracing::error!(error = %e, "cannot audit a capped directory sign-in");
+            CoreError::Internal
+        })
+    }
+
     async fn directory_failed(&self, e: &LdapError, name: &str, source: &str, now: i64) -> Verdict {
         tracing::warn!(error = %crate::error_text::report(e), "directory sign-in failed");
         let audited = async {

@@ -101,6 +101,11 @@ pub struct LdapConfig {
     /// How often signed-in directory staff are checked against the directory again (removed from the
     /// directory or their groups: their web sessions end).
     pub recheck_interval: Duration,
+    /// Wrong passwords of one name, from all addresses together within `[web] failure_window`, after
+    /// which the directory is not asked for that name until the oldest slides out; `None` (0): no such
+    /// cap, only the per-address one. Set it below the directory's own lockout threshold, so that
+    /// nobody can lock a hospital account in the directory through chaperone's sign-in form.
+    pub max_failed_binds: Option<u32>,
     /// Vendors from a directory subtree (`[ldap.vendors]`).
     pub vendors: Option<LdapVendors>,
 }
@@ -766,6 +771,8 @@ struct RawLdap {
     nested_groups: bool,
     #[serde(default = "default_recheck_interval")]
     recheck_interval: String,
+    #[serde(default)]
+    max_failed_binds: u32,
     #[serde(default)]
     roles: RawLdapRoles,
     #[serde(default)]
@@ -1603,6 +1610,7 @@ fn ldap_config(
         roles,
         zone_approvers,
         recheck_interval: positive("ldap.recheck_interval", &raw.recheck_interval)?,
+        max_failed_binds: (raw.max_failed_binds > 0).then_some(raw.max_failed_binds),
         vendors,
     })
 }
@@ -2025,6 +2033,9 @@ max_pending_per_vendor = 5
 # connect_timeout = "5s"
 # timeout = "10s"
 # recheck_interval = "5m"                       # removed from the groups: web sessions end within this
+# max_failed_binds = 0                          # wrong passwords of one name from all addresses within
+#                                               # [web] failure_window before the directory is no longer
+#                                               # asked; set below the directory's lockout threshold
 # [ldap.roles]
 # approver = "cn=pacs-approvers,ou=groups,dc=hospital,dc=example"
 # auditor = "cn=audit,ou=groups,dc=hospital,dc=example"

@@ -71,7 +71,7 @@ impl Lockout {
     }
 
     /// The first second of a `window` that ends at `now`.
-    fn since(window: Duration, now: i64) -> i64 {
+    pub fn since(window: Duration, now: i64) -> i64 {
         let window = i64::try_from(window.as_secs()).unwrap_or(i64::MAX / 2);
         now.saturating_sub(window) + 1
     }

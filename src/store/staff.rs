@@ -220,6 +220,29 @@ impl Store {
         get(&row, "n")
     }
 
+    /// Wrong passwords given for `name` at or after `since`, from every address: those of the account
+    /// `account` (failures without the right password) and those of the name before any account held
+    /// it. What `[ldap] max_failed_binds` caps.
+    pub async fn wrong_passwords_of(
+        &self,
+        account: Option<i64>,
+        name: &str,
+        since: UnixTime,
+    ) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM staff_signin_failures \
+                     WHERE user_id = $1 AND password_ok = 0 AND at >= $3) \
+                  + (SELECT COUNT(*) FROM directory_signin_failures WHERE name = $2 AND at >= $3) AS n",
+        )
+        .bind(account)
+        .bind(name)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await
+        .context("counting wrong passwords")?;
+        get(&row, "n")
+    }
+
     /// Refused directory sign-ins of `name`, a name no account holds, from `source` at or after `since`.
     pub async fn directory_signin_failures(
         &self,

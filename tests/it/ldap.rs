@@ -177,6 +177,43 @@ fn audit(b: &Bastion) -> String {
         .stdout()
 }
 
+/// `[ldap] max_failed_binds` counts a name's wrong passwords from every address together: past it the
+/// directory is not asked for that name, whether an account holds it or not, so the sign-in form
+/// cannot drive the directory's own lockout of a hospital account.
+#[test]
+fn wrong_passwords_from_many_addresses_stop_reaching_the_directory() {
+    let d = DataDir::init();
+    let Some(dir) = slapd_or_skip(d.path(), &[]) else {
+        return;
+    };
+    append_config(&d, &dir.config(&format!("max_failed_binds = 3\n{ROLES}")));
+    let b = Bastion::start(d);
+    let mut erin = enrol_directory_staff(&b, "erin");
+    erin.login();
+    for (i, name) in ["audrey", "erin"].into_iter().enumerate() {
+        for n in 0..3 {
+            let from = format!("127.0.{}.{}", 20 + i, 10 + n);
+            let (status, _, _) = form_sign_in_from(&b, Some(&from), name, "guess");
+            assert_eq!(status, 401);
+        }
+    }
+    // The right password from an address that never failed: refused, the directory not asked.
+    let (status, location, _) = form_sign_in_from(&b, Some("127.0.30.1"), "audrey", "dirpw-audrey");
+    assert_eq!(status, 401, "{location}\n{}", b.log());
+    let refused = erin.try_login("dirpw-erin", &erin.next_code());
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    let capped: Vec<serde_json::Value> = audit(&b)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["action"] == "staff.signin.failed")
+        .map(|e| serde_json::from_str::<serde_json::Value>(e["detail"].as_str().unwrap()).unwrap())
+        .filter(|d| d["why"] == "directory binds capped")
+        .collect();
+    assert_eq!(capped.len(), 2, "{capped:?}");
+    assert_eq!(capped[0]["account"], false, "{capped:?}");
+    assert_eq!(capped[1]["account"], true, "{capped:?}");
+}
+
 #[test]
 fn directory_approver_enrols_at_first_sign_in_approves_and_is_signed_out_when_removed() {
     let d = DataDir::init();
