@@ -297,7 +297,18 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                 ChannelMsg::Signal {
                     signal: russh::Sig::Custom(_),
                 } => return Ok(()),
-                ChannelMsg::Signal { signal } => ending.unless_done(d_tx.signal(signal)).await,
+                // A signal changes what runs on the device: recorded (as a notice) before it goes.
+                ChannelMsg::Signal { signal } => {
+                    if let Some(rec) = &recorder {
+                        let text = format!("the vendor sent the command signal {signal:?}");
+                        if let Some(Err(e)) =
+                            ending.unless_done(rec.send(Record::Notice(text))).await
+                        {
+                            return Err(End::RecordingFailed(e.0));
+                        }
+                    }
+                    ending.unless_done(d_tx.signal(signal)).await
+                }
                 // Extended data from a client has no meaning on a session channel (OpenSSH never sends
                 // it); it is neither recorded nor forwarded. A second start request, pty or env after the
                 // start were refused by the handler; x11 and agent requests too.

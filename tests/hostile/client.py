@@ -42,6 +42,8 @@ Ops (each answer carries the op's "id" when it had one):
     {"op": "jump", "host": "…", "user": "…", "sessions": N}   ProxyJump's inner connection to host:22,
                                               N sessions running `sleep 30` opened inside it
                                               -> {"event": "jumped", "opened": K, "errors": [...]}
+    {"op": "signal", "command": "…", "signal": "INT"}   exec, send the signal after 1 s, wait for the end
+                                              -> {"event": "exec", ...}
     {"op": "quit"}
 Failures are answered as {"event": "error", "error": "…"}.
 """
@@ -409,6 +411,16 @@ async def main():
                     except (asyncssh.Error, asyncio.TimeoutError) as e:
                         errors.append(str(e))
                 say({"event": "jumped", "opened": opened, "errors": errors})
+            elif op == "signal":
+                chan, sess = await conn.create_session(Collect, req["command"], encoding=None)
+                await asyncio.sleep(1)
+                chan.send_signal(req["signal"])
+                try:
+                    await asyncio.wait_for(chan.wait_closed(), 30)
+                except asyncio.TimeoutError:
+                    chan.close()
+                say({"event": "exec", "stdout": b"".join(sess.out).decode(errors="replace"),
+                     "exit": chan.get_exit_status(), "signal": chan.get_exit_signal()})
             elif op == "quit":
                 break
             else:

@@ -927,6 +927,24 @@ fn what_the_device_is_sent_before_a_session_is_what_its_recording_shows() {
         "command": "stty -a | tr ' ' '\\n' | grep -x -e echo -e -echo"}));
     assert_eq!(out["stdout"].as_str().unwrap().trim(), "echo", "{out}");
 
+    // A signal changes what runs: it is on the record before the device gets it. (Whether the device
+    // acts on it is its own business: sshd does not signal a root session's processes.)
+    let out = client.op(json!({"op": "signal", "signal": "TERM",
+        "command": "echo signalled-session; sleep 2"}));
+    assert_eq!(out["stdout"], "signalled-session\n", "{out}");
+    let exec = sessions(&b)
+        .iter()
+        .filter_map(|s| s["recordings"][0]["path"].as_str())
+        .filter(|p| p.ends_with(".exec"))
+        .map(|p| std::fs::read(p).unwrap())
+        .find(|r| r.windows(17).any(|w| w == b"signalled-session"))
+        .expect("the signalled session's recording");
+    assert!(
+        exec.windows(39)
+            .any(|w| w == b"the vendor sent the command signal TERM"),
+        "no notice of the signal"
+    );
+
     assert!(!marker.exists(), "the device ran what no record shows");
 }
 
