@@ -75,8 +75,9 @@ pub enum Denial {
         asset: String,
         missing: &'static str,
     },
-    /// The asset lists two services on this port (stored before that was refused): which one is meant
-    /// is ambiguous, and a `tcp` one next to `ssh` would be an unrecorded tunnel to the device's sshd.
+    /// The asset lists two services on this port, or a `tcp` one where an asset with the same address
+    /// lists `ssh` (stored before that was refused): which one is meant is ambiguous, and a `tcp` one
+    /// where an `ssh` one listens would be an unrecorded tunnel to the device's sshd.
     SharedPort { asset: String, port: u16 },
     /// The vendor account is disabled.
     VendorDisabled,
@@ -100,7 +101,7 @@ impl Denial {
                 "{asset} is not ready for SSH sessions yet (device setup incomplete); the bastion's staff can see why"
             ),
             Denial::SharedPort { asset, port } => format!(
-                "{asset}:{port} cannot be reached: the asset lists two services on that port; the hospital's staff must correct it"
+                "{asset}:{port} cannot be reached: two services are listed on that port of the device; the hospital's staff must correct it"
             ),
             Denial::VendorDisabled => {
                 "your account is disabled; contact the hospital's staff".into()
@@ -136,7 +137,7 @@ impl Denial {
             }
             Denial::NotReady { asset, missing } => format!("asset {asset} is missing {missing}"),
             Denial::SharedPort { asset, port } => format!(
-                "asset {asset} lists two services on port {port}; remove one (chaperone asset service remove)"
+                "two services are listed on asset {asset}'s address and port {port} (on it, or on another asset with that address); remove one (chaperone asset service remove)"
             ),
             Denial::VendorDisabled => "vendor disabled".into(),
             Denial::VendorLocked { until } => format!("vendor locked until {until}"),
@@ -344,34 +345,42 @@ pub async fn authorize_tunnel(
     let (vendor, assets, grants) =
         standing_with(store, now, who, store.assets_by_name_or_address(host)).await?;
     for asset in &assets {
-        let mut on_port = asset.services.iter().filter(|s| s.port == port);
-        if let (Some(_), Some(_)) = (on_port.next(), on_port.next()) {
-            // Refused to a vendor with a grant for any of them; to others it reads like no grant.
-            if asset
+        // The services on that port; port 22 on the asset's name also means its ssh service.
+        let mut on_port: Vec<&crate::model::Service> =
+            asset.services.iter().filter(|s| s.port == port).collect();
+        if on_port.is_empty() && port == 22 && asset.name == host {
+            on_port.extend(
+                asset
+                    .services
+                    .iter()
+                    .find(|s| s.kind == crate::model::ServiceKind::Ssh),
+            );
+        }
+        for service in on_port {
+            let Some(row) = pick(&grants, &asset.name, &service.name, now) else {
+                continue;
+            };
+            // Two services on one port of the asset, or a tcp service where any asset with this
+            // address lists an ssh one: the tunnel would reach what another service names (an sshd,
+            // unrecorded). Refused to a vendor with a grant for it; to others it reads like no grant.
+            let shared = asset
                 .services
                 .iter()
-                .any(|s| s.port == port && pick(&grants, &asset.name, &s.name, now).is_some())
-            {
+                .filter(|s| s.port == service.port)
+                .count()
+                > 1
+                || (service.kind == crate::model::ServiceKind::Tcp
+                    && store
+                        .ssh_service_at(&asset.address, service.port)
+                        .await
+                        .map_err(PolicyError::Store)?);
+            if shared {
                 return Err(Denial::SharedPort {
                     asset: asset.name.clone(),
-                    port,
+                    port: service.port,
                 }
                 .into());
             }
-            continue;
-        }
-        let service = asset.services.iter().find(|s| s.port == port).or_else(|| {
-            (port == 22 && asset.name == host)
-                .then(|| {
-                    asset
-                        .services
-                        .iter()
-                        .find(|s| s.kind == crate::model::ServiceKind::Ssh)
-                })
-                .flatten()
-        });
-        let Some(service) = service else { continue };
-        if let Some(row) = pick(&grants, &asset.name, &service.name, now) {
             return Ok(Grant {
                 id: row.id,
                 ends_at: row.ends_at,

@@ -3,8 +3,11 @@
 //! What services an asset may list is checked here, on every write ([`check_services`]), so no writer
 //! (the command line, the demo, anything later) can store an asset that breaks it: names are unique, at
 //! most one service is of kind `ssh`, and no two services share a port (a `tcp` service on the `ssh`
-//! service's port would be an unrecorded tunnel to the device's sshd). Databases written before the port
-//! rule may still hold such an asset; `policy::authorize_tunnel` refuses a shared port.
+//! service's port would be an unrecorded tunnel to the device's sshd). Nor may an asset list a `tcp`
+//! service where another asset with the same address lists an `ssh` one, or the other way round
+//! ([`Tx::endpoint_taken`]): one device entered twice, its sshd as one asset's `ssh` and another's
+//! `tcp`, would be the same unrecorded tunnel. Databases written before these rules may still hold
+//! such services; `policy::authorize_tunnel` refuses them ([`Store::ssh_service_at`]).
 
 // Dynamic SQL below only ever interpolates the constant column lists of this module.
 use sqlx::any::AnyRow;
@@ -164,6 +167,21 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether any asset whose address is `address` (in any case) lists an `ssh` service on `port`: a
+    /// `tcp` tunnel there would reach that sshd unrecorded (see the module doc).
+    pub async fn ssh_service_at(&self, address: &str, port: u16) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM asset_services s JOIN assets a ON a.id = s.asset_id \
+             WHERE LOWER(a.address) = LOWER($1) AND s.port = $2 AND s.kind = 'ssh'",
+        )
+        .bind(address)
+        .bind(i64::from(port))
+        .fetch_one(&self.pool)
+        .await
+        .context("looking for an ssh service at an endpoint")?;
+        Ok(get::<i64>(&row, "n")? > 0)
+    }
+
     /// The sealed injected credential of an asset.
     pub async fn asset_credential_secret(&self, asset_id: i64) -> Result<Option<Vec<u8>>> {
         let row = sqlx::query("SELECT cred_secret FROM assets WHERE id = $1")
@@ -225,9 +243,43 @@ impl Tx {
         })?;
         let id: i64 = get(&row, "id")?;
         for s in a.services {
+            self.endpoint_taken(id, a.address, s).await?;
             self.insert_service_row(id, s).await?;
         }
         Ok(id)
+    }
+
+    /// Refuses ([`StoreError::Conflict`]) service `s` of asset `asset_id` at `address` when another
+    /// asset with that address lists a service of the other kind on its port (an `ssh` one where `s`
+    /// is `tcp`, or a `tcp` one where it is `ssh`).
+    async fn endpoint_taken(&mut self, asset_id: i64, address: &str, s: &Service) -> Result<()> {
+        let row = sqlx::query(
+            "SELECT a.name AS asset, s.name AS service FROM asset_services s \
+             JOIN assets a ON a.id = s.asset_id \
+             WHERE LOWER(a.address) = LOWER($1) AND s.port = $2 AND a.id <> $3 AND s.kind <> $4 \
+             LIMIT 1",
+        )
+        .bind(address)
+        .bind(i64::from(s.port))
+        .bind(asset_id)
+        .bind(s.kind.to_string())
+        .fetch_optional(&mut *self.tx)
+        .await
+        .context("checking an endpoint")?;
+        match row {
+            None => Ok(()),
+            Some(row) => {
+                let (asset, service): (String, String) =
+                    (get(&row, "asset")?, get(&row, "service")?);
+                Err(StoreError::Conflict(format!(
+                    "{address}:{port} is already asset {asset}'s service {service}, of the other kind: \
+                     a tcp service where an ssh one listens would reach that sshd unrecorded; give \
+                     {name} another port, or remove the other",
+                    port = s.port,
+                    name = s.name
+                )))
+            }
+        }
     }
 
     /// Adds a service to an asset; refused ([`StoreError::Conflict`]) when the asset's services with it
@@ -242,6 +294,15 @@ impl Tx {
         let mut all = services_on(&mut self.tx, asset_id).await?;
         all.push(s.clone());
         check_services(&all).map_err(StoreError::Conflict)?;
+        let address: String = get(
+            &sqlx::query("SELECT address FROM assets WHERE id = $1")
+                .bind(asset_id)
+                .fetch_one(&mut *self.tx)
+                .await
+                .context("reading an asset's address")?,
+            "address",
+        )?;
+        self.endpoint_taken(asset_id, &address, s).await?;
         self.insert_service_row(asset_id, s).await
     }
 

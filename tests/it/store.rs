@@ -1404,6 +1404,52 @@ async fn two_services_on_one_port_are_refused_and_an_old_asset_with_them_opens_n
             matches!(&tunnel, Err(PolicyError::Denied(Denial::NoGrant { .. }))),
             "{tunnel:?}"
         );
+
+        // One device entered twice: a tcp service of another asset on mri-01's sshd is refused ...
+        let gateway = |services: &'static [&'static str]| NewAsset {
+            name: "mri-01-gw",
+            address: "127.0.0.1",
+            zone: "radiology",
+            purpose: "gateway",
+            criticality: Criticality::Normal,
+            vendor_org: None,
+            os: None,
+            patch_status: None,
+            services: Box::leak(
+                services
+                    .iter()
+                    .map(|s| s.parse::<Service>().unwrap())
+                    .collect::<Vec<_>>()
+                    .into_boxed_slice(),
+            ),
+        };
+        let mut tx = store.begin().await.unwrap();
+        let added = tx.insert_asset(&gateway(&["console:22/tcp"]), 100).await;
+        assert!(
+            matches!(&added, Err(StoreError::Conflict(m)) if m.contains("asset mri-01's service ssh")),
+            "{added:?}"
+        );
+        drop(tx);
+        // ... and, stored before the rule, it opens no tunnel.
+        let mut tx = store.begin().await.unwrap();
+        let gw = tx
+            .insert_asset(&gateway(&["console:2222/tcp"]), 100)
+            .await
+            .unwrap();
+        tx.audit(ev(Action::AssetAdd), 100).await.unwrap();
+        tx.commit("t").await.unwrap();
+        raw(&url, &format!("UPDATE asset_services SET port = 22 WHERE asset_id = {gw}")).await;
+        let mut tx = store.begin().await.unwrap();
+        grant(&mut tx, v, gw, &["console".to_owned()], 10_000).await;
+        tx.audit(ev(Action::GrantIssue), 100).await.unwrap();
+        tx.commit("t").await.unwrap();
+        for host in ["mri-01-gw", "127.0.0.1"] {
+            let tunnel = authorize_tunnel(&store, 200, &alice, host, 22).await;
+            assert!(
+                matches!(&tunnel, Err(PolicyError::Denied(Denial::SharedPort { .. }))),
+                "{host}: {tunnel:?}"
+            );
+        }
     })
     .await;
 }
