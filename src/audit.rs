@@ -107,6 +107,12 @@ pub enum ChainBreak {
     /// The head's hash does not match the last event.
     #[error("audit event {seq}: differs from the hash recorded in the chain head (altered)")]
     HeadMismatch { seq: i64 },
+    /// The event's hash is no longer the one this node verified in an unbroken chain before: events up
+    /// to it were rewritten and linked again.
+    #[error(
+        "audit event {seq}: its hash is not the one verified before (the events up to it were rewritten)"
+    )]
+    Rewritten { seq: i64 },
 }
 
 /// Incremental verifier: feed rows in `seq` order, then call [`Verifier::finish`] with the head.
@@ -133,6 +139,11 @@ impl Verifier {
             prev_seq: row.seq,
             prev_hash: row.hash.clone(),
         }
+    }
+
+    /// The hash of the last event pushed (recomputed: it matched), or of the row it started after.
+    pub fn last_hash(&self) -> &str {
+        &self.prev_hash
     }
 
     pub fn push(&mut self, row: &AuditRow) -> Result<(), ChainBreak> {

@@ -17,10 +17,12 @@
 //!
 //! Each event that says something about the recording (its session's `session.start`, `session.end`,
 //! `recording.recovered`) is checked where it sits: its hash recomputes from its content and the hash
-//! of the event before it, and the event after it (or the chain head, when it is the last) links to it.
-//! Rewriting the event's JSON is therefore caught here; getting past this check means rewriting every
-//! later event and the head, which only `audit verify` (the whole chain) or a copy kept outside (`audit
-//! export`, the webhook) can tell. ARCHITECTURE.md argues the choice.
+//! of the event before it, and every event after it links on, up to the chain head or to an event whose
+//! hash this process verified before in an unbroken chain ([`crate::store::ChainCheckpoints`]).
+//! Rewriting the event's JSON is therefore caught here, and so is rewriting it with the events after it
+//! linked again, unless every later event and the head were rewritten too (and, in a process that
+//! verified them before, not even then); that only `audit verify` against a copy kept outside (`audit
+//! export`, the webhook, the ATNA repository) can tell. ARCHITECTURE.md argues the choice.
 
 pub mod bundle;
 pub mod proven;
@@ -36,7 +38,7 @@ use serde_json::{Value, json};
 
 use crate::audit::{AuditEvent, AuditRow, ChainBreak, Verifier};
 use crate::model::{RecordingRow, SessionRow, UnixTime};
-use crate::store::{Store, StoreError};
+use crate::store::{ChainCheckpoints, Store, StoreError};
 
 /// The actions that say something about a session's recording.
 const START: &str = "session.start";
@@ -150,6 +152,9 @@ pub async fn evidence(store: &Store, session: &SessionRow) -> Result<Vec<Evidenc
             MAX_EVENTS,
         )
         .await?;
+    // An event appended after the head was read is not judged against it (it would read as beyond
+    // the head): it counts at the next look.
+    let events: Vec<AuditRow> = events.into_iter().filter(|e| e.seq <= head.0).collect();
     for event in &events {
         if let Err(b) = holds_in_chain(store, event, &head).await? {
             let broken = Evidence::Broken(Broken::Chain(b));
@@ -239,24 +244,34 @@ fn judge(session: &SessionRow, r: &RecordingRow, first: bool, events: &[AuditRow
     Evidence::Vouched(first_voucher)
 }
 
-/// Checks `event` where it sits: the event before it links to it and its hash recomputes (the one
-/// definition, `audit::Verifier`), and the event after it links to it, or the head names it when it is
-/// the last. The outer `Result` is the database's; the inner one the chain's.
-async fn holds_in_chain(
+/// Checks `event` where it sits: the event before it links to it, its hash recomputes (the one
+/// definition, `audit::Verifier`), and every event after it links on, up to `head` or to the first event
+/// this process verified before ([`ChainCheckpoints`]), whose hash must come out as it did then. The
+/// events verified on the way are noted as checkpoints. The outer `Result` is the database's; the
+/// inner one the chain's.
+pub(crate) async fn holds_in_chain(
     store: &Store,
     event: &AuditRow,
     head: &(i64, String),
 ) -> Result<Result<(), ChainBreak>, StoreError> {
+    /// Events read at once on the walk.
+    const PAGE: i64 = 1000;
     let seq = event.seq;
-    // Events seq-1, seq and seq+1, as stored now.
-    let window = store.audit_page(seq.saturating_sub(2), 3).await?;
-    let at = |n: i64| window.iter().find(|r| r.seq == n);
+    if seq > head.0 {
+        return Ok(Err(ChainBreak::BeyondHead {
+            seq,
+            head_seq: head.0,
+        }));
+    }
+    let checkpoints = store.chain_checkpoints();
+    let stop = checkpoints.at_or_after(seq).filter(|(c, _)| *c <= head.0);
+    let end = stop.as_ref().map_or(head.0, |(c, _)| *c);
     let mut verifier = if seq == 1 {
         Verifier::default()
     } else {
-        match at(seq - 1) {
-            Some(before) => Verifier::after(before),
-            None => {
+        match store.audit_page(seq - 2, 1).await?.pop() {
+            Some(before) if before.seq == seq - 1 => Verifier::after(&before),
+            _ => {
                 return Ok(Err(ChainBreak::Gap {
                     missing: seq - 1,
                     found: seq,
@@ -264,19 +279,41 @@ async fn holds_in_chain(
             }
         }
     };
-    let Some(this) = at(seq) else {
-        return Ok(Err(ChainBreak::Gap {
-            missing: seq,
-            found: seq + 1,
-        }));
-    };
-    if let Err(b) = verifier.push(this) {
-        return Ok(Err(b));
+    let mut verified = Vec::new();
+    let mut after = seq - 1;
+    while after < end {
+        let page = store.audit_page(after, PAGE.min(end - after)).await?;
+        if page.is_empty() {
+            return Ok(Err(ChainBreak::Truncated {
+                missing: after + 1,
+                head_seq: head.0,
+            }));
+        }
+        for row in &page {
+            if let Err(b) = verifier.push(row) {
+                return Ok(Err(b));
+            }
+            if row.seq % ChainCheckpoints::EVERY == 0 {
+                verified.push((row.seq, row.hash.clone()));
+            }
+            after = row.seq;
+        }
     }
-    Ok(match at(seq + 1) {
-        Some(next) => verifier.push(next),
-        None => verifier.finish(head.0, &head.1).map(|_| ()),
-    })
+    match stop {
+        Some((c, hash)) => {
+            if verifier.last_hash() != hash {
+                return Ok(Err(ChainBreak::Rewritten { seq: c }));
+            }
+        }
+        None => {
+            if let Err(b) = verifier.finish(head.0, &head.1) {
+                return Ok(Err(b));
+            }
+            verified.push(head.clone());
+        }
+    }
+    checkpoints.note(verified);
+    Ok(Ok(()))
 }
 
 /// Why a recording's file was not opened.

@@ -205,3 +205,34 @@ impl Store {
         Ok((get(&row, "seq")?, get(&row, "hash")?))
     }
 }
+
+/// Hashes of audit events this process verified as links of an unbroken chain that ended at the head
+/// it read then: every [`ChainCheckpoints::EVERY`]-th event's and each head's. Events are never changed
+/// once written, so a hash noted here stays the right one; an event recomputed later to another hash was
+/// rewritten, and with it every event up to the next checkpoint. Checking an event where it sits then
+/// takes a walk to the next checkpoint, not to the head (`evidence::holds_in_chain`).
+#[derive(Debug, Default)]
+pub struct ChainCheckpoints(std::sync::Mutex<std::collections::BTreeMap<i64, String>>);
+
+impl ChainCheckpoints {
+    /// Every this many events, one's hash is kept.
+    pub const EVERY: i64 = 1024;
+
+    /// The first checkpoint at or after `seq`.
+    pub fn at_or_after(&self, seq: i64) -> Option<(i64, String)> {
+        let held = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.range(seq..).next().map(|(s, h)| (*s, h.clone()))
+    }
+
+    /// Notes the hashes of events verified as links of an unbroken chain.
+    pub fn note(&self, verified: impl IntoIterator<Item = (i64, String)>) {
+        let mut held = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.extend(verified);
+    }
+}

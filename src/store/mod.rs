@@ -34,6 +34,7 @@ use crate::audit::AuditEvent;
 use crate::config::redact_url;
 
 pub use assets::NewAsset;
+pub use audit::ChainCheckpoints;
 pub use cursors::CursorClaim;
 pub use grants::NewGrant;
 pub use health::{MigrationStatus, OpsCounts};
@@ -129,6 +130,8 @@ pub struct Store {
     durable: Option<Arc<durable::WalSync>>,
     /// Session starts waiting to be written together (`session_starts.rs`).
     starts: Arc<session_starts::Queue>,
+    /// Audit events this process verified in an unbroken chain (`audit::ChainCheckpoints`).
+    checkpoints: Arc<audit::ChainCheckpoints>,
 }
 
 impl Store {
@@ -183,11 +186,17 @@ impl Store {
             writer,
             durable,
             starts: Arc::default(),
+            checkpoints: Arc::default(),
         })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The audit events this process verified in an unbroken chain.
+    pub fn chain_checkpoints(&self) -> &audit::ChainCheckpoints {
+        &self.checkpoints
     }
 
     /// Starts a write transaction. On SQLite it waits for this process's writer turn first, then takes

@@ -112,6 +112,12 @@ fn issue_12_an_altered_recording_with_its_digest_column_rewritten_reads_altered(
         verify.stdout()
     );
     let vouched = chaperone_recorder::sha256_file(&path).unwrap();
+    // Two events more after the session's (exports are audited): the chain goes on past the one
+    // after its session.end.
+    for n in 0..2 {
+        let to = d.path().join(format!("export-{n}.jsonl"));
+        d.run(&["audit", "export", "-o", to.to_str().unwrap()]).ok();
+    }
 
     // The file says something else now, and its row agrees with the file.
     let bytes = std::fs::read(&path).unwrap();
@@ -195,6 +201,39 @@ fn issue_12_an_altered_recording_with_its_digest_column_rewritten_reads_altered(
         verify.stderr()
     );
     d.run(&["audit", "verify"]).fails(1);
+
+    // …and linking the event after it again, its hash recomputed too: the walk on toward the head
+    // finds the one after that unlinked (a check of the event's neighbours alone would pass).
+    let next = seq + 1;
+    let row = sqlite_query(
+        &db(&d),
+        &format!("SELECT at, actor, action, subject, detail FROM audit_events WHERE seq = {next}"),
+    );
+    let f: Vec<&str> = row.trim_end().splitn(5, '|').collect();
+    let relinked = chaperone::audit::chain_hash(
+        next,
+        f[0].parse().unwrap(),
+        f[1],
+        f[2],
+        f[3],
+        f[4],
+        &rehashed,
+    );
+    sqlite(
+        &db(&d),
+        &format!(
+            "UPDATE audit_events SET prev_hash = '{rehashed}', hash = '{relinked}' WHERE seq = {next}"
+        ),
+    );
+    every_reader_refuses(&d, &id, "ALTERED", "reading-is-0047");
+    let verify = d.run(&["session", "verify", &id]);
+    assert!(
+        verify
+            .stderr()
+            .contains(&format!("audit event {}", next + 1)),
+        "{}",
+        verify.stderr()
+    );
 }
 
 /// The session.end event about session `id`: its sequence number and JSON detail.
