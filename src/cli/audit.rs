@@ -8,7 +8,7 @@ use anyhow::{Context as _, ensure};
 use clap::{Subcommand, ValueEnum};
 
 use crate::app::App;
-use crate::audit::{AuditRow, Verifier};
+use crate::audit::{AuditRow, ChainBreak, Verifier};
 use crate::clock::format_rfc3339;
 use crate::store::Store;
 
@@ -131,22 +131,42 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
-/// Walks the whole chain; returns the number of events or the first break.
+/// Walks the whole chain up to its head; returns the number of events or the first break. The head is
+/// read first and the walk stops there: an event appended while it walks (the node keeps auditing) is
+/// then no false "missing at the end". Past the head it reads again, walks on if the head moved, and
+/// calls a row past the head as it is now inserted ([`ChainBreak::BeyondHead`]).
 pub async fn verify_chain(store: &Store) -> anyhow::Result<i64> {
     let mut verifier = Verifier::default();
     let mut after = 0;
+    let mut head = store.audit_head().await?;
     loop {
-        let page = store.audit_page(after, PAGE).await?;
-        for row in &page {
-            verifier.push(row)?;
+        while after < head.0 {
+            let page = store.audit_page(after, PAGE.min(head.0 - after)).await?;
+            if page.is_empty() {
+                // Missing at the end: `finish` says so.
+                break;
+            }
+            for row in &page {
+                verifier.push(row)?;
+                after = row.seq;
+            }
         }
-        match page.last() {
-            Some(last) => after = last.seq,
-            None => break,
+        match store.audit_page(after, 1).await?.pop() {
+            Some(row) if after == head.0 => {
+                let now = store.audit_head().await?;
+                if now.0 < row.seq {
+                    return Err(ChainBreak::BeyondHead {
+                        seq: row.seq,
+                        head_seq: now.0,
+                    }
+                    .into());
+                }
+                head = now;
+            }
+            _ => break,
         }
     }
-    let (head_seq, head_hash) = store.audit_head().await?;
-    Ok(verifier.finish(head_seq, &head_hash)?)
+    Ok(verifier.finish(head.0, &head.1)?)
 }
 
 pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {

@@ -390,6 +390,28 @@ fn audit_verify_detects_a_deleted_last_event() {
     assert!(run.stderr().contains("audit event 2"), "{}", run.stderr());
 }
 
+/// A row past the chain head (inserted without moving the head) is noticed: the walk stops at the head
+/// it read first, then looks past it.
+#[test]
+fn audit_verify_detects_an_event_past_the_head() {
+    let d = DataDir::init();
+    d.run(&["user", "add", "erin", "--role", "approver"]).ok();
+    d.run(&["audit", "verify"]).ok();
+    sqlite(
+        &d.path().join("chaperone.db"),
+        "INSERT INTO audit_events (seq, at, actor, action, subject, detail, prev_hash, hash) \
+         SELECT seq + 1, at, actor, action, subject, detail, hash, hash FROM audit_events \
+         WHERE seq = (SELECT MAX(seq) FROM audit_events)",
+    );
+    let run = d.run(&["audit", "verify"]);
+    run.fails(1);
+    assert!(
+        run.stderr().contains("beyond the recorded head"),
+        "{}",
+        run.stderr()
+    );
+}
+
 /// Runs `sql` on a SQLite database file with the sqlite3 shell, as someone with write access to it would.
 pub fn sqlite(db: &std::path::Path, sql: &str) {
     let out = Command::new("sqlite3")
