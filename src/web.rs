@@ -1585,7 +1585,13 @@ impl WebCore {
                 if let Some(stamp) = key {
                     self.app.proven.remember(r.id, stamp, sha256);
                 }
-                format!("sha256 {sha256}, as audit event {seq} vouches")
+                if ev.voucher().is_some_and(crate::evidence::Voucher::recovered) {
+                    format!(
+                        "sha256 {sha256}, as audit event {seq} vouches; recovered: its writer stopped (a crash) and a node's sweep digested the file as it found it then, not as the recorder wrote it"
+                    )
+                } else {
+                    format!("sha256 {sha256}, as audit event {seq} vouches")
+                }
             }
             Integrity::Altered(why) | Integrity::Missing(why) => why.clone(),
             Integrity::Deleted { seq, at } => format!(

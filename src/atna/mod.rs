@@ -145,6 +145,14 @@ pub fn mapping(action: Action) -> Option<Mapping> {
             Execute,
             SeriousFailure,
         ),
+        // A recording whose writer died, digested by a node's sweep: the repository holds the digest
+        // it vouches for, as it holds a session.end's.
+        A::RecordingRecovered => map(
+            SECURITY_ALERT,
+            &[AUDIT_RECORDING_STOPPED],
+            Execute,
+            MinorFailure,
+        ),
         A::AuditTamper => map(SECURITY_ALERT, &[], Execute, MajorFailure),
         // Exports of recordings and of the audit log.
         A::SessionExport | A::AuditExport | A::EvidenceExport => map(EXPORT, &[], Read, Success),
@@ -193,12 +201,11 @@ pub fn mapping(action: Action) -> Option<Mapping> {
         | A::SecretsRotate => map(SECURITY_ALERT, configuration, Update, Success),
         A::BackupRestore => map(APPLICATION_ACTIVITY, configuration, Execute, Success),
         // Bookkeeping: a request filed is not yet a decision; a TOTP step or seed is part of a sign-in
-        // or an enrolment already sent; recovery digests and the consumers' own trouble are not
-        // security events for the repository.
+        // or an enrolment already sent; the consumers' own trouble is not a security event for the
+        // repository.
         A::RequestFile
         | A::StaffTotpAccept
         | A::UserEnrollSeed
-        | A::RecordingRecovered
         | A::DemoSetup
         | A::WebhookUndelivered
         | A::WebhookEndpointChanged

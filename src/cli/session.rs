@@ -395,6 +395,12 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
                         if let Some(moved) = moved(r, ev) {
                             println!("  note: {moved}");
                         }
+                        if ev
+                            .voucher()
+                            .is_some_and(crate::evidence::Voucher::recovered)
+                        {
+                            println!("  note:{RECOVERED_NOTE}");
+                        }
                     }
                     // Gone by policy, as the audit log records: nothing to check, nothing wrong.
                     Err(e @ ProveError::Deleted { .. }) => {
@@ -426,6 +432,8 @@ enum Status<'a> {
     Vouched {
         seq: i64,
         sha256: &'a str,
+        /// Vouched for by a node's sweep after the writer died (`recording.recovered`).
+        recovered: bool,
     },
     /// An event vouches for one digest and the row says another (or none).
     RowAltered {
@@ -446,6 +454,10 @@ enum Status<'a> {
     },
 }
 
+/// What a digest vouched for by `recording.recovered` proves, said wherever it shows.
+const RECOVERED_NOTE: &str = ", recovered: its writer stopped (a crash) and a node's sweep digested the \
+     file as it found it then, not as the recorder wrote it";
+
 impl<'a> Status<'a> {
     fn of(r: &'a RecordingRow, ev: &'a Evidence) -> Self {
         if let Evidence::Vouched(v) = ev {
@@ -465,6 +477,7 @@ impl<'a> Status<'a> {
                 Status::Vouched {
                     seq: v.seq,
                     sha256: &v.sha256,
+                    recovered: v.recovered(),
                 }
             }
             Evidence::Vouched(v) => Status::RowAltered {
@@ -493,9 +506,14 @@ impl<'a> Status<'a> {
     /// For `session show`.
     fn long(&self) -> String {
         match self {
-            Status::Vouched { seq, sha256 } => {
+            Status::Vouched {
+                seq,
+                sha256,
+                recovered,
+            } => {
                 format!(
-                    "sha256 {sha256} (vouched for by audit event {seq}; `session verify` checks the file)"
+                    "sha256 {sha256} (vouched for by audit event {seq}{}; `session verify` checks the file)",
+                    if *recovered { RECOVERED_NOTE } else { "" }
                 )
             }
             Status::RowAltered { seq, vouched, row } => format!(
@@ -677,8 +695,13 @@ fn with_evidence(
             if let Some(recs) = v.get_mut("recordings").and_then(|r| r.as_array_mut()) {
                 for ((rec, r), e) in recs.iter_mut().zip(&s.recordings).zip(ev) {
                     rec["evidence"] = match Status::of(r, e) {
-                        Status::Vouched { seq, sha256 } => {
-                            json!({"status": "vouched", "audit_seq": seq, "sha256": sha256})
+                        Status::Vouched {
+                            seq,
+                            sha256,
+                            recovered,
+                        } => {
+                            json!({"status": "vouched", "audit_seq": seq, "sha256": sha256,
+                                   "recovered": recovered})
                         }
                         Status::RowAltered { seq, vouched, .. } => json!({
                             "status": "altered", "audit_seq": seq, "sha256": vouched,

@@ -70,6 +70,14 @@ pub struct Voucher {
     pub deleted: Option<Deletion>,
 }
 
+impl Voucher {
+    /// Whether a node's sweep digested the recording after its writer died (`recording.recovered`):
+    /// the digest vouches for the file as the sweep found it, not as the recorder wrote it.
+    pub fn recovered(&self) -> bool {
+        self.action == RECOVERED
+    }
+}
+
 /// The audit event that records retention deleting a recording's file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deletion {

@@ -1144,6 +1144,17 @@ fn a_session_left_open_by_a_killed_bastion_is_ended_and_its_recording_digested()
     let verify = b.data.run(&["session", "verify", &id]);
     verify.ok();
     assert!(verify.stdout().contains("intact"), "{}", verify.stdout());
+    // Intact as a node's sweep found it, not as recorded: every reader says which.
+    assert!(
+        verify.stdout().contains("recovered: its writer stopped"),
+        "{}",
+        verify.stdout()
+    );
+    let shown = b.data.run(&["session", "show", &id, "--json"]).ok().json();
+    assert_eq!(
+        shown["recordings"][0]["evidence"]["recovered"], true,
+        "{shown}"
+    );
     // The export keeps every whole frame, says where the file was cut, and plays.
     let cast = b.data.path().join("recovered.cast");
     let export = b
