@@ -1861,7 +1861,16 @@ impl WebCore {
         let mut play_note = None;
         let mut transfers = None;
         let mut transfers_more = 0;
-        for (r, st) in session.recordings.iter().zip(&item.recordings) {
+        // The digests the chain vouches for: a transfer log is shown only as read with that digest.
+        let evidence = crate::evidence::evidence(&self.app.store, &session)
+            .await
+            .map_err(internal)?;
+        for ((r, st), ev) in session
+            .recordings
+            .iter()
+            .zip(&item.recordings)
+            .zip(&evidence)
+        {
             match (format_of(r), st.integrity.as_str()) {
                 (Some(_), "intact") if playable.is_none() => playable = Some(r.id),
                 (Some(_), other) if playable.is_none() => {
@@ -1878,7 +1887,16 @@ impl WebCore {
                         playback::read_transfers(&opened.file).map_err(|e| e.to_string())
                     })
                     .await;
+                    let vouched = ev.voucher().map(|v| v.sha256.as_str());
                     match read {
+                        // Checked intact above, but read again here: shown only if what was read is
+                        // what the chain vouches for (the file cannot be swapped in between).
+                        Ok(Ok((_, _, read_digest))) if vouched != Some(read_digest.as_str()) => {
+                            play_note = Some(
+                                "The transfer log is not shown: it changed while it was read (its digest is not the one the audit log vouches for); reload the page."
+                                    .to_owned(),
+                            );
+                        }
                         Ok(Ok((lines, more, _))) => {
                             const SHOWN: usize = 2000;
                             transfers_more = more + lines.len().saturating_sub(SHOWN);

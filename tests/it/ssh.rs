@@ -586,6 +586,21 @@ fn scp_and_sftp_pass_through_the_grant_and_leave_a_transfer_log() {
     );
     assert!(all.contains("300000"), "{all}");
     assert!(all.contains("remove"), "{all}");
+
+    // An auditor's page shows a transfer log as the table, read with the digest the chain vouches
+    // for; one whose file no longer has that digest is not shown.
+    let mut audrey = crate::support::web::Approver::enroll(&b, "audrey", "auditor");
+    audrey.login();
+    let scp = scp_sessions[0]["id"].as_str().unwrap().to_owned();
+    let page = audrey.get(&format!("/sessions/{scp}"));
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("293.0 KiB"), "{}", page.body);
+    let path = scp_sessions[0]["recordings"][0]["path"].as_str().unwrap();
+    let log = std::fs::read_to_string(path).unwrap();
+    std::fs::write(path, log.replace("300000", "900000")).unwrap();
+    let page = audrey.get(&format!("/sessions/{scp}"));
+    assert!(!page.body.contains("878.9 KiB"), "{}", page.body);
+    assert!(page.body.contains("ALTERED"), "{}", page.body);
 }
 
 #[test]
