@@ -37,7 +37,9 @@ pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
     }
 }
 
-/// Free text (purpose, reason, organisation): printable, single line, bounded.
+/// Free text (purpose, reason, organisation): printable, single line, bounded, and shown as written (no
+/// character that reorders or breaks the text around it, [`reorders_text`]: a reason that reads
+/// "firmware check" to the approver must not be stored as something else).
 pub fn check_text(what: &str, text: &str, max: usize) -> Result<(), String> {
     if text.trim().is_empty() {
         return Err(format!("{what} must not be empty"));
@@ -50,7 +52,24 @@ pub fn check_text(what: &str, text: &str, max: usize) -> Result<(), String> {
             "{what} must be one line without control characters"
         ));
     }
+    if text.chars().any(reorders_text) {
+        return Err(format!(
+            "{what} must not contain bidirectional or line-separator characters (U+061C, U+200E, \
+             U+200F, U+2028-U+202E, U+2066-U+2069)"
+        ));
+    }
     Ok(())
+}
+
+/// Whether `c` reorders or breaks the text it is shown in, without being a control character: the
+/// Arabic letter mark, the left-to-right and right-to-left marks, the line and paragraph separators,
+/// the bidirectional embeddings, overrides and isolates. Free text refuses them ([`check_text`]), and
+/// the command line shows them escaped.
+pub fn reorders_text(c: char) -> bool {
+    matches!(
+        c,
+        '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+    )
 }
 
 /// Shortens hostile input before it is echoed back in an error message.
@@ -471,6 +490,21 @@ pub fn parse_name_list(kind: &str, list: &str) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reason that reads one way to the approver and is stored another is refused.
+    #[test]
+    fn free_text_is_shown_as_written() {
+        assert!(check_text("reason", "INC-4711 firmware check", 100).is_ok());
+        assert!(check_text("reason", "Prüfung des MRT (Ärztin: Dr. Ünal)", 100).is_ok());
+        for bad in [
+            "INC-4711 \u{202e}KCEHC TON OD\u{202c} ok",
+            "a\u{2028}b",
+            "x\u{2066}y\u{2069}",
+            "\u{200f}abc",
+        ] {
+            assert!(check_text("reason", bad, 100).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn names() {

@@ -42,19 +42,7 @@ pub fn esc(text: &str) -> Cow<'_, str> {
 }
 
 fn needs_escape(c: char) -> bool {
-    matches!(
-        c,
-        '\u{0}'..='\u{1f}'
-            | '\u{7f}'..='\u{9f}'
-            // Arabic letter mark, left-to-right and right-to-left marks.
-            | '\u{61c}'
-            | '\u{200e}'
-            | '\u{200f}'
-            // Line and paragraph separators; bidirectional embeddings and overrides.
-            | '\u{2028}'..='\u{202e}'
-            // Bidirectional isolates.
-            | '\u{2066}'..='\u{2069}'
-    )
+    matches!(c, '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}') || crate::model::reorders_text(c)
 }
 
 #[cfg(test)]
