@@ -18,6 +18,13 @@
 //! commit. A node that stops between the commit and the removal removes the file on its next pass (it
 //! looks again at recordings marked deleted in the last [`LEFTOVER_DAYS`] days). A file that no node
 //! finds is never marked: `session show` keeps saying it is past its retention.
+//!
+//! What decides a deletion is the audit chain, not the rows ([`Chained`]): whoever can write the
+//! database could clear a session's hold or move its end back, and so make a node delete held evidence
+//! as if by policy. A file is deleted only if the chain (checked where it sits, `super::holds_in_chain`)
+//! says the session ended long enough ago, its last hold was released, and the file is the recording
+//! the chain names; a leftover file only if the chain records its deletion. Where the rows and the chain
+//! disagree nothing is deleted, and the log says so.
 
 use std::time::Duration;
 
@@ -135,6 +142,20 @@ pub async fn sweep(
             if !due(config, &c.zone, c.ended_at, now) {
                 continue;
             }
+            match chained(store, &c.recording).await? {
+                Ok(ch)
+                    if !ch.held && ch.ended_at.is_some_and(|at| due(config, &c.zone, at, now)) => {}
+                Ok(ch) => {
+                    tracing::warn!(session = %c.recording.session_id, held = ch.held, ended_at = ?ch.ended_at,
+                        "a recording past its retention by its rows is not by the audit log (held, or ended later); not deleted");
+                    continue;
+                }
+                Err(why) => {
+                    tracing::warn!(session = %c.recording.session_id, why = %why,
+                        "a recording past its retention is not as the audit log says; not deleted");
+                    continue;
+                }
+            }
             match locate(config, &c.recording.path).await {
                 Found::NotHere => swept.not_here += 1,
                 Found::Here(file) => {
@@ -152,6 +173,18 @@ pub async fn sweep(
         .recordings_deleted_since(now.saturating_sub(LEFTOVER_DAYS * 86_400))
         .await?
     {
+        // Only a file the chain names, whose deletion the chain records.
+        match chained(store, &r).await? {
+            Ok(ch) if ch.deleted => {}
+            Ok(_) => {
+                tracing::warn!(path = %r.path, "a recording marked deleted without an audited deletion of that file; its file is kept");
+                continue;
+            }
+            Err(why) => {
+                tracing::warn!(path = %r.path, why = %why, "a recording marked deleted is not as the audit log says; its file is kept");
+                continue;
+            }
+        }
         if let Found::Here(file) = locate(config, &r.path).await {
             match remove(file).await {
                 Ok(()) => swept.leftovers += 1,
@@ -162,6 +195,73 @@ pub async fn sweep(
         }
     }
     Ok(swept)
+}
+
+/// What the audit chain says about a recording's session, for retention.
+#[derive(Debug)]
+struct Chained {
+    /// When its `session.end` was audited.
+    ended_at: Option<UnixTime>,
+    /// Whether its last `session.hold`/`session.release` was a hold.
+    held: bool,
+    /// Whether a `recording.deleted` of this recording is audited.
+    deleted: bool,
+}
+
+/// Reads what the chain says about `r`'s session, each event checked where it sits; `Err` (why) when
+/// the chain does not hold there, or when `r`'s path is not the file the chain names for it.
+async fn chained(
+    store: &Store,
+    r: &crate::model::RecordingRow,
+) -> Result<Result<Chained, String>, StoreError> {
+    let session = store.session(&r.session_id).await?;
+    let evidence = super::evidence(store, &session).await?;
+    let voucher = session
+        .recordings
+        .iter()
+        .zip(&evidence)
+        .find(|(row, _)| row.id == r.id)
+        .and_then(|(_, ev)| ev.voucher());
+    let Some(voucher) = voucher else {
+        return Ok(Err("no audit event vouches for the recording".into()));
+    };
+    if voucher.path.as_deref() != Some(r.path.as_str()) {
+        return Ok(Err(format!(
+            "its row names {:?}, the audit log {:?}",
+            r.path, voucher.path
+        )));
+    }
+    let head = store.audit_head().await?;
+    let events = store
+        .audit_events_about(
+            &format!("session:{}", r.session_id),
+            &[
+                "session.end",
+                Action::SessionHold.as_str(),
+                Action::SessionRelease.as_str(),
+            ],
+            1000,
+        )
+        .await?;
+    let mut chained = Chained {
+        ended_at: None,
+        held: false,
+        deleted: voucher.deleted.is_some(),
+    };
+    for event in events.iter().filter(|e| e.seq <= head.0) {
+        if let Err(b) = super::holds_in_chain(store, event, &head).await? {
+            return Ok(Err(b.to_string()));
+        }
+        match event.action.as_str() {
+            "session.end" => {
+                chained.ended_at.get_or_insert(event.at);
+            }
+            a if a == Action::SessionHold.as_str() => chained.held = true,
+            a if a == Action::SessionRelease.as_str() => chained.held = false,
+            _ => {}
+        }
+    }
+    Ok(Ok(chained))
 }
 
 /// Marks one recording deleted and audits it; `false` when its session is now held or another node

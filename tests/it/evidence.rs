@@ -1023,6 +1023,18 @@ async fn issue_11_retention_deletes_expired_recordings_and_keeps_held_ones() {
                 .insert_recording(id, "exec-stream-v1", path.to_str().unwrap(), end - 60)
                 .await
                 .unwrap();
+            // The event that names the recording's file, as a session's start writes it.
+            tx.audit(
+                AuditEvent::new(
+                    "vendor:alice",
+                    Action::SessionStart,
+                    format!("session:{id}"),
+                    json!({"grant": g, "recording": path.to_str().unwrap()}),
+                ),
+                end - 60,
+            )
+            .await
+            .unwrap();
             tx.close_recording(rid, &sha, 5, end).await.unwrap();
             tx.end_session(id, "exit", "closed", 1, 2, end)
                 .await
@@ -1151,9 +1163,23 @@ async fn issue_11_retention_deletes_expired_recordings_and_keeps_held_ones() {
         let altered = integrity(&recordings, &forged, &new_ev[0]);
         assert_eq!(altered.word(), "ALTERED", "{altered:?}");
 
-        // Released, the held one goes at the next pass; the newer one when its time comes.
+        // Its row released without the audit log saying so (as whoever writes the database could):
+        // the chain still holds it, so the pass deletes nothing.
         let mut tx = store.begin().await.unwrap();
         assert!(tx.release_session("s-held").await.unwrap());
+        tx.audit(
+            AuditEvent::new("os:dba", Action::AssetAdd, "asset:other", json!({})),
+            now,
+        )
+        .await
+        .unwrap();
+        tx.commit("t").await.unwrap();
+        assert_eq!(pass(config.clone(), now + 1).await.deleted, 0);
+        assert!(files["s-held"].exists());
+
+        // Released as the audit log records it, the held one goes at the next pass; the newer one
+        // when its time comes.
+        let mut tx = store.begin().await.unwrap();
         tx.audit(
             AuditEvent::new(
                 "os:auditor",
