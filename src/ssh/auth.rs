@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use russh::keys::PublicKey;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::login::Login;
 use crate::app::App;
@@ -654,27 +654,9 @@ pub async fn audit_unfinished(
             asked,
         } => {
             tracing::info!(vendor = %vendor.name, %peer, asked, closed, "sign-in abandoned at the second factor");
-            if !audits.due(vendor.id, "abandoned") {
-                return;
-            }
-            let subject = format!("vendor:{}", vendor.name);
-            let result = async {
-                let mut tx = app.store.begin().await?;
-                tx.audit(
-                    AuditEvent::new(
-                        &subject,
-                        Action::AuthAbandoned,
-                        &subject,
-                        json!({"peer": peer.to_string(), "key": key_fp, "asked": asked, "closed": closed}),
-                    ),
-                    now,
-                )
-                .await?;
-                tx.commit("auth.abandoned").await
-            }
-            .await;
-            if let Err(e) = result {
-                tracing::error!(vendor = %vendor.name, error = %e, "cannot audit an abandoned sign-in");
+            if audits.due(vendor.id, "abandoned") {
+                let detail = json!({"peer": peer.to_string(), "key": key_fp, "asked": asked, "closed": closed});
+                audit_vendor(app, &vendor, Action::AuthAbandoned, detail, now).await;
             }
         }
     }
@@ -683,25 +665,23 @@ pub async fn audit_unfinished(
 /// A vendor refused after the key step (barred at it, disabled or their key removed since, no passkey
 /// link): refused and audited with `why`.
 async fn refuse(app: &App, peer: SocketAddr, vendor: &Vendor, now: i64, why: &str) {
+    let detail = json!({"peer": peer.to_string(), "why": why});
+    audit_vendor(app, vendor, Action::AuthRefused, detail, now).await;
+    crate::ops::metrics::login(crate::ops::metrics::Login::Refused);
+}
+
+/// Audits `action` by and about `vendor` (a failure is logged: the sign-in's outcome stands).
+async fn audit_vendor(app: &App, vendor: &Vendor, action: Action, detail: Value, now: i64) {
     let subject = format!("vendor:{}", vendor.name);
     let result = async {
         let mut tx = app.store.begin().await?;
-        tx.audit(
-            AuditEvent::new(
-                &subject,
-                Action::AuthRefused,
-                &subject,
-                json!({"peer": peer.to_string(), "why": why}),
-            ),
-            now,
-        )
-        .await?;
-        tx.commit("auth.refused").await
+        tx.audit(AuditEvent::new(&subject, action, &subject, detail), now)
+            .await?;
+        tx.commit(action.as_str()).await
     }
     .await;
-    crate::ops::metrics::login(crate::ops::metrics::Login::Refused);
     if let Err(e) = result {
-        tracing::error!(vendor = %vendor.name, error = %e, "cannot audit a refused login");
+        tracing::error!(vendor = %vendor.name, %action, error = %e, "cannot audit a sign-in");
     }
 }
 
