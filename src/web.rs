@@ -50,12 +50,19 @@ pub struct WebCore {
     live: LiveSessions,
     /// Indexes a recording at once when its page is opened before the background job got to it.
     indexer: Indexer,
+    /// One directory sign-in of a name at a time, when `[ldap] max_failed_binds` counts them.
+    bind_turns: std::sync::Arc<BindTurns>,
 }
 
 impl WebCore {
     pub fn new(app: App, live: LiveSessions) -> WebCore {
         let indexer = Indexer::new(&app.store, &app.config.recording.dir, &app.secrets);
-        WebCore { app, live, indexer }
+        WebCore {
+            app,
+            live,
+            indexer,
+            bind_turns: std::sync::Arc::default(),
+        }
     }
 }
 
@@ -423,7 +430,15 @@ impl WebCore {
         // Wrong passwords of this name from every address together: past `[ldap] max_failed_binds`,
         // the directory is not asked (so this form cannot drive the directory's own lockout of a
         // hospital account). Refused like a lock, audited, not counted.
-        if let Some(cap) = app.config.ldap.as_ref().and_then(|l| l.max_failed_binds) {
+        let cap = app.config.ldap.as_ref().and_then(|l| l.max_failed_binds);
+        // Held from the count to the record of this sign-in's outcome (the end of this function):
+        // sign-ins of one name sent at once would otherwise all read a count below the cap and all
+        // bind. Exact per node; several nodes may each let one more through.
+        let _turn = match cap {
+            Some(_) => Some(self.bind_turns.take(attempt.name).await),
+            None => None,
+        };
+        if let Some(cap) = cap {
             let since = signin::Lockout::since(app.config.web.failure_window, now);
             let wrong = app
                 .store
@@ -2532,5 +2547,26 @@ mod tests {
             line(3.0, opened("/a", Upload, None)),
         ];
         assert_eq!(shown_opens(lines), [3.0]);
+    }
+}
+
+/// Directory sign-ins of one name on this node, one at a time ([`WebCore::judge_directory`] with
+/// `[ldap] max_failed_binds`): a turn per name, forgotten once nobody waits for it.
+#[derive(Debug, Default)]
+struct BindTurns(
+    std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+);
+
+impl BindTurns {
+    async fn take(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let turn = {
+            let mut turns = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            turns.retain(|_, t| std::sync::Arc::strong_count(t) > 1);
+            turns.entry(name.to_lowercase()).or_default().clone()
+        };
+        turn.lock_owned().await
     }
 }

@@ -317,7 +317,6 @@ pub(crate) async fn holds_in_chain(
             if let Err(b) = verifier.finish(head.0, &head.1) {
                 return Ok(Err(b));
             }
-            verified.push(head.clone());
         }
     }
     checkpoints.note(verified);

@@ -225,7 +225,15 @@ async fn chained(
     let Some(voucher) = voucher else {
         return Ok(Err("no audit event vouches for the recording".into()));
     };
-    if voucher.path.as_deref() != Some(r.path.as_str()) {
+    // The file the chain names, by its name (`SESSION.EXT`, one per recording): `restore --dir` moves
+    // the recordings and rewrites the rows' directory, never a file's name.
+    let name = |p: &str| std::path::Path::new(p).file_name().map(ToOwned::to_owned);
+    if voucher
+        .path
+        .as_deref()
+        .and_then(name)
+        .is_none_or(|n| Some(n) != name(&r.path))
+    {
         return Ok(Err(format!(
             "its row names {:?}, the audit log {:?}",
             r.path, voucher.path

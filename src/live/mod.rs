@@ -526,7 +526,10 @@ fn create_recording(
                 env,
                 markers_attributed: false,
             },
-            cfg.record_input,
+            // Without a terminal there is no echo and nobody types at a prompt: what the vendor sends
+            // is a program's input (`ssh -T … < script` to a shell), recorded whatever
+            // `record_input` says, as an exec recording's stdin is.
+            cfg.record_input || pty.is_none(),
             cfg.max_bytes,
         ),
     };

@@ -297,6 +297,14 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                 ChannelMsg::Signal {
                     signal: russh::Sig::Custom(_),
                 } => return Ok(()),
+                // A file transfer's log has no place for a notice: no signal reaches its program.
+                ChannelMsg::Signal { .. }
+                    if recorder
+                        .as_ref()
+                        .is_some_and(|r| r.format() == RecordingFormat::TransferLog) =>
+                {
+                    return Ok(());
+                }
                 // A signal changes what runs on the device: recorded (as a notice) before it goes.
                 ChannelMsg::Signal { signal } => {
                     if let Some(rec) = &recorder {

@@ -364,6 +364,20 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
         refuse_audited(&ctx, &asset, &channel, &why).await;
         return;
     }
+    // A command is recorded as text: one that is not UTF-8 would be recorded as something else than
+    // the device would run (its bytes replaced), so it is refused, not rewritten.
+    if let Start::Exec(command) | Start::Scp(command, _) = &start
+        && std::str::from_utf8(command).is_err()
+    {
+        refuse_audited(
+            &ctx,
+            &asset,
+            &channel,
+            "the command is not UTF-8 text, which a session records; run it from a script on the device",
+        )
+        .await;
+        return;
+    }
     let app = &ctx.shared.app;
     let now = app.clock.now();
     let grant = match policy::authorize_ssh(&app.store, now, &ctx.principal, &asset).await {
@@ -452,10 +466,13 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
         }
     };
     let pty = setup.pty_info();
-    // What the recording shows is what the device is sent: the command as recorded (a command that is
-    // not UTF-8 is sent as its recorded, lossy, text), the terminal's recorded name and size, the
-    // environment variables passed.
+    // What the recording shows is what the device is sent: the command as recorded (UTF-8, above), the
+    // terminal's recorded name and size, the environment variables passed. A file transfer's log has
+    // no place for environment variables: it gets none.
     let detail = start.detail();
+    if start.kind() == SessionKind::Sftp {
+        setup.env.clear();
+    }
     let mut live = match pending.start(&detail, pty.as_ref(), &setup.env).await {
         Ok(live) => live,
         Err(e) => {

@@ -207,7 +207,8 @@ impl Store {
 }
 
 /// Hashes of audit events this process verified as links of an unbroken chain that ended at the head
-/// it read then: every [`ChainCheckpoints::EVERY`]-th event's and each head's. Events are never changed
+/// it read then: every [`ChainCheckpoints::EVERY`]-th event's (so the map stays small: one entry per
+/// 1024 events; the walk from the last of them to the head is short). Events are never changed
 /// once written, so a hash noted here stays the right one; an event recomputed later to another hash was
 /// rewritten, and with it every event up to the next checkpoint. Checking an event where it sits then
 /// takes a walk to the next checkpoint, not to the head (`evidence::holds_in_chain`).

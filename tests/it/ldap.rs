@@ -212,6 +212,31 @@ fn wrong_passwords_from_many_addresses_stop_reaching_the_directory() {
     assert_eq!(capped.len(), 2, "{capped:?}");
     assert_eq!(capped[0]["account"], false, "{capped:?}");
     assert_eq!(capped[1]["account"], true, "{capped:?}");
+
+    // Sent at once from six addresses, wrong passwords of one name still reach the directory only
+    // up to the cap: the count and the bind are one name's turn.
+    std::thread::scope(|s| {
+        for n in 0..6 {
+            let b = &b;
+            s.spawn(move || {
+                let from = format!("127.0.40.{}", 10 + n);
+                let (status, _, _) = form_sign_in_from(b, Some(&from), "ivan", "guess");
+                assert_eq!(status, 401);
+            });
+        }
+    });
+    let ivan: Vec<serde_json::Value> = audit(&b)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["action"] == "staff.signin.failed" && e["subject"] == "user:ivan")
+        .map(|e| serde_json::from_str::<serde_json::Value>(e["detail"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(ivan.len(), 6, "{ivan:?}");
+    let bound = ivan
+        .iter()
+        .filter(|d| d["why"] != "directory binds capped")
+        .count();
+    assert_eq!(bound, 3, "{ivan:?}");
 }
 
 #[test]

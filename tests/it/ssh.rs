@@ -309,6 +309,56 @@ fn a_commands_stdin_is_recorded_even_without_record_input() {
         ])
         .ok();
     assert_eq!(std::fs::read(&stdin).unwrap(), script);
+
+    // A shell without a terminal (`ssh -T`) reads a script the same way: recorded too.
+    let mut shell = b
+        .ssh_with(&kate, &["-T"], "kate+mri-01")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    shell
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo via-shell-$((6*7))\nexit\n")
+        .unwrap();
+    let out = shell.wait_with_output().unwrap();
+    assert!(text(&out).0.contains("via-shell-42"), "{:?}", text(&out));
+    assert!(crate::support::bastion::wait_until(
+        Duration::from_secs(5),
+        || session_json(&b)
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| !s["ended_at"].is_null())
+    ));
+    let cast = session_json(&b)
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["recordings"][0]["path"].as_str().map(str::to_owned))
+        .find(|p| p.ends_with(".cast"))
+        .expect("the shell's recording");
+    let cast = std::fs::read_to_string(cast).unwrap();
+    assert!(
+        cast.lines()
+            .any(|l| l.contains(r#""i","#) && l.contains("via-shell-")),
+        "{cast}"
+    );
+
+    // A command that is not UTF-8 would be recorded as other text than the device runs: refused.
+    use std::os::unix::ffi::OsStrExt;
+    let out = b
+        .ssh(&kate, "kate+mri-01")
+        .arg(std::ffi::OsStr::from_bytes(b"echo caf\xe9"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr, code) = text(&out);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stderr.contains("not UTF-8"), "{stderr}");
 }
 
 #[test]

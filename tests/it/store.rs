@@ -1161,6 +1161,13 @@ async fn a_flood_of_passkey_sign_in_starts_pushes_out_only_its_own_kind() {
         );
         assert!(held(StateKind::Ceremony, "bob-1").await);
         assert!(!held(StateKind::DecoyCeremony, "decoy-0").await);
+        // A decoy (a name without passkeys) is kept as a real name's is: its oldest goes past the same
+        // number, so a name's starts tell nothing about it.
+        for i in 0..=StateKind::DecoyCeremony.per_subject().unwrap() {
+            put(StateKind::DecoyCeremony, format!("eve-{i}"), Some("eve")).await;
+        }
+        assert!(!held(StateKind::DecoyCeremony, "eve-0").await);
+        assert!(held(StateKind::DecoyCeremony, "eve-1").await);
         // A link keeps its latest ceremony only.
         put(
             StateKind::LinkCeremony,

@@ -534,8 +534,9 @@ pub type CoreResult<T> = Result<T, CoreError>;
 ///
 /// Passkey ceremonies, between their start and their finish, are kept in pools by who can start them, so
 /// that a flood of starts anyone can make pushes out only its own kind: a staff sign-in for a name that
-/// holds passkeys ([`StateKind::Ceremony`], at most [`StateKind::per_subject`] per name), one for any
-/// other name ([`StateKind::DecoyCeremony`]: a flood of made-up names pushes out only decoys), one
+/// holds passkeys ([`StateKind::Ceremony`]), one for any other name ([`StateKind::DecoyCeremony`]: a
+/// flood of made-up names pushes out only decoys; both kept alike, [`StateKind::per_subject`] per name
+/// and as many in all, so a name's starts behave the same whether it holds passkeys or not), one
 /// reached through a link's secret token ([`StateKind::LinkCeremony`], one per link) and one of a
 /// signed-in person ([`StateKind::AccountCeremony`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -544,7 +545,8 @@ pub enum StateKind {
     Session,
     /// A staff passkey sign-in for an account that holds passkeys (subject: the name).
     Ceremony,
-    /// A staff passkey sign-in for a name without passkeys or account: a challenge nothing answers.
+    /// A staff passkey sign-in for a name without passkeys or account: a challenge nothing answers
+    /// (subject: the name).
     DecoyCeremony,
     /// A ceremony started through a link's token (an enrollment link, a vendor's link; subject: the
     /// token's SHA-256).
@@ -572,23 +574,20 @@ impl StateKind {
     pub fn max_held(self) -> u32 {
         match self {
             StateKind::Session => 10_000,
-            StateKind::Ceremony => 5_000,
-            StateKind::DecoyCeremony
-            | StateKind::LinkCeremony
-            | StateKind::AccountCeremony
-            | StateKind::VendorLink => 1_000,
+            StateKind::Ceremony | StateKind::DecoyCeremony => 5_000,
+            StateKind::LinkCeremony | StateKind::AccountCeremony | StateKind::VendorLink => 1_000,
         }
     }
 
     /// How many rows of this kind one subject keeps at most (its newest), when the core is given one:
-    /// one subject cannot fill the kind's shared cap. A staff name's sign-ins: 20, more than one
-    /// address may start while a person touches their key (the per-address limit is 20 in 5 minutes),
-    /// so pushing a real sign-in out takes a flood aimed at that very name; a link's ceremony: its
+    /// one subject cannot fill the kind's shared cap. A staff name's sign-ins, real or decoy alike: 50,
+    /// more than two addresses may start (the per-address limit is 20 in 5 minutes), so pushing a real
+    /// sign-in out takes a flood aimed at that very name from several addresses; a link's ceremony: its
     /// latest; a vendor's open links: 3.
     pub fn per_subject(self) -> Option<u32> {
         match self {
-            StateKind::Session | StateKind::DecoyCeremony => None,
-            StateKind::Ceremony => Some(20),
+            StateKind::Session => None,
+            StateKind::Ceremony | StateKind::DecoyCeremony => Some(50),
             StateKind::LinkCeremony => Some(1),
             StateKind::AccountCeremony => Some(2),
             StateKind::VendorLink => Some(3),

@@ -88,7 +88,7 @@ impl Ceremony {
     fn pool(&self) -> (StateKind, Option<&str>) {
         match self {
             Ceremony::SignIn { name, .. } => (StateKind::Ceremony, Some(name)),
-            Ceremony::Decoy { .. } => (StateKind::DecoyCeremony, None),
+            Ceremony::Decoy { name } => (StateKind::DecoyCeremony, Some(name)),
             Ceremony::Register { token_sha256, .. }
             | Ceremony::VendorSignIn { token_sha256, .. }
             | Ceremony::VendorRegister { token_sha256, .. } => {
