@@ -71,10 +71,17 @@ fn header_text(text: &str) -> String {
         .collect()
 }
 
-/// What a vendor typed, on one line: a control character (a line end, an escape) becomes `?`.
+/// What a vendor typed, on one line: a control character (a line end, an escape) or one that reorders
+/// the text around it (a bidirectional override, a line separator) becomes `?`.
 fn one_line(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
+        .map(|c| {
+            if c.is_control() || crate::model::reorders_text(c) {
+                '?'
+            } else {
+                c
+            }
+        })
         .collect()
 }
 

@@ -14,6 +14,9 @@ pub fn esc(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
+            // A bidirectional override or a line separator (stored before free text refused them, or
+            // from the directory) would reorder what the page shows around it.
+            c if chaperone_model::model::reorders_text(c) => out.push('\u{fffd}'),
             c => out.push(c),
         }
     }
@@ -139,5 +142,8 @@ mod tests {
             esc("<script>alert(1)</script> & \"x\" 'y'"),
             "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;x&quot; &#39;y&#39;"
         );
+        // Text that would reorder what is around it shows as the replacement character.
+        assert_eq!(esc("ok \u{202e}kcehc\u{202c}"), "ok \u{fffd}kcehc\u{fffd}");
+        assert_eq!(esc("Prüfung"), "Prüfung");
     }
 }
