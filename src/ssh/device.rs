@@ -90,23 +90,16 @@ fn device_modes(modes: &[(Pty, u32)]) -> Vec<(Pty, u32)> {
     ];
     modes
         .iter()
-        .filter_map(|&(mode, value)| {
-            let code = mode as u8;
-            let value = match code {
-                // Echo is left as the device's pty starts it (on).
-                _ if mode == Pty::ECHO => return None,
+        // Echo is left as the device's pty starts it (on).
+        .filter(|&&(mode, _)| mode != Pty::ECHO)
+        .map(|&(mode, value)| {
+            let value = match mode as u8 {
                 1..=29 => value.min(255),
-                128 | 129 => {
-                    if SPEEDS.contains(&value) {
-                        value
-                    } else {
-                        38_400
-                    }
-                }
-                0 => return None,
+                128 | 129 if SPEEDS.contains(&value) => value,
+                128 | 129 => 38_400,
                 _ => value.min(1),
             };
-            Some((mode, value))
+            (mode, value)
         })
         .collect()
 }

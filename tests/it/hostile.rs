@@ -810,22 +810,29 @@ fn an_scp_upload_that_breaks_the_protocol_reaches_nothing() {
     assert_eq!(broken.0["end_cause"], "recording", "{}", broken.0);
 }
 
+/// A bastion whose device `mri-01` takes `LANG` and `LC_*` (Debian's sshd default), and alice with a
+/// grant for its ssh; `None` (the part is reported missing) without asyncssh or sshd.
+fn locale_device() -> Option<(Sshd, Bastion, Vendor)> {
+    if !has_asyncssh() {
+        missing("asyncssh (pip install asyncssh)");
+        return None;
+    }
+    let sshd = Sshd::start_with("AcceptEnv LANG LC_*\n")?;
+    let b = Bastion::start(DataDir::init());
+    b.device("mri-01", &sshd, &[]);
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    Some((sshd, b, alice))
+}
+
 /// A client that floods env requests before its exec (thousands of variables, long values, names no
 /// locale has) against a device that accepts `LANG`/`LC_*`: the session runs, and only locale-sized
 /// `LC_*` variables, at most 64, reach the device; nothing else does.
 #[test]
 fn an_env_flood_passes_only_a_bounded_locale_to_the_device() {
-    if !has_asyncssh() {
-        missing("asyncssh (pip install asyncssh)");
-        return;
-    }
-    let Some(sshd) = Sshd::start_with("AcceptEnv LANG LC_*\n") else {
+    let Some((_sshd, b, alice)) = locale_device() else {
         return;
     };
-    let b = Bastion::start(DataDir::init());
-    b.device("mri-01", &sshd, &[]);
-    let alice = b.vendor("alice", "Acme Imaging");
-    b.grant("alice", "mri-01", "ssh", "1h");
     let mut env = serde_json::Map::new();
     for i in 0..2000 {
         env.insert(format!("LC_FLOOD_{i}"), json!("C.UTF-8"));
@@ -846,17 +853,9 @@ fn an_env_flood_passes_only_a_bounded_locale_to_the_device() {
 /// type that is no name, a pty asking for no echo carry nothing to the device.
 #[test]
 fn what_the_device_is_sent_before_a_session_is_what_its_recording_shows() {
-    if !has_asyncssh() {
-        missing("asyncssh (pip install asyncssh)");
-        return;
-    }
-    let Some(sshd) = Sshd::start_with("AcceptEnv LANG LC_*\n") else {
+    let Some((_sshd, b, alice)) = locale_device() else {
         return;
     };
-    let b = Bastion::start(DataDir::init());
-    b.device("mri-01", &sshd, &[]);
-    let alice = b.vendor("alice", "Acme Imaging");
-    b.grant("alice", "mri-01", "ssh", "1h");
     let mut client = Hostile::connect(&b, &alice, "alice+mri-01");
     let marker = b.data.path().join("hidden-ran");
     let hidden = format!("touch {}", marker.display());

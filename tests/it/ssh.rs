@@ -46,6 +46,33 @@ fn session_json(b: &Bastion) -> serde_json::Value {
     b.data.run(&["session", "list", "--json"]).ok().json()
 }
 
+/// Runs `cmd` with `input` on its stdin (closed after it); its output.
+fn fed(cmd: &mut Command, input: &[u8]) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Waits (up to 5 s) until every session has ended.
+fn wait_until_all_ended(b: &Bastion) {
+    assert!(
+        crate::support::bastion::wait_until(Duration::from_secs(5), || {
+            session_json(b)
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| !s["ended_at"].is_null())
+        }),
+        "sessions still open: {}",
+        session_json(b)
+    );
+}
+
 /// Waits (up to 15 s) until a session is open.
 fn wait_for_a_live_session(b: &Bastion) {
     assert!(
@@ -89,35 +116,16 @@ fn exec_and_shell_reach_the_device_with_exit_codes_and_are_recorded() {
     assert!(stdout.contains("hello-from-device"), "{stdout}");
     assert!(stderr.contains("to-stderr"), "{stderr}");
 
-    let mut shell = b
-        .ssh_with(&alice, &["-tt"], "alice+mri-01")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    shell
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"echo shell-$((6*7))\nexit 5\n")
-        .unwrap();
-    let out = shell.wait_with_output().unwrap();
+    let out = fed(
+        &mut b.ssh_with(&alice, &["-tt"], "alice+mri-01"),
+        b"echo shell-$((6*7))\nexit 5\n",
+    );
     let (stdout, stderr, code) = text(&out);
     assert_eq!(code, 5, "stdout: {stdout}\nstderr: {stderr}");
     assert!(stdout.contains("shell-42"), "{stdout}");
 
     // Both sessions are on record with a digest, and the recordings play in the stock player.
-    assert!(crate::support::bastion::wait_until(
-        Duration::from_secs(5),
-        || {
-            session_json(&b)
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|s| !s["ended_at"].is_null())
-        }
-    ));
+    wait_until_all_ended(&b);
     let sessions = session_json(&b);
     let sessions = sessions.as_array().unwrap();
     assert_eq!(sessions.len(), 2);
@@ -275,25 +283,9 @@ fn a_commands_stdin_is_recorded_even_without_record_input() {
     let kate = b.vendor("kate", "Acme Imaging");
     b.grant("kate", "mri-01", "ssh", "1h");
     let script = b"echo from-script-$((6*7))\nprintf '\\377\\0'\n";
-    let mut sh = b
-        .ssh(&kate, "kate+mri-01")
-        .arg("sh")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    sh.stdin.take().unwrap().write_all(script).unwrap();
-    let out = sh.wait_with_output().unwrap();
+    let out = fed(b.ssh(&kate, "kate+mri-01").arg("sh"), script);
     assert_eq!(out.stdout, b"from-script-42\n\xff\0", "{:?}", text(&out));
-    assert!(crate::support::bastion::wait_until(
-        Duration::from_secs(5),
-        || session_json(&b)
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| !s["ended_at"].is_null())
-    ));
+    wait_until_all_ended(&b);
     let id = session_json(&b)[0]["id"].as_str().unwrap().to_owned();
     let stdin = b.data.path().join("kate.stdin");
     b.data
@@ -311,29 +303,12 @@ fn a_commands_stdin_is_recorded_even_without_record_input() {
     assert_eq!(std::fs::read(&stdin).unwrap(), script);
 
     // A shell without a terminal (`ssh -T`) reads a script the same way: recorded too.
-    let mut shell = b
-        .ssh_with(&kate, &["-T"], "kate+mri-01")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    shell
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"echo via-shell-$((6*7))\nexit\n")
-        .unwrap();
-    let out = shell.wait_with_output().unwrap();
+    let out = fed(
+        &mut b.ssh_with(&kate, &["-T"], "kate+mri-01"),
+        b"echo via-shell-$((6*7))\nexit\n",
+    );
     assert!(text(&out).0.contains("via-shell-42"), "{:?}", text(&out));
-    assert!(crate::support::bastion::wait_until(
-        Duration::from_secs(5),
-        || session_json(&b)
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| !s["ended_at"].is_null())
-    ));
+    wait_until_all_ended(&b);
     let cast = session_json(&b)
         .as_array()
         .unwrap()
@@ -376,14 +351,7 @@ fn exec_without_a_pty_is_recorded_byte_for_byte() {
     assert_eq!(out.stdout.len(), 103_000);
     assert_eq!(out.stderr, b"warn\0\xff");
 
-    assert!(crate::support::bastion::wait_until(
-        Duration::from_secs(5),
-        || session_json(&b)
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| !s["ended_at"].is_null())
-    ));
+    wait_until_all_ended(&b);
     let sessions = session_json(&b);
     let s = &sessions.as_array().unwrap()[0];
     let id = s["id"].as_str().unwrap();
@@ -580,16 +548,7 @@ fn scp_and_sftp_pass_through_the_grant_and_leave_a_transfer_log() {
         .unwrap();
     assert!(out.status.success(), "sftp: {:?}", text(&out));
 
-    assert!(crate::support::bastion::wait_until(
-        Duration::from_secs(5),
-        || {
-            session_json(&b)
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|s| !s["ended_at"].is_null())
-        }
-    ));
+    wait_until_all_ended(&b);
     let sessions = session_json(&b);
     let logs: Vec<String> = sessions
         .as_array()
@@ -735,16 +694,7 @@ fn expiry_and_revocation_close_live_sessions_within_two_seconds() {
         took < Duration::from_secs(2) + Duration::from_millis(500),
         "closed {took:?} after revocation"
     );
-    assert!(crate::support::bastion::wait_until(
-        Duration::from_secs(5),
-        || {
-            session_json(&b)
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|s| !s["ended_at"].is_null())
-        }
-    ));
+    wait_until_all_ended(&b);
     let sessions = session_json(&b);
     assert!(
         sessions
