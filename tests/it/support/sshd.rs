@@ -41,11 +41,13 @@ impl Sshd {
         let client_key = ssh_keygen(d, "client_key");
         std::fs::copy(client_key.with_extension("pub"), d.join("authorized_keys"))
             .expect("authorized_keys");
+        let home = quiet_home(d);
         let port = free_port();
         let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\n\
+            "SetEnv HOME={}\nPort {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
              PermitRootLogin yes\nAllowTcpForwarding yes\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\n{extra}",
+            home.display(),
             host_key.display(),
             d.join("sshd.pid").display(),
             d.join("authorized_keys").display(),
@@ -92,6 +94,22 @@ impl Sshd {
             .trim()
             .to_owned()
     }
+}
+
+/// A home of the device's own for its shells (`SetEnv HOME`), so they do not run the startup files of
+/// the account running the tests. On a machine whose root runs `pyenv init` from `~/.bashrc`, every device
+/// shell otherwise took pyenv's rehash lock, and one stale lock made every session wait (the flaky CI run
+/// of 2026-12-06). A login shell starts in it with a prompt that ends in `~$ ` or `~# `, as before.
+fn quiet_home(dir: &Path) -> PathBuf {
+    let home = dir.join("home");
+    std::fs::create_dir(&home).expect("device home");
+    std::fs::write(
+        home.join(".profile"),
+        "cd \"$HOME\"\nPS1='\\u@\\h:\\w\\$ '\n",
+    )
+    .expect(".profile");
+    std::fs::write(home.join(".bashrc"), "").expect(".bashrc");
+    home
 }
 
 pub fn current_user() -> String {
