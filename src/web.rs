@@ -24,7 +24,7 @@ use crate::config::{format_duration, parse_duration};
 use crate::identity::ldap::{Authn, Directory, LdapError};
 use crate::identity::signin::{self, Account, Attempt, Second};
 use crate::identity::totp;
-use crate::model::{AccessRequest, Criticality, RequestStatus, Role, check_name};
+use crate::model::{AccessRequest, Criticality, RequestStatus, Role, check_name, shown};
 use crate::policy::grants::{self, GrantError};
 use crate::policy::requests::{self, Approver, AuthMethod, DecideError, Outcome, ZoneScope};
 use crate::store::{
@@ -2031,7 +2031,7 @@ impl WebCore {
         let markers: Vec<serde_json::Value> = index
             .markers
             .iter()
-            .map(|(t, label)| json!([map.map(*t), label]))
+            .map(|(t, label)| json!([map.map(*t), shown(label)]))
             .collect();
         // Beside the player's `[time, label]` pairs: who each label speaks for, read from its prefix by
         // the one rule in `chaperone_recorder::marker` (a device-shown command line never reads as a
@@ -2142,13 +2142,13 @@ impl WebCore {
         let map = IdleMap::new(&index.gaps, idle);
         let mut out: Vec<serde_json::Value> = events
             .into_iter()
-            .map(|e| json!([map.map(e.time), e.code.to_string(), e.data]))
+            .map(|e| json!([map.map(e.time), e.code.to_string(), shown(&e.data)]))
             .collect();
         if last {
             out.push(json!([map.map(index.duration), "o", ""]));
         }
         Ok(json!({
-            "snapshot": {"cols": seg.cols, "rows": seg.rows, "init": seg.init},
+            "snapshot": {"cols": seg.cols, "rows": seg.rows, "init": shown(&seg.init)},
             "events": out,
         })
         .to_string())
@@ -2217,7 +2217,7 @@ impl WebCore {
                     hits.push(TranscriptHit {
                         recording: c.recording_id,
                         time: map.map(*ms as f64 / 1000.0),
-                        line: line.clone(),
+                        line: shown(line).into_owned(),
                     });
                 }
             }
@@ -2232,7 +2232,7 @@ impl WebCore {
                 hits.push(TranscriptHit {
                     recording: c.recording_id,
                     time: map.map(*ms as f64 / 1000.0),
-                    line: line.clone(),
+                    line: shown(line).into_owned(),
                 });
             }
             if hits.len() >= 200 {
@@ -2282,7 +2282,7 @@ impl WebCore {
                 0
             };
             json!({"cols": start.cols, "rows": start.rows, "time": start.time,
-                   "init": String::from_utf8_lossy(&start.recent[from..])})
+                   "init": shown(&String::from_utf8_lossy(&start.recent[from..]))})
             .to_string()
         };
         let (start, rx) = match weak.upgrade() {
@@ -2302,7 +2302,7 @@ impl WebCore {
                 use tokio::sync::broadcast::error::RecvError;
                 match rx.recv().await {
                     Ok(TapEvent::Output(t, data)) => {
-                        let e = json!([t, "o", utf8.decode(&data)]).to_string();
+                        let e = json!([t, "o", shown(&utf8.decode(&data))]).to_string();
                         Some((e, (None, rx, weak, utf8)))
                     }
                     Ok(TapEvent::Resize(t, c, r)) => {
@@ -2315,7 +2315,7 @@ impl WebCore {
                         let (start, rx) = tap.watch();
                         drop(tap);
                         let e = json!({"cols": start.cols, "rows": start.rows, "time": start.time,
-                                       "init": String::from_utf8_lossy(&start.recent)})
+                                       "init": shown(&String::from_utf8_lossy(&start.recent))})
                         .to_string();
                         Some((
                             e,

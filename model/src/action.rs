@@ -55,6 +55,8 @@ actions! {
     AuthRefused = "auth.refused",
     /// A vendor's key passed and the connection ended before a second factor was judged.
     AuthAbandoned = "auth.abandoned",
+    /// A signed-in vendor confirmed a change with a fresh TOTP code (`passkey add`).
+    AuthConfirm = "auth.confirm",
     /// Refusals of one connection past a limit were no longer audited one by one.
     SshRefusalsSuppressed = "ssh.refusals.suppressed",
     /// A connection asked for more channels than `ssh.max_channels`.

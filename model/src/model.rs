@@ -72,6 +72,22 @@ pub fn reorders_text(c: char) -> bool {
     )
 }
 
+/// `text` as a page shows it: every character that [`reorders_text`] replaced by U+FFFD, so what a
+/// device printed or a vendor typed reads on the page in the order it was written, and the
+/// replacement shows that something was there. For text the page's own script puts on screen (a
+/// recording's markers, transcript hits, the player's terminal output); server-built HTML does the same
+/// in its escaping.
+pub fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(reorders_text) {
+        text.chars()
+            .map(|c| if reorders_text(c) { '\u{fffd}' } else { c })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
+}
+
 /// Shortens hostile input before it is echoed back in an error message.
 pub fn truncate_for_display(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
@@ -503,7 +519,13 @@ mod tests {
             "\u{200f}abc",
         ] {
             assert!(check_text("reason", bad, 100).is_err(), "{bad:?}");
+            assert!(!shown(bad).chars().any(reorders_text), "{bad:?}");
         }
+        assert_eq!(shown("a\u{202e}b\u{2069}"), "a\u{fffd}b\u{fffd}");
+        assert!(matches!(
+            shown("Prüfung"),
+            std::borrow::Cow::Borrowed("Prüfung")
+        ));
     }
 
     #[test]

@@ -85,7 +85,10 @@ pub fn mapping(action: Action) -> Option<Mapping> {
     let access_control = &[ACCESS_CONTROL_DECISION];
     match action {
         // Logins and logouts: User Authentication with Login / Logout; failures by outcome.
-        A::AuthLogin | A::StaffSignin => map(USER_AUTHENTICATION, &[LOGIN], Execute, Success),
+        // A vendor's fresh code confirming a change is an authentication too.
+        A::AuthLogin | A::AuthConfirm | A::StaffSignin => {
+            map(USER_AUTHENTICATION, &[LOGIN], Execute, Success)
+        }
         A::AuthTotpFailure
         | A::AuthRefused
         | A::AuthAbandoned

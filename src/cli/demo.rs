@@ -323,7 +323,7 @@ pub async fn run(config: &std::path::Path, args: DemoArgs) -> anyhow::Result<()>
         );
     }
     println!(
-        "  ssh {ssh_opts} alice@{} passkey add     # a passkey instead of the code (Enter at the prompt)",
+        "  ssh {ssh_opts} alice@{} passkey add     # a fresh code, then a passkey instead of codes (Enter at the prompt)",
         ssh.ip()
     );
     println!("  {me} -c {c} session list            # every session, its recording and digest");

@@ -136,6 +136,13 @@ pub enum Second<'a> {
     /// None: a signed-in user confirms a change with the password again (nothing is recorded on
     /// success).
     Reauthentication,
+    /// A TOTP code a signed-in account typed to confirm a change (a vendor's `passkey add`): checked, its step
+    /// taken and a failure counted exactly as at sign-in, so the code the session signed in with, or
+    /// any code before it, is refused as a replay; success is audited as `auth.confirm`, not a login.
+    Confirm {
+        sealed: Option<&'a [u8]>,
+        code: &'a str,
+    },
 }
 
 impl std::fmt::Debug for Second<'_> {
@@ -148,6 +155,7 @@ impl std::fmt::Debug for Second<'_> {
                 .field(&r.as_ref().map(|_| "..").map_err(|e| *e))
                 .finish(),
             Second::Reauthentication => f.write_str("Reauthentication"),
+            Second::Confirm { .. } => f.write_str("Confirm(..)"),
         }
     }
 }
@@ -406,7 +414,7 @@ pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict,
             Second::Passkey(Ok(())) => None,
             Second::Passkey(Err(why)) | Second::Enrollment(Err(why)) => Some(*why),
             Second::Enrollment(Ok(_)) => None,
-            Second::Totp { sealed, code } => {
+            Second::Totp { sealed, code } | Second::Confirm { sealed, code } => {
                 let code = match sealed {
                     None => Code::Wrong,
                     Some(sealed) => {
@@ -452,13 +460,13 @@ pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict,
                 let failure = tx
                     .record_login_failure(*id, now, secs(window), i64::from(max), secs(lockout))
                     .await?;
+                let mut detail =
+                    json!({"peer": source, "why": why, "recent_failures": failure.recent});
+                if matches!(attempt.second, Second::Confirm { .. }) {
+                    detail["confirming"] = json!(true);
+                }
                 tx.audit(
-                    AuditEvent::new(
-                        &actor,
-                        Action::AuthTotpFailure,
-                        &subject,
-                        json!({"peer": source, "why": why, "recent_failures": failure.recent}),
-                    ),
+                    AuditEvent::new(&actor, Action::AuthTotpFailure, &subject, detail),
                     now,
                 )
                 .await?;
@@ -528,6 +536,7 @@ pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict,
         // Nothing changed: the transaction is dropped, which rolls it back.
         Second::Reauthentication => return Ok(Verdict::Accepted),
         Second::Totp { .. } => "totp",
+        Second::Confirm { .. } => "confirm",
         Second::Passkey(_) => "passkey",
         Second::Enrollment(Ok((sealed, step))) => {
             let done = match account {
@@ -565,6 +574,24 @@ pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict,
         Second::Enrollment(Err(_)) => return Ok(Verdict::Refused),
     };
     match account {
+        Account::Vendor { id, name } | Account::Staff { id, name } if method == "confirm" => {
+            // The same proof as a sign-in's code: the failures before it are cleared the same way.
+            match account {
+                Account::Vendor { .. } => tx.clear_login_failures(*id).await?,
+                Account::Staff { .. } => tx.clear_staff_signin_failures(*id, source).await?,
+            }
+            let mut detail = json!({"peer": source});
+            if let (Some(d), Value::Object(extra)) = (detail.as_object_mut(), &attempt.detail) {
+                d.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            tx.audit(
+                AuditEvent::new(&actor, Action::AuthConfirm, &subject, detail),
+                now,
+            )
+            .await?;
+            tx.commit("auth.confirm").await?;
+            tracing::info!(account = %name, peer = %source, "a change confirmed with a code");
+        }
         Account::Vendor { id, name } => {
             tx.clear_login_failures(*id).await?;
             let mut detail = json!({"peer": source});

@@ -1,7 +1,8 @@
 //! `ssh VENDOR@bastion passkey [list | add | remove ID]`: a vendor's passkeys, managed from a session that
-//! passed both factors. `add` prints a one-time link and waits until the browser registered the passkey
-//! behind it (`identity::vendor_passkeys`, `chaperone_web_approval::vendor_link`); from then on the
-//! vendor may press Enter at the code prompt and use it instead of a TOTP code.
+//! passed both factors. `add` asks for a fresh TOTP code first ([`confirm`]), then prints a one-time
+//! link and waits until the browser registered the passkey behind it (`identity::vendor_passkeys`,
+//! `chaperone_web_approval::vendor_link`); from then on the vendor may press Enter at the code prompt
+//! and use it instead of a TOTP code.
 //!
 //! Entry point: [`run`], called by `home::run` for an exec that starts with `passkey`.
 
@@ -13,13 +14,25 @@ use chaperone_web_approval::passkey::MAX_PASSKEYS;
 use chaperone_web_approval::vendor_link::{LinkOutcome, LinkPurpose};
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg};
+use serde_json::json;
 
 use super::context::Context;
+use crate::identity::signin::{self, Account, Attempt, Second, Verdict};
 use crate::identity::vendor_passkeys::{self, Added, Removed};
 use crate::model::Vendor;
 
 /// How long `passkey add` waits for the browser.
 pub const REGISTER_WAIT: Duration = Duration::from_secs(300);
+
+/// How long `passkey add` waits for the code that confirms it.
+pub const CODE_WAIT: Duration = Duration::from_secs(120);
+
+/// What `passkey add` asks before anything else (stderr, like its other messages).
+pub const CODE_PROMPT: &str = "To add a passkey, type a current code from your authenticator app (a newer one \
+     than you signed in with: wait for it to change if need be), then Enter: ";
+
+/// The most characters a confirming code's line is read to; a longer line is a wrong code.
+const MAX_CODE_LINE: usize = 64;
 
 /// Runs the `passkey` command in `rest`; returns the exit status.
 pub async fn run(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>, rest: &str) -> u32 {
@@ -131,6 +144,9 @@ async fn add(
         .await;
         return Ok(1);
     }
+    if let Some(status) = confirm(ctx, vendor, channel).await {
+        return Ok(status);
+    }
     // Taken before the link is stored: the wait never outlives the link.
     let until = tokio::time::Instant::now() + REGISTER_WAIT;
     let link =
@@ -184,6 +200,120 @@ async fn add(
     };
     say(channel, &text).await;
     Ok(status)
+}
+
+/// Asks for a fresh TOTP code and has `identity::signin` judge it (`Second::Confirm`: lockout, the
+/// code's step taken, failures counted, audited). A passkey is a second factor for every later login,
+/// so adding one takes the second factor again, not only the session's: someone at a vendor's open
+/// session (an unlocked laptop, a reachable ControlMaster socket) cannot make it a lasting login of their
+/// own without the vendor's authenticator. `None` when confirmed; else the exit status, said why.
+async fn confirm(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>) -> Option<u32> {
+    let app = &ctx.shared.app;
+    say(channel, CODE_PROMPT).await;
+    let code = match tokio::time::timeout(CODE_WAIT, typed_line(ctx, channel)).await {
+        Ok(Typed::Line(code)) => code,
+        Ok(Typed::Stopped) => return Some(130),
+        Ok(Typed::Ended) => {
+            say(
+                channel,
+                "\r\nchaperone: input ended before a code was typed; run `passkey add` where you can \
+                 type (not with `ssh -n` or input from a file).\r\n",
+            )
+            .await;
+            return Some(1);
+        }
+        Err(_) => {
+            say(
+                channel,
+                "\r\nchaperone: no code was typed in time; run `passkey add` again.\r\n",
+            )
+            .await;
+            return Some(1);
+        }
+    };
+    let state = match app.store.vendor_second_factor(vendor.id).await {
+        Ok(state) => state,
+        Err(e) => {
+            tracing::error!(vendor = %vendor.name, error = %e, "cannot read the vendor's TOTP state");
+            say(channel, "\r\nchaperone: the bastion cannot check codes right now; try again in a minute.\r\n").await;
+            return Some(1);
+        }
+    };
+    let attempt = Attempt {
+        account: Account::Vendor {
+            id: vendor.id,
+            name: vendor.name.clone(),
+        },
+        source: ctx.peer.to_string(),
+        first_factor: true,
+        second: Second::Confirm {
+            // A vendor reset since signing in has no seed anyone knows: no code matches.
+            sealed: state.enrolled.then_some(state.sealed.as_slice()),
+            code: code.trim(),
+        },
+        detail: json!({"for": "passkey add"}),
+    };
+    match signin::judge(app, attempt, app.clock.now()).await {
+        Ok(Verdict::Accepted) => {
+            say(channel, "\r\n").await;
+            None
+        }
+        Ok(Verdict::Refused) => {
+            say(
+                channel,
+                "\r\nchaperone: that code was not accepted (a wrong code, or one already used); \
+                 run `passkey add` again with the next one.\r\n",
+            )
+            .await;
+            Some(1)
+        }
+        Err(e) => {
+            tracing::error!(vendor = %vendor.name, error = %e, "cannot judge a confirming code");
+            say(channel, "\r\nchaperone: the bastion cannot check codes right now; try again in a minute.\r\n").await;
+            Some(1)
+        }
+    }
+}
+
+/// What [`typed_line`] read.
+enum Typed {
+    Line(String),
+    /// Ctrl-C, a signal, the channel or the session closing.
+    Stopped,
+    /// The input ended (EOF) before Enter: nothing was typed, and nothing is judged.
+    Ended,
+}
+
+/// One line the vendor types, up to Enter (`\r` from a terminal, `\n` from a pipe), with backspace
+/// applied. A line longer than [`MAX_CODE_LINE`] is cut there: it is no code anyway.
+async fn typed_line(ctx: &Context, channel: &mut Channel<Msg>) -> Typed {
+    let mut line = Vec::new();
+    loop {
+        let msg = tokio::select! {
+            () = ctx.stop.cancelled() => return Typed::Stopped,
+            msg = channel.wait() => msg,
+        };
+        match msg {
+            None | Some(ChannelMsg::Close | ChannelMsg::Signal { .. }) => return Typed::Stopped,
+            Some(ChannelMsg::Eof) => return Typed::Ended,
+            Some(ChannelMsg::Data { data }) => {
+                for &byte in data.iter() {
+                    match byte {
+                        3 => return Typed::Stopped,
+                        b'\r' | b'\n' => {
+                            return Typed::Line(String::from_utf8_lossy(&line).into_owned());
+                        }
+                        0x7f | 0x08 => {
+                            line.pop();
+                        }
+                        _ if line.len() < MAX_CODE_LINE => line.push(byte),
+                        _ => {}
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+    }
 }
 
 /// Completes when the vendor stops waiting: Ctrl-C, a signal, the channel closing, or the session

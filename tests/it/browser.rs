@@ -775,9 +775,7 @@ fn a_vendor_adds_a_passkey_and_signs_in_with_it_in_the_browser_while_ssh_waits()
         serde_json::from_str(&line).unwrap()
     };
 
-    let mut ssh = b.ssh(&alice, "alice");
-    ssh.arg("passkey add");
-    let mut adding = Waiting::spawn(ssh);
+    let mut adding = Waiting::passkey_add(&b, &alice);
     let verdict = open_in_browser(&adding.link());
     assert_eq!(verdict["ok"], true, "{verdict}");
     let (_, err, code) = adding.finish();

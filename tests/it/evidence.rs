@@ -358,7 +358,9 @@ fn issue_12_vendor_text_is_escaped_and_play_filters_what_acts_outside_the_screen
 
 /// A recording's segments are served only to a viewer whose opening of its player was audited: a
 /// segment URL (predictable: session, recording, number) fetched without it is refused and shows
-/// nothing, so no recorded byte reaches a browser without `recording.view` on the record.
+/// nothing, so no recorded byte reaches a browser without `recording.view` on the record. What the
+/// page's script shows of it (the player's output, transcript hits) has no character that would
+/// reorder it in the browser: a right-to-left override the device printed reaches the page as U+FFFD.
 #[test]
 fn a_recording_segment_is_served_only_after_the_viewers_audited_play() {
     let Some((_sshd, b, vera)) = setup() else {
@@ -366,7 +368,7 @@ fn a_recording_segment_is_served_only_after_the_viewers_audited_play() {
     };
     let out = b
         .ssh_with(&vera, &["-tt"], "vera+mri-01")
-        .arg("echo SEGMENT-SECRET-42")
+        .arg("echo SEGMENT-SECRET-42; printf 'BIDIMARK-\\342\\200\\256fr- mr\\n'")
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -410,6 +412,18 @@ fn a_recording_segment_is_served_only_after_the_viewers_audited_play() {
     let after = audrey.get(&segment);
     assert_eq!(after.status, 200, "{}", after.body);
     assert!(after.body.contains("SEGMENT-SECRET-42"), "{}", after.body);
+    assert!(
+        after.body.contains("BIDIMARK-\u{fffd}fr- mr") && !after.body.contains('\u{202e}'),
+        "{}",
+        after.body
+    );
+    let hits = audrey.get(&format!("/sessions/{id}/search?text=BIDIMARK&idle=2"));
+    assert_eq!(hits.status, 200, "{}", hits.body);
+    assert!(
+        hits.body.contains("BIDIMARK-\u{fffd}fr- mr") && !hits.body.contains('\u{202e}'),
+        "{}",
+        hits.body
+    );
     // Another viewer's audited play opens nothing for carl.
     let other = carl.get(&segment);
     assert_eq!(other.status, 403, "{}", other.body);

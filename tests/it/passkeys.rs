@@ -489,13 +489,31 @@ fn link_in(text: &str) -> Option<String> {
 }
 
 impl Waiting {
-    pub fn spawn(mut cmd: std::process::Command) -> Waiting {
-        use std::io::BufRead as _;
+    pub fn spawn(cmd: std::process::Command) -> Waiting {
+        Waiting::spawn_typing(cmd, None)
+    }
+
+    /// `ssh VENDOR@bastion passkey add` for `vendor`, who types the code that confirms it.
+    pub fn passkey_add(b: &Bastion, vendor: &crate::support::bastion::Vendor) -> Waiting {
+        let mut ssh = b.ssh(vendor, &vendor.name);
+        ssh.arg("passkey add");
+        Waiting::spawn_typing(ssh, Some(&format!("{}\n", vendor.next_code())))
+    }
+
+    /// [`Waiting::spawn`], its standard input `typed` (then closed) when given.
+    pub fn spawn_typing(mut cmd: std::process::Command, typed: Option<&str>) -> Waiting {
+        use std::io::{BufRead as _, Write as _};
+        if typed.is_some() {
+            cmd.stdin(std::process::Stdio::piped());
+        }
         let mut child = cmd
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        if let (Some(typed), Some(mut stdin)) = (typed, child.stdin.take()) {
+            stdin.write_all(typed.as_bytes()).unwrap();
+        }
         let stderr = child.stderr.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -589,9 +607,7 @@ pub fn vendor_add_passkey(
     alice: &crate::support::bastion::Vendor,
     key: &mut SoftPasskey,
 ) -> (String, i32, serde_json::Value) {
-    let mut ssh = b.ssh(alice, &alice.name);
-    ssh.arg("passkey add");
-    let mut waiting = Waiting::spawn(ssh);
+    let mut waiting = Waiting::passkey_add(b, alice);
     let token = token_of(&waiting.link());
     let shown = curl(None, &[&format!("{}/v/{token}", page.base)]);
     assert_eq!(shown.status, 200, "{}", shown.body);
@@ -874,4 +890,69 @@ fn a_slow_passkey_login_is_not_cut_by_the_grace_time_or_a_keepalive() {
     let (out, err, code) = login.finish();
     assert_eq!(code, 0, "{out}\n{err}\n{}", b.log());
     assert!(out.contains("signed in as alice"), "{out}\n{err}");
+}
+
+/// Adding a passkey takes the second factor again: a code newer than the one the session signed in
+/// with, judged as at sign-in. Someone at a vendor's open session cannot make it a lasting login of
+/// their own, and the codes typed there count toward the lockout like any other.
+#[test]
+fn adding_a_passkey_over_ssh_takes_a_fresh_code() {
+    let page = web_bastion(DataDir::init());
+    let b = &page._b;
+    // One vendor a part: each login takes a TOTP step, and three are valid at a time.
+    let alice = b.vendor("alice", "Acme Imaging");
+    let bob = b.vendor("bob", "Acme Imaging");
+    let carol = b.vendor("carol", "Acme Imaging");
+    let failures = |audit: &str| {
+        audit
+            .lines()
+            .filter(|l| l.contains("\"auth.totp.failure\"") && l.contains(r#"\"confirming\":true"#))
+            .count()
+    };
+
+    // The code the session signed in with, typed again: a replay.
+    let code = alice.next_code();
+    let askpass = alice.askpass_printing(b.data.path(), &code);
+    let mut ssh = b.ssh_answering(&alice, &[], "alice", &askpass);
+    ssh.arg("passkey add");
+    let (out, err, status) = Waiting::spawn_typing(ssh, Some(&format!("{code}\n"))).finish();
+    assert_eq!(status, 1, "{out}\n{err}");
+    assert!(err.contains("code was not accepted"), "{err}");
+    assert!(!err.contains("/v/"), "a link was shown: {err}");
+    let audit = audit_lines(&page);
+    assert!(audit.contains("replayed code"), "{audit}");
+    assert_eq!(failures(&audit), 1, "{audit}");
+
+    // A wrong one: refused and counted the same way.
+    let mut ssh = b.ssh(&alice, "alice");
+    ssh.arg("passkey add");
+    let (out, err, status) = Waiting::spawn_typing(ssh, Some("12345x\n")).finish();
+    assert_eq!(status, 1, "{out}\n{err}");
+    assert!(!err.contains("/v/"), "a link was shown: {err}");
+    assert_eq!(failures(&audit_lines(&page)), 2);
+
+    // No input at all (`ssh -n`): nothing was typed, so nothing is judged or counted.
+    let mut ssh = b.ssh_with(&bob, &["-n"], "bob");
+    ssh.arg("passkey add");
+    let (out, err, status) = Waiting::spawn(ssh).finish();
+    assert_eq!(status, 1, "{out}\n{err}");
+    assert!(err.contains("input ended before a code was typed"), "{err}");
+    let audit = audit_lines(&page);
+    assert_eq!(failures(&audit), 2, "{audit}");
+    assert!(!audit.contains("\"auth.confirm\""), "{audit}");
+
+    // A fresh code: confirmed, audited as a confirmation (not a login), then the link.
+    let mut key = SoftPasskey::new(true);
+    let (err, status, _) = vendor_add_passkey(b, &page, &carol, &mut key);
+    assert_eq!(status, 0, "{err}");
+    let audit = audit_lines(&page);
+    let confirm = audit
+        .lines()
+        .position(|l| l.contains("\"auth.confirm\"") && l.contains(r#"\"for\":\"passkey add\""#))
+        .unwrap_or_else(|| panic!("no auth.confirm in {audit}"));
+    let added = audit
+        .lines()
+        .position(|l| l.contains("\"vendor.passkey.add\""))
+        .unwrap_or_else(|| panic!("no vendor.passkey.add in {audit}"));
+    assert!(confirm < added, "{audit}");
 }
