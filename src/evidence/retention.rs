@@ -22,7 +22,8 @@
 //! What decides a deletion is the audit chain, not the rows ([`Chained`]): whoever can write the
 //! database could clear a session's hold or move its end back, and so make a node delete held evidence
 //! as if by policy. A file is deleted only if the chain (checked where it sits, `super::holds_in_chain`)
-//! says the session ended long enough ago, its last hold was released, and the file is the recording
+//! says the session ended long enough ago (by the retention of the zone its `session.start` recorded,
+//! as well as the row's), its last hold was released, and the file is the recording
 //! the chain names; a leftover file only if the chain records its deletion. Where the rows and the chain
 //! disagree nothing is deleted, and the log says so.
 
@@ -143,8 +144,14 @@ pub async fn sweep(
                 continue;
             }
             match chained(store, &c.recording).await? {
+                // Due by the row's zone and by the zone the chain recorded at the start: moving an
+                // asset's row to a zone that keeps less deletes nothing sooner.
                 Ok(ch)
-                    if !ch.held && ch.ended_at.is_some_and(|at| due(config, &c.zone, at, now)) => {}
+                    if !ch.held
+                        && ch.ended_at.is_some_and(|at| {
+                            due(config, &c.zone, at, now)
+                                && ch.zone.as_deref().is_none_or(|z| due(config, z, at, now))
+                        }) => {}
                 Ok(ch) => {
                     tracing::warn!(session = %c.recording.session_id, held = ch.held, ended_at = ?ch.ended_at,
                         "a recording past its retention by its rows is not by the audit log (held, or ended later); not deleted");
@@ -206,6 +213,9 @@ struct Chained {
     held: bool,
     /// Whether a `recording.deleted` of this recording is audited.
     deleted: bool,
+    /// The asset's zone its `session.start` recorded (`None` for sessions started before the event
+    /// carried it: the row's zone alone decides those).
+    zone: Option<String>,
 }
 
 /// Reads what the chain says about `r`'s session, each event checked where it sits; `Err` (why) when
@@ -244,6 +254,7 @@ async fn chained(
         .audit_events_about(
             &format!("session:{}", r.session_id),
             &[
+                Action::SessionStart.as_str(),
                 "session.end",
                 Action::SessionHold.as_str(),
                 Action::SessionRelease.as_str(),
@@ -255,6 +266,7 @@ async fn chained(
         ended_at: None,
         held: false,
         deleted: voucher.deleted.is_some(),
+        zone: None,
     };
     for event in events.iter().filter(|e| e.seq <= head.0) {
         if let Err(b) = super::holds_in_chain(store, event, &head).await? {
@@ -263,6 +275,11 @@ async fn chained(
         match event.action.as_str() {
             "session.end" => {
                 chained.ended_at.get_or_insert(event.at);
+            }
+            a if a == Action::SessionStart.as_str() && chained.zone.is_none() => {
+                chained.zone = serde_json::from_str::<serde_json::Value>(&event.detail)
+                    .ok()
+                    .and_then(|d| d["zone"].as_str().map(str::to_owned));
             }
             a if a == Action::SessionHold.as_str() => chained.held = true,
             a if a == Action::SessionRelease.as_str() => chained.held = false,

@@ -386,7 +386,7 @@ impl PendingSession {
         };
         let (start_action, _) = self.kind.actions();
         let peer = self.origin.peer.clone();
-        let mut event = json!({"asset": asset.name, "service": grant.service().name, "port": grant.service().port, "grant": grant.id(), "kind": self.kind.as_str(), "detail": detail, "peer": peer, "key": self.origin.principal.key_fingerprint});
+        let mut event = json!({"asset": asset.name, "zone": asset.zone, "service": grant.service().name, "port": grant.service().port, "grant": grant.id(), "kind": self.kind.as_str(), "detail": detail, "peer": peer, "key": self.origin.principal.key_fingerprint});
         let recorded = recording.as_ref().map(|(_, format, path)| {
             let path_text = path.display().to_string();
             event["recording"] = json!(path_text);

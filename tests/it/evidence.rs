@@ -872,6 +872,20 @@ fn issue_11_an_evidence_bundle_verifies_with_stock_tools_and_fails_when_altered(
             "{action}: {audit}"
         );
     }
+    // The start records the asset's zone: retention reads it from the chain, not the asset's row.
+    let start = audit
+        .lines()
+        .find(|l| l.contains("\"session.start\""))
+        .unwrap();
+    let start: serde_json::Value = serde_json::from_str(start).unwrap();
+    let detail: serde_json::Value = match &start["detail"] {
+        serde_json::Value::String(text) => serde_json::from_str(text).unwrap(),
+        other => other.clone(),
+    };
+    assert!(
+        detail["zone"].as_str().is_some_and(|z| !z.is_empty()),
+        "{start}"
+    );
     let (ok, out) = sh(&unpacked, chaperone::evidence::bundle::VERIFY_SIGNATURE);
     assert!(ok, "ssh-keygen -Y verify: {out}");
     assert!(
@@ -996,10 +1010,10 @@ async fn issue_11_retention_deletes_expired_recordings_and_keeps_held_ones() {
     use chaperone::store::NewSession;
     use serde_json::json;
 
-    use crate::store::{asset, grant, on_both, vendor};
+    use crate::store::{asset, grant, on_both_with_url, raw, vendor};
 
     const DAY: i64 = 86_400;
-    on_both(|store| async move {
+    on_both_with_url(|store, url| async move {
         let dir = tempfile::tempdir().unwrap();
         let recordings = dir.path().join("recordings");
         std::fs::create_dir(&recordings).unwrap();
@@ -1043,7 +1057,7 @@ async fn issue_11_retention_deletes_expired_recordings_and_keeps_held_ones() {
                     "vendor:alice",
                     Action::SessionStart,
                     format!("session:{id}"),
-                    json!({"grant": g, "recording": path.to_str().unwrap()}),
+                    json!({"grant": g, "zone": "radiology", "recording": path.to_str().unwrap()}),
                 ),
                 end - 60,
             )
@@ -1113,6 +1127,15 @@ async fn issue_11_retention_deletes_expired_recordings_and_keeps_held_ones() {
             Swept::default()
         );
         assert!(files.values().all(|f| f.exists()));
+        // The asset's row moved to a zone that keeps 30 days (as whoever writes the database could):
+        // the chain recorded radiology at the start, so nothing goes sooner.
+        raw(&url, "UPDATE assets SET zone = 'other'").await;
+        assert_eq!(
+            pass(config.clone(), ended + 31 * DAY).await,
+            Swept::default()
+        );
+        assert!(files.values().all(|f| f.exists()));
+        raw(&url, "UPDATE assets SET zone = 'radiology'").await;
         // Without the zone's rule, 30 days: the old one goes, the held one and the newer one stay.
         config.zone_retain.clear();
         let now = ended + 31 * DAY;

@@ -1292,7 +1292,7 @@ async fn staff_signin_failures_count_per_account_and_source_in_a_window() {
 
 /// Like [`on_both`], with the database's URL too, for tests that must write what the store refuses (a
 /// database from before a rule).
-async fn on_both_with_url<F, Fut>(test: F)
+pub(crate) async fn on_both_with_url<F, Fut>(test: F)
 where
     F: Fn(Store, String) -> Fut,
     Fut: Future<Output = ()>,
@@ -1308,7 +1308,7 @@ where
 }
 
 /// Writes `sql` behind the store's back (what an older version of chaperone may have stored).
-async fn raw(url: &str, sql: &str) {
+pub(crate) async fn raw(url: &str, sql: &str) {
     use sqlx::Connection;
     sqlx::any::install_default_drivers();
     let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
