@@ -15,7 +15,8 @@ use super::jump;
 use crate::audit::Action;
 use crate::live::{PendingSession, SessionKind};
 use crate::model::ServiceKind;
-use crate::policy::{self, PolicyError};
+use crate::policy::{self, Denial, PolicyError};
+use crate::tunnel::DialError;
 
 /// SSH_OPEN_ADMINISTRATIVELY_PROHIBITED and SSH_OPEN_CONNECT_FAILED with our own text: OpenSSH prints
 /// `channel N: open failed: administratively prohibited: <text>`.
@@ -91,7 +92,7 @@ pub async fn run(
     let grant = pending.grant().clone();
     let (asset, service) = (grant.asset(), grant.service());
     let device = tokio::select! {
-        d = crate::tunnel::dial(&grant) => d,
+        d = crate::tunnel::dial(&app.store, &grant) => d,
         close = pending.closed() => {
             pending.refuse(Action::TunnelRefused, &format!("closed before it opened: {}", close.text)).await;
             reply.reject(prohibited(close.text)).await;
@@ -101,7 +102,42 @@ pub async fn run(
     };
     let device = match device {
         Ok(s) => s,
-        Err(why) => {
+        Err(DialError::SshListens(landed)) => {
+            let denial = Denial::SharedPort {
+                asset: asset.name.clone(),
+                port: service.port,
+            };
+            tracing::warn!(asset = %asset.name, port = service.port, %landed,
+                "a tcp tunnel landed where an asset lists an ssh service; refused");
+            pending
+                .refuse(
+                    Action::TunnelRefused,
+                    &format!("{} (it reached {landed})", denial.audit_reason()),
+                )
+                .await;
+            reply
+                .reject(prohibited(
+                    denial.vendor_message(&ctx.shared.request_hint(ctx.vendor())),
+                ))
+                .await;
+            return;
+        }
+        Err(DialError::Store(e)) => {
+            tracing::error!(error = %e, "cannot check where a tunnel landed; refusing it");
+            pending
+                .refuse(
+                    Action::TunnelRefused,
+                    "the bastion could not check the device's address",
+                )
+                .await;
+            reply
+                .reject(prohibited(
+                    "the bastion cannot check your access right now; try again in a minute".into(),
+                ))
+                .await;
+            return;
+        }
+        Err(DialError::Unreachable(why)) => {
             tracing::warn!(asset = %asset.name, port = service.port, error = %why, "tunnel dial failed");
             pending
                 .refuse(Action::TunnelRefused, &format!("device unreachable: {why}"))

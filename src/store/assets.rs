@@ -7,7 +7,9 @@
 //! service where another asset with the same address lists an `ssh` one, or the other way round
 //! ([`Tx::endpoint_taken`]): one device entered twice, its sshd as one asset's `ssh` and another's
 //! `tcp`, would be the same unrecorded tunnel. Databases written before these rules may still hold
-//! such services; `policy::authorize_tunnel` refuses them ([`Store::ssh_service_at`]).
+//! such services; `policy::authorize_tunnel` refuses them ([`Store::ssh_service_at`]). These compare
+//! addresses as written; `tunnel::dial` compares where a connection landed, resolved
+//! ([`Store::ssh_service_addresses`]).
 
 // Dynamic SQL below only ever interpolates the constant column lists of this module.
 use sqlx::any::AnyRow;
@@ -180,6 +182,20 @@ impl Store {
         .await
         .context("looking for an ssh service at an endpoint")?;
         Ok(get::<i64>(&row, "n")? > 0)
+    }
+
+    /// The addresses, as written, of every asset that lists an `ssh` service on `port` (what a `tcp`
+    /// tunnel to that port must not land on, compared once resolved: `tunnel::dial`).
+    pub async fn ssh_service_addresses(&self, port: u16) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT a.address AS address FROM asset_services s \
+             JOIN assets a ON a.id = s.asset_id WHERE s.port = $1 AND s.kind = 'ssh'",
+        )
+        .bind(i64::from(port))
+        .fetch_all(&self.pool)
+        .await
+        .context("listing the ssh services on a port")?;
+        rows.iter().map(|r| get(r, "address")).collect()
     }
 
     /// The sealed injected credential of an asset.

@@ -1,12 +1,14 @@
 //! Port-scoped TCP tunnels (`ssh -L`, `ssh -W`) to a device port: the dial and the relay of a started
 //! tunnel session. Knows nothing of SSH: the vendor's side is any byte stream.
 //!
-//! Entry points: [`dial`] (a `&Grant` names the device port: nothing is dialled without one) and [`run`]
+//! Entry points: [`dial`] (a `&Grant` names the device port: nothing is dialled without one, and no
+//! connection that landed on an asset's sshd is handed back) and [`run`]
 //! (relays a [`LiveSession`] of kind `tunnel` until one end, every chunk passing the session's byte
 //! budget before it is written; `ssh::forward` registers and starts the session around it).
 
 pub mod relay;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,22 +19,77 @@ use tokio_util::sync::CancellationToken;
 use crate::live::budget::Direction;
 use crate::live::{Control, End, LiveSession, Meter};
 use crate::policy::Grant;
+use crate::store::{Store, StoreError};
 use relay::{Gate, RelayEnd};
 
 /// How long dialling a device port may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Dials the device port `grant` names. The error says why, for the audit log.
-pub async fn dial(grant: &Grant) -> Result<TcpStream, String> {
+/// Why [`dial`] opened nothing.
+#[derive(Debug)]
+pub enum DialError {
+    /// The device port did not answer (the text says why, for the audit log).
+    Unreachable(String),
+    /// The connection landed on an address and port where an asset lists an `ssh` service: a `tcp`
+    /// tunnel there would reach that sshd unrecorded, past its own asset's grants.
+    SshListens(SocketAddr),
+    Store(StoreError),
+}
+
+/// Dials the device port `grant` names, and checks where the connection landed. Asset and service
+/// add refuse a `tcp` service on another asset's `ssh` endpoint, and `policy::authorize_tunnel` too,
+/// but both compare addresses as written: `127.1`, `::ffff:10.0.0.5` or a second DNS name reach the
+/// same sshd. Here the peer's address, as connected, is compared with every `ssh` service on that
+/// port, resolved now; a match closes the connection before a byte passes.
+pub async fn dial(store: &Store, grant: &Grant) -> Result<TcpStream, DialError> {
     let target = (grant.asset().address.clone(), grant.service().port);
-    match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(target)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
+    let stream = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(target)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(DialError::Unreachable(e.to_string())),
+        Err(_) => {
+            return Err(DialError::Unreachable(format!(
+                "no answer within {} s",
+                DIAL_TIMEOUT.as_secs()
+            )));
         }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {} s", DIAL_TIMEOUT.as_secs())),
+    };
+    let peer = stream
+        .peer_addr()
+        .map_err(|e| DialError::Unreachable(e.to_string()))?;
+    if ssh_listens_at(store, peer)
+        .await
+        .map_err(DialError::Store)?
+    {
+        return Err(DialError::SshListens(peer));
     }
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Whether an asset's `ssh` service is at `peer` (its address and port), its address resolved now. A
+/// name that does not resolve is not there; a lookup is bounded by [`DIAL_TIMEOUT`].
+async fn ssh_listens_at(store: &Store, peer: SocketAddr) -> Result<bool, StoreError> {
+    let ip = peer.ip().to_canonical();
+    for address in store.ssh_service_addresses(peer.port()).await? {
+        let resolved: Vec<IpAddr> = match address.parse::<IpAddr>() {
+            Ok(literal) => vec![literal],
+            Err(_) => {
+                match tokio::time::timeout(
+                    DIAL_TIMEOUT,
+                    tokio::net::lookup_host((address.as_str(), peer.port())),
+                )
+                .await
+                {
+                    Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+                    _ => Vec::new(),
+                }
+            }
+        };
+        if resolved.iter().any(|a| a.to_canonical() == ip) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 impl Gate for Meter {

@@ -546,3 +546,51 @@ fn dicom_echo_through_l_and_hl7_through_w() {
     crate::support::stop_guarded(&mut scp);
     crate::support::stop_guarded(&mut mllp);
 }
+
+/// One sshd entered again as another asset under another spelling of its address (`localhost` for
+/// `127.0.0.1`), with a `tcp` service on the sshd's port: add and the grant check compare addresses as
+/// written and let it through, so the dial checks where the connection landed and refuses it before a
+/// byte passes. Otherwise a grant for that tcp service would reach mri-01's sshd as a raw tunnel,
+/// unrecorded and without mri-01's approvals.
+#[test]
+fn a_tcp_tunnel_that_lands_on_another_assets_sshd_is_refused() {
+    let Some((sshd, b)) = setup(&[], "") else {
+        return;
+    };
+    b.data
+        .run(&[
+            "asset",
+            "add",
+            "gw-01",
+            "--address",
+            "localhost",
+            "--zone",
+            "radiology",
+            "--purpose",
+            "Gateway",
+            "--service",
+            &format!("raw:{}/tcp", sshd.port),
+        ])
+        .ok();
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "gw-01", "raw", "1h");
+    let out = b
+        .ssh_with(&alice, &["-W", &format!("gw-01:{}", sshd.port)], "alice")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr, code) = text(&out);
+    assert_ne!(code, 0, "{stdout}\n{stderr}");
+    assert!(!stdout.contains("SSH-2.0"), "the sshd answered: {stdout}");
+    assert!(
+        stderr.contains("administratively prohibited") && stderr.contains("gw-01"),
+        "{stderr}"
+    );
+    let audit = audit(&b);
+    let refused = audit
+        .lines()
+        .find(|l| l.contains("\"tunnel.refused\"") && l.contains("it reached 127.0.0.1"))
+        .unwrap_or_else(|| panic!("no refusal naming where it landed: {audit}"));
+    assert!(refused.contains("gw-01"), "{refused}");
+    assert!(!audit.contains("\"tunnel.open\""), "{audit}");
+}
