@@ -1200,13 +1200,17 @@ impl Config {
         };
         let web_listen = addr("web.listen", &raw.web.listen)?;
         let public_url = match raw.web.public_url {
-            Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
-                url.trim_end_matches('/').to_owned()
-            }
+            // The web listener speaks TLS only, and this address is what enrollment, passkey and mail
+            // links are built on: an `http://` one would send their one-time tokens in clear on a
+            // first visit (before any HSTS), for anyone on the path to replay over https.
+            Some(url) if url.starts_with("https://") => url.trim_end_matches('/').to_owned(),
             Some(url) => {
                 return Err(invalid(
                     "web.public_url",
-                    format!("{url:?} must start with https://"),
+                    format!(
+                        "{url:?} must start with https:// (the web page is served over TLS only, and \
+                         its links carry one-time tokens)"
+                    ),
                 ));
             }
             // Browsers offer passkeys only for a DNS name, so a loopback listener is `localhost`.
@@ -1313,6 +1317,9 @@ impl Config {
         };
         let mut zone_max_request = std::collections::BTreeMap::new();
         for (zone, z) in &raw.policy.zones {
+            // A key no zone can have (`ICU`, a space) would never apply, and the default would,
+            // silently: refused, as for `[ldap.zones]`.
+            crate::model::check_name("zone", zone).map_err(|m| invalid("policy.zones", m))?;
             zone_max_request.insert(
                 zone.clone(),
                 max_request("policy.zones.*.max_request", &z.max_request)?,
@@ -1439,6 +1446,8 @@ impl Config {
                     .zones
                     .iter()
                     .map(|(zone, z)| {
+                        crate::model::check_name("zone", zone)
+                            .map_err(|m| invalid("recording.zones", m))?;
                         parse_retain(&z.retain)
                             .map(|r| (zone.clone(), r))
                             .map_err(|m| invalid("recording.zones.*.retain", m))
@@ -1695,6 +1704,7 @@ fn mail_config(
         .collect::<Result<Vec<_>, _>>()?;
     let mut zones = std::collections::BTreeMap::new();
     for (zone, list) in raw.zones {
+        crate::model::check_name("zone", &zone).map_err(|m| ("mail.zones", m))?;
         let list = list
             .iter()
             .map(|a| mail_address("mail.zones", a))
@@ -2415,6 +2425,51 @@ mod tests {
         );
         let zone = parse("[policy.zones.icu]\nmax_request = \"60d\"\n");
         assert!(zone.is_err());
+    }
+
+    /// A zone key no asset's zone can match (zone names are lowercase) would never apply, and the
+    /// default would instead, silently: refused wherever zones key a table.
+    #[test]
+    fn zone_keys_are_zone_names() {
+        assert!(parse("[policy.zones.icu]\nmax_request = \"4h\"\n").is_ok());
+        for (text, key) in [
+            ("[policy.zones.ICU]\nmax_request = \"4h\"\n", "policy.zones"),
+            (
+                "[recording.zones.\"ic u\"]\nretain = \"10y\"\n",
+                "recording.zones",
+            ),
+        ] {
+            match parse(text) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    /// The page speaks TLS only, and its links carry one-time tokens: no `http://` address.
+    #[test]
+    fn public_url_is_https() {
+        let url = |u: &str| parse(&format!("[web]\npublic_url = \"{u}\"\n"));
+        assert_eq!(
+            url("https://bastion.hospital.example:8443/")
+                .unwrap()
+                .web
+                .public_url,
+            "https://bastion.hospital.example:8443"
+        );
+        for bad in [
+            "http://bastion.hospital.example:8443",
+            "http://localhost:8443",
+            "bastion",
+        ] {
+            match url(bad) {
+                Err(ConfigError::Invalid {
+                    key: "web.public_url",
+                    ..
+                }) => {}
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 
     #[test]
