@@ -53,6 +53,10 @@ pub struct RestoreArgs {
     /// The passphrase of a sealed archive, in this file. Or set CHAPERONE_BACKUP_PASSPHRASE.
     #[arg(long)]
     pub passphrase_file: Option<PathBuf>,
+    /// A PostgreSQL backup only: the database its pg_dump was restored into (pg_restore first). Every
+    /// node that uses it must be stopped.
+    #[arg(long)]
+    pub database_url: Option<String>,
 }
 
 /// What the archive holds, written first.
@@ -713,6 +717,23 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         "unknown backup format {:?}",
         manifest.format
     );
+    // A PostgreSQL backup's database is not in the archive: the command writes into the database it is
+    // told, never the backed-up config's (which is the running installation's own).
+    match (manifest.database.as_str(), &args.database_url) {
+        ("postgres", None) => bail!(
+            "the backup's database is PostgreSQL, and it is not in the archive: restore its pg_dump with \
+             pg_restore into a database no running node uses, then give that database with --database-url"
+        ),
+        ("postgres", Some(url))
+            if !url.starts_with("postgres://") && !url.starts_with("postgresql://") =>
+        {
+            bail!("--database-url must be a postgres:// URL")
+        }
+        ("sqlite", Some(_)) => {
+            bail!("the backup holds its SQLite database; restore it without --database-url")
+        }
+        _ => {}
+    }
     let mut seen = BTreeMap::new();
     while let Some((name, size, mode)) = tar_next(&mut *input)? {
         ensure!(
@@ -780,8 +801,9 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         set(key, name.clone());
     }
     set("recording.dir", "recordings".into());
-    if manifest.database == "sqlite" {
-        set("database.url", "sqlite://chaperone.db".into());
+    match &args.database_url {
+        Some(url) => set("database.url", url.clone()),
+        None => set("database.url", "sqlite://chaperone.db".into()),
     }
     std::fs::remove_file(dir.join("chaperone.toml"))?;
     let text = format!(
@@ -798,6 +820,19 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let app = App::open(&config_path).await?;
     let new_recordings = dir.join("recordings");
     let now = app.clock.now();
+    if manifest.database == "postgres" {
+        // Shared with whatever else uses it: no node may be running on it, and it must hold this
+        // backup's chain (a dump of the same installation, taken with the backup or later).
+        super::offline::require_no_running_node(&app.store, now, "restore").await?;
+        let hash = app.store.audit_hash_at(manifest.audit_head_seq).await?;
+        ensure!(
+            manifest.audit_head_seq == 0
+                || hash.as_deref() == Some(manifest.audit_head_hash.as_str()),
+            "the database's audit log does not hold this backup's head (event {}): it is not a restore \
+             of a pg_dump of the same installation, taken with the backup",
+            manifest.audit_head_seq
+        );
+    }
     let mut tx = app.store.begin().await?;
     let moved = tx
         .relocate_recordings(
@@ -827,11 +862,6 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         dir.display(),
         seen.len()
     );
-    if manifest.database == "postgres" {
-        println!(
-            "the database is PostgreSQL: restore it with pg_restore first; the config keeps its database.url"
-        );
-    }
     println!(
         "serve it with: chaperone -c {} serve",
         config_path.display()

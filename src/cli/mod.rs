@@ -14,6 +14,7 @@ mod evidence;
 mod grant;
 mod init;
 mod ldap;
+mod offline;
 mod output;
 mod secrets;
 mod serve;

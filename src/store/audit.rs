@@ -196,6 +196,16 @@ impl Store {
         rows.iter().map(audit_row).collect()
     }
 
+    /// The hash of audit event `seq`, if there is one.
+    pub async fn audit_hash_at(&self, seq: i64) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT hash FROM audit_events WHERE seq = $1")
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading an audit event's hash")?;
+        row.map(|r| get(&r, "hash")).transpose()
+    }
+
     /// The chain head: last sequence number and hash.
     pub async fn audit_head(&self) -> Result<(i64, String)> {
         let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")

@@ -37,8 +37,9 @@ impl Tx {
         )
         .bind(&from)
         .bind(&to)
-        .bind(i64::try_from(from.chars().count() + 1).unwrap_or(i64::MAX))
-        .bind(i64::try_from(from.chars().count()).unwrap_or(i64::MAX))
+        // 32-bit: PostgreSQL's substr takes integer positions, not bigint.
+        .bind(i32::try_from(from.chars().count() + 1).unwrap_or(i32::MAX))
+        .bind(i32::try_from(from.chars().count()).unwrap_or(i32::MAX))
         .execute(&mut *self.tx)
         .await
         .context("moving recording paths to the restored directory")?

@@ -33,6 +33,20 @@ impl Store {
         Ok(())
     }
 
+    /// The nodes seen at or after `since`, with when: running, or stopped without saying so too recently
+    /// to tell. Commands that change what every node relies on (`restore` into a shared database,
+    /// `secrets rotate`) refuse while there is one.
+    pub async fn nodes_seen_since(&self, since: UnixTime) -> Result<Vec<(String, UnixTime)>> {
+        let rows = sqlx::query("SELECT id, seen_at FROM nodes WHERE seen_at >= $1 ORDER BY id")
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await
+            .context("looking for running nodes")?;
+        rows.iter()
+            .map(|r| Ok((get(r, "id")?, get(r, "seen_at")?)))
+            .collect()
+    }
+
     /// Forgets node `id` (a clean stop, after its sessions ended) and nodes not seen since `stale_before`.
     pub async fn node_gone(&self, id: &str, stale_before: UnixTime) -> Result<()> {
         sqlx::query("DELETE FROM nodes WHERE id = $1 OR seen_at < $2")

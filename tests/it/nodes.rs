@@ -221,3 +221,86 @@ fn a_passkey_ceremony_started_on_one_node_finishes_on_the_other_once() {
     let replay = post(&jar, port_b, "/login/passkey/finish", &body);
     assert_eq!(replay.status, 400, "{}", replay.body);
 }
+
+/// Commands that change what every running node relies on refuse while one runs on the database:
+/// `restore` of a PostgreSQL backup would rewrite every recording's path and append to the live chain
+/// (and it writes only into the database it is given, never the backed-up config's), and
+/// `secrets rotate` would re-seal every secret under a key the running node does not hold.
+#[test]
+fn restore_and_secrets_rotate_refuse_while_a_node_runs_on_the_database() {
+    use std::process::Command;
+
+    use crate::support::chaperone_bin;
+
+    let Some(url) = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(postgres::fresh_database())
+    else {
+        return;
+    };
+    let data = DataDir::init();
+    edit(
+        &data.config(),
+        "url = \"sqlite://chaperone.db\"",
+        &format!("url = \"{url}\""),
+    );
+    let b = Bastion::start(data);
+    let archive = b.data.path().join("node.backup");
+    b.data
+        .run(&["backup", "-o", &archive.to_string_lossy()])
+        .ok();
+    let out = tempfile::tempdir().unwrap();
+    let restore = |dir: &str, url: Option<&str>| {
+        let mut cmd = Command::new(chaperone_bin());
+        cmd.arg("restore")
+            .arg(&archive)
+            .arg("--dir")
+            .arg(out.path().join(dir));
+        if let Some(url) = url {
+            cmd.args(["--database-url", url]);
+        }
+        let o = cmd.output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let events = |b: &Bastion| {
+        b.data
+            .run(&["audit", "export", "--format", "jsonl"])
+            .ok()
+            .stdout()
+    };
+
+    // Without a database to restore into: refused, the backed-up config's database untouched.
+    let (code, _, stderr) = restore("a", None);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--database-url"), "{stderr}");
+    // Into the database a node runs on: refused, nothing appended.
+    let (code, _, stderr) = restore("b", Some(&url));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("chaperone is running on this database"),
+        "{stderr}"
+    );
+    let rotate = b.data.run(&["secrets", "rotate"]);
+    rotate.fails(1);
+    assert!(
+        rotate.stderr().contains("secrets rotate refused"),
+        "{}",
+        rotate.stderr()
+    );
+    let audit = events(&b);
+    assert!(!audit.contains("\"backup.restore\""), "{audit}");
+    assert!(!audit.contains("\"secrets.rotate\""), "{audit}");
+
+    // Stopped (a clean stop says so at once): the database holds the backup's chain, so it restores.
+    let data = b.stop();
+    let (code, stdout, stderr) = restore("c", Some(&url));
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("restored into"), "{stdout}");
+    let config = std::fs::read_to_string(out.path().join("c/chaperone.toml")).unwrap();
+    assert!(config.contains(&url), "{config}");
+    drop(data);
+}
