@@ -709,11 +709,15 @@ impl Tx {
         Ok(())
     }
 
-    /// Disables a user and voids any pending enrollment token.
+    /// Disables a user and voids any pending enrollment token. This is an administrator's disable, and
+    /// it clears `directory_disabled`: a directory sign-in re-enables only an account the directory
+    /// itself disabled, so an account the directory had disabled first and an administrator disabled
+    /// after stays disabled when the directory lets it back in. The directory's own disable marks the
+    /// flag again after this.
     pub async fn disable_staff_user(&mut self, id: i64) -> Result<()> {
         sqlx::query(
-            "UPDATE staff_users SET enabled = 0, enroll_token_hash = NULL, enroll_expires_at = NULL \
-             WHERE id = $1",
+            "UPDATE staff_users SET enabled = 0, directory_disabled = 0, enroll_token_hash = NULL, \
+             enroll_expires_at = NULL WHERE id = $1",
         )
         .bind(id)
         .execute(&mut *self.tx)

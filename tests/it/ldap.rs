@@ -508,6 +508,30 @@ fn directory_approver_enrols_at_first_sign_in_approves_and_is_signed_out_when_re
     // (a good code: only the disable stands in her way)
     assert_eq!(erin.try_login("dirpw-erin", &erin.next_code()).status, 401);
 
+    // Disabled by the directory first (ACCOUNTDISABLE, the usual order when someone leaves), then by an
+    // administrator: enabled again in the directory, he stays out. The administrator's disable is not
+    // the directory's to undo.
+    dir.modify(&slapd::account_control(&person("ivan"), 514, true));
+    assert!(
+        wait_until(Duration::from_secs(15), || audit(&b).lines().any(|l| l
+            .contains("\"user.directory.remove\"")
+            && l.contains("user:ivan"))),
+        "{}",
+        audit(&b)
+    );
+    b.data.run(&["user", "disable", "ivan"]).ok();
+    dir.modify(&slapd::account_control(&person("ivan"), 512, false));
+    // (from an address of its own: this test's others have used 127.0.0.1's sign-in attempts)
+    ivan.source(Some("127.0.0.9"));
+    assert_eq!(ivan.try_login("dirpw-ivan", &ivan.next_code()).status, 401);
+    assert!(
+        !audit(&b)
+            .lines()
+            .any(|l| l.contains("\"user.directory.update\"") && l.contains("user:ivan")),
+        "{}",
+        audit(&b)
+    );
+
     // The directory down: directory accounts are told so; the local admin still signs in.
     dir.stop();
     let down = Approver::with_secret(&b, "audrey", "dirpw-audrey", &secret)
