@@ -10,6 +10,9 @@
 //!   removed → its sessions are closed and its connections cut, audited `vendor.connections.ended`).
 //!
 //! A store error skips that tick's re-reads (a database hiccup does not end sessions); time still does.
+//! The time check runs in a loop of its own that never waits for the database, and each re-read is
+//! bounded by [`RECHECK_TIMEOUT`], so a database that hangs (a partition without a reset, a lock held
+//! by another node's migration) delays only what only the database can say (revocations, disables).
 
 use std::time::{Duration, Instant};
 
@@ -28,39 +31,83 @@ pub const FULL_CHECK_EVERY: Duration = Duration::from_secs(15);
 /// connection is cut.
 const EVICTION_GRACE: Duration = Duration::from_millis(500);
 
-/// Re-checks what is live every `every` until `stop`; see the module doc.
+/// How long one re-read of the store may take before the watcher gives up on it and tries again at a
+/// later tick (a database that hangs rather than fails: a partition, a lock held by a migration).
+pub const RECHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Re-checks what is live every `every` until `stop`; see the module doc. Time and the store are two
+/// loops of their own: whatever the database does (fail, or hang), grants still end on time.
 pub async fn watch(
     app: App,
     live: LiveSessions,
     every: Duration,
     mut stop: stop_watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seen_head: Option<i64> = None;
-    let mut last_full = Instant::now();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        if *stop.borrow() {
-            return;
-        }
-        let now = app.clock.now();
-        match app.store.audit_head().await {
-            Ok((head, _)) => {
-                let due = seen_head != Some(head) || last_full.elapsed() >= FULL_CHECK_EVERY;
-                if due && recheck(&app, &live).await {
-                    seen_head = Some(head);
-                    last_full = Instant::now();
+    let clock = {
+        let (app, live, mut stop) = (app.clone(), live.clone(), stop.clone());
+        async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => return,
                 }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the audit head; re-checking by time only")
+                if *stop.borrow() {
+                    return;
+                }
+                // From memory only: never waits for the database.
+                live.tick(app.clock.now());
             }
         }
-        live.tick(now);
+    };
+    let store = async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seen_head: Option<i64> = None;
+        let mut last_full = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+            let head = tokio::time::timeout(RECHECK_TIMEOUT, app.store.audit_head()).await;
+            match head {
+                Ok(Ok((head, _))) => {
+                    let due = seen_head != Some(head) || last_full.elapsed() >= FULL_CHECK_EVERY;
+                    if due && recheck_in_time(&app, &live).await {
+                        seen_head = Some(head);
+                        last_full = Instant::now();
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the audit head; re-checking by time only")
+                }
+                Err(_) => tracing::warn!(
+                    "the audit head did not come within {} s; re-checking by time only",
+                    RECHECK_TIMEOUT.as_secs()
+                ),
+            }
+        }
+    };
+    tokio::join!(clock, store);
+}
+
+/// [`recheck`] within [`RECHECK_TIMEOUT`]; a re-read that does not finish in time is incomplete (the
+/// next tick tries again).
+async fn recheck_in_time(app: &App, live: &LiveSessions) -> bool {
+    match tokio::time::timeout(RECHECK_TIMEOUT, recheck(app, live)).await {
+        Ok(complete) => complete,
+        Err(_) => {
+            tracing::warn!(
+                "re-reading grants and logins took over {} s; trying again",
+                RECHECK_TIMEOUT.as_secs()
+            );
+            false
+        }
     }
 }
 
@@ -105,7 +152,14 @@ async fn recheck(app: &App, live: &LiveSessions) -> bool {
                 let cut = live.evict(&who, &denial.vendor_message(""), EVICTION_GRACE);
                 if cut > 0 {
                     tracing::warn!(vendor = %who.vendor, reason = %denial.audit_reason(), connections = cut, "ending a vendor's connections");
-                    audit_eviction(app, &who, &denial.audit_reason(), cut).await;
+                    // A task of its own: the connections are cut already, and a re-read given up
+                    // on (RECHECK_TIMEOUT) must not drop the audit of it half written.
+                    tokio::spawn(audit_eviction(
+                        app.clone(),
+                        who.clone(),
+                        denial.audit_reason(),
+                        cut,
+                    ));
                 }
             }
         }
@@ -117,7 +171,7 @@ async fn recheck(app: &App, live: &LiveSessions) -> bool {
     complete
 }
 
-async fn audit_eviction(app: &App, who: &Principal, reason: &str, connections: usize) {
+async fn audit_eviction(app: App, who: Principal, reason: String, connections: usize) {
     let now = app.clock.now();
     let result = async {
         let mut tx = app.store.begin().await?;

@@ -304,3 +304,67 @@ fn restore_and_secrets_rotate_refuse_while_a_node_runs_on_the_database() {
     assert!(config.contains(&url), "{config}");
     drop(data);
 }
+
+/// A database that hangs rather than fails (a lock held by another node's migration, a partition
+/// without a reset) does not keep a session open past its grant: time is checked from memory, in a
+/// loop of its own, whatever the store's re-reads are waiting for.
+#[test]
+fn a_grant_ends_on_time_while_the_database_hangs() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    use sqlx::Connection as _;
+
+    let Some(sshd) = crate::support::sshd::Sshd::start() else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(url) = rt.block_on(postgres::fresh_database()) else {
+        return;
+    };
+    let data = DataDir::init();
+    edit(
+        &data.config(),
+        "url = \"sqlite://chaperone.db\"",
+        &format!("url = \"{url}\""),
+    );
+    let b = Bastion::start(data);
+    b.device("mri-01", &sshd, &[]);
+    let carol = b.vendor("carol", "Acme Imaging");
+    b.grant("carol", "mri-01", "ssh", "10s");
+    let granted = Instant::now();
+    let child = b
+        .ssh(&carol, "carol+mri-01")
+        .arg("echo up; sleep 60")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    b.live_session_id();
+    // Every read of the audit head (the watcher's first step) now waits for this lock.
+    let mut lock = rt.block_on(async {
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+        sqlx::query("LOCK TABLE audit_head IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn
+    });
+    let out = child.wait_with_output().unwrap();
+    let took = granted.elapsed();
+    rt.block_on(async {
+        sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+        lock.close().await.unwrap();
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("up"), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("access to mri-01 ended"),
+        "{stderr}\n{}",
+        b.log()
+    );
+    assert!(took < Duration::from_secs(10 + 4), "closed after {took:?}");
+}
