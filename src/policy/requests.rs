@@ -454,13 +454,38 @@ pub async fn decide(
             } else {
                 1
             };
-            let mut all = request.approvals.clone();
+            // An earlier approval counts only while its approver may still decide this request: an
+            // approver disabled, no longer an approver, or moved out of the zone since does not make
+            // one of the two (their row stays, and so does the audit of it; it is just not counted).
+            let mut all = Vec::with_capacity(request.approvals.len() + 1);
+            let mut not_counted = Vec::new();
+            for earlier in &request.approvals {
+                let standing = tx.staff_auth(&earlier.approver).await?;
+                let still = standing.is_some_and(|u| {
+                    let scope = ZoneScope {
+                        grouped: approver.zones.grouped.clone(),
+                        member_of: u.zones.clone(),
+                        only_member_of: u.zones_only,
+                    };
+                    u.enabled
+                        && matches!(u.role, Role::Approver | Role::Admin)
+                        && scope.allows(u.role, &request.zone)
+                });
+                if still {
+                    all.push(earlier.clone());
+                } else {
+                    not_counted.push(earlier.approver.clone());
+                }
+            }
             all.push(approval);
-            let detail = json!({
+            let mut detail = json!({
                 "method": approver.method, "services": services, "duration_secs": duration_secs,
                 "vendor": request.vendor, "asset": request.asset,
                 "approval": all.len(), "needed": needed,
             });
+            if !not_counted.is_empty() {
+                detail["not_counted"] = json!(not_counted);
+            }
             tx.audit(
                 AuditEvent::new(
                     approver.actor(),

@@ -641,6 +641,19 @@ impl Tx {
         account_of_entry(&mut *self.tx, dn, except).await
     }
 
+    /// [`Store::staff_auth`], read inside this transaction (what a decision re-reads of the approvers
+    /// before it).
+    pub async fn staff_auth(&mut self, name: &str) -> Result<Option<StaffAuth>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {AUTH_COLUMNS} FROM staff_users WHERE name = $1"
+        )))
+        .bind(name)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .context("reading a staff user's standing")?;
+        row.as_ref().map(staff_auth).transpose()
+    }
+
     /// The directory entry of staff account `name` (None: a local account, or no such account).
     pub async fn staff_dn(&mut self, name: &str) -> Result<Option<String>> {
         let row = sqlx::query("SELECT dn FROM staff_users WHERE name = $1")

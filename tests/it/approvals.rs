@@ -293,6 +293,73 @@ fn four_eyes_no_self_approval_and_critical_assets_need_two_approvers() {
     assert_eq!(grant["issued_by"], "staff:bob+carol");
 }
 
+/// Four eyes are two people who may decide when the grant is issued: an approval whose approver was
+/// disabled since does not make one of the two, so the next approver is the second and not the last.
+#[test]
+fn an_approval_does_not_count_once_its_approver_is_disabled() {
+    let Some((sshd, b, alice)) = setup() else {
+        return;
+    };
+    b.data
+        .run(&[
+            "asset",
+            "add",
+            "ct-02",
+            "--address",
+            "127.0.0.1",
+            "--zone",
+            "icu",
+            "--purpose",
+            "CT scanner",
+            "--criticality",
+            "critical",
+            "--service",
+            &format!("ssh:{}/ssh", sshd.port),
+        ])
+        .ok();
+    let bob = Approver::enroll(&b, "bob", "approver");
+    let carol = Approver::enroll(&b, "carol", "approver");
+    let erin = Approver::enroll(&b, "erin", "approver");
+    let child = request(
+        &b,
+        &alice,
+        "ct-02 ssh --for 1h --reason INC-10 detector",
+        false,
+    );
+    let id = pending_id(&carol, &b);
+    assert_eq!(bob.approve(id).status, 200);
+    b.data.run(&["user", "disable", "bob"]).ok();
+
+    let answer = carol.approve(id);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(
+        answer.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("second approver"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(
+        carol.get(&format!("/api/requests/{id}")).json()["status"],
+        "pending"
+    );
+    let (_, _, detail) = audit_events(&b, "request.approve").pop().unwrap();
+    assert_eq!(
+        detail["not_counted"],
+        serde_json::json!(["bob"]),
+        "{detail}"
+    );
+
+    assert_eq!(erin.approve(id).status, 200);
+    let (stdout, stderr, code) = finish(child);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(
+        carol.get("/api/grants").json()[0]["issued_by"],
+        "staff:carol+erin"
+    );
+}
+
 #[test]
 fn state_changes_need_the_csrf_token_and_hostile_reasons_render_inert() {
     let Some((_sshd, b, alice)) = setup() else {
