@@ -279,7 +279,10 @@ impl Tx {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Marks pending requests whose time ran out as expired; returns their ids.
+    /// Marks pending requests whose time ran out as expired; returns the ids this transaction expired.
+    /// Each is a conditional update of a request still pending: on PostgreSQL another node, or an
+    /// approval committed meanwhile, may have decided one since the read, and it is not returned (so
+    /// not audited as expired).
     pub async fn expire_requests(&mut self, now: UnixTime) -> Result<Vec<i64>> {
         let rows = sqlx::query(
             "SELECT id FROM access_requests WHERE status = 'pending' AND expires_at IS NOT NULL \
@@ -294,17 +297,22 @@ impl Tx {
             .map(|r| r.try_get::<i64, _>("id"))
             .collect::<std::result::Result<Vec<_>, _>>()
             .context("reading lapsed request ids")?;
-        for id in &ids {
-            self.decide_request(
-                *id,
-                RequestStatus::Expired,
-                "system",
-                Some("nobody decided in time"),
-                None,
-                now,
-            )
-            .await?;
+        let mut expired = Vec::with_capacity(ids.len());
+        for id in ids {
+            if self
+                .decide_request(
+                    id,
+                    RequestStatus::Expired,
+                    "system",
+                    Some("nobody decided in time"),
+                    None,
+                    now,
+                )
+                .await?
+            {
+                expired.push(id);
+            }
         }
-        Ok(ids)
+        Ok(expired)
     }
 }

@@ -703,6 +703,15 @@ async fn requests_are_filed_decided_by_four_eyes_and_lapse_on_both_backends() {
         vendor(&store, "alice", "SHA256:rq").await;
         asset(&store, "mri-01").await; // critical: two approvers
         let alice = store.vendor("alice").await.unwrap().unwrap();
+        // The approvers' accounts: an earlier approval counts only while its approver may decide.
+        let mut tx = store.begin().await.unwrap();
+        for (n, name) in ["bob", "carol"].iter().enumerate() {
+            tx.insert_staff_user(name, Role::Approver, &format!("t{n}"), 9999, 100)
+                .await
+                .unwrap();
+        }
+        tx.audit(ev(Action::UserAdd), 100).await.unwrap();
+        tx.commit("t").await.unwrap();
         let events = Events::default();
         let limits = PolicyConfig {
             max_request: Duration::from_secs(8 * 3600),
@@ -895,6 +904,19 @@ async fn requests_are_filed_decided_by_four_eyes_and_lapse_on_both_backends() {
             decided(DecidedOutcome::Any, None, None, 1, 1).await,
             vec![r.id]
         );
+        // Two nodes expiring at the same moment: one expiry, audited once (on PostgreSQL both read
+        // the request as pending; only the update that found it so counts).
+        let racing = file(3000).await;
+        let (a, b) = tokio::join!(
+            requests::expire_due(&store, &events, 6600),
+            requests::expire_due(&store, &events, 6600)
+        );
+        assert_eq!(a.unwrap() + b.unwrap(), 1);
+        let expiries = store
+            .audit_events_about(&format!("request:{}", racing.id), &["request.expire"], 10)
+            .await
+            .unwrap();
+        assert_eq!(expiries.len(), 1, "{expiries:?}");
     })
     .await;
 }
