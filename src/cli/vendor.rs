@@ -269,6 +269,7 @@ pub async fn run(config: &Path, cmd: VendorCommand) -> anyhow::Result<()> {
         }
         VendorCommand::Key(KeyCommand::Add { name, pubkey_file }) => {
             let v = app.store.require_vendor(&name).await?;
+            directory_keys_refused(&app, &v, "add").await?;
             let key = read_key(&pubkey_file)?;
             let mut tx = app.store.begin().await?;
             tx.insert_vendor_key(v.id, &key.openssh, &key.fingerprint, &key.comment, now)
@@ -288,6 +289,7 @@ pub async fn run(config: &Path, cmd: VendorCommand) -> anyhow::Result<()> {
         }
         VendorCommand::Key(KeyCommand::Remove { name, pubkey_file }) => {
             let v = app.store.require_vendor(&name).await?;
+            directory_keys_refused(&app, &v, "remove").await?;
             let key = read_key(&pubkey_file)?;
             let mut tx = app.store.begin().await?;
             if !tx.delete_vendor_key(v.id, &key.fingerprint).await? {
@@ -306,6 +308,26 @@ pub async fn run(config: &Path, cmd: VendorCommand) -> anyhow::Result<()> {
             tx.commit("vendor.key.remove").await?;
             println!("Key {} removed from vendor {name}.", key.fingerprint);
         }
+    }
+    Ok(())
+}
+
+/// A directory vendor's keys are the directory's (`sshPublicKey`), synced every `sync_interval`: a key
+/// removed here came back at the next sync, and one added here went at it. Refused, with what to do
+/// instead: `vendor disable` (which the sync never undoes) stops the vendor at once.
+async fn directory_keys_refused(
+    app: &App,
+    v: &crate::model::Vendor,
+    what: &str,
+) -> anyhow::Result<()> {
+    if let Some(dn) = app.store.vendor_directory_dn(v.id).await? {
+        anyhow::bail!(
+            "vendor {} comes from the directory ({dn}): {what} the key there (sshPublicKey), and the \
+             next sync applies it (`chaperone ldap sync` now). To stop a stolen key at once, \
+             `chaperone vendor disable {}` (the sync never enables a vendor again)",
+            v.name,
+            v.name
+        );
     }
     Ok(())
 }

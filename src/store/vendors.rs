@@ -71,6 +71,19 @@ pub struct DirectoryVendor {
 }
 
 impl Store {
+    /// The directory entry (DN) of vendor `id` when the directory sync owns it (`source = 'ldap'`).
+    pub async fn vendor_directory_dn(&self, id: i64) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT dn FROM vendors WHERE id = $1 AND source = 'ldap'")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading a vendor's source")?;
+        Ok(match row {
+            Some(r) => Some(get::<Option<String>>(&r, "dn")?.unwrap_or_default()),
+            None => None,
+        })
+    }
+
     /// Every vendor the directory sync owns, with its keys.
     pub async fn directory_vendors(&self) -> Result<Vec<DirectoryVendor>> {
         let rows = sqlx::query(AssertSqlSafe(format!(

@@ -618,6 +618,23 @@ fn directory_vendor_self_enrols_over_openssh_and_is_cut_off_by_the_sync() {
     let shown = b.data.run(&["vendor", "show", "vic", "--json"]).ok().json();
     assert_eq!(shown["vendor"]["org"], "Acme Imaging");
     assert_eq!(shown["keys"].as_array().unwrap().len(), 1);
+    // Her keys are the directory's: removed here, the next sync gave the key back. Refused, saying
+    // what to do instead.
+    let pubkey = key.with_extension("pub");
+    for what in ["remove", "add"] {
+        let refused = b
+            .data
+            .run(&["vendor", "key", what, "vic", &pubkey.to_string_lossy()]);
+        refused.fails(1);
+        assert!(
+            refused.stderr().contains("comes from the directory")
+                && refused.stderr().contains("vendor disable vic"),
+            "{}",
+            refused.stderr()
+        );
+    }
+    let shown = b.data.run(&["vendor", "show", "vic", "--json"]).ok().json();
+    assert_eq!(shown["keys"].as_array().unwrap().len(), 1);
 
     // First login: the QR code and the secret in the terminal, two consecutive codes, then in.
     let vic = Vendor {
