@@ -184,6 +184,8 @@ actions! {
     WebhookEndpointChanged = "webhook.endpoint.changed",
     /// An ATNA audit message was given up after its retries.
     AtnaUndelivered = "atna.undelivered",
+    /// The mail server refused an approvers' notice for good (a 5xx reply); not retried.
+    MailUndelivered = "mail.undelivered",
     /// The ATNA cursor moved to a new `[atna] url`.
     AtnaEndpointChanged = "atna.endpoint.changed",
 }

@@ -213,6 +213,7 @@ pub fn mapping(action: Action) -> Option<Mapping> {
         | A::WebhookUndelivered
         | A::WebhookEndpointChanged
         | A::AtnaUndelivered
+        | A::MailUndelivered
         | A::AtnaEndpointChanged => None,
     }
 }

@@ -13,10 +13,11 @@
 
 mod smtp;
 
+use serde_json::json;
 use tokio::sync::watch;
 
 use crate::app::App;
-use crate::audit::{Action, AuditRow};
+use crate::audit::{Action, AuditEvent, AuditRow};
 use crate::audit_tail::{self, Consumer, CursorRow, Delivery, Lease, Moved};
 use crate::config::MailConfig;
 use crate::error_text::report;
@@ -176,6 +177,31 @@ struct Notifier {
     smtp: Smtp,
 }
 
+impl Notifier {
+    /// Audits a notice the mail server refused for good (`mail.undelivered`): approvers were not told
+    /// of request `id` by mail (the page still lists it).
+    async fn give_up(
+        &self,
+        row: &AuditRow,
+        id: i64,
+        attempts: u32,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.app.store.begin().await?;
+        tx.audit(
+            AuditEvent::new(
+                "system",
+                Action::MailUndelivered,
+                format!("request:{id}"),
+                json!({"audit_seq": row.seq, "attempts": attempts, "error": error}),
+            ),
+            self.app.clock.now(),
+        )
+        .await?;
+        tx.commit("mail.undelivered").await
+    }
+}
+
 impl Consumer for Notifier {
     /// The request the `request.file` row is about.
     type Item = i64;
@@ -241,6 +267,15 @@ impl Consumer for Notifier {
                 Ok(()) => {
                     tracing::info!(request = id, zone = %request.zone, recipients = to.len(),
                         "e-mail to approvers sent");
+                    return Ok(Delivery::Handled);
+                }
+                Err(e) if e.permanent() => {
+                    // Retrying until the request lapses would hold back every later notice
+                    // (delivery is in order): given up at once, and audited.
+                    crate::ops::metrics::delivery_failed("mail");
+                    let error = report(&e);
+                    tracing::error!(request = id, error = %error, "e-mail to approvers refused for good; not retried");
+                    self.give_up(row, id, attempt, &error).await?;
                     return Ok(Delivery::Handled);
                 }
                 Err(e) => report(&e),

@@ -58,7 +58,7 @@ pub enum SetupError {
     ServerName { host: String },
 }
 
-/// Why one message did not go out (retried with backoff by the caller).
+/// Why one message did not go out (retried with backoff by the caller, unless [`SendError::permanent`]).
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     #[error("connecting to {addr}")]
@@ -92,11 +92,26 @@ pub enum SendError {
         addr: String,
         stage: &'static str,
         reply: String,
+        /// A 5xx reply: sending the same again gets the same answer (RFC 5321 4.2.1).
+        permanent: bool,
     },
     #[error("{addr} sent a reply that is not SMTP")]
     Garbled { addr: String },
     #[error("{addr} did not finish within {}s", DEADLINE.as_secs())]
     Timeout { addr: String },
+}
+
+impl SendError {
+    /// The server refused it for good (a 5xx reply): sending it again gets the same answer.
+    pub fn permanent(&self) -> bool {
+        matches!(
+            self,
+            SendError::Refused {
+                permanent: true,
+                ..
+            }
+        )
+    }
 }
 
 /// The mail server and how to reach it.
@@ -202,11 +217,26 @@ impl Smtp {
             250,
         )
         .await?;
+        // A recipient the server refuses for good (5xx: a stale address) does not hold the notice
+        // back from the others; one refused for now (4xx) sends the whole message again later.
+        let mut accepted = 0;
+        let mut refused = None;
         for rcpt in to {
             let reply = d.send_line(&format!("RCPT TO:<{rcpt}>")).await?;
-            if reply.code != 250 && reply.code != 251 {
-                return Err(d.refused("RCPT TO", &reply));
+            match reply.code {
+                250 | 251 => accepted += 1,
+                500..=599 => {
+                    tracing::warn!(recipient = %rcpt, reply = %reply.text(),
+                        "e-mail: the mail server refuses this recipient; sending to the others");
+                    refused = Some(d.refused("RCPT TO", &reply));
+                }
+                _ => return Err(d.refused("RCPT TO", &reply)),
             }
+        }
+        if accepted == 0 {
+            return Err(refused.unwrap_or_else(|| SendError::Garbled {
+                addr: d.addr.to_owned(),
+            }));
         }
         d.command("DATA", "DATA", 354).await?;
         d.write(&dot_stuffed(message)).await?;
@@ -247,6 +277,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Dialogue<'_, S> {
             addr: self.addr.to_owned(),
             stage,
             reply: reply.text(),
+            permanent: (500..600).contains(&reply.code),
         }
     }
 

@@ -70,7 +70,8 @@ fn a_waiting_request_is_mailed_over_starttls_to_its_zone_with_a_working_link() {
         "\n[mail]\nurl = \"smtp://localhost:{port}\"\nfrom = \"chaperone@hospital.example\"\n\
          username = \"chaperone\"\npassword = \"mail password\"\nca_file = \"{}\"\n\
          to = [\"it-security@hospital.example\"]\n\
-         [mail.zones]\nradiology = [\"rad-1@hospital.example\", \"rad-2@hospital.example\"]\n",
+         [mail.zones]\nradiology = [\"rad-1@hospital.example\", \"stale@hospital.example\", \
+         \"rad-2@hospital.example\"]\n",
         d.join("ca.pem").display()
     ));
     std::fs::write(data.config(), config).unwrap();
@@ -102,6 +103,8 @@ fn a_waiting_request_is_mailed_over_starttls_to_its_zone_with_a_working_link() {
     assert_eq!(m["tls"], true, "{m}");
     assert_eq!(m["authenticated"], true, "{m}");
     assert_eq!(m["mail_from"], "chaperone@hospital.example");
+    // The radiology list, not the default one; the address the server refuses for good (550) does
+    // not hold the notice back from the others.
     assert_eq!(
         m["rcpt_tos"],
         serde_json::json!(["rad-1@hospital.example", "rad-2@hospital.example"]),
@@ -159,5 +162,49 @@ fn a_waiting_request_is_mailed_over_starttls_to_its_zone_with_a_working_link() {
     assert_eq!(answer.status, 200, "{}", answer.body);
     let (stdout, stderr, code) = text(&child.wait_with_output().unwrap());
     assert_eq!(code, 0, "{stdout}{stderr}");
+
+    // A notice the server refuses for good (554: a content filter) is given up at once and audited,
+    // not retried until its request lapses: the next request's notice is not held behind it.
+    let file = |reason: &str| {
+        b.ssh(&alice, "alice")
+            .arg(format!("request mri-01 ssh --for 30m --reason {reason}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut rejected = file("INC-10 REJECT-ME");
+    let mut next = file("INC-11 after the rejected one");
+    let has = |text: &str| {
+        sent(&out)
+            .iter()
+            .filter(|m| m["body"].as_str().unwrap_or_default().contains(text))
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || sent(&out)
+            .iter()
+            .any(|m| m["accepted"] == true
+                && m["body"].as_str().unwrap_or_default().contains("INC-11"))),
+        "the next notice was held back: {:?}\n{}",
+        sent(&out),
+        b.log()
+    );
+    assert_eq!(has("REJECT-ME"), 1, "retried: {:?}", sent(&out));
+    let audit = b
+        .data
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"mail.undelivered\"") && l.contains("content filter")),
+        "{audit}"
+    );
+    let _ = rejected.kill();
+    let _ = next.kill();
+    let _ = rejected.wait();
+    let _ = next.wait();
     stop_guarded(&mut sink);
 }

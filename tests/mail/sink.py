@@ -2,7 +2,9 @@
 
 Usage: sink.py PORT CERT KEY OUT USER PASSWORD REFUSE_FIRST
 STARTTLS is required before MAIL and AUTH (PLAIN, USER/PASSWORD) before MAIL; the first REFUSE_FIRST
-messages are answered 451 (try again later). Every DATA attempt is a JSON line in OUT.
+messages are answered 451 (try again later). A recipient whose address starts with `stale@` is refused
+for good (550), and so is a message whose body holds REJECT-ME (554, as a content filter would). Every
+DATA attempt is a JSON line in OUT.
 """
 import email
 import email.policy
@@ -31,12 +33,20 @@ class Handler:
     def __init__(self):
         self.attempts = 0
 
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.startswith("stale@"):
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
     async def handle_DATA(self, server, session, envelope):
         self.attempts += 1
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        body = message.get_body().get_content()
+        rejected = "REJECT-ME" in body
         record = {
             "attempt": self.attempts,
-            "accepted": self.attempts > refuse_first,
+            "accepted": self.attempts > refuse_first and not rejected,
             "tls": session.ssl is not None,
             "authenticated": bool(session.authenticated),
             "mail_from": envelope.mail_from,
@@ -45,10 +55,12 @@ class Handler:
             "to": str(message["to"]),
             "subject": str(message["subject"]),
             "message_id": str(message["message-id"]),
-            "body": message.get_body().get_content(),
+            "body": body,
         }
         with open(out, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if rejected:
+            return "554 5.7.1 rejected by the content filter"
         if not record["accepted"]:
             return "451 4.3.0 try again later"
         return "250 OK"
