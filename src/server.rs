@@ -208,7 +208,7 @@ pub async fn run(
     };
     let mut web_task = tokio::spawn(chaperone_web_approval::serve::serve(
         listeners.web,
-        tls,
+        chaperone_web_approval::serve::Transport::Tls(tls),
         router,
         limits,
         async move {
@@ -259,12 +259,10 @@ pub async fn run(
     if let Some(task) = mail_task {
         let _ = task.await;
     }
-    if let Some(task) = ops_task {
-        match task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "the ops listener failed"),
-            Err(e) => tracing::warn!(error = %e, "the ops listener task failed"),
-        }
+    if let Some(task) = ops_task
+        && let Err(e) = task.await
+    {
+        tracing::warn!(error = %e, "the ops listener task failed");
     }
     if let Some(task) = webhook_task {
         // It stops between deliveries (or mid-backoff) and gives its lease up.

@@ -83,14 +83,30 @@ async fn readyz(State(ops): State<Ops>) -> impl IntoResponse {
     }
 }
 
-/// Serves the ops endpoints on `listener` until `shutdown` completes.
+/// The ops listener's caps: scrapers and probes are a few at a time. Without them an address that can
+/// reach the listener (it needs no sign-in) could hold connections open until the process ran out of
+/// file descriptors, and with them every vendor session (no recording, no session).
+pub const LIMITS: chaperone_web_approval::serve::Limits = chaperone_web_approval::serve::Limits {
+    header_read_timeout: std::time::Duration::from_secs(10),
+    keepalive_timeout: std::time::Duration::from_secs(15),
+    max_connections: 32,
+    max_connections_per_source: 8,
+};
+
+/// Serves the ops endpoints on `listener` until `shutdown` completes, through the web listener's
+/// bounded server ([`LIMITS`]: connection caps, header and idle time-outs), in plain HTTP.
 pub async fn serve(
     listener: TcpListener,
     app: App,
     ready: Arc<Readiness>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(app, ready))
-        .with_graceful_shutdown(shutdown)
-        .await
+) {
+    chaperone_web_approval::serve::serve(
+        listener,
+        chaperone_web_approval::serve::Transport::Plain,
+        router(app, ready),
+        LIMITS,
+        shutdown,
+    )
+    .await;
 }

@@ -82,6 +82,22 @@ fn metrics_move_with_a_session_and_a_backup_taken_meanwhile_restores_and_verifie
     b.grant("alice", "mri-01", "ssh", "1h");
 
     assert_eq!(get(ops, "/healthz").0, 200);
+    // The listener needs no sign-in, so it is capped like the web's: one address holding idle
+    // connections gets a few places (the rest are closed at once), and the endpoints still answer.
+    let idle: Vec<std::net::TcpStream> = (0..20)
+        .filter_map(|_| crate::support::web::tcp_from("127.0.0.7", ops).ok())
+        .collect();
+    let closed = idle
+        .iter()
+        .filter(|c| {
+            use std::io::Read as _;
+            c.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            matches!((&**c).read(&mut [0u8; 1]), Ok(0))
+        })
+        .count();
+    assert_eq!(closed, 20 - 8, "idle connections past the per-address cap");
+    assert_eq!(get(ops, "/healthz").0, 200);
+    drop(idle);
     let (code, ready) = get(ops, "/readyz");
     assert_eq!(code, 200, "{ready}");
     let (code, before) = get(ops, "/metrics");

@@ -65,6 +65,7 @@ fn the_unit_verifies_and_rates_ok_and_the_package_assets_exist() {
         "NoNewPrivileges=yes",
         "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
         "StateDirectory=chaperone",
+        "LimitNOFILE=65536",
         "ExecStart=/usr/bin/chaperone -c /etc/chaperone/chaperone.toml serve",
     ] {
         assert!(unit.lines().any(|l| l == needed), "the unit lacks {needed}");

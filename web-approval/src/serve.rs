@@ -78,16 +78,29 @@ impl Default for Limits {
     }
 }
 
-/// Serves `app` over TLS on `listener` until `shutdown` completes; then stops accepting, lets requests
-/// in flight finish for a few seconds and closes every connection.
+/// How a listener's connections speak.
+#[derive(Clone, Debug)]
+pub enum Transport {
+    /// TLS (the web page).
+    Tls(Arc<rustls::ServerConfig>),
+    /// Plain HTTP (the ops endpoints, meant for a loopback or management address): the same caps and
+    /// time-outs, no TLS.
+    Plain,
+}
+
+/// Serves `app` over `transport` on `listener` until `shutdown` completes; then stops accepting, lets
+/// requests in flight finish for a few seconds and closes every connection.
 pub async fn serve(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    transport: Transport,
     app: Router,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
+    let acceptor = match transport {
+        Transport::Tls(tls) => Some(TlsAcceptor::from(tls)),
+        Transport::Plain => None,
+    };
     let slots = Arc::new(Slots::new(limits));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -147,15 +160,15 @@ pub async fn serve(
     }
 }
 
-/// One connection: TLS, then HTTP/1.1 with keep-alive, under its watchdog.
+/// One connection: TLS (when the listener has it), then HTTP/1.1 with keep-alive, under its watchdog.
 async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
     _slot: Slot,
-    acceptor: TlsAcceptor,
+    acceptor: Option<TlsAcceptor>,
     app: Router,
     limits: Limits,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
     let activity = Arc::new(Activity::new());
@@ -163,40 +176,52 @@ async fn connection(
         inner: tcp,
         activity: activity.clone(),
     };
+    let service = Requests {
+        app,
+        peer,
+        activity: activity.clone(),
+        body_timeout: limits.header_read_timeout,
+    };
     let work = async {
-        let tls = match acceptor.accept(io).await {
-            Ok(tls) => tls,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                return;
-            }
-        };
-        let service = Requests {
-            app,
-            peer,
-            activity: activity.clone(),
-            body_timeout: limits.header_read_timeout,
-        };
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(tls), service);
-        tokio::pin!(conn);
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            () = async { let _ = stop.wait_for(|stopped| *stopped).await; } => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        };
-        if let Err(e) = result {
-            tracing::debug!(%peer, error = %e, "web connection ended with an error");
+        match acceptor {
+            Some(acceptor) => match acceptor.accept(io).await {
+                Ok(tls) => http(tls, service, peer, limits, stop).await,
+                Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            },
+            None => http(io, service, peer, limits, stop).await,
         }
     };
     tokio::select! {
         () = work => {}
         why = activity.watch(limits) => tracing::debug!(%peer, why, "web connection closed"),
+    }
+}
+
+/// HTTP/1.1 with keep-alive on `io` until the client or the stop signal ends it.
+async fn http<IO>(
+    io: IO,
+    service: Requests,
+    peer: SocketAddr,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = async { let _ = stop.wait_for(|stopped| *stopped).await; } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "web connection ended with an error");
     }
 }
 
