@@ -333,7 +333,7 @@ impl Directory {
             )
             .await?;
         match entries.as_slice() {
-            [one] => Ok(Some(match disabled(one) {
+            [one] => Ok(Some(match disabled(one, unix_now()) {
                 Some(why) => FoundEntry::Disabled {
                     dn: one.dn.clone(),
                     why,
@@ -467,7 +467,7 @@ impl Directory {
                     org: organisation(&entry.dn, &v.base).unwrap_or_default(),
                     keys: attribute(&entry, "sshPublicKey"),
                     entry_id: entry_id(&entry),
-                    disabled: disabled(&entry),
+                    disabled: disabled(&entry, unix_now()),
                     dn: entry.dn,
                     name,
                 });
@@ -484,19 +484,80 @@ enum FoundEntry {
     Disabled { dn: String, why: &'static str },
 }
 
-/// The attributes that say a directory disabled or locked an account, read with every user and vendor
-/// entry (a server ignores the names it does not know): Active Directory's `userAccountControl`
-/// (ACCOUNTDISABLE), OpenLDAP ppolicy's `pwdAccountLockedTime` (its administrative lock), 389 Directory
-/// Server's and FreeIPA's `nsAccountLock`.
-const ACCOUNT_STATE: [&str; 3] = [
+/// The attributes that say a directory disabled, locked or expired an account, read with every user
+/// and vendor entry (a server ignores the names it does not know): Active Directory's
+/// `userAccountControl` (ACCOUNTDISABLE) and `accountExpires` (how AD time-limits a contractor's
+/// account), OpenLDAP ppolicy's `pwdAccountLockedTime` (its administrative lock), 389 Directory
+/// Server's and FreeIPA's `nsAccountLock`, FreeIPA's `krbPrincipalExpiration`, and `shadowExpire`.
+const ACCOUNT_STATE: [&str; 6] = [
     "userAccountControl",
     "pwdAccountLockedTime",
     "nsAccountLock",
+    "accountExpires",
+    "krbPrincipalExpiration",
+    "shadowExpire",
 ];
 
-/// How the directory disabled `entry`, if it did ([`ACCOUNT_STATE`]). A value that does not parse
-/// counts as disabled: an account state the bastion cannot read does not let anyone in.
-pub fn disabled(entry: &SearchEntry) -> Option<&'static str> {
+/// Seconds since the Unix epoch now (the directory's rules are judged against the system clock).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// How the directory expired `entry` by `now`, if it did. A value that does not parse counts as
+/// expired, as in [`disabled`].
+fn expired(entry: &SearchEntry, now: i64) -> Option<&'static str> {
+    // AD: 100-ns intervals since 1601-01-01 UTC; 0 and i64::MAX mean never.
+    for v in attribute(entry, "accountExpires") {
+        match v.trim().parse::<i64>() {
+            Ok(0 | i64::MAX) => {}
+            Ok(t) if t / 10_000_000 - 11_644_473_600 > now => {}
+            Ok(_) => return Some("expired (accountExpires)"),
+            Err(_) => return Some("accountExpires does not parse"),
+        }
+    }
+    // GeneralizedTime, `YYYYMMDDHHMMSSZ`.
+    for v in attribute(entry, "krbPrincipalExpiration") {
+        match generalized_time(v.trim()) {
+            Some(t) if t > now => {}
+            Some(_) => return Some("expired (krbPrincipalExpiration)"),
+            None => return Some("krbPrincipalExpiration does not parse"),
+        }
+    }
+    // Days since 1970-01-01; -1 means never.
+    for v in attribute(entry, "shadowExpire") {
+        match v.trim().parse::<i64>() {
+            Ok(-1) => {}
+            Ok(days) if days.saturating_mul(86_400) > now => {}
+            Ok(_) => return Some("expired (shadowExpire)"),
+            Err(_) => return Some("shadowExpire does not parse"),
+        }
+    }
+    None
+}
+
+/// Seconds since the Unix epoch of a GeneralizedTime in UTC with whole seconds (`20261206120000Z`).
+fn generalized_time(text: &str) -> Option<i64> {
+    let digits = text.strip_suffix('Z')?;
+    if digits.len() != 14 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| digits[r].parse::<i64>().ok();
+    let (y, mo, d) = (n(0..4)?, n(4..6)?, n(6..8)?);
+    let (h, mi, s) = (n(8..10)?, n(10..12)?, n(12..14)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    Some(crate::history::days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s)
+}
+
+/// How the directory disabled or expired `entry` by `now`, if it did ([`ACCOUNT_STATE`]). A value that
+/// does not parse counts as disabled: an account state the bastion cannot read does not let anyone in.
+pub fn disabled(entry: &SearchEntry, now: i64) -> Option<&'static str> {
+    if let Some(why) = expired(entry, now) {
+        return Some(why);
+    }
     /// `userAccountControl`'s ACCOUNTDISABLE bit.
     const ACCOUNTDISABLE: u32 = 0x2;
     for v in attribute(entry, "userAccountControl") {
@@ -725,19 +786,49 @@ mod tests {
             bin_attrs: Default::default(),
         };
         // AD: 512 is a normal account, 514 the same disabled; a negative value is the same 32 bits.
-        assert_eq!(disabled(&entry("userAccountControl", "512")), None);
-        assert!(disabled(&entry("userAccountControl", "514")).is_some());
-        assert!(disabled(&entry("useraccountcontrol", "-2147483646")).is_some());
-        assert!(disabled(&entry("userAccountControl", "lots")).is_some());
+        assert_eq!(disabled(&entry("userAccountControl", "512"), 0), None);
+        assert!(disabled(&entry("userAccountControl", "514"), 0).is_some());
+        assert!(disabled(&entry("useraccountcontrol", "-2147483646"), 0).is_some());
+        assert!(disabled(&entry("userAccountControl", "lots"), 0).is_some());
         // ppolicy: the administrative lock only; a lock after failed binds is the bind's to judge.
-        assert!(disabled(&entry("pwdAccountLockedTime", "000001010000Z")).is_some());
+        assert!(disabled(&entry("pwdAccountLockedTime", "000001010000Z"), 0).is_some());
         assert_eq!(
-            disabled(&entry("pwdAccountLockedTime", "20261204120000Z")),
+            disabled(&entry("pwdAccountLockedTime", "20261204120000Z"), 0),
             None
         );
-        assert!(disabled(&entry("nsAccountLock", "TRUE")).is_some());
-        assert_eq!(disabled(&entry("nsAccountLock", "false")), None);
-        assert_eq!(disabled(&entry("cn", "x")), None);
+        assert!(disabled(&entry("nsAccountLock", "TRUE"), 0).is_some());
+        assert_eq!(disabled(&entry("nsAccountLock", "false"), 0), None);
+        assert_eq!(disabled(&entry("cn", "x"), 0), None);
+    }
+
+    /// A contractor's account the directory time-limited is refused once its time is up.
+    #[test]
+    fn account_expiry_the_directory_set() {
+        let entry = |k: &str, v: &str| SearchEntry {
+            dn: "uid=x,dc=example,dc=com".into(),
+            attrs: [(k.to_owned(), vec![v.to_owned()])].into_iter().collect(),
+            bin_attrs: Default::default(),
+        };
+        // 2026-12-06 00:00:00 UTC.
+        let now = 1_796_515_200;
+        assert_eq!(generalized_time("20261206000000Z"), Some(now));
+        // AD FILETIME of that moment: (now + 11644473600) * 10^7.
+        let filetime = (now + 11_644_473_600) * 10_000_000;
+        let ad = |t: i64| disabled(&entry("accountExpires", &t.to_string()), now);
+        assert!(ad(filetime).is_some(), "expires at this very second");
+        assert!(ad(filetime - 10_000_000).is_some());
+        assert_eq!(ad(filetime + 864_000_000_000), None, "a day left");
+        assert_eq!(ad(0), None, "never");
+        assert_eq!(ad(i64::MAX), None, "never");
+        assert!(disabled(&entry("accountExpires", "soon"), now).is_some());
+        let krb = |v: &str| disabled(&entry("krbPrincipalExpiration", v), now);
+        assert!(krb("20261205235959Z").is_some());
+        assert_eq!(krb("20261206000001Z"), None);
+        assert!(krb("2026-12-06").is_some(), "unreadable counts as expired");
+        let shadow = |v: &str| disabled(&entry("shadowExpire", v), now);
+        assert!(shadow("20793").is_some(), "the day of now has begun");
+        assert_eq!(shadow("20794"), None);
+        assert_eq!(shadow("-1"), None);
     }
 
     #[test]

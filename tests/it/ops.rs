@@ -91,7 +91,8 @@ fn metrics_move_with_a_session_and_a_backup_taken_meanwhile_restores_and_verifie
         .iter()
         .filter(|c| {
             use std::io::Read as _;
-            c.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            c.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
             matches!((&**c).read(&mut [0u8; 1]), Ok(0))
         })
         .count();
