@@ -124,6 +124,7 @@ async fn current(app: &App, s: &Staff) -> Result<(Approver, StaffAuth), CoreErro
             Method::Totp => AuthMethod::Totp,
         },
         dn: user.dn.clone(),
+        entry_id: user.entry_id.clone(),
         zones: ZoneScope {
             grouped: app
                 .config
@@ -498,10 +499,15 @@ impl WebCore {
             return Ok(Verdict::Refused);
         };
         // One directory entry, one account: a second name for an entry (two `uid` values, a filter
-        // on two attributes) would be a second approver of four eyes. Its first account keeps it.
+        // on two attributes, the entry moved or renamed) would be a second approver of four eyes. Its
+        // first account keeps it; entries compare by their stable id where both have one.
+        let entry = crate::store::EntryRef {
+            dn: &found.dn,
+            id: found.entry_id.as_deref(),
+        };
         let owner = app
             .store
-            .directory_account_of(&found.dn, user.as_ref().map(|u| u.id))
+            .directory_account_of(entry, user.as_ref().map(|u| u.id))
             .await
             .map_err(internal)?;
         if let Some(owner) = owner {
@@ -521,7 +527,7 @@ impl WebCore {
             _ => {
                 let mut tx = app.store.begin().await.map_err(internal)?;
                 let (id, created) = match tx
-                    .upsert_directory_staff(attempt.name, &standing, &found.dn, now)
+                    .upsert_directory_staff(attempt.name, &standing, entry, now)
                     .await
                 {
                     Ok(r) => r,

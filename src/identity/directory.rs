@@ -109,15 +109,50 @@ pub async fn recheck_staff(app: &App, directory: &Directory) -> Result<(), SyncE
     for user in app.store.directory_staff().await? {
         let found = directory.lookup(&user.name).await?;
         let now = app.clock.now();
+        // The name now finds another entry than the account's (its person left and the name was
+        // given to someone else): the account is not theirs.
+        let other_entry = match (&found, &user.entry_id) {
+            (Lookup::Found(f), Some(mine)) => f
+                .entry_id
+                .as_deref()
+                .is_some_and(|theirs| !theirs.eq_ignore_ascii_case(mine)),
+            _ => false,
+        };
         let standing = match &found {
             Lookup::NoSuchUser | Lookup::Disabled { .. } => None,
+            Lookup::Found(_) if other_entry => None,
             Lookup::Found(f) => f.standing(),
         };
+        // The same entry moved or renamed in place (its DN changed), or an account from before its id
+        // was kept: the account follows its entry, so a second name for the moved entry finds it
+        // (one entry, one account) rather than the old DN.
+        if let (Lookup::Found(f), Some(_)) = (&found, &standing)
+            && (user.dn.as_deref() != Some(f.dn.as_str())
+                || (user.entry_id.is_none() && f.entry_id.is_some()))
+        {
+            let mut tx = app.store.begin().await?;
+            tx.set_staff_entry(user.id, &f.dn, f.entry_id.as_deref())
+                .await?;
+            tx.audit(
+                AuditEvent::new(
+                    ACTOR,
+                    Action::UserDirectoryUpdate,
+                    format!("user:{}", user.name),
+                    json!({"dn": f.dn, "entry_id": f.entry_id}),
+                ),
+                now,
+            )
+            .await?;
+            tx.commit("user.directory.update").await?;
+        }
         match standing {
             None => {
                 let why = match &found {
                     Lookup::NoSuchUser => "no longer in the directory",
                     Lookup::Disabled { why, .. } => why,
+                    Lookup::Found(_) if other_entry => {
+                        "the name now belongs to another directory entry"
+                    }
                     Lookup::Found(_) => "in no mapped group",
                 };
                 remove_staff(app, &user, why, now).await?;

@@ -82,6 +82,9 @@ impl LdapError {
 pub struct DirectoryUser {
     pub name: String,
     pub dn: String,
+    /// The entry's stable id (`entryUUID`, or `objectGUID` as hex): what ties an account to the
+    /// entry, since a DN changes when the entry is moved or renamed. `None` for a directory with neither.
+    pub entry_id: Option<String>,
     /// Every role a mapped group gives (`[ldap.roles]`).
     pub roles: Vec<Role>,
     /// Zones whose approver group they are in (`[ldap.zones.X] approver`).
@@ -263,13 +266,14 @@ impl Directory {
             let found = self.find_user(&mut ldap, name).await;
             let result = match found {
                 Ok(Some(FoundEntry::Disabled { dn, why })) => Ok(Lookup::Disabled { dn, why }),
-                Ok(Some(FoundEntry::Enabled(dn))) => self
+                Ok(Some(FoundEntry::Enabled { dn, entry_id })) => self
                     .groups_of(&mut ldap, name, &dn)
                     .await
                     .map(|(roles, zones)| {
                         Lookup::Found(DirectoryUser {
                             name: name.to_owned(),
                             dn,
+                            entry_id,
                             roles,
                             zones,
                         })
@@ -329,7 +333,10 @@ impl Directory {
                 &self.config.user_base,
                 Scope::Subtree,
                 &filter,
-                ACCOUNT_STATE.to_vec(),
+                ACCOUNT_STATE
+                    .into_iter()
+                    .chain(["entryUUID", "objectGUID"])
+                    .collect(),
             )
             .await?;
         match entries.as_slice() {
@@ -338,7 +345,10 @@ impl Directory {
                     dn: one.dn.clone(),
                     why,
                 },
-                None => FoundEntry::Enabled(one.dn.clone()),
+                None => FoundEntry::Enabled {
+                    dn: one.dn.clone(),
+                    entry_id: entry_id(one),
+                },
             })),
             [] => Ok(None),
             more => {
@@ -480,8 +490,14 @@ impl Directory {
 
 /// What [`Directory::find_user`] found.
 enum FoundEntry {
-    Enabled(String),
-    Disabled { dn: String, why: &'static str },
+    Enabled {
+        dn: String,
+        entry_id: Option<String>,
+    },
+    Disabled {
+        dn: String,
+        why: &'static str,
+    },
 }
 
 /// The attributes that say a directory disabled, locked or expired an account, read with every user
@@ -889,6 +905,7 @@ mod tests {
         let user = |roles: Vec<Role>, zones: Vec<&str>| DirectoryUser {
             name: "erin".into(),
             dn: "uid=erin".into(),
+            entry_id: None,
             roles,
             zones: zones.into_iter().map(str::to_owned).collect(),
         };

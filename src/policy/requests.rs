@@ -28,7 +28,7 @@ use crate::config::{PolicyConfig, format_duration};
 use crate::model::{
     AccessRequest, Approval, Criticality, RequestStatus, Role, UnixTime, Vendor, check_text,
 };
-use crate::store::{NewRequest, Store, StoreError};
+use crate::store::{EntryRef, NewRequest, Store, StoreError};
 
 /// Why a vendor's request was not filed. [`FileRefusal::vendor_message`] is the one line they see.
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +224,9 @@ pub struct Approver {
     /// The directory entry behind the account (directory staff): four eyes are two people, so two
     /// accounts on one entry, or an account on the requesting vendor's entry, count as one.
     pub dn: Option<String>,
+    /// That entry's stable id (`entryUUID`/`objectGUID`), when known: compared before the DN, which
+    /// changes when the entry is moved or renamed.
+    pub entry_id: Option<String>,
     /// Which zones' requests they may decide.
     pub zones: ZoneScope,
 }
@@ -370,11 +373,20 @@ pub async fn decide(
     }
     // Four eyes: staff and vendor accounts are separate, but a shared name is the same person until
     // proven otherwise, and so is a shared directory entry.
-    let same_entry = |dn: Option<String>| {
-        dn.zip(approver.dn.as_deref())
-            .is_some_and(|(a, b)| a.eq_ignore_ascii_case(b))
+    let same_entry = |other: Option<(String, Option<String>)>| {
+        approver
+            .dn
+            .as_deref()
+            .zip(other)
+            .is_some_and(|(dn, (their_dn, their_id))| {
+                EntryRef {
+                    dn,
+                    id: approver.entry_id.as_deref(),
+                }
+                .is(Some(&their_dn), their_id.as_deref())
+            })
     };
-    if approver.name == request.vendor || same_entry(tx.vendor_dn(&request.vendor).await?) {
+    if approver.name == request.vendor || same_entry(tx.vendor_entry(&request.vendor).await?) {
         return Err(DecideError::SelfApproval);
     }
     let outcome = match decision {
@@ -411,7 +423,7 @@ pub async fn decide(
         } => {
             for earlier in &request.approvals {
                 if earlier.approver == approver.name
-                    || same_entry(tx.staff_dn(&earlier.approver).await?)
+                    || same_entry(tx.staff_entry(&earlier.approver).await?)
                 {
                     return Err(DecideError::AlreadyApproved);
                 }

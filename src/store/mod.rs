@@ -47,7 +47,7 @@ pub use search::{
 };
 pub use session_starts::SessionStart;
 pub use sessions::{NewRecording, NewSession, RetentionCandidate};
-pub use staff::{DirectoryStanding, SOURCE_DIRECTORY, SOURCE_LOCAL, StaffAuth};
+pub use staff::{DirectoryStanding, EntryRef, SOURCE_DIRECTORY, SOURCE_LOCAL, StaffAuth};
 pub use vendors::{DirectoryVendor, LoginFailure, VendorTotp};
 pub use web_state::MAX_WEB_STATE;
 

@@ -38,6 +38,8 @@ pub struct StaffAuth {
     pub directory: bool,
     /// The directory entry it was last found as.
     pub dn: Option<String>,
+    /// The entry's stable id (`entryUUID`/`objectGUID`), when known (migration 0020).
+    pub entry_id: Option<String>,
     /// Zones the directory lets them approve (`[ldap.zones.X] approver`).
     pub zones: Vec<String>,
     /// Their approver role comes from zone groups alone: they decide those zones' requests only.
@@ -67,7 +69,7 @@ impl std::fmt::Debug for StaffAuth {
     }
 }
 
-const AUTH_COLUMNS: &str = "id, name, role, enabled, password_hash, totp_secret, source, dn, zones, zones_only, \
+const AUTH_COLUMNS: &str = "id, name, role, enabled, password_hash, totp_secret, source, dn, entry_id, zones, zones_only, \
      CASE WHEN passkeys IS NULL THEN 0 ELSE 1 END AS has_passkeys, \
      CASE WHEN enroll_token_hash IS NULL THEN 0 ELSE 1 END AS enrolling, directory_disabled";
 
@@ -106,6 +108,7 @@ fn staff_auth(row: &AnyRow) -> Result<StaffAuth> {
         totp_secret: get(row, "totp_secret")?,
         directory: get::<String>(row, "source")? == SOURCE_DIRECTORY,
         dn: get(row, "dn")?,
+        entry_id: get(row, "entry_id")?,
         zones: get::<String>(row, "zones")?
             .split(',')
             .filter(|z| !z.is_empty())
@@ -120,14 +123,14 @@ fn staff_auth(row: &AnyRow) -> Result<StaffAuth> {
 
 async fn account_of_entry<'e>(
     db: impl sqlx::Executor<'e, Database = sqlx::Any>,
-    dn: &str,
+    entry: EntryRef<'_>,
     except: Option<i64>,
 ) -> Result<Option<String>> {
-    // Compared here, ASCII case only, as `requests::decide` compares entries (PostgreSQL's lower() would
-    // also fold other letters, SQLite's not). An account the directory disabled (its name went, as in
-    // a rename) does not hold the entry; one an administrator disabled does (`user disable` holds).
+    // Compared here ([`EntryRef::is`]: by stable id where both have one, else the DN in ASCII case, as
+    // `requests::decide` compares entries). An account the directory disabled (its name went, as in a
+    // rename) does not hold the entry; one an administrator disabled does (`user disable` holds).
     let rows = sqlx::query(
-        "SELECT id, name, dn FROM staff_users WHERE dn IS NOT NULL AND directory_disabled = 0 \
+        "SELECT id, name, dn, entry_id FROM staff_users WHERE dn IS NOT NULL AND directory_disabled = 0 \
          ORDER BY id",
     )
     .fetch_all(db)
@@ -135,7 +138,9 @@ async fn account_of_entry<'e>(
     .context("reading the account of a directory entry")?;
     let mut owner = None;
     for row in &rows {
-        if get::<String>(row, "dn")?.eq_ignore_ascii_case(dn) {
+        let dn: Option<String> = get(row, "dn")?;
+        let id: Option<String> = get(row, "entry_id")?;
+        if entry.is(dn.as_deref(), id.as_deref()) {
             owner = Some((get::<i64>(row, "id")?, get::<String>(row, "name")?));
             break;
         }
@@ -147,6 +152,26 @@ async fn account_of_entry<'e>(
         Some(except) if id >= except => None,
         _ => Some(name),
     })
+}
+
+/// A directory entry as the directory shows it now: its DN and its stable id (`entryUUID`, AD's
+/// `objectGUID`), if the directory has one.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryRef<'a> {
+    pub dn: &'a str,
+    pub id: Option<&'a str>,
+}
+
+impl EntryRef<'_> {
+    /// Whether an account or vendor stored with `dn` and `id` is this entry: by the stable id when both
+    /// have one (a DN changes when the entry is moved or renamed, and an entry deleted and made again
+    /// at the same DN is another person's), else by the DN (ASCII case folded, as a directory does).
+    pub fn is(&self, dn: Option<&str>, id: Option<&str>) -> bool {
+        match (self.id, id) {
+            (Some(mine), Some(theirs)) => mine.eq_ignore_ascii_case(theirs),
+            _ => dn.is_some_and(|d| d.eq_ignore_ascii_case(self.dn)),
+        }
+    }
 }
 
 impl Store {
@@ -167,10 +192,10 @@ impl Store {
     /// `except` or `except` is new. Accounts made twice for one entry before this rule keep the first.
     pub async fn directory_account_of(
         &self,
-        dn: &str,
+        entry: EntryRef<'_>,
         except: Option<i64>,
     ) -> Result<Option<String>> {
-        account_of_entry(&self.pool, dn, except).await
+        account_of_entry(&self.pool, entry, except).await
     }
 
     /// Every enabled staff member from the directory (the re-check's list).
@@ -574,9 +599,10 @@ impl Tx {
         &mut self,
         name: &str,
         standing: &DirectoryStanding,
-        dn: &str,
+        entry: EntryRef<'_>,
         now: UnixTime,
     ) -> Result<(i64, bool)> {
+        let dn = entry.dn;
         let zones = standing.zones.join(",");
         let row = sqlx::query("SELECT id, source FROM staff_users WHERE name = $1")
             .bind(name)
@@ -587,7 +613,7 @@ impl Tx {
             Some(row) => Some(get::<i64>(row, "id")?),
             None => None,
         };
-        if let Some(owner) = self.directory_account_of(dn, id).await? {
+        if let Some(owner) = self.directory_account_of(entry, id).await? {
             return Err(StoreError::Conflict(format!(
                 "the directory entry {dn} signs in as {owner}, not as {name}"
             )));
@@ -603,21 +629,22 @@ impl Tx {
             sqlx::query(
                 "UPDATE staff_users SET role = $1, dn = $2, zones = $3, zones_only = $4, \
                  enabled = CASE WHEN directory_disabled = 1 THEN 1 ELSE enabled END, \
-                 directory_disabled = 0 WHERE id = $5",
+                 directory_disabled = 0, entry_id = $6 WHERE id = $5",
             )
             .bind(standing.role.to_string())
             .bind(dn)
             .bind(&zones)
             .bind(i64::from(standing.zones_only))
             .bind(id)
+            .bind(entry.id)
             .execute(&mut *self.tx)
             .await
             .context("refreshing a directory user")?;
             return Ok((id, false));
         }
         let row = sqlx::query(
-            "INSERT INTO staff_users (name, role, enabled, source, dn, zones, zones_only, created_at) \
-             VALUES ($1, $2, 1, $3, $4, $5, $6, $7) RETURNING id",
+            "INSERT INTO staff_users (name, role, enabled, source, dn, zones, zones_only, created_at, \
+             entry_id) VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8) RETURNING id",
         )
         .bind(name)
         .bind(standing.role.to_string())
@@ -626,6 +653,7 @@ impl Tx {
         .bind(&zones)
         .bind(i64::from(standing.zones_only))
         .bind(now)
+        .bind(entry.id)
         .fetch_one(&mut *self.tx)
         .await
         .context("adding a directory user")?;
@@ -635,10 +663,10 @@ impl Tx {
     /// [`Store::directory_account_of`], inside this transaction.
     pub async fn directory_account_of(
         &mut self,
-        dn: &str,
+        entry: EntryRef<'_>,
         except: Option<i64>,
     ) -> Result<Option<String>> {
-        account_of_entry(&mut *self.tx, dn, except).await
+        account_of_entry(&mut *self.tx, entry, except).await
     }
 
     /// [`Store::staff_auth`], read inside this transaction (what a decision re-reads of the approvers
@@ -654,15 +682,18 @@ impl Tx {
         row.as_ref().map(staff_auth).transpose()
     }
 
-    /// The directory entry of staff account `name` (None: a local account, or no such account).
-    pub async fn staff_dn(&mut self, name: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT dn FROM staff_users WHERE name = $1")
+    /// The directory entry of staff account `name`: its DN and stable id (None: a local account, or no
+    /// such account).
+    pub async fn staff_entry(&mut self, name: &str) -> Result<Option<(String, Option<String>)>> {
+        let row = sqlx::query("SELECT dn, entry_id FROM staff_users WHERE name = $1")
             .bind(name)
             .fetch_optional(&mut *self.tx)
             .await
             .context("reading a staff account's directory entry")?;
         Ok(match row {
-            Some(row) => get(&row, "dn")?,
+            Some(row) => get::<Option<String>>(&row, "dn")?
+                .map(|dn| Ok::<_, StoreError>((dn, get(&row, "entry_id")?)))
+                .transpose()?,
             None => None,
         })
     }
@@ -692,6 +723,26 @@ impl Tx {
 
     /// What the directory says of a directory user now (the re-check): role and zones, or disabled (and
     /// marked as disabled by the directory, which may enable it again at a sign-in).
+    /// Records where a directory account's entry is now (`dn`) and its stable id: an entry moved or
+    /// renamed keeps its account, and the account follows it.
+    pub async fn set_staff_entry(
+        &mut self,
+        id: i64,
+        dn: &str,
+        entry_id: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE staff_users SET dn = $1, entry_id = COALESCE($2, entry_id) WHERE id = $3",
+        )
+        .bind(dn)
+        .bind(entry_id)
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await
+        .context("recording a directory account's entry")?;
+        Ok(())
+    }
+
     pub async fn set_directory_standing(
         &mut self,
         id: i64,

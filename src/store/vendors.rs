@@ -356,14 +356,16 @@ impl Tx {
     }
 
     /// The directory entry of vendor `name` (None: a vendor added with `vendor add`, or no such vendor).
-    pub async fn vendor_dn(&mut self, name: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT dn FROM vendors WHERE name = $1")
+    pub async fn vendor_entry(&mut self, name: &str) -> Result<Option<(String, Option<String>)>> {
+        let row = sqlx::query("SELECT dn, entry_id FROM vendors WHERE name = $1")
             .bind(name)
             .fetch_optional(&mut *self.tx)
             .await
             .context("reading a vendor's directory entry")?;
         Ok(match row {
-            Some(row) => get(&row, "dn")?,
+            Some(row) => get::<Option<String>>(&row, "dn")?
+                .map(|dn| Ok::<_, StoreError>((dn, get(&row, "entry_id")?)))
+                .transpose()?,
             None => None,
         })
     }

@@ -286,6 +286,33 @@ fn directory_approver_enrols_at_first_sign_in_approves_and_is_signed_out_when_re
         "{}",
         b.log()
     );
+    // Nor once the entry moved (an OU reorganisation: a new DN, the same entry, its group updated):
+    // accounts are tied to the entry's stable id, not its DN, so erin.old still finds erin's account.
+    let moved = format!("uid=erin,ou=radiology,ou=people,{}", slapd::SUFFIX);
+    let move_erin = |from: &str, to_ou: &str, to: &str| {
+        dir.modify(&format!(
+            "dn: {from}\nchangetype: modrdn\nnewrdn: uid=erin\ndeleteoldrdn: 0\nnewsuperior: {to_ou}\n\n\
+             dn: {}\nchangetype: modify\ndelete: member\nmember: {from}\n-\nadd: member\nmember: {to}\n",
+            group("approvers")
+        ));
+    };
+    dir.modify(&format!(
+        "dn: ou=radiology,ou=people,{}\nobjectClass: organizationalUnit\nou: radiology\n",
+        slapd::SUFFIX
+    ));
+    move_erin(
+        &person("erin"),
+        &format!("ou=radiology,ou=people,{}", slapd::SUFFIX),
+        &moved,
+    );
+    // (from an address of its own: the test's sign-ins from 127.0.0.1 are counted per address)
+    let (status, _, body) = form_sign_in_from(&b, Some("127.0.0.10"), "erin.old", "dirpw-erin");
+    assert_eq!(status, 401, "{body}\n{}", b.log());
+    move_erin(
+        &moved,
+        &format!("ou=people,{}", slapd::SUFFIX),
+        &person("erin"),
+    );
     // ivan is in ICU's approver group only: an approver for ICU's requests, no one else's.
     let mut ivan = enrol_directory_staff(&b, "ivan");
     ivan.login();

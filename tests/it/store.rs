@@ -502,7 +502,7 @@ async fn zone_approvers_and_four_eyes_by_directory_entry_on_both_backends() {
     use chaperone::policy::requests::{
         self, Approver, AuthMethod, DecideError, Decision, Outcome, ZoneScope,
     };
-    use chaperone::store::DirectoryStanding;
+    use chaperone::store::{DirectoryStanding, EntryRef};
     use std::time::Duration;
 
     on_both(|store| async move {
@@ -538,6 +538,7 @@ async fn zone_approvers_and_four_eyes_by_directory_entry_on_both_backends() {
             role,
             method: AuthMethod::Totp,
             dn: dn.map(str::to_owned),
+            entry_id: None,
             zones,
         };
         let scope = |grouped: &[&str], member_of: &[&str], only: bool| ZoneScope {
@@ -606,21 +607,79 @@ async fn zone_approvers_and_four_eyes_by_directory_entry_on_both_backends() {
             zones_only: false,
         };
         let mut tx = store.begin().await.unwrap();
-        tx.upsert_directory_staff("erin", &standing, "uid=erin,ou=staff,dc=example", 900)
-            .await
-            .unwrap();
+        tx.upsert_directory_staff(
+            "erin",
+            &standing,
+            EntryRef {
+                dn: "uid=erin,ou=staff,dc=example",
+                id: None,
+            },
+            900,
+        )
+        .await
+        .unwrap();
         let second = tx
-            .upsert_directory_staff("erin.old", &standing, "UID=Erin,ou=staff,dc=example", 900)
+            .upsert_directory_staff(
+                "erin.old",
+                &standing,
+                EntryRef {
+                    dn: "UID=Erin,ou=staff,dc=example",
+                    id: None,
+                },
+                900,
+            )
             .await;
         assert!(matches!(second, Err(StoreError::Conflict(_))), "{second:?}");
         tx.audit(ev(Action::UserDirectoryAdd), 900).await.unwrap();
         tx.commit("t").await.unwrap();
         assert_eq!(
             store
-                .directory_account_of("uid=ERIN,ou=staff,dc=example", None)
+                .directory_account_of(
+                    EntryRef {
+                        dn: "uid=ERIN,ou=staff,dc=example",
+                        id: None
+                    },
+                    None
+                )
                 .await
                 .unwrap(),
             Some("erin".to_owned())
+        );
+        // With the entry's stable id, the entry is found wherever it moved, and a new entry made at an
+        // old DN (another person) is not the old account's.
+        let mut tx = store.begin().await.unwrap();
+        let standing_ivan = standing.clone();
+        tx.upsert_directory_staff(
+            "ivan",
+            &standing_ivan,
+            EntryRef {
+                dn: "uid=ivan,ou=staff,dc=example",
+                id: Some("5e1f-ivan"),
+            },
+            900,
+        )
+        .await
+        .unwrap();
+        tx.audit(ev(Action::UserDirectoryAdd), 900).await.unwrap();
+        tx.commit("t").await.unwrap();
+        let owner = |dn: &'static str, id: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .directory_account_of(EntryRef { dn, id: Some(id) }, None)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(
+            owner("uid=ivan,ou=moved,dc=example", "5E1F-IVAN").await,
+            Some("ivan".to_owned()),
+            "moved: the same entry"
+        );
+        assert_eq!(
+            owner("uid=ivan,ou=staff,dc=example", "new-entry").await,
+            None,
+            "the old DN, another entry"
         );
         let erin = store.staff_auth("erin").await.unwrap().unwrap();
         // Passkeys change only over the copy they were read as: a stale copy writes nothing (it would
@@ -646,7 +705,13 @@ async fn zone_approvers_and_four_eyes_by_directory_entry_on_both_backends() {
         );
         assert_eq!(
             store
-                .directory_account_of("uid=erin,ou=staff,dc=example", Some(erin.id))
+                .directory_account_of(
+                    EntryRef {
+                        dn: "uid=erin,ou=staff,dc=example",
+                        id: None
+                    },
+                    Some(erin.id)
+                )
                 .await
                 .unwrap(),
             None,
@@ -744,6 +809,7 @@ async fn requests_are_filed_decided_by_four_eyes_and_lapse_on_both_backends() {
             role: Role::Approver,
             method,
             dn: None,
+            entry_id: None,
             zones: Default::default(),
         };
         let r = file(1000).await;
@@ -1547,6 +1613,7 @@ async fn grants_go_only_to_enabled_vendors_and_pending_requests_are_capped_on_bo
             role: Role::Approver,
             method: AuthMethod::Passkey,
             dn: None,
+            entry_id: None,
             zones: Default::default(),
         };
         let approve = Decision::Approve {
