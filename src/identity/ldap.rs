@@ -443,6 +443,49 @@ impl Directory {
         Ok(entries.into_iter().map(SearchEntry::construct).collect())
     }
 
+    /// [`Directory::search`] a page at a time (RFC 2696 paged results, [`PAGE_SIZE`] entries a page):
+    /// a subtree larger than the server's size limit for one search (OpenLDAP's default 500, Active
+    /// Directory's `MaxPageSize` 1,000) is read whole instead of failing with sizeLimitExceeded, which
+    /// stopped every sync, so removed vendors stayed enabled. Referrals are dropped, never chased.
+    async fn search_paged(
+        &self,
+        ldap: &mut Ldap,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: Vec<&str>,
+    ) -> Result<Vec<SearchEntry>, LdapError> {
+        use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
+        let adapters: Vec<Box<dyn Adapter<'_, &str, Vec<&str>>>> = vec![
+            Box::new(EntriesOnly::new()),
+            Box::new(PagedResults::new(PAGE_SIZE)),
+        ];
+        let mut stream = ldap
+            .with_timeout(self.config.timeout)
+            .streaming_search_with(adapters, base, scope, filter, attrs)
+            .await
+            .map_err(|source| self.unreachable(source))?;
+        let mut entries = Vec::new();
+        while let Some(entry) = stream
+            .next()
+            .await
+            .map_err(|source| self.unreachable(source))?
+        {
+            entries.push(SearchEntry::construct(entry));
+        }
+        let res = stream.finish().await;
+        if res.rc == 32 && scope == Scope::Subtree {
+            return Ok(Vec::new());
+        }
+        if res.rc != 0 {
+            return Err(LdapError::Search {
+                base: base.to_owned(),
+                text: format!("rc={} {}", res.rc, res.text),
+            });
+        }
+        Ok(entries)
+    }
+
     /// Every vendor entry under `[ldap.vendors] base` (none when the section is absent).
     pub async fn vendors(&self) -> Result<Vec<DirectoryVendorEntry>, LdapError> {
         let Some(v) = &self.config.vendors else {
@@ -451,7 +494,7 @@ impl Directory {
         self.bounded(async {
             let mut ldap = self.service().await?;
             let found = self
-                .search(
+                .search_paged(
                     &mut ldap,
                     &v.base,
                     Scope::Subtree,
@@ -487,6 +530,10 @@ impl Directory {
         .await
     }
 }
+
+/// Entries a page of the vendor subtree's search holds ([`Directory::search_paged`]): below every
+/// common server's limit for one search.
+const PAGE_SIZE: i32 = 200;
 
 /// What [`Directory::find_user`] found.
 enum FoundEntry {
