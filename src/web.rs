@@ -519,6 +519,7 @@ impl WebCore {
             DirectoryStanding::of(u) != standing
                 || (!u.enabled && u.directory_disabled)
                 || u.dn.as_deref() != Some(&found.dn)
+                || u.entry_id != found.entry_id
         });
         let id = match user.as_ref() {
             Some(u) if !changed => u.id,
@@ -531,9 +532,12 @@ impl WebCore {
                     .await
                 {
                     Ok(r) => r,
-                    // A local account of that name exists (added meanwhile): the directory does not
-                    // sign it in.
-                    Err(StoreError::Conflict(_)) => return Ok(Verdict::Refused),
+                    // A local account of that name exists (added meanwhile), or the name now finds
+                    // another entry than its account's: the directory does not sign it in.
+                    Err(StoreError::Conflict(why)) => {
+                        tracing::warn!(name = %attempt.name, dn = %found.dn, %why, "directory sign-in refused");
+                        return Ok(Verdict::Refused);
+                    }
                     Err(e) => return Err(internal(e)),
                 };
                 tx.audit(

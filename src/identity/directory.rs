@@ -118,9 +118,25 @@ pub async fn recheck_staff(app: &App, directory: &Directory) -> Result<(), SyncE
                 .is_some_and(|theirs| !theirs.eq_ignore_ascii_case(mine)),
             _ => false,
         };
+        // The entry, found under this account's name, already belongs to another account (one entry,
+        // one account): this one does not take it over.
+        let taken = match &found {
+            Lookup::Found(f) => app
+                .store
+                .directory_account_of(
+                    crate::store::EntryRef {
+                        dn: &f.dn,
+                        id: f.entry_id.as_deref(),
+                    },
+                    Some(user.id),
+                )
+                .await?
+                .is_some(),
+            _ => false,
+        };
         let standing = match &found {
             Lookup::NoSuchUser | Lookup::Disabled { .. } => None,
-            Lookup::Found(_) if other_entry => None,
+            Lookup::Found(_) if other_entry || taken => None,
             Lookup::Found(f) => f.standing(),
         };
         // The same entry moved or renamed in place (its DN changed), or an account from before its id
@@ -153,6 +169,7 @@ pub async fn recheck_staff(app: &App, directory: &Directory) -> Result<(), SyncE
                     Lookup::Found(_) if other_entry => {
                         "the name now belongs to another directory entry"
                     }
+                    Lookup::Found(_) if taken => "its entry signs in as another account",
                     Lookup::Found(_) => "in no mapped group",
                 };
                 remove_staff(app, &user, why, now).await?;

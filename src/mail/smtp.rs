@@ -92,7 +92,8 @@ pub enum SendError {
         addr: String,
         stage: &'static str,
         reply: String,
-        /// A 5xx reply: sending the same again gets the same answer (RFC 5321 4.2.1).
+        /// A 5xx reply to this message's recipients or content: sending the same again gets the same
+        /// answer (RFC 5321 4.2.1).
         permanent: bool,
     },
     #[error("{addr} sent a reply that is not SMTP")]
@@ -277,7 +278,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Dialogue<'_, S> {
             addr: self.addr.to_owned(),
             stage,
             reply: reply.text(),
-            permanent: (500..600).contains(&reply.code),
+            // Only about this message: its recipients or its content. A 5xx to the greeting, STARTTLS,
+            // AUTH or MAIL FROM says the relay or our settings are wrong, for every message alike:
+            // retried until someone fixes it, not dropped.
+            permanent: (500..600).contains(&reply.code)
+                && matches!(stage, "RCPT TO" | "the message"),
         }
     }
 

@@ -209,6 +209,27 @@ async fn add(
 /// own without the vendor's authenticator. `None` when confirmed; else the exit status, said why.
 async fn confirm(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>) -> Option<u32> {
     let app = &ctx.shared.app;
+    let state = match app.store.vendor_second_factor(vendor.id).await {
+        Ok(state) => state,
+        Err(e) => {
+            tracing::error!(vendor = %vendor.name, error = %e, "cannot read the vendor's TOTP state");
+            say(
+                channel,
+                "chaperone: the bastion cannot check codes right now; try again in a minute.\r\n",
+            )
+            .await;
+            return Some(1);
+        }
+    };
+    if !state.enrolled {
+        // Reset since this session signed in: no code can match, and none is asked (or counted).
+        say(
+            channel,
+            "chaperone: your authenticator app was reset; sign in again to set it up, then add a passkey.\r\n",
+        )
+        .await;
+        return Some(1);
+    }
     say(channel, CODE_PROMPT).await;
     let code = match tokio::time::timeout(CODE_WAIT, typed_line(ctx, channel)).await {
         Ok(Typed::Line(code)) => code,
@@ -231,14 +252,6 @@ async fn confirm(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>) -> 
             return Some(1);
         }
     };
-    let state = match app.store.vendor_second_factor(vendor.id).await {
-        Ok(state) => state,
-        Err(e) => {
-            tracing::error!(vendor = %vendor.name, error = %e, "cannot read the vendor's TOTP state");
-            say(channel, "\r\nchaperone: the bastion cannot check codes right now; try again in a minute.\r\n").await;
-            return Some(1);
-        }
-    };
     let attempt = Attempt {
         account: Account::Vendor {
             id: vendor.id,
@@ -247,7 +260,8 @@ async fn confirm(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>) -> 
         source: ctx.peer.to_string(),
         first_factor: true,
         second: Second::Confirm {
-            // A vendor reset since signing in has no seed anyone knows: no code matches.
+            // Read before the prompt; a reset meanwhile is caught by the seed's step (a new seed
+            // starts over) or refused like a wrong code.
             sealed: state.enrolled.then_some(state.sealed.as_slice()),
             code: code.trim(),
         },

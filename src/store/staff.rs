@@ -167,7 +167,11 @@ impl EntryRef<'_> {
     /// have one (a DN changes when the entry is moved or renamed, and an entry deleted and made again
     /// at the same DN is another person's), else by the DN (ASCII case folded, as a directory does).
     pub fn is(&self, dn: Option<&str>, id: Option<&str>) -> bool {
-        match (self.id, id) {
+        // An empty id (a vendor untied from its entry by `vendor enable`) is no id.
+        match (
+            self.id.filter(|i| !i.is_empty()),
+            id.filter(|i| !i.is_empty()),
+        ) {
             (Some(mine), Some(theirs)) => mine.eq_ignore_ascii_case(theirs),
             _ => dn.is_some_and(|d| d.eq_ignore_ascii_case(self.dn)),
         }
@@ -604,7 +608,7 @@ impl Tx {
     ) -> Result<(i64, bool)> {
         let dn = entry.dn;
         let zones = standing.zones.join(",");
-        let row = sqlx::query("SELECT id, source FROM staff_users WHERE name = $1")
+        let row = sqlx::query("SELECT id, source, entry_id FROM staff_users WHERE name = $1")
             .bind(name)
             .fetch_optional(&mut *self.tx)
             .await
@@ -622,6 +626,19 @@ impl Tx {
             if get::<String>(&row, "source")? != SOURCE_DIRECTORY {
                 return Err(StoreError::Conflict(format!(
                     "{name} is a local account; the directory does not sign it in"
+                )));
+            }
+            // The name now finds another entry than the one the account was made for (its person
+            // left, the name went to someone else): the account, its approvals and its factors are not
+            // the newcomer's.
+            let stored: Option<String> = get(&row, "entry_id")?;
+            if let (Some(stored), Some(found)) = (
+                stored.as_deref().filter(|i| !i.is_empty()),
+                entry.id.filter(|i| !i.is_empty()),
+            ) && !stored.eq_ignore_ascii_case(found)
+            {
+                return Err(StoreError::Conflict(format!(
+                    "{name} now names another directory entry than its account's"
                 )));
             }
             // Enabled again only when the directory was what disabled it: an administrator's

@@ -56,40 +56,65 @@ pub async fn dial(store: &Store, grant: &Grant) -> Result<TcpStream, DialError> 
     let peer = stream
         .peer_addr()
         .map_err(|e| DialError::Unreachable(e.to_string()))?;
-    if ssh_listens_at(store, peer)
+    match ssh_listens_at(store, peer)
         .await
         .map_err(DialError::Store)?
     {
-        return Err(DialError::SshListens(peer));
+        Landed::Clear => {}
+        Landed::OnSsh => return Err(DialError::SshListens(peer)),
+        Landed::Unknown => {
+            return Err(DialError::Unreachable(format!(
+                "where {peer} is could not be checked: the names of the ssh services on that port did \
+                 not resolve within {} s",
+                CHECK_TIMEOUT.as_secs()
+            )));
+        }
     }
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }
 
-/// Whether an asset's `ssh` service is at `peer` (its address and port), its address resolved now. A
-/// name that does not resolve is not there; a lookup is bounded by [`DIAL_TIMEOUT`].
-async fn ssh_listens_at(store: &Store, peer: SocketAddr) -> Result<bool, StoreError> {
+/// How long resolving every `ssh` service's name on the dialled port may take, all of them together.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where an asset's `ssh` service is, as far as [`ssh_listens_at`] could tell.
+enum Landed {
+    Clear,
+    OnSsh,
+    /// A name did not resolve in time: it cannot be ruled out, so the tunnel is refused.
+    Unknown,
+}
+
+/// Whether an asset's `ssh` service is at `peer` (its address and port), the names resolved now, all
+/// at once and within [`CHECK_TIMEOUT`]. A name the resolver says does not exist is not there; one it
+/// did not answer for in time might be, and the answer is [`Landed::Unknown`].
+async fn ssh_listens_at(store: &Store, peer: SocketAddr) -> Result<Landed, StoreError> {
     let ip = peer.ip().to_canonical();
+    let mut names = Vec::new();
     for address in store.ssh_service_addresses(peer.port()).await? {
-        let resolved: Vec<IpAddr> = match address.parse::<IpAddr>() {
-            Ok(literal) => vec![literal],
-            Err(_) => {
-                match tokio::time::timeout(
-                    DIAL_TIMEOUT,
-                    tokio::net::lookup_host((address.as_str(), peer.port())),
-                )
-                .await
-                {
-                    Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
-                    _ => Vec::new(),
-                }
-            }
-        };
-        if resolved.iter().any(|a| a.to_canonical() == ip) {
-            return Ok(true);
+        match address.parse::<IpAddr>() {
+            Ok(literal) if literal.to_canonical() == ip => return Ok(Landed::OnSsh),
+            Ok(_) => {}
+            Err(_) => names.push(address),
         }
     }
-    Ok(false)
+    if names.is_empty() {
+        return Ok(Landed::Clear);
+    }
+    let lookups = futures::future::join_all(
+        names
+            .iter()
+            .map(|name| tokio::net::lookup_host((name.as_str(), peer.port()))),
+    );
+    let Ok(answers) = tokio::time::timeout(CHECK_TIMEOUT, lookups).await else {
+        return Ok(Landed::Unknown);
+    };
+    let on_ssh = answers
+        .into_iter()
+        .filter_map(Result::ok)
+        .flatten()
+        .any(|a| a.ip().to_canonical() == ip);
+    Ok(if on_ssh { Landed::OnSsh } else { Landed::Clear })
 }
 
 impl Gate for Meter {

@@ -681,6 +681,29 @@ async fn zone_approvers_and_four_eyes_by_directory_entry_on_both_backends() {
             None,
             "the old DN, another entry"
         );
+        // An empty id (a vendor untied by `vendor enable`) is no id: the DN decides.
+        assert_eq!(
+            owner("uid=ivan,ou=staff,dc=example", "").await,
+            Some("ivan".to_owned())
+        );
+        // The name given to another entry: the account is not the newcomer's.
+        let mut tx = store.begin().await.unwrap();
+        let newcomer = tx
+            .upsert_directory_staff(
+                "ivan",
+                &standing_ivan,
+                EntryRef {
+                    dn: "uid=ivan,ou=staff,dc=example",
+                    id: Some("another-person"),
+                },
+                950,
+            )
+            .await;
+        assert!(
+            matches!(newcomer, Err(StoreError::Conflict(_))),
+            "{newcomer:?}"
+        );
+        drop(tx);
         let erin = store.staff_auth("erin").await.unwrap().unwrap();
         // Passkeys change only over the copy they were read as: a stale copy writes nothing (it would
         // bring back a passkey removed meanwhile).
