@@ -430,17 +430,10 @@ impl Directory {
             .await
             .map_err(|source| self.unreachable(source))?;
         let (entries, res) = (result.0, result.1);
-        if res.rc == 32 && scope == Scope::Subtree {
-            // The base itself is missing: nothing under it.
-            return Ok(Vec::new());
-        }
-        if res.rc != 0 {
-            return Err(LdapError::Search {
-                base: base.to_owned(),
-                text: format!("rc={} {}", res.rc, res.text),
-            });
-        }
-        Ok(entries.into_iter().map(SearchEntry::construct).collect())
+        Ok(match searched(base, scope, &res)? {
+            Searched::Entries => entries.into_iter().map(SearchEntry::construct).collect(),
+            Searched::NoBase => Vec::new(),
+        })
     }
 
     /// [`Directory::search`] a page at a time (RFC 2696 paged results, [`PAGE_SIZE`] entries a page):
@@ -474,16 +467,10 @@ impl Directory {
             entries.push(SearchEntry::construct(entry));
         }
         let res = stream.finish().await;
-        if res.rc == 32 && scope == Scope::Subtree {
-            return Ok(Vec::new());
-        }
-        if res.rc != 0 {
-            return Err(LdapError::Search {
-                base: base.to_owned(),
-                text: format!("rc={} {}", res.rc, res.text),
-            });
-        }
-        Ok(entries)
+        Ok(match searched(base, scope, &res)? {
+            Searched::Entries => entries,
+            Searched::NoBase => Vec::new(),
+        })
     }
 
     /// Every vendor entry under `[ldap.vendors] base` (none when the section is absent).
@@ -528,6 +515,25 @@ impl Directory {
             Ok(out)
         })
         .await
+    }
+}
+
+/// What a search's result code says of its entries.
+enum Searched {
+    Entries,
+    /// The base of a subtree search is missing: nothing under it.
+    NoBase,
+}
+
+/// Reads a search's result code: success, a missing base (for a subtree search), or an error.
+fn searched(base: &str, scope: Scope, res: &ldap3::LdapResult) -> Result<Searched, LdapError> {
+    match res.rc {
+        0 => Ok(Searched::Entries),
+        32 if scope == Scope::Subtree => Ok(Searched::NoBase),
+        rc => Err(LdapError::Search {
+            base: base.to_owned(),
+            text: format!("rc={rc} {}", res.text),
+        }),
     }
 }
 

@@ -18,6 +18,27 @@ fn setup() -> Option<(Sshd, Bastion, Vendor)> {
     Some((sshd, b, alice))
 }
 
+/// A critical asset, `ct-02` in zone icu, on `sshd`: its requests need two approvers.
+fn critical_asset(b: &Bastion, sshd: &Sshd) {
+    b.data
+        .run(&[
+            "asset",
+            "add",
+            "ct-02",
+            "--address",
+            "127.0.0.1",
+            "--zone",
+            "icu",
+            "--purpose",
+            "CT scanner",
+            "--criticality",
+            "critical",
+            "--service",
+            &format!("ssh:{}/ssh", sshd.port),
+        ])
+        .ok();
+}
+
 /// Starts `ssh alice@bastion request …` (piped output); `tty` adds `-tt` so Ctrl-C travels as a byte.
 fn request(b: &Bastion, v: &Vendor, words: &str, tty: bool) -> Child {
     let options: &[&str] = if tty { &["-tt"] } else { &[] };
@@ -220,23 +241,7 @@ fn four_eyes_no_self_approval_and_critical_assets_need_two_approvers() {
     let Some((sshd, b, alice)) = setup() else {
         return;
     };
-    b.data
-        .run(&[
-            "asset",
-            "add",
-            "ct-02",
-            "--address",
-            "127.0.0.1",
-            "--zone",
-            "icu",
-            "--purpose",
-            "CT scanner",
-            "--criticality",
-            "critical",
-            "--service",
-            &format!("ssh:{}/ssh", sshd.port),
-        ])
-        .ok();
+    critical_asset(&b, &sshd);
     // A staff account named like the vendor is the same person until proven otherwise.
     let same = Approver::enroll(&b, "alice", "approver");
     let bob = Approver::enroll(&b, "bob", "approver");
@@ -300,23 +305,7 @@ fn an_approval_does_not_count_once_its_approver_is_disabled() {
     let Some((sshd, b, alice)) = setup() else {
         return;
     };
-    b.data
-        .run(&[
-            "asset",
-            "add",
-            "ct-02",
-            "--address",
-            "127.0.0.1",
-            "--zone",
-            "icu",
-            "--purpose",
-            "CT scanner",
-            "--criticality",
-            "critical",
-            "--service",
-            &format!("ssh:{}/ssh", sshd.port),
-        ])
-        .ok();
+    critical_asset(&b, &sshd);
     let bob = Approver::enroll(&b, "bob", "approver");
     let carol = Approver::enroll(&b, "carol", "approver");
     let erin = Approver::enroll(&b, "erin", "approver");

@@ -22,13 +22,8 @@ pub(crate) fn two_nodes() -> Option<(Bastion, Bastion, u16, String)> {
     let url = tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(postgres::fresh_database())?;
-    let a = DataDir::init();
+    let a = on_postgres(&url);
     let port_a = a.fix_web_port();
-    edit(
-        &a.config(),
-        "url = \"sqlite://chaperone.db\"",
-        &format!("url = \"{url}\""),
-    );
     let b = DataDir {
         dir: tempfile::tempdir().unwrap(),
     };
@@ -40,6 +35,17 @@ pub(crate) fn two_nodes() -> Option<(Bastion, Bastion, u16, String)> {
         &format!("listen = \"127.0.0.1:{port_b}\"\npublic_url = \"https://localhost:{port_a}\""),
     );
     Some((Bastion::start(a), Bastion::start(b), port_a, url))
+}
+
+/// A data dir whose database is the PostgreSQL database at `url`.
+fn on_postgres(url: &str) -> DataDir {
+    let data = DataDir::init();
+    edit(
+        &data.config(),
+        "url = \"sqlite://chaperone.db\"",
+        &format!("url = \"{url}\""),
+    );
+    data
 }
 
 fn edit(file: &Path, from: &str, to: &str) {
@@ -238,12 +244,7 @@ fn restore_and_secrets_rotate_refuse_while_a_node_runs_on_the_database() {
     else {
         return;
     };
-    let data = DataDir::init();
-    edit(
-        &data.config(),
-        "url = \"sqlite://chaperone.db\"",
-        &format!("url = \"{url}\""),
-    );
+    let data = on_postgres(&url);
     let b = Bastion::start(data);
     let archive = b.data.path().join("node.backup");
     b.data
@@ -322,12 +323,7 @@ fn a_grant_ends_on_time_while_the_database_hangs() {
     let Some(url) = rt.block_on(postgres::fresh_database()) else {
         return;
     };
-    let data = DataDir::init();
-    edit(
-        &data.config(),
-        "url = \"sqlite://chaperone.db\"",
-        &format!("url = \"{url}\""),
-    );
+    let data = on_postgres(&url);
     let b = Bastion::start(data);
     b.device("mri-01", &sshd, &[]);
     let carol = b.vendor("carol", "Acme Imaging");
