@@ -173,14 +173,21 @@ fn a_waiting_request_is_mailed_over_starttls_to_its_zone_with_a_working_link() {
             .spawn()
             .unwrap()
     };
-    let mut rejected = file("INC-10 REJECT-ME");
-    let mut next = file("INC-11 after the rejected one");
     let has = |text: &str| {
         sent(&out)
             .iter()
             .filter(|m| m["body"].as_str().unwrap_or_default().contains(text))
             .count()
     };
+    // Filed one after the other, so the refused notice comes first in the audit log's order.
+    let mut rejected = file("INC-10 REJECT-ME");
+    assert!(
+        wait_until(Duration::from_secs(20), || has("REJECT-ME") > 0),
+        "the notice was not tried: {:?}\n{}",
+        sent(&out),
+        b.log()
+    );
+    let mut next = file("INC-11 after the rejected one");
     assert!(
         wait_until(Duration::from_secs(20), || sent(&out)
             .iter()
