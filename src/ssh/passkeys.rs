@@ -252,6 +252,20 @@ async fn confirm(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>) -> 
             return Some(1);
         }
     };
+    // Read again: the seed the code is judged against is the one stored now, not the one before the
+    // prompt (a reset and a new enrollment meanwhile).
+    let state = match app.store.vendor_second_factor(vendor.id).await {
+        Ok(state) => state,
+        Err(e) => {
+            tracing::error!(vendor = %vendor.name, error = %e, "cannot read the vendor's TOTP state");
+            say(
+                channel,
+                "\r\nchaperone: the bastion cannot check codes right now; try again in a minute.\r\n",
+            )
+            .await;
+            return Some(1);
+        }
+    };
     let attempt = Attempt {
         account: Account::Vendor {
             id: vendor.id,
@@ -260,8 +274,7 @@ async fn confirm(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>) -> 
         source: ctx.peer.to_string(),
         first_factor: true,
         second: Second::Confirm {
-            // Read before the prompt; a reset meanwhile is caught by the seed's step (a new seed
-            // starts over) or refused like a wrong code.
+            // A vendor reset meanwhile has no seed anyone knows: no code matches.
             sealed: state.enrolled.then_some(state.sealed.as_slice()),
             code: code.trim(),
         },
