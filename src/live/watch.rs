@@ -46,34 +46,18 @@ pub async fn watch(
     let clock = {
         let (app, live, mut stop) = (app.clone(), live.clone(), stop.clone());
         async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop.changed() => return,
-                }
-                if *stop.borrow() {
-                    return;
-                }
+            let mut tick = interval(every);
+            while next_tick(&mut tick, &mut stop).await {
                 // From memory only: never waits for the database.
                 live.tick(app.clock.now());
             }
         }
     };
     let store = async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = interval(every);
         let mut seen_head: Option<i64> = None;
         let mut last_full = Instant::now();
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => return,
-            }
-            if *stop.borrow() {
-                return;
-            }
+        while next_tick(&mut tick, &mut stop).await {
             let head = tokio::time::timeout(RECHECK_TIMEOUT, app.store.audit_head()).await;
             match head {
                 Ok(Ok((head, _))) => {
@@ -94,6 +78,25 @@ pub async fn watch(
         }
     };
     tokio::join!(clock, store);
+}
+
+/// A tick every `every`; one missed waits for the next (no burst of catch-up ticks).
+fn interval(every: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
+/// Waits for the next tick; false once `stop` says so.
+async fn next_tick(
+    tick: &mut tokio::time::Interval,
+    stop: &mut stop_watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        _ = tick.tick() => {}
+        _ = stop.changed() => return false,
+    }
+    !*stop.borrow()
 }
 
 /// [`recheck`] within [`RECHECK_TIMEOUT`]; a re-read that does not finish in time is incomplete (the

@@ -209,17 +209,8 @@ async fn add(
 /// own without the vendor's authenticator. `None` when confirmed; else the exit status, said why.
 async fn confirm(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>) -> Option<u32> {
     let app = &ctx.shared.app;
-    let state = match app.store.vendor_second_factor(vendor.id).await {
-        Ok(state) => state,
-        Err(e) => {
-            tracing::error!(vendor = %vendor.name, error = %e, "cannot read the vendor's TOTP state");
-            say(
-                channel,
-                "chaperone: the bastion cannot check codes right now; try again in a minute.\r\n",
-            )
-            .await;
-            return Some(1);
-        }
+    let Some(state) = totp_state(ctx, vendor, channel).await else {
+        return Some(1);
     };
     if !state.enrolled {
         // Reset since this session signed in: no code can match, and none is asked (or counted).
@@ -254,17 +245,8 @@ async fn confirm(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>) -> 
     };
     // Read again: the seed the code is judged against is the one stored now, not the one before the
     // prompt (a reset and a new enrollment meanwhile).
-    let state = match app.store.vendor_second_factor(vendor.id).await {
-        Ok(state) => state,
-        Err(e) => {
-            tracing::error!(vendor = %vendor.name, error = %e, "cannot read the vendor's TOTP state");
-            say(
-                channel,
-                "\r\nchaperone: the bastion cannot check codes right now; try again in a minute.\r\n",
-            )
-            .await;
-            return Some(1);
-        }
+    let Some(state) = totp_state(ctx, vendor, channel).await else {
+        return Some(1);
     };
     let attempt = Attempt {
         account: Account::Vendor {
@@ -298,6 +280,27 @@ async fn confirm(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>) -> 
             tracing::error!(vendor = %vendor.name, error = %e, "cannot judge a confirming code");
             say(channel, "\r\nchaperone: the bastion cannot check codes right now; try again in a minute.\r\n").await;
             Some(1)
+        }
+    }
+}
+
+/// The vendor's TOTP state as stored now; `None` (the vendor told, the error logged) when the store
+/// cannot say.
+async fn totp_state(
+    ctx: &Context,
+    vendor: &Vendor,
+    channel: &mut Channel<Msg>,
+) -> Option<crate::store::VendorTotp> {
+    match ctx.shared.app.store.vendor_second_factor(vendor.id).await {
+        Ok(state) => Some(state),
+        Err(e) => {
+            tracing::error!(vendor = %vendor.name, error = %e, "cannot read the vendor's TOTP state");
+            say(
+                channel,
+                "\r\nchaperone: the bastion cannot check codes right now; try again in a minute.\r\n",
+            )
+            .await;
+            None
         }
     }
 }
