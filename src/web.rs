@@ -317,9 +317,9 @@ fn grant_error(e: GrantError) -> CoreError {
     match e {
         GrantError::NotFound(_) => CoreError::NotFound,
         GrantError::NotAllowed(_) | GrantError::OtherZone(_) => CoreError::Forbidden(e.to_string()),
-        GrantError::AlreadyRevoked(_) | GrantError::VendorDisabled(_) => {
-            CoreError::Conflict(e.to_string())
-        }
+        GrantError::AlreadyRevoked(_)
+        | GrantError::VendorDisabled(_)
+        | GrantError::OtherOrganisation { .. } => CoreError::Conflict(e.to_string()),
         GrantError::Store(s) => internal(s),
         other => CoreError::Invalid(other.to_string()),
     }

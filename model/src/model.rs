@@ -294,6 +294,16 @@ impl Asset {
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
     }
+
+    /// Whether a vendor of organisation `org` may be granted this asset: the asset names no vendor
+    /// organisation (any may be), or names `org` (compared without case and surrounding blanks, as
+    /// staff type both). The one rule: filing a request and issuing a grant both ask it.
+    pub fn serviced_by(&self, org: &str) -> bool {
+        match self.vendor_org.as_deref().map(str::trim) {
+            None | Some("") => true,
+            Some(owner) => owner.to_lowercase() == org.trim().to_lowercase(),
+        }
+    }
 }
 
 /// What kind of secret is injected when chaperone logs in to a device.
@@ -526,6 +536,33 @@ mod tests {
             shown("Prüfung"),
             std::borrow::Cow::Borrowed("Prüfung")
         ));
+    }
+
+    #[test]
+    fn an_asset_is_granted_to_its_own_vendor_organisation() {
+        let asset = |org: Option<&str>| Asset {
+            id: 1,
+            name: "mri-01".into(),
+            address: "10.0.0.1".into(),
+            zone: "radiology".into(),
+            purpose: "MRI".into(),
+            criticality: Criticality::Normal,
+            vendor_org: org.map(str::to_owned),
+            os: None,
+            patch_status: None,
+            host_key: None,
+            credential_user: None,
+            credential_kind: None,
+            services: Vec::new(),
+            created_at: 0,
+        };
+        assert!(asset(None).serviced_by("Bolt Pumps"));
+        assert!(asset(Some(" ")).serviced_by("Bolt Pumps"));
+        assert!(asset(Some("Acme Imaging")).serviced_by("Acme Imaging"));
+        assert!(asset(Some("Acme Imaging")).serviced_by(" acme imaging"));
+        assert!(!asset(Some("Acme Imaging")).serviced_by("Bolt Pumps"));
+        assert!(!asset(Some("Acme Imaging")).serviced_by("Acme"));
+        assert!(!asset(Some("Acme Imaging")).serviced_by(""));
     }
 
     #[test]

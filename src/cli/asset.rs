@@ -36,7 +36,8 @@ pub enum AssetCommand {
         purpose: String,
         #[arg(long, default_value = "normal", value_parser = parse_criticality)]
         criticality: Criticality,
-        /// The vendor organisation that maintains it.
+        /// The vendor organisation that maintains it: only that organisation's vendors may ask for it
+        /// or be granted it (to others it reads as unknown). Without it, any vendor may ask.
         #[arg(long)]
         vendor_org: Option<String>,
         /// Operating system and version.

@@ -23,7 +23,8 @@ pub enum VendorCommand {
     /// code in their terminal); nobody else sees the seed.
     Add {
         name: String,
-        /// Their organisation (matches assets' --vendor-org).
+        /// Their organisation: they may ask for and be granted the assets whose --vendor-org it is
+        /// (compared without case), and assets that name no vendor organisation.
         #[arg(long)]
         org: String,
         /// Their OpenSSH public key file (.pub).

@@ -8,6 +8,8 @@
 //!   never committed to a vendor disabled at that moment; a refusal for a disabled vendor is audited
 //!   (`grant.refused`) even though nothing else is written;
 //! - the asset exists and has every service named (at least one);
+//! - the asset is serviced by the vendor's organisation, or names none (`Asset::serviced_by`); a
+//!   refusal is audited (`grant.refused`): staff tried to hand a device to another vendor;
 //! - a grant lasts at least a second and at most [`MAX_GRANT`], starting when it is issued;
 //! - the reason is one line of text ([`check_text`]); a revocation needs one too ([`revoke_reason`]:
 //!   the web page, its API and the command line all come here, so none of them can revoke without
@@ -28,7 +30,7 @@ use super::events::{Change, Events};
 use super::requests::ZoneScope;
 use crate::audit::{Action, AuditEvent};
 use crate::config::format_duration;
-use crate::model::{GrantRow, Role, UnixTime, Vendor, check_text};
+use crate::model::{Asset, GrantRow, Role, UnixTime, Vendor, check_text};
 use crate::store::{NewGrant, Store, StoreError, Tx};
 
 pub use crate::model::MAX_GRANT;
@@ -143,6 +145,16 @@ pub enum GrantError {
         service: String,
         known: String,
     },
+    /// Refused and audited (`grant.refused`).
+    #[error(
+        "asset {asset} is serviced by {owner}, vendor {vendor} is with {org}: a grant goes to the asset's own vendor organisation (an asset that names none may go to any)"
+    )]
+    OtherOrganisation {
+        asset: String,
+        owner: String,
+        vendor: String,
+        org: String,
+    },
     #[error("a grant names at least one service")]
     NoService,
     #[error("{} is longer than the longest grant, {}", format_duration(*.0), format_duration(MAX_GRANT))]
@@ -199,16 +211,34 @@ fn event(actor: &Actor, action: Action, grant: &str, record: &Record<'_>) -> Aud
     )
 }
 
-/// The vendor a grant may be issued to: it exists and is enabled, read and held in `tx`.
-pub async fn grantee(tx: &mut Tx, name: &str) -> Result<Vendor, GrantError> {
+/// The vendor and asset a grant may name: the vendor exists and is enabled (read and held in `tx`),
+/// the asset exists and is serviced by the vendor's organisation. A request's every approval asks
+/// this first, so the first of two approvals is refused as well as the final one.
+pub async fn parties(
+    tx: &mut Tx,
+    vendor: &str,
+    asset: &str,
+) -> Result<(Vendor, Asset), GrantError> {
     let vendor = tx
-        .lock_vendor(name)
+        .lock_vendor(vendor)
         .await?
-        .ok_or_else(|| GrantError::NoVendor(name.to_owned()))?;
+        .ok_or_else(|| GrantError::NoVendor(vendor.to_owned()))?;
     if !vendor.enabled {
         return Err(GrantError::VendorDisabled(vendor.name));
     }
-    Ok(vendor)
+    let asset = tx
+        .asset(asset)
+        .await?
+        .ok_or_else(|| GrantError::NoAsset(asset.to_owned()))?;
+    if !asset.serviced_by(&vendor.org) {
+        return Err(GrantError::OtherOrganisation {
+            owner: asset.vendor_org.clone().unwrap_or_default(),
+            asset: asset.name,
+            vendor: vendor.name,
+            org: vendor.org,
+        });
+    }
+    Ok((vendor, asset))
 }
 
 /// Issues a grant in its own transaction and announces it. A refusal for a disabled vendor is audited.
@@ -255,11 +285,7 @@ pub async fn issue_in(
     if g.services.is_empty() {
         return Err(GrantError::NoService);
     }
-    let vendor = grantee(tx, g.vendor).await?;
-    let asset = tx
-        .asset(g.asset)
-        .await?
-        .ok_or_else(|| GrantError::NoAsset(g.asset.to_owned()))?;
+    let (vendor, asset) = parties(tx, g.vendor, g.asset).await?;
     actor.check_zone(&asset.zone)?;
     if let Some(missing) = g.services.iter().find(|s| asset.service(s).is_none()) {
         return Err(GrantError::NoSuchService {
@@ -327,11 +353,14 @@ fn issued_by(actor: &Actor, g: &Issue<'_>) -> String {
     }
 }
 
-/// Audits a refusal to issue `g` when it is one the audit log must show (a disabled vendor), in a
-/// transaction of its own (the refused one was rolled back). A failure to audit is logged: the refusal
-/// stands either way.
+/// Audits a refusal to issue `g` when it is one the audit log must show (a disabled vendor, another
+/// organisation's asset), in a transaction of its own (the refused one was rolled back). A failure to
+/// audit is logged: the refusal stands either way.
 pub async fn refused(store: &Store, now: UnixTime, actor: &Actor, g: &Issue<'_>, e: &GrantError) {
-    if !matches!(e, GrantError::VendorDisabled(_)) {
+    if !matches!(
+        e,
+        GrantError::VendorDisabled(_) | GrantError::OtherOrganisation { .. }
+    ) {
         return;
     }
     let issued_by = issued_by(actor, g);

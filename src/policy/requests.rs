@@ -9,6 +9,8 @@
 //! - the grant's clock starts at the final approval, not at the request;
 //! - a request nobody decided within `policy.request_ttl` expires;
 //! - a vendor has at most `policy.max_pending_per_vendor` requests waiting; the next is refused;
+//! - a vendor asks only for assets their organisation services (`Asset::serviced_by`; another
+//!   organisation's asset is refused as if it did not exist); the grant's issue checks it again;
 //! - a disabled vendor's request cannot be approved (refused and audited as `grant.refused`; it can be
 //!   denied).
 //!
@@ -116,6 +118,15 @@ pub async fn file(
     let Some(asset) = asset else {
         return Err(unknown(format!("no such asset {asset_name}")));
     };
+    // Another organisation's device reads as one that does not exist: a vendor learns nothing of
+    // the inventory beyond their own organisation's assets.
+    if !asset.serviced_by(&vendor.org) {
+        return Err(unknown(format!(
+            "asset {asset_name} is serviced by {}, the vendor is with {}",
+            asset.vendor_org.as_deref().unwrap_or_default(),
+            vendor.org
+        )));
+    }
     // A port number names the service on that port (tunnel refusals print the port the vendor used).
     let by_port: Vec<String> = services
         .iter()
@@ -440,8 +451,9 @@ pub async fn decide(
                 source: Source::Request(id),
                 approvers,
             };
-            // A disabled vendor gets no grant: every approval is refused, the first of two as well.
-            if let Err(e) = grants::grantee(&mut tx, &request.vendor).await {
+            // A disabled vendor, or one of another organisation than the asset's, gets no grant:
+            // every approval is refused, the first of two as well.
+            if let Err(e) = grants::parties(&mut tx, &request.vendor, &request.asset).await {
                 drop(tx); // roll back before the refusal is audited in a transaction of its own
                 grants::refused(
                     store,

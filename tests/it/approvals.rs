@@ -74,6 +74,19 @@ fn finish(child: Child) -> (String, String, i32) {
     text(&child.wait_with_output().unwrap())
 }
 
+/// Like [`finish`] for a request that must be refused at once: one still waiting after 30 s was filed.
+fn refused(mut child: Child) -> (String, String, i32) {
+    let ended = wait_until(Duration::from_secs(30), || {
+        child.try_wait().unwrap().is_some()
+    });
+    if !ended {
+        let _ = child.kill();
+    }
+    let out = finish(child);
+    assert!(ended, "the request was filed and waits: {out:?}");
+    out
+}
+
 #[test]
 fn approved_request_releases_the_waiting_ssh_within_a_second_with_the_commands_to_connect() {
     let Some((_sshd, b, alice)) = setup() else {
@@ -1132,4 +1145,126 @@ fn issue_15_revoke_needs_a_reason_and_decided_requests_are_listed_and_filtered()
         );
     }
     assert!(erin.get("/grants").body.contains("INC-1 as asked"));
+}
+
+/// An asset that names its vendor organisation is requested by, and granted to, that organisation's
+/// vendors only. Another organisation's device reads to a vendor as one that does not exist; staff
+/// cannot grant it either; a request filed before the asset changed hands cannot be approved. Every
+/// refusal is audited with the real reason.
+#[test]
+fn a_vendor_asks_for_and_is_granted_only_their_own_organisations_assets() {
+    let Some((sshd, b, alice)) = setup() else {
+        return;
+    };
+    for (name, org) in [("pump-07", "Bolt Pumps"), ("mri-02", "ACME imaging ")] {
+        b.data
+            .run(&[
+                "asset",
+                "add",
+                name,
+                "--address",
+                "127.0.0.1",
+                "--zone",
+                "radiology",
+                "--purpose",
+                "device",
+                "--vendor-org",
+                org,
+                "--service",
+                &format!("ssh:{}/ssh", sshd.port),
+            ])
+            .ok();
+    }
+    let bob = Approver::enroll(&b, "bob", "approver");
+
+    // Another organisation's asset, and one that does not exist: the same words.
+    let (_, other, code) = refused(request(
+        &b,
+        &alice,
+        "pump-07 ssh --for 1h --reason x",
+        false,
+    ));
+    let (_, missing, _) = refused(request(
+        &b,
+        &alice,
+        "pump-99 ssh --for 1h --reason x",
+        false,
+    ));
+    assert_ne!(code, 0);
+    assert!(
+        other.contains("no asset pump-07 with service ssh can be requested"),
+        "{other}"
+    );
+    assert_eq!(
+        other.replace("pump-07", "ASSET"),
+        missing.replace("pump-99", "ASSET")
+    );
+    let refused = audit_events(&b, "request.refused");
+    assert!(
+        refused
+            .iter()
+            .any(|(_, subject, d)| subject == "asset:pump-07"
+                && d["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("serviced by Bolt Pumps, the vendor is with Acme Imaging")),
+        "{refused:?}"
+    );
+
+    // Staff cannot hand it to her either; the refusal is audited.
+    let cli = b.data.run(&[
+        "grant",
+        "add",
+        "--vendor",
+        "alice",
+        "--asset",
+        "pump-07",
+        "--services",
+        "ssh",
+        "--for",
+        "1h",
+        "--reason",
+        "INC-9",
+    ]);
+    assert_ne!(cli.code(), 0);
+    assert!(
+        cli.stderr()
+            .contains("asset pump-07 is serviced by Bolt Pumps, vendor alice is with Acme Imaging"),
+        "{}",
+        cli.stderr()
+    );
+    let grant_refused = audit_events(&b, "grant.refused");
+    assert_eq!(grant_refused.len(), 1, "{grant_refused:?}");
+    assert!(grant_refused[0].0.starts_with("os:"), "{grant_refused:?}");
+    assert_eq!(grant_refused[0].1, "vendor:alice");
+
+    // Her own organisation's asset (spelt with other case and blanks) is hers to ask for; once it
+    // changes hands, the pending request cannot be approved, and can still be denied.
+    let mut child = request(&b, &alice, "mri-02 ssh --for 1h --reason INC-10", false);
+    let id = pending_id(&bob, &b);
+    crate::cli::sqlite(
+        &b.data.path().join("chaperone.db"),
+        "UPDATE assets SET vendor_org = 'Bolt Pumps' WHERE name = 'mri-02';",
+    );
+    let api = bob.approve(id);
+    assert_eq!(api.status, 409, "{}", api.body);
+    assert!(
+        api.body
+            .contains("asset mri-02 is serviced by Bolt Pumps, vendor alice is with Acme Imaging"),
+        "{}",
+        api.body
+    );
+    assert_eq!(
+        bob.get(&format!("/api/requests/{id}")).json()["status"],
+        "pending"
+    );
+    assert_eq!(bob.get("/api/grants").json().as_array().unwrap().len(), 0);
+    assert_eq!(audit_events(&b, "grant.refused").len(), 2);
+    let deny = bob.post(
+        &format!("/api/requests/{id}/decision"),
+        serde_json::json!({"decision": "deny", "reason": "not your device"}),
+    );
+    assert_eq!(deny.status, 200, "{}", deny.body);
+    let _ = child.kill();
+    let _ = child.wait();
 }
