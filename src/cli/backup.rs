@@ -817,13 +817,16 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     super::init::create_private_dir(&dir.join("recordings"))?;
 
     // The database: the recordings' paths moved here, audited; then the whole chain checked.
-    let app = App::open(&config_path).await?;
+    // A PostgreSQL database is shared with whatever else uses it: no node may be running on it, and it
+    // must hold this backup's chain (a dump of the same installation, taken with the backup or later).
+    let app = if manifest.database == "postgres" {
+        super::offline::open(&config_path, "restore").await?
+    } else {
+        App::open(&config_path).await?
+    };
     let new_recordings = dir.join("recordings");
     let now = app.clock.now();
     if manifest.database == "postgres" {
-        // Shared with whatever else uses it: no node may be running on it, and it must hold this
-        // backup's chain (a dump of the same installation, taken with the backup or later).
-        super::offline::require_no_running_node(&app.store, now, "restore").await?;
         let hash = app.store.audit_hash_at(manifest.audit_head_seq).await?;
         ensure!(
             manifest.audit_head_seq == 0

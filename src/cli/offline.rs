@@ -1,12 +1,32 @@
 //! The guard of commands that change what every running node relies on: `restore` into a shared
 //! (PostgreSQL) database rewrites every recording's path and appends to the chain, and `secrets rotate`
 //! re-seals every secret under a key the running nodes do not hold. Either, run beside a live node,
-//! breaks it (every login, every playback) without a word; so each refuses while one runs.
+//! breaks it (every login, every playback) without a word; so each refuses while one runs. The look
+//! comes before the database is migrated ([`open`]): a newer binary that refuses has changed nothing
+//! under the running nodes.
 
-use anyhow::bail;
+use std::path::Path;
 
+use anyhow::{Context as _, bail};
+
+use crate::app::App;
+use crate::clock::Clock;
+use crate::config::{Config, redact_url};
 use crate::node::GONE_AFTER_SECS;
 use crate::store::Store;
+
+/// [`App::open`] for `what`, a command that must not run beside a live node: it refuses while one
+/// runs on the config's database, looked at before the database is migrated.
+pub async fn open(config: &Path, what: &str) -> anyhow::Result<App> {
+    let config = Config::load(config)?;
+    {
+        let store = Store::connect_unmigrated(&config.database.url)
+            .await
+            .with_context(|| format!("opening database {}", redact_url(&config.database.url)))?;
+        require_no_running_node(&store, Clock::system().now(), what).await?;
+    }
+    Ok(App::from_config(config).await?)
+}
 
 /// Refuses (`what` says which command) while a node has been seen within [`GONE_AFTER_SECS`] at
 /// `now`: running, or killed too recently to tell (its row goes once it is that old).

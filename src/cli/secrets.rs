@@ -43,10 +43,9 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 }
 
 async fn rotate(config: &Path) -> anyhow::Result<()> {
-    let app = App::open(config).await?;
     // A running node keeps the old key in memory: every login it judges after the commit would fail,
     // and what it seals would be under a retired key.
-    super::offline::require_no_running_node(&app.store, app.clock.now(), "secrets rotate").await?;
+    let app = super::offline::open(config, "secrets rotate").await?;
     let key_path = app.config.secrets.key_file.clone();
     let new_path = sibling(&key_path, ".new");
     let old = &app.secrets;

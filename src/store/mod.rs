@@ -138,6 +138,18 @@ impl Store {
     /// Connects to `url` (`sqlite://PATH` or `postgres://…`), creating a SQLite file if needed, and applies
     /// the migrations of that backend.
     pub async fn open(url: &str) -> Result<Store> {
+        let store = Store::connect(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects to `url` without migrating it: only for a look at the nodes
+    /// ([`Store::nodes_seen_since`]) before a command that must not run beside one changes anything.
+    pub async fn connect_unmigrated(url: &str) -> Result<Store> {
+        Store::connect(url).await
+    }
+
+    async fn connect(url: &str) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let (backend, connect_url, max, durable) = if let Some(path) = url.strip_prefix("sqlite://")
         {
@@ -174,11 +186,6 @@ impl Store {
                     source,
                 }
             })?;
-        let migrator = match backend {
-            Backend::Sqlite => &SQLITE_MIGRATIONS,
-            Backend::Postgres => &POSTGRES_MIGRATIONS,
-        };
-        migrator.run(&pool).await?;
         let writer = (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
         Ok(Store {
             pool,
@@ -188,6 +195,16 @@ impl Store {
             starts: Arc::default(),
             checkpoints: Arc::default(),
         })
+    }
+
+    /// Applies the migrations this build has and the database lacks.
+    async fn migrate(&self) -> Result<()> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(&self.pool).await?;
+        Ok(())
     }
 
     pub fn backend(&self) -> Backend {

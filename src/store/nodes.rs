@@ -4,7 +4,7 @@
 //! Registration and heartbeats are bookkeeping, not decisions, so they do not go through an audited
 //! `Tx`; ending an abandoned session (`Tx::end_session`) and finishing its recording are audited by the caller.
 
-use super::{Context, Result, Store, get};
+use super::{Backend, Context, Result, Store, get};
 use crate::model::{RecordingRow, UnixTime};
 
 /// An open session whose node is gone.
@@ -36,7 +36,27 @@ impl Store {
     /// The nodes seen at or after `since`, with when: running, or stopped without saying so too recently
     /// to tell. Commands that change what every node relies on (`restore` into a shared database,
     /// `secrets rotate`) refuse while there is one.
+    /// A database without the nodes table (empty, or older than migration 0005) has none.
     pub async fn nodes_seen_since(&self, since: UnixTime) -> Result<Vec<(String, UnixTime)>> {
+        let exists = match self.backend {
+            Backend::Sqlite => {
+                "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'nodes'"
+            }
+            Backend::Postgres => {
+                "SELECT COUNT(*) AS n FROM information_schema.tables \
+                 WHERE table_schema = current_schema() AND table_name = 'nodes'"
+            }
+        };
+        let tables: i64 = get(
+            &sqlx::query(exists)
+                .fetch_one(&self.pool)
+                .await
+                .context("looking for the nodes table")?,
+            "n",
+        )?;
+        if tables == 0 {
+            return Ok(Vec::new());
+        }
         let rows = sqlx::query("SELECT id, seen_at FROM nodes WHERE seen_at >= $1 ORDER BY id")
             .bind(since)
             .fetch_all(&self.pool)

@@ -285,6 +285,32 @@ fn restore_and_secrets_rotate_refuse_while_a_node_runs_on_the_database() {
         stderr.contains("chaperone is running on this database"),
         "{stderr}"
     );
+    // A newer binary than the node's (here: the database one migration behind this one) refuses
+    // before it migrates anything under the running node.
+    let sql = |statements: &'static str| {
+        let url = url.clone();
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async move {
+                use sqlx::Connection as _;
+                sqlx::any::install_default_drivers();
+                let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+                let mut applied = 0;
+                for statement in statements.split(';').filter(|s| !s.trim().is_empty()) {
+                    applied = sqlx::query(statement)
+                        .execute(&mut conn)
+                        .await
+                        .unwrap()
+                        .rows_affected();
+                }
+                applied
+            })
+    };
+    sql(
+        "CREATE TABLE newest_migration AS SELECT * FROM _sqlx_migrations \
+           WHERE version = (SELECT MAX(version) FROM _sqlx_migrations); \
+         DELETE FROM _sqlx_migrations WHERE version IN (SELECT version FROM newest_migration)",
+    );
     let rotate = b.data.run(&["secrets", "rotate"]);
     rotate.fails(1);
     assert!(
@@ -292,6 +318,13 @@ fn restore_and_secrets_rotate_refuse_while_a_node_runs_on_the_database() {
         "{}",
         rotate.stderr()
     );
+    assert_eq!(
+        sql("SELECT version FROM _sqlx_migrations \
+             WHERE version IN (SELECT version FROM newest_migration)"),
+        0,
+        "the refused command migrated the database"
+    );
+    sql("INSERT INTO _sqlx_migrations SELECT * FROM newest_migration; DROP TABLE newest_migration");
     let audit = events(&b);
     assert!(!audit.contains("\"backup.restore\""), "{audit}");
     assert!(!audit.contains("\"secrets.rotate\""), "{audit}");

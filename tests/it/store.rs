@@ -1789,3 +1789,23 @@ async fn session_starts_at_once_are_written_together_and_fail_alone() {
     })
     .await;
 }
+
+/// The look at running nodes that `restore` and `secrets rotate` take before migrating: an empty
+/// database (a PostgreSQL one `pg_restore` has not filled yet) has no nodes, not an error.
+#[tokio::test]
+async fn an_unmigrated_database_has_no_running_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut urls = vec![format!("sqlite://{}", dir.path().join("t.db").display())];
+    urls.extend(postgres::fresh_database().await);
+    for url in urls {
+        let store = Store::connect_unmigrated(&url).await.unwrap();
+        assert_eq!(store.nodes_seen_since(0).await.unwrap(), vec![], "{url}");
+        let migrated = Store::open(&url).await.unwrap();
+        migrated.node_seen("node-a", 5).await.unwrap();
+        assert_eq!(
+            store.nodes_seen_since(0).await.unwrap(),
+            vec![("node-a".to_owned(), 5)],
+            "{url}"
+        );
+    }
+}
