@@ -9,9 +9,9 @@ use std::time::Duration;
 use chaperone_web_approval::{
     Accounts, Approvals, AuditView, ConnectionView, CoreError, Decision, DecisionsPage,
     DecisionsQuery, Enrollment, EvidenceDownload, GrantView, HistoryItem, HistoryPage,
-    HistoryQuery, LiveStream, Method, PasskeyChange, RecordingStatus, Records, RequestView,
-    Role as WebRole, SecondFactor, SessionDetail, SessionView, SignInAttempt, SignInState, Staff,
-    StaffAccount, StateKind, TranscriptHit, TransferView, Verdict,
+    HistoryQuery, LiveStream, Method, PasskeyChange, PendingList, RecordingStatus, Records,
+    RequestView, Role as WebRole, SecondFactor, SessionDetail, SessionView, SignInAttempt,
+    SignInState, Staff, StaffAccount, StateKind, TranscriptHit, TransferView, Verdict,
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -765,22 +765,22 @@ impl WebCore {
     }
 }
 
+/// The most pending requests the page and the API list (the ones waiting longest); they say how many
+/// more wait.
+const PENDING_SHOWN: i64 = 200;
+
 impl Approvals for WebCore {
-    async fn pending_requests(&self) -> Result<Vec<RequestView>, CoreError> {
-        let list = self
+    async fn pending_requests(&self) -> Result<PendingList, CoreError> {
+        let (list, total) = self
             .app
             .store
-            .requests(Some(RequestStatus::Pending), None, 200)
+            .pending_requests(self.now(), PENDING_SHOWN)
             .await
             .map_err(internal)?;
-        let now = self.now();
-        // Oldest first: the one waiting longest is at the top. Lapsed ones are about to be expired.
-        Ok(list
-            .into_iter()
-            .rev()
-            .filter(|r| r.expires_at.is_none_or(|t| t > now))
-            .map(|r| view(r, None))
-            .collect())
+        Ok(PendingList {
+            requests: list.into_iter().map(|r| view(r, None)).collect(),
+            total,
+        })
     }
 
     async fn request(&self, id: i64) -> Result<RequestView, CoreError> {

@@ -143,6 +143,40 @@ impl Store {
         with_approvals(&mut conn, &rows).await
     }
 
+    /// The requests waiting for a decision at `now`, the one waiting longest first, at most `limit`;
+    /// and how many wait in all. Lapsed ones (about to be expired) are neither listed nor counted.
+    pub async fn pending_requests(
+        &self,
+        now: UnixTime,
+        limit: i64,
+    ) -> Result<(Vec<AccessRequest>, i64)> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .context("connecting to list pending requests")?;
+        let waiting = "r.status = 'pending' AND (r.expires_at IS NULL OR r.expires_at > $1)";
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{REQUEST_SELECT} WHERE {waiting} ORDER BY r.id LIMIT $2"
+        )))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await
+        .context("listing pending requests")?;
+        let total: i64 = get(
+            &sqlx::query(AssertSqlSafe(format!(
+                "SELECT COUNT(*) AS n FROM access_requests r WHERE {waiting}"
+            )))
+            .bind(now)
+            .fetch_one(&mut *conn)
+            .await
+            .context("counting pending requests")?,
+            "n",
+        )?;
+        Ok((with_approvals(&mut conn, &rows).await?, total))
+    }
+
     /// One request with its approvals.
     pub async fn request(&self, id: i64) -> Result<Option<AccessRequest>> {
         let mut conn = self

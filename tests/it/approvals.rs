@@ -1268,3 +1268,46 @@ fn a_vendor_asks_for_and_is_granted_only_their_own_organisations_assets() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// More requests waiting than a page lists: the ones waiting longest are listed (lapsed ones are not),
+/// and the page and the API say how many wait in all, so no request drops out of sight unsaid.
+#[test]
+fn a_backlog_lists_the_requests_waiting_longest_and_says_how_many_wait() {
+    let Some((_sshd, b, _alice)) = setup() else {
+        return;
+    };
+    let bob = Approver::enroll(&b, "bob", "approver");
+    // 253 requests filed a second apart; the first 3 lapsed already.
+    crate::cli::sqlite(
+        &b.data.path().join("chaperone.db"),
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 253) \
+         INSERT INTO access_requests (vendor_id, asset_id, services, duration_secs, reason, status, \
+           created_at, expires_at) \
+         SELECT (SELECT id FROM vendors WHERE name = 'alice'), (SELECT id FROM assets WHERE name = 'mri-01'), \
+           'ssh', 3600, 'bulk ' || i, 'pending', CAST(strftime('%s', 'now') AS INTEGER) - 1000 + i, \
+           CASE WHEN i <= 3 THEN 1 ELSE CAST(strftime('%s', 'now') AS INTEGER) + 3600 END FROM n;",
+    );
+    let (api, headers) = bob.get_with_headers("/api/requests");
+    assert_eq!(api.status, 200, "{}", api.body);
+    let ids: Vec<i64> = api
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, (4..204).collect::<Vec<i64>>());
+    assert!(headers.contains("x-total-count: 250\r\n"), "{headers}");
+    let page = bob.get("/requests");
+    assert!(
+        page.body
+            .contains("250 requests are waiting; these are the 200 waiting longest."),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("#4 alice"),
+        "the longest waiting is listed"
+    );
+    assert!(!page.body.contains("#3 alice"), "a lapsed one is not");
+}

@@ -84,7 +84,8 @@ pub async fn login<C: Core>(
     }
 }
 
-/// `GET /api/requests`: the pending requests (a list, as before); with `?state=decided` (or
+/// `GET /api/requests`: the pending requests, the one waiting longest first (a list, as before; at most
+/// a page's worth, and `X-Total-Count` says how many wait in all); with `?state=decided` (or
 /// `approved`, `narrowed`, `denied`, `expired`) and optional `vendor`, `asset`, `page`: a page of
 /// decided requests, `{"requests": [...], "page": N, "more": bool}`.
 pub async fn requests<C: Core>(
@@ -97,7 +98,11 @@ pub async fn requests<C: Core>(
     }
     match q.state.as_deref() {
         None | Some("" | "pending") => match st.core.pending_requests().await {
-            Ok(list) => Json(list).into_response(),
+            Ok(list) => (
+                [("x-total-count", list.total.to_string())],
+                Json(list.requests),
+            )
+                .into_response(),
             Err(e) => core_error(&e),
         },
         Some(_) => match st.core.decided_requests(&q).await {

@@ -257,6 +257,14 @@ pub struct DecisionsPage {
     pub more: bool,
 }
 
+/// The requests waiting for a decision: the ones waiting longest first (at most a page's worth), and
+/// how many wait in all.
+#[derive(Debug, Clone, Default)]
+pub struct PendingList {
+    pub requests: Vec<RequestView>,
+    pub total: i64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct GrantView {
     pub id: i64,
@@ -618,7 +626,7 @@ impl<T: Approvals + Records + Accounts + SignInState> Core for T {}
 /// the session knows them; the core reads that person again (enabled, role) before it acts, checks the
 /// rules again (the page only hides buttons) and audits: a role kept in a session is never trusted.
 pub trait Approvals: Send + Sync + 'static {
-    fn pending_requests(&self) -> impl Future<Output = CoreResult<Vec<RequestView>>> + Send;
+    fn pending_requests(&self) -> impl Future<Output = CoreResult<PendingList>> + Send;
     fn request(&self, id: i64) -> impl Future<Output = CoreResult<RequestView>> + Send;
     /// A vendor's recent requests, newest first.
     fn vendor_history(

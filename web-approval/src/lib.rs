@@ -37,9 +37,9 @@ use axum::routing::{get, post};
 pub use crate::core::{
     Accounts, Approvals, AuditView, ConnectionView, Core, CoreError, Decision, DecisionsPage,
     DecisionsQuery, Enrollment, EvidenceDownload, GrantView, HistoryItem, HistoryPage,
-    HistoryQuery, LiveStream, Method, PasskeyChange, RecordingStatus, Records, RequestView, Role,
-    SecondFactor, SessionDetail, SessionView, SignInAttempt, SignInState, Source, Staff,
-    StaffAccount, StateKind, TranscriptHit, TransferView, VIEW_LEASE_SECS, Verdict,
+    HistoryQuery, LiveStream, Method, PasskeyChange, PendingList, RecordingStatus, Records,
+    RequestView, Role, SecondFactor, SessionDetail, SessionView, SignInAttempt, SignInState,
+    Source, Staff, StaffAccount, StateKind, TranscriptHit, TransferView, VIEW_LEASE_SECS, Verdict,
 };
 use auth::Limiter;
 

@@ -19,8 +19,8 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use crate::auth::{Session, csrf_ok};
 use crate::html::{Viewer, bytes, countdown, esc, page, page_with, span};
 use crate::{
-    Core, CoreError, Decision, DecisionsQuery, GrantView, RequestView, SessionView, WebState,
-    field, form_pairs, status_of,
+    Core, CoreError, Decision, DecisionsQuery, GrantView, PendingList, RequestView, SessionView,
+    WebState, field, form_pairs, status_of,
 };
 
 type St<C> = State<Arc<WebState<C>>>;
@@ -145,8 +145,19 @@ pub async fn requests<C: Core>(
     };
     let now = st.core.now();
     let mut main = format!("<h1>Pending requests</h1>{}", notice(&s, query.as_deref()));
+    let PendingList {
+        requests: pending,
+        total,
+    } = pending;
     if pending.is_empty() {
         main.push_str("<p>No request is waiting for a decision. <a href=\"/decisions\">Decisions taken</a></p>");
+    } else if total > pending.len() as i64 {
+        let _ = write!(
+            main,
+            "<p class=\"backlog\" role=\"status\">{total} requests are waiting; these are the {} waiting longest. \
+             The others appear here as these are decided.</p>",
+            pending.len()
+        );
     }
     let can_decide = s.staff.role.can_decide();
     for r in &pending {

@@ -316,6 +316,18 @@ impl Approver {
         self.curl(&[&format!("{}{path}", self.base)])
     }
 
+    /// A GET, with the response's header lines (lower-cased) beside the answer.
+    pub fn get_with_headers(&self, path: &str) -> (Answer, String) {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let answer = self.curl(&[
+            "-D",
+            file.path().to_str().unwrap(),
+            &format!("{}{path}", self.base),
+        ]);
+        let headers = std::fs::read_to_string(file.path()).unwrap().to_lowercase();
+        (answer, headers)
+    }
+
     /// A GET the way the page's live refresh makes it (marked as background: no activity).
     pub fn get_background(&self, path: &str) -> Answer {
         self.curl(&[
