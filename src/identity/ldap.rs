@@ -532,8 +532,29 @@ fn searched(base: &str, scope: Scope, res: &ldap3::LdapResult) -> Result<Searche
         32 if scope == Scope::Subtree => Ok(Searched::NoBase),
         rc => Err(LdapError::Search {
             base: base.to_owned(),
-            text: format!("rc={rc} {}", res.text),
+            text: format!("rc={rc} {} {}", result_name(rc), res.text)
+                .trim_end()
+                .to_owned(),
         }),
+    }
+}
+
+/// The RFC 4511 name of the result codes a search runs into, for the administrator reading the error.
+fn result_name(rc: u32) -> &'static str {
+    match rc {
+        1 => "(operationsError)",
+        3 => "(timeLimitExceeded: the server's time limit for one search)",
+        4 => "(sizeLimitExceeded: the server's size limit for one search)",
+        11 => "(adminLimitExceeded)",
+        32 => "(noSuchObject)",
+        34 => "(invalidDNSyntax)",
+        48 => "(inappropriateAuthentication)",
+        49 => "(invalidCredentials)",
+        50 => "(insufficientAccessRights: the bind DN may not read there)",
+        51 => "(busy)",
+        52 => "(unavailable)",
+        53 => "(unwillingToPerform)",
+        _ => "",
     }
 }
 

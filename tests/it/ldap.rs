@@ -1089,3 +1089,90 @@ fn local_vendor_without_totp_enrols_at_first_login_and_reset_starts_over() {
         2
     );
 }
+
+/// A vendor subtree larger than the server gives one search (OpenLDAP's size limit here, Active
+/// Directory's MaxPageSize in the field) is read a page at a time, whole: every vendor is synced (none
+/// taken for removed because it sat on a later page), and one removed from the directory is disabled.
+#[test]
+fn a_vendor_subtree_past_the_servers_size_limit_is_synced_whole() {
+    const VENDORS: usize = 250;
+    let d = DataDir::init();
+    let vendors: Vec<(String, String)> = (0..VENDORS)
+        .map(|i| {
+            let name = format!("bulk{i:03}");
+            let key = ssh_keygen(d.path(), &name).with_extension("pub");
+            (
+                name,
+                std::fs::read_to_string(key).unwrap().trim().to_owned(),
+            )
+        })
+        .collect();
+    let seed: Vec<(&str, &str, &str)> = vendors
+        .iter()
+        .map(|(name, key)| (name.as_str(), "Bulk Devices", key.as_str()))
+        .collect();
+    let Some(dir) = slapd_or_skip(d.path(), &seed) else {
+        return;
+    };
+    // A service account that the size limit binds (the root DN is above every limit), and a limit
+    // below the subtree: one search returns at most 100 entries; paged searches may return them all.
+    dir.modify(
+        "dn: cn=sync,dc=example,dc=com\nobjectClass: organizationalRole\n\
+         objectClass: simpleSecurityObject\ncn: sync\nuserPassword: syncpw\n",
+    );
+    dir.configure(
+        "dn: olcDatabase={1}mdb,cn=config\nchangetype: modify\nreplace: olcLimits\n\
+         olcLimits: users size.soft=100 size.hard=100 size.prtotal=unlimited\n",
+    );
+    let unpaged = std::process::Command::new("ldapsearch")
+        .env("LDAPTLS_CACERT", &dir.ca_file)
+        .args(["-ZZ", "-x", "-H", &dir.url()])
+        .args(["-D", "cn=sync,dc=example,dc=com", "-w", "syncpw"])
+        .args(["-b", "ou=vendors,dc=example,dc=com", "(uid=*)", "uid"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        unpaged.status.code(),
+        Some(4),
+        "the limit must bind one search (4: sizeLimitExceeded): {}",
+        String::from_utf8_lossy(&unpaged.stderr)
+    );
+    let password = d.path().join("syncpw");
+    std::fs::write(&password, "syncpw\n").unwrap();
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+    append_config(
+        &d,
+        &dir.config(&format!(
+            "{ROLES}[ldap.vendors]\nbase = \"ou=vendors,dc=example,dc=com\"\n"
+        ))
+        .replace(
+            &format!("bind_dn = \"{}\"", slapd::ROOT_DN),
+            "bind_dn = \"cn=sync,dc=example,dc=com\"",
+        )
+        .replace(
+            &dir.bind_password_file.display().to_string(),
+            &password.display().to_string(),
+        ),
+    );
+    let enabled = |d: &DataDir| -> Vec<String> {
+        let list = d.run(&["vendor", "list", "--json"]).ok().json();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["enabled"] == true)
+            .map(|v| v["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    d.run(&["ldap", "sync"]).ok();
+    let synced = enabled(&d);
+    assert_eq!(synced.len(), VENDORS, "{synced:?}");
+
+    let last = &vendors[VENDORS - 1].0;
+    dir.modify(&format!(
+        "dn: uid={last},ou=Bulk Devices,ou=vendors,dc=example,dc=com\nchangetype: delete\n"
+    ));
+    d.run(&["ldap", "sync"]).ok();
+    let synced = enabled(&d);
+    assert_eq!(synced.len(), VENDORS - 1, "{synced:?}");
+    assert!(!synced.contains(last), "{synced:?}");
+}

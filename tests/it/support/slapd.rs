@@ -237,6 +237,12 @@ impl Slapd {
         self.change(ROOT_DN, ldif);
     }
 
+    /// Applies an LDIF change to the server's configuration (`cn=config`) over ldapi; the data
+    /// database is `olcDatabase={1}mdb,cn=config`.
+    pub fn configure(&self, ldif: &str) {
+        self.change(CONFIG_DN, ldif);
+    }
+
     /// Applies LDIF changes (records with `changetype`; plain records are adds) bound as `bind_dn` (the
     /// database's root DN, or `cn=config` for the configuration) over ldapi.
     fn change(&self, bind_dn: &str, ldif: &str) {
