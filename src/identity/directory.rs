@@ -79,6 +79,9 @@ pub enum SyncError {
     Directory(#[from] super::ldap::LdapError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A grant that a vendor's move to another organisation should end could not be revoked.
+    #[error("revoking a moved vendor's grant")]
+    Revoke(#[source] crate::policy::grants::GrantError),
 }
 
 /// Disables a directory staff account that lost its access and ends its web sessions, audited.
@@ -318,31 +321,82 @@ struct Wanted {
     disabled: Option<&'static str>,
 }
 
-/// Follows a vendor's own entry to its DN and id as they are now (moved, renamed, or its id read for
-/// the first time), audited.
+/// Follows a vendor's own entry to its DN, id and organisation as they are now (moved, renamed, or
+/// its id read for the first time), audited. A move to another organisation also revokes the vendor's
+/// grants on assets the new organisation does not service (their live sessions close with them).
 async fn relink_vendor(
     app: &App,
     v: &crate::store::DirectoryVendor,
     e: &Wanted,
     now: i64,
 ) -> Result<(), SyncError> {
-    if e.dn.eq_ignore_ascii_case(&v.dn) && e.entry_id == v.entry_id {
+    let org_moved = e.org != v.vendor.org;
+    if e.dn.eq_ignore_ascii_case(&v.dn) && e.entry_id == v.entry_id && !org_moved {
         return Ok(());
+    }
+    // Revoked before the move is stored, so a revocation that fails leaves the move for the next
+    // sync to retry whole; and again after, for a grant approved in between.
+    if org_moved {
+        revoke_other_organisations(app, v.vendor.id, &e.org, now).await?;
     }
     let mut tx = app.store.begin().await?;
     tx.set_vendor_directory(v.vendor.id, &e.dn, e.entry_id.as_deref())
         .await?;
+    let mut detail = json!({"from": v.dn, "dn": e.dn, "entry_id": e.entry_id});
+    if org_moved {
+        tx.set_vendor_org(v.vendor.id, &e.org).await?;
+        detail["org_from"] = json!(v.vendor.org);
+        detail["org"] = json!(e.org);
+    }
     tx.audit(
         AuditEvent::new(
             ACTOR,
             Action::VendorDirectoryMove,
             format!("vendor:{}", v.vendor.name),
-            json!({"from": v.dn, "dn": e.dn, "entry_id": e.entry_id}),
+            detail,
         ),
         now,
     )
     .await?;
     tx.commit("vendor.directory.move").await?;
+    if org_moved {
+        revoke_other_organisations(app, v.vendor.id, &e.org, now).await?;
+    }
+    Ok(())
+}
+
+/// Revokes vendor `vendor_id`'s open grants on assets that organisation `org` does not service.
+async fn revoke_other_organisations(
+    app: &App,
+    vendor_id: i64,
+    org: &str,
+    now: i64,
+) -> Result<(), SyncError> {
+    let actor = crate::policy::grants::Actor::system(ACTOR);
+    for g in app.store.open_grants_of(vendor_id, now).await? {
+        let serviced = app
+            .store
+            .asset(&g.asset)
+            .await?
+            .is_none_or(|a| a.serviced_by(org));
+        if serviced {
+            continue;
+        }
+        let reason = format!(
+            "the vendor's directory entry moved to organisation {org}, which does not service {}",
+            g.asset
+        );
+        match crate::policy::grants::revoke(&app.store, &app.events, now, &actor, g.id, &reason)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(grant = g.id, asset = %g.asset, "grant revoked: the vendor moved to another organisation");
+            }
+            Err(crate::policy::grants::GrantError::AlreadyRevoked(_)) => {}
+            Err(crate::policy::grants::GrantError::Store(e)) => return Err(e.into()),
+            Err(e) => return Err(SyncError::Revoke(e)),
+        }
+    }
     Ok(())
 }
 

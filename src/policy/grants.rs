@@ -64,6 +64,11 @@ impl Actor {
         }
     }
 
+    /// chaperone itself (`system:directory`: the sync revokes what a vendor's move made wrong).
+    pub fn system(id: impl Into<String>) -> Actor {
+        Actor::os(id)
+    }
+
     fn check_role(&self) -> Result<(), GrantError> {
         match self.role {
             Some(role @ Role::Auditor) => Err(GrantError::NotAllowed(role)),

@@ -68,6 +68,9 @@ pub enum Denial {
         /// For the audit log only: whether the asset exists at all.
         asset_exists: bool,
     },
+    /// A grant names the asset, but the asset is serviced by another organisation than the vendor's
+    /// (the grant predates the rule, or the vendor's directory entry moved): read like no grant.
+    OtherOrganisation { asset: String, service: String },
     /// The asset has no service with that name or port (only said to vendors with a grant for the asset).
     NoSuchService { asset: String, service: String },
     /// The asset's ssh service cannot be used yet: no pinned host key or no injected credential.
@@ -92,6 +95,10 @@ impl Denial {
     /// `ssh -p 2222 alice@bastion request`.
     pub fn vendor_message(&self, request_hint: &str) -> String {
         match self {
+            // Said only to a vendor whose grant names the asset: nothing they did not know.
+            Denial::OtherOrganisation { asset, service } => format!(
+                "your grant for {asset}:{service} does not hold: {asset} is serviced by another organisation than yours; contact the hospital's staff"
+            ),
             Denial::NoGrant { asset, service, .. } | Denial::NoSuchService { asset, service } => {
                 format!(
                     "no active grant for {asset}:{service} - request it with: {request_hint} {asset} {service} --for 2h --reason \"...\""
@@ -131,6 +138,9 @@ impl Denial {
                 } else {
                     " (no such asset)"
                 }
+            ),
+            Denial::OtherOrganisation { asset, service } => format!(
+                "a grant names {asset}:{service}, but another organisation than the vendor's services {asset}"
             ),
             Denial::NoSuchService { asset, service } => {
                 format!("asset {asset} has no service {service}")
@@ -276,6 +286,13 @@ async fn authorize_on_asset(
         }
         .into());
     };
+    if !asset.serviced_by(&vendor.org) {
+        return Err(Denial::OtherOrganisation {
+            asset: asset.name.clone(),
+            service: service_name.to_owned(),
+        }
+        .into());
+    }
     let Some(service) = asset.service(service_name).cloned() else {
         // Granted once, but the service was removed since.
         return Err(Denial::NoSuchService {
@@ -344,6 +361,7 @@ pub async fn authorize_tunnel(
 ) -> Result<Grant, PolicyError> {
     let (vendor, assets, grants) =
         standing_with(store, now, who, store.assets_by_name_or_address(host)).await?;
+    let mut other_organisation = None;
     for asset in &assets {
         // The services on that port; port 22 on the asset's name also means its ssh service.
         let mut on_port: Vec<&crate::model::Service> =
@@ -360,6 +378,13 @@ pub async fn authorize_tunnel(
             let Some(row) = pick(&grants, &asset.name, &service.name, now) else {
                 continue;
             };
+            if !asset.serviced_by(&vendor.org) {
+                other_organisation.get_or_insert_with(|| Denial::OtherOrganisation {
+                    asset: asset.name.clone(),
+                    service: service.name.clone(),
+                });
+                continue;
+            }
             // Two services on one port of the asset, or a tcp service where any asset with this
             // address lists an ssh one: the tunnel would reach what another service names (an sshd,
             // unrecorded). Refused to a vendor with a grant for it; to others it reads like no grant.
@@ -390,12 +415,13 @@ pub async fn authorize_tunnel(
             });
         }
     }
-    Err(Denial::NoGrant {
-        asset: crate::model::truncate_for_display(host, 64),
-        service: port.to_string(),
-        asset_exists: !assets.is_empty(),
-    }
-    .into())
+    Err(other_organisation
+        .unwrap_or_else(|| Denial::NoGrant {
+            asset: crate::model::truncate_for_display(host, 64),
+            service: port.to_string(),
+            asset_exists: !assets.is_empty(),
+        })
+        .into())
 }
 
 #[cfg(test)]

@@ -119,13 +119,16 @@ pub async fn file(
         return Err(unknown(format!("no such asset {asset_name}")));
     };
     // Another organisation's device reads as one that does not exist: a vendor learns nothing of
-    // the inventory beyond their own organisation's assets.
-    if !asset.serviced_by(&vendor.org) {
-        return Err(unknown(format!(
-            "asset {asset_name} is serviced by {}, the vendor is with {}",
+    // the inventory beyond their own organisation's assets. (Asked again below of the vendor's row
+    // as it is now, in case the directory moved them since they signed in.)
+    let other_organisation = |org: &str| {
+        unknown(format!(
+            "asset {asset_name} is serviced by {}, the vendor is with {org}",
             asset.vendor_org.as_deref().unwrap_or_default(),
-            vendor.org
-        )));
+        ))
+    };
+    if !asset.serviced_by(&vendor.org) {
+        return Err(other_organisation(&vendor.org));
     }
     // A port number names the service on that port (tunnel refusals print the port the vendor used).
     let by_port: Vec<String> = services
@@ -160,12 +163,15 @@ pub async fn file(
     let mut tx = store.begin().await?;
     // Read again under the vendor's row lock: a vendor disabled since login files nothing, and two
     // requests filed at once (PostgreSQL) cannot both slip under the cap.
-    if !tx
+    let Some(locked) = tx
         .lock_vendor(&vendor.name)
         .await?
-        .is_some_and(|v| v.enabled && v.id == vendor.id)
-    {
+        .filter(|v| v.enabled && v.id == vendor.id)
+    else {
         return Err(FileRefusal::VendorDisabled);
+    };
+    if !asset.serviced_by(&locked.org) {
+        return Err(other_organisation(&locked.org));
     }
     let pending = tx.pending_requests_of(vendor.id, now).await?;
     if pending >= i64::from(limits.max_pending_per_vendor) {

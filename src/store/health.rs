@@ -30,7 +30,8 @@ impl Store {
 
     pub async fn ops_counts(&self, now: UnixTime) -> Result<OpsCounts> {
         let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM access_requests WHERE status = 'pending') AS pending, \
+            "SELECT (SELECT COUNT(*) FROM access_requests \
+               WHERE status = 'pending' AND (expires_at IS NULL OR expires_at > $1)) AS pending, \
              (SELECT COUNT(*) FROM grants WHERE revoked_at IS NULL AND starts_at <= $1 AND ends_at > $1) \
              AS active",
         )

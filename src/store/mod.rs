@@ -138,18 +138,20 @@ impl Store {
     /// Connects to `url` (`sqlite://PATH` or `postgres://…`), creating a SQLite file if needed, and applies
     /// the migrations of that backend.
     pub async fn open(url: &str) -> Result<Store> {
-        let store = Store::connect(url).await?;
+        let store = Store::connect(url, "rwc").await?;
         store.migrate().await?;
         Ok(store)
     }
 
-    /// Connects to `url` without migrating it: only for a look at the nodes
-    /// ([`Store::nodes_seen_since`]) before a command that must not run beside one changes anything.
+    /// Connects to `url` without migrating it (nor creating a SQLite file): only for a look at the
+    /// nodes ([`Store::nodes_seen_since`]) before a command that must not run beside one changes
+    /// anything.
     pub async fn connect_unmigrated(url: &str) -> Result<Store> {
-        Store::connect(url).await
+        Store::connect(url, "rw").await
     }
 
-    async fn connect(url: &str) -> Result<Store> {
+    /// `sqlite_mode`: `rwc` creates a missing SQLite file, `rw` does not.
+    async fn connect(url: &str, sqlite_mode: &str) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let (backend, connect_url, max, durable) = if let Some(path) = url.strip_prefix("sqlite://")
         {
@@ -158,7 +160,7 @@ impl Store {
             let durable = Arc::new(durable::WalSync::new(file));
             (
                 Backend::Sqlite,
-                format!("sqlite://{path}?mode=rwc"),
+                format!("sqlite://{path}?mode={sqlite_mode}"),
                 8,
                 Some(durable),
             )

@@ -42,9 +42,9 @@ impl Store {
             Backend::Sqlite => {
                 "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'nodes'"
             }
+            // Found the way the query below finds it: through the search path.
             Backend::Postgres => {
-                "SELECT COUNT(*) AS n FROM information_schema.tables \
-                 WHERE table_schema = current_schema() AND table_name = 'nodes'"
+                "SELECT COUNT(*) AS n FROM (SELECT to_regclass('nodes') AS t) x WHERE t IS NOT NULL"
             }
         };
         let tables: i64 = get(

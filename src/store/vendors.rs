@@ -387,6 +387,17 @@ impl Tx {
         Ok(())
     }
 
+    /// Sets a vendor's organisation (a directory vendor's entry moved to another OU).
+    pub async fn set_vendor_org(&mut self, vendor_id: i64, org: &str) -> Result<()> {
+        sqlx::query("UPDATE vendors SET org = $1 WHERE id = $2")
+            .bind(org)
+            .bind(vendor_id)
+            .execute(&mut *self.tx)
+            .await
+            .context("changing a vendor's organisation")?;
+        Ok(())
+    }
+
     /// Makes concurrent judgements of one vendor's login queue behind this transaction (see
     /// `hold_staff_user`).
     pub async fn hold_vendor(&mut self, vendor_id: i64) -> Result<()> {

@@ -1175,6 +1175,30 @@ fn a_vendor_asks_for_and_is_granted_only_their_own_organisations_assets() {
             ])
             .ok();
     }
+    // A blank organisation would open the device to every vendor: refused.
+    let blank = b.data.run(&[
+        "asset",
+        "add",
+        "x-01",
+        "--address",
+        "127.0.0.1",
+        "--zone",
+        "radiology",
+        "--purpose",
+        "x",
+        "--vendor-org",
+        " ",
+        "--service",
+        "ssh:2022/ssh",
+    ]);
+    blank.fails(1);
+    assert!(
+        blank
+            .stderr()
+            .contains("vendor organisation must not be empty"),
+        "{}",
+        blank.stderr()
+    );
     let bob = Approver::enroll(&b, "bob", "approver");
 
     // Another organisation's asset, and one that does not exist: the same words.
@@ -1267,6 +1291,41 @@ fn a_vendor_asks_for_and_is_granted_only_their_own_organisations_assets() {
     assert_eq!(deny.status, 200, "{}", deny.body);
     let _ = child.kill();
     let _ = child.wait();
+
+    // A grant issued before the asset changed hands (or before this rule) starts nothing: neither a
+    // session nor a tunnel, and the audit log says why.
+    b.grant("alice", "mri-01", "ssh,dicom", "1h");
+    crate::cli::sqlite(
+        &b.data.path().join("chaperone.db"),
+        "UPDATE assets SET vendor_org = 'Bolt Pumps' WHERE name = 'mri-01';",
+    );
+    let (_, stderr, code) = text(&b.ssh(&alice, "alice+mri-01").arg("true").output().unwrap());
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("your grant for mri-01:ssh does not hold: mri-01 is serviced by another organisation than yours"),
+        "{stderr}"
+    );
+    let (_, stderr, code) = text(
+        &b.ssh_with(&alice, &["-W", "mri-01:104"], "alice")
+            .output()
+            .unwrap(),
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("your grant for mri-01:dicom does not hold"),
+        "{stderr}"
+    );
+    let log = b
+        .data
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout();
+    assert_eq!(
+        log.matches("another organisation than the vendor's services mri-01")
+            .count(),
+        2,
+        "{log}"
+    );
 }
 
 /// More requests waiting than a page lists: the ones waiting longest are listed (lapsed ones are not),

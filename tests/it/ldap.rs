@@ -781,8 +781,34 @@ fn directory_vendor_self_enrols_over_openssh_and_is_cut_off_by_the_sync() {
         "the connection did not stay up\n{}",
         b.log()
     );
+    // Grants on an asset of vic's organisation and on one that names none.
+    for (asset, address, org) in [
+        ("mri-07", "127.0.0.7", Some("Acme Imaging")),
+        ("ct-07", "127.0.0.8", None),
+    ] {
+        let mut args = vec![
+            "asset",
+            "add",
+            asset,
+            "--address",
+            address,
+            "--zone",
+            "radiology",
+            "--purpose",
+            "x",
+            "--service",
+            "ssh:22/ssh",
+        ];
+        if let Some(org) = org {
+            args.extend(["--vendor-org", org]);
+        }
+        b.data.run(&args).ok();
+    }
+    let lost = b.grant("vic", "mri-07", "ssh", "1h");
+    let kept = b.grant("vic", "ct-07", "ssh", "1h");
     // The organisation renamed: vic's entry moves to another OU. Same entry (its entryUUID), so vic
-    // follows it: still enabled, connection up, the move audited.
+    // follows it: still enabled, connection up, the move audited; vic is now with the new
+    // organisation, so the grant on the old one's asset is revoked, the other kept.
     dir.modify(&format!(
         "dn: ou=Acme Healthcare,ou=vendors,{s}\nobjectClass: organizationalUnit\nou: Acme Healthcare\n\n\
          dn: uid=vic,ou=Acme Imaging,ou=vendors,{s}\nchangetype: modrdn\nnewrdn: uid=vic\n\
@@ -801,6 +827,30 @@ fn directory_vendor_self_enrols_over_openssh_and_is_cut_off_by_the_sync() {
     assert!(live.try_wait().unwrap().is_none(), "{}", b.log());
     let shown = b.data.run(&["vendor", "show", "vic", "--json"]).ok().json();
     assert_eq!(shown["vendor"]["enabled"], true, "{shown}");
+    assert_eq!(shown["vendor"]["org"], "Acme Healthcare", "{shown}");
+    let grants = b
+        .data
+        .run(&["grant", "list", "--all", "--json"])
+        .ok()
+        .json();
+    let grant = |id: i64| {
+        grants
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(grant(lost)["revoked_by"], "system:directory", "{grants}");
+    assert!(
+        grant(lost)["revoke_reason"]
+            .as_str()
+            .unwrap()
+            .contains("moved to organisation Acme Healthcare, which does not service mri-07"),
+        "{grants}"
+    );
+    assert!(grant(kept)["revoked_at"].is_null(), "{grants}");
     dir.modify(&slapd::account_control(&moved_to, 514, true));
     assert!(
         wait_until(Duration::from_secs(10), || live

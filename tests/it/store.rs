@@ -1795,7 +1795,13 @@ async fn session_starts_at_once_are_written_together_and_fail_alone() {
 #[tokio::test]
 async fn an_unmigrated_database_has_no_running_nodes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut urls = vec![format!("sqlite://{}", dir.path().join("t.db").display())];
+    let file = dir.path().join("t.db");
+    let url = format!("sqlite://{}", file.display());
+    // A look creates no SQLite file (a mistyped path is an error, not a new database).
+    assert!(Store::connect_unmigrated(&url).await.is_err());
+    assert!(!file.exists());
+    std::fs::File::create(&file).unwrap();
+    let mut urls = vec![url];
     urls.extend(postgres::fresh_database().await);
     for url in urls {
         let store = Store::connect_unmigrated(&url).await.unwrap();
