@@ -301,9 +301,15 @@ impl Asset {
     pub fn serviced_by(&self, org: &str) -> bool {
         match self.vendor_org.as_deref().map(str::trim) {
             None | Some("") => true,
-            Some(owner) => owner.to_lowercase() == org.trim().to_lowercase(),
+            Some(owner) => same_organisation(owner, org),
         }
     }
+}
+
+/// Whether two organisation names name the same organisation: equal without case and surrounding
+/// blanks (staff and directories type them).
+pub fn same_organisation(a: &str, b: &str) -> bool {
+    a.trim().to_lowercase() == b.trim().to_lowercase()
 }
 
 /// What kind of secret is injected when chaperone logs in to a device.

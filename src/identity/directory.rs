@@ -32,7 +32,7 @@ use crate::app::App;
 use crate::audit::Action;
 use crate::audit::AuditEvent;
 use crate::error_text::report;
-use crate::model::check_name;
+use crate::model::{check_name, check_text, same_organisation};
 use crate::store::{DirectoryStanding, StaffAuth, StoreError};
 
 /// The audit actor of the directory's changes.
@@ -79,9 +79,6 @@ pub enum SyncError {
     Directory(#[from] super::ldap::LdapError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A grant that a vendor's move to another organisation should end could not be revoked.
-    #[error("revoking a moved vendor's grant")]
-    Revoke(#[source] crate::policy::grants::GrantError),
 }
 
 /// Disables a directory staff account that lost its access and ends its web sessions, audited.
@@ -221,10 +218,16 @@ pub async fn sync_vendors(app: &App, directory: &Directory) -> Result<(), SyncEr
                 }
             }
         }
-        let org = if e.org.is_empty() {
-            "directory".to_owned()
-        } else {
-            e.org
+        // An organisation that cannot be read (no OU under the base, or text that is not one line)
+        // is unknown: a new vendor gets "directory", a known one keeps theirs.
+        let org = match check_text("organisation", &e.org, 120) {
+            Ok(()) => Some(e.org),
+            Err(why) => {
+                if !e.org.is_empty() {
+                    tracing::warn!(dn = %e.dn, %why, "a directory vendor's organisation is not usable");
+                }
+                None
+            }
         };
         wanted.entry(e.name).or_default().push(Wanted {
             dn: e.dn,
@@ -309,44 +312,43 @@ pub async fn sync_vendors(app: &App, directory: &Directory) -> Result<(), SyncEr
             tracing::info!(vendor = %name, why, "directory vendor disabled");
         }
     }
-    Ok(())
+    revoke_outside_organisations(app, app.clock.now()).await
 }
 
 /// A vendor entry as the sync reads it.
 struct Wanted {
     dn: String,
-    org: String,
+    /// `None`: not known (see `sync_vendors`).
+    org: Option<String>,
     keys: BTreeMap<String, super::keys::ParsedKey>,
     entry_id: Option<String>,
     disabled: Option<&'static str>,
 }
 
 /// Follows a vendor's own entry to its DN, id and organisation as they are now (moved, renamed, or
-/// its id read for the first time), audited. A move to another organisation also revokes the vendor's
-/// grants on assets the new organisation does not service (their live sessions close with them).
+/// its id read for the first time), audited. What a move to another organisation leaves outside it is
+/// revoked by [`revoke_outside_organisations`] at the end of the sync.
 async fn relink_vendor(
     app: &App,
     v: &crate::store::DirectoryVendor,
     e: &Wanted,
     now: i64,
 ) -> Result<(), SyncError> {
-    let org_moved = e.org != v.vendor.org;
-    if e.dn.eq_ignore_ascii_case(&v.dn) && e.entry_id == v.entry_id && !org_moved {
+    let moved_to = e
+        .org
+        .as_deref()
+        .filter(|org| !same_organisation(org, &v.vendor.org));
+    if e.dn.eq_ignore_ascii_case(&v.dn) && e.entry_id == v.entry_id && moved_to.is_none() {
         return Ok(());
-    }
-    // Revoked before the move is stored, so a revocation that fails leaves the move for the next
-    // sync to retry whole; and again after, for a grant approved in between.
-    if org_moved {
-        revoke_other_organisations(app, v.vendor.id, &e.org, now).await?;
     }
     let mut tx = app.store.begin().await?;
     tx.set_vendor_directory(v.vendor.id, &e.dn, e.entry_id.as_deref())
         .await?;
     let mut detail = json!({"from": v.dn, "dn": e.dn, "entry_id": e.entry_id});
-    if org_moved {
-        tx.set_vendor_org(v.vendor.id, &e.org).await?;
+    if let Some(org) = moved_to {
+        tx.set_vendor_org(v.vendor.id, org).await?;
         detail["org_from"] = json!(v.vendor.org);
-        detail["org"] = json!(e.org);
+        detail["org"] = json!(org);
     }
     tx.audit(
         AuditEvent::new(
@@ -359,49 +361,59 @@ async fn relink_vendor(
     )
     .await?;
     tx.commit("vendor.directory.move").await?;
-    if org_moved {
-        revoke_other_organisations(app, v.vendor.id, &e.org, now).await?;
-    }
     Ok(())
 }
 
-/// Revokes vendor `vendor_id`'s open grants on assets that organisation `org` does not service.
-async fn revoke_other_organisations(
-    app: &App,
-    vendor_id: i64,
-    org: &str,
-    now: i64,
-) -> Result<(), SyncError> {
+/// Revokes every open grant of a directory vendor on an asset their organisation (as stored now) does
+/// not service: what a move to another OU left behind. Run at the end of every sync, so a revocation
+/// that failed is tried again at the next. A grant that cannot be revoked for another reason than the
+/// store is logged and passed over: it cannot stop the sync of everyone else (and no session starts
+/// under it: each start asks the organisation again).
+async fn revoke_outside_organisations(app: &App, now: i64) -> Result<(), SyncError> {
+    let orgs: BTreeMap<String, String> = app
+        .store
+        .directory_vendors()
+        .await?
+        .into_iter()
+        .map(|v| (v.vendor.name, v.vendor.org))
+        .collect();
     let actor = crate::policy::grants::Actor::system(ACTOR);
-    for g in app.store.open_grants_of(vendor_id, now).await? {
-        let serviced = app
-            .store
-            .asset(&g.asset)
-            .await?
-            .is_none_or(|a| a.serviced_by(org));
-        if serviced {
+    let mut assets: BTreeMap<String, Option<crate::model::Asset>> = BTreeMap::new();
+    for g in app.store.grants(Some(now)).await? {
+        let Some(org) = orgs.get(&g.vendor) else {
+            continue;
+        };
+        if !assets.contains_key(&g.asset) {
+            let asset = app.store.asset(&g.asset).await?;
+            assets.insert(g.asset.clone(), asset);
+        }
+        if assets[&g.asset].as_ref().is_none_or(|a| a.serviced_by(org)) {
             continue;
         }
         let reason = format!(
-            "the vendor's directory entry moved to organisation {org}, which does not service {}",
+            "the vendor's organisation in the directory does not service {}",
             g.asset
         );
         match crate::policy::grants::revoke(&app.store, &app.events, now, &actor, g.id, &reason)
             .await
         {
             Ok(_) => {
-                tracing::info!(grant = g.id, asset = %g.asset, "grant revoked: the vendor moved to another organisation");
+                tracing::info!(grant = g.id, vendor = %g.vendor, asset = %g.asset,
+                    "grant revoked: the vendor is with another organisation now");
             }
             Err(crate::policy::grants::GrantError::AlreadyRevoked(_)) => {}
             Err(crate::policy::grants::GrantError::Store(e)) => return Err(e.into()),
-            Err(e) => return Err(SyncError::Revoke(e)),
+            Err(e) => {
+                tracing::error!(grant = g.id, error = %e, "cannot revoke a moved vendor's grant");
+            }
         }
     }
     Ok(())
 }
 
 async fn add_vendor(app: &App, name: &str, e: &Wanted, now: i64) -> Result<(), SyncError> {
-    let (dn, org, keys) = (&e.dn, &e.org, &e.keys);
+    let (dn, keys) = (&e.dn, &e.keys);
+    let org = e.org.as_deref().unwrap_or("directory");
     if app.store.vendor(name).await?.is_some() {
         // A local vendor of that name: local vendors are the administrator's, never the sync's.
         tracing::warn!(vendor = %name, %dn, "a local vendor has this directory vendor's name; skipped");

@@ -269,7 +269,12 @@ async fn authorize_on_asset(
     service_of: impl FnOnce(Option<&Asset>) -> String,
 ) -> Result<Grant, PolicyError> {
     let (vendor, asset, grants) = standing_with(store, now, who, store.asset(asset_name)).await?;
-    let service_name = &service_of(asset.as_ref());
+    // The service is named from the asset only for a vendor who may know it: its organisation's, or
+    // one a grant of theirs names. To others, another organisation's asset reads as a missing one.
+    let known = asset
+        .as_ref()
+        .filter(|a| a.serviced_by(&vendor.org) || grants.iter().any(|g| g.asset == a.name));
+    let service_name = &service_of(known);
     let Some(asset) = asset else {
         return Err(Denial::NoGrant {
             asset: asset_name.to_owned(),

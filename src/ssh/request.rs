@@ -57,7 +57,9 @@ pub async fn run(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>, res
             if let FileRefusal::Store(e) = &refusal {
                 tracing::error!(error = %e, "cannot file a request");
             } else {
-                ctx.audit(
+                // Counted with the connection's other refusals: a loop of refused requests is
+                // audited up to the same bound, not once a time on the one audit writer.
+                ctx.audit_refusal(
                     Action::RequestRefused,
                     format!("asset:{}", args.asset),
                     serde_json::json!({"reason": refusal.to_string(), "services": args.services}),

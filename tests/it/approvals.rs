@@ -1156,7 +1156,10 @@ fn a_vendor_asks_for_and_is_granted_only_their_own_organisations_assets() {
     let Some((sshd, b, alice)) = setup() else {
         return;
     };
-    for (name, org) in [("pump-07", "Bolt Pumps"), ("mri-02", "ACME imaging ")] {
+    for (name, org, service) in [
+        ("pump-07", "Bolt Pumps", "console"),
+        ("mri-02", "ACME imaging ", "ssh"),
+    ] {
         b.data
             .run(&[
                 "asset",
@@ -1171,7 +1174,7 @@ fn a_vendor_asks_for_and_is_granted_only_their_own_organisations_assets() {
                 "--vendor-org",
                 org,
                 "--service",
-                &format!("ssh:{}/ssh", sshd.port),
+                &format!("{service}:{}/ssh", sshd.port),
             ])
             .ok();
     }
@@ -1201,7 +1204,19 @@ fn a_vendor_asks_for_and_is_granted_only_their_own_organisations_assets() {
     );
     let bob = Approver::enroll(&b, "bob", "approver");
 
-    // Another organisation's asset, and one that does not exist: the same words.
+    // Another organisation's asset, and one that does not exist: the same words, for a session (the
+    // asset's ssh service, `console` here, is not named) and for a request.
+    let (_, stderr, code) = text(&b.ssh(&alice, "alice+pump-07").arg("true").output().unwrap());
+    let (_, missing, _) = text(&b.ssh(&alice, "alice+pump-99").arg("true").output().unwrap());
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("no active grant for pump-07:ssh"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.replace("pump-07", "ASSET"),
+        missing.replace("pump-99", "ASSET")
+    );
     let (_, other, code) = refused(request(
         &b,
         &alice,
