@@ -363,6 +363,9 @@ pub struct SshConfig {
     pub max_startups: MaxStartups,
     /// Connections not signed in yet from one address at most (OpenSSH's `PerSourceMaxStartups`).
     pub per_source_max_startups: usize,
+    /// Signed-in connections one vendor may hold at once: past it their next sign-in is refused with
+    /// the reason, so that no vendor can fill `max_connections` and lock every other vendor out.
+    pub max_connections_per_vendor: usize,
     /// Channels (sessions, tunnels) one connection may hold open at once.
     pub max_channels: usize,
     /// Sessions of one grant carried on one device connection at most: the devices' sshd `MaxSessions`
@@ -938,6 +941,7 @@ struct RawSsh {
     passkey_wait: String,
     max_startups: String,
     per_source_max_startups: usize,
+    max_connections_per_vendor: usize,
     max_channels: usize,
     device_sessions_per_connection: usize,
     public_host: Option<String>,
@@ -956,6 +960,7 @@ impl Default for RawSsh {
             passkey_wait: "2m".into(),
             max_startups: "30:30:100".into(),
             per_source_max_startups: 10,
+            max_connections_per_vendor: 64,
             max_channels: 256,
             device_sessions_per_connection: 10,
             public_host: None,
@@ -1179,6 +1184,15 @@ impl Config {
                 0 => {
                     return Err(invalid(
                         "ssh.per_source_max_startups",
+                        "must be at least 1".into(),
+                    ));
+                }
+                n => n,
+            },
+            max_connections_per_vendor: match raw.ssh.max_connections_per_vendor {
+                0 => {
+                    return Err(invalid(
+                        "ssh.max_connections_per_vendor",
                         "must be at least 1".into(),
                     ));
                 }
@@ -1971,6 +1985,9 @@ login_grace_time = "60s"
 passkey_wait = "2m"
 max_startups = "30:30:100"
 per_source_max_startups = 10
+# Signed-in connections one vendor may hold at once; past it their next sign-in is refused, saying why
+# (no vendor can fill max_connections and lock the others out).
+max_connections_per_vendor = 64
 # Sessions and tunnels one connection may hold open at once.
 max_channels = 256
 # The sessions of one grant share device connections, this many each at most: your devices' sshd
@@ -2586,6 +2603,7 @@ mod tests {
         let c = parse("").unwrap();
         assert_eq!(c.ssh.login_grace_time, Duration::from_secs(60));
         assert_eq!(c.ssh.per_source_max_startups, 10);
+        assert_eq!(c.ssh.max_connections_per_vendor, 64);
         assert_eq!(c.recording.max_bytes, Some(4_000_000_000));
         assert!(parse("[ssh]\nlogin_grace_time = \"1h\"\n").is_err());
         assert_eq!(c.ssh.passkey_wait, Duration::from_secs(120));

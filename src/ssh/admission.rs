@@ -38,6 +38,8 @@ struct Counts {
     unauthenticated: usize,
     /// Those not signed in yet, by address.
     by_source: HashMap<IpAddr, usize>,
+    /// Those signed in, by vendor.
+    by_vendor: HashMap<String, usize>,
 }
 
 /// The listener's connection counts and limits.
@@ -47,6 +49,7 @@ pub struct Admission {
     max_connections: usize,
     max_startups: MaxStartups,
     per_source: usize,
+    per_vendor: usize,
     grace: Duration,
 }
 
@@ -57,6 +60,7 @@ impl Admission {
             max_connections: config.max_connections,
             max_startups: config.max_startups,
             per_source: config.per_source_max_startups,
+            per_vendor: config.max_connections_per_vendor,
             grace: config.login_grace_time,
         })
     }
@@ -144,6 +148,7 @@ pub struct Ticket {
 
 impl Ticket {
     /// Both factors passed: this connection no longer counts as a startup, and its grace time is over.
+    /// It counts as one of `vendor`'s from now on.
     pub fn signed_in(&self, vendor: &str) {
         if self.signed_in.is_cancelled() {
             return;
@@ -151,8 +156,22 @@ impl Ticket {
         let _ = self.who.set(vendor.to_owned());
         if let Ok(mut counts) = self.admission.counts.lock() {
             Admission::release_startup(&mut counts, self.source);
+            *counts.by_vendor.entry(vendor.to_owned()).or_insert(0) += 1;
         }
         self.signed_in.cancel();
+    }
+
+    /// `Some((open, most))` when `vendor` already holds the most signed-in connections allowed
+    /// (`ssh.max_connections_per_vendor`): their sign-in on this one is refused before a code is judged.
+    pub fn vendor_full(&self, vendor: &str) -> Option<(usize, usize)> {
+        let most = self.admission.per_vendor;
+        let open = self
+            .admission
+            .counts
+            .lock()
+            .map(|c| c.by_vendor.get(vendor).copied().unwrap_or(0))
+            .unwrap_or(most);
+        (open >= most).then_some((open, most))
     }
 
     /// The vendor who signed in on this connection, if one did.
@@ -209,6 +228,13 @@ impl Drop for Ticket {
             counts.total = counts.total.saturating_sub(1);
             if !self.signed_in.is_cancelled() {
                 Admission::release_startup(&mut counts, self.source);
+            } else if let Some(vendor) = self.who.get()
+                && let Some(n) = counts.by_vendor.get_mut(vendor)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    counts.by_vendor.remove(vendor);
+                }
             }
         }
     }
@@ -228,8 +254,30 @@ mod tests {
             max_connections: max,
             max_startups: MaxStartups::parse(startups).unwrap(),
             per_source,
+            per_vendor: 2,
             grace: Duration::from_secs(60),
         })
+    }
+
+    /// A vendor's signed-in connections are counted while they are open; at the cap, the next is
+    /// told so; another vendor is not affected.
+    #[test]
+    fn a_vendor_holds_at_most_its_share_of_signed_in_connections() {
+        let a = admission(10, "10:30:100", 10);
+        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        let first = a.admit_with(peer, 99).unwrap();
+        let second = a.admit_with(peer, 99).unwrap();
+        let third = a.admit_with(peer, 99).unwrap();
+        assert_eq!(third.vendor_full("alice"), None);
+        first.signed_in("alice");
+        second.signed_in("alice");
+        assert_eq!(third.vendor_full("alice"), Some((2, 2)));
+        assert_eq!(third.vendor_full("bob"), None);
+        drop(first);
+        assert_eq!(third.vendor_full("alice"), None);
+        // A connection that never signed in does not count against anyone.
+        drop(third);
+        assert_eq!(second.vendor_full("alice"), None);
     }
 
     fn ip(s: &str) -> IpAddr {

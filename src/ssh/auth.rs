@@ -174,6 +174,11 @@ enum Barred {
     Disabled,
     /// Locked after repeated failures, until then.
     Locked(i64),
+    /// Holds `open` signed-in connections already, the `most` allowed (`ssh.max_connections_per_vendor`).
+    Busy {
+        open: usize,
+        most: usize,
+    },
 }
 
 impl Barred {
@@ -193,6 +198,7 @@ impl Barred {
         match self {
             Barred::Disabled => "disabled",
             Barred::Locked(_) => "locked",
+            Barred::Busy { .. } => "too many connections",
         }
     }
 
@@ -209,6 +215,11 @@ impl Barred {
                  after repeated failed logins. Try again then, or ask the hospital's\r\n\
                  bastion administrator to unlock it now (chaperone vendor unlock).",
                 crate::clock::format_time(until)
+            ),
+            Barred::Busy { open, most } => format!(
+                "chaperone: you already hold {open} connections to the bastion, the most\r\n\
+                 allowed ({most}). Close one (or reuse one: ssh -o ControlMaster=auto\r\n\
+                 -o ControlPath=~/.ssh/cm-%C -o ControlPersist=10m) and try again."
             ),
         };
         format!("\r\n{told}\r\n\r\nPress Enter to close: ")
@@ -263,10 +274,22 @@ impl Auth {
     }
 
     /// The key's signature was verified for `user`: first factor done if it belongs to that vendor.
-    pub async fn key_verified(&mut self, app: &App, user: &str, key: &PublicKey) -> bool {
+    /// `ticket`: the connection's place in the counts (none inside a ProxyJump), asked whether the
+    /// vendor holds their most connections already.
+    pub async fn key_verified(
+        &mut self,
+        app: &App,
+        user: &str,
+        key: &PublicKey,
+        ticket: Option<&Ticket>,
+    ) -> bool {
         match self.vendor_for(app, user, key).await {
             Some(vendor) => {
-                let barred = Barred::of(&vendor, app.clock.now());
+                let barred = Barred::of(&vendor, app.clock.now()).or_else(|| {
+                    ticket
+                        .and_then(|t| t.vendor_full(&vendor.name))
+                        .map(|(open, most)| Barred::Busy { open, most })
+                });
                 if barred.is_some() && self.told_barred {
                     return false;
                 }
@@ -706,7 +729,14 @@ mod tests {
             ..vendor.clone()
         };
         assert_eq!(Barred::of(&disabled, 1_999), Some(Barred::Disabled));
-        for barred in [Barred::Disabled, Barred::Locked(1_796_433_520)] {
+        for barred in [
+            Barred::Disabled,
+            Barred::Locked(1_796_433_520),
+            Barred::Busy {
+                open: 10_000,
+                most: 10_000,
+            },
+        ] {
             let prompt = barred.prompt();
             assert!(prompt.ends_with("Press Enter to close: "), "{prompt}");
             assert!(

@@ -370,9 +370,13 @@ impl server::Handler for Connection {
             pad(since, KEY_REFUSAL).await;
             return Ok(RusshAuth::reject());
         }
+        let ticket = match &self.mode {
+            Mode::Outer(outer) => Some(outer.ticket.clone()),
+            Mode::Inner { .. } => None,
+        };
         if !self
             .auth
-            .key_verified(&self.shared.app, user, key.public_key)
+            .key_verified(&self.shared.app, user, key.public_key, ticket.as_deref())
             .await
         {
             pad(since, KEY_REFUSAL).await;

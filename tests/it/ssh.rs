@@ -1363,3 +1363,84 @@ fn an_exit_status_that_follows_the_devices_eof_reaches_a_multiplexed_client() {
         .args(["-F", "/dev/null", "-o", &control, "-O", "exit", "x"])
         .output();
 }
+
+/// A vendor holds at most `ssh.max_connections_per_vendor` signed-in connections: the next sign-in is
+/// told why in the prompt (no code judged, audited), other vendors sign in as before, and once one
+/// of hers ends she signs in again. Without it one vendor could fill `max_connections` for everyone.
+#[test]
+fn a_vendor_at_their_most_connections_is_told_and_others_are_not_held_up() {
+    let Some(sshd) = Sshd::start() else { return };
+    let data = DataDir::init();
+    let config = std::fs::read_to_string(data.config()).unwrap();
+    assert!(
+        config.contains("max_connections_per_vendor = 64"),
+        "{config}"
+    );
+    std::fs::write(
+        data.config(),
+        config.replacen(
+            "max_connections_per_vendor = 64",
+            "max_connections_per_vendor = 2",
+            1,
+        ),
+    )
+    .unwrap();
+    let b = Bastion::start(data);
+    b.device("mri-01", &sshd, &[]);
+    let alice = b.vendor("alice", "Acme Imaging");
+    let bob = b.vendor("bob", "Bolt Pumps");
+    let logins = |who: &str| {
+        audit_lines(&b)
+            .lines()
+            .filter(|l| l.contains("\"auth.login\"") && l.contains(&format!("vendor:{who}")))
+            .count()
+    };
+    let mut held: Vec<std::process::Child> = (0..2)
+        .map(|_| b.ssh_with(&alice, &["-N"], "alice").spawn().unwrap())
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(20), || logins("alice") == 2),
+        "{}",
+        b.log()
+    );
+
+    let (askpass, prompts) =
+        crate::support::bastion::recording_askpass(b.data.path(), "echo 000000");
+    let out = b
+        .ssh_answering(&alice, &[], "alice", &askpass)
+        .arg("true")
+        .output()
+        .unwrap();
+    let prompts = std::fs::read_to_string(&prompts).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(255), "{prompts}");
+    assert!(
+        prompts.contains("you already hold 2 connections to the bastion, the most")
+            && prompts.contains("Press Enter to close"),
+        "{prompts}"
+    );
+    assert!(
+        audit_lines(&b)
+            .lines()
+            .any(|l| l.contains("\"auth.refused\"")
+                && l.contains(r#"\"why\":\"too many connections\""#)),
+        "{}",
+        audit_lines(&b)
+    );
+    let out = b.ssh(&bob, "bob").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+
+    let mut first = held.remove(0);
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            b.ssh(&alice, "alice").output().unwrap().status.code() == Some(0)
+        }),
+        "{}",
+        b.log()
+    );
+    for mut c in held {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
