@@ -199,6 +199,15 @@ pub async fn recheck_staff(app: &App, directory: &Directory) -> Result<(), SyncE
 
 /// One sync of the vendor subtree; see the module doc.
 pub async fn sync_vendors(app: &App, directory: &Directory) -> Result<(), SyncError> {
+    let synced = sync_entries(app, directory).await;
+    // Whatever became of the entries' sync: what a move (this time or an earlier one) left outside a
+    // vendor's organisation is revoked.
+    let swept = revoke_outside_organisations(app, app.clock.now()).await;
+    synced.and(swept)
+}
+
+/// The sync of the entries: added, followed, keys updated, disabled.
+async fn sync_entries(app: &App, directory: &Directory) -> Result<(), SyncError> {
     let entries = directory.vendors().await?;
     // Every entry that holds a name: a name is not an identity (two OUs may each have a `jsmith`).
     let mut wanted: BTreeMap<String, Vec<Wanted>> = BTreeMap::new();
@@ -218,15 +227,18 @@ pub async fn sync_vendors(app: &App, directory: &Directory) -> Result<(), SyncEr
                 }
             }
         }
-        // An organisation that cannot be read (no OU under the base, or text that is not one line)
-        // is unknown: a new vendor gets "directory", a known one keeps theirs.
-        let org = match check_text("organisation", &e.org, 120) {
-            Ok(()) => Some(e.org),
-            Err(why) => {
-                if !e.org.is_empty() {
+        // An entry in no OU under the base is with "directory"; one whose OU is not one line of
+        // text is with an unknown organisation: a new vendor gets "directory", a known one keeps
+        // theirs.
+        let org = if e.org.is_empty() {
+            Some("directory".to_owned())
+        } else {
+            match check_text("organisation", &e.org, 120) {
+                Ok(()) => Some(e.org),
+                Err(why) => {
                     tracing::warn!(dn = %e.dn, %why, "a directory vendor's organisation is not usable");
+                    None
                 }
-                None
             }
         };
         wanted.entry(e.name).or_default().push(Wanted {
@@ -312,7 +324,7 @@ pub async fn sync_vendors(app: &App, directory: &Directory) -> Result<(), SyncEr
             tracing::info!(vendor = %name, why, "directory vendor disabled");
         }
     }
-    revoke_outside_organisations(app, app.clock.now()).await
+    Ok(())
 }
 
 /// A vendor entry as the sync reads it.
@@ -365,10 +377,10 @@ async fn relink_vendor(
 }
 
 /// Revokes every open grant of a directory vendor on an asset their organisation (as stored now) does
-/// not service: what a move to another OU left behind. Run at the end of every sync, so a revocation
-/// that failed is tried again at the next. A grant that cannot be revoked for another reason than the
-/// store is logged and passed over: it cannot stop the sync of everyone else (and no session starts
-/// under it: each start asks the organisation again).
+/// not service: what a move to another OU left behind. Run after every sync, whether or not the
+/// entries' part succeeded, so a revocation that failed is tried again at the next. A grant that cannot
+/// be revoked is logged and the others are still tried; a store error is reported at the end. (No
+/// session starts under such a grant meanwhile: each start asks the organisation again.)
 async fn revoke_outside_organisations(app: &App, now: i64) -> Result<(), SyncError> {
     let orgs: BTreeMap<String, String> = app
         .store
@@ -379,6 +391,7 @@ async fn revoke_outside_organisations(app: &App, now: i64) -> Result<(), SyncErr
         .collect();
     let actor = crate::policy::grants::Actor::system(ACTOR);
     let mut assets: BTreeMap<String, Option<crate::model::Asset>> = BTreeMap::new();
+    let mut failed = None;
     for g in app.store.grants(Some(now)).await? {
         let Some(org) = orgs.get(&g.vendor) else {
             continue;
@@ -391,7 +404,7 @@ async fn revoke_outside_organisations(app: &App, now: i64) -> Result<(), SyncErr
             continue;
         }
         let reason = format!(
-            "the vendor's organisation in the directory does not service {}",
+            "the vendor's organisation does not service {} (the directory moved the vendor, or the asset changed hands)",
             g.asset
         );
         match crate::policy::grants::revoke(&app.store, &app.events, now, &actor, g.id, &reason)
@@ -399,16 +412,19 @@ async fn revoke_outside_organisations(app: &App, now: i64) -> Result<(), SyncErr
         {
             Ok(_) => {
                 tracing::info!(grant = g.id, vendor = %g.vendor, asset = %g.asset,
-                    "grant revoked: the vendor is with another organisation now");
+                    "grant revoked: the vendor's organisation does not service the asset");
             }
             Err(crate::policy::grants::GrantError::AlreadyRevoked(_)) => {}
-            Err(crate::policy::grants::GrantError::Store(e)) => return Err(e.into()),
             Err(e) => {
-                tracing::error!(grant = g.id, error = %e, "cannot revoke a moved vendor's grant");
+                // The others are still tried; a store error is reported once they were.
+                tracing::error!(grant = g.id, error = %e, "cannot revoke a grant outside the vendor's organisation");
+                if let crate::policy::grants::GrantError::Store(e) = e {
+                    failed.get_or_insert(e);
+                }
             }
         }
     }
-    Ok(())
+    failed.map_or(Ok(()), |e| Err(e.into()))
 }
 
 async fn add_vendor(app: &App, name: &str, e: &Wanted, now: i64) -> Result<(), SyncError> {

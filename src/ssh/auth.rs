@@ -45,6 +45,11 @@ pub enum TotpOutcome {
     PasskeyLink {
         prompt: String,
     },
+    /// The vendor became barred since the prompt was shown (they reached their most connections
+    /// meanwhile): nothing was judged; ask again with this prompt, which tells them why.
+    Tell {
+        prompt: String,
+    },
 }
 
 impl std::fmt::Debug for TotpOutcome {
@@ -55,6 +60,7 @@ impl std::fmt::Debug for TotpOutcome {
             TotpOutcome::Refused => f.write_str("Refused"),
             TotpOutcome::Barred => f.write_str("Barred"),
             TotpOutcome::PasskeyLink { .. } => f.write_str("PasskeyLink(..)"),
+            TotpOutcome::Tell { .. } => f.write_str("Tell(..)"),
         }
     }
 }
@@ -430,6 +436,15 @@ impl Auth {
                 tracing::info!(vendor = %vendor.name, %peer, why = barred.why(), "barred vendor refused (audited within the last minute)");
             }
             return TotpOutcome::Barred;
+        }
+        // Asked again right before a code is judged, not only at the key step: sign-ins finished at
+        // once on many connections cannot all slip under the cap.
+        if let Some((open, most)) = ticket.and_then(|t| t.vendor_full(&step.vendor.name)) {
+            let barred = Barred::Busy { open, most };
+            step.barred = Some(barred);
+            return TotpOutcome::Tell {
+                prompt: barred.prompt(),
+            };
         }
         let asked = std::mem::take(&mut step.asked);
         // Judged below, whichever way (a new link reopens the round).

@@ -437,11 +437,13 @@ impl server::Handler for Connection {
             )
             .await
         {
-            TotpOutcome::PasskeyLink { prompt } => Ok(RusshAuth::Partial {
-                name: Cow::Borrowed(""),
-                instructions: Cow::Borrowed(""),
-                prompts: Cow::Owned(vec![(Cow::Owned(prompt), false)]),
-            }),
+            TotpOutcome::PasskeyLink { prompt } | TotpOutcome::Tell { prompt } => {
+                Ok(RusshAuth::Partial {
+                    name: Cow::Borrowed(""),
+                    instructions: Cow::Borrowed(""),
+                    prompts: Cow::Owned(vec![(Cow::Owned(prompt), false)]),
+                })
+            }
             TotpOutcome::Accepted(principal) => {
                 let Some(login) = Login::parse(user) else {
                     return Ok(RusshAuth::reject());

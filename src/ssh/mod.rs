@@ -429,8 +429,12 @@ async fn connection(
         Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
     }
     conn_stop.cancel();
-    if let Some(vendor) = ticket.vendor() {
-        logged_out(&app, vendor, peer).await;
+    // The connection's place in the counts (its vendor's share among them) is given back before the
+    // logout is written: a slow store does not keep a closed connection counted.
+    let vendor = ticket.vendor().map(str::to_owned);
+    drop(ticket);
+    if let Some(vendor) = vendor {
+        logged_out(&app, &vendor, peer).await;
     }
 }
 
