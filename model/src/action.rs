@@ -171,6 +171,8 @@ actions! {
     AssetServiceRemove = "asset.service.remove",
     AssetCredentialSet = "asset.credential.set",
     AssetHostkeyPin = "asset.hostkey.pin",
+    /// The vendor organisation that maintains an asset (who may ask for it) was set or cleared.
+    AssetVendorOrg = "asset.vendor_org",
     SecretsRotate = "secrets.rotate",
     DemoSetup = "demo.setup",
     // The audit log itself and its consumers.

@@ -201,6 +201,7 @@ pub fn mapping(action: Action) -> Option<Mapping> {
         | A::AssetServiceRemove
         | A::AssetCredentialSet
         | A::AssetHostkeyPin
+        | A::AssetVendorOrg
         | A::SecretsRotate => map(SECURITY_ALERT, configuration, Update, Success),
         A::BackupRestore => map(APPLICATION_ACTIVITY, configuration, Execute, Success),
         // Bookkeeping: a request filed is not yet a decision; a TOTP step or seed is part of a sign-in

@@ -63,6 +63,16 @@ pub enum AssetCommand {
     },
     /// Remove an asset that has no history.
     Remove { name: String },
+    /// Set the vendor organisation that maintains an asset (only its vendors may ask for it), or clear
+    /// it with --none (any vendor may ask). Open grants of other organisations' vendors on it are
+    /// revoked (their sessions close).
+    VendorOrg {
+        name: String,
+        #[arg(required_unless_present = "none", conflicts_with = "none")]
+        org: Option<String>,
+        #[arg(long)]
+        none: bool,
+    },
     /// Add or remove a service.
     #[command(subcommand)]
     Service(ServiceCommand),
@@ -272,6 +282,39 @@ pub async fn run(config: &Path, cmd: AssetCommand) -> anyhow::Result<()> {
             .await?;
             tx.commit("asset.remove").await?;
             println!("Asset {name} removed.");
+        }
+        AssetCommand::VendorOrg { name, org, none: _ } => {
+            if let Some(org) = &org {
+                refuse(check_text("vendor organisation", org, 120))?;
+            }
+            let a = app.store.require_asset(&name).await?;
+            let mut tx = app.store.begin().await?;
+            tx.set_asset_vendor_org(a.id, org.as_deref()).await?;
+            tx.audit(
+                AuditEvent::new(
+                    &actor,
+                    Action::AssetVendorOrg,
+                    format!("asset:{name}"),
+                    json!({"from": a.vendor_org, "vendor_org": org}),
+                ),
+                now,
+            )
+            .await?;
+            tx.commit("asset.vendor_org").await?;
+            match &org {
+                Some(org) => println!(
+                    "Asset {name} is maintained by {org}: only its vendors may ask for it."
+                ),
+                None => println!(
+                    "Asset {name} names no vendor organisation: any vendor may ask for it."
+                ),
+            }
+            let revoked = revoke_other_organisations(&app, &actor, &name, now).await?;
+            if revoked > 0 {
+                println!(
+                    "{revoked} open grant(s) of other organisations' vendors on {name} revoked."
+                );
+            }
         }
         AssetCommand::Service(ServiceCommand::Add { asset, service }) => {
             let a = app.store.require_asset(&asset).await?;
@@ -483,4 +526,38 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// Revokes the open grants on asset `name` (as it is now) of vendors its organisation does not
+/// cover; returns how many.
+async fn revoke_other_organisations(
+    app: &App,
+    actor: &str,
+    name: &str,
+    now: i64,
+) -> anyhow::Result<usize> {
+    let asset = app.store.require_asset(name).await?;
+    let by = crate::policy::grants::Actor::os(actor);
+    let mut revoked = 0;
+    for g in app.store.grants(Some(now)).await? {
+        if g.asset != asset.name {
+            continue;
+        }
+        let Some(vendor) = app.store.vendor(&g.vendor).await? else {
+            continue;
+        };
+        if asset.serviced_by(&vendor.org) {
+            continue;
+        }
+        let reason = format!("{name} is maintained by another organisation than the vendor's now");
+        match crate::policy::grants::revoke(&app.store, &app.events, now, &by, g.id, &reason).await
+        {
+            Ok(_) => revoked += 1,
+            Err(crate::policy::grants::GrantError::AlreadyRevoked(_)) => {}
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("revoking grant #{}", g.id)));
+            }
+        }
+    }
+    Ok(revoked)
 }

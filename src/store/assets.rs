@@ -354,6 +354,17 @@ impl Tx {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Sets (or, with `None`, clears) the vendor organisation that maintains asset `asset_id`.
+    pub async fn set_asset_vendor_org(&mut self, asset_id: i64, org: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE assets SET vendor_org = $1 WHERE id = $2")
+            .bind(org)
+            .bind(asset_id)
+            .execute(&mut *self.tx)
+            .await
+            .context("setting an asset's vendor organisation")?;
+        Ok(())
+    }
+
     /// Removes an asset. Refused while grants, requests or sessions refer to it (history must survive).
     pub async fn delete_asset(&mut self, asset_id: i64, name: &str) -> Result<()> {
         let row = sqlx::query(

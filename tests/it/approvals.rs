@@ -1341,6 +1341,48 @@ fn a_vendor_asks_for_and_is_granted_only_their_own_organisations_assets() {
         2,
         "{log}"
     );
+
+    // Staff change who maintains an asset with a command, audited: cleared, the grant works again;
+    // set to another organisation, the grants of vendors outside it are revoked.
+    b.data.run(&["asset", "vendor-org", "mri-01"]).fails(2);
+    b.data
+        .run(&["asset", "vendor-org", "mri-01", "--none"])
+        .ok();
+    let (_, stderr, code) = text(&b.ssh(&alice, "alice+mri-01").arg("true").output().unwrap());
+    assert_eq!(code, 0, "{stderr}");
+    let set = b.data.run(&["asset", "vendor-org", "mri-01", "Bolt Pumps"]);
+    assert!(
+        set.ok()
+            .stdout()
+            .contains("1 open grant(s) of other organisations' vendors on mri-01 revoked"),
+        "{}",
+        set.stdout()
+    );
+    let grants = b
+        .data
+        .run(&["grant", "list", "--all", "--json"])
+        .ok()
+        .json();
+    let grant = grants
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["asset"] == "mri-01")
+        .unwrap();
+    assert_eq!(grant["state"], "revoked", "{grants}");
+    assert!(
+        grant["revoke_reason"]
+            .as_str()
+            .unwrap()
+            .contains("maintained by another organisation"),
+        "{grants}"
+    );
+    let log = b
+        .data
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout();
+    assert_eq!(log.matches("\"asset.vendor_org\"").count(), 2, "{log}");
 }
 
 /// More requests waiting than a page lists: the ones waiting longest are listed (lapsed ones are not),
