@@ -309,7 +309,14 @@ pub async fn run(config: &Path, cmd: AssetCommand) -> anyhow::Result<()> {
                     "Asset {name} names no vendor organisation: any vendor may ask for it."
                 ),
             }
-            let revoked = revoke_other_organisations(&app, &actor, &name, now).await?;
+            let revoked = crate::policy::grants::revoke_outside_organisations(
+                &app.store,
+                &app.events,
+                now,
+                &crate::policy::grants::Actor::os(actor.as_str()),
+                |g| g.asset == name,
+            )
+            .await?;
             if revoked > 0 {
                 println!(
                     "{revoked} open grant(s) of other organisations' vendors on {name} revoked."
@@ -526,38 +533,4 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
-}
-
-/// Revokes the open grants on asset `name` (as it is now) of vendors its organisation does not
-/// cover; returns how many.
-async fn revoke_other_organisations(
-    app: &App,
-    actor: &str,
-    name: &str,
-    now: i64,
-) -> anyhow::Result<usize> {
-    let asset = app.store.require_asset(name).await?;
-    let by = crate::policy::grants::Actor::os(actor);
-    let mut revoked = 0;
-    for g in app.store.grants(Some(now)).await? {
-        if g.asset != asset.name {
-            continue;
-        }
-        let Some(vendor) = app.store.vendor(&g.vendor).await? else {
-            continue;
-        };
-        if asset.serviced_by(&vendor.org) {
-            continue;
-        }
-        let reason = format!("{name} is maintained by another organisation than the vendor's now");
-        match crate::policy::grants::revoke(&app.store, &app.events, now, &by, g.id, &reason).await
-        {
-            Ok(_) => revoked += 1,
-            Err(crate::policy::grants::GrantError::AlreadyRevoked(_)) => {}
-            Err(e) => {
-                return Err(anyhow::Error::new(e).context(format!("revoking grant #{}", g.id)));
-            }
-        }
-    }
-    Ok(revoked)
 }

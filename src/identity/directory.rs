@@ -382,49 +382,28 @@ async fn relink_vendor(
 /// be revoked is logged and the others are still tried; a store error is reported at the end. (No
 /// session starts under such a grant meanwhile: each start asks the organisation again.)
 async fn revoke_outside_organisations(app: &App, now: i64) -> Result<(), SyncError> {
-    let orgs: BTreeMap<String, String> = app
+    let directory: BTreeSet<String> = app
         .store
         .directory_vendors()
         .await?
         .into_iter()
-        .map(|v| (v.vendor.name, v.vendor.org))
+        .map(|v| v.vendor.name)
         .collect();
     let actor = crate::policy::grants::Actor::system(ACTOR);
-    let mut assets: BTreeMap<String, Option<crate::model::Asset>> = BTreeMap::new();
-    let mut failed = None;
-    for g in app.store.grants(Some(now)).await? {
-        let Some(org) = orgs.get(&g.vendor) else {
-            continue;
-        };
-        if !assets.contains_key(&g.asset) {
-            let asset = app.store.asset(&g.asset).await?;
-            assets.insert(g.asset.clone(), asset);
-        }
-        if assets[&g.asset].as_ref().is_none_or(|a| a.serviced_by(org)) {
-            continue;
-        }
-        let reason = format!(
-            "the vendor's organisation does not service {} (the directory moved the vendor, or the asset changed hands)",
-            g.asset
-        );
-        match crate::policy::grants::revoke(&app.store, &app.events, now, &actor, g.id, &reason)
-            .await
-        {
-            Ok(_) => {
-                tracing::info!(grant = g.id, vendor = %g.vendor, asset = %g.asset,
-                    "grant revoked: the vendor's organisation does not service the asset");
-            }
-            Err(crate::policy::grants::GrantError::AlreadyRevoked(_)) => {}
-            Err(e) => {
-                // The others are still tried; a store error is reported once they were.
-                tracing::error!(grant = g.id, error = %e, "cannot revoke a grant outside the vendor's organisation");
-                if let crate::policy::grants::GrantError::Store(e) = e {
-                    failed.get_or_insert(e);
-                }
-            }
-        }
+    match crate::policy::grants::revoke_outside_organisations(
+        &app.store,
+        &app.events,
+        now,
+        &actor,
+        |g| directory.contains(&g.vendor),
+    )
+    .await
+    {
+        Ok(_) => Ok(()),
+        Err(crate::policy::grants::GrantError::Store(e)) => Err(e.into()),
+        // Logged where it happened; not the store's, so the next sync has the same chance.
+        Err(_) => Ok(()),
     }
-    failed.map_or(Ok(()), |e| Err(e.into()))
 }
 
 async fn add_vendor(app: &App, name: &str, e: &Wanted, now: i64) -> Result<(), SyncError> {

@@ -403,6 +403,57 @@ pub async fn refused(store: &Store, now: UnixTime, actor: &Actor, g: &Issue<'_>,
     }
 }
 
+/// Revokes every open grant that `scope` picks whose asset the vendor's organisation (as stored now)
+/// does not service (`Asset::serviced_by`): what a vendor's move to another organisation, or an asset
+/// changing hands, left behind. Every such grant is tried; the first error is returned once they
+/// were (`AlreadyRevoked` is none). Returns how many were revoked. Callers: the directory sync (its
+/// vendors) and `asset vendor-org` (one asset).
+pub async fn revoke_outside_organisations(
+    store: &Store,
+    events: &Events,
+    now: UnixTime,
+    actor: &Actor,
+    scope: impl Fn(&GrantRow) -> bool,
+) -> Result<usize, GrantError> {
+    let mut vendors: std::collections::BTreeMap<String, Option<Vendor>> = Default::default();
+    let mut assets: std::collections::BTreeMap<String, Option<Asset>> = Default::default();
+    let (mut revoked, mut failed) = (0, None);
+    for g in store.grants(Some(now)).await? {
+        if !scope(&g) {
+            continue;
+        }
+        if !vendors.contains_key(&g.vendor) {
+            vendors.insert(g.vendor.clone(), store.vendor(&g.vendor).await?);
+        }
+        if !assets.contains_key(&g.asset) {
+            assets.insert(g.asset.clone(), store.asset(&g.asset).await?);
+        }
+        let (Some(vendor), Some(asset)) = (&vendors[&g.vendor], &assets[&g.asset]) else {
+            continue;
+        };
+        if asset.serviced_by(&vendor.org) {
+            continue;
+        }
+        let reason = format!(
+            "{} is serviced by another organisation than the vendor's (the vendor moved, or the asset changed hands)",
+            g.asset
+        );
+        match revoke(store, events, now, actor, g.id, &reason).await {
+            Ok(_) => {
+                revoked += 1;
+                tracing::info!(grant = g.id, vendor = %g.vendor, asset = %g.asset,
+                    "grant revoked: the vendor's organisation does not service the asset");
+            }
+            Err(GrantError::AlreadyRevoked(_)) => {}
+            Err(e) => {
+                tracing::error!(grant = g.id, error = %e, "cannot revoke a grant outside the vendor's organisation");
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    failed.map_or(Ok(revoked), Err)
+}
+
 /// The reason a revocation gives, checked: required (blank is refused), one line, at most
 /// [`MAX_REASON`]. The vendor is shown it and the audit log keeps it.
 pub fn revoke_reason(reason: &str) -> Result<&str, GrantError> {

@@ -1374,7 +1374,7 @@ fn a_vendor_asks_for_and_is_granted_only_their_own_organisations_assets() {
         grant["revoke_reason"]
             .as_str()
             .unwrap()
-            .contains("maintained by another organisation"),
+            .contains("mri-01 is serviced by another organisation than the vendor's"),
         "{grants}"
     );
     let log = b
