@@ -7,25 +7,11 @@
 use chaperone_recorder::transcript::words;
 use chaperone_web_approval::HistoryQuery;
 
-use crate::model::UnixTime;
+use crate::model::{SESSION_ENDS, UnixTime};
 use crate::store::HistoryFilter;
 
 /// The session kinds a filter may name (`scp` is an sftp session: scp speaks sftp since OpenSSH 9).
 const KINDS: [&str; 5] = ["shell", "exec", "sftp", "tunnel", "jump"];
-/// How a session may have ended (`sessions.end_cause`), and `live`.
-pub const ENDS: [&str; 10] = [
-    "live",
-    "closed",
-    "expired",
-    "revoked",
-    "terminated",
-    "budget",
-    "recording",
-    "disabled",
-    "lost",
-    "shutdown",
-];
-
 /// The longest value of one filter, the text to find included: a search is audited with what was
 /// typed, and the audit log is no place for a request's worth of text.
 pub const MAX_FILTER: usize = 500;
@@ -58,8 +44,11 @@ pub fn filter(q: &HistoryQuery) -> Result<HistoryFilter, String> {
         }
     };
     let ended = match text(&q.ended) {
-        Some(e) if !ENDS.contains(&e.as_str()) => {
-            return Err(format!("unknown end {e:?}: one of {}", ENDS.join(", ")));
+        Some(e) if e != "live" && !SESSION_ENDS.contains(&e.as_str()) => {
+            return Err(format!(
+                "unknown end {e:?}: one of live, {}",
+                SESSION_ENDS.join(", ")
+            ));
         }
         e => e,
     };

@@ -366,6 +366,11 @@ pub struct SshConfig {
     /// Signed-in connections one vendor may hold at once: past it their next sign-in is refused with
     /// the reason, so that no vendor can fill `max_connections` and lock every other vendor out.
     pub max_connections_per_vendor: usize,
+    /// A signed-in connection through which nothing has passed for this long (no byte of any session or
+    /// tunnel either way, no channel opened, no command of the bastion's own running) is closed, its
+    /// sessions told why; `None` (`"off"`): never. SSH keepalives and other protocol messages are not
+    /// activity.
+    pub idle_timeout: Option<Duration>,
     /// Channels (sessions, tunnels) one connection may hold open at once.
     pub max_channels: usize,
     /// Sessions of one grant carried on one device connection at most: the devices' sshd `MaxSessions`
@@ -942,6 +947,7 @@ struct RawSsh {
     max_startups: String,
     per_source_max_startups: usize,
     max_connections_per_vendor: usize,
+    idle_timeout: String,
     max_channels: usize,
     device_sessions_per_connection: usize,
     public_host: Option<String>,
@@ -961,6 +967,7 @@ impl Default for RawSsh {
             max_startups: "30:30:100".into(),
             per_source_max_startups: 10,
             max_connections_per_vendor: 64,
+            idle_timeout: "30m".into(),
             max_channels: 256,
             device_sessions_per_connection: 10,
             public_host: None,
@@ -1197,6 +1204,10 @@ impl Config {
                     ));
                 }
                 n => n,
+            },
+            idle_timeout: match raw.ssh.idle_timeout.trim() {
+                "off" => None,
+                text => Some(duration("ssh.idle_timeout", text)?),
             },
             max_channels: match raw.ssh.max_channels {
                 0 => return Err(invalid("ssh.max_channels", "must be at least 1".into())),
@@ -1988,6 +1999,10 @@ per_source_max_startups = 10
 # Signed-in connections one vendor may hold at once; past it their next sign-in is refused, saying why
 # (no vendor can fill max_connections and lock the others out).
 max_connections_per_vendor = 64
+# A signed-in connection through which nothing has passed for this long (no byte of a session or tunnel,
+# either way; no channel opened) is closed, its sessions told a minute before and at the end ("off":
+# never). SSH keepalives are not activity.
+idle_timeout = "30m"
 # Sessions and tunnels one connection may hold open at once.
 max_channels = 256
 # The sessions of one grant share device connections, this many each at most: your devices' sshd
@@ -2604,6 +2619,15 @@ mod tests {
         assert_eq!(c.ssh.login_grace_time, Duration::from_secs(60));
         assert_eq!(c.ssh.per_source_max_startups, 10);
         assert_eq!(c.ssh.max_connections_per_vendor, 64);
+        assert_eq!(c.ssh.idle_timeout, Some(Duration::from_secs(1800)));
+        let off = parse("[ssh]\nidle_timeout = \"off\"\n").unwrap();
+        assert_eq!(off.ssh.idle_timeout, None);
+        for bad in ["0s", "", "30", "never"] {
+            assert!(
+                parse(&format!("[ssh]\nidle_timeout = \"{bad}\"\n")).is_err(),
+                "{bad:?}"
+            );
+        }
         assert_eq!(c.recording.max_bytes, Some(4_000_000_000));
         assert!(parse("[ssh]\nlogin_grace_time = \"1h\"\n").is_err());
         assert_eq!(c.ssh.passkey_wait, Duration::from_secs(120));

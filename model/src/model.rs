@@ -15,6 +15,22 @@ pub type UnixTime = i64;
 /// request limit above it, since such a request could never be approved as asked).
 pub const MAX_GRANT: std::time::Duration = std::time::Duration::from_secs(30 * 86400);
 
+/// How a session may have ended, as the `sessions.end_cause` column has it (what an auditor filters on):
+/// `closed` by a side, or ended by the bastion for the reason named. The history's filters offer these
+/// and `live` (not ended yet).
+pub const SESSION_ENDS: [&str; 10] = [
+    "closed",
+    "expired",
+    "revoked",
+    "terminated",
+    "budget",
+    "recording",
+    "disabled",
+    "idle",
+    "lost",
+    "shutdown",
+];
+
 /// A name for a vendor, a staff user, an asset, a zone or a service: 1-64 characters of
 /// `[a-z0-9._-]`, starting with a letter or digit. Hostile or confusing names (spaces, `+`, `@`, control
 /// characters, upper case look-alikes) never reach the database, a log line or a terminal.

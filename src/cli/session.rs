@@ -49,7 +49,7 @@ pub enum SessionCommand {
         /// Started before; a day counts whole (--until 2026-11-30 includes the 30th).
         #[arg(long)]
         until: Option<String>,
-        /// How it ended: closed, expired, revoked, terminated, budget, recording, disabled, lost,
+        /// How it ended: closed, expired, revoked, terminated, budget, recording, disabled, idle, lost,
         /// shutdown, or live.
         #[arg(long)]
         ended: Option<String>,

@@ -17,6 +17,7 @@
 //! Submodules: [`registry`] (what is live), [`watch`] (the authority watcher), [`budget`] (byte budgets).
 
 pub mod budget;
+pub mod idle;
 pub mod registry;
 pub mod tap;
 pub mod watch;
@@ -223,6 +224,10 @@ pub struct Origin {
     pub principal: Principal,
     /// The vendor's address (`client_addr`).
     pub peer: String,
+    /// The listener's number of the vendor connection (a ProxyJump's: the outer one's), and what
+    /// passes through it (`idle`): the session's bytes count as that connection's activity.
+    pub connection: u64,
+    pub activity: Arc<idle::Activity>,
 }
 
 /// A session registered under a grant, not started yet: its device may be being dialled.
@@ -253,7 +258,7 @@ impl PendingSession {
         let id = crate::secrets::random_hex(8);
         let (registration, controls) = live.register(
             &id,
-            grant.id(),
+            (grant.id(), origin.connection),
             &origin.principal,
             &grant.asset().name,
             grant.ends_at(),
@@ -453,6 +458,7 @@ impl PendingSession {
                 session: id.clone(),
                 kind: self.kind,
                 grant: grant.clone(),
+                activity: self.origin.activity.clone(),
             }),
         };
         self.live.set_meter(&self.registration, meter.clone());
@@ -872,6 +878,8 @@ struct MeterInner {
     session: String,
     kind: SessionKind,
     grant: Grant,
+    /// The connection's: every chunk counted is activity (`idle`).
+    activity: Arc<idle::Activity>,
 }
 
 impl Meter {
@@ -884,6 +892,7 @@ impl Meter {
             Direction::Down => &m.down,
         };
         counter.fetch_add(n as u64, Ordering::Relaxed);
+        m.activity.touch();
         crate::ops::metrics::relayed(dir == Direction::Up, n);
         let Some(crossing) = m
             .budgets
@@ -914,6 +923,7 @@ impl Meter {
     /// sessions are metered themselves.
     pub fn count(&self, dir: Direction, n: usize) {
         let m = &self.inner;
+        m.activity.touch();
         match dir {
             Direction::Up => m.up.fetch_add(n as u64, Ordering::Relaxed),
             Direction::Down => m.down.fetch_add(n as u64, Ordering::Relaxed),
@@ -989,7 +999,38 @@ async fn audit(
 
 #[cfg(test)]
 mod tests {
+    use super::End;
     use super::PtyInfo;
+    use super::registry::{Cause, Close};
+    use crate::model::SESSION_ENDS;
+
+    /// The history's filters offer `SESSION_ENDS`: every way a session can end must be among them, or
+    /// an auditor could not find those sessions by how they ended.
+    #[test]
+    fn every_end_is_one_the_history_can_filter_on() {
+        use Cause::*;
+        for cause in [Expired, Revoked, Terminated, Disabled, Shutdown, Idle] {
+            // No wildcard: a new cause fails to compile here until it is listed above.
+            match cause {
+                Expired | Revoked | Terminated | Disabled | Shutdown | Idle => {}
+            }
+            let end = End::Closed(Close {
+                cause,
+                text: String::new(),
+            });
+            assert!(SESSION_ENDS.contains(&end.cause()), "{cause:?}");
+        }
+        for end in [
+            End::VendorClosed,
+            End::DeviceClosed,
+            End::Completed,
+            End::BudgetCut(String::new()),
+            End::RecordingFailed(String::new()),
+            End::Lost(String::new()),
+        ] {
+            assert!(SESSION_ENDS.contains(&end.cause()), "{end:?}");
+        }
+    }
 
     /// Issue 11: `ssh -tt` from a script asks for 0x0 (1x1 from some clients); the recording gets a
     /// terminal a player can show.

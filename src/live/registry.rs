@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::idle::{self, Activity, Idle, Quiet};
 use crate::clock::format_time;
 use crate::model::UnixTime;
 use crate::policy::Principal;
@@ -61,6 +62,8 @@ pub enum Cause {
     Disabled,
     /// This chaperone process is stopping.
     Shutdown,
+    /// Nothing passed on the session's connection for `[ssh] idle_timeout`.
+    Idle,
 }
 
 impl Cause {
@@ -71,6 +74,7 @@ impl Cause {
             Cause::Terminated => "terminated",
             Cause::Disabled => "disabled",
             Cause::Shutdown => "shutdown",
+            Cause::Idle => "idle",
         }
     }
 }
@@ -102,6 +106,8 @@ pub enum GrantState {
 #[derive(Debug)]
 struct Entry {
     grant_id: i64,
+    /// The listener's number of the vendor connection it runs in (a ProxyJump's: the outer one's).
+    connection: u64,
     /// Whose session: the vendor and the key they signed in with.
     login: Principal,
     asset: String,
@@ -131,9 +137,20 @@ struct Connection {
     since: UnixTime,
     /// Cancelling it ends the connection whatever the client does (see `ssh::killswitch`).
     kill: CancellationToken,
-    /// Set once the watcher decided to cut it (so a cut is counted, and audited, once): why, as the
-    /// vendor is told.
-    evicted: Option<String>,
+    /// What passes through it (`idle`), and how long it has been quiet as the watcher saw it.
+    activity: Arc<Activity>,
+    quiet: Quiet,
+    /// Set once the watcher decided to cut it (so a cut is counted, and audited, once).
+    evicted: Option<Eviction>,
+}
+
+/// Why the watcher cuts a connection.
+#[derive(Debug, Clone)]
+struct Eviction {
+    /// `Disabled` ends everything of its login; `Idle` this connection only.
+    cause: Cause,
+    /// As the vendor is told.
+    why: String,
 }
 
 #[derive(Debug, Default)]
@@ -179,27 +196,33 @@ impl Drop for ConnectionRegistration {
 }
 
 impl LiveSessions {
-    /// Registers session `session_id` of `login` under a grant; controls arrive on the returned receiver.
+    /// Registers session `session_id` of `login`, in the vendor connection numbered `connection`, under a
+    /// grant; controls arrive on the returned receiver.
     pub fn register(
         &self,
         session_id: &str,
-        grant_id: i64,
+        (grant_id, connection): (i64, u64),
         login: &Principal,
         asset: &str,
         ends_at: UnixTime,
     ) -> (Registration, mpsc::UnboundedReceiver<Control>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        // A login the watcher already judged (disabled, locked, key removed) starts nothing in the moment
-        // before its connection is cut: the session is closed as it registers.
+        // A login the watcher already judged (disabled, locked, key removed), or a connection it is
+        // cutting as idle, starts nothing in the moment before the cut: the session is closed as it
+        // registers.
         let evicted = self.inner.connections.lock().ok().and_then(|m| {
-            m.values()
-                .find(|c| c.login == *login && c.evicted.is_some())
-                .and_then(|c| c.evicted.clone())
+            let own = m.get(&connection).and_then(|c| c.evicted.clone());
+            own.or_else(|| {
+                m.values()
+                    .filter(|c| c.login == *login)
+                    .filter_map(|c| c.evicted.clone())
+                    .find(|e| e.cause == Cause::Disabled)
+            })
         });
-        if let Some(why) = evicted {
+        if let Some(e) = evicted {
             let _ = tx.send(Control::Close(Close {
-                cause: Cause::Disabled,
-                text: why,
+                cause: e.cause,
+                text: e.why,
             }));
         }
         if let Ok(mut map) = self.inner.sessions.lock() {
@@ -207,6 +230,7 @@ impl LiveSessions {
                 session_id.to_owned(),
                 Entry {
                     grant_id,
+                    connection,
                     login: login.clone(),
                     asset: asset.to_owned(),
                     ends_at,
@@ -290,14 +314,14 @@ impl LiveSessions {
     }
 
     /// Registers a signed-in connection (`id` is the listener's connection number) from `peer`, signed
-    /// in at `since`.
+    /// in at `since`; `activity` is what its sessions and channels touch (see `idle`).
     pub fn connect(
         &self,
         id: u64,
         login: &Principal,
-        peer: String,
-        since: UnixTime,
+        (peer, since): (String, UnixTime),
         kill: CancellationToken,
+        activity: Arc<Activity>,
     ) -> ConnectionRegistration {
         if let Ok(mut map) = self.inner.connections.lock() {
             map.insert(
@@ -307,6 +331,8 @@ impl LiveSessions {
                     peer,
                     since,
                     kill,
+                    activity,
+                    quiet: Quiet::new(since),
                     evicted: None,
                 },
             );
@@ -430,23 +456,76 @@ impl LiveSessions {
                 m.values_mut()
                     .filter(|c| c.login == *login && c.evicted.is_none())
                     .map(|c| {
-                        c.evicted = Some(why.to_owned());
+                        c.evicted = Some(Eviction {
+                            cause: Cause::Disabled,
+                            why: why.to_owned(),
+                        });
                         c.kill.clone()
                     })
                     .collect()
             })
             .unwrap_or_default();
         let n = kills.len();
-        if n > 0 {
-            // The sessions write their end and tell the vendor first; then the connection goes.
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                for k in kills {
-                    k.cancel();
-                }
-            });
-        }
+        cut_after(kills, grace);
         n
+    }
+
+    /// Time alone, for `[ssh] idle_timeout`: each signed-in connection through which nothing passed
+    /// since the last call is a second quieter; one quiet for `timeout` has its sessions told why and
+    /// closed, and is cut `grace` later; a minute before (half the timeout if shorter) its started
+    /// sessions are warned. Returns the connections this call cut: whose, and why (for the audit).
+    pub fn idle(
+        &self,
+        now: UnixTime,
+        timeout: std::time::Duration,
+        grace: std::time::Duration,
+    ) -> Vec<(Principal, String)> {
+        let mut notices: Vec<(u64, String)> = Vec::new();
+        let mut closes: Vec<(u64, String)> = Vec::new();
+        let mut cut = Vec::new();
+        let mut kills = Vec::new();
+        if let Ok(mut m) = self.inner.connections.lock() {
+            for (id, c) in m.iter_mut().filter(|(_, c)| c.evicted.is_none()) {
+                match c.quiet.check(c.activity.take(), now, timeout) {
+                    None => {}
+                    Some(Idle::Warn { quiet, left }) => notices.push((
+                        *id,
+                        format!(
+                            "nothing has passed on this connection for {}: it closes in {} unless something is typed or sent",
+                            idle::spoken(quiet),
+                            idle::spoken(left)
+                        ),
+                    )),
+                    Some(Idle::Close { quiet }) => {
+                        let why = format!(
+                            "the connection was closed after {} without activity",
+                            idle::spoken(quiet)
+                        );
+                        c.evicted = Some(Eviction {
+                            cause: Cause::Idle,
+                            why: why.clone(),
+                        });
+                        kills.push(c.kill.clone());
+                        closes.push((*id, why.clone()));
+                        cut.push((c.login.clone(), why));
+                    }
+                }
+            }
+        }
+        if let Ok(map) = self.inner.sessions.lock() {
+            for entry in map.values() {
+                if let Some((_, why)) = closes.iter().find(|(id, _)| *id == entry.connection) {
+                    entry.close(Cause::Idle, why.clone());
+                } else if let Some((_, text)) =
+                    notices.iter().find(|(id, _)| *id == entry.connection)
+                    && entry.started
+                {
+                    let _ = entry.tx.send(Control::Notice(text.clone()));
+                }
+            }
+        }
+        cut_after(kills, grace);
+        cut
     }
 
     /// Closes every session on this node (the process is stopping).
@@ -457,6 +536,19 @@ impl LiveSessions {
             }
         }
     }
+}
+
+/// Cuts `kills` `grace` from now: their sessions write their end and tell the vendor first.
+fn cut_after(kills: Vec<CancellationToken>, grace: std::time::Duration) {
+    if kills.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        for k in kills {
+            k.cancel();
+        }
+    });
 }
 
 fn minutes(secs: i64) -> String {
@@ -510,8 +602,8 @@ mod tests {
     fn watcher_decisions_reach_the_sessions_of_that_grant_only() {
         let live = LiveSessions::default();
         let who = login(7, "SHA256:one");
-        let (a, mut ra) = live.register("a", 1, &who, "mri-01", 1000);
-        let (_b, mut rb) = live.register("b", 2, &who, "ct-02", 5000);
+        let (a, mut ra) = live.register("a", (1, 1), &who, "mri-01", 1000);
+        let (_b, mut rb) = live.register("b", (2, 2), &who, "ct-02", 5000);
         live.apply(1, &GrantState::Active { ends_at: 1000 }, 500);
         assert!(
             ra.try_recv().is_err(),
@@ -546,9 +638,9 @@ mod tests {
     #[tokio::test]
     async fn evicting_a_login_closes_its_sessions_and_cuts_its_connections_only() {
         let live = LiveSessions::default();
-        let (_a, mut ra) = live.register("a", 1, &login(7, "SHA256:one"), "mri-01", 9000);
-        let (_b, mut rb) = live.register("b", 2, &login(7, "SHA256:two"), "mri-01", 9000);
-        let (_c, mut rc) = live.register("c", 3, &login(8, "SHA256:one"), "mri-01", 9000);
+        let (_a, mut ra) = live.register("a", (1, 1), &login(7, "SHA256:one"), "mri-01", 9000);
+        let (_b, mut rb) = live.register("b", (2, 2), &login(7, "SHA256:two"), "mri-01", 9000);
+        let (_c, mut rc) = live.register("c", (3, 3), &login(8, "SHA256:one"), "mri-01", 9000);
         let (k1, k2, k3) = (
             CancellationToken::new(),
             CancellationToken::new(),
@@ -557,23 +649,23 @@ mod tests {
         let _c1 = live.connect(
             1,
             &login(7, "SHA256:one"),
-            format!("127.0.0.1:{}", 5000 + 1),
-            100,
+            (format!("127.0.0.1:{}", 5000 + 1), 100),
             k1.clone(),
+            Arc::default(),
         );
         let _c2 = live.connect(
             2,
             &login(7, "SHA256:two"),
-            format!("127.0.0.1:{}", 5000 + 2),
-            100,
+            (format!("127.0.0.1:{}", 5000 + 2), 100),
             k2.clone(),
+            Arc::default(),
         );
         let _c3 = live.connect(
             3,
             &login(8, "SHA256:one"),
-            format!("127.0.0.1:{}", 5000 + 3),
-            100,
+            (format!("127.0.0.1:{}", 5000 + 3), 100),
             k3.clone(),
+            Arc::default(),
         );
         assert_eq!(live.logins().len(), 3);
         let n = live.evict(
@@ -595,10 +687,62 @@ mod tests {
         );
         // A session of the evicted login registered in the moment before its connection goes is
         // closed as it registers; another login's is not.
-        let (_d, mut rd) = live.register("d", 1, &login(7, "SHA256:one"), "mri-01", 9000);
+        let (_d, mut rd) = live.register("d", (1, 4), &login(7, "SHA256:one"), "mri-01", 9000);
         assert!(matches!(rd.try_recv(), Ok(Control::Close(c))
             if c.cause == Cause::Disabled && c.text == "your account was disabled"));
-        let (_e, mut re) = live.register("e", 2, &login(7, "SHA256:two"), "mri-01", 9000);
+        let (_e, mut re) = live.register("e", (2, 5), &login(7, "SHA256:two"), "mri-01", 9000);
         assert!(re.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_warned_then_cut_and_no_other() {
+        let live = LiveSessions::default();
+        let who = login(7, "SHA256:one");
+        let (quiet, busy) = (Arc::new(Activity::default()), Arc::new(Activity::default()));
+        let (k1, k2) = (CancellationToken::new(), CancellationToken::new());
+        let _c1 = live.connect(1, &who, ("127.0.0.1:5001".into(), 100), k1.clone(), quiet);
+        let _c2 = live.connect(
+            2,
+            &who,
+            ("127.0.0.1:5002".into(), 100),
+            k2.clone(),
+            busy.clone(),
+        );
+        let (a, mut ra) = live.register("a", (1, 1), &who, "mri-01", 9000);
+        let (b, mut rb) = live.register("b", (1, 2), &who, "mri-01", 9000);
+        live.mark_started(&a);
+        live.mark_started(&b);
+        let timeout = std::time::Duration::from_secs(600);
+        let grace = std::time::Duration::ZERO;
+        busy.touch();
+        assert!(live.idle(100 + 539, timeout, grace).is_empty());
+        assert!(ra.try_recv().is_err() && rb.try_recv().is_err());
+        busy.touch();
+        assert!(live.idle(100 + 540, timeout, grace).is_empty());
+        assert!(
+            matches!(ra.try_recv(), Ok(Control::Notice(t)) if t.contains("for 9 minutes") && t.contains("closes in 1 minute"))
+        );
+        assert!(
+            rb.try_recv().is_err(),
+            "the active connection is not warned"
+        );
+        busy.touch();
+        let cut = live.idle(100 + 600, timeout, grace);
+        assert_eq!(cut.len(), 1);
+        assert_eq!(cut[0].0, who);
+        assert!(matches!(ra.try_recv(), Ok(Control::Close(c))
+            if c.cause == Cause::Idle && c.text == "the connection was closed after 10 minutes without activity"));
+        assert!(rb.try_recv().is_err());
+        tokio::time::timeout(std::time::Duration::from_secs(2), k1.cancelled())
+            .await
+            .unwrap();
+        assert!(!k2.is_cancelled());
+        assert!(live.idle(100 + 601, timeout, grace).is_empty(), "cut once");
+        // A session opened on the idle connection before its cut is closed as it registers; one of the
+        // same login on its other connection is not.
+        let (_c, mut rc) = live.register("c", (1, 1), &who, "mri-01", 9000);
+        assert!(matches!(rc.try_recv(), Ok(Control::Close(c)) if c.cause == Cause::Idle));
+        let (_d, mut rd) = live.register("d", (1, 2), &who, "mri-01", 9000);
+        assert!(rd.try_recv().is_err());
     }
 }

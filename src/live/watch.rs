@@ -3,6 +3,8 @@
 //! Entry point: [`watch`]. Each tick it
 //! - closes sessions whose grant ended and warns those near the end (from memory: [`LiveSessions::tick`],
 //!   so time alone still ends a grant while the database is unreachable);
+//! - closes connections through which nothing passed for `[ssh] idle_timeout` and warns them before
+//!   ([`LiveSessions::idle`], from memory too; audited `vendor.connections.ended`);
 //! - when the audit chain's head moved (every change to grants, vendors and keys is audited in the same
 //!   transaction, so an unmoved head means nothing changed, on any node) or at least every
 //!   [`FULL_CHECK_EVERY`]: re-reads each live session's grant (revoked → closed), the sessions approvers
@@ -49,7 +51,15 @@ pub async fn watch(
             let mut tick = interval(every);
             while next_tick(&mut tick, &mut stop).await {
                 // From memory only: never waits for the database.
-                live.tick(app.clock.now());
+                let now = app.clock.now();
+                live.tick(now);
+                if let Some(timeout) = app.config.ssh.idle_timeout {
+                    for (who, why) in live.idle(now, timeout, EVICTION_GRACE) {
+                        tracing::info!(vendor = %who.vendor, "closing an idle connection");
+                        // Audited in a task of its own: this loop never waits for the database.
+                        tokio::spawn(audit_eviction(app.clone(), who, why, 1));
+                    }
+                }
             }
         }
     };

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use crate::audit::{Action, AuditEvent};
 use crate::live::Origin;
+use crate::live::idle::Activity;
 use crate::policy::Principal;
 
 /// What a channel task needs from its connection.
@@ -42,6 +43,10 @@ pub struct Context {
 /// jump is a channel of the vendor's connection, and what runs inside it counts as its channels do.
 #[derive(Debug, Default)]
 pub struct ConnectionLimits {
+    /// The listener's number of the vendor connection (its jumps' inner connections share it).
+    pub connection: u64,
+    /// What passes through the connection and its jumps, for `[ssh] idle_timeout` (`live::idle`).
+    pub activity: Arc<Activity>,
     /// Bytes (and messages) held for channels whose session has not started yet.
     pub early_input: AtomicUsize,
     /// Channels open (their tasks running), on the connection and inside its jumps: at most
@@ -57,6 +62,14 @@ pub struct ConnectionLimits {
 pub const AUDITED_REFUSALS: u32 = 32;
 
 impl ConnectionLimits {
+    /// The budgets of the vendor connection the listener numbered `connection`.
+    pub fn new(connection: u64) -> ConnectionLimits {
+        ConnectionLimits {
+            connection,
+            ..ConnectionLimits::default()
+        }
+    }
+
     /// Whether the next refusal is audited: `Some(true)` as usual, `Some(false)` for the one that says
     /// the rest are suppressed, `None` past it.
     pub fn audit_refusal(&self) -> Option<bool> {
@@ -81,6 +94,8 @@ impl Context {
         Origin {
             principal: self.principal.clone(),
             peer: self.peer.to_string(),
+            connection: self.limits.connection,
+            activity: self.limits.activity.clone(),
         }
     }
 

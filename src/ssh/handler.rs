@@ -160,6 +160,11 @@ impl Connection {
         stop: CancellationToken,
         span: tracing::Span,
     ) -> Connection {
+        let limits = match &mode {
+            Mode::Outer(outer) => Arc::new(ConnectionLimits::new(outer.id)),
+            // Replaced by the vendor connection's own (`inner`).
+            Mode::Inner { .. } => Arc::default(),
+        };
         Connection {
             shared,
             mode,
@@ -170,7 +175,7 @@ impl Connection {
             stop,
             span,
             open_channels: Arc::default(),
-            limits: Arc::default(),
+            limits,
             started: HashSet::new(),
             cap_audited: false,
         }
@@ -210,6 +215,8 @@ impl Connection {
                 ),
             });
         };
+        // Opening a channel is activity (`live::idle`), whether or not it starts anything.
+        self.limits.activity.touch();
         Ok(Context {
             shared: self.shared.clone(),
             principal,
@@ -453,9 +460,9 @@ impl server::Handler for Connection {
                     self._registration = Some(self.shared.live.connect(
                         outer.id,
                         &principal,
-                        self.peer.to_string(),
-                        self.shared.app.clock.now(),
+                        (self.peer.to_string(), self.shared.app.clock.now()),
                         outer.kill.clone(),
+                        self.limits.activity.clone(),
                     ));
                 }
                 self.login = Some((login, principal));

@@ -37,6 +37,10 @@ pub async fn run(ctx: Context, mut channel: Channel<Msg>, reply: ChannelOpenHand
             Some(_) => {}
         }
     };
+    // A command of the bastion's own keeps the connection active while it runs (a `request` waiting
+    // for its decision, `passkey add` for the browser): `live::idle`. A channel that asked for nothing
+    // does not.
+    let _busy = ctx.limits.activity.busy();
     // The vendor as the store has them now: a disable, a lock or a removed key counts from this moment.
     let app = &ctx.shared.app;
     let vendor = match crate::policy::standing(&app.store, app.clock.now(), &ctx.principal).await {

@@ -1446,3 +1446,89 @@ fn a_vendor_at_their_most_connections_is_told_and_others_are_not_held_up() {
         let _ = c.wait();
     }
 }
+
+#[test]
+fn an_idle_connection_is_warned_then_closed_and_keepalives_are_not_activity() {
+    let Some(sshd) = Sshd::start() else { return };
+    let data = DataDir::init();
+    let config = std::fs::read_to_string(data.config()).unwrap();
+    assert!(config.contains("idle_timeout = \"30m\""), "{config}");
+    std::fs::write(
+        data.config(),
+        config.replacen("idle_timeout = \"30m\"", "idle_timeout = \"6s\"", 1),
+    )
+    .unwrap();
+    let b = Bastion::start(data);
+    b.device("mri-01", &sshd, &[]);
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let keepalive = ["-o", "ServerAliveInterval=1"];
+
+    // Nothing passes (the client's keepalives every second are protocol, not activity): told half-way,
+    // then closed.
+    let started = Instant::now();
+    let out = b
+        .ssh_with(&alice, &keepalive, "alice+mri-01")
+        .arg("sleep 60")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let (_, stderr, code) = text(&out);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("nothing has passed on this connection for ")
+            && stderr.contains("seconds: it closes in ")
+            && stderr.contains("unless something is typed or sent"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the connection was closed after 6 seconds without activity"),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(20), "closed after {took:?}");
+
+    // Output from the device is activity: a command printing once a second outlives the timeout.
+    let out = b
+        .ssh(&alice, "alice+mri-01")
+        .arg("for i in 1 2 3 4 5 6 7 8 9 10; do echo tick$i; sleep 1; done")
+        .output()
+        .unwrap();
+    let (stdout, stderr, code) = text(&out);
+    assert_eq!(code, 0, "{stdout} {stderr}");
+    assert!(stdout.contains("tick10"), "{stdout}");
+    assert!(!stderr.contains("nothing has passed"), "{stderr}");
+
+    // A signed-in connection with no channel at all is cut as well.
+    let started = Instant::now();
+    let out = b
+        .ssh_with(&alice, &["-N", "-o", "ServerAliveInterval=1"], "alice")
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    wait_until_all_ended(&b);
+    let sessions = session_json(&b);
+    let ends: Vec<&str> = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["end_cause"].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        ends.contains(&"idle") && ends.contains(&"closed"),
+        "{sessions}"
+    );
+    let idle_cuts = audit_lines(&b)
+        .lines()
+        .filter(|l| l.contains("\"vendor.connections.ended\"") && l.contains("without activity"))
+        .count();
+    assert_eq!(idle_cuts, 2, "{}", audit_lines(&b));
+    // The history finds the idle session by how it ended.
+    let found = b
+        .data
+        .run(&["session", "list", "--ended", "idle", "--json"])
+        .ok()
+        .json();
+    assert_eq!(found.as_array().unwrap().len(), 1, "{found}");
+}

@@ -157,23 +157,10 @@ fn filter_form(q: &HistoryQuery) -> String {
         &q.kind,
         &["shell", "exec", "sftp", "tunnel", "jump"],
     ));
-    f.push_str(&select(
-        "ended",
-        "How it ended",
-        &q.ended,
-        &[
-            "live",
-            "closed",
-            "expired",
-            "revoked",
-            "terminated",
-            "budget",
-            "recording",
-            "disabled",
-            "lost",
-            "shutdown",
-        ],
-    ));
+    let ends: Vec<&str> = std::iter::once("live")
+        .chain(chaperone_model::model::SESSION_ENDS)
+        .collect();
+    f.push_str(&select("ended", "How it ended", &q.ended, &ends));
     f.push_str("<button type=\"submit\">Search</button> <a href=\"/history\">Clear</a></form>");
     f
 }
