@@ -13,8 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::model::UnixTime;
-
 /// What has happened on one connection since the watcher last looked.
 #[derive(Debug, Default)]
 pub struct Activity {
@@ -64,30 +62,31 @@ pub enum Idle {
     Close { quiet: i64 },
 }
 
-/// How long a connection has been quiet, as the watcher sees it at its ticks.
-#[derive(Debug, Clone)]
+/// How long a connection has been quiet, as the watcher sees it at its ticks. Times are seconds on a
+/// monotonic clock (the watcher's): a wall clock set forward (NTP, a VM resumed) must not make every
+/// connection idle at once.
+#[derive(Debug, Clone, Default)]
 pub struct Quiet {
-    since: UnixTime,
+    /// Quiet since then; `None` until the first look (a connection that just signed in).
+    since: Option<i64>,
     warned: bool,
 }
 
 impl Quiet {
-    /// A connection quiet since `now` (it just signed in).
-    pub fn new(now: UnixTime) -> Quiet {
-        Quiet {
-            since: now,
-            warned: false,
-        }
-    }
-
     /// The watcher's look at `now`: `active` says whether anything passed since the last look.
-    pub fn check(&mut self, active: bool, now: UnixTime, timeout: Duration) -> Option<Idle> {
-        if active {
-            *self = Quiet::new(now);
-            return None;
-        }
+    pub fn check(&mut self, active: bool, now: i64, timeout: Duration) -> Option<Idle> {
+        let since = match self.since {
+            Some(since) if !active => since,
+            _ => {
+                *self = Quiet {
+                    since: Some(now),
+                    warned: false,
+                };
+                return None;
+            }
+        };
         let timeout = i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX);
-        let quiet = now.saturating_sub(self.since);
+        let quiet = now.saturating_sub(since);
         if quiet >= timeout {
             return Some(Idle::Close { quiet });
         }
@@ -123,7 +122,12 @@ mod tests {
 
     #[test]
     fn a_quiet_connection_is_warned_once_a_minute_before_and_then_closed() {
-        let mut q = Quiet::new(1000);
+        let mut q = Quiet::default();
+        assert_eq!(
+            q.check(false, 1000, HALF_HOUR),
+            None,
+            "the first look starts the count"
+        );
         assert_eq!(q.check(false, 1000 + 1739, HALF_HOUR), None);
         assert_eq!(
             q.check(false, 1000 + 1740, HALF_HOUR),
@@ -141,7 +145,8 @@ mod tests {
 
     #[test]
     fn activity_starts_the_quiet_time_again_and_a_new_warning() {
-        let mut q = Quiet::new(0);
+        let mut q = Quiet::default();
+        assert_eq!(q.check(false, 0, HALF_HOUR), None);
         assert!(matches!(
             q.check(false, 1750, HALF_HOUR),
             Some(Idle::Warn { .. })
@@ -162,8 +167,9 @@ mod tests {
 
     #[test]
     fn a_short_timeout_warns_at_half_time() {
-        let mut q = Quiet::new(0);
+        let mut q = Quiet::default();
         let four = Duration::from_secs(4);
+        assert_eq!(q.check(false, 0, four), None);
         assert_eq!(q.check(false, 1, four), None);
         assert_eq!(
             q.check(false, 2, four),

@@ -332,7 +332,7 @@ impl LiveSessions {
                     since,
                     kill,
                     activity,
-                    quiet: Quiet::new(since),
+                    quiet: Quiet::default(),
                     evicted: None,
                 },
             );
@@ -470,13 +470,14 @@ impl LiveSessions {
         n
     }
 
-    /// Time alone, for `[ssh] idle_timeout`: each signed-in connection through which nothing passed
-    /// since the last call is a second quieter; one quiet for `timeout` has its sessions told why and
-    /// closed, and is cut `grace` later; a minute before (half the timeout if shorter) its started
-    /// sessions are warned. Returns the connections this call cut: whose, and why (for the audit).
+    /// Time alone, for `[ssh] idle_timeout`: at each call (`now`: seconds on a monotonic clock), a
+    /// signed-in connection through which nothing passed since the last call is quieter; one quiet for
+    /// `timeout` has its sessions told why and closed, and is cut `grace` later; a minute before (half
+    /// the timeout if shorter) its started sessions are warned. Returns the connections this call cut:
+    /// whose, and why (for the audit).
     pub fn idle(
         &self,
-        now: UnixTime,
+        now: i64,
         timeout: std::time::Duration,
         grace: std::time::Duration,
     ) -> Vec<(Principal, String)> {
@@ -714,6 +715,7 @@ mod tests {
         live.mark_started(&b);
         let timeout = std::time::Duration::from_secs(600);
         let grace = std::time::Duration::ZERO;
+        assert!(live.idle(100, timeout, grace).is_empty(), "the first look");
         busy.touch();
         assert!(live.idle(100 + 539, timeout, grace).is_empty());
         assert!(ra.try_recv().is_err() && rb.try_recv().is_err());

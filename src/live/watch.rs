@@ -49,11 +49,13 @@ pub async fn watch(
         let (app, live, mut stop) = (app.clone(), live.clone(), stop.clone());
         async move {
             let mut tick = interval(every);
+            // Idle time is counted on a monotonic clock: a wall clock set forward idles nobody.
+            let epoch = Instant::now();
             while next_tick(&mut tick, &mut stop).await {
                 // From memory only: never waits for the database.
-                let now = app.clock.now();
-                live.tick(now);
+                live.tick(app.clock.now());
                 if let Some(timeout) = app.config.ssh.idle_timeout {
+                    let now = i64::try_from(epoch.elapsed().as_secs()).unwrap_or(i64::MAX);
                     for (who, why) in live.idle(now, timeout, EVICTION_GRACE) {
                         tracing::info!(vendor = %who.vendor, "closing an idle connection");
                         // Audited in a task of its own: this loop never waits for the database.
