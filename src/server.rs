@@ -176,6 +176,7 @@ pub async fn run(
     ));
     let mut ssh_task = tokio::spawn(ssh_listener.serve(stop_rx.clone()));
     tokio::spawn(expire_requests(app.clone(), stop_rx.clone()));
+    tokio::spawn(revoke_outside_organisations(app.clone()));
     // Directory staff re-checked and directory vendors synced ([ldap]; nothing without it).
     tokio::spawn(crate::identity::directory::run(
         app.clone(),
@@ -316,6 +317,32 @@ async fn expire_requests(app: App, mut stop: watch::Receiver<bool>) {
             crate::policy::requests::expire_due(&app.store, &app.events, app.clock.now()).await
         {
             tracing::warn!(error = %e, "cannot expire access requests");
+        }
+    }
+}
+
+/// Once at start: open grants whose asset the vendor's organisation does not service are revoked. Such a
+/// grant starts nothing (each start asks the organisation again), but it would stay listed as active: a
+/// grant issued before the organisation rule existed (an upgrade), or left by a change made outside
+/// chaperone's commands. Every node does it; a grant revoked already is skipped.
+async fn revoke_outside_organisations(app: App) {
+    let actor = crate::policy::grants::Actor::system("system:organisations");
+    match crate::policy::grants::revoke_outside_organisations(
+        &app.store,
+        &app.events,
+        app.clock.now(),
+        &actor,
+        |_| true,
+    )
+    .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            grants = n,
+            "revoked open grants on assets their vendor's organisation does not service"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot revoke the grants outside the vendors' organisations")
         }
     }
 }

@@ -1383,6 +1383,43 @@ fn a_vendor_asks_for_and_is_granted_only_their_own_organisations_assets() {
         .ok()
         .stdout();
     assert_eq!(log.matches("\"asset.vendor_org\"").count(), 2, "{log}");
+
+    // A grant left outside the organisations by a change made around chaperone's commands (or issued
+    // before the rule, on an upgrade) is revoked when the bastion starts, not left listed as active.
+    let db = b.data.path().join("chaperone.db");
+    crate::cli::sqlite(
+        &db,
+        "UPDATE assets SET vendor_org = 'Acme Imaging' WHERE name = 'mri-02';",
+    );
+    let left = b.grant("alice", "mri-02", "ssh", "1h");
+    crate::cli::sqlite(
+        &db,
+        "UPDATE assets SET vendor_org = 'Someone Else' WHERE name = 'mri-02';",
+    );
+    let b = Bastion::start(b.stop());
+    let revoked = || {
+        b.data
+            .run(&["grant", "list", "--all", "--json"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["id"] == left)
+            .cloned()
+            .unwrap()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || revoked()["state"] == "revoked"),
+        "{}",
+        revoked()
+    );
+    assert_eq!(
+        revoked()["revoked_by"],
+        "system:organisations",
+        "{}",
+        revoked()
+    );
 }
 
 /// More requests waiting than a page lists: the ones waiting longest are listed (lapsed ones are not),
