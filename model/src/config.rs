@@ -366,10 +366,10 @@ pub struct SshConfig {
     /// Signed-in connections one vendor may hold at once: past it their next sign-in is refused with
     /// the reason, so that no vendor can fill `max_connections` and lock every other vendor out.
     pub max_connections_per_vendor: usize,
-    /// A signed-in connection through which nothing has passed for this long (no byte of any session or
-    /// tunnel either way, no channel opened, no command of the bastion's own running) is closed, its
-    /// sessions told why; `None` (`"off"`): never. SSH keepalives and other protocol messages are not
-    /// activity.
+    /// A signed-in connection with no activity for this long is closed, its sessions told why; `None`
+    /// (`"off"`): never. What counts is `live::idle::counts` (typing in a terminal, bytes of a transfer
+    /// or tunnel, a command without a terminal while it runs), a channel opened, a bastion command
+    /// running; SSH keepalives and other protocol messages are not activity.
     pub idle_timeout: Option<Duration>,
     /// Channels (sessions, tunnels) one connection may hold open at once.
     pub max_channels: usize,
@@ -1999,9 +1999,10 @@ per_source_max_startups = 10
 # Signed-in connections one vendor may hold at once; past it their next sign-in is refused, saying why
 # (no vendor can fill max_connections and lock the others out).
 max_connections_per_vendor = 64
-# A signed-in connection through which nothing has passed for this long (no byte of a session or tunnel,
-# either way; no channel opened) is closed, its sessions told a minute before and at the end ("off":
-# never). SSH keepalives are not activity.
+# A signed-in connection with no activity for this long is closed ("off": never), its terminal and
+# command sessions told a minute before and at the end. Activity: typing in a terminal (not its output),
+# bytes either way of a transfer or tunnel, a command without a terminal while it runs, a channel opened,
+# `request` waiting. SSH keepalives are not activity.
 idle_timeout = "30m"
 # Sessions and tunnels one connection may hold open at once.
 max_channels = 256

@@ -3,15 +3,18 @@
 //! scanner, or a tunnel to a pump left up after the job (HIPAA's "automatic logoff").
 //!
 //! Entry points: [`Activity`], one per connection (shared with the ProxyJump connections inside it),
-//! touched by what counts as activity: every chunk a session's `Meter` passes, either way (one owner for
-//! every transport), a channel opened, and a command of the bastion's own running ([`Activity::busy`]:
-//! `request` waiting for its decision, `passkey add`). SSH keepalives, window adjustments and other
-//! protocol messages are not activity: a client that only keeps the connection alive is idle.
-//! [`Quiet`] is the watcher's view of one connection: it warns once before the end and then closes.
+//! touched by what counts as activity: a session's data as [`counts`] says for its kind (applied where
+//! every transport passes, the session's `Meter`), a channel opened, and a command of the bastion's own
+//! running ([`Activity::busy`]: `request` waiting for its decision, `passkey add`). SSH keepalives,
+//! window adjustments and other protocol messages are not activity: a client that only keeps the
+//! connection alive is idle. [`Quiet`] is the watcher's view of one connection: it warns once before
+//! the end and then closes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
+
+use super::SessionKind;
 
 /// What has happened on one connection since the watcher last looked.
 #[derive(Debug, Default)]
@@ -50,6 +53,32 @@ impl Drop for Busy {
     fn drop(&mut self) {
         self.0.busy.fetch_sub(1, Ordering::Relaxed);
         self.0.touch();
+    }
+}
+
+/// What of a session keeps its connection active: the one rule, by kind ([`counts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counts {
+    /// What the vendor types or sends: a terminal. Output alone (`tail -f`, `top`) is not a person
+    /// at the keyboard.
+    Input,
+    /// Bytes either way: a file transfer or a tunnel (a download sends almost nothing up).
+    Both,
+    /// The session itself, for as long as it runs: a command without a terminal. A silent upgrade is
+    /// work, not an unattended terminal, and cutting it could leave a device half updated.
+    Running,
+    /// Nothing of its own: a jump, whose stream also carries the inner connection's keepalives; the
+    /// inner sessions count by their own kinds.
+    Nothing,
+}
+
+/// What of a session of `kind` (with a terminal or not) keeps its connection active.
+pub fn counts(kind: SessionKind, pty: bool) -> Counts {
+    match (kind, pty) {
+        (SessionKind::Shell, _) | (SessionKind::Exec, true) => Counts::Input,
+        (SessionKind::Exec, false) => Counts::Running,
+        (SessionKind::Sftp | SessionKind::Tunnel, _) => Counts::Both,
+        (SessionKind::Jump, _) => Counts::Nothing,
     }
 }
 
@@ -191,6 +220,17 @@ mod tests {
         drop(busy);
         assert!(a.take(), "its end counts");
         assert!(!a.take());
+    }
+
+    #[test]
+    fn terminals_count_input_transfers_both_ways_and_commands_while_they_run() {
+        assert_eq!(counts(SessionKind::Shell, true), Counts::Input);
+        assert_eq!(counts(SessionKind::Shell, false), Counts::Input);
+        assert_eq!(counts(SessionKind::Exec, true), Counts::Input);
+        assert_eq!(counts(SessionKind::Exec, false), Counts::Running);
+        assert_eq!(counts(SessionKind::Sftp, false), Counts::Both);
+        assert_eq!(counts(SessionKind::Tunnel, false), Counts::Both);
+        assert_eq!(counts(SessionKind::Jump, false), Counts::Nothing);
     }
 
     #[test]

@@ -442,6 +442,9 @@ impl PendingSession {
         });
         tracing::info!(session = %id, vendor = %grant.vendor().name, asset = %asset.name, service = %grant.service().name, kind = self.kind.as_str(), "session started");
         let policy = app.config.budgets.policy_for(&grant.service().name).clone();
+        // What of this session keeps its connection active (`idle::counts`, the one rule).
+        let counts = idle::counts(self.kind, pty.is_some());
+        let busy = (counts == idle::Counts::Running).then(|| self.origin.activity.busy());
         let meter = Meter {
             inner: Arc::new(MeterInner {
                 up: AtomicU64::new(0),
@@ -459,6 +462,7 @@ impl PendingSession {
                 kind: self.kind,
                 grant: grant.clone(),
                 activity: self.origin.activity.clone(),
+                counts,
             }),
         };
         self.live.set_meter(&self.registration, meter.clone());
@@ -480,6 +484,7 @@ impl PendingSession {
             meter,
             sftp,
             tap,
+            _busy: busy,
         })
     }
 }
@@ -561,6 +566,8 @@ pub struct LiveSession {
     sftp: Option<SftpWatch>,
     /// The live view's tap of a terminal session (the relay feeds it after the recorder).
     tap: Option<tap::Tap>,
+    /// Holds the connection active while the session runs, where its kind says so (`idle::counts`).
+    _busy: Option<idle::Busy>,
 }
 
 impl LiveSession {
@@ -878,8 +885,9 @@ struct MeterInner {
     session: String,
     kind: SessionKind,
     grant: Grant,
-    /// The connection's: every chunk counted is activity (`idle`).
+    /// The connection's, touched by the chunks `counts` says are activity.
     activity: Arc<idle::Activity>,
+    counts: idle::Counts,
 }
 
 impl Meter {
@@ -892,7 +900,14 @@ impl Meter {
             Direction::Down => &m.down,
         };
         counter.fetch_add(n as u64, Ordering::Relaxed);
-        m.activity.touch();
+        let active = match m.counts {
+            idle::Counts::Input => dir == Direction::Up,
+            idle::Counts::Both => true,
+            idle::Counts::Running | idle::Counts::Nothing => false,
+        };
+        if active && n > 0 {
+            m.activity.touch();
+        }
         crate::ops::metrics::relayed(dir == Direction::Up, n);
         let Some(crossing) = m
             .budgets
@@ -919,11 +934,11 @@ impl Meter {
         true
     }
 
-    /// Counts `n` bytes flowing `dir` without holding them against a budget: for a jump, whose inner
-    /// sessions are metered themselves.
+    /// Counts `n` bytes flowing `dir` without holding them against a budget, nor as activity: for a
+    /// jump, whose inner sessions are metered themselves (its stream also carries the inner
+    /// connection's keepalives, which are no sign of a person).
     pub fn count(&self, dir: Direction, n: usize) {
         let m = &self.inner;
-        m.activity.touch();
         match dir {
             Direction::Up => m.up.fetch_add(n as u64, Ordering::Relaxed),
             Direction::Down => m.down.fetch_add(n as u64, Ordering::Relaxed),

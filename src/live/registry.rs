@@ -210,7 +210,10 @@ impl LiveSessions {
         // A login the watcher already judged (disabled, locked, key removed), or a connection it is
         // cutting as idle, starts nothing in the moment before the cut: the session is closed as it
         // registers.
-        let evicted = self.inner.connections.lock().ok().and_then(|m| {
+        // The connections stay locked until the session is in: a cut decided meanwhile (`idle`, `evict`
+        // lock the connections, then the sessions) either is seen here or finds the session there.
+        let connections = self.inner.connections.lock();
+        let evicted = connections.as_ref().ok().and_then(|m| {
             let own = m.get(&connection).and_then(|c| c.evicted.clone());
             own.or_else(|| {
                 m.values()
@@ -443,11 +446,8 @@ impl LiveSessions {
     /// are cut `grace` later whatever the client does. Returns how many connections this call cut (not
     /// counting those an earlier call is cutting already).
     pub fn evict(&self, login: &Principal, why: &str, grace: std::time::Duration) -> usize {
-        if let Ok(map) = self.inner.sessions.lock() {
-            for entry in map.values().filter(|e| e.login == *login) {
-                entry.close(Cause::Disabled, why.to_owned());
-            }
-        }
+        // The connections are marked first: a session registering from then on is closed as it
+        // registers, one registered before is closed below (`register`).
         let kills: Vec<CancellationToken> = self
             .inner
             .connections
@@ -465,6 +465,11 @@ impl LiveSessions {
                     .collect()
             })
             .unwrap_or_default();
+        if let Ok(map) = self.inner.sessions.lock() {
+            for entry in map.values().filter(|e| e.login == *login) {
+                entry.close(Cause::Disabled, why.to_owned());
+            }
+        }
         let n = kills.len();
         cut_after(kills, grace);
         n
@@ -474,13 +479,13 @@ impl LiveSessions {
     /// signed-in connection through which nothing passed since the last call is quieter; one quiet for
     /// `timeout` has its sessions told why and closed, and is cut `grace` later; a minute before (half
     /// the timeout if shorter) its started sessions are warned. Returns the connections this call cut:
-    /// whose, and why (for the audit).
+    /// whose, from where, and why (for the audit).
     pub fn idle(
         &self,
         now: i64,
         timeout: std::time::Duration,
         grace: std::time::Duration,
-    ) -> Vec<(Principal, String)> {
+    ) -> Vec<(Principal, String, String)> {
         let mut notices: Vec<(u64, String)> = Vec::new();
         let mut closes: Vec<(u64, String)> = Vec::new();
         let mut cut = Vec::new();
@@ -508,7 +513,7 @@ impl LiveSessions {
                         });
                         kills.push(c.kill.clone());
                         closes.push((*id, why.clone()));
-                        cut.push((c.login.clone(), why));
+                        cut.push((c.login.clone(), c.peer.clone(), why));
                     }
                 }
             }

@@ -56,10 +56,10 @@ pub async fn watch(
                 live.tick(app.clock.now());
                 if let Some(timeout) = app.config.ssh.idle_timeout {
                     let now = i64::try_from(epoch.elapsed().as_secs()).unwrap_or(i64::MAX);
-                    for (who, why) in live.idle(now, timeout, EVICTION_GRACE) {
-                        tracing::info!(vendor = %who.vendor, "closing an idle connection");
+                    for (who, peer, why) in live.idle(now, timeout, EVICTION_GRACE) {
+                        tracing::info!(vendor = %who.vendor, %peer, "closing an idle connection");
                         // Audited in a task of its own: this loop never waits for the database.
-                        tokio::spawn(audit_eviction(app.clone(), who, why, 1));
+                        tokio::spawn(audit_eviction(app.clone(), who, why, (1, Some(peer))));
                     }
                 }
             }
@@ -173,7 +173,7 @@ async fn recheck(app: &App, live: &LiveSessions) -> bool {
                         app.clone(),
                         who.clone(),
                         denial.audit_reason(),
-                        cut,
+                        (cut, None),
                     ));
                 }
             }
@@ -186,8 +186,19 @@ async fn recheck(app: &App, live: &LiveSessions) -> bool {
     complete
 }
 
-async fn audit_eviction(app: App, who: Principal, reason: String, connections: usize) {
+/// `vendor.connections.ended`: `connections` of `who`'s were cut, for `reason`; `peer`: the client's
+/// address, when one connection was cut on its own (idle).
+async fn audit_eviction(
+    app: App,
+    who: Principal,
+    reason: String,
+    (connections, peer): (usize, Option<String>),
+) {
     let now = app.clock.now();
+    let mut detail = json!({"key": who.key_fingerprint, "reason": reason, "connections": connections, "node": &*app.node});
+    if let Some(peer) = peer {
+        detail["peer"] = json!(peer);
+    }
     let result = async {
         let mut tx = app.store.begin().await?;
         tx.audit(
@@ -195,7 +206,7 @@ async fn audit_eviction(app: App, who: Principal, reason: String, connections: u
                 "system",
                 Action::VendorConnectionsEnded,
                 format!("vendor:{}", who.vendor),
-                json!({"key": who.key_fingerprint, "reason": reason, "connections": connections, "node": &*app.node}),
+                detail,
             ),
             now,
         )

@@ -1462,19 +1462,23 @@ fn an_idle_connection_is_warned_then_closed_and_keepalives_are_not_activity() {
     b.device("mri-01", &sshd, &[]);
     let alice = b.vendor("alice", "Acme Imaging");
     b.grant("alice", "mri-01", "ssh", "1h");
-    let keepalive = ["-o", "ServerAliveInterval=1"];
 
-    // Nothing passes (the client's keepalives every second are protocol, not activity): told half-way,
-    // then closed.
+    // A terminal whose output alone goes on (`tail -f`, `top`), on a client sending keepalives every
+    // second (protocol, not activity): nobody typed, so it is told half-way, then closed.
     let started = Instant::now();
     let out = b
-        .ssh_with(&alice, &keepalive, "alice+mri-01")
-        .arg("sleep 60")
+        .ssh_with(
+            &alice,
+            &["-tt", "-o", "ServerAliveInterval=1"],
+            "alice+mri-01",
+        )
+        .arg("while :; do echo tick; sleep 1; done")
         .output()
         .unwrap();
     let took = started.elapsed();
-    let (_, stderr, code) = text(&out);
+    let (stdout, stderr, code) = text(&out);
     assert_ne!(code, 0, "{stderr}");
+    assert!(stdout.contains("tick"), "{stdout}");
     assert!(
         stderr.contains("nothing has passed on this connection for ")
             && stderr.contains("seconds: it closes in ")
@@ -1487,15 +1491,15 @@ fn an_idle_connection_is_warned_then_closed_and_keepalives_are_not_activity() {
     );
     assert!(took < Duration::from_secs(20), "closed after {took:?}");
 
-    // Output from the device is activity: a command printing once a second outlives the timeout.
+    // A command without a terminal is work while it runs, silent or not (a device's upgrade).
     let out = b
         .ssh(&alice, "alice+mri-01")
-        .arg("for i in 1 2 3 4 5 6 7 8 9 10; do echo tick$i; sleep 1; done")
+        .arg("sleep 9; echo done")
         .output()
         .unwrap();
     let (stdout, stderr, code) = text(&out);
     assert_eq!(code, 0, "{stdout} {stderr}");
-    assert!(stdout.contains("tick10"), "{stdout}");
+    assert!(stdout.contains("done"), "{stdout}");
     assert!(!stderr.contains("nothing has passed"), "{stderr}");
 
     // A signed-in connection with no channel at all is cut as well.
@@ -1507,28 +1511,95 @@ fn an_idle_connection_is_warned_then_closed_and_keepalives_are_not_activity() {
     assert_ne!(out.status.code(), Some(0), "{:?}", text(&out));
     assert!(started.elapsed() < Duration::from_secs(20));
 
+    // Through a ProxyJump, whose stream carries the inner connection's keepalives: a terminal nobody
+    // types in is closed all the same.
+    let dir = tempfile::tempdir().unwrap();
+    let inner_known_hosts = dir.path().join("inner_known_hosts");
+    std::fs::write(
+        &inner_known_hosts,
+        b.data.run(&["known-hosts"]).ok().stdout(),
+    )
+    .unwrap();
+    let ssh_config = dir.path().join("ssh_config");
+    std::fs::write(
+        &ssh_config,
+        format!(
+            "Host bastion\n  HostName 127.0.0.1\n  Port {port}\n  User alice\n  UserKnownHostsFile {known}\n\
+             \nHost mri-01\n  ProxyJump bastion\n  User {user}\n  UserKnownHostsFile {inner}\n\
+             \nHost *\n  IdentityFile {key}\n  IdentitiesOnly yes\n  StrictHostKeyChecking yes\n  \
+             PreferredAuthentications publickey,keyboard-interactive\n  NumberOfPasswordPrompts 1\n  \
+             ServerAliveInterval 1\n  ConnectTimeout 10\n",
+            port = b.ssh_port,
+            known = b.known_hosts.display(),
+            user = sshd.user,
+            inner = inner_known_hosts.display(),
+            key = alice.key.display(),
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = Command::new("ssh")
+        .args([
+            "-F",
+            &ssh_config.to_string_lossy(),
+            "-tt",
+            "mri-01",
+            "sleep 60",
+        ])
+        .env("SSH_ASKPASS", alice.askpass(b.data.path()))
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env_remove("DISPLAY")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (_, stderr, code) = text(&out);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("the connection was closed after 6 seconds without activity"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(25));
+
     wait_until_all_ended(&b);
     let sessions = session_json(&b);
-    let ends: Vec<&str> = sessions
+    let mut causes: Vec<(&str, &str)> = sessions
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| s["end_cause"].as_str().unwrap_or(""))
+        .map(|s| {
+            (
+                s["kind"].as_str().unwrap_or(""),
+                s["end_cause"].as_str().unwrap_or(""),
+            )
+        })
         .collect();
-    assert!(
-        ends.contains(&"idle") && ends.contains(&"closed"),
+    causes.sort_unstable();
+    // The terminal, the command, the jump and the terminal inside it.
+    assert_eq!(
+        causes,
+        [
+            ("exec", "closed"),
+            ("exec", "idle"),
+            ("exec", "idle"),
+            ("jump", "idle")
+        ],
         "{sessions}"
     );
-    let idle_cuts = audit_lines(&b)
+    let idle_cuts: Vec<String> = audit_lines(&b)
         .lines()
         .filter(|l| l.contains("\"vendor.connections.ended\"") && l.contains("without activity"))
-        .count();
-    assert_eq!(idle_cuts, 2, "{}", audit_lines(&b));
-    // The history finds the idle session by how it ended.
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(idle_cuts.len(), 3, "{}", audit_lines(&b));
+    assert!(
+        idle_cuts.iter().all(|l| l.contains("peer")),
+        "{idle_cuts:?}"
+    );
+    // The history finds the idle sessions by how they ended.
     let found = b
         .data
         .run(&["session", "list", "--ended", "idle", "--json"])
         .ok()
         .json();
-    assert_eq!(found.as_array().unwrap().len(), 1, "{found}");
+    assert_eq!(found.as_array().unwrap().len(), 3, "{found}");
 }
