@@ -140,9 +140,36 @@ struct Connection {
     /// What passes through it (`idle`), and how long it has been quiet as the watcher saw it.
     activity: Arc<Activity>,
     quiet: Quiet,
+    /// Tells the client why, just before a cut (set once the SSH layer can: `set_farewell`).
+    farewell: Option<Farewell>,
     /// Set once the watcher decided to cut it (so a cut is counted, and audited, once).
     evicted: Option<Eviction>,
 }
+
+/// Tells a connection's client why it is being cut: for SSH, a disconnect message with the reason (OpenSSH
+/// prints it), which reaches a vendor who has no session to be told in (`ssh -N -L`). Given the text;
+/// what it returns is awaited briefly before the cut.
+pub struct Farewell(Box<dyn FnOnce(String) -> BoxFuture + Send>);
+
+type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+impl Farewell {
+    pub fn new(f: impl FnOnce(String) -> BoxFuture + Send + 'static) -> Farewell {
+        Farewell(Box::new(f))
+    }
+}
+
+impl std::fmt::Debug for Farewell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Farewell")
+    }
+}
+
+/// How long a farewell may take before the connection is cut anyway.
+const FAREWELL_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// A connection to cut: its kill switch, its farewell and the reason.
+type Cut = (CancellationToken, Option<Farewell>, String);
 
 /// Why the watcher cuts a connection.
 #[derive(Debug, Clone)]
@@ -336,6 +363,7 @@ impl LiveSessions {
                     kill,
                     activity,
                     quiet: Quiet::default(),
+                    farewell: None,
                     evicted: None,
                 },
             );
@@ -343,6 +371,15 @@ impl LiveSessions {
         ConnectionRegistration {
             id,
             live: self.clone(),
+        }
+    }
+
+    /// How connection `id`'s client is told why, should it be cut.
+    pub fn set_farewell(&self, id: u64, farewell: Farewell) {
+        if let Ok(mut map) = self.inner.connections.lock()
+            && let Some(c) = map.get_mut(&id)
+        {
+            c.farewell = Some(farewell);
         }
     }
 
@@ -448,7 +485,7 @@ impl LiveSessions {
     pub fn evict(&self, login: &Principal, why: &str, grace: std::time::Duration) -> usize {
         // The connections are marked first: a session registering from then on is closed as it
         // registers, one registered before is closed below (`register`).
-        let kills: Vec<CancellationToken> = self
+        let kills: Vec<Cut> = self
             .inner
             .connections
             .lock()
@@ -460,7 +497,7 @@ impl LiveSessions {
                             cause: Cause::Disabled,
                             why: why.to_owned(),
                         });
-                        c.kill.clone()
+                        (c.kill.clone(), c.farewell.take(), why.to_owned())
                     })
                     .collect()
             })
@@ -511,7 +548,7 @@ impl LiveSessions {
                             cause: Cause::Idle,
                             why: why.clone(),
                         });
-                        kills.push(c.kill.clone());
+                        kills.push((c.kill.clone(), c.farewell.take(), why.clone()));
                         closes.push((*id, why.clone()));
                         cut.push((c.login.clone(), c.peer.clone(), why));
                     }
@@ -544,15 +581,28 @@ impl LiveSessions {
     }
 }
 
-/// Cuts `kills` `grace` from now: their sessions write their end and tell the vendor first.
-fn cut_after(kills: Vec<CancellationToken>, grace: std::time::Duration) {
+/// Cuts `kills` `grace` from now: their sessions write their end and tell the vendor first; then each
+/// client is told why (its farewell, at most `FAREWELL_WAIT`), and the connection goes.
+fn cut_after(mut kills: Vec<Cut>, grace: std::time::Duration) {
     if kills.is_empty() {
         return;
     }
     tokio::spawn(async move {
         tokio::time::sleep(grace).await;
-        for k in kills {
-            k.cancel();
+        let deadline = tokio::time::Instant::now() + FAREWELL_WAIT;
+        let mut said = false;
+        for (_, farewell, why) in &mut kills {
+            if let Some(Farewell(say)) = farewell.take() {
+                let _ = tokio::time::timeout_at(deadline, say(why.clone())).await;
+                said = true;
+            }
+        }
+        if said {
+            // Handed to the connection's task, which writes it out: give it the time to.
+            tokio::time::sleep_until(deadline).await;
+        }
+        for (kill, _, _) in kills {
+            kill.cancel();
         }
     });
 }

@@ -33,7 +33,7 @@ use super::context::{ConnectionLimits, Context, OpenChannels, audit_by};
 use super::login::Login;
 use super::{Shared, device, forward, home};
 use crate::audit::Action;
-use crate::live::registry::ConnectionRegistration;
+use crate::live::registry::{ConnectionRegistration, Farewell};
 use crate::policy::Principal;
 
 /// Every refused key takes at least this long, whoever asked: unknown users and wrong keys look alike.
@@ -484,6 +484,26 @@ impl server::Handler for Connection {
                 })
             }
         }
+    }
+
+    /// Once signed in, the watcher is given a way to tell this client why, should it cut the connection
+    /// (disabled, idle): an SSH disconnect message, which OpenSSH prints, so a vendor with only tunnels
+    /// open (`ssh -N -L`) learns it too.
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        if let Mode::Outer(outer) = &self.mode {
+            let handle = session.handle();
+            self.shared.live.set_farewell(
+                outer.id,
+                Farewell::new(move |why: String| {
+                    Box::pin(async move {
+                        let _ = handle
+                            .disconnect(russh::Disconnect::ByApplication, why, String::new())
+                            .await;
+                    })
+                }),
+            );
+        }
+        Ok(())
     }
 
     async fn channel_open_session(
