@@ -324,6 +324,21 @@ impl Asset {
 
 /// Whether two organisation names name the same organisation: equal without case and surrounding
 /// blanks (staff and directories type them).
+/// The organisation of a directory vendor whose entry is in no OU under the search base. Kept for them:
+/// a local vendor may not be put in it (`check_local_org`), or they would share those vendors' assets.
+pub const DIRECTORY_ORG: &str = "directory";
+
+/// Whether `org` may be a local vendor's organisation: one line of text, and not [`DIRECTORY_ORG`].
+pub fn check_local_org(org: &str) -> Result<(), String> {
+    check_text("organisation", org, 120)?;
+    if same_organisation(org, DIRECTORY_ORG) {
+        return Err(format!(
+            "the organisation {DIRECTORY_ORG:?} is kept for directory vendors in no OU; name the vendor's company"
+        ));
+    }
+    Ok(())
+}
+
 pub fn same_organisation(a: &str, b: &str) -> bool {
     a.trim().to_lowercase() == b.trim().to_lowercase()
 }

@@ -15,7 +15,7 @@ use crate::audit::AuditEvent;
 use crate::clock::format_time;
 use crate::identity::keys::parse_public_key;
 use crate::identity::{os_actor, totp, vendor_passkeys};
-use crate::model::{check_name, check_text};
+use crate::model::check_name;
 
 #[derive(Debug, Subcommand)]
 pub enum VendorCommand {
@@ -108,7 +108,7 @@ pub async fn run(config: &Path, cmd: VendorCommand) -> anyhow::Result<()> {
             json: as_json,
         } => {
             refuse(check_name("vendor", &name))?;
-            refuse(check_text("organisation", &org, 120))?;
+            refuse(crate::model::check_local_org(&org))?;
             let key = read_key(&key)?;
             // Without --totp the seed stored now is a placeholder nobody sees: the vendor's first login
             // draws and shows the real one.

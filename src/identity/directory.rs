@@ -231,7 +231,7 @@ async fn sync_entries(app: &App, directory: &Directory) -> Result<(), SyncError>
         // text is with an unknown organisation: a new vendor gets "directory", a known one keeps
         // theirs.
         let org = if e.org.is_empty() {
-            Some("directory".to_owned())
+            Some(crate::model::DIRECTORY_ORG.to_owned())
         } else {
             match check_text("organisation", &e.org, 120) {
                 Ok(()) => Some(e.org),
@@ -408,7 +408,7 @@ async fn revoke_outside_organisations(app: &App, now: i64) -> Result<(), SyncErr
 
 async fn add_vendor(app: &App, name: &str, e: &Wanted, now: i64) -> Result<(), SyncError> {
     let (dn, keys) = (&e.dn, &e.keys);
-    let org = e.org.as_deref().unwrap_or("directory");
+    let org = e.org.as_deref().unwrap_or(crate::model::DIRECTORY_ORG);
     if app.store.vendor(name).await?.is_some() {
         // A local vendor of that name: local vendors are the administrator's, never the sync's.
         tracing::warn!(vendor = %name, %dn, "a local vendor has this directory vendor's name; skipped");

@@ -155,6 +155,22 @@ fn vendor_add_prints_totp_uri_and_refuses_bad_input() {
     ])
     .fails(1);
     let bob = ssh_keygen(d.path(), "bob").with_extension("pub");
+    // "directory" is the organisation of directory vendors in no OU: no local vendor joins it.
+    let kept = d.run(&[
+        "vendor",
+        "add",
+        "bob",
+        "--org",
+        " Directory ",
+        "--key",
+        bob.to_str().unwrap(),
+    ]);
+    kept.fails(1);
+    assert!(
+        kept.stderr().contains("is kept for directory vendors"),
+        "{}",
+        kept.stderr()
+    );
     d.run(&[
         "vendor",
         "add",
