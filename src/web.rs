@@ -974,12 +974,15 @@ impl Approvals for WebCore {
                 "auditors cannot terminate sessions".into(),
             ));
         }
-        let why: String = why.trim().chars().take(500).collect();
+        let why = why.trim();
         if why.is_empty() {
             return Err(CoreError::Invalid(
                 "say why the session is ended (the vendor is shown it)".into(),
             ));
         }
+        // Shown on the vendor's terminal and recorded: one line of text, as every reason is.
+        crate::model::check_text("reason", why, crate::policy::grants::MAX_REASON)
+            .map_err(CoreError::Invalid)?;
         let session = match self.app.store.session(id).await {
             Ok(s) => s,
             Err(StoreError::NotFound { .. }) => return Err(CoreError::NotFound),
@@ -1624,7 +1627,7 @@ impl WebCore {
                 crate::clock::format_time(*at)
             ),
             Integrity::Live => "the session is running; its recording has no digest yet".into(),
-            Integrity::NotDigested => "no audit event vouches for a digest of it (its writer stopped before finishing it); nothing proves it intact".into(),
+            Integrity::NotDigested => "no audit event vouches for a digest of it (its writer failed, or stopped before finishing it); nothing proves it intact".into(),
         };
         status(r, integrity.word(), detail)
     }

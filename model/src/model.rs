@@ -499,8 +499,7 @@ pub struct SessionRow {
     pub started_at: UnixTime,
     pub ended_at: Option<UnixTime>,
     pub end_reason: Option<String>,
-    /// How it ended, as a word (`closed`, `expired`, `revoked`, `terminated`, `disabled`, `budget`,
-    /// `recording`, `lost`, `shutdown`); `None` while live and for sessions ended before this was kept.
+    /// How it ended, as a word (one of [`SESSION_ENDS`]); `None` while live and for sessions ended before this was kept.
     pub end_cause: Option<String>,
     /// Vendor → device.
     pub bytes_up: i64,

@@ -101,8 +101,9 @@ pub enum Evidence {
 pub enum Unvouched {
     /// The session is live: its recording is being written and has no digest yet.
     Live,
-    /// The session ended but nothing digested the recording: its writer failed or the node running it
-    /// stopped, and no node has found the file to digest it yet (`recording.recovered`).
+    /// The session ended but nothing digested the recording: its writer failed (no digest ever speaks
+    /// for such a recording), or the node running it stopped and no node has found the file to digest
+    /// it yet (`recording.recovered`).
     NotDigested,
 }
 
@@ -113,8 +114,9 @@ impl fmt::Display for Unvouched {
                 "live: the session is still running and its recording has no digest yet"
             }
             Unvouched::NotDigested => {
-                "not digested: no audit event vouches for a digest of it (its writer stopped before \
-                 finishing it, and no node has digested the file yet); nothing proves it intact"
+                "not digested: no audit event vouches for a digest of it (its writer failed, or \
+                 stopped before finishing it and no node has digested the file yet); nothing proves \
+                 it intact"
             }
         })
     }
@@ -184,6 +186,10 @@ fn judge(session: &SessionRow, r: &RecordingRow, first: bool, events: &[AuditRow
     let mut started_at_path = None;
     let mut deleted = None;
     let mut vouchers: Vec<Voucher> = Vec::new();
+    // The session's own end said its recording could not be finished (`recording_sha256: null`): no
+    // later digest of the file speaks for it (a sweep's `recording.recovered` is for a writer that
+    // crashed, not one that failed: what is on disk then is not what was recorded).
+    let mut failed_at_end = false;
     for event in events {
         let Ok(detail) = serde_json::from_str::<Value>(&event.detail) else {
             continue;
@@ -196,6 +202,7 @@ fn judge(session: &SessionRow, r: &RecordingRow, first: bool, events: &[AuditRow
         match event.action.as_str() {
             START if first => started_at_path = text("recording"),
             END if names_r => {
+                failed_at_end |= matches!(detail.get("recording_sha256"), Some(Value::Null));
                 if let Some(sha256) = text("recording_sha256") {
                     vouchers.push(Voucher {
                         seq: event.seq,
@@ -230,6 +237,9 @@ fn judge(session: &SessionRow, r: &RecordingRow, first: bool, events: &[AuditRow
             }
             _ => {}
         }
+    }
+    if failed_at_end {
+        vouchers.retain(|v| v.action != RECOVERED);
     }
     let mut vouchers = vouchers.into_iter();
     let Some(mut first_voucher) = vouchers.next() else {
@@ -708,6 +718,82 @@ pub async fn audit_view(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(seq: i64, action: &str, detail: Value) -> AuditRow {
+        AuditRow {
+            seq,
+            at: 1000 + seq,
+            actor: "system".into(),
+            action: action.into(),
+            subject: "session:s1".into(),
+            detail: detail.to_string(),
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    fn session() -> (SessionRow, RecordingRow) {
+        let r = RecordingRow {
+            id: 7,
+            session_id: "s1".into(),
+            format: "asciicast-v2".into(),
+            path: "/r/s1.cast".into(),
+            sha256: None,
+            size: None,
+            created_at: 1000,
+            closed_at: Some(1010),
+            deleted_at: None,
+        };
+        let s = SessionRow {
+            id: "s1".into(),
+            vendor: "alice".into(),
+            asset: "mri-01".into(),
+            grant_id: 1,
+            kind: "shell".into(),
+            service: "ssh".into(),
+            client_addr: "127.0.0.1:1".into(),
+            detail: String::new(),
+            started_at: 1000,
+            ended_at: Some(1010),
+            end_reason: None,
+            end_cause: Some("recording".into()),
+            bytes_up: 0,
+            bytes_down: 0,
+            zone: "radiology".into(),
+            hold: None,
+            recordings: vec![r.clone()],
+        };
+        (s, r)
+    }
+
+    /// A recording whose writer failed at the session's end has no digest to speak for it: a sweep's
+    /// digest of the file found later (what was on disk then, not what was recorded) does not make it
+    /// intact. One whose writer crashed (no end of its own) is vouched for by the sweep, as recovered.
+    #[test]
+    fn a_failed_recording_is_never_vouched_for_by_a_later_recovery() {
+        let (s, r) = session();
+        let start = event(1, START, json!({"recording": "/r/s1.cast"}));
+        let recovered = event(
+            3,
+            RECOVERED,
+            json!({"recording": 7, "sha256": "ab", "path": "/r/s1.cast"}),
+        );
+        let failed_end = event(2, END, json!({"recording": 7, "recording_sha256": null}));
+        assert_eq!(
+            judge(
+                &s,
+                &r,
+                true,
+                &[start.clone(), failed_end, recovered.clone()]
+            ),
+            Evidence::Unvouched(Unvouched::NotDigested)
+        );
+        let crashed_end = event(2, END, json!({"abandoned": true}));
+        assert!(matches!(
+            judge(&s, &r, true, &[start, crashed_end, recovered]),
+            Evidence::Vouched(v) if v.recovered() && v.sha256 == "ab"
+        ));
+    }
 
     #[test]
     fn only_regular_files_inside_the_directory_are_opened() {

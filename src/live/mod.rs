@@ -126,6 +126,13 @@ pub(crate) fn recorded_size(cols: u16, rows: u16) -> (u16, u16) {
     chaperone_recorder::bounded_size(cols, rows)
 }
 
+/// The waits before the second, third and fourth try at writing a session's end.
+const END_RETRIES: [std::time::Duration; 3] = [
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(2),
+    std::time::Duration::from_secs(4),
+];
+
 /// How a session ended: the `sessions.end_reason` text and `end_cause`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
@@ -680,60 +687,81 @@ impl LiveSession {
         let reason = end.describe();
         let (up, down) = self.meter.totals();
         let (_, end_action) = self.kind.actions();
-        let result = async {
-            let mut tx = app.store.begin().await?;
-            tx.end_session(
-                &self.id,
-                &reason,
-                end.cause(),
-                i64::try_from(up).unwrap_or(i64::MAX),
-                i64::try_from(down).unwrap_or(i64::MAX),
-                now,
-            )
-            .await?;
-            let mut detail = json!({"grant": self.grant.id(), "reason": reason, "cause": end.cause(), "bytes_up": up, "bytes_down": down});
-            if let Some((done, rid)) = &finished {
-                let digest = match done {
-                    Ok(f) => {
-                        tx.close_recording(
-                            *rid,
-                            &f.finished.sha256_hex,
-                            i64::try_from(f.finished.bytes).unwrap_or(i64::MAX),
-                            now,
-                        )
-                        .await?;
-                        Some(f.finished.sha256_hex.clone())
-                    }
-                    Err(_) => None,
-                };
-                detail["recording_sha256"] = json!(digest);
-                detail["recording"] = json!(rid);
-            }
-            tx.audit(
-                AuditEvent::new(
-                    format!("vendor:{}", self.grant.vendor().name),
-                    end_action,
-                    format!("session:{}", self.id),
-                    detail,
-                ),
-                now,
-            )
-            .await?;
-            if let End::RecordingFailed(why) = &end {
+        // Tried again a few times: an end not written leaves the session listed as live until a node's
+        // sweep ends it as abandoned, and its recording's digest (held here) unvouched.
+        let mut retry = END_RETRIES.iter();
+        let mut tried = false;
+        let result = loop {
+            let result = async {
+                let mut tx = app.store.begin().await?;
+                let ended = tx.end_session(
+                    &self.id,
+                    &reason,
+                    end.cause(),
+                    i64::try_from(up).unwrap_or(i64::MAX),
+                    i64::try_from(down).unwrap_or(i64::MAX),
+                    now,
+                )
+                .await?;
+                // A try that failed may have committed all the same (its answer lost): then it is written.
+                if tried && !ended {
+                    return Ok(());
+                }
+                let mut detail = json!({"grant": self.grant.id(), "reason": reason, "cause": end.cause(), "bytes_up": up, "bytes_down": down});
+                if let Some((done, rid)) = &finished {
+                    let digest = match done {
+                        Ok(f) => {
+                            tx.close_recording(
+                                *rid,
+                                &f.finished.sha256_hex,
+                                i64::try_from(f.finished.bytes).unwrap_or(i64::MAX),
+                                now,
+                            )
+                            .await?;
+                            Some(f.finished.sha256_hex.clone())
+                        }
+                        Err(_) => {
+                            tx.close_recording_failed(*rid, now).await?;
+                            None
+                        }
+                    };
+                    detail["recording_sha256"] = json!(digest);
+                    detail["recording"] = json!(rid);
+                }
                 tx.audit(
                     AuditEvent::new(
-                        "system",
-                        Action::RecordingFailed,
+                        format!("vendor:{}", self.grant.vendor().name),
+                        end_action,
                         format!("session:{}", self.id),
-                        json!({"asset": self.grant.asset().name, "vendor": self.grant.vendor().name, "reason": why}),
+                        detail,
                     ),
                     now,
                 )
                 .await?;
+                if let End::RecordingFailed(why) = &end {
+                    tx.audit(
+                        AuditEvent::new(
+                            "system",
+                            Action::RecordingFailed,
+                            format!("session:{}", self.id),
+                            json!({"asset": self.grant.asset().name, "vendor": self.grant.vendor().name, "reason": why}),
+                        ),
+                        now,
+                    )
+                    .await?;
+                }
+                tx.commit(end_action.as_str()).await
             }
-            tx.commit(end_action.as_str()).await
-        }
-        .await;
+            .await;
+            match (result, retry.next()) {
+                (Err(e), Some(wait)) => {
+                    tried = true;
+                    tracing::warn!(session = %self.id, error = %e, "cannot record the session end yet; trying again");
+                    tokio::time::sleep(*wait).await;
+                }
+                (result, _) => break result,
+            }
+        };
         match result {
             Ok(()) => {
                 // The digest is vouched for now: pages need not hash the file while it stays as written.

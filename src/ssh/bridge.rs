@@ -563,7 +563,7 @@ async fn tell<S: From<(russh::ChannelId, russh::ChannelMsg)> + Send + Sync + 'st
     text: &str,
 ) {
     let _ = tx
-        .extended_data_bytes(1, Bytes::from(format!("\r\nchaperone: {text}\r\n")))
+        .extended_data_bytes(1, super::bastion_line(text, true))
         .await;
 }
 

@@ -561,7 +561,7 @@ async fn refuse(channel: &Channel<Msg>, message: &str) {
 /// One line to the vendor on stderr, so it never mixes into a program's stdout (scp, pipes).
 async fn tell(channel: &Channel<Msg>, text: &str) {
     let _ = channel
-        .extended_data_bytes(1, Bytes::from(format!("chaperone: {text}\r\n")))
+        .extended_data_bytes(1, super::bastion_line(text, false))
         .await;
 }
 

@@ -489,3 +489,28 @@ impl RefusalLog {
         }
     }
 }
+
+/// A line of the bastion's to a vendor (sent on stderr), `chaperone: TEXT`, after a line break when it
+/// may come in the middle of output. The one place such lines are made: control characters in `text`
+/// (a reason someone typed, or read back from the database) are shown as `?`, so no line can move the
+/// cursor, hide itself or pose as another.
+pub(crate) fn bastion_line(text: &str, after_output: bool) -> bytes::Bytes {
+    let text: String = text
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    let lead = if after_output { "\r\n" } else { "" };
+    bytes::Bytes::from(format!("{lead}chaperone: {text}\r\n"))
+}
+
+#[cfg(test)]
+mod line_tests {
+    #[test]
+    fn a_bastion_line_carries_no_control_characters() {
+        assert_eq!(
+            &super::bastion_line("ended\x1b]8;;http://x\x07here\r\nchaperone: fake", true)[..],
+            b"\r\nchaperone: ended?]8;;http://x?here??chaperone: fake\r\n"
+        );
+        assert_eq!(&super::bastion_line("ok", false)[..], b"chaperone: ok\r\n");
+    }
+}

@@ -421,6 +421,20 @@ impl Tx {
     }
 
     /// Stores a recording's digest and size; `false` if it was already closed.
+    /// Closes recording `id` without a digest: its writer failed, so no digest speaks for it, and the
+    /// node sweep (which digests recordings left open by a crash) must not digest it later either.
+    pub async fn close_recording_failed(&mut self, id: i64, now: UnixTime) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE recordings SET closed_at = $1 WHERE id = $2 AND closed_at IS NULL")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *self.tx)
+                .await
+                .context("closing a failed recording")?
+                .rows_affected();
+        Ok(done == 1)
+    }
+
     pub async fn close_recording(
         &mut self,
         id: i64,

@@ -522,6 +522,14 @@ fn terminate_ends_one_session_and_revoke_ends_the_grants_sessions() {
         serde_json::json!({}),
     );
     assert_eq!(answer.status, 400, "{}", answer.body);
+    // ... and one line of text: it is written on the vendor's terminal and recorded, where escape
+    // sequences could plant a link or a fake line.
+    let answer = bob.post(
+        &format!("/api/sessions/{first_id}/terminate"),
+        serde_json::json!({"reason": "done\u{1b}]8;;http://evil\u{7}click\r\nchaperone: fake"}),
+    );
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert!(answer.body.contains("control characters"), "{}", answer.body);
     let answer = bob.post(
         &format!("/api/sessions/{first_id}/terminate"),
         serde_json::json!({"reason": "wrong device"}),
