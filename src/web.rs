@@ -966,6 +966,37 @@ impl Approvals for WebCore {
         Ok(out)
     }
 
+    async fn legal_hold(
+        &self,
+        by: &Staff,
+        id: &str,
+        reason: &str,
+        on: bool,
+    ) -> Result<(), CoreError> {
+        // The page shows the form to these roles only; the rule lives here (the role as stored now).
+        let (by, _) = current(&self.app, by).await?;
+        if !role(by.role).can_hold() {
+            return Err(CoreError::Forbidden(
+                "legal holds are placed and released by auditors and admins".into(),
+            ));
+        }
+        use crate::evidence::retention::{HoldError, set_hold};
+        match set_hold(&self.app.store, self.now(), (&by.actor(), id), reason, on).await {
+            Ok(()) => {
+                self.app
+                    .events
+                    .send(crate::policy::events::Change::Session(id.to_owned()));
+                Ok(())
+            }
+            Err(HoldError::Reason(why)) => Err(CoreError::Invalid(why)),
+            Err(HoldError::Store(StoreError::NotFound { .. })) => Err(CoreError::NotFound),
+            Err(HoldError::Store(e)) => Err(internal(e)),
+            Err(e @ (HoldError::AlreadyHeld(..) | HoldError::NotHeld(_))) => {
+                Err(CoreError::Conflict(e.to_string()))
+            }
+        }
+    }
+
     async fn terminate_session(&self, by: &Staff, id: &str, why: &str) -> Result<(), CoreError> {
         // The page hides the button; the rule lives here. Auditors only read (the role as stored now).
         let (by, _) = current(&self.app, by).await?;
@@ -2003,6 +2034,14 @@ impl WebCore {
             })
             .collect();
         Ok(SessionDetail {
+            hold: session
+                .hold
+                .as_ref()
+                .map(|h| chaperone_web_approval::HoldView {
+                    at: format_time(h.at),
+                    by: h.by.clone(),
+                    reason: h.reason.clone(),
+                }),
             live_here: session.ended_at.is_none() && self.live.tap(id).is_some(),
             session: item,
             playable,

@@ -13,7 +13,7 @@ use super::output::{json, or_dash, table};
 use crate::app::App;
 use crate::audit::Action;
 use crate::clock::format_time;
-use crate::evidence::retention::{Keeping, keeping};
+use crate::evidence::retention::{HoldError, Keeping, keeping};
 use crate::evidence::{Broken, Evidence, Integrity, Proof, ProveError, Unvouched, prove};
 use crate::identity::os_actor;
 use crate::model::{RecordingRow, SessionRow};
@@ -544,48 +544,23 @@ impl<'a> Status<'a> {
 
 /// Places (`on`) or releases a legal hold, audited with the reason.
 async fn hold(app: &App, id: &str, reason: &str, on: bool) -> anyhow::Result<()> {
-    let reason = reason.trim();
-    if reason.is_empty() || reason.chars().count() > 1000 {
-        bail!(
-            "--reason is required (at most 1000 characters): why the session is held or released"
-        );
-    }
-    let s = app.store.session(id).await?;
     let actor = os_actor();
-    let now = app.clock.now();
-    let mut tx = app.store.begin().await?;
-    let changed = if on {
-        tx.hold_session(&s.id, &actor, reason, now).await?
-    } else {
-        tx.release_session(&s.id).await?
-    };
-    if !changed {
-        match &s.hold {
-            Some(h) => bail!(
-                "session {id} is already on legal hold (since {}, by {}: {})",
-                format_time(h.at),
-                esc(&h.by),
-                esc(&h.reason)
-            ),
-            None => bail!("session {id} is not on legal hold"),
-        }
-    }
-    let action = if on {
-        crate::audit::Action::SessionHold
-    } else {
-        crate::audit::Action::SessionRelease
-    };
-    tx.audit(
-        crate::audit::AuditEvent::new(
-            actor,
-            action,
-            format!("session:{}", s.id),
-            serde_json::json!({"reason": reason}),
-        ),
-        now,
+    match crate::evidence::retention::set_hold(
+        &app.store,
+        app.clock.now(),
+        (&actor, id),
+        reason,
+        on,
     )
-    .await?;
-    tx.commit(action.as_str()).await?;
+    .await
+    {
+        Ok(()) => {}
+        Err(HoldError::Reason(why)) => {
+            bail!("--reason: {why} (why the session is held or released)")
+        }
+        Err(HoldError::Store(e)) => return Err(e.into()),
+        Err(e) => bail!("{}", esc(&e.to_string())),
+    }
     let s = app.store.session(id).await?;
     if on {
         println!("Session {id} is on legal hold: its recordings are kept until it is released.");

@@ -202,7 +202,10 @@ fn judge(session: &SessionRow, r: &RecordingRow, first: bool, events: &[AuditRow
         match event.action.as_str() {
             START if first => started_at_path = text("recording"),
             END if names_r => {
-                failed_at_end |= matches!(detail.get("recording_sha256"), Some(Value::Null));
+                // Written by the session itself (it names its recording by id): `null` is its writer's
+                // failure. A sweep's end of an abandoned session names no digest at all.
+                failed_at_end |= matches!(detail.get("recording"), Some(Value::Number(_)))
+                    && matches!(detail.get("recording_sha256"), Some(Value::Null));
                 if let Some(sha256) = text("recording_sha256") {
                     vouchers.push(Voucher {
                         seq: event.seq,

@@ -58,6 +58,67 @@ pub enum Keeping {
     Held { hold: Hold, until: Option<UnixTime> },
 }
 
+/// Why a legal hold could not be placed or released.
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    /// The reason is missing, too long, or not one line of text.
+    #[error("{0}")]
+    Reason(String),
+    #[error("session {0} is already on legal hold (since {at}, by {by}: {reason})", at = crate::clock::format_time(.1.at), by = .1.by, reason = .1.reason)]
+    AlreadyHeld(String, Hold),
+    #[error("session {0} is not on legal hold")]
+    NotHeld(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The longest reason for a hold or its release.
+pub const MAX_HOLD_REASON: usize = 1000;
+
+/// Places (`on`) or releases the legal hold on session `id`, by `actor` (an audit actor: `os:NAME`,
+/// `staff:NAME`), audited (`session.hold` / `session.release`) with the reason, in one transaction. The
+/// one way a hold changes: the CLI and the web page both come here.
+pub async fn set_hold(
+    store: &Store,
+    now: UnixTime,
+    (actor, id): (&str, &str),
+    reason: &str,
+    on: bool,
+) -> Result<(), HoldError> {
+    let reason = reason.trim();
+    crate::model::check_text("reason", reason, MAX_HOLD_REASON).map_err(HoldError::Reason)?;
+    let s = store.session(id).await?;
+    let mut tx = store.begin().await?;
+    let changed = if on {
+        tx.hold_session(&s.id, actor, reason, now).await?
+    } else {
+        tx.release_session(&s.id).await?
+    };
+    if !changed {
+        return Err(match s.hold {
+            Some(h) => HoldError::AlreadyHeld(s.id, h),
+            None => HoldError::NotHeld(s.id),
+        });
+    }
+    let action = if on {
+        Action::SessionHold
+    } else {
+        Action::SessionRelease
+    };
+    tx.audit(
+        AuditEvent::new(
+            actor,
+            action,
+            format!("session:{}", s.id),
+            json!({"reason": reason}),
+        ),
+        now,
+    )
+    .await?;
+    tx.commit(action.as_str()).await?;
+    Ok(())
+}
+
 /// How long session `s`'s recordings are kept under `config`. Pure: the same session and config give
 /// the same answer.
 pub fn keeping(config: &RecordingConfig, s: &SessionRow) -> Keeping {

@@ -529,7 +529,11 @@ fn terminate_ends_one_session_and_revoke_ends_the_grants_sessions() {
         serde_json::json!({"reason": "done\u{1b}]8;;http://evil\u{7}click\r\nchaperone: fake"}),
     );
     assert_eq!(answer.status, 400, "{}", answer.body);
-    assert!(answer.body.contains("control characters"), "{}", answer.body);
+    assert!(
+        answer.body.contains("control characters"),
+        "{}",
+        answer.body
+    );
     let answer = bob.post(
         &format!("/api/sessions/{first_id}/terminate"),
         serde_json::json!({"reason": "wrong device"}),
@@ -616,6 +620,101 @@ fn an_auditor_cannot_terminate_a_session() {
     let mut child = child;
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Auditors place and release legal holds from the session page (and the API), with a reason, audited;
+/// approvers, who granted the access, do not; the CLI sees the same hold.
+#[test]
+fn an_auditor_places_and_releases_a_legal_hold_in_the_page() {
+    let Some((_sshd, b, alice)) = setup() else {
+        return;
+    };
+    let bob = Approver::enroll(&b, "bob", "approver");
+    let audrey = Approver::enroll(&b, "audrey", "auditor");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let out = b.ssh(&alice, "alice+mri-01").arg("true").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let id = b
+        .data
+        .run(&["session", "list", "--json"])
+        .ok()
+        .json()
+        .as_array()
+        .unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let page = audrey.get(&format!("/sessions/{id}"));
+    assert!(
+        page.body.contains("Not on legal hold") && page.body.contains("Place a legal hold"),
+        "{}",
+        page.body
+    );
+    assert!(
+        !bob.get(&format!("/sessions/{id}"))
+            .body
+            .contains("Place a legal hold")
+    );
+    let refused = bob.post(
+        &format!("/api/sessions/{id}/hold"),
+        serde_json::json!({"hold": true, "reason": "curious"}),
+    );
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    for bad in ["", "case\u{1b}[2J 7"] {
+        let answer = audrey.post(
+            &format!("/api/sessions/{id}/hold"),
+            serde_json::json!({"hold": true, "reason": bad}),
+        );
+        assert_eq!(answer.status, 400, "{bad:?}: {}", answer.body);
+    }
+    // The page's form, with the page's own token.
+    let token = page
+        .body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let placed = audrey.form(
+        &format!("/sessions/{id}/hold"),
+        &[
+            ("csrf", &token),
+            ("hold", "yes"),
+            ("reason", "case 7 (counsel)"),
+        ],
+    );
+    assert_eq!(placed.status, 303, "{}", placed.body);
+    let page = audrey.get(&format!("/sessions/{id}"));
+    assert!(
+        page.body.contains("On legal hold since")
+            && page.body.contains("staff:audrey")
+            && page.body.contains("case 7 (counsel)")
+            && page.body.contains("Release the hold"),
+        "{}",
+        page.body
+    );
+    let shown = b.data.run(&["session", "show", &id, "--json"]).ok().json();
+    assert_eq!(shown["hold"]["reason"], "case 7 (counsel)", "{shown}");
+    let again = audrey.post(
+        &format!("/api/sessions/{id}/hold"),
+        serde_json::json!({"hold": true, "reason": "again"}),
+    );
+    assert_eq!(again.status, 409, "{}", again.body);
+    let released = audrey.post(
+        &format!("/api/sessions/{id}/hold"),
+        serde_json::json!({"hold": false, "reason": "case closed"}),
+    );
+    assert_eq!(released.status, 200, "{}", released.body);
+    let shown = b.data.run(&["session", "show", &id, "--json"]).ok().json();
+    assert!(shown["hold"].is_null(), "{shown}");
+    let holds = audit_events(&b, "session.hold");
+    assert_eq!(holds.len(), 1, "{holds:?}");
+    assert_eq!(holds[0].0, "staff:audrey");
+    assert_eq!(holds[0].1, format!("session:{id}"));
+    assert_eq!(holds[0].2["reason"], "case 7 (counsel)");
+    assert_eq!(audit_events(&b, "session.release").len(), 1);
 }
 
 /// The audit events with `action`, each as (actor, subject, detail parsed from its JSON text).

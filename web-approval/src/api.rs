@@ -180,6 +180,35 @@ pub async fn revoke<C: Core>(
     }
 }
 
+#[derive(Deserialize)]
+pub struct HoldBody {
+    #[serde(default)]
+    reason: String,
+    /// `true` places the hold, `false` releases it.
+    hold: bool,
+}
+
+/// `POST /api/sessions/{id}/hold` with `{"hold": true|false, "reason": "…"}`: auditors and admins.
+pub async fn hold<C: Core>(
+    State(st): St<C>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<HoldBody>,
+) -> Response {
+    let s = match writer(&st, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match st
+        .core
+        .legal_hold(&s.staff, &id, &body.reason, body.hold)
+        .await
+    {
+        Ok(()) => Json(json!({"session": id, "hold": body.hold})).into_response(),
+        Err(e) => core_error(&e),
+    }
+}
+
 pub async fn terminate<C: Core>(
     State(st): St<C>,
     Path(id): Path<String>,

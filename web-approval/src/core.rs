@@ -21,6 +21,12 @@ impl Role {
     pub fn can_decide(self) -> bool {
         matches!(self, Role::Approver | Role::Admin)
     }
+
+    /// Auditors and admins place and release legal holds (evidence is compliance's, not the
+    /// approvers' who granted the access).
+    pub fn can_hold(self) -> bool {
+        matches!(self, Role::Auditor | Role::Admin)
+    }
 }
 
 /// How a staff member proved who they are (the second factor of this sign-in).
@@ -463,6 +469,17 @@ pub struct SessionDetail {
     pub audit: Vec<AuditView>,
     /// The session is live and runs on this node: the live view can be shown here.
     pub live_here: bool,
+    /// The legal hold on it, if any: its recordings are kept whatever their retention.
+    pub hold: Option<HoldView>,
+}
+
+/// A legal hold, for the session page.
+#[derive(Debug, Clone, Serialize)]
+pub struct HoldView {
+    pub at: String,
+    /// Who placed it (an audit actor: `staff:NAME`, `os:NAME`).
+    pub by: String,
+    pub reason: String,
 }
 
 /// A line of a recording's text that matched a search.
@@ -670,6 +687,15 @@ pub trait Approvals: Send + Sync + 'static {
         by: &Staff,
         id: &str,
         reason: &str,
+    ) -> impl Future<Output = CoreResult<()>> + Send;
+    /// Places (`on`) or releases the legal hold on session `id`: auditors and admins, with a reason;
+    /// audited.
+    fn legal_hold(
+        &self,
+        by: &Staff,
+        id: &str,
+        reason: &str,
+        on: bool,
     ) -> impl Future<Output = CoreResult<()>> + Send;
     /// Completes (with `true`) when something approvers see may have changed; used for live updates.
     fn changed(&self) -> impl Future<Output = ()> + Send;

@@ -307,6 +307,7 @@ pub async fn session_page<C: Core>(
             id = esc(&i.id)
         );
     }
+    main.push_str(&hold_section(&s, &i.id, d.hold.as_ref()));
     let mut csp = None;
     if d.live_here && i.ended_at.is_none() {
         csp = Some(PLAYER_CSP);
@@ -676,6 +677,80 @@ async fn ask_terminate<C: Core>(
         )),
     )
         .into_response()
+}
+
+/// The session page's legal hold: what holds it, and (for auditors and admins) the form that places or
+/// releases it.
+fn hold_section(s: &crate::auth::Session, id: &str, hold: Option<&crate::HoldView>) -> String {
+    let mut out =
+        String::from("<section aria-labelledby=\"hold-h\"><h2 id=\"hold-h\">Legal hold</h2>");
+    match hold {
+        Some(h) => {
+            let _ = write!(
+                out,
+                "<p class=\"hold\">On legal hold since {at}, placed by {by}: <span class=\"reason\">{reason}</span>. \
+                 Its recordings are kept, whatever their retention, until the hold is released.</p>",
+                at = esc(&h.at),
+                by = esc(&h.by),
+                reason = esc(&h.reason)
+            );
+        }
+        None => out.push_str(
+            "<p class=\"note\">Not on legal hold: its recordings are kept for the configured retention.</p>",
+        ),
+    }
+    if s.staff.role.can_hold() {
+        let (verb, on) = if hold.is_some() {
+            ("Release the hold", "no")
+        } else {
+            ("Place a legal hold", "yes")
+        };
+        let _ = write!(
+            out,
+            "<form method=\"post\" action=\"/sessions/{id}/hold\" class=\"decide hold\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"hold\" value=\"{on}\">\
+             <label for=\"hold-reason\">Reason (a case, a request from counsel; audited)</label>\
+             <input id=\"hold-reason\" name=\"reason\" required maxlength=\"1000\">\
+             <button type=\"submit\">{verb}</button></form>",
+            id = esc(id),
+            csrf = esc(&s.csrf),
+        );
+    }
+    out.push_str("</section>");
+    out
+}
+
+/// `POST /sessions/{id}/hold` from the session page: places (`hold=yes`) or releases the legal hold;
+/// auditors and admins, with a reason (the core says no otherwise, and why).
+pub async fn hold<C: Core>(
+    State(st): St<C>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let pairs = form_pairs(&body);
+    let s = match change(&st, &headers, &pairs).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let on = field(&pairs, "hold") == Some("yes");
+    let reason = field(&pairs, "reason").unwrap_or_default();
+    match st.core.legal_hold(&s.staff, &id, reason, on).await {
+        Ok(()) => {
+            let said = if on {
+                format!(
+                    "Session {id} is on legal hold: its recordings are kept until it is released."
+                )
+            } else {
+                format!(
+                    "Session {id}'s legal hold is released: its recordings' retention applies again."
+                )
+            };
+            st.redirect_with_notice(&headers, said, &format!("/sessions/{id}"))
+                .await
+        }
+        Err(e) => core_error(&e),
+    }
 }
 
 /// `POST /sessions/{id}/terminate` from the live list or the session page. Ending a vendor's work is

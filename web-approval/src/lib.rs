@@ -37,9 +37,10 @@ use axum::routing::{get, post};
 pub use crate::core::{
     Accounts, Approvals, AuditView, ConnectionView, Core, CoreError, Decision, DecisionsPage,
     DecisionsQuery, Enrollment, EvidenceDownload, GrantView, HistoryItem, HistoryPage,
-    HistoryQuery, LiveStream, Method, PasskeyChange, PendingList, RecordingStatus, Records,
-    RequestView, Role, SecondFactor, SessionDetail, SessionView, SignInAttempt, SignInState,
-    Source, Staff, StaffAccount, StateKind, TranscriptHit, TransferView, VIEW_LEASE_SECS, Verdict,
+    HistoryQuery, HoldView, LiveStream, Method, PasskeyChange, PendingList, RecordingStatus,
+    Records, RequestView, Role, SecondFactor, SessionDetail, SessionView, SignInAttempt,
+    SignInState, Source, Staff, StaffAccount, StateKind, TranscriptHit, TransferView,
+    VIEW_LEASE_SECS, Verdict,
 };
 use auth::Limiter;
 
@@ -121,6 +122,7 @@ pub fn router<C: Core>(core: Arc<C>, options: WebOptions) -> Router {
         .route("/sessions", get(pages::sessions::<C>))
         .route("/sessions/{id}", get(history::session_page::<C>))
         .route("/sessions/{id}/terminate", post(history::terminate::<C>))
+        .route("/sessions/{id}/hold", post(history::hold::<C>))
         .route("/sessions/{id}/live", get(history::live::<C>))
         .route("/sessions/{id}/evidence.tar", get(history::evidence::<C>))
         .route(
@@ -172,6 +174,7 @@ pub fn router<C: Core>(core: Arc<C>, options: WebOptions) -> Router {
         .route("/api/sessions", get(history::api_sessions::<C>))
         .route("/api/sessions/{id}", get(history::api_session::<C>))
         .route("/api/sessions/{id}/terminate", post(api::terminate::<C>))
+        .route("/api/sessions/{id}/hold", post(api::hold::<C>))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
 }
