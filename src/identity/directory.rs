@@ -104,95 +104,111 @@ pub async fn remove_staff(
     tx.commit("user.directory.remove").await
 }
 
-/// One re-check of every enabled directory staff account.
+/// One re-check of every enabled directory staff account. An account whose look-up fails does not
+/// stop the others from being re-checked (an entry the directory cannot return, a referral): every
+/// account is tried, and the first error is returned at the end.
 pub async fn recheck_staff(app: &App, directory: &Directory) -> Result<(), SyncError> {
+    let mut first_error = None;
     for user in app.store.directory_staff().await? {
-        let found = directory.lookup(&user.name).await?;
-        let now = app.clock.now();
-        // The name now finds another entry than the account's (its person left and the name was
-        // given to someone else): the account is not theirs.
-        let other_entry = match (&found, &user.entry_id) {
-            (Lookup::Found(f), Some(mine)) => f
-                .entry_id
-                .as_deref()
-                .is_some_and(|theirs| !theirs.eq_ignore_ascii_case(mine)),
-            _ => false,
-        };
-        // The entry, found under this account's name, already belongs to another account (one entry,
-        // one account): this one does not take it over.
-        let taken = match &found {
-            Lookup::Found(f) => app
-                .store
-                .directory_account_of(
-                    crate::store::EntryRef {
-                        dn: &f.dn,
-                        id: f.entry_id.as_deref(),
-                    },
-                    Some(user.id),
-                )
-                .await?
-                .is_some(),
-            _ => false,
-        };
-        let standing = match &found {
-            Lookup::NoSuchUser | Lookup::Disabled { .. } => None,
-            Lookup::Found(_) if other_entry || taken => None,
-            Lookup::Found(f) => f.standing(),
-        };
-        // The same entry moved or renamed in place (its DN changed), or an account from before its id
-        // was kept: the account follows its entry, so a second name for the moved entry finds it
-        // (one entry, one account) rather than the old DN.
-        if let (Lookup::Found(f), Some(_)) = (&found, &standing)
-            && (user.dn.as_deref() != Some(f.dn.as_str())
-                || (user.entry_id.is_none() && f.entry_id.is_some()))
-        {
+        if let Err(e) = recheck_one(app, directory, user).await {
+            tracing::warn!(error = %e, "cannot re-check a directory staff account; going on with the others");
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Re-checks one directory staff account against its entry.
+async fn recheck_one(
+    app: &App,
+    directory: &Directory,
+    user: crate::store::StaffAuth,
+) -> Result<(), SyncError> {
+    let found = directory.lookup(&user.name).await?;
+    let now = app.clock.now();
+    // The name now finds another entry than the account's (its person left and the name was
+    // given to someone else): the account is not theirs.
+    let other_entry = match (&found, &user.entry_id) {
+        (Lookup::Found(f), Some(mine)) => f
+            .entry_id
+            .as_deref()
+            .is_some_and(|theirs| !theirs.eq_ignore_ascii_case(mine)),
+        _ => false,
+    };
+    // The entry, found under this account's name, already belongs to another account (one entry,
+    // one account): this one does not take it over.
+    let taken = match &found {
+        Lookup::Found(f) => app
+            .store
+            .directory_account_of(
+                crate::store::EntryRef {
+                    dn: &f.dn,
+                    id: f.entry_id.as_deref(),
+                },
+                Some(user.id),
+            )
+            .await?
+            .is_some(),
+        _ => false,
+    };
+    let standing = match &found {
+        Lookup::NoSuchUser | Lookup::Disabled { .. } => None,
+        Lookup::Found(_) if other_entry || taken => None,
+        Lookup::Found(f) => f.standing(),
+    };
+    // The same entry moved or renamed in place (its DN changed), or an account from before its id
+    // was kept: the account follows its entry, so a second name for the moved entry finds it
+    // (one entry, one account) rather than the old DN.
+    if let (Lookup::Found(f), Some(_)) = (&found, &standing)
+        && (user.dn.as_deref() != Some(f.dn.as_str())
+            || (user.entry_id.is_none() && f.entry_id.is_some()))
+    {
+        let mut tx = app.store.begin().await?;
+        tx.set_staff_entry(user.id, &f.dn, f.entry_id.as_deref())
+            .await?;
+        tx.audit(
+            AuditEvent::new(
+                ACTOR,
+                Action::UserDirectoryUpdate,
+                format!("user:{}", user.name),
+                json!({"dn": f.dn, "entry_id": f.entry_id}),
+            ),
+            now,
+        )
+        .await?;
+        tx.commit("user.directory.update").await?;
+    }
+    match standing {
+        None => {
+            let why = match &found {
+                Lookup::NoSuchUser => "no longer in the directory",
+                Lookup::Disabled { why, .. } => why,
+                Lookup::Found(_) if other_entry => {
+                    "the name now belongs to another directory entry"
+                }
+                Lookup::Found(_) if taken => "its entry signs in as another account",
+                Lookup::Found(_) => "in no mapped group",
+            };
+            remove_staff(app, &user, why, now).await?;
+            tracing::info!(user = %user.name, why, "directory account disabled; its web sessions ended");
+        }
+        Some(standing) if standing != DirectoryStanding::of(&user) => {
             let mut tx = app.store.begin().await?;
-            tx.set_staff_entry(user.id, &f.dn, f.entry_id.as_deref())
-                .await?;
+            tx.set_directory_standing(user.id, Some(&standing)).await?;
             tx.audit(
                 AuditEvent::new(
                     ACTOR,
                     Action::UserDirectoryUpdate,
                     format!("user:{}", user.name),
-                    json!({"dn": f.dn, "entry_id": f.entry_id}),
+                    json!({"role": standing.role.to_string(), "zones": standing.zones,
+                           "zones_only": standing.zones_only}),
                 ),
                 now,
             )
             .await?;
             tx.commit("user.directory.update").await?;
         }
-        match standing {
-            None => {
-                let why = match &found {
-                    Lookup::NoSuchUser => "no longer in the directory",
-                    Lookup::Disabled { why, .. } => why,
-                    Lookup::Found(_) if other_entry => {
-                        "the name now belongs to another directory entry"
-                    }
-                    Lookup::Found(_) if taken => "its entry signs in as another account",
-                    Lookup::Found(_) => "in no mapped group",
-                };
-                remove_staff(app, &user, why, now).await?;
-                tracing::info!(user = %user.name, why, "directory account disabled; its web sessions ended");
-            }
-            Some(standing) if standing != DirectoryStanding::of(&user) => {
-                let mut tx = app.store.begin().await?;
-                tx.set_directory_standing(user.id, Some(&standing)).await?;
-                tx.audit(
-                    AuditEvent::new(
-                        ACTOR,
-                        Action::UserDirectoryUpdate,
-                        format!("user:{}", user.name),
-                        json!({"role": standing.role.to_string(), "zones": standing.zones,
-                               "zones_only": standing.zones_only}),
-                    ),
-                    now,
-                )
-                .await?;
-                tx.commit("user.directory.update").await?;
-            }
-            Some(_) => {}
-        }
+        Some(_) => {}
     }
     Ok(())
 }
