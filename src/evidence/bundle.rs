@@ -350,7 +350,7 @@ fn write<W: Write>(
         let digest = b.file(&name, proof.size, &proof.file)?;
         proof.confirm(r, &digest, "put in the bundle")?;
         let mut entry = json!({"file": name, "format": r.format, "sha256": digest,
-                               "audit_seq": proof.seq, "exact": true});
+                               "audit_seq": proof.seq, "exact": true, "recovered": proof.recovered});
         if r.format == RecordingFormat::EXEC_STREAM {
             let derived = format!("recordings/{}.cast", file_name.trim_end_matches(".exec"));
             let cast_digest = derive_cast(&mut b, &derived, r, proof)?;
@@ -510,8 +510,14 @@ compare its key with the line the hospital gave you (`chaperone evidence signer`
 your own copy of that line with -f. `chaperone evidence verify FILE.tar` runs the same checks, and
 also recomputes every audit event's hash.
 
-What vouches for a recording: the session.end (or recording.recovered) event in audit.jsonl carries
-the SHA-256 the recorder computed as it closed the file; session.json names the event. Each event's
+Only the files SHA256SUMS lists are evidence: a file in this directory that it does not list was not
+signed (`chaperone evidence verify` refuses such a bundle).
+
+What vouches for a recording: the session.end event in audit.jsonl carries the SHA-256 the recorder
+computed as it closed the file; for a recording whose writer stopped before closing it (the bastion
+crashed), a recording.recovered event carries the SHA-256 of the file as a node found it afterwards
+(session.json says recovered: true; what reached the disk, not necessarily all that was shown).
+session.json names the event. Each event's
 hash covers its content and the previous event's hash, so it can be compared, event by event, with
 the hospital's copy of its audit log (exported to its SIEM), which no one at the bastion can rewrite.
 ",

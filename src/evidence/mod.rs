@@ -500,6 +500,9 @@ pub struct Proof {
     pub sha256: String,
     /// The audit event that vouches for it.
     pub seq: i64,
+    /// That event is a node sweep's `recording.recovered` (the writer stopped: the digest is of the
+    /// file as found then), not the session's own end.
+    pub recovered: bool,
     /// The file, confined to the recordings directory, read from its start.
     pub file: File,
     /// Its size when it was proved.
@@ -594,6 +597,7 @@ pub fn prove(dir: &Path, r: &RecordingRow, ev: &Evidence) -> Result<Proof, Prove
     Ok(Proof {
         sha256: v.sha256.clone(),
         seq: v.seq,
+        recovered: v.recovered(),
         file: opened.file,
         size,
     })

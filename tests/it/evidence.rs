@@ -847,6 +847,18 @@ fn issue_11_an_evidence_bundle_verifies_with_stock_tools_and_fails_when_altered(
     let readme = std::fs::read_to_string(unpacked.join("README.txt")).unwrap();
     assert!(readme.contains(chaperone::evidence::bundle::VERIFY_SIGNATURE));
     assert!(readme.contains(chaperone::evidence::bundle::VERIFY_SUMS));
+    assert!(
+        readme.contains("Only the files SHA256SUMS lists are evidence"),
+        "{readme}"
+    );
+    // Vouched for by the session's own end, not by a sweep that found the file afterwards.
+    let described: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(unpacked.join("session.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        described["recordings"][0]["recovered"], false,
+        "{described}"
+    );
     let recorded = std::fs::read(&path).unwrap();
     let file_name = path.file_name().unwrap().to_str().unwrap();
     assert_eq!(
