@@ -52,7 +52,14 @@ pub struct WebCore {
     indexer: Indexer,
     /// One directory sign-in of a name at a time, when `[ldap] max_failed_binds` counts them.
     bind_turns: std::sync::Arc<BindTurns>,
+    /// When each (staff member, history query) was last audited on this node: a query is audited
+    /// again once [`QUERY_AUDIT_EVERY`] passed, not at each of the page's live refreshes.
+    queries_audited:
+        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, String), i64>>>,
 }
+
+/// How long a history query (its filters and page) by one staff member is audited once for.
+const QUERY_AUDIT_EVERY: i64 = 600;
 
 impl WebCore {
     pub fn new(app: App, live: LiveSessions) -> WebCore {
@@ -62,6 +69,7 @@ impl WebCore {
             live,
             indexer,
             bind_turns: std::sync::Arc::default(),
+            queries_audited: std::sync::Arc::default(),
         }
     }
 }
@@ -1859,6 +1867,26 @@ fn not_found_or(e: StoreError) -> CoreError {
 }
 
 impl WebCore {
+    /// Whether `by`'s history query `key` is due to be audited (not audited in the last
+    /// [`QUERY_AUDIT_EVERY`] on this node); marks it audited now if so.
+    fn query_due(&self, by: &Staff, key: &str) -> bool {
+        let now = self.now();
+        let Ok(mut seen) = self.queries_audited.lock() else {
+            return true;
+        };
+        if seen.len() > 10_000 {
+            seen.retain(|_, at| now - *at < QUERY_AUDIT_EVERY);
+        }
+        let entry = seen
+            .entry((by.name.clone(), key.to_owned()))
+            .or_insert(i64::MIN);
+        if now.saturating_sub(*entry) < QUERY_AUDIT_EVERY {
+            return false;
+        }
+        *entry = now;
+        true
+    }
+
     pub(crate) async fn history_impl(
         &self,
         by: &Staff,
@@ -1877,17 +1905,27 @@ impl WebCore {
         for h in rows.into_iter().take(PAGE as usize) {
             sessions.push(self.item(h, Some(LIST_HASH_LIMIT)).await?);
         }
+        let filters: serde_json::Map<String, serde_json::Value> = q
+            .pairs()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), json!(v)))
+            .collect();
         if let Some(text) = q.text.as_deref().filter(|t| !t.trim().is_empty()) {
-            let filters: serde_json::Map<String, serde_json::Value> = q
-                .pairs()
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), json!(v)))
-                .collect();
             self.audit_view(
                 by,
                 crate::audit::Action::RecordingSearch,
                 "sessions".into(),
                 json!({"text": text, "filters": filters, "page": page, "found": sessions.len()}),
+            )
+            .await?;
+        } else if self.query_due(by, &json!([filters, page]).to_string()) {
+            // Who listed which sessions is audited too (the list shows commands and addresses):
+            // once per query and staff member every QUERY_AUDIT_EVERY, not at each live refresh.
+            self.audit_view(
+                by,
+                crate::audit::Action::RecordingSearch,
+                "sessions".into(),
+                json!({"text": null, "filters": filters, "page": page, "found": sessions.len()}),
             )
             .await?;
         }
@@ -2009,15 +2047,15 @@ impl WebCore {
                 }
             }
         }
-        if !session.recordings.is_empty() {
-            self.audit_view(
-                by,
-                crate::audit::Action::RecordingView,
-                format!("session:{id}"),
-                json!({"what": "page", "recordings": session.recordings.iter().map(|r| r.id).collect::<Vec<_>>()}),
-            )
-            .await?;
-        }
+        // Every opening of a session's page is audited: a tunnel's or jump's connection record is its
+        // record (no recordings), and who looked at it is asked as for any other.
+        self.audit_view(
+            by,
+            crate::audit::Action::RecordingView,
+            format!("session:{id}"),
+            json!({"what": "page", "recordings": session.recordings.iter().map(|r| r.id).collect::<Vec<_>>()}),
+        )
+        .await?;
         let audit = self
             .app
             .store

@@ -717,6 +717,59 @@ fn an_auditor_places_and_releases_a_legal_hold_in_the_page() {
     assert_eq!(audit_events(&b, "session.release").len(), 1);
 }
 
+/// Who looked is audited for every session page, a connection record's too, and for every history
+/// list, with or without a text search (a list is audited once per query every ten minutes, not at
+/// each of the page's live refreshes).
+#[test]
+fn every_session_page_and_history_list_is_audited() {
+    let Some((_sshd, b, alice)) = setup() else {
+        return;
+    };
+    let audrey = Approver::enroll(&b, "audrey", "auditor");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    // A jump with nothing inside: a session whose record is its row and audit events, no recording.
+    let _ = b
+        .ssh_with(&alice, &["-W", "mri-01:22"], "alice")
+        .output()
+        .unwrap();
+    let sessions = || b.data.run(&["session", "list", "--json"]).ok().json();
+    assert!(
+        wait_until(Duration::from_secs(10), || sessions()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["kind"] == "jump" && !s["ended_at"].is_null())),
+        "{}",
+        sessions()
+    );
+    let id = sessions().as_array().unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(audrey.get(&format!("/sessions/{id}")).status, 200);
+    let views = audit_events(&b, "recording.view");
+    assert_eq!(views.len(), 1, "{views:?}");
+    assert_eq!(
+        (views[0].0.as_str(), views[0].1.as_str()),
+        ("staff:audrey", format!("session:{id}").as_str())
+    );
+    let lists = || {
+        audit_events(&b, "recording.search")
+            .into_iter()
+            .filter(|(actor, _, d)| actor == "staff:audrey" && d["text"].is_null())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(audrey.get("/history?vendor=alice").status, 200);
+    assert_eq!(lists().len(), 1, "{:?}", lists());
+    assert_eq!(lists()[0].2["filters"]["vendor"], "alice");
+    assert_eq!(lists()[0].2["found"], 1);
+    // The same list again (a live refresh): not audited again; another query is.
+    assert_eq!(audrey.get("/history?vendor=alice").status, 200);
+    assert_eq!(lists().len(), 1, "{:?}", lists());
+    assert_eq!(audrey.get("/api/sessions?asset=mri-01").status, 200);
+    assert_eq!(lists().len(), 2, "{:?}", lists());
+}
+
 /// The audit events with `action`, each as (actor, subject, detail parsed from its JSON text).
 fn audit_events(b: &Bastion, action: &str) -> Vec<(String, String, serde_json::Value)> {
     let out = b
