@@ -1279,6 +1279,14 @@ async fn a_flood_of_passkey_sign_in_starts_pushes_out_only_its_own_kind() {
         }
         assert!(!held(StateKind::DecoyCeremony, "eve-0").await);
         assert!(held(StateKind::DecoyCeremony, "eve-1").await);
+        // One staff member signing in again and again pushes out their own oldest web session only.
+        put(StateKind::Session, "alice-web".into(), Some("alice")).await;
+        for i in 0..=StateKind::Session.per_subject().unwrap() {
+            put(StateKind::Session, format!("mallory-{i}"), Some("mallory")).await;
+        }
+        assert!(held(StateKind::Session, "alice-web").await);
+        assert!(!held(StateKind::Session, "mallory-0").await);
+        assert!(held(StateKind::Session, "mallory-1").await);
         // A link keeps its latest ceremony only.
         put(
             StateKind::LinkCeremony,

@@ -608,10 +608,12 @@ impl StateKind {
     /// one subject cannot fill the kind's shared cap. A staff name's sign-ins, real or decoy alike: 50,
     /// more than two addresses may start (the per-address limit is 20 in 5 minutes), so pushing a real
     /// sign-in out takes a flood aimed at that very name from several addresses; a link's ceremony: its
-    /// latest; a vendor's open links: 3.
+    /// latest; a vendor's open links: 3; a staff member's web sessions: 20 (their own oldest goes at
+    /// the 21st sign-in), so one account, signing in again and again (a software passkey is not slowed
+    /// as a TOTP code is), cannot fill the shared cap and sign everyone else out.
     pub fn per_subject(self) -> Option<u32> {
         match self {
-            StateKind::Session => None,
+            StateKind::Session => Some(20),
             StateKind::Ceremony | StateKind::DecoyCeremony => Some(50),
             StateKind::LinkCeremony => Some(1),
             StateKind::AccountCeremony => Some(2),
