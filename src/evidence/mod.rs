@@ -134,6 +134,16 @@ pub enum Broken {
         "audit events {first} and {second} vouch for different digests of this recording (altered)"
     )]
     Conflict { first: i64, second: i64 },
+    /// A node's `recording.recovered` digested another file than the one the session started writing
+    /// (its row's path was changed before the sweep found it): their file names differ.
+    #[error(
+        "audit event {seq} vouches for a digest of {recovered}, but the session started writing {started} (altered)"
+    )]
+    OtherFile {
+        seq: i64,
+        started: String,
+        recovered: String,
+    },
 }
 
 impl Evidence {
@@ -256,6 +266,19 @@ fn judge(session: &SessionRow, r: &RecordingRow, first: bool, events: &[AuditRow
         return Evidence::Broken(Broken::Conflict {
             first: first_voucher.seq,
             second: other.seq,
+        });
+    }
+    // A recovery speaks for the file the session started writing, or for nothing. Compared by file
+    // name: a restore moves the recordings directory (`relocate_recordings`), never a file's name,
+    // which is the session's own.
+    let file_name = |p: &str| Path::new(p).file_name().map(std::ffi::OsStr::to_owned);
+    if let (Some(started), Some(recovered)) = (&started_at_path, &first_voucher.path)
+        && file_name(started) != file_name(recovered)
+    {
+        return Evidence::Broken(Broken::OtherFile {
+            seq: first_voucher.seq,
+            started: started.clone(),
+            recovered: recovered.clone(),
         });
     }
     if first_voucher.path.is_none() {
@@ -797,8 +820,19 @@ mod tests {
         );
         let crashed_end = event(2, END, json!({"abandoned": true}));
         assert!(matches!(
-            judge(&s, &r, true, &[start, crashed_end, recovered]),
+            judge(&s, &r, true, &[start.clone(), crashed_end.clone(), recovered]),
             Evidence::Vouched(v) if v.recovered() && v.sha256 == "ab"
+        ));
+        // A recovery of another file than the session started writing (its row's path was changed
+        // before the sweep) vouches for nothing: it is a sign of tampering.
+        let elsewhere = event(
+            3,
+            RECOVERED,
+            json!({"recording": 7, "sha256": "cd", "path": "/r/other.cast"}),
+        );
+        assert!(matches!(
+            judge(&s, &r, true, &[start, crashed_end, elsewhere]),
+            Evidence::Broken(Broken::OtherFile { seq: 3, .. })
         ));
     }
 

@@ -613,7 +613,7 @@ async fn issue_12_the_digest_that_counts_is_the_first_one_the_chain_vouches_for(
                 "node:b",
                 Action::RecordingRecovered,
                 format!("session:{id}"),
-                json!({"recording": recording, "path": "/r/moved.exec", "sha256": digest}),
+                json!({"recording": recording, "path": "/restored/s-recovered.exec", "sha256": digest}),
             )
         };
         let mut tx = store.begin().await.unwrap();
@@ -657,7 +657,7 @@ async fn issue_12_the_digest_that_counts_is_the_first_one_the_chain_vouches_for(
         };
         assert_eq!(
             (v.sha256.as_str(), v.action.as_str(), v.path.as_deref()),
-            ("bbbb", "recording.recovered", Some("/r/moved.exec"))
+            ("bbbb", "recording.recovered", Some("/restored/s-recovered.exec"))
         );
         assert_eq!(
             judge("s-live").await,
