@@ -254,8 +254,8 @@ struct WriterThread {
 }
 
 impl WriterThread {
-    /// Starts the thread for `file`, created just now in directory `dir`.
-    fn spawn(file: File, dir: PathBuf) -> io::Result<Self> {
+    /// Starts the thread for `file`, created just now at `path`.
+    fn spawn(file: File, path: PathBuf) -> io::Result<Self> {
         let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUED);
         let (give_back, spare) = mpsc::channel::<Vec<Bytes>>();
         let file = Arc::new(file);
@@ -263,7 +263,7 @@ impl WriterThread {
             .name("recording-writer".into())
             .stack_size(128 * 1024)
             .spawn(move || {
-                let mut durable = Durable::new(file.clone(), dir);
+                let mut durable = Durable::new(file.clone(), path);
                 loop {
                     match queue.recv_timeout(durable.wait()) {
                         Ok(Job::Write(mut pieces)) => {
@@ -306,6 +306,9 @@ impl WriterThread {
 /// A sync that fails fails the file at the writer thread's next step.
 struct Durable {
     file: Arc<File>,
+    /// Where it was created: at each sync and at the end it must still be the file there
+    /// ([`still_in_place`]).
+    path: Arc<PathBuf>,
     /// The directory to sync once, with the first sync; `None` after.
     dir: Option<PathBuf>,
     /// Since when written bytes have been waiting for a sync; `None` when all are handed over.
@@ -323,6 +326,7 @@ struct SyncState {
 /// A sync asked of the syncer thread.
 struct SyncJob {
     file: Arc<File>,
+    path: Arc<PathBuf>,
     dir: Option<PathBuf>,
     state: Arc<SyncState>,
 }
@@ -356,7 +360,8 @@ impl SyncJob {
         let result = self
             .file
             .sync_data()
-            .and_then(|()| self.dir.as_deref().map_or(Ok(()), sync_dir));
+            .and_then(|()| self.dir.as_deref().map_or(Ok(()), sync_dir))
+            .and_then(|()| still_in_place(&self.file, &self.path));
         if let Err(e) = result {
             *self.state.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
         }
@@ -364,10 +369,38 @@ impl SyncJob {
     }
 }
 
+/// Fails unless `file` is still the file at `path`: a recording removed (its writes would go to a file
+/// nobody can read) or replaced (another file is where its digest will be checked) while it is written
+/// is a recording that failed, and fails its session (no recording, no session).
+fn still_in_place(file: &File, path: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let open = file.metadata()?;
+        let there = std::fs::symlink_metadata(path).ok();
+        let same = there.is_some_and(|t| t.dev() == open.dev() && t.ino() == open.ino());
+        if open.nlink() == 0 || !same {
+            return Err(io::Error::other(format!(
+                "the recording file {} was removed or replaced while it was written",
+                path.display()
+            )));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (file, path);
+    Ok(())
+}
+
 impl Durable {
-    fn new(file: Arc<File>, dir: PathBuf) -> Self {
+    /// For `file`, created just now at `path`.
+    fn new(file: Arc<File>, path: PathBuf) -> Self {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
         Self {
             file,
+            path: Arc::new(path),
             dir: Some(dir),
             unsynced_since: None,
             state: Arc::default(),
@@ -419,6 +452,7 @@ impl Durable {
     fn hand_over(&mut self) {
         let job = SyncJob {
             file: self.file.clone(),
+            path: self.path.clone(),
             dir: self.dir.take(),
             state: self.state.clone(),
         };
@@ -456,9 +490,10 @@ impl Durable {
             return Err(e);
         }
         match self.dir.take() {
-            Some(dir) => sync_dir(&dir),
-            None => Ok(()),
+            Some(dir) => sync_dir(&dir)?,
+            None => {}
         }
+        still_in_place(&self.file, &self.path)
     }
 }
 
@@ -515,13 +550,7 @@ impl HashedFile {
             pieces: Vec::new(),
             small: BytesMut::with_capacity(BUFFER_SIZE),
             pending: 0,
-            writer: Some(WriterThread::spawn(
-                file,
-                match path.parent() {
-                    Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-                    _ => PathBuf::from("."),
-                },
-            )?),
+            writer: Some(WriterThread::spawn(file, path.to_owned())?),
             hasher: Hasher::new(),
             bytes: 0,
             max_bytes: None,
@@ -687,6 +716,33 @@ mod tests {
     use super::*;
     use sha2::{Digest, Sha256};
 
+    /// A recording's file removed, or replaced by another, while it is written fails it at the next
+    /// sync and at its end.
+    #[cfg(unix)]
+    #[test]
+    fn a_file_removed_or_replaced_while_written_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.cast");
+        let file = Arc::new(File::create(&path).unwrap());
+        still_in_place(&file, &path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(still_in_place(&file, &path).is_err(), "removed");
+        std::fs::write(&path, b"forged").unwrap();
+        assert!(still_in_place(&file, &path).is_err(), "replaced");
+        let mut durable = Durable::new(file.clone(), path.clone());
+        assert!(durable.finish().is_err());
+        // The syncer's job says so to the writer thread's next step.
+        let state = Arc::new(SyncState::default());
+        SyncJob {
+            file,
+            path: Arc::new(path),
+            dir: None,
+            state: state.clone(),
+        }
+        .run();
+        assert!(state.failed.lock().unwrap().is_some());
+    }
+
     /// Written bytes are handed to the syncer once they are SYNC_INTERVAL old and not before, the
     /// directory with the first sync, never a second sync of a file while its first runs; the writer
     /// thread's wait ends when the next sync is due.
@@ -694,7 +750,7 @@ mod tests {
     fn written_bytes_are_synced_once_due_with_the_directory_first() {
         let dir = tempfile::tempdir().unwrap();
         let file = Arc::new(File::create(dir.path().join("x")).unwrap());
-        let mut durable = Durable::new(file, dir.path().to_owned());
+        let mut durable = Durable::new(file, dir.path().join("x"));
         assert!(
             durable.wait() > SYNC_INTERVAL,
             "nothing to sync: no wake-up"

@@ -1609,3 +1609,54 @@ fn an_idle_connection_is_warned_then_closed_and_keepalives_are_not_activity() {
         .json();
     assert_eq!(found.as_array().unwrap().len(), 3, "{found}");
 }
+
+/// A recording file removed while its session runs (its writes would go to a file nobody can read,
+/// and a file put in its place would be checked instead) fails the recording, and so ends the session:
+/// no recording, no session. No digest speaks for it afterwards.
+#[test]
+fn a_recording_removed_while_written_ends_its_session() {
+    let Some((_sshd, b)) = setup() else { return };
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let mut child = b
+        .ssh(&alice, "alice+mri-01")
+        .arg("while :; do echo tick; sleep 1; done")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_a_live_session(&b);
+    let session = session_json(&b)[0].clone();
+    let path = std::path::PathBuf::from(session["recordings"][0]["path"].as_str().unwrap());
+    assert!(wait_until(Duration::from_secs(10), || path.exists()));
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::remove_file(&path).unwrap();
+    let ended = wait_until(Duration::from_secs(20), || {
+        child.try_wait().unwrap().is_some()
+    });
+    if !ended {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(ended, "the session went on without its recording");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("recording"), "{stderr}");
+    wait_until_all_ended(&b);
+    let s = &session_json(&b)[0];
+    assert_eq!(s["end_cause"], "recording", "{s}");
+    assert!(
+        audit_lines(&b).contains("removed or replaced while it was written"),
+        "{}",
+        audit_lines(&b)
+    );
+    // Nothing vouches for it: the sweep does not digest a recording whose writer failed.
+    std::thread::sleep(Duration::from_secs(6));
+    let id = s["id"].as_str().unwrap();
+    let verify = b.data.run(&["session", "verify", id]);
+    assert_ne!(verify.code(), 0, "{}", verify.stdout());
+    assert!(
+        !audit_lines(&b).contains("\"recording.recovered\""),
+        "{}",
+        audit_lines(&b)
+    );
+}
