@@ -489,9 +489,8 @@ impl Durable {
         {
             return Err(e);
         }
-        match self.dir.take() {
-            Some(dir) => sync_dir(&dir)?,
-            None => {}
+        if let Some(dir) = self.dir.take() {
+            sync_dir(&dir)?;
         }
         still_in_place(&self.file, &self.path)
     }
