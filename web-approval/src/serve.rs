@@ -10,7 +10,10 @@
 //! - no request is in flight and the client has sent nothing for `keepalive_timeout` (an idle keep-alive,
 //!   or a connection that never spoke);
 //! - a request is in flight and no byte has moved either way for [`STALL_TIMEOUT`] (a client that stopped
-//!   reading its response; the live stream sends a comment every 15 s).
+//!   reading its response; the live stream sends a comment every 15 s);
+//! - a response has been held back by the client for [`STALL_TIMEOUT`] with less than [`MIN_PROGRESS`]
+//!   taken meanwhile (a slow reader: the socket's buffer stays full, a few bytes drained now and then
+//!   so that nothing ever quite stalls). A write the socket takes whole means the client keeps up.
 //!
 //! Each later request's head must arrive within `header_read_timeout` of the connection starting to wait
 //! for it (hyper's `header_read_timeout`, on tokio's timer), and a request's body within
@@ -46,6 +49,10 @@ use crate::tls::PeerAddr;
 /// A request in flight with no byte moving either way for this long is cut (a client that stopped
 /// reading). Longer than the live stream's 15 s keep-alive comments.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a client held back by its own reading must take within [`STALL_TIMEOUT`] (about 1 KiB/s): far
+/// below any real link, far above a connection kept open by reading a segment a minute.
+pub const MIN_PROGRESS: u64 = 64 * 1024;
 
 /// The largest request body read (forms and passkey answers are a few KiB).
 pub const MAX_BODY: usize = 256 * 1024;
@@ -296,6 +303,12 @@ struct Activity {
     in_flight: AtomicUsize,
     /// When the last request in flight finished.
     idle_since: AtomicU64,
+    /// Bytes the socket took so far.
+    written: AtomicU64,
+    /// Since when the client has held writes back (the socket's buffer full), and how many bytes were
+    /// written then; 0 / unset once a write is taken whole.
+    held_since: AtomicU64,
+    written_when_held: AtomicU64,
 }
 
 impl Activity {
@@ -307,6 +320,33 @@ impl Activity {
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            held_since: AtomicU64::new(0),
+            written_when_held: AtomicU64::new(0),
+        }
+    }
+
+    /// A write of `wanted` bytes came back with `took` (`None`: none, the socket's buffer is full).
+    fn wrote(&self, wanted: usize, took: Option<usize>) {
+        let now = self.now().max(1);
+        let n = took.unwrap_or(0) as u64;
+        let written = self.written.fetch_add(n, Ordering::Relaxed) + n;
+        if n > 0 {
+            self.last_write.store(now, Ordering::Relaxed);
+        }
+        if took.is_some_and(|t| t >= wanted) {
+            // Taken whole: the client keeps up.
+            self.held_since.store(0, Ordering::Relaxed);
+            return;
+        }
+        let held = self.held_since.load(Ordering::Relaxed);
+        if held == 0 {
+            self.held_since.store(now, Ordering::Relaxed);
+            self.written_when_held.store(written, Ordering::Relaxed);
+        } else if written - self.written_when_held.load(Ordering::Relaxed) >= MIN_PROGRESS {
+            // Held back, but taking enough: count again from here.
+            self.held_since.store(now, Ordering::Relaxed);
+            self.written_when_held.store(written, Ordering::Relaxed);
         }
     }
 
@@ -323,10 +363,21 @@ impl Activity {
         let read = self.last_read.load(Ordering::Relaxed);
         let write = self.last_write.load(Ordering::Relaxed);
         if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return (
+            let stall = (
                 self.at(read.max(write)) + STALL_TIMEOUT,
                 "nothing moved during a request",
             );
+            return match self.held_since.load(Ordering::Relaxed) {
+                0 => stall,
+                held => {
+                    let slow = self.at(held) + STALL_TIMEOUT;
+                    if slow < stall.0 {
+                        (slow, "the client reads its response too slowly")
+                    } else {
+                        stall
+                    }
+                }
+            };
         }
         let idle =
             self.at(read.max(self.idle_since.load(Ordering::Relaxed))) + limits.keepalive_timeout;
@@ -399,11 +450,10 @@ impl AsyncWrite for Watched {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = result
-            && n > 0
-        {
-            let now = self.activity.now();
-            self.activity.last_write.store(now, Ordering::Relaxed);
+        match &result {
+            Poll::Ready(Ok(n)) => self.activity.wrote(buf.len(), Some(*n)),
+            Poll::Pending => self.activity.wrote(buf.len(), None),
+            Poll::Ready(Err(_)) => {}
         }
         result
     }
@@ -414,11 +464,11 @@ impl AsyncWrite for Watched {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = result
-            && n > 0
-        {
-            let now = self.activity.now();
-            self.activity.last_write.store(now, Ordering::Relaxed);
+        let wanted = bufs.iter().map(|b| b.len()).sum();
+        match &result {
+            Poll::Ready(Ok(n)) => self.activity.wrote(wanted, Some(*n)),
+            Poll::Pending => self.activity.wrote(wanted, None),
+            Poll::Ready(Err(_)) => {}
         }
         result
     }
@@ -577,6 +627,20 @@ mod tests {
         assert_eq!(a.deadline(limits).0, a.at(6000) + STALL_TIMEOUT);
         a.last_write.store(30_000, Ordering::Relaxed);
         assert_eq!(a.deadline(limits).0, a.at(30_000) + STALL_TIMEOUT);
+        // A slow reader: its socket takes a little now and then, never a write whole, never enough.
+        a.wrote(16_384, None);
+        let held = a.held_since.load(Ordering::Relaxed);
+        a.wrote(16_384, Some(100));
+        a.last_write.store(held + 50_000, Ordering::Relaxed);
+        let (at, why) = a.deadline(limits);
+        assert_eq!(at, a.at(held) + STALL_TIMEOUT);
+        assert!(why.contains("too slowly"), "{why}");
+        // Taking enough meanwhile counts again from then; a write taken whole clears it.
+        a.wrote(1 << 20, Some(MIN_PROGRESS as usize));
+        assert!(a.held_since.load(Ordering::Relaxed) >= held);
+        a.wrote(10, Some(10));
+        assert_eq!(a.held_since.load(Ordering::Relaxed), 0);
+        assert_eq!(a.deadline(limits).1, "nothing moved during a request");
         // Done: idle again, and the head rule no longer applies (hyper times later heads).
         drop(request);
         a.idle_since.store(31_000, Ordering::Relaxed);
