@@ -1868,23 +1868,28 @@ fn not_found_or(e: StoreError) -> CoreError {
 
 impl WebCore {
     /// Whether `by`'s history query `key` is due to be audited (not audited in the last
-    /// [`QUERY_AUDIT_EVERY`] on this node); marks it audited now if so.
+    /// [`QUERY_AUDIT_EVERY`] on this node).
     fn query_due(&self, by: &Staff, key: &str) -> bool {
         let now = self.now();
-        let Ok(mut seen) = self.queries_audited.lock() else {
-            return true;
-        };
-        if seen.len() > 10_000 {
-            seen.retain(|_, at| now - *at < QUERY_AUDIT_EVERY);
+        self.queries_audited.lock().map_or(true, |seen| {
+            seen.get(&(by.name.clone(), key.to_owned()))
+                .is_none_or(|at| now.saturating_sub(*at) >= QUERY_AUDIT_EVERY)
+        })
+    }
+
+    /// `by`'s history query `key` was audited now (only once its audit committed: a failed write leaves
+    /// it due). The map is bounded: past 10,000 queries the old ones go, and past that all.
+    fn query_audited(&self, by: &Staff, key: &str) {
+        let now = self.now();
+        if let Ok(mut seen) = self.queries_audited.lock() {
+            if seen.len() >= 10_000 {
+                seen.retain(|_, at| now - *at < QUERY_AUDIT_EVERY);
+                if seen.len() >= 10_000 {
+                    seen.clear();
+                }
+            }
+            seen.insert((by.name.clone(), key.to_owned()), now);
         }
-        let entry = seen
-            .entry((by.name.clone(), key.to_owned()))
-            .or_insert(i64::MIN);
-        if now.saturating_sub(*entry) < QUERY_AUDIT_EVERY {
-            return false;
-        }
-        *entry = now;
-        true
     }
 
     pub(crate) async fn history_impl(
@@ -1918,16 +1923,20 @@ impl WebCore {
                 json!({"text": text, "filters": filters, "page": page, "found": sessions.len()}),
             )
             .await?;
-        } else if self.query_due(by, &json!([filters, page]).to_string()) {
+        } else {
             // Who listed which sessions is audited too (the list shows commands and addresses):
             // once per query and staff member every QUERY_AUDIT_EVERY, not at each live refresh.
-            self.audit_view(
-                by,
-                crate::audit::Action::RecordingSearch,
-                "sessions".into(),
-                json!({"text": null, "filters": filters, "page": page, "found": sessions.len()}),
-            )
-            .await?;
+            let key = json!([filters, page]).to_string();
+            if self.query_due(by, &key) {
+                self.audit_view(
+                    by,
+                    crate::audit::Action::RecordingSearch,
+                    "sessions".into(),
+                    json!({"text": null, "filters": filters, "page": page, "found": sessions.len()}),
+                )
+                .await?;
+                self.query_audited(by, &key);
+            }
         }
         Ok(HistoryPage {
             sessions,

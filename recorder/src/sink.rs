@@ -377,8 +377,12 @@ fn still_in_place(file: &File, path: &Path) -> io::Result<()> {
     {
         use std::os::unix::fs::MetadataExt;
         let open = file.metadata()?;
-        let there = std::fs::symlink_metadata(path).ok();
-        let same = there.is_some_and(|t| t.dev() == open.dev() && t.ino() == open.ino());
+        let same = match std::fs::symlink_metadata(path) {
+            Ok(t) => t.dev() == open.dev() && t.ino() == open.ino(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            // Cannot tell (permissions, a stale network mount): not taken for a removal.
+            Err(_) => true,
+        };
         if open.nlink() == 0 || !same {
             return Err(io::Error::other(format!(
                 "the recording file {} was removed or replaced while it was written",

@@ -104,15 +104,21 @@ pub async fn remove_staff(
     tx.commit("user.directory.remove").await
 }
 
-/// One re-check of every enabled directory staff account. An account whose look-up fails does not
-/// stop the others from being re-checked (an entry the directory cannot return, a referral): every
-/// account is tried, and the first error is returned at the end.
+/// One re-check of every enabled directory staff account. A search that fails for one account (an
+/// entry the directory cannot return, a referral) does not stop the others from being re-checked: they
+/// are all tried, and the first such error is returned at the end. Any other error ends the round at
+/// once (the directory unreachable, the service account refused: asking again for every account would
+/// only add time-outs, or refused binds that could lock the service account; the store failing).
 pub async fn recheck_staff(app: &App, directory: &Directory) -> Result<(), SyncError> {
     let mut first_error = None;
     for user in app.store.directory_staff().await? {
-        if let Err(e) = recheck_one(app, directory, user).await {
-            tracing::warn!(error = %e, "cannot re-check a directory staff account; going on with the others");
-            first_error.get_or_insert(e);
+        match recheck_one(app, directory, user).await {
+            Ok(()) => {}
+            Err(e @ SyncError::Directory(super::ldap::LdapError::Search { .. })) => {
+                tracing::warn!(error = %e, "cannot re-check a directory staff account; going on with the others");
+                first_error.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
         }
     }
     first_error.map_or(Ok(()), Err)

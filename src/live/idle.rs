@@ -133,10 +133,12 @@ fn warn_before(timeout: i64) -> i64 {
     (timeout / 2).min(60)
 }
 
-/// `secs` as a vendor reads it: "1 minute", "30 minutes", "45 seconds".
+/// `secs` as a vendor reads it: "1 minute", "30 minutes", "45 seconds"; from two minutes on, in whole
+/// minutes (the watcher's ticks may make a quiet time a second longer).
 pub fn spoken(secs: i64) -> String {
     match secs {
         60 => "1 minute".into(),
+        s if s >= 120 => format!("{} minutes", (s + 30) / 60),
         s if s >= 60 && s % 60 == 0 => format!("{} minutes", s / 60),
         1 => "1 second".into(),
         s => format!("{s} seconds"),
@@ -239,5 +241,7 @@ mod tests {
         assert_eq!(spoken(60), "1 minute");
         assert_eq!(spoken(90), "90 seconds");
         assert_eq!(spoken(4), "4 seconds");
+        assert_eq!(spoken(1801), "30 minutes");
+        assert_eq!(spoken(1741), "29 minutes");
     }
 }

@@ -703,9 +703,16 @@ impl LiveSession {
                     now,
                 )
                 .await?;
-                // A try that failed may have committed all the same (its answer lost): then it is written.
+                // A try that failed may have committed all the same (its answer lost): then it is
+                // written, and the row says so with this end's own words. Ended otherwise (a node's
+                // sweep, during a partition), the recording's close and the end are still ours to write.
                 if tried && !ended {
-                    return Ok(());
+                    let row = app.store.session(&self.id).await?;
+                    if row.end_reason.as_deref() == Some(reason.as_str())
+                        && row.end_cause.as_deref() == Some(end.cause())
+                    {
+                        return Ok(());
+                    }
                 }
                 let mut detail = json!({"grant": self.grant.id(), "reason": reason, "cause": end.cause(), "bytes_up": up, "bytes_down": down});
                 if let Some((done, rid)) = &finished {

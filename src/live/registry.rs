@@ -539,10 +539,10 @@ impl LiveSessions {
                             idle::spoken(left)
                         ),
                     )),
-                    Some(Idle::Close { quiet }) => {
+                    Some(Idle::Close { .. }) => {
                         let why = format!(
                             "the connection was closed after {} without activity",
-                            idle::spoken(quiet)
+                            idle::spoken(i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX))
                         );
                         c.evicted = Some(Eviction {
                             cause: Cause::Idle,

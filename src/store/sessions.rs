@@ -420,7 +420,6 @@ impl Tx {
         Ok(ids)
     }
 
-    /// Stores a recording's digest and size; `false` if it was already closed.
     /// Closes recording `id` without a digest: its writer failed, so no digest speaks for it, and the
     /// node sweep (which digests recordings left open by a crash) must not digest it later either.
     pub async fn close_recording_failed(&mut self, id: i64, now: UnixTime) -> Result<bool> {
@@ -435,6 +434,7 @@ impl Tx {
         Ok(done == 1)
     }
 
+    /// Stores a recording's digest and size; `false` if it was already closed.
     pub async fn close_recording(
         &mut self,
         id: i64,

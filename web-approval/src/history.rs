@@ -733,7 +733,16 @@ pub async fn hold<C: Core>(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let on = field(&pairs, "hold") == Some("yes");
+    // Said outright either way: a form missing the field changes nothing.
+    let on = match field(&pairs, "hold") {
+        Some("yes") => true,
+        Some("no") => false,
+        _ => {
+            return core_error(&CoreError::Invalid(
+                "say whether to place (hold=yes) or release (hold=no) the legal hold".into(),
+            ));
+        }
+    };
     let reason = field(&pairs, "reason").unwrap_or_default();
     match st.core.legal_hold(&s.staff, &id, reason, on).await {
         Ok(()) => {
