@@ -432,15 +432,7 @@ fn state_changes_need_the_csrf_token_and_hostile_reasons_render_inert() {
     assert_eq!(anon.status, 401);
 
     // The page's own form, with its token, works (deny with a reason).
-    let token = page
-        .body
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_owned();
+    let token = page_csrf(&page.body);
     let form = bob.form(
         &format!("/requests/{id}/deny"),
         &[("csrf", &token), ("reason", "use the <ticket> system")],
@@ -668,15 +660,7 @@ fn an_auditor_places_and_releases_a_legal_hold_in_the_page() {
         assert_eq!(answer.status, 400, "{bad:?}: {}", answer.body);
     }
     // The page's form, with the page's own token.
-    let token = page
-        .body
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_owned();
+    let token = page_csrf(&page.body);
     let placed = audrey.form(
         &format!("/sessions/{id}/hold"),
         &[
@@ -768,6 +752,17 @@ fn every_session_page_and_history_list_is_audited() {
     assert_eq!(lists().len(), 1, "{:?}", lists());
     assert_eq!(audrey.get("/api/sessions?asset=mri-01").status, 200);
     assert_eq!(lists().len(), 2, "{:?}", lists());
+}
+
+/// The CSRF token a page's forms carry.
+fn page_csrf(body: &str) -> String {
+    body.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned()
 }
 
 /// The audit events with `action`, each as (actor, subject, detail parsed from its JSON text).
