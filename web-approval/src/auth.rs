@@ -308,13 +308,20 @@ pub fn csrf_ok(session: &Session, presented: Option<&str>) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// At most `max` sign-in attempts per source address in `window` (on this node).
+/// At most `max` sign-in attempts per source address in `window` (on this node), and at most
+/// [`NODE_SOURCES`] times that from all sources together: a flood from many addresses (an IPv6 /48 holds
+/// 65,536 /64s) is held to a bounded rate of database writes and audit events on the node (the store
+/// and its one writer are shared with the vendors' sessions), and the map this keeps stays small.
 #[derive(Debug)]
 pub struct Limiter {
     map: Mutex<HashMap<Source, Vec<Instant>>>,
     max: usize,
     window: Duration,
 }
+
+/// How many sources' worth of sign-in attempts a node takes in a window (50 x 20 = 1,000 in 5 minutes
+/// by default: a shift change of several hundred staff signs in well within it).
+pub const NODE_SOURCES: usize = 50;
 
 impl Limiter {
     pub fn new(max: usize, window: Duration) -> Limiter {
@@ -325,7 +332,7 @@ impl Limiter {
         }
     }
 
-    /// Counts an attempt from `source`; false when it is over the limit.
+    /// Counts an attempt from `source`; false when it is over either limit.
     pub fn allow(&self, source: Source) -> bool {
         let Ok(mut map) = self.map.lock() else {
             return false;
@@ -335,6 +342,10 @@ impl Limiter {
             v.retain(|t| t.elapsed() < window);
             !v.is_empty()
         });
+        let total: usize = map.values().map(Vec::len).sum();
+        if total >= self.max.saturating_mul(NODE_SOURCES) {
+            return false;
+        }
         let attempts = map.entry(source).or_default();
         if attempts.len() >= self.max {
             return false;
@@ -458,6 +469,14 @@ mod tests {
         assert!(!l.allow(a));
         assert!(l.allow(b));
         // One IPv6 /64 is one source.
+        // From many addresses, no more than NODE_SOURCES addresses' worth in all.
+        let l = Limiter::new(1, Duration::from_secs(60));
+        for i in 0..NODE_SOURCES {
+            assert!(l.allow(Source::of(
+                format!("10.0.{}.{}", i / 200, i % 200).parse().unwrap()
+            )));
+        }
+        assert!(!l.allow(Source::of("10.9.9.9".parse().unwrap())));
         let l = Limiter::new(1, Duration::from_secs(60));
         assert!(l.allow(Source::of("2001:db8:1:2::1".parse().unwrap())));
         assert!(!l.allow(Source::of("2001:db8:1:2:ffff::9".parse().unwrap())));

@@ -52,7 +52,7 @@ impl SignInError {
         match self {
             SignInError::Refused => "Wrong name, password or code.",
             SignInError::RateLimited => {
-                "Too many sign-in attempts from this address; wait a few minutes."
+                "Too many sign-in attempts from this address, or on this server; wait a few minutes."
             }
             SignInError::Enroll(_) => {
                 "Set up your second factor first: sign in on the sign-in page, which takes you there."
