@@ -1382,3 +1382,42 @@ fn channels_closed_just_before_a_reset_end_closed_not_lost() {
         b.log()
     );
 }
+
+/// An impolite client cannot hold a connection open past `[ssh] idle_timeout` by opening a channel and
+/// asking nothing on it (nor by the keepalives asyncssh answers): opening counts once, then the
+/// connection is idle and cut. A polite one running a silent command keeps its own.
+#[test]
+fn a_channel_that_asks_nothing_does_not_keep_a_connection_from_idling() {
+    if !has_asyncssh() {
+        missing("asyncssh (pip install asyncssh)");
+        return;
+    }
+    let Some(sshd) = Sshd::start() else { return };
+    let data = DataDir::init();
+    let config = std::fs::read_to_string(data.config()).unwrap();
+    std::fs::write(
+        data.config(),
+        config.replacen("idle_timeout = \"30m\"", "idle_timeout = \"4s\"", 1),
+    )
+    .unwrap();
+    let b = Bastion::start(data);
+    b.device("mri-01", &sshd, &[]);
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let mut quiet = Hostile::connect(&b, &alice, "alice+mri-01");
+    assert_eq!(
+        quiet.op(json!({"op": "open", "id": "a"}))["event"],
+        "opened"
+    );
+    let closed = quiet.op(json!({"op": "wait-closed", "timeout": 15}));
+    assert_eq!(closed["event"], "closed", "{closed}\n{}", b.log());
+    let mut working = Hostile::connect(&b, &alice, "alice+mri-01");
+    let out = working.op(json!({"op": "run", "command": "sleep 7; echo done"}));
+    assert_eq!(out["event"], "exec", "{out}");
+    assert_eq!(out["stdout"], "done\n", "{out}");
+    let cuts = audit(&b)
+        .into_iter()
+        .filter(|e| e["action"] == "vendor.connections.ended")
+        .count();
+    assert_eq!(cuts, 1, "{:?}", audit(&b));
+}
