@@ -56,6 +56,8 @@ pub struct WebCore {
     /// again once [`QUERY_AUDIT_EVERY`] passed, not at each of the page's live refreshes.
     queries_audited:
         std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, String), i64>>>,
+    /// Evidence bundles being made for downloads on this node, by staff member.
+    bundles: std::sync::Arc<BundleTurns>,
 }
 
 /// How long a history query (its filters and page) by one staff member is audited once for.
@@ -70,6 +72,65 @@ impl WebCore {
             indexer,
             bind_turns: std::sync::Arc::default(),
             queries_audited: std::sync::Arc::default(),
+            bundles: std::sync::Arc::default(),
+        }
+    }
+}
+
+/// Evidence bundles a node makes for downloads at once. Each reads and hashes every recording of its
+/// session on a blocking thread for as long as the browser takes it, so a few at a time is what a node
+/// gives: a script (or a curious person with a hundred tabs) must not take the disk and the cores the
+/// relay needs. The CLI's `evidence export` is the operator's and is not counted.
+const BUNDLES_PER_NODE: usize = 4;
+/// Of those, what one staff member may hold, so that one of them does not keep the others waiting.
+const BUNDLES_PER_STAFF: usize = 2;
+
+/// The bundles being made on this node, by staff member ([`BUNDLES_PER_NODE`], [`BUNDLES_PER_STAFF`]).
+#[derive(Debug, Default)]
+struct BundleTurns {
+    held: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl BundleTurns {
+    /// A turn for `who`, held until the download ends (its stream is dropped), or `Busy`.
+    fn take(self: &std::sync::Arc<Self>, who: &str) -> Result<BundleTurn, CoreError> {
+        let mut held = self.held.lock().map_err(|_| CoreError::Internal)?;
+        if held.get(who).copied().unwrap_or(0) >= BUNDLES_PER_STAFF {
+            return Err(CoreError::Busy(format!(
+                "you are downloading {BUNDLES_PER_STAFF} evidence bundles already; \
+                 try again when one has finished"
+            )));
+        }
+        if held.values().sum::<usize>() >= BUNDLES_PER_NODE {
+            return Err(CoreError::Busy(format!(
+                "{BUNDLES_PER_NODE} evidence bundles are being made on this server; \
+                 try again in a moment"
+            )));
+        }
+        *held.entry(who.to_owned()).or_default() += 1;
+        Ok(BundleTurn {
+            turns: std::sync::Arc::clone(self),
+            who: who.to_owned(),
+        })
+    }
+}
+
+/// One bundle's place under [`BundleTurns`]; given back when dropped.
+struct BundleTurn {
+    turns: std::sync::Arc<BundleTurns>,
+    who: String,
+}
+
+impl Drop for BundleTurn {
+    fn drop(&mut self) {
+        // A poisoned lock: the count is lost with it, and `take` refuses (Internal) from then on.
+        if let Ok(mut held) = self.turns.held.lock()
+            && let Some(n) = held.get_mut(&self.who)
+        {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.who);
+            }
         }
     }
 }
@@ -1480,6 +1541,9 @@ impl Records for WebCore {
                 "session {id} is still running: its bundle can be made once it has ended"
             )));
         }
+        // Taken before the bundle starts, given back when the download's stream is dropped (finished,
+        // broken off, or the browser gone).
+        let turn = self.bundles.take(&by.name)?;
         let started = crate::evidence::bundle::export_stream(
             self.app.store.clone(),
             self.app.config.recording.clone(),
@@ -1505,6 +1569,7 @@ impl Records for WebCore {
         };
         let id = id.to_owned();
         let rest = futures::stream::poll_fn(move |cx| rest.poll_recv(cx)).map(move |chunk| {
+            let _held = &turn;
             chunk.map_err(|e| {
                 tracing::error!(session = %id, error = ?e, "web: an evidence bundle broke off; the download is cut short");
                 std::io::Error::other("the evidence bundle broke off")
@@ -2578,6 +2643,35 @@ fn transfer_view(l: playback::TransferLine) -> TransferView {
 mod tests {
     use super::*;
     use chaperone_recorder::{Direction, Outcome, TransferEvent};
+
+    #[test]
+    fn evidence_bundles_are_bounded_per_staff_member_and_per_node() {
+        let turns = std::sync::Arc::new(BundleTurns::default());
+        let busy = |r: Result<BundleTurn, CoreError>| match r {
+            Err(CoreError::Busy(m)) => m,
+            Err(e) => panic!("not Busy: {e}"),
+            Ok(_) => panic!("a turn past the limit"),
+        };
+        let a1 = turns.take("alice").unwrap();
+        let _a2 = turns.take("alice").unwrap();
+        assert!(busy(turns.take("alice")).contains("you are downloading 2"));
+        let _b1 = turns.take("bob").unwrap();
+        let b2 = turns.take("bob").unwrap();
+        // The node's four are taken: a third person waits too.
+        assert!(busy(turns.take("carol")).contains("4 evidence bundles"));
+        // A finished download gives its turn back, to anyone.
+        drop(a1);
+        let c1 = turns.take("carol").unwrap();
+        assert!(busy(turns.take("alice")).contains("4 evidence bundles"));
+        drop(b2);
+        drop(c1);
+        let _a3 = turns.take("alice").unwrap();
+        assert_eq!(
+            turns.held.lock().unwrap().get("carol"),
+            None,
+            "no count is left at zero"
+        );
+    }
 
     fn line(t: f64, event: TransferEvent) -> playback::TransferLine {
         playback::TransferLine { t, event }

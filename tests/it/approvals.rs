@@ -701,6 +701,59 @@ fn an_auditor_places_and_releases_a_legal_hold_in_the_page() {
     assert_eq!(audit_events(&b, "session.release").len(), 1);
 }
 
+/// An evidence bundle reads and hashes every recording of its session while the browser takes it: one
+/// staff member holds at most two downloads at once (429 past them, the page saying why), and a
+/// finished or abandoned download gives its turn back.
+#[test]
+fn evidence_downloads_are_bounded_per_staff_member() {
+    let Some((_sshd, b, alice)) = setup() else {
+        return;
+    };
+    let audrey = Approver::enroll(&b, "audrey", "auditor");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    // 24 MB recorded (an exec's recording is its bytes): more than the sockets between the bastion and
+    // a slow curl hold, so the download stays in progress.
+    let out = b
+        .ssh(&alice, "alice+mri-01")
+        .arg("head -c 24000000 /dev/zero")
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout.len(), 24_000_000, "{:?}", text(&out).1);
+    let id = b
+        .data
+        .run(&["session", "list", "--json"])
+        .ok()
+        .json()
+        .as_array()
+        .unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bundle = format!("/sessions/{id}/evidence.tar");
+    let (first, status) = audrey.get_slowly(&bundle);
+    assert_eq!(status, 200);
+    let (_second, status) = audrey.get_slowly(&bundle);
+    assert_eq!(status, 200);
+    let third = audrey.get(&bundle);
+    assert_eq!(third.status, 429, "a third download at once");
+    assert!(
+        third
+            .body
+            .contains("you are downloading 2 evidence bundles already"),
+        "{}",
+        third.body
+    );
+    // The first download abandoned: its turn comes back once the server sees it gone.
+    drop(first);
+    let mut again = third;
+    let back = wait_until(Duration::from_secs(10), || {
+        again = audrey.get(&bundle);
+        again.status == 200
+    });
+    assert!(back, "the abandoned download's turn: {}", again.status);
+    assert!(again.body.len() > 24_000_000, "{}", again.body.len());
+}
+
 /// Who looked is audited for every session page, a connection record's too, and for every history
 /// list, with or without a text search (a list is audited once per query every ten minutes, not at
 /// each of the page's live refreshes).

@@ -547,6 +547,9 @@ pub enum CoreError {
     /// The state changed (already decided, already revoked).
     #[error("{0}")]
     Conflict(String),
+    /// Too much of one costly thing at once (evidence bundles being made); try again when one finished.
+    #[error("{0}")]
+    Busy(String),
     /// Something failed inside; details are logged by the core, not shown.
     #[error("internal error")]
     Internal,

@@ -262,13 +262,14 @@ async fn player_css() -> impl IntoResponse {
     )
 }
 
-/// One mapping from core errors to HTTP status: 404, 403, 400, 409, and a generic 500.
+/// One mapping from core errors to HTTP status: 404, 403, 400, 409, 429, and a generic 500.
 pub(crate) fn status_of(e: &CoreError) -> StatusCode {
     match e {
         CoreError::NotFound => StatusCode::NOT_FOUND,
         CoreError::Forbidden(_) => StatusCode::FORBIDDEN,
         CoreError::Invalid(_) => StatusCode::BAD_REQUEST,
         CoreError::Conflict(_) => StatusCode::CONFLICT,
+        CoreError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
         CoreError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -27,6 +27,16 @@ pub struct Approver {
     source: Option<String>,
 }
 
+/// A process the test started and stops when this is dropped.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// An HTTP answer: status and body, and where a redirect points (empty if none).
 #[derive(Debug)]
 pub struct Answer {
@@ -326,6 +336,39 @@ impl Approver {
         ]);
         let headers = std::fs::read_to_string(file.path()).unwrap().to_lowercase();
         (answer, headers)
+    }
+
+    /// A GET whose answer is taken slowly (`curl --limit-rate`), left running: a download in progress
+    /// until the returned guard is dropped. Returns once the answer's status line came, with it.
+    pub fn get_slowly(&self, path: &str) -> (Running, u16) {
+        let headers = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "--limit-rate", "16k", "-D"])
+            .arg(headers.path())
+            .arg("-b")
+            .arg(&self.jar)
+            .args(from(self.source.as_deref()))
+            .arg(format!("{}{path}", self.base))
+            .spawn()
+            .expect("curl must be installed");
+        let running = Running(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(headers.path()).unwrap_or_default();
+            if let Some(status) = text
+                .lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|s| s.parse().ok())
+            {
+                return (running, status);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no answer to GET {path} in 10 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// A GET the way the page's live refresh makes it (marked as background: no activity).
