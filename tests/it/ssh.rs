@@ -1441,6 +1441,61 @@ fn a_vendor_at_their_most_connections_is_told_and_others_are_not_held_up() {
         "{}",
         b.log()
     );
+
+    // The cap is asked again right before a code is judged: carol reaches the code prompt under it
+    // (one connection held), signs in elsewhere meanwhile (two held), then answers: told, not judged.
+    let carol = b.vendor("carol", "Acme Imaging");
+    held.push(b.ssh_with(&carol, &["-N"], "carol").spawn().unwrap());
+    assert!(
+        wait_until(Duration::from_secs(20), || logins("carol") == 1),
+        "{}",
+        b.log()
+    );
+    let go = b.data.path().join("carol-go");
+    let answered = b.data.path().join("carol-answered");
+    let code = carol.next_code();
+    let (askpass, prompts) = crate::support::bastion::recording_askpass(
+        b.data.path(),
+        &format!(
+            "if [ -f '{a}' ]; then echo; exit 0; fi\n\
+             while [ ! -f '{g}' ]; do sleep 0.05; done\ntouch '{a}'\necho {code}",
+            a = answered.display(),
+            g = go.display()
+        ),
+    );
+    let waiting = b
+        .ssh_answering(&carol, &[], "carol", &askpass)
+        .arg("true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut waiting = crate::support::web::Running(waiting);
+    assert!(
+        wait_until(Duration::from_secs(20), || prompts.exists()),
+        "{}",
+        b.log()
+    );
+    let first_prompt = std::fs::read_to_string(&prompts).unwrap();
+    assert!(
+        !first_prompt.contains("already hold"),
+        "the key step let it through: {first_prompt}"
+    );
+    held.push(b.ssh_with(&carol, &["-N"], "carol").spawn().unwrap());
+    assert!(
+        wait_until(Duration::from_secs(20), || logins("carol") == 2),
+        "{}",
+        b.log()
+    );
+    std::fs::write(&go, "").unwrap();
+    let status = waiting.0.wait().unwrap();
+    assert_eq!(status.code(), Some(255));
+    let prompts = std::fs::read_to_string(&prompts).unwrap();
+    assert!(
+        prompts.contains("you already hold 2 connections to the bastion, the most"),
+        "{prompts}"
+    );
+    assert_eq!(logins("carol"), 2, "a third sign-in got past the cap");
     for mut c in held {
         let _ = c.kill();
         let _ = c.wait();
