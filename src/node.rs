@@ -65,7 +65,7 @@ pub async fn leave(app: &App) {
 }
 
 /// Ends the open sessions of nodes that are gone and finishes the recordings nobody finished (those whose
-/// file is here).
+/// file is here, of sessions another node ran).
 pub async fn sweep(app: &App) -> Result<Swept, StoreError> {
     let mut swept = Swept::default();
     let alive_after = app.clock.now() - GONE_AFTER_SECS;
@@ -78,7 +78,7 @@ pub async fn sweep(app: &App) -> Result<Swept, StoreError> {
             swept.sessions += 1;
         }
     }
-    for r in app.store.unfinished_recordings().await? {
+    for r in app.store.unfinished_recordings(&app.node).await? {
         if finish_recording(app, &r).await? {
             swept.recordings += 1;
         }

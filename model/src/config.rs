@@ -478,13 +478,22 @@ pub struct WebConfig {
 pub struct DatabaseConfig {
     /// `sqlite://PATH` (PATH relative to the config file) or `postgres://…`.
     pub url: String,
+    /// How long this node keeps its sessions without a complete re-read of the database (grants,
+    /// terminations, vendors): past it they end, cause `lost`, since a revocation made on another node
+    /// would go unseen. At most [`DATABASE_LEASE_MAX`].
+    pub lease: Duration,
 }
+
+/// The longest `[database] lease`: other nodes take a node whose heartbeat is 30 s old for gone and end
+/// its sessions' rows; it must have closed them itself before that.
+pub const DATABASE_LEASE_MAX: Duration = Duration::from_secs(25);
 
 impl fmt::Debug for DatabaseConfig {
     /// A PostgreSQL URL may carry a password: never print it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DatabaseConfig")
             .field("url", &redact_url(&self.url))
+            .field("lease", &self.lease)
             .finish()
     }
 }
@@ -1015,12 +1024,14 @@ impl Default for RawWeb {
 #[serde(deny_unknown_fields, default)]
 struct RawDatabase {
     url: String,
+    lease: String,
 }
 
 impl Default for RawDatabase {
     fn default() -> Self {
         RawDatabase {
             url: "sqlite://chaperone.db".into(),
+            lease: "20s".into(),
         }
     }
 }
@@ -1285,6 +1296,17 @@ impl Config {
                 raw.web.max_connections_per_address,
             )?,
         };
+        let lease = duration("database.lease", &raw.database.lease)?;
+        if lease > DATABASE_LEASE_MAX || lease < Duration::from_secs(2) {
+            return Err(invalid(
+                "database.lease",
+                format!(
+                    "{:?} must be 2s to {}s (other nodes take a node silent for 30 s for gone)",
+                    raw.database.lease,
+                    DATABASE_LEASE_MAX.as_secs()
+                ),
+            ));
+        }
         let database = if let Some(file) = raw.database.url.strip_prefix("sqlite://") {
             if file.is_empty() {
                 return Err(invalid(
@@ -1294,12 +1316,14 @@ impl Config {
             }
             DatabaseConfig {
                 url: format!("sqlite://{}", resolve(file).display()),
+                lease,
             }
         } else if raw.database.url.starts_with("postgres://")
             || raw.database.url.starts_with("postgresql://")
         {
             DatabaseConfig {
                 url: raw.database.url,
+                lease,
             }
         } else {
             return Err(invalid(
@@ -2120,6 +2144,10 @@ max_pending_per_vendor = 5
 [database]
 # SQLite file (embedded default) or postgres://user:password@host/db for several nodes.
 url = "sqlite://chaperone.db"
+# How long this node keeps its sessions open without hearing from the database (a complete re-read of
+# grants, terminations and vendors): past it they end (cause "lost"), since a revocation made on another
+# node would go unseen. 2s to 25s.
+lease = "20s"
 
 [secrets]
 # 32-byte key that encrypts device credentials and TOTP seeds (mode 0600). See SECURITY.md to rotate it.

@@ -1059,10 +1059,10 @@ mod tests {
     #[test]
     fn every_end_is_one_the_history_can_filter_on() {
         use Cause::*;
-        for cause in [Expired, Revoked, Terminated, Disabled, Shutdown, Idle] {
+        for cause in [Expired, Revoked, Terminated, Disabled, Shutdown, Idle, Lost] {
             // No wildcard: a new cause fails to compile here until it is listed above.
             match cause {
-                Expired | Revoked | Terminated | Disabled | Shutdown | Idle => {}
+                Expired | Revoked | Terminated | Disabled | Shutdown | Idle | Lost => {}
             }
             let end = End::Closed(Close {
                 cause,

@@ -64,6 +64,9 @@ pub enum Cause {
     Shutdown,
     /// Nothing passed on the session's connection for `[ssh] idle_timeout`.
     Idle,
+    /// This node lost the database for `[database] lease`, or another node took it for gone and ended
+    /// the session's row: what runs here can no longer be held to what the database says.
+    Lost,
 }
 
 impl Cause {
@@ -75,6 +78,7 @@ impl Cause {
             Cause::Disabled => "disabled",
             Cause::Shutdown => "shutdown",
             Cause::Idle => "idle",
+            Cause::Lost => "lost",
         }
     }
 }
@@ -404,6 +408,20 @@ impl LiveSessions {
         ids
     }
 
+    /// The started sessions of this node (those with a row in the store).
+    pub fn started_ids(&self) -> Vec<String> {
+        self.inner
+            .sessions
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, e)| e.started)
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The signed-in logins (vendor and key) of this node, each once.
     pub fn logins(&self) -> Vec<Principal> {
         let mut logins: Vec<Principal> = self
@@ -569,6 +587,22 @@ impl LiveSessions {
         }
         cut_after(kills, grace);
         cut
+    }
+
+    /// Closes the sessions among `ids`, or every session of this node when `ids` is `None`, as lost
+    /// ([`Cause::Lost`]), telling the vendor `text`; returns how many it closed.
+    pub fn lose(&self, ids: Option<&[String]>, text: &str) -> usize {
+        let Ok(map) = self.inner.sessions.lock() else {
+            return 0;
+        };
+        let mut n = 0;
+        for (id, entry) in map.iter() {
+            if ids.is_none_or(|ids| ids.contains(id)) {
+                entry.close(Cause::Lost, text.to_owned());
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Closes every session on this node (the process is stopping).

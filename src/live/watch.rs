@@ -15,7 +15,15 @@
 //! The time check runs in a loop of its own that never waits for the database, and each re-read is
 //! bounded by [`RECHECK_TIMEOUT`], so a database that hangs (a partition without a reset, a lock held
 //! by another node's migration) delays only what only the database can say (revocations, disables).
+//! But not for long: once the database has not answered a complete re-read for `[database] lease`
+//! (20 s), the time loop closes every session of the node, cause `lost` (a revocation made on another
+//! node would go unseen), and goes on closing any that start until the database answers again. The
+//! lease is shorter than the 30 s after which other nodes take this one for gone and end its sessions'
+//! rows; a session whose row another node ended all the same (this node's heartbeat stalled, or its
+//! clock is behind) is closed at the next re-read.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -45,15 +53,23 @@ pub async fn watch(
     every: Duration,
     mut stop: stop_watch::Receiver<bool>,
 ) {
+    // When the store loop last heard the database out (milliseconds since `epoch`, monotonic).
+    let epoch = Instant::now();
+    let heard = Arc::new(AtomicU64::new(0));
     let clock = {
         let (app, live, mut stop) = (app.clone(), live.clone(), stop.clone());
+        let heard = Arc::clone(&heard);
         async move {
             let mut tick = interval(every);
-            // Idle time is counted on a monotonic clock: a wall clock set forward idles nobody.
-            let epoch = Instant::now();
+            let mut lapsed = false;
             while next_tick(&mut tick, &mut stop).await {
                 // From memory only: never waits for the database.
                 live.tick(app.clock.now());
+                let silent = epoch
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(heard.load(Ordering::Relaxed)));
+                lapsed = out_of_touch(&live, silent, app.config.database.lease, lapsed);
+                // Idle time is counted on a monotonic clock: a wall clock set forward idles nobody.
                 if let Some(timeout) = app.config.ssh.idle_timeout {
                     let now = i64::try_from(epoch.elapsed().as_secs()).unwrap_or(i64::MAX);
                     for (who, peer, why) in live.idle(now, timeout, EVICTION_GRACE) {
@@ -74,9 +90,15 @@ pub async fn watch(
             match head {
                 Ok(Ok((head, _))) => {
                     let due = seen_head != Some(head) || last_full.elapsed() >= FULL_CHECK_EVERY;
-                    if due && recheck_in_time(&app, &live).await {
+                    // Heard out: nothing changed since the last complete re-read, or this one is.
+                    let complete = !due || recheck_in_time(&app, &live).await;
+                    if due && complete {
                         seen_head = Some(head);
                         last_full = Instant::now();
+                    }
+                    if complete {
+                        let at = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+                        heard.store(at, Ordering::Relaxed);
                     }
                 }
                 Ok(Err(e)) => {
@@ -90,6 +112,31 @@ pub async fn watch(
         }
     };
     tokio::join!(clock, store);
+}
+
+/// The lease: once the database has been silent for `lease`, every session of the node is closed (and
+/// any that starts, at each tick, until it answers). Logs the lapse and its end once; returns whether
+/// the node is out of touch now.
+fn out_of_touch(live: &LiveSessions, silent: Duration, lease: Duration, was: bool) -> bool {
+    let lapsed = silent >= lease;
+    if lapsed {
+        let closed = live.lose(
+            None,
+            "this bastion node has lost its database and can no longer check your access; \
+             the session is closed (connect again)",
+        );
+        if !was || closed > 0 {
+            tracing::error!(
+                silent_secs = silent.as_secs(),
+                sessions = closed,
+                "the database has not answered a complete re-read within [database] lease: \
+                 closing this node's sessions (a revocation made elsewhere would go unseen)"
+            );
+        }
+    } else if was {
+        tracing::warn!("the database answers again: sessions may start on this node");
+    }
+    lapsed
 }
 
 /// A tick every `every`; one missed waits for the next (no burst of catch-up ticks).
@@ -156,6 +203,27 @@ async fn recheck(app: &App, live: &LiveSessions) -> bool {
         Ok(list) => live.terminate(&list),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read terminated sessions");
+            complete = false;
+        }
+    }
+    // A row ended while its session runs here: another node took this one for gone. What runs is
+    // brought in line with what the database says (and the approvers' live list shows).
+    match app.store.ended_among(&live.started_ids()).await {
+        Ok(ended) if !ended.is_empty() => {
+            let n = live.lose(
+                Some(&ended),
+                "this session was ended by another bastion node, which took this one for stopped; \
+                 it is closed (connect again)",
+            );
+            tracing::error!(
+                sessions = n,
+                "another node ended sessions live here (this node's heartbeat stalled, or its clock \
+                 is behind the others'): closing them"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot re-read live sessions' ends");
             complete = false;
         }
     }

@@ -105,12 +105,17 @@ impl Store {
     }
 
     /// Recordings without a digest whose session has ended: their writer stopped before finishing them.
-    pub async fn unfinished_recordings(&self) -> Result<Vec<RecordingRow>> {
+    /// Never those of node `except` (the caller's own): its recordings are written by this very process,
+    /// which closes each at its session's end, even when another node took it for gone and ended the
+    /// session's row meanwhile; a digest of its file taken here would be of a recording still growing.
+    pub async fn unfinished_recordings(&self, except: &str) -> Result<Vec<RecordingRow>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {} FROM recordings r JOIN sessions s ON s.id = r.session_id \
-             WHERE r.closed_at IS NULL AND s.ended_at IS NOT NULL ORDER BY r.id",
+             WHERE r.closed_at IS NULL AND s.ended_at IS NOT NULL \
+             AND (s.node IS NULL OR s.node <> $1) ORDER BY r.id",
             super::sessions::RECORDING_COLUMNS
         )))
+        .bind(except)
         .fetch_all(&self.pool)
         .await
         .context("looking for unfinished recordings")?;

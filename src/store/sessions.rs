@@ -126,6 +126,29 @@ impl Store {
             .collect()
     }
 
+    /// Of the sessions `ids` (live on the caller's node), those whose row says they ended: another node
+    /// took the caller for gone (a heartbeat not seen for 30 s) and ended them as abandoned.
+    pub async fn ended_among(&self, ids: &[String]) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(500) {
+            let placeholders = super::placeholders(chunk.len());
+            let mut query = sqlx::query(AssertSqlSafe(format!(
+                "SELECT id FROM sessions WHERE ended_at IS NOT NULL AND id IN ({placeholders})"
+            )));
+            for id in chunk {
+                query = query.bind(id.as_str());
+            }
+            let rows = query
+                .fetch_all(&self.pool)
+                .await
+                .context("re-reading live sessions' ends")?;
+            for row in &rows {
+                out.push(get(row, "id")?);
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn session(&self, id: &str) -> Result<SessionRow> {
         let row = sqlx::query(AssertSqlSafe(format!("{SESSION_SELECT} WHERE s.id = $1")))
             .bind(id)

@@ -397,3 +397,126 @@ fn a_grant_ends_on_time_while_the_database_hangs() {
     );
     assert!(took < Duration::from_secs(10 + 4), "closed after {took:?}");
 }
+
+/// A node must not run sessions it can no longer hold to the database. Taken for gone by another node
+/// (its heartbeat stalled, or its clock is behind), its session's row is ended there: the node closes
+/// the session at its next re-read, and the recording, written here to the end, still proves intact
+/// (no other node's sweep of this one's own file). Cut off from the database for `[database] lease`,
+/// it closes every session (a revocation made elsewhere would go unseen), and serves again once the
+/// database answers.
+#[test]
+fn a_node_taken_for_gone_or_cut_off_from_its_database_closes_its_sessions() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    use sqlx::Connection as _;
+
+    let Some(sshd) = crate::support::sshd::Sshd::start() else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(url) = rt.block_on(postgres::fresh_database()) else {
+        return;
+    };
+    let data = on_postgres(&url);
+    edit(&data.config(), "lease = \"20s\"", "lease = \"3s\"");
+    let b = Bastion::start(data);
+    b.device("mri-01", &sshd, &[]);
+    let carol = b.vendor("carol", "Acme Imaging");
+    b.grant("carol", "mri-01", "ssh", "1h");
+    sqlx::any::install_default_drivers();
+    let sql = |statement: String| {
+        rt.block_on(async {
+            let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        });
+    };
+    let session = |cmd: &str| {
+        b.ssh(&carol, "carol+mri-01")
+            .arg(cmd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    // Taken for gone: another node ended the row (as its sweep does), and the audit head moved.
+    let child = session("echo up; sleep 60");
+    let id = b.live_session_id();
+    let started = Instant::now();
+    sql(format!(
+        "UPDATE sessions SET ended_at = {}, end_reason = 'ended by node-other', end_cause = 'lost' \
+         WHERE id = '{id}'",
+        crate::support::bastion::now()
+    ));
+    b.vendor("dave", "Acme Imaging");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("up"));
+    assert!(
+        stderr.contains("this session was ended by another bastion node"),
+        "{stderr}\n{}",
+        b.log()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut verified = String::new();
+    assert!(
+        crate::support::bastion::wait_until(Duration::from_secs(15), || {
+            verified = b.data.run(&["session", "verify", &id]).ok().stdout();
+            verified.contains("intact")
+        }),
+        "{verified}\n{}",
+        b.log()
+    );
+
+    // Cut off: every read of the audit head waits on this lock.
+    let child = session("echo up; sleep 60");
+    b.live_session_id();
+    let mut lock = rt.block_on(async {
+        let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+        sqlx::query("LOCK TABLE audit_head IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn
+    });
+    let cut_off = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let took = cut_off.elapsed();
+    rt.block_on(async {
+        sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+        lock.close().await.unwrap();
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("this bastion node has lost its database"),
+        "{stderr}\n{}",
+        b.log()
+    );
+    assert!(took < Duration::from_secs(30), "closed after {took:?}");
+    // The database answers again: sessions start and run as before.
+    let mut out = None;
+    assert!(
+        crate::support::bastion::wait_until(Duration::from_secs(20), || {
+            let o = b
+                .ssh(&carol, "carol+mri-01")
+                .arg("sleep 2; echo again")
+                .output()
+                .unwrap();
+            let ok = String::from_utf8_lossy(&o.stdout).contains("again");
+            out = Some(o);
+            ok
+        }),
+        "{:?}\n{}",
+        out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned()),
+        b.log()
+    );
+}

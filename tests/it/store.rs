@@ -332,7 +332,13 @@ async fn sessions_of_a_gone_node_are_found_and_ended_once() {
             ("s-dead", "node-dead")
         );
         assert_eq!(gone[0].vendor, "alice");
-        assert!(store.unfinished_recordings().await.unwrap().is_empty());
+        assert!(
+            store
+                .unfinished_recordings("node-x")
+                .await
+                .unwrap()
+                .is_empty()
+        );
 
         let mut first = store.begin().await.unwrap();
         assert!(
@@ -358,8 +364,16 @@ async fn sessions_of_a_gone_node_are_found_and_ended_once() {
             (Some(510), Some("node gone"))
         );
 
-        // Its recording has no digest yet: listed, then closed once.
-        let unfinished = store.unfinished_recordings().await.unwrap();
+        // Its recording has no digest yet: listed, then closed once. Not to node-dead itself: a node
+        // taken for gone while it still runs (a clock behind, a stalled heartbeat) writes it still.
+        assert!(
+            store
+                .unfinished_recordings("node-dead")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let unfinished = store.unfinished_recordings("node-live").await.unwrap();
         assert_eq!(unfinished.len(), 1);
         assert_eq!(unfinished[0].path, "/r/s-dead.exec");
         let mut tx = store.begin().await.unwrap();
@@ -375,7 +389,13 @@ async fn sessions_of_a_gone_node_are_found_and_ended_once() {
         );
         tx.audit(ev(Action::RecordingRecovered), 520).await.unwrap();
         tx.commit("t").await.unwrap();
-        assert!(store.unfinished_recordings().await.unwrap().is_empty());
+        assert!(
+            store
+                .unfinished_recordings("node-live")
+                .await
+                .unwrap()
+                .is_empty()
+        );
 
         // A node that never registered counts as gone; a clean stop removes the node.
         store.node_gone("node-live", 0).await.unwrap();
