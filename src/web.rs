@@ -643,6 +643,35 @@ impl WebCore {
         if matches!(attempt.second, SecondFactor::Reauthentication) {
             return Ok(Verdict::Refused);
         }
+        // The entry had a second factor under another name (renamed, or a second name, once the
+        // re-check found the first one gone): a new one is not set up with the password alone, or a
+        // phished password would take the person's role. An administrator opens the setup
+        // (`chaperone user enroll NAME`) once they know it is that person.
+        if let Some(earlier) = app
+            .store
+            .factor_of_entry_elsewhere(entry, Some(id))
+            .await
+            .map_err(internal)?
+        {
+            tracing::warn!(name = %attempt.name, dn = %found.dn, earlier = %earlier,
+                "directory sign-in refused: the entry set up its second factor under another name; \
+                 an administrator opens this name's setup with `chaperone user enroll`");
+            let mut tx = app.store.begin().await.map_err(internal)?;
+            tx.audit(
+                AuditEvent::new(
+                    "system",
+                    Action::StaffSigninFailed,
+                    format!("user:{}", attempt.name),
+                    json!({"why": "second factor set up under another name", "earlier": earlier,
+                           "dn": found.dn, "source": source}),
+                ),
+                now,
+            )
+            .await
+            .map_err(internal)?;
+            tx.commit("staff.signin.failed").await.map_err(internal)?;
+            return Ok(Verdict::Refused);
+        }
         // The right password and no second factor yet: enrol one through a link of its own.
         let token = crate::secrets::random_hex(32);
         let hash = hex::encode(Sha256::digest(token.as_bytes()));

@@ -36,6 +36,14 @@ pub enum UserCommand {
     },
     /// Disable a staff user (also voids an unused enrollment link).
     Disable { name: String },
+    /// Open the second-factor setup of a directory account that has none, as a one-time link to hand
+    /// over: needed when its directory entry set up a factor under another name before (a rename),
+    /// since then the password alone does not open it.
+    Enroll {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `--role`: the role names, listed in `--help` (`Role` lives in `chaperone-model`, which knows no clap).
@@ -109,6 +117,58 @@ pub async fn run(config: &Path, cmd: UserCommand) -> anyhow::Result<()> {
                 })
                 .collect::<Vec<_>>();
             table(&["NAME", "ROLE", "STATUS", "CREATED"], &rows);
+        }
+        UserCommand::Enroll {
+            name,
+            json: as_json,
+        } => {
+            refuse(check_name("user", &name))?;
+            let Some(user) = app.store.staff_auth(&name).await? else {
+                anyhow::bail!("no staff user named {name}");
+            };
+            if !user.directory {
+                anyhow::bail!(
+                    "{name} is a local account: its enrollment link came with `user add` (add it again under another name if it was lost)"
+                );
+            }
+            if !user.enabled {
+                anyhow::bail!(
+                    "{name} is disabled; the directory enables it again at its next sign-in"
+                );
+            }
+            if user.has_second_factor() {
+                anyhow::bail!("{name} has a second factor already");
+            }
+            let token = random_hex(32);
+            let token_hash = hex::encode(Sha256::digest(token.as_bytes()));
+            let expires = now + ENROLL_VALID_SECS;
+            let mut tx = app.store.begin().await?;
+            if !tx
+                .open_directory_enrollment(user.id, &token_hash, expires)
+                .await?
+            {
+                anyhow::bail!("{name} has a second factor already");
+            }
+            tx.audit(
+                AuditEvent::new(
+                    &actor,
+                    Action::UserEnrollOpen,
+                    format!("user:{name}"),
+                    json!({"directory": true, "by": "cli", "enroll_expires_at": expires}),
+                ),
+                now,
+            )
+            .await?;
+            tx.commit("user.enroll.open").await?;
+            let link = format!("{}/enroll/{token}", app.config.web.public_url);
+            if as_json {
+                return json(&json!({"name": name, "enroll_url": link, "expires_at": expires}));
+            }
+            println!(
+                "One-time second-factor setup for {name} (valid until {}; send it to {name} over a trusted channel):",
+                format_time(expires)
+            );
+            println!("{link}");
         }
         UserCommand::Disable { name } => {
             let u = app.store.require_staff_user(&name).await?;

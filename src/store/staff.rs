@@ -202,6 +202,35 @@ impl Store {
         account_of_entry(&self.pool, entry, except).await
     }
 
+    /// An earlier account of directory entry `entry` (other than `except`) that the directory disabled
+    /// (its name went: a rename, a second name) and that holds a second factor: its name, if any. The
+    /// entry signing in under a new name must not set up a new factor with the password alone while the
+    /// person's factor is on record: whoever phished the password would hold the account.
+    pub async fn factor_of_entry_elsewhere(
+        &self,
+        entry: EntryRef<'_>,
+        except: Option<i64>,
+    ) -> Result<Option<String>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {AUTH_COLUMNS} FROM staff_users WHERE source = $1 AND dn IS NOT NULL \
+             AND directory_disabled = 1 ORDER BY id"
+        )))
+        .bind(SOURCE_DIRECTORY)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading earlier accounts of a directory entry")?;
+        for row in &rows {
+            let user = staff_auth(row)?;
+            if Some(user.id) != except
+                && user.has_second_factor()
+                && entry.is(user.dn.as_deref(), user.entry_id.as_deref())
+            {
+                return Ok(Some(user.name));
+            }
+        }
+        Ok(None)
+    }
+
     /// Every enabled staff member from the directory (the re-check's list).
     pub async fn directory_staff(&self) -> Result<Vec<StaffAuth>> {
         let rows = sqlx::query(AssertSqlSafe(format!(

@@ -465,6 +465,86 @@ fn directory_approver_enrols_at_first_sign_in_approves_and_is_signed_out_when_re
     );
     assert_eq!(revoked.status, 200, "{}", revoked.body);
 
+    // Renamed in the directory (uid erin becomes erin.old, her second name): once the re-check found
+    // "erin" gone, the new name is the same person, whose second factor is on record under the old
+    // one. The password alone does not set up a new factor for it (a phished password would take her
+    // role); an administrator opens the setup, handing the link over themselves.
+    let renamed = person("erin").replacen("uid=erin,", "uid=erin.old,", 1);
+    dir.modify(&format!(
+        "dn: {}\nchangetype: modrdn\nnewrdn: uid=erin.old\ndeleteoldrdn: 1\n\n\
+         dn: {}\nchangetype: modify\ndelete: member\nmember: {}\n-\nadd: member\nmember: {renamed}\n",
+        person("erin"),
+        group("approvers"),
+        person("erin")
+    ));
+    assert!(
+        wait_until(Duration::from_secs(15), || erin.get("/api/requests").status
+            == 401),
+        "erin is still signed in though her name went\n{}",
+        b.log()
+    );
+    let (status, location, body) =
+        form_sign_in_from(&b, Some("127.0.0.11"), "erin.old", "dirpw-erin");
+    assert_eq!(status, 401, "{location}\n{body}\n{}", b.log());
+    assert!(
+        audit(&b)
+            .lines()
+            .any(|l| l.contains("\"staff.signin.failed\"")
+                && l.contains("user:erin.old")
+                && l.contains("second factor set up under another name")),
+        "{}",
+        audit(&b)
+    );
+    let opened = b
+        .data
+        .run(&["user", "enroll", "erin.old", "--json"])
+        .ok()
+        .json();
+    let link = opened["enroll_url"].as_str().unwrap().to_owned();
+    let token = link.rsplit('/').next().unwrap().to_owned();
+    let page = curl(None, &[&format!("{}/enroll/{token}", base(&b))]);
+    assert_eq!(page.status, 200, "{}", page.body);
+    let secret_old = page
+        .body
+        .split("id=\"totp-secret\">")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .unwrap()
+        .to_owned();
+    let mut erin_old = Approver::with_secret(&b, "erin.old", "dirpw-erin", &secret_old);
+    let done = curl(
+        None,
+        &[
+            "--data-urlencode",
+            &format!("code={}", erin_old.next_code()),
+            &format!("{}/enroll/{token}", base(&b)),
+        ],
+    );
+    assert!(done.body.contains("You are enrolled"), "{}", done.body);
+    erin_old.source(Some("127.0.0.11"));
+    erin_old.login();
+    assert_eq!(erin_old.get("/api/requests").status, 200);
+    // A second `user enroll` of an account with a factor is refused.
+    let again = b.data.run(&["user", "enroll", "erin.old"]);
+    assert!(
+        again
+            .fails(1)
+            .stderr()
+            .contains("has a second factor already"),
+        "{}",
+        again.stderr()
+    );
+    // Named erin again (for what follows): her first account signs in as before.
+    dir.modify(&format!(
+        "dn: {renamed}\nchangetype: modrdn\nnewrdn: uid=erin\ndeleteoldrdn: 0\n\n\
+         dn: {}\nchangetype: modify\ndelete: member\nmember: {renamed}\n-\nadd: member\nmember: {}\n",
+        group("approvers"),
+        person("erin")
+    ));
+    // (from here on from an address of her own: the test's sign-ins from 127.0.0.1 are counted)
+    erin.source(Some("127.0.0.13"));
+    erin.login();
+
     // Disabled in the directory, as Active Directory offboards (the entry and its groups stay,
     // ACCOUNTDISABLE is set): the re-check ends her web session as a removal would. Enabled again,
     // she signs in.
@@ -561,8 +641,9 @@ fn directory_approver_enrols_at_first_sign_in_approves_and_is_signed_out_when_re
 
     // The directory down: directory accounts are told so; the local admin still signs in.
     dir.stop();
-    let down = Approver::with_secret(&b, "audrey", "dirpw-audrey", &secret)
-        .try_login("dirpw-audrey", "123456");
+    let mut down = Approver::with_secret(&b, "audrey", "dirpw-audrey", &secret);
+    down.source(Some("127.0.0.12"));
+    let down = down.try_login("dirpw-audrey", "123456");
     assert_eq!(down.status, 503, "{}", down.body);
     assert!(
         down.body.contains("directory is unreachable"),
