@@ -13,27 +13,118 @@ pub mod signin;
 pub mod totp;
 pub mod vendor_passkeys;
 
-/// The audit actor for a CLI command: the OS user who ran it (`os:root`).
+/// The audit actor for a CLI command: the person who ran it, as the kernel knows them (`os:erin`).
+///
+/// Never from `USER` or `LOGNAME`, which anyone sets (`USER=alice chaperone grant add …` would chain a
+/// grant under a colleague's name and send it to the audit repository as hers). In order:
+/// - the login uid (`/proc/self/loginuid`, set by pam_loginuid at login and kept through `su` and
+///   `sudo`; an unprivileged process cannot change it): the person who logged in;
+/// - with none (a container, a service, a console without PAM): `SUDO_USER` when running as root under
+///   sudo (sudo sets it from the invoking user, and its `env_reset` keeps callers from setting it),
+/// - else the real uid.
+///
+/// Names come from `/etc/passwd` (a uid without one is `uid1234`), kept to a safe alphabet.
 pub fn os_actor() -> String {
-    let name = std::env::var("SUDO_USER")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
-        .or_else(|| std::env::var("LOGNAME").ok().filter(|u| !u.is_empty()))
-        .or_else(uid_from_proc)
-        .unwrap_or_else(|| "unknown".to_owned());
-    // The name comes from the environment: keep it to a safe alphabet before it enters the audit log.
+    let loginuid = std::fs::read_to_string("/proc/self/loginuid").ok();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let sudo_user = std::env::var("SUDO_USER").ok();
+    let name = actor_name(
+        loginuid.as_deref(),
+        real_uid(),
+        sudo_user.as_deref(),
+        &passwd,
+    );
+    format!("os:{name}")
+}
+
+/// [`os_actor`]'s choice, from what it read.
+fn actor_name(
+    loginuid: Option<&str>,
+    uid: Option<u32>,
+    sudo_user: Option<&str>,
+    passwd: &str,
+) -> String {
+    // 4294967295 ((uid_t)-1): no login uid was set.
+    let login = loginuid
+        .and_then(|l| l.trim().parse::<u32>().ok())
+        .filter(|&l| l != u32::MAX);
+    let name = match (login, uid) {
+        (Some(login), _) => user_name(passwd, login),
+        (None, Some(0)) => match sudo_user.filter(|u| !u.is_empty()) {
+            Some(u) => u.to_owned(),
+            None => user_name(passwd, 0),
+        },
+        (None, Some(uid)) => user_name(passwd, uid),
+        (None, None) => "unknown".to_owned(),
+    };
     let clean: String = name
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         .take(64)
         .collect();
-    format!("os:{clean}")
+    if clean.is_empty() {
+        "unknown".to_owned()
+    } else {
+        clean
+    }
 }
 
-fn uid_from_proc() -> Option<String> {
+/// The name of `uid` in `passwd` (`/etc/passwd`'s format), or `uid1234`.
+fn user_name(passwd: &str, uid: u32) -> String {
+    passwd
+        .lines()
+        .filter_map(|l| {
+            let mut fields = l.split(':');
+            let name = fields.next()?;
+            let id = fields.nth(1)?.parse::<u32>().ok()?;
+            (id == uid).then(|| name.to_owned())
+        })
+        .next()
+        .unwrap_or_else(|| format!("uid{uid}"))
+}
+
+/// This process's real uid (`Uid:` in `/proc/self/status`).
+fn real_uid() -> Option<u32> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    let uid = line.split_whitespace().nth(1)?;
-    Some(format!("uid{uid}"))
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::actor_name;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\nerin:x:1000:1000::/home/erin:/bin/bash\n\
+                          chaperone:x:998:998::/var/lib/chaperone:/usr/sbin/nologin\n";
+
+    #[test]
+    fn the_actor_is_who_the_kernel_says_not_what_the_environment_claims() {
+        // Logged in as erin: erin, through sudo and whatever SUDO_USER says.
+        assert_eq!(
+            actor_name(Some("1000\n"), Some(0), Some("alice"), PASSWD),
+            "erin"
+        );
+        assert_eq!(actor_name(Some("1000"), Some(998), None, PASSWD), "erin");
+        // No login uid: root under sudo is the invoking user; otherwise the uid's name.
+        assert_eq!(
+            actor_name(Some("4294967295"), Some(0), Some("erin"), PASSWD),
+            "erin"
+        );
+        assert_eq!(
+            actor_name(Some("4294967295"), Some(0), None, PASSWD),
+            "root"
+        );
+        // SUDO_USER is not believed from anyone but root.
+        assert_eq!(
+            actor_name(None, Some(998), Some("alice"), PASSWD),
+            "chaperone"
+        );
+        assert_eq!(actor_name(None, Some(4242), None, PASSWD), "uid4242");
+        assert_eq!(actor_name(None, None, None, PASSWD), "unknown");
+        assert_eq!(
+            actor_name(None, Some(0), Some("a\u{1b}[2J b;rm"), PASSWD),
+            "a2Jbrm"
+        );
+        assert_eq!(actor_name(None, Some(0), Some("\u{1b}"), PASSWD), "unknown");
+    }
 }

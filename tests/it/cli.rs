@@ -110,6 +110,50 @@ fn usage_errors_exit_2() {
     d.run(&["asset", "add", "x", "--zone", "z"]).fails(2);
 }
 
+/// The audit actor of a command is who the kernel says ran it: `USER` and `LOGNAME`, which anyone sets,
+/// do not put a colleague's name on a grant.
+#[test]
+fn the_cli_actor_is_not_taken_from_user_or_logname() {
+    let d = DataDir::init();
+    let out = Command::new(chaperone_bin())
+        .arg("-c")
+        .arg(d.config())
+        .args([
+            "asset",
+            "add",
+            "ct-01",
+            "--address",
+            "127.0.0.1",
+            "--zone",
+            "radiology",
+            "--purpose",
+            "CT",
+            "--service",
+            "ssh:22/ssh",
+        ])
+        .env_remove("SUDO_USER")
+        .env("USER", "alice")
+        .env("LOGNAME", "alice")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let audit = d
+        .run(&["audit", "export", "--format", "jsonl"])
+        .ok()
+        .stdout();
+    let added = audit
+        .lines()
+        .find(|l| l.contains("\"asset.add\""))
+        .unwrap_or_else(|| panic!("{audit}"));
+    let event: serde_json::Value = serde_json::from_str(added).unwrap();
+    let actor = event["actor"].as_str().unwrap();
+    assert!(actor.starts_with("os:") && actor != "os:alice", "{added}");
+}
+
 #[test]
 fn vendor_add_prints_totp_uri_and_refuses_bad_input() {
     let d = DataDir::init();
