@@ -430,10 +430,8 @@ impl Directory {
             .await
             .map_err(|source| self.unreachable(source))?;
         let (entries, res) = (result.0, result.1);
-        Ok(match searched(base, scope, &res)? {
-            Searched::Entries => entries.into_iter().map(SearchEntry::construct).collect(),
-            Searched::NoBase => Vec::new(),
-        })
+        searched(base, &res)?;
+        Ok(entries.into_iter().map(SearchEntry::construct).collect())
     }
 
     /// [`Directory::search`] a page at a time (RFC 2696 paged results, [`PAGE_SIZE`] entries a page):
@@ -467,10 +465,8 @@ impl Directory {
             entries.push(SearchEntry::construct(entry));
         }
         let res = stream.finish().await;
-        Ok(match searched(base, scope, &res)? {
-            Searched::Entries => entries,
-            Searched::NoBase => Vec::new(),
-        })
+        searched(base, &res)?;
+        Ok(entries)
     }
 
     /// Every vendor entry under `[ldap.vendors] base` (none when the section is absent).
@@ -518,18 +514,13 @@ impl Directory {
     }
 }
 
-/// What a search's result code says of its entries.
-enum Searched {
-    Entries,
-    /// The base of a subtree search is missing: nothing under it.
-    NoBase,
-}
-
-/// Reads a search's result code: success, a missing base (for a subtree search), or an error.
-fn searched(base: &str, scope: Scope, res: &ldap3::LdapResult) -> Result<Searched, LdapError> {
+/// Reads a search's result code: success, or an error. A base that does not exist (rc=32) is an error
+/// too, not an empty answer: the bases searched are configured (`user_base`, `[ldap.vendors] base`),
+/// and one renamed, moved or hidden from the service account by an ACL change would otherwise read as
+/// "everyone left", disabling every directory account and vendor at the next re-check and sync.
+fn searched(base: &str, res: &ldap3::LdapResult) -> Result<(), LdapError> {
     match res.rc {
-        0 => Ok(Searched::Entries),
-        32 if scope == Scope::Subtree => Ok(Searched::NoBase),
+        0 => Ok(()),
         rc => Err(LdapError::Search {
             base: base.to_owned(),
             text: format!("rc={rc} {} {}", result_name(rc), res.text)

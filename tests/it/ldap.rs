@@ -789,6 +789,28 @@ fn directory_vendor_self_enrols_over_openssh_and_is_cut_off_by_the_sync() {
         live.try_wait().unwrap().is_none(),
         "the connection did not stay up"
     );
+    // The vendors' base renamed (or hidden by an ACL change): an error, not "every vendor left". Nobody
+    // is disabled or cut while the sync cannot read it; named back, the sync goes on.
+    dir.modify(&format!(
+        "dn: ou=vendors,{s}\nchangetype: modrdn\nnewrdn: ou=vendors-moved\ndeleteoldrdn: 1\n",
+        s = slapd::SUFFIX
+    ));
+    assert!(
+        wait_until(Duration::from_secs(15), || b.log().contains("noSuchObject")),
+        "{}",
+        b.log()
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        live.try_wait().unwrap().is_none(),
+        "the sync took a missing base for every vendor gone\n{}",
+        b.log()
+    );
+    assert!(!audit(&b).contains("removed from the directory"));
+    dir.modify(&format!(
+        "dn: ou=vendors-moved,{s}\nchangetype: modrdn\nnewrdn: ou=vendors\ndeleteoldrdn: 1\n",
+        s = slapd::SUFFIX
+    ));
     // Someone who may add entries in their own organisation's OU adds another `vic` with their key:
     // vic is tied to the entry it was added from, so the impostor's key is never vic's and vic's
     // own key, access and connection stay.
