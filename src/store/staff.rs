@@ -807,13 +807,18 @@ impl Tx {
                 .await
                 .context("updating a directory user")?;
             }
+            // Only an account still enabled: one an administrator disabled meanwhile (after the
+            // re-check read its list) stays the administrator's, or the directory's mark would let
+            // its next directory sign-in enable it again.
             None => {
-                self.disable_staff_user(id).await?;
-                sqlx::query("UPDATE staff_users SET directory_disabled = 1 WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *self.tx)
-                    .await
-                    .context("marking a directory user disabled by the directory")?;
+                sqlx::query(
+                    "UPDATE staff_users SET enabled = 0, directory_disabled = 1, \
+                     enroll_token_hash = NULL, enroll_expires_at = NULL WHERE id = $1 AND enabled = 1",
+                )
+                .bind(id)
+                .execute(&mut *self.tx)
+                .await
+                .context("marking a directory user disabled by the directory")?;
             }
         }
         Ok(())

@@ -724,6 +724,16 @@ async fn zone_approvers_and_four_eyes_by_directory_entry_on_both_backends() {
             "{newcomer:?}"
         );
         drop(tx);
+        // An administrator's disable made while the re-check was deciding to remove ivan stays the
+        // administrator's: the directory's mark (which its next sign-in may lift) is not set over it.
+        let ivan = store.staff_auth("ivan").await.unwrap().unwrap();
+        let mut tx = store.begin().await.unwrap();
+        tx.disable_staff_user(ivan.id).await.unwrap();
+        tx.set_directory_standing(ivan.id, None).await.unwrap();
+        tx.audit(ev(Action::UserDisable), 950).await.unwrap();
+        tx.commit("t").await.unwrap();
+        let ivan = store.staff_auth("ivan").await.unwrap().unwrap();
+        assert!(!ivan.enabled && !ivan.directory_disabled, "{ivan:?}");
         let erin = store.staff_auth("erin").await.unwrap().unwrap();
         // Passkeys change only over the copy they were read as: a stale copy writes nothing (it would
         // bring back a passkey removed meanwhile).
