@@ -168,6 +168,8 @@ pub enum Unfinished {
     /// The vendor left at the second factor.
     Abandoned {
         vendor: Vendor,
+        /// The SSH user name the key step was for.
+        user: String,
         key_fp: String,
         /// What was asked last: `nothing` (no prompt yet), `code`, `enrollment` or `passkey`.
         asked: &'static str,
@@ -607,6 +609,7 @@ impl Auth {
         };
         Some(Unfinished::Abandoned {
             vendor: step.vendor.clone(),
+            user: step.user.clone(),
             key_fp: step.key_fp.clone(),
             asked,
         })
@@ -667,8 +670,10 @@ async fn passkey_offered(app: &App, vendor_id: i64) -> bool {
 
 /// Audits a sign-in left without a verdict when its connection ended (`closed`: how it ended), at
 /// most once a minute per vendor and kind on this node (each one is logged): a barred vendor's as the
-/// refusal it is (`auth.refused`), an abandoned second factor as `auth.abandoned`. Whoever left
-/// holds the vendor's private key: a vendor who changed their mind, or a thief without the code.
+/// refusal it is (`auth.refused`), an abandoned second factor as `auth.abandoned`; but a passkey link
+/// left unanswered is judged (counted toward the lockout, audited `auth.totp.failure`) every time.
+/// Whoever left holds the vendor's private key: a vendor who changed their mind, or a thief without the
+/// code.
 pub async fn audit_unfinished(
     app: &App,
     peer: SocketAddr,
@@ -686,10 +691,36 @@ pub async fn audit_unfinished(
                 tracing::info!(vendor = %vendor.name, %peer, why, closed, "barred vendor left (audited within the last minute)");
             }
         }
+        // A passkey link shown and the connection left without an answer: judged, counted and audited
+        // as the passkey not used, exactly as if the client had pressed Enter. Otherwise whoever holds
+        // the key alone could send the vendor approval links forever (a link checked from afar, then
+        // dropped), never reaching the lockout that bounds how many the vendor can be sent.
+        Unfinished::Abandoned {
+            vendor,
+            user,
+            key_fp,
+            asked: "passkey",
+        } => {
+            tracing::info!(vendor = %vendor.name, %peer, closed, "passkey link left unanswered: counted as a failure");
+            let attempt = Attempt {
+                account: Account::Vendor {
+                    id: vendor.id,
+                    name: vendor.name.clone(),
+                },
+                source: peer.to_string(),
+                first_factor: true,
+                second: Second::Passkey(Err("passkey link left unanswered")),
+                detail: json!({"user": user, "key": key_fp, "closed": closed}),
+            };
+            if let Err(e) = signin::judge(app, attempt, now).await {
+                tracing::error!(vendor = %vendor.name, error = %e, "cannot count an unanswered passkey link");
+            }
+        }
         Unfinished::Abandoned {
             vendor,
             key_fp,
             asked,
+            ..
         } => {
             tracing::info!(vendor = %vendor.name, %peer, asked, closed, "sign-in abandoned at the second factor");
             if audits.due(vendor.id, "abandoned") {

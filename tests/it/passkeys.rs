@@ -842,6 +842,32 @@ fn a_vendor_adds_a_passkey_over_ssh_and_signs_in_with_it_through_the_link() {
     }
     assert!(audit.contains("\"vendor.passkey.add\""), "{audit}");
 
+    // A link shown and the client gone without answering (whoever holds only the key, sending the
+    // vendor links and watching whether one gets used): judged and counted as a link not used, every
+    // time, not only audited as an abandoned sign-in once a minute.
+    let mut left = Waiting::login_slowly(b, &alice, "whoami", 30);
+    let _ = left.link();
+    let _ = left.child.kill();
+    // (not `finish`: the askpass sleeping in the background holds ssh's output open)
+    let _ = left.child.wait();
+    let unanswered = || {
+        b.data
+            .run(&["audit", "export", "--format", "jsonl"])
+            .ok()
+            .stdout()
+            .lines()
+            .filter(|l| {
+                l.contains("\"auth.totp.failure\"") && l.contains("passkey link left unanswered")
+            })
+            .count()
+    };
+    assert!(
+        crate::support::bastion::wait_until(std::time::Duration::from_secs(10), || unanswered()
+            == 1),
+        "{}",
+        b.log()
+    );
+
     // Cleared by an administrator between the ceremony's start and its finish (a lost device): the
     // assertion that webauthn-rs accepts no longer counts.
     let (waiting, token) = vendor_passkey_login(b, &alice);
