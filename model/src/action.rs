@@ -182,6 +182,9 @@ actions! {
     AuditTamper = "audit.tamper",
     /// A backup was restored into this data directory.
     BackupRestore = "backup.restore",
+    /// `chaperone backup` started: the whole installation (recordings, keys, database) copied out.
+    /// Audited before the copy, so the archive holds its own event.
+    BackupCreate = "backup.create",
     WebhookUndelivered = "webhook.undelivered",
     WebhookEndpointChanged = "webhook.endpoint.changed",
     /// An ATNA audit message was given up after its retries.

@@ -453,6 +453,29 @@ pub async fn backup(config: &Path, args: BackupArgs) -> anyhow::Result<()> {
     let passphrase = passphrase(args.passphrase_file.as_deref())?;
     let now = app.clock.now();
     let postgres = app.config.database.is_postgres();
+    // Who copied everything out, and where to: audited before the copy (the archive holds its own
+    // event; an attempt that fails later is on record as one).
+    let mut tx = app.store.begin().await?;
+    tx.audit(
+        AuditEvent::new(
+            crate::identity::os_actor(),
+            Action::BackupCreate,
+            "backup",
+            serde_json::json!({"output": args.output.display().to_string(),
+                               "sealed": passphrase.is_some(),
+                               "database": if postgres { "postgres" } else { "sqlite" }}),
+        ),
+        now,
+    )
+    .await?;
+    tx.commit("backup.create").await?;
+    if passphrase.is_none() {
+        eprintln!(
+            "warning: this backup is not sealed. It holds the secrets key beside the database (every \
+             TOTP seed and device credential), the evidence signing key and every recording; keep it \
+             as you keep the server, or seal it (--passphrase-file)"
+        );
+    }
     let (head_seq, head_hash) = app.store.audit_head().await?;
     // The database first: recordings are append-only files, so what the snapshot vouches for is
     // already complete on disk when they are copied after it.
@@ -864,6 +887,18 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         "restored into {} ({} files; audit log intact: {events} events)",
         dir.display(),
         seen.len()
+    );
+    println!(
+        "the backup was made at {} with audit head {}:{}{}",
+        crate::clock::format_time(manifest.created_at),
+        manifest.audit_head_seq,
+        manifest.audit_head_hash,
+        if sealed {
+            ""
+        } else {
+            "; it was not sealed, so nothing proves who made it: check that head against your \
+             audit export or SIEM"
+        }
     );
     println!(
         "serve it with: chaperone -c {} serve",

@@ -174,7 +174,12 @@ fn metrics_move_with_a_session_and_a_backup_taken_meanwhile_restores_and_verifie
     // The backup, online, with the shell still open.
     let archive = b.data.path().join("node.backup");
     let run = b.data.run(&["backup", "-o", &archive.to_string_lossy()]);
-    run.ok();
+    assert!(
+        run.ok()
+            .stderr()
+            .contains("warning: this backup is not sealed"),
+        "no warning"
+    );
     input.write_all(b"exit\n").unwrap();
     drop(input);
     let _ = shell.wait_with_output();
@@ -219,6 +224,10 @@ fn metrics_move_with_a_session_and_a_backup_taken_meanwhile_restores_and_verifie
         .unwrap();
     let (stdout, stderr, code) = text(&out);
     assert_eq!(code, 0, "restore: {stdout}{stderr}");
+    assert!(
+        stdout.contains("it was not sealed, so nothing proves who made it"),
+        "{stdout}"
+    );
     let restored_config = target.join("chaperone.toml");
     let run = |args: &[&str]| {
         let out = Command::new(chaperone_bin())
@@ -249,4 +258,15 @@ fn metrics_move_with_a_session_and_a_backup_taken_meanwhile_restores_and_verifie
     let (stdout, _, code) = run(&["audit", "export", "--format", "jsonl"]);
     assert_eq!(code, 0);
     assert!(stdout.contains("\"action\":\"backup.restore\""), "{stdout}");
+    // The archive holds the event of its own making: who, where to, not sealed.
+    let made = stdout
+        .lines()
+        .find(|l| l.contains("\"action\":\"backup.create\""))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        made.contains("os:")
+            && made.contains("node.backup")
+            && made.contains(r#"\"sealed\":false"#),
+        "{made}"
+    );
 }
