@@ -754,6 +754,18 @@ fn a_vendor_adds_a_passkey_over_ssh_and_signs_in_with_it_through_the_link() {
     let again = page.post(&format!("/v/{token}/start"), &serde_json::json!({}));
     assert_eq!(again.status, 404, "{}", again.body);
 
+    // Made-up tokens from this address use up its sign-in attempts (404, then 429), but a link that
+    // exists is its own credential: its start (the next one here) is not refused for them, nor counted
+    // against its vendor.
+    let mut statuses = Vec::new();
+    for n in 0..21 {
+        let guess = page.post(&format!("/v/{n:032x}/start"), &serde_json::json!({}));
+        statuses.push(guess.status);
+    }
+    assert!(
+        statuses.contains(&404) && statuses.last() == Some(&429),
+        "{statuses:?}"
+    );
     // Disabled while the link waits: the right passkey no longer signs her in.
     let (waiting, token) = vendor_passkey_login(b, &alice);
     let signed = sign_link(&page, &token, &mut key).unwrap();

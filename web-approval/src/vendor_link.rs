@@ -28,10 +28,10 @@ use crate::auth;
 use crate::core::StateKind;
 use crate::html::{esc, page, span};
 use crate::passkey::{
-    Ceremony, MAX_PASSKEYS, error, finish_registration, keep, parse_passkeys, starting, take,
-    unavailable, vendor_handle,
+    Ceremony, MAX_PASSKEYS, error, finish_registration, keep, parse_passkeys, take, unavailable,
+    vendor_handle,
 };
-use crate::{Core, CoreError, Peer, WebState};
+use crate::{Core, CoreError, Peer, Source, WebState};
 
 type St<C> = State<Arc<WebState<C>>>;
 
@@ -286,13 +286,25 @@ pub(crate) async fn start<C: Core>(
     ConnectInfo(crate::tls::PeerAddr(peer)): Peer,
     Path(token): Path<String>,
 ) -> Response {
-    let pk = match starting(&st, peer) {
-        Ok(pk) => pk,
-        Err(r) => return r,
+    let Some(pk) = &st.passkeys else {
+        return unavailable();
     };
+    // The link's token is the credential (128 random bits, one ceremony per link, three links per
+    // vendor): a start through a link that exists is not held to the sign-in rate limit, or a flood
+    // of made-up tokens from many addresses would use up the node's budget and refuse vendors with a
+    // real link, each refusal counted toward their lockout. A token that opens nothing counts as a
+    // failed attempt from its address.
     let (mut link, read) = match open_link(&*st.core, &token).await {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(r) => {
+            if !st.limiter.allow(Source::of(peer.ip())) {
+                return error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    crate::signin::SignInError::RateLimited.message(),
+                );
+            }
+            return r;
+        }
     };
     let passkeys = match passkeys_of(&*st.core, &link.vendor).await {
         Ok(p) => p,
