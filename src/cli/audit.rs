@@ -246,18 +246,40 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
             }
             let mut out: Box<dyn Write> = match &output {
                 Some(path) => {
-                    // Vendors' names, addresses and reasons: a new file is private from its creation.
+                    // Vendors' names, addresses and reasons: a new file is private from its creation;
+                    // a symbolic link is not followed (another user's link in a shared directory
+                    // would aim the export at a file they can read), and an existing file is
+                    // overwritten only if it is ours (its owner could read it, whatever its mode).
                     let mut options = std::fs::OpenOptions::new();
-                    options.write(true).create(true).truncate(true);
+                    options.write(true).create(true);
                     #[cfg(unix)]
-                    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                    let file = options
-                        .open(path)
-                        .with_context(|| format!("creating {}", path.display()))?;
-                    // An existing file keeps its mode through `open`: made private on the handle.
+                    {
+                        use std::os::unix::fs::OpenOptionsExt as _;
+                        options
+                            .mode(0o600)
+                            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits());
+                    }
+                    let file = options.open(path).with_context(|| {
+                        format!(
+                            "creating {} (a symbolic link is not followed)",
+                            path.display()
+                        )
+                    })?;
                     #[cfg(unix)]
-                    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-                        .with_context(|| format!("making {} private", path.display()))?;
+                    {
+                        use std::os::unix::fs::MetadataExt as _;
+                        let owner = file.metadata()?.uid();
+                        anyhow::ensure!(
+                            owner == rustix::process::geteuid().as_raw(),
+                            "{} belongs to another user (uid {owner}): not overwritten",
+                            path.display()
+                        );
+                        // An existing file keeps its mode through `open`: made private on the handle.
+                        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                            .with_context(|| format!("making {} private", path.display()))?;
+                    }
+                    file.set_len(0)
+                        .with_context(|| format!("emptying {}", path.display()))?;
                     Box::new(std::io::BufWriter::new(file))
                 }
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),

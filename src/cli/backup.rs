@@ -831,7 +831,13 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     std::fs::remove_file(dir.join("chaperone.toml"))?;
     let text = format!(
         "# Restored by `chaperone restore` from {} (backup of {}); paths point into this directory.\n{}",
-        args.file.display(),
+        // A comment line: a control character in the path (a newline) would start a config line.
+        args.file
+            .display()
+            .to_string()
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect::<String>(),
         crate::clock::format_time(manifest.created_at),
         toml::to_string(&table).context("writing the restored config")?
     );

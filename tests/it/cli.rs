@@ -733,6 +733,31 @@ fn audit_export_as_syslog_and_from_a_sequence_number() {
             .ok();
         let mode = std::fs::metadata(&file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        // A symbolic link (another user's, in a shared directory) is not followed.
+        let aimed = d.path().join("someone-elses.txt");
+        std::fs::write(&aimed, "theirs").unwrap();
+        let link = d.path().join("export-link.jsonl");
+        std::os::unix::fs::symlink(&aimed, &link).unwrap();
+        let refused = d.run(&["audit", "export", "--output", link.to_str().unwrap()]);
+        assert_ne!(refused.code(), 0);
+        assert!(
+            refused.stderr().contains("a symbolic link is not followed"),
+            "{}",
+            refused.stderr()
+        );
+        assert_eq!(std::fs::read_to_string(&aimed).unwrap(), "theirs");
+        // Nor is another user's file overwritten (they could read it, whatever its mode): shown as
+        // root, the one user here who can give a file away.
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&aimed, Some(65534), None).unwrap();
+            let refused = d.run(&["audit", "export", "--output", aimed.to_str().unwrap()]);
+            assert!(
+                refused.stderr().contains("belongs to another user"),
+                "{}",
+                refused.stderr()
+            );
+            assert_eq!(std::fs::read_to_string(&aimed).unwrap(), "theirs");
+        }
     }
 }
 
