@@ -381,6 +381,14 @@ fn config_files(app: &App) -> Vec<(&'static str, PathBuf)> {
     if c.recording.signing_key.exists() {
         files.push(("recording.signing_key", c.recording.signing_key.clone()));
     }
+    // The directory's service account password (a restore without it could not reach the
+    // directory) and the CA that checks it.
+    if let Some(l) = &c.ldap {
+        files.push(("ldap.bind_password_file", l.bind_password_file.clone()));
+        if let Some(ca) = &l.ca_file {
+            files.push(("ldap.ca_file", ca.clone()));
+        }
+    }
     if let Some(m) = &c.mail
         && let Some(ca) = &m.ca_file
     {

@@ -99,6 +99,16 @@ fn file_modes(r: &mut Report, config: &Config) {
                 config.path.display()
             ),
         ),
+        // Writable by its group (the service's): a process running as chaperone could aim the
+        // directory, webhook or ATNA targets elsewhere for good.
+        Ok(m) if m & 0o020 != 0 => r.line(
+            Level::Fail,
+            "config mode",
+            format!(
+                "{} is {m:03o}: its group may rewrite it (chmod g-w)",
+                config.path.display()
+            ),
+        ),
         Ok(m) => r.line(Level::Ok, "config mode", format!("{m:03o}")),
         Err(e) => r.line(
             Level::Fail,
@@ -124,6 +134,23 @@ fn file_modes(r: &mut Report, config: &Config) {
                 what,
                 format!(
                     "{} is {m:03o}: only its owner may read it (chmod 600)",
+                    path.display()
+                ),
+            ),
+            Ok(m) => r.line(Level::Ok, what, format!("{} ({m:03o})", path.display())),
+            Err(e) => r.line(Level::Fail, what, format!("{}: {e}", path.display())),
+        }
+    }
+    // The directory's service account password: chaperone refuses it readable by others; its group
+    // may be chaperone's (root:chaperone 0640, like the config).
+    if let Some(ldap) = &config.ldap {
+        let (what, path) = ("ldap.bind_password_file", &ldap.bind_password_file);
+        match mode(path) {
+            Ok(m) if m & 0o007 != 0 => r.line(
+                Level::Fail,
+                what,
+                format!(
+                    "{} is {m:03o}: others may read it (chmod o-rwx, or 600)",
                     path.display()
                 ),
             ),

@@ -176,6 +176,23 @@ impl Directory {
                 source,
             }
         })?;
+        // The service account reads every staff member and vendor: a password file anyone on the
+        // host may read is refused, as the other secrets are (its group may be chaperone's).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&ldap.bind_password_file)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or(0);
+            if mode & 0o007 != 0 {
+                return Err(LdapError::PasswordFile {
+                    path: ldap.bind_password_file.clone(),
+                    source: std::io::Error::other(format!(
+                        "it is {mode:03o}: others may read it (chmod o-rwx, or 600)"
+                    )),
+                });
+            }
+        }
         // A trailing newline is the editor's, not the password's.
         let password = password.trim_end_matches(['\r', '\n']).as_bytes().to_vec();
         let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -44,6 +44,28 @@ fn ldap_check_names_the_dn_and_roles_or_says_why_not() {
     };
     append_config(&d, &dir.config(ROLES));
 
+    // The service account's password in a file others may read: refused, saying why; doctor too.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let pw = &dir.bind_password_file;
+        std::fs::set_permissions(pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let refused = d.run(&["ldap", "check", "erin"]);
+        assert_ne!(refused.code(), 0);
+        assert!(
+            refused.stderr().contains("others may read it"),
+            "{}",
+            refused.stderr()
+        );
+        let doctor = d.run(&["doctor"]);
+        assert!(
+            doctor.stdout().contains("ldap.bind_password_file")
+                && doctor.stdout().contains("others may read it"),
+            "{}",
+            doctor.stdout()
+        );
+        std::fs::set_permissions(pw, std::fs::Permissions::from_mode(0o640)).unwrap();
+    }
+
     let erin = d.run(&["ldap", "check", "erin"]);
     erin.ok();
     assert!(erin.stdout().contains(&person("erin")), "{}", erin.stdout());

@@ -165,6 +165,12 @@ impl Slapd {
         );
         let bind_password_file = dir.join("bindpw");
         std::fs::write(&bind_password_file, format!("{ROOT_PW}\n")).unwrap();
+        // As README says to keep it: chaperone refuses a password file others may read.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&bind_password_file, std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+        }
         let mut s = Slapd {
             port: free_port(),
             dir,
