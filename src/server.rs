@@ -150,6 +150,9 @@ pub async fn run(
         .node_seen(&app.node, app.clock.now())
         .await
         .map_err(ServerError::Node)?;
+    for warning in app.config.warnings() {
+        tracing::warn!("{warning}");
+    }
     // Everything that can fail at start fails here, before "serving" is logged.
     let (ssh_addr, web_addr) = (listeners.ssh_addr()?, listeners.web_addr()?);
     let ops_addr = listeners.ops_addr()?;

@@ -638,6 +638,17 @@ impl DatabaseConfig {
     }
 }
 
+/// Whether `host` (a name, an address, or a bracketed IPv6 address) is this machine: `localhost` or a
+/// loopback address. Clear text to anything else crosses a network.
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// A webhook URL must be `https://`, or `http://` to a loopback address (a receiver on the same host):
 /// the body names vendors, assets and reasons, and must not cross the network in clear.
 fn check_webhook_url(url: &str) -> Result<(), String> {
@@ -657,13 +668,7 @@ fn check_webhook_url(url: &str) -> Result<(), String> {
     match uri.scheme_str() {
         Some("https") => Ok(()),
         Some("http") => {
-            let loopback = host == "localhost"
-                || host
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback());
-            if loopback {
+            if is_loopback_host(host) {
                 Ok(())
             } else {
                 Err(format!(
@@ -1095,6 +1100,33 @@ impl Default for RawLog {
 }
 
 impl Config {
+    /// Settings that are valid but expose something: `serve` logs each at start (warn) and `doctor`
+    /// prints them. Every other outbound channel refuses clear text to a non-loopback host; these two
+    /// are allowed because some sites need them, not because they are safe.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(a) = &self.atna
+            && a.transport == AtnaTransport::Udp
+            && !is_loopback_host(&a.host)
+        {
+            out.push(format!(
+                "atna.url {} sends audit messages (names, addresses, reasons) in clear over UDP: \
+                 unauthenticated, unacknowledged, lost without a word; use tls://",
+                a.url
+            ));
+        }
+        if let Some(o) = &self.ops
+            && !o.listen.ip().is_loopback()
+        {
+            out.push(format!(
+                "[ops] listen {} answers anyone who reaches it without a sign-in (metrics: when grants \
+                 are active and sessions live); keep it on loopback or a management network",
+                o.listen
+            ));
+        }
+        out
+    }
+
     /// Reads, parses and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -1541,12 +1573,7 @@ fn ldap_config(
             ),
         ));
     }
-    let loopback = host == "localhost"
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
+    let loopback = is_loopback_host(host);
     match uri.scheme_str() {
         Some("ldaps") => {
             if raw.starttls {
@@ -2381,6 +2408,29 @@ mod tests {
         );
         assert_eq!(c.recording.retain, Retain::Forever);
         assert_eq!(c.recording.shortest_retention(), None);
+    }
+
+    #[test]
+    fn exposed_settings_are_warned_about() {
+        let template = annotated_template(
+            "127.0.0.1:2222".parse().unwrap(),
+            "127.0.0.1:8443".parse().unwrap(),
+        );
+        assert!(parse(&template).unwrap().warnings().is_empty());
+        let with = |extra: &str| parse(&format!("{template}\n{extra}\n")).unwrap().warnings();
+        assert!(with("[ops]\nlisten = \"127.0.0.1:9478\"").is_empty());
+        let ops = with("[ops]\nlisten = \"0.0.0.0:9478\"");
+        assert!(
+            ops.len() == 1 && ops[0].contains("without a sign-in"),
+            "{ops:?}"
+        );
+        assert!(with("[atna]\nurl = \"udp://[::1]:514\"").is_empty());
+        assert!(with("[atna]\nurl = \"tls://arr.hospital.example\"").is_empty());
+        let udp = with("[atna]\nurl = \"udp://arr.hospital.example\"");
+        assert!(
+            udp.len() == 1 && udp[0].contains("in clear over UDP"),
+            "{udp:?}"
+        );
     }
 
     /// Issue 11: `[recording] retain`, per zone; units a retention is counted in (no minutes).

@@ -42,6 +42,7 @@ const NODE_AUTHENTICATION: Code = dcm("110126", "Node Authentication");
 const SECURITY_CONFIGURATION: Code = dcm("110129", "Security Configuration");
 const USE_OF_RESTRICTED_FUNCTION: Code = dcm("110132", "Use of Restricted Function");
 const AUDIT_RECORDING_STOPPED: Code = dcm("110133", "Audit Recording Stopped");
+const AUDIT_RECORDING_STARTED: Code = dcm("110134", "Audit Recording Started");
 const USER_SECURITY_ATTRIBUTES_CHANGED: Code = dcm("110137", "User Security Attributes Changed");
 const REMOTE_SERVICE_STARTED: Code = dcm("110139", "Remote Service Operation Started");
 const REMOTE_SERVICE_STOPPED: Code = dcm("110140", "Remote Service Operation Stopped");
@@ -216,8 +217,16 @@ pub fn mapping(action: Action) -> Option<Mapping> {
         | A::WebhookUndelivered
         | A::WebhookEndpointChanged
         | A::AtnaUndelivered
-        | A::MailUndelivered
-        | A::AtnaEndpointChanged => None,
+        | A::MailUndelivered => None,
+        // The export began at the end of the log for this repository (its `atna.url` changed): the
+        // repository is told where its trail starts, and its detail where the old one stopped
+        // (`from_seq`), so a gap shows where it is kept, not only in the bastion's own log.
+        A::AtnaEndpointChanged => map(
+            SECURITY_ALERT,
+            &[AUDIT_RECORDING_STARTED],
+            Execute,
+            MinorFailure,
+        ),
     }
 }
 
@@ -587,6 +596,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(locked_staff.outcome, Outcome::SeriousFailure);
+    }
+
+    #[test]
+    fn a_new_repository_is_told_where_its_trail_starts() {
+        let m = audit_message(
+            &row(
+                "atna.endpoint.changed",
+                "system",
+                "atna",
+                r#"{"url":"tls://arr:6514","from_seq":41}"#,
+            ),
+            &source(),
+        )
+        .unwrap();
+        assert_eq!(m.outcome, Outcome::MinorFailure);
+        let xml = m.to_xml();
+        assert!(
+            xml.contains("110134") && xml.contains("Audit Recording Started"),
+            "{xml}"
+        );
     }
 
     #[test]

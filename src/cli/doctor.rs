@@ -64,6 +64,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             anyhow::bail!("1 check failed");
         }
     };
+    for warning in config.warnings() {
+        r.line(Level::Warn, "exposed", warning);
+    }
     file_modes(&mut r, &config);
     certificate(&mut r, &config, crate::clock::Clock::system().now());
     passkey_links(&mut r, &config);
