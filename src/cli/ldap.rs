@@ -56,9 +56,19 @@ pub async fn run(config: &Path, cmd: LdapCommand) -> anyhow::Result<()> {
             if as_json {
                 return json(&json!({"name": user.name, "dn": user.dn, "roles": roles,
                                     "zones": user.zones, "role": standing.role,
-                                    "zones_only": standing.zones_only}));
+                                    "zones_only": standing.zones_only, "entry_id": user.entry_id}));
             }
             println!("{}: {}", esc(&user.name), esc(&user.dn));
+            match &user.entry_id {
+                Some(id) => println!("entry id: {}", esc(id)),
+                // Compared by DN alone, a renamed or moved entry is a new account (with no second
+                // factor yet), and a new entry given an old DN is the old account.
+                None => println!(
+                    "entry id: none (the directory gives no entryUUID or objectGUID to the service \
+                     account: entries are told apart by DN only; enable entryUUID, e.g. 389-DS's \
+                     entryuuid plugin)"
+                ),
+            }
             let mut given = roles;
             given.extend(user.zones.iter().map(|z| format!("approver for zone {z}")));
             println!("roles: {}", given.join(", "));

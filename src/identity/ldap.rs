@@ -170,20 +170,18 @@ impl Directory {
         let Some(ldap) = &config.ldap else {
             return Ok(None);
         };
-        let password = std::fs::read_to_string(&ldap.bind_password_file).map_err(|source| {
-            LdapError::PasswordFile {
-                path: ldap.bind_password_file.clone(),
-                source,
-            }
-        })?;
+        let failed = |source| LdapError::PasswordFile {
+            path: ldap.bind_password_file.clone(),
+            source,
+        };
+        // Checked and read through one handle: the file whose mode was judged is the one read.
+        let mut file = std::fs::File::open(&ldap.bind_password_file).map_err(failed)?;
         // The service account reads every staff member and vendor: a password file anyone on the
         // host may read is refused, as the other secrets are (its group may be chaperone's).
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
-            let mode = std::fs::metadata(&ldap.bind_password_file)
-                .map(|m| m.permissions().mode() & 0o777)
-                .unwrap_or(0);
+            let mode = file.metadata().map_err(failed)?.permissions().mode() & 0o777;
             if mode & 0o007 != 0 {
                 return Err(LdapError::PasswordFile {
                     path: ldap.bind_password_file.clone(),
@@ -193,6 +191,8 @@ impl Directory {
                 });
             }
         }
+        let mut password = String::new();
+        std::io::Read::read_to_string(&mut file, &mut password).map_err(failed)?;
         // A trailing newline is the editor's, not the password's.
         let password = password.trim_end_matches(['\r', '\n']).as_bytes().to_vec();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -283,8 +283,8 @@ impl Directory {
             let found = self.find_user(&mut ldap, name).await;
             let result = match found {
                 Ok(Some(FoundEntry::Disabled { dn, why })) => Ok(Lookup::Disabled { dn, why }),
-                Ok(Some(FoundEntry::Enabled { dn, entry_id })) => self
-                    .groups_of(&mut ldap, name, &dn)
+                Ok(Some(FoundEntry::Enabled { dn, entry_id, uids })) => self
+                    .groups_of(&mut ldap, &uids, &dn)
                     .await
                     .map(|(roles, zones)| {
                         Lookup::Found(DirectoryUser {
@@ -352,7 +352,7 @@ impl Directory {
                 &filter,
                 ACCOUNT_STATE
                     .into_iter()
-                    .chain(["entryUUID", "objectGUID"])
+                    .chain(["entryUUID", "objectGUID", "uid"])
                     .collect(),
             )
             .await?;
@@ -362,10 +362,25 @@ impl Directory {
                     dn: one.dn.clone(),
                     why,
                 },
-                None => FoundEntry::Enabled {
-                    dn: one.dn.clone(),
-                    entry_id: entry_id(one),
-                },
+                None => {
+                    let uids = attribute(one, "uid");
+                    // Not "in no group": that would disable the account at the next re-check, when
+                    // the cause may be an ACL that hides `uid` from the service account.
+                    if uids.is_empty() && self.config.group_membership == GroupMembership::MemberUid
+                    {
+                        return Err(LdapError::Search {
+                            base: one.dn.clone(),
+                            text: "the entry has no uid the service account may read, and \
+                                   `memberUid` groups list uids"
+                                .to_owned(),
+                        });
+                    }
+                    FoundEntry::Enabled {
+                        dn: one.dn.clone(),
+                        entry_id: entry_id(one),
+                        uids,
+                    }
+                }
             })),
             [] => Ok(None),
             more => {
@@ -378,18 +393,18 @@ impl Directory {
         }
     }
 
-    /// The roles and zones the mapped groups give the entry `dn` (`name` for `memberUid` groups).
+    /// The roles and zones the mapped groups give the entry `dn` (its `uids` for `memberUid` groups).
     async fn groups_of(
         &self,
         ldap: &mut Ldap,
-        name: &str,
+        uids: &[String],
         dn: &str,
     ) -> Result<(Vec<Role>, Vec<String>), LdapError> {
         let filter = membership_filter(
             self.config.group_membership,
             self.config.nested_groups,
             dn,
-            name,
+            uids,
         );
         let roles = &self.config.roles;
         let mut out_roles = Vec::new();
@@ -420,14 +435,18 @@ impl Directory {
         group: &str,
         filter: &str,
     ) -> Result<bool, LdapError> {
+        // A mapped group that does not exist (rc=32, renamed, or hidden by an ACL) is an error, as a
+        // missing base is: taken for "no members", the next re-check would disable all of them.
         match self
             .search(ldap, group, Scope::Base, filter, vec!["1.1"])
             .await
         {
             Ok(entries) => Ok(!entries.is_empty()),
-            Err(LdapError::Search { text, .. }) if text.starts_with("rc=32") => {
-                tracing::warn!(%group, "a mapped group does not exist in the directory");
-                Ok(false)
+            Err(LdapError::Search { base, text }) if text.starts_with("rc=32") => {
+                Err(LdapError::Search {
+                    base,
+                    text: format!("{text} (a mapped group is not in the directory)"),
+                })
             }
             Err(e) => Err(e),
         }
@@ -575,6 +594,8 @@ enum FoundEntry {
     Enabled {
         dn: String,
         entry_id: Option<String>,
+        /// The entry's own `uid` values: what a `memberUid` group lists (never the name typed).
+        uids: Vec<String>,
     },
     Disabled {
         dn: String,
@@ -734,7 +755,7 @@ pub fn membership_filter(
     style: GroupMembership,
     nested: bool,
     user_dn: &str,
-    name: &str,
+    uids: &[String],
 ) -> String {
     match (style, nested) {
         (GroupMembership::Member, true) => {
@@ -743,7 +764,20 @@ pub fn membership_filter(
                 ldap_escape(user_dn)
             )
         }
-        (GroupMembership::MemberUid, _) => format!("(memberUid={})", ldap_escape(name)),
+        // The entry's own uid values, not the name typed at sign-in: with a `user_filter` on another
+        // attribute too (`(|(uid={name})(cn={name}))`), someone who may set their own `cn` to a name a
+        // group still lists (a stale `memberUid`, which nothing keeps in step) would get its role.
+        // An entry without a uid is in no such group.
+        (GroupMembership::MemberUid, _) => match uids {
+            [] => "(!(objectClass=*))".to_owned(),
+            [one] => format!("(memberUid={})", ldap_escape(one)),
+            many => format!(
+                "(|{})",
+                many.iter()
+                    .map(|u| format!("(memberUid={})", ldap_escape(u)))
+                    .collect::<String>()
+            ),
+        },
         (style, _) => format!("({}={})", style.attribute(), ldap_escape(user_dn)),
     }
 }
@@ -929,33 +963,55 @@ mod tests {
         assert_eq!(shadow("-1"), None);
     }
 
+    fn uids(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
     #[test]
     fn membership_filters() {
         let dn = "uid=erin,ou=people,dc=example,dc=com";
         assert_eq!(
-            membership_filter(GroupMembership::Member, false, dn, "erin"),
+            membership_filter(GroupMembership::Member, false, dn, &uids(&["erin"])),
             "(member=uid=erin,ou=people,dc=example,dc=com)"
         );
         // Active Directory's nested groups: LDAP_MATCHING_RULE_IN_CHAIN
         assert_eq!(
-            membership_filter(GroupMembership::Member, true, dn, "erin"),
+            membership_filter(GroupMembership::Member, true, dn, &uids(&["erin"])),
             "(member:1.2.840.113556.1.4.1941:=uid=erin,ou=people,dc=example,dc=com)"
         );
         assert_eq!(
-            membership_filter(GroupMembership::UniqueMember, false, dn, "erin"),
+            membership_filter(GroupMembership::UniqueMember, false, dn, &uids(&["erin"])),
             "(uniqueMember=uid=erin,ou=people,dc=example,dc=com)"
         );
         assert_eq!(
-            membership_filter(GroupMembership::MemberUid, false, dn, "erin"),
+            membership_filter(GroupMembership::MemberUid, false, dn, &uids(&["erin"])),
             "(memberUid=erin)"
         );
         assert_eq!(
-            membership_filter(GroupMembership::Member, false, "cn=a (b)*,dc=x", "x"),
+            membership_filter(
+                GroupMembership::MemberUid,
+                false,
+                dn,
+                &uids(&["erin", "e.old"])
+            ),
+            "(|(memberUid=erin)(memberUid=e.old))"
+        );
+        assert_eq!(
+            membership_filter(GroupMembership::MemberUid, false, dn, &[]),
+            "(!(objectClass=*))"
+        );
+        assert_eq!(
+            membership_filter(
+                GroupMembership::Member,
+                false,
+                "cn=a (b)*,dc=x",
+                &uids(&["x"])
+            ),
             "(member=cn=a \\28b\\29\\2a,dc=x)"
         );
         for f in [
-            membership_filter(GroupMembership::Member, true, dn, "erin"),
-            membership_filter(GroupMembership::MemberUid, false, dn, "*)(x=*"),
+            membership_filter(GroupMembership::Member, true, dn, &uids(&["erin"])),
+            membership_filter(GroupMembership::MemberUid, false, dn, &uids(&["*)(x=*"])),
         ] {
             assert!(ldap3::parse_filter(&f).is_ok(), "{f}");
         }

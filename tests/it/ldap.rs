@@ -69,6 +69,14 @@ fn ldap_check_names_the_dn_and_roles_or_says_why_not() {
     let erin = d.run(&["ldap", "check", "erin"]);
     erin.ok();
     assert!(erin.stdout().contains(&person("erin")), "{}", erin.stdout());
+    // slapd gives entryUUID: what tells a renamed entry from a new one.
+    assert!(
+        erin.stdout()
+            .lines()
+            .any(|l| l.starts_with("entry id: ") && l.len() == "entry id: ".len() + 36),
+        "{}",
+        erin.stdout()
+    );
     assert!(
         erin.stdout().contains("roles: approver"),
         "{}",
@@ -101,6 +109,60 @@ fn ldap_check_names_the_dn_and_roles_or_says_why_not() {
         mallory.stderr().contains("in no mapped group"),
         "{}",
         mallory.stderr()
+    );
+
+    // `memberUid` groups are matched on the entry's own uid, never on the name typed: with a
+    // user_filter on cn too, mallory (who may edit her own cn) named after a uid the group still lists
+    // (a stale memberUid) is in no group, while erin, listed by her uid, is.
+    dir.modify(&format!(
+        "dn: {}\nobjectClass: posixGroup\ncn: unix-approvers\ngidNumber: 5000\n\
+         memberUid: erin\nmemberUid: former-admin\n\n\
+         dn: {}\nchangetype: modify\nreplace: cn\ncn: former-admin\n",
+        group("unix-approvers"),
+        person("mallory")
+    ));
+    let config = std::fs::read_to_string(d.config()).unwrap();
+    std::fs::write(
+        d.config(),
+        config
+            .replace(
+                "recheck_interval = \"1s\"",
+                "recheck_interval = \"1s\"\ngroup_membership = \"memberUid\"\n\
+                 user_filter = \"(|(uid={name})(cn={name}))\"",
+            )
+            .replace(&group("approvers"), &group("unix-approvers")),
+    )
+    .unwrap();
+    let erin = d.run(&["ldap", "check", "erin"]);
+    assert!(
+        erin.ok().stdout().contains("roles: approver"),
+        "{}",
+        erin.stdout()
+    );
+    let posing = d.run(&["ldap", "check", "former-admin"]);
+    posing.fails(1);
+    assert!(
+        posing.stderr().contains(&person("mallory"))
+            && posing.stderr().contains("in no mapped group"),
+        "{}",
+        posing.stderr()
+    );
+    // A mapped group missing from the directory (renamed, or hidden by an ACL) is an error, not "no
+    // members": the re-check would otherwise disable every one of them.
+    let config = std::fs::read_to_string(d.config()).unwrap();
+    std::fs::write(
+        d.config(),
+        config.replace(&group("unix-approvers"), &group("renamed-approvers")),
+    )
+    .unwrap();
+    let missing = d.run(&["ldap", "check", "erin"]);
+    assert_ne!(missing.code(), 0);
+    assert!(
+        missing
+            .stderr()
+            .contains("a mapped group is not in the directory"),
+        "{}",
+        missing.stderr()
     );
 
     dir.stop();
