@@ -773,10 +773,12 @@ impl WebCore {
         let Some(u) = user.filter(|u| u.enabled && u.directory) else {
             return Ok(());
         };
-        crate::identity::directory::remove_staff(&self.app, u, why, now)
+        if crate::identity::directory::remove_staff(&self.app, u, why, now)
             .await
-            .map_err(internal)?;
-        tracing::info!(user = %u.name, why, %source, "directory account disabled");
+            .map_err(internal)?
+        {
+            tracing::info!(user = %u.name, why, %source, "directory account disabled");
+        }
         Ok(())
     }
 
@@ -1570,9 +1572,10 @@ impl Records for WebCore {
                 "session {id} is still running: its bundle can be made once it has ended"
             )));
         }
-        // Taken before the bundle starts, given back when the download's stream is dropped (finished,
-        // broken off, or the browser gone).
-        let turn = self.bundles.take(&by.name)?;
+        // Taken before the bundle starts, given back once both its writer has stopped (a browser gone
+        // before the first chunk stops nothing: proving runs on) and its download is done or dropped
+        // (the chunks written ahead are still sent).
+        let turn = std::sync::Arc::new(self.bundles.take(&by.name)?);
         let started = crate::evidence::bundle::export_stream(
             self.app.store.clone(),
             self.app.config.recording.clone(),
@@ -1580,6 +1583,7 @@ impl Records for WebCore {
             current(&self.app, by).await?.0.actor(),
             "web".to_owned(),
             self.app.clock.now(),
+            turn.clone(),
         )
         .await;
         let (first, mut rest) = match started {

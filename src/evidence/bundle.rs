@@ -180,17 +180,23 @@ pub type BundleChunks = tokio::sync::mpsc::Receiver<Result<bytes::Bytes, BundleE
 /// does not exist, a missing key or a recording that is not intact is an error before any byte is
 /// sent (the caller answers with an error page, not a broken tar). The rest is written on a blocking
 /// thread, [`CHUNKS_AHEAD`] chunks ahead of the reader; dropping the receiver stops it.
-pub async fn export_stream(
+///
+/// `held` (the download's place under the web's bounds) is dropped when the writer stops, not when the
+/// caller lets go: a client that leaves before the first chunk stops nothing (proving every recording
+/// runs to its end), so its place must not come back before that work is done.
+pub async fn export_stream<H: Send + 'static>(
     store: Store,
     config: RecordingConfig,
     session_id: String,
     actor: String,
     via: String,
     now: UnixTime,
+    held: H,
 ) -> Result<(bytes::Bytes, BundleChunks), BundleError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
     let errors = tx.clone();
     tokio::spawn(async move {
+        let _held = held;
         let out = std::io::BufWriter::with_capacity(CHUNK, ChunkWriter(tx));
         let result = export(&store, &config, &session_id, &actor, &via, now, out).await;
         match result {

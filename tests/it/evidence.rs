@@ -1334,8 +1334,38 @@ async fn issue_11_a_download_streams_the_bundle_and_refuses_an_altered_recording
                 "staff:ines".to_owned(),
                 "web".to_owned(),
                 2_000,
+                (),
             )
         };
+        // What the download holds (its place under the web's bounds) goes with the writer, not with
+        // the caller: a browser gone before the first chunk (the future dropped) stops nothing, and its
+        // place comes back only once the writer has stopped.
+        let place = std::sync::Arc::new(());
+        let gone = tokio::time::timeout(
+            std::time::Duration::ZERO,
+            export_stream(
+                store.clone(),
+                config.clone(),
+                "s-web".to_owned(),
+                "staff:ines".to_owned(),
+                "web".to_owned(),
+                2_000,
+                place.clone(),
+            ),
+        )
+        .await;
+        assert!(gone.is_err(), "polled once, then dropped");
+        assert_eq!(
+            std::sync::Arc::strong_count(&place),
+            2,
+            "released with the caller"
+        );
+        let mut waited = 0;
+        while std::sync::Arc::strong_count(&place) > 1 {
+            assert!(waited < 500, "the writer never gave its place back");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            waited += 1;
+        }
         let (first, mut rest) = export().await.unwrap();
         let mut tar = first.to_vec();
         while let Some(chunk) = rest.recv().await {
@@ -1351,7 +1381,8 @@ async fn issue_11_a_download_streams_the_bundle_and_refuses_an_altered_recording
             .audit_events_about("session:s-web", &["evidence.export"], 10)
             .await
             .unwrap();
-        assert_eq!(exports.len(), 1, "{exports:?}");
+        // The one whose download left before its first byte too: the bundle was made all the same.
+        assert_eq!(exports.len(), 2, "{exports:?}");
         assert_eq!(exports[0].actor, "staff:ines");
         assert!(
             exports[0].detail.contains("\"via\":\"web\""),
