@@ -55,6 +55,9 @@ pub struct WebState<C> {
     pub max_session_age: Duration,
     /// Sign-in attempts per address.
     pub limiter: Limiter,
+    /// Vendor links opened with a token that names none (`vendor_link::start`), per address: a budget of
+    /// their own, so that a flood of made-up tokens uses up neither staff sign-ins nor real links.
+    pub link_misses: Limiter,
     /// The WebAuthn relying party; `None` when `public_url` cannot be one (passkeys are then not offered).
     pub passkeys: Option<passkey::Passkeys>,
 }
@@ -95,6 +98,7 @@ pub fn router<C: Core>(core: Arc<C>, options: WebOptions) -> Router {
         idle_timeout: options.idle_timeout,
         max_session_age: options.max_session_age,
         limiter: Limiter::new(options.signin_attempts, Duration::from_secs(300)),
+        link_misses: Limiter::new(options.signin_attempts, Duration::from_secs(300)),
         passkeys: options.public_url.as_deref().and_then(|url| {
             match passkey::Passkeys::new(url, options.decoy_key) {
                 Ok(p) => Some(p),

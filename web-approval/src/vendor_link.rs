@@ -292,12 +292,13 @@ pub(crate) async fn start<C: Core>(
     // The link's token is the credential (128 random bits, one ceremony per link, three links per
     // vendor): a start through a link that exists is not held to the sign-in rate limit, or a flood
     // of made-up tokens from many addresses would use up the node's budget and refuse vendors with a
-    // real link, each refusal counted toward their lockout. A token that opens nothing counts as a
-    // failed attempt from its address.
+    // real link, each refusal counted toward their lockout (nor to a per-address one: a vendor behind
+    // a NAT shares their address). A token that opens nothing counts against its address in a budget
+    // of its own (`link_misses`: staff sign-ins keep theirs).
     let (mut link, read) = match open_link(&*st.core, &token).await {
         Ok(l) => l,
         Err(r) => {
-            if !st.limiter.allow(Source::of(peer.ip())) {
+            if !st.link_misses.allow(Source::of(peer.ip())) {
                 return error(
                     StatusCode::TOO_MANY_REQUESTS,
                     crate::signin::SignInError::RateLimited.message(),
