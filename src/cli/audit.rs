@@ -249,15 +249,18 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
                     // Vendors' names, addresses and reasons: a new file is private from its creation;
                     // a symbolic link is not followed (another user's link in a shared directory
                     // would aim the export at a file they can read), and an existing file is
-                    // overwritten only if it is ours (its owner could read it, whatever its mode).
+                    // overwritten only if it is ours (its owner could read it, whatever its mode),
+                    // a plain file, and its only name (a hard link's other name could be anywhere:
+                    // `sudo` would empty what it names). Opened without blocking, so a FIFO put there
+                    // is an error (or refused as not a plain file), not a wait.
                     let mut options = std::fs::OpenOptions::new();
                     options.write(true).create(true);
                     #[cfg(unix)]
                     {
                         use std::os::unix::fs::OpenOptionsExt as _;
-                        options
-                            .mode(0o600)
-                            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits());
+                        options.mode(0o600).custom_flags(
+                            (nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits(),
+                        );
                     }
                     let file = options.open(path).with_context(|| {
                         format!(
@@ -268,10 +271,21 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
                     #[cfg(unix)]
                     {
                         use std::os::unix::fs::MetadataExt as _;
-                        let owner = file.metadata()?.uid();
+                        let meta = file.metadata()?;
+                        anyhow::ensure!(
+                            meta.is_file(),
+                            "{} is not a plain file: not written",
+                            path.display()
+                        );
+                        let owner = meta.uid();
                         anyhow::ensure!(
                             owner == rustix::process::geteuid().as_raw(),
                             "{} belongs to another user (uid {owner}): not overwritten",
+                            path.display()
+                        );
+                        anyhow::ensure!(
+                            meta.nlink() == 1,
+                            "{} has other names (hard links): not overwritten",
                             path.display()
                         );
                         // An existing file keeps its mode through `open`: made private on the handle.

@@ -746,7 +746,28 @@ fn audit_export_as_syslog_and_from_a_sequence_number() {
             refused.stderr()
         );
         assert_eq!(std::fs::read_to_string(&aimed).unwrap(), "theirs");
-        // Nor is another user's file overwritten (they could read it, whatever its mode): shown as
+        // Nor a hard link's other name (it could be anywhere; `sudo` would empty it), nor a FIFO
+        // (neither waited on nor written to).
+        let hard = d.path().join("export-hard.jsonl");
+        std::fs::hard_link(&aimed, &hard).unwrap();
+        let refused = d.run(&["audit", "export", "--output", hard.to_str().unwrap()]);
+        assert!(
+            refused.stderr().contains("has other names (hard links)"),
+            "{}",
+            refused.stderr()
+        );
+        assert_eq!(std::fs::read_to_string(&aimed).unwrap(), "theirs");
+        std::fs::remove_file(&hard).unwrap();
+        let fifo = d.path().join("export.fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let refused = d.run(&["audit", "export", "--output", fifo.to_str().unwrap()]);
+        assert_ne!(refused.code(), 0, "{}", refused.stderr());
+        assert!(
+            refused.stderr().contains("export.fifo"),
+            "{}",
+            refused.stderr()
+        );
+        // Another user's file is not overwritten either (they could read it, whatever its mode): shown as
         // root, the one user here who can give a file away.
         if rustix::process::geteuid().is_root() {
             std::os::unix::fs::chown(&aimed, Some(65534), None).unwrap();
