@@ -23,38 +23,45 @@ pub mod vendor_passkeys;
 ///   sudo (sudo sets it from the invoking user, and its `env_reset` keeps callers from setting it),
 /// - else the real uid.
 ///
-/// Names come from `/etc/passwd` (a uid without one is `uid1234`), kept to a safe alphabet.
+/// Names come from the system's user database through NSS (`getpwuid_r`: `/etc/passwd`, and the
+/// directory for administrators who log in through SSSD or winbind; a uid without one is `uid1234`),
+/// kept to a safe alphabet.
 pub fn os_actor() -> String {
     let loginuid = std::fs::read_to_string("/proc/self/loginuid").ok();
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     let sudo_user = std::env::var("SUDO_USER").ok();
     let name = actor_name(
         loginuid.as_deref(),
-        real_uid(),
+        Some(nix::unistd::getuid().as_raw()),
         sudo_user.as_deref(),
-        &passwd,
+        |uid| {
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        },
     );
     format!("os:{name}")
 }
 
-/// [`os_actor`]'s choice, from what it read.
+/// [`os_actor`]'s choice, from what it read; `name_of` looks a uid's name up.
 fn actor_name(
     loginuid: Option<&str>,
     uid: Option<u32>,
     sudo_user: Option<&str>,
-    passwd: &str,
+    name_of: impl Fn(u32) -> Option<String>,
 ) -> String {
+    let user_name = |uid: u32| name_of(uid).unwrap_or_else(|| format!("uid{uid}"));
     // 4294967295 ((uid_t)-1): no login uid was set.
     let login = loginuid
         .and_then(|l| l.trim().parse::<u32>().ok())
         .filter(|&l| l != u32::MAX);
     let name = match (login, uid) {
-        (Some(login), _) => user_name(passwd, login),
+        (Some(login), _) => user_name(login),
         (None, Some(0)) => match sudo_user.filter(|u| !u.is_empty()) {
             Some(u) => u.to_owned(),
-            None => user_name(passwd, 0),
+            None => user_name(0),
         },
-        (None, Some(uid)) => user_name(passwd, uid),
+        (None, Some(uid)) => user_name(uid),
         (None, None) => "unknown".to_owned(),
     };
     let clean: String = name
@@ -69,62 +76,49 @@ fn actor_name(
     }
 }
 
-/// The name of `uid` in `passwd` (`/etc/passwd`'s format), or `uid1234`.
-fn user_name(passwd: &str, uid: u32) -> String {
-    passwd
-        .lines()
-        .filter_map(|l| {
-            let mut fields = l.split(':');
-            let name = fields.next()?;
-            let id = fields.nth(1)?.parse::<u32>().ok()?;
-            (id == uid).then(|| name.to_owned())
-        })
-        .next()
-        .unwrap_or_else(|| format!("uid{uid}"))
-}
-
-/// This process's real uid (`Uid:` in `/proc/self/status`).
-fn real_uid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::actor_name;
 
-    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\nerin:x:1000:1000::/home/erin:/bin/bash\n\
-                          chaperone:x:998:998::/var/lib/chaperone:/usr/sbin/nologin\n";
+    /// The names the system's user database knows.
+    #[allow(clippy::unnecessary_wraps)]
+    fn passwd(uid: u32) -> Option<String> {
+        match uid {
+            0 => Some("root".to_owned()),
+            1000 => Some("erin".to_owned()),
+            998 => Some("chaperone".to_owned()),
+            _ => None,
+        }
+    }
 
     #[test]
     fn the_actor_is_who_the_kernel_says_not_what_the_environment_claims() {
         // Logged in as erin: erin, through sudo and whatever SUDO_USER says.
         assert_eq!(
-            actor_name(Some("1000\n"), Some(0), Some("alice"), PASSWD),
+            actor_name(Some("1000\n"), Some(0), Some("alice"), passwd),
             "erin"
         );
-        assert_eq!(actor_name(Some("1000"), Some(998), None, PASSWD), "erin");
+        assert_eq!(actor_name(Some("1000"), Some(998), None, passwd), "erin");
         // No login uid: root under sudo is the invoking user; otherwise the uid's name.
         assert_eq!(
-            actor_name(Some("4294967295"), Some(0), Some("erin"), PASSWD),
+            actor_name(Some("4294967295"), Some(0), Some("erin"), passwd),
             "erin"
         );
         assert_eq!(
-            actor_name(Some("4294967295"), Some(0), None, PASSWD),
+            actor_name(Some("4294967295"), Some(0), None, passwd),
             "root"
         );
         // SUDO_USER is not believed from anyone but root.
         assert_eq!(
-            actor_name(None, Some(998), Some("alice"), PASSWD),
+            actor_name(None, Some(998), Some("alice"), passwd),
             "chaperone"
         );
-        assert_eq!(actor_name(None, Some(4242), None, PASSWD), "uid4242");
-        assert_eq!(actor_name(None, None, None, PASSWD), "unknown");
+        assert_eq!(actor_name(None, Some(4242), None, passwd), "uid4242");
+        assert_eq!(actor_name(None, None, None, passwd), "unknown");
         assert_eq!(
-            actor_name(None, Some(0), Some("a\u{1b}[2J b;rm"), PASSWD),
+            actor_name(None, Some(0), Some("a\u{1b}[2J b;rm"), passwd),
             "a2Jbrm"
         );
-        assert_eq!(actor_name(None, Some(0), Some("\u{1b}"), PASSWD), "unknown");
+        assert_eq!(actor_name(None, Some(0), Some("\u{1b}"), passwd), "unknown");
     }
 }
