@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -87,6 +87,7 @@ impl Admission {
             source,
             signed_in: CancellationToken::new(),
             who: std::sync::OnceLock::new(),
+            held: Mutex::new(None),
             deadline: std::sync::Mutex::new(tokio::time::Instant::now() + self.grace),
             extended: std::sync::atomic::AtomicBool::new(false),
         }))
@@ -104,6 +105,15 @@ impl Admission {
             .lock()
             .map(|c| (c.total, c.unauthenticated))
             .unwrap_or((0, 0))
+    }
+
+    fn release_vendor(counts: &mut Counts, vendor: &str) {
+        if let Some(n) = counts.by_vendor.get_mut(vendor) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.by_vendor.remove(vendor);
+            }
+        }
     }
 
     fn release_startup(counts: &mut Counts, source: IpAddr) {
@@ -144,6 +154,32 @@ pub struct Ticket {
     /// (moved once at most, by [`Ticket::extend_once`]).
     deadline: std::sync::Mutex<tokio::time::Instant>,
     extended: std::sync::atomic::AtomicBool,
+    /// The vendor whose count this connection holds a place in while their code is judged
+    /// ([`Ticket::hold_vendor`]); locked after `Admission::counts`, never before.
+    held: Mutex<Option<String>>,
+}
+
+/// A place in a vendor's count of signed-in connections, taken before their code is judged; given back
+/// when dropped, unless [`VendorHold::keep`] leaves it for [`Ticket::signed_in`].
+#[derive(Debug)]
+pub struct VendorHold<'a> {
+    ticket: &'a Ticket,
+    kept: bool,
+}
+
+impl VendorHold<'_> {
+    /// The code was accepted: the place stays the connection's.
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for VendorHold<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.ticket.unhold();
+        }
+    }
 }
 
 impl Ticket {
@@ -156,13 +192,55 @@ impl Ticket {
         let _ = self.who.set(vendor.to_owned());
         if let Ok(mut counts) = self.admission.counts.lock() {
             Admission::release_startup(&mut counts, self.source);
-            *counts.by_vendor.entry(vendor.to_owned()).or_insert(0) += 1;
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            // Counted already when the place was held for this vendor's code.
+            if held.take().as_deref() != Some(vendor) {
+                *counts.by_vendor.entry(vendor.to_owned()).or_insert(0) += 1;
+            }
         }
         self.signed_in.cancel();
     }
 
+    /// Takes a place in `vendor`'s count for the code about to be judged on this connection, or
+    /// `Err((open, most))` when they hold the most signed-in connections allowed
+    /// (`ssh.max_connections_per_vendor`). Checked and taken under one lock: codes judged at once on
+    /// many connections cannot all pass a check made before any of them counted.
+    pub fn hold_vendor(&self, vendor: &str) -> Result<VendorHold<'_>, (usize, usize)> {
+        let most = self.admission.per_vendor;
+        let Ok(mut counts) = self.admission.counts.lock() else {
+            return Err((most, most));
+        };
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.as_deref() != Some(vendor) {
+            let open = counts.by_vendor.get(vendor).copied().unwrap_or(0);
+            if open >= most {
+                return Err((open, most));
+            }
+            if let Some(other) = held.take() {
+                Admission::release_vendor(&mut counts, &other);
+            }
+            *counts.by_vendor.entry(vendor.to_owned()).or_insert(0) += 1;
+            *held = Some(vendor.to_owned());
+        }
+        Ok(VendorHold {
+            ticket: self,
+            kept: false,
+        })
+    }
+
+    /// Gives back the place [`Ticket::hold_vendor`] took, if this connection still holds one.
+    fn unhold(&self) {
+        if let Ok(mut counts) = self.admission.counts.lock() {
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(vendor) = held.take() {
+                Admission::release_vendor(&mut counts, &vendor);
+            }
+        }
+    }
+
     /// `Some((open, most))` when `vendor` already holds the most signed-in connections allowed
-    /// (`ssh.max_connections_per_vendor`): their sign-in on this one is refused before a code is judged.
+    /// (`ssh.max_connections_per_vendor`): told at the key step already (the code's judgement holds a
+    /// place with [`Ticket::hold_vendor`]).
     pub fn vendor_full(&self, vendor: &str) -> Option<(usize, usize)> {
         let most = self.admission.per_vendor;
         let open = self
@@ -228,13 +306,17 @@ impl Drop for Ticket {
             counts.total = counts.total.saturating_sub(1);
             if !self.signed_in.is_cancelled() {
                 Admission::release_startup(&mut counts, self.source);
-            } else if let Some(vendor) = self.who.get()
-                && let Some(n) = counts.by_vendor.get_mut(vendor)
-            {
-                *n -= 1;
-                if *n == 0 {
-                    counts.by_vendor.remove(vendor);
+                // A place held for a code accepted just before the connection went.
+                let held = self
+                    .held
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+                if let Some(vendor) = held {
+                    Admission::release_vendor(&mut counts, &vendor);
                 }
+            } else if let Some(vendor) = self.who.get() {
+                Admission::release_vendor(&mut counts, vendor);
             }
         }
     }
@@ -278,6 +360,34 @@ mod tests {
         // A connection that never signed in does not count against anyone.
         drop(third);
         assert_eq!(second.vendor_full("alice"), None);
+    }
+
+    /// Codes judged at once on several connections: each holds its place while judged, so no more than
+    /// the cap can pass; a refused code gives its place back, an accepted one keeps it (counted once).
+    #[test]
+    fn codes_judged_at_once_hold_their_places() {
+        let a = admission(10, "10:30:100", 10);
+        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        let t: Vec<_> = (0..4).map(|_| a.admit_with(peer, 99).unwrap()).collect();
+        let first = t[0].hold_vendor("alice").unwrap();
+        let second = t[1].hold_vendor("alice").unwrap();
+        assert_eq!(t[2].hold_vendor("alice").unwrap_err(), (2, 2));
+        assert_eq!(t[2].vendor_full("alice"), Some((2, 2)));
+        drop(second); // a wrong code
+        let third = t[2].hold_vendor("alice").unwrap();
+        first.keep();
+        t[0].signed_in("alice");
+        third.keep();
+        t[2].signed_in("alice");
+        assert_eq!(t[3].vendor_full("alice"), Some((2, 2)), "counted once each");
+        // A place kept for an accepted code whose connection went before it signed in comes back.
+        drop(t);
+        let u = a.admit_with(peer, 99).unwrap();
+        let held = u.hold_vendor("alice").unwrap();
+        held.keep();
+        drop(u);
+        let v = a.admit_with(peer, 99).unwrap();
+        assert_eq!(v.vendor_full("alice"), None);
     }
 
     fn ip(s: &str) -> IpAddr {

@@ -439,15 +439,19 @@ impl Auth {
             }
             return TotpOutcome::Barred;
         }
-        // Asked again right before a code is judged, not only at the key step: sign-ins finished at
-        // once on many connections cannot all slip under the cap.
-        if let Some((open, most)) = ticket.and_then(|t| t.vendor_full(&step.vendor.name)) {
-            let barred = Barred::Busy { open, most };
-            step.barred = Some(barred);
-            return TotpOutcome::Tell {
-                prompt: barred.prompt(),
-            };
-        }
+        // A place in the vendor's count is taken before a code is judged (checked and taken at once:
+        // codes judged together on many connections cannot all slip under the cap), kept if the code
+        // is accepted and given back otherwise.
+        let hold = match ticket.map(|t| t.hold_vendor(&step.vendor.name)).transpose() {
+            Ok(hold) => hold,
+            Err((open, most)) => {
+                let barred = Barred::Busy { open, most };
+                step.barred = Some(barred);
+                return TotpOutcome::Tell {
+                    prompt: barred.prompt(),
+                };
+            }
+        };
         let asked = std::mem::take(&mut step.asked);
         // Judged below, whichever way (a new link reopens the round).
         step.round = Round::Judged;
@@ -568,7 +572,11 @@ impl Auth {
             detail: json!({"user": user, "key": key_fp}),
         };
         let judged = signin::judge(app, attempt, now).await;
-        self.verdict(judged, &vendor, key_fp)
+        let outcome = self.verdict(judged, &vendor, key_fp);
+        if let (TotpOutcome::Accepted(_), Some(hold)) = (&outcome, hold) {
+            hold.keep();
+        }
+        outcome
     }
 
     fn verdict(
