@@ -81,15 +81,19 @@ pub enum SyncError {
     Store(#[from] StoreError),
 }
 
-/// Disables a directory staff account that lost its access and ends its web sessions, audited.
+/// Disables a directory staff account that lost its access and ends its web sessions, audited;
+/// `false`, with nothing written or audited, when the account was disabled already (an administrator
+/// disabled it after the caller read it: that disable and its audit stand).
 pub async fn remove_staff(
     app: &App,
     user: &StaffAuth,
     why: &str,
     now: i64,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let mut tx = app.store.begin().await?;
-    tx.set_directory_standing(user.id, None).await?;
+    if !tx.set_directory_standing(user.id, None).await? {
+        return Ok(false);
+    }
     let ended = tx.end_web_sessions_of(&user.name).await?;
     tx.audit(
         AuditEvent::new(
@@ -101,7 +105,8 @@ pub async fn remove_staff(
         now,
     )
     .await?;
-    tx.commit("user.directory.remove").await
+    tx.commit("user.directory.remove").await?;
+    Ok(true)
 }
 
 /// One re-check of every enabled directory staff account. A search that fails for one account (an
@@ -195,8 +200,9 @@ async fn recheck_one(
                 Lookup::Found(_) if taken => "its entry signs in as another account",
                 Lookup::Found(_) => "in no mapped group",
             };
-            remove_staff(app, &user, why, now).await?;
-            tracing::info!(user = %user.name, why, "directory account disabled; its web sessions ended");
+            if remove_staff(app, &user, why, now).await? {
+                tracing::info!(user = %user.name, why, "directory account disabled; its web sessions ended");
+            }
         }
         Some(standing) if standing != DirectoryStanding::of(&user) => {
             let mut tx = app.store.begin().await?;

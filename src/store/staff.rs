@@ -789,39 +789,37 @@ impl Tx {
         Ok(())
     }
 
+    /// Sets what the directory says of directory account `id`: its role and zones, or (`None`) that it
+    /// lost its access. `false` when nothing changed: with `None`, an account already disabled.
     pub async fn set_directory_standing(
         &mut self,
         id: i64,
         standing: Option<&DirectoryStanding>,
-    ) -> Result<()> {
-        match standing {
-            Some(standing) => {
-                sqlx::query(
-                    "UPDATE staff_users SET role = $1, zones = $2, zones_only = $3 WHERE id = $4",
-                )
-                .bind(standing.role.to_string())
-                .bind(standing.zones.join(","))
-                .bind(i64::from(standing.zones_only))
-                .bind(id)
-                .execute(&mut *self.tx)
-                .await
-                .context("updating a directory user")?;
-            }
+    ) -> Result<bool> {
+        let changed = match standing {
+            Some(standing) => sqlx::query(
+                "UPDATE staff_users SET role = $1, zones = $2, zones_only = $3 WHERE id = $4",
+            )
+            .bind(standing.role.to_string())
+            .bind(standing.zones.join(","))
+            .bind(i64::from(standing.zones_only))
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await
+            .context("updating a directory user")?,
             // Only an account still enabled: one an administrator disabled meanwhile (after the
             // re-check read its list) stays the administrator's, or the directory's mark would let
             // its next directory sign-in enable it again.
-            None => {
-                sqlx::query(
-                    "UPDATE staff_users SET enabled = 0, directory_disabled = 1, \
-                     enroll_token_hash = NULL, enroll_expires_at = NULL WHERE id = $1 AND enabled = 1",
-                )
-                .bind(id)
-                .execute(&mut *self.tx)
-                .await
-                .context("marking a directory user disabled by the directory")?;
-            }
-        }
-        Ok(())
+            None => sqlx::query(
+                "UPDATE staff_users SET enabled = 0, directory_disabled = 1, \
+                 enroll_token_hash = NULL, enroll_expires_at = NULL WHERE id = $1 AND enabled = 1",
+            )
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await
+            .context("marking a directory user disabled by the directory")?,
+        };
+        Ok(changed.rows_affected() > 0)
     }
 
     /// Disables a user and voids any pending enrollment token. This is an administrator's disable, and

@@ -729,7 +729,10 @@ async fn zone_approvers_and_four_eyes_by_directory_entry_on_both_backends() {
         let ivan = store.staff_auth("ivan").await.unwrap().unwrap();
         let mut tx = store.begin().await.unwrap();
         tx.disable_staff_user(ivan.id).await.unwrap();
-        tx.set_directory_standing(ivan.id, None).await.unwrap();
+        assert!(
+            !tx.set_directory_standing(ivan.id, None).await.unwrap(),
+            "nothing changed (so `user.directory.remove` is not audited)"
+        );
         tx.audit(ev(Action::UserDisable), 950).await.unwrap();
         tx.commit("t").await.unwrap();
         let ivan = store.staff_auth("ivan").await.unwrap().unwrap();
