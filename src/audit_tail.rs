@@ -60,8 +60,8 @@ pub struct Moved {
     pub log: &'static str,
     /// The destination as the log may show it (no secrets).
     pub shown_url: String,
-    /// The event to audit, with the detail to record (`from_seq`, where the old endpoint got to, is
-    /// added); `None` when the move needs no record (e-mail: notices simply start with the next request).
+    /// The event to audit, with the detail to record (`from_seq`, where the old endpoint got to, and
+    /// `to_seq`, where the new one starts after, are added: the events between reach neither); `None` when the move needs no record (e-mail: notices simply start with the next request).
     pub audit: Option<(Action, &'static str, Value)>,
 }
 
@@ -118,12 +118,15 @@ impl Lease<'_> {
     /// A cursor that belonged to another endpoint is moved to the end of the log and that is said as
     /// [`Moved`] asks.
     async fn claim(&self) -> Result<Option<i64>, StoreError> {
-        let now = self.app.clock.now();
-        let Some(claim) = self.claim_row(now).await? else {
+        // Leases are told on the database's clock, as node liveness is: a node whose own clock runs
+        // ahead would take a live holder's lease, one behind would wait too long for a dead one's.
+        let db_now = self.app.store.database_now().await?;
+        let Some(claim) = self.claim_row(db_now).await? else {
             return Ok(None);
         };
-        if claim.moved {
-            self.say_moved(claim.seq, now).await?;
+        if let Some(from_seq) = claim.moved_from {
+            self.say_moved(from_seq, claim.seq, self.app.clock.now())
+                .await?;
         }
         Ok(Some(claim.seq))
     }
@@ -150,7 +153,8 @@ impl Lease<'_> {
         }
     }
 
-    async fn say_moved(&self, from_seq: i64, now: UnixTime) -> Result<(), StoreError> {
+    /// Says the cursor moved: the old endpoint got to `from_seq`, the new one starts after `to_seq`.
+    async fn say_moved(&self, from_seq: i64, to_seq: i64, now: UnixTime) -> Result<(), StoreError> {
         let Some((action, subject, detail)) = &self.moved.audit else {
             tracing::info!(url = %self.moved.shown_url, "{}", self.moved.log);
             return Ok(());
@@ -160,6 +164,7 @@ impl Lease<'_> {
         if let Value::Object(fields) = &mut detail {
             fields.insert("endpoint".into(), Value::String(self.endpoint.clone()));
             fields.insert("from_seq".into(), Value::from(from_seq));
+            fields.insert("to_seq".into(), Value::from(to_seq));
         }
         let mut tx = self.app.store.begin().await?;
         tx.audit(

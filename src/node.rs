@@ -7,6 +7,14 @@
 //! finds the file under its recorded path (the one that wrote it, once it runs again, when recordings
 //! are on each node's own disk). Both are audited: `session.end` with `"abandoned": true`, and
 //! `recording.recovered`.
+//!
+//! Liveness is told on one clock, the database's ([`Store::database_now`]): heartbeats are written in
+//! it and sweeps judge them in it, so a node whose own clock is off is not taken for gone by the others
+//! (which would end its sessions under it, again at every sweep). The node's own clock still decides
+//! TOTP codes and grant ends, so every heartbeat compares the two ([`Skew`]): past
+//! [`CLOCK_SKEW_WARN_SECS`] it warns (and `chaperone_clock_skew_seconds` shows it).
+//!
+//! [`Store::database_now`]: crate::store::Store::database_now
 
 use std::time::Duration;
 
@@ -16,13 +24,19 @@ use tokio::sync::watch;
 use crate::app::App;
 use crate::audit::Action;
 use crate::audit::AuditEvent;
-use crate::model::RecordingRow;
+use crate::live::LiveSessions;
+use crate::model::{RecordingRow, UnixTime};
 use crate::store::{AbandonedSession, StoreError};
 
 /// How often a node says it is alive and looks for what others left.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
-/// A node not seen for this many seconds is gone: six missed heartbeats.
+/// A node not seen for this many seconds (on the database's clock) is gone: six missed heartbeats.
 pub const GONE_AFTER_SECS: i64 = 30;
+/// A node clock this far from the database's is warned about (`serve`, `doctor`): TOTP codes are 30 s
+/// steps, and each node ends grants by its own clock.
+pub const CLOCK_SKEW_WARN_SECS: i64 = 5;
+/// While the skew lasts, the warning is repeated this often.
+const SKEW_WARN_EVERY: Duration = Duration::from_secs(600);
 
 /// What one sweep found and ended.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -32,7 +46,7 @@ pub struct Swept {
 }
 
 /// Heartbeats and sweeps until `stop` turns true (`serve` registered the node before accepting anyone).
-pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
+pub async fn run(app: App, live: LiveSessions, mut skew: Skew, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -40,11 +54,14 @@ pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
             () = crate::ssh::stopped(&mut stop) => break,
             _ = tick.tick() => {}
         }
-        if let Err(e) = app.store.node_seen(&app.node, app.clock.now()).await {
-            tracing::warn!(error = %e, "cannot tell the database this node is alive");
-            continue;
-        }
-        match sweep(&app).await {
+        let db_now = match heartbeat(&app, &mut skew).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell the database this node is alive");
+                continue;
+            }
+        };
+        match sweep(&app, &live, db_now).await {
             Ok(s) if s != Swept::default() => tracing::warn!(
                 sessions = s.sessions,
                 recordings = s.recordings,
@@ -56,30 +73,92 @@ pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Says this node is alive, on the database's clock (returned), after comparing that clock with the
+/// node's own. `serve` calls it once before it accepts anyone, then [`run`] every [`HEARTBEAT`].
+pub async fn heartbeat(app: &App, skew: &mut Skew) -> Result<UnixTime, StoreError> {
+    let asked = app.clock.now();
+    let db_now = app.store.node_alive(&app.node).await?;
+    // Against the node's clock when asked and when answered: a wait for the pool is not skew.
+    let mine = app.clock.now();
+    skew.observe(if db_now < asked {
+        asked - db_now
+    } else if db_now > mine {
+        mine - db_now
+    } else {
+        0
+    });
+    Ok(db_now)
+}
+
+/// What this node last said about its clock against the database's: a warning when they drift apart
+/// (again every [`SKEW_WARN_EVERY`] while it lasts), a line when they agree again.
+#[derive(Debug, Default)]
+pub struct Skew {
+    warned: Option<tokio::time::Instant>,
+}
+
+impl Skew {
+    /// `skew` is the node's clock minus the database's, in seconds.
+    fn observe(&mut self, skew: i64) {
+        crate::ops::metrics::clock_skew(skew);
+        if skew.abs() <= CLOCK_SKEW_WARN_SECS {
+            if self.warned.take().is_some() {
+                tracing::info!(skew, "this node's clock agrees with the database's again");
+            }
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if self
+            .warned
+            .is_some_and(|at| now.duration_since(at) < SKEW_WARN_EVERY)
+        {
+            return;
+        }
+        self.warned = Some(now);
+        tracing::warn!(
+            skew,
+            "this node's clock is {skew:+} s from the database's: run NTP on both (TOTP codes and grant \
+             ends go by this node's clock; node liveness by the database's)"
+        );
+    }
+}
+
 /// Forgets this node (a clean stop: its sessions have ended) and nodes long gone.
 pub async fn leave(app: &App) {
-    let stale = app.clock.now() - 24 * 3600;
-    if let Err(e) = app.store.node_gone(&app.node, stale).await {
+    let gone = async {
+        let stale = app.store.database_now().await? - 24 * 3600;
+        app.store.node_gone(&app.node, stale).await
+    };
+    if let Err(e) = gone.await {
         tracing::warn!(error = %e, "cannot remove this node from the database");
     }
 }
 
-/// Ends the open sessions of nodes that are gone and finishes the recordings nobody finished (those whose
-/// file is here, of sessions another node ran).
-pub async fn sweep(app: &App) -> Result<Swept, StoreError> {
+/// Ends the open sessions of nodes gone at `db_now` (the database's clock), and this node's own whose end
+/// it could not write (the database did not answer for longer than the end's retries); finishes the
+/// recordings nobody finished (those whose file is here). Never a session live in this process, nor
+/// its recording: `live` is read after the database, and a session registers before its row is written,
+/// so one that started meanwhile is not taken for left open.
+pub async fn sweep(app: &App, live: &LiveSessions, db_now: UnixTime) -> Result<Swept, StoreError> {
     let mut swept = Swept::default();
-    let alive_after = app.clock.now() - GONE_AFTER_SECS;
-    for s in app.store.abandoned_sessions(alive_after).await? {
-        // This process's own sessions are live here: never ours to end from a sweep.
-        if *s.node == *app.node {
-            continue;
+    let mut open = app
+        .store
+        .abandoned_sessions(db_now - GONE_AFTER_SECS)
+        .await?;
+    for own in app.store.open_sessions_of_node(&app.node).await? {
+        if !open.iter().any(|s| s.id == own.id) {
+            open.push(own);
         }
-        if end_abandoned(app, &s).await? {
+    }
+    let recordings = app.store.unfinished_recordings().await?;
+    let here = live.ids();
+    for s in open.iter().filter(|s| !here.contains(&s.id)) {
+        if end_abandoned(app, s).await? {
             swept.sessions += 1;
         }
     }
-    for r in app.store.unfinished_recordings(&app.node).await? {
-        if finish_recording(app, &r).await? {
+    for r in recordings.iter().filter(|r| !here.contains(&r.session_id)) {
+        if finish_recording(app, r).await? {
             swept.recordings += 1;
         }
     }
@@ -89,10 +168,16 @@ pub async fn sweep(app: &App) -> Result<Swept, StoreError> {
 async fn end_abandoned(app: &App, s: &AbandonedSession) -> Result<bool, StoreError> {
     let now = app.clock.now();
     let node = &s.node;
-    let reason = format!(
-        "the chaperone process running it (node {node}) stopped without ending it; ended by node {}",
-        app.node
-    );
+    let reason = if *node == *app.node {
+        format!(
+            "its end could not be written when it ended (the database did not answer); ended by node {node}"
+        )
+    } else {
+        format!(
+            "the chaperone process running it (node {node}) stopped without ending it; ended by node {}",
+            app.node
+        )
+    };
     let mut tx = app.store.begin().await?;
     // Its byte counts were never written (the node that counted them is gone): they stay zero.
     if !tx.end_session(&s.id, &reason, "lost", 0, 0, now).await? {

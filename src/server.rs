@@ -146,8 +146,8 @@ pub async fn run(
         ),
         None => None,
     };
-    app.store
-        .node_seen(&app.node, app.clock.now())
+    let mut skew = crate::node::Skew::default();
+    crate::node::heartbeat(&app, &mut skew)
         .await
         .map_err(ServerError::Node)?;
     for warning in app.config.warnings() {
@@ -158,9 +158,14 @@ pub async fn run(
     let ops_addr = listeners.ops_addr()?;
     let ssh_listener = ssh::Listener::new(&app, listeners.ssh).map_err(ServerError::Ssh)?;
     let tls = web_tls(&app.config)?;
-    let node_task = tokio::spawn(crate::node::run(app.clone(), stop_rx.clone()));
-    tokio::spawn(crate::search_index::run(app.clone(), stop_rx.clone()));
     let live = ssh_listener.live();
+    let node_task = tokio::spawn(crate::node::run(
+        app.clone(),
+        live.clone(),
+        skew,
+        stop_rx.clone(),
+    ));
+    tokio::spawn(crate::search_index::run(app.clone(), stop_rx.clone()));
     let ready = std::sync::Arc::new(crate::ops::Readiness::default());
     let ops_task = listeners.ops.map(|listener| {
         let mut ops_stop = stop_rx.clone();

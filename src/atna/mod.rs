@@ -382,6 +382,12 @@ pub fn audit_message(row: &AuditRow, source: &Source) -> Option<AuditMessage> {
             details.push(("chaperone-detail", format!("{key}={}", clip(&v))));
         }
     }
+    // A moved export's gap: where the previous repository's trail stopped and this one's starts after.
+    for key in ["from_seq", "to_seq"] {
+        if let Some(n) = detail.get(key).and_then(Value::as_i64) {
+            details.push(("chaperone-detail", format!("{key}={n}")));
+        }
+    }
     let mut objects = vec![object(&row.subject, details)];
     if let Some(asset) = text("asset")
         && row.subject != format!("asset:{asset}")
@@ -605,7 +611,7 @@ mod tests {
                 "atna.endpoint.changed",
                 "system",
                 "atna",
-                r#"{"url":"tls://arr:6514","from_seq":41}"#,
+                r#"{"url":"tls://arr:6514","from_seq":41,"to_seq":57}"#,
             ),
             &source(),
         )
@@ -616,6 +622,12 @@ mod tests {
             xml.contains("110134") && xml.contains("Audit Recording Started"),
             "{xml}"
         );
+        // The gap, as the repository reads it (ParticipantObjectDetail values are base64).
+        use base64::Engine as _;
+        for (key, n) in [("from_seq", 41), ("to_seq", 57)] {
+            let value = base64::engine::general_purpose::STANDARD.encode(format!("{key}={n}"));
+            assert!(xml.contains(&value), "{key}: {xml}");
+        }
     }
 
     #[test]

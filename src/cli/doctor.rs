@@ -21,8 +21,6 @@ const SPACE_FAIL: u64 = 256 * 1024 * 1024;
 const SPACE_WARN: u64 = 2 * 1024 * 1024 * 1024;
 /// A certificate this close to its end gets a warning.
 const CERT_WARN_SECS: i64 = 30 * 24 * 3600;
-/// TOTP codes are 30 s steps: a skew beyond this makes codes fail or nodes disagree on grants' ends.
-const SKEW_WARN_SECS: i64 = 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Level {
@@ -408,7 +406,7 @@ async fn database(r: &mut Report, config: &Config) {
     }
     if let Some(theirs) = status.clock {
         let skew = theirs - crate::clock::Clock::system().now();
-        if skew.abs() > SKEW_WARN_SECS {
+        if skew.abs() > crate::node::CLOCK_SKEW_WARN_SECS {
             r.line(
                 Level::Warn,
                 "clock",
@@ -420,7 +418,10 @@ async fn database(r: &mut Report, config: &Config) {
             r.line(
                 Level::Ok,
                 "clock",
-                format!("within {SKEW_WARN_SECS} s of the database server's"),
+                format!(
+                    "within {} s of the database server's",
+                    crate::node::CLOCK_SKEW_WARN_SECS
+                ),
             );
         }
     }

@@ -10,7 +10,6 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 
 use crate::app::App;
-use crate::clock::Clock;
 use crate::config::{Config, redact_url};
 use crate::node::GONE_AFTER_SECS;
 use crate::store::Store;
@@ -23,14 +22,16 @@ pub async fn open(config: &Path, what: &str) -> anyhow::Result<App> {
         let store = Store::connect_unmigrated(&config.database.url)
             .await
             .with_context(|| format!("opening database {}", redact_url(&config.database.url)))?;
-        require_no_running_node(&store, Clock::system().now(), what).await?;
+        require_no_running_node(&store, what).await?;
     }
     Ok(App::from_config(config).await?)
 }
 
-/// Refuses (`what` says which command) while a node has been seen within [`GONE_AFTER_SECS`] at
-/// `now`: running, or killed too recently to tell (its row goes once it is that old).
-pub async fn require_no_running_node(store: &Store, now: i64, what: &str) -> anyhow::Result<()> {
+/// Refuses (`what` says which command) while a node has been seen within [`GONE_AFTER_SECS`] (on the
+/// database's clock, which heartbeats are written in): running, or killed too recently to tell (its row
+/// goes once it is that old).
+pub async fn require_no_running_node(store: &Store, what: &str) -> anyhow::Result<()> {
+    let now = store.database_now().await?;
     let running = store.nodes_seen_since(now - GONE_AFTER_SECS).await?;
     if running.is_empty() {
         return Ok(());

@@ -205,9 +205,12 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if let Ok(mut map) = self.live.inner.sessions.lock() {
-            map.remove(&self.id);
-        }
+        self.live
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.id);
     }
 }
 
@@ -259,7 +262,13 @@ impl LiveSessions {
                 text: e.why,
             }));
         }
-        if let Ok(mut map) = self.inner.sessions.lock() {
+        // Always in the map, even past a poisoned lock: `node::sweep` spares only what it finds there.
+        {
+            let mut map = self
+                .inner
+                .sessions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             map.insert(
                 session_id.to_owned(),
                 Entry {
@@ -406,6 +415,20 @@ impl LiveSessions {
         ids.sort_unstable();
         ids.dedup();
         ids
+    }
+
+    /// Every session registered on this node, started or not. A session registers before its row is
+    /// written and leaves once its end is written (or given up), so a row not among these, read before
+    /// this was taken, is of no session alive here (`node::sweep`).
+    pub fn ids(&self) -> std::collections::HashSet<String> {
+        // A poisoned lock still holds the map: an empty answer would have the sweep end them all.
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// The started sessions of this node (those with a row in the store).

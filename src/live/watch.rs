@@ -53,7 +53,7 @@ pub async fn watch(
     every: Duration,
     mut stop: stop_watch::Receiver<bool>,
 ) {
-    // When the store loop last heard the database out (milliseconds since `epoch`, monotonic).
+    // When the store loop's last complete re-read started (milliseconds since `epoch`, monotonic).
     let epoch = Instant::now();
     let heard = Arc::new(AtomicU64::new(0));
     let clock = {
@@ -86,6 +86,10 @@ pub async fn watch(
         let mut seen_head: Option<i64> = None;
         let mut last_full = Instant::now();
         while next_tick(&mut tick, &mut stop).await {
+            // What a complete re-read tells is as of its start (a revocation committed after the head
+            // was read waits for the next one), so the lease counts from there, not from its end (up
+            // to two `RECHECK_TIMEOUT`s later).
+            let asked = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
             let head = tokio::time::timeout(RECHECK_TIMEOUT, app.store.audit_head()).await;
             match head {
                 Ok(Ok((head, _))) => {
@@ -97,8 +101,7 @@ pub async fn watch(
                         last_full = Instant::now();
                     }
                     if complete {
-                        let at = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-                        heard.store(at, Ordering::Relaxed);
+                        heard.store(asked, Ordering::Relaxed);
                     }
                 }
                 Ok(Err(e)) => {

@@ -36,6 +36,7 @@ struct Metrics {
     backlog: IntGaugeVec,
     db_connections: IntGaugeVec,
     db_up: IntGauge,
+    clock_skew: IntGauge,
 }
 
 /// The names and help texts are fixed, so registering cannot fail: the `expect`s below run once, at
@@ -152,6 +153,10 @@ fn build() -> Metrics {
             "chaperone_db_up",
             "1 when the database answered the last scrape.",
         ),
+        clock_skew: gauge(
+            "chaperone_clock_skew_seconds",
+            "This node's clock minus the database's, at the last heartbeat.",
+        ),
         registry,
     };
     // Every label value known in advance shows from the first scrape, at 0.
@@ -230,6 +235,11 @@ pub fn delivery_failed(consumer: &str) {
 
 pub fn atna_sent() {
     METRICS.atna_sent.inc();
+}
+
+/// This node's clock minus the database's (`node::heartbeat`).
+pub fn clock_skew(seconds: i64) {
+    METRICS.clock_skew.set(seconds);
 }
 
 pub fn db_acquired(waited: std::time::Duration) {

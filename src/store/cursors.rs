@@ -12,8 +12,9 @@ use crate::model::UnixTime;
 pub struct CursorClaim {
     /// The last audit `seq` the consumer handled.
     pub seq: i64,
-    /// The cursor belonged to another endpoint and was moved to the end of the audit log for this one.
-    pub moved: bool,
+    /// The cursor belonged to another endpoint and was moved to the end of the audit log for this one:
+    /// where that endpoint got to (events after it, up to `seq`, are not sent to this one).
+    pub moved_from: Option<i64>,
 }
 
 impl Store {
@@ -59,7 +60,10 @@ impl Store {
             .context("reading an audit cursor")?;
         let (was, seq): (String, i64) = (get(&row, "endpoint")?, get(&row, "seq")?);
         if was == endpoint {
-            return Ok(Some(CursorClaim { seq, moved: false }));
+            return Ok(Some(CursorClaim {
+                seq,
+                moved_from: None,
+            }));
         }
         sqlx::query(
             "UPDATE audit_cursors SET endpoint = $3, seq = (SELECT seq FROM audit_head WHERE id = 1) \
@@ -78,7 +82,7 @@ impl Store {
             .context("reading an audit cursor")?;
         Ok(Some(CursorClaim {
             seq: get(&row, "seq")?,
-            moved: true,
+            moved_from: Some(seq),
         }))
     }
 

@@ -101,7 +101,7 @@ impl Store {
                 Err(_) => Vec::new(),
             };
         let clock = if postgres {
-            let row = sqlx::query("SELECT CAST(EXTRACT(EPOCH FROM now()) AS BIGINT) AS t")
+            let row = sqlx::query(super::nodes::clock_query(super::Backend::Postgres))
                 .fetch_one(&pool)
                 .await
                 .context("reading the database's clock")?;

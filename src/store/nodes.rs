@@ -18,8 +18,62 @@ pub struct AbandonedSession {
     pub node: String,
 }
 
+/// The query that reads the database's clock (unix seconds, as `t`). With PostgreSQL it is the server's
+/// own clock (`clock_timestamp`, not the transaction's start); with SQLite, the calling process's, which
+/// is the machine's that holds the file and so every node's on it.
+pub(super) fn clock_query(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => "SELECT CAST(strftime('%s', 'now') AS INTEGER) AS t",
+        Backend::Postgres => {
+            "SELECT CAST(floor(EXTRACT(EPOCH FROM clock_timestamp())) AS BIGINT) AS t"
+        }
+    }
+}
+
+/// [`Store::node_alive`]'s statement: the clock read where the row is written, so the time written is
+/// the time of the write, however long the pool made it wait.
+fn alive_statement(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => {
+            "INSERT INTO nodes (id, started_at, seen_at) \
+             VALUES ($1, CAST(strftime('%s', 'now') AS INTEGER), CAST(strftime('%s', 'now') AS INTEGER)) \
+             ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at RETURNING seen_at"
+        }
+        Backend::Postgres => {
+            "INSERT INTO nodes (id, started_at, seen_at) \
+             VALUES ($1, CAST(floor(EXTRACT(EPOCH FROM clock_timestamp())) AS BIGINT), \
+                     CAST(floor(EXTRACT(EPOCH FROM clock_timestamp())) AS BIGINT)) \
+             ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at RETURNING seen_at"
+        }
+    }
+}
+
 impl Store {
-    /// Registers node `id` as alive (or says so again).
+    /// The database's clock, in unix seconds: the one clock nodes' liveness is told by. Every node
+    /// writes its heartbeat in it and judges others' in it, so a node whose own clock is off is neither
+    /// taken for gone (its sessions ended under it) nor kept for alive; `node::run` compares it with
+    /// the node's own clock, which TOTP and grant ends go by, and warns.
+    pub async fn database_now(&self) -> Result<UnixTime> {
+        let row = sqlx::query(clock_query(self.backend))
+            .fetch_one(&self.pool)
+            .await
+            .context("reading the database's clock")?;
+        get(&row, "t")
+    }
+
+    /// Registers node `id` as alive (or says so again) now, on the database's clock, read in the same
+    /// statement; returns that time.
+    pub async fn node_alive(&self, id: &str) -> Result<UnixTime> {
+        let row = sqlx::query(alive_statement(self.backend))
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .context("registering this node")?;
+        get(&row, "seen_at")
+    }
+
+    /// Registers node `id` as alive (or says so again) at `now` (on the database's clock: tests, and
+    /// callers that read it; `node::heartbeat` uses [`Store::node_alive`]).
     pub async fn node_seen(&self, id: &str, now: UnixTime) -> Result<()> {
         sqlx::query(
             "INSERT INTO nodes (id, started_at, seen_at) VALUES ($1, $2, $2) \
@@ -78,7 +132,8 @@ impl Store {
         Ok(())
     }
 
-    /// Open sessions whose node has not been seen since `alive_after`, or is unknown. Sessions without a
+    /// Open sessions whose node has not been seen since `alive_after` (on the database's clock), or is
+    /// unknown. Sessions without a
     /// node (written by a version before migration 0005 still running) are not included.
     pub async fn abandoned_sessions(&self, alive_after: UnixTime) -> Result<Vec<AbandonedSession>> {
         let rows = sqlx::query(
@@ -91,34 +146,46 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .context("looking for abandoned sessions")?;
-        rows.iter()
-            .map(|r| {
-                Ok(AbandonedSession {
-                    id: get(r, "id")?,
-                    vendor: get(r, "vendor")?,
-                    grant_id: get(r, "grant_id")?,
-                    kind: get(r, "kind")?,
-                    node: get(r, "node")?,
-                })
-            })
-            .collect()
+        rows.iter().map(abandoned).collect()
     }
 
-    /// Recordings without a digest whose session has ended: their writer stopped before finishing them.
-    /// Never those of node `except` (the caller's own): its recordings are written by this very process,
-    /// which closes each at its session's end, even when another node took it for gone and ended the
-    /// session's row meanwhile; a digest of its file taken here would be of a recording still growing.
-    pub async fn unfinished_recordings(&self, except: &str) -> Result<Vec<RecordingRow>> {
+    /// Open sessions of node `node` (the caller's own: those whose end it could not write, and those live
+    /// in it, which the caller leaves alone).
+    pub async fn open_sessions_of_node(&self, node: &str) -> Result<Vec<AbandonedSession>> {
+        let rows = sqlx::query(
+            "SELECT s.id, v.name AS vendor, s.grant_id, s.kind, s.node FROM sessions s \
+             JOIN vendors v ON v.id = s.vendor_id WHERE s.ended_at IS NULL AND s.node = $1 \
+             ORDER BY s.started_at",
+        )
+        .bind(node)
+        .fetch_all(&self.pool)
+        .await
+        .context("looking for this node's open sessions")?;
+        rows.iter().map(abandoned).collect()
+    }
+
+    /// Recordings without a digest whose session has ended: their writer stopped before finishing them,
+    /// or is still writing (a session live on its node that another node took for gone: the caller
+    /// leaves its own live sessions' recordings alone).
+    pub async fn unfinished_recordings(&self) -> Result<Vec<RecordingRow>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {} FROM recordings r JOIN sessions s ON s.id = r.session_id \
-             WHERE r.closed_at IS NULL AND s.ended_at IS NOT NULL \
-             AND (s.node IS NULL OR s.node <> $1) ORDER BY r.id",
+             WHERE r.closed_at IS NULL AND s.ended_at IS NOT NULL ORDER BY r.id",
             super::sessions::RECORDING_COLUMNS
         )))
-        .bind(except)
         .fetch_all(&self.pool)
         .await
         .context("looking for unfinished recordings")?;
         rows.iter().map(super::sessions::recording).collect()
     }
+}
+
+fn abandoned(r: &sqlx::any::AnyRow) -> Result<AbandonedSession> {
+    Ok(AbandonedSession {
+        id: get(r, "id")?,
+        vendor: get(r, "vendor")?,
+        grant_id: get(r, "grant_id")?,
+        kind: get(r, "kind")?,
+        node: get(r, "node")?,
+    })
 }

@@ -45,7 +45,10 @@ impl Store {
             .context("reading the webhook cursor")?;
         let (was, seq): (String, i64) = (get(&row, "endpoint")?, get(&row, "delivered_seq")?);
         if was == endpoint {
-            return Ok(Some(CursorClaim { seq, moved: false }));
+            return Ok(Some(CursorClaim {
+                seq,
+                moved_from: None,
+            }));
         }
         sqlx::query(
             "UPDATE webhook_cursor SET endpoint = $1, \
@@ -62,7 +65,7 @@ impl Store {
             .context("reading the webhook cursor")?;
         Ok(Some(CursorClaim {
             seq: get(&row, "delivered_seq")?,
-            moved: true,
+            moved_from: Some(seq),
         }))
     }
 

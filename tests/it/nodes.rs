@@ -19,6 +19,11 @@ const PASSWORD: &str = "correct horse battery staple";
 /// is a copy of the first one's data dir with its own web port and its own recordings), or `None` when
 /// PostgreSQL is missing and not required.
 pub(crate) fn two_nodes() -> Option<(Bastion, Bastion, u16, String)> {
+    two_nodes_with(&[])
+}
+
+/// [`two_nodes`], the second node started with more environment variables.
+fn two_nodes_with(env_b: &[(&str, &str)]) -> Option<(Bastion, Bastion, u16, String)> {
     let url = tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(postgres::fresh_database())?;
@@ -34,7 +39,12 @@ pub(crate) fn two_nodes() -> Option<(Bastion, Bastion, u16, String)> {
         &format!("listen = \"127.0.0.1:{port_a}\""),
         &format!("listen = \"127.0.0.1:{port_b}\"\npublic_url = \"https://localhost:{port_a}\""),
     );
-    Some((Bastion::start(a), Bastion::start(b), port_a, url))
+    Some((
+        Bastion::start(a),
+        Bastion::start_with_env(b, env_b),
+        port_a,
+        url,
+    ))
 }
 
 /// A data dir whose database is the PostgreSQL database at `url`.
@@ -519,4 +529,103 @@ fn a_node_taken_for_gone_or_cut_off_from_its_database_closes_its_sessions() {
         out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned()),
         b.log()
     );
+
+    // Cut off with errors (the audit head renamed away, so every write fails at once): the session is
+    // closed after the lease, and its end, tried four times, is not written. Once the database answers,
+    // the node's own sweep ends the row (not live here any more) and vouches for the recording from its
+    // file; before, both stayed open until the process restarted.
+    let child = session("echo up; sleep 60");
+    let id = b.live_session_id();
+    sql("ALTER TABLE audit_head RENAME TO audit_head_away".to_owned());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("this bastion node has lost its database"),
+        "{stderr}\n{}",
+        b.log()
+    );
+    assert!(
+        crate::support::bastion::wait_until(Duration::from_secs(20), || b
+            .log()
+            .contains(&format!("cannot record the session end session={id}"))),
+        "{}",
+        b.log()
+    );
+    sql("ALTER TABLE audit_head_away RENAME TO audit_head".to_owned());
+    let mut verified = String::new();
+    assert!(
+        crate::support::bastion::wait_until(Duration::from_secs(30), || {
+            verified = b.data.run(&["session", "verify", &id]).stdout();
+            verified.contains("intact")
+        }),
+        "{verified}\n{}",
+        b.log()
+    );
+    let row = b.data.run(&["session", "show", &id, "--json"]).ok().json();
+    assert!(
+        row["end_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("its end could not be written")),
+        "{row}"
+    );
+}
+
+/// Debian's libfaketime (its thread-safe build), which shifts a process's clock (`FAKETIME`), or `None`.
+fn libfaketime() -> Option<String> {
+    ["x86_64-linux-gnu", "aarch64-linux-gnu"]
+        .iter()
+        .map(|arch| format!("/usr/lib/{arch}/faketime/libfaketimeMT.so.1"))
+        .find(|p| Path::new(p).exists())
+}
+
+/// Node liveness is told on the database's clock. A node whose own clock runs two minutes ahead took
+/// every other node for gone (their heartbeats looked two minutes old) and its sweep ended their
+/// sessions under them, again at every heartbeat. Now the other node's session runs to its end, and
+/// the node with the clock off says so.
+#[test]
+fn a_node_whose_clock_is_off_does_not_end_another_nodes_sessions() {
+    let Some(faketime) = libfaketime() else {
+        crate::support::missing("faketime (libfaketime)");
+        return;
+    };
+    let Some(sshd) = crate::support::sshd::Sshd::start() else {
+        return;
+    };
+    let Some((a, b, _, _)) = two_nodes_with(&[
+        ("LD_PRELOAD", &faketime),
+        ("FAKETIME", "+120s"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ]) else {
+        return;
+    };
+    a.device("mri-01", &sshd, &[]);
+    let carol = a.vendor("carol", "Acme Imaging");
+    a.grant("carol", "mri-01", "ssh", "1h");
+    // Longer than two of the other node's sweeps (every 5 s).
+    let out = a
+        .ssh(&carol, "carol+mri-01")
+        .arg("echo up; sleep 14; echo done")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.contains("up") && stdout.contains("done"),
+        "{stdout}\n{stderr}\n--- a\n{}\n--- b\n{}",
+        a.log(),
+        b.log()
+    );
+    assert!(
+        !b.log().contains("ended a session its node left open"),
+        "{}",
+        b.log()
+    );
+    let warned = b.log();
+    assert!(
+        warned.contains("this node's clock is +12") && warned.contains("from the database's"),
+        "{warned}"
+    );
+    assert!(!a.log().contains("this node's clock is"), "{}", a.log());
 }

@@ -332,12 +332,12 @@ async fn sessions_of_a_gone_node_are_found_and_ended_once() {
             ("s-dead", "node-dead")
         );
         assert_eq!(gone[0].vendor, "alice");
-        assert!(
-            store
-                .unfinished_recordings("node-x")
-                .await
-                .unwrap()
-                .is_empty()
+        assert!(store.unfinished_recordings().await.unwrap().is_empty());
+        // A node's own open sessions, whatever its heartbeat says (the sweep leaves those live in it).
+        let own = store.open_sessions_of_node("node-live").await.unwrap();
+        assert_eq!(
+            own.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            ["s-live"]
         );
 
         let mut first = store.begin().await.unwrap();
@@ -364,16 +364,9 @@ async fn sessions_of_a_gone_node_are_found_and_ended_once() {
             (Some(510), Some("node gone"))
         );
 
-        // Its recording has no digest yet: listed, then closed once. Not to node-dead itself: a node
-        // taken for gone while it still runs (a clock behind, a stalled heartbeat) writes it still.
-        assert!(
-            store
-                .unfinished_recordings("node-dead")
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        let unfinished = store.unfinished_recordings("node-live").await.unwrap();
+        // Its recording has no digest yet: listed (a node leaves out those of its sessions still live
+        // in it), then closed once.
+        let unfinished = store.unfinished_recordings().await.unwrap();
         assert_eq!(unfinished.len(), 1);
         assert_eq!(unfinished[0].path, "/r/s-dead.exec");
         let mut tx = store.begin().await.unwrap();
@@ -389,13 +382,7 @@ async fn sessions_of_a_gone_node_are_found_and_ended_once() {
         );
         tx.audit(ev(Action::RecordingRecovered), 520).await.unwrap();
         tx.commit("t").await.unwrap();
-        assert!(
-            store
-                .unfinished_recordings("node-live")
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(store.unfinished_recordings().await.unwrap().is_empty());
 
         // A node that never registered counts as gone; a clean stop removes the node.
         store.node_gone("node-live", 0).await.unwrap();
@@ -467,7 +454,7 @@ async fn one_node_at_a_time_holds_the_webhook_cursor() {
                 .unwrap(),
             Some(CursorClaim {
                 seq: head,
-                moved: false
+                moved_from: None
             })
         );
         // Another node waits while the lease is live, and takes over once it lapses.
@@ -491,7 +478,7 @@ async fn one_node_at_a_time_holds_the_webhook_cursor() {
                 .unwrap(),
             Some(CursorClaim {
                 seq: head + 5,
-                moved: false
+                moved_from: None
             })
         );
         assert!(!store.advance_webhook_cursor("a", head + 6).await.unwrap());
@@ -504,7 +491,7 @@ async fn one_node_at_a_time_holds_the_webhook_cursor() {
                 .unwrap(),
             Some(CursorClaim {
                 seq: head,
-                moved: true
+                moved_from: Some(head + 5)
             })
         );
     })

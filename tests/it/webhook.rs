@@ -174,8 +174,30 @@ fn a_new_webhook_url_starts_at_the_end_of_the_log_and_the_move_is_audited() {
         .find(|l| l.contains("\"webhook.endpoint.changed\""))
         .unwrap()
         .to_owned();
-    assert!(moved.contains("from_seq"), "{moved}");
     assert!(!moved.contains(SECRET), "{moved}");
+    // The gap, named: the old receiver got to `from_seq` (past the first revocation), the new one
+    // starts after `to_seq`; the revocation made while the bastion was down lies between.
+    let event: serde_json::Value = serde_json::from_str(&moved).unwrap();
+    let detail = match &event["detail"] {
+        serde_json::Value::String(text) => serde_json::from_str(text).unwrap(),
+        other => other.clone(),
+    };
+    let (from, to) = (
+        detail["from_seq"].as_i64().unwrap(),
+        detail["to_seq"].as_i64().unwrap(),
+    );
+    assert!(0 < from && from < to, "{moved}");
+    let seq_of = |subject: &str| {
+        audit(&b)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|e| e["action"] == "grant.revoke" && e["subject"] == subject)
+            .and_then(|e| e["seq"].as_i64())
+            .unwrap()
+    };
+    assert!(seq_of(&format!("grant:{one}")) <= from, "{moved}");
+    let gap = seq_of(&format!("grant:{two}"));
+    assert!(from < gap && gap <= to, "{gap}: {moved}");
     let three = revoke(&b.data);
     assert!(
         wait_until(Duration::from_secs(20), || second

@@ -23,10 +23,16 @@ pub struct Bastion {
 impl Bastion {
     /// Starts `chaperone serve` on an initialised data dir.
     pub fn start(data: DataDir) -> Bastion {
+        Bastion::start_with_env(data, &[])
+    }
+
+    /// Starts `chaperone serve` with more environment variables (`LD_PRELOAD` of libfaketime, say).
+    pub fn start_with_env(data: DataDir, env: &[(&str, &str)]) -> Bastion {
         let config = data.config();
         let mut child = guarded(chaperone_bin(), &["-c", &config.to_string_lossy(), "serve"])
             .env("RUST_LOG", "info,chaperone=debug")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
