@@ -1326,7 +1326,7 @@ async fn issue_11_a_download_streams_the_bundle_and_refuses_an_altered_recording
         .unwrap();
         tx.commit("t").await.unwrap();
 
-        let export = || {
+        let export_holding = |place: std::sync::Arc<()>| {
             export_stream(
                 store.clone(),
                 config.clone(),
@@ -1334,26 +1334,16 @@ async fn issue_11_a_download_streams_the_bundle_and_refuses_an_altered_recording
                 "staff:ines".to_owned(),
                 "web".to_owned(),
                 2_000,
-                (),
+                place,
             )
         };
+        let export = || export_holding(std::sync::Arc::new(()));
         // What the download holds (its place under the web's bounds) goes with the writer, not with
         // the caller: a browser gone before the first chunk (the future dropped) stops nothing, and its
         // place comes back only once the writer has stopped.
         let place = std::sync::Arc::new(());
-        let gone = tokio::time::timeout(
-            std::time::Duration::ZERO,
-            export_stream(
-                store.clone(),
-                config.clone(),
-                "s-web".to_owned(),
-                "staff:ines".to_owned(),
-                "web".to_owned(),
-                2_000,
-                place.clone(),
-            ),
-        )
-        .await;
+        let gone =
+            tokio::time::timeout(std::time::Duration::ZERO, export_holding(place.clone())).await;
         assert!(gone.is_err(), "polled once, then dropped");
         assert_eq!(
             std::sync::Arc::strong_count(&place),
