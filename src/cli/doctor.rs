@@ -70,6 +70,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     passkey_links(&mut r, &config);
     free_space(&mut r, &config.recording.dir);
     database(&mut r, &config).await;
+    directory(&mut r, &config).await;
     match r.fails {
         0 => Ok(()),
         1 => anyhow::bail!("1 check failed"),
@@ -424,5 +425,36 @@ async fn database(r: &mut Report, config: &Config) {
                 ),
             );
         }
+    }
+}
+
+/// The directory (`[ldap]`): the service account binds, and every base and mapped group the
+/// configuration names is there. A missing one refuses every directory sign-in that asks for it
+/// (rather than disabling its members), so it is a failure here.
+async fn directory(r: &mut Report, config: &Config) {
+    let directory = match crate::identity::ldap::Directory::from_config(config) {
+        Ok(Some(d)) => d,
+        Ok(None) => return,
+        Err(e) => {
+            r.line(Level::Fail, "ldap", crate::error_text::report(&e));
+            return;
+        }
+    };
+    match directory.configured_entries().await {
+        Ok(entries) => {
+            let mut found = 0;
+            for (what, dn, why) in entries {
+                match why {
+                    None => found += 1,
+                    Some(why) => r.line(Level::Fail, &what, format!("{dn}: {why}")),
+                }
+            }
+            r.line(
+                Level::Ok,
+                "ldap",
+                format!("the service account binds; {found} configured base(s) and group(s) found"),
+            );
+        }
+        Err(e) => r.line(Level::Fail, "ldap", crate::error_text::report(&e)),
     }
 }

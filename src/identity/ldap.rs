@@ -275,6 +275,54 @@ impl Directory {
         Ok(ldap)
     }
 
+    /// The entries the configuration names (`user_base`, `[ldap.vendors] base`, every mapped group),
+    /// each with why the service account cannot find it (`None`: found). A missing base or group
+    /// refuses every sign-in that asks for it, so `doctor` looks before anyone signs in. An error is
+    /// the service account's bind or the directory not answering.
+    pub async fn configured_entries(
+        &self,
+    ) -> Result<Vec<(String, String, Option<String>)>, LdapError> {
+        let mut named = vec![("ldap.user_base".to_owned(), self.config.user_base.clone())];
+        if let Some(v) = &self.config.vendors {
+            named.push(("ldap.vendors.base".to_owned(), v.base.clone()));
+        }
+        let roles = &self.config.roles;
+        for (what, group) in [
+            ("ldap.roles.admin", &roles.admin),
+            ("ldap.roles.approver", &roles.approver),
+            ("ldap.roles.auditor", &roles.auditor),
+        ] {
+            if let Some(group) = group {
+                named.push((what.to_owned(), group.clone()));
+            }
+        }
+        for (zone, group) in &self.config.zone_approvers {
+            named.push((format!("ldap.zones.{zone}.approver"), group.clone()));
+        }
+        // One operation per entry, each bounded by `timeout`.
+        let mut ldap = self.bounded(self.service()).await?;
+        let mut out = Vec::new();
+        for (what, dn) in named {
+            let found = self
+                .search(&mut ldap, &dn, Scope::Base, "(objectClass=*)", vec!["1.1"])
+                .await;
+            let why = match found {
+                Ok(_) => None,
+                Err(LdapError::Search { text, .. }) if text.starts_with("rc=32") => {
+                    Some("not in the directory (or hidden from the service account)".to_owned())
+                }
+                Err(LdapError::Search { text, .. }) => Some(text),
+                Err(e) => {
+                    let _ = ldap.unbind().await;
+                    return Err(e);
+                }
+            };
+            out.push((what, dn, why));
+        }
+        let _ = ldap.unbind().await;
+        Ok(out)
+    }
+
     /// The entry `name` finds with the user filter and what its groups give, read with the service
     /// account.
     pub async fn lookup(&self, name: &str) -> Result<Lookup, LdapError> {

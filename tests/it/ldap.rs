@@ -164,6 +164,18 @@ fn ldap_check_names_the_dn_and_roles_or_says_why_not() {
         "{}",
         missing.stderr()
     );
+    // doctor finds it before anyone signs in.
+    let doctor = d.run(&["doctor"]);
+    assert!(
+        doctor.stdout().contains(&format!(
+            "FAIL ldap.roles.approver: {}: not in the directory",
+            group("renamed-approvers")
+        )) && doctor
+            .stdout()
+            .contains("ok   ldap: the service account binds"),
+        "{}",
+        doctor.stdout()
+    );
 
     dir.stop();
     let down = d.run(&["ldap", "check", "erin"]);
