@@ -171,8 +171,9 @@ fn metrics_move_with_a_session_and_a_backup_taken_meanwhile_restores_and_verifie
     assert_eq!(sample(&during, "chaperone_active_grants"), 1.0);
     assert_eq!(sample(&during, "chaperone_db_up"), 1.0);
 
-    // The backup, online, with the shell still open.
-    let archive = b.data.path().join("node.backup");
+    // The backup, online, with the shell still open. A newline in its name (restore writes the path
+    // in the restored config's first comment line) must not start a config line there.
+    let archive = b.data.path().join("node\n[not a table\n.backup");
     let run = b.data.run(&["backup", "-o", &archive.to_string_lossy()]);
     assert!(
         run.ok()
@@ -240,6 +241,15 @@ fn metrics_move_with_a_session_and_a_backup_taken_meanwhile_restores_and_verifie
     };
     let (stdout, stderr, code) = run(&["audit", "verify"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
+    let first = std::fs::read_to_string(&restored_config).unwrap();
+    assert!(
+        first
+            .lines()
+            .next()
+            .unwrap()
+            .contains("node?[not a table?.backup"),
+        "{first}"
+    );
     let list = sessions(&restored_config);
     let exec = list
         .as_array()
@@ -265,7 +275,7 @@ fn metrics_move_with_a_session_and_a_backup_taken_meanwhile_restores_and_verifie
         .unwrap_or_else(|| panic!("{stdout}"));
     assert!(
         made.contains("os:")
-            && made.contains("node.backup")
+            && made.contains(r"node\\n[not a table\\n.backup")
             && made.contains(r#"\"sealed\":false"#),
         "{made}"
     );
