@@ -237,17 +237,29 @@ impl Directory {
         }
     }
 
-    /// Everything one exchange may take: connecting, then a few operations.
-    fn deadline(&self) -> Duration {
-        self.config.connect_timeout + self.config.timeout * 4
+    /// Everything one exchange of `operations` operations may take: connecting, then each of them.
+    fn deadline(&self, operations: u32) -> Duration {
+        self.config
+            .timeout
+            .saturating_mul(operations)
+            .saturating_add(self.config.connect_timeout)
     }
 
-    /// Runs `f` within the overall deadline.
+    /// Runs `f` within the overall deadline of a few operations.
     async fn bounded<T>(
         &self,
         f: impl std::future::Future<Output = Result<T, LdapError>>,
     ) -> Result<T, LdapError> {
-        tokio::time::timeout(self.deadline(), f)
+        self.bounded_by(4, f).await
+    }
+
+    /// Runs `f` within the deadline of `operations` operations.
+    async fn bounded_by<T>(
+        &self,
+        operations: u32,
+        f: impl std::future::Future<Output = Result<T, LdapError>>,
+    ) -> Result<T, LdapError> {
+        tokio::time::timeout(self.deadline(operations), f)
             .await
             .unwrap_or_else(|_| {
                 Err(LdapError::TimedOut {
@@ -326,7 +338,8 @@ impl Directory {
     /// The entry `name` finds with the user filter and what its groups give, read with the service
     /// account.
     pub async fn lookup(&self, name: &str) -> Result<Lookup, LdapError> {
-        self.bounded(async {
+        let operations = lookup_operations(&self.config.roles, self.config.zone_approvers.len());
+        self.bounded_by(operations, async {
             let mut ldap = self.service().await?;
             let found = self.find_user(&mut ldap, name).await;
             let result = match found {
@@ -751,6 +764,18 @@ pub fn disabled(entry: &SearchEntry, now: i64) -> Option<&'static str> {
     None
 }
 
+/// The operations of a lookup: the service account's bind, the user search, and one search per
+/// mapped group (`roles`, and `zones` zone approver groups), so a directory with many zone groups is
+/// not cut short by a deadline made for a few.
+fn lookup_operations(roles: &crate::config::LdapRoles, zones: usize) -> u32 {
+    let groups = [&roles.admin, &roles.approver, &roles.auditor]
+        .into_iter()
+        .flatten()
+        .count()
+        .saturating_add(zones);
+    u32::try_from(groups).unwrap_or(u32::MAX).saturating_add(2)
+}
+
 /// The entry's stable id: `entryUUID` as given (lowercase), else `objectGUID`'s 16 bytes as hex.
 fn entry_id(entry: &SearchEntry) -> Option<String> {
     if let Some(uuid) = attribute(entry, "entryUUID").into_iter().next() {
@@ -1009,6 +1034,17 @@ mod tests {
         assert!(shadow("20793").is_some(), "the day of now has begun");
         assert_eq!(shadow("20794"), None);
         assert_eq!(shadow("-1"), None);
+    }
+
+    #[test]
+    fn a_lookup_has_time_for_each_mapped_group() {
+        let roles = crate::config::LdapRoles {
+            approver: Some("cn=a".into()),
+            auditor: None,
+            admin: Some("cn=b".into()),
+        };
+        assert_eq!(lookup_operations(&roles, 0), 4);
+        assert_eq!(lookup_operations(&roles, 6), 10);
     }
 
     fn uids(names: &[&str]) -> Vec<String> {
