@@ -904,12 +904,16 @@ impl Approvals for WebCore {
         self.views(list).await
     }
 
-    async fn vendor_sessions(&self, vendor: &str) -> Result<Vec<SessionView>, CoreError> {
+    async fn vendor_sessions(
+        &self,
+        by: &Staff,
+        vendor: &str,
+    ) -> Result<Vec<SessionView>, CoreError> {
         let filter = HistoryFilter {
             vendor: Some(vendor.to_owned()),
             ..Default::default()
         };
-        Ok(self
+        let sessions: Vec<SessionView> = self
             .app
             .store
             .session_history(&filter, 5, 0)
@@ -917,7 +921,14 @@ impl Approvals for WebCore {
             .map_err(internal)?
             .into_iter()
             .map(|h| self.session_view(h.session))
-            .collect())
+            .collect();
+        self.list_viewed(
+            by,
+            json!({"list": "vendor", "vendor": vendor}),
+            sessions.len(),
+        )
+        .await?;
+        Ok(sessions)
     }
 
     async fn decided_requests(&self, q: &DecisionsQuery) -> Result<DecisionsPage, CoreError> {
@@ -1019,20 +1030,17 @@ impl Approvals for WebCore {
         self.revoke(by, id, reason).await
     }
 
-    async fn live_sessions(&self) -> Result<Vec<SessionView>, CoreError> {
-        Ok(self
-            .app
-            .store
-            .open_sessions()
-            .await
-            .map_err(internal)?
-            .into_iter()
-            .map(|s| self.session_view(s))
-            .collect())
+    async fn live_sessions(&self, by: &Staff) -> Result<Vec<SessionView>, CoreError> {
+        let sessions = self.open_session_views().await?;
+        self.list_viewed(by, json!({"list": "live"}), sessions.len())
+            .await?;
+        Ok(sessions)
     }
 
-    async fn live_connections(&self) -> Result<Vec<ConnectionView>, CoreError> {
-        let mut sessions = self.live_sessions().await?;
+    async fn live_connections(&self, by: &Staff) -> Result<Vec<ConnectionView>, CoreError> {
+        let mut sessions = self.open_session_views().await?;
+        self.list_viewed(by, json!({"list": "live"}), sessions.len())
+            .await?;
         // Oldest first within a login.
         sessions.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
         // This node's logins, the sessions that run in them (a session names its login by the
@@ -1967,6 +1975,49 @@ fn not_found_or(e: StoreError) -> CoreError {
 impl WebCore {
     /// Whether `by`'s history query `key` is due to be audited (not audited in the last
     /// [`QUERY_AUDIT_EVERY`] on this node).
+    /// The sessions running now, for the live lists (not audited here: the callers say who looked).
+    async fn open_session_views(&self) -> Result<Vec<SessionView>, CoreError> {
+        Ok(self
+            .app
+            .store
+            .open_sessions()
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .map(|s| self.session_view(s))
+            .collect())
+    }
+
+    /// Who looked at a list of sessions (`which`: the live list, a vendor's beside a request) is audited
+    /// as a search (`recording.search`, subject `sessions`), once per list and staff member every
+    /// `QUERY_AUDIT_EVERY`, as the history's lists are, not at each live refresh.
+    async fn list_viewed(
+        &self,
+        by: &Staff,
+        which: serde_json::Value,
+        found: usize,
+    ) -> Result<(), CoreError> {
+        let key = which.to_string();
+        if !self.query_due(by, &key) {
+            return Ok(());
+        }
+        // The shape of the history's list audits (`text`, `filters`, `found`), with which list.
+        let mut detail = json!({"text": null, "filters": {}, "found": found});
+        if let Some(vendor) = which.get("vendor") {
+            detail["filters"]["vendor"] = vendor.clone();
+        }
+        detail["list"] = which["list"].clone();
+        self.audit_view(
+            by,
+            crate::audit::Action::RecordingSearch,
+            "sessions".into(),
+            detail,
+        )
+        .await?;
+        self.query_audited(by, &key);
+        Ok(())
+    }
+
     fn query_due(&self, by: &Staff, key: &str) -> bool {
         let now = self.now();
         self.queries_audited.lock().map_or(true, |seen| {

@@ -793,7 +793,9 @@ fn every_session_page_and_history_list_is_audited() {
     let lists = || {
         audit_events(&b, "recording.search")
             .into_iter()
-            .filter(|(actor, _, d)| actor == "staff:audrey" && d["text"].is_null())
+            .filter(|(actor, _, d)| {
+                actor == "staff:audrey" && d["text"].is_null() && d["list"].is_null()
+            })
             .collect::<Vec<_>>()
     };
     assert_eq!(audrey.get("/history?vendor=alice").status, 200);
@@ -805,6 +807,30 @@ fn every_session_page_and_history_list_is_audited() {
     assert_eq!(lists().len(), 1, "{:?}", lists());
     assert_eq!(audrey.get("/api/sessions?asset=mri-01").status, 200);
     assert_eq!(lists().len(), 2, "{:?}", lists());
+
+    // The live list, and a vendor's sessions shown beside their request, are lists of sessions too:
+    // audited once per staff member and list every ten minutes, not at each refresh.
+    let seen = |who: &str, which: &str| {
+        audit_events(&b, "recording.search")
+            .into_iter()
+            .filter(|(actor, _, d)| actor == who && d["list"] == which)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(audrey.get("/sessions").status, 200);
+    assert_eq!(audrey.get("/api/sessions?state=live").status, 200);
+    let live = seen("staff:audrey", "live");
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0].1, "sessions");
+    let bob = Approver::enroll(&b, "bob", "approver");
+    let mut child = request(&b, &alice, "mri-01 ssh --for 1h --reason INC-9", false);
+    pending_id(&bob, &b);
+    assert_eq!(bob.get("/requests").status, 200);
+    assert_eq!(bob.get("/requests").status, 200);
+    let beside = seen("staff:bob", "vendor");
+    assert_eq!(beside.len(), 1, "{beside:?}");
+    assert_eq!(beside[0].2["filters"]["vendor"], "alice");
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// The CSRF token a page's forms carry.

@@ -655,9 +655,11 @@ pub trait Approvals: Send + Sync + 'static {
         &self,
         vendor: &str,
     ) -> impl Future<Output = CoreResult<Vec<RequestView>>> + Send;
-    /// A vendor's recent sessions, newest first.
+    /// A vendor's recent sessions, newest first, as `by` sees them beside a request (who looked at which
+    /// sessions is audited).
     fn vendor_sessions(
         &self,
+        by: &Staff,
         vendor: &str,
     ) -> impl Future<Output = CoreResult<Vec<SessionView>>> + Send;
     /// Every decided request (approved, narrowed, denied, expired), the latest decision first, a page
@@ -680,9 +682,16 @@ pub trait Approvals: Send + Sync + 'static {
         id: i64,
         reason: &str,
     ) -> impl Future<Output = CoreResult<()>> + Send;
-    fn live_sessions(&self) -> impl Future<Output = CoreResult<Vec<SessionView>>> + Send;
+    /// The sessions running now, as `by` sees them (who looked is audited).
+    fn live_sessions(
+        &self,
+        by: &Staff,
+    ) -> impl Future<Output = CoreResult<Vec<SessionView>>> + Send;
     /// The same, by the vendor's login they run in, with the logins that run nothing now.
-    fn live_connections(&self) -> impl Future<Output = CoreResult<Vec<ConnectionView>>> + Send;
+    fn live_connections(
+        &self,
+        by: &Staff,
+    ) -> impl Future<Output = CoreResult<Vec<ConnectionView>>> + Send;
     /// One active grant, for the revoke confirmation.
     fn grant(&self, id: i64) -> impl Future<Output = CoreResult<GrantView>> + Send;
     /// Ends one live session (the node running it closes it within seconds); its grant stays. A reason

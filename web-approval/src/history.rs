@@ -657,7 +657,7 @@ async fn ask_terminate<C: Core>(
     status: StatusCode,
     problem: Option<&str>,
 ) -> Response {
-    let live = match st.core.live_sessions().await {
+    let live = match st.core.live_sessions(&s.staff).await {
         Ok(l) => l,
         Err(e) => return core_error(&e),
     };
@@ -812,7 +812,7 @@ pub async fn api_sessions<C: Core>(
         Err(r) => return r,
     };
     if q.state.as_deref() == Some("live") {
-        return match st.core.live_sessions().await {
+        return match st.core.live_sessions(&s.staff).await {
             Ok(list) => Json(list).into_response(),
             Err(e) => json_error(&e),
         };

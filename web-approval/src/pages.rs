@@ -162,7 +162,11 @@ pub async fn requests<C: Core>(
     let can_decide = s.staff.role.can_decide();
     for r in &pending {
         let history = st.core.vendor_history(&r.vendor).await.unwrap_or_default();
-        let sessions = st.core.vendor_sessions(&r.vendor).await.unwrap_or_default();
+        let sessions = st
+            .core
+            .vendor_sessions(&s.staff, &r.vendor)
+            .await
+            .unwrap_or_default();
         let _ = write!(
             main,
             "<article class=\"request\" aria-labelledby=\"req-{id}\"><h2 id=\"req-{id}\">#{id} {vendor} → {asset}</h2>\
@@ -691,7 +695,7 @@ pub async fn sessions<C: Core>(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let logins = match st.core.live_connections().await {
+    let logins = match st.core.live_connections(&s.staff).await {
         Ok(l) => l,
         Err(e) => return core_error(&e),
     };
