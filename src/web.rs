@@ -1037,6 +1037,27 @@ impl Approvals for WebCore {
         Ok(sessions)
     }
 
+    async fn live_session(&self, by: &Staff, id: &str) -> Result<SessionView, CoreError> {
+        let Some(view) = self
+            .open_session_views()
+            .await?
+            .into_iter()
+            .find(|v| v.id == id)
+        else {
+            return Err(CoreError::Conflict(format!(
+                "session {id} has already ended"
+            )));
+        };
+        self.audit_view(
+            by,
+            crate::audit::Action::RecordingView,
+            format!("session:{id}"),
+            json!({"what": "terminate confirmation"}),
+        )
+        .await?;
+        Ok(view)
+    }
+
     async fn live_connections(&self, by: &Staff) -> Result<Vec<ConnectionView>, CoreError> {
         let mut sessions = self.open_session_views().await?;
         self.list_viewed(by, json!({"list": "live"}), sessions.len())
@@ -1973,8 +1994,6 @@ fn not_found_or(e: StoreError) -> CoreError {
 }
 
 impl WebCore {
-    /// Whether `by`'s history query `key` is due to be audited (not audited in the last
-    /// [`QUERY_AUDIT_EVERY`] on this node).
     /// The sessions running now, for the live lists (not audited here: the callers say who looked).
     async fn open_session_views(&self) -> Result<Vec<SessionView>, CoreError> {
         Ok(self
@@ -2018,6 +2037,8 @@ impl WebCore {
         Ok(())
     }
 
+    /// Whether `by`'s history query `key` is due to be audited (not audited in the last
+    /// [`QUERY_AUDIT_EVERY`] on this node).
     fn query_due(&self, by: &Staff, key: &str) -> bool {
         let now = self.now();
         self.queries_audited.lock().map_or(true, |seen| {

@@ -319,6 +319,11 @@ impl Directory {
                 .search(&mut ldap, &dn, Scope::Base, "(objectClass=*)", vec!["1.1"])
                 .await;
             let why = match found {
+                // An answer without the entry: an access rule lets the service account search but
+                // not see it, and `is_member` would read the group as empty.
+                Ok(entries) if entries.is_empty() => {
+                    Some("the service account cannot read it".to_owned())
+                }
                 Ok(_) => None,
                 Err(LdapError::Search { text, .. }) if text.starts_with("rc=32") => {
                     Some("not in the directory (or hidden from the service account)".to_owned())
@@ -571,7 +576,9 @@ impl Directory {
         let Some(v) = &self.config.vendors else {
             return Ok(Vec::new());
         };
-        self.bounded(async {
+        // Each page is a request of its own: time for SYNC_PAGES of them (the sync runs in the
+        // background; nobody's sign-in waits on it).
+        self.bounded_by(SYNC_PAGES + 2, async {
             let mut ldap = self.service().await?;
             let found = self
                 .search_paged(
@@ -649,6 +656,9 @@ fn result_name(rc: u32) -> &'static str {
 /// Entries a page of the vendor subtree's search holds ([`Directory::search_paged`]): below every
 /// common server's limit for one search.
 const PAGE_SIZE: i32 = 200;
+
+/// Pages of the vendor subtree a sync has time for (20,000 vendors at [`PAGE_SIZE`]).
+const SYNC_PAGES: u32 = 100;
 
 /// What [`Directory::find_user`] found.
 enum FoundEntry {
@@ -773,7 +783,12 @@ fn lookup_operations(roles: &crate::config::LdapRoles, zones: usize) -> u32 {
         .flatten()
         .count()
         .saturating_add(zones);
-    u32::try_from(groups).unwrap_or(u32::MAX).saturating_add(2)
+    // Never less than the few operations every exchange had before: one search can take more than one
+    // time-out's worth when the directory answers with several messages (AD's referrals).
+    u32::try_from(groups)
+        .unwrap_or(u32::MAX)
+        .saturating_add(2)
+        .max(4)
 }
 
 /// The entry's stable id: `entryUUID` as given (lowercase), else `objectGUID`'s 16 bytes as hex.
@@ -1045,6 +1060,12 @@ mod tests {
         };
         assert_eq!(lookup_operations(&roles, 0), 4);
         assert_eq!(lookup_operations(&roles, 6), 10);
+        let none = crate::config::LdapRoles {
+            approver: None,
+            auditor: None,
+            admin: None,
+        };
+        assert_eq!(lookup_operations(&none, 1), 4, "never less than before");
     }
 
     fn uids(names: &[&str]) -> Vec<String> {

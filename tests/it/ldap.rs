@@ -139,6 +139,15 @@ fn ldap_check_names_the_dn_and_roles_or_says_why_not() {
         "{}",
         erin.stdout()
     );
+    // Every configured base and group is there: doctor says so and fails none of them.
+    let doctor = d.run(&["doctor"]);
+    assert!(
+        doctor.stdout().contains(
+            "ok   ldap: the service account binds; 4 configured base(s) and group(s) found"
+        ) && !doctor.stdout().contains("FAIL ldap"),
+        "{}",
+        doctor.stdout()
+    );
     let posing = d.run(&["ldap", "check", "former-admin"]);
     posing.fails(1);
     assert!(

@@ -687,6 +687,13 @@ pub trait Approvals: Send + Sync + 'static {
         &self,
         by: &Staff,
     ) -> impl Future<Output = CoreResult<Vec<SessionView>>> + Send;
+    /// One session running now, as `by` sees it to confirm its termination (audited as a view of that
+    /// session); `Conflict` once it has ended.
+    fn live_session(
+        &self,
+        by: &Staff,
+        id: &str,
+    ) -> impl Future<Output = CoreResult<SessionView>> + Send;
     /// The same, by the vendor's login they run in, with the logins that run nothing now.
     fn live_connections(
         &self,

@@ -657,14 +657,9 @@ async fn ask_terminate<C: Core>(
     status: StatusCode,
     problem: Option<&str>,
 ) -> Response {
-    let live = match st.core.live_sessions(&s.staff).await {
-        Ok(l) => l,
+    let v = match st.core.live_session(&s.staff, id).await {
+        Ok(v) => v,
         Err(e) => return core_error(&e),
-    };
-    let Some(v) = live.into_iter().find(|v| v.id == id) else {
-        return core_error(&CoreError::Conflict(format!(
-            "session {id} has already ended"
-        )));
     };
     (
         status,
