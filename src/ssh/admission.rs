@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use chaperone_web_approval::core::Source;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{MaxStartups, SshConfig};
@@ -37,7 +38,9 @@ struct Counts {
     /// Those not signed in yet.
     unauthenticated: usize,
     /// Those not signed in yet, by address.
-    by_source: HashMap<IpAddr, usize>,
+    /// By [`Source`]: the one rule for who counts as one address (an IPv6 /64 is one), shared with the
+    /// web's limits.
+    by_source: HashMap<Source, usize>,
     /// Those signed in, by vendor.
     by_vendor: HashMap<String, usize>,
 }
@@ -68,7 +71,7 @@ impl Admission {
     /// Admits a new connection from `peer`, or says why not. `roll` is a number in 0..100 for the early
     /// drop (random in production).
     pub fn admit_with(self: &Arc<Self>, peer: IpAddr, roll: u32) -> Result<Arc<Ticket>, Refusal> {
-        let source = canonical(peer);
+        let source = Source::of(peer);
         let mut counts = self.counts.lock().map_err(|_| Refusal::Full)?;
         if counts.total >= self.max_connections {
             return Err(Refusal::Full);
@@ -116,7 +119,7 @@ impl Admission {
         }
     }
 
-    fn release_startup(counts: &mut Counts, source: IpAddr) {
+    fn release_startup(counts: &mut Counts, source: Source) {
         counts.unauthenticated = counts.unauthenticated.saturating_sub(1);
         if let Some(n) = counts.by_source.get_mut(&source) {
             *n -= 1;
@@ -127,25 +130,11 @@ impl Admission {
     }
 }
 
-/// The source a connection counts against: an IPv4 address (IPv4-mapped IPv6 ones as the IPv4 address they
-/// carry), or an IPv6 /64 (one host typically holds a whole /64).
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(std::net::Ipv6Addr::from(
-                u128::from(v6) & !((1u128 << 64) - 1),
-            )),
-        },
-        v4 => v4,
-    }
-}
-
 /// One admitted connection's place in the counts; given back when dropped.
 #[derive(Debug)]
 pub struct Ticket {
     admission: Arc<Admission>,
-    source: IpAddr,
+    source: Source,
     /// Cancelled once the connection signed in.
     signed_in: CancellationToken,
     /// Who signed in on it (the vendor's name), for the `auth.logout` written when it ends.
