@@ -19,8 +19,8 @@
 //! (20 s), the time loop closes every session of the node, cause `lost` (a revocation made on another
 //! node would go unseen), and goes on closing any that start until the database answers again. The
 //! lease is shorter than the 30 s after which other nodes take this one for gone and end its sessions'
-//! rows; a session whose row another node ended all the same (this node's heartbeat stalled, or its
-//! clock is behind) is closed at the next re-read.
+//! rows; a session whose row another node ended all the same (this node's heartbeat stalled; liveness is told on the database's
+//! clock, so a clock behind no longer does it) is closed at the next re-read.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

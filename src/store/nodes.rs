@@ -18,33 +18,46 @@ pub struct AbandonedSession {
     pub node: String,
 }
 
-/// The query that reads the database's clock (unix seconds, as `t`). With PostgreSQL it is the server's
-/// own clock (`clock_timestamp`, not the transaction's start); with SQLite, the calling process's, which
-/// is the machine's that holds the file and so every node's on it.
+/// The database's clock as an SQL expression (unix seconds), for each backend: one spelling, used by
+/// every statement that reads it. With PostgreSQL it is the server's own clock (`clock_timestamp`, not
+/// the transaction's start); with SQLite, the calling process's, which is the machine's that holds the
+/// file and so every node's on it.
+macro_rules! sqlite_now {
+    () => {
+        "CAST(strftime('%s', 'now') AS INTEGER)"
+    };
+}
+macro_rules! postgres_now {
+    () => {
+        "CAST(floor(EXTRACT(EPOCH FROM clock_timestamp())) AS BIGINT)"
+    };
+}
+
+/// The query that reads the database's clock (as `t`).
 pub(super) fn clock_query(backend: Backend) -> &'static str {
     match backend {
-        Backend::Sqlite => "SELECT CAST(strftime('%s', 'now') AS INTEGER) AS t",
-        Backend::Postgres => {
-            "SELECT CAST(floor(EXTRACT(EPOCH FROM clock_timestamp())) AS BIGINT) AS t"
-        }
+        Backend::Sqlite => concat!("SELECT ", sqlite_now!(), " AS t"),
+        Backend::Postgres => concat!("SELECT ", postgres_now!(), " AS t"),
     }
 }
 
 /// [`Store::node_alive`]'s statement: the clock read where the row is written, so the time written is
 /// the time of the write, however long the pool made it wait.
 fn alive_statement(backend: Backend) -> &'static str {
+    macro_rules! alive {
+        ($now:expr) => {
+            concat!(
+                "INSERT INTO nodes (id, started_at, seen_at) VALUES ($1, ",
+                $now,
+                ", ",
+                $now,
+                ") ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at RETURNING seen_at"
+            )
+        };
+    }
     match backend {
-        Backend::Sqlite => {
-            "INSERT INTO nodes (id, started_at, seen_at) \
-             VALUES ($1, CAST(strftime('%s', 'now') AS INTEGER), CAST(strftime('%s', 'now') AS INTEGER)) \
-             ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at RETURNING seen_at"
-        }
-        Backend::Postgres => {
-            "INSERT INTO nodes (id, started_at, seen_at) \
-             VALUES ($1, CAST(floor(EXTRACT(EPOCH FROM clock_timestamp())) AS BIGINT), \
-                     CAST(floor(EXTRACT(EPOCH FROM clock_timestamp())) AS BIGINT)) \
-             ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at RETURNING seen_at"
-        }
+        Backend::Sqlite => alive!(sqlite_now!()),
+        Backend::Postgres => alive!(postgres_now!()),
     }
 }
 

@@ -409,7 +409,7 @@ fn a_grant_ends_on_time_while_the_database_hangs() {
 }
 
 /// A node must not run sessions it can no longer hold to the database. Taken for gone by another node
-/// (its heartbeat stalled, or its clock is behind), its session's row is ended there: the node closes
+/// (its heartbeat stalled), its session's row is ended there: the node closes
 /// the session at its next re-read, and the recording, written here to the end, still proves intact
 /// (no other node's sweep of this one's own file). Cut off from the database for `[database] lease`,
 /// it closes every session (a revocation made elsewhere would go unseen), and serves again once the
