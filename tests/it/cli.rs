@@ -760,7 +760,27 @@ fn audit_export_as_syslog_and_from_a_sequence_number() {
         std::fs::remove_file(&hard).unwrap();
         let fifo = d.path().join("export.fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // Were the FIFO opened to be written with blocking, the export would wait for a reader: after
+        // 10 s this thread becomes one, so that regression fails here instead of hanging.
+        let (exported, waited) = std::sync::mpsc::channel::<()>();
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                let stuck = waited
+                    .recv_timeout(std::time::Duration::from_secs(10))
+                    .is_err();
+                if stuck {
+                    let _ = std::fs::read(&fifo);
+                }
+                stuck
+            })
+        };
         let refused = d.run(&["audit", "export", "--output", fifo.to_str().unwrap()]);
+        exported.send(()).unwrap();
+        assert!(
+            !reader.join().unwrap(),
+            "the export waited for the FIFO's reader"
+        );
         assert_ne!(refused.code(), 0, "{}", refused.stderr());
         assert!(
             refused.stderr().contains("export.fifo"),
