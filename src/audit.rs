@@ -113,6 +113,13 @@ pub enum ChainBreak {
         "audit event {seq}: its hash is not the one verified before (the events up to it were rewritten)"
     )]
     Rewritten { seq: i64 },
+    /// The head is behind an event this node verified before: events were deleted from the end of the
+    /// log and the head moved back with them (or an older copy of the log was restored under a running
+    /// node).
+    #[error(
+        "the chain head records {head_seq} events, but this node verified event {verified} before: events were deleted from the end of the log (or an older copy restored)"
+    )]
+    Shortened { head_seq: i64, verified: i64 },
 }
 
 /// Incremental verifier: feed rows in `seq` order, then call [`Verifier::finish`] with the head.

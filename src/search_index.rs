@@ -24,6 +24,7 @@ use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chaperone_recorder::FileStamp;
 use chaperone_recorder::playback::{self, Format, Index, Stream};
 use chaperone_recorder::transcript::words;
 use ring::hmac;
@@ -72,7 +73,8 @@ pub enum Outcome {
 /// The background task: indexes closed recordings until `stop` turns true. A change notice (a session
 /// ended on this node) wakes it; otherwise it looks every few seconds.
 pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
-    let indexer = Indexer::new(&app.store, &app.config.recording.dir, &app.secrets);
+    let indexer = Indexer::new(&app.store, &app.config.recording.dir, &app.secrets)
+        .remembering(app.proven.clone());
     let mut elsewhere = HashSet::new();
     loop {
         match indexer.index_some(app.clock.now(), &mut elsewhere).await {
@@ -99,6 +101,9 @@ pub struct Indexer {
     store: Store,
     dir: PathBuf,
     key: hmac::Key,
+    /// Where a recording read back whole to its vouched digest is remembered, so pages need not hash
+    /// it again while its file stays as it was ([`Indexer::remembering`]).
+    proven: Option<crate::evidence::proven::Proven>,
 }
 
 impl std::fmt::Debug for Indexer {
@@ -118,7 +123,17 @@ impl Indexer {
                 hmac::HMAC_SHA256,
                 &*secrets.subkey("recording-playback-index"),
             ),
+            proven: None,
         }
+    }
+
+    /// Remembers in `proven` each recording this indexer read whole to its vouched digest, with the
+    /// file's stamp, when the file did not change while it was read. This is the one place a closed
+    /// recording is first remembered: the recorder's own digest is taken from memory, so it cannot say
+    /// whether someone else wrote to the file during the session.
+    pub fn remembering(mut self, proven: crate::evidence::proven::Proven) -> Indexer {
+        self.proven = Some(proven);
+        self
     }
 
     /// Indexes every closed recording of this node's directory that is not indexed yet; how many it did.
@@ -174,8 +189,8 @@ impl Indexer {
         r: &RecordingRow,
         now: UnixTime,
     ) -> Result<Outcome, IndexError> {
-        let session = self.store.session(&r.session_id).await?;
-        let evidence = crate::evidence::evidence(&self.store, &session).await?;
+        let mut session = self.store.session(&r.session_id).await?;
+        let evidence = crate::evidence::evidence(&self.store, &mut session).await?;
         let Some(ev) = session
             .recordings
             .iter()
@@ -242,6 +257,8 @@ impl Indexer {
         // chunks and parts of text come back through a small queue and are written here, a few per
         // transaction.
         let (tx, mut rx) = mpsc::channel::<Piece>(4);
+        let stamp = |f: &std::fs::File| f.metadata().ok().as_ref().and_then(FileStamp::of);
+        let before = stamp(&file);
         let pass = on_background_thread(move || -> Result<Pass, String> {
             let mut chunker = Chunker::new(tx);
             let (index, sha) = match format {
@@ -267,7 +284,13 @@ impl Indexer {
                 }
             };
             let lines = chunker.finish();
-            Ok(Pass { index, sha, lines })
+            let after = stamp(&file);
+            Ok(Pass {
+                index,
+                sha,
+                lines,
+                after,
+            })
         })?;
         let (mut chunks, mut parts) = (Vec::new(), Vec::new());
         while let Some(piece) = rx.recv().await {
@@ -307,6 +330,11 @@ impl Indexer {
                 )
                 .await;
         }
+        if let (Some(proven), Some(before), Some(after)) = (&self.proven, before, pass.after)
+            && before == after
+        {
+            proven.remember(r.id, after, &vouched);
+        }
         if !chunks.is_empty() || !parts.is_empty() {
             self.store
                 .add_recording_text(r.id, &r.session_id, &chunks, &parts)
@@ -341,6 +369,8 @@ struct Pass {
     index: Option<Index>,
     sha: String,
     lines: i64,
+    /// The file's stamp once read.
+    after: Option<FileStamp>,
 }
 
 /// Runs `f` on a new thread at background priority and hands its result back.

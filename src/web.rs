@@ -65,7 +65,8 @@ const QUERY_AUDIT_EVERY: i64 = 600;
 
 impl WebCore {
     pub fn new(app: App, live: LiveSessions) -> WebCore {
-        let indexer = Indexer::new(&app.store, &app.config.recording.dir, &app.secrets);
+        let indexer = Indexer::new(&app.store, &app.config.recording.dir, &app.secrets)
+            .remembering(app.proven.clone());
         WebCore {
             app,
             live,
@@ -1798,8 +1799,12 @@ impl WebCore {
         status(r, integrity.word(), detail)
     }
 
-    async fn item(&self, h: HistoryRow, hash_limit: Option<u64>) -> Result<HistoryItem, CoreError> {
-        let evidence = crate::evidence::evidence(&self.app.store, &h.session)
+    async fn item(
+        &self,
+        mut h: HistoryRow,
+        hash_limit: Option<u64>,
+    ) -> Result<HistoryItem, CoreError> {
+        let evidence = crate::evidence::evidence(&self.app.store, &mut h.session)
             .await
             .map_err(internal)?;
         let mut recordings = Vec::with_capacity(h.session.recordings.len());
@@ -1882,12 +1887,12 @@ impl WebCore {
         id: &str,
         rid: i64,
     ) -> Result<(SessionRow, RecordingRow, Evidence), CoreError> {
-        let session = match self.app.store.session(id).await {
+        let mut session = match self.app.store.session(id).await {
             Ok(s) => s,
             Err(StoreError::NotFound { .. }) => return Err(CoreError::NotFound),
             Err(e) => return Err(internal(e)),
         };
-        let evidence = crate::evidence::evidence(&self.app.store, &session)
+        let evidence = crate::evidence::evidence(&self.app.store, &mut session)
             .await
             .map_err(internal)?;
         let (r, ev) = session
@@ -2131,14 +2136,14 @@ impl WebCore {
             .into_iter()
             .next()
             .ok_or(CoreError::NotFound)?;
-        let session = row.session.clone();
+        let mut session = row.session.clone();
         let item = self.item(row, None).await?;
         let mut playable = None;
         let mut play_note = None;
         let mut transfers = None;
         let mut transfers_more = 0;
         // The digests the chain vouches for: a transfer log is shown only as read with that digest.
-        let evidence = crate::evidence::evidence(&self.app.store, &session)
+        let evidence = crate::evidence::evidence(&self.app.store, &mut session)
             .await
             .map_err(internal)?;
         for ((r, st), ev) in session
@@ -2442,38 +2447,37 @@ impl WebCore {
                 "type a word to find (letters or digits)".into(),
             ));
         }
-        let session = self.app.store.session(id).await.map_err(not_found_or)?;
+        let mut session = self.app.store.session(id).await.map_err(not_found_or)?;
         let chunks = self
             .app
             .store
             .session_text_matches(id, &words, 200)
             .await
             .map_err(internal)?;
+        // What the chain says about the recordings, read once (the idle map of each needs it).
+        let evidence = if chunks.is_empty() {
+            Vec::new()
+        } else {
+            crate::evidence::evidence(&self.app.store, &mut session)
+                .await
+                .map_err(internal)?
+        };
         let query: Vec<&str> = words.split(' ').collect();
         let mut maps: HashMap<i64, IdleMap> = HashMap::new();
         let mut hits = Vec::new();
         for c in chunks {
             if let std::collections::hash_map::Entry::Vacant(slot) = maps.entry(c.recording_id) {
-                let map = match session.recordings.iter().find(|r| r.id == c.recording_id) {
-                    Some(r) if format_of(r).is_some() => {
-                        let ev = crate::evidence::evidence(&self.app.store, &session)
-                            .await
-                            .map_err(internal)?;
-                        let ev = session
-                            .recordings
-                            .iter()
-                            .zip(ev)
-                            .find(|(x, _)| x.id == r.id)
-                            .map(|(_, e)| e);
-                        match ev {
-                            Some(ev) => self
-                                .playback(r, &ev, false)
-                                .await
-                                .map(|(i, _)| IdleMap::new(&i.gaps, idle))
-                                .unwrap_or_else(|_| IdleMap::new(&[], None)),
-                            None => IdleMap::new(&[], None),
-                        }
-                    }
+                let found = session
+                    .recordings
+                    .iter()
+                    .zip(&evidence)
+                    .find(|(r, _)| r.id == c.recording_id);
+                let map = match found {
+                    Some((r, ev)) if format_of(r).is_some() => self
+                        .playback(r, ev, false)
+                        .await
+                        .map(|(i, _)| IdleMap::new(&i.gaps, idle))
+                        .unwrap_or_else(|_| IdleMap::new(&[], None)),
                     _ => IdleMap::new(&[], None),
                 };
                 slot.insert(map);

@@ -50,10 +50,6 @@ pub struct Finished {
     pub sha256_hex: String,
     /// Size of the file in bytes.
     pub bytes: u64,
-    /// The file's identity and times as its writer left it (read from the writer's own handle after the
-    /// last write and fsync): while the file on disk still has this stamp, nobody has written to it
-    /// since, and [`Finished::sha256_hex`] is still its digest.
-    pub stamp: Option<FileStamp>,
 }
 
 /// A file's device, inode, size and modification and change times, to the nanosecond. A write to the
@@ -678,12 +674,10 @@ impl HashedFile {
         let writer = self.writer.take().ok_or(Error::Poisoned)?;
         let file = writer.join()?;
         file.sync_all()?;
-        let stamp = file.metadata().ok().as_ref().and_then(FileStamp::of);
         Ok(Finished {
             path: std::mem::take(&mut self.path),
             sha256_hex: self.hasher.take_hex(),
             bytes: self.bytes,
-            stamp,
         })
     }
 }

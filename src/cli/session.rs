@@ -154,7 +154,7 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
                 page: None,
             };
             let filter = crate::history::filter(&query).map_err(|why| anyhow::anyhow!(why))?;
-            let sessions: Vec<SessionRow> = app
+            let mut sessions: Vec<SessionRow> = app
                 .store
                 .session_history(&filter, limit.clamp(1, 100_000), 0)
                 .await?
@@ -177,7 +177,7 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
                 tx.commit("recording.search").await?;
             }
             let mut evidence = Vec::with_capacity(sessions.len());
-            for s in &sessions {
+            for s in &mut sessions {
                 evidence.push(crate::evidence::evidence(&app.store, s).await?);
             }
             if as_json {
@@ -219,8 +219,8 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
             );
         }
         SessionCommand::Show { id, json: as_json } => {
-            let s = app.store.session(&id).await?;
-            let evidence = crate::evidence::evidence(&app.store, &s).await?;
+            let mut s = app.store.session(&id).await?;
+            let evidence = crate::evidence::evidence(&app.store, &mut s).await?;
             if as_json {
                 let mut shown = with_evidence(
                     &app,
@@ -297,8 +297,8 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
             if !(max_wait.is_finite() && max_wait >= 0.0) {
                 bail!("--max-wait must be 0 or more seconds");
             }
-            let s = app.store.session(&id).await?;
-            let evidence = crate::evidence::evidence(&app.store, &s).await?;
+            let mut s = app.store.session(&id).await?;
+            let evidence = crate::evidence::evidence(&app.store, &mut s).await?;
             let (r, ev) = terminal_recording(&id, &s.kind, &s.recordings, &evidence)?;
             let (r, ev) = (r.clone(), ev.clone());
             // Who looked is on record before a byte is shown.
@@ -327,8 +327,8 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
             raw,
             stream,
         } => {
-            let s = app.store.session(&id).await?;
-            let evidence = crate::evidence::evidence(&app.store, &s).await?;
+            let mut s = app.store.session(&id).await?;
+            let evidence = crate::evidence::evidence(&app.store, &mut s).await?;
             let (r, ev) = terminal_recording(&id, &s.kind, &s.recordings, &evidence)?;
             if r.format == RecordingFormat::ASCIICAST && raw {
                 bail!(
@@ -374,11 +374,11 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
         SessionCommand::Hold { id, reason } => hold(&app, &id, &reason, true).await?,
         SessionCommand::Release { id, reason } => hold(&app, &id, &reason, false).await?,
         SessionCommand::Verify { id } => {
-            let s = app.store.session(&id).await?;
+            let mut s = app.store.session(&id).await?;
+            let evidence = crate::evidence::evidence(&app.store, &mut s).await?;
             if s.recordings.is_empty() {
                 bail!("session {id} has no recordings");
             }
-            let evidence = crate::evidence::evidence(&app.store, &s).await?;
             let mut failed = 0;
             for (r, ev) in s.recordings.iter().zip(&evidence) {
                 let proved = prove(&app.config.recording.dir, r, ev);
@@ -710,12 +710,17 @@ fn terminal_recording<'a>(
     recordings: &'a [RecordingRow],
     evidence: &'a [Evidence],
 ) -> anyhow::Result<(&'a RecordingRow, &'a Evidence)> {
-    recordings
-        .iter()
-        .zip(evidence)
-        .find(|(r, _)| {
-            r.format == RecordingFormat::ASCIICAST || r.format == RecordingFormat::EXEC_STREAM
-        })
+    // A session the audit log cannot be believed about is refused as such (its recording's row may be
+    // gone, and with it the format), never as a session without a terminal recording.
+    let broken = |(_, e): &(&RecordingRow, &Evidence)| matches!(e, Evidence::Broken(_));
+    let terminal = |(r, _): &(&RecordingRow, &Evidence)| {
+        r.format == RecordingFormat::ASCIICAST || r.format == RecordingFormat::EXEC_STREAM
+    };
+    let mut pairs = recordings.iter().zip(evidence);
+    pairs
+        .clone()
+        .find(broken)
+        .or_else(|| pairs.find(terminal))
         .with_context(|| {
             format!(
                 "session {id} has no terminal recording (kind {}); see `session show {id}`",

@@ -237,10 +237,12 @@ impl Write for ChunkWriter {
 }
 
 async fn collect(store: &Store, session_id: &str) -> Result<Collected, BundleError> {
-    let session = store.session(session_id).await?;
-    let evidence = super::evidence(store, &session).await?;
+    let mut session = store.session(session_id).await?;
+    let evidence = super::evidence(store, &mut session).await?;
     // The head before the events: one appended meanwhile is found as a successor.
-    let head = store.audit_head().await?;
+    let head = super::chain_head(store)
+        .await?
+        .map_err(BundleError::Chain)?;
     let mut events = store
         .audit_events_of(&format!("session:{session_id}"), MAX_EVENTS)
         .await?;

@@ -144,6 +144,13 @@ pub enum Broken {
         started: String,
         recovered: String,
     },
+    /// The audit log names a recording of the session that the `recordings` table lacks: its row was
+    /// deleted or renumbered, which would otherwise make the recording vanish from every page and
+    /// check while each event still held.
+    #[error(
+        "audit event {seq} names a recording of this session ({named}) that the recordings table lacks (its row was deleted or renumbered: altered)"
+    )]
+    RowMissing { seq: i64, named: String },
 }
 
 impl Evidence {
@@ -157,14 +164,18 @@ impl Evidence {
 }
 
 /// What the audit log says about each of `session`'s recordings, in the order of `session.recordings`.
-pub async fn evidence(store: &Store, session: &SessionRow) -> Result<Vec<Evidence>, StoreError> {
-    // Tunnels have no recording: nothing to vouch for, nothing to read.
-    if session.recordings.is_empty() {
-        return Ok(Vec::new());
-    }
+///
+/// Which recordings a session has is the audit log's word too, not the table's: a recording its events
+/// name (`session.start`'s path, or an id) that `session.recordings` lacks is added to it here, as a
+/// row made from those events, and every recording of the session is then [`Broken::RowMissing`]
+/// (every reader calls them ALTERED and reads no file). Call this before using `session.recordings`.
+pub async fn evidence(
+    store: &Store,
+    session: &mut SessionRow,
+) -> Result<Vec<Evidence>, StoreError> {
     // The head before the events: an event appended meanwhile is then found as a successor, never
     // mistaken for a deletion.
-    let head = store.audit_head().await?;
+    let head = chain_head(store).await?;
     let events = store
         .audit_events_about(
             &format!("session:{}", session.id),
@@ -174,7 +185,27 @@ pub async fn evidence(store: &Store, session: &SessionRow) -> Result<Vec<Evidenc
         .await?;
     // An event appended after the head was read is not judged against it (it would read as beyond
     // the head): it counts at the next look.
-    let events: Vec<AuditRow> = events.into_iter().filter(|e| e.seq <= head.0).collect();
+    let events: Vec<AuditRow> = match &head {
+        Ok(head) => events.into_iter().filter(|e| e.seq <= head.0).collect(),
+        Err(_) => events,
+    };
+    // A row gone makes every other row of the session as doubtful (one renumbered reads as another
+    // recording the chain says nothing of): all are broken, as when an event does not hold.
+    if let Some((row, broken)) = row_missing(session, &events) {
+        session.recordings.push(row);
+        return Ok(vec![Evidence::Broken(broken); session.recordings.len()]);
+    }
+    // Tunnels have no recording: nothing to vouch for.
+    if session.recordings.is_empty() {
+        return Ok(Vec::new());
+    }
+    let head = match head {
+        Ok(head) => head,
+        Err(b) => {
+            let broken = Evidence::Broken(Broken::Chain(b));
+            return Ok(vec![broken; session.recordings.len()]);
+        }
+    };
     for event in &events {
         if let Err(b) = holds_in_chain(store, event, &head).await? {
             let broken = Evidence::Broken(Broken::Chain(b));
@@ -187,6 +218,59 @@ pub async fn evidence(store: &Store, session: &SessionRow) -> Result<Vec<Evidenc
         .iter()
         .map(|r| judge(session, r, Some(r.id) == first_id, &events))
         .collect())
+}
+
+/// A recording `events` (about `session`) name that `session.recordings` lacks, as a row made from the
+/// events (id 0 when only `session.start`'s path names it), with why it is broken. A session records
+/// at most one recording of its own, so the first one missing is enough to call the session's
+/// evidence altered.
+fn row_missing(session: &SessionRow, events: &[AuditRow]) -> Option<(RecordingRow, Broken)> {
+    let mut started: Option<(i64, String)> = None;
+    let mut named: Option<(i64, i64, Option<String>)> = None;
+    for event in events {
+        let Ok(detail) = serde_json::from_str::<Value>(&event.detail) else {
+            continue;
+        };
+        match (event.action.as_str(), detail.get("recording")) {
+            (START, Some(Value::String(path))) if started.is_none() => {
+                started = Some((event.seq, path.clone()));
+            }
+            (END | RECOVERED | DELETED, Some(Value::Number(id))) => {
+                let Some(id) = id.as_i64() else { continue };
+                if named.is_none() && !session.recordings.iter().any(|r| r.id == id) {
+                    let path = detail
+                        .get("path")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned);
+                    named = Some((event.seq, id, path));
+                }
+            }
+            _ => {}
+        }
+    }
+    let (seq, id, path) = match (named, &started) {
+        (Some((seq, id, path)), _) => (seq, id, path.or(started.map(|(_, p)| p))),
+        (None, Some((seq, path))) if session.recordings.is_empty() => (*seq, 0, Some(path.clone())),
+        _ => return None,
+    };
+    let path = path.unwrap_or_default();
+    let shown = if id == 0 {
+        path.clone()
+    } else {
+        format!("recording {id}, {path}")
+    };
+    let row = RecordingRow {
+        id,
+        session_id: session.id.clone(),
+        format: String::new(),
+        path,
+        sha256: None,
+        size: None,
+        created_at: session.started_at,
+        closed_at: None,
+        deleted_at: None,
+    };
+    Some((row, Broken::RowMissing { seq, named: shown }))
 }
 
 /// The evidence for recording `r` among the (chain-checked) `events` about its session. `first` says
@@ -353,10 +437,31 @@ pub(crate) async fn holds_in_chain(
             if let Err(b) = verifier.finish(head.0, &head.1) {
                 return Ok(Err(b));
             }
+            checkpoints.note_head(head.0, &head.1);
         }
     }
     checkpoints.note(verified);
     Ok(Ok(()))
+}
+
+/// The chain head, judged against what this process verified before ([`ChainCheckpoints::highest`],
+/// read first: a check that finished before this read began saw only committed events, which this
+/// read sees too, so concurrent checks never raise it). A head behind an event verified before, or at
+/// it with another hash, is the end of the log cut or rewritten with the head moved to match, which
+/// the head alone cannot show.
+pub(crate) async fn chain_head(
+    store: &Store,
+) -> Result<Result<(i64, String), ChainBreak>, StoreError> {
+    let verified = store.chain_checkpoints().highest();
+    let head = store.audit_head().await?;
+    Ok(match verified {
+        Some((seq, _)) if head.0 < seq => Err(ChainBreak::Shortened {
+            head_seq: head.0,
+            verified: seq,
+        }),
+        Some((seq, hash)) if head.0 == seq && head.1 != hash => Err(ChainBreak::Rewritten { seq }),
+        _ => Ok(head),
+    })
 }
 
 /// Why a recording's file was not opened.

@@ -1,6 +1,7 @@
 //! Recordings this process has seen hashed to the digest the audit log vouches for, with the file's stamp
-//! at that moment: the recorder's own digest when it closed the file (remembered once `session.end` is
-//! committed), or a page's check. While the file's [`FileStamp`] is unchanged nobody has written to it,
+//! at that moment: the indexer's read-back of a closed recording, or a page's check. Never the
+//! recorder's own digest, which comes from memory: a file someone else wrote to during the session
+//! would be remembered as intact. While the file's [`FileStamp`] is unchanged nobody has written to it,
 //! so a history page can show it intact without reading it again.
 //!
 //! Memory only, on purpose: a stamp kept in the database could be rewritten together with the file and

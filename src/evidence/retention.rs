@@ -285,8 +285,8 @@ async fn chained(
     store: &Store,
     r: &crate::model::RecordingRow,
 ) -> Result<Result<Chained, String>, StoreError> {
-    let session = store.session(&r.session_id).await?;
-    let evidence = super::evidence(store, &session).await?;
+    let mut session = store.session(&r.session_id).await?;
+    let evidence = super::evidence(store, &mut session).await?;
     let voucher = session
         .recordings
         .iter()

@@ -771,12 +771,9 @@ impl LiveSession {
         };
         match result {
             Ok(()) => {
-                // The digest is vouched for now: pages need not hash the file while it stays as written.
-                if let Some((Ok(f), rid)) = &finished
-                    && let Some(stamp) = f.finished.stamp
-                {
-                    app.proven.remember(*rid, stamp, &f.finished.sha256_hex);
-                }
+                // Not remembered as proven here: the digest came from memory, and the file may have
+                // been written to by someone else meanwhile. The indexer reads it back and remembers
+                // it if it hashes to that digest (`search_index::Indexer::remembering`).
                 if finished.is_some() {
                     app.recording_closed.notify_one();
                 }

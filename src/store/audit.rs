@@ -221,29 +221,59 @@ impl Store {
 /// 1024 events; the walk from the last of them to the head is short). Events are never changed
 /// once written, so a hash noted here stays the right one; an event recomputed later to another hash was
 /// rewritten, and with it every event up to the next checkpoint. Checking an event where it sits then
-/// takes a walk to the next checkpoint, not to the head (`evidence::holds_in_chain`).
+/// takes a walk to the next checkpoint, not to the head (`evidence::holds_in_chain`). The highest head
+/// a walk ended at is kept too: a head read later that is behind it, or at it with another hash, means
+/// the end of the log was cut or rewritten (`evidence::chain_head`).
 #[derive(Debug, Default)]
-pub struct ChainCheckpoints(std::sync::Mutex<std::collections::BTreeMap<i64, String>>);
+pub struct ChainCheckpoints(std::sync::Mutex<Checkpoints>);
+
+#[derive(Debug, Default)]
+pub struct Checkpoints {
+    every: std::collections::BTreeMap<i64, String>,
+    head: Option<(i64, String)>,
+}
 
 impl ChainCheckpoints {
     /// Every this many events, one's hash is kept.
     pub const EVERY: i64 = 1024;
 
-    /// The first checkpoint at or after `seq`.
-    pub fn at_or_after(&self, seq: i64) -> Option<(i64, String)> {
-        let held = self
-            .0
+    fn held(&self) -> std::sync::MutexGuard<'_, Checkpoints> {
+        self.0
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        held.range(seq..).next().map(|(s, h)| (*s, h.clone()))
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The first checkpoint at or after `seq` (the verified head included).
+    pub fn at_or_after(&self, seq: i64) -> Option<(i64, String)> {
+        let held = self.held();
+        let every = held.every.range(seq..).next().map(|(s, h)| (*s, h.clone()));
+        let head = held.head.clone().filter(|(s, _)| *s >= seq);
+        match (every, head) {
+            (Some(e), Some(h)) => Some(if e.0 <= h.0 { e } else { h }),
+            (e, h) => e.or(h),
+        }
+    }
+
+    /// The highest event this process verified (a checkpoint or a head).
+    pub fn highest(&self) -> Option<(i64, String)> {
+        let held = self.held();
+        let every = held.every.last_key_value().map(|(s, h)| (*s, h.clone()));
+        match (every, held.head.clone()) {
+            (Some(e), Some(h)) => Some(if e.0 >= h.0 { e } else { h }),
+            (e, h) => e.or(h),
+        }
     }
 
     /// Notes the hashes of events verified as links of an unbroken chain.
     pub fn note(&self, verified: impl IntoIterator<Item = (i64, String)>) {
-        let mut held = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        held.extend(verified);
+        self.held().every.extend(verified);
+    }
+
+    /// Notes the head a walk verified the chain up to (kept if it is the highest so far).
+    pub fn note_head(&self, seq: i64, hash: &str) {
+        let mut held = self.held();
+        if held.head.as_ref().is_none_or(|(s, _)| seq > *s) {
+            held.head = Some((seq, hash.to_owned()));
+        }
     }
 }

@@ -294,6 +294,110 @@ fn issue_12_a_recording_path_outside_the_recordings_directory_is_refused() {
     d.run(&["session", "verify", &id]).ok();
 }
 
+/// A recording whose `recordings` row is renumbered or deleted (a database write, no file or chain
+/// touched) does not vanish: the chain names it, so every reader calls the session's recording altered
+/// instead of showing a session without one.
+#[test]
+fn issue_12_a_recording_whose_row_is_renumbered_or_deleted_reads_altered() {
+    let Some((_sshd, b, vera)) = setup() else {
+        return;
+    };
+    let out = b
+        .ssh(&vera, "vera+mri-01")
+        .arg("echo row-kept-0815")
+        .output()
+        .unwrap();
+    assert!(text(&out).0.contains("row-kept-0815"), "{:?}", text(&out));
+    let (d, id, _path) = stop_after_the_session(b);
+    d.run(&["session", "verify", &id]).ok();
+    let listed = |d: &DataDir| {
+        let list = d.run(&["session", "list", "--json"]).ok().json();
+        list[0]["recordings"].clone()
+    };
+    for change in [
+        "UPDATE recordings SET id = id + 1000",
+        "DELETE FROM recording_index; DELETE FROM recording_text; DELETE FROM recordings",
+    ] {
+        sqlite(&db(&d), change);
+        every_reader_refuses(&d, &id, "the recordings table lacks", "row-kept-0815");
+        let recordings = listed(&d);
+        let statuses: Vec<&str> = recordings
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["evidence"]["status"].as_str().unwrap_or("?"))
+            .collect();
+        assert!(statuses.contains(&"altered"), "{change}: {recordings:#}");
+        let show = d.run(&["session", "show", &id]);
+        assert!(
+            show.stdout().contains("ALTERED") && show.stdout().contains("recordings table lacks"),
+            "{change}: {}{}",
+            show.stdout(),
+            show.stderr()
+        );
+    }
+}
+
+/// A recording someone else overwrote in place while its session ran (same size) is ALTERED on the
+/// session's page, as in `session verify`: the recorder's digest comes from memory, so it is not what
+/// a page may trust without reading the file.
+#[test]
+fn a_recording_overwritten_during_its_session_reads_altered_on_the_page() {
+    use std::os::unix::fs::FileExt as _;
+    let Some((_sshd, b, vera)) = setup() else {
+        return;
+    };
+    let mut audrey = crate::support::web::Approver::enroll(&b, "audrey", "auditor");
+    audrey.login();
+    let child = b
+        .ssh(&vera, "vera+mri-01")
+        .arg("echo early-0001; sleep 3; echo late-0002")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let recording = || {
+        let list = b.data.run(&["session", "list", "--json"]).ok().json();
+        list[0]["recordings"][0]["path"].as_str().map(PathBuf::from)
+    };
+    let mut at = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            at = recording().and_then(|p| {
+                let bytes = std::fs::read(&p).ok()?;
+                let i = bytes.windows(10).position(|w| w == b"early-0001")?;
+                Some((p, i))
+            });
+            at.is_some()
+        }),
+        "the recording never held the first line\n{}",
+        b.log()
+    );
+    let (path, i) = at.unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_at(b"early-0009", i as u64).unwrap();
+    drop(file);
+    let out = child.wait_with_output().unwrap();
+    assert!(text(&out).0.contains("late-0002"), "{:?}", text(&out));
+    let sessions = || b.data.run(&["session", "list", "--json"]).ok().json();
+    assert!(
+        wait_until(Duration::from_secs(10), || !sessions()[0]["ended_at"]
+            .is_null()),
+        "the session did not end\n{}",
+        b.log()
+    );
+    let id = sessions()[0]["id"].as_str().unwrap().to_owned();
+    let page = audrey.get(&format!("/sessions/{id}"));
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("ALTERED"), "{}", page.body);
+    // The indexer has read it by now (or will): still ALTERED, never remembered as intact.
+    std::thread::sleep(Duration::from_secs(1));
+    let page = audrey.get(&format!("/sessions/{id}"));
+    assert!(page.body.contains("ALTERED"), "{}", page.body);
+    let verify = b.data.run(&["session", "verify", &id]);
+    let said = format!("{}{}", verify.fails(1).stdout(), verify.stderr());
+    assert!(said.contains("ALTERED"), "{said}");
+}
+
 /// An exec command carrying a real OSC 52 (clipboard write) prints escaped in `session show` and never
 /// raw in `session list`; `session play` of a pty recording whose output holds OSC 52, a title, a
 /// hyperlink and a cursor position query plays the text without them, and `--raw` plays them.
@@ -639,8 +743,8 @@ async fn issue_12_the_digest_that_counts_is_the_first_one_the_chain_vouches_for(
         let judge = |id: &'static str| {
             let store = store.clone();
             async move {
-                let s = store.session(id).await.unwrap();
-                evidence(&store, &s).await.unwrap()
+                let mut s = store.session(id).await.unwrap();
+                evidence(&store, &mut s).await.unwrap()
             }
         };
         let ended = judge("s-ended").await;
@@ -693,6 +797,150 @@ async fn issue_12_the_digest_that_counts_is_the_first_one_the_chain_vouches_for(
         assert_eq!(
             judge("s-live").await,
             vec![Evidence::Unvouched(Unvouched::NotDigested)]
+        );
+    })
+    .await;
+}
+
+/// A process that verified the chain up to its head notices the end of the log cut with the head moved
+/// back to match (a database write, no hashing needed), which the head alone cannot show: the
+/// recording it vouched for reads broken, and an evidence bundle is refused. Events appended after the
+/// verification are no such thing.
+#[tokio::test]
+async fn a_head_moved_back_behind_what_this_process_verified_is_a_shortened_chain() {
+    use chaperone::audit::{AuditEvent, ChainBreak};
+    use chaperone::evidence::{Broken, Evidence, evidence};
+    use chaperone::store::NewSession;
+    use serde_json::json;
+
+    use crate::store::{asset, grant, on_both_with_url, raw, vendor};
+
+    on_both_with_url(|store, url| async move {
+        let v = vendor(&store, "alice", "SHA256:a").await;
+        let a = asset(&store, "mri-01").await;
+        let mut tx = store.begin().await.unwrap();
+        let g = grant(&mut tx, v, a, &["ssh".to_owned()], 10_000).await;
+        let session = NewSession {
+            id: "s1",
+            vendor_id: v,
+            asset_id: a,
+            grant_id: g,
+            kind: "exec",
+            service: "ssh",
+            client_addr: "127.0.0.1:5",
+            detail: "uptime",
+            node: "node-a",
+        };
+        tx.insert_session(&session, 150).await.unwrap();
+        let rid = tx
+            .insert_recording("s1", "exec-stream-v1", "/r/s1.exec", 150)
+            .await
+            .unwrap();
+        let event = |action, detail| AuditEvent::new("vendor:alice", action, "session:s1", detail);
+        tx.audit(
+            event(Action::SessionStart, json!({"recording": "/r/s1.exec"})),
+            150,
+        )
+        .await
+        .unwrap();
+        tx.end_session("s1", "exit", "closed", 1, 2, 160)
+            .await
+            .unwrap();
+        tx.close_recording(rid, "aaaa", 10, 160).await.unwrap();
+        tx.audit(
+            event(
+                Action::SessionEnd,
+                json!({"recording": rid, "recording_sha256": "aaaa"}),
+            ),
+            160,
+        )
+        .await
+        .unwrap();
+        tx.commit("t").await.unwrap();
+        // Two events about something else: what an attacker would cut.
+        for n in 0..2 {
+            let mut tx = store.begin().await.unwrap();
+            tx.audit(
+                AuditEvent::new(
+                    "os:root",
+                    Action::VendorAdd,
+                    format!("vendor:v{n}"),
+                    json!({}),
+                ),
+                170,
+            )
+            .await
+            .unwrap();
+            tx.commit("t").await.unwrap();
+        }
+        let judge = || {
+            let store = store.clone();
+            async move {
+                let mut s = store.session("s1").await.unwrap();
+                evidence(&store, &mut s).await.unwrap()
+            }
+        };
+        assert!(matches!(judge().await[0], Evidence::Vouched(_)));
+        // Appended since: still vouched.
+        let mut tx = store.begin().await.unwrap();
+        tx.audit(
+            AuditEvent::new("os:root", Action::VendorAdd, "vendor:v2", json!({})),
+            171,
+        )
+        .await
+        .unwrap();
+        tx.commit("t").await.unwrap();
+        assert!(matches!(judge().await[0], Evidence::Vouched(_)));
+        // The last two events deleted, the head moved back onto the one before them.
+        let (head, _) = store.audit_head().await.unwrap();
+        let kept = store.audit_page(head - 3, 1).await.unwrap().pop().unwrap();
+        raw(
+            &url,
+            &format!("DELETE FROM audit_events WHERE seq > {}", kept.seq),
+        )
+        .await;
+        raw(
+            &url,
+            &format!(
+                "UPDATE audit_head SET seq = {}, hash = '{}'",
+                kept.seq, kept.hash
+            ),
+        )
+        .await;
+        let judged = judge().await;
+        assert!(
+            matches!(
+                &judged[0],
+                Evidence::Broken(Broken::Chain(ChainBreak::Shortened { head_seq, verified }))
+                    if *head_seq == kept.seq && *verified > kept.seq
+            ),
+            "{judged:?}"
+        );
+        let keys = tempfile::tempdir().unwrap();
+        let config = chaperone::config::RecordingConfig {
+            dir: keys.path().to_owned(),
+            record_input: false,
+            max_bytes: None,
+            signing_key: keys.path().join("signing_key"),
+            retain: chaperone::config::Retain::Forever,
+            zone_retain: Default::default(),
+        };
+        chaperone::evidence::signer::Signer::create(&config.signing_key).unwrap();
+        let bundle = chaperone::evidence::bundle::export(
+            &store,
+            &config,
+            "s1",
+            "os:test",
+            "cli",
+            200,
+            Vec::new(),
+        )
+        .await;
+        let refused = bundle.err().map(|e| e.to_string()).unwrap_or_default();
+        // (The export's own event took seq 6 again: a head at a verified seq with another hash.)
+        assert!(
+            refused.contains("deleted from the end") || refused.contains("verified before"),
+            "{refused}"
         );
     })
     .await;
@@ -1155,7 +1403,7 @@ async fn issue_11_retention_deletes_expired_recordings_and_keeps_held_ones() {
         assert_eq!((swept.deleted, swept.not_here), (1, 0), "{swept:?}");
         assert!(!files["s-old"].exists());
         assert!(files["s-held"].exists() && files["s-new"].exists());
-        let old = store.session("s-old").await.unwrap();
+        let mut old = store.session("s-old").await.unwrap();
         assert_eq!(old.recordings[0].deleted_at, Some(now));
         let old_sha = old.recordings[0].sha256.clone().unwrap();
         let held = store.session("s-held").await.unwrap();
@@ -1184,7 +1432,9 @@ async fn issue_11_retention_deletes_expired_recordings_and_keeps_held_ones() {
         );
         // The deleted recording is never played or exported as if it were there; its status says
         // deleted, from the chained recording.deleted event (not the row alone).
-        let ev = chaperone::evidence::evidence(&store, &old).await.unwrap();
+        let ev = chaperone::evidence::evidence(&store, &mut old)
+            .await
+            .unwrap();
         let err = chaperone::evidence::prove(&recordings, &old.recordings[0], &ev[0]).unwrap_err();
         assert!(err.to_string().contains("deleted by retention"), "{err}");
         assert_eq!(
@@ -1196,8 +1446,10 @@ async fn issue_11_retention_deletes_expired_recordings_and_keeps_held_ones() {
         );
         // The newer one is intact; its file gone without a recorded deletion is missing; a row that
         // claims a deletion no audit event records is ALTERED.
-        let new = store.session("s-new").await.unwrap();
-        let new_ev = chaperone::evidence::evidence(&store, &new).await.unwrap();
+        let mut new = store.session("s-new").await.unwrap();
+        let new_ev = chaperone::evidence::evidence(&store, &mut new)
+            .await
+            .unwrap();
         assert_eq!(
             integrity(&recordings, &new.recordings[0], &new_ev[0]).word(),
             "intact"
