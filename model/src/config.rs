@@ -1154,6 +1154,11 @@ impl Config {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
+        // Absolute, so no path depends on where a later command runs: the recordings' paths are stored
+        // as resolved (`serve -c chaperone.toml` stored `./recordings/…`, which a command run from
+        // another directory, or a service started from `/`, then read as outside the recordings
+        // directory: ALTERED, never deleted by retention).
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_owned());
         let resolve = |p: &str| -> PathBuf {
             let p = Path::new(p);
             if p.is_absolute() {
@@ -2226,6 +2231,22 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/etc/chaperone/chaperone.toml"), text)
+    }
+
+    #[test]
+    fn relative_paths_resolve_to_absolute_ones_whatever_the_config_path() {
+        let here = std::env::current_dir().unwrap();
+        for (config, dir) in [
+            ("chaperone.toml", here.clone()),
+            ("data/chaperone.toml", here.join("data")),
+            ("/srv/chaperone/chaperone.toml", PathBuf::from("/srv/chaperone")),
+        ] {
+            let c = Config::parse(Path::new(config), "").unwrap();
+            assert_eq!(c.recording.dir, dir.join("recordings"), "{config}");
+            assert!(c.recording.dir.is_absolute() && c.secrets.key_file.is_absolute());
+            let url = &c.database.url;
+            assert!(url.starts_with(&format!("sqlite://{}", dir.display())), "{url}");
+        }
     }
 
     #[test]

@@ -516,8 +516,9 @@ pub fn open_recording(dir: &Path, path: &str) -> Result<RecordingFile, PathError
         dir: dir.to_owned(),
     };
     let dir_real = std::fs::canonicalize(dir).map_err(io_err(dir))?;
-    // A relative path (a server started with a relative config path stores one) resolves against the
-    // current directory, as it always has; what counts is where it lands.
+    // Stored paths are absolute (`Config::parse` resolves the recordings directory to one); a relative
+    // one, written into the database by hand, resolves against the current directory: what counts is
+    // where it lands.
     let given = Path::new(path);
     let real = match std::fs::canonicalize(given) {
         Ok(real) => real,
