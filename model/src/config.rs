@@ -2239,13 +2239,19 @@ mod tests {
         for (config, dir) in [
             ("chaperone.toml", here.clone()),
             ("data/chaperone.toml", here.join("data")),
-            ("/srv/chaperone/chaperone.toml", PathBuf::from("/srv/chaperone")),
+            (
+                "/srv/chaperone/chaperone.toml",
+                PathBuf::from("/srv/chaperone"),
+            ),
         ] {
             let c = Config::parse(Path::new(config), "").unwrap();
             assert_eq!(c.recording.dir, dir.join("recordings"), "{config}");
             assert!(c.recording.dir.is_absolute() && c.secrets.key_file.is_absolute());
             let url = &c.database.url;
-            assert!(url.starts_with(&format!("sqlite://{}", dir.display())), "{url}");
+            assert!(
+                url.starts_with(&format!("sqlite://{}", dir.display())),
+                "{url}"
+            );
         }
     }
 

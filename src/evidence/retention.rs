@@ -153,6 +153,9 @@ pub struct Swept {
     pub not_here: usize,
     /// Files of recordings marked deleted earlier that were still here, now removed.
     pub leftovers: usize,
+    /// Recordings past their retention whose file no longer hashes to the digest the audit log vouches
+    /// for: kept (the change is evidence too), logged as an error at every pass.
+    pub altered: usize,
 }
 
 /// Where a recording's file is, as far as this node can tell.
@@ -177,6 +180,14 @@ async fn locate(config: &RecordingConfig, path: &str) -> Found {
     })
     .await;
     found.unwrap_or(Found::NotHere)
+}
+
+async fn hash(path: std::path::PathBuf) -> std::io::Result<String> {
+    tokio::task::spawn_blocking(move || {
+        chaperone_recorder::sha256_file(&path).map_err(std::io::Error::other)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 async fn remove(path: std::path::PathBuf) -> std::io::Result<()> {
@@ -204,7 +215,7 @@ pub async fn sweep(
             if !due(config, &c.zone, c.ended_at, now) {
                 continue;
             }
-            match chained(store, &c.recording).await? {
+            let vouched = match chained(store, &c.recording).await? {
                 // Due by the row's zone and by the zone the chain recorded at the start: moving an
                 // asset's row to a zone that keeps less deletes nothing sooner.
                 Ok(ch)
@@ -212,7 +223,10 @@ pub async fn sweep(
                         && ch.ended_at.is_some_and(|at| {
                             due(config, &c.zone, at, now)
                                 && ch.zone.as_deref().is_none_or(|z| due(config, z, at, now))
-                        }) => {}
+                        }) =>
+                {
+                    ch.sha256
+                }
                 Ok(ch) => {
                     tracing::warn!(session = %c.recording.session_id, held = ch.held, ended_at = ?ch.ended_at,
                         "a recording past its retention by its rows is not by the audit log (held, or ended later); not deleted");
@@ -223,10 +237,27 @@ pub async fn sweep(
                         "a recording past its retention is not as the audit log says; not deleted");
                     continue;
                 }
-            }
+            };
             match locate(config, &c.recording.path).await {
                 Found::NotHere => swept.not_here += 1,
                 Found::Here(file) => {
+                    // Hashed first: deleting a file that was changed would turn ALTERED into a
+                    // policy's "deleted", and its `recording.deleted` event would vouch for a digest
+                    // the file no longer had.
+                    match hash(file.clone()).await {
+                        Ok(actual) if actual == vouched => {}
+                        Ok(actual) => {
+                            tracing::error!(session = %c.recording.session_id, path = %c.recording.path,
+                                %actual, %vouched,
+                                "a recording past its retention does not hash to the digest the audit log vouches for (ALTERED): kept as evidence, not deleted");
+                            swept.altered += 1;
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(path = %c.recording.path, error = %e, "cannot read a recording past its retention; the next pass tries again");
+                            continue;
+                        }
+                    }
                     if delete(store, config, actor, &c, now).await? {
                         if let Err(e) = remove(file).await {
                             tracing::warn!(path = %c.recording.path, error = %e, "cannot delete a recording past its retention; the next pass tries again");
@@ -277,6 +308,8 @@ struct Chained {
     /// The asset's zone its `session.start` recorded (`None` for sessions started before the event
     /// carried it: the row's zone alone decides those).
     zone: Option<String>,
+    /// The digest the audit log vouches for.
+    sha256: String,
 }
 
 /// Reads what the chain says about `r`'s session, each event checked where it sits; `Err` (why) when
@@ -310,7 +343,10 @@ async fn chained(
             r.path, voucher.path
         )));
     }
-    let head = store.audit_head().await?;
+    let head = match super::chain_head(store).await? {
+        Ok(head) => head,
+        Err(b) => return Ok(Err(b.to_string())),
+    };
     let events = store
         .audit_events_about(
             &format!("session:{}", r.session_id),
@@ -328,6 +364,7 @@ async fn chained(
         held: false,
         deleted: voucher.deleted.is_some(),
         zone: None,
+        sha256: voucher.sha256.clone(),
     };
     for event in events.iter().filter(|e| e.seq <= head.0) {
         if let Err(b) = super::holds_in_chain(store, event, &head).await? {
@@ -401,6 +438,7 @@ pub(crate) async fn run(app: crate::app::App, mut stop: watch::Receiver<bool>) {
                 deleted = s.deleted,
                 not_here = s.not_here,
                 leftovers = s.leftovers,
+                altered = s.altered,
                 "retention pass"
             ),
             Ok(_) => {}

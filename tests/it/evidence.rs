@@ -1399,6 +1399,13 @@ async fn issue_11_retention_deletes_expired_recordings_and_keeps_held_ones() {
         // Without the zone's rule, 30 days: the old one goes, the held one and the newer one stay.
         config.zone_retain.clear();
         let now = ended + 31 * DAY;
+        // But not while its file says something else than what the chain vouches for: kept, as the
+        // evidence of that change, never turned into a policy's "deleted".
+        std::fs::write(&files["s-old"], "s-olD").unwrap();
+        let swept = pass(config.clone(), now).await;
+        assert_eq!((swept.deleted, swept.altered), (0, 1), "{swept:?}");
+        assert!(files["s-old"].exists());
+        std::fs::write(&files["s-old"], "s-old").unwrap();
         let swept = pass(config.clone(), now).await;
         assert_eq!((swept.deleted, swept.not_here), (1, 0), "{swept:?}");
         assert!(!files["s-old"].exists());
