@@ -1649,30 +1649,40 @@ impl Records for WebCore {
 const LIST_HASH_LIMIT: u64 = 64 * 1024 * 1024;
 /// Sessions per history page.
 const PAGE: i64 = 50;
-/// The audit actions about a session that its page lists: its life, who looked, what was held or
-/// deleted.
-const SESSION_ACTIONS: [&str; 17] = {
+/// The audit actions about a session that its page lists, besides who looked ([`SESSION_VIEWS`]): its
+/// life, what was held, exported or deleted. The first [`SESSION_LIFE_SHOWN`] are shown.
+const SESSION_LIFE: [&str; 13] = {
     use crate::audit::Action as A;
     [
         A::SessionStart.as_str(),
         A::SessionEnd.as_str(),
         A::SessionTerminate.as_str(),
-        A::SessionWatch.as_str(),
         A::TunnelOpen.as_str(),
         A::TunnelClose.as_str(),
         A::JumpOpen.as_str(),
         A::JumpClose.as_str(),
-        A::RecordingView.as_str(),
-        A::RecordingSearch.as_str(),
         A::RecordingRecovered.as_str(),
         A::RecordingFailed.as_str(),
         A::RecordingDeleted.as_str(),
         A::SessionHold.as_str(),
         A::SessionRelease.as_str(),
-        A::EvidenceExport.as_str(),
         A::BudgetExceeded.as_str(),
     ]
 };
+const SESSION_LIFE_SHOWN: i64 = 500;
+/// Who looked at a session or took a copy: anyone who may open the page adds one, so only the newest
+/// [`SESSION_VIEWS_SHOWN`] are listed, and never at the cost of the events of [`SESSION_LIFE`] (a flood
+/// of views pushed a later hold or deletion off the page).
+const SESSION_VIEWS: [&str; 4] = {
+    use crate::audit::Action as A;
+    [
+        A::RecordingView.as_str(),
+        A::RecordingSearch.as_str(),
+        A::SessionWatch.as_str(),
+        A::EvidenceExport.as_str(),
+    ]
+};
+const SESSION_VIEWS_SHOWN: i64 = 200;
 
 fn status(r: &RecordingRow, integrity: &str, detail: String) -> RecordingStatus {
     RecordingStatus {
@@ -2240,12 +2250,38 @@ impl WebCore {
             json!({"what": "page", "recordings": session.recordings.iter().map(|r| r.id).collect::<Vec<_>>()}),
         )
         .await?;
-        let audit = self
-            .app
-            .store
-            .audit_events_about(&format!("session:{id}"), &SESSION_ACTIONS, 500)
+        let subject = format!("session:{id}");
+        let store = &self.app.store;
+        let mut events = store
+            .audit_events_about(&subject, &SESSION_LIFE, SESSION_LIFE_SHOWN + 1)
             .await
-            .map_err(internal)?
+            .map_err(internal)?;
+        let mut views = store
+            .latest_audit_events_about(&subject, &SESSION_VIEWS, SESSION_VIEWS_SHOWN + 1)
+            .await
+            .map_err(internal)?;
+        let mut left_out = Vec::new();
+        if events.len() > SESSION_LIFE_SHOWN as usize {
+            events.truncate(SESSION_LIFE_SHOWN as usize);
+            left_out.push(format!(
+                "only its first {SESSION_LIFE_SHOWN} events besides views are shown"
+            ));
+        }
+        if views.len() > SESSION_VIEWS_SHOWN as usize {
+            views.remove(0);
+            left_out.push(format!(
+                "only the newest {SESSION_VIEWS_SHOWN} views, searches and exports are shown"
+            ));
+        }
+        let audit_note = (!left_out.is_empty()).then(|| {
+            format!(
+                "Not all of this session's audit events fit here: {}. `chaperone audit export` has them all.",
+                left_out.join("; ")
+            )
+        });
+        events.extend(views);
+        events.sort_by_key(|e| e.seq);
+        let audit = events
             .into_iter()
             .map(|a| AuditView {
                 seq: a.seq,
@@ -2272,6 +2308,7 @@ impl WebCore {
             transfers_more,
             inner,
             audit,
+            audit_note,
         })
     }
 

@@ -263,7 +263,13 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
                 );
             }
             // Who looked: every play, export and bundle of it, from the audit log.
-            for e in looks(&app, &s.id).await? {
+            let looked = looks(&app, &s.id).await?;
+            if looked.len() >= LOOKS_SHOWN as usize {
+                println!(
+                    "looked:    (only the newest {LOOKS_SHOWN} are listed; `chaperone audit export` has them all)"
+                );
+            }
+            for e in looked {
                 let detail: serde_json::Value = serde_json::from_str(&e.detail).unwrap_or_default();
                 let word = |k: &str| {
                     detail[k]
@@ -584,19 +590,23 @@ async fn hold(app: &App, id: &str, reason: &str, on: bool) -> anyhow::Result<()>
 
 /// The audit events that say who looked at session `id`'s recordings (played, exported, downloaded a
 /// bundle of them), oldest first (the first 1000).
+/// The newest [`LOOKS_SHOWN`] of them: anyone who may look adds one, so the oldest give way.
 async fn looks(app: &App, id: &str) -> anyhow::Result<Vec<crate::audit::AuditRow>> {
     Ok(app
         .store
-        .audit_events_about(
+        .latest_audit_events_about(
             &format!("session:{id}"),
             &[
                 crate::evidence::VIEW.as_str(),
                 crate::evidence::bundle::EXPORT.as_str(),
             ],
-            1000,
+            LOOKS_SHOWN,
         )
         .await?)
 }
+
+/// How many of a session's views and exports `session show` lists.
+const LOOKS_SHOWN: i64 = 1000;
 
 /// How long a session's recordings are kept, for a table cell.
 fn kept_short(app: &App, s: &SessionRow) -> String {

@@ -123,17 +123,40 @@ impl Store {
         actions: &[&str],
         limit: i64,
     ) -> Result<Vec<AuditRow>> {
+        self.events_about(subject, actions, limit, "ASC").await
+    }
+
+    /// The newest `limit` events about `subject` with one of `actions`, in `seq` order: for events
+    /// anyone who may look can add (views), whose oldest must not push out what came after.
+    pub async fn latest_audit_events_about(
+        &self,
+        subject: &str,
+        actions: &[&str],
+        limit: i64,
+    ) -> Result<Vec<AuditRow>> {
+        let mut rows = self.events_about(subject, actions, limit, "DESC").await?;
+        rows.reverse();
+        Ok(rows)
+    }
+
+    async fn events_about(
+        &self,
+        subject: &str,
+        actions: &[&str],
+        limit: i64,
+        order: &'static str,
+    ) -> Result<Vec<AuditRow>> {
         if actions.is_empty() {
             return Ok(Vec::new());
         }
-        // Only placeholders are interpolated: `$3, $4, …`, one per action.
+        // Only placeholders (`$3, $4, …`, one per action) and the order's constant are interpolated.
         let placeholders = (0..actions.len())
             .map(|i| format!("${}", i + 3))
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!(
             "SELECT seq, at, actor, action, subject, detail, prev_hash, hash FROM audit_events \
-             WHERE subject = $1 AND action IN ({placeholders}) ORDER BY seq LIMIT $2"
+             WHERE subject = $1 AND action IN ({placeholders}) ORDER BY seq {order} LIMIT $2"
         );
         let mut query = sqlx::query(AssertSqlSafe(sql)).bind(subject).bind(limit);
         for action in actions {

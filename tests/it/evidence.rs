@@ -398,6 +398,46 @@ fn a_recording_overwritten_during_its_session_reads_altered_on_the_page() {
     assert!(said.contains("ALTERED"), "{said}");
 }
 
+/// Anyone who may open a session's page adds a view to its audit history: a flood of them does not push
+/// a later legal hold off the page (nor off `session show`); the page says what it left out.
+#[test]
+fn a_flood_of_views_does_not_hide_a_later_hold_on_the_session_page() {
+    let Some((_sshd, b, vera)) = setup() else {
+        return;
+    };
+    let out = b
+        .ssh(&vera, "vera+mri-01")
+        .arg("echo looked-at")
+        .output()
+        .unwrap();
+    assert!(text(&out).0.contains("looked-at"), "{:?}", text(&out));
+    let sessions = || b.data.run(&["session", "list", "--json"]).ok().json();
+    assert!(
+        wait_until(Duration::from_secs(10), || !sessions()[0]["ended_at"]
+            .is_null()),
+        "the session did not end\n{}",
+        b.log()
+    );
+    let id = sessions()[0]["id"].as_str().unwrap().to_owned();
+    let mut audrey = crate::support::web::Approver::enroll(&b, "audrey", "auditor");
+    audrey.login();
+    assert_eq!(audrey.get_times(&format!("/sessions/{id}"), 520), 200);
+    b.data
+        .run(&["session", "hold", &id, "--reason", "case-0815"])
+        .ok();
+    let page = audrey.get(&format!("/sessions/{id}"));
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("session.hold"), "{}", page.body);
+    assert!(page.body.contains("case-0815"), "{}", page.body);
+    assert!(page.body.contains("session.start"), "{}", page.body);
+    assert!(
+        page.body
+            .contains("only the newest 200 views, searches and exports are shown"),
+        "{}",
+        page.body
+    );
+}
+
 /// An exec command carrying a real OSC 52 (clipboard write) prints escaped in `session show` and never
 /// raw in `session list`; `session play` of a pty recording whose output holds OSC 52, a title, a
 /// hyperlink and a cursor position query plays the text without them, and `--raw` plays them.

@@ -467,6 +467,8 @@ pub struct SessionDetail {
     pub inner: Vec<HistoryItem>,
     /// The audit events about the session, including who viewed and searched it.
     pub audit: Vec<AuditView>,
+    /// What `audit` leaves out, when it does ("older views not shown"), for a line under it.
+    pub audit_note: Option<String>,
     /// The session is live and runs on this node: the live view can be shown here.
     pub live_here: bool,
     /// The legal hold on it, if any: its recordings are kept whatever their retention.

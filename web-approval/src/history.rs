@@ -435,7 +435,11 @@ pub async fn session_page<C: Core>(
             esc(&a.detail)
         );
     }
-    main.push_str("</tbody></table></section>");
+    main.push_str("</tbody></table>");
+    if let Some(note) = &d.audit_note {
+        let _ = write!(main, "<p class=\"note\">{}</p>", esc(note));
+    }
+    main.push_str("</section>");
     let mut html = page(
         &format!("Session {}", i.id),
         "Session history",

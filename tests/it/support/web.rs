@@ -326,6 +326,13 @@ impl Approver {
         self.curl(&[&format!("{}{path}", self.base)])
     }
 
+    /// `n` GETs of `path` on one connection (one curl); the last answer's status.
+    pub fn get_times(&self, path: &str, n: usize) -> u16 {
+        let url = format!("{}{path}", self.base);
+        let urls: Vec<&str> = std::iter::repeat_n(url.as_str(), n).collect();
+        self.curl(&urls).status
+    }
+
     /// A GET, with the response's header lines (lower-cased) beside the answer.
     pub fn get_with_headers(&self, path: &str) -> (Answer, String) {
         let file = tempfile::NamedTempFile::new().unwrap();
