@@ -70,6 +70,9 @@ pub enum BundleError {
     /// An audit event about the session does not hold where it sits in the chain.
     #[error("the audit log's word on this session was ALTERED ({0}); run `chaperone audit verify`")]
     Chain(ChainBreak),
+    /// The session's row disagrees with its audit events: the bundle's summary would repeat it.
+    #[error("the session's row was ALTERED: {0}")]
+    Row(super::Broken),
     /// Deriving a player's .cast from an exec recording failed.
     #[error("deriving a .cast from recording {path:?}")]
     Derive {
@@ -253,6 +256,11 @@ async fn collect(store: &Store, session_id: &str) -> Result<Collected, BundleErr
     );
     events.sort_by_key(|e| e.seq);
     events.retain(|e| e.seq <= head.0);
+    // The README's and session.json's summary come from the row: only while it agrees with the start
+    // event (a tunnel has no recording whose proof would say so).
+    if let Some(b) = super::row_disagrees(&session, &events) {
+        return Err(BundleError::Row(b));
+    }
     let mut links = Vec::with_capacity(events.len());
     for event in &events {
         if let Err(b) = super::holds_in_chain(store, event, &head).await? {

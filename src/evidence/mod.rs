@@ -151,6 +151,17 @@ pub enum Broken {
         "audit event {seq} names a recording of this session ({named}) that the recordings table lacks (its row was deleted or renumbered: altered)"
     )]
     RowMissing { seq: i64, named: String },
+    /// The session's row says another vendor, asset, kind, command, service, grant or client address
+    /// than its start event recorded: the row was rewritten (a bundle's summary and every page read it).
+    #[error(
+        "audit event {seq} records {field} {chain:?}, but the session's row says {row:?} (altered)"
+    )]
+    RowDisagrees {
+        seq: i64,
+        field: &'static str,
+        chain: String,
+        row: String,
+    },
 }
 
 impl Evidence {
@@ -195,6 +206,9 @@ pub async fn evidence(
         session.recordings.push(row);
         return Ok(vec![Evidence::Broken(broken); session.recordings.len()]);
     }
+    if let Some(broken) = row_disagrees(session, &events) {
+        return Ok(vec![Evidence::Broken(broken); session.recordings.len()]);
+    }
     // Tunnels have no recording: nothing to vouch for.
     if session.recordings.is_empty() {
         return Ok(Vec::new());
@@ -218,6 +232,59 @@ pub async fn evidence(
         .iter()
         .map(|r| judge(session, r, Some(r.id) == first_id, &events))
         .collect())
+}
+
+/// The first field of `session`'s row that disagrees with what its start event (`session.start`,
+/// `tunnel.open` or `jump.open`, the first among `events`) recorded: who (the event's actor), the asset,
+/// kind, command or destination, service, grant and client address, each compared only where the event
+/// carries it. These never change once written (only the end, byte counts and hold do, and an abandoned
+/// session's end is written twice), so any difference is a rewritten row.
+pub(crate) fn row_disagrees(session: &SessionRow, events: &[AuditRow]) -> Option<Broken> {
+    const STARTS: [&str; 3] = [START, "tunnel.open", "jump.open"];
+    let start = events
+        .iter()
+        .find(|e| STARTS.contains(&e.action.as_str()))?;
+    let detail: Value = serde_json::from_str(&start.detail).ok()?;
+    let differs = |field: &'static str, chain: String, row: String| {
+        (chain != row).then_some(Broken::RowDisagrees {
+            seq: start.seq,
+            field,
+            chain,
+            row,
+        })
+    };
+    let text = |key: &str| match detail.get(key) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    if let Some(vendor) = start.actor.strip_prefix("vendor:")
+        && let Some(b) = differs("vendor", vendor.to_owned(), session.vendor.clone())
+    {
+        return Some(b);
+    }
+    [
+        ("asset", &session.asset),
+        ("kind", &session.kind),
+        ("detail", &session.detail),
+        ("service", &session.service),
+        ("peer", &session.client_addr),
+    ]
+    .into_iter()
+    .chain(std::iter::once(("grant", &session.grant_id.to_string())))
+    .find_map(|(key, row)| differs(field_name(key), text(key)?, row.clone()))
+}
+
+/// How a start event's key is named in a message.
+fn field_name(key: &str) -> &'static str {
+    match key {
+        "asset" => "asset",
+        "kind" => "kind",
+        "detail" => "command or destination",
+        "service" => "service",
+        "peer" => "client address",
+        _ => "grant",
+    }
 }
 
 /// A recording `events` (about `session`) name that `session.recordings` lacks, as a row made from the

@@ -296,7 +296,8 @@ fn issue_12_a_recording_path_outside_the_recordings_directory_is_refused() {
 
 /// A recording whose `recordings` row is renumbered or deleted (a database write, no file or chain
 /// touched) does not vanish: the chain names it, so every reader calls the session's recording altered
-/// instead of showing a session without one.
+/// instead of showing a session without one. A session row that says another command or vendor than
+/// its start event recorded reads altered too.
 #[test]
 fn issue_12_a_recording_whose_row_is_renumbered_or_deleted_reads_altered() {
     let Some((_sshd, b, vera)) = setup() else {
@@ -310,6 +311,25 @@ fn issue_12_a_recording_whose_row_is_renumbered_or_deleted_reads_altered() {
     assert!(text(&out).0.contains("row-kept-0815"), "{:?}", text(&out));
     let (d, id, _path) = stop_after_the_session(b);
     d.run(&["session", "verify", &id]).ok();
+    // The row's command (or vendor) rewritten: every reader and the bundle's summary would repeat
+    // it, so the session's recording reads altered until the row says again what the chain recorded.
+    for (change, back) in [
+        (
+            "UPDATE sessions SET detail = 'echo nothing-0000'",
+            "UPDATE sessions SET detail = 'echo row-kept-0815'",
+        ),
+        (
+            "INSERT INTO vendors (name, org, totp_secret, created_at) \
+             SELECT 'mallory', org, totp_secret, created_at FROM vendors; \
+             UPDATE sessions SET vendor_id = (SELECT id FROM vendors WHERE name = 'mallory')",
+            "UPDATE sessions SET vendor_id = (SELECT id FROM vendors WHERE name = 'vera')",
+        ),
+    ] {
+        sqlite(&db(&d), change);
+        every_reader_refuses(&d, &id, "but the session's row says", "row-kept-0815");
+        sqlite(&db(&d), back);
+        d.run(&["session", "verify", &id]).ok();
+    }
     let listed = |d: &DataDir| {
         let list = d.run(&["session", "list", "--json"]).ok().json();
         list[0]["recordings"].clone()

@@ -44,6 +44,12 @@ async fn recorded(
     }
     let done = w.finish().unwrap();
     let path = path.display().to_string();
+    // The start event's actor is the session's vendor, as a real start writes it.
+    let vendors = store.vendors().await.unwrap();
+    let actor = format!(
+        "vendor:{}",
+        vendors.iter().find(|x| x.id == v).unwrap().name
+    );
     let mut tx = store.begin().await.unwrap();
     tx.insert_session(
         &NewSession {
@@ -67,7 +73,7 @@ async fn recorded(
         .unwrap();
     tx.audit(
         AuditEvent::new(
-            "vendor:x",
+            actor.as_str(),
             Action::SessionStart,
             format!("session:{id}"),
             json!({"recording": path}),
