@@ -515,20 +515,47 @@ pub(crate) async fn holds_in_chain(
 /// read first: a check that finished before this read began saw only committed events, which this
 /// read sees too, so concurrent checks never raise it). A head behind an event verified before, or at
 /// it with another hash, is the end of the log cut or rewritten with the head moved to match, which
-/// the head alone cannot show.
+/// the head alone cannot show; the first such finding for a lost event is appended as `audit.tamper`.
 pub(crate) async fn chain_head(
     store: &Store,
 ) -> Result<Result<(i64, String), ChainBreak>, StoreError> {
     let verified = store.chain_checkpoints().highest();
     let head = store.audit_head().await?;
-    Ok(match verified {
-        Some((seq, _)) if head.0 < seq => Err(ChainBreak::Shortened {
+    let broken = match &verified {
+        Some((seq, _)) if head.0 < *seq => ChainBreak::Shortened {
             head_seq: head.0,
-            verified: seq,
-        }),
-        Some((seq, hash)) if head.0 == seq && head.1 != hash => Err(ChainBreak::Rewritten { seq }),
-        _ => Ok(head),
-    })
+            verified: *seq,
+        },
+        Some((seq, hash)) if head.0 == *seq && head.1 != *hash => {
+            ChainBreak::Rewritten { seq: *seq }
+        }
+        _ => return Ok(Ok(head)),
+    };
+    // A security alert for the SIEM and the ATNA repository, as `audit verify` raises one: appended
+    // after the head, it hides nothing. Once per lost event, not at every page that finds it.
+    let lost = verified.map_or(0, |(seq, _)| seq);
+    if store.chain_checkpoints().first_alarm(lost) {
+        tracing::error!(%broken, "the audit log lost events this node verified before");
+        let raised = async {
+            let mut tx = store.begin().await?;
+            tx.audit(
+                AuditEvent::new(
+                    "system",
+                    crate::audit::Action::AuditTamper,
+                    "audit",
+                    json!({"why": broken.to_string(), "head_seq": head.0, "verified": lost}),
+                ),
+                crate::clock::Clock::system().now(),
+            )
+            .await?;
+            tx.commit("audit.tamper").await
+        }
+        .await;
+        if let Err(e) = raised {
+            tracing::error!(error = %e, "cannot record the audit log's lost events as audit.tamper");
+        }
+    }
+    Ok(Err(broken))
 }
 
 /// Why a recording's file was not opened.

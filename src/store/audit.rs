@@ -254,6 +254,8 @@ pub struct ChainCheckpoints(std::sync::Mutex<Checkpoints>);
 pub struct Checkpoints {
     every: std::collections::BTreeMap<i64, String>,
     head: Option<(i64, String)>,
+    /// The verified event whose loss was last raised as an alarm ([`ChainCheckpoints::first_alarm`]).
+    alarmed: Option<i64>,
 }
 
 impl ChainCheckpoints {
@@ -290,6 +292,15 @@ impl ChainCheckpoints {
     /// Notes the hashes of events verified as links of an unbroken chain.
     pub fn note(&self, verified: impl IntoIterator<Item = (i64, String)>) {
         self.held().every.extend(verified);
+    }
+
+    /// Whether the loss of verified event `seq` is new (not raised before by this process): a cut
+    /// log is raised once, not at every check that finds it.
+    pub fn first_alarm(&self, seq: i64) -> bool {
+        let mut held = self.held();
+        let first = held.alarmed != Some(seq);
+        held.alarmed = Some(seq);
+        first
     }
 
     /// Notes the head a walk verified the chain up to (kept if it is the highest so far).

@@ -976,6 +976,17 @@ async fn a_head_moved_back_behind_what_this_process_verified_is_a_shortened_chai
             ),
             "{judged:?}"
         );
+        // Raised once as a security alert (the SIEM and the ATNA repository get it), not at every look.
+        judge().await;
+        let alarms = store
+            .audit_events_about("audit", &["audit.tamper"], 10)
+            .await
+            .unwrap();
+        assert_eq!(alarms.len(), 1, "{alarms:?}");
+        assert!(
+            alarms[0].detail.contains("deleted from the end"),
+            "{alarms:?}"
+        );
         let keys = tempfile::tempdir().unwrap();
         let config = chaperone::config::RecordingConfig {
             dir: keys.path().to_owned(),
