@@ -2503,6 +2503,15 @@ impl WebCore {
         let mut maps: HashMap<i64, IdleMap> = HashMap::new();
         let mut hits = Vec::new();
         for c in chunks {
+            // Text of a recording the audit log does not vouch for (now) is not shown.
+            let vouched = session
+                .recordings
+                .iter()
+                .zip(&evidence)
+                .any(|(r, ev)| r.id == c.recording_id && ev.voucher().is_some());
+            if !vouched {
+                continue;
+            }
             if let std::collections::hash_map::Entry::Vacant(slot) = maps.entry(c.recording_id) {
                 let found = session
                     .recordings

@@ -263,8 +263,9 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
                 );
             }
             // Who looked: every play, export and bundle of it, from the audit log.
-            let looked = looks(&app, &s.id).await?;
-            if looked.len() >= LOOKS_SHOWN as usize {
+            let mut looked = looks(&app, &s.id).await?;
+            if looked.len() > LOOKS_SHOWN as usize {
+                looked.remove(0);
                 println!(
                     "looked:    (only the newest {LOOKS_SHOWN} are listed; `chaperone audit export` has them all)"
                 );
@@ -589,8 +590,8 @@ async fn hold(app: &App, id: &str, reason: &str, on: bool) -> anyhow::Result<()>
 }
 
 /// The audit events that say who looked at session `id`'s recordings (played, exported, downloaded a
-/// bundle of them), oldest first (the first 1000).
-/// The newest [`LOOKS_SHOWN`] of them: anyone who may look adds one, so the oldest give way.
+/// bundle of them), oldest first: the newest [`LOOKS_SHOWN`] and one more (which says some were left
+/// out), since anyone who may look adds one.
 async fn looks(app: &App, id: &str) -> anyhow::Result<Vec<crate::audit::AuditRow>> {
     Ok(app
         .store
@@ -600,7 +601,7 @@ async fn looks(app: &App, id: &str) -> anyhow::Result<Vec<crate::audit::AuditRow
                 crate::evidence::VIEW.as_str(),
                 crate::evidence::bundle::EXPORT.as_str(),
             ],
-            LOOKS_SHOWN,
+            LOOKS_SHOWN + 1,
         )
         .await?)
 }

@@ -48,6 +48,9 @@ const RECOVERED: &str = "recording.recovered";
 pub const VIEW: crate::audit::Action = crate::audit::Action::RecordingView;
 /// Retention deleted the recording's file (`retention::sweep`, in the transaction that marks its row).
 const DELETED: &str = "recording.deleted";
+/// How a tunnel and a jump start (their start events, for [`row_disagrees`]).
+const TUNNEL_OPEN: &str = "tunnel.open";
+const JUMP_OPEN: &str = "jump.open";
 
 /// The most events about one session read (a session has a handful: start, end, a recovery, a
 /// termination).
@@ -190,7 +193,7 @@ pub async fn evidence(
     let events = store
         .audit_events_about(
             &format!("session:{}", session.id),
-            &[START, END, RECOVERED, DELETED],
+            &[START, END, RECOVERED, DELETED, TUNNEL_OPEN, JUMP_OPEN],
             MAX_EVENTS,
         )
         .await?;
@@ -203,10 +206,22 @@ pub async fn evidence(
     // A row gone makes every other row of the session as doubtful (one renumbered reads as another
     // recording the chain says nothing of): all are broken, as when an event does not hold.
     if let Some((row, broken)) = row_missing(session, &events) {
-        session.recordings.push(row);
+        if !session
+            .recordings
+            .iter()
+            .any(|r| r.made() && r.id == row.id)
+        {
+            session.recordings.push(row);
+        }
         return Ok(vec![Evidence::Broken(broken); session.recordings.len()]);
     }
     if let Some(broken) = row_disagrees(session, &events) {
+        // A tunnel's or jump's row is its whole record: with no recording to carry the verdict, a row
+        // made for it does, so every page and `session verify` say ALTERED instead of nothing.
+        if session.recordings.is_empty() {
+            let row = made_row(session, 0, String::new());
+            session.recordings.push(row);
+        }
         return Ok(vec![Evidence::Broken(broken); session.recordings.len()]);
     }
     // Tunnels have no recording: nothing to vouch for.
@@ -240,7 +255,7 @@ pub async fn evidence(
 /// carries it. These never change once written (only the end, byte counts and hold do, and an abandoned
 /// session's end is written twice), so any difference is a rewritten row.
 pub(crate) fn row_disagrees(session: &SessionRow, events: &[AuditRow]) -> Option<Broken> {
-    const STARTS: [&str; 3] = [START, "tunnel.open", "jump.open"];
+    const STARTS: [&str; 3] = [START, TUNNEL_OPEN, JUMP_OPEN];
     let start = events
         .iter()
         .find(|e| STARTS.contains(&e.action.as_str()))?;
@@ -304,7 +319,7 @@ fn row_missing(session: &SessionRow, events: &[AuditRow]) -> Option<(RecordingRo
             }
             (END | RECOVERED | DELETED, Some(Value::Number(id))) => {
                 let Some(id) = id.as_i64() else { continue };
-                if named.is_none() && !session.recordings.iter().any(|r| r.id == id) {
+                if named.is_none() && !session.recordings.iter().any(|r| r.id == id && !r.made()) {
                     let path = detail
                         .get("path")
                         .and_then(Value::as_str)
@@ -317,7 +332,9 @@ fn row_missing(session: &SessionRow, events: &[AuditRow]) -> Option<(RecordingRo
     }
     let (seq, id, path) = match (named, &started) {
         (Some((seq, id, path)), _) => (seq, id, path.or(started.map(|(_, p)| p))),
-        (None, Some((seq, path))) if session.recordings.is_empty() => (*seq, 0, Some(path.clone())),
+        (None, Some((seq, path))) if session.recordings.iter().all(RecordingRowExt::made) => {
+            (*seq, 0, Some(path.clone()))
+        }
         _ => return None,
     };
     let path = path.unwrap_or_default();
@@ -326,7 +343,16 @@ fn row_missing(session: &SessionRow, events: &[AuditRow]) -> Option<(RecordingRo
     } else {
         format!("recording {id}, {path}")
     };
-    let row = RecordingRow {
+    Some((
+        made_row(session, id, path),
+        Broken::RowMissing { seq, named: shown },
+    ))
+}
+
+/// A row [`evidence`] makes for a recording the table lacks (or for a tunnel's record): no format, so
+/// nothing plays or reads it, and a second look does not take it for a real one.
+fn made_row(session: &SessionRow, id: i64, path: String) -> RecordingRow {
+    RecordingRow {
         id,
         session_id: session.id.clone(),
         format: String::new(),
@@ -336,8 +362,18 @@ fn row_missing(session: &SessionRow, events: &[AuditRow]) -> Option<(RecordingRo
         created_at: session.started_at,
         closed_at: None,
         deleted_at: None,
-    };
-    Some((row, Broken::RowMissing { seq, named: shown }))
+    }
+}
+
+/// Telling a row [`evidence`] made from one the store read.
+trait RecordingRowExt {
+    fn made(&self) -> bool;
+}
+
+impl RecordingRowExt for RecordingRow {
+    fn made(&self) -> bool {
+        self.format.is_empty()
+    }
 }
 
 /// The evidence for recording `r` among the (chain-checked) `events` about its session. `first` says
@@ -552,7 +588,8 @@ pub(crate) async fn chain_head(
         }
         .await;
         if let Err(e) = raised {
-            tracing::error!(error = %e, "cannot record the audit log's lost events as audit.tamper");
+            store.chain_checkpoints().alarm_failed(lost);
+            tracing::error!(error = %e, "cannot record the audit log's lost events as audit.tamper yet");
         }
     }
     Ok(Err(broken))

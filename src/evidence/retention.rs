@@ -258,7 +258,7 @@ pub async fn sweep(
                             continue;
                         }
                     }
-                    if delete(store, config, actor, &c, now).await? {
+                    if delete(store, config, actor, &c, &vouched, now).await? {
                         if let Err(e) = remove(file).await {
                             tracing::warn!(path = %c.recording.path, error = %e, "cannot delete a recording past its retention; the next pass tries again");
                         }
@@ -394,6 +394,7 @@ async fn delete(
     config: &RecordingConfig,
     actor: &str,
     c: &RetentionCandidate,
+    vouched: &str,
     now: UnixTime,
 ) -> Result<bool, StoreError> {
     let r = &c.recording;
@@ -407,7 +408,7 @@ async fn delete(
             actor,
             Action::RecordingDeleted,
             format!("session:{}", r.session_id),
-            json!({"recording": r.id, "format": r.format, "path": r.path, "sha256": r.sha256,
+            json!({"recording": r.id, "format": r.format, "path": r.path, "sha256": vouched,
                    "size": r.size, "zone": c.zone, "retain": retain.to_string(),
                    "ended_at": c.ended_at, "kept_until": retain.kept_until(c.ended_at)}),
         ),

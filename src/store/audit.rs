@@ -303,6 +303,14 @@ impl ChainCheckpoints {
         first
     }
 
+    /// The alarm for `seq` could not be written: the next finding raises it again.
+    pub fn alarm_failed(&self, seq: i64) {
+        let mut held = self.held();
+        if held.alarmed == Some(seq) {
+            held.alarmed = None;
+        }
+    }
+
     /// Notes the head a walk verified the chain up to (kept if it is the highest so far).
     pub fn note_head(&self, seq: i64, hash: &str) {
         let mut held = self.held();

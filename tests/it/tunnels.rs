@@ -152,6 +152,24 @@ fn w_reaches_a_granted_port_and_nothing_else() {
             && audit.contains("\"tunnel.close\"")
             && audit.contains("\"tunnel.refused\"")
     );
+    // A tunnel's row is its whole record: rewritten to name another destination, it reads ALTERED
+    // (it has no recording to be judged by).
+    let id = first["id"].as_str().unwrap();
+    b.data.run(&["session", "verify", id]).fails(1);
+    crate::cli::sqlite(
+        &b.data.path().join("chaperone.db"),
+        &format!("UPDATE sessions SET detail = 'mri-01:1' WHERE id = '{id}'"),
+    );
+    let verify = b.data.run(&["session", "verify", id]);
+    let said = format!("{}{}", verify.fails(1).stdout(), verify.stderr());
+    assert!(said.contains("but the session's row says"), "{said}");
+    let show = b
+        .data
+        .run(&["session", "show", id])
+        .ok()
+        .stdout()
+        .to_owned();
+    assert!(show.contains("ALTERED"), "{show}");
 }
 
 #[test]
