@@ -1673,15 +1673,7 @@ const SESSION_LIFE_SHOWN: i64 = 500;
 /// Who looked at a session or took a copy: anyone who may open the page adds one, so only the newest
 /// [`SESSION_VIEWS_SHOWN`] are listed, and never at the cost of the events of [`SESSION_LIFE`] (a flood
 /// of views pushed a later hold or deletion off the page).
-const SESSION_VIEWS: [&str; 4] = {
-    use crate::audit::Action as A;
-    [
-        A::RecordingView.as_str(),
-        A::RecordingSearch.as_str(),
-        A::SessionWatch.as_str(),
-        A::EvidenceExport.as_str(),
-    ]
-};
+const SESSION_VIEWS: [&str; 4] = crate::evidence::LOOKS;
 const SESSION_VIEWS_SHOWN: i64 = 200;
 
 fn status(r: &RecordingRow, integrity: &str, detail: String) -> RecordingStatus {

@@ -39,6 +39,8 @@ pub const EXPORT: crate::audit::Action = crate::audit::Action::EvidenceExport;
 
 /// The most audit events about one subject a bundle carries.
 const MAX_EVENTS: i64 = 100_000;
+/// The newest views and exports of the session a bundle carries.
+const LOOKS_IN_BUNDLE: i64 = 1000;
 /// The largest file of a bundle [`verify`] keeps in memory (one of [`READ`]).
 const MAX_TEXT: u64 = 64 * 1024 * 1024;
 /// The files of a bundle [`verify`] reads; every other one (the recordings, README.txt, anything a
@@ -115,6 +117,8 @@ struct Collected {
     /// For each event, the row after it (or `None` when it is the last: the head names it).
     links: Vec<Option<AuditRow>>,
     head: (i64, String),
+    /// Views and exports older than the newest [`LOOKS_IN_BUNDLE`] were left out (the README says).
+    looks_left_out: bool,
 }
 
 /// Makes the evidence bundle of session `session_id` and writes it to `out`, as `actor` (an audit
@@ -246,9 +250,20 @@ async fn collect(store: &Store, session_id: &str) -> Result<Collected, BundleErr
     let head = super::chain_head(store)
         .await?
         .map_err(BundleError::Chain)?;
+    // Views and exports apart, the newest of them: a flood of page loads must not push a later hold
+    // or deletion out of the bundle.
+    let subject = format!("session:{session_id}");
     let mut events = store
-        .audit_events_of(&format!("session:{session_id}"), MAX_EVENTS)
+        .audit_events_about_but(&subject, &super::LOOKS, MAX_EVENTS)
         .await?;
+    let mut looks = store
+        .latest_audit_events_about(&subject, &super::LOOKS, LOOKS_IN_BUNDLE + 1)
+        .await?;
+    let looks_left_out = looks.len() > LOOKS_IN_BUNDLE as usize;
+    if looks_left_out {
+        looks.remove(0);
+    }
+    events.extend(looks);
     events.extend(
         store
             .audit_events_of(&format!("grant:{}", session.grant_id), MAX_EVENTS)
@@ -278,6 +293,7 @@ async fn collect(store: &Store, session_id: &str) -> Result<Collected, BundleErr
         events,
         links,
         head,
+        looks_left_out,
     })
 }
 
@@ -528,7 +544,7 @@ also recomputes every audit event's hash.
 
 Only the files SHA256SUMS lists are evidence: a file in this directory that it does not list was not
 signed (`chaperone evidence verify` refuses such a bundle).
-
+{looks}
 What vouches for a recording: the session.end event in audit.jsonl carries the SHA-256 the recorder
 computed as it closed the file; for a recording whose writer stopped before closing it (the bastion
 crashed), a recording.recovered event carries the SHA-256 of the file as a node found it afterwards
@@ -549,6 +565,14 @@ the hospital's copy of its audit log (exported to its SIEM), which no one at the
         exported = format_time(now),
         actor = clean(actor),
         fingerprint = signer.fingerprint(),
+        looks = if c.looks_left_out {
+            format!(
+                "\nOf the views, searches and exports of this session, audit.jsonl holds the newest {LOOKS_IN_BUNDLE};\n\
+                 the older ones are in the hospital's audit log. Every other event about it is here.\n"
+            )
+        } else {
+            String::new()
+        },
     )
 }
 
@@ -856,6 +880,7 @@ mod tests {
             events,
             links,
             head,
+            looks_left_out: false,
         }
     }
 

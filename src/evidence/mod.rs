@@ -48,6 +48,16 @@ const RECOVERED: &str = "recording.recovered";
 pub const VIEW: crate::audit::Action = crate::audit::Action::RecordingView;
 /// Retention deleted the recording's file (`retention::sweep`, in the transaction that marks its row).
 const DELETED: &str = "recording.deleted";
+/// The actions that say someone looked at a session or took a copy: anyone who may look adds one, so
+/// lists of a session's events read the newest of these apart from the rest (the session page, the
+/// evidence bundle, `session show`), and a flood of them never pushes out a later hold or deletion.
+pub const LOOKS: [&str; 4] = [
+    "recording.view",
+    "recording.search",
+    "session.watch",
+    "evidence.export",
+];
+
 /// How a tunnel and a jump start (their start events, for [`row_disagrees`]).
 const TUNNEL_OPEN: &str = "tunnel.open";
 const JUMP_OPEN: &str = "jump.open";

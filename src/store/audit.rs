@@ -123,7 +123,19 @@ impl Store {
         actions: &[&str],
         limit: i64,
     ) -> Result<Vec<AuditRow>> {
-        self.events_about(subject, actions, limit, "ASC").await
+        self.events_about(subject, actions, limit, Pick::Oldest)
+            .await
+    }
+
+    /// The events about `subject` whose action is none of `but`, oldest first, at most `limit`.
+    pub async fn audit_events_about_but(
+        &self,
+        subject: &str,
+        but: &[&str],
+        limit: i64,
+    ) -> Result<Vec<AuditRow>> {
+        self.events_about(subject, but, limit, Pick::OldestBut)
+            .await
     }
 
     /// The newest `limit` events about `subject` with one of `actions`, in `seq` order: for events
@@ -134,7 +146,9 @@ impl Store {
         actions: &[&str],
         limit: i64,
     ) -> Result<Vec<AuditRow>> {
-        let mut rows = self.events_about(subject, actions, limit, "DESC").await?;
+        let mut rows = self
+            .events_about(subject, actions, limit, Pick::Newest)
+            .await?;
         rows.reverse();
         Ok(rows)
     }
@@ -144,19 +158,29 @@ impl Store {
         subject: &str,
         actions: &[&str],
         limit: i64,
-        order: &'static str,
+        pick: Pick,
     ) -> Result<Vec<AuditRow>> {
-        if actions.is_empty() {
+        let (order, not) = match pick {
+            Pick::Oldest => ("ASC", ""),
+            Pick::Newest => ("DESC", ""),
+            Pick::OldestBut => ("ASC", "NOT "),
+        };
+        if actions.is_empty() && not.is_empty() {
             return Ok(Vec::new());
         }
-        // Only placeholders (`$3, $4, …`, one per action) and the order's constant are interpolated.
+        // Only placeholders (`$3, $4, …`, one per action) and the constants above are interpolated.
         let placeholders = (0..actions.len())
             .map(|i| format!("${}", i + 3))
             .collect::<Vec<_>>()
             .join(", ");
+        let filter = if actions.is_empty() {
+            String::new()
+        } else {
+            format!(" AND action {not}IN ({placeholders})")
+        };
         let sql = format!(
             "SELECT seq, at, actor, action, subject, detail, prev_hash, hash FROM audit_events \
-             WHERE subject = $1 AND action IN ({placeholders}) ORDER BY seq {order} LIMIT $2"
+             WHERE subject = $1{filter} ORDER BY seq {order} LIMIT $2"
         );
         let mut query = sqlx::query(AssertSqlSafe(sql)).bind(subject).bind(limit);
         for action in actions {
@@ -237,6 +261,17 @@ impl Store {
             .context("reading the audit chain head")?;
         Ok((get(&row, "seq")?, get(&row, "hash")?))
     }
+}
+
+/// Which events about a subject [`Store::events_about`] reads.
+#[derive(Debug, Clone, Copy)]
+enum Pick {
+    /// The oldest with one of the actions.
+    Oldest,
+    /// The newest with one of the actions.
+    Newest,
+    /// The oldest with none of the actions.
+    OldestBut,
 }
 
 /// Hashes of audit events this process verified as links of an unbroken chain that ended at the head
