@@ -1673,7 +1673,7 @@ const SESSION_LIFE_SHOWN: i64 = 500;
 /// Who looked at a session or took a copy: anyone who may open the page adds one, so only the newest
 /// [`SESSION_VIEWS_SHOWN`] are listed, and never at the cost of the events of [`SESSION_LIFE`] (a flood
 /// of views pushed a later hold or deletion off the page).
-const SESSION_VIEWS: [&str; 4] = crate::evidence::LOOKS;
+const SESSION_VIEWS: [&str; 5] = crate::evidence::LOOKS;
 const SESSION_VIEWS_SHOWN: i64 = 200;
 
 fn status(r: &RecordingRow, integrity: &str, detail: String) -> RecordingStatus {

@@ -159,9 +159,11 @@ pub fn mapping(action: Action) -> Option<Mapping> {
         ),
         A::AuditTamper => map(SECURITY_ALERT, &[], Execute, MajorFailure),
         // Exports of recordings and of the audit log.
-        A::SessionExport | A::AuditExport | A::EvidenceExport | A::BackupCreate => {
-            map(EXPORT, &[], Read, Success)
-        }
+        A::SessionExport
+        | A::AuditExport
+        | A::EvidenceExport
+        | A::EvidenceSigned
+        | A::BackupCreate => map(EXPORT, &[], Read, Success),
         // Evidence kept or let go: who looked, what retention deleted, legal holds, the signing key.
         A::RecordingView | A::RecordingSearch | A::SessionWatch => {
             map(SECURITY_ALERT, &[USE_OF_RESTRICTED_FUNCTION], Read, Success)

@@ -36,6 +36,8 @@ use crate::store::{Store, StoreError};
 
 /// The audit action of an export (by the CLI or a download).
 pub const EXPORT: crate::audit::Action = crate::audit::Action::EvidenceExport;
+/// The action that records a bundle written whole, with the digest of its `SHA256SUMS`.
+pub const SIGNED: crate::audit::Action = crate::audit::Action::EvidenceSigned;
 
 /// The most audit events about one subject a bundle carries.
 const MAX_EVENTS: i64 = 100_000;
@@ -119,6 +121,8 @@ struct Collected {
     head: (i64, String),
     /// Views and exports older than the newest [`LOOKS_IN_BUNDLE`] were left out (the README says).
     looks_left_out: bool,
+    /// The bundle's own `evidence.export` event (the README names it).
+    export_seq: i64,
 }
 
 /// Makes the evidence bundle of session `session_id` and writes it to `out`, as `actor` (an audit
@@ -160,14 +164,30 @@ pub async fn export<W: Write + Send + 'static>(
         tx.commit("evidence.export").await?;
         seq
     };
-    let collected = collect(store, session_id).await?;
+    let mut collected = collect(store, session_id).await?;
+    collected.export_seq = audit_seq;
     let dir = config.dir.clone();
-    let actor = actor.to_owned();
+    let writer = actor.to_owned();
     let (mut exported, out) = tokio::task::spawn_blocking(move || {
-        write(&collected, &dir, &signer.0, &signer.1, &actor, now, out)
+        write(&collected, &dir, &signer.0, &signer.1, &writer, now, out)
     })
     .await??;
     exported.audit_seq = audit_seq;
+    // The bundle is whole: what it is (the digest of its signed SHA256SUMS) goes on record, so an
+    // inspector can have the hospital confirm it. It cannot be in the export event, which the bundle
+    // itself carries.
+    let mut tx = store.begin().await?;
+    tx.audit(
+        AuditEvent::new(
+            actor,
+            SIGNED,
+            format!("session:{session_id}"),
+            json!({"export": audit_seq, "sums_sha256": exported.sums_sha256, "signer": exported.signer}),
+        ),
+        now,
+    )
+    .await?;
+    tx.commit("evidence.signed").await?;
     Ok((exported, out))
 }
 
@@ -294,6 +314,7 @@ async fn collect(store: &Store, session_id: &str) -> Result<Collected, BundleErr
         links,
         head,
         looks_left_out,
+        export_seq: 0,
     })
 }
 
@@ -544,6 +565,10 @@ also recomputes every audit event's hash.
 
 Only the files SHA256SUMS lists are evidence: a file in this directory that it does not list was not
 signed (`chaperone evidence verify` refuses such a bundle).
+
+Ask the hospital to confirm this bundle: its audit log holds an evidence.signed event for it, naming
+audit event {export_seq} (this export) and the SHA-256 of this SHA256SUMS (`sha256sum SHA256SUMS`). A
+bundle signed with a stolen or retired key has no such event.
 {looks}
 What vouches for a recording: the session.end event in audit.jsonl carries the SHA-256 the recorder
 computed as it closed the file; for a recording whose writer stopped before closing it (the bastion
@@ -565,6 +590,7 @@ the hospital's copy of its audit log (exported to its SIEM), which no one at the
         exported = format_time(now),
         actor = clean(actor),
         fingerprint = signer.fingerprint(),
+        export_seq = c.export_seq,
         looks = if c.looks_left_out {
             format!(
                 "\nOf the views, searches and exports of this session, audit.jsonl holds the newest {LOOKS_IN_BUNDLE};\n\
@@ -881,6 +907,7 @@ mod tests {
             links,
             head,
             looks_left_out: false,
+            export_seq: 0,
         }
     }
 

@@ -51,11 +51,12 @@ const DELETED: &str = "recording.deleted";
 /// The actions that say someone looked at a session or took a copy: anyone who may look adds one, so
 /// lists of a session's events read the newest of these apart from the rest (the session page, the
 /// evidence bundle, `session show`), and a flood of them never pushes out a later hold or deletion.
-pub const LOOKS: [&str; 4] = [
+pub const LOOKS: [&str; 5] = [
     "recording.view",
     "recording.search",
     "session.watch",
     "evidence.export",
+    "evidence.signed",
 ];
 
 /// How a tunnel and a jump start (their start events, for [`row_disagrees`]).

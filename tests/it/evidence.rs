@@ -1170,6 +1170,28 @@ fn issue_11_an_evidence_bundle_verifies_with_stock_tools_and_fails_when_altered(
         readme.contains("Only the files SHA256SUMS lists are evidence"),
         "{readme}"
     );
+    // The hospital's log says what it signed: the digest of this SHA256SUMS, after the export event the
+    // README names, so an inspector can have a bundle confirmed (one signed with a stolen key has none).
+    let sums = chaperone_recorder::sha256_file(unpacked.join("SHA256SUMS")).unwrap();
+    let signed = events(&d, "evidence.signed");
+    assert_eq!(signed.lines().count(), 1, "{signed}");
+    assert!(
+        signed.contains(&format!("\"sums_sha256\":\"{sums}\"")),
+        "{signed}"
+    );
+    let export_seq = sqlite_query(
+        &db(&d),
+        "SELECT seq FROM audit_events WHERE action = 'evidence.export'",
+    );
+    let export_seq = export_seq.trim();
+    assert!(
+        signed.contains(&format!("\"export\":{export_seq}")),
+        "{signed}"
+    );
+    assert!(
+        readme.contains(&format!("audit event {export_seq} (this export)")),
+        "{readme}"
+    );
     // Vouched for by the session's own end, not by a sweep that found the file afterwards.
     let described: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(unpacked.join("session.json")).unwrap())
