@@ -94,11 +94,13 @@ async fn export(config: &Path, id: &str, output: &Path) -> anyhow::Result<()> {
         }
     };
     println!(
-        "Session {id} exported to {}: {} files, SHA256SUMS signed by {} (audit event {}).",
+        "Session {id} exported to {}: {} files, SHA256SUMS signed by {} (audit event {}); SHA256SUMS \
+         has SHA-256 {}, recorded as evidence.signed.",
         output.display(),
         exported.files.len(),
         exported.signer,
-        exported.audit_seq
+        exported.audit_seq,
+        exported.sums_sha256
     );
     println!("Verify: tar xf {} && cd {}", output.display(), exported.dir);
     println!("  {VERIFY_SIGNATURE}");
@@ -138,6 +140,11 @@ fn verify(config: &Path, file: &Path, allowed_signers: Option<&Path>) -> anyhow:
         verified.files,
         verified.events,
         verified.recordings
+    );
+    println!(
+        "To confirm the hospital's bastion made it: its audit log holds an evidence.signed event with \
+         sums_sha256 {}.",
+        verified.sums_sha256
     );
     Ok(())
 }

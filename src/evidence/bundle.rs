@@ -631,6 +631,8 @@ pub struct Verified {
     pub events: usize,
     /// Recordings whose SHA-256 matched the audit event that vouches for it.
     pub recordings: usize,
+    /// The SHA-256 of SHA256SUMS: the hospital's `evidence.signed` event for the bundle names it.
+    pub sums_sha256: String,
 }
 
 /// Verifies a bundle read from `input` against the `trusted` allowed_signers text: the signature of
@@ -690,6 +692,7 @@ pub fn verify(input: impl Read, trusted: &str) -> Result<Verified, VerifyError> 
     let keys = signer::trusted_keys(trusted);
     let signer = signer::verify(&keys, sums, sig)?;
 
+    let sums_sha256 = hex::encode(Sha256::digest(sums));
     let sums = std::str::from_utf8(sums).map_err(|_| shape("SHA256SUMS is not text"))?;
     let mut listed = BTreeMap::new();
     for line in sums.lines() {
@@ -839,6 +842,7 @@ pub fn verify(input: impl Read, trusted: &str) -> Result<Verified, VerifyError> 
         files: listed.len(),
         events: events.len(),
         recordings,
+        sums_sha256,
     })
 }
 

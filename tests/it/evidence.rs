@@ -1253,7 +1253,10 @@ fn issue_11_an_evidence_bundle_verifies_with_stock_tools_and_fails_when_altered(
     );
     let verify = d.run(&["evidence", "verify", bundle.to_str().unwrap()]);
     assert!(
-        verify.ok().stdout().contains("intact"),
+        verify.ok().stdout().contains("intact")
+            && verify
+                .stdout()
+                .contains(&format!("evidence.signed event with sums_sha256 {sums}")),
         "{}",
         verify.stdout()
     );
