@@ -141,6 +141,12 @@ fn verify(config: &Path, file: &Path, allowed_signers: Option<&Path>) -> anyhow:
         verified.events,
         verified.recordings
     );
+    if verified.absent > 0 {
+        println!(
+            "{} recording(s) not in the bundle (deleted by retention, or never digested): session.json says why.",
+            verified.absent
+        );
+    }
     println!(
         "To confirm the hospital's bastion made it: its audit log holds an evidence.signed event with \
          sums_sha256 {}.",

@@ -365,6 +365,12 @@ impl<W: Write> Bundle<W> {
     }
 }
 
+/// A recording a bundle names without its content, and why (`seq`: the `recording.deleted` event).
+struct Absent {
+    why: String,
+    seq: Option<i64>,
+}
+
 fn write<W: Write>(
     c: &Collected,
     recordings_dir: &Path,
@@ -375,10 +381,32 @@ fn write<W: Write>(
     out: W,
 ) -> Result<(Exported, W), BundleError> {
     let s = &c.session;
-    // Every recording is proved before a byte of the bundle is written.
+    // Every recording is proved before a byte of the bundle is written. One that retention deleted,
+    // or that nothing ever digested, has no content to prove: the bundle names it with why, and its
+    // audit events are its record. Anything else that is not intact (altered, missing here, live)
+    // refuses the bundle.
     let mut proofs = Vec::with_capacity(s.recordings.len());
     for (r, ev) in s.recordings.iter().zip(&c.evidence) {
-        proofs.push(prove(recordings_dir, r, ev)?);
+        proofs.push(match prove(recordings_dir, r, ev) {
+            Ok(p) => Ok(p),
+            Err(ProveError::Deleted { seq, at, .. }) => Err(Absent {
+                why: format!(
+                    "deleted by retention on {} (audit event {seq}); its digest and audit events remain",
+                    crate::clock::format_time(at)
+                ),
+                seq: Some(seq),
+            }),
+            Err(ProveError::Unvouched {
+                why: super::Unvouched::NotDigested,
+                ..
+            }) => Err(Absent {
+                why: "not digested: no audit event vouches for a digest of it (its writer failed, \
+                      or stopped before finishing it); nothing proves what it held"
+                    .into(),
+                seq: None,
+            }),
+            Err(e) => return Err(e.into()),
+        });
     }
     let dir = format!("session-{}", s.id);
     let mut b = Bundle {
@@ -387,13 +415,25 @@ fn write<W: Write>(
         sums: Vec::new(),
     };
     b.tar.dir(&dir)?;
-    b.text("README.txt", readme(c, signer, actor, now).as_bytes())?;
+    b.text(
+        "README.txt",
+        readme(c, &proofs, signer, actor, now).as_bytes(),
+    )?;
     b.text("allowed_signers", allowed_signers.as_bytes())?;
-    if !proofs.is_empty() {
+    if proofs.iter().any(Result::is_ok) {
         b.tar.dir(&format!("{dir}/recordings"))?;
     }
     let mut listed = Vec::new();
     for (r, proof) in s.recordings.iter().zip(&proofs) {
+        let proof = match proof {
+            Ok(p) => p,
+            Err(absent) => {
+                listed.push(
+                    json!({"format": r.format, "absent": absent.why, "audit_seq": absent.seq}),
+                );
+                continue;
+            }
+        };
         let file_name = Path::new(&r.path)
             .file_name()
             .and_then(|n| n.to_str())
@@ -501,7 +541,13 @@ fn cast_of(
     Ok(bytes)
 }
 
-fn readme(c: &Collected, signer: &Signer, actor: &str, now: UnixTime) -> String {
+fn readme(
+    c: &Collected,
+    proofs: &[Result<super::Proof, Absent>],
+    signer: &Signer,
+    actor: &str,
+    now: UnixTime,
+) -> String {
     use crate::clock::format_time;
     let s = &c.session;
     let clean = |t: &str| -> String {
@@ -511,11 +557,19 @@ fn readme(c: &Collected, signer: &Signer, actor: &str, now: UnixTime) -> String 
             .collect()
     };
     let mut recordings = String::new();
-    for r in &s.recordings {
+    for (r, proof) in s.recordings.iter().zip(proofs) {
         let name = Path::new(&r.path)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        if let Err(absent) = proof {
+            recordings.push_str(&format!(
+                "  ({}: not in this bundle)\n      {}\n",
+                clean(&name),
+                absent.why
+            ));
+            continue;
+        }
         let what = match r.format.as_str() {
             RecordingFormat::ASCIICAST => {
                 "the terminal, asciicast v2 (plays in asciinema and asciinema-player)"
@@ -631,6 +685,8 @@ pub struct Verified {
     pub events: usize,
     /// Recordings whose SHA-256 matched the audit event that vouches for it.
     pub recordings: usize,
+    /// Recordings named without their content (deleted by retention, never digested).
+    pub absent: usize,
     /// The SHA-256 of SHA256SUMS: the hospital's `evidence.signed` event for the bundle names it.
     pub sums_sha256: String,
 }
@@ -811,7 +867,24 @@ pub fn verify(input: impl Read, trusted: &str) -> Result<Verified, VerifyError> 
     )
     .map_err(|_| shape("session.json is not JSON"))?;
     let mut recordings = 0;
+    let mut absent = 0;
     for r in session["recordings"].as_array().into_iter().flatten() {
+        // Named without its content: retention's deletion must be in audit.jsonl; a recording never
+        // digested has no event to show.
+        if r["absent"].is_string() {
+            if let Some(seq) = r["audit_seq"].as_i64() {
+                let deleted = events
+                    .get(&seq)
+                    .is_some_and(|e| e["action"].as_str() == Some("recording.deleted"));
+                if !deleted {
+                    return Err(VerifyError::Altered(format!(
+                        "session.json says a recording was deleted by audit event {seq}, which audit.jsonl does not hold as a deletion"
+                    )));
+                }
+            }
+            absent += 1;
+            continue;
+        }
         let file = r["file"].as_str().unwrap_or_default();
         let seq = r["audit_seq"].as_i64().unwrap_or_default();
         let actual = digests.get(file).ok_or_else(|| {
@@ -842,6 +915,7 @@ pub fn verify(input: impl Read, trusted: &str) -> Result<Verified, VerifyError> 
         files: listed.len(),
         events: events.len(),
         recordings,
+        absent,
         sums_sha256,
     })
 }

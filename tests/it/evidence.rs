@@ -1547,6 +1547,21 @@ async fn issue_11_retention_deletes_expired_recordings_and_keeps_held_ones() {
                 at: now
             }
         );
+        // Its audit trail can still be handed over signed: the bundle names the recording, says it
+        // was deleted by retention, and carries the deletion; it verifies.
+        {
+            use chaperone::evidence::{bundle, signer};
+            let key = signer::Signer::create(&config.signing_key).unwrap();
+            let trusted = signer::allowed_signers(&key, &config.signing_key).unwrap();
+            let (_, tar) =
+                bundle::export(&store, &config, "s-old", "os:test", "cli", now, Vec::new())
+                    .await
+                    .unwrap();
+            let verified = bundle::verify(&tar[..], &trusted).unwrap();
+            assert_eq!((verified.recordings, verified.absent), (0, 1));
+            std::fs::remove_file(&config.signing_key).unwrap();
+            let _ = std::fs::remove_file(config.signing_key.with_extension("pub"));
+        }
         // The newer one is intact; its file gone without a recorded deletion is missing; a row that
         // claims a deletion no audit event records is ALTERED.
         let mut new = store.session("s-new").await.unwrap();
