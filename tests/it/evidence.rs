@@ -45,6 +45,19 @@ fn stop_after_the_session(b: Bastion) -> (DataDir, String, PathBuf) {
     (b.stop(), id, path)
 }
 
+/// One recorded exec of `echo WORD` (its output checked), then the bastion stopped once the session
+/// ended: the data directory, the session's id and its recording's path.
+fn one_recorded_echo(word: &str) -> Option<(DataDir, String, PathBuf)> {
+    let (_sshd, b, vera) = setup()?;
+    let out = b
+        .ssh(&vera, "vera+mri-01")
+        .arg(format!("echo {word}"))
+        .output()
+        .unwrap();
+    assert!(text(&out).0.contains(word), "{:?}", text(&out));
+    Some(stop_after_the_session(b))
+}
+
 fn db(d: &DataDir) -> PathBuf {
     d.path().join("chaperone.db")
 }
@@ -95,16 +108,9 @@ fn every_reader_refuses(d: &DataDir, id: &str, why: &str, secret: &str) {
 /// JSON is caught too, and so is re-hashing the event (its successor no longer links to it).
 #[test]
 fn issue_12_an_altered_recording_with_its_digest_column_rewritten_reads_altered() {
-    let Some((_sshd, b, vera)) = setup() else {
+    let Some((d, id, path)) = one_recorded_echo("reading-is-0042") else {
         return;
     };
-    let out = b
-        .ssh(&vera, "vera+mri-01")
-        .arg("echo reading-is-0042")
-        .output()
-        .unwrap();
-    assert!(text(&out).0.contains("reading-is-0042"), "{:?}", text(&out));
-    let (d, id, path) = stop_after_the_session(b);
     let verify = d.run(&["session", "verify", &id]);
     assert!(
         verify.ok().stdout().contains("intact"),
@@ -254,16 +260,9 @@ fn session_end(d: &DataDir, id: &str) -> (i64, String) {
 /// through a symlink inside the directory. A row that names a file that does not exist says so.
 #[test]
 fn issue_12_a_recording_path_outside_the_recordings_directory_is_refused() {
-    let Some((_sshd, b, vera)) = setup() else {
+    let Some((d, id, path)) = one_recorded_echo("kept-inside") else {
         return;
     };
-    let out = b
-        .ssh(&vera, "vera+mri-01")
-        .arg("echo kept-inside")
-        .output()
-        .unwrap();
-    assert!(text(&out).0.contains("kept-inside"), "{:?}", text(&out));
-    let (d, id, path) = stop_after_the_session(b);
     let recordings = path.parent().unwrap().to_owned();
     let elsewhere = d.path().join("elsewhere");
     std::fs::create_dir(&elsewhere).unwrap();
@@ -300,16 +299,9 @@ fn issue_12_a_recording_path_outside_the_recordings_directory_is_refused() {
 /// its start event recorded reads altered too.
 #[test]
 fn issue_12_a_recording_whose_row_is_renumbered_or_deleted_reads_altered() {
-    let Some((_sshd, b, vera)) = setup() else {
+    let Some((d, id, _path)) = one_recorded_echo("row-kept-0815") else {
         return;
     };
-    let out = b
-        .ssh(&vera, "vera+mri-01")
-        .arg("echo row-kept-0815")
-        .output()
-        .unwrap();
-    assert!(text(&out).0.contains("row-kept-0815"), "{:?}", text(&out));
-    let (d, id, _path) = stop_after_the_session(b);
     d.run(&["session", "verify", &id]).ok();
     // The row's command (or vendor) rewritten: every reader and the bundle's summary would repeat
     // it, so the session's recording reads altered until the row says again what the chain recorded.
