@@ -75,7 +75,7 @@ actions! {
     SessionExport = "session.export",
     /// An evidence bundle (recordings, their chain proof, signed) was exported.
     EvidenceExport = "evidence.export",
-    /// An evidence bundle was written whole: the SHA-256 of its signed `SHA256SUMS`, which an inspector
+    /// An evidence bundle was signed (before it left): the SHA-256 of its `SHA256SUMS`, which an inspector
     /// asks the hospital to confirm (a bundle signed with a stolen or retired key has no such event).
     EvidenceSigned = "evidence.signed",
     /// Someone looked at a recording (played it, or through the web page).

@@ -379,13 +379,23 @@ pub fn audit_message(row: &AuditRow, source: &Source) -> Option<AuditMessage> {
         ("audit-seq", row.seq.to_string()),
         ("audit-hash", row.hash.clone()),
     ];
-    for key in ["service", "kind", "key", "recording_sha256"] {
+    // `sums_sha256` and `signer`: what a bundle the bastion signed was (`evidence.signed`), kept by the
+    // repository so an inspector's confirmation does not rest on the bastion's own log.
+    for key in [
+        "service",
+        "kind",
+        "key",
+        "recording_sha256",
+        "sums_sha256",
+        "signer",
+    ] {
         if let Some(v) = text(key) {
             details.push(("chaperone-detail", format!("{key}={}", clip(&v))));
         }
     }
-    // A moved export's gap: where the previous repository's trail stopped and this one's starts after.
-    for key in ["from_seq", "to_seq"] {
+    // A moved export's gap: where the previous repository's trail stopped and this one's starts after;
+    // a signed bundle's export event.
+    for key in ["from_seq", "to_seq", "export"] {
         if let Some(n) = detail.get(key).and_then(Value::as_i64) {
             details.push(("chaperone-detail", format!("{key}={n}")));
         }
@@ -629,6 +639,26 @@ mod tests {
         for (key, n) in [("from_seq", 41), ("to_seq", 57)] {
             let value = base64::engine::general_purpose::STANDARD.encode(format!("{key}={n}"));
             assert!(xml.contains(&value), "{key}: {xml}");
+        }
+    }
+
+    #[test]
+    fn a_signed_bundle_reaches_the_repository_with_its_digest() {
+        let m = audit_message(
+            &row(
+                "evidence.signed",
+                "staff:audrey",
+                "session:s1",
+                r#"{"export":12,"sums_sha256":"ab12","signer":"SHA256:k"}"#,
+            ),
+            &source(),
+        )
+        .unwrap();
+        let xml = m.to_xml();
+        use base64::Engine as _;
+        for detail in ["sums_sha256=ab12", "signer=SHA256:k", "export=12"] {
+            let value = base64::engine::general_purpose::STANDARD.encode(detail);
+            assert!(xml.contains(&value), "{detail}: {xml}");
         }
     }
 

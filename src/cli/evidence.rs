@@ -143,7 +143,7 @@ fn verify(config: &Path, file: &Path, allowed_signers: Option<&Path>) -> anyhow:
     );
     if verified.absent > 0 {
         println!(
-            "{} recording(s) not in the bundle (deleted by retention, or never digested): session.json says why.",
+            "{} recording(s) not in the bundle (deleted by retention): session.json names each deletion.",
             verified.absent
         );
     }

@@ -36,7 +36,7 @@ use crate::store::{Store, StoreError};
 
 /// The audit action of an export (by the CLI or a download).
 pub const EXPORT: crate::audit::Action = crate::audit::Action::EvidenceExport;
-/// The action that records a bundle written whole, with the digest of its `SHA256SUMS`.
+/// The action that records a bundle as soon as it is signed, with the digest of its `SHA256SUMS`.
 pub const SIGNED: crate::audit::Action = crate::audit::Action::EvidenceSigned;
 
 /// The most audit events about one subject a bundle carries.
@@ -87,6 +87,11 @@ pub enum BundleError {
     /// Writing the tar failed.
     #[error("writing the bundle")]
     Tar(#[from] chaperone_recorder::TarError),
+    /// The audit log says retention deleted a recording whose file is still here.
+    #[error(
+        "audit event {seq} says retention deleted {path:?}, but its file is still in the recordings directory: no bundle (if retention could not remove it, its next pass does)"
+    )]
+    DeletedButHere { seq: i64, path: String },
     /// Encoding the bundle's JSON failed.
     #[error("encoding the bundle's JSON")]
     Json(#[from] serde_json::Error),
@@ -168,26 +173,35 @@ pub async fn export<W: Write + Send + 'static>(
     collected.export_seq = audit_seq;
     let dir = config.dir.clone();
     let writer = actor.to_owned();
+    // What the bundle is (the digest of its signed SHA256SUMS) goes on record as soon as it is
+    // signed, before SHA256SUMS and its signature go into the tar: a bundle that reaches anyone has its
+    // event (one that broke off after it is harmless). It cannot be in the export event, which the
+    // bundle itself carries. Written from the blocking thread through the runtime's handle.
+    let record = {
+        let (store, handle) = (store.clone(), tokio::runtime::Handle::current());
+        let (actor, subject) = (actor.to_owned(), format!("session:{session_id}"));
+        move |sums_sha256: &str, signer: &str| -> Result<(), BundleError> {
+            let event = AuditEvent::new(
+                actor,
+                SIGNED,
+                subject,
+                json!({"export": audit_seq, "sums_sha256": sums_sha256, "signer": signer}),
+            );
+            handle.block_on(async {
+                let mut tx = store.begin().await?;
+                tx.audit(event, crate::clock::Clock::system().now()).await?;
+                tx.commit("evidence.signed").await?;
+                Ok(())
+            })
+        }
+    };
     let (mut exported, out) = tokio::task::spawn_blocking(move || {
-        write(&collected, &dir, &signer.0, &signer.1, &writer, now, out)
+        write(
+            &collected, &dir, &signer.0, &signer.1, &writer, now, record, out,
+        )
     })
     .await??;
     exported.audit_seq = audit_seq;
-    // The bundle is whole: what it is (the digest of its signed SHA256SUMS) goes on record, so an
-    // inspector can have the hospital confirm it. It cannot be in the export event, which the bundle
-    // itself carries.
-    let mut tx = store.begin().await?;
-    tx.audit(
-        AuditEvent::new(
-            actor,
-            SIGNED,
-            format!("session:{session_id}"),
-            json!({"export": audit_seq, "sums_sha256": exported.sums_sha256, "signer": exported.signer}),
-        ),
-        now,
-    )
-    .await?;
-    tx.commit("evidence.signed").await?;
     Ok((exported, out))
 }
 
@@ -365,12 +379,17 @@ impl<W: Write> Bundle<W> {
     }
 }
 
-/// A recording a bundle names without its content, and why (`seq`: the `recording.deleted` event).
+/// A recording a bundle names without its content: retention deleted it (`seq`, the
+/// `recording.deleted` event), and the digest the audit log vouched for.
 struct Absent {
     why: String,
-    seq: Option<i64>,
+    seq: i64,
+    sha256: Option<String>,
 }
 
+/// Writes the bundle to `out`; `record` is told the SHA-256 of SHA256SUMS and the key's fingerprint once
+/// it is signed, before SHA256SUMS goes into the tar (an error from it stops the bundle there).
+#[allow(clippy::too_many_arguments)]
 fn write<W: Write>(
     c: &Collected,
     recordings_dir: &Path,
@@ -378,33 +397,35 @@ fn write<W: Write>(
     allowed_signers: &str,
     actor: &str,
     now: UnixTime,
+    record: impl FnOnce(&str, &str) -> Result<(), BundleError>,
     out: W,
 ) -> Result<(Exported, W), BundleError> {
     let s = &c.session;
-    // Every recording is proved before a byte of the bundle is written. One that retention deleted,
-    // or that nothing ever digested, has no content to prove: the bundle names it with why, and its
-    // audit events are its record. Anything else that is not intact (altered, missing here, live)
-    // refuses the bundle.
+    // Every recording is proved before a byte of the bundle is written. One that retention deleted
+    // has no content to prove: the bundle names it with the deletion, and its audit events are its
+    // record; but only once its file is gone from here (a deletion appended to the log while the file
+    // is still on disk is not taken for one). Anything else that is not intact (altered, missing
+    // here, live, never digested) refuses the bundle.
     let mut proofs = Vec::with_capacity(s.recordings.len());
     for (r, ev) in s.recordings.iter().zip(&c.evidence) {
         proofs.push(match prove(recordings_dir, r, ev) {
             Ok(p) => Ok(p),
-            Err(ProveError::Deleted { seq, at, .. }) => Err(Absent {
-                why: format!(
-                    "deleted by retention on {} (audit event {seq}); its digest and audit events remain",
-                    crate::clock::format_time(at)
-                ),
-                seq: Some(seq),
-            }),
-            Err(ProveError::Unvouched {
-                why: super::Unvouched::NotDigested,
-                ..
-            }) => Err(Absent {
-                why: "not digested: no audit event vouches for a digest of it (its writer failed, \
-                      or stopped before finishing it); nothing proves what it held"
-                    .into(),
-                seq: None,
-            }),
+            Err(ProveError::Deleted { seq, at, .. }) => {
+                if super::open_recording(recordings_dir, &r.path).is_ok() {
+                    return Err(BundleError::DeletedButHere {
+                        seq,
+                        path: r.path.clone(),
+                    });
+                }
+                Err(Absent {
+                    why: format!(
+                        "deleted by retention on {} (audit event {seq}); its digest and audit events remain",
+                        crate::clock::format_time(at)
+                    ),
+                    seq,
+                    sha256: ev.voucher().map(|v| v.sha256.clone()),
+                })
+            }
             Err(e) => return Err(e.into()),
         });
     }
@@ -429,7 +450,8 @@ fn write<W: Write>(
             Ok(p) => p,
             Err(absent) => {
                 listed.push(
-                    json!({"format": r.format, "absent": absent.why, "audit_seq": absent.seq}),
+                    json!({"recording": r.id, "format": r.format, "absent": absent.why,
+                                   "audit_seq": absent.seq, "sha256": absent.sha256}),
                 );
                 continue;
             }
@@ -480,9 +502,10 @@ fn write<W: Write>(
         sums.push_str(&format!("{digest}  {name}\n"));
     }
     let signature = signer.sign(sums.as_bytes())?;
+    let sums_sha256 = hex::encode(Sha256::digest(sums.as_bytes()));
+    record(&sums_sha256, &signer.fingerprint())?;
     let files = std::mem::take(&mut b.sums);
     b.text("SHA256SUMS", sums.as_bytes())?;
-    let sums_sha256 = b.sums.pop().map(|(_, d)| d).unwrap_or_default();
     b.text("SHA256SUMS.sig", signature.as_bytes())?;
     let out = b.tar.finish()?;
     Ok((
@@ -620,9 +643,10 @@ also recomputes every audit event's hash.
 Only the files SHA256SUMS lists are evidence: a file in this directory that it does not list was not
 signed (`chaperone evidence verify` refuses such a bundle).
 
-Ask the hospital to confirm this bundle: its audit log holds an evidence.signed event for it, naming
-audit event {export_seq} (this export) and the SHA-256 of this SHA256SUMS (`sha256sum SHA256SUMS`). A
-bundle signed with a stolen or retired key has no such event.
+Ask the hospital to confirm this bundle from its copy of the audit log kept outside the bastion (SIEM,
+ATNA repository): it holds an evidence.signed event for it, soon after
+audit event {export_seq} (this export), naming that event and the SHA-256 of this SHA256SUMS
+(`sha256sum SHA256SUMS`). A bundle signed with a stolen or retired key has no such event.
 {looks}
 What vouches for a recording: the session.end event in audit.jsonl carries the SHA-256 the recorder
 computed as it closed the file; for a recording whose writer stopped before closing it (the bastion
@@ -647,8 +671,8 @@ the hospital's copy of its audit log (exported to its SIEM), which no one at the
         export_seq = c.export_seq,
         looks = if c.looks_left_out {
             format!(
-                "\nOf the views, searches and exports of this session, audit.jsonl holds the newest {LOOKS_IN_BUNDLE};\n\
-                 the older ones are in the hospital's audit log. Every other event about it is here.\n"
+                "\nOf the views, searches and exports of this session, audit.jsonl holds only the newest (at most\n\
+                 {LOOKS_IN_BUNDLE}); the older ones are in the hospital's audit log. Every other event about it is here.\n"
             )
         } else {
             String::new()
@@ -685,7 +709,7 @@ pub struct Verified {
     pub events: usize,
     /// Recordings whose SHA-256 matched the audit event that vouches for it.
     pub recordings: usize,
-    /// Recordings named without their content (deleted by retention, never digested).
+    /// Recordings named without their content (deleted by retention).
     pub absent: usize,
     /// The SHA-256 of SHA256SUMS: the hospital's `evidence.signed` event for the bundle names it.
     pub sums_sha256: String,
@@ -869,18 +893,22 @@ pub fn verify(input: impl Read, trusted: &str) -> Result<Verified, VerifyError> 
     let mut recordings = 0;
     let mut absent = 0;
     for r in session["recordings"].as_array().into_iter().flatten() {
-        // Named without its content: retention's deletion must be in audit.jsonl; a recording never
-        // digested has no event to show.
-        if r["absent"].is_string() {
-            if let Some(seq) = r["audit_seq"].as_i64() {
-                let deleted = events
-                    .get(&seq)
-                    .is_some_and(|e| e["action"].as_str() == Some("recording.deleted"));
-                if !deleted {
-                    return Err(VerifyError::Altered(format!(
-                        "session.json says a recording was deleted by audit event {seq}, which audit.jsonl does not hold as a deletion"
-                    )));
-                }
+        // Named without its content: retention's deletion of that very recording must be in
+        // audit.jsonl.
+        if r["absent"].is_string() && r.get("file").is_none() {
+            let seq = r["audit_seq"].as_i64().unwrap_or_default();
+            let recording = r["recording"].as_i64();
+            let deleted = events.get(&seq).is_some_and(|e| {
+                let detail: Value = serde_json::from_str(e["detail"].as_str().unwrap_or_default())
+                    .unwrap_or_default();
+                e["action"].as_str() == Some("recording.deleted")
+                    && recording.is_some()
+                    && detail["recording"].as_i64() == recording
+            });
+            if !deleted {
+                return Err(VerifyError::Altered(format!(
+                    "session.json names a recording absent, but audit event {seq} in audit.jsonl is not its deletion"
+                )));
             }
             absent += 1;
             continue;
@@ -1005,6 +1033,7 @@ mod tests {
                 &trusted,
                 "os:root",
                 2_000,
+                |_: &str, _: &str| Ok(()),
                 Vec::new(),
             )
             .unwrap()

@@ -51,13 +51,16 @@ const DELETED: &str = "recording.deleted";
 /// The actions that say someone looked at a session or took a copy: anyone who may look adds one, so
 /// lists of a session's events read the newest of these apart from the rest (the session page, the
 /// evidence bundle, `session show`), and a flood of them never pushes out a later hold or deletion.
-pub const LOOKS: [&str; 5] = [
-    "recording.view",
-    "recording.search",
-    "session.watch",
-    "evidence.export",
-    "evidence.signed",
-];
+pub const LOOKS: [&str; 5] = {
+    use crate::audit::Action as A;
+    [
+        A::RecordingView.as_str(),
+        A::RecordingSearch.as_str(),
+        A::SessionWatch.as_str(),
+        A::EvidenceExport.as_str(),
+        A::EvidenceSigned.as_str(),
+    ]
+};
 
 /// How a tunnel and a jump start (their start events, for [`row_disagrees`]).
 const TUNNEL_OPEN: &str = "tunnel.open";

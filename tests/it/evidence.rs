@@ -1551,8 +1551,26 @@ async fn issue_11_retention_deletes_expired_recordings_and_keeps_held_ones() {
                     .unwrap();
             let verified = bundle::verify(&tar[..], &trusted).unwrap();
             assert_eq!((verified.recordings, verified.absent), (0, 1));
-            std::fs::remove_file(&config.signing_key).unwrap();
-            let _ = std::fs::remove_file(config.signing_key.with_extension("pub"));
+            // Named by the deletion that says so, with the digest the chain vouched for.
+            let text = String::from_utf8_lossy(&tar);
+            assert!(
+                text.contains(&format!("\"audit_seq\": {}", deleted[0].seq))
+                    && text.contains(&format!("\"sha256\": \"{old_sha}\"")),
+                "{text}"
+            );
+            // A deletion the log records while the file is still here is not taken for one.
+            std::fs::write(&files["s-old"], "s-old").unwrap();
+            let refused =
+                bundle::export(&store, &config, "s-old", "os:test", "cli", now, Vec::new())
+                    .await
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+            assert!(
+                refused.contains("still in the recordings directory"),
+                "{refused}"
+            );
+            std::fs::remove_file(&files["s-old"]).unwrap();
         }
         // The newer one is intact; its file gone without a recorded deletion is missing; a row that
         // claims a deletion no audit event records is ALTERED.
