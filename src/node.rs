@@ -215,6 +215,12 @@ async fn finish_recording(app: &App, r: &RecordingRow) -> Result<bool, StoreErro
                 return Ok(None);
             }
         };
+        // Its writer still holds it (the node that runs the session is alive after all, only
+        // stalled): not this sweep's to digest; the writer closes it, or its death frees it.
+        if let Err(std::fs::TryLockError::WouldBlock) = opened.file.try_lock_shared() {
+            tracing::debug!(path = %path, "an unfinished recording whose writer still holds it");
+            return Ok(None);
+        }
         let size = opened.file.metadata()?.len();
         let digest = chaperone_recorder::Sha256Reader::new(opened.file).finish_hex()?;
         Ok::<_, std::io::Error>(Some((digest, size)))

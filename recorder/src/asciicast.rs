@@ -949,6 +949,21 @@ mod tests {
         }
     }
 
+    /// The writer holds an advisory lock on its file until it is closed: a node's sweep that takes the
+    /// session for abandoned (`try_lock_shared`) leaves a file that is still being written alone.
+    #[test]
+    fn the_file_is_locked_while_it_is_written() {
+        let (_dir, path, mut w) = new_cast();
+        w.output(ms(1), b"x").unwrap();
+        let other = fs::File::open(&path).unwrap();
+        assert!(matches!(
+            other.try_lock_shared(),
+            Err(std::fs::TryLockError::WouldBlock)
+        ));
+        w.finish().unwrap();
+        other.try_lock_shared().unwrap();
+    }
+
     #[test]
     fn digest_is_the_sha256_of_the_file() {
         let (_dir, path, mut w) = new_cast();

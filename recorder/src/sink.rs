@@ -544,6 +544,11 @@ impl HashedFile {
             path: path.to_owned(),
             source,
         })?;
+        // Held (an advisory lock) until the file is closed, so a node's sweep that finds the session
+        // abandoned does not digest a file its writer is still writing (recordings on shared storage,
+        // a node stalled past the liveness window). Best effort: a filesystem without locks records
+        // all the same, and the process's death releases it.
+        let _ = file.try_lock();
         Ok(Self {
             path: path.to_owned(),
             pieces: Vec::new(),
