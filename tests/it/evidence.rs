@@ -1753,6 +1753,19 @@ async fn issue_11_a_download_streams_the_bundle_and_refuses_an_altered_recording
             .unwrap();
         // The one whose download left before its first byte too: the bundle was made all the same.
         assert_eq!(exports.len(), 2, "{exports:?}");
+        // Each signed bundle is on record with the digest of its SHA256SUMS, this download's too.
+        let signed = store
+            .audit_events_about("session:s-web", &["evidence.signed"], 10)
+            .await
+            .unwrap();
+        assert_eq!(signed.len(), 2, "{signed:?}");
+        assert!(
+            signed[1].detail.contains(&verified.sums_sha256)
+                && signed[1]
+                    .detail
+                    .contains(&format!("\"export\":{}", exports[1].seq)),
+            "{signed:?}"
+        );
         assert_eq!(exports[0].actor, "staff:ines");
         assert!(
             exports[0].detail.contains("\"via\":\"web\""),
