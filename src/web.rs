@@ -1809,8 +1809,19 @@ impl WebCore {
         let evidence = crate::evidence::evidence(&self.app.store, &mut h.session)
             .await
             .map_err(internal)?;
+        self.item_with(h, &evidence, hash_limit).await
+    }
+
+    /// [`WebCore::item`] with what the chain says about its recordings already read (`evidence` of
+    /// `h.session`).
+    async fn item_with(
+        &self,
+        h: HistoryRow,
+        evidence: &[crate::evidence::Evidence],
+        hash_limit: Option<u64>,
+    ) -> Result<HistoryItem, CoreError> {
         let mut recordings = Vec::with_capacity(h.session.recordings.len());
-        for (r, ev) in h.session.recordings.iter().zip(&evidence) {
+        for (r, ev) in h.session.recordings.iter().zip(evidence) {
             recordings.push(self.integrity(r, ev, hash_limit).await);
         }
         let s = h.session;
@@ -2129,7 +2140,7 @@ impl WebCore {
             id: Some(id.to_owned()),
             ..Default::default()
         };
-        let row = self
+        let mut row = self
             .app
             .store
             .session_history(&filter, 1, 0)
@@ -2138,16 +2149,17 @@ impl WebCore {
             .into_iter()
             .next()
             .ok_or(CoreError::NotFound)?;
-        let mut session = row.session.clone();
-        let item = self.item(row, None).await?;
+        // The digests the chain vouches for, read once: the statuses, and a transfer log is shown
+        // only as read with that digest.
+        let evidence = crate::evidence::evidence(&self.app.store, &mut row.session)
+            .await
+            .map_err(internal)?;
+        let session = row.session.clone();
+        let item = self.item_with(row, &evidence, None).await?;
         let mut playable = None;
         let mut play_note = None;
         let mut transfers = None;
         let mut transfers_more = 0;
-        // The digests the chain vouches for: a transfer log is shown only as read with that digest.
-        let evidence = crate::evidence::evidence(&self.app.store, &mut session)
-            .await
-            .map_err(internal)?;
         for ((r, st), ev) in session
             .recordings
             .iter()

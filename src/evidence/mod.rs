@@ -220,11 +220,7 @@ pub async fn evidence(
     // A row gone makes every other row of the session as doubtful (one renumbered reads as another
     // recording the chain says nothing of): all are broken, as when an event does not hold.
     if let Some((row, broken)) = row_missing(session, &events) {
-        if !session
-            .recordings
-            .iter()
-            .any(|r| r.made() && r.id == row.id)
-        {
+        if !session.recordings.iter().any(|r| made(r) && r.id == row.id) {
             session.recordings.push(row);
         }
         return Ok(vec![Evidence::Broken(broken); session.recordings.len()]);
@@ -292,28 +288,17 @@ pub(crate) fn row_disagrees(session: &SessionRow, events: &[AuditRow]) -> Option
     {
         return Some(b);
     }
+    // (the start event's key, how a message names it, the row's value)
     [
-        ("asset", &session.asset),
-        ("kind", &session.kind),
-        ("detail", &session.detail),
-        ("service", &session.service),
-        ("peer", &session.client_addr),
+        ("asset", "asset", session.asset.clone()),
+        ("kind", "kind", session.kind.clone()),
+        ("detail", "command or destination", session.detail.clone()),
+        ("service", "service", session.service.clone()),
+        ("peer", "client address", session.client_addr.clone()),
+        ("grant", "grant", session.grant_id.to_string()),
     ]
     .into_iter()
-    .chain(std::iter::once(("grant", &session.grant_id.to_string())))
-    .find_map(|(key, row)| differs(field_name(key), text(key)?, row.clone()))
-}
-
-/// How a start event's key is named in a message.
-fn field_name(key: &str) -> &'static str {
-    match key {
-        "asset" => "asset",
-        "kind" => "kind",
-        "detail" => "command or destination",
-        "service" => "service",
-        "peer" => "client address",
-        _ => "grant",
-    }
+    .find_map(|(key, field, row)| differs(field, text(key)?, row))
 }
 
 /// A recording `events` (about `session`) name that `session.recordings` lacks, as a row made from the
@@ -333,7 +318,7 @@ fn row_missing(session: &SessionRow, events: &[AuditRow]) -> Option<(RecordingRo
             }
             (END | RECOVERED | DELETED, Some(Value::Number(id))) => {
                 let Some(id) = id.as_i64() else { continue };
-                if named.is_none() && !session.recordings.iter().any(|r| r.id == id && !r.made()) {
+                if named.is_none() && !session.recordings.iter().any(|r| r.id == id && !made(r)) {
                     let path = detail
                         .get("path")
                         .and_then(Value::as_str)
@@ -346,7 +331,7 @@ fn row_missing(session: &SessionRow, events: &[AuditRow]) -> Option<(RecordingRo
     }
     let (seq, id, path) = match (named, &started) {
         (Some((seq, id, path)), _) => (seq, id, path.or(started.map(|(_, p)| p))),
-        (None, Some((seq, path))) if session.recordings.iter().all(RecordingRowExt::made) => {
+        (None, Some((seq, path))) if session.recordings.iter().all(made) => {
             (*seq, 0, Some(path.clone()))
         }
         _ => return None,
@@ -379,15 +364,9 @@ fn made_row(session: &SessionRow, id: i64, path: String) -> RecordingRow {
     }
 }
 
-/// Telling a row [`evidence`] made from one the store read.
-trait RecordingRowExt {
-    fn made(&self) -> bool;
-}
-
-impl RecordingRowExt for RecordingRow {
-    fn made(&self) -> bool {
-        self.format.is_empty()
-    }
+/// Whether `r` is a row [`evidence`] made, not one the store read.
+fn made(r: &RecordingRow) -> bool {
+    r.format.is_empty()
 }
 
 /// The evidence for recording `r` among the (chain-checked) `events` about its session. `first` says

@@ -25,9 +25,8 @@ fn setup() -> Option<(Sshd, Bastion, crate::support::bastion::Vendor)> {
     Some((sshd, b, vera))
 }
 
-/// Waits until every session has ended, then stops the bastion; the data directory and the only
-/// session's id and recording path.
-fn stop_after_the_session(b: Bastion) -> (DataDir, String, PathBuf) {
+/// Waits until every session has ended; the only one, as `session list --json` shows it.
+fn the_ended_session(b: &Bastion) -> serde_json::Value {
     let sessions = || b.data.run(&["session", "list", "--json"]).ok().json();
     assert!(
         wait_until(Duration::from_secs(10), || {
@@ -39,7 +38,13 @@ fn stop_after_the_session(b: Bastion) -> (DataDir, String, PathBuf) {
         sessions(),
         b.log()
     );
-    let s = sessions()[0].clone();
+    sessions()[0].clone()
+}
+
+/// Waits until every session has ended, then stops the bastion; the data directory and the only
+/// session's id and recording path.
+fn stop_after_the_session(b: Bastion) -> (DataDir, String, PathBuf) {
+    let s = the_ended_session(&b);
     let id = s["id"].as_str().unwrap().to_owned();
     let path = PathBuf::from(s["recordings"][0]["path"].as_str().unwrap());
     (b.stop(), id, path)
@@ -390,14 +395,7 @@ fn a_recording_overwritten_during_its_session_reads_altered_on_the_page() {
     drop(file);
     let out = child.wait_with_output().unwrap();
     assert!(text(&out).0.contains("late-0002"), "{:?}", text(&out));
-    let sessions = || b.data.run(&["session", "list", "--json"]).ok().json();
-    assert!(
-        wait_until(Duration::from_secs(10), || !sessions()[0]["ended_at"]
-            .is_null()),
-        "the session did not end\n{}",
-        b.log()
-    );
-    let id = sessions()[0]["id"].as_str().unwrap().to_owned();
+    let id = the_ended_session(&b)["id"].as_str().unwrap().to_owned();
     let page = audrey.get(&format!("/sessions/{id}"));
     assert_eq!(page.status, 200, "{}", page.body);
     assert!(page.body.contains("ALTERED"), "{}", page.body);
@@ -411,7 +409,7 @@ fn a_recording_overwritten_during_its_session_reads_altered_on_the_page() {
 }
 
 /// Anyone who may open a session's page adds a view to its audit history: a flood of them does not push
-/// a later legal hold off the page (nor off `session show`); the page says what it left out.
+/// a later legal hold off the page; the page says what it left out.
 #[test]
 fn a_flood_of_views_does_not_hide_a_later_hold_on_the_session_page() {
     let Some((_sshd, b, vera)) = setup() else {
@@ -423,14 +421,7 @@ fn a_flood_of_views_does_not_hide_a_later_hold_on_the_session_page() {
         .output()
         .unwrap();
     assert!(text(&out).0.contains("looked-at"), "{:?}", text(&out));
-    let sessions = || b.data.run(&["session", "list", "--json"]).ok().json();
-    assert!(
-        wait_until(Duration::from_secs(10), || !sessions()[0]["ended_at"]
-            .is_null()),
-        "the session did not end\n{}",
-        b.log()
-    );
-    let id = sessions()[0]["id"].as_str().unwrap().to_owned();
+    let id = the_ended_session(&b)["id"].as_str().unwrap().to_owned();
     let mut audrey = crate::support::web::Approver::enroll(&b, "audrey", "auditor");
     audrey.login();
     assert_eq!(audrey.get_times(&format!("/sessions/{id}"), 520), 200);
