@@ -65,13 +65,12 @@ impl App {
         let secrets = SecretsKey::load(&config.secrets.key_file)?;
         let directory =
             crate::identity::ldap::Directory::from_config(&config)?.map(std::sync::Arc::new);
-        let store =
-            Store::open(&config.database.url)
-                .await
-                .map_err(|source| AppError::Database {
-                    url: redact_url(&config.database.url),
-                    source,
-                })?;
+        let store = Store::open(&config.database.url, crate::audit::HeadSeal::new(&secrets))
+            .await
+            .map_err(|source| AppError::Database {
+                url: redact_url(&config.database.url),
+                source,
+            })?;
         Ok(App {
             config,
             store,

@@ -8,6 +8,10 @@
 //! Hash of event n: `SHA-256("chaperone-audit-v1" ‖ seq ‖ at ‖ actor ‖ action ‖ subject ‖ detail ‖ prev_hash)`
 //! where integers are 8-byte big-endian, strings are 4-byte big-endian length-prefixed UTF-8, and `prev_hash`
 //! is event n-1's hash (64 zeros for the first). The head row (last seq + hash) catches deletions from the end.
+//!
+//! The head is sealed ([`HeadSeal`]): an HMAC of its seq and hash under a subkey of the secrets key, written
+//! by the one append path (`store::audit::append_many`) in the same statement that moves the head. The plain
+//! chain can be recomputed by anyone who can write the database; the seal cannot, without the key.
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -120,6 +124,64 @@ pub enum ChainBreak {
         "the chain head records {head_seq} events, but this node verified event {verified} before: events were deleted from the end of the log (or an older copy restored)"
     )]
     Shortened { head_seq: i64, verified: i64 },
+    /// The head does not carry this installation's seal ([`HeadSeal`]): it was moved by someone who can
+    /// write the database but does not hold the secrets key (events appended, or the chain recomputed
+    /// to the head), or by a node that found it so and would not seal what it could not vouch for.
+    #[error(
+        "the chain head (event {seq}) does not carry the seal of this installation's secrets key: the log \
+         was written by someone without the key (or under another key); compare it with the copy kept \
+         outside, then see `chaperone audit seal`"
+    )]
+    Unsealed { seq: i64 },
+}
+
+/// The seal on the chain head: HMAC-SHA256 of its seq and hash under a subkey of the secrets key (the
+/// same on every node). Whoever can write the database but not read the key can recompute the plain
+/// chain up to a head of their making, but not seal that head; only the head is sealed, since every
+/// event before it is bound to it by the chain. An empty log (seq 0, the genesis hash) needs no seal:
+/// there is nothing in it to forge.
+#[derive(Clone)]
+pub struct HeadSeal(ring::hmac::Key);
+
+impl std::fmt::Debug for HeadSeal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeadSeal")
+    }
+}
+
+impl HeadSeal {
+    /// The seal of the installation whose secrets key is `secrets`.
+    pub fn new(secrets: &crate::secrets::SecretsKey) -> HeadSeal {
+        HeadSeal(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &*secrets.subkey("audit-chain-head"),
+        ))
+    }
+
+    fn message(seq: i64, hash: &str) -> Vec<u8> {
+        [
+            b"chaperone-audit-head-v1".as_slice(),
+            &seq.to_be_bytes(),
+            hash.as_bytes(),
+        ]
+        .concat()
+    }
+
+    /// The seal (hex) of the head at event `seq` with hash `hash`.
+    pub fn sign(&self, seq: i64, hash: &str) -> String {
+        hex::encode(ring::hmac::sign(&self.0, &HeadSeal::message(seq, hash)))
+    }
+
+    /// Whether `mac` (as stored; `None` for no seal) seals the head at `seq` with `hash`.
+    pub fn holds(&self, seq: i64, hash: &str, mac: Option<&str>) -> bool {
+        if seq == 0 && hash == GENESIS_HASH {
+            return true;
+        }
+        let Some(Ok(mac)) = mac.map(hex::decode) else {
+            return false;
+        };
+        ring::hmac::verify(&self.0, &HeadSeal::message(seq, hash), &mac).is_ok()
+    }
 }
 
 /// Incremental verifier: feed rows in `seq` order, then call [`Verifier::finish`] with the head.

@@ -183,6 +183,9 @@ actions! {
     AuditExport = "audit.export",
     /// `audit verify` found the chain broken (tampering).
     AuditTamper = "audit.tamper",
+    /// `audit seal`: an operator sealed a chain head that did not carry its seal, after comparing the
+    /// log with its copy kept outside.
+    AuditSealed = "audit.sealed",
     /// A backup was restored into this data directory.
     BackupRestore = "backup.restore",
     /// `chaperone backup` started: the whole installation (recordings, keys, database) copied out.

@@ -207,7 +207,8 @@ pub fn mapping(action: Action) -> Option<Mapping> {
         | A::AssetCredentialSet
         | A::AssetHostkeyPin
         | A::AssetVendorOrg
-        | A::SecretsRotate => map(SECURITY_ALERT, configuration, Update, Success),
+        | A::SecretsRotate
+        | A::AuditSealed => map(SECURITY_ALERT, configuration, Update, Success),
         A::BackupRestore => map(APPLICATION_ACTIVITY, configuration, Execute, Success),
         // Bookkeeping: a request filed is not yet a decision; a TOTP step or seed is part of a sign-in
         // or an enrolment already sent; the consumers' own trouble is not a security event for the

@@ -1,5 +1,7 @@
-//! `chaperone audit verify|export`: check the hash chain; export it for a SIEM, as JSON lines or as
-//! RFC 5424 syslog lines, whole or from a sequence number on (for a collector that runs it repeatedly).
+//! `chaperone audit verify|export|seal`: check the hash chain and its head's seal; export it for a SIEM,
+//! as JSON lines or as RFC 5424 syslog lines, whole or from a sequence number on (for a collector that
+//! runs it repeatedly); seal a head found without its seal, once the log has been compared with its copy
+//! kept outside.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -31,6 +33,23 @@ pub enum AuditCommand {
         #[arg(long, default_value = "0", value_parser = parse_after)]
         after: After,
     },
+    /// Seal the chain head again after `audit verify` found it without its seal (written by someone
+    /// without the secrets key, or under another key). Only once the log, up to that head, agrees with
+    /// the copy kept outside (SIEM, ATNA repository): sealing vouches for every event up to it. Every
+    /// node must be stopped. Audited as `audit.sealed`.
+    Seal {
+        /// The head `audit verify` named, as `SEQ:HASH`: sealing refuses any other.
+        #[arg(long, value_parser = parse_head)]
+        head: After,
+    },
+}
+
+fn parse_head(text: &str) -> Result<After, String> {
+    let head = parse_after(text)?;
+    if head.hash.is_none() {
+        return Err("give the head as SEQ:HASH, as `chaperone audit verify` prints it".into());
+    }
+    Ok(head)
 }
 
 /// Where an export starts ([`AuditCommand::Export`]'s `--after`).
@@ -131,11 +150,26 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
-/// Walks the whole chain up to its head; returns the number of events or the first break. The head is
-/// read first and the walk stops there: an event appended while it walks (the node keeps auditing) is
-/// then no false "missing at the end". Past the head it reads again, walks on if the head moved, and
-/// calls a row past the head as it is now inserted ([`ChainBreak::BeyondHead`]).
+/// Walks the whole chain up to its head, then judges the head's seal ([`Store::sealed_head`]: a chain
+/// recomputed whole by someone without the secrets key walks clean, its head carries no seal). Returns
+/// the number of events, or the first break.
 pub async fn verify_chain(store: &Store) -> anyhow::Result<i64> {
+    let (n, walked) = walk_chain(store).await?;
+    match store.sealed_head().await? {
+        Ok(_) => Ok(n),
+        Err(unsealed) => Err(anyhow::Error::new(unsealed).context(format!(
+            "the events link up to event {} (hash {})",
+            walked.0, walked.1
+        ))),
+    }
+}
+
+/// Walks the whole chain up to its head (read first; the walk stops there: an event appended while it
+/// walks, as the node keeps auditing, is then no false "missing at the end"; past the head it reads it
+/// again, walks on if it moved, and calls a row past the head as it is now inserted,
+/// [`ChainBreak::BeyondHead`]). Returns the number of events and the head it ended at; the head's seal
+/// is not judged here.
+async fn walk_chain(store: &Store) -> anyhow::Result<(i64, (i64, String))> {
     let mut verifier = Verifier::default();
     let mut after = 0;
     let mut head = store.audit_head().await?;
@@ -166,178 +200,247 @@ pub async fn verify_chain(store: &Store) -> anyhow::Result<i64> {
             _ => break,
         }
     }
-    Ok(verifier.finish(head.0, &head.1)?)
+    let n = verifier.finish(head.0, &head.1)?;
+    Ok((n, head))
+}
+
+/// `audit seal --head SEQ:HASH`: with every node stopped, walks the chain; if it holds and ends at the
+/// head the operator named (the one they compared with the copy kept outside), appends `audit.sealed`
+/// and seals the head after it. Refuses a head that carries its seal already (nothing to vouch for).
+async fn seal(config: &Path, head: After) -> anyhow::Result<()> {
+    let app = super::offline::open(config, "audit seal").await?;
+    let (n, walked) = walk_chain(&app.store)
+        .await
+        .context("the chain does not hold: nothing was sealed")?;
+    ensure!(
+        walked.0 == head.seq && Some(&walked.1) == head.hash.as_ref(),
+        "the audit log ends at {}:{}, not at the head you named: nothing was sealed (run `chaperone \
+         audit verify` again and compare up to the head it names)",
+        walked.0,
+        walked.1
+    );
+    if app.store.sealed_head().await?.is_ok() {
+        println!(
+            "the audit log's head (event {}) carries its seal already: nothing to do",
+            walked.0
+        );
+        return Ok(());
+    }
+    let seal = crate::audit::HeadSeal::new(&app.secrets);
+    let mut tx = app.store.begin().await?;
+    tx.audit(
+        crate::audit::AuditEvent::new(
+            crate::identity::os_actor(),
+            crate::audit::Action::AuditSealed,
+            "audit",
+            serde_json::json!({"head_seq": walked.0, "head_hash": walked.1, "events": n}),
+        ),
+        app.clock.now(),
+    )
+    .await?;
+    let ((sealed_seq, _), _) = tx.seal_head(None, &seal).await?;
+    tx.commit("audit.sealed").await?;
+    println!(
+        "sealed the audit log's head: {n} events up to event {} vouched for, and the audit.sealed \
+         event after them (event {sealed_seq})",
+        walked.0
+    );
+    Ok(())
 }
 
 pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
-    let app = App::open(config).await?;
     match cmd {
-        AuditCommand::Verify => {
-            let n = match verify_chain(&app.store).await {
-                Ok(n) => n,
-                Err(e) => {
-                    // The finding is itself an event (a security alert for the SIEM and the ATNA
-                    // repository): appended after the head, it does not hide the break.
-                    let now = app.clock.now();
-                    let noted = async {
-                        let mut tx = app.store.begin().await?;
-                        tx.audit(
-                            crate::audit::AuditEvent::new(
-                                crate::identity::os_actor(),
-                                crate::audit::Action::AuditTamper,
-                                "audit",
-                                serde_json::json!({"why": format!("{e:#}")}),
-                            ),
-                            now,
-                        )
-                        .await?;
-                        tx.commit("audit.tamper").await
-                    }
-                    .await;
-                    if let Err(n) = noted {
-                        eprintln!("(could not record the finding in the audit log: {n})");
-                    }
-                    return Err(e.context("audit log verification FAILED"));
-                }
-            };
-            println!("audit log intact: {n} events, chain verified");
-        }
+        // Sealing opens the installation itself: only with every node stopped.
+        AuditCommand::Seal { head } => seal(config, head).await,
+        AuditCommand::Verify => verify(&App::open(config).await?).await,
         AuditCommand::Export {
             format,
             output,
             after,
-        } => {
-            let host = hostname();
-            let source = crate::atna::Source {
-                id: app.config.atna.as_ref().map_or_else(
-                    || app.config.ssh.public_host.clone(),
-                    |a| a.audit_source_id.clone(),
-                ),
-                enterprise_site_id: app
-                    .config
-                    .atna
-                    .as_ref()
-                    .and_then(|a| a.enterprise_site_id.clone()),
-            };
-            // The collector's last event must be this log's: not past its head, and, with a hash,
-            // the same event. A log restored from an older backup reuses the numbers after its head
-            // for other events, which a pull by number alone would skip without a word.
-            let (head, _) = app.store.audit_head().await?;
-            ensure!(
-                after.seq <= head,
-                "the audit log ends at event {head}, before {}: it was restored from an older backup \
-                 (or rewritten), so the collector's events after {head} are not this log's; \
-                 export from an event both still agree on",
-                after.seq
-            );
-            if let Some(hash) = &after.hash {
-                let row = app.store.audit_page(after.seq - 1, 1).await?;
-                let ours = row
-                    .first()
-                    .filter(|r| r.seq == after.seq)
-                    .map(|r| r.hash.as_str());
-                ensure!(
-                    ours == Some(hash.as_str()),
-                    "event {} of this audit log is not the collector's (its hash differs): the log \
-                     was restored from an older backup or rewritten; export from an event both still \
-                     agree on",
-                    after.seq
-                );
-            }
-            let mut out: Box<dyn Write> = match &output {
-                Some(path) => {
-                    // Vendors' names, addresses and reasons: a new file is private from its creation;
-                    // a symbolic link is not followed (another user's link in a shared directory
-                    // would aim the export at a file they can read), and an existing file is
-                    // overwritten only if it is ours (its owner could read it, whatever its mode),
-                    // a plain file, and its only name (a hard link's other name could be anywhere:
-                    // `sudo` would empty what it names). Opened without blocking, so a FIFO put there
-                    // is an error (or refused as not a plain file), not a wait.
-                    let mut options = std::fs::OpenOptions::new();
-                    options.write(true).create(true);
-                    #[cfg(unix)]
-                    {
-                        use std::os::unix::fs::OpenOptionsExt as _;
-                        options.mode(0o600).custom_flags(
-                            (nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits(),
-                        );
-                    }
-                    let file = options.open(path).with_context(|| {
-                        format!(
-                            "creating {} (a symbolic link is not followed)",
-                            path.display()
-                        )
-                    })?;
-                    #[cfg(unix)]
-                    {
-                        use std::os::unix::fs::MetadataExt as _;
-                        let meta = file.metadata()?;
-                        anyhow::ensure!(
-                            meta.is_file(),
-                            "{} is not a plain file: not written",
-                            path.display()
-                        );
-                        let owner = meta.uid();
-                        anyhow::ensure!(
-                            owner == rustix::process::geteuid().as_raw(),
-                            "{} belongs to another user (uid {owner}): not overwritten",
-                            path.display()
-                        );
-                        anyhow::ensure!(
-                            meta.nlink() == 1,
-                            "{} has other names (hard links): not overwritten",
-                            path.display()
-                        );
-                        // An existing file keeps its mode through `open`: made private on the handle.
-                        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-                            .with_context(|| format!("making {} private", path.display()))?;
-                    }
-                    file.set_len(0)
-                        .with_context(|| format!("emptying {}", path.display()))?;
-                    Box::new(std::io::BufWriter::new(file))
-                }
-                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-            };
-            let after_given = after.seq;
-            let mut after = after_given;
-            loop {
-                let page = app.store.audit_page(after, PAGE).await?;
-                for row in &page {
-                    match format {
-                        ExportFormat::Jsonl => serde_json::to_writer(&mut out, row)?,
-                        ExportFormat::Syslog => {
-                            out.write_all(syslog_line(row, &host)?.as_bytes())?
-                        }
-                        ExportFormat::Atna => match crate::atna::audit_message(row, &source) {
-                            Some(m) => out.write_all(m.to_xml().as_bytes())?,
-                            None => continue,
-                        },
-                    }
-                    out.write_all(b"\n")?;
-                }
-                match page.last() {
-                    Some(last) => after = last.seq,
-                    None => break,
-                }
-            }
-            out.flush()?;
-            // The log written to a file is an export (ATNA 110106), audited after the last event it
-            // holds. Printing to a pipe (a SIEM pulling every minute) is not: each pull would add one.
-            if let Some(path) = &output {
+        } => export(&App::open(config).await?, format, output, after).await,
+    }
+}
+
+/// `audit verify`: a break found is itself appended as `audit.tamper`.
+async fn verify(app: &App) -> anyhow::Result<()> {
+    let n = match verify_chain(&app.store).await {
+        Ok(n) => n,
+        Err(e) => {
+            // The finding is itself an event (a security alert for the SIEM and the ATNA
+            // repository): appended after the head, it does not hide the break.
+            let now = app.clock.now();
+            let noted = async {
                 let mut tx = app.store.begin().await?;
                 tx.audit(
                     crate::audit::AuditEvent::new(
                         crate::identity::os_actor(),
-                        crate::audit::Action::AuditExport,
+                        crate::audit::Action::AuditTamper,
                         "audit",
-                        serde_json::json!({"output": path.display().to_string(), "format": format!("{format:?}").to_lowercase(), "after": after_given}),
+                        serde_json::json!({"why": format!("{e:#}")}),
                     ),
-                    app.clock.now(),
+                    now,
                 )
                 .await?;
-                tx.commit("audit.export").await?;
+                tx.commit("audit.tamper").await
             }
+            .await;
+            if let Err(n) = noted {
+                eprintln!("(could not record the finding in the audit log: {n})");
+            }
+            let unsealed = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<ChainBreak>(),
+                    Some(ChainBreak::Unsealed { .. })
+                )
+            });
+            if unsealed && let Ok((seq, hash)) = app.store.audit_head().await {
+                // Named after the finding's own event, which is part of what gets sealed.
+                eprintln!(
+                    "If the log up to event {seq} agrees with the copy kept outside (SIEM, ATNA \
+                     repository), stop every node and run: chaperone audit seal --head {seq}:{hash}"
+                );
+            }
+            return Err(e.context("audit log verification FAILED"));
         }
+    };
+    println!("audit log intact: {n} events, chain verified");
+    Ok(())
+}
+
+/// `audit export`.
+async fn export(
+    app: &App,
+    format: ExportFormat,
+    output: Option<PathBuf>,
+    after: After,
+) -> anyhow::Result<()> {
+    let host = hostname();
+    let source = crate::atna::Source {
+        id: app.config.atna.as_ref().map_or_else(
+            || app.config.ssh.public_host.clone(),
+            |a| a.audit_source_id.clone(),
+        ),
+        enterprise_site_id: app
+            .config
+            .atna
+            .as_ref()
+            .and_then(|a| a.enterprise_site_id.clone()),
+    };
+    // The collector's last event must be this log's: not past its head, and, with a hash,
+    // the same event. A log restored from an older backup reuses the numbers after its head
+    // for other events, which a pull by number alone would skip without a word.
+    let (head, _) = app.store.audit_head().await?;
+    ensure!(
+        after.seq <= head,
+        "the audit log ends at event {head}, before {}: it was restored from an older backup \
+         (or rewritten), so the collector's events after {head} are not this log's; \
+         export from an event both still agree on",
+        after.seq
+    );
+    if let Some(hash) = &after.hash {
+        let row = app.store.audit_page(after.seq - 1, 1).await?;
+        let ours = row
+            .first()
+            .filter(|r| r.seq == after.seq)
+            .map(|r| r.hash.as_str());
+        ensure!(
+            ours == Some(hash.as_str()),
+            "event {} of this audit log is not the collector's (its hash differs): the log \
+             was restored from an older backup or rewritten; export from an event both still \
+             agree on",
+            after.seq
+        );
+    }
+    let mut out: Box<dyn Write> = match &output {
+        Some(path) => {
+            // Vendors' names, addresses and reasons: a new file is private from its creation;
+            // a symbolic link is not followed (another user's link in a shared directory
+            // would aim the export at a file they can read), and an existing file is
+            // overwritten only if it is ours (its owner could read it, whatever its mode),
+            // a plain file, and its only name (a hard link's other name could be anywhere:
+            // `sudo` would empty what it names). Opened without blocking, so a FIFO put there
+            // is an error (or refused as not a plain file), not a wait.
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt as _;
+                options.mode(0o600).custom_flags(
+                    (nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits(),
+                );
+            }
+            let file = options.open(path).with_context(|| {
+                format!(
+                    "creating {} (a symbolic link is not followed)",
+                    path.display()
+                )
+            })?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt as _;
+                let meta = file.metadata()?;
+                anyhow::ensure!(
+                    meta.is_file(),
+                    "{} is not a plain file: not written",
+                    path.display()
+                );
+                let owner = meta.uid();
+                anyhow::ensure!(
+                    owner == rustix::process::geteuid().as_raw(),
+                    "{} belongs to another user (uid {owner}): not overwritten",
+                    path.display()
+                );
+                anyhow::ensure!(
+                    meta.nlink() == 1,
+                    "{} has other names (hard links): not overwritten",
+                    path.display()
+                );
+                // An existing file keeps its mode through `open`: made private on the handle.
+                file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                    .with_context(|| format!("making {} private", path.display()))?;
+            }
+            file.set_len(0)
+                .with_context(|| format!("emptying {}", path.display()))?;
+            Box::new(std::io::BufWriter::new(file))
+        }
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let after_given = after.seq;
+    let mut after = after_given;
+    loop {
+        let page = app.store.audit_page(after, PAGE).await?;
+        for row in &page {
+            match format {
+                ExportFormat::Jsonl => serde_json::to_writer(&mut out, row)?,
+                ExportFormat::Syslog => out.write_all(syslog_line(row, &host)?.as_bytes())?,
+                ExportFormat::Atna => match crate::atna::audit_message(row, &source) {
+                    Some(m) => out.write_all(m.to_xml().as_bytes())?,
+                    None => continue,
+                },
+            }
+            out.write_all(b"\n")?;
+        }
+        match page.last() {
+            Some(last) => after = last.seq,
+            None => break,
+        }
+    }
+    out.flush()?;
+    // The log written to a file is an export (ATNA 110106), audited after the last event it
+    // holds. Printing to a pipe (a SIEM pulling every minute) is not: each pull would add one.
+    if let Some(path) = &output {
+        let mut tx = app.store.begin().await?;
+        tx.audit(
+            crate::audit::AuditEvent::new(
+                crate::identity::os_actor(),
+                crate::audit::Action::AuditExport,
+                "audit",
+                serde_json::json!({"output": path.display().to_string(), "format": format!("{format:?}").to_lowercase(), "after": after_given}),
+            ),
+            app.clock.now(),
+        )
+        .await?;
+        tx.commit("audit.export").await?;
     }
     Ok(())
 }

@@ -114,7 +114,7 @@ async fn init_from_config(config: &Config) -> anyhow::Result<()> {
 /// Creates the keys, the certificate, the recordings directory and the database `config` names.
 async fn make_state(config: &Config) -> anyhow::Result<()> {
     write_host_key(&config.ssh.host_key)?;
-    SecretsKey::generate_file(&config.secrets.key_file)?;
+    let secrets = SecretsKey::generate_file(&config.secrets.key_file)?;
     // The key that signs evidence bundles, made now so that its line can be handed to inspectors
     // before the first bundle (`chaperone evidence signer` prints it).
     crate::evidence::signer::Signer::create(&config.recording.signing_key)?;
@@ -124,7 +124,7 @@ async fn make_state(config: &Config) -> anyhow::Result<()> {
         // SQLite would create the file with the umask's mode; it holds sealed secrets and the audit log.
         write_new(Path::new(db), b"", 0o600)?;
     }
-    let store = Store::open(&config.database.url).await?;
+    let store = Store::open(&config.database.url, crate::audit::HeadSeal::new(&secrets)).await?;
     store.close().await;
     Ok(())
 }

@@ -19,9 +19,13 @@ use crate::store::Store;
 pub async fn open(config: &Path, what: &str) -> anyhow::Result<App> {
     let config = Config::load(config)?;
     {
-        let store = Store::connect_unmigrated(&config.database.url)
-            .await
-            .with_context(|| format!("opening database {}", redact_url(&config.database.url)))?;
+        let secrets = crate::secrets::SecretsKey::load(&config.secrets.key_file)?;
+        let store =
+            Store::connect_unmigrated(&config.database.url, crate::audit::HeadSeal::new(&secrets))
+                .await
+                .with_context(|| {
+                    format!("opening database {}", redact_url(&config.database.url))
+                })?;
         require_no_running_node(&store, what).await?;
     }
     Ok(App::from_config(config).await?)

@@ -17,8 +17,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use crate::app::App;
-use crate::audit::Action;
-use crate::audit::AuditEvent;
+use crate::audit::{Action, AuditEvent, HeadSeal};
 use crate::identity::os_actor;
 use crate::secrets::SecretsKey;
 use crate::store::SealedKind;
@@ -60,7 +59,19 @@ async fn rotate(config: &Path) -> anyhow::Result<()> {
         let mut tx = app.store.begin().await?;
         let values = tx.sealed_values().await?;
         drop(tx);
-        if !values.is_empty() && values.iter().all(|v| pending.sealed_by_me(&v.blob)) {
+        // The rotation's transaction also sealed the audit chain's head under the new key: with no
+        // sealed values (nothing to tell by), the head says whether it committed.
+        let head_under_new = app
+            .store
+            .head_sealed_under(&HeadSeal::new(&pending))
+            .await?
+            .is_ok_and(|(seq, _)| seq > 0);
+        let committed = if values.is_empty() {
+            head_under_new
+        } else {
+            values.iter().all(|v| pending.sealed_by_me(&v.blob))
+        };
+        if committed {
             swap(&key_path, &new_path, &old.id())?;
             println!(
                 "completed an interrupted rotation: {} is now the secrets key (id {}); the old key is at {}",
@@ -144,7 +155,18 @@ async fn reseal(app: &App, new: &SecretsKey) -> anyhow::Result<[usize; 3]> {
         app.clock.now(),
     )
     .await?;
+    // The chain head's seal is keyed by the secrets key too: sealed again under the new key, in the
+    // same transaction, unless it did not hold under the old one (that break stays one).
+    let (_, resealed) = tx
+        .seal_head(Some(&HeadSeal::new(&app.secrets)), &HeadSeal::new(new))
+        .await?;
     tx.commit("secrets.rotate").await?;
+    if !resealed {
+        eprintln!(
+            "warning: the audit log's head did not carry its seal under the old key and was not sealed \
+             under the new one; see `chaperone audit verify`"
+        );
+    }
     Ok(counts)
 }
 

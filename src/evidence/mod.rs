@@ -540,31 +540,45 @@ pub(crate) async fn holds_in_chain(
     Ok(Ok(()))
 }
 
-/// The chain head, judged against what this process verified before ([`ChainCheckpoints::highest`],
-/// read first: a check that finished before this read began saw only committed events, which this
-/// read sees too, so concurrent checks never raise it). A head behind an event verified before, or at
-/// it with another hash, is the end of the log cut or rewritten with the head moved to match, which
-/// the head alone cannot show; the first such finding for a lost event is appended as `audit.tamper`.
+/// The key [`ChainCheckpoints::first_alarm`] raises an unsealed head under (no event's seq).
+const UNSEALED_ALARM: i64 = -1;
+
+/// The chain head, judged by its seal ([`Store::sealed_head`]: moved by someone without the secrets
+/// key) and against what this process verified before ([`ChainCheckpoints::highest`], read first: a
+/// check that finished before this read began saw only committed events, which this read sees too, so
+/// concurrent checks never raise it). A head behind an event verified before, or at it with another
+/// hash, is the end of the log cut or rewritten with the head moved to match, which the seal alone
+/// cannot show (an older head, seal and all, put back); the first such finding for a lost event (or,
+/// once per process, an unsealed head) is appended as `audit.tamper`.
 pub(crate) async fn chain_head(
     store: &Store,
 ) -> Result<Result<(i64, String), ChainBreak>, StoreError> {
     let verified = store.chain_checkpoints().highest();
-    let head = store.audit_head().await?;
-    let broken = match &verified {
-        Some((seq, _)) if head.0 < *seq => ChainBreak::Shortened {
-            head_seq: head.0,
+    let sealed = store.sealed_head().await?;
+    let head_seq = match &sealed {
+        Ok((seq, _)) | Err(ChainBreak::Unsealed { seq }) => *seq,
+        Err(other) => return Ok(Err(other.clone())),
+    };
+    let broken = match (&verified, sealed) {
+        (Some((seq, _)), _) if head_seq < *seq => ChainBreak::Shortened {
+            head_seq,
             verified: *seq,
         },
-        Some((seq, hash)) if head.0 == *seq && head.1 != *hash => {
+        (Some((seq, hash)), Ok(head)) if head.0 == *seq && head.1 != *hash => {
             ChainBreak::Rewritten { seq: *seq }
         }
-        _ => return Ok(Ok(head)),
+        (_, Err(unsealed)) => unsealed,
+        (_, Ok(head)) => return Ok(Ok(head)),
     };
     // A security alert for the SIEM and the ATNA repository, as `audit verify` raises one: appended
-    // after the head, it hides nothing. Once per lost event, not at every page that finds it.
-    let lost = verified.map_or(0, |(seq, _)| seq);
+    // after the head, it hides nothing. Once per lost event (or per process for a head without its
+    // seal, which stays so until an operator seals it again), not at every page that finds it.
+    let lost = match broken {
+        ChainBreak::Unsealed { .. } => UNSEALED_ALARM,
+        _ => verified.map_or(0, |(seq, _)| seq),
+    };
     if store.chain_checkpoints().first_alarm(lost) {
-        tracing::error!(%broken, "the audit log lost events this node verified before");
+        tracing::error!(%broken, "the audit log was changed behind this node's back");
         let raised = async {
             let mut tx = store.begin().await?;
             tx.audit(
@@ -572,7 +586,7 @@ pub(crate) async fn chain_head(
                     "system",
                     crate::audit::Action::AuditTamper,
                     "audit",
-                    json!({"why": broken.to_string(), "head_seq": head.0, "verified": lost}),
+                    json!({"why": broken.to_string(), "head_seq": head_seq, "verified": lost}),
                 ),
                 crate::clock::Clock::system().now(),
             )

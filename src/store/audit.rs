@@ -4,7 +4,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, Transaction};
 
 use super::{Context, Result, Store, StoreError, get};
-use crate::audit::{AuditEvent, AuditRow, chain_hash};
+use crate::audit::{AuditEvent, AuditRow, ChainBreak, HeadSeal, chain_hash};
 use crate::model::UnixTime;
 
 fn audit_row(row: &AnyRow) -> Result<AuditRow> {
@@ -24,10 +24,11 @@ fn audit_row(row: &AnyRow) -> Result<AuditRow> {
 /// (threads or nodes) queue and each links to the hash before it.
 pub(super) async fn append(
     tx: &mut Transaction<'static, Any>,
+    seal: &HeadSeal,
     event: AuditEvent,
     now: UnixTime,
 ) -> Result<i64> {
-    let seqs = append_many(tx, vec![(event, now)]).await?;
+    let seqs = append_many(tx, seal, vec![(event, now)]).await?;
     seqs.last().copied().ok_or_else(|| {
         StoreError::Corrupt("appending an audit event gave no sequence number".into())
     })
@@ -36,8 +37,13 @@ pub(super) async fn append(
 /// Appends `events` (each with its time) to the chain in order, in three statements whatever their
 /// number: the head is bumped by all of them at once (taking its row lock, as [`append`]), each event
 /// is linked to the one before it, and the head moves to the last. Their sequence numbers, in order.
+///
+/// The new head is sealed ([`HeadSeal`]) only if the head it extends was: a node never seals a head it
+/// found forged (that would vouch for the forger's events), so a break stays one until an operator who
+/// compared the log with its copy outside seals it again (`chaperone audit seal`).
 pub(super) async fn append_many(
     tx: &mut Transaction<'static, Any>,
+    seal: &HeadSeal,
     events: Vec<(AuditEvent, UnixTime)>,
 ) -> Result<Vec<i64>> {
     let Ok(count) = i64::try_from(events.len()) else {
@@ -48,13 +54,16 @@ pub(super) async fn append_many(
     if count == 0 {
         return Ok(Vec::new());
     }
-    let head = sqlx::query("UPDATE audit_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash")
-        .bind(count)
-        .fetch_one(&mut **tx)
-        .await
-        .context("locking the audit chain")?;
+    let head =
+        sqlx::query("UPDATE audit_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash, mac")
+            .bind(count)
+            .fetch_one(&mut **tx)
+            .await
+            .context("locking the audit chain")?;
     let last: i64 = get(&head, "seq")?;
     let mut prev_hash: String = get(&head, "hash")?;
+    let mac: Option<String> = get(&head, "mac")?;
+    let sealed = seal.holds(last - count, &prev_hash, mac.as_deref());
     let mut rows = Vec::with_capacity(events.len());
     for (seq, (event, at)) in (last - count + 1..).zip(events) {
         let detail = event.detail.to_string();
@@ -92,8 +101,9 @@ pub(super) async fn append_many(
             .await
             .context("appending an audit event")?;
     }
-    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+    sqlx::query("UPDATE audit_head SET hash = $1, mac = $2 WHERE id = 1")
         .bind(&prev_hash)
+        .bind(sealed.then(|| seal.sign(last, &prev_hash)))
         .execute(&mut **tx)
         .await
         .context("advancing the audit chain head")?;
@@ -253,7 +263,8 @@ impl Store {
         row.map(|r| get(&r, "hash")).transpose()
     }
 
-    /// The chain head: last sequence number and hash.
+    /// The chain head's position: last sequence number and hash, for what follows the log (cursors,
+    /// refreshes). Never a proof that the log holds: [`Store::sealed_head`] is.
     pub async fn audit_head(&self) -> Result<(i64, String)> {
         let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
             .fetch_one(&self.pool)
@@ -261,6 +272,78 @@ impl Store {
             .context("reading the audit chain head")?;
         Ok((get(&row, "seq")?, get(&row, "hash")?))
     }
+
+    /// The chain head, if it carries this installation's seal ([`HeadSeal`]); otherwise the break
+    /// ([`ChainBreak::Unsealed`]). What every check of the chain ends at.
+    pub async fn sealed_head(&self) -> Result<std::result::Result<(i64, String), ChainBreak>> {
+        self.head_sealed_under(&self.seal).await
+    }
+
+    /// [`Store::sealed_head`] judged under `seal` (another key's: `secrets rotate` finishing).
+    pub async fn head_sealed_under(
+        &self,
+        seal: &HeadSeal,
+    ) -> Result<std::result::Result<(i64, String), ChainBreak>> {
+        let row = sqlx::query("SELECT seq, hash, mac FROM audit_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .context("reading the audit chain head")?;
+        let (seq, hash): (i64, String) = (get(&row, "seq")?, get(&row, "hash")?);
+        let mac: Option<String> = get(&row, "mac")?;
+        Ok(if seal.holds(seq, &hash, mac.as_deref()) {
+            Ok((seq, hash))
+        } else {
+            Err(ChainBreak::Unsealed { seq })
+        })
+    }
+
+    /// Seals the head as it stands, once, on the first start of the release that seals it (called by
+    /// the process that applied migration 0021): only if nobody moved or sealed it since it was read.
+    pub(super) async fn seal_head_on_upgrade(&self) -> Result<()> {
+        let (seq, hash) = self.audit_head().await?;
+        let sealed = sqlx::query(
+            "UPDATE audit_head SET mac = $1 WHERE id = 1 AND mac IS NULL AND seq = $2 AND hash = $3",
+        )
+        .bind(self.seal.sign(seq, &hash))
+        .bind(seq)
+        .bind(&hash)
+        .execute(&self.pool)
+        .await
+        .context("sealing the audit chain head")?;
+        if sealed.rows_affected() > 0 && seq > 0 {
+            tracing::info!(
+                head_seq = seq,
+                "sealed the audit log's head under the secrets key (first start of a release that \
+                 seals it): from here, events appended by someone without the key read as a break"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Seals the head as it stands in `tx` under `with`: if `judge` says its seal holds (the key it was
+/// sealed under, for `secrets rotate`), or in any case when `judge` is `None` (`audit seal`, after its
+/// walk of the chain). Returns the head and whether it was sealed.
+pub(super) async fn seal_head(
+    tx: &mut Transaction<'static, Any>,
+    judge: Option<&HeadSeal>,
+    with: &HeadSeal,
+) -> Result<((i64, String), bool)> {
+    let head = sqlx::query("UPDATE audit_head SET mac = mac WHERE id = 1 RETURNING seq, hash, mac")
+        .fetch_one(&mut **tx)
+        .await
+        .context("locking the audit chain")?;
+    let (seq, hash): (i64, String) = (get(&head, "seq")?, get(&head, "hash")?);
+    let mac: Option<String> = get(&head, "mac")?;
+    if judge.is_some_and(|j| !j.holds(seq, &hash, mac.as_deref())) {
+        return Ok(((seq, hash), false));
+    }
+    sqlx::query("UPDATE audit_head SET mac = $1 WHERE id = 1")
+        .bind(with.sign(seq, &hash))
+        .execute(&mut **tx)
+        .await
+        .context("sealing the audit chain head")?;
+    Ok(((seq, hash), true))
 }
 
 /// Which events about a subject [`Store::events_about`] reads.

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Row, Transaction};
 
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, HeadSeal};
 use crate::config::redact_url;
 
 pub use assets::NewAsset;
@@ -132,13 +132,17 @@ pub struct Store {
     starts: Arc<session_starts::Queue>,
     /// Audit events this process verified in an unbroken chain (`audit::ChainCheckpoints`).
     checkpoints: Arc<audit::ChainCheckpoints>,
+    /// Seals the chain head at every append and judges it at every check.
+    seal: Arc<HeadSeal>,
 }
 
 impl Store {
     /// Connects to `url` (`sqlite://PATH` or `postgres://…`), creating a SQLite file if needed, and applies
     /// the migrations of that backend.
-    pub async fn open(url: &str) -> Result<Store> {
-        let store = Store::connect(url, "rwc").await?;
+    /// `seal` is the installation's ([`HeadSeal::new`] of its secrets key): the store seals the audit
+    /// chain's head with it at every append and judges the head with it at every check.
+    pub async fn open(url: &str, seal: HeadSeal) -> Result<Store> {
+        let store = Store::connect(url, "rwc", seal).await?;
         store.migrate().await?;
         Ok(store)
     }
@@ -146,12 +150,12 @@ impl Store {
     /// Connects to `url` without migrating it (nor creating a SQLite file): only for a look at the
     /// nodes ([`Store::nodes_seen_since`]) before a command that must not run beside one changes
     /// anything.
-    pub async fn connect_unmigrated(url: &str) -> Result<Store> {
-        Store::connect(url, "rw").await
+    pub async fn connect_unmigrated(url: &str, seal: HeadSeal) -> Result<Store> {
+        Store::connect(url, "rw", seal).await
     }
 
     /// `sqlite_mode`: `rwc` creates a missing SQLite file, `rw` does not.
-    async fn connect(url: &str, sqlite_mode: &str) -> Result<Store> {
+    async fn connect(url: &str, sqlite_mode: &str, seal: HeadSeal) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let (backend, connect_url, max, durable) = if let Some(path) = url.strip_prefix("sqlite://")
         {
@@ -196,6 +200,7 @@ impl Store {
             durable,
             starts: Arc::default(),
             checkpoints: Arc::default(),
+            seal: Arc::new(seal),
         })
     }
 
@@ -205,7 +210,17 @@ impl Store {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
+        // The release that seals the chain head (migration 0021) seals the head it finds, once: the
+        // process that applies the migration does (another node starting beside it finds it applied).
+        let sealing_applied =
+            sqlx::query("SELECT version FROM _sqlx_migrations WHERE version = 21")
+                .fetch_optional(&self.pool)
+                .await
+                .is_ok_and(|row| row.is_some());
         migrator.run(&self.pool).await?;
+        if !sealing_applied {
+            self.seal_head_on_upgrade().await?;
+        }
         Ok(())
     }
 
@@ -241,6 +256,7 @@ impl Store {
             audited: false,
             writer: w.writer,
             durable: self.durable.clone(),
+            seal: self.seal.clone(),
         })
     }
 
@@ -299,12 +315,13 @@ pub struct Tx {
     /// The writer turn (SQLite), released after the transaction (fields drop in order).
     writer: Option<tokio::sync::OwnedMutexGuard<()>>,
     durable: Option<Arc<durable::WalSync>>,
+    seal: Arc<HeadSeal>,
 }
 
 impl Tx {
     /// Appends `event` to the audit chain inside this transaction.
     pub async fn audit(&mut self, event: AuditEvent, now: i64) -> Result<i64> {
-        let seq = audit::append(&mut self.tx, event, now).await?;
+        let seq = audit::append(&mut self.tx, &self.seal, event, now).await?;
         self.audited = true;
         Ok(seq)
     }
@@ -312,9 +329,20 @@ impl Tx {
     /// Appends `events` (each with its time) to the audit chain in order, in a fixed number of statements.
     pub async fn audit_many(&mut self, events: Vec<(AuditEvent, i64)>) -> Result<Vec<i64>> {
         let audited = !events.is_empty();
-        let seqs = audit::append_many(&mut self.tx, events).await?;
+        let seqs = audit::append_many(&mut self.tx, &self.seal, events).await?;
         self.audited |= audited;
         Ok(seqs)
+    }
+
+    /// Seals the chain head as it stands in this transaction under `with`, if `judge` (the key it was
+    /// sealed under) says its seal holds, or in any case with `judge` `None` (`audit seal`, after its
+    /// walk of the whole chain). Returns the head and whether it was sealed.
+    pub async fn seal_head(
+        &mut self,
+        judge: Option<&HeadSeal>,
+        with: &HeadSeal,
+    ) -> Result<((i64, String), bool)> {
+        audit::seal_head(&mut self.tx, judge, with).await
     }
 
     /// Commits; refuses when nothing was audited (`what` names the change for the error). Returns once the
@@ -326,6 +354,7 @@ impl Tx {
             audited,
             writer,
             durable,
+            seal: _,
         } = self;
         if !audited {
             return Err(StoreError::Unaudited(what));

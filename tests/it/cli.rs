@@ -472,6 +472,80 @@ fn audit_verify_detects_an_event_past_the_head() {
     );
 }
 
+/// A head left without its seal (as someone without the secrets key leaves it) fails `audit verify`,
+/// which names the head to seal; `audit seal` seals only that head, audited, and only with no node
+/// running.
+#[test]
+fn audit_seal_seals_only_the_head_the_operator_named() {
+    let d = DataDir::init();
+    d.run(&["user", "add", "erin", "--role", "approver"]).ok();
+    d.run(&["audit", "verify"]).ok();
+    sqlite(
+        &d.path().join("chaperone.db"),
+        "UPDATE audit_head SET mac = NULL",
+    );
+    let run = d.run(&["audit", "verify"]);
+    assert!(
+        run.fails(1).stderr().contains("does not carry the seal"),
+        "{}",
+        run.stderr()
+    );
+    let named = run
+        .stderr()
+        .split("audit seal --head ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no head named: {}", run.stderr()))
+        .to_owned();
+    // The finding is the named head: audit.tamper, after the user's event.
+    assert!(named.starts_with("2:"), "{named}");
+
+    let wrong = format!("1:{}", "0".repeat(64));
+    let refused = d.run(&["audit", "seal", "--head", &wrong]);
+    assert!(
+        refused
+            .fails(1)
+            .stderr()
+            .contains("not at the head you named"),
+        "{}",
+        refused.stderr()
+    );
+    d.run(&["audit", "seal", "--head", "2"]).fails(2);
+
+    let sealed = d.run(&["audit", "seal", "--head", &named]);
+    assert!(
+        sealed.ok().stdout().contains("sealed the audit log's head"),
+        "{}",
+        sealed.stdout()
+    );
+    let ok = d.run(&["audit", "verify"]);
+    assert!(ok.ok().stdout().contains("3 events"), "{}", ok.stdout());
+    let export = d.run(&["audit", "export"]);
+    let last = export
+        .ok()
+        .stdout()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        last.contains("\"action\":\"audit.sealed\"") && last.contains(&named[2..]),
+        "{last}"
+    );
+    let head: serde_json::Value = serde_json::from_str(&last).unwrap();
+    let again = d.run(&[
+        "audit",
+        "seal",
+        "--head",
+        &format!("3:{}", head["hash"].as_str().unwrap()),
+    ]);
+    assert!(
+        again.ok().stdout().contains("carries its seal already"),
+        "{}",
+        again.stdout()
+    );
+}
+
 /// Runs `sql` on a SQLite database file with the sqlite3 shell, as someone with write access to it would.
 pub fn sqlite(db: &std::path::Path, sql: &str) {
     let out = Command::new("sqlite3")

@@ -245,6 +245,51 @@ fn issue_12_an_altered_recording_with_its_digest_column_rewritten_reads_altered(
         "{}",
         verify.stderr()
     );
+
+    // …and recomputing every event after it up to the end, the head moved to match: the chain links
+    // whole again, as anyone who can write the database can make it. Its head's seal, which needs
+    // the secrets key, does not follow.
+    let last: i64 = sqlite_query(&db(&d), "SELECT MAX(seq) FROM audit_events")
+        .trim()
+        .parse()
+        .unwrap();
+    let mut prev = relinked;
+    for seq in next + 1..=last {
+        let row = sqlite_query(
+            &db(&d),
+            &format!(
+                "SELECT at, actor, action, subject, detail FROM audit_events WHERE seq = {seq}"
+            ),
+        );
+        let f: Vec<&str> = row.trim_end().splitn(5, '|').collect();
+        let hash =
+            chaperone::audit::chain_hash(seq, f[0].parse().unwrap(), f[1], f[2], f[3], f[4], &prev);
+        sqlite(
+            &db(&d),
+            &format!(
+                "UPDATE audit_events SET prev_hash = '{prev}', hash = '{hash}' WHERE seq = {seq}"
+            ),
+        );
+        prev = hash;
+    }
+    sqlite(
+        &db(&d),
+        &format!("UPDATE audit_head SET seq = {last}, hash = '{prev}'"),
+    );
+    every_reader_refuses(&d, &id, "ALTERED", "reading-is-0047");
+    let verify = d.run(&["session", "verify", &id]);
+    assert!(
+        verify.stderr().contains("does not carry the seal"),
+        "{}",
+        verify.stderr()
+    );
+    let audit = d.run(&["audit", "verify"]);
+    assert!(
+        audit.fails(1).stderr().contains("does not carry the seal")
+            && audit.stderr().contains("chaperone audit seal --head"),
+        "{}",
+        audit.stderr()
+    );
 }
 
 /// The session.end event about session `id`: its sequence number and JSON detail.
@@ -856,7 +901,7 @@ async fn a_head_moved_back_behind_what_this_process_verified_is_a_shortened_chai
     use chaperone::store::NewSession;
     use serde_json::json;
 
-    use crate::store::{asset, grant, on_both_with_url, raw, vendor};
+    use crate::store::{asset, grant, on_both_with_url, raw, raw_text, vendor};
 
     on_both_with_url(|store, url| async move {
         let v = vendor(&store, "alice", "SHA256:a").await;
@@ -900,8 +945,13 @@ async fn a_head_moved_back_behind_what_this_process_verified_is_a_shortened_chai
         .await
         .unwrap();
         tx.commit("t").await.unwrap();
-        // Two events about something else: what an attacker would cut.
+        // Two events about something else: what an attacker would cut. The attacker keeps the head
+        // (and its seal) as it stood after the first, to put it back.
+        let mut kept_seal = None;
         for n in 0..2 {
+            if n == 1 {
+                kept_seal = raw_text(&url, "SELECT mac FROM audit_head").await;
+            }
             let mut tx = store.begin().await.unwrap();
             tx.audit(
                 AuditEvent::new(
@@ -945,8 +995,10 @@ async fn a_head_moved_back_behind_what_this_process_verified_is_a_shortened_chai
         raw(
             &url,
             &format!(
-                "UPDATE audit_head SET seq = {}, hash = '{}'",
-                kept.seq, kept.hash
+                "UPDATE audit_head SET seq = {}, hash = '{}', mac = '{}'",
+                kept.seq,
+                kept.hash,
+                kept_seal.as_deref().unwrap()
             ),
         )
         .await;

@@ -431,7 +431,9 @@ fn a_playback_index_an_older_build_made_is_built_again_before_it_is_played() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = config.recording.dir.clone();
     let rid = rt.block_on(async {
-        let store = Store::open(&config.database.url).await.unwrap();
+        let store = Store::open(&config.database.url, crate::support::seal_of(&config))
+            .await
+            .unwrap();
         let who = alice_on_mri(&store).await;
         let rid = recorded(
             &store,
@@ -479,7 +481,9 @@ fn a_playback_index_an_older_build_made_is_built_again_before_it_is_played() {
     assert_eq!(segment.status, 200, "{}", segment.body);
     assert!(segment.body.contains("up 3 days"), "{}", segment.body);
     rt.block_on(async {
-        let store = Store::open(&config.database.url).await.unwrap();
+        let store = Store::open(&config.database.url, crate::support::seal_of(&config))
+            .await
+            .unwrap();
         let row = store.recording_index(rid).await.unwrap().unwrap();
         let stored: serde_json::Value =
             serde_json::from_str(row.playback.as_deref().unwrap()).unwrap();
@@ -532,7 +536,9 @@ fn bench_search_and_open() {
     let per_session = total_mb * 1024 * 1024 / sessions.max(1);
     let t = Instant::now();
     let big_id = rt.block_on(async {
-        let store = Store::open(&config.database.url).await.unwrap();
+        let store = Store::open(&config.database.url, crate::support::seal_of(&config))
+            .await
+            .unwrap();
         let v = vendor(&store, "alice", "SHA256:a").await;
         let a = asset(&store, "mri-01").await;
         let mut tx = store.begin().await.unwrap();
@@ -631,7 +637,12 @@ fn bench_search_and_open() {
         println!("search {label}: {took:?}, again {again:?} ({found} on the first page)");
     }
     let rid = {
-        let store = rt.block_on(Store::open(&config.database.url)).unwrap();
+        let store = rt
+            .block_on(Store::open(
+                &config.database.url,
+                crate::support::seal_of(&config),
+            ))
+            .unwrap();
         let id = rt.block_on(store.session(&big_id)).unwrap().recordings[0].id;
         rt.block_on(store.close());
         id

@@ -9,7 +9,7 @@ use chaperone::store::{
 };
 use serde_json::json;
 
-use crate::support::postgres;
+use crate::support::{postgres, throwaway_seal};
 
 /// Runs `test` on a fresh SQLite database and on a fresh PostgreSQL database.
 pub(crate) async fn on_both<F, Fut>(test: F)
@@ -18,12 +18,17 @@ where
     Fut: Future<Output = ()>,
 {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
-        .await
-        .expect("open sqlite");
+    let sqlite = Store::open(
+        &format!("sqlite://{}", dir.path().join("t.db").display()),
+        throwaway_seal(),
+    )
+    .await
+    .expect("open sqlite");
     test(sqlite).await;
     if let Some(url) = postgres::fresh_database().await {
-        let pg = Store::open(&url).await.expect("open postgres");
+        let pg = Store::open(&url, throwaway_seal())
+            .await
+            .expect("open postgres");
         test(pg).await;
     }
 }
@@ -1438,10 +1443,14 @@ where
 {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    let sqlite = Store::open(&url).await.expect("open sqlite");
+    let sqlite = Store::open(&url, throwaway_seal())
+        .await
+        .expect("open sqlite");
     test(sqlite, url).await;
     if let Some(url) = postgres::fresh_database().await {
-        let pg = Store::open(&url).await.expect("open postgres");
+        let pg = Store::open(&url, throwaway_seal())
+            .await
+            .expect("open postgres");
         test(pg, url).await;
     }
 }
@@ -1456,6 +1465,20 @@ pub(crate) async fn raw(url: &str, sql: &str) {
         .await
         .unwrap();
     conn.close().await.unwrap();
+}
+
+/// Reads one text value with `sql` behind the store's back (NULL reads as `None`).
+pub(crate) async fn raw_text(url: &str, sql: &str) -> Option<String> {
+    use sqlx::{Connection, Row};
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let value = row.try_get::<Option<String>, _>(0).unwrap();
+    conn.close().await.unwrap();
+    value
 }
 
 #[tokio::test]
@@ -1826,20 +1849,121 @@ async fn an_unmigrated_database_has_no_running_nodes() {
     let file = dir.path().join("t.db");
     let url = format!("sqlite://{}", file.display());
     // A look creates no SQLite file (a mistyped path is an error, not a new database).
-    assert!(Store::connect_unmigrated(&url).await.is_err());
+    assert!(
+        Store::connect_unmigrated(&url, throwaway_seal())
+            .await
+            .is_err()
+    );
     assert!(!file.exists());
     std::fs::File::create(&file).unwrap();
     let mut urls = vec![url];
     urls.extend(postgres::fresh_database().await);
     for url in urls {
-        let store = Store::connect_unmigrated(&url).await.unwrap();
+        let store = Store::connect_unmigrated(&url, throwaway_seal())
+            .await
+            .unwrap();
         assert_eq!(store.nodes_seen_since(0).await.unwrap(), vec![], "{url}");
-        let migrated = Store::open(&url).await.unwrap();
+        let migrated = Store::open(&url, throwaway_seal()).await.unwrap();
         migrated.node_seen("node-a", 5).await.unwrap();
         assert_eq!(
             store.nodes_seen_since(0).await.unwrap(),
             vec![("node-a".to_owned(), 5)],
             "{url}"
         );
+    }
+}
+
+/// The chain head carries a seal keyed by the secrets key (`audit::HeadSeal`): an event appended by
+/// someone who can write the database, linked and with the head moved as chaperone would, walks clean
+/// but leaves the head without its seal; a node appending after it does not seal it again; only the
+/// start that applies the sealing migration seals a head it finds.
+#[tokio::test]
+async fn the_audit_chain_head_is_sealed_by_the_secrets_key() {
+    use chaperone::audit::{ChainBreak, chain_hash};
+    let dir = tempfile::tempdir().unwrap();
+    let mut urls = vec![format!("sqlite://{}", dir.path().join("t.db").display())];
+    urls.extend(postgres::fresh_database().await);
+    for url in urls {
+        let seal = throwaway_seal();
+        let store = Store::open(&url, seal.clone()).await.unwrap();
+        let unsealed_at = |head: Result<(i64, String), ChainBreak>| match head {
+            Err(ChainBreak::Unsealed { seq }) => Some(seq),
+            _ => None,
+        };
+        // An empty log has nothing to forge.
+        assert!(store.sealed_head().await.unwrap().is_ok(), "{url}");
+        for action in [Action::VendorAdd, Action::AssetAdd] {
+            let mut tx = store.begin().await.unwrap();
+            tx.audit(ev(action), 10).await.unwrap();
+            tx.commit("t").await.unwrap();
+        }
+        let head = store
+            .sealed_head()
+            .await
+            .unwrap()
+            .expect("sealed by the appends");
+        assert_eq!(head.0, 2, "{url}");
+        // Another installation's key does not hold it.
+        let other = Store::open(&url, throwaway_seal()).await.unwrap();
+        assert_eq!(unsealed_at(other.sealed_head().await.unwrap()), Some(2));
+        other.close().await;
+
+        // A well-formed event appended behind chaperone's back, the head moved onto it.
+        let forged = chain_hash(
+            3,
+            20,
+            "staff:mallory",
+            "session.release",
+            "session:s1",
+            "{}",
+            &head.1,
+        );
+        raw(
+            &url,
+            &format!(
+                "INSERT INTO audit_events (seq, at, actor, action, subject, detail, prev_hash, hash) \
+                 VALUES (3, 20, 'staff:mallory', 'session.release', 'session:s1', '{{}}', '{}', '{forged}')",
+                head.1
+            ),
+        )
+        .await;
+        raw(
+            &url,
+            &format!("UPDATE audit_head SET seq = 3, hash = '{forged}'"),
+        )
+        .await;
+        assert_eq!(verify(&store).await, Ok(3), "the plain chain links: {url}");
+        assert_eq!(unsealed_at(store.sealed_head().await.unwrap()), Some(3));
+        // A node's next event does not vouch for it.
+        let mut tx = store.begin().await.unwrap();
+        tx.audit(ev(Action::VendorDisable), 30).await.unwrap();
+        tx.commit("t").await.unwrap();
+        assert_eq!(unsealed_at(store.sealed_head().await.unwrap()), Some(4));
+        // Sealed again only without a judge (`audit seal`, once an operator compared the log).
+        let mut tx = store.begin().await.unwrap();
+        tx.audit(ev(Action::AuditSealed), 40).await.unwrap();
+        let (_, judged) = tx.seal_head(Some(&seal), &seal).await.unwrap();
+        assert!(
+            !judged,
+            "a head that did not hold is not sealed by a judge: {url}"
+        );
+        let ((seq, _), sealed) = tx.seal_head(None, &seal).await.unwrap();
+        assert!(sealed && seq == 5, "{url}");
+        tx.commit("t").await.unwrap();
+        assert_eq!(store.sealed_head().await.unwrap().map(|h| h.0), Ok(5));
+        assert_eq!(verify(&store).await, Ok(5), "{url}");
+        store.close().await;
+
+        // A database from before the seal: its first start on this release seals the head it finds…
+        raw(&url, "ALTER TABLE audit_head DROP COLUMN mac").await;
+        raw(&url, "DELETE FROM _sqlx_migrations WHERE version = 21").await;
+        let upgraded = Store::open(&url, seal.clone()).await.unwrap();
+        assert_eq!(upgraded.sealed_head().await.unwrap().map(|h| h.0), Ok(5));
+        upgraded.close().await;
+        // …and no later start does: a seal cleared afterwards stays a break.
+        raw(&url, "UPDATE audit_head SET mac = NULL").await;
+        let later = Store::open(&url, seal.clone()).await.unwrap();
+        assert_eq!(unsealed_at(later.sealed_head().await.unwrap()), Some(5));
+        later.close().await;
     }
 }

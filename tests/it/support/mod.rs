@@ -14,6 +14,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The chaperone binary cargo built for this test run.
+/// The audit chain's head seal of a throwaway installation (a fresh secrets key), for tests that open a
+/// store of their own.
+pub fn throwaway_seal() -> chaperone::audit::HeadSeal {
+    let dir = tempfile::tempdir().unwrap();
+    let key = chaperone::secrets::SecretsKey::generate_file(&dir.path().join("k")).unwrap();
+    chaperone::audit::HeadSeal::new(&key)
+}
+
+/// The audit chain's head seal of the installation `config` describes (its secrets key).
+pub fn seal_of(config: &chaperone::config::Config) -> chaperone::audit::HeadSeal {
+    let key = chaperone::secrets::SecretsKey::load(&config.secrets.key_file).unwrap();
+    chaperone::audit::HeadSeal::new(&key)
+}
+
 pub fn chaperone_bin() -> &'static str {
     env!("CARGO_BIN_EXE_chaperone")
 }
