@@ -136,26 +136,50 @@ pub enum ChainBreak {
 }
 
 /// The seal on the chain head: HMAC-SHA256 of its seq and hash under a subkey of the secrets key (the
-/// same on every node). Whoever can write the database but not read the key can recompute the plain
-/// chain up to a head of their making, but not seal that head; only the head is sealed, since every
-/// event before it is bound to it by the chain. An empty log (seq 0, the genesis hash) needs no seal:
-/// there is nothing in it to forge.
+/// same on every node), stored as `KEYID:HEX` (the secrets key's short id). Whoever can write the
+/// database but not read the key can recompute the plain chain up to a head of their making, but not
+/// seal that head; only the head is sealed, since every event before it is bound to it by the chain. An
+/// empty log (seq 0, the genesis hash) needs no seal: there is nothing in it to forge (a log wiped whole
+/// reads so too, every session's vouching events gone with it).
 #[derive(Clone)]
-pub struct HeadSeal(ring::hmac::Key);
+pub struct HeadSeal {
+    key: ring::hmac::Key,
+    id: String,
+}
 
 impl std::fmt::Debug for HeadSeal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HeadSeal")
+        write!(f, "HeadSeal(key id {})", self.id)
     }
+}
+
+/// What a head's stored seal says ([`HeadSeal::judge`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SealVerdict {
+    /// Sealed under this key, for this head.
+    Sealed,
+    /// No seal, or one that does not hold for this head: moved by someone without the key.
+    Unsealed,
+    /// Sealed under another secrets key (its id): a node that was not given the installation's current
+    /// key, or one left from before a rotation.
+    OtherKey(String),
 }
 
 impl HeadSeal {
     /// The seal of the installation whose secrets key is `secrets`.
     pub fn new(secrets: &crate::secrets::SecretsKey) -> HeadSeal {
-        HeadSeal(ring::hmac::Key::new(
-            ring::hmac::HMAC_SHA256,
-            &*secrets.subkey("audit-chain-head"),
-        ))
+        HeadSeal {
+            key: ring::hmac::Key::new(
+                ring::hmac::HMAC_SHA256,
+                &*secrets.subkey("audit-chain-head"),
+            ),
+            id: secrets.id(),
+        }
+    }
+
+    /// The short id of the secrets key this seal is keyed by.
+    pub fn key_id(&self) -> &str {
+        &self.id
     }
 
     fn message(seq: i64, hash: &str) -> Vec<u8> {
@@ -167,20 +191,31 @@ impl HeadSeal {
         .concat()
     }
 
-    /// The seal (hex) of the head at event `seq` with hash `hash`.
+    /// The seal (`KEYID:HEX`) of the head at event `seq` with hash `hash`.
     pub fn sign(&self, seq: i64, hash: &str) -> String {
-        hex::encode(ring::hmac::sign(&self.0, &HeadSeal::message(seq, hash)))
+        let mac = ring::hmac::sign(&self.key, &HeadSeal::message(seq, hash));
+        format!("{}:{}", self.id, hex::encode(mac))
     }
 
-    /// Whether `mac` (as stored; `None` for no seal) seals the head at `seq` with `hash`.
-    pub fn holds(&self, seq: i64, hash: &str, mac: Option<&str>) -> bool {
+    /// What `mac` (as stored; `None` for no seal) says of the head at `seq` with `hash`.
+    pub fn judge(&self, seq: i64, hash: &str, mac: Option<&str>) -> SealVerdict {
         if seq == 0 && hash == GENESIS_HASH {
-            return true;
+            return SealVerdict::Sealed;
         }
-        let Some(Ok(mac)) = mac.map(hex::decode) else {
-            return false;
+        let Some((id, mac)) = mac.and_then(|m| m.split_once(':')) else {
+            return SealVerdict::Unsealed;
         };
-        ring::hmac::verify(&self.0, &HeadSeal::message(seq, hash), &mac).is_ok()
+        if id != self.id {
+            return SealVerdict::OtherKey(id.to_owned());
+        }
+        match hex::decode(mac) {
+            Ok(mac)
+                if ring::hmac::verify(&self.key, &HeadSeal::message(seq, hash), &mac).is_ok() =>
+            {
+                SealVerdict::Sealed
+            }
+            _ => SealVerdict::Unsealed,
+        }
     }
 }
 

@@ -14,7 +14,10 @@
 //! - a claim that finds the cursor belonged to another endpoint (the URL changed, or differs between
 //!   nodes) starts at the end of the log for the new one, and says so as the consumer asks
 //!   ([`Moved`]);
-//! - at shutdown the lease is given up, so another node takes over at once.
+//! - at shutdown the lease is given up, so another node takes over at once;
+//! - only events up to a chain head that carries its seal are sent (`Store::audit_head_judged`): while
+//!   the head does not (someone without the secrets key wrote the log), every consumer holds where it
+//!   is, so the copies outside end where the break began, for the operator who seals it again.
 //!
 //! Errors: the bookkeeping fails only with a [`StoreError`], logged with its causes and tried again at
 //! the next poll.
@@ -111,6 +114,8 @@ pub struct Lease<'a> {
     holder: String,
     endpoint: String,
     moved: Moved,
+    /// Whether this consumer is holding at a head without its seal (said once, not at every poll).
+    held: std::sync::atomic::AtomicBool,
 }
 
 impl Lease<'_> {
@@ -224,6 +229,7 @@ async fn run<C: Consumer>(
         holder: app.node.to_string(),
         endpoint: hex::encode(&Sha256::digest(url.as_bytes())[..16]),
         moved,
+        held: Default::default(),
     };
     loop {
         match round(&lease, &mut consumer, &mut stop).await {
@@ -247,7 +253,30 @@ enum Round {
     Stopped,
 }
 
-/// Claims the lease, then hands every new row the consumer selects to it, in order.
+/// The chain head's seq if it carries its seal; `None` (said once, as an error) while it does not.
+async fn sealed_head_for(lease: &Lease<'_>, name: &str) -> Result<Option<i64>, StoreError> {
+    use std::sync::atomic::Ordering;
+    let ((seq, _), sealed) = lease.app.store.audit_head_judged().await?;
+    let was_held = lease.held.swap(!sealed, Ordering::Relaxed);
+    if !sealed && !was_held {
+        tracing::error!(
+            consumer = name,
+            head_seq = seq,
+            "the audit log's head does not carry its seal: nothing more is sent until an operator \
+             seals it again (chaperone audit verify)"
+        );
+    } else if sealed && was_held {
+        tracing::warn!(
+            consumer = name,
+            head_seq = seq,
+            "the audit log's head is sealed again: sending resumes"
+        );
+    }
+    Ok(sealed.then_some(seq))
+}
+
+/// Claims the lease, then hands every new row the consumer selects to it, in order, up to the sealed
+/// chain head.
 async fn round<C: Consumer>(
     lease: &Lease<'_>,
     consumer: &mut C,
@@ -258,7 +287,13 @@ async fn round<C: Consumer>(
     };
     let mut renewed = tokio::time::Instant::now();
     loop {
-        let rows = lease.app.store.audit_page(cursor, PAGE).await?;
+        let Some(head) = sealed_head_for(lease, C::NAME).await? else {
+            return Ok(Round::Idle);
+        };
+        let rows = match head - cursor {
+            left if left > 0 => lease.app.store.audit_page(cursor, PAGE.min(left)).await?,
+            _ => Vec::new(),
+        };
         let Some(last) = rows.last().map(|r| r.seq) else {
             return Ok(Round::Idle);
         };

@@ -12,7 +12,7 @@ use clap::{Subcommand, ValueEnum};
 use crate::app::App;
 use crate::audit::{AuditRow, ChainBreak, Verifier};
 use crate::clock::format_rfc3339;
-use crate::store::Store;
+use crate::store::{SealJudge, Store};
 
 const PAGE: i64 = 1000;
 
@@ -32,6 +32,11 @@ pub enum AuditCommand {
         /// restored from an older backup reuses sequence numbers for other events).
         #[arg(long, default_value = "0", value_parser = parse_after)]
         after: After,
+        /// Export although the chain head does not carry its seal (to review the events an operator
+        /// is about to seal): without it such a log is refused, so a collector never takes in events
+        /// written by someone without the secrets key.
+        #[arg(long)]
+        unsealed: bool,
     },
     /// Seal the chain head again after `audit verify` found it without its seal (written by someone
     /// without the secrets key, or under another key). Only once the log, up to that head, agrees with
@@ -150,29 +155,38 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
-/// Walks the whole chain up to its head, then judges the head's seal ([`Store::sealed_head`]: a chain
-/// recomputed whole by someone without the secrets key walks clean, its head carries no seal). Returns
-/// the number of events, or the first break.
+/// Walks the whole chain up to its head and judges the seal of the head it ended at (a chain recomputed
+/// whole by someone without the secrets key walks clean, its head carries no seal). Returns the number
+/// of events, or the first break.
 pub async fn verify_chain(store: &Store) -> anyhow::Result<i64> {
-    let (n, walked) = walk_chain(store).await?;
-    match store.sealed_head().await? {
-        Ok(_) => Ok(n),
-        Err(unsealed) => Err(anyhow::Error::new(unsealed).context(format!(
-            "the events link up to event {} (hash {})",
-            walked.0, walked.1
-        ))),
+    let walked = walk_chain(store).await?;
+    if walked.sealed {
+        return Ok(walked.events);
     }
+    Err(
+        anyhow::Error::new(ChainBreak::Unsealed { seq: walked.head.0 }).context(format!(
+            "the events link up to event {} (hash {})",
+            walked.head.0, walked.head.1
+        )),
+    )
+}
+
+/// Where a walk of the whole chain ended.
+struct Walked {
+    events: i64,
+    head: (i64, String),
+    /// Whether that head, as read in the same statement, carries its seal.
+    sealed: bool,
 }
 
 /// Walks the whole chain up to its head (read first; the walk stops there: an event appended while it
 /// walks, as the node keeps auditing, is then no false "missing at the end"; past the head it reads it
 /// again, walks on if it moved, and calls a row past the head as it is now inserted,
-/// [`ChainBreak::BeyondHead`]). Returns the number of events and the head it ended at; the head's seal
-/// is not judged here.
-async fn walk_chain(store: &Store) -> anyhow::Result<(i64, (i64, String))> {
+/// [`ChainBreak::BeyondHead`]).
+async fn walk_chain(store: &Store) -> anyhow::Result<Walked> {
     let mut verifier = Verifier::default();
     let mut after = 0;
-    let mut head = store.audit_head().await?;
+    let (mut head, mut sealed) = store.audit_head_judged().await?;
     loop {
         while after < head.0 {
             let page = store.audit_page(after, PAGE.min(head.0 - after)).await?;
@@ -187,7 +201,7 @@ async fn walk_chain(store: &Store) -> anyhow::Result<(i64, (i64, String))> {
         }
         match store.audit_page(after, 1).await?.pop() {
             Some(row) if after == head.0 => {
-                let now = store.audit_head().await?;
+                let (now, now_sealed) = store.audit_head_judged().await?;
                 if now.0 < row.seq {
                     return Err(ChainBreak::BeyondHead {
                         seq: row.seq,
@@ -195,35 +209,36 @@ async fn walk_chain(store: &Store) -> anyhow::Result<(i64, (i64, String))> {
                     }
                     .into());
                 }
-                head = now;
+                (head, sealed) = (now, now_sealed);
             }
             _ => break,
         }
     }
-    let n = verifier.finish(head.0, &head.1)?;
-    Ok((n, head))
+    let events = verifier.finish(head.0, &head.1)?;
+    Ok(Walked {
+        events,
+        head,
+        sealed,
+    })
 }
 
 /// `audit seal --head SEQ:HASH`: with every node stopped, walks the chain; if it holds and ends at the
 /// head the operator named (the one they compared with the copy kept outside), appends `audit.sealed`
-/// and seals the head after it. Refuses a head that carries its seal already (nothing to vouch for).
+/// and seals the head after it, in one transaction that seals nothing if anything was written after
+/// the walk. A head that carries its seal already is left alone.
 async fn seal(config: &Path, head: After) -> anyhow::Result<()> {
     let app = super::offline::open(config, "audit seal").await?;
-    let (n, walked) = walk_chain(&app.store)
+    let walked = walk_chain(&app.store)
         .await
         .context("the chain does not hold: nothing was sealed")?;
+    let (seq, hash) = &walked.head;
     ensure!(
-        walked.0 == head.seq && Some(&walked.1) == head.hash.as_ref(),
-        "the audit log ends at {}:{}, not at the head you named: nothing was sealed (run `chaperone \
-         audit verify` again and compare up to the head it names)",
-        walked.0,
-        walked.1
+        *seq == head.seq && Some(hash) == head.hash.as_ref(),
+        "the audit log ends at {seq}:{hash}, not at the head you named: nothing was sealed (run \
+         `chaperone audit verify` again and compare up to the head it names)"
     );
-    if app.store.sealed_head().await?.is_ok() {
-        println!(
-            "the audit log's head (event {}) carries its seal already: nothing to do",
-            walked.0
-        );
+    if walked.sealed {
+        println!("the audit log's head (event {seq}) carries its seal already: nothing to do");
         return Ok(());
     }
     let seal = crate::audit::HeadSeal::new(&app.secrets);
@@ -233,17 +248,24 @@ async fn seal(config: &Path, head: After) -> anyhow::Result<()> {
             crate::identity::os_actor(),
             crate::audit::Action::AuditSealed,
             "audit",
-            serde_json::json!({"head_seq": walked.0, "head_hash": walked.1, "events": n}),
+            serde_json::json!({"head_seq": seq, "head_hash": hash, "events": walked.events}),
         ),
         app.clock.now(),
     )
     .await?;
-    let ((sealed_seq, _), _) = tx.seal_head(None, &seal).await?;
+    let ((sealed_seq, _), sealed) = tx
+        .seal_head(SealJudge::Follows { seq: *seq, hash }, &seal)
+        .await?;
+    ensure!(
+        sealed,
+        "the audit log moved while it was being sealed (something wrote to the database although \
+         every node is stopped): nothing was sealed"
+    );
     tx.commit("audit.sealed").await?;
     println!(
-        "sealed the audit log's head: {n} events up to event {} vouched for, and the audit.sealed \
+        "sealed the audit log's head: {} events up to event {seq} vouched for, and the audit.sealed \
          event after them (event {sealed_seq})",
-        walked.0
+        walked.events
     );
     Ok(())
 }
@@ -257,7 +279,8 @@ pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
             format,
             output,
             after,
-        } => export(&App::open(config).await?, format, output, after).await,
+            unsealed,
+        } => export(&App::open(config).await?, format, output, after, unsealed).await,
     }
 }
 
@@ -296,8 +319,11 @@ async fn verify(app: &App) -> anyhow::Result<()> {
             if unsealed && let Ok((seq, hash)) = app.store.audit_head().await {
                 // Named after the finding's own event, which is part of what gets sealed.
                 eprintln!(
-                    "If the log up to event {seq} agrees with the copy kept outside (SIEM, ATNA \
-                     repository), stop every node and run: chaperone audit seal --head {seq}:{hash}"
+                    "The head is sealed again only by an operator: stop every node and run `chaperone \
+                     audit verify` again; this run's head is {seq}:{hash}. The copy kept outside (SIEM, \
+                     ATNA repository) received events only while the head carried its seal, so it ends \
+                     where the break began: review every event after its last one, then, if they are \
+                     what happened, run: chaperone audit seal --head {seq}:{hash}"
                 );
             }
             return Err(e.context("audit log verification FAILED"));
@@ -313,6 +339,7 @@ async fn export(
     format: ExportFormat,
     output: Option<PathBuf>,
     after: After,
+    unsealed: bool,
 ) -> anyhow::Result<()> {
     let host = hostname();
     let source = crate::atna::Source {
@@ -329,7 +356,21 @@ async fn export(
     // The collector's last event must be this log's: not past its head, and, with a hash,
     // the same event. A log restored from an older backup reuses the numbers after its head
     // for other events, which a pull by number alone would skip without a word.
-    let (head, _) = app.store.audit_head().await?;
+    let ((head, _), sealed) = app.store.audit_head_judged().await?;
+    // What a collector takes in is what the chain head's seal vouches for, up to that head (events
+    // appended meanwhile wait for the next pull).
+    ensure!(
+        sealed || unsealed,
+        "{}: nothing exported, so that no collector takes in events written without the key \
+         (`chaperone audit verify` says what to do; `--unsealed` exports them for review)",
+        ChainBreak::Unsealed { seq: head }
+    );
+    if !sealed {
+        eprintln!(
+            "warning: the audit log's head (event {head}) does not carry its seal: these events \
+             are exported for review, not as the log"
+        );
+    }
     ensure!(
         after.seq <= head,
         "the audit log ends at event {head}, before {}: it was restored from an older backup \
@@ -408,7 +449,10 @@ async fn export(
     let after_given = after.seq;
     let mut after = after_given;
     loop {
-        let page = app.store.audit_page(after, PAGE).await?;
+        let page = match head - after {
+            left if left > 0 => app.store.audit_page(after, PAGE.min(left)).await?,
+            _ => Vec::new(),
+        };
         for row in &page {
             match format {
                 ExportFormat::Jsonl => serde_json::to_writer(&mut out, row)?,

@@ -404,6 +404,7 @@ async fn database(r: &mut Report, config: &Config) {
             "migrations",
             format!("all {} applied", status.applied),
         );
+        audit_head_seal(r, config).await;
     }
     if let Some(theirs) = status.clock {
         let skew = theirs - crate::clock::Clock::system().now();
@@ -425,6 +426,37 @@ async fn database(r: &mut Report, config: &Config) {
                 ),
             );
         }
+    }
+}
+
+/// Whether the audit chain's head carries its seal under this node's secrets key (a head moved by
+/// someone without the key, or a node holding another key than the others). Skipped when the key does
+/// not load: the key's own line says why.
+async fn audit_head_seal(r: &mut Report, config: &Config) {
+    let Ok(secrets) = crate::secrets::SecretsKey::load(&config.secrets.key_file) else {
+        return;
+    };
+    let head = async {
+        let store =
+            Store::connect_unmigrated(&config.database.url, crate::audit::HeadSeal::new(&secrets))
+                .await?;
+        let head = store.sealed_head().await;
+        store.close().await;
+        head
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(10), head).await {
+        Ok(Ok(Ok((seq, _)))) => r.line(
+            Level::Ok,
+            "audit log",
+            format!("the chain head (event {seq}) carries its seal under this secrets key"),
+        ),
+        Ok(Ok(Err(unsealed))) => r.line(
+            Level::Fail,
+            "audit log",
+            format!("{unsealed}; run `chaperone audit verify` (or check that this node has the same secrets key as the others)"),
+        ),
+        Ok(Err(e)) => r.line(Level::Fail, "audit log", format!("cannot read the chain head: {e}")),
+        Err(_) => r.line(Level::Fail, "audit log", "the chain head did not answer within 10 s"),
     }
 }
 

@@ -20,7 +20,7 @@ use crate::app::App;
 use crate::audit::{Action, AuditEvent, HeadSeal};
 use crate::identity::os_actor;
 use crate::secrets::SecretsKey;
-use crate::store::SealedKind;
+use crate::store::{SealJudge, SealedKind};
 
 #[derive(Debug, Subcommand)]
 pub enum SecretsCommand {
@@ -158,7 +158,10 @@ async fn reseal(app: &App, new: &SecretsKey) -> anyhow::Result<[usize; 3]> {
     // The chain head's seal is keyed by the secrets key too: sealed again under the new key, in the
     // same transaction, unless it did not hold under the old one (that break stays one).
     let (_, resealed) = tx
-        .seal_head(Some(&HeadSeal::new(&app.secrets)), &HeadSeal::new(new))
+        .seal_head(
+            SealJudge::HeldUnder(&HeadSeal::new(&app.secrets)),
+            &HeadSeal::new(new),
+        )
         .await?;
     tx.commit("secrets.rotate").await?;
     if !resealed {

@@ -4,7 +4,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, Transaction};
 
 use super::{Context, Result, Store, StoreError, get};
-use crate::audit::{AuditEvent, AuditRow, ChainBreak, HeadSeal, chain_hash};
+use crate::audit::{AuditEvent, AuditRow, ChainBreak, HeadSeal, SealVerdict, chain_hash};
 use crate::model::UnixTime;
 
 fn audit_row(row: &AnyRow) -> Result<AuditRow> {
@@ -40,7 +40,8 @@ pub(super) async fn append(
 ///
 /// The new head is sealed ([`HeadSeal`]) only if the head it extends was: a node never seals a head it
 /// found forged (that would vouch for the forger's events), so a break stays one until an operator who
-/// compared the log with its copy outside seals it again (`chaperone audit seal`).
+/// compared the log with its copy outside seals it again (`chaperone audit seal`). A head sealed under
+/// another secrets key refuses the append instead (a node without the current key).
 pub(super) async fn append_many(
     tx: &mut Transaction<'static, Any>,
     seal: &HeadSeal,
@@ -63,7 +64,19 @@ pub(super) async fn append_many(
     let last: i64 = get(&head, "seq")?;
     let mut prev_hash: String = get(&head, "hash")?;
     let mac: Option<String> = get(&head, "mac")?;
-    let sealed = seal.holds(last - count, &prev_hash, mac.as_deref());
+    let sealed = match seal.judge(last - count, &prev_hash, mac.as_deref()) {
+        SealVerdict::Sealed => true,
+        SealVerdict::Unsealed => false,
+        // Not this node's to judge: leaving the head unsealed would strip every node's seal.
+        SealVerdict::OtherKey(theirs) => {
+            return Err(StoreError::Conflict(format!(
+                "the audit chain head is sealed under secrets key {theirs}, and this node holds key {}: \
+                 give it the installation's current secrets key (after `secrets rotate`, every node \
+                 needs the new one)",
+                seal.key_id()
+            )));
+        }
+    };
     let mut rows = Vec::with_capacity(events.len());
     for (seq, (event, at)) in (last - count + 1..).zip(events) {
         let detail = event.detail.to_string();
@@ -284,49 +297,50 @@ impl Store {
         &self,
         seal: &HeadSeal,
     ) -> Result<std::result::Result<(i64, String), ChainBreak>> {
+        let (head, verdict) = self.judged_head(seal).await?;
+        Ok(match verdict {
+            SealVerdict::Sealed => Ok(head),
+            SealVerdict::Unsealed | SealVerdict::OtherKey(_) => {
+                Err(ChainBreak::Unsealed { seq: head.0 })
+            }
+        })
+    }
+
+    /// The chain head and whether it carries this installation's seal, in one read: for a walk that
+    /// must judge the very head it ended at.
+    pub async fn audit_head_judged(&self) -> Result<((i64, String), bool)> {
+        let (head, verdict) = self.judged_head(&self.seal).await?;
+        Ok((head, verdict == SealVerdict::Sealed))
+    }
+
+    async fn judged_head(&self, seal: &HeadSeal) -> Result<((i64, String), SealVerdict)> {
         let row = sqlx::query("SELECT seq, hash, mac FROM audit_head WHERE id = 1")
             .fetch_one(&self.pool)
             .await
             .context("reading the audit chain head")?;
         let (seq, hash): (i64, String) = (get(&row, "seq")?, get(&row, "hash")?);
         let mac: Option<String> = get(&row, "mac")?;
-        Ok(if seal.holds(seq, &hash, mac.as_deref()) {
-            Ok((seq, hash))
-        } else {
-            Err(ChainBreak::Unsealed { seq })
-        })
-    }
-
-    /// Seals the head as it stands, once, on the first start of the release that seals it (called by
-    /// the process that applied migration 0021): only if nobody moved or sealed it since it was read.
-    pub(super) async fn seal_head_on_upgrade(&self) -> Result<()> {
-        let (seq, hash) = self.audit_head().await?;
-        let sealed = sqlx::query(
-            "UPDATE audit_head SET mac = $1 WHERE id = 1 AND mac IS NULL AND seq = $2 AND hash = $3",
-        )
-        .bind(self.seal.sign(seq, &hash))
-        .bind(seq)
-        .bind(&hash)
-        .execute(&self.pool)
-        .await
-        .context("sealing the audit chain head")?;
-        if sealed.rows_affected() > 0 && seq > 0 {
-            tracing::info!(
-                head_seq = seq,
-                "sealed the audit log's head under the secrets key (first start of a release that \
-                 seals it): from here, events appended by someone without the key read as a break"
-            );
-        }
-        Ok(())
+        let verdict = seal.judge(seq, &hash, mac.as_deref());
+        Ok(((seq, hash), verdict))
     }
 }
 
-/// Seals the head as it stands in `tx` under `with`: if `judge` says its seal holds (the key it was
-/// sealed under, for `secrets rotate`), or in any case when `judge` is `None` (`audit seal`, after its
-/// walk of the chain). Returns the head and whether it was sealed.
+/// What must hold of the chain head before [`seal_head`] seals it.
+#[derive(Debug, Clone, Copy)]
+pub enum SealJudge<'a> {
+    /// It carries its seal under this key (`secrets rotate`: the key being retired).
+    HeldUnder(&'a HeadSeal),
+    /// It is the event right after event `seq`, linked to its `hash` (`audit seal`: the head the
+    /// operator compared, then the `audit.sealed` event this transaction appended), so nothing written
+    /// since the operator's walk is sealed with it.
+    Follows { seq: i64, hash: &'a str },
+}
+
+/// Seals the head as it stands in `tx` under `with`, if `judge` holds of it. Returns the head and
+/// whether it was sealed.
 pub(super) async fn seal_head(
     tx: &mut Transaction<'static, Any>,
-    judge: Option<&HeadSeal>,
+    judge: SealJudge<'_>,
     with: &HeadSeal,
 ) -> Result<((i64, String), bool)> {
     let head = sqlx::query("UPDATE audit_head SET mac = mac WHERE id = 1 RETURNING seq, hash, mac")
@@ -335,7 +349,23 @@ pub(super) async fn seal_head(
         .context("locking the audit chain")?;
     let (seq, hash): (i64, String) = (get(&head, "seq")?, get(&head, "hash")?);
     let mac: Option<String> = get(&head, "mac")?;
-    if judge.is_some_and(|j| !j.holds(seq, &hash, mac.as_deref())) {
+    let holds = match judge {
+        SealJudge::HeldUnder(old) => old.judge(seq, &hash, mac.as_deref()) == SealVerdict::Sealed,
+        SealJudge::Follows {
+            seq: before,
+            hash: before_hash,
+        } => {
+            let linked = sqlx::query("SELECT prev_hash FROM audit_events WHERE seq = $1")
+                .bind(seq)
+                .fetch_optional(&mut **tx)
+                .await
+                .context("reading the audit chain head's event")?
+                .map(|row| get::<String>(&row, "prev_hash"))
+                .transpose()?;
+            seq == before + 1 && linked.as_deref() == Some(before_hash)
+        }
+    };
+    if !holds {
         return Ok(((seq, hash), false));
     }
     sqlx::query("UPDATE audit_head SET mac = $1 WHERE id = 1")

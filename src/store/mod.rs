@@ -34,7 +34,7 @@ use crate::audit::{AuditEvent, HeadSeal};
 use crate::config::redact_url;
 
 pub use assets::NewAsset;
-pub use audit::ChainCheckpoints;
+pub use audit::{ChainCheckpoints, SealJudge};
 pub use cursors::CursorClaim;
 pub use grants::NewGrant;
 pub use health::{MigrationStatus, OpsCounts};
@@ -210,17 +210,7 @@ impl Store {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
-        // The release that seals the chain head (migration 0021) seals the head it finds, once: the
-        // process that applies the migration does (another node starting beside it finds it applied).
-        let sealing_applied =
-            sqlx::query("SELECT version FROM _sqlx_migrations WHERE version = 21")
-                .fetch_optional(&self.pool)
-                .await
-                .is_ok_and(|row| row.is_some());
         migrator.run(&self.pool).await?;
-        if !sealing_applied {
-            self.seal_head_on_upgrade().await?;
-        }
         Ok(())
     }
 
@@ -334,12 +324,11 @@ impl Tx {
         Ok(seqs)
     }
 
-    /// Seals the chain head as it stands in this transaction under `with`, if `judge` (the key it was
-    /// sealed under) says its seal holds, or in any case with `judge` `None` (`audit seal`, after its
-    /// walk of the whole chain). Returns the head and whether it was sealed.
+    /// Seals the chain head as it stands in this transaction under `with`, if `judge` holds of it.
+    /// Returns the head and whether it was sealed.
     pub async fn seal_head(
         &mut self,
-        judge: Option<&HeadSeal>,
+        judge: SealJudge<'_>,
         with: &HeadSeal,
     ) -> Result<((i64, String), bool)> {
         audit::seal_head(&mut self.tx, judge, with).await

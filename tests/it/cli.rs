@@ -499,6 +499,33 @@ fn audit_seal_seals_only_the_head_the_operator_named() {
         .to_owned();
     // The finding is the named head: audit.tamper, after the user's event.
     assert!(named.starts_with("2:"), "{named}");
+    let doctor = d.run(&["doctor"]);
+    assert!(
+        doctor
+            .stdout()
+            .contains("FAIL audit log: the chain head (event 2) does not carry the seal"),
+        "{}",
+        doctor.stdout()
+    );
+    // A collector takes in nothing past the break; an operator reviews with --unsealed.
+    let export = d.run(&["audit", "export", "--after", "1"]);
+    assert!(
+        export.fails(1).stderr().contains("nothing exported") && export.stdout().is_empty(),
+        "{}",
+        export.stderr()
+    );
+    let review = d.run(&["audit", "export", "--unsealed"]);
+    assert_eq!(
+        review.ok().stdout().lines().count(),
+        2,
+        "{}",
+        review.stdout()
+    );
+    assert!(
+        review.stderr().contains("for review"),
+        "{}",
+        review.stderr()
+    );
 
     let wrong = format!("1:{}", "0".repeat(64));
     let refused = d.run(&["audit", "seal", "--head", &wrong]);
@@ -520,6 +547,14 @@ fn audit_seal_seals_only_the_head_the_operator_named() {
     );
     let ok = d.run(&["audit", "verify"]);
     assert!(ok.ok().stdout().contains("3 events"), "{}", ok.stdout());
+    let doctor = d.run(&["doctor"]);
+    assert!(
+        doctor
+            .stdout()
+            .contains("ok   audit log: the chain head (event 3) carries its seal"),
+        "{}",
+        doctor.stdout()
+    );
     let export = d.run(&["audit", "export"]);
     let last = export
         .ok()

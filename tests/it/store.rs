@@ -1875,11 +1875,12 @@ async fn an_unmigrated_database_has_no_running_nodes() {
 
 /// The chain head carries a seal keyed by the secrets key (`audit::HeadSeal`): an event appended by
 /// someone who can write the database, linked and with the head moved as chaperone would, walks clean
-/// but leaves the head without its seal; a node appending after it does not seal it again; only the
-/// start that applies the sealing migration seals a head it finds.
+/// but leaves the head without its seal; a node appending after it does not seal it again; only a seal
+/// that names the head before it (`audit seal`) does. A node holding another key refuses to append.
 #[tokio::test]
 async fn the_audit_chain_head_is_sealed_by_the_secrets_key() {
     use chaperone::audit::{ChainBreak, chain_hash};
+    use chaperone::store::SealJudge;
     let dir = tempfile::tempdir().unwrap();
     let mut urls = vec![format!("sqlite://{}", dir.path().join("t.db").display())];
     urls.extend(postgres::fresh_database().await);
@@ -1903,10 +1904,19 @@ async fn the_audit_chain_head_is_sealed_by_the_secrets_key() {
             .unwrap()
             .expect("sealed by the appends");
         assert_eq!(head.0, 2, "{url}");
-        // Another installation's key does not hold it.
+        // A node holding another key neither reads it as sealed nor appends to it (it would strip
+        // the seal for every node).
         let other = Store::open(&url, throwaway_seal()).await.unwrap();
         assert_eq!(unsealed_at(other.sealed_head().await.unwrap()), Some(2));
+        let mut tx = other.begin().await.unwrap();
+        let refused = tx.audit(ev(Action::VendorAdd), 11).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("sealed under secrets key"),
+            "{refused}"
+        );
+        drop(tx);
         other.close().await;
+        assert_eq!(store.sealed_head().await.unwrap(), Ok(head.clone()));
 
         // A well-formed event appended behind chaperone's back, the head moved onto it.
         let forged = chain_hash(
@@ -1939,31 +1949,63 @@ async fn the_audit_chain_head_is_sealed_by_the_secrets_key() {
         tx.audit(ev(Action::VendorDisable), 30).await.unwrap();
         tx.commit("t").await.unwrap();
         assert_eq!(unsealed_at(store.sealed_head().await.unwrap()), Some(4));
-        // Sealed again only without a judge (`audit seal`, once an operator compared the log).
+        let four = store.audit_page(3, 1).await.unwrap().pop().unwrap();
+        // Sealed again only as the event right after the head an operator names (`audit seal`):
+        // not under a judge it does not hold for, not after another head.
         let mut tx = store.begin().await.unwrap();
         tx.audit(ev(Action::AuditSealed), 40).await.unwrap();
-        let (_, judged) = tx.seal_head(Some(&seal), &seal).await.unwrap();
+        let (_, judged) = tx
+            .seal_head(SealJudge::HeldUnder(&seal), &seal)
+            .await
+            .unwrap();
+        assert!(!judged, "{url}");
+        let (_, behind) = tx
+            .seal_head(
+                SealJudge::Follows {
+                    seq: 3,
+                    hash: &forged,
+                },
+                &seal,
+            )
+            .await
+            .unwrap();
+        assert!(!behind, "a head past the one named is not sealed: {url}");
+        let (_, other_hash) = tx
+            .seal_head(
+                SealJudge::Follows {
+                    seq: 4,
+                    hash: &forged,
+                },
+                &seal,
+            )
+            .await
+            .unwrap();
         assert!(
-            !judged,
-            "a head that did not hold is not sealed by a judge: {url}"
+            !other_hash,
+            "a head not linked to the one named is not sealed: {url}"
         );
-        let ((seq, _), sealed) = tx.seal_head(None, &seal).await.unwrap();
+        let ((seq, _), sealed) = tx
+            .seal_head(
+                SealJudge::Follows {
+                    seq: 4,
+                    hash: &four.hash,
+                },
+                &seal,
+            )
+            .await
+            .unwrap();
         assert!(sealed && seq == 5, "{url}");
         tx.commit("t").await.unwrap();
         assert_eq!(store.sealed_head().await.unwrap().map(|h| h.0), Ok(5));
         assert_eq!(verify(&store).await, Ok(5), "{url}");
         store.close().await;
 
-        // A database from before the seal: its first start on this release seals the head it finds…
+        // A database from before the seal, migrated by this release, is not sealed by any start: its
+        // head waits for an operator (whoever can write the database could make it look so).
         raw(&url, "ALTER TABLE audit_head DROP COLUMN mac").await;
         raw(&url, "DELETE FROM _sqlx_migrations WHERE version = 21").await;
         let upgraded = Store::open(&url, seal.clone()).await.unwrap();
-        assert_eq!(upgraded.sealed_head().await.unwrap().map(|h| h.0), Ok(5));
+        assert_eq!(unsealed_at(upgraded.sealed_head().await.unwrap()), Some(5));
         upgraded.close().await;
-        // …and no later start does: a seal cleared afterwards stays a break.
-        raw(&url, "UPDATE audit_head SET mac = NULL").await;
-        let later = Store::open(&url, seal.clone()).await.unwrap();
-        assert_eq!(unsealed_at(later.sealed_head().await.unwrap()), Some(5));
-        later.close().await;
     }
 }

@@ -308,3 +308,72 @@ fn https_receivers_are_verified_against_ca_file_or_the_system_roots() {
         "an unknown issuer must fail the handshake: {untrusted}"
     );
 }
+
+/// Events written while the audit chain's head does not carry its seal (as someone without the secrets
+/// key leaves it) are not posted: the receiver's copy ends where the break began. What was held back
+/// follows once an operator seals the head again.
+#[test]
+fn nothing_is_posted_past_a_head_without_its_seal() {
+    let receiver = Receiver::start(&[]);
+    let b = bastion_with(&webhook::config(&receiver.url(), SECRET, ""));
+    std::thread::sleep(Duration::from_millis(1500)); // let delivery claim its cursor first
+    add_pump(&b);
+    b.vendor("alice", "Acme Imaging");
+    let revoke = |data: &DataDir| {
+        let grant = data.grant("alice", "pump-7", "ssh", "1h");
+        data.run(&["grant", "revoke", &grant.to_string(), "--reason", "done"])
+            .ok();
+        format!("grant:{grant}")
+    };
+    let posted = |subject: &str| {
+        receiver
+            .delivered("grant.revoke")
+            .iter()
+            .any(|d| d.json()["subject"] == subject)
+    };
+    let one = revoke(&b.data);
+    assert!(
+        wait_until(Duration::from_secs(20), || posted(&one)),
+        "{:?}\n{}",
+        receiver.all(),
+        b.log()
+    );
+
+    crate::cli::sqlite(
+        &b.data.path().join("chaperone.db"),
+        "UPDATE audit_head SET mac = NULL",
+    );
+    let two = revoke(&b.data);
+    std::thread::sleep(Duration::from_secs(3));
+    let subjects: Vec<String> = receiver
+        .delivered("grant.revoke")
+        .iter()
+        .map(|d| d.json()["subject"].to_string())
+        .collect();
+    assert!(!posted(&two), "posted past the break: {subjects:?}");
+    assert!(
+        b.log()
+            .contains("does not carry its seal: nothing more is sent"),
+        "{}",
+        b.log()
+    );
+
+    let data = b.stop();
+    let verify = data.run(&["audit", "verify"]);
+    let head = verify
+        .fails(1)
+        .stderr()
+        .split("audit seal --head ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no head named: {}", verify.stderr()))
+        .to_owned();
+    data.run(&["audit", "seal", "--head", &head]).ok();
+    let b = Bastion::start(data);
+    assert!(
+        wait_until(Duration::from_secs(20), || posted(&two)),
+        "{:?}\n{}",
+        receiver.all(),
+        b.log()
+    );
+}
