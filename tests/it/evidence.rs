@@ -886,6 +886,36 @@ async fn issue_12_the_digest_that_counts_is_the_first_one_the_chain_vouches_for(
             judge("s-live").await,
             vec![Evidence::Unvouched(Unvouched::NotDigested)]
         );
+        // No bundle vouches for a recording nothing digested, nor for one with two digests.
+        let keys = tempfile::tempdir().unwrap();
+        let config = chaperone::config::RecordingConfig {
+            dir: keys.path().to_owned(),
+            record_input: false,
+            max_bytes: None,
+            signing_key: keys.path().join("signing_key"),
+            retain: chaperone::config::Retain::Forever,
+            zone_retain: Default::default(),
+        };
+        chaperone::evidence::signer::Signer::create(&config.signing_key).unwrap();
+        for (id, why) in [("s-live", "not digested"), ("s-ended", "ALTERED")] {
+            let bundle = chaperone::evidence::bundle::export(
+                &store,
+                &config,
+                id,
+                "os:test",
+                "cli",
+                200,
+                Vec::new(),
+            )
+            .await;
+            let refused = bundle.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(refused.contains(why), "{id}: {refused}");
+        }
+        let signed = store
+            .audit_events_about("session:s-live", &["evidence.signed"], 10)
+            .await
+            .unwrap();
+        assert!(signed.is_empty(), "{signed:?}");
     })
     .await;
 }
