@@ -484,6 +484,58 @@ fn a_flood_of_views_does_not_hide_a_later_hold_on_the_session_page() {
         "{}",
         page.body
     );
+
+    // The bundle carries the newest 1,000 of them and every other event: 600 views more (written
+    // straight to the log, as many page loads would), then a release, the last word on the hold.
+    let config = chaperone::config::Config::load(&b.data.config()).unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store =
+            chaperone::store::Store::open(&config.database.url, crate::support::seal_of(&config))
+                .await
+                .unwrap();
+        let view = || {
+            chaperone::audit::AuditEvent::new(
+                "staff:audrey",
+                chaperone::audit::Action::RecordingView,
+                format!("session:{id}"),
+                serde_json::json!({"flood": true}),
+            )
+        };
+        let mut tx = store.begin().await.unwrap();
+        tx.audit_many((0..600).map(|_| (view(), 2_000_000_000)).collect())
+            .await
+            .unwrap();
+        tx.commit("recording.view").await.unwrap();
+        store.close().await;
+    });
+    b.data
+        .run(&["session", "release", &id, "--reason", "case-0815 closed"])
+        .ok();
+    let data = b.stop();
+    let tar = data.path().join("flooded.tar");
+    data.run(&["evidence", "export", &id, "-o", tar.to_str().unwrap()])
+        .ok();
+    let unpacked = untar(&tar, &data.path().join("flooded"), &id);
+    let audit = std::fs::read_to_string(unpacked.join("audit.jsonl")).unwrap();
+    let count = |action: &str| {
+        audit
+            .lines()
+            .filter(|l| l.contains(&format!("\"action\":\"{action}\"")))
+            .count()
+    };
+    // The newest 1,000 looks: this export's own event and 999 views.
+    assert_eq!(count("evidence.export"), 1);
+    assert_eq!(count("recording.view"), 999);
+    for action in [
+        "session.start",
+        "session.end",
+        "session.hold",
+        "session.release",
+    ] {
+        assert_eq!(count(action), 1, "{action}");
+    }
+    let readme = std::fs::read_to_string(unpacked.join("README.txt")).unwrap();
+    assert!(readme.contains("holds only the newest"), "{readme}");
 }
 
 /// An exec command carrying a real OSC 52 (clipboard write) prints escaped in `session show` and never
