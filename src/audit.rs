@@ -129,10 +129,22 @@ pub enum ChainBreak {
     /// to the head), or by a node that found it so and would not seal what it could not vouch for.
     #[error(
         "the chain head (event {seq}) does not carry the seal of this installation's secrets key: the log \
-         was written by someone without the key (or under another key); compare it with the copy kept \
-         outside, then see `chaperone audit seal`"
+         was written by someone without the key (a log from a release before the seal reads so too); \
+         see `chaperone audit verify` and `chaperone audit seal`"
     )]
     Unsealed { seq: i64 },
+    /// The head carries a seal under another secrets key than this node's: a node not given the
+    /// installation's current key, or a seal made up by someone without any.
+    #[error(
+        "the chain head (event {seq}) is sealed under secrets key {theirs}, not under this node's key \
+         {ours}: if {theirs} is the installation's current key, give it to this node; if it never was, \
+         the seal was made up without a key (see `chaperone audit seal --replacing-key {theirs}`)"
+    )]
+    OtherKey {
+        seq: i64,
+        theirs: String,
+        ours: String,
+    },
 }
 
 /// The seal on the chain head: HMAC-SHA256 of its seq and hash under a subkey of the secrets key (the
@@ -163,6 +175,21 @@ pub enum SealVerdict {
     /// Sealed under another secrets key (its id): a node that was not given the installation's current
     /// key, or one left from before a rotation.
     OtherKey(String),
+}
+
+impl SealVerdict {
+    /// The break a head at `seq` judged so is, under `seal`'s key; `None` when it is sealed.
+    pub fn broken(&self, seq: i64, seal: &HeadSeal) -> Option<ChainBreak> {
+        match self {
+            SealVerdict::Sealed => None,
+            SealVerdict::Unsealed => Some(ChainBreak::Unsealed { seq }),
+            SealVerdict::OtherKey(theirs) => Some(ChainBreak::OtherKey {
+                seq,
+                theirs: theirs.clone(),
+                ours: seal.key_id().to_owned(),
+            }),
+        }
+    }
 }
 
 impl HeadSeal {

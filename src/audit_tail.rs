@@ -15,9 +15,10 @@
 //!   nodes) starts at the end of the log for the new one, and says so as the consumer asks
 //!   ([`Moved`]);
 //! - at shutdown the lease is given up, so another node takes over at once;
-//! - only events up to a chain head that carries its seal are sent (`Store::audit_head_judged`): while
-//!   the head does not (someone without the secrets key wrote the log), every consumer holds where it
-//!   is, so the copies outside end where the break began, for the operator who seals it again.
+//! - only events that hold in the chain up to a head that carries its seal are sent
+//!   (`evidence::vouched_rows`): while the head does not (someone without the secrets key wrote the
+//!   log), or a row below it was changed, every consumer holds where it is, so the copies outside end
+//!   where the break began, for the operator who seals it again.
 //!
 //! Errors: the bookkeeping fails only with a [`StoreError`], logged with its causes and tried again at
 //! the next poll.
@@ -30,7 +31,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
 use crate::app::App;
-use crate::audit::{Action, AuditEvent, AuditRow};
+use crate::audit::{Action, AuditEvent, AuditRow, ChainBreak};
 use crate::error_text::report;
 use crate::model::UnixTime;
 use crate::store::{CursorClaim, StoreError};
@@ -253,26 +254,49 @@ enum Round {
     Stopped,
 }
 
-/// The chain head's seq if it carries its seal; `None` (said once, as an error) while it does not.
-async fn sealed_head_for(lease: &Lease<'_>, name: &str) -> Result<Option<i64>, StoreError> {
+/// The events after `cursor` that may leave, at most [`PAGE`]: up to the sealed chain head, each linked
+/// on to it (`evidence::vouched_rows`). `None` while the head does not carry its seal or the rows do not
+/// hold.
+async fn sendable(
+    lease: &Lease<'_>,
+    cursor: i64,
+    name: &str,
+) -> Result<Option<Vec<AuditRow>>, StoreError> {
+    let store = &lease.app.store;
+    let rows = match crate::evidence::chain_head(store).await? {
+        Ok(head) => crate::evidence::vouched_rows(store, cursor, &head, PAGE).await?,
+        Err(broken) => Err(broken),
+    };
+    Ok(holding(lease, name, rows))
+}
+
+/// `Some` of what holds; `None` for a break, said once as an error (and the resumption once when it
+/// holds again), not at every poll.
+fn holding<T>(lease: &Lease<'_>, name: &str, judged: Result<T, ChainBreak>) -> Option<T> {
     use std::sync::atomic::Ordering;
-    let ((seq, _), sealed) = lease.app.store.audit_head_judged().await?;
-    let was_held = lease.held.swap(!sealed, Ordering::Relaxed);
-    if !sealed && !was_held {
-        tracing::error!(
-            consumer = name,
-            head_seq = seq,
-            "the audit log's head does not carry its seal: nothing more is sent until an operator \
-             seals it again (chaperone audit verify)"
-        );
-    } else if sealed && was_held {
-        tracing::warn!(
-            consumer = name,
-            head_seq = seq,
-            "the audit log's head is sealed again: sending resumes"
-        );
+    let was_held = lease.held.swap(judged.is_err(), Ordering::Relaxed);
+    match judged {
+        Ok(value) => {
+            if was_held {
+                tracing::warn!(
+                    consumer = name,
+                    "the audit log holds again: sending resumes"
+                );
+            }
+            Some(value)
+        }
+        Err(broken) => {
+            if !was_held {
+                tracing::error!(
+                    consumer = name,
+                    %broken,
+                    "the audit log does not hold: nothing more is sent until it does (chaperone \
+                     audit verify)"
+                );
+            }
+            None
+        }
     }
-    Ok(sealed.then_some(seq))
 }
 
 /// Claims the lease, then hands every new row the consumer selects to it, in order, up to the sealed
@@ -282,17 +306,19 @@ async fn round<C: Consumer>(
     consumer: &mut C,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Round, StoreError> {
+    // Nothing is claimed while the head does not carry its seal either: a consumer new to an endpoint
+    // starts at the end of the log, which must be one the seal vouches for.
+    let head = crate::evidence::chain_head(&lease.app.store).await?;
+    if holding(lease, C::NAME, head).is_none() {
+        return Ok(Round::Idle);
+    }
     let Some(mut cursor) = lease.claim().await? else {
         return Ok(Round::Idle);
     };
     let mut renewed = tokio::time::Instant::now();
     loop {
-        let Some(head) = sealed_head_for(lease, C::NAME).await? else {
+        let Some(rows) = sendable(lease, cursor, C::NAME).await? else {
             return Ok(Round::Idle);
-        };
-        let rows = match head - cursor {
-            left if left > 0 => lease.app.store.audit_page(cursor, PAGE.min(left)).await?,
-            _ => Vec::new(),
         };
         let Some(last) = rows.last().map(|r| r.seq) else {
             return Ok(Round::Idle);

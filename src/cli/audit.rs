@@ -10,7 +10,7 @@ use anyhow::{Context as _, ensure};
 use clap::{Subcommand, ValueEnum};
 
 use crate::app::App;
-use crate::audit::{AuditRow, ChainBreak, Verifier};
+use crate::audit::{AuditRow, ChainBreak, SealVerdict, Verifier};
 use crate::clock::format_rfc3339;
 use crate::store::{SealJudge, Store};
 
@@ -32,11 +32,12 @@ pub enum AuditCommand {
         /// restored from an older backup reuses sequence numbers for other events).
         #[arg(long, default_value = "0", value_parser = parse_after)]
         after: After,
-        /// Export although the chain head does not carry its seal (to review the events an operator
-        /// is about to seal): without it such a log is refused, so a collector never takes in events
-        /// written by someone without the secrets key.
+        /// Export the rows as they are, although the chain head does not carry its seal or a row does
+        /// not hold in the chain (to review them before `audit seal`). Without it only what holds up to
+        /// the sealed head is exported, so a collector never takes in events written by someone without
+        /// the secrets key. Printed to standard output it appends nothing to the log.
         #[arg(long)]
-        unsealed: bool,
+        unchecked: bool,
     },
     /// Seal the chain head again after `audit verify` found it without its seal (written by someone
     /// without the secrets key, or under another key). Only once the log, up to that head, agrees with
@@ -46,7 +47,19 @@ pub enum AuditCommand {
         /// The head `audit verify` named, as `SEQ:HASH`: sealing refuses any other.
         #[arg(long, value_parser = parse_head)]
         head: After,
+        /// The head carries a seal under this secrets key id, which was never the installation's
+        /// (made up by someone without a key): replace it. Never for a key the other nodes hold.
+        #[arg(long, value_parser = parse_key_id)]
+        replacing_key: Option<String>,
     },
+}
+
+fn parse_key_id(text: &str) -> Result<String, String> {
+    if text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(text.to_ascii_lowercase())
+    } else {
+        Err(format!("{text:?} is not a secrets key id (16 hex digits)"))
+    }
 }
 
 fn parse_head(text: &str) -> Result<After, String> {
@@ -160,23 +173,21 @@ fn hostname() -> String {
 /// of events, or the first break.
 pub async fn verify_chain(store: &Store) -> anyhow::Result<i64> {
     let walked = walk_chain(store).await?;
-    if walked.sealed {
-        return Ok(walked.events);
-    }
-    Err(
-        anyhow::Error::new(ChainBreak::Unsealed { seq: walked.head.0 }).context(format!(
+    match walked.seal.broken(walked.head.0, store.head_seal()) {
+        None => Ok(walked.events),
+        Some(broken) => Err(anyhow::Error::new(broken).context(format!(
             "the events link up to event {} (hash {})",
             walked.head.0, walked.head.1
-        )),
-    )
+        ))),
+    }
 }
 
 /// Where a walk of the whole chain ended.
 struct Walked {
     events: i64,
     head: (i64, String),
-    /// Whether that head, as read in the same statement, carries its seal.
-    sealed: bool,
+    /// What that head's seal, read in the same statement, says.
+    seal: SealVerdict,
 }
 
 /// Walks the whole chain up to its head (read first; the walk stops there: an event appended while it
@@ -186,7 +197,7 @@ struct Walked {
 async fn walk_chain(store: &Store) -> anyhow::Result<Walked> {
     let mut verifier = Verifier::default();
     let mut after = 0;
-    let (mut head, mut sealed) = store.audit_head_judged().await?;
+    let (mut head, mut seal) = store.audit_head_judged().await?;
     loop {
         while after < head.0 {
             let page = store.audit_page(after, PAGE.min(head.0 - after)).await?;
@@ -201,7 +212,7 @@ async fn walk_chain(store: &Store) -> anyhow::Result<Walked> {
         }
         match store.audit_page(after, 1).await?.pop() {
             Some(row) if after == head.0 => {
-                let (now, now_sealed) = store.audit_head_judged().await?;
+                let (now, now_seal) = store.audit_head_judged().await?;
                 if now.0 < row.seq {
                     return Err(ChainBreak::BeyondHead {
                         seq: row.seq,
@@ -209,24 +220,21 @@ async fn walk_chain(store: &Store) -> anyhow::Result<Walked> {
                     }
                     .into());
                 }
-                (head, sealed) = (now, now_sealed);
+                (head, seal) = (now, now_seal);
             }
             _ => break,
         }
     }
     let events = verifier.finish(head.0, &head.1)?;
-    Ok(Walked {
-        events,
-        head,
-        sealed,
-    })
+    Ok(Walked { events, head, seal })
 }
 
 /// `audit seal --head SEQ:HASH`: with every node stopped, walks the chain; if it holds and ends at the
-/// head the operator named (the one they compared with the copy kept outside), appends `audit.sealed`
-/// and seals the head after it, in one transaction that seals nothing if anything was written after
-/// the walk. A head that carries its seal already is left alone.
-async fn seal(config: &Path, head: After) -> anyhow::Result<()> {
+/// head the operator named (the one they reviewed), appends `audit.sealed` and seals the head after it,
+/// in one transaction that seals nothing if anything was written after the walk. A head that carries
+/// its seal already is left alone; one sealed under another key id is replaced only when the operator
+/// names that id (`--replacing-key`).
+async fn seal(config: &Path, head: After, replacing: Option<String>) -> anyhow::Result<()> {
     let app = super::offline::open(config, "audit seal").await?;
     let walked = walk_chain(&app.store)
         .await
@@ -234,21 +242,38 @@ async fn seal(config: &Path, head: After) -> anyhow::Result<()> {
     let (seq, hash) = &walked.head;
     ensure!(
         *seq == head.seq && Some(hash) == head.hash.as_ref(),
-        "the audit log ends at {seq}:{hash}, not at the head you named: nothing was sealed (run \
-         `chaperone audit verify` again and compare up to the head it names)"
+        "the audit log ends at another head than the one you named: nothing was sealed (with every \
+         node stopped, run `chaperone audit verify` and review the events up to the head it names)"
     );
-    if walked.sealed {
-        println!("the audit log's head (event {seq}) carries its seal already: nothing to do");
-        return Ok(());
+    match (&walked.seal, &replacing) {
+        (SealVerdict::Sealed, _) => {
+            println!("the audit log's head (event {seq}) carries its seal already: nothing to do");
+            return Ok(());
+        }
+        (SealVerdict::Unsealed, None) => {}
+        (SealVerdict::OtherKey(theirs), Some(named)) if theirs == named => {}
+        (SealVerdict::OtherKey(theirs), _) => anyhow::bail!(
+            "the audit log's head is sealed under secrets key {theirs}, not this node's {}: if that \
+             is the installation's current key, give it to this node instead; only if it never was, \
+             run again with --replacing-key {theirs}",
+            app.secrets.id()
+        ),
+        (SealVerdict::Unsealed, Some(_)) => anyhow::bail!(
+            "the audit log's head carries no seal under another key: run without --replacing-key"
+        ),
     }
     let seal = crate::audit::HeadSeal::new(&app.secrets);
     let mut tx = app.store.begin().await?;
+    if let Some(theirs) = &replacing {
+        tx.drop_foreign_head_seal(theirs).await?;
+    }
     tx.audit(
         crate::audit::AuditEvent::new(
             crate::identity::os_actor(),
             crate::audit::Action::AuditSealed,
             "audit",
-            serde_json::json!({"head_seq": seq, "head_hash": hash, "events": walked.events}),
+            serde_json::json!({"head_seq": seq, "head_hash": hash, "events": walked.events,
+                               "replaced_key": replacing}),
         ),
         app.clock.now(),
     )
@@ -273,14 +298,17 @@ async fn seal(config: &Path, head: After) -> anyhow::Result<()> {
 pub async fn run(config: &Path, cmd: AuditCommand) -> anyhow::Result<()> {
     match cmd {
         // Sealing opens the installation itself: only with every node stopped.
-        AuditCommand::Seal { head } => seal(config, head).await,
+        AuditCommand::Seal {
+            head,
+            replacing_key,
+        } => seal(config, head, replacing_key).await,
         AuditCommand::Verify => verify(&App::open(config).await?).await,
         AuditCommand::Export {
             format,
             output,
             after,
-            unsealed,
-        } => export(&App::open(config).await?, format, output, after, unsealed).await,
+            unchecked,
+        } => export(&App::open(config).await?, format, output, after, unchecked).await,
     }
 }
 
@@ -317,14 +345,26 @@ async fn verify(app: &App) -> anyhow::Result<()> {
                 )
             });
             if unsealed && let Ok((seq, hash)) = app.store.audit_head().await {
-                // Named after the finding's own event, which is part of what gets sealed.
-                eprintln!(
-                    "The head is sealed again only by an operator: stop every node and run `chaperone \
-                     audit verify` again; this run's head is {seq}:{hash}. The copy kept outside (SIEM, \
-                     ATNA repository) received events only while the head carried its seal, so it ends \
-                     where the break began: review every event after its last one, then, if they are \
-                     what happened, run: chaperone audit seal --head {seq}:{hash}"
-                );
+                let now = app.store.database_now().await.unwrap_or(i64::MAX);
+                let running = app
+                    .store
+                    .nodes_seen_since(now - crate::node::GONE_AFTER_SECS)
+                    .await
+                    .map_or(true, |nodes| !nodes.is_empty());
+                if running {
+                    eprintln!(
+                        "The head is sealed again only by an operator, with every node stopped: stop \
+                         them and run `chaperone audit verify` again, to be told the head to seal."
+                    );
+                } else {
+                    // Named after the finding's own event; with no node running it stays the head.
+                    eprintln!(
+                        "The copy kept outside (SIEM, ATNA repository, webhook) received events only \
+                         while the head carried its seal, so it ends where the break began. Review \
+                         every event after its last one (`chaperone audit export --unchecked`); if \
+                         they are what happened, run: chaperone audit seal --head {seq}:{hash}"
+                    );
+                }
             }
             return Err(e.context("audit log verification FAILED"));
         }
@@ -339,7 +379,7 @@ async fn export(
     format: ExportFormat,
     output: Option<PathBuf>,
     after: After,
-    unsealed: bool,
+    unchecked: bool,
 ) -> anyhow::Result<()> {
     let host = hostname();
     let source = crate::atna::Source {
@@ -356,19 +396,21 @@ async fn export(
     // The collector's last event must be this log's: not past its head, and, with a hash,
     // the same event. A log restored from an older backup reuses the numbers after its head
     // for other events, which a pull by number alone would skip without a word.
-    let ((head, _), sealed) = app.store.audit_head_judged().await?;
+    let (head_row, seal) = app.store.audit_head_judged().await?;
+    let head = head_row.0;
+    let unsealed = seal.broken(head, app.store.head_seal());
     // What a collector takes in is what the chain head's seal vouches for, up to that head (events
     // appended meanwhile wait for the next pull).
-    ensure!(
-        sealed || unsealed,
-        "{}: nothing exported, so that no collector takes in events written without the key \
-         (`chaperone audit verify` says what to do; `--unsealed` exports them for review)",
-        ChainBreak::Unsealed { seq: head }
-    );
-    if !sealed {
+    if let Some(broken) = unsealed.filter(|_| !unchecked) {
+        anyhow::bail!(
+            "{broken}: nothing exported, so that no collector takes in events written without the \
+             key (`chaperone audit verify` says what to do; `--unchecked` exports the rows as they \
+             are, for review)"
+        );
+    }
+    if unchecked {
         eprintln!(
-            "warning: the audit log's head (event {head}) does not carry its seal: these events \
-             are exported for review, not as the log"
+            "warning: the rows are exported as they are, unchecked: for review, not as the log"
         );
     }
     ensure!(
@@ -449,9 +491,22 @@ async fn export(
     let after_given = after.seq;
     let mut after = after_given;
     loop {
-        let page = match head - after {
-            left if left > 0 => app.store.audit_page(after, PAGE.min(left)).await?,
-            _ => Vec::new(),
+        // Each page holds in the chain up to the sealed head (a row changed, inserted or deleted
+        // below it is not exported); a review reads the rows as they are.
+        let page = if !unchecked {
+            crate::evidence::vouched_rows(&app.store, after, &head_row, PAGE)
+                .await?
+                .map_err(|broken| {
+                    anyhow::Error::new(broken).context(format!(
+                        "the audit log does not hold after event {after}: nothing after it \
+                         exported; run `chaperone audit verify`"
+                    ))
+                })?
+        } else {
+            match head - after {
+                left if left > 0 => app.store.audit_page(after, PAGE.min(left)).await?,
+                _ => Vec::new(),
+            }
         };
         for row in &page {
             match format {

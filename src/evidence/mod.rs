@@ -468,11 +468,11 @@ fn judge(session: &SessionRow, r: &RecordingRow, first: bool, events: &[AuditRow
     Evidence::Vouched(first_voucher)
 }
 
-/// Checks `event` where it sits: the event before it links to it, its hash recomputes (the one
-/// definition, `audit::Verifier`), and every event after it links on, up to `head` or to the first event
-/// this process verified before ([`ChainCheckpoints`]), whose hash must come out as it did then. The
-/// events verified on the way are noted as checkpoints. The outer `Result` is the database's; the
-/// inner one the chain's.
+/// Checks `event` where it sits: it is still the event stored there (its hash as read), the event
+/// before it links to it, its hash recomputes (the one definition, `audit::Verifier`), and every event
+/// after it links on, up to `head` or to the first event this process verified before
+/// ([`ChainCheckpoints`]), whose hash must come out as it did then. The events verified on the way are
+/// noted as checkpoints. The outer `Result` is the database's; the inner one the chain's.
 pub(crate) async fn holds_in_chain(
     store: &Store,
     event: &AuditRow,
@@ -517,6 +517,11 @@ pub(crate) async fn holds_in_chain(
             if let Err(b) = verifier.push(row) {
                 return Ok(Err(b));
             }
+            // What the caller read is what was checked: an event changed since it was read (and the
+            // chain recomputed from it) is not the one it holds.
+            if row.seq == seq && row.hash != event.hash {
+                return Ok(Err(ChainBreak::Altered { seq }));
+            }
             if row.seq % ChainCheckpoints::EVERY == 0 {
                 verified.push((row.seq, row.hash.clone()));
             }
@@ -538,6 +543,52 @@ pub(crate) async fn holds_in_chain(
     }
     checkpoints.note(verified);
     Ok(Ok(()))
+}
+
+/// The events after `after`, up to `head` and at most `limit` of them, oldest first, as they hold in
+/// the chain: the first links to event `after` as stored, each to the one before, and the last holds
+/// where it sits up to `head` ([`holds_in_chain`]: to the sealed head, or to an event this process
+/// verified on the way to one). What leaves for a copy outside (`audit_tail`, `audit export`) is read
+/// through here, so a row changed, inserted or deleted below a sealed head is never sent.
+pub(crate) async fn vouched_rows(
+    store: &Store,
+    after: i64,
+    head: &(i64, String),
+    limit: i64,
+) -> Result<Result<Vec<AuditRow>, ChainBreak>, StoreError> {
+    let until = head.0.min(after.saturating_add(limit));
+    if until <= after {
+        return Ok(Ok(Vec::new()));
+    }
+    let mut verifier = if after == 0 {
+        Verifier::default()
+    } else {
+        match store.audit_page(after - 1, 1).await?.pop() {
+            Some(row) if row.seq == after => Verifier::after(&row),
+            _ => {
+                return Ok(Err(ChainBreak::Gap {
+                    missing: after,
+                    found: after + 1,
+                }));
+            }
+        }
+    };
+    let rows = store.audit_page(after, until - after).await?;
+    for row in &rows {
+        if let Err(b) = verifier.push(row) {
+            return Ok(Err(b));
+        }
+    }
+    let Some(last) = rows.last().filter(|r| r.seq == until) else {
+        return Ok(Err(ChainBreak::Truncated {
+            missing: rows.last().map_or(after, |r| r.seq) + 1,
+            head_seq: head.0,
+        }));
+    };
+    if let Err(b) = holds_in_chain(store, last, head).await? {
+        return Ok(Err(b));
+    }
+    Ok(Ok(rows))
 }
 
 /// The key [`ChainCheckpoints::first_alarm`] raises an unsealed head under (no event's seq).

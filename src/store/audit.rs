@@ -298,19 +298,21 @@ impl Store {
         seal: &HeadSeal,
     ) -> Result<std::result::Result<(i64, String), ChainBreak>> {
         let (head, verdict) = self.judged_head(seal).await?;
-        Ok(match verdict {
-            SealVerdict::Sealed => Ok(head),
-            SealVerdict::Unsealed | SealVerdict::OtherKey(_) => {
-                Err(ChainBreak::Unsealed { seq: head.0 })
-            }
+        Ok(match verdict.broken(head.0, seal) {
+            None => Ok(head),
+            Some(broken) => Err(broken),
         })
     }
 
-    /// The chain head and whether it carries this installation's seal, in one read: for a walk that
-    /// must judge the very head it ended at.
-    pub async fn audit_head_judged(&self) -> Result<((i64, String), bool)> {
-        let (head, verdict) = self.judged_head(&self.seal).await?;
-        Ok((head, verdict == SealVerdict::Sealed))
+    /// The chain head and what its seal says under this installation's key, in one read: for a walk
+    /// that must judge the very head it ended at. [`SealVerdict::broken`] names the break.
+    pub async fn audit_head_judged(&self) -> Result<((i64, String), SealVerdict)> {
+        self.judged_head(&self.seal).await
+    }
+
+    /// The seal this store seals and judges with.
+    pub fn head_seal(&self) -> &HeadSeal {
+        &self.seal
     }
 
     async fn judged_head(&self, seal: &HeadSeal) -> Result<((i64, String), SealVerdict)> {
@@ -334,6 +336,21 @@ pub enum SealJudge<'a> {
     /// operator compared, then the `audit.sealed` event this transaction appended), so nothing written
     /// since the operator's walk is sealed with it.
     Follows { seq: i64, hash: &'a str },
+}
+
+/// Removes a seal made under secrets key `theirs` from the head (`audit seal --replacing-key`, once an
+/// operator found no such key was ever the installation's), so that the transaction can append to it.
+/// Returns whether there was one.
+pub(super) async fn drop_foreign_seal(
+    tx: &mut Transaction<'static, Any>,
+    theirs: &str,
+) -> Result<bool> {
+    let dropped = sqlx::query("UPDATE audit_head SET mac = NULL WHERE id = 1 AND mac LIKE $1")
+        .bind(format!("{}:%", theirs.replace(['%', '_', '\\'], "")))
+        .execute(&mut **tx)
+        .await
+        .context("removing a foreign seal from the audit chain head")?;
+    Ok(dropped.rows_affected() > 0)
 }
 
 /// Seals the head as it stands in `tx` under `with`, if `judge` holds of it. Returns the head and

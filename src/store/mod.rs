@@ -324,6 +324,12 @@ impl Tx {
         Ok(seqs)
     }
 
+    /// Removes a seal made under secrets key `theirs` from the chain head, in this transaction; whether
+    /// there was one. Only for `audit seal --replacing-key`, which seals the head again after it.
+    pub async fn drop_foreign_head_seal(&mut self, theirs: &str) -> Result<bool> {
+        audit::drop_foreign_seal(&mut self.tx, theirs).await
+    }
+
     /// Seals the chain head as it stands in this transaction under `with`, if `judge` holds of it.
     /// Returns the head and whether it was sealed.
     pub async fn seal_head(

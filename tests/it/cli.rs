@@ -412,8 +412,20 @@ fn audit_verify_detects_a_changed_byte_in_the_sqlite_file() {
     run.fails(1);
     assert!(run.stderr().contains("audit event 2"), "{}", run.stderr());
 
-    // The log still exports, with the finding appended after the (broken) chain's head.
-    let export = d.run(&["audit", "export", "--format", "jsonl"]);
+    // No collector takes in the altered event; the log still exports for review, with the finding
+    // appended after the (broken) chain's head.
+    let refused = d.run(&["audit", "export", "--format", "jsonl"]);
+    assert!(
+        refused
+            .fails(1)
+            .stderr()
+            .contains("audit event 2: content does not match")
+            && refused.stdout().is_empty(),
+        "{}{}",
+        refused.stdout(),
+        refused.stderr()
+    );
+    let export = d.run(&["audit", "export", "--format", "jsonl", "--unchecked"]);
     let lines: Vec<String> = export.ok().stdout().lines().map(str::to_owned).collect();
     assert_eq!(lines.len(), 4, "{lines:?}");
     assert!(
@@ -507,14 +519,14 @@ fn audit_seal_seals_only_the_head_the_operator_named() {
         "{}",
         doctor.stdout()
     );
-    // A collector takes in nothing past the break; an operator reviews with --unsealed.
+    // A collector takes in nothing past the break; an operator reviews with --unchecked.
     let export = d.run(&["audit", "export", "--after", "1"]);
     assert!(
         export.fails(1).stderr().contains("nothing exported") && export.stdout().is_empty(),
         "{}",
         export.stderr()
     );
-    let review = d.run(&["audit", "export", "--unsealed"]);
+    let review = d.run(&["audit", "export", "--unchecked"]);
     assert_eq!(
         review.ok().stdout().lines().count(),
         2,
@@ -533,7 +545,7 @@ fn audit_seal_seals_only_the_head_the_operator_named() {
         refused
             .fails(1)
             .stderr()
-            .contains("not at the head you named"),
+            .contains("another head than the one you named"),
         "{}",
         refused.stderr()
     );
@@ -579,6 +591,38 @@ fn audit_seal_seals_only_the_head_the_operator_named() {
         "{}",
         again.stdout()
     );
+
+    // A seal made up under a key id nobody holds: no node appends to it (a node without the current
+    // key would strip the seal for all), and it is replaced only when the operator names that id.
+    sqlite(
+        &d.path().join("chaperone.db"),
+        "UPDATE audit_head SET mac = 'deadbeefdeadbeef:00'",
+    );
+    let run = d.run(&["audit", "verify"]);
+    assert!(
+        run.fails(1)
+            .stderr()
+            .contains("is sealed under secrets key deadbeefdeadbeef"),
+        "{}",
+        run.stderr()
+    );
+    let current = format!("3:{}", head["hash"].as_str().unwrap());
+    let seal_again = |extra: &[&str]| {
+        let mut args = vec!["audit", "seal", "--head", &current[..]];
+        args.extend_from_slice(extra);
+        d.run(&args)
+    };
+    let refused = seal_again(&[]);
+    assert!(
+        refused
+            .fails(1)
+            .stderr()
+            .contains("--replacing-key deadbeefdeadbeef"),
+        "{}",
+        refused.stderr()
+    );
+    seal_again(&["--replacing-key", "deadbeefdeadbeef"]).ok();
+    d.run(&["audit", "verify"]).ok();
 }
 
 /// Runs `sql` on a SQLite database file with the sqlite3 shell, as someone with write access to it would.

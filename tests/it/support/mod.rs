@@ -13,7 +13,6 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The chaperone binary cargo built for this test run.
 /// The audit chain's head seal of a throwaway installation (a fresh secrets key), for tests that open a
 /// store of their own.
 pub fn throwaway_seal() -> chaperone::audit::HeadSeal {
@@ -28,6 +27,7 @@ pub fn seal_of(config: &chaperone::config::Config) -> chaperone::audit::HeadSeal
     chaperone::audit::HeadSeal::new(&key)
 }
 
+/// The chaperone binary cargo built for this test run.
 pub fn chaperone_bin() -> &'static str {
     env!("CARGO_BIN_EXE_chaperone")
 }
