@@ -232,6 +232,10 @@ impl HeadSeal {
         let Some((id, mac)) = mac.and_then(|m| m.split_once(':')) else {
             return SealVerdict::Unsealed;
         };
+        // No secrets key has an id other than 16 lowercase hex digits: anything else was made up.
+        if !(id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))) {
+            return SealVerdict::Unsealed;
+        }
         if id != self.id {
             return SealVerdict::OtherKey(id.to_owned());
         }
@@ -331,6 +335,44 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a head's seal says: its own key's seal of this head holds; another head's, another key's
+    /// (named by its id), a made-up id, bad hex or none do not; the empty log needs none.
+    #[test]
+    fn a_head_seal_holds_only_for_its_head_under_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::secrets::SecretsKey::generate_file(&dir.path().join("k")).unwrap();
+        let other = crate::secrets::SecretsKey::generate_file(&dir.path().join("o")).unwrap();
+        let (seal, theirs) = (HeadSeal::new(&key), HeadSeal::new(&other));
+        let hash = "ab".repeat(32);
+        let signed = seal.sign(7, &hash);
+        assert_eq!(seal.judge(7, &hash, Some(&signed)), SealVerdict::Sealed);
+        assert_eq!(seal.judge(8, &hash, Some(&signed)), SealVerdict::Unsealed);
+        assert_eq!(
+            seal.judge(7, &"cd".repeat(32), Some(&signed)),
+            SealVerdict::Unsealed
+        );
+        assert_eq!(
+            seal.judge(7, &hash, Some(&theirs.sign(7, &hash))),
+            SealVerdict::OtherKey(other.id())
+        );
+        let (_, mac) = signed.split_once(':').unwrap();
+        for made_up in [
+            format!("{}:{mac}", key.id().to_uppercase()),
+            format!("x:{mac}"),
+            format!(":{mac}"),
+            format!("{}:zz", key.id()),
+            mac.to_owned(),
+        ] {
+            assert_eq!(
+                seal.judge(7, &hash, Some(&made_up)),
+                SealVerdict::Unsealed,
+                "{made_up}"
+            );
+        }
+        assert_eq!(seal.judge(7, &hash, None), SealVerdict::Unsealed);
+        assert_eq!(seal.judge(0, GENESIS_HASH, None), SealVerdict::Sealed);
+    }
 
     /// Events are typed ([`AuditEvent::new`] takes an [`Action`]), so the compiler checks what is
     /// written. What it cannot check are the labels a transaction's commit is logged under

@@ -115,7 +115,8 @@ pub struct Lease<'a> {
     holder: String,
     endpoint: String,
     moved: Moved,
-    /// Whether this consumer is holding at a head without its seal (said once, not at every poll).
+    /// Whether this consumer is holding where the audit log does not hold (said once, not at every
+    /// poll; cleared only by a page that holds).
     held: std::sync::atomic::AtomicBool,
 }
 
@@ -308,8 +309,9 @@ async fn round<C: Consumer>(
 ) -> Result<Round, StoreError> {
     // Nothing is claimed while the head does not carry its seal either: a consumer new to an endpoint
     // starts at the end of the log, which must be one the seal vouches for.
-    let head = crate::evidence::chain_head(&lease.app.store).await?;
-    if holding(lease, C::NAME, head).is_none() {
+    // (Only a break is noted here; whether sending resumes is told by the rows, `sendable`.)
+    if let Err(broken) = crate::evidence::chain_head(&lease.app.store).await? {
+        holding::<()>(lease, C::NAME, Err(broken));
         return Ok(Round::Idle);
     }
     let Some(mut cursor) = lease.claim().await? else {

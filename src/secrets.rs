@@ -54,6 +54,12 @@ pub enum SecretsError {
     Corrupt,
 }
 
+/// The id (hex) of the key that sealed `sealed`, as its blob says; `None` for no sealed blob.
+pub fn sealed_key_id(sealed: &[u8]) -> Option<String> {
+    (sealed.len() > MAGIC.len() + KEY_ID_LEN && &sealed[..MAGIC.len()] == MAGIC)
+        .then(|| hex::encode(&sealed[MAGIC.len()..MAGIC.len() + KEY_ID_LEN]))
+}
+
 /// The key that seals secrets at rest. Its bytes never appear in `Debug` output.
 pub struct SecretsKey {
     cipher: XChaCha20Poly1305,
@@ -224,9 +230,7 @@ impl SecretsKey {
 
     /// Whether `sealed` was sealed under this key (used by rotation to skip rows already done).
     pub fn sealed_by_me(&self, sealed: &[u8]) -> bool {
-        sealed.len() > MAGIC.len() + KEY_ID_LEN
-            && &sealed[..MAGIC.len()] == MAGIC
-            && sealed[MAGIC.len()..MAGIC.len() + KEY_ID_LEN] == self.id
+        sealed_key_id(sealed).is_some_and(|id| id == self.id())
     }
 
     fn aad(&self, purpose: &str) -> Vec<u8> {

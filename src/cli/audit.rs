@@ -265,6 +265,23 @@ async fn seal(config: &Path, head: After, replacing: Option<String>) -> anyhow::
     let seal = crate::audit::HeadSeal::new(&app.secrets);
     let mut tx = app.store.begin().await?;
     if let Some(theirs) = &replacing {
+        // A key that sealed the installation's secrets is the installation's (a node left on the old
+        // key after a rotation would otherwise replace the current key's seal, and every node holding
+        // the current key would refuse to append).
+        let values = tx.sealed_values().await?;
+        ensure!(
+            !values
+                .iter()
+                .any(|v| crate::secrets::sealed_key_id(&v.blob).as_deref() == Some(theirs)),
+            "key {theirs} sealed this installation's secrets: it is the installation's key, not a \
+             made-up one; give it to this node instead. Nothing was sealed"
+        );
+        ensure!(
+            values.is_empty() || values.iter().any(|v| app.secrets.sealed_by_me(&v.blob)),
+            "this node's secrets key ({}) sealed none of the installation's secrets: it is not the \
+             installation's key; run `audit seal` where the current key is. Nothing was sealed",
+            app.secrets.id()
+        );
         tx.drop_foreign_head_seal(theirs).await?;
     }
     tx.audit(
@@ -345,12 +362,15 @@ async fn verify(app: &App) -> anyhow::Result<()> {
                 )
             });
             if unsealed && let Ok((seq, hash)) = app.store.audit_head().await {
-                let now = app.store.database_now().await.unwrap_or(i64::MAX);
-                let running = app
-                    .store
-                    .nodes_seen_since(now - crate::node::GONE_AFTER_SECS)
-                    .await
-                    .map_or(true, |nodes| !nodes.is_empty());
+                // A database that does not say counts as one with a node running.
+                let running = match app.store.database_now().await {
+                    Ok(now) => app
+                        .store
+                        .nodes_seen_since(now - crate::node::GONE_AFTER_SECS)
+                        .await
+                        .map_or(true, |nodes| !nodes.is_empty()),
+                    Err(_) => true,
+                };
                 if running {
                     eprintln!(
                         "The head is sealed again only by an operator, with every node stopped: stop \

@@ -556,6 +556,13 @@ pub(crate) async fn vouched_rows(
     head: &(i64, String),
     limit: i64,
 ) -> Result<Result<Vec<AuditRow>, ChainBreak>, StoreError> {
+    if after > head.0 {
+        // Past the sealed head: the head was put back behind what was sent (an older log restored).
+        return Ok(Err(ChainBreak::BeyondHead {
+            seq: after,
+            head_seq: head.0,
+        }));
+    }
     let until = head.0.min(after.saturating_add(limit));
     if until <= after {
         return Ok(Ok(Vec::new()));

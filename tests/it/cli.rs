@@ -625,6 +625,66 @@ fn audit_seal_seals_only_the_head_the_operator_named() {
     d.run(&["audit", "verify"]).ok();
 }
 
+/// A node left on the retired key after `secrets rotate` reads the head as sealed under another key
+/// (and appends nothing to it), and cannot replace the current key's seal with its own.
+#[test]
+fn a_node_on_the_retired_key_cannot_replace_the_current_keys_seal() {
+    let d = DataDir::init();
+    let key = ssh_keygen(d.path(), "alice");
+    d.run(&[
+        "vendor",
+        "add",
+        "alice",
+        "--org",
+        "Acme Imaging",
+        "--key",
+        key.with_extension("pub").to_str().unwrap(),
+        "--totp",
+    ])
+    .ok();
+    let current = std::fs::read_to_string(d.path().join("secrets.key")).unwrap();
+    d.run(&["secrets", "rotate"]).ok();
+    let retired = std::fs::read_dir(d.path())
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("secrets.key.retired-")
+        })
+        .unwrap()
+        .path();
+    assert_eq!(std::fs::read_to_string(&retired).unwrap(), current);
+    let new_key = std::fs::read(d.path().join("secrets.key")).unwrap();
+    std::fs::copy(&retired, d.path().join("secrets.key")).unwrap();
+
+    let run = d.run(&["audit", "verify"]);
+    let stderr = run.fails(1).stderr().to_owned();
+    let theirs = stderr
+        .split("is sealed under secrets key ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("{stderr}"))
+        .to_owned();
+    assert!(stderr.contains("could not record the finding"), "{stderr}");
+    let export = d.run(&["audit", "export", "--unchecked"]);
+    let last: serde_json::Value =
+        serde_json::from_str(export.ok().stdout().lines().last().unwrap()).unwrap();
+    let head = format!("{}:{}", last["seq"], last["hash"].as_str().unwrap());
+    let refused = d.run(&["audit", "seal", "--head", &head, "--replacing-key", &theirs]);
+    assert!(
+        refused
+            .fails(1)
+            .stderr()
+            .contains("sealed this installation's secrets"),
+        "{}",
+        refused.stderr()
+    );
+    // Given the current key again, the log holds as it was.
+    std::fs::write(d.path().join("secrets.key"), new_key).unwrap();
+    d.run(&["audit", "verify"]).ok();
+}
+
 /// Runs `sql` on a SQLite database file with the sqlite3 shell, as someone with write access to it would.
 pub fn sqlite(db: &std::path::Path, sql: &str) {
     let out = Command::new("sqlite3")
