@@ -939,28 +939,8 @@ async fn issue_12_the_digest_that_counts_is_the_first_one_the_chain_vouches_for(
             vec![Evidence::Unvouched(Unvouched::NotDigested)]
         );
         // No bundle vouches for a recording nothing digested, nor for one with two digests.
-        let keys = tempfile::tempdir().unwrap();
-        let config = chaperone::config::RecordingConfig {
-            dir: keys.path().to_owned(),
-            record_input: false,
-            max_bytes: None,
-            signing_key: keys.path().join("signing_key"),
-            retain: chaperone::config::Retain::Forever,
-            zone_retain: Default::default(),
-        };
-        chaperone::evidence::signer::Signer::create(&config.signing_key).unwrap();
         for (id, why) in [("s-live", "not digested"), ("s-ended", "ALTERED")] {
-            let bundle = chaperone::evidence::bundle::export(
-                &store,
-                &config,
-                id,
-                "os:test",
-                "cli",
-                200,
-                Vec::new(),
-            )
-            .await;
-            let refused = bundle.err().map(|e| e.to_string()).unwrap_or_default();
+            let refused = bundle_refused(&store, id).await;
             assert!(refused.contains(why), "{id}: {refused}");
         }
         let signed = store
@@ -970,6 +950,24 @@ async fn issue_12_the_digest_that_counts_is_the_first_one_the_chain_vouches_for(
         assert!(signed.is_empty(), "{signed:?}");
     })
     .await;
+}
+
+/// Why a bundle of session `id` is refused (empty if one was made), signed with a throwaway key.
+async fn bundle_refused(store: &chaperone::store::Store, id: &str) -> String {
+    let keys = tempfile::tempdir().unwrap();
+    let config = chaperone::config::RecordingConfig {
+        dir: keys.path().to_owned(),
+        record_input: false,
+        max_bytes: None,
+        signing_key: keys.path().join("signing_key"),
+        retain: chaperone::config::Retain::Forever,
+        zone_retain: Default::default(),
+    };
+    chaperone::evidence::signer::Signer::create(&config.signing_key).unwrap();
+    let bundle =
+        chaperone::evidence::bundle::export(store, &config, id, "os:test", "cli", 200, Vec::new())
+            .await;
+    bundle.err().map(|e| e.to_string()).unwrap_or_default()
 }
 
 /// A process that verified the chain up to its head notices the end of the log cut with the head moved
@@ -1104,27 +1102,7 @@ async fn a_head_moved_back_behind_what_this_process_verified_is_a_shortened_chai
             alarms[0].detail.contains("deleted from the end"),
             "{alarms:?}"
         );
-        let keys = tempfile::tempdir().unwrap();
-        let config = chaperone::config::RecordingConfig {
-            dir: keys.path().to_owned(),
-            record_input: false,
-            max_bytes: None,
-            signing_key: keys.path().join("signing_key"),
-            retain: chaperone::config::Retain::Forever,
-            zone_retain: Default::default(),
-        };
-        chaperone::evidence::signer::Signer::create(&config.signing_key).unwrap();
-        let bundle = chaperone::evidence::bundle::export(
-            &store,
-            &config,
-            "s1",
-            "os:test",
-            "cli",
-            200,
-            Vec::new(),
-        )
-        .await;
-        let refused = bundle.err().map(|e| e.to_string()).unwrap_or_default();
+        let refused = bundle_refused(&store, "s1").await;
         // (The export's own event took seq 6 again: a head at a verified seq with another hash.)
         assert!(
             refused.contains("deleted from the end") || refused.contains("verified before"),
