@@ -34,6 +34,7 @@ struct Metrics {
     pending_requests: IntGauge,
     active_grants: IntGauge,
     backlog: IntGaugeVec,
+    head_sealed: IntGauge,
     db_connections: IntGaugeVec,
     db_up: IntGauge,
     clock_skew: IntGauge,
@@ -143,6 +144,12 @@ fn build() -> Metrics {
             "chaperone_audit_backlog_events",
             "Audit events a consumer (webhook, atna) has not handled yet.",
             &["consumer"],
+        ),
+        head_sealed: gauge(
+            "chaperone_audit_head_sealed",
+            "1 when the audit chain's head carries its seal under this node's secrets key; 0: written by \
+             someone without the key (or this node holds another key), and nothing more is sent to \
+             the webhook, ATNA or mail until it is sealed again.",
         ),
         db_connections: gauge_vec(
             "chaperone_db_connections",
@@ -259,6 +266,7 @@ pub async fn render(app: &App) -> String {
             for (consumer, behind) in counts.backlogs {
                 m.backlog.with_label_values(&[&consumer]).set(behind);
             }
+            m.head_sealed.set(i64::from(counts.head_sealed));
         }
         Err(e) => {
             tracing::warn!(error = %e, "metrics: the database did not answer");

@@ -11,6 +11,8 @@ pub struct OpsCounts {
     pub active_grants: i64,
     /// (consumer, events not handled yet): `webhook` and each `audit_cursors` row.
     pub backlogs: Vec<(String, i64)>,
+    /// Whether the audit chain's head carries its seal under this node's key (`Store::sealed_head`).
+    pub head_sealed: bool,
 }
 
 impl Store {
@@ -48,7 +50,9 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .context("reading the audit consumers' backlogs")?;
+        let head_sealed = self.sealed_head().await?.is_ok();
         Ok(OpsCounts {
+            head_sealed,
             pending_requests: get(&row, "pending")?,
             active_grants: get(&row, "active")?,
             backlogs: backlogs

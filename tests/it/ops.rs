@@ -12,7 +12,7 @@ use crate::support::sshd::Sshd;
 use crate::support::{DataDir, chaperone_bin, free_port, missing};
 
 /// `GET http://127.0.0.1:PORT/PATH`: (status, body).
-fn get(port: u16, path: &str) -> (u16, String) {
+pub(crate) fn get(port: u16, path: &str) -> (u16, String) {
     let out = Command::new("curl")
         .args(["-s", "-m", "10", "-w", "\n%{http_code}"])
         .arg(format!("http://127.0.0.1:{port}{path}"))
@@ -24,7 +24,7 @@ fn get(port: u16, path: &str) -> (u16, String) {
 }
 
 /// The value of the sample `name{labels}` (exactly as exposed), 0 when absent.
-fn sample(metrics: &str, series: &str) -> f64 {
+pub(crate) fn sample(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
@@ -170,6 +170,10 @@ fn metrics_move_with_a_session_and_a_backup_taken_meanwhile_restores_and_verifie
     assert!(sample(&during, "chaperone_recording_bytes_total") > 0.0);
     assert_eq!(sample(&during, "chaperone_active_grants"), 1.0);
     assert_eq!(sample(&during, "chaperone_db_up"), 1.0);
+    assert!(
+        during.contains("\nchaperone_audit_head_sealed 1\n"),
+        "{during}"
+    );
 
     // The backup, online, with the shell still open. A newline in its name (restore writes the path
     // in the restored config's first comment line) must not start a config line there.

@@ -315,7 +315,12 @@ fn https_receivers_are_verified_against_ca_file_or_the_system_roots() {
 #[test]
 fn nothing_is_posted_past_a_head_without_its_seal() {
     let receiver = Receiver::start(&[]);
-    let b = bastion_with(&webhook::config(&receiver.url(), SECRET, ""));
+    let ops = free_port();
+    let b = bastion_with(&format!(
+        "{}\n[ops]\nlisten = \"127.0.0.1:{ops}\"\n",
+        webhook::config(&receiver.url(), SECRET, "")
+    ));
+    let sealed_gauge = || crate::ops::get(ops, "/metrics").1;
     std::thread::sleep(Duration::from_millis(1500)); // let delivery claim its cursor first
     add_pump(&b);
     b.vendor("alice", "Acme Imaging");
@@ -351,6 +356,11 @@ fn nothing_is_posted_past_a_head_without_its_seal() {
         .map(|d| d.json()["subject"].to_string())
         .collect();
     assert!(!posted(&two), "posted past the break: {subjects:?}");
+    let metrics = sealed_gauge();
+    assert!(
+        metrics.contains("\nchaperone_audit_head_sealed 0\n"),
+        "{metrics}"
+    );
     assert!(
         b.log().contains("nothing more is sent until it does"),
         "{}",
@@ -369,6 +379,12 @@ fn nothing_is_posted_past_a_head_without_its_seal() {
         .to_owned();
     data.run(&["audit", "seal", "--head", &head]).ok();
     let b = Bastion::start(data);
+    assert!(
+        wait_until(Duration::from_secs(20), || sealed_gauge()
+            .contains("\nchaperone_audit_head_sealed 1\n")),
+        "{}",
+        b.log()
+    );
     assert!(
         wait_until(Duration::from_secs(20), || posted(&two)),
         "{:?}\n{}",
