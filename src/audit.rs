@@ -10,8 +10,9 @@
 //! is event n-1's hash (64 zeros for the first). The head row (last seq + hash) catches deletions from the end.
 //!
 //! The head is sealed ([`HeadSeal`]): an HMAC of its seq and hash under a subkey of the secrets key, written
-//! by the one append path (`store::audit::append_many`) in the same statement that moves the head. The plain
-//! chain can be recomputed by anyone who can write the database; the seal cannot, without the key.
+//! by the append path (`store::audit::append_many`) in the same statement that moves the head, and otherwise
+//! only by an operator's `audit seal` and by `secrets rotate` (`store::audit::seal_head`). The plain chain can
+//! be recomputed by anyone who can write the database; the seal cannot, without the key.
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -152,7 +153,7 @@ pub enum ChainBreak {
 /// database but not read the key can recompute the plain chain up to a head of their making, but not
 /// seal that head; only the head is sealed, since every event before it is bound to it by the chain. An
 /// empty log (seq 0, the genesis hash) needs no seal: there is nothing in it to forge (a log wiped whole
-/// reads so too, every session's vouching events gone with it).
+/// reads so too: every session's vouching events gone with it, its recordings read "not digested").
 #[derive(Clone)]
 pub struct HeadSeal {
     key: ring::hmac::Key,

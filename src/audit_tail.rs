@@ -15,10 +15,10 @@
 //!   nodes) starts at the end of the log for the new one, and says so as the consumer asks
 //!   ([`Moved`]);
 //! - at shutdown the lease is given up, so another node takes over at once;
-//! - only events that hold in the chain up to a head that carries its seal are sent
-//!   (`evidence::vouched_rows`): while the head does not (someone without the secrets key wrote the
-//!   log), or a row below it was changed, every consumer holds where it is, so the copies outside end
-//!   where the break began, for the operator who seals it again.
+//! - only events that hold in the chain, from the last one sent up to a head that carries its seal,
+//!   are sent (`evidence::vouched_rows`): while the head does not (someone without the secrets key
+//!   wrote the log), or a row not yet sent was changed, every consumer holds where it is, so the copies
+//!   outside end where the break began, for the operator who seals it again.
 //!
 //! Errors: the bookkeeping fails only with a [`StoreError`], logged with its causes and tried again at
 //! the next poll.

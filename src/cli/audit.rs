@@ -18,7 +18,9 @@ const PAGE: i64 = 1000;
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Verify the hash chain; exits non-zero naming the first broken event.
+    /// Verify the hash chain and its head's seal; exits non-zero naming the first broken event, or
+    /// saying the head does not carry its seal (then, with no node running, naming the head
+    /// `audit seal` would take). A finding is appended as `audit.tamper`.
     Verify,
     /// Export the audit log.
     Export {
