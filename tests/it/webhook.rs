@@ -27,6 +27,15 @@ fn add_pump(b: &Bastion) {
     b.data.add_icu_pump("pump-7", "127.0.0.1");
 }
 
+/// Grants alice the pump for an hour and revokes it at once (through the data directory, so it works
+/// with the bastion stopped too); the grant's id.
+fn revoke_a_pump_grant(data: &DataDir) -> i64 {
+    let grant = data.grant("alice", "pump-7", "ssh", "1h");
+    data.run(&["grant", "revoke", &grant.to_string(), "--reason", "done"])
+        .ok();
+    grant
+}
+
 fn audit(b: &Bastion) -> String {
     b.data
         .run(&["audit", "export", "--format", "jsonl"])
@@ -143,12 +152,7 @@ fn a_new_webhook_url_starts_at_the_end_of_the_log_and_the_move_is_audited() {
     add_pump(&b);
     b.vendor("alice", "Acme Imaging");
     // Grants and revocations go through the data directory, so they work with the bastion stopped too.
-    let revoke = |data: &DataDir| {
-        let grant = data.grant("alice", "pump-7", "ssh", "1h");
-        data.run(&["grant", "revoke", &grant.to_string(), "--reason", "done"])
-            .ok();
-        grant
-    };
+    let revoke = revoke_a_pump_grant;
     let one = revoke(&b.data);
     let got = first
         .wait_for("grant.revoke", 20)
@@ -324,12 +328,7 @@ fn nothing_is_posted_past_a_head_without_its_seal() {
     std::thread::sleep(Duration::from_millis(1500)); // let delivery claim its cursor first
     add_pump(&b);
     b.vendor("alice", "Acme Imaging");
-    let revoke = |data: &DataDir| {
-        let grant = data.grant("alice", "pump-7", "ssh", "1h");
-        data.run(&["grant", "revoke", &grant.to_string(), "--reason", "done"])
-            .ok();
-        format!("grant:{grant}")
-    };
+    let revoke = |data: &DataDir| format!("grant:{}", revoke_a_pump_grant(data));
     let posted = |subject: &str| {
         receiver
             .delivered("grant.revoke")
