@@ -827,6 +827,8 @@ pub fn evidence_tar(data: &[u8]) {
 /// a terminal recording, 1 an exec stream, 2 a transfer log) and, for recordings, the segment size (the
 /// high six bits, 1 to 64 bytes of output, so that small inputs are cut into many segments). Properties:
 /// - the digest is the SHA-256 of every byte given, for all three readers;
+/// - no line of text the terminal showed (the line tracker's or the alternate screen's) holds a control
+///   character;
 /// - the segments tile the events: each starts where the one before ended (the first after the header
 ///   and any input frames before the first shown event), within the file;
 /// - each segment read back alone (header + its bytes, as the web serves it) gives events the asciinema
@@ -836,7 +838,7 @@ pub fn evidence_tar(data: &[u8]) {
 pub fn playback(data: &[u8]) {
     use chaperone_recorder::Sha256Reader;
     use chaperone_recorder::playback::{
-        Format, index_recording_in, read_transfers, segment_events,
+        Format, Stream, index_recording_in, read_transfers, segment_events,
     };
     let Some((&pick, file)) = data.split_first() else {
         return;
@@ -860,7 +862,13 @@ pub fn playback(data: &[u8]) {
         _ => return,
     };
     let segment_bytes = usize::from(pick >> 2) + 1;
-    let Ok((index, digest)) = index_recording_in(format, file, segment_bytes, |_, _, _| {}) else {
+    // The command line comes from the recording's header as the client sent it.
+    let Ok((index, digest)) = index_recording_in(format, file, segment_bytes, |_, stream, line| {
+        assert!(
+            stream == Stream::Command || !line.chars().any(char::is_control),
+            "a line of text holds a control character: {line:?}"
+        );
+    }) else {
         return;
     };
     assert_eq!(digest, sha256(file), "the recording's digest");

@@ -7,8 +7,8 @@
 //! [`transfer`]); [`sha256_file`] and [`Sha256Reader`] to check a file against its stored digest;
 //! [`TerminalFilter`] (module [`terminal_filter`]) to play a recording's output in a real terminal
 //! without what acts outside the screen (clipboard, titles, links, queries the terminal answers);
-//! [`LineTracker`] (module [`transcript`]) for the lines of text a person saw, and module [`playback`] to
-//! play a recording in a browser segment by segment;
+//! [`LineTracker`] (module [`transcript`]) for the lines of text a person saw, [`screen_text`] for what a
+//! full-screen program showed, and module [`playback`] to play a recording in a browser segment by segment;
 //! [`TarWriter`] and [`TarReader`] (module [`tar`]) for evidence bundles; module [`marker`] for who a
 //! marker's label speaks for (a bastion notice or a device-shown command line).
 //!
@@ -24,6 +24,7 @@ pub mod marker;
 pub mod playback;
 mod rep_bound;
 pub mod scp;
+pub mod screen_text;
 mod sink;
 pub mod tar;
 pub mod terminal_filter;

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::asciicast::{CastReader, EventKind};
 use crate::exec::{ExecReader, FrameData};
+use crate::screen_text::{self, ScreenText};
 use crate::transcript::LineTracker;
 use crate::{Error, Result, Sha256Reader};
 
@@ -36,8 +37,9 @@ pub const MAX_MARKERS: usize = 100_000;
 /// index stored by an older build (its segments cut by an older rule, its markers unattributed) is
 /// built again before it is played rather than trusted because its MAC holds. History: 0, indexes
 /// that do not say (older builds); 1, the first to say: a segment starts only after the time of the
-/// event before it, markers attributed, terminal sizes bounded, REP counts cut.
-pub const INDEX_VERSION: u32 = 1;
+/// event before it, markers attributed, terminal sizes bounded, REP counts cut; 2, what full-screen
+/// programs showed on the alternate screen is text too ([`crate::screen_text`]).
+pub const INDEX_VERSION: u32 = 2;
 
 /// The two terminal recording formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +168,10 @@ struct Builder {
     last_time: f64,
     trackers: [LineTracker; 3],
     lines: Vec<String>,
+    /// What a full-screen program shows on the alternate screen (the trackers leave it out).
+    screen: ScreenText,
+    /// Time of the last output: when the screen took the state it shows.
+    shown_at: f64,
     /// REP counts bounded before the emulator (`rep_bound`): 9 bytes must not cost 65,535 prints.
     rep: crate::rep_bound::RepBound,
 }
@@ -181,8 +187,11 @@ impl Builder {
     fn new(cols: u16, rows: u16, header_len: u64, segment_bytes: usize) -> Builder {
         // A recording made before sizes were bounded may claim any: emulate a bounded screen.
         let (cols, rows) = crate::bounded_size(cols, rows);
+        let terminal = terminal(cols, rows);
         Builder {
-            terminal: terminal(cols, rows),
+            screen: ScreenText::new(&terminal),
+            shown_at: 0.0,
+            terminal,
             cols,
             rows,
             index: Index {
@@ -252,7 +261,16 @@ impl Builder {
             'o' => {
                 self.seg_bytes += event.data.len();
                 let text = self.rep.bound(event.data.as_str(), self.cols, self.rows);
-                self.terminal.feed(&text);
+                if time - self.shown_at >= screen_text::SETTLE {
+                    self.screen.settled(&self.terminal);
+                }
+                self.screen.earn(&self.terminal, text.len());
+                self.terminal.feed_with(&text, &mut self.screen);
+                // What the screen showed before this output, read as it was shown.
+                for line in self.screen.take() {
+                    on_line(self.shown_at, Stream::Output, line);
+                }
+                self.shown_at = time;
                 let which = if stream == Stream::Stderr { 1 } else { 0 };
                 let bytes = raw.unwrap_or(event.data.as_bytes());
                 self.trackers[which].push(bytes, &mut self.lines);
@@ -275,7 +293,11 @@ impl Builder {
                     let (c, r) = crate::bounded_size(c, r);
                     self.cols = c;
                     self.rows = r;
-                    self.terminal.resize(usize::from(c), usize::from(r));
+                    self.terminal
+                        .resize_with(usize::from(c), usize::from(r), &mut self.screen);
+                    for line in self.screen.take() {
+                        on_line(self.shown_at, Stream::Output, line);
+                    }
                 }
             }
             'm' if self.index.markers.len() < MAX_MARKERS => {
@@ -287,6 +309,10 @@ impl Builder {
 
     fn finish(mut self, end: u64, on_line: &mut impl FnMut(f64, Stream, String)) -> Index {
         let time = self.last_time;
+        self.screen.finish(&self.terminal);
+        for line in self.screen.take() {
+            on_line(self.shown_at, Stream::Output, line);
+        }
         let [out, err, input] = std::mem::take(&mut self.trackers);
         for (tracker, stream) in [
             (out, Stream::Output),
@@ -659,6 +685,43 @@ mod tests {
                 .all(|s| s.cols <= crate::MAX_COLS && s.rows <= crate::MAX_ROWS)
         );
         assert_eq!(lines, ["hello", "world"]);
+    }
+
+    /// What an editor showed on the alternate screen is text too, timed when it was on the screen: the
+    /// file as opened (read after the vendor paused over it), and the edit typed and saved without a
+    /// pause (read as the editor left); the line tracker's lines around it are unchanged.
+    #[test]
+    fn a_full_screen_editor_s_screen_is_indexed_when_it_was_shown() {
+        let (_d, path) = cast(&[
+            (0.1, "$ vi /etc/scanner.conf\r\n"),
+            (
+                0.2,
+                "\x1b[?1049h\x1b[H\x1b[2Jcoil_gain = 3\r\n~\x1b[10;1H\"scanner.conf\" 1L",
+            ),
+            (4.0, "\x1b[1;13H"),
+            (4.1, "\x1b[K7"),
+            (4.3, "\x1b[10;1H\x1b[K:wq"),
+            (4.4, "\x1b[?1049l$ exit\r\n"),
+        ]);
+        let bytes = std::fs::read(&path).unwrap();
+        let mut lines = Vec::new();
+        index_recording(Format::Asciicast, &bytes[..], |t, s, l| {
+            lines.push((t, s, l))
+        })
+        .unwrap();
+        let lines: Vec<(f64, &str)> = lines.iter().map(|(t, _, l)| (*t, l.as_str())).collect();
+        assert_eq!(
+            lines,
+            [
+                (0.1, "$ vi /etc/scanner.conf"),
+                (0.2, "coil_gain = 3"),
+                (0.2, "~"),
+                (0.2, "\"scanner.conf\" 1L"),
+                (4.3, "coil_gain = 7"),
+                (4.3, ":wq"),
+                (4.4, "$ exit"),
+            ]
+        );
     }
 
     #[test]

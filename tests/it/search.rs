@@ -240,6 +240,62 @@ async fn history_filters_and_text_search_agree_on_both_databases() {
     .await;
 }
 
+/// What a vendor saw in a full-screen editor is found like any other text: the line they typed into a
+/// config file in `vi` and saved without a pause, timed where the player shows it.
+#[tokio::test]
+async fn text_edited_in_a_full_screen_editor_is_found() {
+    let secrets_dir = tempfile::tempdir().unwrap();
+    let secrets = SecretsKey::generate_file(&secrets_dir.path().join("k")).unwrap();
+    on_both(|store| {
+        let secrets = &secrets;
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let (v, a, g) = alice_on_mri(&store).await;
+            recorded(
+                &store,
+                dir.path(),
+                (v, a, g),
+                "s-vi",
+                1000,
+                &[
+                    "$ sudo vi /etc/ssh/sshd_config\r\n",
+                    "\x1b[?1049h\x1b[H\x1b[2J\x1b[1mPort\x1b[m 22\r\n~\r\n~",
+                    "\x1b[2;1HPermitRootLogin yes",
+                    "\x1b[24;1H:wq\x1b[?1049l$ ",
+                ],
+            )
+            .await;
+            let indexer = Indexer::new(&store, dir.path(), secrets);
+            assert_eq!(indexer.index_pending(5000).await.unwrap(), 1);
+            let found = store
+                .session_history(
+                    &HistoryFilter {
+                        words: Some(chaperone_recorder::transcript::words("permitrootlogin YES")),
+                        ..Default::default()
+                    },
+                    10,
+                    0,
+                )
+                .await
+                .unwrap();
+            assert_eq!(ids(&found), ["s-vi"]);
+            let hits = store
+                .session_text_matches("s-vi", "PermitRootLogin yes", 10)
+                .await
+                .unwrap();
+            assert_eq!(hits.len(), 1);
+            let line = hits[0]
+                .lines
+                .iter()
+                .position(|l| l == "PermitRootLogin yes")
+                .unwrap();
+            // Shown from the output at 300 ms until the editor left at 400 ms.
+            assert_eq!(hits[0].times[line], 300);
+        }
+    })
+    .await;
+}
+
 /// A recording rewritten after the chain vouched for it is not indexed: its words are never found.
 #[tokio::test]
 async fn an_altered_recording_is_not_indexed() {
