@@ -340,6 +340,12 @@ impl Indexer {
                 .add_recording_text(r.id, &r.session_id, &chunks, &parts)
                 .await?;
         }
+        if let Some(index) = pass.index.as_ref().filter(|i| i.refused > 0) {
+            tracing::warn!(recording = r.id, session = %r.session_id, refused = index.refused,
+                "a recording's output costs the screen emulation far more than it pays for (it clears or \
+                 fills the screen over and over): those operations were not emulated, so its seek points \
+                 and screen text may keep cells it cleared; the recording itself is whole");
+        }
         let (playback, mac) = match &pass.index {
             Some(index) => {
                 let json = serde_json::to_string(index).unwrap_or_default();

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Prints chaperone's patches to a vendored crate (russh or sntrup761) as one unified diff against the
+# Prints chaperone's patches to a vendored crate (russh, sntrup761 or avt) as one unified diff against the
 # crates.io release it was vendored from (third_party/README.md): what to review, and what to offer
-# upstream. Usage: third_party/diff.sh russh|sntrup761
+# upstream. Usage: third_party/diff.sh russh|sntrup761|avt
 set -euo pipefail
-crate=${1:?usage: third_party/diff.sh russh|sntrup761}
+crate=${1:?usage: third_party/diff.sh russh|sntrup761|avt}
 cd "$(dirname "$0")"
 [ -d "$crate" ] || { echo "no vendored crate named $crate in third_party/" >&2; exit 2; }
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$crate"/Cargo.toml | head -1)

@@ -18,6 +18,7 @@
 //! Architecture Invariant: this crate knows nothing of SSH or SQL; it sees bytes, times and paths.
 
 pub mod asciicast;
+pub mod emulator;
 mod error;
 pub mod exec;
 pub mod marker;

@@ -19,8 +19,9 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 
 use crate::asciicast::{CastReader, EventKind};
+use crate::emulator::Emulator;
 use crate::exec::{ExecReader, FrameData};
-use crate::screen_text::{self, ScreenText};
+use crate::screen_text;
 use crate::transcript::LineTracker;
 use crate::{Error, Result, Sha256Reader};
 
@@ -102,6 +103,11 @@ pub struct Index {
     #[serde(default)]
     pub header_sha256: String,
     pub segments: Vec<Segment>,
+    /// Terminal operations the recording's output did not pay for, so not emulated, and resizes
+    /// delayed ([`crate::emulator`]): 0 for anything a person runs; more, and the screens at the seek
+    /// points may keep cells the recording cleared.
+    #[serde(default)]
+    pub refused: u64,
 }
 
 /// Counts the bytes consumed through it, so each event's position in the file is known while a reader
@@ -157,7 +163,9 @@ pub struct PlayEvent {
 
 /// Builds the index as events come, in file order.
 struct Builder {
-    terminal: avt::Terminal,
+    /// The screen as the player would show it (within the work the recording pays for).
+    emulator: Emulator,
+    /// The emulated screen's size.
     cols: u16,
     rows: u16,
     index: Index,
@@ -168,30 +176,19 @@ struct Builder {
     last_time: f64,
     trackers: [LineTracker; 3],
     lines: Vec<String>,
-    /// What a full-screen program shows on the alternate screen (the trackers leave it out).
-    screen: ScreenText,
     /// Time of the last output: when the screen took the state it shows.
     shown_at: f64,
     /// REP counts bounded before the emulator (`rep_bound`): 9 bytes must not cost 65,535 prints.
     rep: crate::rep_bound::RepBound,
 }
 
-fn terminal(cols: u16, rows: u16) -> avt::Terminal {
-    // Sizes are at least 1 (checked by the callers); fall back to 80x24 rather than fail.
-    avt::Terminal::new(usize::from(cols.max(1)), usize::from(rows.max(1)))
-        .or_else(|_| avt::Terminal::new(80, 24))
-        .unwrap_or_else(|_| unreachable!("80x24 is a valid terminal size"))
-}
-
 impl Builder {
     fn new(cols: u16, rows: u16, header_len: u64, segment_bytes: usize) -> Builder {
         // A recording made before sizes were bounded may claim any: emulate a bounded screen.
         let (cols, rows) = crate::bounded_size(cols, rows);
-        let terminal = terminal(cols, rows);
         Builder {
-            screen: ScreenText::new(&terminal),
+            emulator: Emulator::new(usize::from(cols), usize::from(rows)),
             shown_at: 0.0,
-            terminal,
             cols,
             rows,
             index: Index {
@@ -205,6 +202,7 @@ impl Builder {
                 header_len,
                 header_sha256: String::new(),
                 segments: Vec::new(),
+                refused: 0,
             },
             seg_bytes: 0,
             segment_bytes,
@@ -246,7 +244,7 @@ impl Builder {
                 init: if self.index.segments.is_empty() {
                     String::new()
                 } else {
-                    self.terminal.dump()
+                    self.emulator.dump()
                 },
             });
             self.seg_bytes = 0;
@@ -262,15 +260,16 @@ impl Builder {
                 self.seg_bytes += event.data.len();
                 let text = self.rep.bound(event.data.as_str(), self.cols, self.rows);
                 if time - self.shown_at >= screen_text::SETTLE {
-                    self.screen.settled(&self.terminal);
+                    self.emulator.settled();
                 }
-                self.screen.earn(&self.terminal, text.len());
-                self.terminal.feed_with(&text, &mut self.screen);
+                self.emulator.output(time, &text);
                 // What the screen showed before this output, read as it was shown.
-                for line in self.screen.take() {
+                for line in self.emulator.take_lines() {
                     on_line(self.shown_at, Stream::Output, line);
                 }
                 self.shown_at = time;
+                // A resize that waited for the budget may have been made.
+                self.sync_size();
                 let which = if stream == Stream::Stderr { 1 } else { 0 };
                 let bytes = raw.unwrap_or(event.data.as_bytes());
                 self.trackers[which].push(bytes, &mut self.lines);
@@ -291,13 +290,11 @@ impl Builder {
             'r' => {
                 if let Some((c, r)) = parse_size(&event.data) {
                     let (c, r) = crate::bounded_size(c, r);
-                    self.cols = c;
-                    self.rows = r;
-                    self.terminal
-                        .resize_with(usize::from(c), usize::from(r), &mut self.screen);
-                    for line in self.screen.take() {
+                    self.emulator.resize(time, usize::from(c), usize::from(r));
+                    for line in self.emulator.take_lines() {
                         on_line(self.shown_at, Stream::Output, line);
                     }
+                    self.sync_size();
                 }
             }
             'm' if self.index.markers.len() < MAX_MARKERS => {
@@ -307,10 +304,20 @@ impl Builder {
         }
     }
 
+    /// The emulated screen's size, within the bounds (it is never larger than asked for).
+    fn sync_size(&mut self) {
+        let (c, r) = self.emulator.size();
+        (self.cols, self.rows) = (
+            u16::try_from(c).unwrap_or(crate::MAX_COLS),
+            u16::try_from(r).unwrap_or(crate::MAX_ROWS),
+        );
+    }
+
     fn finish(mut self, end: u64, on_line: &mut impl FnMut(f64, Stream, String)) -> Index {
         let time = self.last_time;
-        self.screen.finish(&self.terminal);
-        for line in self.screen.take() {
+        self.index.refused = self.emulator.refused();
+        self.emulator.finish();
+        for line in self.emulator.take_lines() {
             on_line(self.shown_at, Stream::Output, line);
         }
         let [out, err, input] = std::mem::take(&mut self.trackers);
@@ -722,6 +729,26 @@ mod tests {
                 (4.4, "$ exit"),
             ]
         );
+    }
+
+    /// A recording whose output clears and fills the largest screen over and over is indexed within the
+    /// work its size pays for (not hours per gigabyte), says how much it refused, and its text is read.
+    #[test]
+    fn output_that_costs_the_emulator_more_than_it_pays_is_refused() {
+        let mut file =
+            String::from("{\"version\":2,\"width\":1000,\"height\":500,\"timestamp\":1}\n");
+        for i in 0..2000 {
+            file.push_str(&format!(
+                "[{}.0,\"o\",\"x\\u001b[2J\\u001b#8\\u001bc\"]\n",
+                i / 100
+            ));
+        }
+        file.push_str("[30.0,\"o\",\"\\u001b[Hdone\\r\\n\"]\n");
+        let mut lines = Vec::new();
+        let (index, _) =
+            index_recording(Format::Asciicast, file.as_bytes(), |_, _, l| lines.push(l)).unwrap();
+        assert!(index.refused > 5000, "{}", index.refused);
+        assert!(lines.iter().any(|l| l.contains("done")), "{lines:?}");
     }
 
     #[test]

@@ -1,0 +1,359 @@
+//! The virtual terminal the playback index runs (`avt`, the player's own), with its work bounded by what
+//! the recording paid for. Output comes from a device a vendor controls, and some of it costs the
+//! emulator far more than its size: at 1000 x 500 (the largest screen a recording holds) `ESC # 8` fills
+//! every cell (3 bytes, ~0.75 ms), `x ESC [ 2 J` clears them (5 bytes, ~0.2 ms), `ESC c` rebuilds the
+//! terminal, a full-screen `ESC [ 500 M` reallocates every row. Repeated, a 1 GB recording would hold the
+//! indexer (one recording at a time, per node) for days. So every such operation is charged its
+//! estimated cost against a budget earned by the recording itself, [`EARN_PER_BYTE`] per byte of output
+//! and [`EARN_PER_SECOND`] per second of its time, held up to [`BUDGET_CAP`]; an operation the budget
+//! cannot pay is not carried out (its final character is replaced by CAN, which cancels a sequence, so
+//! the terminal's parser stays where it would have been) and a resize waits for the budget (only the
+//! latest size is kept). Programs a person runs (an editor, a pager, `top`, tmux, a `clear` loop) never
+//! come near the bound: they print far more than they clear, and a screen cleared ten times a second
+//! costs a few milliseconds of the 20 that each second earns. Under abuse the emulated screen (the
+//! player's seek points, the text read from full-screen programs) may keep cells the recording cleared;
+//! the recording itself, its digest and what the player plays are untouched.
+//!
+//! Entry point: [`Emulator`]; [`Emulator::output`] and [`Emulator::resize`] are what the index pass
+//! feeds it, and the alternate screen's text ([`crate::screen_text`]) is read on the way
+//! ([`Emulator::settled`], [`Emulator::finish`], [`Emulator::take_lines`]).
+
+use avt::parser::{DecMode, EdScope, Function, Parser};
+use avt::{ScreenKind, Terminal};
+
+use crate::screen_text::ScreenText;
+
+/// Budget (estimated nanoseconds of the emulator's work) earned per byte of output.
+pub const EARN_PER_BYTE: u64 = 300;
+/// Budget earned per second of the recording's time (its timestamps are the bastion's clock).
+pub const EARN_PER_SECOND: u64 = 20_000_000;
+/// Most budget held: what a burst of costly operations may spend at once.
+pub const BUDGET_CAP: u64 = 100_000_000;
+
+/// Estimated cost of touching `cells` cells at `milli_ns` thousandths of a nanosecond each (measured
+/// with avt 0.19 on the 2-vCPU machine bench/README.md describes, rounded up).
+fn cells_cost(cells: usize, milli_ns: u64) -> u64 {
+    (cells as u64).saturating_mul(milli_ns) / 1000
+}
+
+/// Whether `f` is one of the operations [`cost`] prices (the rest cost at most a row of cells).
+fn priced(f: &Function) -> bool {
+    matches!(
+        f,
+        Function::Ed(_)
+            | Function::Il(_)
+            | Function::Dl(_)
+            | Function::Su(_)
+            | Function::Sd(_)
+            | Function::Decaln
+            | Function::Ris
+            | Function::Decset(_)
+    )
+}
+
+/// The estimated cost of `f` on `terminal` as it stands, or `None` if it is cheap.
+fn cost(f: &Function, terminal: &Terminal) -> Option<u64> {
+    let (cols, rows) = terminal.size();
+    let row = terminal.cursor().row.min(rows.saturating_sub(1));
+    let primary = terminal.active_screen_kind() == ScreenKind::Primary;
+    let lines = |n: u16| usize::from(n.max(1)).min(rows);
+    Some(match f {
+        Function::Ed(EdScope::Below) => cells_cost((rows - row) * cols, 700),
+        Function::Ed(EdScope::Above) => cells_cost((row + 1) * cols, 700),
+        // The primary screen also looks for the rows it keeps (avt's scrollback rule).
+        Function::Ed(EdScope::All) => cells_cost(rows * cols, if primary { 1400 } else { 700 }),
+        Function::Il(n) | Function::Sd(n) => cells_cost(lines(*n) * cols, 1200),
+        // New rows allocated and old ones freed, page faults included.
+        Function::Dl(n) | Function::Su(n) => cells_cost(lines(*n) * cols, 12_000),
+        Function::Decaln => cells_cost(rows * cols, 4500),
+        Function::Ris => cells_cost(rows * cols, 1400),
+        Function::Decset(modes)
+            if primary
+                && modes.as_slice().iter().any(|m| {
+                    matches!(
+                        m,
+                        DecMode::AltScreenBuffer | DecMode::SaveCursorAltScreenBuffer
+                    )
+                }) =>
+        {
+            // A new alternate screen is allocated.
+            cells_cost(rows * cols, 700)
+        }
+        _ => return None,
+    })
+}
+
+/// The estimated cost of resizing from `from` to `to` (cols, rows): both screens' cells, the primary
+/// one reflowed (linear since third_party/avt's patch 1).
+fn resize_cost(from: (usize, usize), to: (usize, usize)) -> u64 {
+    cells_cost(from.0 * from.1 + to.0 * to.1, 6000)
+}
+
+/// An `avt` terminal fed through a work budget; see the module documentation.
+pub struct Emulator {
+    terminal: Terminal,
+    /// Reads the same characters as the terminal's own parser, one step ahead, to see each operation
+    /// before the terminal carries it out.
+    shadow: Parser,
+    screen: ScreenText,
+    budget: u64,
+    /// Time (seconds) up to which time has been paid in.
+    paid_until: f64,
+    /// A resize the budget could not pay yet.
+    pending: Option<(usize, usize)>,
+    /// Operations not carried out, resizes not made (yet), since the start.
+    refused: u64,
+}
+
+impl std::fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulator")
+            .field("size", &self.terminal.size())
+            .field("budget", &self.budget)
+            .field("pending", &self.pending)
+            .field("refused", &self.refused)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Emulator {
+    /// A terminal of `cols` x `rows` (both at least 1).
+    pub fn new(cols: usize, rows: usize) -> Emulator {
+        let terminal = Terminal::new(cols.max(1), rows.max(1))
+            .or_else(|_| Terminal::new(80, 24))
+            .unwrap_or_else(|_| unreachable!("80x24 is a valid terminal size"));
+        Emulator {
+            screen: ScreenText::new(&terminal),
+            terminal,
+            shadow: Parser::new(),
+            budget: BUDGET_CAP,
+            paid_until: 0.0,
+            pending: None,
+            refused: 0,
+        }
+    }
+
+    pub fn terminal(&self) -> &Terminal {
+        &self.terminal
+    }
+
+    /// Output comes after a pause: see [`ScreenText::settled`].
+    pub fn settled(&mut self) {
+        self.screen.settled(&self.terminal);
+    }
+
+    /// The recording ended: see [`ScreenText::finish`].
+    pub fn finish(&mut self) {
+        self.screen.finish(&self.terminal);
+    }
+
+    /// The alternate screen's lines read since the last call ([`ScreenText::take`]).
+    pub fn take_lines(&mut self) -> std::vec::Drain<'_, String> {
+        self.screen.take()
+    }
+
+    /// Operations the budget did not pay for (not carried out) and resizes it delayed, so far.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    fn earn(&mut self, time: f64, bytes: usize) {
+        let seconds = (time - self.paid_until).max(0.0);
+        self.paid_until = self.paid_until.max(time);
+        // A float past u64's range saturates; the cap applies anyway.
+        let by_time = (seconds * EARN_PER_SECOND as f64) as u64;
+        let by_bytes = (bytes as u64).saturating_mul(EARN_PER_BYTE);
+        self.budget = self
+            .budget
+            .saturating_add(by_time)
+            .saturating_add(by_bytes)
+            .min(BUDGET_CAP);
+    }
+
+    /// Takes `amount` from the budget if it holds that much.
+    fn spend(&mut self, amount: u64) -> bool {
+        if amount <= self.budget {
+            self.budget -= amount;
+            true
+        } else {
+            self.refused += 1;
+            false
+        }
+    }
+
+    /// Makes the resize that waits for the budget, if the budget now pays for it.
+    fn settle_resize(&mut self) {
+        if self.pending == Some(self.terminal.size()) {
+            self.pending = None;
+        }
+        if let Some(size) = self.pending
+            && self.spend(resize_cost(self.terminal.size(), size))
+        {
+            self.pending = None;
+            self.terminal.resize_with(size.0, size.1, &mut self.screen);
+        }
+    }
+
+    /// Output `text` at `time` (seconds into the recording).
+    pub fn output(&mut self, time: f64, text: &str) {
+        self.earn(time, text.len());
+        self.settle_resize();
+        self.screen.earn(&self.terminal, text.len());
+        let mut start = 0;
+        for (i, ch) in text.char_indices() {
+            let Some(f) = self.shadow.feed(ch) else {
+                continue;
+            };
+            if !priced(&f) {
+                continue;
+            }
+            // What comes before is carried out first: the cost depends on the screen and cursor then.
+            self.terminal.feed_with(&text[start..i], &mut self.screen);
+            start = i;
+            let Some(cost) = cost(&f, &self.terminal) else {
+                continue;
+            };
+            if !self.spend(cost) {
+                // CAN cancels the sequence this character would have ended.
+                self.terminal.feed_with('\u{18}', &mut self.screen);
+                start = i + ch.len_utf8();
+            }
+        }
+        self.terminal.feed_with(&text[start..], &mut self.screen);
+    }
+
+    /// The terminal was resized to `cols` x `rows` (both at least 1) at `time`: now if the budget pays
+    /// for it, else before the first output the budget pays it for (only the latest size waits).
+    pub fn resize(&mut self, time: f64, cols: usize, rows: usize) {
+        self.earn(time, 0);
+        self.pending = Some((cols.max(1), rows.max(1)));
+        self.settle_resize();
+    }
+
+    /// The terminal's size as emulated: (cols, rows).
+    pub fn size(&self) -> (usize, usize) {
+        self.terminal.size()
+    }
+
+    /// What to feed a fresh terminal of [`Emulator::size`] to show the same screen.
+    pub fn dump(&self) -> String {
+        self.terminal.dump()
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "in a test, a failed unwrap is a failed test"
+)]
+mod tests {
+    use super::*;
+
+    /// Feeds `text` in events of `event` bytes, `gap` seconds apart; returns the emulator.
+    fn run(cols: usize, rows: usize, text: &str, event: usize, gap: f64) -> Emulator {
+        let mut e = Emulator::new(cols, rows);
+        let mut time = 0.0;
+        let mut rest = text;
+        while !rest.is_empty() {
+            let mut n = event.min(rest.len());
+            while !rest.is_char_boundary(n) {
+                n += 1;
+            }
+            e.output(time, &rest[..n]);
+            rest = &rest[n..];
+            time += gap;
+        }
+        e
+    }
+
+    fn unguarded(cols: usize, rows: usize, text: &str) -> String {
+        let mut t = Terminal::new(cols, rows).unwrap();
+        t.feed(text);
+        t.dump()
+    }
+
+    /// What full-screen programs and clear loops print, at the largest screen, is emulated exactly.
+    #[test]
+    fn what_people_run_is_emulated_exactly() {
+        let (cols, rows) = (1000, 500);
+        let mut e = Emulator::new(cols, rows);
+        let mut all = String::new();
+        let mut time = 0.0;
+        let mut out = |e: &mut Emulator, text: String| {
+            e.output(time, &text);
+            all.push_str(&text);
+            time += 0.1;
+        };
+        // A `clear; date` loop ten times a second.
+        for i in 0..300 {
+            out(
+                &mut e,
+                format!(
+                    "\x1b[H\x1b[2JThu Dec  3 10:{:02}:{:02} UTC 2026\r\n",
+                    i / 60,
+                    i % 60
+                ),
+            );
+        }
+        // An editor: its screen, and its redraws, scrolls and line inserts as a person types.
+        out(&mut e, "\x1b[?1049h".to_owned());
+        for i in 0..300 {
+            out(
+                &mut e,
+                format!(
+                    "\x1b[H\x1b[2J{}\x1b[{rows};1H-- INSERT --\x1b[1;{}H\x1b[1L\x1b[2M\x1b[K\x1b[3S",
+                    format!("line {i} of the file\r\n").repeat(20),
+                    i % cols + 1,
+                ),
+            );
+        }
+        out(&mut e, "\x1b[?1049l".to_owned());
+        assert_eq!(e.refused(), 0);
+        assert_eq!(e.dump(), unguarded(cols, rows, &all));
+    }
+
+    /// A device that fills and clears the whole screen in a loop gets as much emulation as its output
+    /// and time pay for: most of its operations are not carried out, and the text around them is.
+    #[test]
+    fn a_clear_loop_costs_no_more_than_it_pays_for() {
+        let (cols, rows) = (1000, 500);
+        let pattern = "x\x1b[2J\x1b#8\x1bc\x1b[500M\x1b[?1049h\x1b[?1049l";
+        let n = 2000;
+        let text = pattern.repeat(n);
+        let e = run(cols, rows, &text, 4096, 0.001);
+        // Five priced operations a repetition (leaving the alternate screen is cheap); the budget: the
+        // cap, 300 ns a byte, 20 ms a second.
+        let earned =
+            BUDGET_CAP + text.len() as u64 * EARN_PER_BYTE + (text.len() / 4096) as u64 * 20_000;
+        let cheapest = cells_cost(rows * cols, 700);
+        let carried_out = 5 * n as u64 - e.refused();
+        assert!(
+            carried_out <= earned / cheapest,
+            "{carried_out} carried out"
+        );
+        assert!(e.refused() > 0);
+        // The terminal still reads what follows.
+        let mut e = e;
+        e.output(100.0, "\x1b[Hstill here");
+        assert!(e.terminal().screen().text()[0].starts_with("still here"));
+    }
+
+    /// Resizes wait for the budget, and only the latest size waits; output then finds it applied.
+    #[test]
+    fn resizes_wait_for_the_budget() {
+        let mut e = Emulator::new(1000, 500);
+        let mut made = 0;
+        for i in 0..1000 {
+            let before = e.size();
+            e.resize(0.0, if i % 2 == 0 { 1 } else { 1000 }, 500);
+            made += u64::from(e.size() != before);
+        }
+        assert!(
+            made <= BUDGET_CAP / resize_cost((1000, 500), (1, 500)) + 1,
+            "{made} resizes made"
+        );
+        e.resize(0.0, 80, 24);
+        e.output(10.0, "x");
+        assert_eq!(e.size(), (80, 24));
+    }
+}
