@@ -2373,6 +2373,9 @@ impl WebCore {
             "markers": markers,
             "marker_kinds": marker_kinds,
             "segments": segments,
+            // Costly terminal operations the index did not emulate (`chaperone_recorder::emulator`):
+            // the page says so, since the player, which emulates them all, may be slow on them.
+            "refused": index.refused,
         })
         .to_string())
     }

@@ -178,8 +178,6 @@ struct Builder {
     lines: Vec<String>,
     /// Time of the last output: when the screen took the state it shows.
     shown_at: f64,
-    /// REP counts bounded before the emulator (`rep_bound`): 9 bytes must not cost 65,535 prints.
-    rep: crate::rep_bound::RepBound,
 }
 
 impl Builder {
@@ -209,7 +207,6 @@ impl Builder {
             last_time: 0.0,
             trackers: Default::default(),
             lines: Vec::new(),
-            rep: Default::default(),
         }
     }
 
@@ -258,11 +255,10 @@ impl Builder {
         match event.code {
             'o' => {
                 self.seg_bytes += event.data.len();
-                let text = self.rep.bound(event.data.as_str(), self.cols, self.rows);
                 if time - self.shown_at >= screen_text::SETTLE {
                     self.emulator.settled();
                 }
-                self.emulator.output(time, &text);
+                self.emulator.output(time, &event.data);
                 // What the screen showed before this output, read as it was shown.
                 for line in self.emulator.take_lines() {
                     on_line(self.shown_at, Stream::Output, line);

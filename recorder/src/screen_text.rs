@@ -153,11 +153,21 @@ impl ScreenText {
     }
 }
 
-/// Whether `operation` is about to take the alternate screen's contents away.
-fn takes_the_screen_away(operation: &Operation) -> bool {
+/// Whether `operation` is about to take the alternate screen's contents away from `terminal`.
+fn takes_the_screen_away(operation: &Operation, terminal: &Terminal) -> bool {
     match operation {
         Operation::Resize { .. } => true,
         Operation::Function(Function::Ris | Function::Ed(EdScope::All)) => true,
+        // `ESC [ H ESC [ J`: how `clear` clears for TERM=screen or vt100; and its mirror image.
+        Operation::Function(Function::Ed(EdScope::Below)) => {
+            let c = terminal.cursor();
+            (c.col, c.row) == (0, 0)
+        }
+        Operation::Function(Function::Ed(EdScope::Above)) => {
+            let (cols, rows) = terminal.size();
+            let c = terminal.cursor();
+            c.row + 1 >= rows && c.col + 1 >= cols
+        }
         Operation::Function(Function::Decrst(modes)) => modes.as_slice().iter().any(|m| {
             matches!(
                 m,
@@ -172,7 +182,7 @@ impl Observer for ScreenText {
     type Output = ();
 
     fn before(&mut self, context: &mut Observation<'_>, operation: &Operation) {
-        if self.alt && takes_the_screen_away(operation) {
+        if self.alt && takes_the_screen_away(operation, context.terminal()) {
             self.read(context.terminal(), false);
         }
     }
@@ -293,6 +303,22 @@ mod tests {
                 "PID USER",
             ]
         );
+    }
+
+    /// A pager's pages cleared the way `clear` does for TERM=screen (home, then erase below), shown less
+    /// than the settling time each, are read before each clear.
+    #[test]
+    fn a_page_cleared_from_home_is_read_before_it_goes() {
+        let lines = run(
+            40,
+            4,
+            &[
+                ("\x1b[?1049h\x1b[H\x1b[Jalarm_threshold = 5", false),
+                ("\x1b[H\x1b[Jalarm_threshold = 6", false),
+                ("\x1b[?1049l", false),
+            ],
+        );
+        assert_eq!(lines, ["alarm_threshold = 5", "alarm_threshold = 6"]);
     }
 
     #[test]

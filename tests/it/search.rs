@@ -526,6 +526,7 @@ fn a_playback_index_an_older_build_made_is_built_again_before_it_is_played() {
     assert_eq!(answer.status, 200, "{}\n{}", answer.body, b.log());
     let index = answer.json();
     assert_eq!(index["markers"], json!([]), "{index}");
+    assert_eq!(index["refused"], 0, "{index}");
     assert_eq!(
         index["segments"].as_array().map(Vec::len),
         Some(1),

@@ -95,6 +95,38 @@ fn audit_lines(b: &Bastion) -> String {
         .stdout()
 }
 
+/// What a full-screen program showed on a real terminal session, through the real client, recorder and
+/// indexer, is found by text: a value the device computed and drew on the alternate screen (the command
+/// line typed shows only the formula), then left.
+#[test]
+fn what_a_full_screen_program_showed_is_searchable() {
+    let Some((_sshd, b)) = setup() else { return };
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let out = fed(
+        &mut b.ssh_with(&alice, &["-tt"], "alice+mri-01"),
+        b"printf '\\033[?1049h\\033[H\\033[2Jcoil_gain = %d\\r\\n~' $((6*7)); sleep 1; printf '\\033[?1049l'\nexit\n",
+    );
+    let (stdout, stderr, code) = text(&out);
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+    wait_until_all_ended(&b);
+    let found = |words: &str| {
+        b.data
+            .run(&["session", "list", "--json", "--text", words])
+            .ok()
+            .json()
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert!(
+        crate::support::bastion::wait_until(Duration::from_secs(20), || found("coil_gain = 42")
+            == 1),
+        "the alternate screen's text never became searchable\n{}",
+        b.log()
+    );
+    assert_eq!(found("coil_gain = 41"), 0);
+}
+
 #[test]
 fn exec_and_shell_reach_the_device_with_exit_codes_and_are_recorded() {
     let Some((_sshd, b)) = setup() else { return };

@@ -83,7 +83,10 @@
           li.textContent = "No markers in this recording.";
           markers.appendChild(li);
         }
-        say("");
+        // Output that clears or fills the whole screen over and over: the player may be slow on it.
+        say(index.refused ? "This recording's output clears or fills the screen far more often than a " +
+          "person's programs do (" + index.refused + " times beyond what its size pays for); the player " +
+          "may be slow on it. `chaperone session play` and the evidence bundle are not affected." : "");
       })
       .catch(function (e) { say(e.message || String(e)); });
   }
