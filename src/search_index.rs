@@ -340,6 +340,12 @@ impl Indexer {
                 .add_recording_text(r.id, &r.session_id, &chunks, &parts)
                 .await?;
         }
+        if let Some(index) = pass.index.as_ref().filter(|i| i.blank_inits > 0) {
+            tracing::warn!(recording = r.id, session = %r.session_id, blank = index.blank_inits,
+                "a recording's screens are too large to keep at every seek point (a huge screen whose \
+                 cells all differ): the later seek points start from a blank screen; the recording itself \
+                 is whole");
+        }
         if let Some(index) = pass.index.as_ref().filter(|i| i.refused > 0) {
             tracing::warn!(recording = r.id, session = %r.session_id, refused = index.refused,
                 "a recording's output costs the screen emulation far more than it pays for (it clears or \

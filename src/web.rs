@@ -2376,6 +2376,8 @@ impl WebCore {
             // Costly terminal operations the index did not emulate (`chaperone_recorder::emulator`):
             // the page says so, since the player, which emulates them all, may be slow on them.
             "refused": index.refused,
+            // Seek points that start from a blank screen (`playback::MAX_INITS_BYTES`).
+            "blank_inits": index.blank_inits,
         })
         .to_string())
     }

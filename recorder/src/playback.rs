@@ -34,6 +34,13 @@ pub const MIN_GAP: f64 = 0.5;
 pub const MAX_GAPS: usize = 200_000;
 /// Markers kept at most.
 pub const MAX_MARKERS: usize = 100_000;
+/// Bytes of one segment's starting screen ([`Segment::init`]) kept at most: a whole 1000 x 500 screen of
+/// text is ~0.5 MB, but one whose every cell has colours of its own is ~17 MB.
+pub const MAX_INIT_BYTES: usize = 8 << 20;
+/// Bytes of all segments' starting screens kept at most, per recording: the index is held in memory while
+/// it is built and stored in one database row (a screen of ~17 MB drawn once, then output that changes
+/// nothing, made a segment of 512 KB each carry it: a 59 MB recording gave an 862 MB index).
+pub const MAX_INITS_BYTES: usize = 64 << 20;
 /// What this build's indexes are: raised whenever what [`index_recording`] builds changes, so that an
 /// index stored by an older build (its segments cut by an older rule, its markers unattributed) is
 /// built again before it is played rather than trusted because its MAC holds. History: 0, indexes
@@ -103,11 +110,16 @@ pub struct Index {
     #[serde(default)]
     pub header_sha256: String,
     pub segments: Vec<Segment>,
-    /// Terminal operations the recording's output did not pay for, so not emulated, and resizes
-    /// delayed ([`crate::emulator`]): 0 for anything a person runs; more, and the screens at the seek
-    /// points may keep cells the recording cleared.
+    /// Terminal operations the recording's output did not pay for, so not emulated
+    /// ([`crate::emulator`]): 0 for anything a person runs; more, and the screens at the seek points
+    /// may keep cells the recording cleared.
     #[serde(default)]
     pub refused: u64,
+    /// Segments that start from a blank screen because their starting screen was past
+    /// [`MAX_INIT_BYTES`] or all of them past [`MAX_INITS_BYTES`]: played from there, such a segment
+    /// shows what it draws itself.
+    #[serde(default)]
+    pub blank_inits: u64,
 }
 
 /// Counts the bytes consumed through it, so each event's position in the file is known while a reader
@@ -178,6 +190,8 @@ struct Builder {
     lines: Vec<String>,
     /// Time of the last output: when the screen took the state it shows.
     shown_at: f64,
+    /// Bytes of the segments' starting screens so far.
+    inits_bytes: usize,
 }
 
 impl Builder {
@@ -187,6 +201,7 @@ impl Builder {
         Builder {
             emulator: Emulator::new(usize::from(cols), usize::from(rows)),
             shown_at: 0.0,
+            inits_bytes: 0,
             cols,
             rows,
             index: Index {
@@ -201,6 +216,7 @@ impl Builder {
                 header_sha256: String::new(),
                 segments: Vec::new(),
                 refused: 0,
+                blank_inits: 0,
             },
             seg_bytes: 0,
             segment_bytes,
@@ -227,6 +243,11 @@ impl Builder {
             Some(_) => self.seg_bytes >= self.segment_bytes && time > self.last_time,
         };
         if cut {
+            let init = if self.index.segments.is_empty() {
+                String::new()
+            } else {
+                self.starting_screen()
+            };
             self.index.segments.push(Segment {
                 start: if self.index.segments.is_empty() {
                     0.0
@@ -238,11 +259,7 @@ impl Builder {
                 sha256: String::new(),
                 cols: self.cols,
                 rows: self.rows,
-                init: if self.index.segments.is_empty() {
-                    String::new()
-                } else {
-                    self.emulator.dump()
-                },
+                init,
             });
             self.seg_bytes = 0;
         }
@@ -298,6 +315,21 @@ impl Builder {
             }
             _ => {}
         }
+    }
+
+    /// The screen a segment starts from, within [`MAX_INIT_BYTES`] and [`MAX_INITS_BYTES`] (else blank).
+    fn starting_screen(&mut self) -> String {
+        if self.inits_bytes >= MAX_INITS_BYTES {
+            self.index.blank_inits += 1;
+            return String::new();
+        }
+        let dump = self.emulator.dump();
+        if dump.len() > MAX_INIT_BYTES || self.inits_bytes + dump.len() > MAX_INITS_BYTES {
+            self.index.blank_inits += 1;
+            return String::new();
+        }
+        self.inits_bytes += dump.len();
+        dump
     }
 
     /// The emulated screen's size, within the bounds (it is never larger than asked for).
@@ -724,6 +756,56 @@ mod tests {
                 (4.3, ":wq"),
                 (4.4, "$ exit"),
             ]
+        );
+    }
+
+    /// A screen whose every cell has colours of its own (a dump of ~35 bytes a cell), drawn once and then
+    /// kept by output that changes nothing, does not make every segment carry it: the segments' starting
+    /// screens stay within their bound and the rest start blank (counted).
+    #[test]
+    fn a_costly_screen_is_not_copied_into_every_segment() {
+        let mut file =
+            String::from("{\"version\":2,\"width\":300,\"height\":100,\"timestamp\":1}\n");
+        let mut n = 0u32;
+        let mut t = 0.0;
+        for _row in 0..100 {
+            let mut s = String::new();
+            for _col in 0..300 {
+                n = n.wrapping_mul(1103515245).wrapping_add(12345);
+                s.push_str(&format!(
+                    "\x1b[38;2;{};{};{};48;2;{};{};{}mx",
+                    n % 256,
+                    (n >> 8) % 256,
+                    (n >> 16) % 256,
+                    (n >> 3) % 256,
+                    (n >> 11) % 256,
+                    (n >> 19) % 256
+                ));
+            }
+            t += 0.01;
+            file.push_str(&format!(
+                "[{t:.2},\"o\",{}]\n",
+                serde_json::to_string(&s).unwrap()
+            ));
+        }
+        let home = serde_json::to_string(&"\x1b[H".repeat(1000)).unwrap();
+        for _ in 0..300 {
+            t += 0.01;
+            file.push_str(&format!("[{t:.2},\"o\",{home}]\n"));
+        }
+        // Segments of 3 KB of output: ~300 of them, each to start from a ~1 MB screen.
+        let (index, _) =
+            index_recording_in(Format::Asciicast, file.as_bytes(), 3000, |_, _, _| {}).unwrap();
+        let inits: usize = index.segments.iter().map(|s| s.init.len()).sum();
+        assert!(
+            inits <= MAX_INITS_BYTES,
+            "{inits} bytes of starting screens"
+        );
+        assert!(index.segments.len() > 200, "{}", index.segments.len());
+        assert!(index.blank_inits > 100, "{}", index.blank_inits);
+        assert!(
+            index.segments.iter().any(|s| s.init.len() > 500_000),
+            "the first ones are kept"
         );
     }
 

@@ -29,8 +29,10 @@ use avt::{Observation, Observer, Operation, ScreenKind, Terminal};
 
 /// A screen unchanged for this long (seconds) was shown long enough to be read.
 pub const SETTLE: f64 = 0.5;
-/// Cells a reading may cost per byte of output (see the module documentation).
-pub const CELLS_PER_BYTE: usize = 16;
+/// Cells a reading may cost per byte of output (see the module documentation). It also bounds the text
+/// read: at most twice as many characters as the output had bytes (a row of 1,000 made by a REP of
+/// 8 bytes, re-entered and re-read, must not grow the search index a hundredfold).
+pub const CELLS_PER_BYTE: usize = 2;
 /// Screens' worth of cells a reading may use at once (the budget's cap).
 const SCREENS_OF_BUDGET: usize = 4;
 /// Rows' texts remembered per visit to the alternate screen.

@@ -84,9 +84,18 @@
           markers.appendChild(li);
         }
         // Output that clears or fills the whole screen over and over: the player may be slow on it.
-        say(index.refused ? "This recording's output clears or fills the screen far more often than a " +
-          "person's programs do (" + index.refused + " times beyond what its size pays for); the player " +
-          "may be slow on it. `chaperone session play` and the evidence bundle are not affected." : "");
+        var notes = [];
+        if (index.refused) {
+          notes.push("This recording's output clears or fills the screen far more often than a person's " +
+            "programs do (" + index.refused + " times beyond what its size pays for); the player may be " +
+            "slow on it.");
+        }
+        if (index.blank_inits) {
+          notes.push("Its screens are too large to keep at every seek point: " + index.blank_inits +
+            " of them start from a blank screen.");
+        }
+        if (notes.length) notes.push("`chaperone session play` and the evidence bundle are not affected.");
+        say(notes.join(" "));
       })
       .catch(function (e) { say(e.message || String(e)); });
   }
