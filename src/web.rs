@@ -2432,32 +2432,46 @@ impl WebCore {
         let path = r.path.clone();
         let header_len = index.header_len;
         let header_sha = index.header_sha256.clone();
-        let read = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, Vec<u8>), String> {
+        let seg_start = seg.start;
+        let seg_offset = seg.offset;
+        let seg_len = seg.len;
+        // The segment's bytes are hashed as its events are read from them, not held: what is kept is the
+        // events (an exec's input frames, maybe most of the bytes, are read past). They are used only if
+        // both digests hold.
+        type SegmentRead = Result<
+            (
+                String,
+                String,
+                chaperone_recorder::Result<Vec<playback::PlayEvent>>,
+            ),
+            String,
+        >;
+        let read = tokio::task::spawn_blocking(move || -> SegmentRead {
+            use chaperone_recorder::Sha256Reader;
             use std::io::{Read as _, Seek as _};
             let mut f = open_recording(&dir, &path).map_err(|e| e.to_string())?.file;
             let mut header = vec![0; usize::try_from(header_len).map_err(|e| e.to_string())?];
             f.read_exact(&mut header).map_err(|e| e.to_string())?;
-            f.seek(std::io::SeekFrom::Start(seg.offset))
+            let header_digest = Sha256Reader::new(&header[..])
+                .finish_hex()
                 .map_err(|e| e.to_string())?;
-            let mut body = vec![0; usize::try_from(seg.len).map_err(|e| e.to_string())?];
-            f.read_exact(&mut body).map_err(|e| e.to_string())?;
-            Ok((header, body))
+            f.seek(std::io::SeekFrom::Start(seg_offset))
+                .map_err(|e| e.to_string())?;
+            let mut body = Sha256Reader::new(f.take(seg_len));
+            let events = playback::segment_events_from(format, header.chain(&mut body), seg_start);
+            let body_digest = body.finish_hex().map_err(|e| e.to_string())?;
+            Ok((header_digest, body_digest, events))
         })
         .await
         .map_err(|_| CoreError::Internal)?;
-        let (header, body) = read
+        let (header_digest, body_digest, events) = read
             .map_err(|why| CoreError::Conflict(format!("the recording cannot be read: {why}")))?;
-        let sha = |b: &[u8]| {
-            chaperone_recorder::Sha256Reader::new(b)
-                .finish_hex()
-                .unwrap_or_default()
-        };
-        if sha(&header) != header_sha || sha(&body) != seg.sha256 {
+        if header_digest != header_sha || body_digest != seg.sha256 {
             return Err(CoreError::Conflict(
                 "the recording was ALTERED since it was checked: this part does not match its digest".into(),
             ));
         }
-        let events = playback::segment_events(format, &header, &body, seg.start)
+        let events = events
             .map_err(|e| CoreError::Conflict(format!("the recording cannot be read: {e}")))?;
         let map = IdleMap::new(&index.gaps, idle);
         let mut out: Vec<serde_json::Value> = events

@@ -27,6 +27,9 @@ use crate::{Error, Result, Sha256Reader};
 
 /// Output bytes per segment, about (a segment is cut at the first event after this many).
 pub const SEGMENT_BYTES: usize = 512 * 1024;
+/// A segment is also cut at the first event after this many times [`SEGMENT_BYTES`] of the file (what
+/// little output a flood of resizes, keystrokes or markers shows bounds nothing).
+const FILE_BYTES_PER_SEGMENT: u64 = 4;
 /// Pauses shorter than this are never shortened by an idle-time limit (so are not kept).
 pub const MIN_GAP: f64 = 0.5;
 /// Pauses kept at most (the longest ones of a recording with more are dropped, which only means the
@@ -37,10 +40,14 @@ pub const MAX_MARKERS: usize = 100_000;
 /// Bytes of one segment's starting screen ([`Segment::init`]) kept at most: a whole 1000 x 500 screen of
 /// text is ~0.5 MB, but one whose every cell has colours of its own is ~17 MB.
 pub const MAX_INIT_BYTES: usize = 8 << 20;
-/// Bytes of all segments' starting screens kept at most, per recording: the index is held in memory while
-/// it is built and stored in one database row (a screen of ~17 MB drawn once, then output that changes
-/// nothing, made a segment of 512 KB each carry it: a 59 MB recording gave an 862 MB index).
-pub const MAX_INITS_BYTES: usize = 64 << 20;
+/// Bytes of all segments' starting screens kept at most, per recording, as the index's JSON holds them (a
+/// control character is 6): the index is stored in one database row and read whole for every request of
+/// the player (a screen of ~17 MB drawn once, then output that changes nothing, made a segment of 512 KB
+/// each carry it: a 59 MB recording gave an 862 MB index).
+pub const MAX_INITS_BYTES: usize = 32 << 20;
+/// Bytes of markers' labels kept at most, per recording (markers past it are not kept, as past
+/// [`MAX_MARKERS`]).
+pub const MAX_MARKER_BYTES: usize = 8 << 20;
 /// What this build's indexes are: raised whenever what [`index_recording`] builds changes, so that an
 /// index stored by an older build (its segments cut by an older rule, its markers unattributed) is
 /// built again before it is played rather than trusted because its MAC holds. History: 0, indexes
@@ -190,8 +197,10 @@ struct Builder {
     lines: Vec<String>,
     /// Time of the last output: when the screen took the state it shows.
     shown_at: f64,
-    /// Bytes of the segments' starting screens so far.
+    /// Bytes of the segments' starting screens so far (as JSON).
     inits_bytes: usize,
+    /// Bytes of the markers' labels so far.
+    marker_bytes: usize,
 }
 
 impl Builder {
@@ -202,6 +211,7 @@ impl Builder {
             emulator: Emulator::new(usize::from(cols), usize::from(rows)),
             shown_at: 0.0,
             inits_bytes: 0,
+            marker_bytes: 0,
             cols,
             rows,
             index: Index {
@@ -240,7 +250,14 @@ impl Builder {
             None => true,
             // Strictly after every event so far: the player wants each segment's events before the
             // next one's start (an event at the same time as the cut belongs to the segment before).
-            Some(_) => self.seg_bytes >= self.segment_bytes && time > self.last_time,
+            // Also by the file's bytes: resizes, keystrokes and markers show little output but are
+            // events a page reads whole (a page reads one segment's bytes and builds its events).
+            Some(s) => {
+                (self.seg_bytes >= self.segment_bytes
+                    || offset.saturating_sub(s.offset)
+                        >= (self.segment_bytes as u64).saturating_mul(FILE_BYTES_PER_SEGMENT))
+                    && time > self.last_time
+            }
         };
         if cut {
             let init = if self.index.segments.is_empty() {
@@ -310,7 +327,10 @@ impl Builder {
                     self.sync_size();
                 }
             }
-            'm' if self.index.markers.len() < MAX_MARKERS => {
+            'm' if self.index.markers.len() < MAX_MARKERS
+                && self.marker_bytes + event.data.len() <= MAX_MARKER_BYTES =>
+            {
+                self.marker_bytes += event.data.len();
                 self.index.markers.push((time, event.data));
             }
             _ => {}
@@ -324,11 +344,13 @@ impl Builder {
             return String::new();
         }
         let dump = self.emulator.dump();
-        if dump.len() > MAX_INIT_BYTES || self.inits_bytes + dump.len() > MAX_INITS_BYTES {
+        // As JSON: a control character is written `\u001b`.
+        let size = dump.len() + 5 * dump.bytes().filter(|b| *b < 0x20).count();
+        if size > MAX_INIT_BYTES || self.inits_bytes + size > MAX_INITS_BYTES {
             self.index.blank_inits += 1;
             return String::new();
         }
-        self.inits_bytes += dump.len();
+        self.inits_bytes += size;
         dump
     }
 
@@ -523,7 +545,14 @@ pub fn segment_events(
     body: &[u8],
     start: f64,
 ) -> Result<Vec<PlayEvent>> {
-    let input = io::BufReader::new(header.chain(body));
+    segment_events_from(format, header.chain(body), start)
+}
+
+/// [`segment_events`] from a reader of the header's bytes then the segment's: only the events are held,
+/// not the bytes (an exec's input frames, which may be most of a segment, are read past). The caller
+/// checks the bytes' digests as they are read, and uses the events only if they hold.
+pub fn segment_events_from(format: Format, input: impl Read, start: f64) -> Result<Vec<PlayEvent>> {
+    let input = io::BufReader::new(input);
     let mut events = Vec::new();
     match format {
         Format::Asciicast => {
@@ -567,6 +596,9 @@ pub fn segment_events(
 
 /// Transfer log lines read at most by [`read_transfers`].
 pub const MAX_TRANSFER_LINES: usize = 100_000;
+/// Bytes of transfer log lines read at most by [`read_transfers`]: an scp error line may be 32 KiB, and
+/// 100,000 of them read whole for one page view were 3 GB.
+pub const MAX_TRANSFER_BYTES: usize = 16 << 20;
 /// The longest line of a transfer log that is read (its writer keeps paths to 1 KiB of text).
 const MAX_TRANSFER_LINE: usize = 1 << 20;
 
@@ -579,7 +611,8 @@ pub struct TransferLine {
     pub event: crate::TransferEvent,
 }
 
-/// Reads a transfer log (at most [`MAX_TRANSFER_LINES`] lines, the rest counted) and the SHA-256 (hex)
+/// Reads a transfer log (at most [`MAX_TRANSFER_LINES`] lines and [`MAX_TRANSFER_BYTES`] of them, the
+/// rest counted) and the SHA-256 (hex)
 /// of the whole file. A last line cut short (a writer that stopped) is left out; any other line that is
 /// not an event is an error.
 pub fn read_transfers(file: impl Read) -> Result<(Vec<TransferLine>, usize, String)> {
@@ -588,6 +621,7 @@ pub fn read_transfers(file: impl Read) -> Result<(Vec<TransferLine>, usize, Stri
     let mut more = 0;
     let mut buf = Vec::new();
     let mut n = 0u64;
+    let mut kept = 0usize;
     loop {
         buf.clear();
         if (&mut reader)
@@ -610,7 +644,12 @@ pub fn read_transfers(file: impl Read) -> Result<(Vec<TransferLine>, usize, Stri
             });
         }
         match serde_json::from_slice::<TransferLine>(&buf) {
-            Ok(line) if lines.len() < MAX_TRANSFER_LINES => lines.push(line),
+            Ok(line)
+                if lines.len() < MAX_TRANSFER_LINES && kept + buf.len() <= MAX_TRANSFER_BYTES =>
+            {
+                kept += buf.len();
+                lines.push(line);
+            }
             Ok(_) => more += 1,
             // No newline and not too long: the end of the file, where a writer that stopped cut it.
             Err(_) if !buf.ends_with(b"\n") => break,
@@ -757,6 +796,42 @@ mod tests {
                 (4.4, "$ exit"),
             ]
         );
+    }
+
+    /// A transfer log of long lines (an scp source's error lines) is read up to its byte bound, the rest
+    /// counted and hashed.
+    #[test]
+    fn a_transfer_log_is_read_up_to_its_byte_bound() {
+        let text = "e".repeat(100_000);
+        let line = format!("{{\"t\":1.0,\"event\":\"stderr\",\"text\":\"{text}\"}}\n");
+        let log = line.repeat(300);
+        let (lines, more, digest) = read_transfers(log.as_bytes()).unwrap();
+        assert_eq!(lines.len(), MAX_TRANSFER_BYTES / line.len());
+        assert_eq!(lines.len() + more, 300);
+        assert_eq!(
+            digest,
+            crate::Sha256Reader::new(log.as_bytes())
+                .finish_hex()
+                .unwrap()
+        );
+    }
+
+    /// A flood of window changes (no output between them) is cut into segments by the file's bytes, so a
+    /// page never reads and builds more than a few segments' worth at once.
+    #[test]
+    fn window_changes_without_output_are_cut_into_segments_too() {
+        let mut file = String::from("{\"version\":2,\"width\":80,\"height\":24,\"timestamp\":1}\n");
+        file.push_str("[0.1,\"o\",\"hello\"]\n");
+        let mut t = 0.1;
+        for i in 0..20_000 {
+            t += 0.001;
+            file.push_str(&format!("[{t:.3},\"r\",\"{}x24\"]\n", 80 + i % 2));
+        }
+        let (index, _) =
+            index_recording_in(Format::Asciicast, file.as_bytes(), 1000, |_, _, _| {}).unwrap();
+        let longest = index.segments.iter().map(|s| s.len).max().unwrap();
+        assert!(index.segments.len() > 50, "{}", index.segments.len());
+        assert!(longest <= 4 * 1000 + 100, "{longest}");
     }
 
     /// A screen whose every cell has colours of its own (a dump of ~35 bytes a cell), drawn once and then

@@ -25,6 +25,10 @@ const MAX_LINE: usize = 8 * 1024;
 /// The status an SCP error is logged with: SSH_FX_FAILURE, as SFTP would say it.
 const FAILED: u32 = 4;
 
+/// Bytes of nested directory names a recursive transfer may be inside (their joined path): more than any
+/// file system's path (Linux's `PATH_MAX` is 4096).
+pub const MAX_DIRS_BYTES: usize = 8192;
+
 /// Which way an `scp` exec moves files, from the vendor's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScpMode {
@@ -303,6 +307,7 @@ impl ScpObserver {
     }
 
     fn stop(&mut self, reason: &str, events: &mut Vec<TransferEvent>) {
+        self.dirs = Vec::new();
         self.stopped = true;
         events.push(TransferEvent::Unparseable {
             reason: format!("scp: {reason}"),
@@ -427,6 +432,11 @@ impl ScpObserver {
                         source_failed: false,
                         open: None,
                     })
+                } else if self.depth_bytes() + name.len() + 1 > MAX_DIRS_BYTES {
+                    // No file system holds such a path; each level was kept, and each file line
+                    // rebuilt the whole path: a source nesting `D` lines without end held memory and
+                    // CPU on the relay's thread.
+                    return self.stop("directories nested deeper than any path", events);
                 } else {
                     Awaiting::Dir(name)
                 }
@@ -444,6 +454,11 @@ impl ScpObserver {
         };
         self.awaiting.push_back(awaiting);
         self.source = Source::Answer;
+    }
+
+    /// Bytes of the directories a transfer is inside, joined (`dirs` and their separators).
+    fn depth_bytes(&self) -> usize {
+        self.dirs.iter().map(|d| d.len() + 1).sum()
     }
 
     fn path(&self, name: &str) -> String {
@@ -861,6 +876,46 @@ mod tests {
                 Direction::Download,
                 Some(0)
             )]
+        );
+    }
+
+    /// A source that nests directories without end (`D` lines, each answered) stops the observer (so the
+    /// session, which must not pass what it cannot follow) once the path is longer than any file
+    /// system's, instead of keeping every level and rebuilding the whole path for each file line.
+    #[test]
+    fn directories_nested_past_any_path_stop_the_observer() {
+        let command = scp_command(b"scp -r -f /srv").unwrap();
+        let mut o = ScpObserver::for_command(&command);
+        let mut events = o.client_to_server(b"\0");
+        let mut lines = 0;
+        while events.is_empty() && lines < 100_000 {
+            events.extend(o.server_to_client(b"D0755 0 dir\n"));
+            events.extend(o.client_to_server(b"\0"));
+            lines += 1;
+        }
+        assert!(
+            matches!(&events[..], [TransferEvent::Unparseable { reason }] if reason.contains("deeper")),
+            "{events:?}"
+        );
+        assert_eq!(
+            lines,
+            MAX_DIRS_BYTES / "dir/".len() + 1,
+            "stopped at the bound"
+        );
+        // An ordinary deep tree is followed.
+        let mut o = ScpObserver::for_command(&command);
+        let mut events = o.client_to_server(b"\0");
+        for _ in 0..100 {
+            events.extend(o.server_to_client(b"D0755 0 level\n"));
+            events.extend(o.client_to_server(b"\0"));
+        }
+        events.extend(o.server_to_client(b"C0644 1 f\n"));
+        events.extend(o.client_to_server(b"\0"));
+        events.extend(o.server_to_client(b"x\0"));
+        events.extend(o.client_to_server(b"\0"));
+        assert!(
+            matches!(&events[..], [TransferEvent::File { path, .. }] if path.ends_with("level/f")),
+            "{events:?}"
         );
     }
 

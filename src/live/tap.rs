@@ -96,6 +96,11 @@ impl Tap {
 
     /// The device's output, as recorded.
     pub fn output(&self, data: &Bytes) {
+        // Nothing to show; kept, an empty chunk counted nothing toward `RECENT`, so a device sending
+        // empty data without end grew the queue without bound.
+        if data.is_empty() {
+            return;
+        }
         let Ok(mut s) = self.inner.state.lock() else {
             return;
         };
@@ -175,6 +180,18 @@ mod tests {
         tap.resize(100, 30);
         assert!(matches!(rx.try_recv(), Ok(TapEvent::Output(_, b)) if &b[..] == b"after"));
         assert!(matches!(rx.try_recv(), Ok(TapEvent::Resize(_, 100, 30))));
+    }
+
+    /// Empty chunks (a device's SSH server may send empty data; OpenSSH's never does) add nothing to
+    /// what the tap keeps.
+    #[test]
+    fn empty_output_is_not_kept() {
+        let tap = Tap::new(80, 24);
+        tap.output(&Bytes::from_static(b"x"));
+        for _ in 0..100_000 {
+            tap.output(&Bytes::new());
+        }
+        assert_eq!(tap.inner.state.lock().unwrap().recent.len(), 1);
     }
 
     #[test]

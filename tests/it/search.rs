@@ -537,6 +537,28 @@ fn a_playback_index_an_older_build_made_is_built_again_before_it_is_played() {
     ));
     assert_eq!(segment.status, 200, "{}", segment.body);
     assert!(segment.body.contains("up 3 days"), "{}", segment.body);
+    // A byte of the segment changed afterwards, the file's size and time kept: the segment, whose bytes
+    // are hashed as its events are read, is refused, not played.
+    let file = dir.join("s-old.cast");
+    let modified = std::fs::metadata(&file).unwrap().modified().unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("up 3 days", "up 4 days")).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    let altered = audrey.get(&format!(
+        "/sessions/s-old/recordings/{rid}/segments/0?idle=2"
+    ));
+    assert_ne!(altered.status, 200, "{}", altered.body);
+    assert!(
+        altered.body.contains("ALTERED") && !altered.body.contains("up 4 days"),
+        "{}",
+        altered.body
+    );
+    std::fs::write(&file, text).unwrap();
     rt.block_on(async {
         let store = Store::open(&config.database.url, crate::support::seal_of(&config))
             .await
