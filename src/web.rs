@@ -2473,6 +2473,16 @@ impl WebCore {
         }
         let events = events
             .map_err(|e| CoreError::Conflict(format!("the recording cannot be read: {e}")))?;
+        // Output that costs an emulator more than it pays for (the index refused some) is given to the
+        // browser's emulator held to the same budget (its work, off the async threads).
+        let events = if index.refused > 0 {
+            let seg = seg.clone();
+            tokio::task::spawn_blocking(move || playback::bounded_events(events, &seg))
+                .await
+                .map_err(|_| CoreError::Internal)?
+        } else {
+            events
+        };
         let map = IdleMap::new(&index.gaps, idle);
         let mut out: Vec<serde_json::Value> = events
             .into_iter()

@@ -202,8 +202,38 @@ impl Emulator {
         }
     }
 
+    /// A terminal of `cols` x `rows` showing `init` (a segment's starting screen, [`Emulator::dump`]),
+    /// not charged: the player's view of one segment.
+    pub fn showing(cols: usize, rows: usize, init: &str) -> Emulator {
+        let mut e = Emulator::new(cols, rows);
+        for ch in init.chars() {
+            e.shadow.feed(ch);
+        }
+        e.terminal.feed_with(init, &mut e.screen);
+        e
+    }
+
     /// Output `text` at `time` (seconds into the recording).
     pub fn output(&mut self, time: f64, text: &str) {
+        self.feed_guarded(time, text, None);
+    }
+
+    /// [`Emulator::output`], returning what the terminal was given: REP counts bounded, and a CAN for
+    /// the final character of each operation the budget did not pay for. What a player is given to
+    /// play, so that its own emulator does no more than this one.
+    pub fn output_given(&mut self, time: f64, text: &str) -> String {
+        let mut given = String::with_capacity(text.len());
+        self.feed_guarded(time, text, Some(&mut given));
+        given
+    }
+
+    fn feed_guarded(&mut self, time: f64, text: &str, mut given: Option<&mut String>) {
+        let mut give = |terminal: &mut Terminal, screen: &mut ScreenText, text: &str| {
+            terminal.feed_with(text, screen);
+            if let Some(given) = given.as_deref_mut() {
+                given.push_str(text);
+            }
+        };
         self.earn(time, text.len());
         self.settle_resize();
         let (cols, rows) = self.terminal.size();
@@ -223,7 +253,7 @@ impl Emulator {
                 continue;
             }
             // What comes before is carried out first: the cost depends on the screen and cursor then.
-            self.terminal.feed_with(&text[start..i], &mut self.screen);
+            give(&mut self.terminal, &mut self.screen, &text[start..i]);
             start = i;
             let Some(cost) = cost(&f, &self.terminal) else {
                 continue;
@@ -237,11 +267,11 @@ impl Emulator {
             if !self.spend(cost) {
                 self.refused += 1;
                 // CAN cancels the sequence this character would have ended.
-                self.terminal.feed_with('\u{18}', &mut self.screen);
+                give(&mut self.terminal, &mut self.screen, "\u{18}");
                 start = i + ch.len_utf8();
             }
         }
-        self.terminal.feed_with(&text[start..], &mut self.screen);
+        give(&mut self.terminal, &mut self.screen, &text[start..]);
     }
 
     /// The terminal was resized to `cols` x `rows` (both at least 1) at `time`: now if the budget pays

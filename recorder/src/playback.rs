@@ -594,6 +594,54 @@ pub fn segment_events_from(format: Format, input: impl Read, start: f64) -> Resu
     Ok(events)
 }
 
+/// A segment's events as a player may be given them when the recording's output costs an emulator more
+/// than it pays for (its index [`Index::refused`] some): each output as [`Emulator::output_given`] gives
+/// it, from the segment's starting screen, so the player's own emulator (the browser's) does no more
+/// work than the index's; a resize where it is made (the latest of those waiting), none where it waits.
+/// Markers and keystrokes pass as they are.
+pub fn bounded_events(events: Vec<PlayEvent>, segment: &Segment) -> Vec<PlayEvent> {
+    let mut e = Emulator::showing(
+        usize::from(segment.cols),
+        usize::from(segment.rows),
+        &segment.init,
+    );
+    let mut out = Vec::with_capacity(events.len());
+    let size = |e: &Emulator| {
+        let (c, r) = e.size();
+        format!("{c}x{r}")
+    };
+    for event in events {
+        let before = e.size();
+        match event.code {
+            'o' => {
+                let data = e.output_given(event.time, &event.data);
+                if e.size() != before {
+                    out.push(PlayEvent {
+                        time: event.time,
+                        code: 'r',
+                        data: size(&e),
+                    });
+                }
+                out.push(PlayEvent { data, ..event });
+            }
+            'r' => {
+                if let Some((c, r)) = parse_size(&event.data) {
+                    let (c, r) = crate::bounded_size(c, r);
+                    e.resize(event.time, usize::from(c), usize::from(r));
+                }
+                if e.size() != before {
+                    out.push(PlayEvent {
+                        data: size(&e),
+                        ..event
+                    });
+                }
+            }
+            _ => out.push(event),
+        }
+    }
+    out
+}
+
 /// Transfer log lines read at most by [`read_transfers`].
 pub const MAX_TRANSFER_LINES: usize = 100_000;
 /// Bytes of transfer log lines read at most by [`read_transfers`]: an scp error line may be 32 KiB, and
@@ -832,6 +880,61 @@ mod tests {
         let longest = index.segments.iter().map(|s| s.len).max().unwrap();
         assert!(index.segments.len() > 50, "{}", index.segments.len());
         assert!(longest <= 4 * 1000 + 100, "{longest}");
+    }
+
+    /// What a player is given of a segment whose output costs more than it pays for is held to the same
+    /// budget as the index (the browser's emulator has no budget of its own); a segment of ordinary
+    /// output is given as it is.
+    #[test]
+    fn a_player_is_given_no_more_work_than_the_index_did() {
+        let mut file =
+            String::from("{\"version\":2,\"width\":1000,\"height\":500,\"timestamp\":1}\n");
+        for i in 0..2000 {
+            file.push_str(&format!(
+                "[{}.0,\"o\",\"x\\u001b[2J\\u001b#8\\u001bc\"]\n",
+                i / 100
+            ));
+        }
+        let (index, _) = index_recording(Format::Asciicast, file.as_bytes(), |_, _, _| {}).unwrap();
+        assert!(index.refused > 0);
+        let header = &file.as_bytes()[..index.header_len as usize];
+        let seg = &index.segments[0];
+        let body = &file.as_bytes()[seg.offset as usize..(seg.offset + seg.len) as usize];
+        let events = segment_events(Format::Asciicast, header, body, seg.start).unwrap();
+        let given = bounded_events(events.clone(), seg);
+        let priced = |events: &[PlayEvent]| {
+            let mut parser = avt::Parser::new();
+            events
+                .iter()
+                .flat_map(|e| e.data.chars().collect::<Vec<_>>())
+                .filter_map(|c| parser.feed(c))
+                .filter(|f| {
+                    matches!(
+                        f,
+                        avt::parser::Function::Ed(_)
+                            | avt::parser::Function::Decaln
+                            | avt::parser::Function::Ris
+                    )
+                })
+                .count()
+        };
+        assert_eq!(priced(&events), 6000);
+        // The cap, 300 ns a byte and 20 ms a second pay for a few hundred at 0.35-2.25 ms each.
+        assert!(priced(&given) < 600, "{}", priced(&given));
+        assert_eq!(given.len(), events.len());
+        // Ordinary output is given unchanged.
+        let (_d, path) = cast(&[
+            (0.1, "$ ls\r\n"),
+            (0.2, "\x1b[2Jfile\r\n"),
+            (0.3, "\x1b[?1049hx\x1b[?1049l"),
+        ]);
+        let bytes = std::fs::read(&path).unwrap();
+        let (index, _) = index_recording(Format::Asciicast, &bytes[..], |_, _, _| {}).unwrap();
+        let seg = &index.segments[0];
+        let header = &bytes[..index.header_len as usize];
+        let body = &bytes[seg.offset as usize..(seg.offset + seg.len) as usize];
+        let events = segment_events(Format::Asciicast, header, body, seg.start).unwrap();
+        assert_eq!(bounded_events(events.clone(), seg), events);
     }
 
     /// A screen whose every cell has colours of its own (a dump of ~35 bytes a cell), drawn once and then

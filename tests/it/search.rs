@@ -472,6 +472,22 @@ async fn a_long_recording_is_found_by_phrases_anywhere_in_it() {
     .await;
 }
 
+/// The id of session `id`'s first recording.
+fn store_recording_id(
+    rt: &tokio::runtime::Runtime,
+    config: &chaperone::config::Config,
+    id: &str,
+) -> i64 {
+    rt.block_on(async {
+        let store = Store::open(&config.database.url, crate::support::seal_of(config))
+            .await
+            .unwrap();
+        let rid = store.session(id).await.unwrap().recordings[0].id;
+        store.close().await;
+        rid
+    })
+}
+
 /// A playback index an older build made (sealed, so not altered, but without this build's
 /// `INDEX_VERSION`: its segments cut by older rules) is built again when the player opens it, not
 /// served because its MAC holds; and the recording's text stays searchable.
@@ -500,9 +516,20 @@ fn a_playback_index_an_older_build_made_is_built_again_before_it_is_played() {
             &["$ uptime\r\n", "up 3 days\r\n"],
         )
         .await;
+        // And a device that fills the screen over and over (more than its output pays for).
+        let fills = "\x1b#8".repeat(20_000);
+        recorded(
+            &store,
+            &dir,
+            who,
+            "s-fill",
+            1_000_050,
+            &[&fills, "done\r\n"],
+        )
+        .await;
         let secrets = SecretsKey::load(&config.secrets.key_file).unwrap();
         let indexer = Indexer::new(&store, &dir, &secrets);
-        assert_eq!(indexer.index_pending(1_000_100).await.unwrap(), 1);
+        assert_eq!(indexer.index_pending(1_000_100).await.unwrap(), 2);
         // What an older build stored: no version, and (to tell it apart) a marker of its own; sealed
         // with the node's key as that build would have.
         let mut row = store.recording_index(rid).await.unwrap().unwrap();
@@ -559,6 +586,28 @@ fn a_playback_index_an_older_build_made_is_built_again_before_it_is_played() {
         altered.body
     );
     std::fs::write(&file, text).unwrap();
+    // The fills the index did not emulate are not given to the browser's emulator either: their final
+    // character is a CAN.
+    let fill = store_recording_id(&rt, &config, "s-fill");
+    let index = audrey
+        .get(&format!(
+            "/sessions/s-fill/recordings/{fill}/play.json?idle=2"
+        ))
+        .json();
+    let refused = index["refused"].as_u64().unwrap();
+    assert!(refused > 1000, "{index}");
+    let segment = audrey.get(&format!(
+        "/sessions/s-fill/recordings/{fill}/segments/0?idle=2"
+    ));
+    assert_eq!(segment.status, 200, "{}", segment.body);
+    let given = segment.body.matches("\\u001b#8").count() as u64;
+    let cancelled = segment.body.matches("\\u001b#\\u0018").count() as u64;
+    assert_eq!(given + cancelled, 20_000, "{}", &segment.body[..200]);
+    assert!(
+        cancelled >= refused,
+        "{cancelled} cancelled, {refused} refused by the index"
+    );
+    assert!(segment.body.contains("done"));
     rt.block_on(async {
         let store = Store::open(&config.database.url, crate::support::seal_of(&config))
             .await

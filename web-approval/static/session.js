@@ -87,8 +87,8 @@
         var notes = [];
         if (index.refused) {
           notes.push("This recording's output clears or fills the screen far more often than a person's " +
-            "programs do (" + index.refused + " times beyond what its size pays for); the player may be " +
-            "slow on it.");
+            "programs do (" + index.refused + " times beyond what its size pays for): the player shows it " +
+            "without those.");
         }
         if (index.blank_inits) {
           notes.push("Its screens are too large to keep at every seek point: " + index.blank_inits +
