@@ -45,6 +45,12 @@ const CHUNK_LINES: usize = 200;
 const CHUNK_CHARS: usize = 32 * 1024;
 /// Chunks (and parts) per write transaction.
 const CHUNKS_PER_TX: usize = 8;
+/// Lines of text indexed per recording at least; more as the file is larger ([`FILE_BYTES_PER_LINE`]).
+const MIN_TEXT_LINES: i64 = 100_000;
+/// A recording's lines indexed at most: one per this many bytes of its file. Each line is stored with its
+/// time and words in two indexes: an exec printing one-character lines made a database ~18 times its
+/// recording; ordinary lines hold far more than this many bytes each.
+const FILE_BYTES_PER_LINE: u64 = 8;
 /// How often the indexer looks for closed recordings when nothing nudges it.
 const POLL: Duration = Duration::from_secs(5);
 
@@ -259,8 +265,11 @@ impl Indexer {
         let (tx, mut rx) = mpsc::channel::<Piece>(4);
         let stamp = |f: &std::fs::File| f.metadata().ok().as_ref().and_then(FileStamp::of);
         let before = stamp(&file);
+        let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let max_lines =
+            MIN_TEXT_LINES.max(i64::try_from(file_len / FILE_BYTES_PER_LINE).unwrap_or(i64::MAX));
         let pass = on_background_thread(move || -> Result<Pass, String> {
-            let mut chunker = Chunker::new(tx);
+            let mut chunker = Chunker::new(tx, max_lines);
             let (index, sha) = match format {
                 Some(format) => {
                     let (mut index, sha) =
@@ -283,12 +292,13 @@ impl Indexer {
                     (None, sha)
                 }
             };
-            let lines = chunker.finish();
+            let (lines, dropped) = chunker.finish();
             let after = stamp(&file);
             Ok(Pass {
                 index,
                 sha,
                 lines,
+                dropped,
                 after,
             })
         })?;
@@ -340,6 +350,12 @@ impl Indexer {
                 .add_recording_text(r.id, &r.session_id, &chunks, &parts)
                 .await?;
         }
+        if pass.dropped > 0 {
+            tracing::warn!(recording = r.id, session = %r.session_id, indexed = pass.lines,
+                dropped = pass.dropped,
+                "a recording has more lines than its size allows the search index (one per 8 bytes of \
+                 the file): the rest are not searchable; the recording itself is whole");
+        }
         if let Some(index) = pass.index.as_ref().filter(|i| i.blank_inits > 0) {
             tracing::warn!(recording = r.id, session = %r.session_id, blank = index.blank_inits,
                 "a recording's screens are too large to keep at every seek point (a huge screen whose \
@@ -381,6 +397,8 @@ struct Pass {
     index: Option<Index>,
     sha: String,
     lines: i64,
+    /// Lines past the recording's bound, not indexed.
+    dropped: i64,
     /// The file's stamp once read.
     after: Option<FileStamp>,
 }
@@ -474,6 +492,9 @@ enum Piece {
 /// [`PART_WORDS`] words, and hands both to the writer.
 struct Chunker {
     tx: mpsc::Sender<Piece>,
+    /// Lines indexed at most; the rest are counted.
+    max_lines: i64,
+    dropped: i64,
     seq: i64,
     times: Vec<String>,
     body: String,
@@ -493,9 +514,11 @@ struct Part {
 }
 
 impl Chunker {
-    fn new(tx: mpsc::Sender<Piece>) -> Chunker {
+    fn new(tx: mpsc::Sender<Piece>, max_lines: i64) -> Chunker {
         Chunker {
             tx,
+            max_lines,
+            dropped: 0,
             seq: 0,
             times: Vec::new(),
             body: String::new(),
@@ -507,6 +530,10 @@ impl Chunker {
     }
 
     fn line(&mut self, t: f64, stream: Stream, text: &str) {
+        if self.lines >= self.max_lines {
+            self.dropped += 1;
+            return;
+        }
         // Lines hold no newline (the tracker's and the log's lines never do; be sure).
         let text = text.replace(['\n', '\r'], " ");
         if !self.body.is_empty() {
@@ -576,10 +603,11 @@ impl Chunker {
         let _ = self.tx.blocking_send(Piece::Part(part));
     }
 
-    fn finish(mut self) -> i64 {
+    /// Lines indexed, and lines past the bound.
+    fn finish(mut self) -> (i64, i64) {
         self.flush();
         self.flush_part();
-        self.lines
+        (self.lines, self.dropped)
     }
 }
 

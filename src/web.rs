@@ -2374,7 +2374,7 @@ impl WebCore {
             "marker_kinds": marker_kinds,
             "segments": segments,
             // Costly terminal operations the index did not emulate (`chaperone_recorder::emulator`):
-            // the page says so, since the player, which emulates them all, may be slow on them.
+            // the page says so; the player is given such a recording's segments held to the same budget.
             "refused": index.refused,
             // Seek points that start from a blank screen (`playback::MAX_INITS_BYTES`).
             "blank_inits": index.blank_inits,

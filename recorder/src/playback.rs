@@ -344,8 +344,7 @@ impl Builder {
             return String::new();
         }
         let dump = self.emulator.dump();
-        // As JSON: a control character is written `\u001b`.
-        let size = dump.len() + 5 * dump.bytes().filter(|b| *b < 0x20).count();
+        let size = json_len(&dump);
         if size > MAX_INIT_BYTES || self.inits_bytes + size > MAX_INITS_BYTES {
             self.index.blank_inits += 1;
             return String::new();
@@ -408,6 +407,18 @@ impl Builder {
         }
         self.index
     }
+}
+
+/// The length of `text` as a JSON string's contents (what the index's row holds): a quote, a backslash
+/// and the short escapes are 2 bytes, every other control character 6 (`\u001b`).
+fn json_len(text: &str) -> usize {
+    text.bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..0x20 => 6,
+            _ => 1,
+        })
+        .sum()
 }
 
 fn parse_size(data: &str) -> Option<(u16, u16)> {

@@ -16,8 +16,8 @@
 //! Only rows written since the last reading are read, and a row's text is given once per visit to the
 //! alternate screen: a redraw of the same text is not a new line. What was on the screen for less than
 //! [`SETTLE`] and then drawn over or scrolled away without a clear is not read (a page skimmed past in a
-//! pager). Bounded: reading costs at most [`CELLS_PER_BYTE`] cells per byte of output, plus one screen
-//! (a program that clears the screen after every character gets fewer readings, not a slower indexer);
+//! pager). Bounded: reading costs at most [`CELLS_PER_BYTE`] cells per byte of output, plus
+//! `SCREENS_OF_BUDGET` screens held at the start and the last screen at the end (a program that clears the screen after every character gets fewer readings, not a slower indexer);
 //! the rows remembered per visit are at most [`MAX_SEEN`] (then forgotten, so some text is given again).
 
 use std::collections::HashSet;
@@ -30,7 +30,7 @@ use avt::{Observation, Observer, Operation, ScreenKind, Terminal};
 /// A screen unchanged for this long (seconds) was shown long enough to be read.
 pub const SETTLE: f64 = 0.5;
 /// Cells a reading may cost per byte of output (see the module documentation). It also bounds the text
-/// read: at most twice as many characters as the output had bytes (a row of 1,000 made by a REP of
+/// read: at most twice as many characters as the output had bytes, plus a few screens (a row of 1,000 made by a REP of
 /// 8 bytes, re-entered and re-read, must not grow the search index a hundredfold).
 pub const CELLS_PER_BYTE: usize = 2;
 /// Screens' worth of cells a reading may use at once (the budget's cap).

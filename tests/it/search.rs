@@ -296,6 +296,47 @@ async fn text_edited_in_a_full_screen_editor_is_found() {
     .await;
 }
 
+/// A recording of very short lines does not make the search index many times its size: one line per 8
+/// bytes of the file is indexed (here, past the first 100,000 lines), the rest is not.
+#[tokio::test]
+async fn a_recording_of_tiny_lines_indexes_as_many_as_its_size_allows() {
+    let secrets_dir = tempfile::tempdir().unwrap();
+    let secrets = SecretsKey::generate_file(&secrets_dir.path().join("k")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let store = Store::open(&url, crate::support::throwaway_seal())
+        .await
+        .unwrap();
+    let (v, a, g) = alice_on_mri(&store).await;
+    let tiny = "a\r\n".repeat(150_000);
+    let r = recorded(
+        &store,
+        dir.path(),
+        (v, a, g),
+        "s-tiny",
+        1000,
+        &["first-word\r\n", &tiny, "last-word\r\n"],
+    )
+    .await;
+    let file_len = std::fs::metadata(dir.path().join("s-tiny.cast"))
+        .unwrap()
+        .len();
+    let indexer = Indexer::new(&store, dir.path(), &secrets);
+    assert_eq!(indexer.index_pending(5000).await.unwrap(), 1);
+    let lines = store.recording_index(r).await.unwrap().unwrap().lines;
+    assert_eq!(lines, 100_000, "a file of {file_len} bytes");
+    let found = |w: &str| {
+        let store = store.clone();
+        let f = HistoryFilter {
+            words: Some(w.into()),
+            ..Default::default()
+        };
+        async move { store.session_history(&f, 10, 0).await.unwrap().len() }
+    };
+    assert_eq!(found("first-word").await, 1);
+    assert_eq!(found("last-word").await, 0);
+}
+
 /// A recording rewritten after the chain vouched for it is not indexed: its words are never found.
 #[tokio::test]
 async fn an_altered_recording_is_not_indexed() {

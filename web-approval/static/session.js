@@ -83,7 +83,8 @@
           li.textContent = "No markers in this recording.";
           markers.appendChild(li);
         }
-        // Output that clears or fills the whole screen over and over: the player may be slow on it.
+        // Output that clears or fills the whole screen over and over: the player is given it without the
+        // operations the budget refused (the server holds it to the index's budget).
         var notes = [];
         if (index.refused) {
           notes.push("This recording's output clears or fills the screen far more often than a person's " +
