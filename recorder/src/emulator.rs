@@ -41,48 +41,72 @@ fn cells_cost(cells: usize, milli_ns: u64) -> u64 {
     (cells as u64).saturating_mul(milli_ns) / 1000
 }
 
-/// Whether `f` switches to the alternate screen (`ESC [ ? 1049 h`, `47`, `1047`).
-fn switches_to_the_alternate_screen(f: &Function) -> bool {
-    matches!(f, Function::Decset(modes) if modes.as_slice().iter().any(|m| {
-        matches!(m, DecMode::AltScreenBuffer | DecMode::SaveCursorAltScreenBuffer)
-    }))
+/// An operation whose cost grows with the screen, as [`price`] sees it before the terminal runs it; the
+/// one list of what is priced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Priced {
+    /// Erase below the cursor, above it, or all of the screen.
+    EraseBelow,
+    EraseAbove,
+    EraseAll,
+    /// Insert lines or scroll down `n` lines.
+    InsertLines(u16),
+    /// Delete lines or scroll up `n` lines: new rows allocated and old ones freed.
+    DeleteLines(u16),
+    /// Fill every cell (`ESC # 8`).
+    Fill,
+    /// Reset the terminal (`ESC c`).
+    Reset,
+    /// Switch to the alternate screen (`ESC [ ? 1049 h`, `47`, `1047`): always made (see
+    /// [`Emulator::output`]).
+    AlternateScreen,
 }
 
-/// Whether `f` is one of the operations [`cost`] prices (the rest cost at most a row of cells).
-fn priced(f: &Function) -> bool {
-    matches!(
-        f,
-        Function::Ed(_)
-            | Function::Il(_)
-            | Function::Dl(_)
-            | Function::Su(_)
-            | Function::Sd(_)
-            | Function::Decaln
-            | Function::Ris
-            | Function::Decset(_)
-    )
-}
-
-/// The estimated cost of `f` on `terminal` as it stands, or `None` if it is cheap.
-fn cost(f: &Function, terminal: &Terminal) -> Option<u64> {
-    let (cols, rows) = terminal.size();
-    let row = terminal.cursor().row.min(rows.saturating_sub(1));
-    let primary = terminal.active_screen_kind() == ScreenKind::Primary;
-    let lines = |n: u16| usize::from(n.max(1)).min(rows);
+/// Whether `f` is priced, and how; `None` for what costs at most a row of cells.
+fn price(f: &Function) -> Option<Priced> {
     Some(match f {
-        Function::Ed(EdScope::Below) => cells_cost((rows - row) * cols, 700),
-        Function::Ed(EdScope::Above) => cells_cost((row + 1) * cols, 700),
-        // The primary screen also looks for the rows it keeps (avt's scrollback rule).
-        Function::Ed(EdScope::All) => cells_cost(rows * cols, if primary { 1400 } else { 700 }),
-        Function::Il(n) | Function::Sd(n) => cells_cost(lines(*n) * cols, 1200),
-        // New rows allocated and old ones freed.
-        Function::Dl(n) | Function::Su(n) => cells_cost(lines(*n) * cols, 1500),
-        Function::Decaln => cells_cost(rows * cols, 4500),
-        Function::Ris => cells_cost(rows * cols, 1400),
-        // A new alternate screen is allocated.
-        f if primary && switches_to_the_alternate_screen(f) => cells_cost(rows * cols, 700),
+        Function::Ed(EdScope::Below) => Priced::EraseBelow,
+        Function::Ed(EdScope::Above) => Priced::EraseAbove,
+        Function::Ed(EdScope::All) => Priced::EraseAll,
+        Function::Il(n) | Function::Sd(n) => Priced::InsertLines(*n),
+        Function::Dl(n) | Function::Su(n) => Priced::DeleteLines(*n),
+        Function::Decaln => Priced::Fill,
+        Function::Ris => Priced::Reset,
+        Function::Decset(modes)
+            if modes.as_slice().iter().any(|m| {
+                matches!(
+                    m,
+                    DecMode::AltScreenBuffer | DecMode::SaveCursorAltScreenBuffer
+                )
+            }) =>
+        {
+            Priced::AlternateScreen
+        }
         _ => return None,
     })
+}
+
+impl Priced {
+    /// The estimated cost on `terminal` as it stands.
+    fn cost(self, terminal: &Terminal) -> u64 {
+        let (cols, rows) = terminal.size();
+        let row = terminal.cursor().row.min(rows.saturating_sub(1));
+        let primary = terminal.active_screen_kind() == ScreenKind::Primary;
+        let lines = |n: u16| usize::from(n.max(1)).min(rows);
+        match self {
+            Priced::EraseBelow => cells_cost((rows - row) * cols, 700),
+            Priced::EraseAbove => cells_cost((row + 1) * cols, 700),
+            // The primary screen also looks for the rows it keeps (avt's scrollback rule).
+            Priced::EraseAll => cells_cost(rows * cols, if primary { 1400 } else { 700 }),
+            Priced::InsertLines(n) => cells_cost(lines(n) * cols, 1200),
+            Priced::DeleteLines(n) => cells_cost(lines(n) * cols, 1500),
+            Priced::Fill => cells_cost(rows * cols, 4500),
+            Priced::Reset => cells_cost(rows * cols, 1400),
+            // A new alternate screen is allocated (nothing if it is shown already).
+            Priced::AlternateScreen if primary => cells_cost(rows * cols, 700),
+            Priced::AlternateScreen => 0,
+        }
+    }
 }
 
 /// The estimated cost of resizing from `from` to `to` (cols, rows): the old screen's cells read, the new
@@ -246,19 +270,14 @@ impl Emulator {
         self.screen.earn(&self.terminal, text.len());
         let mut start = 0;
         for (i, ch) in text.char_indices() {
-            let Some(f) = self.shadow.feed(ch) else {
+            let Some(priced) = self.shadow.feed(ch).as_ref().and_then(price) else {
                 continue;
             };
-            if !priced(&f) {
-                continue;
-            }
             // What comes before is carried out first: the cost depends on the screen and cursor then.
             give(&mut self.terminal, &mut self.screen, &text[start..i]);
             start = i;
-            let Some(cost) = cost(&f, &self.terminal) else {
-                continue;
-            };
-            if switches_to_the_alternate_screen(&f) {
+            let cost = priced.cost(&self.terminal);
+            if priced == Priced::AlternateScreen {
                 // Always made (else a program's screen would be read as the primary one, which the
                 // line tracker leaves to this reader: out of the search): paid as far as it can be.
                 self.budget = self.budget.saturating_sub(cost);
@@ -401,10 +420,7 @@ mod tests {
             .map(|op| op.repeat(200))
             .concat();
         e.output(0.0, &drain);
-        assert!(
-            e.budget < cost(&Function::Ris, e.terminal()).unwrap() / 4,
-            "{e:?}"
-        );
+        assert!(e.budget < Priced::Reset.cost(e.terminal()) / 4, "{e:?}");
         assert!(e.refused() > 0);
         e.output(0.0, "\x1b[?1049h\x1b[Hcoil_gain = 99");
         assert_eq!(e.terminal().active_screen_kind(), ScreenKind::Alternate);

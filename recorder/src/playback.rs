@@ -893,11 +893,9 @@ mod tests {
         assert!(longest <= 4 * 1000 + 100, "{longest}");
     }
 
-    /// What a player is given of a segment whose output costs more than it pays for is held to the same
-    /// budget as the index (the browser's emulator has no budget of its own); a segment of ordinary
-    /// output is given as it is.
-    #[test]
-    fn a_player_is_given_no_more_work_than_the_index_did() {
+    /// A cast on the largest screen whose output clears, fills and resets it 2,000 times over 20 s
+    /// (far more than its size pays for).
+    fn clears_and_fills() -> String {
         let mut file =
             String::from("{\"version\":2,\"width\":1000,\"height\":500,\"timestamp\":1}\n");
         for i in 0..2000 {
@@ -906,6 +904,15 @@ mod tests {
                 i / 100
             ));
         }
+        file
+    }
+
+    /// What a player is given of a segment whose output costs more than it pays for is held to the same
+    /// budget as the index (the browser's emulator has no budget of its own); a segment of ordinary
+    /// output is given as it is.
+    #[test]
+    fn a_player_is_given_no_more_work_than_the_index_did() {
+        let file = clears_and_fills();
         let (index, _) = index_recording(Format::Asciicast, file.as_bytes(), |_, _, _| {}).unwrap();
         assert!(index.refused > 0);
         let header = &file.as_bytes()[..index.header_len as usize];
@@ -1002,14 +1009,7 @@ mod tests {
     /// work its size pays for (not hours per gigabyte), says how much it refused, and its text is read.
     #[test]
     fn output_that_costs_the_emulator_more_than_it_pays_is_refused() {
-        let mut file =
-            String::from("{\"version\":2,\"width\":1000,\"height\":500,\"timestamp\":1}\n");
-        for i in 0..2000 {
-            file.push_str(&format!(
-                "[{}.0,\"o\",\"x\\u001b[2J\\u001b#8\\u001bc\"]\n",
-                i / 100
-            ));
-        }
+        let mut file = clears_and_fills();
         file.push_str("[30.0,\"o\",\"\\u001b[Hdone\\r\\n\"]\n");
         let mut lines = Vec::new();
         let (index, _) =
