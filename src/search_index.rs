@@ -368,6 +368,12 @@ impl Indexer {
                  fills the screen over and over): those operations were not emulated, so its seek points \
                  and screen text may keep cells it cleared; the recording itself is whole");
         }
+        if let Some(index) = pass.index.as_ref().filter(|i| i.resizes_delayed > 0) {
+            tracing::warn!(recording = r.id, session = %r.session_id, delayed = index.resizes_delayed,
+                "a recording's window changes cost the screen emulation more than the recording pays for \
+                 (a wide screen narrowed a great deal, over and over): they were made later than recorded, \
+                 and the player is given them so; the recording itself is whole");
+        }
         let (playback, mac) = match &pass.index {
             Some(index) => {
                 let json = serde_json::to_string(index).unwrap_or_default();

@@ -2378,6 +2378,8 @@ impl WebCore {
             "refused": index.refused,
             // Seek points that start from a blank screen (`playback::MAX_INITS_BYTES`).
             "blank_inits": index.blank_inits,
+            // Window changes made later than recorded (`playback::Index::resizes_delayed`).
+            "resizes_delayed": index.resizes_delayed,
         })
         .to_string())
     }
@@ -2473,9 +2475,9 @@ impl WebCore {
         }
         let events = events
             .map_err(|e| CoreError::Conflict(format!("the recording cannot be read: {e}")))?;
-        // Output that costs an emulator more than it pays for (the index refused some) is given to the
+        // Output or window changes that cost an emulator more than they pay for are given to the
         // browser's emulator held to the same budget (its work, off the async threads).
-        let events = if index.refused > 0 {
+        let events = if index.bounded() {
             let seg = seg.clone();
             tokio::task::spawn_blocking(move || playback::bounded_events(events, &seg))
                 .await

@@ -8,7 +8,10 @@
 //! and [`EARN_PER_SECOND`] per second of its time, held up to [`BUDGET_CAP`]; an operation the budget
 //! cannot pay is not carried out (its final character is replaced by CAN, which cancels a sequence, so
 //! the terminal's parser stays where it would have been) and a resize waits for the budget (only the
-//! latest size is kept). A switch to the alternate screen is always made, paid as far as the budget
+//! latest size is kept). A resize is priced for the browser player's avt too, which narrows a screen in
+//! time quadratic in its width (third_party/avt's patch 1 is this emulator's only): what a player is
+//! given of a costly recording is what this emulator made of it ([`crate::playback::bounded_events`]),
+//! so its work is bounded by the same budget. A switch to the alternate screen is always made, paid as far as the budget
 //! goes: refusing it would leave a full-screen program's text on the primary screen, which the line
 //! tracker leaves to the screen reader, so out of the search. Left unpriced (each within a few times
 //! the rate earned, ~0.5-2 us a byte at the largest screen, measured): scrolling at a margin (line feed,
@@ -109,14 +112,44 @@ impl Priced {
     }
 }
 
-/// The estimated cost of resizing from `from` to `to` (cols, rows): the old screen's cells read, the new
-/// width's rows built for the larger of the two heights (avt pads to the old height before it cuts), and
-/// a row allocated for each new-width piece of the old screen's lines (the primary one reflowed: linear
-/// since third_party/avt's patch 1; a full screen narrowed to one column is 500,000 rows).
+/// The estimated cost of resizing from `from` to `to` (cols, rows), for whichever of the two emulators
+/// pays more: this one ([`index_resize_cost`]) or the browser player's ([`player_resize_cost`]).
 fn resize_cost(from: (usize, usize), to: (usize, usize)) -> u64 {
+    index_resize_cost(from, to).max(player_resize_cost(from, to))
+}
+
+/// The index's avt resizing from `from` to `to`: the old screen's cells read, the new width's rows
+/// built for the larger of the two heights (avt pads to the old height before it cuts), and a row
+/// allocated for each new-width piece of the old screen's lines (the primary one reflowed: linear since
+/// third_party/avt's patch 1; a full screen narrowed to one column is 500,000 rows).
+fn index_resize_cost(from: (usize, usize), to: (usize, usize)) -> u64 {
     let cells = from.0 * from.1 + to.0 * from.1.max(to.1);
     let rows = from.0 * from.1 / to.0.max(1);
     cells_cost(cells, 1500).saturating_add(rows as u64 * 90)
+}
+
+/// Lines of scrollback the browser player's terminal keeps (asciinema-player creates its avt with 100),
+/// which its primary screen reflows with the rows it shows.
+const PLAYER_SCROLLBACK: usize = 100;
+
+/// The browser player's avt (upstream's, without third_party/avt's patch 1) narrowing its primary
+/// screen from `from` to `to`, at worst: each of its lines (the rows shown and the scrollback kept, each
+/// at most the old width plus what the line before carried over) is cut into new-width rows one at a
+/// time, and each cut moves the rest of the line: about length² / (2 x new width) cells a line. One
+/// screen-long wrapped line at 1000 x 500 narrowed to one column took that player 0.7 s (Chromium, the
+/// machine bench/README.md describes: ~2.8 ns a cell), so a vendor's device that redraws it and a client
+/// that narrows and widens the window in a loop, which the index pays for in milliseconds, froze the
+/// auditor's tab for as long as the recording is played. Widening and height changes are linear there
+/// as here. The worst case, not the screen's content, so that the price is the sizes'.
+fn player_resize_cost(from: (usize, usize), to: (usize, usize)) -> u64 {
+    if to.0 >= from.0 {
+        return 0;
+    }
+    let width = to.0.max(1) as u64;
+    let line = (from.0 + to.0 - 1) as u64;
+    let per_line = line.saturating_mul(line) / (2 * width);
+    let lines = (from.1 + PLAYER_SCROLLBACK) as u64;
+    (per_line.saturating_mul(lines)).saturating_mul(3)
 }
 
 /// An `avt` terminal fed through a work budget; see the module documentation.
@@ -133,6 +166,8 @@ pub struct Emulator {
     pending: Option<(usize, usize)>,
     /// Operations not carried out, since the start.
     refused: u64,
+    /// Resizes not made when the recording made them (made later, or never), since the start.
+    delayed: u64,
     /// REP counts bounded before the emulator: 9 bytes must not cost 65,535 prints.
     rep: RepBound,
 }
@@ -144,6 +179,7 @@ impl std::fmt::Debug for Emulator {
             .field("budget", &self.budget)
             .field("pending", &self.pending)
             .field("refused", &self.refused)
+            .field("delayed", &self.delayed)
             .finish_non_exhaustive()
     }
 }
@@ -162,6 +198,7 @@ impl Emulator {
             paid_until: 0.0,
             pending: None,
             refused: 0,
+            delayed: 0,
             rep: RepBound::default(),
         }
     }
@@ -189,6 +226,13 @@ impl Emulator {
     /// refused: it is made, at its latest size, once the budget pays for it.
     pub fn refused(&self) -> u64 {
         self.refused
+    }
+
+    /// Resizes the budget could not pay for when the recording made them: made later (at the latest
+    /// size asked for by then), or never. A player given the recording as it is would make them on
+    /// time, at the cost [`resize_cost`] prices (see [`crate::playback::bounded_events`]).
+    pub fn delayed(&self) -> u64 {
+        self.delayed
     }
 
     fn earn(&mut self, time: f64, bytes: usize) {
@@ -299,6 +343,9 @@ impl Emulator {
         self.earn(time, 0);
         self.pending = Some((cols.max(1), rows.max(1)));
         self.settle_resize();
+        if self.pending.is_some() {
+            self.delayed += 1;
+        }
     }
 
     /// The terminal's size as emulated: (cols, rows).
@@ -426,6 +473,70 @@ mod tests {
         assert_eq!(e.terminal().active_screen_kind(), ScreenKind::Alternate);
         e.output(0.0, "\x1b[?1049l");
         assert_eq!(e.terminal().active_screen_kind(), ScreenKind::Primary);
+    }
+
+    /// A device that redraws one wrapped line across the largest screen and a client that narrows the
+    /// window to a column and back, over and over: the index pays for it in milliseconds, the browser
+    /// player's avt (quadratic) took 0.7 s a cycle. The resizes the player would be given cost it no
+    /// more than the recording earned, and the narrowest is never made.
+    #[test]
+    fn narrowing_a_wide_screen_costs_the_player_no_more_than_it_pays_for() {
+        let (cols, rows) = (1000, 500);
+        let line = "x".repeat(cols * (rows - 1));
+        let mut e = Emulator::new(cols, rows);
+        let mut time = 0.0;
+        let mut output = 0;
+        let mut player = 0;
+        let mut made = Vec::new();
+        for _ in 0..20 {
+            for size in [(1000, 500), (999, 500), (1, 500)] {
+                let before = e.size();
+                e.resize(time, size.0, size.1);
+                if e.size() != before {
+                    player += player_resize_cost(before, e.size());
+                    made.push(e.size());
+                }
+                time += 0.01;
+            }
+            let text = format!("\x1b[H{line}");
+            e.output(time, &text);
+            output += text.len();
+            time += 0.01;
+        }
+        let earned = BUDGET_CAP + output as u64 * EARN_PER_BYTE + (time * 20e6) as u64;
+        assert!(
+            player <= earned,
+            "{player} ns of the player's work, {earned} earned"
+        );
+        assert!(!made.contains(&(1, 500)), "{made:?}");
+        assert!(e.delayed() >= 20, "{}", e.delayed());
+        assert_eq!(e.refused(), 0);
+        // Unpriced, the player would have spent about 0.75 s (2.5e8 cells) a cycle.
+        assert!(player_resize_cost((999, 500), (1, 500)) > 20 * 600_000_000 / 20);
+    }
+
+    /// A person dragging the window's edge (30 changes a second between 80 columns and the window's
+    /// width, a program redrawing after each) has every change made when it was made, on a wide screen
+    /// of a large monitor too. (At the largest screen, 1000 x 500, every change costs the index alone
+    /// ~1.5 ms: 30 a second outrun the 20 ms a second earns, and a drag's changes are made late.)
+    #[test]
+    fn a_window_dragged_by_a_person_is_resized_on_time() {
+        for (wide, high) in [(200, 50), (400, 120)] {
+            let mut e = Emulator::new(wide, high);
+            let mut time = 0.0;
+            for i in 0..600 {
+                let cols = if (i / 60) % 2 == 0 {
+                    wide - (i % 60) * (wide - 80) / 60
+                } else {
+                    80 + (i % 60) * (wide - 80) / 60
+                };
+                e.resize(time, cols, high);
+                assert_eq!(e.size(), (cols, high), "change {i} at {time}");
+                e.output(time, &"text to the end of the line ".repeat(cols / 28 + 1));
+                time += 1.0 / 30.0;
+            }
+            assert_eq!(e.delayed(), 0);
+        }
     }
 
     /// Resizes wait for the budget, and only the latest size waits; output then finds it applied.

@@ -53,8 +53,9 @@ pub const MAX_MARKER_BYTES: usize = 8 << 20;
 /// built again before it is played rather than trusted because its MAC holds. History: 0, indexes
 /// that do not say (older builds); 1, the first to say: a segment starts only after the time of the
 /// event before it, markers attributed, terminal sizes bounded, REP counts cut; 2, what full-screen
-/// programs showed on the alternate screen is text too ([`crate::screen_text`]).
-pub const INDEX_VERSION: u32 = 2;
+/// programs showed on the alternate screen is text too ([`crate::screen_text`]); 3, resizes priced for
+/// the browser player's emulator too, and those made late counted ([`Index::resizes_delayed`]).
+pub const INDEX_VERSION: u32 = 3;
 
 /// The two terminal recording formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +128,20 @@ pub struct Index {
     /// shows what it draws itself.
     #[serde(default)]
     pub blank_inits: u64,
+    /// Window changes the emulator made later than the recording did, or never
+    /// ([`Emulator::delayed`]): the budget could not pay for them then (narrowing a wide screen a great
+    /// deal costs the browser player's emulator seconds).
+    #[serde(default)]
+    pub resizes_delayed: u64,
+}
+
+impl Index {
+    /// Whether a player must be given this recording's segments as the index emulated them
+    /// ([`bounded_events`]), not as recorded: its output or its window changes cost an emulator more
+    /// than the recording paid for, and a player given them as they are would do that work.
+    pub fn bounded(&self) -> bool {
+        self.refused > 0 || self.resizes_delayed > 0
+    }
 }
 
 /// Counts the bytes consumed through it, so each event's position in the file is known while a reader
@@ -227,6 +242,7 @@ impl Builder {
                 segments: Vec::new(),
                 refused: 0,
                 blank_inits: 0,
+                resizes_delayed: 0,
             },
             seg_bytes: 0,
             segment_bytes,
@@ -365,6 +381,7 @@ impl Builder {
     fn finish(mut self, end: u64, on_line: &mut impl FnMut(f64, Stream, String)) -> Index {
         let time = self.last_time;
         self.index.refused = self.emulator.refused();
+        self.index.resizes_delayed = self.emulator.delayed();
         self.emulator.finish();
         for line in self.emulator.take_lines() {
             on_line(self.shown_at, Stream::Output, line);
@@ -606,7 +623,7 @@ pub fn segment_events_from(format: Format, input: impl Read, start: f64) -> Resu
 }
 
 /// A segment's events as a player may be given them when the recording's output costs an emulator more
-/// than it pays for (its index [`Index::refused`] some): each output as [`Emulator::output_given`] gives
+/// than it pays for ([`Index::bounded`]): each output as [`Emulator::output_given`] gives
 /// it, from the segment's starting screen, so the player's own emulator (the browser's) does no more
 /// work than the index's; a resize where it is made (the latest of those waiting), none where it waits.
 /// Markers and keystrokes pass as they are.
@@ -948,11 +965,55 @@ mod tests {
         ]);
         let bytes = std::fs::read(&path).unwrap();
         let (index, _) = index_recording(Format::Asciicast, &bytes[..], |_, _, _| {}).unwrap();
+        assert!(!index.bounded());
         let seg = &index.segments[0];
         let header = &bytes[..index.header_len as usize];
         let body = &bytes[seg.offset as usize..(seg.offset + seg.len) as usize];
         let events = segment_events(Format::Asciicast, header, body, seg.start).unwrap();
         assert_eq!(bounded_events(events.clone(), seg), events);
+    }
+
+    /// A recording whose window is narrowed from the largest screen to one column and back, with one
+    /// wrapped line redrawn across the screen between (seconds a cycle for the browser player's avt): the
+    /// index says so, and the player is given its segments with the narrowest change left out.
+    #[test]
+    fn a_player_is_not_given_a_window_change_it_cannot_afford() {
+        let mut file =
+            String::from("{\"version\":2,\"width\":1000,\"height\":500,\"timestamp\":1}\n");
+        let line = "x".repeat(1000 * 499);
+        let mut t = 0.0;
+        for _ in 0..5 {
+            for size in ["1000x500", "999x500", "1x500"] {
+                file.push_str(&format!("[{t:.2},\"r\",\"{size}\"]\n"));
+                t += 0.01;
+            }
+            file.push_str(&format!("[{t:.2},\"o\",\"\\u001b[H{line}\"]\n"));
+            t += 0.01;
+        }
+        let (index, _) = index_recording(Format::Asciicast, file.as_bytes(), |_, _, _| {}).unwrap();
+        assert!(index.resizes_delayed >= 5, "{}", index.resizes_delayed);
+        assert!(index.bounded());
+        let header = &file.as_bytes()[..index.header_len as usize];
+        let mut recorded = 0;
+        let mut given = Vec::new();
+        for seg in &index.segments {
+            let body = &file.as_bytes()[seg.offset as usize..(seg.offset + seg.len) as usize];
+            let events = segment_events(Format::Asciicast, header, body, seg.start).unwrap();
+            recorded += events.iter().filter(|e| e.data == "1x500").count();
+            given.extend(bounded_events(events, seg));
+        }
+        assert_eq!(recorded, 5);
+        assert!(
+            given.iter().all(|e| e.data != "1x500"),
+            "the costly change given"
+        );
+        assert!(given.iter().any(|e| e.code == 'r' && e.data == "999x500"));
+        // The output is all given.
+        let lines = given
+            .iter()
+            .filter(|e| e.data.ends_with(line.as_str()))
+            .count();
+        assert_eq!(lines, 5);
     }
 
     /// A screen whose every cell has colours of its own (a dump of ~35 bytes a cell), drawn once and then

@@ -19,17 +19,37 @@ use crate::store::{asset, grant, on_both, vendor};
 async fn recorded(
     store: &Store,
     dir: &std::path::Path,
-    (v, a, g): (i64, i64, i64),
+    who: (i64, i64, i64),
     id: &str,
     at: i64,
     output: &[&str],
+) -> i64 {
+    let events: Vec<Ev> = output.iter().map(|o| Ev::Out(o)).collect();
+    recorded_events(store, dir, who, id, at, (80, 24), &events).await
+}
+
+/// One event of a test recording: output, or a window change to (cols, rows).
+enum Ev<'a> {
+    Out(&'a str),
+    Resize(u16, u16),
+}
+
+/// [`recorded`], on a terminal of `size` and with window changes: the events 100 ms apart.
+async fn recorded_events(
+    store: &Store,
+    dir: &std::path::Path,
+    (v, a, g): (i64, i64, i64),
+    id: &str,
+    at: i64,
+    size: (u16, u16),
+    events: &[Ev<'_>],
 ) -> i64 {
     let path = dir.join(format!("{id}.cast"));
     let mut w = CastWriter::create(
         &path,
         CastHeader {
-            width: 80,
-            height: 24,
+            width: size.0,
+            height: size.1,
             timestamp: at,
             title: None,
             command: None,
@@ -38,9 +58,12 @@ async fn recorded(
         },
     )
     .unwrap();
-    for (i, o) in output.iter().enumerate() {
-        w.output(Duration::from_millis(100 * i as u64 + 100), o.as_bytes())
-            .unwrap();
+    for (i, e) in events.iter().enumerate() {
+        let t = Duration::from_millis(100 * i as u64 + 100);
+        match e {
+            Ev::Out(o) => w.output(t, o.as_bytes()).unwrap(),
+            Ev::Resize(c, r) => w.resize(t, *c, *r).unwrap(),
+        }
     }
     let done = w.finish().unwrap();
     let path = path.display().to_string();
@@ -568,9 +591,32 @@ fn a_playback_index_an_older_build_made_is_built_again_before_it_is_played() {
             &[&fills, "done\r\n"],
         )
         .await;
+        // And one wrapped line across the largest screen, the window narrowed to a column and widened
+        // again, over and over (seconds a cycle for the browser's emulator).
+        let line = "x".repeat(1000 * 499);
+        let mut narrowed = Vec::new();
+        for _ in 0..3 {
+            narrowed.extend([
+                Ev::Resize(1000, 500),
+                Ev::Out(&line),
+                Ev::Resize(999, 500),
+                Ev::Resize(1, 500),
+            ]);
+        }
+        narrowed.push(Ev::Out("\x1b[Hdone"));
+        recorded_events(
+            &store,
+            &dir,
+            who,
+            "s-narrow",
+            1_000_060,
+            (1000, 500),
+            &narrowed,
+        )
+        .await;
         let secrets = SecretsKey::load(&config.secrets.key_file).unwrap();
         let indexer = Indexer::new(&store, &dir, &secrets);
-        assert_eq!(indexer.index_pending(1_000_100).await.unwrap(), 2);
+        assert_eq!(indexer.index_pending(1_000_100).await.unwrap(), 3);
         // What an older build stored: no version, and (to tell it apart) a marker of its own; sealed
         // with the node's key as that build would have.
         let mut row = store.recording_index(rid).await.unwrap().unwrap();
@@ -649,6 +695,26 @@ fn a_playback_index_an_older_build_made_is_built_again_before_it_is_played() {
         "{cancelled} cancelled, {refused} refused by the index"
     );
     assert!(segment.body.contains("done"));
+    // The window changes the index could not pay for are not given to the browser's emulator: the
+    // page is told how many were made late, and no segment narrows the screen to one column.
+    let narrow = store_recording_id(&rt, &config, "s-narrow");
+    let index = audrey
+        .get(&format!(
+            "/sessions/s-narrow/recordings/{narrow}/play.json?idle=2"
+        ))
+        .json();
+    assert!(index["resizes_delayed"].as_u64().unwrap() >= 3, "{index}");
+    let mut given = String::new();
+    for n in 0..index["segments"].as_array().unwrap().len() {
+        let segment = audrey.get(&format!(
+            "/sessions/s-narrow/recordings/{narrow}/segments/{n}?idle=2"
+        ));
+        assert_eq!(segment.status, 200, "{}", segment.body);
+        given.push_str(&segment.body);
+    }
+    assert!(given.contains("\"999x500\""), "{}", &given[..200]);
+    assert!(!given.contains("\"1x500\""));
+    assert!(given.contains("done"));
     rt.block_on(async {
         let store = Store::open(&config.database.url, crate::support::seal_of(&config))
             .await

@@ -91,6 +91,11 @@
             "programs do (" + index.refused + " times beyond what its size pays for): the player shows it " +
             "without those.");
         }
+        if (index.resizes_delayed) {
+          notes.push("Its window was narrowed so far, so often, that redrawing it costs far more than the " +
+            "recording pays for: " + index.resizes_delayed + " window changes are shown later than they " +
+            "were made.");
+        }
         if (index.blank_inits) {
           notes.push("Its screens are too large to keep at every seek point: " + index.blank_inits +
             " of them start from a blank screen.");
