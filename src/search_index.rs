@@ -434,11 +434,13 @@ fn on_background_thread<T: Send + 'static>(
 /// (a terminal emulator over every byte, then SHA-256) takes only the CPU live sessions leave: on a busy
 /// bastion the relay and the recorders come first and the index catches up when they are quiet. On
 /// Linux the nice value belongs to the thread, so `setpriority` on this thread's id lowers it alone.
-/// If it cannot be lowered the index is still built, at normal priority, and that is logged.
-fn background_priority() {
+/// If it cannot be lowered the index is still built, at normal priority, and that is logged. Live views'
+/// emulators (`live::view`) run so too.
+pub(crate) fn background_priority() {
     let tid = rustix::thread::gettid();
     if let Err(e) = rustix::process::setpriority_process(Some(tid), BACKGROUND_NICE) {
-        tracing::warn!(error = %e, "the indexer runs at normal priority: cannot lower it");
+        let thread = std::thread::current().name().unwrap_or("?").to_owned();
+        tracing::warn!(error = %e, %thread, "a background thread runs at normal priority: cannot lower it");
     }
 }
 

@@ -2615,6 +2615,21 @@ impl WebCore {
                 node.as_deref().unwrap_or("-")
             )));
         };
+        // Given as the playback index's emulator gives it, on a thread of the view's own
+        // (`live::view`): the page's emulator does no more work than the session pays for.
+        let mut shown_events = match self.live.views().open(&tap) {
+            Ok(rx) => rx,
+            Err(e @ crate::live::view::ViewError::TooMany(_)) => {
+                return Err(CoreError::Busy(e.to_string()));
+            }
+            Err(e) => {
+                tracing::error!(session = %id, error = %e, "web: cannot open a live view");
+                return Err(CoreError::Internal);
+            }
+        };
+        drop(tap);
+        // Audited once the view is open (a refused one showed nothing); a failed audit shows nothing
+        // either: the view's thread ends with its receiver.
         self.audit_view(
             by,
             crate::audit::Action::SessionWatch,
@@ -2622,64 +2637,21 @@ impl WebCore {
             json!({}),
         )
         .await?;
-        let weak = tap.downgrade();
-        drop(tap);
-        let reset = |start: crate::live::tap::Start| {
-            // Output kept for arrivals starts at a line, when it can, so a sequence is not cut in two.
-            let from = if start.recent.len() >= crate::live::tap::RECENT {
-                start
-                    .recent
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .map_or(0, |i| i + 1)
-            } else {
-                0
-            };
-            json!({"cols": start.cols, "rows": start.rows, "time": start.time,
-                   "init": shown(&String::from_utf8_lossy(&start.recent[from..]))})
-            .to_string()
-        };
-        let (start, rx) = match weak.upgrade() {
-            Some(t) => t.watch(),
-            None => return Err(CoreError::Conflict(format!("session {id} has ended"))),
-        };
-        let first = reset(start);
-        // A character the device's output split between two chunks is sent whole, with the second.
-        let utf8 = chaperone_recorder::Utf8Stream::default();
-        let stream = futures::stream::unfold(
-            (Some(first), rx, weak, utf8),
-            move |(pending, mut rx, weak, mut utf8)| async move {
-                if let Some(first) = pending {
-                    return Some((first, (None, rx, weak, utf8)));
-                }
-                use crate::live::tap::TapEvent;
-                use tokio::sync::broadcast::error::RecvError;
-                match rx.recv().await {
-                    Ok(TapEvent::Output(t, data)) => {
-                        let e = json!([t, "o", shown(&utf8.decode(&data))]).to_string();
-                        Some((e, (None, rx, weak, utf8)))
-                    }
-                    Ok(TapEvent::Resize(t, c, r)) => {
-                        let e = json!([t, "r", format!("{c}x{r}")]).to_string();
-                        Some((e, (None, rx, weak, utf8)))
-                    }
-                    // Too slow: skip ahead to the screen as it is now.
-                    Err(RecvError::Lagged(_)) => {
-                        let tap = weak.upgrade()?;
-                        let (start, rx) = tap.watch();
-                        drop(tap);
-                        let e = json!({"cols": start.cols, "rows": start.rows, "time": start.time,
-                                       "init": shown(&String::from_utf8_lossy(&start.recent))})
-                        .to_string();
-                        Some((
-                            e,
-                            (None, rx, weak, chaperone_recorder::Utf8Stream::default()),
-                        ))
-                    }
-                    Err(RecvError::Closed) => None,
-                }
-            },
-        );
+        use crate::live::view::Shown;
+        use futures::StreamExt as _;
+        let events = futures::stream::poll_fn(move |cx| shown_events.poll_recv(cx));
+        let stream = events.map(|s| match s {
+            Shown::Reset {
+                cols,
+                rows,
+                time,
+                init,
+            } => {
+                json!({"cols": cols, "rows": rows, "time": time, "init": shown(&init)}).to_string()
+            }
+            Shown::Output(t, data) => json!([t, "o", shown(&data)]).to_string(),
+            Shown::Resize(t, c, r) => json!([t, "r", format!("{c}x{r}")]).to_string(),
+        });
         Ok(Box::pin(stream))
     }
 }

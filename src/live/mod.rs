@@ -20,6 +20,7 @@ pub mod budget;
 pub mod idle;
 pub mod registry;
 pub mod tap;
+pub mod view;
 pub mod watch;
 
 use std::collections::BTreeMap;

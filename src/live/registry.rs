@@ -188,6 +188,7 @@ struct Eviction {
 struct Inner {
     sessions: Mutex<HashMap<String, Entry>>,
     connections: Mutex<HashMap<u64, Connection>>,
+    views: super::view::Views,
 }
 
 /// The sessions and vendor connections alive on this node.
@@ -345,6 +346,11 @@ impl LiveSessions {
             .unwrap_or_default();
         list.sort_by(|a, b| a.2.cmp(&b.2).then_with(|| a.1.cmp(&b.1)));
         list
+    }
+
+    /// The live views open on this node.
+    pub fn views(&self) -> &super::view::Views {
+        &self.inner.views
     }
 
     /// The tap of session `id`, if it is live on this node and has one.

@@ -517,6 +517,42 @@ fn a_sign_in_posted_from_another_site_is_refused() {
     assert_eq!(signed_in.location, format!("{}/requests", base(&b)));
 }
 
+/// alice's terminal session on mri-01 (`ssh -tt`, its input piped), and the session's id once it is live.
+fn live_shell(
+    b: &Bastion,
+    sshd: &crate::support::sshd::Sshd,
+) -> (std::process::Child, std::process::ChildStdin, String) {
+    b.device("mri-01", sshd, &[]);
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let mut shell = b
+        .ssh_with(&alice, &["-tt"], "alice+mri-01")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdin = shell.stdin.take().unwrap();
+    (shell, stdin, b.live_session_id())
+}
+
+/// audrey (an auditor) watching session `live` with curl: the server-sent events read as they come.
+fn watched_by_audrey(
+    b: &Bastion,
+    live: &str,
+) -> (Approver, std::process::Child, std::process::ChildStdout) {
+    let audrey = Approver::enroll(b, "audrey", "auditor");
+    let mut view = Command::new("curl")
+        .args(["-sk", "-N", "--max-time", "60", "-b"])
+        .arg(b.data.path().join("jar-audrey"))
+        .arg(format!("{}/sessions/{live}/live", base(b)))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = view.stdout.take().unwrap();
+    (audrey, view, out)
+}
+
 /// A live view outlives its request, so the check at its start is not enough: with a 5 s idle
 /// time-out, an auditor who opened a running terminal's live view and then left it is signed out, and
 /// the view ends with the web session, while the vendor's session goes on.
@@ -528,32 +564,12 @@ fn a_live_view_ends_with_its_viewers_web_session() {
     let data = DataDir::init();
     configure_web(&data, &[("idle_timeout", "\"5s\"")]);
     let b = Bastion::start(data);
-    b.device("mri-01", &sshd, &[]);
-    let alice = b.vendor("alice", "Acme Imaging");
-    b.grant("alice", "mri-01", "ssh", "1h");
-    let mut shell = b
-        .ssh_with(&alice, &["-tt"], "alice+mri-01")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = shell.stdin.take().unwrap();
+    let (mut shell, mut stdin, live) = live_shell(&b, &sshd);
     stdin
         .write_all(b"while true; do echo tick; sleep 0.2; done\n")
         .unwrap();
-    let live = b.live_session_id();
-
-    let audrey = Approver::enroll(&b, "audrey", "auditor");
-    let mut view = Command::new("curl")
-        .args(["-sk", "-N", "--max-time", "40", "-b"])
-        .arg(b.data.path().join("jar-audrey"))
-        .arg(format!("{}/sessions/{live}/live", base(&b)))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (audrey, mut view, mut out) = watched_by_audrey(&b, &live);
     let opened = Instant::now();
-    let mut out = view.stdout.take().unwrap();
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     while !String::from_utf8_lossy(&seen).contains("tick") {
@@ -579,6 +595,67 @@ fn a_live_view_ends_with_its_viewers_web_session() {
     );
     assert_eq!(audrey.get("/api/sessions").status, 401);
     assert!(shell.try_wait().unwrap().is_none(), "{}", b.log());
+    let _ = shell.kill();
+    let _ = shell.wait();
+}
+
+/// A live view is given the session's output held to the emulator's budget, as a recording's segments
+/// are (`live::view`): a device that fills the whole screen over and over, far more than its output
+/// pays for, reaches the watcher's page with most fills cancelled (a CAN for the final character), and
+/// what it printed after them whole. Given as sent, the page's own emulator had no bound.
+#[test]
+fn a_live_view_is_held_to_what_the_session_pays_for() {
+    let Some(sshd) = crate::support::sshd::Sshd::start() else {
+        return;
+    };
+    let b = Bastion::start(DataDir::init());
+    let (mut shell, mut stdin, live) = live_shell(&b, &sshd);
+    stdin.write_all(b"echo ready-to-fill\n").unwrap();
+    let (_audrey, mut view, mut out) = watched_by_audrey(&b, &live);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 65536];
+    let mut read_until = |seen: &mut Vec<u8>, what: &str| {
+        while !String::from_utf8_lossy(seen).contains(what) {
+            match out.read(&mut buf) {
+                Ok(n @ 1..) => seen.extend_from_slice(&buf[..n]),
+                _ => panic!(
+                    "the live view ended before {what}: {}\n{}",
+                    String::from_utf8_lossy(seen),
+                    b.log()
+                ),
+            }
+        }
+    };
+    read_until(&mut seen, "ready-to-fill");
+    let fills = 100_000;
+    stdin
+        .write_all(
+            format!(
+                "python3 -c \"import sys; sys.stdout.write('\\x1b#8' * {fills} + 'done-' + 'filling')\"\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    seen.clear();
+    read_until(&mut seen, "done-filling");
+    // The output events' text, joined (a sequence may be split between two).
+    let text: String = String::from_utf8_lossy(&seen)
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e[1] == "o")
+        .filter_map(|e| e[2].as_str().map(str::to_owned))
+        .collect();
+    let given = text.matches("\x1b#8").count();
+    let cancelled = text.matches("\x1b#\x18").count();
+    assert_eq!(given + cancelled, fills, "{}", &text[..text.len().min(300)]);
+    // 100,000 fills of at least 80 x 24 cost ~0.9 s of emulation; the budget pays ~0.2 s of it.
+    assert!(
+        cancelled > fills / 2,
+        "{given} given, {cancelled} cancelled"
+    );
+    let _ = view.kill();
+    let _ = view.wait();
     let _ = shell.kill();
     let _ = shell.wait();
 }

@@ -1,0 +1,377 @@
+//! What a live view's watcher is sent: a live session's output and window changes as the playback
+//! index's emulator gives them ([`Emulator::output_given`]), not as the device sent them. The page's
+//! player runs its own terminal emulator, with no budget and upstream avt's quadratic reflow, and the
+//! device's output is the vendor's to choose: screen fills and clears in a loop, or a wide screen
+//! narrowed to one column and back, cost it seconds for a few bytes and froze the watcher's tab for as
+//! long as the session went on. Held to the emulator's budget, a watcher's page does no more work than
+//! the session's output and time pay for; the rule is the one a recording's segments are served by
+//! ([`chaperone_recorder::playback::bounded_events`]).
+//!
+//! Entry point: [`Views::open`] (the node's views, in `LiveSessions`). Each view runs its emulator on a
+//! thread of its own at background priority (the relay and the recorders come first; a view that falls
+//! behind skips ahead to the screen as it is now), at most [`MAX_VIEWS`] on a node. The session never
+//! waits for a view.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use chaperone_recorder::Utf8Stream;
+use chaperone_recorder::emulator::Emulator;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+
+use super::tap::{RECENT, Start, Tap, TapEvent, WeakTap};
+
+/// Live views open at once on a node, at most: each holds a thread and an emulator (up to ~16 MB for the
+/// largest screen).
+pub const MAX_VIEWS: usize = 16;
+
+/// Events a view holds for a page that reads slowly; past them the view waits and, the session going
+/// on, falls behind and skips ahead.
+const QUEUE: usize = 64;
+
+/// One thing a watcher is sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Shown {
+    /// Start (or start again) from this screen: a terminal of `cols` x `rows` given `init`.
+    Reset {
+        cols: u16,
+        rows: u16,
+        time: f64,
+        init: String,
+    },
+    /// Output at a time (seconds since the session started).
+    Output(f64, String),
+    /// The terminal as shown is now `cols` x `rows`.
+    Resize(f64, u16, u16),
+}
+
+/// Why a view was not opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error("{0} live views are open on this node: close one and try again")]
+    TooMany(usize),
+    #[error("cannot start a live view's thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The live views open on a node.
+#[derive(Debug, Clone)]
+pub struct Views {
+    open: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl Default for Views {
+    fn default() -> Views {
+        Views::new(MAX_VIEWS)
+    }
+}
+
+/// A view's place among the open ones, given back when its thread ends.
+struct Place(Arc<AtomicUsize>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Views {
+    /// At most `max` open at once.
+    pub fn new(max: usize) -> Views {
+        Views {
+            open: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    /// Views open now.
+    #[cfg(test)]
+    fn open_now(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    fn take(&self) -> Result<Place, ViewError> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .map(|_| Place(self.open.clone()))
+            .map_err(|_| ViewError::TooMany(self.max))
+    }
+
+    /// Opens a view of `tap`'s session: the screen so far, then what follows, until the session ends
+    /// (the channel closes) or the receiver is dropped (the view's thread then ends at once).
+    pub fn open(&self, tap: &Tap) -> Result<mpsc::Receiver<Shown>, ViewError> {
+        let place = self.take()?;
+        open_with(place, tap)
+    }
+}
+
+fn open_with(place: Place, tap: &Tap) -> Result<mpsc::Receiver<Shown>, ViewError> {
+    let (start, rx) = tap.watch();
+    let weak = tap.downgrade();
+    let (tx, out) = mpsc::channel(QUEUE);
+    std::thread::Builder::new()
+        .name("live-view".into())
+        .spawn(move || {
+            let _place = place;
+            crate::search_index::background_priority();
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
+                tracing::warn!("a live view cannot start its event loop");
+                return;
+            };
+            rt.block_on(run(start, rx, weak, tx));
+        })
+        .map_err(ViewError::Thread)?;
+    Ok(out)
+}
+
+/// A view's emulator and the state of its stream.
+struct View {
+    emulator: Emulator,
+    utf8: Utf8Stream,
+}
+
+impl View {
+    /// A view from `start`: its recent output, from a line when it was cut (so a sequence is not cut in
+    /// two), given through a fresh emulator.
+    fn reset(start: &Start) -> (View, Shown) {
+        let from = if start.recent.len() >= RECENT {
+            start
+                .recent
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(0, |i| i + 1)
+        } else {
+            0
+        };
+        let mut emulator = Emulator::new(usize::from(start.cols), usize::from(start.rows));
+        let init =
+            emulator.output_given(start.time, &String::from_utf8_lossy(&start.recent[from..]));
+        let (cols, rows) = size(&emulator);
+        (
+            View {
+                emulator,
+                utf8: Utf8Stream::default(),
+            },
+            Shown::Reset {
+                cols,
+                rows,
+                time: start.time,
+                init,
+            },
+        )
+    }
+
+    /// What the watcher is sent for `event`: a resize where the emulator made one (one that waited for
+    /// the budget may be made at an output), then the output as given.
+    fn step(&mut self, event: TapEvent, shown: &mut Vec<Shown>) {
+        // The alternate screen's text, read for the search index, is not a view's: dropped, so a long
+        // session does not pile it up.
+        self.emulator.take_lines().for_each(drop);
+        let before = size(&self.emulator);
+        let time = match event {
+            TapEvent::Output(time, data) => {
+                let text = self.utf8.decode(&data);
+                let given = self.emulator.output_given(time, &text);
+                self.resized(time, before, shown);
+                shown.push(Shown::Output(time, given));
+                return;
+            }
+            TapEvent::Resize(time, cols, rows) => {
+                self.emulator
+                    .resize(time, usize::from(cols), usize::from(rows));
+                time
+            }
+        };
+        self.resized(time, before, shown);
+    }
+
+    fn resized(&self, time: f64, before: (u16, u16), shown: &mut Vec<Shown>) {
+        let now = size(&self.emulator);
+        if now != before {
+            shown.push(Shown::Resize(time, now.0, now.1));
+        }
+    }
+}
+
+/// The emulated terminal's size (within a recording's bounds, as the tap's sizes are).
+fn size(e: &Emulator) -> (u16, u16) {
+    let (c, r) = e.size();
+    (
+        u16::try_from(c).unwrap_or(u16::MAX),
+        u16::try_from(r).unwrap_or(u16::MAX),
+    )
+}
+
+async fn run(
+    start: Start,
+    mut rx: tokio::sync::broadcast::Receiver<TapEvent>,
+    weak: WeakTap,
+    tx: mpsc::Sender<Shown>,
+) {
+    let (mut view, first) = View::reset(&start);
+    if tx.send(first).await.is_err() {
+        return;
+    }
+    let mut shown = Vec::new();
+    loop {
+        let event = tokio::select! {
+            event = rx.recv() => event,
+            () = tx.closed() => return,
+        };
+        match event {
+            Ok(event) => view.step(event, &mut shown),
+            // Too slow: skip ahead to the screen as it is now.
+            Err(RecvError::Lagged(_)) => {
+                let Some(tap) = weak.upgrade() else { return };
+                let (start, again) = tap.watch();
+                drop(tap);
+                rx = again;
+                let first;
+                (view, first) = View::reset(&start);
+                shown.push(first);
+            }
+            Err(RecvError::Closed) => return,
+        }
+        for s in shown.drain(..) {
+            if tx.send(s).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "in a test, a failed unwrap is a failed test"
+)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn next(out: &mut mpsc::Receiver<Shown>) -> Shown {
+        out.blocking_recv().unwrap()
+    }
+
+    /// A watcher sees the screen so far, then output and window changes as they come; the view ends
+    /// when the session does.
+    #[test]
+    fn a_view_shows_what_the_session_shows() {
+        let tap = Tap::new(80, 24);
+        tap.output(&Bytes::from_static(b"$ uptime\r\n"));
+        let mut out = Views::default().open(&tap).unwrap();
+        assert!(
+            matches!(next(&mut out), Shown::Reset { cols: 80, rows: 24, init, .. }
+            if init == "$ uptime\r\n")
+        );
+        tap.output(&Bytes::from_static(b"up 3 days\r\n"));
+        tap.resize(100, 30);
+        assert!(matches!(next(&mut out), Shown::Output(_, s) if s == "up 3 days\r\n"));
+        assert!(matches!(next(&mut out), Shown::Resize(_, 100, 30)));
+        drop(tap);
+        assert!(out.blocking_recv().is_none());
+    }
+
+    /// The device fills the largest screen over and over, and the vendor's client narrows it to one
+    /// column and back: the watcher's page is given the fills the budget pays for (the rest cancelled)
+    /// and never the narrowest window.
+    #[test]
+    fn a_view_is_held_to_what_the_session_pays_for() {
+        let tap = Tap::new(1000, 500);
+        let mut out = Views::default().open(&tap).unwrap();
+        assert!(matches!(next(&mut out), Shown::Reset { .. }));
+        let fills = "\x1b#8".repeat(20_000);
+        tap.output(&Bytes::from(fills));
+        let line = Bytes::from("x".repeat(1000 * 499));
+        for _ in 0..5 {
+            tap.resize(1000, 500);
+            tap.output(&line);
+            tap.resize(999, 500);
+            tap.resize(1, 500);
+        }
+        tap.output(&Bytes::from_static(b"done"));
+        drop(tap);
+        let mut given = Vec::new();
+        while let Some(s) = out.blocking_recv() {
+            given.push(s);
+        }
+        let output: String = given
+            .iter()
+            .filter_map(|s| match s {
+                Shown::Output(_, o) => Some(o.as_str()),
+                _ => None,
+            })
+            .collect();
+        let filled = output.matches("\x1b#8").count();
+        assert!(filled < 1000, "{filled} fills given");
+        assert_eq!(output.matches("\x1b#\x18").count() + filled, 20_000);
+        assert!(output.ends_with("done"));
+        assert!(!given.iter().any(|s| matches!(s, Shown::Resize(_, 1, 500))));
+        assert!(
+            given
+                .iter()
+                .any(|s| matches!(s, Shown::Resize(_, 999, 500)))
+        );
+    }
+
+    /// A watcher who arrives late is given the screen so far through the same budget.
+    #[test]
+    fn a_late_watcher_is_given_the_recent_output_held_to_the_budget() {
+        let tap = Tap::new(1000, 500);
+        tap.output(&Bytes::from("\x1b#8".repeat(20_000)));
+        let mut out = Views::default().open(&tap).unwrap();
+        let Shown::Reset { init, .. } = next(&mut out) else {
+            panic!("no reset first")
+        };
+        assert!(init.matches("\x1b#8").count() < 1000);
+    }
+
+    /// A page that reads slowly never holds the session: its view falls behind and starts again from
+    /// the screen as it is now (a second reset), then goes on.
+    #[test]
+    fn a_slow_page_skips_ahead() {
+        let tap = Tap::new(80, 24);
+        let mut out = Views::default().open(&tap).unwrap();
+        let chunk = Bytes::from_static(b"line\r\n");
+        for _ in 0..super::super::tap::CAPACITY * 3 {
+            tap.output(&chunk);
+        }
+        tap.output(&Bytes::from_static(b"last\r\n"));
+        let mut resets = 0;
+        loop {
+            match next(&mut out) {
+                Shown::Reset { init, .. } => {
+                    resets += 1;
+                    if init.contains("last") {
+                        break;
+                    }
+                }
+                Shown::Output(_, o) if o.contains("last") => break,
+                _ => {}
+            }
+        }
+        assert!(resets >= 2, "{resets} resets");
+    }
+
+    /// Views are bounded per node; one whose page went away ends at once, its session idle, and gives
+    /// its place back.
+    #[test]
+    fn views_are_bounded_and_a_view_nobody_reads_gives_its_place_back() {
+        let tap = Tap::new(80, 24);
+        let views = Views::new(3);
+        let open: Vec<_> = (0..3).map(|_| views.open(&tap).unwrap()).collect();
+        assert!(matches!(views.open(&tap), Err(ViewError::TooMany(3))));
+        drop(open);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while views.open_now() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(views.open_now(), 0);
+        let mut again = views.open(&tap).unwrap();
+        assert!(matches!(next(&mut again), Shown::Reset { .. }));
+    }
+}
