@@ -2617,9 +2617,12 @@ impl WebCore {
         };
         // Given as the playback index's emulator gives it, on a thread of the view's own
         // (`live::view`): the page's emulator does no more work than the session pays for.
-        let mut shown_events = match self.live.views().open(&tap) {
+        let mut shown_events = match self.live.views().open(&tap, &by.name) {
             Ok(rx) => rx,
-            Err(e @ crate::live::view::ViewError::TooMany(_)) => {
+            Err(
+                e @ (crate::live::view::ViewError::TooMany(_)
+                | crate::live::view::ViewError::TooManyOfYours(_)),
+            ) => {
                 return Err(CoreError::Busy(e.to_string()));
             }
             Err(e) => {
@@ -2637,22 +2640,27 @@ impl WebCore {
             json!({}),
         )
         .await?;
-        use crate::live::view::Shown;
         use futures::StreamExt as _;
         let events = futures::stream::poll_fn(move |cx| shown_events.poll_recv(cx));
-        let stream = events.map(|s| match s {
-            Shown::Reset {
-                cols,
-                rows,
-                time,
-                init,
-            } => {
-                json!({"cols": cols, "rows": rows, "time": time, "init": shown(&init)}).to_string()
-            }
-            Shown::Output(t, data) => json!([t, "o", shown(&data)]).to_string(),
-            Shown::Resize(t, c, r) => json!([t, "r", format!("{c}x{r}")]).to_string(),
-        });
-        Ok(Box::pin(stream))
+        Ok(Box::pin(events.map(|s| live_event(&s))))
+    }
+}
+
+/// One live view event as the player's `eventsource` driver reads it: an object with a size is a reset
+/// (a new terminal given `init`); an array is an event, passed on unparsed, so a resize's data is the
+/// `{cols, rows}` the player resizes to (the "CxR" text of a recording's resize event, which that
+/// driver does not parse, resized the page's terminal to 1 x 1).
+fn live_event(s: &crate::live::view::Shown) -> String {
+    use crate::live::view::Shown;
+    match s {
+        Shown::Reset {
+            cols,
+            rows,
+            time,
+            init,
+        } => json!({"cols": cols, "rows": rows, "time": time, "init": shown(init)}).to_string(),
+        Shown::Output(t, data) => json!([t, "o", shown(data)]).to_string(),
+        Shown::Resize(t, cols, rows) => json!([t, "r", {"cols": cols, "rows": rows}]).to_string(),
     }
 }
 
@@ -2803,6 +2811,25 @@ fn transfer_view(l: playback::TransferLine) -> TransferView {
 
 #[cfg(test)]
 mod tests {
+    /// A live view's resize reaches the player's `eventsource` driver as the size it resizes to: that
+    /// driver passes an event's data on unparsed, and "100x30" made the page's terminal 1 x 1 (checked
+    /// in Chromium with the vendored player: one column; with `{cols, rows}`, 100 x 30).
+    #[test]
+    fn a_live_resize_is_sent_as_the_size_the_player_reads() {
+        use crate::live::view::Shown;
+        let e: serde_json::Value =
+            serde_json::from_str(&live_event(&Shown::Resize(1.5, 100, 30))).unwrap();
+        assert_eq!(e, json!([1.5, "r", {"cols": 100, "rows": 30}]));
+        let e: serde_json::Value = serde_json::from_str(&live_event(&Shown::Reset {
+            cols: 80,
+            rows: 24,
+            time: 0.0,
+            init: "x".into(),
+        }))
+        .unwrap();
+        assert_eq!(e["cols"], 80);
+    }
+
     use super::*;
     use chaperone_recorder::{Direction, Outcome, TransferEvent};
 

@@ -222,10 +222,11 @@ impl Emulator {
         self.screen.take()
     }
 
-    /// Operations the budget did not pay for (not carried out), so far. A resize is delayed, not
-    /// refused: it is made, at its latest size, once the budget pays for it.
+    /// Operations the budget did not pay for (not carried out), and REP counts cut to the screen's
+    /// width (carried out in part), so far. A resize is delayed, not refused: it is made, at its latest
+    /// size, once the budget pays for it.
     pub fn refused(&self) -> u64 {
-        self.refused
+        self.refused + self.rep.changed()
     }
 
     /// Resizes the budget could not pay for when the recording made them: made later (at the latest

@@ -54,8 +54,9 @@ pub const MAX_MARKER_BYTES: usize = 8 << 20;
 /// that do not say (older builds); 1, the first to say: a segment starts only after the time of the
 /// event before it, markers attributed, terminal sizes bounded, REP counts cut; 2, what full-screen
 /// programs showed on the alternate screen is text too ([`crate::screen_text`]); 3, resizes priced for
-/// the browser player's emulator too, and those made late counted ([`Index::resizes_delayed`]).
-pub const INDEX_VERSION: u32 = 3;
+/// the browser player's emulator too, and those made late counted ([`Index::resizes_delayed`]); 4, REP
+/// counts cut counted in [`Index::refused`].
+pub const INDEX_VERSION: u32 = 4;
 
 /// The two terminal recording formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,9 +119,9 @@ pub struct Index {
     #[serde(default)]
     pub header_sha256: String,
     pub segments: Vec<Segment>,
-    /// Terminal operations the recording's output did not pay for, so not emulated
-    /// ([`crate::emulator`]): 0 for anything a person runs; more, and the screens at the seek points
-    /// may keep cells the recording cleared.
+    /// Terminal operations the recording's output did not pay for, so not emulated, and REP counts cut
+    /// to the screen's width ([`crate::emulator`]): 0 for anything a person runs; more, and the screens
+    /// at the seek points may keep cells the recording cleared.
     #[serde(default)]
     pub refused: u64,
     /// Segments that start from a blank screen because their starting screen was past
@@ -971,6 +972,30 @@ mod tests {
         let body = &bytes[seg.offset as usize..(seg.offset + seg.len) as usize];
         let events = segment_events(Format::Asciicast, header, body, seg.start).unwrap();
         assert_eq!(bounded_events(events.clone(), seg), events);
+    }
+
+    /// REP counts past the screen's width (9 bytes asking for 65,535 prints; the browser player's avt
+    /// crashed on 10,000 of them): the index counts the cuts, so the player is given the counts as cut.
+    #[test]
+    fn a_player_is_given_rep_counts_as_cut() {
+        let mut file = String::from("{\"version\":2,\"width\":80,\"height\":24,\"timestamp\":1}\n");
+        file.push_str(&format!(
+            "[0.1,\"o\",\"{}\"]\n",
+            "x\\u001b[65535b".repeat(1000)
+        ));
+        let (index, _) = index_recording(Format::Asciicast, file.as_bytes(), |_, _, _| {}).unwrap();
+        assert_eq!(index.refused, 1000);
+        assert!(index.bounded());
+        let header = &file.as_bytes()[..index.header_len as usize];
+        let seg = &index.segments[0];
+        let body = &file.as_bytes()[seg.offset as usize..(seg.offset + seg.len) as usize];
+        let events = segment_events(Format::Asciicast, header, body, seg.start).unwrap();
+        let given: String = bounded_events(events, seg)
+            .into_iter()
+            .map(|e| e.data)
+            .collect();
+        assert_eq!(given.matches("\x1b[80b").count(), 1000);
+        assert!(!given.contains("65535"));
     }
 
     /// A recording whose window is narrowed from the largest screen to one column and back, with one

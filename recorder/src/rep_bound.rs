@@ -12,6 +12,8 @@
 #[derive(Debug, Default)]
 pub(crate) struct RepBound {
     state: State,
+    /// Sequences passed on changed (a count cut, a CSI's excess dropped), since the start.
+    changed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -34,6 +36,13 @@ enum State {
 const MAX_KEPT: usize = 64;
 
 impl RepBound {
+    /// Sequences passed on otherwise than they came (a REP count cut, a CSI longer than [`MAX_KEPT`]
+    /// cut short), since the start: a player given the output as it came would do more than the
+    /// emulator did.
+    pub(crate) fn changed(&self) -> u64 {
+        self.changed
+    }
+
     /// `text` with every REP count bounded for a `cols` x `rows` screen.
     pub(crate) fn bound(&mut self, text: &str, cols: u16, rows: u16) -> String {
         let mut out = String::with_capacity(text.len());
@@ -84,10 +93,17 @@ impl RepBound {
                     // The final byte of a REP, whatever came before it: one bounded count.
                     'b' => {
                         let n = if first == 0 { 1 } else { first };
-                        out.push_str(&format!("\x1b[{}b", bounded(n, cols, rows)));
+                        let b = bounded(n, cols, rows);
+                        if b != n || kept.len() >= MAX_KEPT {
+                            self.changed += 1;
+                        }
+                        out.push_str(&format!("\x1b[{b}b"));
                         State::Ground
                     }
                     '\x40'..='\x7e' => {
+                        if kept.len() >= MAX_KEPT {
+                            self.changed += 1;
+                        }
                         out.push_str("\x1b[");
                         out.push_str(&kept);
                         out.push(ch);

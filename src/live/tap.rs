@@ -35,12 +35,17 @@ pub struct Start {
     /// Seconds since the session started.
     pub time: f64,
     pub recent: Vec<u8>,
+    /// Output before `recent` was let go: it starts wherever the oldest chunk kept starts, maybe within
+    /// an escape sequence or a character.
+    pub cut: bool,
 }
 
 #[derive(Debug)]
 struct State {
     recent: VecDeque<Bytes>,
     recent_len: usize,
+    /// Some output was let go from the front of `recent`.
+    cut: bool,
     cols: u16,
     rows: u16,
 }
@@ -78,6 +83,7 @@ impl Tap {
                 state: Mutex::new(State {
                     recent: VecDeque::new(),
                     recent_len: 0,
+                    cut: false,
                     cols: cols.max(1),
                     rows: rows.max(1),
                 }),
@@ -109,6 +115,7 @@ impl Tap {
         while s.recent_len > RECENT && s.recent.len() > 1 {
             if let Some(old) = s.recent.pop_front() {
                 s.recent_len -= old.len();
+                s.cut = true;
             }
         }
         // Sent under the lock, so a watcher's start and its events neither overlap nor leave a gap.
@@ -145,6 +152,7 @@ impl Tap {
                     rows: 24,
                     time,
                     recent: Vec::new(),
+                    cut: false,
                 },
                 self.inner.tx.subscribe(),
             );
@@ -160,6 +168,7 @@ impl Tap {
                 rows: s.rows,
                 time,
                 recent,
+                cut: s.cut,
             },
             rx,
         )
@@ -176,6 +185,7 @@ mod tests {
         tap.output(&Bytes::from_static(b"before"));
         let (start, mut rx) = tap.watch();
         assert_eq!(start.recent, b"before");
+        assert!(!start.cut);
         tap.output(&Bytes::from_static(b"after"));
         tap.resize(100, 30);
         assert!(matches!(rx.try_recv(), Ok(TapEvent::Output(_, b)) if &b[..] == b"after"));
@@ -206,6 +216,8 @@ mod tests {
             rx.try_recv(),
             Err(broadcast::error::TryRecvError::Lagged(_))
         ));
-        assert!(tap.watch().0.recent.len() <= RECENT + chunk.len());
+        let (start, _) = tap.watch();
+        assert!(start.recent.len() <= RECENT + chunk.len());
+        assert!(start.cut);
     }
 }

@@ -12,19 +12,22 @@
 //! behind skips ahead to the screen as it is now), at most [`MAX_VIEWS`] on a node. The session never
 //! waits for a view.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use chaperone_recorder::Utf8Stream;
 use chaperone_recorder::emulator::Emulator;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
-use super::tap::{RECENT, Start, Tap, TapEvent, WeakTap};
+use super::tap::{Start, Tap, TapEvent, WeakTap};
 
 /// Live views open at once on a node, at most: each holds a thread and an emulator (up to ~16 MB for the
 /// largest screen).
 pub const MAX_VIEWS: usize = 16;
+/// Live views one staff member may hold open at once on a node, so that one person's tabs (or a tab
+/// stuck on a page) do not take every view from the others.
+pub const MAX_VIEWS_EACH: usize = 4;
 
 /// Events a view holds for a page that reads slowly; past them the view waits and, the session going
 /// on, falls behind and skips ahead.
@@ -51,60 +54,94 @@ pub enum Shown {
 pub enum ViewError {
     #[error("{0} live views are open on this node: close one and try again")]
     TooMany(usize),
+    #[error("you have {0} live views open on this node: close one and try again")]
+    TooManyOfYours(usize),
     #[error("cannot start a live view's thread: {0}")]
     Thread(std::io::Error),
 }
 
-/// The live views open on a node.
+/// The live views open on a node, in all and by staff member.
 #[derive(Debug, Clone)]
 pub struct Views {
-    open: Arc<AtomicUsize>,
+    open: Arc<Mutex<Open>>,
     max: usize,
+    each: usize,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    all: usize,
+    by: HashMap<String, usize>,
 }
 
 impl Default for Views {
     fn default() -> Views {
-        Views::new(MAX_VIEWS)
+        Views::new(MAX_VIEWS, MAX_VIEWS_EACH)
     }
 }
 
 /// A view's place among the open ones, given back when its thread ends.
-struct Place(Arc<AtomicUsize>);
+struct Place {
+    open: Arc<Mutex<Open>>,
+    who: String,
+}
 
 impl Drop for Place {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        open.all = open.all.saturating_sub(1);
+        if let Some(n) = open.by.get_mut(&self.who) {
+            *n -= 1;
+            if *n == 0 {
+                open.by.remove(&self.who);
+            }
+        }
     }
 }
 
 impl Views {
-    /// At most `max` open at once.
-    pub fn new(max: usize) -> Views {
+    /// At most `max` open at once, `each` of them one staff member's.
+    pub fn new(max: usize, each: usize) -> Views {
         Views {
-            open: Arc::new(AtomicUsize::new(0)),
+            open: Arc::default(),
             max,
+            each,
         }
     }
 
     /// Views open now.
     #[cfg(test)]
     fn open_now(&self) -> usize {
-        self.open.load(Ordering::Acquire)
+        self.open.lock().map_or(usize::MAX, |o| o.all)
     }
 
-    fn take(&self) -> Result<Place, ViewError> {
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max).then_some(n + 1)
-            })
-            .map(|_| Place(self.open.clone()))
-            .map_err(|_| ViewError::TooMany(self.max))
+    fn take(&self, who: &str) -> Result<Place, ViewError> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if open.by.get(who).copied().unwrap_or(0) >= self.each {
+            return Err(ViewError::TooManyOfYours(self.each));
+        }
+        if open.all >= self.max {
+            return Err(ViewError::TooMany(self.max));
+        }
+        open.all += 1;
+        *open.by.entry(who.to_owned()).or_default() += 1;
+        Ok(Place {
+            open: self.open.clone(),
+            who: who.to_owned(),
+        })
     }
 
-    /// Opens a view of `tap`'s session: the screen so far, then what follows, until the session ends
-    /// (the channel closes) or the receiver is dropped (the view's thread then ends at once).
-    pub fn open(&self, tap: &Tap) -> Result<mpsc::Receiver<Shown>, ViewError> {
-        let place = self.take()?;
+    /// Opens a view of `tap`'s session for staff member `who`: the screen so far, then what follows,
+    /// until the session ends (the channel closes) or the receiver is dropped (the view's thread then
+    /// ends at once).
+    pub fn open(&self, tap: &Tap, who: &str) -> Result<mpsc::Receiver<Shown>, ViewError> {
+        let place = self.take(who)?;
         open_with(place, tap)
     }
 }
@@ -135,10 +172,10 @@ struct View {
 }
 
 impl View {
-    /// A view from `start`: its recent output, from a line when it was cut (so a sequence is not cut in
-    /// two), given through a fresh emulator.
+    /// A view from `start`: its recent output, from a line when older output was let go (so a sequence
+    /// or a character is not cut in two), given through a fresh emulator.
     fn reset(start: &Start) -> (View, Shown) {
-        let from = if start.recent.len() >= RECENT {
+        let from = if start.cut {
             start
                 .recent
                 .iter()
@@ -263,7 +300,7 @@ mod tests {
     fn a_view_shows_what_the_session_shows() {
         let tap = Tap::new(80, 24);
         tap.output(&Bytes::from_static(b"$ uptime\r\n"));
-        let mut out = Views::default().open(&tap).unwrap();
+        let mut out = Views::default().open(&tap, "audrey").unwrap();
         assert!(
             matches!(next(&mut out), Shown::Reset { cols: 80, rows: 24, init, .. }
             if init == "$ uptime\r\n")
@@ -282,7 +319,7 @@ mod tests {
     #[test]
     fn a_view_is_held_to_what_the_session_pays_for() {
         let tap = Tap::new(1000, 500);
-        let mut out = Views::default().open(&tap).unwrap();
+        let mut out = Views::default().open(&tap, "audrey").unwrap();
         assert!(matches!(next(&mut out), Shown::Reset { .. }));
         let fills = "\x1b#8".repeat(20_000);
         tap.output(&Bytes::from(fills));
@@ -323,11 +360,27 @@ mod tests {
     fn a_late_watcher_is_given_the_recent_output_held_to_the_budget() {
         let tap = Tap::new(1000, 500);
         tap.output(&Bytes::from("\x1b#8".repeat(20_000)));
-        let mut out = Views::default().open(&tap).unwrap();
+        let mut out = Views::default().open(&tap, "audrey").unwrap();
         let Shown::Reset { init, .. } = next(&mut out) else {
             panic!("no reset first")
         };
         assert!(init.matches("\x1b#8").count() < 1000);
+    }
+
+    /// A watcher who arrives after older output was let go starts at a line: the oldest chunk kept may
+    /// start within one (or within a sequence or a character).
+    #[test]
+    fn a_late_watcher_starts_at_a_line() {
+        let tap = Tap::new(400, 24);
+        let stream = format!("{}\n", "x".repeat(299)).repeat(400);
+        for chunk in stream.as_bytes().chunks(1000) {
+            tap.output(&Bytes::copy_from_slice(chunk));
+        }
+        let mut out = Views::default().open(&tap, "audrey").unwrap();
+        let Shown::Reset { init, .. } = next(&mut out) else {
+            panic!("no reset first")
+        };
+        assert_eq!(init.split('\n').next().map(str::len), Some(299));
     }
 
     /// A page that reads slowly never holds the session: its view falls behind and starts again from
@@ -335,7 +388,7 @@ mod tests {
     #[test]
     fn a_slow_page_skips_ahead() {
         let tap = Tap::new(80, 24);
-        let mut out = Views::default().open(&tap).unwrap();
+        let mut out = Views::default().open(&tap, "audrey").unwrap();
         let chunk = Bytes::from_static(b"line\r\n");
         for _ in 0..super::super::tap::CAPACITY * 3 {
             tap.output(&chunk);
@@ -362,16 +415,26 @@ mod tests {
     #[test]
     fn views_are_bounded_and_a_view_nobody_reads_gives_its_place_back() {
         let tap = Tap::new(80, 24);
-        let views = Views::new(3);
-        let open: Vec<_> = (0..3).map(|_| views.open(&tap).unwrap()).collect();
-        assert!(matches!(views.open(&tap), Err(ViewError::TooMany(3))));
+        let views = Views::new(3, 2);
+        let mut open: Vec<_> = (0..2)
+            .map(|_| views.open(&tap, "audrey").unwrap())
+            .collect();
+        assert!(matches!(
+            views.open(&tap, "audrey"),
+            Err(ViewError::TooManyOfYours(2))
+        ));
+        open.push(views.open(&tap, "carol").unwrap());
+        assert!(matches!(
+            views.open(&tap, "dave"),
+            Err(ViewError::TooMany(3))
+        ));
         drop(open);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while views.open_now() > 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert_eq!(views.open_now(), 0);
-        let mut again = views.open(&tap).unwrap();
+        let mut again = views.open(&tap, "audrey").unwrap();
         assert!(matches!(next(&mut again), Shown::Reset { .. }));
     }
 }

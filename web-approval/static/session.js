@@ -87,9 +87,9 @@
         // operations the budget refused (the server holds it to the index's budget).
         var notes = [];
         if (index.refused) {
-          notes.push("This recording's output clears or fills the screen far more often than a person's " +
-            "programs do (" + index.refused + " times beyond what its size pays for): the player shows it " +
-            "without those.");
+          notes.push("This recording's output asks far more of a terminal than a person's programs do " +
+            "(" + index.refused + " screen clears, fills or repeats beyond what its size pays for): the " +
+            "player shows it without those.");
         }
         if (index.resizes_delayed) {
           notes.push("Its window was narrowed so far, so often, that redrawing it costs far more than the " +
