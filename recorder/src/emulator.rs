@@ -11,7 +11,10 @@
 //! latest size is kept). A resize is priced for the browser player's avt too, which narrows a screen in
 //! time quadratic in its width (third_party/avt's patch 1 is this emulator's only): what a player is
 //! given of a costly recording is what this emulator made of it ([`crate::playback::bounded_events`]),
-//! so its work is bounded by the same budget. A switch to the alternate screen is always made, paid as far as the budget
+//! so its work is bounded by the same budget. The page also redraws its whole terminal at every resize
+//! (up to ~0.75 s at 1000 x 500), paid from a budget of its own earned at a tenth of the recording's
+//! time ([`REDRAW_PER_SECOND`], held up to [`REDRAW_CAP`]); and a pause earns no more than
+//! [`EARNING_PAUSE`], since a page may play every pause that short. A switch to the alternate screen is always made, paid as far as the budget
 //! goes: refusing it would leave a full-screen program's text on the primary screen, which the line
 //! tracker leaves to the screen reader, so out of the search. Left unpriced (each within a few times
 //! the rate earned, ~0.5-2 us a byte at the largest screen, measured): scrolling at a margin (line feed,
@@ -37,6 +40,20 @@ pub const EARN_PER_BYTE: u64 = 300;
 pub const EARN_PER_SECOND: u64 = 20_000_000;
 /// Most budget held: what a burst of costly operations may spend at once.
 pub const BUDGET_CAP: u64 = 100_000_000;
+/// The longest pause that earns (seconds): the session page may shorten every pause to a second (its
+/// shortest idle time limit), so a pause earns no more than it lasts when played so. (An idle session
+/// still holds what it had earned, up to the caps.)
+pub const EARNING_PAUSE: f64 = 1.0;
+
+/// A browser player's redraw of its terminal after a resize, estimated per cell of the new size, in
+/// thousandths of a nanosecond ([`cells_cost`]): 1.5 us (its canvas is rebuilt: 0.05-0.7 s at
+/// 1000 x 500 in Chromium, by the page's size; the most measured).
+const REDRAW_PER_CELL: u64 = 1_500_000;
+/// Redraw budget earned per second of the recording's time: a tenth of the page's time at most.
+pub const REDRAW_PER_SECOND: u64 = 100_000_000;
+/// Most redraw budget held: one redraw of the largest screen (750 ms), or a person dragging a 200 x 50
+/// window's edge for two seconds.
+pub const REDRAW_CAP: u64 = 1_000_000_000;
 
 /// Estimated cost of touching `cells` cells at `milli_ns` thousandths of a nanosecond each (measured
 /// with avt 0.19 on the 2-vCPU machine bench/README.md describes, rounded up).
@@ -152,6 +169,24 @@ fn player_resize_cost(from: (usize, usize), to: (usize, usize)) -> u64 {
     (per_line.saturating_mul(lines)).saturating_mul(3)
 }
 
+/// What an emulator carries from one stretch of a recording to the next besides its screen: its
+/// budgets and the resize that waits. Kept with each segment, so a player's view of the segment
+/// ([`Emulator::showing`]) is held as the index was there, not given a full budget again.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Carried {
+    pub budget: u64,
+    pub redraw: u64,
+    pub paid_until: f64,
+    pub pending: Option<(u16, u16)>,
+}
+
+/// How long a recording must run to pay for a player's redraw of a `cols` x `rows` terminal (a tenth
+/// of its time goes to redraws): what a live view waits between two fresh starts, each a redraw.
+pub fn redraw_pause(cols: usize, rows: usize) -> std::time::Duration {
+    let ns = cells_cost(cols.saturating_mul(rows), REDRAW_PER_CELL);
+    std::time::Duration::from_secs_f64(ns as f64 / REDRAW_PER_SECOND as f64)
+}
+
 /// An `avt` terminal fed through a work budget; see the module documentation.
 pub struct Emulator {
     terminal: Terminal,
@@ -164,6 +199,11 @@ pub struct Emulator {
     paid_until: f64,
     /// A resize the budget could not pay yet.
     pending: Option<(usize, usize)>,
+    /// What the player's redraws after resizes may still cost (estimated nanoseconds): apart from
+    /// `budget`, which a person's drag at 200 x 50 would drain, and earned by time only.
+    redraw: u64,
+    /// All that was charged, since the start (estimated nanoseconds of work, emulation and redraws).
+    spent: u64,
     /// Operations not carried out, since the start.
     refused: u64,
     /// Resizes not made when the recording made them (made later, or never), since the start.
@@ -178,6 +218,7 @@ impl std::fmt::Debug for Emulator {
             .field("size", &self.terminal.size())
             .field("budget", &self.budget)
             .field("pending", &self.pending)
+            .field("redraw", &self.redraw)
             .field("refused", &self.refused)
             .field("delayed", &self.delayed)
             .finish_non_exhaustive()
@@ -197,6 +238,8 @@ impl Emulator {
             budget: BUDGET_CAP,
             paid_until: 0.0,
             pending: None,
+            redraw: REDRAW_CAP,
+            spent: 0,
             refused: 0,
             delayed: 0,
             rep: RepBound::default(),
@@ -236,10 +279,16 @@ impl Emulator {
         self.delayed
     }
 
+    /// All that was charged so far (estimated nanoseconds: emulation and a player's redraws): what
+    /// a player seeking within a stretch of the recording does at once, so the playback index cuts a
+    /// segment once enough was spent in it ([`crate::playback::SEGMENT_WORK`]).
+    pub fn spent(&self) -> u64 {
+        self.spent
+    }
+
     fn earn(&mut self, time: f64, bytes: usize) {
-        let seconds = (time - self.paid_until).max(0.0);
+        let seconds = (time - self.paid_until).clamp(0.0, EARNING_PAUSE);
         self.paid_until = self.paid_until.max(time);
-        // A float past u64's range saturates; the cap applies anyway.
         let by_time = (seconds * EARN_PER_SECOND as f64) as u64;
         let by_bytes = (bytes as u64).saturating_mul(EARN_PER_BYTE);
         self.budget = self
@@ -247,6 +296,10 @@ impl Emulator {
             .saturating_add(by_time)
             .saturating_add(by_bytes)
             .min(BUDGET_CAP);
+        self.redraw = self
+            .redraw
+            .saturating_add((seconds * REDRAW_PER_SECOND as f64) as u64)
+            .min(REDRAW_CAP);
     }
 
     /// Takes `amount` from the budget if it holds that much.
@@ -254,6 +307,7 @@ impl Emulator {
         let paid = amount <= self.budget;
         if paid {
             self.budget -= amount;
+            self.spent = self.spent.saturating_add(amount);
         }
         paid
     }
@@ -263,23 +317,50 @@ impl Emulator {
         if self.pending == Some(self.terminal.size()) {
             self.pending = None;
         }
-        if let Some(size) = self.pending
-            && self.spend(resize_cost(self.terminal.size(), size))
-        {
+        let Some(size) = self.pending else { return };
+        let redraw = cells_cost(size.0 * size.1, REDRAW_PER_CELL);
+        if redraw <= self.redraw && self.spend(resize_cost(self.terminal.size(), size)) {
+            self.redraw -= redraw;
+            self.spent = self.spent.saturating_add(redraw);
             self.pending = None;
             self.terminal.resize_with(size.0, size.1, &mut self.screen);
         }
     }
 
     /// A terminal of `cols` x `rows` showing `init` (a segment's starting screen, [`Emulator::dump`]),
-    /// not charged: the player's view of one segment.
-    pub fn showing(cols: usize, rows: usize, init: &str) -> Emulator {
+    /// not charged, with what the index carried there (full budgets if not known): the player's view
+    /// of one segment.
+    pub fn showing(cols: usize, rows: usize, init: &str, carried: Option<&Carried>) -> Emulator {
         let mut e = Emulator::new(cols, rows);
         for ch in init.chars() {
             e.shadow.feed(ch);
         }
         e.terminal.feed_with(init, &mut e.screen);
+        if let Some(c) = carried {
+            e.budget = c.budget.min(BUDGET_CAP);
+            e.redraw = c.redraw.min(REDRAW_CAP);
+            e.paid_until = c.paid_until;
+            e.pending = c
+                .pending
+                .map(|(c, r)| (usize::from(c.max(1)), usize::from(r.max(1))));
+        }
         e
+    }
+
+    /// What this emulator carries into the next stretch of the recording (see [`Carried`]).
+    pub fn carried(&self) -> Carried {
+        let size = |(c, r): (usize, usize)| {
+            (
+                u16::try_from(c).unwrap_or(u16::MAX),
+                u16::try_from(r).unwrap_or(u16::MAX),
+            )
+        };
+        Carried {
+            budget: self.budget,
+            redraw: self.redraw,
+            paid_until: self.paid_until,
+            pending: self.pending.map(size),
+        }
     }
 
     /// Output `text` at `time` (seconds into the recording).
@@ -325,6 +406,7 @@ impl Emulator {
             if priced == Priced::AlternateScreen {
                 // Always made (else a program's screen would be read as the primary one, which the
                 // line tracker leaves to this reader: out of the search): paid as far as it can be.
+                self.spent = self.spent.saturating_add(cost.min(self.budget));
                 self.budget = self.budget.saturating_sub(cost);
                 continue;
             }
@@ -516,28 +598,89 @@ mod tests {
         assert!(player_resize_cost((999, 500), (1, 500)) > 20 * 600_000_000 / 20);
     }
 
-    /// A person dragging the window's edge (30 changes a second between 80 columns and the window's
-    /// width, a program redrawing after each) has every change made when it was made, on a wide screen
-    /// of a large monitor too. (At the largest screen, 1000 x 500, every change costs the index alone
-    /// ~1.5 ms: 30 a second outrun the 20 ms a second earns, and a drag's changes are made late.)
-    #[test]
-    fn a_window_dragged_by_a_person_is_resized_on_time() {
-        for (wide, high) in [(200, 50), (400, 120)] {
-            let mut e = Emulator::new(wide, high);
-            let mut time = 0.0;
-            for i in 0..600 {
-                let cols = if (i / 60) % 2 == 0 {
-                    wide - (i % 60) * (wide - 80) / 60
+    /// Drags a window of `wide` x `high` from its width to 80 columns and back (`changes` changes,
+    /// 30 a second, a program redrawing after each), every ten seconds of a session that prints a line
+    /// a second between; returns the emulator and the changes made late.
+    fn dragged(wide: usize, high: usize, changes: usize) -> (Emulator, usize) {
+        let mut e = Emulator::new(wide, high);
+        let mut time = 0.0;
+        let mut late = 0;
+        for _drag in 0..5 {
+            for i in 0..changes {
+                let step = (i % (changes / 2)) * (wide - 80) / (changes / 2);
+                let cols = if i < changes / 2 {
+                    wide - step
                 } else {
-                    80 + (i % 60) * (wide - 80) / 60
+                    80 + step
                 };
                 e.resize(time, cols, high);
-                assert_eq!(e.size(), (cols, high), "change {i} at {time}");
+                late += usize::from(e.size() != (cols, high));
                 e.output(time, &"text to the end of the line ".repeat(cols / 28 + 1));
                 time += 1.0 / 30.0;
             }
-            assert_eq!(e.delayed(), 0);
+            e.resize(time, wide, high);
+            for _ in 0..10 {
+                time += 1.0;
+                e.output(time, "$ tail -f /var/log/messages\r\n");
+            }
         }
+        (e, late)
+    }
+
+    /// A person dragging a window's edge (two seconds, 30 changes a second) at 200 x 50 has every
+    /// change made when it was made; on the wide screen of a large monitor (400 x 120, each redraw
+    /// priced 72 ms for the page) some changes of a drag are made late, and the window's final size
+    /// within seconds of the drag's end.
+    #[test]
+    fn a_window_dragged_by_a_person_is_resized() {
+        let (e, late) = dragged(200, 50, 60);
+        assert_eq!((late, e.delayed()), (0, 0));
+        let (e, late) = dragged(400, 120, 60);
+        assert!(late > 0);
+        assert_eq!(e.size(), (400, 120));
+    }
+
+    /// A page is not made to redraw its terminal more than a tenth of the recording's time (after what
+    /// the cap holds): the height of a 1000 x 500 screen changed ten times a second (0.05-0.7 s of the
+    /// browser's time each) is made about once every 7.5 s.
+    #[test]
+    fn redraws_are_a_tenth_of_the_time_at_most() {
+        let mut e = Emulator::new(1000, 500);
+        let mut made = 0;
+        let mut time = 0.0;
+        for i in 0..600 {
+            let before = e.size();
+            e.resize(time, 1000, 500 - i % 2);
+            made += usize::from(e.size() != before);
+            e.output(time, "x");
+            time += 0.1;
+        }
+        // 60 s: the cap pays one, 100 ms a second about eight more.
+        assert!((2..=10).contains(&made), "{made} made");
+    }
+
+    /// A pause earns no more than a second of time, however long: played with its pauses cut to a
+    /// second, a recording of long pauses each followed by costly work gives the page no more work a
+    /// second than one with none.
+    #[test]
+    fn a_long_pause_earns_a_second() {
+        let mut e = Emulator::new(1000, 500);
+        // Drained.
+        e.output(0.0, &"\x1b#8".repeat(200));
+        let mut filled = 0;
+        let mut time = 0.0;
+        for _ in 0..100 {
+            time += 3600.0;
+            let before = e.refused();
+            e.output(
+                time,
+                "\x1b#8\x1b#8\x1b#8\x1b#8\x1b#8\x1b#8\x1b#8\x1b#8\x1b#8\x1b#8",
+            );
+            filled += 10 - (e.refused() - before);
+        }
+        // A fill costs 2.25 ms; a second earns 20 ms: 8 or 9 a pause, not the cap's 44.
+        assert!(filled <= 100 * 9, "{filled} fills made");
+        assert!(filled >= 100 * 8, "{filled} fills made");
     }
 
     /// Resizes wait for the budget, and only the latest size waits; output then finds it applied.
@@ -570,7 +713,10 @@ mod tests {
         let mut e = Emulator::new(1000, 500);
         e.output(0.0, &"\x1b#8".repeat(200));
         e.resize(0.0, 80, 24);
-        e.output(10.0, "x");
+        // A pause earns half a second at most: 10 ms each.
+        for t in 1..=5 {
+            e.output(f64::from(t), "x");
+        }
         assert_eq!(e.size(), (80, 24));
     }
 }

@@ -19,7 +19,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 
 use crate::asciicast::{CastReader, EventKind};
-use crate::emulator::Emulator;
+use crate::emulator::{Carried, Emulator};
 use crate::exec::{ExecReader, FrameData};
 use crate::screen_text;
 use crate::transcript::LineTracker;
@@ -30,6 +30,12 @@ pub const SEGMENT_BYTES: usize = 512 * 1024;
 /// A segment is also cut at the first event after this many times [`SEGMENT_BYTES`] of the file (what
 /// little output a flood of resizes, keystrokes or markers shows bounds nothing).
 const FILE_BYTES_PER_SEGMENT: u64 = 4;
+/// A segment is also cut at the first event after the emulator charged this much work in it
+/// (estimated nanoseconds, [`Emulator::spent`]): a player seeking into a segment does all of its
+/// work up to there at once (0.25 s), where playing spreads it over the time that earned it. An hour
+/// of a wide screen narrowed and widened every five seconds made one 62 KB segment whose seek held
+/// the page 49 s.
+pub const SEGMENT_WORK: u64 = 250_000_000;
 /// Pauses shorter than this are never shortened by an idle-time limit (so are not kept).
 pub const MIN_GAP: f64 = 0.5;
 /// Pauses kept at most (the longest ones of a recording with more are dropped, which only means the
@@ -55,7 +61,8 @@ pub const MAX_MARKER_BYTES: usize = 8 << 20;
 /// event before it, markers attributed, terminal sizes bounded, REP counts cut; 2, what full-screen
 /// programs showed on the alternate screen is text too ([`crate::screen_text`]); 3, resizes priced for
 /// the browser player's emulator too, and those made late counted ([`Index::resizes_delayed`]); 4, REP
-/// counts cut counted in [`Index::refused`].
+/// counts cut counted in [`Index::refused`], segments also cut by the work in them ([`SEGMENT_WORK`]),
+/// resizes paced for the page's redraws.
 pub const INDEX_VERSION: u32 = 4;
 
 /// The two terminal recording formats.
@@ -93,6 +100,10 @@ pub struct Segment {
     pub cols: u16,
     pub rows: u16,
     pub init: String,
+    /// The index's emulator's budgets and waiting resize when the segment starts (`None` in indexes
+    /// made before: a view of it starts with full budgets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carried: Option<Carried>,
 }
 
 /// What the player needs before it loads a segment.
@@ -206,6 +217,8 @@ struct Builder {
     index: Index,
     /// Output bytes in the current segment.
     seg_bytes: usize,
+    /// [`Emulator::spent`] when the current segment started.
+    seg_spent: u64,
     /// Output bytes after which the next event starts a new segment ([`SEGMENT_BYTES`]).
     segment_bytes: usize,
     last_time: f64,
@@ -246,6 +259,7 @@ impl Builder {
                 resizes_delayed: 0,
             },
             seg_bytes: 0,
+            seg_spent: 0,
             segment_bytes,
             last_time: 0.0,
             trackers: Default::default(),
@@ -272,7 +286,8 @@ impl Builder {
             Some(s) => {
                 (self.seg_bytes >= self.segment_bytes
                     || offset.saturating_sub(s.offset)
-                        >= (self.segment_bytes as u64).saturating_mul(FILE_BYTES_PER_SEGMENT))
+                        >= (self.segment_bytes as u64).saturating_mul(FILE_BYTES_PER_SEGMENT)
+                    || self.emulator.spent() - self.seg_spent >= SEGMENT_WORK)
                     && time > self.last_time
             }
         };
@@ -294,8 +309,10 @@ impl Builder {
                 cols: self.cols,
                 rows: self.rows,
                 init,
+                carried: Some(self.emulator.carried()),
             });
             self.seg_bytes = 0;
+            self.seg_spent = self.emulator.spent();
         }
         let gap = time - self.last_time;
         if gap >= MIN_GAP && self.index.gaps.len() < MAX_GAPS {
@@ -408,6 +425,7 @@ impl Builder {
                 cols: self.cols,
                 rows: self.rows,
                 init: String::new(),
+                carried: Some(self.emulator.carried()),
             });
         }
         // A last segment that starts at the very end (only its final event) is no segment to a player,
@@ -633,7 +651,9 @@ pub fn bounded_events(events: Vec<PlayEvent>, segment: &Segment) -> Vec<PlayEven
         usize::from(segment.cols),
         usize::from(segment.rows),
         &segment.init,
+        segment.carried.as_ref(),
     );
+    let first = events.first().map(|e| e.time);
     let mut out = Vec::with_capacity(events.len());
     let size = |e: &Emulator| {
         let (c, r) = e.size();
@@ -667,6 +687,20 @@ pub fn bounded_events(events: Vec<PlayEvent>, segment: &Segment) -> Vec<PlayEven
             }
             _ => out.push(event),
         }
+    }
+    // The player waits for ever at a segment whose first event comes after its start (checked in
+    // Chromium): a resize left out there is replaced by an empty output.
+    if let Some(time) = first
+        && out.first().is_none_or(|e| e.time > time)
+    {
+        out.insert(
+            0,
+            PlayEvent {
+                time,
+                code: 'o',
+                data: String::new(),
+            },
+        );
     }
     out
 }
@@ -934,10 +968,14 @@ mod tests {
         let (index, _) = index_recording(Format::Asciicast, file.as_bytes(), |_, _, _| {}).unwrap();
         assert!(index.refused > 0);
         let header = &file.as_bytes()[..index.header_len as usize];
-        let seg = &index.segments[0];
-        let body = &file.as_bytes()[seg.offset as usize..(seg.offset + seg.len) as usize];
-        let events = segment_events(Format::Asciicast, header, body, seg.start).unwrap();
-        let given = bounded_events(events.clone(), seg);
+        let mut events = Vec::new();
+        let mut given = Vec::new();
+        for seg in &index.segments {
+            let body = &file.as_bytes()[seg.offset as usize..(seg.offset + seg.len) as usize];
+            let read = segment_events(Format::Asciicast, header, body, seg.start).unwrap();
+            given.extend(bounded_events(read.clone(), seg));
+            events.extend(read);
+        }
         let priced = |events: &[PlayEvent]| {
             let mut parser = avt::Parser::new();
             events
@@ -972,6 +1010,51 @@ mod tests {
         let body = &bytes[seg.offset as usize..(seg.offset + seg.len) as usize];
         let events = segment_events(Format::Asciicast, header, body, seg.start).unwrap();
         assert_eq!(bounded_events(events.clone(), seg), events);
+    }
+
+    /// An hour of a red 1000 x 500 screen narrowed to 10 columns and widened again every five seconds
+    /// (62 KB; each narrowing ~70 ms of the browser player's work, paid by the time between): a seek to
+    /// its end replayed the whole hour's work at once (49 s in Chromium). Segments are cut by the work
+    /// in them, so a seek does at most about [`SEGMENT_WORK`] and one operation.
+    #[test]
+    fn a_seek_does_a_bounded_part_of_the_work() {
+        let mut file =
+            String::from("{\"version\":2,\"width\":1000,\"height\":500,\"timestamp\":1}\n");
+        file.push_str("[0.0,\"o\",\"\\u001b[41m\\u001b[2J\"]\n");
+        let mut t = 1.0;
+        while t < 3600.0 {
+            file.push_str(&format!(
+                "[{t:.1},\"r\",\"10x500\"]\n[{:.1},\"r\",\"1000x500\"]\n",
+                t + 2.5
+            ));
+            t += 5.0;
+        }
+        let (index, _) = index_recording(Format::Asciicast, file.as_bytes(), |_, _, _| {}).unwrap();
+        // 720 cycles of ~92 ms priced for the player's narrowing, ~750 ms for the two redraws (paced).
+        assert!(
+            index.segments.len() >= 100,
+            "{} segments",
+            index.segments.len()
+        );
+        let header = &file.as_bytes()[..index.header_len as usize];
+        for seg in &index.segments {
+            let body = &file.as_bytes()[seg.offset as usize..(seg.offset + seg.len) as usize];
+            let events = segment_events(Format::Asciicast, header, body, seg.start).unwrap();
+            let mut e = Emulator::showing(
+                usize::from(seg.cols),
+                usize::from(seg.rows),
+                &seg.init,
+                seg.carried.as_ref(),
+            );
+            for ev in &events {
+                if let Some((c, r)) = parse_size(&ev.data).filter(|_| ev.code == 'r') {
+                    e.resize(ev.time, usize::from(c), usize::from(r));
+                }
+            }
+            // What a seek to the segment's end replays: at most the bound, one redraw of the
+            // largest screen and one narrowing more.
+            assert!(e.spent() <= SEGMENT_WORK + 850_000_000, "{} ns", e.spent());
+        }
     }
 
     /// REP counts past the screen's width (9 bytes asking for 65,535 prints; the browser player's avt
@@ -1032,6 +1115,11 @@ mod tests {
             given.iter().all(|e| e.data != "1x500"),
             "the costly change given"
         );
+        for seg in &index.segments {
+            let body = &file.as_bytes()[seg.offset as usize..(seg.offset + seg.len) as usize];
+            let events = segment_events(Format::Asciicast, header, body, seg.start).unwrap();
+            assert_eq!(bounded_events(events.clone(), seg)[0].time, events[0].time);
+        }
         assert!(given.iter().any(|e| e.code == 'r' && e.data == "999x500"));
         // The output is all given.
         let lines = given

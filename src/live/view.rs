@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chaperone_recorder::Utf8Stream;
-use chaperone_recorder::emulator::Emulator;
+use chaperone_recorder::emulator::{Emulator, redraw_pause};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
@@ -155,7 +155,10 @@ fn open_with(place: Place, tap: &Tap) -> Result<mpsc::Receiver<Shown>, ViewError
         .spawn(move || {
             let _place = place;
             crate::search_index::background_priority();
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            else {
                 tracing::warn!("a live view cannot start its event loop");
                 return;
             };
@@ -250,6 +253,7 @@ async fn run(
     tx: mpsc::Sender<Shown>,
 ) {
     let (mut view, first) = View::reset(&start);
+    let mut last_start = tokio::time::Instant::now();
     if tx.send(first).await.is_err() {
         return;
     }
@@ -261,14 +265,24 @@ async fn run(
         };
         match event {
             Ok(event) => view.step(event, &mut shown),
-            // Too slow: skip ahead to the screen as it is now.
+            // Too slow: skip ahead to the screen as it is now. Each fresh start is a redraw of the
+            // page's whole terminal, so a session whose output outruns the view (a flood at the
+            // largest screen) does not make the page redraw without pause: fresh starts are paced
+            // as a recording's resizes are (a tenth of the time).
             Err(RecvError::Lagged(_)) => {
+                let (cols, rows) = view.emulator.size();
+                let ready = last_start + redraw_pause(cols, rows);
+                tokio::select! {
+                    () = tokio::time::sleep_until(ready) => {}
+                    () = tx.closed() => return,
+                }
                 let Some(tap) = weak.upgrade() else { return };
                 let (start, again) = tap.watch();
                 drop(tap);
                 rx = again;
                 let first;
                 (view, first) = View::reset(&start);
+                last_start = tokio::time::Instant::now();
                 shown.push(first);
             }
             Err(RecvError::Closed) => return,
@@ -408,6 +422,36 @@ mod tests {
             }
         }
         assert!(resets >= 2, "{resets} resets");
+    }
+
+    /// A session whose output outruns its view makes the page start again (a redraw of its whole
+    /// terminal) no more often than a recording's resizes are made: at 400 x 120, 0.72 s apart.
+    #[test]
+    fn fresh_starts_are_paced() {
+        let tap = Tap::new(400, 120);
+        let opened = std::time::Instant::now();
+        let mut out = Views::default().open(&tap, "audrey").unwrap();
+        let chunk = Bytes::from_static(b"line\r\n");
+        for _ in 0..super::super::tap::CAPACITY * 3 {
+            tap.output(&chunk);
+        }
+        tap.output(&Bytes::from_static(b"last\r\n"));
+        let mut resets = Vec::new();
+        loop {
+            match next(&mut out) {
+                Shown::Reset { init, .. } => {
+                    resets.push(opened.elapsed());
+                    if init.contains("last") {
+                        break;
+                    }
+                }
+                Shown::Output(_, o) if o.contains("last") => break,
+                _ => {}
+            }
+        }
+        assert!(resets.len() >= 2, "{resets:?}");
+        let pause = redraw_pause(400, 120);
+        assert!(resets[1] >= pause, "{resets:?}, {pause:?}");
     }
 
     /// Views are bounded per node; one whose page went away ends at once, its session idle, and gives
