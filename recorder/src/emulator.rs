@@ -16,9 +16,10 @@
 //! time ([`REDRAW_PER_SECOND`], held up to [`REDRAW_CAP`]); and a pause earns no more than
 //! [`EARNING_PAUSE`], since a page may play every pause that short. A switch to the alternate screen is always made, paid as far as the budget
 //! goes: refusing it would leave a full-screen program's text on the primary screen, which the line
-//! tracker leaves to the screen reader, so out of the search. Left unpriced (each within a few times
-//! the rate earned, ~0.5-2 us a byte at the largest screen, measured): scrolling at a margin (line feed,
-//! reverse index), REP after its bound, and that switch in a loop. Programs a person runs (an editor, a pager, `top`, tmux, a `clear` loop) never
+//! tracker leaves to the screen reader, so out of the search; leaving it is priced instead (the next
+//! switch allocates a new screen), and a leave the budget cannot pay is refused. Left unpriced (each
+//! within a few times the rate earned, ~0.5-1 us a byte at the largest screen, measured): scrolling at
+//! a margin (line feed, reverse index) and REP after its bound. Programs a person runs (an editor, a pager, `top`, tmux, a `clear` loop) never
 //! come near the bound: they print far more than they clear, and a screen cleared ten times a second
 //! costs a few milliseconds of the 20 that each second earns. Under abuse the emulated screen (the
 //! player's seek points, the text read from full-screen programs) may keep cells the recording cleared;
@@ -47,7 +48,8 @@ pub const EARNING_PAUSE: f64 = 1.0;
 
 /// A browser player's redraw of its terminal after a resize, estimated per cell of the new size, in
 /// thousandths of a nanosecond ([`cells_cost`]): 1.5 us (its canvas is rebuilt: 0.05-0.7 s at
-/// 1000 x 500 in Chromium, by the page's size; the most measured).
+/// 1000 x 500 in Chromium, by the page's size: 0.05-1.3 s measured, so a large page's redraws may
+/// take up to about twice what is priced).
 const REDRAW_PER_CELL: u64 = 1_500_000;
 /// Redraw budget earned per second of the recording's time: a tenth of the page's time at most.
 pub const REDRAW_PER_SECOND: u64 = 100_000_000;
@@ -77,9 +79,13 @@ enum Priced {
     Fill,
     /// Reset the terminal (`ESC c`).
     Reset,
-    /// Switch to the alternate screen (`ESC [ ? 1049 h`, `47`, `1047`): always made (see
-    /// [`Emulator::output`]).
+    /// Switch to the alternate screen (`ESC [ ? 1049 h`, `47`, `1047`): always made from the primary
+    /// screen (see [`Emulator::output`]); with the alternate one shown, priced like the rest.
     AlternateScreen,
+    /// Leave it (`ESC [ ? 1049 l`, ...): cheap itself, but the next switch allocates a new alternate
+    /// screen, so a loop of the two is paid here, where refusing costs the search nothing (the screen
+    /// shown stays the alternate one, which the screen reader reads).
+    LeaveAlternate,
 }
 
 /// Whether `f` is priced, and how; `None` for what costs at most a row of cells.
@@ -102,6 +108,16 @@ fn price(f: &Function) -> Option<Priced> {
         {
             Priced::AlternateScreen
         }
+        Function::Decrst(modes)
+            if modes.as_slice().iter().any(|m| {
+                matches!(
+                    m,
+                    DecMode::AltScreenBuffer | DecMode::SaveCursorAltScreenBuffer
+                )
+            }) =>
+        {
+            Priced::LeaveAlternate
+        }
         _ => return None,
     })
 }
@@ -122,9 +138,11 @@ impl Priced {
             Priced::DeleteLines(n) => cells_cost(lines(n) * cols, 1500),
             Priced::Fill => cells_cost(rows * cols, 4500),
             Priced::Reset => cells_cost(rows * cols, 1400),
-            // A new alternate screen is allocated (nothing if it is shown already).
-            Priced::AlternateScreen if primary => cells_cost(rows * cols, 700),
-            Priced::AlternateScreen => 0,
+            // A new alternate screen is allocated; shown already, nothing is here, but priced the
+            // same, so that a loop of entries is bounded whatever the player's avt does with them.
+            Priced::AlternateScreen => cells_cost(rows * cols, 700),
+            Priced::LeaveAlternate if primary => 0,
+            Priced::LeaveAlternate => cells_cost(rows * cols, 700),
         }
     }
 }
@@ -403,10 +421,12 @@ impl Emulator {
             give(&mut self.terminal, &mut self.screen, &text[start..i]);
             start = i;
             let cost = priced.cost(&self.terminal);
-            if priced == Priced::AlternateScreen {
+            if priced == Priced::AlternateScreen
+                && self.terminal.active_screen_kind() == ScreenKind::Primary
+            {
                 // Always made (else a program's screen would be read as the primary one, which the
                 // line tracker leaves to this reader: out of the search): paid as far as it can be.
-                self.spent = self.spent.saturating_add(cost.min(self.budget));
+                self.spent = self.spent.saturating_add(cost);
                 self.budget = self.budget.saturating_sub(cost);
                 continue;
             }
@@ -522,14 +542,15 @@ mod tests {
         let n = 2000;
         let text = pattern.repeat(n);
         let e = run(cols, rows, &text, 4096, 0.001);
-        // Four operations a repetition the budget may refuse (entering the alternate screen is always
-        // made, leaving it is cheap); the budget: the cap, 300 ns a byte, 20 ms a second.
+        // Six operations a repetition the budget may refuse (entering the alternate screen from the
+        // primary one is always made, but only after a leave the budget paid for); the budget: the
+        // cap, 300 ns a byte, 20 ms a second.
         let earned =
             BUDGET_CAP + text.len() as u64 * EARN_PER_BYTE + (text.len() / 4096) as u64 * 20_000;
         let cheapest = cells_cost(rows * cols, 700);
-        let carried_out = 4 * n as u64 - e.refused();
+        let carried_out = 6 * n as u64 - e.refused();
         assert!(
-            carried_out <= earned / cheapest,
+            carried_out <= 2 * (earned / cheapest) + 1,
             "{carried_out} carried out"
         );
         assert!(e.refused() > 0);
@@ -554,8 +575,31 @@ mod tests {
         assert!(e.refused() > 0);
         e.output(0.0, "\x1b[?1049h\x1b[Hcoil_gain = 99");
         assert_eq!(e.terminal().active_screen_kind(), ScreenKind::Alternate);
-        e.output(0.0, "\x1b[?1049l");
+        // Leaving is paid for (it makes the next entry allocate): once the budget holds it.
+        e.output(1.0, "\x1b[?1049l");
         assert_eq!(e.terminal().active_screen_kind(), ScreenKind::Primary);
+    }
+
+    /// A device that switches to the alternate screen and back in a loop (each entry allocates a whole
+    /// screen; 12 us a byte of the indexer's time, and all of the page's, unpriced): the leaves the
+    /// budget cannot pay are refused (the alternate screen stays shown, so the next entry costs
+    /// nothing), all of it counted as work for the segments.
+    #[test]
+    fn a_loop_of_alternate_screens_costs_no_more_than_it_pays_for() {
+        let (cols, rows) = (1000, 500);
+        let pair = "\x1b[?1049h\x1b[?1049l";
+        let n = 100_000;
+        let text = pair.repeat(n);
+        let e = run(cols, rows, &text, 4096, 0.01);
+        let earned =
+            BUDGET_CAP + text.len() as u64 * EARN_PER_BYTE + (text.len() / 4096) as u64 * 200_000;
+        // Each entry the page is given builds a screen there; here only those from the primary one,
+        // each after a paid leave.
+        let given = 2 * n as u64 - e.refused();
+        let screen = cells_cost(rows * cols, 700);
+        assert!(given <= 2 * (earned / screen) + 1, "{given} carried out");
+        assert!(e.refused() > n as u64);
+        assert!(e.spent() >= given / 2 * screen);
     }
 
     /// A device that redraws one wrapped line across the largest screen and a client that narrows the
@@ -713,7 +757,7 @@ mod tests {
         let mut e = Emulator::new(1000, 500);
         e.output(0.0, &"\x1b#8".repeat(200));
         e.resize(0.0, 80, 24);
-        // A pause earns half a second at most: 10 ms each.
+        // A pause earns a second at most: 20 ms each.
         for t in 1..=5 {
             e.output(f64::from(t), "x");
         }

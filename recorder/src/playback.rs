@@ -34,7 +34,7 @@ const FILE_BYTES_PER_SEGMENT: u64 = 4;
 /// (estimated nanoseconds, [`Emulator::spent`]): a player seeking into a segment does all of its
 /// work up to there at once (0.25 s), where playing spreads it over the time that earned it. An hour
 /// of a wide screen narrowed and widened every five seconds made one 62 KB segment whose seek held
-/// the page 49 s.
+/// the page 38-49 s.
 pub const SEGMENT_WORK: u64 = 250_000_000;
 /// Pauses shorter than this are never shortened by an idle-time limit (so are not kept).
 pub const MIN_GAP: f64 = 0.5;
@@ -62,8 +62,9 @@ pub const MAX_MARKER_BYTES: usize = 8 << 20;
 /// programs showed on the alternate screen is text too ([`crate::screen_text`]); 3, resizes priced for
 /// the browser player's emulator too, and those made late counted ([`Index::resizes_delayed`]); 4, REP
 /// counts cut counted in [`Index::refused`], segments also cut by the work in them ([`SEGMENT_WORK`]),
-/// resizes paced for the page's redraws.
-pub const INDEX_VERSION: u32 = 4;
+/// resizes paced for the page's redraws; 5, leaving the alternate screen priced, segments carrying the
+/// emulator's budgets ([`Segment::carried`]).
+pub const INDEX_VERSION: u32 = 5;
 
 /// The two terminal recording formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -92,9 +92,9 @@
             "player shows it without those.");
         }
         if (index.resizes_delayed) {
-          notes.push("Its window was narrowed so far, so often, that redrawing it costs far more than the " +
-            "recording pays for: " + index.resizes_delayed + " window changes are shown later than they " +
-            "were made.");
+          // Also a person's drag of a large window after a long silence: said plainly, not as alarm.
+          notes.push("The player paces redraws of the whole terminal: " + index.resizes_delayed +
+            " window changes are shown later than they were made, some not at all.");
         }
         if (index.blank_inits) {
           notes.push("Its screens are too large to keep at every seek point: " + index.blank_inits +
