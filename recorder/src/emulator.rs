@@ -365,6 +365,15 @@ impl Emulator {
         e
     }
 
+    /// Charges a player's redraw of its whole terminal at `cols` x `rows` (a live view starting again
+    /// from the screen as it is) to the redraw budget, as far as it holds: a fresh start is paced by
+    /// its caller ([`redraw_pause`]), not refused.
+    pub fn pay_redraw(&mut self, cols: usize, rows: usize) {
+        let cost = cells_cost(cols.saturating_mul(rows), REDRAW_PER_CELL);
+        self.redraw = self.redraw.saturating_sub(cost);
+        self.spent = self.spent.saturating_add(cost);
+    }
+
     /// What this emulator carries into the next stretch of the recording (see [`Carried`]).
     pub fn carried(&self) -> Carried {
         let size = |(c, r): (usize, usize)| {

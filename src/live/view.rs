@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chaperone_recorder::Utf8Stream;
-use chaperone_recorder::emulator::{Emulator, redraw_pause};
+use chaperone_recorder::emulator::{Carried, Emulator, redraw_pause};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
@@ -176,8 +176,10 @@ struct View {
 
 impl View {
     /// A view from `start`: its recent output, from a line when older output was let go (so a sequence
-    /// or a character is not cut in two), given through a fresh emulator.
-    fn reset(start: &Start) -> (View, Shown) {
+    /// or a character is not cut in two), given through a fresh emulator, which holds the budgets the
+    /// view's emulator had (`carried`: a view that falls behind over and over is not given full
+    /// budgets each time) less the page's redraw of its whole terminal.
+    fn reset(start: &Start, carried: Option<Carried>) -> (View, Shown) {
         let from = if start.cut {
             start
                 .recent
@@ -187,7 +189,10 @@ impl View {
         } else {
             0
         };
-        let mut emulator = Emulator::new(usize::from(start.cols), usize::from(start.rows));
+        let (cols, rows) = (usize::from(start.cols), usize::from(start.rows));
+        let carried = carried.map(|c| Carried { pending: None, ..c });
+        let mut emulator = Emulator::showing(cols, rows, "", carried.as_ref());
+        emulator.pay_redraw(cols, rows);
         let init =
             emulator.output_given(start.time, &String::from_utf8_lossy(&start.recent[from..]));
         let (cols, rows) = size(&emulator);
@@ -252,7 +257,7 @@ async fn run(
     weak: WeakTap,
     tx: mpsc::Sender<Shown>,
 ) {
-    let (mut view, first) = View::reset(&start);
+    let (mut view, first) = View::reset(&start, None);
     let mut last_start = tokio::time::Instant::now();
     if tx.send(first).await.is_err() {
         return;
@@ -281,7 +286,8 @@ async fn run(
                 drop(tap);
                 rx = again;
                 let first;
-                (view, first) = View::reset(&start);
+                let carried = view.emulator.carried();
+                (view, first) = View::reset(&start, Some(carried));
                 last_start = tokio::time::Instant::now();
                 shown.push(first);
             }
@@ -362,11 +368,6 @@ mod tests {
         assert_eq!(output.matches("\x1b#\x18").count() + filled, 20_000);
         assert!(output.ends_with("done"));
         assert!(!given.iter().any(|s| matches!(s, Shown::Resize(_, 1, 500))));
-        assert!(
-            given
-                .iter()
-                .any(|s| matches!(s, Shown::Resize(_, 999, 500)))
-        );
     }
 
     /// A watcher who arrives late is given the screen so far through the same budget.
@@ -395,6 +396,31 @@ mod tests {
             panic!("no reset first")
         };
         assert_eq!(init.split('\n').next().map(str::len), Some(299));
+    }
+
+    /// A view that starts again keeps the budgets it had: a session whose output makes its view fall
+    /// behind over and over does not get full budgets for the page at each fresh start.
+    #[test]
+    fn a_fresh_start_keeps_the_budgets() {
+        let start = Start {
+            cols: 1000,
+            rows: 500,
+            time: 10.0,
+            recent: "\x1b#8".repeat(1000).into_bytes(),
+            cut: false,
+        };
+        let fills = |shown: &Shown| match shown {
+            Shown::Reset { init, .. } => init.matches("\x1b#8").count(),
+            _ => usize::MAX,
+        };
+        let drained = Carried {
+            budget: 0,
+            redraw: 0,
+            paid_until: 10.0,
+            pending: None,
+        };
+        assert_eq!(fills(&View::reset(&start, Some(drained)).1), 0);
+        assert!(fills(&View::reset(&start, None).1) > 10);
     }
 
     /// A page that reads slowly never holds the session: its view falls behind and starts again from
