@@ -29,7 +29,7 @@
 //! feeds it, and the alternate screen's text ([`crate::screen_text`]) is read on the way
 //! ([`Emulator::settled`], [`Emulator::finish`], [`Emulator::take_lines`]).
 
-use avt::parser::{DecMode, EdScope, Function, Parser};
+use avt::parser::{DecMode, DecModes, EdScope, Function, Parser};
 use avt::{ScreenKind, Terminal};
 
 use crate::rep_bound::RepBound;
@@ -98,27 +98,19 @@ fn price(f: &Function) -> Option<Priced> {
         Function::Dl(n) | Function::Su(n) => Priced::DeleteLines(*n),
         Function::Decaln => Priced::Fill,
         Function::Ris => Priced::Reset,
-        Function::Decset(modes)
-            if modes.as_slice().iter().any(|m| {
-                matches!(
-                    m,
-                    DecMode::AltScreenBuffer | DecMode::SaveCursorAltScreenBuffer
-                )
-            }) =>
-        {
-            Priced::AlternateScreen
-        }
-        Function::Decrst(modes)
-            if modes.as_slice().iter().any(|m| {
-                matches!(
-                    m,
-                    DecMode::AltScreenBuffer | DecMode::SaveCursorAltScreenBuffer
-                )
-            }) =>
-        {
-            Priced::LeaveAlternate
-        }
+        Function::Decset(modes) if switches_screen(modes) => Priced::AlternateScreen,
+        Function::Decrst(modes) if switches_screen(modes) => Priced::LeaveAlternate,
         _ => return None,
+    })
+}
+
+/// Whether setting or resetting `modes` switches between the primary and the alternate screen.
+fn switches_screen(modes: &DecModes) -> bool {
+    modes.as_slice().iter().any(|m| {
+        matches!(
+            m,
+            DecMode::AltScreenBuffer | DecMode::SaveCursorAltScreenBuffer
+        )
     })
 }
 
