@@ -174,43 +174,56 @@ pub async fn update(app: &App, vendor: &Vendor, record: Value) -> Result<bool, S
     .await
 }
 
-/// What [`remove`] did.
+/// What a passkey id (or its start) given by the vendor names among their passkeys; from [`remove`],
+/// `One` means it was removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Removed {
-    Removed,
+pub enum Named {
+    One,
     /// No passkey's id starts with what was given.
     NoSuch,
     /// Several do: more characters are needed.
     Ambiguous,
 }
 
-/// Removes `vendor`'s passkey whose credential id starts with `prefix` (as `passkey list` shows them;
-/// by id, not by position, so a list changed meanwhile never removes another one).
-pub async fn remove(app: &App, vendor: &Vendor, prefix: &str) -> Result<Removed, StoreError> {
-    let mut result = Removed::NoSuch;
+/// The one rule for what `prefix` names in `all` (as `passkey list` shows ids: by id, not by position,
+/// so a list changed meanwhile never names another one): the index of the one passkey, or why not.
+fn named(all: &[Value], prefix: &str) -> Result<usize, Named> {
+    let matching: Vec<usize> = (0..all.len())
+        .filter(|&i| {
+            passkey_id(&all[i]).is_some_and(|id| !prefix.is_empty() && id.starts_with(prefix))
+        })
+        .collect();
+    match matching.as_slice() {
+        [i] => Ok(*i),
+        [] => Err(Named::NoSuch),
+        _ => Err(Named::Ambiguous),
+    }
+}
+
+/// What `prefix` names among `vendor_id`'s passkeys now, changing nothing: said before a removal asks
+/// for its confirming code, so a mistyped id costs no code.
+pub async fn find(app: &App, vendor_id: i64, prefix: &str) -> Result<Named, StoreError> {
+    let all = records(app.store.vendor_passkeys(vendor_id).await?.as_deref());
+    Ok(named(&all, prefix).map_or_else(|why| why, |_| Named::One))
+}
+
+/// Removes `vendor`'s passkey that `prefix` names ([`named`], judged again in the transaction).
+pub async fn remove(app: &App, vendor: &Vendor, prefix: &str) -> Result<Named, StoreError> {
+    let mut result = Named::NoSuch;
     change(
         app,
         vendor,
         Action::VendorPasskeyRemove,
         &by_vendor(vendor),
-        |all| {
-            let matching: Vec<usize> = (0..all.len())
-                .filter(|&i| {
-                    passkey_id(&all[i])
-                        .is_some_and(|id| !prefix.is_empty() && id.starts_with(prefix))
-                })
-                .collect();
-            match matching.as_slice() {
-                [i] => {
-                    all.remove(*i);
-                    result = Removed::Removed;
-                    true
-                }
-                [] => false,
-                _ => {
-                    result = Removed::Ambiguous;
-                    false
-                }
+        |all| match named(all, prefix) {
+            Ok(i) => {
+                all.remove(i);
+                result = Named::One;
+                true
+            }
+            Err(why) => {
+                result = why;
+                false
             }
         },
     )

@@ -1,8 +1,9 @@
 //! `ssh VENDOR@bastion passkey [list | add | remove ID]`: a vendor's passkeys, managed from a session that
-//! passed both factors. `add` asks for a fresh TOTP code first ([`confirm`]), then prints a one-time
-//! link and waits until the browser registered the passkey behind it (`identity::vendor_passkeys`,
-//! `chaperone_web_approval::vendor_link`); from then on the vendor may press Enter at the code prompt
-//! and use it instead of a TOTP code.
+//! passed both factors. Every change asks for a fresh TOTP code first ([`confirm`]). `add` then prints a
+//! one-time link and waits until the browser registered the passkey behind it
+//! (`identity::vendor_passkeys`, `chaperone_web_approval::vendor_link`); from then on the vendor may
+//! press Enter at the code prompt and use it instead of a TOTP code. `remove` removes the one passkey
+//! its id names.
 //!
 //! Entry point: [`run`], called by `home::run` for an exec that starts with `passkey`.
 
@@ -18,7 +19,7 @@ use serde_json::json;
 
 use super::context::Context;
 use crate::identity::signin::{self, Account, Attempt, Second, Verdict};
-use crate::identity::vendor_passkeys::{self, Added, Removed};
+use crate::identity::vendor_passkeys::{self, Added, Named};
 use crate::model::Vendor;
 
 /// How long `passkey add` waits for the browser.
@@ -27,43 +28,25 @@ pub const REGISTER_WAIT: Duration = Duration::from_secs(300);
 /// How long `passkey add` waits for the code that confirms it.
 pub const CODE_WAIT: Duration = Duration::from_secs(120);
 
-/// What `passkey add` asks before anything else (stderr, like its other messages).
-pub const CODE_PROMPT: &str = "To add a passkey, type a current code from your authenticator app (a newer one \
-     than you signed in with: wait for it to change if need be), then Enter: ";
+/// What a change to the vendor's passkeys (`command`) asks before it is made (stderr, like the
+/// command's other messages).
+fn code_prompt(command: &str) -> String {
+    format!(
+        "To confirm `{command}`, type a current code from your authenticator app (a newer one than you \
+         signed in with: wait for it to change if need be), then Enter: "
+    )
+}
 
 /// The most characters a confirming code's line is read to; a longer line is a wrong code.
 const MAX_CODE_LINE: usize = 64;
 
 /// Runs the `passkey` command in `rest`; returns the exit status.
 pub async fn run(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>, rest: &str) -> u32 {
-    let app = &ctx.shared.app;
     let words: Vec<&str> = rest.split_whitespace().collect();
     let result = match words.as_slice() {
         [] | ["list"] => list(ctx, vendor, channel).await,
         ["add"] => add(ctx, vendor, channel).await,
-        ["remove", id] => match vendor_passkeys::remove(app, vendor, id).await {
-            Ok(Removed::Removed) => {
-                say(channel, &format!("chaperone: passkey {id}… removed.\r\n")).await;
-                Ok(0)
-            }
-            Ok(Removed::NoSuch) => {
-                say(
-                    channel,
-                    "chaperone: no passkey's id starts with that; `passkey list` shows them.\r\n",
-                )
-                .await;
-                Ok(1)
-            }
-            Ok(Removed::Ambiguous) => {
-                say(
-                    channel,
-                    "chaperone: several passkeys' ids start with that; give more of it.\r\n",
-                )
-                .await;
-                Ok(1)
-            }
-            Err(e) => Err(e),
-        },
+        ["remove", id] => remove(ctx, vendor, channel, id).await,
         _ => Ok(usage(channel).await),
     };
     match result {
@@ -87,6 +70,41 @@ async fn usage(channel: &mut Channel<Msg>) -> u32 {
     )
     .await;
     2
+}
+
+/// Removes the passkey `id` names, once a fresh code confirmed it ([`confirm`]): someone at a vendor's
+/// open session cannot take away the vendor's passkeys without their authenticator either.
+async fn remove(
+    ctx: &Context,
+    vendor: &Vendor,
+    channel: &mut Channel<Msg>,
+    id: &str,
+) -> Result<u32, crate::store::StoreError> {
+    let app = &ctx.shared.app;
+    let said = |named| match named {
+        Named::One => None,
+        Named::NoSuch => {
+            Some("chaperone: no passkey's id starts with that; `passkey list` shows them.\r\n")
+        }
+        Named::Ambiguous => {
+            Some("chaperone: several passkeys' ids start with that; give more of it.\r\n")
+        }
+    };
+    // Named first, so a mistyped id costs no code; judged again when removed.
+    if let Some(text) = said(vendor_passkeys::find(app, vendor.id, id).await?) {
+        say(channel, text).await;
+        return Ok(1);
+    }
+    if let Some(status) = confirm(ctx, vendor, channel, "passkey remove").await {
+        return Ok(status);
+    }
+    let named = vendor_passkeys::remove(app, vendor, id).await?;
+    say(
+        channel,
+        said(named).unwrap_or(&format!("chaperone: passkey {id}… removed.\r\n")),
+    )
+    .await;
+    Ok(u32::from(named != Named::One))
 }
 
 async fn list(
@@ -144,7 +162,7 @@ async fn add(
         .await;
         return Ok(1);
     }
-    if let Some(status) = confirm(ctx, vendor, channel).await {
+    if let Some(status) = confirm(ctx, vendor, channel, "passkey add").await {
         return Ok(status);
     }
     // Taken before the link is stored: the wait never outlives the link.
@@ -206,8 +224,15 @@ async fn add(
 /// code's step taken, failures counted, audited). A passkey is a second factor for every later login,
 /// so adding one takes the second factor again, not only the session's: someone at a vendor's open
 /// session (an unlocked laptop, a reachable ControlMaster socket) cannot make it a lasting login of their
-/// own without the vendor's authenticator. `None` when confirmed; else the exit status, said why.
-async fn confirm(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>) -> Option<u32> {
+/// own without the vendor's authenticator, nor take the vendor's passkeys away. `command` is the change
+/// asked for, as the vendor typed it (`passkey add`, `passkey remove`). `None` when confirmed; else the
+/// exit status, said why.
+async fn confirm(
+    ctx: &Context,
+    vendor: &Vendor,
+    channel: &mut Channel<Msg>,
+    command: &str,
+) -> Option<u32> {
     let app = &ctx.shared.app;
     let Some(state) = totp_state(ctx, vendor, channel).await else {
         return Some(1);
@@ -216,20 +241,25 @@ async fn confirm(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>) -> 
         // Reset since this session signed in: no code can match, and none is asked (or counted).
         say(
             channel,
-            "chaperone: your authenticator app was reset; sign in again to set it up, then add a passkey.\r\n",
+            &format!(
+                "chaperone: your authenticator app was reset; sign in again to set it up, then run \
+                 `{command}` again.\r\n"
+            ),
         )
         .await;
         return Some(1);
     }
-    say(channel, CODE_PROMPT).await;
+    say(channel, &code_prompt(command)).await;
     let code = match tokio::time::timeout(CODE_WAIT, typed_line(ctx, channel)).await {
         Ok(Typed::Line(code)) => code,
         Ok(Typed::Stopped) => return Some(130),
         Ok(Typed::Ended) => {
             say(
                 channel,
-                "\r\nchaperone: input ended before a code was typed; run `passkey add` where you can \
-                 type (not with `ssh -n` or input from a file).\r\n",
+                &format!(
+                    "\r\nchaperone: input ended before a code was typed; run `{command}` where you can \
+                     type (not with `ssh -n` or input from a file).\r\n"
+                ),
             )
             .await;
             return Some(1);
@@ -237,7 +267,7 @@ async fn confirm(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>) -> 
         Err(_) => {
             say(
                 channel,
-                "\r\nchaperone: no code was typed in time; run `passkey add` again.\r\n",
+                &format!("\r\nchaperone: no code was typed in time; run `{command}` again.\r\n"),
             )
             .await;
             return Some(1);
@@ -260,7 +290,7 @@ async fn confirm(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>) -> 
             sealed: state.enrolled.then_some(state.sealed.as_slice()),
             code: code.trim(),
         },
-        detail: json!({"for": "passkey add"}),
+        detail: json!({"for": command}),
     };
     match signin::judge(app, attempt, app.clock.now()).await {
         Ok(Verdict::Accepted) => {
@@ -270,8 +300,10 @@ async fn confirm(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>) -> 
         Ok(Verdict::Refused) => {
             say(
                 channel,
-                "\r\nchaperone: that code was not accepted (a wrong code, or one already used); \
-                 run `passkey add` again with the next one.\r\n",
+                &format!(
+                    "\r\nchaperone: that code was not accepted (a wrong code, or one already used); \
+                     run `{command}` again with the next one.\r\n"
+                ),
             )
             .await;
             Some(1)

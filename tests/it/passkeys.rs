@@ -826,13 +826,20 @@ fn a_vendor_adds_a_passkey_over_ssh_and_signs_in_with_it_through_the_link() {
             .unwrap(),
     );
     assert_eq!(wrong.2, 1, "{wrong:?}");
-    let removed = text(
-        &b.ssh(&mallory, "mallory")
-            .arg(format!("passkey remove {id}"))
-            .output()
-            .unwrap(),
-    );
-    assert_eq!(removed.2, 0, "{removed:?}");
+    // Removing takes a fresh code too: without one (`ssh -n`), nothing is removed.
+    let mut ssh = b.ssh_with(&mallory, &["-n"], "mallory");
+    ssh.arg(format!("passkey remove {id}"));
+    let (out, err, status) = Waiting::spawn(ssh).finish();
+    assert_eq!(status, 1, "{out}\n{err}");
+    assert!(err.contains("input ended before a code was typed"), "{err}");
+    let listed = text(&b.ssh(&mallory, "mallory").arg("passkey").output().unwrap());
+    assert!(listed.0.contains(&id), "{listed:?}");
+    let mut ssh = b.ssh(&mallory, "mallory");
+    ssh.arg(format!("passkey remove {id}"));
+    let code = mallory.next_code();
+    let (out, err, status) = Waiting::spawn_typing(ssh, Some(&format!("{code}\n"))).finish();
+    assert_eq!(status, 0, "{out}\n{err}");
+    assert!(err.contains("removed"), "{err}");
     let listed = text(&b.ssh(&mallory, "mallory").arg("passkey").output().unwrap());
     assert!(listed.0.contains("no passkeys"), "{listed:?}");
 
@@ -858,6 +865,12 @@ fn a_vendor_adds_a_passkey_over_ssh_and_signs_in_with_it_through_the_link() {
         assert!(audit.contains(why), "no {why:?} in {audit}");
     }
     assert!(audit.contains("\"vendor.passkey.add\""), "{audit}");
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"auth.confirm\"") && l.contains(r#"\"for\":\"passkey remove\""#)),
+        "{audit}"
+    );
 
     // A link shown and the client gone without answering (whoever holds only the key, sending the
     // vendor links and watching whether one gets used): judged and counted as a link not used, every
