@@ -17,8 +17,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, client, server};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::inbox::{Inbox, Taken};
 use crate::live::budget::Direction;
 use crate::live::tap::Tap;
 use crate::live::{Control, End, LiveSession, Meter, SftpWatch};
@@ -34,6 +36,13 @@ const FAREWELL: Duration = Duration::from_secs(2);
 /// ControlMaster) then exits 1 for want of a status. Sending the status first, then the EOF, keeps the
 /// order a client can rely on; a device that sends no status gets its EOF through after this wait.
 const EXIT_STATUS_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a vendor's close waits for what they sent before it to reach the device (see `run`'s
+/// vendor -> device half): a device that takes nothing meanwhile does not hold a closed channel open.
+const CLOSE_DRAIN: Duration = Duration::from_secs(2);
+
+/// How much of the vendor's data reached the device before their window is told (see `run`).
+const CREDIT_STEP: u32 = 32 * 1024;
 
 /// What the relay moves between.
 #[derive(Debug)]
@@ -191,6 +200,9 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
     } = io;
     let vendor_id = vendor.id();
     let (mut v_rx, v_tx) = vendor.split();
+    // The vendor's window is refilled as the device takes their data, not as it arrives (see the
+    // vendor -> device half); refused only once the connection is gone, which ends the session anyway.
+    let _ = v_tx.window_by_consumption().await;
     let (mut d_rx, d_tx) = device.split();
     let ending = Ending {
         done: stop.child_token(),
@@ -270,7 +282,6 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                     }
                     ending.unless_done(d_tx.eof()).await
                 }
-                ChannelMsg::Close => return Err(End::VendorClosed),
                 ChannelMsg::WindowChange {
                     col_width,
                     row_height,
@@ -317,9 +328,9 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                     }
                     ending.unless_done(d_tx.signal(signal)).await
                 }
-                // Extended data from a client has no meaning on a session channel (OpenSSH never sends
-                // it); it is neither recorded nor forwarded. A second start request, pty or env after the
-                // start were refused by the handler; x11 and agent requests too.
+                // The inbox holds nothing else (extended data from a client has no meaning on a session
+                // channel: neither recorded nor forwarded). A second start request, pty or env after
+                // the start were refused by the handler; x11 and agent requests too.
                 _ => return Ok(()),
             };
             match sent {
@@ -327,27 +338,99 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                 Some(Err(e)) => Err(lost(e)),
             }
         };
-        for msg in early {
-            if let Err(end) = forward(msg).await {
-                ending.finish(end);
-                return;
+        // Every message is taken as it comes (russh's queue for the channel never fills, so the
+        // connection keeps being read and a close or hang-up is seen while the device takes nothing),
+        // held in the inbox, and given to the device as it takes it; the vendor's window is refilled
+        // only as data is given (russh patch 10), so what waits is bounded by one window.
+        // (A mutex and an atomic only because the bridge's future moves between threads: the two
+        // halves run in this one task, never at once.)
+        let inbox = Mutex::new(Inbox::default());
+        let inbox = || {
+            inbox
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let held = Notify::new();
+        let given = Notify::new();
+        let giving = AtomicBool::new(false);
+        // Given back to the vendor's window by the giving half only (the taking half never waits on
+        // the connection's task, which may itself be waiting for a channel's queue to be read), in
+        // steps of `CREDIT_STEP` (a keystroke's byte is not worth a message to the connection's task):
+        // what is kept back is far under the half window at which russh tops it up.
+        let owed = std::sync::atomic::AtomicU32::new(0);
+        let owe = |bytes: u32| owed.fetch_add(bytes, Ordering::Relaxed);
+        let take = async {
+            for msg in early {
+                if let Taken::Dropped(bytes) = inbox().take(msg) {
+                    owe(bytes);
+                }
             }
-        }
-        loop {
-            let msg = tokio::select! {
-                biased;
-                () = ending.done.cancelled() => return,
-                m = v_rx.wait() => m,
-            };
-            let Some(msg) = msg else {
-                ending.finish(End::VendorClosed);
-                return;
-            };
-            if let Err(end) = forward(msg).await {
-                ending.finish(end);
-                return;
+            held.notify_one();
+            loop {
+                let msg = tokio::select! {
+                    biased;
+                    () = ending.done.cancelled() => return,
+                    m = v_rx.wait() => m,
+                };
+                match msg {
+                    Some(ChannelMsg::Close) => {
+                        // What the vendor sent before closing still goes first, if the device takes it
+                        // soon: a device that does not is no reason to keep a closed channel open.
+                        let drained = async {
+                            while giving.load(Ordering::Acquire) || !inbox().is_empty() {
+                                given.notified().await;
+                            }
+                        };
+                        let _ = ending
+                            .unless_done(tokio::time::timeout(CLOSE_DRAIN, drained))
+                            .await;
+                        ending.finish(End::VendorClosed);
+                        return;
+                    }
+                    Some(msg) => match inbox().take(msg) {
+                        Taken::Held => held.notify_one(),
+                        Taken::Dropped(bytes) => {
+                            owe(bytes);
+                        }
+                    },
+                    None => {
+                        ending.finish(End::VendorClosed);
+                        return;
+                    }
+                }
             }
-        }
+        };
+        let give = async {
+            loop {
+                let next = inbox().next();
+                let Some(msg) = next else {
+                    given.notify_waiters();
+                    tokio::select! {
+                        biased;
+                        () = ending.done.cancelled() => return,
+                        () = held.notified() => continue,
+                    }
+                };
+                let bytes = match &msg {
+                    ChannelMsg::Data { data } => u32::try_from(data.len()).unwrap_or(u32::MAX),
+                    _ => 0,
+                };
+                giving.store(true, Ordering::Release);
+                let forwarded = forward(msg).await;
+                giving.store(false, Ordering::Release);
+                if let Err(end) = forwarded {
+                    ending.finish(end);
+                    return;
+                }
+                let now = owe(bytes).saturating_add(bytes);
+                if now >= CREDIT_STEP {
+                    owed.fetch_sub(now, Ordering::Relaxed);
+                    // Refused only once the connection is gone, which ends the session anyway.
+                    let _ = v_tx.consumed(now).await;
+                }
+            }
+        };
+        tokio::join!(take, give);
     };
 
     // device -> vendor

@@ -18,6 +18,7 @@ mod device_links;
 pub mod forward;
 pub mod handler;
 pub mod home;
+mod inbox;
 pub mod jump;
 pub mod killswitch;
 pub mod passkeys;
@@ -136,7 +137,10 @@ pub fn russh_config(host_key: PrivateKey, longest_sign_in: Duration) -> russh::s
         keepalive_max: 3,
         nodelay: true,
         event_buffer_size: 128,
-        window_size: 8 * 1024 * 1024,
+        // OpenSSH's own (sshd and ssh both give 2 MiB). A session's channel is refilled as the device
+        // takes the vendor's data (`inbox`, russh patch 10), so this is also the most it holds for a
+        // device that takes nothing.
+        window_size: 2 * 1024 * 1024,
         // Until the client has said who it is, the most compatible offer; then per client.
         preferred: preferred_for(b""),
         preferred_for_client: Some(|client_id| Some(preferred_for(client_id))),

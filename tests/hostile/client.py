@@ -44,6 +44,19 @@ Ops (each answer carries the op's "id" when it had one):
                                               -> {"event": "jumped", "opened": K, "errors": [...]}
     {"op": "signal", "command": "…", "signal": "INT"}   exec, send the signal after 1 s, wait for the end
                                               -> {"event": "exec", ...}
+    {"op": "flood-stdin", "id": "f", "command": "…", "bytes": N}
+                                              exec, then N bytes written to its stdin at once (the
+                                              client sends them as the window allows) -> {"event": "flooding"}
+    {"op": "close", "id": "f"}                a CHANNEL_CLOSE on a flooding session's channel at once
+                                              (asyncssh's close() waits for its unsent data first)
+                                              -> {"event": "closed-channel"}
+    {"op": "run-within", "command": "…", "timeout": S}
+                                              like "run", but the whole of it (the channel's open
+                                              included) within S seconds, else {"event": "timeout"}
+    {"op": "data-after-eof", "command": "…", "before": "…", "after": "…"}
+                                              exec; `before` on stdin, EOF, then a CHANNEL_DATA with
+                                              `after` (which no client may send past its EOF) -> like exec
+    {"op": "hang-up"}                         drop the connection without closing anything (the driver ends)
     {"op": "quit"}
 Failures are answered as {"event": "error", "error": "…"}.
 """
@@ -61,7 +74,7 @@ import time
 
 import asyncssh
 from asyncssh.channel import SSHClientChannel
-from asyncssh.constants import MSG_CHANNEL_DATA
+from asyncssh.constants import MSG_CHANNEL_CLOSE, MSG_CHANNEL_DATA
 from asyncssh.packet import String, UInt32
 
 # Holding a session channel open between its CHANNEL_OPEN and its first request: a task that carries a
@@ -421,6 +434,37 @@ async def main():
                     chan.close()
                 say({"event": "exec", "stdout": b"".join(sess.out).decode(errors="replace"),
                      "exit": chan.get_exit_status(), "signal": chan.get_exit_signal()})
+            elif op == "flood-stdin":
+                chan, sess = await conn.create_session(Collect, req["command"], encoding=None)
+                chan.write(b"\0" * int(req["bytes"]))
+                tasks[rid] = (chan, sess)
+                say({"event": "flooding", "id": rid})
+            elif op == "close":
+                chan, _ = tasks[rid]
+                chan.send_packet(MSG_CHANNEL_CLOSE)
+                say({"event": "closed-channel", "id": rid})
+            elif op == "run-within":
+                try:
+                    result = await asyncio.wait_for(session(conn, req["command"]), float(req["timeout"]))
+                    say({"event": "exec", "id": rid, **result})
+                except asyncio.TimeoutError:
+                    say({"event": "timeout", "id": rid})
+            elif op == "data-after-eof":
+                chan, sess = await conn.create_session(Collect, req["command"], encoding=None)
+                chan.write(req["before"].encode())
+                chan.write_eof()
+                # asyncssh writes nothing after EOF: the packet is sent as it is.
+                chan.send_packet(MSG_CHANNEL_DATA, String(req["after"].encode()))
+                try:
+                    await asyncio.wait_for(chan.wait_closed(), 15)
+                except asyncio.TimeoutError:
+                    chan.close()
+                say({"event": "exec", "id": rid, "stdout": b"".join(sess.out).decode(errors="replace"),
+                     "exit": chan.get_exit_status()})
+            elif op == "hang-up":
+                conn._transport.abort()
+                say({"event": "hung-up", "id": rid})
+                return
             elif op == "quit":
                 break
             else:

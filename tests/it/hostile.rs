@@ -1421,3 +1421,84 @@ fn a_channel_that_asks_nothing_does_not_keep_a_connection_from_idling() {
         .count();
     assert_eq!(cuts, 1, "{:?}", audit(&b));
 }
+
+/// A device that takes no input (`sleep`, a hung updater) while the vendor sends more than a window of
+/// it: the bastion still reads the vendor's connection. Its other channels work, a close of the
+/// channel ends the session, and so does a hang-up; before, russh's queue for the channel filled, the
+/// connection was no longer read, and the session (with the device's program) outlived the vendor until
+/// the idle timeout. Data a client sends past its own EOF reaches neither the device nor the recording.
+#[test]
+fn a_device_that_takes_no_input_does_not_keep_a_gone_vendors_session() {
+    let Some((_sshd, b)) = setup("") else { return };
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let mut client = Hostile::connect(&b, &alice, "alice+mri-01");
+    let open = |b: &Bastion, command: &str| {
+        sessions(b)
+            .into_iter()
+            .filter(|s| s["detail"] == command && s["ended_at"].is_null())
+            .count()
+    };
+
+    // 16 MiB toward a program that reads nothing: 8 windows.
+    let out = client
+        .op(json!({"op": "flood-stdin", "id": "f", "command": "sleep 3601", "bytes": 16 << 20}));
+    assert_eq!(out["event"], "flooding", "{out}");
+    assert!(wait_until(Duration::from_secs(10), || open(
+        &b,
+        "sleep 3601"
+    ) == 1));
+    std::thread::sleep(Duration::from_secs(2));
+    let out = client.op(json!({"op": "run-within", "command": "echo alive", "timeout": 10}));
+    assert_eq!(
+        out["stdout"],
+        "alive\n",
+        "the connection stopped: {out}\n{}",
+        b.log()
+    );
+
+    // The vendor closes the channel: the session ends, not held open by what the device never took.
+    let out = client.op(json!({"op": "close", "id": "f"}));
+    assert_eq!(out["event"], "closed-channel", "{out}");
+    assert!(
+        wait_until(Duration::from_secs(8), || open(&b, "sleep 3601") == 0),
+        "{:?}\n{}",
+        sessions(&b),
+        b.log()
+    );
+
+    // Past its EOF, a client's data is neither forwarded nor recorded.
+    let out = client.op(json!({"op": "data-after-eof", "command": "cat; echo END",
+        "before": "BEFORE-EOF\n", "after": "AFTER-EOF\n"}));
+    assert_eq!(out["stdout"], "BEFORE-EOF\nEND\n", "{out}");
+    let exec = sessions(&b)
+        .iter()
+        .filter(|s| s["detail"] == "cat; echo END")
+        .filter_map(|s| s["recordings"][0]["path"].as_str())
+        .map(|p| std::fs::read(p).unwrap())
+        .next()
+        .expect("the session's recording");
+    assert!(exec.windows(10).any(|w| w == b"BEFORE-EOF"));
+    assert!(
+        !exec.windows(9).any(|w| w == b"AFTER-EOF"),
+        "recorded, never sent"
+    );
+
+    // The vendor hangs up while the device takes nothing: the session ends with the connection.
+    let out = client
+        .op(json!({"op": "flood-stdin", "id": "g", "command": "sleep 3602", "bytes": 16 << 20}));
+    assert_eq!(out["event"], "flooding", "{out}");
+    assert!(wait_until(Duration::from_secs(10), || open(
+        &b,
+        "sleep 3602"
+    ) == 1));
+    std::thread::sleep(Duration::from_secs(2));
+    let out = client.op(json!({"op": "hang-up"}));
+    assert_eq!(out["event"], "hung-up", "{out}");
+    assert!(
+        wait_until(Duration::from_secs(8), || open(&b, "sleep 3602") == 0),
+        "the session outlived its vendor: {:?}\n{}",
+        sessions(&b),
+        b.log()
+    );
+}

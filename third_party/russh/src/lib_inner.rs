@@ -159,6 +159,11 @@ pub enum Error {
     #[error("The peer re-keyed again within {0:?} of its last re-key")]
     RekeyTooFrequent(std::time::Duration),
 
+    /// chaperone patch 10: the peer sent more channel data than the window it was given, on a channel whose
+    /// window is refilled as the application consumes (`ChannelWriteHalf::window_by_consumption`).
+    #[error("The peer sent {0} bytes past its channel window")]
+    WindowExceeded(usize),
+
     /// No home directory found when trying to learn new host key.
     #[error("No home directory when saving host key")]
     NoHomeDir,
@@ -516,6 +521,10 @@ pub(crate) struct ChannelParams {
     pending_data: std::collections::VecDeque<(bytes::Bytes, Option<u32>, usize)>,
     pending_eof: bool,
     pending_close: bool,
+    /// chaperone patch 10: `Some(bytes given to the application and not yet said consumed)` when the
+    /// peer's window is refilled as the application consumes data, `None` when it is refilled as data
+    /// arrives (upstream's behaviour, the default).
+    unconsumed: Option<u32>,
 }
 
 impl ChannelParams {

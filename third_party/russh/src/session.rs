@@ -337,6 +337,18 @@ impl Encrypted {
                 "adjust_window_size, channel = {}, size = {},",
                 channel.sender_channel, target
             );
+            // chaperone patch 10: a channel refilled as its data is consumed takes no more than its
+            // window (what it holds is bounded by the window, whatever the application is waiting on),
+            // and is refilled by `consumed`, not here.
+            if let Some(unconsumed) = channel.unconsumed.as_mut() {
+                let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                if len > channel.sender_window_size {
+                    return Err(crate::Error::WindowExceeded(data.len()));
+                }
+                channel.sender_window_size -= len;
+                *unconsumed = unconsumed.saturating_add(len);
+                return Ok(false);
+            }
             // Ignore extra data.
             // https://tools.ietf.org/html/rfc4254#section-5.2
             if data.len() as u32 <= channel.sender_window_size {
@@ -357,6 +369,40 @@ impl Encrypted {
             }
         }
         Ok(false)
+    }
+
+    /// chaperone patch 10: from now on, `channel`'s window is refilled as the application says it
+    /// consumed data ([`Encrypted::consumed`]), not as data arrives.
+    pub fn window_by_consumption(&mut self, channel: ChannelId) {
+        if let Some(channel) = self.channels.get_mut(&channel) {
+            channel.unconsumed.get_or_insert(0);
+        }
+    }
+
+    /// chaperone patch 10: the application consumed `bytes` of `channel`'s data; once the peer's window
+    /// and what the application still holds are under half of `target`, the window is topped up so the
+    /// two make `target` again.
+    pub fn consumed(
+        &mut self,
+        channel: ChannelId,
+        bytes: u32,
+        target: u32,
+    ) -> Result<(), crate::Error> {
+        if let Some(channel) = self.channels.get_mut(&channel)
+            && let Some(unconsumed) = channel.unconsumed.as_mut()
+        {
+            *unconsumed = unconsumed.saturating_sub(bytes);
+            let held = channel.sender_window_size.saturating_add(*unconsumed);
+            if held < target / 2 {
+                push_packet!(self.write, {
+                    self.write.push(msg::CHANNEL_WINDOW_ADJUST);
+                    channel.recipient_channel.encode(&mut self.write)?;
+                    (target - held).encode(&mut self.write)?;
+                });
+                channel.sender_window_size = target - *unconsumed;
+            }
+        }
+        Ok(())
     }
 
     fn flush_channel(
@@ -807,6 +853,7 @@ impl Encrypted {
                     pending_data: std::collections::VecDeque::new(),
                     pending_eof: false,
                     pending_close: false,
+            unconsumed: None, // chaperone patch 10
                 });
                 return ChannelId(self.last_channel_id.0);
             }
@@ -936,6 +983,7 @@ mod tests {
             pending_data: VecDeque::from([(Bytes::from_static(b"hello"), None, 0)]),
             pending_eof,
             pending_close,
+            unconsumed: None,
         }
     }
 
@@ -990,6 +1038,7 @@ mod tests {
             pending_data: VecDeque::from([(Bytes::from_static(b"hello"), None, 0)]),
             pending_eof,
             pending_close,
+            unconsumed: None,
         }
     }
 

@@ -460,6 +460,32 @@ impl<T: From<(ChannelId, ChannelMsg)>> std::fmt::Debug for Channel<T> {
     }
 }
 
+/// chaperone patch 10: a server channel's window refilled as the application consumes its data.
+impl ChannelWriteHalf<crate::server::Msg> {
+    /// From now on the peer's window on this channel is refilled only as [`Self::consumed`] is called,
+    /// never by more than the window the server was configured with less what the application still
+    /// holds; data past the window ends the connection (`Error::WindowExceeded`). Upstream refills the
+    /// window as data arrives, so a consumer that stops reading (its own peer not taking data) fills the
+    /// channel's queue and blocks the whole connection's read loop: its other channels, and a close or
+    /// disconnect behind them, are then never read. With this, the application can keep taking every
+    /// message (and see a close at once) while what it holds stays bounded by the window.
+    pub async fn window_by_consumption(&self) -> Result<(), Error> {
+        self.sender
+            .send(crate::server::Msg::WindowByConsumption(self.id))
+            .await
+            .map_err(|_| Error::SendError)
+    }
+
+    /// `bytes` of this channel's data (`Data` and `ExtendedData`) were consumed: see
+    /// [`Self::window_by_consumption`].
+    pub async fn consumed(&self, bytes: u32) -> Result<(), Error> {
+        self.sender
+            .send(crate::server::Msg::Consumed(self.id, bytes))
+            .await
+            .map_err(|_| Error::SendError)
+    }
+}
+
 impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
     pub(crate) fn new(
         id: ChannelId,

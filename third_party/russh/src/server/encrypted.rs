@@ -2072,6 +2072,7 @@ impl Session {
             pending_data: std::collections::VecDeque::new(),
             pending_eof: false,
             pending_close: false,
+            unconsumed: None, // chaperone patch 10
         };
 
         let (channel, channel_ref) = Channel::new(

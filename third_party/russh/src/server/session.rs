@@ -84,6 +84,10 @@ pub enum Msg {
         language_tag: String,
     },
     Channel(ChannelId, ChannelMsg),
+    /// chaperone patch 10: see `ChannelWriteHalf::window_by_consumption`.
+    WindowByConsumption(ChannelId),
+    /// chaperone patch 10: see `ChannelWriteHalf::consumed`.
+    Consumed(ChannelId, u32),
     ChannelOpenReply {
         pending: PendingChannelOpen,
         result: Result<(), ChannelOpenFailure>,
@@ -534,6 +538,18 @@ impl Session {
             }
             Msg::Channel(id, ChannelMsg::WindowAdjusted { new_size }) => {
                 debug!("window adjusted to {new_size:?} for channel {id:?}");
+            }
+            // chaperone patch 10
+            Msg::WindowByConsumption(id) => {
+                if let Some(enc) = self.common.encrypted.as_mut() {
+                    enc.window_by_consumption(id);
+                }
+            }
+            Msg::Consumed(id, bytes) => {
+                let target = self.target_window_size;
+                if let Some(enc) = self.common.encrypted.as_mut() {
+                    enc.consumed(id, bytes, target)?;
+                }
             }
             Msg::ChannelOpenAgent { channel_ref } => {
                 let id = self.channel_open_agent()?;

@@ -1,0 +1,269 @@
+//! What a vendor sent on a started session's channel that the device has not taken yet, in order.
+//!
+//! The bridge takes every message from the vendor's channel as it comes ([`super::bridge`]): russh's
+//! connection loop hands each channel's messages over through a queue of 100, and when that queue is
+//! full it stops reading the connection, so a device that stops taking input used to stop the vendor's
+//! whole connection: its other channels, and its close or hang-up, were never read, and the session
+//! (and the device's program) outlived a vendor who had gone. What waits for the device waits here
+//! instead, bounded: the vendor's window is refilled only as data reaches the device (russh patch 10),
+//! so the data held is at most one window, consecutive data is kept as one chunk (a flood of one-byte
+//! packets is not a flood of entries), and the rest is bounded by count ([`MAX_CONTROLS`]).
+//!
+//! The rules of what is passed on at all live here too, so they hold for what came before the start
+//! (`early`) and after it alike: nothing after the vendor's EOF (a client that sends data past its
+//! EOF would otherwise have it recorded although no device reads it), and only what the device is
+//! given (data, EOF, window changes, signals).
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+use russh::ChannelMsg;
+
+/// The largest chunk consecutive data is joined into: the maximum packet size of both legs.
+pub const MAX_CHUNK: usize = 32 * 1024;
+
+/// The most window changes and signals held at once. A window change past it changes the last one
+/// held (the device ends at the size the vendor last asked for); a signal past it is dropped.
+pub const MAX_CONTROLS: usize = 64;
+
+#[derive(Debug)]
+enum Item {
+    Data(Chunk),
+    Control(ChannelMsg),
+}
+
+/// Data as it came (no copy), or joined with the data after it.
+#[derive(Debug)]
+enum Chunk {
+    One(Bytes),
+    Joined(BytesMut),
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        match self {
+            Chunk::One(b) => b.len(),
+            Chunk::Joined(b) => b.len(),
+        }
+    }
+
+    fn join(&mut self, data: &[u8]) {
+        match self {
+            Chunk::One(first) => {
+                let mut joined = BytesMut::with_capacity(MAX_CHUNK);
+                joined.extend_from_slice(first);
+                joined.extend_from_slice(data);
+                *self = Chunk::Joined(joined);
+            }
+            Chunk::Joined(joined) => joined.extend_from_slice(data),
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Chunk::One(b) => b,
+            Chunk::Joined(b) => b.freeze(),
+        }
+    }
+}
+
+/// See the module doc.
+#[derive(Debug, Default)]
+pub struct Inbox {
+    items: VecDeque<Item>,
+    /// Window changes and signals in `items`.
+    controls: usize,
+    /// The vendor's EOF was taken: nothing more is.
+    eof: bool,
+}
+
+/// What [`Inbox::take`] did with a message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// Held for the device.
+    Held,
+    /// Not for the device: these bytes of data are consumed as they are (the vendor's window is
+    /// refilled for them at once).
+    Dropped(u32),
+}
+
+impl Inbox {
+    /// Holds `msg` for the device, or says why not. The vendor's close is not taken here (it ends the
+    /// session, [`super::bridge`]).
+    pub fn take(&mut self, msg: ChannelMsg) -> Taken {
+        match msg {
+            ChannelMsg::Data { data } if !self.eof => {
+                match self.items.back_mut() {
+                    Some(Item::Data(chunk)) if chunk.len() + data.len() <= MAX_CHUNK => {
+                        chunk.join(&data);
+                    }
+                    _ => self.items.push_back(Item::Data(Chunk::One(data))),
+                }
+                Taken::Held
+            }
+            ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => {
+                Taken::Dropped(u32::try_from(data.len()).unwrap_or(u32::MAX))
+            }
+            ChannelMsg::Eof if !self.eof => {
+                self.eof = true;
+                self.items.push_back(Item::Control(ChannelMsg::Eof));
+                Taken::Held
+            }
+            msg @ ChannelMsg::WindowChange { .. } => {
+                if self.controls >= MAX_CONTROLS
+                    && let Some(last) = self.items.iter_mut().rev().find_map(|i| match i {
+                        Item::Control(m @ ChannelMsg::WindowChange { .. }) => Some(m),
+                        _ => None,
+                    })
+                {
+                    *last = msg;
+                    return Taken::Held;
+                }
+                self.hold_control(msg)
+            }
+            msg @ ChannelMsg::Signal { .. } => self.hold_control(msg),
+            _ => Taken::Dropped(0),
+        }
+    }
+
+    fn hold_control(&mut self, msg: ChannelMsg) -> Taken {
+        if self.controls >= MAX_CONTROLS {
+            return Taken::Dropped(0);
+        }
+        self.controls += 1;
+        self.items.push_back(Item::Control(msg));
+        Taken::Held
+    }
+
+    /// The next message for the device, in the order taken.
+    pub fn next(&mut self) -> Option<ChannelMsg> {
+        Some(match self.items.pop_front()? {
+            Item::Data(chunk) => ChannelMsg::Data {
+                data: chunk.into_bytes(),
+            },
+            Item::Control(msg) => {
+                if !matches!(msg, ChannelMsg::Eof) {
+                    self.controls -= 1;
+                }
+                msg
+            }
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(s: &str) -> ChannelMsg {
+        ChannelMsg::Data {
+            data: Bytes::copy_from_slice(s.as_bytes()),
+        }
+    }
+
+    fn size(cols: u32) -> ChannelMsg {
+        ChannelMsg::WindowChange {
+            col_width: cols,
+            row_height: 24,
+            pix_width: 0,
+            pix_height: 0,
+        }
+    }
+
+    fn drain(inbox: &mut Inbox) -> Vec<String> {
+        std::iter::from_fn(|| inbox.next())
+            .map(|m| match m {
+                ChannelMsg::Data { data } => format!("data {}", String::from_utf8_lossy(&data)),
+                ChannelMsg::WindowChange { col_width, .. } => format!("size {col_width}"),
+                ChannelMsg::Eof => "eof".into(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn consecutive_data_is_one_chunk_and_order_is_kept() {
+        let mut inbox = Inbox::default();
+        for m in [data("a"), data("b"), size(100), data("c"), ChannelMsg::Eof] {
+            assert_eq!(inbox.take(m), Taken::Held);
+        }
+        assert_eq!(drain(&mut inbox), ["data ab", "size 100", "data c", "eof"]);
+        assert!(inbox.is_empty());
+    }
+
+    #[test]
+    fn a_chunk_never_grows_past_the_packet_size() {
+        let mut inbox = Inbox::default();
+        let third = "x".repeat(MAX_CHUNK / 3 + 1);
+        for _ in 0..3 {
+            inbox.take(data(&third));
+        }
+        let lens: Vec<usize> = std::iter::from_fn(|| inbox.next())
+            .map(|m| match m {
+                ChannelMsg::Data { data } => data.len(),
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(lens, [2 * third.len(), third.len()]);
+    }
+
+    #[test]
+    fn nothing_after_the_vendors_eof_is_held() {
+        let mut inbox = Inbox::default();
+        inbox.take(data("before"));
+        inbox.take(ChannelMsg::Eof);
+        assert_eq!(inbox.take(data("after")), Taken::Dropped(5));
+        assert_eq!(inbox.take(ChannelMsg::Eof), Taken::Dropped(0));
+        assert_eq!(drain(&mut inbox), ["data before", "eof"]);
+    }
+
+    #[test]
+    fn what_no_device_is_given_is_dropped_and_its_bytes_given_back() {
+        let mut inbox = Inbox::default();
+        let stderr = ChannelMsg::ExtendedData {
+            data: Bytes::from_static(b"1234"),
+            ext: 1,
+        };
+        assert_eq!(inbox.take(stderr), Taken::Dropped(4));
+        assert_eq!(
+            inbox.take(ChannelMsg::WindowAdjusted { new_size: 9 }),
+            Taken::Dropped(0)
+        );
+        assert!(inbox.is_empty());
+    }
+
+    #[test]
+    fn window_changes_and_signals_are_held_to_a_bound() {
+        let mut inbox = Inbox::default();
+        for n in 0..10_000 {
+            inbox.take(data("k"));
+            inbox.take(size(n));
+        }
+        let signal = ChannelMsg::Signal {
+            signal: russh::Sig::INT,
+        };
+        assert_eq!(inbox.take(signal), Taken::Dropped(0));
+        let shown = drain(&mut inbox);
+        // At most MAX_CONTROLS window changes, each with the data before it; the last size asked
+        // for is the last given, and no keystroke is lost.
+        assert!(shown.len() <= 2 * MAX_CONTROLS + 1, "{}", shown.len());
+        assert_eq!(
+            shown.iter().filter(|s| s.starts_with("size")).count(),
+            MAX_CONTROLS
+        );
+        let last_size = shown.iter().rev().find(|s| s.starts_with("size"));
+        assert_eq!(last_size.map(String::as_str), Some("size 9999"));
+        let keys: usize = shown
+            .iter()
+            .filter_map(|s| s.strip_prefix("data "))
+            .map(str::len)
+            .sum();
+        assert_eq!(keys, 10_000);
+        // Taken out, they free their places.
+        assert_eq!(inbox.take(size(1)), Taken::Held);
+    }
+}
