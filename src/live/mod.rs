@@ -637,6 +637,8 @@ impl LiveSession {
     /// recording failure whatever the transport saw, and is audited as `recording.failed` too.
     pub async fn end(mut self, end: End) {
         let app = self.app.clone();
+        // From here the row's end is this session's own doing (see `live::watch`).
+        self._registration.mark_ending();
         crate::ops::metrics::session_ended(self.kind.as_str());
         // Files still open and requests never answered are logged as unfinished.
         // Files still open and requests unanswered are logged as unfinished; if even that cannot be

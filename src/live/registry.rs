@@ -118,6 +118,9 @@ struct Entry {
     ends_at: UnixTime,
     /// Notices go only to started sessions (a pending one has nobody to tell yet).
     started: bool,
+    /// The session is writing its own end ([`Registration::mark_ending`]): a row found ended from now
+    /// on is its own doing, not another node's.
+    ending: bool,
     notices: NoticeState,
     tx: mpsc::UnboundedSender<Control>,
     /// The live view's tap, once a terminal session started.
@@ -204,6 +207,19 @@ pub struct Registration {
     live: LiveSessions,
 }
 
+impl Registration {
+    /// The session is writing its end: from now on it is not among [`LiveSessions::started_ids`], so
+    /// the watcher does not take its own ended row for another node's doing (and close it as lost,
+    /// with an error in the log) in the moment between the row's end and this registration's drop.
+    pub fn mark_ending(&self) {
+        if let Ok(mut map) = self.live.inner.sessions.lock()
+            && let Some(e) = map.get_mut(&self.id)
+        {
+            e.ending = true;
+        }
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
         self.live
@@ -279,6 +295,7 @@ impl LiveSessions {
                     asset: asset.to_owned(),
                     ends_at,
                     started: false,
+                    ending: false,
                     notices: NoticeState::default(),
                     tx,
                     tap: None,
@@ -437,14 +454,15 @@ impl LiveSessions {
             .collect()
     }
 
-    /// The started sessions of this node (those with a row in the store).
+    /// The started sessions of this node (those with a row in the store), but for those writing their
+    /// own end.
     pub fn started_ids(&self) -> Vec<String> {
         self.inner
             .sessions
             .lock()
             .map(|m| {
                 m.iter()
-                    .filter(|(_, e)| e.started)
+                    .filter(|(_, e)| e.started && !e.ending)
                     .map(|(id, _)| id.clone())
                     .collect()
             })
@@ -752,6 +770,21 @@ mod tests {
         );
         drop(a);
         assert_eq!(live.len(), 1);
+    }
+
+    #[test]
+    fn a_session_writing_its_own_end_is_not_taken_for_one_another_node_ended() {
+        let live = LiveSessions::default();
+        let who = login(7, "SHA256:one");
+        let (a, _ra) = live.register("a", (1, 1), &who, "mri-01", 1000);
+        let (b, _rb) = live.register("b", (1, 2), &who, "mri-01", 1000);
+        live.mark_started(&a);
+        live.mark_started(&b);
+        let mut ids = live.started_ids();
+        ids.sort();
+        assert_eq!(ids, ["a", "b"]);
+        a.mark_ending();
+        assert_eq!(live.started_ids(), ["b"]);
     }
 
     #[tokio::test]
