@@ -1593,6 +1593,10 @@ impl Records for WebCore {
         self.watch_impl(by, id).await
     }
 
+    async fn watchable(&self, by: &Staff, id: &str) -> Result<(), CoreError> {
+        self.watchable_impl(by, id).await
+    }
+
     async fn evidence_bundle(&self, by: &Staff, id: &str) -> Result<EvidenceDownload, CoreError> {
         use crate::evidence::bundle::BundleError;
         use futures::StreamExt as _;
@@ -2603,33 +2607,44 @@ impl WebCore {
         Ok(hits)
     }
 
+    /// The live tap of session `id` on this node, or why there is none to watch here.
+    async fn live_tap(&self, id: &str) -> Result<crate::live::tap::Tap, CoreError> {
+        if let Some(tap) = self.live.tap(id) {
+            return Ok(tap);
+        }
+        let node = self.app.store.session_node(id).await.map_err(internal)?;
+        let session = self.app.store.session(id).await.map_err(not_found_or)?;
+        if session.ended_at.is_some() {
+            return Err(CoreError::Conflict(format!("session {id} has ended")));
+        }
+        Err(CoreError::Conflict(format!(
+            "session {id} runs on node {}: its live view is served by that node",
+            node.as_deref().unwrap_or("-")
+        )))
+    }
+
+    /// Whether `by` would be shown session `id` live now ([`Self::watch_impl`]'s refusals, nothing
+    /// opened or audited): the page asks first, since a refused stream of server-sent events can only
+    /// show "loading".
+    async fn watchable_impl(&self, by: &Staff, id: &str) -> Result<(), CoreError> {
+        // Who asks is read again, as for the view itself (`audit_view`).
+        current(&self.app, by).await?;
+        self.live_tap(id).await?;
+        self.live
+            .views()
+            .room_for(&by.name)
+            .map_err(|e| view_refused(id, e))
+    }
+
     async fn watch_impl(&self, by: &Staff, id: &str) -> Result<LiveStream, CoreError> {
-        let Some(tap) = self.live.tap(id) else {
-            let node = self.app.store.session_node(id).await.map_err(internal)?;
-            let session = self.app.store.session(id).await.map_err(not_found_or)?;
-            if session.ended_at.is_some() {
-                return Err(CoreError::Conflict(format!("session {id} has ended")));
-            }
-            return Err(CoreError::Conflict(format!(
-                "session {id} runs on node {}: its live view is served by that node",
-                node.as_deref().unwrap_or("-")
-            )));
-        };
+        let tap = self.live_tap(id).await?;
         // Given as the playback index's emulator gives it, on a thread of the view's own
         // (`live::view`): the page's emulator does no more work than the session pays for.
-        let mut shown_events = match self.live.views().open(&tap, &by.name) {
-            Ok(rx) => rx,
-            Err(
-                e @ (crate::live::view::ViewError::TooMany(_)
-                | crate::live::view::ViewError::TooManyOfYours(_)),
-            ) => {
-                return Err(CoreError::Busy(e.to_string()));
-            }
-            Err(e) => {
-                tracing::error!(session = %id, error = %e, "web: cannot open a live view");
-                return Err(CoreError::Internal);
-            }
-        };
+        let mut shown_events = self
+            .live
+            .views()
+            .open(&tap, &by.name)
+            .map_err(|e| view_refused(id, e))?;
         drop(tap);
         // Audited once the view is open (a refused one showed nothing); a failed audit shows nothing
         // either: the view's thread ends with its receiver.
@@ -2643,6 +2658,18 @@ impl WebCore {
         use futures::StreamExt as _;
         let events = futures::stream::poll_fn(move |cx| shown_events.poll_recv(cx));
         Ok(Box::pin(events.map(|s| live_event(&s))))
+    }
+}
+
+/// A live view refused: too many open (busy, 429), or its thread not started (logged, internal).
+fn view_refused(id: &str, e: crate::live::view::ViewError) -> CoreError {
+    use crate::live::view::ViewError;
+    match e {
+        ViewError::TooMany(_) | ViewError::TooManyOfYours(_) => CoreError::Busy(e.to_string()),
+        ViewError::Thread(_) => {
+            tracing::error!(session = %id, error = %e, "web: cannot open a live view");
+            CoreError::Internal
+        }
     }
 }
 

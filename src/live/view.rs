@@ -118,17 +118,34 @@ impl Views {
         self.open.lock().map_or(usize::MAX, |o| o.all)
     }
 
-    fn take(&self, who: &str) -> Result<Place, ViewError> {
-        let mut open = self
-            .open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// Whether `open` has room for one more view of `who`'s: the one rule [`Views::open`] and
+    /// [`Views::room_for`] share.
+    fn room(&self, open: &Open, who: &str) -> Result<(), ViewError> {
         if open.by.get(who).copied().unwrap_or(0) >= self.each {
             return Err(ViewError::TooManyOfYours(self.each));
         }
         if open.all >= self.max {
             return Err(ViewError::TooMany(self.max));
         }
+        Ok(())
+    }
+
+    /// Whether a view for `who` would be opened now (the page asks before it opens one: a refused
+    /// stream of server-sent events can only show "loading"). Nothing is taken.
+    pub fn room_for(&self, who: &str) -> Result<(), ViewError> {
+        let open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.room(&open, who)
+    }
+
+    fn take(&self, who: &str) -> Result<Place, ViewError> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.room(&open, who)?;
         open.all += 1;
         *open.by.entry(who.to_owned()).or_default() += 1;
         Ok(Place {

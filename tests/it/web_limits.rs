@@ -780,3 +780,83 @@ fn a_busy_web_session_ends_at_its_maximum_age() {
     // (The sign-in's time is kept in whole seconds, and taken before the answer came back.)
     assert!(signed_in.elapsed() >= Duration::from_secs(4));
 }
+
+/// The page asks before it opens a live view, since an `EventSource` cannot read why its stream was
+/// refused (the player showed "loading" for ever): `live/check` answers what the view would be
+/// refused with, and opens and audits nothing.
+#[test]
+fn the_page_is_told_why_a_live_view_would_be_refused() {
+    let Some(sshd) = crate::support::sshd::Sshd::start() else {
+        return;
+    };
+    let b = Bastion::start(DataDir::init());
+    let (mut shell, mut stdin, live) = live_shell(&b, &sshd);
+    stdin.write_all(b"echo watched\n").unwrap();
+    let audrey = Approver::enroll(&b, "audrey", "auditor");
+    let check = || audrey.get(&format!("/sessions/{live}/live/check"));
+    let ok = check();
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert!(ok.body.contains("\"ok\":true"), "{}", ok.body);
+
+    // audrey's four views, each seen open (its first event read).
+    let mut views: Vec<std::process::Child> = (0..4)
+        .map(|_| {
+            Command::new("curl")
+                .args(["-sk", "-N", "--max-time", "60", "-b"])
+                .arg(b.data.path().join("jar-audrey"))
+                .arg(format!("{}/sessions/{live}/live", base(&b)))
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for view in &mut views {
+        let mut out = view.stdout.take().unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("data:") {
+            match out.read(&mut buf) {
+                Ok(n @ 1..) => seen.extend_from_slice(&buf[..n]),
+                _ => panic!("a view did not open: {}", b.log()),
+            }
+        }
+        view.stdout = Some(out);
+    }
+    let refused = check();
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(
+        refused.body.contains("you have 4 live views open"),
+        "{}",
+        refused.body
+    );
+    let watches = || {
+        b.data
+            .run(&["audit", "export", "--format", "jsonl"])
+            .ok()
+            .stdout()
+            .lines()
+            .filter(|l| l.contains("\"session.watch\""))
+            .count()
+    };
+    assert_eq!(watches(), 4, "a check opened or audited a view");
+
+    // Views closed give their places back; a session ended has none to give.
+    for mut view in views {
+        let _ = view.kill();
+        let _ = view.wait();
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || check().status == 200),
+        "{}",
+        b.log()
+    );
+    let _ = shell.kill();
+    let _ = shell.wait();
+    assert!(
+        wait_until(Duration::from_secs(10), || check().status == 409),
+        "{}",
+        b.log()
+    );
+    assert!(check().body.contains("has ended"));
+    assert_eq!(watches(), 4);
+}

@@ -773,6 +773,9 @@ pub trait Records: Send + Sync + 'static {
     ) -> impl Future<Output = CoreResult<Vec<TranscriptHit>>> + Send;
     /// Watches a live terminal session of this node, read-only. Audited (`session.watch`).
     fn watch(&self, by: &Staff, id: &str) -> impl Future<Output = CoreResult<LiveStream>> + Send;
+    /// Whether [`Records::watch`] would show `by` session `id` now, or why not; nothing is opened or
+    /// audited. The page asks first: a refused stream of server-sent events can only show "loading".
+    fn watchable(&self, by: &Staff, id: &str) -> impl Future<Output = CoreResult<()>> + Send;
     /// The evidence bundle of an ended session, streamed as it is written. Audited
     /// (`evidence.export`) before any byte is read.
     fn evidence_bundle(

@@ -574,6 +574,29 @@ pub async fn live<C: Core>(
         .into_response()
 }
 
+/// `GET /sessions/{id}/live/check`: whether the live view would be shown now (`{"ok": true}`), or the
+/// error it would be refused with (409 ended or elsewhere, 429 too many views open): the page asks
+/// before it opens the stream, whose refusal an `EventSource` cannot read.
+pub async fn live_check<C: Core>(
+    State(st): St<C>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let s = match st.peek_session(&headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return StatusCode::UNAUTHORIZED.into_response(),
+        Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    };
+    match st.core.watchable(&s.staff, &id).await {
+        Ok(()) => (
+            [(header::CACHE_CONTROL, "no-store")],
+            Json(json!({"ok": true})),
+        )
+            .into_response(),
+        Err(e) => json_error(&e),
+    }
+}
+
 /// `GET /sessions/{id}/evidence.tar`: the session's evidence bundle, streamed as it is written
 /// (audited `evidence.export`). An error found before the first byte is an error page; one after it
 /// cuts the download short.

@@ -128,6 +128,7 @@ pub fn router<C: Core>(core: Arc<C>, options: WebOptions) -> Router {
         .route("/sessions/{id}/terminate", post(history::terminate::<C>))
         .route("/sessions/{id}/hold", post(history::hold::<C>))
         .route("/sessions/{id}/live", get(history::live::<C>))
+        .route("/sessions/{id}/live/check", get(history::live_check::<C>))
         .route("/sessions/{id}/evidence.tar", get(history::evidence::<C>))
         .route(
             "/sessions/{id}/search",

@@ -9,10 +9,27 @@
 
   var live = document.getElementById("live");
   if (live) {
-    window.chaperoneLive = AsciinemaPlayer.create(
-      // No buffering: the point of a live view is to see it now.
-      { driver: "eventsource", url: live.dataset.url, bufferTime: 0 }, live,
-      { autoPlay: true, fit: "width", controls: false });
+    // Asked first: an EventSource cannot read why its stream was refused (too many views open, the
+    // session ended or runs on another node), so the player would only ever show "loading".
+    fetch(live.dataset.url + "/check", { credentials: "same-origin", headers: { "Accept": "application/json" } })
+      .then(function (r) {
+        return r.json().then(function (j) {
+          if (!r.ok) throw new Error(j.error || ("the server answered " + r.status));
+        });
+      })
+      .then(function () {
+        window.chaperoneLive = AsciinemaPlayer.create(
+          // No buffering: the point of a live view is to see it now.
+          { driver: "eventsource", url: live.dataset.url, bufferTime: 0 }, live,
+          { autoPlay: true, fit: "width", controls: false });
+      })
+      .catch(function (e) {
+        var p = document.createElement("p");
+        p.className = "error live-refused";
+        p.setAttribute("role", "alert");
+        p.textContent = "The live view is not shown: " + e.message;
+        live.appendChild(p);
+      });
   }
 
   var el = document.getElementById("player");
