@@ -37,8 +37,8 @@ const FAREWELL: Duration = Duration::from_secs(2);
 /// order a client can rely on; a device that sends no status gets its EOF through after this wait.
 const EXIT_STATUS_WAIT: Duration = Duration::from_secs(1);
 
-/// How long a vendor's close waits for what they sent before it to reach the device (see `run`'s
-/// vendor -> device half): a device that takes nothing meanwhile does not hold a closed channel open.
+/// How long a vendor's close waits for the device to take more of what they sent before it (see `run`'s
+/// vendor -> device half): a device that takes nothing for that long does not hold a closed channel open.
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 
 /// How much of the vendor's data reached the device before their window is told (see `run`).
@@ -199,10 +199,9 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
         stop,
     } = io;
     let vendor_id = vendor.id();
+    // The vendor's window is refilled as the device takes their data, not as it arrives, since the
+    // channel reached `device::run` (see the vendor -> device half).
     let (mut v_rx, v_tx) = vendor.split();
-    // The vendor's window is refilled as the device takes their data, not as it arrives (see the
-    // vendor -> device half); refused only once the connection is gone, which ends the session anyway.
-    let _ = v_tx.window_by_consumption().await;
     let (mut d_rx, d_tx) = device.split();
     let ending = Ending {
         done: stop.child_token(),
@@ -219,6 +218,8 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
     let tap = live.tap();
     // Whether an EOF went to each side (one per channel: a second is a protocol error to some clients).
     let vendor_eof = AtomicBool::new(false);
+    // The vendor closed the channel before the device took all they had sent (`CLOSE_DRAIN`).
+    let stranded = AtomicBool::new(false);
     let device_eof = AtomicBool::new(false);
 
     // The watcher's controls, and the recording halting by itself.
@@ -374,16 +375,34 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                 };
                 match msg {
                     Some(ChannelMsg::Close) => {
-                        // What the vendor sent before closing still goes first, if the device takes it
-                        // soon: a device that does not is no reason to keep a closed channel open.
+                        // What the vendor sent before closing still goes first, as long as the device
+                        // keeps taking it: one that takes nothing for `CLOSE_DRAIN` is no reason to
+                        // keep a closed channel open. What it did not take is said on the record, and
+                        // the device is sent a hang-up, not only the end of its input.
                         let drained = async {
                             while giving.load(Ordering::Acquire) || !inbox().is_empty() {
-                                given.notified().await;
+                                if tokio::time::timeout(CLOSE_DRAIN, given.notified())
+                                    .await
+                                    .is_err()
+                                {
+                                    return false;
+                                }
                             }
+                            true
                         };
-                        let _ = ending
-                            .unless_done(tokio::time::timeout(CLOSE_DRAIN, drained))
-                            .await;
+                        if ending.unless_done(drained).await == Some(false) {
+                            stranded.store(true, Ordering::Release);
+                            if let Some(rec) = &recorder {
+                                let text = "the vendor closed the session before the device took all \
+                                            of their input; the rest was not given";
+                                let _ = ending
+                                    .unless_done(tokio::time::timeout(
+                                        FAREWELL,
+                                        rec.send(Record::Notice(text.into())),
+                                    ))
+                                    .await;
+                            }
+                        }
                         ending.finish(End::VendorClosed);
                         return;
                     }
@@ -402,6 +421,9 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
         };
         let give = async {
             loop {
+                if ending.done.is_cancelled() {
+                    return;
+                }
                 let next = inbox().next();
                 let Some(msg) = next else {
                     given.notify_waiters();
@@ -418,15 +440,21 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                 giving.store(true, Ordering::Release);
                 let forwarded = forward(msg).await;
                 giving.store(false, Ordering::Release);
+                // Progress, for a close waiting on what came before it.
+                given.notify_waiters();
                 if let Err(end) = forwarded {
                     ending.finish(end);
+                    return;
+                }
+                if ending.done.is_cancelled() {
                     return;
                 }
                 let now = owe(bytes).saturating_add(bytes);
                 if now >= CREDIT_STEP {
                     owed.fetch_sub(now, Ordering::Relaxed);
-                    // Refused only once the connection is gone, which ends the session anyway.
-                    let _ = v_tx.consumed(now).await;
+                    // Refused only once the connection is gone, which ends the session anyway; raced
+                    // against the end like every other wait (the connection's task may be stuck).
+                    let _ = ending.unless_done(v_tx.consumed(now)).await;
                 }
             }
         };
@@ -599,8 +627,9 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
         let _ = v_tx.close().await;
     };
     let to_device = async {
-        // Whatever runs on the device is hung up when the bastion ends the session.
-        if bastion_ended {
+        // Whatever runs on the device is hung up when the bastion ends the session, or when the vendor
+        // closed it before the device took all of their input.
+        if bastion_ended || stranded.load(Ordering::Acquire) {
             let _ = d_tx.signal(russh::Sig::HUP).await;
         }
         if !device_eof.swap(true, Ordering::AcqRel) {

@@ -320,6 +320,10 @@ impl Setup {
 /// Serves one session channel toward `asset`; see the module doc.
 pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: ChannelOpenHandle) {
     reply.accept().await;
+    // From its first byte, the channel's window is refilled as the device takes the vendor's data
+    // (`bridge::run`), not as it arrives: what a session holds for its device is bounded by the window.
+    // Refused only once the connection is gone.
+    let _ = channel.window_by_consumption().await;
     let mut setup = Setup::new(ctx.limits.clone());
     // A channel that never starts holds a task and its input: it gets as long as a sign-in does.
     let grace = ctx.shared.app.config.ssh.login_grace_time;

@@ -1466,19 +1466,30 @@ fn a_device_that_takes_no_input_does_not_keep_a_gone_vendors_session() {
         sessions(&b),
         b.log()
     );
+    // The record says the device did not take all of it.
+    let recording = |command: &str| {
+        sessions(&b)
+            .iter()
+            .filter(|s| s["detail"] == command)
+            .filter_map(|s| s["recordings"][0]["path"].as_str())
+            .map(|p| std::fs::read(p).unwrap())
+            .next()
+            .expect("the session's recording")
+    };
+    let said = b"before the device took all of their input";
+    assert!(
+        recording("sleep 3601")
+            .windows(said.len())
+            .any(|w| w == said)
+    );
 
     // Past its EOF, a client's data is neither forwarded nor recorded.
     let out = client.op(json!({"op": "data-after-eof", "command": "cat; echo END",
         "before": "BEFORE-EOF\n", "after": "AFTER-EOF\n"}));
     assert_eq!(out["stdout"], "BEFORE-EOF\nEND\n", "{out}");
-    let exec = sessions(&b)
-        .iter()
-        .filter(|s| s["detail"] == "cat; echo END")
-        .filter_map(|s| s["recordings"][0]["path"].as_str())
-        .map(|p| std::fs::read(p).unwrap())
-        .next()
-        .expect("the session's recording");
+    let exec = recording("cat; echo END");
     assert!(exec.windows(10).any(|w| w == b"BEFORE-EOF"));
+    assert!(!exec.windows(said.len()).any(|w| w == said));
     assert!(
         !exec.windows(9).any(|w| w == b"AFTER-EOF"),
         "recorded, never sent"

@@ -380,8 +380,9 @@ impl Encrypted {
     }
 
     /// chaperone patch 10: the application consumed `bytes` of `channel`'s data; once the peer's window
-    /// and what the application still holds are under half of `target`, the window is topped up so the
-    /// two make `target` again.
+    /// and what the application still holds are under half of `target`, or three packets or more short
+    /// of it (OpenSSH's `channel_check_window`: a long link keeps a full window in flight), the window
+    /// is topped up so the two make `target` again.
     pub fn consumed(
         &mut self,
         channel: ChannelId,
@@ -393,13 +394,15 @@ impl Encrypted {
         {
             *unconsumed = unconsumed.saturating_sub(bytes);
             let held = channel.sender_window_size.saturating_add(*unconsumed);
-            if held < target / 2 {
+            let short = target.saturating_sub(held);
+            let packets = channel.sender_maximum_packet_size.saturating_mul(3);
+            if short > 0 && (held < target / 2 || short >= packets) {
                 push_packet!(self.write, {
                     self.write.push(msg::CHANNEL_WINDOW_ADJUST);
                     channel.recipient_channel.encode(&mut self.write)?;
-                    (target - held).encode(&mut self.write)?;
+                    short.encode(&mut self.write)?;
                 });
-                channel.sender_window_size = target - *unconsumed;
+                channel.sender_window_size = channel.sender_window_size.saturating_add(short);
             }
         }
         Ok(())

@@ -486,6 +486,14 @@ impl ChannelWriteHalf<crate::server::Msg> {
     }
 }
 
+/// chaperone patch 10, on the whole channel.
+impl Channel<crate::server::Msg> {
+    /// See [`ChannelWriteHalf::window_by_consumption`].
+    pub async fn window_by_consumption(&self) -> Result<(), Error> {
+        self.write_half.window_by_consumption().await
+    }
+}
+
 impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
     pub(crate) fn new(
         id: ChannelId,
