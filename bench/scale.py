@@ -243,7 +243,8 @@ async def main():
     with open(sys.argv[1]) as f:
         spec = json.load(f)
     report = {}
-    codes = {v["name"]: Codes(v["secret"]) for v in spec["vendors"]}
+    # (No directory or run: the load answers the prompt itself, with no askpass script to write.)
+    codes = {v["name"]: Codes({"dir": None}, None, v["secret"]) for v in spec["vendors"]}
     vendors = spec["vendors"]
 
     t0 = time.monotonic()

@@ -14,7 +14,8 @@
 # the script hands out unused steps round-robin over the vendors and waits (outside any timer) when all are
 # spent. The code is computed with oathtool before the timer starts; askpass only prints it.
 #
-# Results: (a) throughput of `head -c BENCH_BYTES /dev/zero` to /dev/null, median of BENCH_RUNS each side,
+# Results: (a) throughput of `head -c BENCH_BYTES /dev/zero` to /dev/null, median of BENCH_RUNS each side
+# ((a2) the same of text, (a3) the same uploaded: piped into `cat >/dev/null` on the device),
 # (b) connect + `true` latency, median of BENCH_LAT each side, (c) BENCH_HANG_RUNS x BENCH_HANG_BYTES through
 # chaperone, each under `timeout`. Direct and chaperone samples are interleaved so background load hits both.
 # Exit status: 0 ok, 1 a run hung or failed (goal misses are reported, not fatal unless BENCH_STRICT=1),
@@ -122,7 +123,7 @@ DOPTS=() # extra options for direct_ssh
 direct_ssh() {
     "${TMO[@]}" ssh -F /dev/null -i "$D/client_key" -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes \
         -o "UserKnownHostsFile=$W/known_hosts_device" -o PreferredAuthentications=publickey \
-        -o LogLevel=ERROR -o ConnectTimeout=10 "${DOPTS[@]}" -p "$SSHD_PORT" "$DEV_USER@127.0.0.1" "$@" </dev/null
+        -o LogLevel=ERROR -o ConnectTimeout=10 "${DOPTS[@]}" -p "$SSHD_PORT" "$DEV_USER@127.0.0.1" "$@" <"${SSH_IN:-/dev/null}"
 }
 direct_ssh true || die "direct ssh to the sshd failed"
 
@@ -179,7 +180,7 @@ chap_ssh() { # uses V from pick_vendor
         "${TMO[@]}" ssh -F /dev/null -i "$W/$v" -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes \
         -o "UserKnownHostsFile=$W/known_hosts_chaperone" \
         -o PreferredAuthentications=publickey,keyboard-interactive -o NumberOfPasswordPrompts=1 \
-        -o LogLevel=ERROR -o ConnectTimeout=10 -p "$CHAP_PORT" "$v+dev@127.0.0.1" "$@" </dev/null
+        -o LogLevel=ERROR -o ConnectTimeout=10 -p "$CHAP_PORT" "$v+dev@127.0.0.1" "$@" <"${SSH_IN:-/dev/null}"
 }
 
 # Waits (bounded) until no session is live, then until the indexer has read the closed recording back
@@ -264,6 +265,12 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 say "== (a) throughput: head -c $BENCH_BYTES /dev/zero, $BENCH_RUNS runs per side, interleaved"
 : >"$W/tp_direct"; : >"$W/tp_matched"; : >"$W/tp_chap"; : >"$W/tp_chap_cpu"; : >"$W/tp_lag"; : >"$W/tp_index"
 TP_FAIL=0
+# A hop of run_tp: `$1 CMD`, its standard input BENCH_BYTES of NULs when UPLOAD=1, else nothing.
+hop() {
+    local f=$1; shift
+    if [[ ${UPLOAD:-0} == 1 ]]; then head -c "$BENCH_BYTES" /dev/zero | SSH_IN=/dev/stdin "$f" "$@"
+    else "$f" "$@"; fi
+}
 run_tp() { # side (direct | matched | chaperone) payload-command result-prefix
     local t0 t1 rc c0 c1 s
     if [[ $1 == direct || $1 == matched ]]; then
@@ -271,14 +278,14 @@ run_tp() { # side (direct | matched | chaperone) payload-command result-prefix
         # the client's default chacha20 costs the client more than AES-GCM does).
         [[ $1 == matched ]] && DOPTS=(-c "$VENDOR_CIPHER")
         t0=$EPOCHREALTIME
-        direct_ssh "$2" >/dev/null && rc=0 || rc=$?
+        hop direct_ssh "$2" >/dev/null && rc=0 || rc=$?
         t1=$EPOCHREALTIME
         DOPTS=()
     else
         pick_vendor
         c0=$(cpu_ticks "$CHAP_PID")
         t0=$EPOCHREALTIME
-        chap_ssh "$2" >/dev/null && rc=0 || rc=$?
+        hop chap_ssh "$2" >/dev/null && rc=0 || rc=$?
         t1=$EPOCHREALTIME
         c1=$(cpu_ticks "$CHAP_PID")
     fi
@@ -315,6 +322,18 @@ for r in $(seq "$BENCH_RUNS"); do
     if ((r % 2)); then run_tp direct "$TEXT" tx; run_tp matched "$TEXT" tx; run_tp chaperone "$TEXT" tx
     else run_tp chaperone "$TEXT" tx; run_tp matched "$TEXT" tx; run_tp direct "$TEXT" tx; fi
 done
+# The other way: the vendor uploads (a firmware image piped into a command). chaperone records a
+# command's stdin, so the recording is as large as the upload; its window toward the vendor is refilled
+# as the device takes the data (russh patch 10).
+say "== (a3) upload: head -c $BENCH_BYTES /dev/zero | ssh … 'cat >/dev/null', $BENCH_RUNS runs per side, interleaved"
+: >"$W/up_direct"; : >"$W/up_matched"; : >"$W/up_chap"; : >"$W/up_chap_cpu"; : >"$W/up_index"
+SINK='cat >/dev/null'
+UPLOAD=1
+for r in $(seq "$BENCH_RUNS"); do
+    if ((r % 2)); then run_tp direct "$SINK" up; run_tp matched "$SINK" up; run_tp chaperone "$SINK" up
+    else run_tp chaperone "$SINK" up; run_tp matched "$SINK" up; run_tp direct "$SINK" up; fi
+done
+UPLOAD=0
 
 TMO=()
 
@@ -382,6 +401,10 @@ TXD=$(median <"$W/tx_direct"); TXC=$(median <"$W/tx_chap")
 TXR=$(awk -v c="$TXC" -v d="$TXD" 'BEGIN { printf "%.2f", c / d }')
 TXMR=$(awk -v c="$TXC" -v d="$TXM" 'BEGIN { printf "%.2f", c / d }')
 TX_OK=$(awk -v r="$TXR" 'BEGIN { print (r >= 1.0) ? "met" : "MISSED" }')
+UPM=$(median <"$W/up_matched")
+UPD=$(median <"$W/up_direct"); UPC=$(median <"$W/up_chap")
+UPR=$(awk -v c="$UPC" -v d="$UPD" 'BEGIN { printf "%.2f", c / d }')
+UPMR=$(awk -v c="$UPC" -v d="$UPM" 'BEGIN { printf "%.2f", c / d }')
 LR=$(awk -v c="$LC" -v d="$LD" 'BEGIN { printf "%.2f", c / d }')
 LX=$(median <"$W/lat_x25519")
 LXR=$(awk -v c="$LC" -v d="$LX" 'BEGIN { printf "%.2f", c / d }')
@@ -408,6 +431,10 @@ ciphers: direct $DIRECT_CIPHER | vendor->chaperone $VENDOR_CIPHER, chaperone->de
 |     direct with -c $(printf '%-22s' "$VENDOR_CIPHER") | $(printf '%-15s' "$TXM") | $(printf '%-16s' "$TXC") | $(printf '%-5s' "$TXMR") |         |        |
 |     chaperone CPU, % of one core (median) |                 | $(printf '%-16s' "$(median <"$W/tx_chap_cpu")") |       |         |        |
 |     then indexing it, s (median; nice 19) |                 | $(printf '%-16s' "$(median <"$W/tx_index")") |       |         |        |
+| (a3) same size uploaded, MB/s median      | $(printf '%-15s' "$UPD") | $(printf '%-16s' "$UPC") | $(printf '%-5s' "$UPR") |         |        |
+|     range (MB/s)                          | $(printf '%-15s' "$(minmax <"$W/up_direct")") | $(printf '%-16s' "$(minmax <"$W/up_chap")") |       |         |        |
+|     direct with -c $(printf '%-22s' "$VENDOR_CIPHER") | $(printf '%-15s' "$UPM") | $(printf '%-16s' "$UPC") | $(printf '%-5s' "$UPMR") |         |        |
+|     chaperone CPU, % of one core (median) |                 | $(printf '%-16s' "$(median <"$W/up_chap_cpu")") |       |         |        |
 | (b) connect + true, ms median of $(printf '%-2s' "$(wc -l <"$W/lat_chap")")       | $(printf '%-15s' "$(ms "$LD")") | $(printf '%-16s' "$(ms "$LC")") | $(printf '%-5s' "$LR") | <= 1.5x | $LAT_OK |
 |     range (ms)                            | $(printf '%-15s' "$(msr "$(minmax <"$W/lat_direct")")") | $(printf '%-16s' "$(msr "$(minmax <"$W/lat_chap")")") |       |         |        |
 |     direct with KexAlgorithms=curve25519  | $(printf '%-15s' "$(ms "$LX")") | $(printf '%-16s' "$(ms "$LC")") | $(printf '%-5s' "$LXR") | <= 1.5x | $LX_OK |
