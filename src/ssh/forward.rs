@@ -168,13 +168,25 @@ pub async fn run(
         }
     };
     reply.accept().await;
-    let end = crate::tunnel::run(
-        &mut live,
-        channel.into_stream(),
-        device,
-        ctx.channel.client_closed(),
-        &ctx.stop,
-    )
-    .await;
+    // The vendor's side is taken as it comes, whatever the device port takes (`drained`).
+    let (stream, tx, drain) = super::drained::stream(channel, &ctx.stop).await;
+    let end = {
+        let run = crate::tunnel::run(
+            &mut live,
+            stream,
+            device,
+            ctx.channel.client_closed(),
+            &ctx.stop,
+        );
+        tokio::pin!(run, drain);
+        let mut draining = true;
+        loop {
+            tokio::select! {
+                end = &mut run => break end,
+                () = &mut drain, if draining => draining = false,
+            }
+        }
+    };
+    let _ = tx.close().await;
     live.end(end).await;
 }

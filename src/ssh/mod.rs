@@ -15,6 +15,7 @@ pub mod bridge;
 pub mod context;
 pub mod device;
 mod device_links;
+mod drained;
 pub mod forward;
 pub mod handler;
 pub mod home;

@@ -18,6 +18,9 @@ Ops (each answer carries the op's "id" when it had one):
     {"op": "tunnel", "host": "…", "port": N}  direct-tcpip, send a line, read a line -> {"event": "tunnel"}
     {"op": "tunnel-send-close", "host": "…", "port": N, "data": "…"}
                                               direct-tcpip, send data and close at once -> {"event": "sent"}
+    {"op": "tunnel-flood", "host": "…", "port": N, "bytes": N}
+                                              direct-tcpip, then N bytes written to it at once (sent as
+                                              the window allows) -> {"event": "flooding"}
     {"op": "sftp-flood", "n": 5000, "upload": "/path", "last": "/victim"}
                                               sftp subsystem: INIT, an upload to /path answered step
                                               by step, then n REMOVEs of nothing without waiting for
@@ -308,6 +311,11 @@ async def main():
                 answer = await asyncio.wait_for(reader_.readline(), 10)
                 writer.close()
                 say({"event": "tunnel", "id": rid, "answer": answer.decode(errors="replace")})
+            elif op == "tunnel-flood":
+                reader_, writer = await conn.open_connection(req["host"], int(req["port"]))
+                writer.write(b"\0" * int(req["bytes"]))
+                held.append((reader_, writer))
+                say({"event": "flooding", "id": rid})
             elif op == "tunnel-send-close":
                 # DATA, EOF and CLOSE at once (paramiko's sendall then close, Go's Write then Close).
                 reader_, writer = await conn.open_connection(req["host"], int(req["port"]))

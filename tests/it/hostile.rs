@@ -1513,3 +1513,53 @@ fn a_device_that_takes_no_input_does_not_keep_a_gone_vendors_session() {
         b.log()
     );
 }
+
+/// A device port that accepts a tunnel and then takes nothing (a hung service) while the vendor sends
+/// more than a window: the vendor's connection is still read, so their other channels work and their
+/// hang-up ends the tunnel. Before, the tunnel read the channel only as fast as the port took bytes,
+/// russh's queue for the channel filled, and the whole connection stopped being read.
+#[test]
+fn a_device_port_that_takes_nothing_does_not_stop_the_vendors_connection() {
+    let Some((sshd, b)) = setup("") else { return };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let held_by_server = held.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            held_by_server.lock().unwrap().push(stream);
+        }
+    });
+    b.device("sink-01", &sshd, &[&format!("sink:{port}/tcp")]);
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "sink-01", "sink", "1h");
+    b.grant("alice", "sink-01", "ssh", "1h");
+    let mut client = Hostile::connect(&b, &alice, "alice+sink-01");
+    let open = |b: &Bastion| {
+        sessions(b)
+            .iter()
+            .filter(|s| s["kind"] == "tunnel" && s["ended_at"].is_null())
+            .count()
+    };
+    let out = client
+        .op(json!({"op": "tunnel-flood", "host": "sink-01", "port": port, "bytes": 32 << 20}));
+    assert_eq!(out["event"], "flooding", "{out}");
+    assert!(wait_until(Duration::from_secs(10), || open(&b) == 1));
+    std::thread::sleep(Duration::from_secs(3));
+    let out = client.op(json!({"op": "run-within", "command": "echo alive", "timeout": 10}));
+    assert_eq!(
+        out["stdout"],
+        "alive\n",
+        "the connection stopped: {out}\n{}",
+        b.log()
+    );
+    let out = client.op(json!({"op": "hang-up"}));
+    assert_eq!(out["event"], "hung-up", "{out}");
+    assert!(
+        wait_until(Duration::from_secs(8), || open(&b) == 0),
+        "the tunnel outlived its vendor: {:?}\n{}",
+        sessions(&b),
+        b.log()
+    );
+    drop(held);
+}
