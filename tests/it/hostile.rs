@@ -1441,21 +1441,13 @@ fn a_device_that_takes_no_input_does_not_keep_a_gone_vendors_session() {
     };
 
     // 16 MiB toward a program that reads nothing: 8 windows.
-    let out = client
-        .op(json!({"op": "flood-stdin", "id": "f", "command": "sleep 3601", "bytes": 16 << 20}));
-    assert_eq!(out["event"], "flooding", "{out}");
-    assert!(wait_until(Duration::from_secs(10), || open(
+    flood(
         &b,
-        "sleep 3601"
-    ) == 1));
-    std::thread::sleep(Duration::from_secs(2));
-    let out = client.op(json!({"op": "run-within", "command": "echo alive", "timeout": 10}));
-    assert_eq!(
-        out["stdout"],
-        "alive\n",
-        "the connection stopped: {out}\n{}",
-        b.log()
+        &mut client,
+        json!({"op": "flood-stdin", "id": "f", "command": "sleep 3601", "bytes": 16 << 20}),
+        || open(&b, "sleep 3601") == 1,
     );
+    still_read(&b, &mut client);
 
     // The vendor closes the channel: the session ends, not held open by what the device never took.
     let out = client.op(json!({"op": "close", "id": "f"}));
@@ -1496,20 +1488,43 @@ fn a_device_that_takes_no_input_does_not_keep_a_gone_vendors_session() {
     );
 
     // The vendor hangs up while the device takes nothing: the session ends with the connection.
-    let out = client
-        .op(json!({"op": "flood-stdin", "id": "g", "command": "sleep 3602", "bytes": 16 << 20}));
-    assert_eq!(out["event"], "flooding", "{out}");
-    assert!(wait_until(Duration::from_secs(10), || open(
+    flood(
         &b,
-        "sleep 3602"
-    ) == 1));
+        &mut client,
+        json!({"op": "flood-stdin", "id": "g", "command": "sleep 3602", "bytes": 16 << 20}),
+        || open(&b, "sleep 3602") == 1,
+    );
+    hang_up_ends(&b, client, || open(&b, "sleep 3602") == 0);
+}
+
+/// `op`, a flood toward a device side that takes nothing, sent; what it opened seen live (`live`), and
+/// given 2 s to fill the windows.
+fn flood(b: &Bastion, client: &mut Hostile, op: Value, live: impl Fn() -> bool) {
+    let out = client.op(op);
+    assert_eq!(out["event"], "flooding", "{out}");
+    assert!(wait_until(Duration::from_secs(10), live), "{}", b.log());
     std::thread::sleep(Duration::from_secs(2));
+}
+
+/// The connection is still read: another command on it runs.
+fn still_read(b: &Bastion, client: &mut Hostile) {
+    let out = client.op(json!({"op": "run-within", "command": "echo alive", "timeout": 10}));
+    assert_eq!(
+        out["stdout"],
+        "alive\n",
+        "the connection stopped: {out}\n{}",
+        b.log()
+    );
+}
+
+/// The client hangs up; `ended` holds within 8 s.
+fn hang_up_ends(b: &Bastion, mut client: Hostile, ended: impl Fn() -> bool) {
     let out = client.op(json!({"op": "hang-up"}));
     assert_eq!(out["event"], "hung-up", "{out}");
     assert!(
-        wait_until(Duration::from_secs(8), || open(&b, "sleep 3602") == 0),
-        "the session outlived its vendor: {:?}\n{}",
-        sessions(&b),
+        wait_until(Duration::from_secs(8), ended),
+        "what the device held outlived its vendor: {:?}\n{}",
+        sessions(b),
         b.log()
     );
 }
@@ -1541,25 +1556,13 @@ fn a_device_port_that_takes_nothing_does_not_stop_the_vendors_connection() {
             .filter(|s| s["kind"] == "tunnel" && s["ended_at"].is_null())
             .count()
     };
-    let out = client
-        .op(json!({"op": "tunnel-flood", "host": "sink-01", "port": port, "bytes": 32 << 20}));
-    assert_eq!(out["event"], "flooding", "{out}");
-    assert!(wait_until(Duration::from_secs(10), || open(&b) == 1));
-    std::thread::sleep(Duration::from_secs(3));
-    let out = client.op(json!({"op": "run-within", "command": "echo alive", "timeout": 10}));
-    assert_eq!(
-        out["stdout"],
-        "alive\n",
-        "the connection stopped: {out}\n{}",
-        b.log()
+    flood(
+        &b,
+        &mut client,
+        json!({"op": "tunnel-flood", "host": "sink-01", "port": port, "bytes": 32 << 20}),
+        || open(&b) == 1,
     );
-    let out = client.op(json!({"op": "hang-up"}));
-    assert_eq!(out["event"], "hung-up", "{out}");
-    assert!(
-        wait_until(Duration::from_secs(8), || open(&b) == 0),
-        "the tunnel outlived its vendor: {:?}\n{}",
-        sessions(&b),
-        b.log()
-    );
+    still_read(&b, &mut client);
+    hang_up_ends(&b, client, || open(&b) == 0);
     drop(held);
 }

@@ -542,6 +542,20 @@ pub async fn transcript_search<C: Core>(
     }
 }
 
+/// The signed-in session of a live view's request, read without counting as activity (a view is not a
+/// person at the page); else the answer an `EventSource` acts on (it gives up on a 401 and retries on
+/// a 503).
+async fn watcher<C: Core>(
+    st: &WebState<C>,
+    headers: &HeaderMap,
+) -> Result<crate::auth::Session, Response> {
+    match st.peek_session(headers).await {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err(StatusCode::UNAUTHORIZED.into_response()),
+        Err(_) => Err(StatusCode::SERVICE_UNAVAILABLE.into_response()),
+    }
+}
+
 /// `GET /sessions/{id}/live`: the live view's server-sent events (asciinema-player's `eventsource`
 /// driver: `message` events, then `done`). A watcher that falls behind skips ahead; the session never
 /// waits for a watcher. The view ends, without `done`, once the watcher's web session is gone
@@ -551,10 +565,9 @@ pub async fn live<C: Core>(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let s = match st.peek_session(&headers).await {
-        Ok(Some(s)) => s,
-        Ok(None) => return StatusCode::UNAUTHORIZED.into_response(),
-        Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    let s = match watcher(&st, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
     };
     let stream = match st.core.watch(&s.staff, &id).await {
         Ok(stream) => stream,
@@ -582,10 +595,9 @@ pub async fn live_check<C: Core>(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let s = match st.peek_session(&headers).await {
-        Ok(Some(s)) => s,
-        Ok(None) => return StatusCode::UNAUTHORIZED.into_response(),
-        Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    let s = match watcher(&st, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
     };
     match st.core.watchable(&s.staff, &id).await {
         Ok(()) => (
