@@ -20,7 +20,7 @@ use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, client, serv
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::inbox::{Inbox, Taken};
+use super::inbox::{Inbox, Owed, Taken};
 use crate::live::budget::Direction;
 use crate::live::tap::Tap;
 use crate::live::{Control, End, LiveSession, Meter, SftpWatch};
@@ -40,9 +40,6 @@ const EXIT_STATUS_WAIT: Duration = Duration::from_secs(1);
 /// How long a vendor's close waits for the device to take more of what they sent before it (see `run`'s
 /// vendor -> device half): a device that takes nothing for that long does not hold a closed channel open.
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
-
-/// How much of the vendor's data reached the device before their window is told (see `run`).
-const CREDIT_STEP: u32 = 32 * 1024;
 
 /// What the relay moves between.
 #[derive(Debug)]
@@ -352,18 +349,18 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
         };
         let held = Notify::new();
+        // A close waiting for what came before it (only then is each forward's progress told).
+        let closing = AtomicBool::new(false);
         let given = Notify::new();
         let giving = AtomicBool::new(false);
         // Given back to the vendor's window by the giving half only (the taking half never waits on
         // the connection's task, which may itself be waiting for a channel's queue to be read), in
-        // steps of `CREDIT_STEP` (a keystroke's byte is not worth a message to the connection's task):
-        // what is kept back is far under the half window at which russh tops it up.
-        let owed = std::sync::atomic::AtomicU32::new(0);
-        let owe = |bytes: u32| owed.fetch_add(bytes, Ordering::Relaxed);
+        // steps of `inbox::CREDIT_STEP`.
+        let owed = Owed::default();
         let take = async {
             for msg in early {
                 if let Taken::Dropped(bytes) = inbox().take(msg) {
-                    owe(bytes);
+                    owed.add(bytes);
                 }
             }
             held.notify_one();
@@ -379,6 +376,7 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                         // keeps taking it: one that takes nothing for `CLOSE_DRAIN` is no reason to
                         // keep a closed channel open. What it did not take is said on the record, and
                         // the device is sent a hang-up, not only the end of its input.
+                        closing.store(true, Ordering::Release);
                         let drained = async {
                             while giving.load(Ordering::Acquire) || !inbox().is_empty() {
                                 if tokio::time::timeout(CLOSE_DRAIN, given.notified())
@@ -409,7 +407,7 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                     Some(msg) => match inbox().take(msg) {
                         Taken::Held => held.notify_one(),
                         Taken::Dropped(bytes) => {
-                            owe(bytes);
+                            owed.add(bytes);
                         }
                     },
                     None => {
@@ -441,7 +439,9 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                 let forwarded = forward(msg).await;
                 giving.store(false, Ordering::Release);
                 // Progress, for a close waiting on what came before it.
-                given.notify_waiters();
+                if closing.load(Ordering::Acquire) {
+                    given.notify_waiters();
+                }
                 if let Err(end) = forwarded {
                     ending.finish(end);
                     return;
@@ -449,9 +449,8 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                 if ending.done.is_cancelled() {
                     return;
                 }
-                let now = owe(bytes).saturating_add(bytes);
-                if now >= CREDIT_STEP {
-                    owed.fetch_sub(now, Ordering::Relaxed);
+                if owed.add(bytes) {
+                    let now = owed.take();
                     // Refused only once the connection is gone, which ends the session anyway; raced
                     // against the end like every other wait (the connection's task may be stuck).
                     let _ = ending.unless_done(v_tx.consumed(now)).await;

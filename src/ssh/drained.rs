@@ -9,7 +9,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
@@ -20,10 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::inbox::{Inbox, Taken};
-
-/// How much of the vendor's data was read before their window is told (as in `bridge`).
-const CREDIT_STEP: u32 = 32 * 1024;
+use super::inbox::{Inbox, Owed, Taken};
 
 #[derive(Default)]
 struct Held {
@@ -35,7 +31,7 @@ struct Held {
 
 struct Shared {
     held: Mutex<Held>,
-    owed: AtomicU32,
+    owed: Owed,
     credit: Notify,
 }
 
@@ -45,11 +41,7 @@ impl Shared {
     }
 
     fn owe(&self, bytes: u32) {
-        let now = self
-            .owed
-            .fetch_add(bytes, Ordering::Relaxed)
-            .saturating_add(bytes);
-        if now >= CREDIT_STEP {
+        if self.owed.add(bytes) {
             self.credit.notify_one();
         }
     }
@@ -116,7 +108,7 @@ pub async fn stream(
     let (rx, tx) = channel.split();
     let shared = Arc::new(Shared {
         held: Mutex::new(Held::default()),
-        owed: AtomicU32::new(0),
+        owed: Owed::default(),
         credit: Notify::new(),
     });
     let reader = Reader {
@@ -164,7 +156,7 @@ async fn run(
     let give = async {
         loop {
             shared.credit.notified().await;
-            let bytes = shared.owed.swap(0, Ordering::Relaxed);
+            let bytes = shared.owed.take();
             if bytes > 0 {
                 let _ = tx.consumed(bytes).await;
             }

@@ -15,6 +15,7 @@
 //! given (data, EOF, window changes, signals).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use russh::ChannelMsg;
@@ -25,6 +26,31 @@ pub const MAX_CHUNK: usize = 32 * 1024;
 /// The most window changes and signals held at once. A window change past it changes the last one
 /// held (the device ends at the size the vendor last asked for); a signal past it is dropped.
 pub const MAX_CONTROLS: usize = 64;
+
+/// How much of the vendor's data reached the device before their window is told (russh patch 10): a
+/// keystroke's byte is not worth a message to the connection's task, and what is kept back is far under
+/// the half window at which russh tops it up.
+pub const CREDIT_STEP: u32 = 32 * 1024;
+
+/// Bytes of the vendor's that were consumed (given to the device, or dropped) and not yet given back to
+/// their window: the one account `bridge` and `drained` keep.
+#[derive(Debug, Default)]
+pub struct Owed(AtomicU32);
+
+impl Owed {
+    /// Adds `bytes`; whether a [`CREDIT_STEP`] or more is now owed.
+    pub fn add(&self, bytes: u32) -> bool {
+        self.0
+            .fetch_add(bytes, Ordering::Relaxed)
+            .saturating_add(bytes)
+            >= CREDIT_STEP
+    }
+
+    /// All that is owed, to be given back now.
+    pub fn take(&self) -> u32 {
+        self.0.swap(0, Ordering::Relaxed)
+    }
+}
 
 #[derive(Debug)]
 enum Item {
@@ -183,6 +209,15 @@ mod tests {
                 other => format!("{other:?}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn credit_is_due_in_steps_and_taken_whole() {
+        let owed = Owed::default();
+        assert!(!owed.add(CREDIT_STEP - 1));
+        assert!(owed.add(1));
+        assert_eq!(owed.take(), CREDIT_STEP);
+        assert_eq!(owed.take(), 0);
     }
 
     #[test]
