@@ -20,7 +20,7 @@ use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, client, serv
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::inbox::{Inbox, Owed, Taken};
+use super::inbox::{Inbox, Outbox, Owed, Taken};
 use crate::live::budget::Direction;
 use crate::live::tap::Tap;
 use crate::live::{Control, End, LiveSession, Meter, SftpWatch};
@@ -462,138 +462,197 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
 
     // device -> vendor
     let down = async {
-        // The device's EOF, held back until its exit status (see `EXIT_STATUS_WAIT`).
-        let mut held_eof: Option<tokio::time::Instant> = None;
-        // Whether the device's exit status or signal was passed on: only its first is (a device that
-        // sent more would have a channel to the vendor that is neither recorded nor metered).
-        let mut exited = false;
-        loop {
-            let msg = tokio::select! {
-                biased;
-                () = ending.done.cancelled() => return,
-                () = until(held_eof) => {
+        // As the other way: every message from the device is taken as it comes into the outbox (so a
+        // vendor's client that stops reading does not stop russh reading the device connection, which
+        // the grant's other sessions share), and given to the vendor as their window lets it; the
+        // device's window is refilled only as its data is given (russh patch 10, set where the device
+        // channel is opened, `DeviceLinks::open_session`), so what waits is bounded by one window and
+        // `inbox::MAX_OUT_ITEMS`. What is given passes the gate (recording, budget) first, as before.
+        let outbox = Mutex::new(Outbox::default());
+        let outbox = || {
+            outbox
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let held = Notify::new();
+        let room = Notify::new();
+        let owed = Owed::default();
+        let take = async {
+            loop {
+                if outbox().is_full() {
+                    tokio::select! {
+                        biased;
+                        () = ending.done.cancelled() => return,
+                        () = room.notified() => continue,
+                    }
+                }
+                let msg = tokio::select! {
+                    biased;
+                    () = ending.done.cancelled() => return,
+                    m = d_rx.wait() => m,
+                };
+                let closed = {
+                    let mut outbox = outbox();
+                    match msg {
+                        Some(msg) => {
+                            if let Taken::Dropped(bytes) = outbox.take(msg) {
+                                owed.add(bytes);
+                            }
+                        }
+                        None => outbox.close(),
+                    }
+                    outbox.is_closed()
+                };
+                held.notify_one();
+                if closed {
+                    return;
+                }
+            }
+        };
+        let give = async {
+            // The device's EOF, held back until its exit status (see `EXIT_STATUS_WAIT`).
+            let mut held_eof: Option<tokio::time::Instant> = None;
+            loop {
+                if ending.done.is_cancelled() {
+                    return;
+                }
+                if held_eof.is_some_and(|t| t <= tokio::time::Instant::now()) {
                     held_eof = None;
                     if let Some(Err(_)) = ending.unless_done(eof_once(&v_tx, &vendor_eof)).await {
                         ending.finish(End::VendorClosed);
                         return;
                     }
-                    continue;
                 }
-                m = d_rx.wait() => m,
-            };
-            let Some(msg) = msg else {
-                ending.finish(End::DeviceClosed);
-                return;
-            };
-            let sent = match msg {
-                ChannelMsg::Data { data } => {
-                    let wake = match gate.pass(&ending, Direction::Down, &data, false).await {
-                        Ok(wake) => wake,
-                        Err(end) => {
-                            ending.finish(end);
-                            return;
-                        }
-                    };
-                    ending.unless_done(wake.after(v_tx.data_bytes(data))).await
+                // Given back by this half only, raced against the end (the device connection's task
+                // may be stuck); also what the outbox dropped.
+                if owed.add(0) {
+                    let _ = ending.unless_done(d_tx.consumed(owed.take())).await;
                 }
-                // Only stderr (code 1) is extended data a client shows: OpenSSH's drops any other code
-                // ("bad ext data"), so it is neither recorded as stderr nor passed on.
-                ChannelMsg::ExtendedData { ext, .. } if ext != 1 => continue,
-                ChannelMsg::ExtendedData { data, ext } => {
-                    let wake = match gate.pass(&ending, Direction::Down, &data, true).await {
-                        Ok(wake) => wake,
-                        Err(end) => {
-                            ending.finish(end);
-                            return;
-                        }
-                    };
-                    ending
-                        .unless_done(wake.after(v_tx.extended_data_bytes(ext, data)))
-                        .await
-                }
-                ChannelMsg::Eof => {
-                    held_eof.get_or_insert_with(|| tokio::time::Instant::now() + EXIT_STATUS_WAIT);
-                    continue;
-                }
-                ChannelMsg::ExitStatus { .. } | ChannelMsg::ExitSignal { .. } if exited => continue,
-                ChannelMsg::ExitStatus { exit_status } => {
-                    exited = true;
-                    ending
-                        .unless_done(async {
-                            v_tx.exit_status(exit_status).await?;
-                            if held_eof.take().is_some() {
-                                eof_once(&v_tx, &vendor_eof).await?;
-                            }
-                            Ok(())
-                        })
-                        .await
-                }
-                ChannelMsg::ExitSignal {
-                    signal_name,
-                    core_dumped,
-                    error_message,
-                    lang_tag,
-                } => {
-                    exited = true;
-                    let (signal_name, error_message, lang_tag) =
-                        bounded_exit_signal(signal_name, &error_message, &lang_tag);
-                    if let Some(rec) = &recorder {
-                        let text = format!(
-                            "the device ended the command by signal {signal_name:?}{}",
-                            if error_message.is_empty() {
-                                String::new()
-                            } else {
-                                format!(": {error_message}")
-                            }
-                        );
-                        if let Some(Err(e)) =
-                            ending.unless_done(rec.send(Record::Notice(text))).await
-                        {
-                            ending.finish(End::RecordingFailed(e.0));
-                            return;
-                        }
+                let next = outbox().next();
+                let Some(msg) = next else {
+                    tokio::select! {
+                        biased;
+                        () = ending.done.cancelled() => return,
+                        () = until(held_eof) => continue,
+                        () = held.notified() => continue,
                     }
-                    ending
-                        .unless_done(async {
-                            server
-                                .exit_signal_request(
-                                    vendor_id,
-                                    signal_name,
-                                    core_dumped,
-                                    error_message,
-                                    lang_tag,
-                                )
-                                .await
-                                .map_err(|()| russh::Error::SendError)?;
-                            if held_eof.take().is_some() {
-                                eof_once(&v_tx, &vendor_eof).await?;
+                };
+                room.notify_one();
+                let sent = match msg {
+                    ChannelMsg::Data { data } => {
+                        let bytes = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                        let wake = match gate.pass(&ending, Direction::Down, &data, false).await {
+                            Ok(wake) => wake,
+                            Err(end) => {
+                                ending.finish(end);
+                                return;
                             }
-                            Ok(())
-                        })
-                        .await
-                }
-                ChannelMsg::Failure => {
-                    // The device refused shell/exec/subsystem (pty and env are sent without reply).
-                    let _ = ending
-                        .unless_done(async {
-                            tell(&v_tx, "the device refused the request").await;
-                            let _ = v_tx.exit_status(1).await;
-                        })
-                        .await;
-                    ending.finish(End::DeviceClosed);
+                        };
+                        let sent = ending.unless_done(wake.after(v_tx.data_bytes(data))).await;
+                        owed.add(bytes);
+                        sent
+                    }
+                    // Only stderr (code 1) is held (`Outbox`): OpenSSH's client drops any other code.
+                    ChannelMsg::ExtendedData { data, ext } => {
+                        let bytes = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                        let wake = match gate.pass(&ending, Direction::Down, &data, true).await {
+                            Ok(wake) => wake,
+                            Err(end) => {
+                                ending.finish(end);
+                                return;
+                            }
+                        };
+                        let sent = ending
+                            .unless_done(wake.after(v_tx.extended_data_bytes(ext, data)))
+                            .await;
+                        owed.add(bytes);
+                        sent
+                    }
+                    ChannelMsg::Eof => {
+                        held_eof
+                            .get_or_insert_with(|| tokio::time::Instant::now() + EXIT_STATUS_WAIT);
+                        continue;
+                    }
+                    // Only the first exit status or signal is held (`Outbox`).
+                    ChannelMsg::ExitStatus { exit_status } => {
+                        ending
+                            .unless_done(async {
+                                v_tx.exit_status(exit_status).await?;
+                                if held_eof.take().is_some() {
+                                    eof_once(&v_tx, &vendor_eof).await?;
+                                }
+                                Ok(())
+                            })
+                            .await
+                    }
+                    ChannelMsg::ExitSignal {
+                        signal_name,
+                        core_dumped,
+                        error_message,
+                        lang_tag,
+                    } => {
+                        let (signal_name, error_message, lang_tag) =
+                            bounded_exit_signal(signal_name, &error_message, &lang_tag);
+                        if let Some(rec) = &recorder {
+                            let text = format!(
+                                "the device ended the command by signal {signal_name:?}{}",
+                                if error_message.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(": {error_message}")
+                                }
+                            );
+                            if let Some(Err(e)) =
+                                ending.unless_done(rec.send(Record::Notice(text))).await
+                            {
+                                ending.finish(End::RecordingFailed(e.0));
+                                return;
+                            }
+                        }
+                        ending
+                            .unless_done(async {
+                                server
+                                    .exit_signal_request(
+                                        vendor_id,
+                                        signal_name,
+                                        core_dumped,
+                                        error_message,
+                                        lang_tag,
+                                    )
+                                    .await
+                                    .map_err(|()| russh::Error::SendError)?;
+                                if held_eof.take().is_some() {
+                                    eof_once(&v_tx, &vendor_eof).await?;
+                                }
+                                Ok(())
+                            })
+                            .await
+                    }
+                    ChannelMsg::Failure => {
+                        // The device refused shell/exec/subsystem.
+                        let _ = ending
+                            .unless_done(async {
+                                tell(&v_tx, "the device refused the request").await;
+                                let _ = v_tx.exit_status(1).await;
+                            })
+                            .await;
+                        ending.finish(End::DeviceClosed);
+                        return;
+                    }
+                    // The device closed its channel (or its connection went), after what came before.
+                    ChannelMsg::Close => {
+                        ending.finish(End::DeviceClosed);
+                        return;
+                    }
+                    _ => Some(Ok(())),
+                };
+                if let Some(Err(_)) = sent {
+                    ending.finish(End::VendorClosed);
                     return;
                 }
-                ChannelMsg::Close => {
-                    ending.finish(End::DeviceClosed);
-                    return;
-                }
-                _ => Some(Ok(())),
-            };
-            if let Some(Err(_)) = sent {
-                ending.finish(End::VendorClosed);
-                return;
             }
-        }
+        };
+        tokio::join!(take, give);
     };
 
     tokio::join!(control, up, down);

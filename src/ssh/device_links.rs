@@ -120,6 +120,12 @@ impl DeviceLinks {
             match device.channel_open_session().await {
                 Ok(channel) => {
                     lease.opened();
+                    // The device's window on it is refilled as its output reaches the vendor
+                    // (`bridge::run`), not as it arrives: a vendor who stops reading then holds only
+                    // their own channel, never the connection the grant's other sessions share. Set
+                    // before any request, so before the device can send data. Refused only once the
+                    // connection is gone, which the first request finds.
+                    let _ = channel.window_by_consumption().await;
                     return Ok((lease, channel));
                 }
                 Err(e) => {

@@ -1,18 +1,25 @@
-//! What a vendor sent on a started session's channel that the device has not taken yet, in order.
+//! What waits on a started session's channel for the other side, in order: what a vendor sent that the
+//! device has not taken yet ([`Inbox`]), and what the device sent that the vendor has not taken yet
+//! ([`Outbox`]).
 //!
-//! The bridge takes every message from the vendor's channel as it comes ([`super::bridge`]): russh's
+//! The bridge takes every message from both channels as it comes ([`super::bridge`]): russh's
 //! connection loop hands each channel's messages over through a queue of 100, and when that queue is
-//! full it stops reading the connection, so a device that stops taking input used to stop the vendor's
+//! full it stops reading the connection. So a device that stops taking input used to stop the vendor's
 //! whole connection: its other channels, and its close or hang-up, were never read, and the session
-//! (and the device's program) outlived a vendor who had gone. What waits for the device waits here
-//! instead, bounded: the vendor's window is refilled only as data reaches the device (russh patch 10),
-//! so the data held is at most one window, consecutive data is kept as one chunk (a flood of one-byte
-//! packets is not a flood of entries), and the rest is bounded by count ([`MAX_CONTROLS`]).
+//! (and the device's program) outlived a vendor who had gone; and a vendor's client that stops reading
+//! stopped the device connection, which carries the grant's other sessions. What waits for a side waits
+//! here instead, bounded: each channel's window is refilled only as its data reaches the other side
+//! (russh patch 10, on the vendor's channel and the device's), so the data held is at most one window,
+//! consecutive data is kept as one chunk (a flood of one-byte packets is not a flood of entries), and
+//! the rest is bounded by count ([`MAX_CONTROLS`], [`MAX_OUT_ITEMS`]).
 //!
-//! The rules of what is passed on at all live here too, so they hold for what came before the start
-//! (`early`) and after it alike: nothing after the vendor's EOF (a client that sends data past its
-//! EOF would otherwise have it recorded although no device reads it), and only what the device is
-//! given (data, EOF, window changes, signals).
+//! The rules of what is passed on at all live here too. Toward the device, so they hold for what came
+//! before the start (`early`) and after it alike: nothing after the vendor's EOF (a client that sends
+//! data past its EOF would otherwise have it recorded although no device reads it), and only what the
+//! device is given (data, EOF, window changes, signals). Toward the vendor: output and stderr (no other
+//! extended data: OpenSSH's client drops it), the device's EOF, its first exit status or signal (a
+//! device that sent more would have a channel to the vendor that is neither recorded nor metered), a
+//! refused start, and its close, which comes after everything before it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -27,13 +34,19 @@ pub const MAX_CHUNK: usize = 32 * 1024;
 /// held (the device ends at the size the vendor last asked for); a signal past it is dropped.
 pub const MAX_CONTROLS: usize = 64;
 
-/// How much of the vendor's data reached the device before their window is told (russh patch 10): a
+/// The most chunks and messages held for the vendor at once. Data joins into chunks, but output and
+/// stderr in turns do not join: a device sending them a byte at a time would otherwise hold a window's
+/// worth of entries. Past it the device's channel is not read until the vendor takes some (only the
+/// device's own connection waits: russh stops reading it).
+pub const MAX_OUT_ITEMS: usize = 1024;
+
+/// How much of one side's data reached the other before its window is told (russh patch 10): a
 /// keystroke's byte is not worth a message to the connection's task, and what is kept back is far under
 /// the half window at which russh tops it up.
 pub const CREDIT_STEP: u32 = 32 * 1024;
 
-/// Bytes of the vendor's that were consumed (given to the device, or dropped) and not yet given back to
-/// their window: the one account `bridge` and `drained` keep.
+/// Bytes of one side's that were consumed (given to the other side, or dropped) and not yet given back
+/// to its window: the one account `bridge` (both ways) and `drained` keep.
 #[derive(Debug, Default)]
 pub struct Owed(AtomicU32);
 
@@ -54,8 +67,45 @@ impl Owed {
 
 #[derive(Debug)]
 enum Item {
-    Data(Chunk),
+    Data(Stream, Chunk),
     Control(ChannelMsg),
+}
+
+/// Which data a chunk is: a channel's own, or stderr (extended data code 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Out,
+    Err,
+}
+
+impl Item {
+    fn into_msg(self) -> ChannelMsg {
+        match self {
+            Item::Data(Stream::Out, chunk) => ChannelMsg::Data {
+                data: chunk.into_bytes(),
+            },
+            Item::Data(Stream::Err, chunk) => ChannelMsg::ExtendedData {
+                data: chunk.into_bytes(),
+                ext: 1,
+            },
+            Item::Control(msg) => msg,
+        }
+    }
+}
+
+/// Appends `data` of `stream` to `items`, joined with the chunk before it when that is of the same stream
+/// and the two fit in [`MAX_CHUNK`].
+fn push_data(items: &mut VecDeque<Item>, stream: Stream, data: Bytes) {
+    match items.back_mut() {
+        Some(Item::Data(s, chunk)) if *s == stream && chunk.len() + data.len() <= MAX_CHUNK => {
+            chunk.join(&data);
+        }
+        _ => items.push_back(Item::Data(stream, Chunk::One(data))),
+    }
+}
+
+fn data_len(data: &[u8]) -> u32 {
+    u32::try_from(data.len()).unwrap_or(u32::MAX)
 }
 
 /// Data as it came (no copy), or joined with the data after it.
@@ -119,16 +169,11 @@ impl Inbox {
     pub fn take(&mut self, msg: ChannelMsg) -> Taken {
         match msg {
             ChannelMsg::Data { data } if !self.eof => {
-                match self.items.back_mut() {
-                    Some(Item::Data(chunk)) if chunk.len() + data.len() <= MAX_CHUNK => {
-                        chunk.join(&data);
-                    }
-                    _ => self.items.push_back(Item::Data(Chunk::One(data))),
-                }
+                push_data(&mut self.items, Stream::Out, data);
                 Taken::Held
             }
             ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => {
-                Taken::Dropped(u32::try_from(data.len()).unwrap_or(u32::MAX))
+                Taken::Dropped(data_len(&data))
             }
             ChannelMsg::Eof if !self.eof => {
                 self.eof = true;
@@ -163,21 +208,101 @@ impl Inbox {
 
     /// The next message for the device, in the order taken.
     pub fn next(&mut self) -> Option<ChannelMsg> {
-        Some(match self.items.pop_front()? {
-            Item::Data(chunk) => ChannelMsg::Data {
-                data: chunk.into_bytes(),
-            },
-            Item::Control(msg) => {
-                if !matches!(msg, ChannelMsg::Eof) {
-                    self.controls -= 1;
-                }
-                msg
-            }
-        })
+        let item = self.items.pop_front()?;
+        if let Item::Control(msg) = &item
+            && !matches!(msg, ChannelMsg::Eof)
+        {
+            self.controls -= 1;
+        }
+        Some(item.into_msg())
     }
 
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
+    }
+}
+
+/// What the device sent on a started session's channel that the vendor has not taken yet: see the
+/// module doc.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    items: VecDeque<Item>,
+    eof: bool,
+    exited: bool,
+    failed: bool,
+    /// The device closed the channel (or its connection went): nothing more comes.
+    closed: bool,
+}
+
+impl Outbox {
+    /// Holds `msg` for the vendor, or says why not. A `None` from the device's channel is taken as its
+    /// close ([`Outbox::close`]).
+    pub fn take(&mut self, msg: ChannelMsg) -> Taken {
+        if self.closed {
+            return match msg {
+                ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => {
+                    Taken::Dropped(data_len(&data))
+                }
+                _ => Taken::Dropped(0),
+            };
+        }
+        match msg {
+            ChannelMsg::Data { data } => {
+                push_data(&mut self.items, Stream::Out, data);
+                Taken::Held
+            }
+            ChannelMsg::ExtendedData { data, ext: 1 } => {
+                push_data(&mut self.items, Stream::Err, data);
+                Taken::Held
+            }
+            ChannelMsg::ExtendedData { data, .. } => Taken::Dropped(data_len(&data)),
+            ChannelMsg::Eof if !self.eof => {
+                self.eof = true;
+                self.items.push_back(Item::Control(ChannelMsg::Eof));
+                Taken::Held
+            }
+            msg @ (ChannelMsg::ExitStatus { .. } | ChannelMsg::ExitSignal { .. })
+                if !self.exited =>
+            {
+                self.exited = true;
+                self.items.push_back(Item::Control(msg));
+                Taken::Held
+            }
+            // The device refused the start request (pty and env are sent without a reply).
+            ChannelMsg::Failure if !self.failed => {
+                self.failed = true;
+                self.items.push_back(Item::Control(ChannelMsg::Failure));
+                Taken::Held
+            }
+            ChannelMsg::Close => {
+                self.close();
+                Taken::Held
+            }
+            _ => Taken::Dropped(0),
+        }
+    }
+
+    /// The device's channel closed: after what is held, the vendor's session ends.
+    pub fn close(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            self.items.push_back(Item::Control(ChannelMsg::Close));
+        }
+    }
+
+    /// The next message for the vendor, in the order taken.
+    pub fn next(&mut self) -> Option<ChannelMsg> {
+        self.items.pop_front().map(Item::into_msg)
+    }
+
+    /// Whether the device's channel should not be read until the vendor takes some ([`MAX_OUT_ITEMS`]).
+    pub fn is_full(&self) -> bool {
+        self.items.len() >= MAX_OUT_ITEMS
+    }
+
+    /// Whether nothing more will come from the device.
+    pub fn is_closed(&self) -> bool {
+        self.closed
     }
 }
 
@@ -300,5 +425,96 @@ mod tests {
         assert_eq!(keys, 10_000);
         // Taken out, they free their places.
         assert_eq!(inbox.take(size(1)), Taken::Held);
+    }
+    fn stderr(s: &str) -> ChannelMsg {
+        ChannelMsg::ExtendedData {
+            data: Bytes::copy_from_slice(s.as_bytes()),
+            ext: 1,
+        }
+    }
+
+    fn drain_out(outbox: &mut Outbox) -> Vec<String> {
+        std::iter::from_fn(|| outbox.next())
+            .map(|m| match m {
+                ChannelMsg::Data { data } => format!("out {}", String::from_utf8_lossy(&data)),
+                ChannelMsg::ExtendedData { data, ext } => {
+                    format!("err{ext} {}", String::from_utf8_lossy(&data))
+                }
+                ChannelMsg::Eof => "eof".into(),
+                ChannelMsg::ExitStatus { exit_status } => format!("exit {exit_status}"),
+                ChannelMsg::Close => "close".into(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_devices_output_and_stderr_keep_their_order_and_join_only_their_own() {
+        let mut outbox = Outbox::default();
+        for m in [
+            data("a"),
+            data("b"),
+            stderr("x"),
+            stderr("y"),
+            data("c"),
+            ChannelMsg::Eof,
+            ChannelMsg::ExitStatus { exit_status: 3 },
+            ChannelMsg::Close,
+        ] {
+            assert_eq!(outbox.take(m), Taken::Held);
+        }
+        assert!(outbox.is_closed());
+        assert_eq!(
+            drain_out(&mut outbox),
+            ["out ab", "err1 xy", "out c", "eof", "exit 3", "close"]
+        );
+    }
+
+    #[test]
+    fn only_the_devices_first_exit_and_no_other_extended_data_go_to_the_vendor() {
+        let mut outbox = Outbox::default();
+        let other = ChannelMsg::ExtendedData {
+            data: Bytes::from_static(b"12345"),
+            ext: 2,
+        };
+        assert_eq!(outbox.take(other), Taken::Dropped(5));
+        assert_eq!(
+            outbox.take(ChannelMsg::ExitStatus { exit_status: 0 }),
+            Taken::Held
+        );
+        assert_eq!(
+            outbox.take(ChannelMsg::ExitStatus { exit_status: 1 }),
+            Taken::Dropped(0)
+        );
+        let signal = ChannelMsg::ExitSignal {
+            signal_name: russh::Sig::KILL,
+            core_dumped: false,
+            error_message: String::new(),
+            lang_tag: String::new(),
+        };
+        assert_eq!(outbox.take(signal), Taken::Dropped(0));
+        assert_eq!(outbox.take(ChannelMsg::Eof), Taken::Held);
+        assert_eq!(outbox.take(ChannelMsg::Eof), Taken::Dropped(0));
+        assert_eq!(
+            outbox.take(ChannelMsg::WindowAdjusted { new_size: 9 }),
+            Taken::Dropped(0)
+        );
+        // The connection went: a close after what is held, and nothing after it.
+        outbox.close();
+        assert_eq!(outbox.take(data("late")), Taken::Dropped(4));
+        assert_eq!(drain_out(&mut outbox), ["exit 0", "eof", "close"]);
+    }
+
+    #[test]
+    fn output_and_stderr_in_turns_fill_the_outbox_to_its_bound() {
+        let mut outbox = Outbox::default();
+        let mut n = 0;
+        while !outbox.is_full() {
+            outbox.take(if n % 2 == 0 { data("o") } else { stderr("e") });
+            n += 1;
+        }
+        assert_eq!(n, MAX_OUT_ITEMS);
+        outbox.next();
+        assert!(!outbox.is_full());
     }
 }

@@ -1529,6 +1529,37 @@ fn hang_up_ends(b: &Bastion, mut client: Hostile, ended: impl Fn() -> bool) {
     );
 }
 
+/// A vendor's client that stops reading one session's output (a program that prints more than the
+/// windows hold) does not stop the grant's device connection: the vendor's other session, which shares
+/// that connection, still runs, and a hang-up ends the stalled one. Before, the bastion stopped reading the
+/// device channel while the vendor's window was full, russh's queue for it filled, and russh then stopped
+/// reading the whole device connection.
+#[test]
+fn a_vendor_who_stops_reading_does_not_stop_the_grants_device_connection() {
+    let Some((_sshd, b)) = setup("") else { return };
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let mut client = Hostile::connect(&b, &alice, "alice+mri-01");
+    let command = "head -c 64000000 /dev/zero; sleep 3602";
+    let open = |b: &Bastion| {
+        sessions(b)
+            .iter()
+            .filter(|s| s["detail"] == command && s["ended_at"].is_null())
+            .count()
+    };
+    let out = client.op(json!({"op": "stall", "id": "s", "command": command}));
+    assert_eq!(out["event"], "stalled", "{out}");
+    assert!(
+        wait_until(Duration::from_secs(10), || open(&b) == 1),
+        "{}",
+        b.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // `echo alive` is a session of the same grant: it shares the stalled one's device connection.
+    still_read(&b, &mut client);
+    hang_up_ends(&b, client, || open(&b) == 0);
+}
+
 /// A device port that accepts a tunnel and then takes nothing (a hung service) while the vendor sends
 /// more than a window: the vendor's connection is still read, so their other channels work and their
 /// hang-up ends the tunnel. Before, the tunnel read the channel only as fast as the port took bytes,

@@ -111,6 +111,14 @@ pub enum ChannelMsg {
     /// (server only)
     Failure,
     OpenFailure(ChannelOpenFailure),
+    /// chaperone patch 10 (from the application to the connection only): see
+    /// [`ChannelWriteHalf::window_by_consumption`].
+    WindowByConsumption,
+    /// chaperone patch 10 (from the application to the connection only): see
+    /// [`ChannelWriteHalf::consumed`].
+    Consumed {
+        bytes: u32,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -460,18 +468,20 @@ impl<T: From<(ChannelId, ChannelMsg)>> std::fmt::Debug for Channel<T> {
     }
 }
 
-/// chaperone patch 10: a server channel's window refilled as the application consumes its data.
-impl ChannelWriteHalf<crate::server::Msg> {
+/// chaperone patch 10: a channel's window refilled as the application consumes its data (server and
+/// client channels alike).
+impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> ChannelWriteHalf<S> {
     /// From now on the peer's window on this channel is refilled only as [`Self::consumed`] is called,
-    /// never by more than the window the server was configured with less what the application still
+    /// never by more than the window the session was configured with less what the application still
     /// holds; data past the window ends the connection (`Error::WindowExceeded`). Upstream refills the
     /// window as data arrives, so a consumer that stops reading (its own peer not taking data) fills the
     /// channel's queue and blocks the whole connection's read loop: its other channels, and a close or
     /// disconnect behind them, are then never read. With this, the application can keep taking every
-    /// message (and see a close at once) while what it holds stays bounded by the window.
+    /// message (and see a close at once) while what it holds stays bounded by the window. Call it before
+    /// the peer can send data (on a client channel, before the request that starts the program).
     pub async fn window_by_consumption(&self) -> Result<(), Error> {
         self.sender
-            .send(crate::server::Msg::WindowByConsumption(self.id))
+            .send((self.id, ChannelMsg::WindowByConsumption).into())
             .await
             .map_err(|_| Error::SendError)
     }
@@ -480,14 +490,14 @@ impl ChannelWriteHalf<crate::server::Msg> {
     /// [`Self::window_by_consumption`].
     pub async fn consumed(&self, bytes: u32) -> Result<(), Error> {
         self.sender
-            .send(crate::server::Msg::Consumed(self.id, bytes))
+            .send((self.id, ChannelMsg::Consumed { bytes }).into())
             .await
             .map_err(|_| Error::SendError)
     }
 }
 
 /// chaperone patch 10, on the whole channel.
-impl Channel<crate::server::Msg> {
+impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
     /// See [`ChannelWriteHalf::window_by_consumption`].
     pub async fn window_by_consumption(&self) -> Result<(), Error> {
         self.write_half.window_by_consumption().await

@@ -1780,6 +1780,18 @@ impl Session {
                 self.agent_forward(id, want_reply)?
             }
             Msg::Channel(id, ChannelMsg::Close) => self.close(id)?,
+            // chaperone patch 10: see `ChannelWriteHalf::window_by_consumption`.
+            Msg::Channel(id, ChannelMsg::WindowByConsumption) => {
+                if let Some(enc) = self.common.encrypted.as_mut() {
+                    enc.window_by_consumption(id);
+                }
+            }
+            Msg::Channel(id, ChannelMsg::Consumed { bytes }) => {
+                let target = self.common.config.window_size;
+                if let Some(enc) = self.common.encrypted.as_mut() {
+                    enc.consumed(id, bytes, target)?;
+                }
+            }
             Msg::Rekey => self.initiate_rekey()?,
             Msg::AwaitExtensionInfo {
                 extension_name,

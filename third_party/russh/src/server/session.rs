@@ -84,10 +84,6 @@ pub enum Msg {
         language_tag: String,
     },
     Channel(ChannelId, ChannelMsg),
-    /// chaperone patch 10: see `ChannelWriteHalf::window_by_consumption`.
-    WindowByConsumption(ChannelId),
-    /// chaperone patch 10: see `ChannelWriteHalf::consumed`.
-    Consumed(ChannelId, u32),
     ChannelOpenReply {
         pending: PendingChannelOpen,
         result: Result<(), ChannelOpenFailure>,
@@ -540,12 +536,12 @@ impl Session {
                 debug!("window adjusted to {new_size:?} for channel {id:?}");
             }
             // chaperone patch 10
-            Msg::WindowByConsumption(id) => {
+            Msg::Channel(id, ChannelMsg::WindowByConsumption) => {
                 if let Some(enc) = self.common.encrypted.as_mut() {
                     enc.window_by_consumption(id);
                 }
             }
-            Msg::Consumed(id, bytes) => {
+            Msg::Channel(id, ChannelMsg::Consumed { bytes }) => {
                 let target = self.target_window_size;
                 if let Some(enc) = self.common.encrypted.as_mut() {
                     enc.consumed(id, bytes, target)?;
