@@ -47,8 +47,9 @@ pub struct BridgeIo {
     pub vendor: Channel<server::Msg>,
     pub device: Channel<client::Msg>,
     pub server: server::Handle,
-    /// Data, eof and signals the vendor sent while the session was starting, in order.
-    pub early: Vec<ChannelMsg>,
+    /// Data, eof and signals the vendor sent while the session was starting, in order, and the bytes of
+    /// their data already consumed without being held (owed back to their window).
+    pub early: (Inbox, u32),
     /// Cancelled when the vendor's connection ends.
     pub stop: CancellationToken,
 }
@@ -342,7 +343,8 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
         // only as data is given (russh patch 10), so what waits is bounded by one window.
         // (A mutex and an atomic only because the bridge's future moves between threads: the two
         // halves run in this one task, never at once.)
-        let inbox = Mutex::new(Inbox::default());
+        let (early, early_dropped) = early;
+        let inbox = Mutex::new(early);
         let inbox = || {
             inbox
                 .lock()
@@ -357,12 +359,8 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
         // the connection's task, which may itself be waiting for a channel's queue to be read), in
         // steps of `inbox::CREDIT_STEP`.
         let owed = Owed::default();
+        owed.add(early_dropped);
         let take = async {
-            for msg in early {
-                if let Taken::Dropped(bytes) = inbox().take(msg) {
-                    owed.add(bytes);
-                }
-            }
             held.notify_one();
             loop {
                 let msg = tokio::select! {

@@ -27,6 +27,7 @@ use std::sync::atomic::Ordering;
 
 use super::bridge::{self, BridgeIo};
 use super::context::{ConnectionLimits, Context};
+use super::inbox::{Inbox, Taken};
 use crate::audit::Action;
 use crate::live::{PendingSession, PtyInfo, SessionKind};
 use crate::policy::{self, PolicyError};
@@ -112,7 +113,9 @@ pub struct Setup {
     pty: Option<PtyRequest>,
     env: Vec<(String, String)>,
     /// Data, eof and signals the vendor sent while the session was starting, in order.
-    early: Vec<ChannelMsg>,
+    early: Inbox,
+    /// Bytes of the vendor's data `early` did not keep (sent past their EOF): owed back to their window.
+    early_dropped: u32,
     /// What `early` is charged, here and in the connection's shared budget (given back on drop).
     early_bytes: usize,
     eof: bool,
@@ -176,7 +179,8 @@ impl Setup {
         Setup {
             pty: None,
             env: Vec::new(),
-            early: Vec::new(),
+            early: Inbox::default(),
+            early_dropped: 0,
             early_bytes: 0,
             eof: false,
             signals: 0,
@@ -188,18 +192,28 @@ impl Setup {
     /// Keeps `msg` for the device, charged `len` bytes (at least [`MESSAGE_COST`]).
     fn keep(&mut self, msg: ChannelMsg, len: usize) {
         self.charge(len);
-        self.early.push(msg);
+        self.hold(msg);
     }
 
-    /// What the vendor sent before the start, for the bridge to replay first; from now on it is no
-    /// longer held here, so neither this channel nor its connection is charged for it (a connection's
-    /// running sessions do not keep its later channels from buffering).
-    fn hand_over(&mut self) -> Vec<ChannelMsg> {
+    fn hold(&mut self, msg: ChannelMsg) {
+        if let Taken::Dropped(bytes) = self.early.take(msg) {
+            self.early_dropped = self.early_dropped.saturating_add(bytes);
+        }
+    }
+
+    /// What the vendor sent before the start, for the bridge to give first, and the bytes of theirs
+    /// already consumed (dropped); from now on it is no longer held here, so neither this channel nor
+    /// its connection is charged for it (a connection's running sessions do not keep its later channels
+    /// from buffering).
+    fn hand_over(&mut self) -> (Inbox, u32) {
         self.limits
             .early_input
             .fetch_sub(self.early_bytes, Ordering::Relaxed);
         self.early_bytes = 0;
-        std::mem::take(&mut self.early)
+        (
+            std::mem::take(&mut self.early),
+            std::mem::take(&mut self.early_dropped),
+        )
     }
 
     /// Charges `len` bytes (at least [`MESSAGE_COST`]) of what is held until the start to this channel
@@ -295,13 +309,14 @@ impl Setup {
     }
 
     /// Takes a message sent after the start request, while the device is being dialled: input and
-    /// resizes are kept; a second start, pty or env was refused by the handler and is dropped.
+    /// resizes are kept; a second start, pty or env was refused by the handler and is dropped. Input is
+    /// not charged to the early-input budgets: it is bounded by the channel's window (refilled only as
+    /// the device takes it, since the channel arrived) and joined into chunks by the inbox, so the
+    /// channel is read all through the dial, as a running session's is.
     fn take_after_start(&mut self, msg: ChannelMsg) {
         match msg {
-            ChannelMsg::Data { .. }
-            | ChannelMsg::Eof
-            | ChannelMsg::Signal { .. }
-            | ChannelMsg::WindowChange { .. } => {
+            ChannelMsg::Data { .. } => self.hold(msg),
+            ChannelMsg::Eof | ChannelMsg::Signal { .. } | ChannelMsg::WindowChange { .. } => {
                 let _ = self.take(msg);
             }
             _ => {}
@@ -437,8 +452,8 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
             d = &mut dial => break Some(d.unwrap_or_else(|_| Err(TargetError::Unreachable(format!(
                 "no session within {} s", DEVICE_TIMEOUT.as_secs()
             ))))),
-            // Past the input budget the channel is not read until the device is ready.
-            m = channel.wait(), if !setup.full() => match m {
+            // Read all through (`Setup::take_after_start`): a connection is never left unread.
+            m = channel.wait() => match m {
                 None | Some(ChannelMsg::Close) => break None,
                 Some(msg) => setup.take_after_start(msg),
             },
@@ -702,7 +717,9 @@ mod tests {
         setup.take(ChannelMsg::Data {
             data: bytes::Bytes::from_static(b"ls\r"),
         });
-        assert_eq!(setup.hand_over().len(), 1);
+        let (inbox, dropped) = setup.hand_over();
+        assert!(!inbox.is_empty());
+        assert_eq!(dropped, 0);
         assert_eq!(limits.early_input.load(Ordering::Relaxed), 0);
         drop(setup);
         assert_eq!(limits.early_input.load(Ordering::Relaxed), 0);

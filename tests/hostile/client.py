@@ -47,9 +47,10 @@ Ops (each answer carries the op's "id" when it had one):
                                               -> {"event": "jumped", "opened": K, "errors": [...]}
     {"op": "signal", "command": "…", "signal": "INT"}   exec, send the signal after 1 s, wait for the end
                                               -> {"event": "exec", ...}
-    {"op": "flood-stdin", "id": "f", "command": "…", "bytes": N}
+    {"op": "flood-stdin", "id": "f", "command": "…", "bytes": N, "chunk": C}
                                               exec, then N bytes written to its stdin at once (the
-                                              client sends them as the window allows) -> {"event": "flooding"}
+                                              client sends them as the window allows; with C, in
+                                              packets of C bytes) -> {"event": "flooding"}
     {"op": "close", "id": "f"}                a CHANNEL_CLOSE on a flooding session's channel at once
                                               (asyncssh's close() waits for its unsent data first)
                                               -> {"event": "closed-channel"}
@@ -444,7 +445,13 @@ async def main():
                      "exit": chan.get_exit_status(), "signal": chan.get_exit_signal()})
             elif op == "flood-stdin":
                 chan, sess = await conn.create_session(Collect, req["command"], encoding=None)
-                chan.write(b"\0" * int(req["bytes"]))
+                total, chunk = int(req["bytes"]), int(req.get("chunk", 0))
+                if chunk:
+                    # One write per chunk: each goes as a packet of its own while the window allows.
+                    for _ in range(total // chunk):
+                        chan.write(b"\0" * chunk)
+                else:
+                    chan.write(b"\0" * total)
                 tasks[rid] = (chan, sess)
                 say({"event": "flooding", "id": rid})
             elif op == "close":

@@ -527,7 +527,7 @@ fn channel_types_the_bastion_does_not_serve_are_refused_and_audited() {
 }
 
 /// Starts `tests/hostile/device.py` in `dir` (with `args`); the process and the port it listens on.
-fn hostile_device(dir: &Path, args: &[&str]) -> (Child, u16) {
+fn hostile_device(dir: &Path, args: &[&str]) -> (DeviceProcess, u16) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile/device.py");
     let device = Command::new(python())
         .arg(script)
@@ -546,14 +546,24 @@ fn hostile_device(dir: &Path, args: &[&str]) -> (Child, u16) {
         .trim()
         .parse()
         .unwrap();
-    (device, port)
+    (DeviceProcess(device), port)
+}
+
+/// `device.py`, stopped when dropped (a failed assertion too: it holds the test's output open).
+struct DeviceProcess(Child);
+
+impl Drop for DeviceProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Vendor alice, granted ssh on `asset`: `device.py` (with `args`) started and pinned as that asset,
 /// `command` run on it over OpenSSH, then the device stopped; what ssh printed.
 fn on_hostile_device(b: &Bastion, asset: &str, args: &[&str], command: &str) -> Output {
     let dir = tempfile::tempdir().unwrap();
-    let (mut device, port) = hostile_device(dir.path(), args);
+    let (device, port) = hostile_device(dir.path(), args);
     let host_key = std::fs::read_to_string(dir.path().join("host_key.pub")).unwrap();
     b.device_at(
         asset,
@@ -570,8 +580,7 @@ fn on_hostile_device(b: &Bastion, asset: &str, args: &[&str], command: &str) -> 
         .arg(command)
         .output()
         .unwrap();
-    let _ = device.kill();
-    let _ = device.wait();
+    drop(device);
     out
 }
 
@@ -582,7 +591,7 @@ fn on_hostile_device(b: &Bastion, asset: &str, args: &[&str], command: &str) -> 
 fn a_device_that_stalls_in_its_handshake_is_hung_up_on() {
     let Some((sshd, b)) = setup("") else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (mut device, port) = hostile_device(dir.path(), &["stall"]);
+    let (device, port) = hostile_device(dir.path(), &["stall"]);
     // Any pinned key and credential: the handshake never gets that far.
     b.device_at(
         "stuck-01",
@@ -603,8 +612,7 @@ fn a_device_that_stalls_in_its_handshake_is_hung_up_on() {
     assert_ne!(code, 0, "{stdout}\n{stderr}");
     let closed = dir.path().join("closed");
     let hung_up = wait_until(Duration::from_secs(10), || closed.exists());
-    let _ = device.kill();
-    let _ = device.wait();
+    drop(device);
     assert!(
         hung_up,
         "the bastion still holds the stalled device's connection\n{}",
@@ -1540,7 +1548,7 @@ fn a_vendor_who_stops_reading_does_not_stop_the_grants_device_connection() {
     let alice = b.vendor("alice", "Acme Imaging");
     b.grant("alice", "mri-01", "ssh", "1h");
     let mut client = Hostile::connect(&b, &alice, "alice+mri-01");
-    let command = "head -c 64000000 /dev/zero; sleep 3602";
+    let command = "head -c 64000000 /dev/zero; sleep 120";
     let open = |b: &Bastion| {
         sessions(b)
             .iter()
@@ -1558,6 +1566,43 @@ fn a_vendor_who_stops_reading_does_not_stop_the_grants_device_connection() {
     // `echo alive` is a session of the same grant: it shares the stalled one's device connection.
     still_read(&b, &mut client);
     hang_up_ends(&b, client, || open(&b) == 0);
+}
+
+/// Input sent while the device is still being dialled (a device slow to answer: here one that never
+/// finishes its handshake, so the dial lasts the connect time-out) is held without stopping the vendor's
+/// connection: another channel opens on it at once. Before, past 64 KiB the channel was not read until
+/// the dial ended, and once russh's queue for it held 100 packets (1 KiB each here) russh stopped
+/// reading the connection.
+#[test]
+fn input_sent_while_the_device_is_dialled_does_not_stop_the_vendors_connection() {
+    let Some((sshd, b)) = setup("") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (device, port) = hostile_device(dir.path(), &["stall"]);
+    b.device_at(
+        "stuck-01",
+        port,
+        &sshd.host_key_line(),
+        "service",
+        &sshd.client_key,
+        &[],
+    );
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "stuck-01", "ssh", "1h");
+    let mut client = Hostile::connect(&b, &alice, "alice+stuck-01");
+    let out = client.op(
+        json!({"op": "flood-stdin", "id": "f", "command": "cat", "bytes": 1 << 20, "chunk": 1024}),
+    );
+    assert_eq!(out["event"], "flooding", "{out}");
+    std::thread::sleep(Duration::from_secs(2));
+    let asked = Instant::now();
+    let out = client.op(json!({"op": "open", "id": "o"}));
+    assert_eq!(out["event"], "opened", "{out}\n{}", b.log());
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "the connection was not read while the device was dialled: {:?}",
+        asked.elapsed()
+    );
+    drop(device);
 }
 
 /// A device port that accepts a tunnel and then takes nothing (a hung service) while the vendor sends
