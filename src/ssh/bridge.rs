@@ -355,9 +355,8 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
         let closing = AtomicBool::new(false);
         let given = Notify::new();
         let giving = AtomicBool::new(false);
-        // Given back to the vendor's window by the giving half only (the taking half never waits on
-        // the connection's task, which may itself be waiting for a channel's queue to be read), in
-        // steps of `inbox::CREDIT_STEP`.
+        // Given back to the vendor's window by a future of its own (`Owed::give_back`), in steps of
+        // `inbox::CREDIT_STEP`: neither half waits on the connection's task.
         let owed = Owed::default();
         owed.add(early_dropped);
         let take = async {
@@ -404,9 +403,7 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                     }
                     Some(msg) => match inbox().take(msg) {
                         Taken::Held => held.notify_one(),
-                        Taken::Dropped(bytes) => {
-                            owed.add(bytes);
-                        }
+                        Taken::Dropped(bytes) => owed.add(bytes),
                     },
                     None => {
                         ending.finish(End::VendorClosed);
@@ -444,18 +441,13 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                     ending.finish(end);
                     return;
                 }
-                if ending.done.is_cancelled() {
-                    return;
-                }
-                if owed.add(bytes) {
-                    let now = owed.take();
-                    // Refused only once the connection is gone, which ends the session anyway; raced
-                    // against the end like every other wait (the connection's task may be stuck).
-                    let _ = ending.unless_done(v_tx.consumed(now)).await;
-                }
+                owed.add(bytes);
             }
         };
-        tokio::join!(take, give);
+        // Refused only once the connection is gone, which ends the session anyway; raced against the
+        // end like every other wait (the connection's task may be stuck).
+        let credit = ending.unless_done(owed.give_back(&v_tx));
+        tokio::join!(take, give, credit);
     };
 
     // device -> vendor
@@ -464,8 +456,9 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
         // vendor's client that stops reading does not stop russh reading the device connection, which
         // the grant's other sessions share), and given to the vendor as their window lets it; the
         // device's window is refilled only as its data is given (russh patch 10, set where the device
-        // channel is opened, `DeviceLinks::open_session`), so what waits is bounded by one window and
-        // `inbox::MAX_OUT_ITEMS`. What is given passes the gate (recording, budget) first, as before.
+        // channel is opened, `DeviceLinks::open_session`), by a future of its own, so what waits is
+        // bounded by one window (and a few chunks: `Outbox`). What is given passes the gate
+        // (recording, budget) first, as before.
         let outbox = Mutex::new(Outbox::default());
         let outbox = || {
             outbox
@@ -473,17 +466,9 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
         };
         let held = Notify::new();
-        let room = Notify::new();
         let owed = Owed::default();
         let take = async {
             loop {
-                if outbox().is_full() {
-                    tokio::select! {
-                        biased;
-                        () = ending.done.cancelled() => return,
-                        () = room.notified() => continue,
-                    }
-                }
                 let msg = tokio::select! {
                     biased;
                     () = ending.done.cancelled() => return,
@@ -521,11 +506,6 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                         return;
                     }
                 }
-                // Given back by this half only, raced against the end (the device connection's task
-                // may be stuck); also what the outbox dropped.
-                if owed.add(0) {
-                    let _ = ending.unless_done(d_tx.consumed(owed.take())).await;
-                }
                 let next = outbox().next();
                 let Some(msg) = next else {
                     tokio::select! {
@@ -535,7 +515,6 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                         () = held.notified() => continue,
                     }
                 };
-                room.notify_one();
                 let sent = match msg {
                     ChannelMsg::Data { data } => {
                         let bytes = u32::try_from(data.len()).unwrap_or(u32::MAX);
@@ -650,7 +629,8 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                 }
             }
         };
-        tokio::join!(take, give);
+        let credit = ending.unless_done(owed.give_back(&d_tx));
+        tokio::join!(take, give, credit);
     };
 
     tokio::join!(control, up, down);

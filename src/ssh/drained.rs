@@ -16,7 +16,6 @@ use bytes::Bytes;
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::inbox::{Inbox, Owed, Taken};
@@ -32,18 +31,11 @@ struct Held {
 struct Shared {
     held: Mutex<Held>,
     owed: Owed,
-    credit: Notify,
 }
 
 impl Shared {
     fn held(&self) -> MutexGuard<'_, Held> {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn owe(&self, bytes: u32) {
-        if self.owed.add(bytes) {
-            self.credit.notify_one();
-        }
     }
 }
 
@@ -69,7 +61,7 @@ impl AsyncRead for Reader {
             if !this.chunk.is_empty() {
                 let n = this.chunk.len().min(buf.remaining());
                 buf.put_slice(&this.chunk.split_to(n));
-                this.shared.owe(u32::try_from(n).unwrap_or(u32::MAX));
+                this.shared.owed.add(u32::try_from(n).unwrap_or(u32::MAX));
                 return Poll::Ready(Ok(()));
             }
             if this.eof {
@@ -109,7 +101,6 @@ pub async fn stream(
     let shared = Arc::new(Shared {
         held: Mutex::new(Held::default()),
         owed: Owed::default(),
-        credit: Notify::new(),
     });
     let reader = Reader {
         shared: shared.clone(),
@@ -137,7 +128,7 @@ async fn run(
                 Some(ChannelMsg::Close) | None => held.closed = true,
                 Some(msg) => {
                     if let Taken::Dropped(bytes) = held.inbox.take(msg) {
-                        shared.owe(bytes);
+                        shared.owed.add(bytes);
                     }
                 }
             }
@@ -154,13 +145,8 @@ async fn run(
     // Apart from the taking, which never waits on the connection's task (it may be waiting for this
     // channel's queue to be read).
     let give = async {
-        loop {
-            shared.credit.notified().await;
-            let bytes = shared.owed.take();
-            if bytes > 0 {
-                let _ = tx.consumed(bytes).await;
-            }
-        }
+        shared.owed.give_back(&tx).await;
+        std::future::pending::<()>().await;
     };
     tokio::select! {
         () = stop.cancelled() => {}

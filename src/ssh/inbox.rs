@@ -11,7 +11,10 @@
 //! here instead, bounded: each channel's window is refilled only as its data reaches the other side
 //! (russh patch 10, on the vendor's channel and the device's), so the data held is at most one window,
 //! consecutive data is kept as one chunk (a flood of one-byte packets is not a flood of entries), and
-//! the rest is bounded by count ([`MAX_CONTROLS`], [`MAX_OUT_ITEMS`]).
+//! the rest is bounded by count ([`MAX_CONTROLS`]). The device's output and stderr each keep their
+//! order, but while they wait a piece of one joins that stream's last waiting chunk even past one of the
+//! other's (as sshd does for a client that is behind), so output and stderr sent in turns a byte at a
+//! time are a few chunks too; nothing moves past an EOF, exit or close. Empty data is no entry.
 //!
 //! The rules of what is passed on at all live here too. Toward the device, so they hold for what came
 //! before the start (`early`) and after it alike: nothing after the vendor's EOF (a client that sends
@@ -25,7 +28,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::{Bytes, BytesMut};
-use russh::ChannelMsg;
+use russh::{ChannelMsg, ChannelWriteHalf};
+use tokio::sync::Notify;
 
 /// The largest chunk consecutive data is joined into: the maximum packet size of both legs.
 pub const MAX_CHUNK: usize = 32 * 1024;
@@ -34,34 +38,57 @@ pub const MAX_CHUNK: usize = 32 * 1024;
 /// held (the device ends at the size the vendor last asked for); a signal past it is dropped.
 pub const MAX_CONTROLS: usize = 64;
 
-/// The most chunks and messages held for the vendor at once. Data joins into chunks, but output and
-/// stderr in turns do not join: a device sending them a byte at a time would otherwise hold a window's
-/// worth of entries. Past it the device's channel is not read until the vendor takes some (only the
-/// device's own connection waits: russh stops reading it).
-pub const MAX_OUT_ITEMS: usize = 1024;
-
 /// How much of one side's data reached the other before its window is told (russh patch 10): a
 /// keystroke's byte is not worth a message to the connection's task, and what is kept back is far under
 /// the half window at which russh tops it up.
 pub const CREDIT_STEP: u32 = 32 * 1024;
 
 /// Bytes of one side's that were consumed (given to the other side, or dropped) and not yet given back
-/// to its window: the one account `bridge` (both ways) and `drained` keep.
+/// to its window: the one account `bridge` (both ways) and `drained` keep, and the one way it is given
+/// back ([`Owed::give_back`]).
 #[derive(Debug, Default)]
-pub struct Owed(AtomicU32);
+pub struct Owed {
+    bytes: AtomicU32,
+    due: Notify,
+}
 
 impl Owed {
-    /// Adds `bytes`; whether a [`CREDIT_STEP`] or more is now owed.
-    pub fn add(&self, bytes: u32) -> bool {
-        self.0
+    /// Adds `bytes`; once a [`CREDIT_STEP`] or more is owed, [`Owed::give_back`] gives it.
+    pub fn add(&self, bytes: u32) {
+        let owed = self
+            .bytes
             .fetch_add(bytes, Ordering::Relaxed)
-            .saturating_add(bytes)
-            >= CREDIT_STEP
+            .saturating_add(bytes);
+        if owed >= CREDIT_STEP {
+            self.due.notify_one();
+        }
     }
 
-    /// All that is owed, to be given back now.
-    pub fn take(&self) -> u32 {
-        self.0.swap(0, Ordering::Relaxed)
+    /// Waits until a [`CREDIT_STEP`] or more is owed; all that is owed, to be given back now.
+    async fn due(&self) -> u32 {
+        loop {
+            self.due.notified().await;
+            let bytes = self.bytes.swap(0, Ordering::Relaxed);
+            if bytes > 0 {
+                return bytes;
+            }
+        }
+    }
+
+    /// Gives what is owed back to `tx`'s window as it comes due, until the connection is gone. Run beside
+    /// the halves that take and give, never in them: it waits on the connection's task, which may itself
+    /// be waiting for the channel's queue to be read (the taking half), or for the peer's window (the
+    /// giving half's connection, the other one), so a half that waited on it could hold both.
+    pub async fn give_back<S>(&self, tx: &ChannelWriteHalf<S>)
+    where
+        S: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static,
+    {
+        loop {
+            let bytes = self.due().await;
+            if tx.consumed(bytes).await.is_err() {
+                return;
+            }
+        }
     }
 }
 
@@ -93,15 +120,25 @@ impl Item {
     }
 }
 
-/// Appends `data` of `stream` to `items`, joined with the chunk before it when that is of the same stream
-/// and the two fit in [`MAX_CHUNK`].
-fn push_data(items: &mut VecDeque<Item>, stream: Stream, data: Bytes) {
-    match items.back_mut() {
-        Some(Item::Data(s, chunk)) if *s == stream && chunk.len() + data.len() <= MAX_CHUNK => {
-            chunk.join(&data);
+/// Appends `data` of `stream` to `items`, joined with that stream's last chunk when the two fit in
+/// [`MAX_CHUNK`] and nothing but (with `past_other`) one chunk of the other stream came after it.
+fn push_data(items: &mut VecDeque<Item>, stream: Stream, data: Bytes, past_other: bool) {
+    let last = items.len();
+    let reach = if past_other { 2 } else { 1 };
+    for item in items.range_mut(last.saturating_sub(reach)..).rev() {
+        match item {
+            Item::Data(s, chunk) if *s == stream => {
+                if chunk.len() + data.len() <= MAX_CHUNK {
+                    chunk.join(&data);
+                    return;
+                }
+                break;
+            }
+            Item::Data(..) => {}
+            Item::Control(_) => break,
         }
-        _ => items.push_back(Item::Data(stream, Chunk::One(data))),
     }
+    items.push_back(Item::Data(stream, Chunk::One(data)));
 }
 
 fn data_len(data: &[u8]) -> u32 {
@@ -126,7 +163,9 @@ impl Chunk {
     fn join(&mut self, data: &[u8]) {
         match self {
             Chunk::One(first) => {
-                let mut joined = BytesMut::with_capacity(MAX_CHUNK);
+                // Sized to what is joined (it grows as more is): pieces joined in pairs must not each
+                // hold a whole chunk's memory.
+                let mut joined = BytesMut::with_capacity(first.len() + data.len());
                 joined.extend_from_slice(first);
                 joined.extend_from_slice(data);
                 *self = Chunk::Joined(joined);
@@ -168,8 +207,9 @@ impl Inbox {
     /// session, [`super::bridge`]).
     pub fn take(&mut self, msg: ChannelMsg) -> Taken {
         match msg {
+            ChannelMsg::Data { data } if data.is_empty() => Taken::Dropped(0),
             ChannelMsg::Data { data } if !self.eof => {
-                push_data(&mut self.items, Stream::Out, data);
+                push_data(&mut self.items, Stream::Out, data, false);
                 Taken::Held
             }
             ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => {
@@ -247,12 +287,17 @@ impl Outbox {
             };
         }
         match msg {
+            ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. }
+                if data.is_empty() =>
+            {
+                Taken::Dropped(0)
+            }
             ChannelMsg::Data { data } => {
-                push_data(&mut self.items, Stream::Out, data);
+                push_data(&mut self.items, Stream::Out, data, true);
                 Taken::Held
             }
             ChannelMsg::ExtendedData { data, ext: 1 } => {
-                push_data(&mut self.items, Stream::Err, data);
+                push_data(&mut self.items, Stream::Err, data, true);
                 Taken::Held
             }
             ChannelMsg::ExtendedData { data, .. } => Taken::Dropped(data_len(&data)),
@@ -295,11 +340,6 @@ impl Outbox {
         self.items.pop_front().map(Item::into_msg)
     }
 
-    /// Whether the device's channel should not be read until the vendor takes some ([`MAX_OUT_ITEMS`]).
-    pub fn is_full(&self) -> bool {
-        self.items.len() >= MAX_OUT_ITEMS
-    }
-
     /// Whether nothing more will come from the device.
     pub fn is_closed(&self) -> bool {
         self.closed
@@ -336,13 +376,18 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn credit_is_due_in_steps_and_taken_whole() {
+    #[tokio::test]
+    async fn credit_is_due_in_steps_and_taken_whole() {
         let owed = Owed::default();
-        assert!(!owed.add(CREDIT_STEP - 1));
-        assert!(owed.add(1));
-        assert_eq!(owed.take(), CREDIT_STEP);
-        assert_eq!(owed.take(), 0);
+        let soon = std::time::Duration::from_millis(50);
+        owed.add(CREDIT_STEP - 1);
+        assert!(tokio::time::timeout(soon, owed.due()).await.is_err());
+        owed.add(1);
+        assert_eq!(
+            tokio::time::timeout(soon, owed.due()).await,
+            Ok(CREDIT_STEP)
+        );
+        assert!(tokio::time::timeout(soon, owed.due()).await.is_err());
     }
 
     #[test]
@@ -449,7 +494,7 @@ mod tests {
     }
 
     #[test]
-    fn the_devices_output_and_stderr_keep_their_order_and_join_only_their_own() {
+    fn the_devices_output_and_stderr_each_keep_their_order_and_join_only_their_own() {
         let mut outbox = Outbox::default();
         for m in [
             data("a"),
@@ -464,9 +509,10 @@ mod tests {
             assert_eq!(outbox.take(m), Taken::Held);
         }
         assert!(outbox.is_closed());
+        // While they wait, "c" joins the output before the stderr chunk; each stream keeps its order.
         assert_eq!(
             drain_out(&mut outbox),
-            ["out ab", "err1 xy", "out c", "eof", "exit 3", "close"]
+            ["out abc", "err1 xy", "eof", "exit 3", "close"]
         );
     }
 
@@ -506,15 +552,46 @@ mod tests {
     }
 
     #[test]
-    fn output_and_stderr_in_turns_fill_the_outbox_to_its_bound() {
+    fn output_and_stderr_in_turns_are_a_few_chunks_while_they_wait() {
         let mut outbox = Outbox::default();
-        let mut n = 0;
-        while !outbox.is_full() {
+        // A window's worth (2 MiB) of one-byte pieces in turns, and empty ones between.
+        for n in 0..(2 << 20) {
             outbox.take(if n % 2 == 0 { data("o") } else { stderr("e") });
-            n += 1;
+            outbox.take(data(""));
         }
-        assert_eq!(n, MAX_OUT_ITEMS);
-        outbox.next();
-        assert!(!outbox.is_full());
+        let chunks = drain_out(&mut outbox);
+        assert!(
+            chunks.len() <= 2 * (2 << 20) / MAX_CHUNK + 2,
+            "{}",
+            chunks.len()
+        );
+        // Each stream's pieces, all of them, in order; output first.
+        let len = |prefix: &str, piece: char| -> usize {
+            chunks
+                .iter()
+                .filter_map(|c| c.strip_prefix(prefix))
+                .inspect(|c| assert!(c.chars().all(|ch| ch == piece)))
+                .map(str::len)
+                .sum()
+        };
+        assert_eq!((len("out ", 'o'), len("err1 ", 'e')), (1 << 20, 1 << 20));
+        assert!(chunks[0].starts_with("out"));
+
+        // Nothing joins past an exit: what came after it stays after it.
+        let mut outbox = Outbox::default();
+        for m in [
+            data("a"),
+            stderr("x"),
+            ChannelMsg::ExitStatus { exit_status: 0 },
+            data("b"),
+            stderr("y"),
+            data("c"),
+        ] {
+            outbox.take(m);
+        }
+        assert_eq!(
+            drain_out(&mut outbox),
+            ["out a", "err1 x", "exit 0", "out bc", "err1 y"]
+        );
     }
 }
