@@ -41,6 +41,10 @@ const EXIT_STATUS_WAIT: Duration = Duration::from_secs(1);
 /// vendor -> device half): a device that takes nothing for that long does not hold a closed channel open.
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 
+/// How long a notice (the grant's end coming, idle time) may wait for the vendor's window: the
+/// controls after it (a close for a revocation) are read only once it went or gave up.
+const NOTICE_WAIT: Duration = Duration::from_secs(1);
+
 /// What the relay moves between.
 #[derive(Debug)]
 pub struct BridgeIo {
@@ -242,8 +246,12 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                         ending.finish(End::RecordingFailed(e.0));
                         break;
                     }
+                    // Bounded: a client that stops reading (no window left) does not get it, and
+                    // does not hold the watcher's next control (a revocation) behind it.
                     if !vendor_eof.load(Ordering::Acquire) {
-                        ending.unless_done(tell(&v_tx, &text)).await;
+                        ending
+                            .unless_done(tokio::time::timeout(NOTICE_WAIT, tell(&v_tx, &text)))
+                            .await;
                     }
                 }
                 Some(Control::Close(close)) => {

@@ -300,8 +300,13 @@ impl Setup {
                 self.signals += 1;
                 self.keep(msg, 0);
             }
-            // Extended data from a client means nothing on a session channel; a second EOF or a flood of
-            // signals is dropped.
+            // Extended data from a client means nothing on a session channel: dropped, its bytes owed
+            // back to the window.
+            ChannelMsg::ExtendedData { data, .. } => {
+                let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                self.early_dropped = self.early_dropped.saturating_add(len);
+            }
+            // A second EOF or a flood of signals is dropped.
             // x11, agent, other subsystems: refused by the handler.
             _ => {}
         }
@@ -316,7 +321,10 @@ impl Setup {
     fn take_after_start(&mut self, msg: ChannelMsg) {
         match msg {
             ChannelMsg::Data { .. } => self.hold(msg),
-            ChannelMsg::Eof | ChannelMsg::Signal { .. } | ChannelMsg::WindowChange { .. } => {
+            ChannelMsg::ExtendedData { .. }
+            | ChannelMsg::Eof
+            | ChannelMsg::Signal { .. }
+            | ChannelMsg::WindowChange { .. } => {
                 let _ = self.take(msg);
             }
             _ => {}
