@@ -10,7 +10,8 @@
 //! stopped the device connection, which carries the grant's other sessions. What waits for a side waits
 //! here instead, bounded: each channel's window is refilled only as its data reaches the other side
 //! (russh patch 10, on the vendor's channel and the device's), so the data held is at most one window,
-//! consecutive data is kept as one chunk (a flood of one-byte packets is not a flood of entries), and
+//! consecutive small pieces are kept as one chunk (a flood of one-byte packets is not a flood of entries;
+//! pieces of 4 KiB or more are kept as they came, not copied), and
 //! the rest is bounded by count ([`MAX_CONTROLS`]). The device's output and stderr each keep their
 //! order, but while they wait a piece of one joins that stream's last waiting chunk even past one of the
 //! other's (as sshd does for a client that is behind), so output and stderr sent in turns a byte at a
@@ -33,6 +34,12 @@ use tokio::sync::Notify;
 
 /// The largest chunk consecutive data is joined into: the maximum packet size of both legs.
 pub const MAX_CHUNK: usize = 32 * 1024;
+
+/// Only pieces under this size are joined (copied) into a chunk, and only into one that holds small
+/// pieces: a relay's data comes in packets of up to 32 KiB, and copying them would add a copy of most of
+/// what is relayed whenever a side is a moment behind, while a window holds few pieces of this size or
+/// more (at most 512 of 2 MiB, each followed by at most one chunk of small ones).
+const JOIN_BELOW: usize = 4 * 1024;
 
 /// The most window changes and signals held at once. A window change past it changes the last one
 /// held (the device ends at the size the vendor last asked for); a signal past it is dropped.
@@ -120,15 +127,19 @@ impl Item {
     }
 }
 
-/// Appends `data` of `stream` to `items`, joined with that stream's last chunk when the two fit in
-/// [`MAX_CHUNK`] and nothing but (with `past_other`) one chunk of the other stream came after it.
+/// Appends `data` of `stream` to `items`, joined with that stream's last chunk when both are small
+/// ([`JOIN_BELOW`]), the two fit in [`MAX_CHUNK`] and nothing but (with `past_other`) one chunk of the
+/// other stream came after it.
 fn push_data(items: &mut VecDeque<Item>, stream: Stream, data: Bytes, past_other: bool) {
     let last = items.len();
     let reach = if past_other { 2 } else { 1 };
     for item in items.range_mut(last.saturating_sub(reach)..).rev() {
         match item {
             Item::Data(s, chunk) if *s == stream => {
-                if chunk.len() + data.len() <= MAX_CHUNK {
+                if data.len() < JOIN_BELOW
+                    && chunk.joinable()
+                    && chunk.len() + data.len() <= MAX_CHUNK
+                {
                     chunk.join(&data);
                     return;
                 }
@@ -157,6 +168,14 @@ impl Chunk {
         match self {
             Chunk::One(b) => b.len(),
             Chunk::Joined(b) => b.len(),
+        }
+    }
+
+    /// Whether small pieces may be joined to it (it is small, or already a join of them).
+    fn joinable(&self) -> bool {
+        match self {
+            Chunk::One(b) => b.len() < JOIN_BELOW,
+            Chunk::Joined(_) => true,
         }
     }
 
@@ -403,17 +422,25 @@ mod tests {
     #[test]
     fn a_chunk_never_grows_past_the_packet_size() {
         let mut inbox = Inbox::default();
-        let third = "x".repeat(MAX_CHUNK / 3 + 1);
-        for _ in 0..3 {
-            inbox.take(data(&third));
+        let piece = "x".repeat(JOIN_BELOW - 1);
+        let per_chunk = MAX_CHUNK / piece.len();
+        for _ in 0..per_chunk + 1 {
+            inbox.take(data(&piece));
         }
+        // A piece of a packet's size is kept as it came, and nothing small is joined to it.
+        let packet = "y".repeat(MAX_CHUNK / 2);
+        inbox.take(data(&packet));
+        inbox.take(data("z"));
         let lens: Vec<usize> = std::iter::from_fn(|| inbox.next())
             .map(|m| match m {
                 ChannelMsg::Data { data } => data.len(),
                 _ => 0,
             })
             .collect();
-        assert_eq!(lens, [2 * third.len(), third.len()]);
+        assert_eq!(
+            lens,
+            [per_chunk * piece.len(), piece.len(), packet.len(), 1]
+        );
     }
 
     #[test]
