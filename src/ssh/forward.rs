@@ -19,13 +19,20 @@ use crate::policy::{self, Denial, PolicyError};
 use crate::tunnel::DialError;
 
 /// SSH_OPEN_ADMINISTRATIVELY_PROHIBITED and SSH_OPEN_CONNECT_FAILED with our own text: OpenSSH prints
-/// `channel N: open failed: administratively prohibited: <text>`.
+/// `channel N: open failed: administratively prohibited: <text>`. The text may name the host the client
+/// asked for, so it is said as every bastion line is (`bastion_text`: no control characters).
 fn prohibited(reason: String) -> ChannelOpenFailure {
-    ChannelOpenFailure::Other { code: 1, reason }
+    ChannelOpenFailure::Other {
+        code: 1,
+        reason: super::bastion_text(&reason),
+    }
 }
 
 fn connect_failed(reason: String) -> ChannelOpenFailure {
-    ChannelOpenFailure::Other { code: 2, reason }
+    ChannelOpenFailure::Other {
+        code: 2,
+        reason: super::bastion_text(&reason),
+    }
 }
 
 /// Serves one direct-tcpip channel to `host:port` (as the vendor's client named it).

@@ -495,15 +495,21 @@ impl RefusalLog {
     }
 }
 
+/// What the bastion says to a vendor's client in its own words (a line on stderr, a refused channel's
+/// reason), with no control character: the text may quote what the client sent (an asset or host name),
+/// and an escape sequence in it must not reach the vendor's terminal as one.
+pub(crate) fn bastion_text(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// A line of the bastion's to a vendor (sent on stderr), `chaperone: TEXT`, after a line break when it
 /// may come in the middle of output. The one place such lines are made: control characters in `text`
 /// (a reason someone typed, or read back from the database) are shown as `?`, so no line can move the
 /// cursor, hide itself or pose as another.
 pub(crate) fn bastion_line(text: &str, after_output: bool) -> bytes::Bytes {
-    let text: String = text
-        .chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
+    let text = bastion_text(text);
     let lead = if after_output { "\r\n" } else { "" };
     bytes::Bytes::from(format!("{lead}chaperone: {text}\r\n"))
 }

@@ -499,6 +499,19 @@ fn channel_types_the_bastion_does_not_serve_are_refused_and_audited() {
         let out = client.op(json!({"op": "open-type", "type": kind, "args": args}));
         assert_eq!(out["event"], "refused", "{kind}: {out}\n{}", b.log());
     }
+    // A tunnel to a host no grant names is refused, and the reason (which names the host the client
+    // asked for) carries no escape sequence back to the client's terminal.
+    let host = "mri-99\x1b]0;owned\x07\r\nchaperone: granted";
+    let out = client.op(
+        json!({"op": "open-type", "type": "direct-tcpip", "args": [host, 104, "127.0.0.1", 5000]}),
+    );
+    assert_eq!(out["event"], "refused", "{out}");
+    let reason = out["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("mri-99?]0;owned???chaperone: granted"),
+        "{reason:?}"
+    );
+    assert!(!reason.chars().any(char::is_control), "{reason:?}");
     let ok = client.op(json!({"op": "run", "command": "echo still-here"}));
     assert_eq!(ok["stdout"], "still-here\n", "{ok}");
     let types = || -> Vec<String> {
