@@ -523,33 +523,34 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                         () = held.notified() => continue,
                     }
                 };
+                // Output and stderr take one path (only stderr, code 1, is held: `Outbox`; OpenSSH's
+                // client drops any other code).
+                let (msg, stderr) = match msg {
+                    ChannelMsg::ExtendedData { data, ext } => {
+                        (ChannelMsg::Data { data }, Some(ext))
+                    }
+                    msg => (msg, None),
+                };
                 let sent = match msg {
                     ChannelMsg::Data { data } => {
                         let bytes = u32::try_from(data.len()).unwrap_or(u32::MAX);
-                        let wake = match gate.pass(&ending, Direction::Down, &data, false).await {
-                            Ok(wake) => wake,
-                            Err(end) => {
-                                ending.finish(end);
-                                return;
-                            }
-                        };
-                        let sent = ending.unless_done(wake.after(v_tx.data_bytes(data))).await;
-                        owed.add(bytes);
-                        sent
-                    }
-                    // Only stderr (code 1) is held (`Outbox`): OpenSSH's client drops any other code.
-                    ChannelMsg::ExtendedData { data, ext } => {
-                        let bytes = u32::try_from(data.len()).unwrap_or(u32::MAX);
-                        let wake = match gate.pass(&ending, Direction::Down, &data, true).await {
-                            Ok(wake) => wake,
-                            Err(end) => {
-                                ending.finish(end);
-                                return;
-                            }
-                        };
-                        let sent = ending
-                            .unless_done(wake.after(v_tx.extended_data_bytes(ext, data)))
+                        let passed = gate
+                            .pass(&ending, Direction::Down, &data, stderr.is_some())
                             .await;
+                        let wake = match passed {
+                            Ok(wake) => wake,
+                            Err(end) => {
+                                ending.finish(end);
+                                return;
+                            }
+                        };
+                        let send = async {
+                            match stderr {
+                                Some(ext) => v_tx.extended_data_bytes(ext, data).await,
+                                None => v_tx.data_bytes(data).await,
+                            }
+                        };
+                        let sent = ending.unless_done(wake.after(send)).await;
                         owed.add(bytes);
                         sent
                     }

@@ -597,15 +597,10 @@ fn on_hostile_device(b: &Bastion, asset: &str, args: &[&str], command: &str) -> 
     out
 }
 
-/// A device that answers its version line and then nothing: the vendor is told it did not answer
-/// within the connect time-out, and the bastion closes the socket then. Before, russh's connection
-/// task waited on it forever, one socket and its buffers per attempt.
-#[test]
-fn a_device_that_stalls_in_its_handshake_is_hung_up_on() {
-    let Some((sshd, b)) = setup("") else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let (device, port) = hostile_device(dir.path(), &["stall"]);
-    // Any pinned key and credential: the handshake never gets that far.
+/// `device.py stall` (its version line, then nothing) pinned as asset `stuck-01`, with any key and
+/// credential: the handshake never gets that far.
+fn stalling_device(b: &Bastion, sshd: &Sshd, dir: &Path) -> DeviceProcess {
+    let (device, port) = hostile_device(dir, &["stall"]);
     b.device_at(
         "stuck-01",
         port,
@@ -614,6 +609,17 @@ fn a_device_that_stalls_in_its_handshake_is_hung_up_on() {
         &sshd.client_key,
         &[],
     );
+    device
+}
+
+/// A device that answers its version line and then nothing: the vendor is told it did not answer
+/// within the connect time-out, and the bastion closes the socket then. Before, russh's connection
+/// task waited on it forever, one socket and its buffers per attempt.
+#[test]
+fn a_device_that_stalls_in_its_handshake_is_hung_up_on() {
+    let Some((sshd, b)) = setup("") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let device = stalling_device(&b, &sshd, dir.path());
     let alice = b.vendor("alice", "Acme Imaging");
     b.grant("alice", "stuck-01", "ssh", "1h");
     let out = b
@@ -1608,15 +1614,7 @@ fn a_vendor_who_stops_reading_does_not_stop_the_grants_device_connection() {
 fn input_sent_while_the_device_is_dialled_does_not_stop_the_vendors_connection() {
     let Some((sshd, b)) = setup("") else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (device, port) = hostile_device(dir.path(), &["stall"]);
-    b.device_at(
-        "stuck-01",
-        port,
-        &sshd.host_key_line(),
-        "service",
-        &sshd.client_key,
-        &[],
-    );
+    let device = stalling_device(&b, &sshd, dir.path());
     let alice = b.vendor("alice", "Acme Imaging");
     b.grant("alice", "stuck-01", "ssh", "1h");
     let mut client = Hostile::connect(&b, &alice, "alice+stuck-01");
