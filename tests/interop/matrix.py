@@ -516,6 +516,15 @@ def paramiko_client(spec, c, second):
         left = t.auth_publickey(user, paramiko.PKey.from_path(c["key"]))
         if "keyboard-interactive" not in left:
             raise RuntimeError(f"after the key, the bastion offered {left}")
+        # A channel opened before the second factor is refused at once (it used to get no answer:
+        # paramiko waited for its own time-out, an SSHException here); signing in then goes on.
+        # paramiko logs the bastion's reason ("authentication is not complete") and raises its code.
+        try:
+            t.open_session(timeout=10)
+            raise RuntimeError("a channel opened before the second factor was not refused")
+        except paramiko.ChannelException as e:
+            if e.code != paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED:
+                raise RuntimeError(f"a channel opened before the second factor: {e!r}") from e
         t.auth_interactive(user, lambda title, instructions, prompts: [second.answer(p) for p, _ in prompts])
         outs = []
         for i, cmd in enumerate(commands(name)):

@@ -6,7 +6,8 @@
 //! upload and download, and the bastion's transfer log must show both; plink, paramiko and asyncssh run a
 //! command through ProxyJump, against the host key `chaperone known-hosts` pins; and every client with a
 //! terminal types a line into an interactive shell (a pty with its own terminal modes), whose output
-//! the recording must show. Driven by
+//! the recording must show; paramiko also opens a channel between its key and its second factor, which
+//! must be refused at once (russh patch 11), not left unanswered. Driven by
 //! `tests/interop/matrix.py`, which prints the matrix as a table. And the key exchange: an OpenSSH 9.2
 //! client and device get the post-quantum `sntrup761x25519-sha512` through chaperone, as they would
 //! directly.

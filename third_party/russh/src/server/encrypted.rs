@@ -162,6 +162,43 @@ impl Session {
                     Ok(())
                 }
             }
+            // chaperone patch 11 (third_party/README.md): a channel opened, or a global request that
+            // wants a reply, before authentication finished is refused, not ignored. The client
+            // waited for an answer that never came (paramiko's `open_session` after a key's partial
+            // success hangs until its own time-out); now it is told why at once and may finish
+            // authenticating. Nothing is opened and the handler hears nothing: there is no user yet.
+            (
+                EncryptedState::WaitingAuthServiceRequest { .. }
+                | EncryptedState::WaitingAuthRequest(_),
+                Some((&msg::CHANNEL_OPEN, mut r)),
+            ) => {
+                let _type = map_err!(String::decode(&mut r))?;
+                let sender = map_err!(u32::decode(&mut r))?;
+                debug!("channel {sender} opened before authentication finished: refused");
+                push_packet!(enc.write, {
+                    enc.write.push(msg::CHANNEL_OPEN_FAILURE);
+                    map_err!(sender.encode(&mut enc.write))?;
+                    map_err!(
+                        ChannelOpenFailure::AdministrativelyProhibited
+                            .code()
+                            .encode(&mut enc.write)
+                    )?;
+                    map_err!("authentication is not complete".encode(&mut enc.write))?;
+                    map_err!("en".encode(&mut enc.write))?;
+                });
+                Ok(())
+            }
+            (
+                EncryptedState::WaitingAuthServiceRequest { .. }
+                | EncryptedState::WaitingAuthRequest(_),
+                Some((&msg::GLOBAL_REQUEST, mut r)),
+            ) => {
+                let _name = map_err!(String::decode(&mut r))?;
+                if map_err!(u8::decode(&mut r))? != 0 {
+                    push_packet!(enc.write, enc.write.push(msg::REQUEST_FAILURE));
+                }
+                Ok(())
+            }
             (EncryptedState::InitCompression, Some((msg, mut r))) => {
                 if enc.server_compression.is_deferred() {
                     enc.server_compression
