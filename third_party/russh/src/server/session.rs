@@ -868,16 +868,22 @@ impl Session {
             // closes its channels and then the connection at once, while output is still coming: its
             // kernel answers that output with a reset). Those packets are in the socket, and its channel
             // EOFs and closes are how its channels ended (closed, not lost): they are read and handled,
-            // for at most a second; nothing else is (no new channel, request or data is acted on once the
+            // for at most 5 s; nothing else is (no new channel, request or data is acted on once the
             // connection broke) and nothing more is written. Then the write's error ends the session.
             debug!("write failed ({e}); reading the channel ends the peer sent before");
-            let deadline = tokio::time::sleep(std::time::Duration::from_secs(1));
+            // A reset connection ends this at its EOF, after what was queued; the bound is for a peer
+            // whose connection did not go (a write that timed out), and generous: the runtime's
+            // readiness for the socket can lag the kernel by most of a second on a loaded machine.
+            let deadline = tokio::time::sleep(std::time::Duration::from_secs(5));
             pin!(deadline);
             loop {
                 if let Some((stream_read, buffer, opening_cipher)) = is_reading.take() {
                     reading.set(start_reading(stream_read, buffer, opening_cipher));
                 }
+                // What the peer sent is read before the time-out counts: on a busy runtime the task
+                // may be polled late, when both are ready (chaperone's CI saw most closes cut so).
                 let r = tokio::select! {
+                    biased;
                     r = &mut reading => r,
                     () = &mut deadline => break,
                 };
