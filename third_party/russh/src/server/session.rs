@@ -868,52 +868,60 @@ impl Session {
             // closes its channels and then the connection at once, while output is still coming: its
             // kernel answers that output with a reset). Those packets are in the socket, and its channel
             // EOFs and closes are how its channels ended (closed, not lost): they are read and handled,
-            // for at most 5 s; nothing else is (no new channel, request or data is acted on once the
+            // for at most 5 s in all; nothing else is (no new channel, request or data is acted on once the
             // connection broke) and nothing more is written. Then the write's error ends the session.
             debug!("write failed ({e}); reading the channel ends the peer sent before");
-            // A reset connection ends this at its EOF, after what was queued; the bound is for a peer
-            // whose connection did not go (a write that timed out), and generous: the runtime's
-            // readiness for the socket can lag the kernel by most of a second on a loaded machine.
-            let deadline = tokio::time::sleep(std::time::Duration::from_secs(5));
-            pin!(deadline);
-            loop {
-                if let Some((stream_read, buffer, opening_cipher)) = is_reading.take() {
+            // A reset connection ends this at its EOF, after what was queued, or once no channel is
+            // left open; the bound is for a peer whose connection did not go, and covers the replies'
+            // waits too. It is generous: the runtime's readiness for the socket can lag the kernel by
+            // most of a second on a loaded machine. What the peer sent is always read first (a
+            // select that chose evenly between a ready read and a passed bound cut the closes already
+            // there: chaperone's CI saw most of 24 sessions end lost so).
+            let drain = async {
+                loop {
+                    if let Some((stream_read, buffer, opening_cipher)) = is_reading.take() {
+                        reading.set(start_reading(stream_read, buffer, opening_cipher));
+                    }
+                    if self
+                        .common
+                        .encrypted
+                        .as_ref()
+                        .is_none_or(|enc| enc.channels.is_empty())
+                    {
+                        break;
+                    }
+                    let Ok((_, stream_read, buffer, mut opening_cipher)) = (&mut reading).await
+                    else {
+                        break;
+                    };
+                    if buffer.buffer.len() < 5 {
+                        break;
+                    }
+                    let Ok(mut pkt) = self.maybe_decompress(&buffer) else {
+                        break;
+                    };
+                    match pkt.buffer.first() {
+                        Some(&crate::msg::DISCONNECT) => break,
+                        Some(&(crate::msg::CHANNEL_EOF | crate::msg::CHANNEL_CLOSE)) => {
+                            std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
+                            let handled = reply(&mut self, &mut handler, &mut pkt).await;
+                            std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
+                            if handled.is_err() {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                    let mut buffer = buffer;
+                    buffer.seqn = pkt.seqn;
+                    // Nothing is written any more: what the replies queue stays in the session's
+                    // buffer (a channel close's answer, a few bytes each) and is dropped with it.
                     reading.set(start_reading(stream_read, buffer, opening_cipher));
                 }
-                // What the peer sent is read before the time-out counts: on a busy runtime the task
-                // may be polled late, when both are ready (chaperone's CI saw most closes cut so).
-                let r = tokio::select! {
-                    biased;
-                    r = &mut reading => r,
-                    () = &mut deadline => break,
-                };
-                let Ok((_, stream_read, buffer, mut opening_cipher)) = r else {
-                    break;
-                };
-                if buffer.buffer.len() < 5 {
-                    break;
-                }
-                let Ok(mut pkt) = self.maybe_decompress(&buffer) else {
-                    break;
-                };
-                match pkt.buffer.first() {
-                    Some(&crate::msg::DISCONNECT) => break,
-                    Some(&(crate::msg::CHANNEL_EOF | crate::msg::CHANNEL_CLOSE)) => {
-                        std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
-                        let handled = reply(&mut self, &mut handler, &mut pkt).await;
-                        std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
-                        if handled.is_err() {
-                            break;
-                        }
-                    }
-                    _ => {}
-                }
-                let mut buffer = buffer;
-                buffer.seqn = pkt.seqn;
-                // Nothing is written any more: what the replies queue stays in the session's buffer
-                // (a channel close's answer, a few bytes each) and is dropped with the session.
-                reading.set(start_reading(stream_read, buffer, opening_cipher));
-            }
+            };
+            // `timeout` polls the drain first, and gives it no more than the bound even while the
+            // peer keeps a packet always ready (the timer is polled once the drain yields).
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
             return Err(e.into());
         }
         debug!("disconnected");
