@@ -371,6 +371,10 @@ pub struct SshConfig {
     /// or tunnel, a command without a terminal while it runs), a channel opened, a bastion command
     /// running; SSH keepalives and other protocol messages are not activity.
     pub idle_timeout: Option<Duration>,
+    /// A connection whose client takes nothing the bastion sends for this long, while something waits
+    /// to be sent, is closed (its ssh hung, suspended, or a script that stopped reading its socket);
+    /// `None` (`"off"`): never. Applies before and after sign-in, and to a jump's inner connection.
+    pub send_timeout: Option<Duration>,
     /// Channels (sessions, tunnels) one connection may hold open at once.
     pub max_channels: usize,
     /// Sessions of one grant carried on one device connection at most: the devices' sshd `MaxSessions`
@@ -962,6 +966,7 @@ struct RawSsh {
     per_source_max_startups: usize,
     max_connections_per_vendor: usize,
     idle_timeout: String,
+    send_timeout: String,
     max_channels: usize,
     device_sessions_per_connection: usize,
     public_host: Option<String>,
@@ -982,6 +987,7 @@ impl Default for RawSsh {
             per_source_max_startups: 10,
             max_connections_per_vendor: 64,
             idle_timeout: "30m".into(),
+            send_timeout: "5m".into(),
             max_channels: 256,
             device_sessions_per_connection: 10,
             public_host: None,
@@ -1256,6 +1262,10 @@ impl Config {
             idle_timeout: match raw.ssh.idle_timeout.trim() {
                 "off" => None,
                 text => Some(duration("ssh.idle_timeout", text)?),
+            },
+            send_timeout: match raw.ssh.send_timeout.trim() {
+                "off" => None,
+                text => Some(duration("ssh.send_timeout", text)?),
             },
             max_channels: match raw.ssh.max_channels {
                 0 => return Err(invalid("ssh.max_channels", "must be at least 1".into())),
@@ -2060,6 +2070,9 @@ max_connections_per_vendor = 64
 # bytes either way of a transfer or tunnel, a command without a terminal while it runs, a channel opened,
 # `request` waiting. SSH keepalives are not activity.
 idle_timeout = "30m"
+# A connection whose client takes nothing the bastion sends for this long, while output waits for it
+# (its ssh hung or suspended, a script that stopped reading), is closed ("off": never).
+send_timeout = "5m"
 # Sessions and tunnels one connection may hold open at once.
 max_channels = 256
 # The sessions of one grant share device connections, this many each at most: your devices' sshd
@@ -2731,6 +2744,15 @@ mod tests {
         for bad in ["0s", "", "30", "never"] {
             assert!(
                 parse(&format!("[ssh]\nidle_timeout = \"{bad}\"\n")).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(c.ssh.send_timeout, Some(Duration::from_secs(300)));
+        let off = parse("[ssh]\nsend_timeout = \"off\"\n").unwrap();
+        assert_eq!(off.ssh.send_timeout, None);
+        for bad in ["0s", "", "30", "never"] {
+            assert!(
+                parse(&format!("[ssh]\nsend_timeout = \"{bad}\"\n")).is_err(),
                 "{bad:?}"
             );
         }

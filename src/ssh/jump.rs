@@ -77,6 +77,7 @@ pub async fn run(
             meter: live.meter(),
         },
         kill.clone(),
+        app.config.ssh.send_timeout,
     );
     let handler = Connection::inner(
         ctx.shared.clone(),

@@ -352,7 +352,11 @@ impl Listener {
                 conn_stop.clone(),
                 span.clone(),
             );
-            let stream = Killable::new(crate::target::buffered(stream), kill.clone());
+            let stream = Killable::new(
+                crate::target::buffered(stream),
+                kill.clone(),
+                app.config.ssh.send_timeout,
+            );
             tokio::spawn(
                 connection(
                     config.clone(),
@@ -421,6 +425,10 @@ async fn connection(
             session.await
         }
     };
+    // Why the bastion ended it, when that is worth the audit trail: the client took nothing it sent
+    // for `[ssh] send_timeout`, or its network vanished (TCP keepalives). A cut by the kill switch
+    // (idle, eviction, shutdown) is audited where it is pulled.
+    let mut ended = None;
     match result {
         Ok(()) => tracing::debug!("connection closed"),
         Err(russh::Error::IO(e))
@@ -431,6 +439,10 @@ async fn connection(
         {
             tracing::debug!("connection closed");
         }
+        Err(russh::Error::IO(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            tracing::info!(error = %e, "connection closed");
+            ended = Some(e.to_string());
+        }
         Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
     }
     conn_stop.cancel();
@@ -439,23 +451,22 @@ async fn connection(
     let vendor = ticket.vendor().map(str::to_owned);
     drop(ticket);
     if let Some(vendor) = vendor {
-        logged_out(&app, &vendor, peer).await;
+        logged_out(&app, &vendor, peer, ended).await;
     }
 }
 
 /// `auth.logout`: a signed-in vendor's connection ended (the other half of `auth.login`, for the audit
-/// trail and the ATNA export's Logout).
-async fn logged_out(app: &App, vendor: &str, peer: std::net::SocketAddr) {
+/// trail and the ATNA export's Logout), with why the bastion ended it, if it did.
+async fn logged_out(app: &App, vendor: &str, peer: std::net::SocketAddr, ended: Option<String>) {
     let who = format!("vendor:{vendor}");
+    let mut detail = serde_json::json!({"peer": peer.to_string()});
+    if let Some(why) = ended {
+        detail["ended"] = why.into();
+    }
     let write = async {
         let mut tx = app.store.begin().await?;
         tx.audit(
-            crate::audit::AuditEvent::new(
-                &who,
-                crate::audit::Action::AuthLogout,
-                &who,
-                serde_json::json!({"peer": peer.to_string()}),
-            ),
+            crate::audit::AuditEvent::new(&who, crate::audit::Action::AuthLogout, &who, detail),
             app.clock.now(),
         )
         .await?;

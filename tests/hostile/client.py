@@ -60,6 +60,10 @@ Ops (each answer carries the op's "id" when it had one):
     {"op": "data-after-eof", "command": "…", "before": "…", "after": "…"}
                                               exec; `before` on stdin, EOF, then a CHANNEL_DATA with
                                               `after` (which no client may send past its EOF) -> like exec
+    {"op": "stop-reading", "n": N, "command": "…"}
+                                              N sessions running the command; once each has sent
+                                              output, the connection's socket is no longer read at all
+                                              (a hung or suspended ssh) -> {"event": "stopped-reading"}
     {"op": "hang-up"}                         drop the connection without closing anything (the driver ends)
     {"op": "quit"}
 Failures are answered as {"event": "error", "error": "…"}.
@@ -476,6 +480,16 @@ async def main():
                     chan.close()
                 say({"event": "exec", "id": rid, "stdout": b"".join(sess.out).decode(errors="replace"),
                      "exit": chan.get_exit_status()})
+            elif op == "stop-reading":
+                opened = []
+                for _ in range(int(req["n"])):
+                    opened.append(await conn.create_session(Collect, req["command"], encoding=None))
+                while not all(sess.out for _, sess in opened):
+                    await asyncio.sleep(0.05)
+                # The socket is left unread: this kernel's buffer fills, then the bastion's, and its
+                # writes wait. Nothing is sent either (no window to give back without reading).
+                conn._transport.pause_reading()
+                say({"event": "stopped-reading", "id": rid, "sessions": len(opened)})
             elif op == "hang-up":
                 conn._transport.abort()
                 say({"event": "hung-up", "id": rid})

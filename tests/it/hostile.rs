@@ -1463,6 +1463,67 @@ fn a_channel_that_asks_nothing_does_not_keep_a_connection_from_idling() {
     assert_eq!(cuts, 1, "{:?}", audit(&b));
 }
 
+/// A client whose ssh stops reading its socket (hung, suspended, a script that stopped) while its
+/// commands still print: russh's connection task waits on its write, so no keepalive goes out and the
+/// running commands keep the connection from idling; before, it was held (with the vendor's place in
+/// their count) for as long as the client liked. Past `[ssh] send_timeout` the connection is closed,
+/// its sessions end, and the vendor can sign in again at once (one connection allowed here).
+#[test]
+fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
+    if !has_asyncssh() {
+        missing("asyncssh (pip install asyncssh)");
+        return;
+    }
+    let Some(sshd) = Sshd::start() else { return };
+    let data = DataDir::init();
+    let config = std::fs::read_to_string(data.config()).unwrap();
+    assert!(config.contains("send_timeout = \"5m\""), "{config}");
+    std::fs::write(
+        data.config(),
+        config
+            .replacen("send_timeout = \"5m\"", "send_timeout = \"2s\"", 1)
+            .replacen(
+                "max_connections_per_vendor = 64",
+                "max_connections_per_vendor = 1",
+                1,
+            ),
+    )
+    .unwrap();
+    let b = Bastion::start(data);
+    b.device("mri-01", &sshd, &[]);
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "ssh", "1h");
+    let mut stuck = Hostile::connect(&b, &alice, "alice+mri-01");
+    // 8 windows of 2 MiB waiting: more than the two kernels' socket buffers hold.
+    let out = stuck.op(json!({"op": "stop-reading", "n": 8, "command": "cat /dev/zero"}));
+    assert_eq!(out["event"], "stopped-reading", "{out}");
+    let open = |b: &Bastion| {
+        sessions(b)
+            .into_iter()
+            .filter(|s| s["ended_at"].is_null())
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || open(&b) == 0
+            && audited(&b, "auth.logout").len() == 1),
+        "{:?}\n{}",
+        sessions(&b),
+        b.log()
+    );
+    let logout = &audited(&b, "auth.logout")[0];
+    assert!(
+        logout["detail"]["ended"]
+            .as_str()
+            .is_some_and(|why| why.contains("took nothing") && why.contains("ssh.send_timeout")),
+        "{logout}"
+    );
+    assert_eq!(sessions(&b).len(), 8);
+    let mut next = Hostile::connect(&b, &alice, "alice+mri-01");
+    let out = next.op(json!({"op": "run", "command": "echo back"}));
+    assert_eq!(out["stdout"], "back\n", "{out}\n{}", b.log());
+    drop(stuck);
+}
+
 /// A device that takes no input (`sleep`, a hung updater) while the vendor sends more than a window of
 /// it: the bastion still reads the vendor's connection. Its other channels work, a close of the
 /// channel ends the session, and so does a hang-up; before, russh's queue for the channel filled, the
