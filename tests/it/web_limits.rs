@@ -517,6 +517,62 @@ fn a_sign_in_posted_from_another_site_is_refused() {
     assert_eq!(signed_in.location, format!("{}/requests", base(&b)));
 }
 
+/// A sibling host's page (`wiki.hospital.example` beside the bastion: browsers send the `SameSite=Strict`
+/// cookie to requests it makes) cannot have a signed-in auditor's browser search in their name: an
+/// embedded request (an image, a fetch, a frame) is answered as signed out and audits nothing; the page
+/// itself, a bookmark, and a link followed from the sibling still work.
+#[test]
+fn a_request_another_site_makes_the_browser_send_is_answered_as_signed_out() {
+    let b = Bastion::start(DataDir::init());
+    let erin = Approver::enroll(&b, "erin", "auditor");
+    let searches = || {
+        audit(&b)
+            .into_iter()
+            .filter(|e| e["action"] == "recording.search" && e["detail"]["text"] == "needle")
+            .count()
+    };
+    let fetch = |site: &str, mode: &str, dest: &str| {
+        erin.get_with(
+            "/api/sessions?text=needle",
+            &[
+                &format!("Sec-Fetch-Site: {site}"),
+                &format!("Sec-Fetch-Mode: {mode}"),
+                &format!("Sec-Fetch-Dest: {dest}"),
+            ],
+        )
+    };
+    for (site, mode, dest) in [
+        ("same-site", "no-cors", "image"),
+        ("same-site", "cors", "empty"),
+        ("same-site", "navigate", "iframe"),
+        ("cross-site", "no-cors", "script"),
+    ] {
+        let out = fetch(site, mode, dest);
+        assert_eq!(out.status, 401, "{site} {mode} {dest}: {}", out.body);
+    }
+    let page = erin.get_with(
+        "/history?text=needle",
+        &[
+            "Sec-Fetch-Site: same-site",
+            "Sec-Fetch-Mode: no-cors",
+            "Sec-Fetch-Dest: image",
+        ],
+    );
+    assert_eq!(page.status, 303, "{}", page.body);
+    assert_eq!(searches(), 0, "{:?}", audit(&b));
+    for (site, mode, dest) in [
+        ("same-origin", "cors", "empty"),
+        ("none", "navigate", "document"),
+        ("same-site", "navigate", "document"),
+    ] {
+        let out = fetch(site, mode, dest);
+        assert_eq!(out.status, 200, "{site} {mode} {dest}: {}", out.body);
+    }
+    assert_eq!(searches(), 3, "{:?}", audit(&b));
+    // curl sends none of these headers: judged as before.
+    assert_eq!(erin.get("/api/sessions?text=needle").status, 200);
+}
+
 /// alice's terminal session on mri-01 (`ssh -tt`, its input piped), and the session's id once it is live.
 fn live_shell(
     b: &Bastion,

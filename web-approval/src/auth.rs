@@ -26,6 +26,30 @@ pub const COOKIE: &str = "__Host-chaperone";
 /// sign-out. `/events` (the change stream) never counts either.
 pub const BACKGROUND: &str = "x-chaperone-background";
 
+/// A request another site's page had the browser make on its own (an image, a script, a frame, a
+/// fetch), not a page a person opened: `Sec-Fetch-Site` other than `same-origin` or `none`, unless it is
+/// a top-level navigation (a link followed). The cookie is `SameSite=Strict`, which browsers still send
+/// to requests from a sibling host (`wiki.hospital.example` beside the bastion): such a request is
+/// answered as signed out, so a sibling's page cannot search or export in a signed-in person's name
+/// (each audited as theirs) nor keep their session from idling. Every session is loaded through
+/// [`WebState::load_session`], so no page, API call or stream is left out. A browser that sends no
+/// `Sec-Fetch-Site` (Safari before 16.4) is not judged.
+fn sent_for_another_site(headers: &HeaderMap) -> bool {
+    let Some(site) = headers.get("sec-fetch-site") else {
+        return false;
+    };
+    if site.as_bytes() == b"same-origin" || site.as_bytes() == b"none" {
+        return false;
+    }
+    let navigation = headers
+        .get("sec-fetch-mode")
+        .is_some_and(|m| m.as_bytes() == b"navigate");
+    let top_level = headers
+        .get("sec-fetch-dest")
+        .is_none_or(|d| d.as_bytes() == b"document");
+    !(navigation && top_level)
+}
+
 /// Whether `headers` mark a background request ([`BACKGROUND`]).
 pub fn is_background(headers: &HeaderMap) -> bool {
     headers.contains_key(BACKGROUND)
@@ -197,6 +221,9 @@ impl<C: Core> WebState<C> {
         headers: &HeaderMap,
         activity: bool,
     ) -> Result<Option<Session>, CoreError> {
+        if sent_for_another_site(headers) {
+            return Ok(None);
+        }
         let Some(token) = cookie(headers, COOKIE) else {
             return Ok(None);
         };

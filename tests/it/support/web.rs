@@ -326,6 +326,17 @@ impl Approver {
         self.curl(&[&format!("{}{path}", self.base)])
     }
 
+    /// A GET with these request header lines (`"Sec-Fetch-Site: same-site"`).
+    pub fn get_with(&self, path: &str, headers: &[&str]) -> Answer {
+        let mut args = Vec::new();
+        for h in headers {
+            args.extend(["-H", h]);
+        }
+        let url = format!("{}{path}", self.base);
+        args.push(&url);
+        self.curl(&args)
+    }
+
     /// `n` GETs of `path` on one connection (one curl); the last answer's status.
     pub fn get_times(&self, path: &str, n: usize) -> u16 {
         let url = format!("{}{path}", self.base);
