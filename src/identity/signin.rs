@@ -462,6 +462,12 @@ pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict,
                     .await?;
                 let mut detail =
                     json!({"peer": source, "why": why, "recent_failures": failure.recent});
+                // Which key and user name failed (and how a passkey link was left), as a login says.
+                if let (Some(d), Value::Object(extra)) = (detail.as_object_mut(), &attempt.detail) {
+                    for (k, v) in extra {
+                        d.entry(k.clone()).or_insert_with(|| v.clone());
+                    }
+                }
                 if matches!(attempt.second, Second::Confirm { .. }) {
                     detail["confirming"] = json!(true);
                 }

@@ -165,13 +165,13 @@ enum Round {
 pub enum Unfinished {
     /// A barred vendor left without answering the prompt that told them why.
     Barred { vendor: Vendor, why: &'static str },
+    /// A passkey link was shown and the connection ended without its answer.
+    LinkLeft(Unanswered),
     /// The vendor left at the second factor.
     Abandoned {
         vendor: Vendor,
-        /// The SSH user name the key step was for.
-        user: String,
         key_fp: String,
-        /// What was asked last: `nothing` (no prompt yet), `code`, `enrollment` or `passkey`.
+        /// What was asked last: `nothing` (no prompt yet), `code` or `enrollment`.
         asked: &'static str,
     },
 }
@@ -242,8 +242,105 @@ enum Asked {
     Code,
     /// Enrollment codes for this seed.
     Enrolling(Enrolling),
-    /// To use this passkey link: the answer waits for it.
-    Passkey(Box<Link>),
+    /// To use this passkey link: the answer waits for it. Left unanswered, it is judged all the same.
+    Passkey(Box<Link>, Unanswered),
+}
+
+/// The judgement a passkey link shown at the sign-in is owed when it is left without an answer: the
+/// connection closed, a new keyboard-interactive round or a new key step begun instead, the key step
+/// refused. It is judged as the passkey not used (counted toward the lockout, audited
+/// `auth.totp.failure`), exactly as if the client had pressed Enter and the vendor had not used it;
+/// otherwise whoever holds only the key could send the vendor links for ever (each checked from afar,
+/// then left), never reaching the lockout that bounds how many links a vendor can be sent. The one
+/// owner of that rule: [`Auth::answer`] takes the link with [`Unanswered::answered`]; the steps that
+/// leave it judge it with [`Unanswered::judge`] before they go on; dropped anywhere else, it judges
+/// itself in a task of its own.
+#[derive(Debug)]
+pub struct Unanswered(Option<Box<LeftLink>>);
+
+/// Whose link it was, and where it was shown.
+struct LeftLink {
+    app: App,
+    peer: SocketAddr,
+    vendor: Vendor,
+    user: String,
+    key_fp: String,
+}
+
+impl std::fmt::Debug for LeftLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeftLink")
+            .field("vendor", &self.vendor.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Unanswered {
+    /// The link's answer is being judged: nothing more is owed.
+    fn answered(mut self) {
+        self.0 = None;
+    }
+
+    /// Judges the link as left unanswered (`how`: what was done instead).
+    async fn judge(mut self, how: &'static str) {
+        if let Some(left) = self.0.take() {
+            left.judge(how).await;
+        }
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        let Some(left) = self.0.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(left.judge("the sign-in went on without it"));
+            }
+            Err(_) => {
+                tracing::error!(vendor = %left.vendor.name, "a passkey link left unanswered could not be counted: no runtime");
+            }
+        }
+    }
+}
+
+impl LeftLink {
+    async fn judge(self, how: &'static str) {
+        let LeftLink {
+            app,
+            peer,
+            vendor,
+            user,
+            key_fp,
+        } = self;
+        tracing::info!(vendor = %vendor.name, %peer, how, "passkey link left unanswered: counted as a failure");
+        let attempt = Attempt {
+            account: Account::Vendor {
+                id: vendor.id,
+                name: vendor.name.clone(),
+            },
+            source: peer.to_string(),
+            first_factor: true,
+            second: Second::Passkey(Err("passkey link left unanswered")),
+            detail: json!({"user": user, "key": key_fp, "left": how}),
+        };
+        if let Err(e) = signin::judge(&app, attempt, app.clock.now()).await {
+            tracing::error!(vendor = %vendor.name, error = %e, "cannot count an unanswered passkey link");
+        }
+    }
+}
+
+impl KeyStep {
+    /// The passkey link this step's round shows and nobody answered, if any, taken out (the link is
+    /// voided).
+    fn take_unanswered(&mut self) -> Option<Unanswered> {
+        match std::mem::take(&mut self.asked) {
+            Asked::Passkey(_, unanswered) => Some(unanswered),
+            other => {
+                self.asked = other;
+                None
+            }
+        }
+    }
 }
 
 /// Why no passkey link was shown.
@@ -293,6 +390,9 @@ impl Auth {
     ) -> bool {
         match self.vendor_for(app, user, key).await {
             Some(vendor) => {
+                if let Some(unanswered) = self.key_ok.as_mut().and_then(KeyStep::take_unanswered) {
+                    unanswered.judge("a new key step began").await;
+                }
                 let barred = Barred::of(&vendor, app.clock.now()).or_else(|| {
                     ticket
                         .and_then(|t| t.vendor_full(&vendor.name))
@@ -352,9 +452,23 @@ impl Auth {
         let Some(step) = &mut self.key_ok else {
             return login;
         };
-        // A new round: whatever the last one asked is void (a link it showed is voided with it).
+        // A new round: whatever the last one asked is void (a link it showed is voided with it, and
+        // judged as left unanswered).
+        if let Some(unanswered) = step.take_unanswered() {
+            unanswered.judge("a new round began").await;
+        }
         step.asked = Asked::Code;
         step.round = Round::Open;
+        // Read again at each round: a vendor locked or disabled since the key step (a link left just
+        // now may have locked them) is told why and shown no link, as at the key step.
+        if step.barred.is_none() {
+            match app.store.require_vendor(&step.vendor.name).await {
+                Ok(current) => step.barred = Barred::of(&current, app.clock.now()),
+                Err(e) => {
+                    tracing::error!(vendor = %step.vendor.name, error = %e, "cannot read the vendor again; the answer is judged as it comes");
+                }
+            }
+        }
         if let Some(barred) = step.barred {
             return Prompt {
                 instructions: String::new(),
@@ -429,6 +543,9 @@ impl Auth {
             // Nothing was asked: the answer is not looked at, nor counted. The key step ends with it,
             // and this connection refuses a barred vendor's key from now on.
             let vendor = step.vendor.clone();
+            if let Some(unanswered) = step.take_unanswered() {
+                unanswered.judge("the vendor may not sign in now").await;
+            }
             self.key_ok = None;
             self.told_barred = true;
             if audits.due(vendor.id, barred.why()) {
@@ -458,7 +575,8 @@ impl Auth {
         let (user, vendor, key_fp) = (step.user.clone(), step.vendor.clone(), step.key_fp.clone());
         let first = answers.first().map(String::as_str).unwrap_or_default();
         let judging = match asked {
-            Asked::Passkey(link) => {
+            Asked::Passkey(link, unanswered) => {
+                unanswered.answered();
                 let until = ticket
                     .map(Ticket::deadline)
                     .and_then(|d| d.checked_sub(PASSKEY_MARGIN))
@@ -599,9 +717,13 @@ impl Auth {
         }
     }
 
-    /// The sign-in this connection leaves without a verdict, if it ends now (see [`Unfinished`]).
-    pub fn unfinished(&self) -> Option<Unfinished> {
-        let step = self.key_ok.as_ref()?;
+    /// The sign-in this connection leaves without a verdict, if it ends now (see [`Unfinished`]); a
+    /// passkey link it showed is taken out, to be judged with how the connection ended.
+    pub fn unfinished(&mut self) -> Option<Unfinished> {
+        let step = self.key_ok.as_mut()?;
+        if let Some(unanswered) = step.take_unanswered() {
+            return Some(Unfinished::LinkLeft(unanswered));
+        }
         if let Some(barred) = step.barred {
             return Some(Unfinished::Barred {
                 vendor: step.vendor.clone(),
@@ -613,11 +735,11 @@ impl Auth {
             (Round::KeyOnly, _) => "nothing",
             (Round::Open, Asked::Code) => "code",
             (Round::Open, Asked::Enrolling(_)) => "enrollment",
-            (Round::Open, Asked::Passkey(_)) => "passkey",
+            // Taken out above.
+            (Round::Open, Asked::Passkey(..)) => "passkey",
         };
         Some(Unfinished::Abandoned {
             vendor: step.vendor.clone(),
-            user: step.user.clone(),
             key_fp: step.key_fp.clone(),
             asked,
         })
@@ -659,7 +781,14 @@ impl Auth {
                     left.as_secs(),
                     link.url
                 );
-                step.asked = Asked::Passkey(Box::new(link));
+                let left = LeftLink {
+                    app: app.clone(),
+                    peer,
+                    vendor: step.vendor.clone(),
+                    user: step.user.clone(),
+                    key_fp: step.key_fp.clone(),
+                };
+                step.asked = Asked::Passkey(Box::new(link), Unanswered(Some(Box::new(left))));
                 step.round = Round::Open;
                 Ok(prompt)
             }
@@ -699,31 +828,8 @@ pub async fn audit_unfinished(
                 tracing::info!(vendor = %vendor.name, %peer, why, closed, "barred vendor left (audited within the last minute)");
             }
         }
-        // A passkey link shown and the connection left without an answer: judged, counted and audited
-        // as the passkey not used, exactly as if the client had pressed Enter. Otherwise whoever holds
-        // the key alone could send the vendor approval links forever (a link checked from afar, then
-        // dropped), never reaching the lockout that bounds how many the vendor can be sent.
-        Unfinished::Abandoned {
-            vendor,
-            user,
-            key_fp,
-            asked: "passkey",
-        } => {
-            tracing::info!(vendor = %vendor.name, %peer, closed, "passkey link left unanswered: counted as a failure");
-            let attempt = Attempt {
-                account: Account::Vendor {
-                    id: vendor.id,
-                    name: vendor.name.clone(),
-                },
-                source: peer.to_string(),
-                first_factor: true,
-                second: Second::Passkey(Err("passkey link left unanswered")),
-                detail: json!({"user": user, "key": key_fp, "closed": closed}),
-            };
-            if let Err(e) = signin::judge(app, attempt, now).await {
-                tracing::error!(vendor = %vendor.name, error = %e, "cannot count an unanswered passkey link");
-            }
-        }
+        // Judged, counted and audited as the passkey not used ([`Unanswered`]).
+        Unfinished::LinkLeft(unanswered) => unanswered.judge(closed).await,
         Unfinished::Abandoned {
             vendor,
             key_fp,

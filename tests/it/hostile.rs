@@ -11,11 +11,7 @@ use serde_json::{Value, json};
 
 use crate::support::bastion::{Bastion, Vendor, text, wait_until};
 use crate::support::sshd::Sshd;
-use crate::support::{DataDir, missing};
-
-fn python() -> String {
-    std::env::var("CHAPERONE_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
-}
+use crate::support::{DataDir, missing, python};
 
 fn has_asyncssh() -> bool {
     Command::new(python())

@@ -25,11 +25,7 @@ use crate::ldap::read_terminal_qr;
 use crate::passkeys::{answer_link, token_of, vendor_add_passkey, web_bastion};
 use crate::support::bastion::{Bastion, text, wait_until};
 use crate::support::sshd::Sshd;
-use crate::support::{DataDir, missing};
-
-fn python() -> String {
-    std::env::var("CHAPERONE_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
-}
+use crate::support::{DataDir, missing, python};
 
 /// What the matrix needs that may not be installed; each missing part is reported.
 fn parts_missing() -> bool {

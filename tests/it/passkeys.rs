@@ -11,9 +11,9 @@ use webauthn_authenticator_rs::prelude::{
 };
 use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 
-use crate::support::DataDir;
 use crate::support::bastion::{Bastion, text};
 use crate::support::web::{Answer, Approver, curl, enrollment_token, post_json, post_json_from};
+use crate::support::{DataDir, missing, python};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -946,6 +946,118 @@ fn a_slow_passkey_login_is_not_cut_by_the_grace_time_or_a_keepalive() {
     let (out, err, code) = login.finish();
     assert_eq!(code, 0, "{out}\n{err}\n{}", b.log());
     assert!(out.contains("signed in as alice"), "{out}\n{err}");
+}
+
+/// Whoever holds only alice's key cannot send her passkey links without end by never answering one
+/// (a client that writes its own messages, here paramiko's transport driven by hand): a link left for
+/// a new keyboard-interactive round, for a new key step, or by closing the connection is judged each
+/// time as a passkey not used, and counts toward her lockout. Before, only closing did; the other two
+/// voided the link silently. And once locked, no round shows her key's holder another link, on that
+/// connection either.
+#[test]
+fn a_passkey_link_left_for_a_new_round_or_key_step_counts_like_one_left_by_closing() {
+    let has_paramiko = std::process::Command::new(python())
+        .args(["-c", "import paramiko"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_paramiko {
+        missing("paramiko (pip install paramiko)");
+        return;
+    }
+    let page = vendor_bastion("20s");
+    let b = &page._b;
+    let alice = b.vendor("alice", "Acme Imaging");
+    let mut key = SoftPasskey::new(true);
+    let (err, code, _) = vendor_add_passkey(b, &page, &alice, &mut key);
+    assert_eq!(code, 0, "{err}");
+    let churn = |steps: &[&str]| {
+        let out = std::process::Command::new(python())
+            .arg(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/hostile/link_churn.py"),
+            )
+            .args(["127.0.0.1", &b.ssh_port.to_string(), "alice"])
+            .arg(&alice.key)
+            .args(steps)
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        report
+    };
+    let left = || {
+        b.data
+            .run(&["audit", "export", "--format", "jsonl"])
+            .ok()
+            .stdout()
+            .lines()
+            .filter(|l| {
+                l.contains("\"auth.totp.failure\"") && l.contains("passkey link left unanswered")
+            })
+            .map(|l| {
+                let row: serde_json::Value = serde_json::from_str(l).unwrap();
+                let detail: serde_json::Value =
+                    serde_json::from_str(row["detail"].as_str().unwrap()).unwrap();
+                detail["left"].as_str().unwrap_or_default().to_owned()
+            })
+            .collect::<Vec<_>>()
+    };
+
+    let report = churn(&["round", "key", "close"]);
+    assert!(report["error"].is_null(), "{report}\n{}", b.log());
+    let links: Vec<&str> = report["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str())
+        .collect();
+    assert_eq!(links.len(), 3, "{report}");
+    assert!(links[0] != links[1] && links[1] != links[2], "{report}");
+    assert!(
+        crate::support::bastion::wait_until(std::time::Duration::from_secs(10), || left().len()
+            == 3),
+        "{:?}\n{}",
+        left(),
+        b.log()
+    );
+    assert_eq!(
+        left(),
+        [
+            "a new round began",
+            "a new key step began",
+            "connection closed"
+        ]
+    );
+
+    // Two more links left (five failures: locked), then the next round shows no link but why.
+    let report = churn(&["round", "round", "round"]);
+    assert_eq!(report["links"].as_array().unwrap().len(), 2, "{report}");
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no link"),
+        "{report}"
+    );
+    assert!(
+        crate::support::bastion::wait_until(std::time::Duration::from_secs(10), || left().len()
+            == 5),
+        "{:?}",
+        left()
+    );
+    // Locked: her own right code no longer signs her in.
+    let out = b.ssh(&alice, "alice").arg("true").output().unwrap();
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Adding a passkey takes the second factor again: a code newer than the one the session signed in

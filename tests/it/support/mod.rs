@@ -39,6 +39,12 @@ pub fn require_all() -> bool {
 
 /// Skips (locally) or fails (CI) when `part` is missing.
 #[track_caller]
+/// The Python the tests run their impolite clients with (`CHAPERONE_TEST_PYTHON`, as `.ci/run` sets it
+/// to its virtualenv's; else `python3`).
+pub fn python() -> String {
+    std::env::var("CHAPERONE_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
 pub fn missing(part: &str) {
     assert!(
         !require_all(),
