@@ -32,7 +32,7 @@ use crate::audit::{AuditEvent, AuditRow, ChainBreak, chain_hash};
 use crate::config::RecordingConfig;
 use crate::model::{SessionRow, UnixTime};
 use crate::recording::RecordingFormat;
-use crate::store::{Store, StoreError};
+use crate::store::{ChainCheckpoints, Store, StoreError};
 
 /// The audit action of an export (by the CLI or a download).
 pub const EXPORT: crate::audit::Action = crate::audit::Action::EvidenceExport;
@@ -310,9 +310,12 @@ async fn collect(store: &Store, session_id: &str) -> Result<Collected, BundleErr
     if let Some(b) = super::row_disagrees(&session, &events) {
         return Err(BundleError::Row(b));
     }
+    // "Every event about it is here" rests on the absence of others: the chain from its first event to
+    // the head is walked now, not trusted to what this process verified before.
+    let fresh = ChainCheckpoints::default();
     let mut links = Vec::with_capacity(events.len());
     for event in &events {
-        if let Err(b) = super::holds_in_chain(store, event, &head).await? {
+        if let Err(b) = super::holds_in_chain(store, &fresh, event, &head).await? {
             return Err(BundleError::Chain(b));
         }
         links.push(if event.seq == head.0 {

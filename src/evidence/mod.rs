@@ -246,7 +246,7 @@ pub async fn evidence(
         }
     };
     for event in &events {
-        if let Err(b) = holds_in_chain(store, event, &head).await? {
+        if let Err(b) = holds_in_chain(store, store.chain_checkpoints(), event, &head).await? {
             let broken = Evidence::Broken(Broken::Chain(b));
             return Ok(vec![broken; session.recordings.len()]);
         }
@@ -470,11 +470,22 @@ fn judge(session: &SessionRow, r: &RecordingRow, first: bool, events: &[AuditRow
 
 /// Checks `event` where it sits: it is still the event stored there (its hash as read), the event
 /// before it links to it, its hash recomputes (the one definition, `audit::Verifier`), and every event
-/// after it links on, up to `head` or to the first event this process verified before
-/// ([`ChainCheckpoints`]), whose hash must come out as it did then. The events verified on the way are
-/// noted as checkpoints. The outer `Result` is the database's; the inner one the chain's.
+/// after it links on, up to `head` or to the first event verified before into `checkpoints`, whose
+/// hash must come out as it did then. The events verified on the way are noted there. The outer
+/// `Result` is the database's; the inner one the chain's.
+///
+/// Which `checkpoints`: the process's ([`Store::chain_checkpoints`]) to prove an event that was read
+/// is genuine: the walk to a hash verified before proves it, even if that was long ago. But a decision
+/// that rests on an event *not* being there (no hold on a session: retention deletes its recording; a
+/// bundle that says it holds every event about its session) needs every event since the first one
+/// read checked now, not when the process last walked there: an event deleted or rewritten since (a
+/// hold, hidden by whoever writes the database) may sit past the checkpoint the walk stops at, and
+/// nothing read would cross its place. Those pass a set of their own, empty when the decision starts
+/// ([`ChainCheckpoints::default`]): the first walk goes to the head, and later ones stop at what it
+/// verified.
 pub(crate) async fn holds_in_chain(
     store: &Store,
+    checkpoints: &ChainCheckpoints,
     event: &AuditRow,
     head: &(i64, String),
 ) -> Result<Result<(), ChainBreak>, StoreError> {
@@ -487,7 +498,6 @@ pub(crate) async fn holds_in_chain(
             head_seq: head.0,
         }));
     }
-    let checkpoints = store.chain_checkpoints();
     let stop = checkpoints.at_or_after(seq).filter(|(c, _)| *c <= head.0);
     let end = stop.as_ref().map_or(head.0, |(c, _)| *c);
     let mut verifier = if seq == 1 {
@@ -592,7 +602,7 @@ pub(crate) async fn vouched_rows(
             head_seq: head.0,
         }));
     };
-    if let Err(b) = holds_in_chain(store, last, head).await? {
+    if let Err(b) = holds_in_chain(store, store.chain_checkpoints(), last, head).await? {
         return Ok(Err(b));
     }
     Ok(Ok(rows))

@@ -25,7 +25,10 @@
 //! says the session ended long enough ago (by the retention of the zone its `session.start` recorded,
 //! as well as the row's), its last hold was released, and the file is the recording
 //! the chain names; a leftover file only if the chain records its deletion. Where the rows and the chain
-//! disagree nothing is deleted, and the log says so.
+//! disagree nothing is deleted, and the log says so. "No hold" is the absence of an event, which no
+//! event read can prove: each pass walks the chain from its sessions' events to the head afresh (its
+//! own checkpoints, empty when it starts), so a hold deleted or rewritten since this process last
+//! walked there breaks the chain, whatever it verified before.
 
 use std::time::Duration;
 
@@ -36,7 +39,7 @@ use crate::audit::Action;
 use crate::audit::AuditEvent;
 use crate::config::RecordingConfig;
 use crate::model::{Hold, SessionRow, UnixTime};
-use crate::store::{RetentionCandidate, Store, StoreError};
+use crate::store::{ChainCheckpoints, RetentionCandidate, Store, StoreError};
 
 /// How often `serve` runs a pass.
 pub const EVERY: Duration = Duration::from_secs(24 * 3600);
@@ -206,6 +209,8 @@ pub async fn sweep(
     now: UnixTime,
 ) -> Result<Swept, StoreError> {
     let mut swept = Swept::default();
+    // This pass's own checkpoints: what decides a deletion is checked now (see [`chained`]).
+    let fresh = ChainCheckpoints::default();
     if let Some(shortest) = config.shortest_retention() {
         let shortest = i64::try_from(shortest.as_secs()).unwrap_or(i64::MAX);
         for c in store
@@ -215,7 +220,7 @@ pub async fn sweep(
             if !due(config, &c.zone, c.ended_at, now) {
                 continue;
             }
-            let vouched = match chained(store, &c.recording).await? {
+            let vouched = match chained(store, &fresh, &c.recording).await? {
                 // Due by the row's zone and by the zone the chain recorded at the start: moving an
                 // asset's row to a zone that keeps less deletes nothing sooner.
                 Ok(ch)
@@ -273,7 +278,7 @@ pub async fn sweep(
         .await?
     {
         // Only a file the chain names, whose deletion the chain records.
-        match chained(store, &r).await? {
+        match chained(store, &fresh, &r).await? {
             Ok(ch) if ch.deleted => {}
             Ok(_) => {
                 tracing::warn!(path = %r.path, "a recording marked deleted without an audited deletion of that file; its file is kept");
@@ -312,10 +317,12 @@ struct Chained {
     sha256: String,
 }
 
-/// Reads what the chain says about `r`'s session, each event checked where it sits; `Err` (why) when
-/// the chain does not hold there, or when `r`'s path is not the file the chain names for it.
+/// Reads what the chain says about `r`'s session, each event checked where it sits against `fresh`,
+/// the pass's own checkpoints (a hold not found must not be there: see the module's notes); `Err`
+/// (why) when the chain does not hold there, or when `r`'s path is not the file the chain names for it.
 async fn chained(
     store: &Store,
+    fresh: &ChainCheckpoints,
     r: &crate::model::RecordingRow,
 ) -> Result<Result<Chained, String>, StoreError> {
     let mut session = store.session(&r.session_id).await?;
@@ -367,7 +374,7 @@ async fn chained(
         sha256: voucher.sha256.clone(),
     };
     for event in events.iter().filter(|e| e.seq <= head.0) {
-        if let Err(b) = super::holds_in_chain(store, event, &head).await? {
+        if let Err(b) = super::holds_in_chain(store, fresh, event, &head).await? {
             return Ok(Err(b.to_string()));
         }
         match event.action.as_str() {

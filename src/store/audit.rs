@@ -411,7 +411,10 @@ enum Pick {
 /// rewritten, and with it every event up to the next checkpoint. Checking an event where it sits then
 /// takes a walk to the next checkpoint, not to the head (`evidence::holds_in_chain`). The highest head
 /// a walk ended at is kept too: a head read later that is behind it, or at it with another hash, means
-/// the end of the log was cut or rewritten (`evidence::chain_head`).
+/// the end of the log was cut or rewritten (`evidence::chain_head`). What a walk to an old checkpoint
+/// proves is that the events it read are genuine; not that none is missing or changed past that
+/// checkpoint since it was noted. Decisions that rest on an event's absence walk with a set of their own
+/// (`evidence::holds_in_chain`).
 #[derive(Debug, Default)]
 pub struct ChainCheckpoints(std::sync::Mutex<Checkpoints>);
 

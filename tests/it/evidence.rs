@@ -1885,3 +1885,207 @@ async fn issue_11_a_download_streams_the_bundle_and_refuses_an_altered_recording
     })
     .await;
 }
+
+/// Whoever can write the database but holds no key cannot have retention delete a held recording by
+/// rewriting or deleting its `session.hold` event and clearing the row's hold. Finding no hold is a
+/// proof of absence: a pass walks the chain from the session's events to the head afresh, so the
+/// rewritten or missing event breaks it and nothing is deleted. Before, each walk stopped at the first
+/// hash this process had verified earlier (one every 1024 events), and a hold that far past the
+/// session's end was never crossed again: the pass deleted the file. The same for evidence bundles,
+/// which say every event about their session is in them.
+#[tokio::test]
+async fn retention_and_bundles_see_a_hold_event_removed_behind_what_this_process_verified() {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use chaperone::audit::AuditEvent;
+    use chaperone::config::{RecordingConfig, Retain};
+    use chaperone::evidence::retention::sweep;
+    use chaperone::store::NewSession;
+    use serde_json::json;
+
+    use crate::store::{asset, grant, on_both_with_url, raw, vendor};
+
+    const DAY: i64 = 86_400;
+    on_both_with_url(|store, url| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let recordings = dir.path().join("recordings");
+        std::fs::create_dir(&recordings).unwrap();
+        let v = vendor(&store, "alice", "SHA256:a").await;
+        let a = asset(&store, "mri-01").await;
+        let ended = 1_000_000;
+        let mut tx = store.begin().await.unwrap();
+        let g = grant(&mut tx, v, a, &["ssh".to_owned()], 10_000).await;
+        let id = "s-held";
+        tx.insert_session(
+            &NewSession {
+                id,
+                vendor_id: v,
+                asset_id: a,
+                grant_id: g,
+                kind: "exec",
+                service: "ssh",
+                client_addr: "127.0.0.1:5",
+                detail: "uptime",
+                node: "node-a",
+            },
+            ended - 60,
+        )
+        .await
+        .unwrap();
+        let path = recordings.join(format!("{id}.exec"));
+        let header = chaperone_recorder::ExecHeader {
+            timestamp: ended - 60,
+            title: None,
+            command: Some("uptime".into()),
+            env: BTreeMap::new(),
+        };
+        let sha = chaperone_recorder::ExecWriter::create(&path, &header)
+            .unwrap()
+            .finish()
+            .unwrap()
+            .sha256_hex;
+        let rid = tx
+            .insert_recording(id, "exec-stream-v1", path.to_str().unwrap(), ended - 60)
+            .await
+            .unwrap();
+        tx.audit(
+            AuditEvent::new(
+                "vendor:alice",
+                Action::SessionStart,
+                format!("session:{id}"),
+                json!({"grant": g, "zone": "radiology", "recording": path.to_str().unwrap()}),
+            ),
+            ended - 60,
+        )
+        .await
+        .unwrap();
+        tx.close_recording(rid, &sha, 5, ended).await.unwrap();
+        tx.end_session(id, "exit", "closed", 1, 2, ended)
+            .await
+            .unwrap();
+        tx.audit(
+            AuditEvent::new(
+                "vendor:alice",
+                Action::SessionEnd,
+                format!("session:{id}"),
+                json!({"grant": g, "recording": rid, "recording_sha256": sha}),
+            ),
+            ended,
+        )
+        .await
+        .unwrap();
+        // Two checkpoints' worth of other events between the end and the hold...
+        for n in 0..2100 {
+            tx.audit(
+                AuditEvent::new(
+                    "os:auditor",
+                    Action::RecordingView,
+                    format!("session:other-{n}"),
+                    json!({}),
+                ),
+                ended + 1,
+            )
+            .await
+            .unwrap();
+        }
+        assert!(
+            tx.hold_session(id, "os:auditor", "case 7", ended + 2)
+                .await
+                .unwrap()
+        );
+        tx.audit(
+            AuditEvent::new(
+                "os:auditor",
+                Action::SessionHold,
+                format!("session:{id}"),
+                json!({"reason": "case 7"}),
+            ),
+            ended + 2,
+        )
+        .await
+        .unwrap();
+        // ...and as many after it: the hold sits between two checkpoints, far from any event about the
+        // session read later (a bundle's own `evidence.export`).
+        for n in 0..2100 {
+            tx.audit(
+                AuditEvent::new(
+                    "os:auditor",
+                    Action::RecordingView,
+                    format!("session:later-{n}"),
+                    json!({}),
+                ),
+                ended + 3,
+            )
+            .await
+            .unwrap();
+        }
+        tx.commit("t").await.unwrap();
+        let hold = store
+            .audit_events_about(&format!("session:{id}"), &["session.hold"], 10)
+            .await
+            .unwrap()[0]
+            .seq;
+
+        let config = RecordingConfig {
+            dir: recordings.clone(),
+            record_input: false,
+            max_bytes: None,
+            signing_key: dir.path().join("key"),
+            retain: Retain::For(Duration::from_secs(30 * 86_400)),
+            zone_retain: BTreeMap::new(),
+        };
+        let now = ended + 31 * DAY;
+        // This process verifies the whole chain once (the pass walks it, noting checkpoints).
+        assert_eq!(
+            sweep(&store, &config, "node:test", now)
+                .await
+                .unwrap()
+                .deleted,
+            0
+        );
+        let bundle = || {
+            let (store, config) = (store.clone(), config.clone());
+            async move {
+                chaperone::evidence::bundle::export(
+                    &store,
+                    &config,
+                    id,
+                    "os:test",
+                    "cli",
+                    now,
+                    Vec::new(),
+                )
+                .await
+                .map(|_| ())
+            }
+        };
+        chaperone::evidence::signer::Signer::create(&config.signing_key).unwrap();
+        bundle().await.unwrap();
+        let clear = "UPDATE sessions SET held_at = NULL, held_by = NULL, hold_reason = NULL \
+                     WHERE id = 's-held'";
+        for (tamper, undo) in [
+            (
+                format!("UPDATE audit_events SET subject = 'session:other' WHERE seq = {hold}"),
+                Some(format!(
+                    "UPDATE audit_events SET subject = 'session:s-held' WHERE seq = {hold}"
+                )),
+            ),
+            (format!("DELETE FROM audit_events WHERE seq = {hold}"), None),
+        ] {
+            raw(&url, &tamper).await;
+            raw(&url, clear).await;
+            let swept = sweep(&store, &config, "node:test", now).await.unwrap();
+            assert_eq!(swept.deleted, 0, "{tamper}: {swept:?}");
+            assert!(path.exists(), "{tamper}");
+            assert!(
+                bundle().await.is_err(),
+                "{tamper}: a bundle without the hold"
+            );
+            if let Some(undo) = undo {
+                raw(&url, &undo).await;
+            }
+        }
+    })
+    .await;
+}
