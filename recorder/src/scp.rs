@@ -22,6 +22,9 @@ use crate::transfer::{Direction, Outcome, TransferEvent};
 
 /// The longest control or error line read (a name Linux accepts is at most 255 bytes in 4096).
 const MAX_LINE: usize = 8 * 1024;
+/// The longest control line OpenSSH's sink reads as one, its newline left out (`char buf[2048]`, the
+/// last for the NUL): the rest of a longer one would be read as what comes next, a file's first bytes.
+const SINK_LINE: usize = 2046;
 /// The status an SCP error is logged with: SSH_FX_FAILURE, as SFTP would say it.
 const FAILED: u32 = 4;
 
@@ -390,6 +393,14 @@ impl ScpObserver {
         let Some((&kind, rest)) = line.split_first() else {
             return self.stop("an empty line", events);
         };
+        // Read as the sink reads it, or not at all: the sink takes a name as a C string (`updater\0.txt`
+        // writes `updater`), and a line longer than its buffer as two.
+        if line.contains(&0) {
+            return self.stop("a NUL in a control line", events);
+        }
+        if line.len() > SINK_LINE {
+            return self.stop("a control line longer than scp's sink reads", events);
+        }
         let text = String::from_utf8_lossy(rest);
         let awaiting = match kind {
             b'T' => {
@@ -940,6 +951,19 @@ mod tests {
                     .iter()
                     .any(|e| matches!(e, TransferEvent::Unparseable { .. })),
                 "{source:?}: {events:?}"
+            );
+        }
+        // Lines the sink would read otherwise than the observer: a name it ends at its NUL (the log
+        // would say `updater.txt`, the device writes `updater`), and a line past its 2047-byte buffer
+        // (a size padded with zeros puts the cut in the name; the rest would be the file's data).
+        let padded = format!("C0644 {}10 authorized_keys.bak\n", "0".repeat(2100));
+        for source in [&b"C0755 5 updater\0.txt\n"[..], padded.as_bytes()] {
+            let mut o = ScpObserver::new(ScpMode::Upload);
+            o.server_to_client(b"\0");
+            let events = o.client_to_server(source);
+            assert!(
+                matches!(&events[..], [TransferEvent::Unparseable { .. }]),
+                "{events:?}"
             );
         }
         // A shell's output where the sink's answers should be.

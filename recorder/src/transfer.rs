@@ -11,8 +11,14 @@
 //! copied; only control packets are buffered, each at most [`MAX_PACKET`] bytes. Input that breaks the
 //! protocol (a declared length over the limit, a string running past its packet, more than
 //! [`MAX_TRACKED`] open files or unanswered requests, a request id reused while its first request awaits a
-//! reply, a reply of the wrong kind for its request) stops parsing for the rest of the channel with one
-//! [`TransferEvent::Unparseable`], so the log says where its knowledge ends.
+//! reply, a reply of the wrong kind for its request, a request on a handle the server has not given or
+//! the client already closed) stops parsing for the rest of the channel with one
+//! [`TransferEvent::Unparseable`], so the log says where its knowledge ends (the relay refuses that
+//! chunk: nothing it could not follow reaches the device). Every request's id is held until its reply,
+//! whatever the request (a STAT's too), so no reply is ever taken for another request's; and every handle
+//! a request names must be one the server gave on this channel: OpenSSH's handles are small numbers,
+//! reused, and a client that guessed one before its HANDLE reply passed (or used one it had closed)
+//! would move bytes the log never counts, or counts for another file.
 //!
 //! File events are emitted when the server answers the CLOSE, so that DATA replies still in flight when the
 //! client closed are counted; an [`TransferEvent::Opened`] is logged when the server's HANDLE opens the
@@ -43,13 +49,17 @@ const RETAINED_CAPACITY: usize = 64 * 1024;
 
 /// SFTP v3 packet types that the observer reads.
 mod fxp {
+    pub const INIT: u8 = 1;
     pub const VERSION: u8 = 2;
     pub const OPEN: u8 = 3;
     pub const CLOSE: u8 = 4;
     pub const READ: u8 = 5;
     pub const WRITE: u8 = 6;
+    pub const FSTAT: u8 = 8;
     pub const SETSTAT: u8 = 9;
     pub const FSETSTAT: u8 = 10;
+    pub const OPENDIR: u8 = 11;
+    pub const READDIR: u8 = 12;
     pub const REMOVE: u8 = 13;
     pub const MKDIR: u8 = 14;
     pub const RMDIR: u8 = 15;
@@ -58,7 +68,10 @@ mod fxp {
     pub const STATUS: u8 = 101;
     pub const HANDLE: u8 = 102;
     pub const DATA: u8 = 103;
+    pub const NAME: u8 = 104;
+    pub const ATTRS: u8 = 105;
     pub const EXTENDED: u8 = 200;
+    pub const EXTENDED_REPLY: u8 = 201;
 }
 
 /// OPEN pflags that let the client change the file: WRITE, APPEND, CREAT, TRUNC.
@@ -163,6 +176,9 @@ pub enum OpKind {
     Symlink,
     /// `hardlink@openssh.com`.
     Hardlink,
+    /// `copy-data`: bytes copied on the server from one open file (`target`) into another (`path`),
+    /// none of them through the bastion.
+    Copy,
 }
 
 /// How the server answered.
@@ -330,6 +346,8 @@ struct OpenFile {
     written: u64,
     /// DATA replies' bytes.
     read: u64,
+    /// Its CLOSE was sent: no request may name it any more.
+    closing: bool,
 }
 
 impl OpenFile {
@@ -378,6 +396,13 @@ enum Pending {
     },
     /// A WRITE: its bytes counted when sent; tracked so its STATUS answers it and nothing else.
     Write,
+    /// An OPENDIR: its HANDLE reply names a directory.
+    OpenDir {
+        path: String,
+    },
+    /// Any other request (STAT, REALPATH, READDIR, an extension…): its id is held until its reply,
+    /// so that reply cannot be taken for another request's.
+    Other,
     Close {
         handle: Box<[u8]>,
     },
@@ -423,9 +448,20 @@ impl Pending {
                     outcome: Outcome::Unfinished,
                 },
             )),
-            Pending::Read { .. } | Pending::Write | Pending::Close { .. } => None,
+            Pending::Read { .. }
+            | Pending::Write
+            | Pending::Close { .. }
+            | Pending::OpenDir { .. }
+            | Pending::Other => None,
         }
     }
+}
+
+/// What a handle a request names was given for.
+enum Given {
+    File,
+    /// A directory, with its path.
+    Dir(String),
 }
 
 /// The protocol state both directions share.
@@ -433,6 +469,9 @@ impl Pending {
 struct Tracker {
     /// Open files by handle; at most [`MAX_TRACKED`].
     files: HashMap<Box<[u8]>, OpenFile>,
+    /// Open directories by handle: their path, and whether their CLOSE was sent; at most
+    /// [`MAX_TRACKED`].
+    dirs: HashMap<Box<[u8]>, (String, bool)>,
     /// Requests awaiting a reply, by request id; at most [`MAX_TRACKED`].
     pending: HashMap<u32, Pending>,
     next_serial: u64,
@@ -476,18 +515,43 @@ impl Tracker {
                     },
                 )?;
             }
-            fxp::READ | fxp::CLOSE => {
+            fxp::OPENDIR => {
+                let id = f.u32()?;
+                let path = lossy(f.string()?);
+                self.expect(id, Pending::OpenDir { path })?;
+            }
+            fxp::READ => {
                 let id = f.u32()?;
                 let handle = f.string()?;
-                if self.files.contains_key(handle) {
-                    let handle = handle.into();
-                    let pending = if packet.kind == fxp::READ {
-                        Pending::Read { handle }
-                    } else {
-                        Pending::Close { handle }
-                    };
-                    self.expect(id, pending)?;
+                self.open_file(handle)?;
+                self.expect(
+                    id,
+                    Pending::Read {
+                        handle: handle.into(),
+                    },
+                )?;
+            }
+            fxp::CLOSE => {
+                let id = f.u32()?;
+                let handle = f.string()?;
+                match self.given(handle)? {
+                    Given::File => {
+                        if let Some(file) = self.files.get_mut(handle) {
+                            file.closing = true;
+                        }
+                    }
+                    Given::Dir(_) => {
+                        if let Some(dir) = self.dirs.get_mut(handle) {
+                            dir.1 = true;
+                        }
+                    }
                 }
+                self.expect(
+                    id,
+                    Pending::Close {
+                        handle: handle.into(),
+                    },
+                )?;
             }
             fxp::WRITE => {
                 // Counted when sent; its id is tracked so that its STATUS cannot answer another request.
@@ -499,17 +563,23 @@ impl Tracker {
                 if header + u64::from(len) != u64::from(packet.len) {
                     return Err("data length disagrees with the packet length");
                 }
-                if let Some(file) = self.files.get_mut(handle) {
-                    file.written = file.written.saturating_add(len.into());
-                }
+                let file = self.open_file(handle)?;
+                file.written = file.written.saturating_add(len.into());
                 self.expect(id, Pending::Write)?;
             }
             fxp::FSETSTAT => {
                 let id = f.u32()?;
                 let handle = f.string()?;
-                if let Some(path) = self.files.get(handle).map(|file| file.path.clone()) {
-                    self.op(id, OpKind::SetStat, path, None)?;
-                }
+                let path = match self.given(handle)? {
+                    Given::File => self.open_file(handle)?.path.clone(),
+                    Given::Dir(path) => path,
+                };
+                self.op(id, OpKind::SetStat, path, None)?;
+            }
+            fxp::FSTAT | fxp::READDIR => {
+                let id = f.u32()?;
+                self.given(f.string()?)?;
+                self.expect(id, Pending::Other)?;
             }
             fxp::SETSTAT | fxp::REMOVE | fxp::MKDIR | fxp::RMDIR => {
                 let id = f.u32()?;
@@ -549,12 +619,59 @@ impl Tracker {
                         let path = lossy(f.string()?);
                         self.op(id, OpKind::SetStat, path, None)?;
                     }
-                    _ => {}
+                    b"fsync@openssh.com" | b"fstatvfs@openssh.com" => {
+                        self.given(f.string()?)?;
+                        self.expect(id, Pending::Other)?;
+                    }
+                    b"copy-data" => {
+                        let from = f.string()?;
+                        f.u64()?; // read from offset
+                        f.u64()?; // read length
+                        let into = f.string()?;
+                        let source = self.open_file(from)?.path.clone();
+                        let path = self.open_file(into)?.path.clone();
+                        self.op(id, OpKind::Copy, path, Some(source))?;
+                    }
+                    _ => self.expect(id, Pending::Other)?,
                 }
             }
-            _ => {}
+            // INIT carries the client's version, not an id.
+            fxp::INIT => {}
+            // STAT, LSTAT, REALPATH, READLINK and whatever else: held until answered.
+            _ => {
+                let id = f.u32()?;
+                self.expect(id, Pending::Other)?;
+            }
         }
         Ok(())
+    }
+
+    /// What `handle` names: a file or a directory the server gave on this channel (by a HANDLE reply
+    /// the observer saw pass) and whose CLOSE the client has not sent. Anything else cannot be followed
+    /// (see the module's notes).
+    fn given(&self, handle: &[u8]) -> Result<Given, &'static str> {
+        if let Some(file) = self.files.get(handle) {
+            return if file.closing {
+                Err("a request on a handle the client already closed")
+            } else {
+                Ok(Given::File)
+            };
+        }
+        match self.dirs.get(handle) {
+            Some((_, true)) => Err("a request on a handle the client already closed"),
+            Some((path, false)) => Ok(Given::Dir(path.clone())),
+            None => Err("a request on a handle the server has not given"),
+        }
+    }
+
+    /// The open file `handle` names ([`Tracker::given`]), which must be a file.
+    fn open_file(&mut self, handle: &[u8]) -> Result<&mut OpenFile, &'static str> {
+        if let Given::Dir(_) = self.given(handle)? {
+            return Err("a file request on a directory's handle");
+        }
+        self.files
+            .get_mut(handle)
+            .ok_or("a request on a handle the server has not given")
     }
 
     fn on_reply(
@@ -588,6 +705,7 @@ impl Tracker {
                         if let Some(file) = self.files.remove(&handle) {
                             events.extend(file.into_events(outcome));
                         }
+                        self.dirs.remove(&handle);
                     }
                     Some(Pending::Op {
                         op, path, target, ..
@@ -597,7 +715,13 @@ impl Tracker {
                         target,
                         outcome,
                     }),
-                    Some(Pending::Read { .. } | Pending::Write) | None => {}
+                    Some(
+                        Pending::Read { .. }
+                        | Pending::Write
+                        | Pending::OpenDir { .. }
+                        | Pending::Other,
+                    )
+                    | None => {}
                 }
             }
             fxp::HANDLE => {
@@ -627,10 +751,17 @@ impl Tracker {
                             direction,
                             written: 0,
                             read: 0,
+                            closing: false,
                         };
                         if let Some(old) = self.files.insert(handle.into(), file) {
                             events.extend(old.into_events(Outcome::Unfinished));
                         }
+                    }
+                    Some(Pending::OpenDir { path }) => {
+                        if self.dirs.len() >= MAX_TRACKED && !self.dirs.contains_key(handle) {
+                            return Err("more open directories than the observer tracks");
+                        }
+                        self.dirs.insert(handle.into(), (path, false));
                     }
                     Some(_) => return Err("a HANDLE reply to a request that opens nothing"),
                     None => {}
@@ -650,6 +781,14 @@ impl Tracker {
                     }
                     Some(_) => return Err("a DATA reply to a request that reads nothing"),
                     None => {}
+                }
+            }
+            // Answers to requests the observer only holds the ids of.
+            fxp::NAME | fxp::ATTRS | fxp::EXTENDED_REPLY => {
+                let id = f.u32()?;
+                match self.pending.remove(&id) {
+                    Some(Pending::Other) | None => {}
+                    Some(_) => return Err("a reply of the wrong kind for its request"),
                 }
             }
             _ => {}
@@ -825,13 +964,20 @@ fn plan(buf: &[u8], side: Side) -> Result<Plan, String> {
             | fxp::RMDIR
             | fxp::RENAME
             | fxp::SYMLINK
-            | fxp::EXTENDED,
+            | fxp::EXTENDED
+            | fxp::OPENDIR
+            | fxp::FSTAT
+            | fxp::READDIR,
         ) => total,
+        // Any other request: length, type, id (INIT: its version), held until answered.
+        (Side::Client, _) => 9,
         // length, type, version
         (Side::Server, fxp::VERSION) => 9,
         // length, type, id, status code / data length
         (Side::Server, fxp::STATUS | fxp::DATA) => 13,
         (Side::Server, fxp::HANDLE) => total,
+        // length, type, id: the rest (a directory's names, attributes) is skipped as it streams past.
+        (Side::Server, fxp::NAME | fxp::ATTRS | fxp::EXTENDED_REPLY) => 9,
         _ => 5,
     };
     if keep > total {
@@ -1530,6 +1676,88 @@ mod tests {
         observer.server_to_client(&handle_reply(1, b"h"));
         observer.client_to_server(&write(2, b"h", 0, b"hello"));
         unparseable(&observer.client_to_server(&read(2, b"h", 0, 5)));
+    }
+
+    /// A request on a handle the server has not given (guessed ahead of its HANDLE reply: OpenSSH's
+    /// are small numbers, reused) or the client already closed, a file request on a directory's handle,
+    /// and an OPEN reusing the id of a STAT still unanswered: each stops the observer (the relay
+    /// refuses the chunk), so no byte moves that the log does not count for its file, and no reply
+    /// passes for another request's.
+    #[test]
+    fn a_handle_not_given_or_closed_and_an_id_any_request_holds_stop_the_observer() {
+        // A WRITE on a guessed handle, sent with its OPEN.
+        let mut o = SftpObserver::new();
+        o.client_to_server(&open(1, "/opt/app/updater", 0x02 | 0x08 | 0x10));
+        unparseable(&o.client_to_server(&write(2, b"\0\0\0\0", 0, b"payload")));
+        // A READ of a handle after its CLOSE was sent: the server may give it to the next OPEN.
+        let mut o = SftpObserver::new();
+        o.client_to_server(&open(1, "/tmp/a", 0x01));
+        o.server_to_client(&handle_reply(1, b"h"));
+        o.client_to_server(&close(2, b"h"));
+        unparseable(&o.client_to_server(&read(3, b"h", 0, 10)));
+        // A STAT's id taken by an OPEN: the STAT's "no such file" would pass as the OPEN's answer,
+        // and the file's real handle as an answer to nothing.
+        let mut o = SftpObserver::new();
+        assert!(
+            o.client_to_server(&path_op(17, 7, "/nonexistent"))
+                .is_empty()
+        );
+        unparseable(&o.client_to_server(&open(7, "/data/patients.db", 0x01)));
+        // A directory is listed and closed; reading its handle as a file cannot be followed.
+        let mut o = SftpObserver::new();
+        assert!(
+            o.client_to_server(&path_op(fxp::OPENDIR, 1, "/var/log"))
+                .is_empty()
+        );
+        assert!(o.server_to_client(&handle_reply(1, b"d")).is_empty());
+        let readdir = id_and(fxp::READDIR, 2, &[&string(b"d")]);
+        assert!(o.client_to_server(&readdir).is_empty());
+        let names = id_and(fxp::NAME, 2, &[&0u32.to_be_bytes()]);
+        assert!(o.server_to_client(&names).is_empty());
+        unparseable(&o.client_to_server(&read(3, b"d", 0, 10)));
+        // An ATTRS reply to an OPEN is not its answer.
+        let mut o = SftpObserver::new();
+        o.client_to_server(&open(1, "/f", 0x01));
+        unparseable(&o.server_to_client(&id_and(fxp::ATTRS, 1, &[&0u32.to_be_bytes()])));
+    }
+
+    /// `copy-data` moves bytes on the server from one open file into another: logged as a copy, with
+    /// the server's answer; its handles are held to the same rule as any other.
+    #[test]
+    fn a_copy_on_the_server_is_logged_with_both_files() {
+        let mut o = SftpObserver::new();
+        let mut events = Vec::new();
+        events.extend(o.client_to_server(&open(1, "/etc/app.conf", 0x01)));
+        events.extend(o.server_to_client(&handle_reply(1, b"r")));
+        events.extend(o.client_to_server(&open(2, "/tmp/copy", 0x02 | 0x08)));
+        events.extend(o.server_to_client(&handle_reply(2, b"w")));
+        let copy = |id: u32, from: &[u8], into: &[u8]| {
+            id_and(
+                fxp::EXTENDED,
+                id,
+                &[
+                    &string(b"copy-data"),
+                    &string(from),
+                    &0u64.to_be_bytes(),
+                    &0u64.to_be_bytes(),
+                    &string(into),
+                    &0u64.to_be_bytes(),
+                ],
+            )
+        };
+        events.extend(o.client_to_server(&copy(3, b"r", b"w")));
+        events.extend(o.server_to_client(&status(3, 0)));
+        assert!(
+            events.iter().any(|e| *e
+                == TransferEvent::Op {
+                    op: OpKind::Copy,
+                    path: "/tmp/copy".into(),
+                    target: Some("/etc/app.conf".into()),
+                    outcome: Outcome::Ok,
+                }),
+            "{events:?}"
+        );
+        unparseable(&o.client_to_server(&copy(4, b"r", b"guessed")));
     }
 
     #[test]
