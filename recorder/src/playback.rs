@@ -63,8 +63,9 @@ pub const MAX_MARKER_BYTES: usize = 8 << 20;
 /// the browser player's emulator too, and those made late counted ([`Index::resizes_delayed`]); 4, REP
 /// counts cut counted in [`Index::refused`], segments also cut by the work in them ([`SEGMENT_WORK`]),
 /// resizes paced for the page's redraws; 5, leaving the alternate screen priced, segments carrying the
-/// emulator's budgets ([`Segment::carried`]).
-pub const INDEX_VERSION: u32 = 5;
+/// emulator's budgets ([`Segment::carried`]); 6, a line the cursor leaves by index, reverse index, a
+/// restored position or a deleted line ends there in the text ([`crate::transcript`]).
+pub const INDEX_VERSION: u32 = 6;
 
 /// The two terminal recording formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -55,6 +55,8 @@ pub struct LineTracker {
     param_open: bool,
     private: bool,
     intermediate: bool,
+    /// The column saved with the cursor (`ESC 7`, `CSI s`), where `ESC 8`/`CSI u` puts it back.
+    saved_col: usize,
 }
 
 impl LineTracker {
@@ -226,6 +228,13 @@ impl LineTracker {
             }
             // NEL
             'E' => self.complete(out),
+            // IND and RI: the cursor goes down or up a line, in its column. A line left that way ends as
+            // any other (else a line the screen showed was never indexed, and the text before and after
+            // such a move, shown on two rows, was indexed as one line nobody saw).
+            'D' | 'M' => self.leave(self.col, out),
+            // DECSC and DECRC: the cursor saved, and put back (most likely on another line).
+            '7' => self.saved_col = self.col,
+            '8' => self.leave(self.saved_col, out),
             _ => {}
         }
     }
@@ -326,6 +335,10 @@ impl LineTracker {
                 let col = self.param(1, 1) as usize - 1;
                 self.leave(col, out);
             }
+            's' => self.saved_col = self.col,
+            'u' => self.leave(self.saved_col, out),
+            // Lines inserted or deleted at the cursor's: what was on its line moves away.
+            'L' | 'M' => self.leave(self.col, out),
             'A' | 'B' | 'e' | 'd' | 'E' | 'F' | 'J' | 'S' | 'T' | 'r' => {
                 let col = if matches!(c, 'E' | 'F' | 'r') {
                     0
@@ -423,6 +436,22 @@ mod tests {
         assert_eq!(current.as_deref(), Some("$ rm -rf /tmp/x"));
         let (out, _) = lines(b"abc\x1b[2D\x1b[P\r\nab\x1b[1G\x1b[@X\r\n");
         assert_eq!(out, ["ac", "Xab"]);
+    }
+
+    /// A line the cursor leaves by index, reverse index, a restored position or a line deleted is a
+    /// line of its own: what the screen showed is found, and text shown on two rows is not indexed as
+    /// one line nobody saw.
+    #[test]
+    fn a_line_left_by_any_cursor_move_ends_there() {
+        let (out, _) = lines(b"SECRET-DUMP\x1bD\r\x1b[K\n");
+        assert_eq!(out, ["SECRET-DUMP", ""]);
+        let (out, current) = lines(b"         /data\x1bD\rrm -rf");
+        assert_eq!(out, ["         /data", "rm -rf"]);
+        assert_eq!(current.as_deref(), Some("rm -rf"));
+        let (out, _) = lines(b"top\x1b7\x1bMabove\x1b8X\r\n");
+        assert_eq!(out, ["top", "   above", "   X"]);
+        let (out, _) = lines(b"gone\x1b[M\r\nnext\r\n");
+        assert_eq!(out, ["gone", "", "next"]);
     }
 
     #[test]
