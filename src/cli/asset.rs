@@ -347,18 +347,31 @@ pub async fn run(config: &Path, cmd: AssetCommand) -> anyhow::Result<()> {
             if !tx.delete_service(a.id, &name).await? {
                 bail!("asset {asset} has no service named {name}");
             }
+            // No grant reaches a service the asset no longer has: what is open on it closes too, on
+            // every node, through the authority watcher (as an approver's termination does).
+            let ended = tx
+                .request_service_termination(
+                    a.id,
+                    &name,
+                    &format!("the service {name} was removed from {asset}"),
+                    now,
+                )
+                .await?;
             tx.audit(
                 AuditEvent::new(
                     &actor,
                     Action::AssetServiceRemove,
                     format!("asset:{asset}"),
-                    json!({"service": name}),
+                    json!({"service": name, "sessions_ended": ended}),
                 ),
                 now,
             )
             .await?;
             tx.commit("asset.service.remove").await?;
             println!("Service {name} removed from {asset}.");
+            if ended > 0 {
+                println!("{ended} live session(s) on it are being closed.");
+            }
         }
         AssetCommand::Credential(CredentialCommand::Set {
             name,

@@ -612,3 +612,72 @@ fn a_tcp_tunnel_that_lands_on_another_assets_sshd_is_refused() {
     assert!(refused.contains("gw-01"), "{refused}");
     assert!(!audit.contains("\"tunnel.open\""), "{audit}");
 }
+
+/// A service removed from an asset takes its live tunnels with it: no grant reaches a service the asset
+/// no longer has, and what was opened before is closed within seconds (on every node, through the
+/// watcher), its end saying why; before, a tunnel opened before the removal ran on until its grant ended.
+#[test]
+fn removing_a_service_closes_the_tunnels_open_on_it() {
+    let port = tcp_server(trickle);
+    let Some((_sshd, b)) = setup(
+        &[format!("stream:{port}/tcp")],
+        "[budgets.services.stream]\nmax_down_per_hour = \"none\"\n",
+    ) else {
+        return;
+    };
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "mri-01", "stream", "1h");
+    let local = free_port();
+    let mut ssh = b
+        .ssh_with(
+            &alice,
+            &["-N", "-L", &format!("{local}:mri-01:{port}")],
+            "alice",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut conn = None;
+    assert!(wait_until(Duration::from_secs(10), || {
+        conn = TcpStream::connect(("127.0.0.1", local)).ok();
+        conn.is_some()
+    }));
+    let mut conn = conn.unwrap();
+    let mut buf = [0u8; 65536];
+    assert!(conn.read(&mut buf).unwrap() > 0, "the tunnel carries data");
+    let removed = b
+        .data
+        .run(&["asset", "service", "remove", "mri-01", "stream"]);
+    assert!(removed.ok().stdout().contains("1 live session(s)"));
+    let started = Instant::now();
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the tunnel outlived its service"
+        );
+    }
+    let _ = ssh.kill();
+    let _ = ssh.wait();
+    assert!(wait_until(Duration::from_secs(5), || sessions(&b)
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| !s["ended_at"].is_null())));
+    let all = sessions(&b);
+    assert!(
+        all.as_array().unwrap().iter().any(|s| s["end_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("the service stream was removed from mri-01"))),
+        "{all}"
+    );
+    assert!(
+        audit(&b).contains("\\\"sessions_ended\\\":1"),
+        "{}",
+        audit(&b)
+    );
+}
