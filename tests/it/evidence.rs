@@ -1445,6 +1445,69 @@ fn issue_11_an_evidence_bundle_verifies_with_stock_tools_and_fails_when_altered(
     d.run(&["audit", "verify"]).ok();
 }
 
+/// Session `id` (vendor `alice` = `v`, asset `a`, grant `g`) recorded to `path`, whose digest is
+/// `sha`: started a minute before `end` and ended then, with the two events a real session audits (its
+/// start naming the file and the asset's zone, radiology; its end vouching for the digest).
+async fn recorded_session(
+    tx: &mut chaperone::store::Tx,
+    (v, a, g): (i64, i64, i64),
+    id: &str,
+    path: &Path,
+    sha: &str,
+    end: i64,
+) {
+    use chaperone::audit::AuditEvent;
+    use chaperone::store::NewSession;
+    use serde_json::json;
+
+    tx.insert_session(
+        &NewSession {
+            id,
+            vendor_id: v,
+            asset_id: a,
+            grant_id: g,
+            kind: "exec",
+            service: "ssh",
+            client_addr: "127.0.0.1:5",
+            detail: "uptime",
+            node: "node-a",
+        },
+        end - 60,
+    )
+    .await
+    .unwrap();
+    let rid = tx
+        .insert_recording(id, "exec-stream-v1", path.to_str().unwrap(), end - 60)
+        .await
+        .unwrap();
+    tx.audit(
+        AuditEvent::new(
+            "vendor:alice",
+            Action::SessionStart,
+            format!("session:{id}"),
+            json!({"grant": g, "zone": "radiology", "recording": path.to_str().unwrap()}),
+        ),
+        end - 60,
+    )
+    .await
+    .unwrap();
+    tx.close_recording(rid, sha, 5, end).await.unwrap();
+    tx.end_session(id, "exit", "closed", 1, 2, end)
+        .await
+        .unwrap();
+    tx.audit(
+        AuditEvent::new(
+            "vendor:alice",
+            Action::SessionEnd,
+            format!("session:{id}"),
+            json!({"grant": g, "recording": rid, "recording_sha256": sha}),
+        ),
+        end,
+    )
+    .await
+    .unwrap();
+}
+
 /// Issue 11: retention with an explicit `now` deletes the file of an expired recording (its row keeps
 /// the digest, marked deleted; `recording.deleted` audited), keeps a held session's recording until the
 /// hold is released, keeps what its zone keeps longer, and never deletes twice; on SQLite and
@@ -1458,7 +1521,6 @@ async fn issue_11_retention_deletes_expired_recordings_and_keeps_held_ones() {
     use chaperone::config::{RecordingConfig, Retain};
     use chaperone::evidence::retention::{Swept, sweep};
     use chaperone::evidence::{Integrity, integrity};
-    use chaperone::store::NewSession;
     use serde_json::json;
 
     use crate::store::{asset, grant, on_both_with_url, raw, vendor};
@@ -1479,57 +1541,10 @@ async fn issue_11_retention_deletes_expired_recordings_and_keeps_held_ones() {
             ("s-held", ended),
             ("s-new", ended + 20 * DAY),
         ] {
-            tx.insert_session(
-                &NewSession {
-                    id,
-                    vendor_id: v,
-                    asset_id: a,
-                    grant_id: g,
-                    kind: "exec",
-                    service: "ssh",
-                    client_addr: "127.0.0.1:5",
-                    detail: "uptime",
-                    node: "node-a",
-                },
-                end - 60,
-            )
-            .await
-            .unwrap();
             let path = recordings.join(format!("{id}.exec"));
             std::fs::write(&path, id).unwrap();
             let sha = chaperone_recorder::sha256_file(&path).unwrap();
-            let rid = tx
-                .insert_recording(id, "exec-stream-v1", path.to_str().unwrap(), end - 60)
-                .await
-                .unwrap();
-            // The event that names the recording's file, as a session's start writes it.
-            tx.audit(
-                AuditEvent::new(
-                    "vendor:alice",
-                    Action::SessionStart,
-                    format!("session:{id}"),
-                    json!({"grant": g, "zone": "radiology", "recording": path.to_str().unwrap()}),
-                ),
-                end - 60,
-            )
-            .await
-            .unwrap();
-            tx.close_recording(rid, &sha, 5, end).await.unwrap();
-            tx.end_session(id, "exit", "closed", 1, 2, end)
-                .await
-                .unwrap();
-            // The event that vouches for the digest, as a session's end writes it.
-            tx.audit(
-                AuditEvent::new(
-                    "vendor:alice",
-                    Action::SessionEnd,
-                    format!("session:{id}"),
-                    json!({"grant": g, "recording": rid, "recording_sha256": sha}),
-                ),
-                end,
-            )
-            .await
-            .unwrap();
+            recorded_session(&mut tx, (v, a, g), id, &path, &sha, end).await;
             files.insert(id, (path, sha));
         }
         tx.commit("t").await.unwrap();
@@ -1901,7 +1916,6 @@ async fn retention_and_bundles_see_a_hold_event_removed_behind_what_this_process
     use chaperone::audit::AuditEvent;
     use chaperone::config::{RecordingConfig, Retain};
     use chaperone::evidence::retention::sweep;
-    use chaperone::store::NewSession;
     use serde_json::json;
 
     use crate::store::{asset, grant, on_both_with_url, raw, vendor};
@@ -1917,22 +1931,6 @@ async fn retention_and_bundles_see_a_hold_event_removed_behind_what_this_process
         let mut tx = store.begin().await.unwrap();
         let g = grant(&mut tx, v, a, &["ssh".to_owned()], 10_000).await;
         let id = "s-held";
-        tx.insert_session(
-            &NewSession {
-                id,
-                vendor_id: v,
-                asset_id: a,
-                grant_id: g,
-                kind: "exec",
-                service: "ssh",
-                client_addr: "127.0.0.1:5",
-                detail: "uptime",
-                node: "node-a",
-            },
-            ended - 60,
-        )
-        .await
-        .unwrap();
         let path = recordings.join(format!("{id}.exec"));
         let header = chaperone_recorder::ExecHeader {
             timestamp: ended - 60,
@@ -1945,36 +1943,7 @@ async fn retention_and_bundles_see_a_hold_event_removed_behind_what_this_process
             .finish()
             .unwrap()
             .sha256_hex;
-        let rid = tx
-            .insert_recording(id, "exec-stream-v1", path.to_str().unwrap(), ended - 60)
-            .await
-            .unwrap();
-        tx.audit(
-            AuditEvent::new(
-                "vendor:alice",
-                Action::SessionStart,
-                format!("session:{id}"),
-                json!({"grant": g, "zone": "radiology", "recording": path.to_str().unwrap()}),
-            ),
-            ended - 60,
-        )
-        .await
-        .unwrap();
-        tx.close_recording(rid, &sha, 5, ended).await.unwrap();
-        tx.end_session(id, "exit", "closed", 1, 2, ended)
-            .await
-            .unwrap();
-        tx.audit(
-            AuditEvent::new(
-                "vendor:alice",
-                Action::SessionEnd,
-                format!("session:{id}"),
-                json!({"grant": g, "recording": rid, "recording_sha256": sha}),
-            ),
-            ended,
-        )
-        .await
-        .unwrap();
+        recorded_session(&mut tx, (v, a, g), id, &path, &sha, ended).await;
         // Two checkpoints' worth of other events between the end and the hold...
         for n in 0..2100 {
             tx.audit(
