@@ -1490,8 +1490,10 @@ fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
     let alice = b.vendor("alice", "Acme Imaging");
     b.grant("alice", "mri-01", "ssh", "1h");
     let mut stuck = Hostile::connect(&b, &alice, "alice+mri-01");
-    // 8 windows of 2 MiB waiting: more than the two kernels' socket buffers hold.
-    let out = stuck.op(json!({"op": "stop-reading", "n": 8, "command": "cat /dev/zero"}));
+    // 32 windows of up to 2 MiB waiting (some of each may have passed before the client stopped):
+    // far more than the two kernels' socket buffers hold (about 10 MiB on loopback). With 8, a run
+    // on a loaded machine once had so little window left that everything fitted and no write waited.
+    let out = stuck.op(json!({"op": "stop-reading", "n": 32, "command": "cat /dev/zero"}));
     assert_eq!(out["event"], "stopped-reading", "{out}");
     let open = |b: &Bastion| {
         sessions(b)
@@ -1513,7 +1515,7 @@ fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
             .is_some_and(|why| why.contains("took nothing") && why.contains("ssh.send_timeout")),
         "{logout}"
     );
-    assert_eq!(sessions(&b).len(), 8);
+    assert_eq!(sessions(&b).len(), 32);
     let mut next = Hostile::connect(&b, &alice, "alice+mri-01");
     let out = next.op(json!({"op": "run", "command": "echo back"}));
     assert_eq!(out["stdout"], "back\n", "{out}\n{}", b.log());
