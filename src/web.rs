@@ -445,6 +445,7 @@ impl WebCore {
                 source: attempt.source.to_string(),
                 first_factor,
                 second,
+                key: None,
                 detail: if user.directory {
                     json!({"directory": true})
                 } else {

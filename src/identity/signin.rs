@@ -170,6 +170,10 @@ pub struct Attempt<'a> {
     /// member's password (argon2id here, or a bind to the directory).
     pub first_factor: bool,
     pub second: Second<'a>,
+    /// The vendor key this attempt signs in with, if any: judged still the vendor's inside the
+    /// transaction (a key removed while its holder typed the code, or waited on a passkey, signs
+    /// nobody in).
+    pub key: Option<&'a str>,
     /// Fields added to the success event (`user` and `key` of a vendor login).
     pub detail: Value,
 }
@@ -353,32 +357,48 @@ pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict,
     let source = attempt.source.as_str();
     let mut tx = app.store.begin().await?;
     // Judgements of one account queue behind this transaction (a row lock on PostgreSQL; SQLite's
-    // BEGIN IMMEDIATE serialises writers anyway): counting and recording below are then exact.
-    match account {
+    // BEGIN IMMEDIATE serialises writers anyway): counting and recording below are then exact. The
+    // hold reads the account's standing too: a disable committed before it is seen here, one after it
+    // waits for this judgement and then cuts what it signed in (the watcher). No caller's earlier read
+    // decides.
+    let enabled = match account {
         Account::Vendor { id, .. } => tx.hold_vendor(*id).await?,
         Account::Staff { id, .. } => tx.hold_staff_user(*id).await?,
+    };
+
+    // 1. What bars a vendor before any factor is looked at (its step is not used up): disabled,
+    // the key no longer theirs, locked.
+    if let Account::Vendor { id, .. } = account {
+        let barred = if !enabled {
+            Some("disabled")
+        } else if let Some(key) = attempt.key
+            && tx.vendor_of_key(key).await? != Some(*id)
+        {
+            Some("key removed")
+        } else if tx.vendor_locked_until(*id).await?.is_some_and(|t| t > now) {
+            Some("locked")
+        } else {
+            None
+        };
+        if let Some(why) = barred {
+            tx.audit(
+                AuditEvent::new(
+                    &actor,
+                    Action::AuthRefused,
+                    &subject,
+                    json!({"peer": source, "why": why}),
+                ),
+                now,
+            )
+            .await?;
+            tx.commit("auth.refused").await?;
+            metrics::login(metrics::Login::Refused);
+            return Ok(Verdict::Refused);
+        }
     }
 
-    // 1. The lockout. A locked account's second factor is not looked at (its step is not used up).
+    // The staff lockout. A locked account's second factor is not looked at.
     let failures = match (rule, account) {
-        (Lockout::Account { .. }, Account::Vendor { id, .. }) => {
-            if tx.vendor_locked_until(*id).await?.is_some_and(|t| t > now) {
-                tx.audit(
-                    AuditEvent::new(
-                        &actor,
-                        Action::AuthRefused,
-                        &subject,
-                        json!({"peer": source, "why": "locked"}),
-                    ),
-                    now,
-                )
-                .await?;
-                tx.commit("auth.refused").await?;
-                metrics::login(metrics::Login::Refused);
-                return Ok(Verdict::Refused);
-            }
-            0
-        }
         (Lockout::PerSource { max, window }, Account::Staff { id, .. }) => {
             let since = Lockout::since(window, now);
             let failures = tx.staff_signin_failures(*id, source, since).await?;
@@ -405,8 +425,11 @@ pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict,
         _ => 0,
     };
 
-    // 2. The factors.
-    let failed: Option<&'static str> = if !attempt.first_factor {
+    // 2. The factors. A staff account disabled is refused like a wrong password, and counted (as a
+    // directory account an administrator disabled always was).
+    let failed: Option<&'static str> = if !enabled {
+        Some("account disabled")
+    } else if !attempt.first_factor {
         Some("wrong password")
     } else {
         match &attempt.second {

@@ -57,18 +57,18 @@ pub async fn list(app: &App, vendor_id: i64) -> Result<Vec<String>, StoreError> 
 
 /// Changes `vendor`'s passkeys with `change`, in one transaction holding the vendor's row (no two
 /// changes interleave, on any node), and audits `action` by `actor` when `change` says it changed
-/// something.
+/// something. `change` is told whether the vendor, as held, is enabled.
 async fn change(
     app: &App,
     vendor: &Vendor,
     action: Action,
     actor: &str,
-    change: impl FnOnce(&mut Vec<Value>) -> bool,
+    change: impl FnOnce(&mut Vec<Value>, bool) -> bool,
 ) -> Result<bool, StoreError> {
     let mut tx = app.store.begin().await?;
-    tx.hold_vendor(vendor.id).await?;
+    let enabled = tx.hold_vendor(vendor.id).await?;
     let mut all = records(tx.vendor_passkeys(vendor.id).await?.as_deref());
-    if !change(&mut all) {
+    if !change(&mut all, enabled) {
         // Nothing changed: the transaction is dropped, which rolls it back.
         return Ok(false);
     }
@@ -119,17 +119,18 @@ pub async fn add(
     let Some(id) = passkey_id(&record) else {
         return Ok(Added::Duplicate);
     };
-    // Disabled while the browser registered it: nothing is added.
-    if !app.store.require_vendor(&vendor.name).await?.enabled {
-        return Ok(Added::Disabled);
-    }
     let mut result = Added::Added;
     change(
         app,
         vendor,
         Action::VendorPasskeyAdd,
         &by_vendor(vendor),
-        |all| {
+        |all, enabled| {
+            // Disabled while the browser registered it: nothing is added.
+            if !enabled {
+                result = Added::Disabled;
+                return false;
+            }
             if all
                 .iter()
                 .any(|p| passkey_id(p).as_deref() == Some(id.as_str()))
@@ -160,7 +161,7 @@ pub async fn update(app: &App, vendor: &Vendor, record: Value) -> Result<bool, S
         vendor,
         Action::VendorPasskeyUpdate,
         &by_vendor(vendor),
-        |all| match all
+        |all, _| match all
             .iter_mut()
             .find(|p| passkey_id(p).as_deref() == Some(id.as_str()))
         {
@@ -215,7 +216,7 @@ pub async fn remove(app: &App, vendor: &Vendor, prefix: &str) -> Result<Named, S
         vendor,
         Action::VendorPasskeyRemove,
         &by_vendor(vendor),
-        |all| match named(all, prefix) {
+        |all, _| match named(all, prefix) {
             Ok(i) => {
                 all.remove(i);
                 result = Named::One;
@@ -235,7 +236,7 @@ pub async fn remove(app: &App, vendor: &Vendor, prefix: &str) -> Result<Named, S
 /// is written or audited).
 pub async fn clear(app: &App, vendor: &Vendor, actor: &str) -> Result<usize, StoreError> {
     let mut held = 0;
-    change(app, vendor, Action::VendorPasskeyRemove, actor, |all| {
+    change(app, vendor, Action::VendorPasskeyRemove, actor, |all, _| {
         held = all.len();
         all.clear();
         held > 0

@@ -321,6 +321,7 @@ impl LeftLink {
             source: peer.to_string(),
             first_factor: true,
             second: Second::Passkey(Err("passkey link left unanswered")),
+            key: None,
             detail: json!({"user": user, "key": key_fp, "left": how}),
         };
         if let Err(e) = signin::judge(&app, attempt, app.clock.now()).await {
@@ -621,32 +622,10 @@ impl Auth {
                 }
             }
         };
-        // Read now, after any wait: a disable since the key step counts (a lock is the judge's to
-        // see), and the judgement is dated when it is made.
+        // Dated now, after any wait. Whether the vendor is still enabled, the key still theirs, the
+        // account unlocked: the judge reads those in its transaction (a disable or key removal since
+        // the key step counts).
         let now = app.clock.now();
-        match app.store.require_vendor(&vendor.name).await {
-            Ok(current) if current.enabled => {}
-            Ok(_) => {
-                refuse(app, peer, &vendor, now, "disabled").await;
-                return TotpOutcome::Refused;
-            }
-            Err(e) => {
-                tracing::error!(vendor = %vendor.name, error = %e, "TOTP check failed; refusing");
-                return TotpOutcome::Refused;
-            }
-        }
-        // And the key: removed meanwhile (a passkey wait lasts minutes), it signs nobody in.
-        match app.store.vendor_by_key(&key_fp).await {
-            Ok(Some(owner)) if owner.id == vendor.id => {}
-            Ok(_) => {
-                refuse(app, peer, &vendor, now, "key removed").await;
-                return TotpOutcome::Refused;
-            }
-            Err(e) => {
-                tracing::error!(vendor = %vendor.name, error = %e, "TOTP check failed; refusing");
-                return TotpOutcome::Refused;
-            }
-        }
         let account = Account::Vendor {
             id: vendor.id,
             name: vendor.name.clone(),
@@ -687,6 +666,7 @@ impl Auth {
             source: peer.to_string(),
             first_factor: true,
             second,
+            key: Some(&key_fp),
             detail: json!({"user": user, "key": key_fp}),
         };
         let judged = signin::judge(app, attempt, now).await;

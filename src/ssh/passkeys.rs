@@ -290,6 +290,7 @@ async fn confirm(
             sealed: state.enrolled.then_some(state.sealed.as_slice()),
             code: code.trim(),
         },
+        key: None,
         detail: json!({"for": command}),
     };
     match signin::judge(app, attempt, app.clock.now()).await {

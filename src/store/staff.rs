@@ -514,13 +514,17 @@ impl Tx {
     /// Makes concurrent sign-in judgements of one staff member queue behind this transaction: an
     /// `UPDATE` of their row takes its row lock on PostgreSQL (SQLite's `BEGIN IMMEDIATE` already
     /// serialises writers). Counting and recording failures after this is then exact across nodes.
-    pub async fn hold_staff_user(&mut self, id: i64) -> Result<()> {
-        sqlx::query("UPDATE staff_users SET enabled = enabled WHERE id = $1")
-            .bind(id)
-            .execute(&mut *self.tx)
-            .await
-            .context("holding a staff user for a sign-in")?;
-        Ok(())
+    /// Whether the account, as held, exists and is enabled.
+    pub async fn hold_staff_user(&mut self, id: i64) -> Result<bool> {
+        let row =
+            sqlx::query("UPDATE staff_users SET enabled = enabled WHERE id = $1 RETURNING enabled")
+                .bind(id)
+                .fetch_optional(&mut *self.tx)
+                .await
+                .context("holding a staff user for a sign-in")?;
+        row.map(|r| get::<i64>(&r, "enabled").map(|e| e != 0))
+            .transpose()
+            .map(|e| e.unwrap_or(false))
     }
 
     /// Failed sign-ins of user `id` from `source` at or after `since`.

@@ -399,14 +399,27 @@ impl Tx {
     }
 
     /// Makes concurrent judgements of one vendor's login queue behind this transaction (see
-    /// `hold_staff_user`).
-    pub async fn hold_vendor(&mut self, vendor_id: i64) -> Result<()> {
-        sqlx::query("UPDATE vendors SET enabled = enabled WHERE id = $1")
-            .bind(vendor_id)
-            .execute(&mut *self.tx)
+    /// `hold_staff_user`); whether the vendor, as held, exists and is enabled.
+    pub async fn hold_vendor(&mut self, vendor_id: i64) -> Result<bool> {
+        let row =
+            sqlx::query("UPDATE vendors SET enabled = enabled WHERE id = $1 RETURNING enabled")
+                .bind(vendor_id)
+                .fetch_optional(&mut *self.tx)
+                .await
+                .context("holding a vendor for a login")?;
+        row.map(|r| get::<i64>(&r, "enabled").map(|e| e != 0))
+            .transpose()
+            .map(|e| e.unwrap_or(false))
+    }
+
+    /// The vendor who holds the key `fingerprint`, read inside this transaction.
+    pub async fn vendor_of_key(&mut self, fingerprint: &str) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT vendor_id FROM vendor_keys WHERE fingerprint = $1")
+            .bind(fingerprint)
+            .fetch_optional(&mut *self.tx)
             .await
-            .context("holding a vendor for a login")?;
-        Ok(())
+            .context("reading a key's vendor")?;
+        row.map(|r| get(&r, "vendor_id")).transpose()
     }
 
     /// Ends the vendor's lock and forgets their failed logins; the lock it ended, if one held at `now`.

@@ -780,6 +780,30 @@ fn a_vendor_adds_a_passkey_over_ssh_and_signs_in_with_it_through_the_link() {
     let (out, err, code) = waiting.finish();
     assert_ne!(code, 0, "{out}\n{err}");
     b.data.run(&["vendor", "enable", "alice"]).ok();
+    // Her key removed while the link waits: the passkey no longer signs in with that key. The
+    // judge reads both in its own transaction; the audit says which.
+    let (waiting, token) = vendor_passkey_login(b, &alice);
+    let signed = sign_link(&page, &token, &mut key).unwrap();
+    let public = alice.key.with_extension("pub");
+    let public = public.to_string_lossy();
+    b.data
+        .run(&["vendor", "key", "remove", "alice", &public])
+        .ok();
+    // The page only checks the passkey; the terminal is told how the sign-in went.
+    let late = finish_link(&page, &token, signed);
+    assert_eq!(late.status, 200, "{}", late.body);
+    let (out, err, code) = waiting.finish();
+    assert_ne!(code, 0, "{out}\n{err}");
+    b.data.run(&["vendor", "key", "add", "alice", &public]).ok();
+    let refused = audit_lines(&page);
+    for why in ["disabled", "key removed"] {
+        assert!(
+            refused.lines().any(|l| l.contains("\"auth.refused\"")
+                && l.contains("vendor:alice")
+                && l.contains(&format!(r#"\"why\":\"{why}\""#))),
+            "{why}: {refused}"
+        );
+    }
 
     // Another authenticator (mallory's own passkey, registered to mallory) cannot answer alice's
     // link: refused, counted, and ssh is told no.
