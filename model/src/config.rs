@@ -640,6 +640,11 @@ impl DatabaseConfig {
     pub fn is_postgres(&self) -> bool {
         self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")
     }
+
+    /// The SQLite database file, for an embedded database.
+    pub fn sqlite_file(&self) -> Option<&std::path::Path> {
+        self.url.strip_prefix("sqlite://").map(std::path::Path::new)
+    }
 }
 
 /// Whether `host` (a name, an address, or a bracketed IPv6 address) is this machine: `localhost` or a

@@ -485,14 +485,8 @@ pub async fn backup(config: &Path, args: BackupArgs) -> anyhow::Result<()> {
         );
     }
     let (head_seq, head_hash) = app.store.audit_head().await?;
-    // The database first: recordings are append-only files, so what the snapshot vouches for is
-    // already complete on disk when they are copied after it.
-    let scratch = tempfile_dir(&args.output)?;
-    let db_copy = scratch.join("chaperone.db");
-    if !postgres {
-        app.store.snapshot_sqlite(&db_copy).await?;
-    }
-    // Private from its creation (a mode set afterwards leaves a moment to open it).
+    // Private from its creation (a mode set afterwards leaves a moment to open it), and made first:
+    // an output that exists already stops the backup before anything is copied anywhere.
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -501,7 +495,27 @@ pub async fn backup(config: &Path, args: BackupArgs) -> anyhow::Result<()> {
         .open(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
     set_private(&args.output);
-    let result = (|| -> anyhow::Result<u64> {
+    // The database first: recordings are append-only files, so what the snapshot vouches for is
+    // already complete on disk when they are copied after it. The snapshot is an unsealed copy of
+    // the database: it is made beside the database (the data directory), never beside the output (a
+    // share the sealed archive is meant for), and removed however the backup ends.
+    let scratch = app
+        .config
+        .database
+        .sqlite_file()
+        .map(tempfile_dir)
+        .transpose();
+    let db_copy = scratch
+        .as_ref()
+        .ok()
+        .and_then(Option::as_ref)
+        .map(|dir| dir.join("chaperone.db"));
+    let snapshot = match (&scratch, &db_copy) {
+        (Err(e), _) => Err(anyhow::anyhow!("{e:#}")),
+        (Ok(_), Some(copy)) => app.store.snapshot_sqlite(copy).await.map_err(Into::into),
+        (Ok(_), None) => Ok(()),
+    };
+    let result = snapshot.and_then(|()| -> anyhow::Result<u64> {
         let buffered = std::io::BufWriter::new(file);
         let mut sink = match &passphrase {
             Some(p) => Sink::Sealed(SealWriter::new(buffered, p)?),
@@ -527,8 +541,16 @@ pub async fn backup(config: &Path, args: BackupArgs) -> anyhow::Result<()> {
             config_map.insert(key.to_owned(), name.clone());
             entries.push((name, path, mode_of(&meta)));
         }
-        if !postgres {
-            entries.push(("chaperone.db".into(), db_copy.clone(), 0o600));
+        // The public keys of earlier evidence signers, restored beside the signing key where the
+        // signer looks for them: without them bundles signed before a rotation no longer verify.
+        let retired = crate::evidence::signer::retired_path(&app.config.recording.signing_key);
+        if let Some(signing) = config_map.get("recording.signing_key")
+            && let Ok(meta) = std::fs::metadata(&retired)
+        {
+            entries.push((format!("{signing}.retired"), retired, mode_of(&meta)));
+        }
+        if let Some(copy) = &db_copy {
+            entries.push(("chaperone.db".into(), copy.clone(), 0o600));
         }
         let recording_dir = std::fs::canonicalize(&app.config.recording.dir)
             .unwrap_or_else(|_| app.config.recording.dir.clone());
@@ -588,8 +610,10 @@ pub async fn backup(config: &Path, args: BackupArgs) -> anyhow::Result<()> {
         };
         file.sync_all()?;
         Ok(total)
-    })();
-    let _ = std::fs::remove_dir_all(&scratch);
+    });
+    if let Ok(Some(dir)) = &scratch {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     let total = match result {
         Ok(r) => r,
         Err(e) => {
@@ -650,8 +674,9 @@ impl Write for HashWriter<'_> {
 }
 
 /// A private scratch directory beside the output (same filesystem, not world-readable).
-fn tempfile_dir(output: &Path) -> anyhow::Result<PathBuf> {
-    let parent = output
+/// A new private directory beside `file`.
+fn tempfile_dir(file: &Path) -> anyhow::Result<PathBuf> {
+    let parent = file
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
@@ -863,16 +888,20 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     };
     let new_recordings = dir.join("recordings");
     let now = app.clock.now();
-    if manifest.database == "postgres" {
-        let hash = app.store.audit_hash_at(manifest.audit_head_seq).await?;
-        ensure!(
-            manifest.audit_head_seq == 0
-                || hash.as_deref() == Some(manifest.audit_head_hash.as_str()),
-            "the database's audit log does not hold this backup's head (event {}): it is not a restore \
-             of a pg_dump of the same installation, taken with the backup",
-            manifest.audit_head_seq
-        );
-    }
+    // The head the manifest names (and the operator compares with a copy kept elsewhere) must be the
+    // restored log's, at its place: printed unchecked, a forged log would borrow a genuine head.
+    let hash = app.store.audit_hash_at(manifest.audit_head_seq).await?;
+    ensure!(
+        manifest.audit_head_seq == 0 || hash.as_deref() == Some(manifest.audit_head_hash.as_str()),
+        "the database's audit log does not hold this backup's head (event {}): {}",
+        manifest.audit_head_seq,
+        if manifest.database == "postgres" {
+            "it is not a restore of a pg_dump of the same installation, taken with the backup"
+        } else {
+            "the archive's database is not the one its manifest describes"
+        }
+    );
+    let (restored_seq, _) = app.store.audit_head().await?;
     let mut tx = app.store.begin().await?;
     let moved = tx
         .relocate_recordings(
@@ -903,10 +932,12 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         seen.len()
     );
     println!(
-        "the backup was made at {} with audit head {}:{}{}",
+        "the backup was made at {} with audit head {}:{} (held by the restored log, {} event(s) after it \
+         before this restore){}",
         crate::clock::format_time(manifest.created_at),
         manifest.audit_head_seq,
         manifest.audit_head_hash,
+        restored_seq.saturating_sub(manifest.audit_head_seq),
         if sealed {
             ""
         } else {

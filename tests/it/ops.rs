@@ -178,6 +178,32 @@ fn metrics_move_with_a_session_and_a_backup_taken_meanwhile_restores_and_verifie
     // The backup, online, with the shell still open. A newline in its name (restore writes the path
     // in the restored config's first comment line) must not start a config line there.
     let archive = b.data.path().join("node\n[not a table\n.backup");
+    // An output that exists already: refused, and no copy of the database is left anywhere (the
+    // unsealed snapshot is made only once the output is the backup's own, and removed after).
+    let shared = tempfile::tempdir().unwrap();
+    // An evidence signer rotated before it: the retired key goes with the backup.
+    b.data.run(&["evidence", "signer"]).ok();
+    b.data.run(&["evidence", "signer", "--rotate"]).ok();
+    let signers = b.data.run(&["evidence", "signer"]).ok().stdout();
+    assert_eq!(signers.matches("ssh-ed25519").count(), 2, "{signers}");
+    let taken = shared.path().join("taken.backup");
+    std::fs::write(&taken, b"someone else's").unwrap();
+    b.data
+        .run(&["backup", "-o", &taken.to_string_lossy()])
+        .fails(1);
+    let scratch = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".chaperone-backup")
+            })
+            .count()
+    };
+    assert_eq!(scratch(shared.path()) + scratch(b.data.path()), 0);
+    assert_eq!(std::fs::read(&taken).unwrap(), b"someone else's");
     let run = b.data.run(&["backup", "-o", &archive.to_string_lossy()]);
     assert!(
         run.ok()
@@ -185,6 +211,7 @@ fn metrics_move_with_a_session_and_a_backup_taken_meanwhile_restores_and_verifie
             .contains("warning: this backup is not sealed"),
         "no warning"
     );
+    assert_eq!(scratch(b.data.path()), 0);
     input.write_all(b"exit\n").unwrap();
     drop(input);
     let _ = shell.wait_with_output();
@@ -220,6 +247,33 @@ fn metrics_move_with_a_session_and_a_backup_taken_meanwhile_restores_and_verifie
         "{stderr}"
     );
     assert!(!target.exists());
+    // An archive whose manifest names another audit head than its database holds (a forged log
+    // borrowing a genuine head for the operator to compare): refused, not printed as the head.
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let field = b"\"audit_head_hash\": \"";
+    let at = bytes
+        .windows(field.len())
+        .position(|w| w == field)
+        .expect("manifest head")
+        + field.len();
+    for b in &mut bytes[at..at + 64] {
+        *b = if *b == b'0' { b'1' } else { b'0' };
+    }
+    let forged = restored.path().join("forged.backup");
+    std::fs::write(&forged, &bytes).unwrap();
+    let out = Command::new(chaperone_bin())
+        .arg("restore")
+        .arg(&forged)
+        .arg("--dir")
+        .arg(restored.path().join("forged"))
+        .output()
+        .unwrap();
+    let (stdout, stderr, code) = text(&out);
+    assert_ne!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("does not hold this backup's head"),
+        "{stderr}"
+    );
     let out = Command::new(chaperone_bin())
         .arg("restore")
         .arg(&archive)
@@ -229,6 +283,7 @@ fn metrics_move_with_a_session_and_a_backup_taken_meanwhile_restores_and_verifie
         .unwrap();
     let (stdout, stderr, code) = text(&out);
     assert_eq!(code, 0, "restore: {stdout}{stderr}");
+    assert!(stdout.contains("held by the restored log"), "{stdout}");
     assert!(
         stdout.contains("it was not sealed, so nothing proves who made it"),
         "{stdout}"
@@ -245,6 +300,10 @@ fn metrics_move_with_a_session_and_a_backup_taken_meanwhile_restores_and_verifie
     };
     let (stdout, stderr, code) = run(&["audit", "verify"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
+    // Bundles signed before the rotation still verify against the restored node's signers.
+    let (stdout, stderr, code) = run(&["evidence", "signer"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, signers);
     let first = std::fs::read_to_string(&restored_config).unwrap();
     assert!(
         first
@@ -275,7 +334,7 @@ fn metrics_move_with_a_session_and_a_backup_taken_meanwhile_restores_and_verifie
     // The archive holds the event of its own making: who, where to, not sealed.
     let made = stdout
         .lines()
-        .find(|l| l.contains("\"action\":\"backup.create\""))
+        .find(|l| l.contains("\"action\":\"backup.create\"") && l.contains("not a table"))
         .unwrap_or_else(|| panic!("{stdout}"));
     assert!(
         made.contains("os:")
