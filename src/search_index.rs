@@ -106,7 +106,7 @@ pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
 pub struct Indexer {
     store: Store,
     dir: PathBuf,
-    key: hmac::Key,
+    seal: PlaybackSeal,
     /// Where a recording read back whole to its vouched digest is remembered, so pages need not hash
     /// it again while its file stays as it was ([`Indexer::remembering`]).
     proven: Option<crate::evidence::proven::Proven>,
@@ -125,10 +125,7 @@ impl Indexer {
         Indexer {
             store: store.clone(),
             dir: dir.to_owned(),
-            key: hmac::Key::new(
-                hmac::HMAC_SHA256,
-                &*secrets.subkey("recording-playback-index"),
-            ),
+            seal: PlaybackSeal::new(secrets),
             proven: None,
         }
     }
@@ -623,13 +620,45 @@ fn playback_message(recording_id: i64, sha256: &str, json: &str) -> Vec<u8> {
     format!("chaperone-playback-v1\n{recording_id}\n{sha256}\n{json}").into_bytes()
 }
 
+/// The key that binds a playback index to its recording and the digest it was built from (keyed by the
+/// secrets key: `secrets rotate` signs every index that held under the old key again under the new one).
+#[derive(Clone)]
+pub struct PlaybackSeal(hmac::Key);
+
+impl std::fmt::Debug for PlaybackSeal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PlaybackSeal(..)")
+    }
+}
+
+impl PlaybackSeal {
+    pub fn new(secrets: &SecretsKey) -> PlaybackSeal {
+        PlaybackSeal(hmac::Key::new(
+            hmac::HMAC_SHA256,
+            &*secrets.subkey("recording-playback-index"),
+        ))
+    }
+
+    /// The MAC (hex) of `json`, the playback index of recording `recording_id` built from `sha256`.
+    pub fn sign(&self, recording_id: i64, sha256: &str, json: &str) -> String {
+        hex::encode(hmac::sign(
+            &self.0,
+            &playback_message(recording_id, sha256, json),
+        ))
+    }
+
+    /// Whether `mac` is this key's MAC of `json` for recording `recording_id` built from `sha256`.
+    pub fn holds(&self, recording_id: i64, sha256: &str, json: &str, mac: &str) -> bool {
+        hex::decode(mac).is_ok_and(|tag| {
+            hmac::verify(&self.0, &playback_message(recording_id, sha256, json), &tag).is_ok()
+        })
+    }
+}
+
 impl Indexer {
     /// The MAC (hex) that binds a playback index to its recording and the digest it was built from.
     pub fn seal_playback(&self, recording_id: i64, sha256: &str, json: &str) -> String {
-        hex::encode(hmac::sign(
-            &self.key,
-            &playback_message(recording_id, sha256, json),
-        ))
+        self.seal.sign(recording_id, sha256, json)
     }
 
     /// The playback index stored for recording `recording_id`, if its MAC holds for `sha256` (the digest
@@ -641,13 +670,9 @@ impl Indexer {
         json: &str,
         mac: &str,
     ) -> Option<Index> {
-        let tag = hex::decode(mac).ok()?;
-        hmac::verify(
-            &self.key,
-            &playback_message(recording_id, sha256, json),
-            &tag,
-        )
-        .ok()?;
+        if !self.seal.holds(recording_id, sha256, json, mac) {
+            return None;
+        }
         serde_json::from_str(json).ok()
     }
 }

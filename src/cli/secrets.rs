@@ -19,6 +19,7 @@ use serde_json::json;
 use crate::app::App;
 use crate::audit::{Action, AuditEvent, HeadSeal};
 use crate::identity::os_actor;
+use crate::search_index::PlaybackSeal;
 use crate::secrets::SecretsKey;
 use crate::store::{SealJudge, SealedKind};
 
@@ -144,13 +145,44 @@ async fn reseal(app: &App, new: &SecretsKey) -> anyhow::Result<[usize; 3]> {
             SealedKind::AssetCredential => 2,
         }] += 1;
     }
+    // A value another command added meanwhile, sealed under the old key, would be lost with it: the
+    // rotation is refused instead (nothing changed; run it again).
+    if let Some(late) = tx
+        .sealed_values()
+        .await?
+        .iter()
+        .find(|v| new.open(&v.purpose(), &v.blob).is_err())
+    {
+        bail!(
+            "{} was written under the old key while the rotation ran: stop other chaperone commands \
+             and run `chaperone secrets rotate` again",
+            late.purpose()
+        );
+    }
+    // Playback indexes carry a MAC keyed by the secrets key: each that holds under the old key is signed
+    // again under the new one (one that does not stays flagged as altered, as it was).
+    let (old_seal, new_seal) = (PlaybackSeal::new(&app.secrets), PlaybackSeal::new(new));
+    let mut playback = 0usize;
+    for id in tx.sealed_playback_ids().await? {
+        let Some((sha256, json, mac)) = tx.sealed_playback(id).await? else {
+            continue;
+        };
+        if old_seal.holds(id, &sha256, &json, &mac)
+            && tx
+                .reseal_playback(id, &mac, &new_seal.sign(id, &sha256, &json))
+                .await?
+        {
+            playback += 1;
+        }
+    }
     tx.audit(
         AuditEvent::new(
             os_actor(),
             Action::SecretsRotate,
             "secrets:key",
             json!({"from": app.secrets.id(), "to": new.id(), "vendor_totp": counts[0],
-                   "staff_totp": counts[1], "asset_credentials": counts[2]}),
+                   "staff_totp": counts[1], "asset_credentials": counts[2],
+                   "playback_indexes": playback}),
         ),
         app.clock.now(),
     )

@@ -1,7 +1,7 @@
 //! Every value sealed under the secrets key, for key rotation: vendors' and staff TOTP seeds and device
 //! credentials, each with the purpose it was sealed for.
 
-use super::{Context, Result, Tx, get};
+use super::{Context, Result, StoreError, Tx, get};
 
 /// Which column a sealed value lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,16 +87,25 @@ impl Tx {
         Ok(out)
     }
 
-    /// Replaces one sealed value.
+    /// Replaces one sealed value, if it is still the one read (`value.blob`). A value another command
+    /// changed meanwhile (PostgreSQL reads in this transaction see commits made after its start) is
+    /// refused rather than overwritten with the old secret sealed again.
     pub async fn reseal(&mut self, value: &Sealed, blob: &[u8]) -> Result<()> {
         let (table, column) = value.kind.column();
-        let sql = format!("UPDATE {table} SET {column} = $1 WHERE id = $2");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        let sql = format!("UPDATE {table} SET {column} = $1 WHERE id = $2 AND {column} = $3");
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(blob)
             .bind(value.row_id)
+            .bind(value.blob.as_slice())
             .execute(&mut *self.tx)
             .await
             .context("re-sealing a value")?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!(
+                "{} changed while the rotation ran",
+                value.purpose()
+            )));
+        }
         Ok(())
     }
 }

@@ -575,3 +575,52 @@ impl Store {
         }
     }
 }
+
+impl super::Tx {
+    /// The recordings whose playback index carries a MAC (`secrets rotate` signs them again).
+    pub async fn sealed_playback_ids(&mut self) -> Result<Vec<i64>> {
+        let rows = sqlx::query(
+            "SELECT recording_id FROM recording_index WHERE mac IS NOT NULL ORDER BY recording_id",
+        )
+        .fetch_all(&mut *self.tx)
+        .await
+        .context("listing sealed playback indexes")?;
+        rows.iter().map(|r| get(r, "recording_id")).collect()
+    }
+
+    /// Recording `recording_id`'s playback index as `(sha256, json, mac)`, if it has a sealed one.
+    pub async fn sealed_playback(
+        &mut self,
+        recording_id: i64,
+    ) -> Result<Option<(String, String, String)>> {
+        let row = sqlx::query(
+            "SELECT sha256, playback, mac FROM recording_index WHERE recording_id = $1 \
+             AND sha256 IS NOT NULL AND playback IS NOT NULL AND mac IS NOT NULL",
+        )
+        .bind(recording_id)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .context("reading a sealed playback index")?;
+        row.map(|r| Ok((get(&r, "sha256")?, get(&r, "playback")?, get(&r, "mac")?)))
+            .transpose()
+    }
+
+    /// Replaces recording `recording_id`'s playback MAC `old` with `new`; false when the row no longer
+    /// carries `old` (rebuilt or reopened meanwhile).
+    pub async fn reseal_playback(
+        &mut self,
+        recording_id: i64,
+        old: &str,
+        new: &str,
+    ) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE recording_index SET mac = $1 WHERE recording_id = $2 AND mac = $3")
+                .bind(new)
+                .bind(recording_id)
+                .bind(old)
+                .execute(&mut *self.tx)
+                .await
+                .context("sealing a playback index again")?;
+        Ok(done.rows_affected() == 1)
+    }
+}

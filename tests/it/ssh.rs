@@ -1046,6 +1046,29 @@ fn rotating_the_secrets_key_keeps_logins_and_device_credentials_working() {
     let Some((_sshd, b)) = setup() else { return };
     let alice = b.vendor("alice", "Acme Imaging");
     b.grant("alice", "mri-01", "ssh", "1h");
+    // A recording the player has indexed: its index is sealed with a key the secrets key gives.
+    let out = b
+        .ssh(&alice, "alice+mri-01")
+        .arg("echo before-rotation")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let sessions = |d: &DataDir| d.run(&["session", "list", "--json"]).ok().json();
+    assert!(
+        wait_until(Duration::from_secs(10), || sessions(&b.data)[0]["ended_at"]
+            .as_i64()
+            .is_some()),
+        "{}",
+        sessions(&b.data)
+    );
+    let id = sessions(&b.data)[0]["id"].as_str().unwrap().to_owned();
+    let rid = sessions(&b.data)[0]["recordings"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let play = format!("/sessions/{id}/recordings/{rid}/play.json?idle=2");
+    let mut audrey = crate::support::web::Approver::enroll(&b, "audrey", "auditor");
+    let played = audrey.get(&play);
+    assert_eq!(played.status, 200, "{}", played.body);
     let data = b.stop();
     let old_key = std::fs::read_to_string(data.path().join("secrets.key")).unwrap();
 
@@ -1053,7 +1076,7 @@ fn rotating_the_secrets_key_keeps_logins_and_device_credentials_working() {
     run.ok();
     assert!(
         run.stdout()
-            .contains("re-sealed 1 vendor TOTP seeds, 0 staff TOTP seeds and 1 device credentials"),
+            .contains("re-sealed 1 vendor TOTP seeds, 1 staff TOTP seeds and 1 device credentials"),
         "{}",
         run.stdout()
     );
@@ -1090,6 +1113,16 @@ fn rotating_the_secrets_key_keeps_logins_and_device_credentials_working() {
     assert_eq!(code, 0, "{stdout}\n{stderr}\n{}", b.log());
     assert!(stdout.contains("after-rotation"), "{stdout}");
     assert!(audit_lines(&b).contains("\"secrets.rotate\""));
+    // The recording plays as before: its index was signed again, not taken for altered.
+    audrey.via(&b);
+    audrey.login();
+    let played = audrey.get(&play);
+    assert_eq!(played.status, 200, "{}", played.body);
+    assert!(
+        audit_lines(&b).contains(r#"\"playback_indexes\":1"#),
+        "{}",
+        audit_lines(&b)
+    );
 
     // A key that cannot open the stored values aborts the rotation and changes nothing.
     let data = b.stop();
