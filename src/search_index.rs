@@ -36,7 +36,7 @@ use crate::model::{RecordingRow, UnixTime};
 use crate::recording::RecordingFormat;
 use crate::secrets::SecretsKey;
 use crate::store::{
-    IndexRow, NewTextChunk, NewWordsPart, PART_CHARS, PART_WORDS, Store, StoreError,
+    IndexClaim, IndexRow, NewTextChunk, NewWordsPart, PART_CHARS, PART_WORDS, Store, StoreError,
 };
 
 /// Lines per chunk of text, at most.
@@ -229,13 +229,15 @@ impl Indexer {
             Err(e) if e.is_not_found() => return Ok(Outcome::Skipped),
             Err(e) => return self.fail(r, now, e.to_string()).await,
         };
-        if !self.store.claim_recording_index(r, now).await? {
+        let Some(claim) = self.store.claim_recording_index(r, now).await? else {
             return Ok(Outcome::Skipped);
-        }
-        let outcome = self.index_claimed(r, now, opened.file, vouched).await;
+        };
+        let outcome = self
+            .index_claimed(r, &claim, now, opened.file, vouched)
+            .await;
         if outcome.is_err() {
             // Let the next round try again at once rather than after the claim lapsed.
-            if let Err(e) = self.store.release_recording_index(r.id).await {
+            if let Err(e) = self.store.release_recording_index(&claim).await {
                 tracing::warn!(recording = r.id, error = ?e, "cannot release a recording's index claim");
             }
         }
@@ -247,10 +249,13 @@ impl Indexer {
     async fn index_claimed(
         &self,
         r: &RecordingRow,
+        claim: &IndexClaim,
         now: UnixTime,
         mut file: std::fs::File,
         vouched: String,
     ) -> Result<Outcome, IndexError> {
+        let started = std::time::Instant::now();
+        let at = || now.saturating_add(i64::try_from(started.elapsed().as_secs()).unwrap_or(0));
         let format = match r.format.as_str() {
             RecordingFormat::ASCIICAST => Some(Format::Asciicast),
             RecordingFormat::EXEC_STREAM => Some(Format::Exec),
@@ -300,15 +305,34 @@ impl Indexer {
             })
         })?;
         let (mut chunks, mut parts) = (Vec::new(), Vec::new());
-        while let Some(piece) = rx.recv().await {
+        // The claim is renewed while the pass runs, however long and however little text it gives: a
+        // live indexer is never taken for dead. Taken over all the same (this node stalled past
+        // CLAIM_SECS), it stops here and writes nothing more; the pass's thread finds its queue closed.
+        let mut renew =
+            tokio::time::interval_at(tokio::time::Instant::now() + CLAIM_RENEW, CLAIM_RENEW);
+        loop {
+            let piece = tokio::select! {
+                piece = rx.recv() => piece,
+                _ = renew.tick() => {
+                    if !self.store.renew_recording_claim(claim, at()).await? {
+                        return Ok(taken_over(r));
+                    }
+                    continue;
+                }
+            };
+            let Some(piece) = piece else { break };
             match piece {
                 Piece::Chunk(c) => chunks.push(c),
                 Piece::Part(p) => parts.push(p),
             }
             if chunks.len() + parts.len() >= CHUNKS_PER_TX {
-                self.store
-                    .add_recording_text(r.id, &r.session_id, &chunks, &parts)
-                    .await?;
+                if !self
+                    .store
+                    .add_recording_text(claim, &r.session_id, &chunks, &parts)
+                    .await?
+                {
+                    return Ok(taken_over(r));
+                }
                 chunks.clear();
                 parts.clear();
             }
@@ -342,10 +366,13 @@ impl Indexer {
         {
             proven.remember(r.id, after, &vouched);
         }
-        if !chunks.is_empty() || !parts.is_empty() {
-            self.store
-                .add_recording_text(r.id, &r.session_id, &chunks, &parts)
-                .await?;
+        if (!chunks.is_empty() || !parts.is_empty())
+            && !self
+                .store
+                .add_recording_text(claim, &r.session_id, &chunks, &parts)
+                .await?
+        {
+            return Ok(taken_over(r));
         }
         if pass.dropped > 0 {
             tracing::warn!(recording = r.id, session = %r.session_id, indexed = pass.lines,
@@ -379,21 +406,40 @@ impl Indexer {
             }
             None => (None, None),
         };
-        self.store
-            .finish_recording_index(&IndexRow {
-                recording_id: r.id,
-                session_id: r.session_id.clone(),
-                status: "indexed".into(),
-                sha256: Some(vouched),
-                playback,
-                mac,
-                note: None,
-                lines: pass.lines,
-                indexed_at: now,
-            })
+        let finished = self
+            .store
+            .finish_recording_index(
+                &IndexRow {
+                    recording_id: r.id,
+                    session_id: r.session_id.clone(),
+                    status: "indexed".into(),
+                    sha256: Some(vouched),
+                    playback,
+                    mac,
+                    note: None,
+                    lines: pass.lines,
+                    indexed_at: now,
+                },
+                Some(claim),
+            )
             .await?;
+        if !finished {
+            return Ok(taken_over(r));
+        }
         Ok(Outcome::Indexed { lines: pass.lines })
     }
+}
+
+/// How often a running pass renews its claim: well within [`CLAIM_SECS`].
+const CLAIM_RENEW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A pass whose recording another indexer took over: it leaves it to that one.
+fn taken_over(r: &RecordingRow) -> Outcome {
+    tracing::warn!(
+        recording = r.id,
+        "another indexer took this recording over; leaving it to that one"
+    );
+    Outcome::Skipped
 }
 
 struct Pass {
@@ -454,17 +500,20 @@ impl Indexer {
     ) -> Result<Outcome, IndexError> {
         let _ = self.store.claim_recording_index(r, now).await?;
         self.store
-            .finish_recording_index(&IndexRow {
-                recording_id: r.id,
-                session_id: r.session_id.clone(),
-                status: "failed".into(),
-                sha256: None,
-                playback: None,
-                mac: None,
-                note: Some(why.clone()),
-                lines: 0,
-                indexed_at: now,
-            })
+            .finish_recording_index(
+                &IndexRow {
+                    recording_id: r.id,
+                    session_id: r.session_id.clone(),
+                    status: "failed".into(),
+                    sha256: None,
+                    playback: None,
+                    mac: None,
+                    note: Some(why.clone()),
+                    lines: 0,
+                    indexed_at: now,
+                },
+                None,
+            )
             .await?;
         Ok(Outcome::Failed(why))
     }

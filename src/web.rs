@@ -58,7 +58,43 @@ pub struct WebCore {
         std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, String), i64>>>,
     /// Evidence bundles being made for downloads on this node, by staff member.
     bundles: std::sync::Arc<BundleTurns>,
+    /// Turns of the page's heavy reads of recordings on this node: whole-file digests
+    /// ([`FILE_CHECKS`]), playback indexes held in memory ([`INDEX_LOADS`]), indexing passes a view
+    /// started ([`VIEW_INDEXING`]). A turn is held until the work ends, not until the request does: a
+    /// viewer who closes the connection frees nothing early, and starts nothing more.
+    turns: std::sync::Arc<ReadTurns>,
 }
+
+/// See [`WebCore::turns`].
+#[derive(Debug)]
+struct ReadTurns {
+    file_checks: std::sync::Arc<tokio::sync::Semaphore>,
+    index_loads: std::sync::Arc<tokio::sync::Semaphore>,
+    view_indexing: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for ReadTurns {
+    fn default() -> ReadTurns {
+        let turns = |n| std::sync::Arc::new(tokio::sync::Semaphore::new(n));
+        ReadTurns {
+            file_checks: turns(FILE_CHECKS),
+            index_loads: turns(INDEX_LOADS),
+            view_indexing: turns(VIEW_INDEXING),
+        }
+    }
+}
+
+/// Recordings hashed whole at once for pages, per node (each a blocking thread reading up to
+/// `[recording] max_bytes`); more wait their turn.
+const FILE_CHECKS: usize = 2;
+/// Playback indexes read, checked and held for a request at once, per node (a hostile recording's index
+/// is tens of MB); more wait their turn.
+const INDEX_LOADS: usize = 4;
+/// Indexing passes started by a page view at once, per node; past that a view leaves the recording to the
+/// background indexer and says it is being prepared.
+const VIEW_INDEXING: usize = 1;
+/// How long a view waits for the pass it started before saying the recording is being prepared.
+const VIEW_INDEX_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// How long a history query (its filters and page) by one staff member is audited once for.
 const QUERY_AUDIT_EVERY: i64 = 600;
@@ -74,6 +110,7 @@ impl WebCore {
             bind_turns: std::sync::Arc::default(),
             queries_audited: std::sync::Arc::default(),
             bundles: std::sync::Arc::default(),
+            turns: std::sync::Arc::default(),
         }
     }
 }
@@ -1726,7 +1763,13 @@ impl WebCore {
         let dir = self.app.config.recording.dir.clone();
         let proven = self.app.proven.clone();
         let (row, evidence) = (r.clone(), ev.clone());
+        // Held by the check itself: a request dropped while its file is read leaves the turn taken until
+        // the read ends (the closure runs to the end regardless).
+        let Ok(turn) = self.turns.file_checks.clone().acquire_owned().await else {
+            return status(r, "unchecked", "the node is shutting down".into());
+        };
         let checked = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             let stamp_now = || {
                 open_recording(&dir, &row.path)
                     .ok()
@@ -1934,13 +1977,21 @@ impl WebCore {
         r: &RecordingRow,
         ev: &Evidence,
         rebuild_stale: bool,
-    ) -> Result<(Index, String), CoreError> {
+    ) -> Result<(Index, String, tokio::sync::OwnedSemaphorePermit), CoreError> {
         let Some(v) = ev.voucher() else {
             return Err(CoreError::Conflict(
                 "this recording has no digest the audit log vouches for, so it is not played"
                     .into(),
             ));
         };
+        // Held by the caller as long as it holds the index.
+        let turn = self
+            .turns
+            .index_loads
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| CoreError::Internal)?;
         let mut rebuilt = false;
         loop {
             let mut row = self
@@ -1950,13 +2001,7 @@ impl WebCore {
                 .await
                 .map_err(internal)?;
             if row.as_ref().is_none_or(|i| i.status == "indexing") {
-                self.indexer
-                    .index_recording(r, self.now())
-                    .await
-                    .map_err(|e| {
-                        tracing::error!(error = %e, "indexing a recording for the player");
-                        CoreError::Internal
-                    })?;
+                self.index_for_view(r).await?;
                 row = self
                     .app
                     .store
@@ -1972,10 +2017,15 @@ impl WebCore {
             };
             return match (row.status.as_str(), &row.playback, &row.mac) {
                 ("indexed", Some(json), Some(mac)) => {
-                    let index = self
-                        .indexer
-                        .open_playback(r.id, &v.sha256, json, mac)
-                        .ok_or_else(|| {
+                    // Checked and parsed off the async threads (tens of MB for a hostile recording).
+                    let (indexer, rid, sha) = (self.indexer.clone(), r.id, v.sha256.clone());
+                    let (stored, sealed) = (json.clone(), mac.clone());
+                    let index = tokio::task::spawn_blocking(move || {
+                        indexer.open_playback(rid, &sha, &stored, &sealed)
+                    })
+                    .await
+                    .map_err(|_| CoreError::Internal)?
+                    .ok_or_else(|| {
                             CoreError::Conflict(
                                 "the player's index of this recording does not match the digest the audit log vouches for (ALTERED in the database): it is not played".into(),
                             )
@@ -1995,7 +2045,7 @@ impl WebCore {
                         rebuilt = true;
                         continue;
                     }
-                    Ok((index, v.sha256.clone()))
+                    Ok((index, v.sha256.clone(), turn))
                 }
                 ("failed", ..) => Err(CoreError::Conflict(format!(
                     "this recording cannot be played: {}",
@@ -2005,6 +2055,36 @@ impl WebCore {
                     "this recording is being prepared for playing; try again in a moment".into(),
                 )),
             };
+        }
+    }
+}
+
+impl WebCore {
+    /// Indexes recording `r` for a viewer who opened it before the background indexer got to it. The
+    /// pass runs in a task of its own, not in the request: a viewer who leaves, or a request cut by the
+    /// stall rule, does not stop it half-way with its claim held, and it never takes over a claim a
+    /// running indexer keeps renewing. One such pass at a time per node ([`VIEW_INDEXING`]); past that,
+    /// or past [`VIEW_INDEX_WAIT`], the page says the recording is being prepared.
+    async fn index_for_view(&self, r: &RecordingRow) -> Result<(), CoreError> {
+        let Ok(turn) = self.turns.view_indexing.clone().try_acquire_owned() else {
+            self.app.recording_closed.notify_one();
+            return Ok(());
+        };
+        let (indexer, row, now) = (self.indexer.clone(), r.clone(), self.now());
+        let pass = tokio::spawn(async move {
+            let _turn = turn;
+            indexer.index_recording(&row, now).await
+        });
+        match tokio::time::timeout(VIEW_INDEX_WAIT, pass).await {
+            Ok(Ok(Ok(_))) | Err(_) => Ok(()),
+            Ok(Ok(Err(e))) => {
+                tracing::error!(recording = r.id, error = %e, "indexing a recording for the player");
+                Err(CoreError::Internal)
+            }
+            Ok(Err(e)) => {
+                tracing::error!(recording = r.id, error = %e, "the indexing task of a view failed");
+                Err(CoreError::Internal)
+            }
         }
     }
 }
@@ -2336,7 +2416,7 @@ impl WebCore {
                 st.integrity, st.detail
             )));
         }
-        let (index, _) = self.playback(&r, &ev, true).await?;
+        let (index, _, _turn) = self.playback(&r, &ev, true).await?;
         let map = IdleMap::new(&index.gaps, idle);
         let idle_q = idle_secs(idle);
         let segments: Vec<serde_json::Value> = index
@@ -2432,7 +2512,7 @@ impl WebCore {
             ));
         }
         let format = format_of(&r).ok_or(CoreError::NotFound)?;
-        let (index, _) = self.playback(&r, &ev, false).await?;
+        let (index, _, _turn) = self.playback(&r, &ev, false).await?;
         let seg = index.segments.get(n).cloned().ok_or(CoreError::NotFound)?;
         let last = n + 1 == index.segments.len();
         let dir = self.app.config.recording.dir.clone();
@@ -2562,7 +2642,7 @@ impl WebCore {
                     Some((r, ev)) if format_of(r).is_some() => self
                         .playback(r, ev, false)
                         .await
-                        .map(|(i, _)| IdleMap::new(&i.gaps, idle))
+                        .map(|(i, _, _)| IdleMap::new(&i.gaps, idle))
                         .unwrap_or_else(|_| IdleMap::new(&[], None)),
                     _ => IdleMap::new(&[], None),
                 };

@@ -42,8 +42,8 @@ pub use nodes::AbandonedSession;
 pub use requests::{DecidedFilter, DecidedOutcome, NewRequest};
 pub use sealed::{Sealed, SealedKind};
 pub use search::{
-    CLAIM_SECS, HistoryFilter, HistoryRow, IndexRow, NewTextChunk, NewWordsPart, PART_CHARS,
-    PART_WORDS, TextChunk,
+    CLAIM_SECS, HistoryFilter, HistoryRow, IndexClaim, IndexRow, NewTextChunk, NewWordsPart,
+    PART_CHARS, PART_WORDS, TextChunk,
 };
 pub use session_starts::SessionStart;
 pub use sessions::{NewRecording, NewSession, RetentionCandidate};

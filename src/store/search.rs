@@ -107,6 +107,15 @@ pub struct IndexRow {
     pub indexed_at: UnixTime,
 }
 
+/// An indexer's claim on one recording's index: the token it wrote in the row's `note` while the row is
+/// `indexing`. Every write of the indexer names it, so one that was taken over (another indexer judged it
+/// dead) writes nothing more.
+#[derive(Debug, Clone)]
+pub struct IndexClaim {
+    pub recording_id: i64,
+    token: String,
+}
+
 /// A session row (the columns `sessions::session` reads) and what the history shows beside it.
 const HISTORY_SELECT: &str = "SELECT s.id, v.name AS vendor, a.name AS asset, s.grant_id, s.kind, \
      s.service, s.client_addr, s.detail, s.started_at, s.ended_at, s.end_reason, s.end_cause, s.bytes_up, \
@@ -340,29 +349,41 @@ impl Store {
         rows.iter().map(recording).collect()
     }
 
-    /// Claims recording `r` for indexing (`false`: another indexer has it, or it is done), and clears
-    /// whatever text an indexer that died left of it.
-    pub async fn claim_recording_index(&self, r: &RecordingRow, now: UnixTime) -> Result<bool> {
+    /// Claims recording `r` for indexing (`None`: another indexer has it, or it is done), and clears
+    /// whatever text an indexer that died left of it. The claim is the indexer's alone: every write it
+    /// makes afterwards names it ([`IndexClaim`]) and is refused once another indexer took the recording
+    /// over (a claim not renewed for [`CLAIM_SECS`] is taken for its indexer's death).
+    pub async fn claim_recording_index(
+        &self,
+        r: &RecordingRow,
+        now: UnixTime,
+    ) -> Result<Option<IndexClaim>> {
+        let claim = IndexClaim {
+            recording_id: r.id,
+            token: format!("claim:{}", crate::secrets::random_hex(12)),
+        };
         let w = self.write_tx("claiming a recording").await?;
         // The writer turn (`w.writer`) is held until the end of this function, after the commit.
         let mut tx = w.tx;
         let inserted = sqlx::query(
-            "INSERT INTO recording_index (recording_id, session_id, status, indexed_at) \
-             VALUES ($1, $2, 'indexing', $3) ON CONFLICT (recording_id) DO NOTHING",
+            "INSERT INTO recording_index (recording_id, session_id, status, indexed_at, note) \
+             VALUES ($1, $2, 'indexing', $3, $4) ON CONFLICT (recording_id) DO NOTHING",
         )
         .bind(r.id)
         .bind(&r.session_id)
         .bind(now)
+        .bind(&claim.token)
         .execute(&mut *tx)
         .await
         .context("claiming a recording")?
         .rows_affected();
         let claimed = inserted == 1
             || sqlx::query(
-                "UPDATE recording_index SET indexed_at = $1 \
-                 WHERE recording_id = $2 AND status = 'indexing' AND indexed_at < $3",
+                "UPDATE recording_index SET indexed_at = $1, note = $2 \
+                 WHERE recording_id = $3 AND status = 'indexing' AND indexed_at < $4",
             )
             .bind(now)
+            .bind(&claim.token)
             .bind(r.id)
             .bind(now - CLAIM_SECS)
             .execute(&mut *tx)
@@ -374,21 +395,54 @@ impl Store {
             delete_recording_text(&mut tx, r.id).await?;
         }
         tx.commit().await.context("claiming a recording")?;
-        Ok(claimed)
+        Ok(claimed.then_some(claim))
+    }
+
+    /// Keeps `claim` alive at `now` (an indexer renews it well within [`CLAIM_SECS`] however long its pass
+    /// takes); false when another indexer took the recording over.
+    pub async fn renew_recording_claim(&self, claim: &IndexClaim, now: UnixTime) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE recording_index SET indexed_at = $1 \
+             WHERE recording_id = $2 AND status = 'indexing' AND note = $3",
+        )
+        .bind(now)
+        .bind(claim.recording_id)
+        .bind(&claim.token)
+        .execute(&self.pool)
+        .await
+        .context("renewing a recording's index claim")?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Adds chunks and parts of recording `recording_id`'s text, in one short transaction (a writer on
     /// SQLite holds the database's one write lock: the indexer writes in small pieces, never for long).
+    /// Written only while `claim` holds (its row is locked first: a takeover waits for this
+    /// transaction and then clears what it wrote); false when it no longer does.
     pub async fn add_recording_text(
         &self,
-        recording_id: i64,
+        claim: &IndexClaim,
         session_id: &str,
         chunks: &[NewTextChunk],
         parts: &[NewWordsPart],
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        let recording_id = claim.recording_id;
         let w = self.write_tx("indexing text").await?;
         // The writer turn (`w.writer`) is held until the end of this function, after the commit.
         let mut tx = w.tx;
+        let held = sqlx::query(
+            "UPDATE recording_index SET note = note \
+             WHERE recording_id = $1 AND status = 'indexing' AND note = $2",
+        )
+        .bind(recording_id)
+        .bind(&claim.token)
+        .execute(&mut *tx)
+        .await
+        .context("indexing text")?
+        .rows_affected()
+            == 1;
+        if !held {
+            return Ok(false);
+        }
         for c in chunks {
             sqlx::query(
                 "INSERT INTO recording_text (recording_id, session_id, seq, times, body, words) \
@@ -440,19 +494,22 @@ impl Store {
                 }
             }
         }
-        tx.commit().await.context("indexing text")
+        tx.commit().await.context("indexing text")?;
+        Ok(true)
     }
 
     /// Gives up an unfinished claim on recording `recording_id` (the indexer failed on the way): its
     /// text so far and the claim go, so the next round takes it again.
-    pub async fn release_recording_index(&self, recording_id: i64) -> Result<()> {
+    pub async fn release_recording_index(&self, claim: &IndexClaim) -> Result<()> {
+        let recording_id = claim.recording_id;
         let w = self.write_tx("releasing a recording's index claim").await?;
         // The writer turn (`w.writer`) is held until the end of this function, after the commit.
         let mut tx = w.tx;
         let claimed = sqlx::query(
-            "DELETE FROM recording_index WHERE recording_id = $1 AND status = 'indexing'",
+            "DELETE FROM recording_index WHERE recording_id = $1 AND status = 'indexing' AND note = $2",
         )
         .bind(recording_id)
+        .bind(&claim.token)
         .execute(&mut *tx)
         .await
         .context("releasing a recording's index claim")?
@@ -498,11 +555,18 @@ impl Store {
         tx.commit().await.context("clearing a recording's text")
     }
 
-    /// Records what the indexer made of a recording it claimed.
-    pub async fn finish_recording_index(&self, row: &IndexRow) -> Result<()> {
-        sqlx::query(
+    /// Records what the indexer made of a recording: under `claim`, only while it holds (false when
+    /// another indexer took the recording over); without one (a recording judged failed), whatever
+    /// state the row is in.
+    pub async fn finish_recording_index(
+        &self,
+        row: &IndexRow,
+        claim: Option<&IndexClaim>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
             "UPDATE recording_index SET status = $1, sha256 = $2, playback = $3, mac = $4, note = $5, \
-             lines = $6, indexed_at = $7 WHERE recording_id = $8",
+             lines = $6, indexed_at = $7 WHERE recording_id = $8 \
+             AND ($9 = '' OR (status = 'indexing' AND note = $9))",
         )
         .bind(&row.status)
         .bind(&row.sha256)
@@ -512,10 +576,11 @@ impl Store {
         .bind(row.lines)
         .bind(row.indexed_at)
         .bind(row.recording_id)
+        .bind(claim.map_or("", |c| c.token.as_str()))
         .execute(&self.pool)
         .await
         .context("finishing a recording's index")?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     /// What the indexer made of recording `recording_id`, if it looked at it.

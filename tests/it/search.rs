@@ -399,6 +399,110 @@ async fn an_altered_recording_is_not_indexed() {
     .await;
 }
 
+/// An indexer's claim is its own: one that keeps renewing it is never taken over, and one taken over (its
+/// node stalled past the claim's time) writes nothing more: not its text, not its finished index, not a
+/// release of the new claim. The new indexer's index is the one kept, whole.
+#[tokio::test]
+async fn an_index_claim_taken_over_writes_nothing_more() {
+    use chaperone::store::{CLAIM_SECS, IndexRow, NewTextChunk, NewWordsPart};
+    on_both(|store| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let (v, a, g) = alice_on_mri(&store).await;
+        recorded(&store, dir.path(), (v, a, g), "s1", 1000, &["hello\r\n"]).await;
+        let row = store.session("s1").await.unwrap().recordings[0].clone();
+        let chunk = |body: &str| NewTextChunk {
+            seq: 0,
+            times: "0".into(),
+            body: body.into(),
+            words: body.into(),
+        };
+        let part = |words: &str| NewWordsPart {
+            seq: 0,
+            words: words.into(),
+        };
+        let t0 = 5000;
+        let first = store
+            .claim_recording_index(&row, t0)
+            .await
+            .unwrap()
+            .unwrap();
+        // Renewed, it is alive: nobody takes it, even long after it was first made.
+        assert!(
+            store
+                .renew_recording_claim(&first, t0 + CLAIM_SECS - 10)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .claim_recording_index(&row, t0 + CLAIM_SECS + 10)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Silent past the claim's time: taken over.
+        let late = t0 + 3 * CLAIM_SECS;
+        let second = store
+            .claim_recording_index(&row, late)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            !store
+                .add_recording_text(&first, "s1", &[chunk("stale")], &[part("stale")])
+                .await
+                .unwrap()
+        );
+        assert!(!store.renew_recording_claim(&first, late + 1).await.unwrap());
+        let finished = |lines| IndexRow {
+            recording_id: row.id,
+            session_id: "s1".into(),
+            status: "indexed".into(),
+            sha256: Some("x".into()),
+            playback: None,
+            mac: None,
+            note: None,
+            lines,
+            indexed_at: late,
+        };
+        assert!(
+            !store
+                .finish_recording_index(&finished(7), Some(&first))
+                .await
+                .unwrap()
+        );
+        store.release_recording_index(&first).await.unwrap();
+        assert_eq!(
+            store.recording_index(row.id).await.unwrap().unwrap().status,
+            "indexing"
+        );
+        assert!(
+            store
+                .add_recording_text(&second, "s1", &[chunk("fresh")], &[part("fresh")])
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .finish_recording_index(&finished(1), Some(&second))
+                .await
+                .unwrap()
+        );
+        let done = store.recording_index(row.id).await.unwrap().unwrap();
+        assert_eq!((done.status.as_str(), done.lines), ("indexed", 1));
+        let found = |w: &str| {
+            let f = HistoryFilter {
+                words: Some(w.into()),
+                ..Default::default()
+            };
+            let store = store.clone();
+            async move { store.session_history(&f, 10, 0).await.unwrap().len() }
+        };
+        assert_eq!((found("fresh").await, found("stale").await), (1, 0));
+    })
+    .await;
+}
+
 /// Retention deletes what the index holds of a recording with its file: its words are no longer found,
 /// it has no playback index, and the indexer does not take it up again.
 #[tokio::test]
@@ -628,7 +732,7 @@ fn a_playback_index_an_older_build_made_is_built_again_before_it_is_played() {
         let old = old.to_string();
         row.mac = Some(indexer.seal_playback(rid, row.sha256.as_deref().unwrap(), &old));
         row.playback = Some(old);
-        store.finish_recording_index(&row).await.unwrap();
+        store.finish_recording_index(&row, None).await.unwrap();
         store.close().await;
         rid
     });
