@@ -1575,21 +1575,23 @@ fn ldap_config(
     raw: RawLdap,
     resolve: &dyn Fn(&str) -> PathBuf,
 ) -> Result<LdapConfig, (&'static str, String)> {
+    // Shown without the password a URL may carry (errors reach the journal).
+    let shown = redact_url(&raw.url);
     let duration = |key: &'static str, value: &str| parse_duration(value).map_err(|m| (key, m));
     let uri: http::Uri = raw
         .url
         .parse()
-        .map_err(|e| ("ldap.url", format!("{:?} is not a URL ({e})", raw.url)))?;
+        .map_err(|e| ("ldap.url", format!("{shown:?} is not a URL ({e})")))?;
     let host = uri
         .host()
         .filter(|h| !h.is_empty())
-        .ok_or(("ldap.url", format!("{:?} has no host", raw.url)))?;
+        .ok_or(("ldap.url", format!("{shown:?} has no host")))?;
     if uri.path() != "/" && !uri.path().is_empty() {
         return Err((
             "ldap.url",
             format!(
                 "{:?}: put the search base in ldap.user_base, not the URL",
-                raw.url
+                shown
             ),
         ));
     }
@@ -1609,14 +1611,14 @@ fn ldap_config(
                 "ldap.url",
                 format!(
                     "{:?}: passwords would cross the network in clear; use ldaps:// or set starttls = true (plain ldap:// only to a loopback address)",
-                    raw.url
+                    shown
                 ),
             ));
         }
         _ => {
             return Err((
                 "ldap.url",
-                format!("{:?} must start with ldaps:// or ldap://", raw.url),
+                format!("{shown:?} must start with ldaps:// or ldap://"),
             ));
         }
     }
@@ -1750,15 +1752,25 @@ fn mail_config(
     raw: RawMail,
     resolve: &dyn Fn(&str) -> PathBuf,
 ) -> Result<MailConfig, (&'static str, String)> {
+    // Shown without the password a URL may carry (errors reach the journal).
+    let shown = redact_url(&raw.url);
     let Some(rest) = raw.url.strip_prefix("smtp://") else {
         return Err((
             "mail.url",
             format!(
                 "{:?} must be smtp://HOST[:PORT] (submission with STARTTLS, port 587 by default)",
-                raw.url
+                shown
             ),
         ));
     };
+    if rest.contains('@') {
+        return Err((
+            "mail.url",
+            format!(
+                "{shown:?} carries credentials: put them in mail.username and mail.password, not the URL"
+            ),
+        ));
+    }
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) if !h.is_empty() && (!h.contains(':') || h.ends_with(']')) => (
@@ -1766,7 +1778,7 @@ fn mail_config(
             p.parse::<u16>()
                 .ok()
                 .filter(|p| *p != 0)
-                .ok_or_else(|| ("mail.url", format!("{p:?} is not a port")))?,
+                .ok_or_else(|| ("mail.url", format!("{shown:?} has no valid port")))?,
         ),
         _ => (rest, 587),
     };
@@ -1776,7 +1788,7 @@ fn mail_config(
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
     {
-        return Err(("mail.url", format!("{:?} has no valid host", raw.url)));
+        return Err(("mail.url", format!("{shown:?} has no valid host")));
     }
     if raw.username.is_some() != raw.password.is_some() {
         return Err(("mail.username", "username and password go together".into()));
@@ -1832,6 +1844,8 @@ fn atna_config(
     public_host: &str,
     resolve: &dyn Fn(&str) -> PathBuf,
 ) -> Result<AtnaConfig, (&'static str, String)> {
+    // Shown without the password a URL may carry (errors reach the journal).
+    let shown = redact_url(&raw.url);
     let (transport, rest, default_port) = if let Some(rest) = raw.url.strip_prefix("tls://") {
         (AtnaTransport::Tls, rest, 6514)
     } else if let Some(rest) = raw.url.strip_prefix("udp://") {
@@ -1841,7 +1855,7 @@ fn atna_config(
             "atna.url",
             format!(
                 "{:?} must be tls://HOST[:PORT] (RFC 5425) or udp://HOST[:PORT] (RFC 5426)",
-                raw.url
+                shown
             ),
         ));
     };
@@ -1853,7 +1867,7 @@ fn atna_config(
             p.parse::<u16>()
                 .ok()
                 .filter(|p| *p != 0)
-                .ok_or_else(|| ("atna.url", format!("{p:?} is not a port")))?,
+                .ok_or_else(|| ("atna.url", format!("{shown:?} has no valid port")))?,
         ),
         _ => (rest, default_port),
     };
@@ -1863,7 +1877,7 @@ fn atna_config(
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
     {
-        return Err(("atna.url", format!("{:?} has no valid host", raw.url)));
+        return Err(("atna.url", format!("{shown:?} has no valid host")));
     }
     if transport == AtnaTransport::Udp
         && (raw.ca_file.is_some() || raw.client_cert.is_some() || raw.client_key.is_some())
@@ -2271,6 +2285,37 @@ mod tests {
                 "{url}"
             );
         }
+    }
+
+    /// A password written into a URL never reaches the error that refuses the URL (it goes to the
+    /// journal); mail and ATNA take no credentials there, and say where they go.
+    #[test]
+    fn a_password_in_a_url_is_not_shown_in_its_error() {
+        for (section, url) in [
+            ("mail", "smtp://u:hunter2@mail.hospital.example:587"),
+            ("mail", "smtp://u:hunter2@mail.hospital.example:5x7"),
+            ("atna", "tls://u:hunter2@arr.hospital.example:6514"),
+            ("ldap", "ldap://u:hunter2@dc.hospital.example"),
+        ] {
+            let extra = match section {
+                "mail" => "from = \"c@hospital.example\"\nto = [\"a@hospital.example\"]\n",
+                "ldap" => {
+                    "bind_dn = \"cn=svc,dc=x\"\nbind_password_file = \"pw\"\nuser_base = \"dc=x\"\n"
+                }
+                _ => "",
+            };
+            let err = parse(&format!("[{section}]\nurl = \"{url}\"\n{extra}"))
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains("hunter2"), "{section}: {err}");
+            assert!(err.contains(&format!("{section}.")), "{section}: {err}");
+        }
+        let err = parse(
+            "[mail]\nurl = \"smtp://u:hunter2@mail.hospital.example\"\nfrom = \"c@hospital.example\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("mail.username"), "{err}");
     }
 
     #[test]

@@ -88,6 +88,21 @@ pub fn reorders_text(c: char) -> bool {
     )
 }
 
+/// `text` on one line, as a log line, a mail or a file made for people shows what someone else wrote (a
+/// vendor, a device, a remote server): a control character (a line end, an escape) or one that
+/// [`reorders_text`] becomes `?`, so it can neither start a line of its own nor move the text around it.
+pub fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() || reorders_text(c) {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 /// `text` as a page shows it: every character that [`reorders_text`] replaced by U+FFFD, so what a
 /// device printed or a vendor typed reads on the page in the order it was written, and the
 /// replacement shows that something was there. For text the page's own script puts on screen (a

@@ -576,12 +576,7 @@ fn readme(
 ) -> String {
     use crate::clock::format_time;
     let s = &c.session;
-    let clean = |t: &str| -> String {
-        t.chars()
-            .map(|ch| if ch.is_control() { '?' } else { ch })
-            .take(200)
-            .collect()
-    };
+    let clean = |t: &str| -> String { crate::model::one_line(t).chars().take(200).collect() };
     let mut recordings = String::new();
     for (r, proof) in s.recordings.iter().zip(proofs) {
         let name = Path::new(&r.path)

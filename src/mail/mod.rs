@@ -21,7 +21,7 @@ use crate::audit::{Action, AuditEvent, AuditRow};
 use crate::audit_tail::{self, Consumer, CursorRow, Delivery, Lease, Moved};
 use crate::config::MailConfig;
 use crate::error_text::report;
-use crate::model::{AccessRequest, RequestStatus};
+use crate::model::{AccessRequest, RequestStatus, one_line};
 use crate::store::StoreError;
 pub use smtp::{SetupError, Smtp};
 
@@ -69,20 +69,6 @@ fn header_text(text: &str) -> String {
             }
         })
         .take(200)
-        .collect()
-}
-
-/// What a vendor typed, on one line: a control character (a line end, an escape) or one that reorders
-/// the text around it (a bidirectional override, a line separator) becomes `?`.
-fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() || crate::model::reorders_text(c) {
-                '?'
-            } else {
-                c
-            }
-        })
         .collect()
 }
 

@@ -114,6 +114,19 @@ pub enum DeliveryError {
     },
 }
 
+impl DeliveryError {
+    /// Whether trying again cannot help: the receiver refused this event itself (a 4xx other than
+    /// 408 Request Timeout and 429 Too Many Requests). Retried, it would hold every later event back
+    /// for the whole retry time, and what a vendor typed (a request's reason a firewall in front of
+    /// the receiver rejects) could delay the alerts that follow it.
+    pub fn refused_for_good(&self) -> bool {
+        matches!(self, DeliveryError::Status { status, .. }
+            if status.is_client_error()
+                && *status != http::StatusCode::REQUEST_TIMEOUT
+                && *status != http::StatusCode::TOO_MANY_REQUESTS)
+    }
+}
+
 /// The receiver's address and the means to sign and encrypt for it.
 pub struct Poster {
     uri: http::Uri,
@@ -273,10 +286,11 @@ impl Poster {
         }
         driver.abort();
         if !status.is_success() {
+            // The receiver's words go to the log: on one line (a line break in them would forge an entry).
             let text = String::from_utf8_lossy(&seen[..seen.len().min(200)]);
             return Err(DeliveryError::Status {
                 status,
-                body: text.trim().to_owned(),
+                body: crate::model::one_line(text.trim()),
             });
         }
         Ok(())

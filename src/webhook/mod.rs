@@ -108,15 +108,16 @@ impl Consumer for Deliverer {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let error = match self.poster.post(&row.action, &delivery, body.clone()).await {
-                Ok(()) => {
-                    tracing::debug!(seq = row.seq, action = %row.action, "webhook delivered");
-                    return Ok(Delivery::Handled);
-                }
-                Err(e) => report(&e),
-            };
+            let (error, for_good) =
+                match self.poster.post(&row.action, &delivery, body.clone()).await {
+                    Ok(()) => {
+                        tracing::debug!(seq = row.seq, action = %row.action, "webhook delivered");
+                        return Ok(Delivery::Handled);
+                    }
+                    Err(e) => (report(&e), e.refused_for_good()),
+                };
             crate::ops::metrics::delivery_failed("webhook");
-            if attempt >= self.config.max_attempts {
+            if for_good || attempt >= self.config.max_attempts {
                 tracing::error!(seq = row.seq, action = %row.action, attempts = attempt, error = %error,
                     "webhook: giving the event up");
                 self.give_up(row, attempt, &error).await?;

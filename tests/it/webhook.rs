@@ -141,6 +141,58 @@ fn an_event_the_receiver_never_takes_is_given_up_and_audited() {
     b.data.run(&["audit", "verify"]).ok();
 }
 
+/// A receiver that refuses an event itself (400: a firewall in front of it rejecting what a vendor typed)
+/// has it given up at once, not retried for minutes while every later alert waits; and what it answered
+/// reaches the log on one line (a line break in it would have forged a log entry).
+#[test]
+fn an_event_the_receiver_refuses_for_good_is_given_up_at_once_and_its_answer_logged_on_one_line() {
+    let receiver = Receiver::start_saying(
+        &[400],
+        "blocked\n2026-12-07T00:00:00Z  INFO chaperone: FORGED-ENTRY all is well",
+    );
+    let b = bastion_with(&webhook::config(&receiver.url(), SECRET, ""));
+    std::thread::sleep(Duration::from_millis(1500)); // let delivery claim its cursor first
+    add_pump(&b);
+    b.vendor("alice", "Acme Imaging");
+    let refused = revoke_a_pump_grant(&b.data);
+    assert!(
+        wait_until(Duration::from_secs(20), || audit(&b)
+            .contains("\"webhook.undelivered\"")),
+        "{}",
+        b.log()
+    );
+    let line = audit(&b)
+        .lines()
+        .find(|l| l.contains("\"webhook.undelivered\""))
+        .unwrap()
+        .to_owned();
+    assert!(
+        line.contains("\\\"attempts\\\":1") || line.contains("\"attempts\":1"),
+        "{line}"
+    );
+    // The events after it are delivered.
+    let delivered = revoke_a_pump_grant(&b.data);
+    assert!(
+        wait_until(Duration::from_secs(20), || !receiver
+            .delivered("grant.revoke")
+            .is_empty()),
+        "{}",
+        b.log()
+    );
+    let sent = receiver.delivered("grant.revoke");
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].json()["subject"], format!("grant:{delivered}"));
+    assert_ne!(refused, delivered);
+    assert!(
+        !b.log()
+            .lines()
+            .any(|l| l.trim_start().starts_with("2026-12-07T00:00:00Z")),
+        "{}",
+        b.log()
+    );
+    assert!(b.log().contains("blocked?2026-12-07"), "{}", b.log());
+}
+
 /// The cursor is bound to its receiver (`audit_tail`): pointed at another URL, the bastion starts at the
 /// end of the log for it (what happened before the change is not replayed to the new receiver), audits
 /// the move with where the old receiver got to, and sends what follows to the new one.

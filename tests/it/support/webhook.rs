@@ -53,6 +53,12 @@ pub struct Receiver {
 impl Receiver {
     /// Starts answering; the first POSTs get `script`'s statuses in turn, later ones 200.
     pub fn start(script: &[u16]) -> Receiver {
+        Receiver::start_saying(script, "ok")
+    }
+
+    /// [`Receiver::start`], answering `said` as the body of the script's answers.
+    pub fn start_saying(script: &[u16], said: &str) -> Receiver {
+        let said = said.to_owned();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let got = Arc::new(Mutex::new(Vec::new()));
@@ -85,9 +91,13 @@ impl Receiver {
                 if reader.read_exact(&mut body).is_err() {
                     continue;
                 }
-                let status = {
+                let (status, text) = {
                     let mut s = script.lock().unwrap();
-                    if s.is_empty() { 200 } else { s.remove(0) }
+                    if s.is_empty() {
+                        (200, "ok")
+                    } else {
+                        (s.remove(0), said.as_str())
+                    }
                 };
                 sink.lock().unwrap().push(Delivery {
                     headers,
@@ -97,7 +107,8 @@ impl Receiver {
                 let mut stream = reader.into_inner();
                 let _ = write!(
                     stream,
-                    "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                    text.len()
                 );
             }
         });
