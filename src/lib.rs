@@ -15,6 +15,7 @@ pub mod evidence;
 pub(crate) mod history;
 pub(crate) mod hostkey;
 pub mod identity;
+pub mod key_files;
 pub(crate) mod live;
 pub(crate) mod mail;
 pub use chaperone_model::model;

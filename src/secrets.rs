@@ -120,7 +120,7 @@ impl SecretsKey {
                 .permissions()
                 .mode()
                 & 0o777;
-            if mode & 0o077 != 0 {
+            if crate::key_files::Readers::Owner.exposed(mode) {
                 return Err(SecretsError::Permissions {
                     path: path.to_owned(),
                     mode,

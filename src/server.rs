@@ -304,7 +304,12 @@ fn web_tls(
         })
     };
     let cert = read(&config.web.tls_cert)?;
-    let key = read(&config.web.tls_key)?;
+    // The key may come from the hospital's PKI, shared with chaperone's group; never with others.
+    let key = crate::key_files::read_private(&config.web.tls_key, crate::key_files::Readers::Group)
+        .map_err(|source| ServerError::TlsFile {
+            path: config.web.tls_key.clone(),
+            source,
+        })?;
     chaperone_web_approval::tls::server_config(&cert, &key).map_err(|source| ServerError::Tls {
         cert: config.web.tls_cert.clone(),
         key: config.web.tls_key.clone(),

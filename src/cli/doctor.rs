@@ -1,6 +1,7 @@
 //! `chaperone doctor`: is this node fit to serve? One line per finding (`ok`, `warn`, `FAIL`), exit 1
-//! when any check fails. It reads, never writes: the database is opened read-only for SQLite and not
-//! migrated (that is `serve`'s job), so it is safe on a running node and as the service's own user.
+//! when any check fails. It changes nothing: the database is not migrated (that is `serve`'s job) and
+//! its tables are only read, so it is safe on a running node and as the service's own user (opening a
+//! SQLite database may still set its journal mode to WAL, as every chaperone command does).
 //!
 //! Checks: the config parses; file modes (the config has no world access, keys and the database are the
 //! owner's only); the web certificate (in its validity period, naming `web.public_url`'s host; passkeys
@@ -118,42 +119,50 @@ fn file_modes(r: &mut Report, config: &Config) {
             format!("{}: {e}", config.path.display()),
         ),
     }
+    use crate::key_files::Readers;
     let mut secrets = vec![
-        ("ssh.host_key", config.ssh.host_key.clone()),
-        ("secrets.key_file", config.secrets.key_file.clone()),
-        ("web.tls_key", config.web.tls_key.clone()),
+        ("ssh.host_key", config.ssh.host_key.clone(), Readers::Owner),
+        (
+            "secrets.key_file",
+            config.secrets.key_file.clone(),
+            Readers::Owner,
+        ),
+        ("web.tls_key", config.web.tls_key.clone(), Readers::Group),
     ];
+    // Made by `init` or `evidence signer`; a data directory older than it has none yet.
+    if config.recording.signing_key.exists() {
+        secrets.push((
+            "recording.signing_key",
+            config.recording.signing_key.clone(),
+            Readers::Owner,
+        ));
+    }
     if let Some(key) = config.atna.as_ref().and_then(|a| a.client_key.clone()) {
-        secrets.push(("atna.client_key", key));
+        secrets.push(("atna.client_key", key, Readers::Group));
     }
-    if let Some(db) = config.database.url.strip_prefix("sqlite://") {
-        secrets.push(("database", Path::new(db).to_path_buf()));
+    if let Some(db) = config.database.sqlite_file() {
+        secrets.push(("database", db.to_path_buf(), Readers::Owner));
     }
-    for (what, path) in secrets {
-        match mode(&path) {
-            Ok(m) if m & 0o077 != 0 => r.line(
-                Level::Fail,
-                what,
-                format!(
-                    "{} is {m:03o}: only its owner may read it (chmod 600)",
-                    path.display()
-                ),
-            ),
-            Ok(m) => r.line(Level::Ok, what, format!("{} ({m:03o})", path.display())),
-            Err(e) => r.line(Level::Fail, what, format!("{}: {e}", path.display())),
-        }
-    }
-    // The directory's service account password: chaperone refuses it readable by others; its group
-    // may be chaperone's (root:chaperone 0640, like the config).
+    // The directory's service account password: its group may be chaperone's (root:chaperone 0640,
+    // like the config).
     if let Some(ldap) = &config.ldap {
-        let (what, path) = ("ldap.bind_password_file", &ldap.bind_password_file);
-        match mode(path) {
-            Ok(m) if m & 0o007 != 0 => r.line(
+        secrets.push((
+            "ldap.bind_password_file",
+            ldap.bind_password_file.clone(),
+            Readers::Group,
+        ));
+    }
+    // The rule each is held to is the one the code reading it applies (`key_files`).
+    for (what, path, rule) in secrets {
+        match mode(&path) {
+            Ok(m) if rule.exposed(m) => r.line(
                 Level::Fail,
                 what,
                 format!(
-                    "{} is {m:03o}: others may read it (chmod o-rwx, or 600)",
-                    path.display()
+                    "{} is {m:03o}: {} ({})",
+                    path.display(),
+                    rule.who(),
+                    rule.fix()
                 ),
             ),
             Ok(m) => r.line(Level::Ok, what, format!("{} ({m:03o})", path.display())),

@@ -95,6 +95,14 @@ async fn rotate(config: &Path) -> anyhow::Result<()> {
     }
 
     let new = SecretsKey::generate_file(&new_path)?;
+    // Run as root under sudo, the new key would be root's: the service could not read it.
+    crate::key_files::owned_like(&new_path, &key_path).with_context(|| {
+        format!(
+            "giving {} the owner of {}",
+            new_path.display(),
+            key_path.display()
+        )
+    })?;
     let resealed = match reseal(&app, &new).await {
         Ok(counts) => counts,
         Err(e) => {

@@ -92,7 +92,7 @@ impl Signer {
         {
             use std::os::unix::fs::PermissionsExt as _;
             let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
+            if crate::key_files::Readers::Owner.exposed(mode) {
                 return Err(SignerError::Exposed {
                     path: path.to_owned(),
                     mode,
@@ -224,6 +224,13 @@ pub fn rotate(path: &Path, now: i64) -> Result<Rotated, SignerError> {
         .to_openssh(LineEnding::LF)
         .map_err(SignerError::Ssh)?;
     write_new(&staged, pem.as_bytes(), 0o600)?;
+    if let Err(source) = crate::key_files::owned_like(&staged, path) {
+        let _ = std::fs::remove_file(&staged);
+        return Err(SignerError::Io {
+            path: staged,
+            source,
+        });
+    }
     let retired = retired_path(path);
     let line = format!(
         "# retired on {} ({})\n{}\n",

@@ -178,18 +178,16 @@ impl Directory {
         let mut file = std::fs::File::open(&ldap.bind_password_file).map_err(failed)?;
         // The service account reads every staff member and vendor: a password file anyone on the
         // host may read is refused, as the other secrets are (its group may be chaperone's).
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            let mode = file.metadata().map_err(failed)?.permissions().mode() & 0o777;
-            if mode & 0o007 != 0 {
-                return Err(LdapError::PasswordFile {
-                    path: ldap.bind_password_file.clone(),
-                    source: std::io::Error::other(format!(
-                        "it is {mode:03o}: others may read it (chmod o-rwx, or 600)"
-                    )),
-                });
-            }
+        let rule = crate::key_files::Readers::Group;
+        if let Some(mode) = crate::key_files::exposed(&file, rule).map_err(failed)? {
+            return Err(LdapError::PasswordFile {
+                path: ldap.bind_password_file.clone(),
+                source: std::io::Error::other(format!(
+                    "it is {mode:03o}: {} ({})",
+                    rule.who(),
+                    rule.fix()
+                )),
+            });
         }
         let mut password = String::new();
         std::io::Read::read_to_string(&mut file, &mut password).map_err(failed)?;

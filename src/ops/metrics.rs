@@ -255,10 +255,43 @@ pub fn db_acquired(waited: std::time::Duration) {
 
 /// The text format (Prometheus 0.0.4), after reading the gauges the database knows. A database that
 /// does not answer leaves those gauges as they were and `chaperone_db_up` at 0.
+/// How long the gauges read from the database stand: a scrape within this of the last read does not read
+/// again (the listener needs no sign-in, and scrapes in a loop must not keep busy the pool the vendors'
+/// grant checks use).
+const DB_GAUGES_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// When the database's gauges were last read; one read at a time.
+static DB_GAUGES_READ: LazyLock<tokio::sync::Mutex<Option<std::time::Instant>>> =
+    LazyLock::new(|| tokio::sync::Mutex::new(None));
+
 pub async fn render(app: &App) -> String {
     let m = &*METRICS;
-    let now = app.clock.now();
-    match app.store.ops_counts(now).await {
+    let mut read = DB_GAUGES_READ.lock().await;
+    if read.is_none_or(|at| at.elapsed() >= DB_GAUGES_FRESH) {
+        database_gauges(app).await;
+        *read = Some(std::time::Instant::now());
+    }
+    drop(read);
+    let (open, idle) = app.store.pool_status();
+    m.db_connections
+        .with_label_values(&["open"])
+        .set(i64::from(open));
+    m.db_connections
+        .with_label_values(&["idle"])
+        .set(i64::try_from(idle).unwrap_or(i64::MAX));
+    let mut out = Vec::new();
+    // Encoding into a Vec fails only on an I/O error, which a Vec has none of.
+    if let Err(e) = TextEncoder::new().encode(&m.registry.gather(), &mut out) {
+        tracing::error!(error = %e, "metrics: encoding failed");
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads the gauges that come from the database (requests, grants, consumers' backlogs, the head's
+/// seal) into the registry.
+async fn database_gauges(app: &App) {
+    let m = &*METRICS;
+    match app.store.ops_counts(app.clock.now()).await {
         Ok(counts) => {
             m.db_up.set(1);
             m.pending_requests.set(counts.pending_requests);
@@ -273,17 +306,4 @@ pub async fn render(app: &App) -> String {
             m.db_up.set(0);
         }
     }
-    let (open, idle) = app.store.pool_status();
-    m.db_connections
-        .with_label_values(&["open"])
-        .set(i64::from(open));
-    m.db_connections
-        .with_label_values(&["idle"])
-        .set(i64::try_from(idle).unwrap_or(i64::MAX));
-    let mut out = Vec::new();
-    // Encoding into a Vec fails only on an I/O error, which a Vec has none of.
-    if let Err(e) = TextEncoder::new().encode(&m.registry.gather(), &mut out) {
-        tracing::error!(error = %e, "metrics: encoding failed");
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

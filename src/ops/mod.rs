@@ -6,7 +6,9 @@
 //! listeners say when they serve and when they stop) and [`metrics`] (the counters themselves).
 //!
 //! - `GET /metrics`: the text format (`metrics::render`).
-//! - `GET /healthz`: 200 while the process answers at all (liveness: restart it when this fails).
+//! - `GET /healthz`: 200 while the process answers at all (liveness; but whoever can reach the listener
+//!   can fill its connections and fail the probe: a restart ends every vendor session, so it is not a
+//!   reason to restart on its own).
 //! - `GET /readyz`: 200 when the SSH and web listeners serve and the database answers; 503 naming what
 //!   is not ready otherwise (readiness: send no traffic here meanwhile).
 

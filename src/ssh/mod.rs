@@ -51,6 +51,13 @@ pub enum ListenerError {
         path: std::path::PathBuf,
         source: russh::keys::ssh_key::Error,
     },
+    /// The host key file cannot be read, or others may read it (whoever reads it can pose as the
+    /// bastion to every vendor who pinned its fingerprint).
+    #[error("reading the SSH host key {path}")]
+    HostKeyFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("the SSH listener's address")]
     Address(#[source] std::io::Error),
 }
@@ -229,7 +236,13 @@ fn preferred_for(client_id: &[u8]) -> russh::Preferred {
 /// The bastion's SSH host key, from `ssh.host_key`.
 pub fn load_host_key(app: &App) -> Result<PrivateKey, ListenerError> {
     let path = &app.config.ssh.host_key;
-    PrivateKey::read_openssh_file(path).map_err(|source| ListenerError::HostKey {
+    let text = crate::key_files::read_private(path, crate::key_files::Readers::Owner).map_err(
+        |source| ListenerError::HostKeyFile {
+            path: path.clone(),
+            source,
+        },
+    )?;
+    PrivateKey::from_openssh(&text).map_err(|source| ListenerError::HostKey {
         path: path.clone(),
         source,
     })

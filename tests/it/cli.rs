@@ -1257,3 +1257,63 @@ fn two_services_on_one_port_are_refused_when_an_asset_is_added_or_changed() {
         .collect();
     assert_eq!(ports, vec![22, 104, 2575]);
 }
+
+/// Every file that holds a secret is held to one rule by `serve` and `doctor` alike (`key_files`): the
+/// keys chaperone makes and keeps (the SSH host key, the evidence signing key) its owner's only, the web
+/// TLS key (which the hospital's PKI may manage) its owner's and group's. `serve` refuses to start on an
+/// SSH host key or web TLS key others may read (whoever reads the host key poses as the bastion to every
+/// vendor who pinned its fingerprint), and `doctor` names the signing key too.
+#[test]
+fn serve_and_doctor_refuse_key_files_others_may_read() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let d = DataDir::init();
+    let chmod = |name: &str, mode: u32| {
+        std::fs::set_permissions(d.path().join(name), std::fs::Permissions::from_mode(mode))
+            .unwrap()
+    };
+    for (name, mode, said) in [
+        ("ssh_host_ed25519_key", 0o640, "reading the SSH host key"),
+        ("web_key.pem", 0o644, "web.tls_key"),
+    ] {
+        chmod(name, mode);
+        let run = d.run(&["serve"]);
+        run.fails(1);
+        assert!(
+            run.stderr().contains(said) && run.stderr().contains("chmod"),
+            "{name}: {}",
+            run.stderr()
+        );
+        let doctor = d.run(&["doctor"]);
+        doctor.fails(1);
+        assert!(
+            doctor
+                .stdout()
+                .lines()
+                .any(|l| l.starts_with("FAIL") && l.contains(name)),
+            "{name}: {}",
+            doctor.stdout()
+        );
+        chmod(name, 0o600);
+    }
+    // A TLS key its group may read is served (the PKI's share), and so passes doctor's check too.
+    chmod("web_key.pem", 0o640);
+    let doctor = d.run(&["doctor"]);
+    assert!(
+        doctor
+            .stdout()
+            .lines()
+            .any(|l| l.starts_with("ok") && l.contains("web.tls_key")),
+        "{}",
+        doctor.stdout()
+    );
+    chmod("evidence_ed25519_key", 0o644);
+    let doctor = d.run(&["doctor"]);
+    assert!(
+        doctor
+            .stdout()
+            .lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("recording.signing_key")),
+        "{}",
+        doctor.stdout()
+    );
+}

@@ -183,7 +183,21 @@ fn metrics_move_with_a_session_and_a_backup_taken_meanwhile_restores_and_verifie
     let shared = tempfile::tempdir().unwrap();
     // An evidence signer rotated before it: the retired key goes with the backup.
     b.data.run(&["evidence", "signer"]).ok();
+    // Rotated by root (under sudo), the new key stays the old key's owner's (the service's user).
+    let signing = b.data.path().join("evidence_ed25519_key");
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    if root {
+        std::os::unix::fs::chown(&signing, Some(65534), Some(65534)).unwrap();
+    }
     b.data.run(&["evidence", "signer", "--rotate"]).ok();
+    if root {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(&signing).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+    }
     let signers = b.data.run(&["evidence", "signer"]).ok().stdout();
     assert_eq!(signers.matches("ssh-ed25519").count(), 2, "{signers}");
     let taken = shared.path().join("taken.backup");

@@ -1071,6 +1071,17 @@ fn rotating_the_secrets_key_keeps_logins_and_device_credentials_working() {
     assert_eq!(played.status, 200, "{}", played.body);
     let data = b.stop();
     let old_key = std::fs::read_to_string(data.path().join("secrets.key")).unwrap();
+    // Run as root (an administrator under sudo), the rotation leaves the new key to the old key's owner,
+    // the service's user: otherwise the service could no longer read it. (As another user, the key is
+    // theirs already.)
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    if root {
+        std::os::unix::fs::chown(data.path().join("secrets.key"), Some(65534), Some(65534))
+            .unwrap();
+    }
 
     let run = data.run(&["secrets", "rotate"]);
     run.ok();
@@ -1101,6 +1112,11 @@ fn rotating_the_secrets_key_keeps_logins_and_device_credentials_working() {
         }
     }
     assert!(!data.path().join("secrets.key.new").exists());
+    if root {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(data.path().join("secrets.key")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+    }
     data.run(&["audit", "verify"]).ok();
 
     let b = Bastion::start(data);
