@@ -185,10 +185,7 @@ fn metrics_move_with_a_session_and_a_backup_taken_meanwhile_restores_and_verifie
     b.data.run(&["evidence", "signer"]).ok();
     // Rotated by root (under sudo), the new key stays the old key's owner's (the service's user).
     let signing = b.data.path().join("evidence_ed25519_key");
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let root = crate::support::running_as_root();
     if root {
         std::os::unix::fs::chown(&signing, Some(65534), Some(65534)).unwrap();
     }

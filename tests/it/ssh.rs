@@ -1074,10 +1074,7 @@ fn rotating_the_secrets_key_keeps_logins_and_device_credentials_working() {
     // Run as root (an administrator under sudo), the rotation leaves the new key to the old key's owner,
     // the service's user: otherwise the service could no longer read it. (As another user, the key is
     // theirs already.)
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let root = crate::support::running_as_root();
     if root {
         std::os::unix::fs::chown(data.path().join("secrets.key"), Some(65534), Some(65534))
             .unwrap();

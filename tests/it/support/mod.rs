@@ -256,3 +256,12 @@ pub fn ssh_keygen(dir: &Path, name: &str) -> PathBuf {
     assert!(out.status.success(), "ssh-keygen failed");
     path
 }
+
+/// Whether the tests run as root (CI does, under sudo): what only root may do (give a file to another
+/// user) is checked then.
+pub fn running_as_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
