@@ -55,13 +55,17 @@ pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = recheck.tick() => {
-                if let Err(e) = recheck_staff(&app, &directory).await {
-                    tracing::warn!(error = %e, "directory re-check of staff failed; trying again later");
+                match recheck_staff(&app, &directory).await {
+                    Ok(()) => crate::ops::metrics::directory_synced("staff", app.clock.now()),
+                    Err(e) => tracing::warn!(error = %e,
+                        "directory re-check of staff failed; trying again later"),
                 }
             }
             _ = sync.tick(), if config.vendors.is_some() => {
-                if let Err(e) = sync_vendors(&app, &directory).await {
-                    tracing::warn!(error = %e, "directory sync of vendors failed; trying again later");
+                match sync_vendors(&app, &directory).await {
+                    Ok(()) => crate::ops::metrics::directory_synced("vendors", app.clock.now()),
+                    Err(e) => tracing::warn!(error = %e,
+                        "directory sync of vendors failed; trying again later"),
                 }
             }
             _ = stop.changed() => return,

@@ -38,6 +38,7 @@ struct Metrics {
     db_connections: IntGaugeVec,
     db_up: IntGauge,
     clock_skew: IntGauge,
+    directory_synced: IntGaugeVec,
 }
 
 /// The names and help texts are fixed, so registering cannot fail: the `expect`s below run once, at
@@ -117,7 +118,7 @@ fn build() -> Metrics {
         ),
         deliveries_failed: counter_vec(
             "chaperone_delivery_failures_total",
-            "Failed deliveries of audit events, by consumer (webhook, atna); each is retried.",
+            "Failed deliveries of audit events, by consumer (webhook, atna, mail); each is retried.",
             &["consumer"],
         ),
         atna_sent: counter(
@@ -164,6 +165,13 @@ fn build() -> Metrics {
             "chaperone_clock_skew_seconds",
             "This node's clock minus the database's, at the last heartbeat.",
         ),
+        directory_synced: gauge_vec(
+            "chaperone_directory_sync_timestamp_seconds",
+            "When this node last finished a directory pass without an error (what: staff re-check, \
+             vendors sync), as Unix time. While the directory cannot be read, nobody it removed or \
+             disabled is removed here: alert when it falls behind its interval.",
+            &["what"],
+        ),
         registry,
     };
     // Every label value known in advance shows from the first scrape, at 0.
@@ -177,7 +185,7 @@ fn build() -> Metrics {
     for d in ["up", "down"] {
         m.relayed.with_label_values(&[d]);
     }
-    for c in ["webhook", "atna"] {
+    for c in ["webhook", "atna", "mail"] {
         m.deliveries_failed.with_label_values(&[c]);
     }
     m
@@ -242,6 +250,11 @@ pub fn delivery_failed(consumer: &str) {
 
 pub fn atna_sent() {
     METRICS.atna_sent.inc();
+}
+
+/// A directory pass (`what`: `staff` or `vendors`) finished without an error at `at` (`identity::directory`).
+pub fn directory_synced(what: &str, at: i64) {
+    METRICS.directory_synced.with_label_values(&[what]).set(at);
 }
 
 /// This node's clock minus the database's (`node::heartbeat`).

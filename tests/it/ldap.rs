@@ -809,13 +809,29 @@ fn directory_vendor_self_enrols_over_openssh_and_is_cut_off_by_the_sync() {
     let Some(dir) = slapd_or_skip(d.path(), &[("vic", "Acme Imaging", public.trim())]) else {
         return;
     };
+    // The ops listener says when each directory pass last succeeded.
+    let ops = crate::support::free_port();
     append_config(
         &d,
         &dir.config(&format!(
-            "{ROLES}[ldap.vendors]\nbase = \"ou=vendors,dc=example,dc=com\"\nsync_interval = \"1s\"\n"
+            "{ROLES}[ldap.vendors]\nbase = \"ou=vendors,dc=example,dc=com\"\nsync_interval = \"1s\"\n\
+             [ops]\nlisten = \"127.0.0.1:{ops}\"\n"
         )),
     );
     let b = Bastion::start(d);
+    let synced = |what: &str| {
+        let (_, metrics) = crate::ops::get(ops, "/metrics");
+        crate::ops::sample(
+            &metrics,
+            &format!("chaperone_directory_sync_timestamp_seconds{{what=\"{what}\"}}"),
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || synced("vendors") > 1e9
+            && synced("staff") > 1e9),
+        "{}",
+        crate::ops::get(ops, "/metrics").1
+    );
     // A vendor added with `vendor add`: the sync never touches it.
     let alice = b.vendor("alice", "Acme Imaging");
     // The sync adds vic, with the organisation of the OU and the key of sshPublicKey.
