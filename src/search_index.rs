@@ -168,7 +168,11 @@ impl Indexer {
             .into_iter()
             .filter(|r| !elsewhere.contains(&r.id))
             .collect();
+        // Each recording is claimed at the time it is reached, not the batch's start: a claim dated
+        // minutes back would look dead to every other indexer.
+        let started = std::time::Instant::now();
         for r in todo {
+            let now = now.saturating_add(i64::try_from(started.elapsed().as_secs()).unwrap_or(0));
             match self.index_recording(&r, now).await? {
                 Outcome::Skipped => {
                     elsewhere.insert(r.id);
@@ -340,19 +344,18 @@ impl Indexer {
         let pass = match pass.await {
             Ok(Ok(p)) => p,
             Ok(Err(why)) => {
-                self.store.clear_recording_text(r.id).await?;
                 return self
-                    .fail(r, now, format!("cannot read the recording: {why}"))
+                    .fail_claimed(r, claim, now, format!("cannot read the recording: {why}"))
                     .await;
             }
             Err(_) => return Err(IndexError::Thread),
         };
         if pass.sha != vouched {
             // What was read is not what the chain vouches for: nothing of it is searchable.
-            self.store.clear_recording_text(r.id).await?;
             return self
-                .fail(
+                .fail_claimed(
                     r,
+                    claim,
                     now,
                     format!(
                         "ALTERED: sha256 {}, the audit log vouches for {vouched}",
@@ -515,6 +518,41 @@ impl Indexer {
                 None,
             )
             .await?;
+        Ok(Outcome::Failed(why))
+    }
+
+    /// [`Indexer::fail`] for a recording this indexer claimed: its text cleared and the row marked, only
+    /// while the claim holds (taken over, the recording is the new indexer's to judge).
+    async fn fail_claimed(
+        &self,
+        r: &RecordingRow,
+        claim: &IndexClaim,
+        now: UnixTime,
+        why: String,
+    ) -> Result<Outcome, IndexError> {
+        if !self.store.clear_recording_text(claim).await? {
+            return Ok(taken_over(r));
+        }
+        let marked = self
+            .store
+            .finish_recording_index(
+                &IndexRow {
+                    recording_id: r.id,
+                    session_id: r.session_id.clone(),
+                    status: "failed".into(),
+                    sha256: None,
+                    playback: None,
+                    mac: None,
+                    note: Some(why.clone()),
+                    lines: 0,
+                    indexed_at: now,
+                },
+                Some(claim),
+            )
+            .await?;
+        if !marked {
+            return Ok(taken_over(r));
+        }
         Ok(Outcome::Failed(why))
     }
 }

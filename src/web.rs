@@ -2001,14 +2001,18 @@ impl WebCore {
                 .await
                 .map_err(internal)?;
             if row.as_ref().is_none_or(|i| i.status == "indexing") {
-                self.index_for_view(r).await?;
+                let ran = self.index_for_view(r).await?;
                 row = self
                     .app
                     .store
                     .recording_index(r.id)
                     .await
                     .map_err(internal)?;
+                if row.is_none() && !ran {
+                    return Err(being_prepared());
+                }
             }
+            // A pass that ran and left no row found no file here.
             let Some(row) = row else {
                 return Err(CoreError::Conflict(
                     "this recording is not on this node: open the page on the node that recorded it"
@@ -2051,9 +2055,7 @@ impl WebCore {
                     "this recording cannot be played: {}",
                     row.note.as_deref().unwrap_or("indexing failed")
                 ))),
-                _ => Err(CoreError::Conflict(
-                    "this recording is being prepared for playing; try again in a moment".into(),
-                )),
+                _ => Err(being_prepared()),
             };
         }
     }
@@ -2065,10 +2067,11 @@ impl WebCore {
     /// stall rule, does not stop it half-way with its claim held, and it never takes over a claim a
     /// running indexer keeps renewing. One such pass at a time per node ([`VIEW_INDEXING`]); past that,
     /// or past [`VIEW_INDEX_WAIT`], the page says the recording is being prepared.
-    async fn index_for_view(&self, r: &RecordingRow) -> Result<(), CoreError> {
+    /// Whether a pass ran to its end (`false`: one is running, or waits for the background indexer).
+    async fn index_for_view(&self, r: &RecordingRow) -> Result<bool, CoreError> {
         let Ok(turn) = self.turns.view_indexing.clone().try_acquire_owned() else {
             self.app.recording_closed.notify_one();
-            return Ok(());
+            return Ok(false);
         };
         let (indexer, row, now) = (self.indexer.clone(), r.clone(), self.now());
         let pass = tokio::spawn(async move {
@@ -2076,7 +2079,8 @@ impl WebCore {
             indexer.index_recording(&row, now).await
         });
         match tokio::time::timeout(VIEW_INDEX_WAIT, pass).await {
-            Ok(Ok(Ok(_))) | Err(_) => Ok(()),
+            Ok(Ok(Ok(_))) => Ok(true),
+            Err(_) => Ok(false),
             Ok(Ok(Err(e))) => {
                 tracing::error!(recording = r.id, error = %e, "indexing a recording for the player");
                 Err(CoreError::Internal)
@@ -2087,6 +2091,12 @@ impl WebCore {
             }
         }
     }
+}
+
+fn being_prepared() -> CoreError {
+    CoreError::Conflict(
+        "this recording is being prepared for playing; try again in a moment".into(),
+    )
 }
 
 fn not_found_or(e: StoreError) -> CoreError {

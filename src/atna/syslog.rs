@@ -48,6 +48,13 @@ pub enum SetupError {
         #[source]
         source: rustls::pki_types::pem::Error,
     },
+    /// The client key cannot be read, or others may read it.
+    #[error("reading atna.client_key {path}")]
+    ClientKeyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("atna.client_cert and atna.client_key do not make a client certificate")]
     ClientCert(#[source] rustls::Error),
     #[error("atna.url: {host:?} is not a name TLS can check")]
@@ -279,8 +286,14 @@ fn client_config(config: &AtnaConfig) -> Result<rustls::ClientConfig, SetupError
                     path: cert.clone(),
                     source,
                 })?;
+            // Held to the rule `doctor` checks it by (`key_files`): its group may read it, others not.
+            let pem = crate::key_files::read_private(key, crate::key_files::Readers::Group)
+                .map_err(|source| SetupError::ClientKeyFile {
+                    path: key.clone(),
+                    source,
+                })?;
             let key =
-                PrivateKeyDer::from_pem_file(key).map_err(|source| SetupError::ClientFile {
+                PrivateKeyDer::from_pem_slice(&pem).map_err(|source| SetupError::ClientFile {
                     path: key.clone(),
                     source,
                 })?;

@@ -238,7 +238,14 @@ pub fn rotate(path: &Path, now: i64) -> Result<Rotated, SignerError> {
         old.fingerprint(),
         old.allowed_signers_line()?
     );
-    let appended = append(&retired, line.as_bytes());
+    // The retired keys' lines and the public key too stay the service's (a rotation under sudo would
+    // otherwise leave files the service cannot read, or a later rotation as the service cannot write).
+    let appended = append(&retired, line.as_bytes()).and_then(|()| {
+        crate::key_files::owned_like(&retired, path).map_err(|source| SignerError::Io {
+            path: retired.clone(),
+            source,
+        })
+    });
     let renamed = appended.and_then(|()| {
         std::fs::rename(&staged, path).map_err(|source| SignerError::Io {
             path: path.to_owned(),
@@ -257,6 +264,10 @@ pub fn rotate(path: &Path, now: i64) -> Result<Rotated, SignerError> {
     let pub_path = public_path(path);
     let _ = std::fs::remove_file(&pub_path);
     write_new(&pub_path, format!("{public}\n").as_bytes(), 0o644)?;
+    crate::key_files::owned_like(&pub_path, path).map_err(|source| SignerError::Io {
+        path: pub_path.clone(),
+        source,
+    })?;
     Ok(Rotated {
         old_fingerprint: old.fingerprint(),
         new,

@@ -521,9 +521,12 @@ pub async fn judge(app: &App, attempt: Attempt<'_>, now: i64) -> Result<Verdict,
             }
             (Lockout::PerSource { max, window }, Account::Staff { id, name }) => {
                 let since = Lockout::since(window, now);
-                tx.add_staff_signin_failure(*id, source, now, since, attempt.first_factor)
+                // A password checked right for an account disabled meanwhile is no second-factor
+                // failure (those lock the account everywhere).
+                let password_ok = attempt.first_factor && enabled;
+                tx.add_staff_signin_failure(*id, source, now, since, password_ok)
                     .await?;
-                let everywhere = attempt.first_factor
+                let everywhere = password_ok
                     && tx.staff_second_factor_failures(*id, since).await? >= i64::from(max);
                 let locked = failures + 1 >= i64::from(max) || everywhere;
                 tx.audit(

@@ -11,13 +11,18 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::broadcast;
 
 /// Output kept for a watcher who arrives (to draw the screen so far), about.
 pub const RECENT: usize = 64 * 1024;
 /// Chunks a watcher may fall behind before it skips ahead.
 pub const CAPACITY: usize = 1024;
+/// Output in smaller chunks than this is kept copied together, not chunk by chunk: a device that sends
+/// its output a byte at a time (a loop printing dots) had each byte kept as a buffer of its own, some
+/// hundred bytes of bookkeeping each or the whole packet it came in, ~128 times [`RECENT`] per session
+/// whether anyone watched or not. Larger chunks are kept as the shared buffers they came in.
+const SMALL: usize = 4096;
 
 /// What a watcher is sent.
 #[derive(Debug, Clone)]
@@ -43,6 +48,9 @@ pub struct Start {
 #[derive(Debug)]
 struct State {
     recent: VecDeque<Bytes>,
+    /// Small chunks copied together after `recent`, until [`SMALL`] bytes make a chunk of their own.
+    filling: BytesMut,
+    /// Bytes in `recent` and `filling`.
     recent_len: usize,
     /// Some output was let go from the front of `recent`.
     cut: bool,
@@ -82,6 +90,7 @@ impl Tap {
                 started: Instant::now(),
                 state: Mutex::new(State {
                     recent: VecDeque::new(),
+                    filling: BytesMut::new(),
                     recent_len: 0,
                     cut: false,
                     cols: cols.max(1),
@@ -110,13 +119,27 @@ impl Tap {
         let Ok(mut s) = self.inner.state.lock() else {
             return;
         };
-        s.recent.push_back(data.clone());
-        s.recent_len += data.len();
-        while s.recent_len > RECENT && s.recent.len() > 1 {
-            if let Some(old) = s.recent.pop_front() {
-                s.recent_len -= old.len();
-                s.cut = true;
+        if data.len() < SMALL {
+            s.filling.extend_from_slice(data);
+            if s.filling.len() >= SMALL {
+                let full = s.filling.split().freeze();
+                s.recent.push_back(full);
             }
+        } else {
+            if !s.filling.is_empty() {
+                let part = s.filling.split().freeze();
+                s.recent.push_back(part);
+            }
+            s.recent.push_back(data.clone());
+        }
+        s.recent_len += data.len();
+        // The newest output is always kept, however large.
+        while s.recent_len > RECENT && s.recent.len() + usize::from(!s.filling.is_empty()) > 1 {
+            let Some(old) = s.recent.pop_front() else {
+                break;
+            };
+            s.recent_len -= old.len();
+            s.cut = true;
         }
         // Sent under the lock, so a watcher's start and its events neither overlap nor leave a gap.
         if self.inner.tx.receiver_count() > 0 {
@@ -161,6 +184,7 @@ impl Tap {
         for b in &s.recent {
             recent.extend_from_slice(b);
         }
+        recent.extend_from_slice(&s.filling);
         let rx = self.inner.tx.subscribe();
         (
             Start {
@@ -201,7 +225,46 @@ mod tests {
         for _ in 0..100_000 {
             tap.output(&Bytes::new());
         }
-        assert_eq!(tap.inner.state.lock().unwrap().recent.len(), 1);
+        let s = tap.inner.state.lock().unwrap();
+        assert_eq!(
+            (s.recent.len(), s.recent_len, &s.filling[..]),
+            (0, 1, &b"x"[..])
+        );
+    }
+
+    /// Output a byte at a time is kept as a few buffers, not one per byte; what a watcher is shown is
+    /// still the recent output, in order.
+    #[test]
+    fn output_a_byte_at_a_time_is_kept_in_few_buffers() {
+        let tap = Tap::new(80, 24);
+        let mut sent = Vec::new();
+        for i in 0..200_000u32 {
+            let b = b"0123456789"[(i % 10) as usize];
+            sent.push(b);
+            tap.output(&Bytes::copy_from_slice(&[b]));
+        }
+        // A large chunk between small ones keeps its place.
+        let big = Bytes::from(vec![b'B'; SMALL * 2]);
+        tap.output(&big);
+        sent.extend_from_slice(&big);
+        for b in b"tail" {
+            tap.output(&Bytes::copy_from_slice(&[*b]));
+            sent.push(*b);
+        }
+        assert!(
+            tap.inner.state.lock().unwrap().recent.len() <= RECENT / SMALL + 2,
+            "{}",
+            tap.inner.state.lock().unwrap().recent.len()
+        );
+        let (start, _) = tap.watch();
+        assert!(start.cut);
+        assert!(
+            start.recent.len() <= RECENT + SMALL,
+            "{}",
+            start.recent.len()
+        );
+        assert!(sent.ends_with(&start.recent));
+        assert!(start.recent.len() >= RECENT - SMALL);
     }
 
     #[test]

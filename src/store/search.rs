@@ -546,13 +546,29 @@ impl Store {
         Ok(reopened)
     }
 
-    /// Removes recording `recording_id`'s text (what was read turned out not to be what was vouched for).
-    pub async fn clear_recording_text(&self, recording_id: i64) -> Result<()> {
+    /// Removes the text `claim`'s indexer wrote (what was read turned out not to be what was vouched for,
+    /// or could not be read), while the claim holds; false when another indexer took it over (the text
+    /// is theirs now).
+    pub async fn clear_recording_text(&self, claim: &IndexClaim) -> Result<bool> {
         let w = self.write_tx("clearing a recording's text").await?;
         // The writer turn (`w.writer`) is held until the end of this function, after the commit.
         let mut tx = w.tx;
-        delete_recording_text(&mut tx, recording_id).await?;
-        tx.commit().await.context("clearing a recording's text")
+        let held = sqlx::query(
+            "UPDATE recording_index SET note = note \
+             WHERE recording_id = $1 AND status = 'indexing' AND note = $2",
+        )
+        .bind(claim.recording_id)
+        .bind(&claim.token)
+        .execute(&mut *tx)
+        .await
+        .context("clearing a recording's text")?
+        .rows_affected()
+            == 1;
+        if held {
+            delete_recording_text(&mut tx, claim.recording_id).await?;
+        }
+        tx.commit().await.context("clearing a recording's text")?;
+        Ok(held)
     }
 
     /// Records what the indexer made of a recording: under `claim`, only while it holds (false when

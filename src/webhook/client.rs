@@ -115,15 +115,17 @@ pub enum DeliveryError {
 }
 
 impl DeliveryError {
-    /// Whether trying again cannot help: the receiver refused this event itself (a 4xx other than
-    /// 408 Request Timeout and 429 Too Many Requests). Retried, it would hold every later event back
-    /// for the whole retry time, and what a vendor typed (a request's reason a firewall in front of
-    /// the receiver rejects) could delay the alerts that follow it.
+    /// Whether trying again cannot help: the receiver refused this event's content itself (400 Bad
+    /// Request, 413 Content Too Large, 415 Unsupported Media Type, 422 Unprocessable Content).
+    /// Retried, it would hold every later event back for the whole retry time, and what a vendor typed
+    /// (a request's reason a firewall in front of the receiver rejects) could delay the alerts that
+    /// follow it. Answers about the receiver rather than the event (401, 403, 404: a wrong secret, a
+    /// receiver being deployed; 408, 429; 5xx) are retried: given up at once, every event would be.
     pub fn refused_for_good(&self) -> bool {
+        use http::StatusCode as S;
         matches!(self, DeliveryError::Status { status, .. }
-            if status.is_client_error()
-                && *status != http::StatusCode::REQUEST_TIMEOUT
-                && *status != http::StatusCode::TOO_MANY_REQUESTS)
+            if matches!(*status, S::BAD_REQUEST | S::PAYLOAD_TOO_LARGE
+                | S::UNSUPPORTED_MEDIA_TYPE | S::UNPROCESSABLE_ENTITY))
     }
 }
 
