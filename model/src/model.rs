@@ -74,7 +74,43 @@ pub fn check_text(what: &str, text: &str, max: usize) -> Result<(), String> {
              U+200F, U+2028-U+202E, U+2066-U+2069)"
         ));
     }
+    if let Some(c) = text.chars().find(|&c| invisible(c)) {
+        return Err(format!(
+            "{what} must not contain invisible characters (U+{:04X}): what the approver reads must be \
+             all there is",
+            u32::from(c)
+        ));
+    }
+    let mut marks = 0;
+    for c in text.chars() {
+        marks = if combining(c) { marks + 1 } else { 0 };
+        if marks > MAX_MARKS {
+            return Err(format!(
+                "{what} stacks more than {MAX_MARKS} combining marks on one character"
+            ));
+        }
+    }
     Ok(())
+}
+
+/// Combining marks one character may carry in free text: every script needs a few (Vietnamese two,
+/// some Indic clusters three); a column of them drawn over the lines around it needs many.
+const MAX_MARKS: usize = 4;
+
+/// A combining mark of the blocks that stack (diacritics for Latin, Greek, Cyrillic and symbols).
+fn combining(c: char) -> bool {
+    matches!(c, '\u{300}'..='\u{36f}' | '\u{1ab0}'..='\u{1aff}' | '\u{1dc0}'..='\u{1dff}'
+        | '\u{20d0}'..='\u{20ff}' | '\u{fe20}'..='\u{fe2f}')
+}
+
+/// A character that takes no room and shows nothing: zero-width spaces and joiners, word joiners and
+/// invisible operators, the soft hyphen, the byte-order mark, tag characters. Text holding one reads
+/// like text without it and is not the same.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{ad}' | '\u{34f}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}'
+        | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200d}' | '\u{2060}'..='\u{2064}'
+        | '\u{206a}'..='\u{206f}' | '\u{3164}' | '\u{feff}' | '\u{ffa0}'
+        | '\u{e0000}'..='\u{e007f}')
 }
 
 /// Whether `c` reorders or breaks the text it is shown in, without being a control character: the
@@ -573,6 +609,8 @@ mod tests {
     fn free_text_is_shown_as_written() {
         assert!(check_text("reason", "INC-4711 firmware check", 100).is_ok());
         assert!(check_text("reason", "Prüfung des MRT (Ärztin: Dr. Ünal)", 100).is_ok());
+        // Marks a script needs (Vietnamese: two on one letter, here decomposed) pass.
+        assert!(check_text("reason", "Kie\u{302}\u{301}m tra ma\u{301}y", 100).is_ok());
         for bad in [
             "INC-4711 \u{202e}KCEHC TON OD\u{202c} ok",
             "a\u{2028}b",
@@ -581,6 +619,17 @@ mod tests {
         ] {
             assert!(check_text("reason", bad, 100).is_err(), "{bad:?}");
             assert!(!shown(bad).chars().any(reorders_text), "{bad:?}");
+        }
+        // Invisible characters, and a column of marks drawn over the lines around it.
+        let zalgo = format!("INC-2 e{}", "\u{301}".repeat(50));
+        for bad in [
+            "INC\u{200b}-4711",
+            "a\u{2060}b",
+            "\u{feff}x",
+            "x\u{e0041}",
+            zalgo.as_str(),
+        ] {
+            assert!(check_text("reason", bad, 100).is_err(), "{bad:?}");
         }
         assert_eq!(shown("a\u{202e}b\u{2069}"), "a\u{fffd}b\u{fffd}");
         assert!(matches!(

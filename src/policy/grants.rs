@@ -35,7 +35,7 @@ use crate::store::{NewGrant, Store, StoreError, Tx};
 
 pub use crate::model::MAX_GRANT;
 
-/// The longest reason accepted, in bytes.
+/// The longest reason accepted, in characters.
 pub const MAX_REASON: usize = 500;
 
 /// Who issues or revokes a grant, as the audit log names them. The web page's approvers become one

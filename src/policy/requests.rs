@@ -130,18 +130,22 @@ pub async fn file(
     if !asset.serviced_by(&vendor.org) {
         return Err(other_organisation(&vendor.org));
     }
-    // A port number names the service on that port (tunnel refusals print the port the vendor used).
-    let by_port: Vec<String> = services
-        .iter()
-        .map(|s| match s.parse::<u16>() {
+    // A port number names the service on that port (tunnel refusals print the port the vendor used);
+    // a service named twice that way (`22,ssh`) is asked for once.
+    let mut by_port: Vec<String> = Vec::with_capacity(services.len());
+    for s in services {
+        let name = match s.parse::<u16>() {
             Ok(port) => asset
                 .services
                 .iter()
                 .find(|x| x.port == port)
                 .map_or_else(|| s.clone(), |x| x.name.clone()),
             Err(_) => s.clone(),
-        })
-        .collect();
+        };
+        if !by_port.contains(&name) {
+            by_port.push(name);
+        }
+    }
     let services = by_port.as_slice();
     if services.is_empty() {
         return Err(unknown("no service named".into()));

@@ -31,6 +31,7 @@ use chaperone_model::request::parse;
 /// Files the request in `rest` for `vendor` (as policy just re-read it) and waits for its decision;
 /// returns the exit status.
 pub async fn run(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>, rest: &str) -> u32 {
+    let started = tokio::time::Instant::now();
     let args = match parse(rest) {
         Ok(a) => a,
         Err(e) => {
@@ -66,6 +67,11 @@ pub async fn run(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>, res
                 )
                 .await;
             }
+            // Told no sooner than REFUSAL_FLOOR after asking: another organisation's asset is refused
+            // in the words of a missing one, and the time taken must not tell them apart either (the
+            // store reads both in one query; what is left of the difference, tens of microseconds,
+            // drowns here). It also paces a loop of guesses.
+            tokio::time::sleep_until(started + REFUSAL_FLOOR).await;
             err(
                 channel,
                 &format!("chaperone: {}\r\n", refusal.vendor_message()),
@@ -88,6 +94,9 @@ pub async fn run(ctx: &Context, vendor: &Vendor, channel: &mut Channel<Msg>, res
     .await;
     wait(ctx, channel, id).await
 }
+
+/// How long a refused request takes to be answered, at least.
+const REFUSAL_FLOOR: Duration = Duration::from_millis(250);
 
 /// What the wait ended with.
 enum Ended {

@@ -128,21 +128,42 @@ impl Store {
         Ok(out)
     }
 
+    /// Asset `name` with its services, in one query whether it exists or not: a vendor's request or
+    /// login for another organisation's asset is refused as one that does not exist, and the time the
+    /// lookup takes must not tell the two apart either (a second query for the services of an asset
+    /// that exists did: ~0.2 ms on SQLite, a round trip on PostgreSQL).
     pub async fn asset(&self, name: &str) -> Result<Option<Asset>> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {ASSET_COLUMNS} FROM assets WHERE name = $1"
+        let columns = ASSET_COLUMNS
+            .split(',')
+            .map(|c| format!("a.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {columns}, s.name AS service_name, s.port AS service_port, s.kind AS service_kind \
+             FROM assets a LEFT JOIN asset_services s ON s.asset_id = a.id \
+             WHERE a.name = $1 ORDER BY s.port, s.name"
         )))
         .bind(name)
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await
         .context("reading an asset")?;
-        match row {
-            Some(row) => {
-                let services = self.services_of(get(&row, "id")?).await?;
-                Ok(Some(asset(&row, services)?))
-            }
-            None => Ok(None),
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let mut services = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let Some(name) = get::<Option<String>>(row, "service_name")? else {
+                continue;
+            };
+            let port: i64 = get(row, "service_port")?;
+            services.push(Service {
+                name,
+                port: u16::try_from(port)
+                    .map_err(|_| StoreError::Corrupt(format!("port {port}")))?,
+                kind: get_parsed::<ServiceKind>(row, "service_kind")?,
+            });
         }
+        Ok(Some(asset(first, services)?))
     }
 
     pub async fn require_asset(&self, name: &str) -> Result<Asset> {
