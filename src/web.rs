@@ -124,54 +124,37 @@ const BUNDLES_PER_NODE: usize = 4;
 const BUNDLES_PER_STAFF: usize = 2;
 
 /// The bundles being made on this node, by staff member ([`BUNDLES_PER_NODE`], [`BUNDLES_PER_STAFF`]).
-#[derive(Debug, Default)]
-struct BundleTurns {
-    held: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+#[derive(Debug)]
+struct BundleTurns(chaperone_web_approval::places::Places);
+
+impl Default for BundleTurns {
+    fn default() -> BundleTurns {
+        BundleTurns(chaperone_web_approval::places::Places::new(
+            BUNDLES_PER_NODE,
+            BUNDLES_PER_STAFF,
+        ))
+    }
 }
 
 impl BundleTurns {
     /// A turn for `who`, held until the download ends (its stream is dropped), or `Busy`.
-    fn take(self: &std::sync::Arc<Self>, who: &str) -> Result<BundleTurn, CoreError> {
-        let mut held = self.held.lock().map_err(|_| CoreError::Internal)?;
-        if held.get(who).copied().unwrap_or(0) >= BUNDLES_PER_STAFF {
-            return Err(CoreError::Busy(format!(
-                "you are downloading {BUNDLES_PER_STAFF} evidence bundles already; \
-                 try again when one has finished"
-            )));
-        }
-        if held.values().sum::<usize>() >= BUNDLES_PER_NODE {
-            return Err(CoreError::Busy(format!(
-                "{BUNDLES_PER_NODE} evidence bundles are being made on this server; \
-                 try again in a moment"
-            )));
-        }
-        *held.entry(who.to_owned()).or_default() += 1;
-        Ok(BundleTurn {
-            turns: std::sync::Arc::clone(self),
-            who: who.to_owned(),
+    fn take(&self, who: &str) -> Result<BundleTurn, CoreError> {
+        use chaperone_web_approval::places::Full;
+        self.0.take(who).map_err(|full| {
+            CoreError::Busy(match full {
+                Full::Yours(n) => format!(
+                    "you are downloading {n} evidence bundles already; try again when one has finished"
+                ),
+                Full::All(n) => format!(
+                    "{n} evidence bundles are being made on this server; try again in a moment"
+                ),
+            })
         })
     }
 }
 
 /// One bundle's place under [`BundleTurns`]; given back when dropped.
-struct BundleTurn {
-    turns: std::sync::Arc<BundleTurns>,
-    who: String,
-}
-
-impl Drop for BundleTurn {
-    fn drop(&mut self) {
-        // A poisoned lock: the count is lost with it, and `take` refuses (Internal) from then on.
-        if let Ok(mut held) = self.turns.held.lock()
-            && let Some(n) = held.get_mut(&self.who)
-        {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.who);
-            }
-        }
-    }
-}
+type BundleTurn = chaperone_web_approval::places::Place;
 
 /// Oversized sign-in state is the request's fault (400), anything else the store's.
 fn state_error(e: StoreError) -> CoreError {
@@ -2973,11 +2956,10 @@ mod tests {
         drop(b2);
         drop(c1);
         let _a3 = turns.take("alice").unwrap();
-        assert_eq!(
-            turns.held.lock().unwrap().get("carol"),
-            None,
-            "no count is left at zero"
-        );
+        assert_eq!(turns.0.taken(), 3);
+        // Carol's count went with her last turn: she may take two again.
+        let _c2 = turns.take("carol").unwrap();
+        assert!(busy(turns.take("carol")).contains("4 evidence bundles"));
     }
 
     fn line(t: f64, event: TransferEvent) -> playback::TransferLine {

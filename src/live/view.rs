@@ -12,11 +12,9 @@
 //! behind skips ahead to the screen as it is now), at most [`MAX_VIEWS`] on a node. The session never
 //! waits for a view.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
 use chaperone_recorder::Utf8Stream;
 use chaperone_recorder::emulator::{Carried, Emulator, redraw_pause};
+use chaperone_web_approval::places::{Full, Place, Places};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
@@ -60,19 +58,9 @@ pub enum ViewError {
     Thread(std::io::Error),
 }
 
-/// The live views open on a node, in all and by staff member.
+/// The live views open on a node, in all and by staff member (`chaperone_web_approval::places`).
 #[derive(Debug, Clone)]
-pub struct Views {
-    open: Arc<Mutex<Open>>,
-    max: usize,
-    each: usize,
-}
-
-#[derive(Debug, Default)]
-struct Open {
-    all: usize,
-    by: HashMap<String, usize>,
-}
+pub struct Views(Places);
 
 impl Default for Views {
     fn default() -> Views {
@@ -80,24 +68,11 @@ impl Default for Views {
     }
 }
 
-/// A view's place among the open ones, given back when its thread ends.
-struct Place {
-    open: Arc<Mutex<Open>>,
-    who: String,
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        let mut open = self
-            .open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        open.all = open.all.saturating_sub(1);
-        if let Some(n) = open.by.get_mut(&self.who) {
-            *n -= 1;
-            if *n == 0 {
-                open.by.remove(&self.who);
-            }
+impl From<Full> for ViewError {
+    fn from(full: Full) -> ViewError {
+        match full {
+            Full::Yours(n) => ViewError::TooManyOfYours(n),
+            Full::All(n) => ViewError::TooMany(n),
         }
     }
 }
@@ -105,53 +80,23 @@ impl Drop for Place {
 impl Views {
     /// At most `max` open at once, `each` of them one staff member's.
     pub fn new(max: usize, each: usize) -> Views {
-        Views {
-            open: Arc::default(),
-            max,
-            each,
-        }
+        Views(Places::new(max, each))
     }
 
     /// Views open now.
     #[cfg(test)]
     fn open_now(&self) -> usize {
-        self.open.lock().map_or(usize::MAX, |o| o.all)
-    }
-
-    /// Whether `open` has room for one more view of `who`'s: the one rule [`Views::open`] and
-    /// [`Views::room_for`] share.
-    fn room(&self, open: &Open, who: &str) -> Result<(), ViewError> {
-        if open.by.get(who).copied().unwrap_or(0) >= self.each {
-            return Err(ViewError::TooManyOfYours(self.each));
-        }
-        if open.all >= self.max {
-            return Err(ViewError::TooMany(self.max));
-        }
-        Ok(())
+        self.0.taken()
     }
 
     /// Whether a view for `who` would be opened now (the page asks before it opens one: a refused
     /// stream of server-sent events can only show "loading"). Nothing is taken.
     pub fn room_for(&self, who: &str) -> Result<(), ViewError> {
-        let open = self
-            .open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.room(&open, who)
+        Ok(self.0.room_for(who)?)
     }
 
     fn take(&self, who: &str) -> Result<Place, ViewError> {
-        let mut open = self
-            .open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.room(&open, who)?;
-        open.all += 1;
-        *open.by.entry(who.to_owned()).or_default() += 1;
-        Ok(Place {
-            open: self.open.clone(),
-            who: who.to_owned(),
-        })
+        Ok(self.0.take(who)?)
     }
 
     /// Opens a view of `tap`'s session for staff member `who`: the screen so far, then what follows,

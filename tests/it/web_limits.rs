@@ -916,3 +916,34 @@ fn the_page_is_told_why_a_live_view_would_be_refused() {
     assert!(check().body.contains("has ended"));
     assert_eq!(watches(), 4);
 }
+
+/// The change stream holds a connection for as long as its session lasts: one person (or a script with
+/// their cookie) may hold 8 at once on a node, not every connection the node has. A ninth is refused
+/// (429) while the others stream; one closed gives its place back.
+#[test]
+fn one_person_holds_at_most_eight_change_streams() {
+    let b = Bastion::start(DataDir::init());
+    let audrey = Approver::enroll(&b, "audrey", "auditor");
+    let carl = Approver::enroll(&b, "carl", "auditor");
+    let mut open: Vec<_> = (0..8)
+        .map(|_| {
+            let (running, status) = audrey.get_slowly("/events");
+            assert_eq!(status, 200);
+            running
+        })
+        .collect();
+    let (_refused, status) = audrey.get_slowly("/events");
+    assert_eq!(status, 429);
+    // Another person is not held back by hers.
+    let (_carls, status) = carl.get_slowly("/events");
+    assert_eq!(status, 200);
+    drop(open.pop());
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let (_again, status) = audrey.get_slowly("/events");
+            status == 200
+        }),
+        "{}",
+        b.log()
+    );
+}

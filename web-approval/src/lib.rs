@@ -19,6 +19,7 @@ mod history;
 mod html;
 mod pages;
 pub mod passkey;
+pub mod places;
 pub mod serve;
 mod signin;
 pub mod tls;
@@ -60,7 +61,14 @@ pub struct WebState<C> {
     pub link_misses: Limiter,
     /// The WebAuthn relying party; `None` when `public_url` cannot be one (passkeys are then not offered).
     pub passkeys: Option<passkey::Passkeys>,
+    /// The change streams (`/events`) open on this node, in all and by staff member: each holds a
+    /// connection for as long as its session lasts and reads the store every second.
+    pub change_streams: places::Places,
 }
+
+/// Change streams open at once on a node, and of one staff member's (a few tabs each).
+const CHANGE_STREAMS: usize = 256;
+const CHANGE_STREAMS_EACH: usize = 8;
 
 /// Settings of the web app.
 #[derive(Debug, Clone)]
@@ -108,6 +116,7 @@ pub fn router<C: Core>(core: Arc<C>, options: WebOptions) -> Router {
                 }
             }
         }),
+        change_streams: places::Places::new(CHANGE_STREAMS, CHANGE_STREAMS_EACH),
     });
     Router::new()
         .route("/healthz", get(healthz))

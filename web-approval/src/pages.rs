@@ -795,16 +795,32 @@ pub async fn sessions<C: Core>(
 /// stream is no activity: it never postpones the idle sign-out, and it ends once the session is gone
 /// (signed out, idle, or the user disabled; [`crate::auth::while_signed_in`]).
 pub async fn events<C: Core>(State(st): St<C>, headers: HeaderMap) -> Response {
-    match st.peek_session(&headers).await {
-        Ok(Some(_)) => {}
+    let session = match st.peek_session(&headers).await {
+        Ok(Some(s)) => s,
         Ok(None) => return StatusCode::UNAUTHORIZED.into_response(),
         // EventSource gives up on a 401 but retries on a 503.
         Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
-    }
-    let changes = futures::stream::unfold(st.core.clone(), |core| async move {
+    };
+    // Each stream holds a connection for the session's life: a person's many, or a script's, must not
+    // take the node's connections from the others (held by the stream, given back when it ends).
+    let place = match st.change_streams.take(&session.staff.name) {
+        Ok(place) => place,
+        Err(full) => {
+            let why = match full {
+                crate::places::Full::Yours(n) => {
+                    format!("you have {n} pages following changes open on this server\n")
+                }
+                crate::places::Full::All(n) => {
+                    format!("{n} pages follow changes on this server already\n")
+                }
+            };
+            return (StatusCode::TOO_MANY_REQUESTS, why).into_response();
+        }
+    };
+    let changes = futures::stream::unfold((st.core.clone(), place), |(core, place)| async move {
         core.changed().await;
         let event = Event::default().event("change").data("1");
-        Some((Ok::<_, Infallible>(event), core))
+        Some((Ok::<_, Infallible>(event), (core, place)))
     });
     let stream = crate::auth::while_signed_in(st, headers, changes);
     (
