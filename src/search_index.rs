@@ -503,20 +503,7 @@ impl Indexer {
     ) -> Result<Outcome, IndexError> {
         let _ = self.store.claim_recording_index(r, now).await?;
         self.store
-            .finish_recording_index(
-                &IndexRow {
-                    recording_id: r.id,
-                    session_id: r.session_id.clone(),
-                    status: "failed".into(),
-                    sha256: None,
-                    playback: None,
-                    mac: None,
-                    note: Some(why.clone()),
-                    lines: 0,
-                    indexed_at: now,
-                },
-                None,
-            )
+            .finish_recording_index(&failed_row(r, &why, now), None)
             .await?;
         Ok(Outcome::Failed(why))
     }
@@ -535,25 +522,27 @@ impl Indexer {
         }
         let marked = self
             .store
-            .finish_recording_index(
-                &IndexRow {
-                    recording_id: r.id,
-                    session_id: r.session_id.clone(),
-                    status: "failed".into(),
-                    sha256: None,
-                    playback: None,
-                    mac: None,
-                    note: Some(why.clone()),
-                    lines: 0,
-                    indexed_at: now,
-                },
-                Some(claim),
-            )
+            .finish_recording_index(&failed_row(r, &why, now), Some(claim))
             .await?;
         if !marked {
             return Ok(taken_over(r));
         }
         Ok(Outcome::Failed(why))
+    }
+}
+
+/// The row of recording `r` judged not indexable at `now`, with why.
+fn failed_row(r: &RecordingRow, why: &str, now: UnixTime) -> IndexRow {
+    IndexRow {
+        recording_id: r.id,
+        session_id: r.session_id.clone(),
+        status: "failed".into(),
+        sha256: None,
+        playback: None,
+        mac: None,
+        note: Some(why.to_owned()),
+        lines: 0,
+        indexed_at: now,
     }
 }
 

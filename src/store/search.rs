@@ -116,6 +116,21 @@ pub struct IndexClaim {
     token: String,
 }
 
+/// Whether `claim` still holds its recording, its row locked in `tx` from here on (a takeover waits for
+/// `tx`, then clears what it wrote).
+async fn holds(tx: &mut sqlx::Transaction<'static, sqlx::Any>, claim: &IndexClaim) -> Result<bool> {
+    let locked = sqlx::query(
+        "UPDATE recording_index SET note = note \
+         WHERE recording_id = $1 AND status = 'indexing' AND note = $2",
+    )
+    .bind(claim.recording_id)
+    .bind(&claim.token)
+    .execute(&mut **tx)
+    .await
+    .context("holding a recording's index claim")?;
+    Ok(locked.rows_affected() == 1)
+}
+
 /// A session row (the columns `sessions::session` reads) and what the history shows beside it.
 const HISTORY_SELECT: &str = "SELECT s.id, v.name AS vendor, a.name AS asset, s.grant_id, s.kind, \
      s.service, s.client_addr, s.detail, s.started_at, s.ended_at, s.end_reason, s.end_cause, s.bytes_up, \
@@ -429,18 +444,7 @@ impl Store {
         let w = self.write_tx("indexing text").await?;
         // The writer turn (`w.writer`) is held until the end of this function, after the commit.
         let mut tx = w.tx;
-        let held = sqlx::query(
-            "UPDATE recording_index SET note = note \
-             WHERE recording_id = $1 AND status = 'indexing' AND note = $2",
-        )
-        .bind(recording_id)
-        .bind(&claim.token)
-        .execute(&mut *tx)
-        .await
-        .context("indexing text")?
-        .rows_affected()
-            == 1;
-        if !held {
+        if !holds(&mut tx, claim).await? {
             return Ok(false);
         }
         for c in chunks {
@@ -553,17 +557,7 @@ impl Store {
         let w = self.write_tx("clearing a recording's text").await?;
         // The writer turn (`w.writer`) is held until the end of this function, after the commit.
         let mut tx = w.tx;
-        let held = sqlx::query(
-            "UPDATE recording_index SET note = note \
-             WHERE recording_id = $1 AND status = 'indexing' AND note = $2",
-        )
-        .bind(claim.recording_id)
-        .bind(&claim.token)
-        .execute(&mut *tx)
-        .await
-        .context("clearing a recording's text")?
-        .rows_affected()
-            == 1;
+        let held = holds(&mut tx, claim).await?;
         if held {
             delete_recording_text(&mut tx, claim.recording_id).await?;
         }

@@ -36,6 +36,21 @@ fn revoke_a_pump_grant(data: &DataDir) -> i64 {
     grant
 }
 
+/// The `webhook.undelivered` event's line, once it is audited (within 20 s).
+fn undelivered(b: &Bastion) -> String {
+    assert!(
+        wait_until(Duration::from_secs(20), || audit(b)
+            .contains("\"webhook.undelivered\"")),
+        "{}",
+        b.log()
+    );
+    audit(b)
+        .lines()
+        .find(|l| l.contains("\"webhook.undelivered\""))
+        .unwrap()
+        .to_owned()
+}
+
 fn audit(b: &Bastion) -> String {
     b.data
         .run(&["audit", "export", "--format", "jsonl"])
@@ -121,17 +136,7 @@ fn an_event_the_receiver_never_takes_is_given_up_and_audited() {
     b.data
         .run(&["grant", "revoke", &grant.to_string(), "--reason", "done"])
         .ok();
-    assert!(
-        wait_until(Duration::from_secs(20), || audit(&b)
-            .contains("\"webhook.undelivered\"")),
-        "{}",
-        b.log()
-    );
-    let line = audit(&b)
-        .lines()
-        .find(|l| l.contains("\"webhook.undelivered\""))
-        .unwrap()
-        .to_owned();
+    let line = undelivered(&b);
     assert!(line.contains("grant.revoke"), "{line}");
     assert!(
         line.contains("\\\"attempts\\\":2") || line.contains("\"attempts\":2"),
@@ -155,17 +160,7 @@ fn an_event_the_receiver_refuses_for_good_is_given_up_at_once_and_its_answer_log
     add_pump(&b);
     b.vendor("alice", "Acme Imaging");
     let refused = revoke_a_pump_grant(&b.data);
-    assert!(
-        wait_until(Duration::from_secs(20), || audit(&b)
-            .contains("\"webhook.undelivered\"")),
-        "{}",
-        b.log()
-    );
-    let line = audit(&b)
-        .lines()
-        .find(|l| l.contains("\"webhook.undelivered\""))
-        .unwrap()
-        .to_owned();
+    let line = undelivered(&b);
     assert!(
         line.contains("\\\"attempts\\\":1") || line.contains("\"attempts\":1"),
         "{line}"
