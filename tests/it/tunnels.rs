@@ -172,19 +172,26 @@ fn w_reaches_a_granted_port_and_nothing_else() {
     assert!(show.contains("ALTERED"), "{show}");
 }
 
-#[test]
-fn l_tunnel_is_cut_at_expiry_with_its_bytes_recorded() {
+/// An `ssh -N -L` of alice's to a device service `stream` that sends without end (no byte budget), under
+/// a grant of `grant_for`, running.
+struct Streaming {
+    sshd: Sshd,
+    b: Bastion,
+    ssh: std::process::Child,
+    /// The tunnel's local port.
+    local: u16,
+}
+
+fn streaming_tunnel(grant_for: &str) -> Option<Streaming> {
     let port = tcp_server(trickle);
-    let Some((_sshd, b)) = setup(
+    let (sshd, b) = setup(
         &[format!("stream:{port}/tcp")],
         "[budgets.services.stream]\nmax_down_per_hour = \"none\"\n",
-    ) else {
-        return;
-    };
+    )?;
     let alice = b.vendor("alice", "Acme Imaging");
-    b.grant("alice", "mri-01", "stream", "6s");
+    b.grant("alice", "mri-01", "stream", grant_for);
     let local = free_port();
-    let mut ssh = b
+    let ssh = b
         .ssh_with(
             &alice,
             &["-N", "-L", &format!("{local}:mri-01:{port}")],
@@ -194,6 +201,25 @@ fn l_tunnel_is_cut_at_expiry_with_its_bytes_recorded() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    Some(Streaming {
+        sshd,
+        b,
+        ssh,
+        local,
+    })
+}
+
+#[test]
+fn l_tunnel_is_cut_at_expiry_with_its_bytes_recorded() {
+    let Some(Streaming {
+        sshd: _sshd,
+        b,
+        mut ssh,
+        local,
+    }) = streaming_tunnel("6s")
+    else {
+        return;
+    };
     assert!(wait_until(Duration::from_secs(10), || TcpStream::connect(
         ("127.0.0.1", local)
     )
@@ -618,26 +644,15 @@ fn a_tcp_tunnel_that_lands_on_another_assets_sshd_is_refused() {
 /// watcher), its end saying why; before, a tunnel opened before the removal ran on until its grant ended.
 #[test]
 fn removing_a_service_closes_the_tunnels_open_on_it() {
-    let port = tcp_server(trickle);
-    let Some((_sshd, b)) = setup(
-        &[format!("stream:{port}/tcp")],
-        "[budgets.services.stream]\nmax_down_per_hour = \"none\"\n",
-    ) else {
+    let Some(Streaming {
+        sshd: _sshd,
+        b,
+        mut ssh,
+        local,
+    }) = streaming_tunnel("1h")
+    else {
         return;
     };
-    let alice = b.vendor("alice", "Acme Imaging");
-    b.grant("alice", "mri-01", "stream", "1h");
-    let local = free_port();
-    let mut ssh = b
-        .ssh_with(
-            &alice,
-            &["-N", "-L", &format!("{local}:mri-01:{port}")],
-            "alice",
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     let mut conn = None;
     assert!(wait_until(Duration::from_secs(10), || {
         conn = TcpStream::connect(("127.0.0.1", local)).ok();
