@@ -64,13 +64,24 @@ pub fn free_port() -> u16 {
 /// Wraps `program args…` in a shell watchdog that kills it when this test process exits, so no server
 /// outlives a test run (statics are never dropped).
 pub fn guarded(program: &str, args: &[&str]) -> Command {
+    watched(program, args, "")
+}
+
+/// [`guarded`], and `dir` removed once the program has ended: for a server whose data outlives the
+/// test process's own clean-up (one held in a `static`, never dropped).
+pub fn guarded_removing(program: &str, args: &[&str], dir: &std::path::Path) -> Command {
+    let rm = format!("; rm -rf {}", shell_quote(&dir.to_string_lossy()));
+    watched(program, args, &rm)
+}
+
+fn watched(program: &str, args: &[&str], after: &str) -> Command {
     let quoted: Vec<String> = std::iter::once(program)
         .chain(args.iter().copied())
         .map(shell_quote)
         .collect();
     let script = format!(
-        "{} & child=$!; trap 'kill $child 2>/dev/null; wait $child; exit 0' TERM; \
-         while kill -0 {} 2>/dev/null && kill -0 $child 2>/dev/null; do sleep 0.2; done; kill $child 2>/dev/null; wait $child",
+        "{} & child=$!; trap 'kill $child 2>/dev/null; wait $child{after}; exit 0' TERM; \
+         while kill -0 {} 2>/dev/null && kill -0 $child 2>/dev/null; do sleep 0.2; done; kill $child 2>/dev/null; wait $child{after}",
         quoted.join(" "),
         std::process::id()
     );

@@ -6,13 +6,13 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::{free_port, guarded, missing};
+use super::{free_port, guarded_removing, missing};
 
 struct Server {
     port: u16,
-    /// The watchdog shell; it ends postgres when this process exits.
+    /// The watchdog shell; it ends postgres when this process exits, then removes its data directory
+    /// (held in a static, the server is never dropped).
     _child: std::process::Child,
-    _dir: tempfile::TempDir,
 }
 
 static SERVER: OnceLock<Option<Server>> = OnceLock::new();
@@ -38,8 +38,9 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Runs a PostgreSQL binary, as the `postgres` user when we are root (initdb refuses root).
-fn pg_command(bin: &Path, args: &[&str], guard: bool) -> Command {
+/// Runs a PostgreSQL binary, as the `postgres` user when we are root (initdb refuses root); `guard`:
+/// under a watchdog that ends it with this process and then removes that directory.
+fn pg_command(bin: &Path, args: &[&str], guard: Option<&Path>) -> Command {
     let program = bin.to_string_lossy().into_owned();
     let mut full: Vec<&str> = Vec::new();
     if is_root() {
@@ -47,8 +48,8 @@ fn pg_command(bin: &Path, args: &[&str], guard: bool) -> Command {
     }
     full.push(&program);
     full.extend_from_slice(args);
-    if guard {
-        guarded(full[0], &full[1..])
+    if let Some(dir) = guard {
+        guarded_removing(full[0], &full[1..], dir)
     } else {
         let mut c = Command::new(full[0]);
         c.args(&full[1..]);
@@ -64,13 +65,14 @@ fn start() -> Option<Server> {
     let dir = tempfile::Builder::new()
         .prefix("chaperone-pg")
         .tempdir()
-        .expect("temp dir");
-    let data = dir.path().join("data");
+        .expect("temp dir")
+        .keep();
+    let data = dir.join("data");
     std::fs::create_dir(&data).expect("pg data dir");
     if is_root() {
         let ok = Command::new("chown")
             .args(["-R", "postgres:postgres"])
-            .arg(dir.path())
+            .arg(&dir)
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "chown of the PostgreSQL data dir failed");
@@ -88,7 +90,7 @@ fn start() -> Option<Server> {
             "UTF8",
             "--no-locale",
         ],
-        false,
+        None,
     )
     .output()
     .expect("run initdb");
@@ -113,7 +115,7 @@ fn start() -> Option<Server> {
             "-c",
             "fsync=off",
         ],
-        true,
+        Some(&dir),
     )
     .stdout(Stdio::null())
     .stderr(Stdio::null())
@@ -130,7 +132,6 @@ fn start() -> Option<Server> {
     Some(Server {
         port,
         _child: child,
-        _dir: dir,
     })
 }
 
