@@ -12,7 +12,7 @@ mod display;
 mod doctor;
 mod evidence;
 mod grant;
-mod init;
+pub(crate) mod init;
 mod ldap;
 mod offline;
 mod output;

@@ -204,12 +204,17 @@ pub enum StartError {
     /// The command is longer than a session records ([`MAX_DETAIL`]).
     #[error("the command is longer than a session records")]
     TooLong,
+    /// The bastion closed the session while it was being started (revoked, expired, terminated…): it
+    /// was started and ended, both recorded; the text is the close's, for the vendor.
+    #[error("closed as it started: {0}")]
+    Closed(String),
 }
 
 impl StartError {
     /// The line the vendor sees.
-    pub fn vendor_message(&self) -> &'static str {
+    pub fn vendor_message(&self) -> &str {
         match self {
+            StartError::Closed(text) => text,
             StartError::Recording(_) => {
                 "the session cannot be recorded, so it was refused (no recording, no session); the bastion's staff can see why"
             }
@@ -352,7 +357,10 @@ impl PendingSession {
                 self.refuse(action, &reason).await;
                 return Err(StartError::NoLonger(reason));
             }
-            Err(crate::policy::PolicyError::Store(e)) => return Err(StartError::Store(e)),
+            Err(crate::policy::PolicyError::Store(e)) => {
+                tracing::error!(error = %e, "cannot check the grant again before the start; refusing");
+                return Err(StartError::Store(e));
+            }
         }
         let recording = match self.kind.recording_format(pty.is_some()) {
             None => None,
@@ -479,7 +487,7 @@ impl PendingSession {
             None => (None, None),
         };
         let sftp = (self.kind == SessionKind::Sftp).then(SftpWatch::default);
-        Ok(LiveSession {
+        let mut live = LiveSession {
             app: self.app,
             grant: self.grant,
             kind: self.kind,
@@ -493,7 +501,16 @@ impl PendingSession {
             sftp,
             tap,
             _busy: busy,
-        })
+        };
+        // The last look before the device or the vendor sees anything: a close the watcher sent while
+        // the session was being written ends it here, whatever kind it is. Left to the relay, a close
+        // already queued would race the first bytes each way (`select!` picks among ready branches).
+        if let Some(close) = live.closed_now() {
+            let text = close.text.clone();
+            live.end(End::Closed(close)).await;
+            return Err(StartError::Closed(text));
+        }
+        Ok(live)
     }
 }
 
@@ -602,8 +619,8 @@ impl LiveSession {
     }
 
     /// A close the watcher already sent, if any (notices read meanwhile are kept for the controls): for
-    /// the last look before a start request is forwarded to the device.
-    pub fn closed_now(&mut self) -> Option<Close> {
+    /// the last look [`PendingSession::start`] takes before it hands the session over.
+    fn closed_now(&mut self) -> Option<Close> {
         let rx = self.controls.as_mut()?;
         while let Ok(control) = rx.try_recv() {
             match control {
@@ -1053,6 +1070,106 @@ mod tests {
     use super::PtyInfo;
     use super::registry::{Cause, Close};
     use crate::model::SESSION_ENDS;
+
+    /// A close the watcher sent while a session was being started ends it inside `start`, for every
+    /// kind: the caller gets no session to hand to the device or the relay (a tunnel's first bytes once
+    /// raced a close already queued), and the session is written as started and closed, its recording
+    /// finished.
+    #[tokio::test]
+    async fn a_close_sent_while_starting_ends_the_session_in_start() {
+        use std::sync::Arc;
+
+        use super::registry::GrantState;
+        use super::{Budgets, LiveSessions, Origin, PendingSession, SessionKind, StartError};
+        use crate::audit::{Action, AuditEvent};
+        use crate::model::{Criticality, Service};
+        use crate::policy::Principal;
+        use crate::store::{NewAsset, NewGrant};
+
+        let dir = tempfile::tempdir().unwrap();
+        let local = "127.0.0.1:0".parse().unwrap();
+        let config = crate::cli::init::init_dir(dir.path(), local, local)
+            .await
+            .unwrap();
+        let app = crate::app::App::open(&config).await.unwrap();
+        let now = app.clock.now();
+        let services: Vec<Service> = vec!["ssh:22/ssh".parse().unwrap()];
+        let mut tx = app.store.begin().await.unwrap();
+        let vendor_id = tx.insert_vendor("alice", "Acme", b"-", now).await.unwrap();
+        tx.insert_vendor_key(vendor_id, "ssh-ed25519 AAAA", "SHA256:a", "c", now)
+            .await
+            .unwrap();
+        let asset_id = tx
+            .insert_asset(
+                &NewAsset {
+                    name: "mri-01",
+                    address: "127.0.0.1",
+                    zone: "radiology",
+                    purpose: "MRI",
+                    criticality: Criticality::Normal,
+                    vendor_org: Some("Acme"),
+                    os: None,
+                    patch_status: None,
+                    services: &services,
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        let grant_id = tx
+            .insert_grant(
+                &NewGrant {
+                    vendor_id,
+                    asset_id,
+                    services: &["ssh".to_owned()],
+                    starts_at: now - 1,
+                    ends_at: now + 3600,
+                    reason: "INC-1",
+                    issued_by: "os:t",
+                    request_id: None,
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        let event = AuditEvent::new("os:t", Action::GrantIssue, "t", serde_json::json!({}));
+        tx.audit(event, now).await.unwrap();
+        tx.commit("t").await.unwrap();
+        let who = Principal {
+            vendor_id,
+            vendor: "alice".into(),
+            key_fingerprint: "SHA256:a".into(),
+        };
+        let grant = crate::policy::authorize_service(&app.store, now, &who, "mri-01", "ssh")
+            .await
+            .unwrap();
+        let live = LiveSessions::default();
+        let origin = Origin {
+            principal: who,
+            peer: "127.0.0.1:5".into(),
+            connection: 1,
+            activity: Arc::default(),
+        };
+        let budgets = Arc::new(Budgets::default());
+        let pending =
+            PendingSession::register(&app, &live, &budgets, grant, SessionKind::Exec, origin);
+        let id = pending.id.clone();
+        // Revoked on another node, seen by this node's watcher before the start wrote its row.
+        let revoked = GrantState::Revoked {
+            reason: "misuse".into(),
+        };
+        live.apply(grant_id, &revoked, now);
+        match pending.start("uptime", None, &[]).await {
+            Err(StartError::Closed(text)) => assert!(text.contains("revoked (misuse)"), "{text}"),
+            other => panic!("started despite the close: {other:?}"),
+        }
+        let row = app.store.session(&id).await.unwrap();
+        assert_eq!(row.end_cause.as_deref(), Some("revoked"));
+        assert!(row.ended_at.is_some());
+        assert_eq!(row.recordings.len(), 1);
+        assert!(row.recordings[0].sha256.is_some(), "{:?}", row.recordings);
+        assert!(live.is_empty());
+    }
 
     /// The history's filters offer `SESSION_ENDS`: every way a session can end must be among them, or
     /// an auditor could not find those sessions by how they ended.

@@ -504,14 +504,6 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
     if let Start::Scp(_, scp) = &start {
         live.observe_scp(scp);
     }
-    // The last look before the device sees anything: a close that came while the session was being
-    // written ends it here, before its command could run.
-    if let Some(close) = live.closed_now() {
-        refuse(&channel, &close.text).await;
-        live.end(crate::live::End::Closed(close)).await;
-        let _ = device_channel.close().await;
-        return;
-    }
     // The recording exists: now the device sees what the vendor asked for.
     let sent = async {
         if let (Some(p), Some(info)) = (&setup.pty, &pty) {

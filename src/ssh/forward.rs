@@ -165,11 +165,10 @@ pub async fn run(
     let mut live = match pending.start(&detail, None, &[]).await {
         Ok(live) => live,
         Err(e) => {
-            tracing::error!(error = %e, "cannot record the tunnel; refusing it");
+            // A fault of the bastion's was logged where it happened (`PendingSession::start`).
+            tracing::info!(error = %e, "tunnel not started");
             reply
-                .reject(prohibited(
-                    "the bastion cannot record this tunnel right now, so it was refused".into(),
-                ))
+                .reject(prohibited(e.vendor_message().to_owned()))
                 .await;
             return;
         }

@@ -56,12 +56,12 @@ pub async fn run(
     let mut live = match pending.start(&detail, None, &[]).await {
         Ok(live) => live,
         Err(e) => {
-            tracing::error!(error = %e, "cannot record the jump; refusing it");
+            // A fault of the bastion's was logged where it happened (`PendingSession::start`).
+            tracing::info!(error = %e, "jump not started");
             reply
                 .reject(ChannelOpenFailure::Other {
                     code: 1,
-                    reason: "the bastion cannot record this session right now, so it was refused"
-                        .into(),
+                    reason: super::bastion_text(e.vendor_message()),
                 })
                 .await;
             return;
