@@ -67,14 +67,15 @@ impl SessionKind {
     }
 
     /// The format a session of this kind is recorded in; `None` for kinds whose record is the session row
-    /// (tunnels, jumps). Shells and exec with a pty are what a terminal showed: asciicast, for players. An
-    /// exec without a pty is a program's byte streams, often not text (`tar c`, `cat image.dcm`):
-    /// recorded 1:1, with the cast derived on export (`session export`).
+    /// (tunnels, jumps). Shells and exec with a pty are what a terminal showed: asciicast, for players.
+    /// Without a pty, an exec or a shell is a program's byte streams, often not text (`tar c`,
+    /// `cat image.dcm`, a binary fed to `ssh -T`'s shell on its stdin): recorded 1:1, with the cast
+    /// derived on export (`session export`). Asciicast would keep U+FFFD where such bytes were.
     pub fn recording_format(self, pty: bool) -> Option<RecordingFormat> {
         match (self, pty) {
             (SessionKind::Sftp, _) => Some(RecordingFormat::TransferLog),
-            (SessionKind::Exec, false) => Some(RecordingFormat::ExecStream),
-            (SessionKind::Shell | SessionKind::Exec, _) => Some(RecordingFormat::Asciicast),
+            (SessionKind::Shell | SessionKind::Exec, false) => Some(RecordingFormat::ExecStream),
+            (SessionKind::Shell | SessionKind::Exec, true) => Some(RecordingFormat::Asciicast),
             (SessionKind::Tunnel | SessionKind::Jump, _) => None,
         }
     }
@@ -562,10 +563,9 @@ fn create_recording(
                 env,
                 markers_attributed: false,
             },
-            // Without a terminal there is no echo and nobody types at a prompt: what the vendor sends
-            // is a program's input (`ssh -T … < script` to a shell), recorded whatever
-            // `record_input` says, as an exec recording's stdin is.
-            cfg.record_input || pty.is_none(),
+            // Only sessions with a terminal are cast (`recording_format`): what the vendor sends is
+            // keystrokes, kept as `record_input` says.
+            cfg.record_input,
             cfg.max_bytes,
         ),
     };

@@ -334,26 +334,34 @@ fn a_commands_stdin_is_recorded_even_without_record_input() {
         .ok();
     assert_eq!(std::fs::read(&stdin).unwrap(), script);
 
-    // A shell without a terminal (`ssh -T`) reads a script the same way: recorded too.
-    let out = fed(
-        &mut b.ssh_with(&kate, &["-T"], "kate+mri-01"),
-        b"echo via-shell-$((6*7))\nexit\n",
-    );
+    // A shell without a terminal (`ssh -T`) reads a script the same way: recorded too, byte for byte
+    // (a binary fed to it is what the device ran; a cast would keep U+FFFD where its bytes were).
+    let script = b"echo via-shell-$((6*7))\nhead -c 3 >/dev/null; exit\n\xff\x00\x80";
+    let out = fed(&mut b.ssh_with(&kate, &["-T"], "kate+mri-01"), script);
     assert!(text(&out).0.contains("via-shell-42"), "{:?}", text(&out));
     wait_until_all_ended(&b);
-    let cast = session_json(&b)
+    let shell = session_json(&b)
         .as_array()
         .unwrap()
         .iter()
-        .filter_map(|s| s["recordings"][0]["path"].as_str().map(str::to_owned))
-        .find(|p| p.ends_with(".cast"))
-        .expect("the shell's recording");
-    let cast = std::fs::read_to_string(cast).unwrap();
-    assert!(
-        cast.lines()
-            .any(|l| l.contains(r#""i","#) && l.contains("via-shell-")),
-        "{cast}"
-    );
+        .find(|s| s["kind"] == "shell")
+        .expect("the shell's session")
+        .clone();
+    assert_eq!(shell["recordings"][0]["format"], "exec-stream-v1", "{shell}");
+    let id = shell["id"].as_str().unwrap();
+    b.data
+        .run(&[
+            "session",
+            "export",
+            id,
+            "-o",
+            stdin.with_extension("shell").to_str().unwrap(),
+            "--raw",
+            "--stream",
+            "stdin",
+        ])
+        .ok();
+    assert_eq!(std::fs::read(stdin.with_extension("shell")).unwrap(), script);
 
     // A command that is not UTF-8 would be recorded as other text than the device runs: refused.
     use std::os::unix::ffi::OsStrExt;
