@@ -485,14 +485,16 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
             return;
         }
     };
-    let pty = setup.pty_info();
     // What the recording shows is what the device is sent: the command as recorded (UTF-8, above), the
     // terminal's recorded name and size, the environment variables passed. A file transfer's log has
-    // no place for environment variables: it gets none.
+    // no place for a terminal or environment variables: it gets neither (a terminal would also put the
+    // device's scp or sftp-server behind a line discipline, acting on other bytes than the log shows).
     let detail = start.detail();
     if start.kind() == SessionKind::Sftp {
         setup.env.clear();
+        setup.pty = None;
     }
+    let pty = setup.pty_info();
     let mut live = match pending.start(&detail, pty.as_ref(), &setup.env).await {
         Ok(live) => live,
         Err(e) => {
@@ -527,11 +529,8 @@ pub async fn run(ctx: Context, asset: String, mut channel: Channel<Msg>, reply: 
     let end = match sent {
         Err(e) => {
             tracing::debug!(error = %e, "the device connection failed at the start");
-            let _ = tokio::time::timeout(
-                super::home::WRITE_TIMEOUT,
-                tell(&channel, "the connection to the device failed"),
-            )
-            .await;
+            // Closed here: the bridge, which closes a channel otherwise, never ran.
+            refuse(&channel, "the connection to the device failed").await;
             crate::live::End::Lost(format!("device: {e}"))
         }
         Ok(()) => {

@@ -6,13 +6,14 @@ saying what became of each: the bastion must refuse them all and keep the sessio
 no client would show: extended data of code 2 ("HIDDEN-EXT"), an exit signal with a 1,000-character
 message and an escape sequence, an exit status 4, and exits 0.
 
-    python device.py DIR [stall|rekey]
+    python device.py DIR [stall|rekey|terms]
 
 Writes DIR/host_key.pub (the key to pin), DIR/client_key (a key for the bastion to sign in with) and,
 once listening, DIR/port. With `stall`, it is no SSH server at all: it sends its version line and then
 nothing, and writes DIR/closed (the seconds until the bastion closed the connection) when it does.
 With `rekey`, a command prints a line every 0.3 s for 3 s, then "survived", while the device starts
-a key exchange every 0.2 s.
+a key exchange every 0.2 s. With `terms`, each session appends to DIR/terms one JSON line of what it
+was asked for (command, subsystem, terminal type) and exits 0.
 """
 
 import asyncio
@@ -110,6 +111,26 @@ async def tick(process):
     process.exit(0)
 
 
+def terms(directory):
+    """A process factory and an SFTP server class that write down what each session asked for."""
+
+    def write(command, subsystem, term):
+        seen = {"command": command, "subsystem": subsystem, "term": term}
+        with open(os.path.join(directory, "terms"), "a") as f:
+            f.write(json.dumps(seen) + "\n")
+
+    async def process(process):
+        write(process.command, process.subsystem, process.term_type)
+        process.exit(0)
+
+    class Sftp(asyncssh.SFTPServer):
+        def __init__(self, chan):
+            write(None, "sftp", chan.get_terminal_type())
+            super().__init__(chan)
+
+    return process, Sftp
+
+
 async def main(directory, mode=None):
     host_key = asyncssh.generate_private_key("ssh-ed25519")
     host_key.write_public_key(os.path.join(directory, "host_key.pub"))
@@ -117,12 +138,15 @@ async def main(directory, mode=None):
         os.path.join(directory, "client_key")
     )
     options = {"rekey_seconds": 0.2} if mode == "rekey" else {}
+    factory = {"rekey": tick}.get(mode, run)
+    if mode == "terms":
+        factory, options["sftp_factory"] = terms(directory)
     server = await asyncssh.create_server(
         Device,
         "127.0.0.1",
         0,
         server_host_keys=[host_key],
-        process_factory=tick if mode == "rekey" else run,
+        process_factory=factory,
         **options,
     )
     await announce(directory, server.sockets[0].getsockname()[1])

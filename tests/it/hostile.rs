@@ -608,6 +608,53 @@ fn stalling_device(b: &Bastion, sshd: &Sshd, dir: &Path) -> DeviceProcess {
     device
 }
 
+/// A file transfer asked for with a terminal (`ssh -tt … 'scp -t'`, or a pty-req before the sftp
+/// subsystem) reaches the device without one: its transfer log has no place for a terminal, and a
+/// terminal's line discipline would have the device's scp or sftp-server act on other bytes than the
+/// log shows. A command with a terminal still gets one.
+#[test]
+fn a_file_transfer_reaches_the_device_without_a_terminal() {
+    let Some((_sshd, b)) = setup("") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (device, port) = hostile_device(dir.path(), &["terms"]);
+    let host_key = std::fs::read_to_string(dir.path().join("host_key.pub")).unwrap();
+    let key = dir.path().join("client_key");
+    b.device_at("pump-9", port, host_key.trim(), "service", &key, &[]);
+    let alice = b.vendor("alice", "Acme Imaging");
+    b.grant("alice", "pump-9", "ssh", "1h");
+    for (options, command) in [
+        (&["-tt"][..], "scp -t /tmp"),
+        (&["-tt", "-s"][..], "sftp"),
+        (&["-tt"][..], "uptime"),
+    ] {
+        let out = b
+            .ssh_with(&alice, options, "alice+pump-9")
+            .arg(command)
+            .env("TERM", "xterm-256color")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        // The SFTP server ends when its client does, on the client's end of input: no exit status.
+        if command != "sftp" {
+            assert_eq!(out.status.code(), Some(0), "{command}: {:?}", text(&out));
+        }
+    }
+    drop(device);
+    let seen: Vec<Value> = std::fs::read_to_string(dir.path().join("terms"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            json!({"command": "scp -t /tmp", "subsystem": null, "term": null}),
+            json!({"command": null, "subsystem": "sftp", "term": null}),
+            json!({"command": "uptime", "subsystem": null, "term": "xterm-256color"}),
+        ]
+    );
+}
+
 /// A device that answers its version line and then nothing: the vendor is told it did not answer
 /// within the connect time-out, and the bastion closes the socket then. Before, russh's connection
 /// task waited on it forever, one socket and its buffers per attempt.

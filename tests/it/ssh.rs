@@ -347,7 +347,10 @@ fn a_commands_stdin_is_recorded_even_without_record_input() {
         .find(|s| s["kind"] == "shell")
         .expect("the shell's session")
         .clone();
-    assert_eq!(shell["recordings"][0]["format"], "exec-stream-v1", "{shell}");
+    assert_eq!(
+        shell["recordings"][0]["format"], "exec-stream-v1",
+        "{shell}"
+    );
     let id = shell["id"].as_str().unwrap();
     b.data
         .run(&[
@@ -361,7 +364,10 @@ fn a_commands_stdin_is_recorded_even_without_record_input() {
             "stdin",
         ])
         .ok();
-    assert_eq!(std::fs::read(stdin.with_extension("shell")).unwrap(), script);
+    assert_eq!(
+        std::fs::read(stdin.with_extension("shell")).unwrap(),
+        script
+    );
 
     // A command that is not UTF-8 would be recorded as other text than the device runs: refused.
     use std::os::unix::ffi::OsStrExt;
