@@ -347,16 +347,9 @@ pub async fn run(config: &Path, cmd: AssetCommand) -> anyhow::Result<()> {
             if !tx.delete_service(a.id, &name).await? {
                 bail!("asset {asset} has no service named {name}");
             }
-            // No grant reaches a service the asset no longer has: what is open on it closes too, on
-            // every node, through the authority watcher (as an approver's termination does).
-            let ended = tx
-                .request_service_termination(
-                    a.id,
-                    &name,
-                    &format!("the service {name} was removed from {asset}"),
-                    now,
-                )
-                .await?;
+            // No grant reaches a service the asset no longer has: what is open on it (or starting) closes
+            // too, on every node, through the authority watcher, which sees the removal's audit event.
+            let ended = tx.open_sessions_on_service(a.id, &name).await?;
             tx.audit(
                 AuditEvent::new(
                     &actor,

@@ -274,7 +274,7 @@ impl PendingSession {
             &id,
             (grant.id(), origin.connection),
             &origin.principal,
-            &grant.asset().name,
+            (&grant.asset().name, &grant.service().name),
             grant.ends_at(),
         );
         PendingSession {
@@ -1071,26 +1071,22 @@ mod tests {
     use super::registry::{Cause, Close};
     use crate::model::SESSION_ENDS;
 
-    /// A close the watcher sent while a session was being started ends it inside `start`, for every
-    /// kind: the caller gets no session to hand to the device or the relay (a tunnel's first bytes once
-    /// raced a close already queued), and the session is written as started and closed, its recording
-    /// finished.
-    #[tokio::test]
-    async fn a_close_sent_while_starting_ends_the_session_in_start() {
+    /// An app in `dir` with vendor alice (org Acme) granted `ssh` on asset mri-01 for an hour, and that
+    /// grant as policy decides it now, pending as an exec session in `live`.
+    async fn pending_exec(
+        dir: &std::path::Path,
+        live: &super::LiveSessions,
+    ) -> (crate::app::App, super::PendingSession) {
         use std::sync::Arc;
 
-        use super::registry::GrantState;
-        use super::{Budgets, LiveSessions, Origin, PendingSession, SessionKind, StartError};
+        use super::{Budgets, Origin, PendingSession, SessionKind};
         use crate::audit::{Action, AuditEvent};
         use crate::model::{Criticality, Service};
         use crate::policy::Principal;
         use crate::store::{NewAsset, NewGrant};
 
-        let dir = tempfile::tempdir().unwrap();
         let local = "127.0.0.1:0".parse().unwrap();
-        let config = crate::cli::init::init_dir(dir.path(), local, local)
-            .await
-            .unwrap();
+        let config = crate::cli::init::init_dir(dir, local, local).await.unwrap();
         let app = crate::app::App::open(&config).await.unwrap();
         let now = app.clock.now();
         let services: Vec<Service> = vec!["ssh:22/ssh".parse().unwrap()];
@@ -1116,22 +1112,21 @@ mod tests {
             )
             .await
             .unwrap();
-        let grant_id = tx
-            .insert_grant(
-                &NewGrant {
-                    vendor_id,
-                    asset_id,
-                    services: &["ssh".to_owned()],
-                    starts_at: now - 1,
-                    ends_at: now + 3600,
-                    reason: "INC-1",
-                    issued_by: "os:t",
-                    request_id: None,
-                },
-                now,
-            )
-            .await
-            .unwrap();
+        tx.insert_grant(
+            &NewGrant {
+                vendor_id,
+                asset_id,
+                services: &["ssh".to_owned()],
+                starts_at: now - 1,
+                ends_at: now + 3600,
+                reason: "INC-1",
+                issued_by: "os:t",
+                request_id: None,
+            },
+            now,
+        )
+        .await
+        .unwrap();
         let event = AuditEvent::new("os:t", Action::GrantIssue, "t", serde_json::json!({}));
         tx.audit(event, now).await.unwrap();
         tx.commit("t").await.unwrap();
@@ -1143,7 +1138,6 @@ mod tests {
         let grant = crate::policy::authorize_service(&app.store, now, &who, "mri-01", "ssh")
             .await
             .unwrap();
-        let live = LiveSessions::default();
         let origin = Origin {
             principal: who,
             peer: "127.0.0.1:5".into(),
@@ -1152,13 +1146,28 @@ mod tests {
         };
         let budgets = Arc::new(Budgets::default());
         let pending =
-            PendingSession::register(&app, &live, &budgets, grant, SessionKind::Exec, origin);
+            PendingSession::register(&app, live, &budgets, grant, SessionKind::Exec, origin);
+        (app, pending)
+    }
+
+    /// A close the watcher sent while a session was being started ends it inside `start`, for every
+    /// kind: the caller gets no session to hand to the device or the relay (a tunnel's first bytes once
+    /// raced a close already queued), and the session is written as started and closed, its recording
+    /// finished.
+    #[tokio::test]
+    async fn a_close_sent_while_starting_ends_the_session_in_start() {
+        use super::registry::GrantState;
+        use super::{LiveSessions, StartError};
+
+        let dir = tempfile::tempdir().unwrap();
+        let live = LiveSessions::default();
+        let (app, pending) = pending_exec(dir.path(), &live).await;
         let id = pending.id.clone();
         // Revoked on another node, seen by this node's watcher before the start wrote its row.
         let revoked = GrantState::Revoked {
             reason: "misuse".into(),
         };
-        live.apply(grant_id, &revoked, now);
+        live.apply(pending.grant().id(), &revoked, app.clock.now());
         match pending.start("uptime", None, &[]).await {
             Err(StartError::Closed(text)) => assert!(text.contains("revoked (misuse)"), "{text}"),
             other => panic!("started despite the close: {other:?}"),
@@ -1169,6 +1178,38 @@ mod tests {
         assert_eq!(row.recordings.len(), 1);
         assert!(row.recordings[0].sha256.is_some(), "{:?}", row.recordings);
         assert!(live.is_empty());
+    }
+
+    /// A service removed from its asset after the decision and before the session was registered
+    /// (the watcher's re-read then saw nothing of it to close) is seen by the start: refused. Once
+    /// registered, the watcher's re-read closes it (`LiveSessions::close_removed_services`).
+    #[tokio::test]
+    async fn a_service_removed_before_the_start_refuses_it() {
+        use super::{LiveSessions, StartError};
+        use crate::audit::{Action, AuditEvent};
+
+        let dir = tempfile::tempdir().unwrap();
+        let live = LiveSessions::default();
+        let (app, pending) = pending_exec(dir.path(), &live).await;
+        let asset = app.store.require_asset("mri-01").await.unwrap();
+        let mut tx = app.store.begin().await.unwrap();
+        assert!(tx.delete_service(asset.id, "ssh").await.unwrap());
+        let event = AuditEvent::new(
+            "os:t",
+            Action::AssetServiceRemove,
+            "t",
+            serde_json::json!({}),
+        );
+        tx.audit(event, app.clock.now()).await.unwrap();
+        tx.commit("t").await.unwrap();
+        let services = live.services();
+        assert_eq!(services, [("mri-01".to_owned(), "ssh".to_owned())]);
+        let present = app.store.services_present(&services).await.unwrap();
+        assert!(present.is_empty(), "{present:?}");
+        match pending.start("uptime", None, &[]).await {
+            Err(StartError::NoLonger(why)) => assert!(why.contains("no service ssh"), "{why}"),
+            other => panic!("started on a removed service: {other:?}"),
+        }
     }
 
     /// The history's filters offer `SESSION_ENDS`: every way a session can end must be among them, or

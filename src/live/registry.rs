@@ -115,6 +115,8 @@ struct Entry {
     /// Whose session: the vendor and the key they signed in with.
     login: Principal,
     asset: String,
+    /// The asset's service it uses: a session runs only while the asset still has it.
+    service: String,
     ends_at: UnixTime,
     /// Notices go only to started sessions (a pending one has nobody to tell yet).
     started: bool,
@@ -248,13 +250,13 @@ impl Drop for ConnectionRegistration {
 
 impl LiveSessions {
     /// Registers session `session_id` of `login`, in the vendor connection numbered `connection`, under a
-    /// grant; controls arrive on the returned receiver.
+    /// grant, on `asset`'s `service`; controls arrive on the returned receiver.
     pub fn register(
         &self,
         session_id: &str,
         (grant_id, connection): (i64, u64),
         login: &Principal,
-        asset: &str,
+        (asset, service): (&str, &str),
         ends_at: UnixTime,
     ) -> (Registration, mpsc::UnboundedReceiver<Control>) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -293,6 +295,7 @@ impl LiveSessions {
                     connection,
                     login: login.clone(),
                     asset: asset.to_owned(),
+                    service: service.to_owned(),
                     ends_at,
                     started: false,
                     ending: false,
@@ -532,6 +535,42 @@ impl LiveSessions {
         }
     }
 
+    /// The `(asset, service)` pairs this node's sessions use, started or not, each once.
+    pub fn services(&self) -> Vec<(String, String)> {
+        let Ok(map) = self.inner.sessions.lock() else {
+            return Vec::new();
+        };
+        let pairs: std::collections::BTreeSet<(String, String)> = map
+            .values()
+            .map(|e| (e.asset.clone(), e.service.clone()))
+            .collect();
+        pairs.into_iter().collect()
+    }
+
+    /// Closes the sessions using an `(asset, service)` pair among `asked` that is not among `present`:
+    /// the service was removed from the asset, and no grant reaches a service the asset no longer has.
+    pub fn close_removed_services(
+        &self,
+        asked: &[(String, String)],
+        present: &std::collections::HashSet<(String, String)>,
+    ) {
+        let Ok(map) = self.inner.sessions.lock() else {
+            return;
+        };
+        for entry in map.values() {
+            let pair = (entry.asset.clone(), entry.service.clone());
+            if asked.contains(&pair) && !present.contains(&pair) {
+                entry.close(
+                    Cause::Terminated,
+                    format!(
+                        "the service {} was removed from {}",
+                        entry.service, entry.asset
+                    ),
+                );
+            }
+        }
+    }
+
     /// Closes the sessions of this node among `list` (`(session id, reason)`): an approver ended them.
     pub fn terminate(&self, list: &[(String, String)]) {
         let Ok(map) = self.inner.sessions.lock() else {
@@ -739,8 +778,8 @@ mod tests {
     fn watcher_decisions_reach_the_sessions_of_that_grant_only() {
         let live = LiveSessions::default();
         let who = login(7, "SHA256:one");
-        let (a, mut ra) = live.register("a", (1, 1), &who, "mri-01", 1000);
-        let (_b, mut rb) = live.register("b", (2, 2), &who, "ct-02", 5000);
+        let (a, mut ra) = live.register("a", (1, 1), &who, ("mri-01", "ssh"), 1000);
+        let (_b, mut rb) = live.register("b", (2, 2), &who, ("ct-02", "ssh"), 5000);
         live.apply(1, &GrantState::Active { ends_at: 1000 }, 500);
         assert!(
             ra.try_recv().is_err(),
@@ -776,8 +815,8 @@ mod tests {
     fn a_session_writing_its_own_end_is_not_taken_for_one_another_node_ended() {
         let live = LiveSessions::default();
         let who = login(7, "SHA256:one");
-        let (a, _ra) = live.register("a", (1, 1), &who, "mri-01", 1000);
-        let (b, _rb) = live.register("b", (1, 2), &who, "mri-01", 1000);
+        let (a, _ra) = live.register("a", (1, 1), &who, ("mri-01", "ssh"), 1000);
+        let (b, _rb) = live.register("b", (1, 2), &who, ("mri-01", "ssh"), 1000);
         live.mark_started(&a);
         live.mark_started(&b);
         let mut ids = live.started_ids();
@@ -790,9 +829,27 @@ mod tests {
     #[tokio::test]
     async fn evicting_a_login_closes_its_sessions_and_cuts_its_connections_only() {
         let live = LiveSessions::default();
-        let (_a, mut ra) = live.register("a", (1, 1), &login(7, "SHA256:one"), "mri-01", 9000);
-        let (_b, mut rb) = live.register("b", (2, 2), &login(7, "SHA256:two"), "mri-01", 9000);
-        let (_c, mut rc) = live.register("c", (3, 3), &login(8, "SHA256:one"), "mri-01", 9000);
+        let (_a, mut ra) = live.register(
+            "a",
+            (1, 1),
+            &login(7, "SHA256:one"),
+            ("mri-01", "ssh"),
+            9000,
+        );
+        let (_b, mut rb) = live.register(
+            "b",
+            (2, 2),
+            &login(7, "SHA256:two"),
+            ("mri-01", "ssh"),
+            9000,
+        );
+        let (_c, mut rc) = live.register(
+            "c",
+            (3, 3),
+            &login(8, "SHA256:one"),
+            ("mri-01", "ssh"),
+            9000,
+        );
         let (k1, k2, k3) = (
             CancellationToken::new(),
             CancellationToken::new(),
@@ -839,10 +896,22 @@ mod tests {
         );
         // A session of the evicted login registered in the moment before its connection goes is
         // closed as it registers; another login's is not.
-        let (_d, mut rd) = live.register("d", (1, 4), &login(7, "SHA256:one"), "mri-01", 9000);
+        let (_d, mut rd) = live.register(
+            "d",
+            (1, 4),
+            &login(7, "SHA256:one"),
+            ("mri-01", "ssh"),
+            9000,
+        );
         assert!(matches!(rd.try_recv(), Ok(Control::Close(c))
             if c.cause == Cause::Disabled && c.text == "your account was disabled"));
-        let (_e, mut re) = live.register("e", (2, 5), &login(7, "SHA256:two"), "mri-01", 9000);
+        let (_e, mut re) = live.register(
+            "e",
+            (2, 5),
+            &login(7, "SHA256:two"),
+            ("mri-01", "ssh"),
+            9000,
+        );
         assert!(re.try_recv().is_err());
     }
 
@@ -860,8 +929,8 @@ mod tests {
             k2.clone(),
             busy.clone(),
         );
-        let (a, mut ra) = live.register("a", (1, 1), &who, "mri-01", 9000);
-        let (b, mut rb) = live.register("b", (1, 2), &who, "mri-01", 9000);
+        let (a, mut ra) = live.register("a", (1, 1), &who, ("mri-01", "ssh"), 9000);
+        let (b, mut rb) = live.register("b", (1, 2), &who, ("mri-01", "ssh"), 9000);
         live.mark_started(&a);
         live.mark_started(&b);
         let timeout = std::time::Duration::from_secs(600);
@@ -893,9 +962,40 @@ mod tests {
         assert!(live.idle(100 + 601, timeout, grace).is_empty(), "cut once");
         // A session opened on the idle connection before its cut is closed as it registers; one of the
         // same login on its other connection is not.
-        let (_c, mut rc) = live.register("c", (1, 1), &who, "mri-01", 9000);
+        let (_c, mut rc) = live.register("c", (1, 1), &who, ("mri-01", "ssh"), 9000);
         assert!(matches!(rc.try_recv(), Ok(Control::Close(c)) if c.cause == Cause::Idle));
-        let (_d, mut rd) = live.register("d", (1, 2), &who, "mri-01", 9000);
+        let (_d, mut rd) = live.register("d", (1, 2), &who, ("mri-01", "ssh"), 9000);
+        assert!(rd.try_recv().is_err());
+    }
+
+    /// Sessions on a service the inventory no longer lists are closed, started or pending; others stay.
+    #[test]
+    fn sessions_on_a_removed_service_are_closed() {
+        let live = LiveSessions::default();
+        let who = login(7, "SHA256:one");
+        let (_a, mut ra) = live.register("a", (1, 1), &who, ("mri-01", "dicom"), 9000);
+        let (_b, mut rb) = live.register("b", (1, 1), &who, ("mri-01", "ssh"), 9000);
+        let (_c, mut rc) = live.register("c", (2, 1), &who, ("ct-02", "dicom"), 9000);
+        let asked = live.services();
+        assert_eq!(asked.len(), 3);
+        let present: std::collections::HashSet<(String, String)> = [
+            ("mri-01".to_owned(), "ssh".to_owned()),
+            ("ct-02".to_owned(), "dicom".to_owned()),
+        ]
+        .into();
+        live.close_removed_services(&asked, &present);
+        match ra.try_recv() {
+            Ok(Control::Close(c)) => {
+                assert_eq!(c.cause, Cause::Terminated);
+                assert_eq!(c.text, "the service dicom was removed from mri-01");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(rb.try_recv().is_err());
+        assert!(rc.try_recv().is_err());
+        // A pair registered after the re-read was asked is not judged by it.
+        let (_d, mut rd) = live.register("d", (3, 1), &who, ("us-03", "ssh"), 9000);
+        live.close_removed_services(&asked, &present);
         assert!(rd.try_recv().is_err());
     }
 }

@@ -8,7 +8,8 @@
 //! - when the audit chain's head moved (every change to grants, vendors and keys is audited in the same
 //!   transaction, so an unmoved head means nothing changed, on any node) or at least every
 //!   [`FULL_CHECK_EVERY`]: re-reads each live session's grant (revoked → closed), the sessions approvers
-//!   terminated, and each signed-in login's standing ([`policy::standing`]: disabled, locked or its key
+//!   terminated, whether each live session's asset still has its service (removed → closed), and each
+//!   signed-in login's standing ([`policy::standing`]: disabled, locked or its key
 //!   removed → its sessions are closed and its connections cut, audited `vendor.connections.ended`).
 //!
 //! A store error skips that tick's re-reads (a database hiccup does not end sessions); time still does.
@@ -200,6 +201,19 @@ async fn recheck(app: &App, live: &LiveSessions) -> bool {
             // Fail safe but not trigger-happy: a store hiccup does not end sessions, an end time does.
             tracing::warn!(error = %e, "cannot re-read grants");
             complete = false;
+        }
+    }
+    // No grant reaches a service its asset no longer has: sessions on a removed service close, pending
+    // ones too (the removal is audited, so the head moved; `policy::still_holds` saw it if it came
+    // before the session was registered).
+    let services = live.services();
+    if !services.is_empty() {
+        match app.store.services_present(&services).await {
+            Ok(present) => live.close_removed_services(&services, &present),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot re-read the services of live sessions");
+                complete = false;
+            }
         }
     }
     match app.store.sessions_to_terminate().await {

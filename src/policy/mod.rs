@@ -316,18 +316,30 @@ async fn authorize_on_asset(
 }
 
 /// Does `grant`, decided a moment ago, still hold: its row not revoked, not ended, still naming the
-/// service? A session asks once it is registered with the watcher (`live::PendingSession::start`): a
-/// revocation committed between the decision and the registration is seen here, and one committed after
-/// it reaches the session through the watcher, so none can slip between the two. The vendor's standing
+/// service, and the asset still listing that service as it was? A session asks once it is registered
+/// with the watcher (`live::PendingSession::start`): a revocation or a service's removal committed
+/// between the decision and the registration is seen here, and one committed after it reaches the
+/// session through the watcher (`live::watch`), so none can slip between the two. The vendor's standing
 /// needs no second read: the connection was registered at sign-in, long before the decision, so the
 /// watcher's re-check of logins cuts it whenever the standing changed.
 pub async fn still_holds(store: &Store, now: UnixTime, grant: &Grant) -> Result<(), PolicyError> {
-    match store.grant(grant.id).await? {
-        Some(g) if g.is_active(now) && g.services.contains(&grant.service.name) => Ok(()),
-        _ => Err(Denial::NoGrant {
+    let (row, asset) = tokio::join!(store.grant(grant.id), store.asset(&grant.asset.name));
+    match row? {
+        Some(g) if g.is_active(now) && g.services.contains(&grant.service.name) => {}
+        _ => {
+            return Err(Denial::NoGrant {
+                asset: grant.asset.name.clone(),
+                service: grant.service.name.clone(),
+                asset_exists: true,
+            }
+            .into());
+        }
+    }
+    match asset? {
+        Some(a) if a.service(&grant.service.name) == Some(&grant.service) => Ok(()),
+        _ => Err(Denial::NoSuchService {
             asset: grant.asset.name.clone(),
             service: grant.service.name.clone(),
-            asset_exists: true,
         }
         .into()),
     }

@@ -166,6 +166,37 @@ impl Store {
         Ok(Some(asset(first, services)?))
     }
 
+    /// Of the `(asset, service)` pairs `pairs`, by name, those the inventory still lists: the authority
+    /// watcher closes the sessions on the others (a service removed from its asset).
+    pub async fn services_present(
+        &self,
+        pairs: &[(String, String)],
+    ) -> Result<std::collections::HashSet<(String, String)>> {
+        let mut assets: Vec<&str> = pairs.iter().map(|(a, _)| a.as_str()).collect();
+        assets.sort_unstable();
+        assets.dedup();
+        let mut present = std::collections::HashSet::new();
+        for chunk in assets.chunks(500) {
+            let placeholders = super::placeholders(chunk.len());
+            let mut query = sqlx::query(AssertSqlSafe(format!(
+                "SELECT a.name AS asset, s.name AS service \
+                 FROM asset_services s JOIN assets a ON a.id = s.asset_id \
+                 WHERE a.name IN ({placeholders})"
+            )));
+            for name in chunk {
+                query = query.bind(*name);
+            }
+            let rows = query
+                .fetch_all(&self.pool)
+                .await
+                .context("re-reading the services of live sessions' assets")?;
+            for row in &rows {
+                present.insert((get(row, "asset")?, get(row, "service")?));
+            }
+        }
+        Ok(present)
+    }
+
     pub async fn require_asset(&self, name: &str) -> Result<Asset> {
         self.asset(name).await?.ok_or_else(|| StoreError::NotFound {
             kind: "asset",

@@ -272,29 +272,20 @@ impl Tx {
         Ok(done == 1)
     }
 
-    /// Asks the nodes running the live sessions of `asset_id`'s service `service` to close them (the
-    /// service was removed from the asset: no grant reaches it any more); how many were asked.
-    pub async fn request_service_termination(
-        &mut self,
-        asset_id: i64,
-        service: &str,
-        reason: &str,
-        now: UnixTime,
-    ) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE sessions SET terminate_requested_at = $1, terminate_reason = $2 \
-             WHERE asset_id = $3 AND service = $4 AND ended_at IS NULL \
-             AND terminate_requested_at IS NULL",
+    /// How many sessions are open on `asset_id`'s service `service` (for the audit of its removal; the
+    /// authority watcher of each node closes them, `live::watch`).
+    pub async fn open_sessions_on_service(&mut self, asset_id: i64, service: &str) -> Result<u64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM sessions \
+             WHERE asset_id = $1 AND service = $2 AND ended_at IS NULL",
         )
-        .bind(now)
-        .bind(reason)
         .bind(asset_id)
         .bind(service)
-        .execute(&mut *self.tx)
+        .fetch_one(&mut *self.tx)
         .await
-        .context("asking a removed service's sessions to end")?
-        .rows_affected();
-        Ok(done)
+        .context("counting a removed service's sessions")?;
+        let n: i64 = get(&row, "n")?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Ends an open session with its byte counts; `false` if it had already ended (another node ended it
