@@ -161,21 +161,20 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
                 .into_iter()
                 .map(|h| h.session)
                 .collect();
-            if let Some(text) = &query.text {
-                // Who searched recordings for what is audited, as on the web page.
-                let mut tx = app.store.begin().await?;
-                tx.audit(
-                    crate::audit::AuditEvent::new(
-                        crate::identity::os_actor(),
-                        Action::RecordingSearch,
-                        "sessions",
-                        serde_json::json!({"text": text, "filters": query.pairs().into_iter().collect::<std::collections::BTreeMap<_, _>>(), "found": sessions.len()}),
-                    ),
-                    app.clock.now(),
-                )
-                .await?;
-                tx.commit("recording.search").await?;
-            }
+            // Who listed or searched which sessions is audited before they are shown, as on the web
+            // page (the list shows commands and addresses; each run, there being no refresh here).
+            let mut tx = app.store.begin().await?;
+            tx.audit(
+                crate::audit::AuditEvent::new(
+                    crate::identity::os_actor(),
+                    Action::RecordingSearch,
+                    "sessions",
+                    serde_json::json!({"text": query.text, "filters": query.pairs().into_iter().collect::<std::collections::BTreeMap<_, _>>(), "found": sessions.len(), "via": "cli"}),
+                ),
+                app.clock.now(),
+            )
+            .await?;
+            tx.commit("recording.search").await?;
             let mut evidence = Vec::with_capacity(sessions.len());
             for s in &mut sessions {
                 evidence.push(crate::evidence::evidence(&app.store, s).await?);
@@ -221,6 +220,17 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
         SessionCommand::Show { id, json: as_json } => {
             let mut s = app.store.session(&id).await?;
             let evidence = crate::evidence::evidence(&app.store, &mut s).await?;
+            // Every look at a session is on record before it is shown, as the page's is.
+            crate::evidence::audit_view(
+                &app.store,
+                &os_actor(),
+                &s.id,
+                None,
+                "show",
+                "cli",
+                app.clock.now(),
+            )
+            .await?;
             if as_json {
                 let mut shown = with_evidence(
                     &app,

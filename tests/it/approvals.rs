@@ -807,6 +807,18 @@ fn every_session_page_and_history_list_is_audited() {
     assert_eq!(lists().len(), 1, "{:?}", lists());
     assert_eq!(audrey.get("/api/sessions?asset=mri-01").status, 200);
     assert_eq!(lists().len(), 2, "{:?}", lists());
+    // The command line's list and show are audited as the page's are, at each run.
+    let by_cli = |action: &str| {
+        audit_events(&b, action)
+            .into_iter()
+            .filter(|(actor, _, d)| actor.starts_with("os:") && d["via"] == "cli")
+            .count()
+    };
+    let (listed, shown) = (by_cli("recording.search"), by_cli("recording.view"));
+    b.data.run(&["session", "list", "--vendor", "alice"]).ok();
+    assert_eq!(by_cli("recording.search"), listed + 1);
+    b.data.run(&["session", "show", &id]).ok();
+    assert_eq!(by_cli("recording.view"), shown + 1);
 
     // The live list, and a vendor's sessions shown beside their request, are lists of sessions too:
     // audited once per staff member and list every ten minutes, not at each refresh.

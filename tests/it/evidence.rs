@@ -1411,10 +1411,11 @@ fn issue_11_an_evidence_bundle_verifies_with_stock_tools_and_fails_when_altered(
         verify.stderr()
     );
 
-    // Who looked: play, export and the bundle, each as the OS user.
+    // Who looked: play, export, the bundle and each `session show`, as the OS user.
     d.run(&["session", "play", &id, "--max-wait", "0"]).ok();
     let views = events(&d, "recording.view");
-    assert_eq!(views.lines().count(), 2, "{views}");
+    assert_eq!(views.lines().count(), 4, "{views}");
+    assert_eq!(views.matches("\"how\":\"show\"").count(), 2, "{views}");
     assert!(
         views
             .lines()
@@ -1432,7 +1433,16 @@ fn issue_11_an_evidence_bundle_verifies_with_stock_tools_and_fails_when_altered(
     // …and the session's history says who looked.
     let show = d.run(&["session", "show", &id]).ok().stdout();
     let looked: Vec<&str> = show.lines().filter(|l| l.starts_with("looked:")).collect();
-    assert_eq!(looked.len(), 3, "{show}");
+    assert_eq!(looked.len(), 6, "{show}");
+    let shows = looked
+        .iter()
+        .filter(|l| l.contains("(show via cli"))
+        .count();
+    assert_eq!(shows, 3, "two before, and this one: {show}");
+    let looked: Vec<&str> = looked
+        .into_iter()
+        .filter(|l| !l.contains("(show via cli"))
+        .collect();
     assert!(
         looked[0].contains("recording.view (export via cli")
             && looked[1].contains("evidence.export (bundle via cli")
@@ -1440,7 +1450,7 @@ fn issue_11_an_evidence_bundle_verifies_with_stock_tools_and_fails_when_altered(
         "{show}"
     );
     let json = d.run(&["session", "show", &id, "--json"]).ok().json();
-    assert_eq!(json["looked"].as_array().unwrap().len(), 3, "{json}");
+    assert_eq!(json["looked"].as_array().unwrap().len(), 7, "{json}");
     assert_eq!(json["recordings"][0]["evidence"]["status"], "vouched");
     d.run(&["audit", "verify"]).ok();
 }
