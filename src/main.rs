@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     match runtime.block_on(chaperone::cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("chaperone: {e:#}");
+            eprintln!("chaperone: {}", chaperone::cli::error_text(&e));
             ExitCode::FAILURE
         }
     }

@@ -636,6 +636,51 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// `web.public_url` (already `https://`): printed to staff's terminals, put in vendors' passkey prompts
+/// and in mail, and the base of every link: an address with a host, in printable ASCII, without user
+/// information, query or fragment.
+fn check_public_url(url: &str) -> Result<(), String> {
+    if !url.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "must be printable ASCII without spaces (an internationalised name in its xn-- form)"
+                .into(),
+        );
+    }
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let authority = uri.authority().map(http::uri::Authority::as_str);
+    match authority {
+        None | Some("") => Err(format!("{url:?} names no host")),
+        Some(a) if a.contains('@') => Err(format!("{url:?} must not carry user information")),
+        Some(_) if uri.host().is_none_or(str::is_empty) => Err(format!("{url:?} names no host")),
+        Some(_) if url.contains(['?', '#']) => {
+            Err(format!("{url:?} must not have a query or fragment"))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// `log.level`: comma-separated directives, each a level or `TARGET=LEVEL`. A bare word that is not a
+/// level (`verbose`) reads to the log filter as a target's name and would silence every line, the
+/// start-up warnings too: refused.
+fn check_log_level(text: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    if text.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    for directive in text.split(',').map(str::trim) {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
+        if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level.trim())) {
+            return Err(format!(
+                "{directive:?} is not a level ({}) or TARGET=LEVEL, e.g. \"info\" or \"info,chaperone=debug\"",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl DatabaseConfig {
     pub fn is_postgres(&self) -> bool {
         self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")
@@ -1291,7 +1336,10 @@ impl Config {
             // The web listener speaks TLS only, and this address is what enrollment, passkey and mail
             // links are built on: an `http://` one would send their one-time tokens in clear on a
             // first visit (before any HSTS), for anyone on the path to replay over https.
-            Some(url) if url.starts_with("https://") => url.trim_end_matches('/').to_owned(),
+            Some(url) if url.starts_with("https://") => {
+                check_public_url(&url).map_err(|m| invalid("web.public_url", m))?;
+                url.trim_end_matches('/').to_owned()
+            }
             Some(url) => {
                 return Err(invalid(
                     "web.public_url",
@@ -1523,9 +1571,7 @@ impl Config {
             None => None,
             Some(m) => Some(mail_config(m, &resolve).map_err(|(key, m)| invalid(key, m))?),
         };
-        if raw.log.level.trim().is_empty() {
-            return Err(invalid("log.level", "must not be empty".into()));
-        }
+        check_log_level(&raw.log.level).map_err(|m| invalid("log.level", m))?;
         Ok(Config {
             path: path.to_owned(),
             ssh,
@@ -2662,11 +2708,36 @@ mod tests {
             "http://bastion.hospital.example:8443",
             "http://localhost:8443",
             "bastion",
+            "https://",
+            "https://:8443",
+            "https://bastion.hospital.example/\\u001b]52;c;eA==\\u0007",
+            "https://bastion .hospital.example",
+            "https://u:p@bastion.hospital.example",
+            "https://bastion.hospital.example/?next=x",
+            "https://bastion.hospital.example/#x",
         ] {
             match url(bad) {
                 Err(ConfigError::Invalid {
                     key: "web.public_url",
                     ..
+                }) => {}
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    /// A bare word that is not a level would read to the log filter as a target's name and silence
+    /// every line: refused; levels and TARGET=LEVEL directives are taken.
+    #[test]
+    fn log_level_is_levels_or_target_directives() {
+        let level = |l: &str| parse(&format!("[log]\nlevel = \"{l}\"\n"));
+        for good in ["info", "WARN", "info,chaperone=debug", "russh=off, debug"] {
+            assert!(level(good).is_ok(), "{good}");
+        }
+        for bad in ["", "verbose", "info,loud", "chaperone=verbose"] {
+            match level(bad) {
+                Err(ConfigError::Invalid {
+                    key: "log.level", ..
                 }) => {}
                 other => panic!("{bad}: {other:?}"),
             }

@@ -98,9 +98,20 @@ fn self_command() -> String {
         .unwrap_or_else(|| "chaperone".to_owned())
 }
 
-/// `--totp-code`: the demo vendor's code now, read from the demo's own database.
+/// `--totp-code`: the demo vendor's code now, read from the demo's own database. Only a demo's: pointed
+/// at a real bastion's config, it would print a real vendor's second factor (a vendor may be named alice).
 async fn print_totp_code(config: &std::path::Path) -> anyhow::Result<()> {
     let app = App::open(config).await?;
+    let demo = app
+        .store
+        .audit_events_about("demo", &[Action::DemoSetup.as_str()], 1)
+        .await?;
+    if demo.is_empty() {
+        anyhow::bail!(
+            "{} is not a demo's (no demo.setup in its audit log): --totp-code prints only the demo vendor's code",
+            config.display()
+        );
+    }
     let vendor = app.store.require_vendor("alice").await?;
     let (sealed, _) = app.store.vendor_totp(vendor.id).await?;
     let seed = app.secrets.open("vendor-totp:alice", &sealed)?;

@@ -175,7 +175,7 @@ async fn signer(config: &Path, rotate: bool) -> anyhow::Result<()> {
         match Signer::load(&path) {
             Ok(s) => (s, None),
             Err(SignerError::Missing { .. }) => {
-                let s = Signer::create(&path)?;
+                let s = Signer::create_owned_like(&path, &app.config.secrets.key_file)?;
                 eprintln!(
                     "Created the evidence signing key {} ({}). Hand the line below to your inspectors.",
                     path.display(),

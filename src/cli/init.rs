@@ -65,14 +65,7 @@ pub async fn init_dir(
     let config_path = dir.join("chaperone.toml");
     let text = annotated_template(ssh_listen, web_listen);
     let config = Config::parse(&config_path, &text)?;
-    for existing in [
-        &config_path,
-        &config.ssh.host_key,
-        &config.secrets.key_file,
-        &config.web.tls_cert,
-        &config.web.tls_key,
-        &config.recording.signing_key,
-    ] {
+    for existing in std::iter::once(config_path.as_path()).chain(state_files(&config)) {
         if existing.exists() {
             bail!(
                 "refusing to overwrite {} (init never replaces keys or config; use a new directory)",
@@ -88,27 +81,27 @@ pub async fn init_dir(
 /// `init --from-config`: the keys, certificate, recordings directory and database an existing config
 /// names, none of which may exist yet.
 async fn init_from_config(config: &Config) -> anyhow::Result<()> {
-    let mut existing = vec![
-        &config.ssh.host_key,
-        &config.secrets.key_file,
-        &config.web.tls_cert,
-        &config.web.tls_key,
-    ];
-    let db = config
-        .database
-        .url
-        .strip_prefix("sqlite://")
-        .map(PathBuf::from);
-    if let Some(db) = &db {
-        existing.push(db);
-    }
-    if let Some(found) = existing.into_iter().find(|p| p.exists()) {
+    if let Some(found) = state_files(config).find(|p| p.exists()) {
         bail!(
             "refusing to initialise: {} already exists (init never replaces keys or data)",
             found.display()
         );
     }
     make_state(config).await
+}
+
+/// Every file [`make_state`] creates: checked absent before anything is written, so a refused init
+/// leaves nothing half made.
+fn state_files(config: &Config) -> impl Iterator<Item = &Path> {
+    [
+        config.ssh.host_key.as_path(),
+        config.secrets.key_file.as_path(),
+        config.recording.signing_key.as_path(),
+        config.web.tls_cert.as_path(),
+        config.web.tls_key.as_path(),
+    ]
+    .into_iter()
+    .chain(config.database.sqlite_file())
 }
 
 /// Creates the keys, the certificate, the recordings directory and the database `config` names.

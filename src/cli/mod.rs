@@ -88,6 +88,17 @@ pub enum Command {
     KnownHosts,
 }
 
+/// A command's error as `main` prints it: each line escaped as tables are (`display::esc`), so text
+/// from elsewhere in it (a directory server's diagnostic, a name given on the command line) cannot
+/// drive the operator's terminal.
+pub fn error_text(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+        .split('\n')
+        .map(|line| display::esc(line).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Runs a parsed command. Errors carry their own explanation; `main` prints them and exits 1.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -143,4 +154,19 @@ async fn known_hosts(config: &std::path::Path) -> anyhow::Result<()> {
     }
     println!("{} {public}", names.join(","));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// What an error carries from elsewhere (a directory server's diagnostic) cannot drive the
+    /// terminal; its own lines stay lines.
+    #[test]
+    fn an_errors_control_characters_are_escaped_line_by_line() {
+        let e = anyhow::anyhow!("server said \u{1b}]52;c;eA==\u{7}\u{1b}[2J")
+            .context("reading the directory\nsecond line");
+        assert_eq!(
+            super::error_text(&e),
+            "reading the directory\nsecond line: server said \\x1b]52;c;eA==\\x07\\x1b[2J"
+        );
+    }
 }

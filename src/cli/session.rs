@@ -311,8 +311,8 @@ pub async fn run(config: &Path, cmd: SessionCommand) -> anyhow::Result<()> {
             if !(speed.is_finite() && speed > 0.0) {
                 bail!("--speed must be a number above 0, e.g. 2 or 0.5");
             }
-            if !(max_wait.is_finite() && max_wait >= 0.0) {
-                bail!("--max-wait must be 0 or more seconds");
+            if !(max_wait.is_finite() && (0.0..=MAX_WAIT_LIMIT).contains(&max_wait)) {
+                bail!("--max-wait must be from 0 to {MAX_WAIT_LIMIT} seconds");
             }
             let mut s = app.store.session(&id).await?;
             let evidence = crate::evidence::evidence(&app.store, &mut s).await?;
@@ -749,6 +749,9 @@ fn terminal_recording<'a>(
             )
         })
 }
+
+/// The longest `--max-wait` taken (a day): a pause is a `Duration`, which has a bound.
+const MAX_WAIT_LIMIT: f64 = 86_400.0;
 
 /// How `session play` paces events.
 #[derive(Debug, Clone, Copy)]

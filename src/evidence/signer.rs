@@ -130,6 +130,18 @@ impl Signer {
         Ok(signer)
     }
 
+    /// [`Signer::create`] on a running bastion's data directory: the key and its public half take the
+    /// owner of `like` (the secrets key, which the service reads), so one made under sudo is still
+    /// readable by the service's own user.
+    pub fn create_owned_like(path: &Path, like: &Path) -> Result<Signer, SignerError> {
+        let signer = Signer::create(path)?;
+        for made in [path.to_path_buf(), public_path(path)] {
+            crate::key_files::owned_like(&made, like)
+                .map_err(|source| SignerError::Io { path: made, source })?;
+        }
+        Ok(signer)
+    }
+
     fn generate() -> Result<Signer, SignerError> {
         let mut key =
             PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(SignerError::Ssh)?;

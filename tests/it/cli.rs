@@ -79,6 +79,27 @@ fn init_refuses_to_overwrite_keys() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to overwrite"));
+
+    // A directory holding only a database (or any file init would make) is refused before anything is
+    // written: a refused init leaves nothing half made.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("chaperone.db"), b"").unwrap();
+    let out = Command::new(chaperone_bin())
+        .args(["init", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refusing to overwrite") && stderr.contains("chaperone.db"),
+        "{stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["chaperone.db"], "{left:?}");
 }
 
 #[test]
@@ -279,6 +300,93 @@ fn credentials_never_come_from_argv_and_are_sealed() {
         "x",
     ])
     .fails(2);
+}
+
+/// `evidence signer` on a data directory without a signing key (made before there was one) creates one
+/// the service can read: run as root (under sudo), the key and its public half take the secrets key's
+/// owner, the service's user. (As another user, the files are theirs already.)
+#[test]
+fn a_signing_key_made_later_belongs_to_the_services_user() {
+    let d = DataDir::init();
+    let key = d.path().join("evidence_ed25519_key");
+    std::fs::remove_file(&key).unwrap();
+    std::fs::remove_file(key.with_extension("pub")).unwrap();
+    let root = crate::support::running_as_root();
+    if root {
+        std::os::unix::fs::chown(d.path().join("secrets.key"), Some(65534), Some(65534)).unwrap();
+    }
+    let made = d.run(&["evidence", "signer"]);
+    assert!(
+        made.ok()
+            .stderr()
+            .contains("Created the evidence signing key"),
+        "{}",
+        made.stderr()
+    );
+    if root {
+        use std::os::unix::fs::MetadataExt as _;
+        for file in [key.clone(), key.with_extension("pub")] {
+            let meta = std::fs::metadata(&file).unwrap();
+            assert_eq!(
+                (meta.uid(), meta.gid()),
+                (65534, 65534),
+                "{}",
+                file.display()
+            );
+        }
+    }
+}
+
+/// `session play`'s pacing is bounded: numbers a `Duration` cannot hold are refused, not a panic.
+#[test]
+fn session_play_refuses_pacing_out_of_bounds() {
+    let d = DataDir::init();
+    for (speed, max_wait) in [
+        ("1e-300", "1e300"),
+        ("1", "86401"),
+        ("0", "1"),
+        ("1", "NaN"),
+    ] {
+        let out = d.run(&[
+            "session",
+            "play",
+            "s1",
+            "--speed",
+            speed,
+            "--max-wait",
+            max_wait,
+        ]);
+        let stderr = out.fails(1).stderr();
+        assert!(
+            stderr.contains("--max-wait must be") || stderr.contains("--speed must be"),
+            "{speed} {max_wait}: {stderr}"
+        );
+    }
+}
+
+/// `demo --totp-code` prints the demo vendor's code from a demo's database only: pointed at another
+/// bastion's config, it would print a real vendor's second factor.
+#[test]
+fn demo_totp_code_refuses_a_database_that_is_not_a_demos() {
+    let d = DataDir::init();
+    let key = ssh_keygen(d.path(), "alice").with_extension("pub");
+    d.run(&[
+        "vendor",
+        "add",
+        "alice",
+        "--org",
+        "Acme",
+        "--key",
+        key.to_str().unwrap(),
+    ])
+    .ok();
+    let out = d.run(&["demo", "--totp-code"]);
+    assert!(
+        out.fails(1).stderr().contains("not a demo's"),
+        "{}",
+        out.stderr()
+    );
+    assert!(out.stdout().trim().is_empty(), "{}", out.stdout());
 }
 
 #[test]
