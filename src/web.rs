@@ -995,9 +995,16 @@ impl Approvals for WebCore {
             .await
             .map_err(decide_error)?;
         Ok(match outcome {
-            Outcome::Granted { grant_id, ends_at } => {
-                format!("approved: grant #{grant_id} until {}", format_time(ends_at))
-            }
+            // What was granted, said whole: the approver checks it against what they meant to grant.
+            Outcome::Granted {
+                grant_id,
+                ends_at,
+                services,
+            } => format!(
+                "approved: grant #{grant_id} of {} until {}",
+                services.join(", "),
+                format_time(ends_at)
+            ),
             Outcome::AwaitingSecondApproval => {
                 "approval recorded; this asset is critical, so a second approver must approve too"
                     .into()

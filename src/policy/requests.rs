@@ -312,6 +312,8 @@ pub enum Outcome {
     Granted {
         grant_id: i64,
         ends_at: UnixTime,
+        /// The services granted (all asked, or fewer when an approver narrowed them).
+        services: Vec<String>,
     },
     /// Recorded; the asset is critical and a second approver must approve too.
     AwaitingSecondApproval,
@@ -572,6 +574,7 @@ pub async fn decide(
                 Outcome::Granted {
                     grant_id: issued.id,
                     ends_at: issued.ends_at,
+                    services: granted,
                 }
             }
         }

@@ -168,12 +168,34 @@ try {
   seen.notice_after_refresh = kept;
   await shot("approved");
 
-  // Narrow: one service of two, half an hour of two hours.
+  // Narrow: one service of two, half an hour of two hours. A change elsewhere (here a failed sign-in in
+  // another browser, audited) while the narrowed form waits, its field no longer focused, must not put
+  // the ticks and the time back: the approval would grant what the approver took out.
   const narrowForm = page.locator(`form[action="/requests/${narrow}/approve"]`);
   await narrowForm.locator("input[name=service][value=dicom]").uncheck();
   await narrowForm.locator("input[name=duration]").fill("30m");
+  await page.evaluate(() => document.activeElement && document.activeElement.blur());
+  const stranger = await browser.newContext();
+  const elsewhere = await stranger.newPage();
+  await elsewhere.goto(`${base}/login`);
+  await elsewhere.fill("#name", env("AUDITOR"));
+  await elsewhere.fill("#password", "not-the-password");
+  await Promise.all([elsewhere.waitForURL(/\/login/), elsewhere.click("#signin button[type=submit]")]);
+  await elsewhere.locator("p.error").waitFor({ timeout: 10000 });
+  await stranger.close();
+  await page.waitForTimeout(4000);
+  const untouched = await narrowForm.evaluate((f) => ({
+    dicom: f.querySelector("input[name=service][value=dicom]").checked,
+    duration: f.querySelector("input[name=duration]").value,
+  }));
+  if (untouched.dicom || untouched.duration !== "30m") {
+    throw new Error(`the live refresh undid the narrowing: ${JSON.stringify(untouched)}`);
+  }
   await Promise.all([page.waitForURL(/\/requests\?notice=/), narrowForm.locator("button.approve").click()]);
-  if (!(await text(".flash")).includes(`Request #${narrow}: approved`)) throw new Error("no notice after narrowing");
+  const narrowed = await text(".flash");
+  if (!narrowed.includes(`Request #${narrow}: approved: grant #`) || !narrowed.includes(" of ssh until ")) {
+    throw new Error(`the notice does not say what was granted: ${narrowed}`);
+  }
 
   // 5. Decisions: the three, with outcome, who, what was asked and granted, and why; a filter in the URL.
   await page.goto(`${base}/decisions`);

@@ -1380,6 +1380,25 @@ fn issue_15_revoke_needs_a_reason_and_decided_requests_are_listed_and_filtered()
             .starts_with("revoked by bob"),
         "{all}"
     );
+    // The next request's approver sees the revocation in the vendor's history beside it.
+    let mut child = request(
+        &b,
+        &alice,
+        "mri-01 dicom --for 1h --reason INC-4 again",
+        false,
+    );
+    pending_id(&bob, &b);
+    let page = bob.get("/requests");
+    assert!(
+        page.body
+            .contains(&format!("#{narrowed} mri-01 ssh,dicom for 2h: narrowed"))
+            && page.body.contains("<strong>grant revoked by bob")
+            && page.body.contains("INC-2 finished</strong>"),
+        "{}",
+        page.body
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 
     // An auditor sees no Action column (nothing to do there) and no decision forms.
     let erin = Approver::enroll(&b, "erin", "auditor");

@@ -914,7 +914,9 @@ async fn requests_are_filed_decided_by_four_eyes_and_lapse_on_both_backends() {
             matches!(twice, Err(DecideError::AlreadyApproved)),
             "{twice:?}"
         );
-        let Outcome::Granted { grant_id, ends_at } = requests::decide(
+        let Outcome::Granted {
+            grant_id, ends_at, ..
+        } = requests::decide(
             &store,
             &events,
             1030,
@@ -926,7 +928,8 @@ async fn requests_are_filed_decided_by_four_eyes_and_lapse_on_both_backends() {
             },
         )
         .await
-        .unwrap() else {
+        .unwrap()
+        else {
             panic!("not granted");
         };
         assert_eq!(

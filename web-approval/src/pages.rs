@@ -223,7 +223,7 @@ pub async fn requests<C: Core>(
         for h in past {
             let _ = write!(
                 main,
-                "<li>#{} {} {} for {}: {}{} — {}</li>",
+                "<li>#{} {} {} for {}: {}{}{} — {}</li>",
                 h.id,
                 esc(&h.asset),
                 esc(&h.services.join(",")),
@@ -232,6 +232,11 @@ pub async fn requests<C: Core>(
                 h.decision_reason
                     .as_deref()
                     .map(|d| format!(" ({})", esc(d)))
+                    .unwrap_or_default(),
+                // A grant revoked for cause is what the next approver most needs to see.
+                h.grant_revoked
+                    .as_deref()
+                    .map(|g| format!(", <strong>grant {}</strong>", esc(g)))
                     .unwrap_or_default(),
                 esc(&h.reason)
             );

@@ -1,7 +1,8 @@
 // Live updates: the server sends an event when requests, grants or sessions change; the page re-reads
 // its own address (path and query: a filtered list stays filtered, and an action's notice, which the
-// address names, stays shown) and swaps <main>, unless the approver is typing in a form (then it waits
-// for the next event). These requests are marked X-Chaperone-Background: they do not count as activity,
+// address names, stays shown) and swaps <main>, unless the approver is typing in a form or has changed
+// one (a service unticked, a shorter time typed: a refresh would put back what the server wrote, and
+// the approval would grant what they took out); then it waits for the next event. These requests are marked X-Chaperone-Background: they do not count as activity,
 // so a forgotten tab is still signed out after the idle time-out; it then goes to the sign-in page.
 "use strict";
 (function () {
@@ -9,10 +10,29 @@
   // A change that arrives while a refresh is on its way is read by one more refresh after it.
   var busy = false, again = false;
   function signedOut() { location.assign("/login"); }
+  // Whether a field in <main> differs from what the page was sent with.
+  function touched() {
+    var main = document.getElementById("main");
+    if (!main) return false;
+    var fields = main.querySelectorAll("input, textarea, select");
+    for (var i = 0; i < fields.length; i++) {
+      var f = fields[i];
+      if (f.tagName === "SELECT") {
+        for (var j = 0; j < f.options.length; j++) {
+          if (f.options[j].selected !== f.options[j].defaultSelected) return true;
+        }
+      } else if (f.type === "checkbox" || f.type === "radio") {
+        if (f.checked !== f.defaultChecked) return true;
+      } else if (f.type !== "hidden" && f.value !== f.defaultValue) {
+        return true;
+      }
+    }
+    return false;
+  }
   function refresh() {
     var active = document.activeElement;
     if (busy) { again = true; return; }
-    if (active && active.form && active.value) return;
+    if ((active && active.form && active.value) || touched()) return;
     busy = true;
     again = false;
     fetch(location.pathname + location.search, {
