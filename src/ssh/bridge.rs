@@ -559,8 +559,19 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                             .get_or_insert_with(|| tokio::time::Instant::now() + EXIT_STATUS_WAIT);
                         continue;
                     }
-                    // Only the first exit status or signal is held (`Outbox`).
+                    // Only the first exit status or signal is held (`Outbox`). Recorded (as a notice)
+                    // before the vendor gets it: nothing of the device's reaches them unrecorded.
                     ChannelMsg::ExitStatus { exit_status } => {
+                        if let Some(rec) = &recorder {
+                            let text =
+                                format!("the device's command exited with status {exit_status}");
+                            if let Some(Err(e)) =
+                                ending.unless_done(rec.send(Record::Notice(text))).await
+                            {
+                                ending.finish(End::RecordingFailed(e.0));
+                                return;
+                            }
+                        }
                         ending
                             .unless_done(async {
                                 v_tx.exit_status(exit_status).await?;
@@ -581,11 +592,17 @@ pub async fn run(live: &mut LiveSession, io: BridgeIo) -> End {
                             bounded_exit_signal(signal_name, &error_message, &lang_tag);
                         if let Some(rec) = &recorder {
                             let text = format!(
-                                "the device ended the command by signal {signal_name:?}{}",
+                                "the device ended the command by signal {signal_name:?}{}{}{}",
+                                if core_dumped { " (core dumped)" } else { "" },
                                 if error_message.is_empty() {
                                     String::new()
                                 } else {
                                     format!(": {error_message}")
+                                },
+                                if lang_tag.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(" [{lang_tag}]")
                                 }
                             );
                             if let Some(Err(e)) =

@@ -807,6 +807,12 @@ fn channels_a_device_opens_toward_the_bastion_are_refused() {
         .iter()
         .find(|n| n.contains("by signal TERM"))
         .unwrap_or_else(|| panic!("{notices:?}"));
+    assert!(signal.ends_with(" [en]"), "the language tag too: {signal}");
+    // Only the first exit message reaches the vendor, and only what reaches them is recorded.
+    assert!(
+        !notices.iter().any(|n| n.contains("exited with status")),
+        "{notices:?}"
+    );
     assert!(signal.contains(&"x".repeat(256)), "{signal}");
     assert!(!signal.contains(&"x".repeat(257)), "{signal}");
     assert!(!signal.contains(char::is_control), "{signal:?}");

@@ -462,6 +462,22 @@ fn exec_without_a_pty_is_recorded_byte_for_byte() {
         assert!(played.contains("warn"), "{played}");
     }
 
+    // The command's exit status is in the recording, recorded before the vendor got it.
+    let bytes = std::fs::read(&path).unwrap();
+    let mut reader = chaperone_recorder::ExecReader::new(&bytes[..]).unwrap();
+    let mut notices = Vec::new();
+    while let Some(frame) = reader.next_frame().unwrap() {
+        if let chaperone_recorder::FrameData::Marker(label) = frame.data {
+            notices.push(label.to_owned());
+        }
+    }
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains("the device's command exited with status 0")),
+        "{notices:?}"
+    );
+
     // One flipped bit in the recorded bytes is caught by verify, and export refuses.
     let mut bytes = std::fs::read(&path).unwrap();
     let at = bytes.len() / 2;
