@@ -80,17 +80,52 @@ pub fn read_private(path: &std::path::Path, readers: Readers) -> std::io::Result
 }
 
 /// Gives `path` the owner and group of `like`, the key file it is to replace: a rotation run as root (under
-/// sudo) must leave a key the service's own user can still read.
+/// sudo) must leave a key the service's own user can still read. The data directory is the service's
+/// to write, so neither is trusted as a path: `path` is opened without following a link and must be a
+/// regular file with one name (a link planted there would have root give away whatever it points at),
+/// and its owner is changed through that open handle; `like` is read without following a link.
 pub fn owned_like(path: &std::path::Path, like: &std::path::Path) -> std::io::Result<()> {
+    let file = open_nofollow(std::fs::OpenOptions::new().read(true), path)?;
+    give_owner_of(&file, like)
+}
+
+/// Opens `path` with `options`, never through a symbolic link, and only if it is a regular file with one
+/// name (no hard link to a file elsewhere): for files in a directory someone else may write.
+pub fn open_nofollow(
+    options: &mut std::fs::OpenOptions,
+    path: &std::path::Path,
+) -> std::io::Result<std::fs::File> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::MetadataExt as _;
-        let meta = std::fs::metadata(like)?;
-        std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()))
+        use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+        let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
+        let file = options.custom_flags(flags.bits()).open(path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() || meta.nlink() > 1 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file with a single name; refusing to touch it",
+            ));
+        }
+        Ok(file)
     }
     #[cfg(not(unix))]
     {
-        let _ = (path, like);
+        options.open(path)
+    }
+}
+
+/// Gives the open `file` the owner and group of `like` (read without following a link).
+pub fn give_owner_of(file: &std::fs::File, like: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::symlink_metadata(like)?;
+        std::os::unix::fs::fchown(file, Some(meta.uid()), Some(meta.gid()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, like);
         Ok(())
     }
 }
@@ -98,6 +133,29 @@ pub fn owned_like(path: &std::path::Path, like: &std::path::Path) -> std::io::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A link planted where a key's companion file goes is neither followed nor given away, nor is a
+    /// second name of another file.
+    #[test]
+    fn owned_like_touches_only_a_regular_file_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let like = dir.path().join("secrets.key");
+        std::fs::write(&like, b"k").unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, b"t").unwrap();
+        let link = dir.path().join("key.retired");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(owned_like(&link, &like).is_err());
+        let hard = dir.path().join("key.pub");
+        std::fs::hard_link(&target, &hard).unwrap();
+        assert!(owned_like(&hard, &like).is_err());
+        let own = dir.path().join("key");
+        std::fs::write(&own, b"o").unwrap();
+        owned_like(&own, &like).unwrap();
+        let mut options = std::fs::OpenOptions::new();
+        options.append(true);
+        assert!(open_nofollow(&mut options, &link).is_err());
+    }
 
     #[test]
     fn each_rule_refuses_what_it_says() {

@@ -252,12 +252,7 @@ pub fn rotate(path: &Path, now: i64) -> Result<Rotated, SignerError> {
     );
     // The retired keys' lines and the public key too stay the service's (a rotation under sudo would
     // otherwise leave files the service cannot read, or a later rotation as the service cannot write).
-    let appended = append(&retired, line.as_bytes()).and_then(|()| {
-        crate::key_files::owned_like(&retired, path).map_err(|source| SignerError::Io {
-            path: retired.clone(),
-            source,
-        })
-    });
+    let appended = append(&retired, line.as_bytes(), path);
     let renamed = appended.and_then(|()| {
         std::fs::rename(&staged, path).map_err(|source| SignerError::Io {
             path: path.to_owned(),
@@ -412,7 +407,10 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SignerError> {
         })
 }
 
-fn append(path: &Path, bytes: &[u8]) -> Result<(), SignerError> {
+/// Appends `bytes` to `path` (made 0644 if missing), never through a link: the data directory is the
+/// service's to write, and a rotation may run as root. The file then takes `like`'s owner, through the
+/// same open handle.
+fn append(path: &Path, bytes: &[u8], like: &Path) -> Result<(), SignerError> {
     let io = |source| SignerError::Io {
         path: path.to_owned(),
         source,
@@ -421,9 +419,10 @@ fn append(path: &Path, bytes: &[u8]) -> Result<(), SignerError> {
     options.append(true).create(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o644);
-    let mut file = options.open(path).map_err(io)?;
+    let mut file = crate::key_files::open_nofollow(&mut options, path).map_err(io)?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
+        .and_then(|()| crate::key_files::give_owner_of(&file, like))
         .map_err(io)
 }
 

@@ -337,6 +337,38 @@ fn a_signing_key_made_later_belongs_to_the_services_user() {
     }
 }
 
+/// A rotation run as root follows no link the service's user planted in the data directory, which is
+/// theirs to write: one where the retired keys go would have root append to, and hand over, whatever it
+/// names (`/etc/passwd`). Refused, the key left as it was, the file it names untouched.
+#[test]
+fn a_key_rotation_follows_no_link_planted_in_the_data_directory() {
+    use std::os::unix::fs::MetadataExt as _;
+    let d = DataDir::init();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let victim = elsewhere.path().join("passwd");
+    std::fs::write(&victim, b"root:x:0:0\n").unwrap();
+    let owner = std::fs::metadata(&victim).unwrap().uid();
+    let key = d.path().join("evidence_ed25519_key");
+    let before = std::fs::read(&key).unwrap();
+    std::os::unix::fs::symlink(&victim, key.with_extension("retired")).unwrap();
+    if crate::support::running_as_root() {
+        std::os::unix::fs::chown(d.path().join("secrets.key"), Some(65534), Some(65534)).unwrap();
+        std::os::unix::fs::chown(&key, Some(65534), Some(65534)).unwrap();
+    }
+    let out = d.run(&["evidence", "signer", "--rotate"]);
+    assert!(
+        out.fails(1)
+            .stderr()
+            .contains("evidence_ed25519_key.retired"),
+        "{}",
+        out.stderr()
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"root:x:0:0\n");
+    assert_eq!(std::fs::metadata(&victim).unwrap().uid(), owner);
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+    assert!(!d.path().join("evidence_ed25519_key.new").exists());
+}
+
 /// `session play`'s pacing is bounded: numbers a `Duration` cannot hold are refused, not a panic.
 #[test]
 fn session_play_refuses_pacing_out_of_bounds() {
