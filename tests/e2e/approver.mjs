@@ -175,14 +175,18 @@ try {
   await narrowForm.locator("input[name=service][value=dicom]").uncheck();
   await narrowForm.locator("input[name=duration]").fill("30m");
   await page.evaluate(() => document.activeElement && document.activeElement.blur());
-  const stranger = await browser.newContext();
-  const elsewhere = await stranger.newPage();
-  await elsewhere.goto(`${base}/login`);
-  await elsewhere.fill("#name", env("AUDITOR"));
-  await elsewhere.fill("#password", "not-the-password");
-  await Promise.all([elsewhere.waitForURL(/\/login/), elsewhere.click("#signin button[type=submit]")]);
-  await elsewhere.locator("p.error").waitFor({ timeout: 10000 });
-  await stranger.close();
+  // An audited change the page hears of: a failed sign-in in another browser.
+  const failedSignInElsewhere = async () => {
+    const stranger = await browser.newContext();
+    const elsewhere = await stranger.newPage();
+    await elsewhere.goto(`${base}/login`);
+    await elsewhere.fill("#name", env("AUDITOR"));
+    await elsewhere.fill("#password", "not-the-password");
+    await Promise.all([elsewhere.waitForURL(/\/login/), elsewhere.click("#signin button[type=submit]")]);
+    await elsewhere.locator("p.error").waitFor({ timeout: 10000 });
+    await stranger.close();
+  };
+  await failedSignInElsewhere();
   await page.waitForTimeout(4000);
   const untouched = await narrowForm.evaluate((f) => ({
     dicom: f.querySelector("input[name=service][value=dicom]").checked,
@@ -196,6 +200,13 @@ try {
   if (!narrowed.includes(`Request #${narrow}: approved: grant #`) || !narrowed.includes(" of ssh until ")) {
     throw new Error(`the notice does not say what was granted: ${narrowed}`);
   }
+
+  // The session history, unfiltered (its selects show their first option, which the page does not
+  // mark), still refreshes itself on a change: an untouched page is not taken for a form being filled.
+  await page.goto(`${base}/history`);
+  const historyRefreshed = page.waitForRequest((r) => r.headers()["x-chaperone-background"] === "1", { timeout: 15000 });
+  await failedSignInElsewhere();
+  await historyRefreshed;
 
   // 5. Decisions: the three, with outcome, who, what was asked and granted, and why; a filter in the URL.
   await page.goto(`${base}/decisions`);

@@ -18,9 +18,12 @@
     for (var i = 0; i < fields.length; i++) {
       var f = fields[i];
       if (f.tagName === "SELECT") {
+        // A select none of whose options the page marked shows its first: that is its default.
+        var initial = 0;
         for (var j = 0; j < f.options.length; j++) {
-          if (f.options[j].selected !== f.options[j].defaultSelected) return true;
+          if (f.options[j].defaultSelected) { initial = j; break; }
         }
+        if (f.selectedIndex !== initial) return true;
       } else if (f.type === "checkbox" || f.type === "radio") {
         if (f.checked !== f.defaultChecked) return true;
       } else if (f.type !== "hidden" && f.value !== f.defaultValue) {
