@@ -201,7 +201,7 @@ impl fmt::Display for Criticality {
 
 /// How chaperone carries a service: `ssh` is terminated and recorded as a terminal; `tcp` is tunnelled
 /// and recorded as a connection record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceKind {
     Ssh,
@@ -232,7 +232,7 @@ impl fmt::Display for ServiceKind {
 }
 
 /// A named port of an asset, e.g. `dicom:104/tcp`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Service {
     pub name: String,
     pub port: u16,

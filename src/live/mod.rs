@@ -223,7 +223,7 @@ impl StartError {
                 "the bastion cannot record this session right now, so it was refused"
             }
             StartError::NoLonger(_) => {
-                "your access to this device ended (revoked, expired or your account changed) before the session started"
+                "your access to this device ended (revoked, expired, the service removed or your account changed) before the session started"
             }
             StartError::TooLong => {
                 "the command is longer than a session records (16 KiB), so it was refused; put it in a script on the device, or send it as the session's input"
@@ -274,7 +274,7 @@ impl PendingSession {
             &id,
             (grant.id(), origin.connection),
             &origin.principal,
-            (&grant.asset().name, &grant.service().name),
+            (&grant.asset().name, grant.service()),
             grant.ends_at(),
         );
         PendingSession {
@@ -1180,9 +1180,9 @@ mod tests {
         assert!(live.is_empty());
     }
 
-    /// A service removed from its asset after the decision and before the session was registered
-    /// (the watcher's re-read then saw nothing of it to close) is seen by the start: refused. Once
-    /// registered, the watcher's re-read closes it (`LiveSessions::close_removed_services`).
+    /// A service removed from its asset after the decision is seen by the start: refused (the watcher's
+    /// re-read does not see a session registered after it; `policy::still_holds` does). And the
+    /// watcher's read of what the inventory lists has the session's service no more.
     #[tokio::test]
     async fn a_service_removed_before_the_start_refuses_it() {
         use super::{LiveSessions, StartError};
@@ -1203,7 +1203,8 @@ mod tests {
         tx.audit(event, app.clock.now()).await.unwrap();
         tx.commit("t").await.unwrap();
         let services = live.services();
-        assert_eq!(services, [("mri-01".to_owned(), "ssh".to_owned())]);
+        let ssh: crate::model::Service = "ssh:22/ssh".parse().unwrap();
+        assert_eq!(services, [("mri-01".to_owned(), ssh)]);
         let present = app.store.services_present(&services).await.unwrap();
         assert!(present.is_empty(), "{present:?}");
         match pending.start("uptime", None, &[]).await {

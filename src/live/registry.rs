@@ -115,8 +115,9 @@ struct Entry {
     /// Whose session: the vendor and the key they signed in with.
     login: Principal,
     asset: String,
-    /// The asset's service it uses: a session runs only while the asset still has it.
-    service: String,
+    /// The asset's service it uses (name, port and kind): a session runs only while the asset still
+    /// lists it so.
+    service: crate::model::Service,
     ends_at: UnixTime,
     /// Notices go only to started sessions (a pending one has nobody to tell yet).
     started: bool,
@@ -196,6 +197,9 @@ struct Inner {
     views: super::view::Views,
 }
 
+/// An asset's name and one of its services, as a session was decided on it.
+pub type ServiceOf = (String, crate::model::Service);
+
 /// The sessions and vendor connections alive on this node.
 #[derive(Debug, Clone, Default)]
 pub struct LiveSessions {
@@ -256,7 +260,7 @@ impl LiveSessions {
         session_id: &str,
         (grant_id, connection): (i64, u64),
         login: &Principal,
-        (asset, service): (&str, &str),
+        (asset, service): (&str, &crate::model::Service),
         ends_at: UnixTime,
     ) -> (Registration, mpsc::UnboundedReceiver<Control>) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -295,7 +299,7 @@ impl LiveSessions {
                     connection,
                     login: login.clone(),
                     asset: asset.to_owned(),
-                    service: service.to_owned(),
+                    service: service.clone(),
                     ends_at,
                     started: false,
                     ending: false,
@@ -536,23 +540,24 @@ impl LiveSessions {
     }
 
     /// The `(asset, service)` pairs this node's sessions use, started or not, each once.
-    pub fn services(&self) -> Vec<(String, String)> {
+    pub fn services(&self) -> Vec<ServiceOf> {
         let Ok(map) = self.inner.sessions.lock() else {
             return Vec::new();
         };
-        let pairs: std::collections::BTreeSet<(String, String)> = map
+        let pairs: std::collections::HashSet<ServiceOf> = map
             .values()
             .map(|e| (e.asset.clone(), e.service.clone()))
             .collect();
         pairs.into_iter().collect()
     }
 
-    /// Closes the sessions using an `(asset, service)` pair among `asked` that is not among `present`:
-    /// the service was removed from the asset, and no grant reaches a service the asset no longer has.
+    /// Closes the sessions using an `(asset, service)` pair among `asked` that is not among `present`
+    /// (name, port and kind: a service removed and added again on another port is not the one the
+    /// session was decided on): no grant reaches a service the asset no longer lists.
     pub fn close_removed_services(
         &self,
-        asked: &[(String, String)],
-        present: &std::collections::HashSet<(String, String)>,
+        asked: &[ServiceOf],
+        present: &std::collections::HashSet<ServiceOf>,
     ) {
         let Ok(map) = self.inner.sessions.lock() else {
             return;
@@ -564,7 +569,7 @@ impl LiveSessions {
                     Cause::Terminated,
                     format!(
                         "the service {} was removed from {}",
-                        entry.service, entry.asset
+                        entry.service.name, entry.asset
                     ),
                 );
             }
@@ -778,8 +783,8 @@ mod tests {
     fn watcher_decisions_reach_the_sessions_of_that_grant_only() {
         let live = LiveSessions::default();
         let who = login(7, "SHA256:one");
-        let (a, mut ra) = live.register("a", (1, 1), &who, ("mri-01", "ssh"), 1000);
-        let (_b, mut rb) = live.register("b", (2, 2), &who, ("ct-02", "ssh"), 5000);
+        let (a, mut ra) = live.register("a", (1, 1), &who, ("mri-01", &svc("ssh")), 1000);
+        let (_b, mut rb) = live.register("b", (2, 2), &who, ("ct-02", &svc("ssh")), 5000);
         live.apply(1, &GrantState::Active { ends_at: 1000 }, 500);
         assert!(
             ra.try_recv().is_err(),
@@ -815,8 +820,8 @@ mod tests {
     fn a_session_writing_its_own_end_is_not_taken_for_one_another_node_ended() {
         let live = LiveSessions::default();
         let who = login(7, "SHA256:one");
-        let (a, _ra) = live.register("a", (1, 1), &who, ("mri-01", "ssh"), 1000);
-        let (b, _rb) = live.register("b", (1, 2), &who, ("mri-01", "ssh"), 1000);
+        let (a, _ra) = live.register("a", (1, 1), &who, ("mri-01", &svc("ssh")), 1000);
+        let (b, _rb) = live.register("b", (1, 2), &who, ("mri-01", &svc("ssh")), 1000);
         live.mark_started(&a);
         live.mark_started(&b);
         let mut ids = live.started_ids();
@@ -833,21 +838,21 @@ mod tests {
             "a",
             (1, 1),
             &login(7, "SHA256:one"),
-            ("mri-01", "ssh"),
+            ("mri-01", &svc("ssh")),
             9000,
         );
         let (_b, mut rb) = live.register(
             "b",
             (2, 2),
             &login(7, "SHA256:two"),
-            ("mri-01", "ssh"),
+            ("mri-01", &svc("ssh")),
             9000,
         );
         let (_c, mut rc) = live.register(
             "c",
             (3, 3),
             &login(8, "SHA256:one"),
-            ("mri-01", "ssh"),
+            ("mri-01", &svc("ssh")),
             9000,
         );
         let (k1, k2, k3) = (
@@ -900,7 +905,7 @@ mod tests {
             "d",
             (1, 4),
             &login(7, "SHA256:one"),
-            ("mri-01", "ssh"),
+            ("mri-01", &svc("ssh")),
             9000,
         );
         assert!(matches!(rd.try_recv(), Ok(Control::Close(c))
@@ -909,7 +914,7 @@ mod tests {
             "e",
             (2, 5),
             &login(7, "SHA256:two"),
-            ("mri-01", "ssh"),
+            ("mri-01", &svc("ssh")),
             9000,
         );
         assert!(re.try_recv().is_err());
@@ -929,8 +934,8 @@ mod tests {
             k2.clone(),
             busy.clone(),
         );
-        let (a, mut ra) = live.register("a", (1, 1), &who, ("mri-01", "ssh"), 9000);
-        let (b, mut rb) = live.register("b", (1, 2), &who, ("mri-01", "ssh"), 9000);
+        let (a, mut ra) = live.register("a", (1, 1), &who, ("mri-01", &svc("ssh")), 9000);
+        let (b, mut rb) = live.register("b", (1, 2), &who, ("mri-01", &svc("ssh")), 9000);
         live.mark_started(&a);
         live.mark_started(&b);
         let timeout = std::time::Duration::from_secs(600);
@@ -962,10 +967,16 @@ mod tests {
         assert!(live.idle(100 + 601, timeout, grace).is_empty(), "cut once");
         // A session opened on the idle connection before its cut is closed as it registers; one of the
         // same login on its other connection is not.
-        let (_c, mut rc) = live.register("c", (1, 1), &who, ("mri-01", "ssh"), 9000);
+        let (_c, mut rc) = live.register("c", (1, 1), &who, ("mri-01", &svc("ssh")), 9000);
         assert!(matches!(rc.try_recv(), Ok(Control::Close(c)) if c.cause == Cause::Idle));
-        let (_d, mut rd) = live.register("d", (1, 2), &who, ("mri-01", "ssh"), 9000);
+        let (_d, mut rd) = live.register("d", (1, 2), &who, ("mri-01", &svc("ssh")), 9000);
         assert!(rd.try_recv().is_err());
+    }
+
+    fn svc(name: &str) -> crate::model::Service {
+        let port = if name == "ssh" { 22 } else { 104 };
+        let kind = if name == "ssh" { "ssh" } else { "tcp" };
+        format!("{name}:{port}/{kind}").parse().unwrap()
     }
 
     /// Sessions on a service the inventory no longer lists are closed, started or pending; others stay.
@@ -973,14 +984,16 @@ mod tests {
     fn sessions_on_a_removed_service_are_closed() {
         let live = LiveSessions::default();
         let who = login(7, "SHA256:one");
-        let (_a, mut ra) = live.register("a", (1, 1), &who, ("mri-01", "dicom"), 9000);
-        let (_b, mut rb) = live.register("b", (1, 1), &who, ("mri-01", "ssh"), 9000);
-        let (_c, mut rc) = live.register("c", (2, 1), &who, ("ct-02", "dicom"), 9000);
+        let (_a, mut ra) = live.register("a", (1, 1), &who, ("mri-01", &svc("dicom")), 9000);
+        let (_b, mut rb) = live.register("b", (1, 1), &who, ("mri-01", &svc("ssh")), 9000);
+        let (_c, mut rc) = live.register("c", (2, 1), &who, ("ct-02", &svc("dicom")), 9000);
         let asked = live.services();
         assert_eq!(asked.len(), 3);
-        let present: std::collections::HashSet<(String, String)> = [
-            ("mri-01".to_owned(), "ssh".to_owned()),
-            ("ct-02".to_owned(), "dicom".to_owned()),
+        // ct-02's dicom was removed and added again on another port: not the service decided on.
+        let moved: crate::model::Service = "dicom:11112/tcp".parse().unwrap();
+        let present: std::collections::HashSet<ServiceOf> = [
+            ("mri-01".to_owned(), svc("ssh")),
+            ("ct-02".to_owned(), moved),
         ]
         .into();
         live.close_removed_services(&asked, &present);
@@ -992,9 +1005,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(rb.try_recv().is_err());
-        assert!(rc.try_recv().is_err());
+        assert!(matches!(rc.try_recv(), Ok(Control::Close(_))));
         // A pair registered after the re-read was asked is not judged by it.
-        let (_d, mut rd) = live.register("d", (3, 1), &who, ("us-03", "ssh"), 9000);
+        let (_d, mut rd) = live.register("d", (3, 1), &who, ("us-03", &svc("ssh")), 9000);
         live.close_removed_services(&asked, &present);
         assert!(rd.try_recv().is_err());
     }

@@ -166,12 +166,12 @@ impl Store {
         Ok(Some(asset(first, services)?))
     }
 
-    /// Of the `(asset, service)` pairs `pairs`, by name, those the inventory still lists: the authority
-    /// watcher closes the sessions on the others (a service removed from its asset).
+    /// Of the `(asset, service)` pairs `pairs`, those the inventory still lists as they are (name, port,
+    /// kind): the authority watcher closes the sessions on the others (a service removed from its asset).
     pub async fn services_present(
         &self,
-        pairs: &[(String, String)],
-    ) -> Result<std::collections::HashSet<(String, String)>> {
+        pairs: &[(String, Service)],
+    ) -> Result<std::collections::HashSet<(String, Service)>> {
         let mut assets: Vec<&str> = pairs.iter().map(|(a, _)| a.as_str()).collect();
         assets.sort_unstable();
         assets.dedup();
@@ -179,7 +179,7 @@ impl Store {
         for chunk in assets.chunks(500) {
             let placeholders = super::placeholders(chunk.len());
             let mut query = sqlx::query(AssertSqlSafe(format!(
-                "SELECT a.name AS asset, s.name AS service \
+                "SELECT a.name AS asset, s.name AS service, s.port AS port, s.kind AS kind \
                  FROM asset_services s JOIN assets a ON a.id = s.asset_id \
                  WHERE a.name IN ({placeholders})"
             )));
@@ -191,7 +191,14 @@ impl Store {
                 .await
                 .context("re-reading the services of live sessions' assets")?;
             for row in &rows {
-                present.insert((get(row, "asset")?, get(row, "service")?));
+                let port: i64 = get(row, "port")?;
+                let service = Service {
+                    name: get(row, "service")?,
+                    port: u16::try_from(port)
+                        .map_err(|_| StoreError::Corrupt(format!("port {port}")))?,
+                    kind: get_parsed::<ServiceKind>(row, "kind")?,
+                };
+                present.insert((get(row, "asset")?, service));
             }
         }
         Ok(present)
