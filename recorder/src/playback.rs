@@ -64,8 +64,9 @@ pub const MAX_MARKER_BYTES: usize = 8 << 20;
 /// counts cut counted in [`Index::refused`], segments also cut by the work in them ([`SEGMENT_WORK`]),
 /// resizes paced for the page's redraws; 5, leaving the alternate screen priced, segments carrying the
 /// emulator's budgets ([`Segment::carried`]); 6, a line the cursor leaves by index, reverse index, a
-/// restored position or a deleted line ends there in the text ([`crate::transcript`]).
-pub const INDEX_VERSION: u32 = 6;
+/// restored position or a deleted line ends there in the text ([`crate::transcript`]); 7, an exec
+/// recording's input (a shell without a terminal reads its commands there) is text too.
+pub const INDEX_VERSION: u32 = 7;
 
 /// The two terminal recording formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,14 +346,7 @@ impl Builder {
                     }
                 }
             }
-            'i' => {
-                self.trackers[2].push(event.data.as_bytes(), &mut self.lines);
-                for line in self.lines.drain(..) {
-                    if !line.trim().is_empty() {
-                        on_line(time, Stream::Input, line);
-                    }
-                }
-            }
+            'i' => self.input(time, event.data.as_bytes(), on_line),
             'r' => {
                 if let Some((c, r)) = parse_size(&event.data) {
                     let (c, r) = crate::bounded_size(c, r);
@@ -370,6 +364,16 @@ impl Builder {
                 self.index.markers.push((time, event.data));
             }
             _ => {}
+        }
+    }
+
+    /// What the vendor sent at `time`: its lines, as text of [`Stream::Input`].
+    fn input(&mut self, time: f64, bytes: &[u8], on_line: &mut impl FnMut(f64, Stream, String)) {
+        self.trackers[2].push(bytes, &mut self.lines);
+        for line in self.lines.drain(..) {
+            if !line.trim().is_empty() {
+                on_line(time, Stream::Input, line);
+            }
         }
     }
 
@@ -539,7 +543,12 @@ pub fn index_recording_in(
                     FrameData::Resize { cols, rows } => {
                         ('r', format!("{cols}x{rows}"), Stream::Output, None)
                     }
-                    FrameData::Input(_) => ('-', String::new(), Stream::Input, None),
+                    // What the program was sent: searchable text (a shell's commands without a
+                    // terminal are only here), not drawn.
+                    FrameData::Input(b) => {
+                        builder.input(time, b, &mut on_line);
+                        ('-', String::new(), Stream::Input, None)
+                    }
                 };
                 if code != '-' {
                     let event = PlayEvent { time, code, data };

@@ -368,6 +368,20 @@ fn a_commands_stdin_is_recorded_even_without_record_input() {
         std::fs::read(stdin.with_extension("shell")).unwrap(),
         script
     );
+    // What it was sent is searchable: a shell without a terminal has its commands nowhere else.
+    let found = |words: &str| {
+        b.data
+            .run(&["session", "list", "--json", "--text", words])
+            .ok()
+            .json()
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || found(">/dev/null; exit") == 1),
+        "the shell's input never became searchable\n{}",
+        b.log()
+    );
 
     // A command that is not UTF-8 would be recorded as other text than the device runs: refused.
     use std::os::unix::ffi::OsStrExt;
