@@ -282,6 +282,9 @@ impl Writer {
                     log.record(at, e)?;
                 }
             }
+            (Writer::Transfers { log }, Record::Notice(text)) => {
+                log.record(at, &TransferEvent::Notice { text })?;
+            }
             (Writer::Transfers { log }, Record::Stderr(data)) => {
                 let text = String::from_utf8_lossy(&data).into_owned();
                 log.record(at, &TransferEvent::Stderr { text })?;

@@ -557,7 +557,7 @@ fn transfer_texts(e: &chaperone_recorder::TransferEvent) -> Vec<String> {
             .chain(target.clone())
             .collect(),
         T::Stderr { text } => text.lines().map(str::to_owned).collect(),
-        T::Unparseable { .. } => Vec::new(),
+        T::Unparseable { .. } | T::Notice { .. } => Vec::new(),
     }
 }
 

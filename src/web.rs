@@ -2906,6 +2906,14 @@ fn transfer_view(l: playback::TransferLine) -> TransferView {
             bytes: None,
             outcome: String::new(),
         },
+        T::Notice { text } => TransferView {
+            t: l.t,
+            what: "notice".into(),
+            path: text,
+            target: None,
+            bytes: None,
+            outcome: String::new(),
+        },
         T::Unparseable { reason } => TransferView {
             t: l.t,
             what: "unparseable".into(),

@@ -146,6 +146,9 @@ pub enum TransferEvent {
         /// The bytes as they came, in one chunk.
         text: String,
     },
+    /// A line of the bastion's about the channel (the device program's exit status or signal), recorded
+    /// before the vendor is sent what it tells of. Not produced by the observer.
+    Notice { text: String },
 }
 
 /// The direction of a file transfer, from the vendor's side.

@@ -657,6 +657,12 @@ fn scp_and_sftp_pass_through_the_grant_and_leave_a_transfer_log() {
             log.contains(&format!("\"{legacy}\"")),
             "the device path {legacy} is not in {s}\n{log}"
         );
+        // scp's exit status, which says whether the copy worked, is in the log before the vendor has it.
+        assert!(
+            log.contains("\"event\":\"notice\"")
+                && log.contains("the device's command exited with status 0"),
+            "{log}"
+        );
         // Logged as it opened, before its bytes passed: a crash mid-transfer leaves it on the record.
         let opened = log.find("\"event\":\"opened\"");
         let closed = log.find("\"event\":\"file\"");

@@ -432,7 +432,7 @@ pub struct HistoryPage {
 pub struct TransferView {
     /// Seconds since the session started.
     pub t: f64,
-    /// `upload`, `download`, or the operation (`remove`, `rename`, …), or `stderr`, `unparseable`.
+    /// `upload`, `download`, or the operation (`remove`, `rename`, …), or `stderr`, `notice` (the device program's exit), `unparseable`.
     pub what: String,
     pub path: String,
     pub target: Option<String>,
