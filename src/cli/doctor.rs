@@ -43,7 +43,9 @@ impl Report {
             Level::Warn => "warn",
             Level::Fail => "FAIL",
         };
-        println!("{tag} {what}: {text}");
+        // Escaped: a line may carry a directory server's diagnostic or a name from the database.
+        let text = text.to_string();
+        println!("{tag} {what}: {}", super::display::esc(&text));
         if level == Level::Fail {
             self.fails += 1;
         }

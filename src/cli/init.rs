@@ -65,7 +65,7 @@ pub async fn init_dir(
     let config_path = dir.join("chaperone.toml");
     let text = annotated_template(ssh_listen, web_listen);
     let config = Config::parse(&config_path, &text)?;
-    for existing in std::iter::once(config_path.as_path()).chain(state_files(&config)) {
+    for existing in std::iter::once(config_path.clone()).chain(state_files(&config)) {
         if existing.exists() {
             bail!(
                 "refusing to overwrite {} (init never replaces keys or config; use a new directory)",
@@ -90,18 +90,25 @@ async fn init_from_config(config: &Config) -> anyhow::Result<()> {
     make_state(config).await
 }
 
-/// Every file [`make_state`] creates: checked absent before anything is written, so a refused init
-/// leaves nothing half made.
-fn state_files(config: &Config) -> impl Iterator<Item = &Path> {
+/// Every file [`make_state`] creates (the two keys with a public half beside them: that too): checked
+/// absent before anything is written, so a refused init leaves nothing half made.
+fn state_files(config: &Config) -> impl Iterator<Item = PathBuf> + '_ {
+    let public = |key: &Path| {
+        let mut name = key.as_os_str().to_owned();
+        name.push(".pub");
+        PathBuf::from(name)
+    };
     [
-        config.ssh.host_key.as_path(),
-        config.secrets.key_file.as_path(),
-        config.recording.signing_key.as_path(),
-        config.web.tls_cert.as_path(),
-        config.web.tls_key.as_path(),
+        config.ssh.host_key.clone(),
+        public(&config.ssh.host_key),
+        config.secrets.key_file.clone(),
+        config.recording.signing_key.clone(),
+        public(&config.recording.signing_key),
+        config.web.tls_cert.clone(),
+        config.web.tls_key.clone(),
     ]
     .into_iter()
-    .chain(config.database.sqlite_file())
+    .chain(config.database.sqlite_file().map(Path::to_path_buf))
 }
 
 /// Creates the keys, the certificate, the recordings directory and the database `config` names.

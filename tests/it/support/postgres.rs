@@ -65,14 +65,13 @@ fn start() -> Option<Server> {
     let dir = tempfile::Builder::new()
         .prefix("chaperone-pg")
         .tempdir()
-        .expect("temp dir")
-        .keep();
-    let data = dir.join("data");
+        .expect("temp dir");
+    let data = dir.path().join("data");
     std::fs::create_dir(&data).expect("pg data dir");
     if is_root() {
         let ok = Command::new("chown")
             .args(["-R", "postgres:postgres"])
-            .arg(&dir)
+            .arg(dir.path())
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "chown of the PostgreSQL data dir failed");
@@ -99,6 +98,9 @@ fn start() -> Option<Server> {
         "initdb failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // From here its watchdog removes it (held in a static, the server is never dropped); before, a
+    // failed step drops the TempDir, which removes it.
+    let dir = dir.keep();
     let port = free_port();
     let port_s = port.to_string();
     let child = pg_command(
