@@ -393,7 +393,8 @@ fn decide_error(e: DecideError) -> CoreError {
         DecideError::SelfApproval
         | DecideError::AlreadyApproved
         | DecideError::NotAnApprover(_)
-        | DecideError::OtherZone(_) => CoreError::Forbidden(e.to_string()),
+        | DecideError::OtherZone(_)
+        | DecideError::AccountDisabled(_) => CoreError::Forbidden(e.to_string()),
         DecideError::NotPending { .. } | DecideError::VendorDisabled(_) => {
             CoreError::Conflict(e.to_string())
         }

@@ -117,6 +117,9 @@ actions! {
     // Access requests and grants.
     RequestFile = "request.file",
     RequestRefused = "request.refused",
+    /// A staff member was refused a decision on a request for who they are: their own request, one
+    /// they approved already, another zone's, a role that does not decide, an account disabled.
+    RequestDecisionRefused = "request.decision.refused",
     RequestApprove = "request.approve",
     RequestDeny = "request.deny",
     RequestExpire = "request.expire",

@@ -126,9 +126,11 @@ pub fn mapping(action: Action) -> Option<Mapping> {
         | A::SshChannelsRefused
         | A::SshRefusalsSuppressed => map(SECURITY_ALERT, access_control, Execute, MinorFailure),
         A::RequestApprove | A::GrantIssue => map(SECURITY_ALERT, authorization, Create, Success),
-        A::RequestDeny | A::RequestExpire | A::RequestRefused | A::GrantRefused => {
-            map(SECURITY_ALERT, authorization, Execute, MinorFailure)
-        }
+        A::RequestDeny
+        | A::RequestExpire
+        | A::RequestRefused
+        | A::RequestDecisionRefused
+        | A::GrantRefused => map(SECURITY_ALERT, authorization, Execute, MinorFailure),
         A::GrantRevoke | A::SessionTerminate => map(SECURITY_ALERT, authorization, Delete, Success),
         // Security alerts.
         A::TargetHostkeyMismatch => map(

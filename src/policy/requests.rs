@@ -335,6 +335,8 @@ pub enum DecideError {
     NotAnApprover(Role),
     #[error("requests for zone {0} are decided by other approvers")]
     OtherZone(String),
+    #[error("{0} may no longer decide requests: the account is disabled")]
+    AccountDisabled(String),
     #[error("{0}")]
     Invalid(String),
     /// Refused and audited (`grant.refused`): a disabled vendor gets no grant.
@@ -360,8 +362,94 @@ impl From<GrantError> for DecideError {
     }
 }
 
-/// Approves or denies request `id` as `approver` at `now`.
+/// Approves or denies request `id` as `approver` at `now`. A refusal for who the approver is (their
+/// own request, one they approved already, another zone's, a role or an account that does not decide)
+/// is audited (`request.decision.refused`): an attempt to approve one's own request is what an auditor
+/// most wants to find.
 pub async fn decide(
+    store: &Store,
+    events: &Events,
+    now: UnixTime,
+    approver: &Approver,
+    id: i64,
+    decision: Decision,
+) -> Result<Outcome, DecideError> {
+    let what = match &decision {
+        Decision::Approve { .. } => "approve",
+        Decision::Deny { .. } => "deny",
+    };
+    let decided = decide_in(store, events, now, approver, id, decision).await;
+    if let Err(e) = &decided
+        && matches!(
+            e,
+            DecideError::SelfApproval
+                | DecideError::AlreadyApproved
+                | DecideError::NotAnApprover(_)
+                | DecideError::OtherZone(_)
+                | DecideError::AccountDisabled(_)
+        )
+    {
+        let audited = async {
+            let mut tx = store.begin().await?;
+            tx.audit(
+                AuditEvent::new(
+                    approver.actor(),
+                    Action::RequestDecisionRefused,
+                    format!("request:{id}"),
+                    json!({"decision": what, "reason": e.to_string(), "method": approver.method}),
+                ),
+                now,
+            )
+            .await?;
+            tx.commit("request.decision.refused").await
+        };
+        if let Err(err) = audited.await {
+            tracing::error!(request = id, error = %err, "cannot audit a refused decision");
+        }
+    }
+    decided
+}
+
+/// The acting approver as their account stands now, read in `tx` with its row held (a disable, a role
+/// or zone change committed on another node meanwhile is seen here, or waits for this decision): the
+/// session that signed them in says who they are, not what they may do. `Err` names why they may not
+/// decide at all.
+async fn standing_now(
+    tx: &mut crate::store::Tx,
+    approver: &Approver,
+) -> Result<Approver, DecideError> {
+    let disabled = || DecideError::AccountDisabled(approver.name.clone());
+    let id = tx
+        .staff_auth(&approver.name)
+        .await?
+        .ok_or_else(disabled)?
+        .id;
+    if !tx.hold_staff_user(id).await? {
+        return Err(disabled());
+    }
+    let user = tx
+        .staff_auth(&approver.name)
+        .await?
+        .filter(|u| u.enabled && u.id == id)
+        .ok_or_else(disabled)?;
+    if user.role == Role::Auditor {
+        return Err(DecideError::NotAnApprover(user.role));
+    }
+    Ok(Approver {
+        name: user.name,
+        role: user.role,
+        method: approver.method,
+        dn: user.dn,
+        entry_id: user.entry_id,
+        zones: ZoneScope {
+            grouped: approver.zones.grouped.clone(),
+            member_of: user.zones,
+            only_member_of: user.zones_only,
+        },
+    })
+}
+
+async fn decide_in(
     store: &Store,
     events: &Events,
     now: UnixTime,
@@ -377,6 +465,7 @@ pub async fn decide(
         .lock_request(id)
         .await?
         .ok_or(DecideError::NotFound(id))?;
+    let approver = &standing_now(&mut tx, approver).await?;
     if request.status != RequestStatus::Pending {
         return Err(DecideError::NotPending {
             id,

@@ -98,6 +98,37 @@ pub(crate) async fn asset(store: &Store, name: &str) -> i64 {
     id
 }
 
+/// A local staff account `name` with `role`: a decision reads the acting approver's row.
+pub(crate) async fn staff(store: &Store, name: &str, role: chaperone::model::Role) {
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_staff_user(name, role, &format!("token-{name}"), 9999, 100)
+        .await
+        .unwrap();
+    tx.audit(ev(Action::UserAdd), 100).await.unwrap();
+    tx.commit("t").await.unwrap();
+}
+
+/// A directory staff account `name` on entry `dn` (`id`: its stable id), approving `zones`.
+async fn directory_staff(
+    store: &Store,
+    name: &str,
+    (zones, zones_only): (&[&str], bool),
+    dn: &str,
+    id: Option<&str>,
+) {
+    let standing = chaperone::store::DirectoryStanding {
+        role: chaperone::model::Role::Approver,
+        zones: zones.iter().map(|z| z.to_string()).collect(),
+        zones_only,
+    };
+    let mut tx = store.begin().await.unwrap();
+    tx.upsert_directory_staff(name, &standing, chaperone::store::EntryRef { dn, id }, 100)
+        .await
+        .unwrap();
+    tx.audit(ev(Action::UserDirectoryAdd), 100).await.unwrap();
+    tx.commit("t").await.unwrap();
+}
+
 async fn verify(store: &Store) -> Result<i64, chaperone::audit::ChainBreak> {
     let mut v = Verifier::default();
     for row in store.audit_page(0, 100_000).await.unwrap() {
@@ -517,7 +548,7 @@ async fn zone_approvers_and_four_eyes_by_directory_entry_on_both_backends() {
     use chaperone::store::{DirectoryStanding, EntryRef};
     use std::time::Duration;
 
-    on_both(|store| async move {
+    on_both_with_url(|store, url| async move {
         let v = vendor(&store, "alice", "SHA256:zone").await;
         asset(&store, "mri-01").await; // zone radiology, critical: two approvers
         let events = Events::default();
@@ -563,6 +594,24 @@ async fn zone_approvers_and_four_eyes_by_directory_entry_on_both_backends() {
             async move { requests::decide(store, events, 1010, &a, request.id, d).await }
         };
 
+        // The accounts: a decision judges the acting approver by their row as it is then.
+        directory_staff(
+            &store,
+            "ivan",
+            (&["icu"], true),
+            "uid=ivan,ou=staff,dc=example",
+            Some("5e1f-ivan"),
+        )
+        .await;
+        directory_staff(
+            &store,
+            "olga",
+            (&[], false),
+            "uid=olga,ou=staff,dc=example",
+            None,
+        )
+        .await;
+        staff(&store, "root", Role::Admin).await;
         // An ICU-only approver decides neither radiology's approvals nor its denials.
         for d in [
             approve(),
@@ -601,6 +650,14 @@ async fn zone_approvers_and_four_eyes_by_directory_entry_on_both_backends() {
             .unwrap();
         tx.audit(ev(Action::VendorAdd), 900).await.unwrap();
         tx.commit("t").await.unwrap();
+        directory_staff(
+            &store,
+            "a.smith",
+            (&[], false),
+            "UID=alice,ou=vendors,dc=example",
+            None,
+        )
+        .await;
         let alias = who(
             "a.smith",
             Role::Approver,
@@ -779,6 +836,15 @@ async fn zone_approvers_and_four_eyes_by_directory_entry_on_both_backends() {
         .await
         .unwrap();
         assert!(matches!(first, Outcome::AwaitingSecondApproval));
+        // A second account on erin's entry cannot be made any more (refused above); one stored before
+        // that rule is still erin.
+        staff(&store, "erin.old", Role::Approver).await;
+        raw(
+            &url,
+            "UPDATE staff_users SET dn = 'uid=erin,OU=staff,dc=example', zones = 'radiology' \
+             WHERE name = 'erin.old'",
+        )
+        .await;
         let again = decide(
             who(
                 "erin.old",
@@ -870,6 +936,7 @@ async fn requests_are_filed_decided_by_four_eyes_and_lapse_on_both_backends() {
         assert_eq!(pending.len(), 1);
 
         // alice cannot approve her own request, even as staff of the same name.
+        staff(&store, "alice", Role::Approver).await;
         let own = requests::decide(
             &store,
             &events,
@@ -883,6 +950,47 @@ async fn requests_are_filed_decided_by_four_eyes_and_lapse_on_both_backends() {
         )
         .await;
         assert!(matches!(own, Err(DecideError::SelfApproval)), "{own:?}");
+        // The attempt is on record: who, which request, why refused.
+        let refusals = |store: Store| async move {
+            store
+                .audit_page(0, 100_000)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.action == "request.decision.refused")
+                .collect::<Vec<_>>()
+        };
+        let refused = refusals(store.clone()).await;
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].actor, "staff:alice");
+        assert_eq!(refused[0].subject, format!("request:{}", r.id));
+        assert!(
+            refused[0].detail.contains("your own request"),
+            "{refused:?}"
+        );
+        // Signed in before an administrator disabled them: the decision reads the account as it is.
+        staff(&store, "dave", Role::Approver).await;
+        let dave = store.staff_auth("dave").await.unwrap().unwrap();
+        let mut tx = store.begin().await.unwrap();
+        tx.disable_staff_user(dave.id).await.unwrap();
+        tx.audit(ev(Action::UserDisable), 1005).await.unwrap();
+        tx.commit("t").await.unwrap();
+        let disabled = requests::decide(
+            &store,
+            &events,
+            1010,
+            &who("dave", AuthMethod::Passkey),
+            r.id,
+            Decision::Deny {
+                reason: "no".into(),
+            },
+        )
+        .await;
+        assert!(
+            matches!(disabled, Err(DecideError::AccountDisabled(ref n)) if n == "dave"),
+            "{disabled:?}"
+        );
+        assert_eq!(refusals(store.clone()).await.len(), 2);
         // Critical: bob narrows to ssh for 1 h, then carol approves; the grant is the narrowest.
         let first = requests::decide(
             &store,
@@ -1693,6 +1801,7 @@ async fn grants_go_only_to_enabled_vendors_and_pending_requests_are_capped_on_bo
         tx.set_vendor_enabled(v, false).await.unwrap();
         tx.audit(ev(Action::VendorDisable), 1100).await.unwrap();
         tx.commit("t").await.unwrap();
+        staff(&store, "bob", Role::Approver).await;
         let bob = Approver {
             name: "bob".into(),
             role: Role::Approver,
