@@ -204,12 +204,48 @@ impl Store {
         })
     }
 
-    /// Applies the migrations this build has and the database lacks.
+    /// Applies the migrations this build has and the database lacks: never under a node that runs on the
+    /// database (seen within `node::GONE_AFTER_SECS`), which would go on with the old schema and rules
+    /// (a node from before the sealed head appends events that read as tampering; one restarted fails
+    /// on migrations it does not know). A rolling upgrade therefore stops at its first node, saying so:
+    /// stop every node, then upgrade.
     async fn migrate(&self) -> Result<()> {
         let migrator = match self.backend {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
+        let applied: Vec<i64> =
+            match sqlx::query("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+            {
+                Ok(rows) => rows
+                    .iter()
+                    .map(|r| get(r, "version"))
+                    .collect::<Result<_>>()?,
+                // A new database: nothing applied, and no node can run on it.
+                Err(_) => Vec::new(),
+            };
+        let pending = migrator.iter().any(|m| !applied.contains(&m.version));
+        if pending && !applied.is_empty() {
+            let now = self.database_now().await?;
+            let running = self
+                .nodes_seen_since(now - crate::node::GONE_AFTER_SECS)
+                .await?;
+            if !running.is_empty() {
+                let names: Vec<String> = running
+                    .iter()
+                    .map(|(id, seen)| format!("{id} (seen {} s ago)", (now - seen).max(0)))
+                    .collect();
+                return Err(StoreError::Conflict(format!(
+                    "this build's database migrations were not applied: chaperone is running on this \
+                     database ({}), and would go on with the old schema. Stop every node, then start \
+                     the upgraded one (a node killed rather than stopped counts as running for {} s)",
+                    names.join(", "),
+                    crate::node::GONE_AFTER_SECS
+                )));
+            }
+        }
         migrator.run(&self.pool).await?;
         Ok(())
     }

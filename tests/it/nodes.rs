@@ -334,6 +334,22 @@ fn restore_and_secrets_rotate_refuse_while_a_node_runs_on_the_database() {
         0,
         "the refused command migrated the database"
     );
+    // Any command of the newer build, a node's start too (a rolling upgrade's first node), migrates
+    // nothing under the running node: refused, saying to stop every node first.
+    let listed = b.data.run(&["asset", "list"]);
+    listed.fails(1);
+    assert!(
+        listed.stderr().contains("migrations were not applied")
+            && listed.stderr().contains("Stop every node"),
+        "{}",
+        listed.stderr()
+    );
+    assert_eq!(
+        sql("SELECT version FROM _sqlx_migrations \
+             WHERE version IN (SELECT version FROM newest_migration)"),
+        0,
+        "a refused start migrated the database"
+    );
     sql("INSERT INTO _sqlx_migrations SELECT * FROM newest_migration; DROP TABLE newest_migration");
     let audit = events(&b);
     assert!(!audit.contains("\"backup.restore\""), "{audit}");
