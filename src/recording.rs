@@ -152,6 +152,23 @@ impl Record {
 #[error("recording failed: {0}")]
 pub struct RecordingFailed(pub String);
 
+/// Whether this process can create recordings in `dir`: a file made there and removed. `serve` asks at
+/// start (a directory it cannot write, e.g. outside the unit's `ReadWritePaths`, would refuse every
+/// session) and `doctor` too.
+pub fn probe_dir(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(
+        ".chaperone-probe-{}",
+        crate::secrets::random_hex(6)
+    ));
+    let made = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"probe"));
+    let removed = std::fs::remove_file(&probe);
+    made.and(removed)
+}
+
 /// A finished recording: its digest, and why it stopped early if it did.
 #[derive(Debug)]
 pub struct Done {

@@ -154,10 +154,13 @@ fn file_modes(r: &mut Report, config: &Config) {
             Readers::Group,
         ));
     }
-    // The rule each is held to is the one the code reading it applies (`key_files`).
+    // The rule each is held to is the one the code reading it applies (`key_files`), judged on the file
+    // opened as the code opens it: one this user cannot read fails here as it would at `serve`.
     for (what, path, rule) in secrets {
-        match mode(&path) {
-            Ok(m) if rule.exposed(m) => r.line(
+        let opened = std::fs::File::open(&path)
+            .and_then(|f| Ok((crate::key_files::exposed(&f, rule)?, mode(&path)?)));
+        match opened {
+            Ok((Some(m), _)) => r.line(
                 Level::Fail,
                 what,
                 format!(
@@ -167,7 +170,15 @@ fn file_modes(r: &mut Report, config: &Config) {
                     rule.fix()
                 ),
             ),
-            Ok(m) => r.line(Level::Ok, what, format!("{} ({m:03o})", path.display())),
+            Ok((None, m)) => r.line(Level::Ok, what, format!("{} ({m:03o})", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => r.line(
+                Level::Fail,
+                what,
+                format!(
+                    "{}: this user cannot read it ({e}); run doctor as the service's user, and give the file to it",
+                    path.display()
+                ),
+            ),
             Err(e) => r.line(Level::Fail, what, format!("{}: {e}", path.display())),
         }
     }
@@ -186,6 +197,16 @@ fn file_modes(r: &mut Report, config: &Config) {
             "recording.dir",
             format!("{}: {e}", config.recording.dir.display()),
         ),
+    }
+    if let Err(e) = crate::recording::probe_dir(&config.recording.dir) {
+        r.line(
+            Level::Fail,
+            "recording.dir",
+            format!(
+                "{}: this user cannot create recordings there ({e}): every session would be refused",
+                config.recording.dir.display()
+            ),
+        );
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::support::{DataDir, chaperone_bin, ssh_keygen};
+use crate::support::{DataDir, chaperone_bin, missing, ssh_keygen};
 
 #[test]
 fn init_then_asset_add_and_list_json() {
@@ -367,6 +367,57 @@ fn a_key_rotation_follows_no_link_planted_in_the_data_directory() {
     assert_eq!(std::fs::metadata(&victim).unwrap().uid(), owner);
     assert_eq!(std::fs::read(&key).unwrap(), before);
     assert!(!d.path().join("evidence_ed25519_key.new").exists());
+}
+
+/// doctor judges each key file opened as `serve` opens it, as the user it runs as: one the service's user
+/// cannot read fails (its mode alone, 600, passed before), and so does a recordings directory it
+/// cannot write (every session would be refused); `serve` refuses to start on the latter.
+#[test]
+fn doctor_and_serve_fail_on_files_the_service_cannot_use() {
+    if !crate::support::running_as_root() {
+        missing("root (to run doctor as another user)");
+        return;
+    }
+    let d = DataDir::init();
+    let chown = |path: &std::path::Path, id: u32| {
+        std::os::unix::fs::chown(path, Some(id), Some(id)).unwrap();
+    };
+    chown(d.path(), 65534);
+    for entry in std::fs::read_dir(d.path()).unwrap() {
+        chown(&entry.unwrap().path(), 65534);
+    }
+    chown(&d.path().join("secrets.key"), 0);
+    chown(&d.path().join("recordings"), 0);
+    let as_nobody = |args: &[&str]| {
+        Command::new("runuser")
+            .args(["-u", "nobody", "--", chaperone_bin(), "-c"])
+            .arg(d.config())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = as_nobody(&["doctor"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("FAIL secrets.key_file")
+                && l.contains("this user cannot read it")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("FAIL recording.dir") && l.contains("cannot create recordings")),
+        "{stdout}"
+    );
+    // With the key the service's again, serve still refuses a recordings directory it cannot write.
+    chown(&d.path().join("secrets.key"), 65534);
+    let out = as_nobody(&["serve"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot create recordings in"), "{stderr}");
 }
 
 /// `session play`'s pacing is bounded: numbers a `Duration` cannot hold are refused, not a panic.
