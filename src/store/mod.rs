@@ -214,18 +214,19 @@ impl Store {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
-        let applied: Vec<i64> =
-            match sqlx::query("SELECT version FROM _sqlx_migrations WHERE success")
+        // A new database has no migrations table: nothing applied, and no node can run on it. Any
+        // other error is the database's, and stops here (the guard is not skipped on a hiccup).
+        let applied: Vec<i64> = if self.has_table("_sqlx_migrations").await? {
+            sqlx::query("SELECT version FROM _sqlx_migrations WHERE success")
                 .fetch_all(&self.pool)
                 .await
-            {
-                Ok(rows) => rows
-                    .iter()
-                    .map(|r| get(r, "version"))
-                    .collect::<Result<_>>()?,
-                // A new database: nothing applied, and no node can run on it.
-                Err(_) => Vec::new(),
-            };
+                .context("reading the applied migrations")?
+                .iter()
+                .map(|r| get(r, "version"))
+                .collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        };
         let pending = migrator.iter().any(|m| !applied.contains(&m.version));
         if pending && !applied.is_empty() {
             let now = self.database_now().await?;

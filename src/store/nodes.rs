@@ -66,6 +66,28 @@ impl Store {
     /// writes its heartbeat in it and judges others' in it, so a node whose own clock is off is neither
     /// taken for gone (its sessions ended under it) nor kept for alive; `node::run` compares it with
     /// the node's own clock, which TOTP and grant ends go by, and warns.
+    /// Whether the database has table `name` (a constant of the caller's), found the way queries find
+    /// it (on PostgreSQL, through the search path).
+    pub(crate) async fn has_table(&self, name: &'static str) -> Result<bool> {
+        let exists = match self.backend {
+            Backend::Sqlite => {
+                "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = $1"
+            }
+            Backend::Postgres => {
+                "SELECT COUNT(*) AS n FROM (SELECT to_regclass($1) AS t) x WHERE t IS NOT NULL"
+            }
+        };
+        let tables: i64 = get(
+            &sqlx::query(exists)
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await
+                .context("looking for a table")?,
+            "n",
+        )?;
+        Ok(tables > 0)
+    }
+
     pub async fn database_now(&self) -> Result<UnixTime> {
         let row = sqlx::query(clock_query(self.backend))
             .fetch_one(&self.pool)
@@ -105,23 +127,7 @@ impl Store {
     /// `secrets rotate`) refuse while there is one.
     /// A database without the nodes table (empty, or older than migration 0005) has none.
     pub async fn nodes_seen_since(&self, since: UnixTime) -> Result<Vec<(String, UnixTime)>> {
-        let exists = match self.backend {
-            Backend::Sqlite => {
-                "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'nodes'"
-            }
-            // Found the way the query below finds it: through the search path.
-            Backend::Postgres => {
-                "SELECT COUNT(*) AS n FROM (SELECT to_regclass('nodes') AS t) x WHERE t IS NOT NULL"
-            }
-        };
-        let tables: i64 = get(
-            &sqlx::query(exists)
-                .fetch_one(&self.pool)
-                .await
-                .context("looking for the nodes table")?,
-            "n",
-        )?;
-        if tables == 0 {
+        if !self.has_table("nodes").await? {
             return Ok(Vec::new());
         }
         let rows = sqlx::query("SELECT id, seen_at FROM nodes WHERE seen_at >= $1 ORDER BY id")

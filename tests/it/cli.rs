@@ -388,9 +388,14 @@ fn doctor_and_serve_fail_on_files_the_service_cannot_use() {
     }
     chown(&d.path().join("secrets.key"), 0);
     chown(&d.path().join("recordings"), 0);
+    // The binary, where nobody may run it (the repository may be in a home directory of 0700).
+    let bin = d.path().join("chaperone");
+    std::fs::copy(chaperone_bin(), &bin).unwrap();
     let as_nobody = |args: &[&str]| {
         Command::new("runuser")
-            .args(["-u", "nobody", "--", chaperone_bin(), "-c"])
+            .args(["-u", "nobody", "--"])
+            .arg(&bin)
+            .arg("-c")
             .arg(d.config())
             .args(args)
             .output()
