@@ -320,6 +320,18 @@ fn certificate(r: &mut Report, config: &Config, now: i64) {
             ),
         );
     }
+    // `init` on a listener of every address (the package's) writes that address: nobody can open it.
+    if ip.is_some_and(|a| a.is_unspecified()) {
+        r.line(
+            Level::Warn,
+            "web.public_url",
+            format!(
+                "{} names no address a browser can reach: enrollment, passkey and mail links will not \
+                 work; set web.public_url to the name staff and vendors use",
+                config.web.public_url
+            ),
+        );
+    }
     if ip.is_some() {
         r.line(
             Level::Warn,

@@ -425,6 +425,38 @@ fn doctor_and_serve_fail_on_files_the_service_cannot_use() {
     assert!(stderr.contains("cannot create recordings in"), "{stderr}");
 }
 
+/// `init` on a web listener of every address (as the package's config has it) writes that address as
+/// `web.public_url`: doctor says the links built on it reach nobody.
+#[test]
+fn doctor_warns_of_a_public_url_nobody_can_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(chaperone_bin())
+        .args(["init", "--dir"])
+        .arg(dir.path())
+        .args(["--ssh-listen", "127.0.0.1:0", "--web-listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(chaperone_bin())
+        .arg("-c")
+        .arg(dir.path().join("chaperone.toml"))
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("warn web.public_url: https://0.0.0.0")
+                && l.contains("names no address a browser can reach")),
+        "{stdout}"
+    );
+}
+
 /// `session play`'s pacing is bounded: numbers a `Duration` cannot hold are refused, not a panic.
 #[test]
 fn session_play_refuses_pacing_out_of_bounds() {
