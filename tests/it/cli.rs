@@ -324,16 +324,7 @@ fn a_signing_key_made_later_belongs_to_the_services_user() {
         made.stderr()
     );
     if root {
-        use std::os::unix::fs::MetadataExt as _;
-        for file in [key.clone(), key.with_extension("pub")] {
-            let meta = std::fs::metadata(&file).unwrap();
-            assert_eq!(
-                (meta.uid(), meta.gid()),
-                (65534, 65534),
-                "{}",
-                file.display()
-            );
-        }
+        crate::support::assert_owned_by(&[key.clone(), key.with_extension("pub")], 65534);
     }
 }
 
@@ -489,17 +480,7 @@ fn session_play_refuses_pacing_out_of_bounds() {
 #[test]
 fn demo_totp_code_refuses_a_database_that_is_not_a_demos() {
     let d = DataDir::init();
-    let key = ssh_keygen(d.path(), "alice").with_extension("pub");
-    d.run(&[
-        "vendor",
-        "add",
-        "alice",
-        "--org",
-        "Acme",
-        "--key",
-        key.to_str().unwrap(),
-    ])
-    .ok();
+    d.add_vendor("alice", "Acme");
     let out = d.run(&["demo", "--totp-code"]);
     assert!(
         out.fails(1).stderr().contains("not a demo's"),
@@ -512,17 +493,7 @@ fn demo_totp_code_refuses_a_database_that_is_not_a_demos() {
 #[test]
 fn grants_are_checked_listed_and_revoked() {
     let d = DataDir::init();
-    let key = ssh_keygen(d.path(), "alice").with_extension("pub");
-    d.run(&[
-        "vendor",
-        "add",
-        "alice",
-        "--org",
-        "Acme",
-        "--key",
-        key.to_str().unwrap(),
-    ])
-    .ok();
+    d.add_vendor("alice", "Acme");
     d.run(&[
         "asset",
         "add",
@@ -1249,17 +1220,7 @@ fn audit_export_as_syslog_and_from_a_sequence_number() {
 #[test]
 fn issue_12_text_from_the_database_prints_escaped() {
     let d = DataDir::init();
-    let key = ssh_keygen(d.path(), "alice").with_extension("pub");
-    d.run(&[
-        "vendor",
-        "add",
-        "alice",
-        "--org",
-        "Acme",
-        "--key",
-        key.to_str().unwrap(),
-    ])
-    .ok();
+    d.add_vendor("alice", "Acme");
     d.run(&[
         "asset",
         "add",

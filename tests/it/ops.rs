@@ -191,20 +191,14 @@ fn metrics_move_with_a_session_and_a_backup_taken_meanwhile_restores_and_verifie
     }
     b.data.run(&["evidence", "signer", "--rotate"]).ok();
     if root {
-        use std::os::unix::fs::MetadataExt as _;
-        for file in [
-            signing.clone(),
-            signing.with_extension("retired"),
-            b.data.path().join("evidence_ed25519_key.pub"),
-        ] {
-            let meta = std::fs::metadata(&file).unwrap();
-            assert_eq!(
-                (meta.uid(), meta.gid()),
-                (65534, 65534),
-                "{}",
-                file.display()
-            );
-        }
+        crate::support::assert_owned_by(
+            &[
+                signing.clone(),
+                signing.with_extension("retired"),
+                b.data.path().join("evidence_ed25519_key.pub"),
+            ],
+            65534,
+        );
     }
     let signers = b.data.run(&["evidence", "signer"]).ok().stdout();
     assert_eq!(signers.matches("ssh-ed25519").count(), 2, "{signers}");

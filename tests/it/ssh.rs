@@ -58,6 +58,16 @@ fn fed(cmd: &mut Command, input: &[u8]) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
+/// How many sessions `session list --text WORDS` finds.
+fn sessions_with_text(b: &Bastion, words: &str) -> usize {
+    b.data
+        .run(&["session", "list", "--json", "--text", words])
+        .ok()
+        .json()
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
 /// Waits (up to 5 s) until every session has ended.
 fn wait_until_all_ended(b: &Bastion) {
     assert!(
@@ -110,14 +120,7 @@ fn what_a_full_screen_program_showed_is_searchable() {
     let (stdout, stderr, code) = text(&out);
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
     wait_until_all_ended(&b);
-    let found = |words: &str| {
-        b.data
-            .run(&["session", "list", "--json", "--text", words])
-            .ok()
-            .json()
-            .as_array()
-            .map_or(0, Vec::len)
-    };
+    let found = |words: &str| sessions_with_text(&b, words);
     assert!(
         crate::support::bastion::wait_until(Duration::from_secs(20), || found("coil_gain = 42")
             == 1),
@@ -369,14 +372,7 @@ fn a_commands_stdin_is_recorded_even_without_record_input() {
         script
     );
     // What it was sent is searchable: a shell without a terminal has its commands nowhere else.
-    let found = |words: &str| {
-        b.data
-            .run(&["session", "list", "--json", "--text", words])
-            .ok()
-            .json()
-            .as_array()
-            .map_or(0, Vec::len)
-    };
+    let found = |words: &str| sessions_with_text(&b, words);
     assert!(
         wait_until(Duration::from_secs(20), || found(">/dev/null; exit") == 1),
         "the shell's input never became searchable\n{}",

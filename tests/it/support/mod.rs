@@ -127,6 +127,21 @@ impl DataDir {
         .ok();
     }
 
+    /// `vendor add NAME --org ORG` with a new key made in the data directory.
+    pub fn add_vendor(&self, name: &str, org: &str) {
+        let key = ssh_keygen(self.path(), name).with_extension("pub");
+        self.run(&[
+            "vendor",
+            "add",
+            name,
+            "--org",
+            org,
+            "--key",
+            key.to_str().unwrap(),
+        ])
+        .ok();
+    }
+
     /// `grant add` for a vendor's services on an asset, with or without a server running; the grant's id.
     pub fn grant(&self, vendor: &str, asset: &str, services: &str, duration: &str) -> i64 {
         let out = self
@@ -270,6 +285,16 @@ pub fn ssh_keygen(dir: &Path, name: &str) -> PathBuf {
 
 /// Whether the tests run as root (CI does, under sudo): what only root may do (give a file to another
 /// user) is checked then.
+/// Asserts that each of `files` belongs to user and group `id` (a rotation or creation under sudo
+/// leaves files to the service's user).
+pub fn assert_owned_by(files: &[PathBuf], id: u32) {
+    use std::os::unix::fs::MetadataExt as _;
+    for file in files {
+        let meta = std::fs::metadata(file).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (id, id), "{}", file.display());
+    }
+}
+
 pub fn running_as_root() -> bool {
     std::process::Command::new("id")
         .arg("-u")
